@@ -1,0 +1,41 @@
+"""All Celery settings. Broker and result backend are Redis (VCM_REDIS_URL); JSON only."""
+
+import os
+
+_redis = os.environ.get("VCM_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+broker_url = _redis
+result_backend = _redis
+broker_connection_retry_on_startup = True
+broker_transport_options = {"visibility_timeout": 600}  # placement tasks take milliseconds
+result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+redis_socket_connect_timeout = 5
+redis_socket_timeout = 30
+redis_backend_health_check_interval = 30
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+event_serializer = "json"
+
+PLACEMENT = ("vcm.acquire", "vcm.acquire_batch", "vcm.release", "vcm.renew", "vcm.reap_expired",
+             "vcm.noop_placement")
+task_routes = {name: {"queue": "placement"} for name in PLACEMENT}
+task_default_queue = "queries"
+task_create_missing_queues = True
+
+# a crash mid-task redelivers the task; the ledger makes that harmless (request-id, Lua commit)
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_track_started = True
+result_extended = True  # task name and arguments in results: Flower and /tasks show them
+result_expires = 3 * 86400
+task_ignore_result = False
+
+worker_send_task_events = True
+task_send_sent_event = True
+worker_hijack_root_logger = False
+worker_redirect_stdouts = False
+worker_cancel_long_running_tasks_on_connection_loss = False

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from tests.support.procs import ROOT, RedisServer, Worker, env_for
+
+EXAMPLE_POOLS = ROOT / "examples" / "pools.yaml"
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pools_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pools") / "pools.yaml"
+    path.write_text(EXAMPLE_POOLS.read_text())
+    return path
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server, pools_file, tmp_path_factory):
+    """One placement worker and one queries worker on a private redis-server."""
+    mirror = tmp_path_factory.mktemp("mirror") / "ledger.json"
+    env = env_for(redis_server.url, pools_file, VCM_MIRROR_FILE=str(mirror))
+    placement = Worker(env, "placement").start(wait=False)
+    queries = Worker(env, "queries", pool="threads", concurrency=4).start(wait=False)
+    placement.wait_ready()
+    queries.wait_ready()
+    yield {"env": env, "placement": placement, "queries": queries, "redis": redis_server}
+    placement.stop()
+    queries.stop()
+
+
+@pytest.fixture()
+def client_app(redis_server) -> Celery:
+    app = Celery("vcm-client", broker=redis_server.url, backend=redis_server.url)
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = redis_server.url
+    app.conf.result_backend = redis_server.url
+    yield app
+    app.close()
+
+
+@pytest.fixture()
+def ledger(redis_server, stack, pools_file):
+    """A clean ledger before each test (only vcm:* keys; Celery's own keys stay)."""
+    client = redis_server.client()
+    for key in client.scan_iter("vcm:*", count=1000):
+        client.delete(key)
+    pools_file.write_text(EXAMPLE_POOLS.read_text())
+    from workers.adapters.ledger import Ledger
+
+    yield Ledger(client)
+    client.close()
+
+
+def pytest_configure(config):
+    os.environ.setdefault("VCM_REDIS_URL", "redis://127.0.0.1:1/0")  # never the machine's Redis

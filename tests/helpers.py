@@ -1,0 +1,54 @@
+"""Small helpers shared by tests: send a task and wait, check ledger invariants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from workers.adapters.ledger import Ledger
+from workers.core.models import Pool
+
+QUEUE = {"vcm.show_pools": "queries", "vcm.list_leases": "queries", "vcm.estimate": "queries"}
+
+
+def call(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> Any:
+    r = app.send_task(name, kwargs=kwargs, queue=QUEUE.get(name, "placement"))
+    return r.get(timeout=timeout)
+
+
+def failure(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> BaseException:
+    r = app.send_task(name, kwargs=kwargs, queue=QUEUE.get(name, "placement"))
+    try:
+        r.get(timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - the point is to return it
+        return exc
+    raise AssertionError(f"{name} succeeded but should have failed")
+
+
+def check_invariants(ledger: Ledger, pools: dict[str, Pool]) -> dict[str, Any]:
+    """used <= capacity, counters == sum of leases, port groups held by exactly their leases."""
+    snap = ledger.audit()
+    sums: dict[str, list[int]] = {}
+    nets: dict[str, str] = {}
+    for lease_id, lease in snap["leases"].items():
+        st, sp = lease["status"], lease["spec"]
+        s = sums.setdefault(st["pool"], [0, 0, 0, 0])
+        s[0] += sp["vcpus"]
+        s[1] += sp["memory"]
+        s[2] += sp["storage"]
+        s[3] += 1
+        for n in st["networks"]:
+            key = f"{st['vcenter']}|{n['port-group']}"
+            assert key not in nets, f"port group {key} in two leases"
+            nets[key] = lease_id
+    for name, counters in snap["counters"].items():
+        assert list(counters) == sums.get(name, [0, 0, 0, 0]), (name, counters, sums.get(name))
+        pool = pools.get(name)
+        if pool:
+            assert counters[0] <= pool.vcpu_capacity, (name, counters)
+            assert counters[1] <= pool.memory, (name, counters)
+            assert counters[2] <= pool.storage, (name, counters)
+    assert set(sums) <= set(snap["counters"])
+    assert nets == snap["nets"], "port groups in use differ from the leases"
+    return snap

@@ -1,0 +1,140 @@
+"""Real processes for tests and benchmarks: redis-server on a free port, Celery workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}: {last!r}")
+
+
+class RedisServer:
+    """A throwaway redis-server that a test can kill and restart (empty, or from its AOF)."""
+
+    def __init__(self, port: int | None = None, persist: bool = False) -> None:
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="vcm-redis-")
+        self.persist = persist
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+                "--save", "", "--appendonly", "yes" if self.persist else "no",
+                "--daemonize", "no", "--loglevel", "warning"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        wait_for(client.ping, what=f"redis-server on {self.port}")
+        client.close()
+        return self
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=False)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def wipe(self) -> None:
+        """Kill and restart with nothing in memory or on disk."""
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir, exist_ok=True)
+        self.start()
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def env_for(redis_url: str, pools_file: str | os.PathLike | None = None, **extra: str) -> dict:
+    env = dict(os.environ)
+    env.update(VCM_REDIS_URL=redis_url, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    if pools_file:
+        env["VCM_POOLS_FILE"] = str(pools_file)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class Worker:
+    """A real `celery -A tasks worker` subprocess."""
+
+    def __init__(self, env: dict, queues: str = "placement", name: str | None = None,
+                 pool: str = "solo", concurrency: int = 1, log: str | None = None) -> None:
+        self.env = env
+        self.queues = queues
+        self.name = name or f"{queues.replace(',', '-')}-{free_port()}@test"
+        self.pool = pool
+        self.concurrency = concurrency
+        self.log = log or tempfile.mktemp(prefix="vcm-worker-", suffix=".log")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> Worker:
+        args = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", self.queues,
+                "-P", self.pool, "-c", str(self.concurrency), "-n", self.name, "-l", "info",
+                "--without-mingle", "--without-gossip", "-E"]
+        self.out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=self.out,
+                                     stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited {self.proc.returncode}: {self.output()[-2000:]}")
+            return "ready." in self.output()
+
+        wait_for(ready, timeout=timeout, what=f"worker {self.name}")
+
+    def output(self) -> str:
+        try:
+            return Path(self.log).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if getattr(self, "out", None):
+            self.out.close()

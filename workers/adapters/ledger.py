@@ -1,0 +1,358 @@
+"""The lease ledger in Redis. Every change is one Lua script, so it is atomic.
+
+Keys (prefix `vcm:`):
+  version          bumped by every change to usage (placement decisions check it)
+  seq              bumped by every change at all (the mirror follows it)
+  use:<pool>       hash vcpus, memory, storage, leases, vcenter: per-pool aggregates
+  pools            set of pool names that have ever had usage
+  nets             hash "<vcenter>|<port-group>" -> lease id: port groups in use
+  leases           hash lease id -> lease JSON (active leases)
+  owner:<owner>    set of active lease ids
+  expiry           zset lease id -> expires-at (epoch seconds)
+  req:<request-id> JSON list of lease ids: the idempotency record
+  gone:<lease id>  hash lease, released-at, reason: released leases, kept `keep` seconds
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from ..core.models import parse_rfc3339
+from ..core.placement import Fleet, Usage
+
+_ACQUIRE = r"""
+local p = ARGV[1]
+local expected = tonumber(ARGV[2])
+local d = cjson.decode(ARGV[3])
+local have, missing, first = 0, 0, nil
+for rid, _ in pairs(d.rids) do
+  if redis.call('EXISTS', p .. 'req:' .. rid) == 1 then
+    have = have + 1
+    first = first or rid
+  else
+    missing = missing + 1
+  end
+end
+if have > 0 then
+  if missing > 0 then return {'conflict', first} end
+  local out = {}
+  for rid, _ in pairs(d.rids) do
+    out[#out + 1] = rid
+    out[#out + 1] = redis.call('GET', p .. 'req:' .. rid)
+  end
+  return {'dup', out}
+end
+local ver = tonumber(redis.call('GET', p .. 'version') or '-1')
+if ver ~= expected then return {'stale', tostring(ver)} end
+for pool, u in pairs(d.pools) do
+  local cur = redis.call('HMGET', p .. 'use:' .. pool, 'vcpus', 'memory', 'storage')
+  if (tonumber(cur[1]) or 0) + u.vcpus > u.cap[1]
+     or (tonumber(cur[2]) or 0) + u.memory > u.cap[2]
+     or (tonumber(cur[3]) or 0) + u.storage > u.cap[3] then
+    return {'over', pool}
+  end
+end
+for key, _ in pairs(d.nets) do
+  if redis.call('HEXISTS', p .. 'nets', key) == 1 then return {'over', key} end
+end
+for pool, u in pairs(d.pools) do
+  local k = p .. 'use:' .. pool
+  redis.call('HINCRBY', k, 'vcpus', u.vcpus)
+  redis.call('HINCRBY', k, 'memory', u.memory)
+  redis.call('HINCRBY', k, 'storage', u.storage)
+  redis.call('HINCRBY', k, 'leases', u.leases)
+  redis.call('HSET', k, 'vcenter', u.vcenter)
+  redis.call('SADD', p .. 'pools', pool)
+end
+for key, id in pairs(d.nets) do redis.call('HSET', p .. 'nets', key, id) end
+for _, l in ipairs(d.leases) do
+  redis.call('HSET', p .. 'leases', l.id, l.json)
+  redis.call('SADD', p .. 'owner:' .. l.owner, l.id)
+  redis.call('ZADD', p .. 'expiry', l.exp, l.id)
+end
+for rid, ids in pairs(d.rids) do redis.call('SET', p .. 'req:' .. rid, ids) end
+redis.call('SET', p .. 'version', ver + 1)
+redis.call('INCR', p .. 'seq')
+return {'ok', tostring(ver + 1)}
+"""
+
+_RELEASE = r"""
+local p = ARGV[1]
+local ids = cjson.decode(ARGV[2])
+local owner = ARGV[3]
+local by_owner = ARGV[4]
+local reason = ARGV[5]
+local now = ARGV[6]
+local keep = tonumber(ARGV[7])
+if by_owner ~= '' then
+  for _, id in ipairs(redis.call('SMEMBERS', p .. 'owner:' .. by_owner)) do ids[#ids + 1] = id end
+end
+local seen, found, gone, missing = {}, {}, {}, {}
+for _, id in ipairs(ids) do
+  if not seen[id] then
+    seen[id] = true
+    local raw = redis.call('HGET', p .. 'leases', id)
+    if raw then
+      local l = cjson.decode(raw)
+      if owner ~= '' and l.status.owner ~= owner then
+        return {'notowner', id, tostring(l.status.owner)}
+      end
+      found[#found + 1] = {id, l, raw}
+    elseif redis.call('EXISTS', p .. 'gone:' .. id) == 1 then
+      gone[#gone + 1] = id
+    else
+      missing[#missing + 1] = id
+    end
+  end
+end
+if #missing > 0 then return {'missing', missing[1]} end
+local ver = tonumber(redis.call('GET', p .. 'version') or '-1')
+local raws = {}
+for _, f in ipairs(found) do
+  local id, l, raw = f[1], f[2], f[3]
+  local st, sp = l.status, l.spec
+  local k = p .. 'use:' .. st.pool
+  redis.call('HINCRBY', k, 'vcpus', -sp.vcpus)
+  redis.call('HINCRBY', k, 'memory', -sp.memory)
+  redis.call('HINCRBY', k, 'storage', -sp.storage)
+  redis.call('HINCRBY', k, 'leases', -1)
+  if type(st.networks) == 'table' then
+    for _, n in ipairs(st.networks) do
+      redis.call('HDEL', p .. 'nets', st.vcenter .. '|' .. n['port-group'])
+    end
+  end
+  redis.call('HDEL', p .. 'leases', id)
+  redis.call('SREM', p .. 'owner:' .. st.owner, id)
+  redis.call('ZREM', p .. 'expiry', id)
+  redis.call('HSET', p .. 'gone:' .. id, 'lease', raw, 'released-at', now, 'reason', reason)
+  redis.call('EXPIRE', p .. 'gone:' .. id, keep)
+  local rk = p .. 'req:' .. st['request-id']
+  local rids = redis.call('GET', rk)
+  if rids then
+    local live = false
+    for _, x in ipairs(cjson.decode(rids)) do
+      if redis.call('HEXISTS', p .. 'leases', x) == 1 then live = true end
+    end
+    if not live then redis.call('EXPIRE', rk, keep) end
+  end
+  raws[#raws + 1] = raw
+end
+if #found > 0 then
+  redis.call('SET', p .. 'version', ver + 1)
+  redis.call('INCR', p .. 'seq')
+end
+return {'ok', tostring(ver), raws, gone}
+"""
+
+_SWAP = r"""
+local p = ARGV[1]
+local cur = redis.call('HGET', p .. 'leases', ARGV[2])
+if not cur then return 'missing' end
+if cur ~= ARGV[3] then return 'changed' end
+redis.call('HSET', p .. 'leases', ARGV[2], ARGV[4])
+redis.call('ZADD', p .. 'expiry', ARGV[5], ARGV[2])
+redis.call('INCR', p .. 'seq')
+return 'ok'
+"""
+
+_USAGE = r"""
+local p = ARGV[1]
+local v = redis.call('GET', p .. 'version')
+if not v then
+  local t = redis.call('TIME')
+  v = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  redis.call('SET', p .. 'version', v)
+end
+local out = {v}
+local pools = redis.call('SMEMBERS', p .. 'pools')
+local rows = {}
+for _, pool in ipairs(pools) do
+  rows[#rows + 1] = pool
+  rows[#rows + 1] = redis.call('HMGET', p .. 'use:' .. pool, 'vcpus', 'memory', 'storage', 'leases')
+end
+out[2] = rows
+out[3] = redis.call('HKEYS', p .. 'nets')
+return out
+"""
+
+_AUDIT = r"""
+local p = ARGV[1]
+local leases = redis.call('HGETALL', p .. 'leases')
+local usage = {}
+for _, pool in ipairs(redis.call('SMEMBERS', p .. 'pools')) do
+  usage[#usage + 1] = pool
+  usage[#usage + 1] = redis.call('HMGET', p .. 'use:' .. pool, 'vcpus', 'memory', 'storage', 'leases')
+end
+return {leases, usage, redis.call('HGETALL', p .. 'nets')}
+"""
+
+
+@dataclass
+class Commit:
+    status: str  # ok | dup | stale | over | conflict
+    version: int = 0
+    existing: dict[str, list[str]] = field(default_factory=dict)
+    detail: str = ""
+
+
+@dataclass
+class Released:
+    old_version: int
+    leases: list[dict[str, Any]]  # leases released by this call
+    already: list[str]  # ids released earlier
+
+
+class LedgerConflict(Exception):
+    """A Lua check refused the change (missing lease, not the owner)."""
+
+    def __init__(self, kind: str, lease_id: str, holder: str = "") -> None:
+        super().__init__(kind, lease_id, holder)
+        self.kind, self.lease_id, self.holder = kind, lease_id, holder
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Ledger:
+    def __init__(self, client: redis.Redis, prefix: str = "vcm:", keep: int = 7 * 86400) -> None:
+        self.r = client
+        self.p = prefix
+        self.keep = keep
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
+        self._swap = client.register_script(_SWAP)
+        self._usage = client.register_script(_USAGE)
+        self._audit = client.register_script(_AUDIT)
+
+    @classmethod
+    def from_url(cls, url: str, **kw: Any) -> Ledger:
+        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5), **kw)
+
+    # reads -----------------------------------------------------------------------------
+    def usage(self) -> tuple[int, dict[str, Usage], set[str]]:
+        """Version, per-pool usage and used port groups, read atomically. O(pools + networks)."""
+        version, rows, nets = self._usage(args=[self.p])
+        usage = {}
+        for i in range(0, len(rows), 2):
+            v, m, s, n = (int(x or 0) for x in rows[i + 1])
+            usage[_text(rows[i])] = Usage(v, m, s, n)
+        return int(version), usage, {_text(n) for n in nets}
+
+    def fleet(self, pools: dict) -> tuple[int, Fleet]:
+        version, usage, nets = self.usage()
+        return version, Fleet(pools, usage, nets)
+
+    def seq(self) -> int:
+        return int(self.r.get(self.p + "seq") or 0)
+
+    def get(self, lease_id: str) -> dict[str, Any] | None:
+        raw = self.r.hget(self.p + "leases", lease_id)
+        return json.loads(raw) if raw else None
+
+    def get_many(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Active or released leases by id, in order (released ones from their gone record)."""
+        if not ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(self.p + "leases", ids)
+        for i in ids:
+            pipe.hgetall(self.p + "gone:" + i)
+        active, *gone = pipe.execute()
+        out = []
+        for lease_id, raw, g in zip(ids, active, gone, strict=True):
+            if raw:
+                out.append(json.loads(raw))
+            elif g:
+                out.append(released_view(g))
+            else:
+                out.append({"metadata": {"name": lease_id}, "status": {"state": "unknown"}})
+        return out
+
+    def leases(self, owner: str | None = None) -> list[dict[str, Any]]:
+        if owner is not None:
+            ids = sorted(_text(x) for x in self.r.smembers(f"{self.p}owner:{owner}"))
+            raws = self.r.hmget(self.p + "leases", ids) if ids else []
+        else:
+            raws = self.r.hvals(self.p + "leases")
+        return [json.loads(x) for x in raws if x]
+
+    def expired(self, now: float, limit: int = 1000) -> list[str]:
+        return [_text(x) for x in self.r.zrangebyscore(self.p + "expiry", 0, now, 0, limit)]
+
+    def audit(self) -> dict[str, Any]:
+        """Leases, counters and port groups read in one atomic step (for tests and checks)."""
+        leases, usage, nets = self._audit(args=[self.p])
+        counters = {}
+        for i in range(0, len(usage), 2):
+            counters[_text(usage[i])] = tuple(int(x or 0) for x in usage[i + 1])
+        parsed = {_text(leases[i]): json.loads(leases[i + 1]) for i in range(0, len(leases), 2)}
+        netmap = {_text(nets[i]): _text(nets[i + 1]) for i in range(0, len(nets), 2)}
+        return {"leases": parsed, "counters": counters, "nets": netmap}
+
+    # writes ----------------------------------------------------------------------------
+    def commit(self, expected_version: int, groups: dict[str, list[dict[str, Any]]],
+               caps: dict[str, tuple[int, int, int]]) -> Commit:
+        """Record new leases for each request-id, if the ledger is still at expected_version."""
+        pools: dict[str, dict[str, Any]] = {}
+        nets: dict[str, str] = {}
+        leases = []
+        for group in groups.values():
+            for lease in group:
+                st, sp, lid = lease["status"], lease["spec"], lease["metadata"]["name"]
+                u = pools.setdefault(st["pool"], {
+                    "vcpus": 0, "memory": 0, "storage": 0, "leases": 0,
+                    "vcenter": st["vcenter"], "cap": list(caps[st["pool"]])})
+                u["vcpus"] += sp["vcpus"]
+                u["memory"] += sp["memory"]
+                u["storage"] += sp["storage"]
+                u["leases"] += 1
+                for n in st["networks"]:
+                    nets[f"{st['vcenter']}|{n['port-group']}"] = lid
+                leases.append({"id": lid, "owner": st["owner"],
+                               "exp": parse_rfc3339(st["expires-at"]), "json": json.dumps(lease)})
+        payload = {
+            "rids": {rid: json.dumps([x["metadata"]["name"] for x in g]) for rid, g in
+                     groups.items()},
+            "pools": pools, "nets": nets, "leases": leases,
+        }
+        status, *rest = self._acquire(args=[self.p, expected_version, json.dumps(payload)])
+        status = _text(status)
+        if status == "dup":
+            flat = rest[0]
+            existing = {_text(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+            return Commit("dup", existing=existing)
+        if status in ("ok", "stale"):
+            return Commit(status, version=int(rest[0]))
+        return Commit(status, detail=_text(rest[0]))
+
+    def release(self, ids: list[str], owner: str = "", by_owner: str = "",
+                reason: str = "released", now: str = "") -> Released:
+        res = self._release(args=[self.p, json.dumps(list(ids)) if ids else "[]", owner,
+                                  by_owner, reason, now, self.keep])
+        status = _text(res[0])
+        if status != "ok":
+            raise LedgerConflict(status, _text(res[1]), _text(res[2]) if len(res) > 2 else "")
+        return Released(int(res[1]), [json.loads(x) for x in res[2]], [_text(x) for x in res[3]])
+
+    def swap(self, lease_id: str, old_raw: str, new: dict[str, Any], expires: float) -> str:
+        return _text(self._swap(args=[self.p, lease_id, old_raw, json.dumps(new), expires]))
+
+    def raw(self, lease_id: str) -> str | None:
+        raw = self.r.hget(self.p + "leases", lease_id)
+        return _text(raw) if raw is not None else None
+
+    def is_gone(self, lease_id: str) -> bool:
+        return bool(self.r.exists(self.p + "gone:" + lease_id))
+
+
+def released_view(gone: dict[Any, Any]) -> dict[str, Any]:
+    g = {_text(k): _text(v) for k, v in gone.items()}
+    lease = json.loads(g["lease"])
+    lease["status"].update(state="released", **{"released-at": g.get("released-at", ""),
+                                                 "release-reason": g.get("reason", "")})
+    return lease

@@ -1,0 +1,64 @@
+"""The pools file, re-read when it changes on disk (reload without restart)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import yaml
+
+from ..core.errors import ConfigError
+from ..core.models import Pool
+from ..core.pools import parse_pools
+
+log = logging.getLogger(__name__)
+
+
+def load_pools(path: str) -> tuple[Pool, ...]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError.of(path, None, None, f"cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError.of(path, None, None, f"not valid YAML: {exc}") from None
+    return parse_pools(data, path)
+
+
+class PoolsFile:
+    """Current pools. A changed file is re-read; an invalid change is logged and ignored."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+        self._pools = {p.name: p for p in load_pools(path)}  # invalid at start: raise
+        self.generation = 1
+        self.error: str | None = None
+
+    def _stat(self) -> tuple[int, int, int]:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return (0, 0, 0)
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def current(self) -> dict[str, Pool]:
+        stamp = self._stat()
+        if stamp != self._stamp:
+            with self._lock:
+                if stamp != self._stamp:
+                    self._stamp = stamp
+                    try:
+                        pools = {p.name: p for p in load_pools(self.path)}
+                    except ConfigError as exc:
+                        self.error = str(exc)
+                        log.error("pools file change ignored, keeping the previous pools: %s", exc)
+                    else:
+                        if pools != self._pools:
+                            log.info("pools reloaded from %s: %s", self.path, ", ".join(pools))
+                            self._pools = pools
+                            self.generation += 1
+                        self.error = None
+        return self._pools

@@ -1,0 +1,107 @@
+"""Domain errors. Names are part of the contract (CONTRACT §5).
+
+Every error is built as ``cls(message, details)`` because Celery's JSON result backend
+re-creates exceptions as ``cls(*args)``; use the ``of`` factories to build them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VcmError(Exception):
+    http_status = 400
+    exit_code = 1
+
+    def __init__(self, message: str = "", details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details or {})
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return self.args[1] if len(self.args) > 1 and isinstance(self.args[1], dict) else {}
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": type(self).__name__, "message": self.message, "details": self.details}
+
+
+class InvalidRequest(VcmError):
+    http_status = 422
+    exit_code = 2
+
+    @classmethod
+    def of(cls, field: str, problem: str, **extra: Any) -> InvalidRequest:
+        return cls(f"{field}: {problem}", {"field": field, **extra})
+
+    @property
+    def field(self) -> str:
+        return str(self.details.get("field", ""))
+
+
+class NoCapacity(VcmError):
+    http_status = 409
+    exit_code = 3
+
+    @classmethod
+    def of(cls, reasons: dict[str, str], summary: str = "no pool fits") -> NoCapacity:
+        text = "; ".join(f"{pool}: {why}" for pool, why in sorted(reasons.items()))
+        return cls(f"{summary}: {text}" if text else summary, {"reasons": reasons})
+
+    @property
+    def reasons(self) -> dict[str, str]:
+        return dict(self.details.get("reasons", {}))
+
+
+class LeaseNotFound(VcmError):
+    http_status = 404
+
+    @classmethod
+    def of(cls, lease_id: str) -> LeaseNotFound:
+        return cls(f"lease {lease_id!r} not found", {"lease-id": lease_id})
+
+
+class NotOwner(VcmError):
+    http_status = 403
+
+    @classmethod
+    def of(cls, lease_id: str, owner: str, holder: str) -> NotOwner:
+        return cls(
+            f"lease {lease_id!r} is held by {holder!r}, not {owner!r}",
+            {"lease-id": lease_id, "owner": owner, "holder": holder},
+        )
+
+
+class WaitTimeout(VcmError):
+    http_status = 504
+    exit_code = 3
+
+    @classmethod
+    def of(cls, waited: float, reasons: dict[str, str] | None = None) -> WaitTimeout:
+        return cls(
+            f"waited {waited:g}s and no capacity freed up", {"waited": waited, "reasons": reasons or {}}
+        )
+
+
+class ConfigError(VcmError):
+    """Invalid pools file: names the file, the pool and the field."""
+
+    @classmethod
+    def of(cls, file: str, pool: str | None, field: str | None, problem: str) -> ConfigError:
+        where = file
+        if pool:
+            where += f": pool {pool!r}"
+        if field:
+            where += f": field {field!r}"
+        return cls(f"{where}: {problem}", {"file": file, "pool": pool, "field": field})
+
+
+ERRORS: dict[str, type[VcmError]] = {
+    c.__name__: c
+    for c in (InvalidRequest, NoCapacity, LeaseNotFound, NotOwner, WaitTimeout, ConfigError)
+}

@@ -1,0 +1,288 @@
+"""Domain model: pools, networks, requests and leases. Pure Python, no I/O."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import InvalidRequest
+
+DEFAULT_NETWORK_TYPE = "single-tenant"
+DEFAULT_TTL = 24 * 3600
+MAX_INT = 10**9  # "absurd" guard for sizes before pool limits are applied
+
+
+@dataclass(frozen=True)
+class Network:
+    port_group: str
+    vlan: int | None = None
+    cidr: str = ""
+    gateway: str = ""
+    type: str = DEFAULT_NETWORK_TYPE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "port-group": self.port_group,
+            "vlan": self.vlan,
+            "cidr": self.cidr,
+            "gateway": self.gateway,
+            "type": self.type,
+        }
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    vcenter: str
+    datacenter: str
+    cluster: str
+    datastore: str
+    vcpus: int
+    memory: int
+    storage: int
+    vcpu_overcommit: float = 1.0
+    exclude: bool = False
+    no_schedule: bool = False
+    labels: tuple[tuple[str, str], ...] = ()
+    networks: tuple[Network, ...] = ()
+
+    @property
+    def vcpu_capacity(self) -> int:
+        """Placeable vCPUs: floor(vcpus × vcpu-overcommit)."""
+        return math.floor(self.vcpus * self.vcpu_overcommit + 1e-9)
+
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+    def networks_of(self, net_type: str) -> tuple[Network, ...]:
+        return tuple(n for n in self.networks if n.type == net_type)
+
+    def net_key(self, net: Network) -> str:
+        """Ledger key of a port group: unique per vCenter."""
+        return f"{self.vcenter}|{net.port_group}"
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "vcenter": self.vcenter,
+            "datacenter": self.datacenter,
+            "cluster": self.cluster,
+            "datastore": self.datastore,
+            "vcpus": self.vcpus,
+            "memory": self.memory,
+            "storage": self.storage,
+            "vcenters": 0,
+            "vcpu-overcommit": self.vcpu_overcommit,
+            "exclude": self.exclude,
+            "no-schedule": self.no_schedule,
+            "labels": self.label_map(),
+            "networks": [n.to_dict() for n in self.networks],
+        }
+
+
+@dataclass(frozen=True)
+class Request:
+    vcpus: int
+    memory: int
+    storage: int = 0
+    vcenters: int = 1
+    networks: int = 1
+    network_type: str = DEFAULT_NETWORK_TYPE
+    owner: str = "anonymous"
+    boskos_lease_id: str = ""
+    request_id: str = ""
+    ttl: int = DEFAULT_TTL
+    required_pool: str | None = None
+    pool_selector: tuple[tuple[str, str], ...] = ()
+    wait: float = 0.0
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "vcpus": self.vcpus,
+            "memory": self.memory,
+            "storage": self.storage,
+            "vcenters": self.vcenters,
+            "networks": self.networks,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            **self.spec(),
+            "network-type": self.network_type,
+            "owner": self.owner,
+            "boskos-lease-id": self.boskos_lease_id,
+            "request-id": self.request_id,
+            "ttl": self.ttl,
+            "wait": self.wait,
+        }
+        if self.required_pool:
+            out["required-pool"] = self.required_pool
+        if self.pool_selector:
+            out["pool-selector"] = dict(self.pool_selector)
+        return out
+
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
+REQUEST_FIELDS = (
+    "vcpus", "memory", "storage", "vcenters", "networks", "network-type", "owner",
+    "boskos-lease-id", "request-id", "ttl", "required-pool", "pool-selector", "wait",
+)
+
+
+def parse_duration(value: Any, name: str, *, maximum: float) -> float:
+    """Seconds from a number or a Go-style duration ("24h", "90m", "1h30m", "45s")."""
+    if isinstance(value, bool):
+        raise InvalidRequest.of(name, "must be seconds or a duration like '24h', not a boolean")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        m = _DURATION.match(text)
+        if text.replace(".", "", 1).isdigit():
+            seconds = float(text)
+        elif text and m:
+            d, h, mi, s = (float(x) if x else 0.0 for x in m.groups())
+            seconds = d * 86400 + h * 3600 + mi * 60 + s
+        else:
+            raise InvalidRequest.of(name, f"{value!r} is not seconds or a duration like '24h'")
+    else:
+        raise InvalidRequest.of(name, f"must be seconds or a duration like '24h', got {_tn(value)}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidRequest.of(name, "must not be negative")
+    if seconds > maximum:
+        raise InvalidRequest.of(name, f"{seconds:g}s is more than the maximum {maximum:g}s")
+    return seconds
+
+
+def _tn(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _int(raw: dict[str, Any], name: str, default: int | None, minimum: int) -> int:
+    value = raw.get(name, default)
+    if value is None:
+        raise InvalidRequest.of(name, "is required")
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise InvalidRequest.of(name, f"must be an integer, got {_tn(value)}")
+    if value < minimum:
+        raise InvalidRequest.of(name, f"must be at least {minimum}, got {value}")
+    if value > MAX_INT:
+        raise InvalidRequest.of(name, f"{value} is absurdly large")
+    return value
+
+
+def _str(raw: dict[str, Any], name: str, default: str, *, pattern: re.Pattern[str] | None = None,
+         max_len: int = 253) -> str:
+    value = raw.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InvalidRequest.of(name, f"must be a string, got {_tn(value)}")
+    if len(value) > max_len:
+        raise InvalidRequest.of(name, f"is longer than {max_len} characters")
+    if value and pattern is not None and not pattern.match(value):
+        raise InvalidRequest.of(name, f"{value!r} has characters outside [A-Za-z0-9._:@/+=-]")
+    if any(ord(c) < 32 for c in value):
+        raise InvalidRequest.of(name, "must not contain control characters")
+    return value
+
+
+def normalize_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """Accept snake_case spellings of the hyphenated contract keys."""
+    return {str(k).replace("_", "-"): v for k, v in raw.items()}
+
+
+def parse_request(
+    raw: Any,
+    *,
+    default_owner: str = "anonymous",
+    default_request_id: str = "",
+    default_ttl: float = DEFAULT_TTL,
+    max_ttl: float = 7 * 86400,
+    max_wait: float = 7 * 86400,
+    where: str = "",
+) -> Request:
+    """Validate a raw acquire request (CONTRACT §3). Errors name the field."""
+    prefix = f"{where}." if where else ""
+    if not isinstance(raw, dict):
+        raise InvalidRequest.of(where or "request", f"must be an object, got {_tn(raw)}")
+    data = normalize_keys(raw)
+    unknown = sorted(set(data) - set(REQUEST_FIELDS))
+    if unknown:
+        raise InvalidRequest.of(
+            prefix + unknown[0], f"unknown field (known: {', '.join(REQUEST_FIELDS)})"
+        )
+    try:
+        vcenters = _int(data, "vcenters", 1, 0) or 1
+        selector = data.get("pool-selector") or {}
+        if not isinstance(selector, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
+        ):
+            raise InvalidRequest.of("pool-selector", "must be a map of string labels to strings")
+        required = _str(data, "required-pool", "", max_len=253) or None
+        owner = _str(data, "owner", default_owner, max_len=253) or default_owner
+        ttl = parse_duration(data.get("ttl", default_ttl), "ttl", maximum=max_ttl)
+        if ttl < 1:
+            raise InvalidRequest.of("ttl", "must be at least 1 second")
+        return Request(
+            vcpus=_int(data, "vcpus", None, 1),
+            memory=_int(data, "memory", None, 1),
+            storage=_int(data, "storage", 0, 0),
+            vcenters=vcenters,
+            networks=_int(data, "networks", 1, 0),
+            network_type=_str(data, "network-type", DEFAULT_NETWORK_TYPE, max_len=63)
+            or DEFAULT_NETWORK_TYPE,
+            owner=owner,
+            boskos_lease_id=_str(data, "boskos-lease-id", "", max_len=253),
+            request_id=_str(data, "request-id", "", pattern=_ID, max_len=128)
+            or default_request_id,
+            ttl=int(ttl),
+            required_pool=required,
+            pool_selector=tuple(sorted(selector.items())),
+            wait=parse_duration(data.get("wait", 0) or 0, "wait", maximum=max_wait),
+        )
+    except InvalidRequest as exc:
+        if prefix:
+            raise InvalidRequest.of(prefix + exc.field, exc.message.split(": ", 1)[-1]) from None
+        raise
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+def make_lease(
+    lease_id: str, req: Request, pool: Pool, networks: list[Network], now: float
+) -> dict[str, Any]:
+    """A lease in the contract shape (CONTRACT §3), upstream keys first."""
+    return {
+        "spec": req.spec(),
+        "status": {
+            "leased-at": rfc3339(now),
+            "expires-at": rfc3339(now + req.ttl),
+            "boskos-lease-id": req.boskos_lease_id,
+            "pool": pool.name,
+            "vcenter": pool.vcenter,
+            "datacenter": pool.datacenter,
+            "cluster": pool.cluster,
+            "datastore": pool.datastore,
+            "networks": [n.to_dict() for n in networks],
+            "owner": req.owner,
+            "request-id": req.request_id,
+            "state": "leased",
+        },
+        "metadata": {"name": lease_id, "creationTimestamp": rfc3339(now)},
+    }

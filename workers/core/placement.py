@@ -1,0 +1,287 @@
+"""Placement: which pools get a request. Pure Python, deterministic for a given state.
+
+least-utilized (default) ranks fitting pools by
+    (load(vCenter), load(pool), pool name)        lowest first
+where load(x) = (used vCPUs / placeable vCPUs + used memory / memory + used storage / storage) / 3
+summed over every configured pool of the vCenter for load(vCenter). `pack` ranks the other way
+round; `random` ranks by a hash of (request-id, pool name), so it is repeatable too.
+`vcenters: N` takes the best-ranked pool of each of the N best-ranked distinct vCenters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from .errors import NoCapacity
+from .models import Network, Pool, Request
+
+STRATEGIES = ("least-utilized", "pack", "random")
+
+
+@dataclass(frozen=True)
+class Usage:
+    vcpus: int = 0
+    memory: int = 0
+    storage: int = 0
+    leases: int = 0
+
+    def plus(self, vcpus: int, memory: int, storage: int, leases: int = 1) -> Usage:
+        return Usage(self.vcpus + vcpus, self.memory + memory, self.storage + storage,
+                     self.leases + leases)
+
+
+@dataclass(frozen=True)
+class Placement:
+    pool: Pool
+    networks: tuple[Network, ...]
+
+
+@dataclass
+class Fleet:
+    """What placement needs to know: configured pools, per-pool usage and used port groups."""
+
+    pools: Mapping[str, Pool]
+    usage: dict[str, Usage] = field(default_factory=dict)
+    used_nets: set[str] = field(default_factory=set)
+
+    def copy(self) -> Fleet:
+        return Fleet(self.pools, dict(self.usage), set(self.used_nets))
+
+    def used(self, name: str) -> Usage:
+        return self.usage.get(name, Usage())
+
+    def apply(self, req: Request, placements: Iterable[Placement]) -> None:
+        for p in placements:
+            self.usage[p.pool.name] = self.used(p.pool.name).plus(req.vcpus, req.memory,
+                                                                   req.storage)
+            self.used_nets.update(p.pool.net_key(n) for n in p.networks)
+
+    def free_networks(self, pool: Pool, net_type: str) -> list[Network]:
+        return [n for n in pool.networks_of(net_type) if pool.net_key(n) not in self.used_nets]
+
+    def vcenters(self) -> set[str]:
+        return {p.vcenter for p in self.pools.values()}
+
+
+def pool_load(pool: Pool, used: Usage) -> float:
+    return (used.vcpus / pool.vcpu_capacity + used.memory / pool.memory
+            + used.storage / pool.storage) / 3
+
+
+def vcenter_loads(fleet: Fleet) -> dict[str, float]:
+    caps: dict[str, list[int]] = {}
+    used: dict[str, list[int]] = {}
+    for pool in fleet.pools.values():
+        c = caps.setdefault(pool.vcenter, [0, 0, 0])
+        u = used.setdefault(pool.vcenter, [0, 0, 0])
+        w = fleet.used(pool.name)
+        c[0] += pool.vcpu_capacity
+        c[1] += pool.memory
+        c[2] += pool.storage
+        u[0] += w.vcpus
+        u[1] += w.memory
+        u[2] += w.storage
+    return {vc: sum(u / c for u, c in zip(used[vc], caps[vc], strict=True)) / 3 for vc in caps}
+
+
+def eligibility(req: Request, pool: Pool) -> str | None:
+    """Why a pool may not take this request at all (independent of usage), or None."""
+    if req.required_pool and pool.name != req.required_pool:
+        return f"not the required pool {req.required_pool!r}"
+    if pool.no_schedule:
+        return "cordoned (no-schedule)"
+    if pool.exclude and req.required_pool != pool.name:
+        return "excluded (name it in required-pool to use it)"
+    labels = pool.label_map()
+    for key, value in req.pool_selector:
+        if labels.get(key) != value:
+            return f"labels do not match pool-selector {key}={value}"
+    return None
+
+
+def shortfall(req: Request, pool: Pool, fleet: Fleet) -> str | None:
+    """Why the pool cannot take one more of this request now, or None if it fits."""
+    used = fleet.used(pool.name)
+    problems = []
+    for name, need, free in (
+        ("vcpus", req.vcpus, pool.vcpu_capacity - used.vcpus),
+        ("memory", req.memory, pool.memory - used.memory),
+        ("storage", req.storage, pool.storage - used.storage),
+    ):
+        if need > free:
+            problems.append(f"insufficient {name} (need {need}, free {max(free, 0)})")
+    if req.networks:
+        free_nets = len(fleet.free_networks(pool, req.network_type))
+        if req.networks > free_nets:
+            problems.append(f"insufficient networks of type {req.network_type} "
+                            f"(need {req.networks}, free {free_nets})")
+    return ", ".join(problems) or None
+
+
+def why_not(req: Request, pool: Pool, fleet: Fleet) -> str | None:
+    return eligibility(req, pool) or shortfall(req, pool, fleet)
+
+
+def _rank_key(strategy: str, req: Request, vc_load: dict[str, float], fleet: Fleet):
+    def key(pool: Pool) -> tuple:
+        load = pool_load(pool, fleet.used(pool.name))
+        if strategy == "pack":
+            return (-vc_load[pool.vcenter], -load, pool.name)
+        if strategy == "random":
+            digest = hashlib.sha256(f"{req.request_id}/{pool.name}".encode()).digest()
+            return (digest, pool.name)
+        return (vc_load[pool.vcenter], load, pool.name)
+
+    return key
+
+
+def place(req: Request, fleet: Fleet, strategy: str = "least-utilized") -> list[Placement]:
+    """Pick `req.vcenters` pools on distinct vCenters, or raise NoCapacity with per-pool reasons.
+
+    Does not change `fleet`.
+    """
+    reasons: dict[str, str] = {}
+    fitting: list[Pool] = []
+    for pool in fleet.pools.values():
+        why = why_not(req, pool, fleet)
+        if why:
+            reasons[pool.name] = why
+        else:
+            fitting.append(pool)
+    if req.required_pool and req.required_pool not in fleet.pools:
+        reasons[req.required_pool] = "not in the pools configuration (removed or unknown)"
+    fitting.sort(key=_rank_key(strategy, req, vcenter_loads(fleet), fleet))
+    chosen: list[Pool] = []
+    taken: set[str] = set()
+    for pool in fitting:
+        if pool.vcenter not in taken:
+            chosen.append(pool)
+            taken.add(pool.vcenter)
+            if len(chosen) == req.vcenters:
+                break
+    if len(chosen) < req.vcenters:
+        summary = "no pool fits"
+        if fitting:
+            summary = (f"only {len(taken)} distinct vCenter(s) have a fitting pool, "
+                       f"need {req.vcenters}")
+        raise NoCapacity.of(reasons, summary)
+    return [
+        Placement(pool, tuple(fleet.free_networks(pool, req.network_type)[: req.networks]))
+        for pool in chosen
+    ]
+
+
+def place_batch(
+    reqs: list[Request], fleet: Fleet, strategy: str = "least-utilized"
+) -> list[list[Placement]]:
+    """All or nothing: every request is placed in order on a scratch copy, or NoCapacity."""
+    scratch = fleet.copy()
+    out = []
+    for i, req in enumerate(reqs):
+        try:
+            placements = place(req, scratch, strategy)
+        except NoCapacity as exc:
+            raise NoCapacity.of(exc.reasons, f"request #{i + 1} of the batch: "
+                                + exc.message.split(":", 1)[0]) from None
+        scratch.apply(req, placements)
+        out.append(placements)
+    return out
+
+
+def fits_alone(req: Request, pool: Pool, fleet: Fleet) -> tuple[int, str]:
+    """How many more of `req` this pool alone could take now, and what stops the next one."""
+    why = eligibility(req, pool)
+    if why:
+        return 0, why
+    used = fleet.used(pool.name)
+    limits = [
+        ((pool.vcpu_capacity - used.vcpus) // req.vcpus, "vcpus"),
+        ((pool.memory - used.memory) // req.memory, "memory"),
+    ]
+    if req.storage:
+        limits.append(((pool.storage - used.storage) // req.storage, "storage"))
+    if req.networks:
+        free = len(fleet.free_networks(pool, req.network_type))
+        limits.append((free // req.networks, f"networks of type {req.network_type}"))
+    count, dim = min(limits)
+    count = max(count, 0)
+    after = replace(fleet, usage={**fleet.usage, pool.name: used.plus(
+        req.vcpus * count, req.memory * count, req.storage * count, count)})
+    after.used_nets = set(fleet.used_nets) | {
+        pool.net_key(n) for n in fleet.free_networks(pool, req.network_type)[
+            : req.networks * count]}
+    return count, shortfall(req, pool, after) or f"{dim} exhausted"
+
+
+def max_groups(per_vcenter: Iterable[int], n: int) -> int:
+    """Largest k such that k groups of n distinct vCenters fit: sum(min(c_v, k)) >= n*k."""
+    caps = [c for c in per_vcenter if c > 0]
+    lo, hi = 0, sum(caps) // max(n, 1)
+    while lo < hi:
+        k = (lo + hi + 1) // 2
+        if sum(min(c, k) for c in caps) >= n * k:
+            lo = k
+        else:
+            hi = k - 1
+    return lo
+
+
+def estimate(req: Request, fleet: Fleet) -> dict:
+    """How many more such requests fit now, per pool, and what stops the next one."""
+    pools: dict[str, dict] = {}
+    per_vcenter: dict[str, int] = {}
+    for pool in fleet.pools.values():
+        count, limit = fits_alone(req, pool, fleet)
+        pools[pool.name] = {"vcenter": pool.vcenter, "fits": count, "next-blocked-by": limit}
+        per_vcenter[pool.vcenter] = per_vcenter.get(pool.vcenter, 0) + count
+    total = max_groups(per_vcenter.values(), req.vcenters)
+    if total == 0:
+        try:
+            place(req, fleet)
+        except NoCapacity as exc:
+            blocked = exc.message
+        else:  # pragma: no cover - consistent with the counts above
+            blocked = ""
+    else:
+        blocked = (f"after {total} more, fewer than {req.vcenters} distinct vCenter(s) "
+                   "would have room")
+    return {"request": req.spec(), "fits": total, "per-vcenter": per_vcenter, "pools": pools,
+            "next-blocked-by": blocked}
+
+
+def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
+    """Reject requests no configured pool could ever hold (InvalidRequest naming the field)."""
+    from .errors import InvalidRequest
+
+    if not pools:
+        raise InvalidRequest.of("request", "no pools are configured")
+    vcenters = {p.vcenter for p in pools.values()}
+    if req.vcenters > len(vcenters):
+        raise InvalidRequest.of("vcenters", f"{req.vcenters} is more than the {len(vcenters)} "
+                                "vCenters configured")
+    if req.required_pool and req.required_pool not in pools:
+        raise InvalidRequest.of("required-pool", f"unknown pool {req.required_pool!r} (known: "
+                                + ", ".join(sorted(pools)) + ")")
+    candidates = [pools[req.required_pool]] if req.required_pool else list(pools.values())
+    if req.pool_selector:
+        candidates = [p for p in candidates
+                      if all(p.label_map().get(k) == v for k, v in req.pool_selector)]
+        if not candidates:
+            raise InvalidRequest.of("pool-selector", "no configured pool has all these labels")
+    for name, need, cap in (
+        ("vcpus", req.vcpus, max(p.vcpu_capacity for p in candidates)),
+        ("memory", req.memory, max(p.memory for p in candidates)),
+        ("storage", req.storage, max(p.storage for p in candidates)),
+    ):
+        if need > cap:
+            raise InvalidRequest.of(name, f"{need} is more than any pool can hold (largest {cap})")
+    if req.networks:
+        most = max(len(p.networks_of(req.network_type)) for p in candidates)
+        if most == 0:
+            raise InvalidRequest.of("network-type", f"no pool has networks of type "
+                                    f"{req.network_type!r}")
+        if req.networks > most:
+            raise InvalidRequest.of("networks", f"{req.networks} is more than any pool has of type "
+                                    f"{req.network_type} (most {most})")

@@ -1,0 +1,147 @@
+"""Pools configuration (CONTRACT §2): parsed and validated from plain data, no I/O."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from typing import Any
+
+from .errors import ConfigError
+from .models import DEFAULT_NETWORK_TYPE, Network, Pool
+
+POOL_KEYS = {
+    "name", "vcenter", "datacenter", "cluster", "datastore", "vcpus", "memory", "storage",
+    "vcpu-overcommit", "exclude", "no-schedule", "labels", "networks",
+}
+NETWORK_KEYS = {"port-group", "vlan", "cidr", "gateway", "type"}
+REQUIRED_STR = ("name", "vcenter", "datacenter", "cluster", "datastore")
+BUDGETS = ("vcpus", "memory", "storage")
+
+
+def parse_pools(data: Any, file: str = "pools.yaml") -> tuple[Pool, ...]:
+    """Validate the loaded YAML; the first problem raises ConfigError naming file, pool, field."""
+    if not isinstance(data, dict) or set(data) - {"pools"}:
+        extra = sorted(set(data) - {"pools"}) if isinstance(data, dict) else []
+        field = extra[0] if extra else None
+        raise ConfigError.of(file, None, field, "the top level must be a map with only 'pools'")
+    raw_pools = data.get("pools")
+    if not isinstance(raw_pools, list) or not raw_pools:
+        raise ConfigError.of(file, None, "pools", "must be a non-empty list")
+    pools: list[Pool] = []
+    names: set[str] = set()
+    port_groups: dict[tuple[str, str], str] = {}
+    for index, raw in enumerate(raw_pools):
+        pool = _parse_pool(raw, index, file)
+        if pool.name in names:
+            raise ConfigError.of(file, pool.name, "name", "duplicate pool name")
+        names.add(pool.name)
+        for net in pool.networks:
+            key = (pool.vcenter, net.port_group)
+            if key in port_groups:
+                raise ConfigError.of(
+                    file, pool.name, "networks",
+                    f"port group {net.port_group!r} is listed twice in vCenter {pool.vcenter!r} "
+                    f"(also in pool {port_groups[key]!r})",
+                )
+            port_groups[key] = pool.name
+        pools.append(pool)
+    return tuple(pools)
+
+
+def _parse_pool(raw: Any, index: int, file: str) -> Pool:
+    label = f"#{index + 1}"
+    if not isinstance(raw, dict):
+        raise ConfigError.of(file, label, None, "each pool must be a map")
+    name = raw.get("name")
+    label = name if isinstance(name, str) and name else label
+    unknown = sorted(set(map(str, raw)) - POOL_KEYS)
+    if unknown:
+        raise ConfigError.of(file, label, unknown[0], "unknown key")
+    for key in REQUIRED_STR:
+        value = raw.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError.of(file, label, key, "is required and must be a non-empty string")
+    budgets = {}
+    for key in BUDGETS:
+        value = raw.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError.of(file, label, key, f"must be a positive integer, got {value!r}")
+        budgets[key] = value
+    ratio = raw.get("vcpu-overcommit", 1.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not math.isfinite(ratio) \
+            or ratio < 1.0 or ratio > 100:
+        raise ConfigError.of(file, label, "vcpu-overcommit", f"must be a number ≥ 1.0, got {ratio!r}")
+    flags = {}
+    for key in ("exclude", "no-schedule"):
+        value = raw.get(key, False)
+        if not isinstance(value, bool):
+            raise ConfigError.of(file, label, key, f"must be true or false, got {value!r}")
+        flags[key] = value
+    labels = raw.get("labels") or {}
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
+        for k, v in labels.items()
+    ):
+        raise ConfigError.of(file, label, "labels", "must be a map of strings")
+    nets_raw = raw.get("networks") or []
+    if not isinstance(nets_raw, list):
+        raise ConfigError.of(file, label, "networks", "must be a list")
+    networks = tuple(_parse_network(n, i, label, file) for i, n in enumerate(nets_raw))
+    seen: set[str] = set()
+    for n in networks:
+        if n.port_group in seen:
+            raise ConfigError.of(
+                file, label, "networks", f"port group {n.port_group!r} is listed twice"
+            )
+        seen.add(n.port_group)
+    return Pool(
+        name=raw["name"].strip(),
+        vcenter=raw["vcenter"].strip(),
+        datacenter=raw["datacenter"].strip(),
+        cluster=raw["cluster"].strip(),
+        datastore=raw["datastore"].strip(),
+        vcpus=budgets["vcpus"],
+        memory=budgets["memory"],
+        storage=budgets["storage"],
+        vcpu_overcommit=float(ratio),
+        exclude=flags["exclude"],
+        no_schedule=flags["no-schedule"],
+        labels=tuple(sorted((k, str(v)) for k, v in labels.items())),
+        networks=networks,
+    )
+
+
+def _parse_network(raw: Any, index: int, pool: str, file: str) -> Network:
+    where = f"networks[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError.of(file, pool, where, "each network must be a map")
+    unknown = sorted(set(map(str, raw)) - NETWORK_KEYS)
+    if unknown:
+        raise ConfigError.of(file, pool, f"{where}.{unknown[0]}", "unknown key")
+    pg = raw.get("port-group")
+    if not isinstance(pg, str) or not pg.strip():
+        raise ConfigError.of(file, pool, f"{where}.port-group", "is required")
+    vlan = raw.get("vlan")
+    if vlan is not None and (isinstance(vlan, bool) or not isinstance(vlan, int)
+                             or not 0 <= vlan <= 4094):
+        raise ConfigError.of(file, pool, f"{where}.vlan", f"must be 0..4094, got {vlan!r}")
+    cidr = raw.get("cidr", "") or ""
+    gateway = raw.get("gateway", "") or ""
+    try:
+        net = ipaddress.ip_network(cidr, strict=False) if cidr else None
+    except ValueError:
+        raise ConfigError.of(file, pool, f"{where}.cidr", f"{cidr!r} is not a CIDR") from None
+    if gateway:
+        try:
+            gw = ipaddress.ip_address(gateway)
+        except ValueError:
+            raise ConfigError.of(
+                file, pool, f"{where}.gateway", f"{gateway!r} is not an IP address"
+            ) from None
+        if net is not None and gw not in net:
+            raise ConfigError.of(file, pool, f"{where}.gateway", f"{gateway} is not in {cidr}")
+    net_type = raw.get("type", DEFAULT_NETWORK_TYPE)
+    if not isinstance(net_type, str) or not net_type:
+        raise ConfigError.of(file, pool, f"{where}.type", "must be a non-empty string")
+    return Network(port_group=pg.strip(), vlan=vlan, cidr=str(cidr), gateway=str(gateway),
+                   type=net_type)

@@ -1,0 +1,231 @@
+"""The application service: validates, places and commits. Tasks, HTTP and CLI call this."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from .adapters.ledger import Ledger, LedgerConflict
+from .adapters.pools_file import PoolsFile
+from .core.errors import InvalidRequest, LeaseNotFound, NoCapacity, NotOwner
+from .core.models import Pool, Request, make_lease, parse_request, parse_rfc3339, rfc3339
+from .core.placement import Fleet, Usage, check_possible, estimate, place_batch
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 50
+
+class Capacity:
+    def __init__(self, ledger: Ledger, pools: PoolsFile, settings: Settings) -> None:
+        self.ledger = ledger
+        self.pools = pools
+        self.settings = settings
+        # cache of the ledger's usage, valid while the ledger is at self._version
+        self._version = -1
+        self._usage: dict[str, Usage] = {}
+        self._nets: set[str] = set()
+
+    # helpers ---------------------------------------------------------------------------
+    def parse(self, raw: Any, default_id: str, owner: str = "anonymous", where: str = "") -> Request:
+        s = self.settings
+        req = parse_request(raw, default_owner=owner, default_request_id=default_id,
+                            default_ttl=s.lease_ttl, max_ttl=s.max_lease_lifetime, where=where)
+        check_possible(req, self.pools.current())
+        return req
+
+    def fleet(self, fresh: bool = False) -> tuple[int, Fleet]:
+        if fresh or self._version < 0:
+            self._version, self._usage, self._nets = self.ledger.usage()
+        return self._version, Fleet(self.pools.current(), self._usage, self._nets)
+
+    def _forget(self) -> None:
+        self._version = -1
+
+    # acquire ---------------------------------------------------------------------------
+    def acquire(self, raw: Any, task_id: str, owner: str = "anonymous") -> list[dict[str, Any]]:
+        req = self.parse(raw, task_id or uuid.uuid4().hex, owner)
+        return self.place([req])[0]
+
+    def acquire_batch(self, raws: Any, task_id: str,
+                      owner: str = "anonymous") -> list[list[dict[str, Any]]]:
+        if not isinstance(raws, list) or not raws:
+            raise InvalidRequest.of("requests", "must be a non-empty list of requests")
+        if len(raws) > 1000:
+            raise InvalidRequest.of("requests", "at most 1000 requests in one batch")
+        base = task_id or uuid.uuid4().hex
+        reqs = [self.parse(r, f"{base}-{i}", owner, where=f"requests[{i}]")
+                for i, r in enumerate(raws)]
+        ids = [r.request_id for r in reqs]
+        dupes = {x for x in ids if ids.count(x) > 1}
+        if dupes:
+            raise InvalidRequest.of("request-id", f"{sorted(dupes)[0]!r} appears twice in the batch")
+        return self.place(reqs)
+
+    def place(self, reqs: list[Request]) -> list[list[dict[str, Any]]]:
+        """Place all requests or none, commit atomically; a known request-id returns its leases."""
+        for attempt in range(MAX_ATTEMPTS):
+            version, fleet = self.fleet(fresh=attempt > 0)
+            try:
+                plan = place_batch(reqs, fleet, self.settings.strategy)
+            except NoCapacity:
+                existing = self.existing(reqs)
+                if existing is not None:
+                    return existing
+                raise
+            now = time.time()
+            groups = {
+                req.request_id: [
+                    make_lease(uuid.uuid4().hex[:20], req, p.pool, list(p.networks), now)
+                    for p in placements
+                ]
+                for req, placements in zip(reqs, plan, strict=True)
+            }
+            caps = {p.pool.name: (p.pool.vcpu_capacity, p.pool.memory, p.pool.storage)
+                    for placements in plan for p in placements}
+            commit = self.ledger.commit(version, groups, caps)
+            if commit.status == "ok":
+                for req, placements in zip(reqs, plan, strict=True):
+                    fleet.apply(req, placements)
+                self._version = commit.version
+                return [groups[r.request_id] for r in reqs]
+            if commit.status == "dup":
+                return [self.ledger.get_many(commit.existing[r.request_id]) for r in reqs]
+            if commit.status == "conflict":
+                raise InvalidRequest.of("request-id", f"{commit.detail!r} was already used by "
+                                        "another request")
+            log.info("ledger moved under us (%s %s), re-reading", commit.status, commit.detail)
+            self._forget()
+        raise NoCapacity.of({}, f"the ledger kept changing; gave up after {MAX_ATTEMPTS} tries")
+
+    def existing(self, reqs: list[Request]) -> list[list[dict[str, Any]]] | None:
+        pipe = self.ledger.r.pipeline(transaction=False)
+        for r in reqs:
+            pipe.get(self.ledger.p + "req:" + r.request_id)
+        found = pipe.execute()
+        if not all(found):
+            return None
+
+        return [self.ledger.get_many(json.loads(x)) for x in found]
+
+    # release / renew -------------------------------------------------------------------
+    def release(self, lease_ids: Any = None, owner: Any = None,
+                reason: str = "released") -> list[str]:
+        ids = _id_list(lease_ids)
+        if owner is not None and (not isinstance(owner, str) or not owner):
+            raise InvalidRequest.of("owner", "must be a non-empty string")
+        if not ids and not owner:
+            raise InvalidRequest.of("lease_ids", "give lease ids and/or an owner")
+        try:
+            res = self.ledger.release(ids, owner=owner or "" if ids else "",
+                                      by_owner="" if ids else owner, reason=reason,
+                                      now=rfc3339(time.time()))
+        except LedgerConflict as exc:
+            if exc.kind == "notowner":
+                raise NotOwner.of(exc.lease_id, str(owner), exc.holder) from None
+            raise LeaseNotFound.of(exc.lease_id) from None
+        self._after_release(res.old_version, res.leases)
+        released = [x["metadata"]["name"] for x in res.leases] + res.already
+        return [i for i in ids if i in released] if ids else released
+
+    def _after_release(self, old_version: int, leases: list[dict[str, Any]]) -> None:
+        if not leases:
+            return
+        if old_version != self._version:
+            self._forget()
+            return
+        for lease in leases:
+            st, sp = lease["status"], lease["spec"]
+            u = self._usage.get(st["pool"], Usage())
+            self._usage[st["pool"]] = u.plus(-sp["vcpus"], -sp["memory"], -sp["storage"], -1)
+            for n in st.get("networks") or []:
+                self._nets.discard(f"{st['vcenter']}|{n['port-group']}")
+        self._version = old_version + 1
+
+    def renew(self, lease_id: Any, owner: Any = None, ttl: Any = None) -> dict[str, Any]:
+        if not isinstance(lease_id, str) or not lease_id:
+            raise InvalidRequest.of("lease_id", "must be a non-empty string")
+        owner = "anonymous" if owner is None else owner
+        if not isinstance(owner, str) or not owner:
+            raise InvalidRequest.of("owner", "must be a non-empty string")
+        req = parse_request({"vcpus": 1, "memory": 1, **({"ttl": ttl} if ttl is not None else {})},
+                            default_ttl=self.settings.lease_ttl,
+                            max_ttl=self.settings.max_lease_lifetime)
+
+        for _ in range(MAX_ATTEMPTS):
+            raw = self.ledger.raw(lease_id)
+            if raw is None:
+                if self.ledger.is_gone(lease_id):
+                    raise LeaseNotFound(f"lease {lease_id!r} was already released",
+                                        {"lease-id": lease_id})
+                raise LeaseNotFound.of(lease_id)
+            lease = json.loads(raw)
+            holder = lease["status"]["owner"]
+            if holder != owner:
+                raise NotOwner.of(lease_id, owner, holder)
+            leased = parse_rfc3339(lease["status"]["leased-at"])
+            current = parse_rfc3339(lease["status"]["expires-at"])
+            new = max(current, min(time.time() + req.ttl,
+                                   leased + self.settings.max_lease_lifetime))
+            lease["status"]["expires-at"] = rfc3339(new)
+            if self.ledger.swap(lease_id, raw, lease, new) == "ok":
+                return lease
+        raise LeaseNotFound.of(lease_id)
+
+    # queries ---------------------------------------------------------------------------
+    def show_pools(self) -> list[dict[str, Any]]:
+        pools = self.pools.current()
+        _, fleet = self.fleet(fresh=True)
+        by_pool: dict[str, list[dict[str, Any]]] = {}
+        for lease in self.ledger.leases():
+            by_pool.setdefault(lease["status"]["pool"], []).append(lease)
+        out = [pool_view(p, fleet, by_pool.get(p.name, [])) for p in pools.values()]
+        for name in sorted(set(by_pool) - set(pools)):
+            leases = by_pool[name]
+            out.append({"spec": {"name": name, "vcenter": leases[0]["status"]["vcenter"]},
+                        "status": {"removed": True, "leases": leases}})
+        return out
+
+    def list_leases(self, owner: Any = None, pool: Any = None) -> list[dict[str, Any]]:
+        for name, value in (("owner", owner), ("pool", pool)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidRequest.of(name, "must be a string")
+        leases = self.ledger.leases(owner or None)
+        if pool:
+            leases = [x for x in leases if x["status"]["pool"] == pool]
+        return sorted(leases, key=lambda x: (x["status"]["leased-at"], x["metadata"]["name"]))
+
+    def estimate(self, raw: Any) -> dict[str, Any]:
+        req = self.parse(raw, "estimate")
+        _, fleet = self.fleet(fresh=True)
+        return estimate(req, fleet)
+
+def _id_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
+        raise InvalidRequest.of("lease_ids", "must be a list of lease id strings")
+    if len(value) > 10000:
+        raise InvalidRequest.of("lease_ids", "at most 10000 ids at once")
+    return value
+
+def pool_view(pool: Pool, fleet: Fleet, leases: list[dict[str, Any]]) -> dict[str, Any]:
+    """A pool in the upstream /show-pools shape, usage as fractions 0..1."""
+    u = fleet.used(pool.name)
+    nets_used = sum(1 for n in pool.networks if pool.net_key(n) in fleet.used_nets)
+    return {
+        "spec": pool.spec(),
+        "status": {
+            "vcpus-usage": round(u.vcpus / pool.vcpu_capacity, 4),
+            "memory-usage": round(u.memory / pool.memory, 4),
+            "datastore-usage": round(u.storage / pool.storage, 4),
+            "network-usage": round(nets_used / len(pool.networks), 4) if pool.networks else 0,
+            "vcpus-used": u.vcpus, "memory-used": u.memory, "storage-used": u.storage,
+            "networks-used": nets_used, "lease-count": u.leases,
+            "leases": leases,
+        },
+    }
