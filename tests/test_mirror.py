@@ -1,0 +1,642 @@
+"""ConfigMapMirror against the real kubernetes client and our HTTP apiserver; FileMirror on disk."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+import zlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.support.kube_apiserver import KubeApiServer
+from workers.adapters.mirror import (
+    CONFIGMAP_LIMIT,
+    ConfigMapMirror,
+    FileMirror,
+    MirrorError,
+    MirrorTooLarge,
+    mirror_from_env,
+    retry_backoff,
+)
+
+NS = "vcm"
+NAME = "vcm-ledger"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- realistic snapshots ---------------------------------------------------------------------
+
+
+def make_lease(rnd: random.Random) -> dict[str, Any]:
+    """A lease shaped as CONTRACT §3, with realistic variety (ids are random)."""
+    t = datetime(2026, 11, 22, 15, 32, 6, tzinfo=UTC) + timedelta(seconds=rnd.randint(0, 86400))
+    pool = rnd.randint(1, 40)
+    vc = (pool - 1) // 4 + 1
+    vlan = 1000 + rnd.randint(0, 3999)
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    return {
+        "spec": {
+            "vcpus": rnd.choice([8, 16, 24, 32]),
+            "memory": rnd.choice([32, 64, 96, 128]),
+            "storage": rnd.choice([250, 500, 700, 1000]),
+            "vcenters": 1,
+            "networks": 1,
+        },
+        "status": {
+            "leased-at": t.strftime(fmt),
+            "expires-at": (t + timedelta(hours=24)).strftime(fmt),
+            "boskos-lease-id": str(uuid.UUID(int=rnd.getrandbits(128))),
+            "pool": f"pool{pool}",
+            "vcenter": f"vcenter{vc}.ci.example.com",
+            "datacenter": f"datacenter{vc}",
+            "cluster": f"cluster{pool}",
+            "datastore": f"datastore{pool}",
+            "networks": [
+                {
+                    "port-group": f"ci-vlan-{vlan}",
+                    "vlan": vlan,
+                    "cidr": f"10.{vlan // 256}.{vlan % 256}.0/24",
+                    "gateway": f"10.{vlan // 256}.{vlan % 256}.1",
+                    "type": "single-tenant",
+                }
+            ],
+            "owner": f"periodic-ci-e2e-vsphere-ovn-{rnd.randint(100000, 999999)}",
+            "request-id": str(uuid.UUID(int=rnd.getrandbits(128))),
+            "state": "leased",
+        },
+        "metadata": {
+            "name": str(uuid.UUID(int=rnd.getrandbits(128))),
+            "creationTimestamp": t.strftime(fmt),
+        },
+    }
+
+
+def make_snapshot(n: int, seed: int = 0, version: int = 1) -> dict[str, Any]:
+    rnd = random.Random(seed)
+    leases = [make_lease(rnd) for _ in range(n)]
+    return {
+        "version": version,
+        "leases": leases,
+        "requests": {
+            lease["status"]["request-id"]: [lease["metadata"]["name"]] for lease in leases
+        },
+        "counters": {"pool1": {"vcpus": 24 * n, "memory": 96 * n}},
+    }
+
+
+def raw_size(snapshot: dict[str, Any]) -> int:
+    return len(json.dumps(snapshot, separators=(",", ":")).encode())
+
+
+def random_snapshot(nbytes: int, seed: int = 0) -> dict[str, Any]:
+    """Incompressible: base64 of random bytes (compresses to about 3/4)."""
+    blob = random.Random(seed).randbytes(nbytes)
+    return {"version": seed, "noise": base64.b64encode(blob).decode()}
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kube():
+    with KubeApiServer() as server:
+        yield server
+
+
+@pytest.fixture
+def api(kube):
+    api_client = kube.api_client()
+    yield api_client
+    api_client.close()
+
+
+@pytest.fixture
+def mirror(api):
+    return ConfigMapMirror(NS, NAME, api_client=api, timeout=2.0)
+
+
+def mirror_names(kube: KubeApiServer) -> list[str]:
+    return kube.names(NS)
+
+
+def referenced(kube: KubeApiServer) -> set[str]:
+    """Head + the shards its metadata names."""
+    head = kube.get(NS, NAME)
+    assert head is not None
+    meta = json.loads(head["data"]["mirror.json"])
+    return {NAME, *meta["shards"]}
+
+
+# ---- the test server behaves like kube-apiserver (more in test_kube_apiserver.py) ------------
+
+
+def _status(err: pytest.ExceptionInfo[ApiException]) -> dict[str, Any]:
+    body = json.loads(err.value.body)
+    assert body["kind"] == "Status" and body["apiVersion"] == "v1"
+    assert body["status"] == "Failure" and body["code"] == err.value.status
+    return body
+
+
+def test_server_conflict_on_stale_resource_version(api):
+    core = client.CoreV1Api(api)
+    created = core.create_namespaced_config_map(NS, {"metadata": {"name": "c"}, "data": {"a": "1"}})
+    stale = created.metadata.resource_version
+    updated = core.replace_namespaced_config_map(
+        "c", NS, {"metadata": {"name": "c", "resourceVersion": stale}, "data": {"a": "2"}}
+    )
+    assert int(updated.metadata.resource_version) > int(stale)
+    assert updated.metadata.uid == created.metadata.uid
+    with pytest.raises(ApiException) as err:
+        core.replace_namespaced_config_map(
+            "c", NS, {"metadata": {"name": "c", "resourceVersion": stale}, "data": {"a": "3"}}
+        )
+    assert (err.value.status, err.value.reason) == (409, "Conflict")
+    body = _status(err)
+    assert body["reason"] == "Conflict"
+    assert body["message"] == (
+        'Operation cannot be fulfilled on configmaps "c": the object has been modified; '
+        "please apply your changes to the latest version and try again"
+    )
+    assert core.read_namespaced_config_map("c", NS).data == {"a": "2"}
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_config_map(NS, {"metadata": {"name": "c"}})
+    assert err.value.status == 409 and _status(err)["reason"] == "AlreadyExists"
+
+
+def test_server_field_value_too_long_at_1mib(api):
+    core = client.CoreV1Api(api)
+    # exactly 1,048,576 bytes of keys + values (binaryData counted decoded) is accepted
+    fits = {"d": "x" * 1000}
+    binary = base64.b64encode(b"\0" * (CONFIGMAP_LIMIT - 1000 - 2)).decode()
+    core.create_namespaced_config_map(
+        NS, {"metadata": {"name": "fits"}, "data": fits, "binaryData": {"b": binary}}
+    )
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_config_map(
+            NS, {"metadata": {"name": "x"}, "data": {"d": "x" * 1001}, "binaryData": {"b": binary}}
+        )
+    assert (err.value.status, err.value.reason) == (422, "Unprocessable Entity")
+    body = _status(err)
+    assert body["reason"] == "Invalid"
+    assert (
+        body["message"] == 'ConfigMap "x" is invalid: []: Too long: must have at most 1048576 bytes'
+    )
+    assert [c["reason"] for c in body["details"]["causes"]] == ["FieldValueTooLong"]
+    # an update past the limit is refused the same way and leaves the object alone
+    with pytest.raises(ApiException) as err:
+        core.replace_namespaced_config_map(
+            "fits", NS, {"metadata": {"name": "fits"}, "data": {"d": "x" * (CONFIGMAP_LIMIT + 1)}}
+        )
+    assert err.value.status == 422
+    assert core.read_namespaced_config_map("fits", NS).data == fits
+
+
+def test_server_not_found(api):
+    core = client.CoreV1Api(api)
+    calls = [
+        lambda: core.read_namespaced_config_map("nope", NS),
+        lambda: core.replace_namespaced_config_map("nope", NS, {"metadata": {"name": "nope"}}),
+        lambda: core.delete_namespaced_config_map("nope", NS),
+        lambda: core.patch_namespaced_config_map("nope", NS, {"data": {"a": "b"}}),
+    ]
+    for call in calls:
+        with pytest.raises(ApiException) as err:
+            call()
+        assert (err.value.status, err.value.reason) == (404, "Not Found")
+        body = _status(err)
+        assert body["reason"] == "NotFound" and body["message"] == 'configmaps "nope" not found'
+        assert body["details"] == {"name": "nope", "kind": "configmaps"}
+
+
+# ---- ConfigMapMirror -------------------------------------------------------------------------
+
+
+def test_round_trip_and_write_counts(kube, mirror):
+    assert mirror.load() is None
+    snap = make_snapshot(20, seed=1, version=7)
+
+    assert mirror.save(snap) == 1  # one create of the head
+    assert kube.writes == 1
+    assert mirror.load() == snap
+
+    head = kube.get(NS, NAME)
+    meta = json.loads(head["data"]["mirror.json"])
+    assert meta["version"] == 7 and meta["generation"] == 1 and meta["shards"] == []
+    assert head["metadata"]["labels"]["vsphere-capacity-manager/mirror-of"] == NAME
+    # what is stored really is compact JSON + zlib
+    payload = base64.b64decode(head["binaryData"]["part-0"])
+    assert json.loads(zlib.decompress(payload)) == snap
+
+    snap2 = make_snapshot(21, seed=2, version=8)
+    assert mirror.save(snap2) == 1  # one replace
+    assert json.loads(kube.get(NS, NAME)["data"]["mirror.json"])["generation"] == 2
+    assert mirror.load() == snap2
+    assert mirror.save(snap2) == 0  # identical content: nothing to write
+    assert mirror.last_stats is not None and mirror.last_stats.skipped
+    assert kube.writes == 2
+
+
+def test_missing_configmap_is_created_after_404(kube, mirror):
+    mirror.save({"version": 1, "leases": []})
+    log = [(m, code) for m, path, code in kube.request_log]
+    assert log == [("GET", 404), ("POST", 201)]
+    # deleted behind our back: next save re-creates it
+    client.CoreV1Api(mirror.api_client).delete_namespaced_config_map(NAME, NS)
+    assert mirror.load() is None
+    assert mirror.save({"version": 2, "leases": []}) == 1
+    assert mirror.load() == {"version": 2, "leases": []}
+
+
+def test_create_race_already_exists_rereads_and_replaces(kube, mirror):
+    """Someone creates the head between our 404 and our POST: 409 AlreadyExists → re-read → PUT."""
+
+    def create_first(method: str, path: str, name: str | None) -> None:
+        if method == "POST" and name is None:
+            kube.remove_hook(create_first)
+            kube.put({"metadata": {"name": NAME, "namespace": NS}, "data": {"other": "x"}})
+
+    kube.add_hook(create_first)
+    snap = make_snapshot(3, seed=3)
+    assert mirror.save(snap) == 2  # POST (409) + PUT
+    codes = [(m, c) for m, _, c in kube.request_log]
+    assert codes == [("GET", 404), ("POST", 409), ("GET", 200), ("PUT", 200)]
+    assert mirror.load() == snap
+
+
+def test_stale_resource_version_conflict_is_retried(kube, mirror):
+    mirror.save(make_snapshot(3, seed=4, version=1))
+
+    def bump(method: str, path: str, name: str | None) -> None:
+        if method == "PUT" and name == NAME:
+            kube.remove_hook(bump)
+            current = kube.get(NS, NAME)
+            current["metadata"]["annotations"] = {"touched": "yes"}
+            kube.put(current)  # another writer got in first: resourceVersion moves on
+
+    kube.add_hook(bump)
+    snap = make_snapshot(4, seed=5, version=2)
+    assert mirror.save(snap) == 2
+    assert kube.conflicts == 1
+    assert mirror.load() == snap
+    # the other writer's annotation is kept (we only own data/binaryData and our labels)
+    assert kube.get(NS, NAME)["metadata"]["annotations"] == {"touched": "yes"}
+
+
+def test_5000_leases_fit_thanks_to_compression(kube, mirror):
+    snap = make_snapshot(5000, seed=6, version=5000)
+    raw = raw_size(snap)
+    assert raw > 3 * CONFIGMAP_LIMIT  # raw JSON could never fit in one ConfigMap
+    started = time.monotonic()
+    writes = mirror.save(snap)
+    save_s = time.monotonic() - started
+    stats = mirror.last_stats
+    assert stats is not None and stats.raw_bytes == raw
+    assert stats.encoded_bytes < CONFIGMAP_LIMIT
+    assert writes == 1 and stats.configmaps == 1
+    started = time.monotonic()
+    assert mirror.load() == snap
+    load_s = time.monotonic() - started
+    print(
+        f"\n5000 leases: raw JSON {raw} B ({raw / 5000:.0f} B/lease), encoded "
+        f"{stats.encoded_bytes} B ({raw / stats.encoded_bytes:.1f}x), {writes} write(s); "
+        f"save {save_s:.2f}s, load {load_s:.2f}s"
+    )
+    # without the compact encoding the apiserver refuses it
+    api = client.CoreV1Api(mirror.api_client)
+    half = json.dumps(snap["leases"][:2000], separators=(",", ":"))
+    assert len(half) > CONFIGMAP_LIMIT
+    with pytest.raises(ApiException) as err:
+        api.create_namespaced_config_map(NS, {"metadata": {"name": "raw"}, "data": {"l": half}})
+    assert err.value.status == 422
+
+
+def test_5000_leases_sharded_then_resharded_and_old_shards_cleaned(kube, api):
+    mirror = ConfigMapMirror(NS, NAME, api_client=api, shard_bytes=256 * 1024)
+    snap = make_snapshot(5000, seed=7, version=1)
+    writes = mirror.save(snap)
+    n = mirror.last_stats.configmaps
+    assert n >= 3
+    assert writes == n  # n-1 shard creates + 1 head create
+    assert set(mirror_names(kube)) == referenced(kube) and len(referenced(kube)) == n
+    for name in mirror_names(kube):  # every ConfigMap respects the apiserver limit
+        cm = kube.get(NS, name)
+        size = sum(len(k) + len(v) for k, v in cm.get("data", {}).items())
+        size += sum(len(k) + len(base64.b64decode(v)) for k, v in cm["binaryData"].items())
+        assert size <= CONFIGMAP_LIMIT
+    assert mirror.load() == snap
+
+    old = referenced(kube)
+    snap2 = make_snapshot(4000, seed=8, version=2)
+    writes2 = mirror.save(snap2)
+    n2 = mirror.last_stats.configmaps
+    assert writes2 == (n2 - 1) + 1 + (n - 1)  # new shards, head replace, old shards deleted
+    assert set(mirror_names(kube)) == referenced(kube)
+    assert not (old - {NAME}) & set(mirror_names(kube))
+    assert mirror.load() == snap2
+
+    # shrinking back to one ConfigMap removes every shard
+    assert mirror.save({"version": 3, "leases": []}) == 1 + (n2 - 1)
+    assert mirror_names(kube) == [NAME]
+
+
+def test_incompressible_data_is_sharded_and_round_trips(kube, mirror):
+    snap = random_snapshot(2_500_000, seed=9)  # ~3.3 MB of base64, ~2.5 MB compressed
+    writes = mirror.save(snap)
+    stats = mirror.last_stats
+    assert stats.encoded_bytes > 2 * mirror.shard_bytes
+    assert stats.configmaps == 3 and writes == 3
+    assert set(mirror_names(kube)) == referenced(kube) and len(mirror_names(kube)) == 3
+    assert mirror.load() == snap
+
+
+def test_too_large_raises_and_writes_nothing(kube, api):
+    small = ConfigMapMirror(NS, NAME, api_client=api, max_shards=2)
+    before = make_snapshot(5, seed=10)
+    small.save(before)
+    writes_before = kube.writes
+    with pytest.raises(MirrorTooLarge) as err:
+        small.save(random_snapshot(2_500_000, seed=11))
+    assert err.value.needed > 2 and err.value.encoded_bytes > 2 * small.shard_bytes
+    assert "at most 2" in str(err.value)
+    assert kube.writes == writes_before  # refused before any write
+    assert small.load() == before  # the mirror still holds the last good snapshot
+
+
+def test_too_large_with_default_limits(kube, mirror):
+    # 13 MB of random bytes -> ~17.3 MB of base64 text -> ~13 MB compressed > 16 ConfigMaps
+    with pytest.raises(MirrorTooLarge):
+        mirror.save(random_snapshot(16 * 1_040_000 + 100_000, seed=12))
+    assert kube.writes == 0
+
+
+def test_apiserver_refusal_as_too_large_is_loud(kube, api):
+    """If a smaller limit is enforced by the apiserver, 422 FieldValueTooLong → MirrorTooLarge."""
+    kube.max_object_bytes = 100_000
+    mirror = ConfigMapMirror(NS, NAME, api_client=api)
+    with pytest.raises(MirrorTooLarge):
+        mirror.save(random_snapshot(200_000, seed=13))
+
+
+def test_503_raises_mirror_error_then_recovers(kube, mirror):
+    mirror.save(make_snapshot(5, seed=14, version=1))
+    kube.inject_fault(503, count=None)
+    snap = make_snapshot(6, seed=15, version=2)
+    with pytest.raises(MirrorError) as err:
+        mirror.save(snap)
+    assert err.value.status == 503 and not isinstance(err.value, MirrorTooLarge)
+    with pytest.raises(MirrorError):
+        mirror.load()
+    kube.clear_faults()
+    assert mirror.load()["version"] == 1
+    assert mirror.save(snap) == 1
+    assert mirror.load() == snap
+
+
+def test_500_on_head_write_keeps_old_snapshot_and_cleans_up_later(kube, api):
+    mirror = ConfigMapMirror(NS, NAME, api_client=api, shard_bytes=64 * 1024)
+    first = make_snapshot(1000, seed=16, version=1)
+    mirror.save(first)
+    kube.inject_fault(500, count=1, methods={"PUT"}, name=NAME)
+    with pytest.raises(MirrorError):
+        mirror.save(make_snapshot(1000, seed=17, version=2))
+    # shards of the failed save exist but nothing references them; readers see the old save
+    assert set(mirror_names(kube)) > referenced(kube)
+    assert mirror.load() == first
+    third = make_snapshot(1000, seed=18, version=3)
+    mirror.save(third)
+    assert set(mirror_names(kube)) == referenced(kube)  # leftovers deleted too
+    assert mirror.load() == third
+
+
+def test_hang_past_timeout_raises_then_later_save_succeeds(kube, api):
+    mirror = ConfigMapMirror(NS, NAME, api_client=api, timeout=0.3)
+    mirror.save(make_snapshot(5, seed=19, version=1))
+    kube.inject_fault(hang=3.0, count=None)
+    started = time.monotonic()
+    with pytest.raises(MirrorError) as err:
+        mirror.save(make_snapshot(5, seed=20, version=2))
+    # urllib3 may retry an idempotent GET a few times, each bounded by the timeout
+    assert time.monotonic() - started < 2.0
+    assert "unreachable" in str(err.value)
+    kube.clear_faults()
+    snap = make_snapshot(5, seed=21, version=3)
+    assert retry_backoff(lambda: mirror.save(snap), attempts=3, base=0.05) == 1
+    assert mirror.load() == snap
+
+
+def test_server_down_raises_mirror_error(kube, api):
+    mirror = ConfigMapMirror(NS, NAME, api_client=api, timeout=0.5)
+    kube.stop()
+    with pytest.raises(MirrorError):
+        mirror.save({"version": 1})
+    with pytest.raises(MirrorError):
+        mirror.load()
+
+
+def test_retry_backoff_retries_mirror_errors_but_not_too_large():
+    calls: list[int] = []
+    sleeps: list[float] = []
+
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) < 3:
+            raise MirrorError("down", status=503)
+        return 42
+
+    assert retry_backoff(flaky, attempts=5, base=0.1, sleep=sleeps.append) == 42
+    assert len(calls) == 3 and len(sleeps) == 2 and all(0 <= s <= 0.2 for s in sleeps)
+
+    def too_big() -> int:
+        calls.append(1)
+        raise MirrorTooLarge("no")
+
+    calls.clear()
+    with pytest.raises(MirrorTooLarge):
+        retry_backoff(too_big, attempts=5, sleep=sleeps.append)
+    assert len(calls) == 1
+
+
+def test_concurrent_writers_and_reader_never_mix_shards(kube):
+    """Two writers race (sharded saves, conflicts on the head); a reader only ever sees whole
+    snapshots; the end state is one writer's last snapshot, with no orphan shards."""
+    kube.set_latency(0.002)
+    rounds = 8
+    snaps = {
+        w: [random_snapshot(9_000 + 1_000 * i, seed=100 * (w + 1) + i) for i in range(rounds)]
+        for w in (0, 1)
+    }
+    for w in (0, 1):
+        for i, s in enumerate(snaps[w]):
+            s["writer"], s["round"] = w, i
+    known = {json.dumps(s, sort_keys=True) for w in (0, 1) for s in snaps[w]}
+    clients = [kube.api_client() for _ in range(3)]
+    mirrors = [ConfigMapMirror(NS, NAME, api_client=c, shard_bytes=4096) for c in clients]
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+    seen: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def writer(w: int) -> None:
+        try:
+            for snap in snaps[w]:
+                barrier.wait(timeout=10)
+                mirrors[w].save(snap)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    def reader() -> None:
+        try:
+            while not done.is_set():
+                got = mirrors[2].load()
+                if got is not None:
+                    assert json.dumps(got, sort_keys=True) in known, "mixed or unknown snapshot"
+                    seen.append((got["writer"], got["round"]))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in (0, 1)]
+    threads.append(threading.Thread(target=reader))
+    for t in threads:
+        t.start()
+    for t in threads[:2]:
+        t.join(timeout=60)
+    done.set()
+    threads[2].join(timeout=30)
+    for c in clients:
+        c.close()
+    assert not errors, errors
+    final = ConfigMapMirror(NS, NAME, api_client=kube.api_client()).load()
+    assert final in (snaps[0][-1], snaps[1][-1])
+    assert kube.conflicts > 0  # the race really happened and was resolved
+    assert seen  # the reader did read while the writers were busy
+    assert set(mirror_names(kube)) == referenced(kube)  # no orphan shards
+
+
+def test_default_client_from_kubeconfig(kube, tmp_path, monkeypatch):
+    token_server = KubeApiServer(token="s3cret").start()
+    try:
+        path = token_server.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        monkeypatch.setenv("KUBECONFIG", str(path))
+        with ConfigMapMirror(NS, NAME) as m:  # not in a cluster → kubeconfig
+            m.save({"version": 1, "leases": []})
+            assert m.load() == {"version": 1, "leases": []}
+        assert token_server.writes == 1
+        # the token in the kubeconfig was what let us in
+        anonymous = ConfigMapMirror(
+            NS, NAME, api_client=client.ApiClient(client.Configuration(host=token_server.url))
+        )
+        with pytest.raises(MirrorError) as err:
+            anonymous.load()
+        assert err.value.status == 401
+    finally:
+        token_server.stop()
+
+
+def test_no_configuration_at_all_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    with pytest.raises(MirrorError, match="no Kubernetes configuration"):
+        ConfigMapMirror(NS, NAME)
+
+
+def test_mirror_from_env(kube, api, tmp_path):
+    path = str(tmp_path / "ledger.json")
+    assert isinstance(mirror_from_env(None, path), FileMirror)
+    assert isinstance(mirror_from_env("  ", path), FileMirror)
+    m = mirror_from_env("vcm/vcm-ledger", path, api_client=api)
+    assert isinstance(m, ConfigMapMirror) and (m.namespace, m.name) == ("vcm", "vcm-ledger")
+    for bad in ("vcm-ledger", "a/b/c", "/x", "x/", "Vcm/ledger", "vcm/Ledger", "vcm/a_b"):
+        with pytest.raises(ValueError, match="VCM_CONFIGMAP"):
+            mirror_from_env(bad, path)
+
+
+# ---- FileMirror ------------------------------------------------------------------------------
+
+
+def test_file_mirror_round_trip(tmp_path):
+    m = FileMirror(tmp_path / "sub" / "ledger.json")
+    assert m.load() is None
+    snap = make_snapshot(50, seed=30)
+    assert m.save(snap) == 1
+    assert m.load() == snap
+    assert json.loads((tmp_path / "sub" / "ledger.json").read_text()) == snap
+    snap2 = make_snapshot(10, seed=31, version=2)
+    m.save(snap2)
+    assert m.load() == snap2
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["ledger.json"]  # no temp left
+
+
+def test_file_mirror_corrupt_file_is_an_error_not_none(tmp_path):
+    (tmp_path / "ledger.json").write_text('{"version": 1, "leases": [')
+    with pytest.raises(MirrorError):
+        FileMirror(tmp_path / "ledger.json").load()
+
+
+_KILL_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, sys.argv[2])
+    from workers.adapters.mirror import FileMirror
+    m = FileMirror(sys.argv[1])
+    i = 0
+    while True:
+        i += 1
+        n = 2000 + (i * 7919) % 20000
+        # self-checking snapshot: the content is a function of the version
+        m.save({"version": i, "leases": ["lease-%d-%d" % (i, k) for k in range(n)], "n": n})
+        print(i, flush=True)
+    """
+)
+
+
+def _check_complete(snapshot: dict[str, Any]) -> None:
+    i, n = snapshot["version"], snapshot["n"]
+    assert n == 2000 + (i * 7919) % 20000
+    assert snapshot["leases"] == [f"lease-{i}-{k}" for k in range(n)]
+
+
+def test_file_mirror_survives_sigkill_mid_save(tmp_path):
+    target = tmp_path / "ledger.json"
+    rnd = random.Random(5)
+    kills = mid_write = 0
+    last_version = 0
+    leftovers: set[Path] = set()
+    while kills < 6 or (mid_write == 0 and kills < 30):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _KILL_CHILD, str(target), str(ROOT)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        proc.stdout.readline()  # at least one complete save happened
+        time.sleep(rnd.uniform(0.01, 0.15))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        kills += 1
+        temps = set(tmp_path.glob(".ledger.json.*.tmp"))
+        if temps - leftovers:
+            mid_write += 1  # the kill landed between temp file creation and rename
+        leftovers = temps
+        snapshot = FileMirror(target).load()
+        assert snapshot is not None
+        _check_complete(snapshot)
+        last_version = snapshot["version"]
+    assert last_version >= 1
+    assert mid_write > 0, "no kill landed mid-write: the test proved nothing"
