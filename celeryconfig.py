@@ -7,7 +7,14 @@ _redis = os.environ.get("VCM_REDIS_URL", "redis://127.0.0.1:6379/0")
 broker_url = _redis
 result_backend = _redis
 broker_connection_retry_on_startup = True
-broker_transport_options = {"visibility_timeout": 600}  # placement tasks take milliseconds
+# an unacked task (its worker died) is redelivered after this; placement tasks take milliseconds
+_visibility = int(os.environ.get("VCM_VISIBILITY_TIMEOUT", 600))
+broker_transport_options = {
+    "visibility_timeout": _visibility,
+    # sweep for unacked tasks of dead workers often enough to honour the timeout
+    "unacked_restore_interval": max(1, min(10, _visibility // 2)),
+    "unacked_restore_throttle": 1,
+}
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 redis_socket_connect_timeout = 5
 redis_socket_timeout = 30

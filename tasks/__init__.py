@@ -9,11 +9,13 @@ from typing import Any
 
 from celery import Celery, signals
 
-from workers.core.errors import InvalidRequest
+from workers.core.errors import ERRORS, InvalidRequest
 
 app = Celery("vcm")
 app.config_from_object("celeryconfig")
 log = logging.getLogger("vcm.tasks")
+# domain failures are answers, not crashes: Celery logs them without a traceback
+EXPECTED = tuple(ERRORS.values())
 
 
 @cache
@@ -39,43 +41,43 @@ def _no_extra(extra: dict[str, Any]) -> None:
         raise InvalidRequest.of(name, "unknown argument for this task")
 
 
-@app.task(name="vcm.acquire", bind=True)
+@app.task(name="vcm.acquire", bind=True, throws=EXPECTED)
 def acquire(self, request: Any = None, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(extra)
     return service().acquire(request, self.request.id)
 
 
-@app.task(name="vcm.acquire_batch", bind=True)
+@app.task(name="vcm.acquire_batch", bind=True, throws=EXPECTED)
 def acquire_batch(self, requests: Any = None, **extra: Any) -> list[list[dict[str, Any]]]:
     _no_extra(extra)
     return service().acquire_batch(requests, self.request.id)
 
 
-@app.task(name="vcm.release")
+@app.task(name="vcm.release", throws=EXPECTED)
 def release(lease_ids: Any = None, owner: Any = None, **extra: Any) -> list[str]:
     _no_extra(extra)
     return service().release(lease_ids, owner)
 
 
-@app.task(name="vcm.renew")
+@app.task(name="vcm.renew", throws=EXPECTED)
 def renew(lease_id: Any = None, owner: Any = None, ttl: Any = None, **extra: Any) -> dict:
     _no_extra(extra)
     return service().renew(lease_id, owner, ttl)
 
 
-@app.task(name="vcm.show_pools")
+@app.task(name="vcm.show_pools", throws=EXPECTED)
 def show_pools(**extra: Any) -> list[dict[str, Any]]:
     _no_extra(extra)
     return service().show_pools()
 
 
-@app.task(name="vcm.list_leases")
+@app.task(name="vcm.list_leases", throws=EXPECTED)
 def list_leases(owner: Any = None, pool: Any = None, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(extra)
     return service().list_leases(owner, pool)
 
 
-@app.task(name="vcm.estimate")
+@app.task(name="vcm.estimate", throws=EXPECTED)
 def estimate(request: Any = None, **extra: Any) -> dict[str, Any]:
     _no_extra(extra)
     return service().estimate(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -27,9 +28,12 @@ class Capacity:
         self._version = -1
         self._usage: dict[str, Usage] = {}
         self._nets: set[str] = set()
+        # fault injection for the crash tests: die right after a commit, before replying
+        self._crash_after_commit = os.environ.get("VCM_TEST_CRASH_AFTER_COMMIT") == "1"
 
     # helpers ---------------------------------------------------------------------------
-    def parse(self, raw: Any, default_id: str, owner: str = "anonymous", where: str = "") -> Request:
+    def parse(self, raw: Any, default_id: str, owner: str = "anonymous",
+              where: str = "") -> Request:
         s = self.settings
         req = parse_request(raw, default_owner=owner, default_request_id=default_id,
                             default_ttl=s.lease_ttl, max_ttl=s.max_lease_lifetime, where=where)
@@ -61,7 +65,8 @@ class Capacity:
         ids = [r.request_id for r in reqs]
         dupes = {x for x in ids if ids.count(x) > 1}
         if dupes:
-            raise InvalidRequest.of("request-id", f"{sorted(dupes)[0]!r} appears twice in the batch")
+            raise InvalidRequest.of("request-id",
+                                    f"{sorted(dupes)[0]!r} appears twice in the batch")
         return self.place(reqs)
 
     def place(self, reqs: list[Request]) -> list[list[dict[str, Any]]]:
@@ -87,6 +92,8 @@ class Capacity:
                     for placements in plan for p in placements}
             commit = self.ledger.commit(version, groups, caps)
             if commit.status == "ok":
+                if self._crash_after_commit:
+                    os._exit(137)
                 for req, placements in zip(reqs, plan, strict=True):
                     fleet.apply(req, placements)
                 self._version = commit.version

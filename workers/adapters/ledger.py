@@ -61,10 +61,9 @@ for key, _ in pairs(d.nets) do
 end
 for pool, u in pairs(d.pools) do
   local k = p .. 'use:' .. pool
-  redis.call('HINCRBY', k, 'vcpus', u.vcpus)
-  redis.call('HINCRBY', k, 'memory', u.memory)
-  redis.call('HINCRBY', k, 'storage', u.storage)
-  redis.call('HINCRBY', k, 'leases', u.leases)
+  for _, dim in ipairs({'vcpus', 'memory', 'storage', 'leases'}) do
+    redis.call('HINCRBY', k, dim, string.format('%d', u[dim]))
+  end
   redis.call('HSET', k, 'vcenter', u.vcenter)
   redis.call('SADD', p .. 'pools', pool)
 end
@@ -116,9 +115,11 @@ for _, f in ipairs(found) do
   local id, l, raw = f[1], f[2], f[3]
   local st, sp = l.status, l.spec
   local k = p .. 'use:' .. st.pool
-  redis.call('HINCRBY', k, 'vcpus', -sp.vcpus)
-  redis.call('HINCRBY', k, 'memory', -sp.memory)
-  redis.call('HINCRBY', k, 'storage', -sp.storage)
+  for _, dim in ipairs({'vcpus', 'memory', 'storage'}) do
+    -- string.format, not -x: Lua's -0 is "-0", which HINCRBY refuses, and Redis does not
+    -- roll back a script's earlier writes when a later command fails
+    if sp[dim] ~= 0 then redis.call('HINCRBY', k, dim, string.format('%d', -sp[dim])) end
+  end
   redis.call('HINCRBY', k, 'leases', -1)
   if type(st.networks) == 'table' then
     for _, n in ipairs(st.networks) do
@@ -185,7 +186,8 @@ local leases = redis.call('HGETALL', p .. 'leases')
 local usage = {}
 for _, pool in ipairs(redis.call('SMEMBERS', p .. 'pools')) do
   usage[#usage + 1] = pool
-  usage[#usage + 1] = redis.call('HMGET', p .. 'use:' .. pool, 'vcpus', 'memory', 'storage', 'leases')
+  usage[#usage + 1] = redis.call('HMGET', p .. 'use:' .. pool,
+    'vcpus', 'memory', 'storage', 'leases')
 end
 return {leases, usage, redis.call('HGETALL', p .. 'nets')}
 """

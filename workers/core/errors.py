@@ -84,7 +84,8 @@ class WaitTimeout(VcmError):
     @classmethod
     def of(cls, waited: float, reasons: dict[str, str] | None = None) -> WaitTimeout:
         return cls(
-            f"waited {waited:g}s and no capacity freed up", {"waited": waited, "reasons": reasons or {}}
+            f"waited {waited:g}s and no capacity freed up",
+            {"waited": waited, "reasons": reasons or {}},
         )
 
 

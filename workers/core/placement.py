@@ -183,6 +183,8 @@ def place_batch(
         try:
             placements = place(req, scratch, strategy)
         except NoCapacity as exc:
+            if len(reqs) == 1:
+                raise
             raise NoCapacity.of(exc.reasons, f"request #{i + 1} of the batch: "
                                 + exc.message.split(":", 1)[0]) from None
         scratch.apply(req, placements)
@@ -245,8 +247,8 @@ def estimate(req: Request, fleet: Fleet) -> dict:
         else:  # pragma: no cover - consistent with the counts above
             blocked = ""
     else:
-        blocked = (f"after {total} more, fewer than {req.vcenters} distinct vCenter(s) "
-                   "would have room")
+        blocked = (f"after {total} more, no pool would have room" if req.vcenters == 1 else
+                   f"after {total} more, fewer than {req.vcenters} vCenters would have room")
     return {"request": req.spec(), "fits": total, "per-vcenter": per_vcenter, "pools": pools,
             "next-blocked-by": blocked}
 

@@ -70,7 +70,8 @@ def _parse_pool(raw: Any, index: int, file: str) -> Pool:
     ratio = raw.get("vcpu-overcommit", 1.0)
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not math.isfinite(ratio) \
             or ratio < 1.0 or ratio > 100:
-        raise ConfigError.of(file, label, "vcpu-overcommit", f"must be a number ≥ 1.0, got {ratio!r}")
+        raise ConfigError.of(file, label, "vcpu-overcommit",
+                             f"must be a number from 1.0 to 100, got {ratio!r}")
     flags = {}
     for key in ("exclude", "no-schedule"):
         value = raw.get(key, False)

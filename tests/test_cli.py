@@ -1,0 +1,73 @@
+"""`vcm` run as a real process against the real workers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.support.procs import ROOT
+
+
+def vcm(stack, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workers.cli", *args,
+                           "--redis-url", stack["redis"].url],
+                          cwd=ROOT, env=stack["env"], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_acquire_env_eval_and_release(stack, ledger, tmp_path):
+    p = vcm(stack, "acquire", "--vcpus", "24", "--memory", "96", "--storage", "700",
+            "--owner", "job-1", "-o", "env")
+    assert p.returncode == 0, p.stderr
+    script = tmp_path / "step.sh"
+    script.write_text(p.stdout + '\necho "$VCM_LEASE_ID $VCM_POOL $VCM_PORT_GROUP $VCM_VLAN '
+                      '$VCM_CIDR $VCM_GATEWAY $VCM_DATASTORE"\n')
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True).stdout.split()
+    assert out[1:] == ["pool1", "ci-vlan-1001", "1001", "192.168.1.0/24", "192.168.1.1",
+                       "datastore1"]
+    assert out[0] in ledger.audit()["leases"]
+    p = vcm(stack, "release", out[0], "--owner", "job-1", "-o", "json")
+    assert p.returncode == 0 and json.loads(p.stdout) == [out[0]]
+    assert ledger.audit()["leases"] == {}
+
+
+def test_exit_codes(stack, ledger):
+    p = vcm(stack, "acquire", "--vcpus", "24", "--memory", "5000")
+    assert p.returncode == 2 and "memory" in p.stderr  # more than any pool could hold
+    p = vcm(stack, "acquire", "--vcpus", "24", "--memory", "-1")
+    assert p.returncode == 2 and "memory" in p.stderr
+    p = vcm(stack, "acquire", "--vcpus", "100", "--memory", "100", "--required-pool", "pool3")
+    assert p.returncode == 2 and "vcpus: 100 is more than any pool can hold" in p.stderr
+    assert vcm(stack, "acquire", "--vcpus", "30", "--memory", "1", "--required-pool",
+               "pool3").returncode == 0
+    p = vcm(stack, "acquire", "--vcpus", "20", "--memory", "1", "--required-pool", "pool3")
+    assert p.returncode == 3 and "pool3: insufficient vcpus (need 20, free 10)" in p.stderr
+    p = vcm(stack, "release", "no-such-lease")
+    assert p.returncode == 1 and "LeaseNotFound" in p.stderr
+    p = vcm(stack, "acquire", "--vcpus", "x", "--memory", "1")
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+
+
+def test_pools_table_leases_estimate_reserve(stack, ledger, tmp_path):
+    assert vcm(stack, "acquire", "--vcpus", "60", "--memory", "160", "--owner", "t").returncode == 0
+    p = vcm(stack, "pools")
+    assert p.returncode == 0
+    assert "pool1" in p.stdout and "[#####.....]  50.0%" in p.stdout  # 60 of 120 vcpus
+    assert "VCENTER" in p.stdout and "vcenter3.example.com" in p.stdout
+    p = vcm(stack, "leases", "--owner", "t", "-o", "json")
+    assert [x["status"]["owner"] for x in json.loads(p.stdout)] == ["t"]
+    p = vcm(stack, "estimate", "--vcpus", "24", "--memory", "96", "-o", "json")
+    assert json.loads(p.stdout)["pools"]["pool1"]["fits"] == 2
+    batch = tmp_path / "batch.yaml"
+    batch.write_text("requests:\n  - {vcpus: 8, memory: 8}\n  - {vcpus: 8, memory: 8, vcenters: 3}\n")
+    p = vcm(stack, "reserve", "-f", str(batch))
+    assert p.returncode == 0, p.stderr
+    assert len(ledger.audit()["leases"]) == 1 + 4
+    before = ledger.audit()
+    batch.write_text("- {vcpus: 24, memory: 8, required-pool: pool3}\n"
+                     "- {vcpus: 24, memory: 8, required-pool: pool3}\n")
+    p = vcm(stack, "reserve", "-f", str(batch))
+    assert p.returncode == 3 and "request #2" in p.stderr
+    assert ledger.audit() == before  # holding nothing
