@@ -61,7 +61,8 @@ def test_pools_table_leases_estimate_reserve(stack, ledger, tmp_path):
     p = vcm(stack, "estimate", "--vcpus", "24", "--memory", "96", "-o", "json")
     assert json.loads(p.stdout)["pools"]["pool1"]["fits"] == 2
     batch = tmp_path / "batch.yaml"
-    batch.write_text("requests:\n  - {vcpus: 8, memory: 8}\n  - {vcpus: 8, memory: 8, vcenters: 3}\n")
+    batch.write_text("requests:\n  - {vcpus: 8, memory: 8}\n"
+                     "  - {vcpus: 8, memory: 8, vcenters: 3}\n")
     p = vcm(stack, "reserve", "-f", str(batch))
     assert p.returncode == 0, p.stderr
     assert len(ledger.audit()["leases"]) == 1 + 4
