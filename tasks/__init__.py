@@ -4,10 +4,10 @@ task translates its arguments and calls workers.service."""
 from __future__ import annotations
 
 import logging
-from functools import cache
 from typing import Any
 
 from celery import Celery, signals
+from celery.exceptions import Ignore
 
 from workers.core.errors import ERRORS, InvalidRequest
 
@@ -16,71 +16,143 @@ app.config_from_object("celeryconfig")
 log = logging.getLogger("vcm.tasks")
 # domain failures are answers, not crashes: Celery logs them without a traceback
 EXPECTED = tuple(ERRORS.values())
+_state: dict[str, Any] = {"writer": True}
 
 
-@cache
 def service():
+    svc = _state.get("service")
+    if svc is None:
+        svc = _state["service"] = _build(_state["writer"])
+    return svc
+
+
+def _build(writer: bool):
     from workers.adapters.ledger import Ledger
+    from workers.adapters.mirror import mirror_from_env
     from workers.adapters.pools_file import PoolsFile
+    from workers.adapters.replies import CeleryReplies, OutboxReplies
     from workers.service import Capacity
     from workers.settings import Settings
 
     settings = Settings.from_env()
     ledger = Ledger.from_url(settings.redis_url, keep=int(settings.keep_released))
-    return Capacity(ledger, PoolsFile(settings.pools_file), settings)
+    mirror = None
+    if settings.mirror_enabled and writer:
+        mirror = mirror_from_env(settings.configmap, settings.mirror_file)
+    direct = CeleryReplies(app)
+    replies = OutboxReplies(ledger, direct) if mirror is not None else direct
+    svc = Capacity(ledger, PoolsFile(settings.pools_file), settings, replies, mirror, writer)
+    svc.direct_replies = direct
+    return svc
 
 
-@signals.worker_init.connect
-def _check_config(**_: Any) -> None:
-    service()  # an invalid pools file or setting stops start-up here, with the file's message
+@signals.celeryd_after_setup.connect
+def _setup(sender: str, instance: Any, **_: Any) -> None:
+    """Before consuming: check the config, and on the placement side restore the ledger."""
+    queues = set(instance.app.amqp.queues.consume_from or instance.app.amqp.queues)
+    _state["writer"] = "placement" in queues
+    svc = service()  # an invalid pools file or setting stops start-up here, with its message
+    if _state["writer"]:
+        svc.ensure_ready()
 
 
-def _no_extra(extra: dict[str, Any]) -> None:
+@signals.worker_ready.connect
+def _start_publisher(**_: Any) -> None:
+    if not _state["writer"]:
+        return
+    from workers.publisher import Publisher
+
+    svc = service()
+    pub = Publisher(svc, svc.mirror, svc.direct_replies, svc.settings.mirror_max_delay)
+    _state["publisher"] = pub
+    pub.start()
+
+
+@signals.worker_shutting_down.connect
+def _stop_publisher(**_: Any) -> None:
+    pub = _state.get("publisher")
+    if pub is not None:
+        pub.stop()
+
+
+def _no_extra(args: tuple, extra: dict[str, Any]) -> None:
+    if args:
+        raise InvalidRequest.of("args", "pass arguments by name (kwargs)")
     if extra:
-        name = sorted(extra)[0]
-        raise InvalidRequest.of(name, "unknown argument for this task")
+        raise InvalidRequest.of(sorted(extra)[0], "unknown argument for this task")
+
+
+def _answer(task, result: Any) -> Any:
+    """With a mirror, a change is answered once the mirror covers it (the publisher does it)."""
+    svc = service()
+    if svc.mirror is not None and task.request.id and not task.request.is_eager:
+        svc.ledger.defer(task.request.id, result)
+        raise Ignore()
+    return result
 
 
 @app.task(name="vcm.acquire", bind=True, throws=EXPECTED)
-def acquire(self, request: Any = None, **extra: Any) -> list[dict[str, Any]]:
-    _no_extra(extra)
-    return service().acquire(request, self.request.id)
+def acquire(self, request: Any = None, *args: Any, **extra: Any) -> list[dict[str, Any]]:
+    _no_extra(args, extra)
+    from workers.service import Parked
+
+    result = service().acquire(request, self.request.id)
+    if isinstance(result, Parked):
+        self.update_state(state="WAITING", meta=result.meta())
+        raise Ignore()
+    return _answer(self, result)
 
 
 @app.task(name="vcm.acquire_batch", bind=True, throws=EXPECTED)
-def acquire_batch(self, requests: Any = None, **extra: Any) -> list[list[dict[str, Any]]]:
-    _no_extra(extra)
-    return service().acquire_batch(requests, self.request.id)
+def acquire_batch(self, requests: Any = None, *args: Any,
+                  **extra: Any) -> list[list[dict[str, Any]]]:
+    _no_extra(args, extra)
+    return _answer(self, service().acquire_batch(requests, self.request.id))
 
 
-@app.task(name="vcm.release", throws=EXPECTED)
-def release(lease_ids: Any = None, owner: Any = None, **extra: Any) -> list[str]:
-    _no_extra(extra)
-    return service().release(lease_ids, owner)
+@app.task(name="vcm.release", bind=True, throws=EXPECTED)
+def release(self, lease_ids: Any = None, owner: Any = None, *args: Any,
+            **extra: Any) -> list[str]:
+    _no_extra(args, extra)
+    return _answer(self, service().release(lease_ids, owner))
 
 
-@app.task(name="vcm.renew", throws=EXPECTED)
-def renew(lease_id: Any = None, owner: Any = None, ttl: Any = None, **extra: Any) -> dict:
-    _no_extra(extra)
-    return service().renew(lease_id, owner, ttl)
+@app.task(name="vcm.renew", bind=True, throws=EXPECTED)
+def renew(self, lease_id: Any = None, owner: Any = None, ttl: Any = None, *args: Any,
+          **extra: Any) -> dict:
+    _no_extra(args, extra)
+    return _answer(self, service().renew(lease_id, owner, ttl))
+
+
+@app.task(name="vcm.reap_expired", throws=EXPECTED)
+def reap_expired(*args: Any, **extra: Any) -> list[str]:
+    _no_extra(args, extra)
+    return service().reap_expired()
 
 
 @app.task(name="vcm.show_pools", throws=EXPECTED)
-def show_pools(**extra: Any) -> list[dict[str, Any]]:
-    _no_extra(extra)
+def show_pools(*args: Any, **extra: Any) -> list[dict[str, Any]]:
+    _no_extra(args, extra)
     return service().show_pools()
 
 
 @app.task(name="vcm.list_leases", throws=EXPECTED)
-def list_leases(owner: Any = None, pool: Any = None, **extra: Any) -> list[dict[str, Any]]:
-    _no_extra(extra)
+def list_leases(owner: Any = None, pool: Any = None, *args: Any,
+                **extra: Any) -> list[dict[str, Any]]:
+    _no_extra(args, extra)
     return service().list_leases(owner, pool)
 
 
 @app.task(name="vcm.estimate", throws=EXPECTED)
-def estimate(request: Any = None, **extra: Any) -> dict[str, Any]:
-    _no_extra(extra)
+def estimate(request: Any = None, *args: Any, **extra: Any) -> dict[str, Any]:
+    _no_extra(args, extra)
     return service().estimate(request)
+
+
+@app.task(name="vcm.waiting", throws=EXPECTED)
+def waiting(*args: Any, **extra: Any) -> list[dict[str, Any]]:
+    _no_extra(args, extra)
+    return service().waiting()
 
 
 @app.task(name="vcm.noop_placement")

@@ -49,12 +49,21 @@ def client_app(redis_server) -> Celery:
     app.close()
 
 
-@pytest.fixture()
-def ledger(redis_server, stack, pools_file):
-    """A clean ledger before each test (only vcm:* keys; Celery's own keys stay)."""
-    client = redis_server.client()
+def reset_ledger(client, mirror_file: str | None) -> None:
+    """Empty the ledger and its mirror (only vcm:* keys; Celery's own keys stay)."""
+    if mirror_file:
+        from workers.adapters.mirror import FileMirror
+
+        FileMirror(mirror_file).save({"format": 1, "seq": 0, "leases": []})
     for key in client.scan_iter("vcm:*", count=1000):
         client.delete(key)
+
+
+@pytest.fixture()
+def ledger(redis_server, stack, pools_file):
+    """A clean ledger before each test."""
+    client = redis_server.client()
+    reset_ledger(client, stack["env"].get("VCM_MIRROR_FILE"))
     pools_file.write_text(EXAMPLE_POOLS.read_text())
     from workers.adapters.ledger import Ledger
 

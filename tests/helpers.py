@@ -9,7 +9,8 @@ from celery import Celery
 from workers.adapters.ledger import Ledger
 from workers.core.models import Pool
 
-QUEUE = {"vcm.show_pools": "queries", "vcm.list_leases": "queries", "vcm.estimate": "queries"}
+QUEUE = {"vcm.show_pools": "queries", "vcm.list_leases": "queries", "vcm.estimate": "queries",
+         "vcm.waiting": "queries", "vcm.rollup_usage": "queries", "vcm.usage_history": "queries"}
 
 
 def call(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> Any:

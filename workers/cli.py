@@ -17,7 +17,7 @@ from .core.errors import ERRORS, InvalidRequest, VcmError
 from .core.models import parse_duration
 
 EXIT_OK, EXIT_OTHER, EXIT_INPUT, EXIT_CAPACITY = 0, 1, 2, 3
-QUERIES = {"vcm.show_pools", "vcm.list_leases", "vcm.estimate", "vcm.rollup_usage",
+QUERIES = {"vcm.show_pools", "vcm.list_leases", "vcm.estimate", "vcm.rollup_usage", "vcm.waiting",
            "vcm.usage_history"}
 
 

@@ -5,29 +5,79 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from .adapters.ledger import Ledger, LedgerConflict
+from .adapters.ledger import Ledger, LedgerConflict, LedgerUnready
 from .adapters.pools_file import PoolsFile
-from .core.errors import InvalidRequest, LeaseNotFound, NoCapacity, NotOwner
-from .core.models import Pool, Request, make_lease, parse_request, parse_rfc3339, rfc3339
-from .core.placement import Fleet, Usage, check_possible, estimate, place_batch
+from .core.errors import InvalidRequest, LeaseNotFound, NoCapacity, NotOwner, WaitTimeout
+from .core.models import (
+    Pool,
+    Request,
+    make_lease,
+    parse_request,
+    parse_rfc3339,
+    rfc3339,
+)
+from .core.placement import (
+    Fleet,
+    Usage,
+    check_possible,
+    estimate,
+    place_batch,
+    reserve_for,
+)
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 50
+LATENCY_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 900, 3600, 14400, 86400)
+
+
+class Replies(Protocol):
+    """Where answers to parked tasks go (the Celery result backend, in the worker)."""
+
+    def deliver(self, task_id: str, result: Any) -> None: ...
+    def waiting(self, task_id: str, meta: dict[str, Any]) -> None: ...
+    def fail(self, task_id: str, exc: Exception) -> None: ...
+
+
+class MirrorSource(Protocol):
+    def load(self) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class Parked:
+    """The request waits in line; its task completes later through Replies."""
+
+    position: int
+    reasons: dict[str, str]
+    deadline: str
+
+    def meta(self) -> dict[str, Any]:
+        return {"position": self.position, "reasons": self.reasons, "deadline": self.deadline}
+
 
 class Capacity:
-    def __init__(self, ledger: Ledger, pools: PoolsFile, settings: Settings) -> None:
+    def __init__(self, ledger: Ledger, pools: PoolsFile, settings: Settings,
+                 replies: Replies | None = None, mirror: MirrorSource | None = None,
+                 writer: bool = True) -> None:
         self.ledger = ledger
         self.pools = pools
         self.settings = settings
+        self.replies = replies
+        self.mirror = mirror
+        self.writer = writer  # only the placement side restores the ledger from the mirror
+        self.lock = threading.RLock()
         # cache of the ledger's usage, valid while the ledger is at self._version
         self._version = -1
         self._usage: dict[str, Usage] = {}
         self._nets: set[str] = set()
+        self._pools_generation = pools.generation
+        self._shown: dict[str, tuple[int, str]] = {}  # task id -> last (position, reasons)
         # fault injection for the crash tests: die right after a commit, before replying
         self._crash_after_commit = os.environ.get("VCM_TEST_CRASH_AFTER_COMMIT") == "1"
 
@@ -40,18 +90,58 @@ class Capacity:
         check_possible(req, self.pools.current())
         return req
 
+    def ensure_ready(self) -> bool:
+        """Before any write: if Redis lost the ledger, rebuild it from the mirror."""
+        if self.ledger.is_ready():
+            return False
+        snapshot = self.mirror.load() if self.mirror is not None else None
+        snapshot = snapshot or {"seq": 0, "leases": []}
+        restored = self.ledger.restore(snapshot)
+        if restored and snapshot["leases"]:
+            log.warning("the Redis ledger was empty: restored %d leases from the mirror (seq %s)",
+                        len(snapshot["leases"]), snapshot.get("seq"))
+        elif not restored and self.ledger.is_ready():
+            log.warning("Redis holds leases the mirror does not know: Redis wins, the mirror "
+                        "will be rewritten")
+        self._version = -1
+        return restored
+
     def fleet(self, fresh: bool = False) -> tuple[int, Fleet]:
         if fresh or self._version < 0:
-            self._version, self._usage, self._nets = self.ledger.usage()
+            try:
+                self._version, self._usage, self._nets = self.ledger.usage(self.writer)
+            except LedgerUnready:
+                self.ensure_ready()
+                self._version, self._usage, self._nets = self.ledger.usage()
         return self._version, Fleet(self.pools.current(), self._usage, self._nets)
 
     def _forget(self) -> None:
         self._version = -1
 
+    def _held(self, fleet: Fleet, skip: str = "") -> dict[str, str]:
+        """Pools kept for the head of the waiting line (none when nobody waits)."""
+        for position, (rid, record) in enumerate(self.ledger.waiters(), start=1):
+            if rid == skip:
+                return {}
+            try:
+                head = self.parse(record["request"], rid)
+            except InvalidRequest:
+                continue
+            return reserve_for(head, fleet, position)
+        return {}
+
     # acquire ---------------------------------------------------------------------------
-    def acquire(self, raw: Any, task_id: str, owner: str = "anonymous") -> list[dict[str, Any]]:
+    def acquire(self, raw: Any, task_id: str, owner: str = "anonymous"
+                ) -> list[dict[str, Any]] | Parked:
         req = self.parse(raw, task_id or uuid.uuid4().hex, owner)
-        return self.place([req])[0]
+        with self.lock:
+            try:
+                return self.place([req])[0]
+            except NoCapacity as exc:
+                self.ledger.count("refusals")
+                if req.wait <= 0:
+                    raise
+                return self.park(req, task_id, exc.reasons)
 
     def acquire_batch(self, raws: Any, task_id: str,
                       owner: str = "anonymous") -> list[list[dict[str, Any]]]:
@@ -67,14 +157,22 @@ class Capacity:
         if dupes:
             raise InvalidRequest.of("request-id",
                                     f"{sorted(dupes)[0]!r} appears twice in the batch")
-        return self.place(reqs)
+        with self.lock:
+            return self.place(reqs)
 
-    def place(self, reqs: list[Request]) -> list[list[dict[str, Any]]]:
-        """Place all requests or none, commit atomically; a known request-id returns its leases."""
+    def place(self, reqs: list[Request], granted: str = "",
+              held: dict[str, str] | None = None) -> list[list[dict[str, Any]]]:
+        """Place all requests or none, commit atomically; a known request-id returns its leases.
+
+        `granted` is the request-id of a waiter being served: it leaves the line in the commit.
+        `held`: pools kept for the head of the line (computed here when None).
+        """
         for attempt in range(MAX_ATTEMPTS):
             version, fleet = self.fleet(fresh=attempt > 0)
+            if held is None or attempt > 0:
+                held = self._held(fleet, skip=granted) if self.ledger.waiting_count() else {}
             try:
-                plan = place_batch(reqs, fleet, self.settings.strategy)
+                plan = place_batch(reqs, fleet, self.settings.strategy, held)
             except NoCapacity:
                 existing = self.existing(reqs)
                 if existing is not None:
@@ -90,7 +188,7 @@ class Capacity:
             }
             caps = {p.pool.name: (p.pool.vcpu_capacity, p.pool.memory, p.pool.storage)
                     for placements in plan for p in placements}
-            commit = self.ledger.commit(version, groups, caps)
+            commit = self.ledger.commit(version, groups, caps, [granted] if granted else None)
             if commit.status == "ok":
                 if self._crash_after_commit:
                     os._exit(137)
@@ -103,6 +201,10 @@ class Capacity:
             if commit.status == "conflict":
                 raise InvalidRequest.of("request-id", f"{commit.detail!r} was already used by "
                                         "another request")
+            if commit.status == "gone":
+                raise WaitTimeout.of(0)  # the waiter left the line meanwhile (expired)
+            if commit.status == "unready":
+                self.ensure_ready()
             log.info("ledger moved under us (%s %s), re-reading", commit.status, commit.detail)
             self._forget()
         raise NoCapacity.of({}, f"the ledger kept changing; gave up after {MAX_ATTEMPTS} tries")
@@ -114,10 +216,96 @@ class Capacity:
         found = pipe.execute()
         if not all(found):
             return None
-
         return [self.ledger.get_many(json.loads(x)) for x in found]
 
-    # release / renew -------------------------------------------------------------------
+    # the waiting line ------------------------------------------------------------------
+    def park(self, req: Request, task_id: str, reasons: dict[str, str]) -> Parked | list:
+        deadline = time.time() + req.wait
+        record = {"task": task_id, "request": req.to_dict(), "since": time.time(),
+                  "deadline": deadline}
+        position = self.ledger.park(req.request_id, record)
+        if position == 0:  # granted meanwhile (a redelivered task): answer with the leases
+            existing = self.existing([req])
+            return existing[0] if existing else []
+        parked = Parked(position, reasons, rfc3339(deadline))
+        self._shown[task_id] = (position, json.dumps(reasons, sort_keys=True))
+        return parked
+
+    def serve_waiters(self) -> int:
+        """Place waiting requests in arrival order; the head keeps its pools (no starvation)."""
+        granted = 0
+        with self.lock:
+            position = 0
+            held: dict[str, str] = {}  # nobody ahead of the first waiter
+            for rid, record in self.ledger.waiters():
+                task_id = record["task"]
+                if record["deadline"] <= time.time():
+                    self._expire(rid, record)
+                    continue
+                try:
+                    req = self.parse(record["request"], rid)
+                    leases = self.place([req], granted=rid, held=held)[0]
+                except NoCapacity as exc:
+                    position += 1
+                    if position == 1:
+                        held = reserve_for(req, self.fleet()[1], 1)
+                    self._show_waiting(task_id, position, exc.reasons, record["deadline"])
+                    continue
+                except (InvalidRequest, WaitTimeout) as exc:
+                    if self.ledger.unpark(rid) and self.replies:
+                        self.replies.fail(task_id, exc)
+                    continue
+                granted += 1
+                self._shown.pop(task_id, None)
+                self.ledger.count("granted-after-wait")
+                self._observe_latency(time.time() - record["since"])
+                if self.replies:
+                    self.replies.deliver(task_id, leases)
+        return granted
+
+    def _show_waiting(self, task_id: str, position: int, reasons: dict[str, str],
+                      deadline: float) -> None:
+        key = (position, json.dumps(reasons, sort_keys=True))
+        if self._shown.get(task_id) != key and self.replies:
+            self._shown[task_id] = key
+            self.replies.waiting(task_id, Parked(position, reasons, rfc3339(deadline)).meta())
+
+    def _expire(self, rid: str, record: dict[str, Any]) -> None:
+        if self.ledger.unpark(rid):
+            self.ledger.count("wait-timeouts")
+            self._shown.pop(record["task"], None)
+            if self.replies:
+                waited = round(time.time() - record["since"], 1)
+                self.replies.fail(record["task"], WaitTimeout.of(waited))
+
+    def expire_waiters(self) -> int:
+        """Fail waiters whose wait ran out (the worker calls this about once a second)."""
+        n = 0
+        now = time.time()
+        for rid, record in self.ledger.waiters():
+            if record["deadline"] <= now:
+                self._expire(rid, record)
+                n += 1
+        return n
+
+    def _observe_latency(self, seconds: float) -> None:
+        pipe = self.ledger.r.pipeline(transaction=False)
+        key = self.ledger.p + "latency"
+        for bound in LATENCY_BUCKETS:
+            if seconds <= bound:
+                pipe.hincrby(key, str(bound), 1)
+        pipe.hincrby(key, "count", 1)
+        pipe.hincrbyfloat(key, "sum", seconds)
+        pipe.execute()
+
+    def pools_changed(self) -> bool:
+        self.pools.current()
+        if self.pools.generation != self._pools_generation:
+            self._pools_generation = self.pools.generation
+            return True
+        return False
+
+    # release / renew / reap ------------------------------------------------------------
     def release(self, lease_ids: Any = None, owner: Any = None,
                 reason: str = "released") -> list[str]:
         ids = _id_list(lease_ids)
@@ -125,17 +313,29 @@ class Capacity:
             raise InvalidRequest.of("owner", "must be a non-empty string")
         if not ids and not owner:
             raise InvalidRequest.of("lease_ids", "give lease ids and/or an owner")
-        try:
-            res = self.ledger.release(ids, owner=owner or "" if ids else "",
-                                      by_owner="" if ids else owner, reason=reason,
-                                      now=rfc3339(time.time()))
-        except LedgerConflict as exc:
-            if exc.kind == "notowner":
-                raise NotOwner.of(exc.lease_id, str(owner), exc.holder) from None
-            raise LeaseNotFound.of(exc.lease_id) from None
-        self._after_release(res.old_version, res.leases)
+        with self.lock:
+            res = self._release(ids, owner, reason)
+            if res.leases:
+                self.serve_waiters()
         released = [x["metadata"]["name"] for x in res.leases] + res.already
         return [i for i in ids if i in released] if ids else released
+
+    def _release(self, ids: list[str], owner: str | None, reason: str):
+        for _ in range(2):
+            try:
+                res = self.ledger.release(ids, owner=owner or "" if ids else "",
+                                          by_owner="" if ids else owner, reason=reason,
+                                          now=rfc3339(time.time()))
+            except LedgerUnready:
+                self.ensure_ready()
+                continue
+            except LedgerConflict as exc:
+                if exc.kind == "notowner":
+                    raise NotOwner.of(exc.lease_id, str(owner), exc.holder) from None
+                raise LeaseNotFound.of(exc.lease_id) from None
+            self._after_release(res.old_version, res.leases)
+            return res
+        raise LeaseNotFound.of(ids[0] if ids else str(owner))
 
     def _after_release(self, old_version: int, leases: list[dict[str, Any]]) -> None:
         if not leases:
@@ -151,6 +351,23 @@ class Capacity:
                 self._nets.discard(f"{st['vcenter']}|{n['port-group']}")
         self._version = old_version + 1
 
+    def reap_expired(self) -> list[str]:
+        """Release every lease past expires-at with reason `expired`; waiters get the room."""
+        reaped: list[str] = []
+        with self.lock:
+            while True:
+                ids = self.ledger.expired(time.time(), limit=500)
+                if not ids:
+                    break
+                res = self._release(ids, None, "expired")
+                reaped.extend(x["metadata"]["name"] for x in res.leases)
+                if len(ids) < 500:
+                    break
+            if reaped:
+                log.info("reaped %d expired leases: %s", len(reaped), ", ".join(reaped))
+            self.serve_waiters()
+        return reaped
+
     def renew(self, lease_id: Any, owner: Any = None, ttl: Any = None) -> dict[str, Any]:
         if not isinstance(lease_id, str) or not lease_id:
             raise InvalidRequest.of("lease_id", "must be a non-empty string")
@@ -160,13 +377,15 @@ class Capacity:
         req = parse_request({"vcpus": 1, "memory": 1, **({"ttl": ttl} if ttl is not None else {})},
                             default_ttl=self.settings.lease_ttl,
                             max_ttl=self.settings.max_lease_lifetime)
-
         for _ in range(MAX_ATTEMPTS):
             raw = self.ledger.raw(lease_id)
             if raw is None:
                 if self.ledger.is_gone(lease_id):
                     raise LeaseNotFound(f"lease {lease_id!r} was already released",
                                         {"lease-id": lease_id})
+                if not self.ledger.is_ready():
+                    self.ensure_ready()
+                    continue
                 raise LeaseNotFound.of(lease_id)
             lease = json.loads(raw)
             holder = lease["status"]["owner"]
@@ -177,8 +396,11 @@ class Capacity:
             new = max(current, min(time.time() + req.ttl,
                                    leased + self.settings.max_lease_lifetime))
             lease["status"]["expires-at"] = rfc3339(new)
-            if self.ledger.swap(lease_id, raw, lease, new) == "ok":
+            status = self.ledger.swap(lease_id, raw, lease, new)
+            if status == "ok":
                 return lease
+            if status == "unready":
+                self.ensure_ready()
         raise LeaseNotFound.of(lease_id)
 
     # queries ---------------------------------------------------------------------------
@@ -209,6 +431,15 @@ class Capacity:
         _, fleet = self.fleet(fresh=True)
         return estimate(req, fleet)
 
+    def waiting(self) -> list[dict[str, Any]]:
+        out = []
+        for position, (rid, record) in enumerate(self.ledger.waiters(), start=1):
+            out.append({"position": position, "request-id": rid, "task-id": record["task"],
+                        "request": record["request"], "since": rfc3339(record["since"]),
+                        "deadline": rfc3339(record["deadline"])})
+        return out
+
+
 def _id_list(value: Any) -> list[str]:
     if value is None:
         return []
@@ -219,6 +450,7 @@ def _id_list(value: Any) -> list[str]:
     if len(value) > 10000:
         raise InvalidRequest.of("lease_ids", "at most 10000 ids at once")
     return value
+
 
 def pool_view(pool: Pool, fleet: Fleet, leases: list[dict[str, Any]]) -> dict[str, Any]:
     """A pool in the upstream /show-pools shape, usage as fractions 0..1."""

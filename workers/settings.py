@@ -34,7 +34,11 @@ class Settings:
     strategy: str
     api_tokens: str
     keep_released: float
-    mirror_wait: float
+    mirror_max_delay: float
+
+    @property
+    def mirror_enabled(self) -> bool:
+        return bool(self.configmap) or self.mirror_file.lower() not in ("off", "none", "")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -54,5 +58,5 @@ class Settings:
             strategy=strategy,
             api_tokens=os.environ.get("VCM_API_TOKENS", ""),
             keep_released=_duration("VCM_KEEP_RELEASED", "7d"),
-            mirror_wait=_duration("VCM_MIRROR_WAIT", "10s"),
+            mirror_max_delay=_duration("VCM_MIRROR_MAX_DELAY", "0"),
         )

@@ -26,6 +26,7 @@ from ..core.placement import Fleet, Usage
 
 _ACQUIRE = r"""
 local p = ARGV[1]
+if redis.call('EXISTS', p .. 'ready') == 0 then return {'unready', '0'} end
 local expected = tonumber(ARGV[2])
 local d = cjson.decode(ARGV[3])
 local have, missing, first = 0, 0, nil
@@ -48,6 +49,9 @@ if have > 0 then
 end
 local ver = tonumber(redis.call('GET', p .. 'version') or '-1')
 if ver ~= expected then return {'stale', tostring(ver)} end
+for _, rid in ipairs(d.granted or {}) do
+  if not redis.call('ZSCORE', p .. 'waiting', rid) then return {'gone', rid} end
+end
 for pool, u in pairs(d.pools) do
   local cur = redis.call('HMGET', p .. 'use:' .. pool, 'vcpus', 'memory', 'storage')
   if (tonumber(cur[1]) or 0) + u.vcpus > u.cap[1]
@@ -74,13 +78,21 @@ for _, l in ipairs(d.leases) do
   redis.call('ZADD', p .. 'expiry', l.exp, l.id)
 end
 for rid, ids in pairs(d.rids) do redis.call('SET', p .. 'req:' .. rid, ids) end
+for _, rid in ipairs(d.granted or {}) do
+  redis.call('ZREM', p .. 'waiting', rid)
+  redis.call('HDEL', p .. 'waiters', rid)
+end
+redis.call('HINCRBY', p .. 'stats', 'placements', #d.leases)
 redis.call('SET', p .. 'version', ver + 1)
-redis.call('INCR', p .. 'seq')
-return {'ok', tostring(ver + 1)}
+local seq = redis.call('INCR', p .. 'seq')
+redis.call('LPUSH', p .. 'kick', seq)
+redis.call('LTRIM', p .. 'kick', 0, 0)
+return {'ok', tostring(ver + 1), seq}
 """
 
 _RELEASE = r"""
 local p = ARGV[1]
+if redis.call('EXISTS', p .. 'ready') == 0 then return {'unready', ''} end
 local ids = cjson.decode(ARGV[2])
 local owner = ARGV[3]
 local by_owner = ARGV[4]
@@ -142,21 +154,35 @@ for _, f in ipairs(found) do
   end
   raws[#raws + 1] = raw
 end
+local seq = tonumber(redis.call('GET', p .. 'seq') or '0')
 if #found > 0 then
   redis.call('SET', p .. 'version', ver + 1)
-  redis.call('INCR', p .. 'seq')
+  seq = redis.call('INCR', p .. 'seq')
+  redis.call('HINCRBY', p .. 'stats', reason == 'expired' and 'reaps' or 'releases', #found)
+  if reason == 'expired' then
+    for _, f in ipairs(found) do
+      redis.call('LPUSH', p .. 'reaped', cjson.encode({id = f[1], owner = f[2].status.owner,
+        pool = f[2].status.pool, at = now, ['expires-at'] = f[2].status['expires-at']}))
+    end
+    redis.call('LTRIM', p .. 'reaped', 0, 999)
+  end
+  redis.call('LPUSH', p .. 'kick', seq)
+  redis.call('LTRIM', p .. 'kick', 0, 0)
 end
-return {'ok', tostring(ver), raws, gone}
+return {'ok', tostring(ver), raws, gone, seq}
 """
 
 _SWAP = r"""
 local p = ARGV[1]
+if redis.call('EXISTS', p .. 'ready') == 0 then return 'unready' end
 local cur = redis.call('HGET', p .. 'leases', ARGV[2])
 if not cur then return 'missing' end
 if cur ~= ARGV[3] then return 'changed' end
 redis.call('HSET', p .. 'leases', ARGV[2], ARGV[4])
 redis.call('ZADD', p .. 'expiry', ARGV[5], ARGV[2])
-redis.call('INCR', p .. 'seq')
+local seq = redis.call('INCR', p .. 'seq')
+redis.call('LPUSH', p .. 'kick', seq)
+redis.call('LTRIM', p .. 'kick', 0, 0)
 return 'ok'
 """
 
@@ -177,6 +203,7 @@ for _, pool in ipairs(pools) do
 end
 out[2] = rows
 out[3] = redis.call('HKEYS', p .. 'nets')
+out[4] = redis.call('EXISTS', p .. 'ready')
 return out
 """
 
@@ -193,10 +220,79 @@ return {leases, usage, redis.call('HGETALL', p .. 'nets')}
 """
 
 
+_PARK = r"""
+local p = ARGV[1]
+local rid = ARGV[2]
+if redis.call('EXISTS', p .. 'req:' .. rid) == 1 then return {'dup', 0} end
+if not redis.call('ZSCORE', p .. 'waiting', rid) then
+  redis.call('ZADD', p .. 'waiting', redis.call('INCR', p .. 'arrivals'), rid)
+  redis.call('HSET', p .. 'waiters', rid, ARGV[3])
+end
+return {'parked', redis.call('ZRANK', p .. 'waiting', rid) + 1}
+"""
+
+_UNPARK = r"""
+local p = ARGV[1]
+if redis.call('ZREM', p .. 'waiting', ARGV[2]) == 1 then
+  redis.call('HDEL', p .. 'waiters', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_DEFER = r"""
+local p = ARGV[1]
+local seq = redis.call('GET', p .. 'seq') or '0'
+redis.call('HSET', p .. 'outbox', ARGV[2], seq .. '|' .. ARGV[3])
+redis.call('LPUSH', p .. 'kick', seq)
+redis.call('LTRIM', p .. 'kick', 0, 0)
+return seq
+"""
+
+_SNAPSHOT = r"""
+local p = ARGV[1]
+return {redis.call('GET', p .. 'seq') or '0', redis.call('HVALS', p .. 'leases')}
+"""
+
+_RESTORE = r"""
+local p = ARGV[1]
+if redis.call('EXISTS', p .. 'ready') == 1 then return 0 end
+if redis.call('HLEN', p .. 'leases') > 0 then
+  redis.call('SET', p .. 'ready', 'kept')  -- Redis has data of its own: Redis wins
+  return 0
+end
+local d = cjson.decode(ARGV[3])
+for i, raw in ipairs(d.leases) do
+  local l = cjson.decode(raw)
+  local st, sp, id = l.status, l.spec, l.metadata.name
+  local k = p .. 'use:' .. st.pool
+  for _, dim in ipairs({'vcpus', 'memory', 'storage'}) do
+    redis.call('HINCRBY', k, dim, string.format('%d', sp[dim]))
+  end
+  redis.call('HINCRBY', k, 'leases', 1)
+  redis.call('HSET', k, 'vcenter', st.vcenter)
+  redis.call('SADD', p .. 'pools', st.pool)
+  if type(st.networks) == 'table' then
+    for _, n in ipairs(st.networks) do
+      redis.call('HSET', p .. 'nets', st.vcenter .. '|' .. n['port-group'], id)
+    end
+  end
+  redis.call('HSET', p .. 'leases', id, raw)
+  redis.call('SADD', p .. 'owner:' .. st.owner, id)
+  redis.call('ZADD', p .. 'expiry', d.expiry[i], id)
+end
+for rid, ids in pairs(d.rids) do redis.call('SET', p .. 'req:' .. rid, ids) end
+redis.call('SET', p .. 'seq', ARGV[2])
+redis.call('SET', p .. 'ready', ARGV[2])
+return 1
+"""
+
+
 @dataclass
 class Commit:
     status: str  # ok | dup | stale | over | conflict
     version: int = 0
+    seq: int = 0
     existing: dict[str, list[str]] = field(default_factory=dict)
     detail: str = ""
 
@@ -206,6 +302,11 @@ class Released:
     old_version: int
     leases: list[dict[str, Any]]  # leases released by this call
     already: list[str]  # ids released earlier
+    seq: int = 0
+
+
+class LedgerUnready(Exception):
+    """Redis lost the ledger (or never had one): restore from the mirror before writing."""
 
 
 class LedgerConflict(Exception):
@@ -230,15 +331,22 @@ class Ledger:
         self._swap = client.register_script(_SWAP)
         self._usage = client.register_script(_USAGE)
         self._audit = client.register_script(_AUDIT)
+        self._park = client.register_script(_PARK)
+        self._unpark = client.register_script(_UNPARK)
+        self._defer = client.register_script(_DEFER)
+        self._snapshot = client.register_script(_SNAPSHOT)
+        self._restore = client.register_script(_RESTORE)
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> Ledger:
         return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5), **kw)
 
     # reads -----------------------------------------------------------------------------
-    def usage(self) -> tuple[int, dict[str, Usage], set[str]]:
+    def usage(self, require_ready: bool = True) -> tuple[int, dict[str, Usage], set[str]]:
         """Version, per-pool usage and used port groups, read atomically. O(pools + networks)."""
-        version, rows, nets = self._usage(args=[self.p])
+        version, rows, nets, ready = self._usage(args=[self.p])
+        if not ready and require_ready:
+            raise LedgerUnready()
         usage = {}
         for i in range(0, len(rows), 2):
             v, m, s, n = (int(x or 0) for x in rows[i + 1])
@@ -298,7 +406,7 @@ class Ledger:
 
     # writes ----------------------------------------------------------------------------
     def commit(self, expected_version: int, groups: dict[str, list[dict[str, Any]]],
-               caps: dict[str, tuple[int, int, int]]) -> Commit:
+               caps: dict[str, tuple[int, int, int]], granted: list[str] | None = None) -> Commit:
         """Record new leases for each request-id, if the ledger is still at expected_version."""
         pools: dict[str, dict[str, Any]] = {}
         nets: dict[str, str] = {}
@@ -320,15 +428,19 @@ class Ledger:
         payload = {
             "rids": {rid: json.dumps([x["metadata"]["name"] for x in g]) for rid, g in
                      groups.items()},
-            "pools": pools, "nets": nets, "leases": leases,
+            "pools": pools, "nets": nets, "leases": leases, "granted": granted or [],
         }
+        if not granted:
+            del payload["granted"]
         status, *rest = self._acquire(args=[self.p, expected_version, json.dumps(payload)])
         status = _text(status)
         if status == "dup":
             flat = rest[0]
             existing = {_text(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
             return Commit("dup", existing=existing)
-        if status in ("ok", "stale"):
+        if status == "ok":
+            return Commit(status, version=int(rest[0]), seq=int(rest[1]))
+        if status == "stale":
             return Commit(status, version=int(rest[0]))
         return Commit(status, detail=_text(rest[0]))
 
@@ -337,9 +449,12 @@ class Ledger:
         res = self._release(args=[self.p, json.dumps(list(ids)) if ids else "[]", owner,
                                   by_owner, reason, now, self.keep])
         status = _text(res[0])
+        if status == "unready":
+            raise LedgerUnready()
         if status != "ok":
             raise LedgerConflict(status, _text(res[1]), _text(res[2]) if len(res) > 2 else "")
-        return Released(int(res[1]), [json.loads(x) for x in res[2]], [_text(x) for x in res[3]])
+        return Released(int(res[1]), [json.loads(x) for x in res[2]], [_text(x) for x in res[3]],
+                        int(res[4]))
 
     def swap(self, lease_id: str, old_raw: str, new: dict[str, Any], expires: float) -> str:
         return _text(self._swap(args=[self.p, lease_id, old_raw, json.dumps(new), expires]))
@@ -350,6 +465,83 @@ class Ledger:
 
     def is_gone(self, lease_id: str) -> bool:
         return bool(self.r.exists(self.p + "gone:" + lease_id))
+
+    # waiting line ------------------------------------------------------------------------
+    def park(self, request_id: str, record: dict[str, Any]) -> int:
+        """Join the line (once per request-id); 0 if the request was granted meanwhile."""
+        status, position = self._park(args=[self.p, request_id, json.dumps(record)])
+        return int(position) if _text(status) == "parked" else 0
+
+    def unpark(self, request_id: str) -> bool:
+        """Leave the line; False if it already left (granted or expired elsewhere)."""
+        return bool(self._unpark(args=[self.p, request_id]))
+
+    def waiters(self) -> list[tuple[str, dict[str, Any]]]:
+        ids = [_text(x) for x in self.r.zrange(self.p + "waiting", 0, -1)]
+        if not ids:
+            return []
+        raws = self.r.hmget(self.p + "waiters", ids)
+        return [(i, json.loads(raw)) for i, raw in zip(ids, raws, strict=True) if raw]
+
+    def waiting_count(self) -> int:
+        return int(self.r.zcard(self.p + "waiting"))
+
+    # replies that wait for the mirror -----------------------------------------------------
+    def defer(self, task_id: str, reply: Any) -> int:
+        """Hold a reply until the mirror covers the current seq; returns that seq."""
+        return int(self._defer(args=[self.p, task_id, json.dumps(reply)]))
+
+    def outbox(self) -> list[tuple[str, int, Any]]:
+        out = []
+        for task_id, raw in self.r.hgetall(self.p + "outbox").items():
+            seq, _, payload = _text(raw).partition("|")
+            out.append((_text(task_id), int(seq), json.loads(payload)))
+        return sorted(out, key=lambda x: x[1])
+
+    def outbox_done(self, task_ids: list[str]) -> None:
+        if task_ids:
+            self.r.hdel(self.p + "outbox", *task_ids)
+
+    def wait_kick(self, timeout: float) -> None:
+        self.r.blpop([self.p + "kick"], timeout=max(timeout, 0.01))
+
+    # mirror ------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to rebuild the ledger: the active leases, at one seq."""
+        seq, raws = self._snapshot(args=[self.p])
+        return {"format": 1, "seq": int(seq),
+                "leases": sorted((json.loads(x) for x in raws),
+                                 key=lambda x: x["metadata"]["name"])}
+
+    def restore(self, snapshot: dict[str, Any]) -> bool:
+        """Rebuild an empty ledger from a snapshot; False (and no change) if not empty."""
+        leases = snapshot.get("leases") or []
+        rids: dict[str, list[str]] = {}
+        for lease in leases:
+            rids.setdefault(lease["status"].get("request-id") or lease["metadata"]["name"],
+                            []).append(lease["metadata"]["name"])
+        payload = {
+            "leases": [json.dumps(x) for x in leases],
+            "expiry": [parse_rfc3339(x["status"]["expires-at"]) for x in leases],
+            "rids": {rid: json.dumps(ids) for rid, ids in rids.items()},
+        }
+        if not rids:
+            payload["rids"] = {}
+        return bool(self._restore(args=[self.p, int(snapshot.get("seq", 0)),
+                                        json.dumps(payload)]))
+
+    def is_ready(self) -> bool:
+        return bool(self.r.exists(self.p + "ready"))
+
+    # stats -------------------------------------------------------------------------------
+    def count(self, field: str, n: int = 1) -> None:
+        self.r.hincrby(self.p + "stats", field, n)
+
+    def stats(self) -> dict[str, int]:
+        return {_text(k): int(v) for k, v in self.r.hgetall(self.p + "stats").items()}
+
+    def reaped(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self.r.lrange(self.p + "reaped", 0, limit - 1)]
 
 
 def released_view(gone: dict[Any, Any]) -> dict[str, Any]:

@@ -137,15 +137,17 @@ def _rank_key(strategy: str, req: Request, vc_load: dict[str, float], fleet: Fle
     return key
 
 
-def place(req: Request, fleet: Fleet, strategy: str = "least-utilized") -> list[Placement]:
+def place(req: Request, fleet: Fleet, strategy: str = "least-utilized",
+          held: Mapping[str, str] | None = None) -> list[Placement]:
     """Pick `req.vcenters` pools on distinct vCenters, or raise NoCapacity with per-pool reasons.
 
+    Pools in `held` (pool -> why) are kept for the request at the head of the waiting line.
     Does not change `fleet`.
     """
     reasons: dict[str, str] = {}
     fitting: list[Pool] = []
     for pool in fleet.pools.values():
-        why = why_not(req, pool, fleet)
+        why = why_not(req, pool, fleet) or (held or {}).get(pool.name)
         if why:
             reasons[pool.name] = why
         else:
@@ -174,14 +176,15 @@ def place(req: Request, fleet: Fleet, strategy: str = "least-utilized") -> list[
 
 
 def place_batch(
-    reqs: list[Request], fleet: Fleet, strategy: str = "least-utilized"
+    reqs: list[Request], fleet: Fleet, strategy: str = "least-utilized",
+    held: Mapping[str, str] | None = None,
 ) -> list[list[Placement]]:
     """All or nothing: every request is placed in order on a scratch copy, or NoCapacity."""
     scratch = fleet.copy()
     out = []
     for i, req in enumerate(reqs):
         try:
-            placements = place(req, scratch, strategy)
+            placements = place(req, scratch, strategy, held)
         except NoCapacity as exc:
             if len(reqs) == 1:
                 raise
@@ -287,3 +290,32 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
         if req.networks > most:
             raise InvalidRequest.of("networks", f"{req.networks} is more than any pool has of type "
                                     f"{req.network_type} (most {most})")
+
+
+def deficit(req: Request, pool: Pool, fleet: Fleet) -> float:
+    """How far the pool is from fitting req: the sum of missing fractions (0 when it fits)."""
+    used = fleet.used(pool.name)
+    missing = (max(0, req.vcpus - (pool.vcpu_capacity - used.vcpus)) / pool.vcpu_capacity
+               + max(0, req.memory - (pool.memory - used.memory)) / pool.memory
+               + max(0, req.storage - (pool.storage - used.storage)) / pool.storage)
+    if req.networks:
+        free = len(fleet.free_networks(pool, req.network_type))
+        total = max(len(pool.networks_of(req.network_type)), 1)
+        missing += max(0, req.networks - free) / total
+    return missing
+
+
+def reserve_for(head: Request, fleet: Fleet, position: int = 1) -> dict[str, str]:
+    """The pools held for the request at the head of the line: for each of its `vcenters`, the
+    eligible pool closest to fitting it. Others may backfill every other pool, so they never
+    delay the head, and the head's pools only drain until it fits."""
+    best: dict[str, tuple[float, str]] = {}
+    for pool in fleet.pools.values():
+        if eligibility(head, pool) is not None:
+            continue
+        key = (deficit(head, pool, fleet), pool.name)
+        if pool.vcenter not in best or key < best[pool.vcenter]:
+            best[pool.vcenter] = key
+    chosen = sorted(best.values())[: head.vcenters]
+    why = f"held for the request waiting at position {position} ({head.request_id})"
+    return {name: why for _, name in chosen}
