@@ -1,0 +1,192 @@
+"""JSON Schemas for the OpenAPI document (CONTRACT §3 and §6).
+
+Request bodies are described here but not validated against these schemas by the shim: the body
+goes to the worker as it came, and the worker's validation (which names the field) decides. The
+schemas say what is accepted; the worker says why something is not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DURATION = {
+    "oneOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^(\d+d)?(\d+h)?(\d+m)?(\d+(\.\d+)?s)?$|^\d+(\.\d+)?$",
+         "example": "24h"},
+    ],
+    "description": "seconds, or a duration such as 24h, 90m, 1h30m, 45s",
+}
+
+ACQUIRE_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "title": "AcquireRequest",
+    "additionalProperties": False,
+    "required": ["vcpus", "memory"],
+    "properties": {
+        "vcpus": {"type": "integer", "minimum": 1, "description": "vCPUs per vCenter"},
+        "memory": {"type": "integer", "minimum": 1, "description": "GB per vCenter"},
+        "storage": {"type": "integer", "minimum": 0, "default": 0,
+                    "description": "GB of datastore per vCenter"},
+        "vcenters": {"type": "integer", "minimum": 0, "default": 1,
+                     "description": "how many pools, each on a different vCenter (0 means 1)"},
+        "networks": {"type": "integer", "minimum": 0, "default": 1,
+                     "description": "port groups per pool"},
+        "network-type": {"type": "string", "default": "single-tenant"},
+        "owner": {"type": "string", "description": "who holds the lease; default: the API "
+                  "token's name, else 'anonymous'"},
+        "boskos-lease-id": {"type": "string", "default": ""},
+        "request-id": {"type": "string", "description": "idempotency key: the same request-id "
+                       "always yields the same leases"},
+        "ttl": {**DURATION, "description": "lease lifetime (default 24h)"},
+        "required-pool": {"type": "string"},
+        "pool-selector": {"type": "object", "additionalProperties": {"type": "string"}},
+        "wait": {**DURATION, "description": "0: fail at once if nothing fits; > 0: wait in "
+                 "line that long for capacity"},
+    },
+    "example": {"vcpus": 24, "memory": 96, "storage": 700, "vcenters": 1},
+}
+
+RELEASE_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "title": "ReleaseRequest",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "properties": {
+        "lease-ids": {"type": "array", "items": {"type": "string", "minLength": 1},
+                      "maxItems": 10000},
+        "owner": {"type": "string", "minLength": 1,
+                  "description": "release every lease of this owner (with lease-ids: "
+                  "only if they are this owner's)"},
+    },
+    "example": {"lease-ids": ["0123456789abcdef0123"]},
+}
+
+RENEW_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "title": "RenewRequest",
+    "additionalProperties": False,
+    "required": ["lease-id"],
+    "properties": {
+        "lease-id": {"type": "string", "minLength": 1},
+        "owner": {"type": "string", "minLength": 1},
+        "ttl": {**DURATION, "description": "new lifetime from now (default 24h)"},
+    },
+}
+
+NETWORK = {
+    "type": "object",
+    "properties": {
+        "port-group": {"type": "string"}, "vlan": {"type": ["integer", "null"]},
+        "cidr": {"type": "string"}, "gateway": {"type": "string"}, "type": {"type": "string"},
+    },
+}
+
+LEASE: dict[str, Any] = {
+    "type": "object",
+    "title": "Lease",
+    "required": ["spec", "status", "metadata"],
+    "properties": {
+        "spec": {"type": "object", "properties": {
+            k: {"type": "integer"} for k in ("vcpus", "memory", "storage", "vcenters", "networks")
+        }},
+        "status": {"type": "object", "properties": {
+            "leased-at": {"type": "string", "format": "date-time"},
+            "expires-at": {"type": "string", "format": "date-time"},
+            "boskos-lease-id": {"type": "string"},
+            "pool": {"type": "string"}, "vcenter": {"type": "string"},
+            "datacenter": {"type": "string"}, "cluster": {"type": "string"},
+            "datastore": {"type": "string"},
+            "networks": {"type": "array", "items": NETWORK},
+            "owner": {"type": "string"}, "request-id": {"type": "string"},
+            "state": {"type": "string"},
+        }},
+        "metadata": {"type": "object", "properties": {
+            "name": {"type": "string", "description": "the lease id"},
+            "creationTimestamp": {"type": "string"},
+        }},
+    },
+}
+
+LEASES = {"type": "array", "items": LEASE}
+
+POOL: dict[str, Any] = {
+    "type": "object",
+    "title": "Pool",
+    "properties": {
+        "spec": {"type": "object", "properties": {
+            "name": {"type": "string"}, "vcenter": {"type": "string"},
+            "datacenter": {"type": "string"}, "cluster": {"type": "string"},
+            "datastore": {"type": "string"}, "vcpus": {"type": "integer"},
+            "memory": {"type": "integer"}, "storage": {"type": "integer"},
+            "networks": {"type": ["array", "null"], "items": NETWORK},
+        }},
+        "status": {"type": "object", "properties": {
+            "vcpus-usage": {"type": "number", "minimum": 0},
+            "memory-usage": {"type": "number", "minimum": 0},
+            "datastore-usage": {"type": "number", "minimum": 0},
+            "network-usage": {"type": "number", "minimum": 0},
+            "leases": LEASES,
+        }},
+    },
+}
+
+ERROR: dict[str, Any] = {
+    "type": "object",
+    "title": "Error",
+    "required": ["error", "message", "details"],
+    "properties": {
+        "error": {"type": "string", "description": "InvalidRequest, NoCapacity, LeaseNotFound, "
+                  "NotOwner, WaitTimeout, Unauthorized, Forbidden, TaskNotFound, "
+                  "PayloadTooLarge, Unavailable, GatewayTimeout, ..."},
+        "message": {"type": "string"},
+        "details": {"type": "object", "description": "field (bad input), reasons (per pool), "
+                    "task-id, ..."},
+    },
+}
+
+TASK_STATE: dict[str, Any] = {
+    "type": "object",
+    "title": "TaskState",
+    "required": ["task-id", "state"],
+    "properties": {
+        "task-id": {"type": "string"},
+        "task": {"type": ["string", "null"]},
+        "state": {"type": "string",
+                  "enum": ["PENDING", "STARTED", "WAITING", "RETRY", "SUCCESS", "FAILURE",
+                           "REVOKED"]},
+        "position": {"type": "integer", "description": "WAITING: place in line (1 = next)"},
+        "reasons": {"type": "object", "additionalProperties": {"type": "string"}},
+        "deadline": {"type": "string"},
+        "result": {"description": "SUCCESS: what the task returned"},
+        "error": ERROR,
+        "status-code": {"type": "integer",
+                        "description": "FAILURE: the HTTP status the error maps to"},
+    },
+}
+
+ESTIMATE = {"type": "object", "properties": {
+    "fits": {"type": "integer"}, "per-vcenter": {"type": "object"}, "pools": {"type": "object"},
+    "next-blocked-by": {"type": "string"}, "request": {"type": "object"},
+}}
+
+
+def body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+def answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    if schema is not None:
+        out["content"] = {"application/json": {"schema": schema}}
+    return out
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {400: "malformed request (not JSON)", 401: "missing or unknown bearer token",
+            403: "not the owner / not allowed for this token", 404: "unknown lease or task",
+            409: "no capacity now (details.reasons per pool)", 413: "body over 64 KiB",
+            422: "invalid request (details.field names the field)",
+            502: "the worker failed unexpectedly", 503: "Redis or the worker is unavailable",
+            504: "the wait ran out"}
+    return {c: answer(text[c], ERROR) for c in codes}

@@ -1,0 +1,107 @@
+"""Settings of the HTTP shim: the common ones (workers.settings) plus a few of its own."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workers.core.errors import InvalidRequest
+from workers.core.models import parse_duration
+from workers.settings import Settings
+
+MAX_BODY = 64 * 1024  # bytes; larger bodies get 413
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    secret: str
+    admin: bool = False
+
+
+def parse_tokens(text: str, where: str = "VCM_API_TOKENS") -> tuple[Token, ...]:
+    """`name:token[:admin]` entries, separated by commas or newlines; `#` starts a comment."""
+    tokens: list[Token] = []
+    lines = [line.split("#", 1)[0] for line in text.splitlines()]
+    entries = [e.strip() for line in lines for e in line.split(",")]
+    for number, entry in enumerate((e for e in entries if e), 1):
+        parts = entry.split(":")
+        if len(parts) not in (2, 3) or not parts[0].strip() or not parts[1].strip():
+            # never echo the entry: it may be a bare token
+            raise SystemExit(f"invalid setting {where}: entry {number} is not name:token "
+                             "or name:token:admin")
+        if len(parts) == 3 and parts[2].strip() != "admin":
+            raise SystemExit(f"invalid setting {where}: entry {parts[0].strip()!r}: the third part "
+                             f"may only be 'admin', not {parts[2].strip()!r}")
+        name, secret = parts[0].strip(), parts[1].strip()
+        if any(t.name == name for t in tokens):
+            raise SystemExit(f"invalid setting {where}: name {name!r} appears twice")
+        if any(t.secret == secret for t in tokens):
+            raise SystemExit(f"invalid setting {where}: entry {name!r} reuses another's token")
+        tokens.append(Token(name, secret, len(parts) == 3))
+    return tuple(tokens)
+
+
+def _seconds(name: str, default: str, minimum: float = 0.0) -> float:
+    try:
+        value = parse_duration(os.environ.get(name, default), name, maximum=30 * 86400)
+    except InvalidRequest as exc:
+        raise SystemExit(f"invalid setting {exc}") from None
+    if value < minimum:
+        raise SystemExit(f"invalid setting {name}: must be at least {minimum:g}s")
+    return value
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    tokens: tuple[Token, ...] = ()
+    # the longest `wait` a synchronous POST /acquire will hold the HTTP request open for;
+    # longer waits must use ?async=true and poll GET /tasks/{id}
+    max_sync_wait: float = 3600.0
+    # how long to wait for a task's answer beyond the request's own wait (queue backlog)
+    task_timeout: float = 30.0
+    # a worker that answered a ping this recently counts as alive without asking again
+    worker_fresh: float = 2.0
+    # how long a worker may be silent while it holds a parked (WAITING) request of ours
+    parked_grace: float = 60.0
+    ping_timeout: float = 0.5
+    discover_timeout: float = 0.6
+    max_body: int = MAX_BODY
+    base: Settings | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def auth(self) -> bool:
+        return bool(self.tokens)
+
+    @classmethod
+    def from_env(cls, base: Settings | None = None) -> ApiSettings:
+        base = base or Settings.from_env()
+        return cls.from_settings(base)
+
+    @classmethod
+    def from_settings(cls, base: Settings) -> ApiSettings:
+        tokens = parse_tokens(base.api_tokens) if base.api_tokens else ()
+        path = os.environ.get("VCM_API_TOKENS_FILE", "")
+        if path:
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                raise SystemExit(f"invalid setting VCM_API_TOKENS_FILE={path!r}: "
+                                 f"{exc.strerror}") from None
+            extra = parse_tokens(text, f"VCM_API_TOKENS_FILE ({path})")
+            names = {t.name for t in tokens} & {t.name for t in extra}
+            if names:
+                raise SystemExit(f"invalid setting: token name {sorted(names)[0]!r} is in both "
+                                 "VCM_API_TOKENS and VCM_API_TOKENS_FILE")
+            tokens = tokens + extra
+        return cls(
+            redis_url=base.redis_url,
+            tokens=tokens,
+            max_sync_wait=_seconds("VCM_API_MAX_SYNC_WAIT", "3600"),
+            task_timeout=_seconds("VCM_API_TIMEOUT", "30", minimum=1),
+            worker_fresh=_seconds("VCM_API_WORKER_FRESH", "2"),
+            parked_grace=_seconds("VCM_API_PARKED_GRACE", "60"),
+            base=base,
+        )
