@@ -46,3 +46,25 @@ task_send_sent_event = True
 worker_hijack_root_logger = False
 worker_redirect_stdouts = False
 worker_cancel_long_running_tasks_on_connection_loss = False
+
+
+def _seconds(name: str, default: str) -> float:
+    from workers.core.models import parse_duration
+
+    return parse_duration(os.environ.get(name, default), name, maximum=365 * 86400)
+
+
+# exactly one beat may run: two would reap and roll up twice (harmless, but wasteful and noisy)
+beat_schedule = {
+    "reap-expired-leases": {
+        "task": "vcm.reap_expired",
+        "schedule": _seconds("VCM_REAP_INTERVAL", "5m"),
+        "options": {"queue": "placement", "expires": 60},
+    },
+    "rollup-usage": {
+        "task": "vcm.rollup_usage",
+        "schedule": _seconds("VCM_ROLLUP_INTERVAL", "60s"),
+        "options": {"queue": "queries", "expires": 60},
+    },
+}
+beat_max_loop_interval = 1

@@ -155,6 +155,20 @@ def waiting(*args: Any, **extra: Any) -> list[dict[str, Any]]:
     return service().waiting()
 
 
+@app.task(name="vcm.rollup_usage", throws=EXPECTED)
+def rollup_usage(*args: Any, **extra: Any) -> dict[str, Any]:
+    _no_extra(args, extra)
+    svc = service()
+    return svc.rollup(svc.settings.usage_retention)
+
+
+@app.task(name="vcm.usage_history", throws=EXPECTED)
+def usage_history(pool: Any = None, since: Any = None, *args: Any,
+                  **extra: Any) -> list[dict[str, Any]]:
+    _no_extra(args, extra)
+    return service().usage_history(pool, since)
+
+
 @app.task(name="vcm.noop_placement")
 def noop_placement() -> None:
     """Benchmark baseline: a task that does nothing, on the placement queue."""

@@ -267,6 +267,22 @@ def cmd_reserve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def usage_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no usage snapshots yet: beat takes one every VCM_ROLLUP_INTERVAL)"
+    out = []
+    for r in rows:
+        for name, p in sorted(r["pools"].items()):
+            out.append([r["at"], name, bar(p["vcpus"], 10), bar(p["memory"], 10),
+                        bar(p["storage"], 10), p["leases"], r["waiting"]])
+    return table(out, ["AT", "POOL", "VCPUS", "MEMORY", "STORAGE", "LEASES", "WAITING"])
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    emit(args, call(args, "vcm.usage_history", pool=args.pool, since=args.since), usage_table)
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .stack import run_stack
 
@@ -337,6 +353,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", required=True, help="YAML: a list of requests")
     p.add_argument("--timeout", type=float)
     p.set_defaults(func=cmd_reserve)
+    p = sub.add_parser("usage", parents=[common, out], help="usage history (rollups)")
+    p.add_argument("--pool")
+    p.add_argument("--since", default="6h", help="e.g. 6h, 7d")
+    p.set_defaults(func=cmd_usage)
     p = sub.add_parser("api", parents=[common], help="serve the HTTP shim")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)

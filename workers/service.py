@@ -18,6 +18,7 @@ from .core.models import (
     Pool,
     Request,
     make_lease,
+    parse_duration,
     parse_request,
     parse_rfc3339,
     rfc3339,
@@ -430,6 +431,54 @@ class Capacity:
         req = self.parse(raw, "estimate")
         _, fleet = self.fleet(fresh=True)
         return estimate(req, fleet)
+
+    def rollup(self, retention: float) -> dict[str, Any]:
+        """A usage snapshot per pool and per vCenter, appended to the bounded history."""
+        pools = self.show_pools()
+        waiting = self.ledger.waiting_count()
+        snap: dict[str, Any] = {"at": rfc3339(time.time()), "ts": time.time(),
+                                "waiting": waiting, "pools": {}, "vcenters": {}}
+        totals: dict[str, list[float]] = {}
+        for p in pools:
+            spec, st = p["spec"], p["status"]
+            if st.get("removed"):
+                continue
+            snap["pools"][spec["name"]] = {
+                "vcenter": spec["vcenter"], "vcpus": st["vcpus-usage"],
+                "memory": st["memory-usage"], "storage": st["datastore-usage"],
+                "networks": st["network-usage"], "leases": st["lease-count"],
+            }
+            t = totals.setdefault(spec["vcenter"], [0.0] * 9)
+            cap = spec["vcpus"] * spec.get("vcpu-overcommit", 1.0)
+            for i, (used, total) in enumerate((
+                (st["vcpus-used"], cap), (st["memory-used"], spec["memory"]),
+                (st["storage-used"], spec["storage"]),
+                (st["networks-used"], len(spec["networks"])),
+            )):
+                t[2 * i] += used
+                t[2 * i + 1] += total
+            t[8] += st["lease-count"]
+        for vc, t in totals.items():
+            snap["vcenters"][vc] = {
+                "vcpus": round(t[0] / t[1], 4) if t[1] else 0,
+                "memory": round(t[2] / t[3], 4) if t[3] else 0,
+                "storage": round(t[4] / t[5], 4) if t[5] else 0,
+                "networks": round(t[6] / t[7], 4) if t[7] else 0,
+                "leases": int(t[8]),
+            }
+        self.ledger.append_usage(snap, retention)
+        return snap
+
+    def usage_history(self, pool: Any = None, since: Any = None) -> list[dict[str, Any]]:
+        if pool is not None and not isinstance(pool, str):
+            raise InvalidRequest.of("pool", "must be a string")
+        seconds = parse_duration(since if since is not None else "24h", "since",
+                                 maximum=366 * 86400)
+        rows = self.ledger.usage_history(time.time() - seconds)
+        if pool:
+            rows = [{"at": r["at"], "ts": r["ts"], "waiting": r["waiting"],
+                     "pools": {pool: r["pools"][pool]}} for r in rows if pool in r["pools"]]
+        return rows
 
     def waiting(self) -> list[dict[str, Any]]:
         out = []

@@ -35,6 +35,7 @@ class Settings:
     api_tokens: str
     keep_released: float
     mirror_max_delay: float
+    usage_retention: float
 
     @property
     def mirror_enabled(self) -> bool:
@@ -59,4 +60,5 @@ class Settings:
             api_tokens=os.environ.get("VCM_API_TOKENS", ""),
             keep_released=_duration("VCM_KEEP_RELEASED", "7d"),
             mirror_max_delay=_duration("VCM_MIRROR_MAX_DELAY", "0"),
+            usage_retention=_duration("VCM_USAGE_RETENTION", "7d"),
         )

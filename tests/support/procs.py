@@ -138,3 +138,53 @@ class Worker:
                 self.proc.wait(5)
         if getattr(self, "out", None):
             self.out.close()
+
+
+class Beat(Worker):
+    """A real `celery -A tasks beat` subprocess (exactly one per test stack)."""
+
+    def __init__(self, env: dict, log: str | None = None) -> None:
+        super().__init__(env, queues="beat", name="beat", log=log)
+
+    def start(self, wait: bool = True) -> Beat:
+        schedule = tempfile.mktemp(prefix="vcm-beat-")
+        args = [sys.executable, "-m", "celery", "-A", "tasks", "beat", "-l", "info",
+                "--schedule", schedule]
+        self.out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=self.out,
+                                     stderr=subprocess.STDOUT)
+        if wait:
+            wait_for(lambda: "beat: Starting" in self.output(), what="beat")
+        return self
+
+
+class Stack:
+    """A private redis-server with a placement worker, a queries worker and optionally beat."""
+
+    def __init__(self, tmp: Path, pools_yaml: str, beat: bool = False, **env: str) -> None:
+        self.tmp = Path(tmp)
+        self.pools = self.tmp / "pools.yaml"
+        self.pools.write_text(pools_yaml)
+        self.redis = RedisServer().start()
+        self.env = env_for(self.redis.url, self.pools,
+                           VCM_MIRROR_FILE=str(self.tmp / "ledger.json"), **env)
+        self.procs: list[Worker] = [Worker(self.env, "placement"),
+                                    Worker(self.env, "queries", pool="threads", concurrency=4)]
+        if beat:
+            self.procs.append(Beat(self.env))
+        for p in self.procs:
+            p.start(wait=False)
+        for p in self.procs:
+            p.wait_ready() if not isinstance(p, Beat) else wait_for(
+                lambda p=p: "beat: Starting" in p.output(), what="beat")
+        from celery import Celery
+
+        self.app = Celery("client", broker=self.redis.url, backend=self.redis.url)
+        self.app.config_from_object("celeryconfig")
+        self.app.conf.broker_url = self.app.conf.result_backend = self.redis.url
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+        self.app.close()
+        self.redis.stop()

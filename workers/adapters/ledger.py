@@ -16,6 +16,7 @@ Keys (prefix `vcm:`):
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -539,6 +540,22 @@ class Ledger:
 
     def stats(self) -> dict[str, int]:
         return {_text(k): int(v) for k, v in self.r.hgetall(self.p + "stats").items()}
+
+    # usage history (a bounded Redis stream) -------------------------------------------------
+    def append_usage(self, snapshot: dict[str, Any], retention: float) -> str:
+        """Add a rollup; entries older than `retention` seconds are trimmed in the same call."""
+        oldest_ms = int((time.time() - retention) * 1000)
+        entry_id = self.r.xadd(self.p + "usage", {"s": json.dumps(snapshot)},
+                               minid=oldest_ms, approximate=False)
+        return _text(entry_id)
+
+    def usage_history(self, since: float = 0.0, limit: int = 10000) -> list[dict[str, Any]]:
+        start = f"{int(since * 1000)}-0" if since else "-"
+        rows = self.r.xrange(self.p + "usage", min=start, max="+", count=limit)
+        return [json.loads(fields[b"s"]) for _, fields in rows]
+
+    def usage_len(self) -> int:
+        return int(self.r.xlen(self.p + "usage"))
 
     def reaped(self, limit: int = 100) -> list[dict[str, Any]]:
         return [json.loads(x) for x in self.r.lrange(self.p + "reaped", 0, limit - 1)]
