@@ -1,0 +1,77 @@
+"""The ledger survives Redis losing everything: the worker restores it from the mirror."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from tests.helpers import call, check_invariants
+from tests.support.procs import Stack, wait_for
+from workers.adapters.ledger import Ledger
+from workers.adapters.mirror import FileMirror
+from workers.adapters.pools_file import load_pools
+
+POOLS = yaml.safe_dump({"pools": [
+    {"name": f"p{i}", "vcenter": f"vc{i % 3}", "datacenter": "dc", "cluster": f"c{i}",
+     "datastore": "ds", "vcpus": 200, "memory": 2000, "storage": 5000,
+     "networks": [{"port-group": f"pg{i}-{j}", "vlan": j} for j in range(30)]}
+    for i in range(4)]})
+
+
+def test_mirror_matches_ledger_and_redis_wipe_restores_everything(tmp_path):
+    s = Stack(tmp_path, POOLS)
+    try:
+        pools = {p.name: p for p in load_pools(str(s.pools))}
+        ledger = Ledger(s.redis.client())
+        granted = {}
+        for i in range(25):
+            req = {"vcpus": 1 + i % 5, "memory": 4, "storage": 10 * (i % 3),
+                   "vcenters": 1 + i % 2, "owner": f"job-{i % 4}", "request-id": f"rid-{i}"}
+            granted[f"rid-{i}"] = [x["metadata"]["name"] for x in
+                                   call(s.app, "vcm.acquire", request=req)]
+        call(s.app, "vcm.release", owner="job-3")
+        before = check_invariants(ledger, pools)
+        # every reply was sent only once the mirror covered it: the mirror equals the ledger
+        mirrored = FileMirror(s.env["VCM_MIRROR_FILE"]).load()
+        assert {x["metadata"]["name"]: x for x in mirrored["leases"]} == before["leases"]
+
+        s.redis.wipe()
+        assert not s.redis.client().exists("vcm:leases")
+        wait_for(lambda: Ledger(s.redis.client()).is_ready(), timeout=20,
+                 what="the worker restoring the ledger")
+        ledger = Ledger(s.redis.client())
+        after = check_invariants(ledger, pools)
+        assert after["leases"] == before["leases"]
+        assert after["nets"] == before["nets"]
+        assert {k: v for k, v in after["counters"].items() if any(v)} == \
+            {k: v for k, v in before["counters"].items() if any(v)}
+        # request-ids are still idempotent, and new placements respect restored usage
+        again = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 4,
+                                                    "request-id": "rid-0"}, timeout=30)
+        assert [x["metadata"]["name"] for x in again] == granted["rid-0"]
+        fresh = call(s.app, "vcm.acquire", request={"vcpus": 3, "memory": 3, "vcenters": 3})
+        used_nets = set(before["nets"])
+        for lease in fresh:
+            key = f"{lease['status']['vcenter']}|{lease['status']['networks'][0]['port-group']}"
+            assert key not in used_nets
+        check_invariants(ledger, pools)
+        log = s.procs[0].output()
+        assert "restored" in log and "leases from the mirror" in log
+    finally:
+        s.stop()
+
+
+def test_redis_wins_when_it_has_leases_the_mirror_lacks(tmp_path):
+    s = Stack(tmp_path, POOLS)
+    try:
+        lease = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})[0]
+        path = s.env["VCM_MIRROR_FILE"]
+        FileMirror(path).save({"format": 1, "seq": 0, "leases": []})  # a stale mirror
+        call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})
+        wait_for(lambda: len(json.loads(open(path).read())["leases"]) == 2, timeout=10,
+                 what="the mirror rewritten from Redis")
+        names = {x["metadata"]["name"] for x in FileMirror(path).load()["leases"]}
+        assert lease["metadata"]["name"] in names
+    finally:
+        s.stop()
