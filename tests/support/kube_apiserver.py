@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import copy
 import json
 import re
@@ -415,7 +416,8 @@ class KubeApiServer:
         status: answer this HTTP code with a Status (500 InternalError, 503 ServiceUnavailable,
         429 TooManyRequests with Retry-After, 403 Forbidden, ...). hang: sleep this many seconds
         first (then answer `status`, or the normal answer when status is None). methods / name
-        restrict the fault to those HTTP methods / that ConfigMap name.
+        restrict the fault to those HTTP methods / that ConfigMap name (for a create, the name
+        in the body).
         """
         if status is None and hang is None:
             raise ValueError("give a status and/or a hang")
@@ -426,8 +428,9 @@ class KubeApiServer:
             self._faults.append(_Fault(status, hang, count, meths, name))
 
     def add_hook(self, hook: Callable[[str, str, str | None], None]) -> None:
-        """Call hook(method, path, configmap name or None) before each request is processed
-        (e.g. to change an object between a client's read and its write)."""
+        """Call hook(method, path, configmap name or None) before each request is processed,
+        e.g. to change an object between a client's read and its write. The name is the
+        URL's, or for a create the body's."""
         with self._lock:
             self._hooks.append(hook)
 
@@ -995,6 +998,9 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(api._latency)
         match = _CM_PATH.match(path)
         name = unquote(match.group(2)) if match and match.group(2) else None
+        if match and name is None and method == "POST":  # a create names its object in the body
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                name = json.loads(raw).get("metadata", {}).get("name")
         fault = api._take_fault(method, name)
         if fault is not None:
             if fault.hang:
