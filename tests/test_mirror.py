@@ -129,16 +129,32 @@ def mirror(api):
     return ConfigMapMirror(NS, NAME, api_client=api, timeout=2.0)
 
 
-def mirror_names(kube: KubeApiServer) -> list[str]:
-    return kube.names(NS)
-
-
-def referenced(kube: KubeApiServer) -> set[str]:
-    """Head + the shards its metadata names."""
+def head_meta(kube: KubeApiServer) -> dict[str, Any]:
     head = kube.get(NS, NAME)
     assert head is not None
-    meta = json.loads(head["data"]["mirror.json"])
-    return {NAME, *meta["shards"]}
+    return json.loads(head["data"]["mirror.json"])
+
+
+def check_slots(kube: KubeApiServer) -> dict[str, Any]:
+    """Invariants of the stored mirror: only the head and slots NAME-0..15 exist; every shard
+    the head names carries its token and index; no slot is both committed and stale."""
+    allowed = {NAME} | {f"{NAME}-{i}" for i in range(16)}
+    assert set(kube.names(NS)) <= allowed
+    meta = head_meta(kube)
+    assert not set(meta["shards"]) & set(meta["stale"])
+    for index, slot in enumerate(meta["shards"], 1):
+        shard_meta = json.loads(kube.get(NS, slot)["data"]["mirror.json"])
+        assert (shard_meta["token"], shard_meta["index"]) == (meta["token"], index)
+    for name in kube.names(NS):  # every ConfigMap respects the apiserver limit
+        cm = kube.get(NS, name)
+        size = sum(len(k) + len(v) for k, v in cm.get("data", {}).items())
+        size += sum(len(k) + len(base64.b64decode(v)) for k, v in cm.get("binaryData", {}).items())
+        assert size <= CONFIGMAP_LIMIT
+    return meta
+
+
+def slots_with_payload(kube: KubeApiServer) -> set[str]:
+    return {n for n in kube.names(NS) if n != NAME and kube.get(NS, n).get("binaryData")}
 
 
 # ---- the test server behaves like kube-apiserver (more in test_kube_apiserver.py) ------------
@@ -265,7 +281,7 @@ def test_create_race_already_exists_rereads_and_replaces(kube, mirror):
     """Someone creates the head between our 404 and our POST: 409 AlreadyExists → re-read → PUT."""
 
     def create_first(method: str, path: str, name: str | None) -> None:
-        if method == "POST" and name is None:
+        if method == "POST" and name == NAME:
             kube.remove_hook(create_first)
             kube.put({"metadata": {"name": NAME, "namespace": NS}, "data": {"other": "x"}})
 
@@ -324,47 +340,59 @@ def test_5000_leases_fit_thanks_to_compression(kube, mirror):
     assert err.value.status == 422
 
 
-def test_5000_leases_sharded_then_resharded_and_old_shards_cleaned(kube, api):
+def test_5000_leases_sharded_double_buffered_then_shrunk(kube, api):
     mirror = ConfigMapMirror(NS, NAME, api_client=api, shard_bytes=256 * 1024)
     snap = make_snapshot(5000, seed=7, version=1)
     writes = mirror.save(snap)
     n = mirror.last_stats.configmaps
-    assert n >= 3
-    assert writes == n  # n-1 shard creates + 1 head create
-    assert set(mirror_names(kube)) == referenced(kube) and len(referenced(kube)) == n
-    for name in mirror_names(kube):  # every ConfigMap respects the apiserver limit
-        cm = kube.get(NS, name)
-        size = sum(len(k) + len(v) for k, v in cm.get("data", {}).items())
-        size += sum(len(k) + len(base64.b64decode(v)) for k, v in cm["binaryData"].items())
-        assert size <= CONFIGMAP_LIMIT
+    k = n - 1
+    assert k >= 3
+    # head created with the reservation, k slots created, commit
+    assert writes == 1 + k + 1
+    meta = check_slots(kube)
+    assert meta["shards"] == [f"{NAME}-{i}" for i in range(k)] and meta["pending"] is None
     assert mirror.load() == snap
 
-    old = referenced(kube)
-    snap2 = make_snapshot(4000, seed=8, version=2)
-    writes2 = mirror.save(snap2)
-    n2 = mirror.last_stats.configmaps
-    assert writes2 == (n2 - 1) + 1 + (n - 1)  # new shards, head replace, old shards deleted
-    assert set(mirror_names(kube)) == referenced(kube)
-    assert not (old - {NAME}) & set(mirror_names(kube))
+    # steady state: reserve (patch) + k shard replaces + commit; the other half of the slots
+    snap2 = make_snapshot(5000, seed=8, version=2)
+    assert mirror.save(snap2) == 1 + k + 1
+    meta = check_slots(kube)
+    assert meta["shards"] == [f"{NAME}-{i}" for i in range(k, 2 * k)]
+    assert meta["stale"] == [f"{NAME}-{i}" for i in range(k)]
     assert mirror.load() == snap2
+    snap3 = make_snapshot(5000, seed=9, version=3)
+    mirror.save(snap3)
+    assert check_slots(kube)["shards"] == [f"{NAME}-{i}" for i in range(k)]  # alternates
+    assert mirror.load() == snap3
 
-    # shrinking back to one ConfigMap removes every shard
-    assert mirror.save({"version": 3, "leases": []}) == 1 + (n2 - 1)
-    assert mirror_names(kube) == [NAME]
+    # shrinking to one ConfigMap blanks the stale slots (under the lock), then costs 1 write
+    small = {"version": 4, "leases": []}
+    assert mirror.save(small) == 1 + k + 1
+    assert mirror.load() == small
+    assert mirror.save({"version": 5, "leases": []}) == 1 + k + 1
+    assert slots_with_payload(kube) == set()
+    assert check_slots(kube)["stale"] == []
+    assert mirror.save({"version": 6, "leases": []}) == 1
+    # RBAC of deploy/: get/create/update/patch on fixed names only; never delete or list
+    methods = {m for m, _, _ in kube.request_log}
+    assert methods <= {"GET", "POST", "PUT", "PATCH"}
+    assert all(p.rsplit("/", 1)[-1] != "configmaps" for m, p, _ in kube.request_log if m == "GET")
 
 
 def test_incompressible_data_is_sharded_and_round_trips(kube, mirror):
     snap = random_snapshot(2_500_000, seed=9)  # ~3.3 MB of base64, ~2.5 MB compressed
-    writes = mirror.save(snap)
+    mirror.save(snap)
     stats = mirror.last_stats
     assert stats.encoded_bytes > 2 * mirror.shard_bytes
-    assert stats.configmaps == 3 and writes == 3
-    assert set(mirror_names(kube)) == referenced(kube) and len(mirror_names(kube)) == 3
+    assert stats.configmaps == 3
+    assert check_slots(kube)["shards"] == [f"{NAME}-0", f"{NAME}-1"]
+    assert kube.writes == 4  # successful: head create, 2 slot creates, commit
     assert mirror.load() == snap
 
 
 def test_too_large_raises_and_writes_nothing(kube, api):
     small = ConfigMapMirror(NS, NAME, api_client=api, max_shards=2)
+    assert small.max_configmaps == 2  # head + half of the 2 slots
     before = make_snapshot(5, seed=10)
     small.save(before)
     writes_before = kube.writes
@@ -377,9 +405,11 @@ def test_too_large_raises_and_writes_nothing(kube, api):
 
 
 def test_too_large_with_default_limits(kube, mirror):
-    # 13 MB of random bytes -> ~17.3 MB of base64 text -> ~13 MB compressed > 16 ConfigMaps
-    with pytest.raises(MirrorTooLarge):
-        mirror.save(random_snapshot(16 * 1_040_000 + 100_000, seed=12))
+    # 10 MB of random bytes -> 13.3 MB of base64 text -> ~10 MB compressed > 9 ConfigMaps
+    assert mirror.max_configmaps == 9
+    with pytest.raises(MirrorTooLarge) as err:
+        mirror.save(random_snapshot(10_000_000, seed=12))
+    assert err.value.needed == 10
     assert kube.writes == 0
 
 
@@ -406,20 +436,70 @@ def test_503_raises_mirror_error_then_recovers(kube, mirror):
     assert mirror.load() == snap
 
 
-def test_500_on_head_write_keeps_old_snapshot_and_cleans_up_later(kube, api):
+def test_failed_commit_keeps_old_snapshot_and_same_writer_resumes(kube, api):
     mirror = ConfigMapMirror(NS, NAME, api_client=api, shard_bytes=64 * 1024)
     first = make_snapshot(1000, seed=16, version=1)
     mirror.save(first)
-    kube.inject_fault(500, count=1, methods={"PUT"}, name=NAME)
-    with pytest.raises(MirrorError):
+    first_slots = check_slots(kube)["shards"]
+    assert len(first_slots) >= 2
+    kube.inject_fault(500, count=1, methods={"PUT"}, name=NAME)  # the commit
+    with pytest.raises(MirrorError) as err:
         mirror.save(make_snapshot(1000, seed=17, version=2))
-    # shards of the failed save exist but nothing references them; readers see the old save
-    assert set(mirror_names(kube)) > referenced(kube)
+    assert err.value.status == 500
+    # the new shards went to other slots: readers still get the whole first snapshot
+    meta = check_slots(kube)
+    assert meta["shards"] == first_slots and meta["pending"]["by"] == mirror.writer_id
     assert mirror.load() == first
+    # the same writer takes its own reservation back at once
     third = make_snapshot(1000, seed=18, version=3)
+    started = time.monotonic()
     mirror.save(third)
-    assert set(mirror_names(kube)) == referenced(kube)  # leftovers deleted too
+    assert time.monotonic() - started < 2 and mirror.lock_waits == 0
+    assert check_slots(kube)["pending"] is None
     assert mirror.load() == third
+
+
+def test_abandoned_reservation_is_taken_over_after_lock_ttl(kube, api):
+    crashed = ConfigMapMirror(NS, NAME, api_client=api, shard_bytes=4096)
+    crashed.save(random_snapshot(10_000, seed=40))
+    kube.inject_fault(503, count=None, methods={"PUT", "POST"}, name=f"{NAME}-2")
+    with pytest.raises(MirrorError):
+        crashed.save(random_snapshot(12_000, seed=41))  # dies after reserving
+    kube.clear_faults()
+    assert head_meta(kube)["pending"]["by"] == crashed.writer_id
+
+    impatient = ConfigMapMirror(NS, NAME, api_client=api, shard_bytes=4096, lock_wait=0.3)
+    with pytest.raises(MirrorError, match="busy"):
+        impatient.save(random_snapshot(11_000, seed=42))
+    assert crashed.load() == random_snapshot(10_000, seed=40)
+
+    other = ConfigMapMirror(NS, NAME, api_client=api, shard_bytes=4096, lock_ttl=1.0, timeout=0.4)
+    reserved_at = head_meta(kube)["pending"]["at"]
+    snap = random_snapshot(11_000, seed=43)
+    other.save(snap)
+    assert other.lock_waits > 0 and time.time() - reserved_at >= 1.0  # waited out lock_ttl
+    assert other.load() == snap
+    assert check_slots(kube)["pending"] is None
+
+
+def test_commit_refused_when_reservation_was_taken_over(kube, api):
+    slow = ConfigMapMirror(NS, NAME, api_client=api, shard_bytes=4096)
+    before = random_snapshot(10_000, seed=44)
+    slow.save(before)
+
+    def thief(method: str, path: str, name: str | None) -> None:
+        if (name or "").startswith(f"{NAME}-"):  # while `slow` writes its shards
+            kube.remove_hook(thief)
+            head = kube.get(NS, NAME)
+            meta = json.loads(head["data"]["mirror.json"])
+            meta["pending"] = {"token": "thief", "shards": [], "at": time.time(), "by": "x"}
+            head["data"]["mirror.json"] = json.dumps(meta)
+            kube.put(head)
+
+    kube.add_hook(thief)
+    with pytest.raises(MirrorError, match="taken over"):
+        slow.save(random_snapshot(10_000, seed=45))
+    assert slow.load() == before  # nothing committed
 
 
 def test_hang_past_timeout_raises_then_later_save_succeeds(kube, api):
@@ -471,8 +551,9 @@ def test_retry_backoff_retries_mirror_errors_but_not_too_large():
 
 
 def test_concurrent_writers_and_reader_never_mix_shards(kube):
-    """Two writers race (sharded saves, conflicts on the head); a reader only ever sees whole
-    snapshots; the end state is one writer's last snapshot, with no orphan shards."""
+    """Two writers race (sharded saves: head CAS conflicts and waits on each other's
+    reservation); a reader only ever sees whole snapshots; the end state is one writer's last
+    snapshot."""
     kube.set_latency(0.002)
     rounds = 8
     snaps = {
@@ -493,7 +574,7 @@ def test_concurrent_writers_and_reader_never_mix_shards(kube):
     def writer(w: int) -> None:
         try:
             for snap in snaps[w]:
-                barrier.wait(timeout=10)
+                barrier.wait(timeout=30)
                 mirrors[w].save(snap)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -522,9 +603,11 @@ def test_concurrent_writers_and_reader_never_mix_shards(kube):
     assert not errors, errors
     final = ConfigMapMirror(NS, NAME, api_client=kube.api_client()).load()
     assert final in (snaps[0][-1], snaps[1][-1])
-    assert kube.conflicts > 0  # the race really happened and was resolved
+    # the race really happened and was resolved
+    assert kube.conflicts + mirrors[0].lock_waits + mirrors[1].lock_waits > 0
     assert seen  # the reader did read while the writers were busy
-    assert set(mirror_names(kube)) == referenced(kube)  # no orphan shards
+    meta = check_slots(kube)
+    assert meta["pending"] is None and meta["generation"] == 2 * rounds
 
 
 def test_default_client_from_kubeconfig(kube, tmp_path, monkeypatch):

@@ -1,21 +1,26 @@
 """Durable mirror of the lease ledger: Kubernetes ConfigMap(s), or a local JSON file.
 
-The ledger hands over a snapshot (a JSON-able dict; treated as opaque) and gets back the number
+The ledger hands over a snapshot (a JSON-able dict, treated as opaque) and gets back the number
 of API writes it took. ``load()`` returns the last complete snapshot, or None.
 
-ConfigMap layout (``namespace/name``):
+ConfigMap layout, for ``VCM_CONFIGMAP=namespace/name`` (fixed names, so that RBAC can list them
+in resourceNames; only get, create, update and patch are used, never delete or list):
 
-* the *head* ConfigMap ``name``: ``data["mirror.json"]`` = {format, generation, encoding,
-  sha256, bytes, raw_bytes, token, shards, version, saved_at} and ``binaryData["part-0"]`` =
-  the first chunk of the encoded payload (compact JSON, zlib-compressed);
-* when the payload does not fit in one ConfigMap, the rest goes to *shard* ConfigMaps named
-  ``{name}-{token}-{i}`` (``token`` is unique per save), written before the head;
-* the head is replaced with optimistic concurrency (resourceVersion, re-read on 409 Conflict),
-  created when missing (409 AlreadyExists → re-read); shards of the replaced head are deleted.
+* the *head* ``name``: ``data["mirror.json"]`` is the metadata (format, generation, encoding,
+  sha256 of the payload, token of the save, the shard ConfigMaps it uses, stale slots, the
+  writer's reservation) and ``binaryData["part-0"]`` the first chunk of the payload (compact
+  JSON, zlib-compressed);
+* *slots* ``name-0`` … ``name-{max_shards-1}``: the rest of the payload when it does not fit
+  in the head, ``binaryData["part"]`` plus ``data["mirror.json"]`` naming the save (token).
 
-A save is therefore atomic: readers start from the head, and a head only ever names shards that
-were fully written for it; shard names are never reused, and ``load()`` checks the sha256 of
-the reassembled payload, re-reading the head if shards vanished under it (a newer save).
+A sharded save is double-buffered and atomic: (1) reserve free slots in the head (a
+compare-and-swap on resourceVersion; the reservation is also the writers' lock, taken over
+when older than ``lock_ttl``), (2) write the shards into slots the committed save does not use,
+(3) commit the head (new payload metadata, first chunk, reservation cleared) with a
+compare-and-swap. A save that fits in the head is a single compare-and-swap. Readers start from
+the head, check that every shard carries the head's token and that the sha256 of the whole
+payload matches, so they never combine two saves; a crash at any point leaves the previous save
+readable. Hence one save uses at most ``max_shards // 2`` slots.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ import os
 import random
 import re
 import secrets
+import socket
 import tempfile
+import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,21 +59,22 @@ MIRROR_LABEL = "vsphere-capacity-manager/mirror-of"
 ROLE_LABEL = "vsphere-capacity-manager/mirror-role"  # head | shard
 MANAGED_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "vsphere-capacity-manager"
+MERGE_PATCH = "application/merge-patch+json"
 
 CONFIGMAP_LIMIT = 1_048_576  # apiserver: data + binaryData (keys and decoded values)
-DEFAULT_SHARD_BYTES = CONFIGMAP_LIMIT - 32 * 1024  # room for keys and the head's meta
-DEFAULT_MAX_SHARDS = 16  # ConfigMaps per mirror, head included
-_SHARD_SUFFIX_MAX = 1 + 8 + 1 + 3  # "-{token}-{i}"
+DEFAULT_SHARD_BYTES = CONFIGMAP_LIMIT - 32 * 1024  # room for keys and the head's metadata
+DEFAULT_MAX_SHARDS = 16  # slot ConfigMaps name-0 .. name-15 (deploy/rbac.yaml lists them)
 _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_MAX_NAME = 253 - 4  # room for "-NNN"
 
 T = TypeVar("T")
 
 
 class MirrorError(Exception):
-    """The mirror could not be written or read (network, timeout, 5xx, damaged data)."""
+    """The mirror could not be written or read (network, timeout, 5xx, busy, damaged data)."""
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
@@ -82,7 +90,7 @@ class MirrorTooLarge(MirrorError):
         super().__init__(message)
         self.encoded_bytes = encoded_bytes
         self.raw_bytes = raw_bytes
-        self.needed = needed
+        self.needed = needed  # ConfigMaps (head included) the payload would need
 
 
 @dataclass(frozen=True)
@@ -116,8 +124,8 @@ def decode_snapshot(blob: bytes) -> dict[str, Any]:
     return snapshot
 
 
-def backoff_delays(base: float = 0.2, cap: float = 10.0) -> Any:
-    """Endless 'full jitter' exponential backoff delays: uniform(0, min(cap, base * 2**n))."""
+def backoff_delays(base: float = 0.2, cap: float = 10.0) -> Iterator[float]:
+    """Endless 'full jitter' exponential backoff: uniform(0, min(cap, base * 2**n))."""
     attempt = 0
     while True:
         yield random.uniform(0, min(cap, base * (2**attempt)))
@@ -166,7 +174,7 @@ def _default_api_client() -> k8s_client.ApiClient:
                 f"no Kubernetes configuration: not in a cluster ({in_cluster}) and no usable "
                 f"kubeconfig ({kubeconfig})"
             ) from kubeconfig
-    # Our caller retries with backoff: do not let urllib3 silently repeat timed-out requests.
+    # Our caller retries with backoff: urllib3 must not silently repeat timed-out requests.
     cfg.retries = urllib3.Retry(total=2, connect=2, read=0, redirect=0, status=0)
     return k8s_client.ApiClient(configuration=cfg)
 
@@ -190,8 +198,22 @@ def _too_long(exc: ApiException) -> bool:
     return any(c.get("reason") == "FieldValueTooLong" for c in causes if isinstance(c, dict))
 
 
+def _empty_meta() -> dict[str, Any]:
+    """Head metadata with no committed save yet."""
+    return {
+        "format": FORMAT,
+        "generation": 0,
+        "encoding": ENCODING,
+        "sha256": None,
+        "token": None,
+        "shards": [],
+        "stale": [],
+        "pending": None,
+    }
+
+
 class ConfigMapMirror:
-    """The ledger snapshot in ConfigMap ``namespace/name`` (plus shards), compressed."""
+    """The ledger snapshot in ConfigMap ``namespace/name`` (plus slot shards), compressed."""
 
     def __init__(
         self,
@@ -203,17 +225,19 @@ class ConfigMapMirror:
         max_shards: int = DEFAULT_MAX_SHARDS,
         shard_bytes: int = DEFAULT_SHARD_BYTES,
         compress_level: int = 6,
-        max_conflict_retries: int = 20,
+        lock_ttl: float | None = None,
+        lock_wait: float | None = None,
+        max_conflict_retries: int = 50,
     ) -> None:
         if not _DNS1123_LABEL.match(namespace or "") or len(namespace) > 63:
             raise ValueError(f"invalid namespace {namespace!r}")
-        if not _DNS1123_SUBDOMAIN.match(name or "") or len(name) > 253 - _SHARD_SUFFIX_MAX:
+        if not _DNS1123_SUBDOMAIN.match(name or "") or len(name) > _MAX_NAME:
             raise ValueError(
-                f"invalid ConfigMap name {name!r} (DNS-1123 subdomain, at most "
-                f"{253 - _SHARD_SUFFIX_MAX} characters)"
+                f"invalid ConfigMap name {name!r} (DNS-1123 subdomain, at most {_MAX_NAME} "
+                "characters)"
             )
-        if not 1 <= max_shards <= 999:
-            raise ValueError("max_shards must be within 1..999")
+        if not 0 <= max_shards <= 999:
+            raise ValueError("max_shards must be within 0..999")
         if not 1024 <= shard_bytes <= CONFIGMAP_LIMIT - 16 * 1024:
             raise ValueError(f"shard_bytes must be within 1024..{CONFIGMAP_LIMIT - 16 * 1024}")
         self.namespace = namespace
@@ -222,14 +246,29 @@ class ConfigMapMirror:
         self.max_shards = max_shards
         self.shard_bytes = shard_bytes
         self.compress_level = compress_level
+        # a reservation older than lock_ttl is abandoned; its holder stops writing shards
+        # at lock_ttl / 2, and each request takes at most `timeout`, so lock_ttl > 2 * timeout
+        self.lock_ttl = lock_ttl if lock_ttl is not None else max(30.0, 4 * timeout)
+        if self.lock_ttl <= 2 * timeout:
+            raise ValueError("lock_ttl must be more than twice the request timeout")
+        self.lock_wait = lock_wait if lock_wait is not None else self.lock_ttl + timeout
         self.max_conflict_retries = max_conflict_retries
+        self.slots = [f"{name}-{i}" for i in range(max_shards)]
+        self.writer_id = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
         self._own_client = api_client is None
         self.api_client = api_client if api_client is not None else _default_api_client()
         self._core = k8s_client.CoreV1Api(self.api_client)
         # label values are at most 63 characters: long names are hashed
         self._label = name if len(name) <= 63 else hashlib.sha256(name.encode()).hexdigest()[:63]
-        self._pending_cleanup: set[str] = set()  # shards we wrote that no head may reference
+        self._save_lock = threading.Lock()  # one save at a time per instance
+        self._writes = 0
+        self.lock_waits = 0  # times a save waited for another writer's reservation
         self.last_stats: SaveStats | None = None
+
+    @property
+    def max_configmaps(self) -> int:
+        """ConfigMaps one snapshot may use: the head plus half of the slots."""
+        return 1 + self.max_shards // 2
 
     def __repr__(self) -> str:
         return f"ConfigMapMirror({self.namespace}/{self.name})"
@@ -265,6 +304,10 @@ class ConfigMapMirror:
         except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as exc:
             raise MirrorError(f"{what}: Kubernetes API unreachable: {exc}") from exc
 
+    def _write(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self._writes += 1
+        return self._call(what, fn, *args, **kwargs)
+
     def _read(self, name: str) -> k8s_client.V1ConfigMap | None:
         try:
             return self._call(
@@ -280,7 +323,7 @@ class ConfigMapMirror:
 
     @staticmethod
     def _meta_of(cm: k8s_client.V1ConfigMap | None) -> dict[str, Any] | None:
-        """Our metadata in a ConfigMap, or None when it holds no mirror (empty or foreign)."""
+        """Our metadata in a ConfigMap, or None when it holds none (missing, empty, foreign)."""
         if cm is None or not cm.data or META_KEY not in cm.data:
             return None
         try:
@@ -297,59 +340,96 @@ class ConfigMapMirror:
     def _labels(self, role: str) -> dict[str, str]:
         return {MIRROR_LABEL: self._label, MANAGED_LABEL: MANAGED_BY, ROLE_LABEL: role}
 
+    def _head_body(
+        self, head: k8s_client.V1ConfigMap | None, meta: dict[str, Any], part: str | None
+    ) -> dict[str, Any]:
+        """A full head object (keeps foreign labels/annotations; resourceVersion as CAS)."""
+        labels = dict(head.metadata.labels or {}) if head is not None else {}
+        labels.update(self._labels("head"))
+        metadata: dict[str, Any] = {"name": self.name, "labels": labels}
+        if head is not None:
+            metadata["resourceVersion"] = head.metadata.resource_version
+            if head.metadata.annotations:
+                metadata["annotations"] = head.metadata.annotations
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata,
+            "data": {META_KEY: json.dumps(meta, separators=(",", ":"))},
+        }
+        if part is not None:
+            body["binaryData"] = {HEAD_PART_KEY: part}
+        return body
+
+    def _put_head(
+        self, head: k8s_client.V1ConfigMap | None, body: dict[str, Any]
+    ) -> k8s_client.V1ConfigMap:
+        """Create (head is None) or replace with CAS; ApiException 404/409 go to the caller."""
+        where = f"configmap {self.namespace}/{self.name}"
+        if head is None:
+            return self._write(
+                f"create {where}", self._core.create_namespaced_config_map, self.namespace, body
+            )
+        return self._write(
+            f"replace {where}",
+            self._core.replace_namespaced_config_map,
+            self.name,
+            self.namespace,
+            body,
+        )
+
     # ---- save ------------------------------------------------------------------------------
 
     def save(self, snapshot: dict[str, Any]) -> int:
         """Write the snapshot; returns the number of API write requests made.
 
-        Raises MirrorTooLarge (nothing written) when it cannot fit in max_shards ConfigMaps and
-        MirrorError on network errors, timeouts and 5xx (the mirror then still holds a complete
-        earlier snapshot; retry later).
+        Raises MirrorTooLarge (nothing written) when the payload needs more than
+        ``max_configmaps`` ConfigMaps, and MirrorError on network errors, timeouts, 5xx or
+        when another writer holds the mirror longer than ``lock_wait``: the mirror then still
+        holds a complete earlier snapshot; retry later.
         """
-        started = time.monotonic()
-        blob, raw_bytes = encode_snapshot(snapshot, self.compress_level)
-        chunks = [blob[i : i + self.shard_bytes] for i in range(0, len(blob), self.shard_bytes)]
-        chunks = chunks or [b""]
-        if len(chunks) > self.max_shards:
-            raise MirrorTooLarge(
-                f"mirror {self.namespace}/{self.name}: snapshot is {raw_bytes} bytes of JSON, "
-                f"{len(blob)} compressed; that needs {len(chunks)} ConfigMaps of "
-                f"{self.shard_bytes} bytes but at most {self.max_shards} are allowed",
-                encoded_bytes=len(blob),
-                raw_bytes=raw_bytes,
-                needed=len(chunks),
-            )
-        digest = hashlib.sha256(blob).hexdigest()
-        head = self._read(self.name)
-        head_meta = self._meta_of(head)
-        if head_meta is not None and head_meta.get("sha256") == digest:
-            self._finish(0, raw_bytes, blob, len(chunks), head_meta["generation"], True, started)
-            return 0
-
-        writes = 0
-        token = secrets.token_hex(4)
-        shard_names = [f"{self.name}-{token}-{i}" for i in range(1, len(chunks))]
-        try:
-            for index, (shard, chunk) in enumerate(zip(shard_names, chunks[1:], strict=True), 1):
-                self._pending_cleanup.add(shard)  # until a head names it
-                writes += 1
-                self._create_shard(shard, token, index, len(chunks), chunk)
-            writes, head, generation = self._write_head(
-                head, writes, token, digest, blob, raw_bytes, chunks[0], shard_names, snapshot
-            )
-        except MirrorError:
+        with self._save_lock:
+            started = time.monotonic()
+            self._writes = 0
             self.last_stats = None
-            raise
-        self._pending_cleanup.difference_update(shard_names)
-        # shards of the head we replaced, and leftovers of our failed saves, are now unreferenced
-        old_shards = set((self._meta_of(head) or {}).get("shards") or []) if head else set()
-        writes += self._delete_shards((old_shards | self._pending_cleanup) - set(shard_names))[0]
-        self._finish(writes, raw_bytes, blob, len(chunks), generation, False, started)
-        return writes
+            blob, raw_bytes = encode_snapshot(snapshot, self.compress_level)
+            size = self.shard_bytes
+            chunks = [blob[i : i + size] for i in range(0, len(blob), size)] or [b""]
+            if len(chunks) > self.max_configmaps:
+                raise MirrorTooLarge(
+                    f"mirror {self.namespace}/{self.name}: snapshot is {raw_bytes} bytes of "
+                    f"JSON, {len(blob)} compressed; that needs {len(chunks)} ConfigMaps of "
+                    f"{size} bytes, at most {self.max_configmaps} are allowed "
+                    f"(head + {self.max_shards} slots / 2)",
+                    encoded_bytes=len(blob),
+                    raw_bytes=raw_bytes,
+                    needed=len(chunks),
+                )
+            digest = hashlib.sha256(blob).hexdigest()
+            head = self._read(self.name)
+            meta = self._meta_of(head)
+            if meta is not None and meta.get("sha256") == digest:
+                self._finish(raw_bytes, blob, len(chunks), meta["generation"], True, started)
+                return 0
+            token = secrets.token_hex(8)
+            payload = {
+                "sha256": digest,
+                "bytes": len(blob),
+                "raw_bytes": raw_bytes,
+                "token": token,
+                "version": snapshot.get("version")
+                if isinstance(snapshot.get("version"), int | str)
+                else None,
+            }
+            if len(chunks) == 1 and not (meta or {}).get("stale"):
+                generation = self._commit(head, payload, chunks[0], [], [], locked=False)
+            else:
+                generation = self._save_locked(head, payload, chunks)
+            self._finish(raw_bytes, blob, len(chunks), generation, False, started)
+            return self._writes
 
     def _finish(
         self,
-        writes: int,
         raw_bytes: int,
         blob: bytes,
         configmaps: int,
@@ -358,7 +438,7 @@ class ConfigMapMirror:
         started: float,
     ) -> None:
         self.last_stats = SaveStats(
-            writes=writes,
+            writes=self._writes,
             raw_bytes=raw_bytes,
             encoded_bytes=len(blob),
             configmaps=configmaps,
@@ -367,11 +447,120 @@ class ConfigMapMirror:
             seconds=time.monotonic() - started,
         )
 
-    def _create_shard(self, shard: str, token: str, index: int, count: int, chunk: bytes) -> None:
-        body = {
+    def _save_locked(
+        self, head: k8s_client.V1ConfigMap | None, payload: dict[str, Any], chunks: list[bytes]
+    ) -> int:
+        """Reserve slots, write shards, blank stale slots, commit."""
+        token = payload["token"]
+        head, slots, reserved_at = self._reserve(head, token, len(chunks) - 1)
+
+        def check_lock() -> None:  # past lock_ttl / 2 another writer may take the mirror over
+            if time.monotonic() - reserved_at > self.lock_ttl / 2:
+                raise MirrorError(
+                    f"mirror {self.namespace}/{self.name}: save took longer than "
+                    f"{self.lock_ttl / 2:.0f}s, giving up the reservation"
+                )
+
+        meta = self._meta_of(head) or {}
+        existing = set(meta.get("stale") or []) | set(meta.get("shards") or [])
+        for index, (slot, chunk) in enumerate(zip(slots, chunks[1:], strict=True), 1):
+            check_lock()
+            self._write_slot(slot, token, index, len(chunks), chunk, exists=slot in existing)
+        # slots left over from larger snapshots: blank them, except the ones the next saves
+        # of this size will alternate with (slots are taken lowest first)
+        blanked = []
+        for slot in meta.get("stale") or []:
+            if (
+                slot not in slots
+                and slot in self.slots
+                and self.slots.index(slot) >= 2 * len(slots)
+            ):
+                check_lock()
+                self._write_slot(slot, None, 0, 0, None)
+                blanked.append(slot)
+        return self._commit(head, payload, chunks[0], slots, blanked, locked=True)
+
+    def _reserve(
+        self, head: k8s_client.V1ConfigMap | None, token: str, count: int
+    ) -> tuple[k8s_client.V1ConfigMap, list[str], float]:
+        """Record our reservation of `count` free slots in the head (CAS); the reservation is
+        the writers' lock. Waits for a live reservation of another writer up to lock_wait.
+        Returns (head, slots, monotonic time just before the reservation was sent)."""
+        deadline = time.monotonic() + self.lock_wait
+        delays = backoff_delays(0.02, 0.5)
+        for _ in range(self.max_conflict_retries):
+            meta = self._meta_of(head)
+            pending = (meta or {}).get("pending")
+            if (
+                pending
+                and pending.get("by") != self.writer_id  # our own leftover: take it back
+                and time.time() - float(pending.get("at") or 0) < self.lock_ttl
+            ):
+                if time.monotonic() > deadline:
+                    raise MirrorError(
+                        f"mirror {self.namespace}/{self.name} is busy: {pending.get('by')} "
+                        f"reserved it {time.time() - float(pending.get('at') or 0):.1f}s ago",
+                        status=409,
+                    )
+                self.lock_waits += 1
+                time.sleep(next(delays))
+                head = self._read(self.name)
+                continue
+            new_meta = dict(meta) if meta is not None else _empty_meta()
+            committed = set(new_meta.get("shards") or [])
+            slots = [s for s in self.slots if s not in committed][:count]
+            new_meta["pending"] = {
+                "token": token,
+                "shards": slots,
+                "at": time.time(),
+                "by": self.writer_id,
+            }
+            where = f"reserve configmap {self.namespace}/{self.name}"
+            sent_at = time.monotonic()
+            try:
+                if meta is None:  # no head yet (or a foreign one): create / replace it
+                    part = (head.binary_data or {}).get(HEAD_PART_KEY) if head else None
+                    head = self._put_head(head, self._head_body(head, new_meta, part))
+                else:  # small merge patch: the committed payload stays as it is
+                    patch = {
+                        "metadata": {"resourceVersion": head.metadata.resource_version},
+                        "data": {META_KEY: json.dumps(new_meta, separators=(",", ":"))},
+                    }
+                    head = self._write(
+                        where,
+                        self._core.patch_namespaced_config_map,
+                        self.name,
+                        self.namespace,
+                        patch,
+                        _content_type=MERGE_PATCH,
+                    )
+                return head, slots, sent_at
+            except ApiException as exc:  # 409 Conflict / AlreadyExists, 404: re-read, retry
+                if exc.status not in (404, 409):
+                    raise
+                head = self._read(self.name)
+        raise MirrorError(
+            f"mirror {self.namespace}/{self.name}: still conflicting after "
+            f"{self.max_conflict_retries} attempts",
+            status=409,
+        )
+
+    def _write_slot(
+        self,
+        slot: str,
+        token: str | None,
+        index: int,
+        count: int,
+        chunk: bytes | None,
+        *,
+        exists: bool = True,
+    ) -> None:
+        """Replace a slot ConfigMap, or create it (first when it is not known to exist);
+        chunk None blanks it."""
+        body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": shard, "labels": self._labels("shard")},
+            "metadata": {"name": slot, "labels": self._labels("shard")},
             "data": {
                 META_KEY: json.dumps(
                     {
@@ -383,87 +572,78 @@ class ConfigMapMirror:
                     }
                 )
             },
-            "binaryData": {SHARD_PART_KEY: base64.b64encode(chunk).decode("ascii")},
         }
-        try:
-            self._call(
-                f"create shard {self.namespace}/{shard}",
-                self._core.create_namespaced_config_map,
-                self.namespace,
-                body,
-            )
-        except ApiException as exc:  # 409: a name we never reuse already exists
-            raise MirrorError(
-                f"create shard {self.namespace}/{shard}: {exc.status} {_status_of(exc)[0]}",
-                status=exc.status,
-            ) from exc
+        if chunk is not None:
+            body["binaryData"] = {SHARD_PART_KEY: base64.b64encode(chunk).decode("ascii")}
+        where = f"configmap {self.namespace}/{slot}"
+        for attempt in range(3):
+            if exists or attempt:
+                try:
+                    self._write(
+                        f"replace {where}",
+                        self._core.replace_namespaced_config_map,
+                        slot,
+                        self.namespace,
+                        body,
+                    )
+                    return
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise MirrorError(
+                            f"replace {where}: {exc.status}", status=exc.status
+                        ) from exc
+            if chunk is None:
+                return  # nothing to blank
+            try:
+                self._write(
+                    f"create {where}", self._core.create_namespaced_config_map, self.namespace, body
+                )
+                return
+            except ApiException as exc:  # 409 AlreadyExists: created meanwhile, replace it
+                if exc.status != 409:
+                    raise MirrorError(f"create {where}: {exc.status}", status=exc.status) from exc
+        raise MirrorError(f"cannot write {where}: it keeps appearing and disappearing")
 
-    def _write_head(
+    def _commit(
         self,
         head: k8s_client.V1ConfigMap | None,
-        writes: int,
-        token: str,
-        digest: str,
-        blob: bytes,
-        raw_bytes: int,
+        payload: dict[str, Any],
         first_chunk: bytes,
-        shard_names: list[str],
-        snapshot: dict[str, Any],
-    ) -> tuple[int, k8s_client.V1ConfigMap | None, int]:
-        """Create or replace the head (re-reading on 409); returns (writes, replaced head, gen)."""
+        slots: list[str],
+        blanked: list[str],
+        *,
+        locked: bool,
+    ) -> int:
+        """Point the head at the new payload (CAS, re-read on 409); returns the generation."""
         part = base64.b64encode(first_chunk).decode("ascii")
-        version = snapshot.get("version")
         for _ in range(self.max_conflict_retries):
-            prev_meta = self._meta_of(head) or {}
-            generation = int(prev_meta.get("generation") or 0) + 1
+            old = self._meta_of(head) or _empty_meta()
+            pending = old.get("pending")
+            if locked and (not pending or pending.get("token") != payload["token"]):
+                raise MirrorError(
+                    f"mirror {self.namespace}/{self.name}: our reservation was taken over "
+                    "by another writer; nothing committed",
+                    status=409,
+                )
+            # slots holding data that no head names any more: reusable, blanked when unneeded
+            stale = (set(old.get("stale") or []) | set(old.get("shards") or [])) - set(slots)
+            stale -= set(blanked)
             meta = {
                 "format": FORMAT,
-                "generation": generation,
+                "generation": int(old.get("generation") or 0) + 1,
                 "encoding": ENCODING,
-                "sha256": digest,
-                "bytes": len(blob),
-                "raw_bytes": raw_bytes,
-                "token": token,
-                "shards": shard_names,
-                "version": version if isinstance(version, int | str) else None,
+                **payload,
+                "shards": slots,
+                "stale": [s for s in self.slots if s in stale],
+                "pending": None if locked else pending,  # keep another writer's reservation
                 "saved_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
-            labels = dict(head.metadata.labels or {}) if head is not None else {}
-            labels.update(self._labels("head"))
-            metadata: dict[str, Any] = {"name": self.name, "labels": labels}
-            if head is not None:
-                metadata["resourceVersion"] = head.metadata.resource_version
-                if head.metadata.annotations:
-                    metadata["annotations"] = head.metadata.annotations
-            body = {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": metadata,
-                "data": {META_KEY: json.dumps(meta, separators=(",", ":"))},
-                "binaryData": {HEAD_PART_KEY: part},
-            }
-            writes += 1
             try:
-                if head is None:
-                    self._call(
-                        f"create configmap {self.namespace}/{self.name}",
-                        self._core.create_namespaced_config_map,
-                        self.namespace,
-                        body,
-                    )
-                else:
-                    self._call(
-                        f"replace configmap {self.namespace}/{self.name}",
-                        self._core.replace_namespaced_config_map,
-                        self.name,
-                        self.namespace,
-                        body,
-                    )
-                return writes, head, generation
-            except ApiException as exc:
+                self._put_head(head, self._head_body(head, meta, part))
+                return meta["generation"]
+            except ApiException as exc:  # 409 Conflict / AlreadyExists, 404: re-read, retry
                 if exc.status not in (404, 409):
-                    raise MirrorError(f"write head: {exc.status}", status=exc.status) from exc
-                # 409 Conflict / AlreadyExists, or 404 (deleted meanwhile): re-read and retry
+                    raise
                 head = self._read(self.name)
         raise MirrorError(
             f"mirror {self.namespace}/{self.name}: still conflicting after "
@@ -471,70 +651,29 @@ class ConfigMapMirror:
             status=409,
         )
 
-    def _delete_shards(self, names: set[str]) -> tuple[int, int]:
-        """Best effort: a failed delete is retried after the next save (or by gc()).
-        Returns (write requests made, shards gone)."""
-        writes = gone = 0
-        for shard in sorted(names):
-            writes += 1
-            try:
-                self._call(
-                    f"delete shard {self.namespace}/{shard}",
-                    self._core.delete_namespaced_config_map,
-                    shard,
-                    self.namespace,
-                )
-            except ApiException as exc:
-                if exc.status != 404:
-                    self._pending_cleanup.add(shard)
-                    continue
-            except MirrorError:
-                self._pending_cleanup.add(shard)
-                continue
-            self._pending_cleanup.discard(shard)
-            gone += 1
-        return writes, gone
-
-    def gc(self, min_age: float = 600.0) -> int:
-        """Delete shards of this mirror that the head does not name and that are older than
-        min_age seconds (younger ones may belong to a save in progress). Needs the `list`
-        verb. Returns the number of shards removed."""
-        head_meta = self._meta_of(self._read(self.name)) or {}
-        keep = set(head_meta.get("shards") or [])
-        listing = self._call(
-            f"list configmaps {self.namespace}",
-            self._core.list_namespaced_config_map,
-            self.namespace,
-            label_selector=f"{MIRROR_LABEL}={self._label},{ROLE_LABEL}=shard",
-        )
-        now = datetime.now(UTC)
-        stale = set()
-        for item in listing.items:
-            created = item.metadata.creation_timestamp
-            old_enough = created is None or (now - created).total_seconds() >= min_age
-            if item.metadata.name not in keep and old_enough:
-                stale.add(item.metadata.name)
-        return self._delete_shards(stale)[1]
-
     # ---- load ------------------------------------------------------------------------------
 
     def load(self) -> dict[str, Any] | None:
-        """The last complete snapshot, or None when there is no mirror yet."""
-        last_rv = None
+        """The last complete snapshot, or None when nothing was ever saved."""
+        last_token = None
         for _ in range(10):
             head = self._read(self.name)
             meta = self._meta_of(head)
-            if meta is None:
+            if meta is None or not meta.get("token"):
                 return None
             if meta.get("encoding") != ENCODING:
                 raise MirrorError(f"mirror {self.name}: unknown encoding {meta.get('encoding')}")
             parts = [base64.b64decode((head.binary_data or {}).get(HEAD_PART_KEY, ""))]
             problem = None
-            for shard_name in meta.get("shards") or []:
-                shard = self._read(shard_name)
+            for index, slot in enumerate(meta.get("shards") or [], 1):
+                shard = self._read(slot)
                 shard_meta = self._meta_of(shard)
-                if shard_meta is None or shard_meta.get("token") != meta.get("token"):
-                    problem = f"shard {shard_name} is missing or belongs to another save"
+                if (
+                    shard_meta is None
+                    or shard_meta.get("token") != meta["token"]
+                    or shard_meta.get("index") != index
+                ):
+                    problem = f"shard {slot} is missing or holds another save"
                     break
                 parts.append(base64.b64decode((shard.binary_data or {}).get(SHARD_PART_KEY, "")))
             blob = b"".join(parts)
@@ -542,10 +681,9 @@ class ConfigMapMirror:
                 problem = "sha256 of the payload does not match the head"
             if problem is None:
                 return decode_snapshot(blob)
-            rv = head.metadata.resource_version
-            if rv == last_rv:  # the head did not move: the mirror is damaged
+            if meta["token"] == last_token:  # the head did not move: the mirror is damaged
                 raise MirrorError(f"mirror {self.namespace}/{self.name} is damaged: {problem}")
-            last_rv = rv  # a newer save replaced the shards while we read: start again
+            last_token = meta["token"]  # a newer save reused the slots while we read: again
         raise MirrorError(f"mirror {self.namespace}/{self.name}: no consistent read (busy)")
 
 
@@ -631,7 +769,7 @@ def mirror_from_env(
         or not _DNS1123_LABEL.match(namespace)
         or len(namespace) > 63
         or not _DNS1123_SUBDOMAIN.match(name)
-        or len(name) > 253 - _SHARD_SUFFIX_MAX
+        or len(name) > _MAX_NAME
     ):
         raise ValueError(
             f"VCM_CONFIGMAP must be 'namespace/name' (a DNS-1123 namespace and ConfigMap "
