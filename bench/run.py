@@ -1,0 +1,111 @@
+"""`make bench`: run every benchmark and print its tables.
+
+(a) bench/bench_placement.py   placement decisions/s, 10,000 active leases against 100
+(b) bench/bench_celery.py      acquire+release round trips through the real worker against no-op
+(c) bench/bench_http.py        the HTTP shim (run only if the file exists)
+
+Each runs as its own process (its own redis-server, workers and Celery client) and prints
+markdown tables. A target that is missed is printed as "BELOW TARGET" and does not fail the run;
+the exit status is non-zero only when a benchmark itself fails (crash, timeout).
+
+Usage: .venv/bin/python bench/run.py [--quick] [--only placement|celery|http]
+The machine is usually shared: read ratios against the baselines measured in the same run, not
+absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BELOW = "BELOW TARGET"
+BENCHES = [  # (key, title, script, passes --quick)
+    ("placement", "(a) Placement decisions per second: 10,000 active leases against 100",
+     "bench_placement.py", True),
+    ("celery", "(b) acquire+release through the real placement worker, against a no-op task",
+     "bench_celery.py", True),
+    ("http", "(c) HTTP shim (bench/bench_http.py)", "bench_http.py", False),
+]
+
+
+def run_one(script: Path, args: list[str], timeout: float) -> tuple[int, str]:
+    """Run a benchmark script, echoing its output as it comes; returns (status, output)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    proc = subprocess.Popen([sys.executable, str(script), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
+    lines: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        status = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        reader.join(5)
+        lines.append(f"\n{script.name}: timed out after {timeout:.0f} s\n")
+        print(lines[-1], end="")
+        return 124, "".join(lines)
+    reader.join(10)
+    return status, "".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="run the benchmarks")
+    ap.add_argument("--quick", action="store_true", help="smoke-test sizes (placement, celery)")
+    ap.add_argument("--only", choices=[b[0] for b in BENCHES], action="append",
+                    help="run only this benchmark (repeatable)")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per benchmark")
+    args = ap.parse_args(argv)
+
+    started = time.monotonic()
+    summary: list[tuple[str, str]] = []
+    failed = False
+    for key, title, name, quick in BENCHES:
+        if args.only and key not in args.only:
+            continue
+        script = HERE / name
+        if not script.exists():
+            summary.append((title, "not present, skipped"))
+            continue
+        print(f"\n## {title}\n", flush=True)
+        t0 = time.monotonic()
+        status, output = run_one(script, ["--quick"] if args.quick and quick else [],
+                                 args.timeout)
+        took = time.monotonic() - t0
+        below = sum(1 for line in output.splitlines() if BELOW in line and "|" in line)
+        if status != 0:
+            failed = True
+            summary.append((title, f"ERROR: exit status {status} ({took:.0f} s)"))
+        elif below:
+            summary.append((title, f"{below} row(s) {BELOW} ({took:.0f} s)"))
+        else:
+            summary.append((title, f"all targets met ({took:.0f} s)"))
+
+    print("\n## Summary\n")
+    width = max(len(t) for t, _ in summary) if summary else 0
+    for title, result in summary:
+        print(f"- {title.ljust(width)}  {result}")
+    print(f"\ntotal {time.monotonic() - started:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
