@@ -1,0 +1,156 @@
+"""govmomi's vCenter simulator (tests/vcsim/main.go), built once and run on a free port.
+
+The binary is built offline against Debian's golang-go and golang-github-vmware-govmomi-dev
+(installed with apt-get when missing and we may) and cached in .vcm/cache/vcsim, keyed by the
+source, the Go version and the govmomi package version.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+SOURCE = Path(__file__).with_name("main.go")
+ROOT = SOURCE.parents[2]
+GOPATH = Path("/usr/share/gocode")
+GOVMOMI = GOPATH / "src/github.com/vmware/govmomi/simulator"
+APT_PACKAGES = ("golang-go", "golang-github-vmware-govmomi-dev")
+CACHE = Path(os.environ.get("VCM_VCSIM_CACHE", ROOT / ".vcm" / "cache" / "vcsim"))
+
+
+class Unavailable(Exception):
+    """Go or govmomi is missing and cannot be installed: the reason to skip."""
+
+
+def _toolchain_ready() -> bool:
+    return shutil.which("go") is not None and GOVMOMI.is_dir()
+
+
+def ensure_toolchain() -> None:
+    """Install the Debian packages if they are missing (as root, or with password-less sudo)."""
+    if _toolchain_ready():
+        return
+    if os.geteuid() == 0:
+        sudo: list[str] = []
+    elif shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"],
+                                                 capture_output=True).returncode == 0:
+        sudo = ["sudo", "-n"]
+    else:
+        raise Unavailable(f"needs {' '.join(APT_PACKAGES)} and cannot apt-get install as non-root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*sudo, "apt-get", "install", "-y", "-q", *APT_PACKAGES]
+    done = subprocess.run(install, capture_output=True, text=True, env=env)
+    if done.returncode != 0:  # stale package lists: update once and retry
+        subprocess.run([*sudo, "apt-get", "update", "-q"], capture_output=True, env=env)
+        done = subprocess.run(install, capture_output=True, text=True, env=env)
+    if not _toolchain_ready():
+        raise Unavailable(f"apt-get install {' '.join(APT_PACKAGES)} failed: "
+                          f"{done.stderr.strip()[-500:]}")
+
+
+def _key() -> str:
+    go = subprocess.run(["go", "version"], capture_output=True, text=True).stdout
+    pkg = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", APT_PACKAGES[1]],
+                         capture_output=True, text=True).stdout
+    return hashlib.sha256(SOURCE.read_bytes() + go.encode() + pkg.encode()).hexdigest()[:16]
+
+
+def build() -> Path:
+    """The simulator binary: built now unless an identical build is cached."""
+    ensure_toolchain()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    binary = CACHE / f"vcsim-{_key()}"
+    with open(CACHE / "build.lock", "w") as lock:  # concurrent test runs build once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if binary.exists():
+            return binary
+        env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GOPATH), "GOFLAGS": "",
+               "GOCACHE": str(CACHE / "go-build")}
+        if not shutil.which("gcc"):  # with gcc, Debian's precompiled standard library is used
+            env["CGO_ENABLED"] = "0"
+        tmp = binary.with_suffix(".tmp")
+        done = subprocess.run(["go", "build", "-o", str(tmp), "."], cwd=SOURCE.parent, env=env,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"go build of {SOURCE} failed:\n{done.stderr}")
+        tmp.rename(binary)
+        for old in CACHE.glob("vcsim-*"):  # builds of older sources
+            if old != binary:
+                old.unlink()
+    return binary
+
+
+class Simulator:
+    """One simulator process. `url`, `host`, `port`, `user`, `password` once started."""
+
+    def __init__(self, inventory: dict[str, Any] | None = None, *, user: str = "vcm",
+                 password: str = "vcm-secret") -> None:
+        self.inventory, self.user, self.password = inventory, user, password
+        self.url = self.host = ""
+        self.port = 0
+        self._proc: subprocess.Popen[str] | None = None
+        self._dir = tempfile.TemporaryDirectory(prefix="vcsim-")
+        self.log = Path(self._dir.name) / "vcsim.log"
+
+    @property
+    def address(self) -> str:
+        """host:port, as a pool's vcenter field names it."""
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> Simulator:
+        cmd = [str(build()), "-port", "0", "-user", self.user, "-password", self.password,
+               "-exit-on-eof"]
+        if self.inventory is not None:
+            path = Path(self._dir.name) / "inventory.json"
+            path.write_text(json.dumps(self.inventory))
+            cmd += ["-inventory", str(path)]
+        with open(self.log, "w") as log:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=log, text=True)
+        line = self._readline(timeout)
+        if not line.startswith("https://"):
+            self.stop()
+            raise RuntimeError(f"vcsim did not start: {line!r}\n{self.log.read_text()}")
+        self.url = line
+        host_port = line.split("@", 1)[1].split("/", 1)[0]
+        self.host, port = host_port.rsplit(":", 1)
+        self.port = int(port)
+        return self
+
+    def _readline(self, timeout: float) -> str:
+        """The first stdout line (the URL, once the inventory is built), or "" on timeout."""
+        assert self._proc is not None and self._proc.stdout is not None
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.append(self._proc.stdout.readline()),
+                                  daemon=True)
+        reader.start()
+        reader.join(timeout)
+        return out[0].strip() if out else ""
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        for stream in (self._proc.stdin, self._proc.stdout) if self._proc else ():
+            if stream:
+                stream.close()
+        self._proc = None
+        self._dir.cleanup()
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,286 @@
+"""vCenter inventory (pyvmomi): check that pools name real objects and fit the real hardware.
+
+`VCenterInventory` reads, per datacenter, the clusters (CPU, memory), datastores (capacity, free
+space) and networks (port groups) of one vCenter, with one PropertyCollector call each.
+`check_pools` compares the pools (CONTRACT §2) with their vCenters and returns findings:
+errors for names that do not exist or a vCenter that cannot be read, warnings for budgets
+larger than the hardware. Budgets are in GB = 2**30 bytes, as vSphere shows them.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pyVim.connect import Disconnect, SmartConnect
+from pyVmomi import vim, vmodl
+
+from workers.core.models import Pool
+
+GIB = 1 << 30
+HAVE_MAX = 10  # names listed in "(have: …)"
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    name: str
+    cpu_mhz: int  # Σ cores × MHz
+    cpu_cores: int
+    cpu_threads: int  # logical CPUs: what vCPUs are scheduled on
+    memory_bytes: int
+    hosts: int
+
+
+@dataclass(frozen=True)
+class DatastoreInfo:
+    name: str
+    capacity_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class DatacenterInfo:
+    name: str
+    clusters: Mapping[str, ClusterInfo]
+    datastores: Mapping[str, DatastoreInfo]
+    networks: frozenset[str]  # standard networks, distributed and opaque port groups
+
+
+@dataclass(frozen=True)
+class Finding:
+    pool: str  # for a vCenter that cannot be read: every pool on it, comma-separated
+    field: str  # pools-file field, e.g. "datastore", "networks[0].port-group"
+    severity: Literal["error", "warning"]
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.message}"
+
+
+class VCenterUnavailable(Exception):
+    """A vCenter that cannot be reached or logged into; the message says which and why."""
+
+
+class VCenterInventory:
+    """A logged-in session on one vCenter; datacenters are read on first use and cached."""
+
+    def __init__(self, si: vim.ServiceInstance, name: str) -> None:
+        self.name = name
+        self._si = si
+        self._content = si.RetrieveContent()
+        self._datacenters: dict[str, vim.Datacenter] | None = None
+        self._cache: dict[str, DatacenterInfo] = {}
+
+    @classmethod
+    def connect(
+        cls,
+        host: str,
+        user: str,
+        password: str,
+        *,
+        port: int = 443,
+        timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        name: str | None = None,
+    ) -> VCenterInventory:
+        """Log in; without `ssl_context` the certificate is not verified (self-signed vCenters).
+
+        Raises VCenterUnavailable for an unreachable vCenter or rejected credentials.
+        """
+        name = name or f"{host}:{port}"
+        try:
+            si = SmartConnect(
+                host=host, port=port, user=user, pwd=password, sslContext=ssl_context,
+                disableSslCertValidation=ssl_context is None, httpConnectionTimeout=timeout,
+            )
+        except vim.fault.InvalidLogin:
+            raise VCenterUnavailable(f"login as {user!r} failed (bad credentials)") from None
+        except OSError as exc:  # refused, timed out, DNS, TLS
+            raise VCenterUnavailable(f"unreachable: {exc}") from None
+        except vmodl.MethodFault as exc:
+            raise VCenterUnavailable(f"login failed: {exc.msg}") from None
+        return cls(si, name)
+
+    def close(self) -> None:
+        Disconnect(self._si)  # best effort: never raises
+
+    def __enter__(self) -> VCenterInventory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def datacenters(self) -> list[str]:
+        if self._datacenters is None:
+            rows = self._collect(self._content.rootFolder, {vim.Datacenter: ["name"]})
+            self._datacenters = {props["name"]: obj for obj, props in rows}
+        return sorted(self._datacenters)
+
+    def datacenter(self, name: str) -> DatacenterInfo | None:
+        """Clusters, datastores and networks of a datacenter; None if there is none by that name."""
+        if name not in self._cache:
+            self.datacenters()
+            assert self._datacenters is not None
+            dc = self._datacenters.get(name)
+            if dc is None:
+                return None
+            self._cache[name] = self._read(dc, name)
+        return self._cache[name]
+
+    def _read(self, dc: vim.Datacenter, name: str) -> DatacenterInfo:
+        rows = self._collect(dc, {
+            vim.ClusterComputeResource: ["name", "summary"],
+            vim.Datastore: ["name", "summary.capacity", "summary.freeSpace"],
+            vim.Network: ["name"],
+        })
+        clusters: dict[str, ClusterInfo] = {}
+        datastores: dict[str, DatastoreInfo] = {}
+        networks: set[str] = set()
+        for obj, props in rows:
+            if isinstance(obj, vim.ClusterComputeResource):
+                s = props["summary"]
+                clusters[props["name"]] = ClusterInfo(
+                    props["name"], s.totalCpu or 0, s.numCpuCores or 0, s.numCpuThreads or 0,
+                    s.totalMemory or 0, s.numHosts or 0,
+                )
+            elif isinstance(obj, vim.Datastore):
+                datastores[props["name"]] = DatastoreInfo(
+                    props["name"], props.get("summary.capacity") or 0,
+                    props.get("summary.freeSpace") or 0,
+                )
+            else:
+                networks.add(props["name"])
+        return DatacenterInfo(name, clusters, datastores, frozenset(networks))
+
+    def _collect(
+        self, root: vim.ManagedEntity, paths: Mapping[type, list[str]]
+    ) -> list[tuple[Any, dict[str, Any]]]:
+        """(object, {path: value}) for every object of the given types below root."""
+        view = self._content.viewManager.CreateContainerView(root, list(paths), True)
+        try:
+            pc = vmodl.query.PropertyCollector
+            spec = pc.FilterSpec(
+                objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[pc.TraversalSpec(
+                    name="view", type=vim.view.ContainerView, path="view", skip=False)])],
+                propSet=[pc.PropertySpec(type=t, pathSet=p) for t, p in paths.items()],
+            )
+            collector = self._content.propertyCollector
+            result = collector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
+            rows: list[tuple[Any, dict[str, Any]]] = []
+            while result is not None:
+                rows += [(o.obj, {p.name: p.val for p in o.propSet}) for o in result.objects]
+                token = result.token
+                result = collector.ContinueRetrievePropertiesEx(token) if token else None
+            return rows
+        finally:
+            view.Destroy()
+
+
+def address(vcenter: str) -> tuple[str, int]:
+    """(host, port) of a pool's vcenter: "host", "host:port", "[v6]:port" or "https://host/sdk"."""
+    parts = urlsplit(vcenter if "://" in vcenter else f"//{vcenter}")
+    return parts.hostname or vcenter, parts.port or 443
+
+
+def connector(
+    credentials: Mapping[str, tuple[str, str]],
+    *,
+    timeout: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Callable[[str], VCenterInventory]:
+    """A `connect` for check_pools: logs into a pool's vcenter with credentials[vcenter]."""
+
+    def connect(vcenter: str) -> VCenterInventory:
+        if vcenter not in credentials:
+            raise VCenterUnavailable("no credentials given for it")
+        user, password = credentials[vcenter]
+        host, port = address(vcenter)
+        return VCenterInventory.connect(
+            host, user, password, port=port, timeout=timeout, ssl_context=ssl_context,
+            name=vcenter,
+        )
+
+    return connect
+
+
+def check_pools(
+    pools: Iterable[Pool], connect: Callable[[str], VCenterInventory]
+) -> list[Finding]:
+    """Findings for every pool, one vCenter at a time; closes the inventories it opens."""
+    by_vcenter: dict[str, list[Pool]] = {}
+    for pool in pools:
+        by_vcenter.setdefault(pool.vcenter, []).append(pool)
+    findings: list[Finding] = []
+    for vcenter, members in by_vcenter.items():
+        names = ", ".join(p.name for p in members)
+        try:
+            with connect(vcenter) as inventory:
+                for pool in members:
+                    findings += _check_pool(pool, inventory)
+        except VCenterUnavailable as exc:
+            message = f"{names}: vcenter {vcenter}: {exc}"
+            findings.append(Finding(names, "vcenter", "error", message))
+        except Exception as exc:  # noqa: BLE001 - a finding, never a traceback
+            problem = exc.msg if isinstance(exc, vmodl.MethodFault) else str(exc)
+            findings.append(Finding(
+                names, "vcenter", "error",
+                f"{names}: vcenter {vcenter}: cannot read the inventory: "
+                f"{type(exc).__name__}: {problem}",
+            ))
+    return findings
+
+
+def _check_pool(pool: Pool, inventory: VCenterInventory) -> list[Finding]:
+    def error(field: str, what: str, name: str, where: str, have: Iterable[str]) -> Finding:
+        return Finding(pool.name, field, "error",
+                       f"{pool.name}: {what} {name!r} not found {where} (have: {_names(have)})")
+
+    def warning(field: str, text: str) -> Finding:
+        return Finding(pool.name, field, "warning", f"{pool.name}: {text}")
+
+    dc = inventory.datacenter(pool.datacenter)
+    if dc is None:  # nothing else can be checked
+        return [error("datacenter", "datacenter", pool.datacenter, f"on {inventory.name}",
+                      inventory.datacenters())]
+    where = f"in datacenter {dc.name!r} on {inventory.name}"
+    out: list[Finding] = []
+
+    cluster = dc.clusters.get(pool.cluster)
+    if cluster is None:
+        out.append(error("cluster", "cluster", pool.cluster, where, dc.clusters))
+    else:
+        if pool.vcpus > cluster.cpu_threads:
+            out.append(warning("vcpus", f"vcpus budget {pool.vcpus} exceeds cluster capacity "
+                                        f"{cluster.cpu_threads} logical CPUs"))
+        if pool.memory * GIB > cluster.memory_bytes:
+            out.append(warning("memory", f"memory budget {pool.memory} GB exceeds cluster "
+                                         f"capacity {_gb(cluster.memory_bytes)} GB"))
+
+    datastore = dc.datastores.get(pool.datastore)
+    if datastore is None:
+        out.append(error("datastore", "datastore", pool.datastore, where, dc.datastores))
+    elif pool.storage * GIB > datastore.capacity_bytes:
+        out.append(warning("storage", f"storage budget {pool.storage} GB exceeds datastore "
+                                      f"capacity {_gb(datastore.capacity_bytes)} GB"))
+
+    for i, net in enumerate(pool.networks):
+        if net.port_group not in dc.networks:
+            out.append(error(f"networks[{i}].port-group", "port group", net.port_group, where,
+                             dc.networks))
+    return out
+
+
+def _names(names: Iterable[str]) -> str:
+    ordered = sorted(names)
+    if not ordered:
+        return "none"
+    more = len(ordered) - HAVE_MAX
+    return ", ".join(ordered[:HAVE_MAX]) + (f", … {more} more" if more > 0 else "")
+
+
+def _gb(size: int) -> str:
+    value = size / GIB
+    return f"{value:.0f}" if value.is_integer() else f"{value:.1f}"
