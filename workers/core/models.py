@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import Any
 
 from .errors import InvalidRequest
@@ -52,7 +54,7 @@ class Pool:
     @property
     def vcpu_capacity(self) -> int:
         """Placeable vCPUs: floor(vcpus × vcpu-overcommit)."""
-        return math.floor(self.vcpus * self.vcpu_overcommit + 1e-9)
+        return math.floor(self.vcpus * Fraction(repr(self.vcpu_overcommit)))
 
     def label_map(self) -> dict[str, str]:
         return dict(self.labels)
@@ -125,7 +127,8 @@ class Request:
         return out
 
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$", re.ASCII)
+_NUMBER = re.compile(r"^\d+(?:\.\d+)?$", re.ASCII)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
 REQUEST_FIELDS = (
     "vcpus", "memory", "storage", "vcenters", "networks", "network-type", "owner",
@@ -137,12 +140,14 @@ def parse_duration(value: Any, name: str, *, maximum: float) -> float:
     """Seconds from a number or a Go-style duration ("24h", "90m", "1h30m", "45s")."""
     if isinstance(value, bool):
         raise InvalidRequest.of(name, "must be seconds or a duration like '24h', not a boolean")
+    if isinstance(value, int) and abs(value) > 10**12:
+        raise InvalidRequest.of(name, f"{value} is absurdly large")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
         text = value.strip().lower()
         m = _DURATION.match(text)
-        if text.replace(".", "", 1).isdigit():
+        if _NUMBER.match(text):
             seconds = float(text)
         elif text and m:
             d, h, mi, s = (float(x) if x else 0.0 for x in m.groups())
@@ -191,7 +196,7 @@ def _str(raw: dict[str, Any], name: str, default: str, *, pattern: re.Pattern[st
         raise InvalidRequest.of(name, f"is longer than {max_len} characters")
     if value and pattern is not None and not pattern.match(value):
         raise InvalidRequest.of(name, f"{value!r} has characters outside [A-Za-z0-9._:@/+=-]")
-    if any(ord(c) < 32 for c in value):
+    if any(unicodedata.category(c) == "Cc" for c in value):
         raise InvalidRequest.of(name, "must not contain control characters")
     return value
 
@@ -223,7 +228,8 @@ def parse_request(
         )
     try:
         vcenters = _int(data, "vcenters", 1, 0) or 1
-        selector = data.get("pool-selector") or {}
+        selector = data.get("pool-selector")
+        selector = {} if selector is None else selector
         if not isinstance(selector, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
         ):
@@ -248,7 +254,8 @@ def parse_request(
             ttl=int(ttl),
             required_pool=required,
             pool_selector=tuple(sorted(selector.items())),
-            wait=parse_duration(data.get("wait", 0) or 0, "wait", maximum=max_wait),
+            wait=parse_duration(0 if data.get("wait") is None else data["wait"], "wait",
+                                maximum=max_wait),
         )
     except InvalidRequest as exc:
         if prefix:

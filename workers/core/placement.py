@@ -257,7 +257,8 @@ def estimate(req: Request, fleet: Fleet) -> dict:
 
 
 def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
-    """Reject requests no configured pool could ever hold (InvalidRequest naming the field)."""
+    """Reject requests that could never be placed, even on an empty fleet with no pool cordoned
+    or excluded (InvalidRequest naming the field). Fits now or not is place()'s business."""
     from .errors import InvalidRequest
 
     if not pools:
@@ -269,17 +270,22 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
     if req.required_pool and req.required_pool not in pools:
         raise InvalidRequest.of("required-pool", f"unknown pool {req.required_pool!r} (known: "
                                 + ", ".join(sorted(pools)) + ")")
-    candidates = [pools[req.required_pool]] if req.required_pool else list(pools.values())
-    if req.pool_selector:
-        candidates = [p for p in candidates
-                      if all(p.label_map().get(k) == v for k, v in req.pool_selector)]
-        if not candidates:
-            raise InvalidRequest.of("pool-selector", "no configured pool has all these labels")
-    for name, need, cap in (
+    if req.required_pool and req.vcenters > 1:
+        raise InvalidRequest.of("vcenters", "required-pool names one pool, on one vCenter, so "
+                                "vcenters must be 1")
+    # cordons are temporary and excluded pools open up when named: neither makes it impossible
+    candidates = [replace(p, no_schedule=False, exclude=False) for p in pools.values()]
+    candidates = [p for p in candidates if eligibility(req, p) is None]
+    if req.pool_selector and not candidates:
+        raise InvalidRequest.of("pool-selector", "no configured pool has all these labels")
+    if not candidates:
+        raise InvalidRequest.of("request", "no configured pool is eligible")
+    sizes = (
         ("vcpus", req.vcpus, max(p.vcpu_capacity for p in candidates)),
         ("memory", req.memory, max(p.memory for p in candidates)),
         ("storage", req.storage, max(p.storage for p in candidates)),
-    ):
+    )
+    for name, need, cap in sizes:
         if need > cap:
             raise InvalidRequest.of(name, f"{need} is more than any pool can hold (largest {cap})")
     if req.networks:
@@ -290,6 +296,19 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
         if req.networks > most:
             raise InvalidRequest.of("networks", f"{req.networks} is more than any pool has of type "
                                     f"{req.network_type} (most {most})")
+    empty = Fleet({p.name: p for p in candidates})
+    fits = [p for p in candidates if shortfall(req, p, empty) is None]
+    if not fits:
+        closest = min(candidates, key=lambda p: (deficit(req, p, empty), p.name))
+        why = shortfall(req, closest, empty) or ""
+        field = next((n for n in ("vcpus", "memory", "storage", "networks") if f" {n} " in why),
+                     "request")
+        raise InvalidRequest.of(field, f"no single pool can ever hold this request (closest: "
+                                f"{closest.name}, empty: {why})")
+    usable = {p.vcenter for p in fits}
+    if req.vcenters > len(usable):
+        raise InvalidRequest.of("vcenters", f"only {len(usable)} vCenter(s) have a pool that "
+                                f"could ever hold this request, need {req.vcenters}")
 
 
 def deficit(req: Request, pool: Pool, fleet: Fleet) -> float:

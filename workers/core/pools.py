@@ -78,13 +78,13 @@ def _parse_pool(raw: Any, index: int, file: str) -> Pool:
         if not isinstance(value, bool):
             raise ConfigError.of(file, label, key, f"must be true or false, got {value!r}")
         flags[key] = value
-    labels = raw.get("labels") or {}
+    labels = {} if raw.get("labels") is None else raw["labels"]
     if not isinstance(labels, dict) or not all(
         isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
         for k, v in labels.items()
     ):
         raise ConfigError.of(file, label, "labels", "must be a map of strings")
-    nets_raw = raw.get("networks") or []
+    nets_raw = [] if raw.get("networks") is None else raw["networks"]
     if not isinstance(nets_raw, list):
         raise ConfigError.of(file, label, "networks", "must be a list")
     networks = tuple(_parse_network(n, i, label, file) for i, n in enumerate(nets_raw))
@@ -126,8 +126,11 @@ def _parse_network(raw: Any, index: int, pool: str, file: str) -> Network:
     if vlan is not None and (isinstance(vlan, bool) or not isinstance(vlan, int)
                              or not 0 <= vlan <= 4094):
         raise ConfigError.of(file, pool, f"{where}.vlan", f"must be 0..4094, got {vlan!r}")
-    cidr = raw.get("cidr", "") or ""
-    gateway = raw.get("gateway", "") or ""
+    cidr = "" if raw.get("cidr") is None else raw["cidr"]
+    gateway = "" if raw.get("gateway") is None else raw["gateway"]
+    for key, value in (("cidr", cidr), ("gateway", gateway)):
+        if not isinstance(value, str):
+            raise ConfigError.of(file, pool, f"{where}.{key}", f"must be a string, got {value!r}")
     try:
         net = ipaddress.ip_network(cidr, strict=False) if cidr else None
     except ValueError:

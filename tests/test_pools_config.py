@@ -1,0 +1,345 @@
+"""Pools configuration (CONTRACT §2): every invalid file names the file, the pool and the field."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from workers.core.errors import ConfigError
+from workers.core.models import Network
+from workers.core.pools import parse_pools
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pools.yaml"
+FILE = "/etc/vcm/my-pools.yaml"
+
+
+def pool(name: str = "pool1", vcenter: str = "vc1.example.com", **kw) -> dict:
+    out = {
+        "name": name, "vcenter": vcenter, "datacenter": "dc1", "cluster": "cl1",
+        "datastore": "ds1", "vcpus": 120, "memory": 1600, "storage": 10000,
+        "networks": [{"port-group": f"{name}-pg1", "vlan": 1001, "cidr": "192.168.1.0/24",
+                      "gateway": "192.168.1.1"}],
+    }
+    out.update(kw)
+    return out
+
+
+def config(*pools: dict) -> dict:
+    return {"pools": list(pools) or [pool()]}
+
+
+def rejected(data, pool_name: str | None, field: str | None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_pools(data, FILE)
+    err = info.value
+    text = str(err)
+    assert FILE in text, text
+    assert err.details["file"] == FILE
+    if pool_name is not None:
+        assert repr(pool_name) in text, text
+        assert err.details["pool"] == pool_name
+    if field is not None:
+        assert repr(field) in text, text
+        assert err.details["field"] == field
+    return err
+
+
+# ---------------------------------------------------------------------------------------------
+# valid
+
+
+def test_example_pools_load():
+    pools = parse_pools(yaml.safe_load(EXAMPLE.read_text()), str(EXAMPLE))
+    assert len(pools) >= 4
+    assert len({p.vcenter for p in pools}) >= 3
+    assert all(p.networks for p in pools)
+    assert len({p.name for p in pools}) == len(pools)
+    for p in pools:
+        keys = [(p.vcenter, n.port_group) for n in p.networks]
+        assert len(set(keys)) == len(keys)
+
+
+def test_defaults_and_normalisation():
+    raw = pool(labels={"region": "east", "rack": 7})
+    raw["vcpu-overcommit"] = 2
+    raw["networks"].append({"port-group": " pg2 "})
+    (p,) = parse_pools(config(raw), FILE)
+    assert p.vcpu_overcommit == 2.0 and isinstance(p.vcpu_overcommit, float)
+    assert p.vcpu_capacity == 240
+    assert (p.exclude, p.no_schedule) == (False, False)
+    assert p.labels == (("rack", "7"), ("region", "east"))
+    assert p.networks[0] == Network("pool1-pg1", 1001, "192.168.1.0/24", "192.168.1.1",
+                                    "single-tenant")
+    assert p.networks[1] == Network("pg2", None, "", "", "single-tenant")
+
+
+def test_minimal_pool_without_networks_or_labels():
+    raw = pool()
+    del raw["networks"]
+    (p,) = parse_pools(config(raw), FILE)
+    assert p.networks == () and p.labels == ()
+
+
+def test_flags_and_types():
+    raw = pool(exclude=True, **{"no-schedule": True}, networks=[
+        {"port-group": "a", "type": "multi-tenant", "vlan": 0},
+        {"port-group": "b", "vlan": 4094, "cidr": "2001:db8::/64", "gateway": "2001:db8::1"},
+    ])
+    (p,) = parse_pools(config(raw), FILE)
+    assert p.exclude and p.no_schedule
+    assert [n.type for n in p.networks] == ["multi-tenant", "single-tenant"]
+
+
+def test_same_port_group_on_two_vcenters_is_allowed():
+    nets = [{"port-group": "ci-vlan-1001", "vlan": 1001}]
+    pools = parse_pools(config(pool("a", "vc1", networks=nets), pool("b", "vc2", networks=nets)),
+                        FILE)
+    assert [p.networks[0].port_group for p in pools] == ["ci-vlan-1001"] * 2
+
+
+# ---------------------------------------------------------------------------------------------
+# invalid: top level
+
+
+@pytest.mark.parametrize("data", [None, [], "pools", 5, [pool()]])
+def test_top_level_must_be_a_map(data):
+    rejected(data, None, None)
+
+
+def test_unknown_top_level_key():
+    rejected({**config(), "pool": []}, None, "pool")
+    rejected({**config(), "strategy": "pack"}, None, "strategy")
+
+
+@pytest.mark.parametrize("pools", [None, [], {}, "pool1", {"pool1": pool()}])
+def test_pools_must_be_a_non_empty_list(pools):
+    rejected({"pools": pools}, None, "pools")
+
+
+def test_missing_pools_key():
+    rejected({}, None, "pools")
+
+
+# ---------------------------------------------------------------------------------------------
+# invalid: pool fields
+
+BAD_POOL_FIELDS = [
+    # unknown keys (incl. snake_case spellings and typos)
+    ("vcpu_overcommit", 2.0), ("no_schedule", True), ("cpus", 4), ("Name", "x"),
+    # budgets
+    ("vcpus", 0), ("vcpus", -1), ("memory", 0), ("memory", -1600), ("storage", 0),
+    ("storage", -5), ("vcpus", "120"), ("vcpus", 1.5), ("vcpus", 120.0), ("vcpus", True),
+    ("memory", None), ("storage", []), ("storage", math.inf),
+    # overcommit
+    ("vcpu-overcommit", 0.5), ("vcpu-overcommit", 0), ("vcpu-overcommit", -1),
+    ("vcpu-overcommit", "2"), ("vcpu-overcommit", True), ("vcpu-overcommit", math.nan),
+    ("vcpu-overcommit", math.inf), ("vcpu-overcommit", None), ("vcpu-overcommit", 101),
+    # flags
+    ("exclude", "yes"), ("exclude", 1), ("exclude", None), ("no-schedule", "true"),
+    ("no-schedule", 0),
+    # required strings
+    ("vcenter", ""), ("vcenter", None), ("datacenter", "  "), ("cluster", 5),
+    ("datastore", ["ds1"]),
+    # labels
+    ("labels", ["region"]), ("labels", "east"), ("labels", {"region": None}),
+    ("labels", {"region": True}), ("labels", {1: "a"}), ("labels", {"r": ["a"]}),
+    # networks
+    ("networks", "pg1"), ("networks", {"port-group": "pg1"}), ("networks", 5),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_POOL_FIELDS,
+                         ids=[f"{f}={v!r}" for f, v in BAD_POOL_FIELDS])
+def test_bad_pool_field(field, value):
+    raw = pool("bad-pool", "vc2")
+    raw[field] = value
+    rejected(config(pool("good"), raw), "bad-pool", field)
+
+
+@pytest.mark.parametrize("field", ["vcenter", "datacenter", "cluster", "datastore", "vcpus",
+                                   "memory", "storage"])
+def test_missing_required_field(field):
+    raw = pool("p7")
+    del raw[field]
+    rejected(config(raw), "p7", field)
+
+
+@pytest.mark.parametrize("name", [None, "", 5, ["pool1"]])
+def test_missing_or_bad_pool_name_names_the_pool_by_position(name):
+    raw = pool()
+    raw["name"] = name
+    rejected(config(pool("first"), raw), "#2", "name")
+    del raw["name"]
+    rejected(config(pool("first"), raw), "#2", "name")
+
+
+def test_blank_pool_name_is_rejected():
+    rejected(config(pool("first"), pool("   ")), None, "name")
+
+
+@pytest.mark.parametrize("raw", ["pool1", 5, None, ["name", "pool1"]])
+def test_pool_must_be_a_map(raw):
+    rejected(config(pool("first"), pool("second", "vc2"), raw), "#3", None)
+
+
+def test_duplicate_pool_names():
+    err = rejected(config(pool("pool1"), pool("pool2", "vc2"), pool("pool1", "vc3",
+                   networks=[])), "pool1", "name")
+    assert "duplicate" in str(err)
+    rejected(config(pool("pool1"), pool(" pool1", "vc3", networks=[])), "pool1", "name")
+
+
+# ---------------------------------------------------------------------------------------------
+# invalid: networks and port groups
+
+
+def test_port_group_twice_in_one_vcenter_across_two_pools():
+    nets = [{"port-group": "ci-vlan-1001"}]
+    err = rejected(config(pool("a", "vc1", networks=nets), pool("b", "vc2", networks=[]),
+                          pool("c", "vc1", networks=nets)), "c", "networks")
+    assert "ci-vlan-1001" in str(err) and "'a'" in str(err)
+
+
+def test_port_group_twice_within_one_pool():
+    err = rejected(config(pool("a", networks=[{"port-group": "pg"}, {"port-group": "pg"}])),
+                   "a", "networks")
+    assert "'pg'" in str(err)
+    rejected(config(pool("a", networks=[{"port-group": "pg"}, {"port-group": " pg "}])),
+             "a", "networks")
+
+
+def test_port_group_twice_in_one_vcenter_with_whitespace_in_vcenter():
+    nets = [{"port-group": "pg"}]
+    rejected(config(pool("a", "vc1", networks=nets), pool("b", " vc1 ", networks=nets)),
+             "b", "networks")
+
+
+BAD_NETWORKS = [
+    ({"port-group": "pg", "colour": "red"}, "networks[0].colour"),
+    ({"port-group": "pg", "port_group": "pg"}, "networks[0].port_group"),
+    ({"portgroup": "pg"}, "networks[0].portgroup"),
+    ({"vlan": 5}, "networks[0].port-group"),
+    ({"port-group": ""}, "networks[0].port-group"),
+    ({"port-group": "  "}, "networks[0].port-group"),
+    ({"port-group": 1001}, "networks[0].port-group"),
+    ({"port-group": "pg", "vlan": -1}, "networks[0].vlan"),
+    ({"port-group": "pg", "vlan": 4095}, "networks[0].vlan"),
+    ({"port-group": "pg", "vlan": "1001"}, "networks[0].vlan"),
+    ({"port-group": "pg", "vlan": True}, "networks[0].vlan"),
+    ({"port-group": "pg", "vlan": 10.5}, "networks[0].vlan"),
+    ({"port-group": "pg", "cidr": "not-a-cidr"}, "networks[0].cidr"),
+    ({"port-group": "pg", "cidr": "300.1.1.0/24"}, "networks[0].cidr"),
+    ({"port-group": "pg", "cidr": "10.0.0.0/33"}, "networks[0].cidr"),
+    ({"port-group": "pg", "cidr": ["10.0.0.0/8"]}, "networks[0].cidr"),
+    ({"port-group": "pg", "gateway": "10.0.0.300"}, "networks[0].gateway"),
+    ({"port-group": "pg", "gateway": "gw"}, "networks[0].gateway"),
+    ({"port-group": "pg", "cidr": "10.0.0.0/24", "gateway": "10.0.1.1"}, "networks[0].gateway"),
+    ({"port-group": "pg", "cidr": "10.0.0.0/24", "gateway": "2001:db8::1"},
+     "networks[0].gateway"),
+    ({"port-group": "pg", "type": ""}, "networks[0].type"),
+    ({"port-group": "pg", "type": 5}, "networks[0].type"),
+    ({"port-group": "pg", "type": None}, "networks[0].type"),
+    ("pg", "networks[0]"),
+    (["pg"], "networks[0]"),
+]
+
+
+@pytest.mark.parametrize(("net", "field"), BAD_NETWORKS, ids=[f for _, f in BAD_NETWORKS])
+def test_bad_network(net, field):
+    rejected(config(pool("good"), pool("bad-pool", "vc2", networks=[net])), "bad-pool", field)
+
+
+def test_bad_second_network_is_indexed():
+    nets = [{"port-group": "a"}, {"port-group": "b", "vlan": 9999}]
+    rejected(config(pool("p", networks=nets)), "p", "networks[1].vlan")
+
+
+# ---------------------------------------------------------------------------------------------
+# bugs found by these tests, now fixed
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("networks", {}), ("networks", ""), ("networks", 0), ("networks", False),
+    ("labels", []), ("labels", ""), ("labels", 0), ("labels", False),
+])
+def test_falsy_wrong_type_networks_and_labels_are_rejected(field, value):
+    rejected(config(pool("p", **{field: value})), "p", field)
+
+
+@pytest.mark.parametrize(("net", "field"), [
+    ({"port-group": "pg", "cidr": 123}, "networks[0].cidr"),
+    ({"port-group": "pg", "cidr": True}, "networks[0].cidr"),
+    ({"port-group": "pg", "gateway": 3232235777}, "networks[0].gateway"),
+])
+def test_non_string_cidr_or_gateway_is_rejected(net, field):
+    rejected(config(pool("p", networks=[net])), "p", field)
+
+
+# ---------------------------------------------------------------------------------------------
+# property: one broken field in an otherwise valid file is always reported precisely
+
+MUTATIONS = [(f, v) for f, v in BAD_POOL_FIELDS] + [
+    (("networks", 0, "vlan"), 5000), (("networks", 0, "cidr"), "10.0.0.0/99"),
+    (("networks", 0, "unknown"), 1), (("networks", 0, "port-group"), ""),
+]
+
+
+@st.composite
+def valid_configs(draw):
+    n = draw(st.integers(1, 6))
+    pools = []
+    for i in range(n):
+        vc = f"vc{draw(st.integers(0, 2))}"
+        nets = [{"port-group": f"pg-{i}-{j}", "vlan": draw(st.integers(0, 4094)),
+                 "cidr": f"10.{i}.{j}.0/24", "gateway": f"10.{i}.{j}.1",
+                 "type": draw(st.sampled_from(["single-tenant", "multi-tenant"]))}
+                for j in range(draw(st.integers(1, 4)))]
+        pools.append(pool(f"pool-{i}", vc, networks=nets,
+                          vcpus=draw(st.integers(1, 10**6)), memory=draw(st.integers(1, 10**6)),
+                          storage=draw(st.integers(1, 10**7)),
+                          **{"vcpu-overcommit": draw(st.floats(1.0, 100.0))}))
+    return {"pools": pools}
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_configs(), st.data())
+def test_one_broken_field_is_named(cfg, data):
+    parsed = parse_pools(copy.deepcopy(cfg), FILE)
+    assert [p.name for p in parsed] == [p["name"] for p in cfg["pools"]]
+    for got, raw in zip(parsed, cfg["pools"], strict=True):
+        assert (got.vcpus, got.memory, got.storage) == (raw["vcpus"], raw["memory"],
+                                                         raw["storage"])
+        assert [n.port_group for n in got.networks] == [n["port-group"] for n in raw["networks"]]
+    index = data.draw(st.integers(0, len(cfg["pools"]) - 1))
+    where, value = data.draw(st.sampled_from(MUTATIONS))
+    broken = copy.deepcopy(cfg)
+    target = broken["pools"][index]
+    if isinstance(where, tuple):
+        _, net_index, key = where
+        target["networks"][net_index][key] = value
+        field = f"networks[{net_index}].{key}"
+    else:
+        target[where] = value
+        field = where
+    rejected(broken, target["name"], field)
+
+
+@settings(max_examples=60, deadline=None)
+@given(valid_configs(), st.data())
+def test_duplicate_port_group_in_a_vcenter_is_always_found(cfg, data):
+    cfg = copy.deepcopy(cfg)
+    pools = cfg["pools"]
+    src = data.draw(st.integers(0, len(pools) - 1))
+    dst = data.draw(st.integers(0, len(pools) - 1))
+    pg = pools[src]["networks"][0]["port-group"]
+    pools[dst]["networks"].append({"port-group": pg})
+    if src != dst and pools[src]["vcenter"] != pools[dst]["vcenter"]:
+        parse_pools(cfg, FILE)  # another vCenter: allowed
+        return
+    rejected(cfg, pools[max(src, dst)]["name"], "networks")
