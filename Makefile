@@ -16,11 +16,14 @@ $(STAMP): pyproject.toml
 
 deps: $(STAMP)
 
-# Debian packages the tests drive for real: redis-server (and chromium for the dashboard test).
+# Debian packages the tests drive for real: redis-server, chromium (dashboard test), Go and
+# govmomi's simulator source (our vCenter simulator in tests/vcsim).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v go >/dev/null || missing="$$missing golang-go"; \
+	[ -d /usr/share/gocode/src/github.com/vmware/govmomi ] || missing="$$missing golang-github-vmware-govmomi-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \

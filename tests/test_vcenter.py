@@ -164,3 +164,43 @@ def test_missing_credentials_is_an_error_not_a_traceback(sim):
 ])
 def test_address(vcenter, expected):
     assert address(vcenter) == expected
+
+
+def test_cli_check_pools_as_a_process(sim, tmp_path):
+    """`vcm check-pools` reads the pools file and credentials from the environment."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.support.procs import ROOT
+
+    def pool_yaml(p: Pool) -> dict:
+        return {"name": p.name, "vcenter": p.vcenter, "datacenter": p.datacenter,
+                "cluster": p.cluster, "datastore": p.datastore, "vcpus": p.vcpus,
+                "memory": p.memory, "storage": p.storage,
+                "networks": [{"port-group": n.port_group, "vlan": n.vlan} for n in p.networks]}
+
+    good = [pool_yaml(p) for p in pools(sim.address)]
+    path = tmp_path / "pools.yaml"
+    env = dict(os.environ, VCM_VCENTER_CREDENTIALS=f"{sim.address}={USER}:{PASSWORD}",
+               PYTHONPATH=str(ROOT))
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "workers.cli", "check-pools", "-f",
+                               str(path), *extra], env=env, capture_output=True, text=True,
+                              timeout=120, cwd=ROOT)
+
+    path.write_text(yaml.safe_dump({"pools": good}))
+    p = run()
+    assert p.returncode == 0, p.stderr
+    assert "every pool matches" in p.stdout
+    good[0]["datastore"] = "datastore9"
+    path.write_text(yaml.safe_dump({"pools": good}))
+    p = run("-o", "json")
+    assert p.returncode == 2, p.stderr
+    (finding,) = json.loads(p.stdout)
+    assert (finding["pool"], finding["field"], finding["severity"]) == \
+        ("pool1", "datastore", "error")

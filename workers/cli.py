@@ -283,6 +283,42 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def vcenter_credentials(pools) -> dict[str, tuple[str, str]]:
+    """VCM_VCENTER_CREDENTIALS="vc1=user:pass,vc2=user:pass", else VCM_VCENTER_USERNAME/PASSWORD
+    for every vCenter."""
+    creds: dict[str, tuple[str, str]] = {}
+    user = os.environ.get("VCM_VCENTER_USERNAME")
+    password = os.environ.get("VCM_VCENTER_PASSWORD", "")
+    if user:
+        creds = {p.vcenter: (user, password) for p in pools}
+    for item in filter(None, os.environ.get("VCM_VCENTER_CREDENTIALS", "").split(",")):
+        vc, sep, pair = item.strip().partition("=")
+        name, sep2, secret = pair.partition(":")
+        if not sep or not sep2:
+            raise InvalidRequest.of("VCM_VCENTER_CREDENTIALS", "use vcenter=user:password,…")
+        creds[vc] = (name, secret)
+    return creds
+
+
+def cmd_check_pools(args: argparse.Namespace) -> int:
+    """Compare the pools file with what each vCenter really has (pyvmomi)."""
+    from .adapters.pools_file import load_pools
+    from .adapters.vcenter import check_pools, connector
+    from .settings import Settings
+
+    path = args.file or Settings.from_env().pools_file
+    pools = load_pools(path)
+    findings = check_pools(pools, connector(vcenter_credentials(pools)))
+    rows = [[f.severity, f.pool, f.field, f.message] for f in findings]
+    if args.output == "json":
+        print(json.dumps([f.__dict__ for f in findings], indent=2))
+    elif rows:
+        print(table(rows, ["SEVERITY", "POOL", "FIELD", "MESSAGE"]))
+    else:
+        print(f"{path}: every pool matches its vCenter")
+    return EXIT_INPUT if any(f.severity == "error" for f in findings) else EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .stack import run_stack
 
@@ -357,6 +393,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pool")
     p.add_argument("--since", default="6h", help="e.g. 6h, 7d")
     p.set_defaults(func=cmd_usage)
+    p = sub.add_parser("check-pools", parents=[common, out],
+                       help="check the pools file against the real vCenters")
+    p.add_argument("-f", "--file", help="pools file (default $VCM_POOLS_FILE)")
+    p.set_defaults(func=cmd_check_pools)
     p = sub.add_parser("api", parents=[common], help="serve the HTTP shim")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
