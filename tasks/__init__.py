@@ -75,6 +75,16 @@ def _stop_publisher(**_: Any) -> None:
         pub.stop()
 
 
+@signals.task_failure.connect
+def _count_refusal(sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
+    """Refusals by reason (the exception name) for the metrics."""
+    if isinstance(exception, EXPECTED) and _state.get("service") is not None:
+        try:
+            _state["service"].ledger.count(f"refused:{type(exception).__name__}")
+        except Exception:  # counting must never turn an answer into a crash
+            log.debug("refusal not counted", exc_info=True)
+
+
 def _no_extra(args: tuple, extra: dict[str, Any]) -> None:
     if args:
         raise InvalidRequest.of("args", "pass arguments by name (kwargs)")

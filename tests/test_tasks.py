@@ -81,6 +81,9 @@ def test_nothing_fits_gives_reasons_and_changes_nothing(client_app, ledger, pool
     assert "excluded" in reasons["pool4"]
     assert "pool2: insufficient memory (need 900, free 800)" in str(exc)
     assert ledger.audit() == before
+    assert ledger.stats().get("refused:NoCapacity") == 1
+    lat = ledger.latency()
+    assert lat["count"] == 1 and lat["86400"] == 1  # the one grant above, seen by the histogram
 
 
 @pytest.mark.parametrize("request_, field", [

@@ -35,7 +35,6 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 50
-LATENCY_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 900, 3600, 14400, 86400)
 
 
 class Replies(Protocol):
@@ -134,12 +133,12 @@ class Capacity:
     # acquire ---------------------------------------------------------------------------
     def acquire(self, raw: Any, task_id: str, owner: str = "anonymous"
                 ) -> list[dict[str, Any]] | Parked:
+        received = time.time()
         req = self.parse(raw, task_id or uuid.uuid4().hex, owner)
         with self.lock:
             try:
-                return self.place([req])[0]
+                return self.place([req], since=received)[0]
             except NoCapacity as exc:
-                self.ledger.count("refusals")
                 if req.wait <= 0:
                     raise
                 return self.park(req, task_id, exc.reasons)
@@ -162,7 +161,8 @@ class Capacity:
             return self.place(reqs)
 
     def place(self, reqs: list[Request], granted: str = "",
-              held: dict[str, str] | None = None) -> list[list[dict[str, Any]]]:
+              held: dict[str, str] | None = None,
+              since: float | None = None) -> list[list[dict[str, Any]]]:
         """Place all requests or none, commit atomically; a known request-id returns its leases.
 
         `granted` is the request-id of a waiter being served: it leaves the line in the commit.
@@ -189,7 +189,9 @@ class Capacity:
             }
             caps = {p.pool.name: (p.pool.vcpu_capacity, p.pool.memory, p.pool.storage)
                     for placements in plan for p in placements}
-            commit = self.ledger.commit(version, groups, caps, [granted] if granted else None)
+            latency = now - since if since is not None else None
+            commit = self.ledger.commit(version, groups, caps, [granted] if granted else None,
+                                        latency)
             if commit.status == "ok":
                 if self._crash_after_commit:
                     os._exit(137)
@@ -245,7 +247,8 @@ class Capacity:
                     continue
                 try:
                     req = self.parse(record["request"], rid)
-                    leases = self.place([req], granted=rid, held=held)[0]
+                    leases = self.place([req], granted=rid, held=held,
+                                        since=record["since"])[0]
                 except NoCapacity as exc:
                     position += 1
                     if position == 1:
@@ -259,7 +262,6 @@ class Capacity:
                 granted += 1
                 self._shown.pop(task_id, None)
                 self.ledger.count("granted-after-wait")
-                self._observe_latency(time.time() - record["since"])
                 if self.replies:
                     self.replies.deliver(task_id, leases)
         return granted
@@ -273,7 +275,7 @@ class Capacity:
 
     def _expire(self, rid: str, record: dict[str, Any]) -> None:
         if self.ledger.unpark(rid):
-            self.ledger.count("wait-timeouts")
+            self.ledger.count("refused:WaitTimeout")
             self._shown.pop(record["task"], None)
             if self.replies:
                 waited = round(time.time() - record["since"], 1)
@@ -288,16 +290,6 @@ class Capacity:
                 self._expire(rid, record)
                 n += 1
         return n
-
-    def _observe_latency(self, seconds: float) -> None:
-        pipe = self.ledger.r.pipeline(transaction=False)
-        key = self.ledger.p + "latency"
-        for bound in LATENCY_BUCKETS:
-            if seconds <= bound:
-                pipe.hincrby(key, str(bound), 1)
-        pipe.hincrby(key, "count", 1)
-        pipe.hincrbyfloat(key, "sum", seconds)
-        pipe.execute()
 
     def pools_changed(self) -> bool:
         self.pools.current()

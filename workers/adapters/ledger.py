@@ -84,6 +84,11 @@ for _, rid in ipairs(d.granted or {}) do
   redis.call('HDEL', p .. 'waiters', rid)
 end
 redis.call('HINCRBY', p .. 'stats', 'placements', #d.leases)
+if d.latency then
+  for _, bucket in ipairs(d.latency.buckets) do redis.call('HINCRBY', p .. 'latency', bucket, 1) end
+  redis.call('HINCRBY', p .. 'latency', 'count', 1)
+  redis.call('HINCRBYFLOAT', p .. 'latency', 'sum', d.latency.seconds)
+end
 redis.call('SET', p .. 'version', ver + 1)
 local seq = redis.call('INCR', p .. 'seq')
 redis.call('LPUSH', p .. 'kick', seq)
@@ -289,6 +294,11 @@ return 1
 """
 
 
+# acquire latency histogram (seconds, including time spent waiting in line)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 900, 3600,
+                   14400, 86400)
+
+
 @dataclass
 class Commit:
     status: str  # ok | dup | stale | over | conflict
@@ -407,7 +417,8 @@ class Ledger:
 
     # writes ----------------------------------------------------------------------------
     def commit(self, expected_version: int, groups: dict[str, list[dict[str, Any]]],
-               caps: dict[str, tuple[int, int, int]], granted: list[str] | None = None) -> Commit:
+               caps: dict[str, tuple[int, int, int]], granted: list[str] | None = None,
+               latency: float | None = None) -> Commit:
         """Record new leases for each request-id, if the ledger is still at expected_version."""
         pools: dict[str, dict[str, Any]] = {}
         nets: dict[str, str] = {}
@@ -433,6 +444,9 @@ class Ledger:
         }
         if not granted:
             del payload["granted"]
+        if latency is not None:
+            payload["latency"] = {"seconds": latency, "buckets": [
+                str(b) for b in LATENCY_BUCKETS if latency <= b]}
         status, *rest = self._acquire(args=[self.p, expected_version, json.dumps(payload)])
         status = _text(status)
         if status == "dup":
@@ -540,6 +554,10 @@ class Ledger:
 
     def stats(self) -> dict[str, int]:
         return {_text(k): int(v) for k, v in self.r.hgetall(self.p + "stats").items()}
+
+    def latency(self) -> dict[str, float]:
+        """The acquire latency histogram: cumulative bucket counts by bound, count, sum."""
+        return {_text(k): float(v) for k, v in self.r.hgetall(self.p + "latency").items()}
 
     # usage history (a bounded Redis stream) -------------------------------------------------
     def append_usage(self, snapshot: dict[str, Any], retention: float) -> str:
