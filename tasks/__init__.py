@@ -41,9 +41,8 @@ def _build(writer: bool):
         mirror = mirror_from_env(settings.configmap, settings.mirror_file)
     direct = CeleryReplies(app)
     replies = OutboxReplies(ledger, direct) if mirror is not None else direct
-    svc = Capacity(ledger, PoolsFile(settings.pools_file), settings, replies, mirror, writer)
-    svc.direct_replies = direct
-    return svc
+    _state["direct"] = direct  # the publisher answers straight into the result backend
+    return Capacity(ledger, PoolsFile(settings.pools_file), settings, replies, mirror, writer)
 
 
 @signals.celeryd_after_setup.connect
@@ -63,7 +62,7 @@ def _start_publisher(**_: Any) -> None:
     from workers.publisher import Publisher
 
     svc = service()
-    pub = Publisher(svc, svc.mirror, svc.direct_replies, svc.settings.mirror_max_delay)
+    pub = Publisher(svc, svc.mirror, _state["direct"], svc.settings.mirror_max_delay)
     _state["publisher"] = pub
     pub.start()
 

@@ -213,13 +213,11 @@ class Capacity:
         raise NoCapacity.of({}, f"the ledger kept changing; gave up after {MAX_ATTEMPTS} tries")
 
     def existing(self, reqs: list[Request]) -> list[list[dict[str, Any]]] | None:
-        pipe = self.ledger.r.pipeline(transaction=False)
-        for r in reqs:
-            pipe.get(self.ledger.p + "req:" + r.request_id)
-        found = pipe.execute()
-        if not all(found):
+        """The leases already granted to these request-ids, if all of them were granted."""
+        found = self.ledger.granted([r.request_id for r in reqs])
+        if not all(ids is not None for ids in found):
             return None
-        return [self.ledger.get_many(json.loads(x)) for x in found]
+        return [self.ledger.get_many(ids) for ids in found]
 
     # the waiting line ------------------------------------------------------------------
     def park(self, req: Request, task_id: str, reasons: dict[str, str]) -> Parked | list:

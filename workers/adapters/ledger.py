@@ -394,6 +394,11 @@ class Ledger:
                 out.append({"metadata": {"name": lease_id}, "status": {"state": "unknown"}})
         return out
 
+    def granted(self, request_ids: list[str]) -> list[list[str] | None]:
+        """Lease ids recorded for each request-id (None where it is unknown)."""
+        raws = self.r.mget([self.p + "req:" + r for r in request_ids]) if request_ids else []
+        return [json.loads(x) if x else None for x in raws]
+
     def leases(self, owner: str | None = None) -> list[dict[str, Any]]:
         if owner is not None:
             ids = sorted(_text(x) for x in self.r.smembers(f"{self.p}owner:{owner}"))
