@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from tests.helpers import call, check_invariants, failure
+from tests.support.procs import wait_for
 from workers.adapters.pools_file import load_pools
 
 UPSTREAM = {"vcpus": 24, "memory": 96, "storage": 700, "vcenters": 1}
@@ -81,7 +82,9 @@ def test_nothing_fits_gives_reasons_and_changes_nothing(client_app, ledger, pool
     assert "excluded" in reasons["pool4"]
     assert "pool2: insufficient memory (need 900, free 800)" in str(exc)
     assert ledger.audit() == before
-    assert ledger.stats().get("refused:NoCapacity") == 1
+    # counted by the worker just after it stores the failure
+    wait_for(lambda: ledger.stats().get("refused:NoCapacity") == 1, timeout=5,
+             what="the refusal counted")
     lat = ledger.latency()
     assert lat["count"] == 1 and lat["86400"] == 1  # the one grant above, seen by the histogram
 
