@@ -508,7 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(table(["worker", "threads", "acquire+release rt/s", "p50", "p99", "noop rt/s",
                      "p50", "p99", "ratio", "target"], rows))
-        print("\nratio of each adjacent acquire/noop pair: " + "; ".join(paired))
+        print("\nfile mirror: the default (VCM_MIRROR_FILE); acquire/release answers wait until "
+              "the ledger's JSON mirror file is rewritten and fsync'd. mirror off: "
+              "VCM_MIRROR_FILE=off. Each row's noop baseline ran on the same worker, interleaved.")
+        print("ratio of each adjacent acquire/noop pair: " + "; ".join(paired))
         for n in notes:
             print(n)
         for label, res in out.items():
