@@ -307,17 +307,17 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
                         **S.errors(422, 502, 503, 504)})
     async def estimate(
         request: Request,
-        vcpus: Annotated[int, Query(description="vCPUs per vCenter")],
-        memory: Annotated[int, Query(description="GB per vCenter")],
-        storage: Annotated[int | None, Query()] = None,
-        vcenters: Annotated[int | None, Query()] = None,
-        networks: Annotated[int | None, Query()] = None,
+        vcpus: Annotated[int, Query(ge=1, description="vCPUs per vCenter")],
+        memory: Annotated[int, Query(ge=1, description="GB per vCenter")],
+        storage: Annotated[int | None, Query(ge=0)] = None,
+        vcenters: Annotated[int | None, Query(ge=0)] = None,
+        networks: Annotated[int | None, Query(ge=0)] = None,
         network_type: Annotated[str | None, Query(alias="network-type")] = None,
         required_pool: Annotated[str | None, Query(alias="required-pool")] = None,
         pool_selector: Annotated[list[str] | None, Query(
             alias="pool-selector", description="label=value; repeat, or comma-separate")] = None,
-        ttl: Annotated[str | None, Query()] = None,
-        wait: Annotated[str | None, Query()] = None,
+        ttl: Annotated[str | None, Query(pattern=S.DURATION_TEXT)] = None,
+        wait: Annotated[str | None, Query(pattern=S.DURATION_TEXT)] = None,
         owner: Annotated[str | None, Query()] = None,
         boskos_lease_id: Annotated[str | None, Query(alias="boskos-lease-id")] = None,
         request_id: Annotated[str | None, Query(alias="request-id")] = None,
@@ -414,7 +414,7 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
         for e in exc.errors():
             loc = [str(x) for x in e.get("loc", ())]
             where = loc[0] if loc else "request"
-            field = ".".join(loc[1:]) or where
+            field = loc[1] if len(loc) > 1 else where  # the parameter (not an index in it)
             problems.append({"field": field, "in": where, "problem": str(e.get("msg", ""))})
         first = problems[0] if problems else {"field": "request", "problem": "invalid"}
         return ApiError(422, "InvalidRequest", f"{first['field']}: {first['problem']}",

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +32,8 @@ from typing import Any
 import anyio
 import redis.asyncio as aredis
 from celery import Celery
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 import celeryconfig
 
@@ -103,6 +106,8 @@ class ResultHub:
         self.lock = asyncio.Lock()  # one command at a time on the shared connection
         self.task: asyncio.Task | None = None
         self.healthy = False
+        self.stale: set[bytes] = set()  # channels nobody waits on any more, to unsubscribe
+        self.flushed = time.monotonic()
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name="vcm-api-result-hub")
@@ -122,6 +127,7 @@ class ResultHub:
         backoff = 0.1
         while True:
             ps = self.client.pubsub()
+            self.stale.clear()  # a new connection has none of the old subscriptions
             try:
                 async with self.lock:
                     await ps.subscribe(HUB_CHANNEL)  # so that the connection exists to read
@@ -136,6 +142,9 @@ class ResultHub:
                     msg = await ps.get_message(timeout=1.0)
                     if msg:
                         self._dispatch(msg)
+                    if self.stale and (len(self.stale) >= 256
+                                       or time.monotonic() - self.flushed > 1.0):
+                        await self._unsubscribe_stale(ps)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     await ps.aclose()
@@ -157,6 +166,14 @@ class ResultHub:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
+    async def _unsubscribe_stale(self, ps: Any) -> None:
+        """One UNSUBSCRIBE for many finished waits (a result is final: nothing more comes on
+        its channel, so a late unsubscribe costs nothing but a set entry in Redis)."""
+        channels, self.stale = list(self.stale), set()
+        self.flushed = time.monotonic()
+        async with self.lock:
+            await ps.unsubscribe(*channels)
+
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind, channel = msg.get("type"), msg.get("channel")
         if isinstance(channel, str):
@@ -177,6 +194,7 @@ class ResultHub:
         first = task_id not in self.watches
         self.watches.setdefault(task_id, set()).add(w)
         channel = (self.prefix + task_id).encode()
+        self.stale.discard(channel)
         try:
             if not first:
                 w.subscribed = any(x.subscribed for x in self.watches[task_id])
@@ -201,14 +219,19 @@ class ResultHub:
                 if not watches:
                     del self.watches[task_id]
                     if self.pubsub is not None:
-                        with contextlib.suppress(Exception):
-                            async with self.lock:
-                                await self.pubsub.unsubscribe(channel)
+                        self.stale.add(channel)  # unsubscribed in a batch by the reader
 
 
 # ---------------------------------------------------------------------------------------------
 class Liveness:
-    """Which queues have a worker that answers, cached for `worker_fresh` seconds."""
+    """Which queues have a worker that answers.
+
+    A queue counts as served for `worker_fresh` seconds after a worker consuming it answered a
+    ping, or after a task of ours on it changed state (a worker wrote that just now: under load
+    no ping is needed at all). A check that found nobody is remembered for a second, so that a
+    burst of requests during an outage is refused at once instead of each asking again."""
+
+    NEGATIVE_TTL = 1.0
 
     def __init__(self, settings: ApiSettings, celery: Celery, client: aredis.Redis,
                  on_change: Callable[[str, bool], None] | None = None) -> None:
@@ -216,13 +239,15 @@ class Liveness:
         self.celery = celery
         self.client = client
         self.known: dict[str, tuple[str, ...]] = {}  # worker name -> queues it consumes
-        self.seen: dict[str, float] = {}  # queue -> when a consumer last answered (monotonic)
+        self.seen: dict[str, float] = {}  # queue -> when a consumer last showed life (monotonic)
+        self.failed: dict[str, float] = {}  # queue -> when a check last found nobody
         self.redis_seen = -math.inf
         self.redis_error = ""
-        self.checked = -math.inf
         self._refresh: asyncio.Task | None = None
         self._refresh_wanted: set[str] = set()
-        self._thread_busy = False
+        self._discovery: asyncio.Task | None = None
+        self._threads = 0  # control calls running in threads (they can outlive a timeout)
+        self._lock = threading.Lock()
         self._on_change = on_change or (lambda q, up: None)
 
     def age(self, queue: str) -> float:
@@ -231,20 +256,37 @@ class Liveness:
     def workers(self, queue: str) -> list[str]:
         return sorted(n for n, qs in self.known.items() if queue in qs)
 
+    def saw(self, queue: str) -> None:
+        """A worker of `queue` just did something (wrote a state of one of our tasks)."""
+        self.seen[queue] = time.monotonic()
+        self.failed.pop(queue, None)
+
     async def check(self, queue: str, fresh: float | None = None) -> None:
-        """Return if a worker of `queue` answered within `fresh` s; else ask now; else 503."""
+        """Return if a worker of `queue` showed life within `fresh` s; else ask; else 503."""
         fresh = self.s.worker_fresh if fresh is None else fresh
         if self.age(queue) <= fresh:
             return
-        await self.refresh({queue})
-        if self.age(queue) <= max(fresh, 0.1):
-            return
+        failed = time.monotonic() - self.failed.get(queue, -math.inf)
+        if failed >= self.NEGATIVE_TTL:
+            await self.refresh({queue})
+            if self.age(queue) <= max(fresh, 0.1):
+                return
+        elif failed > self.NEGATIVE_TTL / 2:
+            self._kick({queue})  # look again in the background: notice a recovery soon
+        self._unavailable(queue)
+
+    def _unavailable(self, queue: str) -> None:
         if time.monotonic() - self.redis_seen > self.s.worker_fresh:
             raise ApiError.unavailable(f"Redis (broker and result backend) does not answer: "
                                        f"{self.redis_error or 'no reply'}", component="redis")
         raise ApiError.unavailable(f"no {queue} worker answers; start one with "
                                    f"`celery -A tasks worker -Q {queue}`", component="worker",
                                    queue=queue)
+
+    def _kick(self, wanted: set[str]) -> None:
+        if self._refresh is None or self._refresh.done():
+            self._refresh_wanted = set(wanted)
+            self._refresh = asyncio.create_task(self._do_refresh(set(wanted)))
 
     async def refresh(self, wanted: set[str] | frozenset[str] = frozenset(QUEUES)) -> None:
         """Ask the workers now; one check at a time, shared by everyone who asks meanwhile."""
@@ -262,47 +304,59 @@ class Liveness:
                 return
 
     async def _do_refresh(self, wanted: set[str]) -> None:
-        started = time.monotonic()
         try:
             await asyncio.wait_for(self.client.ping(), 1.0)
             self.redis_seen, self.redis_error = time.monotonic(), ""
         except Exception as exc:  # noqa: BLE001 - any failure means "not available"
             self.redis_error = str(exc) or type(exc).__name__
-            self._set_seen(set())
+            self._set_seen(set(), wanted)
             return
-        if self._thread_busy:  # a control call is still stuck from before: don't pile up
+        if self._threads > 2:  # control calls are stuck from before: don't pile up
+            self._set_seen(set(), wanted)
             return
+        # ask everyone which queues they consume (slow: it waits out its timeout) while the
+        # workers already known are pinged (fast when they answer): a worker that went away is
+        # noticed within the discovery's timeout, and one that came back under a new name too
+        if self._discovery is None or self._discovery.done():
+            self._discovery = asyncio.create_task(self._discover_all())
+        discovery = self._discovery
         answered: set[str] = set()
         names = sorted(n for n, qs in self.known.items() if wanted & set(qs))
         if names:
             answered = await self._in_thread(self._ping, names, self.s.ping_timeout + 1.5) or set()
-            for name in set(names) - answered:  # gone, or renamed on restart: discover again
-                self.known.pop(name, None)
-        have = {q for n in answered for q in self.known.get(n, ())}
-        if not wanted <= have:
-            found = await self._in_thread(self._discover, None, self.s.discover_timeout + 1.5)
-            if found is not None:
-                self.known = found
-                answered = set(found)
-        self._set_seen(answered)
-        self.checked = started
+        if not wanted <= {q for n in answered for q in self.known.get(n, ())}:
+            found = await asyncio.shield(discovery)
+            answered = set(found) if found is not None else answered
+        self._set_seen(answered, wanted)
 
-    def _set_seen(self, answered: set[str]) -> None:
+    async def _discover_all(self) -> dict[str, tuple[str, ...]] | None:
+        found = await self._in_thread(self._discover, None, self.s.discover_timeout + 1.5)
+        if found is not None:
+            self.known = found
+            for queue in {q for qs in found.values() for q in qs} & set(QUEUES):
+                self.saw(queue)
+        return found
+
+    def _set_seen(self, answered: set[str], wanted: set[str]) -> None:
         now = time.monotonic()
         up = {q for n in answered for q in self.known.get(n, ())}
         for q in QUEUES:
             if q in up:
-                self.seen[q] = now
+                self.saw(q)
+            elif q in wanted:
+                self.failed[q] = now
             self._on_change(q, self.age(q) <= self.s.worker_fresh)
 
     async def _in_thread(self, fn: Callable[..., Any], arg: Any, limit: float) -> Any:
-        self._thread_busy = True
+        with self._lock:
+            self._threads += 1
 
         def run() -> Any:
             try:
                 return fn(arg)
             finally:
-                self._thread_busy = False
+                with self._lock:
+                    self._threads -= 1
 
         try:
             return await asyncio.wait_for(asyncio.to_thread(run), limit)
@@ -339,9 +393,14 @@ class Bridge:
 
     async def start(self) -> None:
         url = self.s.redis_url
-        self.client = aredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=5.0,
-                                            max_connections=256)
-        hub_client = aredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=5.0)
+        # one quick retry, not redis-py's default of seconds of backoff: a Redis that is down
+        # must be a prompt 503, and callers bound every call anyway
+        opts: dict[str, Any] = {"socket_connect_timeout": 1.0, "socket_timeout": 5.0}
+        self.client = aredis.Redis.from_url(
+            url, max_connections=256, retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+            **opts)
+        hub_client = aredis.Redis.from_url(
+            url, retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1), **opts)
         self.hub = ResultHub(hub_client)
         self.hub.start()
         gauge = getattr(self.metrics, "worker_up", None)
@@ -402,8 +461,7 @@ class Bridge:
         task_id = str(uuid.uuid4())
         async with self.hub.watch(task_id) as w:
             # subscribe first, send second: the answer can not come before the question
-            await self.send(name, kwargs, queue, expires=timeout, task_id=task_id,
-                            record=queue == "placement")
+            await self.send(name, kwargs, queue, expires=timeout, task_id=task_id)
             return await self._wait(w, queue, timeout, name, disconnected)
 
     async def _wait(self, w: Watch, queue: str, timeout: float, name: str,
@@ -411,14 +469,24 @@ class Bridge:
         assert self.hub and self.live
         start = time.monotonic()
         deadline = start + timeout
+        state: str | None = None
+        # subscribed before sending: every change is published to us, nothing to read yet
+        look = not (w.subscribed and self.hub.healthy)
         while True:
             data = w.take()
-            meta = _load(data) if data else await self.meta(w.task_id, soft=True)
-            state = meta.get("status") if meta else None
-            if state in READY:
-                return meta  # type: ignore[return-value]
+            if data:
+                self.live.saw(queue)  # a worker wrote this just now
+                meta = _load(data)
+            else:  # woken by the clock, not by a notification: read the record (a fallback)
+                meta = await self.meta(w.task_id, soft=True) if look else None
+            look = True
+            if meta:
+                state = str(meta.get("status"))
+                if state in READY:
+                    return meta
             now = time.monotonic()
             if now >= deadline:
+                await self._remember(w.task_id, name)
                 raise ApiError(504, "GatewayTimeout",
                                f"{name} got no answer within {timeout:g}s"
                                + (f" (last state {state})" if state else " (still queued)"),
@@ -427,14 +495,15 @@ class Bridge:
             if state in PARKED:
                 # a worker holds it (a solo worker running a long task does not answer pings)
                 fresh = self.s.parked_grace
-            elif now - start > 0.5:
+            elif now - start > 0.25:
                 # not picked up yet: look harder, so that a worker that just died is noticed
-                fresh = min(self.s.worker_fresh, 0.5)
+                fresh = min(self.s.worker_fresh, 0.25)
             else:
                 fresh = self.s.worker_fresh
             try:
                 await self.live.check(queue, fresh)
             except ApiError as exc:
+                await self._remember(w.task_id, name)
                 exc.details["task-id"] = w.task_id
                 exc.details["state"] = state or "PENDING"
                 raise
@@ -445,6 +514,13 @@ class Bridge:
             if not (w.subscribed and self.hub.healthy):
                 tick = 0.05  # no notification will come: poll
             await w.sleep(min(tick, deadline - now))
+
+    async def _remember(self, task_id: str, name: str) -> None:
+        """Record a task id the client is about to be told (GET /tasks/{id} must know it)."""
+        assert self.client
+        with contextlib.suppress(Exception):
+            entry = json.dumps({"task": name, "sent-at": time.time()})
+            await asyncio.wait_for(self.client.set(RECORD + task_id, entry, ex=self.expires), 1.0)
 
     # -- reading ------------------------------------------------------------------------------
     async def meta(self, task_id: str, soft: bool = False) -> dict[str, Any] | None:
@@ -469,15 +545,22 @@ class Bridge:
         return _load(raw) if raw else None
 
     async def ready(self) -> dict[str, Any]:
-        """Readiness: Redis answers and a placement worker answers (cached briefly)."""
-        assert self.live
-        if self.live.age("placement") > self.s.worker_fresh:
+        """Readiness: Redis answers now, and a placement worker answered lately (or now)."""
+        assert self.live and self.client
+        try:
+            await asyncio.wait_for(self.client.ping(), 1.0)
+            self.live.redis_seen, self.live.redis_error = time.monotonic(), ""
+            redis_ok = True
+        except Exception as exc:  # noqa: BLE001
+            self.live.redis_error = str(exc) or type(exc).__name__
+            redis_ok = False
+        if redis_ok and self.live.age("placement") > self.s.worker_fresh:
             await self.live.refresh({"placement"})
-        redis_ok = time.monotonic() - self.live.redis_seen <= self.s.worker_fresh + 1.0
-        report = {
-            "redis": "ok" if redis_ok else f"down: {self.live.redis_error or 'no reply'}",
-            "workers": {q: self.live.workers(q) if self.live.age(q) <= self.s.worker_fresh + 1.0
-                        else [] for q in QUEUES},
+        fresh = self.s.worker_fresh + 1.0
+        report: dict[str, Any] = {
+            "redis": "ok" if redis_ok else f"down: {self.live.redis_error}",
+            "workers": {q: self.live.workers(q) if self.live.age(q) <= fresh else []
+                        for q in QUEUES},
         }
         report["ready"] = bool(redis_ok and report["workers"]["placement"])
         return report

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+DURATION_TEXT = r"^(\d+d)?(\d+h)?(\d+m)?(\d+(\.\d+)?s)?$|^\d+(\.\d+)?$"
 DURATION = {
     "oneOf": [
         {"type": "number", "minimum": 0},
-        {"type": "string", "pattern": r"^(\d+d)?(\d+h)?(\d+m)?(\d+(\.\d+)?s)?$|^\d+(\.\d+)?$",
-         "example": "24h"},
+        {"type": "string", "pattern": DURATION_TEXT, "example": "24h"},
     ],
     "description": "seconds, or a duration such as 24h, 90m, 1h30m, 45s",
 }

@@ -1,0 +1,144 @@
+"""The shim when things break: no placement worker, Redis down, a backlog longer than the wait.
+
+Each test has its own redis-server, workers and API server, so the shared stack stays whole."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLE_POOLS
+from tests.support.procs import RedisServer, Worker, env_for, wait_for
+from tests.test_api_support import ApiServer, assert_error, timed
+from workers.adapters.ledger import Ledger
+
+SMALL = {"vcpus": 1, "memory": 1, "networks": 0}
+PROMPT = 2.0  # seconds: "503, returned promptly"
+
+
+@pytest.fixture()
+def own(tmp_path):
+    redis = RedisServer().start()
+    pools = tmp_path / "pools.yaml"
+    pools.write_text(EXAMPLE_POOLS.read_text())
+    env = env_for(redis.url, pools, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"))
+    placement = Worker(env, "placement").start(wait=False)
+    queries = Worker(env, "queries", pool="threads", concurrency=2).start(wait=False)
+    placement.wait_ready()
+    queries.wait_ready()
+    parts = {"redis": redis, "env": env, "placement": placement, "queries": queries}
+    try:
+        yield parts
+    finally:
+        for name in ("api", "placement", "queries"):
+            if name in parts:
+                parts[name].stop()
+        redis.stop()
+
+
+def start_api(own, **env) -> ApiServer:
+    own["api"] = ApiServer(own["env"], **env).start()
+    return own["api"]
+
+
+def test_503_promptly_without_a_placement_worker_and_back_when_it_returns(own):
+    api = start_api(own, VCM_API_TIMEOUT="2")
+    worker = own["placement"]
+    with api.client() as c:
+        assert c.post("/acquire", json=SMALL).status_code == 200  # the worker was just seen
+
+        # frozen right after it answered: the shim still trusts it and sends, but notices soon
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        try:
+            resp, took = timed(c.post, "/acquire", json=SMALL)
+            body = assert_error(resp, 503, "Unavailable")
+            assert body["details"]["queue"] == "placement" and took < PROMPT, took
+            sent = body["details"]["task-id"]
+            assert body["details"]["state"] == "PENDING"
+            time.sleep(2.5 - took)  # past the message's expiry (VCM_API_TIMEOUT)
+        finally:
+            os.kill(worker.proc.pid, signal.SIGCONT)
+        # the worker gets to it too late: it expired, so it places nothing
+        state = wait_for(lambda: (s := c.get(f"/tasks/{sent}").json())["state"] != "PENDING"
+                         and s, timeout=20, what="the expired task")
+        assert state["state"] == "REVOKED", state
+        assert len(c.get("/leases").json()) == 1
+
+        worker.stop()
+        resp, took = timed(c.post, "/acquire", json=SMALL)
+        assert_error(resp, 503, "Unavailable")
+        assert took < PROMPT, took
+        for path, payload in (("/acquire", SMALL), ("/acquire?async=true", SMALL),
+                              ("/release", {"owner": "x"}), ("/renew", {"lease-id": "x"})):
+            resp, took = timed(c.post, path, json=payload)
+            assert_error(resp, 503, "Unavailable")
+            assert took < 0.5, (path, took)  # the shim remembers that nobody is there
+        resp, took = timed(c.get, "/readyz")
+        body = assert_error(resp, 503, "Unavailable")
+        assert body["details"]["workers"]["placement"] == [] and took < PROMPT
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/show-pools").status_code == 200  # the queries worker is still there
+
+        # a new placement worker (another name) is found without restarting the shim
+        own["placement"] = Worker(own["env"], "placement").start()
+        wait_for(lambda: c.post("/acquire", json=SMALL).status_code == 200, timeout=20,
+                 what="the shim to find the new worker")
+        assert c.get("/readyz").status_code == 200
+    audit = Ledger(own["redis"].client()).audit()
+    assert len(audit["leases"]) == 2  # the first and the last acquire, nothing in between
+
+
+def test_503_promptly_when_redis_is_down_and_recovery(own):
+    api = start_api(own)
+    with api.client() as c:
+        assert c.post("/acquire", json=SMALL).status_code == 200
+        own["redis"].kill()
+        for method, path, payload in (
+            ("POST", "/acquire", SMALL), ("POST", "/acquire?async=true", SMALL),
+            ("GET", "/show-pools", None), ("GET", "/leases", None),
+            ("GET", "/tasks/0b4e8d1c-0000-4000-8000-000000000000", None),
+            ("GET", "/estimate?vcpus=1&memory=1", None), ("GET", "/readyz", None),
+            ("POST", "/release", {"owner": "x"}),
+        ):
+            resp, took = timed(c.request, method, path, json=payload)
+            assert_error(resp, 503)
+            assert took < PROMPT, (path, took)
+        assert c.get("/healthz").status_code == 200
+
+        own["redis"].start()  # the same port, empty: the workers restore from the mirror
+        # retried the way a job step should: with a request-id, so that an attempt that was
+        # placed but not answered in time is not placed twice
+        retry = {**SMALL, "request-id": "after-the-outage"}
+        wait_for(lambda: c.post("/acquire", json=retry).status_code == 200, timeout=45,
+                 interval=0.5, what="the stack to recover")
+        assert c.get("/readyz").status_code == 200
+        leases = c.get("/leases").json()
+        assert len(leases) == 2  # the one from before (from the mirror) and the new one
+
+
+def test_504_when_the_answer_does_not_come_in_time_and_the_task_id_tells_the_rest(own):
+    """The worker places, but holds the reply until the mirror has it; the mirror is broken."""
+    api = start_api(own, VCM_API_TIMEOUT="1.5")
+    mirror = Path(own["env"]["VCM_MIRROR_FILE"])
+    with api.client() as c:
+        assert c.post("/acquire", json=SMALL).status_code == 200
+        mirror.unlink(missing_ok=True)
+        mirror.mkdir()  # the mirror can no longer be written
+        (mirror / "in-the-way").write_text("")
+        try:
+            resp, took = timed(c.post, "/acquire", json={**SMALL, "owner": "late"})
+            body = assert_error(resp, 504, "GatewayTimeout")
+            assert 1.5 <= took < 4, took
+            assert body["details"]["state"] == "STARTED"
+            task_id = body["details"]["task-id"]
+            assert c.get(f"/tasks/{task_id}").json()["state"] == "STARTED"
+        finally:
+            shutil.rmtree(mirror)
+        state = wait_for(lambda: (s := c.get(f"/tasks/{task_id}").json())["state"] == "SUCCESS"
+                         and s, timeout=30, what="the reply once the mirror is back")
+        assert state["result"][0]["status"]["owner"] == "late"
