@@ -32,7 +32,7 @@ from . import schemas as S
 from .bridge import Bridge
 from .errors import JSON, ApiError, from_task_failure
 from .middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
-from .settings import ApiSettings, Token
+from .settings import ApiSettings, Token, TokenStore
 
 log = logging.getLogger("vcm.api")
 
@@ -113,6 +113,7 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
     s: ApiSettings = settings
     metrics = Metrics()
     bridge = Bridge(s, metrics)
+    tokens = TokenStore(s.tokens, s.tokens_file)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -141,7 +142,7 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
 
     # outermost first: metrics see every answer, 413s included
-    app.add_middleware(BodyLimitMiddleware, limit=s.max_body)
+    app.add_middleware(BodyLimitMiddleware, limit=s.max_body, read_timeout=s.body_timeout)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
 
     # -- auth --------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
                            headers={"WWW-Authenticate": 'Bearer realm="vcm"'})
         given = credential.strip().encode("utf-8", "replace")
         found = None
-        for token in s.tokens:  # compare with every token, in constant time each
+        for token in tokens.current():  # compare with every one, in constant time each
             if hmac.compare_digest(given, token.secret.encode()):
                 found = token
         if found is None:

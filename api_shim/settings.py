@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from workers.core.models import parse_duration
 from workers.settings import Settings
 
 MAX_BODY = 64 * 1024  # bytes; larger bodies get 413
+log = logging.getLogger("vcm.api")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,53 @@ def parse_tokens(text: str, where: str = "VCM_API_TOKENS") -> tuple[Token, ...]:
     return tuple(tokens)
 
 
+def read_token_file(path: str, others: tuple[Token, ...] = ()) -> tuple[Token, ...]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SystemExit(f"invalid setting VCM_API_TOKENS_FILE={path!r}: "
+                         f"{exc.strerror}") from None
+    tokens = parse_tokens(text, f"VCM_API_TOKENS_FILE ({path})")
+    names = {t.name for t in tokens} & {t.name for t in others}
+    if names:
+        raise SystemExit(f"invalid setting: token name {sorted(names)[0]!r} is in both "
+                         "VCM_API_TOKENS and VCM_API_TOKENS_FILE")
+    return tokens
+
+
+class TokenStore:
+    """The tokens in force: VCM_API_TOKENS, plus VCM_API_TOKENS_FILE re-read when the file
+    changes (a mounted Kubernetes Secret is updated in place: rotation without a restart).
+    A file that becomes unreadable or invalid keeps the last good tokens, with a warning."""
+
+    CHECK_EVERY = 2.0
+
+    def __init__(self, static: tuple[Token, ...], path: str = "") -> None:
+        self.static = static
+        self.path = path
+        self.tokens = static
+        self.stamp: tuple[int, int, int] | None = None
+        self.checked = -self.CHECK_EVERY
+        if path:
+            self.current()
+
+    def current(self) -> tuple[Token, ...]:
+        if not self.path or time.monotonic() - self.checked < self.CHECK_EVERY:
+            return self.tokens
+        self.checked = time.monotonic()
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stamp != self.stamp:
+                self.tokens = self.static + read_token_file(self.path, self.static)
+                self.stamp = stamp
+                log.info("API tokens loaded from %s: %s", self.path,
+                         ", ".join(t.name for t in self.tokens) or "none")
+        except (OSError, SystemExit) as exc:
+            log.warning("keeping the previous API tokens: %s", exc)
+        return self.tokens
+
+
 def _seconds(name: str, default: str, minimum: float = 0.0) -> float:
     try:
         value = parse_duration(os.environ.get(name, default), name, maximum=30 * 86400)
@@ -69,11 +119,14 @@ class ApiSettings:
     ping_timeout: float = 0.5
     discover_timeout: float = 0.6
     max_body: int = MAX_BODY
+    body_timeout: float = 30.0  # a request body must arrive within this (else 408)
     base: Settings | None = field(default=None, compare=False, repr=False)
+
+    tokens_file: str = ""  # VCM_API_TOKENS_FILE: re-read when it changes (Secret rotation)
 
     @property
     def auth(self) -> bool:
-        return bool(self.tokens)
+        return bool(self.tokens or self.tokens_file)
 
     @classmethod
     def from_env(cls, base: Settings | None = None) -> ApiSettings:
@@ -85,23 +138,15 @@ class ApiSettings:
         tokens = parse_tokens(base.api_tokens) if base.api_tokens else ()
         path = os.environ.get("VCM_API_TOKENS_FILE", "")
         if path:
-            try:
-                text = Path(path).read_text()
-            except OSError as exc:
-                raise SystemExit(f"invalid setting VCM_API_TOKENS_FILE={path!r}: "
-                                 f"{exc.strerror}") from None
-            extra = parse_tokens(text, f"VCM_API_TOKENS_FILE ({path})")
-            names = {t.name for t in tokens} & {t.name for t in extra}
-            if names:
-                raise SystemExit(f"invalid setting: token name {sorted(names)[0]!r} is in both "
-                                 "VCM_API_TOKENS and VCM_API_TOKENS_FILE")
-            tokens = tokens + extra
+            read_token_file(path, tokens)  # a bad file stops start-up, like a bad variable
         return cls(
             redis_url=base.redis_url,
             tokens=tokens,
+            tokens_file=path,
             max_sync_wait=_seconds("VCM_API_MAX_SYNC_WAIT", "3600"),
             task_timeout=_seconds("VCM_API_TIMEOUT", "30", minimum=1),
             worker_fresh=_seconds("VCM_API_WORKER_FRESH", "2"),
             parked_grace=_seconds("VCM_API_PARKED_GRACE", "60"),
+            body_timeout=_seconds("VCM_API_BODY_TIMEOUT", "30", minimum=0.1),
             base=base,
         )

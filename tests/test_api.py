@@ -38,23 +38,32 @@ CURL_SHOW_POOLS = "curl localhost:8080/show-pools"
 
 @pytest.fixture(scope="module")
 def api(stack):
-    server = ApiServer(stack["env"], VCM_API_MAX_SYNC_WAIT="60").start()
+    server = ApiServer(stack["env"], VCM_API_MAX_SYNC_WAIT="60", VCM_API_BODY_TIMEOUT="1").start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def api_auth(stack):
-    server = ApiServer(stack["env"], VCM_API_TOKENS=TOKENS).start()
+def token_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("secret") / "tokens"
+    path.write_text("# from a Kubernetes Secret\ncarol:carol-secret\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def api_auth(stack, token_file):
+    server = ApiServer(stack["env"], VCM_API_TOKENS=TOKENS,
+                       VCM_API_TOKENS_FILE=str(token_file)).start()
     yield server
     server.stop()
 
 
 @pytest.fixture()
-def ledger(ledger, api):
-    """The shared fixture wipes the ledger behind the placement worker's back; its cached usage
-    can predate the wipe, and a NoCapacity decided on that cache is stale. One small acquire
-    makes it read the ledger again (its commit finds the version moved)."""
+def settled(ledger, api):
+    """A clean ledger, for tests that depend on what is free. The shared fixture wipes the
+    ledger behind the placement worker's back; the worker's cached usage can predate the wipe,
+    and a NoCapacity decided on that cache would be stale. One small acquire makes it read the
+    ledger again (its commit finds the version moved)."""
     with api.client() as c:
         settle = {"vcpus": 1, "memory": 1, "networks": 0, "owner": "settle"}
         assert c.post("/acquire", json=settle).status_code == 200
@@ -84,7 +93,7 @@ def curl(command: str, port: int) -> str:
 
 
 # -- upstream compatibility ----------------------------------------------------------------------
-def test_upstream_curl_examples_verbatim(api, ledger, pools_file):
+def test_upstream_curl_examples_verbatim(api, settled, pools_file):
     leases = json.loads(curl(CURL_ACQUIRE, api.port))
     assert isinstance(leases, list) and len(leases) == 1
     lease = leases[0]
@@ -113,10 +122,10 @@ def test_upstream_curl_examples_verbatim(api, ledger, pools_file):
     assert p1["vcpus-usage"] == pytest.approx(24 / 120)
     assert p1["datastore-usage"] == pytest.approx(700 / 10000)
     assert [x["metadata"]["name"] for x in p1["leases"]] == [lease["metadata"]["name"]]
-    check_invariants(ledger, pools_of(pools_file))
+    check_invariants(settled, pools_of(pools_file))
 
 
-def test_acquire_renew_list_release_round_trip(http, ledger, pools_file):
+def test_acquire_renew_list_release_round_trip(http, settled, pools_file):
     resp = http.post("/acquire", json={**UPSTREAM, "vcenters": 2, "owner": "job-7",
                                        "boskos-lease-id": "b-1", "ttl": "1h"})
     assert resp.status_code == 200, resp.text
@@ -149,24 +158,24 @@ def test_acquire_renew_list_release_round_trip(http, ledger, pools_file):
     assert http.post("/release", json={"owner": "job-7"}).json() == []
     assert_error(http.post("/release", json={"lease-ids": ["never-existed"]}), 404,
                  "LeaseNotFound")
-    snap = check_invariants(ledger, pools_of(pools_file))
+    snap = check_invariants(settled, pools_of(pools_file))
     assert snap["leases"] == {}
 
 
-def test_release_by_owner(http, ledger, pools_file):
+def test_release_by_owner(http, settled, pools_file):
     mine = [http.post("/acquire", json={"vcpus": 2, "memory": 2, "owner": "o1"}).json()[0]
             for _ in range(3)]
     other = http.post("/acquire", json={"vcpus": 2, "memory": 2, "owner": "o2"}).json()[0]
     released = http.post("/release", json={"owner": "o1"}).json()
     assert sorted(released) == sorted(x["metadata"]["name"] for x in mine)
-    snap = check_invariants(ledger, pools_of(pools_file))
+    snap = check_invariants(settled, pools_of(pools_file))
     assert list(snap["leases"]) == [other["metadata"]["name"]]
 
 
-def test_no_capacity_is_409_with_reasons_per_pool(http, ledger, pools_file):
+def test_no_capacity_is_409_with_reasons_per_pool(http, settled, pools_file):
     ok = http.post("/acquire", json={"vcpus": 100, "memory": 100, "required-pool": "pool1"})
     assert ok.status_code == 200
-    before = ledger.audit()
+    before = settled.audit()
     body = assert_error(http.post("/acquire", json={"vcpus": 40, "memory": 900}), 409,
                         "NoCapacity")
     reasons = body["details"]["reasons"]
@@ -174,7 +183,7 @@ def test_no_capacity_is_409_with_reasons_per_pool(http, ledger, pools_file):
     assert reasons["pool2"] == "insufficient memory (need 900, free 800)"
     assert set(reasons) == {"pool1", "pool2", "pool3", "pool4"}
     assert "pool2: insufficient memory" in body["message"]
-    assert ledger.audit() == before
+    assert settled.audit() == before
 
 
 # -- bad input -----------------------------------------------------------------------------------
@@ -291,8 +300,20 @@ def test_413_for_a_lying_content_length_is_cut_short(api):
     assert data.startswith(b"HTTP/1.1 413"), data[:200]
 
 
+def test_a_trickling_body_is_408_not_a_hang(api):
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        sock.sendall(b"POST /acquire HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"vcpus\":")
+        start = time.monotonic()
+        data = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after answering
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 408"), data[:200]
+    assert b"RequestTimeout" in data and time.monotonic() - start < 5
+
+
 # -- async and tasks -----------------------------------------------------------------------------
-def test_async_acquire_then_task_reaches_success(http, ledger, pools_file):
+def test_async_acquire_then_task_reaches_success(http, settled, pools_file):
     resp = http.post("/acquire", params={"async": "true"}, json={**UPSTREAM, "owner": "a1"})
     assert resp.status_code == 202, resp.text
     task_id = resp.json()["task-id"]
@@ -306,11 +327,11 @@ def test_async_acquire_then_task_reaches_success(http, ledger, pools_file):
     state = wait_for(done, timeout=20, what="the task to succeed")
     assert state["task"] == "vcm.acquire"
     assert state["result"][0]["status"]["owner"] == "a1"
-    assert list(ledger.audit()["leases"]) == [state["result"][0]["metadata"]["name"]]
-    check_invariants(ledger, pools_of(pools_file))
+    assert list(settled.audit()["leases"]) == [state["result"][0]["metadata"]["name"]]
+    check_invariants(settled, pools_of(pools_file))
 
 
-def test_async_failure_reports_the_error(http, ledger):
+def test_async_failure_reports_the_error(http, settled):
     assert http.post("/acquire", json={"vcpus": 100, "memory": 100,
                                        "required-pool": "pool1"}).status_code == 200
     resp = http.post("/acquire?async=1", json={"vcpus": 40, "memory": 900})
@@ -342,7 +363,7 @@ def test_unknown_task_is_404_and_a_queued_one_is_pending(http, stack, client_app
     assert state["reasons"] == meta["reasons"] and state["deadline"] == meta["deadline"]
 
 
-def test_waiting_acquire_is_answered_when_capacity_frees(http, ledger, pools_file):
+def test_waiting_acquire_is_answered_when_capacity_frees(http, settled, pools_file):
     """A synchronous acquire with `wait` waits in line and gets its lease after a release."""
     hog = {"vcpus": 40, "memory": 100, "required-pool": "pool3", "owner": "hog"}
     big = http.post("/acquire", json=hog)
@@ -369,7 +390,7 @@ def test_waiting_acquire_is_answered_when_capacity_frees(http, ledger, pools_fil
     start = time.monotonic()
     body = assert_error(http.post("/acquire", json={**request, "wait": 1}), 504, "WaitTimeout")
     assert time.monotonic() - start < 10, body
-    check_invariants(ledger, pools_of(pools_file))
+    check_invariants(settled, pools_of(pools_file))
 
 
 # -- queries -------------------------------------------------------------------------------------
@@ -421,7 +442,7 @@ def test_auth_writes_need_a_token_reads_do_not(api_auth, ledger):
     assert ledger.audit()["leases"] == {}
 
 
-def test_auth_owner_rules_and_admin_override(api_auth, ledger, pools_file):
+def test_auth_owner_rules_and_admin_override(api_auth, settled, pools_file):
     with api_auth.client() as c:
         alice = c.post("/acquire", json=UPSTREAM, headers=bearer("alice"))
         assert alice.status_code == 200, alice.text
@@ -455,21 +476,29 @@ def test_auth_owner_rules_and_admin_override(api_auth, ledger, pools_file):
         # bob's "release everything of mine" only touches bob's leases
         assert c.post("/release", json={}, headers=bearer("bob")).status_code == 422
         assert c.post("/release", json={"owner": "bob"}, headers=bearer("bob")).json() == [bobs]
-    snap = check_invariants(ledger, pools_of(pools_file))
+    snap = check_invariants(settled, pools_of(pools_file))
     assert snap["leases"] == {}
 
 
-def test_tokens_from_a_file(stack, tmp_path, ledger):
-    path = tmp_path / "tokens"
-    path.write_text("# from a Kubernetes Secret\ncarol:carol-secret\n")
-    server = ApiServer(stack["env"], VCM_API_TOKENS_FILE=str(path)).start()
-    try:
-        with server.client() as c:
-            assert c.post("/acquire", json=UPSTREAM).status_code == 401
-            ok = c.post("/acquire", json=UPSTREAM, headers=bearer("carol"))
-            assert ok.status_code == 200 and ok.json()[0]["status"]["owner"] == "carol"
-    finally:
-        server.stop()
+def test_tokens_from_a_file_rotate_without_a_restart(api_auth, token_file, ledger):
+    with api_auth.client() as c:
+        ok = c.post("/acquire", json=UPSTREAM, headers=bearer("carol"))
+        assert ok.status_code == 200 and ok.json()[0]["status"]["owner"] == "carol"
+        # rotation: the Secret's file is replaced; no restart needed
+        new = token_file.with_name("tokens.new")
+        new.write_text("dave:dave-secret:admin\n")
+        new.replace(token_file)
+        wait_for(lambda: c.post("/release", json={"owner": "carol"},
+                                headers=bearer("dave")).status_code == 200,
+                 timeout=10, what="the new token")
+        assert c.post("/release", json={"owner": "carol"},
+                      headers=bearer("carol")).status_code == 401
+        assert c.post("/release", json={"owner": "x"},  # the variable's tokens stay
+                      headers=bearer("alice")).status_code == 403
+        token_file.write_text("not a token file")  # broken: the last good tokens stay
+        time.sleep(2.5)
+        assert c.post("/release", json={"owner": "x"},
+                      headers=bearer("dave")).status_code == 200
 
 
 def test_a_bad_token_setting_stops_start_up(stack):
@@ -481,7 +510,7 @@ def test_a_bad_token_setting_stops_start_up(stack):
     assert "s3cr3t" not in done.stderr  # a bare token is never echoed
 
 
-def test_concurrent_http_acquires_never_overcommit(api, ledger, pools_file):
+def test_concurrent_http_acquires_never_overcommit(api, settled, pools_file):
     """Sixty clients at once on a fleet that holds fewer: the rest get 409, the ledger holds."""
     import concurrent.futures
 
@@ -493,5 +522,5 @@ def test_concurrent_http_acquires_never_overcommit(api, ledger, pools_file):
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         codes = list(pool.map(one, range(60)))
     assert set(codes) <= {200, 409}, codes
-    snap = check_invariants(ledger, pools_of(pools_file))
+    snap = check_invariants(settled, pools_of(pools_file))
     assert len(snap["leases"]) == codes.count(200) > 0

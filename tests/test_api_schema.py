@@ -20,7 +20,7 @@ from tests.helpers import check_invariants
 from tests.test_api_support import ApiServer
 from workers.adapters.pools_file import load_pools
 
-EXAMPLES = 1100
+EXAMPLES = 1050
 LEGITIMATE_5XX = {503, 504}
 
 
