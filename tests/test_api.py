@@ -393,6 +393,25 @@ def test_waiting_acquire_is_answered_when_capacity_frees(http, settled, pools_fi
     check_invariants(settled, pools_of(pools_file))
 
 
+def test_a_client_that_goes_away_is_not_waited_for(api, settled):
+    """A synchronous wait stops within a second or so of the client hanging up."""
+    hog = {"vcpus": 40, "memory": 10, "required-pool": "pool3", "owner": "hog"}
+    with api.client() as c:
+        assert c.post("/acquire", json=hog).status_code == 200
+        body = json.dumps({**hog, "owner": "gone", "wait": 20}).encode()
+        with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+            sock.sendall(b"POST /acquire HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                         b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            time.sleep(1.0)
+
+        def in_flight() -> float:
+            text = c.get("/metrics").text
+            return float(re.search(r"^vcm_api_requests_in_flight (\S+)$", text, re.M).group(1))
+
+        # only the /metrics request itself is in flight once the shim has let go
+        wait_for(lambda: in_flight() == 1.0, timeout=5, what="the shim to stop waiting")
+
+
 # -- queries -------------------------------------------------------------------------------------
 def test_estimate_from_query_parameters(http, ledger):
     est = http.get("/estimate", params={"vcpus": 24, "memory": 96, "storage": 700})
