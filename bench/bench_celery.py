@@ -126,6 +126,26 @@ def measure(app, kind: str, threads: int, total: int) -> tuple[float, list[float
     return wall, lat
 
 
+class CpuMeter:
+    """CPU seconds used so far by the worker process, the redis-server and this process."""
+
+    def __init__(self, worker_pid: int, redis_client) -> None:
+        self.pid = worker_pid
+        self.r = redis_client
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def _worker(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+
+    def _redis(self) -> float:
+        info = self.r.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def read(self) -> tuple[float, float, float]:
+        return self._worker(), self._redis(), time.process_time()
+
+
 # -- Redis command accounting (MONITOR) ------------------------------------------------------
 
 def _ports_of(pid: int) -> set[str]:
@@ -222,15 +242,16 @@ def worker_shim(out: str, argv: list[str]) -> None:
 
     import redis
 
-    stats: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+    stats: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
     lock = threading.Lock()
 
-    def record(label: str, seconds: float) -> None:
+    def record(label: str, wall: float, cpu: float) -> None:
         key = (threading.current_thread().name, label)
         with lock:
             s = stats[key]
             s[0] += 1
-            s[1] += seconds
+            s[1] += wall
+            s[2] += cpu
 
     def timed(owner, name: str, label: str) -> None:
         fn = getattr(owner, name, None)
@@ -239,11 +260,11 @@ def worker_shim(out: str, argv: list[str]) -> None:
 
         @functools.wraps(fn)
         def wrapper(*a, **k):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 return fn(*a, **k)
             finally:
-                record(label, time.perf_counter() - t0)
+                record(label, time.perf_counter() - t0, time.thread_time() - c0)
 
         setattr(owner, name, wrapper)
 
@@ -275,17 +296,18 @@ def worker_shim(out: str, argv: list[str]) -> None:
         timed(Publisher, "write_mirror", "Publisher.write_mirror")
     except ImportError:
         pass
-    starts: dict[str, float] = {}
+    starts: dict[str, tuple[float, float]] = {}
 
     @signals.task_prerun.connect(weak=False)
     def _pre(task_id=None, task=None, **_):
-        starts[task_id] = time.perf_counter()
+        starts[task_id] = (time.perf_counter(), time.thread_time())
 
     @signals.task_postrun.connect(weak=False)
     def _post(task_id=None, task=None, **_):
         t0 = starts.pop(task_id, None)
         if t0 is not None:
-            record(f"task {task.name} (prerun..postrun)", time.perf_counter() - t0)
+            record(f"task {task.name} (prerun..postrun)", time.perf_counter() - t0[0],
+                   time.thread_time() - t0[1])
 
     prof = cProfile.Profile() if os.environ.get("VCM_BENCH_CPROFILE", "1") != "0" else None
 
@@ -293,7 +315,7 @@ def worker_shim(out: str, argv: list[str]) -> None:
         if prof is not None:
             prof.disable()
             prof.dump_stats(out + ".prof")
-        rows = [{"thread": t, "section": s, "calls": v[0], "seconds": v[1]}
+        rows = [{"thread": t, "section": s, "calls": v[0], "seconds": v[1], "cpu": v[2]}
                 for (t, s), v in stats.items()]
         Path(out).write_text(json.dumps(rows))
 
@@ -352,27 +374,29 @@ def profile_run(server, pools_path: Path, tmp: Path, outdir: Path, n: int,
         w.stop()
         app.close()
         rows = json.loads(Path(target).read_text())
-        per_kind[kind] = {(r["thread"], r["section"]): [r["calls"], r["seconds"]] for r in rows}
+        per_kind[kind] = {(r["thread"], r["section"]): [r["calls"], r["seconds"], r["cpu"]]
+                          for r in rows}
         if cprofile:
             print(f"\ncProfile of the worker's main thread ({kind}), top 30 by cumulative time "
                   f"({target}.prof):")
             pstats.Stats(target + ".prof").sort_stats("cumulative").print_stats(30)
     keys = sorted(set(per_kind["noop"]) | set(per_kind["acquire"]),
-                  key=lambda k: (k[0], -per_kind["acquire"].get(k, [0, 0])[1]))
+                  key=lambda k: (k[0], -per_kind["acquire"].get(k, [0, 0, 0])[2]))
     rows = []
     total = n + 10
     for key in keys:
         cells = [key[0], key[1]]
         for kind in ("noop", "acquire"):
-            calls, secs = per_kind[kind].get(key, [0, 0.0])
-            cells += [f"{calls / total:.2f}", f"{secs / total * 1e3:.3f} ms"]
+            calls, secs, cpu = per_kind[kind].get(key, [0, 0.0, 0.0])
+            cells += [f"{calls / total:.2f}", f"{secs / total * 1e3:.3f}",
+                      f"{cpu / total * 1e3:.3f}"]
         rows.append(cells)
     print(f"\nWorker sections per round trip ({total} round trips incl. 10 warm-up, 1 thread, "
           f"{'file mirror' if mirror else 'mirror off'}; "
           f"{'cProfile on, times inflated' if cprofile else 'no cProfile'}; worker start-up "
-          "included):\n")
-    print(table(["thread", "section", "noop calls/rt", "noop time/rt", "acq+rel calls/rt",
-                 "acq+rel time/rt"], rows))
+          "included). Wall and CPU (thread_time) in ms; sections nest:\n")
+    print(table(["thread", "section", "noop calls/rt", "wall", "CPU", "acq+rel calls/rt",
+                 "wall", "CPU"], rows))
 
 
 # -- the benchmark ------------------------------------------------------------------------------
@@ -417,12 +441,18 @@ def run_config(server, label: str, env: dict, plan: list[tuple[int, int]], reps:
             measure(app, kind, 1, 20)
             measure(app, kind, 8, 40)
         results: dict[tuple[str, int], list[tuple[float, list[float]]]] = defaultdict(list)
+        cpu: dict[tuple[str, int], list[tuple[float, ...]]] = defaultdict(list)
+        meter = CpuMeter(worker.proc.pid, server.client())
         for rep in range(reps):
             for threads, total in plan:
                 order = ("noop", "acquire") if (rep + threads) % 2 == 0 else ("acquire", "noop")
                 for kind in order:
+                    before = meter.read()
                     wall, lat = measure(app, kind, threads, total)
+                    after = meter.read()
                     results[(kind, threads)].append((len(lat) / wall, lat))
+                    cpu[(kind, threads)].append(tuple((a - b) / len(lat)
+                                                      for a, b in zip(after, before, strict=True)))
         counts = {}
         if monitor_n:
             for kind in KINDS:
@@ -430,7 +460,8 @@ def run_config(server, label: str, env: dict, plan: list[tuple[int, int]], reps:
     finally:
         app.close()
         worker.stop()
-    return {"results": results, "counts": counts, "runtimes": task_runtimes(worker.output())}
+    return {"results": results, "cpu": cpu, "counts": counts,
+            "runtimes": task_runtimes(worker.output())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -508,6 +539,22 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(table(["worker", "threads", "acquire+release rt/s", "p50", "p99", "noop rt/s",
                      "p50", "p99", "ratio", "target"], rows))
+        cpu_rows = []
+        for label, res in out.items():
+            for threads in sorted({t for (_, t) in res["cpu"]}):
+                # per round trip, median over the measurements: worker, redis-server, client
+                acq = [median([x[i] for x in res["cpu"][("acquire", threads)]]) for i in range(3)]
+                noop = [median([x[i] for x in res["cpu"][("noop", threads)]]) for i in range(3)]
+                cpu_rows.append([label, threads, *(fmt_ms(x) for x in acq),
+                                 *(fmt_ms(x) for x in noop), f"{acq[0] / noop[0]:.2f}",
+                                 f"{sum(acq) / sum(noop):.2f}"])
+        print("\nCPU per round trip (median of the measurements above; the machine's load does "
+              "not inflate these much), acquire+release | noop:\n")
+        print(table(["worker", "threads", "worker", "redis", "client", "noop worker",
+                     "noop redis", "noop client", "worker CPU ×noop", "total CPU ×noop"],
+                    cpu_rows))
+        print("\nThe single solo worker is the bottleneck at saturation: there the rate ratio "
+              "tends to 1 / (worker CPU ×noop), so the 0.8 target needs ≤ 1.25.")
         print("\nfile mirror: the default (VCM_MIRROR_FILE); acquire/release answers wait until "
               "the ledger's JSON mirror file is rewritten and fsync'd. mirror off: "
               "VCM_MIRROR_FILE=off. Each row's noop baseline ran on the same worker, interleaved.")
