@@ -140,6 +140,13 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
     app.state.settings = s
     app.state.bridge = bridge
     app.state.metrics = metrics
+    # fleet metrics (read from the ledger at scrape time) and the dashboard at GET /
+    from .dashboard import install_dashboard
+    from .fleet_metrics import FleetCollector, FleetReader
+
+    fleet = FleetReader(s.redis_url)
+    metrics.registry.register(FleetCollector(fleet))
+    install_dashboard(app, bridge, fleet)
 
     # outermost first: metrics see every answer, 413s included
     app.add_middleware(BodyLimitMiddleware, limit=s.max_body, read_timeout=s.body_timeout)

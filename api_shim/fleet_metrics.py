@@ -1,0 +1,301 @@
+"""Fleet metrics for `GET /metrics`: a prometheus-client collector that reads the ledger's
+counters straight from Redis at scrape time (CONTRACT §6, issue 4 item 5).
+
+Everything comes from keys the workers keep (prefix `vcm:`); nothing is counted in the shim, so
+any number of shim replicas report the same values:
+
+  stats      hash   placements, releases, reaps, granted-after-wait, refused:<ErrorName>
+  latency    hash   acquire latency incl. waiting: cumulative bucket counts by bound, count, sum
+  leases     hash   active leases (HLEN)
+  waiting    zset   the waiting line (ZCARD)
+  usage      stream the usage rollups taken by beat; the latest one gives utilization
+  mirror     hash   the ledger mirror's status (state, seq, ledger-seq, written-at, error, ...)
+  seq        string the ledger's change counter
+
+All of it is read in one pipelined round trip with short socket timeouts. A scrape never fails
+because of Redis: when it does not answer, the scrape says `vcm_redis_up 0` and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from workers.adapters.ledger import LATENCY_BUCKETS
+from workers.core.errors import ERRORS
+
+log = logging.getLogger("vcm.api")
+
+RESOURCES = ("vcpus", "memory", "storage", "networks")
+COUNTERS = (  # (metric name without _total, vcm:stats field, help)
+    ("vcm_placements", "placements", "Leases placed (one per vCenter of a request)"),
+    ("vcm_releases", "releases", "Leases released by their owners"),
+    ("vcm_reaps", "reaps", "Leases released by the reaper because they expired"),
+    ("vcm_granted_after_wait", "granted-after-wait",
+     "Acquire requests granted after waiting in line"),
+)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _number(value: Any, default: float | None = None) -> float | None:
+    try:
+        number = float(_text(value))
+    except (TypeError, ValueError):
+        return default
+    return number if math.isfinite(number) else default
+
+
+@dataclass
+class FleetSnapshot:
+    """What the ledger says right now, read in one round trip."""
+
+    at: float
+    stats: dict[str, int] = field(default_factory=dict)
+    latency: dict[str, float] = field(default_factory=dict)
+    leases: int = 0
+    waiting: int = 0
+    rollup: dict[str, Any] | None = None
+    mirror: dict[str, str] = field(default_factory=dict)
+    seq: int | None = None
+
+    # -- derived values (shared by the metrics and the dashboard) -------------------------
+    @property
+    def refusals(self) -> dict[str, int]:
+        out = dict.fromkeys(ERRORS, 0)
+        for key, value in self.stats.items():
+            if key.startswith("refused:") and key[8:]:
+                out[key[8:]] = value
+        return out
+
+    @property
+    def rollup_age(self) -> float | None:
+        ts = _number((self.rollup or {}).get("ts"))
+        return None if ts is None else max(0.0, self.at - ts)
+
+    @property
+    def mirror_lag(self) -> int | None:
+        """Ledger changes not in the mirror yet; None when there is no mirror status."""
+        mirrored = _number(self.mirror.get("seq"))
+        if mirrored is None:
+            return None
+        known = [x for x in (self.seq, _number(self.mirror.get("ledger-seq"))) if x is not None]
+        return max(0, int(max(known, default=mirrored) - mirrored))
+
+    @property
+    def mirror_write_age(self) -> float | None:
+        written = _number(self.mirror.get("written-at"))
+        return None if written is None else max(0.0, self.at - written)
+
+    @property
+    def mirror_failing(self) -> bool:
+        """The publisher's `state` (ok | failing | too-large) when it writes one, else an error."""
+        state = self.mirror.get("state")
+        return state != "ok" if state else bool(self.mirror.get("error"))
+
+    def latency_buckets(self) -> list[tuple[float, float]]:
+        """Cumulative (bound, count) pairs, +Inf last with the total count."""
+        count = self.latency.get("count", 0.0)
+        out, running = [], 0.0
+        for bound in LATENCY_BUCKETS:
+            # a bucket only exists once an observation fell into it; cumulative by construction,
+            # but never let a torn or edited hash make the series decrease
+            running = max(running, self.latency.get(str(bound), 0.0))
+            out.append((float(bound), min(running, count) if count else running))
+        out.append((math.inf, max(count, running)))
+        return out
+
+    def latency_quantile(self, q: float) -> float | None:
+        """An upper bound of the q-quantile of the acquire latency (a bucket bound)."""
+        buckets = self.latency_buckets()
+        total = buckets[-1][1]
+        if not total:
+            return None
+        for bound, count in buckets:
+            if count >= q * total:
+                return bound
+        return math.inf
+
+
+class FleetReader:
+    """Reads a FleetSnapshot from Redis: one pipeline, short timeouts, no retries."""
+
+    def __init__(self, redis_url: str, prefix: str = "vcm:", timeout: float = 0.5,
+                 client: redis.Redis | None = None) -> None:
+        self.url = redis_url
+        self.p = prefix
+        self.timeout = timeout
+        self._client = client
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> redis.Redis:
+        with self._lock:
+            if self._client is None:
+                self._client = redis.Redis.from_url(
+                    self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+                    retry=Retry(NoBackoff(), 0), health_check_interval=0, max_connections=32)
+            return self._client
+
+    def read(self) -> FleetSnapshot:
+        """Raises the Redis error when Redis does not answer."""
+        pipe = self.client.pipeline(transaction=False)
+        p = self.p
+        pipe.hgetall(p + "stats")
+        pipe.hgetall(p + "latency")
+        pipe.hlen(p + "leases")
+        pipe.zcard(p + "waiting")
+        pipe.xrevrange(p + "usage", "+", "-", count=1)
+        pipe.hgetall(p + "mirror")
+        pipe.get(p + "seq")
+        stats, latency, leases, waiting, usage, mirror, seq = pipe.execute()
+        snap = FleetSnapshot(at=time.time(), leases=int(leases or 0), waiting=int(waiting or 0))
+        for key, value in (stats or {}).items():
+            number = _number(value)
+            if number is not None:
+                snap.stats[_text(key)] = int(number)
+        for key, value in (latency or {}).items():
+            number = _number(value)
+            if number is not None:
+                snap.latency[_text(key)] = number
+        snap.mirror = {_text(k): _text(v) for k, v in (mirror or {}).items()}
+        number = _number(seq)
+        snap.seq = int(number) if number is not None else None
+        if usage:
+            _, fields = usage[0]
+            raw = fields.get(b"s") if isinstance(fields, dict) else None
+            try:
+                rollup = json.loads(raw) if raw else None
+            except ValueError:
+                rollup = None
+            snap.rollup = rollup if isinstance(rollup, dict) else None
+        return snap
+
+
+class FleetCollector:
+    """The collector to register on the shim's registry:
+    `metrics.registry.register(FleetCollector(settings.redis_url))`."""
+
+    def __init__(self, source: str | FleetReader) -> None:
+        self.reader = FleetReader(source) if isinstance(source, str) else source
+
+    def describe(self) -> Iterator[Metric]:
+        # names only: registering must not touch Redis
+        return iter(self._families(None))
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            snap = self.reader.read()
+        except Exception as exc:  # noqa: BLE001 - a scrape must never fail because of Redis
+            log.warning("fleet metrics: Redis does not answer: %s", exc or type(exc).__name__)
+            return iter([self._redis_up(0)])
+        try:
+            return iter(self._families(snap))
+        except Exception:  # noqa: BLE001 - odd data in Redis must not break the scrape either
+            log.exception("fleet metrics: could not build the metrics")
+            return iter([self._redis_up(1)])
+
+    @staticmethod
+    def _redis_up(value: float) -> GaugeMetricFamily:
+        return GaugeMetricFamily("vcm_redis_up", "1 if the ledger's Redis answered this scrape",
+                                 value=value)
+
+    def _families(self, snap: FleetSnapshot | None) -> list[Metric]:
+        """Every family; with samples from `snap`, or empty (describe) when it is None."""
+        pool = GaugeMetricFamily(
+            "vcm_pool_utilization", "Used fraction of a pool's budget (latest usage rollup); "
+            "vcpus counts against vcpus x vcpu-overcommit", labels=["pool", "vcenter", "resource"])
+        vcenter = GaugeMetricFamily(
+            "vcm_vcenter_utilization", "Used fraction of a vCenter's budget over all its pools "
+            "(latest usage rollup)", labels=["vcenter", "resource"])
+        age = GaugeMetricFamily("vcm_rollup_age_seconds",
+                                "Age of the latest usage rollup the utilization comes from")
+        leases = GaugeMetricFamily("vcm_active_leases", "Active leases")
+        waiting = GaugeMetricFamily("vcm_waiting_requests", "Acquire requests waiting in line")
+        counters = [CounterMetricFamily(name, doc) for name, _, doc in COUNTERS]
+        refusals = CounterMetricFamily(
+            "vcm_refusals", "Requests refused, by reason (the error name)", labels=["reason"])
+        mirror_lag = GaugeMetricFamily(
+            "vcm_mirror_lag_seq", "Ledger changes not yet written to the mirror "
+            "(ledger seq - mirrored seq)")
+        mirror_age = GaugeMetricFamily("vcm_mirror_last_write_age_seconds",
+                                       "Seconds since the mirror was last written")
+        mirror_failing = GaugeMetricFamily("vcm_mirror_failing",
+                                           "1 while writing the mirror fails")
+        if snap is None:
+            latency = HistogramMetricFamily(
+                "vcm_acquire_latency_seconds", "Acquire latency, including time spent waiting "
+                "in line")
+            return [self._redis_up(1), pool, vcenter, age, leases, waiting, latency, *counters,
+                    refusals, mirror_lag, mirror_age, mirror_failing]
+
+        out: list[Metric] = [self._redis_up(1)]
+        rollup = snap.rollup or {}
+        pools = rollup.get("pools") if isinstance(rollup.get("pools"), dict) else {}
+        for name, row in sorted(pools.items()):
+            if not isinstance(row, dict):
+                continue
+            vc = _text(row.get("vcenter", ""))
+            for resource in RESOURCES:
+                value = _number(row.get(resource))
+                if value is not None:
+                    pool.add_metric([_text(name), vc, resource], value)
+        vcenters = rollup.get("vcenters") if isinstance(rollup.get("vcenters"), dict) else {}
+        for name, row in sorted(vcenters.items()):
+            if not isinstance(row, dict):
+                continue
+            for resource in RESOURCES:
+                value = _number(row.get(resource))
+                if value is not None:
+                    vcenter.add_metric([_text(name), resource], value)
+        out += [pool, vcenter]
+        if snap.rollup_age is not None:
+            age.add_metric([], snap.rollup_age)
+            out.append(age)
+
+        leases.add_metric([], snap.leases)
+        waiting.add_metric([], snap.waiting)
+        buckets = snap.latency_buckets()
+        latency = HistogramMetricFamily(
+            "vcm_acquire_latency_seconds", "Acquire latency, including time spent waiting in line",
+            buckets=[(floatToGoString(bound), count) for bound, count in buckets],
+            sum_value=snap.latency.get("sum", 0.0))
+        out += [leases, waiting, latency]
+
+        for family, (_, key, _) in zip(counters, COUNTERS, strict=True):
+            family.add_metric([], snap.stats.get(key, 0))
+            out.append(family)
+        for reason, value in sorted(snap.refusals.items()):
+            refusals.add_metric([reason], value)
+        out.append(refusals)
+
+        if snap.mirror_lag is not None:  # no status hash: the mirror is off (or not written yet)
+            mirror_lag.add_metric([], snap.mirror_lag)
+            mirror_failing.add_metric([], int(snap.mirror_failing))
+            out += [mirror_lag, mirror_failing]
+        elif snap.mirror_failing:
+            mirror_failing.add_metric([], 1)
+            out.append(mirror_failing)
+        if snap.mirror_write_age is not None:
+            mirror_age.add_metric([], snap.mirror_write_age)
+            out.append(mirror_age)
+        return out
