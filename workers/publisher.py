@@ -1,17 +1,113 @@
 """The placement worker's background loop: write the mirror (group commit), then release the
-replies it covers; expire waiters whose wait ran out; serve the line when pools change."""
+replies it covers; expire waiters whose wait ran out; serve the line when pools change.
+
+Group commit: one save covers every change made before it read the ledger, so while one save is
+in flight any number of placements queue up behind it and are covered by the next one. Under
+load (changes arrived during the save, or it covered several) the next save also waits until
+``max(PACING x save time, COMMIT_WINDOW)`` has passed, so a burst costs at most ~10 saves a
+second whatever the API's speed, and the worker keeps most of the CPU (snapshots are whole-ledger
+serialisations). A lone client, one change per save, never waits for the window.
+
+A failing mirror never stops the loop: placement goes on in Redis, held replies stay held (or
+go out unmirrored after ``VCM_MIRROR_MAX_DELAY``, logged and counted), waiters still expire,
+and the save is retried with backoff (0.2 s doubling to 10 s). A snapshot that does not fit
+(``MirrorTooLarge``) is an error of its own: logged at ERROR once per ledger seq, counted, shown
+as ``state: too-large``; it is retried when the ledger changes (releases may make it fit).
+
+Status, for /readyz and /metrics: the Redis hash ``vcm:mirror`` (``read_status`` parses it)
+
+=====================  =====================================================================
+state                  ``ok`` | ``failing`` | ``too-large``
+error                  the last error ("" when ok)
+failing-since          epoch seconds of the first failure of the current outage, 0 when ok
+seq / ledger-seq       the ledger seq the mirror holds / the ledger's seq at the last attempt
+written-at             epoch seconds of the last successful save
+updated-at             epoch seconds of the last status update
+held-replies           replies waiting in the outbox for the mirror (at the last update)
+leases                 active leases in the last saved snapshot
+saves, writes          successful saves, API writes they took (counters)
+failures, too-large    failed saves, of which too large (counters)
+unmirrored-replies     replies released unmirrored because of VCM_MIRROR_MAX_DELAY (counter)
+last-writes            API writes of the last save (0: the mirror already held it)
+encoded-bytes          payload size as stored (compressed for ConfigMaps), last save/attempt
+raw-bytes              compact JSON size of the snapshot, last save/attempt
+configmaps             ConfigMaps (head + shards) holding the last save; 1 for the file
+max-configmaps         ConfigMaps one snapshot may use (ConfigMap mirror only)
+needed-configmaps      ConfigMaps the too-large snapshot would need
+save-seconds           duration of the last save
+caught-up-after        seconds from failing-since to the save that ended the last outage
+epoch                  token of the Redis ledger the mirror was written from (see check_epoch)
+=====================  =====================================================================
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import threading
 import time
 from typing import Any
 
-from .adapters.mirror import MirrorError
+from .adapters.mirror import ConfigMapMirror, MirrorError, MirrorTooLarge, mirror_from_env
 from .adapters.replies import CeleryReplies
 
 log = logging.getLogger(__name__)
+
+BACKOFF_BASE = 0.2
+BACKOFF_CAP = 10.0
+TOO_LARGE_RETRY = 1.0  # at most this often while the ledger changes
+TOO_LARGE_SAME_SEQ_RETRY = 60.0  # the same snapshot again (nothing changed: cannot fit)
+HOUSEKEEPING = 1.0
+# group commit under load (see write_mirror): the next save waits max(PACING x the last
+# save's duration, COMMIT_WINDOW) after it, i.e. at most ~1/COMMIT_WINDOW saves a second
+PACING = 1.0
+COMMIT_WINDOW = 0.1
+
+
+def build_mirror(settings) -> Any:
+    """The mirror the placement worker writes: ``mirror_from_env`` plus
+    ``VCM_MIRROR_MAX_SHARDS`` (slot ConfigMaps ``name-0`` … the RBAC Role must list; one save
+    uses at most half of them besides the head; default 16, 0: the head only)."""
+    mirror = mirror_from_env(settings.configmap, settings.mirror_file)
+    raw = os.environ.get("VCM_MIRROR_MAX_SHARDS", "").strip()
+    if raw and isinstance(mirror, ConfigMapMirror):
+        try:
+            shards = int(raw)
+            if not 0 <= shards <= 999:
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"invalid setting VCM_MIRROR_MAX_SHARDS={raw!r}: "
+                             "a whole number within 0..999") from None
+        if shards != mirror.max_shards:
+            mirror = ConfigMapMirror(mirror.namespace, mirror.name, api_client=mirror.api_client,
+                                     timeout=mirror.timeout, max_shards=shards)
+    return mirror
+
+
+def read_status(redis_client, prefix: str = "vcm:", now: float | None = None) -> dict[str, Any]:
+    """The ``vcm:mirror`` hash, typed, plus ``lag-seconds`` (how long the mirror has been
+    failing, 0 when ok) and ``behind`` (ledger seq minus mirrored seq at the last update)."""
+    raw = redis_client.hgetall(prefix + "mirror")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = key.decode() if isinstance(key, bytes) else key
+        value = value.decode() if isinstance(value, bytes) else value
+        if key in ("state", "error", "epoch"):
+            out[key] = value
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            out[key] = value
+            continue
+        out[key] = int(number) if number.is_integer() and "." not in value else number
+    now = time.time() if now is None else now
+    since = float(out.get("failing-since") or 0)
+    out["lag-seconds"] = max(0.0, now - since) if since else 0.0
+    if "seq" in out and "ledger-seq" in out:
+        out["behind"] = max(0, int(out["ledger-seq"]) - int(out["seq"]))
+    return out
 
 
 class Publisher(threading.Thread):
@@ -23,69 +119,230 @@ class Publisher(threading.Thread):
         self.mirror = mirror
         self.replies = replies
         self.max_delay = max_delay  # 0: replies wait for the mirror however long it takes
-        self.mirrored = -1
+        self.status_key = self.ledger.p + "mirror"
+        self.mirrored = -1  # ledger seq the mirror holds (-1: unknown, write it)
+        self.epoch: bytes | None = None  # the Redis ledger `mirrored` refers to
         self.stopping = threading.Event()
         self._last_housekeeping = 0.0
-        self.failing_since: float | None = None
+        self.failing_since: float | None = None  # epoch seconds
+        self.retry_at = 0.0  # monotonic: no save before this (backoff, commit window)
+        self._delay = BACKOFF_BASE
+        self._too_large_seq: int | None = None  # seq whose snapshot did not fit (logged)
+        self._too_large_at = 0.0  # monotonic time of the last too-large attempt
+        self._late_logged = False
+        self._parsed: dict[Any, Any] = {}  # raw lease JSON -> parsed, between snapshots
+        self._attempt_at = 0.0  # epoch seconds: start of the last save
+        self._status: dict[str, Any] | None = None  # of the last save, written after replies
 
     def stop(self) -> None:
         self.stopping.set()
 
     def run(self) -> None:
-        delay = 0.2
+        delay = BACKOFF_BASE
         while not self.stopping.is_set():
             try:
-                self.ledger.wait_kick(0.5)
+                pause = self.retry_at - time.monotonic()
+                if pause > 0:  # backing off or in the commit window: changes need not wake us
+                    self.stopping.wait(min(pause, 0.5))
+                else:
+                    self.ledger.wait_kick(0.5)
                 self.step()
-                delay = 0.2
-            except Exception as exc:  # keep going: Redis or the mirror may come back
+                delay = BACKOFF_BASE
+            except Exception as exc:  # keep going: Redis may come back
                 log.warning("publisher: %s; retrying in %.1fs", exc, delay)
                 self.stopping.wait(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, BACKOFF_CAP)
 
     def step(self) -> None:
-        if not self.ledger.is_ready():
-            self.service.ensure_ready()
-        if self.mirror is not None:
-            self.write_mirror()
-        covered = self.mirrored if self.mirror is not None else None
-        late = (self.failing_since is not None and self.max_delay > 0
-                and time.time() - self.failing_since > self.max_delay)
-        done = []
-        for task_id, seq, result in self.ledger.outbox():
-            if covered is None or seq <= covered or late:
-                self.replies.deliver(task_id, result)
-                done.append(task_id)
-        self.ledger.outbox_done(done)
+        if self.mirror is None:
+            if not self.ledger.is_ready():
+                self.service.ensure_ready()
+        else:
+            seq, ready = self.check_epoch()
+            if not ready:
+                self.service.ensure_ready()
+                seq, _ = self.check_epoch()
+            if time.monotonic() >= self.retry_at:
+                self.write_mirror(seq)
+        self.release_replies()
+        if self._status is not None:  # off the replies' path
+            self._write_status(self._status)
+            self._status = None
         now = time.monotonic()
-        if now - self._last_housekeeping >= 1.0:
+        if now - self._last_housekeeping >= HOUSEKEEPING:
             self._last_housekeeping = now
             self.service.expire_waiters()
             if self.service.pools_changed():
                 self.service.serve_waiters()
 
-    def write_mirror(self) -> None:
-        seq = self.ledger.seq()
+    def check_epoch(self) -> tuple[int, bool]:
+        """(the ledger's seq, whether it is ready). Forgets what the mirror covers when Redis
+        is not the ledger that was mirrored (wiped, restarted from an older state, replaced):
+        replies are then held until the next save. The epoch is a token in ``vcm:mirror``, made
+        by the first publisher that sees the hash missing."""
+        p = self.ledger.p
+        pipe = self.ledger.r.pipeline(transaction=False)
+        pipe.exists(p + "ready")
+        pipe.get(p + "seq")
+        pipe.hsetnx(self.status_key, "epoch", secrets.token_hex(8))
+        pipe.hget(self.status_key, "epoch")
+        ready, seq_raw, _, epoch = pipe.execute()
+        seq = int(seq_raw or 0)
+        if epoch != self.epoch:
+            if self.epoch is not None:
+                log.warning("the Redis ledger is not the one last mirrored (Redis wiped or "
+                            "replaced): the mirror will be saved again from Redis")
+            self.epoch = epoch
+            self.mirrored = -1
+        elif seq < self.mirrored:
+            log.warning("the Redis ledger went back from seq %s to %s (restarted from an "
+                        "older state): the mirror will be saved again from Redis",
+                        self.mirrored, seq)
+            self.mirrored = -1
+        return seq, bool(ready)
+
+    # replies ---------------------------------------------------------------------------
+    def release_replies(self) -> None:
+        held = self.ledger.outbox()
+        if not held:
+            return
+        covered = self.mirrored if self.mirror is not None else None
+        late = (self.failing_since is not None and self.max_delay > 0
+                and time.time() - self.failing_since > self.max_delay)
+        done, unmirrored = [], 0
+        for task_id, seq, result in held:
+            if covered is None or seq <= covered:
+                self.replies.deliver(task_id, result)
+                done.append(task_id)
+            elif late:
+                self.replies.deliver(task_id, result)
+                done.append(task_id)
+                unmirrored += 1
+        self.ledger.outbox_done(done)
+        if unmirrored:
+            self.ledger.r.hincrby(self.status_key, "unmirrored-replies", unmirrored)
+            if not self._late_logged:
+                self._late_logged = True
+                log.error("mirror failing for more than VCM_MIRROR_MAX_DELAY=%gs: releasing "
+                          "replies the mirror does not cover (%d now; counted in "
+                          "unmirrored-replies)", self.max_delay, unmirrored)
+
+    # the mirror ------------------------------------------------------------------------
+    def write_mirror(self, seq: int) -> None:
         if seq == self.mirrored:
             return
-        snapshot = self.ledger.snapshot()
-        status = self.ledger.p + "mirror"
+        if (seq == self._too_large_seq
+                and time.monotonic() - self._too_large_at < TOO_LARGE_SAME_SEQ_RETRY):
+            return
+        started = time.monotonic()
+        self._attempt_at = time.time()  # an outage starts with the first save that fails
+        snapshot = self.ledger.snapshot(self._parsed)
         try:
             writes = self.mirror.save(snapshot)
+        except MirrorTooLarge as exc:
+            self._too_large(snapshot, exc)
+            return
         except MirrorError as exc:
-            if self.failing_since is None:
-                self.failing_since = time.time()
-            self.ledger.r.hset(status, mapping={"error": str(exc)[:500],
-                                                "failing-since": self.failing_since,
-                                                "ledger-seq": seq})
-            self.ledger.r.hincrby(status, "failures", 1)
-            raise
-        self.failing_since = None
-        self.mirrored = snapshot["seq"]
+            self._failed(snapshot["seq"], exc)
+            return
+        took = time.monotonic() - started
         pipe = self.ledger.r.pipeline(transaction=False)
-        pipe.hset(status, mapping={"seq": snapshot["seq"], "ledger-seq": seq,
-                                   "written-at": time.time(), "error": "",
-                                   "leases": len(snapshot["leases"])})
-        pipe.hincrby(status, "saves", 1)
-        pipe.hincrby(status, "writes", int(writes or 1))
-        pipe.execute()
+        pipe.get(self.ledger.p + "seq")
+        pipe.hget(self.status_key, "epoch")
+        seq_now, epoch = pipe.execute()
+        if epoch != self.epoch:
+            log.warning("Redis was wiped or replaced during the mirror save: saving again")
+            self.mirrored = -1
+            return
+        # Under load (changes arrived during the save, or it covered several), let the next
+        # group gather for a while: fewer, larger saves, and the worker keeps the CPU. A lone
+        # client (one change per save) is never made to wait.
+        covered = snapshot["seq"] - self.mirrored if self.mirrored >= 0 else 1
+        if int(seq_now or 0) > snapshot["seq"] or covered > 1:
+            self.retry_at = time.monotonic() + max(PACING * took, COMMIT_WINDOW)
+        else:
+            self.retry_at = 0.0
+        self._saved(snapshot, writes, took)
+
+    def _saved(self, snapshot: dict[str, Any], writes: int | None, took: float) -> None:
+        stats = getattr(self.mirror, "last_stats", None)
+        outage = None
+        if self.failing_since is not None:
+            outage = time.time() - self.failing_since
+            log.warning("mirror written again after %.1fs of failures (seq %s, %d leases)",
+                        outage, snapshot["seq"], len(snapshot["leases"]))
+        self.failing_since = None
+        self._late_logged = False
+        self._too_large_seq = None
+        self._delay = BACKOFF_BASE
+        self.mirrored = snapshot["seq"]
+        fields: dict[str, Any] = {
+            "state": "ok", "error": "", "failing-since": 0,
+            "seq": snapshot["seq"], "ledger-seq": snapshot["seq"],
+            "written-at": time.time(), "leases": len(snapshot["leases"]),
+            "last-writes": int(writes or 0), "save-seconds": round(took, 6),
+        }
+        if stats is not None:
+            fields.update({"encoded-bytes": stats.encoded_bytes, "raw-bytes": stats.raw_bytes,
+                           "configmaps": stats.configmaps})
+        limit = getattr(self.mirror, "max_configmaps", None)
+        if limit is not None:
+            fields["max-configmaps"] = limit
+        if outage is not None:
+            fields["caught-up-after"] = round(outage, 3)
+        self._status = {"fields": fields, "saves": 1, "writes": int(writes or 0),
+                        "clear": ["needed-configmaps"]}
+
+    def _write_status(self, status: dict[str, Any]) -> None:
+        p = self.ledger.p
+        pipe = self.ledger.r.pipeline(transaction=False)
+        pipe.hlen(p + "outbox")
+        pipe.hset(self.status_key, mapping={**status["fields"], "updated-at": time.time()})
+        for field in status.get("clear", ()):
+            pipe.hdel(self.status_key, field)
+        for counter in ("saves", "writes", "failures", "too-large"):
+            if status.get(counter):
+                pipe.hincrby(self.status_key, counter, status[counter])
+        held = pipe.execute()[0]
+        self.ledger.r.hset(self.status_key, "held-replies", int(held))
+
+    def _failing(self, seq: int, state: str, error: Exception | str,
+                 extra: dict[str, Any] | None = None) -> None:
+        if self.failing_since is None:
+            self.failing_since = self._attempt_at
+        fields: dict[str, Any] = {
+            "state": state, "error": str(error)[:500], "failing-since": self.failing_since,
+            "ledger-seq": seq, **(extra or {}),
+        }
+        self._write_status({"fields": fields, "failures": 1,
+                            "too-large": 1 if state == "too-large" else 0})
+
+    def _failed(self, seq: int, exc: MirrorError) -> None:
+        first = self.failing_since is None
+        self._failing(seq, "failing", exc)
+        self.retry_at = time.monotonic() + self._delay
+        (log.warning if first else log.info)(
+            "mirror save failed (ledger seq %s, replies held): %s; retrying in %.1fs",
+            seq, exc, self._delay)
+        self._delay = min(self._delay * 2, BACKOFF_CAP)
+
+    def _too_large(self, snapshot: dict[str, Any], exc: MirrorTooLarge) -> None:
+        seq = snapshot["seq"]
+        extra: dict[str, Any] = {"needed-configmaps": exc.needed}
+        if exc.encoded_bytes:
+            extra["encoded-bytes"] = exc.encoded_bytes
+        if exc.raw_bytes:
+            extra["raw-bytes"] = exc.raw_bytes
+        limit = getattr(self.mirror, "max_configmaps", None)
+        if limit is not None:
+            extra["max-configmaps"] = limit
+        self._failing(seq, "too-large", f"too large to mirror: {exc}", extra)
+        if seq != self._too_large_seq:
+            log.error("MIRROR TOO LARGE: the ledger (seq %s, %d active leases) does not fit "
+                      "in the mirror %r; nothing was written, the mirror keeps its last "
+                      "complete save (seq %s), no lease is dropped and replies stay held "
+                      "until it fits: %s", seq, len(snapshot["leases"]), self.mirror,
+                      self.mirrored, exc)
+        self._too_large_seq = seq
+        self._too_large_at = time.monotonic()
+        self.retry_at = time.monotonic() + TOO_LARGE_RETRY

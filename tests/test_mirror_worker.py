@@ -1,0 +1,382 @@
+"""The placement worker with the ConfigMap mirror, end to end: real redis-server, real Celery
+workers, the unmodified kubernetes client talking HTTP to tests.support.kube_apiserver.
+
+Figures (API writes per 1,000 placements, outage catch-up, 5,000-lease size) are printed; run
+with -s to see them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import re
+import string
+import threading
+import time
+import zlib
+
+import pytest
+import yaml
+
+from tests.helpers import call, check_invariants
+from tests.support.kube_apiserver import KubeApiServer
+from tests.support.procs import Stack, wait_for
+from workers.adapters.ledger import Ledger
+from workers.adapters.mirror import ConfigMapMirror
+from workers.adapters.pools_file import load_pools
+from workers.publisher import read_status
+
+NS, NAME = "vcm-test", "ledger"
+
+# small pools with port groups (for the contents and the wipe tests)
+NET_POOLS = yaml.safe_dump({"pools": [
+    {"name": f"p{i}", "vcenter": f"vc{i % 3}", "datacenter": "dc", "cluster": f"c{i}",
+     "datastore": "ds", "vcpus": 400, "memory": 4000, "storage": 50000,
+     "networks": [{"port-group": f"pg{i}-{j}", "vlan": j + 1} for j in range(40)]}
+    for i in range(4)]})
+# room for thousands of small leases without port groups
+BIG_POOLS = yaml.safe_dump({"pools": [
+    {"name": f"pool-{i}", "vcenter": f"vc{i % 3}.example.com", "datacenter": f"dc{i % 3}",
+     "cluster": f"cluster-{i}", "datastore": f"datastore-{i}", "vcpus": 2000,
+     "memory": 20000, "storage": 200000, "networks": []}
+    for i in range(10)]})
+SMALL = {"vcpus": 1, "memory": 1, "networks": 0}
+ALNUM = string.ascii_letters + string.digits
+
+
+@pytest.fixture
+def kube():
+    with KubeApiServer() as server:
+        yield server
+
+
+def cm_stack(tmp_path, kube: KubeApiServer, pools: str, **env: str) -> Stack:
+    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    return Stack(tmp_path, pools, VCM_CONFIGMAP=f"{NS}/{NAME}", KUBECONFIG=str(kubeconfig),
+                 **env)
+
+
+def mirrored(kube: KubeApiServer) -> dict[str, dict]:
+    """The active leases in the ConfigMap mirror, read through the test apiserver."""
+    with ConfigMapMirror(NS, NAME, api_client=kube.api_client()) as mirror:
+        snapshot = mirror.load()
+    assert snapshot is not None, "the mirror holds no save"
+    return {x["metadata"]["name"]: x for x in snapshot["leases"]}
+
+
+def stored_leases(kube: KubeApiServer) -> dict[str, dict]:
+    """The leases in the head ConfigMap, read from the test server's store (works while the
+    API answers errors; a head-only save)."""
+    head = kube.get(NS, NAME)
+    assert not json.loads(head["data"]["mirror.json"])["shards"]
+    snapshot = json.loads(zlib.decompress(base64.b64decode(head["binaryData"]["part-0"])))
+    return {x["metadata"]["name"]: x for x in snapshot["leases"]}
+
+
+def status(stack: Stack) -> dict:
+    return read_status(stack.redis.client())
+
+
+def names(leases: list[dict]) -> list[str]:
+    return [x["metadata"]["name"] for x in leases]
+
+
+def big_request(rnd: random.Random, owner: str, rid: str) -> dict:
+    """A lease that compresses badly: 253 random characters of boskos-lease-id and a long
+    random request-id (about 310 bytes per lease in the compressed mirror)."""
+    return dict(SMALL, owner=owner, **{"boskos-lease-id": "".join(rnd.choices(ALNUM, k=253)),
+                                       "request-id": rid + "-" + "".join(rnd.choices(ALNUM,
+                                                                                     k=100))})
+
+
+def batch(stack: Stack, requests: list[dict], timeout: float = 120) -> list[list[dict]]:
+    return call(stack.app, "vcm.acquire_batch", timeout=timeout, requests=requests)
+
+
+def counters_in_use(snap: dict) -> dict:
+    return {k: v for k, v in snap["counters"].items() if any(v)}
+
+
+def test_mirror_equals_ledger_after_every_answer(tmp_path, kube):
+    """Each answer is sent only once the mirror covers it, so right after any reply the
+    ConfigMap holds exactly the ledger's active leases."""
+    s = cm_stack(tmp_path, kube, NET_POOLS)
+    try:
+        pools = {p.name: p for p in load_pools(str(s.pools))}
+        ledger = Ledger(s.redis.client())
+
+        def same() -> None:
+            assert mirrored(kube) == check_invariants(ledger, pools)["leases"]
+
+        held = []
+        for i in range(12):
+            req = {"vcpus": 1 + i % 4, "memory": 2, "storage": 5 * (i % 3),
+                   "vcenters": 1 + i % 2, "owner": f"job-{i % 3}", "request-id": f"rid-{i}"}
+            held += call(s.app, "vcm.acquire", request=req)
+            same()
+        batched = [x for leases in batch(s, [dict(SMALL, owner="batch")] * 20) for x in leases]
+        same()
+        call(s.app, "vcm.release", lease_ids=names(batched[:3]), owner="batch")
+        same()
+        call(s.app, "vcm.release", owner="job-1")
+        same()
+        renewed = call(s.app, "vcm.renew", lease_id=batched[5]["metadata"]["name"],
+                       owner="batch", ttl="2h")
+        assert mirrored(kube)[renewed["metadata"]["name"]] == renewed
+        same()
+        st = status(s)
+        assert st["state"] == "ok" and st["error"] == "" and st["behind"] == 0
+        assert st["leases"] == len(mirrored(kube)) > 0
+        assert st["configmaps"] == 1 and st["max-configmaps"] == 9
+        assert 0 < st["encoded-bytes"] < st["raw-bytes"]
+        assert st["writes"] == kube.writes  # the worker is the only writer
+    finally:
+        s.stop()
+
+
+def test_burst_of_1000_placements_is_group_committed(tmp_path, kube):
+    s = cm_stack(tmp_path, kube, BIG_POOLS)
+    try:
+        call(s.app, "vcm.acquire", request=SMALL)  # warm up: first save, connections
+        before = kube.writes
+        results, errors = [], []
+
+        def client(k: int) -> None:
+            try:  # a burst: every request is sent before any answer is read
+                sent = [s.app.send_task("vcm.acquire", queue="placement",
+                                        kwargs={"request": dict(SMALL, owner=f"burst-{k}")})
+                        for _ in range(100)]
+                results.extend(r.get(timeout=300) for r in sent)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        took = time.monotonic() - started
+        writes = kube.writes - before
+        assert not errors, errors[:3]
+        assert len(results) == 1000 and all(len(x) == 1 for x in results)
+        print(f"\n1,000 placements (10 clients x 100, sent at once): {writes} ConfigMap writes "
+              f"in {took:.1f}s ({status(s)['saves']} saves in all)")
+        assert writes < 200, f"{writes} API writes for 1,000 placements: not group-committed"
+        got = mirrored(kube)
+        assert {x[0]["metadata"]["name"] for x in results} <= set(got)
+        assert got == Ledger(s.redis.client()).audit()["leases"]
+    finally:
+        s.stop()
+
+
+def test_api_down_30s_placement_goes_on_replies_wait_and_the_mirror_catches_up(tmp_path, kube):
+    s = cm_stack(tmp_path, kube, BIG_POOLS)
+    try:
+        first = call(s.app, "vcm.acquire", request=dict(SMALL, owner="before"))
+        # the API goes down: first slow (requests hang past the client's 5 s timeout, then
+        # 503), then failing fast with 503, 30 s in all
+        down_at = time.monotonic()
+        kube.inject_fault(503, hang=7.0, count=None)
+        results: list = []
+        errors: list = []
+
+        def client(k: int) -> None:
+            try:
+                for _ in range(10):
+                    r = s.app.send_task("vcm.acquire", queue="placement",
+                                        kwargs={"request": dict(SMALL, owner=f"out-{k}")})
+                    results.append(r)
+                    time.sleep(0.2)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(10)]
+        for t in threads:
+            t.start()
+        release = s.app.send_task("vcm.release", queue="placement",
+                                  kwargs={"lease_ids": names(first), "owner": "before"})
+        for t in threads:
+            t.join()
+        assert not errors
+        # placement goes on in Redis, every answer is held, the status shows the outage
+        ledger = Ledger(s.redis.client())
+        wait_for(lambda: len(ledger.leases()) == 100, timeout=20, what="100 placements")
+        wait_for(lambda: status(s).get("state") == "failing", timeout=20,
+                 what="vcm:mirror showing the failure")
+        time.sleep(max(0.0, 12 - (time.monotonic() - down_at)))
+        kube.clear_faults()
+        kube.inject_fault(503, count=None)  # down, but answering fast now
+        st = status(s)
+        assert st["state"] == "failing" and st["error"] and st["failing-since"] > 0
+        assert st["behind"] > 0 and st["held-replies"] >= 100 and st["failures"] >= 1
+        assert st["lag-seconds"] > 5
+        assert not any(r.ready() for r in results) and not release.ready()
+        time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
+        st = status(s)
+        assert st["state"] == "failing" and st["lag-seconds"] > 25
+        assert not any(r.ready() for r in results)
+        # the API is back
+        kube.clear_faults()
+        up_at = time.monotonic()
+        leases = [r.get(timeout=60) for r in results]
+        assert release.get(timeout=60) == names(first)
+        catch_up = time.monotonic() - up_at
+        assert len(leases) == 100 and all(len(x) == 1 for x in leases)
+        assert mirrored(kube) == ledger.audit()["leases"]
+        st = status(s)
+        assert st["state"] == "ok" and st["behind"] == 0 and st["lag-seconds"] == 0
+        assert 28 <= st["caught-up-after"] < 45
+        print(f"\nAPI down 30 s: 100 placements held, all answered {catch_up:.1f}s after the "
+              f"API came back (outage seen by the mirror: {st['caught-up-after']:.1f}s, "
+              f"{st['failures']} failed saves)")
+        assert catch_up < 15  # backoff is capped at 10 s
+        log = s.procs[0].output()
+        assert "mirror save failed" in log and "mirror written again after" in log
+    finally:
+        s.stop()
+
+
+def test_max_delay_releases_replies_unmirrored_loudly_and_counted(tmp_path, kube):
+    """VCM_MIRROR_MAX_DELAY trades the promise for liveness: with the API down, an answer goes
+    out after that long, with an ERROR in the log and the unmirrored-replies counter."""
+    s = cm_stack(tmp_path, kube, BIG_POOLS, VCM_MIRROR_MAX_DELAY="2s")
+    try:
+        call(s.app, "vcm.acquire", request=SMALL)
+        kube.inject_fault(503, count=None)
+        started = time.monotonic()
+        lease = call(s.app, "vcm.acquire", request=SMALL, timeout=30)
+        waited = time.monotonic() - started
+        assert 1.5 <= waited < 10, waited
+        st = status(s)
+        assert st["state"] == "failing" and st["unmirrored-replies"] == 1
+        assert lease[0]["metadata"]["name"] not in stored_leases(kube)
+        assert "releasing replies the mirror does not cover" in s.procs[0].output()
+        kube.clear_faults()
+        wait_for(lambda: status(s)["state"] == "ok", timeout=20, what="the mirror back")
+        assert mirrored(kube) == Ledger(s.redis.client()).audit()["leases"]
+    finally:
+        s.stop()
+
+
+def test_redis_wiped_the_worker_restores_everything_from_the_configmap(tmp_path, kube):
+    s = cm_stack(tmp_path, kube, NET_POOLS)
+    try:
+        pools = {p.name: p for p in load_pools(str(s.pools))}
+        granted = {}
+        for i in range(25):
+            req = {"vcpus": 1 + i % 5, "memory": 4, "storage": 10 * (i % 3),
+                   "vcenters": 1 + i % 2, "owner": f"job-{i % 4}", "request-id": f"rid-{i}"}
+            granted[f"rid-{i}"] = names(call(s.app, "vcm.acquire", request=req))
+        call(s.app, "vcm.release", owner="job-3")
+        before = check_invariants(Ledger(s.redis.client()), pools)
+        assert mirrored(kube) == before["leases"]
+
+        s.redis.wipe()
+        assert not s.redis.client().exists("vcm:leases")
+        wait_for(lambda: Ledger(s.redis.client()).is_ready(), timeout=20,
+                 what="the worker restoring the ledger")
+        ledger = Ledger(s.redis.client())
+        after = check_invariants(ledger, pools)
+        assert after["leases"] == before["leases"]
+        assert after["nets"] == before["nets"]
+        assert counters_in_use(after) == counters_in_use(before)
+        # request-ids are still idempotent (a multi-vCenter answer may come back in another
+        # order: the snapshot does not record the order of a request's leases)
+        for rid in ("rid-0", "rid-1", "rid-5"):
+            again = call(s.app, "vcm.acquire", timeout=30,
+                         request={"vcpus": 1, "memory": 4, "request-id": rid})
+            assert sorted(names(again)) == sorted(granted[rid])
+        # new placements respect the restored port groups, and are mirrored again
+        fresh = call(s.app, "vcm.acquire", request={"vcpus": 3, "memory": 3, "vcenters": 3})
+        for lease in fresh:
+            key = f"{lease['status']['vcenter']}|{lease['status']['networks'][0]['port-group']}"
+            assert key not in before["nets"]
+        assert mirrored(kube) == check_invariants(ledger, pools)["leases"]
+        log = s.procs[0].output()
+        assert re.search(r"restored \d+ leases from the mirror", log)
+    finally:
+        s.stop()
+
+
+def test_5000_leases_are_mirrored_sharded_and_restored(tmp_path, kube):
+    s = cm_stack(tmp_path, kube, BIG_POOLS)
+    try:
+        rnd = random.Random(5000)
+        granted: dict[str, str] = {}
+        for b in range(5):
+            reqs = [big_request(rnd, f"owner-{b}", f"b{b}-{i}") for i in range(1000)]
+            for req, leases in zip(reqs, batch(s, reqs, timeout=180), strict=True):
+                granted[req["request-id"]] = leases[0]["metadata"]["name"]
+        ledger = Ledger(s.redis.client())
+        before = ledger.audit()
+        assert len(before["leases"]) == 5000
+        assert mirrored(kube) == before["leases"]
+        st = status(s)
+        print(f"\n5,000 leases (253-character random boskos-lease-ids): {st['raw-bytes']:,} "
+              f"bytes of JSON, {st['encoded-bytes']:,} compressed, in {st['configmaps']} "
+              f"ConfigMaps; save {st['save-seconds'] * 1000:.0f} ms")
+        assert st["leases"] == 5000 and st["configmaps"] >= 2  # sharded: over 1 MiB
+        for name in kube.names(NS):  # every ConfigMap stays under the apiserver's limit
+            obj = kube.get(NS, name)
+            size = sum(len(k) + len(v) for k, v in (obj.get("data") or {}).items())
+            size += sum(len(k) + len(v) * 3 // 4 for k, v in (obj.get("binaryData") or {}).items())
+            assert size <= 1_048_576
+
+        s.redis.wipe()
+        wait_for(lambda: Ledger(s.redis.client()).is_ready(), timeout=60,
+                 what="the worker restoring 5,000 leases")
+        ledger = Ledger(s.redis.client())
+        after = ledger.audit()
+        assert after["leases"] == before["leases"]
+        assert counters_in_use(after) == counters_in_use(before)
+        rid = next(iter(granted))
+        again = call(s.app, "vcm.acquire", timeout=60, request=dict(SMALL, **{"request-id": rid}))
+        assert names(again) == [granted[rid]]
+    finally:
+        s.stop()
+
+
+def test_too_large_fails_loudly_and_drops_nothing(tmp_path, kube):
+    """With the head ConfigMap only (VCM_MIRROR_MAX_SHARDS=0, about 1 MB compressed), 4,000
+    badly compressible leases do not fit: the worker says so (ERROR, status, counter), holds
+    the replies, keeps every lease, and goes on once releases make the snapshot fit."""
+    s = cm_stack(tmp_path, kube, BIG_POOLS, VCM_MIRROR_MAX_SHARDS="0")
+    try:
+        rnd = random.Random(4000)
+        for b in range(3):  # about 940 KB compressed: fits
+            batch(s, [big_request(rnd, "early", f"e{b}-{i}") for i in range(1000)])
+        st = status(s)
+        assert st["state"] == "ok" and st["max-configmaps"] == 1 and st["leases"] == 3000
+        writes_before = kube.writes
+        late = [big_request(rnd, "late", f"l-{i}") for i in range(1000)]
+        pending = s.app.send_task("vcm.acquire_batch", queue="placement",
+                                  kwargs={"requests": late})
+        wait_for(lambda: status(s).get("state") == "too-large", timeout=60,
+                 what="vcm:mirror showing too-large")
+        time.sleep(3)  # several publisher rounds: still held, logged once
+        st = status(s)
+        assert st["too-large"] >= 1 and st["failures"] >= 1
+        assert st["error"].startswith("too large") and "needs 2 ConfigMaps" in st["error"]
+        assert st["needed-configmaps"] == 2 and st["encoded-bytes"] > 1_000_000
+        assert st["seq"] < st["ledger-seq"] and st["held-replies"] == 1
+        assert not pending.ready(), "a reply the mirror does not cover was released"
+        assert kube.writes == writes_before  # nothing was written
+        ledger = Ledger(s.redis.client())
+        assert len(ledger.leases()) == 4000  # nothing dropped
+        assert len(mirrored(kube)) == 3000  # the last complete save is intact
+        log = s.procs[0].output()
+        errors = [x for x in log.splitlines() if "MIRROR TOO LARGE" in x]
+        assert len(errors) == 1 and "ERROR" in errors[0], errors
+
+        # releases make it fit again: the held reply goes out, mirror == ledger
+        call(s.app, "vcm.release", owner="early", timeout=60)
+        leases = pending.get(timeout=60)
+        assert len(leases) == 1000
+        assert mirrored(kube) == ledger.audit()["leases"]
+        assert len(ledger.leases()) == 1000
+        st = status(s)
+        assert st["state"] == "ok" and st["error"] == "" and "needed-configmaps" not in st
+    finally:
+        s.stop()
