@@ -42,7 +42,7 @@ from workers.core.pools import parse_pools
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pools.yaml"
 TYPES = ("single-tenant", "multi-tenant")
 PROPS = settings(
-    max_examples=120,
+    max_examples=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -152,13 +152,19 @@ LABELS = st.dictionaries(
     st.sampled_from(["region", "tier"]), st.sampled_from(["east", "west"]), max_size=2
 )
 SELECTORS = st.sampled_from(
-    [(), (), (("region", "east"),), (("region", "west"),), (("region", "east"), ("tier", "west"))]
+    [()] * 7
+    + [(("region", "east"),), (("region", "west"),), (("region", "east"), ("tier", "west"))]
 )
 
 
 @st.composite
 def fleets(
-    draw, max_pools: int = 12, max_vcenters: int = 5, with_usage: bool = True, flags: bool = True
+    draw,
+    max_pools: int = 12,
+    max_vcenters: int = 5,
+    with_usage: bool = True,
+    flags: bool = True,
+    busy: bool = False,
 ) -> Fleet:
     n_vc = draw(st.integers(1, max_vcenters))
     n_pools = draw(st.integers(1, max_pools))
@@ -191,15 +197,15 @@ def fleets(
             memory=draw(st.integers(1, 256)),
             storage=draw(st.integers(1, 2000)),
             vcpu_overcommit=draw(OVERCOMMIT),
-            exclude=flags and draw(st.sampled_from([False, False, False, True])),
-            no_schedule=flags and draw(st.sampled_from([False, False, False, True])),
+            exclude=flags and draw(st.sampled_from([False] * 5 + [True])),
+            no_schedule=flags and draw(st.sampled_from([False] * 5 + [True])),
             labels=tuple(sorted(draw(LABELS).items())),
             networks=tuple(nets),
         )
     fleet = Fleet(pools)
     if with_usage:
         for pool in pools.values():
-            if draw(st.booleans()):
+            if busy or draw(st.sampled_from([True] * 4 + [False])):
                 fleet.usage[pool.name] = Usage(
                     draw(st.integers(0, vcpu_cap(pool))),
                     draw(st.integers(0, pool.memory)),
@@ -207,7 +213,7 @@ def fleets(
                     draw(st.integers(0, 5)),
                 )
             for net in pool.networks:
-                if draw(st.sampled_from([False, False, True])):
+                if draw(st.sampled_from([False, False, False, True])):
                     fleet.used_nets.add(pool.net_key(net))
     return fleet
 
@@ -223,19 +229,32 @@ def requests(
     n_vc = len(fleet.vcenters())
     top = n_vc if max_vcenters is None else max_vcenters
     names = sorted(fleet.pools)
-    required = [None, None, None, None]
+    required = [None] * 16
     if allow_required:
         required += names[:3] + ["no-such-pool"]
-    return Request(
-        vcpus=draw(st.integers(min_size, 40)),
-        memory=draw(st.integers(min_size, 160)),
-        storage=draw(st.integers(0, 800)),
+    return Request(  # mostly small, so that a good share of requests fit
+        vcpus=draw(st.integers(min_size, 8) | st.integers(min_size, 40)),
+        memory=draw(st.integers(min_size, 32) | st.integers(min_size, 160)),
+        storage=draw(st.just(0) | st.integers(0, 100) | st.integers(0, 800)),
         vcenters=draw(st.sampled_from([1, 1, 1, *range(1, top + 1)])),
         networks=draw(st.integers(0, 3)),
-        network_type=draw(st.sampled_from(TYPES)),
+        network_type=draw(st.sampled_from(TYPES[:1] * 3 + TYPES)),
         request_id=draw(st.text("abcxyz0123", min_size=1, max_size=8)),
         required_pool=draw(st.sampled_from(required)),
         pool_selector=draw(SELECTORS),
+    )
+
+
+def shrink(req: Request) -> Request:
+    """Small enough that most pools take it, so that the choice among many is exercised."""
+    return replace(
+        req,
+        vcpus=min(req.vcpus, 2),
+        memory=min(req.memory, 4),
+        storage=min(req.storage, 10),
+        networks=min(req.networks, 1),
+        network_type=TYPES[0],
+        pool_selector=(),
     )
 
 
@@ -330,6 +349,8 @@ def test_vcenters_n_gives_n_placements_on_n_distinct_vcenters(data):
     fleet = data.draw(fleets(flags=False))
     n = data.draw(st.integers(1, len(fleet.vcenters())))
     req = replace(data.draw(requests(fleet, allow_required=False)), vcenters=n)
+    if data.draw(st.booleans()):
+        req = shrink(req)
     fitting_vcs = {p.vcenter for p in fleet.pools.values() if fits_now(req, p, fleet)}
     try:
         placements = place(req, fleet)
@@ -460,8 +481,10 @@ def test_sound_and_complete_against_why_not(data):
 @PROPS
 @given(st.data())
 def test_ranking_follows_the_documented_formula(data):
-    fleet = data.draw(fleets())
+    fleet = data.draw(fleets(flags=data.draw(st.booleans())))
     req = data.draw(requests(fleet))
+    if data.draw(st.sampled_from([True, True, True, False])):
+        req = shrink(req)
     strategy = data.draw(st.sampled_from(["least-utilized", "pack"]))
     loads = vcenter_loads(fleet)
     exact = exact_vc_loads(fleet)
@@ -487,6 +510,26 @@ def test_ranking_follows_the_documented_formula(data):
         assert len(expected) < req.vcenters
         return
     assert [p.pool.name for p in got] == [p.name for p in expected]
+
+
+@PROPS
+@given(st.data())
+def test_vcenter_load_comes_before_pool_load(data):
+    """Busy fleets where most pools fit: the emptiest vCenter wins, then its emptiest pool."""
+    fleet = data.draw(fleets(max_vcenters=3, flags=False, busy=True))
+    req = replace(shrink(data.draw(requests(fleet, allow_required=False))), vcenters=1)
+    strategy = data.draw(st.sampled_from(["least-utilized", "pack"]))
+    sign = -1 if strategy == "pack" else 1
+    exact = exact_vc_loads(fleet)
+    fitting = [p for p in fleet.pools.values() if fits_now(req, p, fleet)]
+    if not fitting:
+        return
+    (got,) = place(req, fleet, strategy)
+    best_vc = min(sign * exact[p.vcenter] for p in fitting)
+    assert sign * exact[got.pool.vcenter] == best_vc
+    same_vc = [p for p in fitting if exact[p.vcenter] == exact[got.pool.vcenter]]
+    best_pool = min(sign * exact_pool_load(p, fleet.used(p.name)) for p in same_vc)
+    assert sign * exact_pool_load(got.pool, fleet.used(got.pool.name)) == best_pool
 
 
 # ---------------------------------------------------------------------------------------------
@@ -623,30 +666,55 @@ def big_requests(fleet: Fleet):
     )
 
 
+def short_of(req: Request, pool: Pool) -> set[str]:
+    """Dimensions in which `pool`, empty, cannot hold one `req`."""
+    out = set()
+    if req.vcpus > vcpu_cap(pool):
+        out.add("vcpus")
+    if req.memory > pool.memory:
+        out.add("memory")
+    if req.storage > pool.storage:
+        out.add("storage")
+    if req.networks > len(pool.networks_of(req.network_type)):
+        out.add("networks")
+    return out
+
+
 @PROPS
 @given(st.data())
-def test_check_possible_rejects_only_impossible_requests_naming_the_right_field(data):
+def test_check_possible_rejects_exactly_the_impossible_naming_the_right_field(data):
     fleet = data.draw(fleets(with_usage=False))
     req = data.draw(big_requests(fleet))
+    empty = relaxed(dict(fleet.pools))
+    try:
+        place(req, empty)
+        possible = True
+    except NoCapacity:
+        possible = False
     reasons = never_fields(req, dict(fleet.pools))
     try:
         check_possible(req, fleet.pools)
     except InvalidRequest as exc:
-        # a dimension no pool can hold alone is named; otherwise the combination is impossible
-        # and a dimension the closest pool lacks (or vcenters) is named
-        expected = reasons or {"vcpus", "memory", "storage", "networks", "vcenters"}
-        if req.required_pool and req.vcenters > 1:  # one pool is on one vCenter
-            expected = expected | {"vcenters"}
-        assert exc.field in expected, (exc.field, reasons)
+        assert not possible, "rejected a request that fits the empty fleet"
         assert exc.message.startswith(f"{exc.field}: ")
-        with pytest.raises(NoCapacity):
-            place(req, relaxed(dict(fleet.pools)))
+        if reasons:  # a single field proves it: that kind of field is named
+            assert exc.field in reasons | {"vcenters"}, (exc.field, reasons)
+            return
+        one = replace(req, vcenters=1)
+        cands = [p for p in empty.pools.values() if eligible(one, p)]
+        holders = {p.vcenter for p in cands if not short_of(req, p)}
+        if holders:  # some pool could hold it, but not on enough distinct vCenters
+            assert exc.field == "vcenters"
+            assert len(holders) < req.vcenters
+        else:  # no single pool holds it all: a dimension some candidate lacks is named
+            assert exc.field in set().union(*(short_of(req, p) for p in cands)), exc.field
     else:
+        assert possible, "accepted a request that can never fit"
         assert not reasons
 
 
 @settings(
-    max_examples=200,
+    max_examples=60,
     deadline=None,
     derandomize=True,
     database=None,
@@ -672,15 +740,30 @@ def test_check_possible_rejects_request_no_single_pool_can_hold():
     req = Request(vcpus=50, memory=50)
     with pytest.raises(NoCapacity):
         place(req, Fleet(pools))
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest) as info:
         check_possible(req, pools)
+    assert info.value.field in ("vcpus", "memory")
+    # storage is what nobody lacks here; networks likewise: never named
+    pools = {
+        "big": pool("big", "vc1", vcpus=100, memory=100, nets=0),
+        "small": pool("small", "vc2", vcpus=10, memory=10, nets=2),
+    }
+    with pytest.raises(InvalidRequest) as info:
+        check_possible(Request(vcpus=50, memory=5, networks=1), pools)
+    assert info.value.field in ("vcpus", "networks")
+    with pytest.raises(InvalidRequest) as info:
+        check_possible(Request(vcpus=5, memory=50, networks=1, storage=10), pools)
+    assert info.value.field in ("memory", "networks")
+    check_possible(Request(vcpus=5, memory=50, networks=0, storage=10), pools)
 
 
 def test_check_possible_rejects_vcenters_without_enough_large_pools():
     pools = {"big": pool("big", "vc1", vcpus=100), "small": pool("small", "vc2", vcpus=10)}
     req = Request(vcpus=50, memory=10, vcenters=2)
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest) as info:
         check_possible(req, pools)
+    assert info.value.field == "vcenters"
+    check_possible(replace(req, vcenters=1), pools)
 
 
 def test_check_possible_rejects_required_pool_with_several_vcenters():
@@ -688,8 +771,9 @@ def test_check_possible_rejects_required_pool_with_several_vcenters():
     req = Request(vcpus=1, memory=1, vcenters=2, required_pool="a")
     with pytest.raises(NoCapacity):
         place(req, Fleet(pools))
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest) as info:
         check_possible(req, pools)
+    assert info.value.field in ("vcenters", "required-pool")
 
 
 @pytest.mark.parametrize(
@@ -901,6 +985,30 @@ def test_whole_vcenter_load_counts():
     loads = vcenter_loads(fleet)
     assert loads["vc1"] == pytest.approx(0.2)
     assert loads["vc2"] == pytest.approx(0.6)
+
+
+def test_vcenter_load_outranks_pool_load():
+    # b (vc1) is empty and zz (vc2) is at 10 %, but vc1 as a whole is at 20 %: zz wins.
+    fleet = fleet_of(pool("a", "vc1"), pool("b", "vc1"), pool("zz", "vc2"))
+    fleet.usage.update(a=Usage(40, 160, 400, 4), zz=Usage(10, 40, 100, 1))
+    assert [p.pool.name for p in place(Request(vcpus=1, memory=1), fleet)] == ["zz"]
+    # pack: the busiest vCenter first (vc1 at 20 % beats vc2 at 10 %), then its busiest pool
+    assert [p.pool.name for p in place(Request(vcpus=1, memory=1), fleet, "pack")] == ["a"]
+    fleet.usage["zz"] = Usage(30, 120, 300, 3)  # vc2 at 30 %, although a (40 %) is busier
+    assert [p.pool.name for p in place(Request(vcpus=1, memory=1), fleet, "pack")] == ["zz"]
+    got = place(Request(vcpus=1, memory=1, vcenters=2), fleet, "pack")
+    assert [p.pool.name for p in got] == ["zz", "a"]
+
+
+def test_equal_vcenters_with_two_pools_each_alternate_vcenters():
+    fleet = fleet_of(pool("a1", "vc1"), pool("a2", "vc1"), pool("b1", "vc2"), pool("b2", "vc2"))
+    req = Request(vcpus=10, memory=40, storage=100)
+    seen = []
+    for _ in range(8):
+        (p,) = place(req, fleet)
+        fleet.apply(req, [p])
+        seen.append(p.pool.name)
+    assert seen == ["a1", "b1", "a2", "b2"] * 2
 
 
 def test_pack_fills_the_most_utilized_first():
