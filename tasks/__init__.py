@@ -28,7 +28,6 @@ def service():
 
 def _build(writer: bool):
     from workers.adapters.ledger import Ledger
-    from workers.adapters.mirror import mirror_from_env
     from workers.adapters.pools_file import PoolsFile
     from workers.adapters.replies import CeleryReplies, OutboxReplies
     from workers.service import Capacity
@@ -38,7 +37,9 @@ def _build(writer: bool):
     ledger = Ledger.from_url(settings.redis_url, keep=int(settings.keep_released))
     mirror = None
     if settings.mirror_enabled and writer:
-        mirror = mirror_from_env(settings.configmap, settings.mirror_file)
+        from workers.publisher import build_mirror  # VCM_CONFIGMAP, VCM_MIRROR_MAX_SHARDS
+
+        mirror = build_mirror(settings)
     direct = CeleryReplies(app)
     replies = OutboxReplies(ledger, direct) if mirror is not None else direct
     _state["direct"] = direct  # the publisher answers straight into the result backend

@@ -955,6 +955,9 @@ class KubeApiServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the client's connection pool expects
+    # TCP_NODELAY, as Go's net/http (the real apiserver) does: headers and body go out in two
+    # writes, and with Nagle + delayed ACK every answer would stall ~40 ms on keep-alive
+    disable_nagle_algorithm = True
     server_version = "kube-apiserver-test"
     api: KubeApiServer  # set on the bound subclass
 

@@ -526,12 +526,20 @@ class Ledger:
         self.r.blpop([self.p + "kick"], timeout=max(timeout, 0.01))
 
     # mirror ------------------------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
-        """Everything needed to rebuild the ledger: the active leases, at one seq."""
+    def snapshot(self, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
+        """Everything needed to rebuild the ledger: the active leases, at one seq. `cache`
+        (raw lease JSON -> parsed, kept by the caller between calls; treat the leases as
+        read-only) spares re-parsing the leases that did not change."""
         seq, raws = self._snapshot(args=[self.p])
+        if cache is None:
+            leases = [json.loads(x) for x in raws]
+        else:
+            fresh = {x: cache.get(x) or json.loads(x) for x in raws}
+            cache.clear()
+            cache.update(fresh)
+            leases = list(fresh.values())
         return {"format": 1, "seq": int(seq),
-                "leases": sorted((json.loads(x) for x in raws),
-                                 key=lambda x: x["metadata"]["name"])}
+                "leases": sorted(leases, key=lambda x: x["metadata"]["name"])}
 
     def restore(self, snapshot: dict[str, Any]) -> bool:
         """Rebuild an empty ledger from a snapshot; False (and no change) if not empty."""
