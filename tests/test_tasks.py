@@ -223,3 +223,13 @@ def test_queries(client_app, ledger):
     assert est["pools"]["pool3"]["fits"] == 1
     assert est["pools"]["pool4"]["fits"] == 0
     assert est["fits"] == 3 + 3 + 1
+
+
+def test_a_request_that_never_fits_does_not_wait_and_block_the_line(client_app, ledger):
+    """pool4 is excluded and cannot be named with vcenters > 1, so vcenter3 only has pool3."""
+    exc = failure(client_app, "vcm.acquire", request={"vcpus": 64, "memory": 512,
+                                                      "storage": 2000, "vcenters": 3, "wait": 60})
+    assert type(exc).__name__ == "NoCapacity" and "not waiting" in str(exc)
+    assert "pool3" in exc.details["reasons"]
+    assert call(client_app, "vcm.waiting") == []
+    assert call(client_app, "vcm.acquire", request={"vcpus": 1, "memory": 1})[0]

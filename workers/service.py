@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .adapters.ledger import Ledger, LedgerConflict, LedgerUnready
@@ -221,6 +221,14 @@ class Capacity:
 
     # the waiting line ------------------------------------------------------------------
     def park(self, req: Request, task_id: str, reasons: dict[str, str]) -> Parked | list:
+        # a request that cannot fit even the empty fleet (excluded pools stay excluded) would
+        # sit at the head of the line forever, holding pools from everyone: refuse it now
+        empty = Fleet({n: replace(p, no_schedule=False) for n, p in self.pools.current().items()})
+        try:
+            place_batch([req], empty, self.settings.strategy)
+        except NoCapacity as exc:
+            raise NoCapacity.of(exc.reasons, "not waiting: this request cannot fit even when "
+                                "every pool is empty") from None
         deadline = time.time() + req.wait
         record = {"task": task_id, "request": req.to_dict(), "since": time.time(),
                   "deadline": deadline}

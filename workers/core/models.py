@@ -8,6 +8,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
+from functools import cached_property
 from typing import Any
 
 from .errors import InvalidRequest
@@ -51,7 +52,7 @@ class Pool:
     labels: tuple[tuple[str, str], ...] = ()
     networks: tuple[Network, ...] = ()
 
-    @property
+    @cached_property
     def vcpu_capacity(self) -> int:
         """Placeable vCPUs: floor(vcpus × vcpu-overcommit)."""
         return math.floor(self.vcpus * Fraction(repr(self.vcpu_overcommit)))
