@@ -32,6 +32,10 @@ BENCHES = [  # (key, title, script)
     ("celery", "(b) acquire+release through the real placement worker, against a no-op task",
      "bench_celery.py"),
     ("http", "(c) HTTP shim (bench/bench_http.py)", "bench_http.py"),
+    ("wait", "(d) release-to-grant lag of a waiting request (bench/bench_wait.py)",
+     "bench_wait.py"),
+    ("mirror", "(e) ledger mirror: API writes and throughput (bench/bench_mirror.py)",
+     "bench_mirror.py"),
 ]
 
 

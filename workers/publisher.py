@@ -62,7 +62,8 @@ HOUSEKEEPING = 1.0
 # group commit under load (see write_mirror): the next save waits max(PACING x the last
 # save's duration, COMMIT_WINDOW) after it, i.e. at most ~1/COMMIT_WINDOW saves a second
 PACING = 1.0
-COMMIT_WINDOW = 0.1
+COMMIT_WINDOW = float(os.environ.get("VCM_MIRROR_COMMIT_WINDOW", "0.1"))
+FIRST_WINDOW = min(0.02, COMMIT_WINDOW)
 
 
 def build_mirror(settings) -> Any:
@@ -126,6 +127,8 @@ class Publisher(threading.Thread):
         self._last_housekeeping = 0.0
         self.failing_since: float | None = None  # epoch seconds
         self.retry_at = 0.0  # monotonic: no save before this (backoff, commit window)
+        self.window = 0.0  # the current commit window (0 when not under load)
+        self.last_save = 0.0  # monotonic end of the last save
         self._delay = BACKOFF_BASE
         self._too_large_seq: int | None = None  # seq whose snapshot did not fit (logged)
         self._too_large_at = 0.0  # monotonic time of the last too-large attempt
@@ -258,9 +261,18 @@ class Publisher(threading.Thread):
         # group gather for a while: fewer, larger saves, and the worker keeps the CPU. A lone
         # client (one change per save) is never made to wait.
         covered = snapshot["seq"] - self.mirrored if self.mirrored >= 0 else 1
-        if int(seq_now or 0) > snapshot["seq"] or covered > 1:
-            self.retry_at = time.monotonic() + max(PACING * took, COMMIT_WINDOW)
+        # The window starts short (a release and the grant it makes are two changes, and the
+        # waiter should not wait long) and doubles while the load lasts, up to COMMIT_WINDOW.
+        now = time.monotonic()
+        if now - self.last_save > 2 * COMMIT_WINDOW + took:  # the load, if any, has passed
+            self.window = 0.0
+        self.last_save = now
+        # one change arriving during a save (a release, then the grant it makes) is not load
+        if int(seq_now or 0) - snapshot["seq"] >= 2 or covered >= 3:
+            self.window = min(COMMIT_WINDOW, self.window * 2) if self.window else FIRST_WINDOW
+            self.retry_at = time.monotonic() + max(PACING * took, self.window)
         else:
+            self.window = 0.0
             self.retry_at = 0.0
         self._saved(snapshot, writes, took)
 

@@ -166,8 +166,8 @@ class Stack:
         self.pools = self.tmp / "pools.yaml"
         self.pools.write_text(pools_yaml)
         self.redis = RedisServer().start()
-        self.env = env_for(self.redis.url, self.pools,
-                           VCM_MIRROR_FILE=str(self.tmp / "ledger.json"), **env)
+        env = {"VCM_MIRROR_FILE": str(self.tmp / "ledger.json"), **env}
+        self.env = env_for(self.redis.url, self.pools, **env)
         self.procs: list[Worker] = [Worker(self.env, "placement"),
                                     Worker(self.env, "queries", pool="threads", concurrency=4)]
         if beat:
