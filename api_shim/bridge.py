@@ -563,7 +563,28 @@ class Bridge:
                         for q in QUEUES},
         }
         report["ready"] = bool(redis_ok and report["workers"]["placement"])
+        report["mirror"] = await self._mirror_status() if redis_ok else {"state": "unknown"}
         return report
+
+    async def _mirror_status(self) -> dict[str, Any]:
+        """The ledger mirror's state and lag (it does not decide readiness: placement goes on
+        while the mirror catches up; answers wait for it)."""
+        assert self.client
+        try:
+            raw = await asyncio.wait_for(self.client.hgetall("vcm:mirror"), 1.0)
+        except Exception:  # noqa: BLE001 - readiness must answer
+            return {"state": "unknown"}
+        m = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
+                                                             else v) for k, v in raw.items()}
+        keep = ("state", "seq", "ledger-seq", "behind", "held-replies", "error",
+                "failing-since", "written-at", "configmaps", "encoded-bytes")
+        out = {k: m[k] for k in keep if m.get(k) not in (None, "")}
+        if "written-at" in out:
+            try:
+                out["last-write-age-seconds"] = round(time.time() - float(out["written-at"]), 1)
+            except ValueError:
+                pass
+        return out or {"state": "off or not written yet"}
 
 
 def _load(raw: Any) -> dict[str, Any] | None:
