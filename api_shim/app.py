@@ -310,6 +310,20 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
         only_query(request, {"owner", "pool"})
         return await run(request, "vcm.list_leases", {"owner": owner, "pool": pool}, "queries")
 
+    @app.get("/usage", tags=["pools"], summary="Usage history: the rollups beat takes",
+             responses={200: S.answer("usage snapshots, oldest first",
+                                      {"type": "array", "items": {"type": "object"}}),
+                        **S.errors(422, 502, 503, 504)})
+    async def usage(
+        request: Request,
+        pool: Annotated[str | None, Query(description="only this pool")] = None,
+        since: Annotated[str, Query(pattern=S.DURATION_TEXT,
+                                    description="how far back, e.g. 6h or 7d")] = "6h",
+    ) -> Response:
+        only_query(request, {"pool", "since"})
+        return await run(request, "vcm.usage_history", {"pool": pool, "since": since},
+                         "queries")
+
     @app.get("/estimate", tags=["pools"], summary="How many more such requests fit now",
              responses={200: S.answer("per pool and in all", S.ESTIMATE),
                         **S.errors(422, 502, 503, 504)})

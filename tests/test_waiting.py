@@ -157,3 +157,33 @@ def test_renew_is_capped_by_the_maximum_lifetime(tmp_path):
         assert t(renewed["status"]["expires-at"]) - t(st["leased-at"]) == 2 * 3600
     finally:
         s.stop()
+
+
+def test_usage_over_http(tmp_path):
+    """GET /usage serves the rollups (same data as `vcm usage`)."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.support.procs import ROOT, free_port
+
+    s = Stack(tmp_path, pools_yaml(1))
+    port = free_port()
+    api = subprocess.Popen([sys.executable, "-m", "workers.cli", "api", "--port", str(port)],
+                           env=s.env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        call(s.app, "vcm.acquire", request={"vcpus": 5, "memory": 1})
+        call(s.app, "vcm.rollup_usage")
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(url + "/healthz").status_code == 200, timeout=20,
+                 what="the API")
+        rows = httpx.get(url + "/usage", params={"pool": "p1", "since": "1h"}).json()
+        assert rows[-1]["pools"]["p1"]["vcpus"] == 0.5
+        bad = httpx.get(url + "/usage", params={"since": "forever"})
+        assert bad.status_code == 422 and bad.json()["details"]["field"] == "since"
+    finally:
+        api.terminate()
+        api.wait(10)
+        s.stop()
