@@ -178,6 +178,9 @@ class Capacity:
                 existing = self.existing(reqs)
                 if existing is not None:
                     return existing
+                if attempt == 0:  # never refuse on cached usage: read the ledger, try again
+                    self._forget()
+                    continue
                 raise
             now = time.time()
             groups = {

@@ -582,8 +582,8 @@ class Ledger:
 
     def usage_history(self, since: float = 0.0, limit: int = 10000) -> list[dict[str, Any]]:
         start = f"{int(since * 1000)}-0" if since else "-"
-        rows = self.r.xrange(self.p + "usage", min=start, max="+", count=limit)
-        return [json.loads(fields[b"s"]) for _, fields in rows]
+        rows = self.r.xrevrange(self.p + "usage", max="+", min=start, count=limit)
+        return [json.loads(fields[b"s"]) for _, fields in reversed(rows)]  # newest kept
 
     def usage_len(self) -> int:
         return int(self.r.xlen(self.p + "usage"))
