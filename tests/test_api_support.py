@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import httpx
 
-from tests.support.procs import ROOT, free_port, wait_for
+from tests.support.procs import LoggedProcess, free_port, wait_for
 
 UPSTREAM = {"vcpus": 24, "memory": 96, "storage": 700, "vcenters": 1}
 TOKENS = "alice:alice-secret,bob:bob-secret,root:root-secret:admin"
@@ -20,24 +18,21 @@ def bearer(name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {name}-secret"}
 
 
-class ApiServer:
+class ApiServer(LoggedProcess):
     """`python -m api_shim --port N` (what `vcm api` runs), against the given environment."""
 
     def __init__(self, env: dict, **extra: str) -> None:
         self.port = free_port()
         self.env = {**env, **{k: str(v) for k, v in extra.items()}}
         self.log = tempfile.mktemp(prefix="vcm-api-", suffix=".log")
-        self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, ready: bool = True) -> ApiServer:
-        self.out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api_shim", "--port", str(self.port), "--log-level", "warning"],
-            cwd=ROOT, env=self.env, stdout=self.out, stderr=subprocess.STDOUT)
+        self.spawn([sys.executable, "-m", "api_shim", "--port", str(self.port),
+                    "--log-level", "warning"], self.env)
 
         def up() -> bool:
             if self.proc.poll() is not None:
@@ -53,22 +48,6 @@ class ApiServer:
     def client(self, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 30), **kw)
 
-    def output(self) -> str:
-        try:
-            return Path(self.log).read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if getattr(self, "out", None):
-            self.out.close()
 
 
 def timed(fn, *args, **kw) -> tuple[httpx.Response, float]:

@@ -7,37 +7,31 @@ Flower as a task-succeeded event sent by the placement worker's publisher, not b
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.procs import ROOT, Stack, free_port, wait_for
+from tests.support.procs import ROOT, LoggedProcess, Stack, free_port, wait_for
 
 POOLS = (ROOT / "examples" / "pools.yaml").read_text()
 AUTH = ("flower-user", "flower-pass")
 
 
-class Flower:
+class Flower(LoggedProcess):
     def __init__(self, env: dict) -> None:
         self.port = free_port()
         self.env = {**env, "FLOWER_BASIC_AUTH": ":".join(AUTH)}
         self.log = tempfile.mktemp(prefix="vcm-flower-", suffix=".log")
-        self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Flower:
-        self.out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={self.port}",
-             "--address=127.0.0.1"], cwd=ROOT, env=self.env, stdout=self.out,
-            stderr=subprocess.STDOUT)
+        self.spawn([sys.executable, "-m", "celery", "-A", "tasks", "flower",
+                    f"--port={self.port}", "--address=127.0.0.1"], self.env)
 
         def up() -> bool:
             if self.proc.poll() is not None:
@@ -48,21 +42,8 @@ class Flower:
         return self
 
     def output(self) -> str:
-        try:
-            return Path(self.log).read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
+        return super().output()[-3000:]
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if getattr(self, "out", None):
-            self.out.close()
 
 
 @pytest.fixture(scope="module")

@@ -90,37 +90,18 @@ def env_for(redis_url: str, pools_file: str | os.PathLike | None = None, **extra
     return env
 
 
-class Worker:
-    """A real `celery -A tasks worker` subprocess."""
+class LoggedProcess:
+    """A subprocess whose stdout and stderr go to a log file; stop() always cleans up."""
 
-    def __init__(self, env: dict, queues: str = "placement", name: str | None = None,
-                 pool: str = "solo", concurrency: int = 1, log: str | None = None) -> None:
-        self.env = env
-        self.queues = queues
-        self.name = name or f"{queues.replace(',', '-')}-{free_port()}@test"
-        self.pool = pool
-        self.concurrency = concurrency
-        self.log = log or tempfile.mktemp(prefix="vcm-worker-", suffix=".log")
-        self.proc: subprocess.Popen | None = None
+    log: str
+    proc: subprocess.Popen | None = None
+    out = None
 
-    def start(self, wait: bool = True) -> Worker:
-        args = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", self.queues,
-                "-P", self.pool, "-c", str(self.concurrency), "-n", self.name, "-l", "info",
-                "--without-mingle", "--without-gossip", "-E"]
+    def spawn(self, args: list[str], env: dict) -> subprocess.Popen:
         self.out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=self.out,
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.out,
                                      stderr=subprocess.STDOUT)
-        if wait:
-            self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited {self.proc.returncode}: {self.output()[-2000:]}")
-            return "ready." in self.output()
-
-        wait_for(ready, timeout=timeout, what=f"worker {self.name}")
+        return self.proc
 
     def output(self) -> str:
         try:
@@ -136,8 +117,39 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        if getattr(self, "out", None):
+        if self.out is not None:
             self.out.close()
+
+
+class Worker(LoggedProcess):
+    """A real `celery -A tasks worker` subprocess."""
+
+    def __init__(self, env: dict, queues: str = "placement", name: str | None = None,
+                 pool: str = "solo", concurrency: int = 1, log: str | None = None) -> None:
+        self.env = env
+        self.queues = queues
+        self.name = name or f"{queues.replace(',', '-')}-{free_port()}@test"
+        self.pool = pool
+        self.concurrency = concurrency
+        self.log = log or tempfile.mktemp(prefix="vcm-worker-", suffix=".log")
+
+    def start(self, wait: bool = True) -> Worker:
+        args = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", self.queues,
+                "-P", self.pool, "-c", str(self.concurrency), "-n", self.name, "-l", "info",
+                "--without-mingle", "--without-gossip", "-E"]
+        self.spawn(args, self.env)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited {self.proc.returncode}: {self.output()[-2000:]}")
+            return "ready." in self.output()
+
+        wait_for(ready, timeout=timeout, what=f"worker {self.name}")
+
 
 
 class Beat(Worker):
@@ -150,9 +162,7 @@ class Beat(Worker):
         schedule = tempfile.mktemp(prefix="vcm-beat-")
         args = [sys.executable, "-m", "celery", "-A", "tasks", "beat", "-l", "info",
                 "--schedule", schedule]
-        self.out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=self.out,
-                                     stderr=subprocess.STDOUT)
+        self.spawn(args, self.env)
         if wait:
             wait_for(lambda: "beat: Starting" in self.output(), what="beat")
         return self
