@@ -240,7 +240,7 @@ class Capacity:
             existing = self.existing([req])
             return existing[0] if existing else []
         parked = Parked(position, reasons, rfc3339(deadline))
-        self._shown[task_id] = (position, json.dumps(reasons, sort_keys=True))
+        self._shown[task_id] = _shown_key(position, reasons)
         return parked
 
     def serve_waiters(self) -> int:
@@ -277,7 +277,7 @@ class Capacity:
 
     def _show_waiting(self, task_id: str, position: int, reasons: dict[str, str],
                       deadline: float) -> None:
-        key = (position, json.dumps(reasons, sort_keys=True))
+        key = _shown_key(position, reasons)
         if self._shown.get(task_id) != key and self.replies:
             self._shown[task_id] = key
             self.replies.waiting(task_id, Parked(position, reasons, rfc3339(deadline)).meta())
@@ -488,6 +488,11 @@ class Capacity:
                         "request": record["request"], "since": rfc3339(record["since"]),
                         "deadline": rfc3339(record["deadline"])})
         return out
+
+
+def _shown_key(position: int, reasons: dict[str, str]) -> tuple[int, str]:
+    """What a parked task last showed, so its WAITING state is only rewritten on change."""
+    return position, json.dumps(reasons, sort_keys=True)
 
 
 def _id_list(value: Any) -> list[str]:

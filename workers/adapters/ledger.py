@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from ..core.models import parse_rfc3339
-from ..core.placement import Fleet, Usage
+from ..core.placement import Usage
 
 _ACQUIRE = r"""
 local p = ARGV[1]
@@ -363,10 +363,6 @@ class Ledger:
             v, m, s, n = (int(x or 0) for x in rows[i + 1])
             usage[_text(rows[i])] = Usage(v, m, s, n)
         return int(version), usage, {_text(n) for n in nets}
-
-    def fleet(self, pools: dict) -> tuple[int, Fleet]:
-        version, usage, nets = self.usage()
-        return version, Fleet(pools, usage, nets)
 
     def seq(self) -> int:
         return int(self.r.get(self.p + "seq") or 0)
