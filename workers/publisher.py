@@ -145,7 +145,9 @@ class Publisher(threading.Thread):
         while not self.stopping.is_set():
             try:
                 pause = self.retry_at - time.monotonic()
-                if pause > 0:  # backing off or in the commit window: changes need not wake us
+                if self.mirror is None:  # no mirror, no outbox: only housekeeping to do
+                    self.stopping.wait(HOUSEKEEPING / 2)
+                elif pause > 0:  # backing off or in the commit window: changes need not wake us
                     self.stopping.wait(min(pause, 0.5))
                 else:
                     self.ledger.wait_kick(0.5)

@@ -77,6 +77,9 @@ class Capacity:
         self._usage: dict[str, Usage] = {}
         self._nets: set[str] = set()
         self._pools_generation = pools.generation
+        self._line_empty = False  # nobody waited at the last look (the commit re-checks)
+        self._checked_pools: object = None  # the pools self._checked was computed for
+        self._checked: dict[tuple, tuple] = {}  # request shape -> () or InvalidRequest args
         self._shown: dict[str, tuple[int, str]] = {}  # task id -> last (position, reasons)
         # fault injection for the crash tests: die right after a commit, before replying
         self._crash_after_commit = os.environ.get("VCM_TEST_CRASH_AFTER_COMMIT") == "1"
@@ -87,8 +90,26 @@ class Capacity:
         s = self.settings
         req = parse_request(raw, default_owner=owner, default_request_id=default_id,
                             default_ttl=s.lease_ttl, max_ttl=s.max_lease_lifetime, where=where)
-        check_possible(req, self.pools.current())
+        self._check_possible(req)
         return req
+
+    def _check_possible(self, req: Request) -> None:
+        """check_possible, remembered per request shape until the pools change."""
+        pools = self.pools.current()
+        if pools is not self._checked_pools or len(self._checked) > 4096:
+            self._checked_pools, self._checked = pools, {}
+        shape = (req.vcpus, req.memory, req.storage, req.vcenters, req.networks,
+                 req.network_type, req.required_pool, req.pool_selector)
+        known = self._checked.get(shape)
+        if known is None:
+            try:
+                check_possible(req, pools)
+            except InvalidRequest as exc:
+                known = self._checked[shape] = (exc.message, exc.details)
+            else:
+                known = self._checked[shape] = ()
+        if known:
+            raise InvalidRequest(known[0], dict(known[1]))
 
     def ensure_ready(self) -> bool:
         """Before any write: if Redis lost the ledger, rebuild it from the mirror."""
@@ -120,7 +141,9 @@ class Capacity:
 
     def _held(self, fleet: Fleet, skip: str = "") -> dict[str, str]:
         """Pools kept for the head of the waiting line (none when nobody waits)."""
-        for position, (rid, record) in enumerate(self.ledger.waiters(), start=1):
+        waiters = self.ledger.waiters()
+        self._line_empty = not waiters
+        for position, (rid, record) in enumerate(waiters, start=1):
             if rid == skip:
                 return {}
             try:
@@ -168,10 +191,15 @@ class Capacity:
         `granted` is the request-id of a waiter being served: it leaves the line in the commit.
         `held`: pools kept for the head of the line (computed here when None).
         """
+        find_held = held is None
         for attempt in range(MAX_ATTEMPTS):
             version, fleet = self.fleet(fresh=attempt > 0)
-            if held is None or attempt > 0:
-                held = self._held(fleet, skip=granted) if self.ledger.waiting_count() else {}
+            # with nobody seen waiting, assume the line is still empty: the commit checks it
+            lone = find_held and self._line_empty
+            if find_held and not lone:
+                held = self._held(fleet, skip=granted)
+            elif held is None or lone:
+                held = {}
             try:
                 plan = place_batch(reqs, fleet, self.settings.strategy, held)
             except NoCapacity:
@@ -194,7 +222,7 @@ class Capacity:
                     for placements in plan for p in placements}
             latency = now - since if since is not None else None
             commit = self.ledger.commit(version, groups, caps, [granted] if granted else None,
-                                        latency)
+                                        latency, lone=lone)
             if commit.status == "ok":
                 if self._crash_after_commit:
                     os._exit(137)
@@ -209,6 +237,9 @@ class Capacity:
                                         "another request")
             if commit.status == "gone":
                 raise WaitTimeout.of(0)  # the waiter left the line meanwhile (expired)
+            if commit.status == "waiters":  # someone joined the line: hold pools for them
+                self._line_empty = False
+                continue
             if commit.status == "unready":
                 self.ensure_ready()
             log.info("ledger moved under us (%s %s), re-reading", commit.status, commit.detail)
@@ -235,6 +266,7 @@ class Capacity:
         deadline = time.time() + req.wait
         record = {"task": task_id, "request": req.to_dict(), "since": time.time(),
                   "deadline": deadline}
+        self._line_empty = False
         position = self.ledger.park(req.request_id, record)
         if position == 0:  # granted meanwhile (a redelivered task): answer with the leases
             existing = self.existing([req])
@@ -317,7 +349,7 @@ class Capacity:
             raise InvalidRequest.of("lease_ids", "give lease ids and/or an owner")
         with self.lock:
             res = self._release(ids, owner, reason)
-            if res.leases:
+            if res.leases and res.waiting:
                 self.serve_waiters()
         released = [x["metadata"]["name"] for x in res.leases] + res.already
         return [i for i in ids if i in released] if ids else released

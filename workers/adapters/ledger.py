@@ -50,6 +50,7 @@ if have > 0 then
 end
 local ver = tonumber(redis.call('GET', p .. 'version') or '-1')
 if ver ~= expected then return {'stale', tostring(ver)} end
+if d.lone and redis.call('EXISTS', p .. 'waiting') == 1 then return {'waiters', ''} end
 for _, rid in ipairs(d.granted or {}) do
   if not redis.call('ZSCORE', p .. 'waiting', rid) then return {'gone', rid} end
 end
@@ -175,7 +176,7 @@ if #found > 0 then
   redis.call('LPUSH', p .. 'kick', seq)
   redis.call('LTRIM', p .. 'kick', 0, 0)
 end
-return {'ok', tostring(ver), raws, gone, seq}
+return {'ok', tostring(ver), raws, gone, seq, redis.call('ZCARD', p .. 'waiting')}
 """
 
 _SWAP = r"""
@@ -301,7 +302,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 
 
 @dataclass
 class Commit:
-    status: str  # ok | dup | stale | over | conflict
+    status: str  # ok | dup | stale | over | conflict | gone | unready | waiters
     version: int = 0
     seq: int = 0
     existing: dict[str, list[str]] = field(default_factory=dict)
@@ -314,6 +315,7 @@ class Released:
     leases: list[dict[str, Any]]  # leases released by this call
     already: list[str]  # ids released earlier
     seq: int = 0
+    waiting: int = 0  # requests in the waiting line after the release
 
 
 class LedgerUnready(Exception):
@@ -419,8 +421,9 @@ class Ledger:
     # writes ----------------------------------------------------------------------------
     def commit(self, expected_version: int, groups: dict[str, list[dict[str, Any]]],
                caps: dict[str, tuple[int, int, int]], granted: list[str] | None = None,
-               latency: float | None = None) -> Commit:
-        """Record new leases for each request-id, if the ledger is still at expected_version."""
+               latency: float | None = None, lone: bool = False) -> Commit:
+        """Record new leases for each request-id, if the ledger is still at expected_version.
+        `lone`: placed assuming nobody waits in line; refused ('waiters') if someone does."""
         pools: dict[str, dict[str, Any]] = {}
         nets: dict[str, str] = {}
         leases = []
@@ -445,6 +448,8 @@ class Ledger:
         }
         if not granted:
             del payload["granted"]
+        if lone:
+            payload["lone"] = True
         if latency is not None:
             payload["latency"] = {"seconds": latency, "buckets": [
                 str(b) for b in LATENCY_BUCKETS if latency <= b]}
@@ -470,7 +475,7 @@ class Ledger:
         if status != "ok":
             raise LedgerConflict(status, _text(res[1]), _text(res[2]) if len(res) > 2 else "")
         return Released(int(res[1]), [json.loads(x) for x in res[2]], [_text(x) for x in res[3]],
-                        int(res[4]))
+                        int(res[4]), int(res[5]))
 
     def swap(self, lease_id: str, old_raw: str, new: dict[str, Any], expires: float) -> str:
         return _text(self._swap(args=[self.p, lease_id, old_raw, json.dumps(new), expires]))

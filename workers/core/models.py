@@ -60,8 +60,20 @@ class Pool:
     def label_map(self) -> dict[str, str]:
         return dict(self.labels)
 
+    @cached_property
+    def _keyed(self) -> dict[str, tuple[tuple[Network, str], ...]]:
+        """Network type -> (network, ledger key) pairs, in configuration order."""
+        out: dict[str, list[tuple[Network, str]]] = {}
+        for n in self.networks:
+            out.setdefault(n.type, []).append((n, self.net_key(n)))
+        return {t: tuple(pairs) for t, pairs in out.items()}
+
     def networks_of(self, net_type: str) -> tuple[Network, ...]:
-        return tuple(n for n in self.networks if n.type == net_type)
+        return tuple(n for n, _ in self._keyed.get(net_type, ()))
+
+    def keyed_networks(self, net_type: str) -> tuple[tuple[Network, str], ...]:
+        """(network, ledger key) pairs of one type."""
+        return self._keyed.get(net_type, ())
 
     def net_key(self, net: Network) -> str:
         """Ledger key of a port group: unique per vCenter."""

@@ -59,7 +59,20 @@ class Fleet:
             self.used_nets.update(p.pool.net_key(n) for n in p.networks)
 
     def free_networks(self, pool: Pool, net_type: str) -> list[Network]:
-        return [n for n in pool.networks_of(net_type) if pool.net_key(n) not in self.used_nets]
+        used = self.used_nets
+        return [n for n, key in pool.keyed_networks(net_type) if key not in used]
+
+    def has_free_networks(self, pool: Pool, net_type: str, need: int) -> bool:
+        """Whether `need` port groups of this type are free (stops counting at `need`)."""
+        if need <= 0:
+            return True
+        used = self.used_nets
+        for _, key in pool.keyed_networks(net_type):
+            if key not in used:
+                need -= 1
+                if need == 0:
+                    return True
+        return False
 
     def vcenters(self) -> set[str]:
         return {p.vcenter for p in self.pools.values()}
@@ -112,7 +125,7 @@ def shortfall(req: Request, pool: Pool, fleet: Fleet) -> str | None:
     ):
         if need > free:
             problems.append(f"insufficient {name} (need {need}, free {max(free, 0)})")
-    if req.networks:
+    if req.networks and not fleet.has_free_networks(pool, req.network_type, req.networks):
         free_nets = len(fleet.free_networks(pool, req.network_type))
         if req.networks > free_nets:
             problems.append(f"insufficient networks of type {req.network_type} "
@@ -180,7 +193,7 @@ def place_batch(
     held: Mapping[str, str] | None = None,
 ) -> list[list[Placement]]:
     """All or nothing: every request is placed in order on a scratch copy, or NoCapacity."""
-    scratch = fleet.copy()
+    scratch = fleet  # copied before the first change: a lone request copies nothing
     out = []
     for i, req in enumerate(reqs):
         try:
@@ -190,8 +203,11 @@ def place_batch(
                 raise
             raise NoCapacity.of(exc.reasons, f"request #{i + 1} of the batch: "
                                 + exc.message.split(":", 1)[0]) from None
-        scratch.apply(req, placements)
         out.append(placements)
+        if i + 1 < len(reqs):
+            if scratch is fleet:
+                scratch = fleet.copy()
+            scratch.apply(req, placements)
     return out
 
 
