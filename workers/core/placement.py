@@ -32,6 +32,9 @@ class Usage:
                      self.leases + leases)
 
 
+NO_USAGE = Usage()
+
+
 @dataclass(frozen=True)
 class Placement:
     pool: Pool
@@ -50,7 +53,7 @@ class Fleet:
         return Fleet(self.pools, dict(self.usage), set(self.used_nets))
 
     def used(self, name: str) -> Usage:
-        return self.usage.get(name, Usage())
+        return self.usage.get(name, NO_USAGE)
 
     def apply(self, req: Request, placements: Iterable[Placement]) -> None:
         for p in placements:
