@@ -43,7 +43,10 @@ def _build(writer: bool):
     direct = CeleryReplies(app)
     replies = OutboxReplies(ledger, direct) if mirror is not None else direct
     _state["direct"] = direct  # the publisher answers straight into the result backend
-    return Capacity(ledger, PoolsFile(settings.pools_file), settings, replies, mirror, writer)
+    svc = Capacity(ledger, PoolsFile(settings.pools_file), settings, replies, mirror, writer)
+    if isinstance(replies, OutboxReplies):
+        replies.covered = svc.covered
+    return svc
 
 
 @signals.celeryd_after_setup.connect
@@ -93,9 +96,11 @@ def _no_extra(args: tuple, extra: dict[str, Any]) -> None:
 
 
 def _answer(task, result: Any) -> Any:
-    """With a mirror, a change is answered once the mirror covers it (the publisher does it)."""
+    """With a mirror, a change is answered once the mirror covers it: now when its journal
+    already has it, else by the publisher after its next save."""
     svc = service()
-    if svc.mirror is not None and task.request.id and not task.request.is_eager:
+    if (svc.mirror is not None and task.request.id and not task.request.is_eager
+            and not svc.covered()):
         svc.ledger.defer(task.request.id, result)
         raise Ignore()
     return result

@@ -64,6 +64,7 @@ HOUSEKEEPING = 1.0
 PACING = 1.0
 COMMIT_WINDOW = float(os.environ.get("VCM_MIRROR_COMMIT_WINDOW", "0.1"))
 FIRST_WINDOW = min(0.02, COMMIT_WINDOW)
+COMPACT_RECORDS = 2000  # journal records (at least the leases saved) before a whole save
 
 
 def build_mirror(settings) -> Any:
@@ -118,6 +119,10 @@ class Publisher(threading.Thread):
         self.service = service
         self.ledger = service.ledger
         self.mirror = mirror
+        # a journaled mirror (the file) gets each change from the service before it is
+        # answered; here it only needs a whole save at start, after a failed append, to
+        # release held replies, and to compact the journal
+        self.journal = mirror if hasattr(mirror, "append") else None
         self.replies = replies
         self.max_delay = max_delay  # 0: replies wait for the mirror however long it takes
         self.status_key = self.ledger.p + "mirror"
@@ -136,6 +141,7 @@ class Publisher(threading.Thread):
         self._parsed: dict[Any, Any] = {}  # raw lease JSON -> parsed, between snapshots
         self._attempt_at = 0.0  # epoch seconds: start of the last save
         self._status: dict[str, Any] | None = None  # of the last save, written after replies
+        self._leases = 0  # active leases in the last save
 
     def stop(self) -> None:
         self.stopping.set()
@@ -167,7 +173,7 @@ class Publisher(threading.Thread):
             if not ready:
                 self.service.ensure_ready()
                 seq, _ = self.check_epoch()
-            if time.monotonic() >= self.retry_at:
+            if time.monotonic() >= self.retry_at and self._should_save():
                 self.write_mirror(seq)
         self.release_replies()
         if self._status is not None:  # off the replies' path
@@ -206,12 +212,31 @@ class Publisher(threading.Thread):
             self.mirrored = -1
         return seq, bool(ready)
 
+    def _should_save(self) -> bool:
+        j = self.journal
+        if j is None:
+            return True  # write_mirror returns at once when the mirror holds the seq
+        if j.failed is not None and j.failed <= self.mirrored:
+            j.failed = None
+        return (self.mirrored < 0 or j.failed is not None
+                or j.records >= max(COMPACT_RECORDS, self._leases)
+                or self.ledger.r.hlen(self.ledger.p + "outbox") > 0)
+
+    def _covered(self) -> int | None:
+        """The ledger seq up to which the mirror holds every change (None: no mirror)."""
+        if self.mirror is None:
+            return None
+        j = self.journal
+        if j is not None and j.failed is None:
+            return max(self.mirrored, j.covered)
+        return self.mirrored
+
     # replies ---------------------------------------------------------------------------
     def release_replies(self) -> None:
         held = self.ledger.outbox()
         if not held:
             return
-        covered = self.mirrored if self.mirror is not None else None
+        covered = self._covered()
         late = (self.failing_since is not None and self.max_delay > 0
                 and time.time() - self.failing_since > self.max_delay)
         done, unmirrored = [], 0
@@ -241,9 +266,11 @@ class Publisher(threading.Thread):
             return
         started = time.monotonic()
         self._attempt_at = time.time()  # an outage starts with the first save that fails
+        mark = self.journal.mark() if self.journal is not None else None
         snapshot = self.ledger.snapshot(self._parsed)
         try:
-            writes = self.mirror.save(snapshot)
+            writes = (self.mirror.save(snapshot, mark) if self.journal is not None
+                      else self.mirror.save(snapshot))
         except MirrorTooLarge as exc:
             self._too_large(snapshot, exc)
             return
@@ -290,6 +317,7 @@ class Publisher(threading.Thread):
         self._too_large_seq = None
         self._delay = BACKOFF_BASE
         self.mirrored = snapshot["seq"]
+        self._leases = len(snapshot["leases"])
         fields: dict[str, Any] = {
             "state": "ok", "error": "", "failing-since": 0,
             "seq": snapshot["seq"], "ledger-seq": snapshot["seq"],

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .adapters.ledger import Ledger, LedgerConflict, LedgerUnready
+from .adapters.mirror import MirrorError
 from .adapters.pools_file import PoolsFile
 from .core.errors import InvalidRequest, LeaseNotFound, NoCapacity, NotOwner, WaitTimeout
 from .core.models import (
@@ -71,6 +72,11 @@ class Capacity:
         self.replies = replies
         self.mirror = mirror
         self.writer = writer  # only the placement side restores the ledger from the mirror
+        # a mirror with a journal (the file) takes each change before its answer goes out
+        self.journal = mirror if writer and hasattr(mirror, "append") else None
+        if self.journal is not None:
+            ledger.quiet = True  # no publisher wake-up per change: the journal has it
+        self.last_seq = -1  # ledger seq of the last change made here
         self.lock = threading.RLock()
         # cache of the ledger's usage, valid while the ledger is at self._version
         self._version = -1
@@ -111,6 +117,28 @@ class Capacity:
         if known:
             raise InvalidRequest(known[0], dict(known[1]))
 
+    def _journal(self, seq: int, put: list[str], deleted: list[str]) -> None:
+        """Append a change to the mirror's journal; a failure only holds the answers back
+        (the publisher then writes the whole snapshot, with retries)."""
+        self.last_seq = max(self.last_seq, seq)
+        if self.journal is None:
+            return
+        try:
+            self.journal.append(seq, put, deleted)
+        except MirrorError as exc:
+            log.warning("mirror journal: %s; answers wait for a full mirror save", exc)
+
+    def covered(self) -> bool:
+        """Whether the mirror already holds every change made here (answers may go out)."""
+        j = self.journal
+        return j is not None and j.failed is None and j.covered >= self.last_seq
+
+    def _journal_existing(self, ids: list[str]) -> None:
+        """A request answered again (redelivered, or sent twice): journal its live leases."""
+        if self.journal is not None:
+            seq, raws = self.ledger.active_at(ids)
+            self._journal(seq, raws, [])
+
     def ensure_ready(self) -> bool:
         """Before any write: if Redis lost the ledger, rebuild it from the mirror."""
         if self.ledger.is_ready():
@@ -118,6 +146,8 @@ class Capacity:
         snapshot = self.mirror.load() if self.mirror is not None else None
         snapshot = snapshot or {"seq": 0, "leases": []}
         restored = self.ledger.restore(snapshot)
+        if restored and self.journal is not None:  # the mirror holds what Redis now has
+            self.journal.covered = max(self.journal.covered, int(snapshot.get("seq", 0)))
         if restored and snapshot["leases"]:
             log.warning("the Redis ledger was empty: restored %d leases from the mirror (seq %s)",
                         len(snapshot["leases"]), snapshot.get("seq"))
@@ -229,8 +259,10 @@ class Capacity:
                 for req, placements in zip(reqs, plan, strict=True):
                     fleet.apply(req, placements)
                 self._version = commit.version
+                self._journal(commit.seq, commit.raws, [])
                 return [groups[r.request_id] for r in reqs]
             if commit.status == "dup":
+                self._journal_existing([i for r in reqs for i in commit.existing[r.request_id]])
                 return [self.ledger.get_many(commit.existing[r.request_id]) for r in reqs]
             if commit.status == "conflict":
                 raise InvalidRequest.of("request-id", f"{commit.detail!r} was already used by "
@@ -251,6 +283,7 @@ class Capacity:
         found = self.ledger.granted([r.request_id for r in reqs])
         if not all(ids is not None for ids in found):
             return None
+        self._journal_existing([i for ids in found if ids for i in ids])
         return [self.ledger.get_many(ids) for ids in found]
 
     # the waiting line ------------------------------------------------------------------
@@ -368,6 +401,7 @@ class Capacity:
                     raise NotOwner.of(exc.lease_id, str(owner), exc.holder) from None
                 raise LeaseNotFound.of(exc.lease_id) from None
             self._after_release(res.old_version, res.leases)
+            self._journal(res.seq, [], [x["metadata"]["name"] for x in res.leases] + res.already)
             return res
         raise LeaseNotFound.of(ids[0] if ids else str(owner))
 
@@ -430,8 +464,9 @@ class Capacity:
             new = max(current, min(time.time() + req.ttl,
                                    leased + self.settings.max_lease_lifetime))
             lease["status"]["expires-at"] = rfc3339(new)
-            status = self.ledger.swap(lease_id, raw, lease, new)
+            status, seq, new_raw = self.ledger.swap(lease_id, raw, lease, new)
             if status == "ok":
+                self._journal(seq, [new_raw], [])
                 return lease
             if status == "unready":
                 self.ensure_ready()

@@ -92,8 +92,10 @@ if d.latency then
 end
 redis.call('SET', p .. 'version', ver + 1)
 local seq = redis.call('INCR', p .. 'seq')
-redis.call('LPUSH', p .. 'kick', seq)
-redis.call('LTRIM', p .. 'kick', 0, 0)
+if not d.quiet then
+  redis.call('LPUSH', p .. 'kick', seq)
+  redis.call('LTRIM', p .. 'kick', 0, 0)
+end
 return {'ok', tostring(ver + 1), seq}
 """
 
@@ -173,24 +175,28 @@ if #found > 0 then
     end
     redis.call('LTRIM', p .. 'reaped', 0, 999)
   end
-  redis.call('LPUSH', p .. 'kick', seq)
-  redis.call('LTRIM', p .. 'kick', 0, 0)
+  if ARGV[8] ~= '1' then
+    redis.call('LPUSH', p .. 'kick', seq)
+    redis.call('LTRIM', p .. 'kick', 0, 0)
+  end
 end
 return {'ok', tostring(ver), raws, gone, seq, redis.call('ZCARD', p .. 'waiting')}
 """
 
 _SWAP = r"""
 local p = ARGV[1]
-if redis.call('EXISTS', p .. 'ready') == 0 then return 'unready' end
+if redis.call('EXISTS', p .. 'ready') == 0 then return {'unready', 0} end
 local cur = redis.call('HGET', p .. 'leases', ARGV[2])
-if not cur then return 'missing' end
-if cur ~= ARGV[3] then return 'changed' end
+if not cur then return {'missing', 0} end
+if cur ~= ARGV[3] then return {'changed', 0} end
 redis.call('HSET', p .. 'leases', ARGV[2], ARGV[4])
 redis.call('ZADD', p .. 'expiry', ARGV[5], ARGV[2])
 local seq = redis.call('INCR', p .. 'seq')
-redis.call('LPUSH', p .. 'kick', seq)
-redis.call('LTRIM', p .. 'kick', 0, 0)
-return 'ok'
+if ARGV[6] ~= '1' then
+  redis.call('LPUSH', p .. 'kick', seq)
+  redis.call('LTRIM', p .. 'kick', 0, 0)
+end
+return {'ok', seq}
 """
 
 _USAGE = r"""
@@ -307,6 +313,7 @@ class Commit:
     seq: int = 0
     existing: dict[str, list[str]] = field(default_factory=dict)
     detail: str = ""
+    raws: list[str] = field(default_factory=list)  # the new leases' JSON, when ok
 
 
 @dataclass
@@ -339,6 +346,7 @@ class Ledger:
         self.r = client
         self.p = prefix
         self.keep = keep
+        self.quiet = False  # True: changes do not kick the publisher (the caller journals them)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._swap = client.register_script(_SWAP)
@@ -427,6 +435,7 @@ class Ledger:
         pools: dict[str, dict[str, Any]] = {}
         nets: dict[str, str] = {}
         leases = []
+        raws: list[str] = []
         for group in groups.values():
             for lease in group:
                 st, sp, lid = lease["status"], lease["spec"], lease["metadata"]["name"]
@@ -439,8 +448,10 @@ class Ledger:
                 u["leases"] += 1
                 for n in st["networks"]:
                     nets[f"{st['vcenter']}|{n['port-group']}"] = lid
+                raw = json.dumps(lease)
+                raws.append(raw)
                 leases.append({"id": lid, "owner": st["owner"],
-                               "exp": parse_rfc3339(st["expires-at"]), "json": json.dumps(lease)})
+                               "exp": parse_rfc3339(st["expires-at"]), "json": raw})
         payload = {
             "rids": {rid: json.dumps([x["metadata"]["name"] for x in g]) for rid, g in
                      groups.items()},
@@ -450,6 +461,8 @@ class Ledger:
             del payload["granted"]
         if lone:
             payload["lone"] = True
+        if self.quiet:
+            payload["quiet"] = True
         if latency is not None:
             payload["latency"] = {"seconds": latency, "buckets": [
                 str(b) for b in LATENCY_BUCKETS if latency <= b]}
@@ -460,7 +473,7 @@ class Ledger:
             existing = {_text(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
             return Commit("dup", existing=existing)
         if status == "ok":
-            return Commit(status, version=int(rest[0]), seq=int(rest[1]))
+            return Commit(status, version=int(rest[0]), seq=int(rest[1]), raws=raws)
         if status == "stale":
             return Commit(status, version=int(rest[0]))
         return Commit(status, detail=_text(rest[0]))
@@ -468,7 +481,7 @@ class Ledger:
     def release(self, ids: list[str], owner: str = "", by_owner: str = "",
                 reason: str = "released", now: str = "") -> Released:
         res = self._release(args=[self.p, json.dumps(list(ids)) if ids else "[]", owner,
-                                  by_owner, reason, now, self.keep])
+                                  by_owner, reason, now, self.keep, "1" if self.quiet else ""])
         status = _text(res[0])
         if status == "unready":
             raise LedgerUnready()
@@ -477,8 +490,21 @@ class Ledger:
         return Released(int(res[1]), [json.loads(x) for x in res[2]], [_text(x) for x in res[3]],
                         int(res[4]), int(res[5]))
 
-    def swap(self, lease_id: str, old_raw: str, new: dict[str, Any], expires: float) -> str:
-        return _text(self._swap(args=[self.p, lease_id, old_raw, json.dumps(new), expires]))
+    def swap(self, lease_id: str, old_raw: str, new: dict[str, Any], expires: float
+             ) -> tuple[str, int, str]:
+        """Replace a lease if unchanged: (status, seq, the new raw JSON)."""
+        raw = json.dumps(new)
+        status, seq = self._swap(args=[self.p, lease_id, old_raw, raw, expires,
+                                       "1" if self.quiet else ""])
+        return _text(status), int(seq), raw
+
+    def active_at(self, ids: list[str]) -> tuple[int, list[str]]:
+        """The ledger seq and the raw JSON of those of `ids` still active, read atomically."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(self.p + "seq")
+        pipe.hmget(self.p + "leases", ids)
+        seq, raws = pipe.execute()
+        return int(seq or 0), [_text(x) for x in raws if x]
 
     def raw(self, lease_id: str) -> str | None:
         raw = self.r.hget(self.p + "leases", lease_id)

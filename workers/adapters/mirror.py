@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import http.client
 import json
@@ -688,17 +689,76 @@ class ConfigMapMirror:
 
 
 class FileMirror:
-    """The snapshot as a local JSON file, replaced atomically (temp file, fsync, rename)."""
+    """The ledger as a local JSON snapshot plus an append-only journal beside it.
+
+    ``save`` replaces the snapshot atomically (temp file, fsync, rename) and compacts the
+    journal; ``append`` adds one change (the leases it put, the ids it deleted, at a ledger
+    seq) as a JSON line and fsyncs it, so the placement worker can answer as soon as its own
+    change is on disk. ``load`` is the snapshot with every later journal record applied in
+    seq order; a torn last line (a crash mid-append, never answered) is skipped. Writers in
+    one process share a lock; an flock on ``<path>.lock`` covers other processes.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self.journal = self.path.with_name(self.path.name + ".journal")
         self.last_stats: SaveStats | None = None
+        self.covered = -1  # every change up to this ledger seq is on disk (this process)
+        self.failed: int | None = None  # seq of a change whose append failed (until a save)
+        self.records = 0  # journal records since the last compaction (this process)
+        self._mutex = threading.Lock()
+        self._fd: int | None = None  # the journal, opened for appending
 
     def __repr__(self) -> str:
         return f"FileMirror({str(self.path)!r})"
 
-    def save(self, snapshot: dict[str, Any]) -> int:
-        """Write the snapshot atomically; returns 1 (one file write)."""
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._mutex:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = os.open(self.path.with_name(self.path.name + ".lock"),
+                           os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(lock)
+
+    def append(self, seq: int, put: list[str], deleted: list[str]) -> None:
+        """Journal one change: raw lease JSON strings put, lease ids deleted, at ledger seq."""
+        line = f'{{"seq":{int(seq)},"put":[{",".join(put)}],"del":{json.dumps(deleted)}}}\n'
+        line = line.encode("utf-8")
+        try:
+            with self._locked():
+                if self._fd is None or not _same_file(self._fd, self.journal):
+                    if self._fd is not None:
+                        os.close(self._fd)
+                    self._fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                                       0o600)
+                os.write(self._fd, line)
+                os.fdatasync(self._fd)
+                self.records += 1
+                if self.failed is None:  # no gap below: everything up to seq is on disk
+                    self.covered = max(self.covered, seq)
+        except OSError as exc:
+            self.failed = max(self.failed or 0, seq)
+            raise MirrorError(f"cannot append to mirror journal {self.journal}: {exc}") from exc
+
+    def journal_size(self) -> int:
+        try:
+            return self.journal.stat().st_size
+        except OSError:
+            return 0
+
+    def mark(self) -> int:
+        """Where the journal ends now: pass it to ``save`` when the snapshot is read after."""
+        return self.journal_size()
+
+    def save(self, snapshot: dict[str, Any], mark: int | None = None) -> int:
+        """Write the snapshot atomically; returns 1 (one file write). ``mark`` (taken before
+        the snapshot was read from the ledger) compacts the journal: what was in it at
+        ``mark`` is in the snapshot, so only later records above its seq are kept. Without
+        it the snapshot is the whole truth and the journal is emptied."""
         started = time.monotonic()
         if not isinstance(snapshot, dict):
             raise TypeError(f"snapshot must be a dict, not {type(snapshot).__name__}")
@@ -706,32 +766,37 @@ class FileMirror:
         directory = self.path.parent
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(raw)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _write_atomically(self.path, raw)
+            self._compact(mark, int(snapshot.get("seq", 0)))
+            _fsync_dir(directory)
         except OSError as exc:
             raise MirrorError(f"cannot write mirror file {self.path}: {exc}") from exc
         self._remove_stale_temps()
+        seq = int(snapshot.get("seq", 0))
+        if self.failed is not None and self.failed <= seq:
+            self.failed = None
+        self.covered = max(self.covered, seq)
         self.last_stats = SaveStats(1, len(raw), len(raw), 1, 0, False, time.monotonic() - started)
         return 1
+
+    def _compact(self, mark: int | None, seq: int) -> None:
+        """Drop the journal records the snapshot holds (all of them when mark is None)."""
+        if not self.journal.exists():
+            return
+        with self._locked():
+            try:
+                data = self.journal.read_bytes() if mark is not None else b""
+            except FileNotFoundError:
+                return
+            keep = [line for line in data[mark or 0:].splitlines(keepends=True)
+                    if (_record(line) or {}).get("seq", -1) > seq]
+            _write_atomically(self.journal, b"".join(keep))
+            self.records = len(keep)
 
     def _remove_stale_temps(self, min_age: float = 300.0) -> None:
         """Temp files left by a writer killed mid-save (old enough not to be in progress)."""
         now = time.time()
-        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+        for leftover in self.path.parent.glob(f".{self.path.name}*.tmp"):
             with contextlib.suppress(OSError):
                 if now - leftover.stat().st_mtime > min_age:
                     leftover.unlink()
@@ -740,16 +805,78 @@ class FileMirror:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return None
+            raw = None
         except OSError as exc:
             raise MirrorError(f"cannot read mirror file {self.path}: {exc}") from exc
+        snapshot: dict[str, Any] | None = None
+        if raw is not None:
+            try:
+                snapshot = json.loads(raw)
+            except ValueError as exc:
+                raise MirrorError(f"mirror file {self.path} is not valid JSON: {exc}") from exc
+            if not isinstance(snapshot, dict):
+                raise MirrorError(f"mirror file {self.path} does not hold a JSON object")
         try:
-            snapshot = json.loads(raw)
-        except ValueError as exc:
-            raise MirrorError(f"mirror file {self.path} is not valid JSON: {exc}") from exc
-        if not isinstance(snapshot, dict):
-            raise MirrorError(f"mirror file {self.path} does not hold a JSON object")
-        return snapshot
+            journal = self.journal.read_bytes()
+        except FileNotFoundError:
+            return snapshot
+        except OSError as exc:
+            raise MirrorError(f"cannot read mirror journal {self.journal}: {exc}") from exc
+        base = int((snapshot or {}).get("seq", 0))
+        records = [r for r in map(_record, journal.splitlines()) if r and r["seq"] > base]
+        if not records:
+            return snapshot
+        leases = {x["metadata"]["name"]: x for x in (snapshot or {}).get("leases", [])}
+        for record in sorted(records, key=lambda r: r["seq"]):  # stable: file order on ties
+            for lease in record["put"]:
+                leases[lease["metadata"]["name"]] = lease
+            for lease_id in record["del"]:
+                leases.pop(lease_id, None)
+        return {**(snapshot or {"format": FORMAT}), "seq": max(r["seq"] for r in records),
+                "leases": sorted(leases.values(), key=lambda x: x["metadata"]["name"])}
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """A journal line, or None when torn or damaged."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if (not isinstance(record, dict) or not isinstance(record.get("seq"), int)
+            or not isinstance(record.get("put"), list)
+            or not isinstance(record.get("del"), list)):
+        return None
+    return record
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), path.stat()
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _write_atomically(path: Path, raw: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def mirror_from_env(

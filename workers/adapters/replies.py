@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, states
@@ -50,12 +51,17 @@ class CeleryReplies:
 class OutboxReplies:
     """Successes wait in the ledger's outbox until the mirror covers them; the rest go now."""
 
-    def __init__(self, ledger, direct: CeleryReplies) -> None:
+    def __init__(self, ledger, direct: CeleryReplies,
+                 covered: Callable[[], bool] = lambda: False) -> None:
         self.ledger = ledger
         self.direct = direct
+        self.covered = covered  # the mirror already holds every change (its journal does)
 
     def deliver(self, task_id: str, result: Any) -> None:
-        self.ledger.defer(task_id, result)
+        if self.covered():
+            self.direct.deliver(task_id, result)
+        else:
+            self.ledger.defer(task_id, result)
 
     def waiting(self, task_id: str, meta: dict[str, Any]) -> None:
         self.direct.waiting(task_id, meta)
