@@ -5,7 +5,7 @@ Everything comes from keys the workers keep (prefix `vcm:`); nothing is counted 
 any number of shim replicas report the same values:
 
   stats      hash   placements, releases, reaps, granted-after-wait, refused:<ErrorName>
-  latency    hash   acquire latency incl. waiting: cumulative bucket counts by bound, count, sum
+  latency    hash   acquire latency incl. waiting: count per bucket (not cumulative), count, sum
   leases     hash   active leases (HLEN)
   waiting    zset   the waiting line (ZCARD)
   usage      stream the usage rollups taken by beat; the latest one gives utilization
@@ -117,9 +117,8 @@ class FleetSnapshot:
         count = self.latency.get("count", 0.0)
         out, running = [], 0.0
         for bound in LATENCY_BUCKETS:
-            # a bucket only exists once an observation fell into it; cumulative by construction,
-            # but never let a torn or edited hash make the series decrease
-            running = max(running, self.latency.get(str(bound), 0.0))
+            # the hash counts each observation once, in the smallest bucket that holds it
+            running += max(self.latency.get(str(bound), 0.0), 0.0)
             out.append((float(bound), min(running, count) if count else running))
         out.append((math.inf, max(count, running)))
         return out

@@ -174,7 +174,7 @@ def test_odd_data_in_redis_does_not_break_the_scrape(redis_server):
     prefix = "vcm-odd-test:"
     try:
         client.hset(prefix + "stats", mapping={"placements": "x", "refused:NoCapacity": 3})
-        client.hset(prefix + "latency", mapping={"0.005": 1, "1": 2, "count": 2, "sum": 0.5})
+        client.hset(prefix + "latency", mapping={"0.005": 1, "1": 1, "count": 2, "sum": 0.5})
         client.xadd(prefix + "usage", {"s": "not json"})
         client.hset(prefix + "mirror", mapping={"seq": 4, "ledger-seq": 7, "error": "boom"})
         registry = CollectorRegistry()

@@ -37,6 +37,7 @@ needed-configmaps      ConfigMaps the too-large snapshot would need
 save-seconds           duration of the last save
 caught-up-after        seconds from failing-since to the save that ended the last outage
 epoch                  token of the Redis ledger the mirror was written from (see check_epoch)
+journal-records        records in the file mirror's journal since its last whole save
 =====================  =====================================================================
 """
 
@@ -142,6 +143,7 @@ class Publisher(threading.Thread):
         self._attempt_at = 0.0  # epoch seconds: start of the last save
         self._status: dict[str, Any] | None = None  # of the last save, written after replies
         self._leases = 0  # active leases in the last save
+        self._reported = -1  # seq last shown in the status hash
 
     def stop(self) -> None:
         self.stopping.set()
@@ -179,6 +181,8 @@ class Publisher(threading.Thread):
         if self._status is not None:  # off the replies' path
             self._write_status(self._status)
             self._status = None
+        elif self.journal is not None:
+            self._report_journal(seq)
         now = time.monotonic()
         if now - self._last_housekeeping >= HOUSEKEEPING:
             self._last_housekeeping = now
@@ -211,6 +215,16 @@ class Publisher(threading.Thread):
                         self.mirrored, seq)
             self.mirrored = -1
         return seq, bool(ready)
+
+    def _report_journal(self, seq: int) -> None:
+        """Between whole saves the journal covers the changes: show how far, in the status."""
+        covered = self._covered()
+        if covered is None or covered < 0 or covered == self._reported:
+            return
+        self._reported = covered
+        self.ledger.r.hset(self.status_key, mapping={
+            "seq": covered, "ledger-seq": max(seq, covered), "updated-at": time.time(),
+            "journal-records": self.journal.records})
 
     def _should_save(self) -> bool:
         j = self.journal
@@ -316,7 +330,7 @@ class Publisher(threading.Thread):
         self._late_logged = False
         self._too_large_seq = None
         self._delay = BACKOFF_BASE
-        self.mirrored = snapshot["seq"]
+        self.mirrored = self._reported = snapshot["seq"]
         self._leases = len(snapshot["leases"])
         fields: dict[str, Any] = {
             "state": "ok", "error": "", "failing-since": 0,

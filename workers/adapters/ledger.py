@@ -11,6 +11,7 @@ Keys (prefix `vcm:`):
   expiry           zset lease id -> expires-at (epoch seconds)
   req:<request-id> JSON list of lease ids: the idempotency record
   gone:<lease id>  hash lease, released-at, reason: released leases, kept `keep` seconds
+  latency          hash acquire latency: count per bucket (smallest bound that holds it), count, sum
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ for _, rid in ipairs(d.granted or {}) do
 end
 redis.call('HINCRBY', p .. 'stats', 'placements', #d.leases)
 if d.latency then
-  for _, bucket in ipairs(d.latency.buckets) do redis.call('HINCRBY', p .. 'latency', bucket, 1) end
+  if d.latency.bucket then redis.call('HINCRBY', p .. 'latency', d.latency.bucket, 1) end
   redis.call('HINCRBY', p .. 'latency', 'count', 1)
   redis.call('HINCRBYFLOAT', p .. 'latency', 'sum', d.latency.seconds)
 end
@@ -464,8 +465,8 @@ class Ledger:
         if self.quiet:
             payload["quiet"] = True
         if latency is not None:
-            payload["latency"] = {"seconds": latency, "buckets": [
-                str(b) for b in LATENCY_BUCKETS if latency <= b]}
+            bucket = next((str(b) for b in LATENCY_BUCKETS if latency <= b), None)
+            payload["latency"] = {"seconds": latency, **({"bucket": bucket} if bucket else {})}
         status, *rest = self._acquire(args=[self.p, expected_version, json.dumps(payload)])
         status = _text(status)
         if status == "dup":
@@ -597,7 +598,12 @@ class Ledger:
 
     def latency(self) -> dict[str, float]:
         """The acquire latency histogram: cumulative bucket counts by bound, count, sum."""
-        return {_text(k): float(v) for k, v in self.r.hgetall(self.p + "latency").items()}
+        raw = {_text(k): float(v) for k, v in self.r.hgetall(self.p + "latency").items()}
+        running = 0.0
+        for bound in LATENCY_BUCKETS:
+            running += raw.get(str(bound), 0.0)
+            raw[str(bound)] = running
+        return raw
 
     # usage history (a bounded Redis stream) -------------------------------------------------
     def append_usage(self, snapshot: dict[str, Any], retention: float) -> str:

@@ -708,6 +708,7 @@ class FileMirror:
         self.records = 0  # journal records since the last compaction (this process)
         self._mutex = threading.Lock()
         self._fd: int | None = None  # the journal, opened for appending
+        self._lock_fd: int | None = None  # <path>.lock, for flock
 
     def __repr__(self) -> str:
         return f"FileMirror({str(self.path)!r})"
@@ -715,19 +716,20 @@ class FileMirror:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         with self._mutex:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock = os.open(self.path.with_name(self.path.name + ".lock"),
-                           os.O_RDWR | os.O_CREAT, 0o600)
+            if self._lock_fd is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock_fd = os.open(self.path.with_name(self.path.name + ".lock"),
+                                        os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX)
                 yield
             finally:
-                os.close(lock)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def append(self, seq: int, put: list[str], deleted: list[str]) -> None:
         """Journal one change: raw lease JSON strings put, lease ids deleted, at ledger seq."""
-        line = f'{{"seq":{int(seq)},"put":[{",".join(put)}],"del":{json.dumps(deleted)}}}\n'
-        line = line.encode("utf-8")
+        line = (f'{{"seq":{int(seq)},"put":[{",".join(put)}],"del":{json.dumps(deleted)}}}\n'
+                ).encode()
         try:
             with self._locked():
                 if self._fd is None or not _same_file(self._fd, self.journal):
