@@ -75,8 +75,8 @@ for pool, u in pairs(d.pools) do
   redis.call('SADD', p .. 'pools', pool)
 end
 for key, id in pairs(d.nets) do redis.call('HSET', p .. 'nets', key, id) end
-for _, l in ipairs(d.leases) do
-  redis.call('HSET', p .. 'leases', l.id, l.json)
+for i, l in ipairs(d.leases) do
+  redis.call('HSET', p .. 'leases', l.id, ARGV[3 + i])  -- the lease JSON, as sent
   redis.call('SADD', p .. 'owner:' .. l.owner, l.id)
   redis.call('ZADD', p .. 'expiry', l.exp, l.id)
 end
@@ -452,7 +452,7 @@ class Ledger:
                 raw = json.dumps(lease)
                 raws.append(raw)
                 leases.append({"id": lid, "owner": st["owner"],
-                               "exp": parse_rfc3339(st["expires-at"]), "json": raw})
+                               "exp": parse_rfc3339(st["expires-at"])})
         payload = {
             "rids": {rid: json.dumps([x["metadata"]["name"] for x in g]) for rid, g in
                      groups.items()},
@@ -467,7 +467,8 @@ class Ledger:
         if latency is not None:
             bucket = next((str(b) for b in LATENCY_BUCKETS if latency <= b), None)
             payload["latency"] = {"seconds": latency, **({"bucket": bucket} if bucket else {})}
-        status, *rest = self._acquire(args=[self.p, expected_version, json.dumps(payload)])
+        status, *rest = self._acquire(args=[self.p, expected_version, json.dumps(payload),
+                                            *raws])
         status = _text(status)
         if status == "dup":
             flat = rest[0]
