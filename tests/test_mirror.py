@@ -723,3 +723,87 @@ def test_file_mirror_survives_sigkill_mid_save(tmp_path):
         last_version = snapshot["version"]
     assert last_version >= 1
     assert mid_write > 0, "no kill landed mid-write: the test proved nothing"
+
+
+# ---- FileMirror journal ----------------------------------------------------------------------
+
+
+def _lease(name: str, pool: str = "p1") -> dict[str, Any]:
+    return {"spec": {"vcpus": 1, "memory": 1, "storage": 0},
+            "status": {"pool": pool, "owner": "o", "request-id": name},
+            "metadata": {"name": name}}
+
+
+def _raw(name: str, pool: str = "p1") -> str:
+    return json.dumps(_lease(name, pool))
+
+
+def test_file_mirror_journal_replays_changes_after_the_snapshot_in_seq_order(tmp_path):
+    m = FileMirror(tmp_path / "ledger.json")
+    m.save({"format": 1, "seq": 5, "leases": [_lease("a"), _lease("b")]})
+    m.append(4, [_raw("old")], [])  # at or below the snapshot's seq: already in it
+    m.append(6, [_raw("c")], [])
+    m.append(8, [], ["a"])
+    m.append(7, [_raw("b", pool="p2")], [])  # journaled late (another thread): seq decides
+    assert m.covered == 8 and m.failed is None
+    got = FileMirror(tmp_path / "ledger.json").load()  # a new process reads the same
+    assert got["seq"] == 8
+    assert [x["metadata"]["name"] for x in got["leases"]] == ["b", "c"]
+    assert got["leases"][0]["status"]["pool"] == "p2"
+
+
+def test_file_mirror_journal_alone_is_a_ledger(tmp_path):
+    m = FileMirror(tmp_path / "ledger.json")
+    m.append(1, [_raw("a"), _raw("b")], [])
+    m.append(2, [], ["b", "never-existed"])
+    assert FileMirror(tmp_path / "ledger.json").load() == {
+        "format": 1, "seq": 2, "leases": [_lease("a")]}
+
+
+def test_file_mirror_torn_journal_line_is_skipped_and_ended(tmp_path):
+    """A crash mid-append leaves half a line (never answered): it is skipped, and the next
+    append starts a line of its own instead of being glued to it."""
+    m = FileMirror(tmp_path / "ledger.json")
+    m.append(1, [_raw("a")], [])
+    with open(m.journal, "ab") as fh:
+        fh.write(_raw("half").encode()[:40])
+    assert [x["metadata"]["name"] for x in FileMirror(m.path).load()["leases"]] == ["a"]
+    later = FileMirror(m.path)  # the restarted worker
+    later.append(3, [_raw("c")], [])
+    got = FileMirror(m.path).load()
+    assert got["seq"] == 3 and [x["metadata"]["name"] for x in got["leases"]] == ["a", "c"]
+
+
+def test_file_mirror_save_compacts_the_journal(tmp_path):
+    m = FileMirror(tmp_path / "ledger.json")
+    m.append(1, [_raw("a")], [])
+    m.append(2, [_raw("b")], [])
+    mark = m.mark()  # the snapshot below is read after this point
+    m.append(3, [_raw("c")], [])  # committed before the snapshot read: in it
+    m.append(4, [_raw("d")], [])  # after the snapshot read: only in the journal
+    m.save({"format": 1, "seq": 3, "leases": [_lease("a"), _lease("b"), _lease("c")]}, mark)
+    records = [json.loads(x) for x in m.journal.read_text().splitlines()]
+    assert [r["seq"] for r in records] == [4]
+    assert [x["metadata"]["name"] for x in FileMirror(m.path).load()["leases"]] == [
+        "a", "b", "c", "d"]
+    m.append(5, [], ["a"])  # appends go on into the compacted journal
+    assert [x["metadata"]["name"] for x in FileMirror(m.path).load()["leases"]] == [
+        "b", "c", "d"]
+    # a save without a mark is the whole truth: the journal is emptied
+    m.save({"format": 1, "seq": 0, "leases": []})
+    assert FileMirror(m.path).load() == {"format": 1, "seq": 0, "leases": []}
+
+
+def test_file_mirror_failed_append_stops_coverage_until_a_save(tmp_path):
+    m = FileMirror(tmp_path / "ledger.json")
+    m.append(1, [_raw("a")], [])
+    m.journal.unlink()
+    m.journal.mkdir()  # appends now fail (even as root): the journal is replaced by a directory
+    with pytest.raises(MirrorError, match="journal"):
+        m.append(2, [_raw("b")], [])
+    assert m.failed == 2 and m.covered == 1
+    m.journal.rmdir()
+    m.append(3, [_raw("c")], [])  # on disk, but change 2 is not: coverage stays put
+    assert m.covered == 1
+    m.save({"format": 1, "seq": 3, "leases": [_lease("a"), _lease("b"), _lease("c")]}, m.mark())
+    assert m.failed is None and m.covered == 3

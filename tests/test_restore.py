@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import yaml
 
 from tests.helpers import call, check_invariants
-from tests.support.procs import Stack, wait_for
+from tests.support.procs import Stack, Worker, wait_for
 from workers.adapters.ledger import Ledger
 from workers.adapters.mirror import FileMirror
 from workers.adapters.pools_file import load_pools
@@ -73,5 +74,36 @@ def test_redis_wins_when_it_has_leases_the_mirror_lacks(tmp_path):
                  what="the mirror rewritten from Redis")
         names = {x["metadata"]["name"] for x in FileMirror(path).load()["leases"]}
         assert lease["metadata"]["name"] in names
+    finally:
+        s.stop()
+
+
+def test_answered_leases_survive_a_worker_sigkill_and_a_redis_wipe(tmp_path):
+    """With the file mirror each change is journaled before it is answered: kill -9 the
+    worker right after the answers, wipe Redis, start a new worker: every answered lease is
+    back, none that was released, and no whole save was needed in between."""
+    s = Stack(tmp_path, POOLS)
+    try:
+        mirror = FileMirror(s.env["VCM_MIRROR_FILE"])
+        wait_for(lambda: mirror.path.exists(), what="the first whole save")
+        saved_at = mirror.path.stat().st_mtime_ns
+        kept, released = [], []
+        for i in range(12):
+            leases = call(s.app, "vcm.acquire", request={
+                "vcpus": 2, "memory": 4, "owner": f"o{i % 2}", "request-id": f"k-{i}"})
+            (released if i % 3 == 0 else kept).extend(x["metadata"]["name"] for x in leases)
+        assert call(s.app, "vcm.release", lease_ids=released, owner=None) == released
+        placement = s.procs[0]
+        placement.stop(signal.SIGKILL)
+        assert mirror.path.stat().st_mtime_ns == saved_at  # the journal carried every change
+        assert len(mirror.journal.read_text().splitlines()) == 13
+        s.redis.wipe()
+        again = Worker(s.env, "placement").start()
+        s.procs[0] = again
+        wait_for(lambda: Ledger(s.redis.client()).is_ready(), what="the restore")
+        ledger = Ledger(s.redis.client())
+        assert sorted(ledger.audit()["leases"]) == sorted(kept)
+        check_invariants(ledger, {p.name: p for p in load_pools(str(s.pools))})
+        assert call(s.app, "vcm.release", lease_ids=kept[:1], owner="o1") == kept[:1]
     finally:
         s.stop()

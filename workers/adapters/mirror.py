@@ -735,8 +735,11 @@ class FileMirror:
                 if self._fd is None or not _same_file(self._fd, self.journal):
                     if self._fd is not None:
                         os.close(self._fd)
-                    self._fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                    self._fd = os.open(self.journal, os.O_RDWR | os.O_APPEND | os.O_CREAT,
                                        0o600)
+                    end = os.lseek(self._fd, 0, os.SEEK_END)
+                    if end and os.pread(self._fd, 1, end - 1) != b"\n":
+                        line = b"\n" + line  # end a line torn by a crash: it stays skipped
                 os.write(self._fd, line)
                 os.fdatasync(self._fd)
                 self.records += 1
@@ -744,6 +747,10 @@ class FileMirror:
                     self.covered = max(self.covered, seq)
         except OSError as exc:
             self.failed = max(self.failed or 0, seq)
+            if self._fd is not None:  # reopen next time: a torn line gets ended first
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = None
             raise MirrorError(f"cannot append to mirror journal {self.journal}: {exc}") from exc
 
     def journal_size(self) -> int:
