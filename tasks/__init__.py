@@ -106,12 +106,7 @@ def _answer(task, result: Any) -> Any:
     return result
 
 
-# Celery reprs each result twice (log line, task-succeeded event) up to this many characters:
-# enough for a lease's pool and vCenter, and cheap (the default 1024 costs more than placing)
-LEASES_REPR = 300
-
-
-@app.task(name="vcm.acquire", bind=True, throws=EXPECTED, resultrepr_maxsize=LEASES_REPR)
+@app.task(name="vcm.acquire", bind=True, throws=EXPECTED)
 def acquire(self, request: Any = None, *args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)
     from workers.service import Parked
@@ -123,7 +118,7 @@ def acquire(self, request: Any = None, *args: Any, **extra: Any) -> list[dict[st
     return _answer(self, result)
 
 
-@app.task(name="vcm.acquire_batch", bind=True, throws=EXPECTED, resultrepr_maxsize=LEASES_REPR)
+@app.task(name="vcm.acquire_batch", bind=True, throws=EXPECTED)
 def acquire_batch(self, requests: Any = None, *args: Any,
                   **extra: Any) -> list[list[dict[str, Any]]]:
     _no_extra(args, extra)
@@ -137,7 +132,7 @@ def release(self, lease_ids: Any = None, owner: Any = None, *args: Any,
     return _answer(self, service().release(lease_ids, owner))
 
 
-@app.task(name="vcm.renew", bind=True, throws=EXPECTED, resultrepr_maxsize=LEASES_REPR)
+@app.task(name="vcm.renew", bind=True, throws=EXPECTED)
 def renew(self, lease_id: Any = None, owner: Any = None, ttl: Any = None, *args: Any,
           **extra: Any) -> dict:
     _no_extra(args, extra)

@@ -752,30 +752,46 @@ def test_file_mirror_journal_replays_changes_after_the_snapshot_in_seq_order(tmp
     assert got["leases"][0]["status"]["pool"] == "p2"
 
 
-def test_file_mirror_journal_alone_is_a_ledger(tmp_path):
+def test_file_mirror_journal_needs_its_snapshot(tmp_path):
+    """Without the snapshot (not written yet, or removed) the journal alone would lose the
+    older leases: appends refuse until a whole save."""
     m = FileMirror(tmp_path / "ledger.json")
-    m.append(1, [_raw("a"), _raw("b")], [])
-    m.append(2, [], ["b", "never-existed"])
-    assert FileMirror(tmp_path / "ledger.json").load() == {
-        "format": 1, "seq": 2, "leases": [_lease("a")]}
+    with pytest.raises(MirrorError, match="missing"):
+        m.append(1, [_raw("a")], [])
+    assert m.failed == 1 and m.covered == -1 and not m.journal.exists()
+    m.save({"format": 1, "seq": 1, "leases": [_lease("a")]}, m.mark())
+    assert m.failed is None and m.covered == 1
+    m.append(2, [_raw("b")], [])
+    m.append(3, [], ["a", "never-existed"])
+    assert FileMirror(m.path).load() == {"format": 1, "seq": 3, "leases": [_lease("b")]}
+    m.path.unlink()  # removed behind the worker's back
+    with pytest.raises(MirrorError, match="missing"):
+        m.append(4, [_raw("c")], [])
+    assert m.failed == 4 and m.covered == 3
+    m.save({"format": 1, "seq": 4, "leases": [_lease("b"), _lease("c")]}, m.mark())
+    FileMirror(m.path).save({"format": 1, "seq": 0, "leases": []})  # another writer, stale
+    with pytest.raises(MirrorError, match="not the snapshot this worker wrote"):
+        m.append(5, [_raw("d")], [])
+    assert m.failed == 5 and m.covered == 4
 
 
 def test_file_mirror_torn_journal_line_is_skipped_and_ended(tmp_path):
     """A crash mid-append leaves half a line (never answered): it is skipped, and the next
     append starts a line of its own instead of being glued to it."""
     m = FileMirror(tmp_path / "ledger.json")
+    m.save({"format": 1, "seq": 0, "leases": []})
     m.append(1, [_raw("a")], [])
     with open(m.journal, "ab") as fh:
         fh.write(_raw("half").encode()[:40])
     assert [x["metadata"]["name"] for x in FileMirror(m.path).load()["leases"]] == ["a"]
-    later = FileMirror(m.path)  # the restarted worker
-    later.append(3, [_raw("c")], [])
+    m.append(3, [_raw("c")], [])
     got = FileMirror(m.path).load()
     assert got["seq"] == 3 and [x["metadata"]["name"] for x in got["leases"]] == ["a", "c"]
 
 
 def test_file_mirror_save_compacts_the_journal(tmp_path):
     m = FileMirror(tmp_path / "ledger.json")
+    m.save({"format": 1, "seq": 0, "leases": []})
     m.append(1, [_raw("a")], [])
     m.append(2, [_raw("b")], [])
     mark = m.mark()  # the snapshot below is read after this point
@@ -796,6 +812,7 @@ def test_file_mirror_save_compacts_the_journal(tmp_path):
 
 def test_file_mirror_failed_append_stops_coverage_until_a_save(tmp_path):
     m = FileMirror(tmp_path / "ledger.json")
+    m.save({"format": 1, "seq": 0, "leases": []})
     m.append(1, [_raw("a")], [])
     m.journal.unlink()
     m.journal.mkdir()  # appends now fail (even as root): the journal is replaced by a directory

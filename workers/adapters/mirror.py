@@ -694,8 +694,10 @@ class FileMirror:
     ``save`` replaces the snapshot atomically (temp file, fsync, rename) and compacts the
     journal; ``append`` adds one change (the leases it put, the ids it deleted, at a ledger
     seq) as a JSON line and fsyncs it, so the placement worker can answer as soon as its own
-    change is on disk. ``load`` is the snapshot with every later journal record applied in
-    seq order; a torn last line (a crash mid-append, never answered) is skipped. Writers in
+    change is on disk; it refuses unless the snapshot on disk is the one this object wrote
+    last (not written yet, removed or replaced: a whole save comes first).
+    ``load`` is the snapshot with every later journal record applied in seq order; a torn
+    last line (a crash mid-append, never answered) is skipped. Writers in
     one process share a lock; an flock on ``<path>.lock`` covers other processes.
     """
 
@@ -709,6 +711,7 @@ class FileMirror:
         self._mutex = threading.Lock()
         self._fd: int | None = None  # the journal, opened for appending
         self._lock_fd: int | None = None  # <path>.lock, for flock
+        self._written: tuple[int, int] | None = None  # (inode, mtime) of our last snapshot
 
     def __repr__(self) -> str:
         return f"FileMirror({str(self.path)!r})"
@@ -732,14 +735,24 @@ class FileMirror:
                 ).encode()
         try:
             with self._locked():
+                # the journal extends the snapshot this process wrote last; if that is not the
+                # one on disk (not written yet, removed, replaced) a whole save comes first
+                try:
+                    st = os.stat(self.path)
+                    found = (st.st_ino, st.st_mtime_ns)
+                except FileNotFoundError:
+                    found = None
+                if found is None or found != self._written:
+                    raise FileNotFoundError(f"{self.path} is missing or not the snapshot this "
+                                            "worker wrote (a whole save is due)")
                 if self._fd is None or not _same_file(self._fd, self.journal):
                     if self._fd is not None:
                         os.close(self._fd)
                     self._fd = os.open(self.journal, os.O_RDWR | os.O_APPEND | os.O_CREAT,
                                        0o600)
-                    end = os.lseek(self._fd, 0, os.SEEK_END)
-                    if end and os.pread(self._fd, 1, end - 1) != b"\n":
-                        line = b"\n" + line  # end a line torn by a crash: it stays skipped
+                end = os.lseek(self._fd, 0, os.SEEK_END)
+                if end and os.pread(self._fd, 1, end - 1) != b"\n":
+                    line = b"\n" + line  # end a line torn by a crash: it stays skipped
                 os.write(self._fd, line)
                 os.fdatasync(self._fd)
                 self.records += 1
@@ -776,6 +789,8 @@ class FileMirror:
         try:
             directory.mkdir(parents=True, exist_ok=True)
             _write_atomically(self.path, raw)
+            st = os.stat(self.path)
+            self._written = (st.st_ino, st.st_mtime_ns)
             self._compact(mark, int(snapshot.get("seq", 0)))
             _fsync_dir(directory)
         except OSError as exc:
