@@ -1,0 +1,66 @@
+"""The Redis ledger's scripts on their own (a private key prefix on the session's redis-server)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from workers.adapters.ledger import Ledger
+from workers.core.models import Pool, make_lease, parse_request
+
+
+@pytest.fixture()
+def own_ledger(redis_server):
+    ledger = Ledger(redis_server.client(), prefix=f"t-{uuid.uuid4().hex[:8]}:")
+    assert ledger.restore({"seq": 0, "leases": []})
+    return ledger
+
+
+def _group(ledger: Ledger, rid: str):
+    pool = Pool("p1", "vc1", "dc", "c", "ds", vcpus=10, memory=10, storage=10)
+    req = parse_request({"vcpus": 1, "memory": 1, "networks": 0, "request-id": rid},
+                        default_owner="o", default_request_id=rid, default_ttl=3600,
+                        max_ttl=86400)
+    lease = make_lease(uuid.uuid4().hex[:20], req, pool, [], time.time())
+    return {rid: [lease]}, {"p1": (pool.vcpu_capacity, pool.memory, pool.storage)}
+
+
+def test_commit_placed_for_an_empty_line_is_refused_when_someone_waits(own_ledger):
+    """The worker skips reading the line when it saw it empty; the commit checks instead."""
+    version = own_ledger.usage()[0]
+    own_ledger.park("head", {"task": "t", "request": {}, "since": 0, "deadline": 1e12})
+    before = own_ledger.audit()
+    groups, caps = _group(own_ledger, "r1")
+    refused = own_ledger.commit(version, groups, caps, lone=True)
+    assert refused.status == "waiters"
+    assert own_ledger.audit() == before and own_ledger.usage()[0] == version
+    assert own_ledger.commit(version, groups, caps).status == "ok"  # placed knowing the line
+
+
+def test_release_reports_the_waiting_line(own_ledger):
+    groups, caps = _group(own_ledger, "r1")
+    ok = own_ledger.commit(own_ledger.usage()[0], groups, caps, lone=True)
+    assert ok.status == "ok" and len(ok.raws) == 1
+    own_ledger.park("w", {"task": "t", "request": {}, "since": 0, "deadline": 1e12})
+    res = own_ledger.release([groups["r1"][0]["metadata"]["name"]])
+    assert res.waiting == 1 and res.seq == ok.seq + 1
+    assert own_ledger.unpark("w")
+    assert own_ledger.release([], by_owner="o").waiting == 0
+
+
+def test_quiet_changes_do_not_kick_the_publisher(own_ledger):
+    own_ledger.quiet = True
+    groups, caps = _group(own_ledger, "r1")
+    assert own_ledger.commit(own_ledger.usage()[0], groups, caps).status == "ok"
+    lid = groups["r1"][0]["metadata"]["name"]
+    raw = own_ledger.raw(lid)
+    status, seq, _ = own_ledger.swap(lid, raw, own_ledger.get(lid), time.time() + 60)
+    assert status == "ok" and seq == 2
+    own_ledger.release([lid])
+    assert not own_ledger.r.exists(own_ledger.p + "kick")
+    own_ledger.quiet = False
+    groups, caps = _group(own_ledger, "r2")
+    assert own_ledger.commit(own_ledger.usage()[0], groups, caps).status == "ok"
+    assert own_ledger.r.lrange(own_ledger.p + "kick", 0, -1) == [b"4"]
