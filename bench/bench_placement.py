@@ -13,8 +13,9 @@ rounds (best round kept), reported as a ratio 10,000/100 that should be about 1:
 Cost is CPU time: this thread's (time.thread_time) plus, for the ledger and service paths, the
 private redis-server's (INFO cpu), per decision. Wall time on a shared 2-core machine mostly
 measures the neighbours. The leases a round makes are released after it, outside the
-measurement. The breakdown adds the mirror write (snapshot + JSON file + fsync, wall time)
-that every acquire/release answer of the worker waits for.
+measurement. The breakdown adds a whole mirror write (snapshot + JSON file + fsync, wall time):
+answers wait only for a journal append; whole writes compact the journal once it holds as many
+records as there are leases, so their cost per change stays flat.
 
 Every lease holds one port group, as the default request does, so 10,000 leases also means
 10,000 port groups in use (pools have 64 each); a third ledger holds 10,000 leases without port
@@ -48,7 +49,7 @@ from bench import (  # noqa: E402
     write_pools,
 )
 from workers.core.models import Pool, make_lease, parse_request  # noqa: E402
-from workers.core.placement import Fleet, place  # noqa: E402
+from workers.core.placement import Fleet, FreeNets, place  # noqa: E402
 from workers.core.pools import parse_pools  # noqa: E402
 
 POOLS, VCENTERS, PORT_GROUPS = 200, 40, 64
@@ -97,6 +98,7 @@ def fleet_of(pools: dict[str, Pool], leases: list[dict]) -> Fleet:
         fleet.usage[st["pool"]] = fleet.used(st["pool"]).plus(sp["vcpus"], sp["memory"],
                                                               sp["storage"])
         fleet.used_nets.update(f"{st['vcenter']}|{n['port-group']}" for n in st["networks"])
+    fleet.free = FreeNets(pools, fleet.used_nets)  # the aggregate the worker keeps up to date
     return fleet
 
 
@@ -159,7 +161,7 @@ class LedgerCase:
                                        pools_file=str(pools_path), strategy="least-utilized")
         self.service = Capacity(self.ledger, PoolsFile(str(pools_path)), settings)
         self.mirror = None
-        try:  # the worker's reply path waits for this (snapshot + mirror file write)
+        try:  # the publisher's whole save (journal compaction)
             from workers.adapters.mirror import FileMirror
 
             if hasattr(self.ledger, "snapshot"):

@@ -25,6 +25,7 @@ from workers.core.models import Network, Pool, Request
 from workers.core.placement import (
     STRATEGIES,
     Fleet,
+    FreeNets,
     Placement,
     Usage,
     check_possible,
@@ -1056,3 +1057,61 @@ def test_reasons_regex_shape():
         if name == "pool4":
             continue
         assert re.fullmatch(r"(insufficient [a-z -]+ \(need \d+, free \d+\)(, )?)+", why), why
+
+
+def _scan_free(fleet: Fleet, pool: Pool, net_type: str) -> list[Network]:
+    return [n for n in pool.networks if n.type == net_type
+            and pool.net_key(n) not in fleet.used_nets]
+
+
+def _index_agrees(fleet: Fleet) -> None:
+    assert fleet.free is not None
+    for pool in fleet.pools.values():
+        for net_type in TYPES:
+            want = _scan_free(fleet, pool, net_type)
+            assert fleet.free.first(pool, net_type) == want, (pool.name, net_type)
+            assert fleet.free.count(pool, net_type) == len(want)
+
+
+@PROPS
+@given(st.data())
+def test_free_port_group_aggregate_places_exactly_like_a_scan(data):
+    """The FreeNets aggregate (what the worker keeps) gives the same placements as scanning
+    the port groups, through placements and releases, and always agrees with the scan."""
+    plain = data.draw(fleets())
+    indexed = Fleet(plain.pools, dict(plain.usage), set(plain.used_nets),
+                    FreeNets(plain.pools, plain.used_nets))
+    _index_agrees(indexed)
+    strategy = data.draw(st.sampled_from(STRATEGIES))
+    for _ in range(data.draw(st.integers(1, 12))):
+        if indexed.used_nets and data.draw(st.booleans()):  # a release gives port groups back
+            key = data.draw(st.sampled_from(sorted(indexed.used_nets)))
+            for fleet in (plain, indexed):
+                fleet.used_nets.discard(key)
+            indexed.free.give(key)
+        req = data.draw(requests(plain))
+        want, got = outcome(req, plain, strategy), outcome(req, indexed, strategy)
+        assert got == want
+        if isinstance(want, list):
+            placements = place(req, indexed, strategy)
+            plain.apply(req, place(req, plain, strategy))
+            indexed.apply(req, placements)
+        _index_agrees(indexed)
+
+
+def test_free_port_group_aggregate_with_port_groups_shared_by_pools():
+    """Two pools of one vCenter that list the same port group: taking it in one takes it in
+    both (the ledger key is vCenter|port group), and giving it back frees it in both."""
+    shared = Network("pg-shared", 10)
+    a = replace(pool("a", "vc1"), networks=(shared, Network("pg-a", 11)))
+    b = replace(pool("b", "vc1"), networks=(Network("pg-b", 12), shared))
+    pools = {"a": a, "b": b}
+    free = FreeNets(pools, {"vc1|pg-a"})
+    assert free.first(a, shared.type) == [shared] and free.count(b, shared.type) == 2
+    free.take("vc1|pg-shared")
+    assert free.count(a, shared.type) == 0 and free.first(b, shared.type) == [b.networks[0]]
+    free.give("vc1|pg-shared")
+    free.give("vc1|pg-a")
+    free.give("vc1|pg-a")  # twice is harmless
+    assert free.first(a, shared.type) == [shared, a.networks[1]]
+    assert free.first(b, shared.type, 1) == [b.networks[0]]

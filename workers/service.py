@@ -26,6 +26,7 @@ from .core.models import (
 )
 from .core.placement import (
     Fleet,
+    FreeNets,
     Usage,
     check_possible,
     estimate,
@@ -82,6 +83,7 @@ class Capacity:
         self._version = -1
         self._usage: dict[str, Usage] = {}
         self._nets: set[str] = set()
+        self._free: FreeNets | None = None  # free port groups of self._nets, when built
         self._pools_generation = pools.generation
         self._line_empty = False  # nobody waited at the last look (the commit re-checks)
         self._checked_pools: object = None  # the pools self._checked was computed for
@@ -157,14 +159,21 @@ class Capacity:
         self._version = -1
         return restored
 
-    def fleet(self, fresh: bool = False) -> tuple[int, Fleet]:
+    def fleet(self, fresh: bool = False, indexed: bool = False) -> tuple[int, Fleet]:
+        """The cached usage as a Fleet; `indexed` adds the free port-group aggregate (kept
+        up to date with the cache, rebuilt when the usage is re-read or the pools change)."""
         if fresh or self._version < 0:
+            self._free = None
             try:
                 self._version, self._usage, self._nets = self.ledger.usage(self.writer)
             except LedgerUnready:
                 self.ensure_ready()
                 self._version, self._usage, self._nets = self.ledger.usage()
-        return self._version, Fleet(self.pools.current(), self._usage, self._nets)
+        pools = self.pools.current()
+        if indexed and (self._free is None or self._free.pools is not pools):
+            self._free = FreeNets(pools, self._nets)
+        free = self._free if self._free is not None and self._free.pools is pools else None
+        return self._version, Fleet(pools, self._usage, self._nets, free)
 
     def _forget(self) -> None:
         self._version = -1
@@ -223,7 +232,7 @@ class Capacity:
         """
         find_held = held is None
         for attempt in range(MAX_ATTEMPTS):
-            version, fleet = self.fleet(fresh=attempt > 0)
+            version, fleet = self.fleet(fresh=attempt > 0, indexed=True)
             # with nobody seen waiting, assume the line is still empty: the commit checks it
             lone = find_held and self._line_empty
             if find_held and not lone:
@@ -416,7 +425,10 @@ class Capacity:
             u = self._usage.get(st["pool"], Usage())
             self._usage[st["pool"]] = u.plus(-sp["vcpus"], -sp["memory"], -sp["storage"], -1)
             for n in st.get("networks") or []:
-                self._nets.discard(f"{st['vcenter']}|{n['port-group']}")
+                key = f"{st['vcenter']}|{n['port-group']}"
+                self._nets.discard(key)
+                if self._free is not None:
+                    self._free.give(key)
         self._version = old_version + 1
 
     def reap_expired(self) -> list[str]:

@@ -10,6 +10,7 @@ round; `random` ranks by a hash of (request-id, pool name), so it is repeatable 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -41,13 +42,55 @@ class Placement:
     networks: tuple[Network, ...]
 
 
+class FreeNets:
+    """Free port groups per (pool, network type), in configuration order: an aggregate kept
+    up to date as port groups are taken and given back, so that placement does not scan the
+    port groups in use (their number grows with the leases)."""
+
+    def __init__(self, pools: Mapping[str, Pool], used: set[str]) -> None:
+        self.pools = pools
+        self._where: dict[str, list[tuple[tuple[str, str], int]]] = {}  # key -> (slot, index)
+        self._free: dict[tuple[str, str], list[int]] = {}  # slot -> sorted free indices
+        for pool in pools.values():
+            for net_type in {n.type for n in pool.networks}:
+                slot = (pool.name, net_type)
+                free = self._free[slot] = []
+                for i, (_, key) in enumerate(pool.keyed_networks(net_type)):
+                    self._where.setdefault(key, []).append((slot, i))
+                    if key not in used:
+                        free.append(i)
+
+    def take(self, key: str) -> None:
+        for slot, i in self._where.get(key, ()):
+            free = self._free[slot]
+            j = bisect.bisect_left(free, i)
+            if j < len(free) and free[j] == i:
+                del free[j]
+
+    def give(self, key: str) -> None:
+        for slot, i in self._where.get(key, ()):
+            free = self._free[slot]
+            j = bisect.bisect_left(free, i)
+            if j == len(free) or free[j] != i:
+                free.insert(j, i)
+
+    def count(self, pool: Pool, net_type: str) -> int:
+        return len(self._free.get((pool.name, net_type), ()))
+
+    def first(self, pool: Pool, net_type: str, n: int | None = None) -> list[Network]:
+        pairs = pool.keyed_networks(net_type)
+        return [pairs[i][0] for i in self._free.get((pool.name, net_type), ())[:n]]
+
+
 @dataclass
 class Fleet:
-    """What placement needs to know: configured pools, per-pool usage and used port groups."""
+    """What placement needs to know: configured pools, per-pool usage and used port groups.
+    `free`, when given, is the FreeNets aggregate of exactly these pools and used_nets."""
 
     pools: Mapping[str, Pool]
     usage: dict[str, Usage] = field(default_factory=dict)
     used_nets: set[str] = field(default_factory=set)
+    free: FreeNets | None = None
 
     def copy(self) -> Fleet:
         return Fleet(self.pools, dict(self.usage), set(self.used_nets))
@@ -59,16 +102,33 @@ class Fleet:
         for p in placements:
             self.usage[p.pool.name] = self.used(p.pool.name).plus(req.vcpus, req.memory,
                                                                    req.storage)
-            self.used_nets.update(p.pool.net_key(n) for n in p.networks)
+            for n in p.networks:
+                key = p.pool.net_key(n)
+                self.used_nets.add(key)
+                if self.free is not None:
+                    self.free.take(key)
 
-    def free_networks(self, pool: Pool, net_type: str) -> list[Network]:
+    def free_networks(self, pool: Pool, net_type: str, limit: int | None = None
+                      ) -> list[Network]:
+        """Free port groups of this type, in configuration order (the first `limit`)."""
+        if self.free is not None:
+            return self.free.first(pool, net_type, limit)
         used = self.used_nets
-        return [n for n, key in pool.keyed_networks(net_type) if key not in used]
+        free = [n for n, key in pool.keyed_networks(net_type) if key not in used]
+        return free[:limit]
+
+    def free_count(self, pool: Pool, net_type: str) -> int:
+        if self.free is not None:
+            return self.free.count(pool, net_type)
+        used = self.used_nets
+        return sum(1 for _, key in pool.keyed_networks(net_type) if key not in used)
 
     def has_free_networks(self, pool: Pool, net_type: str, need: int) -> bool:
         """Whether `need` port groups of this type are free (stops counting at `need`)."""
         if need <= 0:
             return True
+        if self.free is not None:
+            return self.free.count(pool, net_type) >= need
         used = self.used_nets
         for _, key in pool.keyed_networks(net_type):
             if key not in used:
@@ -129,7 +189,7 @@ def shortfall(req: Request, pool: Pool, fleet: Fleet) -> str | None:
         if need > free:
             problems.append(f"insufficient {name} (need {need}, free {max(free, 0)})")
     if req.networks and not fleet.has_free_networks(pool, req.network_type, req.networks):
-        free_nets = len(fleet.free_networks(pool, req.network_type))
+        free_nets = fleet.free_count(pool, req.network_type)
         if req.networks > free_nets:
             problems.append(f"insufficient networks of type {req.network_type} "
                             f"(need {req.networks}, free {free_nets})")
@@ -186,7 +246,7 @@ def place(req: Request, fleet: Fleet, strategy: str = "least-utilized",
                        f"need {req.vcenters}")
         raise NoCapacity.of(reasons, summary)
     return [
-        Placement(pool, tuple(fleet.free_networks(pool, req.network_type)[: req.networks]))
+        Placement(pool, tuple(fleet.free_networks(pool, req.network_type, req.networks)))
         for pool in chosen
     ]
 
@@ -227,12 +287,12 @@ def fits_alone(req: Request, pool: Pool, fleet: Fleet) -> tuple[int, str]:
     if req.storage:
         limits.append(((pool.storage - used.storage) // req.storage, "storage"))
     if req.networks:
-        free = len(fleet.free_networks(pool, req.network_type))
+        free = fleet.free_count(pool, req.network_type)
         limits.append((free // req.networks, f"networks of type {req.network_type}"))
     count, dim = min(limits)
     count = max(count, 0)
     after = replace(fleet, usage={**fleet.usage, pool.name: used.plus(
-        req.vcpus * count, req.memory * count, req.storage * count, count)})
+        req.vcpus * count, req.memory * count, req.storage * count, count)}, free=None)
     after.used_nets = set(fleet.used_nets) | {
         pool.net_key(n) for n in fleet.free_networks(pool, req.network_type)[
             : req.networks * count]}
@@ -337,7 +397,7 @@ def deficit(req: Request, pool: Pool, fleet: Fleet) -> float:
                + max(0, req.memory - (pool.memory - used.memory)) / pool.memory
                + max(0, req.storage - (pool.storage - used.storage)) / pool.storage)
     if req.networks:
-        free = len(fleet.free_networks(pool, req.network_type))
+        free = fleet.free_count(pool, req.network_type)
         total = max(len(pool.networks_of(req.network_type)), 1)
         missing += max(0, req.networks - free) / total
     return missing
