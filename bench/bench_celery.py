@@ -280,7 +280,8 @@ def worker_shim(out: str, argv: list[str]) -> None:
     timed(redis.Redis, "execute_command", "redis round trip (command)")
     timed(redis.client.Pipeline, "execute", "redis round trip (pipeline)")
     for name in ("usage", "commit", "release", "waiting_count", "waiters", "defer", "outbox",
-                 "outbox_done", "snapshot", "seq", "is_ready", "count", "wait_kick", "get_many"):
+                 "outbox_done", "snapshot", "seq", "is_ready", "count", "wait_kick", "get_many",
+                 "swap", "active_at"):
         timed(Ledger, name, f"Ledger.{name}")
     for name in ("acquire", "release", "place", "parse", "fleet", "existing", "ensure_ready"):
         timed(Capacity, name, f"Capacity.{name}")
@@ -288,6 +289,9 @@ def worker_shim(out: str, argv: list[str]) -> None:
     for cls in ("FileMirror", "ConfigMapMirror"):
         if hasattr(mirror, cls):
             timed(getattr(mirror, cls), "save", f"{cls}.save")
+    if hasattr(mirror.FileMirror, "append"):
+        timed(mirror.FileMirror, "append", "FileMirror.append (journal)")
+    timed(mirror.os, "fdatasync", "os.fdatasync")
     timed(replies.CeleryReplies, "deliver", "CeleryReplies.deliver")
     timed(backend_base.Backend, "store_result", "backend.store_result")
     try:
