@@ -78,6 +78,7 @@ class Capacity:
         if self.journal is not None:
             ledger.quiet = True  # no publisher wake-up per change: the journal has it
         self.last_seq = -1  # ledger seq of the last change made here
+        self._journal_warned = False
         self.lock = threading.RLock()
         # cache of the ledger's usage, valid while the ledger is at self._version
         self._version = -1
@@ -128,7 +129,13 @@ class Capacity:
         try:
             self.journal.append(seq, put, deleted)
         except MirrorError as exc:
-            log.warning("mirror journal: %s; answers wait for a full mirror save", exc)
+            # once per streak; before this worker's first whole save (start-up) it is expected
+            quiet = self._journal_warned or not self.journal.started
+            (log.info if quiet else log.warning)(
+                "mirror journal: %s; answers wait for a whole mirror save", exc)
+            self._journal_warned = True
+        else:
+            self._journal_warned = False
 
     def covered(self) -> bool:
         """Whether the mirror already holds every change made here (answers may go out)."""

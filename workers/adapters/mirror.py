@@ -766,6 +766,11 @@ class FileMirror:
                 self._fd = None
             raise MirrorError(f"cannot append to mirror journal {self.journal}: {exc}") from exc
 
+    @property
+    def started(self) -> bool:
+        """Whether this object wrote a snapshot yet (appends extend only its own)."""
+        return self._written is not None
+
     def journal_size(self) -> int:
         try:
             return self.journal.stat().st_size
