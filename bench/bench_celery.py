@@ -8,8 +8,8 @@ Redis). Measurements alternate (noop, acquire, acquire, noop, ...); rates are me
 the ratio is the median of the adjacent acquire/noop pairs.
 
 Two worker configurations, each with its own baseline:
-- `file mirror`: the product's default (VCM_MIRROR_FILE set): acquire/release answers are held
-  until the ledger mirror (a JSON file, fsync'd) covers them;
+- `file mirror`: the product's default (VCM_MIRROR_FILE set): each acquire/release is appended
+  to the mirror's journal (fdatasync'd) before it is answered;
 - `mirror off` (VCM_MIRROR_FILE=off): answers go straight to the result backend. This row
   shows how much of the gap is the mirror.
 
@@ -561,8 +561,8 @@ def main(argv: list[str] | None = None) -> int:
                     cpu_rows))
         print("\nThe single solo worker is the bottleneck at saturation: there the rate ratio "
               "tends to 1 / (worker CPU ×noop), so the 0.8 target needs ≤ 1.25.")
-        print("\nfile mirror: the default (VCM_MIRROR_FILE); acquire/release answers wait until "
-              "the ledger's JSON mirror file is rewritten and fsync'd. mirror off: "
+        print("\nfile mirror: the default (VCM_MIRROR_FILE); each acquire/release is appended to "
+              "the mirror's journal and fdatasync'd before its answer. mirror off: "
               "VCM_MIRROR_FILE=off. Each row's noop baseline ran on the same worker, interleaved.")
         print("ratio of each adjacent acquire/noop pair: " + "; ".join(paired))
         for n in notes:

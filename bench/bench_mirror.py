@@ -7,13 +7,15 @@ round) so that the machine's noise falls on all three alike:
 
 - `configmap`: VCM_CONFIGMAP, the unmodified kubernetes client over HTTP to
   tests/support/kube_apiserver.py (in this process); every answer waits for the save covering it;
-- `file`: VCM_MIRROR_FILE (temp file, fsync, rename), answers wait the same way;
+- `file`: VCM_MIRROR_FILE: each change is appended to the journal (fdatasync) before its
+  answer; whole snapshots (temp file, fsync, rename) only compact the journal;
 - `off`: VCM_MIRROR_FILE=off, answers go out at once (the baseline).
 
 Two loads, each starting from an empty ledger (everything is released in between):
 - `burst`: 1,000 acquires sent at once by 10 client threads (100 each), then all answers read.
   Group commit: one save covers every change made while the previous one was in flight;
-- `1 client`: one client thread, acquire after acquire (each answer needs its own save).
+- `1 client`: one client thread, acquire after acquire (each answer needs its own save or
+  journal append).
 
 Usage: .venv/bin/python bench/bench_mirror.py [--rounds N] [--quick]
 """
