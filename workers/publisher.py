@@ -230,8 +230,6 @@ class Publisher(threading.Thread):
         j = self.journal
         if j is None:
             return True  # write_mirror returns at once when the mirror holds the seq
-        if j.failed is not None and j.failed <= self.mirrored:
-            j.failed = None
         return (self.mirrored < 0 or j.failed is not None
                 or j.records >= max(COMPACT_RECORDS, self._leases)
                 or self.ledger.r.hlen(self.ledger.p + "outbox") > 0)
@@ -240,10 +238,7 @@ class Publisher(threading.Thread):
         """The ledger seq up to which the mirror holds every change (None: no mirror)."""
         if self.mirror is None:
             return None
-        j = self.journal
-        if j is not None and j.failed is None:
-            return max(self.mirrored, j.covered)
-        return self.mirrored
+        return max(self.mirrored, self.journal.holds) if self.journal else self.mirrored
 
     # replies ---------------------------------------------------------------------------
     def release_replies(self) -> None:

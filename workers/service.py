@@ -139,8 +139,7 @@ class Capacity:
 
     def covered(self) -> bool:
         """Whether the mirror already holds every change made here (answers may go out)."""
-        j = self.journal
-        return j is not None and j.failed is None and j.covered >= self.last_seq
+        return self.journal is not None and self.journal.holds >= self.last_seq
 
     def _journal_existing(self, ids: list[str]) -> None:
         """A request answered again (redelivered, or sent twice): journal its live leases."""
@@ -177,10 +176,11 @@ class Capacity:
                 self.ensure_ready()
                 self._version, self._usage, self._nets = self.ledger.usage()
         pools = self.pools.current()
-        if indexed and (self._free is None or self._free.pools is not pools):
+        if self._free is not None and self._free.pools is not pools:
+            self._free = None
+        if indexed and self._free is None:
             self._free = FreeNets(pools, self._nets)
-        free = self._free if self._free is not None and self._free.pools is pools else None
-        return self._version, Fleet(pools, self._usage, self._nets, free)
+        return self._version, Fleet(pools, self._usage, self._nets, self._free)
 
     def _forget(self) -> None:
         self._version = -1
@@ -237,15 +237,14 @@ class Capacity:
         `granted` is the request-id of a waiter being served: it leaves the line in the commit.
         `held`: pools kept for the head of the line (computed here when None).
         """
-        find_held = held is None
         for attempt in range(MAX_ATTEMPTS):
             version, fleet = self.fleet(fresh=attempt > 0, indexed=True)
             # with nobody seen waiting, assume the line is still empty: the commit checks it
-            lone = find_held and self._line_empty
-            if find_held and not lone:
-                held = self._held(fleet, skip=granted)
-            elif held is None or lone:
+            lone = held is None and self._line_empty
+            if lone:
                 held = {}
+            elif held is None or attempt > 0:
+                held = self._held(fleet, skip=granted)
             try:
                 plan = place_batch(reqs, fleet, self.settings.strategy, held)
             except NoCapacity:
@@ -427,15 +426,11 @@ class Capacity:
         if old_version != self._version:
             self._forget()
             return
+        fleet = Fleet({}, self._usage, self._nets, self._free)  # the cache, as a Fleet
         for lease in leases:
             st, sp = lease["status"], lease["spec"]
-            u = self._usage.get(st["pool"], Usage())
-            self._usage[st["pool"]] = u.plus(-sp["vcpus"], -sp["memory"], -sp["storage"], -1)
-            for n in st.get("networks") or []:
-                key = f"{st['vcenter']}|{n['port-group']}"
-                self._nets.discard(key)
-                if self._free is not None:
-                    self._free.give(key)
+            fleet.remove(st["pool"], sp["vcpus"], sp["memory"], sp["storage"],
+                         (f"{st['vcenter']}|{n['port-group']}" for n in st.get("networks") or []))
         self._version = old_version + 1
 
     def reap_expired(self) -> list[str]:

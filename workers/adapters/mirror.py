@@ -759,7 +759,8 @@ class FileMirror:
                 if self.failed is None:  # no gap below: everything up to seq is on disk
                     self.covered = max(self.covered, seq)
         except OSError as exc:
-            self.failed = max(self.failed or 0, seq)
+            if seq > self.covered:  # a whole save that already holds it leaves no gap
+                self.failed = max(self.failed or 0, seq)
             if self._fd is not None:  # reopen next time: a torn line gets ended first
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
@@ -767,19 +768,21 @@ class FileMirror:
             raise MirrorError(f"cannot append to mirror journal {self.journal}: {exc}") from exc
 
     @property
+    def holds(self) -> int:
+        """The ledger seq up to which every change is on disk (-1: unknown, a gap is open)."""
+        return self.covered if self.failed is None else -1
+
+    @property
     def started(self) -> bool:
         """Whether this object wrote a snapshot yet (appends extend only its own)."""
         return self._written is not None
 
-    def journal_size(self) -> int:
+    def mark(self) -> int:
+        """Where the journal ends now: pass it to ``save`` when the snapshot is read after."""
         try:
             return self.journal.stat().st_size
         except OSError:
             return 0
-
-    def mark(self) -> int:
-        """Where the journal ends now: pass it to ``save`` when the snapshot is read after."""
-        return self.journal_size()
 
     def save(self, snapshot: dict[str, Any], mark: int | None = None) -> int:
         """Write the snapshot atomically; returns 1 (one file write). ``mark`` (taken before
@@ -855,13 +858,14 @@ class FileMirror:
         records = [r for r in map(_record, journal.splitlines()) if r and r["seq"] > base]
         if not records:
             return snapshot
+        records.sort(key=lambda r: r["seq"])  # stable: file order on ties
         leases = {x["metadata"]["name"]: x for x in (snapshot or {}).get("leases", [])}
-        for record in sorted(records, key=lambda r: r["seq"]):  # stable: file order on ties
+        for record in records:
             for lease in record["put"]:
                 leases[lease["metadata"]["name"]] = lease
             for lease_id in record["del"]:
                 leases.pop(lease_id, None)
-        return {**(snapshot or {"format": FORMAT}), "seq": max(r["seq"] for r in records),
+        return {**(snapshot or {"format": FORMAT}), "seq": records[-1]["seq"],
                 "leases": sorted(leases.values(), key=lambda x: x["metadata"]["name"])}
 
 

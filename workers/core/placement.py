@@ -108,6 +108,15 @@ class Fleet:
                 if self.free is not None:
                     self.free.take(key)
 
+    def remove(self, pool: str, vcpus: int, memory: int, storage: int,
+               net_keys: Iterable[str]) -> None:
+        """The reverse of apply, for one released lease."""
+        self.usage[pool] = self.used(pool).plus(-vcpus, -memory, -storage, -1)
+        for key in net_keys:
+            self.used_nets.discard(key)
+            if self.free is not None:
+                self.free.give(key)
+
     def free_networks(self, pool: Pool, net_type: str, limit: int | None = None
                       ) -> list[Network]:
         """Free port groups of this type, in configuration order (the first `limit`)."""
@@ -189,10 +198,8 @@ def shortfall(req: Request, pool: Pool, fleet: Fleet) -> str | None:
         if need > free:
             problems.append(f"insufficient {name} (need {need}, free {max(free, 0)})")
     if req.networks and not fleet.has_free_networks(pool, req.network_type, req.networks):
-        free_nets = fleet.free_count(pool, req.network_type)
-        if req.networks > free_nets:
-            problems.append(f"insufficient networks of type {req.network_type} "
-                            f"(need {req.networks}, free {free_nets})")
+        problems.append(f"insufficient networks of type {req.network_type} (need "
+                        f"{req.networks}, free {fleet.free_count(pool, req.network_type)})")
     return ", ".join(problems) or None
 
 
