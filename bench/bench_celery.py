@@ -294,6 +294,21 @@ def worker_shim(out: str, argv: list[str]) -> None:
     timed(mirror.os, "fdatasync", "os.fdatasync")
     timed(replies.CeleryReplies, "deliver", "CeleryReplies.deliver")
     timed(backend_base.Backend, "store_result", "backend.store_result")
+    store = backend_base.Backend.store_result
+
+    def store_by_state(self, task_id, result, state, *a, **k):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return store(self, task_id, result, state, *a, **k)
+        finally:
+            record(f"  store_result {state}", time.perf_counter() - t0, time.thread_time() - c0)
+
+    backend_base.Backend.store_result = store_by_state
+    import celery.backends.redis as backend_redis
+    timed(backend_redis.RedisBackend, "get", "  backend GET (current meta)")
+    timed(backend_redis.RedisBackend, "_set_with_state", "  backend SET+PUBLISH")
+    timed(backend_base.Backend, "_get_result_meta", "  backend result meta")
+    timed(backend_base.Backend, "encode", "  backend encode")
     try:
         from workers.publisher import Publisher
 
@@ -314,6 +329,18 @@ def worker_shim(out: str, argv: list[str]) -> None:
             record(f"task {task.name} (prerun..postrun)", time.perf_counter() - t0[0],
                    time.thread_time() - t0[1])
 
+    import gc
+
+    gc_start: list[float] = [0.0, 0.0]
+
+    def gc_timer(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_start[:] = [time.perf_counter(), time.thread_time()]
+        else:
+            record(f"gc generation {info['generation']}", time.perf_counter() - gc_start[0],
+                   time.thread_time() - gc_start[1])
+
+    gc.callbacks.append(gc_timer)
     prof = cProfile.Profile() if os.environ.get("VCM_BENCH_CPROFILE", "1") != "0" else None
 
     def dump() -> None:

@@ -810,6 +810,27 @@ def test_file_mirror_save_compacts_the_journal(tmp_path):
     assert FileMirror(m.path).load() == {"format": 1, "seq": 0, "leases": []}
 
 
+def test_file_mirror_unsynced_appends_are_written_at_once_and_synced_later(tmp_path):
+    """Releases append with sync=False: the record is in the file at once (a crashed process
+    loses nothing) and becomes durable with the next synced append, sync() or save."""
+    m = FileMirror(tmp_path / "ledger.json")
+    m.save({"format": 1, "seq": 0, "leases": []})
+    m.append(1, [_raw("a"), _raw("b")], [])
+    assert m.covered == m.durable == 1
+    m.append(2, [], ["a"], sync=False)
+    assert m.covered == 2 and m.durable == 1 and m.holds == 2
+    got = FileMirror(m.path).load()  # another process reads it before any sync
+    assert [x["metadata"]["name"] for x in got["leases"]] == ["b"] and got["seq"] == 2
+    m.sync()
+    assert m.durable == 2
+    m.append(3, [], ["b"], sync=False)
+    m.append(4, [_raw("c")], [])  # a grant's fdatasync covers the release before it
+    assert m.covered == m.durable == 4
+    m.append(5, [], ["c"], sync=False)
+    m.save({"format": 1, "seq": 5, "leases": []}, m.mark())
+    assert m.durable == 5 and FileMirror(m.path).load()["leases"] == []
+
+
 def test_file_mirror_failed_append_stops_coverage_until_a_save(tmp_path):
     m = FileMirror(tmp_path / "ledger.json")
     m.save({"format": 1, "seq": 0, "leases": []})

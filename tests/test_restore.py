@@ -12,6 +12,7 @@ from tests.support.procs import Stack, Worker, wait_for
 from workers.adapters.ledger import Ledger
 from workers.adapters.mirror import FileMirror
 from workers.adapters.pools_file import load_pools
+from workers.publisher import read_status
 
 POOLS = yaml.safe_dump({"pools": [
     {"name": f"p{i}", "vcenter": f"vc{i % 3}", "datacenter": "dc", "cluster": f"c{i}",
@@ -105,5 +106,28 @@ def test_answered_leases_survive_a_worker_sigkill_and_a_redis_wipe(tmp_path):
         assert sorted(ledger.audit()["leases"]) == sorted(kept)
         check_invariants(ledger, {p.name: p for p in load_pools(str(s.pools))})
         assert call(s.app, "vcm.release", lease_ids=kept[:1], owner="o1") == kept[:1]
+    finally:
+        s.stop()
+
+
+def test_a_release_is_synced_by_the_publisher_within_its_round(tmp_path):
+    """Releases are answered once written to the journal; the publisher fdatasyncs them in
+    its next round, and only then does the mirror status show their seq."""
+    s = Stack(tmp_path, POOLS)
+    try:
+        mirror = FileMirror(s.env["VCM_MIRROR_FILE"])
+        wait_for(lambda: mirror.path.exists(), what="the first whole save")
+        leases = call(s.app, "vcm.acquire", request={"vcpus": 2, "memory": 4, "owner": "o"})
+        ids = [x["metadata"]["name"] for x in leases]
+        assert call(s.app, "vcm.release", lease_ids=ids, owner="o") == ids
+        r = s.redis.client()
+        seq = int(r.get("vcm:seq"))
+
+        def synced() -> bool:
+            st = read_status(r)
+            return int(st.get("seq", -1)) >= seq and int(st.get("journal-records", 0)) >= 2
+
+        wait_for(synced, timeout=10, what="the release's seq in the mirror status")
+        assert mirror.load()["leases"] == []
     finally:
         s.stop()

@@ -178,6 +178,11 @@ class Publisher(threading.Thread):
             if time.monotonic() >= self.retry_at and self._should_save():
                 self.write_mirror(seq)
         self.release_replies()
+        if self.journal is not None:
+            try:  # releases are written at once, and synced here within the round
+                self.journal.sync()
+            except MirrorError as exc:
+                log.warning("%s: the whole mirror will be saved again", exc)
         if self._status is not None:  # off the replies' path
             self._write_status(self._status)
             self._status = None
@@ -218,7 +223,7 @@ class Publisher(threading.Thread):
 
     def _report_journal(self, seq: int) -> None:
         """Between whole saves the journal covers the changes: show how far, in the status."""
-        covered = self._covered()
+        covered = self._durable()
         if covered is None or covered < 0 or covered == self._reported:
             return
         self._reported = covered
@@ -239,6 +244,13 @@ class Publisher(threading.Thread):
         if self.mirror is None:
             return None
         return max(self.mirrored, self.journal.holds) if self.journal else self.mirrored
+
+    def _durable(self) -> int | None:
+        """Like _covered, counting only journal records that are fdatasync'd."""
+        covered = self._covered()
+        if self.journal is None or covered is None:
+            return covered
+        return max(self.mirrored, min(covered, self.journal.durable))
 
     # replies ---------------------------------------------------------------------------
     def release_replies(self) -> None:

@@ -120,14 +120,16 @@ class Capacity:
         if known:
             raise InvalidRequest(known[0], dict(known[1]))
 
-    def _journal(self, seq: int, put: list[str], deleted: list[str]) -> None:
+    def _journal(self, seq: int, put: list[str], deleted: list[str], sync: bool = True) -> None:
         """Append a change to the mirror's journal; a failure only holds the answers back
-        (the publisher then writes the whole snapshot, with retries)."""
+        (the publisher then writes the whole snapshot, with retries). Releases pass
+        sync=False: a power loss before the next synced write can only bring a released
+        lease back, never double-book (a grant's fdatasync also flushes the release)."""
         self.last_seq = max(self.last_seq, seq)
         if self.journal is None:
             return
         try:
-            self.journal.append(seq, put, deleted)
+            self.journal.append(seq, put, deleted, sync=sync)
         except MirrorError as exc:
             # once per streak; before this worker's first whole save (start-up) it is expected
             quiet = self._journal_warned or not self.journal.started
@@ -416,7 +418,8 @@ class Capacity:
                     raise NotOwner.of(exc.lease_id, str(owner), exc.holder) from None
                 raise LeaseNotFound.of(exc.lease_id) from None
             self._after_release(res.old_version, res.leases)
-            self._journal(res.seq, [], [x["metadata"]["name"] for x in res.leases] + res.already)
+            self._journal(res.seq, [], [x["metadata"]["name"] for x in res.leases] + res.already,
+                          sync=False)
             return res
         raise LeaseNotFound.of(ids[0] if ids else str(owner))
 

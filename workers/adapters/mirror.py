@@ -705,7 +705,8 @@ class FileMirror:
         self.path = Path(path)
         self.journal = self.path.with_name(self.path.name + ".journal")
         self.last_stats: SaveStats | None = None
-        self.covered = -1  # every change up to this ledger seq is on disk (this process)
+        self.covered = -1  # every change up to this ledger seq is written (this process)
+        self.durable = -1  # ... and fdatasync'd: it survives a power loss, not only a crash
         self.failed: int | None = None  # seq of a change whose append failed (until a save)
         self.records = 0  # journal records since the last compaction (this process)
         self._mutex = threading.Lock()
@@ -729,8 +730,10 @@ class FileMirror:
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def append(self, seq: int, put: list[str], deleted: list[str]) -> None:
-        """Journal one change: raw lease JSON strings put, lease ids deleted, at ledger seq."""
+    def append(self, seq: int, put: list[str], deleted: list[str], sync: bool = True) -> None:
+        """Journal one change: raw lease JSON strings put, lease ids deleted, at ledger seq.
+        ``sync=False`` (releases) writes without fdatasync: the record survives a crash of the
+        process at once, and a power loss after the next synced append or ``sync()``."""
         line = (f'{{"seq":{int(seq)},"put":[{",".join(put)}],"del":{json.dumps(deleted)}}}\n'
                 ).encode()
         try:
@@ -754,10 +757,13 @@ class FileMirror:
                 if end and os.pread(self._fd, 1, end - 1) != b"\n":
                     line = b"\n" + line  # end a line torn by a crash: it stays skipped
                 os.write(self._fd, line)
-                os.fdatasync(self._fd)
+                if sync:
+                    os.fdatasync(self._fd)
                 self.records += 1
                 if self.failed is None:  # no gap below: everything up to seq is on disk
                     self.covered = max(self.covered, seq)
+                    if sync:
+                        self.durable = self.covered
         except OSError as exc:
             if seq > self.covered:  # a whole save that already holds it leaves no gap
                 self.failed = max(self.failed or 0, seq)
@@ -766,6 +772,18 @@ class FileMirror:
                     os.close(self._fd)
                 self._fd = None
             raise MirrorError(f"cannot append to mirror journal {self.journal}: {exc}") from exc
+
+    def sync(self) -> None:
+        """fdatasync what unsynced appends wrote (the publisher calls it every round)."""
+        with self._mutex:
+            if self.durable >= self.covered or self._fd is None:
+                return
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:  # the written records may be lost: a whole save is due
+                self.failed = max(self.failed or 0, self.covered)
+                raise MirrorError(f"cannot sync mirror journal {self.journal}: {exc}") from exc
+            self.durable = self.covered
 
     @property
     def holds(self) -> int:
@@ -808,6 +826,7 @@ class FileMirror:
         if self.failed is not None and self.failed <= seq:
             self.failed = None
         self.covered = max(self.covered, seq)
+        self.durable = self.covered  # the snapshot and the rewritten journal are synced
         self.last_stats = SaveStats(1, len(raw), len(raw), 1, 0, False, time.monotonic() - started)
         return 1
 
