@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import celery.app.trace
 from celery import Celery, signals
 from celery.exceptions import Ignore
 
@@ -13,6 +14,37 @@ from workers.core.errors import ERRORS, InvalidRequest
 
 app = Celery("vcm")
 app.config_from_object("celeryconfig")
+REPR_BUDGET = 400  # values in a result small enough for the builtin repr
+
+
+def _small(value: Any, budget: int = REPR_BUDGET) -> int:
+    """What is left of `budget` after counting value's items; negative when too big."""
+    stack = [value]
+    while stack and budget >= 0:
+        item = stack.pop()
+        budget -= 1
+        if type(item) is dict:
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+        elif type(item) not in (str, int, float, bool, type(None)):
+            return -1
+    return budget
+
+
+def result_repr(value: Any, maxlen: int | None = None, *args: Any, **kwargs: Any) -> str:
+    """The result text for the worker's log line and the task-succeeded event. Celery's
+    saferepr walks the value in Python (170 µs for one lease); results here are JSON data,
+    for which the builtin repr is safe and ~30× faster. Anything else, or large, keeps
+    saferepr."""
+    if _small(value) < 0:
+        return _saferepr(value, maxlen, *args, **kwargs)
+    text = repr(value)
+    return text if maxlen is None or len(text) <= maxlen else text[:maxlen] + "..."
+
+
+_saferepr = celery.app.trace.saferepr
+celery.app.trace.saferepr = result_repr  # looked up at each task's success
 log = logging.getLogger("vcm.tasks")
 # domain failures are answers, not crashes: Celery logs them without a traceback
 EXPECTED = tuple(ERRORS.values())
