@@ -27,7 +27,7 @@ result_accept_content = ["json"]
 event_serializer = "json"
 
 PLACEMENT = ("vcm.acquire", "vcm.acquire_batch", "vcm.release", "vcm.renew", "vcm.reap_expired",
-             "vcm.noop_placement")
+             "vcm.cancel_wait", "vcm.noop_placement")
 task_routes = {name: {"queue": "placement"} for name in PLACEMENT}
 task_default_queue = "queries"
 task_create_missing_queues = True

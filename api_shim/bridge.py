@@ -43,6 +43,7 @@ from .settings import ApiSettings
 log = logging.getLogger("vcm.api")
 
 READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+WAITS = frozenset({"vcm.acquire"})  # tasks that can wait in line (request `wait`)
 PARKED = frozenset({"STARTED", "WAITING", "RETRY"})  # a worker holds it: it is not lost
 QUEUES = ("placement", "queries")
 RECORD = "vcm-api:task:"
@@ -508,6 +509,9 @@ class Bridge:
                 exc.details["state"] = state or "PENDING"
                 raise
             if disconnected is not None and await disconnected():
+                if name in WAITS:  # it may be in line: take it out before it is granted
+                    with contextlib.suppress(Exception):
+                        await self.send("vcm.cancel_wait", {"task_id": w.task_id}, queue)
                 raise ApiError(499, "ClientClosedRequest", "the client went away",
                                {"task-id": w.task_id})
             tick = 0.25 if state not in PARKED else 1.0

@@ -171,6 +171,13 @@ def renew(self, lease_id: Any = None, owner: Any = None, ttl: Any = None, *args:
     return _answer(self, service().renew(lease_id, owner, ttl))
 
 
+@app.task(name="vcm.cancel_wait", throws=EXPECTED)
+def cancel_wait(task_id: Any = None, *args: Any, **extra: Any) -> bool:
+    """Sent by the HTTP shim when a synchronous acquire's client hangs up while it waits."""
+    _no_extra(args, extra)
+    return service().cancel_wait(task_id)
+
+
 @app.task(name="vcm.reap_expired", throws=EXPECTED)
 def reap_expired(*args: Any, **extra: Any) -> list[str]:
     _no_extra(args, extra)

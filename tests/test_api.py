@@ -410,6 +410,12 @@ def test_a_client_that_goes_away_is_not_waited_for(api, settled):
 
         # only the /metrics request itself is in flight once the shim has let go
         wait_for(lambda: in_flight() == 1.0, timeout=5, what="the shim to stop waiting")
+        # and the request left the line: the room a release frees goes to nobody who hung up
+        wait_for(lambda: settled.waiting_count() == 0, timeout=10, what="the line to empty")
+        assert c.post("/release", json={"owner": "hog"}).status_code == 200
+        time.sleep(1.5)  # the publisher serves the line at once, and again each second
+        leases = c.get("/leases", params={"owner": "gone"})
+        assert leases.status_code == 200 and leases.json() == [], leases.text
 
 
 # -- queries -------------------------------------------------------------------------------------

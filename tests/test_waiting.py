@@ -70,6 +70,31 @@ def test_wait_runs_out_with_wait_timeout_and_holds_nothing(stack2):
     assert call(app, "vcm.waiting") == []
 
 
+def test_cancel_wait_takes_a_parked_acquire_out_of_the_line(stack2):
+    """vcm.cancel_wait (sent by the HTTP shim when a waiting client hangs up): the task fails
+    with WaitTimeout, the line is empty, and a later release grants it nothing."""
+    app = stack2.app
+    ledger = Ledger(stack2.redis.client())
+    held = [call(app, "vcm.acquire", request={"vcpus": 10, "memory": 1, "required-pool": p})[0]
+            for p in ("p1", "p2")]
+    r = send(app, "vcm.acquire", request={"vcpus": 6, "memory": 1, "wait": 60, "owner": "w"})
+    wait_for(lambda: r.state == "WAITING", timeout=10, what="WAITING state")
+    assert call(app, "vcm.cancel_wait", task_id="no-such-task") is False
+    assert call(app, "vcm.cancel_wait", task_id=r.id) is True
+    with pytest.raises(Exception) as info:
+        r.get(timeout=10)
+    assert type(info.value).__name__ == "WaitTimeout" and "went away" in str(info.value)
+    assert call(app, "vcm.waiting") == []
+    assert call(app, "vcm.cancel_wait", task_id=r.id) is False  # twice is harmless
+    call(app, "vcm.release", lease_ids=[held[1]["metadata"]["name"]])
+    time.sleep(1.0)
+    assert "w" not in {x["status"]["owner"] for x in ledger.audit()["leases"].values()}
+    bad = send(app, "vcm.cancel_wait", task_id=7)
+    with pytest.raises(Exception) as info:
+        bad.get(timeout=10)
+    assert type(info.value).__name__ == "InvalidRequest" and "task_id" in str(info.value)
+
+
 def test_large_request_at_the_head_is_not_starved_by_small_ones(stack2):
     """Small requests keep arriving and backfill p2; the head keeps p1 until it fits."""
     app = stack2.app

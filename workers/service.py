@@ -372,6 +372,28 @@ class Capacity:
                 waited = round(time.time() - record["since"], 1)
                 self.replies.fail(record["task"], WaitTimeout.of(waited))
 
+    def cancel_wait(self, task_id: Any) -> bool:
+        """Take a parked acquire out of the line (its synchronous HTTP client went away), so
+        it is not granted leases nobody will see; its task fails with WaitTimeout. False if it
+        is not waiting (granted, failed, or not parked yet)."""
+        if not isinstance(task_id, str) or not task_id:
+            raise InvalidRequest.of("task_id", "must be a non-empty string")
+        with self.lock:
+            for rid, record in self.ledger.waiters():
+                if record.get("task") != task_id or not self.ledger.unpark(rid):
+                    continue
+                self._shown.pop(task_id, None)
+                self.ledger.count("refused:WaitTimeout")
+                if self.replies:
+                    waited = round(time.time() - record["since"], 1)
+                    self.replies.fail(task_id, WaitTimeout(
+                        f"cancelled after {waited:g}s in line: the client went away",
+                        {"waited": waited, "reasons": {}}))
+                log.info("cancelled the wait of %s (request-id %s): its client went away",
+                         task_id, rid)
+                return True
+        return False
+
     def expire_waiters(self) -> int:
         """Fail waiters whose wait ran out (the worker calls this about once a second)."""
         n = 0
