@@ -44,7 +44,6 @@ MIRROR_CONFIGMAPS = {LEDGER_CONFIGMAP} | {f"{LEDGER_CONFIGMAP}-{i}" for i in ran
 EXPECTED_SETTINGS = {
     "VCM_REDIS_URL": "redis://vcm-redis:6379/0",
     "VCM_POOLS_FILE": "/etc/vcm/pools.yaml",
-    "VCM_CONFIGMAP": f"{NAMESPACE}/{LEDGER_CONFIGMAP}",
     "VCM_LEASE_TTL": "24h",
     "VCM_REAP_INTERVAL": "5m",
     "VCM_ROLLUP_INTERVAL": "60s",
@@ -623,11 +622,25 @@ def test_beat_checker_catches(mutate):
 # --------------------------------------------------------------------------- RBAC
 
 
+def mirror_configmap(docs) -> str:
+    """VCM_CONFIGMAP of the placement worker, with $(POD_NAMESPACE) resolved as the kubelet
+    does (from its own namespace; the variable must be defined before it is used)."""
+    placement = one(docs, "Deployment", "vcm-placement")
+    app = [c for c in containers(pod_spec(placement)) if is_app_container(c)]
+    env = app[0]["env"]
+    names = [e["name"] for e in env]
+    pod_ns = env[names.index("POD_NAMESPACE")]
+    assert pod_ns["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    value = env[names.index("VCM_CONFIGMAP")]["value"]
+    assert names.index("POD_NAMESPACE") < names.index("VCM_CONFIGMAP")
+    return value.replace("$(POD_NAMESPACE)", placement["metadata"]["namespace"])
+
+
 def test_rbac_is_scoped_to_the_mirror_configmaps():
     assert rbac_violations(base_docs()) == []
-    settings = one(base_docs(), "ConfigMap", "vcm-settings")["data"]
-    ns, name = settings["VCM_CONFIGMAP"].split("/")
+    ns, name = mirror_configmap(base_docs()).split("/")
     assert ns == NAMESPACE and name == LEDGER_CONFIGMAP
+    assert "VCM_CONFIGMAP" not in one(base_docs(), "ConfigMap", "vcm-settings")["data"]
     role = find(base_docs(), "Role")[0]
     unrestricted = [r for r in role["rules"] if not r.get("resourceNames")]
     assert [r["verbs"] for r in unrestricted] == [["create"]]
@@ -868,3 +881,28 @@ def test_kustomize_build_renders_valid_manifests_keeping_the_invariants():
     assert beat_violations(docs) == []
     assert rbac_violations(docs) == []
     assert container_violations(docs) == []
+
+
+def test_an_overlay_that_only_changes_the_namespace_keeps_the_mirror_and_its_rbac(tmp_path):
+    """The mirror's namespace comes from the placement pod's own: an overlay setting
+    `namespace:` alone moves the Role, its binding and the mirror ConfigMap together."""
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("kubectl is not installed")
+    shutil.copytree(DEPLOY, tmp_path / "base")
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "namespace": "ci-elsewhere", "resources": ["base"]}))
+    out = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d is not None]
+    ns, name = mirror_configmap(docs).split("/")
+    assert ns == "ci-elsewhere" and name == LEDGER_CONFIGMAP
+    role = find(docs, "Role")[0]
+    assert role["metadata"]["namespace"] == ns
+    assert any(name in r.get("resourceNames", []) for r in role["rules"])
+    binding = find(docs, "RoleBinding")[0]
+    assert binding["metadata"]["namespace"] == ns
+    assert {x["namespace"] for x in binding["subjects"]} == {ns}
+    assert rbac_violations(docs) == []
