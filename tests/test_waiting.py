@@ -35,13 +35,19 @@ def send(app, name: str, **kw):
     return app.send_task(name, kwargs=kw, queue=queue)
 
 
-def test_waiting_acquire_is_granted_right_after_release(stack2):
-    app = stack2.app
-    ledger = Ledger(stack2.redis.client())
+def fill_and_park(app):
+    """Fill both pools, then send an acquire (owner w) that waits in line: (held, its result)."""
     held = [call(app, "vcm.acquire", request={"vcpus": 10, "memory": 1, "required-pool": p})[0]
             for p in ("p1", "p2")]
     r = send(app, "vcm.acquire", request={"vcpus": 6, "memory": 1, "wait": 60, "owner": "w"})
     wait_for(lambda: r.state == "WAITING", timeout=10, what="WAITING state")
+    return held, r
+
+
+def test_waiting_acquire_is_granted_right_after_release(stack2):
+    app = stack2.app
+    ledger = Ledger(stack2.redis.client())
+    held, r = fill_and_park(app)
     assert r.info["position"] == 1
     assert r.info["reasons"]["p1"] == "insufficient vcpus (need 6, free 0)"
     assert len(call(app, "vcm.waiting")) == 1
@@ -75,10 +81,7 @@ def test_cancel_wait_takes_a_parked_acquire_out_of_the_line(stack2):
     with WaitTimeout, the line is empty, and a later release grants it nothing."""
     app = stack2.app
     ledger = Ledger(stack2.redis.client())
-    held = [call(app, "vcm.acquire", request={"vcpus": 10, "memory": 1, "required-pool": p})[0]
-            for p in ("p1", "p2")]
-    r = send(app, "vcm.acquire", request={"vcpus": 6, "memory": 1, "wait": 60, "owner": "w"})
-    wait_for(lambda: r.state == "WAITING", timeout=10, what="WAITING state")
+    held, r = fill_and_park(app)
     assert call(app, "vcm.cancel_wait", task_id="no-such-task") is False
     assert call(app, "vcm.cancel_wait", task_id=r.id) is True
     with pytest.raises(Exception) as info:
