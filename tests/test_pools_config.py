@@ -220,6 +220,13 @@ def test_port_group_twice_in_one_vcenter_with_whitespace_in_vcenter():
              "b", "networks")
 
 
+def test_one_vcenter_spelled_in_two_cases_is_rejected():
+    """Spreading and `vcenters: N` count vCenters by name: VC1 and vc1 would be two."""
+    err = rejected(config(pool("a", "vc1.example.com"), pool("b", "vc2.example.com"),
+                          pool("c", "VC1.Example.com")), "c", "vcenter")
+    assert "'vc1.example.com'" in str(err) and "'a'" in str(err)
+
+
 BAD_NETWORKS = [
     ({"port-group": "pg", "colour": "red"}, "networks[0].colour"),
     ({"port-group": "pg", "port_group": "pg"}, "networks[0].port_group"),

@@ -30,11 +30,18 @@ def parse_pools(data: Any, file: str = "pools.yaml") -> tuple[Pool, ...]:
     pools: list[Pool] = []
     names: set[str] = set()
     port_groups: dict[tuple[str, str], str] = {}
+    vcenters: dict[str, tuple[str, str]] = {}  # lower-cased host → (as written, first pool)
     for index, raw in enumerate(raw_pools):
         pool = _parse_pool(raw, index, file)
         if pool.name in names:
             raise ConfigError.of(file, pool.name, "name", "duplicate pool name")
         names.add(pool.name)
+        spelled, first = vcenters.setdefault(pool.vcenter.lower(), (pool.vcenter, pool.name))
+        if spelled != pool.vcenter:  # one vCenter counted as two would break spreading
+            raise ConfigError.of(
+                file, pool.name, "vcenter",
+                f"{pool.vcenter!r} is {spelled!r} (pool {first!r}) in another case: host names "
+                "are case-insensitive, so write them the same way")
         for net in pool.networks:
             key = (pool.vcenter, net.port_group)
             if key in port_groups:
