@@ -15,6 +15,7 @@ from workers.core.errors import ERRORS, InvalidRequest
 app = Celery("vcm")
 app.config_from_object("celeryconfig")
 REPR_BUDGET = 400  # values in a result small enough for the builtin repr
+_saferepr = celery.app.trace.saferepr
 
 
 def _small(value: Any, budget: int = REPR_BUDGET) -> int:
@@ -43,7 +44,6 @@ def result_repr(value: Any, maxlen: int | None = None, *args: Any, **kwargs: Any
     return text if maxlen is None or len(text) <= maxlen else text[:maxlen] + "..."
 
 
-_saferepr = celery.app.trace.saferepr
 celery.app.trace.saferepr = result_repr  # looked up at each task's success
 log = logging.getLogger("vcm.tasks")
 # domain failures are answers, not crashes: Celery logs them without a traceback

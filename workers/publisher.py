@@ -247,10 +247,9 @@ class Publisher(threading.Thread):
 
     def _durable(self) -> int | None:
         """Like _covered, counting only journal records that are fdatasync'd."""
-        covered = self._covered()
-        if self.journal is None or covered is None:
-            return covered
-        return max(self.mirrored, min(covered, self.journal.durable))
+        if self.journal is None:
+            return self._covered()
+        return max(self.mirrored, min(self.journal.holds, self.journal.durable))
 
     # replies ---------------------------------------------------------------------------
     def release_replies(self) -> None:

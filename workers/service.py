@@ -364,13 +364,17 @@ class Capacity:
             self._shown[task_id] = key
             self.replies.waiting(task_id, Parked(position, reasons, rfc3339(deadline)).meta())
 
-    def _expire(self, rid: str, record: dict[str, Any]) -> None:
-        if self.ledger.unpark(rid):
-            self.ledger.count("refused:WaitTimeout")
-            self._shown.pop(record["task"], None)
-            if self.replies:
-                waited = round(time.time() - record["since"], 1)
-                self.replies.fail(record["task"], WaitTimeout.of(waited))
+    def _expire(self, rid: str, record: dict[str, Any], why: str = "") -> bool:
+        """Take a waiter out of the line and fail its task with WaitTimeout (False: it had
+        left already)."""
+        if not self.ledger.unpark(rid):
+            return False
+        self.ledger.count("refused:WaitTimeout")
+        self._shown.pop(record["task"], None)
+        if self.replies:
+            waited = round(time.time() - record["since"], 1)
+            self.replies.fail(record["task"], WaitTimeout.of(waited, why=why))
+        return True
 
     def cancel_wait(self, task_id: Any) -> bool:
         """Take a parked acquire out of the line (its synchronous HTTP client went away), so
@@ -380,18 +384,11 @@ class Capacity:
             raise InvalidRequest.of("task_id", "must be a non-empty string")
         with self.lock:
             for rid, record in self.ledger.waiters():
-                if record.get("task") != task_id or not self.ledger.unpark(rid):
-                    continue
-                self._shown.pop(task_id, None)
-                self.ledger.count("refused:WaitTimeout")
-                if self.replies:
-                    waited = round(time.time() - record["since"], 1)
-                    self.replies.fail(task_id, WaitTimeout(
-                        f"cancelled after {waited:g}s in line: the client went away",
-                        {"waited": waited, "reasons": {}}))
-                log.info("cancelled the wait of %s (request-id %s): its client went away",
-                         task_id, rid)
-                return True
+                if record.get("task") == task_id and self._expire(rid, record,
+                                                                  "the client went away"):
+                    log.info("cancelled the wait of %s (request-id %s): its client went away",
+                             task_id, rid)
+                    return True
         return False
 
     def expire_waiters(self) -> int:

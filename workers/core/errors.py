@@ -82,11 +82,11 @@ class WaitTimeout(VcmError):
     exit_code = 3
 
     @classmethod
-    def of(cls, waited: float, reasons: dict[str, str] | None = None) -> WaitTimeout:
-        return cls(
-            f"waited {waited:g}s and no capacity freed up",
-            {"waited": waited, "reasons": reasons or {}},
-        )
+    def of(cls, waited: float, reasons: dict[str, str] | None = None,
+           why: str = "") -> WaitTimeout:
+        text = (f"cancelled after {waited:g}s in line: {why}" if why
+                else f"waited {waited:g}s and no capacity freed up")
+        return cls(text, {"waited": waited, "reasons": reasons or {}})
 
 
 class ConfigError(VcmError):
