@@ -831,6 +831,47 @@ def test_file_mirror_unsynced_appends_are_written_at_once_and_synced_later(tmp_p
     assert m.durable == 5 and FileMirror(m.path).load()["leases"] == []
 
 
+SHORT_WRITE = textwrap.dedent("""
+    import json, resource, signal, sys
+    from workers.adapters.mirror import FileMirror, MirrorError
+
+    def raw(name):
+        return json.dumps({"spec": {"vcpus": 1, "memory": 1, "storage": 0},
+                           "status": {"pool": "p1", "owner": "o", "request-id": name},
+                           "metadata": {"name": name}})
+
+    m = FileMirror(sys.argv[1])
+    m.save({"format": 1, "seq": 0, "leases": []})
+    m.append(1, [raw("a")], [])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit is cut short
+    size = m.journal.stat().st_size
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20, resource.RLIM_INFINITY))
+    try:
+        m.append(2, [raw("b")], [])
+        print("appended", m.covered, m.holds)
+    except MirrorError as exc:
+        print("refused", m.covered, m.holds, exc)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    m.append(3, [raw("c")], [])
+""")
+
+
+def test_file_mirror_short_write_is_a_failed_append_not_a_covered_change(tmp_path):
+    """A write cut short (disk full, file size limit) leaves half a record: the change is not
+    on disk, so it must not count as covered (its answer would go out and a restore would
+    lose it). The half line is skipped on load and the next append starts a line of its own."""
+    path = tmp_path / "ledger.json"
+    out = subprocess.run([sys.executable, "-c", SHORT_WRITE, str(path)], capture_output=True,
+                         text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused 1 -1 "), out.stdout
+    assert "short write" in out.stdout, out.stdout
+    journal = path.with_name(path.name + ".journal").read_bytes()
+    assert len(journal.splitlines()) == 3  # a, the torn half of b, c on a line of its own
+    got = FileMirror(path).load()
+    assert got["seq"] == 3 and [x["metadata"]["name"] for x in got["leases"]] == ["a", "c"]
+
+
 def test_file_mirror_failed_append_stops_coverage_until_a_save(tmp_path):
     m = FileMirror(tmp_path / "ledger.json")
     m.save({"format": 1, "seq": 0, "leases": []})

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import hashlib
 import http.client
@@ -711,6 +712,7 @@ class FileMirror:
         self.records = 0  # journal records since the last compaction (this process)
         self._mutex = threading.Lock()
         self._fd: int | None = None  # the journal, opened for appending
+        self._end = -1  # where our last append to it ended (a torn line cannot follow)
         self._lock_fd: int | None = None  # <path>.lock, for flock
         self._written: tuple[int, int] | None = None  # (inode, mtime) of our last snapshot
 
@@ -748,15 +750,13 @@ class FileMirror:
                 if found is None or found != self._written:
                     raise FileNotFoundError(f"{self.path} is missing or not the snapshot this "
                                             "worker wrote (a whole save is due)")
-                if self._fd is None or not _same_file(self._fd, self.journal):
-                    if self._fd is not None:
-                        os.close(self._fd)
-                    self._fd = os.open(self.journal, os.O_RDWR | os.O_APPEND | os.O_CREAT,
-                                       0o600)
-                end = os.lseek(self._fd, 0, os.SEEK_END)
-                if end and os.pread(self._fd, 1, end - 1) != b"\n":
+                end = self._journal_end()
+                if end and end != self._end and os.pread(self._fd, 1, end - 1) != b"\n":
                     line = b"\n" + line  # end a line torn by a crash: it stays skipped
-                os.write(self._fd, line)
+                written = os.write(self._fd, line)
+                if written != len(line):  # disk full, file size limit: half a record
+                    raise OSError(errno.EIO, f"short write ({written} of {len(line)} bytes)")
+                self._end = end + written
                 if sync:
                     os.fdatasync(self._fd)
                 self.records += 1
@@ -772,6 +772,23 @@ class FileMirror:
                     os.close(self._fd)
                 self._fd = None
             raise MirrorError(f"cannot append to mirror journal {self.journal}: {exc}") from exc
+
+    def _journal_end(self) -> int:
+        """The journal's size, (re)opening it for appending when it is not open or was
+        replaced (compacted by another process)."""
+        if self._fd is not None:
+            st = os.fstat(self._fd)
+            try:
+                now = os.stat(self.journal)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                return st.st_size
+            os.close(self._fd)
+            self._fd = None
+        self._fd = os.open(self.journal, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        self._end = -1
+        return os.fstat(self._fd).st_size
 
     def sync(self) -> None:
         """fdatasync what unsynced appends wrote (the publisher calls it every round)."""
@@ -899,14 +916,6 @@ def _record(line: bytes) -> dict[str, Any] | None:
             or not isinstance(record.get("del"), list)):
         return None
     return record
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        a, b = os.fstat(fd), path.stat()
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _write_atomically(path: Path, raw: bytes) -> None:
