@@ -8,7 +8,10 @@ rounds (best round kept), reported as a ratio 10,000/100 that should be about 1:
   leases made, `Ledger.commit()` (one Lua call), against a private redis-server that already
   holds the leases;
 - service: `Capacity.acquire()` as the worker calls it (validation, cached usage, place,
-  commit).
+  commit);
+- refused: `Capacity.acquire()` of a whole pool that is in use: NoCapacity. A waiter that
+  still does not fit is refused like this at every release; a current cache is trusted after
+  one version read, so this must not grow with the leases either.
 
 Cost is CPU time: this thread's (time.thread_time) plus, for the ledger and service paths, the
 private redis-server's (INFO cpu), per decision. Wall time on a shared 2-core machine mostly
@@ -157,6 +160,9 @@ class LedgerCase:
         assert sum(u.leases for u in usage.values()) == len(leases), "seeded lease count"
         assert len(usage) == len(pools), "every pool has a usage record"
         self.nets_in_use = len(nets)
+        busy = max(usage, key=lambda name: usage[name].vcpus)  # a whole pool cannot fit there
+        self.refused_request = {"vcpus": pools[busy].vcpu_capacity, "memory": 1, "storage": 1,
+                                "networks": 0, "required-pool": busy}
         settings = dataclasses.replace(Settings.from_env(), redis_url=redis_url,
                                        pools_file=str(pools_path), strategy="least-utilized")
         self.service = Capacity(self.ledger, PoolsFile(str(pools_path)), settings)
@@ -194,6 +200,19 @@ class LedgerCase:
         t0 = time.thread_time()
         leases = self.service.acquire(raw, f"svc-{uuid.uuid4().hex}", owner="bench")
         return [x["metadata"]["name"] for x in leases], (time.thread_time() - t0,)
+
+    def service_refusal(self, raw: dict) -> tuple[list[str], tuple[float]]:
+        """Capacity.acquire() of a whole busy pool: refused (NoCapacity), CPU seconds. `raw`
+        is ignored. A refusal happens for every waiter that still does not fit, at every
+        release."""
+        from workers.core.errors import NoCapacity
+
+        t0 = time.thread_time()
+        try:
+            self.service.acquire(self.refused_request, f"ref-{uuid.uuid4().hex}", owner="bench")
+        except NoCapacity:
+            return [], (time.thread_time() - t0,)
+        raise RuntimeError(f"expected a refusal for {self.refused_request}")
 
     def release(self, ids: list[str]) -> None:
         self.ledger.release(ids)
@@ -242,8 +261,9 @@ def bench_ledger(cases: dict[str, LedgerCase], rounds: int, per_round: int
             for path, fn, labels, release in (
                 ("cold", case.cold_decision, ("usage", "place", "commit"), case.release),
                 ("service", case.service_decision, ("acquire",), case.service_release),
+                ("refused", case.service_refusal, ("refusal",), case.service_release),
             ):
-                if path == "service":
+                if path != "cold":
                     case.service_refresh()
                 ids: list[str] = []
                 rows = []
@@ -327,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
             row("ledger: usage() + place() + commit()", few["cold"], many["cold"], nonet["cold"])
             row("service: Capacity.acquire() (cached usage)", few["service"], many["service"],
                 nonet["service"])
+            row("service: refused, nothing fits (cached usage)", few["refused"],
+                many["refused"], nonet["refused"])
             for label, k in ROWS:
                 if k in few:
                     breakdown.append([label, fmt_us(few[k]), fmt_us(many[k]),

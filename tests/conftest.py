@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,29 @@ def client_app(redis_server) -> Celery:
 
 
 def reset_ledger(client, mirror_file: str | None) -> None:
-    """Empty the ledger and its mirror (only vcm:* keys; Celery's own keys stay)."""
-    if mirror_file:
-        from workers.adapters.mirror import FileMirror
+    """Empty the ledger and its mirror (only vcm:* keys; Celery's own keys stay).
 
-        FileMirror(mirror_file).save({"format": 1, "seq": 0, "leases": []})
-    for key in client.scan_iter("vcm:*", count=1000):
-        client.delete(key)
+    The keys go and `ready` is set in one transaction: a worker that saw the ledger unready
+    in between would restore it from the mirror. The placement worker's publisher may be in
+    the middle of a whole save of the old ledger; the empty mirror is written again until no
+    such save lands on top of it."""
+    keys = list(client.scan_iter("vcm:*", count=1000))
+    pipe = client.pipeline(transaction=True)
+    if keys:
+        pipe.delete(*keys)
+    pipe.set("vcm:ready", "0")
+    pipe.execute()
+    if not mirror_file:
+        return
+    from workers.adapters.mirror import FileMirror
+
+    empty = {"format": 1, "seq": 0, "leases": []}
+    for _ in range(20):
+        FileMirror(mirror_file).save(empty)
+        time.sleep(0.05)
+        if not (FileMirror(mirror_file).load() or {}).get("leases"):
+            return
+    raise AssertionError(f"{mirror_file} keeps being rewritten with the old ledger")
 
 
 @pytest.fixture()

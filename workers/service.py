@@ -250,10 +250,12 @@ class Capacity:
             try:
                 plan = place_batch(reqs, fleet, self.settings.strategy, held)
             except NoCapacity:
-                existing = self.existing(reqs)
-                if existing is not None:
-                    return existing
-                if attempt == 0:  # never refuse on cached usage: read the ledger, try again
+                current, found = self.ledger.granted_at([r.request_id for r in reqs])
+                if all(ids is not None for ids in found):
+                    return self._granted(found)
+                # never refuse on a stale cache: when the ledger moved, re-read it and try
+                # again (a current cache is exact, so a refusal costs one read, not O(leases))
+                if attempt == 0 and current != version:
                     self._forget()
                     continue
                 raise
@@ -300,8 +302,11 @@ class Capacity:
         found = self.ledger.granted([r.request_id for r in reqs])
         if not all(ids is not None for ids in found):
             return None
+        return self._granted(found)
+
+    def _granted(self, found: list[list[str] | None]) -> list[list[dict[str, Any]]]:
         self._journal_existing([i for ids in found if ids for i in ids])
-        return [self.ledger.get_many(ids) for ids in found]
+        return [self.ledger.get_many(ids or []) for ids in found]
 
     # the waiting line ------------------------------------------------------------------
     def park(self, req: Request, task_id: str, reasons: dict[str, str]) -> Parked | list:
