@@ -261,7 +261,7 @@ def bench_ledger(cases: dict[str, LedgerCase], rounds: int, per_round: int
             for path, fn, labels, release in (
                 ("cold", case.cold_decision, ("usage", "place", "commit"), case.release),
                 ("service", case.service_decision, ("acquire",), case.service_release),
-                ("refused", case.service_refusal, ("refusal",), case.service_release),
+                ("refused", case.service_refusal, ("refusal",), lambda ids: None),
             ):
                 if path != "cold":
                     case.service_refresh()

@@ -4,7 +4,6 @@ Celery: how often a decision reads the whole ledger."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
