@@ -88,7 +88,7 @@ def _setup(sender: str, instance: Any, **_: Any) -> None:
     _state["writer"] = "placement" in queues
     svc = service()  # an invalid pools file or setting stops start-up here, with its message
     if _state["writer"]:
-        svc.ensure_ready()
+        svc.ensure_ready(check_mirror=True)
 
 
 @signals.worker_ready.connect

@@ -214,11 +214,13 @@ class Publisher(threading.Thread):
                             "replaced): the mirror will be saved again from Redis")
             self.epoch = epoch
             self.mirrored = -1
-        elif seq < self.mirrored:
+        elif seq < max(self.mirrored, self.service.last_seq):
             log.warning("the Redis ledger went back from seq %s to %s (restarted from an "
-                        "older state): the mirror will be saved again from Redis",
-                        self.mirrored, seq)
-            self.mirrored = -1
+                        "older state)", max(self.mirrored, self.service.last_seq), seq)
+            if self.service.ensure_ready(check_mirror=True):  # the mirror's state is newer
+                seq = self.ledger.seq()
+            else:
+                self.mirrored = -1  # nothing newer to go back to: save again from Redis
         return seq, bool(ready)
 
     def _report_journal(self, seq: int) -> None:
@@ -288,6 +290,8 @@ class Publisher(threading.Thread):
         self._attempt_at = time.time()  # an outage starts with the first save that fails
         mark = self.journal.mark() if self.journal is not None else None
         snapshot = self.ledger.snapshot(self._parsed)
+        if self.epoch is not None:  # which Redis ledger it mirrors (Capacity.ensure_ready)
+            snapshot["epoch"] = self.epoch.decode() if isinstance(self.epoch, bytes) else self.epoch
         try:
             writes = (self.mirror.save(snapshot, mark) if self.journal is not None
                       else self.mirror.save(snapshot))

@@ -126,6 +126,7 @@ class Capacity:
         sync=False: a power loss before the next synced write can only bring a released
         lease back, never double-book (a grant's fdatasync also flushes the release)."""
         self.last_seq = max(self.last_seq, seq)
+        self.ledger.floor = self.last_seq
         if self.journal is None:
             return
         try:
@@ -149,23 +150,59 @@ class Capacity:
             seq, raws = self.ledger.active_at(ids)
             self._journal(seq, raws, [])
 
-    def ensure_ready(self) -> bool:
-        """Before any write: if Redis lost the ledger, rebuild it from the mirror."""
-        if self.ledger.is_ready():
+    def ensure_ready(self, check_mirror: bool = False) -> bool:
+        """Before any write: if Redis lost the ledger, rebuild it from the mirror. If Redis went
+        back to an older state (restarted from an AOF that missed its last writes) than the
+        changes made here, or, with `check_mirror` (at start), than the mirror of the same
+        Redis ledger holds, the mirror's newer state replaces it: those changes were answered."""
+        with self.lock:
+            if self.ledger.is_ready():
+                return self._catch_up(check_mirror)
+            snapshot = self.mirror.load() if self.mirror is not None else None
+            snapshot = snapshot or {"seq": 0, "leases": []}
+            restored = self.ledger.restore(snapshot)
+            if restored and self.journal is not None:  # the mirror holds what Redis now has
+                self.journal.covered = max(self.journal.covered, int(snapshot.get("seq", 0)))
+            if restored and snapshot["leases"]:
+                log.warning("the Redis ledger was empty: restored %d leases from the mirror "
+                            "(seq %s)", len(snapshot["leases"]), snapshot.get("seq"))
+            elif not restored and self.ledger.is_ready():
+                log.warning("Redis holds leases the mirror does not know: Redis wins, the "
+                            "mirror will be rewritten")
+            self._restart_at(self.ledger.seq())
+            return restored
+
+    def _catch_up(self, check_mirror: bool) -> bool:
+        seq = self.ledger.seq()
+        if seq >= self.last_seq and not check_mirror:
             return False
-        snapshot = self.mirror.load() if self.mirror is not None else None
-        snapshot = snapshot or {"seq": 0, "leases": []}
-        restored = self.ledger.restore(snapshot)
-        if restored and self.journal is not None:  # the mirror holds what Redis now has
-            self.journal.covered = max(self.journal.covered, int(snapshot.get("seq", 0)))
-        if restored and snapshot["leases"]:
-            log.warning("the Redis ledger was empty: restored %d leases from the mirror (seq %s)",
-                        len(snapshot["leases"]), snapshot.get("seq"))
-        elif not restored and self.ledger.is_ready():
-            log.warning("Redis holds leases the mirror does not know: Redis wins, the mirror "
-                        "will be rewritten")
+        snapshot = self.mirror.load() if self.mirror is not None and self.writer else None
+        mirrored = int(snapshot.get("seq", 0)) if snapshot else -1
+        same = snapshot is not None and snapshot.get("epoch") == self.ledger.epoch()
+        if snapshot is None or mirrored <= seq or (seq >= self.last_seq and not same):
+            if seq < self.last_seq:  # nothing newer to go back to
+                log.error("the Redis ledger went back from seq %d to %d and the mirror holds "
+                          "only seq %d: the changes in between are lost", self.last_seq, seq,
+                          mirrored)
+                self._restart_at(seq)
+            return False
+        self.ledger.restore(snapshot, replace=True)
+        log.warning("the Redis ledger went back to seq %d (restarted from an older state): "
+                    "replaced it with the mirror's %d leases at seq %d", seq,
+                    len(snapshot.get("leases") or []), mirrored)
+        if mirrored < self.last_seq:
+            log.error("changes from seq %d to %d were answered unmirrored and are lost",
+                      mirrored + 1, self.last_seq)
+        if self.journal is not None:
+            self.journal.covered = max(self.journal.covered, mirrored)
+        self._restart_at(mirrored)
+        return True
+
+    def _restart_at(self, seq: int) -> None:
+        """The ledger was rebuilt: writes go on from its seq, decisions from a fresh read."""
+        self.last_seq = min(self.last_seq, seq)
+        self.ledger.floor = max(self.last_seq, 0)
         self._version = -1
-        return restored
 
     def fleet(self, fresh: bool = False, indexed: bool = False) -> tuple[int, Fleet]:
         """The cached usage as a Fleet; `indexed` adds the free port-group aggregate (kept

@@ -28,9 +28,12 @@ from ..core.placement import Usage
 
 _ACQUIRE = r"""
 local p = ARGV[1]
-if redis.call('EXISTS', p .. 'ready') == 0 then return {'unready', '0'} end
-local expected = tonumber(ARGV[2])
 local d = cjson.decode(ARGV[3])
+if redis.call('EXISTS', p .. 'ready') == 0
+   or tonumber(redis.call('GET', p .. 'seq') or '0') < (d.floor or 0) then
+  return {'unready', '0'}
+end
+local expected = tonumber(ARGV[2])
 local have, missing, first = 0, 0, nil
 for rid, _ in pairs(d.rids) do
   if redis.call('EXISTS', p .. 'req:' .. rid) == 1 then
@@ -102,7 +105,10 @@ return {'ok', tostring(ver + 1), seq}
 
 _RELEASE = r"""
 local p = ARGV[1]
-if redis.call('EXISTS', p .. 'ready') == 0 then return {'unready', ''} end
+if redis.call('EXISTS', p .. 'ready') == 0
+   or tonumber(redis.call('GET', p .. 'seq') or '0') < tonumber(ARGV[9]) then
+  return {'unready', ''}
+end
 local ids = cjson.decode(ARGV[2])
 local owner = ARGV[3]
 local by_owner = ARGV[4]
@@ -186,7 +192,10 @@ return {'ok', tostring(ver), raws, gone, seq, redis.call('ZCARD', p .. 'waiting'
 
 _SWAP = r"""
 local p = ARGV[1]
-if redis.call('EXISTS', p .. 'ready') == 0 then return {'unready', 0} end
+if redis.call('EXISTS', p .. 'ready') == 0
+   or tonumber(redis.call('GET', p .. 'seq') or '0') < tonumber(ARGV[7]) then
+  return {'unready', 0}
+end
 local cur = redis.call('HGET', p .. 'leases', ARGV[2])
 if not cur then return {'missing', 0} end
 if cur ~= ARGV[3] then return {'changed', 0} end
@@ -270,10 +279,20 @@ return {redis.call('GET', p .. 'seq') or '0', redis.call('HVALS', p .. 'leases')
 
 _RESTORE = r"""
 local p = ARGV[1]
-if redis.call('EXISTS', p .. 'ready') == 1 then return 0 end
-if redis.call('HLEN', p .. 'leases') > 0 then
-  redis.call('SET', p .. 'ready', 'kept')  -- Redis has data of its own: Redis wins
-  return 0
+if ARGV[4] == '1' then  -- replace: Redis went back to an older state than the snapshot's
+  for _, raw in ipairs(redis.call('HVALS', p .. 'leases')) do
+    redis.call('DEL', p .. 'owner:' .. cjson.decode(raw).status.owner)
+  end
+  for _, pool in ipairs(redis.call('SMEMBERS', p .. 'pools')) do
+    redis.call('DEL', p .. 'use:' .. pool)
+  end
+  redis.call('DEL', p .. 'pools', p .. 'nets', p .. 'leases', p .. 'expiry', p .. 'version')
+else
+  if redis.call('EXISTS', p .. 'ready') == 1 then return 0 end
+  if redis.call('HLEN', p .. 'leases') > 0 then
+    redis.call('SET', p .. 'ready', 'kept')  -- Redis has data of its own: Redis wins
+    return 0
+  end
 end
 local d = cjson.decode(ARGV[3])
 for i, raw in ipairs(d.leases) do
@@ -348,6 +367,9 @@ class Ledger:
         self.p = prefix
         self.keep = keep
         self.quiet = False  # True: changes do not kick the publisher (the caller journals them)
+        # writes refuse (as unready) while the ledger's seq is below this: Redis went back to
+        # an older state than changes already made (see Capacity.ensure_ready)
+        self.floor = 0
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._swap = client.register_script(_SWAP)
@@ -472,6 +494,8 @@ class Ledger:
             payload["lone"] = True
         if self.quiet:
             payload["quiet"] = True
+        if self.floor > 0:
+            payload["floor"] = self.floor
         if latency is not None:
             bucket = next((str(b) for b in LATENCY_BUCKETS if latency <= b), None)
             payload["latency"] = {"seconds": latency, **({"bucket": bucket} if bucket else {})}
@@ -491,7 +515,8 @@ class Ledger:
     def release(self, ids: list[str], owner: str = "", by_owner: str = "",
                 reason: str = "released", now: str = "") -> Released:
         res = self._release(args=[self.p, json.dumps(list(ids)) if ids else "[]", owner,
-                                  by_owner, reason, now, self.keep, "1" if self.quiet else ""])
+                                  by_owner, reason, now, self.keep, "1" if self.quiet else "",
+                                  self.floor])
         status = _text(res[0])
         if status == "unready":
             raise LedgerUnready()
@@ -505,7 +530,7 @@ class Ledger:
         """Replace a lease if unchanged: (status, seq, the new raw JSON)."""
         raw = json.dumps(new)
         status, seq = self._swap(args=[self.p, lease_id, old_raw, raw, expires,
-                                       "1" if self.quiet else ""])
+                                       "1" if self.quiet else "", self.floor])
         return _text(status), int(seq), raw
 
     def active_at(self, ids: list[str]) -> tuple[int, list[str]]:
@@ -578,8 +603,10 @@ class Ledger:
         return {"format": 1, "seq": int(seq),
                 "leases": sorted(leases, key=lambda x: x["metadata"]["name"])}
 
-    def restore(self, snapshot: dict[str, Any]) -> bool:
-        """Rebuild an empty ledger from a snapshot; False (and no change) if not empty."""
+    def restore(self, snapshot: dict[str, Any], replace: bool = False) -> bool:
+        """Rebuild an empty ledger from a snapshot; False (and no change) if not empty.
+        `replace`: the snapshot replaces the leases, usage and port groups Redis holds (the
+        released-lease records, request-ids, waiting line and outbox stay)."""
         leases = snapshot.get("leases") or []
         rids: dict[str, list[str]] = {}
         for lease in leases:
@@ -593,7 +620,12 @@ class Ledger:
         if not rids:
             payload["rids"] = {}
         return bool(self._restore(args=[self.p, int(snapshot.get("seq", 0)),
-                                        json.dumps(payload)]))
+                                        json.dumps(payload), "1" if replace else ""]))
+
+    def epoch(self) -> str | None:
+        """The token of this Redis ledger (made by the publisher; see Publisher.check_epoch)."""
+        raw = self.r.hget(self.p + "mirror", "epoch")
+        return _text(raw) if raw is not None else None
 
     def is_ready(self) -> bool:
         return bool(self.r.exists(self.p + "ready"))
