@@ -53,3 +53,20 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool]) -> dict[str, Any]:
     assert set(sums) <= set(snap["counters"])
     assert nets == snap["nets"], "port groups in use differ from the leases"
     return snap
+
+
+def keep_ledger(client) -> dict[bytes, bytes]:
+    """The ledger's keys as they are now (DUMP), to put Redis back to this state later."""
+    return {key: client.dump(key) for key in client.scan_iter("vcm:*")}
+
+
+def go_back(client, kept: dict[bytes, bytes]) -> None:
+    """What Redis restarted from an AOF that missed its last second of writes looks like:
+    the ledger as it was, still marked ready, with the same epoch."""
+    pipe = client.pipeline(transaction=True)
+    now = list(client.scan_iter("vcm:*"))
+    if now:
+        pipe.delete(*now)
+    for key, value in kept.items():
+        pipe.restore(key, 0, value)
+    pipe.execute()

@@ -19,7 +19,7 @@ import zlib
 import pytest
 import yaml
 
-from tests.helpers import call, check_invariants
+from tests.helpers import call, check_invariants, go_back, keep_ledger
 from tests.support.kube_apiserver import KubeApiServer
 from tests.support.procs import Stack, wait_for
 from workers.adapters.ledger import Ledger
@@ -378,5 +378,29 @@ def test_too_large_fails_loudly_and_drops_nothing(tmp_path, kube):
         assert len(ledger.leases()) == 1000
         st = status(s)
         assert st["state"] == "ok" and st["error"] == "" and "needed-configmaps" not in st
+    finally:
+        s.stop()
+
+
+def test_redis_going_back_to_an_older_state_takes_the_newer_configmap(tmp_path, kube):
+    """Answers wait for the ConfigMap save that covers them, so after Redis comes back with an
+    older state (AOF everysec, node crash) the ConfigMap is the newer truth: it wins."""
+    s = cm_stack(tmp_path, kube, NET_POOLS)
+    try:
+        pools = {p.name: p for p in load_pools(str(s.pools))}
+        client = s.redis.client()
+        a = names(call(s.app, "vcm.acquire", request={"vcpus": 2, "memory": 4, "owner": "o"}))
+        old = keep_ledger(client)
+        b = names(call(s.app, "vcm.acquire", request={"vcpus": 3, "memory": 4, "owner": "o",
+                                                      "vcenters": 2}))
+        assert call(s.app, "vcm.release", lease_ids=a, owner="o") == a
+        go_back(client, old)
+        wait_for(lambda: sorted(Ledger(client).audit()["leases"]) == sorted(b), timeout=20,
+                 what="the ledger replaced with the ConfigMap's")
+        c = names(call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "owner": "p"}))
+        snap = check_invariants(Ledger(client), pools)
+        assert sorted(snap["leases"]) == sorted(b + c)
+        assert sorted(mirrored(kube)) == sorted(b + c)
+        assert "went back" in s.procs[0].output()
     finally:
         s.stop()

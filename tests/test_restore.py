@@ -7,7 +7,7 @@ import signal
 
 import yaml
 
-from tests.helpers import call, check_invariants
+from tests.helpers import call, check_invariants, go_back, keep_ledger
 from tests.support.procs import Stack, Worker, wait_for
 from workers.adapters.ledger import Ledger
 from workers.adapters.mirror import FileMirror
@@ -133,23 +133,6 @@ def test_a_release_is_synced_by_the_publisher_within_its_round(tmp_path):
         s.stop()
 
 
-def _keep(client) -> dict[bytes, bytes]:
-    """The ledger's keys as they are now (DUMP), to put Redis back to this state later."""
-    return {key: client.dump(key) for key in client.scan_iter("vcm:*")}
-
-
-def _go_back(client, kept: dict[bytes, bytes]) -> None:
-    """What Redis restarted from an AOF that missed its last second of writes looks like:
-    the ledger as it was, still marked ready, with the same epoch."""
-    pipe = client.pipeline(transaction=True)
-    now = list(client.scan_iter("vcm:*"))
-    if now:
-        pipe.delete(*now)
-    for key, value in kept.items():
-        pipe.restore(key, 0, value)
-    pipe.execute()
-
-
 def _ids(leases: list[dict]) -> list[str]:
     return [x["metadata"]["name"] for x in leases]
 
@@ -163,13 +146,13 @@ def test_answered_changes_survive_redis_going_back_to_an_older_state(tmp_path):
         client = s.redis.client()
         a = _ids(call(s.app, "vcm.acquire", request={"vcpus": 2, "memory": 4, "owner": "o",
                                                      "request-id": "a"}))
-        old = _keep(client)
+        old = keep_ledger(client)
         b = _ids(call(s.app, "vcm.acquire", request={"vcpus": 3, "memory": 4, "owner": "o",
                                                      "request-id": "b", "vcenters": 2}))
         c = _ids(call(s.app, "vcm.acquire", request={"vcpus": 4, "memory": 4, "owner": "p",
                                                      "request-id": "c"}))
         assert call(s.app, "vcm.release", lease_ids=a, owner="o") == a
-        _go_back(client, old)
+        go_back(client, old)
         assert sorted(Ledger(client).audit()["leases"]) == sorted(a)
         d = _ids(call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "owner": "p",
                                                      "request-id": "d"}))
@@ -196,11 +179,11 @@ def test_a_worker_started_on_a_redis_that_went_back_takes_the_newer_mirror(tmp_p
         mirror = FileMirror(s.env["VCM_MIRROR_FILE"])
         wait_for(lambda: (mirror.load() or {}).get("epoch"), what="a whole save with its epoch")
         a = _ids(call(s.app, "vcm.acquire", request={"vcpus": 2, "memory": 4, "owner": "o"}))
-        old = _keep(client)
+        old = keep_ledger(client)
         b = _ids(call(s.app, "vcm.acquire", request={"vcpus": 3, "memory": 4, "owner": "o"}))
         assert call(s.app, "vcm.release", lease_ids=a, owner="o") == a
         s.procs[0].stop(signal.SIGKILL)
-        _go_back(client, old)
+        go_back(client, old)
         s.procs[0] = Worker(s.env, "placement").start()
         assert sorted(Ledger(client).audit()["leases"]) == sorted(b)
         check_invariants(Ledger(client), pools)
