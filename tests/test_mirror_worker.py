@@ -11,6 +11,7 @@ import base64
 import json
 import random
 import re
+import signal
 import string
 import threading
 import time
@@ -21,7 +22,7 @@ import yaml
 
 from tests.helpers import call, check_invariants, go_back, keep_ledger
 from tests.support.kube_apiserver import KubeApiServer
-from tests.support.procs import Stack, wait_for
+from tests.support.procs import Stack, Worker, wait_for
 from workers.adapters.ledger import Ledger
 from workers.adapters.mirror import ConfigMapMirror
 from workers.adapters.pools_file import load_pools
@@ -402,5 +403,26 @@ def test_redis_going_back_to_an_older_state_takes_the_newer_configmap(tmp_path, 
         assert sorted(snap["leases"]) == sorted(b + c)
         assert sorted(mirrored(kube)) == sorted(b + c)
         assert "went back" in s.procs[0].output()
+    finally:
+        s.stop()
+
+
+def test_a_placement_worker_starts_while_the_api_is_down(tmp_path, kube):
+    """At start the worker compares Redis with the mirror; with the API down it cannot, and
+    Redis is ready: it says so and places (answers wait for the mirror, as always)."""
+    s = cm_stack(tmp_path, kube, NET_POOLS)
+    try:
+        first = names(call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1}))
+        s.procs[0].stop(signal.SIGKILL)
+        kube.inject_fault(503, count=None)
+        s.procs[0] = Worker(s.env, "placement").start()
+        pending = s.app.send_task("vcm.acquire", queue="placement",
+                                  kwargs={"request": {"vcpus": 1, "memory": 1}})
+        wait_for(lambda: Ledger(s.redis.client()).audit()["leases"].keys() - set(first),
+                 what="the placement in Redis")
+        kube.clear_faults()
+        second = names(pending.get(timeout=30))
+        assert sorted(mirrored(kube)) == sorted(first + second)
+        assert "cannot compare the Redis ledger with the mirror" in s.procs[0].output()
     finally:
         s.stop()

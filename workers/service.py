@@ -176,7 +176,15 @@ class Capacity:
         seq = self.ledger.seq()
         if seq >= self.last_seq and not check_mirror:
             return False
-        snapshot = self.mirror.load() if self.mirror is not None and self.writer else None
+        try:
+            snapshot = self.mirror.load() if self.mirror is not None and self.writer else None
+        except MirrorError as exc:
+            if seq >= self.last_seq:  # at start, with nothing to suggest Redis went back
+                log.warning("cannot compare the Redis ledger with the mirror: %s", exc)
+                return False
+            raise NoCapacity.of({}, f"the Redis ledger went back to an older state (seq {seq} "
+                                f"< {self.last_seq}) and the mirror, which holds the newer "
+                                f"one, cannot be read ({exc}): no changes until it can") from None
         mirrored = int(snapshot.get("seq", 0)) if snapshot else -1
         same = snapshot is not None and snapshot.get("epoch") == self.ledger.epoch()
         if snapshot is None or mirrored <= seq or (seq >= self.last_seq and not same):
