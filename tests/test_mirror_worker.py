@@ -348,8 +348,10 @@ def test_too_large_fails_loudly_and_drops_nothing(tmp_path, kube):
         rnd = random.Random(4000)
         for b in range(3):  # about 940 KB compressed: fits
             batch(s, [big_request(rnd, "early", f"e{b}-{i}") for i in range(1000)])
-        st = status(s)
-        assert st["state"] == "ok" and st["max-configmaps"] == 1 and st["leases"] == 3000
+        # the publisher writes its status after it has released the replies of a save
+        st = wait_for(lambda: (x := status(s)).get("leases") == 3000 and x, timeout=10,
+                      what="the status of the save that covered the last batch")
+        assert st["state"] == "ok" and st["max-configmaps"] == 1
         writes_before = kube.writes
         late = [big_request(rnd, "late", f"l-{i}") for i in range(1000)]
         pending = s.app.send_task("vcm.acquire_batch", queue="placement",
