@@ -79,6 +79,12 @@ def status(stack: Stack) -> dict:
     return read_status(stack.redis.client())
 
 
+def settled(stack: Stack, ok) -> dict:
+    """The status once `ok(status)`: the publisher writes it after the save's replies."""
+    return wait_for(lambda: ok(st := status(stack)) and st, timeout=10,
+                    what="the publisher's status of the last save")
+
+
 def names(leases: list[dict]) -> list[str]:
     return [x["metadata"]["name"] for x in leases]
 
@@ -126,9 +132,9 @@ def test_mirror_equals_ledger_after_every_answer(tmp_path, kube):
                        owner="batch", ttl="2h")
         assert mirrored(kube)[renewed["metadata"]["name"]] == renewed
         same()
-        st = status(s)
-        assert st["state"] == "ok" and st["error"] == "" and st["behind"] == 0
-        assert st["leases"] == len(mirrored(kube)) > 0
+        st = settled(s, lambda x: x.get("behind") == 0 and x.get("leases") == len(mirrored(kube)))
+        assert st["state"] == "ok" and st["error"] == ""
+        assert st["leases"] > 0
         assert st["configmaps"] == 1 and st["max-configmaps"] == 9
         assert 0 < st["encoded-bytes"] < st["raw-bytes"]
         assert st["writes"] == kube.writes  # the worker is the only writer
@@ -226,8 +232,8 @@ def test_api_down_30s_placement_goes_on_replies_wait_and_the_mirror_catches_up(t
         catch_up = time.monotonic() - up_at
         assert len(leases) == 100 and all(len(x) == 1 for x in leases)
         assert mirrored(kube) == ledger.audit()["leases"]
-        st = status(s)
-        assert st["state"] == "ok" and st["behind"] == 0 and st["lag-seconds"] == 0
+        st = settled(s, lambda x: x.get("state") == "ok" and x.get("behind") == 0)
+        assert st["lag-seconds"] == 0
         assert 28 <= st["caught-up-after"] < 45
         print(f"\nAPI down 30 s: 100 placements held, all answered {catch_up:.1f}s after the "
               f"API came back (outage seen by the mirror: {st['caught-up-after']:.1f}s, "
@@ -314,7 +320,7 @@ def test_5000_leases_are_mirrored_sharded_and_restored(tmp_path, kube):
         before = ledger.audit()
         assert len(before["leases"]) == 5000
         assert mirrored(kube) == before["leases"]
-        st = status(s)
+        st = settled(s, lambda x: x.get("leases") == 5000)
         print(f"\n5,000 leases (253-character random boskos-lease-ids): {st['raw-bytes']:,} "
               f"bytes of JSON, {st['encoded-bytes']:,} compressed, in {st['configmaps']} "
               f"ConfigMaps; save {st['save-seconds'] * 1000:.0f} ms")
@@ -348,9 +354,7 @@ def test_too_large_fails_loudly_and_drops_nothing(tmp_path, kube):
         rnd = random.Random(4000)
         for b in range(3):  # about 940 KB compressed: fits
             batch(s, [big_request(rnd, "early", f"e{b}-{i}") for i in range(1000)])
-        # the publisher writes its status after it has released the replies of a save
-        st = wait_for(lambda: (x := status(s)).get("leases") == 3000 and x, timeout=10,
-                      what="the status of the save that covered the last batch")
+        st = settled(s, lambda x: x.get("leases") == 3000)
         assert st["state"] == "ok" and st["max-configmaps"] == 1
         writes_before = kube.writes
         late = [big_request(rnd, "late", f"l-{i}") for i in range(1000)]
@@ -379,8 +383,8 @@ def test_too_large_fails_loudly_and_drops_nothing(tmp_path, kube):
         assert len(leases) == 1000
         assert mirrored(kube) == ledger.audit()["leases"]
         assert len(ledger.leases()) == 1000
-        st = status(s)
-        assert st["state"] == "ok" and st["error"] == "" and "needed-configmaps" not in st
+        st = settled(s, lambda x: x.get("state") == "ok")
+        assert st["error"] == "" and "needed-configmaps" not in st
     finally:
         s.stop()
 

@@ -290,6 +290,8 @@ class Publisher(threading.Thread):
         self._attempt_at = time.time()  # an outage starts with the first save that fails
         mark = self.journal.mark() if self.journal is not None else None
         snapshot = self.ledger.snapshot(self._parsed)
+        if snapshot["seq"] < max(self.mirrored, self.service.last_seq):
+            return  # Redis went back meanwhile: the next check_epoch takes the newer mirror
         if self.epoch is not None:  # which Redis ledger it mirrors (Capacity.ensure_ready)
             snapshot["epoch"] = self.epoch.decode() if isinstance(self.epoch, bytes) else self.epoch
         try:
