@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from workers.adapters.ledger import Ledger
+from workers.adapters.ledger import Ledger, LedgerUnready
 from workers.core.models import Pool, make_lease, parse_request
 
 
@@ -64,3 +64,36 @@ def test_quiet_changes_do_not_kick_the_publisher(own_ledger):
     groups, caps = _group(own_ledger, "r2")
     assert own_ledger.commit(own_ledger.usage()[0], groups, caps).status == "ok"
     assert own_ledger.r.lrange(own_ledger.p + "kick", 0, -1) == [b"4"]
+
+
+def test_replacing_from_a_mirror_needs_redis_to_be_behind_it(own_ledger):
+    """The mirror replaces the ledger only while Redis's seq is below the snapshot's, checked
+    in the script: a second writer that moved Redis on (two placement workers; a seq read a
+    moment before) makes it a live ledger that must not be overwritten."""
+    groups, caps = _group(own_ledger, "r1")
+    first = own_ledger.commit(own_ledger.usage()[0], groups, caps)
+    behind = {"seq": first.seq, "leases": groups["r1"]}  # a mirror as new as Redis
+    more, _ = _group(own_ledger, "r2")
+    assert own_ledger.commit(own_ledger.usage()[0], more, caps).status == "ok"
+    before = own_ledger.audit()
+    assert not own_ledger.restore(behind, replace=True)
+    assert own_ledger.audit() == before and own_ledger.seq() == first.seq + 1
+    newer = {"seq": first.seq + 5, "leases": groups["r1"]}  # Redis went back: the mirror wins
+    assert own_ledger.restore(newer, replace=True)
+    after = own_ledger.audit()
+    assert sorted(after["leases"]) == [groups["r1"][0]["metadata"]["name"]]
+    assert after["counters"]["p1"] == (1, 1, 0, 1) and own_ledger.seq() == first.seq + 5
+
+
+def test_writes_refuse_while_redis_is_below_the_floor(own_ledger):
+    groups, caps = _group(own_ledger, "r1")
+    ok = own_ledger.commit(own_ledger.usage()[0], groups, caps)
+    own_ledger.floor = ok.seq + 1  # this process made a change Redis no longer has
+    more, _ = _group(own_ledger, "r2")
+    assert own_ledger.commit(own_ledger.usage()[0], more, caps).status == "unready"
+    lid = groups["r1"][0]["metadata"]["name"]
+    with pytest.raises(LedgerUnready):
+        own_ledger.release([lid])
+    assert own_ledger.swap(lid, own_ledger.raw(lid), own_ledger.get(lid), 1.0)[0] == "unready"
+    own_ledger.floor = ok.seq
+    assert own_ledger.release([lid]).leases[0]["metadata"]["name"] == lid

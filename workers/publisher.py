@@ -201,6 +201,7 @@ class Publisher(threading.Thread):
         replies are then held until the next save. The epoch is a token in ``vcm:mirror``, made
         by the first publisher that sees the hash missing."""
         p = self.ledger.p
+        known = max(self.mirrored, self.service.last_seq)  # before Redis's seq is read
         pipe = self.ledger.r.pipeline(transaction=False)
         pipe.exists(p + "ready")
         pipe.get(p + "seq")
@@ -214,9 +215,9 @@ class Publisher(threading.Thread):
                             "replaced): the mirror will be saved again from Redis")
             self.epoch = epoch
             self.mirrored = -1
-        elif seq < max(self.mirrored, self.service.last_seq):
+        elif seq < known:
             log.warning("the Redis ledger went back from seq %s to %s (restarted from an "
-                        "older state)", max(self.mirrored, self.service.last_seq), seq)
+                        "older state)", known, seq)
             if self.service.ensure_ready(check_mirror=True):  # the mirror's state is newer
                 seq = self.ledger.seq()
             else:
@@ -289,8 +290,9 @@ class Publisher(threading.Thread):
         started = time.monotonic()
         self._attempt_at = time.time()  # an outage starts with the first save that fails
         mark = self.journal.mark() if self.journal is not None else None
+        known = max(self.mirrored, self.service.last_seq)  # before the snapshot is read
         snapshot = self.ledger.snapshot(self._parsed)
-        if snapshot["seq"] < max(self.mirrored, self.service.last_seq):
+        if snapshot["seq"] < known:
             return  # Redis went back meanwhile: the next check_epoch takes the newer mirror
         if self.epoch is not None:  # which Redis ledger it mirrors (Capacity.ensure_ready)
             snapshot["epoch"] = self.epoch.decode() if isinstance(self.epoch, bytes) else self.epoch

@@ -173,28 +173,30 @@ class Capacity:
             return restored
 
     def _catch_up(self, check_mirror: bool) -> bool:
+        known = self.last_seq  # read before Redis's seq: a change made meanwhile is not a loss
         seq = self.ledger.seq()
-        if seq >= self.last_seq and not check_mirror:
+        if seq >= known and not check_mirror:
             return False
         try:
             snapshot = self.mirror.load() if self.mirror is not None and self.writer else None
         except MirrorError as exc:
-            if seq >= self.last_seq:  # at start, with nothing to suggest Redis went back
+            if seq >= known:  # at start, with nothing to suggest Redis went back
                 log.warning("cannot compare the Redis ledger with the mirror: %s", exc)
                 return False
             raise NoCapacity.of({}, f"the Redis ledger went back to an older state (seq {seq} "
-                                f"< {self.last_seq}) and the mirror, which holds the newer "
+                                f"< {known}) and the mirror, which holds the newer "
                                 f"one, cannot be read ({exc}): no changes until it can") from None
         mirrored = int(snapshot.get("seq", 0)) if snapshot else -1
         same = snapshot is not None and snapshot.get("epoch") == self.ledger.epoch()
-        if snapshot is None or mirrored <= seq or (seq >= self.last_seq and not same):
-            if seq < self.last_seq:  # nothing newer to go back to
+        if snapshot is None or mirrored <= seq or (seq >= known and not same):
+            if seq < known:  # nothing newer to go back to
                 log.error("the Redis ledger went back from seq %d to %d and the mirror holds "
-                          "only seq %d: the changes in between are lost", self.last_seq, seq,
+                          "only seq %d: the changes in between are lost", known, seq,
                           mirrored)
                 self._restart_at(seq)
             return False
-        self.ledger.restore(snapshot, replace=True)
+        if not self.ledger.restore(snapshot, replace=True):
+            return False  # another writer moved it past the mirror meanwhile: it is live
         log.warning("the Redis ledger went back to seq %d (restarted from an older state): "
                     "replaced it with the mirror's %d leases at seq %d", seq,
                     len(snapshot.get("leases") or []), mirrored)

@@ -280,6 +280,8 @@ return {redis.call('GET', p .. 'seq') or '0', redis.call('HVALS', p .. 'leases')
 _RESTORE = r"""
 local p = ARGV[1]
 if ARGV[4] == '1' then  -- replace: Redis went back to an older state than the snapshot's
+  -- a live ledger is never behind a mirror of itself: refuse unless it still is
+  if tonumber(redis.call('GET', p .. 'seq') or '0') >= tonumber(ARGV[2]) then return 0 end
   for _, raw in ipairs(redis.call('HVALS', p .. 'leases')) do
     redis.call('DEL', p .. 'owner:' .. cjson.decode(raw).status.owner)
   end
@@ -606,7 +608,8 @@ class Ledger:
     def restore(self, snapshot: dict[str, Any], replace: bool = False) -> bool:
         """Rebuild an empty ledger from a snapshot; False (and no change) if not empty.
         `replace`: the snapshot replaces the leases, usage and port groups Redis holds (the
-        released-lease records, request-ids, waiting line and outbox stay)."""
+        released-lease records, request-ids, waiting line and outbox stay), only if Redis's
+        seq is below the snapshot's (checked in the same script: False otherwise)."""
         leases = snapshot.get("leases") or []
         rids: dict[str, list[str]] = {}
         for lease in leases:
