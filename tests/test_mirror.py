@@ -700,8 +700,8 @@ def test_file_mirror_survives_sigkill_mid_save(tmp_path):
     kills = mid_write = 0
     last_version = 0
     leftovers: set[Path] = set()
-    # a kill lands mid-write (temp file made, not yet renamed) in roughly one try in seven,
-    # fewer on a loaded machine (the JSON encoding before it takes longer): keep trying
+    # only some kills land mid-write (temp file made, not yet renamed), fewer on a loaded
+    # machine (the JSON encoding before it takes longer): keep trying until one does
     while kills < 6 or (mid_write == 0 and kills < 100):
         proc = subprocess.Popen(
             [sys.executable, "-c", _KILL_CHILD, str(target), str(ROOT)],
