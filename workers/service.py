@@ -298,8 +298,9 @@ class Capacity:
                 plan = place_batch(reqs, fleet, self.settings.strategy, held)
             except NoCapacity:
                 current, found = self.ledger.granted_at([r.request_id for r in reqs])
-                if all(ids is not None for ids in found):
-                    return self._granted(found)
+                existing = self.existing(reqs, found)
+                if existing is not None:
+                    return existing
                 # never refuse on a stale cache: when the ledger moved, re-read it and try
                 # again (a current cache is exact, so a refusal costs one read, not O(leases))
                 if attempt == 0 and current != version:
@@ -344,14 +345,14 @@ class Capacity:
             self._forget()
         raise NoCapacity.of({}, f"the ledger kept changing; gave up after {MAX_ATTEMPTS} tries")
 
-    def existing(self, reqs: list[Request]) -> list[list[dict[str, Any]]] | None:
-        """The leases already granted to these request-ids, if all of them were granted."""
-        found = self.ledger.granted([r.request_id for r in reqs])
+    def existing(self, reqs: list[Request], found: list[list[str] | None] | None = None
+                 ) -> list[list[dict[str, Any]]] | None:
+        """The leases already granted to these request-ids, if all of them were granted
+        (`found`: their lease ids, when already read)."""
+        if found is None:
+            found = self.ledger.granted_at([r.request_id for r in reqs])[1]
         if not all(ids is not None for ids in found):
             return None
-        return self._granted(found)
-
-    def _granted(self, found: list[list[str] | None]) -> list[list[dict[str, Any]]]:
         self._journal_existing([i for ids in found if ids for i in ids])
         return [self.ledger.get_many(ids or []) for ids in found]
 

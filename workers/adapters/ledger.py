@@ -26,13 +26,19 @@ import redis
 from ..core.models import parse_rfc3339
 from ..core.placement import Usage
 
-_ACQUIRE = r"""
+# Writes refuse while the ledger is not ready (Redis lost it) or is below `floor` (Redis went
+# back to an older state than changes the writer already made): the worker rebuilds it first.
+_UNREADY = r"""
+local function unready(p, floor)
+  return redis.call('EXISTS', p .. 'ready') == 0
+         or tonumber(redis.call('GET', p .. 'seq') or '0') < tonumber(floor)
+end
+"""
+
+_ACQUIRE = _UNREADY + r"""
 local p = ARGV[1]
 local d = cjson.decode(ARGV[3])
-if redis.call('EXISTS', p .. 'ready') == 0
-   or tonumber(redis.call('GET', p .. 'seq') or '0') < (d.floor or 0) then
-  return {'unready', '0'}
-end
+if unready(p, d.floor or 0) then return {'unready', '0'} end
 local expected = tonumber(ARGV[2])
 local have, missing, first = 0, 0, nil
 for rid, _ in pairs(d.rids) do
@@ -103,12 +109,9 @@ end
 return {'ok', tostring(ver + 1), seq}
 """
 
-_RELEASE = r"""
+_RELEASE = _UNREADY + r"""
 local p = ARGV[1]
-if redis.call('EXISTS', p .. 'ready') == 0
-   or tonumber(redis.call('GET', p .. 'seq') or '0') < tonumber(ARGV[9]) then
-  return {'unready', ''}
-end
+if unready(p, ARGV[9]) then return {'unready', ''} end
 local ids = cjson.decode(ARGV[2])
 local owner = ARGV[3]
 local by_owner = ARGV[4]
@@ -190,12 +193,9 @@ end
 return {'ok', tostring(ver), raws, gone, seq, redis.call('ZCARD', p .. 'waiting')}
 """
 
-_SWAP = r"""
+_SWAP = _UNREADY + r"""
 local p = ARGV[1]
-if redis.call('EXISTS', p .. 'ready') == 0
-   or tonumber(redis.call('GET', p .. 'seq') or '0') < tonumber(ARGV[7]) then
-  return {'unready', 0}
-end
+if unready(p, ARGV[7]) then return {'unready', 0} end
 local cur = redis.call('HGET', p .. 'leases', ARGV[2])
 if not cur then return {'missing', 0} end
 if cur ~= ARGV[3] then return {'changed', 0} end
@@ -369,9 +369,7 @@ class Ledger:
         self.p = prefix
         self.keep = keep
         self.quiet = False  # True: changes do not kick the publisher (the caller journals them)
-        # writes refuse (as unready) while the ledger's seq is below this: Redis went back to
-        # an older state than changes already made (see Capacity.ensure_ready)
-        self.floor = 0
+        self.floor = 0  # writes refuse below this seq (see _UNREADY, Capacity.ensure_ready)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._swap = client.register_script(_SWAP)
@@ -425,13 +423,9 @@ class Ledger:
                 out.append({"metadata": {"name": lease_id}, "status": {"state": "unknown"}})
         return out
 
-    def granted(self, request_ids: list[str]) -> list[list[str] | None]:
-        """Lease ids recorded for each request-id (None where it is unknown)."""
-        raws = self.r.mget([self.p + "req:" + r for r in request_ids]) if request_ids else []
-        return [json.loads(x) if x else None for x in raws]
-
     def granted_at(self, request_ids: list[str]) -> tuple[int, list[list[str] | None]]:
-        """The usage version and `granted(request_ids)`, read in one round trip."""
+        """The usage version, and the lease ids recorded for each request-id (None where it
+        is unknown), read in one round trip."""
         pipe = self.r.pipeline(transaction=True)
         pipe.get(self.p + "version")
         pipe.mget([self.p + "req:" + r for r in request_ids])
