@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import celery.app.trace
 from celery import Celery, signals
 from celery.exceptions import Ignore
 
@@ -14,37 +13,6 @@ from workers.core.errors import ERRORS, InvalidRequest
 
 app = Celery("vcm")
 app.config_from_object("celeryconfig")
-REPR_BUDGET = 400  # values in a result small enough for the builtin repr
-_saferepr = celery.app.trace.saferepr
-
-
-def _small(value: Any, budget: int = REPR_BUDGET) -> int:
-    """What is left of `budget` after counting value's items; negative when too big."""
-    stack = [value]
-    while stack and budget >= 0:
-        item = stack.pop()
-        budget -= 1
-        if type(item) is dict:
-            stack.extend(item.values())
-        elif type(item) is list:
-            stack.extend(item)
-        elif type(item) not in (str, int, float, bool, type(None)):
-            return -1
-    return budget
-
-
-def result_repr(value: Any, maxlen: int | None = None, *args: Any, **kwargs: Any) -> str:
-    """The result text for the worker's log line and the task-succeeded event. Celery's
-    saferepr walks the value in Python (170 µs for one lease); results here are JSON data,
-    for which the builtin repr is safe and ~30× faster. Anything else, or large, keeps
-    saferepr."""
-    if _small(value) < 0:
-        return _saferepr(value, maxlen, *args, **kwargs)
-    text = repr(value)
-    return text if maxlen is None or len(text) <= maxlen else text[:maxlen] + "..."
-
-
-celery.app.trace.saferepr = result_repr  # looked up at each task's success
 log = logging.getLogger("vcm.tasks")
 # domain failures are answers, not crashes: Celery logs them without a traceback
 EXPECTED = tuple(ERRORS.values())
@@ -81,11 +49,36 @@ def _build(writer: bool):
     return svc
 
 
+def _consumes_placement(app: Celery) -> bool:
+    """Whether this worker consumes the placement queue (-Q; all queues without it)."""
+    return "placement" in set(app.amqp.queues.consume_from or app.amqp.queues)
+
+
+@signals.worker_init.connect
+def _placement_runs_in_process(sender: Any = None, **_: Any) -> None:
+    """The placement worker runs its tasks in its own process (the solo pool), whatever pool
+    its command line names: the journal, the ledger floor and the publisher must live in the
+    process that commits, and a prefork child would add a pipe round trip to every change.
+    Tasks run one at a time anyway (one consumer, one lock), so nothing is lost."""
+    from celery import concurrency
+
+    if not _consumes_placement(sender.app):
+        return
+    pool = concurrency.get_implementation(getattr(sender, "pool_cls", None) or "prefork")
+    solo = concurrency.get_implementation("solo")
+    if pool is solo or pool is concurrency.get_implementation("threads"):
+        return  # same process: the journal engages
+    if pool is not concurrency.get_implementation("prefork"):
+        log.warning("the placement worker was started with the %s pool; running it with the "
+                    "solo pool instead (start it with -P solo to silence this)",
+                    pool.__module__.rsplit(".", 1)[-1])
+    sender.pool_cls = solo
+
+
 @signals.celeryd_after_setup.connect
 def _setup(sender: str, instance: Any, **_: Any) -> None:
     """Before consuming: check the config, and on the placement side restore the ledger."""
-    queues = set(instance.app.amqp.queues.consume_from or instance.app.amqp.queues)
-    _state["writer"] = "placement" in queues
+    _state["writer"] = _consumes_placement(instance.app)
     svc = service()  # an invalid pools file or setting stops start-up here, with its message
     if _state["writer"]:
         svc.ensure_ready(check_mirror=True)

@@ -1,0 +1,109 @@
+"""Every documented way to start the placement worker takes the same path: tasks run in the
+worker's own process, and each change is journaled there before its answer goes out."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from celery import Celery
+
+from tests.helpers import call
+from tests.support.procs import ROOT, LoggedProcess, RedisServer, env_for, wait_for
+from workers.adapters.mirror import FileMirror
+
+
+def _deployed_command() -> list[str]:
+    docs = yaml.safe_load_all((ROOT / "deploy" / "placement.yaml").read_text())
+    for doc in docs:
+        if doc and doc.get("kind") == "Deployment":
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                if c["command"][:4] == ["celery", "-A", "tasks", "worker"]:
+                    return c["command"][1:]
+    raise AssertionError("deploy/placement.yaml has no placement worker command")
+
+
+def _vcm_run_command() -> list[str]:
+    """The placement worker's arguments as `vcm run` starts it."""
+    from workers import stack
+
+    source = Path(stack.__file__).read_text()
+    start = source.index('stack.start("placement worker", celery + [')
+    block = source[start:source.index("]", start)]
+    args = [a.strip().strip('"') for a in block.split("[", 1)[1].replace("\n", " ").split(",")]
+    return ["-A", "tasks", *[a for a in args if a]]
+
+
+COMMANDS = {
+    # exactly the documented command: Celery's default (prefork) pool
+    "documented": ["-A", "tasks", "worker", "-Q", "placement", "--concurrency", "1"],
+    "solo": ["-A", "tasks", "worker", "-Q", "placement", "-P", "solo"],
+    "prefork-named": ["-A", "tasks", "worker", "-Q", "placement", "-P", "prefork", "-c", "2"],
+    "vcm-run": None,
+    "deploy": None,
+}
+
+
+def _args(kind: str) -> list[str]:
+    if kind == "vcm-run":
+        return _vcm_run_command()
+    if kind == "deploy":
+        return _deployed_command()
+    return COMMANDS[kind]
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out.extend(int(x) for x in text)
+    return out
+
+
+@pytest.mark.parametrize("kind", list(COMMANDS))
+def test_placement_worker_journals_in_process_however_it_is_started(kind, tmp_path):
+    redis_server = RedisServer().start()
+    mirror = tmp_path / "ledger.json"
+    pools = tmp_path / "pools.yaml"
+    pools.write_text((ROOT / "examples" / "pools.yaml").read_text())
+    env = env_for(redis_server.url, pools, VCM_MIRROR_FILE=str(mirror))
+    worker = LoggedProcess()
+    worker.log = str(tmp_path / "worker.log")
+    args = [a.replace("%h", "test") for a in _args(kind)]
+    proc = worker.spawn([sys.executable, "-m", "celery", *args, "-l", "info"], env)
+    app = Celery("client", broker=redis_server.url, backend=redis_server.url)
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = app.conf.result_backend = redis_server.url
+    try:
+        wait_for(lambda: "ready." in worker.output() or proc.poll() is not None, timeout=60,
+                 what="the placement worker")
+        assert proc.poll() is None, worker.output()[-2000:]
+        wait_for(mirror.exists, what="the publisher's first save")
+        banner = worker.output()
+        assert "(solo)" in banner, banner[:3000]
+        leases = call(app, "vcm.acquire", request={"vcpus": 2, "memory": 4, "owner": "a"})
+        released = call(app, "vcm.release", lease_ids=[leases[0]["metadata"]["name"]],
+                        owner="a")
+        assert released == [leases[0]["metadata"]["name"]]
+        # the tasks ran in the worker's own process: no pool children
+        assert _children(proc.pid) == []
+        # each change went to the journal before its answer (no whole save per answer)
+        journal = Path(str(mirror) + ".journal").read_text().splitlines()
+        records = [json.loads(line) for line in journal if line]
+        name = leases[0]["metadata"]["name"]
+        assert any(name in json.dumps(r.get("put")) for r in records), journal
+        assert any(name in (r.get("del") or []) for r in records), journal
+        assert (FileMirror(str(mirror)).load() or {}).get("leases") == []
+        log = worker.output()
+        assert "a whole save is due" not in log, log[-3000:]
+        if kind == "prefork-named":
+            assert "running it with the solo pool instead" not in log  # prefork is expected
+    finally:
+        worker.stop()
+        app.close()
+        redis_server.stop()
+    assert os.path.exists(mirror)
