@@ -1,10 +1,13 @@
-"""Offline checks of the Kubernetes manifests in deploy/ (issue 5, point 6).
+"""Offline checks of the Kubernetes manifests in deploy/.
 
 Every manifest (the kustomize base and deploy/examples) is validated against the Kubernetes JSON
 schemas shipped with `kubernetes-validate`, in strict mode, and the invariants the service relies
 on are asserted: one placement consumer (replicas 1, Recreate, `-Q placement --concurrency 1`),
 exactly one beat, a Role scoped to the ledger mirror ConfigMaps, resources and non-root security
-contexts on every container, and a usable pools file.
+contexts on every container, a usable pools file, a Redis that requires the password from Secret
+vcm-redis-auth (which every pod that talks to it has), NetworkPolicies that admit to Redis only
+our own pods and client namespaces, and a required Flower login. The Redis command, its probes
+and the pods' VCM_REDIS_URL are also run against a real redis-server.
 
 The invariant checkers return lists of violations so that they can also be run against mutated
 copies of the manifests: the `*_catches_*` tests prove that the checks would actually fail if
@@ -15,17 +18,24 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import os
 import posixpath
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
+import kombu
 import kubernetes_validate
 import pytest
+import redis
 import yaml
+
+from tests.support.procs import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -41,8 +51,9 @@ K8S_VERSION = kubernetes_validate.latest_version()
 LEDGER_CONFIGMAP = "vcm-ledger"
 MIRROR_CONFIGMAPS = {LEDGER_CONFIGMAP} | {f"{LEDGER_CONFIGMAP}-{i}" for i in range(16)}
 
+# VCM_REDIS_URL is not among them: it carries the Redis password, so each pod builds it from
+# Secret vcm-redis-auth (see redis_auth_violations).
 EXPECTED_SETTINGS = {
-    "VCM_REDIS_URL": "redis://vcm-redis:6379/0",
     "VCM_POOLS_FILE": "/etc/vcm/pools.yaml",
     "VCM_LEASE_TTL": "24h",
     "VCM_REAP_INTERVAL": "5m",
@@ -64,6 +75,14 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job",
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def _tool_missing(why: str) -> NoReturn:
+    """A missing kubectl, kustomize or redis-server skips the test on a laptop; under CI=true
+    it fails it, so a CI image without the tool cannot pass by skipping."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{why} (CI=true: a missing tool fails instead of skipping)", pytrace=False)
+    pytest.skip(why)
 
 
 def _load_yaml_docs(path: Path) -> list[dict[str, Any]]:
@@ -409,6 +428,257 @@ def container_violations(docs) -> list[str]:
     return v
 
 
+# --------------------------------------------------------------------------- Redis authentication
+
+REDIS_SECRET = "vcm-redis-auth"
+REDIS_SECRET_KEY = "password"
+# What the checkers put in place of the Secret's value (a generated password is hex, URL-safe).
+SAMPLE_PASSWORD = "0123456789abcdef0123456789abcdef"
+# Stand-in values for the other Secrets the pods reference.
+SAMPLE_SECRETS = {
+    REDIS_SECRET: {REDIS_SECRET_KEY: SAMPLE_PASSWORD},
+    "vcm-api-tokens": {"tokens": "ci-bot:t0ken"},
+    "vcm-flower-auth": {"basic-auth": "admin:pw"},
+}
+REDIS_SERVICE = ("vcm-redis", 6379)
+
+_K8S_VAR = re.compile(r"\$\$|\$\(([-._a-zA-Z0-9]+)\)")
+
+
+def k8s_expand(value: str, env: dict[str, str]) -> str:
+    """Expand `$(VAR)` the way the kubelet does in env values, command and args: from variables
+    defined earlier; an undefined reference stays as written, and `$$` is a literal `$`."""
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return env.get(m.group(1), m.group(0))
+    return _K8S_VAR.sub(sub, value)
+
+
+def resolve_env(docs, c: dict[str, Any], given: dict[str, dict[str, str]] | None = None,
+                ) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: envFrom ConfigMaps first, then
+    `env` in order, each value expanded from what is defined before it. Secrets come from
+    `given` (default SAMPLE_SECRETS); an optional reference to a missing one stays unset."""
+    given = SAMPLE_SECRETS if given is None else given
+    configmaps = {cm["metadata"]["name"]: cm.get("data", {}) for cm in find(docs, "ConfigMap")}
+    env: dict[str, str] = {}
+    for src in c.get("envFrom", []):
+        if "configMapRef" in src:
+            env.update(configmaps.get(src["configMapRef"]["name"], {}))
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = k8s_expand(str(e["value"]), env)
+        elif "secretKeyRef" in e.get("valueFrom", {}):
+            ref = e["valueFrom"]["secretKeyRef"]
+            if ref["key"] in given.get(ref["name"], {}):
+                env[e["name"]] = given[ref["name"]][ref["key"]]
+    return env
+
+
+def is_redis_container(c: dict[str, Any]) -> bool:
+    return posixpath.basename(c.get("image", "").split("@")[0].rsplit(":", 1)[0]) == "redis"
+
+
+def redis_container(docs) -> tuple[dict[str, Any], dict[str, Any]]:
+    sts = one(docs, "StatefulSet", "vcm-redis")
+    (c,) = [c for c in containers(pod_spec(sts)) if is_redis_container(c)]
+    return sts, c
+
+
+def _password_refs(c: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in c.get("env", [])
+            if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == REDIS_SECRET]
+
+
+def _probe_text(probe: dict[str, Any]) -> str:
+    return " ".join(str(x) for x in probe.get("exec", {}).get("command", []))
+
+
+def redis_auth_violations(docs) -> list[str]:
+    """Redis requires the password from Secret vcm-redis-auth, and every pod that talks to it
+    (the Redis probes and all five application pods) has that password, never optionally."""
+    v: list[str] = []
+    talkers = [(w, c) for w, _s, c in all_containers(docs)
+               if is_app_container(c) or is_redis_container(c)]
+    for w, c in talkers:
+        where = f"{w['kind']}/{w['metadata']['name']} container {c['name']}"
+        refs = _password_refs(c)
+        if not refs:
+            v.append(f"{where}: no password from Secret {REDIS_SECRET}")
+        for e in refs:
+            ref = e["valueFrom"]["secretKeyRef"]
+            if ref.get("key") != REDIS_SECRET_KEY:
+                v.append(f"{where}: {e['name']} reads key {ref.get('key')!r}, "
+                         f"not {REDIS_SECRET_KEY!r}")
+            if ref.get("optional"):
+                v.append(f"{where}: the {REDIS_SECRET} reference must not be optional")
+        if any(s.get("secretRef", {}).get("optional") for s in c.get("envFrom", [])):
+            v.append(f"{where}: optional envFrom Secret")
+    for w, c in talkers:
+        if not is_app_container(c):
+            continue
+        where = f"{w['kind']}/{w['metadata']['name']} container {c['name']}"
+        url = resolve_env(docs, c).get("VCM_REDIS_URL")
+        if url is None:
+            v.append(f"{where}: VCM_REDIS_URL is not set")
+            continue
+        parts = urlsplit(url)
+        if parts.password != SAMPLE_PASSWORD:
+            v.append(f"{where}: VCM_REDIS_URL does not carry the password from "
+                     f"{REDIS_SECRET} once expanded: {url.replace(SAMPLE_PASSWORD, '***')}")
+        if (parts.scheme, parts.hostname, parts.port) != ("redis", *REDIS_SERVICE):
+            v.append(f"{where}: VCM_REDIS_URL is not redis://…@vcm-redis:6379: "
+                     f"{url.replace(SAMPLE_PASSWORD, '***')}")
+    if not find(docs, "StatefulSet", "vcm-redis"):
+        return v + ["no StatefulSet/vcm-redis"]
+    _sts, c = redis_container(docs)
+    env = resolve_env(docs, c)
+    words = [k8s_expand(str(t), env) for t in list(c.get("command", [])) + list(c.get("args", []))]
+    if option(words, None, "--requirepass") != SAMPLE_PASSWORD:
+        v.append("vcm-redis: redis-server must run with --requirepass from "
+                 f"{REDIS_SECRET}, got {option(words, None, '--requirepass')!r}")
+    for name in ("readinessProbe", "livenessProbe"):
+        text = _probe_text(c.get(name, {}))
+        if "redis-cli" not in text or not re.search(r"\$\{?REDIS_PASSWORD\b", text):
+            v.append(f"vcm-redis: {name} must authenticate with $REDIS_PASSWORD: {text!r}")
+    return v
+
+
+# --------------------------------------------------------------------------- network policy
+
+CLIENT_NAMESPACE_LABEL = "vsphere-capacity-manager.splat-team.io/client"
+API_NAMESPACE_LABEL = "vsphere-capacity-manager.splat-team.io/api"
+OUR_COMPONENTS = {"placement", "queries", "beat", "api", "flower"}
+
+
+def selector_matches(sel: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """A Kubernetes LabelSelector; `{}` selects everything."""
+    sel = sel or {}
+    if any(labels.get(k) != val for k, val in (sel.get("matchLabels") or {}).items()):
+        return False
+    for expr in sel.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        ok = {"In": key in labels and labels[key] in values,
+              "NotIn": key not in labels or labels[key] not in values,
+              "Exists": key in labels,
+              "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def sample_pods(docs) -> dict[str, dict[str, Any]]:
+    """Our own pods (from the workloads, in their namespace) and pods that must be told apart
+    from them: strangers in our namespace, our labels elsewhere, client namespaces."""
+    pods: dict[str, dict[str, Any]] = {}
+    ns_labels = {n["metadata"]["name"]: dict(n["metadata"].get("labels", {}))
+                 for n in find(docs, "Namespace")}
+
+    def ns(name: str, labels: dict[str, str] | None = None) -> dict[str, str]:
+        # the apiserver labels every namespace with its own name
+        return {**ns_labels.get(name, {}), **(labels or {}), "kubernetes.io/metadata.name": name}
+
+    ours = ""
+    for w in workloads(docs):
+        ours = w["metadata"].get("namespace", "")
+        pods[w["metadata"]["name"]] = {"namespace": ours, "ns_labels": ns(ours),
+                                       "labels": dict(w["spec"]["template"]["metadata"]["labels"])}
+    api_labels = dict(one(docs, "Deployment", "vcm-api")["spec"]["template"]["metadata"]["labels"])
+    pods.update({
+        "stranger in our namespace": {"namespace": ours, "ns_labels": ns(ours),
+                                      "labels": {"run": "debug"}},
+        "our name, another component": {
+            "namespace": ours, "ns_labels": ns(ours),
+            "labels": {**COMMON_LABELS, "app.kubernetes.io/component": "debug"}},
+        "our labels in an unlabelled namespace": {"namespace": "default",
+                                                  "ns_labels": ns("default"),
+                                                  "labels": api_labels},
+        "kube-system pod": {"namespace": "kube-system", "ns_labels": ns("kube-system"),
+                            "labels": {"k8s-app": "kube-dns"}},
+        "client job step": {"namespace": "ci-op-1234",
+                            "ns_labels": ns("ci-op-1234", {CLIENT_NAMESPACE_LABEL: "true"}),
+                            "labels": {"created-by-ci": "true"}},
+        "client label not true": {"namespace": "ci-op-5678",
+                                  "ns_labels": ns("ci-op-5678", {CLIENT_NAMESPACE_LABEL: "false"}),
+                                  "labels": {}},
+        "api-only namespace": {"namespace": "openshift-ingress",
+                               "ns_labels": ns("openshift-ingress", {API_NAMESPACE_LABEL: "true"}),
+                               "labels": {"ingresscontroller": "default"}},
+    })
+    return pods
+
+
+def _peer_admits(peer: dict[str, Any], policy_ns: str, pod: dict[str, Any]) -> bool:
+    if "ipBlock" in peer:
+        return True  # addresses, not identities: treat as admitting anyone
+    if "namespaceSelector" in peer:
+        if not selector_matches(peer["namespaceSelector"], pod["ns_labels"]):
+            return False
+    elif pod["namespace"] != policy_ns:
+        return False
+    return selector_matches(peer.get("podSelector"), pod["labels"])
+
+
+def _rule_covers_port(rule: dict[str, Any], port_name: str, port: int) -> bool:
+    ports = rule.get("ports") or []
+    return not ports or any(
+        p.get("protocol", "TCP") == "TCP" and p.get("port") in (None, port, port_name)
+        for p in ports)
+
+
+def admitted(docs, target: dict[str, Any], port_name: str, port: int) -> set[str] | None:
+    """Which sample pods may open TCP `port` on the target workload's pods; None when no
+    NetworkPolicy isolates them for ingress (then everyone may)."""
+    ns = target["metadata"].get("namespace")
+    labels = target["spec"]["template"]["metadata"]["labels"]
+    policies = [p for p in find(docs, "NetworkPolicy")
+                if p["metadata"].get("namespace") == ns
+                and selector_matches(p["spec"].get("podSelector"), labels)
+                and ("Ingress" in p["spec"].get("policyTypes", ["Ingress"]))]
+    if not policies:
+        return None
+    out = set()
+    for name, pod in sample_pods(docs).items():
+        for p in policies:
+            for rule in p["spec"].get("ingress") or []:
+                peers = rule.get("from") or []
+                if _rule_covers_port(rule, port_name, port) and (
+                    not peers or any(_peer_admits(x, ns, pod) for x in peers)
+                ):
+                    out.add(name)
+    return out
+
+
+def our_pods(docs, components: set[str]) -> set[str]:
+    return {w["metadata"]["name"] for w in workloads(docs)
+            if w["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component")
+            in components}
+
+
+def network_violations(docs) -> list[str]:
+    """Redis admits exactly our five application pods and pods in client namespaces; the API
+    admits client namespaces and API-only namespaces."""
+    v: list[str] = []
+    for p in find(docs, "NetworkPolicy"):
+        for rule in p["spec"].get("ingress") or []:
+            if any("ipBlock" in x for x in rule.get("from") or []):
+                v.append(f"NetworkPolicy/{p['metadata']['name']}: ipBlock admits by address")
+    redis_in = admitted(docs, one(docs, "StatefulSet", "vcm-redis"), "redis", 6379)
+    want = our_pods(docs, OUR_COMPONENTS) | {"client job step"}
+    if redis_in is None:
+        v.append("no NetworkPolicy isolates the Redis pods: every pod in the cluster reaches them")
+    elif redis_in != want:
+        v.append(f"Redis admits {sorted(redis_in)}, want {sorted(want)}")
+    api_in = admitted(docs, one(docs, "Deployment", "vcm-api"), "http", 8080)
+    want = {"client job step", "api-only namespace"}
+    if api_in is None:
+        v.append("no NetworkPolicy isolates the API pods")
+    elif api_in != want:
+        v.append(f"the API admits {sorted(api_in)}, want {sorted(want)}")
+    return v
+
+
 # --------------------------------------------------------------------------- kustomization
 
 
@@ -455,6 +725,13 @@ def test_examples_exist_and_are_not_in_the_base():
         parts = entry.split(":")
         assert len(parts) in (2, 3) and all(parts[:2]), f"bad token entry {entry!r}"
         assert len(parts) == 2 or parts[2] == "admin"
+    flower = examples["vcm-flower-auth"]
+    assert flower["kind"] == "Secret" and ":" in flower["stringData"]["basic-auth"]
+    redis_auth = examples[REDIS_SECRET]
+    assert redis_auth["kind"] == "Secret"
+    assert set(redis_auth["stringData"]) == {REDIS_SECRET_KEY}
+    # the password goes into redis://:PASSWORD@… unescaped, so only URL-safe characters
+    assert re.fullmatch(r"[A-Za-z0-9._~-]+", redis_auth["stringData"][REDIS_SECRET_KEY])
     assert not find(base_docs(), "Secret"), "no Secret (and no token) belongs in the base"
 
 
@@ -487,7 +764,7 @@ def test_manifest_is_valid_kubernetes(item):
 def test_there_are_manifests_to_validate():
     kinds = {d["kind"] for _, d in ALL_DOCS}
     assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service",
-            "Deployment", "StatefulSet", "Secret"} <= kinds
+            "Deployment", "StatefulSet", "Secret", "NetworkPolicy"} <= kinds
 
 
 def test_strict_validation_rejects_unknown_fields():
@@ -773,7 +1050,7 @@ def test_redis_persists_with_aof_on_a_pvc():
     assert [p["port"] for p in svc["spec"]["ports"]] == [6379]
 
 
-def test_api_and_flower_probes_ports_and_optional_secrets():
+def test_api_and_flower_probes_ports_and_secrets():
     docs = base_docs()
     api = one(docs, "Deployment", "vcm-api")
     assert api["spec"]["replicas"] >= 2
@@ -791,7 +1068,9 @@ def test_api_and_flower_probes_ports_and_optional_secrets():
     assert sub == "flower" and option(opts, None, "--port") == "5555"
     env = {e["name"]: e for e in c["env"]}
     ref = env["FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "vcm-flower-auth", "key": "basic-auth", "optional": True}
+    # required: without the Secret the pod does not start, rather than showing every task's
+    # arguments to anyone who reaches it
+    assert ref == {"name": "vcm-flower-auth", "key": "basic-auth"}
 
     assert [p["port"] for p in one(docs, "Service", "vcm-api")["spec"]["ports"]] == [8080]
     assert [p["port"] for p in one(docs, "Service", "vcm-flower")["spec"]["ports"]] == [5555]
@@ -820,6 +1099,243 @@ def test_services_select_pods_and_target_declared_ports():
     for w in workloads(docs):
         sel = w["spec"]["selector"]["matchLabels"]
         assert sel.items() <= w["spec"]["template"]["metadata"]["labels"].items()
+
+
+# --------------------------------------------------------------------------- Redis auth
+
+
+def test_redis_requires_the_password_and_every_pod_that_talks_to_it_has_it():
+    docs = base_docs()
+    assert redis_auth_violations(docs) == []
+    talkers = {w["metadata"]["name"] for w, _s, c in all_containers(docs)
+               if is_app_container(c) or is_redis_container(c)}
+    assert talkers == {"vcm-redis", "vcm-placement", "vcm-queries", "vcm-beat", "vcm-api",
+                       "vcm-flower"}
+    for w, _s, c in all_containers(docs):
+        if w["metadata"]["name"] not in talkers:
+            continue
+        (ref,) = _password_refs(c)
+        assert ref["name"] == "REDIS_PASSWORD"
+        assert ref["valueFrom"]["secretKeyRef"] == {"name": REDIS_SECRET, "key": REDIS_SECRET_KEY}
+        if is_app_container(c):
+            names = [e["name"] for e in c["env"]]
+            assert names.index("REDIS_PASSWORD") < names.index("VCM_REDIS_URL"), \
+                "$(REDIS_PASSWORD) expands only when defined earlier in env"
+            url = resolve_env(docs, c)["VCM_REDIS_URL"]
+            assert url == f"redis://:{SAMPLE_PASSWORD}@vcm-redis:6379/0"
+    # no passwordless URL left for envFrom to hand out
+    assert "VCM_REDIS_URL" not in one(docs, "ConfigMap", "vcm-settings")["data"]
+
+
+def _redis_auth_mutants():
+    def app(docs, name):
+        return one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+
+    def drop_env(c, var):
+        c["env"] = [e for e in c["env"] if e["name"] != var]
+
+    def flower_has_no_password(docs):
+        drop_env(app(docs, "vcm-flower"), "REDIS_PASSWORD")
+
+    def beat_password_optional(docs):
+        _password_refs(app(docs, "vcm-beat"))[0]["valueFrom"]["secretKeyRef"]["optional"] = True
+
+    def api_wrong_key(docs):
+        _password_refs(app(docs, "vcm-api"))[0]["valueFrom"]["secretKeyRef"]["key"] = "pass"
+
+    def placement_url_without_password(docs):
+        for e in app(docs, "vcm-placement")["env"]:
+            if e["name"] == "VCM_REDIS_URL":
+                e["value"] = "redis://vcm-redis:6379/0"
+
+    def queries_url_before_password(docs):
+        c = app(docs, "vcm-queries")
+        url = next(e for e in c["env"] if e["name"] == "VCM_REDIS_URL")
+        drop_env(c, "VCM_REDIS_URL")
+        c["env"].insert(0, url)
+
+    def api_url_only_from_settings(docs):
+        drop_env(app(docs, "vcm-api"), "VCM_REDIS_URL")
+        one(docs, "ConfigMap", "vcm-settings")["data"]["VCM_REDIS_URL"] = \
+            "redis://vcm-redis:6379/0"
+
+    def redis_without_requirepass(docs):
+        _sts, c = redis_container(docs)
+        i = c["command"].index("--requirepass")
+        del c["command"][i:i + 2]
+
+    def redis_without_password(docs):
+        _sts, c = redis_container(docs)
+        drop_env(c, "REDIS_PASSWORD")
+
+    def readiness_without_auth(docs):
+        _sts, c = redis_container(docs)
+        c["readinessProbe"]["exec"]["command"] = [
+            "sh", "-c", "redis-cli -h 127.0.0.1 ping | grep -q PONG"]
+
+    def liveness_without_auth(docs):
+        _sts, c = redis_container(docs)
+        c["livenessProbe"]["exec"]["command"] = [
+            "sh", "-c", "redis-cli -h 127.0.0.1 ping | grep -q -e PONG -e LOADING"]
+
+    return [flower_has_no_password, beat_password_optional, api_wrong_key,
+            placement_url_without_password, queries_url_before_password,
+            api_url_only_from_settings, redis_without_requirepass, redis_without_password,
+            readiness_without_auth, liveness_without_auth]
+
+
+@pytest.mark.parametrize("mutate", _redis_auth_mutants(), ids=lambda f: f.__name__)
+def test_redis_auth_checker_catches(mutate):
+    docs = copy.deepcopy(base_docs())
+    assert redis_auth_violations(docs) == []
+    mutate(docs)
+    assert redis_auth_violations(docs), f"{mutate.__name__} was not detected"
+
+
+def _need_tool(name: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        _tool_missing(f"{name} is not installed")
+    return path
+
+
+def test_deployed_redis_command_probes_and_urls_against_a_real_redis_server(tmp_path):
+    """Runs redis-server with the manifest's own arguments (the kubelet's $(VAR) expansion
+    applied; only the data dir and the port are local), then the manifest's probes and every
+    pod's VCM_REDIS_URL against it."""
+    server = _need_tool("redis-server")
+    _need_tool("redis-cli")
+    docs = base_docs()
+    password = secrets.token_hex(16)
+    given = {**SAMPLE_SECRETS, REDIS_SECRET: {REDIS_SECRET_KEY: password}}
+    _sts, c = redis_container(docs)
+    env = resolve_env(docs, c, given)
+    words = [k8s_expand(str(t), env) for t in list(c["command"]) + list(c.get("args", []))]
+    assert words[0] == "redis-server"
+    words[0] = server
+    words[words.index("--dir") + 1] = str(tmp_path)  # the PVC mount in the pod
+    port = free_port()
+    words += ["--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no"]
+    proc = subprocess.Popen(words, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        anonymous = redis.Redis(port=port, socket_timeout=5)
+
+        def anonymous_ping() -> str:
+            assert proc.poll() is None, "redis-server exited"
+            try:
+                return "PONG" if anonymous.ping() else "?"
+            except redis.AuthenticationError as e:
+                return f"refused: {e}"
+
+        answer = wait_for(anonymous_ping, what=f"redis-server on port {port}")
+        assert answer.startswith("refused"), "Redis answers a client without the password"
+        assert redis.Redis(port=port, password=password).ping()
+
+        base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        for name in ("readinessProbe", "livenessProbe"):
+            cmd = [str(x).replace("redis-cli", f"redis-cli -p {port}")
+                   for x in c[name]["exec"]["command"]]
+
+            def probe(extra: dict[str, str], cmd=cmd) -> int:
+                return subprocess.run(cmd, env={**base_env, **extra}, capture_output=True,
+                                      timeout=30, check=False).returncode
+
+            assert probe(env) == 0, f"{name} fails with the right password"
+            assert probe({}) != 0, f"{name} passes without a password"
+            assert probe({**env, "REDIS_PASSWORD": "wrong"}) != 0, \
+                f"{name} passes with a wrong password"
+
+        for w, _s, app in all_containers(docs):
+            if not is_app_container(app):
+                continue
+            url = urlsplit(resolve_env(docs, app, given)["VCM_REDIS_URL"])
+            assert (url.hostname, url.port) == REDIS_SERVICE
+            local = url._replace(netloc=url.netloc.replace(
+                f"{url.hostname}:{url.port}", f"127.0.0.1:{port}")).geturl()
+            client = redis.Redis.from_url(local, socket_timeout=5)
+            assert client.ping(), w["metadata"]["name"]
+            client.close()
+            # the Celery broker connection (kombu) authenticates with the same URL
+            with kombu.Connection(local, transport_options={"max_retries": 1}) as conn:
+                q = conn.SimpleQueue(f"vcm-deploy-test-{w['metadata']['name']}")
+                q.put({"from": w["metadata"]["name"]})
+                assert q.get(timeout=5).payload == {"from": w["metadata"]["name"]}
+                q.clear()
+                q.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+# --------------------------------------------------------------------------- network policy
+
+
+def test_network_policy_admits_to_redis_only_our_pods_and_client_namespaces():
+    docs = base_docs()
+    assert network_violations(docs) == []
+    redis_in = admitted(docs, one(docs, "StatefulSet", "vcm-redis"), "redis", 6379)
+    assert redis_in == {"vcm-placement", "vcm-queries", "vcm-beat", "vcm-api", "vcm-flower",
+                        "client job step"}
+    api_in = admitted(docs, one(docs, "Deployment", "vcm-api"), "http", 8080)
+    assert api_in == {"client job step", "api-only namespace"}
+    for p in find(docs, "NetworkPolicy"):
+        assert p["spec"]["policyTypes"] == ["Ingress"], "egress stays open (Kubernetes API)"
+
+
+def _network_mutants():
+    def policy(docs, name):
+        return one(docs, "NetworkPolicy", name)
+
+    def no_redis_policy(docs):
+        docs.remove(policy(docs, "vcm-redis"))
+
+    def any_pod_of_our_namespace(docs):
+        for peer in policy(docs, "vcm-redis")["spec"]["ingress"][0]["from"]:
+            if "podSelector" in peer:
+                peer["podSelector"] = {}
+
+    def any_pod_with_our_name(docs):
+        for peer in policy(docs, "vcm-redis")["spec"]["ingress"][0]["from"]:
+            if "podSelector" in peer:
+                peer["podSelector"].pop("matchExpressions")
+
+    def every_namespace(docs):
+        for peer in policy(docs, "vcm-redis")["spec"]["ingress"][0]["from"]:
+            if "namespaceSelector" in peer:
+                peer["namespaceSelector"] = {}
+
+    def from_anywhere(docs):
+        del policy(docs, "vcm-redis")["spec"]["ingress"][0]["from"]
+
+    def ip_block(docs):
+        policy(docs, "vcm-redis")["spec"]["ingress"][0]["from"].append(
+            {"ipBlock": {"cidr": "10.0.0.0/8"}})
+
+    def wrong_port(docs):
+        policy(docs, "vcm-redis")["spec"]["ingress"][0]["ports"] = [{"port": 6380}]
+
+    def flower_left_out(docs):
+        for peer in policy(docs, "vcm-redis")["spec"]["ingress"][0]["from"]:
+            for e in peer.get("podSelector", {}).get("matchExpressions", []):
+                e["values"].remove("flower")
+
+    def api_opened_to_all(docs):
+        policy(docs, "vcm-api")["spec"]["ingress"] = [{}]
+
+    def api_policy_missing(docs):
+        docs.remove(policy(docs, "vcm-api"))
+
+    return [no_redis_policy, any_pod_of_our_namespace, any_pod_with_our_name, every_namespace,
+            from_anywhere, ip_block, wrong_port, flower_left_out, api_opened_to_all,
+            api_policy_missing]
+
+
+@pytest.mark.parametrize("mutate", _network_mutants(), ids=lambda f: f.__name__)
+def test_network_checker_catches(mutate):
+    docs = copy.deepcopy(base_docs())
+    assert network_violations(docs) == []
+    mutate(docs)
+    assert network_violations(docs), f"{mutate.__name__} was not detected"
 
 
 # --------------------------------------------------------------------------- pools
@@ -861,7 +1377,7 @@ def _kustomize_build() -> list[dict[str, Any]]:
     elif kubectl:
         cmd = [kubectl, "kustomize", str(DEPLOY)]
     else:
-        pytest.skip("neither kustomize nor kubectl is installed")
+        _tool_missing("neither kustomize nor kubectl is installed")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d is not None]
@@ -881,6 +1397,9 @@ def test_kustomize_build_renders_valid_manifests_keeping_the_invariants():
     assert beat_violations(docs) == []
     assert rbac_violations(docs) == []
     assert container_violations(docs) == []
+    assert redis_auth_violations(docs) == []
+    # kustomize adds the common label to NetworkPolicy selectors too: still exactly our pods
+    assert network_violations(docs) == []
 
 
 def test_an_overlay_that_only_changes_the_namespace_keeps_the_mirror_and_its_rbac(tmp_path):
@@ -888,7 +1407,7 @@ def test_an_overlay_that_only_changes_the_namespace_keeps_the_mirror_and_its_rba
     `namespace:` alone moves the Role, its binding and the mirror ConfigMap together."""
     kubectl = shutil.which("kubectl")
     if not kubectl:
-        pytest.skip("kubectl is not installed")
+        _tool_missing("kubectl is not installed")
     shutil.copytree(DEPLOY, tmp_path / "base")
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
@@ -906,3 +1425,6 @@ def test_an_overlay_that_only_changes_the_namespace_keeps_the_mirror_and_its_rba
     assert binding["metadata"]["namespace"] == ns
     assert {x["namespace"] for x in binding["subjects"]} == {ns}
     assert rbac_violations(docs) == []
+    assert redis_auth_violations(docs) == []
+    assert {p["metadata"]["namespace"] for p in find(docs, "NetworkPolicy")} == {ns}
+    assert network_violations(docs) == []
