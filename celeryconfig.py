@@ -4,6 +4,17 @@ import os
 
 _redis = os.environ.get("VCM_REDIS_URL", "redis://127.0.0.1:6379/0")
 
+
+def _seconds(name: str, default: str, minimum: float = 0.0) -> float:
+    from workers.core.errors import InvalidRequest
+    from workers.core.models import parse_duration
+
+    value = parse_duration(os.environ.get(name, default), name, maximum=365 * 86400)
+    if value < minimum:
+        raise InvalidRequest.of(name, f"{value:g}s is too short (at least {minimum:g}s)")
+    return value
+
+
 broker_url = _redis
 result_backend = _redis
 broker_connection_retry_on_startup = True
@@ -28,7 +39,11 @@ event_serializer = "json"
 
 PLACEMENT = ("vcm.acquire", "vcm.acquire_batch", "vcm.release", "vcm.renew", "vcm.reap_expired",
              "vcm.cancel_wait", "vcm.noop_placement")
-task_routes = {name: {"queue": "placement"} for name in PLACEMENT}
+# read-only; their results are kept only minutes (query_result_expires, see tasks/results.py)
+QUERIES = ("vcm.show_pools", "vcm.list_leases", "vcm.estimate", "vcm.waiting",
+           "vcm.rollup_usage", "vcm.usage_history")
+task_routes = {**{name: {"queue": "placement"} for name in PLACEMENT},
+               **{name: {"queue": "queries"} for name in QUERIES}}
 task_default_queue = "queries"
 task_create_missing_queues = True
 
@@ -38,7 +53,11 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 task_track_started = True
 result_extended = True  # task name and arguments in results: Flower and /tasks show them
-result_expires = 3 * 86400
+# placement results: a job step that polls finds its answer for this long
+result_expires = int(_seconds("VCM_RESULT_TTL", "1d", minimum=60))
+# query results: for whoever waits for them now (tasks/results.py shortens them after storing)
+query_result_expires = int(min(_seconds("VCM_QUERY_RESULT_TTL", "5m", minimum=1),
+                               result_expires))
 task_ignore_result = False
 
 worker_send_task_events = True
@@ -46,12 +65,6 @@ task_send_sent_event = True
 worker_hijack_root_logger = False
 worker_redirect_stdouts = False
 worker_cancel_long_running_tasks_on_connection_loss = False
-
-
-def _seconds(name: str, default: str) -> float:
-    from workers.core.models import parse_duration
-
-    return parse_duration(os.environ.get(name, default), name, maximum=365 * 86400)
 
 
 # exactly one beat may run: two would reap and roll up twice (harmless, but wasteful and noisy)

@@ -9,6 +9,8 @@ prompt 503 rather than a hang.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hmac
 import json
@@ -103,6 +105,61 @@ def pick(body: dict[str, Any], allowed: dict[str, str]) -> dict[str, Any]:
 
 def forbidden(message: str, **details: Any) -> ApiError:
     return ApiError(403, "Forbidden", message, details)
+
+
+# -- pages of GET /leases and GET /usage ------------------------------------------------------
+# A page ends at a key (not an offset): a lease granted or a rollup taken meanwhile does not
+# shift the next page. The token is that key, tagged with the endpoint, in base64url JSON.
+def lease_key(lease: Any) -> list[Any]:
+    status = lease.get("status") if isinstance(lease, dict) else None
+    meta = lease.get("metadata") if isinstance(lease, dict) else None
+    return ["leases", str((status or {}).get("leased-at", "")), str((meta or {}).get("name", ""))]
+
+
+def usage_key(row: Any) -> list[Any]:
+    ts = row.get("ts") if isinstance(row, dict) else None
+    return ["usage", float(ts) if isinstance(ts, int | float) else 0.0]
+
+
+LIMIT_TEXT = f"at most this many items (default {S.PAGE_LIMIT}, at most {S.PAGE_LIMIT_MAX})"
+CONTINUE_TEXT = "the next page: the token in the previous page's X-Continue (or Link) header"
+
+
+def make_token(key: list[Any]) -> str:
+    raw = json.dumps(key, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def read_token(token: str | None, like: list[Any]) -> list[Any] | None:
+    """The key a `continue` token carries; 422 unless it is one of this endpoint's."""
+    if token is None:
+        return None
+    bad = ApiError.invalid("continue", "is not a token from this endpoint's X-Continue or "
+                           "Link header")
+    try:
+        key = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)),
+                         parse_constant=_no_constant)
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        raise bad from None
+    if (not isinstance(key, list) or len(key) != len(like) or key[0] != like[0]
+            or not all(type(a) is type(b) for a, b in zip(key, like, strict=True))):
+        raise bad
+    return key
+
+
+def page(request: Request, items: list[Any], key: Any, limit: int,
+         after: list[Any] | None, headers: dict[str, str]) -> Response:
+    """At most `limit` items after `after`, in `key` order; a next link when there are more."""
+    items = sorted(items, key=key)  # the order the worker gives; the pages rely on it
+    if after is not None:
+        items = [x for x in items if key(x) > after]
+    shown = items[:limit]
+    if len(items) > limit:
+        token = make_token(key(shown[-1]))
+        url = request.url.include_query_params(**{"continue": token})
+        headers = {**headers, "X-Continue": token,
+                   "Link": f'<{url.path}?{url.query}>; rel="next"'}
+    return JSON(shown, headers=headers)
 
 
 # -- the app ----------------------------------------------------------------------------------
@@ -202,13 +259,19 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
         metrics.task_results.labels(task, err.error).inc()
         raise err
 
+    async def result_of(request: Request, task: str, kwargs: dict[str, Any], queue: str,
+                        wait: float = 0.0) -> tuple[Any, dict[str, str]]:
+        """Send the task, wait for it (bounded): its result (or its error raised), and the
+        headers that name the task."""
+        meta = await bridge.call(task, kwargs, queue, timeout=wait + s.task_timeout,
+                                 disconnected=request.is_disconnected)
+        return outcome(meta, task), {"X-VCM-Task-Id": str(meta.get("task_id", ""))}
+
     async def run(request: Request, task: str, kwargs: dict[str, Any], queue: str,
                   wait: float = 0.0) -> Response:
         """Send the task, wait for it (bounded), answer with its result or its error."""
-        meta = await bridge.call(task, kwargs, queue, timeout=wait + s.task_timeout,
-                                 disconnected=request.is_disconnected)
-        result = outcome(meta, task)
-        return JSON(result, headers={"X-VCM-Task-Id": str(meta.get("task_id", ""))})
+        result, headers = await result_of(request, task, kwargs, queue, wait)
+        return JSON(result, headers=headers)
 
     def sync_wait(req: dict[str, Any]) -> float:
         try:
@@ -301,29 +364,48 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
         only_query(request, set())
         return await run(request, "vcm.show_pools", {}, "queries")
 
-    @app.get("/leases", tags=["leases"], summary="Active leases",
-             responses={200: S.answer("leases", S.LEASES), **S.errors(422, 502, 503, 504)})
+    @app.get("/leases", tags=["leases"], summary="Active leases, oldest first, in pages",
+             responses={200: S.answer("leases (a Link header points to the next page)",
+                                      S.LEASES, S.PAGE_HEADERS),
+                        **S.errors(422, 502, 503, 504)})
     async def leases(
         request: Request,
         owner: Annotated[str | None, Query(description="only this owner's leases")] = None,
         pool: Annotated[str | None, Query(description="only leases on this pool")] = None,
+        limit: Annotated[int, Query(
+            ge=1, le=S.PAGE_LIMIT_MAX, description=LIMIT_TEXT)] = S.PAGE_LIMIT,
+        after: Annotated[str | None, Query(
+            alias="continue", max_length=512, description=CONTINUE_TEXT)] = None,
     ) -> Response:
-        only_query(request, {"owner", "pool"})
-        return await run(request, "vcm.list_leases", {"owner": owner, "pool": pool}, "queries")
+        only_query(request, {"owner", "pool", "limit", "continue"})
+        start = read_token(after, lease_key({}))
+        found, headers = await result_of(request, "vcm.list_leases",
+                                         {"owner": owner, "pool": pool}, "queries")
+        return page(request, found if isinstance(found, list) else [], lease_key, limit, start,
+                    headers)
 
     @app.get("/usage", tags=["pools"], summary="Usage history: the rollups beat takes",
-             responses={200: S.answer("usage snapshots, oldest first",
-                                      {"type": "array", "items": {"type": "object"}}),
+             responses={200: S.answer("usage snapshots, oldest first (a Link header points to "
+                                      "the next page)",
+                                      {"type": "array", "items": {"type": "object"}},
+                                      S.PAGE_HEADERS),
                         **S.errors(422, 502, 503, 504)})
     async def usage(
         request: Request,
         pool: Annotated[str | None, Query(description="only this pool")] = None,
         since: Annotated[str, Query(pattern=S.DURATION_TEXT,
                                     description="how far back, e.g. 6h or 7d")] = "6h",
+        limit: Annotated[int, Query(
+            ge=1, le=S.PAGE_LIMIT_MAX, description=LIMIT_TEXT)] = S.PAGE_LIMIT,
+        after: Annotated[str | None, Query(
+            alias="continue", max_length=512, description=CONTINUE_TEXT)] = None,
     ) -> Response:
-        only_query(request, {"pool", "since"})
-        return await run(request, "vcm.usage_history", {"pool": pool, "since": since},
-                         "queries")
+        only_query(request, {"pool", "since", "limit", "continue"})
+        start = read_token(after, usage_key({}))
+        rows, headers = await result_of(request, "vcm.usage_history",
+                                        {"pool": pool, "since": since}, "queries")
+        return page(request, rows if isinstance(rows, list) else [], usage_key, limit, start,
+                    headers)
 
     @app.get("/estimate", tags=["pools"], summary="How many more such requests fit now",
              responses={200: S.answer("per pool and in all", S.ESTIMATE),

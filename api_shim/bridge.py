@@ -10,6 +10,9 @@ workers are there at all.
   queue (discovered with `active_queues`). A request for a queue whose workers did not answer
   within a second or so gets 503 at once; a request already waiting gets 503 as soon as its
   worker stops answering.
+- A query task's result (pools, leases, usage history: possibly megabytes) is deleted as soon
+  as the shim has read it; one it did not wait for long enough expires within minutes
+  (tasks/results.py). Placement results stay for polling clients.
 - Every placement task the shim sends is recorded in Redis (`vcm-api:task:<id>`) so that
   `GET /tasks/{id}` can tell "sent, still queued" (PENDING) from "never heard of it" (404):
   Celery itself reports PENDING for both.
@@ -35,7 +38,7 @@ from celery import Celery
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-import celeryconfig
+from tasks import results
 
 from .errors import ApiError
 from .settings import ApiSettings
@@ -51,15 +54,15 @@ HUB_CHANNEL = "vcm-api:hub"
 
 
 def meta_prefix() -> str:
-    opts = getattr(celeryconfig, "result_backend_transport_options", {}) or {}
-    return f"{opts.get('global_keyprefix', '')}celery-task-meta-"
+    """The result records' key prefix: the task id follows it."""
+    return results.key_prefix()
 
 
 def make_celery(redis_url: str, pool_limit: int = 64) -> Celery:
     """A sending-only Celery client: the contract's settings, no result consumer."""
     app = Celery("vcm-api", set_as_current=False)
     app.config_from_object("celeryconfig")
-    transport = dict(getattr(celeryconfig, "broker_transport_options", {}) or {})
+    transport = dict(app.conf.broker_transport_options or {})
     transport.update(socket_connect_timeout=1.0, socket_timeout=5.0)
     app.conf.update(
         broker_url=redis_url,
@@ -389,7 +392,7 @@ class Bridge:
         self.hub: ResultHub | None = None
         self.live: Liveness | None = None
         self.prefix = meta_prefix()
-        self.expires = int(getattr(celeryconfig, "result_expires", 3 * 86400) or 3 * 86400)
+        self.expires = results.RESULT_TTL  # the shim's task records live as long as results
         self.send_limiter: anyio.CapacityLimiter | None = None
 
     async def start(self) -> None:
@@ -463,7 +466,19 @@ class Bridge:
         async with self.hub.watch(task_id) as w:
             # subscribe first, send second: the answer can not come before the question
             await self.send(name, kwargs, queue, expires=timeout, task_id=task_id)
-            return await self._wait(w, queue, timeout, name, disconnected)
+            meta = await self._wait(w, queue, timeout, name, disconnected)
+        if results.is_query(name):
+            await self.forget(task_id)  # read once, by us: nobody else asks for it
+        return meta
+
+    async def forget(self, task_id: str) -> None:
+        """Delete a result record now (UNLINK: a large one is freed off Redis's main thread).
+        Best effort: it expires soon anyway."""
+        assert self.client
+        try:
+            await asyncio.wait_for(self.client.unlink(self.prefix + task_id), 2.0)
+        except Exception as exc:  # noqa: BLE001
+            log.info("result of %s not deleted (it expires by itself): %s", task_id, exc)
 
     async def _wait(self, w: Watch, queue: str, timeout: float, name: str,
                     disconnected: Callable[[], Awaitable[bool]] | None) -> dict[str, Any]:

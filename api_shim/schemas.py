@@ -175,11 +175,25 @@ def body(schema: dict[str, Any]) -> dict[str, Any]:
                             "content": {"application/json": {"schema": schema}}}}
 
 
-def answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+def answer(description: str, schema: dict[str, Any] | None = None,
+           headers: dict[str, Any] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"description": description}
     if schema is not None:
         out["content"] = {"application/json": {"schema": schema}}
+    if headers:
+        out["headers"] = headers
     return out
+
+
+# pagination of GET /leases and GET /usage: the body stays a list (the upstream shape)
+PAGE_LIMIT = 500
+PAGE_LIMIT_MAX = 5000
+PAGE_HEADERS: dict[str, Any] = {
+    "Link": {"description": '`<url>; rel="next"`: the next page, when there is one',
+             "schema": {"type": "string"}},
+    "X-Continue": {"description": "the `continue` token for the next page, when there is one",
+                   "schema": {"type": "string"}},
+}
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery, signals
 from celery.exceptions import Ignore
 
+from tasks import results as _results  # noqa: F401 - query results expire in minutes
 from workers.core.errors import ERRORS, InvalidRequest
 
 app = Celery("vcm")
