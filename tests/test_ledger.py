@@ -46,7 +46,7 @@ def test_release_reports_the_waiting_line(own_ledger):
     own_ledger.park("w", {"task": "t", "request": {}, "since": 0, "deadline": 1e12})
     res = own_ledger.release([groups["r1"][0]["metadata"]["name"]])
     assert res.waiting == 1 and res.seq == ok.seq + 1
-    assert own_ledger.unpark("w")
+    assert own_ledger.unpark("w") == (True, [])
     assert own_ledger.release([], by_owner="o").waiting == 0
 
 

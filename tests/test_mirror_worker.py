@@ -291,9 +291,11 @@ def test_redis_wiped_the_worker_restores_everything_from_the_configmap(tmp_path,
         assert counters_in_use(after) == counters_in_use(before)
         # request-ids are still idempotent (a multi-vCenter answer may come back in another
         # order: the snapshot does not record the order of a request's leases)
-        for rid in ("rid-0", "rid-1", "rid-5"):
+        for i in (0, 1, 5):  # idempotency is per (owner, request-id)
+            rid = f"rid-{i}"
             again = call(s.app, "vcm.acquire", timeout=30,
-                         request={"vcpus": 1, "memory": 4, "request-id": rid})
+                         request={"vcpus": 1, "memory": 4, "owner": f"job-{i % 4}",
+                                  "request-id": rid})
             assert sorted(names(again)) == sorted(granted[rid])
         # new placements respect the restored port groups, and are mirrored again
         fresh = call(s.app, "vcm.acquire", request={"vcpus": 3, "memory": 3, "vcenters": 3})
@@ -338,8 +340,9 @@ def test_5000_leases_are_mirrored_sharded_and_restored(tmp_path, kube):
         after = ledger.audit()
         assert after["leases"] == before["leases"]
         assert counters_in_use(after) == counters_in_use(before)
-        rid = next(iter(granted))
-        again = call(s.app, "vcm.acquire", timeout=60, request=dict(SMALL, **{"request-id": rid}))
+        rid = next(iter(granted))  # made by owner-0
+        again = call(s.app, "vcm.acquire", timeout=60,
+                     request=dict(SMALL, **{"request-id": rid, "owner": "owner-0"}))
         assert names(again) == [granted[rid]]
     finally:
         s.stop()

@@ -27,6 +27,7 @@ from workers.core.models import (
     rfc3339,
 )
 from workers.core.pools import parse_pools
+from workers.core.text import escaped
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pools.yaml"
 BASE = {"vcpus": 24, "memory": 96}
@@ -297,6 +298,7 @@ def test_arbitrary_input_raises_only_invalid_request(raw):
     except InvalidRequest as exc:
         sent = {str(k).replace("_", "-") for k in raw} | set(raw) if isinstance(raw, dict) \
             else set()
+        sent |= {escaped(k) for k in sent if isinstance(k, str)}  # invalid text is escaped
         assert exc.field in sent | {"vcpus", "memory", "request"}, (exc.field, raw)
         assert exc.message.startswith(f"{exc.field}: ")
         return

@@ -49,7 +49,7 @@ def test_mirror_matches_ledger_and_redis_wipe_restores_everything(tmp_path):
         assert {k: v for k, v in after["counters"].items() if any(v)} == \
             {k: v for k, v in before["counters"].items() if any(v)}
         # request-ids are still idempotent, and new placements respect restored usage
-        again = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 4,
+        again = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 4, "owner": "job-0",
                                                     "request-id": "rid-0"}, timeout=30)
         assert [x["metadata"]["name"] for x in again] == granted["rid-0"]
         fresh = call(s.app, "vcm.acquire", request={"vcpus": 3, "memory": 3, "vcenters": 3})

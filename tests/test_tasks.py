@@ -1,7 +1,8 @@
-"""The task API (CONTRACT §5) through a real Celery worker on a real redis-server."""
+"""The task API through a real Celery worker on a real redis-server."""
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -40,8 +41,9 @@ def test_upstream_example(client_app, ledger, pools_file):
     assert lease["status"]["networks"][0]["port-group"] == "ci-vlan-1001"
     assert lease["status"]["owner"] == "anonymous"
     assert lease["status"]["state"] == "leased"
-    assert lease["metadata"]["name"]
+    assert re.fullmatch(r"[0-9a-f]{20}", lease["metadata"]["name"])
     snap = check_invariants(ledger, pools_of(pools_file))
+    assert list(snap["leases"]) == [lease["metadata"]["name"]]
     assert snap["counters"]["pool1"] == (24, 96, 700, 1)
 
 
@@ -138,13 +140,17 @@ def test_same_request_id_same_leases_even_concurrently(client_app, ledger, pools
     assert len(snap["leases"]) == 3
 
 
-def test_same_request_id_after_release_returns_released_leases(client_app, ledger):
+def test_same_request_id_after_release_is_an_error_naming_the_leases(client_app, ledger):
     req = {**UPSTREAM, "request-id": "once"}
     lease = call(client_app, "vcm.acquire", request=req)[0]
-    call(client_app, "vcm.release", lease_ids=[lease["metadata"]["name"]])
-    again = call(client_app, "vcm.acquire", request=req)
-    assert again[0]["metadata"]["name"] == lease["metadata"]["name"]
-    assert again[0]["status"]["state"] == "released"
+    name = lease["metadata"]["name"]
+    call(client_app, "vcm.release", lease_ids=[name])
+    exc = failure(client_app, "vcm.acquire", request=req)
+    assert type(exc).__name__ == "LeaseNotFound"
+    assert exc.args[1]["request-id"] == "once"
+    assert list(exc.args[1]["gone"]) == [name]
+    assert exc.args[1]["gone"][name].startswith("released at ")
+    assert name in str(exc)
     assert ledger.audit()["leases"] == {}
 
 
@@ -182,8 +188,9 @@ def test_removed_pool_keeps_leases_and_takes_no_new(client_app, ledger, pools_fi
         assert got[0]["status"]["pool"] != "pool2"
     pools = call(client_app, "vcm.show_pools")
     removed = [p for p in pools if p["spec"]["name"] == "pool2"]
-    assert removed and removed[0]["status"]["removed"] is True
-    assert call(client_app, "vcm.release", lease_ids=[lease["metadata"]["name"]])
+    assert [p["status"]["removed"] for p in removed] == [True]
+    name = lease["metadata"]["name"]
+    assert call(client_app, "vcm.release", lease_ids=[name]) == [name]
     assert ledger.audit()["counters"]["pool2"] == (0, 0, 0, 0)
 
 
@@ -232,4 +239,6 @@ def test_a_request_that_never_fits_does_not_wait_and_block_the_line(client_app, 
     assert type(exc).__name__ == "NoCapacity" and "not waiting" in str(exc)
     assert "pool3" in exc.details["reasons"]
     assert call(client_app, "vcm.waiting") == []
-    assert call(client_app, "vcm.acquire", request={"vcpus": 1, "memory": 1})[0]
+    (got,) = call(client_app, "vcm.acquire", request={"vcpus": 1, "memory": 1})
+    assert got["status"]["state"] == "leased" and got["status"]["pool"] == "pool1"
+    assert list(ledger.audit()["leases"]) == [got["metadata"]["name"]]

@@ -23,6 +23,7 @@ from .core.models import (
     parse_request,
     parse_rfc3339,
     rfc3339,
+    text_arg,
 )
 from .core.placement import (
     Fleet,
@@ -61,6 +62,10 @@ class Parked:
 
     def meta(self) -> dict[str, Any]:
         return {"position": self.position, "reasons": self.reasons, "deadline": self.deadline}
+
+
+class Queued(Exception):
+    """The request is already waiting in line (sent again): join it there."""
 
 
 class Capacity:
@@ -213,6 +218,11 @@ class Capacity:
         self.last_seq = min(self.last_seq, seq)
         self.ledger.floor = max(self.last_seq, 0)
         self._version = -1
+        if self.journal is not None and self.journal.covered > seq:
+            # the seqs above were this ledger's before it went back: the changes that now
+            # take them are not written anywhere yet
+            self.journal.covered = seq
+            self.journal.durable = min(self.journal.durable, seq)
 
     def fleet(self, fresh: bool = False, indexed: bool = False) -> tuple[int, Fleet]:
         """The cached usage as a Fleet; `indexed` adds the free port-group aggregate (kept
@@ -256,8 +266,10 @@ class Capacity:
         with self.lock:
             try:
                 return self.place([req], since=received)[0]
+            except Queued:  # sent again while it waits: wait with it, whatever `wait` says
+                return self.park(req, task_id, {})
             except NoCapacity as exc:
-                if req.wait <= 0:
+                if req.wait <= 0 and not self.ledger.is_waiting(req.key):
                     raise
                 return self.park(req, task_id, exc.reasons)
 
@@ -270,11 +282,11 @@ class Capacity:
         base = task_id or uuid.uuid4().hex
         reqs = [self.parse(r, f"{base}-{i}", owner, where=f"requests[{i}]")
                 for i, r in enumerate(raws)]
-        ids = [r.request_id for r in reqs]
-        dupes = {x for x in ids if ids.count(x) > 1}
+        keys = [r.key for r in reqs]
+        dupes = sorted(r.request_id for r in reqs if keys.count(r.key) > 1)
         if dupes:
-            raise InvalidRequest.of("request-id",
-                                    f"{sorted(dupes)[0]!r} appears twice in the batch")
+            raise InvalidRequest.of("request-id", f"{dupes[0]!r} appears twice in the batch "
+                                    "for the same owner")
         with self.lock:
             return self.place(reqs)
 
@@ -297,7 +309,7 @@ class Capacity:
             try:
                 plan = place_batch(reqs, fleet, self.settings.strategy, held)
             except NoCapacity:
-                current, found = self.ledger.granted_at([r.request_id for r in reqs])
+                current, found = self.ledger.granted_at([r.key for r in reqs])
                 existing = self.existing(reqs, found)
                 if existing is not None:
                     return existing
@@ -309,7 +321,7 @@ class Capacity:
                 raise
             now = time.time()
             groups = {
-                req.request_id: [
+                req.key: [
                     make_lease(uuid.uuid4().hex[:20], req, p.pool, list(p.networks), now)
                     for p in placements
                 ]
@@ -327,13 +339,23 @@ class Capacity:
                     fleet.apply(req, placements)
                 self._version = commit.version
                 self._journal(commit.seq, commit.raws, [])
-                return [groups[r.request_id] for r in reqs]
+                return [groups[r.key] for r in reqs]
             if commit.status == "dup":
-                self._journal_existing([i for r in reqs for i in commit.existing[r.request_id]])
-                return [self.ledger.get_many(commit.existing[r.request_id]) for r in reqs]
+                found = [commit.existing[r.key] for r in reqs]
+                existing = self.existing(reqs, found)
+                if existing is not None:
+                    return existing
+                continue  # released meanwhile: the next read sees it
             if commit.status == "conflict":
-                raise InvalidRequest.of("request-id", f"{commit.detail!r} was already used by "
-                                        "another request")
+                rid = next(r.request_id for r in reqs if r.key == commit.detail)
+                raise InvalidRequest.of("request-id", f"{rid!r} was already used by another "
+                                        "request of this owner")
+            if commit.status == "queued":
+                rid = next(r.request_id for r in reqs if r.key == commit.detail)
+                if len(reqs) > 1:
+                    raise InvalidRequest.of("request-id", f"{rid!r} is waiting in line: its "
+                                            "task gets the leases")
+                raise Queued(rid)
             if commit.status == "gone":
                 raise WaitTimeout.of(0)  # the waiter left the line meanwhile (expired)
             if commit.status == "waiters":  # someone joined the line: hold pools for them
@@ -350,11 +372,21 @@ class Capacity:
         """The leases already granted to these request-ids, if all of them were granted
         (`found`: their lease ids, when already read)."""
         if found is None:
-            found = self.ledger.granted_at([r.request_id for r in reqs])[1]
+            found = self.ledger.granted_at([r.key for r in reqs])[1]
         if not all(ids is not None for ids in found):
             return None
+        answers = [self.ledger.get_many(ids or []) for ids in found]
+        for req, leases in zip(reqs, answers, strict=True):
+            gone = {x["metadata"]["name"]: _why_gone(x["status"]) for x in leases
+                    if x["status"].get("state") != "leased"}
+            if gone:
+                raise LeaseNotFound(
+                    f"request-id {req.request_id!r} was answered before with leases that are "
+                    f"gone: {'; '.join(f'{k} {v}' for k, v in gone.items())}; "
+                    "send a new request-id for new leases",
+                    {"request-id": req.request_id, "gone": gone})
         self._journal_existing([i for ids in found if ids for i in ids])
-        return [self.ledger.get_many(ids or []) for ids in found]
+        return answers
 
     # the waiting line ------------------------------------------------------------------
     def park(self, req: Request, task_id: str, reasons: dict[str, str]) -> Parked | list:
@@ -370,11 +402,11 @@ class Capacity:
         record = {"task": task_id, "request": req.to_dict(), "since": time.time(),
                   "deadline": deadline}
         self._line_empty = False
-        position = self.ledger.park(req.request_id, record)
+        position, record = self.ledger.park(req.key, record)
         if position == 0:  # granted meanwhile (a redelivered task): answer with the leases
             existing = self.existing([req])
             return existing[0] if existing else []
-        parked = Parked(position, reasons, rfc3339(deadline))
+        parked = Parked(position, reasons, rfc3339(record["deadline"]))
         self._shown[task_id] = _shown_key(position, reasons)
         return parked
 
@@ -384,63 +416,87 @@ class Capacity:
         with self.lock:
             position = 0
             held: dict[str, str] = {}  # nobody ahead of the first waiter
-            for rid, record in self.ledger.waiters():
-                task_id = record["task"]
+            for key, record in self.ledger.waiters():
                 if record["deadline"] <= time.time():
-                    self._expire(rid, record)
+                    self._expire(key, record)
                     continue
                 try:
-                    req = self.parse(record["request"], rid)
-                    leases = self.place([req], granted=rid, held=held,
+                    req = self.parse(record["request"], key)
+                    leases = self.place([req], granted=key, held=held,
                                         since=record["since"])[0]
                 except NoCapacity as exc:
                     position += 1
                     if position == 1:
                         held = reserve_for(req, self.fleet()[1], 1)
-                    self._show_waiting(task_id, position, exc.reasons, record["deadline"])
+                    self._show_waiting(key, record, position, exc.reasons)
                     continue
-                except (InvalidRequest, WaitTimeout) as exc:
-                    if self.ledger.unpark(rid) and self.replies:
-                        self.replies.fail(task_id, exc)
+                except (InvalidRequest, WaitTimeout, LeaseNotFound) as exc:
+                    left, twins = self.ledger.unpark(key)
+                    if left:
+                        self._answer([record["task"], *twins], fail=exc)
                     continue
                 granted += 1
-                self._shown.pop(task_id, None)
                 self.ledger.count("granted-after-wait")
-                if self.replies:
-                    self.replies.deliver(task_id, leases)
+                self._answer([record["task"], *self.ledger.unpark(key)[1]], leases=leases)
         return granted
 
-    def _show_waiting(self, task_id: str, position: int, reasons: dict[str, str],
-                      deadline: float) -> None:
-        key = _shown_key(position, reasons)
-        if self._shown.get(task_id) != key and self.replies:
-            self._shown[task_id] = key
-            self.replies.waiting(task_id, Parked(position, reasons, rfc3339(deadline)).meta())
+    def _answer(self, tasks: list[str], leases: list[dict[str, Any]] | None = None,
+                fail: Exception | None = None) -> None:
+        """Answer every task that waited for one request (the first and its twins)."""
+        for task_id in dict.fromkeys(tasks):
+            self._shown.pop(task_id, None)
+            if self.replies is None:
+                continue
+            if fail is not None:
+                self.replies.fail(task_id, fail)
+            else:
+                self.replies.deliver(task_id, leases)
 
-    def _expire(self, rid: str, record: dict[str, Any], why: str = "") -> bool:
-        """Take a waiter out of the line and fail its task with WaitTimeout (False: it had
+    def _show_waiting(self, key: str, record: dict[str, Any], position: int,
+                      reasons: dict[str, str]) -> None:
+        shown = _shown_key(position, reasons)
+        if self._shown.get(record["task"]) == shown or self.replies is None:
+            return
+        meta = Parked(position, reasons, rfc3339(record["deadline"])).meta()
+        for task_id in dict.fromkeys([record["task"], *self.ledger.twins(key)]):
+            self._shown[task_id] = shown
+            self.replies.waiting(task_id, meta)
+
+    def _expire(self, key: str, record: dict[str, Any], why: str = "") -> bool:
+        """Take a waiter out of the line and fail its tasks with WaitTimeout (False: it had
         left already)."""
-        if not self.ledger.unpark(rid):
+        left, twins = self.ledger.unpark(key)
+        if not left:
             return False
         self.ledger.count("refused:WaitTimeout")
-        self._shown.pop(record["task"], None)
-        if self.replies:
-            waited = round(time.time() - record["since"], 1)
-            self.replies.fail(record["task"], WaitTimeout.of(waited, why=why))
+        waited = round(time.time() - record["since"], 1)
+        self._answer([record["task"], *twins], fail=WaitTimeout.of(waited, why=why))
         return True
 
     def cancel_wait(self, task_id: Any) -> bool:
         """Take a parked acquire out of the line (its synchronous HTTP client went away), so
-        it is not granted leases nobody will see; its task fails with WaitTimeout. False if it
-        is not waiting (granted, failed, or not parked yet)."""
-        if not isinstance(task_id, str) or not task_id:
-            raise InvalidRequest.of("task_id", "must be a non-empty string")
+        it is not granted leases nobody will see; its task fails with WaitTimeout. When other
+        tasks wait for the same request, only this one leaves. False if it is not waiting
+        (granted, failed, or not parked yet)."""
+        task_id = text_arg(task_id, "task_id", max_len=255)
+        gone = WaitTimeout.of(0, why="the client went away")
         with self.lock:
-            for rid, record in self.ledger.waiters():
-                if record.get("task") == task_id and self._expire(rid, record,
-                                                                  "the client went away"):
-                    log.info("cancelled the wait of %s (request-id %s): its client went away",
-                             task_id, rid)
+            for key, record in self.ledger.waiters():
+                twins = self.ledger.twins(key)
+                primary = record.get("task") == task_id
+                if task_id in twins and self.ledger.drop_twin(key, task_id) and not primary:
+                    self._answer([task_id], fail=gone)
+                    return True
+                if not primary:
+                    continue
+                others = [t for t in twins if t != task_id]
+                if others:  # someone else still waits for this request: they take its place
+                    self.ledger.drop_twin(key, others[0])
+                    self.ledger.rewait(key, {**record, "task": others[0]})
+                    self._answer([task_id], fail=gone)
+                    return True
+                if self._expire(key, record, "the client went away"):
+                    log.info("cancelled the wait of %s: its client went away", task_id)
                     return True
         return False
 
@@ -465,8 +521,8 @@ class Capacity:
     def release(self, lease_ids: Any = None, owner: Any = None,
                 reason: str = "released") -> list[str]:
         ids = _id_list(lease_ids)
-        if owner is not None and (not isinstance(owner, str) or not owner):
-            raise InvalidRequest.of("owner", "must be a non-empty string")
+        if owner is not None:
+            owner = text_arg(owner, "owner")
         if not ids and not owner:
             raise InvalidRequest.of("lease_ids", "give lease ids and/or an owner")
         with self.lock:
@@ -476,12 +532,13 @@ class Capacity:
         released = [x["metadata"]["name"] for x in res.leases] + res.already
         return [i for i in ids if i in released] if ids else released
 
-    def _release(self, ids: list[str], owner: str | None, reason: str):
+    def _release(self, ids: list[str], owner: str | None, reason: str,
+                 expired_by: float | None = None):
         for _ in range(2):
             try:
                 res = self.ledger.release(ids, owner=owner or "" if ids else "",
                                           by_owner="" if ids else owner, reason=reason,
-                                          now=rfc3339(time.time()))
+                                          now=rfc3339(time.time()), expired_by=expired_by)
             except LedgerUnready:
                 self.ensure_ready()
                 continue
@@ -489,6 +546,10 @@ class Capacity:
                 if exc.kind == "notowner":
                     raise NotOwner.of(exc.lease_id, str(owner), exc.holder) from None
                 raise LeaseNotFound.of(exc.lease_id) from None
+            if res.set_aside:
+                log.error("set aside %d lease records that cannot be decoded (kept in the "
+                          "quarantine hash; their usage stays counted): %s",
+                          len(res.set_aside), ", ".join(ascii(x) for x in res.set_aside))
             self._after_release(res.old_version, res.leases)
             self._journal(res.seq, [], [x["metadata"]["name"] for x in res.leases] + res.already,
                           sync=False)
@@ -513,12 +574,13 @@ class Capacity:
         reaped: list[str] = []
         with self.lock:
             while True:
-                ids = self.ledger.expired(time.time(), limit=500)
+                now = time.time()
+                ids = self.ledger.expired(now, limit=500)
                 if not ids:
                     break
-                res = self._release(ids, None, "expired")
+                res = self._release(ids, None, "expired", expired_by=now)
                 reaped.extend(x["metadata"]["name"] for x in res.leases)
-                if len(ids) < 500:
+                if len(ids) < 500 or not res.leases:
                     break
             if reaped:
                 log.info("reaped %d expired leases: %s", len(reaped), ", ".join(reaped))
@@ -526,11 +588,9 @@ class Capacity:
         return reaped
 
     def renew(self, lease_id: Any, owner: Any = None, ttl: Any = None) -> dict[str, Any]:
-        if not isinstance(lease_id, str) or not lease_id:
-            raise InvalidRequest.of("lease_id", "must be a non-empty string")
-        owner = "anonymous" if owner is None else owner
-        if not isinstance(owner, str) or not owner:
-            raise InvalidRequest.of("owner", "must be a non-empty string")
+        lease_id = text_arg(lease_id, "lease_id", max_len=128)
+        if owner is not None:  # without one, the lease id is the capability (as for release)
+            owner = text_arg(owner, "owner")
         req = parse_request({"vcpus": 1, "memory": 1, **({"ttl": ttl} if ttl is not None else {})},
                             default_ttl=self.settings.lease_ttl,
                             max_ttl=self.settings.max_lease_lifetime)
@@ -546,7 +606,7 @@ class Capacity:
                 raise LeaseNotFound.of(lease_id)
             lease = json.loads(raw)
             holder = lease["status"]["owner"]
-            if holder != owner:
+            if owner is not None and holder != owner:
                 raise NotOwner.of(lease_id, owner, holder)
             leased = parse_rfc3339(lease["status"]["leased-at"])
             current = parse_rfc3339(lease["status"]["expires-at"])
@@ -577,8 +637,8 @@ class Capacity:
 
     def list_leases(self, owner: Any = None, pool: Any = None) -> list[dict[str, Any]]:
         for name, value in (("owner", owner), ("pool", pool)):
-            if value is not None and not isinstance(value, str):
-                raise InvalidRequest.of(name, "must be a string")
+            if value is not None:
+                text_arg(value, name, required=False)
         leases = self.ledger.leases(owner or None)
         if pool:
             leases = [x for x in leases if x["status"]["pool"] == pool]
@@ -627,8 +687,8 @@ class Capacity:
         return snap
 
     def usage_history(self, pool: Any = None, since: Any = None) -> list[dict[str, Any]]:
-        if pool is not None and not isinstance(pool, str):
-            raise InvalidRequest.of("pool", "must be a string")
+        if pool is not None:
+            text_arg(pool, "pool", required=False)
         seconds = parse_duration(since if since is not None else "24h", "since",
                                  maximum=366 * 86400)
         rows = self.ledger.usage_history(time.time() - seconds)
@@ -639,11 +699,21 @@ class Capacity:
 
     def waiting(self) -> list[dict[str, Any]]:
         out = []
-        for position, (rid, record) in enumerate(self.ledger.waiters(), start=1):
-            out.append({"position": position, "request-id": rid, "task-id": record["task"],
+        for position, (_, record) in enumerate(self.ledger.waiters(), start=1):
+            out.append({"position": position,
+                        "request-id": record["request"].get("request-id", ""),
+                        "task-id": record["task"],
                         "request": record["request"], "since": rfc3339(record["since"]),
                         "deadline": rfc3339(record["deadline"])})
         return out
+
+
+def _why_gone(status: dict[str, Any]) -> str:
+    """How a lease that a request-id was answered with went away."""
+    if status.get("state") == "released":
+        how = "reaped (expired)" if status.get("release-reason") == "expired" else "released"
+        return f"{how} at {status.get('released-at') or 'an unknown time'}"
+    return "released (no record of it is kept any more)"
 
 
 def _shown_key(position: int, reasons: dict[str, str]) -> tuple[int, str]:
@@ -660,6 +730,8 @@ def _id_list(value: Any) -> list[str]:
         raise InvalidRequest.of("lease_ids", "must be a list of lease id strings")
     if len(value) > 10000:
         raise InvalidRequest.of("lease_ids", "at most 10000 ids at once")
+    for x in value:
+        text_arg(x, "lease_ids", max_len=128)
     return value
 
 

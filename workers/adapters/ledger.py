@@ -9,22 +9,28 @@ Keys (prefix `vcm:`):
   leases           hash lease id -> lease JSON (active leases)
   owner:<owner>    set of active lease ids
   expiry           zset lease id -> expires-at (epoch seconds)
-  req:<request-id> JSON list of lease ids: the idempotency record
+  req:<n>:<owner>:<request-id>  JSON list of lease ids: the idempotency record, per owner
+                   (n: the owner's length in bytes)
   gone:<lease id>  hash lease, released-at, reason: released leases, kept `keep` seconds
+  quarantine       hash lease id -> a stored record that could not be decoded, set aside
+  twins:<key>      set of task ids sent again for a request waiting in line
   latency          hash acquire latency: count per bucket (smallest bound that holds it), count, sum
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from ..core.models import parse_rfc3339
+from ..core.models import parse_rfc3339, request_key
 from ..core.placement import Usage
+
+log = logging.getLogger(__name__)
 
 # Writes refuse while the ledger is not ready (Redis lost it) or is below `floor` (Redis went
 # back to an older state than changes the writer already made): the worker rebuilds it first.
@@ -57,6 +63,12 @@ if have > 0 then
     out[#out + 1] = redis.call('GET', p .. 'req:' .. rid)
   end
   return {'dup', out}
+end
+local serving = {}
+for _, rid in ipairs(d.granted or {}) do serving[rid] = true end
+for rid, _ in pairs(d.rids) do
+  -- the same request is waiting in line: it is answered from there, never twice
+  if not serving[rid] and redis.call('ZSCORE', p .. 'waiting', rid) then return {'queued', rid} end
 end
 local ver = tonumber(redis.call('GET', p .. 'version') or '-1')
 if ver ~= expected then return {'stale', tostring(ver)} end
@@ -110,8 +122,13 @@ return {'ok', tostring(ver + 1), seq}
 """
 
 _RELEASE = _UNREADY + r"""
+-- ARGV: prefix, ids JSON, owner to check ('' none), owner whose leases all go ('' none),
+--       reason, now (RFC 3339), keep (s), quiet ('1'), floor, reap cutoff (epoch s; '' none)
+-- A lease whose record cannot be decoded is set aside in `quarantine` (its usage stays
+-- counted: safe, never over-allocating) instead of failing every release that meets it.
 local p = ARGV[1]
 if unready(p, ARGV[9]) then return {'unready', ''} end
+local cutoff = tonumber(ARGV[10])
 local ids = cjson.decode(ARGV[2])
 local owner = ARGV[3]
 local by_owner = ARGV[4]
@@ -121,17 +138,22 @@ local keep = tonumber(ARGV[7])
 if by_owner ~= '' then
   for _, id in ipairs(redis.call('SMEMBERS', p .. 'owner:' .. by_owner)) do ids[#ids + 1] = id end
 end
-local seen, found, gone, missing = {}, {}, {}, {}
+local seen, found, gone, missing, bad = {}, {}, {}, {}, {}
 for _, id in ipairs(ids) do
   if not seen[id] then
     seen[id] = true
     local raw = redis.call('HGET', p .. 'leases', id)
-    if raw then
-      local l = cjson.decode(raw)
+    local ok, l = false, nil
+    if raw then ok, l = pcall(cjson.decode, raw) end
+    if raw and not ok then
+      bad[#bad + 1] = {id, raw}
+    elseif raw then
       if owner ~= '' and l.status.owner ~= owner then
         return {'notowner', id, tostring(l.status.owner)}
       end
-      found[#found + 1] = {id, l, raw}
+      local exp = redis.call('ZSCORE', p .. 'expiry', id)
+      -- reaping: a lease renewed since the reaper read it stays
+      if not cutoff or not exp or tonumber(exp) <= cutoff then found[#found + 1] = {id, l, raw} end
     elseif redis.call('EXISTS', p .. 'gone:' .. id) == 1 then
       gone[#gone + 1] = id
     else
@@ -140,6 +162,15 @@ for _, id in ipairs(ids) do
   end
 end
 if #missing > 0 then return {'missing', missing[1]} end
+local set_aside = {}
+for _, b in ipairs(bad) do
+  redis.call('HSET', p .. 'quarantine', b[1], b[2])
+  redis.call('HDEL', p .. 'leases', b[1])
+  redis.call('ZREM', p .. 'expiry', b[1])
+  if by_owner ~= '' then redis.call('SREM', p .. 'owner:' .. by_owner, b[1]) end
+  set_aside[#set_aside + 1] = b[1]
+end
+if #bad > 0 then redis.call('HINCRBY', p .. 'stats', 'quarantined', #bad) end
 local ver = tonumber(redis.call('GET', p .. 'version') or '-1')
 local raws = {}
 for _, f in ipairs(found) do
@@ -162,7 +193,7 @@ for _, f in ipairs(found) do
   redis.call('ZREM', p .. 'expiry', id)
   redis.call('HSET', p .. 'gone:' .. id, 'lease', raw, 'released-at', now, 'reason', reason)
   redis.call('EXPIRE', p .. 'gone:' .. id, keep)
-  local rk = p .. 'req:' .. st['request-id']
+  local rk = p .. 'req:' .. string.len(st.owner) .. ':' .. st.owner .. ':' .. st['request-id']
   local rids = redis.call('GET', rk)
   if rids then
     local live = false
@@ -190,7 +221,7 @@ if #found > 0 then
     redis.call('LTRIM', p .. 'kick', 0, 0)
   end
 end
-return {'ok', tostring(ver), raws, gone, seq, redis.call('ZCARD', p .. 'waiting')}
+return {'ok', tostring(ver), raws, gone, seq, redis.call('ZCARD', p .. 'waiting'), set_aside}
 """
 
 _SWAP = _UNREADY + r"""
@@ -244,23 +275,31 @@ return {leases, usage, redis.call('HGETALL', p .. 'nets')}
 
 
 _PARK = r"""
+-- ARGV: prefix, request key, waiter record JSON, task id
 local p = ARGV[1]
 local rid = ARGV[2]
 if redis.call('EXISTS', p .. 'req:' .. rid) == 1 then return {'dup', 0} end
 if not redis.call('ZSCORE', p .. 'waiting', rid) then
   redis.call('ZADD', p .. 'waiting', redis.call('INCR', p .. 'arrivals'), rid)
   redis.call('HSET', p .. 'waiters', rid, ARGV[3])
+else
+  -- the same request sent again while it waits: that task gets the same answer
+  redis.call('SADD', p .. 'twins:' .. rid, ARGV[4])
 end
-return {'parked', redis.call('ZRANK', p .. 'waiting', rid) + 1}
+return {'parked', redis.call('ZRANK', p .. 'waiting', rid) + 1,
+        redis.call('HGET', p .. 'waiters', rid)}
 """
 
 _UNPARK = r"""
+-- ARGV: prefix, request key. Returns {left (0/1), the twin task ids}
 local p = ARGV[1]
+local twins = redis.call('SMEMBERS', p .. 'twins:' .. ARGV[2])
+redis.call('DEL', p .. 'twins:' .. ARGV[2])
 if redis.call('ZREM', p .. 'waiting', ARGV[2]) == 1 then
   redis.call('HDEL', p .. 'waiters', ARGV[2])
-  return 1
+  return {1, twins}
 end
-return 0
+return {0, twins}
 """
 
 _DEFER = r"""
@@ -278,12 +317,18 @@ return {redis.call('GET', p .. 'seq') or '0', redis.call('HVALS', p .. 'leases')
 """
 
 _RESTORE = r"""
+-- ARGV: prefix, snapshot seq, {leases: [raw JSON], expiry: [epoch s], rids: {key: ids JSON}},
+--       replace ('1': Redis went back below the snapshot)
 local p = ARGV[1]
+local d = cjson.decode(ARGV[3])
+local parsed = {}  -- every record decoded before the first write (the caller checked them)
+for i, raw in ipairs(d.leases) do parsed[i] = cjson.decode(raw) end
 if ARGV[4] == '1' then  -- replace: Redis went back to an older state than the snapshot's
   -- a live ledger is never behind a mirror of itself: refuse unless it still is
   if tonumber(redis.call('GET', p .. 'seq') or '0') >= tonumber(ARGV[2]) then return 0 end
   for _, raw in ipairs(redis.call('HVALS', p .. 'leases')) do
-    redis.call('DEL', p .. 'owner:' .. cjson.decode(raw).status.owner)
+    local ok, l = pcall(cjson.decode, raw)
+    if ok then redis.call('DEL', p .. 'owner:' .. l.status.owner) end
   end
   for _, pool in ipairs(redis.call('SMEMBERS', p .. 'pools')) do
     redis.call('DEL', p .. 'use:' .. pool)
@@ -296,9 +341,8 @@ else
     return 0
   end
 end
-local d = cjson.decode(ARGV[3])
 for i, raw in ipairs(d.leases) do
-  local l = cjson.decode(raw)
+  local l = parsed[i]
   local st, sp, id = l.status, l.spec, l.metadata.name
   local k = p .. 'use:' .. st.pool
   for _, dim in ipairs({'vcpus', 'memory', 'storage'}) do
@@ -330,7 +374,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 
 
 @dataclass
 class Commit:
-    status: str  # ok | dup | stale | over | conflict | gone | unready | waiters
+    status: str  # ok | dup | stale | over | conflict | gone | unready | waiters | queued
     version: int = 0
     seq: int = 0
     existing: dict[str, list[str]] = field(default_factory=dict)
@@ -345,6 +389,7 @@ class Released:
     already: list[str]  # ids released earlier
     seq: int = 0
     waiting: int = 0  # requests in the waiting line after the release
+    set_aside: list[str] = field(default_factory=list)  # undecodable records quarantined
 
 
 class LedgerUnready(Exception):
@@ -509,17 +554,20 @@ class Ledger:
         return Commit(status, detail=_text(rest[0]))
 
     def release(self, ids: list[str], owner: str = "", by_owner: str = "",
-                reason: str = "released", now: str = "") -> Released:
+                reason: str = "released", now: str = "",
+                expired_by: float | None = None) -> Released:
+        """Release leases by id and/or all of an owner's. `expired_by` (reaping): only those
+        whose expires-at is still at or before it, checked in the script (a renewal wins)."""
         res = self._release(args=[self.p, json.dumps(list(ids)) if ids else "[]", owner,
                                   by_owner, reason, now, self.keep, "1" if self.quiet else "",
-                                  self.floor])
+                                  self.floor, "" if expired_by is None else repr(expired_by)])
         status = _text(res[0])
         if status == "unready":
             raise LedgerUnready()
         if status != "ok":
             raise LedgerConflict(status, _text(res[1]), _text(res[2]) if len(res) > 2 else "")
         return Released(int(res[1]), [json.loads(x) for x in res[2]], [_text(x) for x in res[3]],
-                        int(res[4]), int(res[5]))
+                        int(res[4]), int(res[5]), [_text(x) for x in res[6]])
 
     def swap(self, lease_id: str, old_raw: str, new: dict[str, Any], expires: float
              ) -> tuple[str, int, str]:
@@ -545,14 +593,34 @@ class Ledger:
         return bool(self.r.exists(self.p + "gone:" + lease_id))
 
     # waiting line ------------------------------------------------------------------------
-    def park(self, request_id: str, record: dict[str, Any]) -> int:
-        """Join the line (once per request-id); 0 if the request was granted meanwhile."""
-        status, position = self._park(args=[self.p, request_id, json.dumps(record)])
-        return int(position) if _text(status) == "parked" else 0
+    def park(self, key: str, record: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Join the line (once per request key; a later task with the same key becomes a
+        twin that gets the same answer): (position, the record in line), position 0 if the
+        request was granted meanwhile."""
+        status, position, *held = self._park(args=[self.p, key, json.dumps(record),
+                                                   record["task"]])
+        if _text(status) != "parked":
+            return 0, record
+        return int(position), json.loads(held[0]) if held and held[0] else record
 
-    def unpark(self, request_id: str) -> bool:
-        """Leave the line; False if it already left (granted or expired elsewhere)."""
-        return bool(self._unpark(args=[self.p, request_id]))
+    def is_waiting(self, key: str) -> bool:
+        return self.r.zscore(self.p + "waiting", key) is not None
+
+    def unpark(self, key: str) -> tuple[bool, list[str]]:
+        """Leave the line: (False if it already left, the twin task ids to answer too)."""
+        left, twins = self._unpark(args=[self.p, key])
+        return bool(left), [_text(x) for x in twins]
+
+    def twins(self, key: str) -> list[str]:
+        """The other tasks waiting for the same request (see park)."""
+        return [_text(x) for x in self.r.smembers(self.p + "twins:" + key)]
+
+    def rewait(self, key: str, record: dict[str, Any]) -> None:
+        """Replace a waiter's record, keeping its place in line."""
+        self.r.hset(self.p + "waiters", key, json.dumps(record))
+
+    def drop_twin(self, key: str, task_id: str) -> bool:
+        return bool(self.r.srem(self.p + "twins:" + key, task_id))
 
     def waiters(self) -> list[tuple[str, dict[str, Any]]]:
         ids = [_text(x) for x in self.r.zrange(self.p + "waiting", 0, -1)]
@@ -604,11 +672,17 @@ class Ledger:
         `replace`: the snapshot replaces the leases, usage and port groups Redis holds (the
         released-lease records, request-ids, waiting line and outbox stay), only if Redis's
         seq is below the snapshot's (checked in the same script: False otherwise)."""
-        leases = snapshot.get("leases") or []
+        leases, bad = [], []
+        for lease in snapshot.get("leases") or []:
+            problem = lease_problem(lease)
+            (bad.append((lease, problem)) if problem else leases.append(lease))
+        if bad:
+            self.set_aside(bad)
         rids: dict[str, list[str]] = {}
         for lease in leases:
-            rids.setdefault(lease["status"].get("request-id") or lease["metadata"]["name"],
-                            []).append(lease["metadata"]["name"])
+            st = lease["status"]
+            key = request_key(st["owner"], st.get("request-id") or lease["metadata"]["name"])
+            rids.setdefault(key, []).append(lease["metadata"]["name"])
         payload = {
             "leases": [json.dumps(x) for x in leases],
             "expiry": [parse_rfc3339(x["status"]["expires-at"]) for x in leases],
@@ -618,6 +692,19 @@ class Ledger:
             payload["rids"] = {}
         return bool(self._restore(args=[self.p, int(snapshot.get("seq", 0)),
                                         json.dumps(payload), "1" if replace else ""]))
+
+    def set_aside(self, bad: list[tuple[Any, str]]) -> None:
+        """Keep records that cannot be restored in `quarantine` (logged and counted), so one
+        bad record neither blocks the rest nor vanishes unseen."""
+        pipe = self.r.pipeline(transaction=True)
+        for i, (lease, problem) in enumerate(bad):
+            name = lease_name(lease) or f"unnamed-{i}"
+            log.error("mirror record %s set aside (kept in %squarantine): %s", ascii(name),
+                      self.p, problem)
+            pipe.hset(self.p + "quarantine", ascii(name)[1:-1],
+                      json.dumps({"record": lease, "problem": problem}))
+        pipe.hincrby(self.p + "stats", "quarantined", len(bad))
+        pipe.execute()
 
     def epoch(self) -> str | None:
         """The token of this Redis ledger (made by the publisher; see Publisher.check_epoch)."""
@@ -661,6 +748,41 @@ class Ledger:
 
     def reaped(self, limit: int = 100) -> list[dict[str, Any]]:
         return [json.loads(x) for x in self.r.lrange(self.p + "reaped", 0, limit - 1)]
+
+
+def lease_name(lease: Any) -> str:
+    try:
+        name = lease["metadata"]["name"]
+    except (TypeError, KeyError):
+        return ""
+    return name if isinstance(name, str) else ""
+
+
+def lease_problem(lease: Any) -> str | None:
+    """Why a lease record cannot go into the ledger, or None. Everything the Lua scripts read
+    is checked, and the whole record must encode as UTF-8 (cjson refuses lone surrogates)."""
+    try:
+        st, sp = lease["status"], lease["spec"]
+        if not lease_name(lease):
+            return "metadata.name is not a string"
+        for key in ("pool", "vcenter", "owner", "expires-at"):
+            if not isinstance(st.get(key), str) or not st[key]:
+                return f"status.{key} is not a non-empty string"
+        if not isinstance(st.get("request-id", ""), str):
+            return "status.request-id is not a string"
+        for key in ("vcpus", "memory", "storage"):
+            if isinstance(sp.get(key), bool) or not isinstance(sp.get(key), int) \
+                    or sp[key] < 0:
+                return f"spec.{key} is not a whole number"
+        nets = st.get("networks") or []
+        if not isinstance(nets, list) or not all(
+                isinstance(n, dict) and isinstance(n.get("port-group"), str) for n in nets):
+            return "status.networks is not a list of port groups"
+        parse_rfc3339(st["expires-at"])
+        json.dumps(lease, ensure_ascii=False).encode("utf-8")
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        return f"{type(exc).__name__}: {ascii(str(exc))[1:-1]}"
+    return None
 
 
 def released_view(gone: dict[Any, Any]) -> dict[str, Any]:

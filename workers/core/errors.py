@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .text import escaped, text_problem
+
 
 class VcmError(Exception):
     http_status = 400
@@ -94,12 +96,19 @@ class ConfigError(VcmError):
 
     @classmethod
     def of(cls, file: str, pool: str | None, field: str | None, problem: str) -> ConfigError:
+        # names taken from a broken file are shown escaped: the message is logged and printed
+        pool = _readable(pool)
+        field = _readable(field)
         where = file
         if pool:
             where += f": pool {pool!r}"
         if field:
             where += f": field {field!r}"
         return cls(f"{where}: {problem}", {"file": file, "pool": pool, "field": field})
+
+
+def _readable(name: str | None) -> str | None:
+    return escaped(name) if name is not None and text_problem(name, 64) else name
 
 
 ERRORS: dict[str, type[VcmError]] = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -12,6 +11,7 @@ from functools import cached_property
 from typing import Any
 
 from .errors import InvalidRequest
+from .text import MAX_TEXT, escaped, shown, text_problem
 
 DEFAULT_NETWORK_TYPE = "single-tenant"
 DEFAULT_TTL = 24 * 3600
@@ -123,6 +123,10 @@ class Request:
             "networks": self.networks,
         }
 
+    @property
+    def key(self) -> str:
+        return request_key(self.owner, self.request_id)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             **self.spec(),
@@ -138,6 +142,12 @@ class Request:
         if self.pool_selector:
             out["pool-selector"] = dict(self.pool_selector)
         return out
+
+
+def request_key(owner: str, request_id: str) -> str:
+    """Idempotency is per (owner, request-id): two owners may use the same request-id. The
+    owner's length (in UTF-8 bytes, as Lua counts) keeps the pair unambiguous."""
+    return f"{len(owner.encode())}:{owner}:{request_id}"
 
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$", re.ASCII)
@@ -205,12 +215,23 @@ def _str(raw: dict[str, Any], name: str, default: str, *, pattern: re.Pattern[st
         return default
     if not isinstance(value, str):
         raise InvalidRequest.of(name, f"must be a string, got {_tn(value)}")
-    if len(value) > max_len:
-        raise InvalidRequest.of(name, f"is longer than {max_len} characters")
+    problem = text_problem(value, max_len)
+    if problem:
+        raise InvalidRequest.of(name, problem)
     if value and pattern is not None and not pattern.match(value):
-        raise InvalidRequest.of(name, f"{value!r} has characters outside [A-Za-z0-9._:@/+=-]")
-    if any(unicodedata.category(c) == "Cc" for c in value):
-        raise InvalidRequest.of(name, "must not contain control characters")
+        raise InvalidRequest.of(name, f"{shown(value)} has characters outside "
+                                "[A-Za-z0-9._:@/+=-] or does not start with a letter or digit")
+    return value
+
+
+def text_arg(value: Any, name: str, *, max_len: int = MAX_TEXT, required: bool = True) -> str:
+    """A string argument of a task (owner, lease id, pool, task id): valid text, bounded."""
+    if not isinstance(value, str) or (required and not value):
+        raise InvalidRequest.of(name, f"must be a non-empty string, got {_tn(value)}"
+                                if not isinstance(value, str) else "must not be empty")
+    problem = text_problem(value, max_len)
+    if problem:
+        raise InvalidRequest.of(name, problem)
     return value
 
 
@@ -236,8 +257,9 @@ def parse_request(
     data = normalize_keys(raw)
     unknown = sorted(set(data) - set(REQUEST_FIELDS))
     if unknown:
+        name = unknown[0] if not text_problem(unknown[0], 64) else escaped(unknown[0])
         raise InvalidRequest.of(
-            prefix + unknown[0], f"unknown field (known: {', '.join(REQUEST_FIELDS)})"
+            prefix + name, f"unknown field (known: {', '.join(REQUEST_FIELDS)})"
         )
     try:
         vcenters = _int(data, "vcenters", 1, 0) or 1
@@ -247,6 +269,13 @@ def parse_request(
             isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
         ):
             raise InvalidRequest.of("pool-selector", "must be a map of string labels to strings")
+        if len(selector) > 32:
+            raise InvalidRequest.of("pool-selector", "at most 32 labels")
+        for k, v in selector.items():
+            problem = text_problem(k, 317) or text_problem(v, 63)
+            if problem or not k:
+                raise InvalidRequest.of("pool-selector", f"label {shown(k)}: "
+                                        f"{problem or 'the key must not be empty'}")
         required = _str(data, "required-pool", "", max_len=253) or None
         owner = _str(data, "owner", default_owner, max_len=253) or default_owner
         ttl = parse_duration(data.get("ttl", default_ttl), "ttl", maximum=max_ttl)

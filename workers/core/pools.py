@@ -8,6 +8,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .models import DEFAULT_NETWORK_TYPE, Network, Pool
+from .text import MAX_TEXT, text_problem
 
 POOL_KEYS = {
     "name", "vcenter", "datacenter", "cluster", "datastore", "vcpus", "memory", "storage",
@@ -68,6 +69,7 @@ def _parse_pool(raw: Any, index: int, file: str) -> Pool:
         value = raw.get(key)
         if not isinstance(value, str) or not value.strip():
             raise ConfigError.of(file, label, key, "is required and must be a non-empty string")
+        _text(value, file, label, key)
     budgets = {}
     for key in BUDGETS:
         value = raw.get(key)
@@ -91,6 +93,9 @@ def _parse_pool(raw: Any, index: int, file: str) -> Pool:
         for k, v in labels.items()
     ):
         raise ConfigError.of(file, label, "labels", "must be a map of strings")
+    for k, v in labels.items():
+        _text(k, file, label, "labels", max_len=317)
+        _text(str(v), file, label, f"labels.{k}", max_len=63)
     nets_raw = [] if raw.get("networks") is None else raw["networks"]
     if not isinstance(nets_raw, list):
         raise ConfigError.of(file, label, "networks", "must be a list")
@@ -129,6 +134,7 @@ def _parse_network(raw: Any, index: int, pool: str, file: str) -> Network:
     pg = raw.get("port-group")
     if not isinstance(pg, str) or not pg.strip():
         raise ConfigError.of(file, pool, f"{where}.port-group", "is required")
+    _text(pg, file, pool, f"{where}.port-group")
     vlan = raw.get("vlan")
     if vlan is not None and (isinstance(vlan, bool) or not isinstance(vlan, int)
                              or not 0 <= vlan <= 4094):
@@ -138,6 +144,7 @@ def _parse_network(raw: Any, index: int, pool: str, file: str) -> Network:
     for key, value in (("cidr", cidr), ("gateway", gateway)):
         if not isinstance(value, str):
             raise ConfigError.of(file, pool, f"{where}.{key}", f"must be a string, got {value!r}")
+        _text(value, file, pool, f"{where}.{key}")
     try:
         net = ipaddress.ip_network(cidr, strict=False) if cidr else None
     except ValueError:
@@ -154,5 +161,12 @@ def _parse_network(raw: Any, index: int, pool: str, file: str) -> Network:
     net_type = raw.get("type", DEFAULT_NETWORK_TYPE)
     if not isinstance(net_type, str) or not net_type:
         raise ConfigError.of(file, pool, f"{where}.type", "must be a non-empty string")
+    _text(net_type, file, pool, f"{where}.type", max_len=63)
     return Network(port_group=pg.strip(), vlan=vlan, cidr=str(cidr), gateway=str(gateway),
                    type=net_type)
+
+
+def _text(value: str, file: str, pool: str, field: str, max_len: int = MAX_TEXT) -> None:
+    problem = text_problem(value, max_len)
+    if problem:
+        raise ConfigError.of(file, pool, field, problem)

@@ -1,0 +1,325 @@
+"""Hostile input, retries and restarts through the public task API, against a placement worker
+started exactly as documented (`celery -A tasks worker -Q placement --concurrency 1`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from tests.helpers import call, check_invariants, failure
+from tests.support.procs import ROOT, LoggedProcess, RedisServer, env_for, wait_for
+from workers.adapters.ledger import Ledger
+from workers.adapters.pools_file import load_pools
+from workers.core.models import parse_rfc3339
+
+POOLS = """
+pools:
+  - {name: p1, vcenter: vc1, datacenter: dc, cluster: c1, datastore: ds, vcpus: 16, memory: 64,
+     storage: 1000, networks: [{port-group: pg1-a, vlan: 1}, {port-group: pg1-b, vlan: 2}]}
+  - {name: p2, vcenter: vc2, datacenter: dc, cluster: c2, datastore: ds, vcpus: 16, memory: 64,
+     storage: 1000, networks: [{port-group: pg2-a, vlan: 3}, {port-group: pg2-b, vlan: 4}]}
+"""
+BAD_TEXT = ["\udcff", "ok\x00", "tab\there", "x" * 5000, "\udc00\ud800"]  # last: a pair reversed
+
+
+class Section9:
+    """A redis-server, the placement worker started with the documented command, and a
+    queries worker, with the file mirror."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.pools = tmp / "pools.yaml"
+        self.pools.write_text(POOLS)
+        self.redis = RedisServer().start()
+        self.mirror = tmp / "ledger.json"
+        self.env = env_for(self.redis.url, self.pools, VCM_MIRROR_FILE=str(self.mirror))
+        self.placement = self._worker("placement", ["--concurrency", "1"])
+        self.queries = self._worker("queries", ["-P", "threads", "-c", "2"])
+        self.app = Celery("client", broker=self.redis.url, backend=self.redis.url)
+        self.app.config_from_object("celeryconfig")
+        self.app.conf.broker_url = self.app.conf.result_backend = self.redis.url
+        self.ledger = Ledger(self.redis.client())
+
+    def _worker(self, queue: str, extra: list[str]) -> LoggedProcess:
+        proc = LoggedProcess()
+        proc.log = str(self.tmp / f"{queue}-{uuid.uuid4().hex[:6]}.log")
+        proc.spawn([sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queue,
+                    *extra, "-n", f"{queue}-{uuid.uuid4().hex[:6]}@test", "-l", "info"],
+                   self.env)
+        wait_for(lambda: "ready." in proc.output() or proc.proc.poll() is not None, timeout=60,
+                 what=f"{queue} worker")
+        assert proc.proc.poll() is None, proc.output()[-2000:]
+        return proc
+
+    def restart_placement(self) -> None:
+        self.placement.stop()
+        self.placement = self._worker("placement", ["--concurrency", "1"])
+
+    def reset(self) -> None:
+        from tests.conftest import reset_ledger
+
+        reset_ledger(self.redis.client(), str(self.mirror))
+
+    def check(self) -> dict:
+        return check_invariants(self.ledger, {p.name: p for p in load_pools(str(self.pools))})
+
+    def stop(self) -> None:
+        self.placement.stop()
+        self.queries.stop()
+        self.app.close()
+        self.redis.stop()
+
+
+@pytest.fixture(scope="module")
+def s9(tmp_path_factory):
+    stack = Section9(tmp_path_factory.mktemp("section9"))
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture()
+def s(s9):
+    s9.reset()
+    yield s9
+
+
+def _names(leases: list[dict]) -> list[str]:
+    return [x["metadata"]["name"] for x in leases]
+
+
+# strings that are not valid text ----------------------------------------------------------
+@pytest.mark.parametrize("bad", BAD_TEXT, ids=["surrogate", "nul", "tab", "huge", "reversed-pair"])
+@pytest.mark.parametrize("field", ["owner", "boskos-lease-id", "request-id", "required-pool",
+                                   "network-type"])
+def test_acquire_refuses_strings_that_are_not_text(s, field, bad):
+    exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, field: bad})
+    assert type(exc).__name__ == "InvalidRequest", exc
+    assert exc.args[1]["field"] == field
+    assert s.ledger.audit()["leases"] == {}
+    json.dumps(exc.args[0]).encode("utf-8")  # the message itself is valid text
+
+
+def test_other_task_arguments_refuse_strings_that_are_not_text(s):
+    lease = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "owner": "alice"})[0]
+    name = lease["metadata"]["name"]
+    for task, kwargs, field in [
+        ("vcm.release", {"lease_ids": ["\udcff"]}, "lease_ids"),
+        ("vcm.release", {"owner": "al\udcffice"}, "owner"),
+        ("vcm.release", {"lease_ids": [name], "owner": "a\x07"}, "owner"),
+        ("vcm.renew", {"lease_id": name + "\udcff"}, "lease_id"),
+        ("vcm.renew", {"lease_id": name, "owner": "x" * 1000}, "owner"),
+        ("vcm.cancel_wait", {"task_id": "\udcff"}, "task_id"),
+        ("vcm.list_leases", {"owner": "\udcff"}, "owner"),
+        ("vcm.list_leases", {"pool": "p\x1b"}, "pool"),
+        ("vcm.acquire", {"request": {"vcpus": 1, "memory": 1,
+                                     "pool-selector": {"k\udcff": "v"}}}, "pool-selector"),
+        ("vcm.acquire", {"request": {"vcpus": 1, "memory": 1, "\udcff": 1}}, "\\udcff"),
+    ]:
+        exc = failure(s.app, task, **kwargs)
+        assert type(exc).__name__ == "InvalidRequest", (task, kwargs, exc)
+        assert exc.args[1]["field"] == field, (task, exc)
+    assert list(s.ledger.audit()["leases"]) == [name]
+    assert call(s.app, "vcm.release", lease_ids=[name], owner="alice") == [name]
+
+
+def test_the_cli_refuses_an_undecodable_argument_with_exit_2(s):
+    p = subprocess.run([sys.executable, "-m", "workers.cli", "acquire", "--vcpus", "1",
+                        "--memory", "1", "--boskos-lease-id",
+                        b"\xff".decode(errors="surrogateescape"),
+                        "--redis-url", s.redis.url],
+                       cwd=ROOT, env=s.env, capture_output=True, timeout=60)
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode == 2, err
+    assert "boskos-lease-id" in err and "Traceback" not in err
+    assert s.ledger.audit()["leases"] == {}
+
+
+def _bad_record(s, lease_id: str, owner: str, expires: float) -> None:
+    """A lease stored before strings were checked: its owner holds a lone surrogate, which
+    Python's JSON writes as an escape that Lua's cjson cannot decode."""
+    raw = json.dumps({"spec": {"vcpus": 1, "memory": 1, "storage": 0, "vcenters": 1,
+                               "networks": 0},
+                      "status": {"pool": "p1", "vcenter": "vc1", "owner": owner,
+                                 "request-id": "old", "networks": [], "state": "leased",
+                                 "leased-at": "2026-01-01T00:00:00Z",
+                                 "expires-at": "2026-01-01T00:00:00Z"},
+                      "metadata": {"name": lease_id}})
+    r = s.redis.client()
+    r.hset("vcm:leases", lease_id, raw)
+    r.zadd("vcm:expiry", {lease_id: expires})
+
+
+def test_an_undecodable_stored_lease_is_set_aside_and_blocks_nothing(s):
+    good = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "ttl": 1,
+                                               "owner": "bob"})[0]
+    _bad_record(s, "bad-one", "eve\udcff", time.time() - 10)
+    expires = parse_rfc3339(good["status"]["expires-at"])
+    wait_for(lambda: time.time() > expires, timeout=5, what="the good lease to expire")
+    reaped = call(s.app, "vcm.reap_expired")
+    assert reaped == [good["metadata"]["name"]]  # the other expired lease went, not stuck
+    r = s.redis.client()
+    assert r.hexists("vcm:quarantine", "bad-one")
+    assert int(r.hget("vcm:stats", "quarantined")) == 1
+    assert not r.hexists("vcm:leases", "bad-one")
+    # releases and acquires go on and are answered
+    a = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "owner": "carol"})
+    assert call(s.app, "vcm.release", owner="carol") == _names(a)
+
+
+def test_a_release_that_meets_an_undecodable_record_goes_on(s):
+    a = call(s.app, "vcm.acquire", request={"vcpus": 2, "memory": 2, "owner": "dan"})
+    _bad_record(s, "bad-two", "dan\udcff", time.time() + 3600)
+    released = call(s.app, "vcm.release", lease_ids=[*_names(a), "bad-two"])
+    assert released == _names(a)
+    assert s.redis.client().hexists("vcm:quarantine", "bad-two")
+
+
+def test_a_restore_sets_bad_mirror_records_aside_and_restores_every_other(s):
+    leases = [call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "owner": f"o{i}",
+                                                  "request-id": f"r{i}"})[0]
+              for i in range(3)]
+    wait_for(lambda: len((json.loads(s.mirror.read_text()) or {}).get("leases", [])) == 3
+             or s.mirror.with_suffix(".json.journal").exists(), what="the mirror")
+    from workers.adapters.mirror import FileMirror
+
+    snap = FileMirror(str(s.mirror)).load()
+    assert len(snap["leases"]) == 3
+    # one record sorted in the middle goes bad on disk (as if written by an older version)
+    bad = json.loads(json.dumps(sorted(snap["leases"], key=lambda x: x["metadata"]["name"])[1]))
+    bad["status"]["owner"] = "o\udcff"
+    snap["leases"] = [bad if x["metadata"]["name"] == bad["metadata"]["name"] else x
+                      for x in snap["leases"]]
+    s.placement.stop()
+    s.mirror.write_text(json.dumps(snap))
+    Path(str(s.mirror) + ".journal").unlink(missing_ok=True)
+    s.redis.wipe()
+    s.restart_placement()
+    kept = {x["metadata"]["name"] for x in leases} - {bad["metadata"]["name"]}
+    wait_for(lambda: set(s.ledger.audit()["leases"]) == kept, timeout=20,
+             what="the restore of every good record")
+    r = s.redis.client()
+    assert json.loads(r.hget("vcm:quarantine", bad["metadata"]["name"]))["problem"]
+    assert int(r.hget("vcm:stats", "quarantined")) == 1
+    assert "Redis wins" not in s.placement.output()
+    s.check()
+    # the good records' request-ids are still idempotent
+    for lease in leases:
+        if lease["metadata"]["name"] in kept:
+            st = lease["status"]
+            again = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
+                                                        "owner": st["owner"],
+                                                        "request-id": st["request-id"]})
+            assert _names(again) == [lease["metadata"]["name"]]
+
+
+# request-ids -----------------------------------------------------------------------------
+def test_request_ids_are_per_owner(s):
+    alice = call(s.app, "vcm.acquire", request={"vcpus": 2, "memory": 2, "owner": "alice",
+                                                "request-id": "shared"})
+    bob = call(s.app, "vcm.acquire", request={"vcpus": 4, "memory": 8, "owner": "bob",
+                                              "request-id": "shared"})
+    assert set(_names(alice)).isdisjoint(_names(bob))
+    assert bob[0]["status"]["owner"] == "bob" and bob[0]["spec"]["vcpus"] == 4
+    nets = {(x["status"]["vcenter"], n["port-group"]) for x in alice + bob
+            for n in x["status"]["networks"]}
+    assert len(nets) == 2  # each its own port group
+    again = call(s.app, "vcm.acquire", request={"vcpus": 2, "memory": 2, "owner": "alice",
+                                                "request-id": "shared"})
+    assert _names(again) == _names(alice)
+    # bob releasing his does not touch alice's, and her id still answers with her lease
+    call(s.app, "vcm.release", owner="bob")
+    assert _names(call(s.app, "vcm.acquire", request={"vcpus": 2, "memory": 2,
+                                                      "owner": "alice",
+                                                      "request-id": "shared"})) == _names(alice)
+    s.check()
+
+
+def test_a_reaped_request_id_is_an_error_naming_the_leases(s):
+    req = {"vcpus": 1, "memory": 1, "ttl": 1, "owner": "job", "request-id": "short"}
+    lease = call(s.app, "vcm.acquire", request=req)[0]
+    wait_for(lambda: call(s.app, "vcm.reap_expired"), timeout=10, what="the reap")
+    exc = failure(s.app, "vcm.acquire", request=req)
+    assert type(exc).__name__ == "LeaseNotFound"
+    assert exc.args[1]["gone"] == {lease["metadata"]["name"]: exc.args[1]["gone"][
+        lease["metadata"]["name"]]}
+    assert exc.args[1]["gone"][lease["metadata"]["name"]].startswith("reaped (expired) at ")
+
+
+# retried waiters -------------------------------------------------------------------------
+def _fill(s, owner: str = "hog") -> list[str]:
+    return _names(call(s.app, "vcm.acquire", request={"vcpus": 16, "memory": 64, "vcenters": 2,
+                                                      "owner": owner}))
+
+
+def _state(s, task_id: str) -> str:
+    return s.app.AsyncResult(task_id).state
+
+
+def test_every_task_waiting_on_one_request_id_gets_the_answer(s):
+    _fill(s)
+    req = {"vcpus": 4, "memory": 4, "owner": "w", "request-id": "same", "wait": 60}
+    first = s.app.send_task("vcm.acquire", kwargs={"request": req}, queue="placement")
+    wait_for(lambda: _state(s, first.id) == "WAITING", what="the first to wait")
+    # sent again: once waiting as well, once with wait 0 (a retry that does not say wait)
+    second = s.app.send_task("vcm.acquire", kwargs={"request": req}, queue="placement")
+    third = s.app.send_task("vcm.acquire", kwargs={"request": {**req, "wait": 0}},
+                            queue="placement")
+    for r in (second, third):
+        wait_for(lambda r=r: _state(s, r.id) == "WAITING", what="the retry to wait")
+    assert len(call(s.app, "vcm.waiting")) == 1  # one request in line, not three
+    call(s.app, "vcm.release", owner="hog")
+    answers = [r.get(timeout=20) for r in (first, second, third)]
+    assert _names(answers[0]) == _names(answers[1]) == _names(answers[2])
+    assert len(s.ledger.audit()["leases"]) == 1
+    assert call(s.app, "vcm.waiting") == []
+    s.check()
+
+
+def test_a_granted_waiter_is_not_overwritten_at_its_deadline(s):
+    _fill(s)
+    req = {"vcpus": 4, "memory": 4, "owner": "w", "request-id": "soon", "wait": 3}
+    first = s.app.send_task("vcm.acquire", kwargs={"request": req}, queue="placement")
+    wait_for(lambda: _state(s, first.id) == "WAITING", what="the first to wait")
+    call(s.app, "vcm.release", owner="hog")
+    leases = first.get(timeout=10)
+    deadline = time.time() + 4
+    wait_for(lambda: time.time() > deadline, timeout=10, what="the old deadline to pass")
+    call(s.app, "vcm.reap_expired")  # a serve of the line after the deadline
+    assert s.app.AsyncResult(first.id).state == "SUCCESS"
+    assert _names(s.app.AsyncResult(first.id).get(timeout=5)) == _names(leases)
+    assert call(s.app, "vcm.waiting") == []
+
+
+def test_a_cancelled_twin_leaves_the_other_waiting(s):
+    _fill(s)
+    req = {"vcpus": 4, "memory": 4, "owner": "w", "request-id": "pair", "wait": 60}
+    first = s.app.send_task("vcm.acquire", kwargs={"request": req}, queue="placement")
+    wait_for(lambda: _state(s, first.id) == "WAITING", what="the first to wait")
+    second = s.app.send_task("vcm.acquire", kwargs={"request": req}, queue="placement")
+    wait_for(lambda: _state(s, second.id) == "WAITING", what="the twin to wait")
+    assert call(s.app, "vcm.cancel_wait", task_id=first.id) is True
+    with pytest.raises(Exception) as info:
+        first.get(timeout=10)
+    assert type(info.value).__name__ == "WaitTimeout"
+    assert len(call(s.app, "vcm.waiting")) == 1
+    call(s.app, "vcm.release", owner="hog")
+    assert len(second.get(timeout=20)) == 1
+
+
+# owners ----------------------------------------------------------------------------------
+def test_a_lease_id_is_a_capability_for_release_and_renew_alike(s):
+    lease = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "owner": "bob"})[0]
+    name = lease["metadata"]["name"]
+    renewed = call(s.app, "vcm.renew", lease_id=name, ttl="48h")  # no owner: the id suffices
+    assert renewed["status"]["expires-at"] > lease["status"]["expires-at"]
+    assert type(failure(s.app, "vcm.renew", lease_id=name, owner="eve")).__name__ == "NotOwner"
+    assert type(failure(s.app, "vcm.release", lease_ids=[name],
+                        owner="eve")).__name__ == "NotOwner"
+    assert call(s.app, "vcm.release", lease_ids=[name]) == [name]
