@@ -323,3 +323,27 @@ def test_a_lease_id_is_a_capability_for_release_and_renew_alike(s):
     assert type(failure(s.app, "vcm.release", lease_ids=[name],
                         owner="eve")).__name__ == "NotOwner"
     assert call(s.app, "vcm.release", lease_ids=[name]) == [name]
+
+
+# going back with nothing newer in the mirror ----------------------------------------------
+def test_after_redis_went_back_past_the_mirror_new_answers_still_wait_for_it(s):
+    """Redis went back and the mirror holds nothing newer (those changes are lost, and said
+    so): the seqs the new changes take were covered before, by the lost ones. Each new answer
+    must still wait until the mirror holds its change."""
+    from tests.helpers import go_back, keep_ledger
+    from workers.adapters.mirror import FileMirror
+
+    client = s.redis.client()
+    start = keep_ledger(client)
+    for i in range(3):
+        call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "owner": "lost",
+                                            "request-id": f"l{i}"})
+    # the same worker goes on; the mirror as it was before those three (never got there)
+    go_back(client, start)
+    FileMirror(str(s.mirror)).save({"format": 1, "seq": 0, "leases": []})
+    Path(str(s.mirror) + ".journal").unlink(missing_ok=True)
+    for i in range(3):
+        lease = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "owner": "new",
+                                                    "request-id": f"n{i}"})[0]
+        mirrored = {x["metadata"]["name"] for x in FileMirror(str(s.mirror)).load()["leases"]}
+        assert lease["metadata"]["name"] in mirrored, i

@@ -97,3 +97,46 @@ def test_writes_refuse_while_redis_is_below_the_floor(own_ledger):
     assert own_ledger.swap(lid, own_ledger.raw(lid), own_ledger.get(lid), 1.0)[0] == "unready"
     own_ledger.floor = ok.seq
     assert own_ledger.release([lid]).leases[0]["metadata"]["name"] == lid
+
+
+def _expired_group(ledger: Ledger, rid: str):
+    """A lease that expired an hour ago."""
+    groups, caps = _group(ledger, rid)
+    lease = groups[rid][0]
+    lease["status"]["expires-at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                  time.gmtime(time.time() - 3600))
+    return groups, caps
+
+
+def test_a_lease_renewed_after_the_reaper_read_it_is_not_reaped(own_ledger):
+    groups, caps = _expired_group(own_ledger, "r1")
+    assert own_ledger.commit(own_ledger.usage()[0], groups, caps).status == "ok"
+    lid = groups["r1"][0]["metadata"]["name"]
+    now = time.time()
+    assert own_ledger.expired(now) == [lid]  # the reaper read it
+    raw = own_ledger.raw(lid)  # ... then a renewal landed before its release
+    renewed = {**own_ledger.get(lid)}
+    assert own_ledger.swap(lid, raw, renewed, now + 3600)[0] == "ok"
+    res = own_ledger.release([lid], reason="expired", expired_by=now)
+    assert res.leases == [] and res.already == []
+    assert lid in own_ledger.audit()["leases"]
+    # a plain release (not reaping) still releases it
+    assert [x["metadata"]["name"] for x in own_ledger.release([lid]).leases] == [lid]
+
+
+def test_a_restore_sets_aside_bad_records_and_writes_the_rest(redis_server):
+    ledger = Ledger(redis_server.client(), prefix=f"t-{uuid.uuid4().hex[:8]}:")
+    good = [_group(ledger, f"g{i}")[0][f"g{i}"][0] for i in range(3)]
+    bad_owner = _group(ledger, "b1")[0]["b1"][0]
+    bad_owner["status"]["owner"] = "o\udcff"
+    bad_spec = _group(ledger, "b2")[0]["b2"][0]
+    bad_spec["spec"]["vcpus"] = "many"
+    leases = [good[0], bad_owner, good[1], bad_spec, good[2], "not a lease"]
+    assert ledger.restore({"seq": 7, "leases": leases})
+    audit = ledger.audit()
+    assert sorted(audit["leases"]) == sorted(x["metadata"]["name"] for x in good)
+    assert audit["counters"]["p1"] == (3, 3, 0, 3)
+    quarantined = ledger.r.hgetall(ledger.p + "quarantine")
+    assert len(quarantined) == 3
+    assert ledger.stats()["quarantined"] == 3
+    assert ledger.seq() == 7
