@@ -388,3 +388,27 @@ def test_make_lease_times_and_networks():
 def test_network_to_dict_keys():
     assert Network("pg").to_dict() == {"port-group": "pg", "vlan": None, "cidr": "",
                                       "gateway": "", "type": "single-tenant"}
+
+
+@PROPS
+@given(st.text(alphabet=st.characters(codec=None), max_size=300),
+       st.sampled_from(["owner", "boskos-lease-id", "required-pool", "network-type"]))
+def test_a_string_is_stored_only_if_it_is_text_lua_and_shells_can_carry(value, field):
+    """Oracle: UTF-8 encodable, no C0/C1 control character, within the bound."""
+    acceptable = (len(value) <= (63 if field == "network-type" else 253)
+                  and not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value))
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        acceptable = False
+    try:
+        req = parse_request({"vcpus": 1, "memory": 1, field: value})
+    except InvalidRequest as exc:
+        assert not acceptable, (value, exc)
+        assert exc.field == field
+        exc.message.encode("utf-8")  # the message is text too
+        return
+    assert acceptable, value
+    attr = {"owner": req.owner, "boskos-lease-id": req.boskos_lease_id,
+            "required-pool": req.required_pool, "network-type": req.network_type}[field]
+    assert attr == value or not value  # empty means the default
