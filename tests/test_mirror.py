@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import random
@@ -90,6 +92,7 @@ def make_snapshot(n: int, seed: int = 0, version: int = 1) -> dict[str, Any]:
     leases = [make_lease(rnd) for _ in range(n)]
     return {
         "version": version,
+        "seq": version,
         "leases": leases,
         "requests": {
             lease["status"]["request-id"]: [lease["metadata"]["name"]] for lease in leases
@@ -251,7 +254,7 @@ def test_round_trip_and_write_counts(kube, mirror):
 
     head = kube.get(NS, NAME)
     meta = json.loads(head["data"]["mirror.json"])
-    assert meta["version"] == 7 and meta["generation"] == 1 and meta["shards"] == []
+    assert meta["seq"] == 7 and meta["generation"] == 1 and meta["shards"] == []
     assert head["metadata"]["labels"]["vsphere-capacity-manager/mirror-of"] == NAME
     # what is stored really is compact JSON + zlib
     payload = base64.b64decode(head["binaryData"]["part-0"])
@@ -662,7 +665,8 @@ def test_file_mirror_round_trip(tmp_path):
     snap2 = make_snapshot(10, seed=31, version=2)
     m.save(snap2)
     assert m.load() == snap2
-    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["ledger.json"]  # no temp left
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == [
+        "ledger.json", "ledger.json.lock"]  # no temp left
 
 
 def test_file_mirror_corrupt_file_is_an_error_not_none(tmp_path):
@@ -727,6 +731,167 @@ def test_file_mirror_survives_sigkill_mid_save(tmp_path):
     assert mid_write > 0, "no kill landed mid-write: the test proved nothing"
 
 
+# ---- the mirror never goes back to an older seq ---------------------------------------------
+
+
+def test_a_save_that_lost_a_race_does_not_put_an_older_seq_over_a_newer_one(kube):
+    """Two writers of one ledger: the older one reads the head, the newer one commits seq 10,
+    the older one's compare-and-swap gets 409 and re-reads: it must not commit seq 5."""
+    old_api, new_api = kube.api_client(), kube.api_client()
+    older = ConfigMapMirror(NS, NAME, api_client=old_api, timeout=2.0)
+    newer = ConfigMapMirror(NS, NAME, api_client=new_api, timeout=2.0)
+    try:
+        older.save(make_snapshot(2, seed=1, version=1))
+        ten = make_snapshot(3, seed=10, version=10)
+
+        def newer_first(method: str, path: str, name: str | None) -> None:
+            if method == "PUT" and name == NAME:
+                kube.remove_hook(newer_first)
+                newer.save(ten)  # served by other server threads
+
+        kube.add_hook(newer_first)
+        with pytest.raises(MirrorError, match="already holds seq 10") as err:
+            older.save(make_snapshot(4, seed=5, version=5))
+        assert (err.value.seq, err.value.held) == (5, 10)
+        assert kube.conflicts == 1  # the older save really got as far as its write
+        assert older.load() == ten and head_meta(kube)["seq"] == 10
+        # not retried as a failure (nothing a retry could change)
+        calls = []
+        with pytest.raises(MirrorError):
+            retry_backoff(lambda: calls.append(1) or older.save(make_snapshot(1, version=6)),
+                          sleep=lambda _: None)
+        assert calls == [1]
+        assert older.save(make_snapshot(5, seed=11, version=11)) == 1  # newer: written
+        assert head_meta(kube)["seq"] == 11
+    finally:
+        old_api.close()
+        new_api.close()
+
+
+def test_a_sharded_save_refuses_when_a_newer_one_committed_during_its_reservation(kube, api):
+    """A head-only save may commit while another writer writes its shards; the sharded save
+    then refuses at its commit and gives its reservation back."""
+    other_api = kube.api_client()
+    sharded = ConfigMapMirror(NS, NAME, api_client=api, timeout=2.0, shard_bytes=4096)
+    small = ConfigMapMirror(NS, NAME, api_client=other_api, timeout=2.0, shard_bytes=4096)
+    try:
+        sharded.save({"seq": 1, "leases": []})
+
+        def commit_newer(method: str, path: str, name: str | None) -> None:
+            if method in ("POST", "PUT") and name == f"{NAME}-0":  # the first shard
+                kube.remove_hook(commit_newer)
+                small.save({"seq": 9, "leases": []})
+
+        kube.add_hook(commit_newer)
+        with pytest.raises(MirrorError, match="already holds seq 9"):
+            sharded.save(random_snapshot(20_000, seed=3) | {"seq": 4})
+        assert small.load() == {"seq": 9, "leases": []}
+        assert head_meta(kube)["pending"] is None  # no one waits for a save that gave up
+    finally:
+        other_api.close()
+
+
+def test_another_ledger_may_replace_the_mirror_whatever_its_seq(kube, mirror):
+    """Seqs of two Redis ledgers (epochs) are not comparable: the live ledger's save wins."""
+    mirror.save({"seq": 50, "epoch": "a", "leases": []})
+    assert mirror.save({"seq": 3, "epoch": "b", "leases": []}) == 1
+    assert mirror.load() == {"seq": 3, "epoch": "b", "leases": []}
+    with pytest.raises(MirrorError, match="already holds seq 3"):
+        mirror.save({"seq": 2, "epoch": "b", "leases": []})
+
+
+def test_file_mirror_never_goes_back_to_an_older_seq(tmp_path):
+    path = tmp_path / "ledger.json"
+    newer, older = FileMirror(path), FileMirror(path)
+    newer.save({"format": 1, "seq": 10, "leases": [_lease("a")]})
+    with pytest.raises(MirrorError, match="already holds seq 10") as err:
+        older.save({"format": 1, "seq": 5, "leases": []})
+    assert (err.value.seq, err.value.held) == (5, 10)
+    assert FileMirror(path).load() == {"format": 1, "seq": 10, "leases": [_lease("a")]}
+    assert not list(tmp_path.glob(".ledger.json.*.tmp"))  # the refused temp file is gone
+    # another process, with seq 5: refused too
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent("""
+            import sys
+            from workers.adapters.mirror import FileMirror, MirrorError
+            try:
+                FileMirror(sys.argv[1]).save({"format": 1, "seq": 5, "leases": []})
+                print("saved")
+            except MirrorError as exc:
+                print("refused", exc)
+            """), str(path)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused"), out.stdout
+    assert FileMirror(path).load()["seq"] == 10
+    older.save({"format": 1, "seq": 11, "leases": []})  # newer: written
+    assert FileMirror(path).load()["seq"] == 11
+
+
+def test_file_mirror_save_takes_the_lock_and_racing_saves_end_on_the_higher_seq(tmp_path):
+    """A save replaces the file only under the lock (an flock on <path>.lock, as another
+    process holds it here); two saves racing for it end with the higher seq, in either order."""
+    path = tmp_path / "ledger.json"
+    FileMirror(path).save({"format": 1, "seq": 1, "leases": []})
+    lock_fd = os.open(path.with_name("ledger.json.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    outcomes: dict[int, str] = {}
+
+    def save(seq: int) -> None:
+        try:
+            FileMirror(path).save({"format": 1, "seq": seq, "leases": [_lease(f"l{seq}")]})
+            outcomes[seq] = "saved"
+        except MirrorError as exc:
+            outcomes[seq] = str(exc)
+
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    try:
+        threads = [threading.Thread(target=save, args=(seq,)) for seq in (10, 5)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # time for the saves to reach the lock
+        assert outcomes == {}, "a save went ahead while another process held the lock"
+        assert FileMirror(path).load()["seq"] == 1
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+    for t in threads:
+        t.join(30)
+    assert outcomes[10] == "saved"
+    assert outcomes[5] in ("saved", f"mirror file {path} already holds seq 10, newer than "
+                                    "this save's 5: left as it is")
+    assert FileMirror(path).load() == {"format": 1, "seq": 10, "leases": [_lease("l10")]}
+
+
+def test_file_mirror_many_racing_writers_never_go_back(tmp_path):
+    path = tmp_path / "ledger.json"
+    FileMirror(path).save({"format": 1, "seq": 0, "leases": []})
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def writer(start: int) -> None:
+        m = FileMirror(path)
+        for seq in range(start, 200, 2):
+            with contextlib.suppress(MirrorError):
+                m.save({"format": 1, "seq": seq, "leases": []})
+
+    def reader() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(MirrorError):
+                seen.append(FileMirror(path).load()["seq"])
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in (1, 2)]
+    watch = threading.Thread(target=reader)
+    watch.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    watch.join()
+    assert FileMirror(path).load()["seq"] == 199
+    assert seen == sorted(seen), "the file went back to an older seq"
+
+
 # ---- FileMirror journal ----------------------------------------------------------------------
 
 
@@ -771,7 +936,7 @@ def test_file_mirror_journal_needs_its_snapshot(tmp_path):
         m.append(4, [_raw("c")], [])
     assert m.failed == 4 and m.covered == 3
     m.save({"format": 1, "seq": 4, "leases": [_lease("b"), _lease("c")]}, m.mark())
-    FileMirror(m.path).save({"format": 1, "seq": 0, "leases": []})  # another writer, stale
+    FileMirror(m.path).save({"format": 1, "seq": 9, "leases": []})  # another writer
     with pytest.raises(MirrorError, match="not the snapshot this worker wrote"):
         m.append(5, [_raw("d")], [])
     assert m.failed == 5 and m.covered == 4
@@ -808,8 +973,8 @@ def test_file_mirror_save_compacts_the_journal(tmp_path):
     assert [x["metadata"]["name"] for x in FileMirror(m.path).load()["leases"]] == [
         "b", "c", "d"]
     # a save without a mark is the whole truth: the journal is emptied
-    m.save({"format": 1, "seq": 0, "leases": []})
-    assert FileMirror(m.path).load() == {"format": 1, "seq": 0, "leases": []}
+    m.save({"format": 1, "seq": 6, "leases": []})
+    assert FileMirror(m.path).load() == {"format": 1, "seq": 6, "leases": []}
 
 
 def test_file_mirror_unsynced_appends_are_written_at_once_and_synced_later(tmp_path):

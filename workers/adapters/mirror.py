@@ -83,6 +83,19 @@ class MirrorError(Exception):
         self.status = status  # HTTP status when the apiserver answered
 
 
+class MirrorSuperseded(MirrorError):
+    """The mirror already holds a newer seq of the same ledger; nothing was written.
+
+    Not a failure: everything up to ``held`` (so up to ``seq`` too) is in the mirror. Another
+    writer of the same ledger got there first; retrying this snapshot cannot succeed."""
+
+    def __init__(self, where: str, seq: int, held: int) -> None:
+        super().__init__(f"{where} already holds seq {held}, newer than this save's {seq}: "
+                         "left as it is")
+        self.seq = seq
+        self.held = held
+
+
 class MirrorTooLarge(MirrorError):
     """The snapshot does not fit even when sharded; nothing was written."""
 
@@ -106,13 +119,67 @@ class SaveStats:
     generation: int  # head generation after the save (0 for the file mirror)
     skipped: bool  # True when the mirror already held exactly this snapshot
     seconds: float
+    set_aside: tuple[str, ...] = ()  # ids of leases that cannot be encoded, left out
+
+
+def _seq_of(snapshot: dict[str, Any]) -> int | None:
+    seq = snapshot.get("seq")
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
+def _epoch_of(snapshot: dict[str, Any]) -> str | None:
+    epoch = snapshot.get("epoch")
+    return epoch if isinstance(epoch, str) else None
+
+
+def newer_than(held: dict[str, Any] | None, snapshot: dict[str, Any]) -> int | None:
+    """The seq of ``held`` (what the mirror holds: a snapshot or a head's metadata) when it is
+    above the snapshot's and of the same ledger (epoch, or neither has one); else None:
+    writing may go ahead. Seqs of two different Redis ledgers say nothing about which is
+    newer (Redis replaced by another ledger that wins, a deliberate reset): the writer wins."""
+    if not held:
+        return None
+    old, new = _seq_of(held), _seq_of(snapshot)
+    if old is None or new is None or old <= new:
+        return None
+    return old if _epoch_of(held) == _epoch_of(snapshot) else None
+
+
+def _lease_id(lease: Any) -> str:
+    try:
+        return str(lease["metadata"]["name"])
+    except (TypeError, KeyError):
+        return repr(lease)[:80]
+
+
+def encode_json(snapshot: dict[str, Any]) -> tuple[bytes, list[str]]:
+    """Compact UTF-8 JSON of the snapshot, and the ids of the leases left out of it because
+    they cannot be encoded (a lone surrogate in a string): one bad record must not stop the
+    whole ledger from being mirrored. The caller reports them."""
+    if not isinstance(snapshot, dict):
+        raise TypeError(f"snapshot must be a dict, not {type(snapshot).__name__}")
+    try:
+        return json.dumps(snapshot, separators=(",", ":"), ensure_ascii=False).encode(), []
+    except UnicodeEncodeError:
+        leases = snapshot.get("leases")
+        if not isinstance(leases, list):
+            raise
+    kept, aside = [], []
+    for lease in leases:
+        try:
+            json.dumps(lease, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            aside.append(_lease_id(lease))
+        else:
+            kept.append(lease)
+    raw = json.dumps({**snapshot, "leases": kept}, separators=(",", ":"),
+                     ensure_ascii=False).encode()
+    return raw, aside
 
 
 def encode_snapshot(snapshot: dict[str, Any], level: int = 6) -> tuple[bytes, int]:
-    """Compact JSON then zlib; returns (blob, raw JSON size)."""
-    if not isinstance(snapshot, dict):
-        raise TypeError(f"snapshot must be a dict, not {type(snapshot).__name__}")
-    raw = json.dumps(snapshot, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact JSON then zlib; returns (blob, raw JSON size). See encode_json."""
+    raw, _ = encode_json(snapshot)
     return zlib.compress(raw, level), len(raw)
 
 
@@ -143,12 +210,13 @@ def retry_backoff(
     sleep: Callable[[float], None] = time.sleep,
     on_retry: Callable[[int, MirrorError, float], None] | None = None,
 ) -> T:
-    """Call fn, retrying MirrorError (not MirrorTooLarge: retrying cannot help) with backoff."""
+    """Call fn, retrying MirrorError (not MirrorTooLarge or MirrorSuperseded: retrying cannot
+    help) with backoff."""
     delays = backoff_delays(base, cap)
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except MirrorTooLarge:
+        except (MirrorTooLarge, MirrorSuperseded):
             raise
         except MirrorError as exc:
             if attempt == attempts:
@@ -264,6 +332,7 @@ class ConfigMapMirror:
         self._label = name if len(name) <= 63 else hashlib.sha256(name.encode()).hexdigest()[:63]
         self._save_lock = threading.Lock()  # one save at a time per instance
         self._writes = 0
+        self._set_aside: tuple[str, ...] = ()
         self.lock_waits = 0  # times a save waited for another writer's reservation
         self.last_stats: SaveStats | None = None
 
@@ -385,16 +454,21 @@ class ConfigMapMirror:
     def save(self, snapshot: dict[str, Any]) -> int:
         """Write the snapshot; returns the number of API write requests made.
 
-        Raises MirrorTooLarge (nothing written) when the payload needs more than
-        ``max_configmaps`` ConfigMaps, and MirrorError on network errors, timeouts, 5xx or
-        when another writer holds the mirror longer than ``lock_wait``: the mirror then still
-        holds a complete earlier snapshot; retry later.
+        Raises MirrorSuperseded (nothing written) when the head holds a higher ``seq`` of the
+        same ledger (``epoch``): checked with every compare-and-swap, so a save that lost a
+        race never puts an older snapshot over a newer one. Raises MirrorTooLarge (nothing
+        written) when the payload needs more than ``max_configmaps`` ConfigMaps, and
+        MirrorError on network errors, timeouts, 5xx or when another writer holds the mirror
+        longer than ``lock_wait``: the mirror then still holds a complete earlier snapshot;
+        retry later. Leases that cannot be encoded are left out (``last_stats.set_aside``).
         """
         with self._save_lock:
             started = time.monotonic()
             self._writes = 0
             self.last_stats = None
-            blob, raw_bytes = encode_snapshot(snapshot, self.compress_level)
+            raw, aside = encode_json(snapshot)
+            blob, raw_bytes = zlib.compress(raw, self.compress_level), len(raw)
+            self._set_aside = tuple(aside)
             size = self.shard_bytes
             chunks = [blob[i : i + size] for i in range(0, len(blob), size)] or [b""]
             if len(chunks) > self.max_configmaps:
@@ -419,16 +493,21 @@ class ConfigMapMirror:
                 "bytes": len(blob),
                 "raw_bytes": raw_bytes,
                 "token": token,
-                "version": snapshot.get("version")
-                if isinstance(snapshot.get("version"), int | str)
-                else None,
+                "seq": _seq_of(snapshot),  # compared by every later save
+                "epoch": _epoch_of(snapshot),
             }
+            self._refuse_older(meta, payload)
             if len(chunks) == 1 and not (meta or {}).get("stale"):
                 generation = self._commit(head, payload, chunks[0], [], [], locked=False)
             else:
                 generation = self._save_locked(head, payload, chunks)
             self._finish(raw_bytes, blob, len(chunks), generation, False, started)
             return self._writes
+
+    def _refuse_older(self, meta: dict[str, Any] | None, payload: dict[str, Any]) -> None:
+        held = newer_than(meta, payload)
+        if held is not None:
+            raise MirrorSuperseded(f"mirror {self.namespace}/{self.name}", payload["seq"], held)
 
     def _finish(
         self,
@@ -447,6 +526,7 @@ class ConfigMapMirror:
             generation=generation,
             skipped=skipped,
             seconds=time.monotonic() - started,
+            set_aside=self._set_aside,
         )
 
     def _save_locked(
@@ -454,7 +534,7 @@ class ConfigMapMirror:
     ) -> int:
         """Reserve slots, write shards, blank stale slots, commit."""
         token = payload["token"]
-        head, slots, reserved_at = self._reserve(head, token, len(chunks) - 1)
+        head, slots, reserved_at = self._reserve(head, payload, len(chunks) - 1)
 
         def check_lock() -> None:  # past lock_ttl / 2 another writer may take the mirror over
             if time.monotonic() - reserved_at > self.lock_ttl / 2:
@@ -483,15 +563,17 @@ class ConfigMapMirror:
         return self._commit(head, payload, chunks[0], slots, blanked, locked=True)
 
     def _reserve(
-        self, head: k8s_client.V1ConfigMap | None, token: str, count: int
+        self, head: k8s_client.V1ConfigMap | None, payload: dict[str, Any], count: int
     ) -> tuple[k8s_client.V1ConfigMap, list[str], float]:
         """Record our reservation of `count` free slots in the head (CAS); the reservation is
         the writers' lock. Waits for a live reservation of another writer up to lock_wait.
         Returns (head, slots, monotonic time just before the reservation was sent)."""
+        token = payload["token"]
         deadline = time.monotonic() + self.lock_wait
         delays = backoff_delays(0.02, 0.5)
         for _ in range(self.max_conflict_retries):
             meta = self._meta_of(head)
+            self._refuse_older(meta, payload)  # a newer save landed while we waited
             pending = (meta or {}).get("pending")
             if (
                 pending
@@ -627,6 +709,10 @@ class ConfigMapMirror:
                     "by another writer; nothing committed",
                     status=409,
                 )
+            if newer_than(old, payload) is not None:  # a newer save committed meanwhile
+                if locked:
+                    self._unreserve(head, payload["token"])
+                self._refuse_older(old, payload)
             # slots holding data that no head names any more: reusable, blanked when unneeded
             stale = (set(old.get("stale") or []) | set(old.get("shards") or [])) - set(slots)
             stale -= set(blanked)
@@ -652,6 +738,26 @@ class ConfigMapMirror:
             f"{self.max_conflict_retries} attempts",
             status=409,
         )
+
+    def _unreserve(self, head: k8s_client.V1ConfigMap | None, token: str) -> None:
+        """Clear our reservation (best effort: left over, it lapses after lock_ttl), so that
+        other writers do not wait for a save that will not commit."""
+        meta = self._meta_of(head)
+        if head is None or meta is None or (meta.get("pending") or {}).get("token") != token:
+            return
+        patch = {
+            "metadata": {"resourceVersion": head.metadata.resource_version},
+            "data": {META_KEY: json.dumps({**meta, "pending": None}, separators=(",", ":"))},
+        }
+        with contextlib.suppress(MirrorError, ApiException):
+            self._write(
+                f"unreserve configmap {self.namespace}/{self.name}",
+                self._core.patch_namespaced_config_map,
+                self.name,
+                self.namespace,
+                patch,
+                _content_type=MERGE_PATCH,
+            )
 
     # ---- load ------------------------------------------------------------------------------
 
@@ -715,6 +821,7 @@ class FileMirror:
         self._end = -1  # where our last append to it ended (a torn line cannot follow)
         self._lock_fd: int | None = None  # <path>.lock, for flock
         self._written: tuple[int, int] | None = None  # (inode, mtime) of our last snapshot
+        self._written_head: dict[str, Any] | None = None  # its seq and epoch
 
     def __repr__(self) -> str:
         return f"FileMirror({str(self.path)!r})"
@@ -823,43 +930,75 @@ class FileMirror:
         """Write the snapshot atomically; returns 1 (one file write). ``mark`` (taken before
         the snapshot was read from the ledger) compacts the journal: what was in it at
         ``mark`` is in the snapshot, so only later records above its seq are kept. Without
-        it the snapshot is the whole truth and the journal is emptied."""
+        it the snapshot is the whole truth and the journal is emptied.
+
+        Raises MirrorSuperseded (nothing replaced) when the snapshot file holds a higher
+        ``seq`` of the same ledger: checked under the lock, at the rename, so that of two
+        racing writers (threads or processes) the older snapshot never lands last. Leases
+        that cannot be encoded are left out (``last_stats.set_aside``)."""
         started = time.monotonic()
-        if not isinstance(snapshot, dict):
-            raise TypeError(f"snapshot must be a dict, not {type(snapshot).__name__}")
-        raw = json.dumps(snapshot, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        self.last_stats = None
+        raw, aside = encode_json(snapshot)
+        seq = int(snapshot.get("seq", 0))
         directory = self.path.parent
+        tmp: str | None = None
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            _write_atomically(self.path, raw)
-            st = os.stat(self.path)
-            self._written = (st.st_ino, st.st_mtime_ns)
-            self._compact(mark, int(snapshot.get("seq", 0)))
-            _fsync_dir(directory)
+            tmp = _write_temp(self.path, raw)  # the slow part, outside the lock
+            with self._locked():
+                held = newer_than(self._on_disk(), snapshot)
+                if held is not None:
+                    raise MirrorSuperseded(f"mirror file {self.path}", seq, held)
+                os.replace(tmp, self.path)
+                tmp = None
+                st = os.stat(self.path)
+                self._written = (st.st_ino, st.st_mtime_ns)
+                self._written_head = {"seq": snapshot.get("seq"), "epoch": snapshot.get("epoch")}
+                self._compact(mark, seq)
+                _fsync_dir(directory)
         except OSError as exc:
             raise MirrorError(f"cannot write mirror file {self.path}: {exc}") from exc
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
         self._remove_stale_temps()
-        seq = int(snapshot.get("seq", 0))
         if self.failed is not None and self.failed <= seq:
             self.failed = None
         self.covered = max(self.covered, seq)
         self.durable = self.covered  # the snapshot and the rewritten journal are synced
-        self.last_stats = SaveStats(1, len(raw), len(raw), 1, 0, False, time.monotonic() - started)
+        self.last_stats = SaveStats(1, len(raw), len(raw), 1, 0, False,
+                                    time.monotonic() - started, tuple(aside))
         return 1
 
+    def _on_disk(self) -> dict[str, Any] | None:
+        """The seq and epoch of the snapshot file (held lock): known without reading it when
+        it is the one this object wrote last."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        if (st.st_ino, st.st_mtime_ns) == self._written:
+            return self._written_head
+        try:
+            found = json.loads(self.path.read_bytes())
+        except ValueError:
+            return None  # damaged: replacing it can only help
+        return found if isinstance(found, dict) else None
+
     def _compact(self, mark: int | None, seq: int) -> None:
-        """Drop the journal records the snapshot holds (all of them when mark is None)."""
-        if not self.journal.exists():
+        """Drop the journal records the snapshot holds (all of them when mark is None). The
+        caller holds the lock."""
+        try:
+            data = self.journal.read_bytes() if mark is not None else b""
+        except FileNotFoundError:
             return
-        with self._locked():
-            try:
-                data = self.journal.read_bytes() if mark is not None else b""
-            except FileNotFoundError:
-                return
-            keep = [line for line in data[mark or 0:].splitlines(keepends=True)
-                    if (_record(line) or {}).get("seq", -1) > seq]
-            _write_atomically(self.journal, b"".join(keep))
-            self.records = len(keep)
+        if mark is None and not self.journal.exists():
+            return
+        keep = [line for line in data[mark or 0:].splitlines(keepends=True)
+                if (_record(line) or {}).get("seq", -1) > seq]
+        _write_atomically(self.journal, b"".join(keep))
+        self.records = len(keep)
 
     def _remove_stale_temps(self, min_age: float = 300.0) -> None:
         """Temp files left by a writer killed mid-save (old enough not to be in progress)."""
@@ -918,13 +1057,24 @@ def _record(line: bytes) -> dict[str, Any] | None:
     return record
 
 
-def _write_atomically(path: Path, raw: bytes) -> None:
+def _write_temp(path: Path, raw: bytes) -> str:
+    """A synced temp file beside path, holding raw; the caller renames or removes it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(raw)
             handle.flush()
             os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _write_atomically(path: Path, raw: bytes) -> None:
+    tmp = _write_temp(path, raw)
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -970,11 +1120,14 @@ __all__ = [
     "ConfigMapMirror",
     "FileMirror",
     "MirrorError",
+    "MirrorSuperseded",
     "MirrorTooLarge",
     "SaveStats",
     "backoff_delays",
     "decode_snapshot",
+    "encode_json",
     "encode_snapshot",
     "mirror_from_env",
+    "newer_than",
     "retry_backoff",
 ]
