@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint deps system-deps clean
+.PHONY: run test bench chaos lint deps system-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ test: deps system-deps
 
 bench: deps system-deps
 	$(PY) bench/run.py
+
+# The long property-based search over the task API (VCM_CHAOS_EXAMPLES, VCM_CHAOS_STEPS), then
+# the soak (VCM_SOAK_SECONDS, default 600): both run, the target fails if either does.
+chaos: deps system-deps
+	@status=0; \
+	VCM_CHAOS=1 $(PY) -m pytest -q tests/test_stateful.py $(PYTEST_ARGS) || status=1; \
+	$(PY) bench/soak.py || status=1; \
+	exit $$status
 
 lint: deps
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,377 @@
+"""Soak: acquire/renew/release round trips for a long time against the stack as documented,
+and check that the placement worker's memory and Redis stay flat.
+
+Processes, started with the documented commands (plus `-l info`, and beat's schedule file in
+a temporary directory): `celery -A tasks worker -Q placement --concurrency 1`,
+`celery -A tasks worker -Q queries`, `celery -A tasks beat` (the reaper and the usage rollup),
+on a private redis-server with the file mirror on.
+
+Client threads (bench (b)'s 8 by default) do round trips back to back: acquire, sometimes
+renew, release; every 40th lease is abandoned with a short ttl for the reaper; every 10th
+round trip also sends a query. After a warm-up, the placement worker's RSS (VmRSS of its
+process tree), Redis used_memory, DBSIZE and the keys by kind are taken, and again at the end.
+
+Bounds, from the settings this soak runs with:
+- released and reaped leases (`vcm:gone:*`) and the request-ids of released leases
+  (`vcm:req:*`) are kept VCM_KEEP_RELEASED seconds: at the end there are no more of them than
+  live leases plus the leases that ended in the last VCM_KEEP_RELEASED + reap interval
+  + short ttl + slack seconds;
+- placement task results are kept result_expires (3 days, "at least a day"): each must carry
+  a TTL of at most that, and there are no more of them than tasks sent (by the clients, and
+  by beat: a reap per reap interval, a rollup per rollup interval); query task
+  results must carry a TTL of at most QUERY_RESULT_TTL (results of queries are "not kept
+  beyond minutes");
+- everything else in Redis (the ledger's fixed keys, Celery's queues and bindings) grows by
+  at most OTHER_KEYS_SLACK keys;
+- Redis used_memory grows by at most MEMORY_SLACK_MIB plus what the kept task results take
+  (MEMORY USAGE summed over them at the start and at the end);
+- the placement worker's RSS grows by at most RSS_GROWTH_MIB.
+
+Environment: VCM_SOAK_SECONDS (600), VCM_SOAK_THREADS (8), VCM_SOAK_WARMUP (20),
+VCM_SOAK_RSS_MIB (32). Exit status 1 when a bound is broken or a task failed unexpectedly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml  # noqa: E402
+from celery import Celery  # noqa: E402
+
+from tests.support.procs import LoggedProcess, RedisServer, env_for, wait_for  # noqa: E402
+
+SECONDS = float(os.environ.get("VCM_SOAK_SECONDS", "600"))
+THREADS = int(os.environ.get("VCM_SOAK_THREADS", "8"))
+WARMUP = float(os.environ.get("VCM_SOAK_WARMUP", "20"))
+RSS_GROWTH_MIB = float(os.environ.get("VCM_SOAK_RSS_MIB", "32"))
+KEEP_RELEASED = 60  # VCM_KEEP_RELEASED for this soak, seconds
+REAP_INTERVAL = 5  # VCM_REAP_INTERVAL
+ROLLUP_INTERVAL = 10  # VCM_ROLLUP_INTERVAL
+SHORT_TTL = 8  # ttl of the abandoned leases, seconds
+RESULT_EXPIRES = 3 * 86400  # celeryconfig.result_expires
+QUERY_RESULT_TTL = 3600  # "not kept beyond minutes": an hour at most
+OTHER_KEYS_SLACK = 20
+MEMORY_SLACK_MIB = 32
+TIMEOUT = 60.0
+PLACEMENT_CMD = ["-A", "tasks", "worker", "-Q", "placement", "--concurrency", "1"]
+QUERIES_CMD = ["-A", "tasks", "worker", "-Q", "queries"]
+MIB = 1024 * 1024
+
+
+def pools_yaml() -> str:
+    return yaml.safe_dump({"pools": [
+        {"name": f"p{i}", "vcenter": f"vc{i % 4}", "datacenter": "dc", "cluster": f"c{i}",
+         "datastore": f"ds{i}", "vcpus": 2000, "memory": 8000, "storage": 100000,
+         "networks": [{"port-group": f"pg{i}-{j}", "vlan": j} for j in range(60)]}
+        for i in range(8)]})
+
+
+class Proc(LoggedProcess):
+    def __init__(self, log: str) -> None:
+        self.log = log
+
+    def start(self, args: list[str], env: dict, ready: str) -> Proc:
+        self.spawn([sys.executable, "-m", "celery", *args, "-l", "info"], env)
+        wait_for(lambda: self.proc is not None and self.proc.poll() is None
+                 and ready in self.output(), timeout=90, what=f"{args[3]} {ready!r}")
+        return self
+
+
+# -- measurements ---------------------------------------------------------------------------
+
+def tree(pid: int) -> list[int]:
+    out = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                out.extend(tree(int(child)))
+    except OSError:
+        pass
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    total = 0
+    for p in tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+@dataclass
+class Sample:
+    at: float
+    rss_placement: int  # KiB
+    rss_queries: int
+    rss_beat: int
+    used_memory: int
+    dbsize: int
+    live_leases: int
+    kinds: Counter = field(default_factory=Counter)
+    results_memory: int = 0  # bytes, MEMORY USAGE over task results
+    ttl_problems: list[str] = field(default_factory=list)
+
+
+def kind_of(key: str, query_ids: set[str]) -> str:
+    if key.startswith("celery-task-meta-"):
+        return "query results" if key[len("celery-task-meta-"):] in query_ids \
+            else "placement results"
+    for prefix in ("vcm:gone:", "vcm:req:", "vcm:owner:", "vcm:"):
+        if key.startswith(prefix):
+            return prefix + "*" if prefix != "vcm:" else "vcm: other"
+    return "other"
+
+
+def sample(r: Any, procs: dict[str, Proc], query_ids: set[str]) -> Sample:
+    s = Sample(time.time(), rss_kib(procs["placement"].proc.pid),
+               rss_kib(procs["queries"].proc.pid), rss_kib(procs["beat"].proc.pid),
+               int(r.info("memory")["used_memory"]), int(r.dbsize()), int(r.hlen("vcm:leases")))
+    results: list[str] = []
+    for raw in r.scan_iter(count=2000):
+        key = raw.decode(errors="replace")
+        kind = kind_of(key, query_ids)
+        s.kinds[kind] += 1
+        if kind.endswith("results"):
+            results.append(key)
+    checked = Counter()
+    for i in range(0, len(results), 1000):
+        chunk = results[i:i + 1000]
+        pipe = r.pipeline(transaction=False)
+        for key in chunk:
+            pipe.memory_usage(key)
+            pipe.ttl(key)
+        values = pipe.execute()
+        for key, used, ttl in zip(chunk, values[::2], values[1::2], strict=True):
+            s.results_memory += used or 0
+            kind = kind_of(key, query_ids)
+            limit = QUERY_RESULT_TTL if kind == "query results" else RESULT_EXPIRES
+            if (ttl is None or ttl < 0 or ttl > limit) and checked[kind] < 3:
+                checked[kind] += 1
+                s.ttl_problems.append(f"{kind}: {key} has TTL {ttl} (at most {limit})")
+    return s
+
+
+# -- clients --------------------------------------------------------------------------------
+
+@dataclass
+class Stats:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    round_trips: int = 0
+    placement_sent: int = 0
+    query_ids: set[str] = field(default_factory=set)
+    ended: list[float] = field(default_factory=list)  # when each lease was released / abandoned
+    refusals: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+
+QUERIES = [("vcm.list_leases", {"owner": None}), ("vcm.show_pools", {}), ("vcm.waiting", {}),
+           ("vcm.estimate", {"request": {"vcpus": 2, "memory": 4}})]
+
+
+def client(app: Celery, tid: int, stop: threading.Event, stats: Stats) -> None:
+    owner = f"soak-{tid}"
+    i = 0
+
+    def placement(name: str, **kwargs: Any) -> Any:
+        with stats.lock:
+            stats.placement_sent += 1
+        return app.send_task(name, kwargs=kwargs, queue="placement").get(timeout=TIMEOUT)
+
+    while not stop.is_set():
+        i += 1
+        abandon = i % 40 == 0
+        try:
+            leases = placement("vcm.acquire", request={
+                "vcpus": 2, "memory": 4, "storage": 10, "owner": owner,
+                "ttl": SHORT_TTL if abandon else 3600})
+            ids = [x["metadata"]["name"] for x in leases]
+            if abandon:
+                with stats.lock:
+                    stats.ended.append(time.time() + SHORT_TTL + REAP_INTERVAL)
+                continue
+            if i % 5 == 0:
+                placement("vcm.renew", lease_id=ids[0], owner=owner, ttl=7200)
+            got = placement("vcm.release", lease_ids=ids, owner=owner)
+            if got != ids:
+                raise RuntimeError(f"release returned {got!r}, expected {ids!r}")
+            with stats.lock:
+                stats.ended.append(time.time())
+                stats.round_trips += 1
+            if i % 10 == 0:
+                name, kwargs = QUERIES[(i // 10) % len(QUERIES)]
+                r = app.send_task(name, kwargs=kwargs, queue="queries")
+                with stats.lock:
+                    stats.query_ids.add(r.id)
+                r.get(timeout=TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            name = type(exc).__name__
+            with stats.lock:
+                if name == "NoCapacity":
+                    stats.refusals[name] += 1
+                elif len(stats.errors) < 20:
+                    stats.errors.append(f"{name}: {exc}")
+                else:
+                    stats.refusals["other errors"] += 1
+
+
+# -- the run --------------------------------------------------------------------------------
+
+def row(name: str, start: Any, end: Any, bound: str, ok: bool | None) -> str:
+    verdict = "" if ok is None else ("ok" if ok else "**FAIL**")
+    return f"| {name} | {start} | {end} | {bound} | {verdict} |"
+
+
+def main() -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="vcm-soak-"))
+    (tmp / "pools.yaml").write_text(pools_yaml())
+    redis_server = RedisServer().start()
+    env = env_for(redis_server.url, tmp / "pools.yaml", VCM_MIRROR_FILE=str(tmp / "ledger.json"),
+                  VCM_KEEP_RELEASED=str(KEEP_RELEASED), VCM_REAP_INTERVAL=str(REAP_INTERVAL),
+                  VCM_ROLLUP_INTERVAL=str(ROLLUP_INTERVAL))
+    procs = {"placement": Proc(str(tmp / "placement.log")),
+             "queries": Proc(str(tmp / "queries.log")), "beat": Proc(str(tmp / "beat.log"))}
+    app = Celery("vcm-soak", broker=redis_server.url, backend=redis_server.url)
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = app.conf.result_backend = redis_server.url
+    stop = threading.Event()
+    stats = Stats()
+    failures: list[str] = []
+    try:
+        procs["placement"].start(PLACEMENT_CMD, env, "ready.")
+        procs["queries"].start(QUERIES_CMD, env, "ready.")
+        procs["beat"].start(["-A", "tasks", "beat", "--schedule", str(tmp / "beat-schedule")],
+                            env, "beat: Starting")
+        beat_started = time.time()
+        r = redis_server.client()
+        threads = [threading.Thread(target=client, args=(app, t, stop, stats), daemon=True)
+                   for t in range(THREADS)]
+        for t in threads:
+            t.start()
+        print(f"soak: {THREADS} client threads, warm-up {WARMUP:g}s, then {SECONDS:g}s "
+              f"(logs in {tmp})", flush=True)
+        time.sleep(WARMUP)
+        with stats.lock:
+            rt0 = stats.round_trips
+            query_ids = set(stats.query_ids)
+        first = sample(r, procs, query_ids)
+        end_at = time.monotonic() + SECONDS
+        while time.monotonic() < end_at:
+            time.sleep(min(30.0, max(0.0, end_at - time.monotonic())))
+            with stats.lock:
+                done = stats.round_trips - rt0
+            print(f"  {time.time() - first.at:6.0f}s: {done} round trips, "
+                  f"{int(r.dbsize())} keys, placement RSS "
+                  f"{rss_kib(procs['placement'].proc.pid) / 1024:.1f} MiB", flush=True)
+        stop.set()
+        for t in threads:
+            t.join(TIMEOUT + 5)
+        # the last abandoned leases are reaped within SHORT_TTL + REAP_INTERVAL
+        time.sleep(2)
+        with stats.lock:
+            query_ids = set(stats.query_ids)
+        last = sample(r, procs, query_ids)
+        elapsed = last.at - first.at
+        with stats.lock:
+            rate = (stats.round_trips - rt0) / max(elapsed, 1e-9)
+            window = KEEP_RELEASED + REAP_INTERVAL + SHORT_TTL + 10
+            recent = sum(1 for t in stats.ended if t >= last.at - window)
+            placement_sent = stats.placement_sent
+            sent_queries = len(stats.query_ids)
+        # beat's own tasks store results too: a reap and a rollup per interval
+        beat_tasks = int((last.at - beat_started) / REAP_INTERVAL
+                         + (last.at - beat_started) / ROLLUP_INTERVAL) + 2
+
+        lines = ["", f"soak: {elapsed:.0f}s measured, {rate:.1f} acquire/release round trips/s, "
+                 f"{THREADS} threads; refusals {dict(stats.refusals) or 'none'}", "",
+                 "| what | start | end | bound | |", "|---|---|---|---|---|"]
+        rss_ok = (last.rss_placement - first.rss_placement) / 1024 <= RSS_GROWTH_MIB
+        lines.append(row("placement worker RSS (MiB, process tree)",
+                         f"{first.rss_placement / 1024:.1f}", f"{last.rss_placement / 1024:.1f}",
+                         f"+{RSS_GROWTH_MIB:g} MiB", rss_ok))
+        lines.append(row("queries worker RSS (MiB)", f"{first.rss_queries / 1024:.1f}",
+                         f"{last.rss_queries / 1024:.1f}", "", None))
+        lines.append(row("beat RSS (MiB)", f"{first.rss_beat / 1024:.1f}",
+                         f"{last.rss_beat / 1024:.1f}", "", None))
+        results_growth = last.results_memory - first.results_memory
+        mem_bound = first.used_memory + max(0, results_growth) + MEMORY_SLACK_MIB * MIB
+        mem_ok = last.used_memory <= mem_bound
+        lines.append(row("Redis used_memory (MiB)", f"{first.used_memory / MIB:.1f}",
+                         f"{last.used_memory / MIB:.1f}",
+                         f"≤ {mem_bound / MIB:.1f} (start + task results "
+                         f"{results_growth / MIB:+.1f} + {MEMORY_SLACK_MIB})", mem_ok))
+        lines.append(row("task results memory (MiB)", f"{first.results_memory / MIB:.1f}",
+                         f"{last.results_memory / MIB:.1f}", "kept, see TTLs", None))
+        lines.append(row("live leases", first.live_leases, last.live_leases, "", None))
+        bounds = {
+            "vcm:gone:*": recent,
+            "vcm:req:*": last.live_leases + recent,
+            "vcm:owner:*": THREADS,
+            "vcm: other": first.kinds["vcm: other"] + OTHER_KEYS_SLACK,
+            "placement results": placement_sent + beat_tasks,
+            "query results": sent_queries,
+            "other": first.kinds["other"] + OTHER_KEYS_SLACK,
+        }
+        explain = {
+            "vcm:gone:*": f"ended in the last {window}s ({recent})",
+            "vcm:req:*": f"live + ended in the last {window}s",
+            "vcm:owner:*": "one per client",
+            "vcm: other": f"start + {OTHER_KEYS_SLACK}",
+            "placement results": f"tasks sent + {beat_tasks} by beat (kept ≤ 3 days)",
+            "query results": f"queries sent (kept ≤ {QUERY_RESULT_TTL}s)",
+            "other": f"start + {OTHER_KEYS_SLACK}",
+        }
+        for kind, bound in bounds.items():
+            ok = last.kinds[kind] <= bound
+            lines.append(row(f"keys: {kind}", first.kinds[kind], last.kinds[kind],
+                             f"≤ {bound}: {explain[kind]}", ok))
+            if not ok:
+                failures.append(f"{kind}: {last.kinds[kind]} keys > {bound}")
+        total_bound = sum(bounds.values())
+        lines.append(row("DBSIZE", first.dbsize, last.dbsize, f"≤ {total_bound}",
+                         last.dbsize <= total_bound))
+        print("\n".join(lines))
+        if not rss_ok:
+            failures.append(f"placement worker RSS grew {first.rss_placement / 1024:.1f} -> "
+                            f"{last.rss_placement / 1024:.1f} MiB (> +{RSS_GROWTH_MIB:g})")
+        if not mem_ok:
+            failures.append("Redis used_memory grew beyond what the kept task results take")
+        if last.dbsize > total_bound:
+            failures.append(f"DBSIZE {last.dbsize} > {total_bound}")
+        failures += last.ttl_problems
+        failures += [f"task failed: {e}" for e in stats.errors]
+        for name, p in procs.items():
+            if p.proc is not None and p.proc.poll() is not None:
+                failures.append(f"{name} exited with {p.proc.returncode}")
+    finally:
+        stop.set()
+        for p in procs.values():
+            p.stop()
+        app.close()
+        redis_server.stop()
+    if failures:
+        print("\nsoak FAILED:\n- " + "\n- ".join(failures))
+        print(f"(logs kept in {tmp})")
+        return 1
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("\nsoak ok: flat")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

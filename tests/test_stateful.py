@@ -1,0 +1,741 @@
+"""Property-based test of the public task API against real processes.
+
+A hypothesis state machine sends vcm.acquire (good, bad, too big, waiting), vcm.acquire_batch,
+vcm.release, vcm.renew, vcm.reap_expired and vcm.cancel_wait to a placement worker started
+with the documented command, restarts that worker (SIGTERM, SIGKILL) and wipes Redis (the
+worker rebuilds the ledger from its file mirror). It keeps a model of what clients were told
+and checks after every step:
+
+- used <= capacity, counters == the sum of the leases, no port group in two leases;
+- every lease a client was answered with is in the ledger until it is released or reaped;
+  it may vanish on its own only once past its expires-at; nothing else is in the ledger
+  except leases being granted to a waiting request;
+- one (owner, request-id) gives one set of leases: a repeat returns the same lease ids, or an
+  error naming them once they are gone; never new leases, never another owner's;
+- every task is answered (waiting ones once their wait ran out);
+- a refused request (bad strings, bad sizes) is InvalidRequest naming the field and changes
+  nothing.
+
+`make test` runs a bounded search; `make chaos` a long one (VCM_CHAOS_EXAMPLES,
+VCM_CHAOS_STEPS)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from tests.conftest import reset_ledger
+from tests.helpers import QUEUE, check_invariants
+from tests.support.stateful import (
+    NETWORK_TYPES,
+    OWNERS,
+    POOL_MEMORY,
+    POOL_NAMES,
+    POOL_NETS,
+    POOL_STORAGE,
+    POOL_VCPUS,
+    REQUEST_IDS,
+    VCENTERS,
+    Bad,
+    ChaosStack,
+    Outcome,
+    any_unicode,
+    bad_text,
+    is_bad_text,
+    lease_ids,
+    new_tmp,
+    outcome_of,
+    parse_time,
+    settle,
+    valid_text,
+)
+from workers.adapters.ledger import Ledger
+from workers.adapters.pools_file import load_pools
+
+ANSWER_TIMEOUT = 30.0  # a task on an idle worker answers in milliseconds: this is generous
+WAIT_SLACK = 15.0  # a waiting task is answered at most this long after its wait ran out
+CHAOS = os.environ.get("VCM_CHAOS") == "1"
+
+
+# -- drawn requests -------------------------------------------------------------------------
+
+@dataclass
+class Drawn:
+    """An acquire request as drawn, with what the contract says about it: fields that must
+    be refused (InvalidRequest naming one of them) and fields that may be refused (a value no
+    pool matches, say)."""
+
+    body: dict[str, Any]
+    must: set[str] = field(default_factory=set)
+    may: set[str] = field(default_factory=set)
+
+    @property
+    def owner(self) -> str:
+        value = self.body.get("owner")
+        return value if isinstance(value, str) and value else "anonymous"
+
+    @property
+    def request_id(self) -> str | None:
+        value = self.body.get("request-id")
+        return value if isinstance(value, str) and value else None
+
+
+def _pick(draw: st.DrawFn, options: list[tuple[int, st.SearchStrategy[Any]]]) -> Any:
+    """One of weighted strategies."""
+    total = sum(w for w, _ in options)
+    n = draw(st.integers(0, total - 1))
+    for weight, strategy in options:
+        if n < weight:
+            return draw(strategy)
+        n -= weight
+    raise AssertionError("unreachable")
+
+
+NONE: st.SearchStrategy[Any] = st.none()
+# (field, its good values, whether any other valid text may be refused for that field)
+STRING_FIELDS: list[tuple[str, st.SearchStrategy[str], bool]] = [
+    ("owner", st.sampled_from(OWNERS), False),
+    ("request-id", st.sampled_from(REQUEST_IDS), True),  # ids are restricted to [A-Za-z0-9...]
+    ("boskos-lease-id", st.sampled_from(["", "bl-1"]), False),
+    ("network-type", st.sampled_from(NETWORK_TYPES), True),
+    ("required-pool", st.sampled_from(POOL_NAMES), True),
+]
+SIZE_ERRORS = st.sampled_from([
+    ("vcpus", POOL_VCPUS + 1), ("vcpus", 10**6), ("memory", POOL_MEMORY + 1),
+    ("storage", POOL_STORAGE + 1), ("networks", POOL_NETS + 3), ("vcenters", VCENTERS + 1),
+    ("vcpus", -1), ("memory", -3), ("vcpus", "8"), ("memory", True), ("vcpus", 2.5),
+    ("ttl", -5), ("ttl", "soon"), ("ttl", True), ("wait", -1), ("wait", "later"),
+    ("vcenters", -1),
+])
+bad_unicode = any_unicode.filter(lambda v: is_bad_text(v, 253))
+
+
+@st.composite
+def requests(draw: st.DrawFn, wait: st.SearchStrategy[Any] | None = None,
+             bad: bool = True) -> Drawn:
+    d = Drawn({})
+    network_only = draw(st.integers(0, 9)) == 0
+    if network_only:  # a network-only lease: no vCPUs, no memory
+        d.body.update(vcpus=0, memory=0, networks=draw(st.integers(1, 2)))
+    else:
+        d.body.update(vcpus=draw(st.integers(1, 8)), memory=draw(st.integers(1, 32)))
+        if draw(st.booleans()):
+            d.body["storage"] = draw(st.integers(0, 250))
+        if draw(st.booleans()):
+            d.body["networks"] = draw(st.integers(0, 2))
+    vcenters = draw(st.sampled_from([0, 1, 1, 1, 2, 3]))
+    if vcenters != 1:
+        d.body["vcenters"] = vcenters
+        if vcenters > 1:
+            d.may.add("vcenters")
+    ttl = draw(st.sampled_from([None, None, None, 1, 2, 3, "2s", 3600]))
+    if ttl is not None:
+        d.body["ttl"] = ttl
+    w = draw(wait) if wait is not None else 0
+    if w:
+        d.body["wait"] = w
+    for name, good, restricted in STRING_FIELDS:
+        common = 6 if name in ("owner", "request-id") else 2
+        value = _pick(draw, [(10 - common, NONE), (common, good), (1, valid_text)])
+        if value is None:
+            continue
+        d.body[name] = value
+        if restricted:
+            d.may.add(name)
+    selector = draw(st.sampled_from(["none"] * 6 + ["zone", "random"]))
+    if selector == "zone":
+        d.body["pool-selector"] = {"zone": draw(st.sampled_from(["z0", "z1"]))}
+        d.may.add("pool-selector")
+    elif selector == "random":
+        d.body["pool-selector"] = {draw(valid_text): draw(valid_text)}
+        d.may.add("pool-selector")
+    spoil = draw(st.integers(0, 3)) if bad else 0
+    if spoil == 1:  # one string field that is not valid text, or too long
+        name = draw(st.sampled_from([f for f, _, _ in STRING_FIELDS] + ["pool-selector"]))
+        value = _pick(draw, [(2, bad_text.map(lambda b: b.value)), (1, bad_unicode)])
+        if name == "pool-selector":
+            value = draw(st.sampled_from([{"zone": value}, {value: "z0"}]))
+        d.body[name] = value
+        d.must.add(name)
+    elif spoil == 2 and not network_only:
+        name, value = draw(SIZE_ERRORS)
+        d.body[name] = value
+        d.must.add(name)
+    elif spoil == 3 and draw(st.booleans()):  # an unknown field, named in any text
+        d.body["zz" + draw(any_unicode)] = 1
+        d.must.add("zz")
+    if d.may:
+        d.may |= {"request", "networks", "vcenters"}
+    return d
+
+
+def names_field(out: Outcome, fields: set[str]) -> bool:
+    """Whether an InvalidRequest names one of `fields` (batch fields carry a requests[i].
+    prefix; an unknown field is named by its own, possibly escaped, name)."""
+    named = out.field_named().rsplit(".", 1)[-1] if out.field_named().startswith(
+        "requests[") else out.field_named()
+    return any(named == f or (f == "zz" and named.startswith("zz")) for f in fields)
+
+
+# -- the model ------------------------------------------------------------------------------
+
+@dataclass
+class LeaseModel:
+    owner: str
+    key: tuple[str, str]
+    expires: float  # expires-at as answered (whole seconds, rounded down)
+
+
+@dataclass
+class KeyModel:
+    """What one (owner, request-id) was answered with."""
+
+    ids: tuple[str, ...]
+    uncertain: bool = False  # Redis was wiped after some of its leases had gone
+
+
+@dataclass
+class Waiter:
+    task_id: str
+    key: tuple[str, str]
+    drawn: Drawn
+    deadline: float  # wall clock: sent + wait
+    result: Any  # AsyncResult
+    twin_of: str | None = None  # the first task of the same (owner, request-id)
+    cancelled: bool = False
+
+
+def _where(stack: ChaosStack) -> str:
+    return (f"(worker logs in {stack.logs}; last lines of the placement worker:\n"
+            f"{stack.placement.output()[-1500:]})")
+
+
+class TaskApiMachine(RuleBasedStateMachine):
+    stack: ChaosStack
+    max_disruptions = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.app = self.stack.app
+        self.client = self.stack.redis.client()
+        self.pools = {p.name: p for p in load_pools(str(self.stack.pools_file))}
+        self.live: dict[str, LeaseModel] = {}
+        self.keys: dict[tuple[str, str], KeyModel] = {}
+        self.gone: set[str] = set()  # released or reaped, and the ledger still remembers
+        self.forgotten: set[str] = set()  # released before Redis was wiped
+        self.waiters: dict[str, Waiter] = {}
+        self.disruptions = 0
+        self.batches = 0
+        self.last_batch: list[dict[str, Any]] | None = None
+        self.answers: dict[str, Outcome] = {}  # waiting tasks answered, by task id
+
+    # -- plumbing ---------------------------------------------------------------------
+    def send(self, name: str, **kwargs: Any) -> Any:
+        return self.app.send_task(name, kwargs=kwargs, queue=QUEUE.get(name, "placement"))
+
+    def call(self, name: str, **kwargs: Any) -> Outcome:
+        r = self.send(name, **kwargs)
+        try:
+            return settle(r, ANSWER_TIMEOUT)
+        except TimeoutError as exc:
+            raise AssertionError(f"{name} was never answered: {exc} {_where(self.stack)}"
+                                 ) from None
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.client)
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self.ledger().audit()
+        waiting = {w.key for w in self.waiters.values()}
+        leases = {i: x for i, x in snap["leases"].items() if self._key_of(x) not in waiting}
+        return {"leases": leases, "counters": snap["counters"] if not waiting else None}
+
+    @staticmethod
+    def _key_of(lease: dict[str, Any]) -> tuple[str, str]:
+        return lease["status"]["owner"], lease["status"]["request-id"]
+
+    def assert_unchanged(self, before: dict[str, Any], what: str) -> None:
+        after = self.snapshot()
+        assert after["leases"] == before["leases"], f"{what} changed the leases"
+        if before["counters"] is not None and after["counters"] is not None:
+            assert after["counters"] == before["counters"], f"{what} changed the counters"
+
+    def take(self, leases: list[dict[str, Any]], key: tuple[str, str], what: str) -> None:
+        """Leases a client was just told about: new, its owner's, for its request-id."""
+        ids = lease_ids(leases)
+        assert len(set(ids)) == len(ids), f"{what}: a lease twice in one answer: {ids}"
+        for lease in leases:
+            name = lease["metadata"]["name"]
+            assert name not in self.live and name not in self.gone, \
+                f"{what}: {name} was already answered to someone: a second grant"
+            assert self._key_of(lease) == key, \
+                f"{what}: lease {name} is {self._key_of(lease)}'s, not {key}'s"
+            assert lease["status"]["state"] == "leased", lease["status"]
+            self.live[name] = LeaseModel(key[0], key, parse_time(lease["status"]["expires-at"]))
+        self.keys[key] = KeyModel(tuple(ids))
+
+    def drop(self, ids: list[str]) -> None:
+        for i in ids:
+            self.live.pop(i, None)
+            self.gone.add(i)
+
+    def expect_repeat(self, out: Outcome, key: tuple[str, str], what: str) -> None:
+        """A repeated (owner, request-id): the same leases, or an error naming the gone ones."""
+        known = self.keys[key]
+        gone = [i for i in known.ids if i not in self.live]
+        if out.ok:
+            got = lease_ids(out.result)
+            if known.uncertain:
+                assert set(got) <= set(known.ids) and not set(got) - set(self.live), \
+                    f"{what}: repeat of {key} answered {got}, first answer {known.ids}"
+            else:
+                assert not gone, (f"{what}: repeat of {key} was granted {got} although its "
+                                  f"leases {gone} were released or reaped")
+                assert sorted(got) == sorted(known.ids), \
+                    f"{what}: repeat of {key} answered {got}, the first answer was {known.ids}"
+            return
+        assert out.error == "LeaseNotFound", \
+            f"{what}: repeat of {key} (answered before with {known.ids}) got {out}"
+        assert gone, f"{what}: repeat of {key} refused although all its leases are live: {out}"
+        text = out.message + repr(out.details)
+        assert all(i in text for i in gone), f"{what}: the error does not name {gone}: {out}"
+
+    # -- waiters ----------------------------------------------------------------------
+    def poll_waiters(self, block_for: set[tuple[str, str]] = frozenset()) -> None:
+        """Take in the answers of waiting tasks that have one. For keys in `block_for` (the
+        ledger holds their leases), wait for the answer."""
+        for tid in sorted(self.waiters, key=lambda t: self.waiters[t].twin_of is not None):
+            w = self.waiters.get(tid)
+            if w is None or w.twin_of in self.waiters:
+                continue  # a twin is compared with its first task's answer, once it has one
+            out = outcome_of(w.result)
+            if out.state not in ("SUCCESS", "FAILURE") and w.key in block_for:
+                try:
+                    out = settle(w.result, ANSWER_TIMEOUT)
+                except TimeoutError:
+                    raise AssertionError(f"leases of waiting {w.key} are in the ledger but "
+                                         f"its task {tid} is not answered") from None
+            if out.state not in ("SUCCESS", "FAILURE"):
+                assert time.time() < w.deadline + WAIT_SLACK, \
+                    f"waiting task {tid} ({w.key}) still {out.state} {WAIT_SLACK}s after " \
+                    f"its wait ran out {_where(self.stack)}"
+                continue
+            self.absorb(w, out)
+
+    def absorb(self, w: Waiter, out: Outcome) -> None:
+        del self.waiters[w.task_id]
+        what = f"waiting task {w.task_id} for {w.key}"
+        first = w.twin_of
+        if first is not None and first in self.answers:
+            prev = self.answers[first]
+            if prev.ok:
+                assert out.ok and sorted(lease_ids(out.result)) == sorted(
+                    lease_ids(prev.result)), \
+                    f"{what}: sent again while {first} waited, answered {out}, first: {prev}"
+            else:
+                assert out.error == prev.error, \
+                    f"{what}: sent again while {first} waited, answered {out}, first: {prev}"
+        if out.ok:
+            if first is not None and w.key in self.keys:
+                assert sorted(lease_ids(out.result)) == sorted(self.keys[w.key].ids), \
+                    f"{what}: answered {out}, the request-id holds {self.keys[w.key].ids}"
+            else:
+                self.take(out.result, w.key, what)
+        else:
+            allowed = {"WaitTimeout"} | ({"NoCapacity"} if first is not None else set())
+            assert out.error in allowed, f"{what}: answered {out}"
+            if w.cancelled:
+                assert out.error == "WaitTimeout", f"{what}: cancelled, answered {out}"
+        self.answers[w.task_id] = out
+
+    # -- the check after every step -----------------------------------------------------
+    @invariant()
+    def ledger_matches_what_clients_were_told(self) -> None:
+        check_invariants(self.ledger(), self.pools)
+        self.poll_waiters()
+        for _ in range(5):  # a waiting request may be granted while we look
+            in_ledger = self.ledger().audit()["leases"]
+            waiting = {w.key for w in self.waiters.values()}
+            pending = {self._key_of(x) for i, x in in_ledger.items() if i not in self.live}
+            if not pending & waiting:
+                break
+            self.poll_waiters(block_for=pending & waiting)
+        unknown = {i: self._key_of(in_ledger[i]) for i in in_ledger if i not in self.live}
+        assert not unknown, f"leases in the ledger that no client was told about: {unknown}"
+        now = time.time()
+        for i in [i for i in self.live if i not in in_ledger]:
+            lease = self.live[i]
+            assert lease.expires < now, (
+                f"answered lease {i} of {lease.key} vanished before its expires-at "
+                f"({lease.expires - now:.1f}s left), without a release or a reap")
+            self.drop([i])
+
+    # -- rules ------------------------------------------------------------------------
+    @initialize()
+    def start(self) -> None:
+        reset_ledger(self.client, self.stack.env["VCM_MIRROR_FILE"])
+
+    def _acquire(self, d: Drawn, kind: str) -> None:
+        key = (d.owner, d.request_id) if d.request_id is not None else None
+        before = self.snapshot()
+        r = self.send("vcm.acquire", request=d.body)
+        try:
+            out = settle(r, ANSWER_TIMEOUT, accept=("SUCCESS", "FAILURE", "WAITING"))
+        except TimeoutError as exc:
+            raise AssertionError(f"{kind} {d.body!r} was never answered: {exc}") from None
+        what = f"{kind} {d.body!r}"
+        if d.must:
+            assert out.error == "InvalidRequest" and names_field(out, d.must | d.may), \
+                f"{what}: must be refused naming one of {sorted(d.must)}, got {out}"
+            self.assert_unchanged(before, what)
+            return
+        if out.error == "InvalidRequest":
+            assert names_field(out, d.may), f"{what}: a valid request refused: {out}"
+            self.assert_unchanged(before, what)
+            return
+        if key is None:
+            key = (d.owner, r.id)
+        first = next((w for w in self.waiters.values()
+                      if w.key == key and w.twin_of is None), None)
+        if first is not None:  # the same request is waiting: the same answer as that one
+            self.waiters[r.id] = Waiter(r.id, key, d, first.deadline, r, twin_of=first.task_id)
+            return
+        if key in self.keys:
+            if out.state == "WAITING":
+                raise AssertionError(f"{what}: repeat of {key} (answered before with "
+                                     f"{self.keys[key].ids}) was put in line")
+            self.expect_repeat(out, key, what)
+            if not out.ok:
+                self.assert_unchanged(before, what)
+            return
+        if out.state == "WAITING":
+            assert d.body.get("wait"), f"{what}: put in line without asking to wait"
+            info = out.result or {}
+            assert info.get("position", 0) >= 1, f"{what}: waiting without a position: {out}"
+            wait = float(str(d.body["wait"]).rstrip("s"))
+            self.waiters[r.id] = Waiter(r.id, key, d, time.time() + wait, r)
+            return
+        if out.ok:
+            leases = out.result
+            want = max(1, int(d.body.get("vcenters") or 1))
+            assert len(leases) == want, f"{what}: {len(leases)} leases for {want} vCenters"
+            assert len({x["status"]["vcenter"] for x in leases}) == want, \
+                f"{what}: two leases on one vCenter: {leases}"
+            self.take(leases, key, what)
+            return
+        assert out.error == "NoCapacity", f"{what}: {out}"
+        self.assert_unchanged(before, what)
+
+    @rule(d=requests())
+    def acquire(self, d: Drawn) -> None:
+        self._acquire(d, "acquire")
+
+    @rule(d=requests(wait=st.sampled_from([1, 2, "1s"]), bad=False),
+          big=st.booleans())
+    def acquire_and_wait(self, d: Drawn, big: bool) -> None:
+        if big:  # a whole pool: waits whenever every pool has a lease
+            d.body.update(vcpus=POOL_VCPUS, memory=POOL_MEMORY)
+        self._acquire(d, "waiting acquire")
+
+    @rule(owner=st.sampled_from(OWNERS), rid=st.sampled_from(REQUEST_IDS))
+    def reuse_request_id_of_another_owner(self, owner: str, rid: str) -> None:
+        """bob sends alice's request-id: it is bob's own request, with his own leases."""
+        mine = (owner, rid)
+        theirs = [k for k in self.keys if k[1] == rid and k[0] != owner]
+        self._acquire(Drawn({"vcpus": 1, "memory": 1, "owner": owner, "request-id": rid}),
+                      f"reuse of the request-id of {theirs}")
+        if mine in self.keys:
+            for k in theirs:
+                assert not set(self.keys[mine].ids) & set(self.keys[k].ids), \
+                    f"{mine} was answered with {k}'s leases"
+
+    @rule(n=st.integers(1, 3), owners=st.lists(st.sampled_from(OWNERS), min_size=3,
+                                                max_size=3),
+          repeat=st.booleans(), dup=st.integers(0, 4), bad=st.one_of(st.none(), bad_text))
+    def acquire_batch(self, n: int, owners: list[str], repeat: bool, dup: int,
+                      bad: Bad | None) -> None:
+        fresh = not (repeat and self.last_batch is not None)
+        if not fresh:
+            reqs, bad = self.last_batch or [], None
+        else:
+            self.batches += 1
+            reqs = [{"vcpus": 1 + i, "memory": 2, "owner": owners[i],
+                     "request-id": f"batch{self.batches}-{i}"} for i in range(n)]
+            if dup == 0 and n > 1:  # the same (owner, request-id) twice
+                reqs[1].update(owner=reqs[0]["owner"], **{"request-id": reqs[0]["request-id"]})
+            if bad is not None:
+                reqs[-1]["owner"] = bad.value
+        keys = [(x["owner"], x["request-id"]) for x in reqs]
+        before = self.snapshot()
+        out = self.call("vcm.acquire_batch", requests=reqs)
+        what = f"acquire_batch {reqs!r}"
+        if bad is not None:
+            assert out.error == "InvalidRequest" and names_field(out, {"owner", "request-id"}), \
+                f"{what}: must be refused naming owner, got {out}"
+            self.assert_unchanged(before, what)
+            return
+        if len(set(keys)) < len(keys):
+            assert out.error == "InvalidRequest" and names_field(out, {"request-id"}), \
+                f"{what}: one (owner, request-id) twice in a batch, got {out}"
+            self.assert_unchanged(before, what)
+            return
+        if all(k in self.keys for k in keys):
+            if out.ok:
+                for k, leases in zip(keys, out.result, strict=True):
+                    self.expect_repeat(Outcome("SUCCESS", leases), k, what)
+            else:
+                self.expect_repeat(out, next(k for k in keys if any(
+                    i not in self.live for i in self.keys[k].ids)), what)
+                self.assert_unchanged(before, what)
+            return
+        assert not any(k in self.keys for k in keys), "fresh batches use fresh request-ids"
+        if out.ok:
+            assert len(out.result) == len(reqs), f"{what}: {out}"
+            for k, leases in zip(keys, out.result, strict=True):
+                assert len(leases) == 1, f"{what}: {leases}"
+                self.take(leases, k, what)
+            self.last_batch = reqs
+        else:
+            assert out.error == "NoCapacity", f"{what}: {out}"
+            self.assert_unchanged(before, what)
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), how=st.sampled_from(["owner", "none", "wrong", "bad", "gone"]))
+    def release_by_id(self, data: st.DataObject, how: str) -> None:
+        ids = data.draw(st.lists(st.sampled_from(sorted(self.live)), min_size=1, max_size=2,
+                                 unique=True))
+        holders = {self.live[i].owner for i in ids}
+        owner: Any = None
+        if how == "owner":
+            owner = next(iter(holders))
+        elif how == "wrong":
+            owner = data.draw(st.sampled_from([o for o in (*OWNERS, "anonymous", "mallory")
+                                               if o not in holders]))
+        elif how == "bad":
+            owner = data.draw(bad_text).value
+        elif how == "gone" and self.gone:
+            ids = [data.draw(st.sampled_from(sorted(self.gone)))]
+            holders = set()
+        before = self.snapshot()
+        out = self.call("vcm.release", lease_ids=ids, owner=owner)
+        what = f"release {ids} as {owner!r}"
+        if how == "bad":
+            assert out.error == "InvalidRequest" and names_field(out, {"owner"}), \
+                f"{what}: must be refused naming owner, got {out}"
+            self.assert_unchanged(before, what)
+            return
+        if not holders:  # released before: idempotent
+            assert out.ok and out.result == ids, f"{what}: {out}"
+            self.assert_unchanged(before, what)
+            return
+        if owner is not None and len(holders) > 1 or owner not in (None, *holders):
+            assert out.error == "NotOwner", f"{what}: held by {holders}, got {out}"
+            self.assert_unchanged(before, what)
+            return
+        assert out.ok and out.result == ids, f"{what}: {out}"
+        self.drop(ids)
+
+    @rule(owner=st.sampled_from(OWNERS))
+    def release_by_owner(self, owner: str) -> None:
+        self.poll_waiters()
+        mine = {i for i, x in self.live.items() if x.owner == owner}
+        out = self.call("vcm.release", owner=owner)
+        assert out.ok and set(out.result) == mine, \
+            f"release by owner {owner}: {out}, expected {sorted(mine)}"
+        self.drop(list(mine))
+
+    @rule(lease_id=st.sampled_from(["nope", "0" * 20]) | any_unicode)
+    def release_unknown(self, lease_id: str) -> None:
+        before = self.snapshot()
+        out = self.call("vcm.release", lease_ids=[lease_id], owner="alice")
+        what = f"release of unknown lease {lease_id!r}"
+        if is_bad_text(lease_id, 253) or not lease_id:
+            assert out.error == "InvalidRequest" and names_field(out, {"lease_ids"}), \
+                f"{what}: must be refused naming lease_ids, got {out}"
+        else:
+            assert out.error == "LeaseNotFound", f"{what}: {out}"
+        self.assert_unchanged(before, what)
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), how=st.sampled_from(["owner", "wrong", "bad-ttl", "bad-owner"]),
+          ttl=st.sampled_from([None, 2, 3600, "1h"]))
+    def renew(self, data: st.DataObject, how: str, ttl: Any) -> None:
+        lease_id = data.draw(st.sampled_from(sorted(self.live)))
+        lease = self.live[lease_id]
+        owner: Any = lease.owner
+        if how == "wrong":
+            owner = "mallory"
+        elif how == "bad-owner":
+            owner = data.draw(bad_text).value
+        elif how == "bad-ttl":
+            ttl = data.draw(st.sampled_from([-1, "eventually", True, 10**9]))
+        before = self.snapshot()
+        sent = time.time()
+        out = self.call("vcm.renew", lease_id=lease_id, owner=owner, ttl=ttl)
+        what = f"renew {lease_id} as {owner!r} ttl {ttl!r}"
+        if how in ("bad-ttl", "bad-owner"):
+            want = {"ttl"} if how == "bad-ttl" else {"owner"}
+            assert out.error == "InvalidRequest" and names_field(out, want), \
+                f"{what}: must be refused naming {want}, got {out}"
+            self.assert_unchanged(before, what)
+            return
+        if how == "wrong":
+            assert out.error == "NotOwner", f"{what}: {out}"
+            self.assert_unchanged(before, what)
+            return
+        assert out.ok and out.result["metadata"]["name"] == lease_id, f"{what}: {out}"
+        new = parse_time(out.result["status"]["expires-at"])
+        assert new >= lease.expires, f"{what}: expires-at went back from {lease.expires}"
+        seconds = 86400 if ttl is None else (3600 if ttl == "1h" else ttl)
+        assert new >= int(sent) + seconds - 1, f"{what}: expires-at {new} < sent + ttl"
+        lease.expires = new
+
+    @rule()
+    def reap(self) -> None:
+        sent = time.time()
+        out = self.call("vcm.reap_expired")
+        done = time.time()
+        assert out.ok, f"reap: {out}"
+        for i in out.result:
+            assert i in self.live, f"reap returned {i}, not a live lease (or reaped twice)"
+            assert self.live[i].expires <= done, f"reaped {i} before its expires-at"
+        due = {i for i, x in self.live.items() if x.expires + 1 <= sent}
+        assert due <= set(out.result), f"reap left expired leases: {sorted(due - set(out.result))}"
+        self.drop(out.result)
+
+    @rule()
+    def sleep_a_little(self) -> None:
+        """Let short leases expire and short waits run out."""
+        time.sleep(1.0)
+
+    @rule(data=st.data(), kind=st.sampled_from(["waiter", "unknown", "bad"]))
+    def cancel_wait(self, data: st.DataObject, kind: str) -> None:
+        originals = sorted(t for t, w in self.waiters.items() if w.twin_of is None)
+        if kind == "waiter" and originals:
+            task_id = data.draw(st.sampled_from(originals))
+        elif kind == "bad":
+            task_id = data.draw(bad_text).value
+        else:
+            task_id = data.draw(st.sampled_from(["no-such-task", "0" * 36]))
+        out = self.call("vcm.cancel_wait", task_id=task_id)
+        what = f"cancel_wait {task_id!r}"
+        if kind == "bad":
+            assert out.error == "InvalidRequest" and names_field(out, {"task_id"}), \
+                f"{what}: must be refused naming task_id, got {out}"
+            return
+        assert out.ok, f"{what}: {out}"
+        w = self.waiters.get(task_id)
+        if w is None:
+            assert out.result is False, f"{what}: no such waiting task, answered {out}"
+            return
+        try:
+            final = settle(w.result, 10.0)
+        except TimeoutError:
+            raise AssertionError(f"{what} answered {out.result} but the task is not "
+                                 "answered") from None
+        if out.result is True:
+            w.cancelled = True
+            assert final.error == "WaitTimeout", f"{what}: cancelled task answered {final}"
+        self.absorb(w, final)
+
+    @rule(owner=st.sampled_from((*OWNERS, None)) | bad_text.map(lambda b: b.value))
+    def query(self, owner: str | None) -> None:
+        out = self.call("vcm.list_leases", owner=owner)
+        if owner is not None and is_bad_text(owner, 253):
+            assert out.error == "InvalidRequest" and names_field(out, {"owner"}), \
+                f"list_leases as {owner!r}: must be refused naming owner, got {out}"
+            return
+        assert out.ok, f"list_leases: {out}"
+        listed = set(lease_ids(out.result))
+        self.poll_waiters()
+        mine = {i for i, x in self.live.items() if owner is None or x.owner == owner}
+        waiting = {w.key for w in self.waiters.values()}
+        extra = {i for i in listed - mine if self._key_of(
+            next(x for x in out.result if x["metadata"]["name"] == i)) not in waiting}
+        assert not extra, f"list_leases({owner!r}) shows leases nobody holds: {extra}"
+        now = time.time()
+        missing = {i for i in mine - listed if self.live[i].expires > now}
+        assert not missing, f"list_leases({owner!r}) misses live leases {missing}"
+
+    @precondition(lambda self: self.disruptions < self.max_disruptions)
+    @rule(sig=st.sampled_from([signal.SIGTERM, signal.SIGKILL]))
+    def restart_placement_worker(self, sig: int) -> None:
+        self.disruptions += 1
+        self.stack.restart_placement(sig)
+
+    @precondition(lambda self: self.disruptions < self.max_disruptions)
+    @rule()
+    def wipe_redis(self) -> None:
+        """Redis restarts empty: answers still pending are lost with it (the result backend
+        is that Redis), as are the records of released leases; answered live leases are not."""
+        self.disruptions += 1
+        self.poll_waiters()
+        self.stack.wipe_redis()
+        self.waiters.clear()
+        self.forgotten |= self.gone
+        self.gone.clear()
+        self.last_batch = None
+        for key, known in list(self.keys.items()):
+            alive = [i for i in known.ids if i in self.live]
+            if not alive:
+                del self.keys[key]
+            elif len(alive) < len(known.ids):
+                known.uncertain = True
+
+    def teardown(self) -> None:
+        """Every waiting task is answered once its wait ran out."""
+        try:
+            while self.waiters:
+                deadline = max(w.deadline for w in self.waiters.values()) + WAIT_SLACK
+                self.poll_waiters()
+                if self.waiters and time.time() > deadline:
+                    raise AssertionError(f"waiting tasks never answered: {sorted(self.waiters)}")
+                time.sleep(0.1)
+        finally:
+            self.client.close()
+
+
+# -- the tests ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chaos_stack() -> Iterator[ChaosStack]:
+    stack = ChaosStack(new_tmp())
+    yield stack
+    stack.stop()
+
+
+def _run(stack: ChaosStack, examples: int, steps: int, disruptions: int) -> None:
+    machine = type("Machine", (TaskApiMachine,), {"stack": stack,
+                                                  "max_disruptions": disruptions})
+    run_state_machine_as_test(machine, settings=settings(
+        max_examples=examples, stateful_step_count=steps, deadline=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink]))
+
+
+@pytest.mark.skipif(CHAOS, reason="make chaos runs the long search instead")
+def test_task_api_state_machine(chaos_stack: ChaosStack) -> None:
+    _run(chaos_stack, examples=15, steps=20, disruptions=1)
+
+
+@pytest.mark.skipif(not CHAOS, reason="long search: make chaos")
+def test_task_api_state_machine_long(chaos_stack: ChaosStack) -> None:
+    _run(chaos_stack, examples=int(os.environ.get("VCM_CHAOS_EXAMPLES", "200")),
+         steps=int(os.environ.get("VCM_CHAOS_STEPS", "50")),
+         disruptions=int(os.environ.get("VCM_CHAOS_DISRUPTIONS", "4")))
