@@ -129,8 +129,10 @@ def test_acquire_renew_list_release_round_trip(http, settled, pools_file):
     resp = http.post("/acquire", json={**UPSTREAM, "vcenters": 2, "owner": "job-7",
                                        "boskos-lease-id": "b-1", "ttl": "1h"})
     assert resp.status_code == 200, resp.text
-    assert resp.headers["x-vcm-task-id"]
     leases = resp.json()
+    # the header names the acquire's task: its record holds these very leases
+    task = http.get(f"/tasks/{resp.headers['x-vcm-task-id']}").json()
+    assert (task["task"], task["state"], task["result"]) == ("vcm.acquire", "SUCCESS", leases)
     assert len({x["status"]["vcenter"] for x in leases}) == 2
     assert {x["status"]["boskos-lease-id"] for x in leases} == {"b-1"}
     ids = sorted(x["metadata"]["name"] for x in leases)
@@ -283,7 +285,9 @@ def test_413_by_content_length_and_by_streamed_size(http, ledger):
     body += b" " * (64 * 1024 - len(body))
     resp = http.post("/acquire", content=body)
     assert resp.status_code == 200, resp.text
-    assert ledger.audit()["leases"]
+    [lease] = resp.json()
+    assert lease["status"]["owner"] == "edge" and lease["spec"]["vcpus"] == 1
+    assert list(ledger.audit()["leases"]) == [lease["metadata"]["name"]]
 
 
 def test_413_for_a_lying_content_length_is_cut_short(api):

@@ -4,6 +4,8 @@ Each test has its own redis-server, workers and API server, so the shared stack 
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import signal
@@ -41,6 +43,40 @@ def own(tmp_path):
         redis.stop()
 
 
+def tasks_sent(c) -> float:
+    """The shim's count of tasks it sent (its /metrics), all tasks together."""
+    text = c.get("/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vcm_api_tasks_sent_total{"))
+
+
+class ControlWatch:
+    """Collects the Celery control commands (ping, active_queues, ...) broadcast through
+    Redis while it is open: the pidbox fanout is a Redis pub/sub channel."""
+
+    def __init__(self, redis: RedisServer) -> None:
+        self.client = redis.client()
+        self.sub = self.client.pubsub()
+
+    def __enter__(self) -> ControlWatch:
+        self.sub.psubscribe("*celery.pidbox*")
+        msg = self.sub.get_message(timeout=5)
+        assert msg and msg["type"] == "psubscribe", msg
+        return self
+
+    def methods(self) -> list[str]:
+        seen: dict[str, str] = {}  # one broadcast can go out on two topics: by ticket
+        while (msg := self.sub.get_message(timeout=0.5)) is not None:
+            envelope = json.loads(msg["data"])
+            body = json.loads(base64.b64decode(envelope["body"]))
+            seen[str(body.get("ticket") or len(seen))] = body["method"]
+        return sorted(seen.values())
+
+    def __exit__(self, *_: object) -> None:
+        self.sub.close()
+        self.client.close()
+
+
 def start_api(own, **env) -> ApiServer:
     own["api"] = ApiServer(own["env"], **env).start()
     return own["api"]
@@ -73,14 +109,24 @@ def test_503_promptly_without_a_placement_worker_and_back_when_it_returns(own):
         resp, took = timed(c.post, "/acquire", json=SMALL)
         assert_error(resp, 503, "Unavailable")
         assert took < PROMPT, took
-        for path, payload in (("/acquire", SMALL), ("/acquire?async=true", SMALL),
-                              ("/release", {"owner": "x"}), ("/renew", {"lease-id": "x"})):
-            resp, took = timed(c.post, path, json=payload)
-            assert_error(resp, 503, "Unavailable")
-            assert took < 0.5, (path, took)  # the shim remembers that nobody is there
-        resp, took = timed(c.get, "/readyz")
-        body = assert_error(resp, 503, "Unavailable")
-        assert body["details"]["workers"]["placement"] == [] and took < PROMPT
+        # the shim remembers that nobody is there: a burst right after is refused without
+        # sending a task, and without asking the workers again for every request
+        sent = tasks_sent(c)
+        with ControlWatch(own["redis"]) as control:
+            for path, payload in (("/acquire", SMALL), ("/acquire?async=true", SMALL),
+                                  ("/release", {"owner": "x"}), ("/renew", {"lease-id": "x"}),
+                                  ("/acquire", SMALL), ("/release", {"owner": "x"})):
+                body = assert_error(c.post(path, json=payload), 503, "Unavailable")
+                assert body["details"]["queue"] == "placement", (path, body)
+            asked = control.methods()
+        assert tasks_sent(c) == sent
+        # at most one look (a ping of the known workers and a discovery) for six requests
+        assert asked.count("active_queues") <= 1 and asked.count("ping") <= 1, asked
+        with ControlWatch(own["redis"]) as control:  # readiness always asks again
+            resp, took = timed(c.get, "/readyz")
+            body = assert_error(resp, 503, "Unavailable")
+            assert body["details"]["workers"]["placement"] == [] and took < PROMPT
+            assert "active_queues" in control.methods()  # what the watch above would see
         assert c.get("/healthz").status_code == 200
         assert c.get("/show-pools").status_code == 200  # the queries worker is still there
 
