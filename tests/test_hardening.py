@@ -347,3 +347,26 @@ def test_after_redis_went_back_past_the_mirror_new_answers_still_wait_for_it(s):
                                                     "request-id": f"n{i}"})[0]
         mirrored = {x["metadata"]["name"] for x in FileMirror(str(s.mirror)).load()["leases"]}
         assert lease["metadata"]["name"] in mirrored, i
+
+
+def test_views_count_placeable_vcpus_as_placement_does(s):
+    """floor(vcpus × vcpu-overcommit) everywhere: placement, /show-pools and the rollup."""
+    s.pools.write_text(POOLS.replace("vcpus: 16, memory: 64,\n     storage: 1000, networks: "
+                                     "[{port-group: pg1-a",
+                                     "vcpus: 10, vcpu-overcommit: 1.33, memory: 64,\n"
+                                     "     storage: 1000, networks: [{port-group: pg1-a"))
+    try:
+        wait_for(lambda: [p["spec"].get("vcpu-overcommit") for p in call(
+            s.app, "vcm.show_pools") if p["spec"]["name"] == "p1"] == [1.33],
+            what="the pools reload")
+        call(s.app, "vcm.acquire", request={"vcpus": 13, "memory": 1, "required-pool": "p1"})
+        exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
+                                                     "required-pool": "p1"})
+        assert type(exc).__name__ == "NoCapacity"  # 13 placeable, not 13.3
+        p1 = next(p for p in call(s.app, "vcm.show_pools") if p["spec"]["name"] == "p1")
+        assert p1["status"]["vcpus-capacity"] == 13
+        assert p1["status"]["vcpus-usage"] == 1.0
+        snap = call(s.app, "vcm.rollup_usage")
+        assert snap["vcenters"]["vc1"]["vcpus"] == 1.0  # the same fraction per vCenter
+    finally:
+        s.pools.write_text(POOLS)

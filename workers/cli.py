@@ -150,7 +150,7 @@ def pools_table(pools: list[dict[str, Any]]) -> str:
                      bar(st["vcpus-usage"], 10), bar(st["memory-usage"], 10),
                      bar(st["datastore-usage"], 10), bar(st["network-usage"], 10),
                      st.get("lease-count", len(st.get("leases", [])))])
-        cap = spec["vcpus"] * spec.get("vcpu-overcommit", 1)
+        cap = st.get("vcpus-capacity", spec["vcpus"])  # placeable vCPUs, as placement counts
         v = by_vc.setdefault(spec["vcenter"], [0, 0, 0, 0, 0, 0])
         v[0] += st.get("vcpus-used", 0)
         v[1] += cap

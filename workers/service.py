@@ -666,7 +666,7 @@ class Capacity:
                 "networks": st["network-usage"], "leases": st["lease-count"],
             }
             t = totals.setdefault(spec["vcenter"], [0.0] * 9)
-            cap = spec["vcpus"] * spec.get("vcpu-overcommit", 1.0)
+            cap = st["vcpus-capacity"]
             for i, (used, total) in enumerate((
                 (st["vcpus-used"], cap), (st["memory-used"], spec["memory"]),
                 (st["storage-used"], spec["storage"]),
@@ -746,6 +746,7 @@ def pool_view(pool: Pool, fleet: Fleet, leases: list[dict[str, Any]]) -> dict[st
             "memory-usage": round(u.memory / pool.memory, 4),
             "datastore-usage": round(u.storage / pool.storage, 4),
             "network-usage": round(nets_used / len(pool.networks), 4) if pool.networks else 0,
+            "vcpus-capacity": pool.vcpu_capacity,  # placeable: floor(vcpus × overcommit)
             "vcpus-used": u.vcpus, "memory-used": u.memory, "storage-used": u.storage,
             "networks-used": nets_used, "lease-count": u.leases,
             "leases": leases,
