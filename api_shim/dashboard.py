@@ -1,9 +1,10 @@
-"""The dashboard at `GET /` (issue 4 item 7): one server-rendered HTML page, inline CSS and inline
+"""The dashboard at `GET /`: one server-rendered HTML page, inline CSS and inline
 SVG, no JavaScript and no external assets.
 
 It shows the pools grouped by vCenter with usage bars, the active leases, the waiting line and
 24 h usage history charts per vCenter, plus the fleet counters. The data comes from the queries
-worker (`vcm.show_pools`, `vcm.waiting`, `vcm.usage_history`, sent in parallel, each bounded)
+worker (`vcm.show_pools`, `vcm.waiting`, `vcm.usage_history`, sent in parallel, each bounded;
+the bridge deletes each result once read, so a reload leaves nothing behind in Redis)
 and from Redis directly (the counters, the same reader as the fleet metrics). When the worker or
 Redis does not answer, the page still renders, with a notice saying what is missing: it never
 answers 5xx. Every string from the ledger is HTML-escaped (owners are user input), and the
