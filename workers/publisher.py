@@ -13,6 +13,12 @@ go out unmirrored after ``VCM_MIRROR_MAX_DELAY``, logged and counted), waiters s
 and the save is retried with backoff (0.2 s doubling to 10 s). A snapshot that does not fit
 (``MirrorTooLarge``) is an error of its own: logged at ERROR once per ledger seq, counted, shown
 as ``state: too-large``; it is retried when the ledger changes (releases may make it fit).
+Any other exception in a round (a bug, odd data) is caught too: logged with its traceback once
+per streak of failing rounds, counted in ``errors``, shown as ``state: failing``, retried with
+the same backoff; the replies a durable write already covers are still released. A mirror
+that holds a newer seq of the same ledger (another worker saved it) is left as it is: it
+covers this save. Leases that cannot be encoded (a lone surrogate in a string) are left out
+of the mirror, logged with their ids and counted in ``set-aside``, never blocking the rest.
 
 Status, for /readyz and /metrics: the Redis hash ``vcm:mirror`` (``read_status`` parses it)
 
@@ -27,6 +33,10 @@ held-replies           replies waiting in the outbox for the mirror (at the last
 leases                 active leases in the last saved snapshot
 saves, writes          successful saves, API writes they took (counters)
 failures, too-large    failed saves, of which too large (counters)
+errors                 rounds that met an unexpected exception, not a MirrorError (counter)
+last-error             the last such exception (kept after recovery)
+set-aside              leases left out of the last save because they cannot be encoded
+superseded             saves left unwritten: the mirror held a newer seq (counter)
 unmirrored-replies     replies released unmirrored because of VCM_MIRROR_MAX_DELAY (counter)
 last-writes            API writes of the last save (0: the mirror already held it)
 encoded-bytes          payload size as stored (compressed for ConfigMaps), last save/attempt
@@ -50,7 +60,13 @@ import threading
 import time
 from typing import Any
 
-from .adapters.mirror import ConfigMapMirror, MirrorError, MirrorTooLarge, mirror_from_env
+from .adapters.mirror import (
+    ConfigMapMirror,
+    MirrorError,
+    MirrorSuperseded,
+    MirrorTooLarge,
+    mirror_from_env,
+)
 from .adapters.replies import CeleryReplies
 
 log = logging.getLogger(__name__)
@@ -96,7 +112,7 @@ def read_status(redis_client, prefix: str = "vcm:", now: float | None = None) ->
     for key, value in raw.items():
         key = key.decode() if isinstance(key, bytes) else key
         value = value.decode() if isinstance(value, bytes) else value
-        if key in ("state", "error", "epoch"):
+        if key in ("state", "error", "last-error", "epoch"):
             out[key] = value
             continue
         try:
@@ -144,6 +160,10 @@ class Publisher(threading.Thread):
         self._status: dict[str, Any] | None = None  # of the last save, written after replies
         self._leases = 0  # active leases in the last save
         self._reported = -1  # seq last shown in the status hash
+        self.streak = 0  # consecutive rounds that met an unexpected exception
+        self._round_failed = False  # this round did
+        self._last_error = ""  # the last one logged with its traceback
+        self._aside: frozenset[str] = frozenset()  # leases set aside, last logged
 
     def stop(self) -> None:
         self.stopping.set()
@@ -161,23 +181,32 @@ class Publisher(threading.Thread):
                     self.ledger.wait_kick(0.5)
                 self.step()
                 delay = BACKOFF_BASE
-            except Exception as exc:  # keep going: Redis may come back
-                log.warning("publisher: %s; retrying in %.1fs", exc, delay)
+            except Exception as exc:  # whatever it is, the loop goes on: Redis may come back
+                self._error(exc, delay)
                 self.stopping.wait(delay)
                 delay = min(delay * 2, BACKOFF_CAP)
 
     def step(self) -> None:
+        self._round_failed = False
+        failure: Exception | None = None
+        seq = -1
         if self.mirror is None:
             if not self.ledger.is_ready():
                 self.service.ensure_ready()
         else:
-            seq, ready = self.check_epoch()
-            if not ready:
-                self.service.ensure_ready()
-                seq, _ = self.check_epoch()
-            if time.monotonic() >= self.retry_at and self._should_save():
-                self.write_mirror(seq)
+            try:
+                seq, ready = self.check_epoch()
+                if not ready:
+                    self.service.ensure_ready()
+                    seq, _ = self.check_epoch()
+                if time.monotonic() >= self.retry_at and self._should_save():
+                    self.write_mirror(seq)
+            except Exception as exc:  # noqa: BLE001 - raised below, once replies are out
+                failure = exc
+        # what a durable write already covers goes out whatever failed above
         self.release_replies()
+        if failure is not None:
+            raise failure
         if self.journal is not None:
             try:  # releases are written at once, and synced here within the round
                 self.journal.sync()
@@ -194,6 +223,45 @@ class Publisher(threading.Thread):
             self.service.expire_waiters()
             if self.service.pools_changed():
                 self.service.serve_waiters()
+        if self.streak and not self._round_failed:
+            self._recovered()
+
+    # unexpected exceptions ---------------------------------------------------------------
+    def _error(self, exc: Exception, delay: float, seq: int | None = None) -> None:
+        """Log (with the traceback once per streak, or when the error changes), count and
+        show an unexpected exception (``seq``: in the save of that ledger seq); never
+        raises."""
+        self._round_failed = True
+        self.streak += 1
+        text = f"{type(exc).__name__}: {exc}"[:500]
+        if self.streak == 1 or text != self._last_error:
+            self._last_error = text
+            log.error("publisher round failed (%s); retrying in %.1fs", text, delay,
+                      exc_info=exc)
+        else:
+            log.info("publisher round failed again (%d in a row): %s", self.streak, text)
+        fields: dict[str, Any] = {"state": "failing", "error": f"publisher: {text}",
+                                  "last-error": text, "updated-at": time.time()}
+        if self.failing_since is not None:
+            fields["failing-since"] = self.failing_since
+        try:  # Redis itself may be what fails
+            pipe = self.ledger.r.pipeline(transaction=False)
+            pipe.hset(self.status_key, mapping=fields)
+            pipe.hincrby(self.status_key, "errors", 1)
+            if seq is not None:
+                pipe.hset(self.status_key, "ledger-seq", seq)
+                pipe.hincrby(self.status_key, "failures", 1)
+            pipe.execute()
+        except Exception:  # noqa: BLE001
+            log.debug("cannot write the publisher's status", exc_info=True)
+
+    def _recovered(self) -> None:
+        log.warning("publisher rounds succeed again after %d failed", self.streak)
+        self.streak = 0
+        self._last_error = ""
+        if self.failing_since is None:  # the mirror is fine: the state no longer says failing
+            self.ledger.r.hset(self.status_key, mapping={"state": "ok", "error": "",
+                                                         "updated-at": time.time()})
 
     def check_epoch(self) -> tuple[int, bool]:
         """(the ledger's seq, whether it is ready). Forgets what the mirror covers when Redis
@@ -263,13 +331,17 @@ class Publisher(threading.Thread):
         late = (self.failing_since is not None and self.max_delay > 0
                 and time.time() - self.failing_since > self.max_delay)
         done, unmirrored = [], 0
+        failure: Exception | None = None
         for task_id, seq, result in held:
-            if covered is None or seq <= covered:
+            if covered is not None and seq > covered and not late:
+                continue
+            try:  # one reply that cannot be stored must not hold back the others
                 self.replies.deliver(task_id, result)
-                done.append(task_id)
-            elif late:
-                self.replies.deliver(task_id, result)
-                done.append(task_id)
+            except Exception as exc:  # noqa: BLE001 - raised below, after the others
+                failure = failure or exc
+                continue
+            done.append(task_id)
+            if covered is not None and seq > covered:
                 unmirrored += 1
         self.ledger.outbox_done(done)
         if unmirrored:
@@ -279,6 +351,8 @@ class Publisher(threading.Thread):
                 log.error("mirror failing for more than VCM_MIRROR_MAX_DELAY=%gs: releasing "
                           "replies the mirror does not cover (%d now; counted in "
                           "unmirrored-replies)", self.max_delay, unmirrored)
+        if failure is not None:
+            raise failure
 
     # the mirror ------------------------------------------------------------------------
     def write_mirror(self, seq: int) -> None:
@@ -291,7 +365,11 @@ class Publisher(threading.Thread):
         self._attempt_at = time.time()  # an outage starts with the first save that fails
         mark = self.journal.mark() if self.journal is not None else None
         known = max(self.mirrored, self.service.last_seq)  # before the snapshot is read
-        snapshot = self.ledger.snapshot(self._parsed)
+        try:
+            snapshot = self.ledger.snapshot(self._parsed)
+        except Exception as exc:  # noqa: BLE001 - Redis down or odd data: retried with backoff
+            self._failed(seq, exc)
+            return
         if snapshot["seq"] < known:
             return  # Redis went back meanwhile: the next check_epoch takes the newer mirror
         if self.epoch is not None:  # which Redis ledger it mirrors (Capacity.ensure_ready)
@@ -302,7 +380,15 @@ class Publisher(threading.Thread):
         except MirrorTooLarge as exc:
             self._too_large(snapshot, exc)
             return
+        except MirrorSuperseded as exc:
+            # another worker of this ledger saved a newer seq: it holds this one too
+            log.info("%s", exc)
+            self.ledger.r.hincrby(self.status_key, "superseded", 1)
+            writes = 0
         except MirrorError as exc:
+            self._failed(snapshot["seq"], exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug or odd data: the save is retried
             self._failed(snapshot["seq"], exc)
             return
         took = time.monotonic() - started
@@ -352,9 +438,16 @@ class Publisher(threading.Thread):
             "written-at": time.time(), "leases": len(snapshot["leases"]),
             "last-writes": int(writes or 0), "save-seconds": round(took, 6),
         }
+        aside = frozenset(getattr(stats, "set_aside", ()) or ())
         if stats is not None:
             fields.update({"encoded-bytes": stats.encoded_bytes, "raw-bytes": stats.raw_bytes,
-                           "configmaps": stats.configmaps})
+                           "configmaps": stats.configmaps, "set-aside": len(aside)})
+        if aside != self._aside:
+            self._aside = aside
+            if aside:
+                log.error("%d leases cannot be encoded (a lone surrogate in a string) and are "
+                          "left out of the mirror: they stay in Redis but would not survive "
+                          "its loss: %s", len(aside), ", ".join(sorted(aside)))
         limit = getattr(self.mirror, "max_configmaps", None)
         if limit is not None:
             fields["max-configmaps"] = limit
@@ -387,13 +480,18 @@ class Publisher(threading.Thread):
         self._write_status({"fields": fields, "failures": 1,
                             "too-large": 1 if state == "too-large" else 0})
 
-    def _failed(self, seq: int, exc: MirrorError) -> None:
+    def _failed(self, seq: int, exc: Exception) -> None:
         first = self.failing_since is None
-        self._failing(seq, "failing", exc)
+        if isinstance(exc, MirrorError):
+            self._failing(seq, "failing", exc)
+            (log.warning if first else log.info)(
+                "mirror save failed (ledger seq %s, replies held): %s; retrying in %.1fs",
+                seq, exc, self._delay)
+        else:
+            if first:
+                self.failing_since = self._attempt_at
+            self._error(exc, self._delay, seq)
         self.retry_at = time.monotonic() + self._delay
-        (log.warning if first else log.info)(
-            "mirror save failed (ledger seq %s, replies held): %s; retrying in %.1fs",
-            seq, exc, self._delay)
         self._delay = min(self._delay * 2, BACKOFF_CAP)
 
     def _too_large(self, snapshot: dict[str, Any], exc: MirrorTooLarge) -> None:
