@@ -499,7 +499,28 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
             why = ("Redis does not answer" if report["redis"] != "ok"
                    else "no placement worker answers")
             raise ApiError(503, "Unavailable", why, report, headers={"Retry-After": "2"})
-        return JSON({"status": "ready", **report})
+        mirror = report.get("mirror")
+        if isinstance(mirror, dict) and mirror.get("state") not in (None, "unknown"):
+            mirror.update(await run_in_threadpool(mirror_details))
+        # placement goes on while the mirror (or its publisher) fails, answers wait: still
+        # ready, but degraded
+        failing = isinstance(mirror, dict) and mirror.get("state") in ("failing", "too-large")
+        return JSON({"status": "degraded" if failing else "ready", **report})
+
+    def mirror_details() -> dict[str, Any]:
+        """The publisher's error counters and last unexpected error (best effort)."""
+        keys = ("errors", "last-error", "set-aside", "failures")
+        try:
+            values = fleet.client.hmget(fleet.p + "mirror", keys)
+        except Exception:  # noqa: BLE001 - readiness must answer
+            return {}
+        out: dict[str, Any] = {}
+        for key, value in zip(keys, values, strict=True):
+            if value is None:
+                continue
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            out[key] = int(text) if text.isdigit() else text
+        return out
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
              response_class=Response,

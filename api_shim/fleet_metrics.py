@@ -106,6 +106,10 @@ class FleetSnapshot:
         written = _number(self.mirror.get("written-at"))
         return None if written is None else max(0.0, self.at - written)
 
+    def mirror_count(self, key: str) -> int:
+        """A counter (or count) of the mirror's status; 0 when it is not there."""
+        return int(_number(self.mirror.get(key), 0.0) or 0)
+
     @property
     def mirror_failing(self) -> bool:
         """The publisher's `state` (ok | failing | too-large) when it writes one, else an error."""
@@ -240,12 +244,19 @@ class FleetCollector:
                                        "Seconds since the mirror was last written")
         mirror_failing = GaugeMetricFamily("vcm_mirror_failing",
                                            "1 while writing the mirror fails")
+        mirror_errors = CounterMetricFamily(
+            "vcm_mirror_errors", "Publisher rounds that met an unexpected exception (not a "
+            "mirror write failure); the last one is in /readyz")
+        mirror_set_aside = GaugeMetricFamily(
+            "vcm_mirror_set_aside_leases", "Leases left out of the last mirror save because "
+            "they cannot be encoded (ids in the placement worker's log)")
         if snap is None:
             latency = HistogramMetricFamily(
                 "vcm_acquire_latency_seconds", "Acquire latency, including time spent waiting "
                 "in line")
             return [self._redis_up(1), pool, vcenter, age, leases, waiting, latency, *counters,
-                    refusals, mirror_lag, mirror_age, mirror_failing]
+                    refusals, mirror_lag, mirror_age, mirror_failing, mirror_errors,
+                    mirror_set_aside]
 
         out: list[Metric] = [self._redis_up(1)]
         rollup = snap.rollup or {}
@@ -297,4 +308,8 @@ class FleetCollector:
         if snap.mirror_write_age is not None:
             mirror_age.add_metric([], snap.mirror_write_age)
             out.append(mirror_age)
+        if snap.mirror:
+            mirror_errors.add_metric([], snap.mirror_count("errors"))
+            mirror_set_aside.add_metric([], snap.mirror_count("set-aside"))
+            out += [mirror_errors, mirror_set_aside]
         return out
