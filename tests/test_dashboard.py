@@ -55,8 +55,10 @@ def chromium() -> str:
             if path := find_chromium():
                 break
     if path is None:
-        pytest.skip("chromium is not installed and could not be installed "
-                    "(`make test` installs it: apt-get install chromium)")
+        from tests.support.tools import missing
+
+        missing("chromium is not installed and could not be installed "
+                "(`make test` installs it: apt-get install chromium)")
     return path
 
 

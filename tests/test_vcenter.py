@@ -40,7 +40,9 @@ def sim() -> Iterator[Simulator]:
     try:
         simulator = Simulator(INVENTORY, user=USER, password=PASSWORD).start()
     except Unavailable as exc:
-        pytest.skip(f"vCenter simulator: {exc}")
+        from tests.support.tools import missing
+
+        missing(f"vCenter simulator: {exc}")
     yield simulator
     simulator.stop()
 
