@@ -453,6 +453,20 @@ class TaskApiMachine(RuleBasedStateMachine):
             d.body.update(vcpus=POOL_VCPUS, memory=POOL_MEMORY)
         self._acquire(d, "waiting acquire")
 
+    @precondition(lambda self: any(w.twin_of is None for w in self.waiters.values()))
+    @rule(data=st.data(), wait=st.sampled_from([0, 1]))
+    def repeat_a_waiting_request(self, data: st.DataObject, wait: int) -> None:
+        """The same (owner, request-id) sent again while it waits in line (its request-id
+        is the first task's id when it gave none): the same answer as the first task."""
+        firsts = sorted(t for t, w in self.waiters.items() if w.twin_of is None)
+        first = self.waiters[data.draw(st.sampled_from(firsts))]
+        body = {k: v for k, v in first.drawn.body.items() if k != "wait"}
+        body["request-id"] = first.key[1]
+        if wait:
+            body["wait"] = wait
+        self._acquire(Drawn(body, set(), set(first.drawn.may)),
+                      f"the request of waiting task {first.task_id} again")
+
     @rule(owner=st.sampled_from(OWNERS), rid=st.sampled_from(REQUEST_IDS))
     def reuse_request_id_of_another_owner(self, owner: str, rid: str) -> None:
         """bob sends alice's request-id: it is bob's own request, with his own leases."""
