@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -17,8 +19,33 @@ import redis
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Chosen at random outside the kernel's ephemeral range, so that no outgoing connection of
+    any process can be given it between this check and the child's bind; another process that
+    binds explicitly still can, so a child's owner must check who answers (RedisServer does).
+    """
+    low, high = _ephemeral_range()
+    spans = [(lo, hi) for lo, hi in ((20000, low - 1), (high + 1, 65535)) if hi - lo >= 1000]
+    for _ in range(200 if spans else 0):
+        lo, hi = random.choice(spans)
+        port = random.randint(lo, hi)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # nothing free outside the ephemeral range: the kernel picks
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -37,32 +64,97 @@ def wait_for(check, timeout: float = 15.0, interval: float = 0.05, what: str = "
     raise TimeoutError(f"timed out waiting for {what}: {last!r}")
 
 
+class PortTaken(RuntimeError):
+    """Our redis-server could not have the port: it exited, or another server answers there."""
+
+
 class RedisServer:
-    """A throwaway redis-server that a test can kill and restart (empty, or from its AOF)."""
+    """A throwaway redis-server that a test can kill and restart (empty, or from its AOF).
+
+    TCP on 127.0.0.1 (VCM_REDIS_URL is shared by Celery, whose Unix socket URL is
+    `redis+socket://`, and redis-py's from_url, which only takes `unix://`: no single socket
+    URL serves both). After every start the answering server must report our process's pid
+    (INFO server, process_id), so a test never latches onto another redis-server on that port.
+    The first start retries on other ports; a restart keeps its port (clients know it) and
+    fails if it is taken meanwhile. `port=` fixes the port: no retries on another one.
+    """
+
+    ATTEMPTS = 10
 
     def __init__(self, port: int | None = None, persist: bool = False) -> None:
+        self.fixed = port is not None
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="vcm-redis-")
         self.persist = persist
         self.proc: subprocess.Popen | None = None
+        self.started = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def log(self) -> Path:
+        return Path(self.dir) / "redis-server.log"
+
     def start(self) -> RedisServer:
+        attempts = 1 if self.fixed or self.started else self.ATTEMPTS
+        for attempt in range(attempts):
+            if attempt:
+                self.port = free_port()
+            try:
+                self._start_once()
+            except PortTaken:
+                self.kill()
+                if attempt == attempts - 1:
+                    raise
+                continue
+            self.started = True
+            return self
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> None:
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
                 "--save", "", "--appendonly", "yes" if self.persist else "no",
                 "--daemonize", "no", "--loglevel", "warning"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        wait_for(client.ping, what=f"redis-server on {self.port}")
-        client.close()
-        return self
+        os.makedirs(self.dir, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1,
+                             socket_timeout=5)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                if self.proc.poll() is not None:
+                    raise PortTaken(f"redis-server on {self.port} exited "
+                                    f"{self.proc.returncode}: {self._tail()}")
+                try:
+                    pid = int(client.info("server")["process_id"])
+                except (redis.ConnectionError, redis.TimeoutError):
+                    pid = None
+                except redis.ResponseError as exc:  # e.g. a server that wants a password
+                    raise PortTaken(f"another server answers on {self.port}: {exc}") from None
+                if pid == self.proc.pid:
+                    return
+                if pid is not None:
+                    raise PortTaken(f"redis-server pid {pid} answers on {self.port}, "
+                                    f"not ours ({self.proc.pid})")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"redis-server on {self.port} never answered: "
+                                       f"{self._tail()}")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def _tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-1000:]
+        except OSError:
+            return ""
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=False)
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=False)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -91,21 +183,37 @@ def env_for(redis_url: str, pools_file: str | os.PathLike | None = None, **extra
 
 
 class LoggedProcess:
-    """A subprocess whose stdout and stderr go to a log file; stop() always cleans up."""
+    """A subprocess whose stdout and stderr go to a log file; stop() always cleans up.
+
+    `group`: the child leads its own process group, and stop() ends whatever is left in it
+    (a prefork worker's pool processes when the main process was killed)."""
 
     log: str
     proc: subprocess.Popen | None = None
     out = None
+    group: bool = False
+    _offset: int = 0  # where this run's output starts in the log (a restart appends)
+    _pgid: int | None = None  # our child's process group until stop() has emptied it
 
     def spawn(self, args: list[str], env: dict) -> subprocess.Popen:
         self.out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+        self._offset = self.out.tell()
         self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.out,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, start_new_session=self.group)
+        self._pgid = self.proc.pid if self.group else None
         return self.proc
 
     def output(self) -> str:
         try:
             return Path(self.log).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def output_of_this_run(self) -> str:
+        try:
+            with open(self.log, "rb") as fh:
+                fh.seek(self._offset)
+                return fh.read().decode(errors="replace")
         except OSError:
             return ""
 
@@ -117,15 +225,36 @@ class LoggedProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self._pgid is not None:  # once: the number may name another group later
+            self._end_group(self._pgid)
+            self._pgid = None
         if self.out is not None:
             self.out.close()
 
+    @staticmethod
+    def _end_group(pgid: int) -> None:
+        """SIGKILL what is left in our child's process group and wait until it is gone."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                os.killpg(pgid, 0)  # ProcessLookupError once the group is empty
+                time.sleep(0.02)
+
 
 class Worker(LoggedProcess):
-    """A real `celery -A tasks worker` subprocess."""
+    """A real `celery -A tasks worker` subprocess.
+
+    `pool=None` passes no -P: the command users run (`celery -A tasks worker -Q placement
+    --concurrency 1`, Celery's default prefork pool). The added flags (-n, -l info,
+    --without-mingle, --without-gossip, -E) name the worker and log; they leave the pool as
+    it is."""
+
+    group = True
 
     def __init__(self, env: dict, queues: str = "placement", name: str | None = None,
-                 pool: str = "solo", concurrency: int = 1, log: str | None = None) -> None:
+                 pool: str | None = "solo", concurrency: int = 1,
+                 log: str | None = None) -> None:
         self.env = env
         self.queues = queues
         self.name = name or f"{queues.replace(',', '-')}-{free_port()}@test"
@@ -133,23 +262,52 @@ class Worker(LoggedProcess):
         self.concurrency = concurrency
         self.log = log or tempfile.mktemp(prefix="vcm-worker-", suffix=".log")
 
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", self.queues]
+        if self.pool is not None:
+            args += ["-P", self.pool]
+        args += ["--concurrency", str(self.concurrency)]
+        return args + ["-n", self.name, "-l", "info", "--without-mingle", "--without-gossip",
+                       "-E"]
+
     def start(self, wait: bool = True) -> Worker:
-        args = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", self.queues,
-                "-P", self.pool, "-c", str(self.concurrency), "-n", self.name, "-l", "info",
-                "--without-mingle", "--without-gossip", "-E"]
-        self.spawn(args, self.env)
+        self.spawn(self.command(), self.env)
         if wait:
             self.wait_ready()
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until this run logs `<name> ready.` (the main process, once its pool is up, for
+        every pool); a restart's log still holds the previous run's line, which is skipped."""
+        marker = f"{self.name} ready."
+
         def ready() -> bool:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited {self.proc.returncode}: {self.output()[-2000:]}")
-            return "ready." in self.output()
+                raise WorkerExited(f"worker exited {self.proc.returncode}: "
+                                   f"{self.output_of_this_run()[-2000:]}")
+            return marker in self.output_of_this_run()
 
-        wait_for(ready, timeout=timeout, what=f"worker {self.name}")
+        wait_for_or_raise(ready, WorkerExited, timeout=timeout, what=f"worker {self.name}")
 
+
+class WorkerExited(RuntimeError):
+    pass
+
+
+def wait_for_or_raise(check, fatal: type[BaseException], timeout: float = 15.0,
+                      interval: float = 0.05, what: str = "condition"):
+    """wait_for, except that `fatal` from the check ends the wait at once."""
+
+    def guarded():
+        try:
+            return check()
+        except fatal as exc:
+            return exc
+
+    value = wait_for(guarded, timeout=timeout, interval=interval, what=what)
+    if isinstance(value, fatal):
+        raise value
+    return value
 
 
 class Beat(Worker):
