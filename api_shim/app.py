@@ -379,8 +379,10 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
     ) -> Response:
         only_query(request, {"owner", "pool", "limit", "continue"})
         start = read_token(after, lease_key({}))
+        # the worker pages too (one more than asked, to know whether a next page exists)
         found, headers = await result_of(request, "vcm.list_leases",
-                                         {"owner": owner, "pool": pool}, "queries")
+                                         {"owner": owner, "pool": pool, "limit": limit + 1,
+                                          "after": start[1:] if start else None}, "queries")
         return page(request, found if isinstance(found, list) else [], lease_key, limit, start,
                     headers)
 
@@ -403,7 +405,8 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
         only_query(request, {"pool", "since", "limit", "continue"})
         start = read_token(after, usage_key({}))
         rows, headers = await result_of(request, "vcm.usage_history",
-                                        {"pool": pool, "since": since}, "queries")
+                                        {"pool": pool, "since": since, "limit": limit + 1,
+                                         "after": start[1] if start else None}, "queries")
         return page(request, rows if isinstance(rows, list) else [], usage_key, limit, start,
                     headers)
 

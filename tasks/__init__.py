@@ -185,10 +185,10 @@ def show_pools(*args: Any, **extra: Any) -> list[dict[str, Any]]:
 
 
 @app.task(name="vcm.list_leases", throws=EXPECTED)
-def list_leases(owner: Any = None, pool: Any = None, *args: Any,
-                **extra: Any) -> list[dict[str, Any]]:
+def list_leases(owner: Any = None, pool: Any = None, after: Any = None, limit: Any = None,
+                *args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)
-    return service().list_leases(owner, pool)
+    return service().list_leases(owner, pool, after, limit)
 
 
 @app.task(name="vcm.estimate", throws=EXPECTED)
@@ -211,10 +211,10 @@ def rollup_usage(*args: Any, **extra: Any) -> dict[str, Any]:
 
 
 @app.task(name="vcm.usage_history", throws=EXPECTED)
-def usage_history(pool: Any = None, since: Any = None, *args: Any,
-                  **extra: Any) -> list[dict[str, Any]]:
+def usage_history(pool: Any = None, since: Any = None, after: Any = None, limit: Any = None,
+                  *args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)
-    return service().usage_history(pool, since)
+    return service().usage_history(pool, since, after, limit)
 
 
 @app.task(name="vcm.noop_placement")

@@ -117,11 +117,20 @@ def test_same_request_id_on_two_workers_gives_one_set(private):
     assert len(ledger.audit()["leases"]) == 2
 
 
+class CrashingWorker(Worker):
+    """A placement worker whose app dies right after its first commit."""
+
+    def spawn(self, args: list[str], env: dict):
+        app = args.index("tasks")
+        return super().spawn([*args[:app], "tests.support.crash_after_commit",
+                              *args[app + 1:]], env)
+
+
 def test_crash_after_commit_then_redelivery_is_idempotent(private):
     """The worker dies after committing but before replying; the task comes back."""
     app, ledger, pools = private["app"], private["ledger"], private["pools"]
     env = dict(private["env"], VCM_VISIBILITY_TIMEOUT="2")
-    crashing = Worker(dict(env, VCM_TEST_CRASH_AFTER_COMMIT="1"), "placement", name="crash@t")
+    crashing = CrashingWorker(env, "placement", name="crash@t")
     private["workers"].append(crashing.start())
     r = app.send_task("vcm.acquire", kwargs={"request": {"vcpus": 8, "memory": 8}},
                       queue="placement")

@@ -370,3 +370,34 @@ def test_views_count_placeable_vcpus_as_placement_does(s):
         assert snap["vcenters"]["vc1"]["vcpus"] == 1.0  # the same fraction per vCenter
     finally:
         s.pools.write_text(POOLS)
+
+
+# bounded reads ---------------------------------------------------------------------------
+def test_list_leases_and_usage_history_page_in_the_worker(s):
+    names = []
+    for i in range(5):
+        names += _names(call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
+                                                           "networks": 0,
+                                                           "owner": f"page{i}"}))
+    everything = call(s.app, "vcm.list_leases")
+    first = call(s.app, "vcm.list_leases", limit=2)
+    assert first == everything[:2]
+    last = first[-1]
+    rest = call(s.app, "vcm.list_leases", limit=10,
+                after=[last["status"]["leased-at"], last["metadata"]["name"]])
+    assert first + rest == everything and len(everything) == 5
+    for _ in range(4):
+        call(s.app, "vcm.rollup_usage")
+    rows = call(s.app, "vcm.usage_history", since="1h")
+    assert len(rows) >= 4
+    page = call(s.app, "vcm.usage_history", since="1h", limit=3)
+    assert page == rows[:3]
+    more = call(s.app, "vcm.usage_history", since="1h", after=page[-1]["ts"], limit=5001)
+    assert page + more == rows
+    for kwargs, field in [({"limit": 0}, "limit"), ({"limit": 5002}, "limit"),
+                          ({"limit": "10"}, "limit"), ({"after": "x"}, "after"),
+                          ({"after": float("nan")}, "after")]:
+        exc = failure(s.app, "vcm.usage_history", **kwargs)
+        assert exc.args[1]["field"] == field, (kwargs, exc)
+    exc = failure(s.app, "vcm.list_leases", after=["only one"])
+    assert exc.args[1]["field"] == "after"

@@ -137,12 +137,13 @@ def test_mirror_equals_ledger_after_every_answer(tmp_path, kube):
                        owner="batch", ttl="2h")
         assert mirrored(kube)[renewed["metadata"]["name"]] == renewed
         same()
-        st = settled(s, lambda x: x.get("behind") == 0 and x.get("leases") == len(mirrored(kube)))
+        # the status of a save is written after it: settle on the last one
+        st = settled(s, lambda x: x.get("behind") == 0 and x.get("leases") == len(mirrored(kube))
+                     and x.get("writes") == kube.writes)
         assert st["state"] == "ok" and st["error"] == ""
         assert st["leases"] > 0
         assert st["configmaps"] == 1 and st["max-configmaps"] == 9
         assert 0 < st["encoded-bytes"] < st["raw-bytes"]
-        assert st["writes"] == kube.writes  # the worker is the only writer
     finally:
         s.stop()
 
@@ -259,12 +260,14 @@ def test_max_delay_releases_replies_unmirrored_loudly_and_counted(tmp_path, kube
         call(s.app, "vcm.acquire", request=SMALL)
         kube.inject_fault(503, count=None)
         lease = call(s.app, "vcm.acquire", request=SMALL, timeout=30)
-        st = status(s)
-        # it went out because the mirror had been failing for VCM_MIRROR_MAX_DELAY
-        assert st["state"] == "failing" and st["unmirrored-replies"] == 1
+        # it went out because the mirror had been failing for VCM_MIRROR_MAX_DELAY (counted
+        # just after the answer went out)
+        st = settled(s, lambda x: x.get("unmirrored-replies") == 1)
+        assert st["state"] == "failing"
         assert st["failures"] >= 1 and st["seq"] < st["ledger-seq"]
         assert lease[0]["metadata"]["name"] not in stored_leases(kube)
-        assert "releasing replies the mirror does not cover" in s.procs[0].output()
+        wait_for(lambda: "releasing replies the mirror does not cover" in s.procs[0].output(),
+                 what="the ERROR line (logged just after the answers)")
         kube.clear_faults()
         wait_for(lambda: status(s)["state"] == "ok", timeout=20, what="the mirror back")
         assert mirrored(kube) == Ledger(s.redis.client()).audit()["leases"]
@@ -519,7 +522,9 @@ def test_the_publisher_survives_any_exception_and_releases_the_answers_later(
         assert ledger.outbox(), "the answer is not held for the mirror"
         assert app.AsyncResult("task-1").get(timeout=30) == leases
         assert pub.is_alive() and mirror.fail == 0
-        st = read_status(server.client())
+        # the status is written after the answers go out
+        st = wait_for(lambda: (x := read_status(server.client()))["state"] == "ok" and x,
+                      timeout=10, what="the publisher's status after the save")
         assert st["errors"] == 3 and st["failures"] >= 3
         assert st["last-error"] == "RuntimeError: a bug in the save"
         assert st["state"] == "ok" and st["error"] == "" and st["held-replies"] == 0

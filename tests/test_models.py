@@ -143,12 +143,20 @@ def test_int_fields_reject_other_types(field, value):
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("vcpus", 0), ("vcpus", -1), ("memory", 0), ("memory", -96), ("storage", -1),
+    ("vcpus", -1), ("memory", -96), ("storage", -1),
     ("vcenters", -1), ("networks", -1), ("vcpus", MAX_INT + 1), ("memory", 10**30),
     ("storage", 10**400), ("vcenters", 10**10), ("networks", 10**12),
 ])
 def test_int_fields_reject_negative_and_absurd(field, value):
     bad({**BASE, field: value}, field)
+
+
+def test_network_only_leases_need_a_network():
+    req = parse_request({"vcpus": 0, "memory": 0, "networks": 1})
+    assert (req.vcpus, req.memory, req.networks) == (0, 0, 1)
+    assert parse_request({"vcpus": 0, "memory": 8}).memory == 8
+    err = bad({"vcpus": 0, "memory": 0, "networks": 0}, "networks")
+    assert "network-only" in err.message
 
 
 @pytest.mark.parametrize("field", ["vcpus", "memory"])
@@ -306,7 +314,8 @@ def test_arbitrary_input_raises_only_invalid_request(raw):
     for name in ("vcpus", "memory", "storage", "vcenters", "networks"):
         value = getattr(req, name)
         assert type(value) is int and 0 <= value <= MAX_INT
-    assert req.vcpus >= 1 and req.memory >= 1 and req.vcenters >= 1
+    assert req.vcpus >= 0 and req.memory >= 0 and req.vcenters >= 1
+    assert req.vcpus + req.memory > 0 or req.networks >= 1
     assert 1 <= req.ttl <= WEEK and 0 <= req.wait <= WEEK
     for text in (req.owner, req.network_type, req.boskos_lease_id, req.request_id,
                  req.required_pool or ""):

@@ -140,7 +140,8 @@ def fill_history(client_app: Celery, ledger, rows: int) -> dict:
     for i in range(rows):
         ts = now - (rows - 1 - i) * 60
         entry = {**snap, "ts": ts, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))}
-        pipe.xadd(ledger.p + "usage", {"s": json.dumps(entry)})
+        # a rollup's stream id is the time it was taken, as append_usage makes it
+        pipe.xadd(ledger.p + "usage", {"s": json.dumps(entry)}, id=f"{int(ts * 1000)}-0")
     pipe.execute()
     assert ledger.usage_len() == rows
     return snap

@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from ..core.models import parse_rfc3339, request_key
+from ..core.models import lease_port_groups, parse_rfc3339, request_key
 from ..core.placement import Usage
 
 log = logging.getLogger(__name__)
@@ -518,8 +518,8 @@ class Ledger:
                 u["memory"] += sp["memory"]
                 u["storage"] += sp["storage"]
                 u["leases"] += 1
-                for n in st["networks"]:
-                    nets[f"{st['vcenter']}|{n['port-group']}"] = lid
+                for key in lease_port_groups(lease):
+                    nets[key] = lid
                 raw = json.dumps(lease)
                 raws.append(raw)
                 leases.append({"id": lid, "owner": st["owner"],
@@ -742,6 +742,12 @@ class Ledger:
         start = f"{int(since * 1000)}-0" if since else "-"
         rows = self.r.xrevrange(self.p + "usage", max="+", min=start, count=limit)
         return [json.loads(fields[b"s"]) for _, fields in reversed(rows)]  # newest kept
+
+    def usage_history_from(self, since: float, limit: int) -> list[dict[str, Any]]:
+        """At most `limit` rollups from `since` on, oldest first (for paging)."""
+        rows = self.r.xrange(self.p + "usage", min=f"{int(since * 1000)}-0", max="+",
+                             count=limit)
+        return [json.loads(fields[b"s"]) for _, fields in rows]
 
     def usage_len(self) -> int:
         return int(self.r.xlen(self.p + "usage"))

@@ -36,6 +36,17 @@ class Network:
         }
 
 
+def port_group_key(vcenter: str, port_group: str) -> str:
+    """Ledger key of a port group: unique per vCenter (the Lua scripts build it the same way)."""
+    return f"{vcenter}|{port_group}"
+
+
+def lease_port_groups(lease: dict[str, Any]) -> list[str]:
+    """The ledger keys of the port groups a lease holds."""
+    st = lease["status"]
+    return [port_group_key(st["vcenter"], n["port-group"]) for n in st.get("networks") or []]
+
+
 @dataclass(frozen=True)
 class Pool:
     name: str
@@ -76,8 +87,7 @@ class Pool:
         return self._keyed.get(net_type, ())
 
     def net_key(self, net: Network) -> str:
-        """Ledger key of a port group: unique per vCenter."""
-        return f"{self.vcenter}|{net.port_group}"
+        return port_group_key(self.vcenter, net.port_group)
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -281,12 +291,18 @@ def parse_request(
         ttl = parse_duration(data.get("ttl", default_ttl), "ttl", maximum=max_ttl)
         if ttl < 1:
             raise InvalidRequest.of("ttl", "must be at least 1 second")
+        vcpus, memory = _int(data, "vcpus", None, 0), _int(data, "memory", None, 0)
+        networks = _int(data, "networks", 1, 0)
+        if vcpus == 0 and memory == 0 and networks == 0:
+            # a network-only lease (vcpus 0, memory 0) is for its port groups
+            raise InvalidRequest.of("networks", "must be at least 1 for a network-only lease "
+                                    "(vcpus 0 and memory 0)")
         return Request(
-            vcpus=_int(data, "vcpus", None, 1),
-            memory=_int(data, "memory", None, 1),
+            vcpus=vcpus,
+            memory=memory,
             storage=_int(data, "storage", 0, 0),
             vcenters=vcenters,
-            networks=_int(data, "networks", 1, 0),
+            networks=networks,
             network_type=_str(data, "network-type", DEFAULT_NETWORK_TYPE, max_len=63)
             or DEFAULT_NETWORK_TYPE,
             owner=owner,

@@ -1,0 +1,202 @@
+"""Placing: parse a request, decide on the cached usage, commit in one Lua script, answer.
+
+A decision is pure (`core.placement`); the commit re-checks it inside Redis against the ledger
+version it was based on, so a stale decision is retried on fresh data and can never
+over-allocate. A known (owner, request-id) answers with its leases instead of placing again."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from .adapters.ledger import Ledger
+from .core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
+from .core.models import Request, make_lease, parse_request
+from .core.placement import check_possible, place_batch
+from .ports import Pools
+from .recovery import Recovery
+from .settings import Settings
+from .usage_cache import UsageCache
+
+if TYPE_CHECKING:
+    from .waiting import WaitingLine
+
+log = logging.getLogger("workers.service")
+MAX_ATTEMPTS = 50
+Leases = list[dict[str, Any]]
+
+
+class Queued(Exception):
+    """The request is already waiting in line (sent again): join it there."""
+
+
+class Placing:
+    def __init__(self, ledger: Ledger, pools: Pools, settings: Settings, cache: UsageCache,
+                 recovery: Recovery) -> None:
+        self.ledger = ledger
+        self.pools = pools
+        self.settings = settings
+        self.cache = cache
+        self.recovery = recovery
+        self.line: WaitingLine  # set by the service: waiting and placing call each other
+        self._checked_pools: object = None  # the pools self._checked was computed for
+        self._checked: dict[tuple, tuple] = {}  # request shape -> () or InvalidRequest args
+
+    def parse(self, raw: Any, default_id: str, owner: str = "anonymous",
+              where: str = "") -> Request:
+        s = self.settings
+        req = parse_request(raw, default_owner=owner, default_request_id=default_id,
+                            default_ttl=s.lease_ttl, max_ttl=s.max_lease_lifetime, where=where)
+        self._check_possible(req)
+        return req
+
+    def _check_possible(self, req: Request) -> None:
+        """check_possible, remembered per request shape until the pools change."""
+        pools = self.pools.current()
+        if pools is not self._checked_pools or len(self._checked) > 4096:
+            self._checked_pools, self._checked = pools, {}
+        shape = (req.vcpus, req.memory, req.storage, req.vcenters, req.networks,
+                 req.network_type, req.required_pool, req.pool_selector)
+        known = self._checked.get(shape)
+        if known is None:
+            try:
+                check_possible(req, pools)
+            except InvalidRequest as exc:
+                known = self._checked[shape] = (exc.message, exc.details)
+            else:
+                known = self._checked[shape] = ()
+        if known:
+            raise InvalidRequest(known[0], dict(known[1]))
+
+    def acquire(self, raw: Any, task_id: str, owner: str = "anonymous"):
+        """Leases, or the request's place in line (Parked) when it waits."""
+        received = time.time()
+        req = self.parse(raw, task_id or uuid.uuid4().hex, owner)
+        try:
+            return self.place([req], since=received)[0]
+        except Queued:  # sent again while it waits: wait with it, whatever `wait` says
+            return self.line.park(req, task_id, {})
+        except NoCapacity as exc:
+            if req.wait <= 0 and not self.ledger.is_waiting(req.key):
+                raise
+            return self.line.park(req, task_id, exc.reasons)
+
+    def parse_batch(self, raws: Any, task_id: str, owner: str = "anonymous") -> list[Request]:
+        if not isinstance(raws, list) or not raws:
+            raise InvalidRequest.of("requests", "must be a non-empty list of requests")
+        if len(raws) > 1000:
+            raise InvalidRequest.of("requests", "at most 1000 requests in one batch")
+        base = task_id or uuid.uuid4().hex
+        reqs = [self.parse(r, f"{base}-{i}", owner, where=f"requests[{i}]")
+                for i, r in enumerate(raws)]
+        keys = [r.key for r in reqs]
+        dupes = sorted(r.request_id for r in reqs if keys.count(r.key) > 1)
+        if dupes:
+            raise InvalidRequest.of("request-id", f"{dupes[0]!r} appears twice in the batch "
+                                    "for the same owner")
+        return reqs
+
+    def place(self, reqs: list[Request], granted: str = "",
+              held: dict[str, str] | None = None, since: float | None = None) -> list[Leases]:
+        """Place all requests or none, commit atomically; a known request-id returns its leases.
+
+        `granted` is the request key of a waiter being served: it leaves the line in the commit.
+        `held`: pools kept for the head of the line (computed here when None).
+        """
+        for attempt in range(MAX_ATTEMPTS):
+            version, fleet = self.cache.fleet(fresh=attempt > 0, indexed=True)
+            # with nobody seen waiting, assume the line is still empty: the commit checks it
+            lone = held is None and self.line.empty
+            if lone:
+                held = {}
+            elif held is None or attempt > 0:
+                held = self.line.held(fleet, skip=granted)
+            try:
+                plan = place_batch(reqs, fleet, self.settings.strategy, held)
+            except NoCapacity:
+                current, found = self.ledger.granted_at([r.key for r in reqs])
+                existing = self.existing(reqs, found)
+                if existing is not None:
+                    return existing
+                # never refuse on a stale cache: when the ledger moved, re-read it and try
+                # again (a current cache is exact, so a refusal costs one read, not O(leases))
+                if attempt == 0 and current != version:
+                    self.cache.forget()
+                    continue
+                raise
+            now = time.time()
+            groups = {
+                req.key: [
+                    make_lease(uuid.uuid4().hex[:20], req, p.pool, list(p.networks), now)
+                    for p in placements
+                ]
+                for req, placements in zip(reqs, plan, strict=True)
+            }
+            caps = {p.pool.name: (p.pool.vcpu_capacity, p.pool.memory, p.pool.storage)
+                    for placements in plan for p in placements}
+            latency = now - since if since is not None else None
+            commit = self.ledger.commit(version, groups, caps, [granted] if granted else None,
+                                        latency, lone=lone)
+            if commit.status == "ok":
+                self.cache.placed(fleet, reqs, plan, commit.version)
+                self.recovery.record(commit.seq, commit.raws, [])
+                return [groups[r.key] for r in reqs]
+            if commit.status == "dup":
+                existing = self.existing(reqs, [commit.existing[r.key] for r in reqs])
+                if existing is not None:
+                    return existing
+                continue  # released meanwhile: the next read sees it
+            if commit.status == "conflict":
+                raise InvalidRequest.of("request-id", f"{_rid(reqs, commit.detail)!r} was "
+                                        "already used by another request of this owner")
+            if commit.status == "queued":
+                if len(reqs) > 1:
+                    raise InvalidRequest.of("request-id", f"{_rid(reqs, commit.detail)!r} is "
+                                            "waiting in line: its task gets the leases")
+                raise Queued(commit.detail)
+            if commit.status == "gone":
+                raise WaitTimeout.of(0)  # the waiter left the line meanwhile (expired)
+            if commit.status == "waiters":  # someone joined the line: hold pools for them
+                self.line.empty = False
+                continue
+            if commit.status == "unready":
+                self.recovery.ensure_ready()
+            log.info("ledger moved under us (%s %s), re-reading", commit.status, commit.detail)
+            self.cache.forget()
+        raise NoCapacity.of({}, f"the ledger kept changing; gave up after {MAX_ATTEMPTS} tries")
+
+    def existing(self, reqs: list[Request], found: list[list[str] | None] | None = None
+                 ) -> list[Leases] | None:
+        """The leases already granted to these request-ids, if all of them were granted
+        (`found`: their lease ids, when already read). Leases that are gone since are an
+        error naming them: they are never answered as a grant."""
+        if found is None:
+            found = self.ledger.granted_at([r.key for r in reqs])[1]
+        if not all(ids is not None for ids in found):
+            return None
+        answers = [self.ledger.get_many(ids or []) for ids in found]
+        for req, leases in zip(reqs, answers, strict=True):
+            gone = {x["metadata"]["name"]: _why_gone(x["status"]) for x in leases
+                    if x["status"].get("state") != "leased"}
+            if gone:
+                raise LeaseNotFound(
+                    f"request-id {req.request_id!r} was answered before with leases that are "
+                    f"gone: {'; '.join(f'{k} {v}' for k, v in gone.items())}; "
+                    "send a new request-id for new leases",
+                    {"request-id": req.request_id, "gone": gone})
+        self.recovery.record_existing([i for ids in found if ids for i in ids])
+        return answers
+
+
+def _rid(reqs: list[Request], key: str) -> str:
+    return next(r.request_id for r in reqs if r.key == key)
+
+
+def _why_gone(status: dict[str, Any]) -> str:
+    """How a lease that a request-id was answered with went away."""
+    if status.get("state") == "released":
+        how = "reaped (expired)" if status.get("release-reason") == "expired" else "released"
+        return f"{how} at {status.get('released-at') or 'an unknown time'}"
+    return "released (no record of it is kept any more)"

@@ -1,0 +1,122 @@
+"""Releasing, reaping and renewing leases. A release that frees room serves the waiting line.
+
+A lease id is a capability: release and renew by id work without an owner. When the call
+names one, the lease must be held by it (`NotOwner`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from .adapters.ledger import Ledger, LedgerConflict, LedgerUnready, Released
+from .core.errors import InvalidRequest, LeaseNotFound, NotOwner
+from .core.models import parse_request, parse_rfc3339, rfc3339, text_arg
+from .placing import MAX_ATTEMPTS
+from .recovery import Recovery
+from .settings import Settings
+from .usage_cache import UsageCache
+
+log = logging.getLogger("workers.service")
+REAP_BATCH = 500
+
+
+class Releasing:
+    def __init__(self, ledger: Ledger, settings: Settings, cache: UsageCache,
+                 recovery: Recovery) -> None:
+        self.ledger = ledger
+        self.settings = settings
+        self.cache = cache
+        self.recovery = recovery
+
+    def release(self, ids: list[str], owner: str | None, reason: str = "released",
+                expired_by: float | None = None) -> Released:
+        """Release `ids` (checked against `owner` when given), or every lease of `owner`."""
+        for _ in range(2):
+            try:
+                res = self.ledger.release(ids, owner=owner or "" if ids else "",
+                                          by_owner="" if ids else owner or "", reason=reason,
+                                          now=rfc3339(time.time()), expired_by=expired_by)
+            except LedgerUnready:
+                self.recovery.ensure_ready()
+                continue
+            except LedgerConflict as exc:
+                if exc.kind == "notowner":
+                    raise NotOwner.of(exc.lease_id, str(owner), exc.holder) from None
+                raise LeaseNotFound.of(exc.lease_id) from None
+            if res.set_aside:
+                log.error("set aside %d lease records that cannot be decoded (kept in the "
+                          "quarantine hash; their usage stays counted): %s",
+                          len(res.set_aside), ", ".join(ascii(x) for x in res.set_aside))
+            self.cache.released(res.old_version, res.leases)
+            self.recovery.record(res.seq, [], [x["metadata"]["name"] for x in res.leases]
+                                 + res.already, sync=False)
+            return res
+        raise LeaseNotFound.of(ids[0] if ids else str(owner))
+
+    def reap(self) -> list[str]:
+        """Release every lease past expires-at with reason `expired`. Each removal re-checks
+        expires-at in its script: a lease renewed since it was read stays."""
+        reaped: list[str] = []
+        while True:
+            now = time.time()
+            ids = self.ledger.expired(now, limit=REAP_BATCH)
+            if not ids:
+                break
+            res = self.release(ids, None, "expired", expired_by=now)
+            reaped.extend(x["metadata"]["name"] for x in res.leases)
+            if len(ids) < REAP_BATCH or not (res.leases or res.set_aside):
+                break
+        if reaped:
+            log.info("reaped %d expired leases: %s", len(reaped), ", ".join(reaped))
+        return reaped
+
+    def renew(self, lease_id: Any, owner: Any = None, ttl: Any = None) -> dict[str, Any]:
+        lease_id = text_arg(lease_id, "lease_id", max_len=128)
+        if owner is not None:  # without one, the lease id is the capability (as for release)
+            owner = text_arg(owner, "owner")
+        req = parse_request({"vcpus": 1, "memory": 1, **({"ttl": ttl} if ttl is not None else {})},
+                            default_ttl=self.settings.lease_ttl,
+                            max_ttl=self.settings.max_lease_lifetime)
+        for _ in range(MAX_ATTEMPTS):
+            raw = self.ledger.raw(lease_id)
+            if raw is None:
+                if self.ledger.is_gone(lease_id):
+                    raise LeaseNotFound(f"lease {lease_id!r} was already released",
+                                        {"lease-id": lease_id})
+                if not self.ledger.is_ready():
+                    self.recovery.ensure_ready()
+                    continue
+                raise LeaseNotFound.of(lease_id)
+            lease = json.loads(raw)
+            holder = lease["status"]["owner"]
+            if owner is not None and holder != owner:
+                raise NotOwner.of(lease_id, owner, holder)
+            leased = parse_rfc3339(lease["status"]["leased-at"])
+            current = parse_rfc3339(lease["status"]["expires-at"])
+            new = max(current, min(time.time() + req.ttl,
+                                   leased + self.settings.max_lease_lifetime))
+            lease["status"]["expires-at"] = rfc3339(new)
+            status, seq, new_raw = self.ledger.swap(lease_id, raw, lease, new)
+            if status == "ok":
+                self.recovery.record(seq, [new_raw], [])
+                return lease
+            if status == "unready":
+                self.recovery.ensure_ready()
+        raise LeaseNotFound.of(lease_id)
+
+
+def parse_lease_ids(value: Any) -> list[str]:
+    """The `lease_ids` argument of a release: one id or a list, each valid text."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
+        raise InvalidRequest.of("lease_ids", "must be a list of lease id strings")
+    if len(value) > 10000:
+        raise InvalidRequest.of("lease_ids", "at most 10000 ids at once")
+    for x in value:
+        text_arg(x, "lease_ids", max_len=128)
+    return value

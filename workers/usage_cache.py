@@ -1,0 +1,69 @@
+"""The ledger's usage (per-pool counters and port groups in use), cached between decisions.
+
+The cache is valid while the ledger is at `version`: a decision made on it is committed with
+that version, and the commit refuses if the ledger moved. So a decision reads Redis only after
+a conflict, a restart, or a change made elsewhere."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .adapters.ledger import Ledger, LedgerUnready
+from .core.models import Request, lease_port_groups
+from .core.placement import Fleet, FreeNets, Usage
+from .ports import Pools
+
+
+class UsageCache:
+    def __init__(self, ledger: Ledger, pools: Pools, writer: bool,
+                 ensure_ready: Callable[[], Any]) -> None:
+        self.ledger = ledger
+        self.pools = pools
+        self.writer = writer
+        self.ensure_ready = ensure_ready
+        self.version = -1
+        self._usage: dict[str, Usage] = {}
+        self._nets: set[str] = set()
+        self._free: FreeNets | None = None  # free port groups of self._nets, when built
+
+    def fleet(self, fresh: bool = False, indexed: bool = False) -> tuple[int, Fleet]:
+        """The cached usage as a Fleet; `indexed` adds the free port-group aggregate (kept
+        up to date with the cache, rebuilt when the usage is re-read or the pools change)."""
+        if fresh or self.version < 0:
+            self._free = None
+            try:
+                self.version, self._usage, self._nets = self.ledger.usage(self.writer)
+            except LedgerUnready:
+                self.ensure_ready()
+                self.version, self._usage, self._nets = self.ledger.usage()
+        pools = self.pools.current()
+        if self._free is not None and self._free.pools is not pools:
+            self._free = None
+        if indexed and self._free is None:
+            self._free = FreeNets(pools, self._nets)
+        return self.version, Fleet(pools, self._usage, self._nets, self._free)
+
+    def forget(self) -> None:
+        self.version = -1
+
+    def placed(self, fleet: Fleet, reqs: list[Request], plan: list, version: int) -> None:
+        """A commit at `version` placed `plan` for `reqs` on `fleet` (this cache)."""
+        for req, placements in zip(reqs, plan, strict=True):
+            fleet.apply(req, placements)
+        self.version = version
+
+    def released(self, old_version: int, leases: list[dict[str, Any]]) -> None:
+        """A release moved the ledger from `old_version`: follow it, or re-read if the cache
+        was not at that version."""
+        if not leases:
+            return
+        if old_version != self.version:
+            self.forget()
+            return
+        fleet = Fleet({}, self._usage, self._nets, self._free)  # the cache, as a Fleet
+        for lease in leases:
+            st, sp = lease["status"], lease["spec"]
+            fleet.remove(st["pool"], sp["vcpus"], sp["memory"], sp["storage"],
+                         lease_port_groups(lease))
+        self.version = old_version + 1

@@ -1,0 +1,198 @@
+"""The waiting line: requests that asked to wait for capacity, served in arrival order.
+
+The head of the line holds the pools it is closest to fitting, so a stream of small requests
+cannot overtake a large one forever. A request sent again while it waits (same owner and
+request-id) does not queue twice: its task becomes a twin that gets the same answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .adapters.ledger import Ledger
+from .core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
+from .core.models import Request, rfc3339, text_arg
+from .core.placement import Fleet, place_batch, reserve_for
+from .placing import Placing
+from .ports import Pools, Replies
+from .settings import Settings
+from .usage_cache import UsageCache
+
+log = logging.getLogger("workers.service")
+
+
+@dataclass
+class Parked:
+    """The request waits in line; its task completes later through Replies."""
+
+    position: int
+    reasons: dict[str, str]
+    deadline: str
+
+    def meta(self) -> dict[str, Any]:
+        return {"position": self.position, "reasons": self.reasons, "deadline": self.deadline}
+
+
+class WaitingLine:
+    def __init__(self, ledger: Ledger, pools: Pools, settings: Settings, cache: UsageCache,
+                 placing: Placing, replies: Replies | None) -> None:
+        self.ledger = ledger
+        self.pools = pools
+        self.settings = settings
+        self.cache = cache
+        self.placing = placing
+        self.replies = replies
+        self.empty = False  # nobody waited at the last look (the commit re-checks)
+        self._shown: dict[str, tuple[int, str]] = {}  # task id -> last (position, reasons)
+
+    def held(self, fleet: Fleet, skip: str = "") -> dict[str, str]:
+        """Pools kept for the head of the waiting line (none when nobody waits)."""
+        waiters = self.ledger.waiters()
+        self.empty = not waiters
+        for position, (key, record) in enumerate(waiters, start=1):
+            if key == skip:
+                return {}
+            try:
+                head = self.placing.parse(record["request"], key)
+            except InvalidRequest:
+                continue
+            return reserve_for(head, fleet, position)
+        return {}
+
+    def park(self, req: Request, task_id: str, reasons: dict[str, str]) -> Parked | list:
+        # a request that cannot fit even the empty fleet (excluded pools stay excluded) would
+        # sit at the head of the line forever, holding pools from everyone: refuse it now
+        empty = Fleet({n: replace(p, no_schedule=False) for n, p in self.pools.current().items()})
+        try:
+            place_batch([req], empty, self.settings.strategy)
+        except NoCapacity as exc:
+            raise NoCapacity.of(exc.reasons, "not waiting: this request cannot fit even when "
+                                "every pool is empty") from None
+        deadline = time.time() + req.wait
+        record = {"task": task_id, "request": req.to_dict(), "since": time.time(),
+                  "deadline": deadline}
+        self.empty = False
+        position, record = self.ledger.park(req.key, record)
+        if position == 0:  # granted meanwhile (a redelivered task): answer with the leases
+            existing = self.placing.existing([req])
+            return existing[0] if existing else []
+        parked = Parked(position, reasons, rfc3339(record["deadline"]))
+        self._shown[task_id] = _shown_key(position, reasons)
+        return parked
+
+    def serve(self) -> int:
+        """Place waiting requests in arrival order; the head keeps its pools (no starvation).
+        The caller holds the service lock."""
+        granted = 0
+        position = 0
+        held: dict[str, str] = {}  # nobody ahead of the first waiter
+        for key, record in self.ledger.waiters():
+            if record["deadline"] <= time.time():
+                self.expire(key, record)
+                continue
+            try:
+                req = self.placing.parse(record["request"], key)
+                leases = self.placing.place([req], granted=key, held=held,
+                                            since=record["since"])[0]
+            except NoCapacity as exc:
+                position += 1
+                if position == 1:
+                    held = reserve_for(req, self.cache.fleet()[1], 1)
+                self._show(key, record, position, exc.reasons)
+                continue
+            except (InvalidRequest, WaitTimeout, LeaseNotFound) as exc:
+                left, twins = self.ledger.unpark(key)
+                if left:
+                    self._answer([record["task"], *twins], fail=exc)
+                continue
+            granted += 1
+            self.ledger.count("granted-after-wait")
+            self._answer([record["task"], *self.ledger.unpark(key)[1]], leases=leases)
+        return granted
+
+    def _answer(self, tasks: list[str], leases: list[dict[str, Any]] | None = None,
+                fail: Exception | None = None) -> None:
+        """Answer every task that waited for one request (the first and its twins)."""
+        for task_id in dict.fromkeys(tasks):
+            self._shown.pop(task_id, None)
+            if self.replies is None:
+                continue
+            if fail is not None:
+                self.replies.fail(task_id, fail)
+            else:
+                self.replies.deliver(task_id, leases)
+
+    def _show(self, key: str, record: dict[str, Any], position: int,
+              reasons: dict[str, str]) -> None:
+        shown = _shown_key(position, reasons)
+        if self._shown.get(record["task"]) == shown or self.replies is None:
+            return
+        meta = Parked(position, reasons, rfc3339(record["deadline"])).meta()
+        for task_id in dict.fromkeys([record["task"], *self.ledger.twins(key)]):
+            self._shown[task_id] = shown
+            self.replies.waiting(task_id, meta)
+
+    def expire(self, key: str, record: dict[str, Any], why: str = "") -> bool:
+        """Take a waiter out of the line and fail its tasks with WaitTimeout (False: it had
+        left already)."""
+        left, twins = self.ledger.unpark(key)
+        if not left:
+            return False
+        self.ledger.count("refused:WaitTimeout")
+        waited = round(time.time() - record["since"], 1)
+        self._answer([record["task"], *twins], fail=WaitTimeout.of(waited, why=why))
+        return True
+
+    def cancel(self, task_id: Any) -> bool:
+        """Take a parked acquire out of the line (its synchronous HTTP client went away), so
+        it is not granted leases nobody will see; its task fails with WaitTimeout. When other
+        tasks wait for the same request, only this one leaves. False if it is not waiting
+        (granted, failed, or not parked yet). The caller holds the service lock."""
+        task_id = text_arg(task_id, "task_id", max_len=255)
+        gone = WaitTimeout.of(0, why="the client went away")
+        for key, record in self.ledger.waiters():
+            twins = self.ledger.twins(key)
+            primary = record.get("task") == task_id
+            if task_id in twins and self.ledger.drop_twin(key, task_id) and not primary:
+                self._answer([task_id], fail=gone)
+                return True
+            if not primary:
+                continue
+            others = [t for t in twins if t != task_id]
+            if others:  # someone else still waits for this request: they take its place
+                self.ledger.drop_twin(key, others[0])
+                self.ledger.rewait(key, {**record, "task": others[0]})
+                self._answer([task_id], fail=gone)
+                return True
+            if self.expire(key, record, "the client went away"):
+                log.info("cancelled the wait of %s: its client went away", task_id)
+                return True
+        return False
+
+    def expire_due(self) -> int:
+        """Fail waiters whose wait ran out (the worker calls this about once a second)."""
+        n = 0
+        now = time.time()
+        for key, record in self.ledger.waiters():
+            if record["deadline"] <= now:
+                self.expire(key, record)
+                n += 1
+        return n
+
+    def listing(self) -> list[dict[str, Any]]:
+        out = []
+        for position, (_, record) in enumerate(self.ledger.waiters(), start=1):
+            out.append({"position": position,
+                        "request-id": record["request"].get("request-id", ""),
+                        "task-id": record["task"],
+                        "request": record["request"], "since": rfc3339(record["since"]),
+                        "deadline": rfc3339(record["deadline"])})
+        return out
+
+
+def _shown_key(position: int, reasons: dict[str, str]) -> tuple[int, str]:
+    """What a parked task last showed, so its WAITING state is only rewritten on change."""
+    return position, json.dumps(reasons, sort_keys=True)
