@@ -1,5 +1,6 @@
-"""The Celery app (`celery -A tasks ...`) and the contract's tasks (CONTRACT §5). Thin: each
-task translates its arguments and calls workers.service."""
+"""The Celery app (`celery -A tasks ...`) and its tasks, whose names and arguments are the
+task API job steps use. Thin: each task checks its arguments and calls workers.service; what a
+process needs is built by workers.bootstrap for its role."""
 
 from __future__ import annotations
 
@@ -10,44 +11,27 @@ from celery import Celery, signals
 from celery.exceptions import Ignore
 
 from tasks import results as _results  # noqa: F401 - query results expire in minutes
+from workers.bootstrap import PLACEMENT, QUERIES, Runtime, build
 from workers.core.errors import ERRORS, InvalidRequest
+from workers.service import Capacity
 
 app = Celery("vcm")
 app.config_from_object("celeryconfig")
 log = logging.getLogger("vcm.tasks")
 # domain failures are answers, not crashes: Celery logs them without a traceback
 EXPECTED = tuple(ERRORS.values())
-_state: dict[str, Any] = {"writer": True}
+_runtime: dict[str, Runtime] = {}  # the one runtime of this process, built on first use
+_role = {"name": PLACEMENT}  # a worker that does not consume `placement` serves queries
 
 
-def service():
-    svc = _state.get("service")
-    if svc is None:
-        svc = _state["service"] = _build(_state["writer"])
-    return svc
+def runtime() -> Runtime:
+    if "current" not in _runtime:
+        _runtime["current"] = build(app, _role["name"])
+    return _runtime["current"]
 
 
-def _build(writer: bool):
-    from workers.adapters.ledger import Ledger
-    from workers.adapters.pools_file import PoolsFile
-    from workers.adapters.replies import CeleryReplies, OutboxReplies
-    from workers.service import Capacity
-    from workers.settings import Settings
-
-    settings = Settings.from_env()
-    ledger = Ledger.from_url(settings.redis_url, keep=int(settings.keep_released))
-    mirror = None
-    if settings.mirror_enabled and writer:
-        from workers.publisher import build_mirror  # VCM_CONFIGMAP, VCM_MIRROR_MAX_SHARDS
-
-        mirror = build_mirror(settings)
-    direct = CeleryReplies(app)
-    replies = OutboxReplies(ledger, direct) if mirror is not None else direct
-    _state["direct"] = direct  # the publisher answers straight into the result backend
-    svc = Capacity(ledger, PoolsFile(settings.pools_file), settings, replies, mirror, writer)
-    if isinstance(replies, OutboxReplies):
-        replies.covered = svc.covered
-    return svc
+def service() -> Capacity:
+    return runtime().service
 
 
 def _consumes_placement(app: Celery) -> bool:
@@ -79,37 +63,29 @@ def _placement_runs_in_process(sender: Any = None, **_: Any) -> None:
 @signals.celeryd_after_setup.connect
 def _setup(sender: str, instance: Any, **_: Any) -> None:
     """Before consuming: check the config, and on the placement side restore the ledger."""
-    _state["writer"] = _consumes_placement(instance.app)
+    _role["name"] = PLACEMENT if _consumes_placement(instance.app) else QUERIES
     svc = service()  # an invalid pools file or setting stops start-up here, with its message
-    if _state["writer"]:
+    if _role["name"] == PLACEMENT:
         svc.ensure_ready(check_mirror=True)
 
 
 @signals.worker_ready.connect
 def _start_publisher(**_: Any) -> None:
-    if not _state["writer"]:
-        return
-    from workers.publisher import Publisher
-
-    svc = service()
-    pub = Publisher(svc, svc.mirror, _state["direct"], svc.settings.mirror_max_delay)
-    _state["publisher"] = pub
-    pub.start()
+    runtime().start_publisher()
 
 
 @signals.worker_shutting_down.connect
 def _stop_publisher(**_: Any) -> None:
-    pub = _state.get("publisher")
-    if pub is not None:
-        pub.stop()
+    if "current" in _runtime:
+        _runtime["current"].stop()
 
 
 @signals.task_failure.connect
 def _count_refusal(sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
     """Refusals by reason (the exception name) for the metrics."""
-    if isinstance(exception, EXPECTED) and _state.get("service") is not None:
+    if isinstance(exception, EXPECTED) and "current" in _runtime:
         try:
-            _state["service"].ledger.count(f"refused:{type(exception).__name__}")
+            _runtime["current"].service.ledger.count(f"refused:{type(exception).__name__}")
         except Exception:  # counting must never turn an answer into a crash
             log.debug("refusal not counted", exc_info=True)
 

@@ -1,0 +1,63 @@
+"""The composition root: builds what a process needs for its role, from the settings.
+
+- placement: the ledger, the mirror (ConfigMap or file), answers held until the mirror covers
+  them, the service, and the publisher thread (started once the worker is ready);
+- queries: the ledger and the service, read-only (no mirror, no publisher).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+
+from .adapters.ledger import Ledger
+from .adapters.pools_file import PoolsFile
+from .adapters.replies import CeleryReplies, OutboxReplies
+from .service import Capacity
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .publisher import Publisher
+
+PLACEMENT, QUERIES = "placement", "queries"
+
+
+@dataclass
+class Runtime:
+    role: str
+    service: Capacity
+    direct: CeleryReplies  # answers straight into the result backend (the publisher's)
+    publisher: Publisher | None = field(default=None)
+
+    def start_publisher(self) -> None:
+        """The placement side's background thread: mirror saves, held answers, expiries."""
+        if self.role != PLACEMENT or self.publisher is not None:
+            return
+        from .publisher import Publisher
+
+        svc = self.service
+        self.publisher = Publisher(svc, svc.mirror, self.direct, svc.settings.mirror_max_delay)
+        self.publisher.start()
+
+    def stop(self) -> None:
+        if self.publisher is not None:
+            self.publisher.stop()
+
+
+def build(app: Celery, role: str, settings: Settings | None = None) -> Runtime:
+    settings = settings or Settings.from_env()
+    ledger = Ledger.from_url(settings.redis_url, keep=int(settings.keep_released))
+    writer = role == PLACEMENT
+    mirror: Any = None
+    if settings.mirror_enabled and writer:
+        from .publisher import build_mirror  # VCM_CONFIGMAP, VCM_MIRROR_MAX_SHARDS
+
+        mirror = build_mirror(settings)
+    direct = CeleryReplies(app)
+    svc: Capacity
+    replies = (OutboxReplies(ledger, direct, covered=lambda: svc.covered())
+               if mirror is not None else direct)
+    svc = Capacity(ledger, PoolsFile(settings.pools_file), settings, replies, mirror, writer)
+    return Runtime(role, svc, direct)
