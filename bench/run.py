@@ -1,7 +1,8 @@
 """`make bench`: run every benchmark and print its tables.
 
 (a) bench/bench_placement.py   placement decisions/s, 10,000 active leases against 100
-(b) bench/bench_celery.py      acquire+release round trips through the real worker against no-op
+(b) bench/bench_celery.py      acquire+release round trips through the real worker, started both
+                               documented ways, against a minimal Celery app's no-op task
 (c) bench/bench_http.py        the HTTP shim (run only if the file exists)
 
 Each runs as its own process (its own redis-server, workers and Celery client) and prints
@@ -29,8 +30,8 @@ BELOW = "BELOW TARGET"
 BENCHES = [  # (key, title, script)
     ("placement", "(a) Placement decisions per second: 10,000 active leases against 100",
      "bench_placement.py"),
-    ("celery", "(b) acquire+release through the real placement worker, against a no-op task",
-     "bench_celery.py"),
+    ("celery", "(b) acquire+release through the real placement worker, against a minimal Celery "
+     "app's no-op task", "bench_celery.py"),
     ("http", "(c) HTTP shim (bench/bench_http.py)", "bench_http.py"),
     ("wait", "(d) release-to-grant lag of a waiting request (bench/bench_wait.py)",
      "bench_wait.py"),
