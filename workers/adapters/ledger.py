@@ -1,20 +1,6 @@
-"""The lease ledger in Redis. Every change is one Lua script, so it is atomic.
-
-Keys (prefix `vcm:`):
-  version          bumped by every change to usage (placement decisions check it)
-  seq              bumped by every change at all (the mirror follows it)
-  use:<pool>       hash vcpus, memory, storage, leases, vcenter: per-pool aggregates
-  pools            set of pool names that have ever had usage
-  nets             hash "<vcenter>|<port-group>" -> lease id: port groups in use
-  leases           hash lease id -> lease JSON (active leases)
-  owner:<owner>    set of active lease ids
-  expiry           zset lease id -> expires-at (epoch seconds)
-  req:<n>:<owner>:<request-id>  JSON list of lease ids: the idempotency record, per owner
-                   (n: the owner's length in bytes)
-  gone:<lease id>  hash lease, released-at, reason: released leases, kept `keep` seconds
-  quarantine       hash lease id -> a stored record that could not be decoded, set aside
-  twins:<key>      set of task ids sent again for a request waiting in line
-  latency          hash acquire latency: count per bucket (smallest bound that holds it), count, sum
+"""The lease ledger in Redis. Every change is one Lua script (in lua/, with its KEYS/ARGV
+header), so it is atomic; a script checks everything before its first write, because Redis does
+not roll back a script that fails half-way. The keys are listed in keys.py.
 """
 
 from __future__ import annotations
@@ -23,348 +9,22 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from ..core.models import lease_port_groups, parse_rfc3339, request_key
 from ..core.placement import Usage
+from .keys import Keys
 
 log = logging.getLogger(__name__)
-
-# Writes refuse while the ledger is not ready (Redis lost it) or is below `floor` (Redis went
-# back to an older state than changes the writer already made): the worker rebuilds it first.
-_UNREADY = r"""
-local function unready(p, floor)
-  return redis.call('EXISTS', p .. 'ready') == 0
-         or tonumber(redis.call('GET', p .. 'seq') or '0') < tonumber(floor)
-end
-"""
-
-_ACQUIRE = _UNREADY + r"""
-local p = ARGV[1]
-local d = cjson.decode(ARGV[3])
-if unready(p, d.floor or 0) then return {'unready', '0'} end
-local expected = tonumber(ARGV[2])
-local have, missing, first = 0, 0, nil
-for rid, _ in pairs(d.rids) do
-  if redis.call('EXISTS', p .. 'req:' .. rid) == 1 then
-    have = have + 1
-    first = first or rid
-  else
-    missing = missing + 1
-  end
-end
-if have > 0 then
-  if missing > 0 then return {'conflict', first} end
-  local out = {}
-  for rid, _ in pairs(d.rids) do
-    out[#out + 1] = rid
-    out[#out + 1] = redis.call('GET', p .. 'req:' .. rid)
-  end
-  return {'dup', out}
-end
-local serving = {}
-for _, rid in ipairs(d.granted or {}) do serving[rid] = true end
-for rid, _ in pairs(d.rids) do
-  -- the same request is waiting in line: it is answered from there, never twice
-  if not serving[rid] and redis.call('ZSCORE', p .. 'waiting', rid) then return {'queued', rid} end
-end
-local ver = tonumber(redis.call('GET', p .. 'version') or '-1')
-if ver ~= expected then return {'stale', tostring(ver)} end
-if d.lone and redis.call('EXISTS', p .. 'waiting') == 1 then return {'waiters', ''} end
-for _, rid in ipairs(d.granted or {}) do
-  if not redis.call('ZSCORE', p .. 'waiting', rid) then return {'gone', rid} end
-end
-for pool, u in pairs(d.pools) do
-  local cur = redis.call('HMGET', p .. 'use:' .. pool, 'vcpus', 'memory', 'storage')
-  if (tonumber(cur[1]) or 0) + u.vcpus > u.cap[1]
-     or (tonumber(cur[2]) or 0) + u.memory > u.cap[2]
-     or (tonumber(cur[3]) or 0) + u.storage > u.cap[3] then
-    return {'over', pool}
-  end
-end
-for key, _ in pairs(d.nets) do
-  if redis.call('HEXISTS', p .. 'nets', key) == 1 then return {'over', key} end
-end
-for pool, u in pairs(d.pools) do
-  local k = p .. 'use:' .. pool
-  for _, dim in ipairs({'vcpus', 'memory', 'storage', 'leases'}) do
-    redis.call('HINCRBY', k, dim, string.format('%d', u[dim]))
-  end
-  redis.call('HSET', k, 'vcenter', u.vcenter)
-  redis.call('SADD', p .. 'pools', pool)
-end
-for key, id in pairs(d.nets) do redis.call('HSET', p .. 'nets', key, id) end
-for i, l in ipairs(d.leases) do
-  redis.call('HSET', p .. 'leases', l.id, ARGV[3 + i])  -- the lease JSON, as sent
-  redis.call('SADD', p .. 'owner:' .. l.owner, l.id)
-  redis.call('ZADD', p .. 'expiry', l.exp, l.id)
-end
-for rid, ids in pairs(d.rids) do redis.call('SET', p .. 'req:' .. rid, ids) end
-for _, rid in ipairs(d.granted or {}) do
-  redis.call('ZREM', p .. 'waiting', rid)
-  redis.call('HDEL', p .. 'waiters', rid)
-end
-redis.call('HINCRBY', p .. 'stats', 'placements', #d.leases)
-if d.latency then
-  if d.latency.bucket then redis.call('HINCRBY', p .. 'latency', d.latency.bucket, 1) end
-  redis.call('HINCRBY', p .. 'latency', 'count', 1)
-  redis.call('HINCRBYFLOAT', p .. 'latency', 'sum', d.latency.seconds)
-end
-redis.call('SET', p .. 'version', ver + 1)
-local seq = redis.call('INCR', p .. 'seq')
-if not d.quiet then
-  redis.call('LPUSH', p .. 'kick', seq)
-  redis.call('LTRIM', p .. 'kick', 0, 0)
-end
-return {'ok', tostring(ver + 1), seq}
-"""
-
-_RELEASE = _UNREADY + r"""
--- ARGV: prefix, ids JSON, owner to check ('' none), owner whose leases all go ('' none),
---       reason, now (RFC 3339), keep (s), quiet ('1'), floor, reap cutoff (epoch s; '' none)
--- A lease whose record cannot be decoded is set aside in `quarantine` (its usage stays
--- counted: safe, never over-allocating) instead of failing every release that meets it.
-local p = ARGV[1]
-if unready(p, ARGV[9]) then return {'unready', ''} end
-local cutoff = tonumber(ARGV[10])
-local ids = cjson.decode(ARGV[2])
-local owner = ARGV[3]
-local by_owner = ARGV[4]
-local reason = ARGV[5]
-local now = ARGV[6]
-local keep = tonumber(ARGV[7])
-if by_owner ~= '' then
-  for _, id in ipairs(redis.call('SMEMBERS', p .. 'owner:' .. by_owner)) do ids[#ids + 1] = id end
-end
-local seen, found, gone, missing, bad = {}, {}, {}, {}, {}
-for _, id in ipairs(ids) do
-  if not seen[id] then
-    seen[id] = true
-    local raw = redis.call('HGET', p .. 'leases', id)
-    local ok, l = false, nil
-    if raw then ok, l = pcall(cjson.decode, raw) end
-    if raw and not ok then
-      bad[#bad + 1] = {id, raw}
-    elseif raw then
-      if owner ~= '' and l.status.owner ~= owner then
-        return {'notowner', id, tostring(l.status.owner)}
-      end
-      local exp = redis.call('ZSCORE', p .. 'expiry', id)
-      -- reaping: a lease renewed since the reaper read it stays
-      if not cutoff or not exp or tonumber(exp) <= cutoff then found[#found + 1] = {id, l, raw} end
-    elseif redis.call('EXISTS', p .. 'gone:' .. id) == 1 then
-      gone[#gone + 1] = id
-    else
-      missing[#missing + 1] = id
-    end
-  end
-end
-if #missing > 0 then return {'missing', missing[1]} end
-local set_aside = {}
-for _, b in ipairs(bad) do
-  redis.call('HSET', p .. 'quarantine', b[1], b[2])
-  redis.call('HDEL', p .. 'leases', b[1])
-  redis.call('ZREM', p .. 'expiry', b[1])
-  if by_owner ~= '' then redis.call('SREM', p .. 'owner:' .. by_owner, b[1]) end
-  set_aside[#set_aside + 1] = b[1]
-end
-if #bad > 0 then redis.call('HINCRBY', p .. 'stats', 'quarantined', #bad) end
-local ver = tonumber(redis.call('GET', p .. 'version') or '-1')
-local raws = {}
-for _, f in ipairs(found) do
-  local id, l, raw = f[1], f[2], f[3]
-  local st, sp = l.status, l.spec
-  local k = p .. 'use:' .. st.pool
-  for _, dim in ipairs({'vcpus', 'memory', 'storage'}) do
-    -- string.format, not -x: Lua's -0 is "-0", which HINCRBY refuses, and Redis does not
-    -- roll back a script's earlier writes when a later command fails
-    if sp[dim] ~= 0 then redis.call('HINCRBY', k, dim, string.format('%d', -sp[dim])) end
-  end
-  redis.call('HINCRBY', k, 'leases', -1)
-  if type(st.networks) == 'table' then
-    for _, n in ipairs(st.networks) do
-      redis.call('HDEL', p .. 'nets', st.vcenter .. '|' .. n['port-group'])
-    end
-  end
-  redis.call('HDEL', p .. 'leases', id)
-  redis.call('SREM', p .. 'owner:' .. st.owner, id)
-  redis.call('ZREM', p .. 'expiry', id)
-  redis.call('HSET', p .. 'gone:' .. id, 'lease', raw, 'released-at', now, 'reason', reason)
-  redis.call('EXPIRE', p .. 'gone:' .. id, keep)
-  local rk = p .. 'req:' .. string.len(st.owner) .. ':' .. st.owner .. ':' .. st['request-id']
-  local rids = redis.call('GET', rk)
-  if rids then
-    local live = false
-    for _, x in ipairs(cjson.decode(rids)) do
-      if redis.call('HEXISTS', p .. 'leases', x) == 1 then live = true end
-    end
-    if not live then redis.call('EXPIRE', rk, keep) end
-  end
-  raws[#raws + 1] = raw
-end
-local seq = tonumber(redis.call('GET', p .. 'seq') or '0')
-if #found > 0 then
-  redis.call('SET', p .. 'version', ver + 1)
-  seq = redis.call('INCR', p .. 'seq')
-  redis.call('HINCRBY', p .. 'stats', reason == 'expired' and 'reaps' or 'releases', #found)
-  if reason == 'expired' then
-    for _, f in ipairs(found) do
-      redis.call('LPUSH', p .. 'reaped', cjson.encode({id = f[1], owner = f[2].status.owner,
-        pool = f[2].status.pool, at = now, ['expires-at'] = f[2].status['expires-at']}))
-    end
-    redis.call('LTRIM', p .. 'reaped', 0, 999)
-  end
-  if ARGV[8] ~= '1' then
-    redis.call('LPUSH', p .. 'kick', seq)
-    redis.call('LTRIM', p .. 'kick', 0, 0)
-  end
-end
-return {'ok', tostring(ver), raws, gone, seq, redis.call('ZCARD', p .. 'waiting'), set_aside}
-"""
-
-_SWAP = _UNREADY + r"""
-local p = ARGV[1]
-if unready(p, ARGV[7]) then return {'unready', 0} end
-local cur = redis.call('HGET', p .. 'leases', ARGV[2])
-if not cur then return {'missing', 0} end
-if cur ~= ARGV[3] then return {'changed', 0} end
-redis.call('HSET', p .. 'leases', ARGV[2], ARGV[4])
-redis.call('ZADD', p .. 'expiry', ARGV[5], ARGV[2])
-local seq = redis.call('INCR', p .. 'seq')
-if ARGV[6] ~= '1' then
-  redis.call('LPUSH', p .. 'kick', seq)
-  redis.call('LTRIM', p .. 'kick', 0, 0)
-end
-return {'ok', seq}
-"""
-
-_USAGE = r"""
-local p = ARGV[1]
-local v = redis.call('GET', p .. 'version')
-if not v then
-  local t = redis.call('TIME')
-  v = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-  redis.call('SET', p .. 'version', v)
-end
-local out = {v}
-local pools = redis.call('SMEMBERS', p .. 'pools')
-local rows = {}
-for _, pool in ipairs(pools) do
-  rows[#rows + 1] = pool
-  rows[#rows + 1] = redis.call('HMGET', p .. 'use:' .. pool, 'vcpus', 'memory', 'storage', 'leases')
-end
-out[2] = rows
-out[3] = redis.call('HKEYS', p .. 'nets')
-out[4] = redis.call('EXISTS', p .. 'ready')
-return out
-"""
-
-_AUDIT = r"""
-local p = ARGV[1]
-local leases = redis.call('HGETALL', p .. 'leases')
-local usage = {}
-for _, pool in ipairs(redis.call('SMEMBERS', p .. 'pools')) do
-  usage[#usage + 1] = pool
-  usage[#usage + 1] = redis.call('HMGET', p .. 'use:' .. pool,
-    'vcpus', 'memory', 'storage', 'leases')
-end
-return {leases, usage, redis.call('HGETALL', p .. 'nets')}
-"""
+LUA = Path(__file__).resolve().parent / "lua"
 
 
-_PARK = r"""
--- ARGV: prefix, request key, waiter record JSON, task id
-local p = ARGV[1]
-local rid = ARGV[2]
-if redis.call('EXISTS', p .. 'req:' .. rid) == 1 then return {'dup', 0} end
-if not redis.call('ZSCORE', p .. 'waiting', rid) then
-  redis.call('ZADD', p .. 'waiting', redis.call('INCR', p .. 'arrivals'), rid)
-  redis.call('HSET', p .. 'waiters', rid, ARGV[3])
-else
-  -- the same request sent again while it waits: that task gets the same answer
-  redis.call('SADD', p .. 'twins:' .. rid, ARGV[4])
-end
-return {'parked', redis.call('ZRANK', p .. 'waiting', rid) + 1,
-        redis.call('HGET', p .. 'waiters', rid)}
-"""
-
-_UNPARK = r"""
--- ARGV: prefix, request key. Returns {left (0/1), the twin task ids}
-local p = ARGV[1]
-local twins = redis.call('SMEMBERS', p .. 'twins:' .. ARGV[2])
-redis.call('DEL', p .. 'twins:' .. ARGV[2])
-if redis.call('ZREM', p .. 'waiting', ARGV[2]) == 1 then
-  redis.call('HDEL', p .. 'waiters', ARGV[2])
-  return {1, twins}
-end
-return {0, twins}
-"""
-
-_DEFER = r"""
-local p = ARGV[1]
-local seq = redis.call('GET', p .. 'seq') or '0'
-redis.call('HSET', p .. 'outbox', ARGV[2], seq .. '|' .. ARGV[3])
-redis.call('LPUSH', p .. 'kick', seq)
-redis.call('LTRIM', p .. 'kick', 0, 0)
-return seq
-"""
-
-_SNAPSHOT = r"""
-local p = ARGV[1]
-return {redis.call('GET', p .. 'seq') or '0', redis.call('HVALS', p .. 'leases')}
-"""
-
-_RESTORE = r"""
--- ARGV: prefix, snapshot seq, {leases: [raw JSON], expiry: [epoch s], rids: {key: ids JSON}},
---       replace ('1': Redis went back below the snapshot)
-local p = ARGV[1]
-local d = cjson.decode(ARGV[3])
-local parsed = {}  -- every record decoded before the first write (the caller checked them)
-for i, raw in ipairs(d.leases) do parsed[i] = cjson.decode(raw) end
-if ARGV[4] == '1' then  -- replace: Redis went back to an older state than the snapshot's
-  -- a live ledger is never behind a mirror of itself: refuse unless it still is
-  if tonumber(redis.call('GET', p .. 'seq') or '0') >= tonumber(ARGV[2]) then return 0 end
-  for _, raw in ipairs(redis.call('HVALS', p .. 'leases')) do
-    local ok, l = pcall(cjson.decode, raw)
-    if ok then redis.call('DEL', p .. 'owner:' .. l.status.owner) end
-  end
-  for _, pool in ipairs(redis.call('SMEMBERS', p .. 'pools')) do
-    redis.call('DEL', p .. 'use:' .. pool)
-  end
-  redis.call('DEL', p .. 'pools', p .. 'nets', p .. 'leases', p .. 'expiry', p .. 'version')
-else
-  if redis.call('EXISTS', p .. 'ready') == 1 then return 0 end
-  if redis.call('HLEN', p .. 'leases') > 0 then
-    redis.call('SET', p .. 'ready', 'kept')  -- Redis has data of its own: Redis wins
-    return 0
-  end
-end
-for i, raw in ipairs(d.leases) do
-  local l = parsed[i]
-  local st, sp, id = l.status, l.spec, l.metadata.name
-  local k = p .. 'use:' .. st.pool
-  for _, dim in ipairs({'vcpus', 'memory', 'storage'}) do
-    redis.call('HINCRBY', k, dim, string.format('%d', sp[dim]))
-  end
-  redis.call('HINCRBY', k, 'leases', 1)
-  redis.call('HSET', k, 'vcenter', st.vcenter)
-  redis.call('SADD', p .. 'pools', st.pool)
-  if type(st.networks) == 'table' then
-    for _, n in ipairs(st.networks) do
-      redis.call('HSET', p .. 'nets', st.vcenter .. '|' .. n['port-group'], id)
-    end
-  end
-  redis.call('HSET', p .. 'leases', id, raw)
-  redis.call('SADD', p .. 'owner:' .. st.owner, id)
-  redis.call('ZADD', p .. 'expiry', d.expiry[i], id)
-end
-for rid, ids in pairs(d.rids) do redis.call('SET', p .. 'req:' .. rid, ids) end
-redis.call('SET', p .. 'seq', ARGV[2])
-redis.call('SET', p .. 'ready', ARGV[2])
-return 1
-"""
+def _lua(name: str) -> str:
+    """A script with the shared prelude (the readiness guard, the publisher's wake-up)."""
+    return (LUA / "prelude.lua").read_text() + "\n" + (LUA / f"{name}.lua").read_text()
 
 
 # acquire latency histogram (seconds, including time spent waiting in line)
@@ -411,20 +71,21 @@ def _text(value: Any) -> str:
 class Ledger:
     def __init__(self, client: redis.Redis, prefix: str = "vcm:", keep: int = 7 * 86400) -> None:
         self.r = client
-        self.p = prefix
+        self.p = prefix  # the scripts derive every key from it
+        self.k = Keys(prefix)
         self.keep = keep
         self.quiet = False  # True: changes do not kick the publisher (the caller journals them)
         self.floor = 0  # writes refuse below this seq (see _UNREADY, Capacity.ensure_ready)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._release = client.register_script(_RELEASE)
-        self._swap = client.register_script(_SWAP)
-        self._usage = client.register_script(_USAGE)
-        self._audit = client.register_script(_AUDIT)
-        self._park = client.register_script(_PARK)
-        self._unpark = client.register_script(_UNPARK)
-        self._defer = client.register_script(_DEFER)
-        self._snapshot = client.register_script(_SNAPSHOT)
-        self._restore = client.register_script(_RESTORE)
+        self._acquire = client.register_script(_lua("commit"))
+        self._release = client.register_script(_lua("release"))
+        self._swap = client.register_script(_lua("swap"))
+        self._usage = client.register_script(_lua("usage"))
+        self._audit = client.register_script(_lua("audit"))
+        self._park = client.register_script(_lua("park"))
+        self._unpark = client.register_script(_lua("unpark"))
+        self._defer = client.register_script(_lua("defer"))
+        self._snapshot = client.register_script(_lua("snapshot"))
+        self._restore = client.register_script(_lua("restore"))
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> Ledger:
@@ -443,10 +104,10 @@ class Ledger:
         return int(version), usage, {_text(n) for n in nets}
 
     def seq(self) -> int:
-        return int(self.r.get(self.p + "seq") or 0)
+        return int(self.r.get(self.k.seq) or 0)
 
     def get(self, lease_id: str) -> dict[str, Any] | None:
-        raw = self.r.hget(self.p + "leases", lease_id)
+        raw = self.r.hget(self.k.leases, lease_id)
         return json.loads(raw) if raw else None
 
     def get_many(self, ids: list[str]) -> list[dict[str, Any]]:
@@ -454,9 +115,9 @@ class Ledger:
         if not ids:
             return []
         pipe = self.r.pipeline(transaction=False)
-        pipe.hmget(self.p + "leases", ids)
+        pipe.hmget(self.k.leases, ids)
         for i in ids:
-            pipe.hgetall(self.p + "gone:" + i)
+            pipe.hgetall(self.k.gone(i))
         active, *gone = pipe.execute()
         out = []
         for lease_id, raw, g in zip(ids, active, gone, strict=True):
@@ -472,21 +133,21 @@ class Ledger:
         """The usage version, and the lease ids recorded for each request-id (None where it
         is unknown), read in one round trip."""
         pipe = self.r.pipeline(transaction=True)
-        pipe.get(self.p + "version")
-        pipe.mget([self.p + "req:" + r for r in request_ids])
+        pipe.get(self.k.version)
+        pipe.mget([self.k.request(r) for r in request_ids])
         version, raws = pipe.execute()
         return int(version or -1), [json.loads(x) if x else None for x in raws]
 
     def leases(self, owner: str | None = None) -> list[dict[str, Any]]:
         if owner is not None:
-            ids = sorted(_text(x) for x in self.r.smembers(f"{self.p}owner:{owner}"))
-            raws = self.r.hmget(self.p + "leases", ids) if ids else []
+            ids = sorted(_text(x) for x in self.r.smembers(self.k.owner(owner)))
+            raws = self.r.hmget(self.k.leases, ids) if ids else []
         else:
-            raws = self.r.hvals(self.p + "leases")
+            raws = self.r.hvals(self.k.leases)
         return [json.loads(x) for x in raws if x]
 
     def expired(self, now: float, limit: int = 1000) -> list[str]:
-        return [_text(x) for x in self.r.zrangebyscore(self.p + "expiry", 0, now, 0, limit)]
+        return [_text(x) for x in self.r.zrangebyscore(self.k.expiry, 0, now, 0, limit)]
 
     def audit(self) -> dict[str, Any]:
         """Leases, counters and port groups read in one atomic step (for tests and checks)."""
@@ -580,17 +241,17 @@ class Ledger:
     def active_at(self, ids: list[str]) -> tuple[int, list[str]]:
         """The ledger seq and the raw JSON of those of `ids` still active, read atomically."""
         pipe = self.r.pipeline(transaction=True)
-        pipe.get(self.p + "seq")
-        pipe.hmget(self.p + "leases", ids)
+        pipe.get(self.k.seq)
+        pipe.hmget(self.k.leases, ids)
         seq, raws = pipe.execute()
         return int(seq or 0), [_text(x) for x in raws if x]
 
     def raw(self, lease_id: str) -> str | None:
-        raw = self.r.hget(self.p + "leases", lease_id)
+        raw = self.r.hget(self.k.leases, lease_id)
         return _text(raw) if raw is not None else None
 
     def is_gone(self, lease_id: str) -> bool:
-        return bool(self.r.exists(self.p + "gone:" + lease_id))
+        return bool(self.r.exists(self.k.gone(lease_id)))
 
     # waiting line ------------------------------------------------------------------------
     def park(self, key: str, record: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -604,7 +265,7 @@ class Ledger:
         return int(position), json.loads(held[0]) if held and held[0] else record
 
     def is_waiting(self, key: str) -> bool:
-        return self.r.zscore(self.p + "waiting", key) is not None
+        return self.r.zscore(self.k.waiting, key) is not None
 
     def unpark(self, key: str) -> tuple[bool, list[str]]:
         """Leave the line: (False if it already left, the twin task ids to answer too)."""
@@ -613,24 +274,24 @@ class Ledger:
 
     def twins(self, key: str) -> list[str]:
         """The other tasks waiting for the same request (see park)."""
-        return [_text(x) for x in self.r.smembers(self.p + "twins:" + key)]
+        return [_text(x) for x in self.r.smembers(self.k.twins(key))]
 
     def rewait(self, key: str, record: dict[str, Any]) -> None:
         """Replace a waiter's record, keeping its place in line."""
-        self.r.hset(self.p + "waiters", key, json.dumps(record))
+        self.r.hset(self.k.waiters, key, json.dumps(record))
 
     def drop_twin(self, key: str, task_id: str) -> bool:
-        return bool(self.r.srem(self.p + "twins:" + key, task_id))
+        return bool(self.r.srem(self.k.twins(key), task_id))
 
     def waiters(self) -> list[tuple[str, dict[str, Any]]]:
-        ids = [_text(x) for x in self.r.zrange(self.p + "waiting", 0, -1)]
+        ids = [_text(x) for x in self.r.zrange(self.k.waiting, 0, -1)]
         if not ids:
             return []
-        raws = self.r.hmget(self.p + "waiters", ids)
+        raws = self.r.hmget(self.k.waiters, ids)
         return [(i, json.loads(raw)) for i, raw in zip(ids, raws, strict=True) if raw]
 
     def waiting_count(self) -> int:
-        return int(self.r.zcard(self.p + "waiting"))
+        return int(self.r.zcard(self.k.waiting))
 
     # replies that wait for the mirror -----------------------------------------------------
     def defer(self, task_id: str, reply: Any) -> int:
@@ -639,17 +300,17 @@ class Ledger:
 
     def outbox(self) -> list[tuple[str, int, Any]]:
         out = []
-        for task_id, raw in self.r.hgetall(self.p + "outbox").items():
+        for task_id, raw in self.r.hgetall(self.k.outbox).items():
             seq, _, payload = _text(raw).partition("|")
             out.append((_text(task_id), int(seq), json.loads(payload)))
         return sorted(out, key=lambda x: x[1])
 
     def outbox_done(self, task_ids: list[str]) -> None:
         if task_ids:
-            self.r.hdel(self.p + "outbox", *task_ids)
+            self.r.hdel(self.k.outbox, *task_ids)
 
     def wait_kick(self, timeout: float) -> None:
-        self.r.blpop([self.p + "kick"], timeout=max(timeout, 0.01))
+        self.r.blpop([self.k.kick], timeout=max(timeout, 0.01))
 
     # mirror ------------------------------------------------------------------------------
     def snapshot(self, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
@@ -701,29 +362,29 @@ class Ledger:
             name = lease_name(lease) or f"unnamed-{i}"
             log.error("mirror record %s set aside (kept in %squarantine): %s", ascii(name),
                       self.p, problem)
-            pipe.hset(self.p + "quarantine", ascii(name)[1:-1],
+            pipe.hset(self.k.quarantine, ascii(name)[1:-1],
                       json.dumps({"record": lease, "problem": problem}))
-        pipe.hincrby(self.p + "stats", "quarantined", len(bad))
+        pipe.hincrby(self.k.stats, "quarantined", len(bad))
         pipe.execute()
 
     def epoch(self) -> str | None:
         """The token of this Redis ledger (made by the publisher; see Publisher.check_epoch)."""
-        raw = self.r.hget(self.p + "mirror", "epoch")
+        raw = self.r.hget(self.k.mirror, "epoch")
         return _text(raw) if raw is not None else None
 
     def is_ready(self) -> bool:
-        return bool(self.r.exists(self.p + "ready"))
+        return bool(self.r.exists(self.k.ready))
 
     # stats -------------------------------------------------------------------------------
     def count(self, field: str, n: int = 1) -> None:
-        self.r.hincrby(self.p + "stats", field, n)
+        self.r.hincrby(self.k.stats, field, n)
 
     def stats(self) -> dict[str, int]:
-        return {_text(k): int(v) for k, v in self.r.hgetall(self.p + "stats").items()}
+        return {_text(k): int(v) for k, v in self.r.hgetall(self.k.stats).items()}
 
     def latency(self) -> dict[str, float]:
         """The acquire latency histogram: cumulative bucket counts by bound, count, sum."""
-        raw = {_text(k): float(v) for k, v in self.r.hgetall(self.p + "latency").items()}
+        raw = {_text(k): float(v) for k, v in self.r.hgetall(self.k.latency).items()}
         running = 0.0
         for bound in LATENCY_BUCKETS:
             running += raw.get(str(bound), 0.0)
@@ -734,26 +395,26 @@ class Ledger:
     def append_usage(self, snapshot: dict[str, Any], retention: float) -> str:
         """Add a rollup; entries older than `retention` seconds are trimmed in the same call."""
         oldest_ms = int((time.time() - retention) * 1000)
-        entry_id = self.r.xadd(self.p + "usage", {"s": json.dumps(snapshot)},
+        entry_id = self.r.xadd(self.k.usage, {"s": json.dumps(snapshot)},
                                minid=oldest_ms, approximate=False)
         return _text(entry_id)
 
     def usage_history(self, since: float = 0.0, limit: int = 10000) -> list[dict[str, Any]]:
         start = f"{int(since * 1000)}-0" if since else "-"
-        rows = self.r.xrevrange(self.p + "usage", max="+", min=start, count=limit)
+        rows = self.r.xrevrange(self.k.usage, max="+", min=start, count=limit)
         return [json.loads(fields[b"s"]) for _, fields in reversed(rows)]  # newest kept
 
     def usage_history_from(self, since: float, limit: int) -> list[dict[str, Any]]:
         """At most `limit` rollups from `since` on, oldest first (for paging)."""
-        rows = self.r.xrange(self.p + "usage", min=f"{int(since * 1000)}-0", max="+",
+        rows = self.r.xrange(self.k.usage, min=f"{int(since * 1000)}-0", max="+",
                              count=limit)
         return [json.loads(fields[b"s"]) for _, fields in rows]
 
     def usage_len(self) -> int:
-        return int(self.r.xlen(self.p + "usage"))
+        return int(self.r.xlen(self.k.usage))
 
     def reaped(self, limit: int = 100) -> list[dict[str, Any]]:
-        return [json.loads(x) for x in self.r.lrange(self.p + "reaped", 0, limit - 1)]
+        return [json.loads(x) for x in self.r.lrange(self.k.reaped, 0, limit - 1)]
 
 
 def lease_name(lease: Any) -> str:

@@ -1,0 +1,120 @@
+"""Every Redis key the capacity manager uses, named once. Celery's own keys (the broker's
+queues, `celery-task-meta-*` results) are Celery's: see tasks/results.py.
+
+All keys share a prefix (`vcm:` unless a test gives its own). The Lua scripts in ledger.py
+build the same names from the prefix; their headers say which they touch.
+
+=====================  ===============================================================
+key                    what it holds
+=====================  ===============================================================
+version                bumped by every change to usage (decisions are committed against it)
+seq                    bumped by every change at all (the mirror follows it)
+ready                  set once the ledger is rebuilt (or known empty); writes refuse without
+use:<pool>             hash vcpus, memory, storage, leases, vcenter: per-pool usage
+pools                  set of pool names that have ever had usage
+nets                   hash "<vcenter>|<port-group>" -> lease id: port groups in use
+leases                 hash lease id -> lease JSON (active leases)
+owner:<owner>          set of an owner's active lease ids
+expiry                 zset lease id -> expires-at (epoch seconds)
+req:<n>:<owner>:<id>   JSON list of lease ids: the idempotency record of (owner, request-id)
+gone:<lease id>        hash lease, released-at, reason: a released lease, kept a while
+quarantine             hash lease id -> a stored record that could not be decoded, set aside
+waiting                zset request key -> arrival: the waiting line
+waiters                hash request key -> the waiting request and its task
+twins:<request key>    set of task ids sent again for a request that waits
+arrivals               counter giving the waiting line its order
+outbox                 hash task id -> "<seq>|<answer JSON>": answers held for the mirror
+kick                   list: wakes the publisher (a change to mirror, an answer to release)
+mirror                 hash: the mirror publisher's status (see publisher.py)
+stats                  hash of counters (placements, releases, reaps, refusals, ...)
+latency                hash: acquire latency histogram
+reaped                 list of the last 1,000 reaped leases
+usage                  stream of usage rollups, trimmed to the retention
+=====================  ===============================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "vcm:"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = PREFIX
+
+    @property
+    def version(self) -> str:
+        return self.prefix + "version"
+
+    @property
+    def seq(self) -> str:
+        return self.prefix + "seq"
+
+    @property
+    def ready(self) -> str:
+        return self.prefix + "ready"
+
+    @property
+    def leases(self) -> str:
+        return self.prefix + "leases"
+
+    @property
+    def expiry(self) -> str:
+        return self.prefix + "expiry"
+
+    @property
+    def quarantine(self) -> str:
+        return self.prefix + "quarantine"
+
+    @property
+    def waiting(self) -> str:
+        return self.prefix + "waiting"
+
+    @property
+    def waiters(self) -> str:
+        return self.prefix + "waiters"
+
+    @property
+    def outbox(self) -> str:
+        return self.prefix + "outbox"
+
+    @property
+    def kick(self) -> str:
+        return self.prefix + "kick"
+
+    @property
+    def mirror(self) -> str:
+        return self.prefix + "mirror"
+
+    @property
+    def stats(self) -> str:
+        return self.prefix + "stats"
+
+    @property
+    def latency(self) -> str:
+        return self.prefix + "latency"
+
+    @property
+    def reaped(self) -> str:
+        return self.prefix + "reaped"
+
+    @property
+    def usage(self) -> str:
+        return self.prefix + "usage"
+
+    def owner(self, owner: str) -> str:
+        return f"{self.prefix}owner:{owner}"
+
+    def request(self, key: str) -> str:
+        return f"{self.prefix}req:{key}"
+
+    def gone(self, lease_id: str) -> str:
+        return f"{self.prefix}gone:{lease_id}"
+
+    def twins(self, key: str) -> str:
+        return f"{self.prefix}twins:{key}"
+
+
+KEYS = Keys()

@@ -1,0 +1,13 @@
+-- Leases, counters and port groups read in one atomic step (tests and checks).
+-- KEYS: none (derived from the prefix: leases, pools, use:<pool>, nets)
+-- ARGV: [1] prefix
+-- Returns {HGETALL leases, [pool, counters, ...], HGETALL nets}
+local p = ARGV[1]
+local leases = redis.call('HGETALL', p .. 'leases')
+local usage = {}
+for _, pool in ipairs(redis.call('SMEMBERS', p .. 'pools')) do
+  usage[#usage + 1] = pool
+  usage[#usage + 1] = redis.call('HMGET', p .. 'use:' .. pool,
+    'vcpus', 'memory', 'storage', 'leases')
+end
+return {leases, usage, redis.call('HGETALL', p .. 'nets')}

@@ -1,0 +1,89 @@
+-- Record the leases of one decision, if it still holds: the (owner, request-id)s are new,
+-- none waits in line (unless being served), the ledger is at the version the decision read,
+-- and capacity and port groups still fit. All or nothing.
+-- KEYS: none (derived from the prefix: version, seq, ready, use:<pool>, pools, nets, leases,
+--       owner:<owner>, expiry, req:<key>, waiting, waiters, stats, latency, kick)
+-- ARGV: [1] prefix, [2] the usage version the decision read,
+--       [3] {rids: {key: ids JSON}, pools: {pool: usage + cap}, nets: {pg key: lease id},
+--            leases: [{id, owner, exp}], granted?: [waiter keys], lone?, quiet?, floor?,
+--            latency?: {seconds, bucket?}},
+--       [4..] each new lease's JSON, in the order of `leases`
+-- Returns {'ok', version, seq} | {'dup', [key, ids JSON, ...]} | {'conflict', key} |
+--         {'queued', key} | {'stale', version} | {'waiters', ''} | {'gone', key} |
+--         {'over', pool or port group} | {'unready', '0'}
+local p = ARGV[1]
+local d = cjson.decode(ARGV[3])
+if unready(p, d.floor or 0) then return {'unready', '0'} end
+local expected = tonumber(ARGV[2])
+local have, missing, first = 0, 0, nil
+for rid, _ in pairs(d.rids) do
+  if redis.call('EXISTS', p .. 'req:' .. rid) == 1 then
+    have = have + 1
+    first = first or rid
+  else
+    missing = missing + 1
+  end
+end
+if have > 0 then
+  if missing > 0 then return {'conflict', first} end
+  local out = {}
+  for rid, _ in pairs(d.rids) do
+    out[#out + 1] = rid
+    out[#out + 1] = redis.call('GET', p .. 'req:' .. rid)
+  end
+  return {'dup', out}
+end
+local serving = {}
+for _, rid in ipairs(d.granted or {}) do serving[rid] = true end
+for rid, _ in pairs(d.rids) do
+  -- the same request is waiting in line: it is answered from there, never twice
+  if not serving[rid] and redis.call('ZSCORE', p .. 'waiting', rid) then return {'queued', rid} end
+end
+local ver = tonumber(redis.call('GET', p .. 'version') or '-1')
+if ver ~= expected then return {'stale', tostring(ver)} end
+if d.lone and redis.call('EXISTS', p .. 'waiting') == 1 then return {'waiters', ''} end
+for _, rid in ipairs(d.granted or {}) do
+  if not redis.call('ZSCORE', p .. 'waiting', rid) then return {'gone', rid} end
+end
+for pool, u in pairs(d.pools) do
+  local cur = redis.call('HMGET', p .. 'use:' .. pool, 'vcpus', 'memory', 'storage')
+  if (tonumber(cur[1]) or 0) + u.vcpus > u.cap[1]
+     or (tonumber(cur[2]) or 0) + u.memory > u.cap[2]
+     or (tonumber(cur[3]) or 0) + u.storage > u.cap[3] then
+    return {'over', pool}
+  end
+end
+for key, _ in pairs(d.nets) do
+  if redis.call('HEXISTS', p .. 'nets', key) == 1 then return {'over', key} end
+end
+for pool, u in pairs(d.pools) do
+  local k = p .. 'use:' .. pool
+  for _, dim in ipairs({'vcpus', 'memory', 'storage', 'leases'}) do
+    redis.call('HINCRBY', k, dim, string.format('%d', u[dim]))
+  end
+  redis.call('HSET', k, 'vcenter', u.vcenter)
+  redis.call('SADD', p .. 'pools', pool)
+end
+for key, id in pairs(d.nets) do redis.call('HSET', p .. 'nets', key, id) end
+for i, l in ipairs(d.leases) do
+  redis.call('HSET', p .. 'leases', l.id, ARGV[3 + i])  -- the lease JSON, as sent
+  redis.call('SADD', p .. 'owner:' .. l.owner, l.id)
+  redis.call('ZADD', p .. 'expiry', l.exp, l.id)
+end
+for rid, ids in pairs(d.rids) do redis.call('SET', p .. 'req:' .. rid, ids) end
+for _, rid in ipairs(d.granted or {}) do
+  redis.call('ZREM', p .. 'waiting', rid)
+  redis.call('HDEL', p .. 'waiters', rid)
+end
+redis.call('HINCRBY', p .. 'stats', 'placements', #d.leases)
+if d.latency then
+  if d.latency.bucket then redis.call('HINCRBY', p .. 'latency', d.latency.bucket, 1) end
+  redis.call('HINCRBY', p .. 'latency', 'count', 1)
+  redis.call('HINCRBYFLOAT', p .. 'latency', 'sum', d.latency.seconds)
+end
+redis.call('SET', p .. 'version', ver + 1)
+local seq = redis.call('INCR', p .. 'seq')
+if not d.quiet then
+  kick(p, seq)
+end
+return {'ok', tostring(ver + 1), seq}

@@ -1,0 +1,16 @@
+-- Join the waiting line, once per request key; a later task for the same key is a twin.
+-- KEYS: none (derived from the prefix: req:<key>, waiting, waiters, arrivals, twins:<key>)
+-- ARGV: [1] prefix, [2] request key, [3] waiter record JSON, [4] task id
+-- Returns {'parked', position, the record in line} | {'dup', 0} (granted meanwhile)
+local p = ARGV[1]
+local rid = ARGV[2]
+if redis.call('EXISTS', p .. 'req:' .. rid) == 1 then return {'dup', 0} end
+if not redis.call('ZSCORE', p .. 'waiting', rid) then
+  redis.call('ZADD', p .. 'waiting', redis.call('INCR', p .. 'arrivals'), rid)
+  redis.call('HSET', p .. 'waiters', rid, ARGV[3])
+else
+  -- the same request sent again while it waits: that task gets the same answer
+  redis.call('SADD', p .. 'twins:' .. rid, ARGV[4])
+end
+return {'parked', redis.call('ZRANK', p .. 'waiting', rid) + 1,
+        redis.call('HGET', p .. 'waiters', rid)}

@@ -1,0 +1,104 @@
+-- Release leases by id and/or all of an owner's.
+-- KEYS: none (derived from the prefix: leases, expiry, owner:<owner>, use:<pool>, nets,
+--       gone:<id>, req:<key>, quarantine, version, seq, stats, reaped, waiting, kick, ready)
+-- ARGV: prefix, ids JSON, owner to check ('' none), owner whose leases all go ('' none),
+--       reason, now (RFC 3339), keep (s), quiet ('1'), floor, reap cutoff (epoch s; '' none)
+-- A lease whose record cannot be decoded is set aside in `quarantine` (its usage stays
+-- counted: safe, never over-allocating) instead of failing every release that meets it.
+-- Returns {'ok', old version, [released JSON], [ids released before], seq, waiting, [set aside]}
+--         | {'notowner', id, holder} | {'missing', id} | {'unready', ''}
+local p = ARGV[1]
+if unready(p, ARGV[9]) then return {'unready', ''} end
+local cutoff = tonumber(ARGV[10])
+local ids = cjson.decode(ARGV[2])
+local owner = ARGV[3]
+local by_owner = ARGV[4]
+local reason = ARGV[5]
+local now = ARGV[6]
+local keep = tonumber(ARGV[7])
+if by_owner ~= '' then
+  for _, id in ipairs(redis.call('SMEMBERS', p .. 'owner:' .. by_owner)) do ids[#ids + 1] = id end
+end
+local seen, found, gone, missing, bad = {}, {}, {}, {}, {}
+for _, id in ipairs(ids) do
+  if not seen[id] then
+    seen[id] = true
+    local raw = redis.call('HGET', p .. 'leases', id)
+    local ok, l = false, nil
+    if raw then ok, l = pcall(cjson.decode, raw) end
+    if raw and not ok then
+      bad[#bad + 1] = {id, raw}
+    elseif raw then
+      if owner ~= '' and l.status.owner ~= owner then
+        return {'notowner', id, tostring(l.status.owner)}
+      end
+      local exp = redis.call('ZSCORE', p .. 'expiry', id)
+      -- reaping: a lease renewed since the reaper read it stays
+      if not cutoff or not exp or tonumber(exp) <= cutoff then found[#found + 1] = {id, l, raw} end
+    elseif redis.call('EXISTS', p .. 'gone:' .. id) == 1 then
+      gone[#gone + 1] = id
+    else
+      missing[#missing + 1] = id
+    end
+  end
+end
+if #missing > 0 then return {'missing', missing[1]} end
+local set_aside = {}
+for _, b in ipairs(bad) do
+  redis.call('HSET', p .. 'quarantine', b[1], b[2])
+  redis.call('HDEL', p .. 'leases', b[1])
+  redis.call('ZREM', p .. 'expiry', b[1])
+  if by_owner ~= '' then redis.call('SREM', p .. 'owner:' .. by_owner, b[1]) end
+  set_aside[#set_aside + 1] = b[1]
+end
+if #bad > 0 then redis.call('HINCRBY', p .. 'stats', 'quarantined', #bad) end
+local ver = tonumber(redis.call('GET', p .. 'version') or '-1')
+local raws = {}
+for _, f in ipairs(found) do
+  local id, l, raw = f[1], f[2], f[3]
+  local st, sp = l.status, l.spec
+  local k = p .. 'use:' .. st.pool
+  for _, dim in ipairs({'vcpus', 'memory', 'storage'}) do
+    -- string.format, not -x: Lua's -0 is "-0", which HINCRBY refuses, and Redis does not
+    -- roll back a script's earlier writes when a later command fails
+    if sp[dim] ~= 0 then redis.call('HINCRBY', k, dim, string.format('%d', -sp[dim])) end
+  end
+  redis.call('HINCRBY', k, 'leases', -1)
+  if type(st.networks) == 'table' then
+    for _, n in ipairs(st.networks) do
+      redis.call('HDEL', p .. 'nets', st.vcenter .. '|' .. n['port-group'])
+    end
+  end
+  redis.call('HDEL', p .. 'leases', id)
+  redis.call('SREM', p .. 'owner:' .. st.owner, id)
+  redis.call('ZREM', p .. 'expiry', id)
+  redis.call('HSET', p .. 'gone:' .. id, 'lease', raw, 'released-at', now, 'reason', reason)
+  redis.call('EXPIRE', p .. 'gone:' .. id, keep)
+  local rk = p .. 'req:' .. string.len(st.owner) .. ':' .. st.owner .. ':' .. st['request-id']
+  local rids = redis.call('GET', rk)
+  if rids then
+    local live = false
+    for _, x in ipairs(cjson.decode(rids)) do
+      if redis.call('HEXISTS', p .. 'leases', x) == 1 then live = true end
+    end
+    if not live then redis.call('EXPIRE', rk, keep) end
+  end
+  raws[#raws + 1] = raw
+end
+local seq = tonumber(redis.call('GET', p .. 'seq') or '0')
+if #found > 0 then
+  redis.call('SET', p .. 'version', ver + 1)
+  seq = redis.call('INCR', p .. 'seq')
+  redis.call('HINCRBY', p .. 'stats', reason == 'expired' and 'reaps' or 'releases', #found)
+  if reason == 'expired' then
+    for _, f in ipairs(found) do
+      redis.call('LPUSH', p .. 'reaped', cjson.encode({id = f[1], owner = f[2].status.owner,
+        pool = f[2].status.pool, at = now, ['expires-at'] = f[2].status['expires-at']}))
+    end
+    redis.call('LTRIM', p .. 'reaped', 0, 999)
+  end
+  if ARGV[8] ~= '1' then
+    kick(p, seq)
+  end
+end
+return {'ok', tostring(ver), raws, gone, seq, redis.call('ZCARD', p .. 'waiting'), set_aside}
