@@ -1,4 +1,4 @@
-"""Release-to-grant lag for a waiting request (issue 4), against a no-op task round trip.
+"""Release-to-grant lag for a waiting request, against a no-op task round trip.
 
 A pool is full; a request waits in line; the test releases a lease and measures, from the
 moment the release is sent, how long until the waiting request's result is ready. Boskos

@@ -1,4 +1,4 @@
-"""The HTTP shim (CONTRACT §6) as a client sees it: a real uvicorn server, real workers, real
+"""The HTTP shim as a client sees it: a real uvicorn server, real workers, real
 Redis, over HTTP (httpx and the upstream README's own curl commands)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The dashboard at GET / (issue 4 item 7), loaded in headless Debian chromium against a real
+"""The dashboard at GET / loaded in headless Debian chromium against a real
 stack: a private redis-server, placement and queries workers, and `vcm api` (the shim).
 
 The DOM chromium built is parsed back: the pools are grouped under their vCenters, the leases'

@@ -1,4 +1,4 @@
-"""Flower (issue 4 item 6): task events are on, and Flower's /api/tasks lists a `vcm.acquire`
+"""Flower: task events are on, and Flower's /api/tasks lists a `vcm.acquire`
 with readable arguments (owner, sizes) and its result, behind basic auth. A private
 redis-server, real placement and queries workers and a real `celery -A tasks flower`.
 

@@ -1,4 +1,4 @@
-"""Fleet metrics on GET /metrics (issue 4 item 5): after acquires, a refusal, a waited grant, a
+"""Fleet metrics on GET /metrics: after acquires, a refusal, a waited grant, a
 release and a reap, the values read from the ledger are exactly right. A private redis-server,
 real workers and the real HTTP server; the scrape is parsed with prometheus_client's parser."""
 

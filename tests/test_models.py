@@ -1,4 +1,4 @@
-"""Request validation and the lease shape (CONTRACT §3, issue 2 "Bad input")."""
+"""Request validation and the lease shape."""
 
 from __future__ import annotations
 

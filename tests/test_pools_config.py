@@ -1,4 +1,4 @@
-"""Pools configuration (CONTRACT §2): every invalid file names the file, the pool and the field."""
+"""Pools configuration: every invalid file names the file, the pool and the field."""
 
 from __future__ import annotations
 

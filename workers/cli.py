@@ -1,4 +1,4 @@
-"""`vcm`: the command line (CONTRACT §7). Talks to the workers through Celery: send, then poll.
+"""`vcm`: the command line. Talks to the workers through Celery: send, then poll.
 
 Exit codes: 0 ok, 2 bad input, 3 no capacity or the wait ran out, 1 anything else.
 """

@@ -1,4 +1,4 @@
-"""Settings from the environment (CONTRACT §8). Every one has a laptop-friendly default."""
+"""Settings from the environment (listed in the README). Every one has a laptop-friendly default."""
 
 from __future__ import annotations
 

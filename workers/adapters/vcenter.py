@@ -2,7 +2,7 @@
 
 `VCenterInventory` reads, per datacenter, the clusters (CPU, memory), datastores (capacity, free
 space) and networks (port groups) of one vCenter, with one PropertyCollector call each.
-`check_pools` compares the pools (CONTRACT §2) with their vCenters and returns findings:
+`check_pools` compares the pools with their vCenters and returns findings:
 errors for names that do not exist or a vCenter that cannot be read, warnings for budgets
 larger than the hardware. Budgets are in GB = 2**30 bytes, as vSphere shows them.
 """

@@ -1,4 +1,4 @@
-"""Domain errors. Names are part of the contract (CONTRACT §5).
+"""Domain errors. Their names are part of the task API: clients match on them.
 
 Every error is built as ``cls(message, details)`` because Celery's JSON result backend
 re-creates exceptions as ``cls(*args)``; use the ``of`` factories to build them.

@@ -260,7 +260,7 @@ def parse_request(
     max_wait: float = 7 * 86400,
     where: str = "",
 ) -> Request:
-    """Validate a raw acquire request (CONTRACT §3). Errors name the field."""
+    """Validate a raw acquire request. Errors name the field."""
     prefix = f"{where}." if where else ""
     if not isinstance(raw, dict):
         raise InvalidRequest.of(where or "request", f"must be an object, got {_tn(raw)}")
@@ -332,7 +332,7 @@ def parse_rfc3339(text: str) -> float:
 def make_lease(
     lease_id: str, req: Request, pool: Pool, networks: list[Network], now: float
 ) -> dict[str, Any]:
-    """A lease in the contract shape (CONTRACT §3), upstream keys first."""
+    """A lease in the wire shape, upstream keys first."""
     return {
         "spec": req.spec(),
         "status": {

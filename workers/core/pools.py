@@ -1,4 +1,4 @@
-"""Pools configuration (CONTRACT §2): parsed and validated from plain data, no I/O."""
+"""Pools configuration: parsed and validated from plain data, no I/O."""
 
 from __future__ import annotations
 
