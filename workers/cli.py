@@ -28,15 +28,21 @@ class CliError(Exception):
 
 
 # talking to the workers --------------------------------------------------------------------
-def celery_app(redis_url: str | None):
-    if redis_url:
-        os.environ["VCM_REDIS_URL"] = redis_url
-    from tasks import app
+_clients: dict[str, Any] = {}
 
-    url = os.environ.get("VCM_REDIS_URL", "redis://127.0.0.1:6379/0")
-    app.conf.broker_url = url
-    app.conf.result_backend = url
-    return app
+
+def celery_app(redis_url: str | None):
+    """A client-only Celery app (send and read results): the workers' settings, none of
+    their code."""
+    from celery import Celery
+
+    url = redis_url or os.environ.get("VCM_REDIS_URL", "redis://127.0.0.1:6379/0")
+    if url not in _clients:
+        app = Celery("vcm-cli", set_as_current=False)
+        app.config_from_object("celeryconfig")
+        app.conf.broker_url = app.conf.result_backend = url
+        _clients[url] = app
+    return _clients[url]
 
 
 def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: Any) -> Any:
