@@ -245,15 +245,16 @@ class LoggedProcess:
 class Worker(LoggedProcess):
     """A real `celery -A tasks worker` subprocess.
 
-    `pool=None` passes no -P: the command users run (`celery -A tasks worker -Q placement
-    --concurrency 1`, Celery's default prefork pool). The added flags (-n, -l info,
+    By default (`pool=None`) no -P is passed: the command users run (`celery -A tasks worker
+    -Q placement --concurrency 1`, Celery's default prefork pool), so every stack in the tests
+    starts its placement worker the documented way. The added flags (-n, -l info,
     --without-mingle, --without-gossip, -E) name the worker and log; they leave the pool as
     it is."""
 
     group = True
 
     def __init__(self, env: dict, queues: str = "placement", name: str | None = None,
-                 pool: str | None = "solo", concurrency: int = 1,
+                 pool: str | None = None, concurrency: int = 1,
                  log: str | None = None) -> None:
         self.env = env
         self.queues = queues
