@@ -379,8 +379,6 @@ def test_waiting_acquire_is_answered_when_capacity_frees(http, settled, pools_fi
     task_id = resp.json()["task-id"]
     state = wait_for(lambda: (s := http.get(f"/tasks/{task_id}").json())["state"]
                      in ("WAITING", "FAILURE", "SUCCESS") and s, timeout=20, what="parking")
-    if state["state"] == "FAILURE" and state["error"]["error"] == "NoCapacity":
-        pytest.skip("the workers do not queue waiting requests yet")
     assert state["state"] == "WAITING", state
     assert state["position"] == 1 and "pool3" in state["reasons"]
     http.post("/release", json={"owner": "hog"})
