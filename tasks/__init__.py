@@ -128,10 +128,10 @@ def acquire_batch(self, requests: Any = None, *args: Any,
 
 
 @app.task(name="vcm.release", bind=True, throws=EXPECTED)
-def release(self, lease_ids: Any = None, owner: Any = None, *args: Any,
+def release(self, lease_ids: Any = None, owner: Any = None, selector: Any = None, *args: Any,
             **extra: Any) -> list[str]:
     _no_extra(args, extra)
-    return _answer(self, service().release(lease_ids, owner))
+    return _answer(self, service().release(lease_ids, owner, selector))
 
 
 @app.task(name="vcm.renew", bind=True, throws=EXPECTED)
@@ -162,9 +162,9 @@ def show_pools(*args: Any, **extra: Any) -> list[dict[str, Any]]:
 
 @app.task(name="vcm.list_leases", throws=EXPECTED)
 def list_leases(owner: Any = None, pool: Any = None, after: Any = None, limit: Any = None,
-                *args: Any, **extra: Any) -> list[dict[str, Any]]:
+                selector: Any = None, *args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)
-    return service().list_leases(owner, pool, after, limit)
+    return service().list_leases(owner, pool, after, limit, selector)
 
 
 @app.task(name="vcm.estimate", throws=EXPECTED)

@@ -88,5 +88,22 @@ def ledger(redis_server, stack, pools_file):
     client.close()
 
 
+@pytest.fixture(scope="module")
+def s9(tmp_path_factory):
+    """A stack started the documented way (see tests/support/section9.py), per module."""
+    from tests.support.section9 import Section9
+
+    stack = Section9(tmp_path_factory.mktemp("section9"))
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture()
+def s(s9):
+    """That stack with an empty ledger and mirror."""
+    s9.reset()
+    yield s9
+
+
 def pytest_configure(config):
     os.environ.setdefault("VCM_REDIS_URL", "redis://127.0.0.1:1/0")  # never the machine's Redis

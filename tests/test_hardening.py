@@ -7,87 +7,16 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from celery import Celery
 
-from tests.helpers import call, check_invariants, failure
-from tests.support.procs import ROOT, LoggedProcess, RedisServer, env_for, wait_for
-from workers.adapters.ledger import Ledger
-from workers.adapters.pools_file import load_pools
+from tests.helpers import call, failure
+from tests.support.procs import ROOT, wait_for
+from tests.support.section9 import POOLS
 from workers.core.models import parse_rfc3339
 
-POOLS = """
-pools:
-  - {name: p1, vcenter: vc1, datacenter: dc, cluster: c1, datastore: ds, vcpus: 16, memory: 64,
-     storage: 1000, networks: [{port-group: pg1-a, vlan: 1}, {port-group: pg1-b, vlan: 2}]}
-  - {name: p2, vcenter: vc2, datacenter: dc, cluster: c2, datastore: ds, vcpus: 16, memory: 64,
-     storage: 1000, networks: [{port-group: pg2-a, vlan: 3}, {port-group: pg2-b, vlan: 4}]}
-"""
 BAD_TEXT = ["\udcff", "ok\x00", "tab\there", "x" * 5000, "\udc00\ud800"]  # last: a pair reversed
-
-
-class Section9:
-    """A redis-server, the placement worker started with the documented command, and a
-    queries worker, with the file mirror."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.pools = tmp / "pools.yaml"
-        self.pools.write_text(POOLS)
-        self.redis = RedisServer().start()
-        self.mirror = tmp / "ledger.json"
-        self.env = env_for(self.redis.url, self.pools, VCM_MIRROR_FILE=str(self.mirror))
-        self.placement = self._worker("placement", ["--concurrency", "1"])
-        self.queries = self._worker("queries", ["-P", "threads", "-c", "2"])
-        self.app = Celery("client", broker=self.redis.url, backend=self.redis.url)
-        self.app.config_from_object("celeryconfig")
-        self.app.conf.broker_url = self.app.conf.result_backend = self.redis.url
-        self.ledger = Ledger(self.redis.client())
-
-    def _worker(self, queue: str, extra: list[str]) -> LoggedProcess:
-        proc = LoggedProcess()
-        proc.log = str(self.tmp / f"{queue}-{uuid.uuid4().hex[:6]}.log")
-        proc.spawn([sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queue,
-                    *extra, "-n", f"{queue}-{uuid.uuid4().hex[:6]}@test", "-l", "info"],
-                   self.env)
-        wait_for(lambda: "ready." in proc.output() or proc.proc.poll() is not None, timeout=60,
-                 what=f"{queue} worker")
-        assert proc.proc.poll() is None, proc.output()[-2000:]
-        return proc
-
-    def restart_placement(self) -> None:
-        self.placement.stop()
-        self.placement = self._worker("placement", ["--concurrency", "1"])
-
-    def reset(self) -> None:
-        from tests.conftest import reset_ledger
-
-        reset_ledger(self.redis.client(), str(self.mirror))
-
-    def check(self) -> dict:
-        return check_invariants(self.ledger, {p.name: p for p in load_pools(str(self.pools))})
-
-    def stop(self) -> None:
-        self.placement.stop()
-        self.queries.stop()
-        self.app.close()
-        self.redis.stop()
-
-
-@pytest.fixture(scope="module")
-def s9(tmp_path_factory):
-    stack = Section9(tmp_path_factory.mktemp("section9"))
-    yield stack
-    stack.stop()
-
-
-@pytest.fixture()
-def s(s9):
-    s9.reset()
-    yield s9
 
 
 def _names(leases: list[dict]) -> list[str]:

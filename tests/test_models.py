@@ -369,7 +369,8 @@ def test_make_lease_has_the_contract_shape():
                              "networks": 1}
     assert list(lease["status"]) == [
         "leased-at", "expires-at", "boskos-lease-id", "pool", "vcenter", "datacenter",
-        "cluster", "datastore", "networks", "owner", "request-id", "state",
+        "cluster", "datastore", "networks", "owner", "request-id", "state", "labels",
+        "job-link",
     ]
     assert lease["status"] == {
         "leased-at": "2026-11-22T15:32:06Z", "expires-at": "2026-11-23T15:32:06Z",
@@ -378,6 +379,7 @@ def test_make_lease_has_the_contract_shape():
         "networks": [{"port-group": "ci-vlan-1001", "vlan": 1001, "cidr": "192.168.1.0/24",
                       "gateway": "192.168.1.1", "type": "single-tenant"}],
         "owner": "ci-job-123", "request-id": "rid-9", "state": "leased",
+        "labels": {}, "job-link": "",
     }
     assert lease["metadata"] == {"name": "lease-abc", "creationTimestamp": "2026-11-22T15:32:06Z"}
 
@@ -421,3 +423,27 @@ def test_a_string_is_stored_only_if_it_is_text_lua_and_shells_can_carry(value, f
     attr = {"owner": req.owner, "boskos-lease-id": req.boskos_lease_id,
             "required-pool": req.required_pool, "network-type": req.network_type}[field]
     assert attr == value or not value  # empty means the default
+
+
+def test_labels_and_job_link_are_stored_on_the_lease():
+    req = parse_request({"vcpus": 1, "memory": 1, "job-link": "https://prow.example/job/1",
+                         "labels": {"boskos-lease-id": "b-1", "job-name": "e2e",
+                                    "vsphere-capacity-manager.splat-team.io/lease-namespace":
+                                    "ci-op-abc"}})
+    pool = example_pool()
+    lease = make_lease("l1", req, pool, [], 0)
+    assert lease["status"]["labels"] == {
+        "boskos-lease-id": "b-1", "job-name": "e2e",
+        "vsphere-capacity-manager.splat-team.io/lease-namespace": "ci-op-abc"}
+    assert lease["status"]["job-link"] == "https://prow.example/job/1"
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    ({"labels": {"a b": "c"}}, "labels"), ({"labels": {"k": "no spaces"}}, "labels"),
+    ({"labels": {"Upper.Case/k": "v"}}, "labels"), ({"labels": ["k=v"]}, "labels"),
+    ({"labels": {f"k{i}": "v" for i in range(65)}}, "labels"),
+    ({"job-link": "ftp://x"}, "job-link"), ({"job-link": "https://x y"}, "job-link"),
+    ({"job-link": "https://" + "x" * 3000}, "job-link"),
+])
+def test_bad_labels_and_links_name_their_field(raw, field):
+    bad({"vcpus": 1, "memory": 1, **raw}, field)

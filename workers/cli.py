@@ -192,7 +192,7 @@ def emit(args: argparse.Namespace, value: Any, render=None) -> None:
 def request_from(args: argparse.Namespace) -> dict[str, Any]:
     req: dict[str, Any] = {"vcpus": args.vcpus, "memory": args.memory}
     for key in ("storage", "vcenters", "networks", "network_type", "owner", "boskos_lease_id",
-                "request_id", "ttl", "required_pool", "wait"):
+                "request_id", "ttl", "required_pool", "wait", "job_link"):
         value = getattr(args, key, None)
         if value is not None:
             req[key.replace("_", "-")] = value
@@ -204,6 +204,11 @@ def request_from(args: argparse.Namespace) -> dict[str, Any]:
             k, v = pair.split("=", 1)
             sel[k] = v
         req["pool-selector"] = sel
+    for pair in getattr(args, "label", None) or []:
+        if "=" not in pair:
+            raise InvalidRequest.of("labels", f"{pair!r} is not key=value")
+        k, v = pair.split("=", 1)
+        req.setdefault("labels", {})[k] = v
     return req
 
 
@@ -223,9 +228,10 @@ def cmd_acquire(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    if not args.lease_ids and not args.owner:
-        raise InvalidRequest.of("lease_ids", "give lease ids and/or --owner")
-    ids = call(args, "vcm.release", lease_ids=args.lease_ids or None, owner=args.owner)
+    if not args.lease_ids and not args.owner and args.selector is None:
+        raise InvalidRequest.of("lease_ids", "give lease ids, --owner or -l SELECTOR")
+    ids = call(args, "vcm.release", lease_ids=args.lease_ids or None, owner=args.owner,
+               selector=args.selector)
     emit(args, ids, lambda v: "\n".join(v) if v else "(nothing to release)")
     return EXIT_OK
 
@@ -242,7 +248,8 @@ def cmd_pools(args: argparse.Namespace) -> int:
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
-    emit(args, call(args, "vcm.list_leases", owner=args.owner, pool=args.pool), leases_table)
+    emit(args, call(args, "vcm.list_leases", owner=args.owner, pool=args.pool,
+                    selector=args.selector), leases_table)
     return EXIT_OK
 
 
@@ -363,7 +370,11 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--request-id")
         p.add_argument("--ttl", help="e.g. 24h, 90m or seconds")
         p.add_argument("--required-pool")
-        p.add_argument("--selector", action="append", metavar="KEY=VALUE")
+        p.add_argument("--selector", action="append", metavar="KEY=VALUE",
+                       help="pool-selector: only pools with this label (repeat)")
+        p.add_argument("--label", action="append", metavar="KEY=VALUE",
+                       help="a label on every lease of the request (repeat)")
+        p.add_argument("--job-link", help="a link to the job holding the leases")
 
     top = argparse.ArgumentParser(prog="vcm", parents=[common],
                                   description="Lease vCenter capacity to CI jobs.")
@@ -376,6 +387,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("release", parents=[common, out], help="release leases")
     p.add_argument("lease_ids", nargs="*")
     p.add_argument("--owner")
+    p.add_argument("-l", "--selector", help="every lease whose labels match, e.g. "
+                   "boskos-lease-id=X (of --owner when given)")
     p.set_defaults(func=cmd_release)
     p = sub.add_parser("renew", parents=[common, out], help="extend a lease")
     p.add_argument("lease_id")
@@ -387,6 +400,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leases", parents=[common, out], help="active leases")
     p.add_argument("--owner")
     p.add_argument("--pool")
+    p.add_argument("-l", "--selector", help="only leases whose labels match, e.g. k=v,k2=v2")
     p.set_defaults(func=cmd_leases)
     p = sub.add_parser("estimate", parents=[common, out], help="how many more would fit")
     request_flags(p)

@@ -9,6 +9,7 @@ from typing import Any
 
 from .adapters.ledger import Ledger
 from .core.errors import InvalidRequest
+from .core.labels import matches, parse_selector
 from .core.models import Pool, parse_duration, rfc3339, text_arg
 from .core.placement import Fleet, estimate
 from .placing import Placing
@@ -39,8 +40,10 @@ class Queries:
         return out
 
     def list_leases(self, owner: Any = None, pool: Any = None, after: Any = None,
-                    limit: Any = None) -> list[dict[str, Any]]:
-        """Leases in (leased-at, name) order; `after` ([leased-at, name]) and `limit` page."""
+                    limit: Any = None, selector: Any = None) -> list[dict[str, Any]]:
+        """Leases in (leased-at, name) order, those matching `selector` (labels) when given;
+        `after` ([leased-at, name]) and `limit` page."""
+        wanted = parse_selector(selector) if selector is not None else ()
         for name, value in (("owner", owner), ("pool", pool)):
             if value is not None:
                 text_arg(value, name, required=False)
@@ -50,6 +53,8 @@ class Queries:
         leases = self.ledger.leases(owner or None)
         if pool:
             leases = [x for x in leases if x["status"]["pool"] == pool]
+        if wanted:
+            leases = [x for x in leases if matches(wanted, x["status"].get("labels") or {})]
         leases.sort(key=_lease_order)
         if after is not None:
             leases = [x for x in leases if _lease_order(x) > tuple(after)]

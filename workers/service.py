@@ -16,6 +16,7 @@ from typing import Any
 
 from .adapters.ledger import Ledger
 from .core.errors import InvalidRequest
+from .core.labels import matches, narrows, parse_selector
 from .core.models import text_arg
 from .core.placement import Fleet
 from .placing import Placing, Queued
@@ -76,14 +77,27 @@ class Capacity:
         with self.lock:
             return self.placing.place(reqs)
 
-    def release(self, lease_ids: Any = None, owner: Any = None,
+    def release(self, lease_ids: Any = None, owner: Any = None, selector: Any = None,
                 reason: str = "released") -> list[str]:
+        """Release by lease id, by owner, or by label selector (every matching lease, of
+        `owner` when given, in one atomic step)."""
         ids = parse_lease_ids(lease_ids)
         if owner is not None:
             owner = text_arg(owner, "owner")
-        if not ids and not owner:
-            raise InvalidRequest.of("lease_ids", "give lease ids and/or an owner")
+        wanted = parse_selector(selector) if selector is not None else ()
+        if wanted and ids:
+            raise InvalidRequest.of("selector", "give lease ids or a selector, not both")
+        if wanted and not owner and not narrows(wanted):
+            raise InvalidRequest.of("selector", "without an owner it must name a value a lease "
+                                    "must have (k=v or k in (...))")
+        if not ids and not owner and not wanted:
+            raise InvalidRequest.of("lease_ids", "give lease ids, an owner or a selector")
         with self.lock:
+            if wanted:  # labels never change on a lease: the ids read now still match
+                ids = [x["metadata"]["name"] for x in self.ledger.leases(owner or None)
+                       if matches(wanted, x["status"].get("labels") or {})]
+                if not ids:
+                    return []
             res = self.releasing.release(ids, owner, reason)
             if res.leases and res.waiting:
                 self.line.serve()
@@ -124,8 +138,8 @@ class Capacity:
         return self.queries.show_pools()
 
     def list_leases(self, owner: Any = None, pool: Any = None, after: Any = None,
-                    limit: Any = None) -> list[dict[str, Any]]:
-        return self.queries.list_leases(owner, pool, after, limit)
+                    limit: Any = None, selector: Any = None) -> list[dict[str, Any]]:
+        return self.queries.list_leases(owner, pool, after, limit, selector)
 
     def estimate(self, raw: Any) -> dict[str, Any]:
         return self.queries.estimate(raw)

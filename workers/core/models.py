@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import Any
 
 from .errors import InvalidRequest
+from .labels import parse_labels
 from .text import MAX_TEXT, escaped, shown, text_problem
 
 DEFAULT_NETWORK_TYPE = "single-tenant"
@@ -123,6 +124,8 @@ class Request:
     required_pool: str | None = None
     pool_selector: tuple[tuple[str, str], ...] = ()
     wait: float = 0.0
+    labels: tuple[tuple[str, str], ...] = ()
+    job_link: str = ""
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -151,6 +154,10 @@ class Request:
             out["required-pool"] = self.required_pool
         if self.pool_selector:
             out["pool-selector"] = dict(self.pool_selector)
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        if self.job_link:
+            out["job-link"] = self.job_link
         return out
 
 
@@ -162,10 +169,12 @@ def request_key(owner: str, request_id: str) -> str:
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$", re.ASCII)
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$", re.ASCII)
+_LINK = re.compile(r"^https?://[^\s]+$", re.ASCII)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
 REQUEST_FIELDS = (
     "vcpus", "memory", "storage", "vcenters", "networks", "network-type", "owner",
     "boskos-lease-id", "request-id", "ttl", "required-pool", "pool-selector", "wait",
+    "labels", "job-link",
 )
 
 
@@ -245,6 +254,14 @@ def text_arg(value: Any, name: str, *, max_len: int = MAX_TEXT, required: bool =
     return value
 
 
+def _link(data: dict[str, Any]) -> str:
+    """job-link: a link to the job holding the lease (http or https), or empty."""
+    link = _str(data, "job-link", "", max_len=2048)
+    if link and not _LINK.match(link):
+        raise InvalidRequest.of("job-link", "must be an http:// or https:// URL")
+    return link
+
+
 def normalize_keys(raw: dict[str, Any]) -> dict[str, Any]:
     """Accept snake_case spellings of the hyphenated contract keys."""
     return {str(k).replace("_", "-"): v for k, v in raw.items()}
@@ -314,6 +331,8 @@ def parse_request(
             pool_selector=tuple(sorted(selector.items())),
             wait=parse_duration(0 if data.get("wait") is None else data["wait"], "wait",
                                 maximum=max_wait),
+            labels=parse_labels(data.get("labels")),
+            job_link=_link(data),
         )
     except InvalidRequest as exc:
         if prefix:
@@ -348,6 +367,8 @@ def make_lease(
             "owner": req.owner,
             "request-id": req.request_id,
             "state": "leased",
+            "labels": dict(req.labels),
+            "job-link": req.job_link,
         },
         "metadata": {"name": lease_id, "creationTimestamp": rfc3339(now)},
     }
