@@ -5,11 +5,12 @@ workers are there at all.
   uses `AsyncResult.get()` (blocking, one thread per waiter). Instead it reads the result
   backend's records itself (`celery-task-meta-<id>`, written by the workers) and wakes up on the
   backend's own pub/sub notification for that key, with one shared subscriber connection for
-  all waiting requests (`ResultHub`). Thousands of requests can wait without a thread each.
-- Worker liveness (`Liveness`) is a cached Celery control ping of the workers known to consume a
-  queue (discovered with `active_queues`). A request for a queue whose workers did not answer
-  within a second or so gets 503 at once; a request already waiting gets 503 as soon as its
-  worker stops answering.
+  all waiting requests (`ResultHub`, hub.py). Thousands of requests can wait without a thread
+  each.
+- Worker liveness (`Liveness`, liveness.py) is a cached Celery control ping of the workers known
+  to consume a queue (discovered with `active_queues`). A request for a queue whose workers did
+  not answer within a second or so gets 503 at once; a request already waiting gets 503 as soon
+  as its worker stops answering.
 - A query task's result (pools, leases, usage history: possibly megabytes) is deleted as soon
   as the shim has read it; one it did not wait for long enough expires within minutes
   (tasks/results.py). Placement results stay for polling clients.
@@ -24,12 +25,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -39,8 +37,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from tasks import results
+from workers.adapters.keys import KEYS
 
 from .errors import ApiError
+from .hub import ResultHub, Watch, meta_prefix
+from .liveness import QUEUES, Liveness
+from .mirror_status import parse_status
 from .settings import ApiSettings
 
 log = logging.getLogger("vcm.api")
@@ -48,14 +50,11 @@ log = logging.getLogger("vcm.api")
 READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 WAITS = frozenset({"vcm.acquire"})  # tasks that can wait in line (request `wait`)
 PARKED = frozenset({"STARTED", "WAITING", "RETRY"})  # a worker holds it: it is not lost
-QUEUES = ("placement", "queries")
 RECORD = "vcm-api:task:"
-HUB_CHANNEL = "vcm-api:hub"
-
-
-def meta_prefix() -> str:
-    """The result records' key prefix: the task id follows it."""
-    return results.key_prefix()
+# what /readyz shows of the mirror's status (workers/publisher.py lists every field)
+MIRROR_SHOWN = ("state", "seq", "ledger-seq", "held-replies", "error", "failing-since",
+                "written-at", "configmaps", "encoded-bytes")
+MIRROR_COUNTERS = ("errors", "last-error", "set-aside", "failures")
 
 
 def make_celery(redis_url: str, pool_limit: int = 64) -> Celery:
@@ -76,311 +75,7 @@ def make_celery(redis_url: str, pool_limit: int = 64) -> Celery:
     return app
 
 
-# ---------------------------------------------------------------------------------------------
-@dataclass(eq=False)
-class Watch:
-    """One waiting request's view of its task: woken by the hub when the record changes."""
 
-    task_id: str
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-    payload: bytes | None = None
-    subscribed: bool = False
-
-    def take(self) -> bytes | None:
-        data, self.payload = self.payload, None
-        self.event.clear()
-        return data
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.event.wait(), seconds)
-
-
-class ResultHub:
-    """One pub/sub connection; subscribe to `celery-task-meta-<id>` while someone waits on it."""
-
-    def __init__(self, client: aredis.Redis) -> None:
-        self.client = client
-        self.prefix = meta_prefix()
-        self.watches: dict[str, set[Watch]] = {}
-        self.confirm: dict[bytes, asyncio.Future[bool]] = {}
-        self.pubsub: Any = None
-        self.lock = asyncio.Lock()  # one command at a time on the shared connection
-        self.task: asyncio.Task | None = None
-        self.healthy = False
-        self.stale: set[bytes] = set()  # channels nobody waits on any more, to unsubscribe
-        self.flushed = time.monotonic()
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name="vcm-api-result-hub")
-
-    async def close(self) -> None:
-        if self.task:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
-
-    def _wake_all(self) -> None:
-        for watches in self.watches.values():
-            for w in watches:
-                w.event.set()
-
-    async def _run(self) -> None:
-        backoff = 0.1
-        while True:
-            ps = self.client.pubsub()
-            self.stale.clear()  # a new connection has none of the old subscriptions
-            try:
-                async with self.lock:
-                    await ps.subscribe(HUB_CHANNEL)  # so that the connection exists to read
-                    if self.watches:
-                        await ps.subscribe(*[self.prefix + t for t in self.watches])
-                        for watches in self.watches.values():
-                            for w in watches:
-                                w.subscribed = True
-                self.pubsub, self.healthy, backoff = ps, True, 0.1
-                self._wake_all()  # whatever happened while we were away: look again
-                while True:
-                    msg = await ps.get_message(timeout=1.0)
-                    if msg:
-                        self._dispatch(msg)
-                    if self.stale and (len(self.stale) >= 256
-                                       or time.monotonic() - self.flushed > 1.0):
-                        await self._unsubscribe_stale(ps)
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await ps.aclose()
-                raise
-            except Exception as exc:  # noqa: BLE001 - Redis went away: retry, waiters poll
-                if self.healthy:
-                    log.warning("result subscriber lost its connection: %s", exc)
-                self.healthy, self.pubsub = False, None
-                for fut in self.confirm.values():
-                    if not fut.done():
-                        fut.set_result(False)
-                self.confirm.clear()
-                for watches in self.watches.values():
-                    for w in watches:
-                        w.subscribed = False
-                        w.event.set()
-                with contextlib.suppress(Exception):
-                    await ps.aclose()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-
-    async def _unsubscribe_stale(self, ps: Any) -> None:
-        """One UNSUBSCRIBE for many finished waits (a result is final: nothing more comes on
-        its channel, so a late unsubscribe costs nothing but a set entry in Redis)."""
-        channels, self.stale = list(self.stale), set()
-        self.flushed = time.monotonic()
-        async with self.lock:
-            await ps.unsubscribe(*channels)
-
-    def _dispatch(self, msg: dict[str, Any]) -> None:
-        kind, channel = msg.get("type"), msg.get("channel")
-        if isinstance(channel, str):
-            channel = channel.encode()
-        if kind == "subscribe":
-            fut = self.confirm.pop(channel, None)
-            if fut and not fut.done():
-                fut.set_result(True)
-        elif kind == "message" and channel:
-            task_id = channel.decode("utf-8", "replace")[len(self.prefix):]
-            for w in self.watches.get(task_id, ()):
-                w.payload = msg.get("data")
-                w.event.set()
-
-    @contextlib.asynccontextmanager
-    async def watch(self, task_id: str) -> AsyncIterator[Watch]:
-        w = Watch(task_id)
-        first = task_id not in self.watches
-        self.watches.setdefault(task_id, set()).add(w)
-        channel = (self.prefix + task_id).encode()
-        self.stale.discard(channel)
-        try:
-            if not first:
-                w.subscribed = any(x.subscribed for x in self.watches[task_id])
-            elif self.pubsub is not None:
-                fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-                self.confirm[channel] = fut
-                try:
-                    async with self.lock:
-                        await self.pubsub.subscribe(channel)
-                    # once Redis confirms, every later change is published to us, and a read of
-                    # the record after this point sees every earlier one: nothing falls between
-                    w.subscribed = await asyncio.wait_for(fut, 2.0)
-                except Exception:  # noqa: BLE001 - the waiter falls back to polling
-                    w.subscribed = False
-                finally:
-                    self.confirm.pop(channel, None)
-            yield w
-        finally:
-            watches = self.watches.get(task_id)
-            if watches is not None:
-                watches.discard(w)
-                if not watches:
-                    del self.watches[task_id]
-                    if self.pubsub is not None:
-                        self.stale.add(channel)  # unsubscribed in a batch by the reader
-
-
-# ---------------------------------------------------------------------------------------------
-class Liveness:
-    """Which queues have a worker that answers.
-
-    A queue counts as served for `worker_fresh` seconds after a worker consuming it answered a
-    ping, or after a task of ours on it changed state (a worker wrote that just now: under load
-    no ping is needed at all). A check that found nobody is remembered for a second, so that a
-    burst of requests during an outage is refused at once instead of each asking again."""
-
-    NEGATIVE_TTL = 1.0
-
-    def __init__(self, settings: ApiSettings, celery: Celery, client: aredis.Redis,
-                 on_change: Callable[[str, bool], None] | None = None) -> None:
-        self.s = settings
-        self.celery = celery
-        self.client = client
-        self.known: dict[str, tuple[str, ...]] = {}  # worker name -> queues it consumes
-        self.seen: dict[str, float] = {}  # queue -> when a consumer last showed life (monotonic)
-        self.failed: dict[str, float] = {}  # queue -> when a check last found nobody
-        self.redis_seen = -math.inf
-        self.redis_error = ""
-        self._refresh: asyncio.Task | None = None
-        self._refresh_wanted: set[str] = set()
-        self._discovery: asyncio.Task | None = None
-        self._threads = 0  # control calls running in threads (they can outlive a timeout)
-        self._lock = threading.Lock()
-        self._on_change = on_change or (lambda q, up: None)
-
-    def age(self, queue: str) -> float:
-        return time.monotonic() - self.seen.get(queue, -math.inf)
-
-    def workers(self, queue: str) -> list[str]:
-        return sorted(n for n, qs in self.known.items() if queue in qs)
-
-    def saw(self, queue: str) -> None:
-        """A worker of `queue` just did something (wrote a state of one of our tasks)."""
-        self.seen[queue] = time.monotonic()
-        self.failed.pop(queue, None)
-
-    async def check(self, queue: str, fresh: float | None = None) -> None:
-        """Return if a worker of `queue` showed life within `fresh` s; else ask; else 503."""
-        fresh = self.s.worker_fresh if fresh is None else fresh
-        if self.age(queue) <= fresh:
-            return
-        failed = time.monotonic() - self.failed.get(queue, -math.inf)
-        if failed >= self.NEGATIVE_TTL:
-            await self.refresh({queue})
-            if self.age(queue) <= max(fresh, 0.1):
-                return
-        elif failed > self.NEGATIVE_TTL / 2:
-            self._kick({queue})  # look again in the background: notice a recovery soon
-        self._unavailable(queue)
-
-    def _unavailable(self, queue: str) -> None:
-        if time.monotonic() - self.redis_seen > self.s.worker_fresh:
-            raise ApiError.unavailable(f"Redis (broker and result backend) does not answer: "
-                                       f"{self.redis_error or 'no reply'}", component="redis")
-        raise ApiError.unavailable(f"no {queue} worker answers; start one with "
-                                   f"`celery -A tasks worker -Q {queue}`", component="worker",
-                                   queue=queue)
-
-    def _kick(self, wanted: set[str]) -> None:
-        if self._refresh is None or self._refresh.done():
-            self._refresh_wanted = set(wanted)
-            self._refresh = asyncio.create_task(self._do_refresh(set(wanted)))
-
-    async def refresh(self, wanted: set[str] | frozenset[str] = frozenset(QUEUES)) -> None:
-        """Ask the workers now; one check at a time, shared by everyone who asks meanwhile."""
-        wanted = set(wanted)
-        while True:
-            task = self._refresh
-            if task is None or task.done():
-                self._refresh_wanted = wanted
-                task = self._refresh = asyncio.create_task(self._do_refresh(wanted))
-                await asyncio.shield(task)
-                return
-            covers = wanted <= self._refresh_wanted
-            await asyncio.shield(task)
-            if covers:
-                return
-
-    async def _do_refresh(self, wanted: set[str]) -> None:
-        try:
-            await asyncio.wait_for(self.client.ping(), 1.0)
-            self.redis_seen, self.redis_error = time.monotonic(), ""
-        except Exception as exc:  # noqa: BLE001 - any failure means "not available"
-            self.redis_error = str(exc) or type(exc).__name__
-            self._set_seen(set(), wanted)
-            return
-        if self._threads > 2:  # control calls are stuck from before: don't pile up
-            self._set_seen(set(), wanted)
-            return
-        # ask everyone which queues they consume (slow: it waits out its timeout) while the
-        # workers already known are pinged (fast when they answer): a worker that went away is
-        # noticed within the discovery's timeout, and one that came back under a new name too
-        if self._discovery is None or self._discovery.done():
-            self._discovery = asyncio.create_task(self._discover_all())
-        discovery = self._discovery
-        answered: set[str] = set()
-        names = sorted(n for n, qs in self.known.items() if wanted & set(qs))
-        if names:
-            answered = await self._in_thread(self._ping, names, self.s.ping_timeout + 1.5) or set()
-        if not wanted <= {q for n in answered for q in self.known.get(n, ())}:
-            found = await asyncio.shield(discovery)
-            answered = set(found) if found is not None else answered
-        self._set_seen(answered, wanted)
-
-    async def _discover_all(self) -> dict[str, tuple[str, ...]] | None:
-        found = await self._in_thread(self._discover, None, self.s.discover_timeout + 1.5)
-        if found is not None:
-            self.known = found
-            for queue in {q for qs in found.values() for q in qs} & set(QUEUES):
-                self.saw(queue)
-        return found
-
-    def _set_seen(self, answered: set[str], wanted: set[str]) -> None:
-        now = time.monotonic()
-        up = {q for n in answered for q in self.known.get(n, ())}
-        for q in QUEUES:
-            if q in up:
-                self.saw(q)
-            elif q in wanted:
-                self.failed[q] = now
-            self._on_change(q, self.age(q) <= self.s.worker_fresh)
-
-    async def _in_thread(self, fn: Callable[..., Any], arg: Any, limit: float) -> Any:
-        with self._lock:
-            self._threads += 1
-
-        def run() -> Any:
-            try:
-                return fn(arg)
-            finally:
-                with self._lock:
-                    self._threads -= 1
-
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(run), limit)
-        except Exception as exc:  # noqa: BLE001 - the broker is unwell; treated as no answer
-            log.info("worker check failed: %s", exc)
-            return None
-
-    def _ping(self, names: list[str]) -> set[str]:
-        replies = self.celery.control.ping(destination=names, timeout=self.s.ping_timeout,
-                                           limit=len(names)) or []
-        return {name for reply in replies for name in reply}
-
-    def _discover(self, _: Any) -> dict[str, tuple[str, ...]]:
-        inspect = self.celery.control.inspect(timeout=self.s.discover_timeout)
-        replies = inspect.active_queues() or {}
-        return {name: tuple(str(q.get("name")) for q in queues or () if isinstance(q, dict))
-                for name, queues in replies.items()}
-
-
-# ---------------------------------------------------------------------------------------------
 class Bridge:
     """Send tasks and wait for them; the only place the shim touches Celery and Redis."""
 
@@ -582,28 +277,28 @@ class Bridge:
                         for q in QUEUES},
         }
         report["ready"] = bool(redis_ok and report["workers"]["placement"])
-        report["mirror"] = await self._mirror_status() if redis_ok else {"state": "unknown"}
+        report["mirror"] = (await self._mirror_status(counters=report["ready"]) if redis_ok
+                            else {"state": "unknown"})
         return report
 
-    async def _mirror_status(self) -> dict[str, Any]:
+    async def _mirror_status(self, counters: bool) -> dict[str, Any]:
         """The ledger mirror's state and lag (it does not decide readiness: placement goes on
-        while the mirror catches up; answers wait for it)."""
+        while the mirror catches up; answers wait for it), and with `counters` the publisher's
+        error counters and last unexpected error."""
         assert self.client
         try:
-            raw = await asyncio.wait_for(self.client.hgetall("vcm:mirror"), 1.0)
+            raw = await asyncio.wait_for(self.client.hgetall(KEYS.mirror), 1.0)
         except Exception:  # noqa: BLE001 - readiness must answer
             return {"state": "unknown"}
-        m = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
-                                                             else v) for k, v in raw.items()}
-        keep = ("state", "seq", "ledger-seq", "behind", "held-replies", "error",
-                "failing-since", "written-at", "configmaps", "encoded-bytes")
-        out = {k: m[k] for k in keep if m.get(k) not in (None, "")}
-        if "written-at" in out:
-            try:
-                out["last-write-age-seconds"] = round(time.time() - float(out["written-at"]), 1)
-            except ValueError:
-                pass
-        return out or {"state": "off or not written yet"}
+        status = parse_status(raw)
+        out = {k: status[k] for k in MIRROR_SHOWN if status.get(k) not in (None, "")}
+        written = out.get("written-at")
+        if isinstance(written, int | float):
+            out["last-write-age-seconds"] = round(time.time() - written, 1)
+        out = out or {"state": "off or not written yet"}
+        if counters and out.get("state") not in (None, "unknown"):
+            out.update({k: status[k] for k in MIRROR_COUNTERS if k in status})
+        return out
 
 
 def _load(raw: Any) -> dict[str, Any] | None:

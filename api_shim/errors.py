@@ -1,15 +1,25 @@
-"""Errors as HTTP answers: `{"error": name, "message": ..., "details": ...}` (CONTRACT §6)."""
+"""Errors as HTTP answers: `{"error": name, "message": ..., "details": ...}`.
+
+The one place that decides an error's HTTP status: a task's failure (`from_task_failure`,
+`task_error`), and everything else the app raises or FastAPI refuses (`install_handlers`).
+"""
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import math
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from workers.core.errors import ERRORS
+
+log = logging.getLogger("vcm.api")
 
 # a task's failure (its exception name) -> HTTP status; the domain errors carry their own
 STATUS: dict[str, int] = {name: cls.http_status for name, cls in ERRORS.items()}
@@ -73,6 +83,15 @@ def from_task_failure(result: Any, task_id: str) -> ApiError:
     return ApiError(status, name, message, details)
 
 
+def task_error(meta: dict[str, Any], task: str) -> ApiError:
+    """The ApiError for a finished task that did not succeed (FAILURE or REVOKED)."""
+    task_id = str(meta.get("task_id", ""))
+    if meta.get("status") == "REVOKED":
+        return ApiError(503, "Revoked", f"{task} was revoked before a worker ran it",
+                        {"task-id": task_id})
+    return from_task_failure(meta.get("result"), task_id)
+
+
 def _declared_status(module: Any, name: str) -> int | None:
     """The `http_status` an exception class of this project declares, if any."""
     if not isinstance(module, str) or not (module == "workers" or module.startswith("workers.")):
@@ -83,6 +102,47 @@ def _declared_status(module: Any, name: str) -> int | None:
         return None
     status = getattr(cls, "http_status", None)
     return status if isinstance(status, int) and 400 <= status <= 599 else None
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Every error the app can meet answers in the error JSON: ApiError as raised, FastAPI's
+    validation as 422 naming the parameter, unknown paths and methods as 404 and 405, and
+    anything unexpected as 500 (logged)."""
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(_: Request, exc: ApiError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(_: Request, exc: RequestValidationError) -> Response:
+        problems = []
+        for e in exc.errors():
+            loc = [str(x) for x in e.get("loc", ())]
+            where = loc[0] if loc else "request"
+            field = loc[1] if len(loc) > 1 else where  # the parameter (not an index in it)
+            problems.append({"field": field, "in": where, "problem": str(e.get("msg", ""))})
+        first = problems[0] if problems else {"field": "request", "problem": "invalid"}
+        return ApiError(422, "InvalidRequest", f"{first['field']}: {first['problem']}",
+                        {"field": first["field"], "errors": problems}).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        names = {404: "NotFound", 405: "MethodNotAllowed"}
+        if exc.status_code == 404:
+            message = (f"no such endpoint: {request.method} {request.url.path} "
+                       "(see /openapi.json)")
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return ApiError(exc.status_code, names.get(exc.status_code, "HTTPError"), message,
+                        {"path": request.url.path}, headers=dict(exc.headers or {})).response()
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return ApiError(500, "InternalError", f"unexpected {type(exc).__name__}; see the "
+                        "server log").response()
 
 
 class JSON(Response):

@@ -1,15 +1,16 @@
 """Fleet metrics for `GET /metrics`: a prometheus-client collector that reads the ledger's
-counters straight from Redis at scrape time (CONTRACT §6, issue 4 item 5).
+counters straight from Redis at scrape time.
 
-Everything comes from keys the workers keep (prefix `vcm:`); nothing is counted in the shim, so
-any number of shim replicas report the same values:
+Everything comes from keys the workers keep (named in workers/adapters/keys.py, prefix `vcm:`);
+nothing is counted in the shim, so any number of shim replicas report the same values:
 
   stats      hash   placements, releases, reaps, granted-after-wait, refused:<ErrorName>
   latency    hash   acquire latency incl. waiting: count per bucket (not cumulative), count, sum
   leases     hash   active leases (HLEN)
   waiting    zset   the waiting line (ZCARD)
   usage      stream the usage rollups taken by beat; the latest one gives utilization
-  mirror     hash   the ledger mirror's status (state, seq, ledger-seq, written-at, error, ...)
+  mirror     hash   the ledger mirror's status (state, seq, ledger-seq, written-at, error, ...),
+                    parsed by mirror_status.parse_status
   seq        string the ledger's change counter
 
 All of it is read in one pipelined round trip with short socket timeouts. A scrape never fails
@@ -38,8 +39,11 @@ from prometheus_client.utils import floatToGoString
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from workers.adapters.keys import PREFIX, Keys
 from workers.adapters.ledger import LATENCY_BUCKETS
 from workers.core.errors import ERRORS
+
+from .mirror_status import parse_status
 
 log = logging.getLogger("vcm.api")
 
@@ -75,7 +79,7 @@ class FleetSnapshot:
     leases: int = 0
     waiting: int = 0
     rollup: dict[str, Any] | None = None
-    mirror: dict[str, str] = field(default_factory=dict)
+    mirror: dict[str, Any] = field(default_factory=dict)  # parse_status; {} without a hash
     seq: int | None = None
 
     # -- derived values (shared by the metrics and the dashboard) -------------------------
@@ -142,10 +146,10 @@ class FleetSnapshot:
 class FleetReader:
     """Reads a FleetSnapshot from Redis: one pipeline, short timeouts, no retries."""
 
-    def __init__(self, redis_url: str, prefix: str = "vcm:", timeout: float = 0.5,
+    def __init__(self, redis_url: str, prefix: str = PREFIX, timeout: float = 0.5,
                  client: redis.Redis | None = None) -> None:
         self.url = redis_url
-        self.p = prefix
+        self.keys = Keys(prefix)
         self.timeout = timeout
         self._client = client
         self._lock = threading.Lock()
@@ -162,14 +166,14 @@ class FleetReader:
     def read(self) -> FleetSnapshot:
         """Raises the Redis error when Redis does not answer."""
         pipe = self.client.pipeline(transaction=False)
-        p = self.p
-        pipe.hgetall(p + "stats")
-        pipe.hgetall(p + "latency")
-        pipe.hlen(p + "leases")
-        pipe.zcard(p + "waiting")
-        pipe.xrevrange(p + "usage", "+", "-", count=1)
-        pipe.hgetall(p + "mirror")
-        pipe.get(p + "seq")
+        k = self.keys
+        pipe.hgetall(k.stats)
+        pipe.hgetall(k.latency)
+        pipe.hlen(k.leases)
+        pipe.zcard(k.waiting)
+        pipe.xrevrange(k.usage, "+", "-", count=1)
+        pipe.hgetall(k.mirror)
+        pipe.get(k.seq)
         stats, latency, leases, waiting, usage, mirror, seq = pipe.execute()
         snap = FleetSnapshot(at=time.time(), leases=int(leases or 0), waiting=int(waiting or 0))
         for key, value in (stats or {}).items():
@@ -180,7 +184,7 @@ class FleetReader:
             number = _number(value)
             if number is not None:
                 snap.latency[_text(key)] = number
-        snap.mirror = {_text(k): _text(v) for k, v in (mirror or {}).items()}
+        snap.mirror = parse_status(mirror, now=snap.at) if mirror else {}
         number = _number(seq)
         snap.seq = int(number) if number is not None else None
         if usage:

@@ -1,4 +1,4 @@
-"""JSON Schemas for the OpenAPI document (CONTRACT §3 and §6).
+"""JSON Schemas for the OpenAPI document: the request bodies and the answers.
 
 Request bodies are described here but not validated against these schemas by the shim: the body
 goes to the worker as it came, and the worker's validation (which names the field) decides. The

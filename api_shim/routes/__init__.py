@@ -1,0 +1,1 @@
+"""The shim's routes by area: leases, pools, operations and the dashboard."""
