@@ -127,3 +127,22 @@ def test_a_selector_means_what_kubernetes_says(labels, key, values, op):
             "notin": not has or labels[key] not in ([v for v in values if v] or ["x"]),
             "exists": has, "!exists": not has}[op]
     assert matches((req,), labels) == want
+
+
+def test_multi_pool_leases_and_tolerations_through_the_task_api(s):
+    both = call(s.app, "vcm.acquire", request={"vcpus": 2, "memory": 2, "pools": 2,
+                                               "vcenters": 2, "owner": "zonal",
+                                               "labels": {BOSKOS: "z-1"}})
+    assert sorted(x["status"]["pool"] for x in both) == ["p1", "p2"]
+    assert all(x["spec"]["pools"] == 2 for x in both)
+    exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "pools": 2,
+                                                 "vcenters": 1})
+    assert type(exc).__name__ == "InvalidRequest" and exc.args[1]["field"] == "pools"
+    exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "pools": 1,
+                                                 "vcenters": 2})
+    assert exc.args[1]["field"] == "pools"  # P < V
+    exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "tolerations": [
+        {"key": "k", "operator": "Maybe"}]})
+    assert exc.args[1]["field"] == "tolerations[0]"
+    assert sorted(call(s.app, "vcm.release", selector=f"{BOSKOS}=z-1")) == sorted(_names(both))
+    s.check()

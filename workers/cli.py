@@ -150,8 +150,11 @@ def pools_table(pools: list[dict[str, Any]]) -> str:
             rows.append([spec["name"], spec.get("vcenter", ""), "removed", "", "", "",
                          len(st.get("leases", []))])
             continue
-        flags = ",".join(f for f, on in (("excluded", spec.get("exclude")),
-                                         ("cordoned", spec.get("no-schedule"))) if on)
+        taints = [f"{t['key']}={t['value']}:{t['effect']}" if t.get("value") else
+                  f"{t['key']}:{t['effect']}" for t in spec.get("taints") or []]
+        flags = ",".join([f for f, on in (("excluded", spec.get("exclude")),
+                                          ("cordoned", spec.get("no-schedule"))) if on]
+                         + [f"tainted {t}" for t in taints])
         rows.append([spec["name"] + (f" ({flags})" if flags else ""), spec["vcenter"],
                      bar(st["vcpus-usage"], 10), bar(st["memory-usage"], 10),
                      bar(st["datastore-usage"], 10), bar(st["network-usage"], 10),

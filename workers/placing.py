@@ -57,8 +57,8 @@ class Placing:
         pools = self.pools.current()
         if pools is not self._checked_pools or len(self._checked) > 4096:
             self._checked_pools, self._checked = pools, {}
-        shape = (req.vcpus, req.memory, req.storage, req.vcenters, req.networks,
-                 req.network_type, req.required_pool, req.pool_selector)
+        shape = (req.vcpus, req.memory, req.storage, req.vcenters, req.pools, req.networks,
+                 req.network_type, req.required_pool, req.pool_selector, req.tolerations)
         known = self._checked.get(shape)
         if known is None:
             try:

@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import InvalidRequest
 from .labels import parse_labels
+from .taints import Taint, Toleration, parse_tolerations
 from .text import MAX_TEXT, escaped, shown, text_problem
 
 DEFAULT_NETWORK_TYPE = "single-tenant"
@@ -63,6 +64,7 @@ class Pool:
     no_schedule: bool = False
     labels: tuple[tuple[str, str], ...] = ()
     networks: tuple[Network, ...] = ()
+    taints: tuple[Taint, ...] = ()
 
     @cached_property
     def vcpu_capacity(self) -> int:
@@ -105,6 +107,7 @@ class Pool:
             "exclude": self.exclude,
             "no-schedule": self.no_schedule,
             "labels": self.label_map(),
+            "taints": [t.to_dict() for t in self.taints],
             "networks": [n.to_dict() for n in self.networks],
         }
 
@@ -126,15 +129,25 @@ class Request:
     wait: float = 0.0
     labels: tuple[tuple[str, str], ...] = ()
     job_link: str = ""
+    pools: int = 0  # P pools over at most `vcenters` vCenters (0 = cap none); 0: one pool
+    # on each of `vcenters` distinct vCenters
+    tolerations: tuple[Toleration, ...] = ()
+
+    @property
+    def pool_count(self) -> int:
+        return self.pools or self.vcenters
 
     def spec(self) -> dict[str, Any]:
-        return {
+        out = {
             "vcpus": self.vcpus,
             "memory": self.memory,
             "storage": self.storage,
             "vcenters": self.vcenters,
             "networks": self.networks,
         }
+        if self.pools:
+            out["pools"] = self.pools
+        return out
 
     @property
     def key(self) -> str:
@@ -158,6 +171,8 @@ class Request:
             out["labels"] = dict(self.labels)
         if self.job_link:
             out["job-link"] = self.job_link
+        if self.tolerations:
+            out["tolerations"] = [t.to_dict() for t in self.tolerations]
         return out
 
 
@@ -174,7 +189,7 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
 REQUEST_FIELDS = (
     "vcpus", "memory", "storage", "vcenters", "networks", "network-type", "owner",
     "boskos-lease-id", "request-id", "ttl", "required-pool", "pool-selector", "wait",
-    "labels", "job-link",
+    "labels", "job-link", "pools", "tolerations",
 )
 
 
@@ -289,7 +304,15 @@ def parse_request(
             prefix + name, f"unknown field (known: {', '.join(REQUEST_FIELDS)})"
         )
     try:
+        pools = 0
+        if data.get("pools") is not None:
+            pools = _int(data, "pools", None, 1)
         vcenters = _int(data, "vcenters", 1, 0) or 1
+        if pools and data.get("vcenters") in (None, 0):
+            vcenters = 0  # P pools on as many vCenters as spreading picks
+        if pools and vcenters > pools:
+            raise InvalidRequest.of("pools", f"{pools} pools cannot span {vcenters} vCenters: "
+                                    "pools must be at least vcenters")
         selector = data.get("pool-selector")
         selector = {} if selector is None else selector
         if not isinstance(selector, dict) or not all(
@@ -333,6 +356,8 @@ def parse_request(
                                 maximum=max_wait),
             labels=parse_labels(data.get("labels")),
             job_link=_link(data),
+            pools=pools,
+            tolerations=parse_tolerations(data.get("tolerations")),
         )
     except InvalidRequest as exc:
         if prefix:

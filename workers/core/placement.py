@@ -6,6 +6,10 @@ where load(x) = (used vCPUs / placeable vCPUs + used memory / memory + used stor
 summed over every configured pool of the vCenter for load(vCenter). `pack` ranks the other way
 round; `random` ranks by a hash of (request-id, pool name), so it is repeatable too.
 `vcenters: N` takes the best-ranked pool of each of the N best-ranked distinct vCenters.
+`pools: P` (with `vcenters: V`, at most V distinct vCenters) takes the best-ranked pool of new
+vCenters first, then, once V vCenters are used, the best-ranked other pools of those vCenters.
+A pool with a PreferNoSchedule taint the request does not tolerate ranks after every pool
+without one; an untolerated NoSchedule taint keeps the request off the pool.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from .errors import NoCapacity
 from .models import Network, Pool, Request
+from .taints import untolerated
 
 STRATEGIES = ("least-utilized", "pack", "random")
 
@@ -179,6 +184,9 @@ def eligibility(req: Request, pool: Pool) -> str | None:
         return "cordoned (no-schedule)"
     if pool.exclude and req.required_pool != pool.name:
         return "excluded (name it in required-pool to use it)"
+    repels = untolerated(pool.taints, req.tolerations, "NoSchedule")
+    if repels:
+        return f"tainted {repels[0]} (not tolerated)"
     labels = pool.label_map()
     for key, value in req.pool_selector:
         if labels.get(key) != value:
@@ -209,15 +217,57 @@ def why_not(req: Request, pool: Pool, fleet: Fleet) -> str | None:
 
 def _rank_key(strategy: str, req: Request, vc_load: dict[str, float], fleet: Fleet):
     def key(pool: Pool) -> tuple:
+        # an untolerated PreferNoSchedule taint: only when no other pool fits
+        shunned = bool(untolerated(pool.taints, req.tolerations, "PreferNoSchedule"))
         load = pool_load(pool, fleet.used(pool.name))
         if strategy == "pack":
-            return (-vc_load[pool.vcenter], -load, pool.name)
+            return (shunned, -vc_load[pool.vcenter], -load, pool.name)
         if strategy == "random":
             digest = hashlib.sha256(f"{req.request_id}/{pool.name}".encode()).digest()
-            return (digest, pool.name)
-        return (vc_load[pool.vcenter], load, pool.name)
+            return (shunned, digest, pool.name)
+        return (shunned, vc_load[pool.vcenter], load, pool.name)
 
     return key
+
+
+def choose(ranked: list[Pool], req: Request) -> list[Pool]:
+    """The pools a request gets from the fitting pools in rank order (fewer when not enough).
+
+    Without `pools`: the best pool of each of the `vcenters` best distinct vCenters. With
+    `pools: P` and a cap of V vCenters: k = min(P, V, vCenters with a fitting pool) vCenters,
+    taken in rank order except where a vCenter would leave too few pools to reach P; the best
+    pool of each, then the best of the rest of their pools."""
+    want = req.pool_count
+    if not req.pools:
+        chosen: list[Pool] = []
+        taken: set[str] = set()
+        for pool in ranked:
+            if pool.vcenter not in taken:
+                chosen.append(pool)
+                taken.add(pool.vcenter)
+                if len(chosen) == want:
+                    break
+        return chosen
+    by_vc: dict[str, list[Pool]] = {}  # vCenters in the rank of their best pool
+    for pool in ranked:
+        by_vc.setdefault(pool.vcenter, []).append(pool)
+    order = list(by_vc)
+    k = min(req.vcenters or len(order), want, len(order))
+    if sum(sorted((len(x) for x in by_vc.values()), reverse=True)[:k]) < want:
+        return []  # no k vCenters hold P fitting pools
+    picked: list[str] = []
+    total = 0
+    for i, vc in enumerate(order):
+        slots = k - len(picked)
+        if slots == 0:
+            break
+        rest = sorted((len(by_vc[x]) for x in order[i + 1:]), reverse=True)[:slots - 1]
+        if total + len(by_vc[vc]) + sum(rest) >= want:
+            picked.append(vc)
+            total += len(by_vc[vc])
+    chosen = [by_vc[vc][0] for vc in picked]
+    extra = [p for p in ranked if p.vcenter in picked and p not in chosen]
+    return chosen + extra[: want - len(chosen)]
 
 
 def place(req: Request, fleet: Fleet, strategy: str = "least-utilized",
@@ -238,19 +288,16 @@ def place(req: Request, fleet: Fleet, strategy: str = "least-utilized",
     if req.required_pool and req.required_pool not in fleet.pools:
         reasons[req.required_pool] = "not in the pools configuration (removed or unknown)"
     fitting.sort(key=_rank_key(strategy, req, vcenter_loads(fleet), fleet))
-    chosen: list[Pool] = []
-    taken: set[str] = set()
-    for pool in fitting:
-        if pool.vcenter not in taken:
-            chosen.append(pool)
-            taken.add(pool.vcenter)
-            if len(chosen) == req.vcenters:
-                break
-    if len(chosen) < req.vcenters:
+    chosen = choose(fitting, req)
+    if len(chosen) < req.pool_count:
         summary = "no pool fits"
-        if fitting:
-            summary = (f"only {len(taken)} distinct vCenter(s) have a fitting pool, "
-                       f"need {req.vcenters}")
+        vcs = len({p.vcenter for p in fitting})
+        if fitting and not req.pools:
+            summary = f"only {vcs} distinct vCenter(s) have a fitting pool, need {req.vcenters}"
+        elif fitting:
+            within = f" within {req.vcenters} vCenter(s)" if req.vcenters else ""
+            summary = (f"only {len(chosen)} fitting pool(s){within} ({len(fitting)} fit on "
+                       f"{vcs} vCenter(s)), need {req.pools}")
         raise NoCapacity.of(reasons, summary)
     return [
         Placement(pool, tuple(fleet.free_networks(pool, req.network_type, req.networks)))
@@ -287,10 +334,11 @@ def fits_alone(req: Request, pool: Pool, fleet: Fleet) -> tuple[int, str]:
     if why:
         return 0, why
     used = fleet.used(pool.name)
-    limits = [
-        ((pool.vcpu_capacity - used.vcpus) // req.vcpus, "vcpus"),
-        ((pool.memory - used.memory) // req.memory, "memory"),
-    ]
+    limits = []  # a network-only request asks for no vCPUs or memory
+    if req.vcpus:
+        limits.append(((pool.vcpu_capacity - used.vcpus) // req.vcpus, "vcpus"))
+    if req.memory:
+        limits.append(((pool.memory - used.memory) // req.memory, "memory"))
     if req.storage:
         limits.append(((pool.storage - used.storage) // req.storage, "storage"))
     if req.networks:
@@ -327,7 +375,10 @@ def estimate(req: Request, fleet: Fleet) -> dict:
         count, limit = fits_alone(req, pool, fleet)
         pools[pool.name] = {"vcenter": pool.vcenter, "fits": count, "next-blocked-by": limit}
         per_vcenter[pool.vcenter] = per_vcenter.get(pool.vcenter, 0) + count
-    total = max_groups(per_vcenter.values(), req.vcenters)
+    if req.pools:  # P distinct pools per request (the vCenter cap is not counted here)
+        total = max_groups([p["fits"] for p in pools.values()], req.pools)
+    else:
+        total = max_groups(per_vcenter.values(), req.vcenters)
     if total == 0:
         try:
             place(req, fleet)
@@ -336,7 +387,9 @@ def estimate(req: Request, fleet: Fleet) -> dict:
         else:  # pragma: no cover - consistent with the counts above
             blocked = ""
     else:
-        blocked = (f"after {total} more, no pool would have room" if req.vcenters == 1 else
+        blocked = (f"after {total} more, no pool would have room" if req.pool_count == 1 else
+                   f"after {total} more, fewer than {req.pool_count} pools would have room"
+                   if req.pools else
                    f"after {total} more, fewer than {req.vcenters} vCenters would have room")
     return {"request": req.spec(), "fits": total, "per-vcenter": per_vcenter, "pools": pools,
             "next-blocked-by": blocked}
@@ -350,7 +403,12 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
     if not pools:
         raise InvalidRequest.of("request", "no pools are configured")
     vcenters = {p.vcenter for p in pools.values()}
-    if req.vcenters > len(vcenters):
+    if req.pools and req.pools > len(pools):
+        raise InvalidRequest.of("pools", f"{req.pools} is more than the {len(pools)} pools "
+                                "configured")
+    if req.pools and req.required_pool and req.pools > 1:
+        raise InvalidRequest.of("pools", "required-pool names one pool, so pools must be 1")
+    if not req.pools and req.vcenters > len(vcenters):
         raise InvalidRequest.of("vcenters", f"{req.vcenters} is more than the {len(vcenters)} "
                                 "vCenters configured")
     if req.required_pool and req.required_pool not in pools:
@@ -392,6 +450,15 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
         raise InvalidRequest.of(field, f"no single pool can ever hold this request (closest: "
                                 f"{closest.name}, empty: {why})")
     usable = {p.vcenter for p in fits}
+    if req.pools:
+        per_vc = sorted((sum(1 for p in fits if p.vcenter == vc) for vc in usable),
+                        reverse=True)
+        most = sum(per_vc[:req.vcenters] if req.vcenters else per_vc)
+        if most < req.pools:
+            within = f" within {req.vcenters} vCenter(s)" if req.vcenters else ""
+            raise InvalidRequest.of("pools", f"only {most} pool(s){within} could ever hold "
+                                    f"this request, need {req.pools}")
+        return
     if req.vcenters > len(usable):
         raise InvalidRequest.of("vcenters", f"only {len(usable)} vCenter(s) have a pool that "
                                 f"could ever hold this request, need {req.vcenters}")
@@ -421,6 +488,10 @@ def reserve_for(head: Request, fleet: Fleet, position: int = 1) -> dict[str, str
         key = (deficit(head, pool, fleet), pool.name)
         if pool.vcenter not in best or key < best[pool.vcenter]:
             best[pool.vcenter] = key
-    chosen = sorted(best.values())[: head.vcenters]
     why = f"held for the request waiting at position {position} ({head.request_id})"
+    if head.pools:  # the P eligible pools closest to fitting, wherever they are
+        closest = sorted((deficit(head, p, fleet), p.name) for p in fleet.pools.values()
+                         if eligibility(head, p) is None)
+        return {name: why for _, name in closest[: head.pools]}
+    chosen = sorted(best.values())[: head.vcenters]
     return {name: why for _, name in chosen}

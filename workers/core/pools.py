@@ -8,11 +8,12 @@ from typing import Any
 
 from .errors import ConfigError
 from .models import DEFAULT_NETWORK_TYPE, Network, Pool
+from .taints import Taint, taint_problem
 from .text import MAX_TEXT, text_problem
 
 POOL_KEYS = {
     "name", "vcenter", "datacenter", "cluster", "datastore", "vcpus", "memory", "storage",
-    "vcpu-overcommit", "exclude", "no-schedule", "labels", "networks",
+    "vcpu-overcommit", "exclude", "no-schedule", "labels", "networks", "taints",
 }
 NETWORK_KEYS = {"port-group", "vlan", "cidr", "gateway", "type"}
 REQUIRED_STR = ("name", "vcenter", "datacenter", "cluster", "datastore")
@@ -96,6 +97,16 @@ def _parse_pool(raw: Any, index: int, file: str) -> Pool:
     for k, v in labels.items():
         _text(k, file, label, "labels", max_len=317)
         _text(str(v), file, label, f"labels.{k}", max_len=63)
+    taints_raw = [] if raw.get("taints") is None else raw["taints"]
+    if not isinstance(taints_raw, list):
+        raise ConfigError.of(file, label, "taints", "must be a list")
+    taints = []
+    for i, item in enumerate(taints_raw):
+        taint = taint_problem(item)
+        if not isinstance(taint, Taint):
+            sub = f".{taint[0]}" if taint[0] else ""
+            raise ConfigError.of(file, label, f"taints[{i}]{sub}", taint[1])
+        taints.append(taint)
     nets_raw = [] if raw.get("networks") is None else raw["networks"]
     if not isinstance(nets_raw, list):
         raise ConfigError.of(file, label, "networks", "must be a list")
@@ -121,6 +132,7 @@ def _parse_pool(raw: Any, index: int, file: str) -> Pool:
         no_schedule=flags["no-schedule"],
         labels=tuple(sorted((k, str(v)) for k, v in labels.items())),
         networks=networks,
+        taints=tuple(taints),
     )
 
 

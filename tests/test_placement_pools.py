@@ -1,0 +1,170 @@
+"""Multi-pool requests (P pools over at most V vCenters), taints and tolerations, and
+network-only requests: the placement core against independent oracles."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from workers.core.errors import InvalidRequest, NoCapacity
+from workers.core.models import Network, Pool, Request, parse_request
+from workers.core.placement import Fleet, Usage, check_possible, place
+from workers.core.pools import parse_pools
+from workers.core.taints import Taint, Toleration, parse_tolerations
+
+PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def fleets(draw, taints: bool = False) -> Fleet:
+    pools, usage = {}, {}
+    n_vc = draw(st.integers(1, 4))
+    for v in range(n_vc):
+        for i in range(draw(st.integers(1, 3))):
+            name = f"p{v}{i}"
+            pool_taints = ()
+            if taints:
+                pool_taints = tuple(draw(st.lists(st.builds(
+                    Taint, st.sampled_from(["a", "b"]), st.sampled_from(["", "x"]),
+                    st.sampled_from(["NoSchedule", "PreferNoSchedule"])), max_size=2)))
+            pools[name] = Pool(name, f"vc{v}", "dc", f"c{v}{i}", "ds", vcpus=10, memory=10,
+                               storage=10, taints=pool_taints,
+                               networks=tuple(Network(f"pg{v}{i}{k}") for k in range(2)))
+            usage[name] = Usage(draw(st.integers(0, 10)), draw(st.integers(0, 10)), 0,
+                                0)
+    return Fleet(pools, usage)
+
+
+def fits(req: Request, pool: Pool, fleet: Fleet) -> bool:
+    """Oracle: room for the sizes and a free port group (none are used in these fleets)."""
+    u = fleet.usage[pool.name]
+    return (u.vcpus + req.vcpus <= pool.vcpus and u.memory + req.memory <= pool.memory
+            and u.storage + req.storage <= pool.storage and req.networks <= len(pool.networks))
+
+
+def possible(fitting: list[Pool], p: int, v: int) -> bool:
+    """Oracle: some P distinct fitting pools use at most V vCenters (0: any number)."""
+    for combo in itertools.combinations(fitting, p):
+        if not v or len({x.vcenter for x in combo}) <= v:
+            return True
+    return False
+
+
+@PROPS
+@given(fleets(), st.integers(1, 5), st.integers(0, 3), st.integers(0, 6), st.integers(0, 6))
+def test_p_pools_over_at_most_v_vcenters(fleet, p, v, vcpus, memory):
+    raw = {"vcpus": vcpus, "memory": memory, "networks": 1, "pools": p}
+    if v:
+        raw["vcenters"] = v
+    if v > p:
+        with pytest.raises(InvalidRequest) as info:
+            parse_request(raw)
+        assert info.value.field == "pools"
+        return
+    req = parse_request(raw)
+    fitting = [x for x in fleet.pools.values() if fits(req, x, fleet)]
+    try:
+        chosen = place(req, fleet)
+    except NoCapacity as exc:
+        assert not possible(fitting, p, v), exc.message
+        return
+    pools = [c.pool for c in chosen]
+    assert len({x.name for x in pools}) == p  # P distinct pools
+    assert all(x in fitting for x in pools)
+    vcs = {x.vcenter for x in pools}
+    assert not v or len(vcs) <= v
+    # spread: as many vCenters as the cap, the fitting pools and P allow
+    assert len(vcs) == min(v or p, len({x.vcenter for x in fitting}), p)
+
+
+def tolerated(taint: Taint, tolerations: tuple[Toleration, ...]) -> bool:
+    """Oracle, from Kubernetes' documentation of tolerations."""
+    for t in tolerations:
+        effect_ok = t.effect in ("", taint.effect)
+        if t.operator == "Exists" and (t.key in ("", taint.key)) and effect_ok:
+            return True
+        if t.operator == "Equal" and t.key == taint.key and t.value == taint.value \
+                and effect_ok:
+            return True
+    return False
+
+
+TOLERATIONS = st.lists(st.fixed_dictionaries({
+    "key": st.sampled_from(["a", "b"]), "operator": st.sampled_from(["Exists", "Equal"]),
+    "effect": st.sampled_from(["", "NoSchedule", "PreferNoSchedule"])}), max_size=2)
+
+
+@PROPS
+@given(fleets(taints=True), TOLERATIONS, st.booleans())
+def test_tolerations_and_prefer_no_schedule(fleet, tols, with_value):
+    for t in tols:
+        if t["operator"] == "Equal" and with_value:
+            t["value"] = "x"
+    tolerations = parse_tolerations(tols)
+    req = parse_request({"vcpus": 1, "memory": 1, "networks": 1, "tolerations": tols})
+    def repels(pool: Pool, effect: str) -> bool:
+        return any(t.effect == effect and not tolerated(t, tolerations) for t in pool.taints)
+
+    allowed = [x for x in fleet.pools.values()
+               if fits(req, x, fleet) and not repels(x, "NoSchedule")]
+    try:
+        (chosen,) = place(req, fleet)
+    except NoCapacity:
+        assert not allowed
+        return
+    assert chosen.pool in allowed
+    if any(not repels(x, "PreferNoSchedule") for x in allowed):
+        assert not repels(chosen.pool, "PreferNoSchedule")
+
+
+def test_a_network_only_request_needs_only_a_port_group():
+    pool = Pool("p", "vc", "dc", "c", "ds", vcpus=4, memory=4, storage=4,
+                networks=(Network("pg-1"),))
+    full = Fleet({"p": pool}, {"p": Usage(4, 4, 4, 1)})
+    req = parse_request({"vcpus": 0, "memory": 0, "networks": 1})
+    (chosen,) = place(req, full)
+    assert [n.port_group for n in chosen.networks] == ["pg-1"]
+    taken = Fleet({"p": pool}, {"p": Usage(4, 4, 4, 1)}, {"vc|pg-1"})
+    with pytest.raises(NoCapacity):
+        place(req, taken)
+
+
+def test_taints_in_the_pools_file_and_reasons():
+    base = {"vcenter": "vc", "datacenter": "dc", "cluster": "c", "datastore": "ds",
+            "vcpus": 8, "memory": 8, "storage": 8, "networks": [{"port-group": "pg"}]}
+    (pool,) = parse_pools({"pools": [{**base, "name": "gpu", "taints": [
+        {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}]})
+    assert pool.spec()["taints"] == [{"key": "dedicated", "value": "gpu",
+                                      "effect": "NoSchedule"}]
+    fleet = Fleet({"gpu": pool})
+    with pytest.raises(InvalidRequest):  # no pool could ever take it
+        check_possible(parse_request({"vcpus": 1, "memory": 1}), fleet.pools)
+    with pytest.raises(NoCapacity) as info:
+        place(parse_request({"vcpus": 1, "memory": 1}), fleet)
+    assert info.value.reasons["gpu"] == "tainted dedicated=gpu:NoSchedule (not tolerated)"
+    ok = parse_request({"vcpus": 1, "memory": 1, "tolerations": [
+        {"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]})
+    assert place(ok, fleet)[0].pool.name == "gpu"
+    for bad, field in [({"key": "k", "effect": "Sometimes"}, "effect"),
+                       ({"key": "Bad Key", "effect": "NoSchedule"}, "key"),
+                       ({"effect": "NoSchedule"}, "key")]:
+        from workers.core.errors import ConfigError
+
+        with pytest.raises(ConfigError) as err:
+            parse_pools({"pools": [{**base, "name": "x", "taints": [bad]}]})
+        assert err.value.details["field"] == f"taints[0].{field}"
+
+
+@pytest.mark.parametrize(("tols", "why"), [
+    ([{"key": "k", "operator": "Sometimes"}], "operator"),
+    ([{"operator": "Equal", "value": "v"}], "empty key"),
+    ([{"key": "k", "operator": "Exists", "value": "v"}], "no value"),
+    ([{"key": "k", "effect": "Never"}], "effect"), ("k", "list"),
+])
+def test_bad_tolerations_name_the_field(tols, why):
+    with pytest.raises(InvalidRequest) as info:
+        parse_request({"vcpus": 1, "memory": 1, "tolerations": tols})
+    assert info.value.field.startswith("tolerations") and why in info.value.message
