@@ -23,8 +23,9 @@ ACQUIRE_REQUEST: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["vcpus", "memory"],
     "properties": {
-        "vcpus": {"type": "integer", "minimum": 1, "description": "vCPUs per vCenter"},
-        "memory": {"type": "integer", "minimum": 1, "description": "GB per vCenter"},
+        "vcpus": {"type": "integer", "minimum": 0,
+                  "description": "vCPUs per pool (0 with memory 0: a network-only lease)"},
+        "memory": {"type": "integer", "minimum": 0, "description": "GB per pool"},
         "storage": {"type": "integer", "minimum": 0, "default": 0,
                     "description": "GB of datastore per vCenter"},
         "vcenters": {"type": "integer", "minimum": 0, "default": 1,
@@ -42,6 +43,19 @@ ACQUIRE_REQUEST: dict[str, Any] = {
         "pool-selector": {"type": "object", "additionalProperties": {"type": "string"}},
         "wait": {**DURATION, "description": "0: fail at once if nothing fits; > 0: wait in "
                  "line that long for capacity"},
+        "pools": {"type": "integer", "minimum": 1, "description": "P distinct pools, over at "
+                  "most `vcenters` distinct vCenters when that is given"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"},
+                   "maxProperties": 64, "description": "Kubernetes-style labels stored on "
+                   "every lease of the request"},
+        "tolerations": {"type": "array", "maxItems": 32, "items": {
+            "type": "object", "additionalProperties": False, "properties": {
+                "key": {"type": "string"},
+                "operator": {"type": "string", "enum": ["Exists", "Equal"]},
+                "value": {"type": "string"},
+                "effect": {"type": "string", "enum": ["", "NoSchedule", "PreferNoSchedule"]}}}},
+        "job-link": {"type": "string", "maxLength": 2048,
+                     "description": "an http(s) link to the job holding the leases"},
     },
     "example": {"vcpus": 24, "memory": 96, "storage": 700, "vcenters": 1},
 }
@@ -57,6 +71,9 @@ RELEASE_REQUEST: dict[str, Any] = {
         "owner": {"type": "string", "minLength": 1,
                   "description": "release every lease of this owner (with lease-ids: "
                   "only if they are this owner's)"},
+        "selector": {"type": "string", "minLength": 1,
+                     "description": "release every lease whose labels match (of `owner` "
+                     "when given), e.g. boskos-lease-id=X"},
     },
     "example": {"lease-ids": ["0123456789abcdef0123"]},
 }

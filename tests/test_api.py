@@ -557,3 +557,31 @@ def test_concurrent_http_acquires_never_overcommit(api, settled, pools_file):
     assert set(codes) <= {200, 409}, codes
     snap = check_invariants(settled, pools_of(pools_file))
     assert len(snap["leases"]) == codes.count(200) > 0
+
+
+def test_labels_selectors_and_network_only_leases_over_http(http, settled):
+    body = {"vcpus": 0, "memory": 0, "networks": 1, "owner": "step",
+            "labels": {"boskos-lease-id": "http-1", "job-name": "e2e"},
+            "job-link": "https://prow.example/job/7"}
+    first = http.post("/acquire", json=body)
+    assert first.status_code == 200, first.text
+    lease = first.json()[0]
+    assert lease["spec"]["vcpus"] == 0 and len(lease["status"]["networks"]) == 1
+    assert lease["status"]["labels"]["boskos-lease-id"] == "http-1"
+    assert lease["status"]["job-link"] == "https://prow.example/job/7"
+    second = http.post("/acquire", json={**body, "vcpus": 1, "memory": 1, "pools": 2,
+                                         "vcenters": 2})
+    assert second.status_code == 200, second.text
+    assert len(second.json()) == 2
+    names = sorted(x["metadata"]["name"] for x in [lease, *second.json()])
+    listed = http.get("/leases", params={"selector": "boskos-lease-id=http-1"})
+    assert sorted(x["metadata"]["name"] for x in listed.json()) == names
+    bad = assert_error(http.get("/leases", params={"selector": "a b"}), 422, "InvalidRequest")
+    assert bad["details"]["field"] == "selector"
+    bad = assert_error(http.post("/acquire", json={**body, "labels": {"k": "a b"}}), 422,
+                       "InvalidRequest")
+    assert bad["details"]["field"] == "labels"
+    released = http.post("/release", json={"selector": "boskos-lease-id=http-1",
+                                           "owner": "step"})
+    assert released.status_code == 200 and sorted(released.json()) == names
+    assert http.get("/leases", params={"selector": "boskos-lease-id=http-1"}).json() == []

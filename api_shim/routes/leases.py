@@ -81,8 +81,10 @@ async def release(request: Request, caller: CallerDep, tasks: TasksDep) -> Respo
     only_query(request, set())
     token = caller.token()
     args = pick(await read_object(request), {"lease-ids": "lease_ids",
-                                             "lease_ids": "lease_ids", "owner": "owner"})
-    if token is not None and not token.admin and ("owner" in args or "lease_ids" in args):
+                                             "lease_ids": "lease_ids", "owner": "owner",
+                                             "selector": "selector"})
+    if token is not None and not token.admin and (
+            "owner" in args or "lease_ids" in args or "selector" in args):
         # a non-admin releases as itself: the worker refuses other owners' leases
         args["owner"] = as_owner(token, args.get("owner"), "release leases")
     return await tasks.answer("vcm.release", args, "placement")
@@ -123,16 +125,20 @@ async def leases(
     tasks: TasksDep,
     owner: Annotated[str | None, Query(description="only this owner's leases")] = None,
     pool: Annotated[str | None, Query(description="only leases on this pool")] = None,
+    selector: Annotated[str | None, Query(
+        max_length=4096, description="only leases whose labels match, e.g. k=v,k2 in (a,b)")
+    ] = None,
     limit: Annotated[int, Query(
         ge=1, le=S.PAGE_LIMIT_MAX, description=LIMIT_TEXT)] = S.PAGE_LIMIT,
     after: Annotated[str | None, Query(
         alias="continue", max_length=512, description=CONTINUE_TEXT)] = None,
 ) -> Response:
-    only_query(request, {"owner", "pool", "limit", "continue"})
+    only_query(request, {"owner", "pool", "selector", "limit", "continue"})
     start = read_token(after, lease_key({}))
     # the worker pages too (one more than asked, to know whether a next page exists)
     found, headers = await tasks.result("vcm.list_leases",
-                                        {"owner": owner, "pool": pool, "limit": limit + 1,
+                                        {"owner": owner, "pool": pool, "selector": selector,
+                                         "limit": limit + 1,
                                          "after": start[1:] if start else None}, "queries")
     return page(request, found if isinstance(found, list) else [], lease_key, limit, start,
                 headers)
