@@ -370,8 +370,17 @@ def test_make_lease_has_the_contract_shape():
     assert list(lease["status"]) == [
         "leased-at", "expires-at", "boskos-lease-id", "pool", "vcenter", "datacenter",
         "cluster", "datastore", "networks", "owner", "request-id", "state", "labels",
-        "job-link",
+        "job-link", "failure-domain", "env",
     ]
+    assert lease["status"]["failure-domain"] == {
+        "name": "pool1", "region": "east", "zone": "", "server": "vcenter1.example.com",
+        "topology": {"datacenter": "datacenter1",
+                     "computeCluster": "/datacenter1/host/cluster1",
+                     "datastore": "/datacenter1/datastore/datastore1",
+                     "networks": ["ci-vlan-1001"],
+                     "resourcePool": "/datacenter1/host/cluster1/Resources", "folder": ""}}
+    assert "export VCM_LEASE_ID=lease-abc\n" in lease["status"].pop("env")
+    del lease["status"]["failure-domain"]
     assert lease["status"] == {
         "leased-at": "2026-11-22T15:32:06Z", "expires-at": "2026-11-23T15:32:06Z",
         "boskos-lease-id": "bl-7", "pool": "pool1", "vcenter": "vcenter1.example.com",

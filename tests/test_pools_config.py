@@ -350,3 +350,31 @@ def test_duplicate_port_group_in_a_vcenter_is_always_found(cfg, data):
         parse_pools(cfg, FILE)  # another vCenter: allowed
         return
     rejected(cfg, pools[max(src, dst)]["name"], "networks")
+
+
+def test_failure_domain_fields_and_network_details():
+    net = {"port-group": "pg", "vlan": 7, "cidr": "10.0.0.0/24", "gateway": "10.0.0.1",
+           "netmask": "255.255.255.0", "ipv6-cidr": "fd00::/64", "ipv6-gateway": "fd00::1",
+           "dns": ["10.0.0.2", "fd00::53"], "router": "r7.example.com"}
+    (p,) = parse_pools(config(pool(region="us-east", zone="us-east-1a", **{
+        "short-name": "use1a", "resource-pool": "/dc1/host/c1/Resources/ci", "folder": "ci"},
+        networks=[net])))
+    assert p.domain_map() == {"region": "us-east", "zone": "us-east-1a", "short-name": "use1a",
+                              "resource-pool": "/dc1/host/c1/Resources/ci", "folder": "ci"}
+    assert p.networks[0].to_dict() == {**net, "type": "single-tenant"}
+    assert p.spec()["zone"] == "us-east-1a"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("netmask", "255.0.255.0"), ("ipv6-cidr", "10.0.0.0/8"), ("ipv6-gateway", "10.0.0.1"),
+    ("dns", ["not-an-ip"]), ("dns", 7), ("router", ""), ("router", "r\x00"),
+])
+def test_bad_network_details_name_the_field(field, value):
+    rejected(config(pool(networks=[{"port-group": "pg", field: value}])), "pool1",
+             f"networks[0].{field}")
+
+
+@pytest.mark.parametrize("field", ["region", "zone", "short-name", "resource-pool", "folder"])
+def test_bad_failure_domain_fields_name_the_field(field):
+    rejected(config(pool(**{field: ""})), "pool1", field)
+    rejected(config(pool(**{field: 7})), "pool1", field)

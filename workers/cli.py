@@ -15,6 +15,7 @@ from typing import Any
 
 from .core.errors import ERRORS, InvalidRequest, VcmError
 from .core.models import parse_duration
+from .core.topology import env_values, platform_vsphere
 
 EXIT_OK, EXIT_OTHER, EXIT_INPUT, EXIT_CAPACITY = 0, 1, 2, 3
 QUERIES = {"vcm.show_pools", "vcm.list_leases", "vcm.estimate", "vcm.rollup_usage", "vcm.waiting",
@@ -117,20 +118,10 @@ def leases_table(leases: list[dict[str, Any]]) -> str:
 
 
 def lease_env(leases: list[dict[str, Any]]) -> str:
+    """`export` lines for every lease: the first unnumbered, each also with its index."""
     lines = []
     for i, x in enumerate(leases):
-        st = x["status"]
-        net = (st.get("networks") or [{}])[0]
-        values = {
-            "LEASE_ID": x["metadata"]["name"], "POOL": st.get("pool"),
-            "VCENTER": st.get("vcenter"), "DATACENTER": st.get("datacenter"),
-            "CLUSTER": st.get("cluster"), "DATASTORE": st.get("datastore"),
-            "PORT_GROUP": net.get("port-group", ""), "VLAN": net.get("vlan", ""),
-            "CIDR": net.get("cidr", ""), "GATEWAY": net.get("gateway", ""),
-            "EXPIRES_AT": st.get("expires-at"), "OWNER": st.get("owner"),
-        }
-        for key, value in values.items():
-            value = "" if value is None else str(value)
+        for key, value in env_values(x).items():
             if i == 0:
                 lines.append(f"export VCM_{key}={shlex.quote(value)}")
             lines.append(f"export VCM_{key}_{i}={shlex.quote(value)}")
@@ -138,6 +129,25 @@ def lease_env(leases: list[dict[str, Any]]) -> str:
     lines.append(f"export VCM_LEASE_IDS={shlex.quote(ids)}")
     lines.append(f"export VCM_LEASE_COUNT={len(leases)}")
     return "\n".join(lines)
+
+
+def subnets(leases: list[dict[str, Any]]) -> str:
+    """The subnets of these leases' port groups as JSON, keyed by router, then VLAN."""
+    out: dict[str, dict[str, Any]] = {}
+    for lease in leases:
+        st = lease["status"]
+        for net in st.get("networks") or []:
+            entry = {k: v for k, v in net.items() if k not in ("router", "vlan")}
+            entry["vcenter"] = st.get("vcenter")
+            out.setdefault(net.get("router") or "", {})[str(net.get("vlan"))] = entry
+    return json.dumps(out, indent=2, sort_keys=True)
+
+
+def failure_domains(leases: list[dict[str, Any]]) -> str:
+    """install-config's platform.vsphere (vcenters and failureDomains) for these leases."""
+    import yaml
+
+    return yaml.safe_dump(platform_vsphere(leases), sort_keys=False).rstrip()
 
 
 def pools_table(pools: list[dict[str, Any]]) -> str:
@@ -194,8 +204,8 @@ def emit(args: argparse.Namespace, value: Any, render=None) -> None:
 # commands ----------------------------------------------------------------------------------
 def request_from(args: argparse.Namespace) -> dict[str, Any]:
     req: dict[str, Any] = {"vcpus": args.vcpus, "memory": args.memory}
-    for key in ("storage", "vcenters", "networks", "network_type", "owner", "boskos_lease_id",
-                "request_id", "ttl", "required_pool", "wait", "job_link"):
+    for key in ("storage", "vcenters", "pools", "networks", "network_type", "owner",
+                "boskos_lease_id", "request_id", "ttl", "required_pool", "wait", "job_link"):
         value = getattr(args, key, None)
         if value is not None:
             req[key.replace("_", "-")] = value
@@ -225,6 +235,8 @@ def cmd_acquire(args: argparse.Namespace) -> int:
     leases = call(args, "vcm.acquire", timeout=timeout, request=req)
     if args.output == "env":
         print(lease_env(leases))
+    elif args.output == "failure-domains":
+        print(failure_domains(leases))
     else:
         emit(args, leases, leases_table)
     return EXIT_OK
@@ -251,8 +263,14 @@ def cmd_pools(args: argparse.Namespace) -> int:
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
-    emit(args, call(args, "vcm.list_leases", owner=args.owner, pool=args.pool,
-                    selector=args.selector), leases_table)
+    leases = call(args, "vcm.list_leases", owner=args.owner, pool=args.pool,
+                  selector=args.selector)
+    if args.output == "failure-domains":
+        print(failure_domains(leases))
+    elif args.output == "subnets":
+        print(subnets(leases))
+    else:
+        emit(args, leases, leases_table)
     return EXIT_OK
 
 
@@ -276,8 +294,11 @@ def cmd_reserve(args: argparse.Namespace) -> int:
         raise InvalidRequest.of("requests", f"{args.file}: expected a list of requests, or a "
                                 "map with 'requests'")
     groups = call(args, "vcm.acquire_batch", timeout=args.timeout or 120, requests=requests)
+    leases = [x for g in groups for x in g]
     if args.output == "env":
-        print(lease_env([x for g in groups for x in g]))
+        print(lease_env(leases))
+    elif args.output == "failure-domains":
+        print(failure_domains(leases))
     else:
         emit(args, groups, lambda v: leases_table([x for g in v for x in g]))
     return EXIT_OK
@@ -359,13 +380,19 @@ def parser() -> argparse.ArgumentParser:
     out = argparse.ArgumentParser(add_help=False)
     out.add_argument("-o", "--output", choices=["json", "table"], default="table")
     out_env = argparse.ArgumentParser(add_help=False)
-    out_env.add_argument("-o", "--output", choices=["json", "table", "env"], default="table")
+    out_env.add_argument("-o", "--output", choices=["json", "table", "env", "failure-domains"],
+                         default="table")
+    out_fd = argparse.ArgumentParser(add_help=False)
+    out_fd.add_argument("-o", "--output",
+                        choices=["json", "table", "failure-domains", "subnets"],
+                        default="table")
 
     def request_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--vcpus", type=int, required=True)
         p.add_argument("--memory", type=int, required=True, help="GB")
         p.add_argument("--storage", type=int, help="GB")
         p.add_argument("--vcenters", type=int)
+        p.add_argument("--pools", type=int, help="P pools (over at most --vcenters vCenters)")
         p.add_argument("--networks", type=int)
         p.add_argument("--network-type")
         p.add_argument("--owner")
@@ -400,7 +427,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_renew)
     p = sub.add_parser("pools", parents=[common, out], help="pools and their usage")
     p.set_defaults(func=cmd_pools)
-    p = sub.add_parser("leases", parents=[common, out], help="active leases")
+    p = sub.add_parser("leases", parents=[common, out_fd], help="active leases")
     p.add_argument("--owner")
     p.add_argument("--pool")
     p.add_argument("-l", "--selector", help="only leases whose labels match, e.g. k=v,k2=v2")

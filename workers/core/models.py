@@ -14,6 +14,7 @@ from .errors import InvalidRequest
 from .labels import parse_labels
 from .taints import Taint, Toleration, parse_tolerations
 from .text import MAX_TEXT, escaped, shown, text_problem
+from .topology import failure_domain, lease_env
 
 DEFAULT_NETWORK_TYPE = "single-tenant"
 DEFAULT_TTL = 24 * 3600
@@ -27,6 +28,8 @@ class Network:
     cidr: str = ""
     gateway: str = ""
     type: str = DEFAULT_NETWORK_TYPE
+    # optional subnet details, returned when configured
+    details: tuple[tuple[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -35,6 +38,7 @@ class Network:
             "cidr": self.cidr,
             "gateway": self.gateway,
             "type": self.type,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in self.details},
         }
 
 
@@ -65,6 +69,14 @@ class Pool:
     labels: tuple[tuple[str, str], ...] = ()
     networks: tuple[Network, ...] = ()
     taints: tuple[Taint, ...] = ()
+    # failure-domain fields (region and zone may also come from the labels)
+    domain: tuple[tuple[str, str], ...] = ()
+
+    def domain_map(self) -> dict[str, str]:
+        """region, zone, short-name, resource-pool and folder, as configured."""
+        labels = self.label_map()
+        out = {k: labels[k] for k in ("region", "zone") if k in labels}
+        return {**out, **dict(self.domain)}
 
     @cached_property
     def vcpu_capacity(self) -> int:
@@ -107,6 +119,7 @@ class Pool:
             "exclude": self.exclude,
             "no-schedule": self.no_schedule,
             "labels": self.label_map(),
+            **dict(self.domain),
             "taints": [t.to_dict() for t in self.taints],
             "networks": [n.to_dict() for n in self.networks],
         }
@@ -377,7 +390,7 @@ def make_lease(
     lease_id: str, req: Request, pool: Pool, networks: list[Network], now: float
 ) -> dict[str, Any]:
     """A lease in the wire shape, upstream keys first."""
-    return {
+    lease = {
         "spec": req.spec(),
         "status": {
             "leased-at": rfc3339(now),
@@ -394,6 +407,9 @@ def make_lease(
             "state": "leased",
             "labels": dict(req.labels),
             "job-link": req.job_link,
+            "failure-domain": failure_domain(pool, networks),
         },
         "metadata": {"name": lease_id, "creationTimestamp": rfc3339(now)},
     }
+    lease["status"]["env"] = lease_env(lease)
+    return lease

@@ -11,11 +11,14 @@ from .models import DEFAULT_NETWORK_TYPE, Network, Pool
 from .taints import Taint, taint_problem
 from .text import MAX_TEXT, text_problem
 
+DOMAIN_KEYS = ("region", "zone", "short-name", "resource-pool", "folder")
+NETWORK_DETAILS = ("netmask", "ipv6-cidr", "ipv6-gateway", "dns", "router")
 POOL_KEYS = {
     "name", "vcenter", "datacenter", "cluster", "datastore", "vcpus", "memory", "storage",
     "vcpu-overcommit", "exclude", "no-schedule", "labels", "networks", "taints",
+    *DOMAIN_KEYS,
 }
-NETWORK_KEYS = {"port-group", "vlan", "cidr", "gateway", "type"}
+NETWORK_KEYS = {"port-group", "vlan", "cidr", "gateway", "type", *NETWORK_DETAILS}
 REQUIRED_STR = ("name", "vcenter", "datacenter", "cluster", "datastore")
 BUDGETS = ("vcpus", "memory", "storage")
 
@@ -133,6 +136,7 @@ def _parse_pool(raw: Any, index: int, file: str) -> Pool:
         labels=tuple(sorted((k, str(v)) for k, v in labels.items())),
         networks=networks,
         taints=tuple(taints),
+        domain=tuple((k, _text_field(raw, k, file, label)) for k in DOMAIN_KEYS if k in raw),
     )
 
 
@@ -174,11 +178,48 @@ def _parse_network(raw: Any, index: int, pool: str, file: str) -> Network:
     if not isinstance(net_type, str) or not net_type:
         raise ConfigError.of(file, pool, f"{where}.type", "must be a non-empty string")
     _text(net_type, file, pool, f"{where}.type", max_len=63)
+    details = tuple((k, _detail(raw, k, file, pool, where)) for k in NETWORK_DETAILS
+                    if raw.get(k) is not None)
     return Network(port_group=pg.strip(), vlan=vlan, cidr=str(cidr), gateway=str(gateway),
-                   type=net_type)
+                   type=net_type, details=details)
 
 
 def _text(value: str, file: str, pool: str, field: str, max_len: int = MAX_TEXT) -> None:
     problem = text_problem(value, max_len)
     if problem:
         raise ConfigError.of(file, pool, field, problem)
+
+
+def _text_field(raw: dict[str, Any], key: str, file: str, pool: str) -> str:
+    value = raw[key]
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError.of(file, pool, key, "must be a non-empty string")
+    _text(value, file, pool, key)
+    return value.strip()
+
+
+def _detail(raw: dict[str, Any], key: str, file: str, pool: str, where: str) -> Any:
+    """A network's optional subnet detail, checked for what it is."""
+    value, field = raw[key], f"{where}.{key}"
+    if key == "dns":  # one address or a list of them
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            try:
+                ipaddress.ip_address(v if isinstance(v, str) else "")
+            except ValueError:
+                raise ConfigError.of(file, pool, field,
+                                     f"{v!r} is not an IP address") from None
+        return tuple(values) if isinstance(value, list) else value  # hashable, like Pool
+    if not isinstance(value, str) or not value:
+        raise ConfigError.of(file, pool, field, "must be a non-empty string")
+    _text(value, file, pool, field)
+    try:
+        if key == "netmask":
+            ipaddress.IPv4Network(f"0.0.0.0/{value}")
+        elif key == "ipv6-cidr":
+            ipaddress.IPv6Network(value, strict=False)
+        elif key == "ipv6-gateway":
+            ipaddress.IPv6Address(value)
+    except ValueError:
+        raise ConfigError.of(file, pool, field, f"{value!r} is not a valid {key}") from None
+    return value

@@ -1,0 +1,82 @@
+"""Where a lease lives, in the shapes its users need: the failure domain of an OpenShift
+install-config (`platform.vsphere.failureDomains`, inventory paths), and shell `export` lines."""
+
+from __future__ import annotations
+
+import shlex
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models import Network, Pool
+
+
+def _under(base: str, path: str) -> str:
+    """An inventory path: absolute as given, else below `base`."""
+    return path if path.startswith("/") else f"{base}/{path}"
+
+
+def failure_domain(pool: Pool, networks: list[Network]) -> dict[str, Any]:
+    dc = f"/{pool.datacenter}"
+    cluster = f"{dc}/host/{pool.cluster}"
+    domain = pool.domain_map()
+    rp = domain.get("resource-pool")
+    folder = domain.get("folder")
+    return {
+        "name": domain.get("short-name") or pool.name,
+        "region": domain.get("region", ""),
+        "zone": domain.get("zone", ""),
+        "server": pool.vcenter,
+        "topology": {
+            "datacenter": pool.datacenter,
+            "computeCluster": cluster,
+            "datastore": f"{dc}/datastore/{pool.datastore}",
+            "networks": [n.port_group for n in networks],
+            "resourcePool": _under(f"{cluster}/Resources", rp) if rp else f"{cluster}/Resources",
+            "folder": _under(f"{dc}/vm", folder) if folder else "",
+        },
+    }
+
+
+def env_values(lease: dict[str, Any]) -> dict[str, str]:
+    """The variables a job step gets for one lease (VCM_<name>)."""
+    st = lease["status"]
+    net = (st.get("networks") or [{}])[0]
+    values = {
+        "LEASE_ID": lease["metadata"]["name"], "POOL": st.get("pool"),
+        "VCENTER": st.get("vcenter"), "DATACENTER": st.get("datacenter"),
+        "CLUSTER": st.get("cluster"), "DATASTORE": st.get("datastore"),
+        "PORT_GROUP": net.get("port-group", ""), "VLAN": net.get("vlan", ""),
+        "CIDR": net.get("cidr", ""), "GATEWAY": net.get("gateway", ""),
+        "EXPIRES_AT": st.get("expires-at"), "OWNER": st.get("owner"),
+    }
+    return {k: "" if v is None else str(v) for k, v in values.items()}
+
+
+def lease_env(lease: dict[str, Any]) -> str:
+    """Shell lines a job step can `eval` for one lease."""
+    return "\n".join(f"export VCM_{k}={shlex.quote(v)}" for k, v in env_values(lease).items())
+
+
+def platform_vsphere(leases: list[dict[str, Any]]) -> dict[str, Any]:
+    """install-config's `platform.vsphere` for these leases: one vcenters entry per server
+    (with the datacenters used there) and one failure domain per lease."""
+    vcenters: dict[str, list[str]] = {}
+    domains: dict[tuple[str, str], dict[str, Any]] = {}
+    for lease in leases:
+        fd = lease["status"].get("failure-domain")
+        if not fd:
+            continue
+        dcs = vcenters.setdefault(fd["server"], [])
+        if fd["topology"]["datacenter"] not in dcs:
+            dcs.append(fd["topology"]["datacenter"])
+        key = (fd["server"], fd["name"])
+        if key not in domains:  # one domain per pool; more leases there add their networks
+            domains[key] = {**fd, "topology": {**fd["topology"],
+                                               "networks": list(fd["topology"]["networks"])}}
+            continue
+        nets = domains[key]["topology"]["networks"]
+        nets.extend(n for n in fd["topology"]["networks"] if n not in nets)
+    return {"platform": {"vsphere": {
+        "vcenters": [{"server": s, "datacenters": d} for s, d in vcenters.items()],
+        "failureDomains": list(domains.values()),
+    }}}
