@@ -241,3 +241,31 @@ def test_without_redis_the_page_still_renders(site):
         assert "Not available right now" in resp.text
     finally:
         api.stop()
+
+
+def test_taints_are_badges_and_job_links_link_only_http():
+    """The page from the view-model alone: taint badges on pool cards, the job link on the
+    lease's owner, and a link that is not http(s) (an older record) stays text."""
+    import time as _time
+
+    from api_shim.dashboard import Data, render
+
+    def lease(name: str, link: str) -> dict:
+        return {"spec": {"vcpus": 1, "memory": 1, "storage": 0},
+                "status": {"owner": f"owner-{name}", "pool": "gpu", "vcenter": "vc",
+                           "networks": [], "job-link": link, "leased-at": "2026-11-29T00:00:00Z",
+                           "expires-at": "2026-11-30T00:00:00Z"},
+                "metadata": {"name": name}}
+
+    pool = {"spec": {"name": "gpu", "vcenter": "vc", "vcpus": 8, "memory": 8, "storage": 8,
+                     "networks": [], "taints": [
+                         {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"},
+                         {"key": "slow", "value": "", "effect": "PreferNoSchedule"}]},
+            "status": {"vcpus-usage": 0, "memory-usage": 0, "datastore-usage": 0,
+                       "network-usage": 0, "vcpus-capacity": 8, "lease-count": 2,
+                       "leases": [lease("a", "https://prow.example/1"),
+                                  lease("b", "javascript:alert(1)")]}}
+    html = render(Data(now=_time.time(), pools=[pool], waiting=[], history=[]))
+    assert "dedicated=gpu:NoSchedule" in html and "slow:PreferNoSchedule" in html
+    assert '<a href="https://prow.example/1">owner-a</a>' in html
+    assert "javascript:" not in html and "owner-b" in html

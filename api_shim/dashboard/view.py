@@ -7,6 +7,7 @@ Every value here is plain text or a number already formatted; the template only 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -149,6 +150,7 @@ class LeaseRow:
     networks: str
     leased: Moment
     expires: Moment
+    job_link: str = ""  # an http(s) link to the job holding the lease, or ""
 
 
 @dataclass
@@ -217,6 +219,15 @@ def _pool_card(pool: dict[str, Any]) -> PoolCard:
                                  False))
     if spec.get("no-schedule"):
         card.badges.append(Badge("no-schedule", "takes no new leases", True))
+    for taint in spec.get("taints") or []:
+        if not isinstance(taint, dict):
+            continue
+        effect = str(taint.get("effect", ""))
+        shown = f"{taint.get('key', '')}={taint.get('value', '')}" if taint.get("value") \
+            else str(taint.get("key", ""))
+        card.badges.append(Badge(text(f"{shown}:{effect}"), "tainted: only requests that "
+                                 "tolerate it" if effect == "NoSchedule" else "tainted: used "
+                                 "only when no other pool fits", effect == "NoSchedule"))
     if card.removed:
         return card
     # placeable vCPUs as placement counts them (floor(vcpus × overcommit)), from the worker
@@ -282,8 +293,13 @@ def leases_section(data: Data) -> Leases | Missing:
         rows.append(LeaseRow(text(st.get("owner", "")), lease_id, lease_id[:10],
                              text(st.get("pool", "")), text(st.get("vcenter", "")), vcpus,
                              memory, storage, nets, moment(st.get("leased-at"), data.now),
-                             moment(st.get("expires-at"), data.now)))
+                             moment(st.get("expires-at"), data.now), _link(st.get("job-link"))))
     return Leases(len(leases), rows, max(0, len(leases) - MAX_LEASE_ROWS))
+
+
+def _link(value: Any) -> str:
+    """Only http(s) links are linked (the worker checks them; older records may not be)."""
+    return value if isinstance(value, str) and re.match(r"^https?://\S+$", value) else ""
 
 
 def waiting_section(data: Data) -> Waiting | Missing:
