@@ -80,4 +80,14 @@ beat_schedule = {
         "options": {"queue": "queries", "expires": 60},
     },
 }
+# live vCenter health (workers/adapters/inventory.py): VCM_INVENTORY_INTERVAL, 0 or off: never
+_inventory = os.environ.get("VCM_INVENTORY_INTERVAL", "5m").strip().lower()
+_inventory_every = (0.0 if _inventory in ("off", "none", "")
+                    else _seconds("VCM_INVENTORY_INTERVAL", "5m"))
+if _inventory_every:
+    beat_schedule["sync-inventory"] = {
+        "task": "vcm.sync_inventory",
+        "schedule": _inventory_every,
+        "options": {"queue": "queries", "expires": 60},
+    }
 beat_max_loop_interval = 1

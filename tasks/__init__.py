@@ -196,3 +196,28 @@ def usage_history(pool: Any = None, since: Any = None, after: Any = None, limit:
 @app.task(name="vcm.noop_placement")
 def noop_placement() -> None:
     """Benchmark baseline: a task that does nothing, on the placement queue."""
+
+
+@app.task(name="vcm.sync_inventory", throws=EXPECTED)
+def sync_inventory(*args: Any, **extra: Any) -> dict[str, Any]:
+    """Beat, every VCM_INVENTORY_INTERVAL: read each vCenter that has credentials and store its
+    pools' live health (workers/adapters/inventory.py). On the queries queue: a slow vCenter
+    must never hold up placement, so a placement worker refuses to run it."""
+    _no_extra(args, extra)
+    if _role["name"] == PLACEMENT:
+        log.warning("vcm.sync_inventory reached a placement worker; not run (send it to the "
+                    "queries queue)")
+        return {"synced": {}, "errors": {}, "skipped": [], "refused": "placement worker"}
+    from workers.adapters.inventory import InventorySettings, sync
+    from workers.adapters.ledger import LedgerUnready
+    from workers.cli import vcenter_credentials
+
+    svc = service()
+    pools = list(svc.pools.current().values())
+    try:
+        leased = {name: u.storage for name, u in svc.ledger.usage()[1].items()}
+    except LedgerUnready:  # being restored: the free-space check waits for the next sync
+        leased = None
+    timeout = InventorySettings.from_env().timeout
+    return sync(pools, vcenter_credentials(pools), svc.ledger, leased,
+                timeout=timeout).to_dict()

@@ -356,6 +356,43 @@ def cmd_check_pools(args: argparse.Namespace) -> int:
     return EXIT_INPUT if any(f.severity == "error" for f in findings) else EXIT_OK
 
 
+def cmd_pools_discover(args: argparse.Namespace) -> int:
+    """Print a pools file skeleton from what a vCenter has, for an operator to edit."""
+    import types
+
+    import yaml
+
+    from .adapters.inventory import InventorySettings, discover, skeleton
+    from .adapters.vcenter import VCenterUnavailable
+
+    creds = vcenter_credentials([types.SimpleNamespace(vcenter=args.vcenter)])
+    if args.vcenter not in creds:
+        raise CliError(f"no credentials for {args.vcenter}: set VCM_VCENTER_USERNAME and "
+                       "VCM_VCENTER_PASSWORD, or VCM_VCENTER_CREDENTIALS", EXIT_INPUT)
+    user, password = creds[args.vcenter]
+    try:
+        inventory = discover(args.vcenter, user, password,
+                             timeout=InventorySettings.from_env().timeout)
+    except VCenterUnavailable as exc:
+        raise CliError(f"vcenter {args.vcenter}: {exc}") from None
+    if args.datacenter and args.datacenter not in inventory.datacenters:
+        raise CliError(f"datacenter {args.datacenter!r} not found on {args.vcenter} (have: "
+                       f"{', '.join(inventory.datacenters) or 'none'})", EXIT_INPUT)
+    pools, notes = skeleton(inventory, args.datacenter)
+    if not pools:
+        raise CliError(f"{args.vcenter}: no cluster with hosts and a datastore to make a pool "
+                       "of" + "".join(f"\n  {n}" for n in notes))
+    print(f"# Pools discovered on {args.vcenter} by `vcm pools discover`: edit before use.\n"
+          "# Budgets split the hardware among the pools sharing it (a cluster's logical CPUs\n"
+          "# and memory, a datastore's capacity); each port group is in one pool. Add cidr and\n"
+          "# gateway to the networks, labels, and check with `vcm check-pools -f FILE`.")
+    for note in notes:
+        print(f"# {note}")
+    print(yaml.safe_dump({"pools": pools}, sort_keys=False, default_flow_style=None,
+                         width=100).rstrip())
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .stack import run_stack
 
@@ -427,6 +464,11 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_renew)
     p = sub.add_parser("pools", parents=[common, out], help="pools and their usage")
     p.set_defaults(func=cmd_pools)
+    pools_sub = p.add_subparsers(dest="pools_command")
+    d = pools_sub.add_parser("discover", help="print a pools file skeleton from a vCenter")
+    d.add_argument("--vcenter", required=True, help="as pools name it: host, host:port or URL")
+    d.add_argument("--datacenter", help="only this datacenter")
+    d.set_defaults(func=cmd_pools_discover)
     p = sub.add_parser("leases", parents=[common, out_fd], help="active leases")
     p.add_argument("--owner")
     p.add_argument("--pool")

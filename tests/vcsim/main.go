@@ -38,10 +38,11 @@ type Inventory struct {
 }
 
 type Datacenter struct {
-	Name       string      `json:"name"`
-	Clusters   []Cluster   `json:"clusters"`
-	Datastores []Datastore `json:"datastores"`
-	Portgroups []string    `json:"portgroups"` // distributed port groups on one DVS per datacenter
+	Name       string           `json:"name"`
+	Clusters   []Cluster        `json:"clusters"`
+	Datastores []Datastore      `json:"datastores"`
+	Portgroups []string         `json:"portgroups"` // distributed port groups on one DVS per datacenter
+	Vlans      map[string]int32 `json:"vlans"`      // port group -> VLAN ID (default: none, VLAN 0)
 }
 
 type Cluster struct {
@@ -223,7 +224,13 @@ func build(u *url.URL, inv Inventory, dirs *[]string) error {
 			}
 			dvs := object.NewDistributedVirtualSwitch(c.Client, info.Result.(types.ManagedObjectReference))
 			for _, pg := range d.Portgroups {
-				task, err := dvs.AddPortgroup(ctx, []types.DVPortgroupConfigSpec{{Name: pg, NumPorts: 128}})
+				spec := types.DVPortgroupConfigSpec{Name: pg, NumPorts: 128}
+				if vlan, ok := d.Vlans[pg]; ok {
+					spec.DefaultPortConfig = &types.VMwareDVSPortSetting{
+						Vlan: &types.VmwareDistributedVirtualSwitchVlanIdSpec{VlanId: vlan},
+					}
+				}
+				task, err := dvs.AddPortgroup(ctx, []types.DVPortgroupConfigSpec{spec})
 				if err != nil {
 					return err
 				}

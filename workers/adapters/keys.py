@@ -30,6 +30,8 @@ stats                  hash of counters (placements, releases, reaps, refusals, 
 latency                hash: acquire latency histogram
 reaped                 list of the last 1,000 reaped leases
 usage                  stream of usage rollups, trimmed to the retention
+health                 hash vcenter -> JSON {at, pools: {pool: {state, reason}}, error,
+                       error-at, login-at}: live vCenter health (core/health.py)
 =====================  ===============================================================
 """
 
@@ -103,6 +105,10 @@ class Keys:
     @property
     def usage(self) -> str:
         return self.prefix + "usage"
+
+    @property
+    def health(self) -> str:
+        return self.prefix + "health"
 
     def owner(self, owner: str) -> str:
         return f"{self.prefix}owner:{owner}"

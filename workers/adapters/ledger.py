@@ -416,6 +416,55 @@ class Ledger:
     def reaped(self, limit: int = 100) -> list[dict[str, Any]]:
         return [json.loads(x) for x in self.r.lrange(self.k.reaped, 0, limit - 1)]
 
+    # live vCenter health (written by vcm.sync_inventory; see core/health.py) -----------------
+    def store_health(self, vcenter: str, pools: dict[str, dict[str, str]], at: float,
+                     login_at: float | None = None) -> None:
+        """A successful read of `vcenter` at `at`: its pools' health ({pool: {state, reason}},
+        core.health.as_json), replacing the vCenter's record and clearing its error."""
+        record = {"at": at, "pools": pools, "error": None, "error-at": None,
+                  "login-at": login_at}
+        self.r.hset(self.k.health, vcenter, json.dumps(record, sort_keys=True))
+
+    def store_health_error(self, vcenter: str, error: str, at: float,
+                           pools: list[str] | tuple[str, ...] = ()) -> None:
+        """A failed read of `vcenter`: records why and when, and keeps the last successful
+        read's pools and time. `pools` not in that read are added as unknown (with the error as
+        the reason), so a vCenter never read still names its pools. Atomic (WATCH)."""
+
+        def merge(pipe: Any) -> None:
+            raw = pipe.hget(self.k.health, vcenter)
+            try:
+                record = json.loads(raw) if raw else {}
+            except ValueError:
+                record = {}
+            if not isinstance(record, dict) or not isinstance(record.get("pools"), dict):
+                record = {"at": None, "pools": {}, "login-at": None}
+            for name in pools:
+                record["pools"].setdefault(name, {"state": "unknown", "reason": error})
+            record.update({"error": error, "error-at": at})
+            pipe.multi()
+            pipe.hset(self.k.health, vcenter, json.dumps(record, sort_keys=True))
+
+        self.r.transaction(merge, self.k.health)
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """vCenter -> its health record (see core/health.py); records that cannot be decoded
+        are left out (core.health.effective then counts their pools as unknown)."""
+        out: dict[str, dict[str, Any]] = {}
+        for vcenter, raw in self.r.hgetall(self.k.health).items():
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                log.warning("health record of %s cannot be decoded; ignored", _text(vcenter))
+                continue
+            if isinstance(record, dict):
+                out[_text(vcenter)] = record
+        return out
+
+    def forget_health(self, vcenter: str) -> bool:
+        """Drop a vCenter's health record (its pools become unknown)."""
+        return bool(self.r.hdel(self.k.health, vcenter))
+
 
 def lease_name(lease: Any) -> str:
     try:

@@ -1,0 +1,590 @@
+"""Live vCenter health: core/health.py's rules, the inventory read and the sync against govmomi's
+vCenter simulator (tests/vcsim), `vcm.sync_inventory` through a real queries worker on a real
+redis-server, and `vcm pools discover` checked by `vcm check-pools`."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import yaml
+from celery import Celery
+from pyVim.connect import Disconnect, SmartConnect
+from pyVim.task import WaitForTask
+from pyVmomi import vim
+
+from tests.support.procs import ROOT, Beat, RedisServer, Worker, env_for, wait_for
+from tests.vcsim import Simulator, Unavailable
+from workers.adapters.inventory import InventorySettings, Session, Sessions, read_inventory, sync
+from workers.adapters.ledger import Ledger
+from workers.core import health
+from workers.core.health import (
+    DEGRADED,
+    GIB,
+    OK,
+    UNKNOWN,
+    Cluster,
+    Datacenter,
+    Datastore,
+    Host,
+    Inventory,
+    PoolHealth,
+    PortGroup,
+)
+from workers.core.models import Network, Pool
+
+pytestmark = pytest.mark.timeout(600)  # the first test may wait for a cold simulator build
+
+USER, PASSWORD = "vcm", "vcm-secret"
+HOST = {"cores": 16, "threads": 32, "mhz": 2400, "memory_gb": 256}
+
+
+def inventory_json(dc: str = "datacenter1") -> dict[str, Any]:
+    return {"datacenters": [
+        {"name": dc, "clusters": [{"name": "cluster1", "hosts": [HOST, HOST]}],
+         "datastores": [{"name": "datastore1", "capacity_gb": 4096, "free_gb": 3000}],
+         "portgroups": ["ci-vlan-1001", "ci-vlan-1002"],
+         "vlans": {"ci-vlan-1001": 1001, "ci-vlan-1002": 1002}},
+        {"name": "datacenter2", "clusters": [{"name": "cluster2", "hosts": [HOST]}],
+         "datastores": [{"name": "datastore2", "capacity_gb": 1000}],
+         "portgroups": ["ci-vlan-2001"], "vlans": {"ci-vlan-2001": 2001}},
+    ]}
+
+
+def start_sim() -> Simulator:
+    try:
+        return Simulator(inventory_json(), user=USER, password=PASSWORD).start()
+    except Unavailable as exc:
+        from tests.support.tools import missing
+
+        missing(f"vCenter simulator: {exc}")
+        raise
+
+
+def pools_on(vcenter: str, prefix: str = "pool") -> list[Pool]:
+    return [
+        Pool(f"{prefix}1", vcenter, "datacenter1", "cluster1", "datastore1", vcpus=60,
+             memory=400, storage=2000,
+             networks=(Network("ci-vlan-1001", 1001), Network("ci-vlan-1002", 1002))),
+        Pool(f"{prefix}2", vcenter, "datacenter2", "cluster2", "datastore2", vcpus=16,
+             memory=200, storage=500, networks=(Network("ci-vlan-2001", 2001),)),
+    ]
+
+
+def pool_yaml(p: Pool) -> dict[str, Any]:
+    return {"name": p.name, "vcenter": p.vcenter, "datacenter": p.datacenter,
+            "cluster": p.cluster, "datastore": p.datastore, "vcpus": p.vcpus,
+            "memory": p.memory, "storage": p.storage,
+            "networks": [{"port-group": n.port_group, "vlan": n.vlan} for n in p.networks]}
+
+
+class Admin:
+    """The test's own pyvmomi session on a simulator: changes state through the vSphere API."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.si = SmartConnect(host=sim.host, port=sim.port, user=USER, pwd=PASSWORD,
+                               disableSslCertValidation=True)
+        self.content = self.si.RetrieveContent()
+
+    def find(self, kind: type, name: str) -> Any:
+        view = self.content.viewManager.CreateContainerView(self.content.rootFolder, [kind],
+                                                            True)
+        try:
+            return next(o for o in view.view if o.name == name)
+        finally:
+            view.Destroy()
+
+    def hosts(self, cluster: str) -> list[vim.HostSystem]:
+        return list(self.find(vim.ClusterComputeResource, cluster).host)
+
+    def maintenance(self, cluster: str, on: bool) -> None:
+        for host in self.hosts(cluster):
+            task = (host.EnterMaintenanceMode_Task(timeout=0) if on
+                    else host.ExitMaintenanceMode_Task(timeout=0))
+            WaitForTask(task)
+
+    def other_sessions(self) -> set[str]:
+        """Keys of every session on the simulator but this one."""
+        sm = self.content.sessionManager
+        own = sm.currentSession.key
+        return {s.key for s in sm.sessionList if s.key != own}
+
+    def calls(self) -> dict[str, int]:
+        """Session key -> calls made in it, for every session on the simulator but this one."""
+        sm = self.content.sessionManager
+        own = sm.currentSession.key
+        return {s.key: s.callCount for s in sm.sessionList if s.key != own}
+
+    def terminate_others(self) -> None:
+        self.content.sessionManager.TerminateSession(sorted(self.other_sessions()))
+
+    def close(self) -> None:
+        Disconnect(self.si)
+
+
+# core/health.py: the rules, without I/O ---------------------------------------------------
+def inv(**dc_changes: Any) -> Inventory:
+    hosts = (Host("esx0", cpu_usage_mhz=100, memory_usage_mb=1000), Host("esx1"))
+    dc = Datacenter(
+        "datacenter1",
+        {"cluster1": Cluster("cluster1", hosts)},
+        {"datastore1": Datastore("datastore1", 4096 * GIB, 3000 * GIB)},
+        {n: PortGroup(n, 1000 + i, True) for i, n in enumerate(["ci-vlan-1001", "ci-vlan-1002"])},
+    )
+    return Inventory("vc1", {"datacenter1": replace(dc, **dc_changes)})
+
+
+POOL = pools_on("vc1")[0]
+
+
+def test_a_healthy_pool_is_ok():
+    assert health.assess([POOL, replace(POOL, name="elsewhere", vcenter="vc2")], inv(), {}) == \
+        {"pool1": PoolHealth(OK)}
+
+
+@pytest.mark.parametrize(("hosts", "expected"), [
+    ((Host("esx0", maintenance=True), Host("esx1", maintenance=True)),
+     "no usable host in cluster 'cluster1' (esx0 in maintenance mode, esx1 in maintenance mode)"),
+    ((Host("esx0", connection="disconnected"), Host("esx1", connection="notResponding")),
+     "no usable host in cluster 'cluster1' (esx0 disconnected, esx1 notResponding)"),
+    ((Host("esx0", status="red", config_issues=("HA agent unreachable",)),
+      Host("esx1", maintenance=True)),
+     "no usable host in cluster 'cluster1' (esx0 red: HA agent unreachable, "
+     "esx1 in maintenance mode)"),
+    ((), "cluster 'cluster1' has no hosts"),
+], ids=["maintenance", "disconnected", "red-config-issue", "no-hosts"])
+def test_a_cluster_without_a_usable_host_degrades_the_pool(hosts, expected):
+    clusters = {"cluster1": Cluster("cluster1", hosts)}
+    assert health.assess_pool(POOL, inv(clusters=clusters), 0) == PoolHealth(DEGRADED, expected)
+
+
+@pytest.mark.parametrize("hosts", [
+    (Host("esx0", maintenance=True), Host("esx1")),
+    (Host("esx0", status="red"), Host("esx1", status="yellow", config_issues=("x",))),
+], ids=["one-usable-host", "red-without-config-issue"])
+def test_one_usable_host_is_enough(hosts):
+    clusters = {"cluster1": Cluster("cluster1", hosts)}
+    assert health.assess_pool(POOL, inv(clusters=clusters), 0).state == OK
+
+
+def test_missing_quick_stats_are_unknown_not_idle():
+    cluster = Cluster("c", (Host("a", cpu_usage_mhz=10, memory_usage_mb=5), Host("b")))
+    assert (cluster.cpu_usage_mhz, cluster.memory_usage_mb) == (None, None)
+    cluster = Cluster("c", (Host("a", cpu_usage_mhz=10, memory_usage_mb=5),
+                            Host("b", cpu_usage_mhz=0, memory_usage_mb=0)))
+    assert (cluster.cpu_usage_mhz, cluster.memory_usage_mb) == (10, 5)
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"clusters": {}}, "cluster 'cluster1' is gone"),
+    ({"datastores": {}}, "datastore 'datastore1' is gone"),
+    ({"datastores": {"datastore1": Datastore("datastore1", 4096 * GIB, 3000 * GIB, False)}},
+     "datastore 'datastore1' is inaccessible"),
+    ({"port_groups": {"ci-vlan-1001": PortGroup("ci-vlan-1001")}},
+     "port group 'ci-vlan-1002' gone"),
+    ({"port_groups": {}}, "port groups 'ci-vlan-1001', 'ci-vlan-1002' gone"),
+], ids=["cluster", "datastore", "inaccessible", "port-group", "port-groups"])
+def test_a_missing_object_degrades_the_pool(change, expected):
+    assert health.assess_pool(POOL, inv(**change), 0) == PoolHealth(DEGRADED, expected)
+
+
+def test_every_problem_is_in_the_reason_and_a_gone_datacenter_says_so():
+    h = health.assess_pool(POOL, inv(clusters={}, port_groups={}), 0)
+    assert h.reason == ("cluster 'cluster1' is gone; port groups 'ci-vlan-1001', "
+                        "'ci-vlan-1002' gone")
+    assert health.assess_pool(replace(POOL, datacenter="dc9"), inv(), 0) == \
+        PoolHealth(DEGRADED, "datacenter 'dc9' is gone")
+
+
+def test_free_space_is_compared_with_the_unleased_storage_budget():
+    pool = replace(POOL, storage=3500)  # the datastore has 3000 GB free
+    assert health.assess_pool(pool, inv(), 0) == PoolHealth(
+        DEGRADED, "datastore 'datastore1' has 3000 GB free, less than the 3500 GB of storage "
+                  "budget not leased")
+    assert health.assess_pool(pool, inv(), 499).state == DEGRADED
+    assert health.assess_pool(pool, inv(), 500).state == OK  # 3000 GB unleased, 3000 GB free
+    assert health.assess_pool(pool, inv(), 9999).state == OK  # over-leased: nothing unleased
+    assert health.assess_pool(pool, inv(), None).state == OK  # ledger unknown: not checked
+    assert health.assess([pool], inv(), {"pool1": 600})["pool1"].state == OK
+    assert health.assess([pool], inv(), {"other": 600})["pool1"].state == DEGRADED
+
+
+def test_effective_health_fresh_stale_never_read_and_unreadable():
+    now = 10_000.0
+    stored = {
+        "vc1": {"at": now - 60, "error": None,
+                "pools": {"p1": {"state": "degraded", "reason": "r"}, "p2": {"state": "ok"}}},
+        "vc2": {"at": now - 1801, "error": "unreachable: refused",
+                "pools": {"p3": {"state": "degraded", "reason": "old"}}},
+        "vc3": {"at": None, "error": "login as 'x' failed (bad credentials)",
+                "pools": {"p4": {"state": "unknown", "reason": "login as 'x' failed"}}},
+        "vc4": {"at": now, "pools": {"p5": {"state": "bogus"}}},
+        "vc5": "not a record",
+    }
+    eff = health.effective(stored, now, 1800)
+    assert eff["p1"] == PoolHealth(DEGRADED, "r")
+    assert eff["p2"] == PoolHealth(OK)
+    assert eff["p3"] == PoolHealth(UNKNOWN, "last read of vc2 30m ago; unreachable: refused")
+    assert eff["p4"] == PoolHealth(UNKNOWN, "vc3 never read; login as 'x' failed (bad "
+                                            "credentials)")
+    assert eff["p5"].state == UNKNOWN
+    assert health.pool_health(eff, "nowhere") == health.UNKNOWN_HEALTH
+    assert health.degraded(eff) == {"p1": "r"}  # unknown never degrades
+    assert health.effective(stored, now + 1800, 1800)["p1"].state == UNKNOWN
+
+
+def test_a_pool_that_moved_takes_the_newer_read():
+    stored = {"old": {"at": 100.0, "pools": {"p": {"state": "degraded", "reason": "x"}}},
+              "new": {"at": 200.0, "pools": {"p": {"state": "ok", "reason": ""}}}}
+    assert health.effective(stored, 250.0, 1800) == {"p": PoolHealth(OK)}
+
+
+def test_settings_defaults_and_off():
+    s = InventorySettings.from_env({})
+    assert (s.interval, s.stale, s.timeout) == (300, 1800, 30)
+    assert InventorySettings.from_env({"VCM_INVENTORY_INTERVAL": "off"}).interval == 0
+    assert InventorySettings.from_env({"VCM_INVENTORY_INTERVAL": "0",
+                                       "VCM_INVENTORY_STALE": "1h"}).stale == 3600
+
+
+@pytest.mark.parametrize(("value", "scheduled"), [(None, 300.0), ("2m", 120.0), ("0", None),
+                                                  ("off", None)])
+def test_beat_runs_the_sync_on_the_queries_queue_unless_off(value, scheduled):
+    env = {k: v for k, v in os.environ.items() if k != "VCM_INVENTORY_INTERVAL"}
+    if value is not None:
+        env["VCM_INVENTORY_INTERVAL"] = value
+    code = ("import celeryconfig, json; "
+            "print(json.dumps(celeryconfig.beat_schedule.get('sync-inventory')))")
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(ROOT)},
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    entry = json.loads(out)
+    if scheduled is None:
+        assert entry is None
+    else:
+        assert entry == {"task": "vcm.sync_inventory", "schedule": scheduled,
+                         "options": {"queue": "queries", "expires": 60}}
+
+
+# the inventory read and the session, in this process ---------------------------------------
+@pytest.fixture(scope="module")
+def sim() -> Iterator[Simulator]:
+    simulator = start_sim()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_srv() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def test_the_inventory_read_sees_what_health_needs(sim):
+    session = Session(sim.address, USER, PASSWORD, timeout=10)
+    try:
+        inventory = read_inventory(session)
+    finally:
+        session.close()
+    assert sorted(inventory.datacenters) == ["datacenter1", "datacenter2"]
+    dc = inventory.datacenters["datacenter1"]
+    cluster = dc.clusters["cluster1"]
+    assert (cluster.effective_cpu_mhz, cluster.effective_memory_mb) == (2 * 16 * 2400,
+                                                                        512 * 1024)
+    assert [(h.connection, h.maintenance) for h in cluster.hosts] == [("connected", False)] * 2
+    assert all(h.cpu_usage_mhz is not None for h in cluster.hosts)  # the simulator reports them
+    assert dc.datastores["datastore1"] == Datastore("datastore1", 4096 * GIB, 3000 * GIB, True)
+    assert dc.port_groups["ci-vlan-1001"] == PortGroup("ci-vlan-1001", 1001, True)
+    assert dc.port_groups["VM Network"].distributed is False  # a standard port group
+    assert "ci-vlan-2001" not in dc.port_groups  # in datacenter2
+    assert health.assess(pools_on(sim.address), inventory, {}) == {
+        "pool1": PoolHealth(OK), "pool2": PoolHealth(OK)}
+
+
+def test_the_session_is_reused_and_logged_in_again_once_terminated(sim):
+    admin = Admin(sim)
+    session = Session(sim.address, USER, PASSWORD, timeout=10)
+    try:
+        before = admin.other_sessions()
+        read_inventory(session)
+        key = session.content().sessionManager.currentSession.key
+        read_inventory(session)
+        assert session.logins == 1
+        assert session.content().sessionManager.currentSession.key == key
+        assert admin.other_sessions() - before == {key}  # one session of ours on the vCenter
+
+        admin.content.sessionManager.TerminateSession([key])
+        inventory = read_inventory(session)  # the kept view died with the session: made again
+        assert session.logins == 2
+        assert session.content().sessionManager.currentSession.key != key
+        assert "datacenter1" in inventory.datacenters
+    finally:
+        session.close()
+        admin.close()
+
+
+def black_hole() -> tuple[socket.socket, int]:
+    """A port that accepts connections and never answers: a vCenter that hangs."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    return server, server.getsockname()[1]
+
+
+def test_a_hanging_vcenter_or_bad_login_is_recorded_and_the_others_still_sync(sim, redis_srv):
+    ledger = Ledger(redis_srv.client(), prefix="vcm-inproc:")
+    hole, port = black_hole()
+    hung, refused = f"127.0.0.1:{port}", f"localhost:{sim.port}"
+    pools = (pools_on(sim.address) + pools_on(hung, "hung")
+             + [replace(pools_on(refused, "refused")[0], networks=())])
+    creds = {sim.address: (USER, PASSWORD), hung: (USER, PASSWORD), refused: (USER, "wrong")}
+    started = time.monotonic()
+    try:
+        result = sync(pools, creds, ledger, {}, timeout=2, sessions=Sessions())
+    finally:
+        hole.close()
+    assert time.monotonic() - started < 15  # bounded by the timeout, not hung
+    assert result.synced == {sim.address: 2}
+    assert set(result.errors) == {hung, refused}
+    assert "timed out" in result.errors[hung] or "no answer" in result.errors[hung]
+    assert result.errors[refused] == f"login as {USER!r} failed (bad credentials)"
+    stored = ledger.health()
+    assert stored[hung]["at"] is None and stored[hung]["pools"]["hung1"]["state"] == UNKNOWN
+    eff = health.effective(stored, time.time(), 1800)
+    assert eff["pool1"] == PoolHealth(OK) and eff["hung2"].state == UNKNOWN
+    assert "bad credentials" in eff["refused1"].reason
+
+
+# vcm.sync_inventory through a real queries worker -----------------------------------------
+class WorkerStack:
+    """A private redis-server and a queries worker (threads pool) with these pools."""
+
+    def __init__(self, tmp, pools: list[Pool], **env: str) -> None:
+        self.pools_file = tmp / "pools.yaml"
+        self.pools_file.write_text(yaml.safe_dump({"pools": [pool_yaml(p) for p in pools]}))
+        self.redis = RedisServer().start()
+        self.redis.client().set("vcm:ready", "1")  # an empty ledger, as the placement side makes
+        self.env = env_for(self.redis.url, self.pools_file, VCM_MIRROR_FILE="off",
+                           VCM_INVENTORY_TIMEOUT="3s", **env)
+        for name in ("VCM_VCENTER_USERNAME", "VCM_VCENTER_PASSWORD", "VCM_VCENTER_CREDENTIALS"):
+            if name not in env:
+                self.env.pop(name, None)
+        self.worker = Worker(self.env, "queries", pool="threads", concurrency=2).start()
+        self.app = Celery("client", broker=self.redis.url, backend=self.redis.url)
+        self.app.config_from_object("celeryconfig")
+        self.app.conf.broker_url = self.app.conf.result_backend = self.redis.url
+        self.ledger = Ledger(self.redis.client())
+
+    def sync(self) -> dict[str, Any]:
+        result = self.app.send_task("vcm.sync_inventory", queue="queries")
+        return result.get(timeout=60)
+
+    def health(self) -> dict[str, PoolHealth]:
+        return health.effective(self.ledger.health(), time.time(), 1800)
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.app.close()
+        self.redis.stop()
+
+
+@pytest.fixture(scope="module")
+def sim_b() -> Iterator[Simulator]:
+    simulator = start_sim()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(sim, sim_b, tmp_path_factory) -> Iterator[WorkerStack]:
+    creds = f"{sim.address}={USER}:{PASSWORD},{sim_b.address}={USER}:{PASSWORD}"
+    s = WorkerStack(tmp_path_factory.mktemp("inventory"),
+                    pools_on(sim.address) + pools_on(sim_b.address, "b"),
+                    VCM_VCENTER_CREDENTIALS=creds)
+    yield s
+    s.stop()
+
+
+def test_worker_sync_healthy_pools_are_ok(stack, sim, sim_b):
+    result = stack.sync()
+    assert result == {"synced": {sim.address: 2, sim_b.address: 2}, "errors": {},
+                      "skipped": []}
+    assert stack.health() == {n: PoolHealth(OK) for n in ("b1", "b2", "pool1", "pool2")}
+    record = stack.ledger.health()[sim.address]
+    assert record["error"] is None and abs(record["at"] - time.time()) < 30
+
+
+def test_worker_sync_reuses_its_session_and_logs_in_again_when_terminated(stack, sim):
+    admin = Admin(sim)
+    try:
+        admin.terminate_others()  # only the worker's session from now on
+        stack.sync()
+        first = admin.other_sessions()
+        login_at = stack.ledger.health()[sim.address]["login-at"]
+        (key, calls), = admin.calls().items()
+        stack.sync()
+        assert admin.other_sessions() == first and len(first) == 1  # no new login
+        # two round trips a sync: the session check and one RetrievePropertiesEx (kept view)
+        assert admin.calls() == {key: calls + 2}
+        assert stack.ledger.health()[sim.address]["login-at"] == login_at
+
+        admin.terminate_others()
+        assert admin.other_sessions() == set()
+        stack.sync()
+        again = admin.other_sessions()
+        assert len(again) == 1 and again != first  # a new session, and it read fine
+        record = stack.ledger.health()[sim.address]
+        assert record["error"] is None and record["login-at"] >= login_at
+        assert stack.health()["pool1"] == PoolHealth(OK)
+    finally:
+        admin.close()
+
+
+def test_worker_sync_maintenance_on_every_host_degrades_the_pool(stack, sim):
+    admin = Admin(sim)
+    try:
+        admin.maintenance("cluster1", True)
+        stack.sync()
+        eff = stack.health()
+        assert eff["pool1"] == PoolHealth(
+            DEGRADED, "no usable host in cluster 'cluster1' (cluster1-esx0 in maintenance "
+                      "mode, cluster1-esx1 in maintenance mode)")
+        assert eff["pool2"] == PoolHealth(OK) and eff["b1"] == PoolHealth(OK)
+
+        WaitForTask(admin.hosts("cluster1")[0].ExitMaintenanceMode_Task(timeout=0))
+        stack.sync()
+        assert stack.health()["pool1"] == PoolHealth(OK)  # one usable host is enough
+    finally:
+        admin.maintenance("cluster1", False)
+        admin.close()
+
+
+def test_worker_sync_a_deleted_port_group_degrades_the_pool(stack, sim):
+    admin = Admin(sim)
+    try:
+        pg = admin.find(vim.dvs.DistributedVirtualPortgroup, "ci-vlan-1002")
+        dvs = pg.config.distributedVirtualSwitch
+        WaitForTask(pg.Destroy_Task())
+        stack.sync()
+        assert stack.health()["pool1"] == PoolHealth(DEGRADED, "port group 'ci-vlan-1002' gone")
+
+        vlan = vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec(vlanId=1002, inherited=False)
+        spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+            name="ci-vlan-1002", numPorts=8,
+            defaultPortConfig=vim.dvs.VmwareDistributedVirtualSwitch.VmwarePortConfigPolicy(
+                vlan=vlan))
+        WaitForTask(dvs.AddDVPortgroup_Task([spec]))
+        stack.sync()
+        assert stack.health()["pool1"] == PoolHealth(OK)
+    finally:
+        admin.close()
+
+
+def test_worker_sync_an_unreachable_vcenter_keeps_its_last_state_and_goes_stale(
+        stack, sim, sim_b):
+    stack.sync()
+    before = stack.ledger.health()
+    sim_b.stop()
+    time.sleep(0.1)
+    result = stack.sync()
+    assert result["synced"] == {sim.address: 2}
+    assert set(result["errors"]) == {sim_b.address}
+    after = stack.ledger.health()
+    b = after[sim_b.address]
+    assert b["error"] == result["errors"][sim_b.address]
+    assert "unreachable" in b["error"] or "refused" in b["error"], b["error"]
+    assert (b["at"], b["pools"]) == (before[sim_b.address]["at"],
+                                     before[sim_b.address]["pools"])  # last known state kept
+    assert b["error-at"] > b["at"]
+    assert after[sim.address]["at"] > before[sim.address]["at"]  # the other one synced
+
+    eff = stack.health()  # still fresh: the last known state counts
+    assert eff["b1"] == PoolHealth(OK) and eff["pool1"] == PoolHealth(OK)
+    later = health.effective(after, b["at"] + 1801, 1800)  # 30 minutes on: unknown
+    assert later["b1"].state == UNKNOWN
+    assert later["b1"].reason.startswith(f"last read of {sim_b.address} 30m ago; ")
+    assert health.degraded(later) == {}
+
+
+def test_worker_sync_without_credentials_syncs_nothing_and_is_no_error(sim, tmp_path):
+    s = WorkerStack(tmp_path, pools_on(sim.address))
+    try:
+        assert s.sync() == {"synced": {}, "errors": {}, "skipped": [sim.address]}
+        assert s.ledger.health() == {}
+        assert s.health() == {}
+        assert health.pool_health(s.health(), "pool1").state == UNKNOWN
+    finally:
+        s.stop()
+
+
+def test_beat_sends_the_sync_and_the_worker_stores_health(sim, tmp_path):
+    s = WorkerStack(tmp_path, pools_on(sim.address), VCM_INVENTORY_INTERVAL="1s",
+                    VCM_VCENTER_CREDENTIALS=f"{sim.address}={USER}:{PASSWORD}")
+    beat = Beat(s.env, log=str(tmp_path / "beat.log"))
+    try:
+        beat.start()
+        wait_for(lambda: s.health().get("pool1") == PoolHealth(OK), timeout=30,
+                 what="health stored by a sync that beat sent")
+        first = s.ledger.health()[sim.address]["at"]
+        wait_for(lambda: s.ledger.health()[sim.address]["at"] > first, timeout=30,
+                 what="the next sync")
+    finally:
+        beat.stop()
+        s.stop()
+
+
+# vcm pools discover -> vcm check-pools ----------------------------------------------------
+def test_discover_prints_a_pools_file_that_check_pools_accepts(sim, tmp_path):
+    env = dict(os.environ, VCM_VCENTER_CREDENTIALS=f"{sim.address}={USER}:{PASSWORD}",
+               PYTHONPATH=str(ROOT))
+
+    def vcm(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "workers.cli", *args], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    p = vcm("pools", "discover", "--vcenter", sim.address)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"# Pools discovered on {sim.address}")
+    pools = yaml.safe_load(p.stdout)["pools"]
+    by_name = {x["name"]: x for x in pools}
+    assert set(by_name) == {"datacenter1-cluster1-datastore1", "datacenter2-cluster2-datastore2"}
+    one = by_name["datacenter1-cluster1-datastore1"]
+    assert (one["vcenter"], one["datacenter"], one["cluster"], one["datastore"]) == \
+        (sim.address, "datacenter1", "cluster1", "datastore1")
+    assert (one["vcpus"], one["memory"], one["storage"]) == (64, 512, 4096)
+    nets = {n["port-group"]: n.get("vlan") for x in pools for n in x["networks"]}
+    assert {"ci-vlan-1001": 1001, "ci-vlan-1002": 1002, "ci-vlan-2001": 2001}.items() <= \
+        nets.items()
+    assert not any("DVUplinks" in n for n in nets)  # trunks are left out, with a note
+    assert "a trunk or private VLAN" in p.stdout
+
+    path = tmp_path / "pools.yaml"
+    path.write_text(p.stdout)
+    checked = vcm("check-pools", "-f", str(path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "every pool matches" in checked.stdout
+
+    p = vcm("pools", "discover", "--vcenter", sim.address, "--datacenter", "datacenter2")
+    assert p.returncode == 0, p.stderr
+    assert [x["name"] for x in yaml.safe_load(p.stdout)["pools"]] == ["cluster2-datastore2"]
+    p = vcm("pools", "discover", "--vcenter", sim.address, "--datacenter", "nowhere")
+    assert p.returncode == 2 and "datacenter 'nowhere' not found" in p.stderr
+    env.pop("VCM_VCENTER_CREDENTIALS")
+    env.pop("VCM_VCENTER_USERNAME", None)
+    p = vcm("pools", "discover", "--vcenter", sim.address)
+    assert p.returncode == 2 and "no credentials" in p.stderr
+
+
+def test_sessions_are_kept_per_vcenter_and_replaced_when_credentials_change():
+    sessions = Sessions()
+    a = sessions.get("vc1", "u", "p", 5)
+    assert sessions.get("vc1", "u", "p", 5) is a
+    assert sessions.get("vc1", "u", "other", 5) is not a
