@@ -330,3 +330,46 @@ def test_list_leases_and_usage_history_page_in_the_worker(s):
         assert exc.args[1]["field"] == field, (kwargs, exc)
     exc = failure(s.app, "vcm.list_leases", after=["only one"])
     assert exc.args[1]["field"] == "after"
+
+
+# live vCenter health ------------------------------------------------------------------------
+def test_a_degraded_pool_takes_no_new_leases_and_keeps_its_own(s):
+    held = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "networks": 0,
+                                               "required-pool": "p1"})
+    now = time.time()
+    s.ledger.store_health("vc1", {"p1": {"state": "degraded",
+                                         "reason": "no usable host: h1 in maintenance mode"}},
+                          now)
+    probe = {"vcpus": 1, "memory": 1, "networks": 0, "required-pool": "p1"}
+    wait_for(lambda: call(s.app, "vcm.estimate", request=probe)["pools"]["p1"]["fits"] == 0,
+             timeout=15, what="the health to be read")
+
+    def refused():  # the placement worker reads it within a few seconds too
+        r = s.app.send_task("vcm.acquire", kwargs={"request": probe}, queue="placement")
+        try:
+            leases = r.get(timeout=20)
+        except Exception as exc:  # noqa: BLE001 - the refusal is what we wait for
+            return exc
+        call(s.app, "vcm.release", lease_ids=_names(leases))
+        return None
+
+    exc = wait_for(refused, timeout=15, what="placement to read the health")
+    assert type(exc).__name__ == "NoCapacity"
+    assert exc.args[1]["reasons"]["p1"] == \
+        "degraded: no usable host: h1 in maintenance mode"
+    elsewhere = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "networks": 0})
+    assert elsewhere[0]["status"]["pool"] == "p2"
+    p1 = next(p for p in call(s.app, "vcm.show_pools") if p["spec"]["name"] == "p1")
+    assert p1["status"]["health"] == {"state": "degraded",
+                                      "reason": "no usable host: h1 in maintenance mode"}
+    assert [x["metadata"]["name"] for x in p1["status"]["leases"]] == _names(held)
+    # stale health is unknown, and unknown never degrades a pool
+    s.ledger.store_health("vc1", {"p1": {"state": "degraded", "reason": "old news"}},
+                          now - 7200)
+    wait_for(lambda: call(s.app, "vcm.estimate", request=probe)["pools"]["p1"]["fits"] > 0,
+             timeout=15, what="the stale health to stop counting")
+    again = wait_for(lambda: refused() is None and call(s.app, "vcm.acquire", request=probe),
+                     timeout=15, what="placement to take p1 again")
+    assert again[0]["status"]["pool"] == "p1"
+    p1 = next(p for p in call(s.app, "vcm.show_pools") if p["spec"]["name"] == "p1")
+    assert p1["status"]["health"]["state"] == "unknown"

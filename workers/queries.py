@@ -9,6 +9,7 @@ from typing import Any
 
 from .adapters.ledger import Ledger
 from .core.errors import InvalidRequest
+from .core.health import UNKNOWN_HEALTH, PoolHealth, effective, pool_health
 from .core.labels import matches, parse_selector
 from .core.models import Pool, parse_duration, rfc3339, text_arg
 from .core.placement import Fleet, estimate
@@ -32,7 +33,9 @@ class Queries:
         by_pool: dict[str, list[dict[str, Any]]] = {}
         for lease in self.ledger.leases():
             by_pool.setdefault(lease["status"]["pool"], []).append(lease)
-        out = [pool_view(p, fleet, by_pool.get(p.name, [])) for p in pools.values()]
+        health = effective(self.ledger.health(), time.time(), self.cache.health_stale)
+        out = [pool_view(p, fleet, by_pool.get(p.name, []), pool_health(health, p.name))
+               for p in pools.values()]
         for name in sorted(set(by_pool) - set(pools)):
             leases = by_pool[name]
             out.append({"spec": {"name": name, "vcenter": leases[0]["status"]["vcenter"]},
@@ -138,7 +141,8 @@ def _limit(value: Any) -> int:
     return value
 
 
-def pool_view(pool: Pool, fleet: Fleet, leases: list[dict[str, Any]]) -> dict[str, Any]:
+def pool_view(pool: Pool, fleet: Fleet, leases: list[dict[str, Any]],
+              health: PoolHealth = UNKNOWN_HEALTH) -> dict[str, Any]:
     """A pool in the upstream /show-pools shape, usage as fractions 0..1."""
     u = fleet.used(pool.name)
     nets_used = sum(1 for n in pool.networks if pool.net_key(n) in fleet.used_nets)
@@ -152,6 +156,7 @@ def pool_view(pool: Pool, fleet: Fleet, leases: list[dict[str, Any]]) -> dict[st
             "vcpus-capacity": pool.vcpu_capacity,  # placeable: floor(vcpus × overcommit)
             "vcpus-used": u.vcpus, "memory-used": u.memory, "storage-used": u.storage,
             "networks-used": nets_used, "lease-count": u.leases,
+            "health": health.to_dict(),  # live vCenter health: ok, degraded (why), unknown
             "leases": leases,
         },
     }

@@ -42,7 +42,8 @@ class Capacity:
         self.mirror = mirror
         self.writer = writer
         self.lock = threading.RLock()
-        self.cache = UsageCache(ledger, pools, writer, lambda: self.ensure_ready())
+        self.cache = UsageCache(ledger, pools, writer, lambda: self.ensure_ready(),
+                                settings.inventory_stale)
         self.recovery = Recovery(ledger, mirror, writer, self.lock, self.cache.forget)
         self.placing = Placing(ledger, pools, settings, self.cache, self.recovery)
         self.line = WaitingLine(ledger, pools, settings, self.cache, self.placing, replies)

@@ -36,6 +36,7 @@ class Settings:
     keep_released: float
     mirror_max_delay: float
     usage_retention: float
+    inventory_stale: float = 1800.0  # live vCenter health older than this counts as unknown
 
     @property
     def mirror_enabled(self) -> bool:
@@ -61,4 +62,5 @@ class Settings:
             keep_released=_duration("VCM_KEEP_RELEASED", "7d"),
             mirror_max_delay=_duration("VCM_MIRROR_MAX_DELAY", "0"),
             usage_retention=_duration("VCM_USAGE_RETENTION", "7d"),
+            inventory_stale=_duration("VCM_INVENTORY_STALE", "30m"),
         )

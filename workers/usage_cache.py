@@ -6,22 +6,29 @@ a conflict, a restart, or a change made elsewhere."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from .adapters.ledger import Ledger, LedgerUnready
+from .core.health import degraded, effective
 from .core.models import Request, lease_port_groups
 from .core.placement import Fleet, FreeNets, Usage
 from .ports import Pools
 
+HEALTH_REFRESH = 5.0  # seconds between reads of the live health (written every few minutes)
+
 
 class UsageCache:
     def __init__(self, ledger: Ledger, pools: Pools, writer: bool,
-                 ensure_ready: Callable[[], Any]) -> None:
+                 ensure_ready: Callable[[], Any], health_stale: float = 1800.0) -> None:
         self.ledger = ledger
         self.pools = pools
         self.writer = writer
         self.ensure_ready = ensure_ready
+        self.health_stale = health_stale
+        self._health_read = -HEALTH_REFRESH
+        self._degraded: dict[str, str] = {}
         self.version = -1
         self._usage: dict[str, Usage] = {}
         self._nets: set[str] = set()
@@ -42,7 +49,22 @@ class UsageCache:
             self._free = None
         if indexed and self._free is None:
             self._free = FreeNets(pools, self._nets)
-        return self.version, Fleet(pools, self._usage, self._nets, self._free)
+        return self.version, Fleet(pools, self._usage, self._nets, self._free,
+                                   self.degraded(fresh))
+
+    def degraded(self, fresh: bool = False) -> dict[str, str]:
+        """Pools the live vCenter health calls degraded: read as data from the ledger, at
+        most every HEALTH_REFRESH seconds; a failed read keeps the last one (health never
+        blocks placement)."""
+        now = time.monotonic()
+        if fresh or now - self._health_read >= HEALTH_REFRESH:
+            self._health_read = now
+            try:
+                self._degraded = degraded(effective(self.ledger.health(), time.time(),
+                                                    self.health_stale))
+            except Exception:  # noqa: BLE001 - unreadable health is unknown, never an error
+                pass
+        return self._degraded
 
     def forget(self) -> None:
         self.version = -1

@@ -9,7 +9,8 @@ round; `random` ranks by a hash of (request-id, pool name), so it is repeatable 
 `pools: P` (with `vcenters: V`, at most V distinct vCenters) takes the best-ranked pool of new
 vCenters first, then, once V vCenters are used, the best-ranked other pools of those vCenters.
 A pool with a PreferNoSchedule taint the request does not tolerate ranks after every pool
-without one; an untolerated NoSchedule taint keeps the request off the pool.
+without one; an untolerated NoSchedule taint keeps the request off the pool. A pool that its
+vCenter's live health calls degraded takes no new leases (budgets still drive the spreading).
 """
 
 from __future__ import annotations
@@ -96,9 +97,10 @@ class Fleet:
     usage: dict[str, Usage] = field(default_factory=dict)
     used_nets: set[str] = field(default_factory=set)
     free: FreeNets | None = None
+    degraded: Mapping[str, str] = field(default_factory=dict)  # pool -> why (live health)
 
     def copy(self) -> Fleet:
-        return Fleet(self.pools, dict(self.usage), set(self.used_nets))
+        return Fleet(self.pools, dict(self.usage), set(self.used_nets), degraded=self.degraded)
 
     def used(self, name: str) -> Usage:
         return self.usage.get(name, NO_USAGE)
@@ -211,8 +213,14 @@ def shortfall(req: Request, pool: Pool, fleet: Fleet) -> str | None:
     return ", ".join(problems) or None
 
 
+def sick(pool: Pool, fleet: Fleet) -> str | None:
+    """Why the pool's vCenter says it cannot take new leases now (live health), or None."""
+    why = fleet.degraded.get(pool.name)
+    return f"degraded: {why}" if why is not None else None
+
+
 def why_not(req: Request, pool: Pool, fleet: Fleet) -> str | None:
-    return eligibility(req, pool) or shortfall(req, pool, fleet)
+    return eligibility(req, pool) or sick(pool, fleet) or shortfall(req, pool, fleet)
 
 
 def _rank_key(strategy: str, req: Request, vc_load: dict[str, float], fleet: Fleet):
@@ -330,7 +338,7 @@ def place_batch(
 
 def fits_alone(req: Request, pool: Pool, fleet: Fleet) -> tuple[int, str]:
     """How many more of `req` this pool alone could take now, and what stops the next one."""
-    why = eligibility(req, pool)
+    why = eligibility(req, pool) or sick(pool, fleet)
     if why:
         return 0, why
     used = fleet.used(pool.name)
