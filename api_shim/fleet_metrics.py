@@ -42,6 +42,8 @@ from redis.retry import Retry
 from workers.adapters.keys import PREFIX, Keys
 from workers.adapters.ledger import LATENCY_BUCKETS
 from workers.core.errors import ERRORS
+from workers.core.health import effective
+from workers.settings import Settings
 
 from .mirror_status import parse_status
 
@@ -81,6 +83,7 @@ class FleetSnapshot:
     rollup: dict[str, Any] | None = None
     mirror: dict[str, Any] = field(default_factory=dict)  # parse_status; {} without a hash
     seq: int | None = None
+    health: dict[str, Any] = field(default_factory=dict)  # pool -> PoolHealth (live vCenters)
 
     # -- derived values (shared by the metrics and the dashboard) -------------------------
     @property
@@ -150,6 +153,7 @@ class FleetReader:
                  client: redis.Redis | None = None) -> None:
         self.url = redis_url
         self.keys = Keys(prefix)
+        self.health_stale = Settings.from_env().inventory_stale
         self.timeout = timeout
         self._client = client
         self._lock = threading.Lock()
@@ -174,7 +178,8 @@ class FleetReader:
         pipe.xrevrange(k.usage, "+", "-", count=1)
         pipe.hgetall(k.mirror)
         pipe.get(k.seq)
-        stats, latency, leases, waiting, usage, mirror, seq = pipe.execute()
+        pipe.hgetall(k.health)
+        stats, latency, leases, waiting, usage, mirror, seq, health = pipe.execute()
         snap = FleetSnapshot(at=time.time(), leases=int(leases or 0), waiting=int(waiting or 0))
         for key, value in (stats or {}).items():
             number = _number(value)
@@ -185,6 +190,13 @@ class FleetReader:
             if number is not None:
                 snap.latency[_text(key)] = number
         snap.mirror = parse_status(mirror, now=snap.at) if mirror else {}
+        records = {}
+        for vcenter, raw in (health or {}).items():
+            try:
+                records[_text(vcenter)] = json.loads(raw)
+            except ValueError:
+                continue  # unreadable: its pools count as unknown
+        snap.health = effective(records, snap.at, self.health_stale)
         number = _number(seq)
         snap.seq = int(number) if number is not None else None
         if usage:
@@ -234,6 +246,10 @@ class FleetCollector:
         vcenter = GaugeMetricFamily(
             "vcm_vcenter_utilization", "Used fraction of a vCenter's budget over all its pools "
             "(latest usage rollup)", labels=["vcenter", "resource"])
+        health = GaugeMetricFamily(
+            "vcm_pool_health", "1 for the live vCenter health of a pool: state ok or degraded "
+            "(with the reason; a degraded pool takes no new leases)", labels=["pool", "state",
+                                                                              "reason"])
         age = GaugeMetricFamily("vcm_rollup_age_seconds",
                                 "Age of the latest usage rollup the utilization comes from")
         leases = GaugeMetricFamily("vcm_active_leases", "Active leases")
@@ -258,7 +274,8 @@ class FleetCollector:
             latency = HistogramMetricFamily(
                 "vcm_acquire_latency_seconds", "Acquire latency, including time spent waiting "
                 "in line")
-            return [self._redis_up(1), pool, vcenter, age, leases, waiting, latency, *counters,
+            return [self._redis_up(1), pool, vcenter, health, age, leases, waiting, latency,
+                    *counters,
                     refusals, mirror_lag, mirror_age, mirror_failing, mirror_errors,
                     mirror_set_aside]
 
@@ -282,6 +299,9 @@ class FleetCollector:
                 if value is not None:
                     vcenter.add_metric([_text(name), resource], value)
         out += [pool, vcenter]
+        for name, h in sorted(snap.health.items()):
+            health.add_metric([name, h.state, h.reason], 1)
+        out.append(health)
         if snap.rollup_age is not None:
             age.add_metric([], snap.rollup_age)
             out.append(age)

@@ -363,6 +363,13 @@ def test_a_degraded_pool_takes_no_new_leases_and_keeps_its_own(s):
     assert p1["status"]["health"] == {"state": "degraded",
                                       "reason": "no usable host: h1 in maintenance mode"}
     assert [x["metadata"]["name"] for x in p1["status"]["leases"]] == _names(held)
+    from api_shim.fleet_metrics import FleetCollector
+
+    samples = {tuple(sorted(x.labels.items())): x.value for m in
+               FleetCollector(s.redis.url).collect() if m.name == "vcm_pool_health"
+               for x in m.samples}
+    assert samples == {(("pool", "p1"), ("reason", "no usable host: h1 in maintenance mode"),
+                        ("state", "degraded")): 1}
     # stale health is unknown, and unknown never degrades a pool
     s.ledger.store_health("vc1", {"p1": {"state": "degraded", "reason": "old news"}},
                           now - 7200)

@@ -162,9 +162,12 @@ def pools_table(pools: list[dict[str, Any]]) -> str:
             continue
         taints = [f"{t['key']}={t['value']}:{t['effect']}" if t.get("value") else
                   f"{t['key']}:{t['effect']}" for t in spec.get("taints") or []]
+        health = st.get("health") or {}
         flags = ",".join([f for f, on in (("excluded", spec.get("exclude")),
                                           ("cordoned", spec.get("no-schedule"))) if on]
-                         + [f"tainted {t}" for t in taints])
+                         + [f"tainted {t}" for t in taints]
+                         + ([f"degraded: {health.get('reason', '')}"]
+                            if health.get("state") == "degraded" else []))
         rows.append([spec["name"] + (f" ({flags})" if flags else ""), spec["vcenter"],
                      bar(st["vcpus-usage"], 10), bar(st["memory-usage"], 10),
                      bar(st["datastore-usage"], 10), bar(st["network-usage"], 10),

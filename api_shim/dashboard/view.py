@@ -219,6 +219,10 @@ def _pool_card(pool: dict[str, Any]) -> PoolCard:
                                  False))
     if spec.get("no-schedule"):
         card.badges.append(Badge("no-schedule", "takes no new leases", True))
+    health = st.get("health") if isinstance(st.get("health"), dict) else {}
+    if health.get("state") == "degraded":
+        card.badges.append(Badge("degraded", text(f"live vCenter health: {health.get('reason')}"
+                                                  " (no new leases)"), True))
     for taint in spec.get("taints") or []:
         if not isinstance(taint, dict):
             continue
