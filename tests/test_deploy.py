@@ -1428,3 +1428,44 @@ def test_an_overlay_that_only_changes_the_namespace_keeps_the_mirror_and_its_rba
     assert redis_auth_violations(docs) == []
     assert {p["metadata"]["namespace"] for p in find(docs, "NetworkPolicy")} == {ns}
     assert network_violations(docs) == []
+
+
+def test_deployed_redis_evicts_only_what_expires_anyway(tmp_path):
+    """With the manifest's memory policy (its maxmemory scaled down to 8 MB), a flood of task
+    results (with a TTL) is evicted nearest-expiry first, while the ledger's keys and the
+    queues (no TTL) all stay; and Redis stays up."""
+    server = _need_tool("redis-server")
+    docs = base_docs()
+    password = secrets.token_hex(16)
+    given = {**SAMPLE_SECRETS, REDIS_SECRET: {REDIS_SECRET_KEY: password}}
+    _sts, c = redis_container(docs)
+    env = resolve_env(docs, c, given)
+    words = [k8s_expand(str(t), env) for t in list(c["command"]) + list(c.get("args", []))]
+    assert words[words.index("--maxmemory-policy") + 1] == "volatile-ttl"
+    assert words[words.index("--maxmemory") + 1] == "640mb"
+    words[0] = server
+    words[words.index("--dir") + 1] = str(tmp_path)
+    words[words.index("--maxmemory") + 1] = "8mb"
+    words[words.index("--appendonly") + 1] = "no"
+    port = free_port()
+    words += ["--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no"]
+    proc = subprocess.Popen(words, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r = redis.Redis(port=port, password=password, socket_timeout=5)
+        wait_for(r.ping, what="redis-server")
+        lease = "x" * 1500
+        pipe = r.pipeline()
+        for i in range(500):  # the ledger: no TTL
+            pipe.hset("vcm:leases", f"lease-{i}", lease)
+        pipe.rpush("placement", *[f"task-{i}" for i in range(100)])
+        pipe.execute()
+        for i in range(20000):  # ~34 MB of results, each with a TTL: most must go
+            r.set(f"celery-task-meta-{i}", lease, ex=86400 if i % 2 else 300)
+        assert proc.poll() is None
+        assert r.hlen("vcm:leases") == 500 and r.llen("placement") == 100
+        kept = sum(1 for _ in r.scan_iter("celery-task-meta-*", count=1000))
+        assert 0 < kept < 20000
+        assert int(r.info("stats")["evicted_keys"]) > 0
+    finally:
+        proc.kill()
+        proc.wait(10)
