@@ -154,6 +154,21 @@ def reap_expired(*args: Any, **extra: Any) -> list[str]:
     return service().reap_expired()
 
 
+@app.task(name="vcm.prune_namespaces", throws=EXPECTED)
+def prune_namespaces(*args: Any, **extra: Any) -> dict[str, Any]:
+    """Beat, every VCM_NAMESPACE_PRUNE_INTERVAL: release the leases of namespaces that no
+    longer exist (workers/namespaces.py). Releases are placement work: a queries worker
+    (read-only) refuses it."""
+    _no_extra(args, extra)
+    if _role["name"] != PLACEMENT:
+        log.warning("vcm.prune_namespaces reached a queries worker; not run (send it to the "
+                    "placement queue)")
+        return {"state": "refused", "error": "not a placement worker"}
+    from workers.namespaces import prune
+
+    return prune(service())
+
+
 @app.task(name="vcm.show_pools", throws=EXPECTED)
 def show_pools(*args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)

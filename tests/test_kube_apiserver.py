@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -166,3 +167,94 @@ def test_token_auth_and_kubeconfig(tmp_path):
                 client.ApiClient(client.Configuration(host=kube.url))
             ).read_namespaced_config_map("a", NS)
         assert err.value.status == 401
+
+
+def test_namespaces_list_create_get_and_delete(kube, core):
+    listed = core.list_namespace()
+    assert [n.metadata.name for n in listed.items] == [
+        "default", "kube-node-lease", "kube-public", "kube-system"]
+    assert all(n.status.phase == "Active" for n in listed.items)
+    made = core.create_namespace({"metadata": {"name": "ci-op-1", "labels": {"team": "splat"}}})
+    assert made.kind == "Namespace" and made.metadata.uid and made.status.phase == "Active"
+    assert made.metadata.labels == {"team": "splat", "kubernetes.io/metadata.name": "ci-op-1"}
+    assert made.spec.finalizers == ["kubernetes"]
+    assert core.read_namespace("ci-op-1").metadata.uid == made.metadata.uid
+    with pytest.raises(ApiException) as err:
+        core.create_namespace({"metadata": {"name": "ci-op-1"}})
+    assert err.value.status == 409 and status_of(err)["reason"] == "AlreadyExists"
+    with pytest.raises(ApiException) as err:
+        core.create_namespace({"metadata": {"name": "Not_A_Label"}})
+    assert err.value.status == 422 and status_of(err)["reason"] == "Invalid"
+    assert [n.metadata.name for n in core.list_namespace(label_selector="team=splat").items] == [
+        "ci-op-1"]
+    assert [n.metadata.name for n in core.list_namespace(
+        field_selector="metadata.name=default").items] == ["default"]
+    # a delete ends in removal (with the namespace's ConfigMaps): the controller is instant
+    core.create_namespaced_config_map("ci-op-1", {"metadata": {"name": "cm"}})
+    answer = core.delete_namespace("ci-op-1")
+    assert answer is not None
+    with pytest.raises(ApiException) as err:
+        core.read_namespace("ci-op-1")
+    assert err.value.status == 404 and status_of(err)["reason"] == "NotFound"
+    assert kube.names("ci-op-1") == [] and "ci-op-1" not in kube.namespace_names()
+    with pytest.raises(ApiException) as err:
+        core.delete_namespace("ci-op-1")
+    assert err.value.status == 404
+    # the system namespaces cannot be deleted through the API
+    with pytest.raises(ApiException) as err:
+        core.delete_namespace("kube-system")
+    assert err.value.status == 403 and status_of(err)["reason"] == "Forbidden"
+    assert "kube-system" in kube.namespace_names()
+
+
+def test_a_namespace_with_finalizers_stays_terminating(kube, core):
+    core.create_namespace({"metadata": {"name": "slow", "finalizers": ["example.com/wait"]}})
+    core.delete_namespace("slow")
+    ns = core.read_namespace("slow")
+    assert ns.status.phase == "Terminating" and ns.metadata.deletion_timestamp is not None
+    listed = {n.metadata.name: n.status.phase for n in core.list_namespace().items}
+    assert listed["slow"] == "Terminating"
+    assert [n.metadata.name for n in core.list_namespace(
+        field_selector="status.phase=Terminating").items] == ["slow"]
+    with pytest.raises(ApiException) as err:  # a new one of that name waits for the old
+        core.create_namespace({"metadata": {"name": "slow"}})
+    assert err.value.status == 409 and "being deleted" in status_of(err)["message"]
+    # dropping the finalizers lets the controller remove it
+    core.patch_namespace("slow", {"metadata": {"finalizers": None}})
+    with pytest.raises(ApiException) as err:
+        core.read_namespace("slow")
+    assert err.value.status == 404
+    kube.create_namespace("held", finalizers=["x/y"])
+    kube.delete_namespace("held")
+    assert kube.namespace("held")["status"]["phase"] == "Terminating"
+    kube.finish_namespace("held")
+    assert kube.namespace("held") is None
+
+
+def test_namespace_faults_and_an_empty_list(kube, core):
+    core.create_namespaced_config_map(NS, {"metadata": {"name": "f"}})
+    kube.inject_fault(403, count=None, resource="namespaces")
+    with pytest.raises(ApiException) as err:
+        core.list_namespace()
+    assert err.value.status == 403 and status_of(err)["reason"] == "Forbidden"
+    assert 'cannot list resource "namespaces"' in status_of(err)["message"]
+    core.read_namespaced_config_map("f", NS)  # ConfigMaps are not affected
+    kube.clear_faults()
+    kube.inject_fault(503, count=1, resource="namespaces")
+    with pytest.raises(ApiException) as err:
+        core.list_namespace()
+    assert err.value.status == 503
+    kube.inject_fault(hang=2.0, count=1, resource="namespaces")
+    # the client's default retries would repeat the timed-out list: a client without them
+    once = kube.api_client(retries=urllib3.Retry(total=0, connect=0, read=0, status=0))
+    started = time.monotonic()
+    with pytest.raises(urllib3.exceptions.HTTPError) as timed_out:
+        client.CoreV1Api(once).list_namespace(_request_timeout=0.3)
+    once.close()
+    assert "timed out" in str(timed_out.value).lower()
+    assert time.monotonic() - started < 1.5
+    assert len(core.list_namespace().items) == 4  # the hang was used up
+    for name in kube.namespace_names():
+        kube.remove_namespace(name)
+    assert core.list_namespace().items == []
+    assert ("GET", "/api/v1/namespaces", 403) in kube.request_log

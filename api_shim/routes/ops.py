@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from workers.adapters.keys import KEYS
+from workers.namespaces import describe, status_key
+
 from .. import schemas as S
+from ..bridge import Bridge
 from ..deps import BridgeDep
 from ..errors import JSON, ApiError
 
@@ -25,6 +32,8 @@ async def healthz() -> Response:
             responses={200: S.answer("ready", {"type": "object"}), **S.errors(503)})
 async def readyz(bridge: BridgeDep) -> Response:
     report = await bridge.ready()
+    if report["redis"] == "ok":  # shown, never deciding readiness
+        report["namespaces"] = await _namespaces(bridge)
     if not report["ready"]:
         why = ("Redis does not answer" if report["redis"] != "ok"
                else "no placement worker answers")
@@ -34,6 +43,17 @@ async def readyz(bridge: BridgeDep) -> Response:
     mirror = report.get("mirror")
     failing = isinstance(mirror, dict) and mirror.get("state") in ("failing", "too-large")
     return JSON({"status": "degraded" if failing else "ready", **report})
+
+
+async def _namespaces(bridge: Bridge) -> dict[str, Any]:
+    """The pruning of namespace-bound leases (workers/namespaces.py): its state, the last
+    successful prune and the last error."""
+    try:
+        assert bridge.client is not None
+        raw = await asyncio.wait_for(bridge.client.hgetall(status_key(KEYS.prefix)), 1.0)
+    except Exception:  # noqa: BLE001 - readiness must answer
+        return {"state": "unknown"}
+    return describe(raw)
 
 
 @router.get("/metrics", tags=["operations"], summary="Prometheus metrics",

@@ -1,4 +1,4 @@
-"""A small, real kube-apiserver for tests: ConfigMaps only, over plain HTTP.
+"""A small, real kube-apiserver for tests: ConfigMaps and Namespaces, over plain HTTP.
 
 It reproduces what the official ``kubernetes`` Python client sees from a real apiserver for
 ``/api/v1/namespaces/{ns}/configmaps[/{name}]``: resourceVersion (one global counter, as a
@@ -7,9 +7,23 @@ string), uid, creationTimestamp, 404 NotFound, 409 AlreadyExists / Conflict, 422
 JSON patches, label selectors on list, delete preconditions and dryRun. Errors are ``Status``
 objects shaped like the real ones.
 
+Namespaces (``/api/v1/namespaces[/{name}]``): list (label selectors, ``metadata.name`` and
+``status.phase`` field selectors; no paging), get, create (422 on an invalid name, 409
+AlreadyExists, also while one of that name is Terminating), merge/JSON patch and delete. The
+server starts with ``default``, ``kube-node-lease``, ``kube-public`` and ``kube-system``; the
+API refuses to delete ``default``, ``kube-public`` and ``kube-system`` (403, as the
+NamespaceLifecycle admission does). A delete marks the namespace Terminating
+(``deletionTimestamp``, ``status.phase``); the namespace controller is simulated as instant: a
+namespace without ``metadata.finalizers`` is removed at once, with its ConfigMaps, one with
+finalizers stays Terminating until they are patched away (or ``finish_namespace``). ConfigMaps
+do not need their namespace to exist. ``create_namespace``, ``delete_namespace``,
+``remove_namespace`` (gone without a trace, even a system one) and ``namespace_names`` act on
+the store directly.
+
 Faults are injected from Python: ``inject_fault(status=503, count=3)``, ``inject_fault(hang=2.0)``
-(``count=None`` means until ``clear_faults()``), ``set_latency(0.01)``. ``writes`` counts the
-successful mutating requests.
+(``count=None`` means until ``clear_faults()``), ``set_latency(0.01)``;
+``resource="namespaces"`` (or ``"configmaps"``) restricts a fault to one resource. ``writes``
+counts the successful mutating requests.
 
 Usage in a test::
 
@@ -47,6 +61,9 @@ MAX_REQUEST_BYTES = 3 * 1024 * 1024  # apiserver's default request body limit
 
 _CM_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/configmaps(?:/([^/]+))?/?$")
 _ALL_CM_PATH = re.compile(r"^/api/v1/configmaps/?$")
+_NS_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
+SYSTEM_NAMESPACES = ("default", "kube-node-lease", "kube-public", "kube-system")
+UNDELETABLE_NAMESPACES = frozenset({"default", "kube-public", "kube-system"})
 _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
@@ -56,6 +73,8 @@ _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _CONFLICT_MSG = (
     "the object has been modified; please apply your changes to the latest version and try again"
 )
+_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch",
+          "DELETE": "delete"}
 _FAULT_REASONS = {
     400: "BadRequest",
     401: "Unauthorized",
@@ -277,7 +296,21 @@ class _Fault:
     remaining: int | None  # None: until cleared
     methods: frozenset[str] | None
     name: str | None
+    resource: str | None = None  # configmaps | namespaces; None: any
     hits: int = 0
+
+
+def _target(path: str) -> tuple[str | None, str | None]:
+    """(resource, object name or None) of a request path."""
+    match = _CM_PATH.match(path)
+    if match:
+        return "configmaps", unquote(match.group(2)) if match.group(2) else None
+    if _ALL_CM_PATH.match(path):
+        return "configmaps", None
+    match = _NS_PATH.match(path)
+    if match:
+        return "namespaces", unquote(match.group(1)) if match.group(1) else None
+    return None, None
 
 
 @dataclass
@@ -290,7 +323,7 @@ class _Stats:
 
 
 class KubeApiServer:
-    """ConfigMap subset of kube-apiserver on 127.0.0.1 in a background thread."""
+    """ConfigMap and Namespace subset of kube-apiserver on 127.0.0.1 in a background thread."""
 
     def __init__(
         self,
@@ -301,6 +334,7 @@ class KubeApiServer:
         max_object_bytes: int = MAX_CONFIGMAP_BYTES,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         keep_log: bool = True,
+        namespaces: tuple[str, ...] | list[str] = SYSTEM_NAMESPACES,
     ) -> None:
         self._host = host
         self._want_port = port
@@ -310,6 +344,7 @@ class KubeApiServer:
         self.keep_log = keep_log
         self._lock = threading.RLock()
         self._objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self._namespaces: dict[str, dict[str, Any]] = {}
         self._rv = 0
         self._faults: list[_Fault] = []
         self._hooks: list[Callable[[str, str, str | None], None]] = []
@@ -318,6 +353,8 @@ class KubeApiServer:
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        for ns in namespaces:
+            self.create_namespace(ns)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -410,25 +447,28 @@ class KubeApiServer:
         count: int | None = 1,
         methods: set[str] | list[str] | tuple[str, ...] | None = None,
         name: str | None = None,
+        resource: str | None = None,
     ) -> None:
         """Make the next `count` matching requests (None: all until cleared) fail or hang.
 
         status: answer this HTTP code with a Status (500 InternalError, 503 ServiceUnavailable,
         429 TooManyRequests with Retry-After, 403 Forbidden, ...). hang: sleep this many seconds
         first (then answer `status`, or the normal answer when status is None). methods / name
-        restrict the fault to those HTTP methods / that ConfigMap name (for a create, the name
-        in the body).
+        / resource restrict the fault to those HTTP methods / that object name (the URL's, or
+        for a create the body's) / that resource ("configmaps" or "namespaces").
         """
+        if resource not in (None, "configmaps", "namespaces"):
+            raise ValueError(f"unknown resource {resource!r}")
         if status is None and hang is None:
             raise ValueError("give a status and/or a hang")
         if status is not None and status not in _FAULT_REASONS:
             raise ValueError(f"unsupported fault status {status}")
         meths = frozenset(m.upper() for m in methods) if methods else None
         with self._lock:
-            self._faults.append(_Fault(status, hang, count, meths, name))
+            self._faults.append(_Fault(status, hang, count, meths, name, resource))
 
     def add_hook(self, hook: Callable[[str, str, str | None], None]) -> None:
-        """Call hook(method, path, configmap name or None) before each request is processed,
+        """Call hook(method, path, object name or None) before each request is processed,
         e.g. to change an object between a client's read and its write. The name is the
         URL's, or for a create the body's."""
         with self._lock:
@@ -502,17 +542,69 @@ class KubeApiServer:
             return copy.deepcopy(obj)
 
     def clear(self) -> None:
+        """Remove every ConfigMap (namespaces stay)."""
         with self._lock:
             self._objects.clear()
 
+    def create_namespace(
+        self, name: str, labels: dict[str, str] | None = None, finalizers: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Store an Active namespace directly (no validation); `finalizers` are
+        metadata.finalizers, which keep it Terminating after a delete."""
+        meta: dict[str, Any] = {"name": name, "labels": {**(labels or {}),
+                                                         "kubernetes.io/metadata.name": name}}
+        if finalizers:
+            meta["finalizers"] = list(finalizers)
+        obj = {"metadata": meta, "spec": {"finalizers": ["kubernetes"]},
+               "status": {"phase": "Active"}}
+        with self._lock:
+            self._stamp(obj, self._namespaces.get(name), kind="Namespace")
+            self._namespaces[name] = obj
+            return self._public(obj)
+
+    def namespace(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            obj = self._namespaces.get(name)
+            return self._public(obj) if obj is not None else None
+
+    def namespace_names(self) -> list[str]:
+        """Every namespace that exists (Terminating ones too)."""
+        with self._lock:
+            return sorted(self._namespaces)
+
+    def delete_namespace(self, name: str) -> dict[str, Any]:
+        """What a DELETE does (a system namespace too): Terminating, then removed with its
+        ConfigMaps unless metadata.finalizers keep it."""
+        with self._lock:
+            if name not in self._namespaces:
+                raise KeyError(name)
+            return self._terminate(name)
+
+    def finish_namespace(self, name: str) -> None:
+        """Drop a Terminating namespace's metadata.finalizers: the controller removes it."""
+        with self._lock:
+            obj = self._namespaces[name]
+            obj["metadata"].pop("finalizers", None)
+            self._finalize(name)
+
+    def remove_namespace(self, name: str) -> None:
+        """The namespace is gone at once (no Terminating phase; its ConfigMaps stay)."""
+        with self._lock:
+            del self._namespaces[name]
+            self._next_rv()
+
     # ---- request processing (called by the handler) ------------------------------------------
 
-    def _take_fault(self, method: str, name: str | None) -> _Fault | None:
+    def _take_fault(
+        self, method: str, name: str | None, resource: str | None = None
+    ) -> _Fault | None:
         with self._lock:
             for fault in self._faults:
                 if fault.methods is not None and method not in fault.methods:
                     continue
                 if fault.name is not None and fault.name != name:
+                    continue
+                if fault.resource is not None and fault.resource != resource:
                     continue
                 fault.hits += 1
                 if fault.remaining is not None:
@@ -535,7 +627,9 @@ class KubeApiServer:
         self._rv += 1
         return str(self._rv)
 
-    def _stamp(self, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+    def _stamp(
+        self, obj: dict[str, Any], old: dict[str, Any] | None, kind: str = "ConfigMap"
+    ) -> None:
         meta = obj["metadata"]
         if old is None:
             meta["uid"] = str(uuid.uuid4())
@@ -545,7 +639,7 @@ class KubeApiServer:
             meta["creationTimestamp"] = old["metadata"]["creationTimestamp"]
         meta["resourceVersion"] = self._next_rv()
         obj["apiVersion"] = "v1"
-        obj["kind"] = "ConfigMap"
+        obj["kind"] = kind
 
     def _validate(self, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         """ValidateConfigMap (+ ValidateConfigMapUpdate) as far as clients can tell."""
@@ -713,6 +807,10 @@ class KubeApiServer:
         if self.token is not None:
             if headers.get("Authorization", "") != f"Bearer {self.token}":
                 raise _ApiError(401, "Unauthorized", "Unauthorized")
+        ns_match = _NS_PATH.match(path)
+        if ns_match is not None:
+            name = unquote(ns_match.group(1)) if ns_match.group(1) else None
+            return self._handle_namespace(method, name, query, headers, raw)
         match = _CM_PATH.match(path)
         if match is None:
             if _ALL_CM_PATH.match(path) and method == "GET":
@@ -754,6 +852,194 @@ class KubeApiServer:
             "MethodNotAllowed",
             "the server does not allow this method on the requested resource",
         )
+
+    # ---- namespaces ----------------------------------------------------------------------------
+
+    def _handle_namespace(
+        self, method: str, name: str | None, query: dict[str, list[str]], headers: Any, raw: bytes
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        dry_run = bool(query.get("dryRun"))
+        if name is None:
+            if method == "GET":
+                if query.get("watch", ["false"])[0] in ("true", "1"):
+                    raise _bad_request("watch is not supported by this test server")
+                return 200, self._ns_list(query), {}
+            if method == "POST":
+                return 201, self._ns_create(self._json(raw), dry_run), {}
+            raise _ApiError(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
+        with self._lock:
+            if method == "GET":
+                return 200, self._public(self._ns_get(name)), {}
+            if method == "PATCH":
+                ctype = (headers.get("Content-Type") or "").split(";")[0].strip()
+                return 200, self._ns_patch(name, ctype, self._json(raw), dry_run), {}
+            if method == "DELETE":
+                self._ns_get(name)
+                if name in UNDELETABLE_NAMESPACES:
+                    raise _ApiError(
+                        403,
+                        "Forbidden",
+                        f'namespaces "{name}" is forbidden: this namespace may not be deleted',
+                        {"name": name, "kind": "namespaces"},
+                    )
+                if dry_run:
+                    return 200, self._public(self._namespaces[name]), {}
+                return 200, self._terminate(name), {}
+        raise _ApiError(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
+
+    def _ns_get(self, name: str) -> dict[str, Any]:
+        obj = self._namespaces.get(name)
+        if obj is None:
+            raise _ApiError(
+                404,
+                "NotFound",
+                f'namespaces "{name}" not found',
+                {"name": name, "kind": "namespaces"},
+            )
+        return obj
+
+    def _ns_list(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        terms = _parse_label_selector(query.get("labelSelector", [""])[0])
+        fields: dict[str, tuple[bool, str]] = {}
+        for term in filter(None, query.get("fieldSelector", [""])[0].split(",")):
+            negate = "!=" in term
+            key, _, value = term.partition("!=" if negate else "=")
+            key = key.rstrip("=")
+            if key not in ("metadata.name", "status.phase"):
+                raise _bad_request(
+                    f'field label not supported: {key}'
+                )
+            fields[key] = (negate, value.lstrip("="))
+
+        def wanted(obj: dict[str, Any]) -> bool:
+            have = {"metadata.name": obj["metadata"]["name"],
+                    "status.phase": obj["status"]["phase"]}
+            return all((have[k] != v) if neg else (have[k] == v)
+                       for k, (neg, v) in fields.items())
+
+        with self._lock:
+            items = [
+                self._public(obj, in_list=True)
+                for _, obj in sorted(self._namespaces.items())
+                if wanted(obj) and _labels_match(obj["metadata"].get("labels") or {}, terms)
+            ]
+            return {
+                "kind": "NamespaceList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": items,
+            }
+
+    def _ns_create(self, body: Any, dry_run: bool) -> dict[str, Any]:
+        if not isinstance(body, dict) or body.get("kind", "Namespace") != "Namespace":
+            raise _bad_request("the body of the request was not a Namespace")
+        meta = body.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise _bad_request("metadata must be an object")
+        name = meta.get("name") or ""
+        if not name and meta.get("generateName"):
+            name = meta["generateName"] + uuid.uuid4().hex[:5]
+        if not _DNS1123_LABEL.match(name) or len(name) > 63:
+            raise _ApiError(
+                422,
+                "Invalid",
+                f'Namespace "{name}" is invalid: metadata.name: Invalid value: "{name}": a '
+                "lowercase RFC 1123 label must consist of lower case alphanumeric characters "
+                "or '-', and must start and end with an alphanumeric character",
+                {
+                    "name": name,
+                    "kind": "Namespace",
+                    "causes": [{"reason": "FieldValueInvalid", "field": "metadata.name",
+                                "message": f'Invalid value: "{name}"'}],
+                },
+            )
+        labels = meta.get("labels") or {}
+        finalizers = meta.get("finalizers") or []
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise _bad_request("metadata.labels must be a map of strings")
+        with self._lock:
+            old = self._namespaces.get(name)
+            if old is not None:
+                terminating = old["status"]["phase"] == "Terminating"
+                raise _ApiError(
+                    409,
+                    "AlreadyExists",
+                    ("object is being deleted: " if terminating else "")
+                    + f'namespaces "{name}" already exists',
+                    {"name": name, "kind": "namespaces"},
+                )
+            if dry_run:
+                return {"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": name, "labels": labels},
+                        "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+            return self.create_namespace(name, labels, list(finalizers))
+
+    def _ns_patch(self, name: str, ctype: str, patch: Any, dry_run: bool) -> dict[str, Any]:
+        """Labels, annotations and metadata.finalizers (the rest is the server's)."""
+        old = self._ns_get(name)
+        current = self._public(old)
+        if ctype == "application/json-patch+json":
+            merged = _json_patch(current, patch)
+        elif ctype in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            if not isinstance(patch, dict):
+                raise _bad_request("patch body must be a JSON object")
+            merged = _merge_patch(current, patch)
+        else:
+            raise _ApiError(415, "UnsupportedMediaType",
+                            f"the body of the request was in an unknown format ({ctype!r})")
+        meta = merged.get("metadata") or {}
+        if meta.get("name", name) != name:
+            raise _bad_request("metadata.name cannot be changed by a patch")
+        if dry_run:
+            return merged
+        obj = copy.deepcopy(old)
+        for key in ("labels", "annotations", "finalizers"):
+            if meta.get(key):
+                obj["metadata"][key] = meta[key]
+            else:
+                obj["metadata"].pop(key, None)
+        obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = name
+        if obj != old:
+            obj["metadata"]["resourceVersion"] = self._next_rv()
+            self._namespaces[name] = obj
+        out = self._public(obj)
+        self._finalize(name)
+        return out
+
+    def _terminate(self, name: str) -> dict[str, Any]:
+        """Mark a namespace Terminating (caller holds the lock); the simulated namespace
+        controller then removes it unless metadata.finalizers remain. Returns the object as
+        a DELETE answers it: Terminating."""
+        obj = self._namespaces[name]
+        if obj["status"]["phase"] != "Terminating":
+            obj["metadata"]["deletionTimestamp"] = _now()
+            obj["metadata"]["deletionGracePeriodSeconds"] = 0
+            obj["status"]["phase"] = "Terminating"
+            obj["metadata"]["resourceVersion"] = self._next_rv()
+        out = self._public(obj)
+        self._finalize(name)
+        return out
+
+    def _finalize(self, name: str) -> None:
+        """The namespace controller: a Terminating namespace without metadata.finalizers is
+        removed, with its ConfigMaps."""
+        obj = self._namespaces.get(name)
+        if obj is None or obj["status"]["phase"] != "Terminating":
+            return
+        if obj["metadata"].get("finalizers"):
+            return
+        for key in [k for k in self._objects if k[0] == name]:
+            del self._objects[key]
+        del self._namespaces[name]
+        self._next_rv()
 
     @staticmethod
     def _json(raw: bytes) -> Any:
@@ -999,12 +1285,11 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         if api._latency:
             time.sleep(api._latency)
-        match = _CM_PATH.match(path)
-        name = unquote(match.group(2)) if match and match.group(2) else None
-        if match and name is None and method == "POST":  # a create names its object in the body
+        resource, name = _target(path)
+        if resource and name is None and method == "POST":  # a create names its object in the body
             with contextlib.suppress(ValueError, AttributeError, TypeError):
                 name = json.loads(raw).get("metadata", {}).get("name")
-        fault = api._take_fault(method, name)
+        fault = api._take_fault(method, name, resource)
         if fault is not None:
             if fault.hang:
                 if api._stopping.wait(fault.hang):
@@ -1012,11 +1297,16 @@ class _Handler(BaseHTTPRequestHandler):
                     return
             if fault.status is not None:
                 reason = _FAULT_REASONS[fault.status]
+                verb = "list" if method == "GET" and name is None else _VERBS.get(method, "")
                 message = {
                     503: "the server is currently unable to handle the request",
                     429: "the server has received too many requests and has asked us to try "
                     "again later",
                     504: "the server was unable to return a response in the time allotted",
+                    403: f'{resource or "the resource"} is forbidden: User '
+                    f'"system:serviceaccount:test:test" cannot {verb} resource '
+                    f'"{resource or ""}" in API group ""'
+                    + (" at the cluster scope" if resource == "namespaces" else ""),
                 }.get(fault.status, f"Internal error occurred: injected fault {fault.status}")
                 err = _ApiError(
                     fault.status,
@@ -1045,4 +1335,4 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
 
-__all__ = ["KubeApiServer", "MAX_CONFIGMAP_BYTES"]
+__all__ = ["KubeApiServer", "MAX_CONFIGMAP_BYTES", "SYSTEM_NAMESPACES"]

@@ -1,4 +1,6 @@
--- Release leases by id and/or all of an owner's.
+-- Release leases by id and/or all of an owner's. Reason `expired` (the reaper) counts as
+-- `reaps`, `namespace-gone` (workers/namespaces.py) as `namespace-pruned`, both also go to
+-- `reaped`; any other reason counts as `releases`.
 -- KEYS: none (derived from the prefix: leases, expiry, owner:<owner>, use:<pool>, nets,
 --       gone:<id>, req:<key>, quarantine, version, seq, stats, reaped, waiting, kick, ready)
 -- ARGV: prefix, ids JSON, owner to check ('' none), owner whose leases all go ('' none),
@@ -89,11 +91,18 @@ local seq = tonumber(redis.call('GET', p .. 'seq') or '0')
 if #found > 0 then
   redis.call('SET', p .. 'version', ver + 1)
   seq = redis.call('INCR', p .. 'seq')
-  redis.call('HINCRBY', p .. 'stats', reason == 'expired' and 'reaps' or 'releases', #found)
-  if reason == 'expired' then
+  -- releases the service makes on its own (the reaper's, beat's namespace pruning) have
+  -- counters of their own and are recorded in `reaped`; a client's release is a `releases`
+  local counter = ({expired = 'reaps', ['namespace-gone'] = 'namespace-pruned'})[reason]
+  redis.call('HINCRBY', p .. 'stats', counter or 'releases', #found)
+  if counter then
     for _, f in ipairs(found) do
-      redis.call('LPUSH', p .. 'reaped', cjson.encode({id = f[1], owner = f[2].status.owner,
-        pool = f[2].status.pool, at = now, ['expires-at'] = f[2].status['expires-at']}))
+      local st = f[2].status
+      local labels = type(st.labels) == 'table' and st.labels or {}
+      redis.call('LPUSH', p .. 'reaped', cjson.encode({id = f[1], owner = st.owner,
+        pool = st.pool, at = now, ['expires-at'] = st['expires-at'], reason = reason,
+        namespace = reason == 'namespace-gone'
+          and labels['vsphere-capacity-manager.splat-team.io/lease-namespace'] or nil}))
     end
     redis.call('LTRIM', p .. 'reaped', 0, 999)
   end
