@@ -25,19 +25,34 @@ class Pools(Protocol):
 
 
 class Mirror(Protocol):
-    """The durable copy of the ledger (a ConfigMap, or a file)."""
+    """The durable copy of the ledger (a ConfigMap, or a file). `save` writes a whole snapshot
+    and returns the writes it took (`mark`: see JournaledMirror); `last_stats` says what the
+    last save did; `max_configmaps` how many ConfigMaps one snapshot may use (None: not a
+    ConfigMap mirror)."""
+
+    last_stats: Any
+
+    @property
+    def max_configmaps(self) -> int | None: ...
+
+    def save(self, snapshot: dict[str, Any], mark: int | None = None) -> int: ...
 
     def load(self) -> dict[str, Any] | None: ...
 
 
 @runtime_checkable
-class JournaledMirror(Protocol):
+class JournaledMirror(Mirror, Protocol):
     """A mirror that takes each change as a journal record before its answer goes out (the
     file mirror). `covered`: every change up to this ledger seq is written; `durable`: and
-    synced; `holds`: what answers may rely on (-1 while a whole save is due)."""
+    synced; `holds`: what answers may rely on (-1 while a whole save is due); `failed`: the
+    seq of an append that failed (a whole save is due); `records`: journal records since the
+    last whole save. `mark()` is where the journal ends: taken before the snapshot is read and
+    passed to `save`, it lets the save keep only the later records."""
 
     covered: int
     durable: int
+    failed: int | None
+    records: int
 
     @property
     def holds(self) -> int: ...
@@ -47,4 +62,6 @@ class JournaledMirror(Protocol):
 
     def append(self, seq: int, put: list[str], deleted: list[str], sync: bool = True) -> None: ...
 
-    def load(self) -> dict[str, Any] | None: ...
+    def sync(self) -> None: ...
+
+    def mark(self) -> int: ...

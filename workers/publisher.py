@@ -60,19 +60,16 @@ import threading
 import time
 from typing import Any
 
-from .adapters.mirror import (
-    ConfigMapMirror,
-    MirrorError,
-    MirrorSuperseded,
-    MirrorTooLarge,
-    mirror_from_env,
-)
+from tenacity import RetryCallState, Retrying
+
+from . import backoff
+from .adapters.keys import PREFIX, Keys
+from .adapters.mirror import MirrorError, MirrorSuperseded, MirrorTooLarge
 from .adapters.replies import CeleryReplies
+from .ports import JournaledMirror, Mirror
 
 log = logging.getLogger(__name__)
 
-BACKOFF_BASE = 0.2
-BACKOFF_CAP = 10.0
 TOO_LARGE_RETRY = 1.0  # at most this often while the ledger changes
 TOO_LARGE_SAME_SEQ_RETRY = 60.0  # the same snapshot again (nothing changed: cannot fit)
 HOUSEKEEPING = 1.0
@@ -84,30 +81,10 @@ FIRST_WINDOW = min(0.02, COMMIT_WINDOW)
 COMPACT_RECORDS = 2000  # journal records (at least the leases saved) before a whole save
 
 
-def build_mirror(settings) -> Any:
-    """The mirror the placement worker writes: ``mirror_from_env`` plus
-    ``VCM_MIRROR_MAX_SHARDS`` (slot ConfigMaps ``name-0`` … the RBAC Role must list; one save
-    uses at most half of them besides the head; default 16, 0: the head only)."""
-    mirror = mirror_from_env(settings.configmap, settings.mirror_file)
-    raw = os.environ.get("VCM_MIRROR_MAX_SHARDS", "").strip()
-    if raw and isinstance(mirror, ConfigMapMirror):
-        try:
-            shards = int(raw)
-            if not 0 <= shards <= 999:
-                raise ValueError
-        except ValueError:
-            raise SystemExit(f"invalid setting VCM_MIRROR_MAX_SHARDS={raw!r}: "
-                             "a whole number within 0..999") from None
-        if shards != mirror.max_shards:
-            mirror = ConfigMapMirror(mirror.namespace, mirror.name, api_client=mirror.api_client,
-                                     timeout=mirror.timeout, max_shards=shards)
-    return mirror
-
-
-def read_status(redis_client, prefix: str = "vcm:", now: float | None = None) -> dict[str, Any]:
+def read_status(redis_client, prefix: str = PREFIX, now: float | None = None) -> dict[str, Any]:
     """The ``vcm:mirror`` hash, typed, plus ``lag-seconds`` (how long the mirror has been
     failing, 0 when ok) and ``behind`` (ledger seq minus mirrored seq at the last update)."""
-    raw = redis_client.hgetall(prefix + "mirror")
+    raw = redis_client.hgetall(Keys(prefix).mirror)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         key = key.decode() if isinstance(key, bytes) else key
@@ -130,7 +107,7 @@ def read_status(redis_client, prefix: str = "vcm:", now: float | None = None) ->
 
 
 class Publisher(threading.Thread):
-    def __init__(self, service, mirror: Any | None, replies: CeleryReplies,
+    def __init__(self, service, mirror: Mirror | None, replies: CeleryReplies,
                  max_delay: float = 0.0) -> None:
         super().__init__(name="vcm-publisher", daemon=True)
         self.service = service
@@ -139,19 +116,18 @@ class Publisher(threading.Thread):
         # a journaled mirror (the file) gets each change from the service before it is
         # answered; here it only needs a whole save at start, after a failed append, to
         # release held replies, and to compact the journal
-        self.journal = mirror if hasattr(mirror, "append") else None
+        self.journal = mirror if isinstance(mirror, JournaledMirror) else None
         self.replies = replies
         self.max_delay = max_delay  # 0: replies wait for the mirror however long it takes
-        self.status_key = self.ledger.p + "mirror"
         self.mirrored = -1  # ledger seq the mirror holds (-1: unknown, write it)
-        self.epoch: bytes | None = None  # the Redis ledger `mirrored` refers to
+        self.epoch: str | None = None  # the Redis ledger `mirrored` refers to
         self.stopping = threading.Event()
         self._last_housekeeping = 0.0
         self.failing_since: float | None = None  # epoch seconds
         self.retry_at = 0.0  # monotonic: no save before this (backoff, commit window)
         self.window = 0.0  # the current commit window (0 when not under load)
         self.last_save = 0.0  # monotonic end of the last save
-        self._delay = BACKOFF_BASE
+        self._save_backoff = backoff.Backoff()  # between failed saves
         self._too_large_seq: int | None = None  # seq whose snapshot did not fit (logged)
         self._too_large_at = 0.0  # monotonic time of the last too-large attempt
         self._late_logged = False
@@ -169,22 +145,29 @@ class Publisher(threading.Thread):
         self.stopping.set()
 
     def run(self) -> None:
-        delay = BACKOFF_BASE
+        # a round that raises, whatever it raised, is retried with backoff: Redis may come back
+        rounds = Retrying(wait=backoff.doubling(), sleep=self.stopping.wait,
+                          before_sleep=self._before_retry)
         while not self.stopping.is_set():
-            try:
-                pause = self.retry_at - time.monotonic()
-                if self.mirror is None:  # no mirror, no outbox: only housekeeping to do
-                    self.stopping.wait(HOUSEKEEPING / 2)
-                elif pause > 0:  # backing off or in the commit window: changes need not wake us
-                    self.stopping.wait(min(pause, 0.5))
-                else:
-                    self.ledger.wait_kick(0.5)
-                self.step()
-                delay = BACKOFF_BASE
-            except Exception as exc:  # whatever it is, the loop goes on: Redis may come back
-                self._error(exc, delay)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, BACKOFF_CAP)
+            rounds(self._round)
+
+    def _round(self) -> None:
+        if self.stopping.is_set():
+            return
+        pause = self.retry_at - time.monotonic()
+        if self.mirror is None:  # no mirror, no outbox: only housekeeping to do
+            self.stopping.wait(HOUSEKEEPING / 2)
+        elif pause > 0:  # backing off or in the commit window: changes need not wake us
+            self.stopping.wait(min(pause, 0.5))
+        else:
+            self.ledger.wait_kick(0.5)
+        self.step()
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        assert state.outcome is not None and state.next_action is not None
+        exc = state.outcome.exception()
+        assert isinstance(exc, Exception)
+        self._error(exc, state.next_action.sleep)
 
     def step(self) -> None:
         self._round_failed = False
@@ -244,14 +227,12 @@ class Publisher(threading.Thread):
                                   "last-error": text, "updated-at": time.time()}
         if self.failing_since is not None:
             fields["failing-since"] = self.failing_since
+        counters = {"errors": 1}
+        if seq is not None:
+            fields["ledger-seq"] = seq
+            counters["failures"] = 1
         try:  # Redis itself may be what fails
-            pipe = self.ledger.r.pipeline(transaction=False)
-            pipe.hset(self.status_key, mapping=fields)
-            pipe.hincrby(self.status_key, "errors", 1)
-            if seq is not None:
-                pipe.hset(self.status_key, "ledger-seq", seq)
-                pipe.hincrby(self.status_key, "failures", 1)
-            pipe.execute()
+            self.ledger.mirror_status_write(fields, incr=counters)
         except Exception:  # noqa: BLE001
             log.debug("cannot write the publisher's status", exc_info=True)
 
@@ -260,23 +241,16 @@ class Publisher(threading.Thread):
         self.streak = 0
         self._last_error = ""
         if self.failing_since is None:  # the mirror is fine: the state no longer says failing
-            self.ledger.r.hset(self.status_key, mapping={"state": "ok", "error": "",
-                                                         "updated-at": time.time()})
+            self.ledger.mirror_status_write({"state": "ok", "error": "",
+                                             "updated-at": time.time()})
 
     def check_epoch(self) -> tuple[int, bool]:
         """(the ledger's seq, whether it is ready). Forgets what the mirror covers when Redis
         is not the ledger that was mirrored (wiped, restarted from an older state, replaced):
         replies are then held until the next save. The epoch is a token in ``vcm:mirror``, made
         by the first publisher that sees the hash missing."""
-        p = self.ledger.p
         known = max(self.mirrored, self.service.last_seq)  # before Redis's seq is read
-        pipe = self.ledger.r.pipeline(transaction=False)
-        pipe.exists(p + "ready")
-        pipe.get(p + "seq")
-        pipe.hsetnx(self.status_key, "epoch", secrets.token_hex(8))
-        pipe.hget(self.status_key, "epoch")
-        ready, seq_raw, _, epoch = pipe.execute()
-        seq = int(seq_raw or 0)
+        seq, ready, epoch = self.ledger.seq_and_ready(secrets.token_hex(8))
         if epoch != self.epoch:
             if self.epoch is not None:
                 log.warning("the Redis ledger is not the one last mirrored (Redis wiped or "
@@ -290,7 +264,7 @@ class Publisher(threading.Thread):
                 seq = self.ledger.seq()
             else:
                 self.mirrored = -1  # nothing newer to go back to: save again from Redis
-        return seq, bool(ready)
+        return seq, ready
 
     def _report_journal(self, seq: int) -> None:
         """Between whole saves the journal covers the changes: show how far, in the status."""
@@ -298,7 +272,7 @@ class Publisher(threading.Thread):
         if covered is None or covered < 0 or covered == self._reported:
             return
         self._reported = covered
-        self.ledger.r.hset(self.status_key, mapping={
+        self.ledger.mirror_status_write({
             "seq": covered, "ledger-seq": max(seq, covered), "updated-at": time.time(),
             "journal-records": self.journal.records})
 
@@ -308,7 +282,7 @@ class Publisher(threading.Thread):
             return True  # write_mirror returns at once when the mirror holds the seq
         return (self.mirrored < 0 or j.failed is not None
                 or j.records >= max(COMPACT_RECORDS, self._leases)
-                or self.ledger.r.hlen(self.ledger.p + "outbox") > 0)
+                or self.ledger.outbox_size() > 0)
 
     def _covered(self) -> int | None:
         """The ledger seq up to which the mirror holds every change (None: no mirror)."""
@@ -345,7 +319,7 @@ class Publisher(threading.Thread):
                 unmirrored += 1
         self.ledger.outbox_done(done)
         if unmirrored:
-            self.ledger.r.hincrby(self.status_key, "unmirrored-replies", unmirrored)
+            self.ledger.mirror_status_incr("unmirrored-replies", unmirrored)
             if not self._late_logged:
                 self._late_logged = True
                 log.error("mirror failing for more than VCM_MIRROR_MAX_DELAY=%gs: releasing "
@@ -373,9 +347,9 @@ class Publisher(threading.Thread):
         if snapshot["seq"] < known:
             return  # Redis went back meanwhile: the next check_epoch takes the newer mirror
         if self.epoch is not None:  # which Redis ledger it mirrors (Capacity.ensure_ready)
-            snapshot["epoch"] = self.epoch.decode() if isinstance(self.epoch, bytes) else self.epoch
-        try:
-            writes = (self.mirror.save(snapshot, mark) if self.journal is not None
+            snapshot["epoch"] = self.epoch
+        try:  # a mark means something to a journal only: without one, a whole save
+            writes = (self.mirror.save(snapshot, mark) if mark is not None
                       else self.mirror.save(snapshot))
         except MirrorTooLarge as exc:
             self._too_large(snapshot, exc)
@@ -383,7 +357,7 @@ class Publisher(threading.Thread):
         except MirrorSuperseded as exc:
             # another worker of this ledger saved a newer seq: it holds this one too
             log.info("%s", exc)
-            self.ledger.r.hincrby(self.status_key, "superseded", 1)
+            self.ledger.mirror_status_incr("superseded")
             writes = 0
         except MirrorError as exc:
             self._failed(snapshot["seq"], exc)
@@ -392,10 +366,7 @@ class Publisher(threading.Thread):
             self._failed(snapshot["seq"], exc)
             return
         took = time.monotonic() - started
-        pipe = self.ledger.r.pipeline(transaction=False)
-        pipe.get(self.ledger.p + "seq")
-        pipe.hget(self.status_key, "epoch")
-        seq_now, epoch = pipe.execute()
+        seq_now, epoch = self.ledger.seq_and_epoch()
         if epoch != self.epoch:
             log.warning("Redis was wiped or replaced during the mirror save: saving again")
             self.mirrored = -1
@@ -411,7 +382,7 @@ class Publisher(threading.Thread):
             self.window = 0.0
         self.last_save = now
         # one change arriving during a save (a release, then the grant it makes) is not load
-        if int(seq_now or 0) - snapshot["seq"] >= 2 or covered >= 3:
+        if seq_now - snapshot["seq"] >= 2 or covered >= 3:
             self.window = min(COMMIT_WINDOW, self.window * 2) if self.window else FIRST_WINDOW
             self.retry_at = time.monotonic() + max(PACING * took, self.window)
         else:
@@ -420,7 +391,7 @@ class Publisher(threading.Thread):
         self._saved(snapshot, writes, took)
 
     def _saved(self, snapshot: dict[str, Any], writes: int | None, took: float) -> None:
-        stats = getattr(self.mirror, "last_stats", None)
+        stats = self.mirror.last_stats
         outage = None
         if self.failing_since is not None:
             outage = time.time() - self.failing_since
@@ -429,7 +400,7 @@ class Publisher(threading.Thread):
         self.failing_since = None
         self._late_logged = False
         self._too_large_seq = None
-        self._delay = BACKOFF_BASE
+        self._save_backoff.reset()
         self.mirrored = self._reported = snapshot["seq"]
         self._leases = len(snapshot["leases"])
         fields: dict[str, Any] = {
@@ -438,7 +409,7 @@ class Publisher(threading.Thread):
             "written-at": time.time(), "leases": len(snapshot["leases"]),
             "last-writes": int(writes or 0), "save-seconds": round(took, 6),
         }
-        aside = frozenset(getattr(stats, "set_aside", ()) or ())
+        aside = frozenset(stats.set_aside if stats is not None else ())
         if stats is not None:
             fields.update({"encoded-bytes": stats.encoded_bytes, "raw-bytes": stats.raw_bytes,
                            "configmaps": stats.configmaps, "set-aside": len(aside)})
@@ -448,26 +419,20 @@ class Publisher(threading.Thread):
                 log.error("%d leases cannot be encoded (a lone surrogate in a string) and are "
                           "left out of the mirror: they stay in Redis but would not survive "
                           "its loss: %s", len(aside), ", ".join(sorted(aside)))
-        limit = getattr(self.mirror, "max_configmaps", None)
-        if limit is not None:
-            fields["max-configmaps"] = limit
+        if self.mirror.max_configmaps is not None:
+            fields["max-configmaps"] = self.mirror.max_configmaps
         if outage is not None:
             fields["caught-up-after"] = round(outage, 3)
         self._status = {"fields": fields, "saves": 1, "writes": int(writes or 0),
                         "clear": ["needed-configmaps"]}
 
     def _write_status(self, status: dict[str, Any]) -> None:
-        p = self.ledger.p
-        pipe = self.ledger.r.pipeline(transaction=False)
-        pipe.hlen(p + "outbox")
-        pipe.hset(self.status_key, mapping={**status["fields"], "updated-at": time.time()})
-        for field in status.get("clear", ()):
-            pipe.hdel(self.status_key, field)
-        for counter in ("saves", "writes", "failures", "too-large"):
-            if status.get(counter):
-                pipe.hincrby(self.status_key, counter, status[counter])
-        held = pipe.execute()[0]
-        self.ledger.r.hset(self.status_key, "held-replies", int(held))
+        held = self.ledger.outbox_size()
+        counters = {c: status[c] for c in ("saves", "writes", "failures", "too-large")
+                    if status.get(c)}
+        self.ledger.mirror_status_write(
+            {**status["fields"], "updated-at": time.time(), "held-replies": held},
+            incr=counters, clear=status.get("clear", ()))
 
     def _failing(self, seq: int, state: str, error: Exception | str,
                  extra: dict[str, Any] | None = None) -> None:
@@ -482,17 +447,17 @@ class Publisher(threading.Thread):
 
     def _failed(self, seq: int, exc: Exception) -> None:
         first = self.failing_since is None
+        delay = self._save_backoff.next()
         if isinstance(exc, MirrorError):
             self._failing(seq, "failing", exc)
             (log.warning if first else log.info)(
                 "mirror save failed (ledger seq %s, replies held): %s; retrying in %.1fs",
-                seq, exc, self._delay)
+                seq, exc, delay)
         else:
             if first:
                 self.failing_since = self._attempt_at
-            self._error(exc, self._delay, seq)
-        self.retry_at = time.monotonic() + self._delay
-        self._delay = min(self._delay * 2, BACKOFF_CAP)
+            self._error(exc, delay, seq)
+        self.retry_at = time.monotonic() + delay
 
     def _too_large(self, snapshot: dict[str, Any], exc: MirrorTooLarge) -> None:
         seq = snapshot["seq"]
@@ -501,9 +466,8 @@ class Publisher(threading.Thread):
             extra["encoded-bytes"] = exc.encoded_bytes
         if exc.raw_bytes:
             extra["raw-bytes"] = exc.raw_bytes
-        limit = getattr(self.mirror, "max_configmaps", None)
-        if limit is not None:
-            extra["max-configmaps"] = limit
+        if self.mirror.max_configmaps is not None:
+            extra["max-configmaps"] = self.mirror.max_configmaps
         self._failing(seq, "too-large", f"too large to mirror: {exc}", extra)
         if seq != self._too_large_seq:
             log.error("MIRROR TOO LARGE: the ledger (seq %s, %d active leases) does not fit "

@@ -465,6 +465,46 @@ class Ledger:
         """Drop a vCenter's health record (its pools become unknown)."""
         return bool(self.r.hdel(self.k.health, vcenter))
 
+    # the mirror publisher's bookkeeping (its status hash is described in publisher.py) ----
+    def mirror_status_write(self, fields: dict[str, Any], *, incr: dict[str, int] | None = None,
+                            clear: tuple[str, ...] | list[str] = ()) -> None:
+        """Set fields of the mirror status hash, add to its counters, drop fields: one round
+        trip, not atomic (it is a report)."""
+        pipe = self.r.pipeline(transaction=False)
+        if fields:
+            pipe.hset(self.k.mirror, mapping=fields)
+        for name in clear:
+            pipe.hdel(self.k.mirror, name)
+        for name, n in (incr or {}).items():
+            pipe.hincrby(self.k.mirror, name, n)
+        pipe.execute()
+
+    def mirror_status_incr(self, field: str, n: int = 1) -> None:
+        self.r.hincrby(self.k.mirror, field, n)
+
+    def outbox_size(self) -> int:
+        """How many answers are held for the mirror."""
+        return int(self.r.hlen(self.k.outbox))
+
+    def seq_and_ready(self, new_epoch: str) -> tuple[int, bool, str | None]:
+        """The ledger's seq, whether it is ready, and its epoch (set to `new_epoch` when it has
+        none yet), in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.exists(self.k.ready)
+        pipe.get(self.k.seq)
+        pipe.hsetnx(self.k.mirror, "epoch", new_epoch)
+        pipe.hget(self.k.mirror, "epoch")
+        ready, seq, _, epoch = pipe.execute()
+        return int(seq or 0), bool(ready), _text(epoch) if epoch is not None else None
+
+    def seq_and_epoch(self) -> tuple[int, str | None]:
+        """The ledger's seq and epoch, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(self.k.seq)
+        pipe.hget(self.k.mirror, "epoch")
+        seq, epoch = pipe.execute()
+        return int(seq or 0), _text(epoch) if epoch is not None else None
+
 
 def lease_name(lease: Any) -> str:
     try:

@@ -1,0 +1,103 @@
+"""The snapshot as the mirrors store it: compact JSON (zlib-compressed in ConfigMaps), which
+of two snapshots is newer, and what a save reports.
+
+A snapshot is the ledger's JSON-able dict, treated as opaque except for ``seq`` (the ledger's
+change counter), ``epoch`` (which Redis ledger it came from) and ``leases``.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import MirrorError
+
+FORMAT = 1
+ENCODING = "json+zlib"
+
+
+@dataclass(frozen=True)
+class SaveStats:
+    """What the last save did (for metrics and logs)."""
+
+    writes: int  # API write requests made (including ones answered 409)
+    raw_bytes: int  # compact JSON size
+    encoded_bytes: int  # compressed size
+    configmaps: int  # head + shards holding this snapshot
+    generation: int  # head generation after the save (0 for the file mirror)
+    skipped: bool  # True when the mirror already held exactly this snapshot
+    seconds: float
+    set_aside: tuple[str, ...] = ()  # ids of leases that cannot be encoded, left out
+
+
+def seq_of(snapshot: dict[str, Any]) -> int | None:
+    seq = snapshot.get("seq")
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
+def epoch_of(snapshot: dict[str, Any]) -> str | None:
+    epoch = snapshot.get("epoch")
+    return epoch if isinstance(epoch, str) else None
+
+
+def newer_than(held: dict[str, Any] | None, snapshot: dict[str, Any]) -> int | None:
+    """The seq of ``held`` (what the mirror holds: a snapshot or a head's metadata) when it is
+    above the snapshot's and of the same ledger (epoch, or neither has one); else None:
+    writing may go ahead. Seqs of two different Redis ledgers say nothing about which is
+    newer (Redis replaced by another ledger that wins, a deliberate reset): the writer wins."""
+    if not held:
+        return None
+    old, new = seq_of(held), seq_of(snapshot)
+    if old is None or new is None or old <= new:
+        return None
+    return old if epoch_of(held) == epoch_of(snapshot) else None
+
+
+def _lease_id(lease: Any) -> str:
+    try:
+        return str(lease["metadata"]["name"])
+    except (TypeError, KeyError):
+        return repr(lease)[:80]
+
+
+def encode_json(snapshot: dict[str, Any]) -> tuple[bytes, list[str]]:
+    """Compact UTF-8 JSON of the snapshot, and the ids of the leases left out of it because
+    they cannot be encoded (a lone surrogate in a string): one bad record must not stop the
+    whole ledger from being mirrored. The caller reports them."""
+    if not isinstance(snapshot, dict):
+        raise TypeError(f"snapshot must be a dict, not {type(snapshot).__name__}")
+    try:
+        return json.dumps(snapshot, separators=(",", ":"), ensure_ascii=False).encode(), []
+    except UnicodeEncodeError:
+        leases = snapshot.get("leases")
+        if not isinstance(leases, list):
+            raise
+    kept, aside = [], []
+    for lease in leases:
+        try:
+            json.dumps(lease, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            aside.append(_lease_id(lease))
+        else:
+            kept.append(lease)
+    raw = json.dumps({**snapshot, "leases": kept}, separators=(",", ":"),
+                     ensure_ascii=False).encode()
+    return raw, aside
+
+
+def encode_snapshot(snapshot: dict[str, Any], level: int = 6) -> tuple[bytes, int]:
+    """Compact JSON then zlib; returns (blob, raw JSON size). See encode_json."""
+    raw, _ = encode_json(snapshot)
+    return zlib.compress(raw, level), len(raw)
+
+
+def decode_snapshot(blob: bytes) -> dict[str, Any]:
+    try:
+        snapshot = json.loads(zlib.decompress(blob))
+    except (zlib.error, ValueError) as exc:
+        raise MirrorError(f"mirror payload does not decode: {exc}") from exc
+    if not isinstance(snapshot, dict):
+        raise MirrorError("mirror payload is not a JSON object")
+    return snapshot
