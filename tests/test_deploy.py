@@ -333,9 +333,15 @@ def beat_violations(docs) -> list[str]:
 
 def rbac_violations(docs) -> list[str]:
     v: list[str] = []
-    for kind in ("ClusterRole", "ClusterRoleBinding"):
-        if find(docs, kind):
-            v.append(f"no {kind} is needed; found {len(find(docs, kind))}")
+    # cluster-wide: only listing namespaces (namespace-bound leases)
+    for role in find(docs, "ClusterRole"):
+        if role.get("rules") != [{"apiGroups": [""], "resources": ["namespaces"],
+                                  "verbs": ["list"]}]:
+            v.append(f"ClusterRole/{role['metadata']['name']} may only list namespaces")
+    for binding in find(docs, "ClusterRoleBinding"):
+        if [s.get("name") for s in binding.get("subjects", [])] != ["vcm"]:
+            v.append(f"ClusterRoleBinding/{binding['metadata']['name']}: only the placement "
+                     "worker's ServiceAccount")
     roles = find(docs, "Role")
     if len(roles) != 1:
         v.append(f"expected exactly one Role, found {len(roles)}")
@@ -757,8 +763,22 @@ def test_manifest_is_valid_kubernetes(item):
     path, doc = item
     assert_schema_valid(doc, path)
     ns = doc["metadata"].get("namespace")
-    if doc["kind"] != "Namespace":
+    if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):  # cluster-scoped
+        assert ns is None, f"{path}: a cluster-scoped {doc['kind']} has no namespace"
+    elif doc["kind"] != "Namespace":
         assert ns == NAMESPACE, f"{path}: namespace {ns!r}"
+
+
+def test_the_placement_worker_may_only_list_namespaces_cluster_wide():
+    """Namespace-bound leases need a namespace list; nothing else is granted cluster-wide."""
+    docs = [d for _, d in ALL_DOCS]
+    roles = [d for d in docs if d["kind"] == "ClusterRole"]
+    assert [r["rules"] for r in roles] == [[{"apiGroups": [""], "resources": ["namespaces"],
+                                              "verbs": ["list"]}]]
+    (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "vcm",
+                                    "namespace": NAMESPACE}]
 
 
 def test_there_are_manifests_to_validate():
@@ -1389,7 +1409,7 @@ def test_kustomize_build_renders_valid_manifests_keeping_the_invariants():
     for d in docs:
         assert_schema_valid(d, "kustomize build")
         assert COMMON_LABELS.items() <= d["metadata"].get("labels", {}).items()
-        if d["kind"] != "Namespace":
+        if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
             assert d["metadata"]["namespace"] == NAMESPACE
     for w in workloads(docs):
         assert COMMON_LABELS.items() <= w["spec"]["selector"]["matchLabels"].items()
