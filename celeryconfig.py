@@ -47,12 +47,21 @@ task_routes = {**{name: {"queue": "placement"} for name in PLACEMENT},
 task_default_queue = "queries"
 task_create_missing_queues = True
 
-# a crash mid-task redelivers the task; the ledger makes that harmless (request-id, Lua commit)
+# Each setting below that is not Celery's default costs every task something (what each costs:
+# `bench/bench_celery.py --settings`); each is here for the feature its comment names.
+
+# crash safety: a task whose worker died mid-task is redelivered, and answered from the ledger's
+# request-id record instead of being placed twice (request-id, Lua commit)
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+# the HTTP shim: STARTED (a result write per task) tells "a worker holds it" from "still queued":
+# a reply held until the mirror covers it, or a long task on the solo worker, which answers no
+# pings meanwhile; its waits, 504 details and GET /tasks/{id} show it
 task_track_started = True
-result_extended = True  # task name and arguments in results: Flower and /tasks show them
+# GET /tasks/{id} shows the task name from the result for ids the shim did not record (a
+# synchronous answer's X-VCM-Task-Id, tasks sent with Celery directly); Flower does not need it
+result_extended = True
 # placement results: a job step that polls finds its answer for this long
 result_expires = int(_seconds("VCM_RESULT_TTL", "1d", minimum=60))
 # query results: for whoever waits for them now (tasks/results.py shortens them after storing)
@@ -60,8 +69,12 @@ query_result_expires = int(min(_seconds("VCM_QUERY_RESULT_TTL", "5m", minimum=1)
                                result_expires))
 task_ignore_result = False
 
+# Flower (operators watch every task): task-received gives it the name and arguments,
+# task-succeeded/failed the outcome
 worker_send_task_events = True
-task_send_sent_event = True
+# no task-sent events (Celery's default; they cost the client a PUBLISH per task): Flower lists a
+# task from its task-received on, so a task still in the queue shows only in the queue's length
+task_send_sent_event = False
 worker_hijack_root_logger = False
 worker_redirect_stdouts = False
 worker_cancel_long_running_tasks_on_connection_loss = False
