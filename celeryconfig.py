@@ -37,11 +37,13 @@ accept_content = ["json"]
 result_accept_content = ["json"]
 event_serializer = "json"
 
+# changes to the ledger, one at a time (vcm.prune_namespaces releases leases: placement work)
 PLACEMENT = ("vcm.acquire", "vcm.acquire_batch", "vcm.release", "vcm.renew", "vcm.reap_expired",
-             "vcm.cancel_wait", "vcm.noop_placement")
-# read-only; their results are kept only minutes (query_result_expires, see tasks/results.py)
+             "vcm.cancel_wait", "vcm.noop_placement", "vcm.prune_namespaces")
+# read-only (the inventory sync writes only the live health, never the ledger); their results
+# are kept only minutes (query_result_expires, see tasks/results.py)
 QUERIES = ("vcm.show_pools", "vcm.list_leases", "vcm.estimate", "vcm.waiting",
-           "vcm.rollup_usage", "vcm.usage_history")
+           "vcm.rollup_usage", "vcm.usage_history", "vcm.sync_inventory")
 task_routes = {**{name: {"queue": "placement"} for name in PLACEMENT},
                **{name: {"queue": "queries"} for name in QUERIES}}
 task_default_queue = "queries"
@@ -93,6 +95,14 @@ beat_schedule = {
         "options": {"queue": "queries", "expires": 60},
     },
 }
+# namespace-bound leases (workers/namespaces.py): VCM_NAMESPACE_PRUNE_INTERVAL, 0 or off: never
+if os.environ.get("VCM_NAMESPACE_PRUNE_INTERVAL", "5m").strip().lower() not in ("0", "off",
+                                                                               "none", ""):
+    beat_schedule["prune-namespaces"] = {
+        "task": "vcm.prune_namespaces",
+        "schedule": _seconds("VCM_NAMESPACE_PRUNE_INTERVAL", "5m", minimum=1),
+        "options": {"queue": "placement", "expires": 60},
+    }
 # live vCenter health (workers/adapters/inventory.py): VCM_INVENTORY_INTERVAL, 0 or off: never
 _inventory = os.environ.get("VCM_INVENTORY_INTERVAL", "5m").strip().lower()
 _inventory_every = (0.0 if _inventory in ("off", "none", "")

@@ -10,7 +10,8 @@ from workers.adapters.ledger import Ledger
 from workers.core.models import Pool
 
 QUEUE = {"vcm.show_pools": "queries", "vcm.list_leases": "queries", "vcm.estimate": "queries",
-         "vcm.waiting": "queries", "vcm.rollup_usage": "queries", "vcm.usage_history": "queries"}
+         "vcm.waiting": "queries", "vcm.rollup_usage": "queries", "vcm.usage_history": "queries",
+         "vcm.sync_inventory": "queries"}
 
 
 def call(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> Any:

@@ -175,7 +175,12 @@ class RedisServer:
 
 def env_for(redis_url: str, pools_file: str | os.PathLike | None = None, **extra: str) -> dict:
     env = dict(os.environ)
-    env.update(VCM_REDIS_URL=redis_url, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env.update(VCM_REDIS_URL=redis_url, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
+               # a test stack never talks to whatever cluster or vCenters the machine knows:
+               # the tests that want them give their own (the test apiserver, the simulator)
+               KUBECONFIG=str(ROOT / ".no-kubeconfig"), KUBERNETES_SERVICE_HOST="",
+               VCM_INVENTORY_INTERVAL="off", VCM_VCENTER_USERNAME="",
+               VCM_VCENTER_PASSWORD="", VCM_VCENTER_CREDENTIALS="")
     if pools_file:
         env["VCM_POOLS_FILE"] = str(pools_file)
     env.update({k: str(v) for k, v in extra.items()})
