@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_lease(rnd: random.Random) -> dict[str, Any]:
-    """A lease shaped as CONTRACT §3, with realistic variety (ids are random)."""
+    """A lease in the wire shape, with realistic variety (ids are random)."""
     t = datetime(2026, 11, 22, 15, 32, 6, tzinfo=UTC) + timedelta(seconds=rnd.randint(0, 86400))
     pool = rnd.randint(1, 40)
     vc = (pool - 1) // 4 + 1

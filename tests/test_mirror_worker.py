@@ -488,11 +488,11 @@ class SaveFailsFirst(ConfigMapMirror):
 
     fail = 3
 
-    def save(self, snapshot: dict) -> int:
+    def save(self, snapshot: dict, mark: int | None = None) -> int:
         if self.fail > 0:
             self.fail -= 1
             raise RuntimeError("a bug in the save")
-        return super().save(snapshot)
+        return super().save(snapshot, mark)
 
 
 def test_the_publisher_survives_any_exception_and_releases_the_answers_later(

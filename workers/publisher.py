@@ -349,8 +349,7 @@ class Publisher(threading.Thread):
         if self.epoch is not None:  # which Redis ledger it mirrors (Capacity.ensure_ready)
             snapshot["epoch"] = self.epoch
         try:  # a mark means something to a journal only: without one, a whole save
-            writes = (self.mirror.save(snapshot, mark) if mark is not None
-                      else self.mirror.save(snapshot))
+            writes = self.mirror.save(snapshot, mark)
         except MirrorTooLarge as exc:
             self._too_large(snapshot, exc)
             return
