@@ -19,6 +19,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from tasks import results
+from workers.backoff import Backoff, doubling
 
 log = logging.getLogger("vcm.api")
 
@@ -81,7 +82,7 @@ class ResultHub:
                 w.event.set()
 
     async def _run(self) -> None:
-        backoff = 0.1
+        waits = Backoff(doubling(0.1, 2.0))  # reconnects: quick at first, then every 2 s
         while True:
             ps = self.client.pubsub()
             self.stale.clear()  # a new connection has none of the old subscriptions
@@ -93,7 +94,8 @@ class ResultHub:
                         for watches in self.watches.values():
                             for w in watches:
                                 w.subscribed = True
-                self.pubsub, self.healthy, backoff = ps, True, 0.1
+                self.pubsub, self.healthy = ps, True
+                waits.reset()
                 self._wake_all()  # whatever happened while we were away: look again
                 while True:
                     msg = await ps.get_message(timeout=1.0)
@@ -120,8 +122,7 @@ class ResultHub:
                         w.event.set()
                 with contextlib.suppress(Exception):
                     await ps.aclose()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await asyncio.sleep(waits.next())
 
     async def _unsubscribe_stale(self, ps: Any) -> None:
         """One UNSUBSCRIBE for many finished waits (a result is final: nothing more comes on
