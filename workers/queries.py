@@ -33,9 +33,17 @@ class Queries:
         by_pool: dict[str, list[dict[str, Any]]] = {}
         for lease in self.ledger.leases():
             by_pool.setdefault(lease["status"]["pool"], []).append(lease)
-        health = effective(self.ledger.health(), time.time(), self.cache.health_stale)
-        out = [pool_view(p, fleet, by_pool.get(p.name, []), pool_health(health, p.name))
-               for p in pools.values()]
+        now = time.time()
+        records = self.ledger.health()
+        health = effective(records, now, self.cache.health_stale)
+        read_at = {vc: r.get("at") for vc, r in records.items() if isinstance(r, dict)}
+        out = []
+        for p in pools.values():
+            view = pool_view(p, fleet, by_pool.get(p.name, []), pool_health(health, p.name))
+            at = read_at.get(p.vcenter)
+            if isinstance(at, int | float) and not isinstance(at, bool):
+                view["status"]["health"]["age-seconds"] = round(now - at, 1)  # last good read
+            out.append(view)
         for name in sorted(set(by_pool) - set(pools)):
             leases = by_pool[name]
             out.append({"spec": {"name": name, "vcenter": leases[0]["status"]["vcenter"]},
