@@ -89,19 +89,13 @@ def api_client_from_env() -> ApiClient:
     retries: one run is one list call, and a failed run is simply the next run's to redo."""
     import urllib3
     from kubernetes import client as k8s_client
-    from kubernetes import config as k8s_config
 
-    cfg = k8s_client.Configuration()
+    from .adapters.kube_config import NoKubeConfig, kube_configuration
+
     try:
-        k8s_config.load_incluster_config(client_configuration=cfg)
-    except k8s_config.ConfigException as in_cluster:
-        try:
-            # $KUBECONFIG is read now (the library reads it once, at import time)
-            k8s_config.load_kube_config(
-                config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg)
-        except (k8s_config.ConfigException, OSError) as kubeconfig:
-            raise NoKubernetes(f"not in a cluster ({in_cluster}) and no usable kubeconfig "
-                               f"({kubeconfig})") from kubeconfig
+        cfg = kube_configuration()
+    except NoKubeConfig as exc:
+        raise NoKubernetes(str(exc)) from exc
     cfg.retries = urllib3.Retry(total=0, connect=0, read=0, redirect=0, status=0)
     return k8s_client.ApiClient(configuration=cfg)
 

@@ -41,7 +41,7 @@ from pyVmomi import vim, vmodl
 from ..core import health
 from ..core.health import GIB, Cluster, Datacenter, Datastore, Host, Inventory, PortGroup
 from ..core.models import Pool, parse_duration
-from .vcenter import VCenterUnavailable, address
+from .vcenter import VCenterUnavailable, address, retrieve
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL, DEFAULT_STALE, DEFAULT_TIMEOUT = "5m", "30m", "30s"
@@ -219,20 +219,7 @@ def _collect(session: Session, discover: bool) -> list[tuple[Any, dict[str, Any]
     if discover:
         for t, extra in DISCOVER_PATHS.items():
             paths[t] = paths[t] + extra
-    pc = vmodl.query.PropertyCollector
-    spec = pc.FilterSpec(
-        objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[pc.TraversalSpec(
-            name="view", type=vim.view.ContainerView, path="view", skip=False)])],
-        propSet=[pc.PropertySpec(type=t, pathSet=p) for t, p in paths.items()],
-    )
-    collector = content.propertyCollector
-    result = collector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
-    rows: list[tuple[Any, dict[str, Any]]] = []
-    while result is not None:
-        rows += [(o.obj, {p.name: p.val for p in o.propSet}) for o in result.objects]
-        token = result.token
-        result = collector.ContinueRetrievePropertiesEx(token) if token else None
-    return rows
+    return retrieve(content, view, paths)
 
 
 def _key(obj: Any) -> str:

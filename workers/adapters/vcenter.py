@@ -161,22 +161,29 @@ class VCenterInventory:
         """(object, {path: value}) for every object of the given types below root."""
         view = self._content.viewManager.CreateContainerView(root, list(paths), True)
         try:
-            pc = vmodl.query.PropertyCollector
-            spec = pc.FilterSpec(
-                objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[pc.TraversalSpec(
-                    name="view", type=vim.view.ContainerView, path="view", skip=False)])],
-                propSet=[pc.PropertySpec(type=t, pathSet=p) for t, p in paths.items()],
-            )
-            collector = self._content.propertyCollector
-            result = collector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
-            rows: list[tuple[Any, dict[str, Any]]] = []
-            while result is not None:
-                rows += [(o.obj, {p.name: p.val for p in o.propSet}) for o in result.objects]
-                token = result.token
-                result = collector.ContinueRetrievePropertiesEx(token) if token else None
-            return rows
+            return retrieve(self._content, view, paths)
         finally:
             view.Destroy()
+
+
+def retrieve(content: Any, view: Any, paths: Mapping[type, list[str]]
+             ) -> list[tuple[Any, dict[str, Any]]]:
+    """(object, {path: value}) for every object of the given types in a ContainerView: one
+    RetrievePropertiesEx, then its continuation pages."""
+    pc = vmodl.query.PropertyCollector
+    spec = pc.FilterSpec(
+        objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[pc.TraversalSpec(
+            name="view", type=vim.view.ContainerView, path="view", skip=False)])],
+        propSet=[pc.PropertySpec(type=t, pathSet=p) for t, p in paths.items()],
+    )
+    collector = content.propertyCollector
+    result = collector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
+    rows: list[tuple[Any, dict[str, Any]]] = []
+    while result is not None:
+        rows += [(o.obj, {p.name: p.val for p in o.propSet}) for o in result.objects]
+        token = result.token
+        result = collector.ContinueRetrievePropertiesEx(token) if token else None
+    return rows
 
 
 def address(vcenter: str) -> tuple[str, int]:

@@ -9,16 +9,15 @@ import base64
 import hashlib
 import http.client
 import json
-import os
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from ..kube_config import NoKubeConfig, kube_configuration
 from .codec import FORMAT
 from .errors import MirrorError, MirrorTooLarge
 
@@ -52,20 +51,10 @@ def valid_name(name: str) -> bool:
 
 def default_api_client() -> k8s_client.ApiClient:
     """In-cluster service account, else kubeconfig ($KUBECONFIG or ~/.kube/config)."""
-    cfg = k8s_client.Configuration()
     try:
-        k8s_config.load_incluster_config(client_configuration=cfg)
-    except k8s_config.ConfigException as in_cluster:
-        try:
-            # $KUBECONFIG is read now (the library reads it once, at import time)
-            k8s_config.load_kube_config(
-                config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg
-            )
-        except (k8s_config.ConfigException, OSError) as kubeconfig:
-            raise MirrorError(
-                f"no Kubernetes configuration: not in a cluster ({in_cluster}) and no usable "
-                f"kubeconfig ({kubeconfig})"
-            ) from kubeconfig
+        cfg = kube_configuration()
+    except NoKubeConfig as exc:
+        raise MirrorError(f"no Kubernetes configuration: {exc}") from exc
     # Our caller retries with backoff: urllib3 must not silently repeat timed-out requests.
     cfg.retries = urllib3.Retry(total=2, connect=2, read=0, redirect=0, status=0)
     return k8s_client.ApiClient(configuration=cfg)
