@@ -15,7 +15,7 @@ from workers.bootstrap import PLACEMENT, QUERIES, Runtime, build
 from workers.core.errors import ERRORS, InvalidRequest
 from workers.service import Capacity
 
-app = Celery("vcm")
+app = Celery("vcm", task_cls="tasks.messages:CheckedTask")
 app.config_from_object("celeryconfig")
 log = logging.getLogger("vcm.tasks")
 # domain failures are answers, not crashes: Celery logs them without a traceback

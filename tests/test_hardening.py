@@ -382,3 +382,41 @@ def test_a_degraded_pool_takes_no_new_leases_and_keeps_its_own(s):
     assert again[0]["status"]["pool"] == "p1"
     p1 = next(p for p in call(s.app, "vcm.show_pools") if p["spec"]["name"] == "p1")
     assert p1["status"]["health"]["state"] == "unknown"
+
+
+# messages anyone can put on the queue ---------------------------------------------------------
+def _poison(s, change) -> None:
+    """A real acquire message, captured from a queue nobody consumes, changed, and put on
+    the placement queue by hand (what any client of the broker can do)."""
+    import base64
+
+    s.app.send_task("vcm.acquire", kwargs={"request": {"vcpus": 1, "memory": 1}},
+                    queue="capture-only")
+    r = s.redis.client()
+    m = json.loads(r.lpop("capture-only"))
+    change(m, base64)
+    m["properties"]["delivery_info"]["routing_key"] = "placement"
+    r.lpush("placement", json.dumps(m))
+
+
+def test_a_malformed_message_is_refused_and_the_placement_worker_goes_on(s):
+    def surrogate_id(m, _b64):
+        m["headers"]["id"] = m["headers"]["root_id"] = "\udcff"
+        m["properties"]["correlation_id"] = "\udcff"
+
+    def body_not_a_triple(m, b64):
+        body = json.loads(b64.b64decode(m["body"]))
+        m["body"] = b64.b64encode(json.dumps(body[1]).encode()).decode()
+
+    for change in (surrogate_id, body_not_a_triple):
+        _poison(s, change)
+        wait_for(lambda: s.redis.client().llen("placement") == 0, timeout=20,
+                 what="the worker to take the message")
+        # still up, and answering
+        lease = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "networks": 0})
+        assert s.placement.proc.poll() is None
+        call(s.app, "vcm.release", lease_ids=_names(lease))
+    log = s.placement.output()
+    assert "refused a task message: its task id '\\udcff'" in log
+    assert "refused a task message: its body is not [args, kwargs, options]" in log
+    assert "Unrecoverable error" not in log
