@@ -420,3 +420,45 @@ def test_a_malformed_message_is_refused_and_the_placement_worker_goes_on(s):
     assert "refused a task message: its task id '\\udcff'" in log
     assert "refused a task message: its body is not [args, kwargs, options]" in log
     assert "Unrecoverable error" not in log
+
+
+@pytest.mark.parametrize("bad", ["[1]", "{}", '"hello"', '{"status": "x", "spec": {}}',
+                                 '{"status": {"pool": "p1"}, "spec": {}}'])
+def test_a_record_of_the_wrong_shape_is_set_aside_whole_and_stops_nothing(s, bad):
+    good = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "ttl": 1,
+                                               "owner": "zz"})[0]
+    r = s.redis.client()
+    r.hset("vcm:leases", "zz-bad", bad)
+    r.zadd("vcm:expiry", {"zz-bad": time.time() - 5})
+    r.sadd("vcm:owner:zz", "zz-bad")
+    seq = int(r.get("vcm:seq"))
+    expires = parse_rfc3339(good["status"]["expires-at"])
+    wait_for(lambda: time.time() > expires, timeout=5, what="the lease to expire")
+    assert call(s.app, "vcm.reap_expired") == [good["metadata"]["name"]]
+    assert int(r.get("vcm:seq")) == seq + 1  # one whole change, not half of one
+    assert r.hexists("vcm:quarantine", "zz-bad") and not r.hexists("vcm:leases", "zz-bad")
+    # its owner cannot be read, so its id stays in the owner's set until a release by owner
+    # drops it (without failing)
+    assert call(s.app, "vcm.release", owner="zz") == []
+    assert not r.sismember("vcm:owner:zz", "zz-bad")
+    s.check()
+
+
+def test_reads_and_writes_go_on_past_an_unreadable_record(s):
+    mine = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "networks": 0,
+                                               "owner": "qq", "labels": {"k": "v"}})
+    r = s.redis.client()
+    r.hset("vcm:leases", "qq-bad", "{oops")
+    r.sadd("vcm:owner:qq", "qq-bad")
+    assert _names(call(s.app, "vcm.list_leases")) == _names(mine)
+    assert any(p["status"]["leases"] for p in call(s.app, "vcm.show_pools"))
+    assert call(s.app, "vcm.rollup_usage")["pools"]
+    renewed = call(s.app, "vcm.renew", lease_id=_names(mine)[0], ttl="2h")
+    assert renewed["metadata"]["name"] == _names(mine)[0]
+    exc = failure(s.app, "vcm.renew", lease_id="qq-bad")
+    assert type(exc).__name__ == "LeaseNotFound" and "damaged" in str(exc)
+    # a release by owner sets the record aside and releases the rest, every time
+    assert call(s.app, "vcm.release", owner="qq") == _names(mine)
+    assert r.hexists("vcm:quarantine", "qq-bad")
+    assert call(s.app, "vcm.release", owner="qq") == []
+    s.check()

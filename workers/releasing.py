@@ -5,12 +5,11 @@ names one, the lease must be held by it (`NotOwner`)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
-from .adapters.ledger import Ledger, LedgerConflict, LedgerUnready, Released
+from .adapters.ledger import Ledger, LedgerConflict, LedgerUnready, Released, readable
 from .core.errors import InvalidRequest, LeaseNotFound, NotOwner
 from .core.models import parse_request, parse_rfc3339, rfc3339, text_arg
 from .placing import MAX_ATTEMPTS
@@ -89,7 +88,11 @@ class Releasing:
                     self.recovery.ensure_ready()
                     continue
                 raise LeaseNotFound.of(lease_id)
-            lease = json.loads(raw)
+            lease = readable(raw)
+            if lease is None:
+                raise LeaseNotFound(f"lease {lease_id!r} cannot be read: its record is damaged "
+                                    "(the next release or reap sets it aside)",
+                                    {"lease-id": lease_id})
             holder = lease["status"]["owner"]
             if owner is not None and holder != owner:
                 raise NotOwner.of(lease_id, owner, holder)

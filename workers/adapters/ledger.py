@@ -108,7 +108,7 @@ class Ledger:
 
     def get(self, lease_id: str) -> dict[str, Any] | None:
         raw = self.r.hget(self.k.leases, lease_id)
-        return json.loads(raw) if raw else None
+        return readable(raw) if raw else None
 
     def get_many(self, ids: list[str]) -> list[dict[str, Any]]:
         """Active or released leases by id, in order (released ones from their gone record)."""
@@ -121,8 +121,9 @@ class Ledger:
         active, *gone = pipe.execute()
         out = []
         for lease_id, raw, g in zip(ids, active, gone, strict=True):
-            if raw:
-                out.append(json.loads(raw))
+            lease = readable(raw) if raw else None
+            if lease is not None:
+                out.append(lease)
             elif g:
                 out.append(released_view(g))
             else:
@@ -144,7 +145,7 @@ class Ledger:
             raws = self.r.hmget(self.k.leases, ids) if ids else []
         else:
             raws = self.r.hvals(self.k.leases)
-        return [json.loads(x) for x in raws if x]
+        return [lease for lease in map(readable, filter(None, raws)) if lease is not None]
 
     def expired(self, now: float, limit: int = 1000) -> list[str]:
         return [_text(x) for x in self.r.zrangebyscore(self.k.expiry, 0, now, 0, limit)]
@@ -319,12 +320,12 @@ class Ledger:
         read-only) spares re-parsing the leases that did not change."""
         seq, raws = self._snapshot(args=[self.p])
         if cache is None:
-            leases = [json.loads(x) for x in raws]
+            leases = [x for x in map(readable, raws) if x is not None]
         else:
-            fresh = {x: cache.get(x) or json.loads(x) for x in raws}
+            fresh = {x: cache.get(x) or readable(x) for x in raws}
             cache.clear()
-            cache.update(fresh)
-            leases = list(fresh.values())
+            cache.update({k: v for k, v in fresh.items() if v is not None})
+            leases = [v for v in fresh.values() if v is not None]
         return {"format": 1, "seq": int(seq),
                 "leases": sorted(leases, key=lambda x: x["metadata"]["name"])}
 
@@ -504,6 +505,28 @@ class Ledger:
         pipe.hget(self.k.mirror, "epoch")
         seq, epoch = pipe.execute()
         return int(seq or 0), _text(epoch) if epoch is not None else None
+
+
+_warned: set[str] = set()
+
+
+def readable(raw: Any) -> dict[str, Any] | None:
+    """A stored lease record, or None (logged once) when it cannot be read or lacks what the
+    ledger needs: reads skip it; the next release or reap that meets it sets it aside."""
+    try:
+        lease = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        lease, problem = None, "not JSON"
+    else:
+        problem = lease_problem(lease)
+    if problem is None:
+        return lease
+    key = (raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw))[:200]
+    if key not in _warned and len(_warned) < 10000:
+        _warned.add(key)
+        log.warning("a lease record cannot be read and is skipped (%s): %s", problem,
+                    ascii(key[:120]))
+    return None
 
 
 def lease_name(lease: Any) -> str:

@@ -12,3 +12,25 @@ local function kick(p, seq)
   redis.call('LPUSH', p .. 'kick', seq)
   redis.call('LTRIM', p .. 'kick', 0, 0)
 end
+
+-- Whether a decoded lease record has everything the scripts read, of the right types: a
+-- record that decodes but lacks them (old, hand-written) is set aside like one that does not
+-- decode, before any write (a script that fails half-way is not rolled back).
+local function readable(l)
+  if type(l) ~= 'table' or type(l.status) ~= 'table' or type(l.spec) ~= 'table' then
+    return false
+  end
+  local st, sp = l.status, l.spec
+  if type(st.pool) ~= 'string' or type(st.owner) ~= 'string' or type(st.vcenter) ~= 'string'
+     or (st['request-id'] ~= nil and type(st['request-id']) ~= 'string') then
+    return false
+  end
+  for _, dim in ipairs({'vcpus', 'memory', 'storage'}) do
+    if type(sp[dim]) ~= 'number' then return false end
+  end
+  if st.networks ~= nil and type(st.networks) ~= 'table' then return false end
+  for _, n in ipairs(st.networks or {}) do
+    if type(n) ~= 'table' or type(n['port-group']) ~= 'string' then return false end
+  end
+  return true
+end

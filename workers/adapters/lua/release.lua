@@ -18,8 +18,12 @@ local by_owner = ARGV[4]
 local reason = ARGV[5]
 local now = ARGV[6]
 local keep = tonumber(ARGV[7])
+local listed = {}  -- ids taken from the owner's set: one that is not a lease is stale there
 if by_owner ~= '' then
-  for _, id in ipairs(redis.call('SMEMBERS', p .. 'owner:' .. by_owner)) do ids[#ids + 1] = id end
+  for _, id in ipairs(redis.call('SMEMBERS', p .. 'owner:' .. by_owner)) do
+    ids[#ids + 1] = id
+    listed[id] = true
+  end
 end
 local seen, found, gone, missing, bad = {}, {}, {}, {}, {}
 for _, id in ipairs(ids) do
@@ -28,6 +32,7 @@ for _, id in ipairs(ids) do
     local raw = redis.call('HGET', p .. 'leases', id)
     local ok, l = false, nil
     if raw then ok, l = pcall(cjson.decode, raw) end
+    if ok and not readable(l) then ok = false end
     if raw and not ok then
       bad[#bad + 1] = {id, raw}
     elseif raw then
@@ -39,12 +44,17 @@ for _, id in ipairs(ids) do
       if not cutoff or not exp or tonumber(exp) <= cutoff then found[#found + 1] = {id, l, raw} end
     elseif redis.call('EXISTS', p .. 'gone:' .. id) == 1 then
       gone[#gone + 1] = id
-    else
+    elseif not listed[id] then
       missing[#missing + 1] = id
     end
   end
 end
 if #missing > 0 then return {'missing', missing[1]} end
+for id, _ in pairs(listed) do  -- drop stale members (set aside, or gone) from the owner's set
+  if redis.call('HEXISTS', p .. 'leases', id) == 0 then
+    redis.call('SREM', p .. 'owner:' .. by_owner, id)
+  end
+end
 local set_aside = {}
 for _, b in ipairs(bad) do
   redis.call('HSET', p .. 'quarantine', b[1], b[2])
@@ -76,7 +86,7 @@ for _, f in ipairs(found) do
   redis.call('ZREM', p .. 'expiry', id)
   redis.call('HSET', p .. 'gone:' .. id, 'lease', raw, 'released-at', now, 'reason', reason)
   redis.call('EXPIRE', p .. 'gone:' .. id, keep)
-  local rk = p .. 'req:' .. string.len(st.owner) .. ':' .. st.owner .. ':' .. st['request-id']
+  local rk = p .. 'req:' .. string.len(st.owner) .. ':' .. st.owner .. ':' .. (st['request-id'] or id)
   local rids = redis.call('GET', rk)
   if rids then
     local live = false
