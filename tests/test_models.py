@@ -373,12 +373,13 @@ def test_make_lease_has_the_contract_shape():
         "job-link", "failure-domain", "env",
     ]
     assert lease["status"]["failure-domain"] == {
-        "name": "pool1", "region": "east", "zone": "", "server": "vcenter1.example.com",
+        "name": "pool1", "region": "east", "zone": "east-1a", "server": "vcenter1.example.com",
         "topology": {"datacenter": "datacenter1",
                      "computeCluster": "/datacenter1/host/cluster1",
                      "datastore": "/datacenter1/datastore/datastore1",
                      "networks": ["ci-vlan-1001"],
-                     "resourcePool": "/datacenter1/host/cluster1/Resources", "folder": ""}}
+                     "resourcePool": "/datacenter1/host/cluster1/Resources/ci",
+                     "folder": "/datacenter1/vm/ci"}}
     assert "export VCM_LEASE_ID=lease-abc\n" in lease["status"].pop("env")
     del lease["status"]["failure-domain"]
     assert lease["status"] == {
@@ -386,7 +387,9 @@ def test_make_lease_has_the_contract_shape():
         "boskos-lease-id": "bl-7", "pool": "pool1", "vcenter": "vcenter1.example.com",
         "datacenter": "datacenter1", "cluster": "cluster1", "datastore": "datastore1",
         "networks": [{"port-group": "ci-vlan-1001", "vlan": 1001, "cidr": "192.168.1.0/24",
-                      "gateway": "192.168.1.1", "type": "single-tenant"}],
+                      "gateway": "192.168.1.1", "type": "single-tenant",
+                      "netmask": "255.255.255.0", "dns": ["192.168.1.2"],
+                      "router": "r1.example.com"}],
         "owner": "ci-job-123", "request-id": "rid-9", "state": "leased",
         "labels": {}, "job-link": "",
     }

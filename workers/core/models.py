@@ -282,6 +282,14 @@ def text_arg(value: Any, name: str, *, max_len: int = MAX_TEXT, required: bool =
     return value
 
 
+def _default_id(task_id: str) -> str:
+    """The task id as the request-id when none is given: it must be one a client could send."""
+    if task_id and not _ID.match(task_id):
+        raise InvalidRequest.of("request-id", f"none given, and the task id {shown(task_id)} "
+                                "cannot serve as one: give a request-id")
+    return task_id
+
+
 def _link(data: dict[str, Any]) -> str:
     """job-link: a link to the job holding the lease (http or https), or empty."""
     link = _str(data, "job-link", "", max_len=2048)
@@ -361,7 +369,7 @@ def parse_request(
             owner=owner,
             boskos_lease_id=_str(data, "boskos-lease-id", "", max_len=253),
             request_id=_str(data, "request-id", "", pattern=_ID, max_len=128)
-            or default_request_id,
+            or _default_id(default_request_id),
             ttl=int(ttl),
             required_pool=required,
             pool_selector=tuple(sorted(selector.items())),
