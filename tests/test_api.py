@@ -574,6 +574,8 @@ def test_labels_selectors_and_network_only_leases_over_http(http, settled):
     assert second.status_code == 200, second.text
     assert len(second.json()) == 2
     names = sorted(x["metadata"]["name"] for x in [lease, *second.json()])
+    est = http.get("/estimate", params={"vcpus": 0, "memory": 0, "networks": 1})
+    assert est.status_code == 200 and est.json()["fits"] > 0, est.text
     listed = http.get("/leases", params={"selector": "boskos-lease-id=http-1"})
     assert sorted(x["metadata"]["name"] for x in listed.json()) == names
     bad = assert_error(http.get("/leases", params={"selector": "a b"}), 422, "InvalidRequest")

@@ -378,3 +378,24 @@ def test_bad_network_details_name_the_field(field, value):
 def test_bad_failure_domain_fields_name_the_field(field):
     rejected(config(pool(**{field: ""})), "pool1", field)
     rejected(config(pool(**{field: 7})), "pool1", field)
+
+
+def test_a_bar_in_a_vcenter_or_port_group_name_is_refused():
+    """'|' joins vCenter and port group in the ledger's keys: vc|x + y and vc + x|y collide."""
+    rejected(config(pool(vcenter="vc|x")), "pool1", "vcenter")
+    rejected(config(pool(networks=[{"port-group": "x|y"}])), "pool1", "networks[0].port-group")
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (b"pools:\n  - name: \xff\xfe\n", "not UTF-8"),
+    (b"pools:\n  - {name: p, vcpus: " + b"9" * 5000 + b"}\n", "cannot be read"),
+    (b"pools: " + b"[" * 10000 + b"]" * 10000 + b"\n", ""),
+])
+def test_an_unreadable_pools_file_is_a_config_error(tmp_path, raw, why):
+    from workers.adapters.pools_file import load_pools
+
+    path = tmp_path / "pools.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError) as info:
+        load_pools(str(path))
+    assert str(path) in str(info.value) and why in str(info.value)

@@ -125,7 +125,8 @@ class Capacity:
             return self.line.cancel(task_id)
 
     def expire_waiters(self) -> int:
-        return self.line.expire_due()
+        with self.lock:  # never between a serve's commit and its answer to the twins
+            return self.line.expire_due()
 
     def pools_changed(self) -> bool:
         self.pools.current()

@@ -56,8 +56,8 @@ async def usage(
 async def estimate(
     request: Request,
     tasks: TasksDep,
-    vcpus: Annotated[int, Query(ge=1, description="vCPUs per vCenter")],
-    memory: Annotated[int, Query(ge=1, description="GB per vCenter")],
+    vcpus: Annotated[int, Query(ge=0, description="vCPUs per pool")],
+    memory: Annotated[int, Query(ge=0, description="GB per pool")],
     storage: Annotated[int | None, Query(ge=0)] = None,
     vcenters: Annotated[int | None, Query(ge=0)] = None,
     networks: Annotated[int | None, Query(ge=0)] = None,

@@ -23,7 +23,16 @@ def load_pools(path: str) -> tuple[Pool, ...]:
         raise ConfigError.of(path, None, None, f"cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError.of(path, None, None, f"not valid YAML: {exc}") from None
-    return parse_pools(data, path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError.of(path, None, None, f"not UTF-8 text: {exc.reason} at byte "
+                             f"{exc.start}") from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit number, nesting too deep
+        raise ConfigError.of(path, None, None, f"cannot be read: {ascii(str(exc))[1:-1][:200]}"
+                             ) from None
+    try:
+        return parse_pools(data, path)
+    except RecursionError:
+        raise ConfigError.of(path, None, None, "nested too deeply") from None
 
 
 class PoolsFile:

@@ -74,6 +74,8 @@ def _parse_pool(raw: Any, index: int, file: str) -> Pool:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError.of(file, label, key, "is required and must be a non-empty string")
         _text(value, file, label, key)
+    if "|" in raw["vcenter"]:  # it separates vCenter and port group in the ledger's keys
+        raise ConfigError.of(file, label, "vcenter", "must not contain '|'")
     budgets = {}
     for key in BUDGETS:
         value = raw.get(key)
@@ -151,6 +153,8 @@ def _parse_network(raw: Any, index: int, pool: str, file: str) -> Network:
     if not isinstance(pg, str) or not pg.strip():
         raise ConfigError.of(file, pool, f"{where}.port-group", "is required")
     _text(pg, file, pool, f"{where}.port-group")
+    if "|" in pg:  # it separates vCenter and port group in the ledger's keys
+        raise ConfigError.of(file, pool, f"{where}.port-group", "must not contain '|'")
     vlan = raw.get("vlan")
     if vlan is not None and (isinstance(vlan, bool) or not isinstance(vlan, int)
                              or not 0 <= vlan <= 4094):
