@@ -1,25 +1,18 @@
-"""All Celery settings. Broker and result backend are Redis (VCM_REDIS_URL); JSON only."""
+"""All Celery settings. Broker and result backend are Redis (VCM_REDIS_URL); JSON only.
 
-import os
+The VCM_* values come from `workers.settings.Settings`, read once here (a bad one stops start-up
+with a message naming it)."""
 
-_redis = os.environ.get("VCM_REDIS_URL", "redis://127.0.0.1:6379/0")
+from workers.settings import Settings
 
-
-def _seconds(name: str, default: str, minimum: float = 0.0) -> float:
-    from workers.core.errors import InvalidRequest
-    from workers.core.models import parse_duration
-
-    value = parse_duration(os.environ.get(name, default), name, maximum=365 * 86400)
-    if value < minimum:
-        raise InvalidRequest.of(name, f"{value:g}s is too short (at least {minimum:g}s)")
-    return value
-
+_settings = Settings.from_env()
+_redis = _settings.redis_url
 
 broker_url = _redis
 result_backend = _redis
 broker_connection_retry_on_startup = True
 # an unacked task (its worker died) is redelivered after this; placement tasks take milliseconds
-_visibility = int(os.environ.get("VCM_VISIBILITY_TIMEOUT", 600))
+_visibility = _settings.visibility_timeout
 broker_transport_options = {
     "visibility_timeout": _visibility,
     # sweep for unacked tasks of dead workers often enough to honour the timeout
@@ -65,10 +58,9 @@ task_track_started = True
 # synchronous answer's X-VCM-Task-Id, tasks sent with Celery directly); Flower does not need it
 result_extended = True
 # placement results: a job step that polls finds its answer for this long
-result_expires = int(_seconds("VCM_RESULT_TTL", "1d", minimum=60))
+result_expires = int(_settings.result_ttl)
 # query results: for whoever waits for them now (tasks/results.py shortens them after storing)
-query_result_expires = int(min(_seconds("VCM_QUERY_RESULT_TTL", "5m", minimum=1),
-                               result_expires))
+query_result_expires = int(min(_settings.query_result_ttl, result_expires))
 task_ignore_result = False
 
 # Flower (operators watch every task): task-received gives it the name and arguments,
@@ -86,31 +78,28 @@ worker_cancel_long_running_tasks_on_connection_loss = False
 beat_schedule = {
     "reap-expired-leases": {
         "task": "vcm.reap_expired",
-        "schedule": _seconds("VCM_REAP_INTERVAL", "5m"),
+        "schedule": _settings.reap_interval,
         "options": {"queue": "placement", "expires": 60},
     },
     "rollup-usage": {
         "task": "vcm.rollup_usage",
-        "schedule": _seconds("VCM_ROLLUP_INTERVAL", "60s"),
+        "schedule": _settings.rollup_interval,
         "options": {"queue": "queries", "expires": 60},
     },
 }
 # namespace-bound leases (workers/namespaces.py): VCM_NAMESPACE_PRUNE_INTERVAL, 0 or off: never
-if os.environ.get("VCM_NAMESPACE_PRUNE_INTERVAL", "5m").strip().lower() not in ("0", "off",
-                                                                               "none", ""):
+if _settings.namespace_prune_interval is not None:
     beat_schedule["prune-namespaces"] = {
         "task": "vcm.prune_namespaces",
-        "schedule": _seconds("VCM_NAMESPACE_PRUNE_INTERVAL", "5m", minimum=1),
+        "schedule": _settings.namespace_prune_interval,
         "options": {"queue": "placement", "expires": 60},
     }
 # live vCenter health (workers/adapters/inventory.py): VCM_INVENTORY_INTERVAL, 0 or off: never
-_inventory = os.environ.get("VCM_INVENTORY_INTERVAL", "5m").strip().lower()
-_inventory_every = (0.0 if _inventory in ("off", "none", "")
-                    else _seconds("VCM_INVENTORY_INTERVAL", "5m"))
-if _inventory_every:
+if _settings.inventory_interval:
     beat_schedule["sync-inventory"] = {
         "task": "vcm.sync_inventory",
-        "schedule": _inventory_every,
+        "schedule": _settings.inventory_interval,
         "options": {"queue": "queries", "expires": 60},
     }
 beat_max_loop_interval = 1
+del _settings  # not a Celery setting (and it holds credentials)

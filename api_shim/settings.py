@@ -1,4 +1,5 @@
-"""Settings of the HTTP shim: the common ones (workers.settings) plus a few of its own."""
+"""Settings of the HTTP shim: the common ones (workers.settings) plus its own `VCM_API_*`
+(`ApiEnv`, read the same way), and the API tokens."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
-from workers.core.errors import InvalidRequest
-from workers.core.models import parse_duration
-from workers.settings import Settings
+from pydantic import BeforeValidator, Field
+
+from workers.settings import EnvSettings, Settings, duration
 
 MAX_BODY = 64 * 1024  # bytes; larger bodies get 413
 log = logging.getLogger("vcm.api")
@@ -93,14 +95,25 @@ class TokenStore:
         return self.tokens
 
 
-def _seconds(name: str, default: str, minimum: float = 0.0) -> float:
-    try:
-        value = parse_duration(os.environ.get(name, default), name, maximum=30 * 86400)
-    except InvalidRequest as exc:
-        raise SystemExit(f"invalid setting {exc}") from None
-    if value < minimum:
-        raise SystemExit(f"invalid setting {name}: must be at least {minimum:g}s")
-    return value
+MONTH = 30 * 86400.0
+
+
+def _api_duration(minimum: float = 0.0) -> BeforeValidator:
+    return duration(maximum=MONTH, minimum=minimum, short="at least")
+
+
+class ApiEnv(EnvSettings):
+    """The shim's own variables, `VCM_API_*` (the common ones are workers.settings.Settings)."""
+
+    # the longest `wait` a synchronous POST /acquire will hold the HTTP request open for
+    api_max_sync_wait: Annotated[float, _api_duration()] = Field(default="3600")
+    # how long to wait for a task's answer beyond the request's own wait
+    api_timeout: Annotated[float, _api_duration(minimum=1)] = Field(default="30")
+    api_worker_fresh: Annotated[float, _api_duration()] = Field(default="2")
+    api_parked_grace: Annotated[float, _api_duration()] = Field(default="60")
+    api_body_timeout: Annotated[float, _api_duration(minimum=0.1)] = Field(default="30")
+    # re-read when it changes (Secret rotation)
+    api_tokens_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -134,19 +147,20 @@ class ApiSettings:
         return cls.from_settings(base)
 
     @classmethod
-    def from_settings(cls, base: Settings) -> ApiSettings:
+    def from_settings(cls, base: Settings, env: ApiEnv | None = None) -> ApiSettings:
         tokens = parse_tokens(base.api_tokens) if base.api_tokens else ()
-        path = os.environ.get("VCM_API_TOKENS_FILE", "")
+        env = env or ApiEnv.from_env()
+        path = env.api_tokens_file
         if path:
             read_token_file(path, tokens)  # a bad file stops start-up, like a bad variable
         return cls(
             redis_url=base.redis_url,
             tokens=tokens,
             tokens_file=path,
-            max_sync_wait=_seconds("VCM_API_MAX_SYNC_WAIT", "3600"),
-            task_timeout=_seconds("VCM_API_TIMEOUT", "30", minimum=1),
-            worker_fresh=_seconds("VCM_API_WORKER_FRESH", "2"),
-            parked_grace=_seconds("VCM_API_PARKED_GRACE", "60"),
-            body_timeout=_seconds("VCM_API_BODY_TIMEOUT", "30", minimum=0.1),
+            max_sync_wait=env.api_max_sync_wait,
+            task_timeout=env.api_timeout,
+            worker_fresh=env.api_worker_fresh,
+            parked_grace=env.api_parked_grace,
+            body_timeout=env.api_body_timeout,
             base=base,
         )

@@ -30,7 +30,6 @@ Run: .venv/bin/python bench/bench_placement.py [--quick] [--no-redis]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import random
 import shutil
 import sys
@@ -163,8 +162,8 @@ class LedgerCase:
         busy = max(usage, key=lambda name: usage[name].vcpus)  # a whole pool cannot fit there
         self.refused_request = {"vcpus": pools[busy].vcpu_capacity, "memory": 1, "storage": 1,
                                 "networks": 0, "required-pool": busy}
-        settings = dataclasses.replace(Settings.from_env(), redis_url=redis_url,
-                                       pools_file=str(pools_path), strategy="least-utilized")
+        settings = Settings.from_env(redis_url=redis_url, pools_file=str(pools_path),
+                                     strategy="least-utilized")
         self.service = Capacity(self.ledger, PoolsFile(str(pools_path)), settings)
         self.mirror = None
         try:  # the publisher's whole save (journal compaction)

@@ -223,7 +223,7 @@ def sync_inventory(*args: Any, **extra: Any) -> dict[str, Any]:
         log.warning("vcm.sync_inventory reached a placement worker; not run (send it to the "
                     "queries queue)")
         return {"synced": {}, "errors": {}, "skipped": [], "refused": "placement worker"}
-    from workers.adapters.inventory import InventorySettings, sync
+    from workers.adapters.inventory import sync
     from workers.adapters.ledger import LedgerUnready
     from workers.cli import vcenter_credentials
 
@@ -233,6 +233,5 @@ def sync_inventory(*args: Any, **extra: Any) -> dict[str, Any]:
         leased = {name: u.storage for name, u in svc.ledger.usage()[1].items()}
     except LedgerUnready:  # being restored: the free-space check waits for the next sync
         leased = None
-    timeout = InventorySettings.from_env().timeout
-    return sync(pools, vcenter_credentials(pools), svc.ledger, leased,
-                timeout=timeout).to_dict()
+    return sync(pools, vcenter_credentials(pools, svc.settings), svc.ledger, leased,
+                timeout=svc.settings.inventory_timeout).to_dict()

@@ -11,11 +11,14 @@ import os
 import shlex
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .core.errors import ERRORS, InvalidRequest, VcmError
 from .core.models import parse_duration
 from .core.topology import env_values, platform_vsphere
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 EXIT_OK, EXIT_OTHER, EXIT_INPUT, EXIT_CAPACITY = 0, 1, 2, 3
 QUERIES = {"vcm.show_pools", "vcm.list_leases", "vcm.estimate", "vcm.rollup_usage", "vcm.waiting",
@@ -37,7 +40,9 @@ def celery_app(redis_url: str | None):
     their code."""
     from celery import Celery
 
-    url = redis_url or os.environ.get("VCM_REDIS_URL", "redis://127.0.0.1:6379/0")
+    from .settings import Settings
+
+    url = redis_url or Settings.from_env().redis_url
     if url not in _clients:
         app = Celery("vcm-cli", set_as_current=False)
         app.config_from_object("celeryconfig")
@@ -323,15 +328,17 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def vcenter_credentials(pools) -> dict[str, tuple[str, str]]:
+def vcenter_credentials(pools, settings: Settings | None = None) -> dict[str, tuple[str, str]]:
     """VCM_VCENTER_CREDENTIALS="vc1=user:pass,vc2=user:pass", else VCM_VCENTER_USERNAME/PASSWORD
-    for every vCenter."""
+    for every vCenter (from `settings`, else the environment's)."""
+    from .settings import Settings
+
+    settings = settings or Settings.from_env()
     creds: dict[str, tuple[str, str]] = {}
-    user = os.environ.get("VCM_VCENTER_USERNAME")
-    password = os.environ.get("VCM_VCENTER_PASSWORD", "")
+    user, password = settings.vcenter_username, settings.vcenter_password
     if user:
         creds = {p.vcenter: (user, password) for p in pools}
-    for item in filter(None, os.environ.get("VCM_VCENTER_CREDENTIALS", "").split(",")):
+    for item in filter(None, settings.vcenter_credentials.split(",")):
         vc, sep, pair = item.strip().partition("=")
         name, sep2, secret = pair.partition(":")
         if not sep or not sep2:
@@ -365,17 +372,19 @@ def cmd_pools_discover(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from .adapters.inventory import InventorySettings, discover, skeleton
+    from .adapters.inventory import discover, skeleton
     from .adapters.vcenter import VCenterUnavailable
+    from .settings import Settings
 
-    creds = vcenter_credentials([types.SimpleNamespace(vcenter=args.vcenter)])
+    settings = Settings.from_env()
+    creds = vcenter_credentials([types.SimpleNamespace(vcenter=args.vcenter)], settings)
     if args.vcenter not in creds:
         raise CliError(f"no credentials for {args.vcenter}: set VCM_VCENTER_USERNAME and "
                        "VCM_VCENTER_PASSWORD, or VCM_VCENTER_CREDENTIALS", EXIT_INPUT)
     user, password = creds[args.vcenter]
     try:
         inventory = discover(args.vcenter, user, password,
-                             timeout=InventorySettings.from_env().timeout)
+                             timeout=settings.inventory_timeout)
     except VCenterUnavailable as exc:
         raise CliError(f"vcenter {args.vcenter}: {exc}") from None
     if args.datacenter and args.datacenter not in inventory.datacenters:
@@ -403,11 +412,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    if args.redis_url:
-        os.environ["VCM_REDIS_URL"] = args.redis_url
     from api_shim.app import serve
+    from api_shim.settings import ApiSettings
 
-    serve(host=args.host, port=args.port)
+    from .settings import Settings
+
+    settings = (ApiSettings.from_env(Settings.from_env(redis_url=args.redis_url))
+                if args.redis_url else None)  # None: create_app reads the environment
+    serve(host=args.host, port=args.port, settings=settings)
     return EXIT_OK
 
 

@@ -31,19 +31,19 @@ What the last runs did is kept in the Redis hash `<prefix>namespaces` (see `desc
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .core.models import parse_duration, parse_rfc3339, rfc3339
+from .core.models import parse_rfc3339, rfc3339
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
     from .service import Capacity
+    from .settings import Settings
 
 log = logging.getLogger("workers.namespaces")
 
@@ -54,10 +54,7 @@ ERRORS_STAT = "namespace-errors"
 STATUS = "namespaces"  # the status hash, after the ledger's key prefix
 GRACE = 2.0
 BATCH = 500
-DEFAULT_INTERVAL = "5m"
-DEFAULT_TIMEOUT = "10s"
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_OFF = ("0", "off", "none", "")
 _said_off = threading.Event()  # "no Kubernetes configuration" is logged once per process
 
 
@@ -67,21 +64,6 @@ class NoKubernetes(Exception):
 
 class ListFailed(Exception):
     """The namespaces could not be listed (or the answer cannot be trusted)."""
-
-
-def prune_interval(environ: Mapping[str, str] = os.environ) -> float | None:
-    """VCM_NAMESPACE_PRUNE_INTERVAL in seconds, None when pruning is off (`0`, `off`)."""
-    raw = environ.get("VCM_NAMESPACE_PRUNE_INTERVAL", DEFAULT_INTERVAL)
-    if raw.strip().lower() in _OFF:
-        return None
-    seconds = parse_duration(raw, "VCM_NAMESPACE_PRUNE_INTERVAL", maximum=365 * 86400)
-    return seconds or None
-
-
-def request_timeout(environ: Mapping[str, str] = os.environ) -> float:
-    """VCM_NAMESPACE_TIMEOUT: the longest a list call may take (at least 0.1 s)."""
-    raw = environ.get("VCM_NAMESPACE_TIMEOUT", DEFAULT_TIMEOUT)
-    return max(0.1, parse_duration(raw, "VCM_NAMESPACE_TIMEOUT", maximum=600))
 
 
 def api_client_from_env() -> ApiClient:
@@ -148,11 +130,12 @@ class Pruner:
 
     def __init__(self, service: Capacity,
                  client_factory: Callable[[], ApiClient] = api_client_from_env,
-                 environ: Mapping[str, str] = os.environ) -> None:
+                 settings: Settings | None = None) -> None:
         self.service = service
         self.client_factory = client_factory
-        self.interval = prune_interval(environ)
-        self.timeout = request_timeout(environ)
+        settings = settings or service.settings
+        self.interval = settings.namespace_prune_interval  # None: off
+        self.timeout = settings.namespace_timeout
         ledger = service.ledger
         self.redis = ledger.r
         self.key = ledger.k.prefix + STATUS

@@ -4,7 +4,7 @@ replies it covers; expire waiters whose wait ran out; serve the line when pools 
 Group commit: one save covers every change made before it read the ledger, so while one save is
 in flight any number of placements queue up behind it and are covered by the next one. Under
 load (changes arrived during the save, or it covered several) the next save also waits until
-``max(PACING x save time, COMMIT_WINDOW)`` has passed, so a burst costs at most ~10 saves a
+``max(PACING x save time, the commit window)`` has passed, so a burst costs at most ~10 saves a
 second whatever the API's speed, and the worker keeps most of the CPU (snapshots are whole-ledger
 serialisations). A lone client, one change per save, never waits for the window.
 
@@ -54,7 +54,6 @@ journal-records        records in the file mirror's journal since its last whole
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 import time
@@ -74,10 +73,10 @@ TOO_LARGE_RETRY = 1.0  # at most this often while the ledger changes
 TOO_LARGE_SAME_SEQ_RETRY = 60.0  # the same snapshot again (nothing changed: cannot fit)
 HOUSEKEEPING = 1.0
 # group commit under load (see write_mirror): the next save waits max(PACING x the last
-# save's duration, COMMIT_WINDOW) after it, i.e. at most ~1/COMMIT_WINDOW saves a second
+# save's duration, the commit window) after it, i.e. at most ~1/window saves a second; the
+# window starts at FIRST_WINDOW and grows to VCM_MIRROR_COMMIT_WINDOW (settings)
 PACING = 1.0
-COMMIT_WINDOW = float(os.environ.get("VCM_MIRROR_COMMIT_WINDOW", "0.1"))
-FIRST_WINDOW = min(0.02, COMMIT_WINDOW)
+FIRST_WINDOW = 0.02
 COMPACT_RECORDS = 2000  # journal records (at least the leases saved) before a whole save
 
 
@@ -126,6 +125,8 @@ class Publisher(threading.Thread):
         self.failing_since: float | None = None  # epoch seconds
         self.retry_at = 0.0  # monotonic: no save before this (backoff, commit window)
         self.window = 0.0  # the current commit window (0 when not under load)
+        self.commit_window = service.settings.mirror_commit_window  # its longest
+        self.first_window = min(FIRST_WINDOW, self.commit_window)
         self.last_save = 0.0  # monotonic end of the last save
         self._save_backoff = backoff.Backoff()  # between failed saves
         self._too_large_seq: int | None = None  # seq whose snapshot did not fit (logged)
@@ -375,14 +376,15 @@ class Publisher(threading.Thread):
         # client (one change per save) is never made to wait.
         covered = snapshot["seq"] - self.mirrored if self.mirrored >= 0 else 1
         # The window starts short (a release and the grant it makes are two changes, and the
-        # waiter should not wait long) and doubles while the load lasts, up to COMMIT_WINDOW.
+        # waiter should not wait long) and doubles while the load lasts, up to the commit window.
         now = time.monotonic()
-        if now - self.last_save > 2 * COMMIT_WINDOW + took:  # the load, if any, has passed
+        if now - self.last_save > 2 * self.commit_window + took:  # the load, if any, has passed
             self.window = 0.0
         self.last_save = now
         # one change arriving during a save (a release, then the grant it makes) is not load
         if seq_now - snapshot["seq"] >= 2 or covered >= 3:
-            self.window = min(COMMIT_WINDOW, self.window * 2) if self.window else FIRST_WINDOW
+            self.window = (min(self.commit_window, self.window * 2) if self.window
+                           else self.first_window)
             self.retry_at = time.monotonic() + max(PACING * took, self.window)
         else:
             self.window = 0.0

@@ -1,66 +1,195 @@
-"""Settings from the environment (listed in the README). Every one has a laptop-friendly default."""
+"""Settings from the environment: every `VCM_*` variable (listed in the README), read in one
+place. Each has a laptop-friendly default.
+
+`Settings.from_env()` reads them (pydantic-settings, prefix `VCM_`, names in any case) and
+checks them all: a bad value stops start-up with one message naming the variable, e.g.
+`invalid setting VCM_LEASE_TTL: 'soon' is not seconds or a duration like '24h'` (SystemExit).
+Durations take seconds or Go-style durations ("24h", "90m"), parsed by
+`core.models.parse_duration`. The HTTP shim's own variables (`VCM_API_*`) are read by
+`api_shim.settings` with the same mechanism.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any, Self
 
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .core.errors import InvalidRequest
 from .core.models import parse_duration
 from .core.placement import STRATEGIES
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_POOLS = ROOT / "examples" / "pools.yaml"
+PREFIX = "VCM_"
+YEAR = 365 * 86400.0
+DEFAULT_MAX_SHARDS = 16  # VCM_MIRROR_MAX_SHARDS: slot ConfigMaps name-0 .. name-15
+OFF = ("off", "none", "")  # an interval that may be switched off: these, or 0 seconds
 
 
-def _duration(name: str, default: str) -> float:
-    raw = os.environ.get(name, default)
+class SettingError(ValueError):
+    """One bad setting; the message names the variable."""
+
+
+def variable(info: ValidationInfo) -> str:
+    """The environment variable of the field being validated."""
+    return PREFIX + str(info.field_name).upper()
+
+
+def duration(*, maximum: float = YEAR, minimum: float = 0.0, floor: float = 0.0,
+             off: tuple[str, ...] = (), off_value: float | None = None,
+             short: str = "too short") -> BeforeValidator:
+    """Seconds from seconds or a duration ("24h"), within [minimum, maximum]; raised to `floor`.
+    A value in `off` (any case, trimmed) is `off_value`. `short` words the message for a value under
+    `minimum`: "too short" (`12s is too short (at least 60s)`) or "at least" (`must be at
+    least 1s`)."""
+
+    def parse(value: Any, info: ValidationInfo) -> float | None:
+        name = variable(info)
+        if isinstance(value, str) and value.strip().lower() in off:
+            return off_value
+        try:
+            seconds = parse_duration(value, name, maximum=maximum)
+        except InvalidRequest as exc:  # its message names the variable
+            raise SettingError(str(exc)) from None
+        if seconds < minimum:
+            raise SettingError(f"{name}: {seconds:g}s is too short (at least {minimum:g}s)"
+                               if short == "too short" else
+                               f"{name}: must be at least {minimum:g}s")
+        return max(seconds, floor)
+
+    return BeforeValidator(parse)
+
+
+def _strategy(value: Any, info: ValidationInfo) -> str:
+    if value not in STRATEGIES:
+        raise SettingError(f"{variable(info)}={value!r}: use one of " + ", ".join(STRATEGIES))
+    return str(value)
+
+
+def _max_shards(value: Any, info: ValidationInfo) -> int:
+    """A whole number within 0..999; unset or empty: DEFAULT_MAX_SHARDS."""
+    raw = str(value).strip()
+    if not raw:
+        return DEFAULT_MAX_SHARDS
     try:
-        return parse_duration(raw, name, maximum=365 * 86400)
-    except Exception as exc:  # the InvalidRequest message names the variable
-        raise SystemExit(f"invalid setting {exc}") from None
+        shards = int(raw)
+        if not 0 <= shards <= 999:
+            raise ValueError
+    except ValueError:
+        raise SettingError(f"{variable(info)}={raw!r}: a whole number within 0..999") from None
+    return shards
 
 
-@dataclass(frozen=True)
-class Settings:
-    redis_url: str
-    pools_file: str
-    configmap: str | None
-    mirror_file: str
-    lease_ttl: float
-    max_lease_lifetime: float
-    reap_interval: float
-    rollup_interval: float
-    strategy: str
-    api_tokens: str
-    keep_released: float
-    mirror_max_delay: float
-    usage_retention: float
-    inventory_stale: float = 1800.0  # live vCenter health older than this counts as unknown
+def _number(kind: type[int] | type[float]) -> BeforeValidator:
+    """int() or float() of the text, nothing more (no durations)."""
+
+    def parse(value: Any, info: ValidationInfo) -> int | float:
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            what = "a whole number" if kind is int else "a number"
+            raise SettingError(f"{variable(info)}={value!r}: not {what}") from None
+
+    return BeforeValidator(parse)
+
+
+def _none_if_empty(value: Any) -> Any:
+    return value or None
+
+
+Duration = Annotated[float, duration()]
+OptionalText = Annotated[str | None, BeforeValidator(_none_if_empty)]
+
+
+class EnvSettings(BaseSettings):
+    """Settings read from `VCM_<FIELD>` variables (any case); build with `from_env`."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, case_sensitive=False, extra="ignore",
+                                      frozen=True, validate_default=True)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """The settings from the environment (or from `environ` instead), with `overrides`
+        (field names: `redis_url=...`) over it. A bad value: SystemExit naming the variable."""
+        try:
+            if environ is None:
+                return cls(**overrides)
+            return cls.model_validate({**from_mapping(cls, environ), **overrides})
+        except ValidationError as exc:
+            raise SystemExit(f"invalid setting {first_problem(exc)}") from None
+
+
+class Settings(EnvSettings):
+    """Every `VCM_*` setting but the shim's own (`api_shim.settings`)."""
+
+    strategy: Annotated[str, BeforeValidator(_strategy)] = "least-utilized"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    pools_file: str = str(DEFAULT_POOLS)
+    # the ledger mirror: a ConfigMap "namespace/name" (checked when the mirror is built), else
+    # the file ("off": none)
+    configmap: OptionalText = None
+    mirror_file: str = str(Path(".vcm") / "ledger.json")
+    lease_ttl: Duration = Field(default="24h")
+    max_lease_lifetime: Duration = Field(default="7d")
+    reap_interval: Duration = Field(default="5m")
+    rollup_interval: Duration = Field(default="60s")
+    api_tokens: str = Field(default="", repr=False)
+    keep_released: Duration = Field(default="7d")
+    mirror_max_delay: Duration = Field(default="0")
+    usage_retention: Duration = Field(default="7d")
+    # live vCenter health older than this counts as unknown
+    inventory_stale: Duration = Field(default="30m")
+
+    # ConfigMap slots `name-0`… the RBAC Role must list (0: the head only)
+    mirror_max_shards: Annotated[int, BeforeValidator(_max_shards)] = DEFAULT_MAX_SHARDS
+    # the longest pause between mirror saves under load (seconds; see workers/publisher.py)
+    mirror_commit_window: Annotated[float, _number(float)] = 0.1
+
+    # Celery (celeryconfig.py)
+    visibility_timeout: Annotated[int, _number(int)] = 600
+    result_ttl: Annotated[float, duration(minimum=60)] = Field(default="1d")
+    query_result_ttl: Annotated[float, duration(minimum=1)] = Field(default="5m")
+
+    # namespace-bound leases (workers/namespaces.py): None when pruning is off
+    namespace_prune_interval: Annotated[float | None, duration(minimum=1, off=("0", *OFF))] = \
+        Field(default="5m")
+    namespace_timeout: Annotated[float, duration(maximum=600, floor=0.1)] = Field(default="10s")
+
+    # live vCenter health (workers/adapters/inventory.py); an interval of 0 or off: no sync
+    inventory_interval: Annotated[float, duration(maximum=86400, off=OFF, off_value=0.0)] = \
+        Field(default="5m")
+    inventory_timeout: Annotated[float, duration(maximum=3600, floor=1)] = Field(default="30s")
+
+    # vCenter credentials: for every vCenter, and per vCenter (`vc1=user:pass,…`) over those
+    vcenter_username: OptionalText = None
+    vcenter_password: str = Field(default="", repr=False)
+    vcenter_credentials: str = Field(default="", repr=False)
 
     @property
     def mirror_enabled(self) -> bool:
         return bool(self.configmap) or self.mirror_file.lower() not in ("off", "none", "")
 
-    @classmethod
-    def from_env(cls) -> Settings:
-        strategy = os.environ.get("VCM_STRATEGY", "least-utilized")
-        if strategy not in STRATEGIES:
-            raise SystemExit(f"invalid setting VCM_STRATEGY={strategy!r}: use one of "
-                             + ", ".join(STRATEGIES))
-        return cls(
-            redis_url=os.environ.get("VCM_REDIS_URL", "redis://127.0.0.1:6379/0"),
-            pools_file=os.environ.get("VCM_POOLS_FILE", str(DEFAULT_POOLS)),
-            configmap=os.environ.get("VCM_CONFIGMAP") or None,
-            mirror_file=os.environ.get("VCM_MIRROR_FILE", str(Path(".vcm") / "ledger.json")),
-            lease_ttl=_duration("VCM_LEASE_TTL", "24h"),
-            max_lease_lifetime=_duration("VCM_MAX_LEASE_LIFETIME", "7d"),
-            reap_interval=_duration("VCM_REAP_INTERVAL", "5m"),
-            rollup_interval=_duration("VCM_ROLLUP_INTERVAL", "60s"),
-            strategy=strategy,
-            api_tokens=os.environ.get("VCM_API_TOKENS", ""),
-            keep_released=_duration("VCM_KEEP_RELEASED", "7d"),
-            mirror_max_delay=_duration("VCM_MIRROR_MAX_DELAY", "0"),
-            usage_retention=_duration("VCM_USAGE_RETENTION", "7d"),
-            inventory_stale=_duration("VCM_INVENTORY_STALE", "30m"),
-        )
+
+def from_mapping(model: type[BaseSettings], environ: Mapping[str, str]) -> dict[str, str]:
+    """The fields of `model` set in `environ`, as its env source finds them (prefix, any case)."""
+    prefix = str(model.model_config.get("env_prefix", "")).lower()
+    values: dict[str, str] = {}
+    for key, value in environ.items():
+        name = key.lower()
+        if name.startswith(prefix) and name[len(prefix):] in model.model_fields:
+            values[name[len(prefix):]] = value
+    return values
+
+
+def first_problem(exc: ValidationError, prefix: str = PREFIX) -> str:
+    """The first error of a validation, as `VARIABLE: problem`."""
+    error = exc.errors()[0]
+    original = (error.get("ctx") or {}).get("error")
+    if isinstance(original, SettingError):
+        return str(original)
+    where = prefix + ".".join(str(part) for part in error["loc"]).upper()
+    return f"{where}: {error['msg']}"

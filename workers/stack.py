@@ -57,9 +57,9 @@ class Stack:
 
 
 def run_stack(args: argparse.Namespace) -> int:
-    if args.redis_url:
-        os.environ["VCM_REDIS_URL"] = args.redis_url
-    settings = Settings.from_env()
+    settings = (Settings.from_env(redis_url=args.redis_url) if args.redis_url
+                else Settings.from_env())
+    # the children's environment: ours, with the Redis URL and pools file settled here
     env = dict(os.environ, VCM_REDIS_URL=settings.redis_url, PYTHONUNBUFFERED="1",
                VCM_POOLS_FILE=settings.pools_file)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))

@@ -24,7 +24,6 @@ pools file.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import ssl
 import threading
@@ -40,11 +39,11 @@ from pyVmomi import vim, vmodl
 
 from ..core import health
 from ..core.health import GIB, Cluster, Datacenter, Datastore, Host, Inventory, PortGroup
-from ..core.models import Pool, parse_duration
+from ..core.models import Pool
+from ..settings import Settings
 from .vcenter import VCenterUnavailable, address, retrieve
 
 log = logging.getLogger(__name__)
-DEFAULT_INTERVAL, DEFAULT_STALE, DEFAULT_TIMEOUT = "5m", "30m", "30s"
 TRUNK_VLAN = 4095  # a standard port group's "all VLANs"
 
 
@@ -58,16 +57,14 @@ class InventorySettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> InventorySettings:
         """VCM_INVENTORY_INTERVAL (5m; 0 or off: never), VCM_INVENTORY_STALE (30m),
-        VCM_INVENTORY_TIMEOUT (30s). A bad value raises InvalidRequest naming the variable."""
-        env = os.environ if env is None else env
-        raw = env.get("VCM_INVENTORY_INTERVAL", DEFAULT_INTERVAL).strip().lower()
-        interval = 0.0 if raw in ("off", "none", "") else parse_duration(
-            raw, "VCM_INVENTORY_INTERVAL", maximum=86400)
-        stale = parse_duration(env.get("VCM_INVENTORY_STALE", DEFAULT_STALE),
-                               "VCM_INVENTORY_STALE", maximum=365 * 86400)
-        timeout = parse_duration(env.get("VCM_INVENTORY_TIMEOUT", DEFAULT_TIMEOUT),
-                                 "VCM_INVENTORY_TIMEOUT", maximum=3600)
-        return cls(interval, stale, max(timeout, 1.0))
+        VCM_INVENTORY_TIMEOUT (30s, at least 1s), from the environment (or `env`). A bad value
+        stops start-up naming the variable (workers.settings)."""
+        return cls.from_settings(Settings.from_env(env))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InventorySettings:
+        return cls(settings.inventory_interval, settings.inventory_stale,
+                   settings.inventory_timeout)
 
 
 # sessions ---------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ... import backoff
 from ...ports import Mirror
+from ...settings import DEFAULT_MAX_SHARDS  # slot ConfigMaps name-0 .. name-15 (deploy/rbac.yaml)
 from .codec import (
     ENCODING,
     FORMAT,
@@ -64,7 +65,6 @@ from .kube import (
 
 CONFIGMAP_LIMIT = 1_048_576  # apiserver: data + binaryData (keys and decoded values)
 DEFAULT_SHARD_BYTES = CONFIGMAP_LIMIT - 32 * 1024  # room for keys and the head's metadata
-DEFAULT_MAX_SHARDS = 16  # slot ConfigMaps name-0 .. name-15 (deploy/rbac.yaml lists them)
 
 
 def _empty_meta() -> dict[str, Any]:
