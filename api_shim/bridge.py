@@ -38,11 +38,11 @@ from redis.backoff import ExponentialBackoff
 
 from tasks import results
 from workers.adapters.keys import KEYS
+from workers.mirror_status import parse_status
 
 from .errors import ApiError
 from .hub import ResultHub, Watch, meta_prefix
 from .liveness import QUEUES, Liveness
-from .mirror_status import parse_status
 from .settings import ApiSettings
 
 log = logging.getLogger("vcm.api")

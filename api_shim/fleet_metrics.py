@@ -43,9 +43,8 @@ from workers.adapters.keys import PREFIX, Keys
 from workers.adapters.ledger import LATENCY_BUCKETS
 from workers.core.errors import ERRORS
 from workers.core.health import effective
+from workers.mirror_status import parse_status
 from workers.settings import Settings
-
-from .mirror_status import parse_status
 
 log = logging.getLogger("vcm.api")
 

@@ -65,6 +65,7 @@ from . import backoff
 from .adapters.keys import PREFIX, Keys
 from .adapters.mirror import MirrorError, MirrorSuperseded, MirrorTooLarge
 from .adapters.replies import CeleryReplies
+from .mirror_status import parse_status
 from .ports import JournaledMirror, Mirror
 
 log = logging.getLogger(__name__)
@@ -83,26 +84,7 @@ COMPACT_RECORDS = 2000  # journal records (at least the leases saved) before a w
 def read_status(redis_client, prefix: str = PREFIX, now: float | None = None) -> dict[str, Any]:
     """The ``vcm:mirror`` hash, typed, plus ``lag-seconds`` (how long the mirror has been
     failing, 0 when ok) and ``behind`` (ledger seq minus mirrored seq at the last update)."""
-    raw = redis_client.hgetall(Keys(prefix).mirror)
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        key = key.decode() if isinstance(key, bytes) else key
-        value = value.decode() if isinstance(value, bytes) else value
-        if key in ("state", "error", "last-error", "epoch"):
-            out[key] = value
-            continue
-        try:
-            number = float(value)
-        except ValueError:
-            out[key] = value
-            continue
-        out[key] = int(number) if number.is_integer() and "." not in value else number
-    now = time.time() if now is None else now
-    since = float(out.get("failing-since") or 0)
-    out["lag-seconds"] = max(0.0, now - since) if since else 0.0
-    if "seq" in out and "ledger-seq" in out:
-        out["behind"] = max(0, int(out["ledger-seq"]) - int(out["seq"]))
-    return out
+    return parse_status(redis_client.hgetall(Keys(prefix).mirror), now)
 
 
 class Publisher(threading.Thread):

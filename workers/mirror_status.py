@@ -1,12 +1,8 @@
-"""The ledger mirror's status, as the shim reads it.
-
-The placement worker's publisher keeps its status in one Redis hash (`Keys.mirror`; its fields
-are listed in workers/publisher.py). The shim reads that hash in two places: /readyz (with the
-async client) and the fleet metrics and dashboard counters (with a sync client). Both hand what
-HGETALL returned to `parse_status`, so the hash is parsed in one place.
-
-`parse_status` types the fields as `workers.publisher.read_status` does, without touching Redis,
-and never raises: odd values stay text.
+"""The ledger mirror's status: the Redis hash the placement worker's publisher keeps
+(`Keys.mirror`; its fields are listed in workers/publisher.py), parsed in one place for every
+reader: the publisher's `read_status`, the shim's /readyz (async client) and its fleet metrics
+and dashboard (sync client) hand what HGETALL returned to `parse_status`. Pure: no Redis, and it
+never raises (odd values stay text).
 """
 
 from __future__ import annotations
