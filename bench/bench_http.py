@@ -1,20 +1,36 @@
 """(c) The HTTP shim's overhead: acquire+release round trips over HTTP against the same round
-trips sent straight to Celery, in the same run, with 16 concurrent clients each.
+trips sent straight to Celery, and against the minimal Celery app's no-op ×2 (bench (b)'s
+baseline), in the same run, at 1 and 8 client threads (--threads).
 
-A private redis-server, one placement worker (`-P solo -c 1`), one queries worker, and the shim
-(`python -m api_shim`, what `vcm api` runs: uvicorn, one process) on a free port. A round trip:
+A private redis-server; on it one placement worker (`-P solo -c 1`, file mirror), one queries
+worker, the minimal app's worker (bench/minimal_app.py, `celery -A bench.minimal_app worker -Q
+minimal -P solo -c 1`, as bench/bench_celery.py starts it) and the shim (`python -m api_shim`,
+what `vcm api` runs: uvicorn, one process) on a free port. A round trip:
 
-- http:   POST /acquire {...}, then POST /release {"lease-ids": [...]}  (httpx, keep-alive,
-          one client per thread);
-- celery: send_task("vcm.acquire") + get(), then send_task("vcm.release") + get()  (one Celery
-          client app, one thread each: what a job step does).
+- http:    POST /acquire {...}, then POST /release {"lease-ids": [...]}  (httpx, keep-alive,
+           one client per thread);
+- celery:  send_task("vcm.acquire") + get(), then send_task("vcm.release") + get()  (one Celery
+           client app, one thread each: what a job step does);
+- minimal: two minimal.noop tasks, send_task + get() each, on the minimal client app (as many
+           task round trips as acquire+release).
 
-Measurements alternate (celery, http, celery, http, ...) so that drift on a shared machine hits
-both; the table pools all rounds of each. The ratio http/celery is the shim's cost: the
-placement worker is the same single consumer either way, so it bounds both.
+Every repetition measures, at each thread count, the three kinds one after the other with http
+in the middle (minimal, http, celery; the next repetition celery, http, minimal), so http is
+always adjacent to both baselines and drift on a shared machine hits all three. Rates are
+medians; a ratio is the median of the adjacent http/baseline pairs. "http / celery" is the
+shim's own cost (the placement worker is the same single consumer either way); "http / minimal
+no-op ×2" is the whole HTTP path against Celery's and Redis's floor.
 
-Run: .venv/bin/python bench/bench_http.py [--clients 16] [--round-trips 1600] [--rounds 2]
-                                          [--quick]
+Also printed: CPU per round trip of the placement worker, the minimal worker, the shim and this
+process (the clients).
+
+--profile SECONDS: afterwards, load the shim with 8 http client threads for that long under
+`py-spy record --format raw --gil` (pip install py-spy) and print where the shim's CPU goes, by
+part of a request (bench/shim_profile.py classifies the sampled stacks; the raw stacks are kept with
+--profile-out FILE).
+
+Run: .venv/bin/python bench/bench_http.py [--threads 1,8] [--reps 3] [--quick]
+                                          [--profile 20 [--profile-out /tmp/shim.txt]]
 """
 
 from __future__ import annotations
@@ -27,15 +43,30 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import fleet_spec, fmt_ms, fmt_rate, percentile, table, write_pools  # noqa: E402
+from bench import (  # noqa: E402
+    fleet_spec,
+    fmt_ms,
+    fmt_rate,
+    median,
+    percentile,
+    table,
+    write_pools,
+)
 
 TIMEOUT = 60.0
 REQUEST = {"vcpus": 2, "memory": 4, "storage": 10}
+KINDS = ("minimal", "http", "celery")  # http in the middle: adjacent to both baselines
+LABELS = {
+    "minimal": "minimal no-op ×2 (send_task + get, twice)",
+    "celery": "Celery send_task + get (vcm.acquire + vcm.release)",
+    "http": "HTTP shim (POST /acquire + POST /release)",
+}
 
 
 def http_round_trip(client, tid: int) -> None:
@@ -60,20 +91,34 @@ def celery_round_trip(app, tid: int) -> None:
         raise RuntimeError(f"release returned {got!r}, expected {ids!r}")
 
 
+def minimal_round_trip(app, tid: int) -> None:
+    from bench.minimal_app import NOOP, QUEUE
+
+    app.send_task(NOOP, queue=QUEUE).get(timeout=TIMEOUT)
+    app.send_task(NOOP, queue=QUEUE).get(timeout=TIMEOUT)
+
+
+ROUND_TRIPS = {"http": http_round_trip, "celery": celery_round_trip,
+               "minimal": minimal_round_trip}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(kind: str, make_client, clients: int, total: int) -> tuple[float, list[float]]:
-    """`total` round trips over `clients` threads; returns wall seconds and latencies."""
-    fn = http_round_trip if kind == "http" else celery_round_trip
-    per = max(1, total // clients)
+def measure(kind: str, make_client, clients: int, total: int | None = None,
+            seconds: float | None = None) -> tuple[float, list[float]]:
+    """`total` round trips over `clients` threads (or as many as fit in `seconds`); returns
+    wall seconds and latencies."""
+    fn = ROUND_TRIPS[kind]
+    per = max(1, (total or 0) // clients)
     lat: list[float] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
     barrier = threading.Barrier(clients + 1)
+    until: list[float] = [0.0]
 
     def run(tid: int) -> None:
         mine: list[float] = []
@@ -81,10 +126,12 @@ def measure(kind: str, make_client, clients: int, total: int) -> tuple[float, li
         try:
             fn(client, tid)  # warm: connection, first request
             barrier.wait()
-            for _ in range(per):
+            done = 0
+            while (done < per) if seconds is None else (time.perf_counter() < until[0]):
                 t0 = time.perf_counter()
                 fn(client, tid)
                 mine.append(time.perf_counter() - t0)
+                done += 1
         except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
             barrier.abort()
@@ -97,11 +144,13 @@ def measure(kind: str, make_client, clients: int, total: int) -> tuple[float, li
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
+    until[0] = time.perf_counter() + (seconds or 0) + 60  # until the barrier is passed
     try:
         barrier.wait()
     except threading.BrokenBarrierError:
         pass
     t0 = time.perf_counter()
+    until[0] = t0 + (seconds or 0)
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
@@ -110,20 +159,47 @@ def measure(kind: str, make_client, clients: int, total: int) -> tuple[float, li
     return wall, lat
 
 
+def profile_shim(pid: int, seconds: float, make_http, out: Path) -> tuple[int, float, float]:
+    """Load the shim with 8 http threads for `seconds` while py-spy samples it (raw stacks to
+    `out`); returns round trips done, wall seconds and the shim's CPU seconds meanwhile."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    rec = subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--gil",
+                            "--rate", "200", "--duration", str(int(seconds)),
+                            "--output", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # py-spy attaches
+    cpu0 = cpu_seconds(pid)
+    wall, lat = measure("http", make_http, 8, seconds=max(1.0, seconds - 2.0))
+    cpu = cpu_seconds(pid) - cpu0
+    _, err = rec.communicate(timeout=seconds + 30)
+    if rec.returncode != 0 or not out.exists():
+        raise RuntimeError(f"py-spy failed ({rec.returncode}): {err.decode()[-500:]}")
+    return len(lat), wall, cpu
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--round-trips", type=int, default=1600, help="per measurement")
-    ap.add_argument("--rounds", type=int, default=2, help="measurements of each kind")
-    ap.add_argument("--quick", action="store_true", help="400 round trips, one round")
+    ap.add_argument("--threads", default="1,8", help="client thread counts, comma-separated")
+    ap.add_argument("--reps", type=int, default=3, help="measurements of each kind")
+    ap.add_argument("--quick", action="store_true", help="small measurements, two repetitions")
+    ap.add_argument("--profile", type=float, default=0, metavar="SECONDS",
+                    help="then profile the shim with py-spy under 8 http threads")
+    ap.add_argument("--profile-out", type=Path, help="keep py-spy's raw stacks here")
     args = ap.parse_args()
-    if args.quick:
-        args.round_trips, args.rounds = 400, 1
+    thread_counts = [int(x) for x in args.threads.split(",") if x.strip()]
+    # round trips per measurement: the placement path runs at ~50-150 rt/s on a busy 2-core box
+    sizes = {t: (40 if t == 1 else 20 * t) if args.quick else (120 if t == 1 else 40 * t)
+             for t in thread_counts}
+    reps = 2 if args.quick else args.reps
 
     import httpx
     from celery import Celery
 
     from api_shim.bridge import make_celery  # noqa: F401 - the shim imports cleanly here
+    from bench.bench_celery import minimal_worker
+    from bench.minimal_app import make_app
     from tests.support.procs import RedisServer, Worker, env_for, free_port, wait_for
     from workers.adapters.ledger import Ledger
 
@@ -134,6 +210,8 @@ def main() -> int:
     placement = Worker(env, "placement", name="bench-http-placement@bench").start(wait=False)
     queries = Worker(env, "queries", pool="threads", concurrency=4,
                      name="bench-http-queries@bench").start(wait=False)
+    minimal = minimal_worker(redis.url, "bench-http-minimal@bench")
+    minimal.start(wait=False)
     port = free_port()
     api_log = open(tmp / "api.log", "ab")  # noqa: SIM115 - closed below
     api = subprocess.Popen([sys.executable, "-m", "api_shim", "--port", str(port),
@@ -143,60 +221,99 @@ def main() -> int:
     app = Celery("vcm-bench-http", broker=redis.url, backend=redis.url)
     app.config_from_object("celeryconfig")
     app.conf.broker_url = app.conf.result_backend = redis.url
+    minimal_app = make_app(redis.url)
+    started = time.perf_counter()
     try:
         placement.wait_ready()
         queries.wait_ready()
+        minimal.wait_ready()
         wait_for(lambda: httpx.get(url + "/readyz", timeout=5).status_code == 200, timeout=30,
                  what="the API to be ready")
         makers = {"http": lambda: httpx.Client(base_url=url, timeout=TIMEOUT),
-                  "celery": lambda: app}
-        results: dict[str, list[tuple[float, list[float]]]] = {"celery": [], "http": []}
-        cpu: dict[str, dict[str, float]] = {k: {"worker": 0.0, "shim": 0.0, "clients": 0.0}
-                                            for k in results}
-        procs = {"worker": placement.proc.pid, "shim": api.pid, "clients": os.getpid()}
-        order = [k for _ in range(args.rounds) for k in ("celery", "http")]
-        for i, kind in enumerate(order):
-            before = {name: cpu_seconds(pid) for name, pid in procs.items()}
-            wall, lat = measure(kind, makers[kind], args.clients, args.round_trips)
-            for name, pid in procs.items():
-                cpu[kind][name] += cpu_seconds(pid) - before[name]
-            results[kind].append((wall, lat))
-            print(f"  round {i // 2 + 1} {kind:6s}: {len(lat) / wall:,.0f} round trips/s",
-                  flush=True)
+                  "celery": lambda: app, "minimal": lambda: minimal_app}
+        for t in thread_counts:  # warm-up: connections, imports, the workers' first tasks
+            for kind in KINDS:
+                measure(kind, makers[kind], t, 2 * t)
+        procs = {"placement worker": placement.proc.pid, "minimal worker": minimal.proc.pid,
+                 "shim": api.pid}
+        rates: dict[tuple[str, int], list[float]] = defaultdict(list)
+        lats: dict[tuple[str, int], list[float]] = defaultdict(list)
+        pairs: dict[tuple[str, int], list[float]] = defaultdict(list)  # (baseline, threads)
+        cpu: dict[tuple[str, int], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        done: dict[tuple[str, int], int] = defaultdict(int)
+        for rep in range(reps):
+            for t in thread_counts:
+                order = KINDS if rep % 2 == 0 else KINDS[::-1]
+                got = {}
+                for kind in order:
+                    before = {n: cpu_seconds(p) for n, p in procs.items()}
+                    c0 = time.process_time()
+                    wall, lat = measure(kind, makers[kind], t, sizes[t])
+                    for n, p in procs.items():
+                        cpu[(kind, t)][n] += cpu_seconds(p) - before[n]
+                    cpu[(kind, t)]["clients"] += time.process_time() - c0
+                    done[(kind, t)] += len(lat)
+                    got[kind] = len(lat) / wall
+                    rates[(kind, t)].append(got[kind])
+                    lats[(kind, t)].extend(lat)
+                pairs[("minimal", t)].append(got["http"] / got["minimal"])
+                pairs[("celery", t)].append(got["http"] / got["celery"])
+                print(f"  repetition {rep + 1}/{reps}, {t} thread(s): "
+                      + ", ".join(f"{k} {got[k]:,.0f} rt/s" for k in order)
+                      + f"; http/minimal {got['http'] / got['minimal']:.2f}, "
+                      f"http/celery {got['http'] / got['celery']:.2f}", flush=True)
         leftover = Ledger(redis.client()).audit()["leases"]
         if leftover:
             raise RuntimeError(f"{len(leftover)} leases left after the benchmark")
 
-        rows, stats = [], {}
-        for kind in ("celery", "http"):
-            wall = sum(w for w, _ in results[kind])
-            lat = [x for _, xs in results[kind] for x in xs]
-            stats[kind] = (len(lat) / wall, percentile(lat, 50), percentile(lat, 99))
-            rate, p50, p99 = stats[kind]
-            label = ("HTTP shim (POST /acquire + POST /release)" if kind == "http"
-                     else "Celery send_task + get (vcm.acquire + vcm.release)")
-            per = {name: used / len(lat) for name, used in cpu[kind].items()}
-            rows.append([label, len(lat), fmt_rate(rate), fmt_ms(p50), fmt_ms(p99),
-                         fmt_ms(per["worker"]), fmt_ms(per["shim"]) if kind == "http" else "-",
-                         fmt_ms(per["clients"])])
-        (c_rate, c50, c99), (h_rate, h50, h99) = stats["celery"], stats["http"]
-        rows.append(["ratio http / celery", "", f"{h_rate / c_rate:.2f}×", f"{h50 / c50:.2f}×",
-                     f"{h99 / c99:.2f}×", "", "", ""])
         print()
-        print(f"{args.clients} concurrent clients, {args.rounds} round(s) of "
-              f"{args.round_trips} acquire+release round trips each, alternating; one "
-              "placement worker (solo), file mirror on")
+        print(f"{reps} repetitions; round trips per measurement: "
+              + ", ".join(f"{sizes[t]} with {t} thread(s)" for t in thread_counts)
+              + "; one placement worker (solo), file mirror on; the minimal worker on the same "
+              "redis-server")
+        for t in thread_counts:
+            rows = []
+            for kind in ("minimal", "celery", "http"):
+                lat = lats[(kind, t)]
+                per = {n: used / done[(kind, t)] for n, used in cpu[(kind, t)].items()}
+                worker = per["minimal worker"] if kind == "minimal" else per["placement worker"]
+                rows.append([LABELS[kind], fmt_rate(median(rates[(kind, t)])),
+                             fmt_ms(percentile(lat, 50)), fmt_ms(percentile(lat, 99)),
+                             fmt_ms(worker), fmt_ms(per["shim"]) if kind == "http" else "-",
+                             fmt_ms(per["clients"])])
+            for base in ("minimal", "celery"):
+                ratio = median(pairs[(base, t)])
+                p50 = percentile(lats[("http", t)], 50) / percentile(lats[(base, t)], 50)
+                rows.append([f"ratio http / {LABELS[base].split(' (')[0]}", f"{ratio:.2f}×",
+                             f"{p50:.2f}×", "", "", "", ""])
+            print()
+            print(f"{t} client thread(s):")
+            print()
+            print(table(["path", "round trips/s (median)", "p50", "p99", "worker CPU/rt",
+                         "shim CPU/rt", "client CPU/rt"], rows))
+            print("pairs http/minimal: " + ", ".join(f"{p:.2f}" for p in pairs[("minimal", t)])
+                  + "; http/celery: " + ", ".join(f"{p:.2f}" for p in pairs[("celery", t)]))
         print()
-        print(table(["path", "round trips", "round trips/s", "p50", "p99",
-                     "worker CPU/rt", "shim CPU/rt", "client CPU/rt"], rows))
-        print()
-        print(f"The shim keeps {h_rate / c_rate:.0%} of the direct Celery throughput; its "
-              f"median round trip costs {(h50 - c50) * 1000:+.2f} ms more. On {os.cpu_count()} "
-              "CPU(s) the shim's CPU competes with the single placement worker's, which bounds "
-              "both paths.")
+        print("worker CPU/rt: the minimal worker's for the no-op row, the placement worker's "
+              f"otherwise. On {os.cpu_count()} CPU(s) the shim's CPU competes with the single "
+              "placement worker's, which bounds both acquire+release paths.")
+
+        if args.profile > 0:
+            from bench.shim_profile import report
+
+            out = args.profile_out or tmp / "shim-stacks.txt"
+            n, wall, shim_cpu = profile_shim(api.pid, args.profile, makers["http"], out)
+            print()
+            print(f"Where the shim's CPU goes: py-spy (--gil: the thread holding the GIL, 200 "
+                  f"samples/s) over {wall:.0f} s of 8 http threads: {n} round trips "
+                  f"({n / wall:,.0f} rt/s), shim CPU {shim_cpu / n * 1000:.2f} ms per round "
+                  "trip (under the sampler)")
+            print()
+            print(report(out, shim_cpu / n))
         return 0
     finally:
         app.close()
+        minimal_app.close()
         api.terminate()
         try:
             api.wait(15)
@@ -205,8 +322,10 @@ def main() -> int:
         api_log.close()
         placement.stop()
         queries.stop()
+        minimal.stop()
         redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+        print(f"\n({time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":
