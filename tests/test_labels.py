@@ -59,7 +59,7 @@ def test_bad_labels_and_selectors_name_their_field(s):
         ({"selector": "k in ()"}, "selector"), ({"selector": 7}, "selector"),
         ({"selector": "!k"}, "selector"),  # only excludes: too broad without an owner
         ({"selector": "k=v", "lease_ids": ["x"]}, "selector"),
-        ({"selector": "k=\udcff"}, "selector"),
+        ({"selector": "k=\udcff"}, "selector"), ({"selector": "k=v,"}, "selector"),
     ]:
         exc = failure(s.app, "vcm.release", **kwargs)
         assert type(exc).__name__ == "InvalidRequest" and exc.args[1]["field"] == field, \

@@ -168,3 +168,43 @@ def test_bad_tolerations_name_the_field(tols, why):
     with pytest.raises(InvalidRequest) as info:
         parse_request({"vcpus": 1, "memory": 1, "tolerations": tols})
     assert info.value.field.startswith("tolerations") and why in info.value.message
+
+
+def test_red_team_findings_on_the_new_request_fields():
+    # a network-only lease takes only port groups
+    with pytest.raises(InvalidRequest) as info:
+        parse_request({"vcpus": 0, "memory": 0, "storage": 50, "networks": 1})
+    assert info.value.field == "storage"
+    # a required pool the request does not tolerate says so
+    (pool,) = parse_pools({"pools": [{
+        "name": "gpu", "vcenter": "vc", "datacenter": "dc", "cluster": "c", "datastore": "ds",
+        "vcpus": 8, "memory": 8, "storage": 8, "networks": [{"port-group": "pg"}],
+        "taints": [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]}]})
+    with pytest.raises(InvalidRequest) as info:
+        check_possible(parse_request({"vcpus": 1, "memory": 1, "required-pool": "gpu"}),
+                       {"gpu": pool})
+    assert info.value.field == "required-pool"
+    assert "tainted gpu=yes:NoSchedule (not tolerated)" in info.value.message
+    # a multi-pool refusal counts the pools that fit
+    a = Pool("a", "vca", "dc", "c", "ds", vcpus=10, memory=10, storage=10,
+             networks=(Network("pa"),))
+    b = Pool("b", "vcb", "dc", "c", "ds", vcpus=10, memory=10, storage=10,
+             networks=(Network("pb"),))
+    with pytest.raises(NoCapacity) as exc:
+        place(parse_request({"vcpus": 1, "memory": 1, "pools": 2, "vcenters": 1}),
+              Fleet({"a": a, "b": b}))
+    assert exc.value.message.startswith("2 pool(s) fit, on 2 vCenter(s): not 2 distinct "
+                                        "pools within 1 vCenter(s)")
+
+
+def test_health_from_the_future_or_infinity_is_no_read():
+    import math
+    import time
+
+    from workers.core.health import effective
+
+    now = time.time()
+    for at in (now + 1e7, math.inf):
+        eff = effective({"vc": {"at": at, "pools": {"p": {"state": "degraded",
+                                                          "reason": "x"}}}}, now, 1800)
+        assert eff["p"].state == "unknown", at

@@ -319,10 +319,12 @@ class Ledger:
         (raw lease JSON -> parsed, kept by the caller between calls; treat the leases as
         read-only) spares re-parsing the leases that did not change."""
         seq, raws = self._snapshot(args=[self.p])
+        # only what is not JSON at all is left out here: the mirror's codec sets aside (and
+        # counts) what cannot be encoded, a restore what lacks a field
         if cache is None:
-            leases = [x for x in map(readable, raws) if x is not None]
+            leases = [x for x in map(decoded, raws) if x is not None]
         else:
-            fresh = {x: cache.get(x) or readable(x) for x in raws}
+            fresh = {x: cache.get(x) or decoded(x) for x in raws}
             cache.clear()
             cache.update({k: v for k, v in fresh.items() if v is not None})
             leases = [v for v in fresh.values() if v is not None]
@@ -510,17 +512,29 @@ class Ledger:
 _warned: set[str] = set()
 
 
+def decoded(raw: Any) -> Any | None:
+    """A stored record as JSON, or None (logged once) when it is not JSON at all."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        _skipped(raw, "not JSON")
+        return None
+
+
 def readable(raw: Any) -> dict[str, Any] | None:
     """A stored lease record, or None (logged once) when it cannot be read or lacks what the
     ledger needs: reads skip it; the next release or reap that meets it sets it aside."""
-    try:
-        lease = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        lease, problem = None, "not JSON"
-    else:
-        problem = lease_problem(lease)
+    lease = decoded(raw)
+    if lease is None:
+        return None
+    problem = lease_problem(lease)
     if problem is None:
         return lease
+    _skipped(raw, problem)
+    return None
+
+
+def _skipped(raw: Any, problem: str) -> None:
     key = (raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw))[:200]
     if key not in _warned and len(_warned) < 10000:
         _warned.add(key)

@@ -20,6 +20,7 @@ Sizes are in GB = 2**30 bytes, as budgets are.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,8 +193,11 @@ def effective(health: Mapping[str, Any], now: float, stale: float) -> dict[str, 
         if not isinstance(pools, Mapping):
             continue
         error = record.get("error")
-        read = isinstance(at, int | float) and not isinstance(at, bool)
-        age = now - at if read else None
+        # a time that is not finite, or ahead of this clock by more than a minute (skew, a bad
+        # record), is no read at all: it would otherwise never go stale
+        read = (isinstance(at, int | float) and not isinstance(at, bool)
+                and math.isfinite(at) and at <= now + 60)
+        age = max(now - at, 0.0) if read else None
         for name, entry in pools.items():
             if age is None or age > stale:
                 why = (f"last read of {vcenter} {_ago(age)}" if age is not None

@@ -90,6 +90,8 @@ def parse_selector(raw: Any, field: str = "selector") -> tuple[Requirement, ...]
     text = raw.strip()
     if not text:
         raise InvalidRequest.of(field, "must not be empty")
+    if text.endswith(","):
+        raise InvalidRequest.of(field, "ends with ',': a requirement is missing")
     reqs: list[Requirement] = []
     pos = 0
     while pos < len(text):

@@ -358,6 +358,9 @@ def parse_request(
             # a network-only lease (vcpus 0, memory 0) is for its port groups
             raise InvalidRequest.of("networks", "must be at least 1 for a network-only lease "
                                     "(vcpus 0 and memory 0)")
+        if vcpus == 0 and memory == 0 and data.get("storage"):
+            raise InvalidRequest.of("storage", "a network-only lease (vcpus 0 and memory 0) "
+                                    "takes only port groups: storage must be 0")
         return Request(
             vcpus=vcpus,
             memory=memory,

@@ -304,8 +304,8 @@ def place(req: Request, fleet: Fleet, strategy: str = "least-utilized",
             summary = f"only {vcs} distinct vCenter(s) have a fitting pool, need {req.vcenters}"
         elif fitting:
             within = f" within {req.vcenters} vCenter(s)" if req.vcenters else ""
-            summary = (f"only {len(chosen)} fitting pool(s){within} ({len(fitting)} fit on "
-                       f"{vcs} vCenter(s)), need {req.pools}")
+            summary = (f"{len(fitting)} pool(s) fit, on {vcs} vCenter(s): not {req.pools} "
+                       f"distinct pools{within}")
         raise NoCapacity.of(reasons, summary)
     return [
         Placement(pool, tuple(fleet.free_networks(pool, req.network_type, req.networks)))
@@ -427,6 +427,10 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
                                 "vcenters must be 1")
     # cordons are temporary and excluded pools open up when named: neither makes it impossible
     candidates = [replace(p, no_schedule=False, exclude=False) for p in pools.values()]
+    if req.required_pool and req.required_pool in pools:
+        why = eligibility(req, next(p for p in candidates if p.name == req.required_pool))
+        if why:
+            raise InvalidRequest.of("required-pool", f"{req.required_pool}: {why}")
     candidates = [p for p in candidates if eligibility(req, p) is None]
     if req.pool_selector and not candidates:
         raise InvalidRequest.of("pool-selector", "no configured pool has all these labels")
