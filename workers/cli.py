@@ -240,14 +240,23 @@ def wait_seconds(value: Any) -> float:
 def cmd_acquire(args: argparse.Namespace) -> int:
     req = request_from(args)
     timeout = args.timeout or wait_seconds(req.get("wait")) + 60
-    leases = call(args, "vcm.acquire", timeout=timeout, request=req)
-    if args.output == "env":
-        print(lease_env(leases))
-    elif args.output == "failure-domains":
-        print(failure_domains(leases))
-    else:
-        emit(args, leases, leases_table)
+    show_leases(args, call(args, "vcm.acquire", timeout=timeout, request=req))
     return EXIT_OK
+
+
+LEASE_OUTPUTS = {"env": lease_env, "failure-domains": failure_domains, "subnets": subnets}
+
+
+def show_leases(args: argparse.Namespace, leases: list[dict[str, Any]],
+                as_json: Any = None) -> None:
+    """Leases in the chosen output: env lines, failure domains, subnets, JSON or a table."""
+    render = LEASE_OUTPUTS.get(args.output)
+    if render is not None:
+        print(render(leases))
+    elif args.output == "json":
+        emit(args, leases if as_json is None else as_json)
+    else:
+        print(leases_table(leases))
 
 
 def cmd_release(args: argparse.Namespace) -> int:
@@ -271,14 +280,8 @@ def cmd_pools(args: argparse.Namespace) -> int:
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
-    leases = call(args, "vcm.list_leases", owner=args.owner, pool=args.pool,
-                  selector=args.selector)
-    if args.output == "failure-domains":
-        print(failure_domains(leases))
-    elif args.output == "subnets":
-        print(subnets(leases))
-    else:
-        emit(args, leases, leases_table)
+    show_leases(args, call(args, "vcm.list_leases", owner=args.owner, pool=args.pool,
+                           selector=args.selector))
     return EXIT_OK
 
 
@@ -302,13 +305,7 @@ def cmd_reserve(args: argparse.Namespace) -> int:
         raise InvalidRequest.of("requests", f"{args.file}: expected a list of requests, or a "
                                 "map with 'requests'")
     groups = call(args, "vcm.acquire_batch", timeout=args.timeout or 120, requests=requests)
-    leases = [x for g in groups for x in g]
-    if args.output == "env":
-        print(lease_env(leases))
-    elif args.output == "failure-domains":
-        print(failure_domains(leases))
-    else:
-        emit(args, groups, lambda v: leases_table([x for g in v for x in g]))
+    show_leases(args, [x for g in groups for x in g], as_json=groups)
     return EXIT_OK
 
 
