@@ -34,7 +34,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pyVim.connect import Disconnect, SmartConnect
+from pyVim.connect import Disconnect
 from pyVmomi import vim, vmodl
 
 from ..core import health
@@ -42,6 +42,7 @@ from ..core.health import GIB, Cluster, Datacenter, Datastore, Host, Inventory, 
 from ..core.models import Pool
 from ..settings import Settings
 from .vcenter import VCenterUnavailable, address, retrieve
+from .vcenter import login as vcenter_login
 
 log = logging.getLogger(__name__)
 TRUNK_VLAN = 4095  # a standard port group's "all VLANs"
@@ -107,20 +108,10 @@ class Session:
 
     def _login(self) -> None:
         host, port = address(self.vcenter)
-        try:
-            si = SmartConnect(
-                host=host, port=port, user=self.user, pwd=self._password,
-                sslContext=self.ssl_context, disableSslCertValidation=self.ssl_context is None,
-                # every call's socket timeout; pooled connections idle longer than that are
-                # dropped rather than reused (vCenter closes idle connections between syncs)
-                httpConnectionTimeout=self.timeout, connectionPoolTimeout=self.timeout,
-            )
-        except vim.fault.InvalidLogin:
-            raise VCenterUnavailable(f"login as {self.user!r} failed (bad credentials)") from None
-        except OSError as exc:  # refused, timed out, DNS, TLS
-            raise VCenterUnavailable(f"unreachable: {exc}") from None
-        except vmodl.MethodFault as exc:
-            raise VCenterUnavailable(f"login failed: {exc.msg}") from None
+        # pooled connections idle longer than the timeout are dropped rather than reused
+        # (vCenter closes idle connections between syncs)
+        si = vcenter_login(host, port, self.user, self._password, self.ssl_context,
+                           self.timeout, connectionPoolTimeout=self.timeout)
         self._si = si
         self._content = si.RetrieveContent()
         self.logins += 1

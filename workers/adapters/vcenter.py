@@ -91,18 +91,7 @@ class VCenterInventory:
         Raises VCenterUnavailable for an unreachable vCenter or rejected credentials.
         """
         name = name or f"{host}:{port}"
-        try:
-            si = SmartConnect(
-                host=host, port=port, user=user, pwd=password, sslContext=ssl_context,
-                disableSslCertValidation=ssl_context is None, httpConnectionTimeout=timeout,
-            )
-        except vim.fault.InvalidLogin:
-            raise VCenterUnavailable(f"login as {user!r} failed (bad credentials)") from None
-        except OSError as exc:  # refused, timed out, DNS, TLS
-            raise VCenterUnavailable(f"unreachable: {exc}") from None
-        except vmodl.MethodFault as exc:
-            raise VCenterUnavailable(f"login failed: {exc.msg}") from None
-        return cls(si, name)
+        return cls(login(host, port, user, password, ssl_context, timeout), name)
 
     def close(self) -> None:
         Disconnect(self._si)  # best effort: never raises
@@ -164,6 +153,24 @@ class VCenterInventory:
             return retrieve(self._content, view, paths)
         finally:
             view.Destroy()
+
+
+def login(host: str, port: int, user: str, password: str, ssl_context: ssl.SSLContext | None,
+          timeout: float, **options: Any) -> Any:
+    """A logged-in ServiceInstance; without `ssl_context` the certificate is not verified
+    (self-signed vCenters). VCenterUnavailable when unreachable or the login is refused."""
+    try:
+        return SmartConnect(
+            host=host, port=port, user=user, pwd=password, sslContext=ssl_context,
+            disableSslCertValidation=ssl_context is None, httpConnectionTimeout=timeout,
+            **options,
+        )
+    except vim.fault.InvalidLogin:
+        raise VCenterUnavailable(f"login as {user!r} failed (bad credentials)") from None
+    except OSError as exc:  # refused, timed out, DNS, TLS
+        raise VCenterUnavailable(f"unreachable: {exc}") from None
+    except vmodl.MethodFault as exc:
+        raise VCenterUnavailable(f"login failed: {exc.msg}") from None
 
 
 def retrieve(content: Any, view: Any, paths: Mapping[type, list[str]]
