@@ -34,7 +34,7 @@ class Queries:
         for lease in self.ledger.leases():
             by_pool.setdefault(lease["status"]["pool"], []).append(lease)
         now = time.time()
-        records = self.ledger.health()
+        records = self.cache.health_records  # read by the fresh fleet() above
         health = effective(records, now, self.cache.health_stale)
         read_at = {vc: r.get("at") for vc, r in records.items() if isinstance(r, dict)}
         out = []

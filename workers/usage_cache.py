@@ -29,6 +29,7 @@ class UsageCache:
         self.health_stale = health_stale
         self._health_read = -HEALTH_REFRESH
         self._degraded: dict[str, str] = {}
+        self.health_records: dict[str, Any] = {}  # as last read (vCenter -> record)
         self.version = -1
         self._usage: dict[str, Usage] = {}
         self._nets: set[str] = set()
@@ -60,7 +61,8 @@ class UsageCache:
         if fresh or now - self._health_read >= HEALTH_REFRESH:
             self._health_read = now
             try:
-                self._degraded = degraded(effective(self.ledger.health(), time.time(),
+                self.health_records = self.ledger.health()
+                self._degraded = degraded(effective(self.health_records, time.time(),
                                                     self.health_stale))
             except Exception:  # noqa: BLE001 - unreadable health is unknown, never an error
                 pass
