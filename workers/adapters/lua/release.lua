@@ -25,7 +25,7 @@ if by_owner ~= '' then
     listed[id] = true
   end
 end
-local seen, found, gone, missing, bad = {}, {}, {}, {}, {}
+local seen, found, gone, missing, bad, stale = {}, {}, {}, {}, {}, {}
 for _, id in ipairs(ids) do
   if not seen[id] then
     seen[id] = true
@@ -44,16 +44,16 @@ for _, id in ipairs(ids) do
       if not cutoff or not exp or tonumber(exp) <= cutoff then found[#found + 1] = {id, l, raw} end
     elseif redis.call('EXISTS', p .. 'gone:' .. id) == 1 then
       gone[#gone + 1] = id
-    elseif not listed[id] then
+    elseif listed[id] then
+      stale[#stale + 1] = id
+    else
       missing[#missing + 1] = id
     end
   end
 end
 if #missing > 0 then return {'missing', missing[1]} end
-for id, _ in pairs(listed) do  -- drop stale members (set aside, or gone) from the owner's set
-  if redis.call('HEXISTS', p .. 'leases', id) == 0 then
-    redis.call('SREM', p .. 'owner:' .. by_owner, id)
-  end
+for _, id in ipairs(stale) do  -- no lease any more (set aside earlier): not the owner's
+  redis.call('SREM', p .. 'owner:' .. by_owner, id)
 end
 local set_aside = {}
 for _, b in ipairs(bad) do
