@@ -37,14 +37,14 @@ test: deps system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: deps system-deps
-	$(PY) bench/run.py
+	$(PY) -m bench.run
 
 # The long property-based search over the task API (VCM_CHAOS_EXAMPLES, VCM_CHAOS_STEPS), then
 # the soak (VCM_SOAK_SECONDS, default 600): both run, the target fails if either does.
 chaos: deps system-deps
 	@status=0; \
 	VCM_CHAOS=1 $(PY) -m pytest -q tests/test_stateful.py $(PYTEST_ARGS) || status=1; \
-	$(PY) bench/soak.py || status=1; \
+	$(PY) -m bench.soak || status=1; \
 	exit $$status
 
 lint: deps

@@ -1,4 +1,7 @@
-"""Benchmarks (`make bench` runs bench/run.py). Helpers shared by the benchmark scripts.
+"""Benchmarks (`make bench` runs `python -m bench.run`). Helpers shared by the benchmark scripts.
+
+Each benchmark runs as a module from the repository root (`python -m bench.NAME`), so the root
+(tests.support, workers, tasks, celeryconfig) is on the import path the standard way.
 
 The machine these run on is usually shared and noisy: every benchmark measures its own baseline
 in the same run and reports ratios against it; absolute numbers are only for orientation.
@@ -7,13 +10,8 @@ in the same run and reports ratios against it; absolute numbers are only for ori
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # tests.support, workers, tasks, celeryconfig
-    sys.path.insert(0, str(ROOT))
 
 BELOW = "BELOW TARGET"
 

@@ -30,7 +30,7 @@ Options: --quick (fewer round trips), --reps N, --preload N (N active leases in 
 before the worker starts, to see whether the cost grows with them), --only documented|solo,
 --mirror file|off|both.
 
-Worker-side timing: VCM_BENCH_PROFILE=DIR .venv/bin/python bench/bench_celery.py starts the
+Worker-side timing: VCM_BENCH_PROFILE=DIR .venv/bin/python -m bench.bench_celery starts the
 workers through a shim that times sections (ledger calls, mirror save, result store, each Redis
 round trip, by thread) and cProfiles the worker's main thread into DIR/worker-<kind>.json.prof.
 It runs 300 1-thread noop round trips (vcm.noop_placement) on one worker and 300
@@ -70,10 +70,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import (  # noqa: E402
+from bench import (
     BELOW,
     fleet_spec,
     fmt_ms,
@@ -371,7 +368,7 @@ def worker_shim(out: str, argv: list[str]) -> None:
             timed(getattr(mirror, cls), "save", f"{cls}.save")
     if hasattr(mirror.FileMirror, "append"):
         timed(mirror.FileMirror, "append", "FileMirror.append (journal)")
-    timed(mirror.os, "fdatasync", "os.fdatasync")
+    timed(mirror.file.os, "fdatasync", "os.fdatasync")  # the journal's (mirror/file.py)
     timed(replies.CeleryReplies, "deliver", "CeleryReplies.deliver")
     timed(backend_base.Backend, "store_result", "backend.store_result")
     store = backend_base.Backend.store_result
@@ -451,7 +448,8 @@ def shim_worker_class():
         stats_path = ""
 
         def start(self, wait: bool = True):
-            args = [sys.executable, str(Path(__file__).resolve()), "--worker-shim",
+            # as a module from the root (cwd): the root is on its path the standard way
+            args = [sys.executable, "-m", "bench.bench_celery", "--worker-shim",
                     self.stats_path, "--", "-A", "tasks", "worker", "-Q", self.queues,
                     "-P", self.pool, "-c", str(self.concurrency), "-n", self.name, "-l", "info",
                     "--without-mingle", "--without-gossip", "-E"]
@@ -885,7 +883,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--worker-shim"]:
         worker_shim(argv[1], argv[3:])
         return 0
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_celery",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few round trips (smoke test)")
     ap.add_argument("--reps", type=int, default=5, help="measurements of each kind")
     ap.add_argument("--preload", type=int, default=0, help="active leases before the start")

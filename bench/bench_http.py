@@ -26,11 +26,11 @@ process (the clients).
 
 --profile SECONDS: afterwards, load the shim with 8 http client threads for that long under
 `py-spy record --format raw --gil` (pip install py-spy) and print where the shim's CPU goes, by
-part of a request (bench/shim_profile.py classifies the sampled stacks; the raw stacks are kept with
---profile-out FILE).
+part of a request (bench/shim_profile.py classifies the sampled stacks; the raw stacks are kept
+with --profile-out FILE).
 
-Run: .venv/bin/python bench/bench_http.py [--threads 1,8] [--reps 3] [--quick]
-                                          [--profile 20 [--profile-out /tmp/shim.txt]]
+Run (from the repository root): .venv/bin/python -m bench.bench_http [--threads 1,8] [--reps 3]
+     [--quick] [--profile 20 [--profile-out /tmp/shim.txt]]
 """
 
 from __future__ import annotations
@@ -46,10 +46,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import (  # noqa: E402
+from bench import (
     fleet_spec,
     fmt_ms,
     fmt_rate,
@@ -180,7 +177,8 @@ def profile_shim(pid: int, seconds: float, make_http, out: Path) -> tuple[int, f
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_http",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", default="1,8", help="client thread counts, comma-separated")
     ap.add_argument("--reps", type=int, default=3, help="measurements of each kind")
     ap.add_argument("--quick", action="store_true", help="small measurements, two repetitions")

@@ -17,7 +17,7 @@ Two loads, each starting from an empty ledger (everything is released in between
 - `1 client`: one client thread, acquire after acquire (each answer needs its own save or
   journal append).
 
-Usage: .venv/bin/python bench/bench_mirror.py [--rounds N] [--quick]
+Usage (from the repository root): .venv/bin/python -m bench.bench_mirror [--rounds N] [--quick]
 """
 
 from __future__ import annotations
@@ -30,10 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import fleet_spec, fmt_ms, fmt_rate, median, percentile, table, write_pools  # noqa: E402
+from bench import fleet_spec, fmt_ms, fmt_rate, median, percentile, table, write_pools
 
 REQUEST = {"vcpus": 1, "memory": 1, "storage": 1, "networks": 0}
 TIMEOUT = 300.0
@@ -133,7 +130,8 @@ class Target:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_mirror",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2, help="measurements of each (best kept)")
     ap.add_argument("--burst", type=int, default=1000, help="acquires in a burst")
     ap.add_argument("--sequential", type=int, default=100, help="acquires by the lone client")

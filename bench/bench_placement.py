@@ -24,7 +24,7 @@ Every lease holds one port group, as the default request does, so 10,000 leases 
 10,000 port groups in use (pools have 64 each); a third ledger holds 10,000 leases without port
 groups to separate the two effects.
 
-Run: .venv/bin/python bench/bench_placement.py [--quick] [--no-redis]
+Run (from the repository root): .venv/bin/python -m bench.bench_placement [--quick] [--no-redis]
 """
 
 from __future__ import annotations
@@ -38,10 +38,7 @@ import time
 import uuid
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import (  # noqa: E402
+from bench import (
     fleet_spec,
     fmt_rate,
     fmt_us,
@@ -50,9 +47,9 @@ from bench import (  # noqa: E402
     verdict,
     write_pools,
 )
-from workers.core.models import Pool, make_lease, parse_request  # noqa: E402
-from workers.core.placement import Fleet, FreeNets, place  # noqa: E402
-from workers.core.pools import parse_pools  # noqa: E402
+from workers.core.models import Pool, make_lease, parse_request
+from workers.core.placement import Fleet, FreeNets, place
+from workers.core.pools import parse_pools
 
 POOLS, VCENTERS, PORT_GROUPS = 200, 40, 64
 FEW, MANY = 100, 10_000
@@ -295,7 +292,8 @@ ROWS = [  # breakdown table: (label, key in bench_ledger's result)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_placement",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke test)")
     ap.add_argument("--no-redis", action="store_true", help="only the pure placement rows")
     args = ap.parse_args(argv)

@@ -4,6 +4,8 @@ A pool is full; a request waits in line; the test releases a lease and measures,
 moment the release is sent, how long until the waiting request's result is ready. Boskos
 clients poll every 3 s and the CRD controller requeues every 30 s; target p99 <= 50 ms.
 Runs with the default file mirror (grants are answered once the mirror covers them) and off.
+
+Run (from the repository root): .venv/bin/python -m bench.bench_wait [--quick]
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.support.procs import Stack, wait_for  # noqa: E402
+from tests.support.procs import Stack, wait_for
 
 POOLS = yaml.safe_dump({"pools": [{
     "name": "p1", "vcenter": "vc1", "datacenter": "dc", "cluster": "c", "datastore": "ds",
@@ -61,7 +61,7 @@ def measure(mirror: str, rounds: int) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_wait")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     rounds = 30 if args.quick else 100

@@ -4,12 +4,16 @@
 (b) bench/bench_celery.py      acquire+release round trips through the real worker, started both
                                documented ways, against a minimal Celery app's no-op task
 (c) bench/bench_http.py        the HTTP shim (run only if the file exists)
+(d) bench/bench_wait.py        release-to-grant lag of a waiting request
+(e) bench/bench_mirror.py      the ledger mirror: API writes and throughput
 
-Each runs as its own process (its own redis-server, workers and Celery client) and prints
-markdown tables. A target that is missed is printed as "BELOW TARGET" and does not fail the run;
-the exit status is non-zero only when a benchmark itself fails (crash, timeout).
+Each runs as its own process, `python -m bench.NAME` from the repository root (its own
+redis-server, workers and Celery client), and prints markdown tables. A target that is missed
+is printed as "BELOW TARGET" and does not fail the run; the exit status is non-zero only when a
+benchmark itself fails (crash, timeout).
 
-Usage: .venv/bin/python bench/run.py [--quick] [--only placement|celery|http]
+Usage, from the repository root (as `make bench` runs it):
+    .venv/bin/python -m bench.run [--quick] [--only placement|celery|http|wait|mirror]
 The machine is usually shared: read ratios against the baselines measured in the same run, not
 absolute numbers.
 """
@@ -41,11 +45,13 @@ BENCHES = [  # (key, title, script)
 
 
 def run_one(script: Path, args: list[str], timeout: float) -> tuple[int, str]:
-    """Run a benchmark script, echoing its output as it comes; returns (status, output)."""
+    """Run a benchmark script as a module from the repository root (`python -m bench.NAME`:
+    the root is on its import path the standard way), echoing its output as it comes; returns
+    (status, output)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
-    proc = subprocess.Popen([sys.executable, str(script), *args], cwd=ROOT, env=env,
+    module = f"{HERE.name}.{script.stem}"
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             bufsize=1)
     lines: list[str] = []
@@ -73,7 +79,7 @@ def run_one(script: Path, args: list[str], timeout: float) -> tuple[int, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="run the benchmarks")
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description="run the benchmarks")
     ap.add_argument("--quick", action="store_true", help="smoke-test sizes")
     ap.add_argument("--only", choices=[b[0] for b in BENCHES], action="append",
                     help="run only this benchmark (repeatable)")

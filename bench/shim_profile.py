@@ -13,7 +13,8 @@ Each sampled stack is one line, `frame;frame;...;frame COUNT`, outermost first, 
    uvicorn/h11, anyio's thread hand-off, asyncio).
 
 bench/bench_http.py --profile runs the sampler and prints `report()`; this module also reads a
-file directly: .venv/bin/python bench/shim_profile.py STACKS [CPU_MS_PER_ROUND_TRIP].
+file directly, from the repository root: .venv/bin/python -m bench.shim_profile STACKS
+[CPU_MS_PER_ROUND_TRIP].
 """
 
 from __future__ import annotations
@@ -23,10 +24,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import table  # noqa: E402
+from bench import table
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?):(?P<line>\d+)\)$")
 

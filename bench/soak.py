@@ -29,6 +29,9 @@ Bounds, from the settings this soak runs with:
 
 Environment: VCM_SOAK_SECONDS (600), VCM_SOAK_THREADS (8), VCM_SOAK_WARMUP (20),
 VCM_SOAK_RSS_MIB (32). Exit status 1 when a bound is broken or a task failed unexpectedly.
+
+Run (from the repository root; `make chaos` runs it after the long property-based search):
+.venv/bin/python -m bench.soak
 """
 
 from __future__ import annotations
@@ -44,14 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import yaml
+from celery import Celery
 
-import yaml  # noqa: E402
-from celery import Celery  # noqa: E402
-
-import celeryconfig  # noqa: E402
-from tests.support.procs import LoggedProcess, RedisServer, env_for, wait_for  # noqa: E402
+import celeryconfig
+from tests.support.procs import LoggedProcess, RedisServer, env_for, wait_for
 
 SECONDS = float(os.environ.get("VCM_SOAK_SECONDS", "600"))
 THREADS = int(os.environ.get("VCM_SOAK_THREADS", "8"))

@@ -678,7 +678,6 @@ def test_file_mirror_corrupt_file_is_an_error_not_none(tmp_path):
 _KILL_CHILD = textwrap.dedent(
     """
     import json, sys
-    sys.path.insert(0, sys.argv[2])
     from workers.adapters.mirror import FileMirror
     m = FileMirror(sys.argv[1])
     i = 0
@@ -708,7 +707,8 @@ def test_file_mirror_survives_sigkill_mid_save(tmp_path):
     # machine (the JSON encoding before it takes longer): keep trying until one does
     while kills < 6 or (mid_write == 0 and kills < 100):
         proc = subprocess.Popen(
-            [sys.executable, "-c", _KILL_CHILD, str(target), str(ROOT)],
+            [sys.executable, "-c", _KILL_CHILD, str(target)],
+            cwd=ROOT,  # `-c` puts the working directory first on the path: the repository root
             stdout=subprocess.PIPE,
             text=True,
         )
