@@ -399,3 +399,29 @@ def test_an_unreadable_pools_file_is_a_config_error(tmp_path, raw, why):
     with pytest.raises(ConfigError) as info:
         load_pools(str(path))
     assert str(path) in str(info.value) and why in str(info.value)
+
+
+@pytest.mark.parametrize(("raw", "field", "lines"), [
+    ("pools:\n  - name: p\n    vcenter: vc\n    vcpus: 4\n    vcpus: 8\n", "vcpus",
+     "line 4, again at line 5"),
+    ("pools:\n  - name: p\npools:\n  - name: q\n", "pools", "line 1, again at line 3"),
+    ("pools:\n  - name: p\n    labels: {zone: a, zone: b}\n", "zone", "line 3, again at line 3"),
+])
+def test_a_key_given_twice_is_refused_naming_it_and_its_lines(tmp_path, raw, field, lines):
+    """PyYAML keeps the last of two equal keys silently: the pool would run on whichever came
+    last."""
+    from workers.adapters.pools_file import load_pools
+
+    path = tmp_path / "pools.yaml"
+    path.write_text(raw)
+    with pytest.raises(ConfigError) as info:
+        load_pools(str(path))
+    assert info.value.details["field"] == field and lines in str(info.value), str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_yaml_merge_keys_and_repeated_values_still_load(tmp_path):
+    from workers.adapters.yaml_files import load_yaml
+
+    data = load_yaml("base: &b {vcpus: 4, memory: 8}\npool:\n  <<: *b\n  vcpus: 6\nx: [1, 1]\n")
+    assert data["pool"] == {"vcpus": 6, "memory": 8} and data["x"] == [1, 1]

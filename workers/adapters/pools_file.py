@@ -11,6 +11,7 @@ import yaml
 from ..core.errors import ConfigError
 from ..core.models import Pool
 from ..core.pools import parse_pools
+from .yaml_files import DuplicateKey, load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +19,11 @@ log = logging.getLogger(__name__)
 def load_pools(path: str) -> tuple[Pool, ...]:
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = load_yaml(fh)
     except OSError as exc:
         raise ConfigError.of(path, None, None, f"cannot read: {exc.strerror}") from None
+    except DuplicateKey as exc:
+        raise ConfigError.of(path, None, exc.key, exc.problem or "given twice") from None
     except yaml.YAMLError as exc:
         raise ConfigError.of(path, None, None, f"not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:
