@@ -267,6 +267,12 @@ def test_del_and_c1_control_characters_are_rejected(value):
     bad({**BASE, "owner": value}, "owner")
 
 
+@pytest.mark.parametrize("value", ["alice\u202e", "\u2066bob\u2069", "x\u202a"])
+def test_bidirectional_controls_are_rejected(value):
+    """They reorder what is shown: 'mallory\u202eecila' reads as an owner ending in 'alice'."""
+    bad({**BASE, "owner": value}, "owner")
+
+
 # ---------------------------------------------------------------------------------------------
 # property: garbage in, InvalidRequest (or a valid Request) out
 
@@ -274,6 +280,7 @@ FIELD_KEYS = list(REQUEST_FIELDS) + [f.replace("-", "_") for f in REQUEST_FIELDS
 TRICKY = st.sampled_from([
     "24h", "90m", "1h30m", "45s", "7d", "8d", "", " ", "-1", "0", "1e5", "nan", "inf", "1.5.5",
     "٣", "١h", "²", "³h", "24", "\x00", "a\nb", "é", "x" * 300, "pool1", "single-tenant", "east",
+    "alice\u202eecila", "bob\u2067",
 ])
 EDGE = TRICKY | st.sampled_from([10**400, -(10**400), -1, 0, 3600, 1.5, True, math.nan])
 JSON = st.recursive(
@@ -296,6 +303,9 @@ RAW = st.one_of(
                           optional={"ttl": EDGE, "wait": EDGE, "ttl_": EDGE}),
     JSON,
 )
+
+
+BIDI_FORMATTING = {"LRE", "RLE", "PDF", "LRO", "RLO", "LRI", "RLI", "FSI", "PDI"}
 
 
 @PROPS
@@ -321,6 +331,8 @@ def test_arbitrary_input_raises_only_invalid_request(raw):
                  req.required_pool or ""):
         assert isinstance(text, str)
         assert not any(unicodedata.category(c) == "Cc" for c in text), text
+        # bidirectional formatting (class LRE/RLE/PDF/LRO/RLO/LRI/RLI/FSI/PDI) reorders display
+        assert not any(unicodedata.bidirectional(c) in BIDI_FORMATTING for c in text), text
     assert req.request_id == "" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}",
                                                 req.request_id)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in req.pool_selector)

@@ -3,7 +3,9 @@ command-line flags and the pools file all pass through `text_problem`.
 
 A string is stored in Redis, encoded by Lua's cjson, written to the mirror and echoed in
 answers. A lone surrogate cannot be encoded as UTF-8 and a control character breaks logs and
-shell `export` lines, so both are refused before anything is stored."""
+shell `export` lines, so both are refused before anything is stored. So are the bidirectional
+embedding, override and isolate characters: they reorder how the text around them is shown, so
+an owner could be made to read as another one on the dashboard, in `vcm leases` or in a log."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import unicodedata
 from typing import Any
 
 MAX_TEXT = 253  # a DNS name's length: more than any name or owner here needs
+# LRE, RLE, PDF, LRO, RLO and LRI, RLI, FSI, PDI
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def text_problem(value: str, max_len: int = MAX_TEXT) -> str | None:
@@ -23,6 +27,8 @@ def text_problem(value: str, max_len: int = MAX_TEXT) -> str | None:
             return f"is not valid Unicode text (lone surrogate {ascii(c)})"
         if cat == "Cc":
             return f"must not contain control characters (found {ascii(c)})"
+        if c in BIDI_CONTROLS:
+            return f"must not contain bidirectional control characters (found {ascii(c)})"
     return None
 
 
