@@ -7,14 +7,14 @@ import uuid
 
 import pytest
 
-from workers.adapters.ledger import Ledger, LedgerUnready
+from workers.adapters.ledger import Ledger, LedgerUnready, Unparked
 from workers.core.models import Pool, make_lease, parse_request
 
 
 @pytest.fixture()
 def own_ledger(redis_server):
     ledger = Ledger(redis_server.client(), prefix=f"t-{uuid.uuid4().hex[:8]}:")
-    assert ledger.restore({"seq": 0, "leases": []})
+    assert ledger.restore({"seq": 0, "leases": []}).applied
     return ledger
 
 
@@ -46,7 +46,7 @@ def test_release_reports_the_waiting_line(own_ledger):
     own_ledger.park("w", {"task": "t", "request": {}, "since": 0, "deadline": 1e12})
     res = own_ledger.release([groups["r1"][0]["metadata"]["name"]])
     assert res.waiting == 1 and res.seq == ok.seq + 1
-    assert own_ledger.unpark("w") == (True, [])
+    assert own_ledger.unpark("w") == Unparked(left=True, twins=[])
     assert own_ledger.release([], by_owner="o").waiting == 0
 
 
@@ -56,14 +56,15 @@ def test_quiet_changes_do_not_kick_the_publisher(own_ledger):
     assert own_ledger.commit(own_ledger.usage()[0], groups, caps).status == "ok"
     lid = groups["r1"][0]["metadata"]["name"]
     raw = own_ledger.raw(lid)
-    status, seq, _ = own_ledger.swap(lid, raw, own_ledger.get(lid), time.time() + 60)
-    assert status == "ok" and seq == 2
+    swapped = own_ledger.swap(lid, raw, own_ledger.get(lid), time.time() + 60)
+    assert swapped.status == "ok" and swapped.seq == 2
+    assert own_ledger.raw(lid) == swapped.raw
     own_ledger.release([lid])
-    assert not own_ledger.r.exists(own_ledger.p + "kick")
+    assert not own_ledger.r.exists(own_ledger.k.kick)
     own_ledger.quiet = False
     groups, caps = _group(own_ledger, "r2")
     assert own_ledger.commit(own_ledger.usage()[0], groups, caps).status == "ok"
-    assert own_ledger.r.lrange(own_ledger.p + "kick", 0, -1) == [b"4"]
+    assert own_ledger.r.lrange(own_ledger.k.kick, 0, -1) == [b"4"]
 
 
 def test_replacing_from_a_mirror_needs_redis_to_be_behind_it(own_ledger):
@@ -76,10 +77,10 @@ def test_replacing_from_a_mirror_needs_redis_to_be_behind_it(own_ledger):
     more, _ = _group(own_ledger, "r2")
     assert own_ledger.commit(own_ledger.usage()[0], more, caps).status == "ok"
     before = own_ledger.audit()
-    assert not own_ledger.restore(behind, replace=True)
+    assert not own_ledger.restore(behind, replace=True).applied
     assert own_ledger.audit() == before and own_ledger.seq() == first.seq + 1
     newer = {"seq": first.seq + 5, "leases": groups["r1"]}  # Redis went back: the mirror wins
-    assert own_ledger.restore(newer, replace=True)
+    assert own_ledger.restore(newer, replace=True).applied
     after = own_ledger.audit()
     assert sorted(after["leases"]) == [groups["r1"][0]["metadata"]["name"]]
     assert after["counters"]["p1"] == (1, 1, 0, 1) and own_ledger.seq() == first.seq + 5
@@ -94,7 +95,7 @@ def test_writes_refuse_while_redis_is_below_the_floor(own_ledger):
     lid = groups["r1"][0]["metadata"]["name"]
     with pytest.raises(LedgerUnready):
         own_ledger.release([lid])
-    assert own_ledger.swap(lid, own_ledger.raw(lid), own_ledger.get(lid), 1.0)[0] == "unready"
+    assert own_ledger.swap(lid, own_ledger.raw(lid), own_ledger.get(lid), 1.0).status == "unready"
     own_ledger.floor = ok.seq
     assert own_ledger.release([lid]).leases[0]["metadata"]["name"] == lid
 
@@ -116,7 +117,7 @@ def test_a_lease_renewed_after_the_reaper_read_it_is_not_reaped(own_ledger):
     assert own_ledger.expired(now) == [lid]  # the reaper read it
     raw = own_ledger.raw(lid)  # ... then a renewal landed before its release
     renewed = {**own_ledger.get(lid)}
-    assert own_ledger.swap(lid, raw, renewed, now + 3600)[0] == "ok"
+    assert own_ledger.swap(lid, raw, renewed, now + 3600).status == "ok"
     res = own_ledger.release([lid], reason="expired", expired_by=now)
     assert res.leases == [] and res.already == []
     assert lid in own_ledger.audit()["leases"]
@@ -132,11 +133,41 @@ def test_a_restore_sets_aside_bad_records_and_writes_the_rest(redis_server):
     bad_spec = _group(ledger, "b2")[0]["b2"][0]
     bad_spec["spec"]["vcpus"] = "many"
     leases = [good[0], bad_owner, good[1], bad_spec, good[2], "not a lease"]
-    assert ledger.restore({"seq": 7, "leases": leases})
+    assert ledger.restore({"seq": 7, "leases": leases}).applied
     audit = ledger.audit()
     assert sorted(audit["leases"]) == sorted(x["metadata"]["name"] for x in good)
     assert audit["counters"]["p1"] == (3, 3, 0, 3)
-    quarantined = ledger.r.hgetall(ledger.p + "quarantine")
+    quarantined = ledger.r.hgetall(ledger.k.quarantine)
     assert len(quarantined) == 3
     assert ledger.stats()["quarantined"] == 3
     assert ledger.seq() == 7
+
+
+def test_the_waiting_line_scripts_answer_with_named_results(own_ledger):
+    record = {"task": "t1", "request": {}, "since": 0, "deadline": 1e12}
+    first = own_ledger.park("k", record)
+    assert (first.position, first.record) == (1, record)
+    twin = own_ledger.park("k", {**record, "task": "t2"})  # the same request sent again
+    assert twin.position == 1 and twin.record == record  # the first task's record stays
+    assert own_ledger.park("k2", {**record, "task": "t3"}).position == 2
+    assert own_ledger.unpark("k") == Unparked(left=True, twins=["t2"])
+    assert own_ledger.unpark("k") == Unparked(left=False, twins=[])
+    groups, caps = _group(own_ledger, "r1")
+    assert own_ledger.commit(own_ledger.usage().version, groups, caps).status == "ok"
+    granted = own_ledger.park("r1", record)  # granted meanwhile: nothing parked
+    assert (granted.position, granted.record) == (0, record)
+    assert not own_ledger.is_waiting("r1")
+
+
+def test_the_mirror_scripts_answer_with_named_results(own_ledger):
+    groups, caps = _group(own_ledger, "r1")
+    ok = own_ledger.commit(own_ledger.usage().version, groups, caps)
+    assert own_ledger.defer("task", {"x": 1}).seq == ok.seq
+    assert own_ledger.outbox() == [("task", ok.seq, {"x": 1})]
+    snap = own_ledger.snapshot()
+    assert snap == {"format": 1, "seq": ok.seq, "leases": groups["r1"]}
+    assert not own_ledger.restore(snap).applied  # ready already: nothing changes
+    version, pools, nets = own_ledger.usage()  # a tuple too
+    assert (version, pools, nets) == (own_ledger.usage().version, own_ledger.usage().pools,
+                                      own_ledger.usage().nets)
+    assert pools["p1"].vcpus == 1 and nets == set()

@@ -79,7 +79,7 @@ class Recovery:
                 return self._catch_up(check_mirror)
             snapshot = self.mirror.load() if self.mirror is not None else None
             snapshot = snapshot or {"seq": 0, "leases": []}
-            restored = self.ledger.restore(snapshot)
+            restored = self.ledger.restore(snapshot).applied
             if restored and self.journal is not None:  # the mirror holds what Redis now has
                 self.journal.covered = max(self.journal.covered, int(snapshot.get("seq", 0)))
             if restored and snapshot["leases"]:
@@ -114,7 +114,7 @@ class Recovery:
                           mirrored)
                 self._restart_at(seq)
             return False
-        if not self.ledger.restore(snapshot, replace=True):
+        if not self.ledger.restore(snapshot, replace=True).applied:
             return False  # another writer moved it past the mirror meanwhile: it is live
         log.warning("the Redis ledger went back to seq %d (restarted from an older state): "
                     "replaced it with the mirror's %d leases at seq %d", seq,

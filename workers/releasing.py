@@ -101,11 +101,11 @@ class Releasing:
             new = max(current, min(time.time() + req.ttl,
                                    leased + self.settings.max_lease_lifetime))
             lease["status"]["expires-at"] = rfc3339(new)
-            status, seq, new_raw = self.ledger.swap(lease_id, raw, lease, new)
-            if status == "ok":
-                self.recovery.record(seq, [new_raw], [])
+            swapped = self.ledger.swap(lease_id, raw, lease, new)
+            if swapped.status == "ok":
+                self.recovery.record(swapped.seq, [swapped.raw], [])
                 return lease
-            if status == "unready":
+            if swapped.status == "unready":
                 self.recovery.ensure_ready()
         raise LeaseNotFound.of(lease_id)
 

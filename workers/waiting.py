@@ -75,7 +75,8 @@ class WaitingLine:
         record = {"task": task_id, "request": req.to_dict(), "since": time.time(),
                   "deadline": deadline}
         self.empty = False
-        position, record = self.ledger.park(req.key, record)
+        in_line = self.ledger.park(req.key, record)
+        position, record = in_line.position, in_line.record
         if position == 0:  # granted meanwhile (a redelivered task): answer with the leases
             existing = self.placing.existing([req])
             return existing[0] if existing else []
@@ -104,13 +105,13 @@ class WaitingLine:
                 self._show(key, record, position, exc.reasons)
                 continue
             except (InvalidRequest, WaitTimeout, LeaseNotFound) as exc:
-                left, twins = self.ledger.unpark(key)
-                if left:
-                    self._answer([record["task"], *twins], fail=exc)
+                unparked = self.ledger.unpark(key)
+                if unparked.left:
+                    self._answer([record["task"], *unparked.twins], fail=exc)
                 continue
             granted += 1
             self.ledger.count("granted-after-wait")
-            self._answer([record["task"], *self.ledger.unpark(key)[1]], leases=leases)
+            self._answer([record["task"], *self.ledger.unpark(key).twins], leases=leases)
         return granted
 
     def _answer(self, tasks: list[str], leases: list[dict[str, Any]] | None = None,
@@ -138,12 +139,12 @@ class WaitingLine:
     def expire(self, key: str, record: dict[str, Any], why: str = "") -> bool:
         """Take a waiter out of the line and fail its tasks with WaitTimeout (False: it had
         left already)."""
-        left, twins = self.ledger.unpark(key)
-        if not left:
+        unparked = self.ledger.unpark(key)
+        if not unparked.left:
             return False
         self.ledger.count("refused:WaitTimeout")
         waited = round(time.time() - record["since"], 1)
-        self._answer([record["task"], *twins], fail=WaitTimeout.of(waited, why=why))
+        self._answer([record["task"], *unparked.twins], fail=WaitTimeout.of(waited, why=why))
         return True
 
     def cancel(self, task_id: Any) -> bool:

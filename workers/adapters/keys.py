@@ -1,7 +1,7 @@
 """Every Redis key the capacity manager uses, named once. Celery's own keys (the broker's
 queues, `celery-task-meta-*` results) are Celery's: see tasks/results.py.
 
-All keys share a prefix (`vcm:` unless a test gives its own). The Lua scripts in ledger.py
+All keys share a prefix (`vcm:` unless a test gives its own). The ledger's Lua scripts (lua/)
 build the same names from the prefix; their headers say which they touch.
 
 =====================  ===============================================================

@@ -1,7 +1,9 @@
 -- Leases, counters and port groups read in one atomic step (tests and checks).
 -- KEYS: none (derived from the prefix: leases, pools, use:<pool>, nets)
 -- ARGV: [1] prefix
--- Returns {HGETALL leases, [pool, counters, ...], HGETALL nets}
+-- Returns (decoded into ledger.scripts.Audit):
+--   {[lease id, lease JSON, ...], [pool, {vcpus, memory, storage, leases}, ...],
+--    [pg key, lease id, ...]}
 local p = ARGV[1]
 local leases = redis.call('HGETALL', p .. 'leases')
 local usage = {}

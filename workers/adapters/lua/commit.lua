@@ -8,7 +8,8 @@
 --            leases: [{id, owner, exp}], granted?: [waiter keys], lone?, quiet?, floor?,
 --            latency?: {seconds, bucket?}},
 --       [4..] each new lease's JSON, in the order of `leases`
--- Returns {'ok', version, seq} | {'dup', [key, ids JSON, ...]} | {'conflict', key} |
+-- Returns (decoded into ledger.scripts.Commit):
+--         {'ok', version, seq} | {'dup', [key, ids JSON, ...]} | {'conflict', key} |
 --         {'queued', key} | {'stale', version} | {'waiters', ''} | {'gone', key} |
 --         {'over', pool or port group} | {'unready', '0'}
 local p = ARGV[1]

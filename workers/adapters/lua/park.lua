@@ -1,7 +1,8 @@
 -- Join the waiting line, once per request key; a later task for the same key is a twin.
 -- KEYS: none (derived from the prefix: req:<key>, waiting, waiters, arrivals, twins:<key>)
 -- ARGV: [1] prefix, [2] request key, [3] waiter record JSON, [4] task id
--- Returns {'parked', position, the record in line} | {'dup', 0} (granted meanwhile)
+-- Returns (decoded into ledger.scripts.InLine):
+--   {'parked', position (1: the head), the record in line} | {'dup', 0} (granted meanwhile)
 local p = ARGV[1]
 local rid = ARGV[2]
 if redis.call('EXISTS', p .. 'req:' .. rid) == 1 then return {'dup', 0} end

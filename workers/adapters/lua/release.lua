@@ -3,11 +3,13 @@
 -- `reaped`; any other reason counts as `releases`.
 -- KEYS: none (derived from the prefix: leases, expiry, owner:<owner>, use:<pool>, nets,
 --       gone:<id>, req:<key>, quarantine, version, seq, stats, reaped, waiting, kick, ready)
--- ARGV: prefix, ids JSON, owner to check ('' none), owner whose leases all go ('' none),
---       reason, now (RFC 3339), keep (s), quiet ('1'), floor, reap cutoff (epoch s; '' none)
+-- ARGV: [1] prefix, [2] ids JSON, [3] owner to check ('' none), [4] owner whose leases all
+--       go ('' none), [5] reason, [6] now (RFC 3339), [7] keep (s), [8] quiet ('1'),
+--       [9] floor, [10] reap cutoff (epoch s; '' none)
 -- A lease whose record cannot be decoded is set aside in `quarantine` (its usage stays
 -- counted: safe, never over-allocating) instead of failing every release that meets it.
--- Returns {'ok', old version, [released JSON], [ids released before], seq, waiting, [set aside]}
+-- Returns (decoded into ledger.scripts.Released; the refusals are raised):
+--         {'ok', old version, [released JSON], [ids released before], seq, waiting, [set aside]}
 --         | {'notowner', id, holder} | {'missing', id} | {'unready', ''}
 local p = ARGV[1]
 if unready(p, ARGV[9]) then return {'unready', ''} end

@@ -2,8 +2,11 @@
 -- that went back below the snapshot's seq. Every record is decoded before the first write.
 -- KEYS: none (derived from the prefix: leases, owner:<owner>, pools, use:<pool>, nets,
 --       expiry, version, req:<key>, seq, ready)
--- ARGV: prefix, snapshot seq, {leases: [raw JSON], expiry: [epoch s], rids: {key: ids JSON}},
---       replace ('1': Redis went back below the snapshot)
+-- ARGV: [1] prefix, [2] snapshot seq,
+--       [3] {leases: [raw JSON], expiry: [epoch s], rids: {key: ids JSON}},
+--       [4] replace ('1': Redis went back below the snapshot)
+-- Returns (decoded into ledger.scripts.Restored): 1 rebuilt | 0 not (Redis was ready, or
+--         not behind the snapshot; or it held leases of its own: marked ready, Redis wins)
 local p = ARGV[1]
 local d = cjson.decode(ARGV[3])
 local parsed = {}  -- every record decoded before the first write (the caller checked them)

@@ -2,7 +2,8 @@
 -- KEYS: none (derived from the prefix: leases, expiry, seq, kick, ready)
 -- ARGV: [1] prefix, [2] lease id, [3] its JSON as read, [4] the new JSON, [5] new expiry
 --       (epoch s), [6] quiet ('1': do not wake the publisher), [7] floor
--- Returns {'ok', seq} | {'missing', 0} | {'changed', 0} | {'unready', 0}
+-- Returns (decoded into ledger.scripts.Swapped):
+--   {'ok', seq} | {'missing', 0} | {'changed', 0} | {'unready', 0}
 local p = ARGV[1]
 if unready(p, ARGV[7]) then return {'unready', 0} end
 local cur = redis.call('HGET', p .. 'leases', ARGV[2])

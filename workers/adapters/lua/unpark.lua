@@ -1,7 +1,7 @@
 -- Leave the waiting line.
 -- KEYS: none (derived from the prefix: waiting, waiters, twins:<key>)
 -- ARGV: [1] prefix, [2] request key
--- Returns {left 0/1, [twin task ids]}
+-- Returns (decoded into ledger.scripts.Unparked): {left 0/1, [twin task ids]}
 local p = ARGV[1]
 local twins = redis.call('SMEMBERS', p .. 'twins:' .. ARGV[2])
 redis.call('DEL', p .. 'twins:' .. ARGV[2])

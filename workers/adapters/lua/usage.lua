@@ -1,7 +1,8 @@
 -- The usage version, per-pool counters, port groups in use and readiness, in one read.
 -- KEYS: none (derived from the prefix: version, pools, use:<pool>, nets, ready)
 -- ARGV: [1] prefix
--- Returns {version, [pool, {vcpus, memory, storage, leases}, ...], [pg key...], ready 0/1}
+-- Returns (decoded into ledger.scripts.UsageRead; not ready raises when the caller needs it):
+--   {version, [pool, {vcpus, memory, storage, leases}, ...], [pg key, ...], ready 0/1}
 local p = ARGV[1]
 local v = redis.call('GET', p .. 'version')
 if not v then

@@ -1,0 +1,73 @@
+"""The lease ledger in Redis. Every change is one Lua script (in ../lua/, with its KEYS/ARGV
+header and the layout of what it returns), so it is atomic; a script checks everything before
+its first write, because Redis does not roll back a script that fails half-way. The keys are
+listed in ../keys.py.
+
+One `Ledger` object offers every operation; each part keeps one job:
+
+base.py       the shared state: Redis client, prefix and keys, the scripts, quiet and floor
+scripts.py    loading the scripts; one result type per script, decoding its reply
+records.py    stored lease records: decoded, readable (checked), released views
+leases.py     lease reads and writes: usage, lookups, commit, release, swap
+line.py       the waiting line's storage: park, unpark, twins, waiters
+mirroring.py  snapshots and restores (and set-aside records), held answers, the publisher's
+              bookkeeping
+status.py     counters, latency histogram, usage history, reaped list, vCenter health
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from .leases import LeaseStore
+from .line import LineStore
+from .mirroring import MirrorStore
+from .records import decoded, lease_name, lease_problem, readable, released_view
+from .scripts import (
+    Audit,
+    Commit,
+    Deferred,
+    InLine,
+    LedgerConflict,
+    LedgerUnready,
+    Released,
+    Restored,
+    SnapshotRead,
+    Swapped,
+    Unparked,
+    UsageRead,
+)
+from .status import LATENCY_BUCKETS, StatusStore
+
+
+class Ledger(LeaseStore, LineStore, MirrorStore, StatusStore):
+    """The ledger in Redis: every part above on one client and prefix."""
+
+    @classmethod
+    def from_url(cls, url: str, **kw: Any) -> Ledger:
+        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5), **kw)
+
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "Audit",
+    "Commit",
+    "Deferred",
+    "InLine",
+    "Ledger",
+    "LedgerConflict",
+    "LedgerUnready",
+    "Released",
+    "Restored",
+    "SnapshotRead",
+    "Swapped",
+    "Unparked",
+    "UsageRead",
+    "decoded",
+    "lease_name",
+    "lease_problem",
+    "readable",
+    "released_view",
+]

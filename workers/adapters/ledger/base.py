@@ -1,0 +1,20 @@
+"""What every part of the ledger shares: the Redis client, the key prefix and its names, the
+scripts, and the write guards (quiet, floor)."""
+
+from __future__ import annotations
+
+import redis
+
+from ..keys import Keys
+from .scripts import Scripts
+
+
+class LedgerBase:
+    def __init__(self, client: redis.Redis, prefix: str = "vcm:", keep: int = 7 * 86400) -> None:
+        self.r = client
+        self.p = prefix  # the scripts derive every key from it
+        self.k = Keys(prefix)
+        self.keep = keep  # seconds a released lease's record is kept
+        self.quiet = False  # True: changes do not kick the publisher (the caller journals them)
+        self.floor = 0  # writes refuse below this seq (see prelude.lua, Capacity.ensure_ready)
+        self.scripts = Scripts(client)

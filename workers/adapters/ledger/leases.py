@@ -1,0 +1,152 @@
+"""Lease reads and writes: usage, lookups, and the scripts that change leases (commit,
+release, swap)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ...core.models import lease_port_groups, parse_rfc3339
+from .base import LedgerBase
+from .records import readable, released_view, text
+from .scripts import Audit, Commit, Released, Swapped, UsageRead, audit_from_reply
+from .status import LATENCY_BUCKETS
+
+
+class LeaseStore(LedgerBase):
+    # reads -----------------------------------------------------------------------------
+    def usage(self, require_ready: bool = True) -> UsageRead:
+        """Version, per-pool usage and used port groups, read atomically. O(pools + networks).
+        Raises LedgerUnready if the ledger is not ready and `require_ready`."""
+        return UsageRead.from_reply(self.scripts.usage(args=[self.p]), require_ready)
+
+    def seq(self) -> int:
+        return int(self.r.get(self.k.seq) or 0)
+
+    def get(self, lease_id: str) -> dict[str, Any] | None:
+        raw = self.r.hget(self.k.leases, lease_id)
+        return readable(raw) if raw else None
+
+    def get_many(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Active or released leases by id, in order (released ones from their gone record)."""
+        if not ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(self.k.leases, ids)
+        for i in ids:
+            pipe.hgetall(self.k.gone(i))
+        active, *gone = pipe.execute()
+        out = []
+        for lease_id, raw, g in zip(ids, active, gone, strict=True):
+            lease = readable(raw) if raw else None
+            if lease is not None:
+                out.append(lease)
+            elif g:
+                out.append(released_view(g))
+            else:
+                out.append({"metadata": {"name": lease_id}, "status": {"state": "unknown"}})
+        return out
+
+    def granted_at(self, request_ids: list[str]) -> tuple[int, list[list[str] | None]]:
+        """The usage version, and the lease ids recorded for each request-id (None where it
+        is unknown), read in one round trip."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(self.k.version)
+        pipe.mget([self.k.request(r) for r in request_ids])
+        version, raws = pipe.execute()
+        return int(version or -1), [json.loads(x) if x else None for x in raws]
+
+    def leases(self, owner: str | None = None) -> list[dict[str, Any]]:
+        if owner is not None:
+            ids = sorted(text(x) for x in self.r.smembers(self.k.owner(owner)))
+            raws = self.r.hmget(self.k.leases, ids) if ids else []
+        else:
+            raws = self.r.hvals(self.k.leases)
+        return [lease for lease in map(readable, filter(None, raws)) if lease is not None]
+
+    def expired(self, now: float, limit: int = 1000) -> list[str]:
+        return [text(x) for x in self.r.zrangebyscore(self.k.expiry, 0, now, 0, limit)]
+
+    def audit(self) -> Audit:
+        """Leases, counters and port groups read in one atomic step (for tests and checks)."""
+        return audit_from_reply(self.scripts.audit(args=[self.p]))
+
+    def active_at(self, ids: list[str]) -> tuple[int, list[str]]:
+        """The ledger seq and the raw JSON of those of `ids` still active, read atomically."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(self.k.seq)
+        pipe.hmget(self.k.leases, ids)
+        seq, raws = pipe.execute()
+        return int(seq or 0), [text(x) for x in raws if x]
+
+    def raw(self, lease_id: str) -> str | None:
+        raw = self.r.hget(self.k.leases, lease_id)
+        return text(raw) if raw is not None else None
+
+    def is_gone(self, lease_id: str) -> bool:
+        return bool(self.r.exists(self.k.gone(lease_id)))
+
+    # writes ----------------------------------------------------------------------------
+    def commit(self, expected_version: int, groups: dict[str, list[dict[str, Any]]],
+               caps: dict[str, tuple[int, int, int]], granted: list[str] | None = None,
+               latency: float | None = None, lone: bool = False) -> Commit:
+        """Record new leases for each request-id, if the ledger is still at expected_version.
+        `lone`: placed assuming nobody waits in line; refused ('waiters') if someone does."""
+        pools: dict[str, dict[str, Any]] = {}
+        nets: dict[str, str] = {}
+        leases = []
+        raws: list[str] = []
+        for group in groups.values():
+            for lease in group:
+                st, sp, lid = lease["status"], lease["spec"], lease["metadata"]["name"]
+                u = pools.setdefault(st["pool"], {
+                    "vcpus": 0, "memory": 0, "storage": 0, "leases": 0,
+                    "vcenter": st["vcenter"], "cap": list(caps[st["pool"]])})
+                u["vcpus"] += sp["vcpus"]
+                u["memory"] += sp["memory"]
+                u["storage"] += sp["storage"]
+                u["leases"] += 1
+                for key in lease_port_groups(lease):
+                    nets[key] = lid
+                raw = json.dumps(lease)
+                raws.append(raw)
+                leases.append({"id": lid, "owner": st["owner"],
+                               "exp": parse_rfc3339(st["expires-at"])})
+        payload = {
+            "rids": {rid: json.dumps([x["metadata"]["name"] for x in g]) for rid, g in
+                     groups.items()},
+            "pools": pools, "nets": nets, "leases": leases, "granted": granted or [],
+        }
+        if not granted:
+            del payload["granted"]
+        if lone:
+            payload["lone"] = True
+        if self.quiet:
+            payload["quiet"] = True
+        if self.floor > 0:
+            payload["floor"] = self.floor
+        if latency is not None:
+            bucket = next((str(b) for b in LATENCY_BUCKETS if latency <= b), None)
+            payload["latency"] = {"seconds": latency, **({"bucket": bucket} if bucket else {})}
+        reply = self.scripts.commit(args=[self.p, expected_version, json.dumps(payload), *raws])
+        return Commit.from_reply(reply, raws)
+
+    def release(self, ids: list[str], owner: str = "", by_owner: str = "",
+                reason: str = "released", now: str = "",
+                expired_by: float | None = None) -> Released:
+        """Release leases by id and/or all of an owner's. `expired_by` (reaping): only those
+        whose expires-at is still at or before it, checked in the script (a renewal wins).
+        Raises LedgerUnready, or LedgerConflict (a lease missing, or not `owner`'s)."""
+        reply = self.scripts.release(args=[
+            self.p, json.dumps(list(ids)) if ids else "[]", owner, by_owner, reason, now,
+            self.keep, "1" if self.quiet else "", self.floor,
+            "" if expired_by is None else repr(expired_by)])
+        return Released.from_reply(reply)
+
+    def swap(self, lease_id: str, old_raw: str, new: dict[str, Any], expires: float
+             ) -> Swapped:
+        """Replace a lease if unchanged since it was read as `old_raw`."""
+        raw = json.dumps(new)
+        reply = self.scripts.swap(args=[self.p, lease_id, old_raw, raw, expires,
+                                        "1" if self.quiet else "", self.floor])
+        return Swapped.from_reply(reply, raw)

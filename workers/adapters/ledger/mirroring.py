@@ -1,0 +1,139 @@
+"""What the mirror side needs from Redis: snapshots and restores (setting aside records that
+cannot be restored), answers held until the mirror covers them, and the publisher's
+bookkeeping (its status hash, the ledger's epoch)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ...core.models import parse_rfc3339, request_key
+from .base import LedgerBase
+from .records import decoded, lease_name, lease_problem, log, text
+from .scripts import Deferred, Restored, SnapshotRead
+
+
+class MirrorStore(LedgerBase):
+    # snapshots and restores --------------------------------------------------------------
+    def snapshot(self, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
+        """Everything needed to rebuild the ledger: the active leases, at one seq. `cache`
+        (raw lease JSON -> parsed, kept by the caller between calls; treat the leases as
+        read-only) spares re-parsing the leases that did not change."""
+        read = SnapshotRead.from_reply(self.scripts.snapshot(args=[self.p]))
+        # only what is not JSON at all is left out here: the mirror's codec sets aside (and
+        # counts) what cannot be encoded, a restore what lacks a field
+        if cache is None:
+            leases = [x for x in map(decoded, read.raws) if x is not None]
+        else:
+            fresh = {x: cache.get(x) or decoded(x) for x in read.raws}
+            cache.clear()
+            cache.update({k: v for k, v in fresh.items() if v is not None})
+            leases = [v for v in fresh.values() if v is not None]
+        return {"format": 1, "seq": read.seq,
+                "leases": sorted(leases, key=lambda x: x["metadata"]["name"])}
+
+    def restore(self, snapshot: dict[str, Any], replace: bool = False) -> Restored:
+        """Rebuild an empty ledger from a snapshot; not applied (and no change) if not empty.
+        `replace`: the snapshot replaces the leases, usage and port groups Redis holds (the
+        released-lease records, request-ids, waiting line and outbox stay), only if Redis's
+        seq is below the snapshot's (checked in the same script: not applied otherwise)."""
+        leases, bad = [], []
+        for lease in snapshot.get("leases") or []:
+            problem = lease_problem(lease)
+            (bad.append((lease, problem)) if problem else leases.append(lease))
+        if bad:
+            self.set_aside(bad)
+        rids: dict[str, list[str]] = {}
+        for lease in leases:
+            st = lease["status"]
+            key = request_key(st["owner"], st.get("request-id") or lease["metadata"]["name"])
+            rids.setdefault(key, []).append(lease["metadata"]["name"])
+        payload = {
+            "leases": [json.dumps(x) for x in leases],
+            "expiry": [parse_rfc3339(x["status"]["expires-at"]) for x in leases],
+            "rids": {rid: json.dumps(ids) for rid, ids in rids.items()},
+        }
+        if not rids:
+            payload["rids"] = {}
+        return Restored.from_reply(self.scripts.restore(args=[
+            self.p, int(snapshot.get("seq", 0)), json.dumps(payload), "1" if replace else ""]))
+
+    def set_aside(self, bad: list[tuple[Any, str]]) -> None:
+        """Keep records that cannot be restored in `quarantine` (logged and counted), so one
+        bad record neither blocks the rest nor vanishes unseen."""
+        pipe = self.r.pipeline(transaction=True)
+        for i, (lease, problem) in enumerate(bad):
+            name = lease_name(lease) or f"unnamed-{i}"
+            log.error("mirror record %s set aside (kept in %squarantine): %s", ascii(name),
+                      self.p, problem)
+            pipe.hset(self.k.quarantine, ascii(name)[1:-1],
+                      json.dumps({"record": lease, "problem": problem}))
+        pipe.hincrby(self.k.stats, "quarantined", len(bad))
+        pipe.execute()
+
+    def epoch(self) -> str | None:
+        """The token of this Redis ledger (made by the publisher; see Publisher.check_epoch)."""
+        raw = self.r.hget(self.k.mirror, "epoch")
+        return text(raw) if raw is not None else None
+
+    def is_ready(self) -> bool:
+        return bool(self.r.exists(self.k.ready))
+
+    # answers that wait for the mirror ------------------------------------------------------
+    def defer(self, task_id: str, reply: Any) -> Deferred:
+        """Hold a reply until the mirror covers the current seq (the one it waits for)."""
+        return Deferred.from_reply(self.scripts.defer(args=[self.p, task_id, json.dumps(reply)]))
+
+    def outbox(self) -> list[tuple[str, int, Any]]:
+        out = []
+        for task_id, raw in self.r.hgetall(self.k.outbox).items():
+            seq, _, payload = text(raw).partition("|")
+            out.append((text(task_id), int(seq), json.loads(payload)))
+        return sorted(out, key=lambda x: x[1])
+
+    def outbox_done(self, task_ids: list[str]) -> None:
+        if task_ids:
+            self.r.hdel(self.k.outbox, *task_ids)
+
+    def outbox_size(self) -> int:
+        """How many answers are held for the mirror."""
+        return int(self.r.hlen(self.k.outbox))
+
+    def wait_kick(self, timeout: float) -> None:
+        self.r.blpop([self.k.kick], timeout=max(timeout, 0.01))
+
+    # the mirror publisher's bookkeeping (its status hash is described in publisher.py) ----
+    def mirror_status_write(self, fields: dict[str, Any], *, incr: dict[str, int] | None = None,
+                            clear: tuple[str, ...] | list[str] = ()) -> None:
+        """Set fields of the mirror status hash, add to its counters, drop fields: one round
+        trip, not atomic (it is a report)."""
+        pipe = self.r.pipeline(transaction=False)
+        if fields:
+            pipe.hset(self.k.mirror, mapping=fields)
+        for name in clear:
+            pipe.hdel(self.k.mirror, name)
+        for name, n in (incr or {}).items():
+            pipe.hincrby(self.k.mirror, name, n)
+        pipe.execute()
+
+    def mirror_status_incr(self, field: str, n: int = 1) -> None:
+        self.r.hincrby(self.k.mirror, field, n)
+
+    def seq_and_ready(self, new_epoch: str) -> tuple[int, bool, str | None]:
+        """The ledger's seq, whether it is ready, and its epoch (set to `new_epoch` when it has
+        none yet), in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.exists(self.k.ready)
+        pipe.get(self.k.seq)
+        pipe.hsetnx(self.k.mirror, "epoch", new_epoch)
+        pipe.hget(self.k.mirror, "epoch")
+        ready, seq, _, epoch = pipe.execute()
+        return int(seq or 0), bool(ready), text(epoch) if epoch is not None else None
+
+    def seq_and_epoch(self) -> tuple[int, str | None]:
+        """The ledger's seq and epoch, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(self.k.seq)
+        pipe.hget(self.k.mirror, "epoch")
+        seq, epoch = pipe.execute()
+        return int(seq or 0), text(epoch) if epoch is not None else None

@@ -1,0 +1,221 @@
+"""The ledger's Lua scripts (workers/adapters/lua/): loading them, and one result type per
+script. Each type decodes its script's reply in `from_reply`, the one place that knows the
+reply's layout (documented in the script's header as `Returns`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, TypedDict
+
+import redis
+
+from ...core.placement import Usage
+from .records import text
+
+LUA = Path(__file__).resolve().parent.parent / "lua"
+
+
+def _lua(name: str) -> str:
+    """A script with the shared prelude (the readiness guard, the publisher's wake-up)."""
+    return (LUA / "prelude.lua").read_text() + "\n" + (LUA / f"{name}.lua").read_text()
+
+
+class Scripts:
+    """Every script, registered once (redis-py runs it by SHA and loads it again if Redis
+    forgot it)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.commit = client.register_script(_lua("commit"))
+        self.release = client.register_script(_lua("release"))
+        self.swap = client.register_script(_lua("swap"))
+        self.usage = client.register_script(_lua("usage"))
+        self.audit = client.register_script(_lua("audit"))
+        self.park = client.register_script(_lua("park"))
+        self.unpark = client.register_script(_lua("unpark"))
+        self.defer = client.register_script(_lua("defer"))
+        self.snapshot = client.register_script(_lua("snapshot"))
+        self.restore = client.register_script(_lua("restore"))
+
+
+class LedgerUnready(Exception):
+    """Redis lost the ledger (or never had one): restore from the mirror before writing."""
+
+
+class LedgerConflict(Exception):
+    """A Lua check refused the change (missing lease, not the owner)."""
+
+    def __init__(self, kind: str, lease_id: str, holder: str = "") -> None:
+        super().__init__(kind, lease_id, holder)
+        self.kind, self.lease_id, self.holder = kind, lease_id, holder
+
+
+# one result type per script ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Commit:
+    """commit.lua: new leases recorded, or why not."""
+
+    status: str  # ok | dup | stale | over | conflict | gone | unready | waiters | queued
+    version: int = 0
+    seq: int = 0
+    existing: dict[str, list[str]] = field(default_factory=dict)
+    detail: str = ""
+    raws: list[str] = field(default_factory=list)  # the new leases' JSON, when ok
+
+    @classmethod
+    def from_reply(cls, reply: list[Any], raws: list[str]) -> Commit:
+        """`raws`: the leases' JSON as sent (kept for the journal when they are recorded)."""
+        status, *rest = reply
+        status = text(status)
+        if status == "dup":
+            flat = rest[0]
+            existing = {text(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+            return cls("dup", existing=existing)
+        if status == "ok":
+            return cls(status, version=int(rest[0]), seq=int(rest[1]), raws=raws)
+        if status == "stale":
+            return cls(status, version=int(rest[0]))
+        return cls(status, detail=text(rest[0]))
+
+
+@dataclass(frozen=True)
+class Released:
+    """release.lua: what a release freed. Its refusals are raised, as every caller must stop
+    on them: LedgerUnready, or LedgerConflict (notowner, missing)."""
+
+    old_version: int
+    leases: list[dict[str, Any]]  # leases released by this call
+    already: list[str]  # ids released earlier
+    seq: int = 0
+    waiting: int = 0  # requests in the waiting line after the release
+    set_aside: list[str] = field(default_factory=list)  # undecodable records quarantined
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> Released:
+        status = text(reply[0])
+        if status == "unready":
+            raise LedgerUnready()
+        if status != "ok":
+            raise LedgerConflict(status, text(reply[1]), text(reply[2]) if len(reply) > 2 else "")
+        return cls(int(reply[1]), [json.loads(x) for x in reply[2]], [text(x) for x in reply[3]],
+                   int(reply[4]), int(reply[5]), [text(x) for x in reply[6]])
+
+
+@dataclass(frozen=True)
+class Swapped:
+    """swap.lua: a lease replaced (renewed) if it was unchanged."""
+
+    status: str  # ok | missing | changed | unready
+    seq: int  # the ledger seq of the change (0 unless ok)
+    raw: str  # the new lease JSON, as sent
+
+    @classmethod
+    def from_reply(cls, reply: list[Any], raw: str) -> Swapped:
+        status, seq = reply
+        return cls(text(status), int(seq), raw)
+
+
+class UsageRead(NamedTuple):
+    """usage.lua: the usage the placement decides on, read atomically. A tuple, so
+    `version, pools, nets = ledger.usage()` reads it too. A ledger that is not ready is
+    raised (LedgerUnready) when the caller needs it ready."""
+
+    version: int
+    pools: dict[str, Usage]
+    nets: set[str]  # port groups in use, "<vcenter>|<port-group>"
+
+    @classmethod
+    def from_reply(cls, reply: list[Any], require_ready: bool) -> UsageRead:
+        version, rows, nets, ready = reply
+        if not ready and require_ready:
+            raise LedgerUnready()
+        pools = {}
+        for i in range(0, len(rows), 2):
+            v, m, s, n = (int(x or 0) for x in rows[i + 1])
+            pools[text(rows[i])] = Usage(v, m, s, n)
+        return cls(int(version), pools, {text(n) for n in nets})
+
+
+class Audit(TypedDict):
+    """audit.lua: leases, counters and port groups in one atomic read. A dict, so two audits
+    compare with ==."""
+
+    leases: dict[str, Any]  # lease id -> lease
+    counters: dict[str, tuple[int, ...]]  # pool -> (vcpus, memory, storage, leases)
+    nets: dict[str, str]  # "<vcenter>|<port-group>" -> lease id
+
+
+def audit_from_reply(reply: list[Any]) -> Audit:
+    """Decodes audit.lua's reply (a TypedDict has no methods of its own)."""
+    leases, usage, nets = reply
+    counters = {}
+    for i in range(0, len(usage), 2):
+        counters[text(usage[i])] = tuple(int(x or 0) for x in usage[i + 1])
+    parsed = {text(leases[i]): json.loads(leases[i + 1]) for i in range(0, len(leases), 2)}
+    netmap = {text(nets[i]): text(nets[i + 1]) for i in range(0, len(nets), 2)}
+    return {"leases": parsed, "counters": counters, "nets": netmap}
+
+
+@dataclass(frozen=True)
+class InLine:
+    """park.lua: where a request waits."""
+
+    position: int  # 1 is the head; 0: it was granted meanwhile (nothing parked)
+    record: dict[str, Any]  # the record in line (the first task's, for a twin)
+
+    @classmethod
+    def from_reply(cls, reply: list[Any], record: dict[str, Any]) -> InLine:
+        """`record`: the one sent, the answer when nothing was parked."""
+        status, position, *held = reply
+        if text(status) != "parked":
+            return cls(0, record)
+        return cls(int(position), json.loads(held[0]) if held and held[0] else record)
+
+
+@dataclass(frozen=True)
+class Unparked:
+    """unpark.lua: a request taken out of the line."""
+
+    left: bool  # False: it had left already
+    twins: list[str]  # the other task ids waiting for it, to answer too
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> Unparked:
+        left, twins = reply
+        return cls(bool(left), [text(x) for x in twins])
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """defer.lua: an answer held for the mirror."""
+
+    seq: int  # it goes out once the mirror covers this seq
+
+    @classmethod
+    def from_reply(cls, reply: Any) -> Deferred:
+        return cls(int(reply))
+
+
+@dataclass(frozen=True)
+class SnapshotRead:
+    """snapshot.lua: the active leases at one seq, as stored (not decoded yet)."""
+
+    seq: int
+    raws: list[Any]  # each lease's JSON as Redis returned it (bytes, or str)
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> SnapshotRead:
+        seq, raws = reply
+        return cls(int(seq), list(raws))
+
+
+@dataclass(frozen=True)
+class Restored:
+    """restore.lua: whether the snapshot was applied."""
+
+    applied: bool  # False: nothing changed (Redis was not empty, or not behind the snapshot)
+
+    @classmethod
+    def from_reply(cls, reply: Any) -> Restored:
+        return cls(bool(reply))
