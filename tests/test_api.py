@@ -308,12 +308,12 @@ def test_a_trickling_body_is_408_not_a_hang(api):
     with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
         sock.sendall(b"POST /acquire HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"vcpus\":")
-        start = time.monotonic()
         data = b""
-        while chunk := sock.recv(65536):  # the server closes the connection after answering
+        # the server answers and closes; the socket's timeout is the guard against a hang
+        while chunk := sock.recv(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.1 408"), data[:200]
-    assert b"RequestTimeout" in data and time.monotonic() - start < 5
+    assert b"RequestTimeout" in data
 
 
 # -- async and tasks -----------------------------------------------------------------------------
@@ -389,9 +389,8 @@ def test_waiting_acquire_is_answered_when_capacity_frees(http, settled, pools_fi
     # and a synchronous acquire whose wait runs out is 504 WaitTimeout
     assert http.post("/release", json={"owner": "patient"}).status_code == 200
     assert http.post("/acquire", json=hog).status_code == 200
-    start = time.monotonic()
     body = assert_error(http.post("/acquire", json={**request, "wait": 1}), 504, "WaitTimeout")
-    assert time.monotonic() - start < 10, body
+    assert 1 <= body["details"]["waited"] < 30, body  # its own wait ran out, then the answer
     check_invariants(settled, pools_of(pools_file))
 
 

@@ -160,9 +160,7 @@ def test_a_dead_redis_is_vcm_redis_up_0_not_a_failed_scrape():
 
     registry = CollectorRegistry()
     registry.register(FleetCollector("redis://127.0.0.1:1/0"))  # describe: no Redis needed
-    start = time.monotonic()
     text = generate_latest(registry).decode()
-    assert time.monotonic() - start < 2
     samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples == {"vcm_redis_up": 0}
 

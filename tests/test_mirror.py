@@ -455,9 +455,8 @@ def test_failed_commit_keeps_old_snapshot_and_same_writer_resumes(kube, api):
     assert mirror.load() == first
     # the same writer takes its own reservation back at once
     third = make_snapshot(1000, seed=18, version=3)
-    started = time.monotonic()
     mirror.save(third)
-    assert time.monotonic() - started < 2 and mirror.lock_waits == 0
+    assert mirror.lock_waits == 0  # it did not wait out its own reservation
     assert check_slots(kube)["pending"] is None
     assert mirror.load() == third
 
