@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from fractions import Fraction
 from functools import cached_property
 from typing import Any
 
 from .errors import InvalidRequest
 from .labels import parse_labels
+from .lease import Lease, port_group_key, rfc3339
+from .lease import lease_port_groups as lease_port_groups  # re-exported: the ledger's import
+from .lease import parse_rfc3339 as parse_rfc3339  # re-exported: imported from here widely
 from .taints import Taint, Toleration, parse_tolerations
 from .text import MAX_TEXT, escaped, shown, text_problem
 from .topology import failure_domain, lease_env
@@ -40,17 +42,6 @@ class Network:
             "type": self.type,
             **{k: list(v) if isinstance(v, tuple) else v for k, v in self.details},
         }
-
-
-def port_group_key(vcenter: str, port_group: str) -> str:
-    """Ledger key of a port group: unique per vCenter (the Lua scripts build it the same way)."""
-    return f"{vcenter}|{port_group}"
-
-
-def lease_port_groups(lease: dict[str, Any]) -> list[str]:
-    """The ledger keys of the port groups a lease holds."""
-    st = lease["status"]
-    return [port_group_key(st["vcenter"], n["port-group"]) for n in st.get("networks") or []]
 
 
 @dataclass(frozen=True)
@@ -389,38 +380,28 @@ def parse_request(
         raise
 
 
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_rfc3339(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+def new_lease(lease_id: str, req: Request, pool: Pool, networks: list[Network],
+              now: float) -> Lease:
+    """A lease granted now on `pool` for `req`, holding `networks`."""
+    at = rfc3339(now)
+    lease = Lease.of(
+        id=lease_id, created_at=at,
+        vcpus=req.vcpus, memory=req.memory, storage=req.storage, vcenters=req.vcenters,
+        network_count=req.networks, pools=req.pools,
+        leased_at=at, expires_at=rfc3339(now + req.ttl),
+        boskos_lease_id=req.boskos_lease_id,
+        pool=pool.name, vcenter=pool.vcenter, datacenter=pool.datacenter,
+        cluster=pool.cluster, datastore=pool.datastore,
+        networks=[n.to_dict() for n in networks],
+        owner=req.owner, request_id=req.request_id, state="leased",
+        labels=dict(req.labels), job_link=req.job_link,
+        failure_domain=failure_domain(pool, networks),
+    )
+    return lease.evolve(env=lease_env(lease))  # the env lines read the lease itself
 
 
 def make_lease(
     lease_id: str, req: Request, pool: Pool, networks: list[Network], now: float
 ) -> dict[str, Any]:
-    """A lease in the wire shape, upstream keys first."""
-    lease = {
-        "spec": req.spec(),
-        "status": {
-            "leased-at": rfc3339(now),
-            "expires-at": rfc3339(now + req.ttl),
-            "boskos-lease-id": req.boskos_lease_id,
-            "pool": pool.name,
-            "vcenter": pool.vcenter,
-            "datacenter": pool.datacenter,
-            "cluster": pool.cluster,
-            "datastore": pool.datastore,
-            "networks": [n.to_dict() for n in networks],
-            "owner": req.owner,
-            "request-id": req.request_id,
-            "state": "leased",
-            "labels": dict(req.labels),
-            "job-link": req.job_link,
-            "failure-domain": failure_domain(pool, networks),
-        },
-        "metadata": {"name": lease_id, "creationTimestamp": rfc3339(now)},
-    }
-    lease["status"]["env"] = lease_env(lease)
-    return lease
+    """A new lease in the wire shape, upstream keys first."""
+    return new_lease(lease_id, req, pool, networks, now).to_wire()

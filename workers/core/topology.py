@@ -4,7 +4,10 @@ install-config (`platform.vsphere.failureDomains`, inventory paths), and shell `
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from .lease import Lease
 
 if TYPE_CHECKING:
     from .models import Network, Pool
@@ -37,33 +40,38 @@ def failure_domain(pool: Pool, networks: list[Network]) -> dict[str, Any]:
     }
 
 
-def env_values(lease: dict[str, Any]) -> dict[str, str]:
+def _typed(lease: Lease | Mapping[str, Any]) -> Lease:
+    """The CLI (an edge) passes leases in the wire shape."""
+    return lease if isinstance(lease, Lease) else Lease.from_wire(lease)
+
+
+def env_values(lease: Lease | Mapping[str, Any]) -> dict[str, str]:
     """The variables a job step gets for one lease (VCM_<name>)."""
-    st = lease["status"]
-    net = (st.get("networks") or [{}])[0]
+    lease = _typed(lease)
+    net = (lease.networks or [{}])[0]
     values = {
-        "LEASE_ID": lease["metadata"]["name"], "POOL": st.get("pool"),
-        "VCENTER": st.get("vcenter"), "DATACENTER": st.get("datacenter"),
-        "CLUSTER": st.get("cluster"), "DATASTORE": st.get("datastore"),
+        "LEASE_ID": lease.id, "POOL": lease.pool,
+        "VCENTER": lease.vcenter, "DATACENTER": lease.datacenter,
+        "CLUSTER": lease.cluster, "DATASTORE": lease.datastore,
         "PORT_GROUP": net.get("port-group", ""), "VLAN": net.get("vlan", ""),
         "CIDR": net.get("cidr", ""), "GATEWAY": net.get("gateway", ""),
-        "EXPIRES_AT": st.get("expires-at"), "OWNER": st.get("owner"),
+        "EXPIRES_AT": lease.expires_at, "OWNER": lease.owner,
     }
     return {k: "" if v is None else str(v) for k, v in values.items()}
 
 
-def lease_env(lease: dict[str, Any]) -> str:
+def lease_env(lease: Lease | Mapping[str, Any]) -> str:
     """Shell lines a job step can `eval` for one lease."""
     return "\n".join(f"export VCM_{k}={shlex.quote(v)}" for k, v in env_values(lease).items())
 
 
-def platform_vsphere(leases: list[dict[str, Any]]) -> dict[str, Any]:
+def platform_vsphere(leases: Iterable[Lease | Mapping[str, Any]]) -> dict[str, Any]:
     """install-config's `platform.vsphere` for these leases: one vcenters entry per server
     (with the datacenters used there) and one failure domain per lease."""
     vcenters: dict[str, list[str]] = {}
     domains: dict[tuple[str, str], dict[str, Any]] = {}
     for lease in leases:
-        fd = lease["status"].get("failure-domain")
+        fd = _typed(lease).failure_domain
         if not fd:
             continue
         dcs = vcenters.setdefault(fd["server"], [])

@@ -1,0 +1,240 @@
+"""A lease, typed. The wire shape (`{"spec", "status", "metadata"}`, hyphenated keys) is what
+Redis, the mirror, Celery results and the HTTP API carry; the service reads a `Lease`.
+
+`Lease.from_wire(d).to_wire() == d` for any lease, key order included: the record a lease was
+read from rides along (`raw`), so keys not modelled here (and keys added by later versions)
+are never lost, and a lease written back is byte-for-byte what was read but for the fields
+changed. Pure Python, no I/O, no imports from the rest of the core (models builds on it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+def port_group_key(vcenter: str, port_group: str) -> str:
+    """Ledger key of a port group: unique per vCenter (the Lua scripts build it the same way)."""
+    return f"{vcenter}|{port_group}"
+
+
+def port_group_keys(vcenter: str, networks: Iterable[Mapping[str, Any]] | None) -> list[str]:
+    """The ledger keys of the port groups in a lease's `networks`."""
+    return [port_group_key(vcenter, n["port-group"]) for n in networks or ()]
+
+
+def lease_port_groups(lease: Mapping[str, Any]) -> list[str]:
+    """The ledger keys of the port groups a lease in the wire shape holds (the ledger, an
+    edge, stays wire-shaped)."""
+    st = lease["status"]
+    return port_group_keys(st["vcenter"], st.get("networks"))
+
+
+# (wire key, attribute, value when absent or null, written by a new lease even when so), per
+# section in the order make_lease has always written them
+_Field = tuple[str, str, Any, bool]
+_SECTIONS: tuple[tuple[str, tuple[_Field, ...]], ...] = (
+    ("spec", (
+        ("vcpus", "vcpus", 0, True),
+        ("memory", "memory", 0, True),
+        ("storage", "storage", 0, True),
+        ("vcenters", "vcenters", 0, True),
+        ("networks", "network_count", 0, True),
+        ("pools", "pools", 0, False),  # only when the request asked for P pools
+    )),
+    ("status", (
+        ("leased-at", "leased_at", "", True),
+        ("expires-at", "expires_at", "", True),
+        ("boskos-lease-id", "boskos_lease_id", "", True),
+        ("pool", "pool", "", True),
+        ("vcenter", "vcenter", "", True),
+        ("datacenter", "datacenter", "", True),
+        ("cluster", "cluster", "", True),
+        ("datastore", "datastore", "", True),
+        ("networks", "networks", [], True),
+        ("owner", "owner", "", True),
+        ("request-id", "request_id", "", True),
+        ("state", "state", "", True),
+        ("labels", "labels", {}, True),
+        ("job-link", "job_link", "", True),
+        ("failure-domain", "failure_domain", None, True),
+        ("env", "env", "", True),
+        ("released-at", "released_at", "", False),  # a released lease's record
+        ("release-reason", "release_reason", "", False),
+    )),
+    ("metadata", (
+        ("name", "id", "", True),
+        ("creationTimestamp", "created_at", "", True),
+    )),
+)
+_BY_SECTION = dict(_SECTIONS)
+_KEYS = {name: {f[0]: f for f in fields} for name, fields in _SECTIONS}
+_ATTRS = frozenset(f[1] for _, fields in _SECTIONS for f in fields)
+_SCALARS = {f[1]: f[2] for _, fields in _SECTIONS for f in fields
+            if not isinstance(f[2], list | dict)}
+
+
+def _absent(default: Any) -> Any:
+    """The value of a key a record lacks: a fresh container, never the shared default."""
+    return type(default)() if isinstance(default, list | dict) else default
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What the service reads of a lease. Absent (or null) keys read as their empty value."""
+
+    id: str = ""  # metadata.name
+    created_at: str = ""  # metadata.creationTimestamp
+    # spec: the request's sizes
+    vcpus: int = 0
+    memory: int = 0
+    storage: int = 0
+    vcenters: int = 0
+    network_count: int = 0  # spec.networks: how many port groups were asked for
+    pools: int = 0
+    # status
+    leased_at: str = ""  # RFC 3339, whole seconds, as stored
+    expires_at: str = ""
+    boskos_lease_id: str = ""
+    pool: str = ""
+    vcenter: str = ""
+    datacenter: str = ""
+    cluster: str = ""
+    datastore: str = ""
+    networks: list[dict[str, Any]] = field(default_factory=list)  # wire dicts (port-group...)
+    owner: str = ""
+    request_id: str = ""
+    state: str = ""  # leased | released | unknown
+    labels: dict[str, str] = field(default_factory=dict)
+    job_link: str = ""
+    failure_domain: dict[str, Any] | None = None
+    env: str = ""  # the shell lines, as written when granted
+    released_at: str = ""
+    release_reason: str = ""
+    # the record this lease was read from: unknown keys and the key order (not copied: the
+    # caller does not change it afterwards)
+    raw: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    # set by from_wire only: every field still holds what `raw` holds (replace() clears it)
+    _verbatim: bool = field(default=False, init=False, repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Lease:
+        values: dict[str, Any] = {}
+        for name, fields in _SECTIONS:
+            sec = wire.get(name)
+            get = sec.get if isinstance(sec, dict) else {}.get
+            for key, attr, default, _ in fields:
+                v = get(key)
+                values[attr] = _absent(default) if v is None else v
+        values["raw"] = wire
+        values["_verbatim"] = True
+        return cls._of(values)
+
+    @classmethod
+    def _of(cls, values: dict[str, Any]) -> Lease:
+        """A lease from a value for every field. A frozen __init__ sets each of them through
+        object.__setattr__: several times slower, and leases are read by the thousand."""
+        lease = object.__new__(cls)
+        lease.__dict__.update(values)
+        return lease
+
+    @classmethod
+    def of(cls, **fields: Any) -> Lease:
+        """Lease(**fields) (a new lease, read from no record) at a fraction of the cost: a
+        frozen __init__ sets each field through object.__setattr__. For the acquire path."""
+        unknown = fields.keys() - _ATTRS
+        if unknown:
+            raise TypeError(f"Lease has no field {sorted(unknown)[0]!r}")
+        return cls._of({**_SCALARS, "networks": [], "labels": {}, **fields,
+                        "raw": None, "_verbatim": False})
+
+    def evolve(self, **changes: Any) -> Lease:
+        """dataclasses.replace without the frozen __init__'s cost; the record it was read
+        from still rides along (its other keys, its order)."""
+        unknown = changes.keys() - _ATTRS
+        if unknown:
+            raise TypeError(f"Lease has no field {sorted(unknown)[0]!r}")
+        return self._of({**self.__dict__, **changes, "_verbatim": False})
+
+    def to_wire(self) -> dict[str, Any]:
+        """The wire shape: new dicts at the top and per section (values below are shared)."""
+        raw = self.raw
+        if raw is None:  # a new lease: the layout make_lease has always written
+            return {name: self._new_section(fields) for name, fields in _SECTIONS}
+        if self._verbatim:  # read and unchanged: as it came
+            return {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+        out: dict[str, Any] = {}
+        for name, old in raw.items():
+            if name not in _KEYS:
+                out[name] = old
+                continue
+            sec = self._overlay(name, old if isinstance(old, dict) else {})
+            out[name] = sec if sec or isinstance(old, dict) else old
+        for name, _ in _SECTIONS:
+            if name not in raw:
+                sec = self._overlay(name, {})
+                if sec:
+                    out[name] = sec
+        return out
+
+    def _new_section(self, fields: tuple[_Field, ...]) -> dict[str, Any]:
+        values = self.__dict__
+        out: dict[str, Any] = {}
+        for key, attr, default, always in fields:
+            v = values[attr]
+            if always or v != default:
+                out[key] = v
+        return out
+
+    def _overlay(self, name: str, old: Mapping[str, Any]) -> dict[str, Any]:
+        """`old` with this lease's fields written over it, in its order; a field `old` lacks
+        is added (at the end) only when it holds something."""
+        known = _KEYS[name]
+        values = self.__dict__
+        out: dict[str, Any] = {}
+        for key, was in old.items():
+            f = known.get(key)
+            if f is None:
+                out[key] = was
+                continue
+            v = values[f[1]]
+            out[key] = was if was is v or (was is None and v == f[2]) else v
+        for key, attr, default, _ in _BY_SECTION[name]:
+            if key not in old:
+                v = values[attr]
+                if v != default:
+                    out[key] = v
+        return out
+
+    # derived ---------------------------------------------------------------------------
+    @property
+    def port_groups(self) -> list[str]:
+        """The ledger keys of the port groups this lease holds."""
+        return port_group_keys(self.vcenter, self.networks)
+
+    @property
+    def leased_epoch(self) -> float:
+        """leased-at in seconds since the epoch (ValueError if it is not RFC 3339)."""
+        return parse_rfc3339(self.leased_at)
+
+    @property
+    def expires_epoch(self) -> float:
+        return parse_rfc3339(self.expires_at)
+
+    @property
+    def active(self) -> bool:
+        return self.state == "leased"
+
+    @property
+    def order(self) -> tuple[str, str]:
+        """The order leases are listed and paged in: (leased-at, id)."""
+        return self.leased_at, self.id
