@@ -9,10 +9,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from operator import itemgetter
 from typing import Any
 
 from fastapi import Request
 from starlette.responses import Response
+
+from workers.core.lease import Lease
 
 from . import schemas as S
 from .errors import JSON, ApiError
@@ -23,9 +26,9 @@ CONTINUE_TEXT = "the next page: the token in the previous page's X-Continue (or 
 
 
 def lease_key(lease: Any) -> list[Any]:
-    status = lease.get("status") if isinstance(lease, dict) else None
-    meta = lease.get("metadata") if isinstance(lease, dict) else None
-    return ["leases", str((status or {}).get("leased-at", "")), str((meta or {}).get("name", ""))]
+    """["leases", leased-at, id]: the order the worker lists leases in."""
+    leased_at, lease_id = Lease.from_wire(lease).order if isinstance(lease, dict) else ("", "")
+    return ["leases", str(leased_at), str(lease_id)]
 
 
 def usage_key(row: Any) -> list[Any]:
@@ -58,12 +61,12 @@ def read_token(token: str | None, like: list[Any]) -> list[Any] | None:
 def page(request: Request, items: list[Any], key: Any, limit: int,
          after: list[Any] | None, headers: dict[str, str]) -> Response:
     """At most `limit` items after `after`, in `key` order; a next link when there are more."""
-    items = sorted(items, key=key)  # the order the worker gives; the pages rely on it
+    keyed = sorted(((key(x), x) for x in items), key=itemgetter(0))  # each key made once
     if after is not None:
-        items = [x for x in items if key(x) > after]
-    shown = items[:limit]
-    if len(items) > limit:
-        token = make_token(key(shown[-1]))
+        keyed = [(k, x) for k, x in keyed if k > after]
+    shown = [x for _, x in keyed[:limit]]
+    if len(keyed) > limit:
+        token = make_token(keyed[limit - 1][0])
         url = request.url.include_query_params(**{"continue": token})
         headers = {**headers, "X-Continue": token,
                    "Link": f'<{url.path}?{url.query}>; rel="next"'}

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .core.models import parse_rfc3339, rfc3339
+from .core.models import rfc3339
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -169,17 +169,16 @@ class Pruner:
     def _prune(self, names: set[str], cutoff: float) -> tuple[list[str], dict[str, list[str]]]:
         """Release the leases of the namespaces not in `names` taken before `cutoff`."""
         doomed: dict[str, list[str]] = {}
-        for lease in self.service.list_leases(selector=NAMESPACE_LABEL):
-            st = lease["status"]
-            namespace = (st.get("labels") or {}).get(NAMESPACE_LABEL, "")
+        for lease in self.service.leases(selector=NAMESPACE_LABEL):
+            namespace = lease.labels.get(NAMESPACE_LABEL, "")
             if namespace in names or not _NAMESPACE.match(namespace):
                 continue
             try:  # leased-at has whole seconds: the lease was taken before leased-at + 1
-                if parse_rfc3339(st["leased-at"]) + 1 > cutoff:
+                if lease.leased_epoch + 1 > cutoff:
                     continue
-            except (KeyError, TypeError, ValueError):
+            except (TypeError, ValueError):  # no leased-at (""), or not RFC 3339
                 continue
-            doomed.setdefault(namespace, []).append(lease["metadata"]["name"])
+            doomed.setdefault(namespace, []).append(lease.id)
         ids = [i for group in doomed.values() for i in group]
         released: list[str] = []
         for start in range(0, len(ids), BATCH):

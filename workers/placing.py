@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .adapters.ledger import Ledger
 from .core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
+from .core.lease import Lease
 from .core.models import Request, make_lease, parse_request
 from .core.placement import check_possible, place_batch
 from .ports import Pools
@@ -178,8 +179,7 @@ class Placing:
             return None
         answers = [self.ledger.get_many(ids or []) for ids in found]
         for req, leases in zip(reqs, answers, strict=True):
-            gone = {x["metadata"]["name"]: _why_gone(x["status"]) for x in leases
-                    if x["status"].get("state") != "leased"}
+            gone = {x.id: _why_gone(x) for x in map(Lease.from_wire, leases) if not x.active}
             if gone:
                 raise LeaseNotFound(
                     f"request-id {req.request_id!r} was answered before with leases that are "
@@ -194,9 +194,9 @@ def _rid(reqs: list[Request], key: str) -> str:
     return next(r.request_id for r in reqs if r.key == key)
 
 
-def _why_gone(status: dict[str, Any]) -> str:
+def _why_gone(lease: Lease) -> str:
     """How a lease that a request-id was answered with went away."""
-    if status.get("state") == "released":
-        how = "reaped (expired)" if status.get("release-reason") == "expired" else "released"
-        return f"{how} at {status.get('released-at') or 'an unknown time'}"
+    if lease.state == "released":
+        how = "reaped (expired)" if lease.release_reason == "expired" else "released"
+        return f"{how} at {lease.released_at or 'an unknown time'}"
     return "released (no record of it is kept any more)"

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import time
+from operator import attrgetter
 from typing import Any
 
 from .adapters.ledger import Ledger
 from .core.errors import InvalidRequest
 from .core.health import UNKNOWN_HEALTH, PoolHealth, effective, pool_health
 from .core.labels import matches, parse_selector
+from .core.lease import Lease
 from .core.models import Pool, parse_duration, rfc3339, text_arg
 from .core.placement import Fleet, estimate
 from .placing import Placing
@@ -30,9 +32,9 @@ class Queries:
     def show_pools(self) -> list[dict[str, Any]]:
         pools = self.pools.current()
         _, fleet = self.cache.fleet(fresh=True)
-        by_pool: dict[str, list[dict[str, Any]]] = {}
-        for lease in self.ledger.leases():
-            by_pool.setdefault(lease["status"]["pool"], []).append(lease)
+        by_pool: dict[str, list[Lease]] = {}
+        for lease in map(Lease.from_wire, self.ledger.leases()):
+            by_pool.setdefault(lease.pool, []).append(lease)
         now = time.time()
         records = self.cache.health_records  # read by the fresh fleet() above
         health = effective(records, now, self.cache.health_stale)
@@ -46,12 +48,12 @@ class Queries:
             out.append(view)
         for name in sorted(set(by_pool) - set(pools)):
             leases = by_pool[name]
-            out.append({"spec": {"name": name, "vcenter": leases[0]["status"]["vcenter"]},
-                        "status": {"removed": True, "leases": leases}})
+            out.append({"spec": {"name": name, "vcenter": leases[0].vcenter},
+                        "status": {"removed": True, "leases": [x.to_wire() for x in leases]}})
         return out
 
-    def list_leases(self, owner: Any = None, pool: Any = None, after: Any = None,
-                    limit: Any = None, selector: Any = None) -> list[dict[str, Any]]:
+    def leases(self, owner: Any = None, pool: Any = None, after: Any = None,
+               limit: Any = None, selector: Any = None) -> list[Lease]:
         """Leases in (leased-at, name) order, those matching `selector` (labels) when given;
         `after` ([leased-at, name]) and `limit` page."""
         wanted = parse_selector(selector) if selector is not None else ()
@@ -61,14 +63,14 @@ class Queries:
         if after is not None and (not isinstance(after, list) or len(after) != 2
                                   or not all(isinstance(x, str) for x in after)):
             raise InvalidRequest.of("after", "must be [leased-at, lease id]")
-        leases = self.ledger.leases(owner or None)
+        leases = [Lease.from_wire(x) for x in self.ledger.leases(owner or None)]
         if pool:
-            leases = [x for x in leases if x["status"]["pool"] == pool]
+            leases = [x for x in leases if x.pool == pool]
         if wanted:
-            leases = [x for x in leases if matches(wanted, x["status"].get("labels") or {})]
-        leases.sort(key=_lease_order)
+            leases = [x for x in leases if matches(wanted, x.labels)]
+        leases.sort(key=attrgetter("order"))
         if after is not None:
-            leases = [x for x in leases if _lease_order(x) > tuple(after)]
+            leases = [x for x in leases if x.order > tuple(after)]
         return leases[:_limit(limit)] if limit is not None else leases
 
     def estimate(self, raw: Any) -> dict[str, Any]:
@@ -139,17 +141,13 @@ class Queries:
         return rows[:_limit(limit)] if limit is not None else rows
 
 
-def _lease_order(lease: dict[str, Any]) -> tuple[str, str]:
-    return lease["status"]["leased-at"], lease["metadata"]["name"]
-
-
 def _limit(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PAGE:
         raise InvalidRequest.of("limit", f"must be an integer from 1 to {MAX_PAGE}")
     return value
 
 
-def pool_view(pool: Pool, fleet: Fleet, leases: list[dict[str, Any]],
+def pool_view(pool: Pool, fleet: Fleet, leases: list[Lease],
               health: PoolHealth = UNKNOWN_HEALTH) -> dict[str, Any]:
     """A pool in the upstream /show-pools shape, usage as fractions 0..1."""
     u = fleet.used(pool.name)
@@ -165,6 +163,6 @@ def pool_view(pool: Pool, fleet: Fleet, leases: list[dict[str, Any]],
             "vcpus-used": u.vcpus, "memory-used": u.memory, "storage-used": u.storage,
             "networks-used": nets_used, "lease-count": u.leases,
             "health": health.to_dict(),  # live vCenter health: ok, degraded (why), unknown
-            "leases": leases,
+            "leases": [x.to_wire() for x in leases],
         },
     }

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from .adapters.ledger import Ledger, LedgerConflict, LedgerUnready, Released, readable
+from .adapters.ledger import Ledger, LedgerConflict, LedgerUnready, readable
 from .core.errors import InvalidRequest, LeaseNotFound, NotOwner
-from .core.models import parse_request, parse_rfc3339, rfc3339, text_arg
+from .core.lease import Lease
+from .core.models import parse_request, rfc3339, text_arg
 from .placing import MAX_ATTEMPTS
 from .recovery import Recovery
 from .settings import Settings
@@ -19,6 +21,17 @@ from .usage_cache import UsageCache
 
 log = logging.getLogger("workers.service")
 REAP_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Freed:
+    """What one release did, its leases read once (the ledger's Released holds them in the
+    wire shape)."""
+
+    leases: list[Lease]  # released by this call
+    already: list[str]  # ids released earlier
+    waiting: int  # requests in the waiting line after it
+    set_aside: list[str]  # undecodable records quarantined
 
 
 class Releasing:
@@ -30,7 +43,7 @@ class Releasing:
         self.recovery = recovery
 
     def release(self, ids: list[str], owner: str | None, reason: str = "released",
-                expired_by: float | None = None) -> Released:
+                expired_by: float | None = None) -> Freed:
         """Release `ids` (checked against `owner` when given), or every lease of `owner`."""
         for _ in range(2):
             try:
@@ -48,10 +61,10 @@ class Releasing:
                 log.error("set aside %d lease records that cannot be decoded (kept in the "
                           "quarantine hash; their usage stays counted): %s",
                           len(res.set_aside), ", ".join(ascii(x) for x in res.set_aside))
-            self.cache.released(res.old_version, res.leases)
-            self.recovery.record(res.seq, [], [x["metadata"]["name"] for x in res.leases]
-                                 + res.already, sync=False)
-            return res
+            leases = [Lease.from_wire(x) for x in res.leases]
+            self.cache.released(res.old_version, leases)
+            self.recovery.record(res.seq, [], [x.id for x in leases] + res.already, sync=False)
+            return Freed(leases, res.already, res.waiting, res.set_aside)
         raise LeaseNotFound.of(ids[0] if ids else str(owner))
 
     def reap(self) -> list[str]:
@@ -64,7 +77,7 @@ class Releasing:
             if not ids:
                 break
             res = self.release(ids, None, "expired", expired_by=now)
-            reaped.extend(x["metadata"]["name"] for x in res.leases)
+            reaped.extend(x.id for x in res.leases)
             if len(ids) < REAP_BATCH or not (res.leases or res.set_aside):
                 break
         if reaped:
@@ -88,23 +101,22 @@ class Releasing:
                     self.recovery.ensure_ready()
                     continue
                 raise LeaseNotFound.of(lease_id)
-            lease = readable(raw)
-            if lease is None:
+            wire = readable(raw)
+            if wire is None:
                 raise LeaseNotFound(f"lease {lease_id!r} cannot be read: its record is damaged "
                                     "(the next release or reap sets it aside)",
                                     {"lease-id": lease_id})
-            holder = lease["status"]["owner"]
-            if owner is not None and holder != owner:
-                raise NotOwner.of(lease_id, owner, holder)
-            leased = parse_rfc3339(lease["status"]["leased-at"])
-            current = parse_rfc3339(lease["status"]["expires-at"])
-            new = max(current, min(time.time() + req.ttl,
-                                   leased + self.settings.max_lease_lifetime))
-            lease["status"]["expires-at"] = rfc3339(new)
-            swapped = self.ledger.swap(lease_id, raw, lease, new)
+            lease = Lease.from_wire(wire)
+            if owner is not None and lease.owner != owner:
+                raise NotOwner.of(lease_id, owner, lease.owner)
+            new = max(lease.expires_epoch, min(time.time() + req.ttl,
+                                               lease.leased_epoch
+                                               + self.settings.max_lease_lifetime))
+            renewed = lease.evolve(expires_at=rfc3339(new)).to_wire()
+            swapped = self.ledger.swap(lease_id, raw, renewed, new)
             if swapped.status == "ok":
                 self.recovery.record(swapped.seq, [swapped.raw], [])
-                return lease
+                return renewed
             if swapped.status == "unready":
                 self.recovery.ensure_ready()
         raise LeaseNotFound.of(lease_id)

@@ -17,6 +17,7 @@ from typing import Any
 from .adapters.ledger import Ledger
 from .core.errors import InvalidRequest
 from .core.labels import matches, narrows, parse_selector
+from .core.lease import Lease
 from .core.models import text_arg
 from .core.placement import Fleet
 from .placing import Placing, Queued
@@ -95,14 +96,14 @@ class Capacity:
             raise InvalidRequest.of("lease_ids", "give lease ids, an owner or a selector")
         with self.lock:
             if wanted:  # labels never change on a lease: the ids read now still match
-                ids = [x["metadata"]["name"] for x in self.ledger.leases(owner or None)
-                       if matches(wanted, x["status"].get("labels") or {})]
+                ids = [x.id for x in map(Lease.from_wire, self.ledger.leases(owner or None))
+                       if matches(wanted, x.labels)]
                 if not ids:
                     return []
             res = self.releasing.release(ids, owner, reason)
             if res.leases and res.waiting:
                 self.line.serve()
-        released = [x["metadata"]["name"] for x in res.leases] + res.already
+        released = [x.id for x in res.leases] + res.already
         return [i for i in ids if i in released] if ids else released
 
     def reap_expired(self) -> list[str]:
@@ -141,7 +142,12 @@ class Capacity:
 
     def list_leases(self, owner: Any = None, pool: Any = None, after: Any = None,
                     limit: Any = None, selector: Any = None) -> list[dict[str, Any]]:
-        return self.queries.list_leases(owner, pool, after, limit, selector)
+        """The leases, in the wire shape (for tasks, the shim and the CLI)."""
+        return [x.to_wire() for x in self.queries.leases(owner, pool, after, limit, selector)]
+
+    def leases(self, selector: Any = None) -> list[Lease]:
+        """list_leases, typed: for the service's own jobs (the namespace pruning)."""
+        return self.queries.leases(selector=selector)
 
     def estimate(self, raw: Any) -> dict[str, Any]:
         return self.queries.estimate(raw)

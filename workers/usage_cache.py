@@ -12,7 +12,8 @@ from typing import Any
 
 from .adapters.ledger import Ledger, LedgerUnready
 from .core.health import degraded, effective
-from .core.models import Request, lease_port_groups
+from .core.lease import Lease
+from .core.models import Request
 from .core.placement import Fleet, FreeNets, Usage
 from .ports import Pools
 
@@ -77,7 +78,7 @@ class UsageCache:
             fleet.apply(req, placements)
         self.version = version
 
-    def released(self, old_version: int, leases: list[dict[str, Any]]) -> None:
+    def released(self, old_version: int, leases: list[Lease]) -> None:
         """A release moved the ledger from `old_version`: follow it, or re-read if the cache
         was not at that version."""
         if not leases:
@@ -87,7 +88,6 @@ class UsageCache:
             return
         fleet = Fleet({}, self._usage, self._nets, self._free)  # the cache, as a Fleet
         for lease in leases:
-            st, sp = lease["status"], lease["spec"]
-            fleet.remove(st["pool"], sp["vcpus"], sp["memory"], sp["storage"],
-                         lease_port_groups(lease))
+            fleet.remove(lease.pool, lease.vcpus, lease.memory, lease.storage,
+                         lease.port_groups)
         self.version = old_version + 1

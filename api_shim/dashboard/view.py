@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from workers.core.lease import Lease
+
 from .charts import Chart, chart, series
 from .text import (
     Moment,
@@ -272,32 +274,28 @@ def pools_section(data: Data) -> Pools | Missing:
     return Pools(bool(data.pools), vcenters)
 
 
-def _size(spec: dict[str, Any]) -> tuple[str, str, str]:
-    return (int_text(spec.get("vcpus")), f"{int_text(spec.get('memory'))} GB",
-            f"{int_text(spec.get('storage'))} GB")
+def _size(vcpus: Any, memory: Any, storage: Any) -> tuple[str, str, str]:
+    return int_text(vcpus), f"{int_text(memory)} GB", f"{int_text(storage)} GB"
 
 
 def leases_section(data: Data) -> Leases | Missing:
     if data.pools is None:
         return Missing("Active leases")
-    leases = [lease for pool in data.pools
+    leases = [Lease.from_wire(lease) for pool in data.pools
               for lease in ((pool.get("status") if isinstance(pool, dict) else None) or {}
                             ).get("leases") or []
               if isinstance(lease, dict)]
-    leases.sort(key=lambda x: (str((x.get("status") or {}).get("leased-at", "")),
-                               str((x.get("metadata") or {}).get("name", ""))), reverse=True)
+    leases.sort(key=lambda x: (str(x.leased_at), str(x.id)), reverse=True)
     rows = []
     for lease in leases[:MAX_LEASE_ROWS]:
-        st = lease.get("status") if isinstance(lease.get("status"), dict) else {}
-        spec = lease.get("spec") if isinstance(lease.get("spec"), dict) else {}
-        lease_id = str((lease.get("metadata") or {}).get("name", ""))
-        vcpus, memory, storage = _size(spec)
-        nets = ", ".join(str(n.get("port-group", "")) for n in st.get("networks") or []
+        lease_id = str(lease.id)
+        vcpus, memory, storage = _size(lease.vcpus, lease.memory, lease.storage)
+        nets = ", ".join(str(n.get("port-group", "")) for n in lease.networks
                          if isinstance(n, dict))
-        rows.append(LeaseRow(text(st.get("owner", "")), lease_id, lease_id[:10],
-                             text(st.get("pool", "")), text(st.get("vcenter", "")), vcpus,
-                             memory, storage, nets, moment(st.get("leased-at"), data.now),
-                             moment(st.get("expires-at"), data.now), _link(st.get("job-link"))))
+        rows.append(LeaseRow(text(lease.owner), lease_id, lease_id[:10], text(lease.pool),
+                             text(lease.vcenter), vcpus, memory, storage, nets,
+                             moment(lease.leased_at, data.now),
+                             moment(lease.expires_at, data.now), _link(lease.job_link)))
     return Leases(len(leases), rows, max(0, len(leases) - MAX_LEASE_ROWS))
 
 
@@ -314,7 +312,7 @@ def waiting_section(data: Data) -> Waiting | Missing:
         if not isinstance(item, dict):
             continue
         req = item.get("request") if isinstance(item.get("request"), dict) else {}
-        vcpus, memory, storage = _size(req)
+        vcpus, memory, storage = _size(req.get("vcpus"), req.get("memory"), req.get("storage"))
         extra = []
         if num(req.get("vcenters"), 1) > 1:
             extra.append(f"{int_text(req.get('vcenters'))} vCenters")
