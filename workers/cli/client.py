@@ -1,0 +1,80 @@
+"""Talking to the workers: a send-only Celery app, then polling the result with progress."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..core.errors import ERRORS, VcmError
+from .exits import CliError
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+QUERIES = {"vcm.show_pools", "vcm.list_leases", "vcm.estimate", "vcm.rollup_usage", "vcm.waiting",
+           "vcm.usage_history"}
+
+_clients: dict[str, Any] = {}
+
+
+def celery_app(redis_url: str | None) -> Celery:
+    """A client-only Celery app (send and read results): the workers' settings, none of
+    their code."""
+    from celery import Celery
+
+    from ..settings import Settings
+
+    url = redis_url or Settings.from_env().redis_url
+    if url not in _clients:
+        app = Celery("vcm-cli", set_as_current=False)
+        app.config_from_object("celeryconfig")
+        app.conf.broker_url = app.conf.result_backend = url
+        _clients[url] = app
+    return _clients[url]
+
+
+def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: Any) -> Any:
+    """Send a task and poll its result; show progress while it waits in line."""
+    app = celery_app(args.redis_url)
+    queue = "queries" if name in QUERIES else "placement"
+    try:
+        result = app.send_task(name, kwargs=kwargs, queue=queue, retry=True, retry_policy={
+            "max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1})
+    except Exception as exc:  # kombu raises several kinds when Redis is unreachable
+        raise CliError(f"cannot reach Redis at {app.conf.broker_url}: {exc}") from None
+    deadline = time.monotonic() + timeout
+    hinted, last_line = False, ""
+    started = time.monotonic()
+    try:
+        while not result.ready():
+            now = time.monotonic()
+            if now > deadline:
+                raise CliError(f"no answer within {timeout:g}s (task {result.id}); "
+                               f"is a {queue} worker running?")
+            state = result.state
+            if state == "WAITING" and isinstance(result.info, dict):
+                info = result.info
+                line = f"waiting in line: position {info.get('position')}"
+                if info.get("reasons"):
+                    line += " (" + "; ".join(f"{k}: {v}" for k, v in
+                                             sorted(info["reasons"].items())) + ")"
+                if line != last_line and not args.quiet:
+                    print(line, file=sys.stderr)
+                    last_line = line
+            elif state == "PENDING" and now - started > 5 and not hinted and not args.quiet:
+                print(f"still queued after 5s: is a {queue} worker running? "
+                      f"(celery -A tasks worker -Q {queue})", file=sys.stderr)
+                hinted = True
+            time.sleep(0.05 if now - started < 2 else 0.25)
+        return result.get(timeout=5, propagate=True)
+    except VcmError:
+        raise
+    except CliError:
+        raise
+    except Exception as exc:
+        name_ = type(exc).__name__
+        if name_ in ERRORS:  # rebuilt by Celery without our module: map by name
+            raise ERRORS[name_](*exc.args) from None
+        raise CliError(f"{name_}: {exc}") from None
