@@ -72,3 +72,10 @@ def test_pools_table_leases_estimate_reserve(stack, ledger, tmp_path):
     p = vcm(stack, "reserve", "-f", str(batch))
     assert p.returncode == 3 and "request #2" in p.stderr
     assert ledger.audit() == before  # holding nothing
+    batch.write_text("- {vcpus: 8, memory: 8, vcpus: 80}\n")  # which vcpus was meant?
+    p = vcm(stack, "reserve", "-f", str(batch))
+    assert p.returncode == 2 and "'vcpus' is given twice" in p.stderr, p.stderr
+    batch.write_bytes(b"- {vcpus: 8, memory: 8, owner: \xff}\n")
+    p = vcm(stack, "reserve", "-f", str(batch))
+    assert p.returncode == 2 and "not UTF-8" in p.stderr and "Traceback" not in p.stderr
+    assert ledger.audit() == before

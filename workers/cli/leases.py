@@ -75,11 +75,17 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_reserve(args: argparse.Namespace) -> int:
     import yaml
 
+    from ..adapters.yaml_files import DuplicateKey, load_yaml
+
     try:
         with open(args.file, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = load_yaml(fh)
     except OSError as exc:
         raise InvalidRequest.of("file", f"{args.file}: {exc.strerror}") from None
+    except DuplicateKey as exc:  # the request would run with whichever value came last
+        raise InvalidRequest.of(exc.key, f"{args.file}: {exc.problem}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest.of("file", f"{args.file}: not UTF-8 text: {exc.reason}") from None
     except yaml.YAMLError as exc:
         raise InvalidRequest.of("file", f"{args.file}: not valid YAML: {exc}") from None
     requests = data.get("requests") if isinstance(data, dict) else data
