@@ -1,0 +1,261 @@
+"""The typed Lease against the wire shape: every lease the service makes (and any record with
+keys it does not model) goes wire -> Lease -> wire byte-for-byte, and every attribute holds
+what the wire dict holds."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workers.core.lease import Lease, lease_port_groups, port_group_key
+from workers.core.models import Network, Pool, Request, make_lease, new_lease, rfc3339
+from workers.core.topology import env_values, lease_env, platform_vsphere
+
+# wire (section, key) -> (attribute, value when the key is absent or null): written out here
+# again on purpose, so the test does not trust lease.py's own table
+WIRE = {
+    ("metadata", "name"): ("id", ""),
+    ("metadata", "creationTimestamp"): ("created_at", ""),
+    ("spec", "vcpus"): ("vcpus", 0),
+    ("spec", "memory"): ("memory", 0),
+    ("spec", "storage"): ("storage", 0),
+    ("spec", "vcenters"): ("vcenters", 0),
+    ("spec", "networks"): ("network_count", 0),
+    ("spec", "pools"): ("pools", 0),
+    ("status", "leased-at"): ("leased_at", ""),
+    ("status", "expires-at"): ("expires_at", ""),
+    ("status", "boskos-lease-id"): ("boskos_lease_id", ""),
+    ("status", "pool"): ("pool", ""),
+    ("status", "vcenter"): ("vcenter", ""),
+    ("status", "datacenter"): ("datacenter", ""),
+    ("status", "cluster"): ("cluster", ""),
+    ("status", "datastore"): ("datastore", ""),
+    ("status", "networks"): ("networks", []),
+    ("status", "owner"): ("owner", ""),
+    ("status", "request-id"): ("request_id", ""),
+    ("status", "state"): ("state", ""),
+    ("status", "labels"): ("labels", {}),
+    ("status", "job-link"): ("job_link", ""),
+    ("status", "failure-domain"): ("failure_domain", None),
+    ("status", "env"): ("env", ""),
+    ("status", "released-at"): ("released_at", ""),
+    ("status", "release-reason"): ("release_reason", ""),
+}
+
+names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1,
+                max_size=12)
+keys = st.text("abcdefghijklmnopqrstuvwxyz-./", min_size=1, max_size=10)
+sizes = st.integers(0, 10**6)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**9, 10**9) | names,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
+    max_leaves=6)
+
+
+@st.composite
+def networks(draw: st.DrawFn) -> Network:
+    details = draw(st.dictionaries(st.sampled_from(["dns", "mtu", "ipv6-cidr", "machine-cidr"]),
+                                   st.lists(names, max_size=2) | names | sizes, max_size=2))
+    return Network(port_group=draw(names), vlan=draw(st.none() | st.integers(1, 4094)),
+                   cidr=draw(st.sampled_from(["", "10.0.0.0/24"])),
+                   gateway=draw(st.sampled_from(["", "10.0.0.1"])),
+                   type=draw(st.sampled_from(["single-tenant", "multi-tenant"])),
+                   details=tuple((k, tuple(v) if isinstance(v, list) else v)
+                                 for k, v in details.items()))
+
+
+@st.composite
+def pools(draw: st.DrawFn) -> Pool:
+    domain = draw(st.dictionaries(st.sampled_from(["short-name", "resource-pool", "folder"]),
+                                  names, max_size=3))
+    labels = draw(st.dictionaries(st.sampled_from(["region", "zone", "team"]), names,
+                                  max_size=3))
+    return Pool(name=draw(names), vcenter=draw(names), datacenter=draw(names),
+                cluster=draw(names), datastore=draw(names), vcpus=draw(sizes),
+                memory=draw(sizes), storage=draw(sizes),
+                labels=tuple(sorted(labels.items())),
+                networks=tuple(draw(st.lists(networks(), max_size=4))),
+                domain=tuple(domain.items()))
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> Request:
+    labels = draw(st.dictionaries(keys, names, max_size=3))
+    return Request(vcpus=draw(sizes), memory=draw(sizes), storage=draw(sizes),
+                   vcenters=draw(st.integers(0, 4)), networks=draw(st.integers(0, 4)),
+                   owner=draw(names), boskos_lease_id=draw(st.just("") | names),
+                   request_id=draw(st.just("") | names), ttl=draw(st.integers(1, 7 * 86400)),
+                   labels=tuple(sorted(labels.items())),
+                   job_link=draw(st.sampled_from(["", "https://ci.example/job/1"])),
+                   pools=draw(st.integers(0, 4)))
+
+
+@st.composite
+def granted(draw: st.DrawFn) -> tuple[dict[str, Any], Lease]:
+    """A lease as make_lease makes it, and as new_lease makes it."""
+    pool, req = draw(pools()), draw(requests())
+    nets = draw(st.lists(st.sampled_from(pool.networks), unique=True)) if pool.networks else []
+    args = (draw(names), req, pool, nets, draw(st.integers(0, 4 * 10**9)))
+    return make_lease(*args), new_lease(*args)
+
+
+def released(wire: dict[str, Any], at: str, reason: str) -> dict[str, Any]:
+    """A released lease's record as the ledger shows it (state set, two keys added)."""
+    out = copy.deepcopy(wire)
+    out["status"].update(state="released", **{"released-at": at, "release-reason": reason})
+    return out
+
+
+@st.composite
+def records(draw: st.DrawFn) -> dict[str, Any]:
+    """Records as stored or answered: granted, released, renewed, older ones lacking keys,
+    newer ones with keys not modelled, nulls; sections possibly in another order."""
+    wire = copy.deepcopy(draw(granted())[0])
+    if draw(st.booleans()):
+        wire = released(wire, rfc3339(draw(st.integers(0, 4 * 10**9))), draw(names))
+    for name in ("spec", "status", "metadata"):
+        sec = wire[name]
+        for key in draw(some(sec, 3)):
+            del sec[key]  # an older record
+        for key in draw(some(sec, 2)):
+            sec[key] = None
+        for key, value in draw(st.dictionaries(keys, json_values, max_size=3)).items():
+            sec.setdefault(key, value)  # a later version's keys, at the end
+        if draw(st.booleans()):  # and in another order
+            items = list(sec.items())
+            wire[name] = dict(draw(st.permutations(items)))
+    for key, value in draw(st.dictionaries(keys, json_values, max_size=2)).items():
+        wire.setdefault(key, value)
+    order = draw(st.permutations(list(wire)))
+    wire = {k: wire[k] for k in order}
+    for key in draw(some(wire, 1)):
+        del wire[key]
+    return wire
+
+
+def some(d: dict[str, Any], n: int) -> st.SearchStrategy[list[str]]:
+    """Up to n of d's keys."""
+    return st.lists(st.sampled_from(sorted(d)), unique=True, max_size=n) if d else st.just([])
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, key order included (what the stored JSON bytes depend on)."""
+    return json.dumps(a, sort_keys=False) == json.dumps(b, sort_keys=False) and a == b
+
+
+def assert_attributes(lease: Lease, wire: dict[str, Any]) -> None:
+    for (name, key), (attr, absent) in WIRE.items():
+        sec = wire.get(name) if isinstance(wire.get(name), dict) else {}
+        value = sec.get(key)
+        assert getattr(lease, attr) == (absent if value is None else value), (name, key)
+
+
+@settings(max_examples=150, deadline=None)
+@given(granted())
+def test_a_new_lease_round_trips_byte_for_byte(made: tuple[dict[str, Any], Lease]) -> None:
+    wire, lease = made
+    assert same(lease.to_wire(), wire)
+    read = Lease.from_wire(wire)
+    assert same(read.to_wire(), wire)
+    assert read == lease
+    stored = json.loads(json.dumps(wire))  # as it comes back from Redis or Celery
+    assert same(Lease.from_wire(stored).to_wire(), wire)
+    assert_attributes(read, wire)
+    assert list(wire) == ["spec", "status", "metadata"]
+    assert ("pools" in wire["spec"]) == bool(lease.pools)
+
+
+@settings(max_examples=150, deadline=None)
+@given(records())
+def test_any_record_round_trips_with_the_keys_it_was_not_built_for(wire: dict[str, Any]
+                                                                   ) -> None:
+    before = copy.deepcopy(wire)
+    lease = Lease.from_wire(wire)
+    assert same(lease.to_wire(), wire)
+    assert_attributes(lease, wire)
+    assert same(wire, before)  # reading changes nothing
+    # nothing changed: evolving with the same values writes the same record
+    assert same(lease.evolve(owner=lease.owner, labels=dict(lease.labels)).to_wire(), wire)
+
+
+@settings(max_examples=100, deadline=None)
+@given(records(), st.integers(0, 4 * 10**9))
+def test_a_renewal_changes_expires_at_only_in_place(wire: dict[str, Any], ts: int) -> None:
+    """What renew did to the dict by hand: the key keeps its place, or is added at the end."""
+    lease = Lease.from_wire(wire)
+    new = rfc3339(ts)
+    expected = copy.deepcopy(wire)
+    if not isinstance(expected.get("status"), dict):
+        expected["status"] = {}
+    expected["status"]["expires-at"] = new
+    out = lease.evolve(expires_at=new).to_wire()
+    assert same(out, expected)
+    assert same(lease.to_wire(), wire)  # the lease it came from is unchanged
+
+
+@settings(max_examples=100, deadline=None)
+@given(granted(), st.integers(0, 4 * 10**9), names)
+def test_released_records_read_as_released(made: tuple[dict[str, Any], Lease], ts: int,
+                                           reason: str) -> None:
+    wire = released(made[0], rfc3339(ts), reason)
+    lease = Lease.from_wire(wire)
+    assert (lease.state, lease.released_at, lease.release_reason) == (
+        "released", rfc3339(ts), reason)
+    assert not lease.active and Lease.from_wire(made[0]).active
+    assert same(lease.to_wire(), wire)
+
+
+@settings(max_examples=100, deadline=None)
+@given(granted())
+def test_derived_values_match_the_wire(made: tuple[dict[str, Any], Lease]) -> None:
+    wire, lease = made
+    st_ = wire["status"]
+    assert lease.port_groups == lease_port_groups(wire) == [
+        port_group_key(st_["vcenter"], n["port-group"]) for n in st_["networks"]]
+    assert lease.env == st_["env"] == lease_env(lease) == lease_env(wire)
+    assert env_values(lease) == env_values(wire)
+    assert env_values(lease)["LEASE_ID"] == wire["metadata"]["name"]
+    assert platform_vsphere([lease]) == platform_vsphere([wire])
+    assert rfc3339(lease.leased_epoch) == st_["leased-at"]
+    assert rfc3339(lease.expires_epoch) == st_["expires-at"]
+    assert lease.order == (st_["leased-at"], wire["metadata"]["name"])
+
+
+def test_nulls_read_as_empty_and_are_written_back_as_null() -> None:
+    wire = {"metadata": {"name": "x"}, "status": {"state": "unknown", "labels": None,
+                                                  "networks": None}}
+    lease = Lease.from_wire(wire)
+    assert (lease.id, lease.state, lease.labels, lease.networks, lease.vcpus) == (
+        "x", "unknown", {}, [], 0)
+    assert same(lease.to_wire(), wire)
+    assert lease.port_groups == []
+    # a field set that the record lacked is added at the end of its section
+    assert same(lease.evolve(owner="o").to_wire(), {
+        "metadata": {"name": "x"},
+        "status": {"state": "unknown", "labels": None, "networks": None, "owner": "o"}})
+
+
+def test_evolve_refuses_a_field_it_does_not_have() -> None:
+    try:
+        Lease().evolve(expires="x")
+    except TypeError as exc:
+        assert "expires" in str(exc)
+    else:
+        raise AssertionError("evolve took an unknown field")
+    try:
+        Lease.of(expires="x")
+    except TypeError as exc:
+        assert "expires" in str(exc)
+    else:
+        raise AssertionError("of took an unknown field")
+
+
+def test_of_equals_the_dataclass_constructor() -> None:
+    fields = {"id": "a", "pool": "p", "vcpus": 2, "labels": {"k": "v"}, "networks": [{}]}
+    assert Lease.of(**fields) == Lease(**fields)
+    assert Lease.of().labels is not Lease.of().labels  # no shared containers
+    assert same(Lease.of(**fields).to_wire(), Lease(**fields).to_wire())
