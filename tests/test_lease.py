@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from workers.core.lease import Lease, lease_port_groups, port_group_key
 from workers.core.models import Network, Pool, Request, make_lease, new_lease, rfc3339
-from workers.core.topology import env_values, lease_env, platform_vsphere
+from workers.core.topology import env_values, failure_domain, lease_env, platform_vsphere
 
 # wire (section, key) -> (attribute, value when the key is absent or null): written out here
 # again on purpose, so the test does not trust lease.py's own table
@@ -96,11 +96,34 @@ def requests(draw: st.DrawFn) -> Request:
 
 @st.composite
 def granted(draw: st.DrawFn) -> tuple[dict[str, Any], Lease]:
-    """A lease as make_lease makes it, and as new_lease makes it."""
+    """A lease as make_lease makes it (checked against the hand-built layout), and as
+    new_lease makes it."""
     pool, req = draw(pools()), draw(requests())
     nets = draw(st.lists(st.sampled_from(pool.networks), unique=True)) if pool.networks else []
     args = (draw(names), req, pool, nets, draw(st.integers(0, 4 * 10**9)))
-    return make_lease(*args), new_lease(*args)
+    wire = make_lease(*args)
+    assert same(wire, wire_lease(*args))
+    return wire, new_lease(*args)
+
+
+def wire_lease(lease_id: str, req: Request, pool: Pool, nets: list[Network], now: float
+               ) -> dict[str, Any]:
+    """A new lease as it was built by hand before Lease existed: the layout to keep."""
+    lease = {
+        "spec": req.spec(),
+        "status": {
+            "leased-at": rfc3339(now), "expires-at": rfc3339(now + req.ttl),
+            "boskos-lease-id": req.boskos_lease_id, "pool": pool.name,
+            "vcenter": pool.vcenter, "datacenter": pool.datacenter, "cluster": pool.cluster,
+            "datastore": pool.datastore, "networks": [n.to_dict() for n in nets],
+            "owner": req.owner, "request-id": req.request_id, "state": "leased",
+            "labels": dict(req.labels), "job-link": req.job_link,
+            "failure-domain": failure_domain(pool, nets),
+        },
+        "metadata": {"name": lease_id, "creationTimestamp": rfc3339(now)},
+    }
+    lease["status"]["env"] = lease_env(lease)
+    return lease
 
 
 def released(wire: dict[str, Any], at: str, reason: str) -> dict[str, Any]:

@@ -81,6 +81,16 @@ _KEYS = {name: {f[0]: f for f in fields} for name, fields in _SECTIONS}
 _ATTRS = frozenset(f[1] for _, fields in _SECTIONS for f in fields)
 _SCALARS = {f[1]: f[2] for _, fields in _SECTIONS for f in fields
             if not isinstance(f[2], list | dict)}
+# a new lease's layout: per section the keys always written, then those written when set
+# (each section lists its optional keys last, so this keeps the order)
+_NEW = tuple((name, tuple((f[0], f[1]) for f in fields if f[3]),
+              tuple((f[0], f[1], f[2]) for f in fields if not f[3]))
+             for name, fields in _SECTIONS)
+
+
+def _known(fields: Mapping[str, Any]) -> None:
+    if not fields.keys() <= _ATTRS:
+        raise TypeError(f"Lease has no field {sorted(fields.keys() - _ATTRS)[0]!r}")
 
 
 def _absent(default: Any) -> Any:
@@ -151,25 +161,22 @@ class Lease:
     def of(cls, **fields: Any) -> Lease:
         """Lease(**fields) (a new lease, read from no record) at a fraction of the cost: a
         frozen __init__ sets each field through object.__setattr__. For the acquire path."""
-        unknown = fields.keys() - _ATTRS
-        if unknown:
-            raise TypeError(f"Lease has no field {sorted(unknown)[0]!r}")
+        _known(fields)
         return cls._of({**_SCALARS, "networks": [], "labels": {}, **fields,
                         "raw": None, "_verbatim": False})
 
     def evolve(self, **changes: Any) -> Lease:
         """dataclasses.replace without the frozen __init__'s cost; the record it was read
         from still rides along (its other keys, its order)."""
-        unknown = changes.keys() - _ATTRS
-        if unknown:
-            raise TypeError(f"Lease has no field {sorted(unknown)[0]!r}")
+        _known(changes)
         return self._of({**self.__dict__, **changes, "_verbatim": False})
 
     def to_wire(self) -> dict[str, Any]:
         """The wire shape: new dicts at the top and per section (values below are shared)."""
         raw = self.raw
         if raw is None:  # a new lease: the layout make_lease has always written
-            return {name: self._new_section(fields) for name, fields in _SECTIONS}
+            return {name: self._new_section(always, optional)
+                    for name, always, optional in _NEW}
         if self._verbatim:  # read and unchanged: as it came
             return {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
         out: dict[str, Any] = {}
@@ -186,13 +193,13 @@ class Lease:
                     out[name] = sec
         return out
 
-    def _new_section(self, fields: tuple[_Field, ...]) -> dict[str, Any]:
+    def _new_section(self, always: tuple[tuple[str, str], ...],
+                     optional: tuple[tuple[str, str, Any], ...]) -> dict[str, Any]:
         values = self.__dict__
-        out: dict[str, Any] = {}
-        for key, attr, default, always in fields:
-            v = values[attr]
-            if always or v != default:
-                out[key] = v
+        out = {key: values[attr] for key, attr in always}
+        for key, attr, default in optional:
+            if values[attr] != default:
+                out[key] = values[attr]
         return out
 
     def _overlay(self, name: str, old: Mapping[str, Any]) -> dict[str, Any]:
