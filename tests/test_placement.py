@@ -631,6 +631,8 @@ def never_fields(req: Request, pools: dict[str, Pool]) -> set[str]:
     cands = [p for p in cands if all(dict(p.labels).get(k) == v for k, v in req.pool_selector)]
     if not cands:
         out.add("pool-selector")
+        if req.required_pool:  # the named pool lacks the labels: the two fields conflict
+            out.add("required-pool")
         return out
     if req.vcpus > max(vcpu_cap(p) for p in cands):
         out.add("vcpus")
