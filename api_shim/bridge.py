@@ -37,7 +37,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from tasks import results
-from workers.adapters.keys import KEYS
+from workers.adapters.keys import API_TASK_RECORD, KEYS
 from workers.mirror_status import parse_status
 
 from .errors import ApiError
@@ -50,7 +50,7 @@ log = logging.getLogger("vcm.api")
 READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 WAITS = frozenset({"vcm.acquire"})  # tasks that can wait in line (request `wait`)
 PARKED = frozenset({"STARTED", "WAITING", "RETRY"})  # a worker holds it: it is not lost
-RECORD = "vcm-api:task:"
+RECORD = API_TASK_RECORD
 # what /readyz shows of the mirror's status (workers/publisher.py lists every field)
 MIRROR_SHOWN = ("state", "seq", "ledger-seq", "held-replies", "error", "failing-since",
                 "written-at", "configmaps", "encoded-bytes")

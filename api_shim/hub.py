@@ -19,11 +19,12 @@ from typing import Any
 import redis.asyncio as aredis
 
 from tasks import results
+from workers.adapters.keys import API_HUB_CHANNEL
 from workers.backoff import Backoff, doubling
 
 log = logging.getLogger("vcm.api")
 
-HUB_CHANNEL = "vcm-api:hub"  # subscribed at once, so that the connection exists to read
+HUB_CHANNEL = API_HUB_CHANNEL  # subscribed at once, so that the connection exists to read
 
 
 def meta_prefix() -> str:

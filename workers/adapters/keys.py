@@ -33,6 +33,15 @@ usage                  stream of usage rollups, trimmed to the retention
 health                 hash vcenter -> JSON {at, pools: {pool: {state, reason}}, error,
                        error-at, login-at}: live vCenter health (core/health.py)
 =====================  ===============================================================
+
+The HTTP shim keeps two names of its own, under `vcm-api:` (not the ledger's prefix: they are
+the shim's, whatever ledger it serves):
+
+=====================  ===============================================================
+vcm-api:task:<id>      JSON {task, sent-at}: a task id the shim handed out (GET /tasks/{id})
+vcm-api:hub            a pub/sub channel the shim subscribes to at once, so that its result
+                       connection exists before the first task's channel is added
+=====================  ===============================================================
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREFIX = "vcm:"
+API_TASK_RECORD = "vcm-api:task:"  # + task id
+API_HUB_CHANNEL = "vcm-api:hub"
 
 
 @dataclass(frozen=True)
