@@ -43,7 +43,7 @@ task_default_queue = "queries"
 task_create_missing_queues = True
 
 # Each setting below that is not Celery's default costs every task something (what each costs:
-# `bench/bench_celery.py --settings`); each is here for the feature its comment names.
+# `python -m bench.bench_celery --settings`); each is here for the feature its comment names.
 
 # crash safety: a task whose worker died mid-task is redelivered, and answered from the ledger's
 # request-id record instead of being placed twice (request-id, Lua commit)
