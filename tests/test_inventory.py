@@ -458,6 +458,15 @@ def test_worker_sync_maintenance_on_every_host_degrades_the_pool(stack, sim):
             DEGRADED, "no usable host in cluster 'cluster1' (cluster1-esx0 in maintenance "
                       "mode, cluster1-esx1 in maintenance mode)")
         assert eff["pool2"] == PoolHealth(OK) and eff["b1"] == PoolHealth(OK)
+        # `vcm pools`, as an operator runs it: the state in its column, the reason under it
+        shown = subprocess.run([sys.executable, "-m", "workers.cli", "pools", "--redis-url",
+                                stack.redis.url], env=stack.env, cwd=ROOT, capture_output=True,
+                               text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        rows = {line.split()[0]: line.split() for line in shown.stdout.splitlines() if line}
+        assert rows["pool1"][2] == "degraded" and rows["pool2"][2] == "ok", shown.stdout
+        assert ("pool1: degraded: no usable host in cluster 'cluster1' (cluster1-esx0 in "
+                "maintenance mode, cluster1-esx1 in maintenance mode)") in shown.stdout
 
         WaitForTask(admin.hosts("cluster1")[0].ExitMaintenanceMode_Task(timeout=0))
         stack.sync()

@@ -8,6 +8,7 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
+from ..core.health import ago
 from ..core.topology import env_values, platform_vsphere
 
 
@@ -99,24 +100,26 @@ def pools_table(pools: list[dict[str, Any]]) -> str:
     out = []
     by_vc: dict[str, list[float]] = {}
     rows = []
+    notes = []  # why a pool is not ok, under the table: a reason is too long for a column
     for p in pools:
         spec, st = p["spec"], p["status"]
         if st.get("removed"):
-            rows.append([spec["name"], spec.get("vcenter", ""), "removed", "", "", "",
+            rows.append([spec["name"], spec.get("vcenter", ""), "", "removed", "", "", "",
                          len(st.get("leases", []))])
             continue
         taints = [f"{t['key']}={t['value']}:{t['effect']}" if t.get("value") else
                   f"{t['key']}:{t['effect']}" for t in spec.get("taints") or []]
-        health = st.get("health") or {}
         flags = ",".join([f for f, on in (("excluded", spec.get("exclude")),
                                           ("cordoned", spec.get("no-schedule"))) if on]
-                         + [f"tainted {t}" for t in taints]
-                         + ([f"degraded: {health.get('reason', '')}"]
-                            if health.get("state") == "degraded" else []))
+                         + [f"tainted {t}" for t in taints])
         rows.append([spec["name"] + (f" ({flags})" if flags else ""), spec["vcenter"],
+                     health_cell(st.get("health") or {}),
                      bar(st["vcpus-usage"], 10), bar(st["memory-usage"], 10),
                      bar(st["datastore-usage"], 10), bar(st["network-usage"], 10),
                      st.get("lease-count", len(st.get("leases", [])))])
+        health = st.get("health") or {}
+        if health.get("state") in ("degraded", "unknown") and health.get("reason"):
+            notes.append(f"{spec['name']}: {health['state']}: {health['reason']}")
         cap = st.get("vcpus-capacity", spec["vcpus"])  # placeable vCPUs, as placement counts
         v = by_vc.setdefault(spec["vcenter"], [0, 0, 0, 0, 0, 0])
         v[0] += st.get("vcpus-used", 0)
@@ -125,13 +128,21 @@ def pools_table(pools: list[dict[str, Any]]) -> str:
         v[3] += spec["memory"]
         v[4] += st.get("storage-used", 0)
         v[5] += spec["storage"]
-    out.append(table(rows, ["POOL", "VCENTER", "VCPUS", "MEMORY", "STORAGE", "NETWORKS",
-                            "LEASES"]))
+    out.append(table(rows, ["POOL", "VCENTER", "HEALTH", "VCPUS", "MEMORY", "STORAGE",
+                            "NETWORKS", "LEASES"]))
+    out.extend(["", *notes] if notes else [])
     out.append("")
     out.append(table([[vc, bar(v[0] / v[1], 10), bar(v[2] / v[3], 10), bar(v[4] / v[5], 10)]
                       for vc, v in sorted(by_vc.items())],
                      ["VCENTER", "VCPUS", "MEMORY", "STORAGE"]))
     return "\n".join(out)
+
+
+def health_cell(health: dict[str, Any]) -> str:
+    """ok / degraded / unknown, with the age of the last good read of its vCenter."""
+    state = str(health.get("state") or "unknown")
+    age = health.get("age-seconds")
+    return f"{state} ({ago(age)})" if isinstance(age, int | float) else state
 
 
 def estimate_table(est: dict[str, Any]) -> str:

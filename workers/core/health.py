@@ -200,7 +200,7 @@ def effective(health: Mapping[str, Any], now: float, stale: float) -> dict[str, 
         age = max(now - at, 0.0) if read else None
         for name, entry in pools.items():
             if age is None or age > stale:
-                why = (f"last read of {vcenter} {_ago(age)}" if age is not None
+                why = (f"last read of {vcenter} {ago(age)}" if age is not None
                        else f"{vcenter} never read")
                 if error:
                     why += f"; {error}"
@@ -235,7 +235,8 @@ def _gb(size: int) -> str:
     return f"{value:.0f}" if value.is_integer() else f"{value:.1f}"
 
 
-def _ago(seconds: float) -> str:
+def ago(seconds: float) -> str:
+    """A short age: 12s ago, 5m ago, 2.5h ago."""
     if seconds < 120:
         return f"{seconds:.0f}s ago"
     if seconds < 7200:
