@@ -9,9 +9,10 @@ and from Redis directly (the counters, the same reader as the fleet metrics). Wh
 Redis does not answer, the page still renders, with a notice saying what is missing: it never
 answers 5xx.
 
-`gather` collects the data, `view.page` turns it into the view-model, and the Jinja2 template
-templates/dashboard.html draws it with autoescape on (owners are user input); the
-Content-Security-Policy forbids scripts anyway. The route is in routes/dashboard.py.
+`gather` collects the data, `view.page` turns it into the view-model (the section types of
+sections.py), and the Jinja2 template templates/dashboard.html draws it with autoescape on
+(owners are user input); the Content-Security-Policy forbids scripts anyway. The route is in
+routes/dashboard.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The dashboard's view-model: what templates/dashboard.html shows, built from the data.
+"""The dashboard's view-model builders: the sections (sections.py) made from the fetched data.
 
-Every value here is plain text or a number already formatted; the template only lays it out
-(and escapes it). Each section is built on its own: one that fails on odd data becomes a
+Every value they hold is plain text or a number already formatted; the template only lays it
+out (and escapes it). Each section is built on its own: one that fails on odd data becomes a
 `Broken` section saying why, and the rest of the page still renders."""
 
 from __future__ import annotations
@@ -9,14 +9,32 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from workers.core.lease import Lease
 
-from .charts import Chart, chart, series
+from .charts import chart, series
+from .sections import (
+    REFRESH,
+    Badge,
+    Bar,
+    Broken,
+    History,
+    LeaseRow,
+    Leases,
+    Missing,
+    Notice,
+    Notices,
+    Page,
+    PoolCard,
+    Pools,
+    Summary,
+    Tile,
+    VCenter,
+    Waiting,
+    WaitRow,
+)
 from .text import (
-    Moment,
     clock,
     int_text,
     moment,
@@ -34,7 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vcm.api")
 
-REFRESH = 30  # seconds between reloads (a meta refresh: no script needed)
 MAX_LEASE_ROWS = 300
 MAX_WAITING_ROWS = 200
 # resource -> (label, colour); the same colours in bars, charts and legends
@@ -49,155 +66,6 @@ FULL = "#dc2626"  # a bar at or above 90 %
 HOT = 0.9
 
 
-# -- sections: each has a `kind`, the template's name for how to draw it ----------------------
-@dataclass(frozen=True)
-class Missing:
-    """A section whose data did not come (the notice above says why)."""
-
-    title: str
-    kind: str = "missing"
-
-
-@dataclass(frozen=True)
-class Broken:
-    """A section that could not be built."""
-
-    title: str
-    error: str
-    kind: str = "broken"
-
-
-@dataclass(frozen=True)
-class Tile:
-    label: str
-    value: str
-    cls: str = ""
-
-
-@dataclass
-class Summary:
-    tiles: list[Tile]
-    refusals: str
-    mirror: str
-    mirror_cls: str
-    mirror_error: str
-    kind: str = "summary"
-
-
-@dataclass(frozen=True)
-class Notice:
-    headline: str  # shown in bold
-    rest: str
-
-
-@dataclass
-class Notices:
-    """What could not be shown, and why (the sections say "Not available right now")."""
-
-    items: list[Notice]
-    refresh: int = REFRESH
-    kind: str = "notices"
-
-
-@dataclass(frozen=True)
-class Bar:
-    label: str
-    colour: str
-    width: str  # percent of the track
-    percent: str
-    amount: str
-    hot: bool
-
-
-@dataclass(frozen=True)
-class Badge:
-    text: str
-    title: str
-    warn: bool
-
-
-@dataclass
-class PoolCard:
-    name: str
-    leases: str
-    removed: bool
-    badges: list[Badge] = field(default_factory=list)
-    bars: list[Bar] = field(default_factory=list)
-
-
-@dataclass
-class VCenter:
-    name: str
-    summary: str
-    pools: list[PoolCard]
-
-
-@dataclass
-class Pools:
-    configured: bool  # any pools at all
-    vcenters: list[VCenter]
-    kind: str = "pools"
-
-
-@dataclass(frozen=True)
-class LeaseRow:
-    owner: str
-    lease_id: str
-    short_id: str
-    pool: str
-    vcenter: str
-    vcpus: str
-    memory: str
-    storage: str
-    networks: str
-    leased: Moment
-    expires: Moment
-    job_link: str = ""  # an http(s) link to the job holding the lease, or ""
-
-
-@dataclass
-class Leases:
-    count: int
-    rows: list[LeaseRow]
-    hidden: int
-    kind: str = "leases"
-
-
-@dataclass(frozen=True)
-class WaitRow:
-    position: str
-    owner: str
-    request: str
-    request_id: str
-    short_id: str
-    since: Moment
-    deadline: Moment
-
-
-@dataclass
-class Waiting:
-    count: int
-    rows: list[WaitRow]
-    hidden: int
-    kind: str = "waiting"
-
-
-@dataclass
-class History:
-    span: str
-    empty: bool
-    charts: list[Chart]
-    kind: str = "history"
-
-
-@dataclass
-class Page:
-    stamp: str
-    refresh: int
-    sections: list[Any]  # in page order
-
-
-# -- building ---------------------------------------------------------------------------------
 def _bar(resource: str, used: Any, total: Any, fraction: Any, unit: str = "") -> Bar:
     label, colour = RESOURCES[resource]
     frac = num(fraction)
