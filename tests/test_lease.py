@@ -282,3 +282,23 @@ def test_of_equals_the_dataclass_constructor() -> None:
     assert Lease.of(**fields) == Lease(**fields)
     assert Lease.of().labels is not Lease.of().labels  # no shared containers
     assert same(Lease.of(**fields).to_wire(), Lease(**fields).to_wire())
+
+
+def test_platform_vsphere_is_sorted_and_leaves_out_what_a_pool_does_not_set():
+    from workers.core.models import Network, Pool, Request, make_lease
+
+    bare = Pool("b-pool", "vc-b", "dc2", "c2", "ds2", 8, 8, 8, networks=(Network("pg2", 2),))
+    full = Pool("a-pool", "vc-a", "dc1", "c1", "ds1", 8, 8, 8, networks=(Network("pg1", 1),),
+                labels=(("region", "east"), ("zone", "east-1a")), domain=(("folder", "ci"),))
+    req = Request(vcpus=1, memory=1)
+    leases = [make_lease(f"id{i}", req, p, list(p.networks), 0.0)
+              for i, p in enumerate((bare, full))]
+    out = platform_vsphere(leases)["platform"]["vsphere"]
+    assert out == platform_vsphere(leases[::-1])["platform"]["vsphere"]
+    assert [v["server"] for v in out["vcenters"]] == ["vc-a", "vc-b"]
+    first, second = out["failureDomains"]
+    assert (first["name"], first["zone"], first["topology"]["folder"]) == \
+        ("a-pool", "east-1a", "/dc1/vm/ci")
+    assert second["name"] == "b-pool" and "folder" not in second["topology"]
+    assert "region" not in second and "zone" not in second
+    assert second["topology"]["resourcePool"] == "/dc2/host/c2/Resources"

@@ -84,7 +84,15 @@ def platform_vsphere(leases: Iterable[Lease | Mapping[str, Any]]) -> dict[str, A
             continue
         nets = domains[key]["topology"]["networks"]
         nets.extend(n for n in fd["topology"]["networks"] if n not in nets)
+    # sorted, so that the same leases always print the same block; a field the pool does not
+    # set (a folder, a region) is left out rather than given as "", as the installer expects
     return {"platform": {"vsphere": {
-        "vcenters": [{"server": s, "datacenters": d} for s, d in vcenters.items()],
-        "failureDomains": list(domains.values()),
+        "vcenters": [{"server": s, "datacenters": vcenters[s]} for s in sorted(vcenters)],
+        "failureDomains": [_set_only(domains[k]) for k in sorted(domains, key=lambda k: k[::-1])],
     }}}
+
+
+def _set_only(domain: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in domain.items() if v != ""}
+    out["topology"] = {k: v for k, v in domain["topology"].items() if v != ""}
+    return out
