@@ -2,7 +2,11 @@
 queues, `celery-task-meta-*` results) are Celery's: see tasks/results.py.
 
 All keys share a prefix (`vcm:` unless a test gives its own). The ledger's Lua scripts (lua/)
-build the same names from the prefix; their headers say which they touch.
+build the same names from the prefix (ARGV[1]); their headers say which they touch. They are
+not passed in KEYS because which keys a script touches depends on what it reads there: a
+release learns a lease's owner and pool (`owner:<owner>`, `use:<pool>`) from its record, in
+the same atomic step. Declaring them would take a read before the script, and a lease could
+change between the two. That is sound on one Redis (the ledger's), not on Redis Cluster.
 
 =====================  ===============================================================
 key                    what it holds
