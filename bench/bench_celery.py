@@ -451,7 +451,8 @@ def shim_worker_class():
             # as a module from the root (cwd): the root is on its path the standard way
             args = [sys.executable, "-m", "bench.bench_celery", "--worker-shim",
                     self.stats_path, "--", "-A", "tasks", "worker", "-Q", self.queues,
-                    "-P", self.pool, "-c", str(self.concurrency), "-n", self.name, "-l", "info",
+                    *(["-P", self.pool] if self.pool else []),  # none: the documented command
+                    "-c", str(self.concurrency), "-n", self.name, "-l", "info",
                     "--without-mingle", "--without-gossip", "-E"]
             self.out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
             self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=self.out,
