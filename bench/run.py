@@ -6,6 +6,8 @@
 (c) bench/bench_http.py        the HTTP shim (run only if the file exists)
 (d) bench/bench_wait.py        release-to-grant lag of a waiting request
 (e) bench/bench_mirror.py      the ledger mirror: API writes and throughput
+(f) bench/bench_inventory.py   the live vCenter health sync of 4 simulated vCenters: its time
+                               and round trips, and placement latency while syncs run
 
 Each runs as its own process, `python -m bench.NAME` from the repository root (its own
 redis-server, workers and Celery client), and prints markdown tables. A target that is missed
@@ -13,7 +15,7 @@ is printed as "BELOW TARGET" and does not fail the run; the exit status is non-z
 benchmark itself fails (crash, timeout).
 
 Usage, from the repository root (as `make bench` runs it):
-    .venv/bin/python -m bench.run [--quick] [--only placement|celery|http|wait|mirror]
+    .venv/bin/python -m bench.run [--quick] [--only placement|celery|http|wait|mirror|inventory]
 The machine is usually shared: read ratios against the baselines measured in the same run, not
 absolute numbers.
 """
@@ -41,6 +43,7 @@ BENCHES = [  # (key, title, script)
      "bench_wait.py"),
     ("mirror", "(e) ledger mirror: API writes and throughput (bench/bench_mirror.py)",
      "bench_mirror.py"),
+    ("inventory", "(f) live vCenter health sync", "bench_inventory.py"),
 ]
 
 
