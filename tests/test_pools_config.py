@@ -420,8 +420,18 @@ def test_a_key_given_twice_is_refused_naming_it_and_its_lines(tmp_path, raw, fie
     assert str(path) in str(info.value)
 
 
-def test_yaml_merge_keys_and_repeated_values_still_load(tmp_path):
+@pytest.mark.parametrize("doc", [
+    "base: &b {vcpus: 4, memory: 8}\npool:\n  <<: *b\n  vcpus: 6\nx: [1, 1]\n",
+    # a chain: `big` overrides `small`, and is merged itself where it is used
+    "t:\n  small: &small {vcpus: 4, memory: 16}\n  big: &big\n    <<: *small\n    vcpus: 16\n"
+    "requests:\n  - <<: *big\n    request-id: r1\n",
+    "a: {=: 1}\n",
+    "s: !!set {a, b}\n",
+])
+def test_valid_yaml_loads_as_safe_load_does(doc):
+    """Merges and overrides are not keys given twice."""
+    import yaml
+
     from workers.adapters.yaml_files import load_yaml
 
-    data = load_yaml("base: &b {vcpus: 4, memory: 8}\npool:\n  <<: *b\n  vcpus: 6\nx: [1, 1]\n")
-    assert data["pool"] == {"vcpus": 6, "memory": 8} and data["x"] == [1, 1]
+    assert load_yaml(doc) == yaml.safe_load(doc)

@@ -18,21 +18,32 @@ class DuplicateKey(yaml.constructor.ConstructorError):
         self.key = key
 
 
+MERGE = "tag:yaml.org,2002:merge"  # `<<:`
+VALUE = "tag:yaml.org,2002:value"  # a key spelled `=`
+
+
 class _StrictLoader(yaml.SafeLoader):
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, yaml.Mark] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue  # `<<:` merges are resolved by the base loader
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node.start_mark)
-                except TypeError:  # an unhashable key: the base loader reports it
-                    continue
-                if first is not key_node.start_mark:
-                    raise DuplicateKey(str(key), first, key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        # checked as written: later, merges (`<<: *base` then an override) are folded into
+        # the node in place, and a valid override would look like a key given twice
+        node = super().compose_mapping_node(anchor)
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == MERGE:
+                continue
+            if key_node.tag == VALUE:
+                key: Any = "="
+            elif isinstance(key_node, yaml.ScalarNode):
+                key = self.construct_object(key_node)
+            else:
+                continue  # a complex key: the constructor reports what it must
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the constructor reports it
+                continue
+            if first is not key_node.start_mark:
+                raise DuplicateKey(str(key), first, key_node.start_mark)
+        return node
 
 
 def load_yaml(stream: IO[str] | str) -> Any:
