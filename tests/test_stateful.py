@@ -185,6 +185,23 @@ def requests(draw: st.DrawFn, wait: st.SearchStrategy[Any] | None = None,
     return d
 
 
+def choose(data: st.DataObject, items: list[Any], n: int = 1,
+           avoid: frozenset[Any] = frozenset()) -> list[Any]:
+    """Up to n distinct items not in `avoid`. The draw is the same whatever the items are:
+    lease ids are the worker's (random), and how many leases live at a step depends on its
+    timing, so a draw shaped by them would replay differently (hypothesis: "inconsistent data
+    generation") and the search would stop."""
+    picks = data.draw(st.lists(st.integers(0, 2**16), min_size=n, max_size=n))
+    out: list[Any] = []
+    for pick in picks:
+        for k in range(len(items)):
+            item = items[(pick + k) % len(items)]
+            if item not in out and item not in avoid:
+                out.append(item)
+                break
+    return out
+
+
 def names_field(out: Outcome, fields: set[str]) -> bool:
     """Whether an InvalidRequest names one of `fields` (batch fields carry a requests[i].
     prefix; an unknown field is named by its own, possibly escaped, name)."""
@@ -237,7 +254,8 @@ class TaskApiMachine(RuleBasedStateMachine):
         self.pools = {p.name: p for p in load_pools(str(self.stack.pools_file))}
         self.live: dict[str, LeaseModel] = {}
         self.keys: dict[tuple[str, str], KeyModel] = {}
-        self.gone: set[str] = set()  # released or reaped, and the ledger still remembers
+        self.gone: dict[str, None] = {}  # released or reaped, and the ledger still remembers
+        # (dicts, not sets: draws pick by position, and a dict keeps the order of events)
         self.forgotten: set[str] = set()  # released before Redis was wiped
         self.waiters: dict[str, Waiter] = {}
         self.disruptions = 0
@@ -293,7 +311,7 @@ class TaskApiMachine(RuleBasedStateMachine):
     def drop(self, ids: list[str]) -> None:
         for i in ids:
             self.live.pop(i, None)
-            self.gone.add(i)
+            self.gone[i] = None
 
     def expect_repeat(self, out: Outcome, key: tuple[str, str], what: str) -> None:
         """A repeated (owner, request-id): the same leases, or an error naming the gone ones."""
@@ -458,8 +476,8 @@ class TaskApiMachine(RuleBasedStateMachine):
     def repeat_a_waiting_request(self, data: st.DataObject, wait: int) -> None:
         """The same (owner, request-id) sent again while it waits in line (its request-id
         is the first task's id when it gave none): the same answer as the first task."""
-        firsts = sorted(t for t, w in self.waiters.items() if w.twin_of is None)
-        first = self.waiters[data.draw(st.sampled_from(firsts))]
+        firsts = [t for t, w in self.waiters.items() if w.twin_of is None]
+        first = self.waiters[choose(data, firsts)[0]]
         body = {k: v for k, v in first.drawn.body.items() if k != "wait"}
         body["request-id"] = first.key[1]
         if wait:
@@ -532,19 +550,18 @@ class TaskApiMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.live)
     @rule(data=st.data(), how=st.sampled_from(["owner", "none", "wrong", "bad", "gone"]))
     def release_by_id(self, data: st.DataObject, how: str) -> None:
-        ids = data.draw(st.lists(st.sampled_from(sorted(self.live)), min_size=1, max_size=2,
-                                 unique=True))
+        ids = choose(data, list(self.live), n=data.draw(st.integers(1, 2)))
         holders = {self.live[i].owner for i in ids}
         owner: Any = None
         if how == "owner":
             owner = next(iter(holders))
         elif how == "wrong":
-            owner = data.draw(st.sampled_from([o for o in (*OWNERS, "anonymous", "mallory")
-                                               if o not in holders]))
+            owner = choose(data, [*OWNERS, "anonymous", "mallory"],
+                           avoid=frozenset(holders))[0]
         elif how == "bad":
             owner = data.draw(bad_text).value
         elif how == "gone" and self.gone:
-            ids = [data.draw(st.sampled_from(sorted(self.gone)))]
+            ids = choose(data, list(self.gone))
             holders = set()
         before = self.snapshot()
         out = self.call("vcm.release", lease_ids=ids, owner=owner)
@@ -590,7 +607,7 @@ class TaskApiMachine(RuleBasedStateMachine):
     @rule(data=st.data(), how=st.sampled_from(["owner", "wrong", "bad-ttl", "bad-owner"]),
           ttl=st.sampled_from([None, 2, 3600, "1h"]))
     def renew(self, data: st.DataObject, how: str, ttl: Any) -> None:
-        lease_id = data.draw(st.sampled_from(sorted(self.live)))
+        lease_id = choose(data, list(self.live))[0]
         lease = self.live[lease_id]
         owner: Any = lease.owner
         if how == "wrong":
@@ -702,7 +719,7 @@ class TaskApiMachine(RuleBasedStateMachine):
         self.poll_waiters()
         self.stack.wipe_redis()
         self.waiters.clear()
-        self.forgotten |= self.gone
+        self.forgotten |= self.gone.keys()
         self.gone.clear()
         self.last_batch = None
         for key, known in list(self.keys.items()):
