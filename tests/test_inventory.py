@@ -4,11 +4,13 @@ redis-server, and `vcm pools discover` checked by `vcm check-pools`."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -21,6 +23,7 @@ from pyVim.connect import Disconnect, SmartConnect
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 
+from tests.helpers import call
 from tests.support.procs import ROOT, Beat, RedisServer, Worker, env_for, wait_for
 from tests.vcsim import Simulator, Unavailable
 from workers.adapters.inventory import InventorySettings, Session, Sessions, read_inventory, sync
@@ -45,6 +48,7 @@ pytestmark = pytest.mark.timeout(600)  # the first test may wait for a cold simu
 
 USER, PASSWORD = "vcm", "vcm-secret"
 HOST = {"cores": 16, "threads": 32, "mhz": 2400, "memory_gb": 256}
+SMALL = {"vcpus": 1, "memory": 1, "networks": 0}  # an acquire that fits any pool here
 
 
 def inventory_json(dc: str = "datacenter1") -> dict[str, Any]:
@@ -110,6 +114,18 @@ class Admin:
             task = (host.EnterMaintenanceMode_Task(timeout=0) if on
                     else host.ExitMaintenanceMode_Task(timeout=0))
             WaitForTask(task)
+
+    def connect(self, cluster: str, on: bool) -> None:
+        """Every host of `cluster` disconnected (DisconnectHost_Task) or reconnected."""
+        for host in self.hosts(cluster):
+            WaitForTask(host.ReconnectHost_Task() if on else host.DisconnectHost_Task())
+
+    def remove_datastore(self, name: str) -> list[vim.HostSystem]:
+        """Destroy datastore `name`; the hosts that mounted it."""
+        ds = self.find(vim.Datastore, name)
+        hosts = [mount.key for mount in ds.host]
+        WaitForTask(ds.Destroy_Task())
+        return hosts
 
     def other_sessions(self) -> set[str]:
         """Keys of every session on the simulator but this one."""
@@ -378,6 +394,7 @@ class WorkerStack:
             if name not in env:
                 self.env.pop(name, None)
         self.worker = Worker(self.env, "queries", pool="threads", concurrency=2).start()
+        self.placement: Worker | None = None
         self.app = Celery("client", broker=self.redis.url, backend=self.redis.url)
         self.app.config_from_object("celeryconfig")
         self.app.conf.broker_url = self.app.conf.result_backend = self.redis.url
@@ -390,7 +407,38 @@ class WorkerStack:
     def health(self) -> dict[str, PoolHealth]:
         return health.effective(self.ledger.health(), time.time(), 1800)
 
+    def start_placement(self) -> Worker:
+        """A placement worker on this stack (the ledger is ready: see above)."""
+        self.placement = Worker(self.env, "placement").start()
+        return self.placement
+
+    def acquire(self, **request: Any) -> dict[str, Any]:
+        """One small lease (no port group) through vcm.acquire; the lease."""
+        lease, = call(self.app, "vcm.acquire", request={**SMALL, **request}, timeout=30)
+        return lease
+
+    def refusal(self, pool: str) -> BaseException | None:
+        """Why an acquire that requires `pool` is refused; None (and the lease released) when
+        it is granted."""
+        try:
+            lease = self.acquire(**{"required-pool": pool})
+        except Exception as exc:  # noqa: BLE001 - the refusal is the answer
+            return exc
+        self.release(lease)
+        return None
+
+    def release(self, *leases: dict[str, Any]) -> None:
+        ids = [x["metadata"]["name"] for x in leases]
+        if ids:
+            assert sorted(call(self.app, "vcm.release", lease_ids=ids)) == sorted(ids)
+
+    def leases_on(self, pool: str) -> list[str]:
+        shown = next(p for p in call(self.app, "vcm.show_pools") if p["spec"]["name"] == pool)
+        return [x["metadata"]["name"] for x in shown["status"]["leases"]]
+
     def stop(self) -> None:
+        if self.placement is not None:
+            self.placement.stop()
         self.worker.stop()
         self.app.close()
         self.redis.stop()
@@ -497,6 +545,126 @@ def test_worker_sync_a_deleted_port_group_degrades_the_pool(stack, sim):
         admin.close()
 
 
+def placement_refuses(stack: WorkerStack, pool: str, reason: str) -> None:
+    """Until the placement worker has read the health: an acquire requiring `pool` is refused
+    as degraded, with `reason`."""
+    exc = wait_for(lambda: stack.refusal(pool), timeout=30,
+                   what=f"placement to read that {pool} is degraded")
+    assert type(exc).__name__ == "NoCapacity", exc
+    reasons = exc.args[1]["reasons"]
+    assert reasons.pop(pool) == f"degraded: {reason}"
+    assert set(reasons.values()) == {f"not the required pool {pool!r}"}
+
+
+@pytest.fixture(scope="module")
+def placing(stack) -> WorkerStack:
+    """The module's stack with a placement worker too."""
+    stack.start_placement()
+    return stack
+
+
+def test_worker_sync_every_host_disconnected_degrades_the_pool_and_placement_goes_elsewhere(
+        placing, sim):
+    stack = placing
+    admin = Admin(sim)
+    taken: list[dict[str, Any]] = []
+    try:
+        stack.sync()
+        held = stack.acquire(**{"required-pool": "pool1", "storage": 100})
+        taken.append(held)
+
+        admin.connect("cluster1", False)
+        stack.sync()
+        reason = ("no usable host in cluster 'cluster1' (cluster1-esx0 disconnected, "
+                  "cluster1-esx1 disconnected)")
+        eff = stack.health()
+        assert eff["pool1"] == PoolHealth(DEGRADED, reason)
+        assert {n: h for n, h in eff.items() if n != "pool1"} == {
+            n: PoolHealth(OK) for n in ("b1", "b2", "pool2")}
+
+        placement_refuses(stack, "pool1", reason)
+        for _ in range(6):  # pool1 has one of the two largest budgets, yet nothing lands there
+            lease = stack.acquire(storage=100)
+            taken.append(lease)
+            assert lease["status"]["pool"] in {"pool2", "b1", "b2"}, lease["status"]
+        assert stack.leases_on("pool1") == [held["metadata"]["name"]]  # its lease stays
+
+        admin.connect("cluster1", True)
+        stack.sync()
+        assert stack.health()["pool1"] == PoolHealth(OK)
+        wait_for(lambda: stack.refusal("pool1") is None, timeout=30,
+                 what="placement to take pool1 again")
+        healthy = [stack.acquire(storage=100) for _ in range(6)]
+        taken += healthy
+        assert "pool1" in {x["status"]["pool"] for x in healthy}  # as it was not, degraded
+    finally:
+        admin.connect("cluster1", True)
+        admin.close()
+        stack.release(*taken)
+
+
+def test_worker_sync_a_removed_datastore_degrades_the_pool(stack, sim, tmp_path):
+    admin = Admin(sim)
+    try:
+        removed = admin.remove_datastore("datastore1")
+        assert sorted(h.name for h in removed) == ["cluster1-esx0", "cluster1-esx1"]
+        stack.sync()
+        eff = stack.health()
+        assert eff["pool1"] == PoolHealth(DEGRADED, "datastore 'datastore1' is gone")
+        assert eff["pool2"] == PoolHealth(OK) and eff["b1"] == PoolHealth(OK)
+    finally:
+        # restored for the tests after this one: the same name on the same hosts, with the
+        # figures it had (the simulator sizes a new local datastore by its directory's file
+        # system)
+        for host in admin.hosts("cluster1"):
+            host.configManager.datastoreSystem.CreateLocalDatastore("datastore1", str(tmp_path))
+        sim.set_datastore("datastore1", free_gb=3000, capacity_gb=4096)
+        admin.close()
+    stack.sync()
+    assert stack.health()["pool1"] == PoolHealth(OK)
+    session = Session(sim.address, USER, PASSWORD, timeout=10)
+    try:
+        assert read_inventory(session).datacenters["datacenter1"].datastores["datastore1"] == \
+            Datastore("datastore1", 4096 * GIB, 3000 * GIB, True)
+    finally:
+        session.close()
+
+
+def test_worker_sync_a_full_datastore_degrades_the_pool_by_its_unleased_budget(placing, sim):
+    # pool1: 2000 GB of storage budget on datastore1 (4096 GB, 3000 GB free)
+    stack = placing
+    taken: list[dict[str, Any]] = []
+    try:
+        stack.sync()
+        taken.append(stack.acquire(**{"required-pool": "pool1", "storage": 600}))
+
+        sim.set_datastore("datastore1", free_gb=1400)  # exactly the 1400 GB not leased
+        stack.sync()
+        assert stack.health()["pool1"] == PoolHealth(OK)
+
+        sim.set_datastore("datastore1", free_gb=1300)
+        stack.sync()
+        reason = ("datastore 'datastore1' has 1300 GB free, less than the 1400 GB of storage "
+                  "budget not leased")
+        assert stack.health()["pool1"] == PoolHealth(DEGRADED, reason)
+        assert stack.health()["pool2"] == PoolHealth(OK)
+        placement_refuses(stack, "pool1", reason)
+
+        stack.release(*taken)  # 2000 GB not leased now
+        taken.clear()
+        stack.sync()
+        assert stack.health()["pool1"].reason == (
+            "datastore 'datastore1' has 1300 GB free, less than the 2000 GB of storage budget "
+            "not leased")
+
+        sim.set_datastore("datastore1", free_gb=3000)
+        stack.sync()
+        assert stack.health()["pool1"] == PoolHealth(OK)
+    finally:
+        sim.set_datastore("datastore1", free_gb=3000)
+        stack.release(*taken)
+
+
 def test_worker_sync_an_unreachable_vcenter_keeps_its_last_state_and_goes_stale(
         stack, sim, sim_b):
     stack.sync()
@@ -597,3 +765,84 @@ def test_sessions_are_kept_per_vcenter_and_replaced_when_credentials_change():
     a = sessions.get("vc1", "u", "p", 5)
     assert sessions.get("vc1", "u", "p", 5) is a
     assert sessions.get("vc1", "u", "other", 5) is not a
+
+
+def test_a_vcenter_killed_while_syncs_run_keeps_its_last_state_and_placement_goes_on(
+        sim, tmp_path):
+    doomed = start_sim()  # its own simulator: the module's survive this test
+    creds = f"{sim.address}={USER}:{PASSWORD},{doomed.address}={USER}:{PASSWORD}"
+    s = WorkerStack(tmp_path, pools_on(sim.address) + pools_on(doomed.address, "d"),
+                    VCM_VCENTER_CREDENTIALS=creds)
+    stop = threading.Event()
+    results: list[dict[str, Any]] = []
+    failed: list[BaseException] = []
+
+    def syncing() -> None:  # back to back, as a short interval would send them
+        try:
+            while not stop.is_set():
+                results.append(s.sync())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failed.append(exc)
+
+    thread = threading.Thread(target=syncing, daemon=True)
+    taken: list[dict[str, Any]] = []
+    try:
+        s.start_placement()
+        admin = Admin(doomed)
+        try:  # its last known state: d1 degraded
+            admin.maintenance("cluster1", True)
+        finally:
+            admin.close()
+        reason = ("no usable host in cluster 'cluster1' (cluster1-esx0 in maintenance mode, "
+                  "cluster1-esx1 in maintenance mode)")
+        thread.start()
+        wait_for(lambda: s.health().get("d1") == PoolHealth(DEGRADED, reason), timeout=60,
+                 what="a sync of the doomed vCenter")
+
+        doomed.kill()
+        killed_at = time.time()
+
+        def record(vcenter: str) -> dict[str, Any]:
+            return s.ledger.health()[vcenter]
+
+        wait_for(lambda: (record(doomed.address)["error-at"] or 0) > killed_at, timeout=60,
+                 what="a sync to find the vCenter gone")
+        last = record(doomed.address)
+        assert last["at"] < last["error-at"]  # the last read, done before the kill
+        assert last["pools"] == {"d1": {"state": DEGRADED, "reason": reason},
+                                 "d2": {"state": OK, "reason": ""}}
+
+        # meanwhile placement goes on, never onto the degraded pool of the killed vCenter
+        placement_refuses(s, "d1", reason)
+        for _ in range(5):
+            lease = s.acquire()
+            taken.append(lease)
+            assert lease["status"]["pool"] in {"pool1", "pool2", "d2"}, lease["status"]
+        # ... the other vCenter keeps syncing ...
+        other = record(sim.address)["at"]
+        wait_for(lambda: record(sim.address)["at"] > other, timeout=60,
+                 what="the live vCenter's next sync")
+        assert record(sim.address)["error"] is None
+        # ... and the killed one fails again, keeping its last state and time
+        wait_for(lambda: record(doomed.address)["error-at"] > last["error-at"], timeout=60,
+                 what="another failed sync")
+        now = record(doomed.address)
+        assert (now["at"], now["pools"]) == (last["at"], last["pools"])
+        assert now["error"] == f"unreachable: [Errno {errno.ECONNREFUSED}] " \
+            f"{os.strerror(errno.ECONNREFUSED)}"
+        assert s.health()["d1"] == PoolHealth(DEGRADED, reason)  # still fresh: it counts
+        assert not failed, failed
+        after_kill = [r for r in results if doomed.address in r["errors"]]
+        assert after_kill and all(r["synced"] == {sim.address: 2} for r in after_kill)
+
+        stale = InventorySettings.from_env(s.env).stale
+        later = health.effective(s.ledger.health(), now["at"] + stale + 1, stale)
+        assert later["d1"] == PoolHealth(
+            UNKNOWN, f"last read of {doomed.address} {health.ago(stale + 1)}; {now['error']}")
+        assert health.degraded(later) == {}  # unknown never degrades
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+        s.release(*taken)
+        s.stop()
+        doomed.stop()

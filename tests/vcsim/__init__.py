@@ -12,9 +12,13 @@ import hashlib
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +138,29 @@ class Simulator:
         reader.start()
         reader.join(timeout)
         return out[0].strip() if out else ""
+
+    def set_datastore(self, name: str, free_gb: int, capacity_gb: int | None = None) -> None:
+        """Set the free space (and capacity) of the datastores named `name`, in GB: what no
+        vSphere API sets, through the control endpoint of our simulator (main.go, controls)."""
+        query = {"name": name, "free_gb": str(free_gb)}
+        if capacity_gb is not None:
+            query["capacity_gb"] = str(capacity_gb)
+        url = (f"https://{self.address}/vcsim/datastore?"
+               f"{urllib.parse.urlencode(query)}")
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # self-signed
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="POST"),
+                                        context=context, timeout=10):
+                pass
+        except urllib.error.HTTPError as exc:
+            raise ValueError(f"vcsim: {exc.code}: {exc.read().decode().strip()}") from exc
+
+    def kill(self) -> None:
+        """SIGKILL: the vCenter is gone at once, with no orderly shutdown."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -3,12 +3,17 @@
 // once the inventory is built, and exits on SIGTERM/SIGINT (or, with -exit-on-eof, when stdin
 // closes, so that a simulator never outlives the test run that started it).
 //
+// In front of the simulator's endpoints it serves what the tests need and this govmomi's
+// simulator lacks (see controls): HostSystem.DisconnectHost_Task and ReconnectHost_Task, and
+// POST /vcsim/datastore to set a datastore's free space. They exist only in this test program.
+//
 // Build offline against Debian's golang-github-vmware-govmomi-dev:
 //
 //	GO111MODULE=off GOPATH=/usr/share/gocode go build -o vcsim ./tests/vcsim
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -18,6 +23,7 @@ import (
 	"io/ioutil"
 	"log"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -107,6 +113,8 @@ func main() {
 		User: url.UserPassword(*user, *password), // not simulator.DefaultLogin: checked exactly
 	}
 	server := model.Service.NewServer()
+	// nothing has connected yet: the handler is swapped before the first request
+	server.Config.Handler = &controls{next: server.Config.Handler}
 
 	var dirs []string
 	cleanup := func() {
@@ -191,6 +199,7 @@ func build(u *url.URL, inv Inventory, dirs *[]string) error {
 			}
 			*dirs = append(*dirs, dir)
 			var created *object.Datastore
+			var mounts []types.DatastoreHostMount
 			for _, h := range hosts {
 				dss, err := h.ConfigManager().DatastoreSystem(ctx)
 				if err != nil {
@@ -199,8 +208,12 @@ func build(u *url.URL, inv Inventory, dirs *[]string) error {
 				if created, err = dss.CreateLocalDatastore(ctx, ds.Name, dir); err != nil {
 					return fmt.Errorf("datastore %s: %w", ds.Name, err)
 				}
+				// each host's call registers a new object under the same reference, mounted on
+				// that host only: the last one is kept, and gets every host's mount
+				mounts = append(mounts, simulator.Map.Get(created.Reference()).(*simulator.Datastore).Host...)
 			}
 			setCapacity(created.Reference(), ds)
+			setMounts(created.Reference(), mounts)
 		}
 
 		if len(d.Portgroups) > 0 {
@@ -282,7 +295,17 @@ func resummarize(ref types.ManagedObjectReference) {
 }
 
 func setCapacity(ref types.ManagedObjectReference, d Datastore) {
+	setSpace(simulator.Map.Get(ref).(*simulator.Datastore), d)
+}
+
+// setMounts lists every host that mounts a shared datastore, as vCenter does (Destroy_Task
+// unmounts it from these).
+func setMounts(ref types.ManagedObjectReference, mounts []types.DatastoreHostMount) {
 	ds := simulator.Map.Get(ref).(*simulator.Datastore)
+	simulator.Map.WithLock(ds, func() { ds.Host = mounts })
+}
+
+func setSpace(ds *simulator.Datastore, d Datastore) {
 	free := d.CapacityGB
 	if d.FreeGB != nil {
 		free = *d.FreeGB
@@ -292,4 +315,111 @@ func setCapacity(ref types.ManagedObjectReference, d Datastore) {
 		info := ds.Info.GetDatastoreInfo()
 		info.FreeSpace, info.MaxFileSize = free*gib, free*gib
 	})
+}
+
+// controls serves, before the simulator's own handler:
+//
+//   - HostSystem.DisconnectHost_Task and ReconnectHost_Task, SOAP calls of the vSphere API that
+//     simulator.HostSystem does not implement. The simulator dispatches a call to the object in
+//     its registry, but a wrapper type put there in place of a host would break its own
+//     `.(*HostSystem)` assertions (Datastore.Destroy_Task, AddDVPortgroup_Task, ...), so these
+//     two calls are answered here: a simulator Task that sets the host's connection state.
+//     The session is not checked (a loopback test program).
+//   - POST /vcsim/datastore?name=N&free_gb=F[&capacity_gb=C]: a datastore's free space (and
+//     capacity), which no vSphere API sets (a real vCenter measures it; the simulator would
+//     report the free space of the file system its directory is on).
+type controls struct {
+	next http.Handler
+}
+
+var connectionCalls = map[string]types.HostSystemConnectionState{
+	"DisconnectHost_Task": types.HostSystemConnectionStateDisconnected,
+	"ReconnectHost_Task":  types.HostSystemConnectionStateConnected,
+}
+
+func (c *controls) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost && r.URL.Path == "/vcsim/datastore" {
+		datastoreControl(w, r)
+		return
+	}
+	if r.Method == http.MethodPost && r.URL.Path == "/sdk" {
+		body, err := ioutil.ReadAll(r.Body)
+		_ = r.Body.Close()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		r.Body = ioutil.NopCloser(bytes.NewReader(body))
+		if bytes.Contains(body, []byte("Host_Task")) {
+			if m, err := simulator.UnmarshalBody(types.TypeFunc(), body); err == nil {
+				if state, ok := connectionCalls[m.Name]; ok {
+					hostConnection(w, m, state)
+					return
+				}
+			}
+		}
+	}
+	c.next.ServeHTTP(w, r)
+}
+
+const taskResponse = `<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" ` +
+	`xmlns:xsd="http://www.w3.org/2001/XMLSchema" ` +
+	`xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>` +
+	`<%[1]sResponse xmlns="urn:vim25"><returnval type="Task">%[2]s</returnval>` +
+	`</%[1]sResponse></soapenv:Body></soapenv:Envelope>`
+
+// hostConnection answers DisconnectHost_Task or ReconnectHost_Task with a Task that sets the
+// host's runtime.connectionState (ManagedObjectNotFound when `_this` is no host).
+func hostConnection(w http.ResponseWriter, m *simulator.Method, state types.HostSystemConnectionState) {
+	this := m.This
+	task := simulator.CreateTask(this, m.Name, func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
+		host, ok := simulator.Map.Get(this).(*simulator.HostSystem)
+		if !ok {
+			return nil, &types.ManagedObjectNotFound{Obj: this}
+		}
+		simulator.Map.WithLock(host, func() {
+			host.Runtime.ConnectionState = state
+			if host.Summary.Runtime != nil {
+				host.Summary.Runtime.ConnectionState = state
+			}
+		})
+		return nil, nil
+	})
+	ref := task.Run()
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	_, _ = fmt.Fprintf(w, taskResponse, m.Name, ref.Value)
+}
+
+// datastoreControl sets the free space (and optionally the capacity) of the datastores named
+// `name`, in GB. 404 when there is none.
+func datastoreControl(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	name := q.Get("name")
+	free, err := strconv.ParseInt(q.Get("free_gb"), 10, 64)
+	if err != nil || name == "" || free < 0 {
+		http.Error(w, "need name and free_gb (GB, >= 0)", http.StatusBadRequest)
+		return
+	}
+	found := 0
+	for _, e := range simulator.Map.All("Datastore") {
+		ds, ok := e.(*simulator.Datastore)
+		if !ok || ds.Name != name {
+			continue
+		}
+		capacity := ds.Summary.Capacity / gib
+		if c := q.Get("capacity_gb"); c != "" {
+			if capacity, err = strconv.ParseInt(c, 10, 64); err != nil || capacity < free {
+				http.Error(w, "capacity_gb: a number of GB, at least free_gb", http.StatusBadRequest)
+				return
+			}
+		}
+		setSpace(ds, Datastore{Name: name, CapacityGB: capacity, FreeGB: &free})
+		found++
+	}
+	if found == 0 {
+		http.Error(w, fmt.Sprintf("no datastore %q", name), http.StatusNotFound)
+		return
+	}
+	_, _ = fmt.Fprintf(w, "%d\n", found)
 }
