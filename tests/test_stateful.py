@@ -766,6 +766,7 @@ def test_task_api_state_machine(chaos_stack: ChaosStack) -> None:
 
 
 @pytest.mark.skipif(not CHAOS, reason="long search: make chaos")
+@pytest.mark.timeout(int(os.environ.get("VCM_CHAOS_TIMEOUT", "14400")))  # not the 300 s default
 def test_task_api_state_machine_long(chaos_stack: ChaosStack) -> None:
     _run(chaos_stack, examples=int(os.environ.get("VCM_CHAOS_EXAMPLES", "200")),
          steps=int(os.environ.get("VCM_CHAOS_STEPS", "50")),
