@@ -39,7 +39,8 @@ test: deps system-deps
 bench: deps system-deps
 	$(PY) -m bench.run
 
-# The long property-based search over the task API (VCM_CHAOS_EXAMPLES, VCM_CHAOS_STEPS), then
+# The long property-based search over the task API (VCM_CHAOS_EXAMPLES, VCM_CHAOS_STEPS,
+# VCM_CHAOS_TIMEOUT), then
 # the soak (VCM_SOAK_SECONDS, default 600): both run, the target fails if either does.
 chaos: deps system-deps
 	@status=0; \
