@@ -140,6 +140,7 @@ class Outcome:
     error: str = ""
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    done_at: Any = None  # the result backend's date_done (a datetime), once answered
 
     @property
     def ok(self) -> bool:
@@ -164,13 +165,13 @@ def _short(value: Any) -> str:
 def outcome_of(r: AsyncResult) -> Outcome:
     state = r.state
     if state == "SUCCESS":
-        return Outcome(state, r.result)
+        return Outcome(state, r.result, done_at=r.date_done)
     if state == "FAILURE":
         exc = r.result
         args = getattr(exc, "args", ())
         details = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
         message = str(args[0]) if args else str(exc)
-        return Outcome(state, None, type(exc).__name__, message, details)
+        return Outcome(state, None, type(exc).__name__, message, details, r.date_done)
     return Outcome(state, r.info if isinstance(r.info, dict) else None)
 
 
