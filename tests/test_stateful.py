@@ -21,16 +21,21 @@ VCM_CHAOS_STEPS)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
+import sys
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
+from hypothesis.errors import HypothesisException
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -215,6 +220,25 @@ def names_field(out: Outcome, fields: set[str]) -> bool:
     return any(named == f or (f == "zz" and named.startswith("zz")) for f in fields)
 
 
+# -- the flight recorder -------------------------------------------------------------------
+
+Step = TypeVar("Step", bound=Any)
+
+
+def recorded(fn: Step) -> Step:
+    """Note each step of an example as it runs. Hypothesis prints the steps only when it
+    replays a failure, and a failure that hangs on the workers' timing may not replay: the
+    machine then writes what it recorded (see teardown)."""
+
+    @functools.wraps(fn)
+    def step(self: TaskApiMachine, **kwargs: Any) -> Any:
+        args = ", ".join(f"{k}={v!r:.300}" for k, v in kwargs.items() if k != "data")
+        self.trace.append(f"{time.time():.3f} {fn.__name__}({args})")
+        return fn(self, **kwargs)
+
+    return step  # type: ignore[return-value]
+
+
 # -- the model ------------------------------------------------------------------------------
 
 @dataclass
@@ -267,6 +291,7 @@ class TaskApiMachine(RuleBasedStateMachine):
         self.batches = 0
         self.last_batch: list[dict[str, Any]] | None = None
         self.answers: dict[str, Outcome] = {}  # waiting tasks answered, by task id
+        self.trace: list[str] = []
 
     # -- plumbing ---------------------------------------------------------------------
     def send(self, name: str, **kwargs: Any) -> Any:
@@ -275,10 +300,12 @@ class TaskApiMachine(RuleBasedStateMachine):
     def call(self, name: str, **kwargs: Any) -> Outcome:
         r = self.send(name, **kwargs)
         try:
-            return settle(r, ANSWER_TIMEOUT)
+            out = settle(r, ANSWER_TIMEOUT)
         except TimeoutError as exc:
             raise AssertionError(f"{name} was never answered: {exc} {_where(self.stack)}"
                                  ) from None
+        self.trace.append(f"  {name} {r.id} -> {out!r:.300}")
+        return out
 
     def ledger(self) -> Ledger:
         return Ledger(self.client)
@@ -363,6 +390,7 @@ class TaskApiMachine(RuleBasedStateMachine):
 
     def absorb(self, w: Waiter, out: Outcome) -> None:
         del self.waiters[w.task_id]
+        self.trace.append(f"  waiting {w.task_id} (twin of {w.twin_of}) -> {out!r:.300}")
         what = f"waiting task {w.task_id} for {w.key}"
         first = w.twin_of
         if first is not None and first in self.answers:
@@ -427,6 +455,7 @@ class TaskApiMachine(RuleBasedStateMachine):
             out = settle(r, ANSWER_TIMEOUT, accept=("SUCCESS", "FAILURE", "WAITING"))
         except TimeoutError as exc:
             raise AssertionError(f"{kind} {d.body!r} was never answered: {exc}") from None
+        self.trace.append(f"  vcm.acquire {r.id} -> {out!r:.300}")
         what = f"{kind} {d.body!r}"
         if d.must:
             assert out.error == "InvalidRequest" and names_field(out, d.must | d.may), \
@@ -471,23 +500,28 @@ class TaskApiMachine(RuleBasedStateMachine):
         self.assert_unchanged(before, what)
 
     @rule(d=requests())
+    @recorded
     def acquire(self, d: Drawn) -> None:
         self._acquire(d, "acquire")
 
     @rule(d=requests(wait=st.sampled_from([1, 2, "1s"]), bad=False),
           big=st.booleans())
+    @recorded
     def acquire_and_wait(self, d: Drawn, big: bool) -> None:
         if big:  # a whole pool: waits whenever every pool has a lease
             d.body.update(vcpus=POOL_VCPUS, memory=POOL_MEMORY)
         self._acquire(d, "waiting acquire")
 
-    @precondition(lambda self: any(w.twin_of is None for w in self.waiters.values()))
     @rule(data=st.data(), wait=st.sampled_from([0, 1]))
+    @recorded
     def repeat_a_waiting_request(self, data: st.DataObject, wait: int) -> None:
         """The same (owner, request-id) sent again while it waits in line (its request-id
         is the first task's id when it gave none): the same answer as the first task."""
         firsts = [t for t, w in self.waiters.items() if w.twin_of is None]
-        first = self.waiters[choose(data, firsts)[0]]
+        picked = choose(data, firsts)
+        if not picked:
+            return  # nothing waits (any more): whether it does is the workers' timing
+        first = self.waiters[picked[0]]
         body = {k: v for k, v in first.drawn.body.items() if k != "wait"}
         body["request-id"] = first.key[1]
         if wait:
@@ -496,6 +530,7 @@ class TaskApiMachine(RuleBasedStateMachine):
                       f"the request of waiting task {first.task_id} again")
 
     @rule(owner=st.sampled_from(OWNERS), rid=st.sampled_from(REQUEST_IDS))
+    @recorded
     def reuse_request_id_of_another_owner(self, owner: str, rid: str) -> None:
         """bob sends alice's request-id: it is bob's own request, with his own leases."""
         mine = (owner, rid)
@@ -510,6 +545,7 @@ class TaskApiMachine(RuleBasedStateMachine):
     @rule(n=st.integers(1, 3), owners=st.lists(st.sampled_from(OWNERS), min_size=3,
                                                 max_size=3),
           repeat=st.booleans(), dup=st.integers(0, 4), bad=st.one_of(st.none(), bad_text))
+    @recorded
     def acquire_batch(self, n: int, owners: list[str], repeat: bool, dup: int,
                       bad: Bad | None) -> None:
         fresh = not (repeat and self.last_batch is not None)
@@ -557,22 +593,25 @@ class TaskApiMachine(RuleBasedStateMachine):
             assert out.error == "NoCapacity", f"{what}: {out}"
             self.assert_unchanged(before, what)
 
-    @precondition(lambda self: self.live)
     @rule(data=st.data(), how=st.sampled_from(["owner", "none", "wrong", "bad", "gone"]))
+    @recorded
     def release_by_id(self, data: st.DataObject, how: str) -> None:
         ids = choose(data, list(self.live), n=data.draw(st.integers(1, 2)))
         holders = {self.live[i].owner for i in ids}
         owner: Any = None
         if how == "owner":
-            owner = next(iter(holders))
+            owner = next(iter(holders), None)
         elif how == "wrong":
             owner = choose(data, [*OWNERS, "anonymous", "mallory"],
                            avoid=frozenset(holders))[0]
         elif how == "bad":
             owner = data.draw(bad_text).value
-        elif how == "gone" and self.gone:
-            ids = choose(data, list(self.gone))
-            holders = set()
+        elif how == "gone":
+            gone = choose(data, list(self.gone))
+            if gone:
+                ids, holders = gone, set()
+        if not ids:
+            return  # nothing live: how many leases live at a step is the workers' timing
         before = self.snapshot()
         out = self.call("vcm.release", lease_ids=ids, owner=owner)
         what = f"release {ids} as {owner!r}"
@@ -593,6 +632,7 @@ class TaskApiMachine(RuleBasedStateMachine):
         self.drop(ids)
 
     @rule(owner=st.sampled_from(OWNERS))
+    @recorded
     def release_by_owner(self, owner: str) -> None:
         self.poll_waiters()
         mine = {i for i, x in self.live.items() if x.owner == owner}
@@ -602,6 +642,7 @@ class TaskApiMachine(RuleBasedStateMachine):
         self.drop(list(mine))
 
     @rule(lease_id=st.sampled_from(["nope", "0" * 20]) | any_unicode)
+    @recorded
     def release_unknown(self, lease_id: str) -> None:
         before = self.snapshot()
         out = self.call("vcm.release", lease_ids=[lease_id], owner="alice")
@@ -613,19 +654,23 @@ class TaskApiMachine(RuleBasedStateMachine):
             assert out.error == "LeaseNotFound", f"{what}: {out}"
         self.assert_unchanged(before, what)
 
-    @precondition(lambda self: self.live)
     @rule(data=st.data(), how=st.sampled_from(["owner", "wrong", "bad-ttl", "bad-owner"]),
           ttl=st.sampled_from([None, 2, 3600, "1h"]))
+    @recorded
     def renew(self, data: st.DataObject, how: str, ttl: Any) -> None:
-        lease_id = choose(data, list(self.live))[0]
+        picked = choose(data, list(self.live))
+        bad_owner = data.draw(bad_text).value if how == "bad-owner" else None
+        if how == "bad-ttl":
+            ttl = data.draw(st.sampled_from([-1, "eventually", True, 10**9]))
+        if not picked:
+            return  # nothing live: how many leases live at a step is the workers' timing
+        lease_id = picked[0]
         lease = self.live[lease_id]
         owner: Any = lease.owner
         if how == "wrong":
             owner = "mallory"
         elif how == "bad-owner":
-            owner = data.draw(bad_text).value
-        elif how == "bad-ttl":
-            ttl = data.draw(st.sampled_from([-1, "eventually", True, 10**9]))
+            owner = bad_owner
         before = self.snapshot()
         sent = time.time()
         out = self.call("vcm.renew", lease_id=lease_id, owner=owner, ttl=ttl)
@@ -648,6 +693,7 @@ class TaskApiMachine(RuleBasedStateMachine):
         lease.expires = new
 
     @rule()
+    @recorded
     def reap(self) -> None:
         sent = time.time()
         out = self.call("vcm.reap_expired")
@@ -661,15 +707,20 @@ class TaskApiMachine(RuleBasedStateMachine):
         self.drop(out.result)
 
     @rule()
+    @recorded
     def sleep_a_little(self) -> None:
         """Let short leases expire and short waits run out."""
         time.sleep(1.0)
 
     @rule(data=st.data(), kind=st.sampled_from(["waiter", "unknown", "bad"]))
+    @recorded
     def cancel_wait(self, data: st.DataObject, kind: str) -> None:
-        originals = sorted(t for t, w in self.waiters.items() if w.twin_of is None)
-        if kind == "waiter" and originals:
-            task_id = data.draw(st.sampled_from(originals))
+        originals = [t for t, w in self.waiters.items() if w.twin_of is None]
+        picked = choose(data, originals) if kind == "waiter" else []
+        if picked:
+            task_id = picked[0]
+        elif kind == "waiter":
+            task_id = "no-such-task"  # nothing waits (any more): the workers' timing
         elif kind == "bad":
             task_id = data.draw(bad_text).value
         else:
@@ -696,6 +747,7 @@ class TaskApiMachine(RuleBasedStateMachine):
         self.absorb(w, final)
 
     @rule(owner=st.sampled_from((*OWNERS, None)) | bad_text.map(lambda b: b.value))
+    @recorded
     def query(self, owner: str | None) -> None:
         out = self.call("vcm.list_leases", owner=owner)
         if owner is not None and is_bad_text(owner, 253):
@@ -716,12 +768,14 @@ class TaskApiMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.disruptions < self.max_disruptions)
     @rule(sig=st.sampled_from([signal.SIGTERM, signal.SIGKILL]))
+    @recorded
     def restart_placement_worker(self, sig: int) -> None:
         self.disruptions += 1
         self.stack.restart_placement(sig)
 
     @precondition(lambda self: self.disruptions < self.max_disruptions)
     @rule()
+    @recorded
     def wipe_redis(self) -> None:
         """Redis restarts empty: answers still pending are lost with it (the result backend
         is that Redis), as are the records of released leases; answered live leases are not."""
@@ -739,8 +793,23 @@ class TaskApiMachine(RuleBasedStateMachine):
             elif len(alive) < len(known.ids):
                 known.uncertain = True
 
+    def record_failure(self, exc: BaseException) -> None:
+        """Append this example's steps and its failure to the failures log, and name the log
+        in the failure."""
+        path = Path(os.environ.get("VCM_CHAOS_LOG") or self.stack.logs / "failures.log")
+        failure = "".join(traceback.format_exception(exc))
+        with path.open("a", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(f"== example failed at {time.time():.3f}\n" + "\n".join(self.trace)
+                    + f"\n-- failure:\n{failure}\n")
+        exc.add_note(f"the steps of this example as they ran: {path}")
+
     def teardown(self) -> None:
         """Every waiting task is answered once its wait ran out."""
+        failing = sys.exc_info()[1]  # teardown runs in the finally of a failing example
+        if not isinstance(failing, Exception) or isinstance(failing, HypothesisException):
+            failing = None  # hypothesis's own control flow (StopTest is a BaseException)
+        if failing is not None:
+            self.record_failure(failing)
         try:
             while self.waiters:
                 deadline = max(w.deadline for w in self.waiters.values()) + WAIT_SLACK
@@ -748,6 +817,10 @@ class TaskApiMachine(RuleBasedStateMachine):
                 if self.waiters and time.time() > deadline:
                     raise AssertionError(f"waiting tasks never answered: {sorted(self.waiters)}")
                 time.sleep(0.1)
+        except AssertionError as exc:
+            if failing is None:
+                self.record_failure(exc)
+            raise
         finally:
             self.client.close()
 
