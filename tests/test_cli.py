@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from celery import Celery
+
 from tests.support.procs import ROOT
 
 
@@ -79,3 +81,47 @@ def test_pools_table_leases_estimate_reserve(stack, ledger, tmp_path):
     p = vcm(stack, "reserve", "-f", str(batch))
     assert p.returncode == 2 and "not UTF-8" in p.stderr and "Traceback" not in p.stderr
     assert ledger.audit() == before
+
+
+def test_a_task_lost_in_flight_is_sent_again_as_the_same_request(pools_file, tmp_path):
+    """Redis's transport pops a message and then records it as unacked: a worker killed in
+    between loses it (the stateful test's crash rule found this). What it leaves is a task no
+    worker holds: vcm sends the same task id again, which is the same request, so however
+    many copies arrive, one lease is granted."""
+    from tests.support.procs import RedisServer, Worker, env_for, wait_for
+    from workers.adapters.ledger import Ledger
+
+    server = RedisServer().start()
+    worker = None
+    try:
+        env = env_for(server.url, pools_file, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"),
+                      VCM_RESEND_AFTER="1s")
+        client = server.client()
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "acquire", "--vcpus", "1", "--memory", "1",
+             "--owner", "job-1", "-o", "json", "--redis-url", server.url],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: client.llen("placement") == 1, timeout=30, what="the task queued")
+        client.delete("placement")  # what the killed worker leaves: the message is nowhere
+        # two copies in line: both are taken, and answered as one request
+        wait_for(lambda: client.llen("placement") >= 2, timeout=30, what="the task sent again")
+        worker = Worker(env, "placement").start()  # the documented command
+        out, err = cli.communicate(timeout=60)
+        assert cli.returncode == 0, err
+        assert "sent it again (same task id" in err
+        leases = json.loads(out)
+        ledger = Ledger(client)
+        assert sorted(ledger.audit()["leases"]) == [x["metadata"]["name"] for x in leases]
+        assert len(leases) == 1 and leases[0]["status"]["owner"] == "job-1"
+        wait_for(lambda: client.llen("placement") == 0, timeout=30, what="every copy taken")
+        app = Celery("client", broker=server.url, backend=server.url)
+        app.config_from_object("celeryconfig")
+        app.conf.broker_url = app.conf.result_backend = server.url
+        # the one consumer answers in order: once this is answered, every copy was
+        app.send_task("vcm.noop_placement", queue="placement").get(timeout=30)
+        app.close()
+        assert len(ledger.audit()["leases"]) == 1
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()

@@ -7,9 +7,12 @@ worker rebuilds the ledger from its file mirror). It keeps a model of what clien
 and checks after every step:
 
 - used <= capacity, counters == the sum of the leases, no port group in two leases;
-- every lease a client was answered with is in the ledger until it is released or reaped;
-  it may vanish on its own only once past its expires-at; nothing else is in the ledger
-  except leases being granted to a waiting request;
+- every lease a client was answered with is in the ledger, with the expires-at it was told,
+  until a release or a reap names it (nothing reaps on its own here: no beat); nothing else
+  is in the ledger except leases being granted to a waiting request;
+- every grant is what was asked: one lease per vCenter, each on its own vCenter, of the size
+  asked, on an allowed pool, with that pool's port groups of the type asked, expiring ttl
+  after the grant; a request that fits one pool of an empty fleet is never refused;
 - one (owner, request-id) gives one set of leases: a repeat returns the same lease ids, or an
   error naming them once they are gone; never new leases, never another owner's;
 - every task is answered (waiting ones once their wait ran out);
@@ -29,6 +32,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,6 +78,10 @@ from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
 
 ANSWER_TIMEOUT = 30.0  # a task on an idle worker answers in milliseconds: this is generous
+CANCEL_ANSWER = 5.0  # a cancelled waiting task is answered at once: far less than a long wait
+LONG_WAIT = 20  # for waits that cancel must cut short
+REDELIVERY = 20.0  # a killed worker's task comes back after the visibility timeout (10 s here)
+RESEND_AFTER = 5.0  # a task no worker took (the transport lost it in flight) is sent again
 WAIT_SLACK = 15.0  # a waiting task is answered at most this long after its wait ran out
 CHAOS = os.environ.get("VCM_CHAOS") == "1"
 
@@ -265,6 +273,7 @@ class Waiter:
     result: Any  # AsyncResult
     twin_of: str | None = None  # the first task of the same (owner, request-id)
     cancelled: bool = False
+    sent: float = 0.0
 
 
 def _where(stack: ChaosStack) -> str:
@@ -326,19 +335,60 @@ class TaskApiMachine(RuleBasedStateMachine):
         if before["counters"] is not None and after["counters"] is not None:
             assert after["counters"] == before["counters"], f"{what} changed the counters"
 
-    def take(self, leases: list[dict[str, Any]], key: tuple[str, str], what: str) -> None:
-        """Leases a client was just told about: new, its owner's, for its request-id."""
+    def take(self, leases: list[dict[str, Any]], key: tuple[str, str], what: str,
+             body: dict[str, Any] | None = None, sent: float = 0.0) -> None:
+        """Leases a client was just told about: new, its owner's, for its request-id, and
+        (given the request `body`, sent at `sent`) what it asked for."""
         ids = lease_ids(leases)
         assert len(set(ids)) == len(ids), f"{what}: a lease twice in one answer: {ids}"
+        if body is not None:
+            self.check_grant(leases, body, sent, what)
         for lease in leases:
             name = lease["metadata"]["name"]
-            assert name not in self.live and name not in self.gone, \
+            assert name not in self.live and name not in self.gone \
+                and name not in self.forgotten, \
                 f"{what}: {name} was already answered to someone: a second grant"
             assert self._key_of(lease) == key, \
                 f"{what}: lease {name} is {self._key_of(lease)}'s, not {key}'s"
             assert lease["status"]["state"] == "leased", lease["status"]
             self.live[name] = LeaseModel(key[0], key, parse_time(lease["status"]["expires-at"]))
         self.keys[key] = KeyModel(tuple(ids))
+
+    def check_grant(self, leases: list[dict[str, Any]], body: dict[str, Any], sent: float,
+                    what: str) -> None:
+        """One lease per vCenter asked for, each on its own vCenter, each the size asked for,
+        on a pool the request allows, with port groups of that pool and of the type asked for,
+        expiring ttl after the grant."""
+        want = max(1, int(body.get("vcenters") or 1))
+        assert len(leases) == want, f"{what}: {len(leases)} leases for {want} vCenters"
+        assert len({x["status"]["vcenter"] for x in leases}) == want, \
+            f"{what}: two leases on one vCenter: {leases}"
+        ttl = body.get("ttl")
+        seconds = 86400 if ttl is None else float(str(ttl).rstrip("s"))
+        answered = time.time()
+        for lease in leases:
+            spec, status = lease["spec"], lease["status"]
+            pool = self.pools[status["pool"]]
+            for name in ("vcpus", "memory", "storage", "networks"):
+                if name in body:
+                    assert spec[name] == body[name], \
+                        f"{what}: {name} {spec[name]} granted, {body[name]} asked: {lease}"
+            assert len(status["networks"]) == spec["networks"], f"{what}: {lease}"
+            assert status["vcenter"] == pool.vcenter, f"{what}: {lease}"
+            if "required-pool" in body:
+                assert status["pool"] == body["required-pool"], f"{what}: {lease}"
+            for label, value in (body.get("pool-selector") or {}).items():
+                assert pool.label_map().get(label) == value, f"{what}: {lease}"
+            kind = body.get("network-type", "single-tenant")
+            own = {n.port_group: n.type for n in pool.networks}
+            for net in status["networks"]:
+                assert own.get(net["port-group"]) == kind, \
+                    f"{what}: port group {net['port-group']} is not a {kind} one of " \
+                    f"{pool.name}: {lease}"
+            expires = parse_time(status["expires-at"])
+            assert int(sent) + seconds - 1 <= expires <= answered + seconds + 1, \
+                f"{what}: expires-at {status['expires-at']} for ttl {ttl!r}, sent at " \
+                f"{sent:.3f}, answered at {answered:.3f}"
 
     def drop(self, ids: list[str]) -> None:
         for i in ids:
@@ -412,7 +462,7 @@ class TaskApiMachine(RuleBasedStateMachine):
                 assert sorted(lease_ids(out.result)) == sorted(self.keys[w.key].ids), \
                     f"{what}: answered {out}, the request-id holds {self.keys[w.key].ids}"
             else:
-                self.take(out.result, w.key, what)
+                self.take(out.result, w.key, what, w.drawn.body, w.sent)
         else:
             allowed = {"WaitTimeout"} | ({"NoCapacity"} if w.twin_of is not None else set())
             assert out.error in allowed, f"{what}: answered {out}"
@@ -434,13 +484,15 @@ class TaskApiMachine(RuleBasedStateMachine):
             self.poll_waiters(block_for=pending & waiting)
         unknown = {i: self._key_of(in_ledger[i]) for i in in_ledger if i not in self.live}
         assert not unknown, f"leases in the ledger that no client was told about: {unknown}"
-        now = time.time()
-        for i in [i for i in self.live if i not in in_ledger]:
-            lease = self.live[i]
-            assert lease.expires < now, (
-                f"answered lease {i} of {lease.key} vanished before its expires-at "
-                f"({lease.expires - now:.1f}s left), without a release or a reap")
-            self.drop([i])
+        # nothing in this stack reaps on its own (no beat): only a release or a reap that
+        # named it may take an answered lease away, expired or not
+        lost = {i: self.live[i].key for i in self.live if i not in in_ledger}
+        assert not lost, f"answered leases gone from the ledger without a release or reap: {lost}"
+        for i, lease in self.live.items():
+            stored = parse_time(in_ledger[i]["status"]["expires-at"])
+            assert stored == lease.expires, \
+                f"lease {i}: the ledger says it expires at {stored}, its client was told " \
+                f"{lease.expires}"
 
     # -- rules ------------------------------------------------------------------------
     @initialize()
@@ -448,15 +500,20 @@ class TaskApiMachine(RuleBasedStateMachine):
         reset_ledger(self.client, self.stack.env["VCM_MIRROR_FILE"])
 
     def _acquire(self, d: Drawn, kind: str) -> None:
-        key = (d.owner, d.request_id) if d.request_id is not None else None
         before = self.snapshot()
+        sent = time.time()
         r = self.send("vcm.acquire", request=d.body)
         try:
             out = settle(r, ANSWER_TIMEOUT, accept=("SUCCESS", "FAILURE", "WAITING"))
         except TimeoutError as exc:
             raise AssertionError(f"{kind} {d.body!r} was never answered: {exc}") from None
         self.trace.append(f"  vcm.acquire {r.id} -> {out!r:.300}")
-        what = f"{kind} {d.body!r}"
+        self.judge_acquire(d, r.id, out, before, sent, f"{kind} {d.body!r}", r)
+
+    def judge_acquire(self, d: Drawn, task_id: str, out: Outcome, before: dict[str, Any],
+                      sent: float, what: str, r: Any) -> None:
+        """Whether the answer to one vcm.acquire is what the model allows."""
+        key = (d.owner, d.request_id) if d.request_id is not None else None
         if d.must:
             assert out.error == "InvalidRequest" and names_field(out, d.must | d.may), \
                 f"{what}: must be refused naming one of {sorted(d.must)}, got {out}"
@@ -467,11 +524,12 @@ class TaskApiMachine(RuleBasedStateMachine):
             self.assert_unchanged(before, what)
             return
         if key is None:
-            key = (d.owner, r.id)
+            key = (d.owner, task_id)
         first = next((w for w in self.waiters.values()
                       if w.key == key and w.twin_of is None), None)
         if first is not None:  # the same request is waiting: the same answer as that one
-            self.waiters[r.id] = Waiter(r.id, key, d, first.deadline, r, twin_of=first.task_id)
+            self.waiters[task_id] = Waiter(task_id, key, d, first.deadline, r,
+                                           twin_of=first.task_id, sent=sent)
             return
         if key in self.keys:
             if out.state == "WAITING":
@@ -486,25 +544,33 @@ class TaskApiMachine(RuleBasedStateMachine):
             info = out.result or {}
             assert info.get("position", 0) >= 1, f"{what}: waiting without a position: {out}"
             wait = float(str(d.body["wait"]).rstrip("s"))
-            self.waiters[r.id] = Waiter(r.id, key, d, time.time() + wait, r)
+            self.waiters[task_id] = Waiter(task_id, key, d, time.time() + wait, r, sent=sent)
             return
         if out.ok:
-            leases = out.result
-            want = max(1, int(d.body.get("vcenters") or 1))
-            assert len(leases) == want, f"{what}: {len(leases)} leases for {want} vCenters"
-            assert len({x["status"]["vcenter"] for x in leases}) == want, \
-                f"{what}: two leases on one vCenter: {leases}"
-            self.take(leases, key, what)
+            self.take(out.result, key, what, d.body, sent)
             return
         assert out.error == "NoCapacity", f"{what}: {out}"
+        assert not self.fits_an_empty_fleet(d.body, before), \
+            f"{what}: refused although nothing is leased and it fits one pool: {out}"
         self.assert_unchanged(before, what)
+
+    @staticmethod
+    def fits_an_empty_fleet(body: dict[str, Any], before: dict[str, Any]) -> bool:
+        """A request with no constraint but its size, for one vCenter, when nothing is leased
+        or waiting: any pool takes it, so a refusal is a defect."""
+        if before["leases"] or before["counters"] is None:
+            return False
+        constrained = {"required-pool", "pool-selector", "network-type", "vcenters"}
+        return not constrained & set(body) and (
+            body.get("vcpus", 0) <= POOL_VCPUS and body.get("memory", 0) <= POOL_MEMORY
+            and body.get("storage", 0) <= POOL_STORAGE and body.get("networks", 1) <= POOL_NETS)
 
     @rule(d=requests())
     @recorded
     def acquire(self, d: Drawn) -> None:
         self._acquire(d, "acquire")
 
-    @rule(d=requests(wait=st.sampled_from([1, 2, "1s"]), bad=False),
+    @rule(d=requests(wait=st.sampled_from([1, 2, "1s", LONG_WAIT]), bad=False),
           big=st.booleans())
     @recorded
     def acquire_and_wait(self, d: Drawn, big: bool) -> None:
@@ -637,9 +703,18 @@ class TaskApiMachine(RuleBasedStateMachine):
         self.poll_waiters()
         mine = {i for i, x in self.live.items() if x.owner == owner}
         out = self.call("vcm.release", owner=owner)
-        assert out.ok and set(out.result) == mine, \
-            f"release by owner {owner}: {out}, expected {sorted(mine)}"
-        self.drop(list(mine))
+        what = f"release by owner {owner}"
+        assert out.ok, f"{what}: {out}"
+        extra = set(out.result) - mine  # a waiter of this owner granted meanwhile?
+        deadline = time.time() + ANSWER_TIMEOUT
+        while extra - set(self.live) and self.waiters and time.time() < deadline:
+            time.sleep(0.05)  # its answer is on its way: take it in
+            self.poll_waiters()
+        now_mine = {i for i, x in self.live.items() if x.owner == owner}
+        assert mine <= set(out.result) <= now_mine, \
+            f"{what}: released {sorted(out.result)}, held {sorted(mine)} " \
+            f"(and {sorted(now_mine - mine)} granted meanwhile)"
+        self.drop(list(out.result))
 
     @rule(lease_id=st.sampled_from(["nope", "0" * 20]) | any_unicode)
     @recorded
@@ -695,6 +770,7 @@ class TaskApiMachine(RuleBasedStateMachine):
     @rule()
     @recorded
     def reap(self) -> None:
+        self.poll_waiters()
         sent = time.time()
         out = self.call("vcm.reap_expired")
         done = time.time()
@@ -725,25 +801,37 @@ class TaskApiMachine(RuleBasedStateMachine):
             task_id = data.draw(bad_text).value
         else:
             task_id = data.draw(st.sampled_from(["no-such-task", "0" * 36]))
+        if kind == "bad":
+            out = self.call("vcm.cancel_wait", task_id=task_id)
+            assert out.error == "InvalidRequest" and names_field(out, {"task_id"}), \
+                f"cancel_wait {task_id!r}: must be refused naming task_id, got {out}"
+            return
+        self.cancel(task_id)
+
+    def cancel(self, task_id: str) -> None:
+        """vcm.cancel_wait: True answers the waiting task with WaitTimeout at once; False
+        only when it had been answered already (or never waited)."""
+        w = self.waiters.get(task_id)
+        sent = time.time()
         out = self.call("vcm.cancel_wait", task_id=task_id)
         what = f"cancel_wait {task_id!r}"
-        if kind == "bad":
-            assert out.error == "InvalidRequest" and names_field(out, {"task_id"}), \
-                f"{what}: must be refused naming task_id, got {out}"
-            return
         assert out.ok, f"{what}: {out}"
-        w = self.waiters.get(task_id)
         if w is None:
             assert out.result is False, f"{what}: no such waiting task, answered {out}"
             return
-        try:
-            final = settle(w.result, 10.0)
+        try:  # a cancelled task is answered at once, not when its wait runs out
+            final = settle(w.result, CANCEL_ANSWER if out.result else ANSWER_TIMEOUT)
         except TimeoutError:
             raise AssertionError(f"{what} answered {out.result} but the task is not "
-                                 "answered") from None
+                                 f"answered (its wait runs out in {w.deadline - sent:.1f}s)"
+                                 ) from None
         if out.result is True:
             w.cancelled = True
             assert final.error == "WaitTimeout", f"{what}: cancelled task answered {final}"
+        elif sent < w.deadline - 1.0:  # it was not about to time out: it had been granted
+            assert final.done_at is not None and out.done_at is not None and \
+                final.done_at <= out.done_at + timedelta(seconds=0.5), \
+                f"{what}: answered False while the task still waited: {final}"
         self.absorb(w, final)
 
     @rule(owner=st.sampled_from((*OWNERS, None)) | bad_text.map(lambda b: b.value))
@@ -762,8 +850,7 @@ class TaskApiMachine(RuleBasedStateMachine):
         extra = {i for i in listed - mine if self._key_of(
             next(x for x in out.result if x["metadata"]["name"] == i)) not in waiting}
         assert not extra, f"list_leases({owner!r}) shows leases nobody holds: {extra}"
-        now = time.time()
-        missing = {i for i in mine - listed if self.live[i].expires > now}
+        missing = mine - listed
         assert not missing, f"list_leases({owner!r}) misses live leases {missing}"
 
     @precondition(lambda self: self.disruptions < self.max_disruptions)
@@ -774,6 +861,37 @@ class TaskApiMachine(RuleBasedStateMachine):
         self.stack.restart_placement(sig)
 
     @precondition(lambda self: self.disruptions < self.max_disruptions)
+    @rule(d=requests(bad=False), delay=st.sampled_from([0.0, 0.002, 0.01, 0.03]),
+          sig=st.sampled_from([signal.SIGTERM, signal.SIGKILL]))
+    @recorded
+    def crash_while_acquiring(self, d: Drawn, delay: float, sig: int) -> None:
+        """The placement worker stops while an acquire is in flight. Whether it had committed
+        or not, the task is answered (a killed worker's task is delivered again, to the next
+        worker), and the answer agrees with the ledger: the same rules as any acquire."""
+        self.disruptions += 1
+        self.poll_waiters()
+        before = self.snapshot()
+        sent = time.time()
+        r = self.send("vcm.acquire", request=d.body)
+        time.sleep(delay)
+        self.stack.restart_placement(sig)
+        try:
+            settle(r, RESEND_AFTER, accept=("SUCCESS", "FAILURE", "STARTED"))
+        except TimeoutError:  # as vcm does: a task no worker took is sent again, same id
+            self.trace.append(f"  vcm.acquire {r.id} still PENDING: sent again")
+            self.app.send_task("vcm.acquire", kwargs={"request": d.body}, queue="placement",
+                               task_id=r.id)
+        try:
+            out = settle(r, ANSWER_TIMEOUT + REDELIVERY)
+        except TimeoutError as exc:
+            raise AssertionError(f"acquire {d.body!r}, worker stopped ({sig!r}) after "
+                                 f"{delay}s: never answered: {exc} {_where(self.stack)}"
+                                 ) from None
+        self.trace.append(f"  vcm.acquire {r.id} -> {out!r:.300}")
+        self.judge_acquire(d, r.id, out, before, sent,
+                           f"acquire {d.body!r}, worker stopped ({sig!r}) after {delay}s", r)
+
+    @precondition(lambda self: self.disruptions < self.max_disruptions)
     @rule()
     @recorded
     def wipe_redis(self) -> None:
@@ -781,8 +899,18 @@ class TaskApiMachine(RuleBasedStateMachine):
         is that Redis), as are the records of released leases; answered live leases are not."""
         self.disruptions += 1
         self.poll_waiters()
+        waiting = {w.key for w in self.waiters.values()}
         self.stack.wipe_redis()
         self.waiters.clear()
+        # a waiter granted after our last look: its answer went with Redis (the result
+        # backend), its leases did not (they were mirrored before the answer): held until
+        # released or reaped, and its request-id gives them again
+        for i, x in sorted(self.ledger().audit()["leases"].items()):
+            key = self._key_of(x)
+            if i not in self.live and key in waiting:
+                self.live[i] = LeaseModel(key[0], key, parse_time(x["status"]["expires-at"]))
+                known = self.keys.get(key)
+                self.keys[key] = KeyModel((*(known.ids if known else ()), i))
         self.forgotten |= self.gone.keys()
         self.gone.clear()
         self.last_batch = None
@@ -811,6 +939,10 @@ class TaskApiMachine(RuleBasedStateMachine):
         if failing is not None:
             self.record_failure(failing)
         try:
+            for tid in [t for t, w in self.waiters.items() if w.twin_of is None]:
+                w = self.waiters.get(tid)
+                if w is not None and w.deadline > time.time() + 3 and failing is None:
+                    self.cancel(tid)
             while self.waiters:
                 deadline = max(w.deadline for w in self.waiters.values()) + WAIT_SLACK
                 self.poll_waiters()

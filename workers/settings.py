@@ -153,6 +153,8 @@ class Settings(EnvSettings):
     visibility_timeout: Annotated[int, _number(int)] = 600
     result_ttl: Annotated[float, duration(minimum=60)] = Field(default="1d")
     query_result_ttl: Annotated[float, duration(minimum=1)] = Field(default="5m")
+    # clients (vcm) send a task again, same task id, when no worker took it this long
+    resend_after: Annotated[float, duration(minimum=1)] = Field(default="15s")
 
     # namespace-bound leases (workers/namespaces.py): None when pruning is off
     namespace_prune_interval: Annotated[float | None, duration(minimum=1, off=("0", *OFF))] = \

@@ -35,6 +35,12 @@ def celery_app(redis_url: str | None) -> Celery:
     return _clients[url]
 
 
+def _resend_after() -> float:
+    from ..settings import Settings
+
+    return Settings.from_env().resend_after
+
+
 def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: Any) -> Any:
     """Send a task and poll its result; show progress while it waits in line."""
     app = celery_app(args.redis_url)
@@ -46,7 +52,8 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
         raise CliError(f"cannot reach Redis at {app.conf.broker_url}: {exc}") from None
     deadline = time.monotonic() + timeout
     hinted, last_line = False, ""
-    started = time.monotonic()
+    started = last_sent = time.monotonic()
+    resend_after = _resend_after()
     try:
         while not result.ready():
             now = time.monotonic()
@@ -54,6 +61,15 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
                 raise CliError(f"no answer within {timeout:g}s (task {result.id}); "
                                f"is a {queue} worker running?")
             state = result.state
+            if state == "PENDING" and now - last_sent > resend_after:
+                # Redis's transport pops a message, then records it as unacked: a worker killed
+                # in between loses it. The same task id again is the same request, answered once
+                # (a copy that finds it done answers the same).
+                app.send_task(name, kwargs=kwargs, queue=queue, task_id=result.id)
+                last_sent = now
+                if not args.quiet:
+                    print(f"no worker took task {result.id} in {now - started:.0f}s: sent it "
+                          "again (same task id, so the same request)", file=sys.stderr)
             if state == "WAITING" and isinstance(result.info, dict):
                 info = result.info
                 line = f"waiting in line: position {info.get('position')}"
