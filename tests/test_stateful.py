@@ -497,6 +497,17 @@ class TaskApiMachine(RuleBasedStateMachine):
     # -- rules ------------------------------------------------------------------------
     @initialize()
     def start(self) -> None:
+        """A clean slate. A message of the previous example's stopped worker may still be
+        unacked; the next worker would take it again after the visibility timeout and place it
+        here, in a ledger that no longer remembers its request (the previous example's
+        messages are dropped: kombu's queue lists and unacked records), and the placement
+        worker answers a no-op first, so that nothing it was running lands after the reset."""
+        stale = [k for k in self.client.scan_iter(match="*") if
+                 k in (b"unacked", b"unacked_index", b"placement", b"queries")
+                 or k.startswith((b"placement\x06\x16", b"queries\x06\x16"))]
+        if stale:
+            self.client.delete(*stale)
+        self.app.send_task("vcm.noop_placement", queue="placement").get(timeout=ANSWER_TIMEOUT)
         reset_ledger(self.client, self.stack.env["VCM_MIRROR_FILE"])
 
     def _acquire(self, d: Drawn, kind: str) -> None:
