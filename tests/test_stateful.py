@@ -402,7 +402,7 @@ class TaskApiMachine(RuleBasedStateMachine):
         if out.ok:
             got = lease_ids(out.result)
             if known.uncertain:
-                assert set(got) <= set(known.ids) and not set(got) - set(self.live), \
+                assert got and set(got) <= set(known.ids) and not set(got) - set(self.live), \
                     f"{what}: repeat of {key} answered {got}, first answer {known.ids}"
             else:
                 assert not gone, (f"{what}: repeat of {key} was granted {got} although its "
