@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 from celery import Celery
 
@@ -124,4 +125,34 @@ def test_a_task_lost_in_flight_is_sent_again_as_the_same_request(pools_file, tmp
     finally:
         if worker is not None:
             worker.stop()
+        server.stop()
+
+
+def test_a_release_by_owner_is_not_sent_again(pools_file, tmp_path):
+    """A copy of a release by owner that lands late would release leases granted since: vcm
+    does not send it again (a release by id it does: releasing twice is fine)."""
+    from tests.support.procs import RedisServer, env_for, wait_for
+
+    server = RedisServer().start()
+    try:
+        env = env_for(server.url, pools_file, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"),
+                      VCM_RESEND_AFTER="1s")
+        client = server.client()
+        sent = {}
+        for how, args in (("owner", ["--owner", "job-1"]), ("id", ["lease-1"])):
+            cli = subprocess.Popen(
+                [sys.executable, "-m", "workers.cli", "release", *args, "--redis-url",
+                 server.url], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True)
+            try:
+                wait_for(lambda: client.llen("placement") == 1, timeout=30, what="queued")
+                client.delete("placement")  # lost in flight
+                time.sleep(3)  # three times VCM_RESEND_AFTER
+                sent[how] = client.llen("placement")
+                client.delete("placement")
+            finally:
+                cli.kill()
+                cli.communicate()
+        assert sent["owner"] == 0 and sent["id"] >= 1, sent
+    finally:
         server.stop()

@@ -35,6 +35,12 @@ def celery_app(redis_url: str | None) -> Celery:
     return _clients[url]
 
 
+def _resendable(name: str, kwargs: dict[str, Any]) -> bool:
+    """Whether a copy of this task is the same request wherever it lands in the queue. A
+    release by owner or selector is not: a late copy would release leases granted since."""
+    return name != "vcm.release" or bool(kwargs.get("lease_ids"))
+
+
 def _resend_after() -> float:
     from ..settings import Settings
 
@@ -61,7 +67,8 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
                 raise CliError(f"no answer within {timeout:g}s (task {result.id}); "
                                f"is a {queue} worker running?")
             state = result.state
-            if state == "PENDING" and now - last_sent > resend_after:
+            if state == "PENDING" and now - last_sent > resend_after and _resendable(name,
+                                                                                   kwargs):
                 # Redis's transport pops a message, then records it as unacked: a worker killed
                 # in between loses it. The same task id again is the same request, answered once
                 # (a copy that finds it done answers the same).
