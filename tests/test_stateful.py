@@ -458,7 +458,8 @@ class TaskApiMachine(RuleBasedStateMachine):
                 assert out.error == prev.error, \
                     f"{what}: sent again while {first} waited, answered {out}, first: {prev}"
         if out.ok:
-            if first is not None and w.key in self.keys:
+            if w.key in self.keys:  # another task of this request-id was answered already
+                # (twins left in line after their first was cancelled are granted together)
                 assert sorted(lease_ids(out.result)) == sorted(self.keys[w.key].ids), \
                     f"{what}: answered {out}, the request-id holds {self.keys[w.key].ids}"
             else:
