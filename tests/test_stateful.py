@@ -503,11 +503,10 @@ class TaskApiMachine(RuleBasedStateMachine):
         here, in a ledger that no longer remembers its request (the previous example's
         messages are dropped: kombu's queue lists and unacked records), and the placement
         worker answers a no-op first, so that nothing it was running lands after the reset."""
-        stale = [k for k in self.client.scan_iter(match="*") if
-                 k in (b"unacked", b"unacked_index", b"placement", b"queries")
-                 or k.startswith((b"placement\x06\x16", b"queries\x06\x16"))]
-        if stale:
-            self.client.delete(*stale)
+        # (kombu keeps a queue's priority levels in lists named queue + "\x06\x16" + level)
+        stale = [k for queue in ("placement", "queries")
+                 for k in self.client.scan_iter(match=queue + "\x06\x16*")]
+        self.client.delete("unacked", "unacked_index", "placement", "queries", *stale)
         self.app.send_task("vcm.noop_placement", queue="placement").get(timeout=ANSWER_TIMEOUT)
         reset_ledger(self.client, self.stack.env["VCM_MIRROR_FILE"])
 
@@ -520,11 +519,13 @@ class TaskApiMachine(RuleBasedStateMachine):
         except TimeoutError as exc:
             raise AssertionError(f"{kind} {d.body!r} was never answered: {exc}") from None
         self.trace.append(f"  vcm.acquire {r.id} -> {out!r:.300}")
-        self.judge_acquire(d, r.id, out, before, sent, f"{kind} {d.body!r}", r)
+        self.judge_acquire(d, r, out, before, sent, f"{kind} {d.body!r}")
 
-    def judge_acquire(self, d: Drawn, task_id: str, out: Outcome, before: dict[str, Any],
-                      sent: float, what: str, r: Any) -> None:
-        """Whether the answer to one vcm.acquire is what the model allows."""
+    def judge_acquire(self, d: Drawn, r: Any, out: Outcome, before: dict[str, Any],
+                      sent: float, what: str) -> None:
+        """Whether the answer `out` to the vcm.acquire `r` (its AsyncResult) is what the model
+        allows."""
+        task_id = r.id
         key = (d.owner, d.request_id) if d.request_id is not None else None
         if d.must:
             assert out.error == "InvalidRequest" and names_field(out, d.must | d.may), \
@@ -900,8 +901,8 @@ class TaskApiMachine(RuleBasedStateMachine):
                                  f"{delay}s: never answered: {exc} {_where(self.stack)}"
                                  ) from None
         self.trace.append(f"  vcm.acquire {r.id} -> {out!r:.300}")
-        self.judge_acquire(d, r.id, out, before, sent,
-                           f"acquire {d.body!r}, worker stopped ({sig!r}) after {delay}s", r)
+        self.judge_acquire(d, r, out, before, sent,
+                           f"acquire {d.body!r}, worker stopped ({sig!r}) after {delay}s")
 
     @precondition(lambda self: self.disruptions < self.max_disruptions)
     @rule()
