@@ -32,7 +32,7 @@ event_serializer = "json"
 
 # changes to the ledger, one at a time (vcm.prune_namespaces releases leases: placement work)
 PLACEMENT = ("vcm.acquire", "vcm.acquire_batch", "vcm.release", "vcm.renew", "vcm.reap_expired",
-             "vcm.cancel_wait", "vcm.noop_placement", "vcm.prune_namespaces")
+             "vcm.cancel_wait", "vcm.prune_namespaces")
 # read-only (the inventory sync writes only the live health, never the ledger); their results
 # are kept only minutes (query_result_expires, see tasks/results.py)
 QUERIES = ("vcm.show_pools", "vcm.list_leases", "vcm.estimate", "vcm.waiting",
@@ -43,7 +43,7 @@ task_default_queue = "queries"
 task_create_missing_queues = True
 
 # Each setting below that is not Celery's default costs every task something (what each costs:
-# `python -m bench.bench_celery --settings`); each is here for the feature its comment names.
+# `python -m bench.bench_celery_settings`); each is here for the feature its comment names.
 
 # crash safety: a task whose worker died mid-task is redelivered, and answered from the ledger's
 # request-id record instead of being placed twice (request-id, Lua commit)

@@ -55,6 +55,7 @@ from bench import (
     table,
     write_pools,
 )
+from bench.lib.cpu import process_cpu
 
 TIMEOUT = 60.0
 REQUEST = {"vcpus": 2, "memory": 4, "storage": 10}
@@ -97,12 +98,6 @@ def minimal_round_trip(app, tid: int) -> None:
 
 ROUND_TRIPS = {"http": http_round_trip, "celery": celery_round_trip,
                "minimal": minimal_round_trip}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(kind: str, make_client, clients: int, total: int | None = None,
@@ -167,9 +162,9 @@ def profile_shim(pid: int, seconds: float, make_http, out: Path) -> tuple[int, f
                             "--output", str(out)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # py-spy attaches
-    cpu0 = cpu_seconds(pid)
+    cpu0 = process_cpu(pid)
     wall, lat = measure("http", make_http, 8, seconds=max(1.0, seconds - 2.0))
-    cpu = cpu_seconds(pid) - cpu0
+    cpu = process_cpu(pid) - cpu0
     _, err = rec.communicate(timeout=seconds + 30)
     if rec.returncode != 0 or not out.exists():
         raise RuntimeError(f"py-spy failed ({rec.returncode}): {err.decode()[-500:]}")
@@ -196,7 +191,7 @@ def main() -> int:
     from celery import Celery
 
     from api_shim.bridge import make_celery  # noqa: F401 - the shim imports cleanly here
-    from bench.bench_celery import minimal_worker
+    from bench.lib.workers import minimal_worker
     from bench.minimal_app import make_app
     from tests.support.procs import RedisServer, Worker, env_for, free_port, wait_for
     from workers.adapters.ledger import Ledger
@@ -244,11 +239,11 @@ def main() -> int:
                 order = KINDS if rep % 2 == 0 else KINDS[::-1]
                 got = {}
                 for kind in order:
-                    before = {n: cpu_seconds(p) for n, p in procs.items()}
+                    before = {n: process_cpu(p) for n, p in procs.items()}
                     c0 = time.process_time()
                     wall, lat = measure(kind, makers[kind], t, sizes[t])
                     for n, p in procs.items():
-                        cpu[(kind, t)][n] += cpu_seconds(p) - before[n]
+                        cpu[(kind, t)][n] += process_cpu(p) - before[n]
                     cpu[(kind, t)]["clients"] += time.process_time() - c0
                     done[(kind, t)] += len(lat)
                     got[kind] = len(lat) / wall

@@ -41,7 +41,8 @@ from typing import Any
 import yaml
 
 from bench import BELOW, fmt_ms, median, percentile, table
-from bench.bench_celery import Clients, CpuMeter, client_app, measure
+from bench.lib.clients import Clients, client_app, measure
+from bench.lib.cpu import CpuMeter
 
 TARGET = 1.1  # placement latency with syncs running, × without
 USER, PASSWORD = "vcm", "vcm-secret"
@@ -177,7 +178,7 @@ def syncing(app: Any, checker: Checker, times: list[float]) -> Iterator[None]:
 
 class Cpu:
     """CPU seconds used so far: the workers (whole process groups), redis-server and this
-    process (bench_celery's CpuMeter), the simulators (children of this process), and the
+    process (bench/lib/cpu.py's CpuMeter), the simulators (children of this process), and the
     whole machine, every user's processes included (/proc/stat)."""
 
     def __init__(self, workers: dict[str, int], redis_client: Any) -> None:

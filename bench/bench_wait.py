@@ -4,6 +4,8 @@ A pool is full; a request waits in line; the test releases a lease and measures,
 moment the release is sent, how long until the waiting request's result is ready. Boskos
 clients poll every 3 s and the CRD controller requeues every 30 s; target p99 <= 50 ms.
 Runs with the default file mirror (grants are answered once the mirror covers them) and off.
+The no-op is bench.noop_placement, on the same placement worker (`-A bench.placement_app`: the
+product's app plus that task; the documented command otherwise).
 
 Run (from the repository root): .venv/bin/python -m bench.bench_wait [--quick]
 """
@@ -19,7 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.procs import Stack, wait_for
+from bench.lib.clients import client_app
+from bench.lib.workers import PlacementWorker
+from bench.placement_app import NOOP, QUEUE
+from tests.support.procs import RedisServer, env_for, wait_for
 
 POOLS = yaml.safe_dump({"pools": [{
     "name": "p1", "vcenter": "vc1", "datacenter": "dc", "cluster": "c", "datastore": "ds",
@@ -34,16 +39,21 @@ def pct(values: list[float], q: float) -> float:
 
 def measure(mirror: str, rounds: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        env = {} if mirror == "file" else {"VCM_MIRROR_FILE": "off"}
-        s = Stack(Path(tmp), POOLS, **env)
+        pools = Path(tmp, "pools.yaml")
+        pools.write_text(POOLS)
+        redis = RedisServer().start()
+        env = env_for(redis.url, pools, VCM_MIRROR_FILE=str(Path(tmp, "ledger.json"))
+                      if mirror == "file" else "off")
+        worker = PlacementWorker(env, "placement")
+        app = client_app(redis.url)
         try:
-            app = s.app
+            worker.start()
             lags, noops = [], []
             holder = app.send_task("vcm.acquire", kwargs={"request": {"vcpus": 10, "memory": 1}},
                                    queue="placement").get(timeout=30)
             for i in range(rounds):
                 t = time.perf_counter()
-                app.send_task("vcm.noop_placement", queue="placement").get(timeout=30)
+                app.send_task(NOOP, queue=QUEUE).get(timeout=30)
                 noops.append(time.perf_counter() - t)
                 waiter = app.send_task("vcm.acquire", kwargs={"request": {
                     "vcpus": 10, "memory": 1, "wait": 60, "request-id": f"w{i}"}},
@@ -57,7 +67,9 @@ def measure(mirror: str, rounds: int) -> dict[str, float]:
             return {"p50": statistics.median(lags), "p99": pct(lags, 0.99),
                     "noop_p50": statistics.median(noops), "noop_p99": pct(noops, 0.99)}
         finally:
-            s.stop()
+            worker.stop()
+            app.close()
+            redis.stop()
 
 
 def main() -> int:

@@ -9,6 +9,9 @@
 (f) bench/bench_inventory.py   the live vCenter health sync of 4 simulated vCenters: its time
                                and round trips, and placement latency while syncs run
 
+Not run here (longer, for digging into (b)): bench/bench_celery_settings.py, what each Celery
+setting costs; bench/bench_worker_profile.py, the placement worker's time by section.
+
 Each runs as its own process, `python -m bench.NAME` from the repository root (its own
 redis-server, workers and Celery client), and prints markdown tables. A target that is missed
 is printed as "BELOW TARGET" and does not fail the run; the exit status is non-zero only when a

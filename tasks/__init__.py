@@ -208,11 +208,6 @@ def usage_history(pool: Any = None, since: Any = None, after: Any = None, limit:
     return service().usage_history(pool, since, after, limit)
 
 
-@app.task(name="vcm.noop_placement")
-def noop_placement() -> None:
-    """Benchmark baseline: a task that does nothing, on the placement queue."""
-
-
 @app.task(name="vcm.sync_inventory", throws=EXPECTED)
 def sync_inventory(*args: Any, **extra: Any) -> dict[str, Any]:
     """Beat, every VCM_INVENTORY_INTERVAL: read each vCenter that has credentials and store its

@@ -118,8 +118,10 @@ def test_a_task_lost_in_flight_is_sent_again_as_the_same_request(pools_file, tmp
         app = Celery("client", broker=server.url, backend=server.url)
         app.config_from_object("celeryconfig")
         app.conf.broker_url = app.conf.result_backend = server.url
-        # the one consumer answers in order: once this is answered, every copy was
-        app.send_task("vcm.noop_placement", queue="placement").get(timeout=30)
+        # the one consumer answers in order: once this (the cancel of a wait that never was:
+        # it changes nothing) is answered, every copy was
+        app.send_task("vcm.cancel_wait", kwargs={"task_id": "no-such-wait"},
+                      queue="placement").get(timeout=30)
         app.close()
         assert len(ledger.audit()["leases"]) == 1
     finally:

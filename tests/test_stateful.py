@@ -502,12 +502,14 @@ class TaskApiMachine(RuleBasedStateMachine):
         unacked; the next worker would take it again after the visibility timeout and place it
         here, in a ledger that no longer remembers its request (the previous example's
         messages are dropped: kombu's queue lists and unacked records), and the placement
-        worker answers a no-op first, so that nothing it was running lands after the reset."""
+        worker answers a task that changes nothing first (the cancel of a wait that never
+        was), so that nothing it was running lands after the reset."""
         # (kombu keeps a queue's priority levels in lists named queue + "\x06\x16" + level)
         stale = [k for queue in ("placement", "queries")
                  for k in self.client.scan_iter(match=queue + "\x06\x16*")]
         self.client.delete("unacked", "unacked_index", "placement", "queries", *stale)
-        self.app.send_task("vcm.noop_placement", queue="placement").get(timeout=ANSWER_TIMEOUT)
+        self.app.send_task("vcm.cancel_wait", kwargs={"task_id": "no-such-wait"},
+                           queue="placement").get(timeout=ANSWER_TIMEOUT)
         reset_ledger(self.client, self.stack.env["VCM_MIRROR_FILE"])
 
     def _acquire(self, d: Drawn, kind: str) -> None:
