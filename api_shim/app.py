@@ -92,11 +92,32 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, settings: ApiSettings | None = None,
-          log_level: str = "info") -> None:
-    """Run the shim with uvicorn in the foreground (`vcm api`)."""
+          log_level: str = "info", loop: str = "auto", http: str = "auto") -> None:
+    """Run the shim with uvicorn in the foreground (`vcm api`). `loop` and `http` are uvicorn's
+    choices: "auto" takes uvloop and httptools (uvicorn[standard]) when they import, asyncio
+    and h11 otherwise; the log says which once the server is up."""
+    import sys
+
     import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list | None = None) -> None:
+            await super().startup(sockets)
+            running = type(asyncio.get_running_loop())
+            protocol = self.config.http_protocol_class
+            log.info("uvicorn %s: event loop %s.%s, HTTP protocol %s.%s", uvicorn.__version__,
+                     running.__module__, running.__qualname__, protocol.__module__,
+                     protocol.__qualname__)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
                         "%(message)s")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
-                timeout_graceful_shutdown=10, server_header=False, timeout_keep_alive=30)
+    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level,
+                            loop=loop, http=http, timeout_graceful_shutdown=10,
+                            server_header=False, timeout_keep_alive=30)
+    server = Server(config)
+    # as uvicorn.run ends: Ctrl-C after the graceful shutdown is a clean exit, and a server
+    # that never started is a failed start (uvicorn's exit status 3)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(3)

@@ -1,33 +1,38 @@
 """(c) The HTTP shim's overhead: acquire+release round trips over HTTP against the same round
 trips sent straight to Celery, and against the minimal Celery app's no-op ×2 (bench (b)'s
-baseline), in the same run, at 1 and 8 client threads (--threads).
+baseline), in the same run, at 1 and 8 client threads (--threads); and the shim on uvicorn's two
+stacks, asyncio + h11 against uvloop + httptools (uvicorn[standard], what `vcm api` runs).
 
 A private redis-server; on it one placement worker (`-P solo -c 1`, file mirror), one queries
 worker, the minimal app's worker (bench/minimal_app.py, `celery -A bench.minimal_app worker -Q
-minimal -P solo -c 1`, as bench/bench_celery.py starts it) and the shim (`python -m api_shim`,
-what `vcm api` runs: uvicorn, one process) on a free port. A round trip:
+minimal -P solo -c 1`, as bench/bench_celery.py starts it) and two shims (`python -m api_shim`,
+what `vcm api` runs: uvicorn, one process), each on a free port, in front of the same workers:
+`--loop asyncio --http h11` and `--loop uvloop --http httptools`. Each shim's log says which
+event loop and HTTP protocol uvicorn runs it on; the benchmark prints that and fails when it is
+not what was asked for. A round trip:
 
 - http:    POST /acquire {...}, then POST /release {"lease-ids": [...]}  (httpx, keep-alive,
-           one client per thread);
+           one client per thread), against one shim or the other;
 - celery:  send_task("vcm.acquire") + get(), then send_task("vcm.release") + get()  (one Celery
            client app, one thread each: what a job step does);
 - minimal: two minimal.noop tasks, send_task + get() each, on the minimal client app (as many
            task round trips as acquire+release).
 
-Every repetition measures, at each thread count, the three kinds one after the other with http
-in the middle (minimal, http, celery; the next repetition celery, http, minimal), so http is
-always adjacent to both baselines and drift on a shared machine hits all three. Rates are
-medians; a ratio is the median of the adjacent http/baseline pairs. "http / celery" is the
-shim's own cost (the placement worker is the same single consumer either way); "http / minimal
-no-op ×2" is the whole HTTP path against Celery's and Redis's floor.
+Every repetition measures, at each thread count, the four kinds one after the other (minimal,
+http asyncio + h11, http uvloop + httptools, celery; the next repetition the reverse), so the two
+shims are always measured adjacent and drift on a shared machine hits all four. Rates are
+medians; a ratio is the median of the per-repetition pairs. "http / celery" is the shim's own
+cost (the placement worker is the same single consumer either way); "http / minimal no-op ×2"
+is the whole HTTP path against Celery's and Redis's floor; "uvloop + httptools / asyncio + h11"
+is what uvicorn's standard extras give.
 
-Also printed: CPU per round trip of the placement worker, the minimal worker, the shim and this
-process (the clients).
+Also printed: CPU per round trip of the placement worker, the minimal worker, each shim and
+this process (the clients).
 
---profile SECONDS: afterwards, load the shim with 8 http client threads for that long under
-`py-spy record --format raw --gil` (pip install py-spy) and print where the shim's CPU goes, by
-part of a request (bench/shim_profile.py classifies the sampled stacks; the raw stacks are kept
-with --profile-out FILE).
+--profile SECONDS: afterwards, load the uvloop + httptools shim with 8 http client threads for
+that long under `py-spy record --format raw --gil` (pip install py-spy) and print where the
+shim's CPU goes, by part of a request (bench/shim_profile.py classifies the sampled stacks; the
+raw stacks are kept with --profile-out FILE).
 
 Run (from the repository root): .venv/bin/python -m bench.bench_http [--threads 1,8] [--reps 3]
      [--quick] [--profile 20 [--profile-out /tmp/shim.txt]]
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,15 +62,53 @@ from bench import (
     write_pools,
 )
 from bench.lib.cpu import process_cpu
+from tests.support.procs import LoggedProcess, free_port, wait_for
 
 TIMEOUT = 60.0
 REQUEST = {"vcpus": 2, "memory": 4, "storage": 10}
-KINDS = ("minimal", "http", "celery")  # http in the middle: adjacent to both baselines
+# the shims: kind -> (uvicorn --loop, --http, what uvicorn must report running)
+SHIMS = {
+    "h11": ("asyncio", "h11", ("asyncio.", "H11Protocol")),
+    "httptools": ("uvloop", "httptools", ("uvloop.", "HttpToolsProtocol")),
+}
+# the shims adjacent, each next to one baseline
+KINDS = ("minimal", "h11", "httptools", "celery")
 LABELS = {
     "minimal": "minimal no-op ×2 (send_task + get, twice)",
     "celery": "Celery send_task + get (vcm.acquire + vcm.release)",
-    "http": "HTTP shim (POST /acquire + POST /release)",
+    "h11": "HTTP shim, --loop asyncio --http h11 (POST /acquire + POST /release)",
+    "httptools": "HTTP shim, --loop uvloop --http httptools (as `vcm api` runs)",
 }
+SHORT = {"minimal": "minimal no-op ×2", "celery": "Celery send_task + get",
+         "h11": "asyncio + h11", "httptools": "uvloop + httptools"}
+# the shim's start-up line (api_shim/app.py serve())
+RUNS_ON = re.compile(r"uvicorn (\S+): event loop (\S+), HTTP protocol (\S+)")
+
+
+class Shim(LoggedProcess):
+    """`python -m api_shim --port N --loop L --http H` against the given environment."""
+
+    def __init__(self, env: dict, loop: str, http: str, log: Path) -> None:
+        self.env, self.loop, self.http, self.log = env, loop, http, str(log)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Shim:
+        self.spawn([sys.executable, "-m", "api_shim", "--port", str(self.port), "--log-level",
+                    "warning", "--loop", self.loop, "--http", self.http], self.env)
+        return self
+
+    def runs_on(self, timeout: float = 30) -> tuple[str, str, str]:
+        """(uvicorn version, event loop class, HTTP protocol class), from the shim's log."""
+
+        def line() -> re.Match | None:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the shim exited {self.proc.returncode}: "
+                                   f"{self.output()[-2000:]}")
+            return RUNS_ON.search(self.output())
+
+        m = wait_for(line, timeout=timeout, what=f"the shim on {self.loop} + {self.http}")
+        return m[1], m[2], m[3]
 
 
 def http_round_trip(client, tid: int) -> None:
@@ -96,8 +140,8 @@ def minimal_round_trip(app, tid: int) -> None:
     app.send_task(NOOP, queue=QUEUE).get(timeout=TIMEOUT)
 
 
-ROUND_TRIPS = {"http": http_round_trip, "celery": celery_round_trip,
-               "minimal": minimal_round_trip}
+ROUND_TRIPS = {"h11": http_round_trip, "httptools": http_round_trip,
+               "celery": celery_round_trip, "minimal": minimal_round_trip}
 
 
 def measure(kind: str, make_client, clients: int, total: int | None = None,
@@ -128,7 +172,7 @@ def measure(kind: str, make_client, clients: int, total: int | None = None,
             errors.append(exc)
             barrier.abort()
         finally:
-            if kind == "http":
+            if kind in SHIMS:
                 client.close()
         with lock:
             lat.extend(mine)
@@ -163,7 +207,7 @@ def profile_shim(pid: int, seconds: float, make_http, out: Path) -> tuple[int, f
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # py-spy attaches
     cpu0 = process_cpu(pid)
-    wall, lat = measure("http", make_http, 8, seconds=max(1.0, seconds - 2.0))
+    wall, lat = measure("httptools", make_http, 8, seconds=max(1.0, seconds - 2.0))
     cpu = process_cpu(pid) - cpu0
     _, err = rec.communicate(timeout=seconds + 30)
     if rec.returncode != 0 or not out.exists():
@@ -178,7 +222,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3, help="measurements of each kind")
     ap.add_argument("--quick", action="store_true", help="small measurements, two repetitions")
     ap.add_argument("--profile", type=float, default=0, metavar="SECONDS",
-                    help="then profile the shim with py-spy under 8 http threads")
+                    help="then profile the uvloop + httptools shim with py-spy under 8 threads")
     ap.add_argument("--profile-out", type=Path, help="keep py-spy's raw stacks here")
     args = ap.parse_args()
     thread_counts = [int(x) for x in args.threads.split(",") if x.strip()]
@@ -188,12 +232,12 @@ def main() -> int:
     reps = 2 if args.quick else args.reps
 
     import httpx
-    from celery import Celery
 
     from api_shim.bridge import make_celery  # noqa: F401 - the shim imports cleanly here
+    from bench.lib.clients import client_app
     from bench.lib.workers import minimal_worker
     from bench.minimal_app import make_app
-    from tests.support.procs import RedisServer, Worker, env_for, free_port, wait_for
+    from tests.support.procs import RedisServer, Worker, env_for
     from workers.adapters.ledger import Ledger
 
     tmp = Path(tempfile.mkdtemp(prefix="vcm-bench-http-"))
@@ -205,33 +249,37 @@ def main() -> int:
                      name="bench-http-queries@bench").start(wait=False)
     minimal = minimal_worker(redis.url, "bench-http-minimal@bench")
     minimal.start(wait=False)
-    port = free_port()
-    api_log = open(tmp / "api.log", "ab")  # noqa: SIM115 - closed below
-    api = subprocess.Popen([sys.executable, "-m", "api_shim", "--port", str(port),
-                            "--log-level", "warning"], cwd=str(Path(__file__).parent.parent),
-                           env=env, stdout=api_log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    app = Celery("vcm-bench-http", broker=redis.url, backend=redis.url)
-    app.config_from_object("celeryconfig")
-    app.conf.broker_url = app.conf.result_backend = redis.url
+    shims = {kind: Shim(env, loop, http, tmp / f"api-{kind}.log").start()
+             for kind, (loop, http, _) in SHIMS.items()}
+    app = client_app(redis.url)
     minimal_app = make_app(redis.url)
     started = time.perf_counter()
     try:
+        for kind, shim in shims.items():
+            version, loop_class, protocol = shim.runs_on()
+            want_loop, want_protocol = SHIMS[kind][2]
+            print(f"- shim `--loop {shim.loop} --http {shim.http}`: uvicorn {version}, event "
+                  f"loop {loop_class}, HTTP protocol {protocol}")
+            if not (loop_class.startswith(want_loop) and protocol.endswith(want_protocol)):
+                raise RuntimeError(f"the {SHORT[kind]} shim runs on {loop_class} + {protocol}")
         placement.wait_ready()
         queries.wait_ready()
         minimal.wait_ready()
-        wait_for(lambda: httpx.get(url + "/readyz", timeout=5).status_code == 200, timeout=30,
-                 what="the API to be ready")
-        makers = {"http": lambda: httpx.Client(base_url=url, timeout=TIMEOUT),
-                  "celery": lambda: app, "minimal": lambda: minimal_app}
+        for shim in shims.values():
+            wait_for(lambda s=shim: httpx.get(s.url + "/readyz", timeout=5).status_code == 200,
+                     timeout=30, what="the API to be ready")
+        makers = {kind: (lambda s=shim: httpx.Client(base_url=s.url, timeout=TIMEOUT))
+                  for kind, shim in shims.items()}
+        makers |= {"celery": lambda: app, "minimal": lambda: minimal_app}
         for t in thread_counts:  # warm-up: connections, imports, the workers' first tasks
             for kind in KINDS:
                 measure(kind, makers[kind], t, 2 * t)
         procs = {"placement worker": placement.proc.pid, "minimal worker": minimal.proc.pid,
-                 "shim": api.pid}
+                 **{f"shim {kind}": shim.proc.pid for kind, shim in shims.items()}}
         rates: dict[tuple[str, int], list[float]] = defaultdict(list)
         lats: dict[tuple[str, int], list[float]] = defaultdict(list)
-        pairs: dict[tuple[str, int], list[float]] = defaultdict(list)  # (baseline, threads)
+        # (numerator kind, denominator kind, threads) -> the ratio of each repetition
+        pairs: dict[tuple[str, str, int], list[float]] = defaultdict(list)
         cpu: dict[tuple[str, int], dict[str, float]] = defaultdict(lambda: defaultdict(float))
         done: dict[tuple[str, int], int] = defaultdict(int)
         for rep in range(reps):
@@ -249,12 +297,14 @@ def main() -> int:
                     got[kind] = len(lat) / wall
                     rates[(kind, t)].append(got[kind])
                     lats[(kind, t)].extend(lat)
-                pairs[("minimal", t)].append(got["http"] / got["minimal"])
-                pairs[("celery", t)].append(got["http"] / got["celery"])
+                for shim in SHIMS:
+                    for base in ("minimal", "celery"):
+                        pairs[(shim, base, t)].append(got[shim] / got[base])
+                pairs[("httptools", "h11", t)].append(got["httptools"] / got["h11"])
                 print(f"  repetition {rep + 1}/{reps}, {t} thread(s): "
-                      + ", ".join(f"{k} {got[k]:,.0f} rt/s" for k in order)
-                      + f"; http/minimal {got['http'] / got['minimal']:.2f}, "
-                      f"http/celery {got['http'] / got['celery']:.2f}", flush=True)
+                      + ", ".join(f"{SHORT[k]} {got[k]:,.0f} rt/s" for k in order)
+                      + f"; uvloop + httptools / asyncio + h11 "
+                      f"{got['httptools'] / got['h11']:.2f}", flush=True)
         leftover = Ledger(redis.client()).audit()["leases"]
         if leftover:
             raise RuntimeError(f"{len(leftover)} leases left after the benchmark")
@@ -262,30 +312,37 @@ def main() -> int:
         print()
         print(f"{reps} repetitions; round trips per measurement: "
               + ", ".join(f"{sizes[t]} with {t} thread(s)" for t in thread_counts)
-              + "; one placement worker (solo), file mirror on; the minimal worker on the same "
-              "redis-server")
+              + "; one placement worker (solo), file mirror on; the minimal worker and both "
+              "shims on the same redis-server")
         for t in thread_counts:
             rows = []
-            for kind in ("minimal", "celery", "http"):
+            per = {kind: {n: used / done[(kind, t)] for n, used in cpu[(kind, t)].items()}
+                   for kind in KINDS}
+            for kind in ("minimal", "celery", "h11", "httptools"):
                 lat = lats[(kind, t)]
-                per = {n: used / done[(kind, t)] for n, used in cpu[(kind, t)].items()}
-                worker = per["minimal worker"] if kind == "minimal" else per["placement worker"]
+                worker = per[kind]["minimal worker" if kind == "minimal" else "placement worker"]
                 rows.append([LABELS[kind], fmt_rate(median(rates[(kind, t)])),
                              fmt_ms(percentile(lat, 50)), fmt_ms(percentile(lat, 99)),
-                             fmt_ms(worker), fmt_ms(per["shim"]) if kind == "http" else "-",
-                             fmt_ms(per["clients"])])
-            for base in ("minimal", "celery"):
-                ratio = median(pairs[(base, t)])
-                p50 = percentile(lats[("http", t)], 50) / percentile(lats[(base, t)], 50)
-                rows.append([f"ratio http / {LABELS[base].split(' (')[0]}", f"{ratio:.2f}×",
-                             f"{p50:.2f}×", "", "", "", ""])
+                             fmt_ms(worker),
+                             fmt_ms(per[kind][f"shim {kind}"]) if kind in SHIMS else "-",
+                             fmt_ms(per[kind]["clients"])])
+            for num, base in (("h11", "minimal"), ("httptools", "minimal"), ("h11", "celery"),
+                              ("httptools", "celery"), ("httptools", "h11")):
+                ratio = median(pairs[(num, base, t)])
+                p50 = percentile(lats[(num, t)], 50) / percentile(lats[(base, t)], 50)
+                shim_cpu = (f"{per['httptools']['shim httptools'] / per['h11']['shim h11']:.2f}×"
+                            if base == "h11" else "")
+                rows.append([f"ratio {SHORT[num]} / {SHORT[base]}", f"{ratio:.2f}×",
+                             f"{p50:.2f}×", "", "", shim_cpu, ""])
             print()
             print(f"{t} client thread(s):")
             print()
             print(table(["path", "round trips/s (median)", "p50", "p99", "worker CPU/rt",
                          "shim CPU/rt", "client CPU/rt"], rows))
-            print("pairs http/minimal: " + ", ".join(f"{p:.2f}" for p in pairs[("minimal", t)])
-                  + "; http/celery: " + ", ".join(f"{p:.2f}" for p in pairs[("celery", t)]))
+            print("pairs: " + "; ".join(
+                f"{SHORT[n]} / {SHORT[b]} " + ", ".join(f"{p:.2f}" for p in pairs[(n, b, t)])
+                for n, b in (("h11", "minimal"), ("httptools", "minimal"), ("h11", "celery"),
+                             ("httptools", "celery"), ("httptools", "h11"))))
         print()
         print("worker CPU/rt: the minimal worker's for the no-op row, the placement worker's "
               f"otherwise. On {os.cpu_count()} CPU(s) the shim's CPU competes with the single "
@@ -295,24 +352,21 @@ def main() -> int:
             from bench.shim_profile import report
 
             out = args.profile_out or tmp / "shim-stacks.txt"
-            n, wall, shim_cpu = profile_shim(api.pid, args.profile, makers["http"], out)
+            n, wall, shim_cpu = profile_shim(shims["httptools"].proc.pid, args.profile,
+                                             makers["httptools"], out)
             print()
-            print(f"Where the shim's CPU goes: py-spy (--gil: the thread holding the GIL, 200 "
-                  f"samples/s) over {wall:.0f} s of 8 http threads: {n} round trips "
-                  f"({n / wall:,.0f} rt/s), shim CPU {shim_cpu / n * 1000:.2f} ms per round "
-                  "trip (under the sampler)")
+            print(f"Where the uvloop + httptools shim's CPU goes: py-spy (--gil: the thread "
+                  f"holding the GIL, 200 samples/s) over {wall:.0f} s of 8 http threads: {n} "
+                  f"round trips ({n / wall:,.0f} rt/s), shim CPU {shim_cpu / n * 1000:.2f} ms "
+                  "per round trip (under the sampler)")
             print()
             print(report(out, shim_cpu / n))
         return 0
     finally:
         app.close()
         minimal_app.close()
-        api.terminate()
-        try:
-            api.wait(15)
-        except subprocess.TimeoutExpired:
-            api.kill()
-        api_log.close()
+        for shim in shims.values():
+            shim.stop()
         placement.stop()
         queries.stop()
         minimal.stop()

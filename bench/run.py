@@ -3,7 +3,8 @@
 (a) bench/bench_placement.py   placement decisions/s, 10,000 active leases against 100
 (b) bench/bench_celery.py      acquire+release round trips through the real worker, started both
                                documented ways, against a minimal Celery app's no-op task
-(c) bench/bench_http.py        the HTTP shim (run only if the file exists)
+(c) bench/bench_http.py        the HTTP shim over Celery, and uvicorn's asyncio + h11 against
+                               uvloop + httptools
 (d) bench/bench_wait.py        release-to-grant lag of a waiting request
 (e) bench/bench_mirror.py      the ledger mirror: API writes and throughput
 (f) bench/bench_inventory.py   the live vCenter health sync of 4 simulated vCenters: its time
@@ -41,7 +42,8 @@ BENCHES = [  # (key, title, script)
      "bench_placement.py"),
     ("celery", "(b) acquire+release through the real placement worker, against a minimal Celery "
      "app's no-op task", "bench_celery.py"),
-    ("http", "(c) HTTP shim (bench/bench_http.py)", "bench_http.py"),
+    ("http", "(c) HTTP shim; uvicorn asyncio + h11 against uvloop + httptools "
+     "(bench/bench_http.py)", "bench_http.py"),
     ("wait", "(d) release-to-grant lag of a waiting request (bench/bench_wait.py)",
      "bench_wait.py"),
     ("mirror", "(e) ledger mirror: API writes and throughput (bench/bench_mirror.py)",

@@ -10,7 +10,8 @@ Each sampled stack is one line, `frame;frame;...;frame COUNT`, outermost first, 
    result hub (hub.py);
 2. otherwise by its innermost frame that belongs to a known layer (metrics, our middleware, JSON,
    FastAPI's dependency solving and pydantic, our own request code, redis-py, Starlette,
-   uvicorn/h11, anyio's thread hand-off, asyncio).
+   uvicorn with its HTTP parser (h11 or httptools), anyio's thread hand-off, the event loop
+   (asyncio or uvloop)).
 
 bench/bench_http.py --profile runs the sampler and prints `report()`; this module also reads a
 file directly, from the repository root: .venv/bin/python -m bench.shim_profile STACKS
@@ -51,10 +52,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("our request code (bridge, deps, routes, inputs, errors)", ("api_shim/",)),
     ("redis-py commands (task record SET, liveness, GETs)", ("redis/",)),
     ("FastAPI/Starlette routing, Request, Response", ("fastapi/", "starlette/")),
-    ("uvicorn + h11 (HTTP parsing and writing)", ("uvicorn/", "h11/")),
+    ("uvicorn + its HTTP parser, h11 or httptools (parsing and writing)",
+     ("uvicorn/", "h11/", "httptools/")),
     ("anyio thread hand-off (to_thread: the Celery send's)",
      ("anyio/", "concurrent/futures/", "threading.py", "queue.py")),
-    ("asyncio (event loop, tasks, wait_for, sockets)", ("asyncio/", "selectors.py")),
+    ("event loop: asyncio or uvloop (tasks, wait_for, sockets)",
+     ("asyncio/", "selectors.py", "uvloop/")),
 ]
 OTHER = "other"
 
