@@ -208,14 +208,15 @@ def spread(values: list[int]) -> str:
 
 
 def sync_cost(stack: Any, calls: Calls, checker: Checker, warm: int) -> None:
-    from workers.adapters.inventory import Sessions, sync
+    from workers.adapters.inventory import Sessions, plan, sync
     from workers.adapters.pools_file import load_pools
+    from workers.settings import Settings
 
     pools, sessions, app = load_pools(str(stack.pools)), Sessions(), stack.app
-    creds = {p.vcenter: (USER, PASSWORD) for p in pools}
+    access = plan((p.vcenter for p in pools), Settings.from_env(stack.env))
     runs = {
         "`sync()` in this process": lambda: sync(
-            pools, creds, checker.ledger, {}, sessions=sessions).to_dict(),
+            pools, access, checker.ledger, {}, sessions=sessions).to_dict(),
         "`vcm.sync_inventory` via the queries worker": lambda: app.send_task(
             "vcm.sync_inventory", queue="queries").get(timeout=TIMEOUT),
     }
@@ -299,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         addresses = [s.address for s in sims]
         stack = Stack(Path(tmp), yaml.safe_dump(pools_spec(addresses), sort_keys=False),
                       VCM_VCENTER_CREDENTIALS=",".join(f"{a}={USER}:{PASSWORD}"
-                                                       for a in addresses))
+                                                       for a in addresses),
+                      VCM_VCENTER_CA_CERTS=str(sims[0].ca_file))
         names = {p["name"] for p in pools_spec(addresses)["pools"]}
         checker, calls = Checker(stack.redis.client(), names), Calls(sims)
         print(f"{VCENTERS} simulated vCenters × {DATACENTERS} datacenters × {CLUSTERS} clusters "

@@ -210,17 +210,17 @@ def usage_history(pool: Any = None, since: Any = None, after: Any = None, limit:
 
 @app.task(name="vcm.sync_inventory", throws=EXPECTED)
 def sync_inventory(*args: Any, **extra: Any) -> dict[str, Any]:
-    """Beat, every VCM_INVENTORY_INTERVAL: read each vCenter that has credentials and store its
+    """Beat, every VCM_INVENTORY_INTERVAL: read each vCenter that may be contacted (a credential
+    meant for it, a certificate check: workers/adapters/vcenter_access.py) and store its
     pools' live health (workers/adapters/inventory.py). On the queries queue: a slow vCenter
     must never hold up placement, so a placement worker refuses to run it."""
     _no_extra(args, extra)
     if _role["name"] == PLACEMENT:
         log.warning("vcm.sync_inventory reached a placement worker; not run (send it to the "
                     "queries queue)")
-        return {"synced": {}, "errors": {}, "skipped": [], "refused": "placement worker"}
-    from workers.adapters.inventory import sync
+        return {"synced": {}, "errors": {}, "skipped": {}, "refused": "placement worker"}
+    from workers.adapters.inventory import plan, sync
     from workers.adapters.ledger import LedgerUnready
-    from workers.cli import vcenter_credentials
 
     svc = service()
     pools = list(svc.pools.current().values())
@@ -228,5 +228,6 @@ def sync_inventory(*args: Any, **extra: Any) -> dict[str, Any]:
         leased = {name: u.storage for name, u in svc.ledger.usage()[1].items()}
     except LedgerUnready:  # being restored: the free-space check waits for the next sync
         leased = None
-    return sync(pools, vcenter_credentials(pools, svc.settings), svc.ledger, leased,
+    access = plan((p.vcenter for p in pools), svc.settings)
+    return sync(pools, access, svc.ledger, leased,
                 timeout=svc.settings.inventory_timeout).to_dict()

@@ -1489,3 +1489,35 @@ def test_deployed_redis_evicts_only_what_expires_anyway(tmp_path):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_queries_worker_reads_vcenter_pins_from_an_optional_configmap(tmp_path):
+    """VCM_VCENTER_KNOWN_HOSTS on vcm-queries names a file in the directory where the optional
+    ConfigMap vcm-vcenter-tls is mounted, and the example of that ConfigMap is a known-hosts
+    file the service reads (it pins nothing until edited)."""
+    from workers.adapters.vcenter_access import plan
+    from workers.settings import Settings
+
+    docs = base_docs()
+    queries = one(docs, "Deployment", "vcm-queries")
+    spec = pod_spec(queries)
+    (c,) = containers(spec)
+    env = {e["name"]: e for e in c["env"]}
+    path = env["VCM_VCENTER_KNOWN_HOSTS"]["value"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    mount = mounts[posixpath.dirname(path)]
+    assert "subPath" not in mount, "subPath mounts never update"
+    volume = {v["name"]: v for v in spec["volumes"]}[mount["name"]]
+    assert volume["configMap"] == {"name": "vcm-vcenter-tls", "optional": True}
+    assert "VCM_VCENTER_INSECURE" not in env
+
+    examples = {d["metadata"]["name"]: d for _, d in _docs(_example_files())}
+    example = examples["vcm-vcenter-tls"]
+    assert example["kind"] == "ConfigMap"
+    known_hosts = tmp_path / posixpath.basename(path)
+    known_hosts.write_text(example["data"][known_hosts.name])
+    access = plan(["vc1.example.com"], Settings.from_env({
+        "VCM_VCENTER_CREDENTIALS": "vc1.example.com=u:p",
+        "VCM_VCENTER_KNOWN_HOSTS": str(known_hosts)}))
+    assert access.refused == {}
+    assert access.access["vc1.example.com"].trust.kind == "ca"

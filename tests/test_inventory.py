@@ -25,9 +25,19 @@ from pyVmomi import vim
 
 from tests.helpers import call
 from tests.support.procs import ROOT, Beat, RedisServer, Worker, env_for, wait_for
+from tests.support.tls import CertificateAuthority, TlsProxy, process_ca
 from tests.vcsim import Simulator, Unavailable
-from workers.adapters.inventory import InventorySettings, Session, Sessions, read_inventory, sync
+from workers.adapters.inventory import (
+    Access,
+    AccessPlan,
+    InventorySettings,
+    Session,
+    Sessions,
+    read_inventory,
+    sync,
+)
 from workers.adapters.ledger import Ledger
+from workers.adapters.vcenter_access import Trust
 from workers.core import health
 from workers.core.health import (
     DEGRADED,
@@ -71,6 +81,11 @@ def start_sim() -> Simulator:
 
         missing(f"vCenter simulator: {exc}")
         raise
+
+
+def access(vcenter: str, password: str = PASSWORD) -> Access:
+    """The simulator's credential, its certificate checked against the test CA."""
+    return Access(vcenter, USER, password, Trust(ca_pem=process_ca().path.read_text()))
 
 
 def pools_on(vcenter: str, prefix: str = "pool") -> list[Pool]:
@@ -305,7 +320,7 @@ def redis_srv() -> Iterator[RedisServer]:
 
 
 def test_the_inventory_read_sees_what_health_needs(sim):
-    session = Session(sim.address, USER, PASSWORD, timeout=10)
+    session = Session(access(sim.address), timeout=10)
     try:
         inventory = read_inventory(session)
     finally:
@@ -327,7 +342,7 @@ def test_the_inventory_read_sees_what_health_needs(sim):
 
 def test_the_session_is_reused_and_logged_in_again_once_terminated(sim):
     admin = Admin(sim)
-    session = Session(sim.address, USER, PASSWORD, timeout=10)
+    session = Session(access(sim.address), timeout=10)
     try:
         before = admin.other_sessions()
         read_inventory(session)
@@ -361,10 +376,11 @@ def test_a_hanging_vcenter_or_bad_login_is_recorded_and_the_others_still_sync(si
     hung, refused = f"127.0.0.1:{port}", f"localhost:{sim.port}"
     pools = (pools_on(sim.address) + pools_on(hung, "hung")
              + [replace(pools_on(refused, "refused")[0], networks=())])
-    creds = {sim.address: (USER, PASSWORD), hung: (USER, PASSWORD), refused: (USER, "wrong")}
+    plan = AccessPlan({sim.address: access(sim.address), hung: access(hung),
+                       refused: access(refused, "wrong")})
     started = time.monotonic()
     try:
-        result = sync(pools, creds, ledger, {}, timeout=2, sessions=Sessions())
+        result = sync(pools, plan, ledger, {}, timeout=2, sessions=Sessions())
     finally:
         hole.close()
     assert time.monotonic() - started < 15  # bounded by the timeout, not hung
@@ -388,6 +404,8 @@ class WorkerStack:
         self.pools_file.write_text(yaml.safe_dump({"pools": [pool_yaml(p) for p in pools]}))
         self.redis = RedisServer().start()
         self.redis.client().set("vcm:ready", "1")  # an empty ledger, as the placement side makes
+        # the simulators' certificates come from the test CA: trusted unless a test says not
+        env = {"VCM_VCENTER_CA_CERTS": str(process_ca().path), **env}
         self.env = env_for(self.redis.url, self.pools_file, VCM_MIRROR_FILE="off",
                            VCM_INVENTORY_TIMEOUT="3s", **env)
         for name in ("VCM_VCENTER_USERNAME", "VCM_VCENTER_PASSWORD", "VCM_VCENTER_CREDENTIALS"):
@@ -464,7 +482,7 @@ def stack(sim, sim_b, tmp_path_factory) -> Iterator[WorkerStack]:
 def test_worker_sync_healthy_pools_are_ok(stack, sim, sim_b):
     result = stack.sync()
     assert result == {"synced": {sim.address: 2, sim_b.address: 2}, "errors": {},
-                      "skipped": []}
+                      "skipped": {}}
     assert stack.health() == {n: PoolHealth(OK) for n in ("b1", "b2", "pool1", "pool2")}
     record = stack.ledger.health()[sim.address]
     assert record["error"] is None and abs(record["at"] - time.time()) < 30
@@ -622,7 +640,7 @@ def test_worker_sync_a_removed_datastore_degrades_the_pool(stack, sim, tmp_path)
         admin.close()
     stack.sync()
     assert stack.health()["pool1"] == PoolHealth(OK)
-    session = Session(sim.address, USER, PASSWORD, timeout=10)
+    session = Session(access(sim.address), timeout=10)
     try:
         assert read_inventory(session).datacenters["datacenter1"].datastores["datastore1"] == \
             Datastore("datastore1", 4096 * GIB, 3000 * GIB, True)
@@ -694,7 +712,9 @@ def test_worker_sync_an_unreachable_vcenter_keeps_its_last_state_and_goes_stale(
 def test_worker_sync_without_credentials_syncs_nothing_and_is_no_error(sim, tmp_path):
     s = WorkerStack(tmp_path, pools_on(sim.address))
     try:
-        assert s.sync() == {"synced": {}, "errors": {}, "skipped": [sim.address]}
+        assert s.sync() == {"synced": {}, "errors": {}, "skipped": {
+            sim.address: "not contacted: no credentials for it (VCM_VCENTER_CREDENTIALS has "
+                         "none)"}}
         assert s.ledger.health() == {}
         assert s.health() == {}
         assert health.pool_health(s.health(), "pool1").state == UNKNOWN
@@ -721,7 +741,7 @@ def test_beat_sends_the_sync_and_the_worker_stores_health(sim, tmp_path):
 # vcm pools discover -> vcm check-pools ----------------------------------------------------
 def test_discover_prints_a_pools_file_that_check_pools_accepts(sim, tmp_path):
     env = dict(os.environ, VCM_VCENTER_CREDENTIALS=f"{sim.address}={USER}:{PASSWORD}",
-               PYTHONPATH=str(ROOT))
+               VCM_VCENTER_CA_CERTS=str(sim.ca_file), PYTHONPATH=str(ROOT))
 
     def vcm(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "workers.cli", *args], env=env, cwd=ROOT,
@@ -760,11 +780,14 @@ def test_discover_prints_a_pools_file_that_check_pools_accepts(sim, tmp_path):
     assert p.returncode == 2 and "no credentials" in p.stderr
 
 
-def test_sessions_are_kept_per_vcenter_and_replaced_when_credentials_change():
+def test_sessions_are_kept_per_vcenter_and_replaced_when_access_changes():
     sessions = Sessions()
-    a = sessions.get("vc1", "u", "p", 5)
-    assert sessions.get("vc1", "u", "p", 5) is a
-    assert sessions.get("vc1", "u", "other", 5) is not a
+    a = sessions.get(Access("vc1", "u", "p"), 5)
+    assert sessions.get(Access("vc1", "u", "p"), 5) is a
+    b = sessions.get(Access("vc1", "u", "other"), 5)
+    assert b is not a
+    pinned = Access("vc1", "u", "other", Trust("pinned", thumbprints=frozenset({"ab" * 32})))
+    assert sessions.get(pinned, 5) is not b  # a new certificate check: a new login
 
 
 def test_a_vcenter_killed_while_syncs_run_keeps_its_last_state_and_placement_goes_on(
@@ -846,3 +869,151 @@ def test_a_vcenter_killed_while_syncs_run_keeps_its_last_state_and_placement_goe
         s.release(*taken)
         s.stop()
         doomed.stop()
+
+
+# TLS and credentials: what a man in the middle sees ----------------------------------------
+class Mitm:
+    """One queries worker syncing a vCenter (the simulator) reached through TLS proxies, each a
+    vCenter of its own to the worker:
+
+    - untrusted: a certificate from a CA nobody trusts (a man in the middle's);
+    - trusted: a certificate from the CA in VCM_VCENTER_CA_CERTS;
+    - pinned / wrong_pin: untrusted certificates, with a VCM_VCENTER_KNOWN_HOSTS line giving
+      their own thumbprint / the thumbprint of another certificate;
+    - insecure: an untrusted certificate, listed in VCM_VCENTER_INSECURE;
+    - unshared / shared: trusted, with no credential of their own; VCM_VCENTER_USERNAME is
+      shared with `shared` alone (VCM_VCENTER_SHARED_CREDENTIAL_FOR);
+    - late: pinned like `pinned`, for a test that swaps its certificate after the login.
+    """
+
+    def __init__(self, sim: Simulator, tmp) -> None:
+        mitm_ca = CertificateAuthority(tmp / "mitm-ca", "a man in the middle")
+        upstream = (sim.host, sim.port)
+        self.untrusted = TlsProxy(upstream, mitm_ca.issue())
+        self.trusted = TlsProxy(upstream, process_ca().issue())
+        self.mitm_ca = mitm_ca
+        pinned_cert, other_cert, late_cert = mitm_ca.issue(), mitm_ca.issue(), mitm_ca.issue()
+        self.pinned = TlsProxy(upstream, pinned_cert)
+        self.late = TlsProxy(upstream, late_cert)
+        self.wrong_pin = TlsProxy(upstream, mitm_ca.issue())
+        self.insecure = TlsProxy(upstream, mitm_ca.issue())
+        self.unshared = TlsProxy(upstream, process_ca().issue())
+        self.shared = TlsProxy(upstream, process_ca().issue())
+        self.proxies = {name: getattr(self, name) for name in (
+            "untrusted", "trusted", "pinned", "wrong_pin", "insecure", "unshared", "shared",
+            "late")}
+        known_hosts = tmp / "known_hosts"
+        known_hosts.write_text(
+            "# vcenter thumbprint, as `govc about.cert -k -thumbprint` prints them\n"
+            f"{self.pinned.address} {pinned_cert.thumbprint()}\n"
+            f"{self.wrong_pin.address} {other_cert.thumbprint()}\n"
+            f"{self.late.address} {late_cert.thumbprint()}\n")
+        own = ("untrusted", "trusted", "pinned", "wrong_pin", "insecure", "late")
+        pools = [replace(pools_on(proxy.address, name)[0], name=name)
+                 for name, proxy in self.proxies.items()]
+        self.stack = WorkerStack(
+            tmp, pools,
+            VCM_VCENTER_CREDENTIALS=",".join(
+                f"{self.proxies[n].address}={USER}:{PASSWORD}" for n in own),
+            VCM_VCENTER_USERNAME=USER, VCM_VCENTER_PASSWORD=PASSWORD,
+            VCM_VCENTER_SHARED_CREDENTIAL_FOR=self.shared.address,
+            VCM_VCENTER_CA_CERTS=str(process_ca().path),
+            VCM_VCENTER_KNOWN_HOSTS=str(known_hosts),
+            VCM_VCENTER_INSECURE=self.insecure.address)
+
+    def close(self) -> None:
+        self.stack.stop()
+        for proxy in self.proxies.values():
+            proxy.close()
+
+
+@pytest.fixture(scope="module")
+def mitm(sim, tmp_path_factory) -> Iterator[Mitm]:
+    m = Mitm(sim, tmp_path_factory.mktemp("mitm"))
+    yield m
+    m.close()
+
+
+def assert_nothing_sent(proxy: TlsProxy) -> None:
+    """Once every connection to the proxy is over: not a byte got past its handshake."""
+    proxy.wait_for("every connection over", lambda p: p.connections and
+                   p.finished == p.connections)
+    assert proxy.received == b""
+    assert PASSWORD.encode() not in proxy.received
+
+
+def test_tls_an_untrusted_certificate_is_refused_before_the_login(mitm):
+    result = mitm.stack.sync()
+    vc = mitm.untrusted.address
+    assert vc not in result["synced"]
+    error = result["errors"][vc]
+    assert error.startswith("TLS: certificate not trusted: "), error
+    assert "certificate verify failed" in error and "not logged in" in error
+    assert_nothing_sent(mitm.untrusted)
+    assert mitm.untrusted.refused >= 1 and mitm.untrusted.handshakes == 0
+    untrusted = mitm.stack.health()["untrusted"]
+    assert untrusted.state == UNKNOWN
+    assert untrusted.reason == f"{vc} never read; {error}"
+
+
+def test_tls_a_certificate_from_the_trusted_ca_is_accepted(mitm):
+    result = mitm.stack.sync()
+    assert result["synced"][mitm.trusted.address] == 1
+    assert mitm.stack.health()["trusted"] == PoolHealth(OK)
+    # the proxy reads what a client sends it once the client trusts it: the login with its
+    # password (what the refused vCenters above never got)
+    login = mitm.trusted.received.split(b"<Login ", 1)[1].split(b"</Login>", 1)[0]
+    assert f">{PASSWORD}</password>".encode() in login
+
+
+def test_tls_a_pinned_thumbprint_is_accepted_and_another_refused(mitm):
+    result = mitm.stack.sync()
+    assert result["synced"][mitm.pinned.address] == 1
+    assert mitm.stack.health()["pinned"] == PoolHealth(OK)
+    error = result["errors"][mitm.wrong_pin.address]
+    assert error.startswith("TLS: certificate not trusted: its SHA-256 thumbprint "), error
+    assert "not the one VCM_VCENTER_KNOWN_HOSTS pins" in error and "not logged in" in error
+    assert_nothing_sent(mitm.wrong_pin)
+    assert mitm.stack.health()["wrong_pin"].state == UNKNOWN
+
+
+def test_tls_a_pin_is_checked_on_every_connection_not_only_the_first(mitm):
+    """A man in the middle who takes over after the login: the kept session needs a new
+    connection, whose certificate is not the pinned one, so nothing more is sent."""
+    vc = mitm.late.address
+    assert mitm.stack.sync()["synced"][vc] == 1
+    mitm.late.swap(mitm.mitm_ca.issue())
+    before = mitm.late.received
+    connections = mitm.late.connections
+    error = mitm.stack.sync()["errors"][vc]
+    assert error.startswith("TLS: certificate not trusted: its SHA-256 thumbprint "), error
+    mitm.late.wait_for("every connection over", lambda p: p.connections > connections and
+                       p.finished == p.connections)
+    assert mitm.late.received == before  # not a byte after the swap
+    record = mitm.stack.ledger.health()[vc]
+    assert record["error"] == error and record["pools"]["late"]["state"] == OK  # last known
+
+
+def test_tls_insecure_opt_in_syncs_and_warns_naming_the_vcenter(mitm):
+    result = mitm.stack.sync()
+    vc = mitm.insecure.address
+    assert result["synced"][vc] == 1
+    assert mitm.stack.health()["insecure"] == PoolHealth(OK)
+    warnings = [line for line in mitm.stack.worker.output_of_this_run().splitlines()
+                if "WARNING" in line and "certificate NOT verified" in line]
+    assert warnings and all(vc in line for line in warnings), warnings
+    assert "VCM_VCENTER_INSECURE" in warnings[0]
+
+
+def test_the_shared_credential_goes_only_to_the_vcenters_it_is_shared_with(mitm):
+    result = mitm.stack.sync()
+    assert result["synced"][mitm.shared.address] == 1
+    assert mitm.stack.health()["shared"] == PoolHealth(OK)
+    vc = mitm.unshared.address
+    assert vc not in result["synced"] and vc not in result["errors"]
+    reason = result["skipped"][vc]
+    assert reason.startswith("not contacted: no credentials for it"), reason
+    assert "VCM_VCENTER_SHARED_CREDENTIAL_FOR" in reason
+    assert mitm.unshared.connections == 0  # not even a TCP connection
+    unshared = mitm.stack.health()["unshared"]
+    assert unshared == PoolHealth(UNKNOWN, f"{vc} never read; {reason}")

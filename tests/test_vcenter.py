@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+import yaml
 
+from tests.support.procs import ROOT
+from tests.support.tls import CertificateAuthority, TlsProxy, process_ca
 from tests.vcsim import Simulator, Unavailable
 from workers.adapters.vcenter import (
     GIB,
@@ -17,7 +24,10 @@ from workers.adapters.vcenter import (
     check_pools,
     connector,
 )
+from workers.adapters.vcenter_access import Access, AccessPlan, Trust, plan, thumbprint
+from workers.core.errors import InvalidRequest
 from workers.core.models import Network, Pool
+from workers.settings import Settings
 
 pytestmark = pytest.mark.timeout(600)  # the first test waits for a cold build (~1-2 min)
 
@@ -57,8 +67,21 @@ def pools(vcenter: str) -> list[Pool]:
     ]
 
 
+def pool_yaml(p: Pool) -> dict:
+    return {"name": p.name, "vcenter": p.vcenter, "datacenter": p.datacenter,
+            "cluster": p.cluster, "datastore": p.datastore, "vcpus": p.vcpus,
+            "memory": p.memory, "storage": p.storage,
+            "networks": [{"port-group": n.port_group, "vlan": n.vlan} for n in p.networks]}
+
+
+def access(vcenter: str, password: str = PASSWORD) -> Access:
+    """The simulator's credential, its certificate checked against the test CA."""
+    return Access(vcenter, USER, password, Trust(ca_pem=process_ca().path.read_text()))
+
+
 def check(sim: Simulator, pool_list: list[Pool], password: str = PASSWORD) -> list[Finding]:
-    return check_pools(pool_list, connector({sim.address: (USER, password)}, timeout=10))
+    only_sim = AccessPlan({sim.address: access(sim.address, password)})
+    return check_pools(pool_list, connector(only_sim, timeout=10))
 
 
 def closed_port() -> int:
@@ -68,7 +91,7 @@ def closed_port() -> int:
 
 
 def test_inventory_reads_the_simulator(sim):
-    with VCenterInventory.connect(sim.host, USER, PASSWORD, port=sim.port) as inv:
+    with VCenterInventory.connect(access(sim.address)) as inv:
         assert inv.datacenters() == ["datacenter1", "datacenter2"]
         dc = inv.datacenter("datacenter1")
         assert inv.datacenter("nowhere") is None
@@ -142,8 +165,8 @@ def test_closed_vcenter_is_unreachable_and_the_others_are_still_checked(sim):
     dead = f"127.0.0.1:{closed_port()}"
     pool3 = replace(pools(dead)[0], name="pool3", datastore="datastore9")
     bad1 = replace(pools(sim.address)[0], cluster="cluster9")
-    creds = {sim.address: (USER, PASSWORD), dead: (USER, PASSWORD)}
-    findings = check_pools([pool3, bad1], connector(creds, timeout=5))
+    both = AccessPlan({sim.address: access(sim.address), dead: access(dead)})
+    findings = check_pools([pool3, bad1], connector(both, timeout=5))
     assert [(f.pool, f.field, f.severity) for f in findings] == [
         ("pool3", "vcenter", "error"), ("pool1", "cluster", "error")]
     assert findings[0].message.startswith(f"pool3: vcenter {dead}: unreachable: ")
@@ -151,10 +174,12 @@ def test_closed_vcenter_is_unreachable_and_the_others_are_still_checked(sim):
 
 
 def test_missing_credentials_is_an_error_not_a_traceback(sim):
-    findings = check_pools(pools(sim.address), connector({}))
+    nothing_set = plan([sim.address], Settings.from_env({}))
+    findings = check_pools(pools(sim.address), connector(nothing_set))
     assert findings == [Finding(
         "pool1, pool2", "vcenter", "error",
-        f"pool1, pool2: vcenter {sim.address}: no credentials given for it",
+        f"pool1, pool2: vcenter {sim.address}: not contacted: no credentials for it "
+        "(VCM_VCENTER_CREDENTIALS has none)",
     )]
 
 
@@ -170,25 +195,10 @@ def test_address(vcenter, expected):
 
 def test_cli_check_pools_as_a_process(sim, tmp_path):
     """`vcm check-pools` reads the pools file and credentials from the environment."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    import yaml
-
-    from tests.support.procs import ROOT
-
-    def pool_yaml(p: Pool) -> dict:
-        return {"name": p.name, "vcenter": p.vcenter, "datacenter": p.datacenter,
-                "cluster": p.cluster, "datastore": p.datastore, "vcpus": p.vcpus,
-                "memory": p.memory, "storage": p.storage,
-                "networks": [{"port-group": n.port_group, "vlan": n.vlan} for n in p.networks]}
-
     good = [pool_yaml(p) for p in pools(sim.address)]
     path = tmp_path / "pools.yaml"
     env = dict(os.environ, VCM_VCENTER_CREDENTIALS=f"{sim.address}={USER}:{PASSWORD}",
-               PYTHONPATH=str(ROOT))
+               VCM_VCENTER_CA_CERTS=str(sim.ca_file), PYTHONPATH=str(ROOT))
 
     def run(*extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "workers.cli", "check-pools", "-f",
@@ -206,3 +216,208 @@ def test_cli_check_pools_as_a_process(sim, tmp_path):
     (finding,) = json.loads(p.stdout)
     assert (finding["pool"], finding["field"], finding["severity"]) == \
         ("pool1", "datastore", "error")
+
+
+# TLS: `vcm check-pools` and `vcm pools discover` against a man in the middle ----------------
+def vcm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workers.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def vcm_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VCM_VCENTER_")}
+    return {**env, "PYTHONPATH": str(ROOT), **settings}
+
+
+@pytest.fixture(scope="module")
+def mitm_ca(tmp_path_factory) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path_factory.mktemp("mitm-ca"), "a man in the middle")
+
+
+def test_cli_check_pools_refuses_an_untrusted_certificate_before_logging_in(sim, mitm_ca,
+                                                                            tmp_path):
+    cert = mitm_ca.issue()
+    with TlsProxy((sim.host, sim.port), cert) as proxy:
+        path = tmp_path / "pools.yaml"
+        path.write_text(yaml.safe_dump({"pools": [pool_yaml(p) for p in pools(proxy.address)]}))
+        env = vcm_env(VCM_VCENTER_CREDENTIALS=f"{proxy.address}={USER}:{PASSWORD}",
+                      VCM_VCENTER_CA_CERTS=str(sim.ca_file))
+        p = vcm(env, "check-pools", "-f", str(path), "-o", "json")
+        assert p.returncode == 2, p.stdout + p.stderr
+        (finding,) = json.loads(p.stdout)
+        assert (finding["pool"], finding["field"], finding["severity"]) == \
+            ("pool1, pool2", "vcenter", "error")
+        assert finding["message"].startswith(
+            f"pool1, pool2: vcenter {proxy.address}: TLS: certificate not trusted: "), finding
+        proxy.wait_for("its connection over", lambda x: x.connections and
+                       x.finished == x.connections)
+        assert proxy.received == b"" and proxy.handshakes == 0
+
+        # the same vCenter, its certificate pinned by its SHA-1 thumbprint (govc's format)
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text(f"{proxy.address} {cert.thumbprint('sha1')}\n")
+        p = vcm({**env, "VCM_VCENTER_KNOWN_HOSTS": str(known_hosts)}, "check-pools", "-f",
+                str(path))
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "every pool matches" in p.stdout
+        assert PASSWORD.encode() in proxy.received  # this time it was sent, as trusted
+
+
+def test_cli_discover_refuses_an_untrusted_certificate_and_the_shared_credential(sim, mitm_ca):
+    with TlsProxy((sim.host, sim.port), mitm_ca.issue()) as proxy:
+        env = vcm_env(VCM_VCENTER_CREDENTIALS=f"{proxy.address}={USER}:{PASSWORD}")
+        p = vcm(env, "pools", "discover", "--vcenter", proxy.address)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert f"vcenter {proxy.address}: TLS: certificate not trusted: " in p.stderr
+        assert p.stdout == ""
+        proxy.wait_for("its connection over", lambda x: x.connections and
+                       x.finished == x.connections)
+        assert proxy.received == b""
+
+        # a shared credential is not sent to a vCenter it is not shared with, however
+        # verifiable the certificate
+    with TlsProxy((sim.host, sim.port), process_ca().issue()) as proxy:
+        shared = dict(VCM_VCENTER_USERNAME=USER, VCM_VCENTER_PASSWORD=PASSWORD,
+                      VCM_VCENTER_CA_CERTS=str(sim.ca_file))
+        p = vcm(vcm_env(**shared), "pools", "discover", "--vcenter", proxy.address)
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert "no credentials for it" in p.stderr
+        assert "VCM_VCENTER_SHARED_CREDENTIAL_FOR" in p.stderr
+        assert proxy.connections == 0
+        p = vcm(vcm_env(**shared, VCM_VCENTER_SHARED_CREDENTIAL_FOR="*"), "pools", "discover",
+                "--vcenter", proxy.address)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert yaml.safe_load(p.stdout)["pools"]
+
+
+# the access plan: which vCenter gets which credential and certificate check ----------------
+def settings(**values: str) -> Settings:
+    return Settings.from_env({f"VCM_{k.upper()}": v for k, v in values.items()})
+
+
+def test_a_shared_credential_goes_only_where_it_is_shared():
+    vcenters = ["vc1.example.com", "VC2.example.com:443", "https://vc3.example.com/sdk", "evil"]
+    shared = dict(vcenter_username="svc", vcenter_password="pw",
+                  vcenter_credentials="vc3.example.com:443=own:secret")
+    nowhere = plan(vcenters, settings(**shared))
+    assert set(nowhere.access) == {"https://vc3.example.com/sdk"}  # its own credential
+    assert nowhere.access["https://vc3.example.com/sdk"].user == "own"
+    assert set(nowhere.refused) == {"vc1.example.com", "VC2.example.com:443", "evil"}
+    assert "VCM_VCENTER_SHARED_CREDENTIAL_FOR" in nowhere.refused["evil"]
+
+    # listed in any spelling of the same host and port: vc2.example.com is VC2.example.com:443
+    listed = plan(vcenters, settings(**shared, vcenter_shared_credential_for=(
+        " vc1.example.com:443, vc2.example.com ")))
+    assert {vc: a.user for vc, a in listed.access.items()} == {
+        "vc1.example.com": "svc", "VC2.example.com:443": "svc",
+        "https://vc3.example.com/sdk": "own"}
+    assert set(listed.refused) == {"evil"}
+
+    everyone = plan(vcenters, settings(**shared, vcenter_shared_credential_for="*"))
+    assert set(everyone.access) == set(vcenters) and everyone.access["evil"].password == "pw"
+    assert everyone.access["https://vc3.example.com/sdk"].user == "own"  # its own wins
+
+    off = plan(vcenters, settings())
+    assert off.access == {} and not off.configured
+
+
+def test_which_certificate_check_each_vcenter_gets(tmp_path):
+    pin = "AB:" * 31 + "AB"
+    known = tmp_path / "known_hosts"
+    known.write_text(f"# comment\n\npinned {pin}\npinned {'cd' * 20}\nboth {pin}\n")
+    own_ca = tmp_path / "own.pem"
+    own_ca.write_text(process_ca().path.read_text())
+    access = plan(["pinned", "own", "lab", "both", "plain"], settings(
+        vcenter_credentials="pinned=u:p,own=u:p,lab=u:p,both=u:p,plain=u:p",
+        vcenter_known_hosts=str(known), vcenter_insecure="lab, both",
+        vcenter_ca_certs=f"own={own_ca}"))
+    trust = {vc: a.trust for vc, a in access.access.items()}
+    assert trust["pinned"] == Trust("pinned", thumbprints=frozenset({"ab" * 32, "cd" * 20}))
+    assert trust["both"].kind == "pinned"  # a pin is stronger than the insecure opt-in
+    assert trust["own"] == Trust("ca", ca_pem=own_ca.read_text())
+    assert trust["lab"] == Trust("insecure")
+    assert trust["plain"] == Trust("ca", ca_pem=None)  # the system's trust store
+    assert access.refused == {}
+
+
+@pytest.mark.parametrize(("known_hosts", "problem"), [
+    ("vc1 not-hex\n", "line 1: expected `vcenter thumbprint`"),
+    ("vc1\n", "line 1: expected `vcenter thumbprint`"),
+    ("# ok\nvc1 " + "ab" * 19 + "\n", "line 2: expected `vcenter thumbprint`"),  # 38 digits
+    ("vc1 " + "ab" * 20 + " extra\n", "line 1: expected"),
+], ids=["not-hex", "no-thumbprint", "short", "three-fields"])
+def test_a_malformed_known_hosts_file_refuses_every_vcenter(tmp_path, known_hosts, problem):
+    path = tmp_path / "known_hosts"
+    path.write_text(known_hosts)
+    access = plan(["vc1", "vc2"], settings(vcenter_credentials="vc1=u:p,vc2=u:p",
+                                           vcenter_known_hosts=str(path)))
+    assert access.access == {}
+    assert access.refused["vc2"].startswith(
+        f"not contacted: VCM_VCENTER_KNOWN_HOSTS: {str(path)!r} {problem}"), access.refused
+
+
+def test_unusable_ca_files_refuse_the_vcenters_that_use_them(tmp_path):
+    missing = tmp_path / "missing.pem"
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    huge = tmp_path / "huge.pem"
+    huge.write_bytes(b"x" * ((4 << 20) + 1))
+    binary = tmp_path / "binary.pem"
+    binary.write_bytes(b"\xff\xfe\x00")
+    access = plan(["a", "b", "c", "d", "e"], settings(
+        vcenter_credentials="a=u:p,b=u:p,c=u:p,d=u:p,e=u:p",
+        vcenter_ca_certs=f"{missing},b={garbage},c={huge},d={binary},e={process_ca().path}"))
+    assert set(access.access) == {"e"}
+    assert access.refused["a"] == (f"not contacted: VCM_VCENTER_CA_CERTS: cannot read "
+                                   f"{str(missing)!r}: No such file or directory")
+    assert access.refused["b"] == (f"not contacted: VCM_VCENTER_CA_CERTS: {str(garbage)!r} "
+                                   "holds no usable PEM certificate")
+    assert access.refused["c"].endswith("is larger than 4 MiB")
+    assert access.refused["d"].endswith("is not UTF-8 text")
+
+
+def test_a_missing_known_hosts_file_pins_nothing(tmp_path):
+    access = plan(["vc1"], settings(vcenter_credentials="vc1=u:p",
+                                    vcenter_known_hosts=str(tmp_path / "none")))
+    assert access.access["vc1"].trust == Trust("ca")
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("VCM_VCENTER_INSECURE", "true", "VCM_VCENTER_INSECURE='true': list the vCenters"),
+    ("VCM_VCENTER_INSECURE", "vc1, *", "VCM_VCENTER_INSECURE='*': list the vCenters"),
+    ("VCM_VCENTER_INSECURE", "1", "verification cannot be switched off for every vCenter"),
+    ("VCM_VCENTER_CA_CERTS", "/etc/ca.pem\n", "VCM_VCENTER_CA_CERTS: must not contain control"),
+    ("VCM_VCENTER_KNOWN_HOSTS", "/etc/\udcff", "VCM_VCENTER_KNOWN_HOSTS: is not valid Unicode"),
+    ("VCM_VCENTER_SHARED_CREDENTIAL_FOR", "x" * 70000,
+     "VCM_VCENTER_SHARED_CREDENTIAL_FOR: is longer than"),
+])
+def test_bad_vcenter_settings_stop_start_up_naming_the_variable(variable, value, message):
+    with pytest.raises(SystemExit) as exc:
+        Settings.from_env({variable: value})
+    assert message in str(exc.value)
+
+
+@pytest.mark.parametrize("value", ["vc1", "vc1=user", "=u:p", "vc1=:p"])
+def test_malformed_per_vcenter_credentials_name_the_variable(value):
+    with pytest.raises(InvalidRequest) as exc:
+        plan(["vc1"], settings(vcenter_credentials=value))
+    assert exc.value.field == "VCM_VCENTER_CREDENTIALS"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("AB:CD:" + "EF:" * 17 + "01", "abcd" + "ef" * 17 + "01"),  # govc's SHA-1
+    ("ab" * 32, "ab" * 32),
+    ("AB" * 64, "ab" * 64),
+    ("ab" * 31, None), ("zz" * 32, None), ("", None), ("ab:" * 32, "ab" * 32),
+])
+def test_thumbprints_are_hex_sha1_sha256_or_sha512(text, expected):
+    assert thumbprint(text) == expected
+
+
+def test_cli_refuses_a_switch_for_every_vcenter_without_a_traceback(tmp_path):
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": [pool_yaml(p) for p in pools("vc1")]}))
+    p = vcm(vcm_env(VCM_VCENTER_INSECURE="true"), "check-pools", "-f", str(path))
+    assert p.returncode != 0
+    assert "invalid setting VCM_VCENTER_INSECURE='true'" in p.stderr
+    assert "Traceback" not in p.stderr

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .core.errors import InvalidRequest
 from .core.models import parse_duration
 from .core.placement import STRATEGIES
+from .core.text import text_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_POOLS = ROOT / "examples" / "pools.yaml"
@@ -28,6 +29,7 @@ PREFIX = "VCM_"
 YEAR = 365 * 86400.0
 DEFAULT_MAX_SHARDS = 16  # VCM_MIRROR_MAX_SHARDS: slot ConfigMaps name-0 .. name-15
 OFF = ("off", "none", "")  # an interval that may be switched off: these, or 0 seconds
+MAX_SETTING = 64 * 1024  # the longest text setting (lists of vCenters, of files)
 
 
 class SettingError(ValueError):
@@ -101,6 +103,32 @@ def _none_if_empty(value: Any) -> Any:
     return value or None
 
 
+# what someone used to GOVC_INSECURE=1 might write: verification off for every vCenter, which
+# is not offered (each vCenter is listed on its own)
+SWITCHES = ("1", "true", "yes", "on", "*", "all")
+
+
+def _vcenter_text(*, listing: bool = False, everyone: bool = True) -> BeforeValidator:
+    """Text of a vCenter setting (a path, or `listing`: comma-separated vCenters), checked for
+    what breaks logs and messages. `everyone=False`: a switch for every vCenter is refused."""
+
+    def parse(value: Any, info: ValidationInfo) -> str:
+        name, raw = variable(info), str(value)
+        problem = text_problem(raw, MAX_SETTING)
+        if problem:
+            raise SettingError(f"{name}: {problem}")
+        if listing and not everyone:
+            for item in raw.split(","):
+                if item.strip().lower() in SWITCHES:
+                    raise SettingError(
+                        f"{name}={item.strip()!r}: list the vCenters whose certificate is not "
+                        "verified, comma-separated; verification cannot be switched off for "
+                        "every vCenter at once")
+        return raw.strip()
+
+    return BeforeValidator(parse)
+
+
 Duration = Annotated[float, duration()]
 OptionalText = Annotated[str | None, BeforeValidator(_none_if_empty)]
 
@@ -166,10 +194,19 @@ class Settings(EnvSettings):
         Field(default="5m")
     inventory_timeout: Annotated[float, duration(maximum=3600, floor=1)] = Field(default="30s")
 
-    # vCenter credentials: for every vCenter, and per vCenter (`vc1=user:pass,…`) over those
+    # vCenter access (workers/adapters/vcenter_access.py). Credentials: per vCenter
+    # (`vc1=user:pass,…`), and one shared credential sent only to the vCenters
+    # `vcenter_shared_credential_for` lists ("*": every vCenter)
     vcenter_username: OptionalText = None
     vcenter_password: str = Field(default="", repr=False)
     vcenter_credentials: str = Field(default="", repr=False)
+    vcenter_shared_credential_for: Annotated[str, _vcenter_text(listing=True)] = ""
+    # certificates: CA bundles (`path,…` for every vCenter, `vc1=path` for one; unset: the
+    # system's trust store), pinned thumbprints (a govc known_hosts file), and the vCenters
+    # whose certificate is not verified at all
+    vcenter_ca_certs: Annotated[str, _vcenter_text()] = ""
+    vcenter_known_hosts: Annotated[str, _vcenter_text()] = ""
+    vcenter_insecure: Annotated[str, _vcenter_text(listing=True, everyone=False)] = ""
 
     @property
     def mirror_enabled(self) -> bool:

@@ -2,7 +2,8 @@
 
 The binary is built offline against Debian's golang-go and golang-github-vmware-govmomi-dev
 (installed with apt-get when missing and we may) and cached in .vcm/cache/vcsim, keyed by the
-source, the Go version and the govmomi package version.
+source, the Go version and the govmomi package version. It serves a certificate issued by the
+test process's CA (tests/support/tls.py): `ca_file` is the bundle that trusts it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from tests.support.tls import Issued, process_ca
 
 SOURCE = Path(__file__).with_name("main.go")
 ROOT = SOURCE.parents[2]
@@ -93,11 +96,15 @@ def build() -> Path:
 
 
 class Simulator:
-    """One simulator process. `url`, `host`, `port`, `user`, `password` once started."""
+    """One simulator process. `url`, `host`, `port`, `user`, `password` once started; it
+    serves `certificate` (default: one for 127.0.0.1 and localhost from the test CA, whose
+    bundle is `ca_file`)."""
 
     def __init__(self, inventory: dict[str, Any] | None = None, *, user: str = "vcm",
-                 password: str = "vcm-secret") -> None:
+                 password: str = "vcm-secret", certificate: Issued | None = None) -> None:
         self.inventory, self.user, self.password = inventory, user, password
+        self.certificate = certificate or process_ca().issue()
+        self.ca_file = process_ca().path
         self.url = self.host = ""
         self.port = 0
         self._proc: subprocess.Popen[str] | None = None
@@ -111,7 +118,8 @@ class Simulator:
 
     def start(self, timeout: float = 60.0) -> Simulator:
         cmd = [str(build()), "-port", "0", "-user", self.user, "-password", self.password,
-               "-exit-on-eof"]
+               "-exit-on-eof", "-tls-cert", str(self.certificate.cert_file),
+               "-tls-key", str(self.certificate.key_file)]
         if self.inventory is not None:
             path = Path(self._dir.name) / "inventory.json"
             path.write_text(json.dumps(self.inventory))
@@ -147,8 +155,7 @@ class Simulator:
             query["capacity_gb"] = str(capacity_gb)
         url = (f"https://{self.address}/vcsim/datastore?"
                f"{urllib.parse.urlencode(query)}")
-        context = ssl.create_default_context()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # self-signed
+        context = ssl.create_default_context(cafile=self.ca_file)
         try:
             with urllib.request.urlopen(urllib.request.Request(url, method="POST"),
                                         context=context, timeout=10):

@@ -84,6 +84,8 @@ func main() {
 	password := flag.String("password", "pass", "the only password accepted")
 	file := flag.String("inventory", "", "JSON inventory file (default: one DC like simulator.VPX())")
 	exitOnEOF := flag.Bool("exit-on-eof", false, "exit when stdin is closed")
+	certFile := flag.String("tls-cert", "", "PEM certificate to serve (default: Go's self-signed localhost certificate)")
+	keyFile := flag.String("tls-key", "", "PEM private key of -tls-cert")
 	flag.Parse()
 	log.SetPrefix("vcsim: ")
 	log.SetFlags(0)
@@ -107,7 +109,14 @@ func main() {
 	if err := model.Create(); err != nil {
 		log.Fatal(err)
 	}
-	model.Service.TLS = new(tls.Config) // self-signed localhost certificate
+	model.Service.TLS = new(tls.Config) // without -tls-cert: a self-signed localhost certificate
+	if *certFile != "" {
+		cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		model.Service.TLS.Certificates = []tls.Certificate{cert}
+	}
 	model.Service.Listen = &url.URL{
 		Host: net.JoinHostPort(*host, strconv.Itoa(*port)),
 		User: url.UserPassword(*user, *password), // not simulator.DefaultLogin: checked exactly

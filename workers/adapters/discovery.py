@@ -7,12 +7,13 @@ from typing import Any
 
 from ..core.health import GIB, Cluster, Datastore, Inventory
 from .inventory_read import read_inventory
+from .vcenter_access import Access
 from .vcenter_sessions import Session
 
 
-def discover(vcenter: str, user: str, password: str, *, timeout: float = 30.0) -> Inventory:
+def discover(access: Access, *, timeout: float = 30.0) -> Inventory:
     """Read a vCenter once for `skeleton` (a session of its own, logged out afterwards)."""
-    session = Session(vcenter, user, password, timeout=timeout)
+    session = Session(access, timeout=timeout)
     try:
         return read_inventory(session, discover=True)
     finally:

@@ -1,8 +1,10 @@
 """Live vCenter health (pyvmomi): the inventory sync (beat, queries side).
 
-`sync` reads every vCenter that has credentials, in parallel, computes each pool's health
-(core/health.py) and stores it in Redis through the ledger; a vCenter that cannot be read
-records its error and keeps its last known health. The sessions it reuses are in
+`sync` reads every vCenter that its access plan (vcenter_access.py) allows, in parallel,
+computes each pool's health (core/health.py) and stores it in Redis through the ledger; a
+vCenter that cannot be read records its error and keeps its last known health, and so does one
+that may not be contacted (no credential meant for it, no usable certificate check), with the
+reason, once any credential is set. The sessions it reuses are in
 vcenter_sessions.py, the read in inventory_read.py; `vcm pools discover` is discovery.py.
 """
 
@@ -23,12 +25,13 @@ from ..core.models import Pool
 from ..settings import Settings
 from .discovery import discover, skeleton
 from .inventory_read import read_inventory
-from .vcenter import VCenterUnavailable
+from .vcenter import VCenterUnavailable, problem
+from .vcenter_access import Access, AccessPlan, plan
 from .vcenter_sessions import SESSIONS, Session, Sessions
 
 # imported from here by the tasks, the CLI and the tests
-__all__ = ["SESSIONS", "HealthStore", "InventorySettings", "Session", "Sessions", "SyncResult",
-           "discover", "read_inventory", "skeleton", "sync"]
+__all__ = ["SESSIONS", "Access", "AccessPlan", "HealthStore", "InventorySettings", "Session",
+           "Sessions", "SyncResult", "discover", "plan", "read_inventory", "skeleton", "sync"]
 
 log = logging.getLogger(__name__)
 
@@ -65,30 +68,38 @@ class HealthStore(Protocol):
 @dataclass
 class SyncResult:
     synced: dict[str, int] = field(default_factory=dict)  # vcenter -> pools assessed
-    errors: dict[str, str] = field(default_factory=dict)  # vcenter -> why not
-    skipped: list[str] = field(default_factory=list)  # vCenters without credentials
+    errors: dict[str, str] = field(default_factory=dict)  # vcenter -> why it was not read
+    skipped: dict[str, str] = field(default_factory=dict)  # vcenter -> why not contacted
 
     def to_dict(self) -> dict[str, Any]:
         return {"synced": self.synced, "errors": self.errors, "skipped": self.skipped}
 
 
-def sync(pools: Iterable[Pool], credentials: Mapping[str, tuple[str, str]], store: HealthStore,
+def sync(pools: Iterable[Pool], access: AccessPlan, store: HealthStore,
          leased_storage: Mapping[str, int] | None, *, timeout: float = 30.0,
          sessions: Sessions = SESSIONS, clock: Callable[[], float] = time.time) -> SyncResult:
-    """Read every vCenter of `pools` that has credentials (in parallel) and store its pools'
+    """Read every vCenter of `pools` that `access` allows (in parallel) and store its pools'
     health. A vCenter that fails, or answers nothing within 4 × timeout, records its error and
-    keeps its last health; the others are stored as they finish."""
+    keeps its last health; the others are stored as they finish. One that `access` refuses is
+    not contacted: skipped, its reason recorded as its error unless no credential is set at
+    all (then syncing is off, not failing)."""
     by_vcenter: dict[str, list[Pool]] = {}
     for pool in pools:
         by_vcenter.setdefault(pool.vcenter, []).append(pool)
-    result = SyncResult(skipped=sorted(vc for vc in by_vcenter if vc not in credentials))
-    todo = {vc: members for vc, members in by_vcenter.items() if vc in credentials}
+    result = SyncResult()
+    for vcenter in sorted(vc for vc in by_vcenter if vc not in access.access):
+        reason = access.refused.get(vcenter, "not contacted: no access to it was planned")
+        result.skipped[vcenter] = reason
+        if access.configured:
+            log.warning("vcenter %s: health not read: %s", vcenter, reason)
+            store.store_health_error(vcenter, reason, clock(),
+                                     [p.name for p in by_vcenter[vcenter]])
+    todo = {vc: members for vc, members in by_vcenter.items() if vc in access.access}
     if not todo:
         return result
 
     def one(vcenter: str) -> tuple[dict[str, dict[str, str]], float, float | None]:
-        user, password = credentials[vcenter]
-        session = sessions.get(vcenter, user, password, timeout)
+        session = sessions.get(access.access[vcenter], timeout)
         inventory = read_inventory(session)
         assessed = health.assess(todo[vcenter], inventory, leased_storage)
         return health.as_json(assessed), clock(), session.login_at
@@ -121,6 +132,6 @@ def _problem(exc: BaseException) -> str:
     if isinstance(exc, VCenterUnavailable):
         return str(exc)
     if isinstance(exc, OSError):
-        return f"unreachable: {exc}"
+        return problem(exc)
     detail = exc.msg if isinstance(exc, vmodl.MethodFault) else str(exc)
     return f"cannot read the inventory: {type(exc).__name__}: {detail}"

@@ -5,20 +5,32 @@ space) and networks (port groups) of one vCenter, with one PropertyCollector cal
 `check_pools` compares the pools with their vCenters and returns findings:
 errors for names that do not exist or a vCenter that cannot be read, warnings for budgets
 larger than the hardware. Budgets are in GB = 2**30 bytes, as vSphere shows them.
+
+Every login goes through `login`, with the credential and certificate check of
+vcenter_access.py: a certificate that is not trusted stops the connection before the login
+is sent.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
 from workers.core.models import Pool
+
+from .vcenter_access import CA_HINT, Access, AccessPlan, ThumbprintMismatch, address
+
+__all__ = ["GIB", "ClusterInfo", "DatacenterInfo", "DatastoreInfo", "Finding",
+           "VCenterInventory", "VCenterUnavailable", "address", "check_pools", "connector",
+           "login", "problem", "retrieve"]
+
+log = logging.getLogger(__name__)
 
 GIB = 1 << 30
 HAVE_MAX = 10  # names listed in "(have: …)"
@@ -75,23 +87,10 @@ class VCenterInventory:
         self._cache: dict[str, DatacenterInfo] = {}
 
     @classmethod
-    def connect(
-        cls,
-        host: str,
-        user: str,
-        password: str,
-        *,
-        port: int = 443,
-        timeout: float = 30.0,
-        ssl_context: ssl.SSLContext | None = None,
-        name: str | None = None,
-    ) -> VCenterInventory:
-        """Log in; without `ssl_context` the certificate is not verified (self-signed vCenters).
-
-        Raises VCenterUnavailable for an unreachable vCenter or rejected credentials.
-        """
-        name = name or f"{host}:{port}"
-        return cls(login(host, port, user, password, ssl_context, timeout), name)
+    def connect(cls, access: Access, *, timeout: float = 30.0) -> VCenterInventory:
+        """Log in (see `login`). Raises VCenterUnavailable for an unreachable vCenter, an
+        untrusted certificate or rejected credentials."""
+        return cls(login(access, timeout), access.vcenter)
 
     def close(self) -> None:
         Disconnect(self._si)  # best effort: never raises
@@ -155,22 +154,39 @@ class VCenterInventory:
             view.Destroy()
 
 
-def login(host: str, port: int, user: str, password: str, ssl_context: ssl.SSLContext | None,
-          timeout: float, **options: Any) -> Any:
-    """A logged-in ServiceInstance; without `ssl_context` the certificate is not verified
-    (self-signed vCenters). VCenterUnavailable when unreachable or the login is refused."""
+def login(access: Access, timeout: float, **options: Any) -> Any:
+    """A logged-in ServiceInstance. The certificate is checked as `access.trust` says before
+    anything is sent (a vCenter listed in VCM_VCENTER_INSECURE: not at all, with a WARNING).
+    VCenterUnavailable when unreachable, untrusted, or the login is refused."""
+    host, port = address(access.vcenter)
+    if access.trust.kind == "insecure":
+        log.warning("vcenter %s: TLS certificate NOT verified (VCM_VCENTER_INSECURE lists it): "
+                    "whoever sits on the way can read the login and answer for the vCenter",
+                    access.vcenter)
     try:
         return SmartConnect(
-            host=host, port=port, user=user, pwd=password, sslContext=ssl_context,
-            disableSslCertValidation=ssl_context is None, httpConnectionTimeout=timeout,
-            **options,
+            host=host, port=port, user=access.user, pwd=access.password,
+            sslContext=access.trust.context(), httpConnectionTimeout=timeout, **options,
         )
     except vim.fault.InvalidLogin:
-        raise VCenterUnavailable(f"login as {user!r} failed (bad credentials)") from None
+        raise VCenterUnavailable(f"login as {access.user!r} failed (bad credentials)") from None
     except OSError as exc:  # refused, timed out, DNS, TLS
-        raise VCenterUnavailable(f"unreachable: {exc}") from None
+        raise VCenterUnavailable(problem(exc)) from None
     except vmodl.MethodFault as exc:
         raise VCenterUnavailable(f"login failed: {exc.msg}") from None
+
+
+def problem(exc: OSError) -> str:
+    """Why a connection failed, as a vCenter's error: a certificate that is not trusted (then
+    nothing was sent), another TLS failure, or unreachable."""
+    if isinstance(exc, ThumbprintMismatch):
+        return f"TLS: certificate not trusted: {exc.verify_message}; not logged in"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"TLS: certificate not trusted: certificate verify failed: "
+                f"{exc.verify_message}; not logged in ({CA_HINT})")
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: handshake failed: {exc.reason or exc}; not logged in"
+    return f"unreachable: {exc}"
 
 
 def retrieve(content: Any, view: Any, paths: Mapping[type, list[str]]
@@ -193,29 +209,17 @@ def retrieve(content: Any, view: Any, paths: Mapping[type, list[str]]
     return rows
 
 
-def address(vcenter: str) -> tuple[str, int]:
-    """(host, port) of a pool's vcenter: "host", "host:port", "[v6]:port" or "https://host/sdk"."""
-    parts = urlsplit(vcenter if "://" in vcenter else f"//{vcenter}")
-    return parts.hostname or vcenter, parts.port or 443
-
-
-def connector(
-    credentials: Mapping[str, tuple[str, str]],
-    *,
-    timeout: float = 30.0,
-    ssl_context: ssl.SSLContext | None = None,
-) -> Callable[[str], VCenterInventory]:
-    """A `connect` for check_pools: logs into a pool's vcenter with credentials[vcenter]."""
+def connector(plan: AccessPlan, *, timeout: float = 30.0
+              ) -> Callable[[str], VCenterInventory]:
+    """A `connect` for check_pools: logs into a pool's vcenter as `plan` allows; a vCenter
+    it refuses is not contacted (VCenterUnavailable with the reason)."""
 
     def connect(vcenter: str) -> VCenterInventory:
-        if vcenter not in credentials:
-            raise VCenterUnavailable("no credentials given for it")
-        user, password = credentials[vcenter]
-        host, port = address(vcenter)
-        return VCenterInventory.connect(
-            host, user, password, port=port, timeout=timeout, ssl_context=ssl_context,
-            name=vcenter,
-        )
+        access = plan.access.get(vcenter)
+        if access is None:
+            raise VCenterUnavailable(plan.refused.get(vcenter, "not contacted: no access to "
+                                                               "it was planned"))
+        return VCenterInventory.connect(access, timeout=timeout)
 
     return connect
 
@@ -234,15 +238,16 @@ def check_pools(
             with connect(vcenter) as inventory:
                 for pool in members:
                     findings += _check_pool(pool, inventory)
-        except VCenterUnavailable as exc:
-            message = f"{names}: vcenter {vcenter}: {exc}"
-            findings.append(Finding(names, "vcenter", "error", message))
+        except (VCenterUnavailable, OSError) as exc:
+            why = problem(exc) if isinstance(exc, OSError) else str(exc)
+            findings.append(Finding(names, "vcenter", "error",
+                                    f"{names}: vcenter {vcenter}: {why}"))
         except Exception as exc:  # noqa: BLE001 - a finding, never a traceback
-            problem = exc.msg if isinstance(exc, vmodl.MethodFault) else str(exc)
+            detail = exc.msg if isinstance(exc, vmodl.MethodFault) else str(exc)
             findings.append(Finding(
                 names, "vcenter", "error",
                 f"{names}: vcenter {vcenter}: cannot read the inventory: "
-                f"{type(exc).__name__}: {problem}",
+                f"{type(exc).__name__}: {detail}",
             ))
     return findings
 

@@ -4,12 +4,13 @@ A `Session` is logged in on first use and checked before each use with
 `SessionManager.currentSession` (one round trip): when the vCenter has dropped it (restart, idle
 timeout, an administrator terminated it), it logs in again. Every call has a timeout (the socket
 timeout of pyvmomi's connection). It keeps the ContainerView the inventory read goes through.
+A session logs in with its `Access` (vcenter_access.py): the credential meant for that vCenter,
+sent only once its certificate passed the check the access names.
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from typing import Any
@@ -18,8 +19,8 @@ from pyVim.connect import Disconnect
 from pyVmomi import vim
 
 from .inventory_read import VIEW_TYPES
-from .vcenter import address
 from .vcenter import login as vcenter_login
+from .vcenter_access import Access
 
 # the inventory's logger, as before the sessions had a module of their own
 log = logging.getLogger("workers.adapters.inventory")
@@ -29,11 +30,10 @@ class Session:
     """One vCenter session, logged in on first use and again whenever the vCenter dropped it.
     Thread-safe: one read at a time (`lock`)."""
 
-    def __init__(self, vcenter: str, user: str, password: str, *, timeout: float = 30.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        self.vcenter, self.user, self._password = vcenter, user, password
+    def __init__(self, access: Access, *, timeout: float = 30.0) -> None:
+        self.access = access
+        self.vcenter = access.vcenter
         self.timeout = timeout
-        self.ssl_context = ssl_context
         self.lock = threading.Lock()
         self.logins = 0  # how many times this session logged in
         self.login_at: float | None = None  # the vCenter's loginTime of the current session
@@ -41,8 +41,9 @@ class Session:
         self._content: Any = None
         self._view: Any = None
 
-    def matches(self, user: str, password: str, timeout: float) -> bool:
-        return (user, password, timeout) == (self.user, self._password, self.timeout)
+    def matches(self, access: Access, timeout: float) -> bool:
+        """The same credential, certificate check and timeout."""
+        return (access, timeout) == (self.access, self.timeout)
 
     def content(self) -> Any:
         """The service content of a live session: checked (currentSession), else logged in."""
@@ -63,11 +64,9 @@ class Session:
         return self._content
 
     def _login(self) -> None:
-        host, port = address(self.vcenter)
         # pooled connections idle longer than the timeout are dropped rather than reused
         # (vCenter closes idle connections between syncs)
-        si = vcenter_login(host, port, self.user, self._password, self.ssl_context,
-                           self.timeout, connectionPoolTimeout=self.timeout)
+        si = vcenter_login(self.access, self.timeout, connectionPoolTimeout=self.timeout)
         self._si = si
         self._content = si.RetrieveContent()
         self.logins += 1
@@ -98,20 +97,21 @@ class Session:
 
 
 class Sessions:
-    """The sessions of this process, one per vCenter, reused across syncs."""
+    """The sessions of this process, one per vCenter, reused across syncs; replaced when the
+    vCenter's access (credential, certificate check) or the timeout changes."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_vcenter: dict[str, Session] = {}
 
-    def get(self, vcenter: str, user: str, password: str, timeout: float) -> Session:
+    def get(self, access: Access, timeout: float) -> Session:
         with self._lock:
-            session = self._by_vcenter.get(vcenter)
-            if session is None or not session.matches(user, password, timeout):
+            session = self._by_vcenter.get(access.vcenter)
+            if session is None or not session.matches(access, timeout):
                 if session is not None:
                     session.close()
-                session = Session(vcenter, user, password, timeout=timeout)
-                self._by_vcenter[vcenter] = session
+                session = Session(access, timeout=timeout)
+                self._by_vcenter[access.vcenter] = session
             return session
 
     def close(self) -> None:
