@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import call, check_invariants, failure, go_back, keep_ledger
 from tests.support.procs import ROOT, Stack, Worker, wait_for
+from tests.test_api_support import ApiServer
 from workers.adapters.ledger import Ledger
 from workers.adapters.mirror import FileMirror
 from workers.adapters.pools_file import load_pools
@@ -206,6 +208,7 @@ def test_a_record_whose_holdings_cannot_be_read_stops_placement_until_dropped(
     good = _record("good-1", 2, "pg-1")
     lost = {"metadata": {"name": "lost-1"}, "status": {"pool": ["p1"]}, "spec": "?"}
     s = _stack_on(tmp_path, mirror_kind, {"format": 1, "seq": 5, "leases": [good, lost]})
+    api = ApiServer(s.env).start()
     try:
         exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "wait": 0})
         assert type(exc).__name__ == "NoCapacity"
@@ -213,6 +216,7 @@ def test_a_record_whose_holdings_cannot_be_read_stops_placement_until_dropped(
         assert set(exc.args[1]["reasons"]) == {"p1"}
         assert call(s.app, "vcm.renew", lease_id="good-1")["metadata"]["name"] == "good-1"
         assert "lost-1" in s.procs[0].output()
+        assert _set_aside_metric(api) == {"counted": 0, "unreadable": 1}
         drop = subprocess.run([sys.executable, "-m", "workers.cli", "release", "lost-1",
                                "--redis-url", s.redis.url], cwd=ROOT, env=s.env,
                               capture_output=True, text=True, timeout=60)
@@ -220,8 +224,19 @@ def test_a_record_whose_holdings_cannot_be_read_stops_placement_until_dropped(
         leases = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})
         assert _port_groups(leases) == ["pg-2"]
         assert call(s.app, "vcm.release", lease_ids=["good-1"]) == ["good-1"]
+        assert _set_aside_metric(api) == {"counted": 0, "unreadable": 0}
     finally:
+        api.stop()
         s.stop()
+
+
+def _set_aside_metric(api: ApiServer) -> dict[str, float]:
+    """vcm_set_aside_records by holdings, scraped from GET /metrics."""
+    resp = api.client().get("/metrics")
+    assert resp.status_code == 200
+    return {s.labels["holdings"]: s.value
+            for family in text_string_to_metric_families(resp.text)
+            for s in family.samples if s.name == "vcm_set_aside_records"}
 
 
 def test_answered_leases_survive_a_worker_sigkill_and_a_redis_wipe(tmp_path):

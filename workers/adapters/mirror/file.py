@@ -163,7 +163,7 @@ class FileMirror(JournaledMirror):
         Raises MirrorSuperseded (nothing replaced) when the snapshot file holds a higher
         ``seq`` of the same ledger: checked under the lock, at the rename, so that of two
         racing writers (threads or processes) the older snapshot never lands last. Leases
-        that cannot be encoded are left out (``last_stats.set_aside``)."""
+        UTF-8 cannot encode are written escaped (``last_stats.set_aside``)."""
         started = time.monotonic()
         self.last_stats = None
         raw, aside = encode_json(snapshot)
