@@ -161,7 +161,8 @@ def _stack_on(tmp_path, kube, snapshot: dict) -> Stack:
 def test_a_set_aside_record_keeps_its_capacity_and_port_group_after_a_restore(
         tmp_path, mirror_kind):
     """The mirror holds a good lease (2 vCPUs, pg-1), a record whose owner cannot be read
-    (3 vCPUs, pg-2) and one such record of a pool since removed (pg-3, on the same vCenter).
+    (3 vCPUs, pg-2) and a record of a pool since removed whose expires-at cannot be read
+    (pg-3, on the same vCenter).
     Started on an empty Redis, the worker sets both records aside but keeps what they hold:
     pool p1 (10 vCPUs) takes 5 more vCPUs, and only pg-4..pg-6 are handed out. Dropping a
     record (`vcm release ID`) gives back what it held."""
@@ -169,7 +170,7 @@ def test_a_set_aside_record_keeps_its_capacity_and_port_group_after_a_restore(
     bad = _record("bad-2", 3, "pg-2")
     bad["status"]["owner"] = None  # as an older version wrote it
     gone = _record("bad-3", 1, "pg-3", pool="removed")
-    gone["status"]["owner"] = None
+    gone["status"]["expires-at"] = "some day"
     s = _stack_on(tmp_path, mirror_kind, {"format": 1, "seq": 5,
                                           "leases": [good, bad, gone]})
     try:
@@ -181,6 +182,10 @@ def test_a_set_aside_record_keeps_its_capacity_and_port_group_after_a_restore(
         assert type(refused).__name__ == "NoCapacity"
         p1 = call(s.app, "vcm.show_pools")[0]["status"]
         assert (p1["vcpus-used"], p1["networks-used"]) == (10, 6)
+        # a record whose owner and request-id can be read: a repeat is never granted anew
+        exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "networks": 0,
+                                                     "owner": "job-bad-3", "request-id": "bad-3"})
+        assert type(exc).__name__ == "LeaseNotFound" and "bad-3 set aside" in str(exc), exc
         check_invariants(Ledger(s.redis.client()), {p.name: p for p in load_pools(str(s.pools))})
         # the mirror keeps them set aside: a second wipe holds the same
         s.redis.wipe()

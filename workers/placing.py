@@ -216,4 +216,6 @@ def _why_gone(lease: Lease) -> str:
     if lease.state == "released":
         how = "reaped (expired)" if lease.release_reason == "expired" else "released"
         return f"{how} at {lease.released_at or 'an unknown time'}"
+    if lease.state == "set-aside":
+        return "set aside (its record cannot be read; its capacity stays held)"
     return "released (no record of it is kept any more)"

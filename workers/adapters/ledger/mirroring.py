@@ -80,6 +80,9 @@ class MirrorStore(LedgerBase):
             st = lease["status"]
             key = request_key(st["owner"], st.get("request-id") or lease["metadata"]["name"])
             rids.setdefault(key, []).append(lease["metadata"]["name"])
+        for a in aside:  # its request-id, when it can be read, is answered as gone, never anew
+            if a.request is not None:
+                rids.setdefault(request_key(*a.request), []).append(a.id)
         payload = {
             "leases": [json.dumps(x) for x in leases],
             "expiry": [parse_rfc3339(x["status"]["expires-at"]) for x in leases],
@@ -193,6 +196,7 @@ class Aside:
     problem: str
     hold: dict[str, Any] | None  # what it holds, when that can be read
     fresh: bool  # set aside by this restore (not carried over as set aside)
+    request: tuple[str, str] | None  # its (owner, request-id), when they can be read
 
 
 def _carried(entry: Any) -> tuple[str, str, str | None]:
@@ -218,4 +222,18 @@ def _aside(record_text: str, problem: str, wanted: str | None, taken: set[str],
         kept = aside_id(record, record_text, taken)
     taken.add(kept)
     name = ascii(lease_name(record))[1:-1] or "(unnamed)"
-    return Aside(kept, name, aside_entry(record_text, problem, hold), problem, hold, fresh)
+    return Aside(kept, name, aside_entry(record_text, problem, hold), problem, hold, fresh,
+                 _request_of(record))
+
+
+def _request_of(record: Any) -> tuple[str, str] | None:
+    """A record's (owner, request-id; its name when it has none), when they can be read."""
+    try:
+        st = record["status"]
+        owner, rid = st["owner"], st.get("request-id") or lease_name(record)
+    except (TypeError, KeyError, AttributeError):
+        return None
+    if isinstance(owner, str) and owner and isinstance(rid, str) and rid \
+            and text_problem(owner) is None and text_problem(rid) is None:
+        return owner, rid
+    return None
