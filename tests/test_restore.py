@@ -208,8 +208,9 @@ def test_a_set_aside_record_keeps_its_capacity_and_port_group_after_a_restore(
 def test_a_record_whose_holdings_cannot_be_read_stops_placement_until_dropped(
         tmp_path, mirror_kind):
     """Nothing of the record says which pool or port group it holds: the worker restores the
-    rest and places nothing (NoCapacity naming the record and how to drop it) while renews
-    and releases go on; `vcm release ID` drops it and placement resumes."""
+    rest and places nothing (NoCapacity naming the record and how to drop it; a request that
+    may wait waits in line) while renews and releases go on; `vcm release ID` drops it and
+    the waiting request is served."""
     good = _record("good-1", 2, "pg-1")
     lost = {"metadata": {"name": "lost-1"}, "status": {"pool": ["p1"]}, "spec": "?"}
     s = _stack_on(tmp_path, mirror_kind, {"format": 1, "seq": 5, "leases": [good, lost]})
@@ -222,12 +223,14 @@ def test_a_record_whose_holdings_cannot_be_read_stops_placement_until_dropped(
         assert call(s.app, "vcm.renew", lease_id="good-1")["metadata"]["name"] == "good-1"
         assert "lost-1" in s.procs[0].output()
         assert _set_aside_metric(api) == {"counted": 0, "unreadable": 1}
+        waiter = s.app.send_task("vcm.acquire", queue="placement",
+                                 kwargs={"request": {"vcpus": 1, "memory": 1, "wait": 120}})
+        wait_for(lambda: waiter.state == "WAITING", what="the request to wait in line")
         drop = subprocess.run([sys.executable, "-m", "workers.cli", "release", "lost-1",
                                "--redis-url", s.redis.url], cwd=ROOT, env=s.env,
                               capture_output=True, text=True, timeout=60)
         assert drop.returncode == 0 and drop.stdout.split() == ["lost-1"], drop
-        leases = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})
-        assert _port_groups(leases) == ["pg-2"]
+        assert _port_groups(waiter.get(timeout=30)) == ["pg-2"]  # served once it was dropped
         assert call(s.app, "vcm.release", lease_ids=["good-1"]) == ["good-1"]
         assert _set_aside_metric(api) == {"counted": 0, "unreadable": 0}
     finally:
