@@ -17,7 +17,10 @@ and checks after every step:
   error naming them once they are gone; never new leases, never another owner's;
 - every task is answered (waiting ones once their wait ran out);
 - a refused request (bad strings, bad sizes) is InvalidRequest naming the field and changes
-  nothing.
+  nothing;
+- a mirrored record corrupted before a wipe is set aside by the restore and keeps what it
+  holds: leases plus set-aside holdings fit every pool, none of its port groups is granted,
+  and one of which nothing can be read stops placement until it is dropped by id.
 
 `make test` runs a bounded search; `make chaos` a long one (VCM_CHAOS_EXAMPLES,
 VCM_CHAOS_STEPS)."""

@@ -114,10 +114,6 @@ class MirrorStore(LedgerBase):
                       "read are left (%s): once nothing runs on what they held, drop each "
                       "with `vcm release <id>`", len(blocking), ", ".join(blocking))
 
-    def set_aside_records(self) -> dict[str, dict[str, Any]]:
-        """The records set aside, by id: {"record", "problem", "counted", "hold"?}."""
-        return {text(k): stored_aside(v) for k, v in self.r.hgetall(self.k.quarantine).items()}
-
     def epoch(self) -> str | None:
         """The token of this Redis ledger (made by the publisher; see Publisher.check_epoch)."""
         raw = self.r.hget(self.k.mirror, "epoch")
