@@ -12,6 +12,7 @@ nothing is counted in the shim, so any number of shim replicas report the same v
   mirror     hash   the ledger mirror's status (state, seq, ledger-seq, written-at, error, ...),
                     parsed by mirror_status.parse_status
   seq        string the ledger's change counter
+  quarantine hash   records set aside (HLEN); blocked: those whose holdings cannot be read
 
 All of it is read in one pipelined round trip with short socket timeouts. A scrape never fails
 because of Redis: when it does not answer, the scrape says `vcm_redis_up 0` and nothing else.
@@ -83,6 +84,8 @@ class FleetSnapshot:
     mirror: dict[str, Any] = field(default_factory=dict)  # parse_status; {} without a hash
     seq: int | None = None
     health: dict[str, Any] = field(default_factory=dict)  # pool -> PoolHealth (live vCenters)
+    set_aside: int = 0  # records set aside, holding what can be read of them
+    set_aside_unreadable: int = 0  # of which nothing can be read: placement is stopped
 
     # -- derived values (shared by the metrics and the dashboard) -------------------------
     @property
@@ -178,8 +181,12 @@ class FleetReader:
         pipe.hgetall(k.mirror)
         pipe.get(k.seq)
         pipe.hgetall(k.health)
-        stats, latency, leases, waiting, usage, mirror, seq, health = pipe.execute()
-        snap = FleetSnapshot(at=time.time(), leases=int(leases or 0), waiting=int(waiting or 0))
+        pipe.hlen(k.quarantine)
+        pipe.scard(k.blocked)
+        stats, latency, leases, waiting, usage, mirror, seq, health, aside, blocked = \
+            pipe.execute()
+        snap = FleetSnapshot(at=time.time(), leases=int(leases or 0), waiting=int(waiting or 0),
+                             set_aside=int(aside or 0), set_aside_unreadable=int(blocked or 0))
         for key, value in (stats or {}).items():
             number = _number(value)
             if number is not None:
@@ -267,8 +274,14 @@ class FleetCollector:
             "vcm_mirror_errors", "Publisher rounds that met an unexpected exception (not a "
             "mirror write failure); the last one is in /readyz")
         mirror_set_aside = GaugeMetricFamily(
-            "vcm_mirror_set_aside_leases", "Leases left out of the last mirror save because "
-            "they cannot be encoded (ids in the placement worker's log)")
+            "vcm_mirror_set_aside_leases", "Leases of the last mirror save that hold text UTF-8 "
+            "cannot encode, written escaped; a rebuild from the mirror sets them aside (ids in "
+            "the placement worker's log)")
+        set_aside = GaugeMetricFamily(
+            "vcm_set_aside_records", "Lease records set aside because they cannot be read "
+            "(ids in the placement worker's log; dropped with `vcm release ID`), by whether what "
+            "they hold could be read and stays counted, or could not and stops all placement",
+            labels=["holdings"])
         if snap is None:
             latency = HistogramMetricFamily(
                 "vcm_acquire_latency_seconds", "Acquire latency, including time spent waiting "
@@ -276,7 +289,7 @@ class FleetCollector:
             return [self._redis_up(1), pool, vcenter, health, age, leases, waiting, latency,
                     *counters,
                     refusals, mirror_lag, mirror_age, mirror_failing, mirror_errors,
-                    mirror_set_aside]
+                    mirror_set_aside, set_aside]
 
         out: list[Metric] = [self._redis_up(1)]
         rollup = snap.rollup or {}
@@ -313,6 +326,9 @@ class FleetCollector:
             buckets=[(floatToGoString(bound), count) for bound, count in buckets],
             sum_value=snap.latency.get("sum", 0.0))
         out += [leases, waiting, latency]
+        set_aside.add_metric(["counted"], snap.set_aside - snap.set_aside_unreadable)
+        set_aside.add_metric(["unreadable"], snap.set_aside_unreadable)
+        out.append(set_aside)
 
         for family, (_, key, _) in zip(counters, COUNTERS, strict=True):
             family.add_metric([], snap.stats.get(key, 0))

@@ -28,8 +28,12 @@ def failure(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> BaseE
     raise AssertionError(f"{name} succeeded but should have failed")
 
 
-def check_invariants(ledger: Ledger, pools: dict[str, Pool]) -> dict[str, Any]:
-    """used <= capacity, counters == sum of leases, port groups held by exactly their leases."""
+def check_invariants(ledger: Ledger, pools: dict[str, Pool],
+                     shared: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """used <= capacity, counters == sum of the leases and of what set-aside records hold,
+    port groups held by exactly their leases and set-aside records. A port group is never in
+    two leases, nor in a lease and a set-aside record (unless named in `shared`: the mirror
+    already gave it to both)."""
     snap = ledger.audit()
     sums: dict[str, list[int]] = {}
     nets: dict[str, str] = {}
@@ -44,6 +48,26 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool]) -> dict[str, Any]:
             key = f"{st['vcenter']}|{n['port-group']}"
             assert key not in nets, f"port group {key} in two leases"
             nets[key] = lease_id
+    claims: dict[str, set[str]] = {}
+    for aside_id, entry in snap["aside"].items():
+        hold = entry.get("hold")
+        assert (entry["counted"] == "none") == (aside_id in snap["blocked"]), (aside_id, entry)
+        if entry["counted"] != "hold":
+            continue
+        s = sums.setdefault(hold["pool"], [0, 0, 0, 0])
+        for i, dim in enumerate(("vcpus", "memory", "storage")):
+            s[i] += hold[dim]
+        s[3] += 1
+        for key in hold["nets"]:
+            claims.setdefault(key, set()).add(aside_id)
+    for key, ids in claims.items():
+        assert key not in nets or key in shared, \
+            f"port group {key} in lease {nets[key]} and set aside in {sorted(ids)}"
+        assert snap["pins"].get(key) in ids, (key, ids, snap["pins"].get(key))
+        if key not in nets:
+            assert snap["nets"].get(key) in ids, (key, ids, snap["nets"].get(key))
+            nets[key] = snap["nets"][key]
+    assert set(snap["pins"]) == set(claims), "pinned port groups differ from the set-aside"
     for name, counters in snap["counters"].items():
         assert list(counters) == sums.get(name, [0, 0, 0, 0]), (name, counters, sums.get(name))
         pool = pools.get(name)
@@ -52,7 +76,12 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool]) -> dict[str, Any]:
             assert counters[1] <= pool.memory, (name, counters)
             assert counters[2] <= pool.storage, (name, counters)
     assert set(sums) <= set(snap["counters"])
-    assert nets == snap["nets"], "port groups in use differ from the leases"
+    # a record a release set aside keeps the port groups its grant took
+    committed = {i for i, e in snap["aside"].items() if e["counted"] == "committed"}
+    extra = {k: v for k, v in snap["nets"].items() if k not in nets}
+    assert set(extra.values()) <= committed, f"port groups held by nothing: {extra}"
+    assert {k: v for k, v in snap["nets"].items() if k in nets} == nets, \
+        "port groups in use differ from the leases"
     return snap
 
 

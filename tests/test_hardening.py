@@ -110,18 +110,18 @@ def test_a_release_that_meets_an_undecodable_record_goes_on(s):
     assert s.redis.client().hexists("vcm:quarantine", "bad-two")
 
 
-def test_a_restore_sets_bad_mirror_records_aside_and_restores_every_other(s):
+def test_a_restore_sets_bad_mirror_records_aside_and_keeps_what_they_hold(s):
     leases = [call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "owner": f"o{i}",
-                                                  "request-id": f"r{i}"})[0]
-              for i in range(3)]
-    wait_for(lambda: len((json.loads(s.mirror.read_text()) or {}).get("leases", [])) == 3
+                                                  "request-id": f"r{i}", "required-pool": "p1"})[0]
+              for i in range(2)]
+    wait_for(lambda: len((json.loads(s.mirror.read_text()) or {}).get("leases", [])) == 2
              or s.mirror.with_suffix(".json.journal").exists(), what="the mirror")
     from workers.adapters.mirror import FileMirror
 
     snap = FileMirror(str(s.mirror)).load()
-    assert len(snap["leases"]) == 3
-    # one record sorted in the middle goes bad on disk (as if written by an older version)
-    bad = json.loads(json.dumps(sorted(snap["leases"], key=lambda x: x["metadata"]["name"])[1]))
+    assert len(snap["leases"]) == 2
+    # one record goes bad on disk (as if written by an older version)
+    bad = json.loads(json.dumps(sorted(snap["leases"], key=lambda x: x["metadata"]["name"])[0]))
     bad["status"]["owner"] = "o\udcff"
     snap["leases"] = [bad if x["metadata"]["name"] == bad["metadata"]["name"] else x
                       for x in snap["leases"]]
@@ -138,13 +138,20 @@ def test_a_restore_sets_bad_mirror_records_aside_and_restores_every_other(s):
     assert int(r.hget("vcm:stats", "quarantined")) == 1
     assert "Redis wins" not in s.placement.output()
     s.check()
+    # what the record holds stays held: its vCPU, and its port group, which is never given
+    p1 = next(p for p in call(s.app, "vcm.show_pools") if p["spec"]["name"] == "p1")
+    assert (p1["status"]["vcpus-used"], p1["status"]["networks-used"]) == (2, 2)
+    exc = failure(s.app, "vcm.acquire", request={"vcpus": 0, "memory": 0, "networks": 1,
+                                                 "required-pool": "p1"})
+    assert type(exc).__name__ == "NoCapacity" and "insufficient networks" in str(exc)
     # the good records' request-ids are still idempotent
     for lease in leases:
         if lease["metadata"]["name"] in kept:
             st = lease["status"]
             again = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
                                                         "owner": st["owner"],
-                                                        "request-id": st["request-id"]})
+                                                        "request-id": st["request-id"],
+                                                        "required-pool": "p1"})
             assert _names(again) == [lease["metadata"]["name"]]
 
 

@@ -7,8 +7,9 @@ import uuid
 
 import pytest
 
-from workers.adapters.ledger import Ledger, LedgerUnready, Unparked
-from workers.core.models import Pool, make_lease, parse_request
+from tests.helpers import check_invariants
+from workers.adapters.ledger import Ledger, LedgerConflict, LedgerUnready, Unparked
+from workers.core.models import Network, Pool, make_lease, parse_request
 
 
 @pytest.fixture()
@@ -136,11 +137,68 @@ def test_a_restore_sets_aside_bad_records_and_writes_the_rest(redis_server):
     assert ledger.restore({"seq": 7, "leases": leases}).applied
     audit = ledger.audit()
     assert sorted(audit["leases"]) == sorted(x["metadata"]["name"] for x in good)
-    assert audit["counters"]["p1"] == (3, 3, 0, 3)
-    quarantined = ledger.r.hgetall(ledger.k.quarantine)
-    assert len(quarantined) == 3
+    # the record whose holdings can be read (only its owner cannot) stays counted
+    assert audit["counters"]["p1"] == (4, 4, 0, 4)
+    assert audit["aside"][bad_owner["metadata"]["name"]]["counted"] == "hold"
+    assert len(audit["aside"]) == 3
+    assert audit["blocked"] == {bad_spec["metadata"]["name"]} | {
+        i for i in audit["aside"] if i.startswith("set-aside-")}  # the two unreadable ones
     assert ledger.stats()["quarantined"] == 3
     assert ledger.seq() == 7
+
+
+def _net_lease(ledger: Ledger, rid: str, vcpus: int, port_groups: list[str]):
+    pool = Pool("p1", "vc1", "dc", "c", "ds", vcpus=10, memory=10, storage=10,
+                networks=tuple(Network(pg) for pg in port_groups))
+    req = parse_request({"vcpus": vcpus, "memory": 1, "networks": len(port_groups),
+                         "request-id": rid}, default_owner="o", default_request_id=rid,
+                        default_ttl=3600, max_ttl=86400)
+    return make_lease(uuid.uuid4().hex[:20], req, pool, list(pool.networks), time.time())
+
+
+def test_a_set_aside_record_keeps_its_port_groups_past_a_lease_that_shares_one(own_ledger):
+    """The mirror gave port group pg-a to a good lease and to a record set aside: releasing
+    the lease does not free it; a release of the record by id (no owner) gives back what it
+    holds, and nothing else."""
+    good = _net_lease(own_ledger, "g", 1, ["pg-a"])
+    bad = _net_lease(own_ledger, "b", 2, ["pg-a", "pg-b"])
+    bad["status"]["owner"] = "o\udcff"
+    ledger = Ledger(own_ledger.r, prefix=f"t-{uuid.uuid4().hex[:8]}:")
+    assert ledger.restore({"seq": 3, "leases": [good, bad]}).applied
+    bad_id, good_id = bad["metadata"]["name"], good["metadata"]["name"]
+    snap = check_invariants(ledger, {}, shared=frozenset({"vc1|pg-a"}))
+    assert snap["counters"]["p1"] == (3, 2, 0, 2)
+    assert snap["nets"] == {"vc1|pg-a": good_id, "vc1|pg-b": bad_id}
+    assert snap["pins"] == {"vc1|pg-a": bad_id, "vc1|pg-b": bad_id}
+    assert [x["metadata"]["name"] for x in ledger.release([good_id]).leases] == [good_id]
+    assert ledger.audit()["nets"] == {"vc1|pg-a": bad_id, "vc1|pg-b": bad_id}
+    # the mirror carries it as set aside: a second rebuild holds the same
+    again = Ledger(own_ledger.r, prefix=f"t-{uuid.uuid4().hex[:8]}:")
+    assert again.restore(ledger.snapshot()).applied
+    assert again.audit()["counters"]["p1"] == (2, 1, 0, 1)
+    assert again.audit()["pins"] == {"vc1|pg-a": bad_id, "vc1|pg-b": bad_id}
+    groups = {"n": [_net_lease(again, "n", 1, ["pg-a"])]}
+    assert again.commit(again.usage().version, groups, {"p1": (10, 10, 10)}).detail == \
+        "vc1|pg-a"
+    with pytest.raises(LedgerConflict):  # nobody can show they hold it
+        again.release([bad_id], owner="o")
+    res = again.release([bad_id])
+    assert res.dropped == [bad_id] and res.leases == []
+    snap = check_invariants(again, {})
+    assert (snap["counters"]["p1"], snap["nets"], snap["pins"], snap["aside"]) == \
+        ((0, 0, 0, 0), {}, {}, {})
+    assert again.commit(again.usage().version, groups, {"p1": (10, 10, 10)}).status == "ok"
+
+
+def test_a_record_whose_holdings_cannot_be_read_stops_placement_until_dropped(own_ledger):
+    unreadable = {"metadata": {"name": "lost"}, "status": {"pool": 7}, "spec": {}}
+    ledger = Ledger(own_ledger.r, prefix=f"t-{uuid.uuid4().hex[:8]}:")
+    assert ledger.restore({"seq": 1, "leases": [unreadable]}).applied
+    groups, caps = _group(ledger, "r1")
+    refused = ledger.commit(ledger.usage().version, groups, caps)
+    assert refused.status == "blocked" and "lost" in refused.detail
+    assert ledger.release(["lost"]).dropped == ["lost"]
+    assert ledger.commit(ledger.usage().version, groups, caps).status == "ok"
 
 
 def test_the_waiting_line_scripts_answer_with_named_results(own_ledger):

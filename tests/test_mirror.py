@@ -918,6 +918,22 @@ def test_file_mirror_journal_replays_changes_after_the_snapshot_in_seq_order(tmp
     assert got["leases"][0]["status"]["pool"] == "p2"
 
 
+def test_file_mirror_journal_keeps_unreadable_records_and_drops_set_aside_ones(tmp_path):
+    """A record without a readable name stays in the snapshot's leases (a restore sets it
+    aside); a set-aside record dropped later (its id deleted in the journal) leaves `aside`."""
+    m = FileMirror(tmp_path / "ledger.json")
+    aside = [{"id": "x", "record": "{}", "problem": "p"}, {"id": "y", "record": "[]",
+                                                          "problem": "p"}]
+    m.save({"format": 1, "seq": 5, "leases": [_lease("a"), "junk", {"metadata": 7}],
+            "aside": aside})
+    m.append(6, [_raw("b")], ["x"])
+    got = FileMirror(m.path).load()
+    assert got["leases"] == [_lease("a"), _lease("b"), "junk", {"metadata": 7}]
+    assert got["aside"] == aside[1:]
+    m.append(7, [], ["y"])
+    assert "aside" not in FileMirror(m.path).load()
+
+
 def test_file_mirror_journal_needs_its_snapshot(tmp_path):
     """Without the snapshot (not written yet, or removed) the journal alone would lose the
     older leases: appends refuse until a whole save."""

@@ -459,10 +459,10 @@ def _bad_lease(name: str) -> str:
         "metadata": {"name": name, "creationTimestamp": "2026-01-01T00:00:00Z"}})
 
 
-def test_a_lease_that_cannot_be_encoded_is_set_aside_and_answers_go_on(tmp_path, kube):
-    """A stored lease holding a lone surrogate cannot be written as UTF-8: it is left out of
-    the mirror (logged with its id, counted) and every other change is still mirrored and
-    answered."""
+def test_a_lease_that_cannot_be_encoded_is_kept_escaped_and_answers_go_on(tmp_path, kube):
+    """A stored lease holding a lone surrogate cannot be written as UTF-8: the mirror keeps it
+    escaped (logged with its id, counted), so a rebuild still holds its capacity, and every
+    other change is mirrored and answered."""
     s = cm_stack(tmp_path, kube, NET_POOLS)
     try:
         first = names(call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1}))
@@ -477,10 +477,18 @@ def test_a_lease_that_cannot_be_encoded_is_set_aside_and_answers_go_on(tmp_path,
         assert released.get(timeout=30) == first
         st = settled(s, lambda x: x.get("behind") == 0 and x.get("held-replies") == 0)
         assert st["state"] == "ok" and st["set-aside"] == 1
-        assert sorted(mirrored(kube)) == sorted(second)  # everything but the record set aside
-        assert s.redis.client().hexists("vcm:leases", "bad-lease-1")  # set aside, not dropped
-        log = [x for x in s.procs[0].output().splitlines() if "left out of the mirror" in x]
+        assert sorted(mirrored(kube)) == sorted([*second, "bad-lease-1"])
+        assert mirrored(kube)["bad-lease-1"]["status"]["owner"] == "job-\udcff"
+        assert s.redis.client().hexists("vcm:leases", "bad-lease-1")
+        log = [x for x in s.procs[0].output().splitlines() if "the mirror has them escaped" in x]
         assert len(log) == 1 and "bad-lease-1" in log[0], log  # once, with the lease id
+        # Redis lost: the rebuild sets the record aside and keeps its vCPU counted on p0
+        s.redis.wipe()
+        wait_for(lambda: Ledger(s.redis.client()).is_ready(), timeout=30, what="the restore")
+        snap = check_invariants(Ledger(s.redis.client()),
+                                {p.name: p for p in load_pools(str(s.pools))})
+        hold = snap["aside"]["bad-lease-1"]["hold"]  # check_invariants: counted on p0
+        assert (hold["pool"], hold["vcpus"], hold["memory"]) == ("p0", 1, 1)
     finally:
         s.stop()
 

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import call, check_invariants, go_back, keep_ledger
-from tests.support.procs import Stack, Worker, wait_for
+from tests.helpers import call, check_invariants, failure, go_back, keep_ledger
+from tests.support.procs import ROOT, Stack, Worker, wait_for
+from tests.test_api_support import ApiServer
 from workers.adapters.ledger import Ledger
 from workers.adapters.mirror import FileMirror
 from workers.adapters.pools_file import load_pools
+from workers.core.models import Network, Pool, make_lease, parse_request
 from workers.publisher import read_status
 
 POOLS = yaml.safe_dump({"pools": [
@@ -64,19 +72,179 @@ def test_mirror_matches_ledger_and_redis_wipe_restores_everything(tmp_path):
         s.stop()
 
 
-def test_redis_wins_when_it_has_leases_the_mirror_lacks(tmp_path):
+@pytest.mark.parametrize("marker", ["kept", "lost"])
+def test_redis_wins_at_start_when_it_has_leases_the_mirror_lacks(tmp_path, marker):
+    """The placement worker starts (the documented command) on a Redis that holds a lease
+    and a mirror that does not (an old copy put back): Redis is kept, whether it is still
+    marked ready or not, and the mirror is rewritten from it before any task arrives."""
     s = Stack(tmp_path, POOLS)
     try:
         lease = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})[0]
+        name = lease["metadata"]["name"]
+        s.procs[0].stop()
         path = s.env["VCM_MIRROR_FILE"]
         FileMirror(path).save({"format": 1, "seq": 0, "leases": []})  # a stale mirror
-        call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})
-        wait_for(lambda: len(json.loads(open(path).read())["leases"]) == 2, timeout=10,
-                 what="the mirror rewritten from Redis")
-        names = {x["metadata"]["name"] for x in FileMirror(path).load()["leases"]}
-        assert lease["metadata"]["name"] in names
+        Path(path + ".journal").unlink(missing_ok=True)
+        if marker == "lost":
+            s.redis.client().delete("vcm:ready")
+        s.procs[0] = Worker(s.env, "placement").start()
+        wait_for(lambda: [x["metadata"]["name"] for x in FileMirror(path).load()["leases"]]
+                 == [name], timeout=20, what="the mirror rewritten from Redis at start")
+        assert list(Ledger(s.redis.client()).audit()["leases"]) == [name]
+        if marker == "lost":
+            assert "Redis wins" in s.procs[0].output_of_this_run()
+        fresh = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
+                                                    "required-pool": lease["status"]["pool"]})
+        assert fresh[0]["status"]["networks"] != lease["status"]["networks"]
     finally:
         s.stop()
+
+
+# records that a restore sets aside -----------------------------------------------------------
+ASIDE_POOLS = yaml.safe_dump({"pools": [
+    {"name": "p1", "vcenter": "vc1", "datacenter": "dc", "cluster": "c1", "datastore": "ds",
+     "vcpus": 10, "memory": 10, "storage": 100,
+     "networks": [{"port-group": f"pg-{j}", "vlan": j} for j in range(1, 7)]}]})
+
+
+def _record(name: str, vcpus: int, port_group: str, pool: str = "p1") -> dict:
+    """A lease as the worker grants it, on vCenter vc1."""
+    p = Pool(pool, "vc1", "dc", "c1", "ds", vcpus=10, memory=10, storage=100,
+             networks=(Network(port_group, vlan=1),))
+    req = parse_request({"vcpus": vcpus, "memory": vcpus, "owner": f"job-{name}",
+                         "request-id": name}, default_owner="x", default_request_id=name,
+                        default_ttl=86400, max_ttl=86400)
+    return make_lease(name, req, p, list(p.networks), time.time())
+
+
+def _fill(s: Stack, request: dict, most: int = 20) -> tuple[list[dict], Exception]:
+    """Acquire `request` until it is refused: the leases granted, and the refusal."""
+    granted = []
+    for i in range(most):
+        try:
+            granted += call(s.app, "vcm.acquire", request={**request, "owner": f"fill-{i}"})
+        except Exception as exc:  # noqa: BLE001 - the refusal is what the caller checks
+            return granted, exc
+    raise AssertionError(f"{most} grants of {request} and no refusal: capacity over-allocated")
+
+
+def _port_groups(leases: list[dict]) -> list[str]:
+    return sorted(n["port-group"] for x in leases for n in x["status"]["networks"])
+
+
+@pytest.fixture(params=["file", "configmap"])
+def mirror_kind(request):
+    if request.param == "file":
+        yield None
+        return
+    from tests.support.kube_apiserver import KubeApiServer
+
+    with KubeApiServer() as kube:
+        yield kube
+
+
+def _stack_on(tmp_path, kube, snapshot: dict) -> Stack:
+    """A stack whose placement worker starts (the documented command) on an empty Redis and
+    a mirror holding `snapshot`."""
+    if kube is None:
+        (tmp_path / "ledger.json").write_text(json.dumps(snapshot))
+        return Stack(tmp_path, ASIDE_POOLS)
+    from workers.adapters.mirror import ConfigMapMirror
+
+    with ConfigMapMirror("vcm-test", "ledger", api_client=kube.api_client()) as cm:
+        cm.save(snapshot)
+    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace="vcm-test")
+    return Stack(tmp_path, ASIDE_POOLS, VCM_CONFIGMAP="vcm-test/ledger",
+                 KUBECONFIG=str(kubeconfig))
+
+
+def test_a_set_aside_record_keeps_its_capacity_and_port_group_after_a_restore(
+        tmp_path, mirror_kind):
+    """The mirror holds a good lease (2 vCPUs, pg-1), a record whose owner cannot be read
+    (3 vCPUs, pg-2) and a record of a pool since removed whose expires-at cannot be read
+    (pg-3, on the same vCenter).
+    Started on an empty Redis, the worker sets both records aside but keeps what they hold:
+    pool p1 (10 vCPUs) takes 5 more vCPUs, and only pg-4..pg-6 are handed out. Dropping a
+    record (`vcm release ID`) gives back what it held."""
+    good = _record("good-1", 2, "pg-1")
+    bad = _record("bad-2", 3, "pg-2")
+    bad["status"]["owner"] = None  # as an older version wrote it
+    gone = _record("bad-3", 1, "pg-3", pool="removed")
+    gone["status"]["expires-at"] = "some day"
+    s = _stack_on(tmp_path, mirror_kind, {"format": 1, "seq": 5,
+                                          "leases": [good, bad, gone]})
+    try:
+        cpu, refused = _fill(s, {"vcpus": 1, "memory": 1, "networks": 0})
+        assert len(cpu) == 10 - 2 - 3, f"{len(cpu)} vCPUs granted"
+        assert type(refused).__name__ == "NoCapacity" and "insufficient vcpus" in str(refused)
+        nets, refused = _fill(s, {"vcpus": 0, "memory": 0, "networks": 1})
+        assert _port_groups(nets) == ["pg-4", "pg-5", "pg-6"]
+        assert type(refused).__name__ == "NoCapacity"
+        p1 = call(s.app, "vcm.show_pools")[0]["status"]
+        assert (p1["vcpus-used"], p1["networks-used"]) == (10, 6)
+        # a record whose owner and request-id can be read: a repeat is never granted anew
+        exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "networks": 0,
+                                                     "owner": "job-bad-3", "request-id": "bad-3"})
+        assert type(exc).__name__ == "LeaseNotFound" and "bad-3 set aside" in str(exc), exc
+        check_invariants(Ledger(s.redis.client()), {p.name: p for p in load_pools(str(s.pools))})
+        # the mirror keeps them set aside: a second wipe holds the same
+        s.redis.wipe()
+        wait_for(lambda: Ledger(s.redis.client()).is_ready(), timeout=30, what="the restore")
+        exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "networks": 0})
+        assert type(exc).__name__ == "NoCapacity"
+        # the operator drops the record once nothing runs on it: its room and port group
+        # are free again, the other record's port group stays taken
+        drop = subprocess.run([sys.executable, "-m", "workers.cli", "release", "bad-2",
+                               "--redis-url", s.redis.url], cwd=ROOT, env=s.env,
+                              capture_output=True, text=True, timeout=60)
+        assert drop.returncode == 0 and drop.stdout.split() == ["bad-2"], drop
+        again = call(s.app, "vcm.acquire", request={"vcpus": 3, "memory": 3, "networks": 1})
+        assert _port_groups(again) == ["pg-2"]
+        check_invariants(Ledger(s.redis.client()), {p.name: p for p in load_pools(str(s.pools))})
+    finally:
+        s.stop()
+
+
+def test_a_record_whose_holdings_cannot_be_read_stops_placement_until_dropped(
+        tmp_path, mirror_kind):
+    """Nothing of the record says which pool or port group it holds: the worker restores the
+    rest and places nothing (NoCapacity naming the record and how to drop it; a request that
+    may wait waits in line) while renews and releases go on; `vcm release ID` drops it and
+    the waiting request is served."""
+    good = _record("good-1", 2, "pg-1")
+    lost = {"metadata": {"name": "lost-1"}, "status": {"pool": ["p1"]}, "spec": "?"}
+    s = _stack_on(tmp_path, mirror_kind, {"format": 1, "seq": 5, "leases": [good, lost]})
+    api = ApiServer(s.env).start()
+    try:
+        exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "wait": 0})
+        assert type(exc).__name__ == "NoCapacity"
+        assert "lost-1" in str(exc) and "vcm release" in str(exc)
+        assert set(exc.args[1]["reasons"]) == {"p1"}
+        assert call(s.app, "vcm.renew", lease_id="good-1")["metadata"]["name"] == "good-1"
+        assert "lost-1" in s.procs[0].output()
+        assert _set_aside_metric(api) == {"counted": 0, "unreadable": 1}
+        waiter = s.app.send_task("vcm.acquire", queue="placement",
+                                 kwargs={"request": {"vcpus": 1, "memory": 1, "wait": 120}})
+        wait_for(lambda: waiter.state == "WAITING", what="the request to wait in line")
+        drop = subprocess.run([sys.executable, "-m", "workers.cli", "release", "lost-1",
+                               "--redis-url", s.redis.url], cwd=ROOT, env=s.env,
+                              capture_output=True, text=True, timeout=60)
+        assert drop.returncode == 0 and drop.stdout.split() == ["lost-1"], drop
+        assert _port_groups(waiter.get(timeout=30)) == ["pg-2"]  # served once it was dropped
+        assert call(s.app, "vcm.release", lease_ids=["good-1"]) == ["good-1"]
+        assert _set_aside_metric(api) == {"counted": 0, "unreadable": 0}
+    finally:
+        api.stop()
+        s.stop()
+
+
+def _set_aside_metric(api: ApiServer) -> dict[str, float]:
+    """vcm_set_aside_records by holdings, scraped from GET /metrics."""
+    resp = api.client().get("/metrics")
+    assert resp.status_code == 200
+    return {s.labels["holdings"]: s.value
+            for family in text_string_to_metric_families(resp.text)
+            for s in family.samples if s.name == "vcm_set_aside_records"}
 
 
 def test_answered_leases_survive_a_worker_sigkill_and_a_redis_wipe(tmp_path):

@@ -17,7 +17,10 @@ and checks after every step:
   error naming them once they are gone; never new leases, never another owner's;
 - every task is answered (waiting ones once their wait ran out);
 - a refused request (bad strings, bad sizes) is InvalidRequest naming the field and changes
-  nothing.
+  nothing;
+- a mirrored record corrupted before a wipe is set aside by the restore and keeps what it
+  holds: leases plus set-aside holdings fit every pool, none of its port groups is granted,
+  and one of which nothing can be read stops placement until it is dropped by id.
 
 `make test` runs a bounded search; `make chaos` a long one (VCM_CHAOS_EXAMPLES,
 VCM_CHAOS_STEPS)."""
@@ -25,6 +28,7 @@ VCM_CHAOS_STEPS)."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import sys
@@ -300,6 +304,7 @@ class TaskApiMachine(RuleBasedStateMachine):
         self.batches = 0
         self.last_batch: list[dict[str, Any]] | None = None
         self.answers: dict[str, Outcome] = {}  # waiting tasks answered, by task id
+        self.aside = {}  # set-aside records and what they hold (see the rule below)
         self.trace: list[str] = []
 
     # -- plumbing ---------------------------------------------------------------------
@@ -916,6 +921,10 @@ class TaskApiMachine(RuleBasedStateMachine):
         self.poll_waiters()
         waiting = {w.key for w in self.waiters.values()}
         self.stack.wipe_redis()
+        self.after_wipe(waiting)
+
+    def after_wipe(self, waiting: set[tuple[str, str]]) -> None:
+        """The model once Redis was wiped and rebuilt, `waiting` the keys that were in line."""
         self.waiters.clear()
         # a waiter granted after our last look: its answer went with Redis (the result
         # backend), its leases did not (they were mirrored before the answer): held until
@@ -935,6 +944,128 @@ class TaskApiMachine(RuleBasedStateMachine):
                 del self.keys[key]
             elif len(alive) < len(known.ids):
                 known.uncertain = True
+
+    # -- a mirrored record corrupted, then Redis wiped and restored ----------------------
+    # The restore sets the record aside. What can be read of it stays held: capacity is never
+    # over-allocated and its port groups are never granted (checked after every step against
+    # the model, not the ledger's own counters). A record of which nothing can be read stops
+    # all placement until the operator drops it (a release by its id, no owner).
+    aside: dict[str, dict[str, Any]]  # lease id -> what it held (pool, vcpus, memory, nets)
+
+    @precondition(lambda self: self.disruptions < self.max_disruptions)
+    @rule(data=st.data(), how=st.sampled_from(["owner", "expires-at", "spec", "whole"]))
+    @recorded
+    def corrupt_a_mirrored_record_then_wipe_redis(self, data: st.DataObject, how: str) -> None:
+        picked = choose(data, list(self.live))
+        if not picked:
+            return  # nothing live: how many leases live at a step is the workers' timing
+        self.disruptions += 1
+        victim = picked[0]
+        self.poll_waiters()
+        waiting = {w.key for w in self.waiters.values()}
+        held: dict[str, Any] = {}
+
+        def corrupt(snapshot: dict[str, Any]) -> None:
+            for i, lease in enumerate(snapshot["leases"]):
+                if lease["metadata"]["name"] != victim:
+                    continue
+                st_, sp = lease["status"], lease["spec"]
+                held.update(pool=st_["pool"], vcpus=sp["vcpus"], memory=sp["memory"],
+                            storage=sp["storage"], nets={f"{st_['vcenter']}|{n['port-group']}"
+                                                         for n in st_["networks"]})
+                bad = json.loads(json.dumps(lease))
+                if how == "owner":
+                    bad["status"]["owner"] = None
+                elif how == "expires-at":
+                    bad["status"]["expires-at"] = "some day"
+                elif how == "spec":
+                    bad["spec"] = "?"
+                else:
+                    bad = "not a lease"
+                snapshot["leases"][i] = bad
+            assert held, f"answered lease {victim} is not in the mirror"
+
+        self.stack.rebuild_from_edited_mirror(corrupt)
+        self.trace.append(f"  {victim} corrupted ({how}), Redis wiped, worker restarted")
+        self.after_wipe(waiting)
+        key = self.live.pop(victim).key
+        self.forgotten.add(victim)  # never answered again; a repeat of its request-id is
+        known = self.keys.get(key)  # LeaseNotFound naming it, or anew if that cannot be read
+        if known is not None and how in ("owner", "whole"):
+            known.ids = tuple(i for i in known.ids if i != victim)
+            if not known.ids:
+                del self.keys[key]
+        if how in ("spec", "whole"):  # nothing says what it holds: nothing is placed
+            self.unblock(victim, held)
+        else:
+            self.aside[victim] = held
+            self.probe_set_aside(victim, held)
+
+    def unblock(self, victim: str, held: dict[str, Any]) -> None:
+        """While the record is set aside with nothing readable, every acquire is refused,
+        naming it; the operator's release by its id (no owner) lets placement go on."""
+        self.aside[victim] = held  # checked while it is set aside
+        blocked = sorted(self.ledger().audit()["blocked"])
+        assert len(blocked) == 1, f"set aside as unreadable: {blocked}"
+        out = self.call("vcm.acquire", request={"vcpus": 1, "memory": 1, "networks": 0})
+        assert out.error == "NoCapacity" and blocked[0] in out.message, \
+            f"acquire while {blocked[0]} is set aside unreadable: {out}"
+        self.set_aside_keep_their_holdings()
+        out = self.call("vcm.release", lease_ids=blocked)
+        assert out.ok and out.result == blocked, f"drop of {blocked}: {out}"
+        del self.aside[victim]
+
+    def probe_set_aside(self, victim: str, held: dict[str, Any]) -> None:
+        """Its pool refuses one vCPU more than the model leaves free, and hands out every
+        other free port group but never one of the record's."""
+        pool = self.pools[held["pool"]]
+        used = sum(x["spec"]["vcpus"] for x in self.ledger().audit()["leases"].values()
+                   if x["status"]["pool"] == pool.name) + held["vcpus"]
+        over = pool.vcpu_capacity - used + 1
+        if over <= pool.vcpu_capacity:
+            out = self.call("vcm.acquire", request={
+                "vcpus": over, "memory": 1, "networks": 0, "required-pool": pool.name})
+            assert out.error == "NoCapacity", \
+                f"{over} vCPUs on {pool.name} beside set-aside {victim} ({held}): {out}"
+        probes: list[str] = []
+        for _ in range(len(pool.networks) + 1):
+            body = {"vcpus": 0, "memory": 0, "networks": 1, "required-pool": pool.name}
+            before = set(self.live)
+            self._acquire(Drawn(body), f"a port group of {pool.name} beside {victim}")
+            if set(self.live) == before:
+                break  # refused: the pool's port groups are all taken
+            probes += sorted(set(self.live) - before)
+        self.set_aside_keep_their_holdings()  # none of them took one of the record's
+        if probes:
+            out = self.call("vcm.release", lease_ids=probes)
+            assert out.ok and sorted(out.result) == sorted(probes), f"release {probes}: {out}"
+            self.drop(probes)
+
+    @invariant()
+    def set_aside_keep_their_holdings(self) -> None:
+        """Leases plus what set-aside records hold fit every pool; no lease has a port group
+        a set-aside record holds."""
+        if not self.aside:
+            return
+        used: dict[str, list[int]] = {}
+        nets: dict[str, str] = {}
+        for lease_id, x in self.ledger().audit()["leases"].items():
+            u = used.setdefault(x["status"]["pool"], [0, 0, 0])
+            for i, dim in enumerate(("vcpus", "memory", "storage")):
+                u[i] += x["spec"][dim]
+            for n in x["status"]["networks"]:
+                nets[f"{x['status']['vcenter']}|{n['port-group']}"] = lease_id
+        for victim, held in self.aside.items():
+            u = used.setdefault(held["pool"], [0, 0, 0])
+            for i, dim in enumerate(("vcpus", "memory", "storage")):
+                u[i] += held[dim]
+            both = {k: nets[k] for k in held["nets"] if k in nets}
+            assert not both, f"port groups of set-aside {victim} double-booked: {both}"
+        for name, (vcpus, memory, storage) in used.items():
+            pool = self.pools[name]
+            assert vcpus <= pool.vcpu_capacity and memory <= pool.memory \
+                and storage <= pool.storage, \
+                f"{name} over-allocated with set-aside {sorted(self.aside)}: {used[name]}"
 
     def record_failure(self, exc: BaseException) -> None:
         """Append this example's steps and its failure to the failures log, and name the log

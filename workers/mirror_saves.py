@@ -207,9 +207,10 @@ class MirrorSaves:
         if aside != self._aside:
             self._aside = aside
             if aside:
-                log.error("%d leases cannot be encoded (a lone surrogate in a string) and are "
-                          "left out of the mirror: they stay in Redis but would not survive "
-                          "its loss: %s", len(aside), ", ".join(sorted(aside)))
+                log.error("%d leases hold text UTF-8 cannot encode (a lone surrogate in a "
+                          "string): the mirror has them escaped, and a rebuild from it sets "
+                          "them aside, holding what they hold: %s", len(aside),
+                          ", ".join(sorted(aside)))
         if self.mirror.max_configmaps is not None:
             fields["max-configmaps"] = self.mirror.max_configmaps
         if outage is not None:

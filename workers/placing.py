@@ -6,6 +6,7 @@ over-allocate. A known (owner, request-id) answers with its leases instead of pl
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -157,6 +158,8 @@ class Placing:
                     raise InvalidRequest.of("request-id", f"{_rid(reqs, commit.detail)!r} is "
                                             "waiting in line: its task gets the leases")
                 raise Queued(commit.detail)
+            if commit.status == "blocked":
+                raise self._blocked(commit.detail)
             if commit.status == "gone":
                 raise WaitTimeout.of(0)  # the waiter left the line meanwhile (expired)
             if commit.status == "waiters":  # someone joined the line: hold pools for them
@@ -167,6 +170,20 @@ class Placing:
             log.info("ledger moved under us (%s %s), re-reading", commit.status, commit.detail)
             self.cache.forget()
         raise NoCapacity.of({}, f"the ledger kept changing; gave up after {MAX_ATTEMPTS} tries")
+
+    def _blocked(self, detail: str) -> NoCapacity:
+        """The refusal while set-aside records whose holdings cannot be read are left: they
+        could hold any pool's capacity or port group."""
+        found = json.loads(detail)
+        ids = sorted(str(x) for x in found.get("ids") or [])
+        count = int(found.get("count") or len(ids))
+        named = ", ".join(ids) + (f" and {count - len(ids)} more" if count > len(ids) else "")
+        why = f"held back: set-aside record(s) {named} cannot be read"
+        return NoCapacity.of(
+            dict.fromkeys(self.pools.current(), why),
+            f"nothing is placed while {count} set-aside record(s) whose holdings cannot be "
+            f"read are left ({named}): once nothing runs on what they held, drop each with "
+            "`vcm release <id>`")
 
     def existing(self, reqs: list[Request], found: list[list[str] | None] | None = None
                  ) -> list[Leases] | None:
@@ -199,4 +216,6 @@ def _why_gone(lease: Lease) -> str:
     if lease.state == "released":
         how = "reaped (expired)" if lease.release_reason == "expired" else "released"
         return f"{how} at {lease.released_at or 'an unknown time'}"
+    if lease.state == "set-aside":
+        return "set aside (its record cannot be read; its capacity stays held)"
     return "released (no record of it is kept any more)"

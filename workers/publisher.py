@@ -13,8 +13,9 @@ Any other exception in a round (a bug, odd data) is caught too: logged with its 
 per streak of failing rounds, counted in ``errors``, shown as ``state: failing``, retried with
 the same backoff; the replies a durable write already covers are still released. A mirror
 that holds a newer seq of the same ledger (another worker saved it) is left as it is: it
-covers this save. Leases that cannot be encoded (a lone surrogate in a string) are left out
-of the mirror, logged with their ids and counted in ``set-aside``, never blocking the rest.
+covers this save. Leases that hold text UTF-8 cannot encode (a lone surrogate in a string)
+are written escaped, logged with their ids and counted in ``set-aside``: a rebuild from the
+mirror sets them aside, still holding their capacity.
 
 Status, for /readyz and /metrics: the Redis hash ``vcm:mirror`` (``read_status`` parses it)
 
@@ -31,7 +32,7 @@ saves, writes          successful saves, API writes they took (counters)
 failures, too-large    failed saves, of which too large (counters)
 errors                 rounds that met an unexpected exception, not a MirrorError (counter)
 last-error             the last such exception (kept after recovery)
-set-aside              leases left out of the last save because they cannot be encoded
+set-aside              leases of the last save that UTF-8 cannot encode (written escaped)
 superseded             saves left unwritten: the mirror held a newer seq (counter)
 unmirrored-replies     replies released unmirrored because of VCM_MIRROR_MAX_DELAY (counter)
 last-writes            API writes of the last save (0: the mirror already held it)

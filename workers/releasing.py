@@ -32,6 +32,7 @@ class Freed:
     already: list[str]  # ids released earlier
     waiting: int  # requests in the waiting line after it
     set_aside: list[str]  # undecodable records quarantined
+    dropped: list[str]  # set-aside records dropped by id (what they held is given back)
 
 
 class Releasing:
@@ -61,10 +62,17 @@ class Releasing:
                 log.error("set aside %d lease records that cannot be decoded (kept in the "
                           "quarantine hash; their usage stays counted): %s",
                           len(res.set_aside), ", ".join(ascii(x) for x in res.set_aside))
+            if res.dropped:
+                log.warning("dropped %d set-aside records (released by id): %s; what they "
+                            "held is given back", len(res.dropped), ", ".join(res.dropped))
             leases = [Lease.from_wire(x) for x in res.leases]
-            self.cache.released(res.old_version, leases)
-            self.recovery.record(res.seq, [], [x.id for x in leases] + res.already, sync=False)
-            return Freed(leases, res.already, res.waiting, res.set_aside)
+            if res.dropped:  # usage changed in ways the cache cannot follow: read it again
+                self.cache.forget()
+            else:
+                self.cache.released(res.old_version, leases)
+            self.recovery.record(res.seq, [], [x.id for x in leases] + res.already
+                                 + res.dropped, sync=False)
+            return Freed(leases, res.already, res.waiting, res.set_aside, res.dropped)
         raise LeaseNotFound.of(ids[0] if ids else str(owner))
 
     def reap(self) -> list[str]:

@@ -101,9 +101,9 @@ class Capacity:
                 if not ids:
                     return []
             res = self.releasing.release(ids, owner, reason)
-            if res.leases and res.waiting:
+            if (res.leases or res.dropped) and res.waiting:
                 self.line.serve()
-        released = [x.id for x in res.leases] + res.already
+        released = [x.id for x in res.leases] + res.already + res.dropped
         return [i for i in ids if i in released] if ids else released
 
     def reap_expired(self) -> list[str]:

@@ -9,6 +9,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,30 @@ class ChaosStack:
         from workers.adapters.ledger import Ledger
 
         self.redis.wipe()
+        client = self.redis.client()
+        try:
+            wait_for(lambda: Ledger(client).is_ready(), timeout=30,
+                     what="the placement worker rebuilding the ledger from its mirror")
+        finally:
+            client.close()
+
+    # -- a mirrored record corrupted, then Redis wiped -------------------------------------
+    def rebuild_from_edited_mirror(self, edit: Callable[[dict[str, Any]], None]) -> None:
+        """The placement worker stops, `edit` changes its file mirror (snapshot and journal,
+        saved back as one snapshot), Redis restarts with nothing, and the worker, started
+        again with the documented command, rebuilds the ledger from the edited mirror."""
+        from workers.adapters.ledger import Ledger
+        from workers.adapters.mirror import FileMirror
+
+        self.placement.stop()
+        snapshot = FileMirror(self.mirror).load() or {"format": 1, "seq": 0, "leases": []}
+        edit(snapshot)
+        FileMirror(self.mirror).save(snapshot)
+        self.redis.wipe()
+        self.restarts += 1
+        self.placement = placement_worker(
+            self.env, log=str(self.logs / f"placement-{self.restarts}.log"))
+        self.placement.start()
         client = self.redis.client()
         try:
             wait_for(lambda: Ledger(client).is_ready(), timeout=30,

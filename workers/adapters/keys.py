@@ -22,7 +22,10 @@ owner:<owner>          set of an owner's active lease ids
 expiry                 zset lease id -> expires-at (epoch seconds)
 req:<n>:<owner>:<id>   JSON list of lease ids: the idempotency record of (owner, request-id)
 gone:<lease id>        hash lease, released-at, reason: a released lease, kept a while
-quarantine             hash lease id -> a stored record that could not be decoded, set aside
+quarantine             hash id -> a record set aside (it cannot be read) and what it holds
+                       (ledger/records.py); its usage stays counted until a release by id
+pins                   hash "<vcenter>|<port-group>" -> id of the set-aside record claiming it
+blocked                set of set-aside ids whose holdings cannot be read: no placement
 waiting                zset request key -> arrival: the waiting line
 waiters                hash request key -> the waiting request and its task
 twins:<request key>    set of task ids sent again for a request that waits
@@ -84,6 +87,14 @@ class Keys:
     @property
     def quarantine(self) -> str:
         return self.prefix + "quarantine"
+
+    @property
+    def pins(self) -> str:
+        return self.prefix + "pins"
+
+    @property
+    def blocked(self) -> str:
+        return self.prefix + "blocked"
 
     @property
     def waiting(self) -> str:

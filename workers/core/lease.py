@@ -123,7 +123,7 @@ class Lease:
     networks: list[dict[str, Any]] = field(default_factory=list)  # wire dicts (port-group...)
     owner: str = ""
     request_id: str = ""
-    state: str = ""  # leased | released | unknown
+    state: str = ""  # leased | released | set-aside | unknown
     labels: dict[str, str] = field(default_factory=dict)
     job_link: str = ""
     failure_domain: dict[str, Any] | None = None

@@ -33,18 +33,20 @@ class LeaseStore(LedgerBase):
             return []
         pipe = self.r.pipeline(transaction=False)
         pipe.hmget(self.k.leases, ids)
+        pipe.hmget(self.k.quarantine, ids)
         for i in ids:
             pipe.hgetall(self.k.gone(i))
-        active, *gone = pipe.execute()
+        active, aside, *gone = pipe.execute()
         out = []
-        for lease_id, raw, g in zip(ids, active, gone, strict=True):
+        for lease_id, raw, odd, g in zip(ids, active, aside, gone, strict=True):
             lease = readable(raw) if raw else None
             if lease is not None:
                 out.append(lease)
             elif g:
                 out.append(released_view(g))
             else:
-                out.append({"metadata": {"name": lease_id}, "status": {"state": "unknown"}})
+                state = "set-aside" if odd else "unknown"
+                out.append({"metadata": {"name": lease_id}, "status": {"state": state}})
         return out
 
     def granted_at(self, request_ids: list[str]) -> tuple[int, list[list[str] | None]]:

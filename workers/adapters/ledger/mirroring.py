@@ -5,20 +5,34 @@ bookkeeping (its status hash, the ledger's epoch)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from ...core.models import parse_rfc3339, request_key
+from ...core.text import text_problem
 from .base import LedgerBase
-from .records import decoded, lease_name, lease_problem, log, text
+from .records import (
+    aside_entry,
+    aside_hold,
+    aside_id,
+    decoded,
+    describe_hold,
+    lease_name,
+    lease_problem,
+    log,
+    stored_aside,
+    text,
+)
 from .scripts import Deferred, Restored, SnapshotRead
 
 
 class MirrorStore(LedgerBase):
     # snapshots and restores --------------------------------------------------------------
     def snapshot(self, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
-        """Everything needed to rebuild the ledger: the active leases, at one seq. `cache`
-        (raw lease JSON -> parsed, kept by the caller between calls; treat the leases as
-        read-only) spares re-parsing the leases that did not change."""
+        """Everything needed to rebuild the ledger: the active leases, at one seq, and the
+        records set aside (under `aside`, when there are any: what they hold stays counted
+        after a rebuild). `cache` (raw lease JSON -> parsed, kept by the caller between calls;
+        treat the leases as read-only) spares re-parsing the leases that did not change."""
         read = SnapshotRead.from_reply(self.scripts.snapshot(args=[self.p]))
         # only what is not JSON at all is left out here: the mirror's codec sets aside (and
         # counts) what cannot be encoded, a restore what lacks a field
@@ -29,47 +43,76 @@ class MirrorStore(LedgerBase):
             cache.clear()
             cache.update({k: v for k, v in fresh.items() if v is not None})
             leases = [v for v in fresh.values() if v is not None]
-        return {"format": 1, "seq": read.seq,
-                "leases": sorted(leases, key=lambda x: x["metadata"]["name"])}
+        out = {"format": 1, "seq": read.seq,
+               "leases": sorted(leases, key=lambda x: x["metadata"]["name"])}
+        if read.aside:
+            out["aside"] = sorted(
+                ({"id": text(i), "record": e["record"], "problem": e["problem"]}
+                 for i, e in ((i, stored_aside(v)) for i, v in read.aside)),
+                key=lambda x: x["id"])
+        return out
 
     def restore(self, snapshot: dict[str, Any], replace: bool = False) -> Restored:
         """Rebuild an empty ledger from a snapshot; not applied (and no change) if not empty.
         `replace`: the snapshot replaces the leases, usage and port groups Redis holds (the
         released-lease records, request-ids, waiting line and outbox stay), only if Redis's
-        seq is below the snapshot's (checked in the same script: not applied otherwise)."""
-        leases, bad = [], []
+        seq is below the snapshot's (checked in the same script: not applied otherwise).
+
+        A record that cannot be restored is set aside (kept in `quarantine`, logged, counted),
+        and what can be read of it stays held: its vCPUs, memory and storage on its pool, its
+        port groups taken. One whose holdings cannot be read stops all placement until an
+        operator drops it (a release by its id). Records the snapshot carries as set aside
+        stay so."""
+        leases: list[dict[str, Any]] = []
+        bad: list[tuple[Any, str]] = []
         for lease in snapshot.get("leases") or []:
             problem = lease_problem(lease)
             (bad.append((lease, problem)) if problem else leases.append(lease))
-        if bad:
-            self.set_aside(bad)
+        taken = {x["metadata"]["name"] for x in leases}
+        aside: list[Aside] = []
+        for entry in snapshot.get("aside") or []:  # set aside before: kept under its id
+            text_of, problem, wanted = _carried(entry)
+            aside.append(_aside(text_of, problem, wanted, taken, fresh=False))
+        for lease, problem in bad:
+            aside.append(_aside(json.dumps(lease), problem, None, taken, fresh=True))
         rids: dict[str, list[str]] = {}
         for lease in leases:
             st = lease["status"]
             key = request_key(st["owner"], st.get("request-id") or lease["metadata"]["name"])
             rids.setdefault(key, []).append(lease["metadata"]["name"])
+        for a in aside:  # its request-id, when it can be read, is answered as gone, never anew
+            if a.request is not None:
+                rids.setdefault(request_key(*a.request), []).append(a.id)
         payload = {
             "leases": [json.dumps(x) for x in leases],
             "expiry": [parse_rfc3339(x["status"]["expires-at"]) for x in leases],
             "rids": {rid: json.dumps(ids) for rid, ids in rids.items()},
+            "aside": [{"id": a.id, "entry": a.entry, **({"hold": a.hold} if a.hold else {})}
+                      for a in aside],
+            "fresh": sum(1 for a in aside if a.fresh),
         }
         if not rids:
             payload["rids"] = {}
-        return Restored.from_reply(self.scripts.restore(args=[
+        restored = Restored.from_reply(self.scripts.restore(args=[
             self.p, int(snapshot.get("seq", 0)), json.dumps(payload), "1" if replace else ""]))
+        if restored.applied:
+            self._log_aside(aside)
+        return restored
 
-    def set_aside(self, bad: list[tuple[Any, str]]) -> None:
-        """Keep records that cannot be restored in `quarantine` (logged and counted), so one
-        bad record neither blocks the rest nor vanishes unseen."""
-        pipe = self.r.pipeline(transaction=True)
-        for i, (lease, problem) in enumerate(bad):
-            name = lease_name(lease) or f"unnamed-{i}"
-            log.error("mirror record %s set aside (kept in %squarantine): %s", ascii(name),
-                      self.p, problem)
-            pipe.hset(self.k.quarantine, ascii(name)[1:-1],
-                      json.dumps({"record": lease, "problem": problem}))
-        pipe.hincrby(self.k.stats, "quarantined", len(bad))
-        pipe.execute()
+    def _log_aside(self, aside: list[Aside]) -> None:
+        for a in aside:
+            if a.fresh:
+                log.error("mirror record %s set aside (kept in %squarantine as %r): %s; %s",
+                          a.name, self.p, a.id, a.problem, describe_hold(a.hold))
+        carried = [a.id for a in aside if not a.fresh]
+        if carried:
+            log.warning("%d set-aside records are still held: %s", len(carried),
+                        ", ".join(carried))
+        blocking = [a.id for a in aside if not a.hold]
+        if blocking:
+            log.error("NOTHING IS PLACED while %d set-aside records whose holdings cannot be "
+                      "read are left (%s): once nothing runs on what they held, drop each "
+                      "with `vcm release <id>`", len(blocking), ", ".join(blocking))
 
     def epoch(self) -> str | None:
         """The token of this Redis ledger (made by the publisher; see Publisher.check_epoch)."""
@@ -137,3 +180,56 @@ class MirrorStore(LedgerBase):
         pipe.hget(self.k.mirror, "epoch")
         seq, epoch = pipe.execute()
         return int(seq or 0), text(epoch) if epoch is not None else None
+
+
+@dataclass(frozen=True)
+class Aside:
+    """A record a restore sets aside (or keeps set aside), as restore.lua takes it."""
+
+    id: str  # kept, and dropped, under this id
+    name: str  # its lease name as it can be shown
+    entry: str  # the quarantine entry (records.aside_entry)
+    problem: str
+    hold: dict[str, Any] | None  # what it holds, when that can be read
+    fresh: bool  # set aside by this restore (not carried over as set aside)
+    request: tuple[str, str] | None  # its (owner, request-id), when they can be read
+
+
+def _carried(entry: Any) -> tuple[str, str, str | None]:
+    """(record JSON text, problem, id it was kept under) of a snapshot's `aside` item."""
+    if isinstance(entry, dict) and isinstance(entry.get("record"), str):
+        wanted = entry.get("id")
+        problem = entry.get("problem")
+        return (entry["record"], problem if isinstance(problem, str) else "set aside",
+                wanted if isinstance(wanted, str) else None)
+    return json.dumps(entry), "a set-aside item of the mirror that cannot be read", None
+
+
+def _aside(record_text: str, problem: str, wanted: str | None, taken: set[str],
+           fresh: bool) -> Aside:
+    try:
+        record = json.loads(record_text)
+    except ValueError:
+        record = None
+    hold = aside_hold(record)
+    if wanted is not None and wanted not in taken and text_problem(wanted, 128) is None:
+        kept = wanted
+    else:
+        kept = aside_id(record, record_text, taken)
+    taken.add(kept)
+    name = ascii(lease_name(record))[1:-1] or "(unnamed)"
+    return Aside(kept, name, aside_entry(record_text, problem, hold), problem, hold, fresh,
+                 _request_of(record))
+
+
+def _request_of(record: Any) -> tuple[str, str] | None:
+    """A record's (owner, request-id; its name when it has none), when they can be read."""
+    try:
+        st = record["status"]
+        owner, rid = st["owner"], st.get("request-id") or lease_name(record)
+    except (TypeError, KeyError, AttributeError):
+        return None
+    if isinstance(owner, str) and owner and isinstance(rid, str) and rid \
+            and text_problem(owner) is None and text_problem(rid) is None:
+        return owner, rid
+    return None

@@ -3,11 +3,14 @@ or skipped (logged once). Pure: no Redis here."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
 
+from ...core.lease import port_group_key
 from ...core.models import parse_rfc3339
+from ...core.text import text_problem
 
 # one logger for the whole ledger, named as it was before the ledger became a package
 log = logging.getLogger("workers.adapters.ledger")
@@ -93,3 +96,94 @@ def released_view(gone: dict[Any, Any]) -> dict[str, Any]:
     lease["status"].update(state="released", **{"released-at": g.get("released-at", ""),
                                                  "release-reason": g.get("reason", "")})
     return lease
+
+
+# set-aside records ------------------------------------------------------------------------
+# A record that cannot be restored (or that a release met and could not read) is kept in the
+# `quarantine` hash, as an entry that Lua's cjson can always decode (the record itself is a
+# string in it): {"record": its JSON text, "problem": why, "counted": how its capacity is
+# held, "hold": what it holds}. `counted` is
+#   "hold"       the restore counted `hold` (pool usage) and pinned its port groups;
+#   "none"       what it holds cannot be read: nothing is placed while such a record is left;
+#   "committed"  a release or reap set it aside: its usage stays as its grant counted it.
+# The operator drops one with a release by its id (no owner): release.lua gives back what the
+# entry says it holds.
+
+MAX_HELD = 10**15  # more than any pool's budget, and still exact in Lua's numbers
+
+
+def aside_hold(record: Any) -> dict[str, Any] | None:
+    """What a record that cannot be restored still says it holds, when that much can be read:
+    its pool and vCenter, vCPUs, memory and storage, and its port groups (ledger keys). None
+    when any of it cannot be read: then nobody can tell what it holds."""
+    try:
+        st, sp = record["status"], record["spec"]
+        pool, vcenter = st["pool"], st["vcenter"]
+        nets = st.get("networks")
+        dims = [sp["vcpus"], sp["memory"], sp["storage"]]
+    except (TypeError, KeyError, AttributeError):
+        return None
+    names = [pool, vcenter]
+    if not all(isinstance(x, str) and x and text_problem(x) is None for x in names):
+        return None
+    if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_HELD
+               for x in dims):
+        return None
+    nets = [] if nets is None else nets
+    if not isinstance(nets, list) or not all(
+            isinstance(n, dict) and isinstance(n.get("port-group"), str) and n["port-group"]
+            and text_problem(n["port-group"]) is None for n in nets):
+        return None
+    asked = sp.get("networks")  # a list cut short would free port groups still in use
+    if isinstance(asked, int) and not isinstance(asked, bool) and len(nets) < asked:
+        return None
+    keys = sorted({port_group_key(vcenter, n["port-group"]) for n in nets})
+    return {"pool": pool, "vcenter": vcenter, "vcpus": dims[0], "memory": dims[1],
+            "storage": dims[2], "nets": keys}
+
+
+def aside_entry(record_text: str, problem: str, hold: dict[str, Any] | None) -> str:
+    """A `quarantine` entry (ASCII JSON: cjson decodes it whatever the record holds)."""
+    entry = {"record": record_text, "problem": problem, "counted": "hold" if hold else "none"}
+    if hold:
+        entry["hold"] = hold
+    return json.dumps(entry)
+
+
+def stored_aside(value: Any) -> dict[str, Any]:
+    """A `quarantine` entry as stored: {"record": text, "problem", "counted", "hold"?}. An
+    entry written by an older version holds the record itself (set aside by a release)."""
+    raw = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        entry = None
+    if isinstance(entry, dict) and isinstance(entry.get("record"), str) \
+            and entry.get("counted") in ("hold", "none", "committed"):
+        return entry
+    return {"record": raw, "problem": "set aside by a release or reap: it cannot be read",
+            "counted": "committed"}
+
+
+def aside_id(record: Any, record_text: str, taken: set[str]) -> str:
+    """The id a set-aside record is kept (and dropped) under: its lease name when that is
+    usable text and not taken, else one made from its content."""
+    name = lease_name(record)
+    if name and text_problem(name, 128) is None and name not in taken:
+        return name
+    digest = hashlib.sha256(record_text.encode("utf-8", "backslashreplace")).hexdigest()
+    made = f"set-aside-{digest[:16]}"
+    n = 1
+    while made in taken:
+        n += 1
+        made = f"set-aside-{digest[:16]}-{n}"
+    return made
+
+
+def describe_hold(hold: dict[str, Any] | None) -> str:
+    """What a set-aside record holds, for a log line or a refusal."""
+    if not hold:
+        return "what it holds cannot be read"
+    nets = ", ".join(hold["nets"]) or "no port group"
+    return (f"it holds {hold['vcpus']} vCPUs, {hold['memory']} GB memory, {hold['storage']} GB "
+            f"storage on pool {hold['pool']!r} and {nets}")

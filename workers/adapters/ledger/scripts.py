@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, TypedDict
 import redis
 
 from ...core.placement import Usage
-from .records import text
+from .records import stored_aside, text
 
 LUA = Path(__file__).resolve().parent.parent / "lua"
 
@@ -56,7 +56,8 @@ class LedgerConflict(Exception):
 class Commit:
     """commit.lua: new leases recorded, or why not."""
 
-    status: str  # ok | dup | stale | over | conflict | gone | unready | waiters | queued
+    status: str  # ok | dup | stale | over | conflict | gone | unready | waiters | queued |
+    # blocked (detail: JSON {ids, count} of set-aside records whose holdings cannot be read)
     version: int = 0
     seq: int = 0
     existing: dict[str, list[str]] = field(default_factory=dict)
@@ -90,6 +91,7 @@ class Released:
     seq: int = 0
     waiting: int = 0  # requests in the waiting line after the release
     set_aside: list[str] = field(default_factory=list)  # undecodable records quarantined
+    dropped: list[str] = field(default_factory=list)  # set-aside records dropped by id
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> Released:
@@ -99,7 +101,8 @@ class Released:
         if status != "ok":
             raise LedgerConflict(status, text(reply[1]), text(reply[2]) if len(reply) > 2 else "")
         return cls(int(reply[1]), [json.loads(x) for x in reply[2]], [text(x) for x in reply[3]],
-                   int(reply[4]), int(reply[5]), [text(x) for x in reply[6]])
+                   int(reply[4]), int(reply[5]), [text(x) for x in reply[6]],
+                   [text(x) for x in reply[7]])
 
 
 @dataclass(frozen=True)
@@ -143,18 +146,27 @@ class Audit(TypedDict):
 
     leases: dict[str, Any]  # lease id -> lease
     counters: dict[str, tuple[int, ...]]  # pool -> (vcpus, memory, storage, leases)
-    nets: dict[str, str]  # "<vcenter>|<port-group>" -> lease id
+    nets: dict[str, str]  # "<vcenter>|<port-group>" -> lease (or set-aside record) id
+    aside: dict[str, dict[str, Any]]  # set-aside id -> its entry (records.stored_aside)
+    pins: dict[str, str]  # "<vcenter>|<port-group>" -> the set-aside record claiming it
+    blocked: set[str]  # set-aside ids whose holdings cannot be read
 
 
 def audit_from_reply(reply: list[Any]) -> Audit:
     """Decodes audit.lua's reply (a TypedDict has no methods of its own)."""
-    leases, usage, nets = reply
+    leases, usage, nets, aside, pins, blocked = reply
     counters = {}
     for i in range(0, len(usage), 2):
         counters[text(usage[i])] = tuple(int(x or 0) for x in usage[i + 1])
     parsed = {text(leases[i]): json.loads(leases[i + 1]) for i in range(0, len(leases), 2)}
-    netmap = {text(nets[i]): text(nets[i + 1]) for i in range(0, len(nets), 2)}
-    return {"leases": parsed, "counters": counters, "nets": netmap}
+
+    def pairs(flat: list[Any]) -> dict[str, str]:
+        return {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    return {"leases": parsed, "counters": counters, "nets": pairs(nets),
+            "aside": {text(aside[i]): stored_aside(aside[i + 1])
+                      for i in range(0, len(aside), 2)},
+            "pins": pairs(pins), "blocked": {text(x) for x in blocked}}
 
 
 @dataclass(frozen=True)
@@ -199,15 +211,18 @@ class Deferred:
 
 @dataclass(frozen=True)
 class SnapshotRead:
-    """snapshot.lua: the active leases at one seq, as stored (not decoded yet)."""
+    """snapshot.lua: the active leases at one seq, as stored (not decoded yet), and the
+    records set aside."""
 
     seq: int
     raws: list[Any]  # each lease's JSON as Redis returned it (bytes, or str)
+    aside: list[tuple[Any, Any]] = field(default_factory=list)  # (id, quarantine entry)
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> SnapshotRead:
-        seq, raws = reply
-        return cls(int(seq), list(raws))
+        seq, raws, flat = reply
+        return cls(int(seq), list(raws), [(flat[i], flat[i + 1])
+                                          for i in range(0, len(flat), 2)])
 
 
 @dataclass(frozen=True)

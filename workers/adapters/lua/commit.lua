@@ -1,8 +1,10 @@
 -- Record the leases of one decision, if it still holds: the (owner, request-id)s are new,
 -- none waits in line (unless being served), the ledger is at the version the decision read,
 -- and capacity and port groups still fit. All or nothing.
+-- Nothing is placed while a set-aside record whose holdings cannot be read is left (it could
+-- hold any pool's capacity or port group): `blocked` (restore.lua).
 -- KEYS: none (derived from the prefix: version, seq, ready, use:<pool>, pools, nets, leases,
---       owner:<owner>, expiry, req:<key>, waiting, waiters, stats, latency, kick)
+--       owner:<owner>, expiry, req:<key>, waiting, waiters, blocked, stats, latency, kick)
 -- ARGV: [1] prefix, [2] the usage version the decision read,
 --       [3] {rids: {key: ids JSON}, pools: {pool: usage + cap}, nets: {pg key: lease id},
 --            leases: [{id, owner, exp}], granted?: [waiter keys], lone?, quiet?, floor?,
@@ -11,7 +13,8 @@
 -- Returns (decoded into ledger.scripts.Commit):
 --         {'ok', version, seq} | {'dup', [key, ids JSON, ...]} | {'conflict', key} |
 --         {'queued', key} | {'stale', version} | {'waiters', ''} | {'gone', key} |
---         {'over', pool or port group} | {'unready', '0'}
+--         {'over', pool or port group} | {'unready', '0'} |
+--         {'blocked', JSON {ids: up to 5 set-aside ids, count}}
 local p = ARGV[1]
 local d = cjson.decode(ARGV[3])
 if unready(p, d.floor or 0) then return {'unready', '0'} end
@@ -39,6 +42,11 @@ for _, rid in ipairs(d.granted or {}) do serving[rid] = true end
 for rid, _ in pairs(d.rids) do
   -- the same request is waiting in line: it is answered from there, never twice
   if not serving[rid] and redis.call('ZSCORE', p .. 'waiting', rid) then return {'queued', rid} end
+end
+local blocked = redis.call('SCARD', p .. 'blocked')
+if blocked > 0 then
+  return {'blocked', cjson.encode({ids = redis.call('SRANDMEMBER', p .. 'blocked', 5),
+                                   count = blocked})}
 end
 local ver = tonumber(redis.call('GET', p .. 'version') or '-1')
 if ver ~= expected then return {'stale', tostring(ver)} end

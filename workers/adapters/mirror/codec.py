@@ -29,7 +29,7 @@ class SaveStats:
     generation: int  # head generation after the save (0 for the file mirror)
     skipped: bool  # True when the mirror already held exactly this snapshot
     seconds: float
-    set_aside: tuple[str, ...] = ()  # ids of leases that cannot be encoded, left out
+    set_aside: tuple[str, ...] = ()  # ids of leases UTF-8 cannot encode (written escaped)
 
 
 def seq_of(snapshot: dict[str, Any]) -> int | None:
@@ -63,9 +63,10 @@ def _lease_id(lease: Any) -> str:
 
 
 def encode_json(snapshot: dict[str, Any]) -> tuple[bytes, list[str]]:
-    """Compact UTF-8 JSON of the snapshot, and the ids of the leases left out of it because
-    they cannot be encoded (a lone surrogate in a string): one bad record must not stop the
-    whole ledger from being mirrored. The caller reports them."""
+    """Compact UTF-8 JSON of the snapshot, and the ids of the leases that hold text UTF-8
+    cannot encode (a lone surrogate in a string). Those are kept, written as JSON escapes (the
+    whole snapshot then is ASCII): left out, their capacity would be free after a rebuild from
+    the mirror, which sets them aside holding what they hold. The caller reports them."""
     if not isinstance(snapshot, dict):
         raise TypeError(f"snapshot must be a dict, not {type(snapshot).__name__}")
     try:
@@ -74,17 +75,13 @@ def encode_json(snapshot: dict[str, Any]) -> tuple[bytes, list[str]]:
         leases = snapshot.get("leases")
         if not isinstance(leases, list):
             raise
-    kept, aside = [], []
+    aside = []
     for lease in leases:
         try:
             json.dumps(lease, ensure_ascii=False).encode()
         except UnicodeEncodeError:
             aside.append(_lease_id(lease))
-        else:
-            kept.append(lease)
-    raw = json.dumps({**snapshot, "leases": kept}, separators=(",", ":"),
-                     ensure_ascii=False).encode()
-    return raw, aside
+    return json.dumps(snapshot, separators=(",", ":")).encode(), aside
 
 
 def encode_snapshot(snapshot: dict[str, Any], level: int = 6) -> tuple[bytes, int]:

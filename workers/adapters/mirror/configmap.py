@@ -165,7 +165,7 @@ class ConfigMapMirror(Mirror):
         written) when the payload needs more than ``max_configmaps`` ConfigMaps, and
         MirrorError on network errors, timeouts, 5xx or when another writer holds the mirror
         longer than ``lock_wait``: the mirror then still holds a complete earlier snapshot;
-        retry later. Leases that cannot be encoded are left out (``last_stats.set_aside``).
+        retry later. Leases UTF-8 cannot encode are written escaped (``last_stats.set_aside``).
         """
         with self._save_lock:
             started = time.monotonic()

@@ -163,7 +163,7 @@ class FileMirror(JournaledMirror):
         Raises MirrorSuperseded (nothing replaced) when the snapshot file holds a higher
         ``seq`` of the same ledger: checked under the lock, at the rename, so that of two
         racing writers (threads or processes) the older snapshot never lands last. Leases
-        that cannot be encoded are left out (``last_stats.set_aside``)."""
+        UTF-8 cannot encode are written escaped (``last_stats.set_aside``)."""
         started = time.monotonic()
         self.last_stats = None
         raw, aside = encode_json(snapshot)
@@ -262,14 +262,36 @@ class FileMirror(JournaledMirror):
         if not records:
             return snapshot
         records.sort(key=lambda r: r["seq"])  # stable: file order on ties
-        leases = {x["metadata"]["name"]: x for x in (snapshot or {}).get("leases", [])}
+        base_leases = (snapshot or {}).get("leases") or []
+        leases = {_name(x): x for x in base_leases if _name(x) is not None}
+        unnamed = [x for x in base_leases if _name(x) is None]  # kept: a restore sets it aside
+        aside = list((snapshot or {}).get("aside") or [])
         for record in records:
             for lease in record["put"]:
-                leases[lease["metadata"]["name"]] = lease
-            for lease_id in record["del"]:
+                name = _name(lease)
+                if name is not None:
+                    leases[name] = lease
+            for lease_id in record["del"]:  # a lease released, or a set-aside record dropped
+                if not isinstance(lease_id, str):
+                    continue
                 leases.pop(lease_id, None)
-        return {**(snapshot or {"format": FORMAT}), "seq": records[-1]["seq"],
-                "leases": sorted(leases.values(), key=lambda x: x["metadata"]["name"])}
+                aside = [x for x in aside if not (isinstance(x, dict) and x.get("id") == lease_id)]
+        out = {**(snapshot or {"format": FORMAT}), "seq": records[-1]["seq"],
+               "leases": sorted(leases.values(), key=lambda x: x["metadata"]["name"]) + unnamed}
+        if aside:
+            out["aside"] = aside
+        else:
+            out.pop("aside", None)
+        return out
+
+
+def _name(lease: Any) -> str | None:
+    """A snapshot record's lease name, when it has one that can be read."""
+    try:
+        name = lease["metadata"]["name"]
+    except (TypeError, KeyError):
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _record(line: bytes) -> dict[str, Any] | None:
