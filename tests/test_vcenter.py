@@ -290,6 +290,63 @@ def test_cli_discover_refuses_an_untrusted_certificate_and_the_shared_credential
         assert yaml.safe_load(p.stdout)["pools"]
 
 
+
+@pytest.mark.parametrize("form", ["shared", "own"])
+def test_cli_check_pools_reads_a_ca_bundle_that_names_its_cas_outside_ascii(sim, tmp_path,
+                                                                             form):
+    """Distribution bundles name each CA in a comment, some not in ASCII."""
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_text("# NetLock Arany (Class Gold) F\u0151tan\u00fas\u00edtv\u00e1ny\n"
+                      + sim.ca_file.read_text(), encoding="utf-8")
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": [pool_yaml(p) for p in pools(sim.address)]}))
+    ca_certs = str(bundle) if form == "shared" else f"{sim.address}={bundle}"
+    p = vcm(vcm_env(VCM_VCENTER_CREDENTIALS=f"{sim.address}={USER}:{PASSWORD}",
+                    VCM_VCENTER_CA_CERTS=ca_certs), "check-pools", "-f", str(path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "every pool matches" in p.stdout
+
+
+@pytest.mark.parametrize("form", ["shared", "own"])
+def test_cli_an_empty_ca_bundle_trusts_nothing_not_the_system_store(sim, mitm_ca, tmp_path,
+                                                                    form):
+    """A CA file that came out empty (a ConfigMap key left blank) must not widen the trust
+    to the system's store: here that store (OpenSSL's SSL_CERT_FILE) holds the CA that issued
+    the man in the middle's certificate, as a public CA may."""
+    empty = tmp_path / "ca.pem"
+    empty.write_text("")
+    with TlsProxy((sim.host, sim.port), mitm_ca.issue()) as proxy:
+        path = tmp_path / "pools.yaml"
+        path.write_text(yaml.safe_dump({"pools": [pool_yaml(p) for p in pools(proxy.address)]}))
+        ca_certs = str(empty) if form == "shared" else f"{proxy.address}={empty}"
+        env = vcm_env(VCM_VCENTER_CREDENTIALS=f"{proxy.address}={USER}:{PASSWORD}",
+                      VCM_VCENTER_CA_CERTS=ca_certs, SSL_CERT_FILE=str(mitm_ca.path))
+        p = vcm(env, "check-pools", "-f", str(path), "-o", "json")
+        assert p.returncode == 2, p.stdout + p.stderr
+        (finding,) = json.loads(p.stdout)
+        assert finding["message"] == (
+            f"pool1, pool2: vcenter {proxy.address}: not contacted: VCM_VCENTER_CA_CERTS: "
+            f"{str(empty)!r} holds no usable PEM certificate")
+        assert proxy.connections == 0 and proxy.received == b""
+
+
+@pytest.mark.parametrize("form", ["own", "shared"])
+def test_cli_an_empty_password_is_not_sent_and_no_local_file_is_asked_for(sim, form):
+    """pyvmomi logs in to "localhost" without a password by asking the server for a local
+    ticket: the server names a file, whose contents go back as the password."""
+    with TlsProxy((sim.host, sim.port), process_ca().issue()) as proxy:
+        vc = f"localhost:{proxy.port}"
+        credential = (dict(VCM_VCENTER_CREDENTIALS=f"{vc}={USER}:") if form == "own" else
+                      dict(VCM_VCENTER_USERNAME=USER, VCM_VCENTER_SHARED_CREDENTIAL_FOR=vc))
+        env = vcm_env(**credential, VCM_VCENTER_CA_CERTS=str(sim.ca_file))
+        p = vcm(env, "pools", "discover", "--vcenter", vc)
+        assert p.returncode == 2, p.stdout + p.stderr
+        variable = "VCM_VCENTER_CREDENTIALS" if form == "own" else "VCM_VCENTER_PASSWORD"
+        assert f"vcenter {vc}: not contacted: the password for it is empty ({variable})" \
+            in p.stderr, p.stderr
+        assert b"AcquireLocalTicket" not in proxy.received
+        assert proxy.connections == 0
+
 # the access plan: which vCenter gets which credential and certificate check ----------------
 def settings(**values: str) -> Settings:
     return Settings.from_env({f"VCM_{k.upper()}": v for k, v in values.items()})
@@ -364,9 +421,14 @@ def test_unusable_ca_files_refuse_the_vcenters_that_use_them(tmp_path):
     huge.write_bytes(b"x" * ((4 << 20) + 1))
     binary = tmp_path / "binary.pem"
     binary.write_bytes(b"\xff\xfe\x00")
-    access = plan(["a", "b", "c", "d", "e"], settings(
-        vcenter_credentials="a=u:p,b=u:p,c=u:p,d=u:p,e=u:p",
-        vcenter_ca_certs=f"{missing},b={garbage},c={huge},d={binary},e={process_ca().path}"))
+    lines = process_ca().path.read_text().splitlines(keepends=True)
+    lines[2] = "\u00e9" + lines[2][1:]  # not ASCII inside the certificate
+    corrupt = tmp_path / "corrupt.pem"
+    corrupt.write_text("".join(lines), encoding="utf-8")
+    access = plan(["a", "b", "c", "d", "e", "f"], settings(
+        vcenter_credentials="a=u:p,b=u:p,c=u:p,d=u:p,e=u:p,f=u:p",
+        vcenter_ca_certs=f"{missing},b={garbage},c={huge},d={binary},e={process_ca().path},"
+                         f"f={corrupt}"))
     assert set(access.access) == {"e"}
     assert access.refused["a"] == (f"not contacted: VCM_VCENTER_CA_CERTS: cannot read "
                                    f"{str(missing)!r}: No such file or directory")
@@ -374,6 +436,7 @@ def test_unusable_ca_files_refuse_the_vcenters_that_use_them(tmp_path):
                                    "holds no usable PEM certificate")
     assert access.refused["c"].endswith("is larger than 4 MiB")
     assert access.refused["d"].endswith("is not UTF-8 text")
+    assert access.refused["f"].endswith(f"{str(corrupt)!r} holds no usable PEM certificate")
 
 
 def test_a_missing_known_hosts_file_pins_nothing(tmp_path):
