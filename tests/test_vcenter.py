@@ -347,6 +347,28 @@ def test_cli_an_empty_password_is_not_sent_and_no_local_file_is_asked_for(sim, f
         assert b"AcquireLocalTicket" not in proxy.received
         assert proxy.connections == 0
 
+
+@pytest.mark.parametrize(("vcenter", "why"), [
+    ("::1", "Port could not be cast to integer value as ':1'"),  # IPv6 without brackets
+    ("vc1:99999", "Port out of range 0-65535"),
+    ("[zz]", "'zz' does not appear to be an IPv4 or IPv6 address"),
+])
+def test_cli_a_vcenter_name_that_is_no_address_is_an_error_not_a_traceback(tmp_path, vcenter,
+                                                                            why):
+    env = vcm_env(VCM_VCENTER_USERNAME=USER, VCM_VCENTER_PASSWORD=PASSWORD,
+                  VCM_VCENTER_SHARED_CREDENTIAL_FOR="*")
+    reason = (f"not contacted: {vcenter!r} is not a vCenter address ({why}): write host, "
+              "host:port, [IPv6 address]:port or https://host/sdk")
+    p = vcm(env, "pools", "discover", "--vcenter", vcenter)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr == f"vcm: vcenter {vcenter}: {reason}\n"
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": [pool_yaml(p) for p in pools(vcenter)]}))
+    p = vcm(env, "check-pools", "-f", str(path), "-o", "json")
+    assert p.returncode == 2, p.stdout + p.stderr
+    (finding,) = json.loads(p.stdout)
+    assert finding["message"] == f"pool1, pool2: vcenter {vcenter}: {reason}"
+
 # the access plan: which vCenter gets which credential and certificate check ----------------
 def settings(**values: str) -> Settings:
     return Settings.from_env({f"VCM_{k.upper()}": v for k, v in values.items()})

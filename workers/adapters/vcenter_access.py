@@ -174,6 +174,13 @@ def plan(vcenters: Iterable[str], settings: Settings | None = None) -> AccessPla
     trusts = _TrustSources(settings)
     result = AccessPlan(configured=bool(own or shared_user))
     for vcenter in dict.fromkeys(vcenters):
+        try:
+            address(vcenter)
+        except ValueError as exc:
+            result.refused[vcenter] = (
+                f"not contacted: {shown(vcenter)} is not a vCenter address ({exc}): write "
+                "host, host:port, [IPv6 address]:port or https://host/sdk")
+            continue
         key = endpoint(vcenter)
         credential = own.get(key)
         if credential is None and shared_user and (ALL in shared_for or key in shared_for):
