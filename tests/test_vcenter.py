@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -368,6 +371,54 @@ def test_cli_a_vcenter_name_that_is_no_address_is_an_error_not_a_traceback(tmp_p
     assert p.returncode == 2, p.stdout + p.stderr
     (finding,) = json.loads(p.stdout)
     assert finding["message"] == f"pool1, pool2: vcenter {vcenter}: {reason}"
+
+
+class NotAVCenter(BaseHTTPRequestHandler):
+    """A trusted HTTPS server that is no vCenter (or one being upgraded): every request gets
+    the server's `status` (a redirect to `https://elsewhere/sdk`, an error; 0: no HTTP)."""
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.requestline)  # type: ignore[attr-defined]
+        if self.server.status == 0:  # type: ignore[attr-defined]
+            self.wfile.write(b"NOT HTTP\r\n\r\n")
+            return
+        self.send_response(self.server.status)  # type: ignore[attr-defined]
+        self.send_header("Location", "https://elsewhere/sdk")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("status", "why"), [
+    (302, "{vc} is down or is not a VIM server"),
+    (503, "{vc} is down or is not a VIM server"),
+    (0, "BadStatusLine: 'NOT HTTP\\r\\n'"),
+])
+def test_cli_discover_a_trusted_host_that_is_no_vcenter_is_an_error_not_a_traceback(status,
+                                                                                     why):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotAVCenter)
+    cert = process_ca().issue()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert.cert_file, cert.key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.status, server.requests = status, []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        vc = f"127.0.0.1:{server.server_address[1]}"
+        env = vcm_env(VCM_VCENTER_CREDENTIALS=f"{vc}={USER}:{PASSWORD}",
+                      VCM_VCENTER_CA_CERTS=str(process_ca().path))
+        p = vcm(env, "pools", "discover", "--vcenter", vc)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert p.stderr == f"vcm: vcenter {vc}: no vSphere API there: {why.format(vc=vc)}\n"
+        # the redirect is not followed, and the login never sent
+        assert server.requests == ["GET /sdk/vimServiceVersions.xml HTTP/1.1"]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 # the access plan: which vCenter gets which credential and certificate check ----------------
 def settings(**values: str) -> Settings:
