@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -290,6 +293,133 @@ def test_cli_discover_refuses_an_untrusted_certificate_and_the_shared_credential
         assert yaml.safe_load(p.stdout)["pools"]
 
 
+
+@pytest.mark.parametrize("form", ["shared", "own"])
+def test_cli_check_pools_reads_a_ca_bundle_that_names_its_cas_outside_ascii(sim, tmp_path,
+                                                                             form):
+    """Distribution bundles name each CA in a comment, some not in ASCII."""
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_text("# NetLock Arany (Class Gold) F\u0151tan\u00fas\u00edtv\u00e1ny\n"
+                      + sim.ca_file.read_text(), encoding="utf-8")
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": [pool_yaml(p) for p in pools(sim.address)]}))
+    ca_certs = str(bundle) if form == "shared" else f"{sim.address}={bundle}"
+    p = vcm(vcm_env(VCM_VCENTER_CREDENTIALS=f"{sim.address}={USER}:{PASSWORD}",
+                    VCM_VCENTER_CA_CERTS=ca_certs), "check-pools", "-f", str(path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "every pool matches" in p.stdout
+
+
+@pytest.mark.parametrize("form", ["shared", "own"])
+def test_cli_an_empty_ca_bundle_trusts_nothing_not_the_system_store(sim, mitm_ca, tmp_path,
+                                                                    form):
+    """A CA file that came out empty (a ConfigMap key left blank) must not widen the trust
+    to the system's store: here that store (OpenSSL's SSL_CERT_FILE) holds the CA that issued
+    the man in the middle's certificate, as a public CA may."""
+    empty = tmp_path / "ca.pem"
+    empty.write_text("")
+    with TlsProxy((sim.host, sim.port), mitm_ca.issue()) as proxy:
+        path = tmp_path / "pools.yaml"
+        path.write_text(yaml.safe_dump({"pools": [pool_yaml(p) for p in pools(proxy.address)]}))
+        ca_certs = str(empty) if form == "shared" else f"{proxy.address}={empty}"
+        env = vcm_env(VCM_VCENTER_CREDENTIALS=f"{proxy.address}={USER}:{PASSWORD}",
+                      VCM_VCENTER_CA_CERTS=ca_certs, SSL_CERT_FILE=str(mitm_ca.path))
+        p = vcm(env, "check-pools", "-f", str(path), "-o", "json")
+        assert p.returncode == 2, p.stdout + p.stderr
+        (finding,) = json.loads(p.stdout)
+        assert finding["message"] == (
+            f"pool1, pool2: vcenter {proxy.address}: not contacted: VCM_VCENTER_CA_CERTS: "
+            f"{str(empty)!r} holds no usable PEM certificate")
+        assert proxy.connections == 0 and proxy.received == b""
+
+
+@pytest.mark.parametrize("form", ["own", "shared"])
+def test_cli_an_empty_password_is_not_sent_and_no_local_file_is_asked_for(sim, form):
+    """pyvmomi logs in to "localhost" without a password by asking the server for a local
+    ticket: the server names a file, whose contents go back as the password."""
+    with TlsProxy((sim.host, sim.port), process_ca().issue()) as proxy:
+        vc = f"localhost:{proxy.port}"
+        credential = (dict(VCM_VCENTER_CREDENTIALS=f"{vc}={USER}:") if form == "own" else
+                      dict(VCM_VCENTER_USERNAME=USER, VCM_VCENTER_SHARED_CREDENTIAL_FOR=vc))
+        env = vcm_env(**credential, VCM_VCENTER_CA_CERTS=str(sim.ca_file))
+        p = vcm(env, "pools", "discover", "--vcenter", vc)
+        assert p.returncode == 2, p.stdout + p.stderr
+        variable = "VCM_VCENTER_CREDENTIALS" if form == "own" else "VCM_VCENTER_PASSWORD"
+        assert f"vcenter {vc}: not contacted: the password for it is empty ({variable})" \
+            in p.stderr, p.stderr
+        assert b"AcquireLocalTicket" not in proxy.received
+        assert proxy.connections == 0
+
+
+@pytest.mark.parametrize(("vcenter", "why"), [
+    ("::1", "Port could not be cast to integer value as ':1'"),  # IPv6 without brackets
+    ("vc1:99999", "Port out of range 0-65535"),
+    ("[zz]", "'zz' does not appear to be an IPv4 or IPv6 address"),
+])
+def test_cli_a_vcenter_name_that_is_no_address_is_an_error_not_a_traceback(tmp_path, vcenter,
+                                                                            why):
+    env = vcm_env(VCM_VCENTER_USERNAME=USER, VCM_VCENTER_PASSWORD=PASSWORD,
+                  VCM_VCENTER_SHARED_CREDENTIAL_FOR="*")
+    reason = (f"not contacted: {vcenter!r} is not a vCenter address ({why}): write host, "
+              "host:port, [IPv6 address]:port or https://host/sdk")
+    p = vcm(env, "pools", "discover", "--vcenter", vcenter)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr == f"vcm: vcenter {vcenter}: {reason}\n"
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": [pool_yaml(p) for p in pools(vcenter)]}))
+    p = vcm(env, "check-pools", "-f", str(path), "-o", "json")
+    assert p.returncode == 2, p.stdout + p.stderr
+    (finding,) = json.loads(p.stdout)
+    assert finding["message"] == f"pool1, pool2: vcenter {vcenter}: {reason}"
+
+
+class NotAVCenter(BaseHTTPRequestHandler):
+    """A trusted HTTPS server that is no vCenter (or one being upgraded): every request gets
+    the server's `status` (a redirect to `https://elsewhere/sdk`, an error; 0: no HTTP)."""
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.requestline)  # type: ignore[attr-defined]
+        if self.server.status == 0:  # type: ignore[attr-defined]
+            self.wfile.write(b"NOT HTTP\r\n\r\n")
+            return
+        self.send_response(self.server.status)  # type: ignore[attr-defined]
+        self.send_header("Location", "https://elsewhere/sdk")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("status", "why"), [
+    (302, "{vc} is down or is not a VIM server"),
+    (503, "{vc} is down or is not a VIM server"),
+    (0, "BadStatusLine: 'NOT HTTP\\r\\n'"),
+])
+def test_cli_discover_a_trusted_host_that_is_no_vcenter_is_an_error_not_a_traceback(status,
+                                                                                     why):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotAVCenter)
+    cert = process_ca().issue()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert.cert_file, cert.key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.status, server.requests = status, []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        vc = f"127.0.0.1:{server.server_address[1]}"
+        env = vcm_env(VCM_VCENTER_CREDENTIALS=f"{vc}={USER}:{PASSWORD}",
+                      VCM_VCENTER_CA_CERTS=str(process_ca().path))
+        p = vcm(env, "pools", "discover", "--vcenter", vc)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert p.stderr == f"vcm: vcenter {vc}: no vSphere API there: {why.format(vc=vc)}\n"
+        # the redirect is not followed, and the login never sent
+        assert server.requests == ["GET /sdk/vimServiceVersions.xml HTTP/1.1"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
 # the access plan: which vCenter gets which credential and certificate check ----------------
 def settings(**values: str) -> Settings:
     return Settings.from_env({f"VCM_{k.upper()}": v for k, v in values.items()})
@@ -364,9 +494,14 @@ def test_unusable_ca_files_refuse_the_vcenters_that_use_them(tmp_path):
     huge.write_bytes(b"x" * ((4 << 20) + 1))
     binary = tmp_path / "binary.pem"
     binary.write_bytes(b"\xff\xfe\x00")
-    access = plan(["a", "b", "c", "d", "e"], settings(
-        vcenter_credentials="a=u:p,b=u:p,c=u:p,d=u:p,e=u:p",
-        vcenter_ca_certs=f"{missing},b={garbage},c={huge},d={binary},e={process_ca().path}"))
+    lines = process_ca().path.read_text().splitlines(keepends=True)
+    lines[2] = "\u00e9" + lines[2][1:]  # not ASCII inside the certificate
+    corrupt = tmp_path / "corrupt.pem"
+    corrupt.write_text("".join(lines), encoding="utf-8")
+    access = plan(["a", "b", "c", "d", "e", "f"], settings(
+        vcenter_credentials="a=u:p,b=u:p,c=u:p,d=u:p,e=u:p,f=u:p",
+        vcenter_ca_certs=f"{missing},b={garbage},c={huge},d={binary},e={process_ca().path},"
+                         f"f={corrupt}"))
     assert set(access.access) == {"e"}
     assert access.refused["a"] == (f"not contacted: VCM_VCENTER_CA_CERTS: cannot read "
                                    f"{str(missing)!r}: No such file or directory")
@@ -374,6 +509,7 @@ def test_unusable_ca_files_refuse_the_vcenters_that_use_them(tmp_path):
                                    "holds no usable PEM certificate")
     assert access.refused["c"].endswith("is larger than 4 MiB")
     assert access.refused["d"].endswith("is not UTF-8 text")
+    assert access.refused["f"].endswith(f"{str(corrupt)!r} holds no usable PEM certificate")
 
 
 def test_a_missing_known_hosts_file_pins_nothing(tmp_path):

@@ -17,12 +17,14 @@ import logging
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from http.client import HTTPException
 from typing import Any, Literal
 
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
 from workers.core.models import Pool
+from workers.core.text import shown
 
 from .vcenter_access import CA_HINT, Access, AccessPlan, ThumbprintMismatch, address
 
@@ -157,7 +159,7 @@ class VCenterInventory:
 def login(access: Access, timeout: float, **options: Any) -> Any:
     """A logged-in ServiceInstance. The certificate is checked as `access.trust` says before
     anything is sent (a vCenter listed in VCM_VCENTER_INSECURE: not at all, with a WARNING).
-    VCenterUnavailable when unreachable, untrusted, or the login is refused."""
+    VCenterUnavailable when unreachable, untrusted, no vCenter, or the login is refused."""
     host, port = address(access.vcenter)
     if access.trust.kind == "insecure":
         log.warning("vcenter %s: TLS certificate NOT verified (VCM_VCENTER_INSECURE lists it): "
@@ -174,6 +176,15 @@ def login(access: Access, timeout: float, **options: Any) -> Any:
         raise VCenterUnavailable(problem(exc)) from None
     except vmodl.MethodFault as exc:
         raise VCenterUnavailable(f"login failed: {exc.msg}") from None
+    except HTTPException as exc:  # TLS passed, but what answers does not speak HTTP as it should
+        raise VCenterUnavailable(f"no vSphere API there: {type(exc).__name__}: "
+                                 f"{shown(str(exc))}") from None
+    except Exception as exc:
+        # pyvmomi raises a bare Exception when https://host:port/sdk/vimServiceVersions.xml
+        # is not there (an error, a redirect: not followed): anything else is not ours to name
+        if type(exc) is not Exception:
+            raise
+        raise VCenterUnavailable(f"no vSphere API there: {exc}") from None
 
 
 def problem(exc: OSError) -> str:

@@ -16,11 +16,14 @@ VCM_VCENTER_INSECURE. For each vCenter, the first that applies:
 4. The plain paths of VCM_VCENTER_CA_CERTS (govc's GOVC_TLS_CA_CERTS), else the system's trust
    store: the certificate must chain to one of them and name the host.
 
+A CA file without a certificate (empty, say) refuses its vCenters rather than fall back to the
+system's trust store.
+
 Credentials: VCM_VCENTER_CREDENTIALS (`vc1=user:pass,…`) gives a vCenter its own. The shared
 VCM_VCENTER_USERNAME / VCM_VCENTER_PASSWORD go only to the vCenters that
 VCM_VCENTER_SHARED_CREDENTIAL_FOR lists (`*`: every vCenter): a host named in the pools file
-does not get a credential the operator did not mean for it. A vCenter without a credential is
-not contacted, and the reason says why.
+does not get a credential the operator did not mean for it. A vCenter without a credential, or
+whose password is empty, is not contacted, and the reason says why.
 
 vCenters are matched by host (any case) and port: `vc1`, `vc1:443` and `https://vc1/sdk` are
 one vCenter. Files are read on every call, so a replaced certificate, bundle or pin is picked
@@ -171,12 +174,25 @@ def plan(vcenters: Iterable[str], settings: Settings | None = None) -> AccessPla
     trusts = _TrustSources(settings)
     result = AccessPlan(configured=bool(own or shared_user))
     for vcenter in dict.fromkeys(vcenters):
+        try:
+            address(vcenter)
+        except ValueError as exc:
+            result.refused[vcenter] = (
+                f"not contacted: {shown(vcenter)} is not a vCenter address ({exc}): write "
+                "host, host:port, [IPv6 address]:port or https://host/sdk")
+            continue
         key = endpoint(vcenter)
         credential = own.get(key)
         if credential is None and shared_user and (ALL in shared_for or key in shared_for):
             credential = (shared_user, settings.vcenter_password)
         if credential is None:
             result.refused[vcenter] = _no_credential(bool(shared_user))
+            continue
+        if not credential[1]:
+            # no vCenter takes an empty password, and pyvmomi answers one to "localhost" by
+            # sending the contents of a local file the server names
+            variable = "VCM_VCENTER_CREDENTIALS" if key in own else "VCM_VCENTER_PASSWORD"
+            result.refused[vcenter] = f"not contacted: the password for it is empty ({variable})"
             continue
         trust = trusts.trust(key)
         if isinstance(trust, str):
@@ -279,11 +295,15 @@ def _bundle(paths: list[str]) -> tuple[str | None, str | None]:
     """(the PEM text of these CA files, None), or (None, why they cannot be used)."""
     texts = []
     for path in paths:
+        unusable = f"VCM_VCENTER_CA_CERTS: {shown(path)} holds no usable PEM certificate"
         try:
-            text = _read("VCM_VCENTER_CA_CERTS", path)
+            # PEM is ASCII: what is not (CA names in a bundle's comments) is no certificate
+            text = _read("VCM_VCENTER_CA_CERTS", path).encode("ascii", "replace").decode()
+            if not text.strip():  # an empty cadata would load the system's trust store
+                return None, unusable
             ssl.create_default_context(cadata=text)
         except ssl.SSLError:
-            return None, f"VCM_VCENTER_CA_CERTS: {shown(path)} holds no usable PEM certificate"
+            return None, unusable
         except (OSError, ValueError) as exc:
             return None, _file_problem("VCM_VCENTER_CA_CERTS", path, exc)
         texts.append(text)
