@@ -93,10 +93,15 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
 
 def serve(host: str = "127.0.0.1", port: int = 8080, settings: ApiSettings | None = None,
           log_level: str = "info") -> None:
-    """Run the shim with uvicorn in the foreground (`vcm api`)."""
+    """Run the shim with uvicorn in the foreground (`vcm api`). An invalid pools file stops
+    it before it listens, as it stops the workers (naming the file, the pool and the field)."""
     import uvicorn
 
+    from workers.bootstrap import require_valid_pools
+
+    app = create_app(settings)
+    require_valid_pools(app.state.settings.base)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
                         "%(message)s")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
+    uvicorn.run(app, host=host, port=port, log_level=log_level,
                 timeout_graceful_shutdown=10, server_header=False, timeout_keep_alive=30)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import Celery, signals
 from celery.exceptions import Ignore
 
 from tasks import results as _results  # noqa: F401 - query results expire in minutes
-from workers.bootstrap import PLACEMENT, QUERIES, Runtime, build
+from workers.bootstrap import PLACEMENT, QUERIES, Runtime, build, cannot_start, require_valid_pools
 from workers.core.errors import ERRORS, InvalidRequest
 from workers.service import Capacity
 
@@ -60,18 +61,49 @@ def _placement_runs_in_process(sender: Any = None, **_: Any) -> None:
     sender.pool_cls = solo
 
 
+@signals.worker_init.connect
+def _build_runtime(sender: Any = None, **_: Any) -> None:
+    """Before the worker starts anything: take the role from the queues it consumes and build
+    the runtime, which reads the settings and the pools file. Whatever fails here stops
+    start-up with its message (an invalid pools file names the file, the pool and the field):
+    a worker that cannot build its runtime would report ready and fail every task."""
+    _role["name"] = PLACEMENT if _consumes_placement(sender.app) else QUERIES
+    try:
+        runtime()
+    except Exception as exc:  # noqa: BLE001 - every cause stops start-up, with its message
+        cannot_start(exc)
+
+
 @signals.celeryd_after_setup.connect
 def _setup(sender: str, instance: Any, **_: Any) -> None:
-    """Before consuming: check the config, and on the placement side restore the ledger."""
-    _role["name"] = PLACEMENT if _consumes_placement(instance.app) else QUERIES
-    svc = service()  # an invalid pools file or setting stops start-up here, with its message
-    if _role["name"] == PLACEMENT:
-        svc.ensure_ready(check_mirror=True)
+    """Before consuming, on the placement side: restore the ledger (from the mirror when Redis
+    lost it) and compare it with the mirror. Redis not answering yet is no reason to stop (the
+    worker waits for its broker, and the ledger is checked again before the first change);
+    anything else is (e.g. a mirror that cannot be read while Redis is empty)."""
+    if _role["name"] != PLACEMENT:
+        return
+    try:
+        service().ensure_ready(check_mirror=True)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("the ledger was not checked at start (Redis: %s); it is checked before "
+                    "the first change", exc)
+    except Exception as exc:  # noqa: BLE001 - a placement worker that cannot serve stops
+        cannot_start(exc)
 
 
 @signals.worker_ready.connect
 def _start_publisher(**_: Any) -> None:
-    runtime().start_publisher()
+    try:
+        runtime().start_publisher()
+    except Exception as exc:  # noqa: BLE001 - answers would be held for ever without it
+        cannot_start(exc)
+
+
+@signals.beat_init.connect
+def _beat_checks_the_pools(**_: Any) -> None:
+    """Beat does not read the pools file, but it is one of the processes a deployment starts
+    with it: an invalid file stops it too, naming the file, the pool and the field."""
+    require_valid_pools()
 
 
 @signals.worker_shutting_down.connect
