@@ -189,16 +189,49 @@ def reap_expired(*args: Any, **extra: Any) -> list[str]:
 @app.task(name="vcm.prune_namespaces", throws=EXPECTED)
 def prune_namespaces(*args: Any, **extra: Any) -> dict[str, Any]:
     """Beat, every VCM_NAMESPACE_PRUNE_INTERVAL: release the leases of namespaces that no
-    longer exist (workers/namespaces.py). Releases are placement work: a queries worker
-    (read-only) refuses it."""
+    longer exist (workers/namespaces.py). On the queries queue: the namespace list may be slow
+    and placement must never wait for it, so a placement worker refuses to run it; only the
+    release goes to the placement queue (vcm.release_namespace_gone)."""
     _no_extra(args, extra)
-    if _role["name"] != PLACEMENT:
-        log.warning("vcm.prune_namespaces reached a queries worker; not run (send it to the "
-                    "placement queue)")
-        return {"state": "refused", "error": "not a placement worker"}
+    if _role["name"] == PLACEMENT:
+        log.warning("vcm.prune_namespaces reached a placement worker; not run (send it to the "
+                    "queries queue)")
+        return {"state": "refused", "error": "placement worker"}
     from workers.namespaces import prune
 
-    return prune(service())
+    return prune(service(), _release_gone)
+
+
+RELEASE_WAIT = 30.0  # how long a prune waits for the placement worker's answer to its release
+
+
+def _release_gone(lease_ids: list[str]) -> list[str]:
+    """Send a release of these leases (their namespaces are gone) to the placement worker and
+    wait for its answer: the ids it released. ReleasePending when it does not come in time."""
+    from celery.exceptions import TimeoutError as ResultTimeout
+
+    from workers.namespaces import ReleasePending
+
+    result = app.send_task("vcm.release_namespace_gone", kwargs={"lease_ids": lease_ids},
+                           queue="placement")
+    try:  # another queue's worker answers: waiting here cannot deadlock
+        return result.get(timeout=RELEASE_WAIT, disable_sync_subtasks=False)
+    except ResultTimeout:
+        raise ReleasePending(result.id) from None
+
+
+@app.task(name="vcm.release_namespace_gone", bind=True, throws=EXPECTED)
+def release_namespace_gone(self, lease_ids: Any = None, *args: Any,
+                           **extra: Any) -> list[str]:
+    """Sent by vcm.prune_namespaces: release these leases, whose namespaces are gone, with
+    reason namespace-gone. By lease id: a late or repeated copy releases those leases only."""
+    _no_extra(args, extra)
+    if _role["name"] != PLACEMENT:
+        raise InvalidRequest.of("queue", "releases are placed by the placement worker: send "
+                                "vcm.release_namespace_gone to the placement queue")
+    from workers.namespaces import release_gone
+
+    return _answer(self, release_gone(service(), lease_ids))
 
 
 @app.task(name="vcm.show_pools", throws=EXPECTED)
