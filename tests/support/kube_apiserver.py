@@ -1309,7 +1309,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
             else:
                 outcome = "sent"
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up
+        except OSError:  # the client gave up (a broken pipe, a reset)
             pass
         finally:
             if outcome != "sent":
