@@ -30,13 +30,15 @@ accept_content = ["json"]
 result_accept_content = ["json"]
 event_serializer = "json"
 
-# changes to the ledger, one at a time (vcm.prune_namespaces releases leases: placement work)
+# changes to the ledger, one at a time
 PLACEMENT = ("vcm.acquire", "vcm.acquire_batch", "vcm.release", "vcm.renew", "vcm.reap_expired",
-             "vcm.cancel_wait", "vcm.prune_namespaces")
-# read-only (the inventory sync writes only the live health, never the ledger); their results
-# are kept only minutes (query_result_expires, see tasks/results.py)
+             "vcm.cancel_wait", "vcm.release_namespace_gone")
+# read-only (the inventory sync writes only the live health, never the ledger; the namespace
+# prune sends its releases to the placement queue); their results are kept only minutes
+# (query_result_expires, see tasks/results.py)
 QUERIES = ("vcm.show_pools", "vcm.list_leases", "vcm.estimate", "vcm.waiting",
-           "vcm.rollup_usage", "vcm.usage_history", "vcm.sync_inventory")
+           "vcm.rollup_usage", "vcm.usage_history", "vcm.sync_inventory",
+           "vcm.prune_namespaces")
 task_routes = {**{name: {"queue": "placement"} for name in PLACEMENT},
                **{name: {"queue": "queries"} for name in QUERIES}}
 task_default_queue = "queries"
@@ -92,7 +94,7 @@ if _settings.namespace_prune_interval is not None:
     beat_schedule["prune-namespaces"] = {
         "task": "vcm.prune_namespaces",
         "schedule": _settings.namespace_prune_interval,
-        "options": {"queue": "placement", "expires": 60},
+        "options": {"queue": "queries", "expires": 60},
     }
 # live vCenter health (workers/adapters/inventory.py): VCM_INVENTORY_INTERVAL, 0 or off: never
 if _settings.inventory_interval:

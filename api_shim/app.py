@@ -95,7 +95,8 @@ def serve(host: str = "127.0.0.1", port: int = 8080, settings: ApiSettings | Non
           log_level: str = "info", loop: str = "auto", http: str = "auto") -> None:
     """Run the shim with uvicorn in the foreground (`vcm api`). `loop` and `http` are uvicorn's
     choices: "auto" takes uvloop and httptools (uvicorn[standard]) when they import, asyncio
-    and h11 otherwise; the log says which once the server is up."""
+    and h11 otherwise; the log says which once the server is up. An invalid pools file stops
+    it before it listens, as it stops the workers (naming the file, the pool and the field)."""
     import sys
 
     import uvicorn
@@ -109,9 +110,13 @@ def serve(host: str = "127.0.0.1", port: int = 8080, settings: ApiSettings | Non
                      running.__module__, running.__qualname__, protocol.__module__,
                      protocol.__qualname__)
 
+    from workers.bootstrap import require_valid_pools
+
+    app = create_app(settings)
+    require_valid_pools(app.state.settings.base)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
                         "%(message)s")
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level,
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             loop=loop, http=http, timeout_graceful_shutdown=10,
                             server_header=False, timeout_keep_alive=30)
     server = Server(config)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import Celery, signals
 from celery.exceptions import Ignore
 
 from tasks import results as _results  # noqa: F401 - query results expire in minutes
-from workers.bootstrap import PLACEMENT, QUERIES, Runtime, build
+from workers.bootstrap import PLACEMENT, QUERIES, Runtime, build, cannot_start, require_valid_pools
 from workers.core.errors import ERRORS, InvalidRequest
 from workers.service import Capacity
 
@@ -60,18 +61,49 @@ def _placement_runs_in_process(sender: Any = None, **_: Any) -> None:
     sender.pool_cls = solo
 
 
+@signals.worker_init.connect
+def _build_runtime(sender: Any = None, **_: Any) -> None:
+    """Before the worker starts anything: take the role from the queues it consumes and build
+    the runtime, which reads the settings and the pools file. Whatever fails here stops
+    start-up with its message (an invalid pools file names the file, the pool and the field):
+    a worker that cannot build its runtime would report ready and fail every task."""
+    _role["name"] = PLACEMENT if _consumes_placement(sender.app) else QUERIES
+    try:
+        runtime()
+    except Exception as exc:  # noqa: BLE001 - every cause stops start-up, with its message
+        cannot_start(exc)
+
+
 @signals.celeryd_after_setup.connect
 def _setup(sender: str, instance: Any, **_: Any) -> None:
-    """Before consuming: check the config, and on the placement side restore the ledger."""
-    _role["name"] = PLACEMENT if _consumes_placement(instance.app) else QUERIES
-    svc = service()  # an invalid pools file or setting stops start-up here, with its message
-    if _role["name"] == PLACEMENT:
-        svc.ensure_ready(check_mirror=True)
+    """Before consuming, on the placement side: restore the ledger (from the mirror when Redis
+    lost it) and compare it with the mirror. Redis not answering yet is no reason to stop (the
+    worker waits for its broker, and the ledger is checked again before the first change);
+    anything else is (e.g. a mirror that cannot be read while Redis is empty)."""
+    if _role["name"] != PLACEMENT:
+        return
+    try:
+        service().ensure_ready(check_mirror=True)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("the ledger was not checked at start (Redis: %s); it is checked before "
+                    "the first change", exc)
+    except Exception as exc:  # noqa: BLE001 - a placement worker that cannot serve stops
+        cannot_start(exc)
 
 
 @signals.worker_ready.connect
 def _start_publisher(**_: Any) -> None:
-    runtime().start_publisher()
+    try:
+        runtime().start_publisher()
+    except Exception as exc:  # noqa: BLE001 - answers would be held for ever without it
+        cannot_start(exc)
+
+
+@signals.beat_init.connect
+def _beat_checks_the_pools(**_: Any) -> None:
+    """Beat does not read the pools file, but it is one of the processes a deployment starts
+    with it: an invalid file stops it too, naming the file, the pool and the field."""
+    require_valid_pools()
 
 
 @signals.worker_shutting_down.connect
@@ -157,16 +189,49 @@ def reap_expired(*args: Any, **extra: Any) -> list[str]:
 @app.task(name="vcm.prune_namespaces", throws=EXPECTED)
 def prune_namespaces(*args: Any, **extra: Any) -> dict[str, Any]:
     """Beat, every VCM_NAMESPACE_PRUNE_INTERVAL: release the leases of namespaces that no
-    longer exist (workers/namespaces.py). Releases are placement work: a queries worker
-    (read-only) refuses it."""
+    longer exist (workers/namespaces.py). On the queries queue: the namespace list may be slow
+    and placement must never wait for it, so a placement worker refuses to run it; only the
+    release goes to the placement queue (vcm.release_namespace_gone)."""
     _no_extra(args, extra)
-    if _role["name"] != PLACEMENT:
-        log.warning("vcm.prune_namespaces reached a queries worker; not run (send it to the "
-                    "placement queue)")
-        return {"state": "refused", "error": "not a placement worker"}
+    if _role["name"] == PLACEMENT:
+        log.warning("vcm.prune_namespaces reached a placement worker; not run (send it to the "
+                    "queries queue)")
+        return {"state": "refused", "error": "placement worker"}
     from workers.namespaces import prune
 
-    return prune(service())
+    return prune(service(), _release_gone)
+
+
+RELEASE_WAIT = 30.0  # how long a prune waits for the placement worker's answer to its release
+
+
+def _release_gone(lease_ids: list[str]) -> list[str]:
+    """Send a release of these leases (their namespaces are gone) to the placement worker and
+    wait for its answer: the ids it released. ReleasePending when it does not come in time."""
+    from celery.exceptions import TimeoutError as ResultTimeout
+
+    from workers.namespaces import ReleasePending
+
+    result = app.send_task("vcm.release_namespace_gone", kwargs={"lease_ids": lease_ids},
+                           queue="placement")
+    try:  # another queue's worker answers: waiting here cannot deadlock
+        return result.get(timeout=RELEASE_WAIT, disable_sync_subtasks=False)
+    except ResultTimeout:
+        raise ReleasePending(result.id) from None
+
+
+@app.task(name="vcm.release_namespace_gone", bind=True, throws=EXPECTED)
+def release_namespace_gone(self, lease_ids: Any = None, *args: Any,
+                           **extra: Any) -> list[str]:
+    """Sent by vcm.prune_namespaces: release these leases, whose namespaces are gone, with
+    reason namespace-gone. By lease id: a late or repeated copy releases those leases only."""
+    _no_extra(args, extra)
+    if _role["name"] != PLACEMENT:
+        raise InvalidRequest.of("queue", "releases are placed by the placement worker: send "
+                                "vcm.release_namespace_gone to the placement queue")
+    from workers.namespaces import release_gone
+
+    return _answer(self, release_gone(service(), lease_ids))
 
 
 @app.task(name="vcm.show_pools", throws=EXPECTED)

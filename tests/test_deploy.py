@@ -339,8 +339,8 @@ def rbac_violations(docs) -> list[str]:
                                   "verbs": ["list"]}]:
             v.append(f"ClusterRole/{role['metadata']['name']} may only list namespaces")
     for binding in find(docs, "ClusterRoleBinding"):
-        if [s.get("name") for s in binding.get("subjects", [])] != ["vcm"]:
-            v.append(f"ClusterRoleBinding/{binding['metadata']['name']}: only the placement "
+        if [s.get("name") for s in binding.get("subjects", [])] != ["vcm-queries"]:
+            v.append(f"ClusterRoleBinding/{binding['metadata']['name']}: only the queries "
                      "worker's ServiceAccount")
     roles = find(docs, "Role")
     if len(roles) != 1:
@@ -769,7 +769,7 @@ def test_manifest_is_valid_kubernetes(item):
         assert ns == NAMESPACE, f"{path}: namespace {ns!r}"
 
 
-def test_the_placement_worker_may_only_list_namespaces_cluster_wide():
+def test_the_queries_worker_may_only_list_namespaces_cluster_wide():
     """Namespace-bound leases need a namespace list; nothing else is granted cluster-wide."""
     docs = [d for _, d in ALL_DOCS]
     roles = [d for d in docs if d["kind"] == "ClusterRole"]
@@ -777,7 +777,7 @@ def test_the_placement_worker_may_only_list_namespaces_cluster_wide():
                                               "verbs": ["list"]}]]
     (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "vcm",
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "vcm-queries",
                                     "namespace": NAMESPACE}]
 
 
@@ -982,7 +982,7 @@ def test_rbac_checker_catches(mutate):
     assert rbac_violations(docs), f"{mutate.__name__} was not detected"
 
 
-def test_only_placement_gets_an_api_token():
+def test_only_placement_and_queries_get_an_api_token():
     docs = base_docs()
     sas = {s["metadata"]["name"]: s for s in find(docs, "ServiceAccount")}
     for w in workloads(docs):
@@ -993,6 +993,8 @@ def test_only_placement_gets_an_api_token():
         name = w["metadata"]["name"]
         if name == "vcm-placement":
             assert sa == "vcm" and automount is True, "placement mirrors the ledger via the API"
+        elif name == "vcm-queries":
+            assert sa == "vcm-queries" and automount is True, "queries lists namespaces"
         else:
             assert sa != "vcm", f"{name} must not use the privileged ServiceAccount"
             assert automount is False, f"{name} must not mount an API token"

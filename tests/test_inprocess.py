@@ -10,10 +10,11 @@ result backend of a real redis-server, and the leases are committed by the place
 (`bootstrap.build(..., PLACEMENT)`: parse, decide, the Lua commit) in this process, without a
 placement worker.
 
-`celery worker` (celery.apps.worker) sends two signals the embedded worker does not:
-`celeryd_after_setup` (tasks takes its role from the queues it consumes, and builds the runtime)
-and `worker_ready`. `CommandLineSignals` sends them at the same points. That the command itself
-starts and serves as documented is test_start_commands.py's business; here it is what the tasks
+Both send `worker_init`, where tasks takes its role from the queues the worker consumes and
+builds the runtime. `celery worker` (celery.apps.worker) sends two signals the embedded worker
+does not: `celeryd_after_setup` (the placement side restores the ledger) and `worker_ready`.
+`CommandLineSignals` sends them at the same points. That the command itself starts and serves
+as documented is test_start_commands.py's business; here it is what the tasks
 answer, fast (one worker start for the module, no subprocess).
 """
 
@@ -79,8 +80,8 @@ REQUEST = {"vcpus": 4, "memory": 8, "storage": 100}
 
 
 class CommandLineSignals(TestWorkController):
-    """The embedded worker, sending what `celery worker` sends and it does not: the app's
-    handlers take the role and build the runtime on `celeryd_after_setup`."""
+    """The embedded worker, sending what `celery worker` sends and it does not
+    (`celeryd_after_setup`, `worker_ready`)."""
 
     def on_start(self) -> None:
         super().on_start()

@@ -1,12 +1,15 @@
 """Namespace-bound leases, through the task API with real workers, beat, the HTTP shim and
 our apiserver: leases of a namespace that is gone are released with reason `namespace-gone`;
-nothing is released while the namespaces cannot be listed, or when the list is empty."""
+nothing is released while the namespaces cannot be listed (a list that does not end within
+its deadline, however it trickles in, included), or when the list is empty; placement goes on
+while the list is slow."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import call
+from tests.helpers import call, failure
 from tests.support.kube_apiserver import SYSTEM_NAMESPACES, KubeApiServer
 from tests.support.procs import ROOT, Stack, env_for, wait_for
 from tests.test_api_support import ApiServer
@@ -42,7 +45,8 @@ def active(s: Stack) -> set[str]:
 
 
 def prune(s: Stack) -> dict:
-    return call(s.app, "vcm.prune_namespaces", timeout=60)
+    """One run, sent as beat sends it: where the task's route says."""
+    return s.app.send_task("vcm.prune_namespaces").get(timeout=60)
 
 
 def ledger(s: Stack) -> Ledger:
@@ -230,6 +234,18 @@ def test_a_list_slower_than_the_timeout_releases_nothing(ks, kube, ks_api, doome
     failed_run_releases_nothing(ks, kube, ks_api, doomed, "timed out")
 
 
+def test_a_list_trickling_in_past_the_timeout_is_cut_off_and_releases_nothing(
+        ks, kube, ks_api, doomed):
+    # a slow proxy: the answer comes a byte every 10 ms, so no read ever waits the 1 s timeout
+    # while the whole list takes seconds; the run's deadline cuts it off (the client hangs up
+    # before the last byte) and it releases nothing
+    kube.inject_fault(trickle=0.01, count=None, resource="namespaces")
+    outcomes = len(kube.trickled)
+    failed_run_releases_nothing(ks, kube, ks_api, doomed, "timed out")
+    wait_for(lambda: len(kube.trickled) > outcomes, what="the trickled list to end")
+    assert kube.trickled[outcomes] == "cut", kube.trickled
+
+
 def test_an_empty_namespace_list_releases_nothing(ks, kube, ks_api, doomed):
     kept = kube.namespace_names()
     for name in kept:
@@ -260,6 +276,23 @@ def test_a_lease_taken_after_the_list_was_asked_for_stays(ks, kube, doomed):
     kube.create_namespace("ci-new")  # it exists after all
 
 
+def test_the_release_a_run_sends_checks_its_arguments_and_runs_on_placement_only(ks):
+    """vcm.release_namespace_gone, as anyone could send it: bad lease ids are refused naming
+    the field, and a queries worker refuses to release."""
+    for bad in (5, [], [""], ["\udcff"], ["x" * 200], {"a": 1}):
+        exc = failure(ks.app, "vcm.release_namespace_gone", lease_ids=bad)
+        assert type(exc).__name__ == "InvalidRequest" and "lease_ids" in str(exc), (bad, exc)
+    exc = failure(ks.app, "vcm.release_namespace_gone", lease_ids=["x"], owner="me")
+    assert type(exc).__name__ == "InvalidRequest" and "owner" in str(exc), exc
+    exc = failure(ks.app, "vcm.release_namespace_gone", lease_ids=["no-such-lease"])
+    assert type(exc).__name__ == "LeaseNotFound", exc
+    wrong = ks.app.send_task("vcm.release_namespace_gone", kwargs={"lease_ids": ["x"]},
+                             queue="queries")
+    with pytest.raises(Exception) as err:
+        wrong.get(timeout=20)
+    assert type(err.value).__name__ == "InvalidRequest" and "placement" in str(err.value)
+
+
 # ---- no Kubernetes configuration, pruning off ------------------------------------------------
 
 def test_without_kubernetes_configuration_nothing_is_pruned_and_it_is_said_once(tmp_path):
@@ -272,12 +305,12 @@ def test_without_kubernetes_configuration_nothing_is_pruned_and_it_is_said_once(
         assert prune(s) == {"state": "off"}
         assert lease in active(s)
         assert stats(s).get("namespace-errors", 0) == 0
-        # sent to the read-only queries worker by mistake: refused, not run there
-        refused = s.app.send_task("vcm.prune_namespaces", queue="queries").get(timeout=20)
+        # sent to the placement worker by mistake: refused, not run there
+        refused = s.app.send_task("vcm.prune_namespaces", queue="placement").get(timeout=20)
         assert refused["state"] == "refused"
-        placement = s.procs[0].output()
-        assert placement.count("namespace-bound leases are not pruned: no Kubernetes "
-                               "configuration") == 1
+        queries = s.procs[1].output()
+        assert queries.count("namespace-bound leases are not pruned: no Kubernetes "
+                             "configuration") == 1
     finally:
         s.stop()
 
@@ -290,8 +323,44 @@ def test_an_interval_of_0_or_off_leaves_beat_without_the_entry(value):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
                          capture_output=True, text=True).stdout
     entries, route = json.loads(out)
-    assert "prune-namespaces" not in entries and route == {"queue": "placement"}
+    assert "prune-namespaces" not in entries and route == {"queue": "queries"}
     env["VCM_NAMESPACE_PRUNE_INTERVAL"] = "5m"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
                          capture_output=True, text=True).stdout
     assert "prune-namespaces" in json.loads(out)[0]
+
+
+# ---- a slow list never holds up placement ----------------------------------------------------
+
+def test_placement_answers_while_a_run_waits_for_a_slow_namespace_list(tmp_path):
+    """A run whose list trickles in (its last byte held back until the test lets it go) is
+    under way while an acquire and a release are sent: both are answered before the list ends;
+    then the list ends and the run releases the lease of the namespace that is gone."""
+    with KubeApiServer() as kube:
+        kube.create_namespace("ci-gone")
+        s = kube_stack(tmp_path, kube, VCM_NAMESPACE_PRUNE_INTERVAL="1h",
+                       VCM_NAMESPACE_TIMEOUT="60s")
+        last_byte = threading.Event()
+        try:
+            gone = acquire(s, "ci-gone", "job-gone")
+            kube.delete_namespace("ci-gone")
+            age_past_grace(s, [gone])
+            kube.inject_fault(trickle=0.005, hold=last_byte, count=1, resource="namespaces")
+            run = s.app.send_task("vcm.prune_namespaces")  # where beat sends it
+            wait_for(lambda: kube.trickling == 1, what="the namespace list to be under way")
+
+            meanwhile = acquire(s, None, "job-meanwhile")
+            assert call(s.app, "vcm.release", lease_ids=[meanwhile],
+                        owner="job-meanwhile") == [meanwhile]
+            assert kube.trickling == 1 and kube.trickled == []  # the list has not ended
+
+            last_byte.set()
+            result = run.get(timeout=60)
+            assert kube.trickled == ["sent"]
+            assert result["state"] == "ok" and result["released"] == [gone], result
+            assert result["by-namespace"] == {"ci-gone": [gone]}
+            assert released(s, gone)["status"]["release-reason"] == "namespace-gone"
+            assert stats(s).get("namespace-pruned") == 1
+        finally:
+            last_byte.set()
+            s.stop()

@@ -107,3 +107,104 @@ def test_placement_worker_journals_in_process_however_it_is_started(kind, tmp_pa
         app.close()
         redis_server.stop()
     assert os.path.exists(mirror)
+
+
+# ---- an invalid pools file stops every process at start ---------------------------------------
+
+GOOD_POOL = {"name": "p1", "vcenter": "vc1", "datacenter": "dc", "cluster": "c1",
+             "datastore": "ds", "vcpus": 16, "memory": 64, "storage": 1000,
+             "networks": [{"port-group": "pg1", "vlan": 1}]}
+# each: the pools, and the pool and field the message must name
+INVALID_POOLS = {
+    "unknown key": ([GOOD_POOL, {**GOOD_POOL, "name": "p2", "vcenter": "vc2", "colour": "red"}],
+                    "p2", "colour"),
+    "negative budget": ([GOOD_POOL, {**GOOD_POOL, "name": "p2", "vcenter": "vc2",
+                                     "memory": -64}], "p2", "memory"),
+    "duplicate pool names": ([GOOD_POOL, {**GOOD_POOL, "vcenter": "vc2"}], "p1", "name"),
+}
+
+
+def _role_commands(api_port: int, flower_port: int) -> dict[str, list[str]]:
+    """Each process role, started with its documented command (`celery` and `vcm` as this
+    interpreter runs them; Celery's with `-l info`, so that a worker says when it is ready)."""
+    celery = [sys.executable, "-m", "celery"]
+    vcm = [sys.executable, "-m", "workers.cli"]
+    return {
+        "placement worker": [*celery, "-A", "tasks", "worker", "-Q", "placement",
+                             "--concurrency", "1", "-l", "info"],
+        "queries worker": [*celery, "-A", "tasks", "worker", "-Q", "queries", "-l", "info"],
+        "beat": [*celery, "-A", "tasks", "beat", "-l", "info"],
+        "vcm api": [*vcm, "api", "--port", str(api_port)],
+        "vcm run": [*vcm, "run", "--api-port", str(api_port), "--flower-port", str(flower_port)],
+    }
+
+
+# what each role says once it serves: a worker's "<name> ready.", uvicorn's start, beat's first
+# task sent
+SERVING = ("ready.", "Application startup complete", "Uvicorn running", "Sending due task")
+
+
+@pytest.fixture(scope="module")
+def start_up_redis():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("problem", list(INVALID_POOLS))
+@pytest.mark.parametrize("role", list(_role_commands(0, 0)))
+def test_an_invalid_pools_file_stops_every_process_at_start(role, problem, tmp_path,
+                                                            start_up_redis):
+    """Started with its documented command against a reachable Redis, each process exits
+    non-zero with a message naming the file, the pool and the field, and never serves."""
+    from tests.support.procs import free_port
+
+    pools, pool, field = INVALID_POOLS[problem]
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": pools}))
+    env = env_for(start_up_redis.url, path, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"))
+    command = _role_commands(free_port(), free_port())[role]
+    proc = LoggedProcess()
+    proc.log = str(tmp_path / "out.log")
+    proc.group = True
+    proc.spawn(command, env, cwd=tmp_path)  # beat's schedule file lands there
+    try:
+        wait_for(lambda: proc.proc.poll() is not None
+                 or any(mark in proc.output() for mark in SERVING),
+                 timeout=60, what=f"the {role} to stop at start")
+        out = proc.output()
+        assert proc.proc.poll() is not None, f"{role} serves:\n{out[-3000:]}"
+        assert proc.proc.returncode != 0, out[-3000:]
+        assert f"invalid configuration: {path}: pool '{pool}': field '{field}'" in out, out[-3000:]
+        assert not any(mark in out for mark in SERVING), out[-3000:]
+        assert "Traceback" not in out, out[-3000:]
+    finally:
+        proc.stop()  # vcm run stops what it started on SIGTERM
+
+
+def test_a_placement_worker_that_cannot_restore_the_ledger_stops_at_start(tmp_path,
+                                                                          start_up_redis):
+    """Redis holds no ledger and the mirror to rebuild it from cannot be read: the placement
+    worker exits non-zero naming the mirror file, instead of serving and refusing every
+    change."""
+    start_up_redis.client().flushall()
+    mirror = tmp_path / "ledger.json"
+    mirror.write_text('{"seq": 3, "leases": [')  # cut off mid-write
+    pools = tmp_path / "pools.yaml"
+    pools.write_text(yaml.safe_dump({"pools": [GOOD_POOL]}))
+    env = env_for(start_up_redis.url, pools, VCM_MIRROR_FILE=str(mirror))
+    proc = LoggedProcess()
+    proc.log = str(tmp_path / "out.log")
+    proc.group = True
+    proc.spawn([sys.executable, "-m", "celery", *COMMANDS["documented"], "-l", "info"], env,
+               cwd=tmp_path)
+    try:
+        wait_for(lambda: proc.proc.poll() is not None or "ready." in proc.output(),
+                 timeout=60, what="the placement worker to stop at start")
+        out = proc.output()
+        assert proc.proc.poll() is not None and proc.proc.returncode != 0, out[-3000:]
+        assert f"cannot start: MirrorError: mirror file {mirror} is not valid JSON" in out, \
+            out[-3000:]
+        assert "ready." not in out and "Traceback" not in out, out[-3000:]
+    finally:
+        proc.stop()

@@ -8,13 +8,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery import Celery
 
 from .adapters.ledger import Ledger
-from .adapters.pools_file import PoolsFile
+from .adapters.pools_file import PoolsFile, load_pools
 from .adapters.replies import CeleryReplies, OutboxReplies
+from .core.errors import ConfigError
 from .service import Capacity
 from .settings import Settings
 
@@ -22,6 +23,26 @@ if TYPE_CHECKING:
     from .publisher import Publisher
 
 PLACEMENT, QUERIES = "placement", "queries"
+
+
+def cannot_start(exc: BaseException) -> NoReturn:
+    """Stop a process's start-up: SystemExit with the problem, so the process exits 1 with it
+    on stderr (in Kubernetes a crash loop, never a ready pod that refuses every task). Celery
+    logs an Exception raised by a signal handler and starts anyway; SystemExit passes its
+    signal dispatch, its worker and its beat."""
+    if isinstance(exc, ConfigError):
+        raise SystemExit(f"invalid configuration: {exc}") from None
+    raise SystemExit(f"cannot start: {type(exc).__name__}: {exc}") from None
+
+
+def require_valid_pools(settings: Settings | None = None) -> None:
+    """At start, for a process that does not otherwise read the pools file (beat, the HTTP
+    shim, `vcm run`): it must be valid, or start-up stops naming the file, pool and field."""
+    settings = settings or Settings.from_env()
+    try:
+        load_pools(settings.pools_file)
+    except ConfigError as exc:
+        cannot_start(exc)
 
 
 @dataclass

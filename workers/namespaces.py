@@ -1,13 +1,18 @@
 """Namespace-bound leases: a lease labelled `vsphere-capacity-manager.splat-team.io/
 lease-namespace=<ns>` is released, with reason `namespace-gone`, once namespace <ns> no longer
 exists in the Kubernetes cluster (the CI job's namespace was deleted). Beat sends
-`vcm.prune_namespaces` to the placement queue every VCM_NAMESPACE_PRUNE_INTERVAL (5m; `0` or
-`off`: never).
+`vcm.prune_namespaces` to the queries queue every VCM_NAMESPACE_PRUNE_INTERVAL (5m; `0` or
+`off`: never): however slowly the Kubernetes API answers, the placement worker never waits
+for it.
 
-One run makes one list call of every namespace, with a timeout (VCM_NAMESPACE_TIMEOUT) and no
-retries, then compares it with the labels of the active leases, read through the service, and
-releases the leases of the namespaces that are gone through `Capacity.release` (one atomic
-ledger step per batch; waiters get the room). The release script counts them in the stats as
+One run (`Pruner`, on a queries worker) makes one list call of every namespace, which ends
+within VCM_NAMESPACE_TIMEOUT whole answer included (`Deadline`), with no retries; then
+compares it with the labels of the active leases, read through the service, and sends the ids
+of the leases of the namespaces that are gone to the placement worker
+(`vcm.release_namespace_gone`, `release_gone` there: `Capacity.release` with reason
+`namespace-gone`, one atomic ledger step per batch; waiters get the room), and waits for its
+answer. A release by lease id is safe to run late or twice: it releases those leases and no
+other, never one granted since. The release script counts them in the stats as
 `namespace-pruned` and records them in the `reaped` list, beside the reaper's.
 
 Never releasing by mistake comes first:
@@ -30,14 +35,18 @@ What the last runs did is kept in the Redis hash `<prefix>namespaces` (see `desc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .core.errors import InvalidRequest
 from .core.models import rfc3339
+from .releasing import parse_lease_ids
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -82,25 +91,107 @@ def api_client_from_env() -> ApiClient:
     return k8s_client.ApiClient(configuration=cfg)
 
 
+class Deadline:
+    """A deadline for a whole call of one Kubernetes API client. The client's _request_timeout
+    bounds each socket operation, not the answer: an apiserver or proxy that sends its answer
+    a few bytes at a time keeps every read short and the call going for as long as it likes.
+    At the deadline every socket the client opened (found through its connection classes) is
+    shut down, so whatever the call is doing (connecting, the TLS handshake, reading headers or
+    body) ends at once with an error, in the calling thread: nothing is left running. The
+    client must not be used afterwards (close it)."""
+
+    def __init__(self, api: ApiClient, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._timer: threading.Timer | None = None
+        manager = api.rest_client.pool_manager
+        manager.clear()  # pools made before would keep untracked connections
+        manager.pool_classes_by_scheme = {scheme: self._tracking(pool_cls) for scheme, pool_cls
+                                          in manager.pool_classes_by_scheme.items()}
+
+    def _tracking(self, pool_cls: type) -> type:
+        """`pool_cls` whose connections report each socket they open."""
+        opened = self._opened
+
+        class Tracked(pool_cls.ConnectionCls):  # type: ignore[name-defined,misc]
+            def _new_conn(self) -> Any:
+                sock = super()._new_conn()
+                opened(sock)
+                return sock
+
+            def connect(self) -> None:
+                super().connect()
+                opened(self.sock)  # with TLS, the wrapping socket
+
+        return type(pool_cls.__name__, (pool_cls,), {"ConnectionCls": Tracked})
+
+    def _opened(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            late = self.expired.is_set()
+        if late:
+            _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired.set()
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+    def __enter__(self) -> Deadline:
+        self._timer = threading.Timer(self.seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut a socket down for both directions: a read blocked on it in another thread returns
+    at once. The base class's shutdown, so that a TLS socket's state is left to its reader."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
 def list_namespaces(api: ApiClient, timeout: float) -> set[str]:
-    """The names of every namespace that exists (Terminating ones too), in one call.
-    ListFailed on any failure, and on an answer that lists none."""
+    """The names of every namespace that exists (Terminating ones too), in one call that ends
+    within `timeout` seconds, whole answer included. ListFailed on any failure, and on an
+    answer that lists none."""
     import http.client
 
     import urllib3
     from kubernetes import client as k8s_client
     from kubernetes.client.exceptions import ApiException
 
+    # the client imports its API classes and models on first use (seconds on a busy machine):
+    # before the deadline starts, which is the apiserver's alone
+    core = k8s_client.CoreV1Api(api)
+    _ = k8s_client.V1NamespaceList
+    deadline = Deadline(api, timeout)
+    timed_out = (f"list namespaces: the Kubernetes API timed out (no whole answer within "
+                 f"{timeout:g}s)")
     try:
-        answer = k8s_client.CoreV1Api(api).list_namespace(_request_timeout=timeout)
+        with deadline:
+            answer = core.list_namespace(_request_timeout=timeout)
     except ApiException as exc:
+        if deadline.expired.is_set():
+            raise ListFailed(timed_out) from exc
         reason = (exc.reason or "").strip()
         raise ListFailed(f"list namespaces: the apiserver answered {exc.status} {reason}"
                          .rstrip()) from exc
     except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as exc:
-        why = "timed out" if _timed_out(exc) else f"unreachable: {exc}"
-        raise ListFailed(f"list namespaces: the Kubernetes API {why}") from exc
+        if deadline.expired.is_set() or _timed_out(exc):
+            raise ListFailed(timed_out) from exc
+        raise ListFailed(f"list namespaces: the Kubernetes API unreachable: {exc}") from exc
     except (ValueError, TypeError) as exc:  # an answer that does not parse as a NamespaceList
+        if deadline.expired.is_set():
+            raise ListFailed(timed_out) from exc
         raise ListFailed(f"list namespaces: the answer cannot be read: {exc}") from exc
     names = {item.metadata.name for item in (answer.items or [])
              if item.metadata is not None and item.metadata.name}
@@ -125,13 +216,28 @@ def _timed_out(exc: BaseException) -> bool:
     return False
 
 
-class Pruner:
-    """One run of `vcm.prune_namespaces` for a service (the placement worker's)."""
+class ReleasePending(Exception):
+    """The placement worker has not answered a release in time; it stays queued and is done
+    when the worker gets to it."""
 
-    def __init__(self, service: Capacity,
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"release {task_id} sent, not answered yet")
+        self.task_id = task_id
+
+
+Release = Callable[[list[str]], list[str]]  # lease ids -> the ids the placement worker released
+
+
+class Pruner:
+    """One run of `vcm.prune_namespaces` on a queries worker: `release` sends the lease ids to
+    the placement worker and returns its answer (ReleasePending when it does not come in
+    time)."""
+
+    def __init__(self, service: Capacity, release: Release,
                  client_factory: Callable[[], ApiClient] = api_client_from_env,
                  settings: Settings | None = None) -> None:
         self.service = service
+        self.release = release
         self.client_factory = client_factory
         settings = settings or service.settings
         self.interval = settings.namespace_prune_interval  # None: off
@@ -159,15 +265,36 @@ class Pruner:
             return self._failed(str(exc), started)
         finally:
             api.close()
-        released, by_namespace = self._prune(names, started - GRACE)
+        doomed = self._doomed(names, started - GRACE)
+        ids = [i for group in doomed.values() for i in group]
+        released: list[str] = []
+        try:
+            for start in range(0, len(ids), BATCH):
+                released += self.release(ids[start:start + BATCH])
+        except ReleasePending as exc:
+            log.warning("namespace-bound leases: %s; it is done when the placement worker gets "
+                        "to it", exc)
+            self._store({"state": "sent", "checked-at": started, "pruned-at": started,
+                         "namespaces": len(names), "released": len(released), "error": ""},
+                        runs=1)
+            return {"state": "sent", "namespaces": len(names), "released": released,
+                    "releasing": [i for i in ids if i not in set(released)],
+                    "release-task": exc.task_id, "by-namespace": doomed}
+        except Exception as exc:  # noqa: BLE001 - the placement worker refused or failed
+            return self._failed(f"release: {type(exc).__name__}: {exc}", started)
+        if released:
+            log.info("released %d leases of namespaces that are gone: %s", len(released),
+                     "; ".join(f"{ns}: {', '.join(group)}" for ns, group in doomed.items()))
         self._store({"state": "ok", "checked-at": started, "pruned-at": started,
                      "namespaces": len(names), "released": len(released), "error": ""},
                     runs=1)
+        done = set(released)
         return {"state": "ok", "namespaces": len(names), "released": released,
-                "by-namespace": by_namespace}
+                "by-namespace": {ns: [i for i in group if i in done]
+                                 for ns, group in doomed.items()}}
 
-    def _prune(self, names: set[str], cutoff: float) -> tuple[list[str], dict[str, list[str]]]:
-        """Release the leases of the namespaces not in `names` taken before `cutoff`."""
+    def _doomed(self, names: set[str], cutoff: float) -> dict[str, list[str]]:
+        """The leases, by namespace, of the namespaces not in `names` taken before `cutoff`."""
         doomed: dict[str, list[str]] = {}
         for lease in self.service.leases(selector=NAMESPACE_LABEL):
             namespace = lease.labels.get(NAMESPACE_LABEL, "")
@@ -179,15 +306,7 @@ class Pruner:
             except (TypeError, ValueError):  # no leased-at (""), or not RFC 3339
                 continue
             doomed.setdefault(namespace, []).append(lease.id)
-        ids = [i for group in doomed.values() for i in group]
-        released: list[str] = []
-        for start in range(0, len(ids), BATCH):
-            released += self.service.release(lease_ids=ids[start:start + BATCH], reason=REASON)
-        if released:
-            log.info("released %d leases of namespaces that are gone: %s", len(released),
-                     "; ".join(f"{ns}: {', '.join(group)}" for ns, group in doomed.items()))
-        done = set(released)
-        return released, {ns: [i for i in group if i in done] for ns, group in doomed.items()}
+        return doomed
 
     def _failed(self, error: str, started: float) -> dict[str, Any]:
         log.warning("namespace-bound leases not pruned (nothing released): %s", error)
@@ -206,9 +325,23 @@ class Pruner:
         pipe.execute()
 
 
-def prune(service: Capacity) -> dict[str, Any]:
-    """One run: what `vcm.prune_namespaces` does and returns."""
-    return Pruner(service).run()
+def prune(service: Capacity, release: Release) -> dict[str, Any]:
+    """One run: what `vcm.prune_namespaces` does and returns (on a queries worker)."""
+    return Pruner(service, release).run()
+
+
+def release_gone(service: Capacity, lease_ids: Any) -> list[str]:
+    """What `vcm.release_namespace_gone` does on the placement worker: release these leases
+    with reason `namespace-gone`, one atomic ledger step per batch. Those already released
+    count as released (a repeat answers the same); an unknown id is LeaseNotFound, as for
+    `vcm.release`."""
+    ids = parse_lease_ids(lease_ids)
+    if not ids:
+        raise InvalidRequest.of("lease_ids", "give the ids of the leases to release")
+    released: list[str] = []
+    for start in range(0, len(ids), BATCH):
+        released += service.release(lease_ids=ids[start:start + BATCH], reason=REASON)
+    return released
 
 
 def status_key(prefix: str) -> str:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .bootstrap import require_valid_pools
 from .settings import ROOT, Settings
 
 
@@ -59,6 +60,7 @@ class Stack:
 def run_stack(args: argparse.Namespace) -> int:
     settings = (Settings.from_env(redis_url=args.redis_url) if args.redis_url
                 else Settings.from_env())
+    require_valid_pools(settings)  # before anything starts: the file, pool and field
     # the children's environment: ours, with the Redis URL and pools file settled here
     env = dict(os.environ, VCM_REDIS_URL=settings.redis_url, PYTHONUNBUFFERED="1",
                VCM_POOLS_FILE=settings.pools_file)

@@ -20,8 +20,12 @@ do not need their namespace to exist. ``create_namespace``, ``delete_namespace``
 ``remove_namespace`` (gone without a trace, even a system one) and ``namespace_names`` act on
 the store directly.
 
-Faults are injected from Python: ``inject_fault(status=503, count=3)``, ``inject_fault(hang=2.0)``
-(``count=None`` means until ``clear_faults()``), ``set_latency(0.01)``;
+Faults are injected from Python: ``inject_fault(status=503, count=3)``, ``inject_fault(hang=2.0)``,
+``inject_fault(trickle=0.01)`` (a slow proxy: the answer's body one byte at a time, so that
+every read of the client is short while the whole answer is not; ``hold=`` an Event keeps its
+last byte back until set; ``trickling`` counts the answers under way, ``trickled`` lists how
+each ended: "sent", or "cut" when the client went away first) (``count=None`` means until
+``clear_faults()``), ``set_latency(0.01)``;
 ``resource="namespaces"`` (or ``"configmaps"``) restricts a fault to one resource. ``writes``
 counts the successful mutating requests.
 
@@ -298,6 +302,8 @@ class _Fault:
     name: str | None
     resource: str | None = None  # configmaps | namespaces; None: any
     hits: int = 0
+    trickle: float | None = None  # seconds between the body's bytes
+    hold: threading.Event | None = None  # the last byte waits for it
 
 
 def _target(path: str) -> tuple[str | None, str | None]:
@@ -350,6 +356,8 @@ class KubeApiServer:
         self._hooks: list[Callable[[str, str, str | None], None]] = []
         self._latency = 0.0
         self._stats = _Stats()
+        self.trickling = 0  # answers being trickled now
+        self.trickled: list[str] = []  # how each trickled answer ended: "sent" or "cut"
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -444,6 +452,8 @@ class KubeApiServer:
         status: int | None = None,
         *,
         hang: float | None = None,
+        trickle: float | None = None,
+        hold: threading.Event | None = None,
         count: int | None = 1,
         methods: set[str] | list[str] | tuple[str, ...] | None = None,
         name: str | None = None,
@@ -453,19 +463,24 @@ class KubeApiServer:
 
         status: answer this HTTP code with a Status (500 InternalError, 503 ServiceUnavailable,
         429 TooManyRequests with Retry-After, 403 Forbidden, ...). hang: sleep this many seconds
-        first (then answer `status`, or the normal answer when status is None). methods / name
+        first (then answer `status`, or the normal answer when status is None). trickle: the
+        normal answer, its headers at once and its body one byte every `trickle` seconds, the
+        last byte not before `hold` is set (when given). methods / name
         / resource restrict the fault to those HTTP methods / that object name (the URL's, or
         for a create the body's) / that resource ("configmaps" or "namespaces").
         """
         if resource not in (None, "configmaps", "namespaces"):
             raise ValueError(f"unknown resource {resource!r}")
-        if status is None and hang is None:
-            raise ValueError("give a status and/or a hang")
+        if status is None and hang is None and trickle is None:
+            raise ValueError("give a status, a hang and/or a trickle")
+        if trickle is not None and status is not None:
+            raise ValueError("a trickle sends the normal answer: give no status")
         if status is not None and status not in _FAULT_REASONS:
             raise ValueError(f"unsupported fault status {status}")
         meths = frozenset(m.upper() for m in methods) if methods else None
         with self._lock:
-            self._faults.append(_Fault(status, hang, count, meths, name, resource))
+            self._faults.append(_Fault(status, hang, count, meths, name, resource,
+                                       trickle=trickle, hold=hold))
 
     def add_hook(self, hook: Callable[[str, str, str | None], None]) -> None:
         """Call hook(method, path, object name or None) before each request is processed,
@@ -1250,8 +1265,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _send(self, code: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+    def _send(self, code: int, body: dict[str, Any], headers: dict[str, str],
+              fault: _Fault | None = None) -> None:
         payload = json.dumps(body, separators=(",", ":")).encode()
+        if fault is not None and fault.trickle is not None:
+            self._trickle(code, payload, headers, fault)
+            return
         try:
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
@@ -1265,6 +1284,46 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):  # client gave up (timeout)
             self.close_connection = True
+
+    def _trickle(self, code: int, payload: bytes, headers: dict[str, str], fault: _Fault) -> None:
+        """The answer as a slow proxy sends it: headers at once, then the body byte by byte,
+        `fault.trickle` seconds apart; the last byte waits for `fault.hold` too."""
+        api = self.api
+        with api._lock:
+            api.trickling += 1
+        outcome = "cut"
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.flush()
+            for i in range(len(payload)):
+                if api._stopping.wait(fault.trickle):
+                    break
+                if i == len(payload) - 1 and not self._held_until_released(fault):
+                    break
+                self.wfile.write(payload[i:i + 1])
+                self.wfile.flush()
+            else:
+                outcome = "sent"
+        except OSError:  # the client gave up (a broken pipe, a reset)
+            pass
+        finally:
+            if outcome != "sent":
+                self.close_connection = True
+            with api._lock:
+                api.trickling -= 1
+                api.trickled.append(outcome)
+
+    def _held_until_released(self, fault: _Fault) -> bool:
+        """Wait for `fault.hold` (if any); False when the server stops first."""
+        while fault.hold is not None and not fault.hold.is_set():
+            if self.api._stopping.wait(fault.trickle):
+                return False
+        return True
 
     def _serve(self) -> None:
         api = self.api
@@ -1290,6 +1349,7 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(ValueError, AttributeError, TypeError):
                 name = json.loads(raw).get("metadata", {}).get("name")
         fault = api._take_fault(method, name, resource)
+        trickle = fault if fault is not None and fault.trickle is not None else None
         if fault is not None:
             if fault.hang:
                 if api._stopping.wait(fault.hang):
@@ -1330,7 +1390,7 @@ class _Handler(BaseHTTPRequestHandler):
             err = _ApiError(500, "InternalError", f"Internal error occurred: {exc!r}")
             code, body, headers = err.code, err.status(), {}
         api._record(method, path, code, dry_run=bool(query.get("dryRun")))
-        self._send(code, body, headers)
+        self._send(code, body, headers, trickle)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 

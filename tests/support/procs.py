@@ -200,10 +200,10 @@ class LoggedProcess:
     _offset: int = 0  # where this run's output starts in the log (a restart appends)
     _pgid: int | None = None  # our child's process group until stop() has emptied it
 
-    def spawn(self, args: list[str], env: dict) -> subprocess.Popen:
+    def spawn(self, args: list[str], env: dict, cwd: Path = ROOT) -> subprocess.Popen:
         self.out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self._offset = self.out.tell()
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.out,
+        self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=self.out,
                                      stderr=subprocess.STDOUT, start_new_session=self.group)
         self._pgid = self.proc.pid if self.group else None
         return self.proc
