@@ -20,7 +20,7 @@ from .core.labels import matches, narrows, parse_selector
 from .core.lease import Lease
 from .core.models import text_arg
 from .core.placement import Fleet
-from .placing import Placing, Queued
+from .placing import REFUSALS, Placing, Queued
 from .ports import Mirror, Pools, Replies
 from .queries import Queries, pool_view
 from .recovery import Recovery
@@ -75,9 +75,12 @@ class Capacity:
 
     def acquire_batch(self, raws: Any, task_id: str,
                       owner: str = "anonymous") -> list[list[dict[str, Any]]]:
-        reqs = self.placing.parse_batch(raws, task_id, owner)
+        try:
+            reqs = self.placing.parse_batch(raws, task_id, owner)
+        except REFUSALS as exc:
+            return self.placing.refuse(task_id, exc)
         with self.lock:
-            return self.placing.place(reqs)
+            return self.placing.acquire_batch(reqs, task_id)
 
     def release(self, lease_ids: Any = None, owner: Any = None, selector: Any = None,
                 reason: str = "released") -> list[str]:

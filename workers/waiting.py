@@ -77,6 +77,8 @@ class WaitingLine:
         self.empty = False
         in_line = self.ledger.park(req.key, record)
         position, record = in_line.position, in_line.record
+        if in_line.answer is not None:  # a copy of a task answered meanwhile: that answer
+            return self.placing.replay(in_line.answer)[0]
         if position == 0:  # granted meanwhile (a redelivered task): answer with the leases
             existing = self.placing.existing([req])
             return existing[0] if existing else []
@@ -105,7 +107,7 @@ class WaitingLine:
                 self._show(key, record, position, exc.reasons)
                 continue
             except (InvalidRequest, WaitTimeout, LeaseNotFound) as exc:
-                unparked = self.ledger.unpark(key)
+                unparked = self.ledger.unpark(key, refusal=exc.to_dict())
                 if unparked.left:
                     self._answer([record["task"], *unparked.twins], fail=exc)
                 continue
@@ -139,12 +141,13 @@ class WaitingLine:
     def expire(self, key: str, record: dict[str, Any], why: str = "") -> bool:
         """Take a waiter out of the line and fail its tasks with WaitTimeout (False: it had
         left already)."""
-        unparked = self.ledger.unpark(key)
+        waited = round(time.time() - record["since"], 1)
+        timeout = WaitTimeout.of(waited, why=why)
+        unparked = self.ledger.unpark(key, refusal=timeout.to_dict())
         if not unparked.left:
             return False
         self.ledger.count("refused:WaitTimeout")
-        waited = round(time.time() - record["since"], 1)
-        self._answer([record["task"], *unparked.twins], fail=WaitTimeout.of(waited, why=why))
+        self._answer([record["task"], *unparked.twins], fail=timeout)
         return True
 
     def cancel(self, task_id: Any) -> bool:
@@ -158,6 +161,7 @@ class WaitingLine:
             twins = self.ledger.twins(key)
             primary = record.get("task") == task_id
             if task_id in twins and self.ledger.drop_twin(key, task_id) and not primary:
+                self.ledger.answer_once(task_id, gone.to_dict())
                 self._answer([task_id], fail=gone)
                 return True
             if not primary:
@@ -166,6 +170,7 @@ class WaitingLine:
             if others:  # someone else still waits for this request: they take its place
                 self.ledger.drop_twin(key, others[0])
                 self.ledger.rewait(key, {**record, "task": others[0]})
+                self.ledger.answer_once(task_id, gone.to_dict())
                 self._answer([task_id], fail=gone)
                 return True
             if self.expire(key, record, "the client went away"):
