@@ -54,7 +54,7 @@ from hypothesis.stateful import (
 )
 
 from tests.conftest import reset_ledger
-from tests.helpers import QUEUE, check_invariants
+from tests.helpers import QUEUE, check_invariants, placement_barrier
 from tests.support.stateful import (
     NETWORK_TYPES,
     OWNERS,
@@ -693,7 +693,7 @@ class TaskApiMachine(RuleBasedStateMachine):
             self.app.send_task("vcm.acquire", kwargs={"request": body}, queue="placement",
                                task_id=task_id)
         # the one placement consumer runs tasks in the order sent: the copies before this
-        self.send("vcm.noop_placement").get(timeout=ANSWER_TIMEOUT)
+        placement_barrier(self.app, ANSWER_TIMEOUT)
         for task_id, (body, first) in refused.items():
             what = f"copy of task {task_id} ({body!r}, answered {first})"
             try:
