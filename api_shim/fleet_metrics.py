@@ -13,6 +13,9 @@ nothing is counted in the shim, so any number of shim replicas report the same v
                     parsed by mirror_status.parse_status
   seq        string the ledger's change counter
 
+and Redis's own INFO memory and stats: used_memory against maxmemory (a full Redis refuses
+writes: workers/adapters/redis_memory.py) and evicted_keys (0 under noeviction).
+
 All of it is read in one pipelined round trip with short socket timeouts. A scrape never fails
 because of Redis: when it does not answer, the scrape says `vcm_redis_up 0` and nothing else.
 """
@@ -41,6 +44,7 @@ from redis.retry import Retry
 
 from workers.adapters.keys import PREFIX, Keys
 from workers.adapters.ledger import LATENCY_BUCKETS
+from workers.adapters.redis_memory import MemoryUse
 from workers.core.errors import ERRORS
 from workers.core.health import effective
 from workers.mirror_status import parse_status
@@ -83,6 +87,8 @@ class FleetSnapshot:
     mirror: dict[str, Any] = field(default_factory=dict)  # parse_status; {} without a hash
     seq: int | None = None
     health: dict[str, Any] = field(default_factory=dict)  # pool -> PoolHealth (live vCenters)
+    memory: MemoryUse | None = None  # Redis's INFO memory
+    evicted: int | None = None  # Redis's INFO stats evicted_keys
 
     # -- derived values (shared by the metrics and the dashboard) -------------------------
     @property
@@ -178,8 +184,14 @@ class FleetReader:
         pipe.hgetall(k.mirror)
         pipe.get(k.seq)
         pipe.hgetall(k.health)
-        stats, latency, leases, waiting, usage, mirror, seq, health = pipe.execute()
+        pipe.info("memory")
+        pipe.info("stats")
+        (stats, latency, leases, waiting, usage, mirror, seq, health, memory,
+         redis_stats) = pipe.execute()
         snap = FleetSnapshot(at=time.time(), leases=int(leases or 0), waiting=int(waiting or 0))
+        snap.memory = MemoryUse.from_info(memory or {})
+        evicted = _number((redis_stats or {}).get("evicted_keys"))
+        snap.evicted = int(evicted) if evicted is not None else None
         for key, value in (stats or {}).items():
             number = _number(value)
             if number is not None:
@@ -269,6 +281,17 @@ class FleetCollector:
         mirror_set_aside = GaugeMetricFamily(
             "vcm_mirror_set_aside_leases", "Leases left out of the last mirror save because "
             "they cannot be encoded (ids in the placement worker's log)")
+        memory = [
+            GaugeMetricFamily("vcm_redis_memory_used_bytes", "Redis's used_memory"),
+            GaugeMetricFamily("vcm_redis_memory_max_bytes",
+                              "Redis's maxmemory (0: no limit)"),
+            GaugeMetricFamily("vcm_redis_memory_used_ratio",
+                              "used_memory / maxmemory: above 1 Redis refuses every write "
+                              "(noeviction) until memory is freed"),
+        ]
+        evicted = CounterMetricFamily(
+            "vcm_redis_evicted_keys", "Keys Redis evicted for memory (always 0 under "
+            "noeviction; any other policy may evict ledger records)")
         if snap is None:
             latency = HistogramMetricFamily(
                 "vcm_acquire_latency_seconds", "Acquire latency, including time spent waiting "
@@ -276,7 +299,7 @@ class FleetCollector:
             return [self._redis_up(1), pool, vcenter, health, age, leases, waiting, latency,
                     *counters,
                     refusals, mirror_lag, mirror_age, mirror_failing, mirror_errors,
-                    mirror_set_aside]
+                    mirror_set_aside, *memory, evicted]
 
         out: list[Metric] = [self._redis_up(1)]
         rollup = snap.rollup or {}
@@ -335,4 +358,15 @@ class FleetCollector:
             mirror_errors.add_metric([], snap.mirror_count("errors"))
             mirror_set_aside.add_metric([], snap.mirror_count("set-aside"))
             out += [mirror_errors, mirror_set_aside]
+        if snap.memory is not None:
+            used, limit, ratio = memory
+            used.add_metric([], snap.memory.used)
+            limit.add_metric([], snap.memory.limit)
+            out += [used, limit]
+            if snap.memory.ratio is not None:
+                ratio.add_metric([], snap.memory.ratio)
+                out.append(ratio)
+        if snap.evicted is not None:
+            evicted.add_metric([], snap.evicted)
+            out.append(evicted)
         return out

@@ -11,6 +11,7 @@ from celery import Celery, signals
 from celery.exceptions import Ignore
 
 from tasks import results as _results  # noqa: F401 - query results expire in minutes
+from tasks.holding import wait_for_room
 from workers.bootstrap import PLACEMENT, QUERIES, Runtime, build
 from workers.core.errors import ERRORS, InvalidRequest
 from workers.service import Capacity
@@ -65,6 +66,7 @@ def _setup(sender: str, instance: Any, **_: Any) -> None:
     """Before consuming: check the config, and on the placement side restore the ledger."""
     _role["name"] = PLACEMENT if _consumes_placement(instance.app) else QUERIES
     svc = service()  # an invalid pools file or setting stops start-up here, with its message
+    wait_for_room(svc.ledger.r)  # a full Redis: see tasks/holding.py
     if _role["name"] == PLACEMENT:
         svc.ensure_ready(check_mirror=True)
 
