@@ -14,6 +14,9 @@ nothing is counted in the shim, so any number of shim replicas report the same v
   seq        string the ledger's change counter
   quarantine hash   records set aside (HLEN); blocked: those whose holdings cannot be read
 
+and Redis's own INFO memory and stats: used_memory against maxmemory (a full Redis refuses
+writes: workers/adapters/redis_memory.py) and evicted_keys (0 under noeviction).
+
 All of it is read in one pipelined round trip with short socket timeouts. A scrape never fails
 because of Redis: when it does not answer, the scrape says `vcm_redis_up 0` and nothing else.
 """
@@ -42,6 +45,7 @@ from redis.retry import Retry
 
 from workers.adapters.keys import PREFIX, Keys
 from workers.adapters.ledger import LATENCY_BUCKETS
+from workers.adapters.redis_memory import MemoryUse
 from workers.core.errors import ERRORS
 from workers.core.health import effective
 from workers.mirror_status import parse_status
@@ -86,6 +90,8 @@ class FleetSnapshot:
     health: dict[str, Any] = field(default_factory=dict)  # pool -> PoolHealth (live vCenters)
     set_aside: int = 0  # records set aside, holding what can be read of them
     set_aside_unreadable: int = 0  # of which nothing can be read: placement is stopped
+    memory: MemoryUse | None = None  # Redis's INFO memory
+    evicted: int | None = None  # Redis's INFO stats evicted_keys
 
     # -- derived values (shared by the metrics and the dashboard) -------------------------
     @property
@@ -183,10 +189,15 @@ class FleetReader:
         pipe.hgetall(k.health)
         pipe.hlen(k.quarantine)
         pipe.scard(k.blocked)
-        stats, latency, leases, waiting, usage, mirror, seq, health, aside, blocked = \
-            pipe.execute()
+        pipe.info("memory")
+        pipe.info("stats")
+        (stats, latency, leases, waiting, usage, mirror, seq, health, aside, blocked, memory,
+         redis_stats) = pipe.execute()
         snap = FleetSnapshot(at=time.time(), leases=int(leases or 0), waiting=int(waiting or 0),
                              set_aside=int(aside or 0), set_aside_unreadable=int(blocked or 0))
+        snap.memory = MemoryUse.from_info(memory or {})
+        evicted = _number((redis_stats or {}).get("evicted_keys"))
+        snap.evicted = int(evicted) if evicted is not None else None
         for key, value in (stats or {}).items():
             number = _number(value)
             if number is not None:
@@ -282,6 +293,17 @@ class FleetCollector:
             "(ids in the placement worker's log; dropped with `vcm release ID`), by whether what "
             "they hold could be read and stays counted, or could not and stops all placement",
             labels=["holdings"])
+        memory = [
+            GaugeMetricFamily("vcm_redis_memory_used_bytes", "Redis's used_memory"),
+            GaugeMetricFamily("vcm_redis_memory_max_bytes",
+                              "Redis's maxmemory (0: no limit)"),
+            GaugeMetricFamily("vcm_redis_memory_used_ratio",
+                              "used_memory / maxmemory: above 1 Redis refuses every write "
+                              "(noeviction) until memory is freed"),
+        ]
+        evicted = CounterMetricFamily(
+            "vcm_redis_evicted_keys", "Keys Redis evicted for memory (always 0 under "
+            "noeviction; any other policy may evict ledger records)")
         if snap is None:
             latency = HistogramMetricFamily(
                 "vcm_acquire_latency_seconds", "Acquire latency, including time spent waiting "
@@ -289,7 +311,7 @@ class FleetCollector:
             return [self._redis_up(1), pool, vcenter, health, age, leases, waiting, latency,
                     *counters,
                     refusals, mirror_lag, mirror_age, mirror_failing, mirror_errors,
-                    mirror_set_aside, set_aside]
+                    mirror_set_aside, set_aside, *memory, evicted]
 
         out: list[Metric] = [self._redis_up(1)]
         rollup = snap.rollup or {}
@@ -351,4 +373,15 @@ class FleetCollector:
             mirror_errors.add_metric([], snap.mirror_count("errors"))
             mirror_set_aside.add_metric([], snap.mirror_count("set-aside"))
             out += [mirror_errors, mirror_set_aside]
+        if snap.memory is not None:
+            used, limit, ratio = memory
+            used.add_metric([], snap.memory.used)
+            limit.add_metric([], snap.memory.limit)
+            out += [used, limit]
+            if snap.memory.ratio is not None:
+                ratio.add_metric([], snap.memory.ratio)
+                out.append(ratio)
+        if snap.evicted is not None:
+            evicted.add_metric([], snap.evicted)
+            out.append(evicted)
         return out

@@ -1452,10 +1452,12 @@ def test_an_overlay_that_only_changes_the_namespace_keeps_the_mirror_and_its_rba
     assert network_violations(docs) == []
 
 
-def test_deployed_redis_evicts_only_what_expires_anyway(tmp_path):
+def test_deployed_redis_evicts_nothing_and_refuses_writes_when_full(tmp_path):
     """With the manifest's memory policy (its maxmemory scaled down to 8 MB), a flood of task
-    results (with a TTL) is evicted nearest-expiry first, while the ledger's keys and the
-    queues (no TTL) all stay; and Redis stays up."""
+    results (with a TTL, like released-lease records) fills Redis and then is refused: nothing
+    is evicted, neither the ledger and the queues (no TTL) nor what has a TTL; reads and
+    deletes still work, Redis stays up, and writes resume once memory is freed.
+    (tests/test_pressure.py runs the whole service on it.)"""
     server = _need_tool("redis-server")
     docs = base_docs()
     password = secrets.token_hex(16)
@@ -1463,7 +1465,7 @@ def test_deployed_redis_evicts_only_what_expires_anyway(tmp_path):
     _sts, c = redis_container(docs)
     env = resolve_env(docs, c, given)
     words = [k8s_expand(str(t), env) for t in list(c["command"]) + list(c.get("args", []))]
-    assert words[words.index("--maxmemory-policy") + 1] == "volatile-ttl"
+    assert words[words.index("--maxmemory-policy") + 1] == "noeviction"
     assert words[words.index("--maxmemory") + 1] == "640mb"
     words[0] = server
     words[words.index("--dir") + 1] = str(tmp_path)
@@ -1481,13 +1483,20 @@ def test_deployed_redis_evicts_only_what_expires_anyway(tmp_path):
             pipe.hset("vcm:leases", f"lease-{i}", lease)
         pipe.rpush("placement", *[f"task-{i}" for i in range(100)])
         pipe.execute()
-        for i in range(20000):  # ~34 MB of results, each with a TTL: most must go
-            r.set(f"celery-task-meta-{i}", lease, ex=86400 if i % 2 else 300)
+        stored = 0
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for i in range(20000):  # ~34 MB of results, each with a TTL: more than fits
+                r.set(f"celery-task-meta-{i}", lease, ex=86400 if i % 2 else 300)
+                stored += 1
         assert proc.poll() is None
+        assert 0 < stored < 20000
         assert r.hlen("vcm:leases") == 500 and r.llen("placement") == 100
         kept = sum(1 for _ in r.scan_iter("celery-task-meta-*", count=1000))
-        assert 0 < kept < 20000
-        assert int(r.info("stats")["evicted_keys"]) > 0
+        assert kept == stored
+        assert int(r.info("stats")["evicted_keys"]) == 0
+        assert r.get("celery-task-meta-0") == lease.encode()  # reads work while full
+        r.delete(*[f"celery-task-meta-{i}" for i in range(stored)])  # so do deletes
+        assert r.set("celery-task-meta-again", lease, ex=300)
     finally:
         proc.kill()
         proc.wait(10)

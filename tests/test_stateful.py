@@ -1146,6 +1146,47 @@ class TaskApiMachine(RuleBasedStateMachine):
                 and storage <= pool.storage, \
                 f"{name} over-allocated with set-aside {sorted(self.aside)}: {used[name]}"
 
+    # -- memory pressure (Redis at its maxmemory) ----------------------------------------
+    @precondition(lambda self: getattr(self, "pressures", 0) < 1)  # once an example: slow
+    @rule()
+    @recorded
+    def fill_redis_then_free_it(self) -> None:
+        """Redis, evicting nothing (noeviction, as deploy/redis.yaml runs it), is filled to its
+        maxmemory by a broker backlog nobody consumes, then freed: nothing granted or
+        remembered is lost, nothing is half-written, a task sent while Redis is full is
+        refused before it is queued, and the placement worker serves again afterwards (the
+        invariants after this step check the ledger against what clients were told)."""
+        from tests.support.pressure import fill, memory, records
+        from workers.adapters.redis_memory import refused_for_memory
+
+        self.pressures = getattr(self, "pressures", 0) + 1
+        self.poll_waiters()
+        before = self.snapshot()
+        kept = records(self.client)
+        saved = self.client.config_get("maxmemory*")
+        self.client.config_set("maxmemory-policy", "noeviction")
+        self.client.config_set("maxmemory", memory(self.client).used + 4 * 2**20)
+        try:
+            fill(self.app, self.client, queue="vcm-stateful-backlog")
+            try:
+                self.send("vcm.acquire", request={"vcpus": 1, "memory": 1})
+            except Exception as exc:  # noqa: BLE001 - what a job step's send_task raises
+                assert refused_for_memory(exc), f"send while Redis is full: {exc!r}"
+            else:
+                raise AssertionError("a task was queued while Redis was full")
+            check_invariants(self.ledger(), self.pools)
+            self.assert_unchanged(before, "a full Redis")
+            lost = kept - records(self.client)
+            assert not lost, f"records lost while Redis was full: {sorted(lost)[:5]}"
+        finally:
+            self.client.delete("vcm-stateful-backlog")
+            self.client.config_set("maxmemory", saved.get("maxmemory", "0"))
+            self.client.config_set("maxmemory-policy",
+                                   saved.get("maxmemory-policy", "noeviction"))
+        assert not memory(self.client).full
+        out = self.call("vcm.noop_placement")
+        assert out.ok, f"the placement worker after Redis was freed: {out}"
+
     def record_failure(self, exc: BaseException) -> None:
         """Append this example's steps and its failure to the failures log, and name the log
         in the failure."""
