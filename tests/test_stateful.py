@@ -1184,8 +1184,8 @@ class TaskApiMachine(RuleBasedStateMachine):
             self.client.config_set("maxmemory-policy",
                                    saved.get("maxmemory-policy", "noeviction"))
         assert not memory(self.client).full
-        out = self.call("vcm.noop_placement")
-        assert out.ok, f"the placement worker after Redis was freed: {out}"
+        out = self.call("vcm.cancel_wait", task_id="no-such-wait")
+        assert out.ok and out.result is False, f"the placement worker after Redis was freed: {out}"
 
     def record_failure(self, exc: BaseException) -> None:
         """Append this example's steps and its failure to the failures log, and name the log

@@ -92,7 +92,7 @@ def memory(client: redis.Redis) -> MemoryUse:
 
 def send_backlog(app: Celery, pad: int = PAD, queue: str = BACKLOG) -> None:
     """One task message on `queue`, as any client of the broker sends it."""
-    app.send_task("vcm.noop_placement", queue=queue, kwargs={"pad": "x" * pad})
+    app.send_task("backlog.never_consumed", queue=queue, kwargs={"pad": "x" * pad})
 
 
 def fill_to(app: Celery, client: redis.Redis, ratio: float, queue: str = BACKLOG) -> MemoryUse:
