@@ -862,21 +862,32 @@ def test_file_mirror_save_takes_the_lock_and_racing_saves_end_on_the_higher_seq(
 
 
 def test_file_mirror_many_racing_writers_never_go_back(tmp_path):
+    """Two writers race (odd and even seqs up to 199) while a reader watches the file: every
+    seq it reads is at least the one before. The reader sees the start, a seq in the middle
+    (the odd writer stops after 99 until the reader has seen one) and the end."""
     path = tmp_path / "ledger.json"
     FileMirror(path).save({"format": 1, "seq": 0, "leases": []})
     seen: list[int] = []
+    looked = threading.Event()  # the reader has read the file at least once
+    middle = threading.Event()  # the reader has seen a seq of 99 or more
     stop = threading.Event()
 
     def writer(start: int) -> None:
+        assert looked.wait(30), "the reader never read the file"
         m = FileMirror(path)
         for seq in range(start, 200, 2):
             with contextlib.suppress(MirrorError):
                 m.save({"format": 1, "seq": seq, "leases": []})
+            if seq == 99:  # the even writer goes on (up to 198) while the reader looks
+                assert middle.wait(30), "the reader never saw the file in the middle"
 
     def reader() -> None:
-        while not stop.is_set():
+        while not stop.is_set() and (not seen or seen[-1] < 199):
             with contextlib.suppress(MirrorError):
                 seen.append(FileMirror(path).load()["seq"])
+            looked.set()
+            if seen and seen[-1] >= 99:
+                middle.set()
 
     threads = [threading.Thread(target=writer, args=(k,)) for k in (1, 2)]
     watch = threading.Thread(target=reader)
@@ -884,10 +895,13 @@ def test_file_mirror_many_racing_writers_never_go_back(tmp_path):
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(60)
+    watch.join(30)
     stop.set()
+    assert seen and seen[-1] == 199, f"the reader never saw seq 199: {seen[-5:]}"
     watch.join()
     assert FileMirror(path).load()["seq"] == 199
+    assert seen[0] == 0 and seen[-1] == 199 and any(99 <= x < 199 for x in seen), seen
     assert seen == sorted(seen), "the file went back to an older seq"
 
 
