@@ -25,6 +25,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.support.kube_apiserver import KubeApiServer
+from tests.support.rbac import deploy_rbac, mirror_configmap, service_account_of
 from workers.adapters.mirror import (
     CONFIGMAP_LIMIT,
     ConfigMapMirror,
@@ -35,8 +36,7 @@ from workers.adapters.mirror import (
     retry_backoff,
 )
 
-NS = "vcm"
-NAME = "vcm-ledger"
+NS, NAME = mirror_configmap()  # as deploy/ names it: its RBAC Role grants exactly these
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -116,12 +116,29 @@ def random_snapshot(nbytes: int, seed: int = 0) -> dict[str, Any]:
 
 @pytest.fixture
 def kube():
-    with KubeApiServer() as server:
+    """The test apiserver enforcing deploy/rbac.yaml."""
+    with KubeApiServer(rbac=deploy_rbac()) as server:
         yield server
+
+
+def placement_client(kube: KubeApiServer) -> client.ApiClient:
+    """A client with the token of the service account deploy/ gives the placement worker,
+    the process that runs the mirror."""
+    account = service_account_of("placement")
+    assert account is not None, "deploy/ mounts no token in the placement worker"
+    return kube.api_client(api_key={"BearerToken": f"Bearer {kube.token_for(*account)}"})
 
 
 @pytest.fixture
 def api(kube):
+    api_client = placement_client(kube)
+    yield api_client
+    api_client.close()
+
+
+@pytest.fixture
+def admin(kube):
+    """The test's own client: a cluster admin (the checks of the server itself)."""
     api_client = kube.api_client()
     yield api_client
     api_client.close()
@@ -170,8 +187,8 @@ def _status(err: pytest.ExceptionInfo[ApiException]) -> dict[str, Any]:
     return body
 
 
-def test_server_conflict_on_stale_resource_version(api):
-    core = client.CoreV1Api(api)
+def test_server_conflict_on_stale_resource_version(admin):
+    core = client.CoreV1Api(admin)
     created = core.create_namespaced_config_map(NS, {"metadata": {"name": "c"}, "data": {"a": "1"}})
     stale = created.metadata.resource_version
     updated = core.replace_namespaced_config_map(
@@ -196,8 +213,8 @@ def test_server_conflict_on_stale_resource_version(api):
     assert err.value.status == 409 and _status(err)["reason"] == "AlreadyExists"
 
 
-def test_server_field_value_too_long_at_1mib(api):
-    core = client.CoreV1Api(api)
+def test_server_field_value_too_long_at_1mib(admin):
+    core = client.CoreV1Api(admin)
     # exactly 1,048,576 bytes of keys + values (binaryData counted decoded) is accepted
     fits = {"d": "x" * 1000}
     binary = base64.b64encode(b"\0" * (CONFIGMAP_LIMIT - 1000 - 2)).decode()
@@ -224,8 +241,8 @@ def test_server_field_value_too_long_at_1mib(api):
     assert core.read_namespaced_config_map("fits", NS).data == fits
 
 
-def test_server_not_found(api):
-    core = client.CoreV1Api(api)
+def test_server_not_found(admin):
+    core = client.CoreV1Api(admin)
     calls = [
         lambda: core.read_namespaced_config_map("nope", NS),
         lambda: core.replace_namespaced_config_map("nope", NS, {"metadata": {"name": "nope"}}),
@@ -269,12 +286,12 @@ def test_round_trip_and_write_counts(kube, mirror):
     assert kube.writes == 2
 
 
-def test_missing_configmap_is_created_after_404(kube, mirror):
+def test_missing_configmap_is_created_after_404(kube, mirror, admin):
     mirror.save({"version": 1, "leases": []})
     log = [(m, code) for m, path, code in kube.request_log]
     assert log == [("GET", 404), ("POST", 201)]
-    # deleted behind our back: next save re-creates it
-    client.CoreV1Api(mirror.api_client).delete_namespaced_config_map(NAME, NS)
+    # deleted behind our back (the placement worker may not delete it): next save re-creates it
+    client.CoreV1Api(admin).delete_namespaced_config_map(NAME, NS)
     assert mirror.load() is None
     assert mirror.save({"version": 2, "leases": []}) == 1
     assert mirror.load() == {"version": 2, "leases": []}
@@ -566,7 +583,7 @@ def test_concurrent_writers_and_reader_never_mix_shards(kube):
         for i, s in enumerate(snaps[w]):
             s["writer"], s["round"] = w, i
     known = {json.dumps(s, sort_keys=True) for w in (0, 1) for s in snaps[w]}
-    clients = [kube.api_client() for _ in range(3)]
+    clients = [placement_client(kube) for _ in range(3)]
     mirrors = [ConfigMapMirror(NS, NAME, api_client=c, shard_bytes=4096) for c in clients]
     barrier = threading.Barrier(2)
     errors: list[BaseException] = []
@@ -603,7 +620,7 @@ def test_concurrent_writers_and_reader_never_mix_shards(kube):
     for c in clients:
         c.close()
     assert not errors, errors
-    final = ConfigMapMirror(NS, NAME, api_client=kube.api_client()).load()
+    final = ConfigMapMirror(NS, NAME, api_client=placement_client(kube)).load()
     assert final in (snaps[0][-1], snaps[1][-1])
     # the race really happened and was resolved
     assert kube.conflicts + mirrors[0].lock_waits + mirrors[1].lock_waits > 0
@@ -736,7 +753,7 @@ def test_file_mirror_survives_sigkill_mid_save(tmp_path):
 def test_a_save_that_lost_a_race_does_not_put_an_older_seq_over_a_newer_one(kube):
     """Two writers of one ledger: the older one reads the head, the newer one commits seq 10,
     the older one's compare-and-swap gets 409 and re-reads: it must not commit seq 5."""
-    old_api, new_api = kube.api_client(), kube.api_client()
+    old_api, new_api = placement_client(kube), placement_client(kube)
     older = ConfigMapMirror(NS, NAME, api_client=old_api, timeout=2.0)
     newer = ConfigMapMirror(NS, NAME, api_client=new_api, timeout=2.0)
     try:
@@ -770,7 +787,7 @@ def test_a_save_that_lost_a_race_does_not_put_an_older_seq_over_a_newer_one(kube
 def test_a_sharded_save_refuses_when_a_newer_one_committed_during_its_reservation(kube, api):
     """A head-only save may commit while another writer writes its shards; the sharded save
     then refuses at its commit and gives its reservation back."""
-    other_api = kube.api_client()
+    other_api = placement_client(kube)
     sharded = ConfigMapMirror(NS, NAME, api_client=api, timeout=2.0, shard_bytes=4096)
     small = ConfigMapMirror(NS, NAME, api_client=other_api, timeout=2.0, shard_bytes=4096)
     try:
