@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import uuid
 
 import httpx
@@ -528,10 +527,19 @@ def test_tokens_from_a_file_rotate_without_a_restart(api_auth, token_file, ledge
                       headers=bearer("carol")).status_code == 401
         assert c.post("/release", json={"owner": "x"},  # the variable's tokens stay
                       headers=bearer("alice")).status_code == 403
+        logged = len(api_auth.output())
         token_file.write_text("not a token file")  # broken: the last good tokens stay
-        time.sleep(2.5)
+        codes: list[int] = []
+
+        def read_the_broken_file() -> bool:  # the shim looks at the file on requests
+            codes.append(c.post("/release", json={"owner": "x"},
+                                headers=bearer("dave")).status_code)
+            return "keeping the previous API tokens" in api_auth.output()[logged:]
+
+        wait_for(read_the_broken_file, timeout=20, what="the shim to read the broken file")
         assert c.post("/release", json={"owner": "x"},
                       headers=bearer("dave")).status_code == 200
+        assert set(codes) == {200}, codes
 
 
 def test_a_bad_token_setting_stops_start_up(stack):

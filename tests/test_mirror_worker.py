@@ -361,6 +361,16 @@ def test_5000_leases_are_mirrored_sharded_and_restored(tmp_path, kube):
         s.stop()
 
 
+def publisher_rounds(s: Stack) -> int:
+    """How many rounds the placement worker's publisher has begun, as the stack's Redis counts
+    them: each round reads the ledger's seq and epoch in one pipeline, with its one HSETNX."""
+    client = s.redis.client()
+    try:
+        return int(client.info("commandstats").get("cmdstat_hsetnx", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
 def test_too_large_fails_loudly_and_drops_nothing(tmp_path, kube):
     """With the head ConfigMap only (VCM_MIRROR_MAX_SHARDS=0, about 1 MB compressed), 4,000
     badly compressible leases do not fit: the worker says so (ERROR, status, counter), holds
@@ -378,7 +388,9 @@ def test_too_large_fails_loudly_and_drops_nothing(tmp_path, kube):
                                   kwargs={"requests": late})
         wait_for(lambda: status(s).get("state") == "too-large", timeout=60,
                  what="vcm:mirror showing too-large")
-        time.sleep(3)  # several publisher rounds: still held, logged once
+        rounds = publisher_rounds(s)
+        wait_for(lambda: publisher_rounds(s) >= rounds + 3, timeout=30,
+                 what="three more publisher rounds")  # still held, logged once
         st = status(s)
         assert st["too-large"] >= 1 and st["failures"] >= 1
         assert st["error"].startswith("too large") and "needs 2 ConfigMaps" in st["error"]
