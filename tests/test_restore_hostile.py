@@ -179,6 +179,24 @@ def test_the_journal_drops_only_the_set_aside_record_kept_under_that_id(tmp_path
         s.stop()
 
 
+def test_a_set_aside_item_nested_too_deep_to_read_stops_placement_until_dropped(tmp_path):
+    """A set-aside item whose record is JSON nested deeper than a parser goes: nobody can
+    read what it holds, so nothing is placed until `vcm release deep-1` drops it (it raised
+    RecursionError to every client before)."""
+    deep = "[" * 100000 + "]" * 100000
+    s = _stack_on(tmp_path, None, {"format": 1, "seq": 5, "leases": [],
+                                   "aside": [{"id": "deep-1", "record": deep, "problem": "?"}]})
+    try:
+        exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})
+        assert type(exc).__name__ == "NoCapacity" and "deep-1" in str(exc), exc
+        done = _drop(s, "deep-1")
+        assert done.returncode == 0 and done.stdout.split() == ["deep-1"], done
+        assert _port_groups(call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})) \
+            == ["pg-1"]
+    finally:
+        s.stop()
+
+
 GOOD = {"format": 1, "seq": 5, "leases": []}
 
 
@@ -192,8 +210,9 @@ GOOD = {"format": 1, "seq": 5, "leases": []}
     ("leases", {**GOOD, "leases": {"a": 1}}, None),
     ("aside", {**GOOD, "aside": 5}, {"seq": 6, "put": [], "del": []}),
     ("aside", {**GOOD, "aside": "x"}, None),
+    ("JSON", '{"seq": 5, "leases": [' + "[" * 100000 + "]" * 100000 + "]}", None),
 ], ids=["seq-huge", "seq-negative", "seq-text", "seq-nan", "journal-seq-huge", "leases-int",
-        "leases-map", "aside-int", "aside-text"])
+        "leases-map", "aside-int", "aside-text", "nested-too-deep"])
 def test_a_mirror_whose_shape_cannot_be_read_is_refused_until_fixed(
         tmp_path, field, snapshot, journal):
     """The file mirror's seq, leases or set-aside section is not what a ledger writes: the
@@ -202,7 +221,8 @@ def test_a_mirror_whose_shape_cannot_be_read_is_refused_until_fixed(
     seq past Redis's counters let grants commit and then fail (leases kept, nobody told), a
     negative one kept every write refused for good, and the others failed with a TypeError
     or ValueError."""
-    (tmp_path / "ledger.json").write_text(json.dumps(snapshot))
+    (tmp_path / "ledger.json").write_text(
+        snapshot if isinstance(snapshot, str) else json.dumps(snapshot))
     if journal is not None:
         (tmp_path / "ledger.json.journal").write_text(json.dumps(journal) + "\n")
     s = Stack(tmp_path, ASIDE_POOLS)

@@ -251,7 +251,7 @@ def _aside(record_text: str, problem: str, wanted: str | None, taken: set[str],
            fresh: bool) -> Aside:
     try:
         record = json.loads(record_text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than json goes: nothing can be read
         record = None
     hold = aside_hold(record)
     if wanted is not None and wanted not in taken and text_problem(wanted, 128) is None:

@@ -115,7 +115,7 @@ def shape_problem(snapshot: dict[str, Any]) -> str | None:
 def decode_snapshot(blob: bytes) -> dict[str, Any]:
     try:
         snapshot = json.loads(zlib.decompress(blob))
-    except (zlib.error, ValueError) as exc:
+    except (zlib.error, ValueError, RecursionError) as exc:  # also nested past json's depth
         raise MirrorError(f"mirror payload does not decode: {exc}") from exc
     if not isinstance(snapshot, dict):
         raise MirrorError("mirror payload is not a JSON object")

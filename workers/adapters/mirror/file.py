@@ -210,7 +210,7 @@ class FileMirror(JournaledMirror):
             return self._written_head
         try:
             found = json.loads(self.path.read_bytes())
-        except ValueError:
+        except (ValueError, RecursionError):
             return None  # damaged: replacing it can only help
         return found if isinstance(found, dict) else None
 
@@ -247,7 +247,7 @@ class FileMirror(JournaledMirror):
         if raw is not None:
             try:
                 snapshot = json.loads(raw)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # nested deeper than json goes
                 raise MirrorError(f"mirror file {self.path} is not valid JSON: {exc}") from exc
             if not isinstance(snapshot, dict):
                 raise MirrorError(f"mirror file {self.path} does not hold a JSON object")
@@ -319,7 +319,7 @@ def _record(line: bytes) -> dict[str, Any] | None:
     """A journal line, or None when torn or damaged."""
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if (not isinstance(record, dict) or not isinstance(record.get("seq"), int)
             or not isinstance(record.get("put"), list)
