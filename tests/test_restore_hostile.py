@@ -197,6 +197,22 @@ def test_a_set_aside_item_nested_too_deep_to_read_stops_placement_until_dropped(
         s.stop()
 
 
+def test_a_mirror_without_a_leases_list_restores_what_it_sets_aside(tmp_path):
+    """A mirror that holds only set-aside items (no `leases` key at all) is restored without
+    an error in the worker's log: the item's port group stays held."""
+    held = {"status": {"pool": "p1", "vcenter": "vc1", "networks": [{"port-group": "pg-1"}]},
+            "spec": {"vcpus": 1, "memory": 1, "storage": 0}}
+    s = _stack_on(tmp_path, None, {"format": 1, "seq": 5, "aside": [
+        {"id": "held-1", "record": json.dumps(held), "problem": "no owner"}]})
+    try:
+        granted = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})
+        assert _port_groups(granted) == ["pg-2"]
+        assert "KeyError" not in s.procs[0].output()
+        check_invariants(Ledger(s.redis.client()), _pools(s))
+    finally:
+        s.stop()
+
+
 GOOD = {"format": 1, "seq": 5, "leases": []}
 
 
