@@ -134,6 +134,25 @@ def test_two_records_under_one_name_both_stay_held_through_the_journal(tmp_path)
         s.stop()
 
 
+def test_a_journal_record_without_a_readable_name_stays_held(tmp_path):
+    """A lease the journal put after the snapshot, whose name cannot be read (3 vCPUs,
+    pg-1), is set aside holding what it holds, as the same record in the snapshot is: the
+    journal replay left it out, and its vCPUs and pg-1 were free again."""
+    unnamed = _record("lost-1", 3, "pg-1")
+    unnamed["metadata"] = {"name": 7}
+    (tmp_path / "ledger.json.journal").write_text(
+        json.dumps({"seq": 6, "put": [unnamed], "del": []}) + "\n")
+    s = _stack_on(tmp_path, None, {"format": 1, "seq": 5, "leases": []})
+    try:
+        cpu, _ = _fill(s, {"vcpus": 1, "memory": 1, "networks": 0})
+        assert len(cpu) == 10 - 3
+        nets, _ = _fill(s, {"vcpus": 0, "memory": 0, "networks": 1})
+        assert _port_groups(nets) == ["pg-2", "pg-3", "pg-4", "pg-5", "pg-6"]
+        check_invariants(Ledger(s.redis.client()), _pools(s))
+    finally:
+        s.stop()
+
+
 def test_a_second_readable_record_under_a_lease_name_is_set_aside_and_can_be_dropped(
         tmp_path, mirror_kind):
     """Two readable records named good-1 (2 vCPUs on pg-1, 3 vCPUs on pg-2): one is the
