@@ -1,4 +1,4 @@
-"""Settings from the environment: every `VCM_*` variable (listed in the README), read in one
+"""Settings from the environment: every `VCM_*` variable (listed in docs/settings.md), read in one
 place. Each has a laptop-friendly default.
 
 `Settings.from_env()` reads them (pydantic-settings, prefix `VCM_`, names in any case) and
