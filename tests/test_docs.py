@@ -17,7 +17,7 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 INDENTED = re.compile(r"^(?: {4}|\t).*$", re.M)
-BENCH = re.compile(r"python -m bench\.(\w+)")
+BENCH = re.compile(r"python -m bench\.([a-z_][a-z0-9_]*)")  # not a placeholder like NAME
 PATHLIKE = re.compile(r"[\w.-]+(?:/[\w.-]+)*/?")
 SOURCE = (".py", ".sh", ".go", ".lua")  # not .yaml: ConfigMap keys are named like files
 
