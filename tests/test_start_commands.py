@@ -151,18 +151,11 @@ def start_up_redis():
     server.stop()
 
 
-@pytest.mark.parametrize("problem", list(INVALID_POOLS))
-@pytest.mark.parametrize("role", list(_role_commands(0, 0)))
-def test_an_invalid_pools_file_stops_every_process_at_start(role, problem, tmp_path,
-                                                            start_up_redis):
-    """Started with its documented command against a reachable Redis, each process exits
-    non-zero with a message naming the file, the pool and the field, and never serves."""
+def _stops_at_start(role: str, env: dict, tmp_path, message: str) -> None:
+    """Started with its documented command, the process exits non-zero with `message` in its
+    output, never serves and prints no traceback."""
     from tests.support.procs import free_port
 
-    pools, pool, field = INVALID_POOLS[problem]
-    path = tmp_path / "pools.yaml"
-    path.write_text(yaml.safe_dump({"pools": pools}))
-    env = env_for(start_up_redis.url, path, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"))
     command = _role_commands(free_port(), free_port())[role]
     proc = LoggedProcess()
     proc.log = str(tmp_path / "out.log")
@@ -175,11 +168,36 @@ def test_an_invalid_pools_file_stops_every_process_at_start(role, problem, tmp_p
         out = proc.output()
         assert proc.proc.poll() is not None, f"{role} serves:\n{out[-3000:]}"
         assert proc.proc.returncode != 0, out[-3000:]
-        assert f"invalid configuration: {path}: pool '{pool}': field '{field}'" in out, out[-3000:]
+        assert message in out, out[-3000:]
         assert not any(mark in out for mark in SERVING), out[-3000:]
         assert "Traceback" not in out, out[-3000:]
     finally:
         proc.stop()  # vcm run stops what it started on SIGTERM
+
+
+@pytest.mark.parametrize("problem", list(INVALID_POOLS))
+@pytest.mark.parametrize("role", list(_role_commands(0, 0)))
+def test_an_invalid_pools_file_stops_every_process_at_start(role, problem, tmp_path,
+                                                            start_up_redis):
+    """Started with its documented command against a reachable Redis, each process exits
+    non-zero with a message naming the file, the pool and the field, and never serves."""
+    pools, pool, field = INVALID_POOLS[problem]
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": pools}))
+    env = env_for(start_up_redis.url, path, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"))
+    _stops_at_start(role, env, tmp_path,
+                    f"invalid configuration: {path}: pool '{pool}': field '{field}'")
+
+
+@pytest.mark.parametrize("role", list(_role_commands(0, 0)))
+def test_a_pools_file_with_a_top_level_key_that_is_not_text_stops_every_process_at_start(
+        role, tmp_path, start_up_redis):
+    """YAML reads `1:` as a number: the message names it like any other unknown key."""
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": [GOOD_POOL]}) + "1: 2\n")
+    env = env_for(start_up_redis.url, path, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"))
+    _stops_at_start(role, env, tmp_path, f"invalid configuration: {path}: field '1': the top "
+                    "level must be a map with only 'pools'")
 
 
 def test_a_placement_worker_that_cannot_restore_the_ledger_stops_at_start(tmp_path,
