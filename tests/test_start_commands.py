@@ -200,6 +200,24 @@ def test_a_pools_file_with_a_top_level_key_that_is_not_text_stops_every_process_
                     "level must be a map with only 'pools'")
 
 
+@pytest.mark.parametrize("url, problem", [
+    ("http://127.0.0.1:{port}/0", "redis:// or rediss://"),
+    ("redis://127.0.0.1:{port}0000/0", "port"),
+    ("redis://127.0.0.1:{port}/zero", "database"),
+])
+@pytest.mark.parametrize("role", list(_role_commands(0, 0)))
+def test_a_redis_url_that_is_not_one_stops_every_process_at_start(role, url, problem, tmp_path,
+                                                                  start_up_redis):
+    """VCM_REDIS_URL is read by Celery (broker, results), redis-py (the ledger) and vcm run:
+    a URL none of them can use stops each process with a message naming the variable."""
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": [GOOD_POOL]}))
+    env = env_for(url.format(port=start_up_redis.port), path,
+                  VCM_MIRROR_FILE=str(tmp_path / "ledger.json"))
+    _stops_at_start(role, env, tmp_path, "invalid setting VCM_REDIS_URL: ")
+    assert problem in (tmp_path / "out.log").read_text()
+
+
 def test_a_placement_worker_that_cannot_restore_the_ledger_stops_at_start(tmp_path,
                                                                           start_up_redis):
     """Redis holds no ledger and the mirror to rebuild it from cannot be read: the placement

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -99,6 +100,28 @@ def _number(kind: type[int] | type[float]) -> BeforeValidator:
     return BeforeValidator(parse)
 
 
+def _redis_url(value: Any, info: ValidationInfo) -> str:
+    """A URL that Celery (broker, results) and redis-py (the ledger) both take: redis:// or
+    rediss://, a port within range, a database number. The URL itself is never repeated in
+    the message: it may hold a password."""
+    name, raw = variable(info), str(value).strip()
+    problem = text_problem(raw, MAX_SETTING)
+    if problem:
+        raise SettingError(f"{name}: {problem}")
+    url = urlsplit(raw)
+    if url.scheme not in ("redis", "rediss"):
+        raise SettingError(f"{name}: must start with redis:// or rediss:// (the broker, the "
+                           "result backend and the ledger share it)")
+    try:
+        url.port  # noqa: B018 - urlsplit checks the port when it is read
+    except ValueError:
+        raise SettingError(f"{name}: the port must be a number within 0..65535") from None
+    database = url.path.strip("/")
+    if database and not database.isdigit():
+        raise SettingError(f"{name}: the database after the host must be a number (/0)")
+    return raw
+
+
 def _none_if_empty(value: Any) -> Any:
     return value or None
 
@@ -155,7 +178,7 @@ class Settings(EnvSettings):
     """Every `VCM_*` setting but the shim's own (`api_shim.settings`)."""
 
     strategy: Annotated[str, BeforeValidator(_strategy)] = "least-utilized"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: Annotated[str, BeforeValidator(_redis_url)] = "redis://127.0.0.1:6379/0"
     pools_file: str = str(DEFAULT_POOLS)
     # the ledger mirror: a ConfigMap "namespace/name" (checked when the mirror is built), else
     # the file ("off": none)
