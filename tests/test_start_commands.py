@@ -218,6 +218,20 @@ def test_a_redis_url_that_is_not_one_stops_every_process_at_start(role, url, pro
     assert problem in (tmp_path / "out.log").read_text()
 
 
+@pytest.mark.parametrize("variable, value", [
+    ("VCM_VISIBILITY_TIMEOUT", "0"),  # every running task handed out again each second
+    ("VCM_MIRROR_COMMIT_WINDOW", "1e20"),  # answers held for ever under load
+])
+@pytest.mark.parametrize("role", list(_role_commands(0, 0)))
+def test_a_number_setting_out_of_range_stops_every_process_at_start(role, variable, value,
+                                                                    tmp_path, start_up_redis):
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": [GOOD_POOL]}))
+    env = env_for(start_up_redis.url, path, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"),
+                  **{variable: value})
+    _stops_at_start(role, env, tmp_path, f"invalid setting {variable}={value!r}: a ")
+
+
 def test_a_placement_worker_that_cannot_restore_the_ledger_stops_at_start(tmp_path,
                                                                           start_up_redis):
     """Redis holds no ledger and the mirror to rebuild it from cannot be read: the placement

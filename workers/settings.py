@@ -87,15 +87,19 @@ def _max_shards(value: Any, info: ValidationInfo) -> int:
     return shards
 
 
-def _number(kind: type[int] | type[float]) -> BeforeValidator:
-    """int() or float() of the text, nothing more (no durations)."""
+def _number(kind: type[int] | type[float], minimum: float, maximum: float) -> BeforeValidator:
+    """int() or float() of the text, nothing more (no durations), within [minimum, maximum]."""
 
     def parse(value: Any, info: ValidationInfo) -> int | float:
+        what = "a whole number" if kind is int else "a number"
         try:
-            return kind(value)
+            number = kind(value)
         except (TypeError, ValueError):
-            what = "a whole number" if kind is int else "a number"
             raise SettingError(f"{variable(info)}={value!r}: not {what}") from None
+        if not minimum <= number <= maximum:  # NaN too
+            raise SettingError(f"{variable(info)}={value!r}: {what} from {minimum:g} to "
+                               f"{maximum:g}")
+        return number
 
     return BeforeValidator(parse)
 
@@ -198,10 +202,11 @@ class Settings(EnvSettings):
     # ConfigMap slots `name-0`… the RBAC Role must list (0: the head only)
     mirror_max_shards: Annotated[int, BeforeValidator(_max_shards)] = DEFAULT_MAX_SHARDS
     # the longest pause between mirror saves under load (seconds; see workers/publisher.py)
-    mirror_commit_window: Annotated[float, _number(float)] = 0.1
+    mirror_commit_window: Annotated[float, _number(float, 0, 60)] = 0.1
 
     # Celery (celeryconfig.py)
-    visibility_timeout: Annotated[int, _number(int)] = 600
+    # seconds; at 0 every task still running is handed out again each second
+    visibility_timeout: Annotated[int, _number(int, 1, 7 * 86400)] = 600
     result_ttl: Annotated[float, duration(minimum=60)] = Field(default="1d")
     query_result_ttl: Annotated[float, duration(minimum=1)] = Field(default="5m")
     # clients (vcm) send a task again, same task id, when no worker took it this long
