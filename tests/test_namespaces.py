@@ -286,6 +286,17 @@ def test_the_release_a_run_sends_checks_its_arguments_and_runs_on_placement_only
     assert type(exc).__name__ == "InvalidRequest" and "owner" in str(exc), exc
     exc = failure(ks.app, "vcm.release_namespace_gone", lease_ids=["no-such-lease"])
     assert type(exc).__name__ == "LeaseNotFound", exc
+    # only namespace-bound leases: anyone else's lease is not released as namespace-gone
+    pruned = stats(ks).get("namespace-pruned", 0)
+    plain, odd = acquire(ks, None, "job-plain"), acquire(ks, "Not_A_Namespace", "job-odd")
+    bound = acquire(ks, "ci-live", "job-live")
+    for lease_id in (plain, odd):
+        exc = failure(ks.app, "vcm.release_namespace_gone", lease_ids=[bound, lease_id])
+        assert type(exc).__name__ == "InvalidRequest" and "lease_ids" in str(exc), exc
+        assert lease_id in str(exc) and "not bound to a namespace" in str(exc), exc
+    assert {plain, odd, bound} <= active(ks)
+    assert stats(ks).get("namespace-pruned", 0) == pruned
+    assert call(ks.app, "vcm.release", lease_ids=[plain, odd, bound]) == [plain, odd, bound]
     wrong = ks.app.send_task("vcm.release_namespace_gone", kwargs={"lease_ids": ["x"]},
                              queue="queries")
     with pytest.raises(Exception) as err:

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .core.errors import InvalidRequest
+from .core.errors import InvalidRequest, LeaseNotFound
 from .core.models import rfc3339
 from .releasing import parse_lease_ids
 
@@ -334,10 +334,21 @@ def release_gone(service: Capacity, lease_ids: Any) -> list[str]:
     """What `vcm.release_namespace_gone` does on the placement worker: release these leases
     with reason `namespace-gone`, one atomic ledger step per batch. Those already released
     count as released (a repeat answers the same); an unknown id is LeaseNotFound, as for
-    `vcm.release`."""
+    `vcm.release`. Anyone can send the task: a lease that no namespace label binds (nothing a
+    run would send) is refused, and nothing is released, so that no other lease is counted
+    and recorded as pruned."""
     ids = parse_lease_ids(lease_ids)
     if not ids:
         raise InvalidRequest.of("lease_ids", "give the ids of the leases to release")
+    for record in service.ledger.get_many(ids):  # labels never change on a lease
+        status = record.get("status") or {}
+        if status.get("state") == "unknown":
+            raise LeaseNotFound.of(record["metadata"]["name"])
+        namespace = (status.get("labels") or {}).get(NAMESPACE_LABEL)
+        if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
+            raise InvalidRequest.of("lease_ids", f"lease {record['metadata']['name']!r} is not "
+                                    f"bound to a namespace (no {NAMESPACE_LABEL} label naming "
+                                    "one): release it with vcm.release")
     released: list[str] = []
     for start in range(0, len(ids), BATCH):
         released += service.release(lease_ids=ids[start:start + BATCH], reason=REASON)
