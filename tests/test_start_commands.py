@@ -200,12 +200,13 @@ def test_a_pools_file_with_a_top_level_key_that_is_not_text_stops_every_process_
                     "level must be a map with only 'pools'")
 
 
-@pytest.mark.parametrize("url, problem", [
-    ("http://127.0.0.1:{port}/0", "redis:// or rediss://"),
-    ("redis://127.0.0.1:{port}0000/0", "port"),
-    ("redis://127.0.0.1:{port}/zero", "database"),
+# every role reads the one setting: each role once, each problem once
+@pytest.mark.parametrize("role, url, problem", [
+    *[(role, "http://127.0.0.1:{port}/0", "redis:// or rediss://")
+      for role in _role_commands(0, 0)],
+    ("placement worker", "redis://127.0.0.1:{port}0000/0", "port"),
+    ("vcm api", "redis://127.0.0.1:{port}/zero", "database"),
 ])
-@pytest.mark.parametrize("role", list(_role_commands(0, 0)))
 def test_a_redis_url_that_is_not_one_stops_every_process_at_start(role, url, problem, tmp_path,
                                                                   start_up_redis):
     """VCM_REDIS_URL is read by Celery (broker, results), redis-py (the ledger) and vcm run:
@@ -218,11 +219,11 @@ def test_a_redis_url_that_is_not_one_stops_every_process_at_start(role, url, pro
     assert problem in (tmp_path / "out.log").read_text()
 
 
-@pytest.mark.parametrize("variable, value", [
-    ("VCM_VISIBILITY_TIMEOUT", "0"),  # every running task handed out again each second
-    ("VCM_MIRROR_COMMIT_WINDOW", "1e20"),  # answers held for ever under load
+@pytest.mark.parametrize("role, variable, value", [
+    # every running task handed out again each second
+    *[(role, "VCM_VISIBILITY_TIMEOUT", "0") for role in _role_commands(0, 0)],
+    ("placement worker", "VCM_MIRROR_COMMIT_WINDOW", "1e20"),  # answers held for ever
 ])
-@pytest.mark.parametrize("role", list(_role_commands(0, 0)))
 def test_a_number_setting_out_of_range_stops_every_process_at_start(role, variable, value,
                                                                     tmp_path, start_up_redis):
     path = tmp_path / "pools.yaml"
