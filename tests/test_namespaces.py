@@ -388,12 +388,12 @@ def test_a_lease_granted_while_the_list_is_under_way_stays_whatever_the_queries_
     """The run is on a queries worker whose wall clock is a minute ahead of the placement
     worker's (which stamps leased-at). A namespace is created and a lease taken in it while the
     run's list is under way, so the list does not name it: the lease stays."""
-    with KubeApiServer() as kube:
+    with KubeApiServer(rbac=deploy_rbac()) as kube:
         s = kube_stack(tmp_path, kube, VCM_NAMESPACE_PRUNE_INTERVAL="1h",
                        VCM_NAMESPACE_TIMEOUT="60s")
         last_byte = threading.Event()
         try:
-            ahead = dict(s.env, VCM_TEST_CLOCK_OFFSET="60", PYTHONPATH=os.pathsep.join(
+            ahead = dict(s.procs[1].env, VCM_TEST_CLOCK_OFFSET="60", PYTHONPATH=os.pathsep.join(
                 [str(ROOT / "tests" / "support" / "clock_ahead"), s.env["PYTHONPATH"]]))
             s.procs[1].stop()
             s.procs[1] = Worker(ahead, "queries", pool="threads", concurrency=4).start()
