@@ -28,6 +28,15 @@ def failure(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> BaseE
     raise AssertionError(f"{name} succeeded but should have failed")
 
 
+def net_key(vcenter: str, net: dict[str, Any]) -> str:
+    """A network's ledger key as documented: vCenter|port group[|pod[|slice]], trailing
+    empty parts left out."""
+    parts = [vcenter, net["port-group"], net.get("pod") or "", net.get("slice") or ""]
+    while parts[-1] == "":
+        parts.pop()
+    return "|".join(parts)
+
+
 def check_invariants(ledger: Ledger, pools: dict[str, Pool]) -> dict[str, Any]:
     """used <= capacity, counters == sum of leases, port groups held by exactly their leases."""
     snap = ledger.audit()
@@ -41,7 +50,7 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool]) -> dict[str, Any]:
         s[2] += sp["storage"]
         s[3] += 1
         for n in st["networks"]:
-            key = f"{st['vcenter']}|{n['port-group']}"
+            key = net_key(st["vcenter"], n)
             assert key not in nets, f"port group {key} in two leases"
             nets[key] = lease_id
     for name, counters in snap["counters"].items():

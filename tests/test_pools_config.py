@@ -199,11 +199,25 @@ def test_duplicate_pool_names():
 # invalid: networks and port groups
 
 
-def test_port_group_twice_in_one_vcenter_across_two_pools():
-    nets = [{"port-group": "ci-vlan-1001"}]
+def test_a_port_group_listed_by_two_pools_of_one_vcenter_is_one_network():
+    net = {"port-group": "ci-vlan-1001", "vlan": 1001, "cidr": "10.0.0.0/24"}
+    a, b, c = parse_pools(config(pool("a", "vc1", networks=[net]),
+                                 pool("b", "vc2", networks=[]),
+                                 pool("c", "vc1", networks=[{"port-group": "ci-vlan-1001"}])),
+                          FILE)
+    # the bare listing in c is the network a describes: one Network, one ledger key
+    assert c.networks == a.networks and c.networks[0].vlan == 1001
+    assert a.net_key(a.networks[0]) == c.net_key(c.networks[0]) == "vc1|ci-vlan-1001"
+
+
+def test_a_port_group_given_different_details_names_both_places():
+    nets = [{"port-group": "ci-vlan-1001", "vlan": 1001}]
+    other = [{"port-group": "x"}, {"port-group": "ci-vlan-1001", "vlan": 1002}]
     err = rejected(config(pool("a", "vc1", networks=nets), pool("b", "vc2", networks=[]),
-                          pool("c", "vc1", networks=nets)), "c", "networks")
-    assert "ci-vlan-1001" in str(err) and "'a'" in str(err)
+                          pool("c", "vc1", networks=other)), "c", "networks[1].vlan")
+    text = str(err)
+    assert "ci-vlan-1001" in text and "1002" in text and "1001" in text
+    assert "pool 'a' (networks[0].vlan)" in text, text
 
 
 def test_port_group_twice_within_one_pool():
@@ -214,10 +228,36 @@ def test_port_group_twice_within_one_pool():
              "a", "networks")
 
 
-def test_port_group_twice_in_one_vcenter_with_whitespace_in_vcenter():
-    nets = [{"port-group": "pg"}]
-    rejected(config(pool("a", "vc1", networks=nets), pool("b", " vc1 ", networks=nets)),
-             "b", "networks")
+def test_one_vcenter_with_whitespace_shares_its_port_groups():
+    nets = [{"port-group": "pg", "vlan": 1}]
+    a, b = parse_pools(config(pool("a", "vc1", networks=nets), pool("b", " vc1 ", networks=nets)))
+    assert a.net_key(a.networks[0]) == b.net_key(b.networks[0])
+    rejected(config(pool("a", "vc1", networks=nets),
+                    pool("b", " vc1 ", networks=[{"port-group": "pg", "vlan": 2}])),
+             "b", "networks[0].vlan")
+
+
+def test_pods_make_networks_of_one_vcenter_distinct():
+    net = [{"port-group": "pg", "vlan": 7}]
+    a, b, c = parse_pools(config(pool("a", "vc1", pod="pod-a", networks=net),
+                                 pool("b", "vc1", pod="pod-b",
+                                      networks=[{"port-group": "pg", "vlan": 8}]),
+                                 pool("c", "vc1", networks=[{"port-group": "pg", "pod": "pod-a"}])))
+    assert a.net_key(a.networks[0]) == "vc1|pg|pod-a" == c.net_key(c.networks[0])
+    assert b.net_key(b.networks[0]) == "vc1|pg|pod-b"
+    assert c.networks[0].vlan == 7 and a.spec()["pod"] == "pod-a" and "pod" not in c.spec()
+    assert a.networks[0].to_dict()["pod"] == "pod-a"
+    # one listing with a pod and one without: which network is meant is ambiguous
+    err = rejected(config(pool("a", "vc1", pod="pod-a", networks=net),
+                          pool("b", "vc1", networks=net)), "b", "networks[0].pod")
+    assert "pool 'a'" in str(err)
+    # a pool hands out its own pod's networks
+    rejected(config(pool("a", "vc1", pod="pod-a", networks=[{"port-group": "pg", "pod": "x"}])),
+             "a", "networks[0].pod")
+    for bad in ("", 7, "a|b"):
+        rejected(config(pool("a", pod=bad)), "a", "pod")
+        rejected(config(pool("a", networks=[{"port-group": "pg", "pod": bad}])), "a",
+                 "networks[0].pod")
 
 
 def test_one_vcenter_spelled_in_two_cases_is_rejected():
@@ -339,17 +379,33 @@ def test_one_broken_field_is_named(cfg, data):
 
 @settings(max_examples=60, deadline=None)
 @given(valid_configs(), st.data())
-def test_duplicate_port_group_in_a_vcenter_is_always_found(cfg, data):
+def test_a_port_group_listed_again_in_its_vcenter_is_shared_or_named(cfg, data):
+    """Listed again with the same details (or none), a port group is the same network in
+    both pools; with a different vlan, the listing is refused naming it and the first one."""
     cfg = copy.deepcopy(cfg)
     pools = cfg["pools"]
     src = data.draw(st.integers(0, len(pools) - 1))
     dst = data.draw(st.integers(0, len(pools) - 1))
-    pg = pools[src]["networks"][0]["port-group"]
-    pools[dst]["networks"].append({"port-group": pg})
-    if src != dst and pools[src]["vcenter"] != pools[dst]["vcenter"]:
-        parse_pools(cfg, FILE)  # another vCenter: allowed
-        return
-    rejected(cfg, pools[max(src, dst)]["name"], "networks")
+    first = pools[src]["networks"][0]
+    same = data.draw(st.booleans())
+    listing = {"port-group": first["port-group"]}
+    if not same:
+        listing["vlan"] = (first["vlan"] + 1) % 4095
+    pools[dst]["networks"].append(listing)
+    at = f"networks[{len(pools[dst]['networks']) - 1}]"
+    if src == dst:
+        rejected(cfg, pools[dst]["name"], "networks")
+    elif pools[src]["vcenter"] != pools[dst]["vcenter"]:
+        parsed = {p.name: p for p in parse_pools(cfg, FILE)}  # another vCenter: its own
+        assert parsed[pools[dst]["name"]].networks[-1].vlan == listing.get("vlan")
+    elif same:
+        parsed = {p.name: p for p in parse_pools(cfg, FILE)}
+        assert parsed[pools[dst]["name"]].networks[-1] == parsed[pools[src]["name"]].networks[0]
+    else:
+        later = pools[max(src, dst)]["name"]
+        err = rejected(cfg, later, f"{at}.vlan" if later == pools[dst]["name"]
+                       else "networks[0].vlan")
+        assert repr(pools[min(src, dst)]["name"]) in str(err)
 
 
 def test_failure_domain_fields_and_network_details():

@@ -151,7 +151,7 @@ def pool_view(pool: Pool, fleet: Fleet, leases: list[Lease],
               health: PoolHealth = UNKNOWN_HEALTH) -> dict[str, Any]:
     """A pool in the upstream /show-pools shape, usage as fractions 0..1."""
     u = fleet.used(pool.name)
-    nets_used = sum(1 for n in pool.networks if pool.net_key(n) in fleet.used_nets)
+    nets_used = sum(1 for n in pool.networks if not fleet.is_free(pool.net_key(n)))
     return {
         "spec": pool.spec(),
         "status": {

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .adapters.ledger import Ledger, LedgerUnready
+from .core.fleet import UsedNets
 from .core.health import degraded, effective
 from .core.lease import Lease
 from .core.models import Request
@@ -33,7 +34,7 @@ class UsageCache:
         self.health_records: dict[str, Any] = {}  # as last read (vCenter -> record)
         self.version = -1
         self._usage: dict[str, Usage] = {}
-        self._nets: set[str] = set()
+        self._nets = UsedNets()
         self._free: FreeNets | None = None  # free port groups of self._nets, when built
 
     def fleet(self, fresh: bool = False, indexed: bool = False) -> tuple[int, Fleet]:
@@ -42,10 +43,11 @@ class UsageCache:
         if fresh or self.version < 0:
             self._free = None
             try:
-                self.version, self._usage, self._nets = self.ledger.usage(self.writer)
+                self.version, self._usage, nets = self.ledger.usage(self.writer)
             except LedgerUnready:
                 self.ensure_ready()
-                self.version, self._usage, self._nets = self.ledger.usage()
+                self.version, self._usage, nets = self.ledger.usage()
+            self._nets = UsedNets(nets)  # placed() and released() change it in place
         pools = self.pools.current()
         if self._free is not None and self._free.pools is not pools:
             self._free = None

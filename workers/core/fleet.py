@@ -4,11 +4,13 @@ FreeNets aggregate that keeps free port groups indexed as leases come and go."""
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .lease import key_parts, keys_clash
 from .models import Network, Pool, Request
+from .networks import vlan_token
 
 if TYPE_CHECKING:  # placement imports this module; the hint alone needs Placement
     from .placement import Placement
@@ -29,37 +31,147 @@ class Usage:
 NO_USAGE = Usage()
 
 
+class UsedNets(set[str]):
+    """The ledger keys of the networks in use, indexed by family (vCenter and port group) so
+    that `is_free` sees every key that clashes with a network (`lease.keys_clash`: the same
+    key, a whole network and its slices, overlapping slices, a key of no pod) at the cost of
+    a set lookup when nothing else of its family is in use. A set: reads, ==, iteration and
+    copies are a set's; add, discard, remove, update and clear keep the index."""
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._families: dict[str, set[str]] = {}
+        self.update(keys)
+
+    def add(self, key: str) -> None:
+        if key not in self:
+            super().add(key)
+            self._families.setdefault(key_parts(key)[0], set()).add(key)
+
+    def discard(self, key: str) -> None:
+        if key in self:
+            super().discard(key)
+            family = key_parts(key)[0]
+            keys = self._families[family]
+            keys.discard(key)
+            if not keys:
+                del self._families[family]
+
+    def remove(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.discard(key)
+
+    def update(self, *others: Iterable[str]) -> None:
+        for keys in others:
+            for key in keys:
+                self.add(key)
+
+    def clear(self) -> None:
+        super().clear()
+        self._families.clear()
+
+    def __ior__(self, other: Iterable[str]) -> UsedNets:  # type: ignore[override]
+        self.update(other)
+        return self
+
+    def _reindexed(name: str):  # noqa: N805 - builds the methods below
+        def method(self, *args):
+            out = getattr(set, name)(self, *args)
+            self._families = {}
+            for key in self:
+                self._families.setdefault(key_parts(key)[0], set()).add(key)
+            return self if name.startswith("__i") else out
+        method.__name__ = name
+        return method
+
+    # the other ways a set changes: rare, so the index is rebuilt
+    pop = _reindexed("pop")
+    difference_update = _reindexed("difference_update")
+    intersection_update = _reindexed("intersection_update")
+    symmetric_difference_update = _reindexed("symmetric_difference_update")
+    __isub__ = _reindexed("__isub__")
+    __iand__ = _reindexed("__iand__")
+    __ixor__ = _reindexed("__ixor__")
+    del _reindexed
+
+    def __reduce__(self):  # a copy (copy.copy, pickle) is a UsedNets with its index
+        return (UsedNets, (list(self),))
+
+    def is_free(self, key: str) -> bool:
+        """Whether the network of this ledger key may be handed out: no key that clashes
+        with it is in use."""
+        if key in self:
+            return False
+        held = self._families.get(key_parts(key)[0])
+        return not held or not any(keys_clash(key, k) for k in held)
+
+
+def used_nets(keys: Iterable[str]) -> UsedNets:
+    """`keys` as a UsedNets (itself when it is one: placement changes it in place)."""
+    return keys if isinstance(keys, UsedNets) else UsedNets(keys)
+
+
 class FreeNets:
     """Free port groups per (pool, network type), in configuration order: an aggregate kept
     up to date as port groups are taken and given back, so that placement does not scan the
-    port groups in use (their number grows with the leases)."""
+    port groups in use (their number grows with the leases). A network is free while no key
+    in use clashes with its own (`lease.keys_clash`)."""
 
-    def __init__(self, pools: Mapping[str, Pool], used: set[str]) -> None:
+    def __init__(self, pools: Mapping[str, Pool], used: Iterable[str]) -> None:
         self.pools = pools
         self._where: dict[str, list[tuple[tuple[str, str], int]]] = {}  # key -> (slot, index)
         self._free: dict[tuple[str, str], list[int]] = {}  # slot -> sorted free indices
+        self._members: dict[str, list[str]] = {}  # family -> configured keys
+        self._held: dict[str, set[str]] = {}  # family -> keys in use (configured families)
         for pool in pools.values():
             for net_type in {n.type for n in pool.networks}:
-                slot = (pool.name, net_type)
-                free = self._free[slot] = []
                 for i, (_, key) in enumerate(pool.keyed_networks(net_type)):
-                    self._where.setdefault(key, []).append((slot, i))
-                    if key not in used:
-                        free.append(i)
+                    if key not in self._where:
+                        self._members.setdefault(key_parts(key)[0], []).append(key)
+                    self._where.setdefault(key, []).append(((pool.name, net_type), i))
+        for key in used:
+            family = key_parts(key)[0]
+            if family in self._members:
+                self._held.setdefault(family, set()).add(key)
+        for pool in pools.values():
+            for net_type in {n.type for n in pool.networks}:
+                self._free[(pool.name, net_type)] = [
+                    i for i, (_, key) in enumerate(pool.keyed_networks(net_type))
+                    if not self._blocked(key)]
+
+    def _blocked(self, key: str) -> bool:
+        held = self._held.get(key_parts(key)[0])
+        return bool(held) and any(keys_clash(key, k) for k in held)
 
     def take(self, key: str) -> None:
-        for slot, i in self._where.get(key, ()):
-            free = self._free[slot]
-            j = bisect.bisect_left(free, i)
-            if j < len(free) and free[j] == i:
-                del free[j]
+        family = key_parts(key)[0]
+        members = self._members.get(family)
+        if members is None:
+            return
+        self._held.setdefault(family, set()).add(key)
+        for member in members:
+            if member == key or keys_clash(member, key):
+                for slot, i in self._where[member]:
+                    free = self._free[slot]
+                    j = bisect.bisect_left(free, i)
+                    if j < len(free) and free[j] == i:
+                        del free[j]
 
     def give(self, key: str) -> None:
-        for slot, i in self._where.get(key, ()):
-            free = self._free[slot]
-            j = bisect.bisect_left(free, i)
-            if j == len(free) or free[j] != i:
-                free.insert(j, i)
+        family = key_parts(key)[0]
+        members = self._members.get(family)
+        if members is None:
+            return
+        held = self._held.get(family, set())
+        held.discard(key)
+        for member in members:
+            if (member == key or keys_clash(member, key)) and not self._blocked(member):
+                for slot, i in self._where[member]:
+                    free = self._free[slot]
+                    j = bisect.bisect_left(free, i)
+                    if j == len(free) or free[j] != i:
+                        free.insert(j, i)
 
     def count(self, pool: Pool, net_type: str) -> int:
         return len(self._free.get((pool.name, net_type), ()))
@@ -72,16 +184,24 @@ class FreeNets:
 @dataclass
 class Fleet:
     """What placement needs to know: configured pools, per-pool usage and used port groups.
-    `free`, when given, is the FreeNets aggregate of exactly these pools and used_nets."""
+    `free`, when given, is the FreeNets aggregate of exactly these pools and used_nets.
+    `used_nets` is a UsedNets (a plain set given is wrapped; one given as a UsedNets is used,
+    and changed, in place)."""
 
     pools: Mapping[str, Pool]
     usage: dict[str, Usage] = field(default_factory=dict)
-    used_nets: set[str] = field(default_factory=set)
+    used_nets: UsedNets = field(default_factory=UsedNets)
     free: FreeNets | None = None
     degraded: Mapping[str, str] = field(default_factory=dict)  # pool -> why (live health)
 
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "used_nets":
+            value = used_nets(value)  # type: ignore[arg-type]
+        super().__setattr__(name, value)
+
     def copy(self) -> Fleet:
-        return Fleet(self.pools, dict(self.usage), set(self.used_nets), degraded=self.degraded)
+        return Fleet(self.pools, dict(self.usage), UsedNets(self.used_nets),
+                     degraded=self.degraded)
 
     def used(self, name: str) -> Usage:
         return self.usage.get(name, NO_USAGE)
@@ -105,30 +225,46 @@ class Fleet:
             if self.free is not None:
                 self.free.give(key)
 
+    def is_free(self, key: str) -> bool:
+        """Whether the network of this ledger key may be handed out now."""
+        return self.used_nets.is_free(key)
+
     def free_networks(self, pool: Pool, net_type: str, limit: int | None = None
                       ) -> list[Network]:
         """Free port groups of this type, in configuration order (the first `limit`)."""
         if self.free is not None:
             return self.free.first(pool, net_type, limit)
         used = self.used_nets
-        free = [n for n, key in pool.keyed_networks(net_type) if key not in used]
+        free = [n for n, key in pool.keyed_networks(net_type) if used.is_free(key)]
         return free[:limit]
 
     def free_count(self, pool: Pool, net_type: str) -> int:
         if self.free is not None:
             return self.free.count(pool, net_type)
         used = self.used_nets
-        return sum(1 for _, key in pool.keyed_networks(net_type) if key not in used)
+        return sum(1 for _, key in pool.keyed_networks(net_type) if used.is_free(key))
+
+    def free_vlans(self, pool: Pool, net_type: str) -> dict[Hashable, int]:
+        """Free networks of this type per VLAN (a network with no vlan is a VLAN of its own):
+        a lease takes at most one network of each."""
+        out: dict[Hashable, int] = {}
+        for n in self.free_networks(pool, net_type):
+            token = vlan_token(n.vlan_id, pool.net_key(n))
+            out[token] = out.get(token, 0) + 1
+        return out
 
     def has_free_networks(self, pool: Pool, net_type: str, need: int) -> bool:
-        """Whether `need` port groups of this type are free (stops counting at `need`)."""
+        """Whether one lease could take `need` port groups of this type now: as many free,
+        on distinct VLANs (stops counting at `need`)."""
         if need <= 0:
             return True
+        if need > 1:
+            return len(self.free_vlans(pool, net_type)) >= need
         if self.free is not None:
             return self.free.count(pool, net_type) >= need
         used = self.used_nets
         for _, key in pool.keyed_networks(net_type):
-            if key not in used:
+            if used.is_free(key):
                 need -= 1
                 if need == 0:
                     return True

@@ -25,6 +25,10 @@ MAX_INT = 10**9  # "absurd" guard for sizes before pool limits are applied
 
 @dataclass(frozen=True)
 class Network:
+    """A port group as a pool hands it out. It is one network of its vCenter and pod: pools
+    of that vCenter and pod that list it share it (the ledger key, `Pool.net_key`, has no
+    pool in it), and it is leased at most once across all of them."""
+
     port_group: str
     vlan: int | None = None
     cidr: str = ""
@@ -32,9 +36,19 @@ class Network:
     type: str = DEFAULT_NETWORK_TYPE
     # optional subnet details, returned when configured
     details: tuple[tuple[str, Any], ...] = ()
+    pod: str = ""  # the network pod (from the pool's `pod` unless the network names one)
+
+    @property
+    def vlan_id(self) -> tuple[str, int] | None:
+        """The VLAN it is on, as (pod, vlan): VLAN numbers are per pod. None: no vlan set."""
+        return None if self.vlan is None else (self.pod, self.vlan)
+
+    def key(self, vcenter: str) -> str:
+        """Its ledger key in `vcenter`."""
+        return port_group_key(vcenter, self.port_group, self.pod)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "port-group": self.port_group,
             "vlan": self.vlan,
             "cidr": self.cidr,
@@ -42,6 +56,9 @@ class Network:
             "type": self.type,
             **{k: list(v) if isinstance(v, tuple) else v for k, v in self.details},
         }
+        if self.pod:
+            out["pod"] = self.pod
+        return out
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,7 @@ class Pool:
     taints: tuple[Taint, ...] = ()
     # failure-domain fields (region and zone may also come from the labels)
     domain: tuple[tuple[str, str], ...] = ()
+    pod: str = ""  # the network pod (upstream's ibmPoolSpec.pod): its networks' default pod
 
     def domain_map(self) -> dict[str, str]:
         """region, zone, short-name, resource-pool and folder, as configured."""
@@ -93,7 +111,9 @@ class Pool:
         return self._keyed.get(net_type, ())
 
     def net_key(self, net: Network) -> str:
-        return port_group_key(self.vcenter, net.port_group)
+        """The ledger key of one of its networks: per (vCenter, pod, port group), so pools
+        that share a network share its key."""
+        return net.key(self.vcenter)
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -111,6 +131,7 @@ class Pool:
             "no-schedule": self.no_schedule,
             "labels": self.label_map(),
             **dict(self.domain),
+            **({"pod": self.pod} if self.pod else {}),
             "taints": [t.to_dict() for t in self.taints],
             "networks": [n.to_dict() for n in self.networks],
         }

@@ -16,20 +16,22 @@ vCenter's live health calls degraded takes no new leases (budgets still drive th
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import NoCapacity
 from .estimates import estimate, fits_alone, max_groups
 from .fleet import NO_USAGE, Fleet, FreeNets, Usage
 from .models import Network, Pool, Request
+from .networks import Option, choose_networks, vlan_token
 from .possible import check_possible
 from .reasons import deficit, eligibility, shortfall, sick, why_not
 from .taints import untolerated
 
 # imported from here by the service, the queries, the tests and the bench
 __all__ = [
-    "NO_USAGE", "STRATEGIES", "Fleet", "FreeNets", "Placement", "Usage", "check_possible",
+    "NO_USAGE", "STRATEGIES", "Fleet", "FreeNets", "Placement", "Usage", "assign",
+    "check_possible",
     "choose", "deficit", "eligibility", "estimate", "fits_alone", "max_groups", "place",
     "place_batch", "pool_load", "reserve_for", "shortfall", "sick", "vcenter_loads", "why_not",
 ]
@@ -138,21 +140,62 @@ def place(req: Request, fleet: Fleet, strategy: str = "least-utilized",
     if req.required_pool and req.required_pool not in fleet.pools:
         reasons[req.required_pool] = "not in the pools configuration (removed or unknown)"
     fitting.sort(key=_rank_key(strategy, req, vcenter_loads(fleet), fleet))
-    chosen = choose(fitting, req)
-    if len(chosen) < req.pool_count:
-        summary = "no pool fits"
-        vcs = len({p.vcenter for p in fitting})
-        if fitting and not req.pools:
-            summary = f"only {vcs} distinct vCenter(s) have a fitting pool, need {req.vcenters}"
-        elif fitting:
-            within = f" within {req.vcenters} vCenter(s)" if req.vcenters else ""
-            summary = (f"{len(fitting)} pool(s) fit, on {vcs} vCenter(s): not {req.pools} "
-                       f"distinct pools{within}")
-        raise NoCapacity.of(reasons, summary)
-    return [
-        Placement(pool, tuple(fleet.free_networks(pool, req.network_type, req.networks)))
-        for pool in chosen
-    ]
+    while True:
+        chosen = choose(fitting, req)
+        if len(chosen) < req.pool_count:
+            break
+        networks = assign(req, chosen, fleet)
+        if networks is not None:
+            return [Placement(pool, nets) for pool, nets in zip(chosen, networks, strict=True)]
+        # pools of one vCenter that share their free networks cannot all have them: the
+        # lowest-ranked of those makes way for the next pool in rank
+        out = _crowded(chosen, req, fleet)
+        reasons[out.name] = (f"its free networks of type {req.network_type} are taken by the "
+                             "request's other pools")
+        fitting.remove(out)
+    summary = "no pool fits"
+    vcs = len({p.vcenter for p in fitting})
+    if fitting and not req.pools:
+        summary = f"only {vcs} distinct vCenter(s) have a fitting pool, need {req.vcenters}"
+    elif fitting:
+        within = f" within {req.vcenters} vCenter(s)" if req.vcenters else ""
+        summary = (f"{len(fitting)} pool(s) fit, on {vcs} vCenter(s): not {req.pools} "
+                   f"distinct pools{within}")
+    raise NoCapacity.of(reasons, summary)
+
+
+def assign(req: Request, chosen: list[Pool], fleet: Fleet,
+           prefer: Sequence[tuple[str, int]] = ()) -> list[tuple[Network, ...]] | None:
+    """The networks each chosen pool's lease gets (core.networks: distinct, on distinct
+    VLANs, common VLANs first, `prefer`red VLANs before the others); None if they cannot all
+    have theirs."""
+    if not req.networks:
+        return [() for _ in chosen]
+    if len(chosen) == 1 and req.networks == 1 and not prefer:  # the usual case, no search
+        return [tuple(fleet.free_networks(chosen[0], req.network_type, 1))]
+    by_key: dict[str, Network] = {}
+    options = []
+    for pool in chosen:
+        opts = []
+        for n in fleet.free_networks(pool, req.network_type):
+            key = pool.net_key(n)
+            by_key[key] = n
+            opts.append(Option(key, vlan_token(n.vlan_id, key)))
+        options.append(opts)
+    got = choose_networks(options, req.networks, prefer)
+    if got is None:
+        return None
+    return [tuple(by_key[o.key] for o in opts) for opts in got]
+
+
+def _crowded(chosen: list[Pool], req: Request, fleet: Fleet) -> Pool:
+    """The lowest-ranked chosen pool whose free networks another chosen pool lists too (the
+    last chosen one when none share)."""
+    keys = [{p.net_key(n) for n in fleet.free_networks(p, req.network_type)} for p in chosen]
+    for i in range(len(chosen) - 1, -1, -1):
+        if any(keys[i] & keys[j] for j in range(len(chosen)) if j != i):
+            return chosen[i]
+    return chosen[-1]
 
 
 def place_batch(

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from .errors import InvalidRequest
+from .estimates import network_room
 from .fleet import Fleet
 from .models import Pool, Request
 from .reasons import deficit, eligibility, shortfall
@@ -51,6 +52,7 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
     for name, need, cap in sizes:
         if need > cap:
             raise InvalidRequest.of(name, f"{need} is more than any pool can hold (largest {cap})")
+    empty = Fleet({p.name: p for p in candidates})
     if req.networks:
         most = max(len(p.networks_of(req.network_type)) for p in candidates)
         if most == 0:
@@ -59,7 +61,10 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
         if req.networks > most:
             raise InvalidRequest.of("networks", f"{req.networks} is more than any pool has of type "
                                     f"{req.network_type} (most {most})")
-    empty = Fleet({p.name: p for p in candidates})
+        vlans = max(len(empty.free_vlans(p, req.network_type)) for p in candidates)
+        if req.networks > vlans:  # a lease takes one network per VLAN
+            raise InvalidRequest.of("networks", f"{req.networks} is more than any pool has of type "
+                                    f"{req.network_type} on distinct VLANs (most {vlans})")
     fits = [p for p in candidates if shortfall(req, p, empty) is None]
     if not fits:
         closest = min(candidates, key=lambda p: (deficit(req, p, empty), p.name))
@@ -70,8 +75,11 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
                                 f"{closest.name}, empty: {why})")
     usable = {p.vcenter for p in fits}
     if req.pools:
-        per_vc = sorted((sum(1 for p in fits if p.vcenter == vc) for vc in usable),
-                        reverse=True)
+        # pools of one vCenter may share their networks: no more of them than those can serve
+        per_vc = sorted((min(sum(1 for p in fits if p.vcenter == vc),
+                             network_room(empty, [p for p in fits if p.vcenter == vc], req)
+                             if req.networks else len(fits))
+                         for vc in usable), reverse=True)
         most = sum(per_vc[:req.vcenters] if req.vcenters else per_vc)
         if most < req.pools:
             within = f" within {req.vcenters} vCenter(s)" if req.vcenters else ""

@@ -107,6 +107,9 @@ class LeaseStore(LedgerBase):
                 u["storage"] += sp["storage"]
                 u["leases"] += 1
                 for key in lease_port_groups(lease):
+                    if key in nets:  # the script writes a dict: a second holder would hide
+                        raise ValueError(f"network {key!r} in two new leases "
+                                         f"({nets[key]}, {lid})")
                     nets[key] = lid
                 raw = json.dumps(lease)
                 raws.append(raw)

@@ -123,7 +123,7 @@ class UsageRead(NamedTuple):
 
     version: int
     pools: dict[str, Usage]
-    nets: set[str]  # port groups in use, "<vcenter>|<port-group>"
+    nets: set[str]  # networks in use, by ledger key (core/lease.py port_group_key)
 
     @classmethod
     def from_reply(cls, reply: list[Any], require_ready: bool) -> UsageRead:
@@ -143,7 +143,7 @@ class Audit(TypedDict):
 
     leases: dict[str, Any]  # lease id -> lease
     counters: dict[str, tuple[int, ...]]  # pool -> (vcpus, memory, storage, leases)
-    nets: dict[str, str]  # "<vcenter>|<port-group>" -> lease id
+    nets: dict[str, str]  # network ledger key (core/lease.py port_group_key) -> lease id
 
 
 def audit_from_reply(reply: list[Any]) -> Audit:

@@ -80,7 +80,7 @@ for _, f in ipairs(found) do
   redis.call('HINCRBY', k, 'leases', -1)
   if type(st.networks) == 'table' then
     for _, n in ipairs(st.networks) do
-      redis.call('HDEL', p .. 'nets', st.vcenter .. '|' .. n['port-group'])
+      redis.call('HDEL', p .. 'nets', net_key(st.vcenter, n))
     end
   end
   redis.call('HDEL', p .. 'leases', id)

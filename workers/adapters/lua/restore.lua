@@ -41,7 +41,7 @@ for i, raw in ipairs(d.leases) do
   redis.call('SADD', p .. 'pools', st.pool)
   if type(st.networks) == 'table' then
     for _, n in ipairs(st.networks) do
-      redis.call('HSET', p .. 'nets', st.vcenter .. '|' .. n['port-group'], id)
+      redis.call('HSET', p .. 'nets', net_key(st.vcenter, n), id)
     end
   end
   redis.call('HSET', p .. 'leases', id, raw)

@@ -1,0 +1,146 @@
+"""The inventory's networks through the ledger's scripts and the task API with real workers:
+a port group listed by several pools is leased once, whoever asks and however many at once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import call, check_invariants, net_key
+from tests.support.procs import ROOT
+from workers.adapters.ledger import Ledger
+from workers.adapters.pools_file import load_pools
+from workers.core.models import Network, Pool, make_lease, parse_request
+
+UPSTREAM = ROOT / "examples" / "pools-upstream.yaml"
+
+
+@pytest.fixture()
+def upstream(ledger, pools_file) -> dict[str, Pool]:
+    """The upstream-shaped inventory as the workers' pools file (re-read on change)."""
+    pools_file.write_text(UPSTREAM.read_text())
+    return {p.name: p for p in load_pools(str(pools_file))}
+
+
+@pytest.fixture()
+def own_ledger(redis_server):
+    ledger = Ledger(redis_server.client(), prefix=f"t-{uuid.uuid4().hex[:8]}:")
+    assert ledger.restore({"seq": 0, "leases": []}).applied
+    return ledger
+
+
+# ---------------------------------------------------------------------------------------------
+# the Lua scripts build the same keys as the core
+
+
+def test_scripts_key_networks_by_vcenter_pod_and_slice(own_ledger, redis_server):
+    """commit takes the keys the core computes; release and restore rebuild them from the
+    lease records in Lua (pod and slice included): they must agree, or a released network
+    would stay taken, or a restored one be free."""
+    pool = Pool("p1", "vc1", "dc", "c", "ds", vcpus=10, memory=10, storage=10, pod="pod-a",
+                networks=(Network("pg-1", vlan=1, pod="pod-a"), Network("pg-2", vlan=2)))
+    req = parse_request({"vcpus": 1, "memory": 1, "networks": 2, "request-id": "r1"},
+                        default_owner="o")
+    lease = make_lease("lease-1", req, pool, list(pool.networks), time.time())
+    lease["status"]["networks"][1]["slice"] = "10.0.0.4-10.0.0.7"  # a slice, no pod
+    caps = {"p1": (10, 10, 10)}
+    assert own_ledger.commit(own_ledger.usage()[0], {"r1": [lease]}, caps).status == "ok"
+    keys = {"vc1|pg-1|pod-a", "vc1|pg-2||10.0.0.4-10.0.0.7"}
+    assert set(own_ledger.audit()["nets"]) == keys
+    assert set(own_ledger.usage().nets) == keys
+    again = Ledger(redis_server.client(), prefix=f"t-{uuid.uuid4().hex[:8]}:")
+    assert again.restore(own_ledger.snapshot()).applied
+    assert again.audit()["nets"] == {k: "lease-1" for k in keys}
+    for ledger in (own_ledger, again):
+        ledger.release(["lease-1"], owner="o", now="2026-11-28T00:00:00Z")
+        assert ledger.audit()["nets"] == {}
+
+
+def test_the_commit_refuses_a_network_two_new_leases_hold(own_ledger):
+    net = Network("pg", vlan=1, pod="p")
+    a = Pool("a", "vc", "dc", "c", "ds", vcpus=10, memory=10, storage=10, networks=(net,))
+    b = Pool("b", "vc", "dc", "c", "ds", vcpus=10, memory=10, storage=10, networks=(net,))
+    req = parse_request({"vcpus": 1, "memory": 1, "pools": 2, "request-id": "r"},
+                        default_owner="o")
+    leases = [make_lease(f"l{i}", req, p, [net], time.time()) for i, p in enumerate((a, b))]
+    with pytest.raises(ValueError, match="in two new leases"):
+        own_ledger.commit(own_ledger.usage()[0], {"r": leases},
+                          {"a": (10, 10, 10), "b": (10, 10, 10)})
+    assert own_ledger.audit()["leases"] == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# the task API
+
+
+REQUESTS = st.sampled_from([
+    {"vcpus": 2, "memory": 8, "required-pool": "v1-c1"},
+    {"vcpus": 2, "memory": 8, "required-pool": "v1-c2"},
+    {"vcpus": 2, "memory": 8, "required-pool": "v1-c2", "networks": 2},
+    {"vcpus": 2, "memory": 8, "pools": 2, "vcenters": 1},
+    {"vcpus": 0, "memory": 0, "required-pool": "v1-c1"},
+    {"vcpus": 2, "memory": 8, "required-pool": "v3-c2"},
+    {"vcpus": 2, "memory": 8, "pools": 3},
+])
+
+
+@settings(max_examples=6, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(REQUESTS, min_size=8, max_size=20))
+def test_shared_port_groups_are_leased_once_under_concurrent_acquires(
+        upstream, client_app, ledger, reqs):
+    """Many acquires sent at once, most of them for the pools that share vcenter-1's four
+    and vcenter-3's three networks: every network is granted at most once, each lease's on
+    distinct VLANs, the ledger's port groups are exactly its leases', and no grant is
+    refused while the first of them could fit an empty ledger."""
+    owner = f"conc-{uuid.uuid4().hex[:8]}"
+    sent = [client_app.send_task("vcm.acquire", kwargs={"request": {**r, "owner": owner}},
+                                 queue="placement") for r in reqs]
+    granted: list[dict] = []
+    refused = 0
+    for r in sent:
+        try:
+            granted += r.get(timeout=60)
+        except Exception as exc:  # noqa: BLE001 - only NoCapacity may come back
+            assert type(exc).__name__ == "NoCapacity", exc
+            refused += 1
+    assert granted and refused + len({x["status"]["request-id"] for x in granted}) == len(reqs)
+    snap = check_invariants(ledger, upstream)
+    keys = [net_key(x["status"]["vcenter"], n) for x in granted for n in x["status"]["networks"]]
+    assert len(keys) == len(set(keys)) and set(keys) == set(snap["nets"])
+    for lease in granted:
+        vlans = [n["vlan"] for n in lease["status"]["networks"]]
+        assert len(vlans) == len(set(vlans)) == lease["spec"]["networks"]
+    assert sum(k.startswith("vcenter-1.example.com|") for k in keys) <= 4
+    assert sum(k.startswith("vcenter-3.example.com|") for k in keys) <= 3
+    released = call(client_app, "vcm.release", owner=owner)
+    assert sorted(released) == sorted(x["metadata"]["name"] for x in granted)
+    assert ledger.audit()["nets"] == {}
+
+
+def test_two_pools_listing_one_port_group_share_it(upstream, client_app, ledger):
+    """vcenter-3's three networks are listed by v3-c1 and v3-c2: three leases in all, on
+    either pool, then no more until one is released."""
+    leases = [call(client_app, "vcm.acquire", request={
+        "vcpus": 1, "memory": 1, "required-pool": f"v3-c{1 + i % 2}"})[0] for i in range(3)]
+    assert sorted(x["status"]["networks"][0]["port-group"] for x in leases) == [
+        "ci-vlan-2200", "ci-vlan-2201", "ci-vlan-2202"]
+    assert all(x["status"]["networks"][0]["pod"] == "dal12.pod03" for x in leases)
+    r = client_app.send_task("vcm.acquire", kwargs={"request": {
+        "vcpus": 1, "memory": 1, "required-pool": "v3-c2"}}, queue="placement")
+    with pytest.raises(Exception) as info:
+        r.get(timeout=20)
+    assert type(info.value).__name__ == "NoCapacity"
+    assert "insufficient networks" in info.value.details["reasons"]["v3-c2"]
+    call(client_app, "vcm.release", lease_ids=[leases[0]["metadata"]["name"]])
+    again = call(client_app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
+                                                     "required-pool": "v3-c2"})[0]
+    assert again["status"]["networks"] == leases[0]["status"]["networks"]
+    check_invariants(ledger, upstream)
+    pools = {p["spec"]["name"]: p for p in call(client_app, "vcm.show_pools")}
+    assert pools["v3-c1"]["status"]["network-usage"] == 1.0  # its networks are all held
+    assert pools["v3-c1"]["status"]["networks-used"] == 3
