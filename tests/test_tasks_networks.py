@@ -144,3 +144,17 @@ def test_two_pools_listing_one_port_group_share_it(upstream, client_app, ledger)
     pools = {p["spec"]["name"]: p for p in call(client_app, "vcm.show_pools")}
     assert pools["v3-c1"]["status"]["network-usage"] == 1.0  # its networks are all held
     assert pools["v3-c1"]["status"]["networks-used"] == 3
+
+
+def test_one_pool_capped_at_three_vcenters_is_granted(client_app, ledger, pools_file):
+    """What upstream's CI step sends by default: `pools: 1, vcenters: 3`."""
+    req = {"vcpus": 24, "memory": 96, "storage": 700, "pools": 1, "vcenters": 3,
+           "labels": {"boskos-lease-id": "b-1"}}
+    (lease,) = call(client_app, "vcm.acquire", request=req)
+    assert lease["spec"]["vcenters"] == 3 and lease["spec"]["pools"] == 1
+    (pinned,) = call(client_app, "vcm.acquire", request={**req, "required-pool": "pool3",
+                                                          "vcpus": 12, "memory": 48})
+    assert pinned["status"]["pool"] == "pool3"
+    est = call(client_app, "vcm.estimate", request=req)
+    assert est["fits"] >= 1
+    check_invariants(ledger, {p.name: p for p in load_pools(str(pools_file))})

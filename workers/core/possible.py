@@ -30,7 +30,7 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
     if req.required_pool and req.required_pool not in pools:
         raise InvalidRequest.of("required-pool", f"unknown pool {req.required_pool!r} (known: "
                                 + ", ".join(sorted(pools)) + ")")
-    if req.required_pool and req.vcenters > 1:
+    if req.required_pool and req.vcenters > 1 and not req.pools:
         raise InvalidRequest.of("vcenters", "required-pool names one pool, on one vCenter, so "
                                 "vcenters must be 1")
     # cordons are temporary and excluded pools open up when named: neither makes it impossible
