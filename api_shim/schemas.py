@@ -97,6 +97,13 @@ NETWORK = {
     "properties": {
         "port-group": {"type": "string"}, "vlan": {"type": ["integer", "null"]},
         "cidr": {"type": "string"}, "gateway": {"type": "string"}, "type": {"type": "string"},
+        "pod": {"type": "string"}, "machine-network-cidr": {"type": "string"},
+        "ip-addresses": {"type": "array", "items": {"type": "string"}, "description":
+                         "when configured, or a slice's; else the cidr's addresses from the "
+                         "network address on ([2] and [3]: the VIPs)"},
+        "ipv6-cidr": {"type": "string"}, "ipv6-start": {"type": "string"},
+        "nameservers": {"type": "array", "items": {"type": "string"}},
+        "router": {"type": "string"}, "datacenter": {"type": "string"},
     },
 }
 

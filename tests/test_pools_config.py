@@ -491,3 +491,108 @@ def test_valid_yaml_loads_as_safe_load_does(doc):
     from workers.adapters.yaml_files import load_yaml
 
     assert load_yaml(doc) == yaml.safe_load(doc)
+
+
+# ---------------------------------------------------------------------------------------------
+# network details a job step reads
+
+
+FULL = {"port-group": "pg", "vlan": 7, "cidr": "10.0.0.0/29", "gateway": "10.0.0.1",
+        "netmask": "255.255.255.248", "machine-network-cidr": "10.0.0.0/29",
+        "ip-addresses": ["10.0.0.0", "10.0.0.1", "10.0.0.4", "10.0.0.5", "10.0.0.6"],
+        "ipv6-cidr": "fd00:7::/64", "ipv6-start": "fd00:7::10", "ipv6-gateway": "fd00:7::1",
+        "nameservers": ["10.9.9.9", "fd00::53"], "router": "r7.example.com",
+        "datacenter": "dal10", "pod": "dal10.pod01"}
+
+
+def test_every_network_detail_is_checked_and_shown_as_configured():
+    from workers.core.models import entry_addresses, make_lease, parse_request
+
+    (p,) = parse_pools(config(pool(networks=[FULL])))
+    net = p.networks[0]
+    assert net.to_dict() == {**FULL, "type": "single-tenant"}
+    assert net.addresses()[2:4] == ("10.0.0.4", "10.0.0.5")  # the VIPs, as listed
+    assert net.nameservers() == ("10.9.9.9", "fd00::53")
+    entry = make_lease("l", parse_request({"vcpus": 1, "memory": 1}), p, [net], 0)[
+        "status"]["networks"][0]
+    assert entry == {**FULL, "type": "single-tenant"}
+    assert entry_addresses(entry)[2:4] == ["10.0.0.4", "10.0.0.5"]
+
+
+def test_without_a_list_the_addresses_come_from_the_cidr():
+    from workers.core.models import derived_addresses, entry_addresses
+
+    (p,) = parse_pools(config(pool(networks=[{"port-group": "pg", "cidr": "10.1.2.0/29",
+                                              "gateway": "10.1.2.1", "dns": "10.1.2.6"}])))
+    net = p.networks[0]
+    # the network address, then each host: [1] the usual gateway, [2] and [3] the VIPs
+    assert net.addresses() == ("10.1.2.0", "10.1.2.1", "10.1.2.2", "10.1.2.3", "10.1.2.4",
+                               "10.1.2.5", "10.1.2.6")
+    assert "ip-addresses" not in net.to_dict()  # derived, not copied into every lease
+    assert entry_addresses(net.to_dict()) == list(net.addresses())
+    assert net.nameservers() == ("10.1.2.6",)
+    assert derived_addresses("fd00::/126") == ("fd00::", "fd00::1", "fd00::2", "fd00::3")
+    assert derived_addresses("10.0.0.0/19") == ()  # more than 4,096 addresses: list them
+
+
+BAD_DETAILS = [
+    ({"ip-addresses": ["10.0.0.0", "10.0.0.1", "10.0.1.9"]}, "networks[0].ip-addresses[2]",
+     "10.0.1.9 is not in 10.0.0.0/29"),
+    ({"ip-addresses": ["10.0.0.2", "10.0.0.2"]}, "networks[0].ip-addresses[1]", "twice"),
+    ({"ip-addresses": ["10.0.0.2", "nope"]}, "networks[0].ip-addresses[1]", "not an IP"),
+    ({"ip-addresses": "10.0.0.2"}, "networks[0].ip-addresses", "list"),
+    ({"ip-addresses": []}, "networks[0].ip-addresses", "list"),
+    ({"ip-addresses": ["10.0.0.1"] * 4097}, "networks[0].ip-addresses", "4096"),
+    ({"nameservers": ["10.9.9.9", "x"]}, "networks[0].nameservers[1]", "not an IP"),
+    ({"nameservers": "10.9.9.9"}, "networks[0].nameservers", "list"),
+    ({"ipv6-cidr": "fd00:7::/64", "ipv6-start": "fd00:8::10"}, "networks[0].ipv6-start",
+     "not in fd00:7::/64"),
+    ({"ipv6-start": "10.0.0.5"}, "networks[0].ipv6-start", "not a valid"),
+    ({"ipv6-cidr": "fd00:7::/64", "ipv6-gateway": "fd00:8::1"}, "networks[0].ipv6-gateway",
+     "not in"),
+    ({"machine-network-cidr": "10.9.0.0/24"}, "networks[0].machine-network-cidr",
+     "does not overlap"),
+    ({"machine-network-cidr": "fd00::/64"}, "networks[0].machine-network-cidr", "overlap"),
+    ({"machine-network-cidr": "10.0.0.0/40"}, "networks[0].machine-network-cidr", "valid"),
+    ({"netmask": "255.255.255.0"}, "networks[0].netmask", "not the netmask of"),
+    ({"gateway": "10.0.0.2"}, "networks[0].gateway", "VIP"),
+    ({"gateway": "10.0.0.3"}, "networks[0].gateway", "VIP"),
+    ({"datacenter": ""}, "networks[0].datacenter", "non-empty"),
+    ({"router": "r\ud800"}, "networks[0].router", ""),
+    ({"dns": ["10.9.9.9"], "nameservers": ["10.9.9.8"]}, "networks[0].nameservers", "dns"),
+]
+
+
+@pytest.mark.parametrize(("details", "field", "why"), BAD_DETAILS,
+                         ids=[f"{f}-{i}" for i, (_, f, _) in enumerate(BAD_DETAILS)])
+def test_a_bad_network_detail_names_its_field(details, field, why):
+    net = {"port-group": "pg", "cidr": "10.0.0.0/29", **details}
+    err = rejected(config(pool(networks=[net])), "pool1", field)
+    assert why in str(err), str(err)
+
+
+def test_a_detail_checked_against_another_pools_listing_names_its_own_listing():
+    """The cidr comes from pool a, the addresses from pool b: the address outside the cidr
+    is b's field."""
+    err = rejected(config(pool("a", networks=[{"port-group": "pg", "cidr": "10.0.0.0/29"}]),
+                          pool("b", networks=[{"port-group": "x"}, {
+                              "port-group": "pg", "ip-addresses": ["10.0.0.0", "10.0.9.1"]}])),
+                   "b", "networks[1].ip-addresses[1]")
+    assert "10.0.9.1 is not in 10.0.0.0/29" in str(err)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(24, 30), st.lists(st.integers(0, 511), min_size=1, max_size=12, unique=True))
+def test_an_address_outside_its_cidr_is_named_by_index(prefix, offsets):
+    """Oracle: the cidr 10.0.0.0/prefix holds offsets below 2^(32-prefix)."""
+    size = 2 ** (32 - prefix)
+    addresses = [f"10.0.{o // 256}.{o % 256}" for o in offsets]
+    cfg = config(pool(networks=[{"port-group": "pg", "cidr": f"10.0.0.0/{prefix}",
+                                 "ip-addresses": addresses}]))
+    outside = [i for i, o in enumerate(offsets) if o >= size]
+    if outside:
+        err = rejected(cfg, "pool1", f"networks[0].ip-addresses[{outside[0]}]")
+        assert addresses[outside[0]] in str(err)
+    else:
+        (p,) = parse_pools(cfg)
+        assert list(p.networks[0].addresses()) == addresses

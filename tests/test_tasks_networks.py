@@ -158,3 +158,24 @@ def test_one_pool_capped_at_three_vcenters_is_granted(client_app, ledger, pools_
     est = call(client_app, "vcm.estimate", request=req)
     assert est["fits"] >= 1
     check_invariants(ledger, {p.name: p for p in load_pools(str(pools_file))})
+
+
+def test_a_lease_carries_the_network_details_a_job_step_reads(upstream, client_app, ledger):
+    from workers.core.models import entry_addresses
+
+    (lease,) = call(client_app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
+                                                        "required-pool": "v1-c2"})
+    (net,) = lease["status"]["networks"]
+    assert net["port-group"] == "ci-vlan-1200"  # listed in full under v1-c1 only
+    assert {k: net[k] for k in ("machine-network-cidr", "ipv6-cidr", "ipv6-start", "router",
+                                "datacenter", "pod", "nameservers")} == {
+        "machine-network-cidr": "10.12.0.0/25", "ipv6-cidr": "fd65:a1a8:60ad:1200::/64",
+        "ipv6-start": "fd65:a1a8:60ad:1200::4", "router": "r1.dal10.pod01.example.com",
+        "datacenter": "dal10", "pod": "dal10.pod01", "nameservers": ["10.0.80.11",
+                                                                    "10.0.80.12"]}
+    assert entry_addresses(net)[2:4] == ["10.12.0.2", "10.12.0.3"]  # the VIPs
+    (second,) = call(client_app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
+                                                         "required-pool": "v1-c1"})
+    net2 = second["status"]["networks"][0]
+    assert "ip-addresses" not in net2 and entry_addresses(net2)[1:4] == [
+        "10.12.1.1", "10.12.1.2", "10.12.1.3"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
@@ -21,6 +23,35 @@ from .topology import failure_domain, lease_env
 DEFAULT_NETWORK_TYPE = "single-tenant"
 DEFAULT_TTL = 24 * 3600
 MAX_INT = 10**9  # "absurd" guard for sizes before pool limits are applied
+
+
+MAX_DERIVED = 4096  # a larger cidr has no derived list (give ip-addresses)
+
+
+def derived_addresses(cidr: str, limit: int = MAX_DERIVED) -> tuple[str, ...]:
+    """A cidr's addresses in the order upstream's inventories list them: the network address,
+    then each host address (IPv4's broadcast address left out), so [1] is the usual gateway
+    and [2] and [3] are the VIPs; ip-addresses[i] is the network address + i. () for a
+    cidr of more than `limit` addresses."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    count = net.num_addresses - (1 if net.version == 4 and net.num_addresses > 2 else 0)
+    if count > limit:
+        return ()
+    first = net.network_address
+    return tuple(str(first + i) for i in range(count))
+
+
+def entry_addresses(entry: Mapping[str, Any]) -> list[str]:
+    """The addresses of one network of a lease (its `networks` entry): its `ip-addresses`
+    when it has them (configured, or a slice's), else derived from its `cidr`."""
+    listed = entry.get("ip-addresses")
+    if isinstance(listed, list) and listed:
+        return [str(a) for a in listed]
+    cidr = entry.get("cidr")
+    try:
+        return list(derived_addresses(cidr)) if isinstance(cidr, str) and cidr else []
+    except ValueError:
+        return []
 
 
 @dataclass(frozen=True)
@@ -46,6 +77,24 @@ class Network:
     def key(self, vcenter: str) -> str:
         """Its ledger key in `vcenter`."""
         return port_group_key(vcenter, self.port_group, self.pod)
+
+    def detail(self, name: str, default: Any = None) -> Any:
+        """An optional detail as configured (a list is a tuple), or `default`."""
+        return next((v for k, v in self.details if k == name), default)
+
+    def addresses(self) -> tuple[str, ...]:
+        """Its addresses: `ip-addresses` as configured, else derived from the cidr
+        (derived_addresses). [0] is the network address, [1] the gateway by convention,
+        [2] and [3] the API and ingress VIPs the job step reads."""
+        listed = self.detail("ip-addresses")
+        if listed:
+            return tuple(listed)
+        return derived_addresses(self.cidr) if self.cidr else ()
+
+    def nameservers(self) -> tuple[str, ...]:
+        """`nameservers`, else `dns` (one address or a list), else none."""
+        value = self.detail("nameservers") or self.detail("dns") or ()
+        return tuple(value) if isinstance(value, tuple) else (value,)
 
     def to_dict(self) -> dict[str, Any]:
         out = {

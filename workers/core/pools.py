@@ -14,12 +14,19 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError
-from .models import DEFAULT_NETWORK_TYPE, Network, Pool
+from .models import DEFAULT_NETWORK_TYPE, Network, Pool, derived_addresses
 from .taints import Taint, taint_problem
 from .text import MAX_TEXT, text_problem
 
 DOMAIN_KEYS = ("region", "zone", "short-name", "resource-pool", "folder")
-NETWORK_DETAILS = ("netmask", "ipv6-cidr", "ipv6-gateway", "dns", "router")
+# optional subnet details, each shown in a lease's network as configured: netmask,
+# machine-network-cidr, ip-addresses (else derived from the cidr: models.derived_addresses),
+# ipv6-cidr, ipv6-start and ipv6-gateway (inside ipv6-cidr), dns or nameservers (addresses),
+# router (the primary router's host name), datacenter (the physical one: upstream's
+# datacenterName, phydc)
+NETWORK_DETAILS = ("netmask", "machine-network-cidr", "ip-addresses", "ipv6-cidr", "ipv6-start",
+                   "ipv6-gateway", "dns", "nameservers", "router", "datacenter")
+MAX_ADDRESSES = 4096
 POOL_KEYS = {
     "name", "vcenter", "datacenter", "cluster", "datastore", "vcpus", "memory", "storage",
     "vcpu-overcommit", "exclude", "no-schedule", "labels", "networks", "taints", "pod",
@@ -292,6 +299,34 @@ def _check_network(x: _Listing, file: str) -> None:
     net = ipaddress.ip_network(v["cidr"], strict=False) if "cidr" in v else None
     if net is not None and "gateway" in v and ipaddress.ip_address(v["gateway"]) not in net:
         raise fail("gateway", f"{v['gateway']} is not in {v['cidr']}")
+    if net is not None and "netmask" in v and str(net.netmask) != v["netmask"]:
+        raise fail("netmask", f"{v['netmask']} is not the netmask of {v['cidr']} "
+                   f"({net.netmask})")
+    if net is not None and "machine-network-cidr" in v:
+        machine = ipaddress.ip_network(v["machine-network-cidr"], strict=False)
+        if machine.version != net.version or not machine.overlaps(net):
+            raise fail("machine-network-cidr", f"{v['machine-network-cidr']} does not "
+                       f"overlap {v['cidr']}")
+    listed = v.get("ip-addresses")
+    if net is not None and listed:
+        for i, a in enumerate(listed):
+            if ipaddress.ip_address(a) not in net:
+                pool, index = x.origin["ip-addresses"]
+                raise ConfigError.of(file, pool, f"networks[{index}].ip-addresses[{i}]",
+                                     f"{a} is not in {v['cidr']}")
+    addresses = listed or (derived_addresses(v["cidr"]) if net is not None else ())
+    if "gateway" in v and v["gateway"] in addresses[2:4]:
+        raise fail("gateway", f"{v['gateway']} is ip-addresses[{addresses.index(v['gateway'])}]"
+                   ", an address the job step takes as a VIP (ip-addresses[2] and [3])")
+    v6 = ipaddress.IPv6Network(v["ipv6-cidr"], strict=False) if "ipv6-cidr" in v else None
+    for key in ("ipv6-start", "ipv6-gateway"):
+        if v6 is not None and key in v and ipaddress.IPv6Address(v[key]) not in v6:
+            raise fail(key, f"{v[key]} is not in {v['ipv6-cidr']}")
+    if "dns" in v and "nameservers" in v:
+        dns = list(v["dns"]) if isinstance(v["dns"], tuple) else [v["dns"]]
+        if dns != list(v["nameservers"]):
+            raise fail("nameservers", f"{list(v['nameservers'])} is not dns {dns}: give one "
+                       "of them (nameservers is upstream's name)")
 
 
 def _network(v: dict[str, Any]) -> Network:
@@ -316,16 +351,29 @@ def _text_field(raw: dict[str, Any], key: str, file: str, pool: str) -> str:
 
 
 def _detail(raw: dict[str, Any], key: str, file: str, pool: str, where: str) -> Any:
-    """A network's optional subnet detail, checked for what it is."""
+    """A network's optional subnet detail, checked for what it is on its own."""
     value, field = raw[key], f"{where}.{key}"
-    if key == "dns":  # one address or a list of them
+    if key in ("dns", "nameservers", "ip-addresses"):  # addresses: a list (dns: or one)
+        if key == "ip-addresses" and len(value if isinstance(value, list) else ()) \
+                > MAX_ADDRESSES:
+            raise ConfigError.of(file, pool, field, f"at most {MAX_ADDRESSES} addresses")
         values = value if isinstance(value, list) else [value]
-        for v in values:
+        if key != "dns" and (not isinstance(value, list) or not value):
+            raise ConfigError.of(file, pool, field, "must be a non-empty list of IP addresses")
+        for i, v in enumerate(values):
+            at = f"{field}[{i}]" if key != "dns" else field
             try:
                 ipaddress.ip_address(v if isinstance(v, str) else "")
             except ValueError:
-                raise ConfigError.of(file, pool, field,
-                                     f"{v!r} is not an IP address") from None
+                raise ConfigError.of(file, pool, at, f"{v!r} is not an IP address") from None
+            _text(v, file, pool, at)
+        if key == "ip-addresses":
+            seen: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, int] = {}
+            for i, v in enumerate(values):
+                first = seen.setdefault(ipaddress.ip_address(v), i)
+                if first != i:
+                    raise ConfigError.of(file, pool, f"{field}[{i}]",
+                                         f"{v} is listed twice (also ip-addresses[{first}])")
         return tuple(values) if isinstance(value, list) else value  # hashable, like Pool
     if not isinstance(value, str) or not value:
         raise ConfigError.of(file, pool, field, "must be a non-empty string")
@@ -335,8 +383,10 @@ def _detail(raw: dict[str, Any], key: str, file: str, pool: str, where: str) -> 
             ipaddress.IPv4Network(f"0.0.0.0/{value}")
         elif key == "ipv6-cidr":
             ipaddress.IPv6Network(value, strict=False)
-        elif key == "ipv6-gateway":
+        elif key in ("ipv6-gateway", "ipv6-start"):
             ipaddress.IPv6Address(value)
+        elif key == "machine-network-cidr":
+            ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise ConfigError.of(file, pool, field, f"{value!r} is not a valid {key}") from None
     return value
