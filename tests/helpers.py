@@ -38,10 +38,12 @@ def net_key(vcenter: str, net: dict[str, Any]) -> str:
 
 
 def check_invariants(ledger: Ledger, pools: dict[str, Pool]) -> dict[str, Any]:
-    """used <= capacity, counters == sum of leases, port groups held by exactly their leases."""
+    """used <= capacity, counters == sum of leases, port groups held by exactly their leases,
+    each by the leases of one install (a boskos-lease-id label, else one request)."""
     snap = ledger.audit()
     sums: dict[str, list[int]] = {}
-    nets: dict[str, str] = {}
+    nets: dict[str, set[str]] = {}
+    installs: dict[str, str] = {}
     for lease_id, lease in snap["leases"].items():
         st, sp = lease["status"], lease["spec"]
         s = sums.setdefault(st["pool"], [0, 0, 0, 0])
@@ -49,10 +51,13 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool]) -> dict[str, Any]:
         s[1] += sp["memory"]
         s[2] += sp["storage"]
         s[3] += 1
+        install = (st.get("labels") or {}).get("boskos-lease-id") or st.get("boskos-lease-id") \
+            or f"{st['owner']}/{st.get('request-id')}"
         for n in st["networks"]:
             key = net_key(st["vcenter"], n)
-            assert key not in nets, f"port group {key} in two leases"
-            nets[key] = lease_id
+            assert installs.setdefault(key, install) == install, \
+                f"port group {key} held by two installs ({installs[key]}, {install})"
+            nets.setdefault(key, set()).add(lease_id)
     for name, counters in snap["counters"].items():
         assert list(counters) == sums.get(name, [0, 0, 0, 0]), (name, counters, sums.get(name))
         pool = pools.get(name)
@@ -61,7 +66,8 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool]) -> dict[str, Any]:
             assert counters[1] <= pool.memory, (name, counters)
             assert counters[2] <= pool.storage, (name, counters)
     assert set(sums) <= set(snap["counters"])
-    assert nets == snap["nets"], "port groups in use differ from the leases"
+    held = {key: set(ids.split()) for key, ids in snap["nets"].items()}
+    assert nets == held, "port groups in use differ from the leases"
     return snap
 
 

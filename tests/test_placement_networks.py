@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from workers.adapters.pools_file import load_pools
 from workers.core.errors import NoCapacity
 from workers.core.models import Network, Pool, parse_request
-from workers.core.placement import Fleet, FreeNets, Usage, place, place_batch
+from workers.core.placement import Fleet, FreeNets, place, place_batch
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 UPSTREAM = EXAMPLES / "pools-upstream.yaml"
@@ -58,20 +58,12 @@ def vlan_of(pool: Pool, n: Network):
     return ("vlan", n.pod, n.vlan) if n.vlan is not None else ("key", key_of(pool.vcenter, n))
 
 
-def assignable(pools: list[Pool], k: int, net_type: str, used: set[str]) -> bool:
-    """Some choice of k free networks per pool: no network twice, distinct VLANs per pool."""
-    def go(i: int, taken: frozenset[str]) -> bool:
-        if i == len(pools):
-            return True
-        opts = free(pools[i], net_type, used)
-        for combo in itertools.combinations(opts, k):
-            keys = {key_of(pools[i].vcenter, n) for n in combo}
-            if keys & taken or len({vlan_of(pools[i], n) for n in combo}) < k:
-                continue
-            if go(i + 1, taken | keys):
-                return True
-        return False
-    return go(0, frozenset())
+def open_to(pool: Pool, net_type: str, holders: dict[str, str], install: str) -> list[Network]:
+    """The pool's networks of the type an install may take: none clashing with a network
+    another install holds (those its own leases hold it may share)."""
+    return [n for n in pool.networks if n.type == net_type
+            and not any(clash(key_of(pool.vcenter, n), k) and who != install
+                        for k, who in holders.items())]
 
 
 def fits_sizes(req, pool: Pool, fleet: Fleet) -> bool:
@@ -80,18 +72,22 @@ def fits_sizes(req, pool: Pool, fleet: Fleet) -> bool:
             and u.storage + req.storage <= pool.storage)
 
 
-def solvable(req, fleet: Fleet) -> bool:
-    """P distinct pools (within the vCenter cap), or N pools on N distinct vCenters, that
-    fit the sizes and can all have their networks."""
-    fitting = [p for p in fleet.pools.values() if fits_sizes(req, p, fleet)]
+def solvable(req, fleet: Fleet, holders: dict[str, str], install: str) -> bool:
+    """P distinct pools (within the vCenter cap), or N pools on N distinct vCenters, that fit
+    the sizes and each offer the install `networks` open networks on distinct VLANs (the
+    request's leases may share networks: they are one install)."""
+    def enough(pool: Pool) -> bool:
+        opts = open_to(pool, req.network_type, holders, install)
+        return len({vlan_of(pool, n) for n in opts}) >= req.networks
+
+    fitting = [p for p in fleet.pools.values() if fits_sizes(req, p, fleet) and enough(p)]
     for combo in itertools.combinations(fitting, req.pool_count):
         vcs = {p.vcenter for p in combo}
         if req.pools and req.vcenters and len(vcs) > req.vcenters:
             continue
         if not req.pools and len(vcs) < len(combo):
             continue
-        if assignable(list(combo), req.networks, req.network_type, set(fleet.used_nets)):
-            return True
+        return True
     return False
 
 
@@ -131,6 +127,9 @@ def multi_requests(draw, fleet: Fleet):
         raw["vcenters"] = draw(st.integers(0, 4))  # a cap; above pools it caps nothing
     else:
         raw["vcenters"] = draw(st.integers(1, n_vc))
+    group = draw(st.sampled_from([None, None, "g1", "g2"]))
+    if group:
+        raw["labels"] = {"boskos-lease-id": group}
     return parse_request(raw)
 
 
@@ -140,21 +139,39 @@ def multi_requests(draw, fleet: Fleet):
 
 @PROPS
 @given(st.data())
-def test_a_shared_network_is_handed_out_once_and_refusals_are_real(data):
-    """Requests placed one after another on pools that share networks: every grant is a valid
-    assignment (each network once across all leases, distinct VLANs in a lease, k each), and
-    a refusal happens only when no assignment of pools and networks exists."""
+def test_a_network_is_held_by_one_install_at_a_time(data):
+    """Requests placed and released one after another on pools that share networks, some of
+    them of one install (a boskos-lease-id): a network is only ever held by one install (its
+    leases may share it), a lease's networks are on distinct VLANs, and a refusal happens only
+    when no choice of pools could have its networks."""
     fleet = data.draw(shared_fleets())
-    held = {u for u in fleet.used_nets}
-    for _ in range(data.draw(st.integers(1, 6))):
+    holders: dict[str, str] = {k: "someone" for k in fleet.used_nets}  # key -> install
+    held_by: dict[str, list[int]] = {k: [-1] for k in fleet.used_nets}  # key -> its leases
+    live: list[tuple[int, object, list]] = []
+    for step in range(data.draw(st.integers(1, 8))):
+        if live and data.draw(st.integers(0, 3)) == 0:  # release one request's leases
+            no, req, placements = live.pop(data.draw(st.integers(0, len(live) - 1)))
+            for p in placements:
+                keys = [p.pool.net_key(n) for n in p.networks]
+                freed = []
+                for key in keys:
+                    held_by[key].remove(no)  # one lease of request `no`
+                    if not held_by[key]:
+                        del held_by[key], holders[key]
+                        freed.append(key)
+                fleet.remove(p.pool.name, req.vcpus, req.memory, req.storage, freed)
+                fleet.holdings.remove(req.group, keys, [n.vlan_id for n in p.networks
+                                                        if n.vlan_id is not None])
+            continue
         req = data.draw(multi_requests(fleet))
+        install = req.group or f"request {step}"
         try:
             placements = place(req, fleet)
         except NoCapacity:
-            assert not solvable(req, fleet)
+            assert not solvable(req, fleet, holders, install)
             event("refused")
             continue
-        assert solvable(req, fleet)
+        assert solvable(req, fleet, holders, install)
         assert len({p.pool.name for p in placements}) == req.pool_count
         for p in placements:
             assert len(p.networks) == req.networks
@@ -162,11 +179,17 @@ def test_a_shared_network_is_handed_out_once_and_refusals_are_real(data):
             for n in p.networks:
                 key = key_of(p.pool.vcenter, n)
                 assert n in p.pool.networks
-                assert not any(clash(key, h) for h in held), (key, held)
-                held.add(key)
+                assert not any(clash(key, k) and who != install for k, who in holders.items())
+        for p in placements:
+            for n in p.networks:
+                key = key_of(p.pool.vcenter, n)
+                holders[key] = install
+                held_by.setdefault(key, []).append(step)
         fleet.apply(req, placements)
-        assert set(fleet.used_nets) == held
-        event(f"granted {req.pool_count} pool(s)")
+        live.append((step, req, placements))
+        assert set(fleet.used_nets) == set(holders)
+        shared = len({key_of(p.pool.vcenter, n) for p in placements for n in p.networks})
+        event("shared a network" if shared < req.pool_count * req.networks else "granted")
 
 
 @PROPS
@@ -222,55 +245,38 @@ def test_the_upstream_example_has_pods_vcenters_and_shared_port_groups():
         pools["v1-c1"].net_key(pools["v1-c1"].networks[0])
 
 
-def test_two_pools_of_one_vcenter_never_get_the_same_network():
+def test_the_pools_of_one_request_share_a_port_group_others_cannot_have():
+    """Two failure domains of one install on vcenter-1 sit on one port group (one subnet);
+    it is theirs until both leases end, whoever else asks."""
     fleet = upstream_fleet()
     req = parse_request({"vcpus": 4, "memory": 16, "pools": 2, "vcenters": 1})
-    got: list[str] = []
-    while True:
-        try:
-            placements = place(req, fleet)
-        except NoCapacity as exc:
-            refusal = exc
-            break
-        keys = [p.pool.net_key(n) for p in placements for n in p.networks]
-        assert len(set(keys)) == len(keys) and not set(keys) & set(got)
-        assert len({p.pool.vcenter for p in placements}) == 1
-        got += keys
-        fleet.apply(req, placements)
-    # vcenter-1 (4 networks, 2 pools) gives 2 such leases, vcenter-3 (3 networks) 1
-    assert len(got) == 2 * 2 + 2 * 1
-    assert "insufficient networks" in refusal.reasons["v1-c1"]
-    # vcenter-3's last network is listed by both its pools: only one of them could have it
-    assert "taken by the request's other pools" in refusal.reasons["v3-c2"]
-    assert "v3-c1" not in refusal.reasons and "v2-c1" not in refusal.reasons
-
-
-def test_a_pool_whose_networks_its_sibling_took_makes_way_for_another():
-    shared = Network("pg-x", vlan=5, pod="p")
-    a = Pool("a", "vc1", "dc", "c", "ds", 10, 10, 10, networks=(shared,), pod="p")
-    b = Pool("b", "vc1", "dc", "c", "ds", 10, 10, 10, networks=(shared,), pod="p")
-    c = Pool("c", "vc1", "dc", "c", "ds", 10, 10, 10,
-             networks=(Network("pg-y", vlan=6, pod="p"),), pod="p")
-    fleet = Fleet({"a": a, "b": b, "c": c}, {"c": Usage(5, 5, 5, 1)})  # c ranks last
-    req = parse_request({"vcpus": 1, "memory": 1, "pools": 2, "vcenters": 1})
     got = place(req, fleet)
-    assert sorted(p.pool.name for p in got) == ["a", "c"]
-    assert sorted(n.port_group for p in got for n in p.networks) == ["pg-x", "pg-y"]
-    without_c = Fleet({"a": a, "b": b})
-    with pytest.raises(NoCapacity) as info:
-        place(req, without_c)
-    assert "taken by the request's other pools" in info.value.reasons["b"]
+    assert {p.pool.vcenter for p in got} == {"vcenter-1.example.com"}
+    assert [n.port_group for p in got for n in p.networks] == ["ci-vlan-1200"] * 2
+    fleet.apply(req, got)
+    other = parse_request({"vcpus": 1, "memory": 1, "required-pool": "v1-c2"})
+    (p,) = place(other, fleet)
+    assert p.networks[0].port_group == "ci-vlan-1201"
+    # one of the two leases ends: the other still holds the port group
+    fleet.remove("v1-c1", 4, 16, 0, [])
+    assert not fleet.is_free(got[0].pool.net_key(got[0].networks[0]))
 
 
-def test_a_batch_shares_the_networks_between_its_requests():
+def test_requests_of_one_batch_share_networks_only_within_an_install():
     fleet = upstream_fleet()
     one = parse_request({"vcpus": 1, "memory": 1, "required-pool": "v1-c1", "networks": 2})
     two = parse_request({"vcpus": 1, "memory": 1, "required-pool": "v1-c2", "networks": 2})
     plan = place_batch([one, two], fleet)
     keys = [p.pool.net_key(n) for placements in plan for p in placements for n in p.networks]
-    assert len(set(keys)) == 4
-    with pytest.raises(NoCapacity):  # the four networks of vcenter-1 are all asked for
+    assert len(set(keys)) == 4  # two installs: four networks
+    with pytest.raises(NoCapacity):  # vcenter-1 has four
         place_batch([one, two, one], fleet)
+    label = {"labels": {"boskos-lease-id": "job-1"}}
+    grouped = [parse_request({"vcpus": 1, "memory": 1, "required-pool": pool, "networks": 2,
+                              **label}) for pool in ("v1-c1", "v1-c2", "v1-c1")]
+    plan = place_batch(grouped, fleet)
+    nets = [[n.port_group for p in placements for n in p.networks] for placements in plan]
+    assert nets == [["ci-vlan-1200", "ci-vlan-1201"]] * 3  # one install: the same two
 
 
 def test_a_key_of_no_pod_blocks_the_network_once_its_pool_gets_a_pod():
@@ -298,3 +304,145 @@ def test_lease_networks_carry_their_pod_and_keys_follow_it():
     assert entry["pod"] == "dal10.pod01" and entry["port-group"] == "ci-vlan-1201"
     assert lease_port_groups(lease) == ["vcenter-1.example.com|ci-vlan-1201|dal10.pod01"]
     assert yaml.safe_load(UPSTREAM.read_text())["pools"][0]["pod"] == "dal10.pod01"
+
+
+# ---------------------------------------------------------------------------------------------
+# the common network: one VLAN per install where there is one
+
+
+def _opt(key: str, vlan, held: bool = False):
+    from workers.core.networks import Option
+
+    return Option(key, vlan, held)
+
+
+@st.composite
+def network_choices(draw):
+    """The networks open to each lease of a request (each lease's in configuration order),
+    some held by the install already, and the VLANs it prefers."""
+    universe = [(f"n{i}", draw(st.sampled_from([1, 2, 3, 4, ("key", f"n{i}")])))
+                for i in range(draw(st.integers(1, 8)))]
+    leases = []
+    for _ in range(draw(st.integers(1, 4))):
+        picked = draw(st.lists(st.sampled_from(range(len(universe))), unique=True,
+                               max_size=len(universe)))
+        leases.append([_opt(universe[j][0], universe[j][1], draw(st.booleans()) and j % 3 == 0)
+                       for j in sorted(picked)])
+    prefer = draw(st.lists(st.sampled_from([1, 2, 3, 4, 5]), max_size=3))
+    return leases, draw(st.integers(1, 3)), prefer
+
+
+def _spec(options, need, prefer):
+    """The documented rule, written out plainly: candidates are the preferred VLANs, then
+    the leases' VLANs as they come; per slot, the first candidate every lease still offers
+    goes to all, else each lease in turn takes the first it offers (the VLANs taken in this
+    slot first); on a VLAN, a held network first, else the first listed."""
+    if any(len({o.vlan for o in opts}) < need for opts in options):
+        return None
+    order = []
+    for t in list(prefer) + [o.vlan for opts in options for o in opts]:
+        if t not in order:
+            order.append(t)
+    out = [[] for _ in options]
+
+    def offered(i):
+        return {o.vlan for o in options[i]} - {o.vlan for o in out[i]}
+
+    def take(i, t):
+        on_t = [o for o in options[i] if o.vlan == t]
+        out[i].append(([o for o in on_t if o.held] or on_t)[0])
+
+    for _ in range(need):
+        common = [t for t in order if all(t in offered(i) for i in range(len(options)))]
+        if common:
+            for i in range(len(options)):
+                take(i, common[0])
+            continue
+        this_slot: list = []
+        for i in range(len(options)):
+            t = next(t for t in this_slot + order if t in offered(i))
+            take(i, t)
+            if t not in this_slot:
+                this_slot.append(t)
+    return out
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(network_choices())
+def test_the_common_vlan_choice_against_an_oracle(case):
+    from workers.core.networks import choose_networks
+
+    options, need, prefer = case
+    got = choose_networks(options, need, prefer)
+    assert got == _spec(options, need, prefer)
+    assert choose_networks(options, need, prefer + prefer) == got  # deterministic
+    if got is None:
+        assert any(len({o.vlan for o in opts}) < need for opts in options)
+        return
+    for opts, mine in zip(options, got, strict=True):
+        assert len(mine) == need and all(o in opts for o in mine)
+        assert len({o.vlan for o in mine}) == need  # never two networks of one VLAN
+        for o in mine:  # on its VLAN, a network the install holds if it has one
+            assert o.held or not any(x.held and x.vlan == o.vlan for x in opts)
+    everyone = [t for t in {o.vlan for o in options[0]}
+                if all(any(o.vlan == t for o in opts) for opts in options)]
+    if everyone:  # a VLAN offered to every lease: their first networks share one
+        assert len({mine[0].vlan for mine in got}) == 1
+        event("common VLAN")
+        liked = [t for t in prefer if t in everyone]
+        if liked:  # the first preferred one of those
+            assert got[0][0].vlan == liked[0]
+            event("preferred VLAN")
+    if len(options) == 1:  # alone: the first preferred VLAN it offers, else its first
+        first = next((t for t in prefer if any(o.vlan == t for o in options[0])),
+                     options[0][0].vlan)
+        assert got[0][0].vlan == first
+
+
+def test_the_pools_of_one_request_get_one_vlan_when_one_is_free_for_all():
+    fleet = upstream_fleet()
+    dal10 = Fleet({k: p for k, p in fleet.pools.items() if p.pod == "dal10.pod01"})
+    req = parse_request({"vcpus": 1, "memory": 1, "pools": 3})
+    got = place(req, dal10)
+    assert {n.vlan for p in got for n in p.networks} == {1200}  # the first, free everywhere
+    # another install holds VLAN 1200 on vcenter-2: the first VLAN free for all is 1201
+    busy = Fleet(dal10.pools)
+    busy.used_nets.add(dal10.pools["v2-c1"].net_key(dal10.pools["v2-c1"].networks[0]))
+    got = place(req, busy)
+    assert {n.vlan for p in got for n in p.networks} == {1201}
+    # no VLAN free everywhere: each takes the first it can, the earlier pools' first
+    for name, left in {"v1-c1": 1202, "v2-c1": 1203}.items():  # the one VLAN left free
+        pool = busy.pools[name]
+        busy.used_nets.update(pool.net_key(n) for n in pool.networks if n.vlan != left)
+    got = place(req, busy)
+    vlans = {p.pool.name: p.networks[0].vlan for p in got}
+    assert vlans["v1-c1"] == vlans["v1-c2"] == 1202 and vlans["v2-c1"] == 1203
+
+
+def test_a_later_request_of_an_install_gets_the_vlan_its_leases_hold():
+    """The CI step asks for one lease per pool, each with the install's boskos-lease-id:
+    the later ones land on the VLAN the first took, where their pool offers it."""
+    fleet = upstream_fleet()
+    label = {"boskos-lease-id": "install-7"}
+    other = fleet.pools["v1-c1"]
+    fleet.used_nets.add(other.net_key(other.networks[0]))  # someone else holds 1200 on vc-1
+    first = parse_request({"vcpus": 1, "memory": 1, "required-pool": "v1-c1", "labels": label})
+    (p1,) = place(first, fleet)
+    assert p1.networks[0].vlan == 1201
+    fleet.apply(first, [p1])
+    # on vcenter-2, VLAN 1200 is free and first in line, but the install holds 1201
+    for pool in ("v2-c1", "v1-c2"):
+        req = parse_request({"vcpus": 1, "memory": 1, "required-pool": pool,
+                             "labels": label})
+        (p,) = place(req, fleet)
+        assert p.networks[0].vlan == 1201, pool
+        fleet.apply(req, [p])
+    assert place(parse_request({"vcpus": 1, "memory": 1, "required-pool": "v2-c1"}),
+                 fleet)[0].networks[0].vlan == 1200  # another install: the first free
+    # vcenter-3 is in another pod: its VLANs are others, so the first free there
+    req = parse_request({"vcpus": 1, "memory": 1, "required-pool": "v3-c1", "labels": label})
+    assert place(req, fleet)[0].networks[0].vlan == 2200
+    # two networks: the held VLAN first, then the first other one
+    two = parse_request({"vcpus": 1, "memory": 1, "required-pool": "v2-c1", "networks": 2,
+                         "labels": label})
+    assert [n.vlan for n in place(two, fleet)[0].networks] == [1201, 1200]

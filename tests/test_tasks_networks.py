@@ -7,7 +7,8 @@ import time
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+import yaml
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import call, check_invariants, net_key
@@ -60,24 +61,45 @@ def test_scripts_key_networks_by_vcenter_pod_and_slice(own_ledger, redis_server)
         assert ledger.audit()["nets"] == {}
 
 
-def test_the_commit_refuses_a_network_two_new_leases_hold(own_ledger):
+def test_the_leases_of_one_install_share_a_network_and_free_it_last(own_ledger, redis_server):
+    """The `nets` hash holds a network's holders, the leases of one install: the commit
+    writes them, a release takes one out (the network stays taken), a restore rebuilds them;
+    another install's commit of that network is refused, as is one that expects it held."""
     net = Network("pg", vlan=1, pod="p")
     a = Pool("a", "vc", "dc", "c", "ds", vcpus=10, memory=10, storage=10, networks=(net,))
     b = Pool("b", "vc", "dc", "c", "ds", vcpus=10, memory=10, storage=10, networks=(net,))
+    caps = {"a": (10, 10, 10), "b": (10, 10, 10)}
     req = parse_request({"vcpus": 1, "memory": 1, "pools": 2, "request-id": "r"},
                         default_owner="o")
     leases = [make_lease(f"l{i}", req, p, [net], time.time()) for i, p in enumerate((a, b))]
-    with pytest.raises(ValueError, match="in two new leases"):
-        own_ledger.commit(own_ledger.usage()[0], {"r": leases},
-                          {"a": (10, 10, 10), "b": (10, 10, 10)})
-    assert own_ledger.audit()["leases"] == {}
+    assert own_ledger.commit(own_ledger.usage()[0], {req.key: leases}, caps).status == "ok"
+    assert own_ledger.audit()["nets"] == {"vc|pg|p": "l0 l1"}
+    other = parse_request({"vcpus": 1, "memory": 1, "request-id": "x"}, default_owner="o")
+    theirs = make_lease("l9", other, a, [net], time.time())
+    refused = own_ledger.commit(own_ledger.usage()[0], {other.key: [theirs]}, caps)
+    assert (refused.status, refused.detail) == ("over", "vc|pg|p")
+    again = Ledger(redis_server.client(), prefix=f"t-{uuid.uuid4().hex[:8]}:")
+    assert again.restore(own_ledger.snapshot()).applied
+    assert again.audit()["nets"] == {"vc|pg|p": "l0 l1"}
+    own_ledger.release(["l0"], owner="o", now="2026-11-28T00:00:00Z")
+    assert own_ledger.audit()["nets"] == {"vc|pg|p": "l1"}
+    assert own_ledger.nets_held(["vc|pg|p", "vc|other"]) == {"vc|pg|p"}
+    own_ledger.release(["l1"], owner="o", now="2026-11-28T00:00:00Z")
+    assert own_ledger.audit()["nets"] == {}
+    # the decision thought the install held it, but nobody does: refused, nothing written
+    expected = own_ledger.commit(own_ledger.usage()[0], {other.key: [theirs]}, caps,
+                                 held=["vc|pg|p"])
+    assert expected.status == "over" and own_ledger.audit()["leases"] == {}
+    with pytest.raises(ValueError, match="two installs"):  # a bug in the caller, caught
+        own_ledger.commit(own_ledger.usage()[0], {req.key: leases[:1], other.key: [theirs]},
+                          caps)
 
 
 # ---------------------------------------------------------------------------------------------
 # the task API
 
 
-REQUESTS = st.sampled_from([
+REQUESTS = st.tuples(st.sampled_from([
     {"vcpus": 2, "memory": 8, "required-pool": "v1-c1"},
     {"vcpus": 2, "memory": 8, "required-pool": "v1-c2"},
     {"vcpus": 2, "memory": 8, "required-pool": "v1-c2", "networks": 2},
@@ -85,7 +107,8 @@ REQUESTS = st.sampled_from([
     {"vcpus": 0, "memory": 0, "required-pool": "v1-c1"},
     {"vcpus": 2, "memory": 8, "required-pool": "v3-c2"},
     {"vcpus": 2, "memory": 8, "pools": 3},
-])
+]), st.sampled_from([None, None, "install-a", "install-b"])).map(
+    lambda x: {**x[0], **({"labels": {"boskos-lease-id": x[1]}} if x[1] else {})})
 
 
 @settings(max_examples=6, deadline=None,
@@ -94,9 +117,9 @@ REQUESTS = st.sampled_from([
 def test_shared_port_groups_are_leased_once_under_concurrent_acquires(
         upstream, client_app, ledger, reqs):
     """Many acquires sent at once, most of them for the pools that share vcenter-1's four
-    and vcenter-3's three networks: every network is granted at most once, each lease's on
-    distinct VLANs, the ledger's port groups are exactly its leases', and no grant is
-    refused while the first of them could fit an empty ledger."""
+    and vcenter-3's three networks, some of them of one install (a boskos-lease-id): every
+    network is held by one install (its leases may share it), each lease's on distinct
+    VLANs, and the ledger's port groups are exactly its leases' (check_invariants)."""
     owner = f"conc-{uuid.uuid4().hex[:8]}"
     sent = [client_app.send_task("vcm.acquire", kwargs={"request": {**r, "owner": owner}},
                                  queue="placement") for r in reqs]
@@ -110,13 +133,18 @@ def test_shared_port_groups_are_leased_once_under_concurrent_acquires(
             refused += 1
     assert granted and refused + len({x["status"]["request-id"] for x in granted}) == len(reqs)
     snap = check_invariants(ledger, upstream)
-    keys = [net_key(x["status"]["vcenter"], n) for x in granted for n in x["status"]["networks"]]
-    assert len(keys) == len(set(keys)) and set(keys) == set(snap["nets"])
+    keys = {net_key(x["status"]["vcenter"], n) for x in granted for n in x["status"]["networks"]}
+    assert keys == set(snap["nets"])
+    for key, ids in snap["nets"].items():  # one install each: a group, or one request
+        holders = [snap["leases"][i]["status"] for i in ids.split()]
+        assert len({(h["labels"].get("boskos-lease-id") or h["request-id"])
+                    for h in holders}) == 1, (key, holders)
     for lease in granted:
         vlans = [n["vlan"] for n in lease["status"]["networks"]]
         assert len(vlans) == len(set(vlans)) == lease["spec"]["networks"]
     assert sum(k.startswith("vcenter-1.example.com|") for k in keys) <= 4
     assert sum(k.startswith("vcenter-3.example.com|") for k in keys) <= 3
+    event(f"{len(keys)} networks held")
     released = call(client_app, "vcm.release", owner=owner)
     assert sorted(released) == sorted(x["metadata"]["name"] for x in granted)
     assert ledger.audit()["nets"] == {}
@@ -179,3 +207,34 @@ def test_a_lease_carries_the_network_details_a_job_step_reads(upstream, client_a
     net2 = second["status"]["networks"][0]
     assert "ip-addresses" not in net2 and entry_addresses(net2)[1:4] == [
         "10.12.1.1", "10.12.1.2", "10.12.1.3"]
+
+
+def test_an_install_lands_on_one_vlan(upstream, client_app, ledger, pools_file):
+    """The CI step's shape: one lease per pool, sent at once, all with the install's
+    boskos-lease-id. Another install holds VLAN 1200 on vcenter-1, so the first lease takes
+    1201 there; the others follow it to 1201 (on vcenter-2, 1200 is free and comes first),
+    and the two leases on vcenter-1 share its port group."""
+    (theirs,) = call(client_app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
+                                                         "required-pool": "v1-c1"})
+    assert theirs["status"]["networks"][0]["vlan"] == 1200
+    label = {"boskos-lease-id": "ci-op-1234"}
+    sent = [client_app.send_task("vcm.acquire", queue="placement", kwargs={"request": {
+        "vcpus": 8, "memory": 32, "required-pool": pool, "labels": label}})
+        for pool in ("v1-c1", "v2-c1", "v1-c2")]
+    leases = [r.get(timeout=30)[0] for r in sent]
+    assert [x["status"]["networks"][0]["vlan"] for x in leases] == [1201, 1201, 1201]
+    snap = check_invariants(ledger, upstream)
+    shared = snap["nets"]["vcenter-1.example.com|ci-vlan-1201|dal10.pod01"].split()
+    assert sorted(shared) == sorted(x["metadata"]["name"] for x in leases
+                                    if x["status"]["vcenter"] == "vcenter-1.example.com")
+    # one multi-pool request on the dal10 pools: one VLAN, the first free on all of them
+    data = yaml.safe_load(pools_file.read_text())
+    for p in data["pools"]:
+        p["no-schedule"] = p["pod"] != "dal10.pod01"
+    pools_file.write_text(yaml.safe_dump(data))
+    multi = call(client_app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "pools": 3})
+    assert {x["status"]["networks"][0]["vlan"] for x in multi} == {1202}
+    released = call(client_app, "vcm.release", selector="boskos-lease-id=ci-op-1234")
+    assert sorted(released) == sorted(x["metadata"]["name"] for x in leases)
+    assert "vcenter-1.example.com|ci-vlan-1201|dal10.pod01" not in ledger.audit()["nets"]
+    check_invariants(ledger, upstream)

@@ -138,8 +138,11 @@ class Placing:
             caps = {p.pool.name: (p.pool.vcpu_capacity, p.pool.memory, p.pool.storage)
                     for placements in plan for p in placements}
             latency = now - since if since is not None else None
+            # networks already in use that the plan gives out: its install holds them
+            held = [key for placements in plan for p in placements for n in p.networks
+                    if not fleet.is_free(key := p.pool.net_key(n))]
             commit = self.ledger.commit(version, groups, caps, [granted] if granted else None,
-                                        latency, lone=lone)
+                                        latency, lone=lone, held=held)
             if commit.status == "ok":
                 self.cache.placed(fleet, reqs, plan, commit.version)
                 self.recovery.record(commit.seq, commit.raws, [])

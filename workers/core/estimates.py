@@ -88,13 +88,13 @@ def estimate(req: Request, fleet: Fleet) -> dict:
         if count:
             taking.setdefault(pool.vcenter, []).append(pool)
     room = {}
-    if req.networks:  # pools of one vCenter may share networks: each is handed out once
+    if req.networks:  # pools of one vCenter may share networks: each serves one install
         room = {vc: network_room(fleet, ps, req) for vc, ps in taking.items()}
         per_vcenter = {vc: min(n, room.get(vc, 0)) for vc, n in per_vcenter.items()}
     if req.pools:  # P distinct pools per request (the vCenter cap is not counted here)
         total = max_groups([p["fits"] for p in pools.values()], req.pools)
-        if req.networks:
-            total = min(total, sum(room.values()) // req.pools)
+        if req.networks:  # each request needs its networks on some vCenter
+            total = min(total, sum(room.values()))
     else:
         total = max_groups(per_vcenter.values(), req.vcenters)
     if total == 0:

@@ -4,7 +4,8 @@ FreeNets aggregate that keeps free port groups indexed as leases come and go."""
 from __future__ import annotations
 
 import bisect
-from collections.abc import Hashable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -181,6 +182,73 @@ class FreeNets:
         return [pairs[i][0] for i in self._free.get((pool.name, net_type), ())[:n]]
 
 
+VlanId = tuple[str, int]  # (pod, vlan)
+
+
+@dataclass
+class GroupHold:
+    """What the live leases of one install (a boskos-lease-id) hold: their networks' keys
+    and VLANs, each counted once per lease holding it, and the vCenters they are on."""
+
+    keys: Counter[str] = field(default_factory=Counter)
+    vlans: Counter[VlanId] = field(default_factory=Counter)
+    vcenters: Counter[str] = field(default_factory=Counter)
+
+    def preferred(self) -> list[VlanId]:
+        """Its VLANs, the most held first, then (pod, vlan) ascending."""
+        return sorted(self.vlans, key=lambda v: (-self.vlans[v], v))
+
+
+class Holdings:
+    """What each install's live leases hold, by group (lease.install_group). `load`, when
+    given, reads it from the ledger on first use: (group, network keys, VLANs) per grouped
+    lease; until then changes are not tracked (the load will see them in the ledger)."""
+
+    def __init__(self, load: Callable[[], Iterable[tuple[str, list[str], list[VlanId]]]]
+                 | None = None) -> None:
+        self._load = load
+        self._groups: dict[str, GroupHold] | None = None if load else {}
+
+    def _all(self) -> dict[str, GroupHold]:
+        if self._groups is None:
+            self._groups = {}
+            for group, keys, vlans in self._load():  # type: ignore[misc]
+                self._change(group, keys, vlans, 1)
+        return self._groups
+
+    def of(self, group: str) -> GroupHold | None:
+        return self._all().get(group) if group else None
+
+    def add(self, group: str, keys: Iterable[str], vlans: Iterable[VlanId]) -> None:
+        if group and self._groups is not None:
+            self._change(group, keys, vlans, 1)
+
+    def remove(self, group: str, keys: Iterable[str], vlans: Iterable[VlanId]) -> None:
+        if group and self._groups is not None:
+            self._change(group, keys, vlans, -1)
+
+    def _change(self, group: str, keys: Iterable[str], vlans: Iterable[VlanId],
+                step: int) -> None:
+        assert self._groups is not None
+        hold = self._groups.setdefault(group, GroupHold())
+        for key in keys:
+            hold.keys[key] += step
+            hold.vcenters[key.split("|", 1)[0]] += step
+        for vlan in vlans:
+            hold.vlans[vlan] += step
+        for counter in (hold.keys, hold.vlans, hold.vcenters):
+            for k in [k for k, n in counter.items() if n <= 0]:
+                del counter[k]
+        if not hold.keys and not hold.vlans:
+            del self._groups[group]
+
+    def copy(self) -> Holdings:
+        out = Holdings()
+        out._groups = {g: GroupHold(Counter(h.keys), Counter(h.vlans), Counter(h.vcenters))
+                       for g, h in self._all().items()}
+        return out
+
+
 @dataclass
 class Fleet:
     """What placement needs to know: configured pools, per-pool usage and used port groups.
@@ -193,6 +261,7 @@ class Fleet:
     used_nets: UsedNets = field(default_factory=UsedNets)
     free: FreeNets | None = None
     degraded: Mapping[str, str] = field(default_factory=dict)  # pool -> why (live health)
+    holdings: Holdings = field(default_factory=Holdings)  # what each install's leases hold
 
     def __setattr__(self, name: str, value: object) -> None:
         if name == "used_nets":
@@ -201,7 +270,7 @@ class Fleet:
 
     def copy(self) -> Fleet:
         return Fleet(self.pools, dict(self.usage), UsedNets(self.used_nets),
-                     degraded=self.degraded)
+                     degraded=self.degraded, holdings=self.holdings.copy())
 
     def used(self, name: str) -> Usage:
         return self.usage.get(name, NO_USAGE)
@@ -210,15 +279,18 @@ class Fleet:
         for p in placements:
             self.usage[p.pool.name] = self.used(p.pool.name).plus(req.vcpus, req.memory,
                                                                    req.storage)
-            for n in p.networks:
-                key = p.pool.net_key(n)
+            keys = [p.pool.net_key(n) for n in p.networks]
+            for key in keys:
                 self.used_nets.add(key)
                 if self.free is not None:
                     self.free.take(key)
+            self.holdings.add(req.group, keys,
+                              [n.vlan_id for n in p.networks if n.vlan_id is not None])
 
     def remove(self, pool: str, vcpus: int, memory: int, storage: int,
                net_keys: Iterable[str]) -> None:
-        """The reverse of apply, for one released lease."""
+        """The reverse of apply, for one released lease: `net_keys`, the networks it freed
+        (not those another lease of its install still holds)."""
         self.usage[pool] = self.used(pool).plus(-vcpus, -memory, -storage, -1)
         for key in net_keys:
             self.used_nets.discard(key)
@@ -229,6 +301,24 @@ class Fleet:
         """Whether the network of this ledger key may be handed out now."""
         return self.used_nets.is_free(key)
 
+    def open_networks(self, pool: Pool, net_type: str, group: str = "",
+                      limit: int | None = None) -> list[tuple[Network, bool]]:
+        """Networks of this type open to an install, in configuration order (the first
+        `limit`), each with whether the install (its `group`) holds it already: free ones,
+        and those its live leases hold (they may share them)."""
+        hold = self.holdings.of(group) if group else None
+        if hold is None or pool.vcenter not in hold.vcenters:
+            return [(n, False) for n in self.free_networks(pool, net_type, limit)]
+        out = []
+        for n, key in pool.keyed_networks(net_type):
+            if key in hold.keys:
+                out.append((n, True))
+            elif self.used_nets.is_free(key):
+                out.append((n, False))
+            if limit is not None and len(out) == limit:
+                break
+        return out
+
     def free_networks(self, pool: Pool, net_type: str, limit: int | None = None
                       ) -> list[Network]:
         """Free port groups of this type, in configuration order (the first `limit`)."""
@@ -238,37 +328,39 @@ class Fleet:
         free = [n for n, key in pool.keyed_networks(net_type) if used.is_free(key)]
         return free[:limit]
 
-    def free_count(self, pool: Pool, net_type: str) -> int:
+    def free_count(self, pool: Pool, net_type: str, group: str = "") -> int:
+        """How many networks of this type are open to the install of `group` ("": free)."""
+        hold = self.holdings.of(group) if group else None
+        if hold is not None and pool.vcenter in hold.vcenters:
+            return len(self.open_networks(pool, net_type, group))
         if self.free is not None:
             return self.free.count(pool, net_type)
         used = self.used_nets
         return sum(1 for _, key in pool.keyed_networks(net_type) if used.is_free(key))
 
-    def free_vlans(self, pool: Pool, net_type: str) -> dict[Hashable, int]:
-        """Free networks of this type per VLAN (a network with no vlan is a VLAN of its own):
-        a lease takes at most one network of each."""
+    def free_vlans(self, pool: Pool, net_type: str, group: str = "") -> dict[Hashable, int]:
+        """Open networks of this type per VLAN (a network with no vlan is a VLAN of its
+        own): a lease takes at most one network of each."""
         out: dict[Hashable, int] = {}
-        for n in self.free_networks(pool, net_type):
+        for n, _ in self.open_networks(pool, net_type, group):
             token = vlan_token(n.vlan_id, pool.net_key(n))
             out[token] = out.get(token, 0) + 1
         return out
 
-    def has_free_networks(self, pool: Pool, net_type: str, need: int) -> bool:
-        """Whether one lease could take `need` port groups of this type now: as many free,
-        on distinct VLANs (stops counting at `need`)."""
+    def has_free_networks(self, pool: Pool, net_type: str, need: int, group: str = "") -> bool:
+        """Whether one lease of the install of `group` could take `need` networks of this
+        type now: as many open, on distinct VLANs (stops counting at `need`)."""
         if need <= 0:
             return True
         if need > 1:
-            return len(self.free_vlans(pool, net_type)) >= need
+            return len(self.free_vlans(pool, net_type, group)) >= need
+        hold = self.holdings.of(group) if group else None
+        if hold is not None and pool.vcenter in hold.vcenters:
+            return bool(self.open_networks(pool, net_type, group, 1))
         if self.free is not None:
             return self.free.count(pool, net_type) >= need
         used = self.used_nets
-        for _, key in pool.keyed_networks(net_type):
-            if used.is_free(key):
-                need -= 1
-                if need == 0:
-                    return True
-        return False
+        return any(used.is_free(key) for _, key in pool.keyed_networks(net_type))
 
     def vcenters(self) -> set[str]:
         return {p.vcenter for p in self.pools.values()}

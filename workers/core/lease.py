@@ -96,6 +96,28 @@ def lease_port_groups(lease: Mapping[str, Any]) -> list[str]:
     return port_group_keys(st["vcenter"], st.get("networks"))
 
 
+GROUP_LABEL = "boskos-lease-id"
+
+
+def install_group(labels: Mapping[str, Any] | None, boskos_lease_id: Any) -> str:
+    """The install a lease (or request) belongs to beyond itself: its `boskos-lease-id` label,
+    else its `boskos-lease-id` field; "" when it has neither (then it is an install alone,
+    with the other leases of its own request). The leases of one install may share networks
+    and prefer the VLANs they hold."""
+    label = (labels or {}).get(GROUP_LABEL) if isinstance(labels, Mapping) else None
+    if isinstance(label, str) and label:
+        return label
+    return boskos_lease_id if isinstance(boskos_lease_id, str) else ""
+
+
+def entry_vlan(entry: Mapping[str, Any]) -> tuple[str, int] | None:
+    """The VLAN of one of a lease's networks, as (pod, vlan); None when it has no vlan."""
+    vlan, pod = entry.get("vlan"), entry.get("pod")
+    if isinstance(vlan, bool) or not isinstance(vlan, int):
+        return None
+    return (pod if isinstance(pod, str) else "", vlan)
+
+
 # (wire key, attribute, value when absent or null, written by a new lease even when so), per
 # section in the order make_lease has always written them
 _Field = tuple[str, str, Any, bool]
@@ -284,6 +306,16 @@ class Lease:
     def port_groups(self) -> list[str]:
         """The ledger keys of the port groups this lease holds."""
         return port_group_keys(self.vcenter, self.networks)
+
+    @property
+    def group(self) -> str:
+        """Its install's `boskos-lease-id` ("" none): lease.install_group."""
+        return install_group(self.labels, self.boskos_lease_id)
+
+    @property
+    def vlans(self) -> list[tuple[str, int]]:
+        """The VLANs of its networks, as (pod, vlan) (networks with no vlan left out)."""
+        return [v for v in map(entry_vlan, self.networks) if v is not None]
 
     @property
     def leased_epoch(self) -> float:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import InvalidRequest
 from .labels import parse_labels
-from .lease import Lease, port_group_key, rfc3339
+from .lease import Lease, install_group, port_group_key, rfc3339
 from .lease import lease_port_groups as lease_port_groups  # re-exported: the ledger's import
 from .lease import parse_rfc3339 as parse_rfc3339  # re-exported: imported from here widely
 from .taints import Taint, Toleration, parse_tolerations
@@ -210,6 +210,12 @@ class Request:
     @property
     def pool_count(self) -> int:
         return self.pools or self.vcenters
+
+    @property
+    def group(self) -> str:
+        """Its install's `boskos-lease-id` (the label, else the field; "" none): its leases
+        share networks with the live leases of the same group (lease.install_group)."""
+        return install_group(dict(self.labels), self.boskos_lease_id)
 
     def spec(self) -> dict[str, Any]:
         out = {

@@ -11,12 +11,14 @@ vCenters first, then, once V vCenters are used, the best-ranked other pools of t
 A pool with a PreferNoSchedule taint the request does not tolerate ranks after every pool
 without one; an untolerated NoSchedule taint keeps the request off the pool. A pool that its
 vCenter's live health calls degraded takes no new leases (budgets still drive the spreading).
+The chosen pools' networks are assigned by core.networks (one VLAN for the install where
+there is one; its rule is in that module's docstring).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .errors import NoCapacity
@@ -140,19 +142,11 @@ def place(req: Request, fleet: Fleet, strategy: str = "least-utilized",
     if req.required_pool and req.required_pool not in fleet.pools:
         reasons[req.required_pool] = "not in the pools configuration (removed or unknown)"
     fitting.sort(key=_rank_key(strategy, req, vcenter_loads(fleet), fleet))
-    while True:
-        chosen = choose(fitting, req)
-        if len(chosen) < req.pool_count:
-            break
+    chosen = choose(fitting, req)
+    if len(chosen) == req.pool_count:
         networks = assign(req, chosen, fleet)
-        if networks is not None:
+        if networks is not None:  # each chosen pool has room for its networks: always
             return [Placement(pool, nets) for pool, nets in zip(chosen, networks, strict=True)]
-        # pools of one vCenter that share their free networks cannot all have them: the
-        # lowest-ranked of those makes way for the next pool in rank
-        out = _crowded(chosen, req, fleet)
-        reasons[out.name] = (f"its free networks of type {req.network_type} are taken by the "
-                             "request's other pools")
-        fitting.remove(out)
     summary = "no pool fits"
     vcs = len({p.vcenter for p in fitting})
     if fitting and not req.pools:
@@ -164,38 +158,30 @@ def place(req: Request, fleet: Fleet, strategy: str = "least-utilized",
     raise NoCapacity.of(reasons, summary)
 
 
-def assign(req: Request, chosen: list[Pool], fleet: Fleet,
-           prefer: Sequence[tuple[str, int]] = ()) -> list[tuple[Network, ...]] | None:
-    """The networks each chosen pool's lease gets (core.networks: distinct, on distinct
-    VLANs, common VLANs first, `prefer`red VLANs before the others); None if they cannot all
-    have theirs."""
+def assign(req: Request, chosen: list[Pool], fleet: Fleet) -> list[tuple[Network, ...]] | None:
+    """The networks each chosen pool's lease gets (core.networks): open to the request's
+    install, on distinct VLANs, one common VLAN for all of them where there is one, the VLANs
+    the install's live leases hold first. None if a pool has too few open VLANs."""
     if not req.networks:
         return [() for _ in chosen]
-    if len(chosen) == 1 and req.networks == 1 and not prefer:  # the usual case, no search
-        return [tuple(fleet.free_networks(chosen[0], req.network_type, 1))]
+    group = req.group
+    hold = fleet.holdings.of(group) if group else None
+    if len(chosen) == 1 and req.networks == 1 and hold is None:  # the usual case: no search
+        return [tuple(fleet.free_networks(chosen[0], req.network_type, 1))] \
+            if fleet.has_free_networks(chosen[0], req.network_type, 1) else None
     by_key: dict[str, Network] = {}
     options = []
     for pool in chosen:
         opts = []
-        for n in fleet.free_networks(pool, req.network_type):
+        for n, held in fleet.open_networks(pool, req.network_type, group):
             key = pool.net_key(n)
             by_key[key] = n
-            opts.append(Option(key, vlan_token(n.vlan_id, key)))
+            opts.append(Option(key, vlan_token(n.vlan_id, key), held))
         options.append(opts)
-    got = choose_networks(options, req.networks, prefer)
+    got = choose_networks(options, req.networks, hold.preferred() if hold else ())
     if got is None:
         return None
     return [tuple(by_key[o.key] for o in opts) for opts in got]
-
-
-def _crowded(chosen: list[Pool], req: Request, fleet: Fleet) -> Pool:
-    """The lowest-ranked chosen pool whose free networks another chosen pool lists too (the
-    last chosen one when none share)."""
-    keys = [{p.net_key(n) for n in fleet.free_networks(p, req.network_type)} for p in chosen]
-    for i in range(len(chosen) - 1, -1, -1):
-        if any(keys[i] & keys[j] for j in range(len(chosen)) if j != i):
-            return chosen[i]
-    return chosen[-1]
 
 
 def place_batch(

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from .errors import InvalidRequest
-from .estimates import network_room
 from .fleet import Fleet
 from .models import Pool, Request
 from .reasons import deficit, eligibility, shortfall
@@ -75,11 +74,8 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
                                 f"{closest.name}, empty: {why})")
     usable = {p.vcenter for p in fits}
     if req.pools:
-        # pools of one vCenter may share their networks: no more of them than those can serve
-        per_vc = sorted((min(sum(1 for p in fits if p.vcenter == vc),
-                             network_room(empty, [p for p in fits if p.vcenter == vc], req)
-                             if req.networks else len(fits))
-                         for vc in usable), reverse=True)
+        per_vc = sorted((sum(1 for p in fits if p.vcenter == vc) for vc in usable),
+                        reverse=True)
         most = sum(per_vc[:req.vcenters] if req.vcenters else per_vc)
         if most < req.pools:
             within = f" within {req.vcenters} vCenter(s)" if req.vcenters else ""

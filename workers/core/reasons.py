@@ -37,10 +37,13 @@ def shortfall(req: Request, pool: Pool, fleet: Fleet) -> str | None:
     ):
         if need > free:
             problems.append(f"insufficient {name} (need {need}, free {max(free, 0)})")
-    if req.networks and not fleet.has_free_networks(pool, req.network_type, req.networks):
+    group = req.group  # networks its install holds are open to it too
+    if req.networks and not fleet.has_free_networks(pool, req.network_type, req.networks,
+                                                    group):
         # one lease takes one network per VLAN: with more than one asked, VLANs count
-        free = fleet.free_count(pool, req.network_type)
-        vlans = len(fleet.free_vlans(pool, req.network_type)) if req.networks > 1 else free
+        free = fleet.free_count(pool, req.network_type, group)
+        vlans = (len(fleet.free_vlans(pool, req.network_type, group)) if req.networks > 1
+                 else free)
         problems.append(f"insufficient networks of type {req.network_type} (need "
                         f"{req.networks}, free {free})" if vlans == free else
                         f"insufficient networks of type {req.network_type} (need "

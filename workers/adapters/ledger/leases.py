@@ -4,8 +4,10 @@ release, swap)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
+from ...core.lease import Lease, install_group
 from ...core.models import lease_port_groups, parse_rfc3339
 from .base import LedgerBase
 from .records import readable, released_view, text
@@ -64,6 +66,24 @@ class LeaseStore(LedgerBase):
             raws = self.r.hvals(self.k.leases)
         return [lease for lease in map(readable, filter(None, raws)) if lease is not None]
 
+    def nets_held(self, keys: list[str]) -> set[str]:
+        """Which of these networks some lease still holds (after a release: those another
+        lease of the same install shares)."""
+        if not keys:
+            return set()
+        return {k for k, v in zip(keys, self.r.hmget(self.k.nets, keys), strict=True)
+                if v is not None}
+
+    def holdings(self) -> list[tuple[str, list[str], list[tuple[str, int]]]]:
+        """(boskos-lease-id group, network keys, VLANs) of every live lease of a group: what
+        the placement core's Holdings starts from. O(leases)."""
+        out = []
+        for raw in self.leases():
+            lease = Lease.from_wire(raw)
+            if lease.group:
+                out.append((lease.group, lease.port_groups, lease.vlans))
+        return out
+
     def expired(self, now: float, limit: int = 1000) -> list[str]:
         return [text(x) for x in self.r.zrangebyscore(self.k.expiry, 0, now, 0, limit)]
 
@@ -89,14 +109,18 @@ class LeaseStore(LedgerBase):
     # writes ----------------------------------------------------------------------------
     def commit(self, expected_version: int, groups: dict[str, list[dict[str, Any]]],
                caps: dict[str, tuple[int, int, int]], granted: list[str] | None = None,
-               latency: float | None = None, lone: bool = False) -> Commit:
+               latency: float | None = None, lone: bool = False,
+               held: Iterable[str] = ()) -> Commit:
         """Record new leases for each request-id, if the ledger is still at expected_version.
-        `lone`: placed assuming nobody waits in line; refused ('waiters') if someone does."""
+        `lone`: placed assuming nobody waits in line; refused ('waiters') if someone does.
+        `held`: the networks the new leases' install holds already (they share them); every
+        other network must be free. The leases of one install may share a network."""
         pools: dict[str, dict[str, Any]] = {}
-        nets: dict[str, str] = {}
+        nets: dict[str, list[str]] = {}
+        installs: dict[str, str] = {}  # network -> the install of its new holders
         leases = []
         raws: list[str] = []
-        for group in groups.values():
+        for rid, group in groups.items():
             for lease in group:
                 st, sp, lid = lease["status"], lease["spec"], lease["metadata"]["name"]
                 u = pools.setdefault(st["pool"], {
@@ -106,11 +130,13 @@ class LeaseStore(LedgerBase):
                 u["memory"] += sp["memory"]
                 u["storage"] += sp["storage"]
                 u["leases"] += 1
+                install = install_group(st.get("labels"), st.get("boskos-lease-id")) \
+                    or f"request {rid}"
                 for key in lease_port_groups(lease):
-                    if key in nets:  # the script writes a dict: a second holder would hide
-                        raise ValueError(f"network {key!r} in two new leases "
-                                         f"({nets[key]}, {lid})")
-                    nets[key] = lid
+                    if installs.setdefault(key, install) != install:
+                        raise ValueError(f"network {key!r} in new leases of two installs "
+                                         f"({installs[key]}, {install})")
+                    nets.setdefault(key, []).append(lid)
                 raw = json.dumps(lease)
                 raws.append(raw)
                 leases.append({"id": lid, "owner": st["owner"],
@@ -118,8 +144,12 @@ class LeaseStore(LedgerBase):
         payload = {
             "rids": {rid: json.dumps([x["metadata"]["name"] for x in g]) for rid, g in
                      groups.items()},
-            "pools": pools, "nets": nets, "leases": leases, "granted": granted or [],
+            "pools": pools, "nets": {key: " ".join(ids) for key, ids in nets.items()},
+            "leases": leases, "granted": granted or [],
         }
+        shared = {key: True for key in held if key in nets}
+        if shared:
+            payload["held"] = shared
         if not granted:
             del payload["granted"]
         if lone:

@@ -143,7 +143,8 @@ class Audit(TypedDict):
 
     leases: dict[str, Any]  # lease id -> lease
     counters: dict[str, tuple[int, ...]]  # pool -> (vcpus, memory, storage, leases)
-    nets: dict[str, str]  # network ledger key (core/lease.py port_group_key) -> lease id
+    nets: dict[str, str]  # network ledger key (core/lease.py port_group_key) -> lease ids
+    # of its holders, space-separated (the leases of one install may share a network)
 
 
 def audit_from_reply(reply: list[Any]) -> Audit:

@@ -46,3 +46,13 @@ local function net_key(vcenter, n)
   if pod ~= '' then return key .. '|' .. pod end
   return key
 end
+
+-- A network's holders without `id`: the `nets` hash holds "<lease id> <lease id> ..." (the
+-- leases of one install may share a network; one holder is the usual case).
+local function without(holders, id)
+  local out = {}
+  for x in string.gmatch(holders or '', '%S+') do
+    if x ~= id then out[#out + 1] = x end
+  end
+  return table.concat(out, ' ')
+end

@@ -80,7 +80,13 @@ for _, f in ipairs(found) do
   redis.call('HINCRBY', k, 'leases', -1)
   if type(st.networks) == 'table' then
     for _, n in ipairs(st.networks) do
-      redis.call('HDEL', p .. 'nets', net_key(st.vcenter, n))
+      local key = net_key(st.vcenter, n)
+      local left = without(redis.call('HGET', p .. 'nets', key), id)
+      if left == '' then
+        redis.call('HDEL', p .. 'nets', key)
+      else  -- another lease of its install still holds it
+        redis.call('HSET', p .. 'nets', key, left)
+      end
     end
   end
   redis.call('HDEL', p .. 'leases', id)
