@@ -446,3 +446,64 @@ def test_a_later_request_of_an_install_gets_the_vlan_its_leases_hold():
     two = parse_request({"vcpus": 1, "memory": 1, "required-pool": "v2-c1", "networks": 2,
                          "labels": label})
     assert [n.vlan for n in place(two, fleet)[0].networks] == [1201, 1200]
+
+
+# ---------------------------------------------------------------------------------------------
+# slices
+
+
+def _split(n: int) -> Pool:
+    from workers.core.pools import parse_pools
+
+    (pool,) = parse_pools({"pools": [{
+        "name": "mt", "vcenter": "vc", "datacenter": "dc", "cluster": "c", "datastore": "ds",
+        "vcpus": 10, "memory": 10, "storage": 10,
+        "networks": [{"port-group": "pg", "vlan": 5, "cidr": "10.0.0.0/27",
+                      "gateway": "10.0.0.1", "type": "multi-tenant", "slices": n}]}]})
+    return pool
+
+
+def test_a_slice_is_leased_on_its_own_and_never_twice():
+    pool = _split(4)
+    req = parse_request({"vcpus": 0, "memory": 0, "network-type": "multi-tenant"})
+    for fleet in (Fleet({"mt": pool}), Fleet({"mt": pool}, free=FreeNets({"mt": pool}, ()))):
+        ranges = []
+        for _ in range(4):
+            (p,) = place(req, fleet)
+            ranges.append(p.networks[0].slice)
+            fleet.apply(req, [p])
+        assert ranges == ["10.0.0.2-10.0.0.9", "10.0.0.10-10.0.0.16", "10.0.0.17-10.0.0.23",
+                          "10.0.0.24-10.0.0.30"]
+        with pytest.raises(NoCapacity):
+            place(req, fleet)
+    single = parse_request({"vcpus": 0, "memory": 0})  # single-tenant: never a slice
+    with pytest.raises(NoCapacity):
+        place(single, Fleet({"mt": pool}))
+    two = parse_request({"vcpus": 0, "memory": 0, "network-type": "multi-tenant",
+                         "networks": 2})
+    with pytest.raises(NoCapacity) as info:  # four slices, but all of one VLAN
+        place(two, Fleet({"mt": pool}))
+    assert info.value.reasons["mt"] == ("insufficient networks of type multi-tenant (need 2 "
+                                        "on distinct VLANs, free 1 VLANs)")
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_split_anew_while_slices_are_leased_no_address_is_handed_out_twice(indexed):
+    """The leases keep the slices of the old split (their keys hold the address ranges):
+    a slice of the new split is free only where it overlaps none of them, and a lease of the
+    whole network (before it was split) blocks every slice."""
+    four, two = _split(4), _split(2)
+    held = [four.net_key(n) for n, _ in four.keyed_networks("multi-tenant")]
+    new = [two.net_key(n) for n, _ in two.keyed_networks("multi-tenant")]
+    assert new == ["vc|pg||10.0.0.2-10.0.0.16", "vc|pg||10.0.0.17-10.0.0.30"]
+
+    def free_ranges(used: set[str]) -> list[str]:
+        fleet = Fleet({"mt": two}, used_nets=set(used),
+                      free=FreeNets({"mt": two}, used) if indexed else None)
+        return [n.slice for n in fleet.free_networks(two, "multi-tenant")]
+
+    assert free_ranges({held[1]}) == ["10.0.0.17-10.0.0.30"]
+    assert free_ranges({held[1], held[3]}) == []
+    assert free_ranges({held[2]}) == ["10.0.0.2-10.0.0.16"]
+    assert free_ranges({"vc|pg"}) == []  # the whole network, leased before the split
+    assert free_ranges(set()) == ["10.0.0.2-10.0.0.16", "10.0.0.17-10.0.0.30"]

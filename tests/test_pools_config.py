@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from pathlib import Path
 
@@ -596,3 +597,70 @@ def test_an_address_outside_its_cidr_is_named_by_index(prefix, offsets):
     else:
         (p,) = parse_pools(cfg)
         assert list(p.networks[0].addresses()) == addresses
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-tenant slices
+
+
+def _mt(**kw) -> dict:
+    return {"port-group": "mt", "vlan": 9, "cidr": "10.0.0.0/27", "gateway": "10.0.0.1",
+            "type": "multi-tenant", **kw}
+
+
+def test_a_multi_tenant_network_in_slices():
+    (p,) = parse_pools(config(pool(networks=[_mt(slices=4)])))
+    net = p.networks[0]
+    assert net.to_dict()["slices"] == 4 and p.spec()["networks"][0]["slices"] == 4
+    pieces = [n for n, _ in p.keyed_networks("multi-tenant")]
+    assert [n.slice for n in pieces] == ["10.0.0.2-10.0.0.9", "10.0.0.10-10.0.0.16",
+                                         "10.0.0.17-10.0.0.23", "10.0.0.24-10.0.0.30"]
+    assert [p.net_key(n) for n in pieces][0] == "vc1.example.com|mt||10.0.0.2-10.0.0.9"
+    first = pieces[0].to_dict()
+    assert first["slice"] == "10.0.0.2-10.0.0.9" and "slices" not in first
+    assert first["ip-addresses"][:4] == ["10.0.0.0", "10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert p.networks_of("multi-tenant") == tuple(pieces)
+
+
+@pytest.mark.parametrize(("net", "why"), [
+    (_mt(slices=4, type="single-tenant"), "only a network of type"),
+    (_mt(slices=2, cidr="10.0.0.0/30"), "fewer than 2"),
+    (_mt(slices=1), "from 2 to 256"), (_mt(slices=True), "from 2 to 256"),
+    (_mt(slices="4"), "from 2 to 256"), (_mt(slices=300), "from 2 to 256"),
+    ({"port-group": "mt", "type": "multi-tenant", "slices": 2}, "no addresses"),
+    (_mt(slices=2, cidr="10.0.0.0/16"), "no addresses"),  # too big to derive: list them
+])
+def test_a_bad_split_names_the_slices_field(net, why):
+    err = rejected(config(pool(networks=[net])), "pool1", "networks[0].slices")
+    assert why in str(err), str(err)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(24, 29), st.integers(2, 16), st.booleans())
+def test_slices_are_disjoint_runs_that_cover_the_addresses(prefix, n, listed):
+    """Oracle: the addresses after [0] and [1] (the gateway left out), cut into n runs in
+    order whose sizes differ by at most one; slices of one split never clash, and every
+    slice clashes with the whole network."""
+    import ipaddress
+
+    from workers.core.lease import keys_clash
+
+    cidr = ipaddress.ip_network(f"10.1.0.0/{prefix}")
+    allof = [str(a) for a in cidr][:-1]  # no broadcast
+    net = _mt(cidr=str(cidr), gateway="10.1.0.1", slices=n)
+    if listed:  # an explicit list, out of order: the runs are still ascending
+        net["ip-addresses"] = allof[:2] + sorted(allof[2:], reverse=True)
+    own = allof[2:]
+    if len(own) < 2 * n:
+        rejected(config(pool(networks=[net])), "pool1", "networks[0].slices")
+        return
+    (p,) = parse_pools(config(pool(networks=[net])))
+    pieces = [x for x, _ in p.keyed_networks("multi-tenant")]
+    runs = [x.addresses()[2:] for x in pieces]
+    assert [a for run in runs for a in run] == own
+    assert max(map(len, runs)) - min(map(len, runs)) <= 1
+    assert all(x.addresses()[:2] == tuple(allof[:2]) for x in pieces)
+    keys = [p.net_key(x) for x in pieces]
+    whole = "vc1.example.com|mt"
+    assert all(keys_clash(whole, k) for k in keys)
+    assert not any(keys_clash(a, b) for a, b in itertools.combinations(keys, 2))

@@ -170,8 +170,9 @@ def test_two_pools_listing_one_port_group_share_it(upstream, client_app, ledger)
     assert again["status"]["networks"] == leases[0]["status"]["networks"]
     check_invariants(ledger, upstream)
     pools = {p["spec"]["name"]: p for p in call(client_app, "vcm.show_pools")}
-    assert pools["v3-c1"]["status"]["network-usage"] == 1.0  # its networks are all held
-    assert pools["v3-c1"]["status"]["networks-used"] == 3
+    st_ = pools["v3-c1"]["status"]  # its 3 single-tenant networks held, 4 slices free
+    assert (st_["networks-used"], st_["networks-total"]) == (3, 7)
+    assert st_["network-usage"] == round(3 / 7, 4)
 
 
 def test_one_pool_capped_at_three_vcenters_is_granted(client_app, ledger, pools_file):
@@ -238,3 +239,60 @@ def test_an_install_lands_on_one_vlan(upstream, client_app, ledger, pools_file):
     assert sorted(released) == sorted(x["metadata"]["name"] for x in leases)
     assert "vcenter-1.example.com|ci-vlan-1201|dal10.pod01" not in ledger.audit()["nets"]
     check_invariants(ledger, upstream)
+
+
+def _own(lease: dict) -> set[str]:
+    """The addresses a lease's slices give it: after [0] and [1] (the network's)."""
+    return {a for n in lease["status"]["networks"] for a in n["ip-addresses"][2:]}
+
+
+def test_slices_are_leased_one_by_one_and_never_overlap(upstream, client_app, ledger,
+                                                        pools_file):
+    """vcenter-3's multi-tenant VLAN 2210 in 4 slices: six multi-tenant acquires at once get
+    four distinct slices whose addresses do not overlap (the other two: NoCapacity); then the
+    pools file splits it in 2 while they are held, and no new slice overlaps a held one."""
+    mt = {"vcpus": 1, "memory": 1, "network-type": "multi-tenant"}
+    sent = [client_app.send_task("vcm.acquire", queue="placement", kwargs={"request": {
+        **mt, "required-pool": f"v3-c{1 + i % 2}"}}) for i in range(6)]
+    leases, refused = [], 0
+    for r in sent:
+        try:
+            leases += r.get(timeout=30)
+        except Exception as exc:  # noqa: BLE001 - NoCapacity only
+            assert type(exc).__name__ == "NoCapacity", exc
+            refused += 1
+    assert (len(leases), refused) == (4, 2)
+    slices = [x["status"]["networks"][0] for x in leases]
+    assert sorted(n["slice"] for n in slices) == ["10.22.10.10-10.22.10.16",
+                                                 "10.22.10.17-10.22.10.23",
+                                                 "10.22.10.2-10.22.10.9",
+                                                 "10.22.10.24-10.22.10.30"]
+    owns = [_own(x) for x in leases]
+    assert sum(map(len, owns)) == len(set().union(*owns)) == 29  # disjoint, all of them
+    for n in slices:  # [0], [1]: the network's; [2], [3]: the slice's own VIPs
+        assert n["ip-addresses"][:2] == ["10.22.10.0", "10.22.10.1"]
+        assert n["ip-addresses"][2] == n["slice"].split("-")[0]
+    check_invariants(ledger, upstream)
+    # split anew in 2 while the 4 slices are held: both new slices overlap held ones
+    data = yaml.safe_load(pools_file.read_text())
+    data["pools"][3]["networks"][3]["slices"] = 2
+    pools_file.write_text(yaml.safe_dump(data))
+    r = client_app.send_task("vcm.acquire", queue="placement", kwargs={"request": {
+        **mt, "required-pool": "v3-c1"}})
+    with pytest.raises(Exception) as info:
+        r.get(timeout=20)
+    assert type(info.value).__name__ == "NoCapacity"
+    by_range = {x["status"]["networks"][0]["slice"]: x["metadata"]["name"] for x in leases}
+    # the old slices .2-.9 and .10-.16 end: the new first half (.2-.16) is free; the old
+    # .17-.23 is still held, so the new second half (.17-.30) is not
+    call(client_app, "vcm.release", lease_ids=[by_range["10.22.10.2-10.22.10.9"],
+                                               by_range["10.22.10.10-10.22.10.16"]])
+    (half,) = call(client_app, "vcm.acquire", request={**mt, "required-pool": "v3-c1"})
+    assert half["status"]["networks"][0]["slice"] == "10.22.10.2-10.22.10.16"
+    held = [x for x in leases if x["metadata"]["name"] in ledger.audit()["leases"]]
+    assert not _own(half) & set().union(*map(_own, held))
+    r = client_app.send_task("vcm.acquire", queue="placement", kwargs={"request": {
+        **mt, "required-pool": "v3-c2"}})
+    with pytest.raises(Exception) as info:
+        r.get(timeout=20)
+    assert type(info.value).__name__ == "NoCapacity"

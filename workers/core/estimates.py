@@ -9,7 +9,6 @@ from dataclasses import replace
 from .errors import NoCapacity
 from .fleet import Fleet, UsedNets
 from .models import Pool, Request
-from .networks import vlan_token
 from .reasons import eligibility, shortfall, sick
 
 
@@ -44,7 +43,7 @@ def network_room(fleet: Fleet, pools: Iterable[Pool], req: Request) -> int:
     for pool in pools:
         for n in fleet.free_networks(pool, req.network_type):
             key = pool.net_key(n)
-            per_vlan.setdefault(vlan_token(n.vlan_id, key), set()).add(key)
+            per_vlan.setdefault(n.vlan_token(pool.vcenter), set()).add(key)
     return max_groups([len(keys) for keys in per_vlan.values()], req.networks)
 
 
@@ -54,7 +53,7 @@ def _taken_by(fleet: Fleet, pool: Pool, req: Request, count: int) -> list[str]:
     left: dict[Hashable, list[str]] = {}
     for n in fleet.free_networks(pool, req.network_type):
         key = pool.net_key(n)
-        left.setdefault(vlan_token(n.vlan_id, key), []).append(key)
+        left.setdefault(n.vlan_token(pool.vcenter), []).append(key)
     taken: list[str] = []
     for _ in range(count):
         fullest = sorted(left, key=lambda t: -len(left[t]))[: req.networks]

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 from .lease import key_parts, keys_clash
 from .models import Network, Pool, Request
-from .networks import vlan_token
 
 if TYPE_CHECKING:  # placement imports this module; the hint alone needs Placement
     from .placement import Placement
@@ -343,7 +342,7 @@ class Fleet:
         own): a lease takes at most one network of each."""
         out: dict[Hashable, int] = {}
         for n, _ in self.open_networks(pool, net_type, group):
-            token = vlan_token(n.vlan_id, pool.net_key(n))
+            token = n.vlan_token(pool.vcenter)
             out[token] = out.get(token, 0) + 1
         return out
 

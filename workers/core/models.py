@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import cached_property
 from typing import Any
@@ -58,7 +58,11 @@ def entry_addresses(entry: Mapping[str, Any]) -> list[str]:
 class Network:
     """A port group as a pool hands it out. It is one network of its vCenter and pod: pools
     of that vCenter and pod that list it share it (the ledger key, `Pool.net_key`, has no
-    pool in it), and it is leased at most once across all of them."""
+    pool in it), and one install holds it at a time.
+
+    A multi-tenant network split into `slices` is handed out slice by slice (`pieces`): each
+    slice is a Network of its own (`slice`: "<first>-<last>" of its own addresses, its key
+    the network's plus that range), never the whole."""
 
     port_group: str
     vlan: int | None = None
@@ -68,15 +72,27 @@ class Network:
     # optional subnet details, returned when configured
     details: tuple[tuple[str, Any], ...] = ()
     pod: str = ""  # the network pod (from the pool's `pod` unless the network names one)
+    slices: int = 0  # configured: split into this many slices (0: handed out whole)
+    slice: str = ""  # a slice: the range of its own addresses, "<first>-<last>"
 
     @property
     def vlan_id(self) -> tuple[str, int] | None:
         """The VLAN it is on, as (pod, vlan): VLAN numbers are per pod. None: no vlan set."""
         return None if self.vlan is None else (self.pod, self.vlan)
 
+    def vlan_token(self, vcenter: str) -> Hashable:
+        """What counts as its VLAN where a lease may hold one network per VLAN: (pod, vlan),
+        or with no vlan the network itself (all its slices: one VLAN)."""
+        return self.vlan_id or ("net", port_group_key(vcenter, self.port_group, self.pod))
+
     def key(self, vcenter: str) -> str:
         """Its ledger key in `vcenter`."""
-        return port_group_key(vcenter, self.port_group, self.pod)
+        return port_group_key(vcenter, self.port_group, self.pod, self.slice)
+
+    @cached_property
+    def pieces(self) -> tuple[Network, ...]:
+        """What is handed out: itself, or its slices (split_slices)."""
+        return split_slices(self) if self.slices else (self,)
 
     def detail(self, name: str, default: Any = None) -> Any:
         """An optional detail as configured (a list is a tuple), or `default`."""
@@ -107,7 +123,40 @@ class Network:
         }
         if self.pod:
             out["pod"] = self.pod
+        if self.slices:
+            out["slices"] = self.slices
+        if self.slice:
+            out["slice"] = self.slice
         return out
+
+
+MIN_SLICE = 2  # a slice's own addresses: at least the two VIPs
+
+
+def split_slices(net: Network) -> tuple[Network, ...]:
+    """The `slices` slices of a network: its addresses after [0] and [1] (the network address
+    and the gateway by convention; the gateway left out wherever it is), in ascending order,
+    cut into that many runs whose sizes differ by at most one (the larger first). A slice's
+    `ip-addresses` are [0] and [1] of the network, then its own run, so its [2] and [3] (the
+    VIPs a job step reads) are its own; its `slice` is the run's "<first>-<last>". ValueError
+    when there are no addresses, or fewer than MIN_SLICE per slice."""
+    addresses = net.addresses()
+    if len(addresses) < 2:
+        raise ValueError("has no addresses to split (give a cidr or ip-addresses)")
+    own = sorted((a for a in addresses[2:] if a != net.gateway),
+                 key=lambda a: (ipaddress.ip_address(a).version, int(ipaddress.ip_address(a))))
+    if len(own) < MIN_SLICE * net.slices:
+        raise ValueError(f"{net.slices} slices of {len(own)} addresses (after [0] and [1]) "
+                         f"leave fewer than {MIN_SLICE} per slice")
+    size, larger = divmod(len(own), net.slices)
+    pieces, start = [], 0
+    for i in range(net.slices):
+        run = own[start:start + size + (1 if i < larger else 0)]
+        start += len(run)
+        details = tuple((k, v) for k, v in net.details if k != "ip-addresses")
+        pieces.append(replace(net, slices=0, slice=f"{run[0]}-{run[-1]}", details=(
+            *details, ("ip-addresses", (addresses[0], addresses[1], *run)))))
+    return tuple(pieces)
 
 
 @dataclass(frozen=True)
@@ -148,12 +197,17 @@ class Pool:
     def _keyed(self) -> dict[str, tuple[tuple[Network, str], ...]]:
         """Network type -> (network, ledger key) pairs, in configuration order."""
         out: dict[str, list[tuple[Network, str]]] = {}
-        for n in self.networks:
-            out.setdefault(n.type, []).append((n, self.net_key(n)))
+        for net in self.networks:
+            for n in net.pieces:  # a split network: its slices
+                out.setdefault(n.type, []).append((n, self.net_key(n)))
         return {t: tuple(pairs) for t, pairs in out.items()}
 
     def networks_of(self, net_type: str) -> tuple[Network, ...]:
         return tuple(n for n, _ in self._keyed.get(net_type, ()))
+
+    def all_keyed(self) -> tuple[tuple[Network, str], ...]:
+        """Every (network, ledger key) it hands out, slices one by one."""
+        return tuple(pair for pairs in self._keyed.values() for pair in pairs)
 
     def keyed_networks(self, net_type: str) -> tuple[tuple[Network, str], ...]:
         """(network, ledger key) pairs of one type."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
-Token = Hashable  # a VLAN: (pod, vlan), or ("key", ledger key) for a network with no vlan
+Token = Hashable  # a VLAN: (pod, vlan); for a network with no vlan, the network (models)
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,6 @@ class Option:
     key: str
     vlan: Token
     held: bool = False
-
-
-def vlan_token(vlan_id: tuple[str, int] | None, key: str) -> Token:
-    return ("key", key) if vlan_id is None else vlan_id
 
 
 def candidate_order(options: Sequence[Sequence[Option]], prefer: Iterable[Token] = ()

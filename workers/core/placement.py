@@ -25,7 +25,7 @@ from .errors import NoCapacity
 from .estimates import estimate, fits_alone, max_groups
 from .fleet import NO_USAGE, Fleet, FreeNets, Usage
 from .models import Network, Pool, Request
-from .networks import Option, choose_networks, vlan_token
+from .networks import Option, choose_networks
 from .possible import check_possible
 from .reasons import deficit, eligibility, shortfall, sick, why_not
 from .taints import untolerated
@@ -176,7 +176,7 @@ def assign(req: Request, chosen: list[Pool], fleet: Fleet) -> list[tuple[Network
         for n, held in fleet.open_networks(pool, req.network_type, group):
             key = pool.net_key(n)
             by_key[key] = n
-            opts.append(Option(key, vlan_token(n.vlan_id, key), held))
+            opts.append(Option(key, n.vlan_token(pool.vcenter), held))
         options.append(opts)
     got = choose_networks(options, req.networks, hold.preferred() if hold else ())
     if got is None:

@@ -32,7 +32,10 @@ POOL_KEYS = {
     "vcpu-overcommit", "exclude", "no-schedule", "labels", "networks", "taints", "pod",
     *DOMAIN_KEYS,
 }
-NETWORK_KEYS = {"port-group", "vlan", "cidr", "gateway", "type", "pod", *NETWORK_DETAILS}
+NETWORK_KEYS = {"port-group", "vlan", "cidr", "gateway", "type", "pod", "slices",
+                *NETWORK_DETAILS}
+SLICEABLE = ("multi-tenant", "nested-multi-tenant")  # network types that may be split
+MAX_SLICES = 256
 REQUIRED_STR = ("name", "vcenter", "datacenter", "cluster", "datastore")
 BUDGETS = ("vcpus", "memory", "storage")
 
@@ -284,6 +287,12 @@ def _parse_network(raw: Any, index: int, pool: str, file: str, pool_pod: str
     for key in NETWORK_DETAILS:
         if raw.get(key) is not None:
             values[key] = _detail(raw, key, file, pool, where)
+    if raw.get("slices") is not None:
+        n = raw["slices"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_SLICES:
+            raise ConfigError.of(file, pool, f"{where}.slices",
+                                 f"must be a whole number from 2 to {MAX_SLICES}, got {n!r}")
+        values["slices"] = n
     return values
 
 
@@ -322,6 +331,14 @@ def _check_network(x: _Listing, file: str) -> None:
     for key in ("ipv6-start", "ipv6-gateway"):
         if v6 is not None and key in v and ipaddress.IPv6Address(v[key]) not in v6:
             raise fail(key, f"{v[key]} is not in {v['ipv6-cidr']}")
+    if "slices" in v:
+        if v.get("type", DEFAULT_NETWORK_TYPE) not in SLICEABLE:
+            raise fail("slices", f"only a network of type {' or '.join(SLICEABLE)} is split "
+                       f"into slices, not {v.get('type', DEFAULT_NETWORK_TYPE)}")
+        try:
+            _network(v).pieces  # noqa: B018 - split now, so that a bad split names its field
+        except ValueError as exc:
+            raise fail("slices", str(exc)) from None
     if "dns" in v and "nameservers" in v:
         dns = list(v["dns"]) if isinstance(v["dns"], tuple) else [v["dns"]]
         if dns != list(v["nameservers"]):
@@ -333,7 +350,7 @@ def _network(v: dict[str, Any]) -> Network:
     return Network(port_group=v["port-group"], vlan=v.get("vlan"), cidr=v.get("cidr", ""),
                    gateway=v.get("gateway", ""), type=v.get("type", DEFAULT_NETWORK_TYPE),
                    details=tuple((k, v[k]) for k in NETWORK_DETAILS if k in v),
-                   pod=v.get("pod", ""))
+                   pod=v.get("pod", ""), slices=v.get("slices", 0))
 
 
 def _text(value: str, file: str, pool: str, field: str, max_len: int = MAX_TEXT) -> None:
