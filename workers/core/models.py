@@ -265,7 +265,7 @@ class Request:
     def pool_count(self) -> int:
         return self.pools or self.vcenters
 
-    @property
+    @cached_property
     def group(self) -> str:
         """Its install's `boskos-lease-id` (the label, else the field; "" none): its leases
         share networks with the live leases of the same group (lease.install_group)."""

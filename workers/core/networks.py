@@ -62,20 +62,30 @@ def choose_networks(options: Sequence[Sequence[Option]], need: int,
         return None
     order = candidate_order(options, prefer)
     chosen: list[list[Option]] = [[] for _ in options]
+    pick: list[dict[Token, Option]] = []  # per lease: its network on each VLAN it offers
+    for opts in options:
+        mine: dict[Token, Option] = {}
+        for o in opts:  # the first listed, unless a later one is held (and it is not)
+            if o.vlan not in mine or (o.held and not mine[o.vlan].held):
+                mine[o.vlan] = o
+        pick.append(mine)
 
     def on(i: int, t: Token) -> Option | None:
         """Lease i's network on VLAN t (one its install holds first), unless it has t."""
-        if any(o.vlan == t for o in chosen[i]):
-            return None
-        mine = [o for o in options[i] if o.vlan == t]
-        return next((o for o in mine if o.held), mine[0] if mine else None)
+        o = pick[i].get(t)
+        return None if o is None or any(x.vlan == t for x in chosen[i]) else o
 
     for _ in range(need):
         for t in order:
-            picks = [on(i, t) for i in range(len(options))]
-            if all(picks):
+            picks = []
+            for i in range(len(options)):
+                o = on(i, t)
+                if o is None:
+                    break
+                picks.append(o)
+            else:
                 for i, o in enumerate(picks):
-                    chosen[i].append(o)  # type: ignore[arg-type]
+                    chosen[i].append(o)
                 break
         else:
             earlier: list[Token] = []
