@@ -75,25 +75,10 @@ class UsedNets(set[str]):
         self.update(other)
         return self
 
-    def _reindexed(name: str):  # noqa: N805 - builds the methods below
-        def method(self, *args):
-            out = getattr(set, name)(self, *args)
-            self._families = {}
-            for key in self:
-                self._families.setdefault(key_parts(key)[0], set()).add(key)
-            return self if name.startswith("__i") else out
-        method.__name__ = name
-        return method
-
-    # the other ways a set changes: rare, so the index is rebuilt
-    pop = _reindexed("pop")
-    difference_update = _reindexed("difference_update")
-    intersection_update = _reindexed("intersection_update")
-    symmetric_difference_update = _reindexed("symmetric_difference_update")
-    __isub__ = _reindexed("__isub__")
-    __iand__ = _reindexed("__iand__")
-    __ixor__ = _reindexed("__ixor__")
-    del _reindexed
+    def _reindex(self) -> None:
+        self._families = {}
+        for key in self:
+            self._families.setdefault(key_parts(key)[0], set()).add(key)
 
     def __reduce__(self):  # a copy (copy.copy, pickle) is a UsedNets with its index
         return (UsedNets, (list(self),))
@@ -105,6 +90,21 @@ class UsedNets(set[str]):
             return False
         held = self._families.get(key_parts(key)[0])
         return not held or not any(keys_clash(key, k) for k in held)
+
+
+def _rebuilds_index(name: str) -> Callable[..., object]:
+    """One of the other ways a set changes (rare): the set's own, then the index rebuilt."""
+    def method(self: UsedNets, *args: object) -> object:
+        out = getattr(set, name)(self, *args)
+        self._reindex()
+        return self if name.startswith("__i") else out
+    method.__name__ = name
+    return method
+
+
+for _name in ("pop", "difference_update", "intersection_update",
+              "symmetric_difference_update", "__isub__", "__iand__", "__ixor__"):
+    setattr(UsedNets, _name, _rebuilds_index(_name))
 
 
 def used_nets(keys: Iterable[str]) -> UsedNets:
