@@ -39,11 +39,11 @@ def net_key(vcenter: str, net: dict[str, Any]) -> str:
 
 def check_invariants(ledger: Ledger, pools: dict[str, Pool]) -> dict[str, Any]:
     """used <= capacity, counters == sum of leases, port groups held by exactly their leases,
-    each by the leases of one install (a boskos-lease-id label, else one request)."""
+    each by the leases of one install (an owner's boskos-lease-id label, else one request)."""
     snap = ledger.audit()
     sums: dict[str, list[int]] = {}
     nets: dict[str, set[str]] = {}
-    installs: dict[str, str] = {}
+    installs: dict[str, tuple] = {}
     for lease_id, lease in snap["leases"].items():
         st, sp = lease["status"], lease["spec"]
         s = sums.setdefault(st["pool"], [0, 0, 0, 0])
@@ -51,8 +51,8 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool]) -> dict[str, Any]:
         s[1] += sp["memory"]
         s[2] += sp["storage"]
         s[3] += 1
-        install = (st.get("labels") or {}).get("boskos-lease-id") or st.get("boskos-lease-id") \
-            or f"{st['owner']}/{st.get('request-id')}"
+        group = (st.get("labels") or {}).get("boskos-lease-id") or st.get("boskos-lease-id")
+        install = (st["owner"], group) if group else (st["owner"], None, st.get("request-id"))
         for n in st["networks"]:
             key = net_key(st["vcenter"], n)
             assert installs.setdefault(key, install) == install, \

@@ -507,3 +507,19 @@ def test_split_anew_while_slices_are_leased_no_address_is_handed_out_twice(index
     assert free_ranges({held[2]}) == ["10.0.0.2-10.0.0.16"]
     assert free_ranges({"vc|pg"}) == []  # the whole network, leased before the split
     assert free_ranges(set()) == ["10.0.0.2-10.0.0.16", "10.0.0.17-10.0.0.30"]
+
+
+def test_an_install_is_one_owners_group_nobody_joins_by_naming_it():
+    fleet = upstream_fleet()
+    label = {"boskos-lease-id": "job-9"}
+    mine = parse_request({"vcpus": 1, "memory": 1, "required-pool": "v3-c1", "labels": label,
+                          "owner": "ci"})
+    (p,) = place(mine, fleet)
+    fleet.apply(mine, [p])
+    theirs = parse_request({"vcpus": 1, "memory": 1, "required-pool": "v3-c2",
+                            "labels": label, "owner": "someone-else"})
+    (q,) = place(theirs, fleet)
+    assert q.networks[0].port_group != p.networks[0].port_group
+    again = parse_request({"vcpus": 1, "memory": 1, "required-pool": "v3-c2",
+                           "boskos-lease-id": "job-9", "owner": "ci"})  # the field: the same
+    assert place(again, fleet)[0].networks == p.networks

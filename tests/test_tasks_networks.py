@@ -137,7 +137,7 @@ def test_shared_port_groups_are_leased_once_under_concurrent_acquires(
     assert keys == set(snap["nets"])
     for key, ids in snap["nets"].items():  # one install each: a group, or one request
         holders = [snap["leases"][i]["status"] for i in ids.split()]
-        assert len({(h["labels"].get("boskos-lease-id") or h["request-id"])
+        assert len({(h["owner"], h["labels"].get("boskos-lease-id") or h["request-id"])
                     for h in holders}) == 1, (key, holders)
     for lease in granted:
         vlans = [n["vlan"] for n in lease["status"]["networks"]]

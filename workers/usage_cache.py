@@ -96,5 +96,5 @@ class UsageCache:
         for lease in leases:
             fleet.remove(lease.pool, lease.vcpus, lease.memory, lease.storage,
                          [k for k in lease.port_groups if k not in shared])
-            self._holdings.remove(lease.group, lease.port_groups, lease.vlans)
+            self._holdings.remove(lease.install, lease.port_groups, lease.vlans)
         self.version = old_version + 1

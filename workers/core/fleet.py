@@ -9,7 +9,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .lease import key_parts, keys_clash
+from .lease import Install, key_parts, keys_clash
 from .models import Network, Pool, Request
 
 if TYPE_CHECKING:  # placement imports this module; the hint alone needs Placement
@@ -199,37 +199,40 @@ class GroupHold:
 
 
 class Holdings:
-    """What each install's live leases hold, by group (lease.install_group). `load`, when
-    given, reads it from the ledger on first use: (group, network keys, VLANs) per grouped
-    lease; until then changes are not tracked (the load will see them in the ledger)."""
+    """What each install's live leases hold, by install ((owner, boskos-lease-id): a
+    lease.Install). `load`, when given, reads it from the ledger on first use: (install,
+    network keys, VLANs) per lease of a group; until then changes are not tracked (the load
+    will see them in the ledger)."""
 
-    def __init__(self, load: Callable[[], Iterable[tuple[str, list[str], list[VlanId]]]]
+    def __init__(self, load: Callable[[], Iterable[tuple[Install, list[str], list[VlanId]]]]
                  | None = None) -> None:
         self._load = load
-        self._groups: dict[str, GroupHold] | None = None if load else {}
+        self._groups: dict[Install, GroupHold] | None = None if load else {}
 
-    def _all(self) -> dict[str, GroupHold]:
+    def _all(self) -> dict[Install, GroupHold]:
         if self._groups is None:
             self._groups = {}
-            for group, keys, vlans in self._load():  # type: ignore[misc]
-                self._change(group, keys, vlans, 1)
+            for install, keys, vlans in self._load():  # type: ignore[misc]
+                self._change(install, keys, vlans, 1)
         return self._groups
 
-    def of(self, group: str) -> GroupHold | None:
-        return self._all().get(group) if group else None
+    def of(self, install: Install | None) -> GroupHold | None:
+        return self._all().get(install) if install else None
 
-    def add(self, group: str, keys: Iterable[str], vlans: Iterable[VlanId]) -> None:
-        if group and self._groups is not None:
-            self._change(group, keys, vlans, 1)
+    def add(self, install: Install | None, keys: Iterable[str],
+            vlans: Iterable[VlanId]) -> None:
+        if install and self._groups is not None:
+            self._change(install, keys, vlans, 1)
 
-    def remove(self, group: str, keys: Iterable[str], vlans: Iterable[VlanId]) -> None:
-        if group and self._groups is not None:
-            self._change(group, keys, vlans, -1)
+    def remove(self, install: Install | None, keys: Iterable[str],
+               vlans: Iterable[VlanId]) -> None:
+        if install and self._groups is not None:
+            self._change(install, keys, vlans, -1)
 
-    def _change(self, group: str, keys: Iterable[str], vlans: Iterable[VlanId],
+    def _change(self, install: Install, keys: Iterable[str], vlans: Iterable[VlanId],
                 step: int) -> None:
         assert self._groups is not None
-        hold = self._groups.setdefault(group, GroupHold())
+        hold = self._groups.setdefault(install, GroupHold())
         for key in keys:
             hold.keys[key] += step
             hold.vcenters[key.split("|", 1)[0]] += step
@@ -239,7 +242,7 @@ class Holdings:
             for k in [k for k, n in counter.items() if n <= 0]:
                 del counter[k]
         if not hold.keys and not hold.vlans:
-            del self._groups[group]
+            del self._groups[install]
 
     def copy(self) -> Holdings:
         out = Holdings()
@@ -283,7 +286,7 @@ class Fleet:
                 self.used_nets.add(key)
                 if self.free is not None:
                     self.free.take(key)
-            self.holdings.add(req.group, keys,
+            self.holdings.add(req.install, keys,
                               [n.vlan_id for n in p.networks if n.vlan_id is not None])
 
     def remove(self, pool: str, vcpus: int, memory: int, storage: int,
@@ -300,12 +303,12 @@ class Fleet:
         """Whether the network of this ledger key may be handed out now."""
         return self.used_nets.is_free(key)
 
-    def open_networks(self, pool: Pool, net_type: str, group: str = "",
+    def open_networks(self, pool: Pool, net_type: str, install: Install | None = None,
                       limit: int | None = None) -> list[tuple[Network, bool]]:
         """Networks of this type open to an install, in configuration order (the first
-        `limit`), each with whether the install (its `group`) holds it already: free ones,
-        and those its live leases hold (they may share them)."""
-        hold = self.holdings.of(group) if group else None
+        `limit`), each with whether the install holds it already: free ones, and those its
+        live leases hold (they may share them)."""
+        hold = self.holdings.of(install)
         if hold is None or pool.vcenter not in hold.vcenters:
             return [(n, False) for n in self.free_networks(pool, net_type, limit)]
         out = []
@@ -327,35 +330,37 @@ class Fleet:
         free = [n for n, key in pool.keyed_networks(net_type) if used.is_free(key)]
         return free[:limit]
 
-    def free_count(self, pool: Pool, net_type: str, group: str = "") -> int:
-        """How many networks of this type are open to the install of `group` ("": free)."""
-        hold = self.holdings.of(group) if group else None
+    def free_count(self, pool: Pool, net_type: str, install: Install | None = None) -> int:
+        """How many networks of this type are open to the install (None: free ones)."""
+        hold = self.holdings.of(install)
         if hold is not None and pool.vcenter in hold.vcenters:
-            return len(self.open_networks(pool, net_type, group))
+            return len(self.open_networks(pool, net_type, install))
         if self.free is not None:
             return self.free.count(pool, net_type)
         used = self.used_nets
         return sum(1 for _, key in pool.keyed_networks(net_type) if used.is_free(key))
 
-    def free_vlans(self, pool: Pool, net_type: str, group: str = "") -> dict[Hashable, int]:
+    def free_vlans(self, pool: Pool, net_type: str, install: Install | None = None
+                   ) -> dict[Hashable, int]:
         """Open networks of this type per VLAN (a network with no vlan is a VLAN of its
         own): a lease takes at most one network of each."""
         out: dict[Hashable, int] = {}
-        for n, _ in self.open_networks(pool, net_type, group):
+        for n, _ in self.open_networks(pool, net_type, install):
             token = n.vlan_token(pool.vcenter)
             out[token] = out.get(token, 0) + 1
         return out
 
-    def has_free_networks(self, pool: Pool, net_type: str, need: int, group: str = "") -> bool:
-        """Whether one lease of the install of `group` could take `need` networks of this
-        type now: as many open, on distinct VLANs (stops counting at `need`)."""
+    def has_free_networks(self, pool: Pool, net_type: str, need: int,
+                          install: Install | None = None) -> bool:
+        """Whether one lease of the install could take `need` networks of this type now: as
+        many open, on distinct VLANs (stops counting at `need`)."""
         if need <= 0:
             return True
         if need > 1:
-            return len(self.free_vlans(pool, net_type, group)) >= need
-        hold = self.holdings.of(group) if group else None
+            return len(self.free_vlans(pool, net_type, install)) >= need
+        hold = self.holdings.of(install)
         if hold is not None and pool.vcenter in hold.vcenters:
-            return bool(self.open_networks(pool, net_type, group, 1))
+            return bool(self.open_networks(pool, net_type, install, 1))
         if self.free is not None:
             return self.free.count(pool, net_type) >= need
         used = self.used_nets

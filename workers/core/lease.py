@@ -99,11 +99,15 @@ def lease_port_groups(lease: Mapping[str, Any]) -> list[str]:
 GROUP_LABEL = "boskos-lease-id"
 
 
+Install = tuple[str, str]  # (owner, boskos-lease-id): the leases of one install
+
+
 def install_group(labels: Mapping[str, Any] | None, boskos_lease_id: Any) -> str:
-    """The install a lease (or request) belongs to beyond itself: its `boskos-lease-id` label,
+    """The group a lease (or request) belongs to beyond itself: its `boskos-lease-id` label,
     else its `boskos-lease-id` field; "" when it has neither (then it is an install alone,
-    with the other leases of its own request). The leases of one install may share networks
-    and prefer the VLANs they hold."""
+    with the other leases of its own request). The leases of one owner with one group are one
+    install (`Install`): they may share networks and prefer the VLANs they hold. The owner is
+    part of it, so that nobody joins another owner's install by naming its group."""
     label = (labels or {}).get(GROUP_LABEL) if isinstance(labels, Mapping) else None
     if isinstance(label, str) and label:
         return label
@@ -311,6 +315,12 @@ class Lease:
     def group(self) -> str:
         """Its install's `boskos-lease-id` ("" none): lease.install_group."""
         return install_group(self.labels, self.boskos_lease_id)
+
+    @property
+    def install(self) -> Install | None:
+        """(owner, group) when it has a group, else None."""
+        group = self.group
+        return (self.owner, group) if group else None
 
     @property
     def vlans(self) -> list[tuple[str, int]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import InvalidRequest
 from .labels import parse_labels
-from .lease import Lease, install_group, port_group_key, rfc3339
+from .lease import Install, Lease, install_group, port_group_key, rfc3339
 from .lease import lease_port_groups as lease_port_groups  # re-exported: the ledger's import
 from .lease import parse_rfc3339 as parse_rfc3339  # re-exported: imported from here widely
 from .taints import Taint, Toleration, parse_tolerations
@@ -270,6 +270,11 @@ class Request:
         """Its install's `boskos-lease-id` (the label, else the field; "" none): its leases
         share networks with the live leases of the same group (lease.install_group)."""
         return install_group(dict(self.labels), self.boskos_lease_id)
+
+    @property
+    def install(self) -> Install | None:
+        """(owner, group) when it has a group, else None (an install of its own)."""
+        return (self.owner, self.group) if self.group else None
 
     def spec(self) -> dict[str, Any]:
         out = {

@@ -1,9 +1,10 @@
 """Which networks each lease of a request gets, once its pools are chosen. Pure Python.
 
-A network is held by one install at a time: one request, or the requests that carry the same
-`boskos-lease-id` (its leases may share a network: two failure domains of one vCenter on one
-port group). So each lease takes from the networks open to its install (free, or held by the
-install already), independently of the request's other leases but for the common network:
+A network is held by one install at a time: one request, or the requests of one owner that
+carry the same `boskos-lease-id` (its leases may share a network: two failure domains of one
+vCenter on one port group). So each lease takes from the networks open to its install (free,
+or held by the install already), independently of the request's other leases but for the
+common network:
 
 - every lease gets `networks` networks on distinct VLANs (never two networks of one VLAN,
   e.g. two slices of one multi-tenant VLAN); a network with no `vlan` is a VLAN of its own;

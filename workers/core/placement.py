@@ -164,8 +164,8 @@ def assign(req: Request, chosen: list[Pool], fleet: Fleet) -> list[tuple[Network
     the install's live leases hold first. None if a pool has too few open VLANs."""
     if not req.networks:
         return [() for _ in chosen]
-    group = req.group
-    hold = fleet.holdings.of(group) if group else None
+    install = req.install
+    hold = fleet.holdings.of(install)
     if len(chosen) == 1 and req.networks == 1 and hold is None:  # the usual case: no search
         return [tuple(fleet.free_networks(chosen[0], req.network_type, 1))] \
             if fleet.has_free_networks(chosen[0], req.network_type, 1) else None
@@ -173,7 +173,7 @@ def assign(req: Request, chosen: list[Pool], fleet: Fleet) -> list[tuple[Network
     options = []
     for pool in chosen:
         opts = []
-        for n, held in fleet.open_networks(pool, req.network_type, group):
+        for n, held in fleet.open_networks(pool, req.network_type, install):
             key = pool.net_key(n)
             by_key[key] = n
             opts.append(Option(key, n.vlan_token(pool.vcenter), held))

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from ...core.lease import Lease, install_group
+from ...core.lease import Install, Lease, install_group
 from ...core.models import lease_port_groups, parse_rfc3339
 from .base import LedgerBase
 from .records import readable, released_view, text
@@ -74,14 +74,14 @@ class LeaseStore(LedgerBase):
         return {k for k, v in zip(keys, self.r.hmget(self.k.nets, keys), strict=True)
                 if v is not None}
 
-    def holdings(self) -> list[tuple[str, list[str], list[tuple[str, int]]]]:
-        """(boskos-lease-id group, network keys, VLANs) of every live lease of a group: what
-        the placement core's Holdings starts from. O(leases)."""
+    def holdings(self) -> list[tuple[Install, list[str], list[tuple[str, int]]]]:
+        """(install, network keys, VLANs) of every live lease of a boskos-lease-id group:
+        what the placement core's Holdings starts from. O(leases)."""
         out = []
         for raw in self.leases():
             lease = Lease.from_wire(raw)
-            if lease.group:
-                out.append((lease.group, lease.port_groups, lease.vlans))
+            if lease.install:
+                out.append((lease.install, lease.port_groups, lease.vlans))
         return out
 
     def expired(self, now: float, limit: int = 1000) -> list[str]:
@@ -130,8 +130,8 @@ class LeaseStore(LedgerBase):
                 u["memory"] += sp["memory"]
                 u["storage"] += sp["storage"]
                 u["leases"] += 1
-                install = install_group(st.get("labels"), st.get("boskos-lease-id")) \
-                    or f"request {rid}"
+                group = install_group(st.get("labels"), st.get("boskos-lease-id"))
+                install = f"{st['owner']!r} group {group!r}" if group else f"request {rid}"
                 for key in lease_port_groups(lease):
                     if installs.setdefault(key, install) != install:
                         raise ValueError(f"network {key!r} in new leases of two installs "
