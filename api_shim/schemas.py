@@ -29,7 +29,9 @@ ACQUIRE_REQUEST: dict[str, Any] = {
         "storage": {"type": "integer", "minimum": 0, "default": 0,
                     "description": "GB of datastore per vCenter"},
         "vcenters": {"type": "integer", "minimum": 0, "default": 1,
-                     "description": "how many pools, each on a different vCenter (0 means 1)"},
+                     "description": "without `pools`: how many pools, each on a different "
+                     "vCenter (0 means 1); with `pools`: a cap on distinct vCenters (0: none; "
+                     "one above `pools` caps nothing)"},
         "networks": {"type": "integer", "minimum": 0, "default": 1,
                      "description": "port groups per pool"},
         "network-type": {"type": "string", "default": "single-tenant"},
@@ -95,6 +97,13 @@ NETWORK = {
     "properties": {
         "port-group": {"type": "string"}, "vlan": {"type": ["integer", "null"]},
         "cidr": {"type": "string"}, "gateway": {"type": "string"}, "type": {"type": "string"},
+        "pod": {"type": "string"}, "machine-network-cidr": {"type": "string"},
+        "ip-addresses": {"type": "array", "items": {"type": "string"}, "description":
+                         "when configured, or a slice's; else the cidr's addresses from the "
+                         "network address on ([2] and [3]: the VIPs)"},
+        "ipv6-cidr": {"type": "string"}, "ipv6-start": {"type": "string"},
+        "nameservers": {"type": "array", "items": {"type": "string"}},
+        "router": {"type": "string"}, "datacenter": {"type": "string"},
     },
 }
 

@@ -47,7 +47,7 @@ from bench import (
     verdict,
     write_pools,
 )
-from workers.core.models import Pool, make_lease, parse_request
+from workers.core.models import Pool, lease_port_groups, make_lease, parse_request
 from workers.core.placement import Fleet, FreeNets, place
 from workers.core.pools import parse_pools
 
@@ -96,7 +96,7 @@ def fleet_of(pools: dict[str, Pool], leases: list[dict]) -> Fleet:
         st, sp = lease["status"], lease["spec"]
         fleet.usage[st["pool"]] = fleet.used(st["pool"]).plus(sp["vcpus"], sp["memory"],
                                                               sp["storage"])
-        fleet.used_nets.update(f"{st['vcenter']}|{n['port-group']}" for n in st["networks"])
+        fleet.used_nets.update(lease_port_groups(lease))
     fleet.free = FreeNets(pools, fleet.used_nets)  # the aggregate the worker keeps up to date
     return fleet
 

@@ -179,9 +179,12 @@ class Placing:
             latency = now - since if since is not None else None
             answer = {"granted": [[x["metadata"]["name"] for x in groups[r.key]] for r in reqs],
                       "request-ids": [r.request_id for r in reqs]}
+            # networks already in use that the plan gives out: its install holds them
+            held = [key for placements in plan for p in placements for n in p.networks
+                    if not fleet.is_free(key := p.pool.net_key(n))]
             commit = self.ledger.commit(version, groups, caps, [granted] if granted else None,
                                         latency, lone=lone, tasks=[task] if task else None,
-                                        answer=answer)
+                                        answer=answer, held=held)
             if commit.status == "answered" and commit.answer is not None:
                 return self.replay(commit.answer)
             if commit.status == "ok":

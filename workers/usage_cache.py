@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .adapters.ledger import Ledger, LedgerUnready
+from .core.fleet import Holdings, UsedNets
 from .core.health import degraded, effective
 from .core.lease import Lease
 from .core.models import Request
@@ -33,8 +34,9 @@ class UsageCache:
         self.health_records: dict[str, Any] = {}  # as last read (vCenter -> record)
         self.version = -1
         self._usage: dict[str, Usage] = {}
-        self._nets: set[str] = set()
+        self._nets = UsedNets()
         self._free: FreeNets | None = None  # free port groups of self._nets, when built
+        self._holdings = Holdings(ledger.holdings)  # what each install holds, read on use
 
     def fleet(self, fresh: bool = False, indexed: bool = False) -> tuple[int, Fleet]:
         """The cached usage as a Fleet; `indexed` adds the free port-group aggregate (kept
@@ -42,17 +44,19 @@ class UsageCache:
         if fresh or self.version < 0:
             self._free = None
             try:
-                self.version, self._usage, self._nets = self.ledger.usage(self.writer)
+                self.version, self._usage, nets = self.ledger.usage(self.writer)
             except LedgerUnready:
                 self.ensure_ready()
-                self.version, self._usage, self._nets = self.ledger.usage()
+                self.version, self._usage, nets = self.ledger.usage()
+            self._nets = UsedNets(nets)  # placed() and released() change it in place
+            self._holdings = Holdings(self.ledger.holdings)
         pools = self.pools.current()
         if self._free is not None and self._free.pools is not pools:
             self._free = None
         if indexed and self._free is None:
             self._free = FreeNets(pools, self._nets)
         return self.version, Fleet(pools, self._usage, self._nets, self._free,
-                                   self.degraded(fresh))
+                                   self.degraded(fresh), self._holdings)
 
     def degraded(self, fresh: bool = False) -> dict[str, str]:
         """Pools the live vCenter health calls degraded: read as data from the ledger, at
@@ -87,7 +91,10 @@ class UsageCache:
             self.forget()
             return
         fleet = Fleet({}, self._usage, self._nets, self._free)  # the cache, as a Fleet
+        keys = sorted({k for lease in leases for k in lease.port_groups})
+        shared = self.ledger.nets_held(keys)  # still held by others of their install
         for lease in leases:
             fleet.remove(lease.pool, lease.vcpus, lease.memory, lease.storage,
-                         lease.port_groups)
+                         [k for k in lease.port_groups if k not in shared])
+            self._holdings.remove(lease.install, lease.port_groups, lease.vlans)
         self.version = old_version + 1

@@ -8,7 +8,7 @@ import json
 import logging
 from typing import Any
 
-from ...core.lease import port_group_key
+from ...core.lease import network_key
 from ...core.models import parse_rfc3339
 from ...core.text import text_problem
 
@@ -138,7 +138,7 @@ def aside_hold(record: Any) -> dict[str, Any] | None:
         return None
     if _cut_short(nets, sp.get("networks")):
         return None
-    keys = sorted({port_group_key(vcenter, n["port-group"]) for n in nets})
+    keys = sorted({network_key(vcenter, n) for n in nets})
     return {"pool": pool, "vcenter": vcenter, "vcpus": dims[0], "memory": dims[1],
             "storage": dims[2], "nets": keys}
 

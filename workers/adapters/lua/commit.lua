@@ -9,7 +9,8 @@
 --       owner:<owner>, expiry, req:<key>, waiting, waiters, twins:<key>, answered:<task>,
 --       blocked, stats, latency, kick)
 -- ARGV: [1] prefix, [2] the usage version the decision read,
---       [3] {rids: {key: ids JSON}, pools: {pool: usage + cap}, nets: {pg key: lease id},
+--       [3] {rids: {key: ids JSON}, pools: {pool: usage + cap}, nets: {pg key: lease ids,
+--            space-separated}, held?: {pg key: true, for those the install holds already},
 --            leases: [{id, owner, exp}], granted?: [waiter keys], lone?, quiet?, floor?,
 --            latency?: {seconds, bucket?}, answer?: {tasks: [task id], json, ttl}},
 --       [4..] each new lease's JSON, in the order of `leases`
@@ -72,8 +73,12 @@ for pool, u in pairs(d.pools) do
     return {'over', pool}
   end
 end
+local held = d.held or {}
 for key, _ in pairs(d.nets) do
-  if redis.call('HEXISTS', p .. 'nets', key) == 1 then return {'over', key} end
+  -- free, unless the install's other leases hold it (then they share it)
+  if (redis.call('HEXISTS', p .. 'nets', key) == 1) ~= (held[key] == true) then
+    return {'over', key}
+  end
 end
 for pool, u in pairs(d.pools) do
   local k = p .. 'use:' .. pool
@@ -83,7 +88,10 @@ for pool, u in pairs(d.pools) do
   redis.call('HSET', k, 'vcenter', u.vcenter)
   redis.call('SADD', p .. 'pools', pool)
 end
-for key, id in pairs(d.nets) do redis.call('HSET', p .. 'nets', key, id) end
+for key, ids in pairs(d.nets) do
+  local cur = held[key] and redis.call('HGET', p .. 'nets', key)
+  redis.call('HSET', p .. 'nets', key, cur and (cur .. ' ' .. ids) or ids)
+end
 for i, l in ipairs(d.leases) do
   redis.call('HSET', p .. 'leases', l.id, ARGV[3 + i])  -- the lease JSON, as sent
   redis.call('SADD', p .. 'owner:' .. l.owner, l.id)

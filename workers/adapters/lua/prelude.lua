@@ -34,3 +34,25 @@ local function readable(l)
   end
   return true
 end
+
+-- The ledger key of one of a lease's networks, as core/lease.py's port_group_key builds it:
+-- "<vcenter>|<port group>[|<pod>[|<slice>]]", trailing empty parts left out; a pod or slice
+-- that is not a string reads as unset.
+local function net_key(vcenter, n)
+  local key = vcenter .. '|' .. n['port-group']
+  local pod = type(n.pod) == 'string' and n.pod or ''
+  local slice = type(n.slice) == 'string' and n.slice or ''
+  if slice ~= '' then return key .. '|' .. pod .. '|' .. slice end
+  if pod ~= '' then return key .. '|' .. pod end
+  return key
+end
+
+-- A network's holders without `id`: the `nets` hash holds "<lease id> <lease id> ..." (the
+-- leases of one install may share a network; one holder is the usual case).
+local function without(holders, id)
+  local out = {}
+  for x in string.gmatch(holders or '', '%S+') do
+    if x ~= id then out[#out + 1] = x end
+  end
+  return table.concat(out, ' ')
+end
