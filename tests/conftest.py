@@ -36,8 +36,8 @@ def stack(redis_server, pools_file, tmp_path_factory):
     placement.wait_ready()
     queries.wait_ready()
     yield {"env": env, "placement": placement, "queries": queries, "redis": redis_server}
-    placement.stop()
-    queries.stop()
+    placement.kill()
+    queries.kill()
 
 
 @pytest.fixture()

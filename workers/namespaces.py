@@ -16,8 +16,9 @@ Never releasing by mistake comes first:
   shown on /readyz; the next run tries again;
 - an answer with no namespace at all is taken for an error too (a cluster always has some);
 - a Terminating namespace still exists: its leases stay until it is gone;
-- only leases taken before the list was asked for (by GRACE seconds; `leased-at` has whole
-  seconds) are compared, so a lease in a namespace created after the list started stays;
+- only leases taken before the list was asked for (by VCM_NAMESPACE_GRACE, 2 s; `leased-at`
+  has whole seconds) are compared, so a lease in a namespace created after the list started
+  stays;
 - a label value that cannot be a namespace name never named one: such leases are left alone.
 
 Without a Kubernetes configuration (not in a cluster, no usable kubeconfig) the feature is off:
@@ -52,7 +53,6 @@ REASON = "namespace-gone"
 PRUNED_STAT = "namespace-pruned"  # counted by the release script (lua/release.lua)
 ERRORS_STAT = "namespace-errors"
 STATUS = "namespaces"  # the status hash, after the ledger's key prefix
-GRACE = 2.0
 BATCH = 500
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _said_off = threading.Event()  # "no Kubernetes configuration" is logged once per process
@@ -136,6 +136,7 @@ class Pruner:
         settings = settings or service.settings
         self.interval = settings.namespace_prune_interval  # None: off
         self.timeout = settings.namespace_timeout
+        self.grace = settings.namespace_grace
         ledger = service.ledger
         self.redis = ledger.r
         self.key = ledger.k.prefix + STATUS
@@ -159,7 +160,7 @@ class Pruner:
             return self._failed(str(exc), started)
         finally:
             api.close()
-        released, by_namespace = self._prune(names, started - GRACE)
+        released, by_namespace = self._prune(names, started - self.grace)
         self._store({"state": "ok", "checked-at": started, "pruned-at": started,
                      "namespaces": len(names), "released": len(released), "error": ""},
                     runs=1)
