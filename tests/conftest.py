@@ -33,8 +33,13 @@ def stack(redis_server, pools_file, tmp_path_factory):
     env = env_for(redis_server.url, pools_file, VCM_MIRROR_FILE=str(mirror))
     placement = Worker(env, "placement").start(wait=False)
     queries = Worker(env, "queries", pool="threads", concurrency=4).start(wait=False)
-    placement.wait_ready()
-    queries.wait_ready()
+    try:
+        placement.wait_ready()
+        queries.wait_ready()
+    except BaseException:  # nothing left running
+        placement.kill()
+        queries.kill()
+        raise
     yield {"env": env, "placement": placement, "queries": queries, "redis": redis_server}
     placement.kill()
     queries.kill()

@@ -290,7 +290,11 @@ class Worker(LoggedProcess):
     def start(self, wait: bool = True) -> Worker:
         self.spawn(self.command(), self.env)
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:  # a worker that never got ready is not left running
+                self.kill()
+                raise
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -339,7 +343,11 @@ class Beat(Worker):
                 "--schedule", schedule]
         self.spawn(args, self.env)
         if wait:
-            wait_for(lambda: "beat: Starting" in self.output(), what="beat")
+            try:
+                wait_for(lambda: "beat: Starting" in self.output(), what="beat")
+            except BaseException:
+                self.kill()
+                raise
         return self
 
 
@@ -357,11 +365,17 @@ class Stack:
                                     Worker(self.env, "queries", pool="threads", concurrency=4)]
         if beat:
             self.procs.append(Beat(self.env))
-        for p in self.procs:
-            p.start(wait=False)
-        for p in self.procs:
-            p.wait_ready() if not isinstance(p, Beat) else wait_for(
-                lambda p=p: "beat: Starting" in p.output(), what="beat")
+        try:
+            for p in self.procs:
+                p.start(wait=False)
+            for p in self.procs:
+                p.wait_ready() if not isinstance(p, Beat) else wait_for(
+                    lambda p=p: "beat: Starting" in p.output(), what="beat")
+        except BaseException:  # a stack that did not start leaves nothing running
+            for p in self.procs:
+                p.kill()
+            self.redis.stop()
+            raise
         from celery import Celery
 
         self.app = Celery("client", broker=self.redis.url, backend=self.redis.url)
