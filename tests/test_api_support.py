@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from tests.support.procs import LoggedProcess, free_port, wait_for
+from tests.support.procs import START_TIMEOUT, LoggedProcess, free_port, wait_for
 
 UPSTREAM = {"vcpus": 24, "memory": 96, "storage": 700, "vcenters": 1}
 TOKENS = "alice:alice-secret,bob:bob-secret,root:root-secret:admin"
@@ -40,7 +40,7 @@ class ApiServer(LoggedProcess):
             return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
 
         try:
-            wait_for(up, timeout=20, what="the API server")
+            wait_for(up, timeout=START_TIMEOUT, what="the API server")
             if ready:
                 wait_for(lambda: httpx.get(self.url + "/readyz", timeout=5).status_code == 200,
                          timeout=20, what="the API to see a placement worker")

@@ -50,6 +50,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# the longest a process may take to start: a hang guard, long enough for a Celery worker or the
+# HTTP shim (about a second of CPU each) on a shared 2-core machine running `make test`'s four
+# pytest-xdist workers beside other work
+START_TIMEOUT = 60.0
+
+
 def wait_for(check, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -297,7 +303,7 @@ class Worker(LoggedProcess):
                 raise
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Until this run logs `<name> ready.` (the main process, once its pool is up, for
         every pool); a restart's log still holds the previous run's line, which is skipped."""
         marker = f"{self.name} ready."
@@ -344,7 +350,8 @@ class Beat(Worker):
         self.spawn(args, self.env)
         if wait:
             try:
-                wait_for(lambda: "beat: Starting" in self.output(), what="beat")
+                wait_for(lambda: "beat: Starting" in self.output(), timeout=START_TIMEOUT,
+                         what="beat")
             except BaseException:
                 self.kill()
                 raise
@@ -370,7 +377,8 @@ class Stack:
                 p.start(wait=False)
             for p in self.procs:
                 p.wait_ready() if not isinstance(p, Beat) else wait_for(
-                    lambda p=p: "beat: Starting" in p.output(), what="beat")
+                    lambda p=p: "beat: Starting" in p.output(), timeout=START_TIMEOUT,
+                    what="beat")
         except BaseException:  # a stack that did not start leaves nothing running
             for p in self.procs:
                 p.kill()
