@@ -26,7 +26,8 @@ from tests.support.rbac import deploy_rbac, kube_env_as_deployed
 from tests.test_api_support import ApiServer
 from workers.adapters.ledger import Ledger
 from workers.core.models import parse_rfc3339
-from workers.namespaces import GRACE, NAMESPACE_LABEL
+from workers.namespaces import NAMESPACE_LABEL
+from workers.settings import Settings
 
 POOLS = yaml.safe_dump({"pools": [
     {"name": f"p{i}", "vcenter": f"vc{i}", "datacenter": "dc", "cluster": "c", "datastore": "ds",
@@ -66,8 +67,9 @@ def released(s: Stack, lease_id: str) -> dict:
 
 def age_past_grace(s: Stack, ids: list[str]) -> None:
     """Until the leases are old enough to be compared with a list asked for now."""
+    grace = Settings.from_env(s.env).namespace_grace
     leased = max(parse_rfc3339(x["status"]["leased-at"]) for x in ledger(s).get_many(ids))
-    time.sleep(max(0.0, leased + 1 + GRACE + 0.2 - time.time()))
+    time.sleep(max(0.0, leased + 1 + grace + 0.2 - time.time()))
 
 
 def readyz(api: ApiServer) -> tuple[int, dict]:

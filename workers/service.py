@@ -44,7 +44,7 @@ class Capacity:
         self.writer = writer
         self.lock = threading.RLock()
         self.cache = UsageCache(ledger, pools, writer, lambda: self.ensure_ready(),
-                                settings.inventory_stale)
+                                settings.inventory_stale, settings.health_refresh)
         self.recovery = Recovery(ledger, mirror, writer, self.lock, self.cache.forget)
         self.placing = Placing(ledger, pools, settings, self.cache, self.recovery)
         self.line = WaitingLine(ledger, pools, settings, self.cache, self.placing, replies)

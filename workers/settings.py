@@ -216,11 +216,15 @@ class Settings(EnvSettings):
     namespace_prune_interval: Annotated[float | None, duration(minimum=1, off=("0", *OFF))] = \
         Field(default="5m")
     namespace_timeout: Annotated[float, duration(maximum=600, floor=0.1)] = Field(default="10s")
+    # only leases taken this long before a run's list call are compared with the list
+    namespace_grace: Annotated[float, duration(maximum=600)] = Field(default="2s")
 
     # live vCenter health (workers/adapters/inventory.py); an interval of 0 or off: no sync
     inventory_interval: Annotated[float, duration(maximum=86400, off=OFF, off_value=0.0)] = \
         Field(default="5m")
     inventory_timeout: Annotated[float, duration(maximum=3600, floor=1)] = Field(default="30s")
+    # how often a worker reads the live health from the ledger (placement and estimates)
+    health_refresh: Annotated[float, duration(maximum=3600)] = Field(default="5s")
 
     # vCenter access (workers/adapters/vcenter_access.py). Credentials: per vCenter
     # (`vc1=user:pass,…`), and one shared credential sent only to the vCenters

@@ -18,18 +18,20 @@ from .core.models import Request
 from .core.placement import Fleet, FreeNets, Usage
 from .ports import Pools
 
-HEALTH_REFRESH = 5.0  # seconds between reads of the live health (written every few minutes)
-
 
 class UsageCache:
     def __init__(self, ledger: Ledger, pools: Pools, writer: bool,
-                 ensure_ready: Callable[[], Any], health_stale: float = 1800.0) -> None:
+                 ensure_ready: Callable[[], Any], health_stale: float = 1800.0,
+                 health_refresh: float = 5.0) -> None:
         self.ledger = ledger
         self.pools = pools
         self.writer = writer
         self.ensure_ready = ensure_ready
         self.health_stale = health_stale
-        self._health_read = -HEALTH_REFRESH
+        # seconds between reads of the live health (VCM_HEALTH_REFRESH; the sync writes it
+        # every few minutes)
+        self.health_refresh = health_refresh
+        self._health_read = float("-inf")
         self._degraded: dict[str, str] = {}
         self.health_records: dict[str, Any] = {}  # as last read (vCenter -> record)
         self.version = -1
@@ -60,10 +62,10 @@ class UsageCache:
 
     def degraded(self, fresh: bool = False) -> dict[str, str]:
         """Pools the live vCenter health calls degraded: read as data from the ledger, at
-        most every HEALTH_REFRESH seconds; a failed read keeps the last one (health never
+        most every `health_refresh` seconds; a failed read keeps the last one (health never
         blocks placement)."""
         now = time.monotonic()
-        if fresh or now - self._health_read >= HEALTH_REFRESH:
+        if fresh or now - self._health_read >= self.health_refresh:
             self._health_read = now
             try:
                 self.health_records = self.ledger.health()
