@@ -40,6 +40,12 @@ class Queued(Exception):
     """The request is already waiting in line (sent again): join it there."""
 
 
+class Settled(Exception):
+    """A waiter being served whose every task was answered otherwise (a copy of the task that
+    asked for another request was granted or refused): it is never granted, it leaves the
+    line."""
+
+
 class Placing:
     def __init__(self, ledger: Ledger, pools: Pools, settings: Settings, cache: UsageCache,
                  recovery: Recovery) -> None:
@@ -203,6 +209,8 @@ class Placing:
                 raise Queued(commit.detail)
             if commit.status == "blocked":
                 raise self._blocked(commit.detail)
+            if commit.status == "settled":
+                raise Settled(commit.detail)
             if commit.status == "gone":
                 raise WaitTimeout.of(0)  # the waiter left the line meanwhile (expired)
             if commit.status == "waiters":  # someone joined the line: hold pools for them
