@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import call, placement_barrier
+from tests.helpers import call, failure, placement_barrier
 from tests.support.procs import wait_for
 
 COPIES = 5
@@ -251,3 +251,21 @@ def test_a_twin_is_granted_but_a_task_answered_otherwise_keeps_its_answer(s):
     assert call(s.app, "vcm.list_leases", owner="patient") == leases
     s.check()
 
+
+def test_a_batch_holding_a_request_that_waits_in_line_is_refused_naming_its_request_id(s):
+    """The same (owner, request-id) sent again in a batch while it waits: a batch never
+    waits, so it is refused; the request keeps its place and its task gets the leases."""
+    hog = [_names(call(s.app, "vcm.acquire", request={"vcpus": v, "memory": 4, "owner": "hog",
+                                                      "required-pool": pool}))[0]
+           for v, pool in ((15, "p1"), (1, "p2"))]
+    request = {**WAITER, "vcpus": 16, "request-id": "patient-1"}
+    r = _send(s, "vcm.acquire", uuid.uuid4().hex, request=request)
+    wait_for(lambda: r.state == "WAITING", what="the first to wait")
+    small = {"vcpus": 1, "memory": 1, "owner": "patient", "request-id": "patient-1"}  # fits p1
+    refused = failure(s.app, "vcm.acquire_batch", requests=[small])
+    assert (type(refused).__name__, refused.args[1]) == ("InvalidRequest",
+                                                         {"field": "request-id"})
+    assert "'patient-1' is waiting in line" in refused.args[0]
+    assert ([x["request-id"] for x in call(s.app, "vcm.waiting")],
+            sorted(s.ledger.audit()["leases"])) == (["patient-1"], sorted(hog))
+    s.check()
