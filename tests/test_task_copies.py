@@ -62,8 +62,8 @@ class Answers:
             self.seen.append("granted" if event["type"] == "task-succeeded"
                              else event["exception"].split("(", 1)[0])
 
-    def wait(self, n: int) -> list[str]:
-        wait_for(lambda: len(self.seen) >= n, timeout=30,
+    def wait(self, n: int, timeout: float = 30) -> list[str]:
+        wait_for(lambda: len(self.seen) >= n, timeout=timeout,
                  what=f"{n} answers to {self.task_id} (so far {self.seen})")
         return list(self.seen)
 
