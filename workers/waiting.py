@@ -101,7 +101,8 @@ class WaitingLine:
                 leases = self.placing.place([req], granted=key, held=held,
                                             since=record["since"])[0]
             except Settled:  # its tasks have their answers: it leaves, nobody is answered
-                self.ledger.unpark(key)
+                for task_id in [record["task"], *self.ledger.unpark(key).twins]:
+                    self._shown.pop(task_id, None)
                 continue
             except NoCapacity as exc:
                 position += 1
