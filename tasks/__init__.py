@@ -145,7 +145,10 @@ def _answer(task, result: Any) -> Any:
 
 @app.task(name="vcm.acquire", bind=True, throws=EXPECTED)
 def acquire(self, request: Any = None, *args: Any, **extra: Any) -> list[dict[str, Any]]:
-    _no_extra(args, extra)
+    try:
+        _no_extra(args, extra)
+    except InvalidRequest as exc:  # the task id's answer: every copy of the task gets it too
+        return _answer(self, service().refuse(self.request.id, exc)[0])
     from workers.service import Parked
 
     result = service().acquire(request, self.request.id)
@@ -158,7 +161,10 @@ def acquire(self, request: Any = None, *args: Any, **extra: Any) -> list[dict[st
 @app.task(name="vcm.acquire_batch", bind=True, throws=EXPECTED)
 def acquire_batch(self, requests: Any = None, *args: Any,
                   **extra: Any) -> list[list[dict[str, Any]]]:
-    _no_extra(args, extra)
+    try:
+        _no_extra(args, extra)
+    except InvalidRequest as exc:  # the task id's answer: every copy of the task gets it too
+        return _answer(self, service().refuse(self.request.id, exc))
     return _answer(self, service().acquire_batch(requests, self.request.id))
 
 

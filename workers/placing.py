@@ -40,6 +40,12 @@ class Queued(Exception):
     """The request is already waiting in line (sent again): join it there."""
 
 
+class Settled(Exception):
+    """A waiter being served whose every task was answered otherwise (a copy of the task that
+    asked for another request was granted or refused): it is never granted, it leaves the
+    line."""
+
+
 class Placing:
     def __init__(self, ledger: Ledger, pools: Pools, settings: Settings, cache: UsageCache,
                  recovery: Recovery) -> None:
@@ -98,6 +104,8 @@ class Placing:
         """All the parsed requests' leases, or none (see parse_batch)."""
         try:
             return self.place(reqs, task=task_id)
+        except Queued as queued:  # a batch never waits: one of its requests waits in line
+            return self.refuse(task_id, _in_line(reqs, str(queued)))
         except REFUSALS as exc:
             return self.refuse(task_id, exc)
 
@@ -201,11 +209,12 @@ class Placing:
                                         "already used by another request of this owner")
             if commit.status == "queued":
                 if len(reqs) > 1:
-                    raise InvalidRequest.of("request-id", f"{_rid(reqs, commit.detail)!r} is "
-                                            "waiting in line: its task gets the leases")
+                    raise _in_line(reqs, commit.detail)
                 raise Queued(commit.detail)
             if commit.status == "blocked":
                 raise self._blocked(commit.detail)
+            if commit.status == "settled":
+                raise Settled(commit.detail)
             if commit.status == "gone":
                 raise WaitTimeout.of(0)  # the waiter left the line meanwhile (expired)
             if commit.status == "waiters":  # someone joined the line: hold pools for them
@@ -260,6 +269,12 @@ class Placing:
 
 def _rid(reqs: list[Request], key: str) -> str:
     return next(r.request_id for r in reqs if r.key == key)
+
+
+def _in_line(reqs: list[Request], key: str) -> InvalidRequest:
+    """The refusal of a batch holding a request that waits in line (a batch never waits)."""
+    return InvalidRequest.of("request-id", f"{_rid(reqs, key)!r} is waiting in line: its task "
+                             "gets the leases")
 
 
 def _why_gone(lease: Lease) -> str:

@@ -15,7 +15,7 @@ import threading
 from typing import Any
 
 from .adapters.ledger import Ledger
-from .core.errors import InvalidRequest
+from .core.errors import InvalidRequest, VcmError
 from .core.labels import matches, narrows, parse_selector
 from .core.lease import Lease
 from .core.models import text_arg
@@ -81,6 +81,11 @@ class Capacity:
             return self.placing.refuse(task_id, exc)
         with self.lock:
             return self.placing.acquire_batch(reqs, task_id)
+
+    def refuse(self, task_id: str, exc: VcmError) -> list[list[dict[str, Any]]]:
+        """Refuse an acquire's task with `exc`, or answer what a copy of it was answered
+        first (see Placing.refuse)."""
+        return self.placing.refuse(task_id, exc)
 
     def release(self, lease_ids: Any = None, owner: Any = None, selector: Any = None,
                 reason: str = "released") -> list[str]:

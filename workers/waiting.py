@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .adapters.ledger import Ledger
-from .core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
+from .core.errors import InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
 from .core.models import Request, rfc3339, text_arg
 from .core.placement import Fleet, place_batch, reserve_for
-from .placing import Placing
+from .placing import Placing, Settled
 from .ports import Pools, Replies
 from .settings import Settings
 from .usage_cache import UsageCache
@@ -100,6 +100,10 @@ class WaitingLine:
                 req = self.placing.parse(record["request"], key)
                 leases = self.placing.place([req], granted=key, held=held,
                                             since=record["since"])[0]
+            except Settled:  # its tasks have their answers: it leaves, nobody is answered
+                for task_id in [record["task"], *self.ledger.unpark(key).twins]:
+                    self._shown.pop(task_id, None)
+                continue
             except NoCapacity as exc:
                 position += 1
                 if position == 1:
@@ -118,11 +122,18 @@ class WaitingLine:
         return granted
 
     def _answer(self, tasks: list[str], leases: list[dict[str, Any]] | None = None,
-                fail: Exception | None = None) -> None:
-        """Answer every task that waited for one request (the first and its twins)."""
+                fail: VcmError | None = None) -> None:
+        """Answer every task that waited for one request (the first and its twins), except a
+        task answered otherwise (a copy of it that asked for another request was granted or
+        refused first): its result keeps the answer its copies get."""
+        given = (json.loads(json.dumps(fail.to_dict())) if fail is not None
+                 else [[x["metadata"]["name"] for x in leases or []]])
         for task_id in dict.fromkeys(tasks):
             self._shown.pop(task_id, None)
             if self.replies is None:
+                continue
+            answered = self.ledger.answered(task_id)
+            if answered is not None and given not in (answered, answered.get("granted")):
                 continue
             if fail is not None:
                 self.replies.fail(task_id, fail)

@@ -58,7 +58,7 @@ class Commit:
 
     status: str  # ok | answered | dup | stale | over | conflict | gone | unready | waiters |
     # queued | blocked (detail: JSON {ids, count} of set-aside records whose holdings cannot be
-    # read)
+    # read) | settled (detail: the waiter's key; every task waiting for it was answered otherwise)
     version: int = 0
     seq: int = 0
     existing: dict[str, list[str]] = field(default_factory=dict)

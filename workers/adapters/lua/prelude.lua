@@ -56,3 +56,16 @@ local function without(holders, id)
   end
   return table.concat(out, ' ')
 end
+
+-- The tasks waiting for a request in the waiting line: its first task and its twins.
+local function waiting_tasks(p, rid)
+  local tasks = {}
+  local ok, waiter = pcall(cjson.decode, redis.call('HGET', p .. 'waiters', rid) or '')
+  if ok and type(waiter) == 'table' and type(waiter.task) == 'string' and waiter.task ~= '' then
+    tasks[#tasks + 1] = waiter.task
+  end
+  for _, twin in ipairs(redis.call('SMEMBERS', p .. 'twins:' .. rid)) do
+    tasks[#tasks + 1] = twin
+  end
+  return tasks
+end
