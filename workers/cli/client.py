@@ -58,7 +58,9 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
     except Exception as exc:  # kombu raises several kinds when Redis is unreachable
         if refused_for_memory(exc):
             raise _full(app, f"{name} was not sent and nothing changed") from None
-        raise CliError(f"cannot reach Redis at {app.conf.broker_url}: {exc}") from None
+        from ..settings import shown_url
+
+        raise CliError(f"cannot reach Redis at {shown_url(app.conf.broker_url)}: {exc}") from None
     deadline = time.monotonic() + timeout
     hinted, last_line = False, ""
     full: RedisFull | None = None  # Redis refused to take the task again: it is full
