@@ -11,7 +11,10 @@ client gets its leases once Redis has room.
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +27,7 @@ from tests.helpers import check_invariants
 from tests.support.kube_apiserver import KubeApiServer
 from tests.support.pressure import ManifestRedis, fill, fill_to, free, memory
 from tests.support.procs import ROOT, env_for, wait_for
-from tests.test_pressure import ANSWER, PausingWorker, lease_ids, logged, small
+from tests.test_pressure import ANSWER, OWNER, PausingWorker, lease_ids, logged, small
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
 
@@ -174,3 +177,53 @@ def test_a_batch_whose_commit_takes_redis_past_maxmemory_is_whole_and_answered(c
     answer = r.get(timeout=ANSWER)
     assert sorted(x["metadata"]["name"] for group in answer for x in group) == granted
     assert s.invariants()["leases"].keys() == audit["leases"].keys()
+
+
+def test_a_waiter_granted_as_redis_fills_gets_its_leases_after_its_worker_stopped(cm_stack,
+                                                                                   tmp_path):
+    """`vcm acquire --wait` waits in line; a release grants it, and Redis fills before its
+    answer is stored. The worker holds the answer and is stopped (a rollout) while Redis is
+    full: the answer it held is gone with it, and the waiter's task, acked when it joined the
+    line, is never given again. The grant is in the ledger, recorded as the task's answer:
+    vcm, seeing its task still waiting after its wait ran out, sends a copy, which gets the
+    leases."""
+    s = cm_stack
+    gate = tmp_path / "gate"
+    big = {"vcpus": 100, "memory": 1, "networks": 0, "owner": OWNER}
+    held = [lease_ids(s.app.send_task("vcm.acquire", kwargs={"request": {
+        **big, "request-id": f"big-{i}"}}, queue="placement").get(timeout=ANSWER))[0]
+        for i in range(2)]  # pool1 and pool2: 100 vCPUs fit nowhere else
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "acquire", "--vcpus", "100", "--memory", "1",
+         "--networks", "0", "--owner", OWNER, "--request-id", "waiter", "--wait", "20s",
+         "--timeout", "120", "-o", "json", "--redis-url", s.redis.url],
+        cwd=ROOT, env={**s.placement.env, "VCM_RESEND_AFTER": "1s"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        ledger = Ledger(s.client)
+        waiting = wait_for(lambda: ledger.waiters(), timeout=ANSWER, what="the waiter in line")
+        task_id = waiting[0][1]["task"]
+        (gate / "armed").touch()
+        s.app.send_task("vcm.release", kwargs={"lease_ids": held[:1]}, queue="placement")
+        wait_for((gate / "waiting").exists, timeout=ANSWER, what="the commit of the grant")
+        fill(s.app, s.client)
+        (gate / "open").touch()
+        logged(s.placement, f"holding the answer of task {task_id}")
+        granted = [i for i, x in s.invariants()["leases"].items()
+                   if x["status"]["request-id"] == "waiter"]
+        assert len(granted) == 1
+        s.placement.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: s.placement.proc.poll() is not None, timeout=60,
+                 what="the worker to stop while Redis is full")
+        s.placement.start(wait=False)
+        logged(s.placement, "waiting for room")
+        free(s.client)
+        out, err = cli.communicate(timeout=180)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
+    assert cli.returncode == 0, err
+    assert lease_ids(json.loads(out)) == granted
+    assert [i for i, x in s.invariants()["leases"].items()
+            if x["status"]["request-id"] == "waiter"] == granted
