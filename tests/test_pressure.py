@@ -339,3 +339,19 @@ def test_a_redis_that_refuses_info_still_gives_the_ledger_metrics(stack):
     finally:
         s.client.acl_setuser("default", enabled=True, commands=["+info"])
     assert "vcm_redis_memory_used_ratio" in s.metrics()
+
+
+def test_a_request_that_quotes_redis_refusal_is_refused_for_its_field_not_as_redis_full(stack):
+    """Hostile input: a field whose text is Redis's own refusal for memory is an invalid
+    request naming the field, never RedisFull (a full Redis is told by Redis, not by the
+    words of a request)."""
+    s = stack
+    quoted = "command not allowed when used memory > 'maxmemory'"
+    p = s.vcm("acquire", "--vcpus", "1", "--memory", "1", "--networks", "0", "--owner", OWNER,
+              "--required-pool", quoted)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "InvalidRequest" in p.stderr and "required-pool" in p.stderr, p.stderr
+    resp = s.http.post("/acquire", json={**small("quoted"), "required-pool": quoted})
+    assert resp.status_code in (400, 422), resp.text
+    assert resp.json()["error"] == "InvalidRequest", resp.text
+    assert resp.json()["details"]["field"] == "required-pool", resp.text

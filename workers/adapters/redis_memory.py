@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from .. import backoff
-from ..core.errors import RedisFull
+from ..core.errors import RedisFull, VcmError
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,14 @@ OOM_TEXT = "command not allowed when used memory > 'maxmemory'"
 
 def refused_for_memory(exc: BaseException | None) -> bool:
     """Whether `exc` (or an exception it was raised from) is Redis refusing a write because
-    it is full."""
+    it is full. Our own errors are never read for Redis's words: their messages quote what a
+    request said."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, redis.exceptions.OutOfMemoryError | RedisFull) or OOM_TEXT in str(exc):
+        if isinstance(exc, VcmError):
+            return isinstance(exc, RedisFull)
+        if isinstance(exc, redis.exceptions.OutOfMemoryError) or OOM_TEXT in str(exc):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
