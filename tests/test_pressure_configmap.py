@@ -25,7 +25,7 @@ from celery import Celery
 
 from tests.helpers import check_invariants
 from tests.support.kube_apiserver import KubeApiServer
-from tests.support.pressure import ManifestRedis, fill, fill_to, free, memory
+from tests.support.pressure import ManifestRedis, fill, free
 from tests.support.procs import ROOT, env_for, wait_for
 from tests.test_pressure import ANSWER, OWNER, PausingWorker, lease_ids, logged, small
 from workers.adapters.ledger import Ledger
@@ -140,43 +140,6 @@ def test_a_worker_asked_to_stop_while_it_holds_an_answer_stops_and_a_copy_is_ans
     assert lease_ids(r.get(timeout=ANSWER)) == granted
     assert [i for i, x in s.invariants()["leases"].items()
             if x["status"]["request-id"] == "as-it-stops"] == granted
-
-
-def batch(tag: str, n: int) -> list[dict[str, Any]]:
-    """`n` requests whose leases are large (labels at their longest)."""
-    return [dict(small(f"{tag}-{i}"), labels={f"k{j}": "v" * 63 for j in range(5)})
-            for i in range(n)]
-
-
-def test_a_batch_whose_commit_takes_redis_past_maxmemory_is_whole_and_answered(cm_stack):
-    """Redis just under its maxmemory takes a batch whose commit writes more than is left:
-    Redis checks a script once, at its first write, so the commit runs to its end (every
-    lease, their counters, their request-ids) and leaves Redis full. The ledger is whole and
-    consistent, the answer waits until Redis has room, and then the client gets every lease."""
-    s = cm_stack
-    n = 200
-    before = memory(s.client).used
-    first = s.app.send_task("vcm.acquire_batch", kwargs={"requests": batch("m", n)},
-                            queue="placement")
-    ids = [x["metadata"]["name"] for group in first.get(timeout=ANSWER) for x in group]
-    grew = memory(s.client).used - before  # the commit, its answer, the task's result
-    assert s.app.send_task("vcm.release", kwargs={"lease_ids": ids}, queue="placement").get(
-        timeout=ANSWER) == ids
-    limit = memory(s.client).limit
-    fill_to(s.app, s.client, 1 - 0.35 * grew / limit)  # less room than the commit takes
-    r = s.app.send_task("vcm.acquire_batch", kwargs={"requests": batch("b", n)},
-                        queue="placement")
-    logged(s.placement, f"task {r.id} until Redis takes writes again")
-    audit = s.invariants()
-    granted = sorted(i for i, x in audit["leases"].items()
-                     if x["status"]["request-id"].startswith("b-"))
-    assert len(granted) == n
-    assert s.placement.proc.poll() is None
-
-    free(s.client)
-    answer = r.get(timeout=ANSWER)
-    assert sorted(x["metadata"]["name"] for group in answer for x in group) == granted
-    assert s.invariants()["leases"].keys() == audit["leases"].keys()
 
 
 def test_a_waiter_granted_as_redis_fills_gets_its_leases_after_its_worker_stopped(cm_stack,
