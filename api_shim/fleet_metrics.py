@@ -191,13 +191,20 @@ class FleetReader:
         pipe.scard(k.blocked)
         pipe.info("memory")
         pipe.info("stats")
-        (stats, latency, leases, waiting, usage, mirror, seq, health, aside, blocked, memory,
-         redis_stats) = pipe.execute()
+        *ledger, memory, redis_stats = pipe.execute(raise_on_error=False)
+        for reply in ledger:
+            if isinstance(reply, Exception):
+                raise reply
+        stats, latency, leases, waiting, usage, mirror, seq, health, aside, blocked = ledger
         snap = FleetSnapshot(at=time.time(), leases=int(leases or 0), waiting=int(waiting or 0),
                              set_aside=int(aside or 0), set_aside_unreadable=int(blocked or 0))
-        snap.memory = MemoryUse.from_info(memory or {})
-        evicted = _number((redis_stats or {}).get("evicted_keys"))
-        snap.evicted = int(evicted) if evicted is not None else None
+        # a Redis user may lack INFO (an ACL without @dangerous): Redis's numbers are then
+        # unknown, the ledger's are still shown
+        if not isinstance(memory, Exception):
+            snap.memory = MemoryUse.from_info(memory or {})
+        if not isinstance(redis_stats, Exception):
+            evicted = _number((redis_stats or {}).get("evicted_keys"))
+            snap.evicted = int(evicted) if evicted is not None else None
         for key, value in (stats or {}).items():
             number = _number(value)
             if number is not None:
@@ -300,6 +307,9 @@ class FleetCollector:
             GaugeMetricFamily("vcm_redis_memory_used_ratio",
                               "used_memory / maxmemory: above 1 Redis refuses every write "
                               "(noeviction) until memory is freed"),
+            GaugeMetricFamily("vcm_redis_memory_policy_evicts",
+                              "1 while Redis has a maxmemory and a maxmemory-policy other than "
+                              "noeviction: it may evict ledger records under pressure"),
         ]
         evicted = CounterMetricFamily(
             "vcm_redis_evicted_keys", "Keys Redis evicted for memory (always 0 under "
@@ -374,10 +384,11 @@ class FleetCollector:
             mirror_set_aside.add_metric([], snap.mirror_count("set-aside"))
             out += [mirror_errors, mirror_set_aside]
         if snap.memory is not None:
-            used, limit, ratio = memory
+            used, limit, ratio, evicts = memory
             used.add_metric([], snap.memory.used)
             limit.add_metric([], snap.memory.limit)
-            out += [used, limit]
+            evicts.add_metric([], int(snap.memory.evicts))
+            out += [used, limit, evicts]
             if snap.memory.ratio is not None:
                 ratio.add_metric([], snap.memory.ratio)
                 out.append(ratio)

@@ -13,6 +13,8 @@ from celery.exceptions import Ignore
 
 from tasks import results as _results  # noqa: F401 - query results expire in minutes
 from tasks.holding import wait_for_room
+from workers.adapters.redis_memory import hold
+from workers.adapters.replies import shutting_down
 from workers.bootstrap import PLACEMENT, QUERIES, Runtime, build, cannot_start, require_valid_pools
 from workers.core.errors import ERRORS, InvalidRequest
 from workers.service import Capacity
@@ -134,11 +136,15 @@ def _no_extra(args: tuple, extra: dict[str, Any]) -> None:
 
 def _answer(task, result: Any) -> Any:
     """With a mirror, a change is answered once the mirror covers it: now when its journal
-    already has it, else by the publisher after its next save."""
+    already has it, else by the publisher after its next save. The change is made: an answer
+    a full Redis refuses to hold for the publisher is held here until Redis takes it (the
+    client gets its leases, not RedisFull for a grant it holds)."""
     svc = service()
-    if (svc.mirror is not None and task.request.id and not task.request.is_eager
-            and not svc.covered()):
-        svc.ledger.defer(task.request.id, result)
+    task_id = task.request.id
+    if svc.mirror is not None and task_id and not task.request.is_eager and not svc.covered():
+        hold(lambda: svc.ledger.defer(task_id, result),
+             getattr(task.app.backend, "client", None), f"the answer of task {task_id}",
+             shutting_down)
         raise Ignore()
     return result
 
