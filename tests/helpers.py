@@ -11,7 +11,7 @@ from workers.core.models import Pool
 
 QUEUE = {"vcm.show_pools": "queries", "vcm.list_leases": "queries", "vcm.estimate": "queries",
          "vcm.waiting": "queries", "vcm.rollup_usage": "queries", "vcm.usage_history": "queries",
-         "vcm.sync_inventory": "queries"}
+         "vcm.sync_inventory": "queries", "vcm.prune_namespaces": "queries"}
 
 
 def call(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> Any:

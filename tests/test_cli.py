@@ -8,6 +8,7 @@ import sys
 
 from celery import Celery
 
+from tests.helpers import placement_barrier
 from tests.support.procs import ROOT
 
 
@@ -196,7 +197,7 @@ def test_a_release_by_owner_or_selector_is_not_sent_again(pools_file, tmp_path):
             out, _ = cli.communicate(timeout=60)
             assert cli.returncode == 0, (how, errs[how].read_text())
             assert json.loads(out) == [held[how]], how
-        app.send_task("vcm.noop_placement", queue="placement").get(timeout=30)
+        placement_barrier(app, timeout=30)
         assert client.llen("placement") == 0  # every copy was taken, in order
         app.close()
     finally:

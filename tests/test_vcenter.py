@@ -511,7 +511,7 @@ def test_unusable_ca_files_refuse_the_vcenters_that_use_them(tmp_path):
                                    "holds no usable PEM certificate")
     assert access.refused["c"].endswith("is larger than 4 MiB")
     assert access.refused["d"].endswith("is not UTF-8 text")
-    assert access.refused["f"].endswith(f"{str(corrupt)!r} holds no usable PEM certificate")
+    assert access.refused["f"].endswith(f"{shown(str(corrupt))} holds no usable PEM certificate")
 
 
 def test_a_missing_known_hosts_file_pins_nothing(tmp_path):
