@@ -89,14 +89,16 @@ beat_schedule = {
         "options": {"queue": "queries", "expires": 60},
     },
 }
-# namespace-bound leases (workers/namespaces.py): VCM_NAMESPACE_PRUNE_INTERVAL, 0 or off: never
+# namespace-bound leases (workers/service/namespaces.py): VCM_NAMESPACE_PRUNE_INTERVAL,
+# 0 or off: never
 if _settings.namespace_prune_interval is not None:
     beat_schedule["prune-namespaces"] = {
         "task": "vcm.prune_namespaces",
         "schedule": _settings.namespace_prune_interval,
         "options": {"queue": "queries", "expires": 60},
     }
-# live vCenter health (workers/adapters/inventory.py): VCM_INVENTORY_INTERVAL, 0 or off: never
+# live vCenter health (workers/adapters/vcenter/inventory.py): VCM_INVENTORY_INTERVAL,
+# 0 or off: never
 if _settings.inventory_interval:
     beat_schedule["sync-inventory"] = {
         "task": "vcm.sync_inventory",

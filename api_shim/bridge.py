@@ -38,7 +38,7 @@ from redis.backoff import ExponentialBackoff
 
 from tasks import results
 from workers.adapters.keys import API_TASK_RECORD, KEYS
-from workers.mirror_status import parse_status
+from workers.publisher.mirror_status import parse_status
 
 from .errors import ApiError
 from .hub import ResultHub, Watch, meta_prefix
@@ -51,7 +51,7 @@ READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 WAITS = frozenset({"vcm.acquire"})  # tasks that can wait in line (request `wait`)
 PARKED = frozenset({"STARTED", "WAITING", "RETRY"})  # a worker holds it: it is not lost
 RECORD = API_TASK_RECORD
-# what /readyz shows of the mirror's status (workers/publisher.py lists every field)
+# what /readyz shows of the mirror's status (workers/publisher/thread.py lists every field)
 MIRROR_SHOWN = ("state", "seq", "ledger-seq", "held-replies", "error", "failing-since",
                 "written-at", "configmaps", "encoded-bytes")
 MIRROR_COUNTERS = ("errors", "last-error", "set-aside", "failures")

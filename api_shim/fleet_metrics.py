@@ -44,7 +44,7 @@ from workers.adapters.keys import PREFIX, Keys
 from workers.adapters.ledger import LATENCY_BUCKETS
 from workers.core.errors import ERRORS
 from workers.core.health import effective
-from workers.mirror_status import parse_status
+from workers.publisher.mirror_status import parse_status
 from workers.settings import Settings
 
 log = logging.getLogger("vcm.api")

@@ -126,7 +126,7 @@ class LedgerCase:
                  pools_path: Path, redis_url: str, mirror_path: Path) -> None:
         from workers.adapters.ledger import Ledger
         from workers.adapters.pools_file import PoolsFile
-        from workers.service import Capacity
+        from workers.service.capacity import Capacity
         from workers.settings import Settings
 
         self.pools = pools

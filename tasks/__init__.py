@@ -14,7 +14,7 @@ from celery.exceptions import Ignore
 from tasks import results as _results  # noqa: F401 - query results expire in minutes
 from workers.bootstrap import PLACEMENT, QUERIES, Runtime, build, cannot_start, require_valid_pools
 from workers.core.errors import ERRORS, InvalidRequest
-from workers.service import Capacity
+from workers.service.capacity import Capacity
 
 app = Celery("vcm", task_cls="tasks.messages:CheckedTask")
 app.config_from_object("celeryconfig")
@@ -143,7 +143,7 @@ def _answer(task, result: Any) -> Any:
 @app.task(name="vcm.acquire", bind=True, throws=EXPECTED)
 def acquire(self, request: Any = None, *args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)
-    from workers.service import Parked
+    from workers.service.waiting import Parked
 
     result = service().acquire(request, self.request.id)
     if isinstance(result, Parked):
@@ -189,15 +189,15 @@ def reap_expired(*args: Any, **extra: Any) -> list[str]:
 @app.task(name="vcm.prune_namespaces", throws=EXPECTED)
 def prune_namespaces(*args: Any, **extra: Any) -> dict[str, Any]:
     """Beat, every VCM_NAMESPACE_PRUNE_INTERVAL: release the leases of namespaces that no
-    longer exist (workers/namespaces.py). On the queries queue: the namespace list may be slow
-    and placement must never wait for it, so a placement worker refuses to run it; only the
-    release goes to the placement queue (vcm.release_namespace_gone)."""
+    longer exist (workers/service/namespaces.py). On the queries queue: the namespace list may
+    be slow and placement must never wait for it, so a placement worker refuses to run it; only
+    the release goes to the placement queue (vcm.release_namespace_gone)."""
     _no_extra(args, extra)
     if _role["name"] == PLACEMENT:
         log.warning("vcm.prune_namespaces reached a placement worker; not run (send it to the "
                     "queries queue)")
         return {"state": "refused", "error": "placement worker"}
-    from workers.namespaces import prune
+    from workers.service.namespaces import prune
 
     return prune(service(), _release_gone)
 
@@ -210,7 +210,7 @@ def _release_gone(lease_ids: list[str]) -> list[str]:
     wait for its answer: the ids it released. ReleasePending when it does not come in time."""
     from celery.exceptions import TimeoutError as ResultTimeout
 
-    from workers.namespaces import ReleasePending
+    from workers.service.namespaces import ReleasePending
 
     result = app.send_task("vcm.release_namespace_gone", kwargs={"lease_ids": lease_ids},
                            queue="placement")
@@ -229,7 +229,7 @@ def release_namespace_gone(self, lease_ids: Any = None, *args: Any,
     if _role["name"] != PLACEMENT:
         raise InvalidRequest.of("queue", "releases are placed by the placement worker: send "
                                 "vcm.release_namespace_gone to the placement queue")
-    from workers.namespaces import release_gone
+    from workers.service.namespaces import release_gone
 
     return _answer(self, release_gone(service(), lease_ids))
 
@@ -276,16 +276,16 @@ def usage_history(pool: Any = None, since: Any = None, after: Any = None, limit:
 @app.task(name="vcm.sync_inventory", throws=EXPECTED)
 def sync_inventory(*args: Any, **extra: Any) -> dict[str, Any]:
     """Beat, every VCM_INVENTORY_INTERVAL: read each vCenter that may be contacted (a credential
-    meant for it, a certificate check: workers/adapters/vcenter_access.py) and store its
-    pools' live health (workers/adapters/inventory.py). On the queries queue: a slow vCenter
+    meant for it, a certificate check: workers/adapters/vcenter/access.py) and store its
+    pools' live health (workers/adapters/vcenter/inventory.py). On the queries queue: a slow vCenter
     must never hold up placement, so a placement worker refuses to run it."""
     _no_extra(args, extra)
     if _role["name"] == PLACEMENT:
         log.warning("vcm.sync_inventory reached a placement worker; not run (send it to the "
                     "queries queue)")
         return {"synced": {}, "errors": {}, "skipped": {}, "refused": "placement worker"}
-    from workers.adapters.inventory import plan, sync
     from workers.adapters.ledger import LedgerUnready
+    from workers.adapters.vcenter.inventory import plan, sync
 
     svc = service()
     pools = list(svc.pools.current().values())

@@ -1497,7 +1497,7 @@ def test_queries_worker_reads_vcenter_pins_from_an_optional_configmap(tmp_path):
     """VCM_VCENTER_KNOWN_HOSTS on vcm-queries names a file in the directory where the optional
     ConfigMap vcm-vcenter-tls is mounted, and the example of that ConfigMap is a known-hosts
     file the service reads (it pins nothing until edited)."""
-    from workers.adapters.vcenter_access import plan
+    from workers.adapters.vcenter.access import plan
     from workers.settings import Settings
 
     docs = base_docs()

@@ -27,7 +27,9 @@ from tests.helpers import call
 from tests.support.procs import ROOT, Beat, RedisServer, Worker, env_for, wait_for
 from tests.support.tls import CertificateAuthority, TlsProxy, process_ca
 from tests.vcsim import Simulator, Unavailable
-from workers.adapters.inventory import (
+from workers.adapters.ledger import Ledger
+from workers.adapters.vcenter.access import Trust
+from workers.adapters.vcenter.inventory import (
     Access,
     AccessPlan,
     InventorySettings,
@@ -36,8 +38,6 @@ from workers.adapters.inventory import (
     read_inventory,
     sync,
 )
-from workers.adapters.ledger import Ledger
-from workers.adapters.vcenter_access import Trust
 from workers.core import health
 from workers.core.health import (
     DEGRADED,

@@ -29,8 +29,8 @@ from workers.adapters.ledger import Ledger
 from workers.adapters.mirror import ConfigMapMirror
 from workers.adapters.pools_file import PoolsFile, load_pools
 from workers.adapters.replies import CeleryReplies, OutboxReplies
-from workers.publisher import Publisher, read_status
-from workers.service import Capacity
+from workers.publisher.thread import Publisher, read_status
+from workers.service.capacity import Capacity
 from workers.settings import Settings
 
 NS, NAME = "vcm-test", "ledger"

@@ -24,7 +24,7 @@ from tests.support.procs import ROOT, Stack, env_for, wait_for
 from tests.test_api_support import ApiServer
 from workers.adapters.ledger import Ledger
 from workers.core.models import parse_rfc3339
-from workers.namespaces import GRACE, NAMESPACE_LABEL
+from workers.service.namespaces import GRACE, NAMESPACE_LABEL
 
 POOLS = yaml.safe_dump({"pools": [
     {"name": f"p{i}", "vcenter": f"vc{i}", "datacenter": "dc", "cluster": "c", "datastore": "ds",

@@ -20,7 +20,7 @@ from workers.adapters.ledger import Ledger
 from workers.adapters.mirror import FileMirror
 from workers.adapters.pools_file import load_pools
 from workers.core.models import Network, Pool, make_lease, parse_request
-from workers.publisher import read_status
+from workers.publisher.thread import read_status
 
 POOLS = yaml.safe_dump({"pools": [
     {"name": f"p{i}", "vcenter": f"vc{i % 3}", "datacenter": "dc", "cluster": f"c{i}",

@@ -1,4 +1,4 @@
-"""The application service (workers.service.Capacity) against a real redis-server, without
+"""The application service (workers.service.capacity.Capacity) against a real redis-server, without
 Celery: how often a decision reads the whole ledger."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from tests.support.procs import RedisServer
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import PoolsFile
 from workers.core.errors import NoCapacity
-from workers.service import Capacity
+from workers.service.capacity import Capacity
 from workers.settings import Settings
 
 POOLS = """

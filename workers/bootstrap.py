@@ -16,11 +16,11 @@ from .adapters.ledger import Ledger
 from .adapters.pools_file import PoolsFile, load_pools
 from .adapters.replies import CeleryReplies, OutboxReplies
 from .core.errors import ConfigError
-from .service import Capacity
+from .service.capacity import Capacity
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from .publisher import Publisher
+    from .publisher.thread import Publisher
 
 PLACEMENT, QUERIES = "placement", "queries"
 
@@ -56,7 +56,7 @@ class Runtime:
         """The placement side's background thread: mirror saves, held answers, expiries."""
         if self.role != PLACEMENT or self.publisher is not None:
             return
-        from .publisher import Publisher
+        from .publisher.thread import Publisher
 
         svc = self.service
         self.publisher = Publisher(svc, svc.mirror, self.direct, svc.settings.mirror_max_delay)

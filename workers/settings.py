@@ -174,7 +174,7 @@ class Settings(EnvSettings):
 
     # ConfigMap slots `name-0`… the RBAC Role must list (0: the head only)
     mirror_max_shards: Annotated[int, BeforeValidator(_max_shards)] = DEFAULT_MAX_SHARDS
-    # the longest pause between mirror saves under load (seconds; see workers/publisher.py)
+    # the longest pause between mirror saves under load (seconds; see workers/publisher/thread.py)
     mirror_commit_window: Annotated[float, _number(float)] = 0.1
 
     # Celery (celeryconfig.py)
@@ -184,17 +184,17 @@ class Settings(EnvSettings):
     # clients (vcm) send a task again, same task id, when no worker took it this long
     resend_after: Annotated[float, duration(minimum=1)] = Field(default="15s")
 
-    # namespace-bound leases (workers/namespaces.py): None when pruning is off
+    # namespace-bound leases (workers/service/namespaces.py): None when pruning is off
     namespace_prune_interval: Annotated[float | None, duration(minimum=1, off=("0", *OFF))] = \
         Field(default="5m")
     namespace_timeout: Annotated[float, duration(maximum=600, floor=0.1)] = Field(default="10s")
 
-    # live vCenter health (workers/adapters/inventory.py); an interval of 0 or off: no sync
+    # live vCenter health (workers/adapters/vcenter/inventory.py); an interval of 0 or off: no sync
     inventory_interval: Annotated[float, duration(maximum=86400, off=OFF, off_value=0.0)] = \
         Field(default="5m")
     inventory_timeout: Annotated[float, duration(maximum=3600, floor=1)] = Field(default="30s")
 
-    # vCenter access (workers/adapters/vcenter_access.py). Credentials: per vCenter
+    # vCenter access (workers/adapters/vcenter/access.py). Credentials: per vCenter
     # (`vc1=user:pass,…`), and one shared credential sent only to the vCenters
     # `vcenter_shared_credential_for` lists ("*": every vCenter)
     vcenter_username: OptionalText = None

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from workers.adapters.keys import KEYS
-from workers.namespaces import describe, status_key
+from workers.service.namespaces import describe, status_key
 
 from .. import schemas as S
 from ..bridge import Bridge
@@ -46,7 +46,7 @@ async def readyz(bridge: BridgeDep) -> Response:
 
 
 async def _namespaces(bridge: Bridge) -> dict[str, Any]:
-    """The pruning of namespace-bound leases (workers/namespaces.py): its state, the last
+    """The pruning of namespace-bound leases (workers/service/namespaces.py): its state, the last
     successful prune and the last error."""
     try:
         assert bridge.client is not None

@@ -53,16 +53,16 @@ def install_sections(record: Record) -> None:
     import celery.backends.redis as backend_redis
     import redis
 
-    import workers.placing as placing_mod
+    import workers.service.placing as placing_mod
     from workers.adapters import mirror, replies
     from workers.adapters.ledger import Ledger
-    from workers.held_replies import HeldReplies
-    from workers.placing import Placing
-    from workers.publisher import Publisher
-    from workers.recovery import Recovery
-    from workers.releasing import Releasing
-    from workers.service import Capacity
-    from workers.usage_cache import UsageCache
+    from workers.publisher.held_replies import HeldReplies
+    from workers.publisher.thread import Publisher
+    from workers.service.capacity import Capacity
+    from workers.service.placing import Placing
+    from workers.service.recovery import Recovery
+    from workers.service.releasing import Releasing
+    from workers.service.usage_cache import UsageCache
 
     def each(owner: Any, label: str, names: tuple[str, ...]) -> None:
         for name in names:

@@ -32,7 +32,7 @@ twins:<request key>    set of task ids sent again for a request that waits
 arrivals               counter giving the waiting line its order
 outbox                 hash task id -> "<seq>|<answer JSON>": answers held for the mirror
 kick                   list: wakes the publisher (a change to mirror, an answer to release)
-mirror                 hash: the mirror publisher's status (see publisher.py)
+mirror                 hash: the mirror publisher's status (see workers/publisher/thread.py)
 stats                  hash of counters (placements, releases, reaps, refusals, ...)
 latency                hash: acquire latency histogram
 reaped                 list of the last 1,000 reaped leases

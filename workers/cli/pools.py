@@ -22,10 +22,10 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 def cmd_check_pools(args: argparse.Namespace) -> int:
     """Compare the pools file with what each vCenter really has (pyvmomi), contacting only the
-    vCenters the settings give access to (adapters/vcenter_access.py)."""
+    vCenters the settings give access to (adapters/vcenter/access.py)."""
     from ..adapters.pools_file import load_pools
-    from ..adapters.vcenter import check_pools, connector
-    from ..adapters.vcenter_access import plan
+    from ..adapters.vcenter.access import plan
+    from ..adapters.vcenter.client import check_pools, connector
     from ..settings import Settings
 
     settings = Settings.from_env()
@@ -47,9 +47,9 @@ def cmd_pools_discover(args: argparse.Namespace) -> int:
     """Print a pools file skeleton from what a vCenter has, for an operator to edit."""
     import yaml
 
-    from ..adapters.inventory import discover, skeleton
-    from ..adapters.vcenter import VCenterUnavailable
-    from ..adapters.vcenter_access import plan
+    from ..adapters.vcenter.access import plan
+    from ..adapters.vcenter.client import VCenterUnavailable
+    from ..adapters.vcenter.inventory import discover, skeleton
     from ..settings import Settings
 
     settings = Settings.from_env()

@@ -145,7 +145,7 @@ class MirrorStore(LedgerBase):
     def wait_kick(self, timeout: float) -> None:
         self.r.blpop([self.k.kick], timeout=max(timeout, 0.01))
 
-    # the mirror publisher's bookkeeping (its status hash is described in publisher.py) ----
+    # the mirror publisher's bookkeeping (its status hash is described in publisher/thread.py) ----
     def mirror_status_write(self, fields: dict[str, Any], *, incr: dict[str, int] | None = None,
                             clear: tuple[str, ...] | list[str] = ()) -> None:
         """Set fields of the mirror status hash, add to its counters, drop fields: one round

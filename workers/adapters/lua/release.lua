@@ -1,5 +1,5 @@
 -- Release leases by id and/or all of an owner's. Reason `expired` (the reaper) counts as
--- `reaps`, `namespace-gone` (workers/namespaces.py) as `namespace-pruned`, both also go to
+-- `reaps`, `namespace-gone` (workers/service/namespaces.py) as `namespace-pruned`, both also go to
 -- `reaped`; any other reason counts as `releases`.
 -- KEYS: none (derived from the prefix: leases, expiry, owner:<owner>, use:<pool>, nets,
 --       gone:<id>, req:<key>, quarantine, pins, blocked, version, seq, stats, reaped, waiting,

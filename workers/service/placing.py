@@ -12,14 +12,14 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from .adapters.ledger import Ledger
-from .core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
-from .core.lease import Lease
-from .core.models import Request, make_lease, parse_request
-from .core.placement import check_possible, place_batch
-from .ports import Pools
+from ..adapters.ledger import Ledger
+from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
+from ..core.lease import Lease
+from ..core.models import Request, make_lease, parse_request
+from ..core.placement import check_possible, place_batch
+from ..ports import Pools
+from ..settings import Settings
 from .recovery import Recovery
-from .settings import Settings
 from .usage_cache import UsageCache
 
 if TYPE_CHECKING:

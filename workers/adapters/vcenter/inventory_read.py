@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from pyVmomi import vim, vmodl
 
-from ..core.health import Cluster, Datacenter, Datastore, Host, Inventory, PortGroup
-from .vcenter import retrieve
+from ...core.health import Cluster, Datacenter, Datastore, Host, Inventory, PortGroup
+from .client import retrieve
 
 if TYPE_CHECKING:  # the sessions import VIEW_TYPES from here; the hint alone needs Session
-    from .vcenter_sessions import Session
+    from .sessions import Session
 
 TRUNK_VLAN = 4095  # a standard port group's "all VLANs"
 VIEW_TYPES = (vim.Datacenter, vim.Folder, vim.ClusterComputeResource, vim.HostSystem,

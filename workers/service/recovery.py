@@ -13,10 +13,10 @@ import logging
 import threading
 from collections.abc import Callable
 
-from .adapters.ledger import Ledger
-from .adapters.mirror import MirrorError
-from .core.errors import NoCapacity
-from .ports import JournaledMirror, Mirror
+from ..adapters.ledger import Ledger
+from ..adapters.mirror import MirrorError
+from ..core.errors import NoCapacity
+from ..ports import JournaledMirror, Mirror
 
 log = logging.getLogger("workers.service")
 

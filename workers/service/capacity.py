@@ -14,18 +14,18 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from .adapters.ledger import Ledger
-from .core.errors import InvalidRequest
-from .core.labels import matches, narrows, parse_selector
-from .core.lease import Lease
-from .core.models import text_arg
-from .core.placement import Fleet
+from ..adapters.ledger import Ledger
+from ..core.errors import InvalidRequest
+from ..core.labels import matches, narrows, parse_selector
+from ..core.lease import Lease
+from ..core.models import text_arg
+from ..core.placement import Fleet
+from ..ports import Mirror, Pools, Replies
+from ..settings import Settings
 from .placing import Placing, Queued
-from .ports import Mirror, Pools, Replies
 from .queries import Queries, pool_view
 from .recovery import Recovery
 from .releasing import Releasing, parse_lease_ids
-from .settings import Settings
 from .usage_cache import UsageCache
 from .waiting import Parked, WaitingLine
 

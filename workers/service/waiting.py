@@ -12,13 +12,13 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .adapters.ledger import Ledger
-from .core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
-from .core.models import Request, rfc3339, text_arg
-from .core.placement import Fleet, place_batch, reserve_for
+from ..adapters.ledger import Ledger
+from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
+from ..core.models import Request, rfc3339, text_arg
+from ..core.placement import Fleet, place_batch, reserve_for
+from ..ports import Pools, Replies
+from ..settings import Settings
 from .placing import Placing
-from .ports import Pools, Replies
-from .settings import Settings
 from .usage_cache import UsageCache
 
 log = logging.getLogger("workers.service")

@@ -1,5 +1,5 @@
 """The publisher's status in the Redis hash ``vcm:mirror`` (its fields are listed in
-workers/publisher.py): a save's or failure's fields written with their counters, and the
+workers/publisher/thread.py): a save's or failure's fields written with their counters, and the
 rounds that meet an unexpected exception, logged, counted and shown until one succeeds."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Any
 
-from .adapters.keys import PREFIX, Keys
+from ..adapters.keys import PREFIX, Keys
 from .mirror_status import parse_status
 
 # the thread's one logger, whichever of its modules logs: configs and records keep the name

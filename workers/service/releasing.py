@@ -10,13 +10,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .adapters.ledger import Ledger, LedgerConflict, LedgerUnready, readable
-from .core.errors import InvalidRequest, LeaseNotFound, NotOwner
-from .core.lease import Lease
-from .core.models import parse_request, rfc3339, text_arg
+from ..adapters.ledger import Ledger, LedgerConflict, LedgerUnready, readable
+from ..core.errors import InvalidRequest, LeaseNotFound, NotOwner
+from ..core.lease import Lease
+from ..core.models import parse_request, rfc3339, text_arg
+from ..settings import Settings
 from .placing import MAX_ATTEMPTS
 from .recovery import Recovery
-from .settings import Settings
 from .usage_cache import UsageCache
 
 log = logging.getLogger("workers.service")

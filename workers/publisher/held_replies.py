@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from .adapters.replies import CeleryReplies
+from ..adapters.replies import CeleryReplies
 
 # the thread's one logger, whichever of its modules logs: configs and records keep the name
 log = logging.getLogger("workers.publisher")

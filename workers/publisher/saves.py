@@ -16,10 +16,10 @@ import secrets
 import time
 from typing import Any
 
-from . import backoff
-from .adapters.mirror import MirrorError, MirrorSuperseded, MirrorTooLarge
-from .ports import JournaledMirror, Mirror
-from .publisher_status import PublisherStatus
+from .. import backoff
+from ..adapters.mirror import MirrorError, MirrorSuperseded, MirrorTooLarge
+from ..ports import JournaledMirror, Mirror
+from .status import PublisherStatus
 
 # the thread's one logger, whichever of its modules logs: configs and records keep the name
 log = logging.getLogger("workers.publisher")

@@ -44,15 +44,15 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .core.errors import InvalidRequest
-from .core.models import rfc3339
+from ..core.errors import InvalidRequest
+from ..core.models import rfc3339
 from .releasing import parse_lease_ids
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-    from .service import Capacity
-    from .settings import Settings
+    from ..settings import Settings
+    from .capacity import Capacity
 
 log = logging.getLogger("workers.namespaces")
 
@@ -81,7 +81,7 @@ def api_client_from_env() -> ApiClient:
     import urllib3
     from kubernetes import client as k8s_client
 
-    from .adapters.kube_config import NoKubeConfig, kube_configuration
+    from ..adapters.kube_config import NoKubeConfig, kube_configuration
 
     try:
         cfg = kube_configuration()
