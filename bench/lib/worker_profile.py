@@ -63,6 +63,7 @@ def install_sections(record: Record) -> None:
     from workers.service.recovery import Recovery
     from workers.service.releasing import Releasing
     from workers.service.usage_cache import UsageCache
+    from workers.service.waiting import WaitingLine
 
     def each(owner: Any, label: str, names: tuple[str, ...]) -> None:
         for name in names:
@@ -72,7 +73,8 @@ def install_sections(record: Record) -> None:
     timed(redis.client.Pipeline, "execute", "redis round trip (pipeline)", record)
     # the service holds the lock and hands each request to its part
     each(Capacity, "Capacity", ("acquire", "release", "fleet", "ensure_ready"))
-    each(Placing, "Placing", ("acquire", "parse", "place", "existing"))
+    each(Placing, "Placing", ("parse", "place", "existing"))
+    each(WaitingLine, "WaitingLine", ("acquire",))
     timed(placing_mod, "place_batch", "place_batch() (the decision)", record)
     each(Releasing, "Releasing", ("release",))
     each(UsageCache, "UsageCache", ("fleet", "placed", "released"))

@@ -48,7 +48,6 @@ class Capacity:
         self.recovery = Recovery(ledger, mirror, writer, self.lock, self.cache.forget)
         self.placing = Placing(ledger, pools, settings, self.cache, self.recovery)
         self.line = WaitingLine(ledger, pools, settings, self.cache, self.placing, replies)
-        self.placing.line = self.line
         self.releasing = Releasing(ledger, settings, self.cache, self.recovery)
         self.queries = Queries(ledger, pools, self.cache, self.placing)
         self._pools_generation = pools.generation
@@ -71,13 +70,13 @@ class Capacity:
     def acquire(self, raw: Any, task_id: str, owner: str = "anonymous"
                 ) -> list[dict[str, Any]] | Parked:
         with self.lock:
-            return self.placing.acquire(raw, task_id, owner)
+            return self.line.acquire(raw, task_id, owner)
 
     def acquire_batch(self, raws: Any, task_id: str,
                       owner: str = "anonymous") -> list[list[dict[str, Any]]]:
         reqs = self.placing.parse_batch(raws, task_id, owner)
         with self.lock:
-            return self.placing.place(reqs)
+            return self.placing.place(reqs, self.line)
 
     def release(self, lease_ids: Any = None, owner: Any = None, selector: Any = None,
                 reason: str = "released") -> list[str]:

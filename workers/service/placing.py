@@ -10,20 +10,17 @@ import json
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..adapters.ledger import Ledger
 from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
 from ..core.lease import Lease
 from ..core.models import Request, make_lease, parse_request
-from ..core.placement import check_possible, place_batch
+from ..core.placement import Fleet, check_possible, place_batch
 from ..ports import Pools
 from ..settings import Settings
 from .recovery import Recovery
 from .usage_cache import UsageCache
-
-if TYPE_CHECKING:
-    from .waiting import WaitingLine
 
 log = logging.getLogger("workers.service")
 MAX_ATTEMPTS = 50
@@ -34,6 +31,16 @@ class Queued(Exception):
     """The request is already waiting in line (sent again): join it there."""
 
 
+class Line(Protocol):
+    """What a decision keeps for the waiting line, asked of the caller's line (waiting.py)."""
+
+    empty: bool  # nobody was seen waiting at the last look (the commit re-checks)
+
+    def held(self, fleet: Fleet, skip: str = "") -> dict[str, str]:
+        """Pools kept for the head of the line on `fleet` (none when nobody waits)."""
+        ...
+
+
 class Placing:
     def __init__(self, ledger: Ledger, pools: Pools, settings: Settings, cache: UsageCache,
                  recovery: Recovery) -> None:
@@ -42,7 +49,6 @@ class Placing:
         self.settings = settings
         self.cache = cache
         self.recovery = recovery
-        self.line: WaitingLine  # set by the service: waiting and placing call each other
         self._checked_pools: object = None  # the pools self._checked was computed for
         self._checked: dict[tuple, tuple] = {}  # request shape -> () or InvalidRequest args
 
@@ -72,19 +78,6 @@ class Placing:
         if known:
             raise InvalidRequest(known[0], dict(known[1]))
 
-    def acquire(self, raw: Any, task_id: str, owner: str = "anonymous"):
-        """Leases, or the request's place in line (Parked) when it waits."""
-        received = time.time()
-        req = self.parse(raw, task_id or uuid.uuid4().hex, owner)
-        try:
-            return self.place([req], since=received)[0]
-        except Queued:  # sent again while it waits: wait with it, whatever `wait` says
-            return self.line.park(req, task_id, {})
-        except NoCapacity as exc:
-            if req.wait <= 0 and not self.ledger.is_waiting(req.key):
-                raise
-            return self.line.park(req, task_id, exc.reasons)
-
     def parse_batch(self, raws: Any, task_id: str, owner: str = "anonymous") -> list[Request]:
         if not isinstance(raws, list) or not raws:
             raise InvalidRequest.of("requests", "must be a non-empty list of requests")
@@ -100,21 +93,23 @@ class Placing:
                                     "for the same owner")
         return reqs
 
-    def place(self, reqs: list[Request], granted: str = "",
+    def place(self, reqs: list[Request], line: Line, granted: str = "",
               held: dict[str, str] | None = None, since: float | None = None) -> list[Leases]:
         """Place all requests or none, commit atomically; a known request-id returns its leases.
 
+        `line`: the caller's waiting line, which says what each attempt keeps for its head.
         `granted` is the request key of a waiter being served: it leaves the line in the commit.
-        `held`: pools kept for the head of the line (computed here when None).
+        `held`: pools kept for the head of the line at the first attempt (asked of `line`
+        when None).
         """
         for attempt in range(MAX_ATTEMPTS):
             version, fleet = self.cache.fleet(fresh=attempt > 0, indexed=True)
             # with nobody seen waiting, assume the line is still empty: the commit checks it
-            lone = held is None and self.line.empty
+            lone = held is None and line.empty
             if lone:
                 held = {}
             elif held is None or attempt > 0:
-                held = self.line.held(fleet, skip=granted)
+                held = line.held(fleet, skip=granted)
             try:
                 plan = place_batch(reqs, fleet, self.settings.strategy, held)
             except NoCapacity:
@@ -163,7 +158,7 @@ class Placing:
             if commit.status == "gone":
                 raise WaitTimeout.of(0)  # the waiter left the line meanwhile (expired)
             if commit.status == "waiters":  # someone joined the line: hold pools for them
-                self.line.empty = False
+                line.empty = False
                 continue
             if commit.status == "unready":
                 self.recovery.ensure_ready()
