@@ -45,7 +45,7 @@ from .hub import ResultHub, Watch, meta_prefix
 from .liveness import QUEUES, Liveness
 from .settings import ApiSettings
 
-log = logging.getLogger("vcm.api")
+log = logging.getLogger(__name__)
 
 READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 WAITS = frozenset({"vcm.acquire"})  # tasks that can wait in line (request `wait`)

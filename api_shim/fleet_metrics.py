@@ -47,7 +47,7 @@ from workers.core.health import effective
 from workers.publisher.mirror_status import parse_status
 from workers.settings import Settings
 
-log = logging.getLogger("vcm.api")
+log = logging.getLogger(__name__)
 
 RESOURCES = ("vcpus", "memory", "storage", "networks")
 COUNTERS = (  # (metric name without _total, vcm:stats field, help)

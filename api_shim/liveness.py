@@ -21,7 +21,7 @@ from celery import Celery
 from .errors import ApiError
 from .settings import ApiSettings
 
-log = logging.getLogger("vcm.api")
+log = logging.getLogger(__name__)
 
 QUEUES = ("placement", "queries")
 

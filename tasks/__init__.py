@@ -18,7 +18,7 @@ from workers.service.capacity import Capacity
 
 app = Celery("vcm", task_cls="tasks.messages:CheckedTask")
 app.config_from_object("celeryconfig")
-log = logging.getLogger("vcm.tasks")
+log = logging.getLogger(__name__)
 # domain failures are answers, not crashes: Celery logs them without a traceback
 EXPECTED = tuple(ERRORS.values())
 _runtime: dict[str, Runtime] = {}  # the one runtime of this process, built on first use

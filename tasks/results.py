@@ -20,7 +20,7 @@ from celery import Celery, signals
 
 import celeryconfig
 
-log = logging.getLogger("vcm.tasks")
+log = logging.getLogger(__name__)
 
 QUERIES: frozenset[str] = frozenset(celeryconfig.QUERIES)
 QUERY_RESULT_TTL: int = celeryconfig.query_result_expires

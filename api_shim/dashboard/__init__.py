@@ -32,7 +32,7 @@ from ..errors import ApiError, from_task_failure
 from ..fleet_metrics import FleetReader, FleetSnapshot
 from . import view
 
-log = logging.getLogger("vcm.api")
+log = logging.getLogger(__name__)
 
 REFRESH = view.REFRESH
 HEADERS = {

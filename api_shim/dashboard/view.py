@@ -50,7 +50,7 @@ from .text import (
 if TYPE_CHECKING:
     from . import Data
 
-log = logging.getLogger("vcm.api")
+log = logging.getLogger(__name__)
 
 MAX_LEASE_ROWS = 300
 MAX_WAITING_ROWS = 200

@@ -10,8 +10,7 @@ from collections.abc import Callable
 
 from ..adapters.replies import CeleryReplies
 
-# the thread's one logger, whichever of its modules logs: configs and records keep the name
-log = logging.getLogger("workers.publisher")
+log = logging.getLogger(__name__)
 
 
 class HeldReplies:

@@ -11,8 +11,7 @@ from typing import Any
 from ..adapters.keys import PREFIX, Keys
 from .mirror_status import parse_status
 
-# the thread's one logger, whichever of its modules logs: configs and records keep the name
-log = logging.getLogger("workers.publisher")
+log = logging.getLogger(__name__)
 
 
 def read_status(redis_client, prefix: str = PREFIX, now: float | None = None) -> dict[str, Any]:

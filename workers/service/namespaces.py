@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from .capacity import Capacity
 
-log = logging.getLogger("workers.namespaces")
+log = logging.getLogger(__name__)
 
 NAMESPACE_LABEL = "vsphere-capacity-manager.splat-team.io/lease-namespace"
 REASON = "namespace-gone"

@@ -22,7 +22,7 @@ from ..settings import Settings
 from .recovery import Recovery
 from .usage_cache import UsageCache
 
-log = logging.getLogger("workers.service")
+log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 50
 Leases = list[dict[str, Any]]
 

@@ -18,7 +18,7 @@ from ..adapters.mirror import MirrorError
 from ..core.errors import NoCapacity
 from ..ports import JournaledMirror, Mirror
 
-log = logging.getLogger("workers.service")
+log = logging.getLogger(__name__)
 
 
 class Recovery:

@@ -19,7 +19,7 @@ from .placing import MAX_ATTEMPTS
 from .recovery import Recovery
 from .usage_cache import UsageCache
 
-log = logging.getLogger("workers.service")
+log = logging.getLogger(__name__)
 REAP_BATCH = 500
 
 

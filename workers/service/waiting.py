@@ -22,7 +22,7 @@ from ..settings import Settings
 from .placing import Placing, Queued
 from .usage_cache import UsageCache
 
-log = logging.getLogger("workers.service")
+log = logging.getLogger(__name__)
 
 
 @dataclass

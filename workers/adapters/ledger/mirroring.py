@@ -5,6 +5,7 @@ bookkeeping (its status hash, the ledger's epoch)."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,12 @@ from .records import (
     describe_hold,
     lease_name,
     lease_problem,
-    log,
     stored_aside,
     text,
 )
 from .scripts import Deferred, Restored, SnapshotRead
+
+log = logging.getLogger(__name__)
 
 
 class MirrorStore(LedgerBase):

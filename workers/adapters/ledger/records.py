@@ -12,8 +12,7 @@ from ...core.lease import port_group_key
 from ...core.models import parse_rfc3339
 from ...core.text import text_problem
 
-# one logger for the whole ledger, named as it was before the ledger became a package
-log = logging.getLogger("workers.adapters.ledger")
+log = logging.getLogger(__name__)
 
 _warned: set[str] = set()
 

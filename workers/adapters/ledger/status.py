@@ -4,11 +4,14 @@ and the reaped list, and the live vCenter health."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 from .base import LedgerBase
-from .records import log, text
+from .records import text
+
+log = logging.getLogger(__name__)
 
 # acquire latency histogram (seconds, including time spent waiting in line)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 900, 3600,

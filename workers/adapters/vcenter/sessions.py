@@ -22,8 +22,7 @@ from .access import Access
 from .client import login as vcenter_login
 from .inventory_read import VIEW_TYPES
 
-# the inventory's logger, as before the sessions had a module of their own
-log = logging.getLogger("workers.adapters.inventory")
+log = logging.getLogger(__name__)
 
 
 class Session:
