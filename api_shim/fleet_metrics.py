@@ -41,7 +41,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from workers.adapters.keys import PREFIX, Keys
-from workers.adapters.ledger import LATENCY_BUCKETS
+from workers.adapters.ledger.status import LATENCY_BUCKETS
 from workers.core.errors import ERRORS
 from workers.core.health import effective
 from workers.publisher.mirror_status import parse_status

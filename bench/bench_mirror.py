@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.support.kube_apiserver import KubeApiServer
     from tests.support.procs import wait_for
-    from workers.adapters.mirror import ConfigMapMirror
+    from workers.adapters.mirror.configmap import ConfigMapMirror
 
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="vcm-bench-mirror-"))

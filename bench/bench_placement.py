@@ -47,8 +47,9 @@ from bench import (
     verdict,
     write_pools,
 )
+from workers.core.fleet import Fleet, FreeNets
 from workers.core.models import Pool, make_lease, parse_request
-from workers.core.placement import Fleet, FreeNets, place
+from workers.core.placement import place
 from workers.core.pools import parse_pools
 
 POOLS, VCENTERS, PORT_GROUPS = 200, 40, 64
@@ -164,7 +165,7 @@ class LedgerCase:
         self.service = Capacity(self.ledger, PoolsFile(str(pools_path)), settings)
         self.mirror = None
         try:  # the publisher's whole save (journal compaction)
-            from workers.adapters.mirror import FileMirror
+            from workers.adapters.mirror.file import FileMirror
 
             if hasattr(self.ledger, "snapshot"):
                 self.mirror = FileMirror(mirror_path)

@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import call, failure
 from tests.support.procs import ROOT, wait_for
 from tests.support.section9 import POOLS
-from workers.core.models import parse_rfc3339
+from workers.core.lease import parse_rfc3339
 
 BAD_TEXT = ["\udcff", "ok\x00", "tab\there", "x" * 5000, "\udc00\ud800"]  # last: a pair reversed
 
@@ -116,7 +116,7 @@ def test_a_restore_sets_bad_mirror_records_aside_and_keeps_what_they_hold(s):
               for i in range(2)]
     wait_for(lambda: len((json.loads(s.mirror.read_text()) or {}).get("leases", [])) == 2
              or s.mirror.with_suffix(".json.journal").exists(), what="the mirror")
-    from workers.adapters.mirror import FileMirror
+    from workers.adapters.mirror.file import FileMirror
 
     snap = FileMirror(str(s.mirror)).load()
     assert len(snap["leases"]) == 2
@@ -267,7 +267,7 @@ def test_after_redis_went_back_past_the_mirror_new_answers_still_wait_for_it(s):
     so): the seqs the new changes take were covered before, by the lost ones. Each new answer
     must still wait until the mirror holds its change."""
     from tests.helpers import go_back, keep_ledger
-    from workers.adapters.mirror import FileMirror
+    from workers.adapters.mirror.file import FileMirror
 
     client = s.redis.client()
     start = keep_ledger(client)

@@ -11,8 +11,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.core.lease import Lease, lease_port_groups, port_group_key
-from workers.core.models import Network, Pool, Request, make_lease, new_lease, rfc3339
+from workers.core.lease import Lease, lease_port_groups, port_group_key, rfc3339
+from workers.core.models import Network, Pool, Request, make_lease, new_lease
 from workers.core.topology import env_values, failure_domain, lease_env, platform_vsphere
 
 # wire (section, key) -> (attribute, value when the key is absent or null): written out here

@@ -8,7 +8,8 @@ import uuid
 import pytest
 
 from tests.helpers import check_invariants
-from workers.adapters.ledger import Ledger, LedgerConflict, LedgerUnready, Unparked
+from workers.adapters.ledger import Ledger
+from workers.adapters.ledger.scripts import LedgerConflict, LedgerUnready, Unparked
 from workers.core.models import Network, Pool, make_lease, parse_request
 
 

@@ -25,15 +25,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.support.kube_apiserver import KubeApiServer
-from workers.adapters.mirror import (
-    CONFIGMAP_LIMIT,
-    ConfigMapMirror,
-    FileMirror,
-    MirrorError,
-    MirrorTooLarge,
-    mirror_from_env,
-    retry_backoff,
-)
+from workers.adapters.mirror.configmap import CONFIGMAP_LIMIT, ConfigMapMirror
+from workers.adapters.mirror.errors import MirrorError, MirrorTooLarge, retry_backoff
+from workers.adapters.mirror.factory import mirror_from_env
+from workers.adapters.mirror.file import FileMirror
 
 NS = "vcm"
 NAME = "vcm-ledger"

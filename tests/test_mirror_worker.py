@@ -26,10 +26,11 @@ from tests.helpers import call, check_invariants, go_back, keep_ledger
 from tests.support.kube_apiserver import KubeApiServer
 from tests.support.procs import RedisServer, Stack, Worker, wait_for
 from workers.adapters.ledger import Ledger
-from workers.adapters.mirror import ConfigMapMirror
+from workers.adapters.mirror.configmap import ConfigMapMirror
 from workers.adapters.pools_file import PoolsFile, load_pools
 from workers.adapters.replies import CeleryReplies, OutboxReplies
-from workers.publisher.thread import Publisher, read_status
+from workers.publisher.status import read_status
+from workers.publisher.thread import Publisher
 from workers.service.capacity import Capacity
 from workers.settings import Settings
 

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workers.core.errors import InvalidRequest
+from workers.core.lease import parse_rfc3339, rfc3339
 from workers.core.models import (
     DEFAULT_TTL,
     MAX_INT,
@@ -23,8 +24,6 @@ from workers.core.models import (
     make_lease,
     parse_duration,
     parse_request,
-    parse_rfc3339,
-    rfc3339,
 )
 from workers.core.pools import parse_pools
 from workers.core.text import escaped

@@ -23,7 +23,7 @@ from tests.support.kube_apiserver import SYSTEM_NAMESPACES, KubeApiServer
 from tests.support.procs import ROOT, Stack, env_for, wait_for
 from tests.test_api_support import ApiServer
 from workers.adapters.ledger import Ledger
-from workers.core.models import parse_rfc3339
+from workers.core.lease import parse_rfc3339
 from workers.service.namespaces import GRACE, NAMESPACE_LABEL
 
 POOLS = yaml.safe_dump({"pools": [

@@ -10,9 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workers.core.errors import InvalidRequest, NoCapacity
+from workers.core.fleet import Fleet, Usage
 from workers.core.models import Network, Pool, Request, parse_request
-from workers.core.placement import Fleet, Usage, check_possible, place
+from workers.core.placement import place
 from workers.core.pools import parse_pools
+from workers.core.possible import check_possible
 from workers.core.taints import Taint, Toleration, parse_tolerations
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

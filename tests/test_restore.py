@@ -17,10 +17,10 @@ from tests.helpers import call, check_invariants, failure, go_back, keep_ledger
 from tests.support.procs import ROOT, Stack, Worker, wait_for
 from tests.test_api_support import ApiServer
 from workers.adapters.ledger import Ledger
-from workers.adapters.mirror import FileMirror
+from workers.adapters.mirror.file import FileMirror
 from workers.adapters.pools_file import load_pools
 from workers.core.models import Network, Pool, make_lease, parse_request
-from workers.publisher.thread import read_status
+from workers.publisher.status import read_status
 
 POOLS = yaml.safe_dump({"pools": [
     {"name": f"p{i}", "vcenter": f"vc{i % 3}", "datacenter": "dc", "cluster": f"c{i}",
@@ -149,7 +149,7 @@ def _stack_on(tmp_path, kube, snapshot: dict) -> Stack:
     if kube is None:
         (tmp_path / "ledger.json").write_text(json.dumps(snapshot))
         return Stack(tmp_path, ASIDE_POOLS)
-    from workers.adapters.mirror import ConfigMapMirror
+    from workers.adapters.mirror.configmap import ConfigMapMirror
 
     with ConfigMapMirror("vcm-test", "ledger", api_client=kube.api_client()) as cm:
         cm.save(snapshot)

@@ -51,7 +51,7 @@ def meta_key(task_id: str) -> str:
 def test_celery_result_key_format_is_what_the_readers_expect(client_app: Celery, r):
     """Pins Celery's result key format: if Celery changes it, this fails (and the shim, which
     reads and subscribes to these keys itself, must follow)."""
-    from api_shim.bridge import meta_prefix
+    from api_shim.hub import meta_prefix
     from tasks import results
 
     task_id = str(uuid.uuid4())

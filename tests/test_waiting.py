@@ -194,7 +194,7 @@ def test_renew_is_capped_by_the_maximum_lifetime(tmp_path):
         lease = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "ttl": "1h"})[0]
         renewed = call(s.app, "vcm.renew", lease_id=lease["metadata"]["name"],
                        owner="anonymous", ttl="90m")
-        from workers.core.models import parse_rfc3339 as t
+        from workers.core.lease import parse_rfc3339 as t
 
         st = renewed["status"]
         assert t(st["expires-at"]) > t(lease["status"]["expires-at"])

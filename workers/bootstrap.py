@@ -73,7 +73,7 @@ def build(app: Celery, role: str, settings: Settings | None = None) -> Runtime:
     writer = role == PLACEMENT
     mirror: Any = None
     if settings.mirror_enabled and writer:
-        from .adapters.mirror import build_mirror  # VCM_CONFIGMAP, VCM_MIRROR_MAX_SHARDS
+        from .adapters.mirror.factory import build_mirror
 
         mirror = build_mirror(settings)
     direct = CeleryReplies(app)

@@ -54,8 +54,11 @@ def install_sections(record: Record) -> None:
     import redis
 
     import workers.service.placing as placing_mod
-    from workers.adapters import mirror, replies
+    from workers.adapters import replies
     from workers.adapters.ledger import Ledger
+    from workers.adapters.mirror import file as mirror_file
+    from workers.adapters.mirror.configmap import ConfigMapMirror
+    from workers.adapters.mirror.file import FileMirror
     from workers.publisher.held_replies import HeldReplies
     from workers.publisher.thread import Publisher
     from workers.service.capacity import Capacity
@@ -84,10 +87,10 @@ def install_sections(record: Record) -> None:
                             "snapshot", "seq", "is_ready", "count", "wait_kick", "get_many",
                             "swap", "active_at"))
     # the mirror: the journal append before an answer, snapshots from the publisher
-    timed(mirror.FileMirror, "append", "FileMirror.append (journal)", record)
-    timed(mirror.file.os, "fdatasync", "os.fdatasync", record)  # the journal's (mirror/file.py)
-    each(mirror.FileMirror, "FileMirror", ("save",))
-    each(mirror.ConfigMapMirror, "ConfigMapMirror", ("save",))
+    timed(FileMirror, "append", "FileMirror.append (journal)", record)
+    timed(mirror_file.os, "fdatasync", "os.fdatasync", record)  # the journal's (mirror/file.py)
+    each(FileMirror, "FileMirror", ("save",))
+    each(ConfigMapMirror, "ConfigMapMirror", ("save",))
     each(Publisher, "Publisher", ("step", "write_mirror", "release_replies"))
     each(HeldReplies, "HeldReplies", ("release",))
     timed(replies.CeleryReplies, "deliver", "CeleryReplies.deliver", record)

@@ -49,7 +49,7 @@ def cmd_pools_discover(args: argparse.Namespace) -> int:
 
     from ..adapters.vcenter.access import plan
     from ..adapters.vcenter.client import VCenterUnavailable
-    from ..adapters.vcenter.inventory import discover, skeleton
+    from ..adapters.vcenter.discovery import discover, skeleton
     from ..settings import Settings
 
     settings = Settings.from_env()

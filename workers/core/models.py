@@ -12,8 +12,6 @@ from typing import Any
 from .errors import InvalidRequest
 from .labels import parse_labels
 from .lease import Lease, port_group_key, rfc3339
-from .lease import lease_port_groups as lease_port_groups  # re-exported: the ledger's import
-from .lease import parse_rfc3339 as parse_rfc3339  # re-exported: imported from here widely
 from .taints import Taint, Toleration, parse_tolerations
 from .text import MAX_TEXT, escaped, shown, text_problem
 from .topology import failure_domain, lease_env

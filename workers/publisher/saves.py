@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from .. import backoff
-from ..adapters.mirror import MirrorError, MirrorSuperseded, MirrorTooLarge
+from ..adapters.mirror.errors import MirrorError, MirrorSuperseded, MirrorTooLarge
 from ..ports import JournaledMirror, Mirror
 from .status import PublisherStatus
 

@@ -58,14 +58,12 @@ import time
 from tenacity import RetryCallState, Retrying
 
 from .. import backoff
-from ..adapters.mirror import MirrorError
+from ..adapters.mirror.errors import MirrorError
 from ..adapters.replies import CeleryReplies
 from ..ports import Mirror
 from .held_replies import HeldReplies
 from .saves import MirrorSaves
-from .status import PublisherStatus, read_status
-
-__all__ = ["Publisher", "read_status"]  # read_status: imported from here
+from .status import PublisherStatus
 
 log = logging.getLogger(__name__)
 

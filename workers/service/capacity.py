@@ -16,20 +16,18 @@ from typing import Any
 
 from ..adapters.ledger import Ledger
 from ..core.errors import InvalidRequest
+from ..core.fleet import Fleet
 from ..core.labels import matches, narrows, parse_selector
 from ..core.lease import Lease
 from ..core.models import text_arg
-from ..core.placement import Fleet
 from ..ports import Mirror, Pools, Replies
 from ..settings import Settings
-from .placing import Placing, Queued
-from .queries import Queries, pool_view
+from .placing import Placing
+from .queries import Queries
 from .recovery import Recovery
 from .releasing import Releasing, parse_lease_ids
 from .usage_cache import UsageCache
 from .waiting import Parked, WaitingLine
-
-__all__ = ["Capacity", "Parked", "Queued", "pool_view"]
 
 
 class Capacity:

@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import InvalidRequest
-from ..core.models import rfc3339
+from ..core.lease import rfc3339
 from .releasing import parse_lease_ids
 
 if TYPE_CHECKING:

@@ -14,9 +14,11 @@ from typing import Any, Protocol
 
 from ..adapters.ledger import Ledger
 from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
+from ..core.fleet import Fleet
 from ..core.lease import Lease
 from ..core.models import Request, make_lease, parse_request
-from ..core.placement import Fleet, check_possible, place_batch
+from ..core.placement import place_batch
+from ..core.possible import check_possible
 from ..ports import Pools
 from ..settings import Settings
 from .recovery import Recovery

@@ -10,11 +10,12 @@ from typing import Any
 
 from ..adapters.ledger import Ledger
 from ..core.errors import InvalidRequest
+from ..core.estimates import estimate
+from ..core.fleet import Fleet
 from ..core.health import UNKNOWN_HEALTH, PoolHealth, effective, pool_health
 from ..core.labels import matches, parse_selector
-from ..core.lease import Lease
-from ..core.models import Pool, parse_duration, rfc3339, text_arg
-from ..core.placement import Fleet, estimate
+from ..core.lease import Lease, rfc3339
+from ..core.models import Pool, parse_duration, text_arg
 from ..ports import Pools
 from .placing import Placing
 from .usage_cache import UsageCache

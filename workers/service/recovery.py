@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 
 from ..adapters.ledger import Ledger
-from ..adapters.mirror import MirrorError
+from ..adapters.mirror.errors import MirrorError
 from ..core.errors import NoCapacity
 from ..ports import JournaledMirror, Mirror
 

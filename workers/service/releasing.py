@@ -10,10 +10,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..adapters.ledger import Ledger, LedgerConflict, LedgerUnready, readable
+from ..adapters.ledger import Ledger
+from ..adapters.ledger.records import readable
+from ..adapters.ledger.scripts import LedgerConflict, LedgerUnready
 from ..core.errors import InvalidRequest, LeaseNotFound, NotOwner
-from ..core.lease import Lease
-from ..core.models import parse_request, rfc3339, text_arg
+from ..core.lease import Lease, rfc3339
+from ..core.models import parse_request, text_arg
 from ..settings import Settings
 from .placing import MAX_ATTEMPTS
 from .recovery import Recovery

@@ -15,8 +15,10 @@ from typing import Any
 
 from ..adapters.ledger import Ledger
 from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
-from ..core.models import Request, rfc3339, text_arg
-from ..core.placement import Fleet, place_batch, reserve_for
+from ..core.fleet import Fleet
+from ..core.lease import rfc3339
+from ..core.models import Request, text_arg
+from ..core.placement import place_batch, reserve_for
 from ..ports import Pools, Replies
 from ..settings import Settings
 from .placing import Placing, Queued

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ...core.models import lease_port_groups, parse_rfc3339
+from ...core.lease import lease_port_groups, parse_rfc3339
 from .base import LedgerBase
 from .records import readable, released_view, text
 from .scripts import Audit, Commit, Released, Swapped, UsageRead, audit_from_reply

@@ -9,7 +9,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ...core.models import parse_rfc3339, request_key
+from ...core.lease import parse_rfc3339
+from ...core.models import request_key
 from ...core.text import text_problem
 from .base import LedgerBase
 from .records import (

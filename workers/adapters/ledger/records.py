@@ -8,8 +8,7 @@ import json
 import logging
 from typing import Any
 
-from ...core.lease import port_group_key
-from ...core.models import parse_rfc3339
+from ...core.lease import parse_rfc3339, port_group_key
 from ...core.text import text_problem
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple, TypedDict
 
 import redis
 
-from ...core.placement import Usage
+from ...core.fleet import Usage
 from .records import stored_aside, text
 
 LUA = Path(__file__).resolve().parent.parent / "lua"

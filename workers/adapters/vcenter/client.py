@@ -28,10 +28,6 @@ from workers.core.text import shown
 
 from .access import CA_HINT, Access, AccessPlan, ThumbprintMismatch, address
 
-__all__ = ["GIB", "ClusterInfo", "DatacenterInfo", "DatastoreInfo", "Finding",
-           "VCenterInventory", "VCenterUnavailable", "address", "check_pools", "connector",
-           "login", "problem", "retrieve"]
-
 log = logging.getLogger(__name__)
 
 GIB = 1 << 30

@@ -23,15 +23,12 @@ from pyVmomi import vmodl
 from ...core import health
 from ...core.models import Pool
 from ...settings import Settings
-from .access import Access, AccessPlan, plan
+from .access import AccessPlan
 from .client import VCenterUnavailable, problem
-from .discovery import discover, skeleton
 from .inventory_read import read_inventory
-from .sessions import SESSIONS, Session, Sessions
+from .sessions import SESSIONS, Sessions
 
 # imported from here by the tasks, the CLI and the tests
-__all__ = ["SESSIONS", "Access", "AccessPlan", "HealthStore", "InventorySettings", "Session",
-           "Sessions", "SyncResult", "discover", "plan", "read_inventory", "skeleton", "sync"]
 
 log = logging.getLogger(__name__)
 
