@@ -18,7 +18,9 @@ Bounds, from the settings this soak runs with:
   + short ttl + slack seconds;
 - placement task results are kept VCM_RESULT_TTL (a day, for polling job steps): each must carry
   a TTL of at most that, and there are no more of them than tasks sent (by the clients, and
-  by beat: a reap per reap interval, a rollup per rollup interval); query task
+  by beat: a reap per reap interval, a rollup per rollup interval); each acquire's answer,
+  kept for copies of its task (`vcm:answered:*`), likewise, with a TTL of at most the longer
+  of VCM_RESULT_TTL and the visibility timeout; query task
   results must carry a TTL of at most QUERY_RESULT_TTL (results of queries are "not kept
   beyond minutes");
 - everything else in Redis (the ledger's fixed keys, Celery's queues and bindings) grows by
@@ -63,6 +65,8 @@ ROLLUP_INTERVAL = 10  # VCM_ROLLUP_INTERVAL
 SHORT_TTL = 8  # ttl of the abandoned leases, seconds
 RESULT_EXPIRES = int(celeryconfig.result_expires)  # VCM_RESULT_TTL
 QUERY_RESULT_TTL = int(celeryconfig.query_result_expires)  # VCM_QUERY_RESULT_TTL
+# a task's answer, kept for copies of the task (workers/bootstrap.py)
+ANSWER_TTL = max(RESULT_EXPIRES, int(celeryconfig.broker_transport_options["visibility_timeout"]))
 OTHER_KEYS_SLACK = 20
 MEMORY_SLACK_MIB = 32
 TIMEOUT = 60.0
@@ -134,6 +138,8 @@ def kind_of(key: str, query_ids: set[str]) -> str:
     if key.startswith("celery-task-meta-"):
         return "query results" if key[len("celery-task-meta-"):] in query_ids \
             else "placement results"
+    if key.startswith("vcm:answered:"):
+        return "task answers"
     for prefix in ("vcm:gone:", "vcm:req:", "vcm:owner:", "vcm:"):
         if key.startswith(prefix):
             return prefix + "*" if prefix != "vcm:" else "vcm: other"
@@ -149,7 +155,7 @@ def sample(r: Any, procs: dict[str, Proc], query_ids: set[str]) -> Sample:
         key = raw.decode(errors="replace")
         kind = kind_of(key, query_ids)
         s.kinds[kind] += 1
-        if kind.endswith("results") or kind in ("vcm:gone:*", "vcm:req:*"):
+        if kind.endswith(("results", "answers")) or kind in ("vcm:gone:*", "vcm:req:*"):
             results.append(key)
     checked = Counter()
     for i in range(0, len(results), 1000):
@@ -161,11 +167,12 @@ def sample(r: Any, procs: dict[str, Proc], query_ids: set[str]) -> Sample:
         values = pipe.execute()
         for key, used, ttl in zip(chunk, values[::2], values[1::2], strict=True):
             kind = kind_of(key, query_ids)
-            if not kind.endswith("results"):  # bounded history: counted, its TTL is the ledger's
-                s.history_memory += used or 0
+            if not kind.endswith(("results", "answers")):  # bounded history: counted, its TTL
+                s.history_memory += used or 0  # is the ledger's
                 continue
             s.results_memory += used or 0
-            limit = QUERY_RESULT_TTL if kind == "query results" else RESULT_EXPIRES
+            limit = {"query results": QUERY_RESULT_TTL,
+                     "task answers": ANSWER_TTL}.get(kind, RESULT_EXPIRES)
             if ttl == -2:  # expired (or deleted) since the scan: nothing kept
                 continue
             if (ttl is None or ttl < 0 or ttl > limit) and checked[kind] < 3:
@@ -321,7 +328,7 @@ def main() -> int:
         # their count (DBSIZE minus SCAN) times the largest average kept-key size
         unreclaimed = max(0, last.dbsize - sum(last.kinds.values()))
         per_key = max(last.results_memory / max(1, sum(
-            v for k, v in last.kinds.items() if k.endswith("results"))), 1.0)
+            v for k, v in last.kinds.items() if k.endswith(("results", "answers")))), 1.0)
         mem_bound = (first.used_memory + max(0, results_growth) + max(0, history_growth)
                      + unreclaimed * per_key + MEMORY_SLACK_MIB * MIB)
         mem_ok = last.used_memory <= mem_bound
@@ -341,6 +348,7 @@ def main() -> int:
             "vcm: other": first.kinds["vcm: other"] + OTHER_KEYS_SLACK,
             "placement results": placement_sent + beat_tasks,
             "query results": sent_queries,
+            "task answers": placement_sent,
             "other": first.kinds["other"] + OTHER_KEYS_SLACK,
         }
         explain = {
@@ -350,6 +358,7 @@ def main() -> int:
             "vcm: other": f"start + {OTHER_KEYS_SLACK}",
             "placement results": f"tasks sent + {beat_tasks} by beat (kept ≤ {RESULT_EXPIRES}s)",
             "query results": f"queries sent (kept ≤ {QUERY_RESULT_TTL}s)",
+            "task answers": f"one per acquire sent (kept ≤ {ANSWER_TTL}s)",
             "other": f"start + {OTHER_KEYS_SLACK}",
         }
         for kind, bound in bounds.items():

@@ -230,3 +230,47 @@ def test_the_mirror_scripts_answer_with_named_results(own_ledger):
     assert (version, pools, nets) == (own_ledger.usage().version, own_ledger.usage().pools,
                                       own_ledger.usage().nets)
     assert pools["p1"].vcpus == 1 and nets == set()
+
+
+# a task id answered once (copies of tasks) ---------------------------------------------------
+REFUSED = {"error": "NoCapacity", "message": "no pool fits", "details": {"reasons": {}}}
+
+
+def test_a_task_answered_before_is_never_placed_by_any_writer(own_ledger):
+    """A second placement worker (by mistake) decided on a copy of a task that the first
+    worker refused a moment later: the commit checks the answer in the same step, so the copy
+    is answered with the refusal and nothing is written."""
+    assert own_ledger.answer_once("t1", REFUSED) is None  # the first worker's refusal
+    assert own_ledger.answer_once("t1", {"granted": [["x"]], "request-ids": ["t1"]}) == REFUSED
+    groups, caps = _group(own_ledger, "r1")
+    answer = {"granted": [[groups["r1"][0]["metadata"]["name"]]], "request-ids": ["r1"]}
+    before = own_ledger.audit()
+    copy = own_ledger.commit(own_ledger.usage().version, groups, caps, tasks=["t1"],
+                             answer=answer)
+    assert (copy.status, copy.detail, copy.answer) == ("answered", "t1", REFUSED)
+    assert own_ledger.audit() == before and own_ledger.granted_at(["r1"])[1] == [None]
+    granted = own_ledger.commit(own_ledger.usage().version, groups, caps, tasks=["t2"],
+                                answer=answer)
+    assert granted.status == "ok" and own_ledger.answered("t2") == answer
+    ttl = own_ledger.r.ttl(own_ledger.k.answered("t2"))
+    assert 0 < ttl <= own_ledger.answer_ttl  # kept a bounded while, never for ever
+
+
+def test_every_task_waiting_for_a_request_gets_its_answer_recorded(own_ledger):
+    record = {"task": "w1", "request": {}, "since": 0, "deadline": 1e12}
+    own_ledger.park("k", record)
+    own_ledger.park("k", {**record, "task": "w2"})  # a twin
+    assert own_ledger.unpark("k", refusal=REFUSED) == Unparked(left=True, twins=["w2"])
+    assert own_ledger.answered("w1") == own_ledger.answered("w2") == REFUSED
+    refused = own_ledger.park("k", record)  # a copy of w1: not in line again
+    assert (refused.position, refused.answer) == (0, REFUSED)
+    assert not own_ledger.is_waiting("k")
+    # granted from the line: the first task and its twins are answered with the leases
+    own_ledger.park("r1", {**record, "task": "w3"})
+    own_ledger.park("r1", {**record, "task": "w4"})
+    groups, caps = _group(own_ledger, "r1")
+    answer = {"granted": [[groups["r1"][0]["metadata"]["name"]]], "request-ids": ["r1"]}
+    served = own_ledger.commit(own_ledger.usage().version, groups, caps, granted=["r1"],
+                               answer=answer)
+    assert served.status == "ok"
+    assert own_ledger.answered("w3") == own_ledger.answered("w4") == answer

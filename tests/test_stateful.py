@@ -628,6 +628,85 @@ class TaskApiMachine(RuleBasedStateMachine):
                 assert not set(self.keys[mine].ids) & set(self.keys[k].ids), \
                     f"{mine} was answered with {k}'s leases"
 
+    # -- copies of an answered acquire (the same task id sent again, later) ----------------
+    # `vcm` and the README's loop send a task again, same task id, while it shows PENDING; the
+    # queue may be behind, so a copy can reach the worker after the first was answered and
+    # capacity freed up. A task id answered once gets that answer for every copy: a refused
+    # or timed-out acquire stays refused, word for word, and its copy grants nothing (the
+    # invariant after the step sees any lease nobody was told about).
+    copyable: dict[str, dict[str, Any]]  # task id -> the request it carried
+
+    @initialize()
+    def no_task_to_copy_yet(self) -> None:
+        self.copyable = {}
+
+    @rule(vcenters=st.sampled_from([1, VCENTERS]), wait=st.sampled_from([0, 1]),
+          ttl=st.sampled_from([None, 2, 3600]), owner=st.sampled_from(OWNERS),
+          cancel=st.booleans())
+    @recorded
+    def acquire_to_copy_later(self, vcenters: int, wait: int, ttl: int | None,
+                              owner: str, cancel: bool) -> None:
+        """A whole pool on each of `vcenters` vCenters: granted on an idle fleet, refused
+        (or timed out, or its wait cancelled) while others hold leases; judged like any
+        acquire, and its task id is kept for a copy."""
+        body: dict[str, Any] = {"vcpus": POOL_VCPUS, "memory": POOL_MEMORY,
+                                "vcenters": vcenters, "owner": owner, "wait": wait}
+        if ttl is not None:
+            body["ttl"] = ttl
+        d = Drawn(body, may={"request", "networks", "vcenters"} if vcenters > 1 else set())
+        before = self.snapshot()
+        sent = time.time()
+        r = self.send("vcm.acquire", request=body)
+        try:
+            out = settle(r, ANSWER_TIMEOUT, accept=("SUCCESS", "FAILURE", "WAITING"))
+        except TimeoutError as exc:
+            raise AssertionError(f"acquire {body!r} was never answered: {exc}") from None
+        self.trace.append(f"  vcm.acquire {r.id} -> {out!r:.300}")
+        self.judge_acquire(d, r, out, before, sent, f"acquire to copy later {body!r}")
+        self.copyable[r.id] = body
+        if cancel and r.id in self.waiters:  # WaitTimeout now, not when the second is up
+            self.cancel(r.id)
+
+    @rule()
+    @recorded
+    def copy_answered_acquires(self) -> None:
+        """A copy of each refused (NoCapacity) or timed-out (WaitTimeout) acquire kept above,
+        sent now: each answered as the first was, and the ledger does not change. One still
+        waiting in line (it waits a second at most) is answered first."""
+        for task_id in self.copyable:
+            w = self.waiters.get(task_id)
+            if w is not None and w.twin_of is None:
+                try:
+                    settle(w.result, max(0.0, w.deadline - time.time()) + WAIT_SLACK)
+                except TimeoutError:
+                    pass  # poll_waiters names a waiting task never answered
+        self.poll_waiters()
+        refused: dict[str, tuple[dict[str, Any], Outcome]] = {}
+        for task_id, body in self.copyable.items():
+            first = outcome_of(self.app.AsyncResult(task_id))  # gone with a Redis wipe
+            if first.error in ("NoCapacity", "WaitTimeout") and task_id not in self.waiters:
+                refused[task_id] = (body, first)
+        if not refused:
+            return  # nothing refused so far: whether it was is the workers' timing
+        before = self.snapshot()
+        for task_id, (body, _) in refused.items():
+            self.app.send_task("vcm.acquire", kwargs={"request": body}, queue="placement",
+                               task_id=task_id)
+        # the one placement consumer runs tasks in the order sent: the copies before this
+        self.send("vcm.noop_placement").get(timeout=ANSWER_TIMEOUT)
+        for task_id, (body, first) in refused.items():
+            what = f"copy of task {task_id} ({body!r}, answered {first})"
+            try:
+                out = settle(self.app.AsyncResult(task_id), ANSWER_TIMEOUT,
+                             accept=("SUCCESS", "FAILURE", "WAITING"))
+            except TimeoutError as exc:
+                raise AssertionError(f"{what}: never answered: {exc}") from None
+            self.trace.append(f"  vcm.acquire {task_id} (copy) -> {out!r:.300}")
+            assert (out.state, out.error, out.message) == (first.state, first.error,
+                                                            first.message), \
+                f"{what}: the copy was answered {out}"
+        self.assert_unchanged(before, f"copies of {sorted(refused)}")
+
     @rule(n=st.integers(1, 3), owners=st.lists(st.sampled_from(OWNERS), min_size=3,
                                                 max_size=3),
           repeat=st.booleans(), dup=st.integers(0, 4), bad=st.one_of(st.none(), bad_text))

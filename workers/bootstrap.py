@@ -69,7 +69,15 @@ class Runtime:
 
 def build(app: Celery, role: str, settings: Settings | None = None) -> Runtime:
     settings = settings or Settings.from_env()
-    ledger = Ledger.from_url(settings.redis_url, keep=int(settings.keep_released))
+    # A task id's answer is kept for copies of the task as long as its result is kept (or a
+    # visibility timeout, if that is longer): a copy exists only while its task shows no
+    # answer (`vcm` and the README's loop send again while it is PENDING; the broker gives a
+    # message again when its worker did not ack it, a visibility timeout later). The answer
+    # stays readable for VCM_RESULT_TTL, so a copy that reaches a worker later than that
+    # waited in the queue longer than anyone polls for its result.
+    ledger = Ledger.from_url(settings.redis_url, keep=int(settings.keep_released),
+                             answer_ttl=int(max(settings.result_ttl,
+                                                settings.visibility_timeout)))
     writer = role == PLACEMENT
     mirror: Any = None
     if settings.mirror_enabled and writer:

@@ -21,6 +21,8 @@ leases                 hash lease id -> lease JSON (active leases)
 owner:<owner>          set of an owner's active lease ids
 expiry                 zset lease id -> expires-at (epoch seconds)
 req:<n>:<owner>:<id>   JSON list of lease ids: the idempotency record of (owner, request-id)
+answered:<task id>     JSON: the answer a task id was given (its lease ids, or its refusal),
+                       for every copy of the task; expires (Ledger.answer_ttl)
 gone:<lease id>        hash lease, released-at, reason: a released lease, kept a while
 quarantine             hash id -> a record set aside (it cannot be read) and what it holds
                        (ledger/records.py); its usage stays counted until a release by id
@@ -141,6 +143,9 @@ class Keys:
 
     def request(self, key: str) -> str:
         return f"{self.prefix}req:{key}"
+
+    def answered(self, task_id: str) -> str:
+        return f"{self.prefix}answered:{task_id}"
 
     def gone(self, lease_id: str) -> str:
         return f"{self.prefix}gone:{lease_id}"

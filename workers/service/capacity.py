@@ -22,7 +22,7 @@ from ..core.lease import Lease
 from ..core.models import text_arg
 from ..ports import Mirror, Pools, Replies
 from ..settings import Settings
-from .placing import Placing
+from .placing import REFUSALS, Placing
 from .queries import Queries
 from .recovery import Recovery
 from .releasing import Releasing, parse_lease_ids
@@ -72,9 +72,12 @@ class Capacity:
 
     def acquire_batch(self, raws: Any, task_id: str,
                       owner: str = "anonymous") -> list[list[dict[str, Any]]]:
-        reqs = self.placing.parse_batch(raws, task_id, owner)
+        try:
+            reqs = self.placing.parse_batch(raws, task_id, owner)
+        except REFUSALS as exc:
+            return self.placing.refuse(task_id, exc)
         with self.lock:
-            return self.placing.place(reqs, self.line)
+            return self.placing.acquire_batch(reqs, task_id, self.line)
 
     def release(self, lease_ids: Any = None, owner: Any = None, selector: Any = None,
                 reason: str = "released") -> list[str]:

@@ -2,7 +2,11 @@
 
 A decision is pure (`core.placement`); the commit re-checks it inside Redis against the ledger
 version it was based on, so a stale decision is retried on fresh data and can never
-over-allocate. A known (owner, request-id) answers with its leases instead of placing again."""
+over-allocate. A known (owner, request-id) answers with its leases instead of placing again.
+
+A task id is answered once: its answer (leases or a refusal) is recorded with the grant, in
+the commit, or in place of one (first answer wins), and every copy of the task (sent again,
+delivered again) gets that answer and is never placed."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import uuid
 from typing import Any, Protocol
 
 from ..adapters.ledger import Ledger
-from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
+from ..core.errors import ERRORS, InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
 from ..core.fleet import Fleet
 from ..core.lease import Lease
 from ..core.models import Request, make_lease, parse_request
@@ -27,6 +31,8 @@ from .usage_cache import UsageCache
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 50
 Leases = list[dict[str, Any]]
+# what acquire answers instead of leases; each is recorded as the task's answer
+REFUSALS = (InvalidRequest, NoCapacity, WaitTimeout, LeaseNotFound)
 
 
 class Queued(Exception):
@@ -80,6 +86,30 @@ class Placing:
         if known:
             raise InvalidRequest(known[0], dict(known[1]))
 
+    def acquire_batch(self, reqs: list[Request], task_id: str, line: Line) -> list[Leases]:
+        """All the parsed requests' leases, or none (see parse_batch)."""
+        try:
+            return self.place(reqs, line, task=task_id)
+        except REFUSALS as exc:
+            return self.refuse(task_id, exc)
+
+    def refuse(self, task_id: str, exc: VcmError) -> list[Leases]:
+        """Refuse a task with `exc`, for it and every copy of it: raises `exc`, or the answer
+        a copy of the task was given first (its leases, when a copy was granted meanwhile)."""
+        if task_id:
+            earlier = self.ledger.answer_once(task_id, exc.to_dict())
+            if earlier is not None:
+                return self.replay(earlier)
+        raise exc
+
+    def replay(self, answer: dict[str, Any]) -> list[Leases]:
+        """The answer a task was given, for a copy of it: its leases (an error naming those
+        that are gone), or its refusal raised again."""
+        if "granted" in answer:
+            return self.answer_with(answer["request-ids"], answer["granted"])
+        cls = ERRORS.get(answer.get("error", ""), NoCapacity)
+        raise cls(answer.get("message", ""), answer.get("details") or {})
+
     def parse_batch(self, raws: Any, task_id: str, owner: str = "anonymous") -> list[Request]:
         if not isinstance(raws, list) or not raws:
             raise InvalidRequest.of("requests", "must be a non-empty list of requests")
@@ -96,13 +126,15 @@ class Placing:
         return reqs
 
     def place(self, reqs: list[Request], line: Line, granted: str = "",
-              held: dict[str, str] | None = None, since: float | None = None) -> list[Leases]:
+              held: dict[str, str] | None = None, since: float | None = None,
+              task: str = "") -> list[Leases]:
         """Place all requests or none, commit atomically; a known request-id returns its leases.
 
         `line`: the caller's waiting line, which says what each attempt keeps for its head.
         `granted` is the request key of a waiter being served: it leaves the line in the commit.
         `held`: pools kept for the head of the line at the first attempt (asked of `line`
         when None).
+        `task`: the task asking; answered before (this is a copy), it gets that answer.
         """
         for attempt in range(MAX_ATTEMPTS):
             version, fleet = self.cache.fleet(fresh=attempt > 0, indexed=True)
@@ -115,6 +147,9 @@ class Placing:
             try:
                 plan = place_batch(reqs, fleet, self.settings.strategy, held)
             except NoCapacity:
+                earlier = self.ledger.answered(task) if task else None
+                if earlier is not None:
+                    return self.replay(earlier)
                 current, found = self.ledger.granted_at([r.key for r in reqs])
                 existing = self.existing(reqs, found)
                 if existing is not None:
@@ -136,8 +171,13 @@ class Placing:
             caps = {p.pool.name: (p.pool.vcpu_capacity, p.pool.memory, p.pool.storage)
                     for placements in plan for p in placements}
             latency = now - since if since is not None else None
+            answer = {"granted": [[x["metadata"]["name"] for x in groups[r.key]] for r in reqs],
+                      "request-ids": [r.request_id for r in reqs]}
             commit = self.ledger.commit(version, groups, caps, [granted] if granted else None,
-                                        latency, lone=lone)
+                                        latency, lone=lone, tasks=[task] if task else None,
+                                        answer=answer)
+            if commit.status == "answered" and commit.answer is not None:
+                return self.replay(commit.answer)
             if commit.status == "ok":
                 self.cache.placed(fleet, reqs, plan, commit.version)
                 self.recovery.record(commit.seq, commit.raws, [])
@@ -191,15 +231,20 @@ class Placing:
             found = self.ledger.granted_at([r.key for r in reqs])[1]
         if not all(ids is not None for ids in found):
             return None
-        answers = [self.ledger.get_many(ids or []) for ids in found]
-        for req, leases in zip(reqs, answers, strict=True):
+        return self.answer_with([r.request_id for r in reqs], [ids or [] for ids in found])
+
+    def answer_with(self, request_ids: list[str], found: list[list[str]]) -> list[Leases]:
+        """The leases granted to these request-ids (their lease ids `found`); leases that are
+        gone since are an error naming them, never answered as a grant."""
+        answers = [self.ledger.get_many(ids) for ids in found]
+        for request_id, leases in zip(request_ids, answers, strict=True):
             gone = {x.id: _why_gone(x) for x in map(Lease.from_wire, leases) if not x.active}
             if gone:
                 raise LeaseNotFound(
-                    f"request-id {req.request_id!r} was answered before with leases that are "
+                    f"request-id {request_id!r} was answered before with leases that are "
                     f"gone: {'; '.join(f'{k} {v}' for k, v in gone.items())}; "
                     "send a new request-id for new leases",
-                    {"request-id": req.request_id, "gone": gone})
+                    {"request-id": request_id, "gone": gone})
         self.recovery.record_existing([i for ids in found if ids for i in ids])
         return answers
 

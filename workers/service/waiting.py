@@ -21,7 +21,7 @@ from ..core.models import Request, text_arg
 from ..core.placement import place_batch, reserve_for
 from ..ports import Pools, Replies
 from ..settings import Settings
-from .placing import Placing, Queued
+from .placing import REFUSALS, Placing, Queued
 from .usage_cache import UsageCache
 
 log = logging.getLogger(__name__)
@@ -55,15 +55,18 @@ class WaitingLine:
                 ) -> list[dict[str, Any]] | Parked:
         """Leases, or the request's place in line (Parked) when it waits."""
         received = time.time()
-        req = self.placing.parse(raw, task_id or uuid.uuid4().hex, owner)
         try:
-            return self.placing.place([req], self, since=received)[0]
-        except Queued:  # sent again while it waits: wait with it, whatever `wait` says
-            return self.park(req, task_id, {})
-        except NoCapacity as exc:
-            if req.wait <= 0 and not self.ledger.is_waiting(req.key):
-                raise
-            return self.park(req, task_id, exc.reasons)
+            req = self.placing.parse(raw, task_id or uuid.uuid4().hex, owner)
+            try:
+                return self.placing.place([req], self, since=received, task=task_id)[0]
+            except Queued:  # sent again while it waits: wait with it, whatever `wait` says
+                return self.park(req, task_id, {})
+            except NoCapacity as exc:
+                if req.wait <= 0 and not self.ledger.is_waiting(req.key):
+                    raise
+                return self.park(req, task_id, exc.reasons)
+        except REFUSALS as exc:
+            return self.placing.refuse(task_id, exc)[0]
 
     def held(self, fleet: Fleet, skip: str = "") -> dict[str, str]:
         """Pools kept for the head of the waiting line (none when nobody waits)."""
@@ -94,6 +97,8 @@ class WaitingLine:
         self.empty = False
         in_line = self.ledger.park(req.key, record)
         position, record = in_line.position, in_line.record
+        if in_line.answer is not None:  # a copy of a task answered meanwhile: that answer
+            return self.placing.replay(in_line.answer)[0]
         if position == 0:  # granted meanwhile (a redelivered task): answer with the leases
             existing = self.placing.existing([req])
             return existing[0] if existing else []
@@ -122,7 +127,7 @@ class WaitingLine:
                 self._show(key, record, position, exc.reasons)
                 continue
             except (InvalidRequest, WaitTimeout, LeaseNotFound) as exc:
-                unparked = self.ledger.unpark(key)
+                unparked = self.ledger.unpark(key, refusal=exc.to_dict())
                 if unparked.left:
                     self._answer([record["task"], *unparked.twins], fail=exc)
                 continue
@@ -156,12 +161,13 @@ class WaitingLine:
     def expire(self, key: str, record: dict[str, Any], why: str = "") -> bool:
         """Take a waiter out of the line and fail its tasks with WaitTimeout (False: it had
         left already)."""
-        unparked = self.ledger.unpark(key)
+        waited = round(time.time() - record["since"], 1)
+        timeout = WaitTimeout.of(waited, why=why)
+        unparked = self.ledger.unpark(key, refusal=timeout.to_dict())
         if not unparked.left:
             return False
         self.ledger.count("refused:WaitTimeout")
-        waited = round(time.time() - record["since"], 1)
-        self._answer([record["task"], *unparked.twins], fail=WaitTimeout.of(waited, why=why))
+        self._answer([record["task"], *unparked.twins], fail=timeout)
         return True
 
     def cancel(self, task_id: Any) -> bool:
@@ -175,6 +181,7 @@ class WaitingLine:
             twins = self.ledger.twins(key)
             primary = record.get("task") == task_id
             if task_id in twins and self.ledger.drop_twin(key, task_id) and not primary:
+                self.ledger.answer_once(task_id, gone.to_dict())
                 self._answer([task_id], fail=gone)
                 return True
             if not primary:
@@ -183,6 +190,7 @@ class WaitingLine:
             if others:  # someone else still waits for this request: they take its place
                 self.ledger.drop_twin(key, others[0])
                 self.ledger.rewait(key, {**record, "task": others[0]})
+                self.ledger.answer_once(task_id, gone.to_dict())
                 self._answer([task_id], fail=gone)
                 return True
             if self.expire(key, record, "the client went away"):

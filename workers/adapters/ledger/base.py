@@ -10,11 +10,13 @@ from .scripts import Scripts
 
 
 class LedgerBase:
-    def __init__(self, client: redis.Redis, prefix: str = "vcm:", keep: int = 7 * 86400) -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "vcm:", keep: int = 7 * 86400,
+                 answer_ttl: int = 86400) -> None:
         self.r = client
         self.p = prefix  # the scripts derive every key from it
         self.k = Keys(prefix)
         self.keep = keep  # seconds a released lease's record is kept
+        self.answer_ttl = answer_ttl  # seconds a task id's answer is kept for its copies
         self.quiet = False  # True: changes do not kick the publisher (the caller journals them)
         self.floor = 0  # writes refuse below this seq (see prelude.lua, Capacity.ensure_ready)
         self.scripts = Scripts(client)

@@ -91,9 +91,12 @@ class LeaseStore(LedgerBase):
     # writes ----------------------------------------------------------------------------
     def commit(self, expected_version: int, groups: dict[str, list[dict[str, Any]]],
                caps: dict[str, tuple[int, int, int]], granted: list[str] | None = None,
-               latency: float | None = None, lone: bool = False) -> Commit:
+               latency: float | None = None, lone: bool = False, tasks: list[str] | None = None,
+               answer: dict[str, Any] | None = None) -> Commit:
         """Record new leases for each request-id, if the ledger is still at expected_version.
-        `lone`: placed assuming nobody waits in line; refused ('waiters') if someone does."""
+        `lone`: placed assuming nobody waits in line; refused ('waiters') if someone does.
+        `answer` is recorded as the answer of `tasks` and of the tasks waiting for `granted`;
+        a task answered before is refused ('answered', with that answer)."""
         pools: dict[str, dict[str, Any]] = {}
         nets: dict[str, str] = {}
         leases = []
@@ -121,6 +124,9 @@ class LeaseStore(LedgerBase):
         }
         if not granted:
             del payload["granted"]
+        if answer is not None and (tasks or granted):
+            payload["answer"] = {"tasks": list(tasks or []), "json": json.dumps(answer),
+                                 "ttl": self.answer_ttl}
         if lone:
             payload["lone"] = True
         if self.quiet:
@@ -132,6 +138,19 @@ class LeaseStore(LedgerBase):
             payload["latency"] = {"seconds": latency, **({"bucket": bucket} if bucket else {})}
         reply = self.scripts.commit(args=[self.p, expected_version, json.dumps(payload), *raws])
         return Commit.from_reply(reply, raws)
+
+    def answered(self, task_id: str) -> dict[str, Any] | None:
+        """What a task id was answered (see answer_once), or None."""
+        raw = self.r.get(self.k.answered(task_id))
+        return json.loads(raw) if raw else None
+
+    def answer_once(self, task_id: str, answer: dict[str, Any]) -> dict[str, Any] | None:
+        """Record `answer` as the task id's, unless it has one: then that one is returned (a
+        copy of the task was answered first, by this worker or another)."""
+        if self.r.set(self.k.answered(task_id), json.dumps(answer), ex=self.answer_ttl,
+                      nx=True):
+            return None
+        return self.answered(task_id) or answer  # (expired in between: it is ours now)
 
     def release(self, ids: list[str], owner: str = "", by_owner: str = "",
                 reason: str = "released", now: str = "",

@@ -22,9 +22,11 @@ class LineStore(LedgerBase):
     def is_waiting(self, key: str) -> bool:
         return self.r.zscore(self.k.waiting, key) is not None
 
-    def unpark(self, key: str) -> Unparked:
-        """Leave the line; the twins are answered by the caller too."""
-        return Unparked.from_reply(self.scripts.unpark(args=[self.p, key]))
+    def unpark(self, key: str, refusal: dict[str, Any] | None = None) -> Unparked:
+        """Leave the line; the twins are answered by the caller too. A `refusal` (an error's
+        to_dict) is recorded as the answer of every task that waited, in the same step."""
+        return Unparked.from_reply(self.scripts.unpark(args=[
+            self.p, key, json.dumps(refusal) if refusal is not None else "", self.answer_ttl]))
 
     def twins(self, key: str) -> list[str]:
         """The other tasks waiting for the same request (see park)."""

@@ -56,13 +56,15 @@ class LedgerConflict(Exception):
 class Commit:
     """commit.lua: new leases recorded, or why not."""
 
-    status: str  # ok | dup | stale | over | conflict | gone | unready | waiters | queued |
-    # blocked (detail: JSON {ids, count} of set-aside records whose holdings cannot be read)
+    status: str  # ok | answered | dup | stale | over | conflict | gone | unready | waiters |
+    # queued | blocked (detail: JSON {ids, count} of set-aside records whose holdings cannot be
+    # read)
     version: int = 0
     seq: int = 0
     existing: dict[str, list[str]] = field(default_factory=dict)
     detail: str = ""
     raws: list[str] = field(default_factory=list)  # the new leases' JSON, when ok
+    answer: dict[str, Any] | None = None  # answered: what the task was answered before
 
     @classmethod
     def from_reply(cls, reply: list[Any], raws: list[str]) -> Commit:
@@ -75,6 +77,8 @@ class Commit:
             return cls("dup", existing=existing)
         if status == "ok":
             return cls(status, version=int(rest[0]), seq=int(rest[1]), raws=raws)
+        if status == "answered":
+            return cls(status, detail=text(rest[0]), answer=json.loads(rest[1]))
         if status == "stale":
             return cls(status, version=int(rest[0]))
         return cls(status, detail=text(rest[0]))
@@ -173,13 +177,16 @@ def audit_from_reply(reply: list[Any]) -> Audit:
 class InLine:
     """park.lua: where a request waits."""
 
-    position: int  # 1 is the head; 0: it was granted meanwhile (nothing parked)
+    position: int  # 1 is the head; 0: it was granted meanwhile, or answered (nothing parked)
     record: dict[str, Any]  # the record in line (the first task's, for a twin)
+    answer: dict[str, Any] | None = None  # the task's answer, given before (it is a copy)
 
     @classmethod
     def from_reply(cls, reply: list[Any], record: dict[str, Any]) -> InLine:
         """`record`: the one sent, the answer when nothing was parked."""
         status, position, *held = reply
+        if text(status) == "answered":
+            return cls(0, record, json.loads(held[0]))
         if text(status) != "parked":
             return cls(0, record)
         return cls(int(position), json.loads(held[0]) if held and held[0] else record)

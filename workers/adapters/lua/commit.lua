@@ -1,23 +1,33 @@
--- Record the leases of one decision, if it still holds: the (owner, request-id)s are new,
--- none waits in line (unless being served), the ledger is at the version the decision read,
--- and capacity and port groups still fit. All or nothing.
+-- Record the leases of one decision, if it still holds: the task was never answered, the
+-- (owner, request-id)s are new, none waits in line (unless being served), the ledger is at
+-- the version the decision read, and capacity and port groups still fit. All or nothing.
+-- The answer is recorded for the task (answer.tasks) and, when serving waiters, for each
+-- task waiting for them (the first and its twins): a copy of any of them is answered so.
 -- Nothing is placed while a set-aside record whose holdings cannot be read is left (it could
 -- hold any pool's capacity or port group): `blocked` (restore.lua).
 -- KEYS: none (derived from the prefix: version, seq, ready, use:<pool>, pools, nets, leases,
---       owner:<owner>, expiry, req:<key>, waiting, waiters, blocked, stats, latency, kick)
+--       owner:<owner>, expiry, req:<key>, waiting, waiters, twins:<key>, answered:<task>,
+--       blocked, stats, latency, kick)
 -- ARGV: [1] prefix, [2] the usage version the decision read,
 --       [3] {rids: {key: ids JSON}, pools: {pool: usage + cap}, nets: {pg key: lease id},
 --            leases: [{id, owner, exp}], granted?: [waiter keys], lone?, quiet?, floor?,
---            latency?: {seconds, bucket?}},
+--            latency?: {seconds, bucket?}, answer?: {tasks: [task id], json, ttl}},
 --       [4..] each new lease's JSON, in the order of `leases`
 -- Returns (decoded into ledger.scripts.Commit):
---         {'ok', version, seq} | {'dup', [key, ids JSON, ...]} | {'conflict', key} |
+--         {'ok', version, seq} | {'answered', task, its answer JSON} |
+--         {'dup', [key, ids JSON, ...]} | {'conflict', key} |
 --         {'queued', key} | {'stale', version} | {'waiters', ''} | {'gone', key} |
 --         {'over', pool or port group} | {'unready', '0'} |
 --         {'blocked', JSON {ids: up to 5 set-aside ids, count}}
 local p = ARGV[1]
 local d = cjson.decode(ARGV[3])
 if unready(p, d.floor or 0) then return {'unready', '0'} end
+local answer = d.answer
+for _, task in ipairs(answer and answer.tasks or {}) do
+  -- a copy of a task answered before (granted or refused): never placed again
+  local given = redis.call('GET', p .. 'answered:' .. task)
+  if given then return {'answered', task, given} end
+end
 local expected = tonumber(ARGV[2])
 local have, missing, first = 0, 0, nil
 for rid, _ in pairs(d.rids) do
@@ -80,6 +90,23 @@ for i, l in ipairs(d.leases) do
   redis.call('ZADD', p .. 'expiry', l.exp, l.id)
 end
 for rid, ids in pairs(d.rids) do redis.call('SET', p .. 'req:' .. rid, ids) end
+if answer then
+  local tasks = {}
+  for _, task in ipairs(answer.tasks or {}) do tasks[#tasks + 1] = task end
+  for _, rid in ipairs(d.granted or {}) do
+    local ok, waiter = pcall(cjson.decode, redis.call('HGET', p .. 'waiters', rid) or '')
+    if ok and type(waiter) == 'table' and type(waiter.task) == 'string' then
+      tasks[#tasks + 1] = waiter.task
+    end
+    for _, twin in ipairs(redis.call('SMEMBERS', p .. 'twins:' .. rid)) do
+      tasks[#tasks + 1] = twin
+    end
+  end
+  for _, task in ipairs(tasks) do
+    redis.call('SET', p .. 'answered:' .. task, answer.json, 'EX',
+               string.format('%d', answer.ttl), 'NX')
+  end
+end
 for _, rid in ipairs(d.granted or {}) do
   redis.call('ZREM', p .. 'waiting', rid)
   redis.call('HDEL', p .. 'waiters', rid)

@@ -1,10 +1,15 @@
--- Join the waiting line, once per request key; a later task for the same key is a twin.
--- KEYS: none (derived from the prefix: req:<key>, waiting, waiters, arrivals, twins:<key>)
+-- Join the waiting line, once per request key; a later task for the same key is a twin. A
+-- task that was answered before (a copy of it) does not join: it gets that answer.
+-- KEYS: none (derived from the prefix: req:<key>, waiting, waiters, arrivals, twins:<key>,
+--       answered:<task>)
 -- ARGV: [1] prefix, [2] request key, [3] waiter record JSON, [4] task id
 -- Returns (decoded into ledger.scripts.InLine):
 --   {'parked', position (1: the head), the record in line} | {'dup', 0} (granted meanwhile)
+--   | {'answered', 0, the task's answer JSON}
 local p = ARGV[1]
 local rid = ARGV[2]
+local given = redis.call('GET', p .. 'answered:' .. ARGV[4])
+if given then return {'answered', 0, given} end
 if redis.call('EXISTS', p .. 'req:' .. rid) == 1 then return {'dup', 0} end
 if not redis.call('ZSCORE', p .. 'waiting', rid) then
   redis.call('ZADD', p .. 'waiting', redis.call('INCR', p .. 'arrivals'), rid)
