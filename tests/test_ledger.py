@@ -11,6 +11,7 @@ from tests.helpers import check_invariants
 from workers.adapters.ledger import Ledger
 from workers.adapters.ledger.scripts import LedgerConflict, LedgerUnready, Unparked
 from workers.core.models import Network, Pool, make_lease, parse_request
+from workers.ports import Guard
 
 
 @pytest.fixture()
@@ -53,17 +54,16 @@ def test_release_reports_the_waiting_line(own_ledger):
 
 
 def test_quiet_changes_do_not_kick_the_publisher(own_ledger):
-    own_ledger.quiet = True
+    quiet = Guard(quiet=True)
     groups, caps = _group(own_ledger, "r1")
-    assert own_ledger.commit(own_ledger.usage()[0], groups, caps).status == "ok"
+    assert own_ledger.commit(own_ledger.usage()[0], groups, caps, guard=quiet).status == "ok"
     lid = groups["r1"][0]["metadata"]["name"]
     raw = own_ledger.raw(lid)
-    swapped = own_ledger.swap(lid, raw, own_ledger.get(lid), time.time() + 60)
+    swapped = own_ledger.swap(lid, raw, own_ledger.get(lid), time.time() + 60, quiet)
     assert swapped.status == "ok" and swapped.seq == 2
     assert own_ledger.raw(lid) == swapped.raw
-    own_ledger.release([lid])
+    own_ledger.release([lid], guard=quiet)
     assert not own_ledger.r.exists(own_ledger.k.kick)
-    own_ledger.quiet = False
     groups, caps = _group(own_ledger, "r2")
     assert own_ledger.commit(own_ledger.usage()[0], groups, caps).status == "ok"
     assert own_ledger.r.lrange(own_ledger.k.kick, 0, -1) == [b"4"]
@@ -91,15 +91,16 @@ def test_replacing_from_a_mirror_needs_redis_to_be_behind_it(own_ledger):
 def test_writes_refuse_while_redis_is_below_the_floor(own_ledger):
     groups, caps = _group(own_ledger, "r1")
     ok = own_ledger.commit(own_ledger.usage()[0], groups, caps)
-    own_ledger.floor = ok.seq + 1  # this process made a change Redis no longer has
+    above = Guard(floor=ok.seq + 1)  # this process made a change Redis no longer has
     more, _ = _group(own_ledger, "r2")
-    assert own_ledger.commit(own_ledger.usage()[0], more, caps).status == "unready"
+    assert own_ledger.commit(own_ledger.usage()[0], more, caps, guard=above).status == "unready"
     lid = groups["r1"][0]["metadata"]["name"]
     with pytest.raises(LedgerUnready):
-        own_ledger.release([lid])
-    assert own_ledger.swap(lid, own_ledger.raw(lid), own_ledger.get(lid), 1.0).status == "unready"
-    own_ledger.floor = ok.seq
-    assert own_ledger.release([lid]).leases[0]["metadata"]["name"] == lid
+        own_ledger.release([lid], guard=above)
+    assert own_ledger.swap(lid, own_ledger.raw(lid), own_ledger.get(lid), 1.0,
+                           above).status == "unready"
+    assert own_ledger.release([lid], guard=Guard(floor=ok.seq)).leases[0]["metadata"]["name"] \
+        == lid
 
 
 def _expired_group(ledger: Ledger, rid: str):

@@ -3,9 +3,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from .core.models import Pool
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What every ledger write is given: it refuses (unready) while Redis's seq is below
+    `floor` (Redis went back to an older state than changes this worker already answered);
+    `quiet`: it does not wake the publisher (the caller journals the change itself)."""
+
+    floor: int = 0
+    quiet: bool = False
 
 
 class Replies(Protocol):

@@ -175,7 +175,7 @@ class Placing:
                       "request-ids": [r.request_id for r in reqs]}
             commit = self.ledger.commit(version, groups, caps, [granted] if granted else None,
                                         latency, lone=lone, tasks=[task] if task else None,
-                                        answer=answer)
+                                        answer=answer, guard=self.recovery.guard)
             if commit.status == "answered" and commit.answer is not None:
                 return self.replay(commit.answer)
             if commit.status == "ok":

@@ -52,7 +52,8 @@ class Releasing:
             try:
                 res = self.ledger.release(ids, owner=owner or "" if ids else "",
                                           by_owner="" if ids else owner or "", reason=reason,
-                                          now=rfc3339(time.time()), expired_by=expired_by)
+                                          now=rfc3339(time.time()), expired_by=expired_by,
+                                          guard=self.recovery.guard)
             except LedgerUnready:
                 self.recovery.ensure_ready()
                 continue
@@ -123,7 +124,7 @@ class Releasing:
                                                lease.leased_epoch
                                                + self.settings.max_lease_lifetime))
             renewed = lease.evolve(expires_at=rfc3339(new)).to_wire()
-            swapped = self.ledger.swap(lease_id, raw, renewed, new)
+            swapped = self.ledger.swap(lease_id, raw, renewed, new, self.recovery.guard)
             if swapped.status == "ok":
                 self.recovery.record(swapped.seq, [swapped.raw], [])
                 return renewed
