@@ -284,9 +284,9 @@ def sync_inventory(*args: Any, **extra: Any) -> dict[str, Any]:
         log.warning("vcm.sync_inventory reached a placement worker; not run (send it to the "
                     "queries queue)")
         return {"synced": {}, "errors": {}, "skipped": {}, "refused": "placement worker"}
-    from workers.adapters.ledger.scripts import LedgerUnready
     from workers.adapters.vcenter.access import plan
     from workers.adapters.vcenter.inventory import sync
+    from workers.ports import LedgerUnready
 
     svc = service()
     pools = list(svc.pools.current().values())

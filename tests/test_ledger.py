@@ -9,9 +9,9 @@ import pytest
 
 from tests.helpers import check_invariants
 from workers.adapters.ledger import Ledger
-from workers.adapters.ledger.scripts import LedgerConflict, LedgerUnready, Unparked
+from workers.adapters.ledger.scripts import Unparked
 from workers.core.models import Network, Pool, make_lease, parse_request
-from workers.ports import Guard
+from workers.ports import Guard, LedgerUnready
 
 
 @pytest.fixture()
@@ -93,12 +93,13 @@ def test_writes_refuse_while_redis_is_below_the_floor(own_ledger):
     ok = own_ledger.commit(own_ledger.usage()[0], groups, caps)
     above = Guard(floor=ok.seq + 1)  # this process made a change Redis no longer has
     more, _ = _group(own_ledger, "r2")
-    assert own_ledger.commit(own_ledger.usage()[0], more, caps, guard=above).status == "unready"
+    with pytest.raises(LedgerUnready):
+        own_ledger.commit(own_ledger.usage()[0], more, caps, guard=above)
     lid = groups["r1"][0]["metadata"]["name"]
     with pytest.raises(LedgerUnready):
         own_ledger.release([lid], guard=above)
-    assert own_ledger.swap(lid, own_ledger.raw(lid), own_ledger.get(lid), 1.0,
-                           above).status == "unready"
+    with pytest.raises(LedgerUnready):
+        own_ledger.swap(lid, own_ledger.raw(lid), own_ledger.get(lid), 1.0, above)
     assert own_ledger.release([lid], guard=Guard(floor=ok.seq)).leases[0]["metadata"]["name"] \
         == lid
 
@@ -182,8 +183,8 @@ def test_a_set_aside_record_keeps_its_port_groups_past_a_lease_that_shares_one(o
     groups = {"n": [_net_lease(again, "n", 1, ["pg-a"])]}
     assert again.commit(again.usage().version, groups, {"p1": (10, 10, 10)}).detail == \
         "vc1|pg-a"
-    with pytest.raises(LedgerConflict):  # nobody can show they hold it
-        again.release([bad_id], owner="o")
+    refused = again.release([bad_id], owner="o")  # nobody can show they hold it
+    assert (refused.status, refused.lease_id) == ("notowner", bad_id) and refused.leases == []
     res = again.release([bad_id])
     assert res.dropped == [bad_id] and res.leases == []
     snap = check_invariants(again, {})

@@ -9,6 +9,11 @@ from typing import Any, Protocol, runtime_checkable
 from .core.models import Pool
 
 
+class LedgerUnready(Exception):
+    """Redis lost the ledger (or never had one, or went back below the writer's floor):
+    restore it from the mirror before writing."""
+
+
 @dataclass(frozen=True)
 class Guard:
     """What every ledger write is given: it refuses (unready) while Redis's seq is below

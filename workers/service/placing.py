@@ -23,7 +23,7 @@ from ..core.lease import Lease
 from ..core.models import Request, make_lease, parse_request
 from ..core.placement import place_batch
 from ..core.possible import check_possible
-from ..ports import Pools
+from ..ports import LedgerUnready, Pools
 from ..settings import Settings
 from .recovery import Recovery
 from .usage_cache import UsageCache
@@ -173,39 +173,46 @@ class Placing:
             latency = now - since if since is not None else None
             answer = {"granted": [[x["metadata"]["name"] for x in groups[r.key]] for r in reqs],
                       "request-ids": [r.request_id for r in reqs]}
-            commit = self.ledger.commit(version, groups, caps, [granted] if granted else None,
-                                        latency, lone=lone, tasks=[task] if task else None,
-                                        answer=answer, guard=self.recovery.guard)
-            if commit.status == "answered" and commit.answer is not None:
-                return self.replay(commit.answer)
-            if commit.status == "ok":
-                self.cache.placed(fleet, reqs, plan, commit.version)
-                self.recovery.record(commit.seq, commit.raws, [])
-                return [groups[r.key] for r in reqs]
-            if commit.status == "dup":
-                existing = self.existing(reqs, [commit.existing[r.key] for r in reqs])
-                if existing is not None:
-                    return existing
-                continue  # released meanwhile: the next read sees it
-            if commit.status == "conflict":
-                raise InvalidRequest.of("request-id", f"{_rid(reqs, commit.detail)!r} was "
-                                        "already used by another request of this owner")
-            if commit.status == "queued":
-                if len(reqs) > 1:
+            try:
+                commit = self.ledger.commit(version, groups, caps,
+                                            [granted] if granted else None, latency, lone=lone,
+                                            tasks=[task] if task else None, answer=answer,
+                                            guard=self.recovery.guard)
+            except LedgerUnready:
+                self.recovery.ensure_ready()
+                log.info("ledger moved under us (unready), re-reading")
+                self.cache.forget()
+                continue
+            match commit.status:
+                case "answered" if commit.answer is not None:
+                    return self.replay(commit.answer)
+                case "ok":
+                    self.cache.placed(fleet, reqs, plan, commit.version)
+                    self.recovery.record(commit.seq, commit.raws, [])
+                    return [groups[r.key] for r in reqs]
+                case "dup":
+                    existing = self.existing(reqs, [commit.existing[r.key] for r in reqs])
+                    if existing is not None:
+                        return existing
+                    # released meanwhile: the next read sees it
+                case "conflict":
+                    raise InvalidRequest.of("request-id", f"{_rid(reqs, commit.detail)!r} was "
+                                            "already used by another request of this owner")
+                case "queued" if len(reqs) > 1:
                     raise InvalidRequest.of("request-id", f"{_rid(reqs, commit.detail)!r} is "
                                             "waiting in line: its task gets the leases")
-                raise Queued(commit.detail)
-            if commit.status == "blocked":
-                raise self._blocked(commit.detail)
-            if commit.status == "gone":
-                raise WaitTimeout.of(0)  # the waiter left the line meanwhile (expired)
-            if commit.status == "waiters":  # someone joined the line: hold pools for them
-                line.empty = False
-                continue
-            if commit.status == "unready":
-                self.recovery.ensure_ready()
-            log.info("ledger moved under us (%s %s), re-reading", commit.status, commit.detail)
-            self.cache.forget()
+                case "queued":
+                    raise Queued(commit.detail)
+                case "blocked":
+                    raise self._blocked(commit.detail)
+                case "gone":
+                    raise WaitTimeout.of(0)  # the waiter left the line meanwhile (expired)
+                case "waiters":  # someone joined the line: hold pools for them
+                    line.empty = False
+                case _:  # stale, over: decided on an old read
+                    log.info("ledger moved under us (%s %s), re-reading", commit.status,
+                             commit.detail)
+                    self.cache.forget()
         raise NoCapacity.of({}, f"the ledger kept changing; gave up after {MAX_ATTEMPTS} tries")
 
     def _blocked(self, detail: str) -> NoCapacity:

@@ -11,12 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ..adapters.ledger import Ledger
-from ..adapters.ledger.scripts import LedgerUnready
 from ..core.fleet import Fleet, FreeNets, Usage
 from ..core.health import degraded, effective
 from ..core.lease import Lease
 from ..core.models import Request
-from ..ports import Pools
+from ..ports import LedgerUnready, Pools
 
 HEALTH_REFRESH = 5.0  # seconds between reads of the live health (written every few minutes)
 

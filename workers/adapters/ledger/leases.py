@@ -88,6 +88,12 @@ class LeaseStore(LedgerBase):
         raw = self.r.hget(self.k.leases, lease_id)
         return text(raw) if raw is not None else None
 
+    def record(self, lease_id: str) -> tuple[str, dict[str, Any] | None] | None:
+        """An active lease's record as stored (what a swap compares) and decoded (None: it
+        cannot be read); None when it is not active."""
+        raw = self.raw(lease_id)
+        return None if raw is None else (raw, readable(raw))
+
     def is_gone(self, lease_id: str) -> bool:
         return bool(self.r.exists(self.k.gone(lease_id)))
 
@@ -161,7 +167,7 @@ class LeaseStore(LedgerBase):
                 expired_by: float | None = None, guard: Guard = NO_GUARD) -> Released:
         """Release leases by id and/or all of an owner's. `expired_by` (reaping): only those
         whose expires-at is still at or before it, checked in the script (a renewal wins).
-        Raises LedgerUnready, or LedgerConflict (a lease missing, or not `owner`'s)."""
+        Refused (status) when a lease is missing or not `owner`'s; LedgerUnready raised."""
         reply = self.scripts.release(args=[
             self.p, json.dumps(list(ids)) if ids else "[]", owner, by_owner, reason, now,
             self.keep, "1" if guard.quiet else "", guard.floor,

@@ -11,7 +11,7 @@
 -- counted: safe, never over-allocating) instead of failing every release that meets it.
 -- A set-aside record named by id, with no owner (nobody can show they hold it), is dropped:
 -- what its entry says it holds is given back (ledger/records.py has the entry's layout).
--- Returns (decoded into ledger.scripts.Released; the refusals are raised):
+-- Returns (decoded into ledger.scripts.Released):
 --         {'ok', old version, [released JSON], [ids released before], seq, waiting, [set aside],
 --          [set-aside ids dropped]}
 --         | {'notowner', id, holder} | {'missing', id} | {'unready', ''}
