@@ -38,6 +38,7 @@ from redis.backoff import ExponentialBackoff
 
 from tasks import results
 from workers.adapters.keys import API_TASK_RECORD, KEYS
+from workers.adapters.ledger.reports import mirror_status
 from workers.publisher.mirror_status import parse_status
 
 from .errors import ApiError
@@ -287,7 +288,7 @@ class Bridge:
         error counters and last unexpected error."""
         assert self.client
         try:
-            raw = await asyncio.wait_for(self.client.hgetall(KEYS.mirror), 1.0)
+            raw = await asyncio.wait_for(mirror_status(self.client, KEYS), 1.0)
         except Exception:  # noqa: BLE001 - readiness must answer
             return {"state": "unknown"}
         status = parse_status(raw)

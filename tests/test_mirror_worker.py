@@ -82,7 +82,7 @@ def stored_leases(kube: KubeApiServer) -> dict[str, dict]:
 
 
 def status(stack: Stack) -> dict:
-    return read_status(stack.redis.client())
+    return read_status(Ledger(stack.redis.client()))
 
 
 def settled(stack: Stack, ok) -> dict:
@@ -534,7 +534,7 @@ def test_the_publisher_survives_any_exception_and_releases_the_answers_later(
         assert app.AsyncResult("task-1").get(timeout=30) == leases
         assert pub.is_alive() and mirror.fail == 0
         # the status is written after the answers go out
-        st = wait_for(lambda: (x := read_status(server.client()))["state"] == "ok" and x,
+        st = wait_for(lambda: (x := read_status(Ledger(server.client())))["state"] == "ok" and x,
                       timeout=10, what="the publisher's status after the save")
         assert st["errors"] == 3 and st["failures"] >= 3
         assert st["last-error"] == "RuntimeError: a bug in the save"

@@ -292,7 +292,7 @@ def test_a_release_is_synced_by_the_publisher_within_its_round(tmp_path):
         seq = int(r.get("vcm:seq"))
 
         def synced() -> bool:
-            st = read_status(r)
+            st = read_status(Ledger(r))
             return int(st.get("seq", -1)) >= seq and int(st.get("journal-records", 0)) >= 2
 
         wait_for(synced, timeout=10, what="the release's seq in the mirror status")

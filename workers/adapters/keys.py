@@ -41,6 +41,8 @@ reaped                 list of the last 1,000 reaped leases
 usage                  stream of usage rollups, trimmed to the retention
 health                 hash vcenter -> JSON {at, pools: {pool: {state, reason}}, error,
                        error-at, login-at}: live vCenter health (core/health.py)
+namespaces             hash: the namespace pruning's status (state, checked-at, pruned-at,
+                       namespaces, released, runs, errors, error, last-error, last-error-at)
 =====================  ===============================================================
 
 The HTTP shim keeps two names of its own, under `vcm-api:` (not the ledger's prefix: they are
@@ -137,6 +139,10 @@ class Keys:
     @property
     def health(self) -> str:
         return self.prefix + "health"
+
+    @property
+    def namespaces(self) -> str:
+        return self.prefix + "namespaces"
 
     def owner(self, owner: str) -> str:
         return f"{self.prefix}owner:{owner}"

@@ -17,7 +17,7 @@ covers this save. Leases that hold text UTF-8 cannot encode (a lone surrogate in
 are written escaped, logged with their ids and counted in ``set-aside``: a rebuild from the
 mirror sets them aside, still holding their capacity.
 
-Status, for /readyz and /metrics: the Redis hash ``vcm:mirror`` (``read_status`` parses it)
+Status, for /readyz and /metrics: the ledger's mirror status hash (``read_status`` parses it)
 
 =====================  =====================================================================
 state                  ``ok`` | ``failing`` | ``too-large``

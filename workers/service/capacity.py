@@ -14,13 +14,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..adapters.ledger import Ledger
 from ..core.errors import InvalidRequest
 from ..core.fleet import Fleet
 from ..core.labels import matches, narrows, parse_selector
 from ..core.lease import Lease
 from ..core.models import text_arg
-from ..ports import Mirror, Pools, Replies
+from ..ports import Ledger, Mirror, Pools, Replies
 from ..settings import Settings
 from .placing import REFUSALS, Placing
 from .queries import Queries

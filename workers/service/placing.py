@@ -16,14 +16,13 @@ import time
 import uuid
 from typing import Any, Protocol
 
-from ..adapters.ledger import Ledger
 from ..core.errors import ERRORS, InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
 from ..core.fleet import Fleet
 from ..core.lease import Lease
 from ..core.models import Request, make_lease, parse_request
 from ..core.placement import place_batch
 from ..core.possible import check_possible
-from ..ports import LedgerUnready, Pools
+from ..ports import Ledger, LedgerUnready, Pools
 from ..settings import Settings
 from .recovery import Recovery
 from .usage_cache import UsageCache

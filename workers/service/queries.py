@@ -8,7 +8,6 @@ import time
 from operator import attrgetter
 from typing import Any
 
-from ..adapters.ledger import Ledger
 from ..core.errors import InvalidRequest
 from ..core.estimates import estimate
 from ..core.fleet import Fleet
@@ -16,7 +15,7 @@ from ..core.health import UNKNOWN_HEALTH, PoolHealth, effective, pool_health
 from ..core.labels import matches, parse_selector
 from ..core.lease import Lease, rfc3339
 from ..core.models import Pool, parse_duration, text_arg
-from ..ports import Pools
+from ..ports import Ledger, Pools
 from .placing import Placing
 from .usage_cache import UsageCache
 

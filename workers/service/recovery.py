@@ -13,10 +13,9 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ..adapters.ledger import Ledger
 from ..adapters.mirror.errors import MirrorError
 from ..core.errors import NoCapacity
-from ..ports import Guard, JournaledMirror, Mirror
+from ..ports import Guard, JournaledMirror, Ledger, Mirror
 
 log = logging.getLogger(__name__)
 

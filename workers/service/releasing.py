@@ -10,11 +10,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..adapters.ledger import Ledger
 from ..core.errors import InvalidRequest, LeaseNotFound, NotOwner
 from ..core.lease import Lease, rfc3339
 from ..core.models import parse_request, text_arg
-from ..ports import LedgerUnready
+from ..ports import Ledger, LedgerUnready
 from ..settings import Settings
 from .placing import MAX_ATTEMPTS
 from .recovery import Recovery

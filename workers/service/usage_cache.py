@@ -10,12 +10,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..adapters.ledger import Ledger
 from ..core.fleet import Fleet, FreeNets, Usage
 from ..core.health import degraded, effective
 from ..core.lease import Lease
 from ..core.models import Request
-from ..ports import LedgerUnready, Pools
+from ..ports import Ledger, LedgerUnready, Pools
 
 HEALTH_REFRESH = 5.0  # seconds between reads of the live health (written every few minutes)
 

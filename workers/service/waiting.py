@@ -13,13 +13,12 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..adapters.ledger import Ledger
 from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
 from ..core.fleet import Fleet
 from ..core.lease import rfc3339
 from ..core.models import Request, text_arg
 from ..core.placement import place_batch, reserve_for
-from ..ports import Pools, Replies
+from ..ports import Ledger, Pools, Replies
 from ..settings import Settings
 from .placing import REFUSALS, Placing, Queued
 from .usage_cache import UsageCache

@@ -162,6 +162,11 @@ class MirrorStore(LedgerBase):
             pipe.hincrby(self.k.mirror, name, n)
         pipe.execute()
 
+    def mirror_status(self) -> dict[Any, Any]:
+        """The mirror status hash, as HGETALL returns it (publisher/mirror_status.py parses
+        it)."""
+        return self.r.hgetall(self.k.mirror)
+
     def mirror_status_incr(self, field: str, n: int = 1) -> None:
         self.r.hincrby(self.k.mirror, field, n)
 

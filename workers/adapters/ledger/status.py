@@ -35,6 +35,18 @@ class StatusStore(LedgerBase):
             raw[str(bound)] = running
         return raw
 
+    def namespace_status_write(self, fields: dict[str, Any], *, runs: int = 0,
+                               errors: int = 0) -> None:
+        """Set fields of the namespace pruning's status hash and add to its `runs` and
+        `errors` counters, atomically."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.k.namespaces, mapping={k: str(v) for k, v in fields.items()})
+        if runs:
+            pipe.hincrby(self.k.namespaces, "runs", runs)
+        if errors:
+            pipe.hincrby(self.k.namespaces, "errors", errors)
+        pipe.execute()
+
     # usage history (a bounded Redis stream) -------------------------------------------------
     def append_usage(self, snapshot: dict[str, Any], retention: float) -> str:
         """Add a rollup; entries older than `retention` seconds are trimmed in the same call."""
