@@ -39,18 +39,19 @@ from redis.backoff import ExponentialBackoff
 from tasks import results
 from workers.adapters.keys import API_TASK_RECORD, KEYS
 from workers.adapters.ledger.reports import mirror_status
+from workers.contract import PLACEMENT, QUEUES, WAITING, Task
 from workers.publisher.mirror_status import parse_status
 
 from .errors import ApiError
 from .hub import ResultHub, Watch, meta_prefix
-from .liveness import QUEUES, Liveness
+from .liveness import Liveness
 from .settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
 READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
-WAITS = frozenset({"vcm.acquire"})  # tasks that can wait in line (request `wait`)
-PARKED = frozenset({"STARTED", "WAITING", "RETRY"})  # a worker holds it: it is not lost
+WAITS = frozenset({Task.ACQUIRE})  # tasks that can wait in line (request `wait`)
+PARKED = frozenset({"STARTED", WAITING, "RETRY"})  # a worker holds it: it is not lost
 RECORD = API_TASK_RECORD
 # what /readyz shows of the mirror's status (workers/publisher/thread.py lists every field)
 MIRROR_SHOWN = ("state", "seq", "ledger-seq", "held-replies", "error", "failing-since",
@@ -222,7 +223,7 @@ class Bridge:
             if disconnected is not None and await disconnected():
                 if name in WAITS:  # it may be in line: take it out before it is granted
                     with contextlib.suppress(Exception):
-                        await self.send("vcm.cancel_wait", {"task_id": w.task_id}, queue)
+                        await self.send(Task.CANCEL_WAIT, {"task_id": w.task_id}, queue)
                 raise ApiError(499, "ClientClosedRequest", "the client went away",
                                {"task-id": w.task_id})
             tick = 0.25 if state not in PARKED else 1.0
@@ -269,15 +270,15 @@ class Bridge:
         except Exception as exc:  # noqa: BLE001
             self.live.redis_error = str(exc) or type(exc).__name__
             redis_ok = False
-        if redis_ok and self.live.age("placement") > self.s.worker_fresh:
-            await self.live.refresh({"placement"})
+        if redis_ok and self.live.age(PLACEMENT) > self.s.worker_fresh:
+            await self.live.refresh({PLACEMENT})
         fresh = self.s.worker_fresh + 1.0
         report: dict[str, Any] = {
             "redis": "ok" if redis_ok else f"down: {self.live.redis_error}",
             "workers": {q: self.live.workers(q) if self.live.age(q) <= fresh else []
                         for q in QUEUES},
         }
-        report["ready"] = bool(redis_ok and report["workers"]["placement"])
+        report["ready"] = bool(redis_ok and report["workers"][PLACEMENT])
         report["mirror"] = (await self._mirror_status(counters=report["ready"]) if redis_ok
                             else {"state": "unknown"})
         return report

@@ -18,12 +18,13 @@ from typing import Any
 import redis.asyncio as aredis
 from celery import Celery
 
+from workers.contract import QUEUES
+
 from .errors import ApiError
 from .settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("placement", "queries")
 
 
 class Liveness:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.contract import STATES
+
 DURATION_TEXT = r"^(\d+d)?(\d+h)?(\d+m)?(\d+(\.\d+)?s)?$|^\d+(\.\d+)?$"
 DURATION = {
     "oneOf": [
@@ -169,8 +171,7 @@ TASK_STATE: dict[str, Any] = {
         "task-id": {"type": "string"},
         "task": {"type": ["string", "null"]},
         "state": {"type": "string",
-                  "enum": ["PENDING", "STARTED", "WAITING", "RETRY", "SUCCESS", "FAILURE",
-                           "REVOKED"]},
+                  "enum": list(STATES)},
         "position": {"type": "integer", "description": "WAITING: place in line (1 = next)"},
         "reasons": {"type": "object", "additionalProperties": {"type": "string"}},
         "deadline": {"type": "string"},

@@ -12,7 +12,8 @@ from celery import Celery, signals
 from celery.exceptions import Ignore
 
 from tasks import results as _results  # noqa: F401 - query results expire in minutes
-from workers.bootstrap import PLACEMENT, QUERIES, Runtime, build, cannot_start, require_valid_pools
+from workers.bootstrap import Runtime, build, cannot_start, require_valid_pools
+from workers.contract import PLACEMENT, QUERIES, WAITING, Task
 from workers.core.errors import ERRORS, InvalidRequest
 from workers.service.capacity import Capacity
 
@@ -37,7 +38,7 @@ def service() -> Capacity:
 
 def _consumes_placement(app: Celery) -> bool:
     """Whether this worker consumes the placement queue (-Q; all queues without it)."""
-    return "placement" in set(app.amqp.queues.consume_from or app.amqp.queues)
+    return PLACEMENT in set(app.amqp.queues.consume_from or app.amqp.queues)
 
 
 @signals.worker_init.connect
@@ -140,53 +141,53 @@ def _answer(task, result: Any) -> Any:
     return result
 
 
-@app.task(name="vcm.acquire", bind=True, throws=EXPECTED)
+@app.task(name=Task.ACQUIRE, bind=True, throws=EXPECTED)
 def acquire(self, request: Any = None, *args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)
     from workers.service.waiting import Parked
 
     result = service().acquire(request, self.request.id)
     if isinstance(result, Parked):
-        self.update_state(state="WAITING", meta=result.meta())
+        self.update_state(state=WAITING, meta=result.meta())
         raise Ignore()
     return _answer(self, result)
 
 
-@app.task(name="vcm.acquire_batch", bind=True, throws=EXPECTED)
+@app.task(name=Task.ACQUIRE_BATCH, bind=True, throws=EXPECTED)
 def acquire_batch(self, requests: Any = None, *args: Any,
                   **extra: Any) -> list[list[dict[str, Any]]]:
     _no_extra(args, extra)
     return _answer(self, service().acquire_batch(requests, self.request.id))
 
 
-@app.task(name="vcm.release", bind=True, throws=EXPECTED)
+@app.task(name=Task.RELEASE, bind=True, throws=EXPECTED)
 def release(self, lease_ids: Any = None, owner: Any = None, selector: Any = None, *args: Any,
             **extra: Any) -> list[str]:
     _no_extra(args, extra)
     return _answer(self, service().release(lease_ids, owner, selector))
 
 
-@app.task(name="vcm.renew", bind=True, throws=EXPECTED)
+@app.task(name=Task.RENEW, bind=True, throws=EXPECTED)
 def renew(self, lease_id: Any = None, owner: Any = None, ttl: Any = None, *args: Any,
           **extra: Any) -> dict:
     _no_extra(args, extra)
     return _answer(self, service().renew(lease_id, owner, ttl))
 
 
-@app.task(name="vcm.cancel_wait", throws=EXPECTED)
+@app.task(name=Task.CANCEL_WAIT, throws=EXPECTED)
 def cancel_wait(task_id: Any = None, *args: Any, **extra: Any) -> bool:
     """Sent by the HTTP shim when a synchronous acquire's client hangs up while it waits."""
     _no_extra(args, extra)
     return service().cancel_wait(task_id)
 
 
-@app.task(name="vcm.reap_expired", throws=EXPECTED)
+@app.task(name=Task.REAP_EXPIRED, throws=EXPECTED)
 def reap_expired(*args: Any, **extra: Any) -> list[str]:
     _no_extra(args, extra)
     return service().reap_expired()
 
 
-@app.task(name="vcm.prune_namespaces", throws=EXPECTED)
+@app.task(name=Task.PRUNE_NAMESPACES, throws=EXPECTED)
 def prune_namespaces(*args: Any, **extra: Any) -> dict[str, Any]:
     """Beat, every VCM_NAMESPACE_PRUNE_INTERVAL: release the leases of namespaces that no
     longer exist (workers/service/namespaces.py). On the queries queue: the namespace list may
@@ -212,15 +213,15 @@ def _release_gone(lease_ids: list[str]) -> list[str]:
 
     from workers.service.namespaces import ReleasePending
 
-    result = app.send_task("vcm.release_namespace_gone", kwargs={"lease_ids": lease_ids},
-                           queue="placement")
+    result = app.send_task(Task.RELEASE_NAMESPACE_GONE, kwargs={"lease_ids": lease_ids},
+                           queue=PLACEMENT)
     try:  # another queue's worker answers: waiting here cannot deadlock
         return result.get(timeout=RELEASE_WAIT, disable_sync_subtasks=False)
     except ResultTimeout:
         raise ReleasePending(result.id) from None
 
 
-@app.task(name="vcm.release_namespace_gone", bind=True, throws=EXPECTED)
+@app.task(name=Task.RELEASE_NAMESPACE_GONE, bind=True, throws=EXPECTED)
 def release_namespace_gone(self, lease_ids: Any = None, *args: Any,
                            **extra: Any) -> list[str]:
     """Sent by vcm.prune_namespaces: release these leases, whose namespaces are gone, with
@@ -234,46 +235,46 @@ def release_namespace_gone(self, lease_ids: Any = None, *args: Any,
     return _answer(self, release_gone(service(), lease_ids))
 
 
-@app.task(name="vcm.show_pools", throws=EXPECTED)
+@app.task(name=Task.SHOW_POOLS, throws=EXPECTED)
 def show_pools(*args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)
     return service().show_pools()
 
 
-@app.task(name="vcm.list_leases", throws=EXPECTED)
+@app.task(name=Task.LIST_LEASES, throws=EXPECTED)
 def list_leases(owner: Any = None, pool: Any = None, after: Any = None, limit: Any = None,
                 selector: Any = None, *args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)
     return service().list_leases(owner, pool, after, limit, selector)
 
 
-@app.task(name="vcm.estimate", throws=EXPECTED)
+@app.task(name=Task.ESTIMATE, throws=EXPECTED)
 def estimate(request: Any = None, *args: Any, **extra: Any) -> dict[str, Any]:
     _no_extra(args, extra)
     return service().estimate(request)
 
 
-@app.task(name="vcm.waiting", throws=EXPECTED)
+@app.task(name=Task.WAITING, throws=EXPECTED)
 def waiting(*args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)
     return service().waiting()
 
 
-@app.task(name="vcm.rollup_usage", throws=EXPECTED)
+@app.task(name=Task.ROLLUP_USAGE, throws=EXPECTED)
 def rollup_usage(*args: Any, **extra: Any) -> dict[str, Any]:
     _no_extra(args, extra)
     svc = service()
     return svc.rollup(svc.settings.usage_retention)
 
 
-@app.task(name="vcm.usage_history", throws=EXPECTED)
+@app.task(name=Task.USAGE_HISTORY, throws=EXPECTED)
 def usage_history(pool: Any = None, since: Any = None, after: Any = None, limit: Any = None,
                   *args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)
     return service().usage_history(pool, since, after, limit)
 
 
-@app.task(name="vcm.sync_inventory", throws=EXPECTED)
+@app.task(name=Task.SYNC_INVENTORY, throws=EXPECTED)
 def sync_inventory(*args: Any, **extra: Any) -> dict[str, Any]:
     """Beat, every VCM_INVENTORY_INTERVAL: read each vCenter that may be contacted (a credential
     meant for it, a certificate check: workers/adapters/vcenter/access.py) and store its

@@ -7,20 +7,17 @@ from typing import Any
 from celery import Celery
 
 from workers.adapters.ledger import Ledger
+from workers.contract import PLACEMENT, QUEUE
 from workers.core.models import Pool
-
-QUEUE = {"vcm.show_pools": "queries", "vcm.list_leases": "queries", "vcm.estimate": "queries",
-         "vcm.waiting": "queries", "vcm.rollup_usage": "queries", "vcm.usage_history": "queries",
-         "vcm.sync_inventory": "queries"}
 
 
 def call(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> Any:
-    r = app.send_task(name, kwargs=kwargs, queue=QUEUE.get(name, "placement"))
+    r = app.send_task(name, kwargs=kwargs, queue=QUEUE.get(name, PLACEMENT))
     return r.get(timeout=timeout)
 
 
 def failure(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> BaseException:
-    r = app.send_task(name, kwargs=kwargs, queue=QUEUE.get(name, "placement"))
+    r = app.send_task(name, kwargs=kwargs, queue=QUEUE.get(name, PLACEMENT))
     try:
         r.get(timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - the point is to return it

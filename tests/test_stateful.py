@@ -54,7 +54,7 @@ from hypothesis.stateful import (
 )
 
 from tests.conftest import reset_ledger
-from tests.helpers import QUEUE, check_invariants
+from tests.helpers import check_invariants
 from tests.support.stateful import (
     NETWORK_TYPES,
     OWNERS,
@@ -80,6 +80,7 @@ from tests.support.stateful import (
 )
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
+from workers.contract import QUEUE
 
 ANSWER_TIMEOUT = 30.0  # a task on an idle worker answers in milliseconds: this is generous
 CANCEL_ANSWER = 5.0  # a cancelled waiting task is answered at once: far less than a long wait

@@ -15,6 +15,7 @@ from celery import Celery
 from .adapters.ledger import Ledger
 from .adapters.pools_file import PoolsFile, load_pools
 from .adapters.replies import CeleryReplies, OutboxReplies
+from .contract import PLACEMENT
 from .core.errors import ConfigError
 from .service.capacity import Capacity
 from .settings import Settings
@@ -22,7 +23,6 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .publisher.thread import Publisher
 
-PLACEMENT, QUERIES = "placement", "queries"
 
 
 def cannot_start(exc: BaseException) -> NoReturn:

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .bootstrap import require_valid_pools
+from .contract import PLACEMENT, QUERIES
 from .settings import ROOT, Settings
 
 
@@ -89,10 +90,10 @@ def run_stack(args: argparse.Namespace) -> int:
 
     celery = [sys.executable, "-m", "celery", "-A", "tasks"]
     stack.start("placement worker", celery + [
-        "worker", "-Q", "placement", "-P", "solo", "-c", "1", "-n", "placement@%h", "-E",
+        "worker", "-Q", PLACEMENT, "-P", "solo", "-c", "1", "-n", f"{PLACEMENT}@%h", "-E",
         "-l", "info", "--without-mingle", "--without-gossip"], env)
     stack.start("queries worker", celery + [
-        "worker", "-Q", "queries", "-P", "threads", "-c", "4", "-n", "queries@%h", "-E",
+        "worker", "-Q", QUERIES, "-P", "threads", "-c", "4", "-n", f"{QUERIES}@%h", "-E",
         "-l", "info", "--without-mingle", "--without-gossip"], env)
     stack.start("beat (exactly one)", celery + [
         "beat", "-l", "info", "--schedule", str(state / "celerybeat-schedule")], env)

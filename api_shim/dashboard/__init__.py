@@ -27,6 +27,8 @@ from typing import Any
 import anyio
 import jinja2
 
+from workers.contract import QUERIES, Task
+
 from ..bridge import Bridge
 from ..errors import ApiError, from_task_failure
 from ..fleet_metrics import FleetReader, FleetSnapshot
@@ -71,7 +73,7 @@ async def gather(bridge: Bridge, fleet: FleetReader, timeout: float) -> Data:
         nonlocal redis_down
         try:
             meta = await asyncio.wait_for(
-                bridge.call(name, kwargs, "queries", timeout=timeout), timeout + 1.0)
+                bridge.call(name, kwargs, QUERIES, timeout=timeout), timeout + 1.0)
         except ApiError as exc:
             redis_down = redis_down or exc.details.get("component") == "redis"
             return None, exc.message
@@ -96,8 +98,8 @@ async def gather(bridge: Bridge, fleet: FleetReader, timeout: float) -> Data:
         return snap, None
 
     (pools, p1), (waiting, p2), (history, p3), (snap, p4) = await asyncio.gather(
-        task("vcm.show_pools", {}), task("vcm.waiting", {}),
-        task("vcm.usage_history", {"since": "24h"}), counters())
+        task(Task.SHOW_POOLS, {}), task(Task.WAITING, {}),
+        task(Task.USAGE_HISTORY, {"since": "24h"}), counters())
     data = Data(now=time.time(), fleet=snap, redis_down=redis_down or snap is None)
     data.pools = pools if isinstance(pools, list) else None
     data.waiting = waiting if isinstance(waiting, list) else None

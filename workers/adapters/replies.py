@@ -12,8 +12,9 @@ from typing import Any
 
 from celery import Celery, states
 
+from ..contract import WAITING
+
 log = logging.getLogger(__name__)
-WAITING = "WAITING"
 
 
 class CeleryReplies:

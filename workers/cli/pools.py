@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..contract import Task
 from .client import call
 from .exits import EXIT_INPUT, EXIT_OK, CliError
 from .output import emit, pools_table, table, usage_table
 
 
 def cmd_pools(args: argparse.Namespace) -> int:
-    emit(args, call(args, "vcm.show_pools"), pools_table)
+    emit(args, call(args, Task.SHOW_POOLS), pools_table)
     return EXIT_OK
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    emit(args, call(args, "vcm.usage_history", pool=args.pool, since=args.since), usage_table)
+    emit(args, call(args, Task.USAGE_HISTORY, pool=args.pool, since=args.since), usage_table)
     return EXIT_OK
 
 
