@@ -12,6 +12,9 @@ _redis = _settings.redis_url
 broker_url = _redis
 result_backend = _redis
 broker_connection_retry_on_startup = True
+# a full Redis (noeviction, deploy/redis.yaml) refuses even the reads kombu sends in MULTI: the
+# worker's consumer retries, as after a lost connection, instead of the worker exiting
+broker_channel_error_retry = True
 # an unacked task (its worker died) is redelivered after this; placement tasks take milliseconds
 _visibility = _settings.visibility_timeout
 broker_transport_options = {

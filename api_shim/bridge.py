@@ -39,7 +39,9 @@ from redis.backoff import ExponentialBackoff
 from tasks import results
 from workers.adapters.keys import API_TASK_RECORD, KEYS
 from workers.adapters.ledger.reports import mirror_status
+from workers.adapters.redis_memory import refused_for_memory
 from workers.contract import PLACEMENT, QUEUES, WAITING, Task
+from workers.core.errors import RedisFull
 from workers.publisher.mirror_status import parse_status
 
 from .errors import ApiError
@@ -135,6 +137,8 @@ class Bridge:
                 await asyncio.wait_for(
                     self.client.set(RECORD + task_id, entry, ex=self.expires), 2.0)
             except Exception as exc:  # noqa: BLE001
+                if refused_for_memory(exc):
+                    raise await self.full(f"{name} was not sent and nothing changed") from None
                 raise ApiError.unavailable(f"Redis does not answer: {exc or type(exc).__name__}",
                                            component="redis") from None
 
@@ -146,11 +150,20 @@ class Bridge:
             await asyncio.wait_for(
                 anyio.to_thread.run_sync(publish, limiter=self.send_limiter), 5.0)
         except Exception as exc:  # noqa: BLE001 - kombu raises many kinds when Redis is gone
+            if refused_for_memory(exc):
+                raise await self.full(f"{name} was not sent and nothing changed") from None
             raise ApiError.unavailable(f"could not send {name} to the broker: "
                                        f"{exc or type(exc).__name__}", component="redis") from None
         if self.metrics is not None:
             self.metrics.tasks_sent.labels(name).inc()
         return task_id
+
+    async def full(self, refused: str) -> ApiError:
+        """503 RedisFull for a write Redis just refused for memory, with its numbers."""
+        assert self.live
+        memory = await self.live.look_at_memory()
+        return ApiError.of(memory.error(refused) if memory is not None
+                           else RedisFull.of(refused, then="send it again once Redis has room"))
 
     async def call(self, name: str, kwargs: dict[str, Any], queue: str, timeout: float,
                    disconnected: Callable[[], Awaitable[bool]] | None = None) -> dict[str, Any]:
@@ -272,13 +285,21 @@ class Bridge:
             redis_ok = False
         if redis_ok and self.live.age(PLACEMENT) > self.s.worker_fresh:
             await self.live.refresh({PLACEMENT})
+        memory = await self.live.look_at_memory() if redis_ok else None
         fresh = self.s.worker_fresh + 1.0
         report: dict[str, Any] = {
             "redis": "ok" if redis_ok else f"down: {self.live.redis_error}",
             "workers": {q: self.live.workers(q) if self.live.age(q) <= fresh else []
                         for q in QUEUES},
+            "redis-memory": memory.report(self.s.memory_warn) if memory is not None
+            else {"state": "unknown"},
         }
-        report["ready"] = bool(redis_ok and report["workers"][PLACEMENT])
+        # A full Redis refuses the workers' ping replies (writes) as it refuses every task:
+        # the shim stays ready then and answers each request 503 RedisFull naming the cause;
+        # unready, every replica would leave the Service and clients would meet connection
+        # errors instead.
+        full = memory is not None and memory.full
+        report["ready"] = bool(redis_ok and (report["workers"][PLACEMENT] or full))
         report["mirror"] = (await self._mirror_status(counters=report["ready"]) if redis_ok
                             else {"state": "unknown"})
         return report

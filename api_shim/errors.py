@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from workers.core.errors import ERRORS
+from workers.core.errors import ERRORS, VcmError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,14 @@ class ApiError(Exception):
     @classmethod
     def unavailable(cls, what: str, **details: Any) -> ApiError:
         return cls(503, "Unavailable", what, details, headers={"Retry-After": "2"})
+
+    @classmethod
+    def of(cls, exc: VcmError, **details: Any) -> ApiError:
+        """A domain error the shim met itself (RedisFull when Redis refused its write)."""
+        name = type(exc).__name__
+        status = STATUS.get(name, exc.http_status)
+        headers = {"Retry-After": "5"} if status == 503 else {}
+        return cls(status, name, exc.message, {**exc.details, **details}, headers=headers)
 
 
 def from_task_failure(result: Any, task_id: str) -> ApiError:

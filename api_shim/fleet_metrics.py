@@ -15,6 +15,9 @@ replicas report the same values:
   seq         the ledger's change counter
   set aside   records set aside; unreadable: those whose holdings cannot be read
 
+and Redis's own INFO memory and stats: used_memory against maxmemory (a full Redis refuses
+writes: workers/adapters/redis_memory.py) and evicted_keys (0 under noeviction).
+
 All of it is read in one pipelined round trip with short socket timeouts. A scrape never fails
 because of Redis: when it does not answer, the scrape says `vcm_redis_up 0` and nothing else.
 """
@@ -41,6 +44,7 @@ from prometheus_client.utils import floatToGoString
 from workers.adapters.keys import PREFIX, Keys
 from workers.adapters.ledger.reports import read_fleet, report_client
 from workers.adapters.ledger.status import LATENCY_BUCKETS
+from workers.adapters.redis_memory import MemoryUse
 from workers.core.errors import ERRORS
 from workers.core.health import effective
 from workers.publisher.mirror_status import parse_status
@@ -85,6 +89,8 @@ class FleetSnapshot:
     health: dict[str, Any] = field(default_factory=dict)  # pool -> PoolHealth (live vCenters)
     set_aside: int = 0  # records set aside, holding what can be read of them
     set_aside_unreadable: int = 0  # of which nothing can be read: placement is stopped
+    memory: MemoryUse | None = None  # Redis's INFO memory
+    evicted: int | None = None  # Redis's INFO stats evicted_keys
 
     # -- derived values (shared by the metrics and the dashboard) -------------------------
     @property
@@ -172,6 +178,9 @@ class FleetReader:
         snap = FleetSnapshot(at=time.time(), leases=fleet.leases, waiting=fleet.waiting,
                              set_aside=fleet.set_aside,
                              set_aside_unreadable=fleet.set_aside_unreadable)
+        snap.memory = MemoryUse.from_info(fleet.memory)
+        evicted = _number(fleet.redis_stats.get("evicted_keys"))
+        snap.evicted = int(evicted) if evicted is not None else None
         for key, value in fleet.stats.items():
             number = _number(value)
             if number is not None:
@@ -254,6 +263,17 @@ class FleetCollector:
             "(ids in the placement worker's log; dropped with `vcm release ID`), by whether what "
             "they hold could be read and stays counted, or could not and stops all placement",
             labels=["holdings"])
+        memory = [
+            GaugeMetricFamily("vcm_redis_memory_used_bytes", "Redis's used_memory"),
+            GaugeMetricFamily("vcm_redis_memory_max_bytes",
+                              "Redis's maxmemory (0: no limit)"),
+            GaugeMetricFamily("vcm_redis_memory_used_ratio",
+                              "used_memory / maxmemory: above 1 Redis refuses every write "
+                              "(noeviction) until memory is freed"),
+        ]
+        evicted = CounterMetricFamily(
+            "vcm_redis_evicted_keys", "Keys Redis evicted for memory (always 0 under "
+            "noeviction; any other policy may evict ledger records)")
         if snap is None:
             latency = HistogramMetricFamily(
                 "vcm_acquire_latency_seconds", "Acquire latency, including time spent waiting "
@@ -261,7 +281,7 @@ class FleetCollector:
             return [self._redis_up(1), pool, vcenter, health, age, leases, waiting, latency,
                     *counters,
                     refusals, mirror_lag, mirror_age, mirror_failing, mirror_errors,
-                    mirror_set_aside, set_aside]
+                    mirror_set_aside, set_aside, *memory, evicted]
 
         out: list[Metric] = [self._redis_up(1)]
         rollup = snap.rollup or {}
@@ -323,4 +343,15 @@ class FleetCollector:
             mirror_errors.add_metric([], snap.mirror_count("errors"))
             mirror_set_aside.add_metric([], snap.mirror_count("set-aside"))
             out += [mirror_errors, mirror_set_aside]
+        if snap.memory is not None:
+            used, limit, ratio = memory
+            used.add_metric([], snap.memory.used)
+            limit.add_metric([], snap.memory.limit)
+            out += [used, limit]
+            if snap.memory.ratio is not None:
+                ratio.add_metric([], snap.memory.ratio)
+                out.append(ratio)
+        if snap.evicted is not None:
+            evicted.add_metric([], snap.evicted)
+            out.append(evicted)
         return out

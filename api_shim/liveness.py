@@ -18,6 +18,7 @@ from typing import Any
 import redis.asyncio as aredis
 from celery import Celery
 
+from workers.adapters.redis_memory import MemoryUse
 from workers.contract import QUEUES
 
 from .errors import ApiError
@@ -47,6 +48,9 @@ class Liveness:
         self.failed: dict[str, float] = {}  # queue -> when a check last found nobody
         self.redis_seen = -math.inf
         self.redis_error = ""
+        # Redis's memory at the last look: a full Redis refuses the workers' replies (writes),
+        # so a worker that cannot answer then is not missing
+        self.memory: MemoryUse | None = None
         self._refresh: asyncio.Task | None = None
         self._refresh_wanted: set[str] = set()
         self._discovery: asyncio.Task | None = None
@@ -71,7 +75,8 @@ class Liveness:
         if self.age(queue) <= fresh:
             return
         failed = time.monotonic() - self.failed.get(queue, -math.inf)
-        if failed >= self.NEGATIVE_TTL:
+        # nobody answered while Redis was full: look again now, it may have room by now
+        if failed >= self.NEGATIVE_TTL or (self.memory is not None and self.memory.full):
             await self.refresh({queue})
             if self.age(queue) <= max(fresh, 0.1):
                 return
@@ -80,12 +85,29 @@ class Liveness:
         self._unavailable(queue)
 
     def _unavailable(self, queue: str) -> None:
+        if self.memory is not None and self.memory.full:
+            raise ApiError.of(self.memory.error(
+                f"no {queue} worker can take a task or answer now",
+                then="send it again once Redis has room (a task already sent is answered "
+                     "then: GET /tasks/{task-id})"))
         if time.monotonic() - self.redis_seen > self.s.worker_fresh:
             raise ApiError.unavailable(f"Redis (broker and result backend) does not answer: "
                                        f"{self.redis_error or 'no reply'}", component="redis")
         raise ApiError.unavailable(f"no {queue} worker answers; start one with "
                                    f"`celery -A tasks worker -Q {queue}`", component="worker",
                                    queue=queue)
+
+    async def look_at_memory(self) -> MemoryUse | None:
+        """Redis's memory now (INFO answers while Redis is full), remembered; None when INFO
+        does not answer."""
+        try:
+            info = await asyncio.wait_for(self.client.info("memory"), 1.0)
+        except Exception as exc:  # noqa: BLE001 - the numbers are a report, not a check
+            log.info("INFO memory failed: %s", exc)
+            self.memory = None
+            return None
+        self.memory = MemoryUse.from_info(info)
+        return self.memory
 
     def _kick(self, wanted: set[str]) -> None:
         if self._refresh is None or self._refresh.done():
@@ -115,6 +137,7 @@ class Liveness:
             self.redis_error = str(exc) or type(exc).__name__
             self._set_seen(set(), wanted)
             return
+        await self.look_at_memory()
         if self._threads > 2:  # control calls are stuck from before: don't pile up
             self._set_seen(set(), wanted)
             return

@@ -156,7 +156,7 @@ ERROR: dict[str, Any] = {
     "properties": {
         "error": {"type": "string", "description": "InvalidRequest, NoCapacity, LeaseNotFound, "
                   "NotOwner, WaitTimeout, Unauthorized, Forbidden, TaskNotFound, "
-                  "PayloadTooLarge, Unavailable, GatewayTimeout, ..."},
+                  "PayloadTooLarge, Unavailable, RedisFull, GatewayTimeout, ..."},
         "message": {"type": "string"},
         "details": {"type": "object", "description": "field (bad input), reasons (per pool), "
                     "task-id, ..."},
@@ -219,6 +219,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
             403: "not the owner / not allowed for this token", 404: "unknown lease or task",
             409: "no capacity now (details.reasons per pool)", 413: "body over 64 KiB",
             422: "invalid request (details.field names the field)",
-            502: "the worker failed unexpectedly", 503: "Redis or the worker is unavailable",
+            502: "the worker failed unexpectedly",
+            503: "Redis or the worker is unavailable, or Redis is full (RedisFull)",
             504: "the wait ran out"}
     return {c: answer(text[c], ERROR) for c in codes}

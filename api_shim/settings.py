@@ -114,6 +114,8 @@ class ApiEnv(EnvSettings):
     api_body_timeout: Annotated[float, _api_duration(minimum=0.1)] = Field(default="30")
     # re-read when it changes (Secret rotation)
     api_tokens_file: str = ""
+    # /readyz says degraded (redis-memory state high) from this fraction of Redis's maxmemory
+    api_redis_memory_warn: float = Field(default=0.8, gt=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class ApiSettings:
     discover_timeout: float = 0.6
     max_body: int = MAX_BODY
     body_timeout: float = 30.0  # a request body must arrive within this (else 408)
+    memory_warn: float = 0.8  # /readyz: Redis memory state `high` from this used/maxmemory
     base: Settings | None = field(default=None, compare=False, repr=False)
 
     tokens_file: str = ""  # VCM_API_TOKENS_FILE: re-read when it changes (Secret rotation)
@@ -162,5 +165,6 @@ class ApiSettings:
             worker_fresh=env.api_worker_fresh,
             parked_grace=env.api_parked_grace,
             body_timeout=env.api_body_timeout,
+            memory_warn=env.api_redis_memory_warn,
             base=base,
         )

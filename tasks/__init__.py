@@ -12,6 +12,7 @@ from celery import Celery, signals
 from celery.exceptions import Ignore
 
 from tasks import results as _results  # noqa: F401 - query results expire in minutes
+from tasks.holding import wait_for_room
 from workers.bootstrap import Runtime, build, cannot_start, require_valid_pools
 from workers.contract import PLACEMENT, QUERIES, WAITING, Task
 from workers.core.errors import ERRORS, InvalidRequest
@@ -77,18 +78,20 @@ def _build_runtime(sender: Any = None, **_: Any) -> None:
 
 @signals.celeryd_after_setup.connect
 def _setup(sender: str, instance: Any, **_: Any) -> None:
-    """Before consuming, on the placement side: restore the ledger (from the mirror when Redis
-    lost it) and compare it with the mirror. Redis not answering yet is no reason to stop (the
-    worker waits for its broker, and the ledger is checked again before the first change);
-    anything else is (e.g. a mirror that cannot be read while Redis is empty)."""
-    if _role["name"] != PLACEMENT:
-        return
+    """Before consuming: wait while Redis is full (tasks/holding.py), then, on the placement
+    side, restore the ledger (from the mirror when Redis lost it) and compare it with the
+    mirror. Redis not answering yet is no reason to stop (the worker waits for its broker, and
+    the ledger is checked again before the first change); anything else is (e.g. a mirror
+    that cannot be read while Redis is empty)."""
     try:
-        service().ensure_ready(check_mirror=True)
+        svc = service()
+        wait_for_room(svc.ledger.r)
+        if _role["name"] == PLACEMENT:
+            svc.ensure_ready(check_mirror=True)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         log.warning("the ledger was not checked at start (Redis: %s); it is checked before "
                     "the first change", exc)
-    except Exception as exc:  # noqa: BLE001 - a placement worker that cannot serve stops
+    except Exception as exc:  # noqa: BLE001 - a worker that cannot serve stops
         cannot_start(exc)
 
 

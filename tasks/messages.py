@@ -15,6 +15,9 @@ from celery import Task
 from celery.exceptions import InvalidTaskError
 from celery.worker.request import Request
 
+from tasks.holding import HeldAnswers
+from workers.adapters.redis_memory import full_error, refused_for_memory
+from workers.core.errors import RedisFull
 from workers.core.text import text_problem
 
 MAX_TASK_ID = 255
@@ -46,6 +49,30 @@ class CheckedRequest(Request):
 
 
 class CheckedTask(Task):
-    """The base of every task here: its messages go through CheckedRequest."""
+    """The base of every task here: its messages go through CheckedRequest; what it stores
+    in the result backend is held through a full Redis (tasks/holding.py), and a write Redis
+    refuses for memory in its body is RedisFull, naming the cause."""
 
     Request = "tasks.messages:CheckedRequest"
+
+    @property
+    def backend(self) -> Any:
+        own = self._backend
+        return own if own is not None else HeldAnswers(self.app.backend)
+
+    @backend.setter
+    def backend(self, value: Any) -> None:
+        self._backend = value
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except RedisFull:
+            raise
+        except Exception as exc:
+            if not refused_for_memory(exc):
+                raise
+            client = getattr(self.app.backend, "client", None)
+            raise full_error(client, f"{self.name} could not be completed", then=(
+                "send it again once Redis has room (the same task id or request-id: it is "
+                "answered once, never granted twice)")) from None

@@ -16,6 +16,12 @@ def call(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> Any:
     return r.get(timeout=timeout)
 
 
+def placement_barrier(app: Celery, timeout: float = 20) -> None:
+    """Returns once the one placement consumer has run every task sent before this call: it
+    runs them in the order sent, and a cancel of a wait that does not exist changes nothing."""
+    assert call(app, "vcm.cancel_wait", timeout=timeout, task_id="no-such-wait") is False
+
+
 def failure(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> BaseException:
     r = app.send_task(name, kwargs=kwargs, queue=QUEUE.get(name, PLACEMENT))
     try:

@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import uuid
 
 import httpx
@@ -403,7 +402,9 @@ def test_a_client_that_goes_away_is_not_waited_for(api, settled):
         with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
             sock.sendall(b"POST /acquire HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                          b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            time.sleep(1.0)
+            # it waits in line (for the hog's pool) before the client hangs up
+            wait_for(lambda: [r["request"]["owner"] for _, r in settled.waiters()] == ["gone"],
+                     timeout=20, what="the request to wait in line")
 
         def in_flight() -> float:
             text = c.get("/metrics").text
@@ -414,7 +415,6 @@ def test_a_client_that_goes_away_is_not_waited_for(api, settled):
         # and the request left the line: the room a release frees goes to nobody who hung up
         wait_for(lambda: settled.waiting_count() == 0, timeout=10, what="the line to empty")
         assert c.post("/release", json={"owner": "hog"}).status_code == 200
-        time.sleep(1.5)  # the publisher serves the line at once, and again each second
         leases = c.get("/leases", params={"owner": "gone"})
         assert leases.status_code == 200 and leases.json() == [], leases.text
 
@@ -527,10 +527,19 @@ def test_tokens_from_a_file_rotate_without_a_restart(api_auth, token_file, ledge
                       headers=bearer("carol")).status_code == 401
         assert c.post("/release", json={"owner": "x"},  # the variable's tokens stay
                       headers=bearer("alice")).status_code == 403
+        logged = len(api_auth.output())
         token_file.write_text("not a token file")  # broken: the last good tokens stay
-        time.sleep(2.5)
+        codes: list[int] = []
+
+        def read_the_broken_file() -> bool:  # the shim looks at the file on requests
+            codes.append(c.post("/release", json={"owner": "x"},
+                                headers=bearer("dave")).status_code)
+            return "keeping the previous API tokens" in api_auth.output()[logged:]
+
+        wait_for(read_the_broken_file, timeout=20, what="the shim to read the broken file")
         assert c.post("/release", json={"owner": "x"},
                       headers=bearer("dave")).status_code == 200
+        assert set(codes) == {200}, codes
 
 
 def test_a_bad_token_setting_stops_start_up(stack):
@@ -553,9 +562,11 @@ def test_concurrent_http_acquires_never_overcommit(api, settled, pools_file):
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         codes = list(pool.map(one, range(60)))
-    assert set(codes) <= {200, 409}, codes
+    # 9 such leases fit, one per free single-tenant port group: pool1 4, pool2 3, pool3 2
+    # (pool4 is excluded); the other 51 clients get 409
+    assert sorted(set(codes)) == [200, 409] and codes.count(200) == 9, codes
     snap = check_invariants(settled, pools_of(pools_file))
-    assert len(snap["leases"]) == codes.count(200) > 0
+    assert len(snap["leases"]) == 9
 
 
 def test_labels_selectors_and_network_only_leases_over_http(http, settled):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 from celery import Celery
 
@@ -130,31 +129,81 @@ def test_a_task_lost_in_flight_is_sent_again_as_the_same_request(pools_file, tmp
         server.stop()
 
 
-def test_a_release_by_owner_is_not_sent_again(pools_file, tmp_path):
-    """A copy of a release by owner that lands late would release leases granted since: vcm
-    does not send it again (a release by id it does: releasing twice is fine)."""
-    from tests.support.procs import RedisServer, env_for, wait_for
+def queued_releases(client) -> list[dict]:
+    """The kwargs of the vcm.release messages waiting in the placement queue (kombu keeps
+    them as JSON, the body base64-encoded), one per copy."""
+    import base64
+
+    out = []
+    for raw in client.lrange("placement", 0, -1):
+        message = json.loads(raw)
+        if message["headers"].get("task") == "vcm.release":
+            _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+            out.append(kwargs)
+    return out
+
+
+def test_a_release_by_owner_or_selector_is_not_sent_again(pools_file, tmp_path):
+    """A copy of a release by owner or by selector that lands late would release leases
+    granted since: vcm does not send it again, however long it waits in the queue, and it is
+    answered once a worker takes it. A release by id it does send again (releasing twice is
+    fine)."""
+    from tests.helpers import call
+    from tests.support.procs import RedisServer, Worker, env_for, wait_for
 
     server = RedisServer().start()
+    worker = None
+    clis: dict[str, subprocess.Popen] = {}
     try:
         env = env_for(server.url, pools_file, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"),
                       VCM_RESEND_AFTER="1s")
+        app = Celery("client", broker=server.url, backend=server.url)
+        app.config_from_object("celeryconfig")
+        app.conf.broker_url = app.conf.result_backend = server.url
+        worker = Worker(env, "placement").start()
+        small = {"vcpus": 1, "memory": 1, "networks": 0}
+        held = {how: call(app, "vcm.acquire", request={**small, **extra})[0]["metadata"]["name"]
+                for how, extra in (("owner", {"owner": "job-1"}),
+                                   ("selector", {"owner": "job-2", "labels": {"k": "v"}}),
+                                   ("id", {"owner": "job-3"}))}
+        worker.stop()  # the releases wait in the queue until a worker is back
         client = server.client()
-        sent = {}
-        for how, args in (("owner", ["--owner", "job-1"]), ("id", ["lease-1"])):
-            cli = subprocess.Popen(
-                [sys.executable, "-m", "workers.cli", "release", *args, "--redis-url",
-                 server.url], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True)
-            try:
-                wait_for(lambda: client.llen("placement") == 1, timeout=30, what="queued")
-                client.delete("placement")  # lost in flight
-                time.sleep(3)  # three times VCM_RESEND_AFTER
-                sent[how] = client.llen("placement")
-                client.delete("placement")
-            finally:
+        errs = {}
+        for how, args in (("owner", ["--owner", "job-1"]), ("selector", ["-l", "k=v"]),
+                          ("id", [held["id"], "--owner", "job-3"])):
+            errs[how] = tmp_path / f"release-by-{how}.err"
+            with errs[how].open("w") as err:
+                clis[how] = subprocess.Popen(
+                    [sys.executable, "-m", "workers.cli", "release", *args, "-o", "json",
+                     "--redis-url", server.url], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                    stderr=err, text=True)
+        # each has polled its PENDING task for 5 s (its hint says so): 4 x VCM_RESEND_AFTER
+        for how, err in errs.items():
+            wait_for(lambda err=err: "still queued after 5s" in err.read_text(), timeout=30,
+                     what=f"the release by {how} to wait 5 s")
+        copies = queued_releases(client)
+        assert [c for c in copies if c.get("owner") == "job-1" and not c.get("lease_ids")] \
+            == [{"lease_ids": None, "owner": "job-1", "selector": None}], copies
+        assert [c for c in copies if c.get("selector")] == [
+            {"lease_ids": None, "owner": None, "selector": "k=v"}], copies
+        assert len([c for c in copies if c.get("lease_ids")]) >= 2, copies
+        assert "sent it again" in errs["id"].read_text()
+        for how in ("owner", "selector"):
+            assert "sent it again" not in errs[how].read_text(), how
+
+        worker = Worker(env, "placement").start()  # late, but each is answered
+        for how, cli in clis.items():
+            out, _ = cli.communicate(timeout=60)
+            assert cli.returncode == 0, (how, errs[how].read_text())
+            assert json.loads(out) == [held[how]], how
+        app.send_task("vcm.noop_placement", queue="placement").get(timeout=30)
+        assert client.llen("placement") == 0  # every copy was taken, in order
+        app.close()
+    finally:
+        for cli in clis.values():
+            if cli.poll() is None:
                 cli.kill()
                 cli.communicate()
-        assert sent["owner"] == 0 and sent["id"] >= 1, sent
-    finally:
+        if worker is not None:
+            worker.stop()
         server.stop()

@@ -219,14 +219,19 @@ def test_without_a_queries_worker_the_page_renders_with_a_notice(site, chromium)
     stack, api = site
     queries = next(p for p in stack.procs if p.queues == "queries")
     queries.stop()
-    # the notice is the page giving up on the worker (its own short wait), not the client
-    resp = httpx.get(api.url + "/", timeout=30)
-    assert resp.status_code == 200
-    assert "The queries worker did not answer" in resp.text
-    page = Page(dump_dom(chromium, api.url + "/"))
-    text = " ".join(page.text)
-    assert "The queries worker did not answer" in text
-    assert "Placements" in text  # the counters still come straight from Redis
+    try:
+        # the notice is the page giving up on the worker (its own short wait), not the client
+        resp = httpx.get(api.url + "/", timeout=30)
+        assert resp.status_code == 200
+        assert "The queries worker did not answer" in resp.text
+        page = Page(dump_dom(chromium, api.url + "/"))
+        text = " ".join(page.text)
+        assert "The queries worker did not answer" in text
+        assert "Placements" in text  # the counters still come straight from Redis
+    finally:  # the module's stack as it was, for the tests that run after this one
+        queries.start()
+        wait_for(lambda: httpx.get(api.url + "/readyz", timeout=5).status_code == 200,
+                 timeout=30, what="the API to see the queries worker again")
 
 
 def test_without_redis_the_page_still_renders(site):

@@ -25,6 +25,7 @@ import secrets
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -1052,6 +1053,118 @@ def test_app_containers_get_settings_and_pools_and_a_writable_tmp():
         assert "/tmp" in mounts and "emptyDir" in vols[mounts["/tmp"]["name"]]
 
 
+# --------------------------------------------------------------------------- settings, run
+
+
+def settings_environment(docs, tmp: Path, data: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment ConfigMap vcm-settings gives the placement container (envFrom; `data`
+    instead of the ConfigMap's own), for a process on this machine: paths under the container's
+    ConfigMap volume mounts point at those ConfigMaps' files written below `tmp`. Redis and the
+    mirror are local ones (the test's own, set by the caller); no other VCM_ variable is set."""
+    data = dict(one(docs, "ConfigMap", "vcm-settings")["data"] if data is None else data)
+    placement = one(docs, "Deployment", "vcm-placement")
+    spec = pod_spec(placement)
+    (c,) = [c for c in containers(spec) if is_app_container(c)]
+    assert {"configMapRef": {"name": "vcm-settings"}} in c["envFrom"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts: dict[str, Path] = {}
+    for m in c.get("volumeMounts", []):
+        source = volumes[m["name"]].get("configMap")
+        if source is None:
+            continue
+        local = tmp / m["mountPath"].strip("/").replace("/", "-")
+        local.mkdir(parents=True, exist_ok=True)
+        for key, text in one(docs, "ConfigMap", source["name"]).get("data", {}).items():
+            (local / key).write_text(text)
+        mounts[m["mountPath"].rstrip("/") + "/"] = local
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VCM_")}
+    for key, value in data.items():
+        for mount, local in mounts.items():
+            if value.startswith(mount):
+                value = str(local / value[len(mount):])
+        env[key] = value
+    return env
+
+
+def start_placement(docs, env: dict[str, str], log: Path):
+    """The placement worker with the manifest's command and `env`, until it is consuming or has
+    exited: (the process, or None once it exited; its output)."""
+    from tests.support.procs import LoggedProcess
+
+    placement = one(docs, "Deployment", "vcm-placement")
+    (c,) = [c for c in containers(pod_spec(placement)) if is_app_container(c)]
+    words = [w.replace("%h", "deploy-test") for w in argv(c)]
+    assert words[:4] == ["celery", "-A", "tasks", "worker"], words
+    proc = LoggedProcess()
+    proc.log = str(log)
+    proc.spawn([sys.executable, "-m", *words, "-l", "info"],
+               {**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    wait_for(lambda: "ready." in proc.output() or proc.proc.poll() is not None, timeout=60,
+             what="the placement worker to start or stop")
+    if proc.proc.poll() is not None:
+        proc.stop()
+        return None, proc.output()
+    return proc, proc.output()
+
+
+def unread_settings(docs, tmp: Path, data: dict[str, str], redis_url: str) -> list[str]:
+    """Keys of `data` the placement worker does not read: given a value that is no setting's
+    (every key in turn), its start-up neither stops nor logs a word about that key or value."""
+    unread = []
+    for key in data:
+        bogus = f"not-a-{key.lower()}"
+        env = settings_environment(docs, tmp / key, {**data, key: bogus})
+        env.update(VCM_REDIS_URL=redis_url, VCM_MIRROR_FILE=str(tmp / key / "ledger.json"))
+        proc, output = start_placement(docs, env, tmp / f"{key}.log")
+        if proc is not None:
+            proc.stop()
+        if key not in output and bogus not in output:
+            unread.append(key)
+    return unread
+
+
+def test_the_settings_configmap_runs_the_placement_worker(tmp_path):
+    """ConfigMap vcm-settings as the environment of the placement worker started with the
+    manifest's command, its pools file where the vcm-pools volume puts it: it starts, places on
+    those pools, and the lease lives VCM_LEASE_TTL. Each key is read: given nonsense, start-up
+    says so. A key that is no setting (a typo) would be ignored by the product: caught here."""
+    from celery import Celery
+
+    from tests.support.procs import RedisServer
+    from workers.core.lease import parse_rfc3339
+    from workers.core.models import parse_duration
+
+    docs = base_docs()
+    data = one(docs, "ConfigMap", "vcm-settings")["data"]
+    pools = yaml.safe_load(one(docs, "ConfigMap", "vcm-pools")["data"]["pools.yaml"])["pools"]
+    server = RedisServer().start()
+    app = Celery("deploy-test", broker=server.url, backend=server.url)
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = app.conf.result_backend = server.url
+    try:
+        env = settings_environment(docs, tmp_path / "good")
+        env.update(VCM_REDIS_URL=server.url, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"))
+        proc, output = start_placement(docs, env, tmp_path / "good.log")
+        assert proc is not None, output[-3000:]
+        try:
+            r = app.send_task("vcm.acquire", kwargs={"request": {
+                "vcpus": 1, "memory": 1, "owner": "deploy-test"}}, queue="placement")
+            (lease,) = r.get(timeout=30)
+        finally:
+            proc.stop()
+        status = lease["status"]
+        assert status["pool"] in {p["name"] for p in pools}, status
+        lived = parse_rfc3339(status["expires-at"]) - parse_rfc3339(status["leased-at"])
+        assert lived == parse_duration(data["VCM_LEASE_TTL"], "VCM_LEASE_TTL", maximum=1e9), status
+
+        assert unread_settings(docs, tmp_path / "each", data, server.url) == []
+        typo = {"VCM_LEASE_TTLL": data["VCM_LEASE_TTL"]}
+        assert unread_settings(docs, tmp_path / "typo", typo, server.url) == ["VCM_LEASE_TTLL"]
+    finally:
+        app.close()
+        server.stop()
+
+
 def test_redis_persists_with_aof_on_a_pvc():
     docs = base_docs()
     sts = one(docs, "StatefulSet", "vcm-redis")
@@ -1452,10 +1565,12 @@ def test_an_overlay_that_only_changes_the_namespace_keeps_the_mirror_and_its_rba
     assert network_violations(docs) == []
 
 
-def test_deployed_redis_evicts_only_what_expires_anyway(tmp_path):
+def test_deployed_redis_evicts_nothing_and_refuses_writes_when_full(tmp_path):
     """With the manifest's memory policy (its maxmemory scaled down to 8 MB), a flood of task
-    results (with a TTL) is evicted nearest-expiry first, while the ledger's keys and the
-    queues (no TTL) all stay; and Redis stays up."""
+    results (with a TTL, like released-lease records) fills Redis and then is refused: nothing
+    is evicted, neither the ledger and the queues (no TTL) nor what has a TTL; reads and
+    deletes still work, Redis stays up, and writes resume once memory is freed.
+    (tests/test_pressure.py runs the whole service on it.)"""
     server = _need_tool("redis-server")
     docs = base_docs()
     password = secrets.token_hex(16)
@@ -1463,7 +1578,7 @@ def test_deployed_redis_evicts_only_what_expires_anyway(tmp_path):
     _sts, c = redis_container(docs)
     env = resolve_env(docs, c, given)
     words = [k8s_expand(str(t), env) for t in list(c["command"]) + list(c.get("args", []))]
-    assert words[words.index("--maxmemory-policy") + 1] == "volatile-ttl"
+    assert words[words.index("--maxmemory-policy") + 1] == "noeviction"
     assert words[words.index("--maxmemory") + 1] == "640mb"
     words[0] = server
     words[words.index("--dir") + 1] = str(tmp_path)
@@ -1481,13 +1596,20 @@ def test_deployed_redis_evicts_only_what_expires_anyway(tmp_path):
             pipe.hset("vcm:leases", f"lease-{i}", lease)
         pipe.rpush("placement", *[f"task-{i}" for i in range(100)])
         pipe.execute()
-        for i in range(20000):  # ~34 MB of results, each with a TTL: most must go
-            r.set(f"celery-task-meta-{i}", lease, ex=86400 if i % 2 else 300)
+        stored = 0
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for i in range(20000):  # ~34 MB of results, each with a TTL: more than fits
+                r.set(f"celery-task-meta-{i}", lease, ex=86400 if i % 2 else 300)
+                stored += 1
         assert proc.poll() is None
+        assert 0 < stored < 20000
         assert r.hlen("vcm:leases") == 500 and r.llen("placement") == 100
         kept = sum(1 for _ in r.scan_iter("celery-task-meta-*", count=1000))
-        assert 0 < kept < 20000
-        assert int(r.info("stats")["evicted_keys"]) > 0
+        assert kept == stored
+        assert int(r.info("stats")["evicted_keys"]) == 0
+        assert r.get("celery-task-meta-0") == lease.encode()  # reads work while full
+        r.delete(*[f"celery-task-meta-{i}" for i in range(stored)])  # so do deletes
+        assert r.set("celery-task-meta-again", lease, ex=300)
     finally:
         proc.kill()
         proc.wait(10)

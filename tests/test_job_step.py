@@ -52,9 +52,11 @@ def test_the_example_job_step_leases_writes_its_files_and_releases(stack, ledger
         assert fd["server"] == lease["status"]["vcenter"]
         for net in lease["status"]["networks"]:
             assert net["port-group"] in fd["topology"]["networks"]
-    if "pool1" in domains:
-        assert domains["pool1"]["zone"] == "east-1a"
-        assert domains["pool1"]["topology"]["folder"] == "/datacenter1/vm/ci"
+    # an empty fleet: the two least-utilized vCenters' pools (ties by name), and the bastion's
+    assert sorted(x["status"]["pool"] for x in primary) == ["pool1", "pool2"]
+    assert set(domains) == {"pool1", "pool2", "pool3"}
+    assert domains["pool1"]["zone"] == "east-1a"  # from the pools file's zone and folder
+    assert domains["pool1"]["topology"]["folder"] == "/datacenter1/vm/ci"
     subnets = json.loads((out / "subnets.json").read_text())
     vlans = {str(n["vlan"]) for x in leases for n in x["status"]["networks"]}
     assert {v for by_vlan in subnets.values() for v in by_vlan} == vlans

@@ -7,11 +7,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.helpers import call, failure
 from tests.support.procs import ROOT
+from tests.support.section9 import POOLS
 from workers.core.labels import Requirement, matches, parse_selector
 
 BOSKOS = "boskos-lease-id"
@@ -145,4 +147,61 @@ def test_multi_pool_leases_and_tolerations_through_the_task_api(s):
         {"key": "k", "operator": "Maybe"}]})
     assert exc.args[1]["field"] == "tolerations[0]"
     assert sorted(call(s.app, "vcm.release", selector=f"{BOSKOS}=z-1")) == sorted(_names(both))
+    s.check()
+
+
+# two tainted pools beside p1 and p2, each on a vCenter of its own and named to come first when
+# loads tie (pool name is the last tie-break): only their taints put them after p1 and p2
+TAINTED = POOLS + """
+  - {name: a-spot, vcenter: vc3, datacenter: dc, cluster: c3, datastore: ds, vcpus: 16,
+     memory: 64, storage: 1000, networks: [{port-group: pg3-a, vlan: 5}],
+     taints: [{key: spot, value: "true", effect: PreferNoSchedule}]}
+  - {name: a-perf, vcenter: vc4, datacenter: dc, cluster: c4, datastore: ds, vcpus: 16,
+     memory: 64, storage: 1000, networks: [{port-group: pg4-a, vlan: 6}],
+     taints: [{key: dedicated, value: perf, effect: NoSchedule}]}
+"""
+
+
+@pytest.fixture()
+def tainted(s):
+    """The running stack's pools file with the tainted pools added (picked up without a
+    restart), and as it was afterwards."""
+    s.pools.write_text(TAINTED)
+    yield s
+    s.reset()
+    s.pools.write_text(POOLS)
+
+
+def test_taints_keep_requests_off_or_last_through_the_task_api(tainted):
+    s = tainted
+
+    def pool_of(**request) -> str:
+        leases = call(s.app, "vcm.acquire", request={"memory": 1, "networks": 0, **request})
+        return leases[0]["status"]["pool"]
+
+    # PreferNoSchedule: a-spot (no load, first by name) ranks after every untainted pool
+    assert pool_of(vcpus=1) == "p1"
+    assert pool_of(vcpus=1) == "p2"
+    assert pool_of(vcpus=1) in ("p1", "p2")
+    # only when no untainted pool fits does an untolerated request go there
+    assert pool_of(vcpus=16) == "a-spot"
+    # NoSchedule: never without a toleration, not even named by required-pool
+    exc = failure(s.app, "vcm.acquire", request={"vcpus": 16, "memory": 1, "networks": 0})
+    assert type(exc).__name__ == "NoCapacity", exc
+    assert "not tolerated" in exc.args[1]["reasons"]["a-perf"], exc.args
+    wrong = {"key": "dedicated", "operator": "Equal", "value": "other", "effect": "NoSchedule"}
+    exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "networks": 0,
+                                                 "required-pool": "a-perf",
+                                                 "tolerations": [wrong]})
+    # (a request that can never be placed on the pool it names is refused as invalid)
+    assert type(exc).__name__ == "InvalidRequest", exc
+    assert exc.args[1]["field"] == "required-pool" and "not tolerated" in exc.args[0], exc
+    perf = {**wrong, "value": "perf"}
+    assert pool_of(vcpus=16, tolerations=[perf]) == "a-perf"
+    s.check()
+    # tolerated, a PreferNoSchedule pool ranks as any other: on an empty fleet, by name
+    assert len(call(s.app, "vcm.release", owner="anonymous")) == 5
+    spot = {"key": "spot", "operator": "Exists", "effect": "PreferNoSchedule"}
+    assert pool_of(vcpus=1, tolerations=[spot]) == "a-spot"
+    assert pool_of(vcpus=1) == "p1"
     s.check()

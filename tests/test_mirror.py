@@ -25,13 +25,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.support.kube_apiserver import KubeApiServer
+from tests.support.rbac import deploy_rbac, mirror_configmap, service_account_of
 from workers.adapters.mirror.configmap import CONFIGMAP_LIMIT, ConfigMapMirror
 from workers.adapters.mirror.errors import MirrorError, MirrorTooLarge, retry_backoff
 from workers.adapters.mirror.factory import mirror_from_env
 from workers.adapters.mirror.file import FileMirror
 
-NS = "vcm"
-NAME = "vcm-ledger"
+NS, NAME = mirror_configmap()  # as deploy/ names it: its RBAC Role grants exactly these
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -111,12 +111,29 @@ def random_snapshot(nbytes: int, seed: int = 0) -> dict[str, Any]:
 
 @pytest.fixture
 def kube():
-    with KubeApiServer() as server:
+    """The test apiserver enforcing deploy/rbac.yaml."""
+    with KubeApiServer(rbac=deploy_rbac()) as server:
         yield server
+
+
+def placement_client(kube: KubeApiServer) -> client.ApiClient:
+    """A client with the token of the service account deploy/ gives the placement worker,
+    the process that runs the mirror."""
+    account = service_account_of("placement")
+    assert account is not None, "deploy/ mounts no token in the placement worker"
+    return kube.api_client(api_key={"BearerToken": f"Bearer {kube.token_for(*account)}"})
 
 
 @pytest.fixture
 def api(kube):
+    api_client = placement_client(kube)
+    yield api_client
+    api_client.close()
+
+
+@pytest.fixture
+def admin(kube):
+    """The test's own client: a cluster admin (the checks of the server itself)."""
     api_client = kube.api_client()
     yield api_client
     api_client.close()
@@ -165,8 +182,8 @@ def _status(err: pytest.ExceptionInfo[ApiException]) -> dict[str, Any]:
     return body
 
 
-def test_server_conflict_on_stale_resource_version(api):
-    core = client.CoreV1Api(api)
+def test_server_conflict_on_stale_resource_version(admin):
+    core = client.CoreV1Api(admin)
     created = core.create_namespaced_config_map(NS, {"metadata": {"name": "c"}, "data": {"a": "1"}})
     stale = created.metadata.resource_version
     updated = core.replace_namespaced_config_map(
@@ -191,8 +208,8 @@ def test_server_conflict_on_stale_resource_version(api):
     assert err.value.status == 409 and _status(err)["reason"] == "AlreadyExists"
 
 
-def test_server_field_value_too_long_at_1mib(api):
-    core = client.CoreV1Api(api)
+def test_server_field_value_too_long_at_1mib(admin):
+    core = client.CoreV1Api(admin)
     # exactly 1,048,576 bytes of keys + values (binaryData counted decoded) is accepted
     fits = {"d": "x" * 1000}
     binary = base64.b64encode(b"\0" * (CONFIGMAP_LIMIT - 1000 - 2)).decode()
@@ -219,8 +236,8 @@ def test_server_field_value_too_long_at_1mib(api):
     assert core.read_namespaced_config_map("fits", NS).data == fits
 
 
-def test_server_not_found(api):
-    core = client.CoreV1Api(api)
+def test_server_not_found(admin):
+    core = client.CoreV1Api(admin)
     calls = [
         lambda: core.read_namespaced_config_map("nope", NS),
         lambda: core.replace_namespaced_config_map("nope", NS, {"metadata": {"name": "nope"}}),
@@ -264,12 +281,12 @@ def test_round_trip_and_write_counts(kube, mirror):
     assert kube.writes == 2
 
 
-def test_missing_configmap_is_created_after_404(kube, mirror):
+def test_missing_configmap_is_created_after_404(kube, mirror, admin):
     mirror.save({"version": 1, "leases": []})
     log = [(m, code) for m, path, code in kube.request_log]
     assert log == [("GET", 404), ("POST", 201)]
-    # deleted behind our back: next save re-creates it
-    client.CoreV1Api(mirror.api_client).delete_namespaced_config_map(NAME, NS)
+    # deleted behind our back (the placement worker may not delete it): next save re-creates it
+    client.CoreV1Api(admin).delete_namespaced_config_map(NAME, NS)
     assert mirror.load() is None
     assert mirror.save({"version": 2, "leases": []}) == 1
     assert mirror.load() == {"version": 2, "leases": []}
@@ -503,12 +520,13 @@ def test_hang_past_timeout_raises_then_later_save_succeeds(kube, api):
     mirror = ConfigMapMirror(NS, NAME, api_client=api, timeout=0.3)
     mirror.save(make_snapshot(5, seed=19, version=1))
     kube.inject_fault(hang=3.0, count=None)
-    started = time.monotonic()
-    with pytest.raises(MirrorError) as err:
+    attempts, writes = kube.faults_served, kube.writes
+    with pytest.raises(MirrorError) as err:  # each answer would come, after 3 s: too late
         mirror.save(make_snapshot(5, seed=20, version=2))
-    # urllib3 may retry an idempotent GET a few times, each bounded by the timeout
-    assert time.monotonic() - started < 2.0
     assert "unreachable" in str(err.value)
+    # it gave up on its first read: urllib3 may retry an idempotent GET a few times (up to 3),
+    # then the save fails without writing
+    assert 1 <= kube.faults_served - attempts <= 4 and kube.writes == writes
     kube.clear_faults()
     snap = make_snapshot(5, seed=21, version=3)
     assert retry_backoff(lambda: mirror.save(snap), attempts=3, base=0.05) == 1
@@ -561,7 +579,7 @@ def test_concurrent_writers_and_reader_never_mix_shards(kube):
         for i, s in enumerate(snaps[w]):
             s["writer"], s["round"] = w, i
     known = {json.dumps(s, sort_keys=True) for w in (0, 1) for s in snaps[w]}
-    clients = [kube.api_client() for _ in range(3)]
+    clients = [placement_client(kube) for _ in range(3)]
     mirrors = [ConfigMapMirror(NS, NAME, api_client=c, shard_bytes=4096) for c in clients]
     barrier = threading.Barrier(2)
     errors: list[BaseException] = []
@@ -598,7 +616,7 @@ def test_concurrent_writers_and_reader_never_mix_shards(kube):
     for c in clients:
         c.close()
     assert not errors, errors
-    final = ConfigMapMirror(NS, NAME, api_client=kube.api_client()).load()
+    final = ConfigMapMirror(NS, NAME, api_client=placement_client(kube)).load()
     assert final in (snaps[0][-1], snaps[1][-1])
     # the race really happened and was resolved
     assert kube.conflicts + mirrors[0].lock_waits + mirrors[1].lock_waits > 0
@@ -731,7 +749,7 @@ def test_file_mirror_survives_sigkill_mid_save(tmp_path):
 def test_a_save_that_lost_a_race_does_not_put_an_older_seq_over_a_newer_one(kube):
     """Two writers of one ledger: the older one reads the head, the newer one commits seq 10,
     the older one's compare-and-swap gets 409 and re-reads: it must not commit seq 5."""
-    old_api, new_api = kube.api_client(), kube.api_client()
+    old_api, new_api = placement_client(kube), placement_client(kube)
     older = ConfigMapMirror(NS, NAME, api_client=old_api, timeout=2.0)
     newer = ConfigMapMirror(NS, NAME, api_client=new_api, timeout=2.0)
     try:
@@ -765,7 +783,7 @@ def test_a_save_that_lost_a_race_does_not_put_an_older_seq_over_a_newer_one(kube
 def test_a_sharded_save_refuses_when_a_newer_one_committed_during_its_reservation(kube, api):
     """A head-only save may commit while another writer writes its shards; the sharded save
     then refuses at its commit and gives its reservation back."""
-    other_api = kube.api_client()
+    other_api = placement_client(kube)
     sharded = ConfigMapMirror(NS, NAME, api_client=api, timeout=2.0, shard_bytes=4096)
     small = ConfigMapMirror(NS, NAME, api_client=other_api, timeout=2.0, shard_bytes=4096)
     try:
@@ -857,21 +875,32 @@ def test_file_mirror_save_takes_the_lock_and_racing_saves_end_on_the_higher_seq(
 
 
 def test_file_mirror_many_racing_writers_never_go_back(tmp_path):
+    """Two writers race (odd and even seqs up to 199) while a reader watches the file: every
+    seq it reads is at least the one before. The reader sees the start, a seq in the middle
+    (the odd writer stops after 99 until the reader has seen one) and the end."""
     path = tmp_path / "ledger.json"
     FileMirror(path).save({"format": 1, "seq": 0, "leases": []})
     seen: list[int] = []
+    looked = threading.Event()  # the reader has read the file at least once
+    middle = threading.Event()  # the reader has seen a seq of 99 or more
     stop = threading.Event()
 
     def writer(start: int) -> None:
+        assert looked.wait(30), "the reader never read the file"
         m = FileMirror(path)
         for seq in range(start, 200, 2):
             with contextlib.suppress(MirrorError):
                 m.save({"format": 1, "seq": seq, "leases": []})
+            if seq == 99:  # the even writer goes on (up to 198) while the reader looks
+                assert middle.wait(30), "the reader never saw the file in the middle"
 
     def reader() -> None:
-        while not stop.is_set():
+        while not stop.is_set() and (not seen or seen[-1] < 199):
             with contextlib.suppress(MirrorError):
                 seen.append(FileMirror(path).load()["seq"])
+            looked.set()
+            if seen and seen[-1] >= 99:
+                middle.set()
 
     threads = [threading.Thread(target=writer, args=(k,)) for k in (1, 2)]
     watch = threading.Thread(target=reader)
@@ -879,10 +908,13 @@ def test_file_mirror_many_racing_writers_never_go_back(tmp_path):
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(60)
+    watch.join(30)
     stop.set()
+    assert seen and seen[-1] == 199, f"the reader never saw seq 199: {seen[-5:]}"
     watch.join()
     assert FileMirror(path).load()["seq"] == 199
+    assert seen[0] == 0 and seen[-1] == 199 and any(99 <= x < 199 for x in seen), seen
     assert seen == sorted(seen), "the file went back to an older seq"
 
 

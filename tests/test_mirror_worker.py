@@ -25,6 +25,7 @@ from celery import Celery
 from tests.helpers import call, check_invariants, go_back, keep_ledger
 from tests.support.kube_apiserver import KubeApiServer
 from tests.support.procs import RedisServer, Stack, Worker, wait_for
+from tests.support.rbac import deploy_rbac, kube_env_as_deployed, mirror_configmap
 from workers.adapters.ledger import Ledger
 from workers.adapters.mirror.configmap import ConfigMapMirror
 from workers.adapters.pools_file import PoolsFile, load_pools
@@ -34,7 +35,7 @@ from workers.publisher.thread import Publisher
 from workers.service.capacity import Capacity
 from workers.settings import Settings
 
-NS, NAME = "vcm-test", "ledger"
+NS, NAME = mirror_configmap()  # as deploy/ names it: its RBAC Role grants exactly these
 
 # small pools with port groups (for the contents and the wipe tests)
 NET_POOLS = yaml.safe_dump({"pools": [
@@ -54,14 +55,16 @@ ALNUM = string.ascii_letters + string.digits
 
 @pytest.fixture
 def kube():
-    with KubeApiServer() as server:
+    """The test apiserver enforcing deploy/rbac.yaml (the test's own client is an admin)."""
+    with KubeApiServer(rbac=deploy_rbac()) as server:
         yield server
 
 
 def cm_stack(tmp_path, kube: KubeApiServer, pools: str, **env: str) -> Stack:
-    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
-    return Stack(tmp_path, pools, VCM_CONFIGMAP=f"{NS}/{NAME}", KUBECONFIG=str(kubeconfig),
-                 **env)
+    """Each worker talks to the apiserver with the token of the service account deploy/
+    gives it (none where deploy/ mounts none)."""
+    return Stack(tmp_path, pools, env_of=kube_env_as_deployed(kube, tmp_path),
+                 VCM_CONFIGMAP=f"{NS}/{NAME}", **env)
 
 
 def mirrored(kube: KubeApiServer) -> dict[str, dict]:
@@ -359,6 +362,16 @@ def test_5000_leases_are_mirrored_sharded_and_restored(tmp_path, kube):
         s.stop()
 
 
+def publisher_rounds(s: Stack) -> int:
+    """How many rounds the placement worker's publisher has begun, as the stack's Redis counts
+    them: each round reads the ledger's seq and epoch in one pipeline, with its one HSETNX."""
+    client = s.redis.client()
+    try:
+        return int(client.info("commandstats").get("cmdstat_hsetnx", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
 def test_too_large_fails_loudly_and_drops_nothing(tmp_path, kube):
     """With the head ConfigMap only (VCM_MIRROR_MAX_SHARDS=0, about 1 MB compressed), 4,000
     badly compressible leases do not fit: the worker says so (ERROR, status, counter), holds
@@ -376,7 +389,9 @@ def test_too_large_fails_loudly_and_drops_nothing(tmp_path, kube):
                                   kwargs={"requests": late})
         wait_for(lambda: status(s).get("state") == "too-large", timeout=60,
                  what="vcm:mirror showing too-large")
-        time.sleep(3)  # several publisher rounds: still held, logged once
+        rounds = publisher_rounds(s)
+        wait_for(lambda: publisher_rounds(s) >= rounds + 3, timeout=30,
+                 what="three more publisher rounds")  # still held, logged once
         st = status(s)
         assert st["too-large"] >= 1 and st["failures"] >= 1
         assert st["error"].startswith("too large") and "needs 2 ConfigMaps" in st["error"]
@@ -435,7 +450,7 @@ def test_a_placement_worker_starts_while_the_api_is_down(tmp_path, kube):
         first = names(call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1}))
         s.procs[0].stop(signal.SIGKILL)
         kube.inject_fault(503, count=None)
-        s.procs[0] = Worker(s.env, "placement").start()
+        s.procs[0] = Worker(s.procs[0].env, "placement").start()
         pending = s.app.send_task("vcm.acquire", queue="placement",
                                   kwargs={"request": {"vcpus": 1, "memory": 1}})
         wait_for(lambda: Ledger(s.redis.client()).audit()["leases"].keys() - set(first),

@@ -21,6 +21,7 @@ import yaml
 from tests.helpers import call, failure
 from tests.support.kube_apiserver import SYSTEM_NAMESPACES, KubeApiServer
 from tests.support.procs import ROOT, Stack, env_for, wait_for
+from tests.support.rbac import deploy_rbac, kube_env_as_deployed
 from tests.test_api_support import ApiServer
 from workers.adapters.ledger import Ledger
 from workers.core.lease import parse_rfc3339
@@ -79,15 +80,17 @@ def namespace_lists(kube: KubeApiServer) -> list[int]:
 
 
 def kube_stack(tmp_path: Path, kube: KubeApiServer, beat: bool = False, **env: str) -> Stack:
-    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
-    return Stack(tmp_path, POOLS, beat=beat, KUBECONFIG=str(kubeconfig),
+    """Each process talks to the apiserver (which enforces deploy/rbac.yaml) with the token
+    of the service account deploy/ gives it, and has no Kubernetes configuration where deploy/
+    mounts no token."""
+    return Stack(tmp_path, POOLS, beat=beat, env_of=kube_env_as_deployed(kube, tmp_path),
                  KUBERNETES_SERVICE_HOST="", **env)
 
 
 # ---- beat prunes: live, gone, unlabelled, Terminating -----------------------------------------
 
 def test_beat_releases_the_leases_of_a_deleted_namespace_and_keeps_the_others(tmp_path):
-    with KubeApiServer() as kube:
+    with KubeApiServer(rbac=deploy_rbac()) as kube:
         core_ns = ("ci-live", "ci-gone", "ci-ending")
         for ns in core_ns:
             kube.create_namespace(ns, finalizers=["example.com/hold"] if ns == "ci-ending"
@@ -153,7 +156,7 @@ def test_beat_releases_the_leases_of_a_deleted_namespace_and_keeps_the_others(tm
 
 @pytest.fixture(scope="module")
 def kube() -> Iterator[KubeApiServer]:
-    with KubeApiServer() as server:
+    with KubeApiServer(rbac=deploy_rbac()) as server:
         yield server
 
 

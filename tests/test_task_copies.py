@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import call
+from tests.helpers import call, placement_barrier
 from tests.support.procs import wait_for
 
 COPIES = 5
@@ -152,7 +152,7 @@ def test_a_copy_sent_while_the_first_waits_joins_it_and_later_copies_get_its_lea
     r = _send(s, "vcm.acquire", task_id, request=request)
     wait_for(lambda: r.state == "WAITING", what="the first to wait")
     _send(s, "vcm.acquire", task_id, request=request)
-    call(s.app, "vcm.noop_placement")  # the one placement consumer took the copy before it
+    placement_barrier(s.app)  # the one placement consumer took the copy before it
     assert len(call(s.app, "vcm.waiting")) == 1  # the copy waits with the first, not twice
     assert r.state == "WAITING"
     with Answers(s.app, task_id) as answers:

@@ -39,10 +39,11 @@ async def readyz(bridge: BridgeDep) -> Response:
                else "no placement worker answers")
         raise ApiError(503, "Unavailable", why, report, headers={"Retry-After": "2"})
     # placement goes on while the mirror (or its publisher) fails, answers wait: still ready,
-    # but degraded
+    # but degraded; so too while Redis is near or at its maxmemory (see Bridge.ready)
     mirror = report.get("mirror")
     failing = isinstance(mirror, dict) and mirror.get("state") in ("failing", "too-large")
-    return JSON({"status": "degraded" if failing else "ready", **report})
+    pressed = report["redis-memory"].get("state") in ("high", "full")
+    return JSON({"status": "degraded" if failing or pressed else "ready", **report})
 
 
 async def _namespaces(bridge: Bridge) -> dict[str, Any]:

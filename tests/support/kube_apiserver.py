@@ -20,6 +20,15 @@ do not need their namespace to exist. ``create_namespace``, ``delete_namespace``
 ``remove_namespace`` (gone without a trace, even a system one) and ``namespace_names`` act on
 the store directly.
 
+RBAC (``rbac=RbacPolicy.from_files("deploy/rbac.yaml")``, see support/rbac.py): requests are
+authorized as kube-apiserver's RBAC authorizer does, by the Roles, ClusterRoles and bindings of
+those manifests, for the user of the bearer token: ``token_for(namespace, service_account)``
+issues a service account's token, ``write_kubeconfig(..., token=...)`` writes a kubeconfig with
+it. What RBAC does not allow is answered 403 Forbidden, a Status shaped like the real one; an
+unknown token 401 Unauthorized; no token is ``system:anonymous``. ``api_client()`` and a
+kubeconfig without a token of their own use an admin token (group ``system:masters``): the
+test's own look at the store.
+
 Faults are injected from Python: ``inject_fault(status=503, count=3)``, ``inject_fault(hang=2.0)``,
 ``inject_fault(trickle=0.01)`` (a slow proxy: the answer's body one byte at a time, so that
 every read of the client is short while the whole answer is not; ``hold=`` an Event keeps its
@@ -58,6 +67,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.support.rbac import ADMIN, ANONYMOUS, RbacPolicy, Request, User, forbidden_status
 
 MAX_CONFIGMAP_BYTES = 1_048_576  # core.MaxSecretSize, also used for ConfigMaps
 MAX_ANNOTATIONS_BYTES = 262_144  # apimachinery TotalAnnotationSizeLimitB
@@ -319,6 +330,30 @@ def _target(path: str) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _authorizer_request(method: str, path: str, query: dict[str, list[str]]) -> Request | None:
+    """The RBAC attributes of a request, as kube-apiserver's RequestInfo makes them (None: not
+    a resource this server has). A namespace's own path is in that namespace."""
+    resource, name = _target(path)
+    if resource is None:
+        return None
+    namespace = ""
+    match = _CM_PATH.match(path)
+    if match is not None:
+        namespace = unquote(match.group(1))
+    elif resource == "namespaces" and name:
+        namespace = name
+    if method == "GET":
+        watch = query.get("watch", ["false"])[0] in ("true", "1")
+        verb = "get" if name else ("watch" if watch else "list")
+    elif method == "DELETE":
+        verb = "delete" if name else "deletecollection"
+    else:
+        verb = _VERBS.get(method, method.lower())
+    if method == "POST":
+        name = None  # the authorizer does not know a created object's name
+    return Request(verb, resource, namespace, name or "")
+
+
 @dataclass
 class _Stats:
     requests: int = 0
@@ -341,9 +376,13 @@ class KubeApiServer:
         max_request_bytes: int = MAX_REQUEST_BYTES,
         keep_log: bool = True,
         namespaces: tuple[str, ...] | list[str] = SYSTEM_NAMESPACES,
+        rbac: RbacPolicy | None = None,
     ) -> None:
         self._host = host
         self._want_port = port
+        self.rbac = rbac  # when set, requests are authorized by its RBAC rules
+        if rbac is not None and token is None:
+            token = rbac.admin_token()
         self.token = token  # when set, requests need "Authorization: Bearer <token>"
         self.max_object_bytes = max_object_bytes
         self.max_request_bytes = max_request_bytes
@@ -422,11 +461,20 @@ class KubeApiServer:
             setattr(config, key, value)
         return client.ApiClient(configuration=config)
 
+    def token_for(self, namespace: str, service_account: str) -> str:
+        """A bearer token of that service account (RBAC: it must be in the manifests)."""
+        if self.rbac is None:
+            raise RuntimeError("this server was started without rbac")
+        return self.rbac.token_for(namespace, service_account)
+
     def write_kubeconfig(
-        self, path: str | Path, namespace: str = "default", context: str = "kube-test"
+        self, path: str | Path, namespace: str = "default", context: str = "kube-test",
+        token: str | None = None,
     ) -> Path:
-        """Write a kubeconfig pointing at this server (token auth when a token is set)."""
-        user: dict[str, Any] = {"token": self.token} if self.token is not None else {}
+        """Write a kubeconfig pointing at this server (token auth with `token`, else the
+        server's token when one is set)."""
+        token = token if token is not None else self.token
+        user: dict[str, Any] = {"token": token} if token is not None else {}
         kubeconfig = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -819,9 +867,12 @@ class KubeApiServer:
         self, method: str, path: str, query: dict[str, list[str]], headers: Any, raw: bytes
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         """Process one request; returns (code, JSON body, extra headers)."""
-        if self.token is not None:
-            if headers.get("Authorization", "") != f"Bearer {self.token}":
-                raise _ApiError(401, "Unauthorized", "Unauthorized")
+        user = self._authenticate(headers.get("Authorization", ""))
+        if self.rbac is not None:
+            attributes = _authorizer_request(method, path, query)
+            if attributes is not None and not self.rbac.allows(user, attributes):
+                status = forbidden_status(user, attributes)
+                raise _ApiError(403, "Forbidden", status["message"], status["details"])
         ns_match = _NS_PATH.match(path)
         if ns_match is not None:
             name = unquote(ns_match.group(1)) if ns_match.group(1) else None
@@ -867,6 +918,20 @@ class KubeApiServer:
             "MethodNotAllowed",
             "the server does not allow this method on the requested resource",
         )
+
+    def _authenticate(self, authorization: str) -> User:
+        """The user of a request's Authorization header; 401 for a token nobody issued."""
+        if self.rbac is None:
+            if self.token is not None and authorization != f"Bearer {self.token}":
+                raise _ApiError(401, "Unauthorized", "Unauthorized")
+            return ADMIN
+        if not authorization:
+            return ANONYMOUS
+        scheme, _, token = authorization.partition(" ")
+        user = self.rbac.user_of(token) if scheme == "Bearer" else None
+        if user is None:
+            raise _ApiError(401, "Unauthorized", "Unauthorized")
+        return user
 
     # ---- namespaces ----------------------------------------------------------------------------
 

@@ -335,17 +335,22 @@ class Beat(Worker):
 class Stack:
     """A private redis-server with a placement worker, a queries worker and optionally beat."""
 
-    def __init__(self, tmp: Path, pools_yaml: str, beat: bool = False, **env: str) -> None:
+    def __init__(self, tmp: Path, pools_yaml: str, beat: bool = False,
+                 env_of: dict[str, dict[str, str]] | None = None, **env: str) -> None:
+        """`env_of`: more variables for one process ("placement", "queries", "beat")."""
         self.tmp = Path(tmp)
         self.pools = self.tmp / "pools.yaml"
         self.pools.write_text(pools_yaml)
         self.redis = RedisServer().start()
         env = {"VCM_MIRROR_FILE": str(self.tmp / "ledger.json"), **env}
         self.env = env_for(self.redis.url, self.pools, **env)
-        self.procs: list[Worker] = [Worker(self.env, "placement"),
-                                    Worker(self.env, "queries", pool="threads", concurrency=4)]
+        own = env_of or {}
+        self.procs: list[Worker] = [
+            Worker({**self.env, **own.get("placement", {})}, "placement"),
+            Worker({**self.env, **own.get("queries", {})}, "queries", pool="threads",
+                   concurrency=4)]
         if beat:
-            self.procs.append(Beat(self.env))
+            self.procs.append(Beat({**self.env, **own.get("beat", {})}))
         for p in self.procs:
             p.start(wait=False)
         for p in self.procs:

@@ -20,6 +20,7 @@ from celery.result import AsyncResult
 from hypothesis import strategies as st
 
 from tests.support.procs import RedisServer, Worker, env_for, wait_for
+from workers.core.text import BIDI_CONTROLS
 
 # The documented start command of the one placement consumer, exactly as a user types it.
 PLACEMENT_COMMAND = ["celery", "-A", "tasks", "worker", "-Q", "placement", "--concurrency", "1"]
@@ -228,14 +229,18 @@ def parse_time(text: str) -> float:
 OWNERS = ("alice", "bob", "carol")
 REQUEST_IDS = ("r1", "r2", "r3", "job-7/step.2", "Z")
 
-# Text that every string field must accept (no lone surrogate, no control character, short).
+# Text that every string field must accept (no lone surrogate, no control character, no
+# bidirectional control, short).
 valid_text = st.text(
-    st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=24)
+    st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"),
+                  exclude_characters=BIDI_CONTROLS), min_size=1, max_size=24)
 # Text that every string field must refuse.
 lone_surrogate = st.builds(lambda a, s, b: a + s + b, st.text("abc", max_size=3),
                            st.characters(categories=("Cs",)), st.text("xyz", max_size=3))
 control_char = st.builds(lambda a, c, b: a + c + b, st.text("abc", max_size=3),
                          st.characters(categories=("Cc",)), st.text("xyz", max_size=3))
+bidi_control = st.builds(lambda a, c, b: a + c + b, st.text("abc", max_size=3),
+                         st.sampled_from(sorted(BIDI_CONTROLS)), st.text("xyz", max_size=3))
 very_long = st.builds(lambda c, n: c * n, st.sampled_from("aé😀-"),
                       st.integers(10_000, 10_050))
 any_unicode = st.text(st.characters(), max_size=30)  # surrogates and controls included
@@ -252,13 +257,15 @@ class Bad:
 bad_text = st.one_of(
     lone_surrogate.map(lambda v: Bad(v, "lone surrogate")),
     control_char.map(lambda v: Bad(v, "control character")),
+    bidi_control.map(lambda v: Bad(v, "bidirectional control")),
     very_long.map(lambda v: Bad(v, "10k characters")),
 )
 
 
 def is_bad_text(value: str, max_len: int) -> bool:
-    """A string the contract says must be refused: lone surrogates, control characters, or
-    longer than the field allows."""
+    """A string the contract says must be refused: lone surrogates, control characters,
+    bidirectional controls, or longer than the field allows."""
     import unicodedata
 
-    return len(value) > max_len or any(unicodedata.category(c) in ("Cs", "Cc") for c in value)
+    return len(value) > max_len or any(
+        unicodedata.category(c) in ("Cs", "Cc") or c in BIDI_CONTROLS for c in value)

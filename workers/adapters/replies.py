@@ -1,5 +1,7 @@
 """Answers to tasks that finish later (parked, or held until the mirror covers them): written
-straight into the Celery result backend, with task events so Flower sees them finish."""
+straight into the Celery result backend, with task events so Flower sees them finish. An
+answer a full Redis refuses is held (redis_memory.hold) until Redis takes it: the waiter it
+belongs to has left the line, so it would never be answered otherwise."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, states
+from celery.worker import state as worker_state
 
 from ..contract import WAITING
+from .redis_memory import hold
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +39,21 @@ class CeleryReplies:
             log.debug("task event %s not sent: %s", kind, exc)
             self._dispatcher = None
 
+    def _held(self, write: Callable[[], Any], task_id: str) -> None:
+        hold(write, getattr(self.app.backend, "client", None), f"the answer of task {task_id}",
+             shutting_down)
+
     def deliver(self, task_id: str, result: Any) -> None:
-        self.app.backend.store_result(task_id, result, states.SUCCESS)
+        self._held(lambda: self.app.backend.store_result(task_id, result, states.SUCCESS),
+                   task_id)
         self._event("task-succeeded", uuid=task_id, result=repr(result)[:1000],
                     runtime=0.0, timestamp=time.time())
 
     def waiting(self, task_id: str, meta: dict[str, Any]) -> None:
-        self.app.backend.store_result(task_id, meta, WAITING)
+        self._held(lambda: self.app.backend.store_result(task_id, meta, WAITING), task_id)
 
     def fail(self, task_id: str, exc: Exception) -> None:
-        self.app.backend.mark_as_failure(task_id, exc)
+        self._held(lambda: self.app.backend.mark_as_failure(task_id, exc), task_id)
         self._event("task-failed", uuid=task_id, exception=repr(exc)[:1000],
                     timestamp=time.time())
 
@@ -62,10 +71,17 @@ class OutboxReplies:
         if self.covered():
             self.direct.deliver(task_id, result)
         else:
-            self.ledger.defer(task_id, result)
+            hold(lambda: self.ledger.defer(task_id, result), self.ledger.r,
+                 f"the answer of task {task_id}", shutting_down)
 
     def waiting(self, task_id: str, meta: dict[str, Any]) -> None:
         self.direct.waiting(task_id, meta)
 
     def fail(self, task_id: str, exc: Exception) -> None:
         self.direct.fail(task_id, exc)
+
+
+def shutting_down() -> bool:
+    """Whether this worker was asked to stop (a held answer then gives up)."""
+    return worker_state.should_stop not in (None, False) or \
+        worker_state.should_terminate not in (None, False)

@@ -7,8 +7,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..adapters.redis_memory import full_error, refused_for_memory
 from ..contract import PLACEMENT, QUEUE, WAITING, Task
-from ..core.errors import ERRORS, VcmError
+from ..core.errors import ERRORS, RedisFull, VcmError
 from .exits import CliError
 
 if TYPE_CHECKING:
@@ -53,15 +54,20 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
         result = app.send_task(name, kwargs=kwargs, queue=queue, retry=True, retry_policy={
             "max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1})
     except Exception as exc:  # kombu raises several kinds when Redis is unreachable
+        if refused_for_memory(exc):
+            raise _full(app, f"{name} was not sent and nothing changed") from None
         raise CliError(f"cannot reach Redis at {app.conf.broker_url}: {exc}") from None
     deadline = time.monotonic() + timeout
     hinted, last_line = False, ""
+    full: RedisFull | None = None  # Redis refused to take the task again: it is full
     started = last_sent = time.monotonic()
     resend_after = _resend_after()
     try:
         while not result.ready():
             now = time.monotonic()
             if now > deadline:
+                if full is not None:
+                    raise full
                 raise CliError(f"no answer within {timeout:g}s (task {result.id}); "
                                f"is a {queue} worker running?")
             state = result.state
@@ -70,11 +76,24 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
                 # Redis's transport pops a message, then records it as unacked: a worker killed
                 # in between loses it. The same task id again is the same request, answered once
                 # (a copy that finds it done answers the same).
-                app.send_task(name, kwargs=kwargs, queue=queue, task_id=result.id)
                 last_sent = now
-                if not args.quiet:
-                    print(f"no worker took task {result.id} in {now - started:.0f}s: sent it "
-                          "again (same task id, so the same request)", file=sys.stderr)
+                try:
+                    app.send_task(name, kwargs=kwargs, queue=queue, task_id=result.id)
+                except Exception as exc:
+                    if not refused_for_memory(exc):
+                        raise
+                    # the task is still queued, or held by a worker until Redis has room:
+                    # its answer may come yet; wait for it until the deadline
+                    if full is None and not args.quiet:
+                        print(f"Redis is full: could not send task {result.id} again; "
+                              "waiting for its answer", file=sys.stderr)
+                    full = _full(app, f"{name} (task {result.id}) got no answer within "
+                                 f"{timeout:g}s", then="its answer comes once Redis has room "
+                                 "(vcm sends the same task id again: it is answered once)")
+                else:
+                    if not args.quiet:
+                        print(f"no worker took task {result.id} in {now - started:.0f}s: sent "
+                              "it again (same task id, so the same request)", file=sys.stderr)
             if state == WAITING and isinstance(result.info, dict):
                 info = result.info
                 line = f"waiting in line: position {info.get('position')}"
@@ -98,4 +117,16 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
         name_ = type(exc).__name__
         if name_ in ERRORS:  # rebuilt by Celery without our module: map by name
             raise ERRORS[name_](*exc.args) from None
+        if refused_for_memory(exc):
+            raise _full(app, f"{name} (task {result.id}) could not be completed") from None
         raise CliError(f"{name_}: {exc}") from None
+
+
+def _full(app: Celery, refused: str,
+          then: str = "send it again once Redis has room") -> RedisFull:
+    """RedisFull, with Redis's memory numbers when it tells them."""
+    try:
+        client = app.backend.client
+    except Exception:  # noqa: BLE001 - only the message's numbers are at stake
+        client = None
+    return full_error(client, refused, then)

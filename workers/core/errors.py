@@ -107,11 +107,42 @@ class ConfigError(VcmError):
         return cls(f"{where}: {problem}", {"file": file, "pool": pool, "field": field})
 
 
+class RedisFull(VcmError):
+    """Redis refused a write because it is full: it holds its maxmemory and evicts nothing
+    (maxmemory-policy noeviction), so no ledger record is ever lost to make room. Reads and
+    deletes still work; writes resume once memory is freed (a queue backlog drained, or a
+    larger maxmemory)."""
+
+    http_status = 503
+    exit_code = 1
+
+    @classmethod
+    def of(cls, refused: str, used: int | None = None, limit: int | None = None,
+           policy: str = "", then: str = "send it again once Redis has room") -> RedisFull:
+        """`refused`: what did not happen (``"vcm.acquire was not sent"``); `used`, `limit`,
+        `policy`: Redis's used_memory, maxmemory and maxmemory-policy, when known; `then`:
+        what the client should do."""
+        where = ""
+        if used is not None and limit:
+            where = f" ({_mib(used)} used of maxmemory {_mib(limit)}"
+            where += f", policy {policy})" if policy else ")"
+        return cls(f"Redis is full{where}: it refuses writes until memory is freed, so "
+                   f"{refused}; {then} (operators: drain the queue backlog or raise "
+                   "maxmemory)",
+                   {"cause": "redis-out-of-memory", "refused": refused, "used-memory": used,
+                    "maxmemory": limit, "maxmemory-policy": policy or None})
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
 def _readable(name: str | None) -> str | None:
     return escaped(name) if name is not None and text_problem(name, 64) else name
 
 
 ERRORS: dict[str, type[VcmError]] = {
     c.__name__: c
-    for c in (InvalidRequest, NoCapacity, LeaseNotFound, NotOwner, WaitTimeout, ConfigError)
+    for c in (InvalidRequest, NoCapacity, LeaseNotFound, NotOwner, WaitTimeout, ConfigError,
+              RedisFull)
 }

@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Any
 
+from ..adapters.redis_memory import refused_for_memory
 from ..ports import Ledger
 from .mirror_status import parse_status
 
@@ -45,11 +46,13 @@ class PublisherStatus:
         raises."""
         self.round_failed = True
         self.streak += 1
-        text = f"{type(exc).__name__}: {exc}"[:500]
+        full = refused_for_memory(exc)  # an outage of its own, not a bug: no traceback
+        text = ("RedisFull: Redis is full and refuses writes until memory is freed" if full
+                else f"{type(exc).__name__}: {exc}"[:500])
         if self.streak == 1 or text != self._last_error:
             self._last_error = text
             log.error("publisher round failed (%s); retrying in %.1fs", text, delay,
-                      exc_info=exc)
+                      exc_info=None if full else exc)
         else:
             log.info("publisher round failed again (%d in a row): %s", self.streak, text)
         fields: dict[str, Any] = {"state": "failing", "error": f"publisher: {text}",

@@ -131,8 +131,9 @@ class WaitingLine:
                     self._answer([record["task"], *unparked.twins], fail=exc)
                 continue
             granted += 1
-            self.ledger.count("granted-after-wait")
             self._answer([record["task"], *self.ledger.unpark(key).twins], leases=leases)
+            # counted after the answer: a count a full Redis refuses must not cost one
+            self.ledger.count("granted-after-wait")
         return granted
 
     def _answer(self, tasks: list[str], leases: list[dict[str, Any]] | None = None,
@@ -165,8 +166,9 @@ class WaitingLine:
         unparked = self.ledger.unpark(key, refusal=timeout.to_dict())
         if not unparked.left:
             return False
-        self.ledger.count("refused:WaitTimeout")
         self._answer([record["task"], *unparked.twins], fail=timeout)
+        # counted after the answer: a count a full Redis refuses must not cost one
+        self.ledger.count("refused:WaitTimeout")
         return True
 
     def cancel(self, task_id: Any) -> bool:

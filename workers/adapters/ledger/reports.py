@@ -1,9 +1,9 @@
 """What the HTTP shim reads of the ledger, on its own Redis clients (short timeouts, no
 retries; an asyncio one for /readyz): the fleet for /metrics and the dashboard in one pipelined
-round trip, and the status hashes /readyz shows (the mirror publisher's and the namespace
-pruning's). Values come back as Redis holds them, decoded only where the ledger's layout says
-how (the usage stream's entries, the health records); what cannot be decoded is left out, never
-raised."""
+round trip (with Redis's own memory and eviction figures), and the status hashes /readyz shows
+(the mirror publisher's and the namespace pruning's). Values come back as Redis holds them,
+decoded only where the ledger's layout says how (the usage stream's entries, the health
+records); what cannot be decoded is left out, never raised."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ class FleetRead:
     health: dict[str, Any] = field(default_factory=dict)  # vCenter -> its decoded record
     set_aside: int = 0  # records set aside
     set_aside_unreadable: int = 0  # of which nothing can be read (placement stops)
+    memory: dict[str, Any] = field(default_factory=dict)  # Redis's INFO memory
+    redis_stats: dict[str, Any] = field(default_factory=dict)  # Redis's INFO stats
 
 
 def report_client(url: str, timeout: float) -> redis.Redis:
@@ -61,7 +63,10 @@ def read_fleet(client: redis.Redis, keys: Keys) -> FleetRead:
     pipe.hgetall(keys.health)
     pipe.hlen(keys.quarantine)
     pipe.scard(keys.blocked)
-    stats, latency, leases, waiting, usage, mirror, seq, health, aside, blocked = pipe.execute()
+    pipe.info("memory")
+    pipe.info("stats")
+    (stats, latency, leases, waiting, usage, mirror, seq, health, aside, blocked, memory,
+     redis_stats) = pipe.execute()
     records = {}
     for vcenter, raw in (health or {}).items():
         try:
@@ -71,7 +76,8 @@ def read_fleet(client: redis.Redis, keys: Keys) -> FleetRead:
     return FleetRead(stats=stats or {}, latency=latency or {}, leases=int(leases or 0),
                      waiting=int(waiting or 0), rollup=_rollup(usage), mirror=mirror or {},
                      seq=seq, health=records, set_aside=int(aside or 0),
-                     set_aside_unreadable=int(blocked or 0))
+                     set_aside_unreadable=int(blocked or 0), memory=memory or {},
+                     redis_stats=redis_stats or {})
 
 
 def _rollup(entries: list[Any] | None) -> dict[str, Any] | None:
