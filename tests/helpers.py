@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery
 
+from tests.support.audit import audit
 from workers.adapters.ledger import Ledger
 from workers.contract import PLACEMENT, QUEUE
 from workers.core.models import Pool
@@ -37,7 +38,7 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool],
     port groups held by exactly their leases and set-aside records. A port group is never in
     two leases, nor in a lease and a set-aside record (unless named in `shared`: the mirror
     already gave it to both)."""
-    snap = ledger.audit()
+    snap = audit(ledger)
     sums: dict[str, list[int]] = {}
     nets: dict[str, str] = {}
     for lease_id, lease in snap["leases"].items():

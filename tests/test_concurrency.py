@@ -11,6 +11,7 @@ import yaml
 from celery import Celery
 
 from tests.helpers import check_invariants
+from tests.support.audit import audit
 from tests.support.procs import RedisServer, Worker, env_for, wait_for
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
@@ -114,7 +115,7 @@ def test_same_request_id_on_two_workers_gives_one_set(private):
                for _ in range(40)]
     ids = {tuple(sorted(x["metadata"]["name"] for x in r.get(timeout=30))) for r in results}
     assert len(ids) == 1
-    assert len(ledger.audit()["leases"]) == 2
+    assert len(audit(ledger)["leases"]) == 2
 
 
 class CrashingWorker(Worker):
@@ -135,7 +136,7 @@ def test_crash_after_commit_then_redelivery_is_idempotent(private):
     r = app.send_task("vcm.acquire", kwargs={"request": {"vcpus": 8, "memory": 8}},
                       queue="placement")
     wait_for(lambda: crashing.proc.poll() is not None, timeout=20, what="the crash")
-    committed = ledger.audit()["leases"]
+    committed = audit(ledger)["leases"]
     assert len(committed) == 1  # committed, never answered
     healthy = Worker(env, "placement", name="healthy@t")
     private["workers"].append(healthy.start())

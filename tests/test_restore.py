@@ -14,6 +14,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import call, check_invariants, failure, go_back, keep_ledger
+from tests.support.audit import audit
 from tests.support.procs import ROOT, Stack, Worker, wait_for
 from tests.test_api_support import ApiServer
 from workers.adapters.ledger import Ledger
@@ -90,7 +91,7 @@ def test_redis_wins_at_start_when_it_has_leases_the_mirror_lacks(tmp_path, marke
         s.procs[0] = Worker(s.env, "placement").start()
         wait_for(lambda: [x["metadata"]["name"] for x in FileMirror(path).load()["leases"]]
                  == [name], timeout=20, what="the mirror rewritten from Redis at start")
-        assert list(Ledger(s.redis.client()).audit()["leases"]) == [name]
+        assert list(audit(Ledger(s.redis.client()))["leases"]) == [name]
         if marker == "lost":
             assert "Redis wins" in s.procs[0].output_of_this_run()
         fresh = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
@@ -271,7 +272,7 @@ def test_answered_leases_survive_a_worker_sigkill_and_a_redis_wipe(tmp_path):
         s.procs[0] = again
         wait_for(lambda: Ledger(s.redis.client()).is_ready(), what="the restore")
         ledger = Ledger(s.redis.client())
-        assert sorted(ledger.audit()["leases"]) == sorted(kept)
+        assert sorted(audit(ledger)["leases"]) == sorted(kept)
         check_invariants(ledger, {p.name: p for p in load_pools(str(s.pools))})
         assert call(s.app, "vcm.release", lease_ids=kept[:1], owner="o1") == kept[:1]
     finally:
@@ -321,7 +322,7 @@ def test_answered_changes_survive_redis_going_back_to_an_older_state(tmp_path):
                                                      "request-id": "c"}))
         assert call(s.app, "vcm.release", lease_ids=a, owner="o") == a
         go_back(client, old)
-        assert sorted(Ledger(client).audit()["leases"]) == sorted(a)
+        assert sorted(audit(Ledger(client))["leases"]) == sorted(a)
         d = _ids(call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "owner": "p",
                                                      "request-id": "d"}))
         ledger = Ledger(client)
@@ -353,7 +354,7 @@ def test_a_worker_started_on_a_redis_that_went_back_takes_the_newer_mirror(tmp_p
         s.procs[0].stop(signal.SIGKILL)
         go_back(client, old)
         s.procs[0] = Worker(s.env, "placement").start()
-        assert sorted(Ledger(client).audit()["leases"]) == sorted(b)
+        assert sorted(audit(Ledger(client))["leases"]) == sorted(b)
         check_invariants(Ledger(client), pools)
         assert "went back" in s.procs[0].output()
     finally:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import call, placement_barrier
+from tests.support.audit import audit
 from tests.support.procs import wait_for
 
 COPIES = 5
@@ -91,7 +92,7 @@ def test_copies_of_a_refused_acquire_are_refused_after_capacity_frees(s):
     assert type(first).__name__ == "NoCapacity"
     assert sorted(call(s.app, "vcm.release", owner="hog")) == sorted(hog)
     answers = _copies(s, "vcm.acquire", task_id, request=request)
-    assert (answers, len(s.ledger.audit()["leases"])) == (["NoCapacity"] * COPIES, 0)
+    assert (answers, len(audit(s.ledger)["leases"])) == (["NoCapacity"] * COPIES, 0)
     assert _refusal(r).args == first.args  # the first answer, word for word
     # the room is really free: the same request in a task of its own is granted
     assert len(call(s.app, "vcm.acquire", request=request)) == 1
@@ -108,7 +109,7 @@ def test_copies_of_a_request_whose_wait_ran_out_are_refused_after_capacity_frees
     assert call(s.app, "vcm.waiting") == []
     assert sorted(call(s.app, "vcm.release", owner="hog")) == sorted(hog)
     answers = _copies(s, "vcm.acquire", task_id, request=request)
-    assert (answers, len(s.ledger.audit()["leases"])) == (["WaitTimeout"] * COPIES, 0)
+    assert (answers, len(audit(s.ledger)["leases"])) == (["WaitTimeout"] * COPIES, 0)
     assert call(s.app, "vcm.waiting") == []
     assert _refusal(r).args == first.args
     s.check()
@@ -123,7 +124,7 @@ def test_copies_of_a_refused_batch_are_refused_after_capacity_frees(s):
     assert type(first).__name__ == "NoCapacity"
     assert sorted(call(s.app, "vcm.release", owner="hog")) == sorted(hog)
     answers = _copies(s, "vcm.acquire_batch", task_id, requests=batch)
-    assert (answers, len(s.ledger.audit()["leases"])) == (["NoCapacity"] * COPIES, 0)
+    assert (answers, len(audit(s.ledger)["leases"])) == (["NoCapacity"] * COPIES, 0)
     assert _refusal(r).args == first.args
     assert [len(x) for x in call(s.app, "vcm.acquire_batch", requests=batch)] == [1, 1]
     s.check()
@@ -138,10 +139,10 @@ def test_copies_of_a_grant_give_its_leases_then_name_them_once_released(s, name)
     answer = _send(s, name, task_id, **kwargs).get(timeout=20)
     leases = answer if name == "vcm.acquire" else answer[0]
     assert _copies(s, name, task_id, **kwargs) == ["granted"] * COPIES
-    assert list(s.ledger.audit()["leases"]) == _names(leases)  # the same leases, no more
+    assert list(audit(s.ledger)["leases"]) == _names(leases)  # the same leases, no more
     assert call(s.app, "vcm.release", owner="once") == _names(leases)
     assert _copies(s, name, task_id, **kwargs) == ["LeaseNotFound"] * COPIES
-    assert s.ledger.audit()["leases"] == {}
+    assert audit(s.ledger)["leases"] == {}
     s.check()
 
 
@@ -161,6 +162,6 @@ def test_a_copy_sent_while_the_first_waits_joins_it_and_later_copies_get_its_lea
     leases = r.get(timeout=20)
     assert len(leases) == 1
     assert _copies(s, "vcm.acquire", task_id, request=request) == ["granted"] * COPIES
-    assert list(s.ledger.audit()["leases"]) == _names(leases)
+    assert list(audit(s.ledger)["leases"]) == _names(leases)
     assert call(s.app, "vcm.release", owner="patient") == _names(leases)
     s.check()

@@ -10,7 +10,7 @@ from ...core.lease import lease_port_groups, parse_rfc3339
 from ...ports import Guard
 from .base import LedgerBase
 from .records import readable, released_view, text
-from .scripts import Audit, Commit, Released, Swapped, UsageRead, audit_from_reply
+from .scripts import Commit, Released, Swapped, UsageRead
 from .status import LATENCY_BUCKETS
 
 NO_GUARD = Guard()
@@ -71,10 +71,6 @@ class LeaseStore(LedgerBase):
 
     def expired(self, now: float, limit: int = 1000) -> list[str]:
         return [text(x) for x in self.r.zrangebyscore(self.k.expiry, 0, now, 0, limit)]
-
-    def audit(self) -> Audit:
-        """Leases, counters and port groups read in one atomic step (for tests and checks)."""
-        return audit_from_reply(self.scripts.audit(args=[self.p]))
 
     def active_at(self, ids: list[str]) -> tuple[int, list[str]]:
         """The ledger seq and the raw JSON of those of `ids` still active, read atomically."""

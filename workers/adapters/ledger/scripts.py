@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple
 
 import redis
 
 from ...core.fleet import Usage
 from ...ports import LedgerUnready
-from .records import stored_aside, text
+from .records import text
 
 LUA = Path(__file__).resolve().parent.parent / "lua"
 
@@ -37,7 +37,6 @@ class Scripts:
         self.release = client.register_script(_lua("release"))
         self.swap = client.register_script(_lua("swap"))
         self.usage = client.register_script(_lua("usage"))
-        self.audit = client.register_script(_lua("audit"))
         self.park = client.register_script(_lua("park"))
         self.unpark = client.register_script(_lua("unpark"))
         self.defer = client.register_script(_lua("defer"))
@@ -145,35 +144,6 @@ class UsageRead(NamedTuple):
             v, m, s, n = (int(x or 0) for x in rows[i + 1])
             pools[text(rows[i])] = Usage(v, m, s, n)
         return cls(int(version), pools, {text(n) for n in nets})
-
-
-class Audit(TypedDict):
-    """audit.lua: leases, counters and port groups in one atomic read. A dict, so two audits
-    compare with ==."""
-
-    leases: dict[str, Any]  # lease id -> lease
-    counters: dict[str, tuple[int, ...]]  # pool -> (vcpus, memory, storage, leases)
-    nets: dict[str, str]  # "<vcenter>|<port-group>" -> lease (or set-aside record) id
-    aside: dict[str, dict[str, Any]]  # set-aside id -> its entry (records.stored_aside)
-    pins: dict[str, str]  # "<vcenter>|<port-group>" -> the set-aside record claiming it
-    blocked: set[str]  # set-aside ids whose holdings cannot be read
-
-
-def audit_from_reply(reply: list[Any]) -> Audit:
-    """Decodes audit.lua's reply (a TypedDict has no methods of its own)."""
-    leases, usage, nets, aside, pins, blocked = reply
-    counters = {}
-    for i in range(0, len(usage), 2):
-        counters[text(usage[i])] = tuple(int(x or 0) for x in usage[i + 1])
-    parsed = {text(leases[i]): json.loads(leases[i + 1]) for i in range(0, len(leases), 2)}
-
-    def pairs(flat: list[Any]) -> dict[str, str]:
-        return {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-    return {"leases": parsed, "counters": counters, "nets": pairs(nets),
-            "aside": {text(aside[i]): stored_aside(aside[i + 1])
-                      for i in range(0, len(aside), 2)},
-            "pins": pairs(pins), "blocked": {text(x) for x in blocked}}
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,3 @@ class StatusStore(LedgerBase):
             if isinstance(record, dict):
                 out[text(vcenter)] = record
         return out
-
-    def forget_health(self, vcenter: str) -> bool:
-        """Drop a vCenter's health record (its pools become unknown)."""
-        return bool(self.r.hdel(self.k.health, vcenter))
