@@ -47,12 +47,13 @@ from workers.adapters.ledger.status import LATENCY_BUCKETS
 from workers.adapters.redis_memory import MemoryUse
 from workers.core.errors import ERRORS
 from workers.core.health import effective
+from workers.core.models import DIMENSIONS
 from workers.publisher.mirror_status import parse_status
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RESOURCES = ("vcpus", "memory", "storage", "networks")
+RESOURCES = (*DIMENSIONS, "networks")
 COUNTERS = (  # (metric name without _total, vcm:stats field, help)
     ("vcm_placements", "placements", "Leases placed (one per vCenter of a request)"),
     ("vcm_releases", "releases", "Leases released by their owners"),

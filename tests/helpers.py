@@ -9,7 +9,7 @@ from celery import Celery
 from tests.support.audit import audit
 from workers.adapters.ledger import Ledger
 from workers.contract import PLACEMENT, QUEUE
-from workers.core.models import Pool
+from workers.core.models import DIMENSIONS, Pool
 
 
 def call(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> Any:
@@ -59,7 +59,7 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool],
         if entry["counted"] != "hold":
             continue
         s = sums.setdefault(hold["pool"], [0, 0, 0, 0])
-        for i, dim in enumerate(("vcpus", "memory", "storage")):
+        for i, dim in enumerate(DIMENSIONS):
             s[i] += hold[dim]
         s[3] += 1
         for key in hold["nets"]:

@@ -11,6 +11,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from api_shim.schemas import LEASE
 from workers.core.lease import Lease, lease_port_groups, port_group_key, rfc3339
 from workers.core.models import Network, Pool, Request, make_lease, new_lease
 from workers.core.topology import env_values, failure_domain, lease_env, platform_vsphere
@@ -246,6 +247,17 @@ def test_derived_values_match_the_wire(made: tuple[dict[str, Any], Lease]) -> No
     assert rfc3339(lease.leased_epoch) == st_["leased-at"]
     assert rfc3339(lease.expires_epoch) == st_["expires-at"]
     assert lease.order == (st_["leased-at"], wire["metadata"]["name"])
+
+
+@settings(max_examples=50, deadline=None)
+@given(granted(), st.integers(0, 2**31), names)
+def test_the_openapi_lease_schema_names_every_key_a_lease_carries(
+        made: tuple[dict[str, Any], Lease], ts: int, reason: str) -> None:
+    schema = LEASE["properties"]
+    assert {(s, k) for s, body in schema.items() for k in body["properties"]} == set(WIRE)
+    for wire in (made[0], released(made[0], rfc3339(ts), reason)):
+        for section, body in wire.items():
+            assert set(body) <= set(schema[section]["properties"]), section
 
 
 def test_nulls_read_as_empty_and_are_written_back_as_null() -> None:

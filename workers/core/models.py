@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import InvalidRequest
 from .labels import parse_labels
-from .lease import Lease, port_group_key, rfc3339
+from .lease import Lease, granted, port_group_key, rfc3339
 from .taints import Taint, Toleration, parse_tolerations
 from .text import MAX_TEXT, escaped, shown, text_problem
 from .topology import failure_domain, lease_env
@@ -19,6 +19,8 @@ from .topology import failure_domain, lease_env
 DEFAULT_NETWORK_TYPE = "single-tenant"
 DEFAULT_TTL = 24 * 3600
 MAX_INT = 10**9  # "absurd" guard for sizes before pool limits are applied
+# the capacity a pool has, a request asks for and a lease holds (port groups are counted apart)
+DIMENSIONS = ("vcpus", "memory", "storage")
 
 
 @dataclass(frozen=True)
@@ -383,16 +385,9 @@ def new_lease(lease_id: str, req: Request, pool: Pool, networks: list[Network],
     """A lease granted now on `pool` for `req`, holding `networks`."""
     at = rfc3339(now)
     lease = Lease.of(
-        id=lease_id, created_at=at,
-        vcpus=req.vcpus, memory=req.memory, storage=req.storage, vcenters=req.vcenters,
-        network_count=req.networks, pools=req.pools,
-        leased_at=at, expires_at=rfc3339(now + req.ttl),
-        boskos_lease_id=req.boskos_lease_id,
-        pool=pool.name, vcenter=pool.vcenter, datacenter=pool.datacenter,
-        cluster=pool.cluster, datastore=pool.datastore,
-        networks=[n.to_dict() for n in networks],
-        owner=req.owner, request_id=req.request_id, state="leased",
-        labels=dict(req.labels), job_link=req.job_link,
+        **granted(req, pool),  # what the lease's fields take from the request and the pool
+        id=lease_id, created_at=at, leased_at=at, expires_at=rfc3339(now + req.ttl),
+        networks=[n.to_dict() for n in networks], state="leased",
         failure_domain=failure_domain(pool, networks),
     )
     return lease.evolve(env=lease_env(lease))  # the env lines read the lease itself

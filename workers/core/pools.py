@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from .errors import ConfigError
-from .models import DEFAULT_NETWORK_TYPE, Network, Pool
+from .models import DEFAULT_NETWORK_TYPE, DIMENSIONS, Network, Pool
 from .taints import Taint, taint_problem
 from .text import MAX_TEXT, text_problem
 
@@ -20,7 +20,6 @@ POOL_KEYS = {
 }
 NETWORK_KEYS = {"port-group", "vlan", "cidr", "gateway", "type", *NETWORK_DETAILS}
 REQUIRED_STR = ("name", "vcenter", "datacenter", "cluster", "datastore")
-BUDGETS = ("vcpus", "memory", "storage")
 
 
 def parse_pools(data: Any, file: str = "pools.yaml") -> tuple[Pool, ...]:
@@ -77,7 +76,7 @@ def _parse_pool(raw: Any, index: int, file: str) -> Pool:
     if "|" in raw["vcenter"]:  # it separates vCenter and port group in the ledger's keys
         raise ConfigError.of(file, label, "vcenter", "must not contain '|'")
     budgets = {}
-    for key in BUDGETS:
+    for key in DIMENSIONS:
         value = raw.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError.of(file, label, key, f"must be a positive integer, got {value!r}")

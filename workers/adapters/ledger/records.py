@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 from ...core.lease import parse_rfc3339, port_group_key
+from ...core.models import DIMENSIONS
 from ...core.text import text_problem
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def lease_problem(lease: Any) -> str | None:
                 return f"status.{key} is not a non-empty string"
         if not isinstance(st.get("request-id", ""), str):
             return "status.request-id is not a string"
-        for key in ("vcpus", "memory", "storage"):
+        for key in DIMENSIONS:
             if isinstance(sp.get(key), bool) or not isinstance(sp.get(key), int) \
                     or sp[key] < 0:
                 return f"spec.{key} is not a whole number"
@@ -118,7 +119,7 @@ def aside_hold(record: Any) -> dict[str, Any] | None:
         st, sp = record["status"], record["spec"]
         pool, vcenter = st["pool"], st["vcenter"]
         nets = st.get("networks")
-        dims = [sp["vcpus"], sp["memory"], sp["storage"]]
+        dims = [sp[d] for d in DIMENSIONS]
     except (TypeError, KeyError, AttributeError):
         return None
     names = [pool, vcenter]
@@ -136,8 +137,8 @@ def aside_hold(record: Any) -> dict[str, Any] | None:
     if isinstance(asked, int) and not isinstance(asked, bool) and len(nets) < asked:
         return None
     keys = sorted({port_group_key(vcenter, n["port-group"]) for n in nets})
-    return {"pool": pool, "vcenter": vcenter, "vcpus": dims[0], "memory": dims[1],
-            "storage": dims[2], "nets": keys}
+    return {"pool": pool, "vcenter": vcenter, **dict(zip(DIMENSIONS, dims, strict=True)),
+            "nets": keys}
 
 
 def aside_entry(record_text: str, problem: str, hold: dict[str, Any] | None) -> str:
