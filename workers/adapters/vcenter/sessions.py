@@ -20,7 +20,10 @@ from pyVmomi import vim
 
 from .access import Access
 from .client import login as vcenter_login
-from .inventory_read import VIEW_TYPES
+
+# what the session's ContainerView of the whole inventory holds (inventory_read.py reads it)
+VIEW_TYPES = (vim.Datacenter, vim.Folder, vim.ClusterComputeResource, vim.HostSystem,
+              vim.Datastore, vim.Network)
 
 log = logging.getLogger(__name__)
 
