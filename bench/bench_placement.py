@@ -48,7 +48,9 @@ from bench import (
     write_pools,
 )
 from workers.core.fleet import Fleet, FreeNets
-from workers.core.models import Pool, make_lease, parse_request
+from workers.core.grants import make_lease
+from workers.core.models import Pool
+from workers.core.parsing import parse_request
 from workers.core.placement import place
 from workers.core.pools import parse_pools
 

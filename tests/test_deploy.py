@@ -1132,7 +1132,7 @@ def test_the_settings_configmap_runs_the_placement_worker(tmp_path):
 
     from tests.support.procs import RedisServer
     from workers.core.lease import parse_rfc3339
-    from workers.core.models import parse_duration
+    from workers.core.parsing import parse_duration
 
     docs = base_docs()
     data = one(docs, "ConfigMap", "vcm-settings")["data"]

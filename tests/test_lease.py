@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from api_shim.schemas import LEASE
+from workers.core.grants import make_lease, new_lease
 from workers.core.lease import Lease, lease_port_groups, port_group_key, rfc3339
-from workers.core.models import Network, Pool, Request, make_lease, new_lease
+from workers.core.models import Network, Pool, Request
 from workers.core.topology import env_values, failure_domain, lease_env, platform_vsphere
 
 # wire (section, key) -> (attribute, value when the key is absent or null): written out here
@@ -297,7 +298,8 @@ def test_of_equals_the_dataclass_constructor() -> None:
 
 
 def test_platform_vsphere_is_sorted_and_leaves_out_what_a_pool_does_not_set():
-    from workers.core.models import Network, Pool, Request, make_lease
+    from workers.core.grants import make_lease
+    from workers.core.models import Network, Pool, Request
 
     bare = Pool("b-pool", "vc-b", "dc2", "c2", "ds2", 8, 8, 8, networks=(Network("pg2", 2),))
     full = Pool("a-pool", "vc-a", "dc1", "c1", "ds1", 8, 8, 8, networks=(Network("pg1", 1),),

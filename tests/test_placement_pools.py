@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from workers.core.errors import InvalidRequest, NoCapacity
 from workers.core.fleet import Fleet, Usage
-from workers.core.models import Network, Pool, Request, parse_request
+from workers.core.models import Network, Pool, Request
+from workers.core.parsing import parse_request
 from workers.core.placement import place
 from workers.core.pools import parse_pools
 from workers.core.possible import check_possible

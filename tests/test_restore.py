@@ -20,7 +20,9 @@ from tests.test_api_support import ApiServer
 from workers.adapters.ledger import Ledger
 from workers.adapters.mirror.file import FileMirror
 from workers.adapters.pools_file import load_pools
-from workers.core.models import Network, Pool, make_lease, parse_request
+from workers.core.grants import make_lease
+from workers.core.models import Network, Pool
+from workers.core.parsing import parse_request
 from workers.publisher.status import read_status
 
 POOLS = yaml.safe_dump({"pools": [

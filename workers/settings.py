@@ -5,7 +5,7 @@ place. Each has a laptop-friendly default.
 checks them all: a bad value stops start-up with one message naming the variable, e.g.
 `invalid setting VCM_LEASE_TTL: 'soon' is not seconds or a duration like '24h'` (SystemExit).
 Durations take seconds or Go-style durations ("24h", "90m"), parsed by
-`core.models.parse_duration`. The HTTP shim's own variables (`VCM_API_*`) are read by
+`core.parsing.parse_duration`. The HTTP shim's own variables (`VCM_API_*`) are read by
 `api_shim.settings` with the same mechanism.
 """
 
@@ -19,7 +19,7 @@ from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .core.errors import InvalidRequest
-from .core.models import parse_duration
+from .core.parsing import parse_duration
 from .core.placement import STRATEGIES
 from .core.text import text_problem
 

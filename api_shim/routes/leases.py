@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from workers.contract import PLACEMENT, QUERIES, Task
 from workers.core.errors import InvalidRequest
-from workers.core.models import parse_duration
+from workers.core.parsing import parse_duration
 
 from .. import schemas as S
 from ..deps import BridgeDep, CallerDep, SettingsDep, TasksDep, as_owner

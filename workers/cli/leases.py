@@ -7,7 +7,7 @@ from typing import Any
 
 from ..contract import Task
 from ..core.errors import InvalidRequest
-from ..core.models import parse_duration
+from ..core.parsing import parse_duration
 from .client import call
 from .exits import EXIT_OK
 from .output import emit, estimate_table, leases_table, show_leases

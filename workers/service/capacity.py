@@ -18,7 +18,7 @@ from ..core.errors import InvalidRequest
 from ..core.fleet import Fleet
 from ..core.labels import matches, narrows, parse_selector
 from ..core.lease import Lease
-from ..core.models import text_arg
+from ..core.parsing import text_arg
 from ..ports import Ledger, Mirror, Pools, Replies
 from ..settings import Settings
 from .placing import REFUSALS, Placing

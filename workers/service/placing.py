@@ -18,8 +18,10 @@ from typing import Any, Protocol
 
 from ..core.errors import ERRORS, InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
 from ..core.fleet import Fleet
+from ..core.grants import make_lease
 from ..core.lease import Lease
-from ..core.models import Request, make_lease, parse_request
+from ..core.models import Request
+from ..core.parsing import parse_request
 from ..core.placement import place_batch
 from ..core.possible import check_possible
 from ..ports import Ledger, LedgerUnready, Pools

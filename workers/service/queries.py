@@ -14,7 +14,8 @@ from ..core.fleet import Fleet
 from ..core.health import UNKNOWN_HEALTH, PoolHealth, effective, pool_health
 from ..core.labels import matches, parse_selector
 from ..core.lease import Lease, rfc3339
-from ..core.models import Pool, parse_duration, text_arg
+from ..core.models import Pool
+from ..core.parsing import parse_duration, text_arg
 from ..ports import Ledger, Pools
 from .placing import Placing
 from .usage_cache import UsageCache

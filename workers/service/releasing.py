@@ -12,7 +12,7 @@ from typing import Any
 
 from ..core.errors import InvalidRequest, LeaseNotFound, NotOwner
 from ..core.lease import Lease, rfc3339
-from ..core.models import parse_request, text_arg
+from ..core.parsing import parse_request, text_arg
 from ..ports import Ledger, LedgerUnready
 from ..settings import Settings
 from .placing import MAX_ATTEMPTS

@@ -16,7 +16,8 @@ from typing import Any
 from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
 from ..core.fleet import Fleet
 from ..core.lease import rfc3339
-from ..core.models import Request, text_arg
+from ..core.models import Request
+from ..core.parsing import text_arg
 from ..core.placement import place_batch, reserve_for
 from ..ports import Ledger, Pools, Replies
 from ..settings import Settings
