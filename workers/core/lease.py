@@ -4,7 +4,7 @@ Redis, the mirror, Celery results and the HTTP API carry; the service reads a `L
 `Lease.from_wire(d).to_wire() == d` for any lease, key order included: the record a lease was
 read from rides along (`raw`), so keys not modelled here (and keys added by later versions)
 are never lost, and a lease written back is byte-for-byte what was read but for the fields
-changed. Pure Python, no I/O, no imports from the rest of the core (models and grants build on it)."""
+changed. Pure Python, no I/O, no imports from the rest of the core (the others build on it)."""
 
 from __future__ import annotations
 
