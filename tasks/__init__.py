@@ -290,7 +290,7 @@ def sync_inventory(*args: Any, **extra: Any) -> dict[str, Any]:
         return {"synced": {}, "errors": {}, "skipped": {}, "refused": "placement worker"}
     from workers.adapters.vcenter.access import plan
     from workers.adapters.vcenter.inventory import sync
-    from workers.ports import LedgerUnready
+    from workers.core.errors import LedgerUnready
 
     svc = service()
     pools = list(svc.pools.current().values())

@@ -11,10 +11,11 @@ from tests.helpers import check_invariants
 from tests.support.audit import audit
 from workers.adapters.ledger import Ledger
 from workers.adapters.ledger.scripts import Unparked
+from workers.core.errors import LedgerUnready
 from workers.core.grants import make_lease
 from workers.core.models import Network, Pool
 from workers.core.parsing import parse_request
-from workers.ports import Guard, LedgerUnready
+from workers.ports import Guard
 
 
 @pytest.fixture()

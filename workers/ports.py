@@ -21,11 +21,6 @@ if TYPE_CHECKING:  # the results the ledger adapter decodes its scripts' replies
     )
 
 
-class LedgerUnready(Exception):
-    """Redis lost the ledger (or never had one, or went back below the writer's floor):
-    restore it from the mirror before writing."""
-
-
 @dataclass(frozen=True)
 class Guard:
     """What every ledger write is given: it refuses (unready) while Redis's seq is below

@@ -16,7 +16,15 @@ import time
 import uuid
 from typing import Any, Protocol
 
-from ..core.errors import ERRORS, InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
+from ..core.errors import (
+    ERRORS,
+    InvalidRequest,
+    LeaseNotFound,
+    LedgerUnready,
+    NoCapacity,
+    VcmError,
+    WaitTimeout,
+)
 from ..core.fleet import Fleet
 from ..core.grants import make_lease
 from ..core.lease import Lease
@@ -24,7 +32,7 @@ from ..core.models import Request
 from ..core.parsing import parse_request
 from ..core.placement import place_batch
 from ..core.possible import check_possible
-from ..ports import Ledger, LedgerUnready, Pools
+from ..ports import Ledger, Pools
 from ..settings import Settings
 from .recovery import Recovery
 from .usage_cache import UsageCache

@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import InvalidRequest, LeaseNotFound, NotOwner
+from ..core.errors import InvalidRequest, LeaseNotFound, LedgerUnready, NotOwner
 from ..core.lease import Lease, rfc3339
 from ..core.parsing import parse_request, text_arg
-from ..ports import Ledger, LedgerUnready
+from ..ports import Ledger
 from ..settings import Settings
 from .placing import MAX_ATTEMPTS
 from .recovery import Recovery

@@ -10,11 +10,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..core.errors import LedgerUnready
 from ..core.fleet import Fleet, FreeNets, Usage
 from ..core.health import degraded, effective
 from ..core.lease import Lease
 from ..core.models import Request
-from ..ports import Ledger, LedgerUnready, Pools
+from ..ports import Ledger, Pools
 
 HEALTH_REFRESH = 5.0  # seconds between reads of the live health (written every few minutes)
 

@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 import redis
 
+from ...core.errors import LedgerUnready
 from ...core.fleet import Usage
-from ...ports import LedgerUnready
 from .records import text
 
 LUA = Path(__file__).resolve().parent.parent / "lua"
