@@ -21,7 +21,6 @@ import asyncio
 import html
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -33,6 +32,7 @@ from ..bridge import Bridge
 from ..errors import ApiError, from_task_failure
 from ..fleet_metrics import FleetReader, FleetSnapshot
 from . import view
+from .view import Data
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +51,6 @@ TEMPLATES = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-
-
-@dataclass
-class Data:
-    now: float
-    pools: list[dict[str, Any]] | None = None
-    waiting: list[dict[str, Any]] | None = None
-    history: list[dict[str, Any]] | None = None
-    fleet: FleetSnapshot | None = None
-    problems: dict[str, str] = field(default_factory=dict)
-    redis_down: bool = False  # the bridge could not reach Redis (not just a missing worker)
 
 
 async def gather(bridge: Bridge, fleet: FleetReader, timeout: float) -> Data:

@@ -6,12 +6,16 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .models import Network, Pool, Request
 
-if TYPE_CHECKING:  # placement imports this module; the hint alone needs Placement
-    from .placement import Placement
+
+@dataclass(frozen=True)
+class Placement:
+    """One pool a decision chose for a request, and the port groups it takes there."""
+
+    pool: Pool
+    networks: tuple[Network, ...]
 
 
 @dataclass(frozen=True)

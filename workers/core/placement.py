@@ -17,21 +17,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from .errors import NoCapacity
-from .fleet import Fleet, Usage
-from .models import Network, Pool, Request
+from .fleet import Fleet, Placement, Usage
+from .models import Pool, Request
 from .reasons import deficit, eligibility, why_not
 from .taints import untolerated
 
 STRATEGIES = ("least-utilized", "pack", "random")
-
-
-@dataclass(frozen=True)
-class Placement:
-    pool: Pool
-    networks: tuple[Network, ...]
 
 
 def pool_load(pool: Pool, used: Usage) -> float:
