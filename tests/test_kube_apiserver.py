@@ -303,7 +303,11 @@ def test_rbac_from_the_manifest_answers_403_like_kube_apiserver(tmp_path):
         made.metadata.resource_version = None
         vcm.replace_namespaced_config_map("vcm-ledger", DEPLOY_NS, made)
         vcm.create_namespaced_config_map(DEPLOY_NS, {"metadata": {"name": "elsewhere"}})
-        assert [n.metadata.name for n in vcm.list_namespace().items][:1] == ["default"]
+        # the namespace list is the queries worker's (the namespace prune), not placement's
+        queries_path = kube.write_kubeconfig(tmp_path / "vcm-queries", namespace=DEPLOY_NS,
+                                             token=kube.token_for(DEPLOY_NS, "vcm-queries"))
+        queries = client.CoreV1Api(config.new_client_from_config(config_file=str(queries_path)))
+        assert [n.metadata.name for n in queries.list_namespace().items][:1] == ["default"]
 
         # and nothing else
         refused = [
@@ -317,6 +321,8 @@ def test_rbac_from_the_manifest_answers_403_like_kube_apiserver(tmp_path):
              forbidden(user, "get", "configmaps", 'in the namespace "default"', "vcm-ledger")),
             (lambda: vcm.read_namespace("default"),
              forbidden(user, "get", "namespaces", 'in the namespace "default"', "default")),
+            (lambda: vcm.list_namespace(),
+             forbidden(user, "list", "namespaces", "at the cluster scope")),
             (lambda: vcm.create_namespace({"metadata": {"name": "x"}}),
              forbidden(user, "create", "namespaces", "at the cluster scope")),
         ]

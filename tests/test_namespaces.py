@@ -339,7 +339,7 @@ def test_placement_answers_while_a_run_waits_for_a_slow_namespace_list(tmp_path)
     """A run whose list trickles in (its last byte held back until the test lets it go) is
     under way while an acquire and a release are sent: both are answered before the list ends;
     then the list ends and the run releases the lease of the namespace that is gone."""
-    with KubeApiServer() as kube:
+    with KubeApiServer(rbac=deploy_rbac()) as kube:
         kube.create_namespace("ci-gone")
         s = kube_stack(tmp_path, kube, VCM_NAMESPACE_PRUNE_INTERVAL="1h",
                        VCM_NAMESPACE_TIMEOUT="60s")

@@ -86,7 +86,7 @@ class Recovery:
             restored = self.ledger.restore(snapshot).applied
             if restored and self.journal is not None:  # the mirror holds what Redis now has
                 self.journal.covered = max(self.journal.covered, int(snapshot.get("seq", 0)))
-            if restored and snapshot["leases"]:
+            if restored and snapshot.get("leases"):
                 log.warning("the Redis ledger was empty: restored %d leases from the mirror "
                             "(seq %s)", len(snapshot["leases"]), snapshot.get("seq"))
             elif not restored and self.ledger.is_ready():

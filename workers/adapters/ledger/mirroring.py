@@ -65,19 +65,31 @@ class MirrorStore(LedgerBase):
         and what can be read of it stays held: its vCPUs, memory and storage on its pool, its
         port groups taken. One whose holdings cannot be read stops all placement until an
         operator drops it (a release by its id). Records the snapshot carries as set aside
-        stay so."""
+        stay so. A second record under a lease's name is set aside too; a record that would
+        take its pool past what the ledger counts exactly is set aside uncounted."""
         leases: list[dict[str, Any]] = []
         bad: list[tuple[Any, str]] = []
+        taken: set[str] = set()
+        counted = _Counted()
         for lease in snapshot.get("leases") or []:
             problem = lease_problem(lease)
-            (bad.append((lease, problem)) if problem else leases.append(lease))
-        taken = {x["metadata"]["name"] for x in leases}
+            if problem is None and lease_name(lease) in taken:
+                problem = "a second record under the name of a lease"
+            if problem is None and not counted.take(lease["status"]["pool"], lease["spec"]):
+                problem = counted.problem
+            if problem:
+                bad.append((lease, problem))
+            else:
+                leases.append(lease)
+                taken.add(lease_name(lease))
         aside: list[Aside] = []
         for entry in snapshot.get("aside") or []:  # set aside before: kept under its id
             text_of, problem, wanted = _carried(entry)
             aside.append(_aside(text_of, problem, wanted, taken, fresh=False))
         for lease, problem in bad:
             aside.append(_aside(json.dumps(lease), problem, None, taken, fresh=True))
+        aside = [a if a.hold is None or counted.take(a.hold["pool"], a.hold)
+                 else a.uncounted(counted.problem) for a in aside]
         rids: dict[str, list[str]] = {}
         for lease in leases:
             st = lease["status"]
@@ -202,6 +214,36 @@ class Aside:
     fresh: bool  # set aside by this restore (not carried over as set aside)
     request: tuple[str, str] | None  # its (owner, request-id), when they can be read
 
+    def uncounted(self, problem: str) -> Aside:
+        """The same record, its holdings not counted (`problem` says why): it stops placement
+        until dropped, like one whose holdings cannot be read."""
+        if not self.problem.endswith(problem):
+            problem = f"{self.problem}; {problem}"
+        record = json.loads(self.entry)["record"]
+        return Aside(self.id, self.name, aside_entry(record, problem, None), problem, None,
+                     self.fresh, self.request)
+
+
+class _Counted:
+    """What a rebuild counts on each pool, kept within what the ledger's counters hold exactly
+    (Redis refuses to go past 2**63 half-way through the script, and Lua's numbers are exact
+    to 2**53): a record that would take a pool past that is not counted."""
+
+    LIMIT = 2**53
+    problem = f"its pool would hold more than {LIMIT} of a size: it cannot be counted"
+
+    def __init__(self) -> None:
+        self.pools: dict[str, list[int]] = {}
+
+    def take(self, pool: str, sizes: dict[str, Any]) -> bool:
+        total = self.pools.setdefault(pool, [0, 0, 0])
+        after = [t + sizes[dim] for t, dim in zip(total, ("vcpus", "memory", "storage"),
+                                                  strict=True)]
+        if max(after) > self.LIMIT:
+            return False
+        total[:] = after
+        return True
+
 
 def _carried(entry: Any) -> tuple[str, str, str | None]:
     """(record JSON text, problem, id it was kept under) of a snapshot's `aside` item."""
@@ -217,7 +259,7 @@ def _aside(record_text: str, problem: str, wanted: str | None, taken: set[str],
            fresh: bool) -> Aside:
     try:
         record = json.loads(record_text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than json goes: nothing can be read
         record = None
     hold = aside_hold(record)
     if wanted is not None and wanted not in taken and text_problem(wanted, 128) is None:

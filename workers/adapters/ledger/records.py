@@ -75,12 +75,14 @@ def lease_problem(lease: Any) -> str | None:
             return "status.request-id is not a string"
         for key in DIMENSIONS:
             if isinstance(sp.get(key), bool) or not isinstance(sp.get(key), int) \
-                    or sp[key] < 0:
-                return f"spec.{key} is not a whole number"
-        nets = st.get("networks") or []
+                    or not 0 <= sp[key] <= MAX_HELD:
+                return f"spec.{key} is not a whole number from 0 to {MAX_HELD}"
+        nets = st.get("networks", [])
         if not isinstance(nets, list) or not all(
                 isinstance(n, dict) and isinstance(n.get("port-group"), str) for n in nets):
             return "status.networks is not a list of port groups"
+        if _cut_short(nets, sp.get("networks")):
+            return "status.networks names fewer port groups than spec.networks"
         parse_rfc3339(st["expires-at"])
         json.dumps(lease, ensure_ascii=False).encode("utf-8")
     except (TypeError, KeyError, AttributeError, ValueError) as exc:
@@ -133,12 +135,18 @@ def aside_hold(record: Any) -> dict[str, Any] | None:
             isinstance(n, dict) and isinstance(n.get("port-group"), str) and n["port-group"]
             and text_problem(n["port-group"]) is None for n in nets):
         return None
-    asked = sp.get("networks")  # a list cut short would free port groups still in use
-    if isinstance(asked, int) and not isinstance(asked, bool) and len(nets) < asked:
+    if _cut_short(nets, sp.get("networks")):
         return None
     keys = sorted({port_group_key(vcenter, n["port-group"]) for n in nets})
     return {"pool": pool, "vcenter": vcenter, **dict(zip(DIMENSIONS, dims, strict=True)),
             "nets": keys}
+
+
+def _cut_short(nets: list[dict[str, Any]], asked: Any) -> bool:
+    """Whether a record names fewer distinct port groups than it asked for (spec.networks):
+    the one it does not name is still in use, and nobody can tell which it is."""
+    return (isinstance(asked, int) and not isinstance(asked, bool)
+            and len({n["port-group"] for n in nets}) < asked)
 
 
 def aside_entry(record_text: str, problem: str, hold: dict[str, Any] | None) -> str:

@@ -16,6 +16,9 @@ from .errors import MirrorError
 
 FORMAT = 1
 ENCODING = "json+zlib"
+# a ledger's seq from a mirror: Redis's counter goes on from it (INCR fails past 2**63 - 1,
+# after the rest of a script's writes) and Lua compares it exactly up to 2**53
+MAX_SEQ = 2**53
 
 
 @dataclass(frozen=True)
@@ -90,11 +93,33 @@ def encode_snapshot(snapshot: dict[str, Any], level: int = 6) -> tuple[bytes, in
     return zlib.compress(raw, level), len(raw)
 
 
+def seq_problem(seq: Any) -> str | None:
+    """Why a seq read from a mirror cannot be a ledger's, or None."""
+    if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= MAX_SEQ:
+        return None
+    return f"seq is not a whole number from 0 to {MAX_SEQ} ({ascii(seq)[:40]})"
+
+
+def shape_problem(snapshot: dict[str, Any]) -> str | None:
+    """Why a loaded snapshot is not one a ledger writes (its seq, its leases or set-aside
+    lists), naming the field, or None. Single records are the restore's to judge."""
+    problem = seq_problem(snapshot.get("seq", 0))
+    if problem:
+        return problem
+    for key in ("leases", "aside"):
+        if snapshot.get(key) is not None and not isinstance(snapshot[key], list):
+            return f"{key} is not a list ({type(snapshot[key]).__name__})"
+    return None
+
+
 def decode_snapshot(blob: bytes) -> dict[str, Any]:
     try:
         snapshot = json.loads(zlib.decompress(blob))
-    except (zlib.error, ValueError) as exc:
+    except (zlib.error, ValueError, RecursionError) as exc:  # also nested past json's depth
         raise MirrorError(f"mirror payload does not decode: {exc}") from exc
     if not isinstance(snapshot, dict):
         raise MirrorError("mirror payload is not a JSON object")
+    problem = shape_problem(snapshot)
+    if problem:
+        raise MirrorError(f"mirror payload cannot be restored: {problem}")
     return snapshot

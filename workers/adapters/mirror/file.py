@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...ports import JournaledMirror
-from .codec import FORMAT, SaveStats, encode_json, newer_than
+from .codec import FORMAT, SaveStats, encode_json, newer_than, seq_problem, shape_problem
 from .errors import MirrorError, MirrorSuperseded
 
 
@@ -210,7 +210,7 @@ class FileMirror(JournaledMirror):
             return self._written_head
         try:
             found = json.loads(self.path.read_bytes())
-        except ValueError:
+        except (ValueError, RecursionError):
             return None  # damaged: replacing it can only help
         return found if isinstance(found, dict) else None
 
@@ -247,10 +247,13 @@ class FileMirror(JournaledMirror):
         if raw is not None:
             try:
                 snapshot = json.loads(raw)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # nested deeper than json goes
                 raise MirrorError(f"mirror file {self.path} is not valid JSON: {exc}") from exc
             if not isinstance(snapshot, dict):
                 raise MirrorError(f"mirror file {self.path} does not hold a JSON object")
+            problem = shape_problem(snapshot)
+            if problem:
+                raise MirrorError(f"mirror file {self.path} cannot be restored: {problem}")
         try:
             journal = self.journal.read_bytes()
         except FileNotFoundError:
@@ -262,22 +265,40 @@ class FileMirror(JournaledMirror):
         if not records:
             return snapshot
         records.sort(key=lambda r: r["seq"])  # stable: file order on ties
-        base_leases = (snapshot or {}).get("leases") or []
-        leases = {_name(x): x for x in base_leases if _name(x) is not None}
-        unnamed = [x for x in base_leases if _name(x) is None]  # kept: a restore sets it aside
+        problem = seq_problem(records[-1]["seq"])
+        if problem:
+            raise MirrorError(f"mirror journal {self.journal} cannot be restored: {problem}")
+        leases: dict[str, Any] = {}
+        # kept beside them: records without a name that can be read, and a second record
+        # under a name (a restore sets them aside, holding what they hold)
+        others: list[Any] = []
+        for lease in (snapshot or {}).get("leases") or []:
+            name = _name(lease)
+            if name is None or name in leases:
+                others.append(lease)
+            else:
+                leases[name] = lease
         aside = list((snapshot or {}).get("aside") or [])
         for record in records:
             for lease in record["put"]:
                 name = _name(lease)
-                if name is not None:
+                if name is None:
+                    others.append(lease)
+                else:
                     leases[name] = lease
             for lease_id in record["del"]:  # a lease released, or a set-aside record dropped
                 if not isinstance(lease_id, str):
                     continue
-                leases.pop(lease_id, None)
-                aside = [x for x in aside if not (isinstance(x, dict) and x.get("id") == lease_id)]
+                if leases.pop(lease_id, None) is not None:
+                    continue
+                # the set-aside item a restore kept under this id: the first (others with the
+                # same id, or a lease's name, were kept under ids of their own)
+                at = next((i for i, x in enumerate(aside)
+                           if isinstance(x, dict) and x.get("id") == lease_id), None)
+                if at is not None:
+                    del aside[at]
         out = {**(snapshot or {"format": FORMAT}), "seq": records[-1]["seq"],
-               "leases": sorted(leases.values(), key=lambda x: x["metadata"]["name"]) + unnamed}
+               "leases": sorted(leases.values(), key=lambda x: x["metadata"]["name"]) + others}
         if aside:
             out["aside"] = aside
         else:
@@ -298,7 +319,7 @@ def _record(line: bytes) -> dict[str, Any] | None:
     """A journal line, or None when torn or damaged."""
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if (not isinstance(record, dict) or not isinstance(record.get("seq"), int)
             or not isinstance(record.get("put"), list)
