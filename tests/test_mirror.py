@@ -690,7 +690,7 @@ def test_file_mirror_corrupt_file_is_an_error_not_none(tmp_path):
 _KILL_CHILD = textwrap.dedent(
     """
     import json, sys
-    from workers.adapters.mirror import FileMirror
+    from workers.adapters.mirror.file import FileMirror
     m = FileMirror(sys.argv[1])
     i = 0
     while True:
@@ -825,7 +825,8 @@ def test_file_mirror_never_goes_back_to_an_older_seq(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent("""
             import sys
-            from workers.adapters.mirror import FileMirror, MirrorError
+            from workers.adapters.mirror.errors import MirrorError
+            from workers.adapters.mirror.file import FileMirror
             try:
                 FileMirror(sys.argv[1]).save({"format": 1, "seq": 5, "leases": []})
                 print("saved")
@@ -1042,7 +1043,8 @@ def test_file_mirror_unsynced_appends_are_written_at_once_and_synced_later(tmp_p
 
 SHORT_WRITE = textwrap.dedent("""
     import json, resource, signal, sys
-    from workers.adapters.mirror import FileMirror, MirrorError
+    from workers.adapters.mirror.errors import MirrorError
+    from workers.adapters.mirror.file import FileMirror
 
     def raw(name):
         return json.dumps({"spec": {"vcpus": 1, "memory": 1, "storage": 0},

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...core.lease import parse_rfc3339
-from ...core.models import request_key
+from ...core.models import DIMENSIONS, request_key
 from ...core.text import text_problem
 from .base import LedgerBase
 from .records import (
@@ -237,8 +237,7 @@ class _Counted:
 
     def take(self, pool: str, sizes: dict[str, Any]) -> bool:
         total = self.pools.setdefault(pool, [0, 0, 0])
-        after = [t + sizes[dim] for t, dim in zip(total, ("vcpus", "memory", "storage"),
-                                                  strict=True)]
+        after = [t + sizes[dim] for t, dim in zip(total, DIMENSIONS, strict=True)]
         if max(after) > self.LIMIT:
             return False
         total[:] = after
