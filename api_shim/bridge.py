@@ -37,7 +37,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from tasks import results
-from workers.adapters.keys import API_TASK_RECORD, KEYS
+from workers.adapters.keys import API_TASK_RECORD
 from workers.adapters.ledger.reports import mirror_status
 from workers.adapters.redis_memory import refused_for_memory
 from workers.contract import PLACEMENT, QUEUES, WAITING, Task
@@ -310,7 +310,7 @@ class Bridge:
         error counters and last unexpected error."""
         assert self.client
         try:
-            raw = await asyncio.wait_for(mirror_status(self.client, KEYS), 1.0)
+            raw = await asyncio.wait_for(mirror_status(self.client), 1.0)
         except Exception:  # noqa: BLE001 - readiness must answer
             return {"state": "unknown"}
         status = parse_status(raw)

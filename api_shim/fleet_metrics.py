@@ -41,7 +41,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from workers.adapters.keys import PREFIX, Keys
+from workers.adapters.keys import PREFIX
 from workers.adapters.ledger.reports import read_fleet, report_client
 from workers.adapters.ledger.status import LATENCY_BUCKETS
 from workers.adapters.redis_memory import MemoryUse
@@ -160,7 +160,7 @@ class FleetReader:
     def __init__(self, redis_url: str, prefix: str = PREFIX, timeout: float = 0.5,
                  client: redis.Redis | None = None) -> None:
         self.url = redis_url
-        self.keys = Keys(prefix)
+        self.prefix = prefix
         self.health_stale = Settings.from_env().inventory_stale
         self.timeout = timeout
         self._client = client
@@ -175,7 +175,7 @@ class FleetReader:
 
     def read(self) -> FleetSnapshot:
         """Raises the Redis error when Redis does not answer."""
-        fleet = read_fleet(self.client, self.keys)
+        fleet = read_fleet(self.client, self.prefix)
         snap = FleetSnapshot(at=time.time(), leases=fleet.leases, waiting=fleet.waiting,
                              set_aside=fleet.set_aside,
                              set_aside_unreadable=fleet.set_aside_unreadable)

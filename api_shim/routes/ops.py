@@ -10,7 +10,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from workers.adapters.keys import KEYS
 from workers.adapters.ledger.reports import describe_namespaces, namespace_status
 
 from .. import schemas as S
@@ -51,7 +50,7 @@ async def _namespaces(bridge: Bridge) -> dict[str, Any]:
     successful prune and the last error."""
     try:
         assert bridge.client is not None
-        raw = await asyncio.wait_for(namespace_status(bridge.client, KEYS), 1.0)
+        raw = await asyncio.wait_for(namespace_status(bridge.client), 1.0)
     except Exception:  # noqa: BLE001 - readiness must answer
         return {"state": "unknown"}
     return describe_namespaces(raw)

@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ...core.lease import rfc3339
-from ..keys import Keys
+from ..keys import PREFIX, Keys
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,10 @@ def report_client(url: str, timeout: float) -> redis.Redis:
                                 max_connections=32)
 
 
-def read_fleet(client: redis.Redis, keys: Keys) -> FleetRead:
+def read_fleet(client: redis.Redis, prefix: str = PREFIX) -> FleetRead:
     """Everything the fleet metrics and the dashboard's counters show, in one round trip.
     Raises the Redis error when Redis does not answer."""
+    keys = Keys(prefix)
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.stats)
     pipe.hgetall(keys.latency)
@@ -93,15 +94,15 @@ def _rollup(entries: list[Any] | None) -> dict[str, Any] | None:
     return rollup if isinstance(rollup, dict) else None
 
 
-async def mirror_status(client: aredis.Redis, keys: Keys) -> dict[Any, Any]:
+async def mirror_status(client: aredis.Redis, prefix: str = PREFIX) -> dict[Any, Any]:
     """The mirror publisher's status hash, as HGETALL returns it (publisher/mirror_status.py
     parses it)."""
-    return await client.hgetall(keys.mirror)
+    return await client.hgetall(Keys(prefix).mirror)
 
 
-async def namespace_status(client: aredis.Redis, keys: Keys) -> dict[Any, Any]:
+async def namespace_status(client: aredis.Redis, prefix: str = PREFIX) -> dict[Any, Any]:
     """The namespace pruning's status hash, as HGETALL returns it (`describe_namespaces`)."""
-    return await client.hgetall(keys.namespaces)
+    return await client.hgetall(Keys(prefix).namespaces)
 
 
 def describe_namespaces(raw: Mapping[Any, Any], now: float | None = None) -> dict[str, Any]:
