@@ -7,6 +7,7 @@ while the list is slow."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ import yaml
 
 from tests.helpers import call, failure
 from tests.support.kube_apiserver import SYSTEM_NAMESPACES, KubeApiServer
-from tests.support.procs import ROOT, Stack, env_for, wait_for
+from tests.support.procs import ROOT, Stack, Worker, env_for, wait_for
 from tests.support.rbac import deploy_rbac, kube_env_as_deployed
 from tests.test_api_support import ApiServer
 from workers.adapters.ledger import Ledger
@@ -289,6 +290,17 @@ def test_the_release_a_run_sends_checks_its_arguments_and_runs_on_placement_only
     assert type(exc).__name__ == "InvalidRequest" and "owner" in str(exc), exc
     exc = failure(ks.app, "vcm.release_namespace_gone", lease_ids=["no-such-lease"])
     assert type(exc).__name__ == "LeaseNotFound", exc
+    # only namespace-bound leases: anyone else's lease is not released as namespace-gone
+    pruned = stats(ks).get("namespace-pruned", 0)
+    plain, odd = acquire(ks, None, "job-plain"), acquire(ks, "Not_A_Namespace", "job-odd")
+    bound = acquire(ks, "ci-live", "job-live")
+    for lease_id in (plain, odd):
+        exc = failure(ks.app, "vcm.release_namespace_gone", lease_ids=[bound, lease_id])
+        assert type(exc).__name__ == "InvalidRequest" and "lease_ids" in str(exc), exc
+        assert lease_id in str(exc) and "not bound to a namespace" in str(exc), exc
+    assert {plain, odd, bound} <= active(ks)
+    assert stats(ks).get("namespace-pruned", 0) == pruned
+    assert call(ks.app, "vcm.release", lease_ids=[plain, odd, bound]) == [plain, odd, bound]
     wrong = ks.app.send_task("vcm.release_namespace_gone", kwargs={"lease_ids": ["x"]},
                              queue="queries")
     with pytest.raises(Exception) as err:
@@ -364,6 +376,38 @@ def test_placement_answers_while_a_run_waits_for_a_slow_namespace_list(tmp_path)
             assert result["by-namespace"] == {"ci-gone": [gone]}
             assert released(s, gone)["status"]["release-reason"] == "namespace-gone"
             assert stats(s).get("namespace-pruned") == 1
+        finally:
+            last_byte.set()
+            s.stop()
+
+
+# ---- the queries worker's clock is not the placement worker's ---------------------------------
+
+def test_a_lease_granted_while_the_list_is_under_way_stays_whatever_the_queries_clock_says(
+        tmp_path):
+    """The run is on a queries worker whose wall clock is a minute ahead of the placement
+    worker's (which stamps leased-at). A namespace is created and a lease taken in it while the
+    run's list is under way, so the list does not name it: the lease stays."""
+    with KubeApiServer() as kube:
+        s = kube_stack(tmp_path, kube, VCM_NAMESPACE_PRUNE_INTERVAL="1h",
+                       VCM_NAMESPACE_TIMEOUT="60s")
+        last_byte = threading.Event()
+        try:
+            ahead = dict(s.env, VCM_TEST_CLOCK_OFFSET="60", PYTHONPATH=os.pathsep.join(
+                [str(ROOT / "tests" / "support" / "clock_ahead"), s.env["PYTHONPATH"]]))
+            s.procs[1].stop()
+            s.procs[1] = Worker(ahead, "queries", pool="threads", concurrency=4).start()
+            kube.inject_fault(trickle=0.005, hold=last_byte, count=1, resource="namespaces")
+            run = s.app.send_task("vcm.prune_namespaces")
+            wait_for(lambda: kube.trickling == 1, what="the namespace list to be under way")
+
+            kube.create_namespace("ci-new")
+            fresh = acquire(s, "ci-new", "job-new")
+            last_byte.set()
+            result = run.get(timeout=60)
+            assert kube.trickled == ["sent"]
+            assert result["state"] == "ok" and result["released"] == [], result
+            assert fresh in active(s)
         finally:
             last_byte.set()
             s.stop()

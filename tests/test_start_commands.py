@@ -158,18 +158,11 @@ def start_up_redis():
     server.stop()
 
 
-@pytest.mark.parametrize("problem", list(INVALID_POOLS))
-@pytest.mark.parametrize("role", list(_role_commands(0, 0)))
-def test_an_invalid_pools_file_stops_every_process_at_start(role, problem, tmp_path,
-                                                            start_up_redis):
-    """Started with its documented command against a reachable Redis, each process exits
-    non-zero with a message naming the file, the pool and the field, and never serves."""
+def _stops_at_start(role: str, env: dict, tmp_path, message: str) -> None:
+    """Started with its documented command, the process exits non-zero with `message` in its
+    output, never serves and prints no traceback."""
     from tests.support.procs import free_port
 
-    pools, pool, field = INVALID_POOLS[problem]
-    path = tmp_path / "pools.yaml"
-    path.write_text(yaml.safe_dump({"pools": pools}))
-    env = env_for(start_up_redis.url, path, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"))
     command = _role_commands(free_port(), free_port())[role]
     proc = LoggedProcess()
     proc.log = str(tmp_path / "out.log")
@@ -182,11 +175,69 @@ def test_an_invalid_pools_file_stops_every_process_at_start(role, problem, tmp_p
         out = proc.output()
         assert proc.proc.poll() is not None, f"{role} serves:\n{out[-3000:]}"
         assert proc.proc.returncode != 0, out[-3000:]
-        assert f"invalid configuration: {path}: pool '{pool}': field '{field}'" in out, out[-3000:]
+        assert message in out, out[-3000:]
         assert not any(mark in out for mark in SERVING), out[-3000:]
         assert "Traceback" not in out, out[-3000:]
     finally:
         proc.stop()  # vcm run stops what it started on SIGTERM
+
+
+@pytest.mark.parametrize("problem", list(INVALID_POOLS))
+@pytest.mark.parametrize("role", list(_role_commands(0, 0)))
+def test_an_invalid_pools_file_stops_every_process_at_start(role, problem, tmp_path,
+                                                            start_up_redis):
+    """Started with its documented command against a reachable Redis, each process exits
+    non-zero with a message naming the file, the pool and the field, and never serves."""
+    pools, pool, field = INVALID_POOLS[problem]
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": pools}))
+    env = env_for(start_up_redis.url, path, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"))
+    _stops_at_start(role, env, tmp_path,
+                    f"invalid configuration: {path}: pool '{pool}': field '{field}'")
+
+
+@pytest.mark.parametrize("role", list(_role_commands(0, 0)))
+def test_a_pools_file_with_a_top_level_key_that_is_not_text_stops_every_process_at_start(
+        role, tmp_path, start_up_redis):
+    """YAML reads `1:` as a number: the message names it like any other unknown key."""
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": [GOOD_POOL]}) + "1: 2\n")
+    env = env_for(start_up_redis.url, path, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"))
+    _stops_at_start(role, env, tmp_path, f"invalid configuration: {path}: field '1': the top "
+                    "level must be a map with only 'pools'")
+
+
+# every role reads the one setting: each role once, each problem once
+@pytest.mark.parametrize("role, url, problem", [
+    *[(role, "http://127.0.0.1:{port}/0", "redis:// or rediss://")
+      for role in _role_commands(0, 0)],
+    ("placement worker", "redis://127.0.0.1:{port}0000/0", "port"),
+    ("vcm api", "redis://127.0.0.1:{port}/zero", "database"),
+])
+def test_a_redis_url_that_is_not_one_stops_every_process_at_start(role, url, problem, tmp_path,
+                                                                  start_up_redis):
+    """VCM_REDIS_URL is read by Celery (broker, results), redis-py (the ledger) and vcm run:
+    a URL none of them can use stops each process with a message naming the variable."""
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": [GOOD_POOL]}))
+    env = env_for(url.format(port=start_up_redis.port), path,
+                  VCM_MIRROR_FILE=str(tmp_path / "ledger.json"))
+    _stops_at_start(role, env, tmp_path, "invalid setting VCM_REDIS_URL: ")
+    assert problem in (tmp_path / "out.log").read_text()
+
+
+@pytest.mark.parametrize("role, variable, value", [
+    # every running task handed out again each second
+    *[(role, "VCM_VISIBILITY_TIMEOUT", "0") for role in _role_commands(0, 0)],
+    ("placement worker", "VCM_MIRROR_COMMIT_WINDOW", "1e20"),  # answers held for ever
+])
+def test_a_number_setting_out_of_range_stops_every_process_at_start(role, variable, value,
+                                                                    tmp_path, start_up_redis):
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": [GOOD_POOL]}))
+    env = env_for(start_up_redis.url, path, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"),
+                  **{variable: value})
+    _stops_at_start(role, env, tmp_path, f"invalid setting {variable}={value!r}: a ")
 
 
 def test_a_placement_worker_that_cannot_restore_the_ledger_stops_at_start(tmp_path,

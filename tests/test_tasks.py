@@ -195,10 +195,13 @@ def test_removed_pool_keeps_leases_and_takes_no_new(client_app, ledger, pools_fi
     assert audit(ledger)["counters"]["pool2"] == (0, 0, 0, 0)
 
 
-def test_invalid_pools_change_is_ignored(client_app, ledger, pools_file):
-    pools_file.write_text("pools:\n  - name: broken\n    vcpus: -1\n")
+@pytest.mark.parametrize("text", ["pools:\n  - name: broken\n    vcpus: -1\n",
+                                  "pools:\n  - name: broken\n1: 2\n"])
+def test_invalid_pools_change_is_ignored(client_app, ledger, pools_file, text):
+    pools_file.write_text(text)
     got = call(client_app, "vcm.acquire", request=UPSTREAM)
     assert got[0]["status"]["pool"] == "pool1"
+    assert "pool1" in {p["spec"]["name"] for p in call(client_app, "vcm.show_pools")}
 
 
 def test_cordoned_pool_is_skipped(client_app, ledger, pools_file):

@@ -41,7 +41,7 @@ def require_valid_pools(settings: Settings | None = None) -> None:
     settings = settings or Settings.from_env()
     try:
         load_pools(settings.pools_file)
-    except ConfigError as exc:
+    except Exception as exc:  # noqa: BLE001 - every cause stops start-up, with its message
         cannot_start(exc)
 
 

@@ -1,4 +1,4 @@
-"""Settings from the environment: every `VCM_*` variable (listed in the README), read in one
+"""Settings from the environment: every `VCM_*` variable (listed in docs/settings.md), read in one
 place. Each has a laptop-friendly default.
 
 `Settings.from_env()` reads them (pydantic-settings, prefix `VCM_`, names in any case) and
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -86,17 +87,43 @@ def _max_shards(value: Any, info: ValidationInfo) -> int:
     return shards
 
 
-def _number(kind: type[int] | type[float]) -> BeforeValidator:
-    """int() or float() of the text, nothing more (no durations)."""
+def _number(kind: type[int] | type[float], minimum: float, maximum: float) -> BeforeValidator:
+    """int() or float() of the text, nothing more (no durations), within [minimum, maximum]."""
 
     def parse(value: Any, info: ValidationInfo) -> int | float:
+        what = "a whole number" if kind is int else "a number"
         try:
-            return kind(value)
+            number = kind(value)
         except (TypeError, ValueError):
-            what = "a whole number" if kind is int else "a number"
             raise SettingError(f"{variable(info)}={value!r}: not {what}") from None
+        if not minimum <= number <= maximum:  # NaN too
+            raise SettingError(f"{variable(info)}={value!r}: {what} from {minimum:g} to "
+                               f"{maximum:g}")
+        return number
 
     return BeforeValidator(parse)
+
+
+def _redis_url(value: Any, info: ValidationInfo) -> str:
+    """A URL that Celery (broker, results) and redis-py (the ledger) both take: redis:// or
+    rediss://, a port within range, a database number. The URL itself is never repeated in
+    the message: it may hold a password."""
+    name, raw = variable(info), str(value).strip()
+    problem = text_problem(raw, MAX_SETTING)
+    if problem:
+        raise SettingError(f"{name}: {problem}")
+    url = urlsplit(raw)
+    if url.scheme not in ("redis", "rediss"):
+        raise SettingError(f"{name}: must start with redis:// or rediss:// (the broker, the "
+                           "result backend and the ledger share it)")
+    try:
+        url.port  # noqa: B018 - urlsplit checks the port when it is read
+    except ValueError:
+        raise SettingError(f"{name}: the port must be a number within 0..65535") from None
+    database = url.path.strip("/")
+    if database and not database.isdigit():
+        raise SettingError(f"{name}: the database after the host must be a number (/0)")
+    return raw
 
 
 def _none_if_empty(value: Any) -> Any:
@@ -155,7 +182,7 @@ class Settings(EnvSettings):
     """Every `VCM_*` setting but the shim's own (`api_shim.settings`)."""
 
     strategy: Annotated[str, BeforeValidator(_strategy)] = "least-utilized"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: Annotated[str, BeforeValidator(_redis_url)] = "redis://127.0.0.1:6379/0"
     pools_file: str = str(DEFAULT_POOLS)
     # the ledger mirror: a ConfigMap "namespace/name" (checked when the mirror is built), else
     # the file ("off": none)
@@ -175,10 +202,11 @@ class Settings(EnvSettings):
     # ConfigMap slots `name-0`… the RBAC Role must list (0: the head only)
     mirror_max_shards: Annotated[int, BeforeValidator(_max_shards)] = DEFAULT_MAX_SHARDS
     # the longest pause between mirror saves under load (seconds; see workers/publisher/thread.py)
-    mirror_commit_window: Annotated[float, _number(float)] = 0.1
+    mirror_commit_window: Annotated[float, _number(float, 0, 60)] = 0.1
 
     # Celery (celeryconfig.py)
-    visibility_timeout: Annotated[int, _number(int)] = 600
+    # seconds; at 0 every task still running is handed out again each second
+    visibility_timeout: Annotated[int, _number(int, 1, 7 * 86400)] = 600
     result_ttl: Annotated[float, duration(minimum=60)] = Field(default="1d")
     query_result_ttl: Annotated[float, duration(minimum=1)] = Field(default="5m")
     # clients (vcm) send a task again, same task id, when no worker took it this long

@@ -67,6 +67,9 @@ class PoolsFile:
                     except ConfigError as exc:
                         self.error = str(exc)
                         log.error("pools file change ignored, keeping the previous pools: %s", exc)
+                    except Exception as exc:  # noqa: BLE001 - a running worker keeps its pools
+                        self.error = f"{self.path}: cannot be read: {type(exc).__name__}: {exc}"
+                        log.exception("pools file change ignored, keeping the previous pools")
                     else:
                         if pools != self._pools:
                             log.info("pools reloaded from %s: %s", self.path, ", ".join(pools))

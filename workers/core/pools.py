@@ -25,7 +25,8 @@ REQUIRED_STR = ("name", "vcenter", "datacenter", "cluster", "datastore")
 def parse_pools(data: Any, file: str = "pools.yaml") -> tuple[Pool, ...]:
     """Validate the loaded YAML; the first problem raises ConfigError naming file, pool, field."""
     if not isinstance(data, dict) or set(data) - {"pools"}:
-        extra = sorted(set(data) - {"pools"}) if isinstance(data, dict) else []
+        # YAML keys need not be text (`1:`, `null:`): named as written, never compared as is
+        extra = sorted(map(str, set(data) - {"pools"})) if isinstance(data, dict) else []
         field = extra[0] if extra else None
         raise ConfigError.of(file, None, field, "the top level must be a map with only 'pools'")
     raw_pools = data.get("pools")

@@ -21,8 +21,10 @@ Never releasing by mistake comes first:
   shown on /readyz; the next run tries again;
 - an answer with no namespace at all is taken for an error too (a cluster always has some);
 - a Terminating namespace still exists: its leases stay until it is gone;
-- only leases taken before the list was asked for (by GRACE seconds; `leased-at` has whole
-  seconds) are compared, so a lease in a namespace created after the list started stays;
+- only leases read before the list was asked for are compared, so a lease in a namespace
+  created after the list started stays, however far the queries worker's clock is from the
+  placement worker's (which stamps `leased-at`); those must also be older than the list by
+  GRACE seconds on this worker's clock (`leased-at` has whole seconds);
 - a label value that cannot be a namespace name never named one: such leases are left alone.
 
 Without a Kubernetes configuration (not in a cluster, no usable kubeconfig) the feature is off:
@@ -45,12 +47,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..core.errors import InvalidRequest
+from ..core.errors import InvalidRequest, LeaseNotFound
 from .releasing import parse_lease_ids
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
+    from ..core.lease import Lease
     from ..settings import Settings
     from .capacity import Capacity
 
@@ -257,12 +260,16 @@ class Pruner:
             return {"state": "off"}
         started = time.time()
         try:
+            # the leases first, then the list: a lease granted once the list is under way is
+            # not among them, whatever this worker's clock says (leased-at is the placement
+            # worker's)
+            leases = self.service.leases(selector=NAMESPACE_LABEL)
             names = list_namespaces(api, self.timeout)
         except ListFailed as exc:
             return self._failed(str(exc), started)
         finally:
             api.close()
-        doomed = self._doomed(names, started - GRACE)
+        doomed = self._doomed(leases, names, started - GRACE)
         ids = [i for group in doomed.values() for i in group]
         released: list[str] = []
         try:
@@ -290,10 +297,12 @@ class Pruner:
                 "by-namespace": {ns: [i for i in group if i in done]
                                  for ns, group in doomed.items()}}
 
-    def _doomed(self, names: set[str], cutoff: float) -> dict[str, list[str]]:
-        """The leases, by namespace, of the namespaces not in `names` taken before `cutoff`."""
+    @staticmethod
+    def _doomed(leases: list[Lease], names: set[str], cutoff: float) -> dict[str, list[str]]:
+        """Those of `leases`, by namespace, of the namespaces not in `names` taken before
+        `cutoff`."""
         doomed: dict[str, list[str]] = {}
-        for lease in self.service.leases(selector=NAMESPACE_LABEL):
+        for lease in leases:
             namespace = lease.labels.get(NAMESPACE_LABEL, "")
             if namespace in names or not _NAMESPACE.match(namespace):
                 continue
@@ -325,10 +334,21 @@ def release_gone(service: Capacity, lease_ids: Any) -> list[str]:
     """What `vcm.release_namespace_gone` does on the placement worker: release these leases
     with reason `namespace-gone`, one atomic ledger step per batch. Those already released
     count as released (a repeat answers the same); an unknown id is LeaseNotFound, as for
-    `vcm.release`."""
+    `vcm.release`. Anyone can send the task: a lease that no namespace label binds (nothing a
+    run would send) is refused, and nothing is released, so that no other lease is counted
+    and recorded as pruned."""
     ids = parse_lease_ids(lease_ids)
     if not ids:
         raise InvalidRequest.of("lease_ids", "give the ids of the leases to release")
+    for record in service.ledger.get_many(ids):  # labels never change on a lease
+        status = record.get("status") or {}
+        if status.get("state") == "unknown":
+            raise LeaseNotFound.of(record["metadata"]["name"])
+        namespace = (status.get("labels") or {}).get(NAMESPACE_LABEL)
+        if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
+            raise InvalidRequest.of("lease_ids", f"lease {record['metadata']['name']!r} is not "
+                                    f"bound to a namespace (no {NAMESPACE_LABEL} label naming "
+                                    "one): release it with vcm.release")
     released: list[str] = []
     for start in range(0, len(ids), BATCH):
         released += service.release(lease_ids=ids[start:start + BATCH], reason=REASON)
