@@ -3,7 +3,8 @@ the modules below and holds the one lock that makes changes one at a time.
 
 capacity.py     Capacity: the face of the layer
 placing.py      parse, decide, commit, answer (and a known request-id's leases)
-waiting.py      the waiting line: park, serve in arrival order, expire, cancel
+waiting.py      the waiting line: an acquire that must wait parks here; serve in arrival
+                order, expire, cancel
 releasing.py    release, reap, renew
 queries.py      pools, leases, estimates, the usage rollup and its history
 recovery.py     the ledger's seq, floor and journal coverage; rebuilding Redis from the mirror

@@ -1,13 +1,6 @@
-"""The application service: what tasks, the HTTP shim and the CLI call. It composes the
-modules that each do one job and holds the one lock that makes changes one at a time:
-
-- placing.py    parse, decide, commit, answer (and a known request-id's leases)
-- waiting.py    the waiting line: park, serve in arrival order, expire, cancel
-- releasing.py  release, reap, renew
-- queries.py    pools, leases, estimates, the usage rollup and its history
-- recovery.py   the ledger's seq, floor and journal coverage; rebuilding Redis from the mirror
-- usage_cache.py  the ledger's usage between decisions
-"""
+"""Capacity, the service layer's face: what tasks, the HTTP shim and the CLI call. It composes
+the modules of this package, each doing one job (listed in __init__.py), and holds the one lock
+that makes changes one at a time."""
 
 from __future__ import annotations
 
