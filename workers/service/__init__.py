@@ -11,5 +11,6 @@ recovery.py     the ledger's seq, floor and journal coverage; rebuilding Redis f
 usage_cache.py  the ledger's usage between decisions
 namespaces.py   releases the leases of CI namespaces that are gone (beat)
 
-The modules see the outside world only through workers/ports.py.
+The ledger, the pools, the replies and the mirror are reached through the Protocols of
+workers/ports.py; the namespace pruning lists namespaces with the Kubernetes client itself.
 """
