@@ -15,7 +15,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .bootstrap import require_valid_pools
-from .contract import PLACEMENT, QUERIES
 from .settings import ROOT, Settings
 
 
@@ -90,10 +89,10 @@ def run_stack(args: argparse.Namespace) -> int:
 
     celery = [sys.executable, "-m", "celery", "-A", "tasks"]
     stack.start("placement worker", celery + [
-        "worker", "-Q", PLACEMENT, "-P", "solo", "-c", "1", "-n", f"{PLACEMENT}@%h", "-E",
+        "worker", "-Q", "placement", "-P", "solo", "-c", "1", "-n", "placement@%h", "-E",
         "-l", "info", "--without-mingle", "--without-gossip"], env)
     stack.start("queries worker", celery + [
-        "worker", "-Q", QUERIES, "-P", "threads", "-c", "4", "-n", f"{QUERIES}@%h", "-E",
+        "worker", "-Q", "queries", "-P", "threads", "-c", "4", "-n", "queries@%h", "-E",
         "-l", "info", "--without-mingle", "--without-gossip"], env)
     stack.start("beat (exactly one)", celery + [
         "beat", "-l", "info", "--schedule", str(state / "celerybeat-schedule")], env)
