@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# `make test` runs the test files on this many pytest-xdist workers, each file on one worker
+# (its module-scoped stacks are started once); 0: in this process, one file after another
+TEST_WORKERS ?= 4
 
 .PHONY: run test bench chaos lint deps system-deps clean
 
@@ -34,7 +37,7 @@ run: deps
 	$(VENV)/bin/vcm run
 
 test: deps system-deps
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: deps system-deps
 	$(PY) -m bench.run

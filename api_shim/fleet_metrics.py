@@ -179,9 +179,13 @@ class FleetReader:
         snap = FleetSnapshot(at=time.time(), leases=fleet.leases, waiting=fleet.waiting,
                              set_aside=fleet.set_aside,
                              set_aside_unreadable=fleet.set_aside_unreadable)
-        snap.memory = MemoryUse.from_info(fleet.memory)
-        evicted = _number(fleet.redis_stats.get("evicted_keys"))
-        snap.evicted = int(evicted) if evicted is not None else None
+        # a Redis user may lack INFO (an ACL without @dangerous): Redis's numbers are then
+        # unknown, the ledger's are still shown
+        if fleet.memory is not None:
+            snap.memory = MemoryUse.from_info(fleet.memory)
+        if fleet.redis_stats is not None:
+            evicted = _number(fleet.redis_stats.get("evicted_keys"))
+            snap.evicted = int(evicted) if evicted is not None else None
         for key, value in fleet.stats.items():
             number = _number(value)
             if number is not None:
@@ -271,6 +275,9 @@ class FleetCollector:
             GaugeMetricFamily("vcm_redis_memory_used_ratio",
                               "used_memory / maxmemory: above 1 Redis refuses every write "
                               "(noeviction) until memory is freed"),
+            GaugeMetricFamily("vcm_redis_memory_policy_evicts",
+                              "1 while Redis has a maxmemory and a maxmemory-policy other than "
+                              "noeviction: it may evict ledger records under pressure"),
         ]
         evicted = CounterMetricFamily(
             "vcm_redis_evicted_keys", "Keys Redis evicted for memory (always 0 under "
@@ -345,10 +352,11 @@ class FleetCollector:
             mirror_set_aside.add_metric([], snap.mirror_count("set-aside"))
             out += [mirror_errors, mirror_set_aside]
         if snap.memory is not None:
-            used, limit, ratio = memory
+            used, limit, ratio, evicts = memory
             used.add_metric([], snap.memory.used)
             limit.add_metric([], snap.memory.limit)
-            out += [used, limit]
+            evicts.add_metric([], int(snap.memory.evicts))
+            out += [used, limit, evicts]
             if snap.memory.ratio is not None:
                 ratio.add_metric([], snap.memory.ratio)
                 out.append(ratio)

@@ -32,7 +32,9 @@ ACQUIRE_REQUEST: dict[str, Any] = {
         "storage": {"type": "integer", "minimum": 0, "default": 0,
                     "description": "GB of datastore per vCenter"},
         "vcenters": {"type": "integer", "minimum": 0, "default": 1,
-                     "description": "how many pools, each on a different vCenter (0 means 1)"},
+                     "description": "without `pools`: how many pools, each on a different "
+                     "vCenter (0 means 1); with `pools`: a cap on distinct vCenters (0: none; "
+                     "one above `pools` caps nothing)"},
         "networks": {"type": "integer", "minimum": 0, "default": 1,
                      "description": "port groups per pool"},
         "network-type": {"type": "string", "default": "single-tenant"},

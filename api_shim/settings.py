@@ -120,7 +120,7 @@ class ApiEnv(EnvSettings):
 
 @dataclass(frozen=True)
 class ApiSettings:
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # has the password
     tokens: tuple[Token, ...] = ()
     # the longest `wait` a synchronous POST /acquire will hold the HTTP request open for;
     # longer waits must use ?async=true and poll GET /tasks/{id}

@@ -49,6 +49,7 @@ from bench import (
 )
 from workers.core.fleet import Fleet, FreeNets
 from workers.core.grants import make_lease
+from workers.core.lease import lease_port_groups
 from workers.core.models import Pool
 from workers.core.parsing import parse_request
 from workers.core.placement import place
@@ -99,7 +100,7 @@ def fleet_of(pools: dict[str, Pool], leases: list[dict]) -> Fleet:
         st, sp = lease["status"], lease["spec"]
         fleet.usage[st["pool"]] = fleet.used(st["pool"]).plus(sp["vcpus"], sp["memory"],
                                                               sp["storage"])
-        fleet.used_nets.update(f"{st['vcenter']}|{n['port-group']}" for n in st["networks"])
+        fleet.used_nets.update(lease_port_groups(lease))
     fleet.free = FreeNets(pools, fleet.used_nets)  # the aggregate the worker keeps up to date
     return fleet
 

@@ -19,8 +19,8 @@ Bounds, from the settings this soak runs with:
 - placement task results are kept VCM_RESULT_TTL (a day, for polling job steps): each must carry
   a TTL of at most that, and there are no more of them than tasks sent (by the clients, and
   by beat: a reap per reap interval, a rollup per rollup interval); each acquire's answer,
-  kept for copies of its task (`vcm:answered:*`), likewise, with a TTL of at most the longer
-  of VCM_RESULT_TTL and the visibility timeout; query task
+  kept for copies of its task (`vcm:answered:*`), likewise, with a TTL of at most
+  VCM_RESULT_TTL plus the visibility timeout; query task
   results must carry a TTL of at most QUERY_RESULT_TTL (results of queries are "not kept
   beyond minutes");
 - everything else in Redis (the ledger's fixed keys, Celery's queues and bindings) grows by
@@ -66,7 +66,7 @@ SHORT_TTL = 8  # ttl of the abandoned leases, seconds
 RESULT_EXPIRES = int(celeryconfig.result_expires)  # VCM_RESULT_TTL
 QUERY_RESULT_TTL = int(celeryconfig.query_result_expires)  # VCM_QUERY_RESULT_TTL
 # a task's answer, kept for copies of the task (workers/bootstrap.py)
-ANSWER_TTL = max(RESULT_EXPIRES, int(celeryconfig.broker_transport_options["visibility_timeout"]))
+ANSWER_TTL = RESULT_EXPIRES + int(celeryconfig.broker_transport_options["visibility_timeout"])
 OTHER_KEYS_SLACK = 20
 MEMORY_SLACK_MIB = 32
 TIMEOUT = 60.0

@@ -13,6 +13,8 @@ from celery.exceptions import Ignore
 
 from tasks import results as _results  # noqa: F401 - query results expire in minutes
 from tasks.holding import wait_for_room
+from workers.adapters.redis_memory import hold
+from workers.adapters.replies import shutting_down
 from workers.bootstrap import Runtime, build, cannot_start, require_valid_pools
 from workers.contract import PLACEMENT, QUERIES, WAITING, Task
 from workers.core.errors import ERRORS, InvalidRequest
@@ -85,7 +87,7 @@ def _setup(sender: str, instance: Any, **_: Any) -> None:
     that cannot be read while Redis is empty)."""
     try:
         svc = service()
-        wait_for_room(svc.ledger.r)
+        wait_for_room(svc.ledger.memory_use)
         if _role["name"] == PLACEMENT:
             svc.ensure_ready(check_mirror=True)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -135,18 +137,25 @@ def _no_extra(args: tuple, extra: dict[str, Any]) -> None:
 
 def _answer(task, result: Any) -> Any:
     """With a mirror, a change is answered once the mirror covers it: now when its journal
-    already has it, else by the publisher after its next save."""
+    already has it, else by the publisher after its next save. The change is made: an answer
+    a full Redis refuses to hold for the publisher is held here until Redis takes it (the
+    client gets its leases, not RedisFull for a grant it holds)."""
     svc = service()
-    if (svc.mirror is not None and task.request.id and not task.request.is_eager
-            and not svc.covered()):
-        svc.ledger.defer(task.request.id, result)
+    task_id = task.request.id
+    if svc.mirror is not None and task_id and not task.request.is_eager and not svc.covered():
+        hold(lambda: svc.ledger.defer(task_id, result),
+             getattr(task.app.backend, "client", None), f"the answer of task {task_id}",
+             shutting_down)
         raise Ignore()
     return result
 
 
 @app.task(name=Task.ACQUIRE, bind=True, throws=EXPECTED)
 def acquire(self, request: Any = None, *args: Any, **extra: Any) -> list[dict[str, Any]]:
-    _no_extra(args, extra)
+    try:
+        _no_extra(args, extra)
+    except InvalidRequest as exc:  # the task id's answer: every copy of the task gets it too
+        return _answer(self, service().refuse(self.request.id, exc)[0])
     from workers.service.waiting import Parked
 
     result = service().acquire(request, self.request.id)
@@ -159,7 +168,10 @@ def acquire(self, request: Any = None, *args: Any, **extra: Any) -> list[dict[st
 @app.task(name=Task.ACQUIRE_BATCH, bind=True, throws=EXPECTED)
 def acquire_batch(self, requests: Any = None, *args: Any,
                   **extra: Any) -> list[list[dict[str, Any]]]:
-    _no_extra(args, extra)
+    try:
+        _no_extra(args, extra)
+    except InvalidRequest as exc:  # the task id's answer: every copy of the task gets it too
+        return _answer(self, service().refuse(self.request.id, exc))
     return _answer(self, service().acquire_batch(requests, self.request.id))
 
 

@@ -33,11 +33,16 @@ def stack(redis_server, pools_file, tmp_path_factory):
     env = env_for(redis_server.url, pools_file, VCM_MIRROR_FILE=str(mirror))
     placement = Worker(env, "placement").start(wait=False)
     queries = Worker(env, "queries", pool="threads", concurrency=4).start(wait=False)
-    placement.wait_ready()
-    queries.wait_ready()
+    try:
+        placement.wait_ready()
+        queries.wait_ready()
+    except BaseException:  # nothing left running
+        placement.kill()
+        queries.kill()
+        raise
     yield {"env": env, "placement": placement, "queries": queries, "redis": redis_server}
-    placement.stop()
-    queries.stop()
+    placement.kill()
+    queries.kill()
 
 
 @pytest.fixture()
@@ -103,6 +108,45 @@ def s(s9):
     """That stack with an empty ledger and mirror."""
     s9.reset()
     yield s9
+
+
+# -- pytest-xdist: which tests run together, and what is handed out first -----------------------
+# `make test` runs `-n 4 --dist loadfile`: a file's tests run on one worker, in their order, and
+# its module-scoped stacks start once. The files of SPREAD share nothing between their tests
+# (each starts its own stack in its tmp_path; no module-scoped fixture, no order): their tests
+# are handed out one by one, to whichever worker is free. The slowest work is handed out first
+# (SLOWEST_FIRST), so that none of it starts last and runs on alone at the end; the list only
+# costs or saves time.
+SPREAD = frozenset({"test_mirror_worker.py", "test_restore.py", "test_start_commands.py",
+                    "test_concurrency.py", "test_api_failures.py"})
+SLOWEST_FIRST = ("test_stateful.py", "test_mirror_worker.py", "test_api_schema.py",
+                 "test_restore.py", "test_inventory.py", "test_namespaces.py", "test_waiting.py")
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+
+
+def _rank(scope: str) -> int:
+    name = _file_of(scope)
+    return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if _file_of(nodeid) in SPREAD else super()._split_scope(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            self.workqueue.move_to_end(min(self.workqueue, key=_rank), last=False)
+            super()._assign_work_unit(node)
+
+    return Scheduling(config, log)
 
 
 def pytest_configure(config):

@@ -32,15 +32,25 @@ def failure(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> BaseE
     raise AssertionError(f"{name} succeeded but should have failed")
 
 
+def net_key(vcenter: str, net: dict[str, Any]) -> str:
+    """A network's ledger key as documented: vCenter|port group[|pod[|slice]], trailing
+    empty parts left out."""
+    parts = [vcenter, net["port-group"], net.get("pod") or "", net.get("slice") or ""]
+    while parts[-1] == "":
+        parts.pop()
+    return "|".join(parts)
+
+
 def check_invariants(ledger: Ledger, pools: dict[str, Pool],
                      shared: frozenset[str] = frozenset()) -> dict[str, Any]:
     """used <= capacity, counters == sum of the leases and of what set-aside records hold,
-    port groups held by exactly their leases and set-aside records. A port group is never in
-    two leases, nor in a lease and a set-aside record (unless named in `shared`: the mirror
-    already gave it to both)."""
+    networks held by exactly their leases and set-aside records, each by the leases of one
+    install (an owner's boskos-lease-id label, else one request). A network is never in a lease
+    and a set-aside record (unless named in `shared`: the mirror already gave it to both)."""
     snap = audit(ledger)
     sums: dict[str, list[int]] = {}
-    nets: dict[str, str] = {}
+    nets: dict[str, set[str]] = {}
+    installs: dict[str, tuple] = {}
     for lease_id, lease in snap["leases"].items():
         st, sp = lease["status"], lease["spec"]
         s = sums.setdefault(st["pool"], [0, 0, 0, 0])
@@ -48,10 +58,14 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool],
         s[1] += sp["memory"]
         s[2] += sp["storage"]
         s[3] += 1
+        group = (st.get("labels") or {}).get("boskos-lease-id") or st.get("boskos-lease-id")
+        install = (st["owner"], group) if group else (st["owner"], None, st.get("request-id"))
         for n in st["networks"]:
-            key = f"{st['vcenter']}|{n['port-group']}"
-            assert key not in nets, f"port group {key} in two leases"
-            nets[key] = lease_id
+            key = net_key(st["vcenter"], n)
+            assert installs.setdefault(key, install) == install, \
+                f"port group {key} held by two installs ({installs[key]}, {install})"
+            nets.setdefault(key, set()).add(lease_id)
+    held = {key: set(ids.split()) for key, ids in snap["nets"].items()}
     claims: dict[str, set[str]] = {}
     for aside_id, entry in snap["aside"].items():
         hold = entry.get("hold")
@@ -66,11 +80,11 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool],
             claims.setdefault(key, set()).add(aside_id)
     for key, ids in claims.items():
         assert key not in nets or key in shared, \
-            f"port group {key} in lease {nets[key]} and set aside in {sorted(ids)}"
+            f"port group {key} in leases {sorted(nets[key])} and set aside in {sorted(ids)}"
         assert snap["pins"].get(key) in ids, (key, ids, snap["pins"].get(key))
         if key not in nets:
-            assert snap["nets"].get(key) in ids, (key, ids, snap["nets"].get(key))
-            nets[key] = snap["nets"][key]
+            assert held.get(key) and held[key] <= ids, (key, ids, held.get(key))
+            nets[key] = held[key]
     assert set(snap["pins"]) == set(claims), "pinned port groups differ from the set-aside"
     for name, counters in snap["counters"].items():
         assert list(counters) == sums.get(name, [0, 0, 0, 0]), (name, counters, sums.get(name))
@@ -82,9 +96,9 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool],
     assert set(sums) <= set(snap["counters"])
     # a record a release set aside keeps the port groups its grant took
     committed = {i for i, e in snap["aside"].items() if e["counted"] == "committed"}
-    extra = {k: v for k, v in snap["nets"].items() if k not in nets}
-    assert set(extra.values()) <= committed, f"port groups held by nothing: {extra}"
-    assert {k: v for k, v in snap["nets"].items() if k in nets} == nets, \
+    extra = {k: v for k, v in held.items() if k not in nets}
+    assert set().union(*extra.values()) <= committed, f"port groups held by nothing: {extra}"
+    assert {k: v for k, v in held.items() if k in nets} == nets, \
         "port groups in use differ from the leases"
     return snap
 

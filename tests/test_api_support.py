@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from tests.support.procs import LoggedProcess, free_port, wait_for
+from tests.support.procs import START_TIMEOUT, LoggedProcess, free_port, wait_for
 
 UPSTREAM = {"vcpus": 24, "memory": 96, "storage": 700, "vcenters": 1}
 TOKENS = "alice:alice-secret,bob:bob-secret,root:root-secret:admin"
@@ -39,10 +39,14 @@ class ApiServer(LoggedProcess):
                 raise RuntimeError(f"api exited {self.proc.returncode}: {self.output()[-2000:]}")
             return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
 
-        wait_for(up, timeout=20, what="the API server")
-        if ready:
-            wait_for(lambda: httpx.get(self.url + "/readyz", timeout=5).status_code == 200,
-                     timeout=20, what="the API to see a placement worker")
+        try:
+            wait_for(up, timeout=START_TIMEOUT, what="the API server")
+            if ready:
+                wait_for(lambda: httpx.get(self.url + "/readyz", timeout=5).status_code == 200,
+                         timeout=20, what="the API to see a placement worker")
+        except BaseException:  # a server that never answered is not left running
+            self.kill()
+            raise
         return self
 
     def client(self, **kw) -> httpx.Client:

@@ -208,3 +208,25 @@ def test_a_release_by_owner_or_selector_is_not_sent_again(pools_file, tmp_path):
         if worker is not None:
             worker.stop()
         server.stop()
+
+
+def test_an_unreachable_redis_is_named_without_its_password(pools_file):
+    """The Redis URL carries the password (deploy/ builds it from the Secret): a message
+    naming the Redis vcm cannot reach shows where it is, never the password, whether the URL
+    came from --redis-url or VCM_REDIS_URL, with or without a user name."""
+    from tests.support.procs import env_for, free_port
+
+    secret = "s3cret-Pa55word"
+    port = free_port()  # nothing listens there
+    for url, shown in ((f"redis://:{secret}@127.0.0.1:{port}/0",
+                        f"redis://:**@127.0.0.1:{port}/0"),
+                       (f"redis://vcm:{secret}@127.0.0.1:{port}/2?socket_timeout=3",
+                        f"redis://vcm:**@127.0.0.1:{port}/2?socket_timeout=3")):
+        for how in ("--redis-url", "VCM_REDIS_URL"):
+            args = ["pools", "--redis-url", url] if how == "--redis-url" else ["pools"]
+            p = subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=ROOT,
+                               env=env_for(url, pools_file), capture_output=True, text=True,
+                               timeout=120)
+            assert p.returncode == 1, (how, p.returncode, p.stderr)
+            assert f"vcm: cannot reach Redis at {shown}: " in p.stderr, (how, p.stderr)
+            assert secret not in p.stderr + p.stdout, (how, p.stderr)

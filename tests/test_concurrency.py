@@ -13,6 +13,7 @@ from celery import Celery
 from tests.helpers import check_invariants
 from tests.support.audit import audit
 from tests.support.procs import RedisServer, Worker, env_for, wait_for
+from tests.test_task_copies import Answers
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
 
@@ -144,3 +145,42 @@ def test_crash_after_commit_then_redelivery_is_idempotent(private):
     assert [x["metadata"]["name"] for x in leases] == list(committed)
     snap = check_invariants(ledger, pools)
     assert len(snap["leases"]) == 1
+
+
+class DiesAfterRefusal(Worker):
+    """A placement worker whose app dies right after it stored its first refusal, before its
+    ack (solo pool: the task runs in the worker process, so the whole worker goes, as when
+    its pod is killed)."""
+
+    def spawn(self, args: list[str], env: dict):
+        app = args.index("tasks")
+        return super().spawn([*args[:app], "tests.support.crash_after_refusal",
+                              *args[app + 1:]], env)
+
+
+def test_a_refusal_whose_ack_was_lost_is_answered_the_same_when_the_broker_gives_it_again(
+        private):
+    """Results kept as briefly as allowed next to the visibility timeout: the worker dies after
+    storing a refusal (the client reads it), before its ack; the broker gives the message again
+    a visibility timeout later, after room freed. That copy is refused like the first and
+    nothing is granted."""
+    app, ledger = private["app"], private["ledger"]
+    env = dict(private["env"], VCM_RESULT_TTL="60", VCM_VISIBILITY_TIMEOUT="60")
+    dying = DiesAfterRefusal(env, "placement", name="dying@t", pool="solo")
+    private["workers"].append(dying.start())
+    for i in range(4):
+        request = {"vcpus": 64, "memory": 8, "required-pool": f"p{i}", "owner": "hog"}
+        app.send_task("vcm.acquire", kwargs={"request": request}, queue="placement").get(30)
+    r = app.send_task("vcm.acquire", kwargs={"request": {"vcpus": 8, "memory": 8}},
+                      queue="placement")
+    with pytest.raises(Exception) as refused:
+        r.get(timeout=30)
+    assert type(refused.value).__name__ == "NoCapacity"
+    wait_for(lambda: dying.proc.poll() is not None, timeout=20, what="the crash")
+    private["workers"].append(Worker(env, "placement", name="healthy@t").start())
+    with Answers(app, r.id) as answers:
+        released = app.send_task("vcm.release", kwargs={"owner": "hog"}, queue="placement")
+        assert len(released.get(timeout=30)) == 4
+        # the broker gives the message again once it is a visibility timeout old
+        assert answers.wait(1, timeout=120) == ["NoCapacity"]
+    assert audit(ledger)["leases"] == {}

@@ -39,6 +39,11 @@ def prose(text: str) -> str:
     return INDENTED.sub("", FENCE.sub("", text))
 
 
+# directories the programs make when they run (ignored by git): what the docs say lands there
+# does not exist in a clean clone, and may or may not after a run
+MADE_AT_RUN_TIME = {".vcm", ".venv"}
+
+
 def quoted_paths(page: Path, text: str) -> list[str]:
     """Backticked spans that name a repository path: a source file (`deps.py`), or a path whose
     first part is an entry of the repository root or of the page's own directory
@@ -48,6 +53,8 @@ def quoted_paths(page: Path, text: str) -> list[str]:
         if not PATHLIKE.fullmatch(span):
             continue
         first = span.split("/")[0]
+        if first in MADE_AT_RUN_TIME:
+            continue
         if span.endswith(SOURCE) or ("/" in span.rstrip("/") and first and (
                 (ROOT / first).exists() or (page.parent / first).exists())):
             found.append(span)

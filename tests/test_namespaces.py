@@ -26,7 +26,8 @@ from tests.support.rbac import deploy_rbac, kube_env_as_deployed
 from tests.test_api_support import ApiServer
 from workers.adapters.ledger import Ledger
 from workers.core.lease import parse_rfc3339
-from workers.service.namespaces import GRACE, NAMESPACE_LABEL
+from workers.service.namespaces import NAMESPACE_LABEL
+from workers.settings import Settings
 
 POOLS = yaml.safe_dump({"pools": [
     {"name": f"p{i}", "vcenter": f"vc{i}", "datacenter": "dc", "cluster": "c", "datastore": "ds",
@@ -66,8 +67,9 @@ def released(s: Stack, lease_id: str) -> dict:
 
 def age_past_grace(s: Stack, ids: list[str]) -> None:
     """Until the leases are old enough to be compared with a list asked for now."""
+    grace = Settings.from_env(s.env).namespace_grace
     leased = max(parse_rfc3339(x["status"]["leased-at"]) for x in ledger(s).get_many(ids))
-    time.sleep(max(0.0, leased + 1 + GRACE + 0.2 - time.time()))
+    time.sleep(max(0.0, leased + 1 + grace + 0.2 - time.time()))
 
 
 def readyz(api: ApiServer) -> tuple[int, dict]:
@@ -388,12 +390,12 @@ def test_a_lease_granted_while_the_list_is_under_way_stays_whatever_the_queries_
     """The run is on a queries worker whose wall clock is a minute ahead of the placement
     worker's (which stamps leased-at). A namespace is created and a lease taken in it while the
     run's list is under way, so the list does not name it: the lease stays."""
-    with KubeApiServer() as kube:
+    with KubeApiServer(rbac=deploy_rbac()) as kube:
         s = kube_stack(tmp_path, kube, VCM_NAMESPACE_PRUNE_INTERVAL="1h",
                        VCM_NAMESPACE_TIMEOUT="60s")
         last_byte = threading.Event()
         try:
-            ahead = dict(s.env, VCM_TEST_CLOCK_OFFSET="60", PYTHONPATH=os.pathsep.join(
+            ahead = dict(s.procs[1].env, VCM_TEST_CLOCK_OFFSET="60", PYTHONPATH=os.pathsep.join(
                 [str(ROOT / "tests" / "support" / "clock_ahead"), s.env["PYTHONPATH"]]))
             s.procs[1].stop()
             s.procs[1] = Worker(ahead, "queries", pool="threads", concurrency=4).start()

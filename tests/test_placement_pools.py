@@ -57,17 +57,13 @@ def possible(fitting: list[Pool], p: int, v: int) -> bool:
 
 
 @PROPS
-@given(fleets(), st.integers(1, 5), st.integers(0, 3), st.integers(0, 6), st.integers(0, 6))
+@given(fleets(), st.integers(1, 5), st.integers(0, 6), st.integers(0, 6), st.integers(0, 6))
 def test_p_pools_over_at_most_v_vcenters(fleet, p, v, vcpus, memory):
     raw = {"vcpus": vcpus, "memory": memory, "networks": 1, "pools": p}
     if v:
         raw["vcenters"] = v
-    if v > p:
-        with pytest.raises(InvalidRequest) as info:
-            parse_request(raw)
-        assert info.value.field == "pools"
-        return
-    req = parse_request(raw)
+    req = parse_request(raw)  # a cap above P is valid: it caps nothing
+    assert (req.pools, req.vcenters) == (p, v)
     fitting = [x for x in fleet.pools.values() if fits(req, x, fleet)]
     try:
         chosen = place(req, fleet)
@@ -211,3 +207,34 @@ def test_health_from_the_future_or_infinity_is_no_read():
         eff = effective({"vc": {"at": at, "pools": {"p": {"state": "degraded",
                                                           "reason": "x"}}}}, now, 1800)
         assert eff["p"].state == "unknown", at
+
+
+def test_vcenters_with_pools_is_a_cap_as_upstream_means_it():
+    """`pools: 1, vcenters: 3` is what upstream's CI step sends by default: one pool, the
+    cap of 3 vCenters capping nothing; parsed, possible, placed and estimated as such."""
+    fleet = Fleet({p.name: p for p in parse_pools({"pools": [
+        {"name": f"p{i}", "vcenter": f"vc{i % 2}", "datacenter": "dc", "cluster": f"c{i}",
+         "datastore": "ds", "vcpus": 8, "memory": 8, "storage": 8,
+         "networks": [{"port-group": f"pg{i}"}]} for i in range(3)]})})
+    req = parse_request({"vcpus": 2, "memory": 2, "pools": 1, "vcenters": 3})
+    assert (req.pools, req.vcenters, req.pool_count) == (1, 3, 1)
+    check_possible(req, fleet.pools)
+    (got,) = place(req, fleet)
+    assert got.pool.name == "p0"
+    from workers.core.estimates import estimate
+
+    assert estimate(req, fleet)["fits"] == 3  # one network per pool
+    two = parse_request({"vcpus": 2, "memory": 2, "pools": 2, "vcenters": 5})
+    assert len({p.pool.vcenter for p in place(two, fleet)}) == 2  # spread, as without a cap
+    pinned = parse_request({"vcpus": 2, "memory": 2, "pools": 1, "vcenters": 3,
+                            "required-pool": "p2"})
+    check_possible(pinned, fleet.pools)
+    assert place(pinned, fleet)[0].pool.name == "p2"
+    # without `pools`, vcenters keeps the first API's meaning: N pools on N vCenters
+    with pytest.raises(InvalidRequest) as info:
+        check_possible(parse_request({"vcpus": 1, "memory": 1, "vcenters": 3}), fleet.pools)
+    assert info.value.field == "vcenters"
+    with pytest.raises(InvalidRequest) as info:
+        check_possible(parse_request({"vcpus": 1, "memory": 1, "vcenters": 2,
+                                      "required-pool": "p2"}), fleet.pools)
+    assert info.value.field == "vcenters"

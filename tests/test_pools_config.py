@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from pathlib import Path
 
@@ -199,11 +200,25 @@ def test_duplicate_pool_names():
 # invalid: networks and port groups
 
 
-def test_port_group_twice_in_one_vcenter_across_two_pools():
-    nets = [{"port-group": "ci-vlan-1001"}]
+def test_a_port_group_listed_by_two_pools_of_one_vcenter_is_one_network():
+    net = {"port-group": "ci-vlan-1001", "vlan": 1001, "cidr": "10.0.0.0/24"}
+    a, b, c = parse_pools(config(pool("a", "vc1", networks=[net]),
+                                 pool("b", "vc2", networks=[]),
+                                 pool("c", "vc1", networks=[{"port-group": "ci-vlan-1001"}])),
+                          FILE)
+    # the bare listing in c is the network a describes: one Network, one ledger key
+    assert c.networks == a.networks and c.networks[0].vlan == 1001
+    assert a.net_key(a.networks[0]) == c.net_key(c.networks[0]) == "vc1|ci-vlan-1001"
+
+
+def test_a_port_group_given_different_details_names_both_places():
+    nets = [{"port-group": "ci-vlan-1001", "vlan": 1001}]
+    other = [{"port-group": "x"}, {"port-group": "ci-vlan-1001", "vlan": 1002}]
     err = rejected(config(pool("a", "vc1", networks=nets), pool("b", "vc2", networks=[]),
-                          pool("c", "vc1", networks=nets)), "c", "networks")
-    assert "ci-vlan-1001" in str(err) and "'a'" in str(err)
+                          pool("c", "vc1", networks=other)), "c", "networks[1].vlan")
+    text = str(err)
+    assert "ci-vlan-1001" in text and "1002" in text and "1001" in text
+    assert "pool 'a' (networks[0].vlan)" in text, text
 
 
 def test_port_group_twice_within_one_pool():
@@ -214,10 +229,36 @@ def test_port_group_twice_within_one_pool():
              "a", "networks")
 
 
-def test_port_group_twice_in_one_vcenter_with_whitespace_in_vcenter():
-    nets = [{"port-group": "pg"}]
-    rejected(config(pool("a", "vc1", networks=nets), pool("b", " vc1 ", networks=nets)),
-             "b", "networks")
+def test_one_vcenter_with_whitespace_shares_its_port_groups():
+    nets = [{"port-group": "pg", "vlan": 1}]
+    a, b = parse_pools(config(pool("a", "vc1", networks=nets), pool("b", " vc1 ", networks=nets)))
+    assert a.net_key(a.networks[0]) == b.net_key(b.networks[0])
+    rejected(config(pool("a", "vc1", networks=nets),
+                    pool("b", " vc1 ", networks=[{"port-group": "pg", "vlan": 2}])),
+             "b", "networks[0].vlan")
+
+
+def test_pods_make_networks_of_one_vcenter_distinct():
+    net = [{"port-group": "pg", "vlan": 7}]
+    a, b, c = parse_pools(config(pool("a", "vc1", pod="pod-a", networks=net),
+                                 pool("b", "vc1", pod="pod-b",
+                                      networks=[{"port-group": "pg", "vlan": 8}]),
+                                 pool("c", "vc1", networks=[{"port-group": "pg", "pod": "pod-a"}])))
+    assert a.net_key(a.networks[0]) == "vc1|pg|pod-a" == c.net_key(c.networks[0])
+    assert b.net_key(b.networks[0]) == "vc1|pg|pod-b"
+    assert c.networks[0].vlan == 7 and a.spec()["pod"] == "pod-a" and "pod" not in c.spec()
+    assert a.networks[0].to_dict()["pod"] == "pod-a"
+    # one listing with a pod and one without: which network is meant is ambiguous
+    err = rejected(config(pool("a", "vc1", pod="pod-a", networks=net),
+                          pool("b", "vc1", networks=net)), "b", "networks[0].pod")
+    assert "pool 'a'" in str(err)
+    # a pool hands out its own pod's networks
+    rejected(config(pool("a", "vc1", pod="pod-a", networks=[{"port-group": "pg", "pod": "x"}])),
+             "a", "networks[0].pod")
+    for bad in ("", 7, "a|b"):
+        rejected(config(pool("a", pod=bad)), "a", "pod")
+        rejected(config(pool("a", networks=[{"port-group": "pg", "pod": bad}])), "a",
+                 "networks[0].pod")
 
 
 def test_one_vcenter_spelled_in_two_cases_is_rejected():
@@ -339,17 +380,33 @@ def test_one_broken_field_is_named(cfg, data):
 
 @settings(max_examples=60, deadline=None)
 @given(valid_configs(), st.data())
-def test_duplicate_port_group_in_a_vcenter_is_always_found(cfg, data):
+def test_a_port_group_listed_again_in_its_vcenter_is_shared_or_named(cfg, data):
+    """Listed again with the same details (or none), a port group is the same network in
+    both pools; with a different vlan, the listing is refused naming it and the first one."""
     cfg = copy.deepcopy(cfg)
     pools = cfg["pools"]
     src = data.draw(st.integers(0, len(pools) - 1))
     dst = data.draw(st.integers(0, len(pools) - 1))
-    pg = pools[src]["networks"][0]["port-group"]
-    pools[dst]["networks"].append({"port-group": pg})
-    if src != dst and pools[src]["vcenter"] != pools[dst]["vcenter"]:
-        parse_pools(cfg, FILE)  # another vCenter: allowed
-        return
-    rejected(cfg, pools[max(src, dst)]["name"], "networks")
+    first = pools[src]["networks"][0]
+    same = data.draw(st.booleans())
+    listing = {"port-group": first["port-group"]}
+    if not same:
+        listing["vlan"] = (first["vlan"] + 1) % 4095
+    pools[dst]["networks"].append(listing)
+    at = f"networks[{len(pools[dst]['networks']) - 1}]"
+    if src == dst:
+        rejected(cfg, pools[dst]["name"], "networks")
+    elif pools[src]["vcenter"] != pools[dst]["vcenter"]:
+        parsed = {p.name: p for p in parse_pools(cfg, FILE)}  # another vCenter: its own
+        assert parsed[pools[dst]["name"]].networks[-1].vlan == listing.get("vlan")
+    elif same:
+        parsed = {p.name: p for p in parse_pools(cfg, FILE)}
+        assert parsed[pools[dst]["name"]].networks[-1] == parsed[pools[src]["name"]].networks[0]
+    else:
+        later = pools[max(src, dst)]["name"]
+        err = rejected(cfg, later, f"{at}.vlan" if later == pools[dst]["name"]
+                       else "networks[0].vlan")
+        assert repr(pools[min(src, dst)]["name"]) in str(err)
 
 
 def test_failure_domain_fields_and_network_details():
@@ -435,3 +492,177 @@ def test_valid_yaml_loads_as_safe_load_does(doc):
     from workers.adapters.yaml_files import load_yaml
 
     assert load_yaml(doc) == yaml.safe_load(doc)
+
+
+# ---------------------------------------------------------------------------------------------
+# network details a job step reads
+
+
+FULL = {"port-group": "pg", "vlan": 7, "cidr": "10.0.0.0/29", "gateway": "10.0.0.1",
+        "netmask": "255.255.255.248", "machine-network-cidr": "10.0.0.0/29",
+        "ip-addresses": ["10.0.0.0", "10.0.0.1", "10.0.0.4", "10.0.0.5", "10.0.0.6"],
+        "ipv6-cidr": "fd00:7::/64", "ipv6-start": "fd00:7::10", "ipv6-gateway": "fd00:7::1",
+        "nameservers": ["10.9.9.9", "fd00::53"], "router": "r7.example.com",
+        "datacenter": "dal10", "pod": "dal10.pod01"}
+
+
+def test_every_network_detail_is_checked_and_shown_as_configured():
+    from workers.core.grants import make_lease
+    from workers.core.models import entry_addresses
+    from workers.core.parsing import parse_request
+
+    (p,) = parse_pools(config(pool(networks=[FULL])))
+    net = p.networks[0]
+    assert net.to_dict() == {**FULL, "type": "single-tenant"}
+    assert net.addresses()[2:4] == ("10.0.0.4", "10.0.0.5")  # the VIPs, as listed
+    assert net.nameservers() == ("10.9.9.9", "fd00::53")
+    entry = make_lease("l", parse_request({"vcpus": 1, "memory": 1}), p, [net], 0)[
+        "status"]["networks"][0]
+    assert entry == {**FULL, "type": "single-tenant"}
+    assert entry_addresses(entry)[2:4] == ["10.0.0.4", "10.0.0.5"]
+
+
+def test_without_a_list_the_addresses_come_from_the_cidr():
+    from workers.core.models import derived_addresses, entry_addresses
+
+    (p,) = parse_pools(config(pool(networks=[{"port-group": "pg", "cidr": "10.1.2.0/29",
+                                              "gateway": "10.1.2.1", "dns": "10.1.2.6"}])))
+    net = p.networks[0]
+    # the network address, then each host: [1] the usual gateway, [2] and [3] the VIPs
+    assert net.addresses() == ("10.1.2.0", "10.1.2.1", "10.1.2.2", "10.1.2.3", "10.1.2.4",
+                               "10.1.2.5", "10.1.2.6")
+    assert "ip-addresses" not in net.to_dict()  # derived, not copied into every lease
+    assert entry_addresses(net.to_dict()) == list(net.addresses())
+    assert net.nameservers() == ("10.1.2.6",)
+    assert derived_addresses("fd00::/126") == ("fd00::", "fd00::1", "fd00::2", "fd00::3")
+    assert derived_addresses("10.0.0.0/19") == ()  # more than 4,096 addresses: list them
+
+
+BAD_DETAILS = [
+    ({"ip-addresses": ["10.0.0.0", "10.0.0.1", "10.0.1.9"]}, "networks[0].ip-addresses[2]",
+     "10.0.1.9 is not in 10.0.0.0/29"),
+    ({"ip-addresses": ["10.0.0.2", "10.0.0.2"]}, "networks[0].ip-addresses[1]", "twice"),
+    ({"ip-addresses": ["10.0.0.2", "nope"]}, "networks[0].ip-addresses[1]", "not an IP"),
+    ({"ip-addresses": "10.0.0.2"}, "networks[0].ip-addresses", "list"),
+    ({"ip-addresses": []}, "networks[0].ip-addresses", "list"),
+    ({"ip-addresses": ["10.0.0.1"] * 4097}, "networks[0].ip-addresses", "4096"),
+    ({"nameservers": ["10.9.9.9", "x"]}, "networks[0].nameservers[1]", "not an IP"),
+    ({"nameservers": "10.9.9.9"}, "networks[0].nameservers", "list"),
+    ({"ipv6-cidr": "fd00:7::/64", "ipv6-start": "fd00:8::10"}, "networks[0].ipv6-start",
+     "not in fd00:7::/64"),
+    ({"ipv6-start": "10.0.0.5"}, "networks[0].ipv6-start", "not a valid"),
+    ({"ipv6-cidr": "fd00:7::/64", "ipv6-gateway": "fd00:8::1"}, "networks[0].ipv6-gateway",
+     "not in"),
+    ({"machine-network-cidr": "10.9.0.0/24"}, "networks[0].machine-network-cidr",
+     "does not overlap"),
+    ({"machine-network-cidr": "fd00::/64"}, "networks[0].machine-network-cidr", "overlap"),
+    ({"machine-network-cidr": "10.0.0.0/40"}, "networks[0].machine-network-cidr", "valid"),
+    ({"netmask": "255.255.255.0"}, "networks[0].netmask", "not the netmask of"),
+    ({"gateway": "10.0.0.2"}, "networks[0].gateway", "VIP"),
+    ({"gateway": "10.0.0.3"}, "networks[0].gateway", "VIP"),
+    ({"datacenter": ""}, "networks[0].datacenter", "non-empty"),
+    ({"router": "r\ud800"}, "networks[0].router", ""),
+    ({"dns": ["10.9.9.9"], "nameservers": ["10.9.9.8"]}, "networks[0].nameservers", "dns"),
+]
+
+
+@pytest.mark.parametrize(("details", "field", "why"), BAD_DETAILS,
+                         ids=[f"{f}-{i}" for i, (_, f, _) in enumerate(BAD_DETAILS)])
+def test_a_bad_network_detail_names_its_field(details, field, why):
+    net = {"port-group": "pg", "cidr": "10.0.0.0/29", **details}
+    err = rejected(config(pool(networks=[net])), "pool1", field)
+    assert why in str(err), str(err)
+
+
+def test_a_detail_checked_against_another_pools_listing_names_its_own_listing():
+    """The cidr comes from pool a, the addresses from pool b: the address outside the cidr
+    is b's field."""
+    err = rejected(config(pool("a", networks=[{"port-group": "pg", "cidr": "10.0.0.0/29"}]),
+                          pool("b", networks=[{"port-group": "x"}, {
+                              "port-group": "pg", "ip-addresses": ["10.0.0.0", "10.0.9.1"]}])),
+                   "b", "networks[1].ip-addresses[1]")
+    assert "10.0.9.1 is not in 10.0.0.0/29" in str(err)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(24, 30), st.lists(st.integers(0, 511), min_size=1, max_size=12, unique=True))
+def test_an_address_outside_its_cidr_is_named_by_index(prefix, offsets):
+    """Oracle: the cidr 10.0.0.0/prefix holds offsets below 2^(32-prefix)."""
+    size = 2 ** (32 - prefix)
+    addresses = [f"10.0.{o // 256}.{o % 256}" for o in offsets]
+    cfg = config(pool(networks=[{"port-group": "pg", "cidr": f"10.0.0.0/{prefix}",
+                                 "ip-addresses": addresses}]))
+    outside = [i for i, o in enumerate(offsets) if o >= size]
+    if outside:
+        err = rejected(cfg, "pool1", f"networks[0].ip-addresses[{outside[0]}]")
+        assert addresses[outside[0]] in str(err)
+    else:
+        (p,) = parse_pools(cfg)
+        assert list(p.networks[0].addresses()) == addresses
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-tenant slices
+
+
+def _mt(**kw) -> dict:
+    return {"port-group": "mt", "vlan": 9, "cidr": "10.0.0.0/27", "gateway": "10.0.0.1",
+            "type": "multi-tenant", **kw}
+
+
+def test_a_multi_tenant_network_in_slices():
+    (p,) = parse_pools(config(pool(networks=[_mt(slices=4)])))
+    net = p.networks[0]
+    assert net.to_dict()["slices"] == 4 and p.spec()["networks"][0]["slices"] == 4
+    pieces = [n for n, _ in p.keyed_networks("multi-tenant")]
+    assert [n.slice for n in pieces] == ["10.0.0.2-10.0.0.9", "10.0.0.10-10.0.0.16",
+                                         "10.0.0.17-10.0.0.23", "10.0.0.24-10.0.0.30"]
+    assert [p.net_key(n) for n in pieces][0] == "vc1.example.com|mt||10.0.0.2-10.0.0.9"
+    first = pieces[0].to_dict()
+    assert first["slice"] == "10.0.0.2-10.0.0.9" and "slices" not in first
+    assert first["ip-addresses"][:4] == ["10.0.0.0", "10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert p.networks_of("multi-tenant") == tuple(pieces)
+
+
+@pytest.mark.parametrize(("net", "why"), [
+    (_mt(slices=4, type="single-tenant"), "only a network of type"),
+    (_mt(slices=2, cidr="10.0.0.0/30"), "fewer than 2"),
+    (_mt(slices=1), "from 2 to 256"), (_mt(slices=True), "from 2 to 256"),
+    (_mt(slices="4"), "from 2 to 256"), (_mt(slices=300), "from 2 to 256"),
+    ({"port-group": "mt", "type": "multi-tenant", "slices": 2}, "no addresses"),
+    (_mt(slices=2, cidr="10.0.0.0/16"), "no addresses"),  # too big to derive: list them
+])
+def test_a_bad_split_names_the_slices_field(net, why):
+    err = rejected(config(pool(networks=[net])), "pool1", "networks[0].slices")
+    assert why in str(err), str(err)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(24, 29), st.integers(2, 16), st.booleans())
+def test_slices_are_disjoint_runs_that_cover_the_addresses(prefix, n, listed):
+    """Oracle: the addresses after [0] and [1] (the gateway left out), cut into n runs in
+    order whose sizes differ by at most one; slices of one split never clash, and every
+    slice clashes with the whole network."""
+    import ipaddress
+
+    from workers.core.lease import keys_clash
+
+    cidr = ipaddress.ip_network(f"10.1.0.0/{prefix}")
+    allof = [str(a) for a in cidr][:-1]  # no broadcast
+    net = _mt(cidr=str(cidr), gateway="10.1.0.1", slices=n)
+    if listed:  # an explicit list, out of order: the runs are still ascending
+        net["ip-addresses"] = allof[:2] + sorted(allof[2:], reverse=True)
+    own = allof[2:]
+    if len(own) < 2 * n:
+        rejected(config(pool(networks=[net])), "pool1", "networks[0].slices")
+        return
+    (p,) = parse_pools(config(pool(networks=[net])))
+    pieces = [x for x, _ in p.keyed_networks("multi-tenant")]
+    runs = [x.addresses()[2:] for x in pieces]
+    assert [a for run in runs for a in run] == own
+    assert max(map(len, runs)) - min(map(len, runs)) <= 1
+    assert all(x.addresses()[:2] == tuple(allof[:2]) for x in pieces)
+    keys = [p.net_key(x) for x in pieces]
+    whole = "vc1.example.com|mt"
+    assert all(keys_clash(whole, k) for k in keys)
+    assert not any(keys_clash(a, b) for a, b in itertools.combinations(keys, 2))

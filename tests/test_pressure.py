@@ -298,3 +298,60 @@ def test_a_placement_worker_started_while_redis_is_full_waits_then_serves(stack)
     assert queued["release"].get(timeout=ANSWER) == leases
     s.invariants()
     s.assert_all_alive()
+
+
+def test_an_evicting_policy_set_at_runtime_shows_in_readyz_and_metrics(stack):
+    """An operator switches Redis to an evicting maxmemory-policy at runtime (CONFIG SET):
+    ledger records may then be evicted under pressure. /readyz says degraded, naming the
+    policy, and /metrics has a gauge an alert can watch, before anything is evicted."""
+    s = stack
+    assert s.readyz()["status"] == "ready"
+    s.client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        ready = s.readyz()
+        assert ready["status"] == "degraded", ready
+        memory = ready["redis-memory"]
+        assert memory["state"] == "ok" and memory["maxmemory-policy"] == "allkeys-lru", memory
+        assert memory["policy-evicts"] is True, memory
+        assert any("allkeys-lru may evict" in w for w in memory["warnings"]), memory
+        assert s.metrics()["vcm_redis_memory_policy_evicts"] == 1
+    finally:
+        s.client.config_set("maxmemory-policy", s.redis.policy)
+    assert s.readyz()["status"] == "ready"
+    assert s.metrics()["vcm_redis_memory_policy_evicts"] == 0
+
+
+def test_a_redis_that_refuses_info_still_gives_the_ledger_metrics(stack):
+    """A Redis user without INFO (an ACL without @dangerous, INFO renamed away): the memory
+    numbers are unknown, but /metrics still has everything else, and /readyz answers."""
+    s = stack
+    leases = s.metrics()["vcm_active_leases"]
+    s.client.acl_setuser("default", enabled=True, commands=["-info"])
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            s.client.info("memory")
+        metrics = s.metrics()
+        assert metrics["vcm_redis_up"] == 1, metrics
+        assert metrics["vcm_active_leases"] == leases, metrics
+        assert "vcm_redis_memory_used_ratio" not in metrics, metrics
+        ready = s.readyz()
+        assert ready["ready"] is True and ready["redis-memory"] == {"state": "unknown"}, ready
+    finally:
+        s.client.acl_setuser("default", enabled=True, commands=["+info"])
+    assert "vcm_redis_memory_used_ratio" in s.metrics()
+
+
+def test_a_request_that_quotes_redis_refusal_is_refused_for_its_field_not_as_redis_full(stack):
+    """Hostile input: a field whose text is Redis's own refusal for memory is an invalid
+    request naming the field, never RedisFull (a full Redis is told by Redis, not by the
+    words of a request)."""
+    s = stack
+    quoted = "command not allowed when used memory > 'maxmemory'"
+    p = s.vcm("acquire", "--vcpus", "1", "--memory", "1", "--networks", "0", "--owner", OWNER,
+              "--required-pool", quoted)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "InvalidRequest" in p.stderr and "required-pool" in p.stderr, p.stderr
+    resp = s.http.post("/acquire", json={**small("quoted"), "required-pool": quoted})
+    assert resp.status_code in (400, 422), resp.text
+    assert resp.json()["error"] == "InvalidRequest", resp.text
+    assert resp.json()["details"]["field"] == "required-pool", resp.text

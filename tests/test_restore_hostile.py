@@ -14,7 +14,7 @@ import pytest
 from tests import test_restore
 from tests.helpers import call, check_invariants, failure
 from tests.support.audit import audit
-from tests.support.procs import ROOT, Stack
+from tests.support.procs import ROOT, Stack, WorkerExited
 from tests.test_restore import ASIDE_POOLS, _fill, _port_groups, _record, _stack_on
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
@@ -251,45 +251,39 @@ GOOD = {"format": 1, "seq": 5, "leases": []}
         "leases-map", "aside-int", "aside-text", "nested-too-deep"])
 def test_a_mirror_whose_shape_cannot_be_read_is_refused_until_fixed(
         tmp_path, field, snapshot, journal):
-    """The file mirror's seq, leases or set-aside section is not what a ledger writes: the
-    rebuild is refused (nothing written) and every change answers an error naming the field;
-    once the file is fixed, the next request rebuilds the ledger and is served. Before, a
-    seq past Redis's counters let grants commit and then fail (leases kept, nobody told), a
-    negative one kept every write refused for good, and the others failed with a TypeError
-    or ValueError."""
+    """The file mirror's seq, leases or set-aside section is not what a ledger writes, and
+    Redis holds no ledger: the placement worker stops at start with an error naming the field
+    (nothing is rebuilt from it); once the file is fixed, the worker starts, rebuilds the
+    ledger and serves. Otherwise a seq past Redis's counters would let grants commit and then
+    fail (leases kept, nobody told), and a negative one keep every write refused for good."""
     (tmp_path / "ledger.json").write_text(
         snapshot if isinstance(snapshot, str) else json.dumps(snapshot))
     if journal is not None:
         (tmp_path / "ledger.json.journal").write_text(json.dumps(journal) + "\n")
+    with pytest.raises(WorkerExited) as exited:
+        Stack(tmp_path, ASIDE_POOLS)
+    assert "cannot start: MirrorError" in str(exited.value), exited.value
+    assert field in str(exited.value).split("cannot start: MirrorError", 1)[1], exited.value
+    (tmp_path / "ledger.json").write_text(json.dumps(
+        {"format": 1, "seq": 5, "leases": [_record("good-1", 2, "pg-1")]}))
+    (tmp_path / "ledger.json.journal").unlink(missing_ok=True)
     s = Stack(tmp_path, ASIDE_POOLS)
     try:
-        exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})
-        assert type(exc).__name__ == "MirrorError", exc
-        assert field in str(exc), exc
-        client = s.redis.client()
-        assert client.hlen("vcm:leases") == 0 and not client.exists("vcm:ready")
-        (tmp_path / "ledger.json").write_text(json.dumps(
-            {"format": 1, "seq": 5, "leases": [_record("good-1", 2, "pg-1")]}))
-        (tmp_path / "ledger.json.journal").unlink(missing_ok=True)
         granted = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})
         assert _port_groups(granted) == ["pg-2"]
-        check_invariants(Ledger(client), _pools(s))
+        check_invariants(Ledger(s.redis.client()), _pools(s))
     finally:
         s.stop()
 
 
 def test_a_configmap_mirror_with_a_seq_past_the_counters_is_refused(tmp_path):
     """The same refusal for the ConfigMap mirror: its seq is past what Redis's counter can
-    go on from, so nothing is rebuilt and every change answers an error naming seq."""
+    go on from, so nothing is rebuilt and the placement worker stops at start naming seq."""
     from tests.support.kube_apiserver import KubeApiServer
 
     with KubeApiServer() as kube:
-        s = _stack_on(tmp_path, kube, {**GOOD, "seq": 2**63 - 1,
+        with pytest.raises(WorkerExited) as exited:
+            _stack_on(tmp_path, kube, {**GOOD, "seq": 2**63 - 1,
                                        "leases": [_record("good-1", 2, "pg-1")]})
-        try:
-            exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})
-            assert type(exc).__name__ == "MirrorError" and "seq" in str(exc), exc
-            client = s.redis.client()
-            assert client.hlen("vcm:leases") == 0 and not client.exists("vcm:ready")
-        finally:
-            s.stop()
+        assert "cannot start: MirrorError" in str(exited.value), exited.value
+        assert "seq" in str(exited.value).split("cannot start: MirrorError", 1)[1]

@@ -1,8 +1,10 @@
-"""The application service (workers.service.capacity.Capacity) against a real redis-server, without
-Celery: how often a decision reads the whole ledger."""
+"""The application service (workers.service.capacity.Capacity) against a real redis-server,
+without Celery: how often a decision reads the whole ledger, and the live health."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -97,3 +99,29 @@ def test_a_request_id_granted_meanwhile_returns_its_leases_on_a_full_fleet(capac
     first = capacity.acquire({**ALL, "request-id": "job-1"}, "t-1")
     again = capacity.acquire({**ALL, "request-id": "job-1"}, "t-2")  # full now: still its own
     assert [x["metadata"]["name"] for x in again] == [x["metadata"]["name"] for x in first]
+
+
+# the live health, read from the ledger at most every VCM_HEALTH_REFRESH -------------------------
+DEGRADED = {"p1": {"state": "degraded", "reason": "no usable host: h1 in maintenance mode"}}
+
+
+def service_refreshing_health_every(capacity: Capacity, refresh: str) -> Capacity:
+    return Capacity(capacity.ledger, capacity.pools,
+                    Settings.from_env({**os.environ, "VCM_HEALTH_REFRESH": refresh}))
+
+
+def test_with_health_refresh_0_a_degraded_pool_is_refused_at_the_next_decision(capacity):
+    svc = service_refreshing_health_every(capacity, "0")
+    svc.acquire(ONE, "t-1")  # reads the health: none yet
+    svc.ledger.store_health("vc1", DEGRADED, time.time())
+    with pytest.raises(NoCapacity) as refused:
+        svc.acquire(ONE, "t-2")
+    assert refused.value.reasons["p1"] == "degraded: no usable host: h1 in maintenance mode"
+
+
+def test_the_health_is_not_read_again_before_health_refresh_runs_out(capacity):
+    svc = service_refreshing_health_every(capacity, "1h")
+    svc.acquire(ONE, "t-1")  # reads the health: none yet
+    svc.ledger.store_health("vc1", DEGRADED, time.time())
+    granted = svc.acquire(ONE, "t-2")  # decided on the health read an hour ago at most
+    assert granted[0]["status"]["pool"] == "p1"

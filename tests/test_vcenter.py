@@ -23,6 +23,7 @@ from workers.adapters.vcenter.access import Access, AccessPlan, Trust, address, 
 from workers.adapters.vcenter.client import GIB, Finding, VCenterInventory, check_pools, connector
 from workers.core.errors import InvalidRequest
 from workers.core.models import Network, Pool
+from workers.core.text import shown
 from workers.settings import Settings
 
 pytestmark = pytest.mark.timeout(600)  # the first test waits for a cold build (~1-2 min)
@@ -475,8 +476,9 @@ def test_a_malformed_known_hosts_file_refuses_every_vcenter(tmp_path, known_host
     access = plan(["vc1", "vc2"], settings(vcenter_credentials="vc1=u:p,vc2=u:p",
                                            vcenter_known_hosts=str(path)))
     assert access.access == {}
+    # the path as every message shows a value (a long one cut)
     assert access.refused["vc2"].startswith(
-        f"not contacted: VCM_VCENTER_KNOWN_HOSTS: {str(path)!r} {problem}"), access.refused
+        f"not contacted: VCM_VCENTER_KNOWN_HOSTS: {shown(str(path))} {problem}"), access.refused
 
 
 def test_unusable_ca_files_refuse_the_vcenters_that_use_them(tmp_path):
@@ -497,8 +499,8 @@ def test_unusable_ca_files_refuse_the_vcenters_that_use_them(tmp_path):
                          f"f={corrupt}"))
     assert set(access.access) == {"e"}
     assert access.refused["a"] == (f"not contacted: VCM_VCENTER_CA_CERTS: cannot read "
-                                   f"{str(missing)!r}: No such file or directory")
-    assert access.refused["b"] == (f"not contacted: VCM_VCENTER_CA_CERTS: {str(garbage)!r} "
+                                   f"{shown(str(missing))}: No such file or directory")
+    assert access.refused["b"] == (f"not contacted: VCM_VCENTER_CA_CERTS: {shown(str(garbage))} "
                                    "holds no usable PEM certificate")
     assert access.refused["c"].endswith("is larger than 4 MiB")
     assert access.refused["d"].endswith("is not UTF-8 text")

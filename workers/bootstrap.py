@@ -69,15 +69,13 @@ class Runtime:
 
 def build(app: Celery, role: str, settings: Settings | None = None) -> Runtime:
     settings = settings or Settings.from_env()
-    # A task id's answer is kept for copies of the task as long as its result is kept (or a
-    # visibility timeout, if that is longer): a copy exists only while its task shows no
-    # answer (`vcm` and the README's loop send again while it is PENDING; the broker gives a
-    # message again when its worker did not ack it, a visibility timeout later). The answer
-    # stays readable for VCM_RESULT_TTL, so a copy that reaches a worker later than that
-    # waited in the queue longer than anyone polls for its result.
+    # A task id's answer is kept for copies of the task as long as its result is kept, plus a
+    # visibility timeout: a copy exists only while its task shows no answer (`vcm` and the
+    # README's loop send again while it is PENDING), or when a worker answered and died before
+    # its ack: the broker gives that message again once it is a visibility timeout old (plus
+    # its restore interval and the queue), when a result kept only that long is gone already.
     ledger = Ledger.from_url(settings.redis_url, keep=int(settings.keep_released),
-                             answer_ttl=int(max(settings.result_ttl,
-                                                settings.visibility_timeout)))
+                             answer_ttl=int(settings.result_ttl + settings.visibility_timeout))
     writer = role == PLACEMENT
     mirror: Any = None
     if settings.mirror_enabled and writer:

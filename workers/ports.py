@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .core.lease import Install
 from .core.models import Pool
 
 if TYPE_CHECKING:  # the results the ledger adapter decodes its scripts' replies into
@@ -19,6 +21,7 @@ if TYPE_CHECKING:  # the results the ledger adapter decodes its scripts' replies
         Unparked,
         UsageRead,
     )
+    from .adapters.redis_memory import MemoryUse
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,14 @@ class Ledger(Protocol):
     def granted_at(self, request_ids: list[str]) -> tuple[int, list[list[str] | None]]: ...
     def active_at(self, ids: list[str]) -> tuple[int, list[str]]: ...
     def expired(self, now: float, limit: int = 1000) -> list[str]: ...
+    def nets_held(self, keys: list[str]) -> set[str]: ...
+    def holdings(self) -> list[tuple[Install, list[str], list[tuple[str, int]]]]: ...
 
     def commit(self, expected_version: int, groups: dict[str, list[dict[str, Any]]],
                caps: dict[str, tuple[int, int, int]], granted: list[str] | None = None,
                latency: float | None = None, lone: bool = False, tasks: list[str] | None = None,
-               answer: dict[str, Any] | None = None, guard: Guard = ...) -> Commit: ...
+               answer: dict[str, Any] | None = None, held: Iterable[str] = (),
+               guard: Guard = ...) -> Commit: ...
 
     def release(self, ids: list[str], owner: str = "", by_owner: str = "",
                 reason: str = "released", now: str = "", expired_by: float | None = None,
@@ -93,6 +99,7 @@ class Ledger(Protocol):
 
     # status: counters, usage history, live health, the namespace pruning ------------------
     def count(self, field: str, n: int = 1) -> None: ...
+    def memory_use(self) -> MemoryUse | None: ...
     def append_usage(self, snapshot: dict[str, Any], retention: float) -> str: ...
     def usage_history(self, since: float = 0.0, limit: int = 10000) -> list[dict[str, Any]]: ...
     def usage_history_from(self, since: float, limit: int) -> list[dict[str, Any]]: ...

@@ -182,7 +182,8 @@ class Settings(EnvSettings):
     """Every `VCM_*` setting but the shim's own (`api_shim.settings`)."""
 
     strategy: Annotated[str, BeforeValidator(_strategy)] = "least-utilized"
-    redis_url: Annotated[str, BeforeValidator(_redis_url)] = "redis://127.0.0.1:6379/0"
+    redis_url: Annotated[str, BeforeValidator(_redis_url)] = Field(
+        default="redis://127.0.0.1:6379/0", repr=False)  # may hold the password
     pools_file: str = str(DEFAULT_POOLS)
     # the ledger mirror: a ConfigMap "namespace/name" (checked when the mirror is built), else
     # the file ("off": none)
@@ -216,11 +217,15 @@ class Settings(EnvSettings):
     namespace_prune_interval: Annotated[float | None, duration(minimum=1, off=("0", *OFF))] = \
         Field(default="5m")
     namespace_timeout: Annotated[float, duration(maximum=600, floor=0.1)] = Field(default="10s")
+    # only leases taken this long before a run's list call are compared with the list
+    namespace_grace: Annotated[float, duration(maximum=600)] = Field(default="2s")
 
     # live vCenter health (workers/adapters/vcenter/inventory.py); an interval of 0 or off: no sync
     inventory_interval: Annotated[float, duration(maximum=86400, off=OFF, off_value=0.0)] = \
         Field(default="5m")
     inventory_timeout: Annotated[float, duration(maximum=3600, floor=1)] = Field(default="30s")
+    # how often a worker reads the live health from the ledger (placement and estimates)
+    health_refresh: Annotated[float, duration(maximum=3600)] = Field(default="5s")
 
     # vCenter access (workers/adapters/vcenter/access.py). Credentials: per vCenter
     # (`vc1=user:pass,…`), and one shared credential sent only to the vCenters
@@ -239,6 +244,23 @@ class Settings(EnvSettings):
     @property
     def mirror_enabled(self) -> bool:
         return bool(self.configmap) or self.mirror_file.lower() not in ("off", "none", "")
+
+
+def shown_url(url: str) -> str:
+    """A Redis URL as it may be printed or logged: its password (in the user part, which may
+    hold unescaped ``@ / ? #``, or a `password` query parameter) replaced by ``**``, as Celery
+    shows its broker."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    user, at, host = rest.rpartition("@")  # a host name never holds "@"
+    if at and ":" in user:
+        user = user.partition(":")[0] + ":**"
+    where, mark, query = host.partition("?")
+    if mark:
+        query = "&".join(f"{p.partition('=')[0]}=**" if p.partition("=")[0].lower() == "password"
+                         else p for p in query.split("&"))
+    return f"{scheme}://{user}{at}{where}{mark}{query}"
 
 
 def from_mapping(model: type[BaseSettings], environ: Mapping[str, str]) -> dict[str, str]:

@@ -125,7 +125,8 @@ def _pool_card(pool: dict[str, Any]) -> PoolCard:
         _bar("memory", st.get("memory-used"), spec.get("memory"), st.get("memory-usage"), " GB"),
         _bar("storage", st.get("storage-used"), spec.get("storage"), st.get("datastore-usage"),
              " GB"),
-        _bar("networks", st.get("networks-used"), len(networks), st.get("network-usage")),
+        _bar("networks", st.get("networks-used"), st.get("networks-total", len(networks)),
+             st.get("network-usage")),
     ]
     return card
 

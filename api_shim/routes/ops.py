@@ -38,10 +38,12 @@ async def readyz(bridge: BridgeDep) -> Response:
                else "no placement worker answers")
         raise ApiError(503, "Unavailable", why, report, headers={"Retry-After": "2"})
     # placement goes on while the mirror (or its publisher) fails, answers wait: still ready,
-    # but degraded; so too while Redis is near or at its maxmemory (see Bridge.ready)
+    # but degraded; so too while Redis is near or at its maxmemory (see Bridge.ready), or
+    # runs with a maxmemory-policy that may evict ledger records
     mirror = report.get("mirror")
     failing = isinstance(mirror, dict) and mirror.get("state") in ("failing", "too-large")
-    pressed = report["redis-memory"].get("state") in ("high", "full")
+    memory = report["redis-memory"]
+    pressed = memory.get("state") in ("high", "full") or memory.get("policy-evicts") is True
     return JSON({"status": "degraded" if failing or pressed else "ready", **report})
 
 

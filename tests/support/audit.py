@@ -20,9 +20,11 @@ class Audit(TypedDict):
 
     leases: dict[str, Any]  # lease id -> lease
     counters: dict[str, tuple[int, ...]]  # pool -> (vcpus, memory, storage, leases)
-    nets: dict[str, str]  # "<vcenter>|<port-group>" -> lease (or set-aside record) id
+    nets: dict[str, str]  # network ledger key (core/lease.py port_group_key) -> lease ids
+    # of its holders, space-separated (the leases of one install may share a network), or the
+    # set-aside record holding it
     aside: dict[str, dict[str, Any]]  # set-aside id -> its entry (records.stored_aside)
-    pins: dict[str, str]  # "<vcenter>|<port-group>" -> the set-aside record claiming it
+    pins: dict[str, str]  # network ledger key -> the set-aside record claiming it
     blocked: set[str]  # set-aside ids whose holdings cannot be read
 
 

@@ -50,6 +50,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# the longest a process may take to start: a hang guard, long enough for a Celery worker or the
+# HTTP shim (about a second of CPU each) on a shared 2-core machine running `make test`'s four
+# pytest-xdist workers beside other work
+START_TIMEOUT = 60.0
+
+
 def wait_for(check, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -173,6 +179,12 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# waits a test stack shortens (`extra` of env_for overrides them): the live health is read
+# every 0.2 s instead of 5 s; a namespace run compares leases taken 1 s before its list call
+# instead of 2 s (still longer than the test's acquire-then-prune takes)
+TEST_TIMINGS = {"VCM_HEALTH_REFRESH": "0.2", "VCM_NAMESPACE_GRACE": "1"}
+
+
 def env_for(redis_url: str, pools_file: str | os.PathLike | None = None, **extra: str) -> dict:
     env = dict(os.environ)
     env.update(VCM_REDIS_URL=redis_url, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
@@ -180,7 +192,7 @@ def env_for(redis_url: str, pools_file: str | os.PathLike | None = None, **extra
                # the tests that want them give their own (the test apiserver, the simulator)
                KUBECONFIG=str(ROOT / ".no-kubeconfig"), KUBERNETES_SERVICE_HOST="",
                VCM_INVENTORY_INTERVAL="off", VCM_VCENTER_USERNAME="",
-               VCM_VCENTER_PASSWORD="", VCM_VCENTER_CREDENTIALS="")
+               VCM_VCENTER_PASSWORD="", VCM_VCENTER_CREDENTIALS="", **TEST_TIMINGS)
     if pools_file:
         env["VCM_POOLS_FILE"] = str(pools_file)
     env.update({k: str(v) for k, v in extra.items()})
@@ -221,6 +233,11 @@ class LoggedProcess:
                 return fh.read().decode(errors="replace")
         except OSError:
             return ""
+
+    def kill(self) -> None:
+        """SIGKILL, for a process thrown away whose shutdown no test looks at (a warm
+        shutdown of an idle worker takes a second or more)."""
+        self.stop(signal.SIGKILL)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
@@ -279,10 +296,14 @@ class Worker(LoggedProcess):
     def start(self, wait: bool = True) -> Worker:
         self.spawn(self.command(), self.env)
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:  # a worker that never got ready is not left running
+                self.kill()
+                raise
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Until this run logs `<name> ready.` (the main process, once its pool is up, for
         every pool); a restart's log still holds the previous run's line, which is skipped."""
         marker = f"{self.name} ready."
@@ -328,7 +349,12 @@ class Beat(Worker):
                 "--schedule", schedule]
         self.spawn(args, self.env)
         if wait:
-            wait_for(lambda: "beat: Starting" in self.output(), what="beat")
+            try:
+                wait_for(lambda: "beat: Starting" in self.output(), timeout=START_TIMEOUT,
+                         what="beat")
+            except BaseException:
+                self.kill()
+                raise
         return self
 
 
@@ -351,11 +377,18 @@ class Stack:
                    concurrency=4)]
         if beat:
             self.procs.append(Beat({**self.env, **own.get("beat", {})}))
-        for p in self.procs:
-            p.start(wait=False)
-        for p in self.procs:
-            p.wait_ready() if not isinstance(p, Beat) else wait_for(
-                lambda p=p: "beat: Starting" in p.output(), what="beat")
+        try:
+            for p in self.procs:
+                p.start(wait=False)
+            for p in self.procs:
+                p.wait_ready() if not isinstance(p, Beat) else wait_for(
+                    lambda p=p: "beat: Starting" in p.output(), timeout=START_TIMEOUT,
+                    what="beat")
+        except BaseException:  # a stack that did not start leaves nothing running
+            for p in self.procs:
+                p.kill()
+            self.redis.stop()
+            raise
         from celery import Celery
 
         self.app = Celery("client", broker=self.redis.url, backend=self.redis.url)
@@ -363,7 +396,9 @@ class Stack:
         self.app.conf.broker_url = self.app.conf.result_backend = self.redis.url
 
     def stop(self) -> None:
+        """The stack is thrown away: its processes are SIGKILLed (a test that looks at a
+        shutdown stops that process itself first)."""
         for p in self.procs:
-            p.stop()
+            p.kill()
         self.app.close()
         self.redis.stop()

@@ -42,6 +42,7 @@ class Section9:
 
     def _worker(self, queue: str, extra: list[str]) -> LoggedProcess:
         proc = LoggedProcess()
+        proc.group = True  # kill() ends whatever the worker started too
         proc.log = str(self.tmp / f"{queue}-{uuid.uuid4().hex[:6]}.log")
         proc.spawn([sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queue,
                     *extra, "-n", f"{queue}-{uuid.uuid4().hex[:6]}@test", "-l", "info"],
@@ -64,8 +65,9 @@ class Section9:
         return check_invariants(self.ledger, {p.name: p for p in load_pools(str(self.pools))})
 
     def stop(self) -> None:
-        self.placement.stop()
-        self.queries.stop()
+        """Thrown away: SIGKILL (restart_placement is the graceful stop)."""
+        self.placement.kill()
+        self.queries.kill()
         self.app.close()
         self.redis.stop()
 

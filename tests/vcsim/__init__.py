@@ -1,9 +1,11 @@
 """govmomi's vCenter simulator (tests/vcsim/main.go), built once and run on a free port.
 
 The binary is built offline against Debian's golang-go and golang-github-vmware-govmomi-dev
-(installed with apt-get when missing and we may) and cached in .vcm/cache/vcsim, keyed by the
-source, the Go version and the govmomi package version. It serves a certificate issued by the
-test process's CA (tests/support/tls.py): `ca_file` is the bundle that trusts it.
+(installed with apt-get when missing and we may) and cached outside the clone, in
+$XDG_CACHE_HOME/vsphere-capacity-manager/vcsim (~/.cache/...; VCM_VCSIM_CACHE sets another
+directory), keyed by the source, the Go version and the govmomi package version: a fresh clone
+reuses the build. It serves a certificate issued by the test process's CA
+(tests/support/tls.py): `ca_file` is the bundle that trusts it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,11 +29,13 @@ from typing import Any
 from tests.support.tls import Issued, process_ca
 
 SOURCE = Path(__file__).with_name("main.go")
-ROOT = SOURCE.parents[2]
 GOPATH = Path("/usr/share/gocode")
 GOVMOMI = GOPATH / "src/github.com/vmware/govmomi/simulator"
 APT_PACKAGES = ("golang-go", "golang-github-vmware-govmomi-dev")
-CACHE = Path(os.environ.get("VCM_VCSIM_CACHE", ROOT / ".vcm" / "cache" / "vcsim"))
+UNUSED = 7 * 86400  # seconds after which a cached build of another source is deleted
+CACHE = Path(os.environ.get("VCM_VCSIM_CACHE")
+             or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+             / "vsphere-capacity-manager" / "vcsim")
 
 
 class Unavailable(Exception):
@@ -78,6 +83,7 @@ def build() -> Path:
     with open(CACHE / "build.lock", "w") as lock:  # concurrent test runs build once
         fcntl.flock(lock, fcntl.LOCK_EX)
         if binary.exists():
+            binary.touch()  # in use: kept by the pruning below
             return binary
         env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GOPATH), "GOFLAGS": "",
                "GOCACHE": str(CACHE / "go-build")}
@@ -89,9 +95,10 @@ def build() -> Path:
         if done.returncode != 0:
             raise RuntimeError(f"go build of {SOURCE} failed:\n{done.stderr}")
         tmp.rename(binary)
-        for old in CACHE.glob("vcsim-*"):  # builds of older sources
-            if old != binary:
-                old.unlink()
+        # other clones share the cache: builds of other sources go once unused for a week
+        for old in CACHE.glob("vcsim-*"):
+            if old != binary and time.time() - old.stat().st_mtime > UNUSED:
+                old.unlink(missing_ok=True)
     return binary
 
 

@@ -16,7 +16,9 @@ seq                    bumped by every change at all (the mirror follows it)
 ready                  set once the ledger is rebuilt (or known empty); writes refuse without
 use:<pool>             hash vcpus, memory, storage, leases, vcenter: per-pool usage
 pools                  set of pool names that have ever had usage
-nets                   hash "<vcenter>|<port-group>" -> lease id: port groups in use
+nets                   hash network key -> its holders' lease ids, space-separated (the
+                       leases of one install may share a network): networks in use; the
+                       key is "<vcenter>|<port-group>[|<pod>[|<slice>]]" (core/lease.py)
 leases                 hash lease id -> lease JSON (active leases)
 owner:<owner>          set of an owner's active lease ids
 expiry                 zset lease id -> expires-at (epoch seconds)
@@ -83,6 +85,10 @@ class Keys:
     @property
     def leases(self) -> str:
         return self.prefix + "leases"
+
+    @property
+    def nets(self) -> str:
+        return self.prefix + "nets"
 
     @property
     def expiry(self) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from .. import backoff
-from ..core.errors import RedisFull
+from ..core.errors import RedisFull, VcmError
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,14 @@ OOM_TEXT = "command not allowed when used memory > 'maxmemory'"
 
 def refused_for_memory(exc: BaseException | None) -> bool:
     """Whether `exc` (or an exception it was raised from) is Redis refusing a write because
-    it is full."""
+    it is full. Our own errors are never read for Redis's words: their messages quote what a
+    request said."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, redis.exceptions.OutOfMemoryError | RedisFull) or OOM_TEXT in str(exc):
+        if isinstance(exc, VcmError):
+            return isinstance(exc, RedisFull)
+        if isinstance(exc, redis.exceptions.OutOfMemoryError) or OOM_TEXT in str(exc):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -69,6 +72,12 @@ class MemoryUse:
         """Redis refuses writes (used_memory above maxmemory, nothing to evict)."""
         return bool(self.limit) and self.used > self.limit
 
+    @property
+    def evicts(self) -> bool:
+        """Redis may evict keys, ledger records among them, once it reaches maxmemory: it has
+        one and a maxmemory-policy other than noeviction (set at runtime, say)."""
+        return bool(self.limit) and self.policy != "noeviction"
+
     def state(self, warn: float) -> str:
         """``ok``, ``high`` (at or above `warn` of maxmemory) or ``full``."""
         ratio = self.ratio
@@ -82,7 +91,7 @@ class MemoryUse:
         out: dict[str, Any] = {"state": self.state(warn), "used-bytes": self.used,
                                "maxmemory-bytes": self.limit, "maxmemory-policy": self.policy,
                                "used-ratio": round(ratio, 4) if ratio is not None else None,
-                               "warn-ratio": warn}
+                               "warn-ratio": warn, "policy-evicts": self.evicts}
         warnings = []
         if out["state"] == "full":
             warnings.append("Redis is full: it refuses writes (no acquire, release or renew "
@@ -90,7 +99,7 @@ class MemoryUse:
         elif out["state"] == "high":
             warnings.append(f"Redis uses {ratio:.0%} of its maxmemory; at 100% it refuses "
                             "writes")
-        if self.limit and self.policy != "noeviction":
+        if self.evicts:
             warnings.append(f"maxmemory-policy {self.policy} may evict ledger records and "
                             "stored answers under pressure; run Redis with noeviction")
         if warnings:

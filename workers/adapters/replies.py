@@ -82,6 +82,8 @@ class OutboxReplies:
 
 
 def shutting_down() -> bool:
-    """Whether this worker was asked to stop (a held answer then gives up)."""
-    return worker_state.should_stop not in (None, False) or \
-        worker_state.should_terminate not in (None, False)
+    """Whether this worker was asked to stop (a held answer then gives up). Celery sets the
+    flag to the exit code, 0 for a warm shutdown (SIGTERM): compared by identity, as Celery
+    does, since 0 == False."""
+    return any(flag is not None and flag is not False
+               for flag in (worker_state.should_stop, worker_state.should_terminate))

@@ -56,7 +56,9 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
     except Exception as exc:  # kombu raises several kinds when Redis is unreachable
         if refused_for_memory(exc):
             raise _full(app, f"{name} was not sent and nothing changed") from None
-        raise CliError(f"cannot reach Redis at {app.conf.broker_url}: {exc}") from None
+        from ..settings import shown_url
+
+        raise CliError(f"cannot reach Redis at {shown_url(app.conf.broker_url)}: {exc}") from None
     deadline = time.monotonic() + timeout
     hinted, last_line = False, ""
     full: RedisFull | None = None  # Redis refused to take the task again: it is full
@@ -71,11 +73,14 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
                 raise CliError(f"no answer within {timeout:g}s (task {result.id}); "
                                f"is a {queue} worker running?")
             state = result.state
-            if state == "PENDING" and now - last_sent > resend_after and _resendable(name,
-                                                                                   kwargs):
-                # Redis's transport pops a message, then records it as unacked: a worker killed
-                # in between loses it. The same task id again is the same request, answered once
-                # (a copy that finds it done answers the same).
+            # Redis's transport pops a message, then records it as unacked: a worker killed in
+            # between loses it. A waiter's answer, stored when it is granted or its wait runs
+            # out, is lost with a worker stopped before it could store it (Redis full, say);
+            # its task was acked when it joined the line. The same task id again is the same
+            # request, answered once (a copy that finds it done answers the same).
+            lost = state == "PENDING" or (state == "WAITING"
+                                          and _wait_ran_out(result.info, resend_after))
+            if lost and now - last_sent > resend_after and _resendable(name, kwargs):
                 last_sent = now
                 try:
                     app.send_task(name, kwargs=kwargs, queue=queue, task_id=result.id)
@@ -92,8 +97,11 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
                                  "(vcm sends the same task id again: it is answered once)")
                 else:
                     if not args.quiet:
-                        print(f"no worker took task {result.id} in {now - started:.0f}s: sent "
-                              "it again (same task id, so the same request)", file=sys.stderr)
+                        why = (f"no worker took task {result.id} in {now - started:.0f}s"
+                               if state == "PENDING" else
+                               f"task {result.id} still shows waiting after its wait ran out")
+                        print(f"{why}: sent it again (same task id, so the same request)",
+                              file=sys.stderr)
             if state == WAITING and isinstance(result.info, dict):
                 info = result.info
                 line = f"waiting in line: position {info.get('position')}"
@@ -120,6 +128,18 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
         if refused_for_memory(exc):
             raise _full(app, f"{name} (task {result.id}) could not be completed") from None
         raise CliError(f"{name_}: {exc}") from None
+
+
+def _wait_ran_out(info: Any, grace: float) -> bool:
+    """Whether a waiting task's deadline passed more than `grace` seconds ago: by then its
+    worker answers it (leases or WaitTimeout) unless that answer was lost."""
+    from ..core.lease import parse_rfc3339
+
+    deadline = info.get("deadline") if isinstance(info, dict) else None
+    try:
+        return isinstance(deadline, str) and parse_rfc3339(deadline) + grace < time.time()
+    except ValueError:
+        return False
 
 
 def _full(app: Celery, refused: str,

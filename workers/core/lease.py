@@ -9,9 +9,11 @@ changed. Pure Python, no I/O, no imports from the rest of the core (the others b
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 
@@ -23,14 +25,69 @@ def parse_rfc3339(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
 
 
-def port_group_key(vcenter: str, port_group: str) -> str:
-    """Ledger key of a port group: unique per vCenter (the Lua scripts build it the same way)."""
+def port_group_key(vcenter: str, port_group: str, pod: str = "", slice_: str = "") -> str:
+    """Ledger key of a network: "<vcenter>|<port group>[|<pod>[|<slice>]]", trailing empty
+    parts left out (a network of no pod and no slice keeps the key it always had). A port
+    group is one network of its vCenter and pod, whichever pools list it; a slice of a
+    multi-tenant network is keyed by its address range ("<first>-<last>"). No part holds
+    '|' (the pools file refuses it). The Lua prelude's net_key builds the same string."""
+    if slice_:
+        return f"{vcenter}|{port_group}|{pod}|{slice_}"
+    if pod:
+        return f"{vcenter}|{port_group}|{pod}"
     return f"{vcenter}|{port_group}"
 
 
+def network_key(vcenter: str, entry: Mapping[str, Any]) -> str:
+    """The ledger key of one entry of a lease's `networks` (its pod and slice, when they are
+    strings: anything else reads as unset, as in the Lua scripts)."""
+    pod, slice_ = entry.get("pod"), entry.get("slice")
+    return port_group_key(vcenter, entry["port-group"], pod if isinstance(pod, str) else "",
+                          slice_ if isinstance(slice_, str) else "")
+
+
+@lru_cache(maxsize=65536)
+def key_parts(key: str) -> tuple[str, str, str]:
+    """(family, pod, slice) of a ledger key; the family is "<vcenter>|<port group>"."""
+    parts = key.split("|", 3)
+    family = "|".join(parts[:2])
+    return family, parts[2] if len(parts) > 2 else "", parts[3] if len(parts) > 3 else ""
+
+
+@lru_cache(maxsize=65536)
+def _span(slice_: str) -> tuple[int, int, int] | None:
+    """(IP version, first, last) of a slice "<first>-<last>"; None if it is not one."""
+    first, sep, last = slice_.partition("-")
+    try:
+        a, b = ipaddress.ip_address(first), ipaddress.ip_address(last)
+    except ValueError:
+        return None
+    return (a.version, int(a), int(b)) if sep and a.version == b.version else None
+
+
+def keys_clash(a: str, b: str) -> bool:
+    """Whether two ledger keys may not be held at once: the same port group of one vCenter,
+    in the same pod (a key of no pod, written before pods were configured, clashes with every
+    pod's), and overlapping addresses (a whole network overlaps each of its slices; slices
+    overlap when their address ranges do, so a network split anew never hands out addresses
+    a slice of the old split still holds)."""
+    if a == b:
+        return True
+    fa, pa, sa = key_parts(a)
+    fb, pb, sb = key_parts(b)
+    if fa != fb or (pa and pb and pa != pb):
+        return False
+    if not sa or not sb:
+        return True
+    ra, rb = _span(sa), _span(sb)
+    if ra is None or rb is None:  # not a range: only the same slice clashes
+        return sa == sb
+    return ra[0] == rb[0] and ra[1] <= rb[2] and rb[1] <= ra[2]
+
+
 def port_group_keys(vcenter: str, networks: Iterable[Mapping[str, Any]] | None) -> list[str]:
-    """The ledger keys of the port groups in a lease's `networks`."""
-    return [port_group_key(vcenter, n["port-group"]) for n in networks or ()]
+    """The ledger keys of the networks in a lease's `networks`."""
+    return [network_key(vcenter, n) for n in networks or ()]
 
 
 def lease_port_groups(lease: Mapping[str, Any]) -> list[str]:
@@ -40,6 +97,32 @@ def lease_port_groups(lease: Mapping[str, Any]) -> list[str]:
     return port_group_keys(st["vcenter"], st.get("networks"))
 
 
+GROUP_LABEL = "boskos-lease-id"
+
+
+Install = tuple[str, str]  # (owner, boskos-lease-id): the leases of one install
+
+
+def install_group(labels: Mapping[str, Any] | None, boskos_lease_id: Any) -> str:
+    """The group a lease (or request) belongs to beyond itself: its `boskos-lease-id` label,
+    else its `boskos-lease-id` field; "" when it has neither (then it is an install alone,
+    with the other leases of its own request). The leases of one owner with one group are one
+    install (`Install`): they may share networks and prefer the VLANs they hold. The owner is
+    part of it, so that nobody joins another owner's install by naming its group."""
+    label = (labels or {}).get(GROUP_LABEL) if isinstance(labels, Mapping) else None
+    if isinstance(label, str) and label:
+        return label
+    return boskos_lease_id if isinstance(boskos_lease_id, str) else ""
+
+
+def entry_vlan(entry: Mapping[str, Any]) -> tuple[str, int] | None:
+    """The VLAN of one of a lease's networks, as (pod, vlan); None when it has no vlan."""
+    vlan, pod = entry.get("vlan"), entry.get("pod")
+    if isinstance(vlan, bool) or not isinstance(vlan, int):
+        return None
+    return (pod if isinstance(pod, str) else "", vlan)
+
+
 # The wire shape's sections, in the order a new lease writes them.
 SECTIONS = ("spec", "status", "metadata")
 NETWORK_SCHEMA: dict[str, Any] = {
@@ -47,6 +130,13 @@ NETWORK_SCHEMA: dict[str, Any] = {
     "properties": {
         "port-group": {"type": "string"}, "vlan": {"type": ["integer", "null"]},
         "cidr": {"type": "string"}, "gateway": {"type": "string"}, "type": {"type": "string"},
+        "pod": {"type": "string"}, "machine-network-cidr": {"type": "string"},
+        "ip-addresses": {"type": "array", "items": {"type": "string"}, "description":
+                         "when configured, or a slice's; else the cidr's addresses from the "
+                         "network address on ([2] and [3]: the VIPs)"},
+        "ipv6-cidr": {"type": "string"}, "ipv6-start": {"type": "string"},
+        "nameservers": {"type": "array", "items": {"type": "string"}},
+        "router": {"type": "string"}, "datacenter": {"type": "string"},
     },
 }
 _TEXT = {"type": "string"}
@@ -224,6 +314,22 @@ class Lease:
     def port_groups(self) -> list[str]:
         """The ledger keys of the port groups this lease holds."""
         return port_group_keys(self.vcenter, self.networks)
+
+    @property
+    def group(self) -> str:
+        """Its install's `boskos-lease-id` ("" none): lease.install_group."""
+        return install_group(self.labels, self.boskos_lease_id)
+
+    @property
+    def install(self) -> Install | None:
+        """(owner, group) when it has a group, else None."""
+        group = self.group
+        return (self.owner, group) if group else None
+
+    @property
+    def vlans(self) -> list[tuple[str, int]]:
+        """The VLANs of its networks, as (pod, vlan) (networks with no vlan left out)."""
+        return [v for v in map(entry_vlan, self.networks) if v is not None]
 
     @property
     def leased_epoch(self) -> float:

@@ -11,6 +11,8 @@ vCenters first, then, once V vCenters are used, the best-ranked other pools of t
 A pool with a PreferNoSchedule taint the request does not tolerate ranks after every pool
 without one; an untolerated NoSchedule taint keeps the request off the pool. A pool that its
 vCenter's live health calls degraded takes no new leases (budgets still drive the spreading).
+The chosen pools' networks are assigned by core.networks (one VLAN for the install where
+there is one; its rule is in that module's docstring).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from collections.abc import Callable, Mapping
 
 from .errors import NoCapacity
 from .fleet import Fleet, Placement, Usage
-from .models import Pool, Request
+from .models import Network, Pool, Request
+from .networks import Option, choose_networks
 from .reasons import deficit, eligibility, why_not
 from .taints import untolerated
 
@@ -123,20 +126,45 @@ def place(req: Request, fleet: Fleet, strategy: str = "least-utilized",
         reasons[req.required_pool] = "not in the pools configuration (removed or unknown)"
     fitting.sort(key=_rank_key(strategy, req, vcenter_loads(fleet), fleet))
     chosen = choose(fitting, req)
-    if len(chosen) < req.pool_count:
-        summary = "no pool fits"
-        vcs = len({p.vcenter for p in fitting})
-        if fitting and not req.pools:
-            summary = f"only {vcs} distinct vCenter(s) have a fitting pool, need {req.vcenters}"
-        elif fitting:
-            within = f" within {req.vcenters} vCenter(s)" if req.vcenters else ""
-            summary = (f"{len(fitting)} pool(s) fit, on {vcs} vCenter(s): not {req.pools} "
-                       f"distinct pools{within}")
-        raise NoCapacity.of(reasons, summary)
-    return [
-        Placement(pool, tuple(fleet.free_networks(pool, req.network_type, req.networks)))
-        for pool in chosen
-    ]
+    if len(chosen) == req.pool_count:
+        networks = assign(req, chosen, fleet)
+        if networks is not None:  # each chosen pool has room for its networks: always
+            return [Placement(pool, nets) for pool, nets in zip(chosen, networks, strict=True)]
+    summary = "no pool fits"
+    vcs = len({p.vcenter for p in fitting})
+    if fitting and not req.pools:
+        summary = f"only {vcs} distinct vCenter(s) have a fitting pool, need {req.vcenters}"
+    elif fitting:
+        within = f" within {req.vcenters} vCenter(s)" if req.vcenters else ""
+        summary = (f"{len(fitting)} pool(s) fit, on {vcs} vCenter(s): not {req.pools} "
+                   f"distinct pools{within}")
+    raise NoCapacity.of(reasons, summary)
+
+
+def assign(req: Request, chosen: list[Pool], fleet: Fleet) -> list[tuple[Network, ...]] | None:
+    """The networks each chosen pool's lease gets (core.networks): open to the request's
+    install, on distinct VLANs, one common VLAN for all of them where there is one, the VLANs
+    the install's live leases hold first. None if a pool has too few open VLANs."""
+    if not req.networks:
+        return [() for _ in chosen]
+    install = req.install
+    hold = fleet.holdings.of(install)
+    if len(chosen) == 1 and req.networks == 1 and hold is None:  # the usual case: no search
+        return [tuple(fleet.free_networks(chosen[0], req.network_type, 1))] \
+            if fleet.has_free_networks(chosen[0], req.network_type, 1) else None
+    by_key: dict[str, Network] = {}
+    options = []
+    for pool in chosen:
+        opts = []
+        for n, held in fleet.open_networks(pool, req.network_type, install):
+            key = pool.net_key(n)
+            by_key[key] = n
+            opts.append(Option(key, n.vlan_token(pool.vcenter), held))
+        options.append(opts)
+    got = choose_networks(options, req.networks, hold.preferred() if hold else ())
+    if got is None:
+        return None
+    return [tuple(by_key[o.key] for o in opts) for opts in got]
 
 
 def place_batch(

@@ -1,25 +1,57 @@
-"""Pools configuration: parsed and validated from plain data, no I/O."""
+"""Pools configuration: parsed and validated from plain data, no I/O.
+
+A port group is one network of its vCenter and pod (the pool's `pod`, or the network's own):
+every pool of that vCenter and pod may list it, and all of them share one `Network`. The
+listings are merged field by field; a field given differently in two listings is an error
+naming both (file, pool, field), and a network listed without a pod where another listing of
+the same vCenter gives it one is an error too (which network it is would be ambiguous)."""
 
 from __future__ import annotations
 
 import ipaddress
 import math
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError
-from .models import DEFAULT_NETWORK_TYPE, DIMENSIONS, Network, Pool
+from .models import DEFAULT_NETWORK_TYPE, DIMENSIONS, Network, Pool, derived_addresses
 from .taints import Taint, taint_problem
 from .text import MAX_TEXT, text_problem
 
 DOMAIN_KEYS = ("region", "zone", "short-name", "resource-pool", "folder")
-NETWORK_DETAILS = ("netmask", "ipv6-cidr", "ipv6-gateway", "dns", "router")
+# optional subnet details, each shown in a lease's network as configured: netmask,
+# machine-network-cidr, ip-addresses (else derived from the cidr: models.derived_addresses),
+# ipv6-cidr, ipv6-start and ipv6-gateway (inside ipv6-cidr), dns or nameservers (addresses),
+# router (the primary router's host name), datacenter (the physical one: upstream's
+# datacenterName, phydc)
+NETWORK_DETAILS = ("netmask", "machine-network-cidr", "ip-addresses", "ipv6-cidr", "ipv6-start",
+                   "ipv6-gateway", "dns", "nameservers", "router", "datacenter")
+MAX_ADDRESSES = 4096
 POOL_KEYS = {
     "name", "vcenter", "datacenter", "cluster", "datastore", "vcpus", "memory", "storage",
-    "vcpu-overcommit", "exclude", "no-schedule", "labels", "networks", "taints",
+    "vcpu-overcommit", "exclude", "no-schedule", "labels", "networks", "taints", "pod",
     *DOMAIN_KEYS,
 }
-NETWORK_KEYS = {"port-group", "vlan", "cidr", "gateway", "type", *NETWORK_DETAILS}
+NETWORK_KEYS = {"port-group", "vlan", "cidr", "gateway", "type", "pod", "slices",
+                *NETWORK_DETAILS}
+SLICEABLE = ("multi-tenant", "nested-multi-tenant")  # network types that may be split
+MAX_SLICES = 256
 REQUIRED_STR = ("name", "vcenter", "datacenter", "cluster", "datastore")
+
+
+@dataclass
+class _Listing:
+    """One pool's listing of a network: the fields it gives (parsed), and where it is."""
+
+    pool: str
+    index: int
+    vcenter: str
+    values: dict[str, Any]
+    origin: dict[str, tuple[str, int]] = field(default_factory=dict)  # field -> (pool, index)
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        return self.vcenter, self.values.get("pod", ""), self.values["port-group"]
 
 
 def parse_pools(data: Any, file: str = "pools.yaml") -> tuple[Pool, ...]:
@@ -33,11 +65,11 @@ def parse_pools(data: Any, file: str = "pools.yaml") -> tuple[Pool, ...]:
     if not isinstance(raw_pools, list) or not raw_pools:
         raise ConfigError.of(file, None, "pools", "must be a non-empty list")
     pools: list[Pool] = []
+    listings: list[list[_Listing]] = []
     names: set[str] = set()
-    port_groups: dict[tuple[str, str], str] = {}
     vcenters: dict[str, tuple[str, str]] = {}  # lower-cased host → (as written, first pool)
     for index, raw in enumerate(raw_pools):
-        pool = _parse_pool(raw, index, file)
+        pool, listed = _parse_pool(raw, index, file)
         if pool.name in names:
             raise ConfigError.of(file, pool.name, "name", "duplicate pool name")
         names.add(pool.name)
@@ -47,20 +79,59 @@ def parse_pools(data: Any, file: str = "pools.yaml") -> tuple[Pool, ...]:
                 file, pool.name, "vcenter",
                 f"{pool.vcenter!r} is {spelled!r} (pool {first!r}) in another case: host names "
                 "are case-insensitive, so write them the same way")
-        for net in pool.networks:
-            key = (pool.vcenter, net.port_group)
-            if key in port_groups:
-                raise ConfigError.of(
-                    file, pool.name, "networks",
-                    f"port group {net.port_group!r} is listed twice in vCenter {pool.vcenter!r} "
-                    f"(also in pool {port_groups[key]!r})",
-                )
-            port_groups[key] = pool.name
         pools.append(pool)
-    return tuple(pools)
+        listings.append(listed)
+    shared = _merge_listings([x for listed in listings for x in listed], file)
+    return tuple(replace(pool, networks=tuple(shared[x.identity] for x in listed))
+                 for pool, listed in zip(pools, listings, strict=True))
 
 
-def _parse_pool(raw: Any, index: int, file: str) -> Pool:
+def _merge_listings(listings: list[_Listing], file: str) -> dict[tuple[str, str, str], Network]:
+    """One Network per (vCenter, pod, port group), from every pool's listing of it."""
+    merged: dict[tuple[str, str, str], _Listing] = {}
+    pods: dict[tuple[str, str], _Listing] = {}  # (vCenter, port group) -> a first listing
+    for x in listings:
+        vcenter, pod, pg = x.identity
+        other = pods.setdefault((vcenter, pg), x)
+        other_pod = other.values.get("pod", "")
+        if (pod or other_pod) and not (pod and other_pod):  # one with a pod, one without
+            raise ConfigError.of(
+                file, x.pool, f"networks[{x.index}].pod",
+                f"port group {pg!r} of vCenter {vcenter!r} is listed "
+                + (f"in pod {pod!r} here and without a pod" if pod else
+                   f"without a pod here and in pod {other_pod!r}")
+                + f" in pool {other.pool!r} (networks[{other.index}]): give every listing "
+                "its pod")
+        first = merged.get(x.identity)
+        if first is None:
+            merged[x.identity] = _Listing(x.pool, x.index, vcenter, dict(x.values),
+                                          {k: (x.pool, x.index) for k in x.values})
+            continue
+        for key, value in x.values.items():
+            if key not in first.values:
+                first.values[key] = value
+                first.origin[key] = (x.pool, x.index)
+            elif first.values[key] != value:
+                where, at = first.origin[key]
+                raise ConfigError.of(
+                    file, x.pool, f"networks[{x.index}].{key}",
+                    f"port group {pg!r} of vCenter {vcenter!r}"
+                    + (f" (pod {pod!r})" if pod else "")
+                    + f" is one network wherever it is listed, but its {key} is "
+                    f"{_shown(value)} here and {_shown(first.values[key])} in pool {where!r} "
+                    f"(networks[{at}].{key})")
+    out = {}
+    for identity, x in merged.items():
+        _check_network(x, file)
+        out[identity] = _network(x.values)
+    return out
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def _parse_pool(raw: Any, index: int, file: str) -> tuple[Pool, list[_Listing]]:
     label = f"#{index + 1}"
     if not isinstance(raw, dict):
         raise ConfigError.of(file, label, None, "each pool must be a map")
@@ -112,20 +183,25 @@ def _parse_pool(raw: Any, index: int, file: str) -> Pool:
             sub = f".{taint[0]}" if taint[0] else ""
             raise ConfigError.of(file, label, f"taints[{i}]{sub}", taint[1])
         taints.append(taint)
+    pod = _text_field(raw, "pod", file, label) if raw.get("pod") is not None else ""
+    if "|" in pod:  # it separates the parts of the ledger's keys
+        raise ConfigError.of(file, label, "pod", "must not contain '|'")
     nets_raw = [] if raw.get("networks") is None else raw["networks"]
     if not isinstance(nets_raw, list):
         raise ConfigError.of(file, label, "networks", "must be a list")
-    networks = tuple(_parse_network(n, i, label, file) for i, n in enumerate(nets_raw))
-    seen: set[str] = set()
-    for n in networks:
-        if n.port_group in seen:
+    vcenter = raw["vcenter"].strip()
+    listed = [_Listing(label, i, vcenter, _parse_network(n, i, label, file, pod))
+              for i, n in enumerate(nets_raw)]
+    seen: set[tuple[str, str, str]] = set()
+    for x in listed:
+        if x.identity in seen:
             raise ConfigError.of(
-                file, label, "networks", f"port group {n.port_group!r} is listed twice"
-            )
-        seen.add(n.port_group)
-    return Pool(
+                file, label, "networks",
+                f"port group {x.values['port-group']!r} is listed twice")
+        seen.add(x.identity)
+    pool = Pool(
         name=raw["name"].strip(),
-        vcenter=raw["vcenter"].strip(),
+        vcenter=vcenter,
         datacenter=raw["datacenter"].strip(),
         cluster=raw["cluster"].strip(),
         datastore=raw["datastore"].strip(),
@@ -136,13 +212,17 @@ def _parse_pool(raw: Any, index: int, file: str) -> Pool:
         exclude=flags["exclude"],
         no_schedule=flags["no-schedule"],
         labels=tuple(sorted((k, str(v)) for k, v in labels.items())),
-        networks=networks,
         taints=tuple(taints),
         domain=tuple((k, _text_field(raw, k, file, label)) for k in DOMAIN_KEYS if k in raw),
+        pod=pod,
     )
+    return pool, listed
 
 
-def _parse_network(raw: Any, index: int, pool: str, file: str) -> Network:
+def _parse_network(raw: Any, index: int, pool: str, file: str, pool_pod: str
+                   ) -> dict[str, Any]:
+    """The fields one listing gives, each checked on its own (their agreement with each
+    other is checked on the merged network: another pool may give the rest)."""
     where = f"networks[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError.of(file, pool, where, "each network must be a map")
@@ -155,37 +235,122 @@ def _parse_network(raw: Any, index: int, pool: str, file: str) -> Network:
     _text(pg, file, pool, f"{where}.port-group")
     if "|" in pg:  # it separates vCenter and port group in the ledger's keys
         raise ConfigError.of(file, pool, f"{where}.port-group", "must not contain '|'")
+    values: dict[str, Any] = {"port-group": pg.strip()}
+    pod = pool_pod
+    if raw.get("pod") is not None:
+        value = raw["pod"]
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError.of(file, pool, f"{where}.pod", "must be a non-empty string")
+        _text(value, file, pool, f"{where}.pod")
+        if "|" in value:
+            raise ConfigError.of(file, pool, f"{where}.pod", "must not contain '|'")
+        if pool_pod and value.strip() != pool_pod:
+            raise ConfigError.of(file, pool, f"{where}.pod",
+                                 f"{value.strip()!r} is not the pool's pod {pool_pod!r}: a "
+                                 "pool hands out the networks of its own pod")
+        pod = value.strip()
+    if pod:
+        values["pod"] = pod
     vlan = raw.get("vlan")
     if vlan is not None and (isinstance(vlan, bool) or not isinstance(vlan, int)
                              or not 0 <= vlan <= 4094):
         raise ConfigError.of(file, pool, f"{where}.vlan", f"must be 0..4094, got {vlan!r}")
-    cidr = "" if raw.get("cidr") is None else raw["cidr"]
-    gateway = "" if raw.get("gateway") is None else raw["gateway"]
-    for key, value in (("cidr", cidr), ("gateway", gateway)):
+    if vlan is not None:
+        values["vlan"] = vlan
+    for key in ("cidr", "gateway"):
+        value = raw.get(key)
+        if value is None:
+            continue
         if not isinstance(value, str):
             raise ConfigError.of(file, pool, f"{where}.{key}", f"must be a string, got {value!r}")
         _text(value, file, pool, f"{where}.{key}")
-    try:
-        net = ipaddress.ip_network(cidr, strict=False) if cidr else None
-    except ValueError:
-        raise ConfigError.of(file, pool, f"{where}.cidr", f"{cidr!r} is not a CIDR") from None
-    if gateway:
+        if value:
+            values[key] = value
+    if "cidr" in values:
         try:
-            gw = ipaddress.ip_address(gateway)
+            ipaddress.ip_network(values["cidr"], strict=False)
         except ValueError:
-            raise ConfigError.of(
-                file, pool, f"{where}.gateway", f"{gateway!r} is not an IP address"
-            ) from None
-        if net is not None and gw not in net:
-            raise ConfigError.of(file, pool, f"{where}.gateway", f"{gateway} is not in {cidr}")
-    net_type = raw.get("type", DEFAULT_NETWORK_TYPE)
-    if not isinstance(net_type, str) or not net_type:
-        raise ConfigError.of(file, pool, f"{where}.type", "must be a non-empty string")
-    _text(net_type, file, pool, f"{where}.type", max_len=63)
-    details = tuple((k, _detail(raw, k, file, pool, where)) for k in NETWORK_DETAILS
-                    if raw.get(k) is not None)
-    return Network(port_group=pg.strip(), vlan=vlan, cidr=str(cidr), gateway=str(gateway),
-                   type=net_type, details=details)
+            raise ConfigError.of(file, pool, f"{where}.cidr",
+                                 f"{values['cidr']!r} is not a CIDR") from None
+    if "gateway" in values:
+        try:
+            ipaddress.ip_address(values["gateway"])
+        except ValueError:
+            raise ConfigError.of(file, pool, f"{where}.gateway",
+                                 f"{values['gateway']!r} is not an IP address") from None
+    if "type" in raw:
+        net_type = raw["type"]
+        if not isinstance(net_type, str) or not net_type:
+            raise ConfigError.of(file, pool, f"{where}.type", "must be a non-empty string")
+        _text(net_type, file, pool, f"{where}.type", max_len=63)
+        values["type"] = net_type
+    for key in NETWORK_DETAILS:
+        if raw.get(key) is not None:
+            values[key] = _detail(raw, key, file, pool, where)
+    if raw.get("slices") is not None:
+        n = raw["slices"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_SLICES:
+            raise ConfigError.of(file, pool, f"{where}.slices",
+                                 f"must be a whole number from 2 to {MAX_SLICES}, got {n!r}")
+        values["slices"] = n
+    return values
+
+
+def _check_network(x: _Listing, file: str) -> None:
+    """Checks across the fields of one (merged) network; errors name the listing that gave
+    the field found wrong."""
+    v = x.values
+
+    def fail(key: str, problem: str) -> ConfigError:
+        pool, index = x.origin[key]
+        return ConfigError.of(file, pool, f"networks[{index}].{key}", problem)
+
+    net = ipaddress.ip_network(v["cidr"], strict=False) if "cidr" in v else None
+    if net is not None and "gateway" in v and ipaddress.ip_address(v["gateway"]) not in net:
+        raise fail("gateway", f"{v['gateway']} is not in {v['cidr']}")
+    if net is not None and "netmask" in v and str(net.netmask) != v["netmask"]:
+        raise fail("netmask", f"{v['netmask']} is not the netmask of {v['cidr']} "
+                   f"({net.netmask})")
+    if net is not None and "machine-network-cidr" in v:
+        machine = ipaddress.ip_network(v["machine-network-cidr"], strict=False)
+        if machine.version != net.version or not machine.overlaps(net):
+            raise fail("machine-network-cidr", f"{v['machine-network-cidr']} does not "
+                       f"overlap {v['cidr']}")
+    listed = v.get("ip-addresses")
+    if net is not None and listed:
+        for i, a in enumerate(listed):
+            if ipaddress.ip_address(a) not in net:
+                pool, index = x.origin["ip-addresses"]
+                raise ConfigError.of(file, pool, f"networks[{index}].ip-addresses[{i}]",
+                                     f"{a} is not in {v['cidr']}")
+    addresses = listed or (derived_addresses(v["cidr"]) if net is not None else ())
+    if "gateway" in v and v["gateway"] in addresses[2:4]:
+        raise fail("gateway", f"{v['gateway']} is ip-addresses[{addresses.index(v['gateway'])}]"
+                   ", an address the job step takes as a VIP (ip-addresses[2] and [3])")
+    v6 = ipaddress.IPv6Network(v["ipv6-cidr"], strict=False) if "ipv6-cidr" in v else None
+    for key in ("ipv6-start", "ipv6-gateway"):
+        if v6 is not None and key in v and ipaddress.IPv6Address(v[key]) not in v6:
+            raise fail(key, f"{v[key]} is not in {v['ipv6-cidr']}")
+    if "slices" in v:
+        if v.get("type", DEFAULT_NETWORK_TYPE) not in SLICEABLE:
+            raise fail("slices", f"only a network of type {' or '.join(SLICEABLE)} is split "
+                       f"into slices, not {v.get('type', DEFAULT_NETWORK_TYPE)}")
+        try:
+            _network(v).pieces  # noqa: B018 - split now, so that a bad split names its field
+        except ValueError as exc:
+            raise fail("slices", str(exc)) from None
+    if "dns" in v and "nameservers" in v:
+        dns = list(v["dns"]) if isinstance(v["dns"], tuple) else [v["dns"]]
+        if dns != list(v["nameservers"]):
+            raise fail("nameservers", f"{list(v['nameservers'])} is not dns {dns}: give one "
+                       "of them (nameservers is upstream's name)")
+
+
+def _network(v: dict[str, Any]) -> Network:
+    return Network(port_group=v["port-group"], vlan=v.get("vlan"), cidr=v.get("cidr", ""),
+                   gateway=v.get("gateway", ""), type=v.get("type", DEFAULT_NETWORK_TYPE),
+                   details=tuple((k, v[k]) for k in NETWORK_DETAILS if k in v),
+                   pod=v.get("pod", ""), slices=v.get("slices", 0))
 
 
 def _text(value: str, file: str, pool: str, field: str, max_len: int = MAX_TEXT) -> None:
@@ -203,16 +368,29 @@ def _text_field(raw: dict[str, Any], key: str, file: str, pool: str) -> str:
 
 
 def _detail(raw: dict[str, Any], key: str, file: str, pool: str, where: str) -> Any:
-    """A network's optional subnet detail, checked for what it is."""
+    """A network's optional subnet detail, checked for what it is on its own."""
     value, field = raw[key], f"{where}.{key}"
-    if key == "dns":  # one address or a list of them
+    if key in ("dns", "nameservers", "ip-addresses"):  # addresses: a list (dns: or one)
+        if key == "ip-addresses" and len(value if isinstance(value, list) else ()) \
+                > MAX_ADDRESSES:
+            raise ConfigError.of(file, pool, field, f"at most {MAX_ADDRESSES} addresses")
         values = value if isinstance(value, list) else [value]
-        for v in values:
+        if key != "dns" and (not isinstance(value, list) or not value):
+            raise ConfigError.of(file, pool, field, "must be a non-empty list of IP addresses")
+        for i, v in enumerate(values):
+            at = f"{field}[{i}]" if key != "dns" else field
             try:
                 ipaddress.ip_address(v if isinstance(v, str) else "")
             except ValueError:
-                raise ConfigError.of(file, pool, field,
-                                     f"{v!r} is not an IP address") from None
+                raise ConfigError.of(file, pool, at, f"{v!r} is not an IP address") from None
+            _text(v, file, pool, at)
+        if key == "ip-addresses":
+            seen: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, int] = {}
+            for i, v in enumerate(values):
+                first = seen.setdefault(ipaddress.ip_address(v), i)
+                if first != i:
+                    raise ConfigError.of(file, pool, f"{field}[{i}]",
+                                         f"{v} is listed twice (also ip-addresses[{first}])")
         return tuple(values) if isinstance(value, list) else value  # hashable, like Pool
     if not isinstance(value, str) or not value:
         raise ConfigError.of(file, pool, field, "must be a non-empty string")
@@ -222,8 +400,10 @@ def _detail(raw: dict[str, Any], key: str, file: str, pool: str, where: str) -> 
             ipaddress.IPv4Network(f"0.0.0.0/{value}")
         elif key == "ipv6-cidr":
             ipaddress.IPv6Network(value, strict=False)
-        elif key == "ipv6-gateway":
+        elif key in ("ipv6-gateway", "ipv6-start"):
             ipaddress.IPv6Address(value)
+        elif key == "machine-network-cidr":
+            ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise ConfigError.of(file, pool, field, f"{value!r} is not a valid {key}") from None
     return value

@@ -29,7 +29,7 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
     if req.required_pool and req.required_pool not in pools:
         raise InvalidRequest.of("required-pool", f"unknown pool {req.required_pool!r} (known: "
                                 + ", ".join(sorted(pools)) + ")")
-    if req.required_pool and req.vcenters > 1:
+    if req.required_pool and req.vcenters > 1 and not req.pools:
         raise InvalidRequest.of("vcenters", "required-pool names one pool, on one vCenter, so "
                                 "vcenters must be 1")
     # cordons are temporary and excluded pools open up when named: neither makes it impossible
@@ -51,6 +51,7 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
     for name, need, cap in sizes:
         if need > cap:
             raise InvalidRequest.of(name, f"{need} is more than any pool can hold (largest {cap})")
+    empty = Fleet({p.name: p for p in candidates})
     if req.networks:
         most = max(len(p.networks_of(req.network_type)) for p in candidates)
         if most == 0:
@@ -59,7 +60,10 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
         if req.networks > most:
             raise InvalidRequest.of("networks", f"{req.networks} is more than any pool has of type "
                                     f"{req.network_type} (most {most})")
-    empty = Fleet({p.name: p for p in candidates})
+        vlans = max(len(empty.free_vlans(p, req.network_type)) for p in candidates)
+        if req.networks > vlans:  # a lease takes one network per VLAN
+            raise InvalidRequest.of("networks", f"{req.networks} is more than any pool has of type "
+                                    f"{req.network_type} on distinct VLANs (most {vlans})")
     fits = [p for p in candidates if shortfall(req, p, empty) is None]
     if not fits:
         closest = min(candidates, key=lambda p: (deficit(req, p, empty), p.name))

@@ -37,9 +37,17 @@ def shortfall(req: Request, pool: Pool, fleet: Fleet) -> str | None:
     ):
         if need > free:
             problems.append(f"insufficient {name} (need {need}, free {max(free, 0)})")
-    if req.networks and not fleet.has_free_networks(pool, req.network_type, req.networks):
+    install = req.install  # networks its install holds are open to it too
+    if req.networks and not fleet.has_free_networks(pool, req.network_type, req.networks,
+                                                    install):
+        # one lease takes one network per VLAN: with more than one asked, VLANs count
+        free = fleet.free_count(pool, req.network_type, install)
+        vlans = (len(fleet.free_vlans(pool, req.network_type, install)) if req.networks > 1
+                 else free)
         problems.append(f"insufficient networks of type {req.network_type} (need "
-                        f"{req.networks}, free {fleet.free_count(pool, req.network_type)})")
+                        f"{req.networks}, free {free})" if vlans == free else
+                        f"insufficient networks of type {req.network_type} (need "
+                        f"{req.networks} on distinct VLANs, free {vlans} VLANs)")
     return ", ".join(problems) or None
 
 

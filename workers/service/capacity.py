@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..core.errors import InvalidRequest
+from ..core.errors import InvalidRequest, VcmError
 from ..core.fleet import Fleet
 from ..core.labels import matches, narrows, parse_selector
 from ..core.lease import Lease
@@ -34,7 +34,7 @@ class Capacity:
         self.writer = writer
         self.lock = threading.RLock()
         self.cache = UsageCache(ledger, pools, writer, lambda: self.ensure_ready(),
-                                settings.inventory_stale)
+                                settings.inventory_stale, settings.health_refresh)
         self.recovery = Recovery(ledger, mirror, writer, self.lock, self.cache.forget)
         self.placing = Placing(ledger, pools, settings, self.cache, self.recovery)
         self.line = WaitingLine(ledger, pools, settings, self.cache, self.placing, replies)
@@ -70,6 +70,11 @@ class Capacity:
             return self.placing.refuse(task_id, exc)
         with self.lock:
             return self.placing.acquire_batch(reqs, task_id, self.line)
+
+    def refuse(self, task_id: str, exc: VcmError) -> list[list[dict[str, Any]]]:
+        """Refuse an acquire's task with `exc`, or answer what a copy of it was answered
+        first (see Placing.refuse)."""
+        return self.placing.refuse(task_id, exc)
 
     def release(self, lease_ids: Any = None, owner: Any = None, selector: Any = None,
                 reason: str = "released") -> list[str]:

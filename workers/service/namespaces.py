@@ -24,7 +24,7 @@ Never releasing by mistake comes first:
 - only leases read before the list was asked for are compared, so a lease in a namespace
   created after the list started stays, however far the queries worker's clock is from the
   placement worker's (which stamps `leased-at`); those must also be older than the list by
-  GRACE seconds on this worker's clock (`leased-at` has whole seconds);
+  VCM_NAMESPACE_GRACE (2 s) on this worker's clock (`leased-at` has whole seconds);
 - a label value that cannot be a namespace name never named one: such leases are left alone.
 
 Without a Kubernetes configuration (not in a cluster, no usable kubeconfig) the feature is off:
@@ -63,7 +63,6 @@ NAMESPACE_LABEL = "vsphere-capacity-manager.splat-team.io/lease-namespace"
 REASON = "namespace-gone"
 PRUNED_STAT = "namespace-pruned"  # counted by the release script (lua/release.lua)
 ERRORS_STAT = "namespace-errors"
-GRACE = 2.0
 BATCH = 500
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _said_off = threading.Event()  # "no Kubernetes configuration" is logged once per process
@@ -245,6 +244,7 @@ class Pruner:
         self.interval = settings.namespace_prune_interval  # None: off
         self.timeout = settings.namespace_timeout
         self.ledger = service.ledger
+        self.grace = settings.namespace_grace
 
     def run(self) -> dict[str, Any]:
         if self.interval is None:
@@ -269,7 +269,7 @@ class Pruner:
             return self._failed(str(exc), started)
         finally:
             api.close()
-        doomed = self._doomed(leases, names, started - GRACE)
+        doomed = self._doomed(leases, names, started - self.grace)
         ids = [i for group in doomed.values() for i in group]
         released: list[str] = []
         try:

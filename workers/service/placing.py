@@ -58,6 +58,12 @@ class Line(Protocol):
         ...
 
 
+class Settled(Exception):
+    """A waiter being served whose every task was answered otherwise (a copy of the task that
+    asked for another request was granted or refused): it is never granted, it leaves the
+    line."""
+
+
 class Placing:
     def __init__(self, ledger: Ledger, pools: Pools, settings: Settings, cache: UsageCache,
                  recovery: Recovery) -> None:
@@ -99,6 +105,8 @@ class Placing:
         """All the parsed requests' leases, or none (see parse_batch)."""
         try:
             return self.place(reqs, line, task=task_id)
+        except Queued as queued:  # a batch never waits: one of its requests waits in line
+            return self.refuse(task_id, _in_line(reqs, str(queued)))
         except REFUSALS as exc:
             return self.refuse(task_id, exc)
 
@@ -182,11 +190,14 @@ class Placing:
             latency = now - since if since is not None else None
             answer = {"granted": [[x["metadata"]["name"] for x in groups[r.key]] for r in reqs],
                       "request-ids": [r.request_id for r in reqs]}
+            # networks already in use that the plan gives out: its install holds them
+            held = [key for placements in plan for p in placements for n in p.networks
+                    if not fleet.is_free(key := p.pool.net_key(n))]
             try:
                 commit = self.ledger.commit(version, groups, caps,
                                             [granted] if granted else None, latency, lone=lone,
                                             tasks=[task] if task else None, answer=answer,
-                                            guard=self.recovery.guard)
+                                            held=held, guard=self.recovery.guard)
             except LedgerUnready:
                 self.recovery.ensure_ready()
                 log.info("ledger moved under us (unready), re-reading")
@@ -208,12 +219,13 @@ class Placing:
                     raise InvalidRequest.of("request-id", f"{_rid(reqs, commit.detail)!r} was "
                                             "already used by another request of this owner")
                 case "queued" if len(reqs) > 1:
-                    raise InvalidRequest.of("request-id", f"{_rid(reqs, commit.detail)!r} is "
-                                            "waiting in line: its task gets the leases")
+                    raise _in_line(reqs, commit.detail)
                 case "queued":
                     raise Queued(commit.detail)
                 case "blocked":
                     raise self._blocked(commit.detail)
+                case "settled":
+                    raise Settled(commit.detail)
                 case "gone":
                     raise WaitTimeout.of(0)  # the waiter left the line meanwhile (expired)
                 case "waiters":  # someone joined the line: hold pools for them
@@ -267,6 +279,12 @@ class Placing:
 
 def _rid(reqs: list[Request], key: str) -> str:
     return next(r.request_id for r in reqs if r.key == key)
+
+
+def _in_line(reqs: list[Request], key: str) -> InvalidRequest:
+    """The refusal of a batch holding a request that waits in line (a batch never waits)."""
+    return InvalidRequest.of("request-id", f"{_rid(reqs, key)!r} is waiting in line: its task "
+                             "gets the leases")
 
 
 def _why_gone(lease: Lease) -> str:

@@ -100,7 +100,7 @@ class Queries:
             for i, (used, total) in enumerate((
                 (st["vcpus-used"], cap), (st["memory-used"], spec["memory"]),
                 (st["storage-used"], spec["storage"]),
-                (st["networks-used"], len(spec["networks"])),
+                (st["networks-used"], st["networks-total"]),
             )):
                 t[2 * i] += used
                 t[2 * i + 1] += total
@@ -152,17 +152,19 @@ def pool_view(pool: Pool, fleet: Fleet, leases: list[Lease],
               health: PoolHealth = UNKNOWN_HEALTH) -> dict[str, Any]:
     """A pool in the upstream /show-pools shape, usage as fractions 0..1."""
     u = fleet.used(pool.name)
-    nets_used = sum(1 for n in pool.networks if pool.net_key(n) in fleet.used_nets)
+    handed = pool.all_keyed()  # a split network counts slice by slice
+    nets_used = sum(1 for _, key in handed if not fleet.is_free(key))
     return {
         "spec": pool.spec(),
         "status": {
             "vcpus-usage": round(u.vcpus / pool.vcpu_capacity, 4),
             "memory-usage": round(u.memory / pool.memory, 4),
             "datastore-usage": round(u.storage / pool.storage, 4),
-            "network-usage": round(nets_used / len(pool.networks), 4) if pool.networks else 0,
+            "network-usage": round(nets_used / len(handed), 4) if handed else 0,
             "vcpus-capacity": pool.vcpu_capacity,  # placeable: floor(vcpus × overcommit)
             "vcpus-used": u.vcpus, "memory-used": u.memory, "storage-used": u.storage,
-            "networks-used": nets_used, "lease-count": u.leases,
+            "networks-used": nets_used, "networks-total": len(handed),  # slices one by one
+            "lease-count": u.leases,
             "health": health.to_dict(),  # live vCenter health: ok, degraded (why), unknown
             "leases": [x.to_wire() for x in leases],
         },

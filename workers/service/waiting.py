@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, WaitTimeout
+from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
 from ..core.fleet import Fleet
 from ..core.lease import rfc3339
 from ..core.models import Request
@@ -21,7 +21,7 @@ from ..core.parsing import text_arg
 from ..core.placement import place_batch, reserve_for
 from ..ports import Ledger, Pools, Replies
 from ..settings import Settings
-from .placing import REFUSALS, Placing, Queued
+from .placing import REFUSALS, Placing, Queued, Settled
 from .usage_cache import UsageCache
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,10 @@ class WaitingLine:
                 req = self.placing.parse(record["request"], key)
                 leases = self.placing.place([req], self, granted=key, held=held,
                                             since=record["since"])[0]
+            except Settled:  # its tasks have their answers: it leaves, nobody is answered
+                for task_id in [record["task"], *self.ledger.unpark(key).twins]:
+                    self._shown.pop(task_id, None)
+                continue
             except NoCapacity as exc:
                 position += 1
                 if position == 1:
@@ -138,11 +142,18 @@ class WaitingLine:
         return granted
 
     def _answer(self, tasks: list[str], leases: list[dict[str, Any]] | None = None,
-                fail: Exception | None = None) -> None:
-        """Answer every task that waited for one request (the first and its twins)."""
+                fail: VcmError | None = None) -> None:
+        """Answer every task that waited for one request (the first and its twins), except a
+        task answered otherwise (a copy of it that asked for another request was granted or
+        refused first): its result keeps the answer its copies get."""
+        given = (json.loads(json.dumps(fail.to_dict())) if fail is not None
+                 else [[x["metadata"]["name"] for x in leases or []]])
         for task_id in dict.fromkeys(tasks):
             self._shown.pop(task_id, None)
             if self.replies is None:
+                continue
+            answered = self.ledger.answered(task_id)
+            if answered is not None and given not in (answered, answered.get("granted")):
                 continue
             if fail is not None:
                 self.replies.fail(task_id, fail)

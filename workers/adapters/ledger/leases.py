@@ -4,9 +4,10 @@ release, swap)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
-from ...core.lease import lease_port_groups, parse_rfc3339
+from ...core.lease import Install, Lease, install_group, lease_port_groups, parse_rfc3339
 from ...ports import Guard
 from .base import LedgerBase
 from .records import readable, released_view, text
@@ -69,6 +70,24 @@ class LeaseStore(LedgerBase):
             raws = self.r.hvals(self.k.leases)
         return [lease for lease in map(readable, filter(None, raws)) if lease is not None]
 
+    def nets_held(self, keys: list[str]) -> set[str]:
+        """Which of these networks some lease still holds (after a release: those another
+        lease of the same install shares)."""
+        if not keys:
+            return set()
+        return {k for k, v in zip(keys, self.r.hmget(self.k.nets, keys), strict=True)
+                if v is not None}
+
+    def holdings(self) -> list[tuple[Install, list[str], list[tuple[str, int]]]]:
+        """(install, network keys, VLANs) of every live lease of a boskos-lease-id group:
+        what the placement core's Holdings starts from. O(leases)."""
+        out = []
+        for raw in self.leases():
+            lease = Lease.from_wire(raw)
+            if lease.install:
+                out.append((lease.install, lease.port_groups, lease.vlans))
+        return out
+
     def expired(self, now: float, limit: int = 1000) -> list[str]:
         return [text(x) for x in self.r.zrangebyscore(self.k.expiry, 0, now, 0, limit)]
 
@@ -97,17 +116,21 @@ class LeaseStore(LedgerBase):
     def commit(self, expected_version: int, groups: dict[str, list[dict[str, Any]]],
                caps: dict[str, tuple[int, int, int]], granted: list[str] | None = None,
                latency: float | None = None, lone: bool = False, tasks: list[str] | None = None,
-               answer: dict[str, Any] | None = None, guard: Guard = NO_GUARD) -> Commit:
+               answer: dict[str, Any] | None = None, held: Iterable[str] = (),
+               guard: Guard = NO_GUARD) -> Commit:
         """Record new leases for each request-id, if the ledger is still at expected_version.
         `lone`: placed assuming nobody waits in line; refused ('waiters') if someone does.
         `answer` is recorded as the answer of `tasks` and of the tasks waiting for `granted`;
-        a task answered before is refused ('answered', with that answer). Every write takes
-        the writer's `guard` (its floor, and whether to wake the publisher)."""
+        a task answered before is refused ('answered', with that answer).
+        `held`: the networks the new leases' install holds already (they share them); every
+        other network must be free. The leases of one install may share a network. Every write
+        takes the writer's `guard` (its floor, and whether to wake the publisher)."""
         pools: dict[str, dict[str, Any]] = {}
-        nets: dict[str, str] = {}
+        nets: dict[str, list[str]] = {}
+        installs: dict[str, str] = {}  # network -> the install of its new holders
         leases = []
         raws: list[str] = []
-        for group in groups.values():
+        for rid, group in groups.items():
             for lease in group:
                 st, sp, lid = lease["status"], lease["spec"], lease["metadata"]["name"]
                 u = pools.setdefault(st["pool"], {
@@ -117,8 +140,13 @@ class LeaseStore(LedgerBase):
                 u["memory"] += sp["memory"]
                 u["storage"] += sp["storage"]
                 u["leases"] += 1
+                group = install_group(st.get("labels"), st.get("boskos-lease-id"))
+                install = f"{st['owner']!r} group {group!r}" if group else f"request {rid}"
                 for key in lease_port_groups(lease):
-                    nets[key] = lid
+                    if installs.setdefault(key, install) != install:
+                        raise ValueError(f"network {key!r} in new leases of two installs "
+                                         f"({installs[key]}, {install})")
+                    nets.setdefault(key, []).append(lid)
                 raw = json.dumps(lease)
                 raws.append(raw)
                 leases.append({"id": lid, "owner": st["owner"],
@@ -126,8 +154,12 @@ class LeaseStore(LedgerBase):
         payload = {
             "rids": {rid: json.dumps([x["metadata"]["name"] for x in g]) for rid, g in
                      groups.items()},
-            "pools": pools, "nets": nets, "leases": leases, "granted": granted or [],
+            "pools": pools, "nets": {key: " ".join(ids) for key, ids in nets.items()},
+            "leases": leases, "granted": granted or [],
         }
+        shared = {key: True for key in held if key in nets}
+        if shared:
+            payload["held"] = shared
         if not granted:
             del payload["granted"]
         if answer is not None and (tasks or granted):

@@ -8,7 +8,7 @@ import json
 import logging
 from typing import Any
 
-from ...core.lease import parse_rfc3339, port_group_key
+from ...core.lease import network_key, parse_rfc3339
 from ...core.models import DIMENSIONS
 from ...core.text import text_problem
 
@@ -137,7 +137,7 @@ def aside_hold(record: Any) -> dict[str, Any] | None:
         return None
     if _cut_short(nets, sp.get("networks")):
         return None
-    keys = sorted({port_group_key(vcenter, n["port-group"]) for n in nets})
+    keys = sorted({network_key(vcenter, n) for n in nets})
     return {"pool": pool, "vcenter": vcenter, **dict(zip(DIMENSIONS, dims, strict=True)),
             "nets": keys}
 

@@ -37,8 +37,8 @@ class FleetRead:
     health: dict[str, Any] = field(default_factory=dict)  # vCenter -> its decoded record
     set_aside: int = 0  # records set aside
     set_aside_unreadable: int = 0  # of which nothing can be read (placement stops)
-    memory: dict[str, Any] = field(default_factory=dict)  # Redis's INFO memory
-    redis_stats: dict[str, Any] = field(default_factory=dict)  # Redis's INFO stats
+    memory: dict[str, Any] | None = None  # Redis's INFO memory (None: not allowed to read it)
+    redis_stats: dict[str, Any] | None = None  # Redis's INFO stats (the same)
 
 
 def report_client(url: str, timeout: float) -> redis.Redis:
@@ -51,7 +51,8 @@ def report_client(url: str, timeout: float) -> redis.Redis:
 
 def read_fleet(client: redis.Redis, prefix: str = PREFIX) -> FleetRead:
     """Everything the fleet metrics and the dashboard's counters show, in one round trip.
-    Raises the Redis error when Redis does not answer."""
+    Raises the Redis error when Redis does not answer, or refuses a read of the ledger; Redis's
+    own figures are None when this client may not read them (an ACL without INFO)."""
     keys = Keys(prefix)
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.stats)
@@ -66,8 +67,11 @@ def read_fleet(client: redis.Redis, prefix: str = PREFIX) -> FleetRead:
     pipe.scard(keys.blocked)
     pipe.info("memory")
     pipe.info("stats")
-    (stats, latency, leases, waiting, usage, mirror, seq, health, aside, blocked, memory,
-     redis_stats) = pipe.execute()
+    *ledger, memory, redis_stats = pipe.execute(raise_on_error=False)
+    for reply in ledger:
+        if isinstance(reply, Exception):
+            raise reply
+    stats, latency, leases, waiting, usage, mirror, seq, health, aside, blocked = ledger
     records = {}
     for vcenter, raw in (health or {}).items():
         try:
@@ -77,8 +81,9 @@ def read_fleet(client: redis.Redis, prefix: str = PREFIX) -> FleetRead:
     return FleetRead(stats=stats or {}, latency=latency or {}, leases=int(leases or 0),
                      waiting=int(waiting or 0), rollup=_rollup(usage), mirror=mirror or {},
                      seq=seq, health=records, set_aside=int(aside or 0),
-                     set_aside_unreadable=int(blocked or 0), memory=memory or {},
-                     redis_stats=redis_stats or {})
+                     set_aside_unreadable=int(blocked or 0),
+                     memory=None if isinstance(memory, Exception) else memory or {},
+                     redis_stats=None if isinstance(redis_stats, Exception) else redis_stats or {})
 
 
 def _rollup(entries: list[Any] | None) -> dict[str, Any] | None:

@@ -59,7 +59,8 @@ class Commit:
     """commit.lua: new leases recorded, or why not."""
 
     status: str  # ok | answered | dup | stale | over | conflict | gone | waiters | queued |
-    # blocked (detail: JSON {ids, count} of set-aside records whose holdings cannot be read)
+    # blocked (detail: JSON {ids, count} of set-aside records whose holdings cannot be read) |
+    # settled (detail: the waiter's key; every task waiting for it was answered otherwise)
     version: int = 0
     seq: int = 0
     existing: dict[str, list[str]] = field(default_factory=dict)
@@ -132,7 +133,7 @@ class UsageRead(NamedTuple):
 
     version: int
     pools: dict[str, Usage]
-    nets: set[str]  # port groups in use, "<vcenter>|<port-group>"
+    nets: set[str]  # networks in use, by ledger key (core/lease.py port_group_key)
 
     @classmethod
     def from_reply(cls, reply: list[Any], require_ready: bool) -> UsageRead:

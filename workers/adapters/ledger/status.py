@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Any
 
+from ..redis_memory import MemoryUse, memory_use
 from .base import LedgerBase
 from .records import text
 
@@ -19,6 +20,10 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 
 
 
 class StatusStore(LedgerBase):
+    def memory_use(self) -> MemoryUse | None:
+        """Redis's memory now (INFO works while Redis is full); None when it does not say."""
+        return memory_use(self.r)
+
     # stats -------------------------------------------------------------------------------
     def count(self, field: str, n: int = 1) -> None:
         self.r.hincrby(self.k.stats, field, n)

@@ -2,19 +2,23 @@
 -- (owner, request-id)s are new, none waits in line (unless being served), the ledger is at
 -- the version the decision read, and capacity and port groups still fit. All or nothing.
 -- The answer is recorded for the task (answer.tasks) and, when serving waiters, for each
--- task waiting for them (the first and its twins): a copy of any of them is answered so.
+-- task waiting for them (the first and its twins): a copy of any of them is answered so. A
+-- waiter whose every task was answered otherwise (a copy of the task that asked for another
+-- request was granted or refused) is never granted: `settled`, and the caller takes it out of
+-- the line.
 -- Nothing is placed while a set-aside record whose holdings cannot be read is left (it could
 -- hold any pool's capacity or port group): `blocked` (restore.lua).
 -- KEYS: none (derived from the prefix: version, seq, ready, use:<pool>, pools, nets, leases,
 --       owner:<owner>, expiry, req:<key>, waiting, waiters, twins:<key>, answered:<task>,
 --       blocked, stats, latency, kick)
 -- ARGV: [1] prefix, [2] the usage version the decision read,
---       [3] {rids: {key: ids JSON}, pools: {pool: usage + cap}, nets: {pg key: lease id},
+--       [3] {rids: {key: ids JSON}, pools: {pool: usage + cap}, nets: {pg key: lease ids,
+--            space-separated}, held?: {pg key: true, for those the install holds already},
 --            leases: [{id, owner, exp}], granted?: [waiter keys], lone?, quiet?, floor?,
 --            latency?: {seconds, bucket?}, answer?: {tasks: [task id], json, ttl}},
 --       [4..] each new lease's JSON, in the order of `leases`
 -- Returns (decoded into ledger.scripts.Commit):
---         {'ok', version, seq} | {'answered', task, its answer JSON} |
+--         {'ok', version, seq} | {'answered', task, its answer JSON} | {'settled', key} |
 --         {'dup', [key, ids JSON, ...]} | {'conflict', key} |
 --         {'queued', key} | {'stale', version} | {'waiters', ''} | {'gone', key} |
 --         {'over', pool or port group} | {'unready', '0'} |
@@ -61,8 +65,16 @@ end
 local ver = tonumber(redis.call('GET', p .. 'version') or '-1')
 if ver ~= expected then return {'stale', tostring(ver)} end
 if d.lone and redis.call('EXISTS', p .. 'waiting') == 1 then return {'waiters', ''} end
+local waiting = {}  -- the tasks waiting for the requests served
 for _, rid in ipairs(d.granted or {}) do
   if not redis.call('ZSCORE', p .. 'waiting', rid) then return {'gone', rid} end
+  local tasks = waiting_tasks(p, rid)
+  local open = #tasks == 0
+  for _, task in ipairs(tasks) do
+    if redis.call('EXISTS', p .. 'answered:' .. task) == 0 then open = true end
+    waiting[#waiting + 1] = task
+  end
+  if not open then return {'settled', rid} end
 end
 for pool, u in pairs(d.pools) do
   local cur = redis.call('HMGET', p .. 'use:' .. pool, 'vcpus', 'memory', 'storage')
@@ -72,8 +84,12 @@ for pool, u in pairs(d.pools) do
     return {'over', pool}
   end
 end
+local held = d.held or {}
 for key, _ in pairs(d.nets) do
-  if redis.call('HEXISTS', p .. 'nets', key) == 1 then return {'over', key} end
+  -- free, unless the install's other leases hold it (then they share it)
+  if (redis.call('HEXISTS', p .. 'nets', key) == 1) ~= (held[key] == true) then
+    return {'over', key}
+  end
 end
 for pool, u in pairs(d.pools) do
   local k = p .. 'use:' .. pool
@@ -83,7 +99,10 @@ for pool, u in pairs(d.pools) do
   redis.call('HSET', k, 'vcenter', u.vcenter)
   redis.call('SADD', p .. 'pools', pool)
 end
-for key, id in pairs(d.nets) do redis.call('HSET', p .. 'nets', key, id) end
+for key, ids in pairs(d.nets) do
+  local cur = held[key] and redis.call('HGET', p .. 'nets', key)
+  redis.call('HSET', p .. 'nets', key, cur and (cur .. ' ' .. ids) or ids)
+end
 for i, l in ipairs(d.leases) do
   redis.call('HSET', p .. 'leases', l.id, ARGV[3 + i])  -- the lease JSON, as sent
   redis.call('SADD', p .. 'owner:' .. l.owner, l.id)
@@ -93,15 +112,7 @@ for rid, ids in pairs(d.rids) do redis.call('SET', p .. 'req:' .. rid, ids) end
 if answer then
   local tasks = {}
   for _, task in ipairs(answer.tasks or {}) do tasks[#tasks + 1] = task end
-  for _, rid in ipairs(d.granted or {}) do
-    local ok, waiter = pcall(cjson.decode, redis.call('HGET', p .. 'waiters', rid) or '')
-    if ok and type(waiter) == 'table' and type(waiter.task) == 'string' then
-      tasks[#tasks + 1] = waiter.task
-    end
-    for _, twin in ipairs(redis.call('SMEMBERS', p .. 'twins:' .. rid)) do
-      tasks[#tasks + 1] = twin
-    end
-  end
+  for _, task in ipairs(waiting) do tasks[#tasks + 1] = task end
   for _, task in ipairs(tasks) do
     redis.call('SET', p .. 'answered:' .. task, answer.json, 'EX',
                string.format('%d', answer.ttl), 'NX')

@@ -34,3 +34,38 @@ local function readable(l)
   end
   return true
 end
+
+-- The ledger key of one of a lease's networks, as core/lease.py's port_group_key builds it:
+-- "<vcenter>|<port group>[|<pod>[|<slice>]]", trailing empty parts left out; a pod or slice
+-- that is not a string reads as unset.
+local function net_key(vcenter, n)
+  local key = vcenter .. '|' .. n['port-group']
+  local pod = type(n.pod) == 'string' and n.pod or ''
+  local slice = type(n.slice) == 'string' and n.slice or ''
+  if slice ~= '' then return key .. '|' .. pod .. '|' .. slice end
+  if pod ~= '' then return key .. '|' .. pod end
+  return key
+end
+
+-- A network's holders without `id`: the `nets` hash holds "<lease id> <lease id> ..." (the
+-- leases of one install may share a network; one holder is the usual case).
+local function without(holders, id)
+  local out = {}
+  for x in string.gmatch(holders or '', '%S+') do
+    if x ~= id then out[#out + 1] = x end
+  end
+  return table.concat(out, ' ')
+end
+
+-- The tasks waiting for a request in the waiting line: its first task and its twins.
+local function waiting_tasks(p, rid)
+  local tasks = {}
+  local ok, waiter = pcall(cjson.decode, redis.call('HGET', p .. 'waiters', rid) or '')
+  if ok and type(waiter) == 'table' and type(waiter.task) == 'string' and waiter.task ~= '' then
+    tasks[#tasks + 1] = waiter.task
+  end
+  for _, twin in ipairs(redis.call('SMEMBERS', p .. 'twins:' .. rid)) do
+    tasks[#tasks + 1] = twin
+  end
+  return tasks
+end

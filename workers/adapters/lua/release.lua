@@ -24,9 +24,17 @@ local by_owner = ARGV[4]
 local reason = ARGV[5]
 local now = ARGV[6]
 local keep = tonumber(ARGV[7])
--- A port group that `id` held is given back, unless a set-aside record also claims it.
+-- A network `id` held is given back once no other lease of its install holds it, unless a
+-- set-aside record also claims it.
 local function give_back(key, id)
-  if redis.call('HGET', p .. 'nets', key) ~= id then return end
+  local holders = redis.call('HGET', p .. 'nets', key)
+  if not holders then return end
+  local left = without(holders, id)
+  if left == holders then return end  -- held by others, not by `id`
+  if left ~= '' then
+    redis.call('HSET', p .. 'nets', key, left)
+    return
+  end
   local pin = redis.call('HGET', p .. 'pins', key)
   if pin and pin ~= id then
     redis.call('HSET', p .. 'nets', key, pin)
@@ -112,7 +120,7 @@ for _, f in ipairs(found) do
   end
   redis.call('HINCRBY', k, 'leases', -1)
   if type(st.networks) == 'table' then
-    for _, n in ipairs(st.networks) do give_back(st.vcenter .. '|' .. n['port-group'], id) end
+    for _, n in ipairs(st.networks) do give_back(net_key(st.vcenter, n), id) end
   end
   redis.call('HDEL', p .. 'leases', id)
   redis.call('SREM', p .. 'owner:' .. st.owner, id)

@@ -51,7 +51,9 @@ for i, raw in ipairs(d.leases) do
   redis.call('SADD', p .. 'pools', st.pool)
   if type(st.networks) == 'table' then
     for _, n in ipairs(st.networks) do
-      redis.call('HSET', p .. 'nets', st.vcenter .. '|' .. n['port-group'], id)
+      local key = net_key(st.vcenter, n)
+      local cur = redis.call('HGET', p .. 'nets', key)
+      redis.call('HSET', p .. 'nets', key, cur and (cur .. ' ' .. id) or id)
     end
   end
   redis.call('HSET', p .. 'leases', id, raw)

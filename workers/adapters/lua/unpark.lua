@@ -6,16 +6,11 @@
 -- Returns (decoded into ledger.scripts.Unparked): {left 0/1, [twin task ids]}
 local p = ARGV[1]
 local twins = redis.call('SMEMBERS', p .. 'twins:' .. ARGV[2])
-local ok, waiter = pcall(cjson.decode, redis.call('HGET', p .. 'waiters', ARGV[2]) or '')
+local tasks = waiting_tasks(p, ARGV[2])
 redis.call('DEL', p .. 'twins:' .. ARGV[2])
 if redis.call('ZREM', p .. 'waiting', ARGV[2]) == 1 then
   redis.call('HDEL', p .. 'waiters', ARGV[2])
   if ARGV[3] ~= '' then
-    local tasks = {}
-    for _, twin in ipairs(twins) do tasks[#tasks + 1] = twin end
-    if ok and type(waiter) == 'table' and type(waiter.task) == 'string' then
-      tasks[#tasks + 1] = waiter.task
-    end
     for _, task in ipairs(tasks) do
       redis.call('SET', p .. 'answered:' .. task, ARGV[3], 'EX', ARGV[4], 'NX')
     end
