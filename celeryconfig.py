@@ -3,6 +3,7 @@
 The VCM_* values come from `workers.settings.Settings`, read once here (a bad one stops start-up
 with a message naming it)."""
 
+from workers import contract
 from workers.settings import Settings
 
 _settings = Settings.from_env()
@@ -33,18 +34,11 @@ accept_content = ["json"]
 result_accept_content = ["json"]
 event_serializer = "json"
 
-# changes to the ledger, one at a time
-PLACEMENT = ("vcm.acquire", "vcm.acquire_batch", "vcm.release", "vcm.renew", "vcm.reap_expired",
-             "vcm.cancel_wait", "vcm.release_namespace_gone")
-# read-only (the inventory sync writes only the live health, never the ledger; the namespace
-# prune sends its releases to the placement queue); their results are kept only minutes
-# (query_result_expires, see tasks/results.py)
-QUERIES = ("vcm.show_pools", "vcm.list_leases", "vcm.estimate", "vcm.waiting",
-           "vcm.rollup_usage", "vcm.usage_history", "vcm.sync_inventory",
-           "vcm.prune_namespaces")
-task_routes = {**{name: {"queue": "placement"} for name in PLACEMENT},
-               **{name: {"queue": "queries"} for name in QUERIES}}
-task_default_queue = "queries"
+# each task to its queue (workers/contract.py): changes to the ledger to the placement worker,
+# one at a time; queries elsewhere (their results are kept only minutes: query_result_expires,
+# see tasks/results.py)
+task_routes = {name: {"queue": queue} for name, queue in contract.QUEUE.items()}
+task_default_queue = contract.QUERIES
 task_create_missing_queues = True
 
 # Each setting below that is not Celery's default costs every task something (what each costs:
@@ -82,29 +76,31 @@ worker_cancel_long_running_tasks_on_connection_loss = False
 # exactly one beat may run: two would reap and roll up twice (harmless, but wasteful and noisy)
 beat_schedule = {
     "reap-expired-leases": {
-        "task": "vcm.reap_expired",
+        "task": contract.Task.REAP_EXPIRED,
         "schedule": _settings.reap_interval,
-        "options": {"queue": "placement", "expires": 60},
+        "options": {"queue": contract.PLACEMENT, "expires": 60},
     },
     "rollup-usage": {
-        "task": "vcm.rollup_usage",
+        "task": contract.Task.ROLLUP_USAGE,
         "schedule": _settings.rollup_interval,
-        "options": {"queue": "queries", "expires": 60},
+        "options": {"queue": contract.QUERIES, "expires": 60},
     },
 }
-# namespace-bound leases (workers/namespaces.py): VCM_NAMESPACE_PRUNE_INTERVAL, 0 or off: never
+# namespace-bound leases (workers/service/namespaces.py): VCM_NAMESPACE_PRUNE_INTERVAL,
+# 0 or off: never
 if _settings.namespace_prune_interval is not None:
     beat_schedule["prune-namespaces"] = {
-        "task": "vcm.prune_namespaces",
+        "task": contract.Task.PRUNE_NAMESPACES,
         "schedule": _settings.namespace_prune_interval,
-        "options": {"queue": "queries", "expires": 60},
+        "options": {"queue": contract.QUERIES, "expires": 60},
     }
-# live vCenter health (workers/adapters/inventory.py): VCM_INVENTORY_INTERVAL, 0 or off: never
+# live vCenter health (workers/adapters/vcenter/inventory.py): VCM_INVENTORY_INTERVAL,
+# 0 or off: never
 if _settings.inventory_interval:
     beat_schedule["sync-inventory"] = {
-        "task": "vcm.sync_inventory",
+        "task": contract.Task.SYNC_INVENTORY,
         "schedule": _settings.inventory_interval,
-        "options": {"queue": "queries", "expires": 60},
+        "options": {"queue": contract.QUERIES, "expires": 60},
     }
 beat_max_loop_interval = 1
 del _settings  # not a Celery setting (and it holds credentials)

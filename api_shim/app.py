@@ -27,7 +27,7 @@ from .middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
 from .routes import dashboard, leases, ops, pools
 from .settings import ApiSettings, TokenStore
 
-log = logging.getLogger("vcm.api")
+log = logging.getLogger(__name__)
 
 DESCRIPTION = ("Errors are JSON {error, message, details}. Writes need "
                "'Authorization: Bearer <token>' when VCM_API_TOKENS is set.")

@@ -37,23 +37,25 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from tasks import results
-from workers.adapters.keys import API_TASK_RECORD, KEYS
+from workers.adapters.keys import API_TASK_RECORD
+from workers.adapters.ledger.reports import mirror_status
 from workers.adapters.redis_memory import refused_for_memory
+from workers.contract import PLACEMENT, QUEUES, WAITING, Task
 from workers.core.errors import RedisFull
-from workers.mirror_status import parse_status
+from workers.publisher.mirror_status import parse_status
 
 from .errors import ApiError
 from .hub import ResultHub, Watch, meta_prefix
-from .liveness import QUEUES, Liveness
+from .liveness import Liveness
 from .settings import ApiSettings
 
-log = logging.getLogger("vcm.api")
+log = logging.getLogger(__name__)
 
 READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
-WAITS = frozenset({"vcm.acquire"})  # tasks that can wait in line (request `wait`)
-PARKED = frozenset({"STARTED", "WAITING", "RETRY"})  # a worker holds it: it is not lost
+WAITS = frozenset({Task.ACQUIRE})  # tasks that can wait in line (request `wait`)
+PARKED = frozenset({"STARTED", WAITING, "RETRY"})  # a worker holds it: it is not lost
 RECORD = API_TASK_RECORD
-# what /readyz shows of the mirror's status (workers/publisher.py lists every field)
+# what /readyz shows of the mirror's status (workers/publisher/thread.py lists every field)
 MIRROR_SHOWN = ("state", "seq", "ledger-seq", "held-replies", "error", "failing-since",
                 "written-at", "configmaps", "encoded-bytes")
 MIRROR_COUNTERS = ("errors", "last-error", "set-aside", "failures")
@@ -234,7 +236,7 @@ class Bridge:
             if disconnected is not None and await disconnected():
                 if name in WAITS:  # it may be in line: take it out before it is granted
                     with contextlib.suppress(Exception):
-                        await self.send("vcm.cancel_wait", {"task_id": w.task_id}, queue)
+                        await self.send(Task.CANCEL_WAIT, {"task_id": w.task_id}, queue)
                 raise ApiError(499, "ClientClosedRequest", "the client went away",
                                {"task-id": w.task_id})
             tick = 0.25 if state not in PARKED else 1.0
@@ -281,8 +283,8 @@ class Bridge:
         except Exception as exc:  # noqa: BLE001
             self.live.redis_error = str(exc) or type(exc).__name__
             redis_ok = False
-        if redis_ok and self.live.age("placement") > self.s.worker_fresh:
-            await self.live.refresh({"placement"})
+        if redis_ok and self.live.age(PLACEMENT) > self.s.worker_fresh:
+            await self.live.refresh({PLACEMENT})
         memory = await self.live.look_at_memory() if redis_ok else None
         fresh = self.s.worker_fresh + 1.0
         report: dict[str, Any] = {
@@ -297,7 +299,7 @@ class Bridge:
         # unready, every replica would leave the Service and clients would meet connection
         # errors instead.
         full = memory is not None and memory.full
-        report["ready"] = bool(redis_ok and (report["workers"]["placement"] or full))
+        report["ready"] = bool(redis_ok and (report["workers"][PLACEMENT] or full))
         report["mirror"] = (await self._mirror_status(counters=report["ready"]) if redis_ok
                             else {"state": "unknown"})
         return report
@@ -308,7 +310,7 @@ class Bridge:
         error counters and last unexpected error."""
         assert self.client
         try:
-            raw = await asyncio.wait_for(self.client.hgetall(KEYS.mirror), 1.0)
+            raw = await asyncio.wait_for(mirror_status(self.client), 1.0)
         except Exception:  # noqa: BLE001 - readiness must answer
             return {"state": "unknown"}
         status = parse_status(raw)

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from workers.core.errors import ERRORS, VcmError
 
-log = logging.getLogger("vcm.api")
+log = logging.getLogger(__name__)
 
 # a task's failure (its exception name) -> HTTP status; the domain errors carry their own
 STATUS: dict[str, int] = {name: cls.http_status for name, cls in ERRORS.items()}

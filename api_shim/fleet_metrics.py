@@ -1,18 +1,19 @@
 """Fleet metrics for `GET /metrics`: a prometheus-client collector that reads the ledger's
-counters straight from Redis at scrape time.
+counters at scrape time.
 
-Everything comes from keys the workers keep (named in workers/adapters/keys.py, prefix `vcm:`);
-nothing is counted in the shim, so any number of shim replicas report the same values:
+Everything comes from what the workers keep in the ledger (read by `read_fleet`,
+workers/adapters/ledger/reports.py); nothing is counted in the shim, so any number of shim
+replicas report the same values:
 
-  stats      hash   placements, releases, reaps, granted-after-wait, refused:<ErrorName>
-  latency    hash   acquire latency incl. waiting: count per bucket (not cumulative), count, sum
-  leases     hash   active leases (HLEN)
-  waiting    zset   the waiting line (ZCARD)
-  usage      stream the usage rollups taken by beat; the latest one gives utilization
-  mirror     hash   the ledger mirror's status (state, seq, ledger-seq, written-at, error, ...),
-                    parsed by mirror_status.parse_status
-  seq        string the ledger's change counter
-  quarantine hash   records set aside (HLEN); blocked: those whose holdings cannot be read
+  stats       placements, releases, reaps, granted-after-wait, refused:<ErrorName>
+  latency     acquire latency incl. waiting: count per bucket (not cumulative), count, sum
+  leases      active leases
+  waiting     the waiting line's length
+  rollup      the latest usage rollup taken by beat: it gives utilization
+  mirror      the ledger mirror's status (state, seq, ledger-seq, written-at, error, ...),
+              parsed by mirror_status.parse_status
+  seq         the ledger's change counter
+  set aside   records set aside; unreadable: those whose holdings cannot be read
 
 and Redis's own INFO memory and stats: used_memory against maxmemory (a full Redis refuses
 writes: workers/adapters/redis_memory.py) and evicted_keys (0 under noeviction).
@@ -23,7 +24,6 @@ because of Redis: when it does not answer, the scrape says `vcm_redis_up 0` and 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -40,20 +40,20 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.utils import floatToGoString
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from workers.adapters.keys import PREFIX, Keys
-from workers.adapters.ledger import LATENCY_BUCKETS
+from workers.adapters.keys import PREFIX
+from workers.adapters.ledger.reports import read_fleet, report_client
+from workers.adapters.ledger.status import LATENCY_BUCKETS
 from workers.adapters.redis_memory import MemoryUse
 from workers.core.errors import ERRORS
 from workers.core.health import effective
-from workers.mirror_status import parse_status
+from workers.core.models import DIMENSIONS
+from workers.publisher.mirror_status import parse_status
 from workers.settings import Settings
 
-log = logging.getLogger("vcm.api")
+log = logging.getLogger(__name__)
 
-RESOURCES = ("vcpus", "memory", "storage", "networks")
+RESOURCES = (*DIMENSIONS, "networks")
 COUNTERS = (  # (metric name without _total, vcm:stats field, help)
     ("vcm_placements", "placements", "Leases placed (one per vCenter of a request)"),
     ("vcm_releases", "releases", "Leases released by their owners"),
@@ -160,7 +160,7 @@ class FleetReader:
     def __init__(self, redis_url: str, prefix: str = PREFIX, timeout: float = 0.5,
                  client: redis.Redis | None = None) -> None:
         self.url = redis_url
-        self.keys = Keys(prefix)
+        self.prefix = prefix
         self.health_stale = Settings.from_env().inventory_stale
         self.timeout = timeout
         self._client = client
@@ -170,67 +170,35 @@ class FleetReader:
     def client(self) -> redis.Redis:
         with self._lock:
             if self._client is None:
-                self._client = redis.Redis.from_url(
-                    self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
-                    retry=Retry(NoBackoff(), 0), health_check_interval=0, max_connections=32)
+                self._client = report_client(self.url, self.timeout)
             return self._client
 
     def read(self) -> FleetSnapshot:
         """Raises the Redis error when Redis does not answer."""
-        pipe = self.client.pipeline(transaction=False)
-        k = self.keys
-        pipe.hgetall(k.stats)
-        pipe.hgetall(k.latency)
-        pipe.hlen(k.leases)
-        pipe.zcard(k.waiting)
-        pipe.xrevrange(k.usage, "+", "-", count=1)
-        pipe.hgetall(k.mirror)
-        pipe.get(k.seq)
-        pipe.hgetall(k.health)
-        pipe.hlen(k.quarantine)
-        pipe.scard(k.blocked)
-        pipe.info("memory")
-        pipe.info("stats")
-        *ledger, memory, redis_stats = pipe.execute(raise_on_error=False)
-        for reply in ledger:
-            if isinstance(reply, Exception):
-                raise reply
-        stats, latency, leases, waiting, usage, mirror, seq, health, aside, blocked = ledger
-        snap = FleetSnapshot(at=time.time(), leases=int(leases or 0), waiting=int(waiting or 0),
-                             set_aside=int(aside or 0), set_aside_unreadable=int(blocked or 0))
+        fleet = read_fleet(self.client, self.prefix)
+        snap = FleetSnapshot(at=time.time(), leases=fleet.leases, waiting=fleet.waiting,
+                             set_aside=fleet.set_aside,
+                             set_aside_unreadable=fleet.set_aside_unreadable)
         # a Redis user may lack INFO (an ACL without @dangerous): Redis's numbers are then
         # unknown, the ledger's are still shown
-        if not isinstance(memory, Exception):
-            snap.memory = MemoryUse.from_info(memory or {})
-        if not isinstance(redis_stats, Exception):
-            evicted = _number((redis_stats or {}).get("evicted_keys"))
+        if fleet.memory is not None:
+            snap.memory = MemoryUse.from_info(fleet.memory)
+        if fleet.redis_stats is not None:
+            evicted = _number(fleet.redis_stats.get("evicted_keys"))
             snap.evicted = int(evicted) if evicted is not None else None
-        for key, value in (stats or {}).items():
+        for key, value in fleet.stats.items():
             number = _number(value)
             if number is not None:
                 snap.stats[_text(key)] = int(number)
-        for key, value in (latency or {}).items():
+        for key, value in fleet.latency.items():
             number = _number(value)
             if number is not None:
                 snap.latency[_text(key)] = number
-        snap.mirror = parse_status(mirror, now=snap.at) if mirror else {}
-        records = {}
-        for vcenter, raw in (health or {}).items():
-            try:
-                records[_text(vcenter)] = json.loads(raw)
-            except ValueError:
-                continue  # unreadable: its pools count as unknown
-        snap.health = effective(records, snap.at, self.health_stale)
-        number = _number(seq)
+        snap.mirror = parse_status(fleet.mirror, now=snap.at) if fleet.mirror else {}
+        snap.health = effective(fleet.health, snap.at, self.health_stale)
+        number = _number(fleet.seq)
         snap.seq = int(number) if number is not None else None
-        if usage:
-            _, fields = usage[0]
-            raw = fields.get(b"s") if isinstance(fields, dict) else None
-            try:
-                rollup = json.loads(raw) if raw else None
-            except ValueError:
-                rollup = None
-            snap.rollup = rollup if isinstance(rollup, dict) else None
+        snap.rollup = fleet.rollup
         return snap
 
 

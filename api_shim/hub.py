@@ -22,7 +22,7 @@ from tasks import results
 from workers.adapters.keys import API_HUB_CHANNEL
 from workers.backoff import Backoff, doubling
 
-log = logging.getLogger("vcm.api")
+log = logging.getLogger(__name__)
 
 HUB_CHANNEL = API_HUB_CHANNEL  # subscribed at once, so that the connection exists to read
 

@@ -19,13 +19,13 @@ import redis.asyncio as aredis
 from celery import Celery
 
 from workers.adapters.redis_memory import MemoryUse
+from workers.contract import QUEUES
 
 from .errors import ApiError
 from .settings import ApiSettings
 
-log = logging.getLogger("vcm.api")
+log = logging.getLogger(__name__)
 
-QUEUES = ("placement", "queries")
 
 
 class Liveness:

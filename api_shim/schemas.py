@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.contract import STATES
+from workers.core.lease import NETWORK_SCHEMA, lease_schema
+
 DURATION_TEXT = r"^(\d+d)?(\d+h)?(\d+m)?(\d+(\.\d+)?s)?$|^\d+(\.\d+)?$"
 DURATION = {
     "oneOf": [
@@ -92,46 +95,8 @@ RENEW_REQUEST: dict[str, Any] = {
     },
 }
 
-NETWORK = {
-    "type": "object",
-    "properties": {
-        "port-group": {"type": "string"}, "vlan": {"type": ["integer", "null"]},
-        "cidr": {"type": "string"}, "gateway": {"type": "string"}, "type": {"type": "string"},
-        "pod": {"type": "string"}, "machine-network-cidr": {"type": "string"},
-        "ip-addresses": {"type": "array", "items": {"type": "string"}, "description":
-                         "when configured, or a slice's; else the cidr's addresses from the "
-                         "network address on ([2] and [3]: the VIPs)"},
-        "ipv6-cidr": {"type": "string"}, "ipv6-start": {"type": "string"},
-        "nameservers": {"type": "array", "items": {"type": "string"}},
-        "router": {"type": "string"}, "datacenter": {"type": "string"},
-    },
-}
-
-LEASE: dict[str, Any] = {
-    "type": "object",
-    "title": "Lease",
-    "required": ["spec", "status", "metadata"],
-    "properties": {
-        "spec": {"type": "object", "properties": {
-            k: {"type": "integer"} for k in ("vcpus", "memory", "storage", "vcenters", "networks")
-        }},
-        "status": {"type": "object", "properties": {
-            "leased-at": {"type": "string", "format": "date-time"},
-            "expires-at": {"type": "string", "format": "date-time"},
-            "boskos-lease-id": {"type": "string"},
-            "pool": {"type": "string"}, "vcenter": {"type": "string"},
-            "datacenter": {"type": "string"}, "cluster": {"type": "string"},
-            "datastore": {"type": "string"},
-            "networks": {"type": "array", "items": NETWORK},
-            "owner": {"type": "string"}, "request-id": {"type": "string"},
-            "state": {"type": "string"},
-        }},
-        "metadata": {"type": "object", "properties": {
-            "name": {"type": "string", "description": "the lease id"},
-            "creationTimestamp": {"type": "string"},
-        }},
-    },
-}
+NETWORK = NETWORK_SCHEMA
+LEASE: dict[str, Any] = lease_schema()  # from the Lease fields' declarations
 
 LEASES = {"type": "array", "items": LEASE}
 
@@ -178,8 +143,7 @@ TASK_STATE: dict[str, Any] = {
         "task-id": {"type": "string"},
         "task": {"type": ["string", "null"]},
         "state": {"type": "string",
-                  "enum": ["PENDING", "STARTED", "WAITING", "RETRY", "SUCCESS", "FAILURE",
-                           "REVOKED"]},
+                  "enum": list(STATES)},
         "position": {"type": "integer", "description": "WAITING: place in line (1 = next)"},
         "reasons": {"type": "object", "additionalProperties": {"type": "string"}},
         "deadline": {"type": "string"},

@@ -15,7 +15,7 @@ from pydantic import BeforeValidator, Field
 from workers.settings import EnvSettings, Settings, duration
 
 MAX_BODY = 64 * 1024  # bytes; larger bodies get 413
-log = logging.getLogger("vcm.api")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

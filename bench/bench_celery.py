@@ -84,7 +84,8 @@ def preload(server, pools_path: Path, n: int) -> None:
         return
     from workers.adapters.ledger import Ledger
     from workers.adapters.pools_file import load_pools
-    from workers.core.models import make_lease, parse_request
+    from workers.core.grants import make_lease
+    from workers.core.parsing import parse_request
 
     pools = list(load_pools(str(pools_path)))
     now = time.time()

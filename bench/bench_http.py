@@ -62,6 +62,7 @@ from bench import (
     write_pools,
 )
 from bench.lib.cpu import process_cpu
+from tests.support.audit import audit
 from tests.support.procs import LoggedProcess, free_port, wait_for
 
 TIMEOUT = 60.0
@@ -305,7 +306,7 @@ def main() -> int:
                       + ", ".join(f"{SHORT[k]} {got[k]:,.0f} rt/s" for k in order)
                       + f"; uvloop + httptools / asyncio + h11 "
                       f"{got['httptools'] / got['h11']:.2f}", flush=True)
-        leftover = Ledger(redis.client()).audit()["leases"]
+        leftover = audit(Ledger(redis.client()))["leases"]
         if leftover:
             raise RuntimeError(f"{len(leftover)} leases left after the benchmark")
 

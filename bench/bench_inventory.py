@@ -208,8 +208,10 @@ def spread(values: list[int]) -> str:
 
 
 def sync_cost(stack: Any, calls: Calls, checker: Checker, warm: int) -> None:
-    from workers.adapters.inventory import Sessions, plan, sync
     from workers.adapters.pools_file import load_pools
+    from workers.adapters.vcenter.access import plan
+    from workers.adapters.vcenter.inventory import sync
+    from workers.adapters.vcenter.sessions import Sessions
     from workers.settings import Settings
 
     pools, sessions, app = load_pools(str(stack.pools)), Sessions(), stack.app

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from bench import fleet_spec, fmt_ms, fmt_rate, median, percentile, table, write_pools
+from tests.support.audit import audit
 
 REQUEST = {"vcpus": 1, "memory": 1, "storage": 1, "networks": 0}
 TIMEOUT = 300.0
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.support.kube_apiserver import KubeApiServer
     from tests.support.procs import wait_for
-    from workers.adapters.mirror import ConfigMapMirror
+    from workers.adapters.mirror.configmap import ConfigMapMirror
 
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="vcm-bench-mirror-"))
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         ledger = Ledger(cm.redis.client())
         with ConfigMapMirror(NS, NAME, api_client=kube.api_client()) as mirror:
             wait_for(lambda: {x["metadata"]["name"] for x in mirror.load()["leases"]}
-                     == set(ledger.audit()["leases"]), timeout=30, what="mirror == ledger")
+                     == set(audit(ledger)["leases"]), timeout=30, what="mirror == ledger")
 
         rows = []
         for load in ("burst", "1 client"):

@@ -47,8 +47,12 @@ from bench import (
     verdict,
     write_pools,
 )
-from workers.core.models import Pool, lease_port_groups, make_lease, parse_request
-from workers.core.placement import Fleet, FreeNets, place
+from workers.core.fleet import Fleet, FreeNets
+from workers.core.grants import make_lease
+from workers.core.lease import lease_port_groups
+from workers.core.models import Pool
+from workers.core.parsing import parse_request
+from workers.core.placement import place
 from workers.core.pools import parse_pools
 
 POOLS, VCENTERS, PORT_GROUPS = 200, 40, 64
@@ -126,7 +130,7 @@ class LedgerCase:
                  pools_path: Path, redis_url: str, mirror_path: Path) -> None:
         from workers.adapters.ledger import Ledger
         from workers.adapters.pools_file import PoolsFile
-        from workers.service import Capacity
+        from workers.service.capacity import Capacity
         from workers.settings import Settings
 
         self.pools = pools
@@ -164,7 +168,7 @@ class LedgerCase:
         self.service = Capacity(self.ledger, PoolsFile(str(pools_path)), settings)
         self.mirror = None
         try:  # the publisher's whole save (journal compaction)
-            from workers.adapters.mirror import FileMirror
+            from workers.adapters.mirror.file import FileMirror
 
             if hasattr(self.ledger, "snapshot"):
                 self.mirror = FileMirror(mirror_path)

@@ -15,13 +15,14 @@ from tasks import results as _results  # noqa: F401 - query results expire in mi
 from tasks.holding import wait_for_room
 from workers.adapters.redis_memory import hold
 from workers.adapters.replies import shutting_down
-from workers.bootstrap import PLACEMENT, QUERIES, Runtime, build, cannot_start, require_valid_pools
+from workers.bootstrap import Runtime, build, cannot_start, require_valid_pools
+from workers.contract import PLACEMENT, QUERIES, WAITING, Task
 from workers.core.errors import ERRORS, InvalidRequest
-from workers.service import Capacity
+from workers.service.capacity import Capacity
 
 app = Celery("vcm", task_cls="tasks.messages:CheckedTask")
 app.config_from_object("celeryconfig")
-log = logging.getLogger("vcm.tasks")
+log = logging.getLogger(__name__)
 # domain failures are answers, not crashes: Celery logs them without a traceback
 EXPECTED = tuple(ERRORS.values())
 _runtime: dict[str, Runtime] = {}  # the one runtime of this process, built on first use
@@ -40,7 +41,7 @@ def service() -> Capacity:
 
 def _consumes_placement(app: Celery) -> bool:
     """Whether this worker consumes the placement queue (-Q; all queues without it)."""
-    return "placement" in set(app.amqp.queues.consume_from or app.amqp.queues)
+    return PLACEMENT in set(app.amqp.queues.consume_from or app.amqp.queues)
 
 
 @signals.worker_init.connect
@@ -86,7 +87,7 @@ def _setup(sender: str, instance: Any, **_: Any) -> None:
     that cannot be read while Redis is empty)."""
     try:
         svc = service()
-        wait_for_room(svc.ledger.r)
+        wait_for_room(svc.ledger.memory_use)
         if _role["name"] == PLACEMENT:
             svc.ensure_ready(check_mirror=True)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -149,22 +150,22 @@ def _answer(task, result: Any) -> Any:
     return result
 
 
-@app.task(name="vcm.acquire", bind=True, throws=EXPECTED)
+@app.task(name=Task.ACQUIRE, bind=True, throws=EXPECTED)
 def acquire(self, request: Any = None, *args: Any, **extra: Any) -> list[dict[str, Any]]:
     try:
         _no_extra(args, extra)
     except InvalidRequest as exc:  # the task id's answer: every copy of the task gets it too
         return _answer(self, service().refuse(self.request.id, exc)[0])
-    from workers.service import Parked
+    from workers.service.waiting import Parked
 
     result = service().acquire(request, self.request.id)
     if isinstance(result, Parked):
-        self.update_state(state="WAITING", meta=result.meta())
+        self.update_state(state=WAITING, meta=result.meta())
         raise Ignore()
     return _answer(self, result)
 
 
-@app.task(name="vcm.acquire_batch", bind=True, throws=EXPECTED)
+@app.task(name=Task.ACQUIRE_BATCH, bind=True, throws=EXPECTED)
 def acquire_batch(self, requests: Any = None, *args: Any,
                   **extra: Any) -> list[list[dict[str, Any]]]:
     try:
@@ -174,45 +175,45 @@ def acquire_batch(self, requests: Any = None, *args: Any,
     return _answer(self, service().acquire_batch(requests, self.request.id))
 
 
-@app.task(name="vcm.release", bind=True, throws=EXPECTED)
+@app.task(name=Task.RELEASE, bind=True, throws=EXPECTED)
 def release(self, lease_ids: Any = None, owner: Any = None, selector: Any = None, *args: Any,
             **extra: Any) -> list[str]:
     _no_extra(args, extra)
     return _answer(self, service().release(lease_ids, owner, selector))
 
 
-@app.task(name="vcm.renew", bind=True, throws=EXPECTED)
+@app.task(name=Task.RENEW, bind=True, throws=EXPECTED)
 def renew(self, lease_id: Any = None, owner: Any = None, ttl: Any = None, *args: Any,
           **extra: Any) -> dict:
     _no_extra(args, extra)
     return _answer(self, service().renew(lease_id, owner, ttl))
 
 
-@app.task(name="vcm.cancel_wait", throws=EXPECTED)
+@app.task(name=Task.CANCEL_WAIT, throws=EXPECTED)
 def cancel_wait(task_id: Any = None, *args: Any, **extra: Any) -> bool:
     """Sent by the HTTP shim when a synchronous acquire's client hangs up while it waits."""
     _no_extra(args, extra)
     return service().cancel_wait(task_id)
 
 
-@app.task(name="vcm.reap_expired", throws=EXPECTED)
+@app.task(name=Task.REAP_EXPIRED, throws=EXPECTED)
 def reap_expired(*args: Any, **extra: Any) -> list[str]:
     _no_extra(args, extra)
     return service().reap_expired()
 
 
-@app.task(name="vcm.prune_namespaces", throws=EXPECTED)
+@app.task(name=Task.PRUNE_NAMESPACES, throws=EXPECTED)
 def prune_namespaces(*args: Any, **extra: Any) -> dict[str, Any]:
     """Beat, every VCM_NAMESPACE_PRUNE_INTERVAL: release the leases of namespaces that no
-    longer exist (workers/namespaces.py). On the queries queue: the namespace list may be slow
-    and placement must never wait for it, so a placement worker refuses to run it; only the
-    release goes to the placement queue (vcm.release_namespace_gone)."""
+    longer exist (workers/service/namespaces.py). On the queries queue: the namespace list may
+    be slow and placement must never wait for it, so a placement worker refuses to run it; only
+    the release goes to the placement queue (vcm.release_namespace_gone)."""
     _no_extra(args, extra)
     if _role["name"] == PLACEMENT:
         log.warning("vcm.prune_namespaces reached a placement worker; not run (send it to the "
                     "queries queue)")
         return {"state": "refused", "error": "placement worker"}
-    from workers.namespaces import prune
+    from workers.service.namespaces import prune
 
     return prune(service(), _release_gone)
 
@@ -225,17 +226,17 @@ def _release_gone(lease_ids: list[str]) -> list[str]:
     wait for its answer: the ids it released. ReleasePending when it does not come in time."""
     from celery.exceptions import TimeoutError as ResultTimeout
 
-    from workers.namespaces import ReleasePending
+    from workers.service.namespaces import ReleasePending
 
-    result = app.send_task("vcm.release_namespace_gone", kwargs={"lease_ids": lease_ids},
-                           queue="placement")
+    result = app.send_task(Task.RELEASE_NAMESPACE_GONE, kwargs={"lease_ids": lease_ids},
+                           queue=PLACEMENT)
     try:  # another queue's worker answers: waiting here cannot deadlock
         return result.get(timeout=RELEASE_WAIT, disable_sync_subtasks=False)
     except ResultTimeout:
         raise ReleasePending(result.id) from None
 
 
-@app.task(name="vcm.release_namespace_gone", bind=True, throws=EXPECTED)
+@app.task(name=Task.RELEASE_NAMESPACE_GONE, bind=True, throws=EXPECTED)
 def release_namespace_gone(self, lease_ids: Any = None, *args: Any,
                            **extra: Any) -> list[str]:
     """Sent by vcm.prune_namespaces: release these leases, whose namespaces are gone, with
@@ -244,63 +245,64 @@ def release_namespace_gone(self, lease_ids: Any = None, *args: Any,
     if _role["name"] != PLACEMENT:
         raise InvalidRequest.of("queue", "releases are placed by the placement worker: send "
                                 "vcm.release_namespace_gone to the placement queue")
-    from workers.namespaces import release_gone
+    from workers.service.namespaces import release_gone
 
     return _answer(self, release_gone(service(), lease_ids))
 
 
-@app.task(name="vcm.show_pools", throws=EXPECTED)
+@app.task(name=Task.SHOW_POOLS, throws=EXPECTED)
 def show_pools(*args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)
     return service().show_pools()
 
 
-@app.task(name="vcm.list_leases", throws=EXPECTED)
+@app.task(name=Task.LIST_LEASES, throws=EXPECTED)
 def list_leases(owner: Any = None, pool: Any = None, after: Any = None, limit: Any = None,
                 selector: Any = None, *args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)
     return service().list_leases(owner, pool, after, limit, selector)
 
 
-@app.task(name="vcm.estimate", throws=EXPECTED)
+@app.task(name=Task.ESTIMATE, throws=EXPECTED)
 def estimate(request: Any = None, *args: Any, **extra: Any) -> dict[str, Any]:
     _no_extra(args, extra)
     return service().estimate(request)
 
 
-@app.task(name="vcm.waiting", throws=EXPECTED)
+@app.task(name=Task.WAITING, throws=EXPECTED)
 def waiting(*args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)
     return service().waiting()
 
 
-@app.task(name="vcm.rollup_usage", throws=EXPECTED)
+@app.task(name=Task.ROLLUP_USAGE, throws=EXPECTED)
 def rollup_usage(*args: Any, **extra: Any) -> dict[str, Any]:
     _no_extra(args, extra)
     svc = service()
     return svc.rollup(svc.settings.usage_retention)
 
 
-@app.task(name="vcm.usage_history", throws=EXPECTED)
+@app.task(name=Task.USAGE_HISTORY, throws=EXPECTED)
 def usage_history(pool: Any = None, since: Any = None, after: Any = None, limit: Any = None,
                   *args: Any, **extra: Any) -> list[dict[str, Any]]:
     _no_extra(args, extra)
     return service().usage_history(pool, since, after, limit)
 
 
-@app.task(name="vcm.sync_inventory", throws=EXPECTED)
+@app.task(name=Task.SYNC_INVENTORY, throws=EXPECTED)
 def sync_inventory(*args: Any, **extra: Any) -> dict[str, Any]:
     """Beat, every VCM_INVENTORY_INTERVAL: read each vCenter that may be contacted (a credential
-    meant for it, a certificate check: workers/adapters/vcenter_access.py) and store its
-    pools' live health (workers/adapters/inventory.py). On the queries queue: a slow vCenter
+    meant for it, a certificate check: workers/adapters/vcenter/access.py) and store its
+    pools' live health (workers/adapters/vcenter/inventory.py). On the queries queue: a slow vCenter
     must never hold up placement, so a placement worker refuses to run it."""
     _no_extra(args, extra)
     if _role["name"] == PLACEMENT:
         log.warning("vcm.sync_inventory reached a placement worker; not run (send it to the "
                     "queries queue)")
         return {"synced": {}, "errors": {}, "skipped": {}, "refused": "placement worker"}
-    from workers.adapters.inventory import plan, sync
-    from workers.adapters.ledger import LedgerUnready
+    from workers.adapters.vcenter.access import plan
+    from workers.adapters.vcenter.inventory import sync
+    from workers.core.errors import LedgerUnready
 
     svc = service()
     pools = list(svc.pools.current().values())

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from workers import backoff
-from workers.adapters.redis_memory import HOLD_CAP, hold, memory_use
+from workers.adapters.redis_memory import HOLD_CAP, MemoryUse, hold
 from workers.adapters.replies import shutting_down
 
-log = logging.getLogger("vcm.tasks")
+log = logging.getLogger(__name__)
 
 # the backend's methods that write a task's state or answer
 WRITES = frozenset({"store_result", "mark_as_done", "mark_as_failure", "mark_as_retry",
@@ -58,14 +59,15 @@ class HeldAnswers:
         return write
 
 
-def wait_for_room(client: Any) -> None:
+def wait_for_room(memory_now: Callable[[], MemoryUse | None]) -> None:
     """Return once Redis is not full (or does not say: the consumer's own retries take over);
-    meanwhile log once, and look again with backoff."""
+    meanwhile log once, and look again with backoff. `memory_now`: the ledger's look at
+    Redis's memory."""
     delays = backoff.Backoff(backoff.doubling(cap=HOLD_CAP))
     started = time.monotonic()
     waited = False
     while True:
-        memory = memory_use(client)
+        memory = memory_now()
         if memory is None or not memory.full:
             break
         if not waited:

@@ -19,10 +19,11 @@ from typing import Any
 from celery import Celery, signals
 
 import celeryconfig
+from workers.contract import QUERY_TASKS
 
-log = logging.getLogger("vcm.tasks")
+log = logging.getLogger(__name__)
 
-QUERIES: frozenset[str] = frozenset(celeryconfig.QUERIES)
+QUERIES: frozenset[str] = frozenset(QUERY_TASKS)
 QUERY_RESULT_TTL: int = celeryconfig.query_result_expires
 RESULT_TTL: int = celeryconfig.result_expires
 _PROBE = "0"  # any task id: the prefix is what comes before it

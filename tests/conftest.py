@@ -70,7 +70,7 @@ def reset_ledger(client, mirror_file: str | None) -> None:
     pipe.execute()
     if not mirror_file:
         return
-    from workers.adapters.mirror import FileMirror
+    from workers.adapters.mirror.file import FileMirror
 
     empty = {"format": 1, "seq": 0, "leases": []}
     for _ in range(20):

@@ -6,16 +6,14 @@ from typing import Any
 
 from celery import Celery
 
+from tests.support.audit import audit
 from workers.adapters.ledger import Ledger
-from workers.core.models import Pool
-
-QUEUE = {"vcm.show_pools": "queries", "vcm.list_leases": "queries", "vcm.estimate": "queries",
-         "vcm.waiting": "queries", "vcm.rollup_usage": "queries", "vcm.usage_history": "queries",
-         "vcm.sync_inventory": "queries", "vcm.prune_namespaces": "queries"}
+from workers.contract import PLACEMENT, QUEUE
+from workers.core.models import DIMENSIONS, Pool
 
 
 def call(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> Any:
-    r = app.send_task(name, kwargs=kwargs, queue=QUEUE.get(name, "placement"))
+    r = app.send_task(name, kwargs=kwargs, queue=QUEUE.get(name, PLACEMENT))
     return r.get(timeout=timeout)
 
 
@@ -26,7 +24,7 @@ def placement_barrier(app: Celery, timeout: float = 20) -> None:
 
 
 def failure(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> BaseException:
-    r = app.send_task(name, kwargs=kwargs, queue=QUEUE.get(name, "placement"))
+    r = app.send_task(name, kwargs=kwargs, queue=QUEUE.get(name, PLACEMENT))
     try:
         r.get(timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - the point is to return it
@@ -49,7 +47,7 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool],
     networks held by exactly their leases and set-aside records, each by the leases of one
     install (an owner's boskos-lease-id label, else one request). A network is never in a lease
     and a set-aside record (unless named in `shared`: the mirror already gave it to both)."""
-    snap = ledger.audit()
+    snap = audit(ledger)
     sums: dict[str, list[int]] = {}
     nets: dict[str, set[str]] = {}
     installs: dict[str, tuple] = {}
@@ -75,7 +73,7 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool],
         if entry["counted"] != "hold":
             continue
         s = sums.setdefault(hold["pool"], [0, 0, 0, 0])
-        for i, dim in enumerate(("vcpus", "memory", "storage")):
+        for i, dim in enumerate(DIMENSIONS):
             s[i] += hold[dim]
         s[3] += 1
         for key in hold["nets"]:

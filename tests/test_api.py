@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.helpers import check_invariants
+from tests.support.audit import audit
 from tests.support.procs import wait_for
 from tests.test_api_support import (
     TOKENS,
@@ -67,7 +68,7 @@ def settled(ledger, api):
         settle = {"vcpus": 1, "memory": 1, "networks": 0, "owner": "settle"}
         assert c.post("/acquire", json=settle).status_code == 200
         assert c.post("/release", json={"owner": "settle"}).status_code == 200
-    assert ledger.audit()["leases"] == {}
+    assert audit(ledger)["leases"] == {}
     yield ledger
 
 
@@ -176,7 +177,7 @@ def test_release_by_owner(http, settled, pools_file):
 def test_no_capacity_is_409_with_reasons_per_pool(http, settled, pools_file):
     ok = http.post("/acquire", json={"vcpus": 100, "memory": 100, "required-pool": "pool1"})
     assert ok.status_code == 200
-    before = settled.audit()
+    before = audit(settled)
     body = assert_error(http.post("/acquire", json={"vcpus": 40, "memory": 900}), 409,
                         "NoCapacity")
     reasons = body["details"]["reasons"]
@@ -184,7 +185,7 @@ def test_no_capacity_is_409_with_reasons_per_pool(http, settled, pools_file):
     assert reasons["pool2"] == "insufficient memory (need 900, free 800)"
     assert set(reasons) == {"pool1", "pool2", "pool3", "pool4"}
     assert "pool2: insufficient memory" in body["message"]
-    assert settled.audit() == before
+    assert audit(settled) == before
 
 
 # -- bad input -----------------------------------------------------------------------------------
@@ -215,10 +216,10 @@ BAD_ACQUIRES = [
 
 @pytest.mark.parametrize("body, status, field", BAD_ACQUIRES)
 def test_bad_acquire_bodies_name_the_field(http, ledger, body, status, field):
-    before = ledger.audit()
+    before = audit(ledger)
     resp = http.post("/acquire", content=body, headers={"Content-Type": "application/json"})
     err = assert_error(resp, status, "InvalidRequest", field)
-    assert ledger.audit() == before, err
+    assert audit(ledger) == before, err
 
 
 @pytest.mark.parametrize("path, body, field", [
@@ -249,7 +250,7 @@ def test_bad_query_parameters(http, ledger):
                  422, "InvalidRequest", "pool-selector")
     assert_error(http.get("/estimate", params={"vcpus": 1, "memory": 1, "vcenters": 9}),
                  422, "InvalidRequest", "vcenters")
-    assert ledger.audit()["leases"] == {}
+    assert audit(ledger)["leases"] == {}
 
 
 def test_unknown_paths_and_methods_are_json(http):
@@ -263,7 +264,7 @@ def test_wait_longer_than_the_sync_limit_is_rejected(http, ledger):
     body = assert_error(http.post("/acquire", json={**UPSTREAM, "wait": "2h"}), 422,
                         "InvalidRequest", "wait")
     assert "async=true" in body["message"]
-    assert ledger.audit()["leases"] == {}
+    assert audit(ledger)["leases"] == {}
 
 
 # -- body size -----------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ def test_413_by_content_length_and_by_streamed_size(http, ledger):
     assert resp.status_code == 200, resp.text
     [lease] = resp.json()
     assert lease["status"]["owner"] == "edge" and lease["spec"]["vcpus"] == 1
-    assert list(ledger.audit()["leases"]) == [lease["metadata"]["name"]]
+    assert list(audit(ledger)["leases"]) == [lease["metadata"]["name"]]
 
 
 def test_413_for_a_lying_content_length_is_cut_short(api):
@@ -330,7 +331,7 @@ def test_async_acquire_then_task_reaches_success(http, settled, pools_file):
     state = wait_for(done, timeout=20, what="the task to succeed")
     assert state["task"] == "vcm.acquire"
     assert state["result"][0]["status"]["owner"] == "a1"
-    assert list(settled.audit()["leases"]) == [state["result"][0]["metadata"]["name"]]
+    assert list(audit(settled)["leases"]) == [state["result"][0]["metadata"]["name"]]
     check_invariants(settled, pools_of(pools_file))
 
 
@@ -471,7 +472,7 @@ def test_auth_writes_need_a_token_reads_do_not(api_auth, ledger):
                             headers={"Authorization": "Basic YWxpY2U6eA=="}), 401)
         assert c.get("/show-pools").status_code == 200
         assert c.get("/leases").status_code == 200
-    assert ledger.audit()["leases"] == {}
+    assert audit(ledger)["leases"] == {}
 
 
 def test_auth_owner_rules_and_admin_override(api_auth, settled, pools_file):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLE_POOLS
+from tests.support.audit import audit
 from tests.support.procs import RedisServer, Worker, env_for, wait_for
 from tests.test_api_support import ApiServer, assert_error
 from workers.adapters.ledger import Ledger
@@ -139,8 +140,8 @@ def test_503_promptly_without_a_placement_worker_and_back_when_it_returns(own):
         wait_for(lambda: c.post("/acquire", json=SMALL).status_code == 200, timeout=20,
                  what="the shim to find the new worker")
         assert c.get("/readyz").status_code == 200
-    audit = Ledger(own["redis"].client()).audit()
-    assert len(audit["leases"]) == 2  # the first and the last acquire, nothing in between
+    snap = audit(Ledger(own["redis"].client()))
+    assert len(snap["leases"]) == 2  # the first and the last acquire, nothing in between
 
 
 def test_503_promptly_when_redis_is_down_and_recovery(own):

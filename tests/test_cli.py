@@ -9,6 +9,7 @@ import sys
 from celery import Celery
 
 from tests.helpers import placement_barrier
+from tests.support.audit import audit
 from tests.support.procs import ROOT
 
 
@@ -29,10 +30,10 @@ def test_acquire_env_eval_and_release(stack, ledger, tmp_path):
     out = subprocess.run(["bash", str(script)], capture_output=True, text=True).stdout.split()
     assert out[1:] == ["pool1", "ci-vlan-1001", "1001", "192.168.1.0/24", "192.168.1.1",
                        "datastore1"]
-    assert out[0] in ledger.audit()["leases"]
+    assert out[0] in audit(ledger)["leases"]
     p = vcm(stack, "release", out[0], "--owner", "job-1", "-o", "json")
     assert p.returncode == 0 and json.loads(p.stdout) == [out[0]]
-    assert ledger.audit()["leases"] == {}
+    assert audit(ledger)["leases"] == {}
 
 
 def test_exit_codes(stack, ledger):
@@ -68,20 +69,20 @@ def test_pools_table_leases_estimate_reserve(stack, ledger, tmp_path):
                      "  - {vcpus: 8, memory: 8, vcenters: 3}\n")
     p = vcm(stack, "reserve", "-f", str(batch))
     assert p.returncode == 0, p.stderr
-    assert len(ledger.audit()["leases"]) == 1 + 4
-    before = ledger.audit()
+    assert len(audit(ledger)["leases"]) == 1 + 4
+    before = audit(ledger)
     batch.write_text("- {vcpus: 24, memory: 8, required-pool: pool3}\n"
                      "- {vcpus: 24, memory: 8, required-pool: pool3}\n")
     p = vcm(stack, "reserve", "-f", str(batch))
     assert p.returncode == 3 and "request #2" in p.stderr
-    assert ledger.audit() == before  # holding nothing
+    assert audit(ledger) == before  # holding nothing
     batch.write_text("- {vcpus: 8, memory: 8, vcpus: 80}\n")  # which vcpus was meant?
     p = vcm(stack, "reserve", "-f", str(batch))
     assert p.returncode == 2 and "'vcpus' is given twice" in p.stderr, p.stderr
     batch.write_bytes(b"- {vcpus: 8, memory: 8, owner: \xff}\n")
     p = vcm(stack, "reserve", "-f", str(batch))
     assert p.returncode == 2 and "not UTF-8" in p.stderr and "Traceback" not in p.stderr
-    assert ledger.audit() == before
+    assert audit(ledger) == before
 
 
 def test_a_task_lost_in_flight_is_sent_again_as_the_same_request(pools_file, tmp_path):
@@ -112,7 +113,7 @@ def test_a_task_lost_in_flight_is_sent_again_as_the_same_request(pools_file, tmp
         assert "sent it again (same task id" in err
         leases = json.loads(out)
         ledger = Ledger(client)
-        assert sorted(ledger.audit()["leases"]) == [x["metadata"]["name"] for x in leases]
+        assert sorted(audit(ledger)["leases"]) == [x["metadata"]["name"] for x in leases]
         assert len(leases) == 1 and leases[0]["status"]["owner"] == "job-1"
         wait_for(lambda: client.llen("placement") == 0, timeout=30, what="every copy taken")
         app = Celery("client", broker=server.url, backend=server.url)
@@ -123,7 +124,7 @@ def test_a_task_lost_in_flight_is_sent_again_as_the_same_request(pools_file, tmp
         app.send_task("vcm.cancel_wait", kwargs={"task_id": "no-such-wait"},
                       queue="placement").get(timeout=30)
         app.close()
-        assert len(ledger.audit()["leases"]) == 1
+        assert len(audit(ledger)["leases"]) == 1
     finally:
         if worker is not None:
             worker.stop()

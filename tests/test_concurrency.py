@@ -11,6 +11,7 @@ import yaml
 from celery import Celery
 
 from tests.helpers import check_invariants
+from tests.support.audit import audit
 from tests.support.procs import RedisServer, Worker, env_for, wait_for
 from tests.test_task_copies import Answers
 from workers.adapters.ledger import Ledger
@@ -115,7 +116,7 @@ def test_same_request_id_on_two_workers_gives_one_set(private):
                for _ in range(40)]
     ids = {tuple(sorted(x["metadata"]["name"] for x in r.get(timeout=30))) for r in results}
     assert len(ids) == 1
-    assert len(ledger.audit()["leases"]) == 2
+    assert len(audit(ledger)["leases"]) == 2
 
 
 class CrashingWorker(Worker):
@@ -136,7 +137,7 @@ def test_crash_after_commit_then_redelivery_is_idempotent(private):
     r = app.send_task("vcm.acquire", kwargs={"request": {"vcpus": 8, "memory": 8}},
                       queue="placement")
     wait_for(lambda: crashing.proc.poll() is not None, timeout=20, what="the crash")
-    committed = ledger.audit()["leases"]
+    committed = audit(ledger)["leases"]
     assert len(committed) == 1  # committed, never answered
     healthy = Worker(env, "placement", name="healthy@t")
     private["workers"].append(healthy.start())
@@ -182,4 +183,4 @@ def test_a_refusal_whose_ack_was_lost_is_answered_the_same_when_the_broker_gives
         assert len(released.get(timeout=30)) == 4
         # the broker gives the message again once it is a visibility timeout old
         assert answers.wait(1, timeout=120) == ["NoCapacity"]
-    assert ledger.audit()["leases"] == {}
+    assert audit(ledger)["leases"] == {}

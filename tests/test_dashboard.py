@@ -251,7 +251,8 @@ def test_taints_are_badges_and_job_links_link_only_http():
     lease's owner, and a link that is not http(s) (an older record) stays text."""
     import time as _time
 
-    from api_shim.dashboard import Data, render
+    from api_shim.dashboard import render
+    from api_shim.dashboard.view import Data
 
     def lease(name: str, link: str) -> dict:
         return {"spec": {"vcpus": 1, "memory": 1, "storage": 0},

@@ -1131,7 +1131,8 @@ def test_the_settings_configmap_runs_the_placement_worker(tmp_path):
     from celery import Celery
 
     from tests.support.procs import RedisServer
-    from workers.core.models import parse_duration, parse_rfc3339
+    from workers.core.lease import parse_rfc3339
+    from workers.core.parsing import parse_duration
 
     docs = base_docs()
     data = one(docs, "ConfigMap", "vcm-settings")["data"]
@@ -1618,7 +1619,7 @@ def test_queries_worker_reads_vcenter_pins_from_an_optional_configmap(tmp_path):
     """VCM_VCENTER_KNOWN_HOSTS on vcm-queries names a file in the directory where the optional
     ConfigMap vcm-vcenter-tls is mounted, and the example of that ConfigMap is a known-hosts
     file the service reads (it pins nothing until edited)."""
-    from workers.adapters.vcenter_access import plan
+    from workers.adapters.vcenter.access import plan
     from workers.settings import Settings
 
     docs = base_docs()

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import call, failure
+from tests.support.audit import audit
 from tests.support.procs import ROOT, wait_for
 from tests.support.section9 import POOLS
-from workers.core.models import parse_rfc3339
+from workers.core.lease import parse_rfc3339
 
 BAD_TEXT = ["\udcff", "ok\x00", "tab\there", "x" * 5000, "\udc00\ud800"]  # last: a pair reversed
 
@@ -31,7 +32,7 @@ def test_acquire_refuses_strings_that_are_not_text(s, field, bad):
     exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, field: bad})
     assert type(exc).__name__ == "InvalidRequest", exc
     assert exc.args[1]["field"] == field
-    assert s.ledger.audit()["leases"] == {}
+    assert audit(s.ledger)["leases"] == {}
     json.dumps(exc.args[0]).encode("utf-8")  # the message itself is valid text
 
 
@@ -54,7 +55,7 @@ def test_other_task_arguments_refuse_strings_that_are_not_text(s):
         exc = failure(s.app, task, **kwargs)
         assert type(exc).__name__ == "InvalidRequest", (task, kwargs, exc)
         assert exc.args[1]["field"] == field, (task, exc)
-    assert list(s.ledger.audit()["leases"]) == [name]
+    assert list(audit(s.ledger)["leases"]) == [name]
     assert call(s.app, "vcm.release", lease_ids=[name], owner="alice") == [name]
 
 
@@ -67,7 +68,7 @@ def test_the_cli_refuses_an_undecodable_argument_with_exit_2(s):
     err = p.stderr.decode(errors="replace")
     assert p.returncode == 2, err
     assert "boskos-lease-id" in err and "Traceback" not in err
-    assert s.ledger.audit()["leases"] == {}
+    assert audit(s.ledger)["leases"] == {}
 
 
 def _bad_record(s, lease_id: str, owner: str, expires: float) -> None:
@@ -116,7 +117,7 @@ def test_a_restore_sets_bad_mirror_records_aside_and_keeps_what_they_hold(s):
               for i in range(2)]
     wait_for(lambda: len((json.loads(s.mirror.read_text()) or {}).get("leases", [])) == 2
              or s.mirror.with_suffix(".json.journal").exists(), what="the mirror")
-    from workers.adapters.mirror import FileMirror
+    from workers.adapters.mirror.file import FileMirror
 
     snap = FileMirror(str(s.mirror)).load()
     assert len(snap["leases"]) == 2
@@ -131,7 +132,7 @@ def test_a_restore_sets_bad_mirror_records_aside_and_keeps_what_they_hold(s):
     s.redis.wipe()
     s.restart_placement()
     kept = {x["metadata"]["name"] for x in leases} - {bad["metadata"]["name"]}
-    wait_for(lambda: set(s.ledger.audit()["leases"]) == kept, timeout=20,
+    wait_for(lambda: set(audit(s.ledger)["leases"]) == kept, timeout=20,
              what="the restore of every good record")
     r = s.redis.client()
     assert json.loads(r.hget("vcm:quarantine", bad["metadata"]["name"]))["problem"]
@@ -213,7 +214,7 @@ def test_every_task_waiting_on_one_request_id_gets_the_answer(s):
     call(s.app, "vcm.release", owner="hog")
     answers = [r.get(timeout=20) for r in (first, second, third)]
     assert _names(answers[0]) == _names(answers[1]) == _names(answers[2])
-    assert len(s.ledger.audit()["leases"]) == 1
+    assert len(audit(s.ledger)["leases"]) == 1
     assert call(s.app, "vcm.waiting") == []
     s.check()
 
@@ -267,7 +268,7 @@ def test_after_redis_went_back_past_the_mirror_new_answers_still_wait_for_it(s):
     so): the seqs the new changes take were covered before, by the lost ones. Each new answer
     must still wait until the mirror holds its change."""
     from tests.helpers import go_back, keep_ledger
-    from workers.adapters.mirror import FileMirror
+    from workers.adapters.mirror.file import FileMirror
 
     client = s.redis.client()
     start = keep_ledger(client)

@@ -35,10 +35,11 @@ from tasks import results
 from tests.conftest import reset_ledger
 from tests.helpers import call, failure
 from tests.support.procs import RedisServer, env_for
-from workers.bootstrap import PLACEMENT, QUERIES, build
+from workers.bootstrap import build
+from workers.contract import PLACEMENT, QUERIES
 from workers.core.models import Pool
 from workers.core.pools import parse_pools
-from workers.service import Capacity
+from workers.service.capacity import Capacity
 from workers.settings import Settings
 
 VC_A, VC_B = "vc-a.example.com", "vc-b.example.com"

@@ -27,17 +27,11 @@ from tests.helpers import call
 from tests.support.procs import ROOT, Beat, RedisServer, Worker, env_for, wait_for
 from tests.support.tls import CertificateAuthority, TlsProxy, process_ca
 from tests.vcsim import Simulator, Unavailable
-from workers.adapters.inventory import (
-    Access,
-    AccessPlan,
-    InventorySettings,
-    Session,
-    Sessions,
-    read_inventory,
-    sync,
-)
 from workers.adapters.ledger import Ledger
-from workers.adapters.vcenter_access import Trust
+from workers.adapters.vcenter.access import Access, AccessPlan, Trust
+from workers.adapters.vcenter.inventory import InventorySettings, sync
+from workers.adapters.vcenter.inventory_read import read_inventory
+from workers.adapters.vcenter.sessions import Session, Sessions
 from workers.core import health
 from workers.core.health import (
     DEGRADED,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.support.audit import audit
 from tests.support.procs import ROOT
 
 SCRIPT = ROOT / "examples" / "ci-job-step.sh"
@@ -60,13 +61,13 @@ def test_the_example_job_step_leases_writes_its_files_and_releases(stack, ledger
     subnets = json.loads((out / "subnets.json").read_text())
     vlans = {str(n["vlan"]) for x in leases for n in x["status"]["networks"]}
     assert {v for by_vlan in subnets.values() for v in by_vlan} == vlans
-    assert set(ledger.audit()["leases"]) == {x["metadata"]["name"] for x in leases}
+    assert set(audit(ledger)["leases"]) == {x["metadata"]["name"] for x in leases}
     # run again (a retried step): the same leases, nothing new
     assert _run(stack, tmp_path, "acquire", **env).returncode == 0
-    assert len(ledger.audit()["leases"]) == len(leases)
+    assert len(audit(ledger)["leases"]) == len(leases)
     p = _run(stack, tmp_path, "release", **env)
     assert p.returncode == 0, p.stderr
     released = json.loads((out / "released.json").read_text())
     assert sorted(released) == sorted(x["metadata"]["name"] for x in leases)
-    assert ledger.audit()["leases"] == {}
+    assert audit(ledger)["leases"] == {}
     assert os.access(SCRIPT, os.X_OK)

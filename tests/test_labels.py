@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.helpers import call, failure
+from tests.support.audit import audit
 from tests.support.procs import ROOT
 from tests.support.section9 import POOLS
 from workers.core.labels import Requirement, matches, parse_selector
@@ -47,7 +48,7 @@ def test_labels_are_stored_listed_and_released_by_selector(s):
     # alice's b-1 leases go in one step; her b-2 lease and bob's b-1 lease stay
     released = call(s.app, "vcm.release", owner="alice", selector=f"{BOSKOS}=b-1")
     assert set(released) == mine
-    left = set(s.ledger.audit()["leases"])
+    left = set(audit(s.ledger)["leases"])
     assert left == set(_names(a3 + bob))
     assert call(s.app, "vcm.release", owner="alice", selector=f"{BOSKOS}=b-1") == []
     # without an owner, a selector naming a value releases every owner's matching leases
@@ -71,7 +72,7 @@ def test_bad_labels_and_selectors_name_their_field(s):
     exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
                                                  "labels": {"k": "has space"}})
     assert exc.args[1]["field"] == "labels"
-    assert s.ledger.audit()["leases"] == {}
+    assert audit(s.ledger)["leases"] == {}
 
 
 def test_a_network_only_lease_takes_a_port_group_and_no_capacity(s):
@@ -80,8 +81,8 @@ def test_a_network_only_lease_takes_a_port_group_and_no_capacity(s):
     net = call(s.app, "vcm.acquire", request={"vcpus": 0, "memory": 0, "networks": 1,
                                               "required-pool": "p1"})[0]
     assert net["spec"]["vcpus"] == 0 and len(net["status"]["networks"]) == 1
-    audit = s.check()
-    assert audit["counters"]["p1"][:3] == (16, 64, 0)
+    snap = s.check()
+    assert snap["counters"]["p1"][:3] == (16, 64, 0)
     exc = failure(s.app, "vcm.acquire", request={"vcpus": 0, "memory": 0, "networks": 0})
     assert exc.args[1]["field"] == "networks"
     call(s.app, "vcm.release", lease_ids=_names(full) + _names([net]))
@@ -105,7 +106,7 @@ def test_the_cli_labels_lists_and_releases_by_selector(s):
     assert p.returncode == 0 and sorted(json.loads(p.stdout)) == sorted(_names(listed))
     p = vcm("release", "-l", "bad selector")
     assert p.returncode == 2 and "selector" in p.stderr and "Traceback" not in p.stderr
-    assert s.ledger.audit()["leases"] == {}
+    assert audit(s.ledger)["leases"] == {}
 
 
 # the selector matcher against a plain oracle ----------------------------------------------

@@ -11,8 +11,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.core.lease import Lease, lease_port_groups, port_group_key
-from workers.core.models import Network, Pool, Request, make_lease, new_lease, rfc3339
+from api_shim.schemas import LEASE
+from workers.core.grants import make_lease, new_lease
+from workers.core.lease import Lease, lease_port_groups, port_group_key, rfc3339
+from workers.core.models import Network, Pool, Request
 from workers.core.topology import env_values, failure_domain, lease_env, platform_vsphere
 
 # wire (section, key) -> (attribute, value when the key is absent or null): written out here
@@ -248,6 +250,17 @@ def test_derived_values_match_the_wire(made: tuple[dict[str, Any], Lease]) -> No
     assert lease.order == (st_["leased-at"], wire["metadata"]["name"])
 
 
+@settings(max_examples=50, deadline=None)
+@given(granted(), st.integers(0, 2**31), names)
+def test_the_openapi_lease_schema_names_every_key_a_lease_carries(
+        made: tuple[dict[str, Any], Lease], ts: int, reason: str) -> None:
+    schema = LEASE["properties"]
+    assert {(s, k) for s, body in schema.items() for k in body["properties"]} == set(WIRE)
+    for wire in (made[0], released(made[0], rfc3339(ts), reason)):
+        for section, body in wire.items():
+            assert set(body) <= set(schema[section]["properties"]), section
+
+
 def test_nulls_read_as_empty_and_are_written_back_as_null() -> None:
     wire = {"metadata": {"name": "x"}, "status": {"state": "unknown", "labels": None,
                                                   "networks": None}}
@@ -285,7 +298,8 @@ def test_of_equals_the_dataclass_constructor() -> None:
 
 
 def test_platform_vsphere_is_sorted_and_leaves_out_what_a_pool_does_not_set():
-    from workers.core.models import Network, Pool, Request, make_lease
+    from workers.core.grants import make_lease
+    from workers.core.models import Network, Pool, Request
 
     bare = Pool("b-pool", "vc-b", "dc2", "c2", "ds2", 8, 8, 8, networks=(Network("pg2", 2),))
     full = Pool("a-pool", "vc-a", "dc1", "c1", "ds1", 8, 8, 8, networks=(Network("pg1", 1),),

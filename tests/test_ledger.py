@@ -8,8 +8,14 @@ import uuid
 import pytest
 
 from tests.helpers import check_invariants
-from workers.adapters.ledger import Ledger, LedgerConflict, LedgerUnready, Unparked
-from workers.core.models import Network, Pool, make_lease, parse_request
+from tests.support.audit import audit
+from workers.adapters.ledger import Ledger
+from workers.adapters.ledger.scripts import Unparked
+from workers.core.errors import LedgerUnready
+from workers.core.grants import make_lease
+from workers.core.models import Network, Pool
+from workers.core.parsing import parse_request
+from workers.ports import Guard
 
 
 @pytest.fixture()
@@ -32,11 +38,11 @@ def test_commit_placed_for_an_empty_line_is_refused_when_someone_waits(own_ledge
     """The worker skips reading the line when it saw it empty; the commit checks instead."""
     version = own_ledger.usage()[0]
     own_ledger.park("head", {"task": "t", "request": {}, "since": 0, "deadline": 1e12})
-    before = own_ledger.audit()
+    before = audit(own_ledger)
     groups, caps = _group(own_ledger, "r1")
     refused = own_ledger.commit(version, groups, caps, lone=True)
     assert refused.status == "waiters"
-    assert own_ledger.audit() == before and own_ledger.usage()[0] == version
+    assert audit(own_ledger) == before and own_ledger.usage()[0] == version
     assert own_ledger.commit(version, groups, caps).status == "ok"  # placed knowing the line
 
 
@@ -52,17 +58,16 @@ def test_release_reports_the_waiting_line(own_ledger):
 
 
 def test_quiet_changes_do_not_kick_the_publisher(own_ledger):
-    own_ledger.quiet = True
+    quiet = Guard(quiet=True)
     groups, caps = _group(own_ledger, "r1")
-    assert own_ledger.commit(own_ledger.usage()[0], groups, caps).status == "ok"
+    assert own_ledger.commit(own_ledger.usage()[0], groups, caps, guard=quiet).status == "ok"
     lid = groups["r1"][0]["metadata"]["name"]
     raw = own_ledger.raw(lid)
-    swapped = own_ledger.swap(lid, raw, own_ledger.get(lid), time.time() + 60)
+    swapped = own_ledger.swap(lid, raw, own_ledger.get(lid), time.time() + 60, quiet)
     assert swapped.status == "ok" and swapped.seq == 2
     assert own_ledger.raw(lid) == swapped.raw
-    own_ledger.release([lid])
+    own_ledger.release([lid], guard=quiet)
     assert not own_ledger.r.exists(own_ledger.k.kick)
-    own_ledger.quiet = False
     groups, caps = _group(own_ledger, "r2")
     assert own_ledger.commit(own_ledger.usage()[0], groups, caps).status == "ok"
     assert own_ledger.r.lrange(own_ledger.k.kick, 0, -1) == [b"4"]
@@ -77,12 +82,12 @@ def test_replacing_from_a_mirror_needs_redis_to_be_behind_it(own_ledger):
     behind = {"seq": first.seq, "leases": groups["r1"]}  # a mirror as new as Redis
     more, _ = _group(own_ledger, "r2")
     assert own_ledger.commit(own_ledger.usage()[0], more, caps).status == "ok"
-    before = own_ledger.audit()
+    before = audit(own_ledger)
     assert not own_ledger.restore(behind, replace=True).applied
-    assert own_ledger.audit() == before and own_ledger.seq() == first.seq + 1
+    assert audit(own_ledger) == before and own_ledger.seq() == first.seq + 1
     newer = {"seq": first.seq + 5, "leases": groups["r1"]}  # Redis went back: the mirror wins
     assert own_ledger.restore(newer, replace=True).applied
-    after = own_ledger.audit()
+    after = audit(own_ledger)
     assert sorted(after["leases"]) == [groups["r1"][0]["metadata"]["name"]]
     assert after["counters"]["p1"] == (1, 1, 0, 1) and own_ledger.seq() == first.seq + 5
 
@@ -90,15 +95,17 @@ def test_replacing_from_a_mirror_needs_redis_to_be_behind_it(own_ledger):
 def test_writes_refuse_while_redis_is_below_the_floor(own_ledger):
     groups, caps = _group(own_ledger, "r1")
     ok = own_ledger.commit(own_ledger.usage()[0], groups, caps)
-    own_ledger.floor = ok.seq + 1  # this process made a change Redis no longer has
+    above = Guard(floor=ok.seq + 1)  # this process made a change Redis no longer has
     more, _ = _group(own_ledger, "r2")
-    assert own_ledger.commit(own_ledger.usage()[0], more, caps).status == "unready"
+    with pytest.raises(LedgerUnready):
+        own_ledger.commit(own_ledger.usage()[0], more, caps, guard=above)
     lid = groups["r1"][0]["metadata"]["name"]
     with pytest.raises(LedgerUnready):
-        own_ledger.release([lid])
-    assert own_ledger.swap(lid, own_ledger.raw(lid), own_ledger.get(lid), 1.0).status == "unready"
-    own_ledger.floor = ok.seq
-    assert own_ledger.release([lid]).leases[0]["metadata"]["name"] == lid
+        own_ledger.release([lid], guard=above)
+    with pytest.raises(LedgerUnready):
+        own_ledger.swap(lid, own_ledger.raw(lid), own_ledger.get(lid), 1.0, above)
+    assert own_ledger.release([lid], guard=Guard(floor=ok.seq)).leases[0]["metadata"]["name"] \
+        == lid
 
 
 def _expired_group(ledger: Ledger, rid: str):
@@ -121,7 +128,7 @@ def test_a_lease_renewed_after_the_reaper_read_it_is_not_reaped(own_ledger):
     assert own_ledger.swap(lid, raw, renewed, now + 3600).status == "ok"
     res = own_ledger.release([lid], reason="expired", expired_by=now)
     assert res.leases == [] and res.already == []
-    assert lid in own_ledger.audit()["leases"]
+    assert lid in audit(own_ledger)["leases"]
     # a plain release (not reaping) still releases it
     assert [x["metadata"]["name"] for x in own_ledger.release([lid]).leases] == [lid]
 
@@ -135,14 +142,14 @@ def test_a_restore_sets_aside_bad_records_and_writes_the_rest(redis_server):
     bad_spec["spec"]["vcpus"] = "many"
     leases = [good[0], bad_owner, good[1], bad_spec, good[2], "not a lease"]
     assert ledger.restore({"seq": 7, "leases": leases}).applied
-    audit = ledger.audit()
-    assert sorted(audit["leases"]) == sorted(x["metadata"]["name"] for x in good)
+    snap = audit(ledger)
+    assert sorted(snap["leases"]) == sorted(x["metadata"]["name"] for x in good)
     # the record whose holdings can be read (only its owner cannot) stays counted
-    assert audit["counters"]["p1"] == (4, 4, 0, 4)
-    assert audit["aside"][bad_owner["metadata"]["name"]]["counted"] == "hold"
-    assert len(audit["aside"]) == 3
-    assert audit["blocked"] == {bad_spec["metadata"]["name"]} | {
-        i for i in audit["aside"] if i.startswith("set-aside-")}  # the two unreadable ones
+    assert snap["counters"]["p1"] == (4, 4, 0, 4)
+    assert snap["aside"][bad_owner["metadata"]["name"]]["counted"] == "hold"
+    assert len(snap["aside"]) == 3
+    assert snap["blocked"] == {bad_spec["metadata"]["name"]} | {
+        i for i in snap["aside"] if i.startswith("set-aside-")}  # the two unreadable ones
     assert ledger.stats()["quarantined"] == 3
     assert ledger.seq() == 7
 
@@ -171,17 +178,17 @@ def test_a_set_aside_record_keeps_its_port_groups_past_a_lease_that_shares_one(o
     assert snap["nets"] == {"vc1|pg-a": good_id, "vc1|pg-b": bad_id}
     assert snap["pins"] == {"vc1|pg-a": bad_id, "vc1|pg-b": bad_id}
     assert [x["metadata"]["name"] for x in ledger.release([good_id]).leases] == [good_id]
-    assert ledger.audit()["nets"] == {"vc1|pg-a": bad_id, "vc1|pg-b": bad_id}
+    assert audit(ledger)["nets"] == {"vc1|pg-a": bad_id, "vc1|pg-b": bad_id}
     # the mirror carries it as set aside: a second rebuild holds the same
     again = Ledger(own_ledger.r, prefix=f"t-{uuid.uuid4().hex[:8]}:")
     assert again.restore(ledger.snapshot()).applied
-    assert again.audit()["counters"]["p1"] == (2, 1, 0, 1)
-    assert again.audit()["pins"] == {"vc1|pg-a": bad_id, "vc1|pg-b": bad_id}
+    assert audit(again)["counters"]["p1"] == (2, 1, 0, 1)
+    assert audit(again)["pins"] == {"vc1|pg-a": bad_id, "vc1|pg-b": bad_id}
     groups = {"n": [_net_lease(again, "n", 1, ["pg-a"])]}
     assert again.commit(again.usage().version, groups, {"p1": (10, 10, 10)}).detail == \
         "vc1|pg-a"
-    with pytest.raises(LedgerConflict):  # nobody can show they hold it
-        again.release([bad_id], owner="o")
+    refused = again.release([bad_id], owner="o")  # nobody can show they hold it
+    assert (refused.status, refused.lease_id) == ("notowner", bad_id) and refused.leases == []
     res = again.release([bad_id])
     assert res.dropped == [bad_id] and res.leases == []
     snap = check_invariants(again, {})
@@ -243,11 +250,11 @@ def test_a_task_answered_before_is_never_placed_by_any_writer(own_ledger):
     assert own_ledger.answer_once("t1", {"granted": [["x"]], "request-ids": ["t1"]}) == REFUSED
     groups, caps = _group(own_ledger, "r1")
     answer = {"granted": [[groups["r1"][0]["metadata"]["name"]]], "request-ids": ["r1"]}
-    before = own_ledger.audit()
+    before = audit(own_ledger)
     copy = own_ledger.commit(own_ledger.usage().version, groups, caps, tasks=["t1"],
                              answer=answer)
     assert (copy.status, copy.detail, copy.answer) == ("answered", "t1", REFUSED)
-    assert own_ledger.audit() == before and own_ledger.granted_at(["r1"])[1] == [None]
+    assert audit(own_ledger) == before and own_ledger.granted_at(["r1"])[1] == [None]
     granted = own_ledger.commit(own_ledger.usage().version, groups, caps, tasks=["t2"],
                                 answer=answer)
     assert granted.status == "ok" and own_ledger.answered("t2") == answer

@@ -26,15 +26,10 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.support.kube_apiserver import KubeApiServer
 from tests.support.rbac import deploy_rbac, mirror_configmap, service_account_of
-from workers.adapters.mirror import (
-    CONFIGMAP_LIMIT,
-    ConfigMapMirror,
-    FileMirror,
-    MirrorError,
-    MirrorTooLarge,
-    mirror_from_env,
-    retry_backoff,
-)
+from workers.adapters.mirror.configmap import CONFIGMAP_LIMIT, ConfigMapMirror
+from workers.adapters.mirror.errors import MirrorError, MirrorTooLarge, retry_backoff
+from workers.adapters.mirror.factory import mirror_from_env
+from workers.adapters.mirror.file import FileMirror
 
 NS, NAME = mirror_configmap()  # as deploy/ names it: its RBAC Role grants exactly these
 ROOT = Path(__file__).resolve().parents[1]
@@ -695,7 +690,7 @@ def test_file_mirror_corrupt_file_is_an_error_not_none(tmp_path):
 _KILL_CHILD = textwrap.dedent(
     """
     import json, sys
-    from workers.adapters.mirror import FileMirror
+    from workers.adapters.mirror.file import FileMirror
     m = FileMirror(sys.argv[1])
     i = 0
     while True:
@@ -830,7 +825,8 @@ def test_file_mirror_never_goes_back_to_an_older_seq(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent("""
             import sys
-            from workers.adapters.mirror import FileMirror, MirrorError
+            from workers.adapters.mirror.errors import MirrorError
+            from workers.adapters.mirror.file import FileMirror
             try:
                 FileMirror(sys.argv[1]).save({"format": 1, "seq": 5, "leases": []})
                 print("saved")
@@ -1047,7 +1043,8 @@ def test_file_mirror_unsynced_appends_are_written_at_once_and_synced_later(tmp_p
 
 SHORT_WRITE = textwrap.dedent("""
     import json, resource, signal, sys
-    from workers.adapters.mirror import FileMirror, MirrorError
+    from workers.adapters.mirror.errors import MirrorError
+    from workers.adapters.mirror.file import FileMirror
 
     def raw(name):
         return json.dumps({"spec": {"vcpus": 1, "memory": 1, "storage": 0},

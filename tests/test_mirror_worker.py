@@ -23,15 +23,17 @@ import yaml
 from celery import Celery
 
 from tests.helpers import call, check_invariants, go_back, keep_ledger
+from tests.support.audit import audit
 from tests.support.kube_apiserver import KubeApiServer
 from tests.support.procs import RedisServer, Stack, Worker, wait_for
 from tests.support.rbac import deploy_rbac, kube_env_as_deployed, mirror_configmap
 from workers.adapters.ledger import Ledger
-from workers.adapters.mirror import ConfigMapMirror
+from workers.adapters.mirror.configmap import ConfigMapMirror
 from workers.adapters.pools_file import PoolsFile, load_pools
 from workers.adapters.replies import CeleryReplies, OutboxReplies
-from workers.publisher import Publisher, read_status
-from workers.service import Capacity
+from workers.publisher.status import read_status
+from workers.publisher.thread import Publisher
+from workers.service.capacity import Capacity
 from workers.settings import Settings
 
 NS, NAME = mirror_configmap()  # as deploy/ names it: its RBAC Role grants exactly these
@@ -84,7 +86,7 @@ def stored_leases(kube: KubeApiServer) -> dict[str, dict]:
 
 
 def status(stack: Stack) -> dict:
-    return read_status(stack.redis.client())
+    return read_status(Ledger(stack.redis.client()))
 
 
 def settled(stack: Stack, ok) -> dict:
@@ -184,7 +186,7 @@ def test_burst_of_1000_placements_is_group_committed(tmp_path, kube):
         assert writes <= 500, f"{writes} API writes for 1,000 placements: not group-committed"
         got = mirrored(kube)
         assert {x[0]["metadata"]["name"] for x in results} <= set(got)
-        assert got == Ledger(s.redis.client()).audit()["leases"]
+        assert got == audit(Ledger(s.redis.client()))["leases"]
     finally:
         s.stop()
 
@@ -244,7 +246,7 @@ def test_api_down_30s_placement_goes_on_replies_wait_and_the_mirror_catches_up(t
         assert release.get(timeout=60) == names(first)
         catch_up = time.monotonic() - up_at
         assert len(leases) == 100 and all(len(x) == 1 for x in leases)
-        assert mirrored(kube) == ledger.audit()["leases"]
+        assert mirrored(kube) == audit(ledger)["leases"]
         st = settled(s, lambda x: x.get("state") == "ok" and x.get("behind") == 0)
         assert st["lag-seconds"] == 0 and st["held-replies"] == 0
         assert st["caught-up-after"] > 0 and st["failing-since"] == 0
@@ -275,7 +277,7 @@ def test_max_delay_releases_replies_unmirrored_loudly_and_counted(tmp_path, kube
                  what="the ERROR line (logged just after the answers)")
         kube.clear_faults()
         wait_for(lambda: status(s)["state"] == "ok", timeout=20, what="the mirror back")
-        assert mirrored(kube) == Ledger(s.redis.client()).audit()["leases"]
+        assert mirrored(kube) == audit(Ledger(s.redis.client()))["leases"]
     finally:
         s.stop()
 
@@ -332,7 +334,7 @@ def test_5000_leases_are_mirrored_sharded_and_restored(tmp_path, kube):
             for req, leases in zip(reqs, batch(s, reqs, timeout=180), strict=True):
                 granted[req["request-id"]] = leases[0]["metadata"]["name"]
         ledger = Ledger(s.redis.client())
-        before = ledger.audit()
+        before = audit(ledger)
         assert len(before["leases"]) == 5000
         assert mirrored(kube) == before["leases"]
         st = settled(s, lambda x: x.get("leases") == 5000)
@@ -350,7 +352,7 @@ def test_5000_leases_are_mirrored_sharded_and_restored(tmp_path, kube):
         wait_for(lambda: Ledger(s.redis.client()).is_ready(), timeout=60,
                  what="the worker restoring 5,000 leases")
         ledger = Ledger(s.redis.client())
-        after = ledger.audit()
+        after = audit(ledger)
         assert after["leases"] == before["leases"]
         assert counters_in_use(after) == counters_in_use(before)
         rid = next(iter(granted))  # made by owner-0
@@ -409,7 +411,7 @@ def test_too_large_fails_loudly_and_drops_nothing(tmp_path, kube):
         call(s.app, "vcm.release", owner="early", timeout=60)
         leases = pending.get(timeout=60)
         assert len(leases) == 1000
-        assert mirrored(kube) == ledger.audit()["leases"]
+        assert mirrored(kube) == audit(ledger)["leases"]
         assert len(ledger.leases()) == 1000
         st = settled(s, lambda x: x.get("state") == "ok")
         assert st["error"] == "" and "needed-configmaps" not in st
@@ -430,7 +432,7 @@ def test_redis_going_back_to_an_older_state_takes_the_newer_configmap(tmp_path, 
                                                       "vcenters": 2}))
         assert call(s.app, "vcm.release", lease_ids=a, owner="o") == a
         go_back(client, old)
-        wait_for(lambda: sorted(Ledger(client).audit()["leases"]) == sorted(b), timeout=20,
+        wait_for(lambda: sorted(audit(Ledger(client))["leases"]) == sorted(b), timeout=20,
                  what="the ledger replaced with the ConfigMap's")
         c = names(call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "owner": "p"}))
         snap = check_invariants(Ledger(client), pools)
@@ -452,7 +454,7 @@ def test_a_placement_worker_starts_while_the_api_is_down(tmp_path, kube):
         s.procs[0] = Worker(s.procs[0].env, "placement").start()
         pending = s.app.send_task("vcm.acquire", queue="placement",
                                   kwargs={"request": {"vcpus": 1, "memory": 1}})
-        wait_for(lambda: Ledger(s.redis.client()).audit()["leases"].keys() - set(first),
+        wait_for(lambda: audit(Ledger(s.redis.client()))["leases"].keys() - set(first),
                  what="the placement in Redis")
         kube.clear_faults()
         second = names(pending.get(timeout=30))
@@ -548,7 +550,7 @@ def test_the_publisher_survives_any_exception_and_releases_the_answers_later(
         assert app.AsyncResult("task-1").get(timeout=30) == leases
         assert pub.is_alive() and mirror.fail == 0
         # the status is written after the answers go out
-        st = wait_for(lambda: (x := read_status(server.client()))["state"] == "ok" and x,
+        st = wait_for(lambda: (x := read_status(Ledger(server.client())))["state"] == "ok" and x,
                       timeout=10, what="the publisher's status after the save")
         assert st["errors"] == 3 and st["failures"] >= 3
         assert st["last-error"] == "RuntimeError: a bug in the save"

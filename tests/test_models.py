@@ -14,18 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workers.core.errors import InvalidRequest
-from workers.core.models import (
-    DEFAULT_TTL,
-    MAX_INT,
-    REQUEST_FIELDS,
-    Network,
-    Request,
-    make_lease,
-    parse_duration,
-    parse_request,
-    parse_rfc3339,
-    rfc3339,
-)
+from workers.core.grants import make_lease
+from workers.core.lease import parse_rfc3339, rfc3339
+from workers.core.models import DEFAULT_TTL, Network, Request
+from workers.core.parsing import MAX_INT, REQUEST_FIELDS, parse_duration, parse_request
 from workers.core.pools import parse_pools
 from workers.core.text import escaped
 

@@ -25,8 +25,8 @@ from tests.support.procs import ROOT, Stack, Worker, env_for, wait_for
 from tests.support.rbac import deploy_rbac, kube_env_as_deployed
 from tests.test_api_support import ApiServer
 from workers.adapters.ledger import Ledger
-from workers.core.models import parse_rfc3339
-from workers.namespaces import NAMESPACE_LABEL
+from workers.core.lease import parse_rfc3339
+from workers.service.namespaces import NAMESPACE_LABEL
 from workers.settings import Settings
 
 POOLS = yaml.safe_dump({"pools": [

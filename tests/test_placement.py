@@ -21,24 +21,20 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from workers.core.errors import InvalidRequest, NoCapacity
+from workers.core.estimates import estimate, fits_alone, max_groups
+from workers.core.fleet import Fleet, FreeNets, Usage
 from workers.core.models import Network, Pool, Request
 from workers.core.placement import (
     STRATEGIES,
-    Fleet,
-    FreeNets,
     Placement,
-    Usage,
-    check_possible,
-    estimate,
-    fits_alone,
-    max_groups,
     place,
     place_batch,
     pool_load,
     vcenter_loads,
-    why_not,
 )
 from workers.core.pools import parse_pools
+from workers.core.possible import check_possible
+from workers.core.reasons import why_not
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pools.yaml"
 TYPES = ("single-tenant", "multi-tenant")

@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 
 from workers.adapters.pools_file import load_pools
 from workers.core.errors import NoCapacity
-from workers.core.models import Network, Pool, parse_request
-from workers.core.placement import Fleet, FreeNets, place, place_batch
+from workers.core.fleet import FreeNets
+from workers.core.models import Network, Pool
+from workers.core.parsing import parse_request
+from workers.core.placement import Fleet, place, place_batch
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 UPSTREAM = EXAMPLES / "pools-upstream.yaml"
@@ -293,8 +295,8 @@ def test_a_key_of_no_pod_blocks_the_network_once_its_pool_gets_a_pod():
 
 
 def test_lease_networks_carry_their_pod_and_keys_follow_it():
+    from workers.core.grants import make_lease
     from workers.core.lease import lease_port_groups
-    from workers.core.models import make_lease
 
     fleet = upstream_fleet()
     pool = fleet.pools["v1-c2"]

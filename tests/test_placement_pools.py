@@ -10,9 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workers.core.errors import InvalidRequest, NoCapacity
-from workers.core.models import Network, Pool, Request, parse_request
-from workers.core.placement import Fleet, Usage, check_possible, place
+from workers.core.fleet import Fleet, Usage
+from workers.core.models import Network, Pool, Request
+from workers.core.parsing import parse_request
+from workers.core.placement import place
 from workers.core.pools import parse_pools
+from workers.core.possible import check_possible
 from workers.core.taints import Taint, Toleration, parse_tolerations
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -218,7 +221,7 @@ def test_vcenters_with_pools_is_a_cap_as_upstream_means_it():
     check_possible(req, fleet.pools)
     (got,) = place(req, fleet)
     assert got.pool.name == "p0"
-    from workers.core.placement import estimate
+    from workers.core.estimates import estimate
 
     assert estimate(req, fleet)["fits"] == 3  # one network per pool
     two = parse_request({"vcpus": 2, "memory": 2, "pools": 2, "vcenters": 5})

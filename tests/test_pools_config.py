@@ -507,7 +507,9 @@ FULL = {"port-group": "pg", "vlan": 7, "cidr": "10.0.0.0/29", "gateway": "10.0.0
 
 
 def test_every_network_detail_is_checked_and_shown_as_configured():
-    from workers.core.models import entry_addresses, make_lease, parse_request
+    from workers.core.grants import make_lease
+    from workers.core.models import entry_addresses
+    from workers.core.parsing import parse_request
 
     (p,) = parse_pools(config(pool(networks=[FULL])))
     net = p.networks[0]

@@ -14,13 +14,16 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import call, check_invariants, failure, go_back, keep_ledger
+from tests.support.audit import audit
 from tests.support.procs import ROOT, Stack, Worker, wait_for
 from tests.test_api_support import ApiServer
 from workers.adapters.ledger import Ledger
-from workers.adapters.mirror import FileMirror
+from workers.adapters.mirror.file import FileMirror
 from workers.adapters.pools_file import load_pools
-from workers.core.models import Network, Pool, make_lease, parse_request
-from workers.publisher import read_status
+from workers.core.grants import make_lease
+from workers.core.models import Network, Pool
+from workers.core.parsing import parse_request
+from workers.publisher.status import read_status
 
 POOLS = yaml.safe_dump({"pools": [
     {"name": f"p{i}", "vcenter": f"vc{i % 3}", "datacenter": "dc", "cluster": f"c{i}",
@@ -90,7 +93,7 @@ def test_redis_wins_at_start_when_it_has_leases_the_mirror_lacks(tmp_path, marke
         s.procs[0] = Worker(s.env, "placement").start()
         wait_for(lambda: [x["metadata"]["name"] for x in FileMirror(path).load()["leases"]]
                  == [name], timeout=20, what="the mirror rewritten from Redis at start")
-        assert list(Ledger(s.redis.client()).audit()["leases"]) == [name]
+        assert list(audit(Ledger(s.redis.client()))["leases"]) == [name]
         if marker == "lost":
             assert "Redis wins" in s.procs[0].output_of_this_run()
         fresh = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
@@ -149,7 +152,7 @@ def _stack_on(tmp_path, kube, snapshot: dict) -> Stack:
     if kube is None:
         (tmp_path / "ledger.json").write_text(json.dumps(snapshot))
         return Stack(tmp_path, ASIDE_POOLS)
-    from workers.adapters.mirror import ConfigMapMirror
+    from workers.adapters.mirror.configmap import ConfigMapMirror
 
     with ConfigMapMirror("vcm-test", "ledger", api_client=kube.api_client()) as cm:
         cm.save(snapshot)
@@ -271,7 +274,7 @@ def test_answered_leases_survive_a_worker_sigkill_and_a_redis_wipe(tmp_path):
         s.procs[0] = again
         wait_for(lambda: Ledger(s.redis.client()).is_ready(), what="the restore")
         ledger = Ledger(s.redis.client())
-        assert sorted(ledger.audit()["leases"]) == sorted(kept)
+        assert sorted(audit(ledger)["leases"]) == sorted(kept)
         check_invariants(ledger, {p.name: p for p in load_pools(str(s.pools))})
         assert call(s.app, "vcm.release", lease_ids=kept[:1], owner="o1") == kept[:1]
     finally:
@@ -292,7 +295,7 @@ def test_a_release_is_synced_by_the_publisher_within_its_round(tmp_path):
         seq = int(r.get("vcm:seq"))
 
         def synced() -> bool:
-            st = read_status(r)
+            st = read_status(Ledger(r))
             return int(st.get("seq", -1)) >= seq and int(st.get("journal-records", 0)) >= 2
 
         wait_for(synced, timeout=10, what="the release's seq in the mirror status")
@@ -321,7 +324,7 @@ def test_answered_changes_survive_redis_going_back_to_an_older_state(tmp_path):
                                                      "request-id": "c"}))
         assert call(s.app, "vcm.release", lease_ids=a, owner="o") == a
         go_back(client, old)
-        assert sorted(Ledger(client).audit()["leases"]) == sorted(a)
+        assert sorted(audit(Ledger(client))["leases"]) == sorted(a)
         d = _ids(call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "owner": "p",
                                                      "request-id": "d"}))
         ledger = Ledger(client)
@@ -353,7 +356,7 @@ def test_a_worker_started_on_a_redis_that_went_back_takes_the_newer_mirror(tmp_p
         s.procs[0].stop(signal.SIGKILL)
         go_back(client, old)
         s.procs[0] = Worker(s.env, "placement").start()
-        assert sorted(Ledger(client).audit()["leases"]) == sorted(b)
+        assert sorted(audit(Ledger(client))["leases"]) == sorted(b)
         check_invariants(Ledger(client), pools)
         assert "went back" in s.procs[0].output()
     finally:

@@ -13,6 +13,7 @@ import pytest
 
 from tests import test_restore
 from tests.helpers import call, check_invariants, failure
+from tests.support.audit import audit
 from tests.support.procs import ROOT, Stack, WorkerExited
 from tests.test_restore import ASIDE_POOLS, _fill, _port_groups, _record, _stack_on
 from workers.adapters.ledger import Ledger
@@ -166,7 +167,7 @@ def test_a_second_readable_record_under_a_lease_name_is_set_aside_and_can_be_dro
         ledger = Ledger(s.redis.client())
         check_invariants(ledger, _pools(s))
         assert call(s.app, "vcm.release", lease_ids=["good-1"]) == ["good-1"]
-        aside = list(ledger.audit()["aside"])
+        aside = list(audit(ledger)["aside"])
         assert len(aside) == 1, aside
         done = _drop(s, aside[0])
         assert done.returncode == 0, done

@@ -14,9 +14,10 @@ import httpx
 import pytest
 from celery import Celery
 
-from tests.helpers import QUEUE, call
+from tests.helpers import call
 from tests.support.procs import wait_for
 from tests.test_api_support import ApiServer, assert_error
+from workers.contract import QUERIES, QUEUE
 
 DAY = 86400
 QUERY_TTL = 300  # VCM_QUERY_RESULT_TTL's default
@@ -51,7 +52,7 @@ def meta_key(task_id: str) -> str:
 def test_celery_result_key_format_is_what_the_readers_expect(client_app: Celery, r):
     """Pins Celery's result key format: if Celery changes it, this fails (and the shim, which
     reads and subscribes to these keys itself, must follow)."""
-    from api_shim.bridge import meta_prefix
+    from api_shim.hub import meta_prefix
     from tasks import results
 
     task_id = str(uuid.uuid4())
@@ -78,7 +79,7 @@ def test_every_query_task_is_routed_to_the_queries_queue():
 
     names = {n for n in app.tasks if n.startswith("vcm.")}
     queries = {n for n in names if app.amqp.router.route({}, n)["queue"].name == "queries"}
-    assert queries == set(results.QUERIES) == set(QUEUE)
+    assert queries == set(results.QUERIES) == {n for n, q in QUEUE.items() if q == QUERIES}
 
 
 @pytest.mark.parametrize("name, kwargs", QUERY_CALLS, ids=[n for n, _ in QUERY_CALLS])

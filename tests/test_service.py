@@ -1,5 +1,5 @@
-"""The application service (workers.service.Capacity) against a real redis-server, without
-Celery: how often a decision reads the whole ledger, and the live health."""
+"""The application service (workers.service.capacity.Capacity) against a real redis-server,
+without Celery: how often a decision reads the whole ledger, and the live health."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.audit import audit
 from tests.support.procs import RedisServer
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import PoolsFile
 from workers.core.errors import NoCapacity
-from workers.service import Capacity
+from workers.service.capacity import Capacity
 from workers.settings import Settings
 
 POOLS = """
@@ -79,7 +80,7 @@ def test_a_refusal_on_a_current_cache_does_not_reread_the_ledger(capacity: Capac
             capacity.acquire(ONE, f"t-late-{i}")
         assert "p1" in refused.value.reasons
     assert reads[0] == 1
-    assert capacity.ledger.audit()["counters"]["p1"][0] == 8  # nothing was committed
+    assert audit(capacity.ledger)["counters"]["p1"][0] == 8  # nothing was committed
 
 
 def test_a_refusal_on_a_stale_cache_rereads_and_grants(capacity: Capacity, server):

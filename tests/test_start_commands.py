@@ -15,7 +15,7 @@ from celery import Celery
 
 from tests.helpers import call
 from tests.support.procs import ROOT, LoggedProcess, RedisServer, env_for, wait_for
-from workers.adapters.mirror import FileMirror
+from workers.adapters.mirror.file import FileMirror
 
 
 def _deployed_command() -> list[str]:

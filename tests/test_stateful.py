@@ -56,7 +56,8 @@ from hypothesis.stateful import (
 )
 
 from tests.conftest import reset_ledger
-from tests.helpers import QUEUE, check_invariants, placement_barrier
+from tests.helpers import check_invariants, placement_barrier
+from tests.support.audit import audit
 from tests.support.stateful import (
     NETWORK_TYPES,
     OWNERS,
@@ -82,6 +83,7 @@ from tests.support.stateful import (
 )
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
+from workers.contract import QUEUE
 
 ANSWER_TIMEOUT = 30.0  # a task on an idle worker answers in milliseconds: this is generous
 CANCEL_ANSWER = 5.0  # a cancelled waiting task is answered at once: far less than a long wait
@@ -337,7 +339,7 @@ class TaskApiMachine(RuleBasedStateMachine):
         return Ledger(self.client)
 
     def snapshot(self) -> dict[str, Any]:
-        snap = self.ledger().audit()
+        snap = audit(self.ledger())
         waiting = {w.key for w in self.waiters.values()}
         leases = {i: x for i, x in snap["leases"].items() if self._key_of(x) not in waiting}
         return {"leases": leases, "counters": snap["counters"] if not waiting else None}
@@ -494,7 +496,7 @@ class TaskApiMachine(RuleBasedStateMachine):
         check_invariants(self.ledger(), self.pools)
         self.poll_waiters()
         for _ in range(5):  # a waiting request may be granted while we look
-            in_ledger = self.ledger().audit()["leases"]
+            in_ledger = audit(self.ledger())["leases"]
             waiting = {w.key for w in self.waiters.values()}
             pending = {self._key_of(x) for i, x in in_ledger.items() if i not in self.live}
             if not pending & waiting:
@@ -1027,7 +1029,7 @@ class TaskApiMachine(RuleBasedStateMachine):
         # a waiter granted after our last look: its answer went with Redis (the result
         # backend), its leases did not (they were mirrored before the answer): held until
         # released or reaped, and its request-id gives them again
-        for i, x in sorted(self.ledger().audit()["leases"].items()):
+        for i, x in sorted(audit(self.ledger())["leases"].items()):
             key = self._key_of(x)
             if i not in self.live and key in waiting:
                 self.live[i] = LeaseModel(key[0], key, parse_time(x["status"]["expires-at"]))
@@ -1103,7 +1105,7 @@ class TaskApiMachine(RuleBasedStateMachine):
         """While the record is set aside with nothing readable, every acquire is refused,
         naming it; the operator's release by its id (no owner) lets placement go on."""
         self.aside[victim] = held  # checked while it is set aside
-        blocked = sorted(self.ledger().audit()["blocked"])
+        blocked = sorted(audit(self.ledger())["blocked"])
         assert len(blocked) == 1, f"set aside as unreadable: {blocked}"
         out = self.call("vcm.acquire", request={"vcpus": 1, "memory": 1, "networks": 0})
         assert out.error == "NoCapacity" and blocked[0] in out.message, \
@@ -1117,7 +1119,7 @@ class TaskApiMachine(RuleBasedStateMachine):
         """Its pool refuses one vCPU more than the model leaves free, and hands out every
         other free port group but never one of the record's."""
         pool = self.pools[held["pool"]]
-        used = sum(x["spec"]["vcpus"] for x in self.ledger().audit()["leases"].values()
+        used = sum(x["spec"]["vcpus"] for x in audit(self.ledger())["leases"].values()
                    if x["status"]["pool"] == pool.name) + held["vcpus"]
         over = pool.vcpu_capacity - used + 1
         if over <= pool.vcpu_capacity:
@@ -1147,7 +1149,7 @@ class TaskApiMachine(RuleBasedStateMachine):
             return
         used: dict[str, list[int]] = {}
         nets: dict[str, str] = {}
-        for lease_id, x in self.ledger().audit()["leases"].items():
+        for lease_id, x in audit(self.ledger())["leases"].items():
             u = used.setdefault(x["status"]["pool"], [0, 0, 0])
             for i, dim in enumerate(("vcpus", "memory", "storage")):
                 u[i] += x["spec"][dim]

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import call, failure, placement_barrier
+from tests.support.audit import audit
 from tests.support.procs import wait_for
 
 COPIES = 5
@@ -96,7 +97,7 @@ def test_copies_of_a_refused_acquire_are_refused_after_capacity_frees(s):
     assert type(first).__name__ == "NoCapacity"
     assert sorted(call(s.app, "vcm.release", owner="hog")) == sorted(hog)
     answers = _copies(s, "vcm.acquire", task_id, request=request)
-    assert (answers, len(s.ledger.audit()["leases"])) == (["NoCapacity"] * COPIES, 0)
+    assert (answers, len(audit(s.ledger)["leases"])) == (["NoCapacity"] * COPIES, 0)
     assert _refusal(_stored(s, task_id)).args == first.args  # the first answer, word for word
     # the room is really free: the same request in a task of its own is granted
     assert len(call(s.app, "vcm.acquire", request=request)) == 1
@@ -113,7 +114,7 @@ def test_copies_of_a_request_whose_wait_ran_out_are_refused_after_capacity_frees
     assert call(s.app, "vcm.waiting") == []
     assert sorted(call(s.app, "vcm.release", owner="hog")) == sorted(hog)
     answers = _copies(s, "vcm.acquire", task_id, request=request)
-    assert (answers, len(s.ledger.audit()["leases"])) == (["WaitTimeout"] * COPIES, 0)
+    assert (answers, len(audit(s.ledger)["leases"])) == (["WaitTimeout"] * COPIES, 0)
     assert call(s.app, "vcm.waiting") == []
     assert _refusal(_stored(s, task_id)).args == first.args
     s.check()
@@ -128,7 +129,7 @@ def test_copies_of_a_refused_batch_are_refused_after_capacity_frees(s):
     assert type(first).__name__ == "NoCapacity"
     assert sorted(call(s.app, "vcm.release", owner="hog")) == sorted(hog)
     answers = _copies(s, "vcm.acquire_batch", task_id, requests=batch)
-    assert (answers, len(s.ledger.audit()["leases"])) == (["NoCapacity"] * COPIES, 0)
+    assert (answers, len(audit(s.ledger)["leases"])) == (["NoCapacity"] * COPIES, 0)
     assert _refusal(_stored(s, task_id)).args == first.args
     assert [len(x) for x in call(s.app, "vcm.acquire_batch", requests=batch)] == [1, 1]
     s.check()
@@ -143,10 +144,10 @@ def test_copies_of_a_grant_give_its_leases_then_name_them_once_released(s, name)
     answer = _send(s, name, task_id, **kwargs).get(timeout=20)
     leases = answer if name == "vcm.acquire" else answer[0]
     assert _copies(s, name, task_id, **kwargs) == ["granted"] * COPIES
-    assert list(s.ledger.audit()["leases"]) == _names(leases)  # the same leases, no more
+    assert list(audit(s.ledger)["leases"]) == _names(leases)  # the same leases, no more
     assert call(s.app, "vcm.release", owner="once") == _names(leases)
     assert _copies(s, name, task_id, **kwargs) == ["LeaseNotFound"] * COPIES
-    assert s.ledger.audit()["leases"] == {}
+    assert audit(s.ledger)["leases"] == {}
     s.check()
 
 
@@ -166,7 +167,7 @@ def test_a_copy_sent_while_the_first_waits_joins_it_and_later_copies_get_its_lea
     leases = r.get(timeout=20)
     assert len(leases) == 1
     assert _copies(s, "vcm.acquire", task_id, request=request) == ["granted"] * COPIES
-    assert list(s.ledger.audit()["leases"]) == _names(leases)
+    assert list(audit(s.ledger)["leases"]) == _names(leases)
     assert call(s.app, "vcm.release", owner="patient") == _names(leases)
     s.check()
 
@@ -198,9 +199,9 @@ def test_a_copy_refused_while_the_first_waits_is_the_answer_and_the_first_is_nev
     first = _refusal(r)
     assert type(first).__name__ == refusal
     call(s.app, "vcm.release", owner="hog")  # room for the first; the line is served now
-    assert (call(s.app, "vcm.waiting"), s.ledger.audit()["leases"]) == ([], {})
+    assert (call(s.app, "vcm.waiting"), audit(s.ledger)["leases"]) == ([], {})
     assert _copies(s, "vcm.acquire", task_id, request=WAITER) == [refusal] * COPIES
-    assert (_refusal(_stored(s, task_id)).args, s.ledger.audit()["leases"]) == (first.args, {})
+    assert (_refusal(_stored(s, task_id)).args, audit(s.ledger)["leases"]) == (first.args, {})
     assert len(call(s.app, "vcm.acquire", request=WAITER)) == 1  # the room is really free
     s.check()
 
@@ -219,10 +220,10 @@ def test_a_copy_granted_while_the_first_waits_is_the_answer_and_the_first_is_nev
     granted = r.get(timeout=20)
     assert [x["status"]["owner"] for x in granted] == ["other"]
     assert sorted(call(s.app, "vcm.release", owner="hog")) == sorted(hog)
-    assert (call(s.app, "vcm.waiting"), list(s.ledger.audit()["leases"])) == ([],
+    assert (call(s.app, "vcm.waiting"), list(audit(s.ledger)["leases"])) == ([],
                                                                               _names(granted))
     assert _copies(s, "vcm.acquire", task_id, request=whole_pool) == ["granted"] * COPIES
-    assert (_stored(s, task_id).get(timeout=20), list(s.ledger.audit()["leases"])) == (
+    assert (_stored(s, task_id).get(timeout=20), list(audit(s.ledger)["leases"])) == (
         granted, _names(granted))
     s.check()
 
@@ -247,7 +248,7 @@ def test_a_twin_is_granted_but_a_task_answered_otherwise_keeps_its_answer(s):
     assert len(call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})) == 1
     assert _refusal(_stored(s, first_id)).args == refused.args
     assert _copies(s, "vcm.acquire", first_id, request=request) == ["NoCapacity"] * COPIES
-    assert set(_names(leases)) < set(s.ledger.audit()["leases"])
+    assert set(_names(leases)) < set(audit(s.ledger)["leases"])
     assert call(s.app, "vcm.list_leases", owner="patient") == leases
     s.check()
 
@@ -267,5 +268,5 @@ def test_a_batch_holding_a_request_that_waits_in_line_is_refused_naming_its_requ
                                                          {"field": "request-id"})
     assert "'patient-1' is waiting in line" in refused.args[0]
     assert ([x["request-id"] for x in call(s.app, "vcm.waiting")],
-            sorted(s.ledger.audit()["leases"])) == (["patient-1"], sorted(hog))
+            sorted(audit(s.ledger)["leases"])) == (["patient-1"], sorted(hog))
     s.check()

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tests.helpers import call, check_invariants, failure
+from tests.support.audit import audit
 from tests.support.procs import wait_for
 from workers.adapters.pools_file import load_pools
 
@@ -74,7 +75,7 @@ def test_spreading_takes_turns_and_prefers_the_emptier_vcenter(client_app, ledge
 
 def test_nothing_fits_gives_reasons_and_changes_nothing(client_app, ledger, pools_file):
     call(client_app, "vcm.acquire", request={"vcpus": 100, "memory": 100, "required-pool": "pool1"})
-    before = ledger.audit()
+    before = audit(ledger)
     exc = failure(client_app, "vcm.acquire", request={"vcpus": 40, "memory": 900})
     assert type(exc).__name__ == "NoCapacity"
     reasons = exc.details["reasons"]
@@ -83,7 +84,7 @@ def test_nothing_fits_gives_reasons_and_changes_nothing(client_app, ledger, pool
     assert "insufficient memory (need 900, free 600)" in reasons["pool3"]
     assert "excluded" in reasons["pool4"]
     assert "pool2: insufficient memory (need 900, free 800)" in str(exc)
-    assert ledger.audit() == before
+    assert audit(ledger) == before
     # counted by the worker just after it stores the failure
     wait_for(lambda: ledger.stats().get("refused:NoCapacity") == 1, timeout=5,
              what="the refusal counted")
@@ -105,11 +106,11 @@ def test_nothing_fits_gives_reasons_and_changes_nothing(client_app, ledger, pool
     ([1, 2], "request"),
 ])
 def test_bad_requests_name_the_field(client_app, ledger, request_, field):
-    before = ledger.audit()
+    before = audit(ledger)
     exc = failure(client_app, "vcm.acquire", request=request_)
     assert type(exc).__name__ == "InvalidRequest", exc
     assert exc.details["field"] == field
-    assert ledger.audit() == before
+    assert audit(ledger) == before
 
 
 def test_garbage_kwargs_are_invalid_requests(client_app, ledger):
@@ -151,7 +152,7 @@ def test_same_request_id_after_release_is_an_error_naming_the_leases(client_app,
     assert list(exc.args[1]["gone"]) == [name]
     assert exc.args[1]["gone"][name].startswith("released at ")
     assert name in str(exc)
-    assert ledger.audit()["leases"] == {}
+    assert audit(ledger)["leases"] == {}
 
 
 def test_release_by_owner_twice_and_renew_checks_owner(client_app, ledger, pools_file):
@@ -191,7 +192,7 @@ def test_removed_pool_keeps_leases_and_takes_no_new(client_app, ledger, pools_fi
     assert [p["status"]["removed"] for p in removed] == [True]
     name = lease["metadata"]["name"]
     assert call(client_app, "vcm.release", lease_ids=[name]) == [name]
-    assert ledger.audit()["counters"]["pool2"] == (0, 0, 0, 0)
+    assert audit(ledger)["counters"]["pool2"] == (0, 0, 0, 0)
 
 
 @pytest.mark.parametrize("text", ["pools:\n  - name: broken\n    vcpus: -1\n",
@@ -244,4 +245,4 @@ def test_a_request_that_never_fits_does_not_wait_and_block_the_line(client_app, 
     assert call(client_app, "vcm.waiting") == []
     (got,) = call(client_app, "vcm.acquire", request={"vcpus": 1, "memory": 1})
     assert got["status"]["state"] == "leased" and got["status"]["pool"] == "pool1"
-    assert list(ledger.audit()["leases"]) == [got["metadata"]["name"]]
+    assert list(audit(ledger)["leases"]) == [got["metadata"]["name"]]

@@ -12,10 +12,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import call, check_invariants, net_key
+from tests.support.audit import audit
 from tests.support.procs import ROOT
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
-from workers.core.models import Network, Pool, make_lease, parse_request
+from workers.core.grants import make_lease
+from workers.core.models import Network, Pool
+from workers.core.parsing import parse_request
 
 UPSTREAM = ROOT / "examples" / "pools-upstream.yaml"
 
@@ -51,14 +54,14 @@ def test_scripts_key_networks_by_vcenter_pod_and_slice(own_ledger, redis_server)
     caps = {"p1": (10, 10, 10)}
     assert own_ledger.commit(own_ledger.usage()[0], {"r1": [lease]}, caps).status == "ok"
     keys = {"vc1|pg-1|pod-a", "vc1|pg-2||10.0.0.4-10.0.0.7"}
-    assert set(own_ledger.audit()["nets"]) == keys
+    assert set(audit(own_ledger)["nets"]) == keys
     assert set(own_ledger.usage().nets) == keys
     again = Ledger(redis_server.client(), prefix=f"t-{uuid.uuid4().hex[:8]}:")
     assert again.restore(own_ledger.snapshot()).applied
-    assert again.audit()["nets"] == {k: "lease-1" for k in keys}
+    assert audit(again)["nets"] == {k: "lease-1" for k in keys}
     for ledger in (own_ledger, again):
         ledger.release(["lease-1"], owner="o", now="2026-11-28T00:00:00Z")
-        assert ledger.audit()["nets"] == {}
+        assert audit(ledger)["nets"] == {}
 
 
 def test_the_leases_of_one_install_share_a_network_and_free_it_last(own_ledger, redis_server):
@@ -73,23 +76,23 @@ def test_the_leases_of_one_install_share_a_network_and_free_it_last(own_ledger, 
                         default_owner="o")
     leases = [make_lease(f"l{i}", req, p, [net], time.time()) for i, p in enumerate((a, b))]
     assert own_ledger.commit(own_ledger.usage()[0], {req.key: leases}, caps).status == "ok"
-    assert own_ledger.audit()["nets"] == {"vc|pg|p": "l0 l1"}
+    assert audit(own_ledger)["nets"] == {"vc|pg|p": "l0 l1"}
     other = parse_request({"vcpus": 1, "memory": 1, "request-id": "x"}, default_owner="o")
     theirs = make_lease("l9", other, a, [net], time.time())
     refused = own_ledger.commit(own_ledger.usage()[0], {other.key: [theirs]}, caps)
     assert (refused.status, refused.detail) == ("over", "vc|pg|p")
     again = Ledger(redis_server.client(), prefix=f"t-{uuid.uuid4().hex[:8]}:")
     assert again.restore(own_ledger.snapshot()).applied
-    assert again.audit()["nets"] == {"vc|pg|p": "l0 l1"}
+    assert audit(again)["nets"] == {"vc|pg|p": "l0 l1"}
     own_ledger.release(["l0"], owner="o", now="2026-11-28T00:00:00Z")
-    assert own_ledger.audit()["nets"] == {"vc|pg|p": "l1"}
+    assert audit(own_ledger)["nets"] == {"vc|pg|p": "l1"}
     assert own_ledger.nets_held(["vc|pg|p", "vc|other"]) == {"vc|pg|p"}
     own_ledger.release(["l1"], owner="o", now="2026-11-28T00:00:00Z")
-    assert own_ledger.audit()["nets"] == {}
+    assert audit(own_ledger)["nets"] == {}
     # the decision thought the install held it, but nobody does: refused, nothing written
     expected = own_ledger.commit(own_ledger.usage()[0], {other.key: [theirs]}, caps,
                                  held=["vc|pg|p"])
-    assert expected.status == "over" and own_ledger.audit()["leases"] == {}
+    assert expected.status == "over" and audit(own_ledger)["leases"] == {}
     with pytest.raises(ValueError, match="two installs"):  # a bug in the caller, caught
         own_ledger.commit(own_ledger.usage()[0], {req.key: leases[:1], other.key: [theirs]},
                           caps)
@@ -147,7 +150,7 @@ def test_shared_port_groups_are_leased_once_under_concurrent_acquires(
     event(f"{len(keys)} networks held")
     released = call(client_app, "vcm.release", owner=owner)
     assert sorted(released) == sorted(x["metadata"]["name"] for x in granted)
-    assert ledger.audit()["nets"] == {}
+    assert audit(ledger)["nets"] == {}
 
 
 def test_two_pools_listing_one_port_group_share_it(upstream, client_app, ledger):
@@ -237,7 +240,7 @@ def test_an_install_lands_on_one_vlan(upstream, client_app, ledger, pools_file):
     assert {x["status"]["networks"][0]["vlan"] for x in multi} == {1202}
     released = call(client_app, "vcm.release", selector="boskos-lease-id=ci-op-1234")
     assert sorted(released) == sorted(x["metadata"]["name"] for x in leases)
-    assert "vcenter-1.example.com|ci-vlan-1201|dal10.pod01" not in ledger.audit()["nets"]
+    assert "vcenter-1.example.com|ci-vlan-1201|dal10.pod01" not in audit(ledger)["nets"]
     check_invariants(ledger, upstream)
 
 
@@ -289,7 +292,7 @@ def test_slices_are_leased_one_by_one_and_never_overlap(upstream, client_app, le
                                                by_range["10.22.10.10-10.22.10.16"]])
     (half,) = call(client_app, "vcm.acquire", request={**mt, "required-pool": "v3-c1"})
     assert half["status"]["networks"][0]["slice"] == "10.22.10.2-10.22.10.16"
-    held = [x for x in leases if x["metadata"]["name"] in ledger.audit()["leases"]]
+    held = [x for x in leases if x["metadata"]["name"] in audit(ledger)["leases"]]
     assert not _own(half) & set().union(*map(_own, held))
     r = client_app.send_task("vcm.acquire", queue="placement", kwargs={"request": {
         **mt, "required-pool": "v3-c2"}})

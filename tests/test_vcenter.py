@@ -19,15 +19,8 @@ import yaml
 from tests.support.procs import ROOT
 from tests.support.tls import CertificateAuthority, TlsProxy, process_ca
 from tests.vcsim import Simulator, Unavailable
-from workers.adapters.vcenter import (
-    GIB,
-    Finding,
-    VCenterInventory,
-    address,
-    check_pools,
-    connector,
-)
-from workers.adapters.vcenter_access import Access, AccessPlan, Trust, plan, thumbprint
+from workers.adapters.vcenter.access import Access, AccessPlan, Trust, address, plan, thumbprint
+from workers.adapters.vcenter.client import GIB, Finding, VCenterInventory, check_pools, connector
 from workers.core.errors import InvalidRequest
 from workers.core.models import Network, Pool
 from workers.core.text import shown

@@ -15,14 +15,14 @@ from celery import Celery
 from .adapters.ledger import Ledger
 from .adapters.pools_file import PoolsFile, load_pools
 from .adapters.replies import CeleryReplies, OutboxReplies
+from .contract import PLACEMENT
 from .core.errors import ConfigError
-from .service import Capacity
+from .service.capacity import Capacity
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from .publisher import Publisher
+    from .publisher.thread import Publisher
 
-PLACEMENT, QUERIES = "placement", "queries"
 
 
 def cannot_start(exc: BaseException) -> NoReturn:
@@ -56,7 +56,7 @@ class Runtime:
         """The placement side's background thread: mirror saves, held answers, expiries."""
         if self.role != PLACEMENT or self.publisher is not None:
             return
-        from .publisher import Publisher
+        from .publisher.thread import Publisher
 
         svc = self.service
         self.publisher = Publisher(svc, svc.mirror, self.direct, svc.settings.mirror_max_delay)
@@ -79,7 +79,7 @@ def build(app: Celery, role: str, settings: Settings | None = None) -> Runtime:
     writer = role == PLACEMENT
     mirror: Any = None
     if settings.mirror_enabled and writer:
-        from .adapters.mirror import build_mirror  # VCM_CONFIGMAP, VCM_MIRROR_MAX_SHARDS
+        from .adapters.mirror.factory import build_mirror
 
         mirror = build_mirror(settings)
     direct = CeleryReplies(app)

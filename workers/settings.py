@@ -5,7 +5,7 @@ place. Each has a laptop-friendly default.
 checks them all: a bad value stops start-up with one message naming the variable, e.g.
 `invalid setting VCM_LEASE_TTL: 'soon' is not seconds or a duration like '24h'` (SystemExit).
 Durations take seconds or Go-style durations ("24h", "90m"), parsed by
-`core.models.parse_duration`. The HTTP shim's own variables (`VCM_API_*`) are read by
+`core.parsing.parse_duration`. The HTTP shim's own variables (`VCM_API_*`) are read by
 `api_shim.settings` with the same mechanism.
 """
 
@@ -20,7 +20,7 @@ from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .core.errors import InvalidRequest
-from .core.models import parse_duration
+from .core.parsing import parse_duration
 from .core.placement import STRATEGIES
 from .core.text import text_problem
 
@@ -202,7 +202,7 @@ class Settings(EnvSettings):
 
     # ConfigMap slots `name-0`… the RBAC Role must list (0: the head only)
     mirror_max_shards: Annotated[int, BeforeValidator(_max_shards)] = DEFAULT_MAX_SHARDS
-    # the longest pause between mirror saves under load (seconds; see workers/publisher.py)
+    # the longest pause between mirror saves under load (seconds; see workers/publisher/thread.py)
     mirror_commit_window: Annotated[float, _number(float, 0, 60)] = 0.1
 
     # Celery (celeryconfig.py)
@@ -213,21 +213,21 @@ class Settings(EnvSettings):
     # clients (vcm) send a task again, same task id, when no worker took it this long
     resend_after: Annotated[float, duration(minimum=1)] = Field(default="15s")
 
-    # namespace-bound leases (workers/namespaces.py): None when pruning is off
+    # namespace-bound leases (workers/service/namespaces.py): None when pruning is off
     namespace_prune_interval: Annotated[float | None, duration(minimum=1, off=("0", *OFF))] = \
         Field(default="5m")
     namespace_timeout: Annotated[float, duration(maximum=600, floor=0.1)] = Field(default="10s")
     # only leases taken this long before a run's list call are compared with the list
     namespace_grace: Annotated[float, duration(maximum=600)] = Field(default="2s")
 
-    # live vCenter health (workers/adapters/inventory.py); an interval of 0 or off: no sync
+    # live vCenter health (workers/adapters/vcenter/inventory.py); an interval of 0 or off: no sync
     inventory_interval: Annotated[float, duration(maximum=86400, off=OFF, off_value=0.0)] = \
         Field(default="5m")
     inventory_timeout: Annotated[float, duration(maximum=3600, floor=1)] = Field(default="30s")
     # how often a worker reads the live health from the ledger (placement and estimates)
     health_refresh: Annotated[float, duration(maximum=3600)] = Field(default="5s")
 
-    # vCenter access (workers/adapters/vcenter_access.py). Credentials: per vCenter
+    # vCenter access (workers/adapters/vcenter/access.py). Credentials: per vCenter
     # (`vc1=user:pass,…`), and one shared credential sent only to the vCenters
     # `vcenter_shared_credential_for` lists ("*": every vCenter)
     vcenter_username: OptionalText = None

@@ -21,18 +21,20 @@ import asyncio
 import html
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import jinja2
 
+from workers.contract import QUERIES, Task
+
 from ..bridge import Bridge
 from ..errors import ApiError, from_task_failure
 from ..fleet_metrics import FleetReader, FleetSnapshot
 from . import view
+from .view import Data
 
-log = logging.getLogger("vcm.api")
+log = logging.getLogger(__name__)
 
 REFRESH = view.REFRESH
 HEADERS = {
@@ -51,17 +53,6 @@ TEMPLATES = jinja2.Environment(
 )
 
 
-@dataclass
-class Data:
-    now: float
-    pools: list[dict[str, Any]] | None = None
-    waiting: list[dict[str, Any]] | None = None
-    history: list[dict[str, Any]] | None = None
-    fleet: FleetSnapshot | None = None
-    problems: dict[str, str] = field(default_factory=dict)
-    redis_down: bool = False  # the bridge could not reach Redis (not just a missing worker)
-
-
 async def gather(bridge: Bridge, fleet: FleetReader, timeout: float) -> Data:
     """Ask the queries worker and Redis in parallel; every part bounded, none may raise."""
 
@@ -71,7 +62,7 @@ async def gather(bridge: Bridge, fleet: FleetReader, timeout: float) -> Data:
         nonlocal redis_down
         try:
             meta = await asyncio.wait_for(
-                bridge.call(name, kwargs, "queries", timeout=timeout), timeout + 1.0)
+                bridge.call(name, kwargs, QUERIES, timeout=timeout), timeout + 1.0)
         except ApiError as exc:
             redis_down = redis_down or exc.details.get("component") == "redis"
             return None, exc.message
@@ -96,8 +87,8 @@ async def gather(bridge: Bridge, fleet: FleetReader, timeout: float) -> Data:
         return snap, None
 
     (pools, p1), (waiting, p2), (history, p3), (snap, p4) = await asyncio.gather(
-        task("vcm.show_pools", {}), task("vcm.waiting", {}),
-        task("vcm.usage_history", {"since": "24h"}), counters())
+        task(Task.SHOW_POOLS, {}), task(Task.WAITING, {}),
+        task(Task.USAGE_HISTORY, {"since": "24h"}), counters())
     data = Data(now=time.time(), fleet=snap, redis_down=redis_down or snap is None)
     data.pools = pools if isinstance(pools, list) else None
     data.waiting = waiting if isinstance(waiting, list) else None

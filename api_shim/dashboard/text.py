@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from workers.core.models import parse_rfc3339
+from workers.core.lease import parse_rfc3339
 
 
 def text(value: Any) -> str:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from workers.core.lease import Lease
 
+from ..fleet_metrics import FleetSnapshot
 from .charts import chart, series
 from .sections import (
     REFRESH,
@@ -47,10 +49,21 @@ from .text import (
     ts_of,
 )
 
-if TYPE_CHECKING:
-    from . import Data
+log = logging.getLogger(__name__)
 
-log = logging.getLogger("vcm.api")
+
+@dataclass
+class Data:
+    """What the dashboard shows, as gathered (None: that part could not be had)."""
+
+    now: float
+    pools: list[dict[str, Any]] | None = None
+    waiting: list[dict[str, Any]] | None = None
+    history: list[dict[str, Any]] | None = None
+    fleet: FleetSnapshot | None = None
+    problems: dict[str, str] = field(default_factory=dict)
+    redis_down: bool = False  # the bridge could not reach Redis (not just a missing worker)
+
 
 MAX_LEASE_ROWS = 300
 MAX_WAITING_ROWS = 200

@@ -10,7 +10,7 @@ from starlette.responses import HTMLResponse, Response
 from ..dashboard import HEADERS, fallback, gather, render
 from ..deps import BridgeDep, FleetDep
 
-log = logging.getLogger("vcm.api")
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 TIMEOUT = 3.0  # each query task's answer; the page itself never waits much longer

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
+from workers.contract import PLACEMENT, QUERIES, Task
 from workers.core.errors import InvalidRequest
-from workers.core.models import parse_duration
+from workers.core.parsing import parse_duration
 
 from .. import schemas as S
 from ..deps import BridgeDep, CallerDep, SettingsDep, TasksDep, as_owner
@@ -63,11 +64,11 @@ async def acquire(
     if token is not None:
         req["owner"] = as_owner(token, req.get("owner"), "acquire")
     if async_:
-        task_id = await bridge.send("vcm.acquire", {"request": req}, "placement", record=True)
+        task_id = await bridge.send(Task.ACQUIRE, {"request": req}, PLACEMENT, record=True)
         return JSON({"task-id": task_id}, status_code=202,
                     headers={"Location": f"/tasks/{task_id}"})
     wait = sync_wait(req, settings)
-    return await tasks.answer("vcm.acquire", {"request": req}, "placement", wait)
+    return await tasks.answer(Task.ACQUIRE, {"request": req}, PLACEMENT, wait)
 
 
 @router.post(
@@ -87,7 +88,7 @@ async def release(request: Request, caller: CallerDep, tasks: TasksDep) -> Respo
             "owner" in args or "lease_ids" in args or "selector" in args):
         # a non-admin releases as itself: the worker refuses other owners' leases
         args["owner"] = as_owner(token, args.get("owner"), "release leases")
-    return await tasks.answer("vcm.release", args, "placement")
+    return await tasks.answer(Task.RELEASE, args, PLACEMENT)
 
 
 @router.post(
@@ -105,14 +106,14 @@ async def renew(request: Request, caller: CallerDep, tasks: TasksDep) -> Respons
     if token is not None:
         args["owner"] = as_owner(token, args.get("owner"), "renew leases")
     try:
-        return await tasks.answer("vcm.renew", args, "placement")
+        return await tasks.answer(Task.RENEW, args, PLACEMENT)
     except ApiError as exc:
         holder = exc.details.get("holder")
         if not (admin_any and exc.error == "NotOwner" and isinstance(holder, str)):
             raise
     # an admin token renews anyone's lease: again, as its holder
     args["owner"] = holder
-    return await tasks.answer("vcm.renew", args, "placement")
+    return await tasks.answer(Task.RENEW, args, PLACEMENT)
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -136,10 +137,10 @@ async def leases(
     only_query(request, {"owner", "pool", "selector", "limit", "continue"})
     start = read_token(after, lease_key({}))
     # the worker pages too (one more than asked, to know whether a next page exists)
-    found, headers = await tasks.result("vcm.list_leases",
+    found, headers = await tasks.result(Task.LIST_LEASES,
                                         {"owner": owner, "pool": pool, "selector": selector,
                                          "limit": limit + 1,
-                                         "after": start[1:] if start else None}, "queries")
+                                         "after": start[1:] if start else None}, QUERIES)
     return page(request, found if isinstance(found, list) else [], lease_key, limit, start,
                 headers)
 

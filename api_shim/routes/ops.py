@@ -10,8 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from workers.adapters.keys import KEYS
-from workers.namespaces import describe, status_key
+from workers.adapters.ledger.reports import describe_namespaces, namespace_status
 
 from .. import schemas as S
 from ..bridge import Bridge
@@ -49,14 +48,14 @@ async def readyz(bridge: BridgeDep) -> Response:
 
 
 async def _namespaces(bridge: Bridge) -> dict[str, Any]:
-    """The pruning of namespace-bound leases (workers/namespaces.py): its state, the last
+    """The pruning of namespace-bound leases (workers/service/namespaces.py): its state, the last
     successful prune and the last error."""
     try:
         assert bridge.client is not None
-        raw = await asyncio.wait_for(bridge.client.hgetall(status_key(KEYS.prefix)), 1.0)
+        raw = await asyncio.wait_for(namespace_status(bridge.client), 1.0)
     except Exception:  # noqa: BLE001 - readiness must answer
         return {"state": "unknown"}
-    return describe(raw)
+    return describe_namespaces(raw)
 
 
 @router.get("/metrics", tags=["operations"], summary="Prometheus metrics",

@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from workers.contract import QUERIES, Task
+
 from .. import schemas as S
 from ..deps import TasksDep
 from ..errors import JSON, ApiError
@@ -21,7 +23,7 @@ router = APIRouter(default_response_class=JSON)
                        **S.errors(422, 502, 503, 504)})
 async def show_pools(request: Request, tasks: TasksDep) -> Response:
     only_query(request, set())
-    return await tasks.answer("vcm.show_pools", {}, "queries")
+    return await tasks.answer(Task.SHOW_POOLS, {}, QUERIES)
 
 
 @router.get("/usage", tags=["pools"], summary="Usage history: the rollups beat takes",
@@ -43,9 +45,9 @@ async def usage(
 ) -> Response:
     only_query(request, {"pool", "since", "limit", "continue"})
     start = read_token(after, usage_key({}))
-    rows, headers = await tasks.result("vcm.usage_history",
+    rows, headers = await tasks.result(Task.USAGE_HISTORY,
                                        {"pool": pool, "since": since, "limit": limit + 1,
-                                        "after": start[1] if start else None}, "queries")
+                                        "after": start[1] if start else None}, QUERIES)
     return page(request, rows if isinstance(rows, list) else [], usage_key, limit, start,
                 headers)
 
@@ -87,4 +89,4 @@ async def estimate(
                 raise ApiError.invalid("pool-selector", f"{item!r} is not label=value")
             selector[key.strip()] = value.strip()
         req["pool-selector"] = selector
-    return await tasks.answer("vcm.estimate", {"request": req}, "queries")
+    return await tasks.answer(Task.ESTIMATE, {"request": req}, QUERIES)

@@ -53,16 +53,20 @@ def install_sections(record: Record) -> None:
     import celery.backends.redis as backend_redis
     import redis
 
-    import workers.placing as placing_mod
-    from workers.adapters import mirror, replies
+    import workers.service.placing as placing_mod
+    from workers.adapters import replies
     from workers.adapters.ledger import Ledger
-    from workers.held_replies import HeldReplies
-    from workers.placing import Placing
-    from workers.publisher import Publisher
-    from workers.recovery import Recovery
-    from workers.releasing import Releasing
-    from workers.service import Capacity
-    from workers.usage_cache import UsageCache
+    from workers.adapters.mirror import file as mirror_file
+    from workers.adapters.mirror.configmap import ConfigMapMirror
+    from workers.adapters.mirror.file import FileMirror
+    from workers.publisher.held_replies import HeldReplies
+    from workers.publisher.thread import Publisher
+    from workers.service.capacity import Capacity
+    from workers.service.placing import Placing
+    from workers.service.recovery import Recovery
+    from workers.service.releasing import Releasing
+    from workers.service.usage_cache import UsageCache
+    from workers.service.waiting import WaitingLine
 
     def each(owner: Any, label: str, names: tuple[str, ...]) -> None:
         for name in names:
@@ -72,7 +76,8 @@ def install_sections(record: Record) -> None:
     timed(redis.client.Pipeline, "execute", "redis round trip (pipeline)", record)
     # the service holds the lock and hands each request to its part
     each(Capacity, "Capacity", ("acquire", "release", "fleet", "ensure_ready"))
-    each(Placing, "Placing", ("acquire", "parse", "place", "existing"))
+    each(Placing, "Placing", ("parse", "place", "existing"))
+    each(WaitingLine, "WaitingLine", ("acquire",))
     timed(placing_mod, "place_batch", "place_batch() (the decision)", record)
     each(Releasing, "Releasing", ("release",))
     each(UsageCache, "UsageCache", ("fleet", "placed", "released"))
@@ -82,10 +87,10 @@ def install_sections(record: Record) -> None:
                             "snapshot", "seq", "is_ready", "count", "wait_kick", "get_many",
                             "swap", "active_at"))
     # the mirror: the journal append before an answer, snapshots from the publisher
-    timed(mirror.FileMirror, "append", "FileMirror.append (journal)", record)
-    timed(mirror.file.os, "fdatasync", "os.fdatasync", record)  # the journal's (mirror/file.py)
-    each(mirror.FileMirror, "FileMirror", ("save",))
-    each(mirror.ConfigMapMirror, "ConfigMapMirror", ("save",))
+    timed(FileMirror, "append", "FileMirror.append (journal)", record)
+    timed(mirror_file.os, "fdatasync", "os.fdatasync", record)  # the journal's (mirror/file.py)
+    each(FileMirror, "FileMirror", ("save",))
+    each(ConfigMapMirror, "ConfigMapMirror", ("save",))
     each(Publisher, "Publisher", ("step", "write_mirror", "release_replies"))
     each(HeldReplies, "HeldReplies", ("release",))
     timed(replies.CeleryReplies, "deliver", "CeleryReplies.deliver", record)

@@ -126,7 +126,7 @@ class ChaosStack:
         saved back as one snapshot), Redis restarts with nothing, and the worker, started
         again with the documented command, rebuilds the ledger from the edited mirror."""
         from workers.adapters.ledger import Ledger
-        from workers.adapters.mirror import FileMirror
+        from workers.adapters.mirror.file import FileMirror
 
         self.placement.stop()
         snapshot = FileMirror(self.mirror).load() or {"format": 1, "seq": 0, "leases": []}
@@ -219,7 +219,7 @@ def lease_ids(leases: Any) -> list[str]:
 
 
 def parse_time(text: str) -> float:
-    from workers.core.models import parse_rfc3339
+    from workers.core.lease import parse_rfc3339
 
     return parse_rfc3339(text)
 

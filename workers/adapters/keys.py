@@ -36,13 +36,15 @@ twins:<request key>    set of task ids sent again for a request that waits
 arrivals               counter giving the waiting line its order
 outbox                 hash task id -> "<seq>|<answer JSON>": answers held for the mirror
 kick                   list: wakes the publisher (a change to mirror, an answer to release)
-mirror                 hash: the mirror publisher's status (see publisher.py)
+mirror                 hash: the mirror publisher's status (see workers/publisher/thread.py)
 stats                  hash of counters (placements, releases, reaps, refusals, ...)
 latency                hash: acquire latency histogram
 reaped                 list of the last 1,000 reaped leases
 usage                  stream of usage rollups, trimmed to the retention
 health                 hash vcenter -> JSON {at, pools: {pool: {state, reason}}, error,
                        error-at, login-at}: live vCenter health (core/health.py)
+namespaces             hash: the namespace pruning's status (state, checked-at, pruned-at,
+                       namespaces, released, runs, errors, error, last-error, last-error-at)
 =====================  ===============================================================
 
 The HTTP shim keeps two names of its own, under `vcm-api:` (not the ledger's prefix: they are
@@ -143,6 +145,10 @@ class Keys:
     @property
     def health(self) -> str:
         return self.prefix + "health"
+
+    @property
+    def namespaces(self) -> str:
+        return self.prefix + "namespaces"
 
     def owner(self, owner: str) -> str:
         return f"{self.prefix}owner:{owner}"

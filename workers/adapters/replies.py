@@ -15,10 +15,10 @@ from typing import Any
 from celery import Celery, states
 from celery.worker import state as worker_state
 
+from ..contract import WAITING
 from .redis_memory import hold
 
 log = logging.getLogger(__name__)
-WAITING = "WAITING"
 
 
 class CeleryReplies:

@@ -13,14 +13,10 @@ import os
 import sys
 
 from ..core.errors import VcmError
-from .client import call, celery_app
-from .exits import EXIT_CAPACITY, EXIT_INPUT, EXIT_OK, EXIT_OTHER, CliError
+from .exits import EXIT_OK, CliError
 from .leases import cmd_acquire, cmd_estimate, cmd_leases, cmd_release, cmd_renew, cmd_reserve
 from .pools import cmd_check_pools, cmd_pools, cmd_pools_discover, cmd_usage
 from .serve import cmd_api, cmd_run
-
-__all__ = ["EXIT_CAPACITY", "EXIT_INPUT", "EXIT_OK", "EXIT_OTHER", "CliError", "call",
-           "celery_app", "main", "parser"]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -8,14 +8,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..adapters.redis_memory import full_error, refused_for_memory
+from ..contract import PLACEMENT, QUEUE, WAITING, Task
 from ..core.errors import ERRORS, RedisFull, VcmError
 from .exits import CliError
 
 if TYPE_CHECKING:
     from celery import Celery
-
-QUERIES = {"vcm.show_pools", "vcm.list_leases", "vcm.estimate", "vcm.rollup_usage", "vcm.waiting",
-           "vcm.usage_history"}
 
 _clients: dict[str, Any] = {}
 
@@ -39,7 +37,7 @@ def celery_app(redis_url: str | None) -> Celery:
 def _resendable(name: str, kwargs: dict[str, Any]) -> bool:
     """Whether a copy of this task is the same request wherever it lands in the queue. A
     release by owner or selector is not: a late copy would release leases granted since."""
-    return name != "vcm.release" or bool(kwargs.get("lease_ids"))
+    return name != Task.RELEASE or bool(kwargs.get("lease_ids"))
 
 
 def _resend_after() -> float:
@@ -51,7 +49,7 @@ def _resend_after() -> float:
 def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: Any) -> Any:
     """Send a task and poll its result; show progress while it waits in line."""
     app = celery_app(args.redis_url)
-    queue = "queries" if name in QUERIES else "placement"
+    queue = QUEUE.get(name, PLACEMENT)
     try:
         result = app.send_task(name, kwargs=kwargs, queue=queue, retry=True, retry_policy={
             "max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1})
@@ -104,7 +102,7 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
                                f"task {result.id} still shows waiting after its wait ran out")
                         print(f"{why}: sent it again (same task id, so the same request)",
                               file=sys.stderr)
-            if state == "WAITING" and isinstance(result.info, dict):
+            if state == WAITING and isinstance(result.info, dict):
                 info = result.info
                 line = f"waiting in line: position {info.get('position')}"
                 if info.get("reasons"):

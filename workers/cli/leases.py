@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..contract import Task
 from ..core.errors import InvalidRequest
-from ..core.models import parse_duration
+from ..core.parsing import parse_duration
 from .client import call
 from .exits import EXIT_OK
 from .output import emit, estimate_table, leases_table, show_leases
@@ -42,33 +43,33 @@ def wait_seconds(value: Any) -> float:
 def cmd_acquire(args: argparse.Namespace) -> int:
     req = request_from(args)
     timeout = args.timeout or wait_seconds(req.get("wait")) + 60
-    show_leases(args, call(args, "vcm.acquire", timeout=timeout, request=req))
+    show_leases(args, call(args, Task.ACQUIRE, timeout=timeout, request=req))
     return EXIT_OK
 
 
 def cmd_release(args: argparse.Namespace) -> int:
     if not args.lease_ids and not args.owner and args.selector is None:
         raise InvalidRequest.of("lease_ids", "give lease ids, --owner or -l SELECTOR")
-    ids = call(args, "vcm.release", lease_ids=args.lease_ids or None, owner=args.owner,
+    ids = call(args, Task.RELEASE, lease_ids=args.lease_ids or None, owner=args.owner,
                selector=args.selector)
     emit(args, ids, lambda v: "\n".join(v) if v else "(nothing to release)")
     return EXIT_OK
 
 
 def cmd_renew(args: argparse.Namespace) -> int:
-    lease = call(args, "vcm.renew", lease_id=args.lease_id, owner=args.owner, ttl=args.ttl)
+    lease = call(args, Task.RENEW, lease_id=args.lease_id, owner=args.owner, ttl=args.ttl)
     emit(args, lease, lambda v: leases_table([v]))
     return EXIT_OK
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
-    show_leases(args, call(args, "vcm.list_leases", owner=args.owner, pool=args.pool,
+    show_leases(args, call(args, Task.LIST_LEASES, owner=args.owner, pool=args.pool,
                            selector=args.selector))
     return EXIT_OK
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    emit(args, call(args, "vcm.estimate", request=request_from(args)), estimate_table)
+    emit(args, call(args, Task.ESTIMATE, request=request_from(args)), estimate_table)
     return EXIT_OK
 
 
@@ -92,6 +93,6 @@ def cmd_reserve(args: argparse.Namespace) -> int:
     if not isinstance(requests, list):
         raise InvalidRequest.of("requests", f"{args.file}: expected a list of requests, or a "
                                 "map with 'requests'")
-    groups = call(args, "vcm.acquire_batch", timeout=args.timeout or 120, requests=requests)
+    groups = call(args, Task.ACQUIRE_BATCH, timeout=args.timeout or 120, requests=requests)
     show_leases(args, [x for g in groups for x in g], as_json=groups)
     return EXIT_OK

@@ -5,27 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..contract import Task
 from .client import call
 from .exits import EXIT_INPUT, EXIT_OK, CliError
 from .output import emit, pools_table, table, usage_table
 
 
 def cmd_pools(args: argparse.Namespace) -> int:
-    emit(args, call(args, "vcm.show_pools"), pools_table)
+    emit(args, call(args, Task.SHOW_POOLS), pools_table)
     return EXIT_OK
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    emit(args, call(args, "vcm.usage_history", pool=args.pool, since=args.since), usage_table)
+    emit(args, call(args, Task.USAGE_HISTORY, pool=args.pool, since=args.since), usage_table)
     return EXIT_OK
 
 
 def cmd_check_pools(args: argparse.Namespace) -> int:
     """Compare the pools file with what each vCenter really has (pyvmomi), contacting only the
-    vCenters the settings give access to (adapters/vcenter_access.py)."""
+    vCenters the settings give access to (adapters/vcenter/access.py)."""
     from ..adapters.pools_file import load_pools
-    from ..adapters.vcenter import check_pools, connector
-    from ..adapters.vcenter_access import plan
+    from ..adapters.vcenter.access import plan
+    from ..adapters.vcenter.client import check_pools, connector
     from ..settings import Settings
 
     settings = Settings.from_env()
@@ -47,9 +48,9 @@ def cmd_pools_discover(args: argparse.Namespace) -> int:
     """Print a pools file skeleton from what a vCenter has, for an operator to edit."""
     import yaml
 
-    from ..adapters.inventory import discover, skeleton
-    from ..adapters.vcenter import VCenterUnavailable
-    from ..adapters.vcenter_access import plan
+    from ..adapters.vcenter.access import plan
+    from ..adapters.vcenter.client import VCenterUnavailable
+    from ..adapters.vcenter.discovery import discover, skeleton
     from ..settings import Settings
 
     settings = Settings.from_env()

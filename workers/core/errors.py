@@ -11,6 +11,12 @@ from typing import Any
 from .text import escaped, text_problem
 
 
+class LedgerUnready(Exception):
+    """Redis lost the ledger (or never had one, or went back below the writer's floor):
+    restore it from the mirror before writing. Raised by every ledger script that meets it;
+    the shim answers it 503 should it reach a client."""
+
+
 class VcmError(Exception):
     http_status = 400
     exit_code = 1

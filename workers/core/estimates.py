@@ -9,6 +9,7 @@ from dataclasses import replace
 from .errors import NoCapacity
 from .fleet import Fleet, UsedNets
 from .models import Pool, Request
+from .placement import place
 from .reasons import eligibility, shortfall, sick
 
 
@@ -97,9 +98,6 @@ def estimate(req: Request, fleet: Fleet) -> dict:
     else:
         total = max_groups(per_vcenter.values(), req.vcenters)
     if total == 0:
-        # at call time: placement re-exports this module's names, so it imports us first
-        from .placement import place
-
         try:
             place(req, fleet)
         except NoCapacity as exc:

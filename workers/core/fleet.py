@@ -7,13 +7,17 @@ import bisect
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .lease import Install, key_parts, keys_clash
 from .models import Network, Pool, Request
 
-if TYPE_CHECKING:  # placement imports this module; the hint alone needs Placement
-    from .placement import Placement
+
+@dataclass(frozen=True)
+class Placement:
+    """One pool a decision chose for a request, and the port groups it takes there."""
+
+    pool: Pool
+    networks: tuple[Network, ...]
 
 
 @dataclass(frozen=True)

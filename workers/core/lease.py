@@ -4,13 +4,14 @@ Redis, the mirror, Celery results and the HTTP API carry; the service reads a `L
 `Lease.from_wire(d).to_wire() == d` for any lease, key order included: the record a lease was
 read from rides along (`raw`), so keys not modelled here (and keys added by later versions)
 are never lost, and a lease written back is byte-for-byte what was read but for the fields
-changed. Pure Python, no I/O, no imports from the rest of the core (models builds on it)."""
+changed. Pure Python, no I/O, no imports from the rest of the core (the others build on it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -122,97 +123,100 @@ def entry_vlan(entry: Mapping[str, Any]) -> tuple[str, int] | None:
     return (pod if isinstance(pod, str) else "", vlan)
 
 
-# (wire key, attribute, value when absent or null, written by a new lease even when so), per
-# section in the order make_lease has always written them
-_Field = tuple[str, str, Any, bool]
-_SECTIONS: tuple[tuple[str, tuple[_Field, ...]], ...] = (
-    ("spec", (
-        ("vcpus", "vcpus", 0, True),
-        ("memory", "memory", 0, True),
-        ("storage", "storage", 0, True),
-        ("vcenters", "vcenters", 0, True),
-        ("networks", "network_count", 0, True),
-        ("pools", "pools", 0, False),  # only when the request asked for P pools
-    )),
-    ("status", (
-        ("leased-at", "leased_at", "", True),
-        ("expires-at", "expires_at", "", True),
-        ("boskos-lease-id", "boskos_lease_id", "", True),
-        ("pool", "pool", "", True),
-        ("vcenter", "vcenter", "", True),
-        ("datacenter", "datacenter", "", True),
-        ("cluster", "cluster", "", True),
-        ("datastore", "datastore", "", True),
-        ("networks", "networks", [], True),
-        ("owner", "owner", "", True),
-        ("request-id", "request_id", "", True),
-        ("state", "state", "", True),
-        ("labels", "labels", {}, True),
-        ("job-link", "job_link", "", True),
-        ("failure-domain", "failure_domain", None, True),
-        ("env", "env", "", True),
-        ("released-at", "released_at", "", False),  # a released lease's record
-        ("release-reason", "release_reason", "", False),
-    )),
-    ("metadata", (
-        ("name", "id", "", True),
-        ("creationTimestamp", "created_at", "", True),
-    )),
-)
-_BY_SECTION = dict(_SECTIONS)
-_KEYS = {name: {f[0]: f for f in fields} for name, fields in _SECTIONS}
-_ATTRS = frozenset(f[1] for _, fields in _SECTIONS for f in fields)
-_SCALARS = {f[1]: f[2] for _, fields in _SECTIONS for f in fields
-            if not isinstance(f[2], list | dict)}
-# a new lease's layout: per section the keys always written, then those written when set
-# (each section lists its optional keys last, so this keeps the order)
-_NEW = tuple((name, tuple((f[0], f[1]) for f in fields if f[3]),
-              tuple((f[0], f[1], f[2]) for f in fields if not f[3]))
-             for name, fields in _SECTIONS)
+# The wire shape's sections, in the order a new lease writes them.
+SECTIONS = ("spec", "status", "metadata")
+NETWORK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "port-group": {"type": "string"}, "vlan": {"type": ["integer", "null"]},
+        "cidr": {"type": "string"}, "gateway": {"type": "string"}, "type": {"type": "string"},
+        "pod": {"type": "string"}, "machine-network-cidr": {"type": "string"},
+        "ip-addresses": {"type": "array", "items": {"type": "string"}, "description":
+                         "when configured, or a slice's; else the cidr's addresses from the "
+                         "network address on ([2] and [3]: the VIPs)"},
+        "ipv6-cidr": {"type": "string"}, "ipv6-start": {"type": "string"},
+        "nameservers": {"type": "array", "items": {"type": "string"}},
+        "router": {"type": "string"}, "datacenter": {"type": "string"},
+    },
+}
+_TEXT = {"type": "string"}
+_COUNT = {"type": "integer"}
+_TIME = {"type": "string", "format": "date-time"}
 
 
-def _known(fields: Mapping[str, Any]) -> None:
-    if not fields.keys() <= _ATTRS:
-        raise TypeError(f"Lease has no field {sorted(fields.keys() - _ATTRS)[0]!r}")
+@dataclass(frozen=True)
+class _Field:
+    section: str
+    key: str  # the wire key
+    attr: str  # the Lease attribute (set once the class is built)
+    default: Any  # the value when absent or null
+    new: bool  # a new lease writes it even when it holds `default`
+    schema: dict[str, Any]
+    request: str  # a new lease takes the request's attribute of this name
+    pool: str  # ... or the pool's
 
 
-def _absent(default: Any) -> Any:
-    """The value of a key a record lacks: a fresh container, never the shared default."""
-    return type(default)() if isinstance(default, list | dict) else default
+def wire(section: str, key: str, default: Any, schema: Mapping[str, Any], *,
+         new: bool = True, request: str = "", pool: str = "") -> Any:
+    """A Lease field and everything that follows from it: where the wire shape keeps it
+    (`section`, `key`; the field order is the order within the section), its value when a
+    record lacks it (or holds null), its JSON Schema for the OpenAPI document, whether a new
+    lease writes it when it holds that value (`new`; False: only when it holds something), and
+    where a new lease takes its value: the `request` attribute or the `pool` attribute of that
+    name (neither: the lease factory sets it)."""
+    meta = {"wire": _Field(section, key, "", default, new, dict(schema), request, pool)}
+    if isinstance(default, list | dict):
+        return field(default_factory=type(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class Lease:
-    """What the service reads of a lease. Absent (or null) keys read as their empty value."""
+    """What the service reads of a lease: each field declared once, with its place in the wire
+    shape. Absent (or null) keys read as their empty value."""
 
-    id: str = ""  # metadata.name
-    created_at: str = ""  # metadata.creationTimestamp
+    id: str = wire("metadata", "name", "", {**_TEXT, "description": "the lease id"})
+    created_at: str = wire("metadata", "creationTimestamp", "", _TEXT)
     # spec: the request's sizes
-    vcpus: int = 0
-    memory: int = 0
-    storage: int = 0
-    vcenters: int = 0
-    network_count: int = 0  # spec.networks: how many port groups were asked for
-    pools: int = 0
+    vcpus: int = wire("spec", "vcpus", 0, _COUNT, request="vcpus")
+    memory: int = wire("spec", "memory", 0, _COUNT, request="memory")
+    storage: int = wire("spec", "storage", 0, _COUNT, request="storage")
+    vcenters: int = wire("spec", "vcenters", 0, _COUNT, request="vcenters")
+    network_count: int = wire("spec", "networks", 0,  # how many port groups were asked for
+                              _COUNT, request="networks")
+    pools: int = wire("spec", "pools", 0,  # only when the request asked for P pools
+                      {**_COUNT, "description": "P distinct pools were asked for"},
+                      new=False, request="pools")
     # status
-    leased_at: str = ""  # RFC 3339, whole seconds, as stored
-    expires_at: str = ""
-    boskos_lease_id: str = ""
-    pool: str = ""
-    vcenter: str = ""
-    datacenter: str = ""
-    cluster: str = ""
-    datastore: str = ""
-    networks: list[dict[str, Any]] = field(default_factory=list)  # wire dicts (port-group...)
-    owner: str = ""
-    request_id: str = ""
-    state: str = ""  # leased | released | set-aside | unknown
-    labels: dict[str, str] = field(default_factory=dict)
-    job_link: str = ""
-    failure_domain: dict[str, Any] | None = None
-    env: str = ""  # the shell lines, as written when granted
-    released_at: str = ""
-    release_reason: str = ""
+    leased_at: str = wire("status", "leased-at", "", _TIME)  # RFC 3339, whole seconds
+    expires_at: str = wire("status", "expires-at", "", _TIME)
+    boskos_lease_id: str = wire("status", "boskos-lease-id", "", _TEXT,
+                                request="boskos_lease_id")
+    pool: str = wire("status", "pool", "", _TEXT, pool="name")
+    vcenter: str = wire("status", "vcenter", "", _TEXT, pool="vcenter")
+    datacenter: str = wire("status", "datacenter", "", _TEXT, pool="datacenter")
+    cluster: str = wire("status", "cluster", "", _TEXT, pool="cluster")
+    datastore: str = wire("status", "datastore", "", _TEXT, pool="datastore")
+    networks: list[dict[str, Any]] = wire("status", "networks", [],  # wire dicts (port-group...)
+                                          {"type": "array", "items": NETWORK_SCHEMA})
+    owner: str = wire("status", "owner", "", _TEXT, request="owner")
+    request_id: str = wire("status", "request-id", "", _TEXT, request="request_id")
+    state: str = wire("status", "state", "",
+                      {**_TEXT, "description": "leased | released | set-aside | unknown"})
+    labels: dict[str, str] = wire("status", "labels", {},
+                                  {"type": "object", "additionalProperties": {"type": "string"},
+                                   "description": "the request's labels"}, request="labels")
+    job_link: str = wire("status", "job-link", "",
+                         {**_TEXT, "description": "a link to the job holding the lease"},
+                         request="job_link")
+    failure_domain: dict[str, Any] | None = wire(
+        "status", "failure-domain", None,
+        {"type": ["object", "null"], "description": "the pool as an install-config "
+         "failure domain (platform.vsphere.failureDomains)"})
+    env: str = wire("status", "env", "",  # the shell lines, as written when granted
+                    {**_TEXT, "description": "`export VCM_...` lines for a job step"})
+    released_at: str = wire("status", "released-at", "", _TEXT, new=False)  # a released lease
+    release_reason: str = wire("status", "release-reason", "", _TEXT, new=False)
     # the record this lease was read from: unknown keys and the key order (not copied: the
     # caller does not change it afterwards)
     raw: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -344,3 +348,49 @@ class Lease:
     def order(self) -> tuple[str, str]:
         """The order leases are listed and paged in: (leased-at, id)."""
         return self.leased_at, self.id
+
+
+# what the methods above read, derived from the fields' declarations ------------------------
+FIELDS: tuple[_Field, ...] = tuple(replace(f.metadata["wire"], attr=f.name)
+                                   for f in dataclasses.fields(Lease) if "wire" in f.metadata)
+# per section, in wire order: (wire key, attribute, value when absent or null, written by a
+# new lease even when so)
+_Row = tuple[str, str, Any, bool]
+_SECTIONS: tuple[tuple[str, tuple[_Row, ...]], ...] = tuple(
+    (name, tuple((f.key, f.attr, f.default, f.new) for f in FIELDS if f.section == name))
+    for name in SECTIONS)
+_BY_SECTION = dict(_SECTIONS)
+_KEYS = {name: {f[0]: f for f in rows} for name, rows in _SECTIONS}
+_ATTRS = frozenset(f.attr for f in FIELDS)
+_SCALARS = {f.attr: f.default for f in FIELDS if not isinstance(f.default, list | dict)}
+# a new lease's layout: per section the keys always written, then those written when set
+_NEW = tuple((name, tuple((f[0], f[1]) for f in rows if f[3]),
+              tuple((f[0], f[1], f[2]) for f in rows if not f[3]))
+             for name, rows in _SECTIONS)
+
+
+def _known(fields: Mapping[str, Any]) -> None:
+    if not fields.keys() <= _ATTRS:
+        raise TypeError(f"Lease has no field {sorted(fields.keys() - _ATTRS)[0]!r}")
+
+
+def _absent(default: Any) -> Any:
+    """The value of a key a record lacks: a fresh container, never the shared default."""
+    return type(default)() if isinstance(default, list | dict) else default
+
+
+def granted(req: Any, pool: Any) -> dict[str, Any]:
+    """The fields a new lease takes from its request and its pool (see `wire`)."""
+    out = {}
+    for f in FIELDS:
+        if f.request or f.pool:
+            value = getattr(req, f.request) if f.request else getattr(pool, f.pool)
+            out[f.attr] = dict(value) if isinstance(f.default, dict) else value
+    return out
+
+
+def lease_schema() -> dict[str, Any]:
+    """The wire shape as a JSON Schema: the OpenAPI document's Lease."""
+    return {"type": "object", "title": "Lease", "required": list(SECTIONS),
+            "properties": {name: {"type": "object", "properties": {
+                f.key: f.schema for f in FIELDS if f.section == name}} for name in SECTIONS}}

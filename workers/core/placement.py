@@ -19,32 +19,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from .errors import NoCapacity
-from .estimates import estimate, fits_alone, max_groups
-from .fleet import NO_USAGE, Fleet, FreeNets, Usage
+from .fleet import Fleet, Placement, Usage
 from .models import Network, Pool, Request
 from .networks import Option, choose_networks
-from .possible import check_possible
-from .reasons import deficit, eligibility, shortfall, sick, why_not
+from .reasons import deficit, eligibility, why_not
 from .taints import untolerated
 
-# imported from here by the service, the queries, the tests and the bench
-__all__ = [
-    "NO_USAGE", "STRATEGIES", "Fleet", "FreeNets", "Placement", "Usage", "assign",
-    "check_possible",
-    "choose", "deficit", "eligibility", "estimate", "fits_alone", "max_groups", "place",
-    "place_batch", "pool_load", "reserve_for", "shortfall", "sick", "vcenter_loads", "why_not",
-]
-
 STRATEGIES = ("least-utilized", "pack", "random")
-
-
-@dataclass(frozen=True)
-class Placement:
-    pool: Pool
-    networks: tuple[Network, ...]
 
 
 def pool_load(pool: Pool, used: Usage) -> float:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError
-from .models import DEFAULT_NETWORK_TYPE, Network, Pool, derived_addresses
+from .models import DEFAULT_NETWORK_TYPE, DIMENSIONS, Network, Pool, derived_addresses
 from .taints import Taint, taint_problem
 from .text import MAX_TEXT, text_problem
 
@@ -37,7 +37,6 @@ NETWORK_KEYS = {"port-group", "vlan", "cidr", "gateway", "type", "pod", "slices"
 SLICEABLE = ("multi-tenant", "nested-multi-tenant")  # network types that may be split
 MAX_SLICES = 256
 REQUIRED_STR = ("name", "vcenter", "datacenter", "cluster", "datastore")
-BUDGETS = ("vcpus", "memory", "storage")
 
 
 @dataclass
@@ -149,7 +148,7 @@ def _parse_pool(raw: Any, index: int, file: str) -> tuple[Pool, list[_Listing]]:
     if "|" in raw["vcenter"]:  # it separates vCenter and port group in the ledger's keys
         raise ConfigError.of(file, label, "vcenter", "must not contain '|'")
     budgets = {}
-    for key in BUDGETS:
+    for key in DIMENSIONS:
         value = raw.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError.of(file, label, key, f"must be a positive integer, got {value!r}")

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from .errors import InvalidRequest
 from .fleet import Fleet
-from .models import Pool, Request
+from .models import DIMENSIONS, Pool, Request
 from .reasons import deficit, eligibility, shortfall
 
 
@@ -68,7 +68,7 @@ def check_possible(req: Request, pools: Mapping[str, Pool]) -> None:
     if not fits:
         closest = min(candidates, key=lambda p: (deficit(req, p, empty), p.name))
         why = shortfall(req, closest, empty) or ""
-        field = next((n for n in ("vcpus", "memory", "storage", "networks") if f" {n} " in why),
+        field = next((n for n in (*DIMENSIONS, "networks") if f" {n} " in why),
                      "request")
         raise InvalidRequest.of(field, f"no single pool can ever hold this request (closest: "
                                 f"{closest.name}, empty: {why})")

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .lease import Lease
-
-if TYPE_CHECKING:
-    from .models import Network, Pool
+from .models import Network, Pool
 
 
 def _under(base: str, path: str) -> str:

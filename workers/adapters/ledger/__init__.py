@@ -24,22 +24,7 @@ import redis
 from .leases import LeaseStore
 from .line import LineStore
 from .mirroring import MirrorStore
-from .records import decoded, lease_name, lease_problem, readable, released_view
-from .scripts import (
-    Audit,
-    Commit,
-    Deferred,
-    InLine,
-    LedgerConflict,
-    LedgerUnready,
-    Released,
-    Restored,
-    SnapshotRead,
-    Swapped,
-    Unparked,
-    UsageRead,
-)
-from .status import LATENCY_BUCKETS, StatusStore
+from .status import StatusStore
 
 
 class Ledger(LeaseStore, LineStore, MirrorStore, StatusStore):
@@ -50,24 +35,3 @@ class Ledger(LeaseStore, LineStore, MirrorStore, StatusStore):
         return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5), **kw)
 
 
-__all__ = [
-    "LATENCY_BUCKETS",
-    "Audit",
-    "Commit",
-    "Deferred",
-    "InLine",
-    "Ledger",
-    "LedgerConflict",
-    "LedgerUnready",
-    "Released",
-    "Restored",
-    "SnapshotRead",
-    "Swapped",
-    "Unparked",
-    "UsageRead",
-    "decoded",
-    "lease_name",
-    "lease_problem",
-    "readable",
-    "released_view",
-]

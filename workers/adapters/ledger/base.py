@@ -1,5 +1,5 @@
 """What every part of the ledger shares: the Redis client, the key prefix and its names, the
-scripts, and the write guards (quiet, floor)."""
+scripts."""
 
 from __future__ import annotations
 
@@ -17,6 +17,4 @@ class LedgerBase:
         self.k = Keys(prefix)
         self.keep = keep  # seconds a released lease's record is kept
         self.answer_ttl = answer_ttl  # seconds a task id's answer is kept for its copies
-        self.quiet = False  # True: changes do not kick the publisher (the caller journals them)
-        self.floor = 0  # writes refuse below this seq (see prelude.lua, Capacity.ensure_ready)
         self.scripts = Scripts(client)

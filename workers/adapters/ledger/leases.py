@@ -7,12 +7,14 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from ...core.lease import Install, Lease, install_group
-from ...core.models import lease_port_groups, parse_rfc3339
+from ...core.lease import Install, Lease, install_group, lease_port_groups, parse_rfc3339
+from ...ports import Guard
 from .base import LedgerBase
 from .records import readable, released_view, text
-from .scripts import Audit, Commit, Released, Swapped, UsageRead, audit_from_reply
+from .scripts import Commit, Released, Swapped, UsageRead
 from .status import LATENCY_BUCKETS
+
+NO_GUARD = Guard()
 
 
 class LeaseStore(LedgerBase):
@@ -89,10 +91,6 @@ class LeaseStore(LedgerBase):
     def expired(self, now: float, limit: int = 1000) -> list[str]:
         return [text(x) for x in self.r.zrangebyscore(self.k.expiry, 0, now, 0, limit)]
 
-    def audit(self) -> Audit:
-        """Leases, counters and port groups read in one atomic step (for tests and checks)."""
-        return audit_from_reply(self.scripts.audit(args=[self.p]))
-
     def active_at(self, ids: list[str]) -> tuple[int, list[str]]:
         """The ledger seq and the raw JSON of those of `ids` still active, read atomically."""
         pipe = self.r.pipeline(transaction=True)
@@ -105,6 +103,12 @@ class LeaseStore(LedgerBase):
         raw = self.r.hget(self.k.leases, lease_id)
         return text(raw) if raw is not None else None
 
+    def record(self, lease_id: str) -> tuple[str, dict[str, Any] | None] | None:
+        """An active lease's record as stored (what a swap compares) and decoded (None: it
+        cannot be read); None when it is not active."""
+        raw = self.raw(lease_id)
+        return None if raw is None else (raw, readable(raw))
+
     def is_gone(self, lease_id: str) -> bool:
         return bool(self.r.exists(self.k.gone(lease_id)))
 
@@ -112,13 +116,15 @@ class LeaseStore(LedgerBase):
     def commit(self, expected_version: int, groups: dict[str, list[dict[str, Any]]],
                caps: dict[str, tuple[int, int, int]], granted: list[str] | None = None,
                latency: float | None = None, lone: bool = False, tasks: list[str] | None = None,
-               answer: dict[str, Any] | None = None, held: Iterable[str] = ()) -> Commit:
+               answer: dict[str, Any] | None = None, held: Iterable[str] = (),
+               guard: Guard = NO_GUARD) -> Commit:
         """Record new leases for each request-id, if the ledger is still at expected_version.
         `lone`: placed assuming nobody waits in line; refused ('waiters') if someone does.
         `answer` is recorded as the answer of `tasks` and of the tasks waiting for `granted`;
         a task answered before is refused ('answered', with that answer).
         `held`: the networks the new leases' install holds already (they share them); every
-        other network must be free. The leases of one install may share a network."""
+        other network must be free. The leases of one install may share a network. Every write
+        takes the writer's `guard` (its floor, and whether to wake the publisher)."""
         pools: dict[str, dict[str, Any]] = {}
         nets: dict[str, list[str]] = {}
         installs: dict[str, str] = {}  # network -> the install of its new holders
@@ -161,10 +167,10 @@ class LeaseStore(LedgerBase):
                                  "ttl": self.answer_ttl}
         if lone:
             payload["lone"] = True
-        if self.quiet:
+        if guard.quiet:
             payload["quiet"] = True
-        if self.floor > 0:
-            payload["floor"] = self.floor
+        if guard.floor > 0:
+            payload["floor"] = guard.floor
         if latency is not None:
             bucket = next((str(b) for b in LATENCY_BUCKETS if latency <= b), None)
             payload["latency"] = {"seconds": latency, **({"bucket": bucket} if bucket else {})}
@@ -186,20 +192,20 @@ class LeaseStore(LedgerBase):
 
     def release(self, ids: list[str], owner: str = "", by_owner: str = "",
                 reason: str = "released", now: str = "",
-                expired_by: float | None = None) -> Released:
+                expired_by: float | None = None, guard: Guard = NO_GUARD) -> Released:
         """Release leases by id and/or all of an owner's. `expired_by` (reaping): only those
         whose expires-at is still at or before it, checked in the script (a renewal wins).
-        Raises LedgerUnready, or LedgerConflict (a lease missing, or not `owner`'s)."""
+        Refused (status) when a lease is missing or not `owner`'s; LedgerUnready raised."""
         reply = self.scripts.release(args=[
             self.p, json.dumps(list(ids)) if ids else "[]", owner, by_owner, reason, now,
-            self.keep, "1" if self.quiet else "", self.floor,
+            self.keep, "1" if guard.quiet else "", guard.floor,
             "" if expired_by is None else repr(expired_by)])
         return Released.from_reply(reply)
 
-    def swap(self, lease_id: str, old_raw: str, new: dict[str, Any], expires: float
-             ) -> Swapped:
+    def swap(self, lease_id: str, old_raw: str, new: dict[str, Any], expires: float,
+             guard: Guard = NO_GUARD) -> Swapped:
         """Replace a lease if unchanged since it was read as `old_raw`."""
         raw = json.dumps(new)
         reply = self.scripts.swap(args=[self.p, lease_id, old_raw, raw, expires,
-                                        "1" if self.quiet else "", self.floor])
+                                        "1" if guard.quiet else "", guard.floor])
         return Swapped.from_reply(reply, raw)

@@ -1,5 +1,6 @@
 """The waiting line's storage: requests parked in arrival order, their records, and the
-twin tasks sent again for a request that waits (workers/waiting.py decides who is served)."""
+twin tasks sent again for a request that waits (workers/service/waiting.py decides who is
+served)."""
 
 from __future__ import annotations
 

@@ -5,10 +5,12 @@ bookkeeping (its status hash, the ledger's epoch)."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ...core.models import parse_rfc3339, request_key
+from ...core.lease import parse_rfc3339
+from ...core.models import DIMENSIONS, request_key
 from ...core.text import text_problem
 from .base import LedgerBase
 from .records import (
@@ -19,11 +21,12 @@ from .records import (
     describe_hold,
     lease_name,
     lease_problem,
-    log,
     stored_aside,
     text,
 )
 from .scripts import Deferred, Restored, SnapshotRead
+
+log = logging.getLogger(__name__)
 
 
 class MirrorStore(LedgerBase):
@@ -157,7 +160,7 @@ class MirrorStore(LedgerBase):
     def wait_kick(self, timeout: float) -> None:
         self.r.blpop([self.k.kick], timeout=max(timeout, 0.01))
 
-    # the mirror publisher's bookkeeping (its status hash is described in publisher.py) ----
+    # the mirror publisher's bookkeeping (its status hash is described in publisher/thread.py) ----
     def mirror_status_write(self, fields: dict[str, Any], *, incr: dict[str, int] | None = None,
                             clear: tuple[str, ...] | list[str] = ()) -> None:
         """Set fields of the mirror status hash, add to its counters, drop fields: one round
@@ -170,6 +173,11 @@ class MirrorStore(LedgerBase):
         for name, n in (incr or {}).items():
             pipe.hincrby(self.k.mirror, name, n)
         pipe.execute()
+
+    def mirror_status(self) -> dict[Any, Any]:
+        """The mirror status hash, as HGETALL returns it (publisher/mirror_status.py parses
+        it)."""
+        return self.r.hgetall(self.k.mirror)
 
     def mirror_status_incr(self, field: str, n: int = 1) -> None:
         self.r.hincrby(self.k.mirror, field, n)
@@ -229,8 +237,7 @@ class _Counted:
 
     def take(self, pool: str, sizes: dict[str, Any]) -> bool:
         total = self.pools.setdefault(pool, [0, 0, 0])
-        after = [t + sizes[dim] for t, dim in zip(total, ("vcpus", "memory", "storage"),
-                                                  strict=True)]
+        after = [t + sizes[dim] for t, dim in zip(total, DIMENSIONS, strict=True)]
         if max(after) > self.LIMIT:
             return False
         total[:] = after

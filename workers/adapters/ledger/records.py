@@ -8,12 +8,11 @@ import json
 import logging
 from typing import Any
 
-from ...core.lease import network_key
-from ...core.models import parse_rfc3339
+from ...core.lease import network_key, parse_rfc3339
+from ...core.models import DIMENSIONS
 from ...core.text import text_problem
 
-# one logger for the whole ledger, named as it was before the ledger became a package
-log = logging.getLogger("workers.adapters.ledger")
+log = logging.getLogger(__name__)
 
 _warned: set[str] = set()
 
@@ -74,7 +73,7 @@ def lease_problem(lease: Any) -> str | None:
                 return f"status.{key} is not a non-empty string"
         if not isinstance(st.get("request-id", ""), str):
             return "status.request-id is not a string"
-        for key in ("vcpus", "memory", "storage"):
+        for key in DIMENSIONS:
             if isinstance(sp.get(key), bool) or not isinstance(sp.get(key), int) \
                     or not 0 <= sp[key] <= MAX_HELD:
                 return f"spec.{key} is not a whole number from 0 to {MAX_HELD}"
@@ -122,7 +121,7 @@ def aside_hold(record: Any) -> dict[str, Any] | None:
         st, sp = record["status"], record["spec"]
         pool, vcenter = st["pool"], st["vcenter"]
         nets = st.get("networks")
-        dims = [sp["vcpus"], sp["memory"], sp["storage"]]
+        dims = [sp[d] for d in DIMENSIONS]
     except (TypeError, KeyError, AttributeError):
         return None
     names = [pool, vcenter]
@@ -139,8 +138,8 @@ def aside_hold(record: Any) -> dict[str, Any] | None:
     if _cut_short(nets, sp.get("networks")):
         return None
     keys = sorted({network_key(vcenter, n) for n in nets})
-    return {"pool": pool, "vcenter": vcenter, "vcpus": dims[0], "memory": dims[1],
-            "storage": dims[2], "nets": keys}
+    return {"pool": pool, "vcenter": vcenter, **dict(zip(DIMENSIONS, dims, strict=True)),
+            "nets": keys}
 
 
 def _cut_short(nets: list[dict[str, Any]], asked: Any) -> bool:

@@ -1,18 +1,24 @@
 """The ledger's Lua scripts (workers/adapters/lua/): loading them, and one result type per
 script. Each type decodes its script's reply in `from_reply`, the one place that knows the
-reply's layout (documented in the script's header as `Returns`)."""
+reply's layout (documented in the script's header as `Returns`).
+
+Every script that may refuse answers the same way: its reply leads with a status. `unready`
+(Redis lost the ledger, or went back below the writer's floor: rebuild it first) is raised as
+LedgerUnready for every script (`outcome`); every other status is the result's `status`, for
+the caller to match."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple
 
 import redis
 
-from ...core.placement import Usage
-from .records import stored_aside, text
+from ...core.errors import LedgerUnready
+from ...core.fleet import Usage
+from .records import text
 
 LUA = Path(__file__).resolve().parent.parent / "lua"
 
@@ -31,7 +37,6 @@ class Scripts:
         self.release = client.register_script(_lua("release"))
         self.swap = client.register_script(_lua("swap"))
         self.usage = client.register_script(_lua("usage"))
-        self.audit = client.register_script(_lua("audit"))
         self.park = client.register_script(_lua("park"))
         self.unpark = client.register_script(_lua("unpark"))
         self.defer = client.register_script(_lua("defer"))
@@ -39,16 +44,13 @@ class Scripts:
         self.restore = client.register_script(_lua("restore"))
 
 
-class LedgerUnready(Exception):
-    """Redis lost the ledger (or never had one): restore from the mirror before writing."""
-
-
-class LedgerConflict(Exception):
-    """A Lua check refused the change (missing lease, not the owner)."""
-
-    def __init__(self, kind: str, lease_id: str, holder: str = "") -> None:
-        super().__init__(kind, lease_id, holder)
-        self.kind, self.lease_id, self.holder = kind, lease_id, holder
+def outcome(reply: list[Any]) -> tuple[str, list[Any]]:
+    """A script's status and the rest of its reply; `unready` is raised (LedgerUnready)."""
+    status, *rest = reply
+    status = text(status)
+    if status == "unready":
+        raise LedgerUnready()
+    return status, rest
 
 
 # one result type per script ---------------------------------------------------------------
@@ -56,9 +58,9 @@ class LedgerConflict(Exception):
 class Commit:
     """commit.lua: new leases recorded, or why not."""
 
-    status: str  # ok | answered | dup | stale | over | conflict | gone | unready | waiters |
-    # queued | blocked (detail: JSON {ids, count} of set-aside records whose holdings cannot be
-    # read) | settled (detail: the waiter's key; every task waiting for it was answered otherwise)
+    status: str  # ok | answered | dup | stale | over | conflict | gone | waiters | queued |
+    # blocked (detail: JSON {ids, count} of set-aside records whose holdings cannot be read) |
+    # settled (detail: the waiter's key; every task waiting for it was answered otherwise)
     version: int = 0
     seq: int = 0
     existing: dict[str, list[str]] = field(default_factory=dict)
@@ -69,8 +71,7 @@ class Commit:
     @classmethod
     def from_reply(cls, reply: list[Any], raws: list[str]) -> Commit:
         """`raws`: the leases' JSON as sent (kept for the journal when they are recorded)."""
-        status, *rest = reply
-        status = text(status)
+        status, rest = outcome(reply)
         if status == "dup":
             flat = rest[0]
             existing = {text(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
@@ -86,41 +87,43 @@ class Commit:
 
 @dataclass(frozen=True)
 class Released:
-    """release.lua: what a release freed. Its refusals are raised, as every caller must stop
-    on them: LedgerUnready, or LedgerConflict (notowner, missing)."""
+    """release.lua: what a release freed, or why nothing was (`lease_id` not `holder`'s, or
+    missing)."""
 
-    old_version: int
-    leases: list[dict[str, Any]]  # leases released by this call
-    already: list[str]  # ids released earlier
+    status: str  # ok | notowner | missing
+    old_version: int = 0
+    leases: list[dict[str, Any]] = field(default_factory=list)  # leases released by this call
+    already: list[str] = field(default_factory=list)  # ids released earlier
     seq: int = 0
     waiting: int = 0  # requests in the waiting line after the release
     set_aside: list[str] = field(default_factory=list)  # undecodable records quarantined
     dropped: list[str] = field(default_factory=list)  # set-aside records dropped by id
+    lease_id: str = ""  # notowner, missing: the lease refused
+    holder: str = ""  # notowner: who holds it
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> Released:
-        status = text(reply[0])
-        if status == "unready":
-            raise LedgerUnready()
+        status, rest = outcome(reply)
         if status != "ok":
-            raise LedgerConflict(status, text(reply[1]), text(reply[2]) if len(reply) > 2 else "")
-        return cls(int(reply[1]), [json.loads(x) for x in reply[2]], [text(x) for x in reply[3]],
-                   int(reply[4]), int(reply[5]), [text(x) for x in reply[6]],
-                   [text(x) for x in reply[7]])
+            return cls(status, lease_id=text(rest[0]), holder=text(rest[1]) if len(rest) > 1
+                       else "")
+        return cls(status, int(rest[0]), [json.loads(x) for x in rest[1]],
+                   [text(x) for x in rest[2]], int(rest[3]), int(rest[4]),
+                   [text(x) for x in rest[5]], [text(x) for x in rest[6]])
 
 
 @dataclass(frozen=True)
 class Swapped:
     """swap.lua: a lease replaced (renewed) if it was unchanged."""
 
-    status: str  # ok | missing | changed | unready
+    status: str  # ok | missing | changed
     seq: int  # the ledger seq of the change (0 unless ok)
     raw: str  # the new lease JSON, as sent
 
     @classmethod
     def from_reply(cls, reply: list[Any], raw: str) -> Swapped:
-        status, seq = reply
-        return cls(text(status), int(seq), raw)
+        status, rest = outcome(reply)
+        return cls(status, int(rest[0]), raw)
 
 
 class UsageRead(NamedTuple):
@@ -142,37 +145,6 @@ class UsageRead(NamedTuple):
             v, m, s, n = (int(x or 0) for x in rows[i + 1])
             pools[text(rows[i])] = Usage(v, m, s, n)
         return cls(int(version), pools, {text(n) for n in nets})
-
-
-class Audit(TypedDict):
-    """audit.lua: leases, counters and port groups in one atomic read. A dict, so two audits
-    compare with ==."""
-
-    leases: dict[str, Any]  # lease id -> lease
-    counters: dict[str, tuple[int, ...]]  # pool -> (vcpus, memory, storage, leases)
-    nets: dict[str, str]  # network ledger key (core/lease.py port_group_key) -> lease ids
-    # of its holders, space-separated (the leases of one install may share a network), or the
-    # set-aside record holding it
-    aside: dict[str, dict[str, Any]]  # set-aside id -> its entry (records.stored_aside)
-    pins: dict[str, str]  # network ledger key -> the set-aside record claiming it
-    blocked: set[str]  # set-aside ids whose holdings cannot be read
-
-
-def audit_from_reply(reply: list[Any]) -> Audit:
-    """Decodes audit.lua's reply (a TypedDict has no methods of its own)."""
-    leases, usage, nets, aside, pins, blocked = reply
-    counters = {}
-    for i in range(0, len(usage), 2):
-        counters[text(usage[i])] = tuple(int(x or 0) for x in usage[i + 1])
-    parsed = {text(leases[i]): json.loads(leases[i + 1]) for i in range(0, len(leases), 2)}
-
-    def pairs(flat: list[Any]) -> dict[str, str]:
-        return {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-    return {"leases": parsed, "counters": counters, "nets": pairs(nets),
-            "aside": {text(aside[i]): stored_aside(aside[i + 1])
-                      for i in range(0, len(aside), 2)},
-            "pins": pairs(pins), "blocked": {text(x) for x in blocked}}
 
 
 @dataclass(frozen=True)

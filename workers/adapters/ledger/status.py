@@ -4,11 +4,15 @@ and the reaped list, and the live vCenter health."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
+from ..redis_memory import MemoryUse, memory_use
 from .base import LedgerBase
-from .records import log, text
+from .records import text
+
+log = logging.getLogger(__name__)
 
 # acquire latency histogram (seconds, including time spent waiting in line)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 900, 3600,
@@ -16,6 +20,10 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 
 
 
 class StatusStore(LedgerBase):
+    def memory_use(self) -> MemoryUse | None:
+        """Redis's memory now (INFO works while Redis is full); None when it does not say."""
+        return memory_use(self.r)
+
     # stats -------------------------------------------------------------------------------
     def count(self, field: str, n: int = 1) -> None:
         self.r.hincrby(self.k.stats, field, n)
@@ -31,6 +39,18 @@ class StatusStore(LedgerBase):
             running += raw.get(str(bound), 0.0)
             raw[str(bound)] = running
         return raw
+
+    def namespace_status_write(self, fields: dict[str, Any], *, runs: int = 0,
+                               errors: int = 0) -> None:
+        """Set fields of the namespace pruning's status hash and add to its `runs` and
+        `errors` counters, atomically."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.k.namespaces, mapping={k: str(v) for k, v in fields.items()})
+        if runs:
+            pipe.hincrby(self.k.namespaces, "runs", runs)
+        if errors:
+            pipe.hincrby(self.k.namespaces, "errors", errors)
+        pipe.execute()
 
     # usage history (a bounded Redis stream) -------------------------------------------------
     def append_usage(self, snapshot: dict[str, Any], retention: float) -> str:
@@ -101,7 +121,3 @@ class StatusStore(LedgerBase):
             if isinstance(record, dict):
                 out[text(vcenter)] = record
         return out
-
-    def forget_health(self, vcenter: str) -> bool:
-        """Drop a vCenter's health record (its pools become unknown)."""
-        return bool(self.r.hdel(self.k.health, vcenter))

@@ -1,5 +1,5 @@
 -- Release leases by id and/or all of an owner's. Reason `expired` (the reaper) counts as
--- `reaps`, `namespace-gone` (workers/namespaces.py) as `namespace-pruned`, both also go to
+-- `reaps`, `namespace-gone` (workers/service/namespaces.py) as `namespace-pruned`, both also go to
 -- `reaped`; any other reason counts as `releases`.
 -- KEYS: none (derived from the prefix: leases, expiry, owner:<owner>, use:<pool>, nets,
 --       gone:<id>, req:<key>, quarantine, pins, blocked, version, seq, stats, reaped, waiting,
@@ -11,7 +11,7 @@
 -- counted: safe, never over-allocating) instead of failing every release that meets it.
 -- A set-aside record named by id, with no owner (nobody can show they hold it), is dropped:
 -- what its entry says it holds is given back (ledger/records.py has the entry's layout).
--- Returns (decoded into ledger.scripts.Released; the refusals are raised):
+-- Returns (decoded into ledger.scripts.Released):
 --         {'ok', old version, [released JSON], [ids released before], seq, waiting, [set aside],
 --          [set-aside ids dropped]}
 --         | {'notowner', id, holder} | {'missing', id} | {'unready', ''}

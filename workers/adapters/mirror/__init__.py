@@ -12,30 +12,3 @@ file.py       FileMirror: snapshot plus journal
 errors.py     MirrorError and its kinds; retrying what a retry can help
 factory.py    which mirror the settings ask for
 """
-
-from .codec import SaveStats, decode_snapshot, encode_json, encode_snapshot, newer_than
-from .configmap import CONFIGMAP_LIMIT, DEFAULT_MAX_SHARDS, DEFAULT_SHARD_BYTES, ConfigMapMirror
-from .errors import MirrorError, MirrorSuperseded, MirrorTooLarge, retry_backoff, retryable
-from .factory import build_mirror, mirror_from_env, parse_configmap
-from .file import FileMirror
-
-__all__ = [
-    "CONFIGMAP_LIMIT",
-    "DEFAULT_MAX_SHARDS",
-    "DEFAULT_SHARD_BYTES",
-    "ConfigMapMirror",
-    "FileMirror",
-    "MirrorError",
-    "MirrorSuperseded",
-    "MirrorTooLarge",
-    "SaveStats",
-    "build_mirror",
-    "decode_snapshot",
-    "encode_json",
-    "encode_snapshot",
-    "mirror_from_env",
-    "newer_than",
-    "parse_configmap",
-    "retry_backoff",
-    "retryable",
-]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from kubernetes import client as k8s_client
 
-from ...settings import Settings
-from .configmap import DEFAULT_MAX_SHARDS, ConfigMapMirror
+from ...settings import DEFAULT_MAX_SHARDS, Settings
+from .configmap import ConfigMapMirror
 from .file import FileMirror
 from .kube import valid_name, valid_namespace
 

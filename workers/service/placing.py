@@ -14,22 +14,30 @@ import json
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .adapters.ledger import Ledger
-from .core.errors import ERRORS, InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
-from .core.lease import Lease
-from .core.models import Request, make_lease, parse_request
-from .core.placement import check_possible, place_batch
-from .ports import Pools
+from ..core.errors import (
+    ERRORS,
+    InvalidRequest,
+    LeaseNotFound,
+    LedgerUnready,
+    NoCapacity,
+    VcmError,
+    WaitTimeout,
+)
+from ..core.fleet import Fleet
+from ..core.grants import make_lease
+from ..core.lease import Lease
+from ..core.models import Request
+from ..core.parsing import parse_request
+from ..core.placement import place_batch
+from ..core.possible import check_possible
+from ..ports import Ledger, Pools
+from ..settings import Settings
 from .recovery import Recovery
-from .settings import Settings
 from .usage_cache import UsageCache
 
-if TYPE_CHECKING:
-    from .waiting import WaitingLine
-
-log = logging.getLogger("workers.service")
+log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 50
 Leases = list[dict[str, Any]]
 # what acquire answers instead of leases; each is recorded as the task's answer
@@ -38,6 +46,16 @@ REFUSALS = (InvalidRequest, NoCapacity, WaitTimeout, LeaseNotFound)
 
 class Queued(Exception):
     """The request is already waiting in line (sent again): join it there."""
+
+
+class Line(Protocol):
+    """What a decision keeps for the waiting line, asked of the caller's line (waiting.py)."""
+
+    empty: bool  # nobody was seen waiting at the last look (the commit re-checks)
+
+    def held(self, fleet: Fleet, skip: str = "") -> dict[str, str]:
+        """Pools kept for the head of the line on `fleet` (none when nobody waits)."""
+        ...
 
 
 class Settled(Exception):
@@ -54,7 +72,6 @@ class Placing:
         self.settings = settings
         self.cache = cache
         self.recovery = recovery
-        self.line: WaitingLine  # set by the service: waiting and placing call each other
         self._checked_pools: object = None  # the pools self._checked was computed for
         self._checked: dict[tuple, tuple] = {}  # request shape -> () or InvalidRequest args
 
@@ -84,26 +101,10 @@ class Placing:
         if known:
             raise InvalidRequest(known[0], dict(known[1]))
 
-    def acquire(self, raw: Any, task_id: str, owner: str = "anonymous"):
-        """Leases, or the request's place in line (Parked) when it waits."""
-        received = time.time()
-        try:
-            req = self.parse(raw, task_id or uuid.uuid4().hex, owner)
-            try:
-                return self.place([req], since=received, task=task_id)[0]
-            except Queued:  # sent again while it waits: wait with it, whatever `wait` says
-                return self.line.park(req, task_id, {})
-            except NoCapacity as exc:
-                if req.wait <= 0 and not self.ledger.is_waiting(req.key):
-                    raise
-                return self.line.park(req, task_id, exc.reasons)
-        except REFUSALS as exc:
-            return self.refuse(task_id, exc)[0]
-
-    def acquire_batch(self, reqs: list[Request], task_id: str) -> list[Leases]:
+    def acquire_batch(self, reqs: list[Request], task_id: str, line: Line) -> list[Leases]:
         """All the parsed requests' leases, or none (see parse_batch)."""
         try:
-            return self.place(reqs, task=task_id)
+            return self.place(reqs, line, task=task_id)
         except Queued as queued:  # a batch never waits: one of its requests waits in line
             return self.refuse(task_id, _in_line(reqs, str(queued)))
         except REFUSALS as exc:
@@ -141,23 +142,25 @@ class Placing:
                                     "for the same owner")
         return reqs
 
-    def place(self, reqs: list[Request], granted: str = "",
+    def place(self, reqs: list[Request], line: Line, granted: str = "",
               held: dict[str, str] | None = None, since: float | None = None,
               task: str = "") -> list[Leases]:
         """Place all requests or none, commit atomically; a known request-id returns its leases.
 
+        `line`: the caller's waiting line, which says what each attempt keeps for its head.
         `granted` is the request key of a waiter being served: it leaves the line in the commit.
-        `held`: pools kept for the head of the line (computed here when None).
+        `held`: pools kept for the head of the line at the first attempt (asked of `line`
+        when None).
         `task`: the task asking; answered before (this is a copy), it gets that answer.
         """
         for attempt in range(MAX_ATTEMPTS):
             version, fleet = self.cache.fleet(fresh=attempt > 0, indexed=True)
             # with nobody seen waiting, assume the line is still empty: the commit checks it
-            lone = held is None and self.line.empty
+            lone = held is None and line.empty
             if lone:
                 held = {}
             elif held is None or attempt > 0:
-                held = self.line.held(fleet, skip=granted)
+                held = line.held(fleet, skip=granted)
             try:
                 plan = place_batch(reqs, fleet, self.settings.strategy, held)
             except NoCapacity:
@@ -190,40 +193,47 @@ class Placing:
             # networks already in use that the plan gives out: its install holds them
             held = [key for placements in plan for p in placements for n in p.networks
                     if not fleet.is_free(key := p.pool.net_key(n))]
-            commit = self.ledger.commit(version, groups, caps, [granted] if granted else None,
-                                        latency, lone=lone, tasks=[task] if task else None,
-                                        answer=answer, held=held)
-            if commit.status == "answered" and commit.answer is not None:
-                return self.replay(commit.answer)
-            if commit.status == "ok":
-                self.cache.placed(fleet, reqs, plan, commit.version)
-                self.recovery.record(commit.seq, commit.raws, [])
-                return [groups[r.key] for r in reqs]
-            if commit.status == "dup":
-                existing = self.existing(reqs, [commit.existing[r.key] for r in reqs])
-                if existing is not None:
-                    return existing
-                continue  # released meanwhile: the next read sees it
-            if commit.status == "conflict":
-                raise InvalidRequest.of("request-id", f"{_rid(reqs, commit.detail)!r} was "
-                                        "already used by another request of this owner")
-            if commit.status == "queued":
-                if len(reqs) > 1:
-                    raise _in_line(reqs, commit.detail)
-                raise Queued(commit.detail)
-            if commit.status == "blocked":
-                raise self._blocked(commit.detail)
-            if commit.status == "settled":
-                raise Settled(commit.detail)
-            if commit.status == "gone":
-                raise WaitTimeout.of(0)  # the waiter left the line meanwhile (expired)
-            if commit.status == "waiters":  # someone joined the line: hold pools for them
-                self.line.empty = False
-                continue
-            if commit.status == "unready":
+            try:
+                commit = self.ledger.commit(version, groups, caps,
+                                            [granted] if granted else None, latency, lone=lone,
+                                            tasks=[task] if task else None, answer=answer,
+                                            held=held, guard=self.recovery.guard)
+            except LedgerUnready:
                 self.recovery.ensure_ready()
-            log.info("ledger moved under us (%s %s), re-reading", commit.status, commit.detail)
-            self.cache.forget()
+                log.info("ledger moved under us (unready), re-reading")
+                self.cache.forget()
+                continue
+            match commit.status:
+                case "answered" if commit.answer is not None:
+                    return self.replay(commit.answer)
+                case "ok":
+                    self.cache.placed(fleet, reqs, plan, commit.version)
+                    self.recovery.record(commit.seq, commit.raws, [])
+                    return [groups[r.key] for r in reqs]
+                case "dup":
+                    existing = self.existing(reqs, [commit.existing[r.key] for r in reqs])
+                    if existing is not None:
+                        return existing
+                    # released meanwhile: the next read sees it
+                case "conflict":
+                    raise InvalidRequest.of("request-id", f"{_rid(reqs, commit.detail)!r} was "
+                                            "already used by another request of this owner")
+                case "queued" if len(reqs) > 1:
+                    raise _in_line(reqs, commit.detail)
+                case "queued":
+                    raise Queued(commit.detail)
+                case "blocked":
+                    raise self._blocked(commit.detail)
+                case "settled":
+                    raise Settled(commit.detail)
+                case "gone":
+                    raise WaitTimeout.of(0)  # the waiter left the line meanwhile (expired)
+                case "waiters":  # someone joined the line: hold pools for them
+                    line.empty = False
+                case _:  # stale, over: decided on an old read
+                    log.info("ledger moved under us (%s %s), re-reading", commit.status,
+                             commit.detail)
+                    self.cache.forget()
         raise NoCapacity.of({}, f"the ledger kept changing; gave up after {MAX_ATTEMPTS} tries")
 
     def _blocked(self, detail: str) -> NoCapacity:

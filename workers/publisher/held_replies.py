@@ -8,14 +8,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from .adapters.replies import CeleryReplies
+from ..adapters.replies import CeleryReplies
+from ..ports import Ledger
 
-# the thread's one logger, whichever of its modules logs: configs and records keep the name
-log = logging.getLogger("workers.publisher")
+log = logging.getLogger(__name__)
 
 
 class HeldReplies:
-    def __init__(self, ledger, replies: CeleryReplies, max_delay: float = 0.0) -> None:
+    def __init__(self, ledger: Ledger, replies: CeleryReplies, max_delay: float = 0.0) -> None:
         self.ledger = ledger
         self.replies = replies
         self.max_delay = max_delay  # 0: replies wait for the mirror however long it takes

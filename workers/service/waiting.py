@@ -9,19 +9,22 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .adapters.ledger import Ledger
-from .core.errors import InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
-from .core.models import Request, rfc3339, text_arg
-from .core.placement import Fleet, place_batch, reserve_for
-from .placing import Placing, Settled
-from .ports import Pools, Replies
-from .settings import Settings
+from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
+from ..core.fleet import Fleet
+from ..core.lease import rfc3339
+from ..core.models import Request
+from ..core.parsing import text_arg
+from ..core.placement import place_batch, reserve_for
+from ..ports import Ledger, Pools, Replies
+from ..settings import Settings
+from .placing import REFUSALS, Placing, Queued, Settled
 from .usage_cache import UsageCache
 
-log = logging.getLogger("workers.service")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,6 +50,23 @@ class WaitingLine:
         self.replies = replies
         self.empty = False  # nobody waited at the last look (the commit re-checks)
         self._shown: dict[str, tuple[int, str]] = {}  # task id -> last (position, reasons)
+
+    def acquire(self, raw: Any, task_id: str, owner: str = "anonymous"
+                ) -> list[dict[str, Any]] | Parked:
+        """Leases, or the request's place in line (Parked) when it waits."""
+        received = time.time()
+        try:
+            req = self.placing.parse(raw, task_id or uuid.uuid4().hex, owner)
+            try:
+                return self.placing.place([req], self, since=received, task=task_id)[0]
+            except Queued:  # sent again while it waits: wait with it, whatever `wait` says
+                return self.park(req, task_id, {})
+            except NoCapacity as exc:
+                if req.wait <= 0 and not self.ledger.is_waiting(req.key):
+                    raise
+                return self.park(req, task_id, exc.reasons)
+        except REFUSALS as exc:
+            return self.placing.refuse(task_id, exc)[0]
 
     def held(self, fleet: Fleet, skip: str = "") -> dict[str, str]:
         """Pools kept for the head of the waiting line (none when nobody waits)."""
@@ -98,7 +118,7 @@ class WaitingLine:
                 continue
             try:
                 req = self.placing.parse(record["request"], key)
-                leases = self.placing.place([req], granted=key, held=held,
+                leases = self.placing.place([req], self, granted=key, held=held,
                                             since=record["since"])[0]
             except Settled:  # its tasks have their answers: it leaves, nobody is answered
                 for task_id in [record["task"], *self.ledger.unpark(key).twins]:

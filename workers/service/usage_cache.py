@@ -10,13 +10,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .adapters.ledger import Ledger, LedgerUnready
-from .core.fleet import Holdings, UsedNets
-from .core.health import degraded, effective
-from .core.lease import Lease
-from .core.models import Request
-from .core.placement import Fleet, FreeNets, Usage
-from .ports import Pools
+from ..core.errors import LedgerUnready
+from ..core.fleet import Fleet, FreeNets, Holdings, Usage, UsedNets
+from ..core.health import degraded, effective
+from ..core.lease import Lease
+from ..core.models import Request
+from ..ports import Ledger, Pools
 
 
 class UsageCache:

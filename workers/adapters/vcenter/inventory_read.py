@@ -14,19 +14,15 @@ VLANs from the hosts).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pyVmomi import vim, vmodl
 
-from ..core.health import Cluster, Datacenter, Datastore, Host, Inventory, PortGroup
-from .vcenter import retrieve
-
-if TYPE_CHECKING:  # the sessions import VIEW_TYPES from here; the hint alone needs Session
-    from .vcenter_sessions import Session
+from ...core.health import Cluster, Datacenter, Datastore, Host, Inventory, PortGroup
+from .client import retrieve
+from .sessions import Session
 
 TRUNK_VLAN = 4095  # a standard port group's "all VLANs"
-VIEW_TYPES = (vim.Datacenter, vim.Folder, vim.ClusterComputeResource, vim.HostSystem,
-              vim.Datastore, vim.Network)
 PATHS: dict[Any, list[str]] = {
     vim.Datacenter: ["name", "parent"],
     vim.Folder: ["name", "parent"],

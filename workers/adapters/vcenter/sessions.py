@@ -4,7 +4,7 @@ A `Session` is logged in on first use and checked before each use with
 `SessionManager.currentSession` (one round trip): when the vCenter has dropped it (restart, idle
 timeout, an administrator terminated it), it logs in again. Every call has a timeout (the socket
 timeout of pyvmomi's connection). It keeps the ContainerView the inventory read goes through.
-A session logs in with its `Access` (vcenter_access.py): the credential meant for that vCenter,
+A session logs in with its `Access` (access.py): the credential meant for that vCenter,
 sent only once its certificate passed the check the access names.
 """
 
@@ -18,12 +18,14 @@ from typing import Any
 from pyVim.connect import Disconnect
 from pyVmomi import vim
 
-from .inventory_read import VIEW_TYPES
-from .vcenter import login as vcenter_login
-from .vcenter_access import Access
+from .access import Access
+from .client import login as vcenter_login
 
-# the inventory's logger, as before the sessions had a module of their own
-log = logging.getLogger("workers.adapters.inventory")
+# what the session's ContainerView of the whole inventory holds (inventory_read.py reads it)
+VIEW_TYPES = (vim.Datacenter, vim.Folder, vim.ClusterComputeResource, vim.HostSystem,
+              vim.Datastore, vim.Network)
+
+log = logging.getLogger(__name__)
 
 
 class Session:

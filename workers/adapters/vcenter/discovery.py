@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..core.health import GIB, Cluster, Datastore, Inventory
+from ...core.health import GIB, Cluster, Datastore, Inventory
+from .access import Access
 from .inventory_read import read_inventory
-from .vcenter_access import Access
-from .vcenter_sessions import Session
+from .sessions import Session
 
 
 def discover(access: Access, *, timeout: float = 30.0) -> Inventory:

@@ -1,8 +1,8 @@
-"""The ledger mirror's status: the Redis hash the placement worker's publisher keeps
-(`Keys.mirror`; its fields are listed in workers/publisher.py), parsed in one place for every
-reader: the publisher's `read_status`, the shim's /readyz (async client) and its fleet metrics
-and dashboard (sync client) hand what HGETALL returned to `parse_status`. Pure: no Redis, and it
-never raises (odd values stay text).
+"""The ledger mirror's status: the hash the placement worker's publisher keeps in the ledger
+(`Keys.mirror`; its fields are listed in workers/publisher/thread.py), parsed in one place for
+every reader: the publisher's `read_status`, the shim's /readyz and its fleet metrics and
+dashboard hand what the ledger read to `parse_status`. Pure: no Redis, and it never raises (odd
+values stay text).
 """
 
 from __future__ import annotations

@@ -10,16 +10,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .adapters.ledger import Ledger, LedgerConflict, LedgerUnready, readable
-from .core.errors import InvalidRequest, LeaseNotFound, NotOwner
-from .core.lease import Lease
-from .core.models import parse_request, rfc3339, text_arg
+from ..core.errors import InvalidRequest, LeaseNotFound, LedgerUnready, NotOwner
+from ..core.lease import Lease, rfc3339
+from ..core.parsing import parse_request, text_arg
+from ..ports import Ledger
+from ..settings import Settings
 from .placing import MAX_ATTEMPTS
 from .recovery import Recovery
-from .settings import Settings
 from .usage_cache import UsageCache
 
-log = logging.getLogger("workers.service")
+log = logging.getLogger(__name__)
 REAP_BATCH = 500
 
 
@@ -50,14 +50,16 @@ class Releasing:
             try:
                 res = self.ledger.release(ids, owner=owner or "" if ids else "",
                                           by_owner="" if ids else owner or "", reason=reason,
-                                          now=rfc3339(time.time()), expired_by=expired_by)
+                                          now=rfc3339(time.time()), expired_by=expired_by,
+                                          guard=self.recovery.guard)
             except LedgerUnready:
                 self.recovery.ensure_ready()
                 continue
-            except LedgerConflict as exc:
-                if exc.kind == "notowner":
-                    raise NotOwner.of(exc.lease_id, str(owner), exc.holder) from None
-                raise LeaseNotFound.of(exc.lease_id) from None
+            match res.status:
+                case "notowner":
+                    raise NotOwner.of(res.lease_id, str(owner), res.holder)
+                case "missing":
+                    raise LeaseNotFound.of(res.lease_id)
             if res.set_aside:
                 log.error("set aside %d lease records that cannot be decoded (kept in the "
                           "quarantine hash; their usage stays counted): %s",
@@ -100,8 +102,8 @@ class Releasing:
                             default_ttl=self.settings.lease_ttl,
                             max_ttl=self.settings.max_lease_lifetime)
         for _ in range(MAX_ATTEMPTS):
-            raw = self.ledger.raw(lease_id)
-            if raw is None:
+            record = self.ledger.record(lease_id)
+            if record is None:
                 if self.ledger.is_gone(lease_id):
                     raise LeaseNotFound(f"lease {lease_id!r} was already released",
                                         {"lease-id": lease_id})
@@ -109,7 +111,7 @@ class Releasing:
                     self.recovery.ensure_ready()
                     continue
                 raise LeaseNotFound.of(lease_id)
-            wire = readable(raw)
+            raw, wire = record
             if wire is None:
                 raise LeaseNotFound(f"lease {lease_id!r} cannot be read: its record is damaged "
                                     "(the next release or reap sets it aside)",
@@ -121,12 +123,14 @@ class Releasing:
                                                lease.leased_epoch
                                                + self.settings.max_lease_lifetime))
             renewed = lease.evolve(expires_at=rfc3339(new)).to_wire()
-            swapped = self.ledger.swap(lease_id, raw, renewed, new)
+            try:
+                swapped = self.ledger.swap(lease_id, raw, renewed, new, self.recovery.guard)
+            except LedgerUnready:
+                self.recovery.ensure_ready()
+                continue
             if swapped.status == "ok":
                 self.recovery.record(swapped.seq, [swapped.raw], [])
                 return renewed
-            if swapped.status == "unready":
-                self.recovery.ensure_ready()
         raise LeaseNotFound.of(lease_id)
 
 

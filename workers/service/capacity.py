@@ -1,35 +1,25 @@
-"""The application service: what tasks, the HTTP shim and the CLI call. It composes the
-modules that each do one job and holds the one lock that makes changes one at a time:
-
-- placing.py    parse, decide, commit, answer (and a known request-id's leases)
-- waiting.py    the waiting line: park, serve in arrival order, expire, cancel
-- releasing.py  release, reap, renew
-- queries.py    pools, leases, estimates, the usage rollup and its history
-- recovery.py   the ledger's seq, floor and journal coverage; rebuilding Redis from the mirror
-- usage_cache.py  the ledger's usage between decisions
-"""
+"""Capacity, the service layer's face: what tasks, the HTTP shim and the CLI call. It composes
+the modules of this package, each doing one job (listed in __init__.py), and holds the one lock
+that makes changes one at a time."""
 
 from __future__ import annotations
 
 import threading
 from typing import Any
 
-from .adapters.ledger import Ledger
-from .core.errors import InvalidRequest, VcmError
-from .core.labels import matches, narrows, parse_selector
-from .core.lease import Lease
-from .core.models import text_arg
-from .core.placement import Fleet
-from .placing import REFUSALS, Placing, Queued
-from .ports import Mirror, Pools, Replies
-from .queries import Queries, pool_view
+from ..core.errors import InvalidRequest, VcmError
+from ..core.fleet import Fleet
+from ..core.labels import matches, narrows, parse_selector
+from ..core.lease import Lease
+from ..core.parsing import text_arg
+from ..ports import Ledger, Mirror, Pools, Replies
+from ..settings import Settings
+from .placing import REFUSALS, Placing
+from .queries import Queries
 from .recovery import Recovery
 from .releasing import Releasing, parse_lease_ids
-from .settings import Settings
 from .usage_cache import UsageCache
 from .waiting import Parked, WaitingLine
-
-__all__ = ["Capacity", "Parked", "Queued", "pool_view"]
 
 
 class Capacity:
@@ -48,7 +38,6 @@ class Capacity:
         self.recovery = Recovery(ledger, mirror, writer, self.lock, self.cache.forget)
         self.placing = Placing(ledger, pools, settings, self.cache, self.recovery)
         self.line = WaitingLine(ledger, pools, settings, self.cache, self.placing, replies)
-        self.placing.line = self.line
         self.releasing = Releasing(ledger, settings, self.cache, self.recovery)
         self.queries = Queries(ledger, pools, self.cache, self.placing)
         self._pools_generation = pools.generation
@@ -71,7 +60,7 @@ class Capacity:
     def acquire(self, raw: Any, task_id: str, owner: str = "anonymous"
                 ) -> list[dict[str, Any]] | Parked:
         with self.lock:
-            return self.placing.acquire(raw, task_id, owner)
+            return self.line.acquire(raw, task_id, owner)
 
     def acquire_batch(self, raws: Any, task_id: str,
                       owner: str = "anonymous") -> list[list[dict[str, Any]]]:
@@ -80,7 +69,7 @@ class Capacity:
         except REFUSALS as exc:
             return self.placing.refuse(task_id, exc)
         with self.lock:
-            return self.placing.acquire_batch(reqs, task_id)
+            return self.placing.acquire_batch(reqs, task_id, self.line)
 
     def refuse(self, task_id: str, exc: VcmError) -> list[list[dict[str, Any]]]:
         """Refuse an acquire's task with `exc`, or answer what a copy of it was answered

@@ -7,7 +7,7 @@ errors for names that do not exist or a vCenter that cannot be read, warnings fo
 larger than the hardware. Budgets are in GB = 2**30 bytes, as vSphere shows them.
 
 Every login goes through `login`, with the credential and certificate check of
-vcenter_access.py: a certificate that is not trusted stops the connection before the login
+access.py: a certificate that is not trusted stops the connection before the login
 is sent.
 """
 
@@ -26,11 +26,7 @@ from pyVmomi import vim, vmodl
 from workers.core.models import Pool
 from workers.core.text import shown
 
-from .vcenter_access import CA_HINT, Access, AccessPlan, ThumbprintMismatch, address
-
-__all__ = ["GIB", "ClusterInfo", "DatacenterInfo", "DatastoreInfo", "Finding",
-           "VCenterInventory", "VCenterUnavailable", "address", "check_pools", "connector",
-           "login", "problem", "retrieve"]
+from .access import CA_HINT, Access, AccessPlan, ThumbprintMismatch, address
 
 log = logging.getLogger(__name__)
 

@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
-from ..core.errors import InvalidRequest
-from ..core.text import shown
+from ...core.errors import InvalidRequest
+from ...core.text import shown
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from ...settings import Settings
 
 MAX_FILE = 4 << 20  # a CA bundle or known-hosts file larger than this is a mistake
 ALL = "*"
@@ -165,7 +165,7 @@ def plan(vcenters: Iterable[str], settings: Settings | None = None) -> AccessPla
     """Access to each of `vcenters` from the settings (else the environment's), reading the CA
     and known-hosts files now. A malformed VCM_VCENTER_CREDENTIALS raises InvalidRequest; a
     file that cannot be used refuses the vCenters that depend on it, with the reason."""
-    from ..settings import Settings
+    from ...settings import Settings
 
     settings = settings or Settings.from_env()
     own = _own_credentials(settings.vcenter_credentials)

@@ -16,13 +16,12 @@ import secrets
 import time
 from typing import Any
 
-from . import backoff
-from .adapters.mirror import MirrorError, MirrorSuperseded, MirrorTooLarge
-from .ports import JournaledMirror, Mirror
-from .publisher_status import PublisherStatus
+from .. import backoff
+from ..adapters.mirror.errors import MirrorError, MirrorSuperseded, MirrorTooLarge
+from ..ports import JournaledMirror, Mirror
+from .status import PublisherStatus
 
-# the thread's one logger, whichever of its modules logs: configs and records keep the name
-log = logging.getLogger("workers.publisher")
+log = logging.getLogger(__name__)
 
 TOO_LARGE_RETRY = 1.0  # at most this often while the ledger changes
 TOO_LARGE_SAME_SEQ_RETRY = 60.0  # the same snapshot again (nothing changed: cannot fit)

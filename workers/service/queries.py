@@ -8,15 +8,16 @@ import time
 from operator import attrgetter
 from typing import Any
 
-from .adapters.ledger import Ledger
-from .core.errors import InvalidRequest
-from .core.health import UNKNOWN_HEALTH, PoolHealth, effective, pool_health
-from .core.labels import matches, parse_selector
-from .core.lease import Lease
-from .core.models import Pool, parse_duration, rfc3339, text_arg
-from .core.placement import Fleet, estimate
+from ..core.errors import InvalidRequest
+from ..core.estimates import estimate
+from ..core.fleet import Fleet
+from ..core.health import UNKNOWN_HEALTH, PoolHealth, effective, pool_health
+from ..core.labels import matches, parse_selector
+from ..core.lease import Lease, rfc3339
+from ..core.models import Pool
+from ..core.parsing import parse_duration, text_arg
+from ..ports import Ledger, Pools
 from .placing import Placing
-from .ports import Pools
 from .usage_cache import UsageCache
 
 MAX_PAGE = 5001  # a page of 5,000 and one more to tell whether another follows

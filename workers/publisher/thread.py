@@ -1,8 +1,8 @@
 """The placement worker's background loop: write the mirror (group commit), then release the
 replies it covers; expire waiters whose wait ran out; serve the line when pools change.
 
-Group commit, pacing and the save's failures are workers/mirror_saves.py's; held answers are
-released by workers/held_replies.py; the status hash is written by workers/publisher_status.py.
+Group commit, pacing and the save's failures are saves.py's; held answers are
+released by held_replies.py; the status hash is written by status.py.
 
 A failing mirror never stops the loop: placement goes on in Redis, held replies stay held (or
 go out unmirrored after ``VCM_MIRROR_MAX_DELAY``, logged and counted), waiters still expire,
@@ -17,7 +17,7 @@ covers this save. Leases that hold text UTF-8 cannot encode (a lone surrogate in
 are written escaped, logged with their ids and counted in ``set-aside``: a rebuild from the
 mirror sets them aside, still holding their capacity.
 
-Status, for /readyz and /metrics: the Redis hash ``vcm:mirror`` (``read_status`` parses it)
+Status, for /readyz and /metrics: the ledger's mirror status hash (``read_status`` parses it)
 
 =====================  =====================================================================
 state                  ``ok`` | ``failing`` | ``too-large``
@@ -57,15 +57,13 @@ import time
 
 from tenacity import RetryCallState, Retrying
 
-from . import backoff
-from .adapters.mirror import MirrorError
-from .adapters.replies import CeleryReplies
+from .. import backoff
+from ..adapters.mirror.errors import MirrorError
+from ..adapters.replies import CeleryReplies
+from ..ports import Mirror
 from .held_replies import HeldReplies
-from .mirror_saves import MirrorSaves
-from .ports import Mirror
-from .publisher_status import PublisherStatus, read_status
-
-__all__ = ["Publisher", "read_status"]  # read_status: imported from here
+from .saves import MirrorSaves
+from .status import PublisherStatus
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 -- KEYS: none (derived from the prefix: leases, pools, use:<pool>, nets, quarantine, pins,
 --       blocked)
 -- ARGV: [1] prefix
--- Returns (decoded into ledger.scripts.Audit):
+-- Returns (decoded into tests.support.audit.Audit):
 --   {[lease id, lease JSON, ...], [pool, {vcpus, memory, storage, leases}, ...],
 --    [pg key, lease id, ...], [set-aside id, entry, ...], [pg key, set-aside id, ...],
 --    [set-aside id, ...]}

@@ -13,12 +13,11 @@ import logging
 import threading
 from collections.abc import Callable
 
-from .adapters.ledger import Ledger
-from .adapters.mirror import MirrorError
-from .core.errors import NoCapacity
-from .ports import JournaledMirror, Mirror
+from ..adapters.mirror.errors import MirrorError
+from ..core.errors import NoCapacity
+from ..ports import Guard, JournaledMirror, Ledger, Mirror
 
-log = logging.getLogger("workers.service")
+log = logging.getLogger(__name__)
 
 
 class Recovery:
@@ -31,10 +30,15 @@ class Recovery:
         self.on_rebuilt = on_rebuilt  # the ledger was rebuilt: cached usage is stale
         # a mirror with a journal (the file) takes each change before its answer goes out
         self.journal = mirror if writer and isinstance(mirror, JournaledMirror) else None
-        if self.journal is not None:
-            ledger.quiet = True  # no publisher wake-up per change: the journal has it
         self.last_seq = -1  # ledger seq of the last change made here
+        self.floor = 0  # every write refuses while Redis's seq is below it
         self._journal_warned = False
+
+    @property
+    def guard(self) -> Guard:
+        """What every write of this worker is given: the floor, and with a journal, no
+        publisher wake-up per change (the journal has it)."""
+        return Guard(self.floor, quiet=self.journal is not None)
 
     # every change goes through here ------------------------------------------------------
     def record(self, seq: int, put: list[str], deleted: list[str], sync: bool = True) -> None:
@@ -44,7 +48,7 @@ class Recovery:
         only bring a released lease back, never double-book (a grant's fdatasync also flushes
         the release)."""
         self.last_seq = max(self.last_seq, seq)
-        self.ledger.floor = self.last_seq
+        self.floor = self.last_seq
         if self.journal is None:
             return
         try:
@@ -130,7 +134,7 @@ class Recovery:
     def _restart_at(self, seq: int) -> None:
         """The ledger was rebuilt: writes go on from its seq, decisions from a fresh read."""
         self.last_seq = min(self.last_seq, seq)
-        self.ledger.floor = max(self.last_seq, 0)
+        self.floor = max(self.last_seq, 0)
         self.on_rebuilt()
         if self.journal is not None and self.journal.covered > seq:
             # the seqs above were this ledger's before it went back: the changes that now

@@ -1,5 +1,5 @@
 """The publisher's status in the Redis hash ``vcm:mirror`` (its fields are listed in
-workers/publisher.py): a save's or failure's fields written with their counters, and the
+workers/publisher/thread.py): a save's or failure's fields written with their counters, and the
 rounds that meet an unexpected exception, logged, counted and shown until one succeeds."""
 
 from __future__ import annotations
@@ -8,24 +8,23 @@ import logging
 import time
 from typing import Any
 
-from .adapters.keys import PREFIX, Keys
-from .adapters.redis_memory import refused_for_memory
+from ..adapters.redis_memory import refused_for_memory
+from ..ports import Ledger
 from .mirror_status import parse_status
 
-# the thread's one logger, whichever of its modules logs: configs and records keep the name
-log = logging.getLogger("workers.publisher")
+log = logging.getLogger(__name__)
 
 
-def read_status(redis_client, prefix: str = PREFIX, now: float | None = None) -> dict[str, Any]:
-    """The ``vcm:mirror`` hash, typed, plus ``lag-seconds`` (how long the mirror has been
-    failing, 0 when ok) and ``behind`` (ledger seq minus mirrored seq at the last update)."""
-    return parse_status(redis_client.hgetall(Keys(prefix).mirror), now)
+def read_status(ledger: Ledger, now: float | None = None) -> dict[str, Any]:
+    """The status hash, typed, plus ``lag-seconds`` (how long the mirror has been failing, 0
+    when ok) and ``behind`` (ledger seq minus mirrored seq at the last update)."""
+    return parse_status(ledger.mirror_status(), now)
 
 
 class PublisherStatus:
     """Writes the status hash through the ledger; tracks the streak of failing rounds."""
 
-    def __init__(self, ledger) -> None:
+    def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.streak = 0  # consecutive rounds that met an unexpected exception
         self.round_failed = False  # this round did

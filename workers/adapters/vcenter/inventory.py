@@ -1,11 +1,11 @@
 """Live vCenter health (pyvmomi): the inventory sync (beat, queries side).
 
-`sync` reads every vCenter that its access plan (vcenter_access.py) allows, in parallel,
+`sync` reads every vCenter that its access plan (access.py) allows, in parallel,
 computes each pool's health (core/health.py) and stores it in Redis through the ledger; a
 vCenter that cannot be read records its error and keeps its last known health, and so does one
 that may not be contacted (no credential meant for it, no usable certificate check), with the
 reason, once any credential is set. The sessions it reuses are in
-vcenter_sessions.py, the read in inventory_read.py; `vcm pools discover` is discovery.py.
+sessions.py, the read in inventory_read.py; `vcm pools discover` is discovery.py.
 """
 
 from __future__ import annotations
@@ -20,18 +20,15 @@ from typing import Any, Protocol
 
 from pyVmomi import vmodl
 
-from ..core import health
-from ..core.models import Pool
-from ..settings import Settings
-from .discovery import discover, skeleton
+from ...core import health
+from ...core.models import Pool
+from ...settings import Settings
+from .access import AccessPlan
+from .client import VCenterUnavailable, problem
 from .inventory_read import read_inventory
-from .vcenter import VCenterUnavailable, problem
-from .vcenter_access import Access, AccessPlan, plan
-from .vcenter_sessions import SESSIONS, Session, Sessions
+from .sessions import SESSIONS, Sessions
 
 # imported from here by the tasks, the CLI and the tests
-__all__ = ["SESSIONS", "Access", "AccessPlan", "HealthStore", "InventorySettings", "Session",
-           "Sessions", "SyncResult", "discover", "plan", "read_inventory", "skeleton", "sync"]
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ logged once at INFO, not an error. The client is built as the ConfigMap mirror b
 (in-cluster service account, else $KUBECONFIG or ~/.kube/config, read at each run) and closed
 after the run, so no idle connection is reused across runs.
 
-What the last runs did is kept in the Redis hash `<prefix>namespaces` (see `describe`).
+What the last runs did is kept in the ledger's namespace status hash (`Keys.namespaces`;
+/readyz shows it: adapters/ledger/reports.py).
 """
 
 from __future__ import annotations
@@ -43,27 +44,25 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .core.errors import InvalidRequest, LeaseNotFound
-from .core.models import rfc3339
+from ..core.errors import InvalidRequest, LeaseNotFound
 from .releasing import parse_lease_ids
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-    from .core.lease import Lease
-    from .service import Capacity
-    from .settings import Settings
+    from ..core.lease import Lease
+    from ..settings import Settings
+    from .capacity import Capacity
 
-log = logging.getLogger("workers.namespaces")
+log = logging.getLogger(__name__)
 
 NAMESPACE_LABEL = "vsphere-capacity-manager.splat-team.io/lease-namespace"
 REASON = "namespace-gone"
 PRUNED_STAT = "namespace-pruned"  # counted by the release script (lua/release.lua)
 ERRORS_STAT = "namespace-errors"
-STATUS = "namespaces"  # the status hash, after the ledger's key prefix
 BATCH = 500
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _said_off = threading.Event()  # "no Kubernetes configuration" is logged once per process
@@ -83,7 +82,7 @@ def api_client_from_env() -> ApiClient:
     import urllib3
     from kubernetes import client as k8s_client
 
-    from .adapters.kube_config import NoKubeConfig, kube_configuration
+    from ..adapters.kube_config import NoKubeConfig, kube_configuration
 
     try:
         cfg = kube_configuration()
@@ -244,10 +243,8 @@ class Pruner:
         settings = settings or service.settings
         self.interval = settings.namespace_prune_interval  # None: off
         self.timeout = settings.namespace_timeout
+        self.ledger = service.ledger
         self.grace = settings.namespace_grace
-        ledger = service.ledger
-        self.redis = ledger.r
-        self.key = ledger.k.prefix + STATUS
 
     def run(self) -> dict[str, Any]:
         if self.interval is None:
@@ -319,19 +316,13 @@ class Pruner:
 
     def _failed(self, error: str, started: float) -> dict[str, Any]:
         log.warning("namespace-bound leases not pruned (nothing released): %s", error)
-        self.service.ledger.count(ERRORS_STAT)
+        self.ledger.count(ERRORS_STAT)
         self._store({"state": "failing", "checked-at": started, "error": error,
                      "last-error": error, "last-error-at": started}, runs=1, errors=1)
         return {"state": "failing", "error": error, "released": []}
 
     def _store(self, fields: dict[str, Any], runs: int = 0, errors: int = 0) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.key, mapping={k: str(v) for k, v in fields.items()})
-        if runs:
-            pipe.hincrby(self.key, "runs", runs)
-        if errors:
-            pipe.hincrby(self.key, "errors", errors)
-        pipe.execute()
+        self.ledger.namespace_status_write(fields, runs=runs, errors=errors)
 
 
 def prune(service: Capacity, release: Release) -> dict[str, Any]:
@@ -362,45 +353,3 @@ def release_gone(service: Capacity, lease_ids: Any) -> list[str]:
     for start in range(0, len(ids), BATCH):
         released += service.release(lease_ids=ids[start:start + BATCH], reason=REASON)
     return released
-
-
-def status_key(prefix: str) -> str:
-    return prefix + STATUS
-
-
-def describe(raw: Mapping[Any, Any], now: float | None = None) -> dict[str, Any]:
-    """The status hash (as HGETALL returns it) as /readyz shows it: state (ok, failing, off:
-    no Kubernetes configuration), the last successful prune (time and age), namespaces seen
-    and leases released then, runs, errors and the last error. Never raises."""
-    now = time.time() if now is None else now
-    fields = {_text(k): _text(v) for k, v in raw.items()}
-    if not fields:
-        return {"state": "not run yet"}
-    out: dict[str, Any] = {"state": fields.get("state", "unknown")}
-    pruned = _number(fields.get("pruned-at"))
-    if pruned is not None:
-        out["last-prune-at"] = rfc3339(pruned)
-        out["last-prune-age-seconds"] = round(max(0.0, now - pruned), 1)
-    for name in ("namespaces", "released", "runs", "errors"):
-        value = _number(fields.get(name))
-        if value is not None:
-            out[name] = int(value)
-    if fields.get("error"):
-        out["error"] = fields["error"]
-    if fields.get("last-error"):
-        out["last-error"] = fields["last-error"]
-        at = _number(fields.get("last-error-at"))
-        if at is not None:
-            out["last-error-at"] = rfc3339(at)
-    return out
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _number(text: str | None) -> float | None:
-    try:
-        return float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
