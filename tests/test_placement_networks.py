@@ -162,8 +162,9 @@ def test_a_network_is_held_by_one_install_at_a_time(data):
                         del held_by[key], holders[key]
                         freed.append(key)
                 fleet.remove(p.pool.name, req.vcpus, req.memory, req.storage, freed)
-                fleet.holdings.remove(req.group, keys, [n.vlan_id for n in p.networks
-                                                        if n.vlan_id is not None])
+                # by install, (owner, boskos-lease-id), as production keys it (not the group)
+                fleet.holdings.remove(req.install, keys, [n.vlan_id for n in p.networks
+                                                          if n.vlan_id is not None])
             continue
         req = data.draw(multi_requests(fleet))
         install = req.group or f"request {step}"
@@ -192,6 +193,30 @@ def test_a_network_is_held_by_one_install_at_a_time(data):
         assert set(fleet.used_nets) == set(holders)
         shared = len({key_of(p.pool.vcenter, n) for p in placements for n in p.networks})
         event("shared a network" if shared < req.pool_count * req.networks else "granted")
+
+
+def test_a_released_install_no_longer_holds_its_network():
+    """The property's falsifying example (its model released holdings by the group, not the
+    install): g1 takes vc0|pg0 and releases it, another request takes it, g1 asks again and
+    must not share it."""
+    pools = {"p00": Pool("p00", "vc0", "dc", "c0", "ds", 10, 10, 10,
+                         networks=(Network("pg0"),)),
+             "p10": Pool("p10", "vc1", "dc", "c0", "ds", 10, 10, 10)}
+    fleet = Fleet(pools)
+    g1 = parse_request({"vcpus": 0, "memory": 0, "labels": {"boskos-lease-id": "g1"}})
+    (p,) = place(g1, fleet)
+    fleet.apply(g1, [p])
+    keys = [p.pool.net_key(n) for n in p.networks]
+    fleet.remove(p.pool.name, 0, 0, 0, keys)
+    fleet.holdings.remove(g1.install, keys, [n.vlan_id for n in p.networks
+                                             if n.vlan_id is not None])
+    assert fleet.holdings.of(g1.install) is None
+    other = parse_request({"vcpus": 0, "memory": 0})
+    (q,) = place(other, fleet)
+    assert q.pool.net_key(q.networks[0]) == keys[0]
+    fleet.apply(other, [q])
+    with pytest.raises(NoCapacity):  # vc0|pg0 is the other install's now
+        place(g1, fleet)
 
 
 @PROPS

@@ -319,6 +319,10 @@ class TaskApiMachine(RuleBasedStateMachine):
         self.last_batch: list[dict[str, Any]] | None = None
         self.answers: dict[str, Outcome] = {}  # waiting tasks answered, by task id
         self.aside = {}  # set-aside records and what they hold (see the rule below)
+        # requests whose lease a rebuild set aside with its owner unreadable: the ledger may
+        # still know the request-id from elsewhere in the mirror (a repeat is then refused,
+        # naming the set-aside lease) or not (a repeat is a new request)
+        self.aside_keys: dict[tuple[str, str], str] = {}
         self.trace: list[str] = []
 
     # -- plumbing ---------------------------------------------------------------------
@@ -582,6 +586,11 @@ class TaskApiMachine(RuleBasedStateMachine):
             return
         if out.ok:
             self.take(out.result, key, what, d.body, sent)
+            return
+        if key in self.aside_keys and out.error == "LeaseNotFound":
+            assert self.aside_keys[key] in out.message and "set aside" in out.message, \
+                f"{what}: {out}"
+            self.assert_unchanged(before, what)
             return
         assert out.error == "NoCapacity", f"{what}: {out}"
         assert not self.fits_an_empty_fleet(d.body, before), \
@@ -1095,6 +1104,7 @@ class TaskApiMachine(RuleBasedStateMachine):
             known.ids = tuple(i for i in known.ids if i != victim)
             if not known.ids:
                 del self.keys[key]
+                self.aside_keys[key] = victim
         if how in ("spec", "whole"):  # nothing says what it holds: nothing is placed
             self.unblock(victim, held)
         else:
