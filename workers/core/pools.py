@@ -21,6 +21,7 @@ POOL_KEYS = {
 NETWORK_KEYS = {"port-group", "vlan", "cidr", "gateway", "type", *NETWORK_DETAILS}
 REQUIRED_STR = ("name", "vcenter", "datacenter", "cluster", "datastore")
 BUDGETS = ("vcpus", "memory", "storage")
+MAX_BUDGET = 10**15  # more than any vCenter has, and exact in the ledger's Lua numbers
 
 
 def parse_pools(data: Any, file: str = "pools.yaml") -> tuple[Pool, ...]:
@@ -79,8 +80,10 @@ def _parse_pool(raw: Any, index: int, file: str) -> Pool:
     budgets = {}
     for key in BUDGETS:
         value = raw.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError.of(file, label, key, f"must be a positive integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_BUDGET:
+            got = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "…"
+            raise ConfigError.of(file, label, key, f"must be a positive integer (at most "
+                                 f"10^15), got {got}")
         budgets[key] = value
     ratio = raw.get("vcpu-overcommit", 1.0)
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not math.isfinite(ratio) \
