@@ -230,7 +230,10 @@ def test_a_bad_change_is_refused_with_its_reason_and_nothing_is_written(pools_pa
     assert pools_path.read_text() == POOLS
 
 
-def test_an_alias_where_a_change_lands_is_refused_not_guessed(tmp_path):
+def test_a_list_shared_through_an_anchor_is_changed_once_for_all_its_pools(tmp_path):
+    """west's networks are written once (&west-nets) and are south's too (*west-nets): a
+    network is added to or dropped from that list when both pools are meant, never behind
+    the other's back."""
     path = tmp_path / "pools.yaml"
     text = replaced(POOLS, "    labels: {region: east}\n", "    labels: &east {region: east}\n")
     text = replaced(text, "    vcpu-overcommit: 1.0   # no overcommit\n    networks:\n",
@@ -245,13 +248,40 @@ def test_an_alias_where_a_change_lands_is_refused_not_guessed(tmp_path):
     text = replaced(text, "    storage: 8\n", "    storage: 8\n    no-schedule: true\n")
     assert path.read_text() == text
     for args in (("networks", "drop", "west-2", "--pool", "south"),
-                 ("networks", "add", "south-1", "--pool", "south")):
-        p = vcm(*args, env=env)  # would change west's networks too
-        assert p.returncode == 1, p.stderr  # not a wrong request: a file to edit by hand
-        assert "is a YAML alias shared with another place; make this change by hand" \
-            in p.stderr
+                 ("networks", "add", "west-3", "--pool", "south")):
+        p = vcm(*args, env=env)
+        assert p.returncode == 2, p.stderr
+        assert ("pool: the networks of pool 'south' are one list with those of pools 'west' "
+                "(a YAML anchor and its aliases)") in p.stderr
         assert path.read_text() == text
-    assert [n.port_group for n in load_pools(str(path))[2].networks] == ["west-1", "west-2"]
+    p = vcm("networks", "add", "west-3", "--pool", "south", "--pool", "west", env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[:2] == ["west: added west-3", "south: added west-3"]
+    text = replaced(text, "        gateway: 10.2.2.1\n",
+                    "        gateway: 10.2.2.1\n      - port-group: west-3\n")
+    assert path.read_text() == text
+    p = vcm("networks", "drop", "west-1", env=env)  # every pool that lists it: both
+    assert p.returncode == 0, p.stderr
+    text = replaced(text, "      - port-group: west-1\n        vlan: 201\n        cidr: "
+                    "10.2.1.0/24\n        gateway: 10.2.1.1\n", "")
+    assert path.read_text() == text
+    pools = load_pools(str(path))
+    assert [n.port_group for n in pools[1].networks] == ["west-2", "west-3"]
+    assert pools[2].networks == pools[1].networks
+
+
+def test_a_change_that_would_read_back_otherwise_is_refused(tmp_path):
+    """south takes its networks through a merge key: a list of its own would hide them. The
+    result is read back and compared with what was asked before anything is written."""
+    path = tmp_path / "pools.yaml"
+    text = POOLS + ("  - name: south\n    vcenter: vc3.example.com\n    datacenter: dc3\n"
+                    "    cluster: c3\n    datastore: ds3\n    vcpus: 8\n    memory: 8\n"
+                    "    storage: 8\n    <<: {networks: [{port-group: s-1}]}\n")
+    path.write_text(text)
+    p = vcm("networks", "add", "s-2", "--pool", "south", env=file_env(path))
+    assert p.returncode == 1, p.stderr
+    assert "the change could not be made in place without changing something else" in p.stderr
+    assert path.read_text() == text
 
 
 def test_concurrent_changes_to_the_file_lose_nothing(pools_path):
@@ -294,6 +324,24 @@ def test_split_writes_the_slices_of_a_multi_tenant_network(pools_path):
     p = vcm("networks", "split", "east-mt", "--slices", "100", env=env)  # 13 addresses
     assert p.returncode == 2 and "networks[2].slices" in p.stderr, p.stderr
     assert "slices: 2}" in pools_path.read_text()
+
+
+@pytest.mark.skipif("slices" not in NETWORK_KEYS, reason="the pools model has no slices")
+def test_split_of_a_network_two_pools_share_is_written_once(tmp_path):
+    path = tmp_path / "pools.yaml"
+    pool = ("  - name: {name}\n    vcenter: vc1.example.com\n    datacenter: dc1\n"
+            "    cluster: {name}\n    datastore: ds1\n    pod: pod-a\n    vcpus: 8\n"
+            "    memory: 8\n    storage: 8\n")
+    text = ("pools:\n" + pool.format(name="a") + "    networks: &pod-a\n"
+            "      - {port-group: mt, vlan: 7, cidr: 10.7.0.0/27, type: multi-tenant}  # shared\n"
+            + pool.format(name="b") + "    networks: *pod-a\n")
+    path.write_text(text)
+    p = vcm("networks", "split", "mt", "--slices", "3", env=file_env(path))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0] == "a, b: mt split into 3 slices"
+    assert path.read_text() == replaced(text, "type: multi-tenant}", "type: multi-tenant, "
+                                        "slices: 3}")
+    assert [n.slices for p in load_pools(str(path)) for n in p.networks] == [3, 3]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,6 +91,27 @@ class PoolsConfig:
                                        net))
         return out
 
+    def sharing(self, i: int) -> list[int]:
+        """The pools whose networks are the very list pool `i` has: one list written once
+        with a YAML anchor and referred to by aliases. [i] when it shares it with none."""
+        nets = self.pools[i].get("networks") if isinstance(self.pools[i], dict) else None
+        if not isinstance(nets, list) or not nets:
+            return [i]
+        return [j for j, p in enumerate(self.pools)
+                if isinstance(p, dict) and p.get("networks") is nets]
+
+    def shared_with_all(self, i: int, targets: set[int], what: str) -> list[int]:
+        """sharing(i), refused unless every pool of it is one of `targets` (a change of
+        that list changes every pool that refers to it)."""
+        group = self.sharing(i)
+        others = [self.names()[j] for j in group if j not in targets]
+        if others:
+            raise EditRefused("pool", f"the networks of pool {shown(self.names()[i])} are one "
+                              "list with those of pools " + ", ".join(map(shown, others))
+                              + f" (a YAML anchor and its aliases): {what} name them all "
+                              "(--pool), or edit the file by hand")
+        return group
+
     def apply(self, change: Change) -> str:
         """The text with the change made (the same text when it has no edits)."""
         if not change.edits:
@@ -137,32 +158,46 @@ def set_capacity(config: PoolsConfig, name: str, values: dict[str, Any]) -> Chan
 
 
 def add_network(config: PoolsConfig, pools: list[str], network: dict[str, Any]) -> Change:
-    """The network (port-group and its details) added to each pool named."""
+    """The network (port-group and its details) added to each pool named; to a list that
+    pools share (a YAML anchor and its aliases) once, when they are all named."""
     if not pools:
         raise EditRefused("pool", "name the pools to add the network to (--pool)")
     port_group = network["port-group"]
+    targets = {config.index(name): name for name in pools}
     change = Change()
-    for name in dict.fromkeys(pools):
-        i = config.index(name)
+    done: set[int] = set()
+    for i, name in targets.items():
         listed = config.listings(port_group, [name])
         if listed:
             raise EditRefused("port-group", f"pool {shown(name)} lists {shown(port_group)} "
                               f"already (networks[{listed[0].index}]): drop it first to "
                               "change its details")
-        change.edits.append(AppendItem(("pools", i), "networks", network))
-        change.said.append(f"{name}: added {port_group}")
+        if i in done:
+            continue
+        group = config.shared_with_all(i, set(targets), "to add to it,")
+        done.update(group)
+        change.edits.append(AppendItem(("pools", group[0]), "networks", network,
+                                       shared=len(group) > 1))
+        change.said.extend(f"{config.names()[j]}: added {port_group}" for j in group)
     return change
+
+
+def _listed(config: PoolsConfig, port_group: str, pools: list[str] | None,
+            vcenter: str | None) -> list[Listing]:
+    """config.listings, refused when there are none."""
+    listed = config.listings(port_group, pools, vcenter)
+    if not listed:
+        where = f"the pools {', '.join(map(shown, pools))}" if pools else config.source
+        on = f" of vCenter {shown(vcenter)}" if vcenter is not None else ""
+        raise EditRefused("port-group", f"{shown(port_group)} is not listed in {where}{on}")
+    return listed
 
 
 def _one_network(config: PoolsConfig, port_group: str, pools: list[str] | None,
                  vcenter: str | None) -> list[Listing]:
     """The listings of one network of `port_group`: refused when there are none, or when
     the port group names networks of several vCenters or pods and no pool was named."""
-    listed = config.listings(port_group, pools, vcenter)
-    if not listed:
-        where = f"the pools {', '.join(map(shown, pools))}" if pools else config.source
-        on = f" of vCenter {shown(vcenter)}" if vcenter is not None else ""
-        raise EditRefused("port-group", f"{shown(port_group)} is not listed in {where}{on}")
+    listed = _listed(config, port_group, pools, vcenter)
     networks = {x.network for x in listed}
     if len(networks) > 1 and not pools:
         found = "; ".join(
@@ -176,31 +211,55 @@ def _one_network(config: PoolsConfig, port_group: str, pools: list[str] | None,
 
 def drop_network(config: PoolsConfig, port_group: str, pools: list[str] | None = None,
                  vcenter: str | None = None) -> Change:
-    """The port group dropped from the pools named (every pool that lists it when None)."""
+    """The port group dropped from the pools named (every pool that lists it when none is),
+    of `vcenter` when given; from a list that pools share once, when it is dropped from them
+    all."""
+    listed = _listed(config, port_group, pools, vcenter)
+    targets = {x.pool for x in listed}
     change = Change()
-    for x in _one_network(config, port_group, pools, vcenter):
-        change.edits.append(RemoveItem(("pools", x.pool), "networks", x.index))
-        change.said.append(f"{x.pool_name}: dropped {port_group}")
+    done: set[int] = set()
+    for x in listed:
+        if x.pool in done:
+            continue
+        group = config.shared_with_all(x.pool, targets, "to drop it from that list,")
+        done.update(group)
+        change.edits.append(RemoveItem(("pools", group[0]), "networks", x.index,
+                                       shared=len(group) > 1))
+        change.said.extend(f"{config.names()[j]}: dropped {port_group}" for j in group)
     return change
 
 
 def split_network(config: PoolsConfig, port_group: str, slices: int,
                   pools: list[str] | None = None, vcenter: str | None = None) -> Change:
-    """A multi-tenant network split into `slices` slices, each leased on its own: `slices`
-    written on every listing of it, in the pools named and in every other pool of its vCenter
-    and pod that lists it (they share the network, so every listing must say the same)."""
+    """A multi-tenant network split into `slices` slices, each leased on its own. Pools of
+    one vCenter and pod that list the port group share the network, and a listing without
+    `slices` takes it from the others: `slices` is written where the network's listings give
+    it, or on its first listing when none does."""
     if "slices" not in NETWORK_KEYS:
         raise EditRefused("slices", "this version's pools configuration has no slices "
                           "(networks[].slices): a network cannot be split yet",
                           bad_input=False)
     networks = {x.network for x in _one_network(config, port_group, pools, vcenter)}
+    every = config.listings(port_group)
     change = Change()
-    for x in config.listings(port_group):
-        if x.network not in networks:
-            continue
-        if x.values.get("slices") == slices:
-            change.said.append(f"{x.pool_name}: {port_group} already in {slices} slices")
-            continue
-        change.edits.append(SetKey(("pools", x.pool, "networks", x.index), "slices", slices))
-        change.said.append(f"{x.pool_name}: {port_group} split into {slices} slices")
+    for network in sorted(networks):
+        listed = [x for x in every if x.network == network]
+        unique = list({id(x.values): x for x in reversed(listed)}.values())[::-1]
+        targets = [x for x in unique if "slices" in x.values] or unique[:1]
+        for x in targets:
+            users = [y for y in every if y.values is x.values]  # written once, and aliases
+            beyond = [y for y in users if y.network not in networks]
+            if beyond:
+                raise EditRefused("port-group", f"the listing of {shown(port_group)} in pool "
+                                  f"{shown(x.pool_name)} is also the one of pool "
+                                  f"{shown(beyond[0].pool_name)}, a network of another "
+                                  "vCenter or pod (a YAML anchor and its aliases): split "
+                                  "both (name both pools), or edit the file by hand")
+            names = ", ".join(dict.fromkeys(y.pool_name for y in users))
+            if x.values.get("slices") == slices:
+                change.said.append(f"{names}: {port_group} already in {slices} slices")
+                continue
+            change.edits.append(SetKey(("pools", x.pool, "networks", x.index), "slices",
+                                       slices, shared=len(users) > 1))
+            change.said.append(f"{names}: {port_group} split into {slices} slices")
     return change

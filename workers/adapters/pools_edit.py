@@ -50,6 +50,7 @@ NETWORK_KEY_ORDER = (
     "machine-network-cidr", "ip-addresses", "ipv6-cidr", "ipv6-start", "ipv6-gateway", "dns",
     "nameservers", "router", "datacenter",
 )
+ALIASED = "is a YAML alias (*name) of what is written elsewhere, or one others refer to"
 _DASH = re.compile(r"[ \t]*-[ \t]+")
 # from the end of a key (or the item before) to the end of an alias written after it
 _ALIAS = re.compile(r"[ \t]*(?::|,|-)?[ \t\r\n]*\*[^\s,\[\]{}]+")
@@ -74,6 +75,7 @@ class SetKey:
     at: Path
     key: str
     value: Any
+    shared: bool = False  # see Edit
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class AppendItem:
     at: Path
     key: str
     item: Any
+    shared: bool = False  # see Edit
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,13 @@ class RemoveItem:
     at: Path
     key: str
     index: int
+    shared: bool = False  # see Edit
 
 
+# An edit changes what is written at its place. Where that is a YAML anchor other places refer
+# to (`networks: &pod-a` in one pool, `networks: *pod-a` in others), it changes them all: an
+# edit does that only when it says it is `shared` (made once for all of them; the caller has
+# checked that it means every one), and only where the anchor is written.
 Edit = SetKey | AppendItem | RemoveItem
 
 
@@ -172,7 +180,7 @@ class _Splicer:
 
     def apply(self, edit: Edit) -> str:
         try:
-            target = self._map(edit.at)
+            target = self._map(edit.at, edit.shared)
             if isinstance(edit, SetKey):
                 return self._set(target, edit)
             if isinstance(edit, AppendItem):
@@ -186,32 +194,33 @@ class _Splicer:
     def _shared(self, node: Node) -> bool:
         return self.seen.get(id(node), 0) > 1
 
-    def _map(self, path: Path) -> MappingNode:
+    def _map(self, path: Path, shared: bool) -> MappingNode:
         node: Node | None = self.root
         for i, part in enumerate(path):
             if isinstance(node, MappingNode) and isinstance(part, str):
                 pair = _own(node, part)
                 node = pair[1] if pair else None
+                if pair is not None:
+                    self._own_value(pair[0], pair[1], where(path[:i + 1]), shared)
             elif isinstance(node, SequenceNode) and isinstance(part, int) \
                     and 0 <= part < len(node.value):
                 node = node.value[part]
+                if self._shared(node) and not shared:
+                    raise _Layout(f"{where(path[:i + 1])} {ALIASED}")
             else:
                 node = None
             if node is None:
                 raise _Layout(f"{where(path[:i + 1])} is not written as a map or list of its "
                               "own (a merge key?)")
-            if self._shared(node):
-                raise _Layout(f"{where(path[:i + 1])} is a YAML alias shared with another "
-                              "place")
         if not isinstance(node, MappingNode):
             raise _Layout(f"{where(path)} is not a map")
         return node
 
-    def _own_value(self, key: Node, value: Node, name: str) -> None:
-        """Refuse to change a value that is not this key's own: an alias of one written
-        elsewhere, or one that other places refer to (changing it changes them too)."""
-        if value.start_mark.index < key.end_mark.index or self._shared(value):
-            raise _Layout(f"{name} is a YAML alias shared with another place")
+    def _own_value(self, key: Node, value: Node, name: str, shared: bool) -> None:
+        """Refuse to change a value that is not written here (an alias of one written
+        elsewhere), or that other places refer to unless the change is meant for all."""
+        if value.start_mark.index < key.end_mark.index or (self._shared(value) and not shared):
+            raise _Layout(f"{name} {ALIASED}")
 
     def _end(self, node: Node, after: int) -> int:
         """Where the text of `node` ends (its last scalar or closing bracket). `after`: where
@@ -271,7 +280,7 @@ class _Splicer:
         if pair is None:
             return self._add_key(m, edit.key, flow(edit.value))
         key, value = pair
-        self._own_value(key, value, edit.key)
+        self._own_value(key, value, edit.key, edit.shared)
         if not isinstance(value, ScalarNode):
             raise _Layout(f"{edit.key} is not written as a single value")
         if _empty(value):
@@ -311,7 +320,7 @@ class _Splicer:
             column = m.value[0][0].start_mark.column if m.value else 0
             return self._add_key(m, edit.key, self.newline + " " * (column + 2) + "- " + item)
         key, seq = pair
-        self._own_value(key, seq, edit.key)
+        self._own_value(key, seq, edit.key, edit.shared)
         empty_list = isinstance(seq, SequenceNode) and seq.flow_style and not seq.value \
             and seq.start_mark.index >= key.end_mark.index
         if not m.flow_style and (_empty(seq) or empty_list):
@@ -360,7 +369,7 @@ class _Splicer:
         if pair is None or not isinstance(pair[1], SequenceNode):
             raise _Layout(f"{edit.key} is not a list written here")
         key, seq = pair
-        self._own_value(key, seq, edit.key)
+        self._own_value(key, seq, edit.key, edit.shared)
         items = seq.value
         item = items[edit.index]
         if seq.flow_style:
