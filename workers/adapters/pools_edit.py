@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from ..core.errors import ConfigError
 from .pools_file import read_pools_yaml
 from .yaml_files import compose_yaml
 
@@ -52,8 +53,8 @@ NETWORK_KEY_ORDER = (
 )
 ALIASED = "is a YAML alias (*name) of what is written elsewhere, or one others refer to"
 _DASH = re.compile(r"[ \t]*-[ \t]+")
-# from the end of a key (or the item before) to the end of an alias written after it
-_ALIAS = re.compile(r"[ \t]*(?::|,|-)?[ \t\r\n]*\*[^\s,\[\]{}]+")
+# from the end of a key (or the item before, or a list's `[`) to the end of an alias after it
+_ALIAS = re.compile(r"\s*(?::|,|-|\[)?\s*\*[^\s,\[\]{}]+")
 _LINE_REST = re.compile(r"[ \t]*(#[^\n]*)?(\r?\n|$)")
 
 
@@ -145,7 +146,12 @@ def apply_edits(text: str, edits: Sequence[Edit], source: str) -> str:
     out = text
     for edit in edits:
         out = _Splicer(out).apply(edit)
-    if read_pools_yaml(out, source) != expected:
+    try:
+        same = read_pools_yaml(out, source) == expected
+    except ConfigError as exc:
+        raise EditRefused("", f"the change could not be made in place: the result would not "
+                          f"read ({exc.message}); make it by hand", bad_input=False) from None
+    if not same:
         raise EditRefused("", f"{source}: the change could not be made in place without "
                           "changing something else; make it by hand", bad_input=False)
     return out
@@ -243,6 +249,15 @@ class _Splicer:
                 prev = self._end(item, prev) if not _empty(item) else prev
             return prev
         raise _Layout("an empty block list is written there")
+
+    def _span(self, node: Node, after: int) -> tuple[int, int]:
+        """Where `node` is written after `after`: its own text, or the `*name` of an alias."""
+        if node.start_mark.index < after:
+            alias = _ALIAS.match(self.text, after)
+            if alias is None:
+                raise _Layout("an alias (*name) is written there")
+            return self.text.index("*", alias.start()), alias.end()
+        return node.start_mark.index, self._end(node, after)
 
     def _line_end(self, index: int) -> int:
         """The start of the line after `index`'s (the text's end when it has none), when only
@@ -343,15 +358,20 @@ class _Splicer:
                 close = seq.end_mark.index - 1
                 return self._splice(close, close, item)
             end = self._end(seq, key.end_mark.index) - 1  # the `]`
-            last_end = self._end(seq.value[-1], seq.start_mark.index)
+            last_end = seq.start_mark.index
+            for node in seq.value:
+                last_end = self._span(node, last_end)[1]
             if self.text[last_end:end].strip():
                 raise _Layout("unexpected text before ']'")
             return self._splice(last_end, last_end, f", {item}")
         last = seq.value[-1]
-        end = self._end(seq, key.end_mark.index)
-        line_start = self._line_start(last.start_mark.index)
+        after = seq.start_mark.index
+        for node in seq.value:
+            last_start, after = self._span(node, after)
+        end = after
+        line_start = self._line_start(last_start)
         dash = _DASH.match(self.text, line_start)
-        if dash is None or dash.end() != last.start_mark.index:
+        if dash is None or dash.end() != last_start:
             raise _Layout("the list's last item does not start with '- ' on its line")
         indent = self.text[line_start:dash.end()]
         if isinstance(edit.item, dict) and isinstance(last, MappingNode) \
@@ -371,24 +391,23 @@ class _Splicer:
         key, seq = pair
         self._own_value(key, seq, edit.key, edit.shared)
         items = seq.value
-        item = items[edit.index]
+        spans: list[tuple[int, int]] = []
+        after = seq.start_mark.index
+        for item in items[:edit.index + 2]:  # the items up to the one after it
+            spans.append(self._span(item, after))
+            after = spans[-1][1]
+        start, end = spans[edit.index]
         if seq.flow_style:
-            self._end(seq, key.end_mark.index)
             if len(items) == 1:
                 return self._splice(seq.start_mark.index, seq.end_mark.index, "[]")
             if edit.index == 0:
-                return self._splice(item.start_mark.index, items[1].start_mark.index, "")
-            prev_end = self._end(items[edit.index - 1], seq.start_mark.index)
-            return self._splice(prev_end, self._end(item, prev_end), "")
-        start = self._line_start(item.start_mark.index)
-        dash = _DASH.match(self.text, start)
-        if dash is None or dash.end() != item.start_mark.index:
+                return self._splice(start, spans[1][0], "")
+            return self._splice(spans[edit.index - 1][1], end, "")
+        line = self._line_start(start)
+        dash = _DASH.match(self.text, line)
+        if dash is None or dash.end() != start:
             raise _Layout("the item does not start with '- ' on its line")
-        prev = items[edit.index - 1] if edit.index else None
-        after = self._end(prev, seq.start_mark.index) if prev is not None else \
-            key.end_mark.index
-        end = self._line_end(self._end(item, after))
-        text = self._splice(start, end, "")
+        text = self._splice(line, self._line_end(end), "")
         if len(items) == 1:  # `networks:` with nothing under it would read as null
             colon = self._colon(key)
             text = text[:colon + 1] + " []" + text[colon + 1:]

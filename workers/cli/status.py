@@ -193,7 +193,8 @@ def jobs(leases: list[dict[str, Any]], now: float | None = None) -> list[dict[st
             "memory": sum(int(x["spec"].get("memory") or 0) for x in held),
             "storage": sum(int(x["spec"].get("storage") or 0) for x in held),
             "networks": sorted({n["port-group"] for st in sts for n in st.get("networks") or []}),
-            "job-link": links[0] if len(links) == 1 else links,
+            "job-link": links[0] if links else "",  # the job's; job-links when they differ
+            "job-links": links,
             "leased-at": min((st["leased-at"] for st in sts), key=parse_rfc3339),
             "age-seconds": round(now - leased, 1),
         })
@@ -206,9 +207,7 @@ def jobs_text(rows: list[dict[str, Any]]) -> str:
         return "(no leases)"
     return table([[j[BOSKOS] or "-", ",".join(j["owners"]), len(j["leases"]),
                    ",".join(j["pools"]), j["vcpus"], j["memory"], ",".join(j["networks"]) or "-",
-                   ago(j["age-seconds"]),
-                   (j["job-link"] if isinstance(j["job-link"], str) else
-                    " ".join(j["job-link"])) or "-"]
+                   ago(j["age-seconds"]), " ".join(j["job-links"]) or "-"]
                   for j in rows],
                  ["JOB (BOSKOS-LEASE-ID)", "OWNER", "LEASES", "POOLS", "VCPUS", "MEMORY",
                   "NETWORKS", "AGE", "JOB LINK"])
