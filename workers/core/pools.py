@@ -11,6 +11,7 @@ from .models import DEFAULT_NETWORK_TYPE, Network, Pool
 from .taints import Taint, taint_problem
 from .text import MAX_TEXT, text_problem
 
+MAX_BUDGET = 10**15  # more than any vCenter has, and exact in the ledger's Lua numbers
 DOMAIN_KEYS = ("region", "zone", "short-name", "resource-pool", "folder")
 NETWORK_DETAILS = ("netmask", "ipv6-cidr", "ipv6-gateway", "dns", "router")
 POOL_KEYS = {
@@ -21,7 +22,6 @@ POOL_KEYS = {
 NETWORK_KEYS = {"port-group", "vlan", "cidr", "gateway", "type", *NETWORK_DETAILS}
 REQUIRED_STR = ("name", "vcenter", "datacenter", "cluster", "datastore")
 BUDGETS = ("vcpus", "memory", "storage")
-MAX_BUDGET = 10**15  # more than any vCenter has, and exact in the ledger's Lua numbers
 
 
 def parse_pools(data: Any, file: str = "pools.yaml") -> tuple[Pool, ...]:
