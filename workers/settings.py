@@ -189,6 +189,9 @@ class Settings(EnvSettings):
     # the file ("off": none)
     configmap: OptionalText = None
     mirror_file: str = str(Path(".vcm") / "ledger.json")
+    # where `vcm pools cordon` and the other configuration commands make their changes: the
+    # ConfigMap "namespace/name" the pools file is mounted from (unset: the pools file)
+    pools_configmap: OptionalText = None
     lease_ttl: Duration = Field(default="24h")
     max_lease_lifetime: Duration = Field(default="7d")
     reap_interval: Duration = Field(default="5m")

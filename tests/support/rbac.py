@@ -109,6 +109,13 @@ class RbacPolicy:
             "system:authenticated"))
         return token
 
+    def token_for_user(self, name: str, groups: tuple[str, ...] = ()) -> str:
+        """A token of a person (User `name`, in `groups` and system:authenticated), as an
+        identity provider would vouch for."""
+        token = secrets.token_urlsafe(24)
+        self._tokens[token] = User(name, (*groups, "system:authenticated"))
+        return token
+
     def admin_token(self) -> str:
         token = secrets.token_urlsafe(24)
         self._tokens[token] = ADMIN

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Any
 
 import yaml
 
@@ -19,23 +20,37 @@ log = logging.getLogger(__name__)
 def load_pools(path: str) -> tuple[Pool, ...]:
     try:
         with open(path, encoding="utf-8") as fh:
-            data = load_yaml(fh)
+            text = fh.read()
     except OSError as exc:
         raise ConfigError.of(path, None, None, f"cannot read: {exc.strerror}") from None
-    except DuplicateKey as exc:
-        raise ConfigError.of(path, None, exc.key, exc.problem or "given twice") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError.of(path, None, None, f"not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError.of(path, None, None, f"not UTF-8 text: {exc.reason} at byte "
                              f"{exc.start}") from None
-    except (ValueError, RecursionError) as exc:  # a 5,000-digit number, nesting too deep
-        raise ConfigError.of(path, None, None, f"cannot be read: {ascii(str(exc))[1:-1][:200]}"
-                             ) from None
+    return pools_from_text(text, path)
+
+
+def read_pools_yaml(text: str, source: str) -> Any:
+    """The pools file's YAML as data, read as the workers read it; ConfigError when it is not
+    YAML they can read (`source` names it in the message)."""
     try:
-        return parse_pools(data, path)
+        return load_yaml(text)
+    except DuplicateKey as exc:
+        raise ConfigError.of(source, None, exc.key, exc.problem or "given twice") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError.of(source, None, None, f"not valid YAML: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit number, nesting too deep
+        raise ConfigError.of(source, None, None,
+                             f"cannot be read: {ascii(str(exc))[1:-1][:200]}") from None
+
+
+def pools_from_text(text: str, source: str) -> tuple[Pool, ...]:
+    """The pools of a pools file's text, validated (ConfigError naming `source`, the pool and
+    the field)."""
+    data = read_pools_yaml(text, source)
+    try:
+        return parse_pools(data, source)
     except RecursionError:
-        raise ConfigError.of(path, None, None, "nested too deeply") from None
+        raise ConfigError.of(source, None, None, "nested too deeply") from None
 
 
 class PoolsFile:

@@ -49,3 +49,9 @@ class _StrictLoader(yaml.SafeLoader):
 def load_yaml(stream: IO[str] | str) -> Any:
     """yaml.safe_load, but a key given twice in one map is an error (DuplicateKey)."""
     return yaml.load(stream, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def compose_yaml(text: str) -> yaml.Node | None:
+    """The node graph of a document (where each value is written), read as load_yaml reads it
+    (a key given twice is DuplicateKey)."""
+    return yaml.compose(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass

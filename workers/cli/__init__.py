@@ -15,6 +15,7 @@ import sys
 from ..core.errors import VcmError
 from .exits import EXIT_OK, CliError
 from .leases import cmd_acquire, cmd_estimate, cmd_leases, cmd_release, cmd_renew, cmd_reserve
+from .operate import add_commands as add_operator_commands
 from .pools import cmd_check_pools, cmd_pools, cmd_pools_discover, cmd_usage
 from .serve import cmd_api, cmd_run
 
@@ -80,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--vcenter", required=True, help="as pools name it: host, host:port or URL")
     d.add_argument("--datacenter", help="only this datacenter")
     d.set_defaults(func=cmd_pools_discover)
+    add_operator_commands(sub, pools_sub, common, out)
     p = sub.add_parser("leases", parents=[common, out_fd], help="active leases")
     p.add_argument("--owner")
     p.add_argument("--pool")

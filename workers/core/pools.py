@@ -18,6 +18,7 @@ from .models import DEFAULT_NETWORK_TYPE, DIMENSIONS, Network, Pool, derived_add
 from .taints import Taint, taint_problem
 from .text import MAX_TEXT, text_problem
 
+MAX_BUDGET = 10**15  # more than any vCenter has, and exact in the ledger's Lua numbers
 DOMAIN_KEYS = ("region", "zone", "short-name", "resource-pool", "folder")
 # optional subnet details, each shown in a lease's network as configured: netmask,
 # machine-network-cidr, ip-addresses (else derived from the cidr: models.derived_addresses),
@@ -150,8 +151,10 @@ def _parse_pool(raw: Any, index: int, file: str) -> tuple[Pool, list[_Listing]]:
     budgets = {}
     for key in DIMENSIONS:
         value = raw.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError.of(file, label, key, f"must be a positive integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_BUDGET:
+            got = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "…"
+            raise ConfigError.of(file, label, key, f"must be a positive integer (at most "
+                                 f"10^15), got {got}")
         budgets[key] = value
     ratio = raw.get("vcpu-overcommit", 1.0)
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not math.isfinite(ratio) \
