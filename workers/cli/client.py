@@ -78,7 +78,7 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
             # out, is lost with a worker stopped before it could store it (Redis full, say);
             # its task was acked when it joined the line. The same task id again is the same
             # request, answered once (a copy that finds it done answers the same).
-            lost = state == "PENDING" or (state == "WAITING"
+            lost = state == "PENDING" or (state == WAITING
                                           and _wait_ran_out(result.info, resend_after))
             if lost and now - last_sent > resend_after and _resendable(name, kwargs):
                 last_sent = now

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..contract import Task
 from ..core.health import ago
 from ..core.lease import parse_rfc3339
 from .client import call
@@ -240,18 +241,18 @@ def _emit(args: argparse.Namespace, value: Any, text: str) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    view = status(call(args, "vcm.show_pools"))
+    view = status(call(args, Task.SHOW_POOLS))
     _emit(args, view, status_text(view))
     return EXIT_OK
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    rows = jobs(call(args, "vcm.list_leases"))
+    rows = jobs(call(args, Task.LIST_LEASES))
     _emit(args, rows, jobs_text(rows))
     return EXIT_OK
 
 
 def cmd_networks_list(args: argparse.Namespace) -> int:
-    rows = networks_list(call(args, "vcm.show_pools"), args.pool, args.type, args.vcenter)
+    rows = networks_list(call(args, Task.SHOW_POOLS), args.pool, args.type, args.vcenter)
     _emit(args, rows, networks_text(rows))
     return EXIT_OK
