@@ -22,7 +22,6 @@ from tests.support.kubelet import ConfigMapVolume
 from tests.support.procs import ROOT, Stack, env_for, wait_for
 from tests.support.rbac import RbacPolicy
 from workers.adapters.pools_file import load_pools
-from workers.core.pools import NETWORK_KEYS
 
 NAMESPACE = "vsphere-capacity-manager"
 POOLS_CM = "vcm-pools"
@@ -304,15 +303,6 @@ def test_concurrent_changes_to_the_file_lose_nothing(pools_path):
     assert "# a multi-tenant VLAN\n" in pools_path.read_text()
 
 
-@pytest.mark.skipif("slices" in NETWORK_KEYS, reason="the pools model has slices")
-def test_split_says_the_model_has_no_slices_yet(pools_path):
-    p = vcm("networks", "split", "east-mt", "--slices", "2", env=file_env(pools_path))
-    assert p.returncode == 1
-    assert "has no slices (networks[].slices): a network cannot be split yet" in p.stderr
-    assert pools_path.read_text() == POOLS
-
-
-@pytest.mark.skipif("slices" not in NETWORK_KEYS, reason="the pools model has no slices")
 def test_split_writes_the_slices_of_a_multi_tenant_network(pools_path):
     env = file_env(pools_path)
     p = vcm("networks", "split", "east-mt", "--slices", "2", env=env)
@@ -326,7 +316,6 @@ def test_split_writes_the_slices_of_a_multi_tenant_network(pools_path):
     assert "slices: 2}" in pools_path.read_text()
 
 
-@pytest.mark.skipif("slices" not in NETWORK_KEYS, reason="the pools model has no slices")
 def test_split_of_a_network_two_pools_share_is_written_once(tmp_path):
     path = tmp_path / "pools.yaml"
     pool = ("  - name: {name}\n    vcenter: vc1.example.com\n    datacenter: dc1\n"

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.pools import NETWORK_KEYS
 from ..core.text import shown
 from .pools_edit import AppendItem, Edit, EditRefused, RemoveItem, SetKey, apply_edits
 from .pools_file import read_pools_yaml
@@ -235,10 +234,6 @@ def split_network(config: PoolsConfig, port_group: str, slices: int,
     one vCenter and pod that list the port group share the network, and a listing without
     `slices` takes it from the others: `slices` is written where the network's listings give
     it, or on its first listing when none does."""
-    if "slices" not in NETWORK_KEYS:
-        raise EditRefused("slices", "this version's pools configuration has no slices "
-                          "(networks[].slices): a network cannot be split yet",
-                          bad_input=False)
     networks = {x.network for x in _one_network(config, port_group, pools, vcenter)}
     every = config.listings(port_group)
     change = Change()
