@@ -1337,11 +1337,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._trickle(code, payload, headers, fault)
             return
         try:
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            for key, value in headers.items():
-                self.send_header(key, value)
+            self._start_answer(code, payload, headers)
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()
@@ -1349,6 +1345,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):  # client gave up (timeout)
             self.close_connection = True
+
+    def _start_answer(self, code: int, payload: bytes, headers: dict[str, str]) -> None:
+        """The status line and the headers of a JSON answer of `payload`."""
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for key, value in headers.items():
+            self.send_header(key, value)
 
     def _trickle(self, code: int, payload: bytes, headers: dict[str, str], fault: _Fault) -> None:
         """The answer as a slow proxy sends it: headers at once, then the body byte by byte,
@@ -1358,11 +1362,7 @@ class _Handler(BaseHTTPRequestHandler):
             api.trickling += 1
         outcome = "cut"
         try:
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            for key, value in headers.items():
-                self.send_header(key, value)
+            self._start_answer(code, payload, headers)
             self.end_headers()
             self.wfile.flush()
             for i in range(len(payload)):

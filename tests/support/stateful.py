@@ -110,9 +110,13 @@ class ChaosStack:
 
     def wipe_redis(self) -> None:
         """Redis restarted with nothing; the placement worker rebuilds from its mirror."""
+        self.redis.wipe()
+        self.wait_rebuilt()
+
+    def wait_rebuilt(self) -> None:
+        """Until the placement worker has rebuilt the ledger from its mirror."""
         from workers.adapters.ledger import Ledger
 
-        self.redis.wipe()
         client = self.redis.client()
         try:
             wait_for(lambda: Ledger(client).is_ready(), timeout=30,
@@ -125,7 +129,6 @@ class ChaosStack:
         """The placement worker stops, `edit` changes its file mirror (snapshot and journal,
         saved back as one snapshot), Redis restarts with nothing, and the worker, started
         again with the documented command, rebuilds the ledger from the edited mirror."""
-        from workers.adapters.ledger import Ledger
         from workers.adapters.mirror.file import FileMirror
 
         self.placement.stop()
@@ -137,12 +140,7 @@ class ChaosStack:
         self.placement = placement_worker(
             self.env, log=str(self.logs / f"placement-{self.restarts}.log"))
         self.placement.start()
-        client = self.redis.client()
-        try:
-            wait_for(lambda: Ledger(client).is_ready(), timeout=30,
-                     what="the placement worker rebuilding the ledger from its mirror")
-        finally:
-            client.close()
+        self.wait_rebuilt()
 
     def stop(self) -> None:
         for proc in (self.placement, self.queries):
