@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,6 +37,7 @@ POOL_KEYS = {
 }
 # a pool's annotations ride along in every lease of the pool: bounded well below Kubernetes'
 # own limit (256 KiB for all of an object's annotations)
+SHORT_NAME = re.compile(r"[a-zA-Z0-9]([-_a-zA-Z0-9]{0,28}[a-zA-Z0-9])?")
 MAX_ANNOTATIONS = 64
 MAX_ANNOTATION_VALUE = 4096
 MAX_ANNOTATIONS_BYTES = 16384
@@ -215,6 +217,12 @@ def _parse_pool(raw: Any, index: int, file: str) -> tuple[Pool, list[_Listing]]:
                 file, label, "networks",
                 f"port group {x.values['port-group']!r} is listed twice")
         seen.add(x.identity)
+    domain = tuple((k, _text_field(raw, k, file, label)) for k in DOMAIN_KEYS if k in raw)
+    short = dict(domain).get("short-name")
+    if short is not None and not SHORT_NAME.fullmatch(short):
+        raise ConfigError.of(file, label, "short-name", "must be 1-30 letters, digits, '-' or "
+                             "'_', starting and ending with a letter or digit (upstream's "
+                             "shortName)")
     pool = Pool(
         name=raw["name"].strip(),
         vcenter=vcenter,
@@ -229,7 +237,7 @@ def _parse_pool(raw: Any, index: int, file: str) -> tuple[Pool, list[_Listing]]:
         no_schedule=flags["no-schedule"],
         labels=tuple(sorted((k, str(v)) for k, v in labels.items())),
         taints=tuple(taints),
-        domain=tuple((k, _text_field(raw, k, file, label)) for k in DOMAIN_KEYS if k in raw),
+        domain=domain,
         pod=pod,
         annotations=annotations,
     )

@@ -22,6 +22,7 @@ from typing import Any
 
 from .lease import Lease, network_key
 from .models import DEFAULT_NETWORK_TYPE, Network, Pool
+from .pools import parse_pools
 from .topology import inventory_path, network_path, topology
 
 GROUP = "vspherecapacitymanager.splat.io"
@@ -238,6 +239,29 @@ def pool_object(pool: Pool, usage: Mapping[str, Any] | None = None) -> dict[str,
         meta["annotations"] = dict(pool.annotations)
     return {"apiVersion": API_VERSION, "kind": "Pool", "metadata": meta,
             "spec": pool_spec(pool), "status": pool_status(pool, usage)}
+
+
+def pools_from_show_pools(views: Iterable[Mapping[str, Any]],
+                          source: str = "vcm.show_pools") -> tuple[Pool, ...]:
+    """The pools configuration again, from what `vcm.show_pools` answers (each view's
+    `spec` is the pool as configured; pools removed while they still hold leases are left
+    out). Checked like the pools file: ConfigError naming `source`, the pool and the field."""
+    specs = []
+    for view in views:
+        spec, status = view.get("spec"), view.get("status")
+        if isinstance(status, Mapping) and status.get("removed"):
+            continue
+        if isinstance(spec, Mapping):
+            specs.append({k: v for k, v in spec.items() if k != "vcenters"})
+    return parse_pools({"pools": specs}, source) if specs else ()
+
+
+def pool_objects(views: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`Pool` objects, with their status, from what `vcm.show_pools` answers."""
+    views = list(views)
+    status = {v["spec"].get("name"): v.get("status") for v in views
+              if isinstance(v.get("spec"), Mapping)}
+    return [pool_object(p, status.get(p.name)) for p in pools_from_show_pools(views)]
 
 
 # Lease -----------------------------------------------------------------------------------------
