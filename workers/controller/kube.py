@@ -20,8 +20,8 @@ from urllib.parse import quote
 import aiohttp
 
 from ..adapters.kube_config import kube_configuration
+from ..core.upstream import GROUP
 
-GROUP = "vspherecapacitymanager.splat.io"
 VERSION = "v1"
 MERGE_PATCH = "application/merge-patch+json"
 PLURALS = {"Lease": "leases", "Pool": "pools", "Network": "networks"}
