@@ -125,11 +125,12 @@ def lease_field_error(exc: InvalidRequest) -> InvalidRequest:
     """The request's refusal worded with the Lease's field (`pool-selector` ->
     `spec.poolSelector`, `labels` -> `metadata.labels`)."""
     field = exc.field
-    head, dot, rest = field.partition(".")
+    head = re.split(r"[.\[]", field, maxsplit=1)[0]
+    rest = field[len(head):]
     if head in FIELD_OF:
-        named = "spec." + FIELD_OF[head] + dot + rest
+        named = "spec." + FIELD_OF[head] + rest
     elif head == "labels":
-        named = "metadata.labels" + dot + rest
+        named = "metadata.labels" + rest
     else:
         named = "metadata." + field if field else "spec"
     message = exc.message
