@@ -117,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flower-port", type=int, default=5555)
     p.add_argument("--no-flower", action="store_true")
     p.add_argument("--no-api", action="store_true")
+    p.add_argument("--no-controller", action="store_true",
+                   help="not the Lease controller (started when $KUBECONFIG is set)")
     p.set_defaults(func=cmd_run)
     return top
 
