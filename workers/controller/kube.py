@@ -160,7 +160,8 @@ class KubeApi:
 
     async def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any],
                     status: bool = False) -> dict[str, Any]:
-        """A merge patch of the object, or (`status`) of its status subresource."""
+        """A merge patch of the object, or (`status`) sent to its status subresource, which
+        takes the patch's `status` alone."""
         url = path(kind, namespace, name, "status" if status else None)
         return await self.request("PATCH", url, patch, MERGE_PATCH)
 

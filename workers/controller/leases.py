@@ -364,7 +364,7 @@ class LeaseRun:
         async with self.lock:
             if st.unchanged(self.status, patch):
                 return
-            answer = await self.leases.kube.patch("Lease", self.namespace, self.name, patch,
-                                                  status=True)
+            answer = await self.leases.kube.patch("Lease", self.namespace, self.name,
+                                                  {"status": patch}, status=True)
             got = answer.get("status")
             self.status = dict(got) if isinstance(got, Mapping) else {**self.status, **patch}

@@ -153,7 +153,7 @@ def registry_for(controller: Controller) -> kopf.OperatorRegistry:
 
 def run(settings: Settings, liveness: str | None = None, verbose: bool = False) -> int:
     """Run the controller in the foreground until SIGINT or SIGTERM."""
-    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     controller = Controller(settings)
     with contextlib.suppress(KeyboardInterrupt):
         kopf.run(registry=registry_for(controller), settings=operator_settings(),
