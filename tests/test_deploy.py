@@ -698,7 +698,8 @@ def test_kustomization_lists_exactly_the_base_manifests():
     missing = [r for r in resources if not (DEPLOY / r).is_file()]
     assert not missing, f"kustomization lists missing files: {missing}"
     on_disk = {
-        p.name for p in list(DEPLOY.glob("*.yaml")) + list(DEPLOY.glob("*.yml"))
+        str(p.relative_to(DEPLOY)) for p in list(DEPLOY.glob("*.yaml")) + list(DEPLOY.glob("*.yml"))
+        + list(DEPLOY.glob("crds/*.yaml"))
         if p.name not in ("kustomization.yaml", "kustomization.yml")
     }
     unlisted = on_disk - set(resources)
@@ -764,7 +765,8 @@ def test_manifest_is_valid_kubernetes(item):
     path, doc = item
     assert_schema_valid(doc, path)
     ns = doc["metadata"].get("namespace")
-    if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):  # cluster-scoped
+    if doc["kind"] in ("ClusterRole", "ClusterRoleBinding",
+                       "CustomResourceDefinition"):  # cluster-scoped
         assert ns is None, f"{path}: a cluster-scoped {doc['kind']} has no namespace"
     elif doc["kind"] != "Namespace":
         assert ns == NAMESPACE, f"{path}: namespace {ns!r}"
@@ -1524,7 +1526,8 @@ def test_kustomize_build_renders_valid_manifests_keeping_the_invariants():
     for d in docs:
         assert_schema_valid(d, "kustomize build")
         assert COMMON_LABELS.items() <= d["metadata"].get("labels", {}).items()
-        if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+        if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding",
+                             "CustomResourceDefinition"):
             assert d["metadata"]["namespace"] == NAMESPACE
     for w in workloads(docs):
         assert COMMON_LABELS.items() <= w["spec"]["selector"]["matchLabels"].items()
