@@ -238,8 +238,11 @@ def test_create_needs_the_namespace_and_not_a_terminating_one(kube, custom):
 def test_wrong_bodies_are_400_not_500(custom, kube):
     """Decoding errors are 400 BadRequest (handlers/rest.go transformDecodeError): a body
     that is not JSON, not an object, without kind, of another kind or apiVersion, or with
-    metadata of the wrong type; a namespace in the body other than the URL's is 400 too."""
-    cases = [b"{not json", b"[1,2]", json.dumps({"apiVersion": API_VERSION}).encode(),
+    metadata of the wrong type; a namespace in the body other than the URL's is 400 too. A
+    custom resource's body must name its kind (json.Serializer.Decode into Unstructured:
+    "Object 'Kind' is missing"), unlike a built-in kind's, which defaults to the URL's."""
+    cases = [b"{not json", b"[1,2]", json.dumps({"apiVersion": API_VERSION,
+                                                "metadata": {"name": "x"}}).encode(),
              json.dumps({**lease(), "kind": "Pool"}).encode(),
              json.dumps({**lease(), "apiVersion": f"{G}/v9"}).encode(),
              json.dumps({**lease(), "metadata": {"name": "x", "labels": ["a"]}}).encode(),
@@ -248,6 +251,11 @@ def test_wrong_bodies_are_400_not_500(custom, kube):
         code, answer, _ = raw(kube, "POST", LEASES, body)
         assert code == 400, (body, answer)
         assert answer["reason"] == "BadRequest"
+    code, answer, _ = raw(kube, "POST", LEASES, {"metadata": {"name": "x"}})
+    assert code == 400 and "Object 'Kind' is missing" in answer["message"]
+    code, event, _ = raw(kube, "POST", f"/api/v1/namespaces/{NS}/events",
+                         {"metadata": {"generateName": "x-"}, "reason": "Queued"})
+    assert code == 201 and event["kind"] == "Event" and event["apiVersion"] == "v1"
 
 
 # ---- defaults, pruning and validation ------------------------------------------------------------
@@ -284,6 +292,9 @@ def test_unknown_fields_are_pruned_with_a_warning_by_default_refused_when_strict
     code, made, headers = raw(kube, "POST", LEASES + "?fieldValidation=Ignore",
                               {**body, "metadata": {"name": "i"}})
     assert code == 201 and "Warning" not in headers and "vcpu" not in made["spec"]
+    # the warnings come with an error answer too
+    code, _, headers = raw(kube, "POST", LEASES, {**body, "metadata": {"name": "i"}})
+    assert code == 409 and 'unknown field \\"spec.vcpu\\"' in headers["Warning"]
     code, answer, _ = raw(kube, "POST", LEASES + "?fieldValidation=Strict",
                           b'{"apiVersion":"%s","kind":"Lease","metadata":{"name":"d"},'
                           b'"spec":{"networks":1,"networks":2}}' % API_VERSION.encode())

@@ -30,11 +30,12 @@ class CustomResourceDefinition:
     categories: tuple[str, ...] = ()
     printer_columns: tuple[dict[str, Any], ...] = ()
     selectable_fields: tuple[str, ...] = ()
+    builtin: bool = False  # a built-in kind: a body may leave out kind and apiVersion
     manifest: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
+        return f"{self.group}/{self.version}" if self.group else self.version
 
     @property
     def field_labels(self) -> tuple[str, ...]:
@@ -91,3 +92,27 @@ def load_crds(paths: Iterable[str | Path]) -> list[CustomResourceDefinition]:
 def deploy_crds() -> list[CustomResourceDefinition]:
     """The CRDs of deploy/crds/."""
     return load_crds(sorted(DEPLOY_CRDS.glob("*.yaml")))
+
+
+# Core v1 Events, which controllers post (kopf does, for each handler): stored and listed like
+# any object (kind and apiVersion default to the URL's, as for every built-in kind), without a
+# schema (what an Event holds is not checked here), field-selectable as
+# kube-apiserver allows (pkg/registry/core/event/strategy.go: involvedObject.*, reason,
+# reportingComponent, source, type).
+CORE_EVENTS = CustomResourceDefinition(
+    name="events", group="", version="v1", kind="Event", list_kind="EventList",
+    plural="events", singular="event", namespaced=True,
+    schema={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    short_names=("ev",),
+    printer_columns=(
+        {"name": "Last Seen", "type": "date", "jsonPath": ".lastTimestamp"},
+        {"name": "Type", "type": "string", "jsonPath": ".type"},
+        {"name": "Reason", "type": "string", "jsonPath": ".reason"},
+        {"name": "Object", "type": "string", "jsonPath": ".involvedObject.name"},
+        {"name": "Message", "type": "string", "jsonPath": ".message"},
+    ),
+    selectable_fields=tuple(f"involvedObject.{f}" for f in (
+        "kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath"))
+    + ("reason", "reportingComponent", "source", "type"),
+    builtin=True,
+)

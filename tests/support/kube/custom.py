@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import copy
 import json
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import yaml
@@ -338,8 +339,13 @@ class CustomResources(Namespaces):
         handled_as = f'{crd.kind} in version "{crd.version}" cannot be handled as a {crd.kind}'
         if not isinstance(body, dict):
             raise bad_request(f"{handled_as}: the body must be a JSON object")
+        if crd.builtin:
+            body = {"kind": crd.kind, "apiVersion": crd.api_version, **body}
         if not body.get("kind"):
-            raise bad_request(f"Object 'Kind' is missing in '{json.dumps(body)[:200]}'")
+            data = json.dumps(body, separators=(",", ":"))
+            summary = data if len(data) <= 30 else data[:30] + " ..."
+            raise bad_request(f"the object provided is unrecognized (must be of type "
+                              f"{crd.kind}): Object 'Kind' is missing in '{data}' ({summary})")
         if body.get("apiVersion") != crd.api_version:
             raise bad_request(f"the API version in the data ({body.get('apiVersion')}) does "
                               f"not match the expected API version ({crd.api_version})")
@@ -382,6 +388,11 @@ class CustomResources(Namespaces):
                        query: dict[str, list[str]], dry_run: bool, *,
                        decoded: bool = False) -> Answer:
         obj, warnings = self._decode_custom(crd, raw, namespace, query, decoded=decoded)
+        with _warned(warnings):
+            return self._create_decoded(crd, namespace, obj, warnings, dry_run)
+
+    def _create_decoded(self, crd: CustomResourceDefinition, namespace: str,
+                        obj: dict[str, Any], warnings: list[str], dry_run: bool) -> Answer:
         meta = obj["metadata"]
         if meta.get("resourceVersion"):
             raise ApiError(
@@ -447,7 +458,7 @@ class CustomResources(Namespaces):
         if obj["metadata"].get("name") != name:
             raise bad_request(f"the name of the object ({obj['metadata'].get('name', '')}) "
                               f"does not match the name on the URL ({name})")
-        with self._lock:
+        with self._lock, _warned(warnings):
             old = self._custom[(crd.group, crd.plural)].get((namespace, name))
             if old is None:
                 raise not_found(name, crd.plural, crd.group)
@@ -548,7 +559,8 @@ class CustomResources(Namespaces):
             if not merged["metadata"].get("resourceVersion"):
                 merged["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             obj, warnings = self._decode_custom(crd, merged, namespace, query, decoded=True)
-            out = self._update_custom(crd, namespace, name, obj, old, dry_run, status)
+            with _warned(warnings):
+                out = self._update_custom(crd, namespace, name, obj, old, dry_run, status)
         return 200, out, _warning_headers(warnings)
 
     def _apply_patch(self, crd: CustomResourceDefinition, namespace: str, name: str,
@@ -585,7 +597,8 @@ class CustomResources(Namespaces):
             merged = _apply_merge(self._public(old), applied, crd.schema)
             merged["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             obj, warnings = self._decode_custom(crd, merged, namespace, query, decoded=True)
-            out = self._update_custom(crd, namespace, name, obj, old, dry_run, status)
+            with _warned(warnings):
+                out = self._update_custom(crd, namespace, name, obj, old, dry_run, status)
         return 200, out, _warning_headers(warnings)
 
     # ---- delete ------------------------------------------------------------------------------
@@ -868,6 +881,17 @@ def _custom_fields(crd: CustomResourceDefinition, obj: dict[str, Any]) -> dict[s
 
 def _non_metadata(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k != "metadata"}
+
+
+@contextlib.contextmanager
+def _warned(warnings: list[str]) -> Iterator[None]:
+    """An error answered after decoding carries the decoding's warnings too (the apiserver
+    writes its Warning headers whatever the answer)."""
+    try:
+        yield
+    except ApiError as err:
+        err.headers.update(_warning_headers(warnings))
+        raise
 
 
 def _warning_headers(warnings: list[str]) -> dict[str, str]:

@@ -184,7 +184,8 @@ class Discovery:
     def _discovery_groups(self) -> dict[str, list[CustomResourceDefinition]]:
         groups: dict[str, list[CustomResourceDefinition]] = {}
         for crd in sorted(self.crds, key=lambda c: (c.group, c.plural)):
-            groups.setdefault(crd.group, []).append(crd)
+            if crd.group:  # the core group is /api
+                groups.setdefault(crd.group, []).append(crd)
         return groups
 
     def _group_document(self, group: str) -> dict[str, Any]:
@@ -204,8 +205,9 @@ class Discovery:
                          "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",
                                                          "serverAddress": host}]}, {}
         if path == "/api/v1":
+            core = [c for c in self.crds if not c.group]
             return 200, {"kind": "APIResourceList", "groupVersion": "v1",
-                         "resources": CORE_RESOURCES}, {}
+                         "resources": CORE_RESOURCES + _resources(core)}, {}
         if path == "/apis":
             return 200, {"kind": "APIGroupList", "apiVersion": "v1",
                          "groups": [self._group_document(g) for g in groups]}, {}
@@ -223,12 +225,13 @@ class Discovery:
             return 200, VERSION, {}
         if path in ("/healthz", "/livez", "/readyz"):
             return 200, b"ok", {"Content-Type": "text/plain; charset=utf-8"}
+        custom = [c for c in self.crds if c.group]
         if path == "/openapi/v2":
-            return 200, openapi_v2(self.crds), {}
+            return 200, openapi_v2(custom), {}
         if path == "/openapi/v3":
-            return 200, openapi_v3_index(self.crds), {}
-        if path.startswith("/openapi/v3/apis/") or path == "/openapi/v3/api/v1":
-            document = openapi_v3_group_version(self.crds, path[len("/openapi/v3/"):])
+            return 200, openapi_v3_index(custom), {}
+        if path.startswith("/openapi/v3/apis/"):
+            document = openapi_v3_group_version(custom, path[len("/openapi/v3/"):])
             if document is not None:
                 return 200, document, {}
         raise not_found_path()

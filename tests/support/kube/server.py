@@ -21,7 +21,7 @@ from tests.support.kube.configmaps import (
     configmap_fields,
 )
 from tests.support.kube.core import DEFAULT_HISTORY_LIMIT, Stats, StoreCore, WatchAnswer
-from tests.support.kube.crd import CustomResourceDefinition, deploy_crds
+from tests.support.kube.crd import CORE_EVENTS, CustomResourceDefinition, deploy_crds
 from tests.support.kube.custom import CustomResources
 from tests.support.kube.discovery import TABLE_CONTENT_TYPE, Discovery
 from tests.support.kube.errors import ApiError, method_not_allowed, not_found, not_found_path
@@ -77,7 +77,7 @@ class KubeApiServer(Discovery, CustomResources, ConfigMaps):
         self.garbage_collection = garbage_collection
         self._objects: dict[tuple[str, str], dict[str, Any]] = {}
         self._namespaces: dict[str, dict[str, Any]] = {}
-        self._init_custom(list(deploy_crds() if crds is None else crds))
+        self._init_custom([*(deploy_crds() if crds is None else crds), CORE_EVENTS])
         self._faults: list[Fault] = []
         self._hooks: list[Callable[[str, str, str | None], None]] = []
         self._latency = 0.0
@@ -364,9 +364,8 @@ class KubeApiServer(Discovery, CustomResources, ConfigMaps):
                 return self._handle_namespace(method, name, query, headers, raw)
             if info.resource == "configmaps" and not info.subresource:
                 return self._handle_configmap(info, method, query, headers, raw)
-            raise not_found_path()
         crd = self._crd_at(info.group, info.version, info.resource)
-        if crd is None or info.api_prefix != "apis":
+        if crd is None or (info.api_prefix == "apis") != bool(crd.group):
             raise not_found_path()
         answer = self._handle_custom(crd, info, method, query, headers, raw, render)
         if render is not None:
