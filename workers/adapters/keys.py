@@ -150,6 +150,9 @@ class Keys:
     def namespaces(self) -> str:
         return self.prefix + "namespaces"
 
+    def use(self, pool: str) -> str:
+        return f"{self.prefix}use:{pool}"
+
     def owner(self, owner: str) -> str:
         return f"{self.prefix}owner:{owner}"
 
