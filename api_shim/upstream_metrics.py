@@ -163,7 +163,7 @@ def families(pools: Mapping[str, Pool], detail: LedgerDetail, stats: Mapping[str
         counts[(kind, FULFILLED)] = counts.get((kind, FULFILLED), 0) + 1
     for record in detail.waiters:
         request = record.get("request")
-        kind = request_network_type(request if isinstance(request, dict) else {})
+        kind = _label(request_network_type(request if isinstance(request, dict) else {}))
         counts[(kind, PENDING)] = counts.get((kind, PENDING), 0) + 1
         since = record.get("since")
         if isinstance(since, int | float) and not isinstance(since, bool) \
@@ -202,6 +202,15 @@ def _unique(pairs: Iterable[tuple[Any, str]]) -> Iterable[tuple[str, Any]]:
         if key not in seen:
             seen.add(key)
             yield key, net
+
+
+def _label(value: str) -> str:
+    """A label value the exposition can encode (a lone surrogate becomes U+FFFD)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+    return value
 
 
 def _epoch(value: Any) -> float | None:
