@@ -249,6 +249,7 @@ class FleetCollector:
         self.reader = FleetReader(source) if isinstance(source, str) else source
         self.pools = pools
         self.namespace = namespace
+        self.leases = upstream_metrics.LeaseFactsCache()
 
     def describe(self) -> Iterator[Metric]:
         # names only: registering must not touch Redis
@@ -275,7 +276,7 @@ class FleetCollector:
         if snap.pools is not None and snap.detail is not None:
             try:
                 out += upstream_metrics.families(snap.pools, snap.detail, snap.stats, snap.at,
-                                                 self.namespace)
+                                                 self.namespace, self.leases)
             except Exception:  # noqa: BLE001 - nor may it break the others
                 log.exception("fleet metrics: could not build the metrics named as upstream's")
         return iter(out)

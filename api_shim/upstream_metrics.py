@@ -12,16 +12,19 @@ lease, so the number of series is bounded by the configuration, however many lea
 
 from __future__ import annotations
 
+import calendar
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from workers.adapters.ledger.records import decoded
 from workers.adapters.ledger.reports import LedgerDetail
 from workers.core.fleet import NO_USAGE, UsedNets
-from workers.core.lease import parse_rfc3339
 from workers.core.models import Pool
 from workers.core.phases import (
     COUNTED,
@@ -102,10 +105,56 @@ def describe() -> list[Metric]:
     return _Families().all()
 
 
+@dataclass(frozen=True)
+class LeaseFacts:
+    """What the metrics read of one lease record."""
+
+    pool: str
+    request: tuple[str, str]  # (owner, request-id): the request it was granted for
+    network_type: str
+    created: float | None  # seconds since the epoch; None when the record has no time
+
+
+def lease_facts(raw: Any) -> LeaseFacts | None:
+    """The facts of a stored lease record; None when it lacks them (a name, and a pool and
+    owner as text UTF-8 can encode)."""
+    lease = decoded(raw)
+    try:
+        name, st, meta = lease["metadata"]["name"], lease["status"], lease["metadata"]
+        texts = (name, st["pool"], st["owner"])
+        "".join(texts).encode("utf-8")
+    except (TypeError, KeyError, AttributeError, UnicodeEncodeError):
+        return None
+    if not all(isinstance(x, str) and x for x in texts):
+        return None
+    rid = st.get("request-id")
+    return LeaseFacts(
+        pool=st["pool"], request=(st["owner"], rid if isinstance(rid, str) and rid
+                                  else "lease " + name),
+        network_type=_label(lease_network_type(st.get("networks"))),
+        created=_epoch(meta.get("creationTimestamp")) or _epoch(st.get("leased-at")))
+
+
+class LeaseFactsCache:
+    """The facts of the records seen at the last scrape, by record: a scrape decodes only the
+    records that are new or changed since (decoding thousands of records costs more than the
+    rest of a scrape). It keeps those of the current records only."""
+
+    def __init__(self) -> None:
+        self._known: dict[Any, LeaseFacts | None] = {}
+
+    def read(self, raws: Iterable[Any]) -> list[LeaseFacts]:
+        known, fresh = self._known, {}
+        for raw in raws:
+            fresh[raw] = known[raw] if raw in known else lease_facts(raw)
+        self._known = fresh  # concurrent scrapes: the last one's stays, either is right
+        return [f for f in fresh.values() if f is not None]
+
+
 def families(pools: Mapping[str, Pool], detail: LedgerDetail, stats: Mapping[str, int],
-             now: float, namespace: str) -> list[Metric]:
+             now: float, namespace: str, cache: LeaseFactsCache | None = None) -> list[Metric]:
     """Every family with its samples: `pools` as configured, `detail` and `stats` (the
-    ledger's counters) as read at `now`."""
+    ledger's counters) as read at `now`; `cache` keeps lease facts from scrape to scrape."""
     out = _Families()
     g = out.gauges
     used = UsedNets(detail.holders)
@@ -149,15 +198,12 @@ def families(pools: Mapping[str, Pool], detail: LedgerDetail, stats: Mapping[str
 
     requests: dict[tuple[str, str], str] = {}  # (owner, request-id) -> network type
     ages: dict[tuple[str, str, str], list[float]] = {}  # (pool, type, phase) -> ages
-    for lease in detail.leases:
-        st, meta = lease["status"], lease.get("metadata") or {}
-        kind = lease_network_type(st.get("networks"))
-        rid = st.get("request-id") or ""
-        requests.setdefault((st["owner"], rid if isinstance(rid, str) and rid else
-                             "lease " + meta["name"]), kind)
-        created = _epoch(meta.get("creationTimestamp")) or _epoch(st.get("leased-at"))
-        if created is not None:
-            ages.setdefault((st["pool"], kind, FULFILLED), []).append(max(0.0, now - created))
+    leases = (cache or LeaseFactsCache()).read(detail.leases)
+    for lease in leases:
+        requests.setdefault(lease.request, lease.network_type)
+        if lease.created is not None:
+            ages.setdefault((lease.pool, lease.network_type, FULFILLED), []).append(
+                max(0.0, now - lease.created))
     counts: dict[tuple[str, str], int] = {}
     for kind in requests.values():
         counts[(kind, FULFILLED)] = counts.get((kind, FULFILLED), 0) + 1
@@ -213,10 +259,18 @@ def _label(value: str) -> str:
     return value
 
 
+_RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)Z")
+
+
 def _epoch(value: Any) -> float | None:
+    """A lease time (RFC 3339, whole seconds, as lease.rfc3339 writes it) in seconds since the
+    epoch; None when it is not one. Read by the thousand per scrape: strptime is too slow."""
+    m = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        return None
     try:
-        return parse_rfc3339(value) if isinstance(value, str) else None
-    except ValueError:
+        return float(calendar.timegm(datetime(*map(int, m.groups())).timetuple()))
+    except ValueError:  # a day or hour out of range
         return None
 
 

@@ -285,8 +285,8 @@ def test_upstream_names_types_labels_and_values(env):
         assert {(t, n) for n, (t, v) in counts.items() if v == 1} == taken
         assert all(v in (0, 1) for _, v in counts.values())
     assert m.value("pool_cpus_available", pool="open") == 60 - 15
-    slices = [n for n, (t, _) in ((dict(k)["network"], (dict(k)["networkType"], v))
-                                  for k, v in m.series("network_lease_count").items()) if t == MT]
+    slices = [dict(k)["network"] for k in m.select(
+        'network_lease_count{networkType="multi-tenant"}')]
     assert len(slices) == 4 and all(n.startswith("mt-110||") for n in slices)
 
     # requests: Fulfilled once per granted request (c holds two pools), Pending while waiting

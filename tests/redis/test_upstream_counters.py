@@ -104,7 +104,8 @@ def test_odd_ledger_data_leaves_out_what_cannot_be_read(own_ledger, redis_server
     assert grant(own_ledger, "a", [POOL.networks[0]]) == "ok"
     r, p = own_ledger.r, own_ledger.p
     r.hset(p + "leases", mapping={"bad": "not json", "half": json.dumps({"status": {}}),
-                                  "surrogate": '{"status": {"pool": "\\ud800"}}'})
+                                  "surrogate": '{"metadata": {"name": "s"}, "status": '
+                                               '{"pool": "\\ud800", "owner": "o"}}'})
     r.hset(p + "waiters", mapping={
         "w-bad": "x", "w-list": "[1]",
         "w-odd": json.dumps({"request": {"network-type": "\ud800", "networks": 1},

@@ -5,12 +5,14 @@ not a Kubernetes namespace name, naming the variable."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from api_shim.settings import ApiEnv
-from api_shim.upstream_metrics import families
+from api_shim.upstream_metrics import LeaseFactsCache, families
 from workers.adapters.ledger.reports import LedgerDetail
 from workers.core.fleet import Usage
 from workers.core.lease import port_group_key, rfc3339
@@ -56,14 +58,16 @@ def ledgers(draw):
             "networks": st.integers(0, 2),
             "network-type": st.sampled_from(sorted(TYPES))}),
         "since": st.floats(NOW - 10**6, NOW)}), max_size=10))
-    return LedgerDetail({p: usage.get(p, Usage()) for p in POOLS}, holders, leases, waiters)
+    return leases, LedgerDetail({p: usage.get(p, Usage()) for p in POOLS}, holders,
+                                [json.dumps(x).encode() for x in leases], waiters)
 
 
 @settings(max_examples=100, deadline=None)
 @given(ledgers(), st.dictionaries(st.sampled_from(
     ["fulfilled:single-tenant", "pending:multi-tenant", "delayed:disconnected", "fulfilled:",
      "refused:NoCapacity", "placements"]), st.integers(0, 10**6)))
-def test_labels_come_from_the_configuration_and_counts_add_up(detail, stats):
+def test_labels_come_from_the_configuration_and_counts_add_up(ledger, stats):
+    leases, detail = ledger
     out = {m.name: m for m in families(POOLS, detail, stats, NOW, "ns")}
     networks = {key.split("|", 1)[1] for pieces in PIECES.values() for _, key in pieces}
     allowed = {"namespace": {"ns"}, "pool": {*POOLS, "removed", ""},
@@ -79,10 +83,10 @@ def test_labels_come_from_the_configuration_and_counts_add_up(detail, stats):
                    and all(s.labels[k] == v for k, v in labels.items()))
 
     requests = {(x["status"]["owner"], x["status"]["request-id"] or x["metadata"]["name"])
-                for x in detail.leases}
+                for x in leases}
     assert total("leases_counts", phase="Fulfilled") == len(requests)
     assert total("leases_counts", phase="Pending") == len(detail.waiters)
-    assert total("lease_age_seconds_count") == len(detail.leases) + len(detail.waiters)
+    assert total("lease_age_seconds_count") == len(leases) + len(detail.waiters)
     for name, pool in POOLS.items():
         held = {key for _, key in PIECES[name] if key in detail.holders}
         assert total("pool_networks_available", pool=name) == len(PIECES[name]) - len(held)
@@ -108,3 +112,23 @@ def test_the_namespace_setting_refuses_what_is_not_a_namespace_name(value):
 @pytest.mark.parametrize("value", ["", "ci", "vsphere-infra-helpers", "a" * 63, "0-9"])
 def test_the_namespace_setting_takes_namespace_names(value):
     assert ApiEnv.from_env({"VCM_API_METRICS_NAMESPACE": value}).api_metrics_namespace == value
+
+
+def test_the_lease_cache_reads_changed_records_again_and_forgets_gone_ones():
+    def record(name: str, pool: str) -> bytes:
+        return json.dumps({"metadata": {"name": name, "creationTimestamp": rfc3339(NOW - 60)},
+                           "status": {"pool": pool, "owner": "o", "request-id": name}}).encode()
+
+    def in_use(detail: LedgerDetail, cache: LeaseFactsCache) -> dict[str, float]:
+        out = {m.name: m for m in families(POOLS, detail, {}, NOW, "ns", cache)}
+        return {s.labels["pool"]: s.value for s in out["lease_age_seconds"].samples
+                if s.name == "lease_age_seconds_count"}
+
+    cache = LeaseFactsCache()
+    one, two = record("a", "p1"), record("b", "p1")
+    assert in_use(LedgerDetail(leases=[one, two]), cache) == {"p1": 2}
+    assert in_use(LedgerDetail(leases=[one, two]), cache) == {"p1": 2}
+    moved = record("b", "p2")  # its record changed: read again
+    assert in_use(LedgerDetail(leases=[one, moved]), cache) == {"p1": 1, "p2": 1}
+    assert in_use(LedgerDetail(leases=[moved, b"not json"]), cache) == {"p2": 1}
+    assert list(cache._known) == [moved, b"not json"]  # only the records of the last read

@@ -4,7 +4,7 @@ round trip (with Redis's own memory and eviction figures; for /metrics also the 
 the networks in use, the active leases and the waiting line), and the status hashes /readyz
 shows (the mirror publisher's and the namespace pruning's). Values come back as Redis holds
 them, decoded only where the ledger's layout says how (the usage stream's entries, the health
-records, lease and waiter records, usage counters); what cannot be decoded is left out, never
+records, waiter records, usage counters); what cannot be decoded is left out, never
 raised."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from redis.retry import Retry
 from ...core.fleet import Usage
 from ...core.lease import rfc3339
 from ..keys import PREFIX, Keys
-from .records import decoded, readable
+from .records import decoded
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class LedgerDetail:
 
     usage: dict[str, Usage] = field(default_factory=dict)  # per pool asked for (use:<pool>)
     holders: dict[str, int] = field(default_factory=dict)  # network key -> leases holding it
-    leases: list[dict[str, Any]] = field(default_factory=list)  # active records, readable
+    leases: list[Any] = field(default_factory=list)  # active lease records, as stored
     waiters: list[dict[str, Any]] = field(default_factory=list)  # waiting-line records
 
 
@@ -117,14 +117,14 @@ def read_fleet(client: redis.Redis, prefix: str = PREFIX,
 
 def _detail(names: list[str], replies: list[Any]) -> LedgerDetail:
     """The LedgerDetail from its replies: a usage row per name, then the nets hash, the lease
-    records and the waiter records. Records that cannot be read are left out."""
+    records (left as stored: a scrape decodes only those it has not seen) and the waiter
+    records (decoded; those that cannot be read are left out)."""
     rows, (nets, leases, waiters) = replies[:len(names)], replies[len(names):]
     usage = {name: Usage(*(_whole(x) for x in row))
              for name, row in zip(names, rows, strict=True)}
     holders = {_text(k): len(_text(v).split()) for k, v in (nets or {}).items()}
-    records = [x for x in map(readable, leases or []) if x is not None]
     line = [x for x in map(decoded, waiters or []) if isinstance(x, dict)]
-    return LedgerDetail(usage, holders, records, line)
+    return LedgerDetail(usage, holders, list(leases or []), line)
 
 
 def _rollup(entries: list[Any] | None) -> dict[str, Any] | None:
