@@ -6,8 +6,9 @@ What each means here, and where it differs from upstream, is in docs/operations.
 named as upstream's). In short: upstream's Lease object is one request (core/phases.py),
 Pending while it waits in line, Fulfilled once granted; a pool's figures are its budget and
 what the ledger holds of it. Every label value comes from the pools configuration (pools,
-networks, their types), the two phases, and the setting naming the namespace: never from a
-lease, so the number of series is bounded by the configuration, however many leases there are.
+networks, their types: as configured now, or when a lease was granted), the two phases and the
+setting naming the namespace, never from what a request names (owner, ids, labels): the number
+of series is bounded by the configuration, however many leases there are.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from workers.core.phases import (
 
 POOL = ["namespace", "pool"]
 BY_TYPE = ["namespace", "pool", "networkType"]
-AGE_LABELS = ["namespace", "pool", "networkType", "phase"]
 AGE_QUANTILES = (0.5, 0.9, 1.0)  # 1: the oldest
 UNASSIGNED = ""  # the pool of a request still waiting (upstream: no Pool owner yet)
 
