@@ -13,8 +13,8 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.api import ApiServer
 from tests.support.procs import Stack, wait_for
-from tests.test_api_support import ApiServer
 
 NS = "vsphere-infra-helpers"  # the default of VCM_API_METRICS_NAMESPACE
 ST, MT, DC = "single-tenant", "multi-tenant", "disconnected"
