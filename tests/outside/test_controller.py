@@ -28,12 +28,12 @@ UID_LABEL = PREFIX + "lease-uid"
 
 
 def pools_yaml(auth: Path) -> str:
-    """Three vCenters; pool1 and pool2 share a vCenter's pod and a VLAN; pool3 is small."""
+    """Three vCenters; pool3 is small, and its networks name no physical datacenter."""
 
-    def nets(prefix: str, first: int, count: int, router: str) -> list[dict]:
+    def nets(prefix: str, first: int, count: int, router: str, **details: str) -> list[dict]:
         return [{"port-group": f"{prefix}-{first + i}", "vlan": first + i,
                  "cidr": f"10.{first % 250}.{i}.0/24", "gateway": f"10.{first % 250}.{i}.1",
-                 "router": router, "datacenter": "phys-dc1", "nameservers": ["10.0.0.53"]}
+                 "router": router, "nameservers": ["10.0.0.53"], **details}
                 for i in range(count)]
 
     def pool(name: str, vcenter: str, n: int, vcpus: int, memory: int, networks: list[dict],
@@ -44,8 +44,10 @@ def pools_yaml(auth: Path) -> str:
                 "annotations": {"ci-auth-path": str(auth)}, "networks": networks, **extra}
 
     return yaml.safe_dump({"pools": [
-        pool("pool1", "vc1.example.com", 1, 96, 384, nets("ci-vlan", 1000, 6, "r1")),
-        pool("pool2", "vc2.example.com", 2, 96, 384, nets("ci-vlan", 2000, 6, "r2")),
+        pool("pool1", "vc1.example.com", 1, 96, 384,
+             nets("ci-vlan", 1000, 6, "r1", datacenter="phys-dc1")),
+        pool("pool2", "vc2.example.com", 2, 96, 384,
+             nets("ci-vlan", 2000, 6, "r2", datacenter="phys-dc1")),
         pool("pool3", "vc3.example.com", 3, 16, 64, nets("ci-vlan", 3000, 3, "r3")),
     ]})
 
