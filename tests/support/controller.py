@@ -1,7 +1,11 @@
 """The Lease controller under test, with everything it talks to real: the test apiserver with
 the CRDs of deploy/crds/ (tests/support/kube_apiserver.py), a Stack (a private redis-server, a
 placement worker and a queries worker, started as documented), and `vcm controller` as a
-process with a kubeconfig for that apiserver. kubectl reads and writes as a CI step does.
+process. The apiserver authorizes the controller by deploy/controller.yaml's Role, with its
+ServiceAccount's token (so the Role is exactly enough), in the namespace that manifest gives it.
+kubectl sends no bearer token over plain HTTP, so the test's own tools are anonymous here, and
+the test binds anonymous to cluster-admin (`TOOLS_ARE_ADMIN`): only the controller is held to
+its Role.
 
 Shared by tests/outside/test_controller.py and bench/bench_controller.py."""
 
@@ -19,13 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from kubernetes import client as k8s
 
 from tests.support.kube_apiserver import KubeApiServer
-from tests.support.procs import START_TIMEOUT, LoggedProcess, Stack, free_port, wait_for
+from tests.support.procs import ROOT, START_TIMEOUT, LoggedProcess, Stack, free_port, wait_for
+from tests.support.rbac import RbacPolicy
 
 GROUP, VERSION = "vspherecapacitymanager.splat.io", "v1"
-NAMESPACE = "vsphere-infra-helpers"
+NAMESPACE = "vsphere-capacity-manager"  # deploy/controller.yaml's: its Role is there
+CONTROLLER_MANIFEST = ROOT / "deploy" / "controller.yaml"
+TOOLS_ARE_ADMIN = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": "test-tools-are-admin"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                               "name": "cluster-admin"},
+                   "subjects": [{"kind": "Group", "name": "system:unauthenticated"}]}
 # fast loops for tests: the ledger is compared and the Pools refreshed twice a second
 TEST_CONTROLLER_ENV = {"VCM_CONTROLLER_SYNC_INTERVAL": "0.5", "VCM_RESEND_AFTER": "2"}
 
@@ -39,16 +51,20 @@ class CrdStack:
                  worker_env: dict[str, str] | None = None, **controller_env: str) -> None:
         self.tmp = Path(tmp)
         self.namespace = namespace
-        self.kube = KubeApiServer().start()
+        manifests = [d for d in yaml.safe_load_all(CONTROLLER_MANIFEST.read_text()) if d]
+        self.kube = KubeApiServer(rbac=RbacPolicy([*manifests, TOOLS_ARE_ADMIN])).start()
         try:
             self.kube.create_namespace(namespace)
             self.kubeconfig = self.kube.write_kubeconfig(self.tmp / "kubeconfig",
                                                          namespace=namespace)
+            self.controller_kubeconfig = self.kube.write_kubeconfig(
+                self.tmp / "controller.kubeconfig", namespace=namespace,
+                token=self.kube.token_for(NAMESPACE, "vcm-controller"))
             self.stack = Stack(self.tmp, pools_yaml, **(worker_env or {}))
         except BaseException:
             self.kube.stop()
             raise
-        self.env = {**self.stack.env, "KUBECONFIG": str(self.kubeconfig),
+        self.env = {**self.stack.env, "KUBECONFIG": str(self.controller_kubeconfig),
                     "VCM_CONTROLLER_NAMESPACES": namespace, **TEST_CONTROLLER_ENV,
                     **controller_env}
         self.api = k8s.CustomObjectsApi(self.kube.api_client())
