@@ -16,8 +16,8 @@
   finalizer someone removed by hand, or a grant that came after its Lease's deletion) is
   released.
 
-A round runs every `VCM_CONTROLLER_SYNC_INTERVAL`, and within a second of a grant or release
-(the Pools' status follows the ledger)."""
+A round runs every `VCM_CONTROLLER_SYNC_INTERVAL`, and a second after a grant or release (the
+Pools' status follows the ledger; a burst of grants is one round)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ from typing import Any
 from ..contract import Task
 from ..core.errors import VcmError
 from ..core.lease import parse_rfc3339
-from ..core.upstream import API_VERSION, network_objects, pool_objects, pools_from_show_pools
+from ..core.models import Pool
+from ..core.upstream import API_VERSION, network_objects, pool_object, pools_from_show_pools
 from .kube import TRANSIENT, KubeApi, KubeError
 from .leases import Leases
 from .placement import NoAnswer, Placement
@@ -40,7 +41,7 @@ from .requests import UID_LABEL
 log = logging.getLogger(__name__)
 
 KINDS = ("Pool", "Network")
-SETTLE = 0.5  # seconds a grant or release waits for others before the Pools' status is read
+SETTLE = 1.0  # seconds a grant or release waits for others before the Pools' status is read
 READY_WAIT = 30.0  # seconds a grant waits for a namespace's first publishing
 
 
@@ -88,7 +89,11 @@ class Inventory:
         # (namespace, kind, name) -> the object as last read or written
         self.seen: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.ready = {ns: asyncio.Event() for ns in namespaces}  # published once
-        self.wanted: list[dict[str, Any]] = []  # the objects, as last rendered
+        # the configuration as last rendered: the workers' pool specs, their pools, the
+        # Network objects
+        self.specs: list[Any] | None = None
+        self.pools: tuple[Pool, ...] = ()
+        self.networks: list[dict[str, Any]] = []
         self.changed = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.rounds = 0
@@ -152,17 +157,26 @@ class Inventory:
                 await asyncio.sleep(SETTLE)  # a burst of grants is one round
 
     async def publish(self, full: bool = True) -> None:
-        """One round of publishing (see the module's docstring). Not `full`: the objects
-        compared with what this process last read or wrote of them (the Pools' status
-        follows the ledger), not listed again."""
+        """One round of publishing (see the module's docstring). Not `full`: only the Pools,
+        compared with what this process last read or wrote of them (their status follows the
+        ledger), not listed again. The configuration's objects are rendered again only when
+        it changed, in a thread (a fleet's networks with their addresses take a while): the
+        event loop stays free for the Leases."""
         views = await self.placement.call(Task.SHOW_POOLS, {}, timeout=60)
         if not isinstance(views, list):
             raise VcmError(f"vcm.show_pools answered {type(views).__name__}, not a list")
-        pools = pools_from_show_pools(views)
-        self.wanted = pool_objects(views) + network_objects(pools)
+        specs = [v.get("spec") for v in views if isinstance(v, Mapping)]
+        if specs != self.specs:
+            self.pools, self.networks = await asyncio.to_thread(_render_configuration, views)
+            self.specs = specs
+            full = True
+        usage = {v["spec"].get("name"): v.get("status") for v in views
+                 if isinstance(v, Mapping) and isinstance(v.get("spec"), Mapping)}
+        pools = [pool_object(p, usage.get(p.name)) for p in self.pools]
         for namespace in self.namespaces:
             first = not self.ready[namespace].is_set()
-            await self.publish_in(namespace, self.wanted, full or first)
+            await self.publish_in(namespace, pools + (self.networks if full or first else []),
+                                  full or first)
             self.ready[namespace].set()
 
     async def publish_in(self, namespace: str, wanted: list[dict[str, Any]],
@@ -280,6 +294,12 @@ class Inventory:
             log.warning("released %s: ledger leases of Lease uid %s, which no longer exists",
                         ", ".join(released or []), uid)
             self.changed.set()
+
+
+def _render_configuration(views: list[Any]) -> tuple[tuple[Pool, ...], list[dict[str, Any]]]:
+    """The pools of `vcm.show_pools`'s answer, and their Network objects."""
+    pools = pools_from_show_pools(views)
+    return pools, network_objects(pools)
 
 
 def _leased_at(lease: Mapping[str, Any]) -> float:

@@ -166,14 +166,17 @@ class LeaseRun:
         self.delayed_at = 0.0
         self.delayed_write: asyncio.Task | None = None
         self.delayed_info: dict[str, Any] | None = None
+        self.times: dict[str, float] = {}  # how long each step took, for the log
 
     @property
     def where(self) -> str:
         return f"{self.namespace}/{self.name}"
 
     async def serve(self) -> None:
+        started = time.monotonic()
         if not await self.finalized():
             return
+        self.times["finalizer"] = time.monotonic() - started
         if self.status.get("phase") == "Failed":
             return  # terminal: nothing is held, nothing is asked
         meta = self.body.get("metadata") or {}
@@ -190,8 +193,10 @@ class LeaseRun:
             if request.get("job-link"):
                 patch["job-link"] = request["job-link"]
             first = asyncio.create_task(self.write(patch))
+        asked = time.monotonic()
         try:
             leases = await self.acquire(request)
+            self.times["placement"] = time.monotonic() - asked
         finally:
             if first is not None:  # the grant's write comes after it
                 try:
@@ -204,7 +209,13 @@ class LeaseRun:
         ids = [x["metadata"]["name"] for x in leases]
         held = Held(self.namespace, self.name, owner, ids)
         self.leases.held[self.uid] = held
+        written = time.monotonic()
         await self.grant(leases)
+        self.times["written"] = time.monotonic() - written
+        log.info("Lease %s fulfilled: %s (%s)", self.where,
+                 ", ".join(f"{x['metadata']['name']} on {x['status'].get('pool')}"
+                           for x in leases),
+                 ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.times.items()))
         await self.keep(held)
 
     async def finalized(self) -> bool:
@@ -314,9 +325,6 @@ class LeaseRun:
             await self.leases.kube.patch("Lease", self.namespace, self.name, patch)
         await self.write(st.fulfilled(self.status, lease_status(leases)))
         self.leases.owners.usage_changed()
-        log.info("Lease %s fulfilled: %s", self.where,
-                 ", ".join(f"{x['metadata']['name']} on {x['status'].get('pool')}"
-                           for x in leases))
 
     async def keep(self, held: Held) -> None:
         """Renew the ledger leases until the Lease goes (kopf cancels this daemon) or they

@@ -30,6 +30,7 @@ from ..core.errors import ERRORS, VcmError
 log = logging.getLogger(__name__)
 
 READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+BIG = 256 * 1024  # bytes of a result record decoded off the event loop
 HUB_CHANNEL = "vcm-controller:hub"  # the controller's own, so that its connection exists
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 Sender = Callable[[], Awaitable[None]]
@@ -88,6 +89,14 @@ def _load(raw: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+async def _decode(raw: Any) -> dict[str, Any] | None:
+    """A result record decoded; a large one (the pools with their leases) in a thread, so
+    that the event loop keeps serving the Leases meanwhile."""
+    if isinstance(raw, bytes | str) and len(raw) > BIG:
+        return await asyncio.to_thread(_load, raw)
+    return _load(raw)
+
+
 class Placement:
     """Send tasks and wait for their answers (see the module's docstring)."""
 
@@ -107,6 +116,14 @@ class Placement:
         self.hub = ResultHub(aredis.Redis.from_url(self.redis_url, **opts), self.prefix,
                              HUB_CHANNEL, "vcm-controller-result-hub")
         self.hub.start()
+        try:  # the broker connection made now, not by the first Lease's send
+            await asyncio.wait_for(asyncio.to_thread(self._connect), 10.0)
+        except Exception as exc:  # noqa: BLE001 - the sends will try again
+            log.warning("the broker is not reachable yet: %s", exc)
+
+    def _connect(self) -> None:
+        with self.celery.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=1)
 
     async def close(self) -> None:
         if self.hub is not None:
@@ -129,7 +146,7 @@ class Placement:
         """The result backend's record of a task, or None (never sent, or expired)."""
         assert self.client is not None
         raw = await self.client.get(self.prefix + task_id)
-        return _load(raw) if raw else None
+        return await _decode(raw) if raw else None
 
     async def forget(self, task_id: str) -> None:
         assert self.client is not None
@@ -177,7 +194,7 @@ class Placement:
                 data = w.take()
                 # woken by a notification (its record), or by the clock: then read it (a
                 # fallback for a notification lost with a connection)
-                meta = (_load(data) if data else None) or await self.meta(task_id)
+                meta = (await _decode(data) if data else None) or await self.meta(task_id)
 
     async def call(self, name: str, kwargs: dict[str, Any], timeout: float = 60.0,
                    task_id: str | None = None) -> Any:
