@@ -22,7 +22,8 @@ is printed as "BELOW TARGET" and does not fail the run; the exit status is non-z
 benchmark itself fails (crash, timeout).
 
 Usage, from the repository root (as `make bench` runs it):
-    .venv/bin/python -m bench.run [--quick] [--only placement|celery|http|wait|mirror|inventory|controller]
+    .venv/bin/python -m bench.run [--quick] \
+        [--only placement|celery|http|wait|mirror|inventory|controller]
 The machine is usually shared: read ratios against the baselines measured in the same run, not
 absolute numbers.
 """
