@@ -58,7 +58,7 @@ def crd(tmp_path_factory):
     auth = tmp / "vcenter-auth.sh"
     auth.write_text("vcenter_usernames=(ci-user-0 ci-user-1)\n"
                     "vcenter_passwords=(secret-0 secret-1)\n")
-    stack = CrdStack(tmp, pools_yaml(auth))
+    stack = CrdStack(tmp, pools_yaml(auth), VCM_CONTROLLER_RENEW_INTERVAL="2")
     yield stack
     stack.stop()
 
@@ -196,7 +196,9 @@ def test_unsatisfiable_and_hostile_leases_fail_naming_why_and_the_controller_ser
     failed = crd.wait_phase(never["metadata"]["name"], "Failed", "Fulfilled")
     assert failed["status"]["phase"] == "Failed"
     why = condition(failed, "Fulfilled")
-    assert why["reason"] == "Unschedulable" and "vcpus" in why["message"]
+    assert why["reason"] == "Unschedulable" and why["message"].startswith("vcpus:")
+    for pool in ("pool1", "pool2", "pool3"):  # pool by pool
+        assert f"{pool}: insufficient vcpus (need 500" in why["message"]
     assert "ownerReferences" not in failed["metadata"]
     absurd = crd.create_lease({"vcpus": 10**12, "memory": 1, "networks": 1})
     failed = crd.wait_phase(absurd["metadata"]["name"], "Failed", "Fulfilled")
@@ -241,6 +243,16 @@ def test_a_waiting_lease_shows_its_place_and_is_granted_when_the_blocker_goes(cl
     granted = crd.wait_phase(second, "Fulfilled")
     assert condition(granted, "Delayed")["status"] == "False"
     assert granted["status"]["name"] == "pool3"
+
+
+def test_the_controller_renews_the_ledger_leases_while_the_lease_exists(clean):
+    crd = clean
+    name = crd.create_lease({"vcpus": 1, "memory": 1, "networks": 1})["metadata"]["name"]
+    uid = crd.wait_phase(name, "Fulfilled")["metadata"]["uid"]
+    (first,) = crd.ledger_leases(f"{UID_LABEL}={uid}")
+    wait_for(lambda: crd.ledger_leases(f"{UID_LABEL}={uid}")[0]["status"]["expires-at"]
+             > first["status"]["expires-at"], timeout=20, what="a renewal")
+    assert crd.lease(name)["status"]["phase"] == "Fulfilled"
 
 
 def test_a_lease_released_elsewhere_shows_it(clean):

@@ -19,6 +19,7 @@ from workers.controller.requests import (
     UID_LABEL,
     job_link,
     lease_request,
+    never_reasons,
     owner_of,
     task_id,
 )
@@ -117,6 +118,22 @@ def test_owner_stays_a_valid_owner_for_long_names():
     assert owner_of(body) == f"vsphere-infra-helpers/{UID}"
     assert task_id(UID) == UID and task_id(UID, 2) == f"{UID}.2"
     assert FINALIZER == "vsphere-capacity-manager.splat-team.io/lease-finalizer"
+
+
+def test_a_lease_the_inventory_can_never_meet_gets_its_reasons_pool_by_pool():
+    from workers.adapters.pools_file import load_pools
+    from workers.settings import DEFAULT_POOLS
+
+    pools = load_pools(str(DEFAULT_POOLS))
+    never = lease_request(lease({"vcpus": 500, "memory": 1, "networks": 1}), ttl=60)
+    reasons = never_reasons(never, pools)
+    assert set(reasons) == {p.name for p in pools}
+    assert reasons["pool3"] == "insufficient vcpus (need 500, free 40)"
+    # a cordoned or excluded pool could still take it: no reasons (it may wait)
+    fits_excluded = lease_request(lease({"vcpus": 1, "memory": 1, "networks": 1,
+                                         "poolSelector": {"gpu": "true"}}), ttl=60)
+    assert never_reasons(fits_excluded, pools) == {}
+    assert never_reasons({"vcpus": "x"}, pools) == {}
 
 
 def test_job_link_from_the_annotations_as_upstream_builds_it():

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from ..contract import Task
 from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
+from ..core.models import Pool
 from ..core.upstream import held_objects, lease_status
 from . import status as st
 from .kube import GROUP, TRANSIENT, VERSION, KubeApi, KubeError
@@ -44,6 +45,7 @@ from .requests import (
     job_link,
     lease_ref,
     lease_request,
+    never_reasons,
     owner_of,
     task_id,
 )
@@ -58,6 +60,8 @@ RETRY = (1.0, 2.0, 5.0, 10.0, 30.0)  # waits between tries when the workers or A
 
 class Owners(Protocol):
     """What the Leases need of the published Pools and Networks."""
+
+    pools: tuple[Pool, ...]  # the pools configuration, as the workers last showed it
 
     async def refs(self, namespace: str, pools: list[str],
                    networks: list[str]) -> list[dict[str, Any]]:
@@ -254,6 +258,10 @@ class LeaseRun:
                 message = exc.message
                 if isinstance(exc, NoCapacity) and exc.reasons:
                     message = f"{exc.message.split(':', 1)[0]}: {st.reasons_text(exc.reasons)}"
+                else:
+                    reasons = never_reasons(request, self.leases.owners.pools)
+                    if reasons:
+                        message += f"; pool by pool: {st.reasons_text(reasons)}"
                 log.info("Lease %s cannot be met: %s", self.where, message)
                 await self.write(st.failed(self.status, "Unschedulable", message))
                 return None

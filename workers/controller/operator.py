@@ -114,6 +114,8 @@ class Controller:
 
 
 class _NoOwners:
+    pools: tuple = ()
+
     async def refs(self, namespace: str, pools: list[str],
                    networks: list[str]) -> list[dict[str, Any]]:
         return []

@@ -18,13 +18,17 @@ value the request refuses is refused naming the Lease's own field (`spec.vcpus`)
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from ..core.errors import InvalidRequest
+from ..core.fleet import Fleet
 from ..core.labels import MAX_LABELS
 from ..core.lease import GROUP_LABEL
+from ..core.models import Pool
 from ..core.parsing import parse_request
+from ..core.reasons import eligibility, shortfall
 from ..core.text import MAX_TEXT, text_problem
 
 PREFIX = "vsphere-capacity-manager.splat-team.io/"
@@ -168,3 +172,23 @@ def job_link(annotations: Mapping[str, Any]) -> str:
             return (f"{prefix}gs/{bucket}/pr-logs/pull/{get('git-org')}_{get('git-repo')}/"
                     f"{get('git-pr')}/{job}/{build}")
     return ""
+
+
+def never_reasons(request: Mapping[str, Any], pools: Iterable[Pool]) -> dict[str, str]:
+    """Why each pool could never hold `request`, even empty (a cordon is temporary and an
+    excluded pool opens when named, so neither counts): the pool-by-pool reasons of a Lease
+    the inventory can never meet. {} when the request does not parse, or some pool could."""
+    try:
+        req = parse_request(dict(request), max_ttl=float(request.get("ttl") or 1) + 1,
+                            max_wait=LONGEST_WAIT)
+    except InvalidRequest:
+        return {}
+    candidates = {p.name: replace(p, no_schedule=False, exclude=False) for p in pools}
+    empty = Fleet(candidates)
+    reasons = {}
+    for name, pool in candidates.items():
+        why = eligibility(req, pool) or shortfall(req, pool, empty)
+        if why is None:
+            return {}
+        reasons[name] = why
+    return reasons
