@@ -483,7 +483,7 @@ class KubeApiServer(Discovery, CustomResources, ConfigMaps):
             return None, None
         name = info.parts[1] if len(info.parts) > 1 else None
         if name is None and method == "POST":
-            with contextlib.suppress(ValueError, AttributeError, TypeError):
+            with contextlib.suppress(ValueError, AttributeError, TypeError, RecursionError):
                 name = json.loads(raw).get("metadata", {}).get("name")
         return info.resource or None, unquote(name) if name else None
 
