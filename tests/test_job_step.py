@@ -51,8 +51,9 @@ def test_the_example_job_step_leases_writes_its_files_and_releases(stack, ledger
     for lease in leases:  # every leased port group is in its pool's failure domain
         fd = domains[lease["status"]["pool"]]
         assert fd["server"] == lease["status"]["vcenter"]
-        for net in lease["status"]["networks"]:
-            assert net["port-group"] in fd["topology"]["networks"]
+        for net in lease["status"]["networks"]:  # as install-config names them: paths
+            path = f"/{lease['status']['datacenter']}/network/{net['port-group']}"
+            assert path in fd["topology"]["networks"]
     # an empty fleet: the two least-utilized vCenters' pools (ties by name), and the bastion's
     assert sorted(x["status"]["pool"] for x in primary) == ["pool1", "pool2"]
     assert set(domains) == {"pool1", "pool2", "pool3"}
