@@ -14,9 +14,17 @@ import secrets
 import stat
 import tempfile
 from collections.abc import Mapping
+
 from ..core.shell import ShellSyntax, vcenter_accounts
-from ..core.step_files import AUTH_ANNOTATION, Account, Install, StepFile, StepFilesError, \
-    stale, step_files
+from ..core.step_files import (
+    AUTH_ANNOTATION,
+    Account,
+    Install,
+    StepFile,
+    StepFilesError,
+    stale,
+    step_files,
+)
 from .exits import EXIT_INPUT, EXIT_OTHER, CliError
 
 MAX_ACCOUNTS_FILE = 1 << 20  # an accounts file is a few lines; more is not one

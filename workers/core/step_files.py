@@ -2,13 +2,17 @@
 one install's leases: what the `ipi-conf-vsphere-check-vcm` step of openshift/release writes,
 under the same names and keys, so that the steps reading them work unchanged.
 
-| file | what | read by |
-|---|---|---|
-| `LEASE_<name>.json`, `NETWORK_<name>.json`, `POOL_<name>.json` | each lease, network and pool as upstream's Lease, Network and Pool objects | steps that walk every lease |
-| `LEASE_single.json`, `NETWORK_single.json`, `POOL_single.json` | the first lease with vCPUs, its first network, its pool | the VIPs (`spec.ipAddresses[2]`, `[3]`) and `spec.machineNetworkCidr` |
-| `subnets.json` | the single network's object, plus every network's spec keyed by router, then VLAN, with `dnsServer`, `mask`, `StartIPv6Address`, `CidrIPv6` | static IPs, load balancers |
-| `platform.json`, `platform.yaml` | install-config's `platform.vsphere`: `vcenters` (with an account) and `failureDomains`; the YAML indented to sit under `platform:` / `  vsphere:` | the install-config step |
-| `govc.sh`, `vsphere_context.sh` | the single lease's envVars, then the account, resource pool and file paths; the context also names the extra NICs' and the bastion's port groups | every step that sources them |
+- `LEASE_<name>.json`, `NETWORK_<name>.json`, `POOL_<name>.json`: each Lease, Network and
+  Pool object (upstream's shapes) of the install;
+- `LEASE_single.json` (the first lease with vCPUs), `NETWORK_single.json` (its first
+  network: the VIPs are `spec.ipAddresses[2]` and `[3]`, within `spec.machineNetworkCidr`),
+  `POOL_single.json` (its pool);
+- `subnets.json`: the single network's object, plus every network's spec keyed by router,
+  then VLAN, with `dnsServer`, `mask`, `StartIPv6Address` and `CidrIPv6`;
+- `platform.json`, `platform.yaml`: install-config's `platform.vsphere` (`vcenters` with an
+  account each, `failureDomains`), the YAML indented to sit under `platform:`/`  vsphere:`;
+- `govc.sh`, `vsphere_context.sh`: the single lease's envVars, then the account, resource
+  pool and file paths; the context also names the extra NICs' and the bastion's port groups.
 
 Pure Python, no I/O: the caller reads the accounts and writes the files."""
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,12 +65,25 @@ class Install:
     networks: Mapping[str, Mapping[str, Any]]
     pools: Mapping[str, Mapping[str, Any]]
 
-    def pool_of(self, lease: Mapping[str, Any]) -> Mapping[str, Any]:
-        name = _status(lease).get("name") or next(iter(_refs(lease, "Pool")), "")
+    def pool(self, name: str, lease: Mapping[str, Any]) -> Mapping[str, Any]:
         pool = self.pools.get(name)
         if pool is None:
             raise StepFilesError(f"lease {_name(lease)!r}: its pool {name!r} is not known")
         return pool
+
+    def pool_of(self, lease: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The lease's first pool (status.name, the CI step's `oc get pools`)."""
+        name = str(_status(lease).get("name") or next(iter(_refs(lease, "Pool")), ""))
+        return self.pool(name, lease)
+
+    def domains_of(self, lease: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], str]]:
+        """Each pool of the lease (a lease of several pools lists them in poolInfo) with the
+        port group of its first network there."""
+        info = _status(lease).get("poolInfo")
+        entries = [e for e in info if isinstance(e, Mapping)] if isinstance(info, list) else []
+        entries = entries or [_status(lease)]
+        return [(self.pool(str(e.get("name", "")), lease), _first_port_group(e))
+                for e in entries]
 
     def networks_of(self, lease: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         out = []
@@ -91,10 +108,9 @@ class Install:
                                  "LEASE_single.json would be missing", option="selector")
         return primary[0]
 
-    def pool_servers(self) -> list[str]:
-        """The vCenters an account is needed for: those of the primary leases."""
-        return list(dict.fromkeys(str(_spec(self.pool_of(x)).get("server", ""))
-                                  for x in self.primary))
+    def account_pools(self) -> list[Mapping[str, Any]]:
+        """The pools whose vCenters need an account: every pool of the primary leases."""
+        return [pool for x in self.primary for pool, _ in self.domains_of(x)]
 
 
 def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -123,17 +139,23 @@ def _labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _refs(lease: Mapping[str, Any], kind: str) -> list[str]:
     refs = _meta(lease).get("ownerReferences") or []
-    return [str(r.get("name", "")) for r in refs if isinstance(r, Mapping) and r.get("kind") == kind]
+    return [str(r.get("name", "")) for r in refs
+            if isinstance(r, Mapping) and r.get("kind") == kind]
 
 
-def port_group(lease: Mapping[str, Any], index: int = 0) -> str:
-    """The port group of a lease's network `index`: the last element of
-    status.topology.networks[index], as the CI step cuts it."""
-    topo = _status(lease).get("topology")
+def _first_port_group(domain: Mapping[str, Any]) -> str:
+    """The port group of a failure domain's first network: the last element of
+    topology.networks[0], as the CI step cuts it."""
+    topo = domain.get("topology")
     nets = topo.get("networks") if isinstance(topo, Mapping) else None
-    if not isinstance(nets, list) or len(nets) <= index:
+    if not isinstance(nets, list) or not nets:
         return ""
-    return str(nets[index]).rsplit("/", 1)[-1]
+    return str(nets[0]).rsplit("/", 1)[-1]
+
+
+def port_group(lease: Mapping[str, Any]) -> str:
+    """The port group of a lease's first network (status.topology.networks[0])."""
+    return _first_port_group(_status(lease))
 
 
 def file_name(prefix: str, name: str) -> str:
@@ -180,36 +202,38 @@ def subnets(install: Install) -> dict[str, Any]:
 def platform(install: Install, accounts: Mapping[str, Account],
              multi_nic: bool = False) -> dict[str, Any]:
     """install-config's platform.vsphere for the install: a vcenters entry per vCenter of
-    its primary leases (with its account and datacenters) and a failure domain per pool (its
-    lease's first port group; with `multi_nic`, then the extra NICs' port groups)."""
+    its primary leases' pools (with its account and datacenters) and a failure domain per
+    pool, from the Pool object, with the port group of the lease's first network there
+    (with `multi_nic`, then the extra NICs' port groups)."""
     extras = [port_group(x) for x in sorted(
-        (x for x in install.leases if EXTRA_LABEL in _labels(x)),
-        key=lambda x: _extra_index(x))]
+        (x for x in install.leases if EXTRA_LABEL in _labels(x)), key=_extra_index)]
     vcenters: dict[str, dict[str, Any]] = {}
     domains: dict[str, dict[str, Any]] = {}
     for lease in install.primary:
-        pool = _spec(install.pool_of(lease))
-        server = str(pool.get("server", ""))
-        topo = pool.get("topology") if isinstance(pool.get("topology"), Mapping) else {}
-        datacenter = str(topo.get("datacenter", ""))
-        name = str(pool.get("name", ""))
-        if name not in domains:
-            networks = [port_group(lease)] + (extras if multi_nic else [])
-            topology = {"resourcePool": topo.get("resourcePool", ""),
-                        "computeCluster": topo.get("computeCluster", ""),
-                        "datacenter": datacenter, "datastore": topo.get("datastore", ""),
-                        "networks": [n for n in dict.fromkeys(networks) if n]}
-            for key in ("folder", "template"):
-                if topo.get(key):
-                    topology[key] = topo[key]
-            domains[name] = {"server": server, "name": name, "zone": pool.get("zone", ""),
-                             "region": pool.get("region", ""), "topology": topology}
-        if server not in vcenters:
-            user, password = accounts[server]
-            vcenters[server] = {"server": server, "user": user, "password": password,
-                                "datacenters": [datacenter]}
-        elif datacenter not in vcenters[server]["datacenters"]:
-            vcenters[server]["datacenters"].append(datacenter)
+        for pool_object, first in install.domains_of(lease):
+            pool = _spec(pool_object)
+            server = str(pool.get("server", ""))
+            topo = pool.get("topology")
+            topo = topo if isinstance(topo, Mapping) else {}
+            datacenter = str(topo.get("datacenter", ""))
+            name = str(pool.get("name", ""))
+            if name not in domains:
+                networks = [first] + (extras if multi_nic else [])
+                topology = {"resourcePool": topo.get("resourcePool", ""),
+                            "computeCluster": topo.get("computeCluster", ""),
+                            "datacenter": datacenter, "datastore": topo.get("datastore", ""),
+                            "networks": [n for n in dict.fromkeys(networks) if n]}
+                for key in ("folder", "template"):
+                    if topo.get(key):
+                        topology[key] = topo[key]
+                domains[name] = {"server": server, "name": name, "zone": pool.get("zone", ""),
+                                 "region": pool.get("region", ""), "topology": topology}
+            if server not in vcenters:
+                user, password = accounts[server]
+                vcenters[server] = {"server": server, "user": user, "password": password,
+                                    "datacenters": [datacenter]}
+            elif datacenter not in vcenters[server]["datacenters"]:
+                vcenters[server]["datacenters"].append(datacenter)
     return {"vcenters": list(vcenters.values()), "failureDomains": list(domains.values())}
 
 
@@ -287,7 +311,9 @@ def step_files(install: Install, accounts: Mapping[str, Account], shared_dir: st
     """Every file of the install, by name: nothing is written unless all of them can be."""
     if not install.leases:
         raise StepFilesError("no leases", option="selector")
-    missing = [s for s in install.pool_servers() if s not in accounts]
+    servers = [str(_spec(p).get("server", "")) for p in install.account_pools()]
+    servers.append(str(_spec(install.pool_of(install.single)).get("server", "")))
+    missing = [s for s in servers if s not in accounts]
     if missing:
         raise StepFilesError(f"no vCenter account for {missing[0]}", option="credentials")
     files: dict[str, StepFile] = {}
@@ -299,8 +325,8 @@ def step_files(install: Install, accounts: Mapping[str, Account], shared_dir: st
         put(file_name("LEASE_", _name(lease)), lease)
         for net in install.networks_of(lease):
             put(file_name("NETWORK_", _name(net)), net)
-        pool = install.pool_of(lease)
-        put(file_name("POOL_", _name(pool)), pool)
+        for pool, _ in install.domains_of(lease):
+            put(file_name("POOL_", _name(pool)), pool)
     single = install.single
     single_nets = install.networks_of(single)
     if not single_nets:
@@ -326,3 +352,42 @@ def stale(existing: list[str], written: list[StepFile]) -> list[str]:
     keep = {f.name for f in written}
     return sorted(n for n in existing if n.endswith(".json") and n not in keep
                   and n.startswith(PER_OBJECT))
+
+
+def install_of(leases: Iterable[Mapping[str, Any]],
+               pool_views: Iterable[Mapping[str, Any]]) -> Install:
+    """One install from our leases (wire shape, in their listing order) and the pools as
+    `vcm.show_pools` shows them: the leases of one request are one Lease object (a
+    multi-pool lease lists its pools in poolInfo), their networks as granted, their pools'
+    objects. A pool since removed from the configuration is described by its leases: its
+    failure domain and annotations as granted."""
+    from .lease import Lease
+    from .upstream import (
+        API_VERSION,
+        failure_domain_spec,
+        held_network_objects,
+        lease_object,
+        pool_object_name,
+        pool_objects,
+    )
+
+    groups: dict[tuple[str, str], list[Lease]] = {}
+    for wire in leases:
+        x = Lease.from_wire(wire)
+        groups.setdefault((x.owner, x.request_id or x.id), []).append(x)
+    pools = {_name(p): p for p in pool_objects(pool_views)}
+    networks: dict[str, Mapping[str, Any]] = {}
+    objects = []
+    for group in groups.values():
+        objects.append(lease_object(group))
+        for x in group:
+            for net in held_network_objects(x):
+                networks.setdefault(_name(net), net)
+            name = pool_object_name(x.pool)
+            if name not in pools:
+                meta: dict[str, Any] = {"name": name}
+                if x.pool_annotations:
+                    meta["annotations"] = dict(x.pool_annotations)
+                pools[name] = {"apiVersion": API_VERSION, "kind": "Pool", "metadata": meta,
+                               "spec": failure_domain_spec(x)}
+    return Install(tuple(objects), networks, pools)

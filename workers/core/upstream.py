@@ -431,3 +431,48 @@ def held_objects(leases: Iterable[Lease | Mapping[str, Any]]) -> tuple[list[str]
             if isinstance(n, Mapping) and isinstance(n.get("port-group"), str):
                 networks.setdefault(network_object_name(network_key(x.vcenter, n)))
     return list(pools), list(networks)
+
+
+def held_network(entry: Mapping[str, Any]) -> Network:
+    """One entry of a lease's `networks` as the Network it holds, as granted (the pools
+    configuration may have changed since): its details as recorded, lists as tuples."""
+    known = {"port-group", "vlan", "cidr", "gateway", "type", "pod", "slices", "slice"}
+    details = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in entry.items()
+                    if k not in known and v is not None)
+    vlan = entry.get("vlan")
+    return Network(port_group=_text(entry.get("port-group")),
+                   vlan=vlan if isinstance(vlan, int) and not isinstance(vlan, bool) else None,
+                   cidr=_text(entry.get("cidr")), gateway=_text(entry.get("gateway")),
+                   type=_text(entry.get("type")) or DEFAULT_NETWORK_TYPE, details=details,
+                   pod=entry["pod"] if isinstance(entry.get("pod"), str) else "",
+                   slice=entry["slice"] if isinstance(entry.get("slice"), str) else "")
+
+
+def held_network_objects(lease: Lease | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The `Network` objects of the networks one lease holds, as granted, in its order (the
+    names held_objects gives them)."""
+    x = _typed(lease)
+    return [network_object(x.vcenter, held_network(n)) for n in x.networks
+            if isinstance(n, Mapping) and isinstance(n.get("port-group"), str)]
+
+
+def lease_object(leases: Sequence[Lease | Mapping[str, Any]],
+                 phase: str = "Fulfilled") -> dict[str, Any]:
+    """The leases of one request as one `Lease` object, as a job step reads it with
+    `oc get leases -o json`: named by its first lease, its labels, ownerReferences to the
+    `Pool` and `Network` objects it holds (no uids: there are no such objects to point at),
+    spec and status."""
+    xs = [_typed(x) for x in leases]
+    if not xs:
+        raise ValueError("a Lease object needs at least one lease")
+    pools, networks = held_objects(xs)
+    refs = [{"apiVersion": API_VERSION, "kind": kind, "name": name}
+            for kind, names in (("Pool", pools), ("Network", networks)) for name in names]
+    meta: dict[str, Any] = {"name": xs[0].id}
+    if xs[0].labels:
+        meta["labels"] = dict(xs[0].labels)
+    if xs[0].created_at:
+        meta["creationTimestamp"] = xs[0].created_at
+    meta["ownerReferences"] = refs
+    return {"apiVersion": API_VERSION, "kind": "Lease", "metadata": meta,
+            "spec": lease_spec(xs), "status": lease_status(xs, phase)}
