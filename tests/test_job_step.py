@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -223,10 +224,17 @@ def check_shared_dir(shared: Path, ledger) -> dict[str, Any]:
         assert fd["topology"]["computeCluster"].startswith(f"/{fd['topology']['datacenter']}/")
         assert all("/" not in n for n in fd["topology"]["networks"])  # port group names
         assert f"POOL_{fd['name']}.json" in names
-    # one install, one subnet: every failure domain's network is on the single VLAN
-    by_port_group = {n["spec"]["portGroupName"]: n["spec"] for n in networks.values()}
-    first_networks = {fd["topology"]["networks"][0] for fd in vsphere["failureDomains"]}
-    assert {by_port_group[pg]["vlanId"] for pg in first_networks} == {vlan}
+    # one install, one subnet: the failure domains of one pod (their pools share its VLANs)
+    # are on one VLAN, the single lease's where they share its pod
+    vlans: dict[str, set[str]] = {}
+    for fd in vsphere["failureDomains"]:
+        pod = pools[f"POOL_{fd['name']}.json"]["spec"]["ibmPoolSpec"]["pod"]
+        spec = next(n["spec"] for n in networks.values()
+                    if n["spec"]["portGroupName"] == fd["topology"]["networks"][0]
+                    and n["spec"].get("podName") == pod)
+        vlans.setdefault(pod, set()).add(spec["vlanId"])
+    assert all(len(v) == 1 for v in vlans.values()), vlans
+    assert vlans[pool["ibmPoolSpec"]["pod"]] == {vlan}
     # the files with passwords are the owner's alone
     for name in ("platform.json", "platform.yaml", "govc.sh", "vsphere_context.sh"):
         assert stat.S_IMODE((shared / name).stat().st_mode) == 0o600, name
@@ -304,3 +312,211 @@ def test_named_pools_with_extra_nics_and_a_bastion(stack, ledger, upstream, acco
     assert p.returncode == 0, p.stderr
     assert sorted(json.loads(p.stdout)) == sorted(x["metadata"]["name"] for x in ledger_leases)
     assert held(ledger) == []
+
+
+def test_pool_count_with_a_selector_and_two_networks(stack, ledger, upstream, accounts,
+                                                     tmp_path):
+    """No POOLS: one lease of POOL_COUNT pools matching POOL_SELECTOR, the cores and memory
+    divided, on at most 3 vCenters, two networks per pool (VSPHERE_MULTI_NETWORKS): one Lease
+    object listing both pools in poolInfo, a failure domain per pool."""
+    shared = tmp_path / "shared"
+    env = {"LEASED_RESOURCE": "vsphere-elastic-8", "POOL_COUNT": "2",
+           "POOL_SELECTOR": "region=us-south", "VSPHERE_MULTI_NETWORKS": "true",
+           "VCENTER_CREDENTIALS": str(accounts)}
+    p = run_step(stack, tmp_path, "acquire", shared, **env)
+    assert p.returncode == 0, p.stderr
+    leases = held(ledger)
+    assert len(leases) == 2 and len({x["status"]["vcenter"] for x in leases}) == 2
+    for x in leases:
+        assert (x["spec"]["vcpus"], x["spec"]["memory"]) == (12, 48)
+        assert (x["spec"]["pools"], x["spec"]["vcenters"]) == (2, 3)
+        assert len(x["status"]["networks"]) == 2  # on two VLANs: never one VLAN twice
+        assert len({n["vlan"] for n in x["status"]["networks"]}) == 2
+    read = check_shared_dir(shared, ledger)
+    assert len(read["leases"]) == 1  # the request's two leases: one Lease object
+    (lease,) = read["leases"].values()
+    assert lease["spec"]["pools"] == 2 and lease["spec"]["networks"] == 2
+    info = lease["status"]["poolInfo"]
+    assert [d["name"] for d in info] == [x["status"]["pool"] for x in leases]
+    domains = read["platform"]["failureDomains"]
+    assert [d["name"] for d in domains] == [d["name"] for d in info]
+    for domain, x in zip(domains, leases, strict=True):
+        assert domain["server"] == x["status"]["vcenter"]
+        assert domain["topology"]["networks"] == [x["status"]["networks"][0]["port-group"]]
+    assert run_step(stack, tmp_path, "release", shared, **env).returncode == 0
+    assert held(ledger) == []
+
+
+def test_a_selector_no_pool_matches_is_refused_and_leases_nothing(stack, ledger, upstream,
+                                                                   accounts, tmp_path):
+    shared = tmp_path / "shared"
+    p = run_step(stack, tmp_path, "acquire", shared, LEASED_RESOURCE="vsphere-elastic-9",
+                 POOL_SELECTOR="region=nowhere", VCENTER_CREDENTIALS=str(accounts))
+    assert p.returncode == 2, p.stderr
+    assert "pool-selector" in p.stderr
+    assert held(ledger) == [] and not any(shared.glob("*"))
+    for count in ("0", "x", "-1", "1e3", "10000"):
+        p = run_step(stack, tmp_path, "acquire", shared, LEASED_RESOURCE="vsphere-elastic-9",
+                     POOL_COUNT=count)
+        assert p.returncode == 2 and "POOL_COUNT" in p.stderr, (count, p.stderr)
+    assert held(ledger) == []
+
+
+def test_multi_tenant_installs_get_their_own_vips(stack, ledger, upstream, accounts, tmp_path):
+    """Two installs on slices of one multi-tenant VLAN: the same machine network, each its
+    own VIPs, inside its own slice; neither holds the other's."""
+    vips = []
+    for boskos in ("vsphere-elastic-20", "vsphere-elastic-21"):
+        shared = tmp_path / boskos
+        p = run_step(stack, tmp_path, "acquire", shared, LEASED_RESOURCE=boskos,
+                     POOLS="v3-c1", NETWORK_TYPE="multi-tenant",
+                     VCENTER_CREDENTIALS=str(accounts))
+        assert p.returncode == 0, p.stderr
+        check_shared_dir(shared, ledger)
+        pair, machine = vips_of(shared)
+        assert machine == "10.22.10.0/27"
+        slice_ = next(x for x in held(ledger) if x["status"]["labels"]["boskos-lease-id"]
+                      == boskos)["status"]["networks"][0]["slice"]
+        first, last = (ipaddress.ip_address(a) for a in slice_.split("-"))
+        assert all(first <= ipaddress.ip_address(v) <= last for v in pair), (pair, slice_)
+        vips.append(set(pair))
+    assert not vips[0] & vips[1]
+
+
+def test_accounts_from_each_pools_ci_auth_path(stack, ledger, pools_file, tmp_path):
+    """Without --credentials, each vCenter's account comes from the file its pool's
+    ci-auth-path annotation names; a pool without one, or a file that is not there, is
+    refused naming --credentials, and nothing is written."""
+    pools = yaml.safe_load(UPSTREAM.read_text())
+    for pool in pools["pools"]:
+        vc = pool["vcenter"].split(".")[0]
+        path = tmp_path / f"secrets-{vc}.sh"
+        path.write_text(f"vcenter_usernames=(ci@{vc} ci2@{vc})\n"
+                        f"vcenter_passwords=('pw-{vc}' 'pw2-{vc}')\n")
+        pool["annotations"] = {"ci-auth-path": str(path)}
+    pools_file.write_text(yaml.safe_dump(pools))
+    shared = tmp_path / "shared"
+    env = {"LEASED_RESOURCE": "vsphere-elastic-30", "POOLS": "v1-c1 v2-c1"}
+    p = run_step(stack, tmp_path, "acquire", shared, **env)
+    assert p.returncode == 0, p.stderr
+    read = check_shared_dir(shared, ledger)
+    for vc in read["platform"]["vcenters"]:
+        short = vc["server"].split(".")[0]
+        assert (vc["user"], vc["password"]) in {(f"ci@{short}", f"pw-{short}"),
+                                                 (f"ci2@{short}", f"pw2-{short}")}
+    # the file of vcenter-2 gone: refused, naming the option and the annotation
+    (tmp_path / "secrets-vcenter-2.sh").unlink()
+    before = {f.name: f.read_bytes() for f in shared.iterdir()}
+    p = vcm(stack, tmp_path, "leases", "-l", "boskos-lease-id=vsphere-elastic-30",
+            "-o", "lease-files", str(shared))
+    assert p.returncode == 2, p.stderr
+    assert "--credentials" in p.stderr and "ci-auth-path" in p.stderr
+    assert "secrets-vcenter-2.sh: no such file" in p.stderr
+    assert {f.name: f.read_bytes() for f in shared.iterdir()} == before
+    # a pool with no annotation at all
+    for pool in pools["pools"]:
+        pool.pop("annotations")
+    pools_file.write_text(yaml.safe_dump(pools))
+    for _ in range(100):  # the workers re-read the pools file
+        p = vcm(stack, tmp_path, "leases", "-l", "boskos-lease-id=vsphere-elastic-30",
+                "-o", "lease-files", str(shared))
+        if "has no ci-auth-path annotation" in p.stderr:
+            break
+    assert p.returncode == 2 and "--credentials" in p.stderr, p.stderr
+    assert {f.name: f.read_bytes() for f in shared.iterdir()} == before
+
+
+def _unwritable_dir(tmp_path: Path) -> str | None:
+    """A directory this process cannot create files in: one made read-only (not for root,
+    who writes anyway), else sysfs."""
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    for candidate in (str(ro), "/sys/kernel", "/sys"):
+        try:
+            fd, name = tempfile.mkstemp(dir=candidate)
+        except OSError:
+            return candidate
+        os.close(fd)
+        os.unlink(name)
+    return None
+
+
+def test_lease_files_refuses_hostile_input_and_writes_nothing(stack, ledger, upstream, accounts,
+                                                              tmp_path):
+    """Bad directories, bad or missing accounts files and bad option combinations: exit 2 with
+    the option named, no password shown, and DIR as it was."""
+    sel = "boskos-lease-id=vsphere-elastic-40"
+    acquire = ("acquire", "--vcpus", "4", "--memory", "16", "--owner", "job", "--label", sel,
+               "--required-pool", "v1-c1", "-q", "-o", "json")
+    assert vcm(stack, tmp_path, *acquire).returncode == 0
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "LEASE_old.json").write_text("{}")  # an earlier run's file, kept on failure
+    (shared / "unrelated.txt").write_text("x")
+    before = {f.name: f.read_bytes() for f in shared.iterdir()}
+
+    def refused(*args: str, says: str) -> None:
+        p = vcm(stack, tmp_path, "leases", *args)
+        assert p.returncode == 2, (args, p.returncode, p.stderr)
+        assert says in p.stderr, (args, p.stderr)
+        assert "Traceback" not in p.stderr and "p1'single" not in p.stderr
+        assert {f.name: f.read_bytes() for f in shared.iterdir()} == before
+
+    files = ("-l", sel, "-o", "lease-files")
+    creds = ("--credentials", str(accounts))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    refused(*files, str(a_file), *creds, says="DIR: ")
+    refused(*files, str(a_file / "below"), *creds, says="DIR: ")
+    refused(*files, str(tmp_path / ("x" * 5000)), *creds, says="DIR: ")
+    unwritable = _unwritable_dir(tmp_path)
+    if unwritable is not None:
+        refused(*files, unwritable, *creds, says="DIR: cannot write into")
+    refused("-o", "lease-files", str(shared), *creds, says="selector")
+    refused(*files, *creds, says="DIR")
+    refused("-l", sel, str(shared), says="DIR: only with -o lease-files")
+    refused("-l", sel, *creds, says="--credentials: only with -o lease-files")
+    refused("-l", sel, "--multi-nic", says="--multi-nic: only with -o lease-files")
+    refused("-l", "boskos-lease-id=nobody", "-o", "lease-files", str(shared), *creds,
+            says="no active lease matches")
+    # the accounts file
+    bad = tmp_path / "bad.sh"
+    cases = {
+        b"": "sets no vcenter_usernames",
+        b"\xff\xfe garbage \x00\x01": "not UTF-8",
+        b"vcenter_usernames=(a b)\nvcenter_passwords=(x)\n": "they go in pairs",
+        b"vcenter_usernames=($(id))\nvcenter_passwords=(x)\n": "shell expansion",
+        b"vcenter_usernames=(\"$USER\")\nvcenter_passwords=(x)\n": "shell expansion",
+        b"rm -rf /\n": "only assignments are read",
+        b"vcenter_usernames=(a\nvcenter_passwords=(b)\n": "unexpected '('",
+        b"vcenter_usernames=('a)\n": "not closed",
+        b"vcenter_usernames=(a)\nvcenter_passwords=('p1'\"'\"'single\x01')\n":
+            "vcenter_passwords[0] must not contain control characters",
+        b"vcenter_usernames=()\nvcenter_passwords=()\n": "vcenter_usernames is empty",
+        b"vcenter_usernames=(a)\nvcenter_passwords=('')\n": "vcenter_passwords[0] is empty",
+        b"vcenter_usernames[1]=a\nvcenter_passwords[1]=b\n": "vcenter_usernames[0] is never set",
+        b"x" * (2 << 20): "larger than",
+    }
+    for content, says in cases.items():
+        bad.write_bytes(content)
+        refused(*files, str(shared), "--credentials", str(bad), says=says)
+    refused(*files, str(shared), "--credentials", str(tmp_path / "none.sh"),
+            says="--credentials: ")
+    refused(*files, str(shared), "--credentials", str(tmp_path), says="is a directory")
+    # network-only leases alone: no LEASE_single.json to write
+    only_net = "boskos-lease-id=vsphere-elastic-41"
+    assert vcm(stack, tmp_path, "acquire", "--vcpus", "0", "--memory", "0", "--networks", "1",
+               "--owner", "job", "--label", only_net, "-q", "-o", "json").returncode == 0
+    refused("-l", only_net, "-o", "lease-files", str(shared), *creds, says="-l: none of")
+
+    # then a good run: written, the earlier run's LEASE_old.json gone, other files kept; a
+    # DIR that does not exist yet is made
+    p = vcm(stack, tmp_path, "leases", *files, str(shared), *creds)
+    assert p.returncode == 0, p.stderr
+    names = {f.name for f in shared.iterdir()}
+    assert "LEASE_old.json" not in names and "unrelated.txt" in names
+    assert set(p.stdout.split()) == {str(shared / n) for n in names - {"unrelated.txt"}}
+    fresh = tmp_path / "new" / "dir"
+    assert vcm(stack, tmp_path, "leases", *files, str(fresh), *creds).returncode == 0
+    assert {f.name for f in fresh.iterdir()} == names - {"unrelated.txt"}

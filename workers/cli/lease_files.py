@@ -102,8 +102,7 @@ def _accounts(args: argparse.Namespace, install: Install) -> dict[str, Account]:
     key = str(labels.get("boskos-lease-id") or (single.get("metadata") or {}).get("name"))
     read: dict[str, list[Account]] = {}
     out: dict[str, Account] = {}
-    for lease in install.primary:
-        pool = install.pool_of(lease)
+    for pool in install.account_pools():
         server = str((pool.get("spec") or {}).get("server", ""))
         if server in out:
             continue

@@ -109,8 +109,10 @@ class Install:
         return primary[0]
 
     def account_pools(self) -> list[Mapping[str, Any]]:
-        """The pools whose vCenters need an account: every pool of the primary leases."""
-        return [pool for x in self.primary for pool, _ in self.domains_of(x)]
+        """The pools whose vCenters need an account: every pool of the primary leases (the
+        single lease's first)."""
+        pools = [self.pool_of(self.single)]
+        return pools + [pool for x in self.primary for pool, _ in self.domains_of(x)]
 
 
 def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -312,7 +314,6 @@ def step_files(install: Install, accounts: Mapping[str, Account], shared_dir: st
     if not install.leases:
         raise StepFilesError("no leases", option="selector")
     servers = [str(_spec(p).get("server", "")) for p in install.account_pools()]
-    servers.append(str(_spec(install.pool_of(install.single)).get("server", "")))
     missing = [s for s in servers if s not in accounts]
     if missing:
         raise StepFilesError(f"no vCenter account for {missing[0]}", option="credentials")
