@@ -47,7 +47,7 @@ bench: deps system-deps
 # the soak (VCM_SOAK_SECONDS, default 600): both run, the target fails if either does.
 chaos: deps system-deps
 	@status=0; \
-	VCM_CHAOS=1 $(PY) -m pytest -q tests/test_stateful.py $(PYTEST_ARGS) || status=1; \
+	VCM_CHAOS=1 $(PY) -m pytest -q tests/workers/test_stateful.py $(PYTEST_ARGS) || status=1; \
 	$(PY) -m bench.soak || status=1; \
 	exit $$status
 

@@ -1,15 +1,13 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 from celery import Celery
 
-from tests.support.procs import ROOT, RedisServer, Worker, env_for
-
-EXAMPLE_POOLS = ROOT / "examples" / "pools.yaml"
+from tests.support.helpers import EXAMPLE_POOLS, reset_ledger
+from tests.support.procs import RedisServer, Worker, env_for
 
 
 @pytest.fixture(scope="session")
@@ -55,32 +53,6 @@ def client_app(redis_server) -> Celery:
     app.close()
 
 
-def reset_ledger(client, mirror_file: str | None) -> None:
-    """Empty the ledger and its mirror (only vcm:* keys; Celery's own keys stay).
-
-    The keys go and `ready` is set in one transaction: a worker that saw the ledger unready
-    in between would restore it from the mirror. The placement worker's publisher may be in
-    the middle of a whole save of the old ledger; the empty mirror is written again until no
-    such save lands on top of it."""
-    keys = list(client.scan_iter("vcm:*", count=1000))
-    pipe = client.pipeline(transaction=True)
-    if keys:
-        pipe.delete(*keys)
-    pipe.set("vcm:ready", "0")
-    pipe.execute()
-    if not mirror_file:
-        return
-    from workers.adapters.mirror.file import FileMirror
-
-    empty = {"format": 1, "seq": 0, "leases": []}
-    for _ in range(20):
-        FileMirror(mirror_file).save(empty)
-        time.sleep(0.05)
-        if not (FileMirror(mirror_file).load() or {}).get("leases"):
-            return
-    raise AssertionError(f"{mirror_file} keeps being rewritten with the old ledger")
-
-
 @pytest.fixture()
 def ledger(redis_server, stack, pools_file):
     """A clean ledger before each test."""
@@ -117,14 +89,17 @@ def s(s9):
 # are handed out one by one, to whichever worker is free. The slowest work is handed out first
 # (SLOWEST_FIRST), so that none of it starts last and runs on alone at the end; the list only
 # costs or saves time.
-SPREAD = frozenset({"test_mirror_worker.py", "test_restore.py", "test_start_commands.py",
-                    "test_concurrency.py", "test_api_failures.py"})
-SLOWEST_FIRST = ("test_stateful.py", "test_mirror_worker.py", "test_api_schema.py",
-                 "test_restore.py", "test_inventory.py", "test_namespaces.py", "test_waiting.py")
+SPREAD = frozenset({"outside/test_mirror_worker.py", "redis/test_restore.py",
+                    "workers/test_start_commands.py", "workers/test_concurrency.py",
+                    "http/test_api_failures.py"})
+SLOWEST_FIRST = ("workers/test_stateful.py", "outside/test_mirror_worker.py",
+                 "http/test_api_schema.py", "redis/test_restore.py", "outside/test_inventory.py",
+                 "outside/test_namespaces.py", "workers/test_waiting.py")
 
 
 def _file_of(nodeid: str) -> str:
-    return nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    """The test file of a node id, relative to tests/ (`workers/test_waiting.py`)."""
+    return nodeid.split("::", 1)[0].removeprefix("tests/")
 
 
 def _rank(scope: str) -> int:
@@ -136,6 +111,10 @@ def _rank(scope: str) -> int:
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "loadfile":
         return None
+    here = Path(__file__).parent
+    moved = sorted(name for name in SPREAD | set(SLOWEST_FIRST) if not (here / name).is_file())
+    if moved:
+        raise pytest.UsageError(f"tests/conftest.py names test files that do not exist: {moved}")
     from xdist.scheduler import LoadFileScheduling
 
     class Scheduling(LoadFileScheduling):

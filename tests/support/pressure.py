@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from tests.support.procs import free_port, wait_for
+from tests.support.procs import Worker, free_port, wait_for
 from workers.adapters.redis_memory import MemoryUse, refused_for_memory
 
 BACKLOG = "vcm-test-backlog"  # a queue nobody consumes
@@ -25,7 +25,7 @@ OVERSHOOT = 2 * 1024 * 1024  # how far past maxmemory `fill` takes Redis
 def manifest_redis_argv(data_dir: str, port: int, password: str, maxmemory: str) -> list[str]:
     """redis-server's command line from deploy/redis.yaml, expanded as the kubelet does, with
     the pod's data dir, a local port and a small maxmemory."""
-    from tests.test_deploy import (
+    from tests.support.manifests import (
         REDIS_SECRET,
         REDIS_SECRET_KEY,
         SAMPLE_SECRETS,
@@ -159,3 +159,39 @@ def records(client: redis.Redis, result_ids: list[str] = ()) -> set[bytes]:
     keys = {k for k in client.scan_iter("vcm:*", count=1000) if not k.startswith(TRANSIENT)}
     answers = [f"celery-task-meta-{i}".encode() for i in result_ids]
     return keys | {k for k in answers if client.exists(k)}
+
+
+# the whole stack under pressure --------------------------------------------------------------
+OWNER = "job-pressure"  # the owner of the small leases the pressure tests take
+ANSWER = 30.0  # seconds a pressure test waits for an answer or a log line
+
+
+def small(request_id: str, owner: str = OWNER) -> dict[str, Any]:
+    return {"vcpus": 1, "memory": 1, "networks": 0, "owner": owner, "request-id": request_id}
+
+
+def lease_ids(leases: list[dict[str, Any]]) -> list[str]:
+    return [x["metadata"]["name"] for x in leases]
+
+
+def logged(worker: Worker, line: str, *alternatives: str) -> None:
+    """Wait until the worker's log says `line` (or one of `alternatives`), the worker
+    running."""
+    lines = (line, *alternatives)
+    try:
+        wait_for(lambda: worker.proc.poll() is None
+                 and any(x in worker.output_of_this_run() for x in lines),
+                 timeout=ANSWER, what=f"{line!r} in the log of {worker.name}")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; exit code {worker.proc.poll()}, log:\n"
+                             f"{worker.output_of_this_run()[-3000:]}") from None
+
+
+class PausingWorker(Worker):
+    """The placement worker of tests/support/pause_after_commit.py: the service as it is,
+    with a gate after a commit (armed and opened by the test)."""
+
+    def command(self) -> list[str]:
+        args = super().command()
+        args[args.index("tasks")] = "tests.support.pause_after_commit"
+        return args

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from celery import Celery
 
-from tests.helpers import check_invariants
+from tests.support.helpers import check_invariants, reset_ledger
 from tests.support.procs import LoggedProcess, RedisServer, env_for, wait_for
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
@@ -57,8 +57,6 @@ class Section9:
         self.placement = self._worker("placement", ["--concurrency", "1"])
 
     def reset(self) -> None:
-        from tests.conftest import reset_ledger
-
         reset_ledger(self.redis.client(), str(self.mirror))
 
     def check(self) -> dict:

@@ -1,0 +1,301 @@
+"""The inventory's networks through the ledger's scripts and the task API with real workers:
+a port group listed by several pools is leased once, whoever asks and however many at once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from tests.support.audit import audit
+from tests.support.helpers import call, check_invariants, net_key
+from tests.support.procs import ROOT
+from workers.adapters.ledger import Ledger
+from workers.adapters.pools_file import load_pools
+from workers.core.grants import make_lease
+from workers.core.models import Network, Pool
+from workers.core.parsing import parse_request
+
+UPSTREAM = ROOT / "examples" / "pools-upstream.yaml"
+
+
+@pytest.fixture()
+def upstream(ledger, pools_file) -> dict[str, Pool]:
+    """The upstream-shaped inventory as the workers' pools file (re-read on change)."""
+    pools_file.write_text(UPSTREAM.read_text())
+    return {p.name: p for p in load_pools(str(pools_file))}
+
+
+@pytest.fixture()
+def own_ledger(redis_server):
+    ledger = Ledger(redis_server.client(), prefix=f"t-{uuid.uuid4().hex[:8]}:")
+    assert ledger.restore({"seq": 0, "leases": []}).applied
+    return ledger
+
+
+# ---------------------------------------------------------------------------------------------
+# the Lua scripts build the same keys as the core
+
+
+def test_scripts_key_networks_by_vcenter_pod_and_slice(own_ledger, redis_server):
+    """commit takes the keys the core computes; release and restore rebuild them from the
+    lease records in Lua (pod and slice included): they must agree, or a released network
+    would stay taken, or a restored one be free."""
+    pool = Pool("p1", "vc1", "dc", "c", "ds", vcpus=10, memory=10, storage=10, pod="pod-a",
+                networks=(Network("pg-1", vlan=1, pod="pod-a"), Network("pg-2", vlan=2)))
+    req = parse_request({"vcpus": 1, "memory": 1, "networks": 2, "request-id": "r1"},
+                        default_owner="o")
+    lease = make_lease("lease-1", req, pool, list(pool.networks), time.time())
+    lease["status"]["networks"][1]["slice"] = "10.0.0.4-10.0.0.7"  # a slice, no pod
+    caps = {"p1": (10, 10, 10)}
+    assert own_ledger.commit(own_ledger.usage()[0], {"r1": [lease]}, caps).status == "ok"
+    keys = {"vc1|pg-1|pod-a", "vc1|pg-2||10.0.0.4-10.0.0.7"}
+    assert set(audit(own_ledger)["nets"]) == keys
+    assert set(own_ledger.usage().nets) == keys
+    again = Ledger(redis_server.client(), prefix=f"t-{uuid.uuid4().hex[:8]}:")
+    assert again.restore(own_ledger.snapshot()).applied
+    assert audit(again)["nets"] == {k: "lease-1" for k in keys}
+    for ledger in (own_ledger, again):
+        ledger.release(["lease-1"], owner="o", now="2026-11-28T00:00:00Z")
+        assert audit(ledger)["nets"] == {}
+
+
+def test_the_leases_of_one_install_share_a_network_and_free_it_last(own_ledger, redis_server):
+    """The `nets` hash holds a network's holders, the leases of one install: the commit
+    writes them, a release takes one out (the network stays taken), a restore rebuilds them;
+    another install's commit of that network is refused, as is one that expects it held."""
+    net = Network("pg", vlan=1, pod="p")
+    a = Pool("a", "vc", "dc", "c", "ds", vcpus=10, memory=10, storage=10, networks=(net,))
+    b = Pool("b", "vc", "dc", "c", "ds", vcpus=10, memory=10, storage=10, networks=(net,))
+    caps = {"a": (10, 10, 10), "b": (10, 10, 10)}
+    req = parse_request({"vcpus": 1, "memory": 1, "pools": 2, "request-id": "r"},
+                        default_owner="o")
+    leases = [make_lease(f"l{i}", req, p, [net], time.time()) for i, p in enumerate((a, b))]
+    assert own_ledger.commit(own_ledger.usage()[0], {req.key: leases}, caps).status == "ok"
+    assert audit(own_ledger)["nets"] == {"vc|pg|p": "l0 l1"}
+    other = parse_request({"vcpus": 1, "memory": 1, "request-id": "x"}, default_owner="o")
+    theirs = make_lease("l9", other, a, [net], time.time())
+    refused = own_ledger.commit(own_ledger.usage()[0], {other.key: [theirs]}, caps)
+    assert (refused.status, refused.detail) == ("over", "vc|pg|p")
+    again = Ledger(redis_server.client(), prefix=f"t-{uuid.uuid4().hex[:8]}:")
+    assert again.restore(own_ledger.snapshot()).applied
+    assert audit(again)["nets"] == {"vc|pg|p": "l0 l1"}
+    own_ledger.release(["l0"], owner="o", now="2026-11-28T00:00:00Z")
+    assert audit(own_ledger)["nets"] == {"vc|pg|p": "l1"}
+    assert own_ledger.nets_held(["vc|pg|p", "vc|other"]) == {"vc|pg|p"}
+    own_ledger.release(["l1"], owner="o", now="2026-11-28T00:00:00Z")
+    assert audit(own_ledger)["nets"] == {}
+    # the decision thought the install held it, but nobody does: refused, nothing written
+    expected = own_ledger.commit(own_ledger.usage()[0], {other.key: [theirs]}, caps,
+                                 held=["vc|pg|p"])
+    assert expected.status == "over" and audit(own_ledger)["leases"] == {}
+    with pytest.raises(ValueError, match="two installs"):  # a bug in the caller, caught
+        own_ledger.commit(own_ledger.usage()[0], {req.key: leases[:1], other.key: [theirs]},
+                          caps)
+
+
+# ---------------------------------------------------------------------------------------------
+# the task API
+
+
+REQUESTS = st.tuples(st.sampled_from([
+    {"vcpus": 2, "memory": 8, "required-pool": "v1-c1"},
+    {"vcpus": 2, "memory": 8, "required-pool": "v1-c2"},
+    {"vcpus": 2, "memory": 8, "required-pool": "v1-c2", "networks": 2},
+    {"vcpus": 2, "memory": 8, "pools": 2, "vcenters": 1},
+    {"vcpus": 0, "memory": 0, "required-pool": "v1-c1"},
+    {"vcpus": 2, "memory": 8, "required-pool": "v3-c2"},
+    {"vcpus": 2, "memory": 8, "pools": 3},
+]), st.sampled_from([None, None, "install-a", "install-b"])).map(
+    lambda x: {**x[0], **({"labels": {"boskos-lease-id": x[1]}} if x[1] else {})})
+
+
+@settings(max_examples=6, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(REQUESTS, min_size=8, max_size=20))
+def test_shared_port_groups_are_leased_once_under_concurrent_acquires(
+        upstream, client_app, ledger, reqs):
+    """Many acquires sent at once, most of them for the pools that share vcenter-1's four
+    and vcenter-3's three networks, some of them of one install (a boskos-lease-id): every
+    network is held by one install (its leases may share it), each lease's on distinct
+    VLANs, and the ledger's port groups are exactly its leases' (check_invariants)."""
+    owner = f"conc-{uuid.uuid4().hex[:8]}"
+    sent = [client_app.send_task("vcm.acquire", kwargs={"request": {**r, "owner": owner}},
+                                 queue="placement") for r in reqs]
+    granted: list[dict] = []
+    refused = 0
+    for r in sent:
+        try:
+            granted += r.get(timeout=60)
+        except Exception as exc:  # noqa: BLE001 - only NoCapacity may come back
+            assert type(exc).__name__ == "NoCapacity", exc
+            refused += 1
+    assert granted and refused + len({x["status"]["request-id"] for x in granted}) == len(reqs)
+    snap = check_invariants(ledger, upstream)
+    keys = {net_key(x["status"]["vcenter"], n) for x in granted for n in x["status"]["networks"]}
+    assert keys == set(snap["nets"])
+    for key, ids in snap["nets"].items():  # one install each: a group, or one request
+        holders = [snap["leases"][i]["status"] for i in ids.split()]
+        assert len({(h["owner"], h["labels"].get("boskos-lease-id") or h["request-id"])
+                    for h in holders}) == 1, (key, holders)
+    for lease in granted:
+        vlans = [n["vlan"] for n in lease["status"]["networks"]]
+        assert len(vlans) == len(set(vlans)) == lease["spec"]["networks"]
+    assert sum(k.startswith("vcenter-1.example.com|") for k in keys) <= 4
+    assert sum(k.startswith("vcenter-3.example.com|") for k in keys) <= 3
+    event(f"{len(keys)} networks held")
+    released = call(client_app, "vcm.release", owner=owner)
+    assert sorted(released) == sorted(x["metadata"]["name"] for x in granted)
+    assert audit(ledger)["nets"] == {}
+
+
+def test_two_pools_listing_one_port_group_share_it(upstream, client_app, ledger):
+    """vcenter-3's three networks are listed by v3-c1 and v3-c2: three leases in all, on
+    either pool, then no more until one is released."""
+    leases = [call(client_app, "vcm.acquire", request={
+        "vcpus": 1, "memory": 1, "required-pool": f"v3-c{1 + i % 2}"})[0] for i in range(3)]
+    assert sorted(x["status"]["networks"][0]["port-group"] for x in leases) == [
+        "ci-vlan-2200", "ci-vlan-2201", "ci-vlan-2202"]
+    assert all(x["status"]["networks"][0]["pod"] == "dal12.pod03" for x in leases)
+    r = client_app.send_task("vcm.acquire", kwargs={"request": {
+        "vcpus": 1, "memory": 1, "required-pool": "v3-c2"}}, queue="placement")
+    with pytest.raises(Exception) as info:
+        r.get(timeout=20)
+    assert type(info.value).__name__ == "NoCapacity"
+    assert "insufficient networks" in info.value.details["reasons"]["v3-c2"]
+    call(client_app, "vcm.release", lease_ids=[leases[0]["metadata"]["name"]])
+    again = call(client_app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
+                                                     "required-pool": "v3-c2"})[0]
+    assert again["status"]["networks"] == leases[0]["status"]["networks"]
+    check_invariants(ledger, upstream)
+    pools = {p["spec"]["name"]: p for p in call(client_app, "vcm.show_pools")}
+    st_ = pools["v3-c1"]["status"]  # its 3 single-tenant networks held, 4 slices free
+    assert (st_["networks-used"], st_["networks-total"]) == (3, 7)
+    assert st_["network-usage"] == round(3 / 7, 4)
+
+
+def test_one_pool_capped_at_three_vcenters_is_granted(client_app, ledger, pools_file):
+    """What upstream's CI step sends by default: `pools: 1, vcenters: 3`."""
+    req = {"vcpus": 24, "memory": 96, "storage": 700, "pools": 1, "vcenters": 3,
+           "labels": {"boskos-lease-id": "b-1"}}
+    (lease,) = call(client_app, "vcm.acquire", request=req)
+    assert lease["spec"]["vcenters"] == 3 and lease["spec"]["pools"] == 1
+    (pinned,) = call(client_app, "vcm.acquire", request={**req, "required-pool": "pool3",
+                                                          "vcpus": 12, "memory": 48})
+    assert pinned["status"]["pool"] == "pool3"
+    est = call(client_app, "vcm.estimate", request=req)
+    assert est["fits"] >= 1
+    check_invariants(ledger, {p.name: p for p in load_pools(str(pools_file))})
+
+
+def test_a_lease_carries_the_network_details_a_job_step_reads(upstream, client_app, ledger):
+    from workers.core.models import entry_addresses
+
+    (lease,) = call(client_app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
+                                                        "required-pool": "v1-c2"})
+    (net,) = lease["status"]["networks"]
+    assert net["port-group"] == "ci-vlan-1200"  # listed in full under v1-c1 only
+    assert {k: net[k] for k in ("machine-network-cidr", "ipv6-cidr", "ipv6-start", "router",
+                                "datacenter", "pod", "nameservers")} == {
+        "machine-network-cidr": "10.12.0.0/25", "ipv6-cidr": "fd65:a1a8:60ad:1200::/64",
+        "ipv6-start": "fd65:a1a8:60ad:1200::4", "router": "r1.dal10.pod01.example.com",
+        "datacenter": "dal10", "pod": "dal10.pod01", "nameservers": ["10.0.80.11",
+                                                                    "10.0.80.12"]}
+    assert entry_addresses(net)[2:4] == ["10.12.0.2", "10.12.0.3"]  # the VIPs
+    (second,) = call(client_app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
+                                                         "required-pool": "v1-c1"})
+    net2 = second["status"]["networks"][0]
+    assert "ip-addresses" not in net2 and entry_addresses(net2)[1:4] == [
+        "10.12.1.1", "10.12.1.2", "10.12.1.3"]
+
+
+def test_an_install_lands_on_one_vlan(upstream, client_app, ledger, pools_file):
+    """The CI step's shape: one lease per pool, sent at once, all with the install's
+    boskos-lease-id. Another install holds VLAN 1200 on vcenter-1, so the first lease takes
+    1201 there; the others follow it to 1201 (on vcenter-2, 1200 is free and comes first),
+    and the two leases on vcenter-1 share its port group."""
+    (theirs,) = call(client_app, "vcm.acquire", request={"vcpus": 1, "memory": 1,
+                                                         "required-pool": "v1-c1"})
+    assert theirs["status"]["networks"][0]["vlan"] == 1200
+    label = {"boskos-lease-id": "ci-op-1234"}
+    sent = [client_app.send_task("vcm.acquire", queue="placement", kwargs={"request": {
+        "vcpus": 8, "memory": 32, "required-pool": pool, "labels": label}})
+        for pool in ("v1-c1", "v2-c1", "v1-c2")]
+    leases = [r.get(timeout=30)[0] for r in sent]
+    assert [x["status"]["networks"][0]["vlan"] for x in leases] == [1201, 1201, 1201]
+    snap = check_invariants(ledger, upstream)
+    shared = snap["nets"]["vcenter-1.example.com|ci-vlan-1201|dal10.pod01"].split()
+    assert sorted(shared) == sorted(x["metadata"]["name"] for x in leases
+                                    if x["status"]["vcenter"] == "vcenter-1.example.com")
+    # one multi-pool request on the dal10 pools: one VLAN, the first free on all of them
+    data = yaml.safe_load(pools_file.read_text())
+    for p in data["pools"]:
+        p["no-schedule"] = p["pod"] != "dal10.pod01"
+    pools_file.write_text(yaml.safe_dump(data))
+    multi = call(client_app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "pools": 3})
+    assert {x["status"]["networks"][0]["vlan"] for x in multi} == {1202}
+    released = call(client_app, "vcm.release", selector="boskos-lease-id=ci-op-1234")
+    assert sorted(released) == sorted(x["metadata"]["name"] for x in leases)
+    assert "vcenter-1.example.com|ci-vlan-1201|dal10.pod01" not in audit(ledger)["nets"]
+    check_invariants(ledger, upstream)
+
+
+def _own(lease: dict) -> set[str]:
+    """The addresses a lease's slices give it: after [0] and [1] (the network's)."""
+    return {a for n in lease["status"]["networks"] for a in n["ip-addresses"][2:]}
+
+
+def test_slices_are_leased_one_by_one_and_never_overlap(upstream, client_app, ledger,
+                                                        pools_file):
+    """vcenter-3's multi-tenant VLAN 2210 in 4 slices: six multi-tenant acquires at once get
+    four distinct slices whose addresses do not overlap (the other two: NoCapacity); then the
+    pools file splits it in 2 while they are held, and no new slice overlaps a held one."""
+    mt = {"vcpus": 1, "memory": 1, "network-type": "multi-tenant"}
+    sent = [client_app.send_task("vcm.acquire", queue="placement", kwargs={"request": {
+        **mt, "required-pool": f"v3-c{1 + i % 2}"}}) for i in range(6)]
+    leases, refused = [], 0
+    for r in sent:
+        try:
+            leases += r.get(timeout=30)
+        except Exception as exc:  # noqa: BLE001 - NoCapacity only
+            assert type(exc).__name__ == "NoCapacity", exc
+            refused += 1
+    assert (len(leases), refused) == (4, 2)
+    slices = [x["status"]["networks"][0] for x in leases]
+    assert sorted(n["slice"] for n in slices) == ["10.22.10.10-10.22.10.16",
+                                                 "10.22.10.17-10.22.10.23",
+                                                 "10.22.10.2-10.22.10.9",
+                                                 "10.22.10.24-10.22.10.30"]
+    owns = [_own(x) for x in leases]
+    assert sum(map(len, owns)) == len(set().union(*owns)) == 29  # disjoint, all of them
+    for n in slices:  # [0], [1]: the network's; [2], [3]: the slice's own VIPs
+        assert n["ip-addresses"][:2] == ["10.22.10.0", "10.22.10.1"]
+        assert n["ip-addresses"][2] == n["slice"].split("-")[0]
+    check_invariants(ledger, upstream)
+    # split anew in 2 while the 4 slices are held: both new slices overlap held ones
+    data = yaml.safe_load(pools_file.read_text())
+    data["pools"][3]["networks"][3]["slices"] = 2
+    pools_file.write_text(yaml.safe_dump(data))
+    r = client_app.send_task("vcm.acquire", queue="placement", kwargs={"request": {
+        **mt, "required-pool": "v3-c1"}})
+    with pytest.raises(Exception) as info:
+        r.get(timeout=20)
+    assert type(info.value).__name__ == "NoCapacity"
+    by_range = {x["status"]["networks"][0]["slice"]: x["metadata"]["name"] for x in leases}
+    # the old slices .2-.9 and .10-.16 end: the new first half (.2-.16) is free; the old
+    # .17-.23 is still held, so the new second half (.17-.30) is not
+    call(client_app, "vcm.release", lease_ids=[by_range["10.22.10.2-10.22.10.9"],
+                                               by_range["10.22.10.10-10.22.10.16"]])
+    (half,) = call(client_app, "vcm.acquire", request={**mt, "required-pool": "v3-c1"})
+    assert half["status"]["networks"][0]["slice"] == "10.22.10.2-10.22.10.16"
+    held = [x for x in leases if x["metadata"]["name"] in audit(ledger)["leases"]]
+    assert not _own(half) & set().union(*map(_own, held))
+    r = client_app.send_task("vcm.acquire", queue="placement", kwargs={"request": {
+        **mt, "required-pool": "v3-c2"}})
+    with pytest.raises(Exception) as info:
+        r.get(timeout=20)
+    assert type(info.value).__name__ == "NoCapacity"
