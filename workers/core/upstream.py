@@ -18,6 +18,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from .lease import Lease, network_key
@@ -67,6 +68,7 @@ def _named(readable: str, identity: str, fallback: str) -> str:
     return f"{slug or fallback}-{_digest(identity)}"
 
 
+@lru_cache(maxsize=4096)  # a pool's name is asked for with each of its leases
 def pool_object_name(pool_name: str) -> str:
     """The name of a pool's `Pool` object: its own name when that is a valid object name,
     else a slug of it with a digest of the whole name."""
@@ -321,8 +323,10 @@ def env_values(lease: Lease | Mapping[str, Any]) -> dict[str, str]:
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.,:/@%+=-]*")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TEMPLATE = frozenset(ENV_VARIABLES)
 
 
+@lru_cache(maxsize=16384)  # a pool's values come back with each of its leases
 def shell_value(value: str) -> str:
     """`value` as one shell word that bash reads back exactly: in double quotes as upstream
     writes it when nothing in it is special, else in single quotes (a quote in it closed,
@@ -338,7 +342,7 @@ def render_env(values: Mapping[str, str]) -> str:
     """`export NAME="value"` lines, one per variable, for `source`."""
     lines = []
     for name, value in values.items():
-        if not _VARIABLE.fullmatch(name):
+        if name not in _TEMPLATE and not _VARIABLE.fullmatch(name):
             raise ValueError(f"{name!r} is not a shell variable name")
         lines.append(f"export {name}={shell_value(value)}")
     return "\n".join(lines)
