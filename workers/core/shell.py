@@ -122,7 +122,9 @@ class _Lexer:
             elif c == "\\":
                 if self._peek() == "":
                     raise ShellSyntax(self.line, "a backslash ends the file")
-                parts.append(self._take())
+                e = self._take()
+                if e != "\n":  # backslash-newline continues the line
+                    parts.append(e)
             else:
                 parts.append(c)
         text = "".join(parts)
