@@ -24,6 +24,7 @@ import yaml
 from tests.support.audit import audit
 from tests.support.procs import ROOT
 from tests.support.tools import missing
+from workers.core.models import entry_addresses
 
 SCRIPT = ROOT / "examples" / "ci-job-step.sh"
 UPSTREAM = ROOT / "examples" / "pools-upstream.yaml"
@@ -199,8 +200,8 @@ def check_shared_dir(shared: Path, ledger) -> dict[str, Any]:
         if lease_id in ours or lease["status"]["labels"].get("boskos-lease-id") \
                 == single["metadata"]["labels"]["boskos-lease-id"]:
             continue
-        for n in lease["status"]["networks"]:
-            assert not set(vips) & set(n.get("ip-addresses") or []), (lease_id, n)
+        for n in lease["status"]["networks"]:  # listed, a slice's, or the cidr's
+            assert not set(vips) & set(entry_addresses(n)), (lease_id, n)
 
     # platform.json, and platform.yaml as the install-config step embeds it
     platform = load(shared, "platform.json")

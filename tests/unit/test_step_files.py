@@ -171,3 +171,12 @@ def test_a_pool_removed_from_the_configuration_is_described_by_its_lease():
     assert pool["kind"] == "Pool" and pool["spec"]["server"] == "vcenter-2.example.com"
     files = {f.name for f in step_files(install, ACCOUNTS, "/s")}
     assert "POOL_v2-c1.json" in files
+
+
+def test_govc_trusts_the_certificates_given_else_checks_none_as_the_ci_step():
+    insecure = built()["govc.sh"].text
+    assert "export GOVC_INSECURE=1" in insecure and "GOVC_TLS_CA_CERTS" not in insecure
+    trusted = built(ca_certs="/var/run/vault/ca bundle.pem")["govc.sh"].text
+    assert "GOVC_INSECURE" not in trusted
+    assert "export GOVC_TLS_CA_CERTS='/var/run/vault/ca bundle.pem'" in trusted
+    assert "export SSL_CERT_FILE='/var/run/vault/ca bundle.pem'" in trusted

@@ -214,7 +214,3 @@ def _sync_dir(directory: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def summary(names: list[str], directory: str) -> str:
-    return "\n".join(os.path.join(directory, n) for n in names)
