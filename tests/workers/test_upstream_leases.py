@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import call
+from tests.support.helpers import call
 from tests.support.procs import ROOT, RedisServer, Stack, Worker, env_for, wait_for
 from workers.core.pools import parse_pools
 from workers.core.upstream import held_objects, lease_status, network_objects

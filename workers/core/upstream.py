@@ -284,7 +284,7 @@ def failure_domain_spec(lease: Lease | Mapping[str, Any]) -> dict[str, Any]:
     paths = list(dict.fromkeys(network_path(dc, _text(n.get("port-group")))
                                for n in x.networks if isinstance(n, Mapping)))
     out: dict[str, Any] = {
-        "name": pool_object_name(x.pool),
+        "name": pool_object_name(_text(x.pool)),
         "region": _text(fd.get("region", "")),
         "zone": _text(fd.get("zone", "")),
         "server": x.vcenter,
@@ -413,7 +413,7 @@ def lease_status(leases: Sequence[Lease | Mapping[str, Any]],
     networks = list(dict.fromkeys(p for fd in info for p in fd["topology"]["networks"]))
     env_map: dict[str, str] = {}
     for x in xs:
-        env_map.setdefault(pool_object_name(x.pool), _env_of(x))
+        env_map.setdefault(pool_object_name(_text(x.pool)), _env_of(x))
     out: dict[str, Any] = {**first, "topology": {**first["topology"], "networks": networks},
                            "poolInfo": info, "envVars": env_map[first["name"]],
                            "envVarsMap": env_map, "phase": phase}
@@ -430,7 +430,7 @@ def held_objects(leases: Iterable[Lease | Mapping[str, Any]]) -> tuple[list[str]
     networks: dict[str, None] = {}
     for lease in leases:
         x = _typed(lease)
-        pools.setdefault(pool_object_name(x.pool))
+        pools.setdefault(pool_object_name(_text(x.pool)))
         for n in x.networks:
             if isinstance(n, Mapping) and isinstance(n.get("port-group"), str):
                 networks.setdefault(network_object_name(network_key(x.vcenter, n)))
