@@ -174,9 +174,12 @@ class Pool:
     # failure-domain fields (region and zone may also come from the labels)
     domain: tuple[tuple[str, str], ...] = ()
     pod: str = ""  # the network pod (upstream's ibmPoolSpec.pod): its networks' default pod
+    # Kubernetes-style annotations, passed through to its leases (`ci-auth-path`: where a job
+    # finds the vCenter's credentials)
+    annotations: tuple[tuple[str, str], ...] = ()
 
     def domain_map(self) -> dict[str, str]:
-        """region, zone, short-name, resource-pool and folder, as configured."""
+        """region, zone, short-name, resource-pool, folder and template, as configured."""
         labels = self.label_map()
         out = {k: labels[k] for k in ("region", "zone") if k in labels}
         return {**out, **dict(self.domain)}
@@ -231,6 +234,7 @@ class Pool:
             "labels": self.label_map(),
             **dict(self.domain),
             **({"pod": self.pod} if self.pod else {}),
+            **({"annotations": dict(self.annotations)} if self.annotations else {}),
             "taints": [t.to_dict() for t in self.taints],
             "networks": [n.to_dict() for n in self.networks],
         }

@@ -16,25 +16,72 @@ def _under(base: str, path: str) -> str:
     return path if path.startswith("/") else f"{base}/{path}"
 
 
-def failure_domain(pool: Pool, networks: list[Network]) -> dict[str, Any]:
-    dc = f"/{pool.datacenter}"
-    cluster = f"{dc}/host/{pool.cluster}"
+# vSphere writes these characters of an object's name escaped in an inventory path
+_ESCAPES = (("%", "%25"), ("/", "%2f"), ("\\", "%5c"))
+
+
+def path_element(name: str) -> str:
+    """An object's name as one element of an inventory path ('/' in a name is "%2f")."""
+    for char, code in _ESCAPES:
+        name = name.replace(char, code)
+    return name
+
+
+def element_name(element: str) -> str:
+    """The object name one inventory path element stands for (path_element undone)."""
+    for char, code in reversed(_ESCAPES):
+        element = element.replace(code, char).replace(code.upper(), char)
+    return element
+
+
+def inventory_path(datacenter: str, folder: str, name: str) -> str:
+    """"/<datacenter>/<folder>/<name>": `folder` is host, datastore, network or vm."""
+    return f"/{datacenter}/{folder}/{path_element(name)}"
+
+
+def network_path(datacenter: str, port_group: str) -> str:
+    """A port group as install-config and upstream's topology name it:
+    /<datacenter>/network/<port group>."""
+    return inventory_path(datacenter, "network", port_group)
+
+
+def port_group_of(path: str) -> str:
+    """The port group a network path names (its last element); a bare name is itself."""
+    return element_name(path.rsplit("/", 1)[-1]) if path.startswith("/") else path
+
+
+def topology(pool: Pool, port_groups: Iterable[str]) -> dict[str, Any]:
+    """A pool's topology as install-config (and upstream's Pool) writes it: inventory paths,
+    the networks given as port groups in order, each once; folder and template only when
+    the pool sets them."""
+    cluster = inventory_path(pool.datacenter, "host", pool.cluster)
     domain = pool.domain_map()
-    rp = domain.get("resource-pool")
-    folder = domain.get("folder")
+    rp, folder, template = (domain.get(k) for k in ("resource-pool", "folder", "template"))
+    out: dict[str, Any] = {
+        "datacenter": pool.datacenter,
+        "computeCluster": cluster,
+        "datastore": inventory_path(pool.datacenter, "datastore", pool.datastore),
+        "networks": list(dict.fromkeys(network_path(pool.datacenter, pg)
+                                       for pg in port_groups)),
+        "resourcePool": _under(f"{cluster}/Resources", rp) if rp else f"{cluster}/Resources",
+    }
+    if folder:
+        out["folder"] = _under(f"/{pool.datacenter}/vm", folder)
+    if template:
+        out["template"] = _under(f"/{pool.datacenter}/vm", template)
+    return out
+
+
+def failure_domain(pool: Pool, networks: list[Network]) -> dict[str, Any]:
+    """The install-config failure domain of a lease of `pool` holding `networks`: named by
+    the pool's short-name, else its name."""
+    domain = pool.domain_map()
     return {
         "name": domain.get("short-name") or pool.name,
         "region": domain.get("region", ""),
         "zone": domain.get("zone", ""),
         "server": pool.vcenter,
-        "topology": {
-            "datacenter": pool.datacenter,
-            "computeCluster": cluster,
-            "datastore": f"{dc}/datastore/{pool.datastore}",
-            "networks": [n.port_group for n in networks],
-            "resourcePool": _under(f"{cluster}/Resources", rp) if rp else f"{cluster}/Resources",
-            "folder": _under(f"{dc}/vm", folder) if folder else "",
-        },
+        "topology": topology(pool, (n.port_group for n in networks)),
     }
 
 

@@ -26,7 +26,7 @@ from ..core.errors import (
     WaitTimeout,
 )
 from ..core.fleet import Fleet
-from ..core.grants import make_lease
+from ..core.grants import make_leases
 from ..core.lease import Lease
 from ..core.models import Request
 from ..core.parsing import parse_request
@@ -179,10 +179,8 @@ class Placing:
                 raise
             now = time.time()
             groups = {
-                req.key: [
-                    make_lease(uuid.uuid4().hex[:20], req, p.pool, list(p.networks), now)
-                    for p in placements
-                ]
+                req.key: make_leases([uuid.uuid4().hex[:20] for _ in placements], req,
+                                     [(p.pool, list(p.networks)) for p in placements], now)
                 for req, placements in zip(reqs, plan, strict=True)
             }
             caps = {p.pool.name: (p.pool.vcpu_capacity, p.pool.memory, p.pool.storage)

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ...core.lease import Install, Lease, install_group, lease_port_groups, parse_rfc3339
+from ...core.phases import lease_network_type, stat_field
 from ...ports import Guard
 from .base import LedgerBase
 from .records import readable, released_view, text
@@ -130,7 +131,12 @@ class LeaseStore(LedgerBase):
         installs: dict[str, str] = {}  # network -> the install of its new holders
         leases = []
         raws: list[str] = []
+        fulfilled: dict[str, int] = {}  # stats field -> requests granted of that network type
         for rid, group in groups.items():
+            if group:
+                field = stat_field("fulfilled", lease_network_type(
+                    group[0]["status"].get("networks")))
+                fulfilled[field] = fulfilled.get(field, 0) + 1
             for lease in group:
                 st, sp, lid = lease["status"], lease["spec"], lease["metadata"]["name"]
                 u = pools.setdefault(st["pool"], {
@@ -155,7 +161,7 @@ class LeaseStore(LedgerBase):
             "rids": {rid: json.dumps([x["metadata"]["name"] for x in g]) for rid, g in
                      groups.items()},
             "pools": pools, "nets": {key: " ".join(ids) for key, ids in nets.items()},
-            "leases": leases, "granted": granted or [],
+            "leases": leases, "granted": granted or [], "counts": fulfilled,
         }
         shared = {key: True for key in held if key in nets}
         if shared:

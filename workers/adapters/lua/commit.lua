@@ -15,7 +15,8 @@
 --       [3] {rids: {key: ids JSON}, pools: {pool: usage + cap}, nets: {pg key: lease ids,
 --            space-separated}, held?: {pg key: true, for those the install holds already},
 --            leases: [{id, owner, exp}], granted?: [waiter keys], lone?, quiet?, floor?,
---            latency?: {seconds, bucket?}, answer?: {tasks: [task id], json, ttl}},
+--            latency?: {seconds, bucket?}, answer?: {tasks: [task id], json, ttl},
+--            counts: {stats field: n, the requests granted per network type}},
 --       [4..] each new lease's JSON, in the order of `leases`
 -- Returns (decoded into ledger.scripts.Commit):
 --         {'ok', version, seq} | {'answered', task, its answer JSON} | {'settled', key} |
@@ -123,6 +124,7 @@ for _, rid in ipairs(d.granted or {}) do
   redis.call('HDEL', p .. 'waiters', rid)
 end
 redis.call('HINCRBY', p .. 'stats', 'placements', #d.leases)
+for field, n in pairs(d.counts or {}) do redis.call('HINCRBY', p .. 'stats', field, n) end
 if d.latency then
   if d.latency.bucket then redis.call('HINCRBY', p .. 'latency', d.latency.bucket, 1) end
   redis.call('HINCRBY', p .. 'latency', 'count', 1)
