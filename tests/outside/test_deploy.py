@@ -329,10 +329,24 @@ def controller_rbac_violations(docs) -> list[str]:
     return v
 
 
+LEASE_CLIENT_RULES = [
+    {"apiGroups": ["vspherecapacitymanager.splat.io"], "resources": ["leases"],
+     "verbs": ["create", "get", "list", "watch", "delete", "deletecollection"]},
+    {"apiGroups": ["vspherecapacitymanager.splat.io"], "resources": ["pools", "networks"],
+     "verbs": ["get", "list", "watch"]},
+]
+
+
 def rbac_violations(docs) -> list[str]:
     v: list[str] = []
-    # cluster-wide: only listing namespaces (namespace-bound leases)
+    # cluster-wide: only listing namespaces (namespace-bound leases), and the Lease clients'
+    # ClusterRole, which nothing in the base binds
     for role in find(docs, "ClusterRole"):
+        if role["metadata"]["name"] == "vcm-lease-client":
+            if role.get("rules") != LEASE_CLIENT_RULES:
+                v.append("ClusterRole/vcm-lease-client: Leases create/get/list/watch/delete/"
+                         "deletecollection, Pools and Networks get/list/watch, nothing else")
+            continue
         if role.get("rules") != [{"apiGroups": [""], "resources": ["namespaces"],
                                   "verbs": ["list"]}]:
             v.append(f"ClusterRole/{role['metadata']['name']} may only list namespaces")
@@ -721,7 +735,8 @@ def test_manifest_is_valid_kubernetes(item):
 def test_the_queries_worker_may_only_list_namespaces_cluster_wide():
     """Namespace-bound leases need a namespace list; nothing else is granted cluster-wide."""
     docs = [d for _, d in ALL_DOCS]
-    roles = [d for d in docs if d["kind"] == "ClusterRole"]
+    roles = [d for d in docs if d["kind"] == "ClusterRole"
+             and d["metadata"]["name"] != "vcm-lease-client"]
     assert [r["rules"] for r in roles] == [[{"apiGroups": [""], "resources": ["namespaces"],
                                               "verbs": ["list"]}]]
     (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
@@ -933,9 +948,23 @@ def _rbac_mutants():
     def controller_binding_to_another(docs):
         one(docs, "RoleBinding", CONTROLLER)["subjects"][0]["name"] = "vcm"
 
+    def lease_client_writes_status(docs):
+        one(docs, "ClusterRole", "vcm-lease-client")["rules"][0]["resources"].append(
+            "leases/status")
+
+    def lease_client_changes_pools(docs):
+        one(docs, "ClusterRole", "vcm-lease-client")["rules"][1]["verbs"].append("update")
+
+    def lease_client_bound_cluster_wide(docs):
+        docs.append({"kind": "ClusterRoleBinding", "metadata": {"name": "x"},
+                     "roleRef": {"kind": "ClusterRole", "name": "vcm-lease-client"},
+                     "subjects": [{"kind": "Group", "name": "system:authenticated"}]})
+
     return [wildcard_verb, wildcard_resource, secrets, no_resource_names, delete_verb,
-            list_unrestricted, foreign_name, cluster_role, controller_deletes_leases,
-            controller_reads_secrets, controller_binding_to_another]
+            list_unrestricted, foreign_name, cluster_role, lease_client_writes_status,
+            lease_client_changes_pools, lease_client_bound_cluster_wide,
+            controller_deletes_leases, controller_reads_secrets,
+            controller_binding_to_another]
 
 
 @pytest.mark.parametrize("mutate", _rbac_mutants(), ids=lambda f: f.__name__)

@@ -741,3 +741,23 @@ def test_a_table_has_the_printer_columns(kube, custom):
     assert row["cells"][:5] == ["l1", 24, 96, None, None]
     assert re.fullmatch(r"\d+s", row["cells"][5])
     assert row["object"]["kind"] == "PartialObjectMetadata"
+
+
+# ---- faults ------------------------------------------------------------------------------------
+
+
+def test_faults_can_target_a_custom_resource(kube, custom):
+    """inject_fault(resource="leases") fails only requests for leases (the client sees the
+    Status of a 503), the next ones are served; a hook sees the object a create names."""
+    seen: list[tuple[str, str | None]] = []
+    kube.add_hook(lambda method, path, name: seen.append((method, name)))
+    kube.inject_fault(503, resource="leases", count=1)
+    custom.list_namespaced_custom_object(G, V, NS, "pools")
+    with pytest.raises(ApiException) as err:
+        custom.list_namespaced_custom_object(G, V, NS, "leases")
+    assert err.value.status == 503 and status_of(err)["reason"] == "ServiceUnavailable"
+    assert custom.list_namespaced_custom_object(G, V, NS, "leases")["items"] == []
+    create(custom, lease("hooked"))
+    assert ("POST", "hooked") in seen
+    with pytest.raises(ValueError):
+        kube.inject_fault(503, resource="widgets")

@@ -253,8 +253,10 @@ def deploy_docs() -> list[dict[str, Any]]:
     return docs
 
 
-def deploy_rbac() -> RbacPolicy:
-    return RbacPolicy.from_files(DEPLOY / "rbac.yaml")
+def deploy_rbac(*extra: dict[str, Any]) -> RbacPolicy:
+    """The RBAC objects of every manifest of deploy/ (and `extra` ones, e.g. a RoleBinding a
+    site would add)."""
+    return RbacPolicy([*deploy_docs(), *extra])
 
 
 def service_account_of(process: str) -> tuple[str, str] | None:

@@ -33,8 +33,9 @@ def parser() -> argparse.ArgumentParser:
                          default="table")
     out_fd = argparse.ArgumentParser(add_help=False)
     out_fd.add_argument("-o", "--output",
-                        choices=["json", "table", "failure-domains", "subnets"],
-                        default="table")
+                        choices=["json", "table", "failure-domains", "subnets", "lease-files"],
+                        default="table", help="lease-files: write the files an OpenShift CI "
+                        "step leaves in its SHARED_DIR into DIR")
 
     def request_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--vcpus", type=int, required=True)
@@ -86,6 +87,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--owner")
     p.add_argument("--pool")
     p.add_argument("-l", "--selector", help="only leases whose labels match, e.g. k=v,k2=v2")
+    p.add_argument("dir", nargs="?", metavar="DIR",
+                   help="with -o lease-files: the directory to write into (created if missing)")
+    p.add_argument("--credentials", metavar="FILE", help="with -o lease-files: the vCenter "
+                   "accounts (vcenter_usernames=(...), vcenter_passwords=(...)); default: the "
+                   "file each pool's ci-auth-path annotation names")
+    p.add_argument("--ca-certs", metavar="FILE", help="with -o lease-files: govc.sh trusts "
+                   "these certificates (default: GOVC_INSECURE=1, as the CI step writes)")
+    p.add_argument("--multi-nic", action="store_true", help="with -o lease-files: the extra "
+                   "NICs' port groups join every failure domain's networks")
     p.set_defaults(func=cmd_leases)
     p = sub.add_parser("estimate", parents=[common, out], help="how many more would fit")
     request_flags(p)

@@ -18,6 +18,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from .lease import Lease, network_key
@@ -67,6 +68,7 @@ def _named(readable: str, identity: str, fallback: str) -> str:
     return f"{slug or fallback}-{_digest(identity)}"
 
 
+@lru_cache(maxsize=4096)  # a pool's name is asked for with each of its leases
 def pool_object_name(pool_name: str) -> str:
     """The name of a pool's `Pool` object: its own name when that is a valid object name,
     else a slug of it with a digest of the whole name."""
@@ -282,7 +284,7 @@ def failure_domain_spec(lease: Lease | Mapping[str, Any]) -> dict[str, Any]:
     paths = list(dict.fromkeys(network_path(dc, _text(n.get("port-group")))
                                for n in x.networks if isinstance(n, Mapping)))
     out: dict[str, Any] = {
-        "name": pool_object_name(x.pool),
+        "name": pool_object_name(_text(x.pool)),
         "region": _text(fd.get("region", "")),
         "zone": _text(fd.get("zone", "")),
         "server": x.vcenter,
@@ -321,8 +323,10 @@ def env_values(lease: Lease | Mapping[str, Any]) -> dict[str, str]:
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.,:/@%+=-]*")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TEMPLATE = frozenset(ENV_VARIABLES)
 
 
+@lru_cache(maxsize=16384)  # a pool's values come back with each of its leases
 def shell_value(value: str) -> str:
     """`value` as one shell word that bash reads back exactly: in double quotes as upstream
     writes it when nothing in it is special, else in single quotes (a quote in it closed,
@@ -338,7 +342,7 @@ def render_env(values: Mapping[str, str]) -> str:
     """`export NAME="value"` lines, one per variable, for `source`."""
     lines = []
     for name, value in values.items():
-        if not _VARIABLE.fullmatch(name):
+        if name not in _TEMPLATE and not _VARIABLE.fullmatch(name):
             raise ValueError(f"{name!r} is not a shell variable name")
         lines.append(f"export {name}={shell_value(value)}")
     return "\n".join(lines)
@@ -409,7 +413,7 @@ def lease_status(leases: Sequence[Lease | Mapping[str, Any]],
     networks = list(dict.fromkeys(p for fd in info for p in fd["topology"]["networks"]))
     env_map: dict[str, str] = {}
     for x in xs:
-        env_map.setdefault(pool_object_name(x.pool), _env_of(x))
+        env_map.setdefault(pool_object_name(_text(x.pool)), _env_of(x))
     out: dict[str, Any] = {**first, "topology": {**first["topology"], "networks": networks},
                            "poolInfo": info, "envVars": env_map[first["name"]],
                            "envVarsMap": env_map, "phase": phase}
@@ -426,8 +430,53 @@ def held_objects(leases: Iterable[Lease | Mapping[str, Any]]) -> tuple[list[str]
     networks: dict[str, None] = {}
     for lease in leases:
         x = _typed(lease)
-        pools.setdefault(pool_object_name(x.pool))
+        pools.setdefault(pool_object_name(_text(x.pool)))
         for n in x.networks:
             if isinstance(n, Mapping) and isinstance(n.get("port-group"), str):
                 networks.setdefault(network_object_name(network_key(x.vcenter, n)))
     return list(pools), list(networks)
+
+
+def held_network(entry: Mapping[str, Any]) -> Network:
+    """One entry of a lease's `networks` as the Network it holds, as granted (the pools
+    configuration may have changed since): its details as recorded, lists as tuples."""
+    known = {"port-group", "vlan", "cidr", "gateway", "type", "pod", "slices", "slice"}
+    details = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in entry.items()
+                    if k not in known and v is not None)
+    vlan = entry.get("vlan")
+    return Network(port_group=_text(entry.get("port-group")),
+                   vlan=vlan if isinstance(vlan, int) and not isinstance(vlan, bool) else None,
+                   cidr=_text(entry.get("cidr")), gateway=_text(entry.get("gateway")),
+                   type=_text(entry.get("type")) or DEFAULT_NETWORK_TYPE, details=details,
+                   pod=entry["pod"] if isinstance(entry.get("pod"), str) else "",
+                   slice=entry["slice"] if isinstance(entry.get("slice"), str) else "")
+
+
+def held_network_objects(lease: Lease | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The `Network` objects of the networks one lease holds, as granted, in its order (the
+    names held_objects gives them)."""
+    x = _typed(lease)
+    return [network_object(x.vcenter, held_network(n)) for n in x.networks
+            if isinstance(n, Mapping) and isinstance(n.get("port-group"), str)]
+
+
+def lease_object(leases: Sequence[Lease | Mapping[str, Any]],
+                 phase: str = "Fulfilled") -> dict[str, Any]:
+    """The leases of one request as one `Lease` object, as a job step reads it with
+    `oc get leases -o json`: named by its first lease, its labels, ownerReferences to the
+    `Pool` and `Network` objects it holds (no uids: there are no such objects to point at),
+    spec and status."""
+    xs = [_typed(x) for x in leases]
+    if not xs:
+        raise ValueError("a Lease object needs at least one lease")
+    pools, networks = held_objects(xs)
+    refs = [{"apiVersion": API_VERSION, "kind": kind, "name": name}
+            for kind, names in (("Pool", pools), ("Network", networks)) for name in names]
+    meta: dict[str, Any] = {"name": xs[0].id}
+    if xs[0].labels:
+        meta["labels"] = dict(xs[0].labels)
+    if xs[0].created_at:
+        meta["creationTimestamp"] = xs[0].created_at
+    meta["ownerReferences"] = refs
+    return {"apiVersion": API_VERSION, "kind": "Lease", "metadata": meta,
+            "spec": lease_spec(xs), "status": lease_status(xs, phase)}

@@ -1,6 +1,8 @@
-"""A small, real kube-apiserver for tests, over plain HTTP: ConfigMaps, Namespaces and the
-custom resources of deploy/crds/ (Lease, Pool, Network), served to the unmodified
-``kubernetes`` Python client, kopf and kubectl as kube-apiserver serves them.
+"""A small, real kube-apiserver for tests, over plain HTTP (or HTTPS with ``tls=True``, a
+certificate of the test process's CA: kubectl sends no token to a plain-http server):
+ConfigMaps, Namespaces, core v1 Events (schemaless) and the custom resources of deploy/crds/
+(Lease, Pool, Network), served to the unmodified ``kubernetes`` Python client, kopf and
+kubectl as kube-apiserver serves them.
 
 Modules: ``server`` (KubeApiServer: lifecycle, client helpers, faults, dispatch), ``http``
 (the handler: JSON answers, watch streams, trickled answers), ``core`` (the shared lock,

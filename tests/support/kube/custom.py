@@ -104,8 +104,24 @@ def _flag(query: dict[str, list[str]], key: str) -> bool:
     return query.get(key, ["false"])[0].lower() in ("true", "1")
 
 
+def _go_text(value: Any) -> Any:
+    """Values as the apiserver's JSON decoder keeps them: a lone UTF-16 surrogate becomes
+    U+FFFD, an integer beyond int64 a float64."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, int) and not isinstance(value, bool) and \
+            not -(2**63) <= value < 2**63:
+        return float(value)  # beyond int64: a float64, as the apiserver's decoder keeps it
+    if isinstance(value, dict):
+        return {_go_text(k): _go_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_go_text(v) for v in value]
+    return value
+
+
 def _json_object(raw: bytes, strict_duplicates: list[str]) -> Any:
-    """Decode a JSON body, noting duplicate keys (strict decoding reports them)."""
+    """Decode a JSON body as the apiserver does (invalid UTF-8 and lone surrogates become
+    U+FFFD), noting duplicate keys (strict decoding reports them)."""
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in items:
@@ -115,8 +131,9 @@ def _json_object(raw: bytes, strict_duplicates: list[str]) -> Any:
         return out
 
     try:
-        return json.loads(raw or b"null", object_pairs_hook=pairs)
-    except ValueError as exc:
+        return _go_text(json.loads((raw or b"null").decode("utf-8", "replace"),
+                                   object_pairs_hook=pairs))
+    except (ValueError, RecursionError) as exc:
         raise bad_request(f"error decoding request body: {exc}") from exc
 
 
@@ -539,7 +556,7 @@ class CustomResources(Namespaces):
                 f"include: {', '.join(_PATCH_TYPES)}")
         if ctype == "application/apply-patch+yaml":
             return self._apply_patch(crd, namespace, name, raw, query, dry_run, status)
-        patch = self._json(raw)
+        patch = _json_object(raw, [])
         with self._lock:
             old = self._custom[(crd.group, crd.plural)].get((namespace, name))
             if old is None:

@@ -100,6 +100,7 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length > api.max_request_bytes:
             self.close_connection = True
+            self._discard(length)
             err = ApiError(
                 413,
                 "RequestEntityTooLarge",
@@ -160,6 +161,19 @@ class Handler(BaseHTTPRequestHandler):
         code, body, headers = answer
         api._record(method, path, code, dry_run=bool(query.get("dryRun")))
         self._send(code, body, headers, trickle)
+
+    def _discard(self, length: int, most: int = 64 * 1024 * 1024) -> None:
+        """Read and drop a refused body (up to `most` bytes), so that a client that writes
+        all of it before reading gets the answer rather than a broken pipe."""
+        left = min(length, most)
+        try:
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:
+            pass
 
     def _stream(self, answer: WatchAnswer) -> None:
         """A watch: 200 at once, then each event as one line of JSON in its own chunk

@@ -117,8 +117,8 @@ def json_type(value: Any) -> str:
         return "boolean"
     if isinstance(value, int):
         return "integer"
-    if isinstance(value, float):
-        return "integer" if value.is_integer() else "number"
+    if isinstance(value, float):  # integral and exact in a float64: kube-openapi's "integer"
+        return "integer" if value.is_integer() and abs(value) <= 2**53 else "number"
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from http.server import ThreadingHTTPServer
@@ -46,6 +47,19 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 Answer = tuple[int, Any, dict[str, str]]
 
 
+class _TlsServer(ThreadingHTTPServer):
+    """TLS on each accepted connection, its handshake in the connection's own thread."""
+
+    context: ssl.SSLContext
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return  # a client that does not trust the certificate, or went away
+        super().finish_request(tls, client_address)
+
+
 class KubeApiServer(Discovery, CustomResources, ConfigMaps):
     """ConfigMaps, Namespaces and the custom resources of deploy/crds/ (or `crds`)."""
 
@@ -63,6 +77,7 @@ class KubeApiServer(Discovery, CustomResources, ConfigMaps):
         crds: Iterable[CustomResourceDefinition] | None = None,
         history_limit: int | None = DEFAULT_HISTORY_LIMIT,
         garbage_collection: bool = True,
+        tls: bool = False,
     ) -> None:
         StoreCore.__init__(self, history_limit)
         self._host = host
@@ -75,6 +90,10 @@ class KubeApiServer(Discovery, CustomResources, ConfigMaps):
         self.max_request_bytes = max_request_bytes
         self.keep_log = keep_log
         self.garbage_collection = garbage_collection
+        # HTTPS with a certificate of the test process's CA (support/tls.py), as every real
+        # apiserver serves: kubectl sends no credentials (token) to a plain-http server
+        self.tls = tls
+        self.ca_file: Path | None = None
         self._objects: dict[tuple[str, str], dict[str, Any]] = {}
         self._namespaces: dict[str, dict[str, Any]] = {}
         self._init_custom([*(deploy_crds() if crds is None else crds), CORE_EVENTS])
@@ -95,7 +114,17 @@ class KubeApiServer(Discovery, CustomResources, ConfigMaps):
             return self
         handler = type("_BoundHandler", (Handler,), {"api": self})
         self._stopping.clear()
-        httpd = ThreadingHTTPServer((self._host, self._want_port), handler)
+        server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer
+        if self.tls:
+            from tests.support.tls import process_ca
+
+            authority = process_ca()
+            issued = authority.issue()
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(issued.cert_file, issued.key_file)
+            self.ca_file = authority.path
+            server_class = type("_TlsServer", (_TlsServer,), {"context": context})
+        httpd = server_class((self._host, self._want_port), handler)
         httpd.daemon_threads = True
         self._httpd = httpd
         self._thread = threading.Thread(
@@ -133,7 +162,7 @@ class KubeApiServer(Discovery, CustomResources, ConfigMaps):
 
     @property
     def url(self) -> str:
-        return f"http://{self._host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self._host}:{self.port}"
 
     # ---- client helpers ----------------------------------------------------------------------
 
@@ -142,6 +171,8 @@ class KubeApiServer(Discovery, CustomResources, ConfigMaps):
         from kubernetes import client
 
         config = client.Configuration(host=self.url)
+        if self.ca_file is not None:
+            config.ssl_ca_cert = str(self.ca_file)
         if self.token is not None:
             config.api_key = {"BearerToken": f"Bearer {self.token}"}
         for key, value in configuration.items():
@@ -165,7 +196,9 @@ class KubeApiServer(Discovery, CustomResources, ConfigMaps):
         kubeconfig = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": context, "cluster": {"server": self.url}}],
+            "clusters": [{"name": context, "cluster": {
+                "server": self.url,
+                **({"certificate-authority": str(self.ca_file)} if self.ca_file else {})}}],
             "users": [{"name": context, "user": user}],
             "contexts": [
                 {
@@ -450,7 +483,7 @@ class KubeApiServer(Discovery, CustomResources, ConfigMaps):
             return None, None
         name = info.parts[1] if len(info.parts) > 1 else None
         if name is None and method == "POST":
-            with contextlib.suppress(ValueError, AttributeError, TypeError):
+            with contextlib.suppress(ValueError, AttributeError, TypeError, RecursionError):
                 name = json.loads(raw).get("metadata", {}).get("name")
         return info.resource or None, unquote(name) if name else None
 
