@@ -76,7 +76,7 @@ def clean(crd):
 def run_step(crd: CrdStack, step: str, shared: Path, **env: str) -> subprocess.CompletedProcess:
     if not os.access(SCRIPT, os.X_OK):
         pytest.fail(f"{SCRIPT} is not executable")
-    full = {**os.environ, "KUBECONFIG": str(crd.kubeconfig), "OC": "kubectl",
+    full = {**os.environ, "KUBECONFIG": str(crd.ci_kubeconfig), "OC": "kubectl",
             "LEASE_NAMESPACE": crd.namespace, "STATUS_WAIT": "0.2", "POLL": "0.2",
             "FULFILLED_TIMEOUT": "60", **env}
     return subprocess.run(["bash", str(SCRIPT), step, str(shared)], env=full,

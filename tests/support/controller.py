@@ -1,11 +1,11 @@
 """The Lease controller under test, with everything it talks to real: the test apiserver with
 the CRDs of deploy/crds/ (tests/support/kube_apiserver.py), a Stack (a private redis-server, a
 placement worker and a queries worker, started as documented), and `vcm controller` as a
-process. The apiserver authorizes the controller by deploy/controller.yaml's Role, with its
-ServiceAccount's token (so the Role is exactly enough), in the namespace that manifest gives it.
-kubectl sends no bearer token over plain HTTP, so the test's own tools are anonymous here, and
-the test binds anonymous to cluster-admin (`TOOLS_ARE_ADMIN`): only the controller is held to
-its Role.
+process. The apiserver serves HTTPS and authorizes by RBAC, as a cluster does: the controller
+with its ServiceAccount's token and deploy/controller.yaml's Role (so that Role is exactly
+enough), in the namespace that manifest gives it; a CI job (`ci_kubeconfig`) with ClusterRole
+vcm-lease-client (deploy/lease-client-clusterrole.yaml) bound there, as a site binds it; the
+test's own reads and `kubectl()` as an administrator.
 
 Shared by tests/outside/test_controller.py and bench/bench_controller.py."""
 
@@ -32,12 +32,19 @@ from tests.support.rbac import RbacPolicy
 
 GROUP, VERSION = "vspherecapacitymanager.splat.io", "v1"
 NAMESPACE = "vsphere-capacity-manager"  # deploy/controller.yaml's: its Role is there
-CONTROLLER_MANIFEST = ROOT / "deploy" / "controller.yaml"
-TOOLS_ARE_ADMIN = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                   "metadata": {"name": "test-tools-are-admin"},
-                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                               "name": "cluster-admin"},
-                   "subjects": [{"kind": "Group", "name": "system:unauthenticated"}]}
+MANIFESTS = [ROOT / "deploy" / "controller.yaml",
+             ROOT / "deploy" / "lease-client-clusterrole.yaml"]
+CI_JOB = ("ci", "ci-job")  # the CI job's ServiceAccount: its namespace, its name
+# what a site adds: the CI job's ServiceAccount, and ClusterRole vcm-lease-client bound to it
+# in the namespace where the Leases are made
+CI_BINDING = [
+    {"apiVersion": "v1", "kind": "ServiceAccount",
+     "metadata": {"name": CI_JOB[1], "namespace": CI_JOB[0]}},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+     "metadata": {"name": "vcm-lease-client", "namespace": NAMESPACE},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                 "name": "vcm-lease-client"},
+     "subjects": [{"kind": "ServiceAccount", "name": CI_JOB[1], "namespace": CI_JOB[0]}]}]
 # fast loops for tests: the ledger is compared and the Pools refreshed twice a second
 TEST_CONTROLLER_ENV = {"VCM_CONTROLLER_SYNC_INTERVAL": "0.5", "VCM_RESEND_AFTER": "2"}
 
@@ -51,8 +58,8 @@ class CrdStack:
                  worker_env: dict[str, str] | None = None, **controller_env: str) -> None:
         self.tmp = Path(tmp)
         self.namespace = namespace
-        manifests = [d for d in yaml.safe_load_all(CONTROLLER_MANIFEST.read_text()) if d]
-        self.kube = KubeApiServer(rbac=RbacPolicy([*manifests, TOOLS_ARE_ADMIN])).start()
+        manifests = [d for path in MANIFESTS for d in yaml.safe_load_all(path.read_text()) if d]
+        self.kube = KubeApiServer(rbac=RbacPolicy([*manifests, *CI_BINDING]), tls=True).start()
         try:
             self.kube.create_namespace(namespace)
             self.kubeconfig = self.kube.write_kubeconfig(self.tmp / "kubeconfig",
@@ -60,6 +67,9 @@ class CrdStack:
             self.controller_kubeconfig = self.kube.write_kubeconfig(
                 self.tmp / "controller.kubeconfig", namespace=namespace,
                 token=self.kube.token_for(NAMESPACE, "vcm-controller"))
+            self.ci_kubeconfig = self.kube.write_kubeconfig(
+                self.tmp / "ci.kubeconfig", namespace=namespace,
+                token=self.kube.token_for(*CI_JOB))
             self.stack = Stack(self.tmp, pools_yaml, **(worker_env or {}))
         except BaseException:
             self.kube.stop()
