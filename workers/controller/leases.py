@@ -225,6 +225,7 @@ class LeaseRun:
     async def finalized(self) -> bool:
         """Until kopf's finalizer is on the Lease (False: the Lease is gone)."""
         deadline = time.monotonic() + FINALIZER_WAIT
+        pause = 0.002  # kopf's patch comes back in milliseconds; a burst of Leases, later
         while FINALIZER not in ((self.body.get("metadata") or {}).get("finalizers") or []):
             if time.monotonic() > deadline:
                 try:
@@ -238,7 +239,8 @@ class LeaseRun:
                 if FINALIZER in ((fresh.get("metadata") or {}).get("finalizers") or []):
                     return True
                 deadline = time.monotonic() + FINALIZER_WAIT
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 0.1)
         return True
 
     async def acquire(self, request: dict[str, Any]) -> list[dict[str, Any]] | None:
