@@ -245,6 +245,31 @@ def test_a_waiting_lease_shows_its_place_and_is_granted_when_the_blocker_goes(cl
     assert granted["status"]["name"] == "pool3"
 
 
+def test_a_multi_pool_lease_and_a_burst_are_each_granted_once(clean):
+    crd = clean
+    multi = crd.create_lease({"vcpus": 4, "memory": 8, "networks": 1, "pools": 2,
+                              "poolSelector": {"region": "east"}})["metadata"]["name"]
+    lease = crd.wait_phase(multi, "Fulfilled")
+    status = lease["status"]
+    assert sorted(x["name"] for x in status["poolInfo"]) == ["pool1", "pool2"]
+    assert set(status["envVarsMap"]) == {"pool1", "pool2"}
+    refs = lease["metadata"]["ownerReferences"]
+    assert sorted(r["name"] for r in refs if r["kind"] == "Pool") == ["pool1", "pool2"]
+    assert len([r for r in refs if r["kind"] == "Network"]) == 2
+    assert len(crd.ledger_leases(f"{UID_LABEL}={lease['metadata']['uid']}")) == 2
+    names = []
+    threads = [threading.Thread(target=lambda: names.append(crd.create_lease(
+        {"vcpus": 1, "memory": 1, "networks": 1})["metadata"]["name"]))
+        for _ in range(12)]  # of the 13 networks left
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    uids = {crd.wait_phase(n, "Fulfilled", timeout=60)["metadata"]["uid"] for n in names}
+    held = [x["status"]["labels"][UID_LABEL] for x in crd.ledger_leases(UID_LABEL)]
+    assert sorted(u for u in held if u in uids) == sorted(uids)  # each once
+
+
 def test_the_controller_renews_the_ledger_leases_while_the_lease_exists(clean):
     crd = clean
     name = crd.create_lease({"vcpus": 1, "memory": 1, "networks": 1})["metadata"]["name"]

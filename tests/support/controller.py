@@ -175,9 +175,9 @@ class CrdStack:
 
         try:
             return wait_for(there, timeout=timeout, what=f"Lease {name} to be {phases}")
-        except AssertionError:
+        except (AssertionError, TimeoutError):
             raise AssertionError(f"Lease {name}: {json.dumps(seen.get('lease'))[:3000]}\n"
-                                 f"{self.controller.output()[-3000:]}") from None
+                                 f"{self.controller.output()[-6000:]}") from None
 
     def wait_gone(self, name: str, timeout: float = 30.0) -> None:
         wait_for(lambda: self.lease(name) is None, timeout=timeout,
