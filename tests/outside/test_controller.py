@@ -380,3 +380,36 @@ def test_pools_and_networks_follow_the_configuration(clean, tmp_path):
     assert p.returncode == 0, p.stderr
     wait_for(lambda: {x["metadata"]["name"]: x for x in crd.objects("pools")}["pool3"]
              ["spec"]["vcpus"] == 24, timeout=30, what="the Pool to follow the pools file")
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"VCM_CONTROLLER_NAMESPACES": "Not_A_Namespace"}, "VCM_CONTROLLER_NAMESPACES"),
+    ({"VCM_CONTROLLER_NAMESPACES": " , "}, "VCM_CONTROLLER_NAMESPACES"),
+    ({"VCM_CONTROLLER_SYNC_INTERVAL": "0.001"}, "VCM_CONTROLLER_SYNC_INTERVAL"),
+    ({"VCM_CONTROLLER_RENEW_INTERVAL": "soon"}, "VCM_CONTROLLER_RENEW_INTERVAL"),
+    ({"KUBECONFIG": "/nonexistent/kubeconfig"}, "needs the Kubernetes API"),
+])
+def test_vcm_controller_refuses_bad_settings_naming_them(env, says, tmp_path):
+    full = {**os.environ, "KUBECONFIG": str(tmp_path / "none"), "KUBERNETES_SERVICE_HOST": "",
+            **env}
+    p = subprocess.run([sys.executable, "-m", "workers.cli", "controller"], env=full, cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, p.stderr
+    assert says in p.stderr and "Traceback" not in p.stderr
+
+
+def test_vcm_run_starts_the_controller_only_for_a_usable_kubeconfig(tmp_path, monkeypatch):
+    from workers.stack import kube_config_set
+
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    assert kube_config_set() is False  # ~/.kube/config alone is not a wish to serve Leases
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    assert kube_config_set() is False
+    good = tmp_path / "kubeconfig"
+    good.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "c", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "c"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(good))
+    assert kube_config_set() is True
