@@ -761,3 +761,39 @@ def test_faults_can_target_a_custom_resource(kube, custom):
     assert ("POST", "hooked") in seen
     with pytest.raises(ValueError):
         kube.inject_fault(503, resource="widgets")
+
+
+# ---- what the service publishes fits the definitions -----------------------------------------
+
+
+@pytest.mark.parametrize("pools_file", ["examples/pools.yaml", "examples/pools-upstream.yaml"])
+def test_the_published_pools_and_networks_fit_the_crds(kube, custom, pools_file):
+    """The Pool and Network objects the service publishes (workers/core/upstream.py, from a
+    pools file, with and without usage) are accepted under fieldValidation=Strict, and
+    stored as published: nothing pruned, nothing refused; a pool without networks, region
+    or zone too."""
+    from workers.core.pools import parse_pools
+    from workers.core.upstream import network_objects, pool_object
+
+    root = Path(__file__).resolve().parents[2]
+    pools = parse_pools(yaml.safe_load((root / pools_file).read_text()), pools_file)
+    bare = parse_pools({"pools": [{"name": "bare", "vcenter": "vc9.example.com",
+                                   "datacenter": "dc9", "cluster": "c9", "datastore": "ds9",
+                                   "vcpus": 8, "memory": 16, "storage": 100}]})
+    published = [pool_object(p, {"vcpus-used": 4, "lease-count": 1}) for p in pools]
+    published += [pool_object(p) for p in bare]
+    for obj in published:
+        status = obj.pop("status")
+        made = custom.create_namespaced_custom_object(G, V, NS, "pools", obj,
+                                                      field_validation="Strict")
+        assert made["spec"] == obj["spec"], obj["metadata"]["name"]
+        for key in ("labels", "annotations"):
+            assert made["metadata"].get(key) == obj["metadata"].get(key)
+        done = custom.patch_namespaced_custom_object_status(
+            G, V, NS, "pools", obj["metadata"]["name"], {"status": status},
+            field_validation="Strict")
+        assert done["status"] == status
+    for obj in network_objects(pools):
+        made = custom.create_namespaced_custom_object(G, V, NS, "networks", obj,
+                                                      field_validation="Strict")
+        assert made["spec"] == obj["spec"], obj["metadata"]["name"]
