@@ -797,3 +797,33 @@ def test_the_published_pools_and_networks_fit_the_crds(kube, custom, pools_file)
         made = custom.create_namespaced_custom_object(G, V, NS, "networks", obj,
                                                       field_validation="Strict")
         assert made["spec"] == obj["spec"], obj["metadata"]["name"]
+
+
+def test_the_published_lease_spec_and_status_fit_the_crd(kube, custom):
+    """A Lease's spec and status as the service writes them (workers/core/upstream.py
+    lease_spec and lease_status, a multi-pool grant from the example pools file and a
+    network-only one) are stored as written under fieldValidation=Strict."""
+    from workers.core.grants import make_leases
+    from workers.core.models import Request
+    from workers.core.pools import parse_pools
+    from workers.core.upstream import lease_spec, lease_status
+
+    root = Path(__file__).resolve().parents[2]
+    pools = parse_pools(yaml.safe_load((root / "examples/pools.yaml").read_text()))
+    grants = [(p, [n for n, _ in p.all_keyed()][:1]) for p in pools[:2]]
+    requests = [Request(vcpus=24, memory=96, pools=2, vcenters=2, boskos_lease_id="b-1",
+                        job_link="https://ci.example/1"),
+                Request(vcpus=0, memory=0, networks=1)]
+    for i, request in enumerate(requests):
+        count = request.pools or 1
+        leases = make_leases([f"x{i}-{j}" for j in range(count)], request, grants[:count], 0)
+        body = {"apiVersion": API_VERSION, "kind": "Lease", "metadata": {"name": f"l{i}"},
+                "spec": lease_spec(leases)}
+        made = custom.create_namespaced_custom_object(G, V, NS, "leases", body,
+                                                      field_validation="Strict")
+        assert made["spec"] == {"pools": 1, **body["spec"]}
+        for phase in ("Pending", "Fulfilled"):
+            status = lease_status(leases if phase == "Fulfilled" else [], phase=phase)
+            done = custom.patch_namespaced_custom_object_status(
+                G, V, NS, "leases", f"l{i}", {"status": status}, field_validation="Strict")
+            assert done["status"] == status
