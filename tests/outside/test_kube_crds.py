@@ -761,3 +761,69 @@ def test_faults_can_target_a_custom_resource(kube, custom):
     assert ("POST", "hooked") in seen
     with pytest.raises(ValueError):
         kube.inject_fault(503, resource="widgets")
+
+
+# ---- what the service publishes fits the definitions -----------------------------------------
+
+
+@pytest.mark.parametrize("pools_file", ["examples/pools.yaml", "examples/pools-upstream.yaml"])
+def test_the_published_pools_and_networks_fit_the_crds(kube, custom, pools_file):
+    """The Pool and Network objects the service publishes (workers/core/upstream.py, from a
+    pools file, with and without usage) are accepted under fieldValidation=Strict, and
+    stored as published: nothing pruned, nothing refused; a pool without networks, region
+    or zone too."""
+    from workers.core.pools import parse_pools
+    from workers.core.upstream import network_objects, pool_object
+
+    root = Path(__file__).resolve().parents[2]
+    pools = parse_pools(yaml.safe_load((root / pools_file).read_text()), pools_file)
+    bare = parse_pools({"pools": [{"name": "bare", "vcenter": "vc9.example.com",
+                                   "datacenter": "dc9", "cluster": "c9", "datastore": "ds9",
+                                   "vcpus": 8, "memory": 16, "storage": 100}]})
+    published = [pool_object(p, {"vcpus-used": 4, "lease-count": 1}) for p in pools]
+    published += [pool_object(p) for p in bare]
+    for obj in published:
+        status = obj.pop("status")
+        made = custom.create_namespaced_custom_object(G, V, NS, "pools", obj,
+                                                      field_validation="Strict")
+        assert made["spec"] == obj["spec"], obj["metadata"]["name"]
+        for key in ("labels", "annotations"):
+            assert made["metadata"].get(key) == obj["metadata"].get(key)
+        done = custom.patch_namespaced_custom_object_status(
+            G, V, NS, "pools", obj["metadata"]["name"], {"status": status},
+            field_validation="Strict")
+        assert done["status"] == status
+    for obj in network_objects(pools):
+        made = custom.create_namespaced_custom_object(G, V, NS, "networks", obj,
+                                                      field_validation="Strict")
+        assert made["spec"] == obj["spec"], obj["metadata"]["name"]
+
+
+def test_the_published_lease_spec_and_status_fit_the_crd(kube, custom):
+    """A Lease's spec and status as the service writes them (workers/core/upstream.py
+    lease_spec and lease_status, a multi-pool grant from the example pools file and a
+    network-only one) are stored as written under fieldValidation=Strict."""
+    from workers.core.grants import make_leases
+    from workers.core.models import Request
+    from workers.core.pools import parse_pools
+    from workers.core.upstream import lease_spec, lease_status
+
+    root = Path(__file__).resolve().parents[2]
+    pools = parse_pools(yaml.safe_load((root / "examples/pools.yaml").read_text()))
+    grants = [(p, [n for n, _ in p.all_keyed()][:1]) for p in pools[:2]]
+    requests = [Request(vcpus=24, memory=96, pools=2, vcenters=2, boskos_lease_id="b-1",
+                        job_link="https://ci.example/1"),
+                Request(vcpus=0, memory=0, networks=1)]
+    for i, request in enumerate(requests):
+        count = request.pools or 1
+        leases = make_leases([f"x{i}-{j}" for j in range(count)], request, grants[:count], 0)
+        body = {"apiVersion": API_VERSION, "kind": "Lease", "metadata": {"name": f"l{i}"},
+                "spec": lease_spec(leases)}
+        made = custom.create_namespaced_custom_object(G, V, NS, "leases", body,
+                                                      field_validation="Strict")
+        assert made["spec"] == {"pools": 1, **body["spec"]}
+        for phase in ("Pending", "Fulfilled"):
+            status = lease_status(leases if phase == "Fulfilled" else [], phase=phase)
+            done = custom.patch_namespaced_custom_object_status(
+                G, V, NS, "leases", f"l{i}", {"status": status}, field_validation="Strict")
+            assert done["status"] == status
