@@ -104,15 +104,15 @@ def _typed(lease: Lease | Mapping[str, Any]) -> Lease:
 def network_spec(network: Network) -> dict[str, Any]:
     """A network (or a slice of one) as upstream's `Network` spec: `cidr` and `cidrIPv6` are
     prefix lengths, `vlanId` is text, `ipAddresses` the configured or derived addresses
-    ([2] and [3]: the VIPs a job step reads); datacenterName always (upstream's schema
-    requires it: "" when the pools configuration names no physical datacenter); podName,
-    gateway and netmask only when known."""
+    ([2] and [3]: the VIPs a job step reads); podName, datacenterName, gateway and netmask
+    only when known."""
     net = ipaddress.ip_network(network.cidr, strict=False) if network.cidr else None
     out: dict[str, Any] = {"portGroupName": network.port_group,
                            "vlanId": _text(network.vlan)}
     if network.pod:
         out["podName"] = network.pod
-    out["datacenterName"] = network.detail("datacenter") or ""
+    if network.detail("datacenter"):
+        out["datacenterName"] = network.detail("datacenter")
     if net is not None:
         out["cidr"] = net.prefixlen
     if network.gateway:
