@@ -19,6 +19,10 @@ stops). It is the same whether the Lease is new or the controller restarted:
    sync loop sees one of them gone) until the Lease is deleted; a renewal that finds them
    released elsewhere shows it on the Lease (Failed, Released; ownerReferences dropped).
 
+Every write to the API server that is answered 5xx or 429, or whose connection fails, is
+sent again after RETRY's pauses (`retrying`): a moment of trouble never leaves a Lease without
+its status, nor restarts the daemon.
+
 `release` is kopf's deletion handler: the Lease's attempt still in line is taken out of it,
 its ledger leases are released (owner and the uid label), then kopf removes the finalizer."""
 
@@ -28,9 +32,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..contract import Task
 from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
@@ -51,6 +55,7 @@ from .requests import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 API_VERSION = f"{GROUP}/{VERSION}"
 FINALIZER_WAIT = 10.0  # seconds the daemon waits for kopf's finalizer before looking itself
@@ -177,6 +182,14 @@ class LeaseRun:
         return f"{self.namespace}/{self.name}"
 
     async def serve(self) -> None:
+        try:
+            await self._serve()
+        except KubeError as exc:
+            if not exc.not_found:
+                raise
+            log.info("Lease %s is gone: %s", self.where, exc)
+
+    async def _serve(self) -> None:
         started = time.monotonic()
         if not await self.finalized():
             return
@@ -201,12 +214,15 @@ class LeaseRun:
         try:
             leases = await self.acquire(request)
             self.times["placement"] = time.monotonic() - asked
-        finally:
-            if first is not None:  # the grant's write comes after it
-                try:
-                    await first
-                except (KubeError, *TRANSIENT) as exc:
-                    log.warning("Lease %s: phase Pending not written: %s", self.where, exc)
+        except BaseException:
+            if first is not None:
+                first.cancel()
+            raise
+        if first is not None:  # the grant's write comes after it
+            try:
+                await first
+            except (KubeError, *TRANSIENT) as exc:
+                log.warning("Lease %s: phase Pending not written: %s", self.where, exc)
         if leases is None:
             return
         owner = request["owner"]
@@ -229,7 +245,8 @@ class LeaseRun:
         while FINALIZER not in ((self.body.get("metadata") or {}).get("finalizers") or []):
             if time.monotonic() > deadline:
                 try:
-                    fresh = await self.leases.kube.get("Lease", self.namespace, self.name)
+                    fresh = await self.retrying("not read", lambda: self.leases.kube.get(
+                        "Lease", self.namespace, self.name))
                 except KubeError as exc:
                     if exc.not_found:
                         return False
@@ -306,20 +323,28 @@ class LeaseRun:
     async def _write_delayed(self, wait: float) -> None:
         if wait:
             await asyncio.sleep(wait)
-        info = self.delayed_info or {}
-        self.delayed_at = time.monotonic()
-        reasons = info.get("reasons") if isinstance(info.get("reasons"), dict) else {}
-        try:
-            await self.write(st.delayed(self.status, info.get("position", "?"), reasons))
-        except (KubeError, *TRANSIENT) as exc:
-            log.warning("Lease %s: its place in line not written: %s", self.where, exc)
+        written = None
+        while self.delayed_info is not written:  # until the latest place is the one shown
+            if written is not None:
+                await asyncio.sleep(DELAYED_EVERY)
+            written = self.delayed_info
+            info = written or {}
+            self.delayed_at = time.monotonic()
+            reasons = info.get("reasons") if isinstance(info.get("reasons"), dict) else {}
+            try:
+                await self.write(st.delayed(self.status, info.get("position", "?"), reasons))
+            except (KubeError, *TRANSIENT) as exc:
+                log.warning("Lease %s: its place in line not written: %s", self.where, exc)
+                return
 
     async def grant(self, leases: list[dict[str, Any]]) -> None:
         """ownerReferences (and the spec of a network-only Lease), then Fulfilled."""
         if self.delayed_write is not None:
             self.delayed_write.cancel()
         pools, networks = held_objects(leases)
-        refs = await self.leases.owners.refs(self.namespace, pools, networks)
+        refs = await self.retrying("its Pools and Networks not looked up",
+                                   lambda: self.leases.owners.refs(self.namespace, pools,
+                                                                   networks))
         meta = self.body.get("metadata") or {}
         others = [r for r in meta.get("ownerReferences") or []
                   if not (isinstance(r, Mapping) and r.get("apiVersion") == API_VERSION
@@ -332,7 +357,8 @@ class LeaseRun:
                 and ("vcpus" in spec or "memory" in spec)):
             patch["spec"] = {"vcpus": None, "memory": None}  # network-only: none, as upstream
         if patch:
-            await self.leases.kube.patch("Lease", self.namespace, self.name, patch)
+            await self.retrying("its ownerReferences not written", lambda: self.leases.kube.patch(
+                "Lease", self.namespace, self.name, patch))
         await self.write(st.fulfilled(self.status, lease_status(leases)))
         self.leases.owners.usage_changed()
 
@@ -371,8 +397,8 @@ class LeaseRun:
                                         and r.get("apiVersion") == API_VERSION
                                         and r.get("kind") in ("Pool", "Network"))]
         if kept != refs:
-            await self.leases.kube.patch("Lease", self.namespace, self.name,
-                                         {"metadata": {"ownerReferences": kept}})
+            await self.retrying("its ownerReferences not written", lambda: self.leases.kube.patch(
+                "Lease", self.namespace, self.name, {"metadata": {"ownerReferences": kept}}))
         await self.write(st.failed(self.status, "Released",
                                    f"its ledger leases were released elsewhere: {why}"))
         self.leases.owners.usage_changed()
@@ -382,7 +408,27 @@ class LeaseRun:
         async with self.lock:
             if st.unchanged(self.status, patch):
                 return
-            answer = await self.leases.kube.patch("Lease", self.namespace, self.name,
-                                                  {"status": patch}, status=True)
+            answer = await self.retrying("its status not written", lambda: self.leases.kube.patch(
+                "Lease", self.namespace, self.name, {"status": patch}, status=True))
             got = answer.get("status")
             self.status = dict(got) if isinstance(got, Mapping) else {**self.status, **patch}
+
+    async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` until the apiserver answers it: an answer 5xx or 429, or a connection that
+        failed, is tried again after RETRY's pauses (a line in the log each, no traceback);
+        any other refusal is raised. kopf cancels it with the daemon."""
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except KubeError as exc:
+                if not exc.transient:
+                    raise
+                error: Exception = exc
+            except TRANSIENT as exc:
+                error = exc
+            pause = RETRY[min(failures, len(RETRY) - 1)]
+            failures += 1
+            log.warning("Lease %s: %s: %s; trying again in %gs", self.where, what,
+                        str(error) or type(error).__name__, pause)
+            await asyncio.sleep(pause)
