@@ -14,8 +14,10 @@ import threading
 from collections.abc import Callable
 
 import pytest
+import redis
 import yaml
 
+from tasks.results import key_prefix
 from tests.support.controller import GROUP, VERSION, CrdStack, condition, unique
 from tests.support.procs import wait_for
 
@@ -153,14 +155,23 @@ def test_a_lease_released_elsewhere_through_apiserver_faults_stays_released(clea
 
 def test_a_relabelled_lease_is_renewed_and_released_as_the_ledger_holds_it(clean):
     crd = clean
+    spec = {"vcpus": 1, "memory": 1, "networks": 1}
     boskos = unique()
-    name = crd.create_lease({"vcpus": 1, "memory": 1, "networks": 1},
-                            labels={"boskos-lease-id": boskos})["metadata"]["name"]
+    name = crd.create_lease(spec, labels={"boskos-lease-id": boskos})["metadata"]["name"]
+    # a second one, deleted while the controller is down, and old enough that its acquire's
+    # answer has expired from the result backend
+    other = crd.create_lease(spec, labels={"boskos-lease-id": boskos})["metadata"]["name"]
     uid = crd.wait_phase(name, "Fulfilled")["metadata"]["uid"]
-    crd.kubectl("label", f"leases.{GROUP}", name, "boskos-lease-id=someone-else",
-                "--overwrite")
-    crd.kill_controller()  # a restart reads the Lease again, with its new label
+    other_uid = crd.wait_phase(other, "Fulfilled")["metadata"]["uid"]
+    for lease in (name, other):
+        crd.kubectl("label", f"leases.{GROUP}", lease, "boskos-lease-id=someone-else",
+                    "--overwrite")
+    crd.kill_controller()  # a restart reads the Leases again, with their new label
+    crd.delete_lease(other)
+    assert redis.Redis.from_url(crd.stack.redis.url).delete(key_prefix() + other_uid) == 1
     crd.start_controller()
+    crd.wait_gone(other)
+    assert crd.ledger_leases(f"{UID_LABEL}={other_uid}") == []
     (first,) = crd.ledger_leases(f"{UID_LABEL}={uid}")
     assert first["status"]["owner"] == f"{crd.namespace}/{boskos}"
     wait_for(lambda: crd.ledger_leases(f"{UID_LABEL}={uid}")[0]["status"]["expires-at"]

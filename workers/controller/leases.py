@@ -46,6 +46,7 @@ from .placement import READY, NoAnswer, Placement
 from .requests import (
     FINALIZER,
     UID_LABEL,
+    granted_owner,
     job_link,
     lease_ref,
     lease_request,
@@ -126,11 +127,11 @@ class Leases:
         """A deleted Lease's ledger leases released (its attempt in line cancelled first);
         raises (kopf retries) while the workers do not answer."""
         try:
-            _, _, uid = lease_ref(body)
+            namespace, _, uid = lease_ref(body)
         except InvalidRequest:
             return []  # it could never have been granted
-        owner = owner_of(body)
-        self.held.pop(uid, None)
+        held = self.held.pop(uid, None)
+        recorded = held.owner if held is not None else None
         sending = self.sending.get(uid)
         if sending is not None:  # an acquire being published: it goes first, then its cancel
             with contextlib.suppress(Exception):
@@ -142,17 +143,37 @@ class Leases:
                     and meta.get("status") in READY and _waited_out(meta):
                 attempt += 1
         meta = await self.placement.meta(task_id(uid, attempt))
-        if meta is None or meta.get("status") not in READY:
+        answered = meta is not None and meta.get("status") in READY
+        if not answered:
             # in line (or still queued: the queue is one line, the cancel comes after it)
             await self.placement.call(Task.CANCEL_WAIT, {"task_id": task_id(uid, attempt)},
                                       timeout=30)
-        released = await self.placement.call(
-            Task.RELEASE, {"owner": owner, "selector": f"{UID_LABEL}={uid}"}, timeout=30)
+        elif recorded is None and meta and meta.get("status") == "SUCCESS":
+            recorded = granted_owner(meta.get("result"), namespace)
+        owner = recorded or owner_of(body)
+        released = list(await self._release(owner, uid))
+        if not released and recorded is None and not answered:
+            # no answer says who holds them, and the Lease may name another owner now (its
+            # boskos-lease-id label changed): the ledger says
+            for other in sorted(await self._ledger_owners(namespace, uid) - {owner}):
+                released += await self._release(other, uid)
         if released:
             log.info("Lease %s/%s deleted: released %s", body["metadata"].get("namespace"),
                      body["metadata"].get("name"), ", ".join(released))
             self.owners.usage_changed()
+        return released
+
+    async def _release(self, owner: str, uid: str) -> list[str]:
+        released = await self.placement.call(
+            Task.RELEASE, {"owner": owner, "selector": f"{UID_LABEL}={uid}"}, timeout=30)
         return list(released or [])
+
+    async def _ledger_owners(self, namespace: str, uid: str) -> set[str]:
+        """The owners (of this namespace) of the ledger leases granted to Lease `uid`."""
+        found = await self.placement.call(Task.LIST_LEASES,
+                                          {"selector": f"{UID_LABEL}={uid}"}, timeout=30)
+        owners = {granted_owner([x], namespace) for x in found or [] if isinstance(x, Mapping)}
+        return {o for o in owners if o}
 
 
 def _waited_out(meta: Mapping[str, Any]) -> bool:
@@ -225,7 +246,7 @@ class LeaseRun:
                 log.warning("Lease %s: phase Pending not written: %s", self.where, exc)
         if leases is None:
             return
-        owner = request["owner"]
+        owner = granted_owner(leases, self.namespace) or request["owner"]
         ids = [x["metadata"]["name"] for x in leases]
         held = Held(self.namespace, self.name, owner, ids)
         self.leases.held[self.uid] = held

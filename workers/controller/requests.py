@@ -7,7 +7,8 @@ names that tie the two together. Pure: no I/O.
   the next attempt is `<uid>.<n>`;
 - owner: `<namespace>/<boskos-lease-id>` when the Lease carries that label (or spec field),
   else `<namespace>/<name>`: the Leases of one CI job are one install, so they share a VLAN
-  where their pools share one, as upstream's common network does;
+  where their pools share one, as upstream's common network does. Once granted, the owner
+  is the one the ledger recorded (`granted_owner`): a label changed since does not move it;
 - labels: the Lease's own, and `vsphere-capacity-manager.splat-team.io/lease-uid` (the
   release on deletion selects by it).
 
@@ -78,6 +79,17 @@ def owner_of(body: Mapping[str, Any]) -> str:
     namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
     owner = f"{namespace}/{group_of(body) or name}"
     return owner if len(owner) <= MAX_TEXT else f"{namespace}/{meta.get('uid')}"
+
+
+def granted_owner(leases: Any, namespace: str) -> str | None:
+    """The owner the ledger holds a Lease's granted leases under (what its acquire answered),
+    when it is one of the Lease's namespace: the one its renewals and its release name, even
+    after the Lease's `boskos-lease-id` label was changed."""
+    if not isinstance(leases, list) or not leases or not isinstance(leases[0], Mapping):
+        return None
+    status = leases[0].get("status")
+    owner = status.get("owner") if isinstance(status, Mapping) else None
+    return owner if isinstance(owner, str) and owner.startswith(f"{namespace}/") else None
 
 
 def lease_request(body: Mapping[str, Any], *, ttl: float,
