@@ -50,6 +50,7 @@ from .requests import (
     job_link,
     lease_ref,
     lease_request,
+    lease_worded,
     never_reasons,
     owner_of,
     task_id,
@@ -302,6 +303,7 @@ class LeaseRun:
                     reasons = never_reasons(request, self.leases.owners.pools)
                     if reasons:
                         message += f"; pool by pool: {st.reasons_text(reasons)}"
+                message = lease_worded(message)
                 log.info("Lease %s cannot be met: %s", self.where, message)
                 await self.write(st.failed(self.status, "Unschedulable", message))
                 return None

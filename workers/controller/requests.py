@@ -155,6 +155,15 @@ def lease_field_error(exc: InvalidRequest) -> InvalidRequest:
     return InvalidRequest.of(named, message)
 
 
+def lease_worded(message: str) -> str:
+    """A worker's refusal led by a request field (`pool-selector: no configured pool ...`)
+    worded with the Lease's own (`spec.poolSelector: ...`); any other message as it is."""
+    head, colon, rest = message.partition(":")
+    if colon and head in FIELD_OF:
+        return f"spec.{FIELD_OF[head]}:{rest}"
+    return message
+
+
 # the annotations a CI job puts on its Lease, from which its job-link is made (upstream's)
 PROW_URL = "https://prow.ci.openshift.org/view/"
 PROW_BUCKET = "test-platform-results"
