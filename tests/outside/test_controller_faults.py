@@ -27,7 +27,7 @@ HOOKS: list[Callable[[str, str, str | None], None]] = []  # this test's apiserve
 
 
 def pools_yaml() -> str:
-    """A roomy pool, and a small one that one Lease fills."""
+    """A roomy pool, a small one that one Lease fills, and one only a Lease naming it gets."""
 
     def pool(name: str, n: int, vcpus: int, memory: int) -> dict:
         return {"name": name, "vcenter": f"vc{n}.example.com", "datacenter": f"dc{n}",
@@ -37,7 +37,9 @@ def pools_yaml() -> str:
                               "cidr": f"10.{n}.{i}.0/24", "gateway": f"10.{n}.{i}.1"}
                              for i in range(4)]}
 
-    return yaml.safe_dump({"pools": [pool("big", 1, 96, 384), pool("small", 2, 16, 64)]})
+    # a zone longer than the CRDs' 80 characters: its Pool and a Lease's status cannot hold it
+    odd = {**pool("odd", 3, 16, 64), "zone": "z" * 100, "exclude": True}
+    return yaml.safe_dump({"pools": [pool("big", 1, 96, 384), pool("small", 2, 16, 64), odd]})
 
 
 @pytest.fixture(scope="module")
@@ -182,13 +184,26 @@ def test_a_relabelled_lease_is_renewed_and_released_as_the_ledger_holds_it(clean
     assert crd.ledger_leases(f"{UID_LABEL}={uid}") == []  # released before the finalizer went
 
 
+def test_a_grant_its_status_cannot_hold_fails_naming_the_field_and_is_released(clean):
+    crd = clean
+    before = len(crd.controller.output())
+    name = crd.create_lease({"vcpus": 1, "memory": 1, "networks": 1,
+                             "required-pool": "odd"})["metadata"]["name"]
+    failed = crd.wait_phase(name, "Failed", "Fulfilled", timeout=30)
+    why = condition(failed, "Fulfilled")
+    assert failed["status"]["phase"] == "Failed"
+    assert why["reason"] == "InvalidStatus" and "status.zone" in why["message"], why
+    assert crd.ledger_leases(f"{UID_LABEL}={failed['metadata']['uid']}") == []
+    assert "Traceback" not in crd.controller.output()[before:]
+
+
 @pytest.mark.parametrize(("spec", "field"), [
     ({"vcpus": 500, "memory": 1, "networks": 1}, "spec.vcpus"),
     ({"vcpus": 1, "memory": 1, "networks": 1, "poolSelector": {"region": "mars"}},
      "spec.poolSelector"),
     ({"vcpus": 1, "memory": 1, "networks": 1, "required-pool": "nowhere"},
      "spec.required-pool"),
-    ({"vcpus": 1, "memory": 1, "networks": 1, "pools": 3}, "spec.pools"),
+    ({"vcpus": 1, "memory": 1, "networks": 1, "pools": 4}, "spec.pools"),
     ({"vcpus": 1, "memory": 1, "networks": 9}, "spec.networks"),
     ({"vcpus": 1, "memory": 1, "networks": 1, "network-type": "public-ipv6"},
      "spec.network-type"),

@@ -14,7 +14,8 @@ stops). It is the same whether the Lease is new or the controller restarted:
    Lease's zero vcpus/memory taken out of its spec, as upstream's controller writes it),
    then phase Fulfilled with the failure domain inline, poolInfo, envVars, envVarsMap;
    refused as something the inventory can never hold: Failed, Unschedulable, pool by pool;
-   answered with leases that are gone: Failed, Released;
+   answered with leases that are gone: Failed, Released; a grant whose status the API server
+   refuses for good: its leases released, Failed, InvalidStatus;
 5. then it renews the ledger leases every `VCM_CONTROLLER_RENEW_INTERVAL` (sooner when the
    sync loop sees one of them gone) until the Lease is deleted; a renewal that finds them
    released elsewhere shows it on the Lease (Failed, Released; ownerReferences dropped).
@@ -152,19 +153,20 @@ class Leases:
         elif recorded is None and meta and meta.get("status") == "SUCCESS":
             recorded = granted_owner(meta.get("result"), namespace)
         owner = recorded or owner_of(body)
-        released = list(await self._release(owner, uid))
+        released = list(await self.release_granted(owner, uid))
         if not released and recorded is None and not answered:
             # no answer says who holds them, and the Lease may name another owner now (its
             # boskos-lease-id label changed): the ledger says
             for other in sorted(await self._ledger_owners(namespace, uid) - {owner}):
-                released += await self._release(other, uid)
+                released += await self.release_granted(other, uid)
         if released:
             log.info("Lease %s/%s deleted: released %s", body["metadata"].get("namespace"),
                      body["metadata"].get("name"), ", ".join(released))
             self.owners.usage_changed()
         return released
 
-    async def _release(self, owner: str, uid: str) -> list[str]:
+    async def release_granted(self, owner: str, uid: str) -> list[str]:
+        """Release the ledger leases of Lease `uid` that `owner` holds."""
         released = await self.placement.call(
             Task.RELEASE, {"owner": owner, "selector": f"{UID_LABEL}={uid}"}, timeout=30)
         return list(released or [])
@@ -252,7 +254,13 @@ class LeaseRun:
         held = Held(self.namespace, self.name, owner, ids)
         self.leases.held[self.uid] = held
         written = time.monotonic()
-        await self.grant(leases)
+        try:
+            await self.grant(leases)
+        except KubeError as exc:
+            if exc.status not in (400, 422):
+                raise
+            await self.unshowable(held, exc)
+            return
         self.times["written"] = time.monotonic() - written
         log.info("Lease %s fulfilled: %s (%s)", self.where,
                  ", ".join(f"{x['metadata']['name']} on {x['status'].get('pool')}"
@@ -414,6 +422,38 @@ class LeaseRun:
         """Its ledger leases went elsewhere: Failed, Released; it holds no Pool or Network."""
         log.info("Lease %s: its ledger leases were released elsewhere: %s", self.where, why)
         self.leases.held.pop(self.uid, None)
+        await self.drop_refs()
+        await self.write(st.failed(self.status, "Released",
+                                   f"its ledger leases were released elsewhere: {why}"))
+        self.leases.owners.usage_changed()
+
+    async def unshowable(self, held: Held, refused: KubeError) -> None:
+        """The API server refuses the grant's status for good (a value of the pools
+        configuration beyond what the CRD holds, such as a zone of 100 characters): what a
+        Lease cannot show, nobody can use; its ledger leases are released, and it is Failed,
+        InvalidStatus, with the API server's words (they name the field)."""
+        log.error("Lease %s: the API server refused its grant: %s; its ledger leases are "
+                  "released", self.where, refused.message)
+        self.leases.held.pop(self.uid, None)
+        failures = 0
+        while True:
+            try:
+                await self.leases.release_granted(held.owner, self.uid)
+                break
+            except Exception as exc:  # noqa: BLE001 - the workers do not answer now
+                pause = RETRY[min(failures, len(RETRY) - 1)]
+                failures += 1
+                log.warning("Lease %s: its ledger leases not released: %s: %s; trying again "
+                            "in %gs", self.where, type(exc).__name__, exc, pause)
+                await asyncio.sleep(pause)
+        await self.drop_refs()
+        await self.write(st.failed(self.status, "InvalidStatus",
+                                   "the API server refused the granted status, so its ledger "
+                                   f"leases were released: {refused.message}"))
+        self.leases.owners.usage_changed()
+
+    async def drop_refs(self) -> None:
+        """Its ownerReferences to Pools and Networks taken away (it holds none)."""
         meta = self.body.get("metadata") or {}
         refs = meta.get("ownerReferences") or []
         kept = [r for r in refs if not (isinstance(r, Mapping)
@@ -422,9 +462,6 @@ class LeaseRun:
         if kept != refs:
             await self.retrying("its ownerReferences not written", lambda: self.leases.kube.patch(
                 "Lease", self.namespace, self.name, {"metadata": {"ownerReferences": kept}}))
-        await self.write(st.failed(self.status, "Released",
-                                   f"its ledger leases were released elsewhere: {why}"))
-        self.leases.owners.usage_changed()
 
     async def write(self, patch: dict[str, Any]) -> None:
         """A status patch, in order, skipped when it changes nothing."""
