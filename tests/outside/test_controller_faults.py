@@ -4,8 +4,9 @@ its place, a grant lands without a traceback), a Lease whose boskos-lease-id lab
 changed is renewed and released as the ledger holds it, and a Lease the inventory can never
 meet names its own spec field.
 
-The comparison of the ledger with the Leases runs only every 30 s here, so that it cannot
-release for the deletion handler what the handler left held."""
+The comparison of the ledger with the Leases runs only every 5 s here (and releases only
+ledger leases older than 10 s), so that it does not release for the deletion handler what the
+handler left held."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def pools_yaml() -> str:
 @pytest.fixture(scope="module")
 def crd(tmp_path_factory):
     stack = CrdStack(tmp_path_factory.mktemp("crd-faults"), pools_yaml(),
-                     VCM_CONTROLLER_RENEW_INTERVAL="1", VCM_CONTROLLER_SYNC_INTERVAL="30")
+                     VCM_CONTROLLER_RENEW_INTERVAL="1", VCM_CONTROLLER_SYNC_INTERVAL="5")
     yield stack
     stack.stop()
 
@@ -217,3 +218,36 @@ def test_a_lease_the_inventory_can_never_meet_names_its_own_field(clean, spec, f
     assert why["reason"] == "Unschedulable"
     assert why["message"].startswith(f"{field}:"), why["message"]
 
+
+
+def test_pools_and_networks_deleted_by_hand_are_published_again_and_named_again(clean):
+    crd = clean
+    spec = {"vcpus": 1, "memory": 1, "networks": 1, "required-pool": "small"}
+    with_network = crd.create_lease(spec)["metadata"]["name"]
+    pool_only = crd.create_lease({**spec, "networks": 0})["metadata"]["name"]
+    lease = crd.wait_phase(with_network, "Fulfilled")
+    pool_only_uid = crd.wait_phase(pool_only, "Fulfilled")["metadata"]["uid"]
+    (network,) = [r["name"] for r in lease["metadata"]["ownerReferences"]
+                  if r["kind"] == "Network"]
+
+    def refs(kind: str) -> dict[str, str]:
+        return {r["name"]: r["uid"] for r in crd.lease(with_network)["metadata"]
+                .get("ownerReferences") or [] if r["kind"] == kind}
+
+    def published(plural: str, name: str) -> str | None:
+        return next((x["metadata"]["uid"] for x in crd.objects(plural)
+                     if x["metadata"]["name"] == name), None)
+
+    for kind, plural, name in (("Pool", "pools", "small"), ("Network", "networks", network)):
+        old = published(plural, name)
+        assert refs(kind) == {name: old}
+        crd.kubectl("delete", f"{plural}.{GROUP}", name)
+        wait_for(lambda p=plural, n=name, o=old: published(p, n) not in (None, o), timeout=30,
+                 what=f"{kind} {name} published again")
+        wait_for(lambda k=kind, p=plural, n=name: refs(k) == {n: published(p, n)}, timeout=30,
+                 what=f"the Lease to name the new {kind}")
+    # the Lease whose only owner was its Pool went with it (the garbage collector deletes a
+    # dependent whose owners are all gone): it was released as any deleted Lease is
+    crd.wait_gone(pool_only)
+    assert crd.ledger_leases(f"{UID_LABEL}={pool_only_uid}") == []
+    assert crd.lease(with_network)["status"]["phase"] == "Fulfilled"

@@ -89,7 +89,10 @@ class Held:
     name: str
     owner: str
     ids: list[str]
+    pools: list[str] = field(default_factory=list)  # the Pool and Network objects it holds
+    networks: list[str] = field(default_factory=list)
     check: asyncio.Event = field(default_factory=asyncio.Event)  # look now: one may be gone
+    repoint: bool = False  # one of its objects was made again: its ownerReferences too
 
 
 class Leases:
@@ -251,7 +254,7 @@ class LeaseRun:
             return
         owner = granted_owner(leases, self.namespace) or request["owner"]
         ids = [x["metadata"]["name"] for x in leases]
-        held = Held(self.namespace, self.name, owner, ids)
+        held = Held(self.namespace, self.name, owner, ids, *held_objects(leases))
         self.leases.held[self.uid] = held
         written = time.monotonic()
         try:
@@ -372,17 +375,10 @@ class LeaseRun:
         """ownerReferences (and the spec of a network-only Lease), then Fulfilled."""
         if self.delayed_write is not None:
             self.delayed_write.cancel()
-        pools, networks = held_objects(leases)
-        refs = await self.retrying("its Pools and Networks not looked up",
-                                   lambda: self.leases.owners.refs(self.namespace, pools,
-                                                                   networks))
-        meta = self.body.get("metadata") or {}
-        others = [r for r in meta.get("ownerReferences") or []
-                  if not (isinstance(r, Mapping) and r.get("apiVersion") == API_VERSION
-                          and r.get("kind") in ("Pool", "Network"))]
         patch: dict[str, Any] = {}
-        if (meta.get("ownerReferences") or []) != others + refs:
-            patch["metadata"] = {"ownerReferences": others + refs}
+        refs = await self.refs_patch(*held_objects(leases))
+        if refs is not None:
+            patch["metadata"] = refs
         spec = self.body.get("spec") or {}
         if (not spec.get("vcpus") and not spec.get("memory")
                 and ("vcpus" in spec or "memory" in spec)):
@@ -393,6 +389,33 @@ class LeaseRun:
         await self.write(st.fulfilled(self.status, lease_status(leases)))
         self.leases.owners.usage_changed()
 
+    async def refs_patch(self, pools: list[str], networks: list[str]) -> dict[str, Any] | None:
+        """The metadata patch that makes its ownerReferences name these Pool and Network
+        objects (as they are published now; other owners kept), or None."""
+        refs = await self.retrying("its Pools and Networks not looked up",
+                                   lambda: self.leases.owners.refs(self.namespace, pools,
+                                                                   networks))
+        meta = self.body.get("metadata") or {}
+        others = [r for r in meta.get("ownerReferences") or []
+                  if not (isinstance(r, Mapping) and r.get("apiVersion") == API_VERSION
+                          and r.get("kind") in ("Pool", "Network"))]
+        if (meta.get("ownerReferences") or []) == others + refs:
+            return None
+        return {"ownerReferences": others + refs}
+
+    async def repoint(self, held: Held) -> None:
+        """A Pool or Network it holds was deleted by hand and published again: the garbage
+        collector took the reference to the old one away, this names the new one."""
+        held.repoint = False
+        try:
+            patch = await self.refs_patch(held.pools, held.networks)
+            if patch is not None:
+                await self.retrying("its ownerReferences not written",
+                                    lambda: self.leases.kube.patch(
+                                        "Lease", self.namespace, self.name, {"metadata": patch}))
+        except KubeError as exc:
+            log.warning("Lease %s: its ownerReferences not written: %s", self.where, exc)
+
     async def keep(self, held: Held) -> None:
         """Renew the ledger leases until the Lease goes (kopf cancels this daemon) or they
         are released elsewhere."""
@@ -402,6 +425,8 @@ class LeaseRun:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(held.check.wait(), self.leases.renew_every)
             held.check.clear()
+            if held.repoint:
+                await self.repoint(held)
             try:
                 await asyncio.gather(*(
                     placement.call(Task.RENEW, {"lease_id": i, "owner": held.owner,
