@@ -251,3 +251,20 @@ def test_pools_and_networks_deleted_by_hand_are_published_again_and_named_again(
     crd.wait_gone(pool_only)
     assert crd.ledger_leases(f"{UID_LABEL}={pool_only_uid}") == []
     assert crd.lease(with_network)["status"]["phase"] == "Fulfilled"
+
+
+def test_a_served_lease_edited_into_one_refused_fails_and_holds_nothing(clean):
+    crd = clean
+    name = crd.create_lease({"vcpus": 1, "memory": 1, "networks": 1})["metadata"]["name"]
+    uid = crd.wait_phase(name, "Fulfilled")["metadata"]["uid"]
+    # an administrator's edit (a CI job may not patch Leases); a restart reads it
+    crd.api.patch_namespaced_custom_object(GROUP, VERSION, crd.namespace, "leases", name,
+                                           {"spec": {"boskos-lease-id": "bad\u0007id"}})
+    crd.kill_controller()
+    crd.start_controller()
+    failed = crd.wait_phase(name, "Failed", timeout=30)
+    why = condition(failed, "Fulfilled")
+    assert why["reason"] == "InvalidSpec" and why["message"].startswith("spec.boskos-lease-id")
+    assert crd.ledger_leases(f"{UID_LABEL}={uid}") == []
+    assert not [r for r in failed["metadata"].get("ownerReferences") or []
+                if r["kind"] in ("Pool", "Network")]

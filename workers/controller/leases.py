@@ -130,7 +130,8 @@ class Leases:
     # -- deletion ----------------------------------------------------------------------------
     async def release(self, body: Mapping[str, Any]) -> list[str]:
         """A deleted Lease's ledger leases released (its attempt in line cancelled first);
-        raises (kopf retries) while the workers do not answer."""
+        raises (kopf retries) while the workers do not answer. Also for a Lease that can no
+        longer hold them (edited into a refused one, its grant refused by the API server)."""
         try:
             namespace, _, uid = lease_ref(body)
         except InvalidRequest:
@@ -163,7 +164,7 @@ class Leases:
             for other in sorted(await self._ledger_owners(namespace, uid) - {owner}):
                 released += await self.release_granted(other, uid)
         if released:
-            log.info("Lease %s/%s deleted: released %s", body["metadata"].get("namespace"),
+            log.info("Lease %s/%s: released %s", body["metadata"].get("namespace"),
                      body["metadata"].get("name"), ", ".join(released))
             self.owners.usage_changed()
         return released
@@ -229,7 +230,14 @@ class LeaseRun:
                                     job_link=job_link(meta.get("annotations") or {}))
         except InvalidRequest as exc:
             log.info("Lease %s refused: %s", self.where, exc.message)
-            await self.write(st.failed(self.status, "InvalidSpec", exc.message))
+            message = exc.message
+            if self.status.get("phase") in ("Pending", "Fulfilled"):
+                # served before and edited since: what its request holds or waits for goes
+                released = await self.release_all()
+                if released:
+                    message += f"; its ledger leases were released: {', '.join(released)}"
+                await self.drop_refs()
+            await self.write(st.failed(self.status, "InvalidSpec", message))
             return
         first = None
         if not self.status.get("phase"):
@@ -262,7 +270,7 @@ class LeaseRun:
         except KubeError as exc:
             if exc.status not in (400, 422):
                 raise
-            await self.unshowable(held, exc)
+            await self.unshowable(exc)
             return
         self.times["written"] = time.monotonic() - written
         log.info("Lease %s fulfilled: %s (%s)", self.where,
@@ -452,30 +460,33 @@ class LeaseRun:
                                    f"its ledger leases were released elsewhere: {why}"))
         self.leases.owners.usage_changed()
 
-    async def unshowable(self, held: Held, refused: KubeError) -> None:
+    async def unshowable(self, refused: KubeError) -> None:
         """The API server refuses the grant's status for good (a value of the pools
         configuration beyond what the CRD holds, such as a zone of 100 characters): what a
         Lease cannot show, nobody can use; its ledger leases are released, and it is Failed,
         InvalidStatus, with the API server's words (they name the field)."""
         log.error("Lease %s: the API server refused its grant: %s; its ledger leases are "
                   "released", self.where, refused.message)
-        self.leases.held.pop(self.uid, None)
+        await self.release_all()
+        await self.drop_refs()
+        await self.write(st.failed(self.status, "InvalidStatus",
+                                   "the API server refused the granted status, so its ledger "
+                                   f"leases were released: {refused.message}"))
+        self.leases.owners.usage_changed()
+
+    async def release_all(self) -> list[str]:
+        """Its attempt in line cancelled and its ledger leases released, as on deletion (tried
+        again while the workers do not answer)."""
         failures = 0
         while True:
             try:
-                await self.leases.release_granted(held.owner, self.uid)
-                break
+                return await self.leases.release(self.body)
             except Exception as exc:  # noqa: BLE001 - the workers do not answer now
                 pause = RETRY[min(failures, len(RETRY) - 1)]
                 failures += 1
                 log.warning("Lease %s: its ledger leases not released: %s: %s; trying again "
                             "in %gs", self.where, type(exc).__name__, exc, pause)
                 await asyncio.sleep(pause)
-        await self.drop_refs()
-        await self.write(st.failed(self.status, "InvalidStatus",
-                                   "the API server refused the granted status, so its ledger "
-                                   f"leases were released: {refused.message}"))
-        self.leases.owners.usage_changed()
 
     async def drop_refs(self) -> None:
         """Its ownerReferences to Pools and Networks taken away (it holds none)."""
