@@ -9,6 +9,12 @@ from celery import Celery
 from tests.support.helpers import EXAMPLE_POOLS, reset_ledger
 from tests.support.procs import RedisServer, Worker, env_for
 
+# Celery's own fixtures (celery_app, celery_worker, celery_config, ...: an embedded worker in a
+# thread, workers/test_inprocess.py). pytest-celery's plugin, which would bring them, stays off
+# (pyproject.toml: -p no:celery -p no:docker_tools): from 1.0 on it replaces `celery_worker`
+# with a worker in a Docker container and loads the Docker client into every pytest process.
+pytest_plugins = ("celery.contrib.pytest",)
+
 
 @pytest.fixture(scope="session")
 def redis_server():
