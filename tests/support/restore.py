@@ -45,16 +45,16 @@ def port_groups_of(leases: list[dict]) -> list[str]:
     return sorted(n["port-group"] for x in leases for n in x["status"]["networks"])
 
 
-def stack_on_mirror(tmp_path, kube, snapshot: dict) -> Stack:
+def stack_on_mirror(tmp_path, kube, snapshot: dict, queries: bool = True) -> Stack:
     """A stack whose placement worker starts (the documented command) on an empty Redis and
-    a mirror holding `snapshot`."""
+    a mirror holding `snapshot` (without a queries worker for a test that sends no query)."""
     if kube is None:
         (tmp_path / "ledger.json").write_text(json.dumps(snapshot))
-        return Stack(tmp_path, ASIDE_POOLS)
+        return Stack(tmp_path, ASIDE_POOLS, queries=queries)
     from workers.adapters.mirror.configmap import ConfigMapMirror
 
     with ConfigMapMirror("vcm-test", "ledger", api_client=kube.api_client()) as cm:
         cm.save(snapshot)
     kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace="vcm-test")
-    return Stack(tmp_path, ASIDE_POOLS, VCM_CONFIGMAP="vcm-test/ledger",
+    return Stack(tmp_path, ASIDE_POOLS, queries=queries, VCM_CONFIGMAP="vcm-test/ledger",
                  KUBECONFIG=str(kubeconfig))
