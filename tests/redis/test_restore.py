@@ -34,7 +34,7 @@ POOLS = yaml.safe_dump({"pools": [
 
 
 def test_mirror_matches_ledger_and_redis_wipe_restores_everything(tmp_path):
-    s = Stack(tmp_path, POOLS)
+    s = Stack(tmp_path, POOLS, queries=False)  # no query task sent
     try:
         pools = {p.name: p for p in load_pools(str(s.pools))}
         ledger = Ledger(s.redis.client())
@@ -81,7 +81,7 @@ def test_redis_wins_at_start_when_it_has_leases_the_mirror_lacks(tmp_path, marke
     """The placement worker starts (the documented command) on a Redis that holds a lease
     and a mirror that does not (an old copy put back): Redis is kept, whether it is still
     marked ready or not, and the mirror is rewritten from it before any task arrives."""
-    s = Stack(tmp_path, POOLS)
+    s = Stack(tmp_path, POOLS, queries=False)  # no query task sent
     try:
         lease = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})[0]
         name = lease["metadata"]["name"]
@@ -197,7 +197,7 @@ def test_answered_leases_survive_a_worker_sigkill_and_a_redis_wipe(tmp_path):
     """With the file mirror each change is journaled before it is answered: kill -9 the
     worker right after the answers, wipe Redis, start a new worker: every answered lease is
     back, none that was released, and no whole save was needed in between."""
-    s = Stack(tmp_path, POOLS)
+    s = Stack(tmp_path, POOLS, queries=False)  # no query task sent
     try:
         mirror = FileMirror(s.env["VCM_MIRROR_FILE"])
         wait_for(lambda: mirror.path.exists(), what="the first whole save")
@@ -227,7 +227,7 @@ def test_answered_leases_survive_a_worker_sigkill_and_a_redis_wipe(tmp_path):
 def test_a_release_is_synced_by_the_publisher_within_its_round(tmp_path):
     """Releases are answered once written to the journal; the publisher fdatasyncs them in
     its next round, and only then does the mirror status show their seq."""
-    s = Stack(tmp_path, POOLS)
+    s = Stack(tmp_path, POOLS, queries=False)  # no query task sent
     try:
         mirror = FileMirror(s.env["VCM_MIRROR_FILE"])
         wait_for(lambda: mirror.path.exists(), what="the first whole save")
@@ -254,7 +254,7 @@ def _ids(leases: list[dict]) -> list[str]:
 def test_answered_changes_survive_redis_going_back_to_an_older_state(tmp_path):
     """Leases granted (and a release made) after the state Redis went back to were answered:
     the mirror holds them, so it wins over the older Redis, before any new write."""
-    s = Stack(tmp_path, POOLS)
+    s = Stack(tmp_path, POOLS, queries=False)  # no query task sent
     try:
         pools = {p.name: p for p in load_pools(str(s.pools))}
         client = s.redis.client()
@@ -286,7 +286,7 @@ def test_answered_changes_survive_redis_going_back_to_an_older_state(tmp_path):
 def test_a_worker_started_on_a_redis_that_went_back_takes_the_newer_mirror(tmp_path):
     """The worker went down with Redis (one node): the new worker compares the mirror with
     the same Redis ledger (its epoch) before it takes any task."""
-    s = Stack(tmp_path, POOLS)
+    s = Stack(tmp_path, POOLS, queries=False)  # no query task sent
     try:
         pools = {p.name: p for p in load_pools(str(s.pools))}
         client = s.redis.client()
