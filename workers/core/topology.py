@@ -3,6 +3,7 @@ install-config (`platform.vsphere.failureDomains`, inventory paths), and shell `
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -18,13 +19,16 @@ def _under(base: str, path: str) -> str:
 
 # vSphere writes these characters of an object's name escaped in an inventory path
 _ESCAPES = (("%", "%25"), ("/", "%2f"), ("\\", "%5c"))
+# a '%' that starts none of those escapes
+_LONE_PERCENT = re.compile(r"%(?!2[fF]|5[cC]|25)")
 
 
 def path_element(name: str) -> str:
-    """An object's name as one element of an inventory path ('/' in a name is "%2f")."""
-    for char, code in _ESCAPES:
-        name = name.replace(char, code)
-    return name
+    """An object's name as one element of an inventory path, escaped as vSphere escapes it:
+    '/' is "%2f", '\\' "%5c", and '%' "%25" unless it starts one of these escapes. vSphere's
+    API gives names escaped so ("vsan%2f1" for a datastore shown as vsan/1), and such a name
+    (as `vcm pools discover` writes it) stays as it is."""
+    return _LONE_PERCENT.sub("%25", name).replace("/", "%2f").replace("\\", "%5c")
 
 
 def element_name(element: str) -> str:
