@@ -88,6 +88,27 @@ def missing_in(sim: Simulator, topology: dict, networks_under_cluster: bool) -> 
             for kind, path, under in lookups if sim.find(kind, path, under) is None]
 
 
+def test_install_config_failure_domains_resolve_as_openshift_install_resolves_them(env):
+    """openshift-install finds a failure domain's network at path.Join(computeCluster,
+    networks[0]), so install-config names a port group there, not an inventory path (which
+    is why upstream's CI step cuts the port group out of the lease's topology before writing
+    platform.yaml). The failure domains `-o failure-domains` prints gave
+    /dc1/network/ci-vlan-1001: the installer looked for
+    /dc1/host/cluster1/dc1/network/ci-vlan-1001 and found no network."""
+    sim, stack = env
+    out = vcm(stack, "acquire", "--vcpus", "8", "--memory", "16", "--pools", "2", "--owner",
+              "job-fd", "-o", "failure-domains")
+    try:
+        assert out.returncode == 0, out.stderr
+        domains = yaml.safe_load(out.stdout)["platform"]["vsphere"]["failureDomains"]
+        assert sorted(d["name"] for d in domains) == ["z1", "z2"]
+        for domain in domains:
+            assert missing_in(sim, domain["topology"], networks_under_cluster=True) == [], \
+                domain
+    finally:
+        call(stack.app, "vcm.release", owner="job-fd")
+
+
 def test_a_lease_inventory_paths_resolve_when_names_are_as_vsphere_gives_them(env):
     """A name as vSphere's API gives it is already escaped ("vsan%2f2" for a datastore shown
     as vsan/2; the pools file holds it so, as `vcm pools discover` writes it): the lease's
