@@ -77,11 +77,21 @@ def parse_pools(data: Any, file: str = "pools.yaml") -> tuple[Pool, ...]:
     listings: list[list[_Listing]] = []
     names: set[str] = set()
     vcenters: dict[str, tuple[str, str]] = {}  # lower-cased host → (as written, first pool)
+    domains: dict[str, str] = {}  # failure-domain name → the pool it names
     for index, raw in enumerate(raw_pools):
         pool, listed = _parse_pool(raw, index, file)
         if pool.name in names:
             raise ConfigError.of(file, pool.name, "name", "duplicate pool name")
         names.add(pool.name)
+        # a lease's install-config failure domain is named by its pool's short-name, else the
+        # pool's name: one name per pool, or two pools make one failure domain
+        short = dict(pool.domain).get("short-name")
+        holder = domains.setdefault(short or pool.name, pool.name)
+        if holder != pool.name:
+            raise ConfigError.of(
+                file, pool.name, "short-name" if short else "name",
+                f"{short or pool.name!r} already names pool {holder!r}'s failure domain (a "
+                "pool's short-name, else its name): give each pool its own")
         spelled, first = vcenters.setdefault(pool.vcenter.lower(), (pool.vcenter, pool.name))
         if spelled != pool.vcenter:  # one vCenter counted as two would break spreading
             raise ConfigError.of(
