@@ -18,6 +18,7 @@ from tests.support.procs import ROOT
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
 from workers.core.grants import make_lease
+from workers.core.lease import Lease
 from workers.core.models import Network, Pool
 from workers.core.parsing import parse_request
 
@@ -159,6 +160,46 @@ def test_the_commit_lets_no_network_only_lease_share_a_network(own_ledger):
     assert [x.decode() if isinstance(x, bytes) else x for x in reply] == ["over", "vc|pg2|p"]
     assert audit(own_ledger) == before
     check_invariants(own_ledger, {"a": a})
+
+
+GROUPS = st.sampled_from([None, "", "g", "h", 7, ["g"]])  # absent, empty, two groups, odd
+SIZES = st.sampled_from([(0, 0), (1, 0), (0, 1)])  # (vcpus, memory): network-only first
+SIDES = st.tuples(st.sampled_from(["o", "p"]), GROUPS, GROUPS, SIZES, st.booleans())
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(SIDES, SIDES)
+def test_the_commit_and_the_core_agree_on_who_shares_a_network(redis_server, first, second):
+    """A lease holds a network; another, from another request, claims it as its install's
+    (`held`). The script grants it exactly when the core's Lease.install says both are of
+    one install (one owner, one boskos-lease-id by label or else by field, both with vCPUs
+    or memory); whatever the labels hold."""
+    ledger = Ledger(redis_server.client(), prefix=f"t-{uuid.uuid4().hex[:8]}:")
+    assert ledger.restore({"seq": 0, "leases": []}).applied
+    net = Network("pg", vlan=1)
+    pool = Pool("a", "vc", "dc", "c", "ds", vcpus=10, memory=10, storage=10, networks=(net,))
+    caps = {"a": (10, 10, 10)}
+
+    def lease(rid: str, side):
+        owner, label, field, (vcpus, memory), listed = side
+        r = parse_request({"vcpus": vcpus, "memory": memory, "request-id": rid},
+                          default_owner=owner)
+        x = make_lease(rid, r, pool, [net], time.time())
+        labels = {} if label is None else {"boskos-lease-id": label}
+        x["status"]["labels"] = [labels] if listed else labels
+        if field is not None:
+            x["status"]["boskos-lease-id"] = field
+        return r, x
+
+    (ra, a), (rb, b) = lease("ra", first), lease("rb", second)
+    assert ledger.commit(ledger.usage()[0], {ra.key: [a]}, caps).status == "ok"
+    assert ledger.commit(ledger.usage()[0], {rb.key: [b]}, caps).status == "over"
+    shares = Lease.from_wire(a).install is not None \
+        and Lease.from_wire(a).install == Lease.from_wire(b).install
+    got = ledger.commit(ledger.usage()[0], {rb.key: [b]}, caps, held=["vc|pg"])
+    assert got.status == ("ok" if shares else "over"), (a["status"], b["status"])
+    event("shared" if shares else "refused")
 
 
 # ---------------------------------------------------------------------------------------------
