@@ -204,7 +204,7 @@ class GroupHold:
 
 class Holdings:
     """What each install's live leases hold, by install ((owner, boskos-lease-id): a
-    lease.Install). `load`, when given, reads it from the ledger on first use: (install,
+    lease.Install; network-only leases hold for no install, lease.sharing_install). `load`, when given, reads it from the ledger on first use: (install,
     network keys, VLANs) per lease of a group; until then changes are not tracked (the load
     will see them in the ledger)."""
 
