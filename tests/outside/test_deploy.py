@@ -292,10 +292,24 @@ def beat_violations(docs) -> list[str]:
     return v
 
 
+LEASE_CLIENT_RULES = [
+    {"apiGroups": ["vspherecapacitymanager.splat.io"], "resources": ["leases"],
+     "verbs": ["create", "get", "list", "watch", "delete", "deletecollection"]},
+    {"apiGroups": ["vspherecapacitymanager.splat.io"], "resources": ["pools", "networks"],
+     "verbs": ["get", "list", "watch"]},
+]
+
+
 def rbac_violations(docs) -> list[str]:
     v: list[str] = []
-    # cluster-wide: only listing namespaces (namespace-bound leases)
+    # cluster-wide: only listing namespaces (namespace-bound leases), and the Lease clients'
+    # ClusterRole, which nothing in the base binds
     for role in find(docs, "ClusterRole"):
+        if role["metadata"]["name"] == "vcm-lease-client":
+            if role.get("rules") != LEASE_CLIENT_RULES:
+                v.append("ClusterRole/vcm-lease-client: Leases create/get/list/watch/delete/"
+                         "deletecollection, Pools and Networks get/list/watch, nothing else")
+            continue
         if role.get("rules") != [{"apiGroups": [""], "resources": ["namespaces"],
                                   "verbs": ["list"]}]:
             v.append(f"ClusterRole/{role['metadata']['name']} may only list namespaces")
@@ -604,7 +618,8 @@ def test_kustomization_lists_exactly_the_base_manifests():
     missing = [r for r in resources if not (DEPLOY / r).is_file()]
     assert not missing, f"kustomization lists missing files: {missing}"
     on_disk = {
-        p.name for p in list(DEPLOY.glob("*.yaml")) + list(DEPLOY.glob("*.yml"))
+        str(p.relative_to(DEPLOY)) for p in list(DEPLOY.glob("*.yaml")) + list(DEPLOY.glob("*.yml"))
+        + list(DEPLOY.glob("crds/*.yaml"))
         if p.name not in ("kustomization.yaml", "kustomization.yml")
     }
     unlisted = on_disk - set(resources)
@@ -670,7 +685,8 @@ def test_manifest_is_valid_kubernetes(item):
     path, doc = item
     assert_schema_valid(doc, path)
     ns = doc["metadata"].get("namespace")
-    if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):  # cluster-scoped
+    if doc["kind"] in ("ClusterRole", "ClusterRoleBinding",
+                       "CustomResourceDefinition"):  # cluster-scoped
         assert ns is None, f"{path}: a cluster-scoped {doc['kind']} has no namespace"
     elif doc["kind"] != "Namespace":
         assert ns == NAMESPACE, f"{path}: namespace {ns!r}"
@@ -679,7 +695,8 @@ def test_manifest_is_valid_kubernetes(item):
 def test_the_queries_worker_may_only_list_namespaces_cluster_wide():
     """Namespace-bound leases need a namespace list; nothing else is granted cluster-wide."""
     docs = [d for _, d in ALL_DOCS]
-    roles = [d for d in docs if d["kind"] == "ClusterRole"]
+    roles = [d for d in docs if d["kind"] == "ClusterRole"
+             and d["metadata"]["name"] != "vcm-lease-client"]
     assert [r["rules"] for r in roles] == [[{"apiGroups": [""], "resources": ["namespaces"],
                                               "verbs": ["list"]}]]
     (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
@@ -878,8 +895,21 @@ def _rbac_mutants():
     def cluster_role(docs):
         docs.append({"kind": "ClusterRole", "metadata": {"name": "x"}, "rules": []})
 
+    def lease_client_writes_status(docs):
+        one(docs, "ClusterRole", "vcm-lease-client")["rules"][0]["resources"].append(
+            "leases/status")
+
+    def lease_client_changes_pools(docs):
+        one(docs, "ClusterRole", "vcm-lease-client")["rules"][1]["verbs"].append("update")
+
+    def lease_client_bound_cluster_wide(docs):
+        docs.append({"kind": "ClusterRoleBinding", "metadata": {"name": "x"},
+                     "roleRef": {"kind": "ClusterRole", "name": "vcm-lease-client"},
+                     "subjects": [{"kind": "Group", "name": "system:authenticated"}]})
+
     return [wildcard_verb, wildcard_resource, secrets, no_resource_names, delete_verb,
-            list_unrestricted, foreign_name, cluster_role]
+            list_unrestricted, foreign_name, cluster_role, lease_client_writes_status,
+            lease_client_changes_pools, lease_client_bound_cluster_wide]
 
 
 @pytest.mark.parametrize("mutate", _rbac_mutants(), ids=lambda f: f.__name__)
@@ -1430,7 +1460,8 @@ def test_kustomize_build_renders_valid_manifests_keeping_the_invariants():
     for d in docs:
         assert_schema_valid(d, "kustomize build")
         assert COMMON_LABELS.items() <= d["metadata"].get("labels", {}).items()
-        if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+        if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding",
+                             "CustomResourceDefinition"):
             assert d["metadata"]["namespace"] == NAMESPACE
     for w in workloads(docs):
         assert COMMON_LABELS.items() <= w["spec"]["selector"]["matchLabels"].items()
