@@ -159,7 +159,16 @@ def test_the_commit_lets_no_network_only_lease_share_a_network(own_ledger):
                                             json.dumps(payload), *raws])
     assert [x.decode() if isinstance(x, bytes) else x for x in reply] == ["over", "vc|pg2|p"]
     assert audit(own_ledger) == before
-    check_invariants(own_ledger, {"a": a})
+    # one network-only request over two pools of one vCenter: its own leases share a network
+    b = Pool("b", "vc", "dc", "c2", "ds", vcpus=10, memory=10, storage=10, networks=(nets[3],))
+    r_pair = parse_request({"vcpus": 0, "memory": 0, "pools": 2, "request-id": "x5", **job},
+                           default_owner="o")
+    pair_leases = [_lease_of(r_pair, f"x5-{p.name}", p, [nets[3]]) for p in (a, b)]
+    got = own_ledger.commit(own_ledger.usage()[0], {r_pair.key: pair_leases},
+                            {**caps, "b": (10, 10, 10)})
+    assert got.status == "ok"
+    assert audit(own_ledger)["nets"]["vc|pg3|p"] == "x5-a x5-b"
+    check_invariants(own_ledger, {"a": a, "b": b})
 
 
 GROUPS = st.sampled_from([None, "", "g", "h", 7, ["g"]])  # absent, empty, two groups, odd
