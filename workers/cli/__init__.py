@@ -17,7 +17,7 @@ from .exits import EXIT_OK, CliError
 from .leases import cmd_acquire, cmd_estimate, cmd_leases, cmd_release, cmd_renew, cmd_reserve
 from .operate import add_commands as add_operator_commands
 from .pools import cmd_check_pools, cmd_pools, cmd_pools_discover, cmd_usage
-from .serve import cmd_api, cmd_run
+from .serve import cmd_api, cmd_controller, cmd_run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -116,11 +116,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=cmd_api)
+    p = sub.add_parser("controller", parents=[common],
+                       help="answer Lease custom resources (VCM_CONTROLLER_NAMESPACES)")
+    p.add_argument("--liveness", metavar="URL",
+                   help="serve a liveness probe, e.g. http://0.0.0.0:8081/healthz")
+    p.add_argument("-v", "--verbose", action="store_true", help="kopf's debug log")
+    p.set_defaults(func=cmd_controller)
     p = sub.add_parser("run", parents=[common], help="the whole local stack, in the foreground")
     p.add_argument("--api-port", type=int, default=8080)
     p.add_argument("--flower-port", type=int, default=5555)
     p.add_argument("--no-flower", action="store_true")
     p.add_argument("--no-api", action="store_true")
+    p.add_argument("--no-controller", action="store_true",
+                   help="not the Lease controller (started when $KUBECONFIG is set)")
     p.set_defaults(func=cmd_run)
     return top
 
