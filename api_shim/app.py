@@ -22,7 +22,7 @@ from workers.settings import Settings
 
 from .bridge import Bridge
 from .errors import JSON, install_handlers
-from .fleet_metrics import FleetCollector, FleetReader
+from .fleet_metrics import FleetCollector, FleetReader, PoolsSource
 from .middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
 from .routes import dashboard, leases, ops, pools
 from .settings import ApiSettings, TokenStore
@@ -69,9 +69,12 @@ def create_app(settings: ApiSettings | Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.bridge = Bridge(settings, metrics)
     app.state.tokens = TokenStore(settings.tokens, settings.tokens_file)
-    # fleet metrics (read from the ledger at scrape time) and the dashboard's counters
+    # fleet metrics (read from the ledger at scrape time; with the configured pools, those
+    # named as upstream's too) and the dashboard's counters
     app.state.fleet = FleetReader(settings.redis_url)
-    metrics.registry.register(FleetCollector(app.state.fleet))
+    configured = PoolsSource((settings.base or Settings.from_env()).pools_file)
+    metrics.registry.register(FleetCollector(app.state.fleet, configured,
+                                             settings.metrics_namespace))
 
     routers = [area.router for area in (dashboard, leases, pools, ops)]
     for router in routers:

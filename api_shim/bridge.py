@@ -5,8 +5,8 @@ workers are there at all.
   uses `AsyncResult.get()` (blocking, one thread per waiter). Instead it reads the result
   backend's records itself (`celery-task-meta-<id>`, written by the workers) and wakes up on the
   backend's own pub/sub notification for that key, with one shared subscriber connection for
-  all waiting requests (`ResultHub`, hub.py). Thousands of requests can wait without a thread
-  each.
+  all waiting requests (`ResultHub`, workers/adapters/result_hub.py). Thousands of requests
+  can wait without a thread each.
 - Worker liveness (`Liveness`, liveness.py) is a cached Celery control ping of the workers known
   to consume a queue (discovered with `active_queues`). A request for a queue whose workers did
   not answer within a second or so gets 503 at once; a request already waiting gets 503 as soon
@@ -37,15 +37,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from tasks import results
-from workers.adapters.keys import API_TASK_RECORD
+from workers.adapters.keys import API_HUB_CHANNEL, API_TASK_RECORD
 from workers.adapters.ledger.reports import mirror_status
 from workers.adapters.redis_memory import refused_for_memory
+from workers.adapters.result_hub import ResultHub, Watch
 from workers.contract import PLACEMENT, QUEUES, WAITING, Task
 from workers.core.errors import RedisFull
 from workers.publisher.mirror_status import parse_status
 
 from .errors import ApiError
-from .hub import ResultHub, Watch, meta_prefix
 from .liveness import Liveness
 from .settings import ApiSettings
 
@@ -90,7 +90,7 @@ class Bridge:
         self.client: aredis.Redis | None = None
         self.hub: ResultHub | None = None
         self.live: Liveness | None = None
-        self.prefix = meta_prefix()
+        self.prefix = results.key_prefix()
         self.expires = results.RESULT_TTL  # the shim's task records live as long as results
         self.send_limiter: anyio.CapacityLimiter | None = None
 
@@ -104,7 +104,7 @@ class Bridge:
             **opts)
         hub_client = aredis.Redis.from_url(
             url, retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1), **opts)
-        self.hub = ResultHub(hub_client)
+        self.hub = ResultHub(hub_client, self.prefix, API_HUB_CHANNEL, "vcm-api-result-hub")
         self.hub.start()
         gauge = getattr(self.metrics, "worker_up", None)
         self.live = Liveness(self.s, self.celery, self.client,

@@ -18,6 +18,10 @@ replicas report the same values:
 and Redis's own INFO memory and stats: used_memory against maxmemory (a full Redis refuses
 writes: workers/adapters/redis_memory.py) and evicted_keys (0 under noeviction).
 
+The metrics named as upstream's (upstream_metrics.py) come from the same read, which then also
+takes the configured pools' usage, the networks in use, the active leases and the waiting line
+(LedgerDetail), and from the pools file as the workers read it (re-read when it changes).
+
 All of it is read in one pipelined round trip with short socket timeouts. A scrape never fails
 because of Redis: when it does not answer, the scrape says `vcm_redis_up 0` and nothing else.
 """
@@ -28,7 +32,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,14 +46,17 @@ from prometheus_client.metrics_core import (
 from prometheus_client.utils import floatToGoString
 
 from workers.adapters.keys import PREFIX
-from workers.adapters.ledger.reports import read_fleet, report_client
+from workers.adapters.ledger.reports import LedgerDetail, read_fleet, report_client
 from workers.adapters.ledger.status import LATENCY_BUCKETS
+from workers.adapters.pools_file import PoolsFile
 from workers.adapters.redis_memory import MemoryUse
 from workers.core.errors import ERRORS
 from workers.core.health import effective
-from workers.core.models import DIMENSIONS
+from workers.core.models import DIMENSIONS, Pool
 from workers.publisher.mirror_status import parse_status
 from workers.settings import Settings
+
+from . import upstream_metrics
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +99,8 @@ class FleetSnapshot:
     set_aside_unreadable: int = 0  # of which nothing can be read: placement is stopped
     memory: MemoryUse | None = None  # Redis's INFO memory
     evicted: int | None = None  # Redis's INFO stats evicted_keys
+    pools: Mapping[str, Pool] | None = None  # as configured, when the detail was read
+    detail: LedgerDetail | None = None  # what the metrics named as upstream's read
 
     # -- derived values (shared by the metrics and the dashboard) -------------------------
     @property
@@ -173,12 +182,14 @@ class FleetReader:
                 self._client = report_client(self.url, self.timeout)
             return self._client
 
-    def read(self) -> FleetSnapshot:
-        """Raises the Redis error when Redis does not answer."""
-        fleet = read_fleet(self.client, self.prefix)
+    def read(self, pools: Mapping[str, Pool] | None = None) -> FleetSnapshot:
+        """Raises the Redis error when Redis does not answer. With `pools` (as configured),
+        the LedgerDetail of those pools is read too."""
+        fleet = read_fleet(self.client, self.prefix, None if pools is None else list(pools))
         snap = FleetSnapshot(at=time.time(), leases=fleet.leases, waiting=fleet.waiting,
                              set_aside=fleet.set_aside,
-                             set_aside_unreadable=fleet.set_aside_unreadable)
+                             set_aside_unreadable=fleet.set_aside_unreadable,
+                             pools=pools, detail=fleet.detail)
         # a Redis user may lack INFO (an ACL without @dangerous): Redis's numbers are then
         # unknown, the ledger's are still shown
         if fleet.memory is not None:
@@ -202,28 +213,73 @@ class FleetReader:
         return snap
 
 
+class PoolsSource:
+    """The pools as configured, for the metrics: the pools file the workers read, loaded on
+    first use and re-read when it changes (an invalid change keeps the last good pools, as in
+    the workers). None while it has never been read: the pool metrics are left out, logged."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file: PoolsFile | None = None
+        self._lock = threading.Lock()
+        self._failed: str | None = None
+
+    def __call__(self) -> Mapping[str, Pool] | None:
+        with self._lock:
+            if self._file is None:
+                try:
+                    self._file = PoolsFile(self.path)
+                except Exception as exc:  # noqa: BLE001 - the scrape goes on without pools
+                    if str(exc) != self._failed:
+                        log.warning("fleet metrics: the pools file cannot be read: %s", exc)
+                    self._failed = str(exc)
+                    return None
+            return self._file.current()
+
+
 class FleetCollector:
     """The collector to register on the shim's registry:
-    `metrics.registry.register(FleetCollector(settings.redis_url))`."""
+    `metrics.registry.register(FleetCollector(settings.redis_url, pools, namespace))`;
+    with `pools` (the configured pools, e.g. a PoolsSource) the metrics named as upstream's
+    too, their `namespace` label `namespace`."""
 
-    def __init__(self, source: str | FleetReader) -> None:
+    def __init__(self, source: str | FleetReader,
+                 pools: Callable[[], Mapping[str, Pool] | None] | None = None,
+                 namespace: str = "") -> None:
         self.reader = FleetReader(source) if isinstance(source, str) else source
+        self.pools = pools
+        self.namespace = namespace
+        self.leases = upstream_metrics.LeaseFactsCache()
 
     def describe(self) -> Iterator[Metric]:
         # names only: registering must not touch Redis
-        return iter(self._families(None))
+        upstream = upstream_metrics.describe() if self.pools is not None else []
+        return iter([*self._families(None), *upstream])
 
     def collect(self) -> Iterator[Metric]:
+        pools = None
+        if self.pools is not None:
+            try:
+                pools = self.pools()
+            except Exception:  # noqa: BLE001 - the scrape goes on without pools
+                log.exception("fleet metrics: could not read the pools")
         try:
-            snap = self.reader.read()
+            snap = self.reader.read(pools)
         except Exception as exc:  # noqa: BLE001 - a scrape must never fail because of Redis
             log.warning("fleet metrics: Redis does not answer: %s", exc or type(exc).__name__)
             return iter([self._redis_up(0)])
         try:
-            return iter(self._families(snap))
+            out = self._families(snap)
         except Exception:  # noqa: BLE001 - odd data in Redis must not break the scrape either
             log.exception("fleet metrics: could not build the metrics")
             return iter([self._redis_up(1)])
+        if snap.pools is not None and snap.detail is not None:
+            try:
+                out += upstream_metrics.families(snap.pools, snap.detail, snap.stats, snap.at,
+                                                 self.namespace, self.leases)
+            except Exception:  # noqa: BLE001 - nor may it break the others
+                log.exception("fleet metrics: could not build the metrics named as upstream's")
+        return iter(out)
 
     @staticmethod
     def _redis_up(value: float) -> GaugeMetricFamily:

@@ -96,6 +96,9 @@ class TokenStore:
 
 
 MONTH = 30 * 86400.0
+# where upstream's Lease, Pool and Network objects live in OpenShift CI: the `namespace` its
+# metrics carry, and so what its queries and dashboards may filter on
+METRICS_NAMESPACE = "vsphere-infra-helpers"
 
 
 def _api_duration(minimum: float = 0.0) -> BeforeValidator:
@@ -116,6 +119,9 @@ class ApiEnv(EnvSettings):
     api_tokens_file: str = ""
     # /readyz says degraded (redis-memory state high) from this fraction of Redis's maxmemory
     api_redis_memory_warn: float = Field(default=0.8, gt=0, le=1)
+    # the `namespace` label of the metrics named as upstream's (a Kubernetes namespace name)
+    api_metrics_namespace: str = Field(default=METRICS_NAMESPACE,
+                                       pattern=r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$")
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,7 @@ class ApiSettings:
     max_body: int = MAX_BODY
     body_timeout: float = 30.0  # a request body must arrive within this (else 408)
     memory_warn: float = 0.8  # /readyz: Redis memory state `high` from this used/maxmemory
+    metrics_namespace: str = METRICS_NAMESPACE  # the label of the metrics named as upstream's
     base: Settings | None = field(default=None, compare=False, repr=False)
 
     tokens_file: str = ""  # VCM_API_TOKENS_FILE: re-read when it changes (Secret rotation)
@@ -166,5 +173,6 @@ class ApiSettings:
             parked_grace=env.api_parked_grace,
             body_timeout=env.api_body_timeout,
             memory_warn=env.api_redis_memory_warn,
+            metrics_namespace=env.api_metrics_namespace,
             base=base,
         )

@@ -9,6 +9,9 @@
 (e) bench/bench_mirror.py      the ledger mirror: API writes and throughput
 (f) bench/bench_inventory.py   the live vCenter health sync of 4 simulated vCenters: its time
                                and round trips, and placement latency while syncs run
+(g) bench/bench_controller.py  the Lease controller: create -> Fulfilled, and the delete of a
+                               blocking Lease -> the waiting one Fulfilled, watched as a CI
+                               step watches, against the task API's acquire
 
 Not run here (longer, for digging into (b)): bench/bench_celery_settings.py, what each Celery
 setting costs; bench/bench_worker_profile.py, the placement worker's time by section.
@@ -19,7 +22,8 @@ is printed as "BELOW TARGET" and does not fail the run; the exit status is non-z
 benchmark itself fails (crash, timeout).
 
 Usage, from the repository root (as `make bench` runs it):
-    .venv/bin/python -m bench.run [--quick] [--only placement|celery|http|wait|mirror|inventory]
+    .venv/bin/python -m bench.run [--quick] \
+        [--only placement|celery|http|wait|mirror|inventory|controller]
 The machine is usually shared: read ratios against the baselines measured in the same run, not
 absolute numbers.
 """
@@ -49,6 +53,8 @@ BENCHES = [  # (key, title, script)
     ("mirror", "(e) ledger mirror: API writes and throughput (bench/bench_mirror.py)",
      "bench_mirror.py"),
     ("inventory", "(f) live vCenter health sync", "bench_inventory.py"),
+    ("controller", "(g) the Lease controller: create -> Fulfilled, unblocked -> Fulfilled "
+     "(bench/bench_controller.py)", "bench_controller.py"),
 ]
 
 

@@ -7,7 +7,7 @@ Each sampled stack is one line, `frame;frame;...;frame COUNT`, outermost first, 
 1. by any frame: the Celery send (`Celery.send_task`, kombu: serialising, publishing the message,
    in the anyio worker thread), FastAPI running a plain-function dependency in its thread pool
    (`run_in_threadpool` under `solve_dependencies`), the liveness pings (Celery control), the
-   result hub (hub.py);
+   result hub (workers/adapters/result_hub.py);
 2. otherwise by its innermost frame that belongs to a known layer (metrics, our middleware, JSON,
    FastAPI's dependency solving and pydantic, our own request code, redis-py, Starlette,
    uvicorn with its HTTP parser (h11 or httptools), anyio's thread hand-off, the event loop
@@ -38,7 +38,8 @@ OWNERS: list[tuple[str, tuple[str, ...]]] = [
      ("celery/app/base.py", "celery/app/amqp.py", "kombu/", "bridge.py:publish")),
     ("FastAPI: plain-function dependencies run in its thread pool", ()),  # see classify()
     ("liveness: Celery control ping / discovery (thread)", ("celery/app/control.py",)),
-    ("result hub: pub/sub read, SUBSCRIBE/UNSUBSCRIBE (hub.py)", ("api_shim/hub.py",)),
+    ("result hub: pub/sub read, SUBSCRIBE/UNSUBSCRIBE (result_hub.py)",
+     ("workers/adapters/result_hub.py",)),
 ]
 
 # (category, file prefixes): the innermost frame with one of them decides

@@ -1,55 +1,108 @@
 #!/usr/bin/env bash
-# A CI job step for an OpenShift install on vSphere, with nothing but `vcm`:
-#   1. lease capacity: a primary lease on each of POOLS pools, an extra network-only lease
-#      (a second NIC) and a network-only bastion lease pinned to BASTION_POOL, all labelled
-#      with one boskos-lease-id and waiting in line up to WAIT for room;
-#   2. write install-config's platform.vsphere failure domains and a subnets file;
-#   3. (at deprovision) release everything carrying the boskos-lease-id.
+# The OpenShift CI steps that lease vSphere capacity for one install, as openshift/release's
+# ipi-conf-vsphere-check-vcm (acquire) and ipi-deprovision-vsphere-lease (release) do, with
+# `vcm` where they run `oc create/wait/get leases`:
 #
-# Usage: ci-job-step.sh acquire|release OUT_DIR
-# Environment: BOSKOS_LEASE_ID (required), JOB_NAME, NAMESPACE, POOLS (default 2),
-# VCENTERS (default: as many as POOLS), VCPUS (24), MEMORY (96), STORAGE (0),
-# NETWORK_TYPE (single-tenant), BASTION_POOL (optional), WAIT (2h), JOB_LINK, VCM (vcm).
+#   acquire  1. primary leases: one per pool named in POOLS (the cores and memory divided
+#               among them), else one lease of POOL_COUNT pools (matching POOL_SELECTOR, on
+#               at most VCENTERS vCenters); one network per pool, two with
+#               VSPHERE_MULTI_NETWORKS;
+#            2. network-only leases when asked: one per word of VSPHERE_EXTRA_LEASED_RESOURCE
+#               (or one with MULTI_NIC_IPI), labelled VSPHERE_EXTRA_LEASED_RESOURCE=<i>, and
+#               one labelled VSPHERE_BASTION_LEASED_RESOURCE;
+#            3. SHARED_DIR's files for the steps after it: LEASE_*/NETWORK_*/POOL_*.json,
+#               the *_single.json, subnets.json, platform.json/.yaml, govc.sh and
+#               vsphere_context.sh (vcm leases -o lease-files).
+#   release  every lease carrying the install's boskos-lease-id.
+#
+# Every lease carries the labels boskos-lease-id, job-name and the lease-namespace label; the
+# primary ones also cluster-id. Each waits in line up to WAIT for room; a step run again gets
+# the same leases (each has its own request-id).
+#
+# Usage: ci-job-step.sh acquire|release
+# Environment, as the CI step's: SHARED_DIR and LEASED_RESOURCE (required), NAMESPACE,
+# UNIQUE_HASH, JOB_NAME_SAFE, POOLS, POOL_COUNT (1), POOL_SELECTOR (k=v,k2=v2), VCENTERS (3),
+# OPENSHIFT_REQUIRED_CORES (24), OPENSHIFT_REQUIRED_MEMORY (96), NETWORK_TYPE (single-tenant),
+# VSPHERE_MULTI_NETWORKS, MULTI_NIC_IPI, VSPHERE_EXTRA_LEASED_RESOURCE,
+# VSPHERE_BASTION_LEASED_RESOURCE; and VCENTER_CREDENTIALS (the vCenter accounts file; unset:
+# the file each pool's ci-auth-path annotation names), JOB_LINK, WAIT (2h), VCM (vcm).
 set -euo pipefail
 
-step=${1:?usage: $0 acquire|release OUT_DIR}
-out=${2:?usage: $0 acquire|release OUT_DIR}
-: "${BOSKOS_LEASE_ID:?set BOSKOS_LEASE_ID}"
+step=${1:?usage: $0 acquire|release}
+: "${LEASED_RESOURCE:?set LEASED_RESOURCE (the Boskos lease)}"
 vcm=${VCM:-vcm}
-owner=${JOB_NAME:-ci-job}
-selector="boskos-lease-id=${BOSKOS_LEASE_ID}"
-labels=(--label "boskos-lease-id=${BOSKOS_LEASE_ID}" --label "job-name=${owner}")
+owner=${JOB_NAME_SAFE:-ci-job}
+selector="boskos-lease-id=${LEASED_RESOURCE}"
+cluster_id="${NAMESPACE:-ci}-${UNIQUE_HASH:-0}"
+
+labels=(--label "boskos-lease-id=${LEASED_RESOURCE}" --label "job-name=${owner}")
 if [[ -n "${NAMESPACE:-}" ]]; then
   labels+=(--label "vsphere-capacity-manager.splat-team.io/lease-namespace=${NAMESPACE}")
 fi
 common=(--owner "$owner" --network-type "${NETWORK_TYPE:-single-tenant}"
-        --wait "${WAIT:-2h}" "${labels[@]}" -q)
+        --wait "${WAIT:-2h}" -q "${labels[@]}")
 if [[ -n "${JOB_LINK:-}" ]]; then common+=(--job-link "$JOB_LINK"); fi
 
-case "$step" in
-  acquire)
-    mkdir -p "$out"
-    pools=${POOLS:-2}
-    # the primary leases: all of them or none, spread over the vCenters
-    $vcm acquire --vcpus "${VCPUS:-24}" --memory "${MEMORY:-96}" --storage "${STORAGE:-0}" \
-      --pools "$pools" --vcenters "${VCENTERS:-$pools}" --request-id "${BOSKOS_LEASE_ID}-primary" \
-      "${common[@]}" -o json > "$out/primary.json"
-    # a second NIC: a network-only lease
-    $vcm acquire --vcpus 0 --memory 0 --networks 1 --request-id "${BOSKOS_LEASE_ID}-nic" \
-      "${common[@]}" -o json > "$out/nic.json"
-    if [[ -n "${BASTION_POOL:-}" ]]; then
-      $vcm acquire --vcpus 0 --memory 0 --networks 1 --required-pool "$BASTION_POOL" \
-        --request-id "${BOSKOS_LEASE_ID}-bastion" "${common[@]}" -o json > "$out/bastion.json"
+acquire() {
+  : "${SHARED_DIR:?set SHARED_DIR}"
+  local cores=${OPENSHIFT_REQUIRED_CORES:-24} memory=${OPENSHIFT_REQUIRED_MEMORY:-96}
+  local networks=1 pools i=0
+  if [[ -n "${VSPHERE_MULTI_NETWORKS:-}" ]]; then networks=2; fi
+  local primary=(--networks "$networks" --label "cluster-id=${cluster_id}" "${common[@]}")
+  read -r -a pools <<< "${POOLS:-}"
+
+  if (( ${#pools[@]} > 0 )); then
+    # one lease per named pool, the install's cores and memory spread evenly over them
+    for pool in "${pools[@]}"; do
+      "$vcm" acquire --vcpus $((cores / ${#pools[@]})) --memory $((memory / ${#pools[@]})) \
+        --required-pool "$pool" --request-id "${LEASED_RESOURCE}-primary-${i}" \
+        "${primary[@]}" -o json > /dev/null
+      i=$((i + 1))
+    done
+  else
+    # one lease of POOL_COUNT pools, wherever they fit, on at most VCENTERS vCenters
+    local count=${POOL_COUNT:-1} select=()
+    if ! [[ "$count" =~ ^[1-9][0-9]{0,3}$ ]]; then
+      echo "POOL_COUNT: must be a number from 1 to 9999, not '${count}'" >&2
+      exit 2
     fi
-    $vcm leases -l "$selector" -o failure-domains > "$out/platform-vsphere.yaml"
-    $vcm leases -l "$selector" -o subnets > "$out/subnets.json"
-    $vcm leases -l "$selector" -o table
-    ;;
-  release)
-    $vcm release -l "$selector" -o json > "$out/released.json"
-    ;;
+    if [[ -n "${POOL_SELECTOR:-}" ]]; then
+      IFS=, read -r -a pairs <<< "$POOL_SELECTOR"
+      for pair in "${pairs[@]}"; do select+=(--selector "$pair"); done
+    fi
+    "$vcm" acquire --vcpus $((cores / count)) --memory $((memory / count)) \
+      --pools "$count" --vcenters "${VCENTERS:-3}" "${select[@]}" \
+      --request-id "${LEASED_RESOURCE}-primary" "${primary[@]}" -o json > /dev/null
+  fi
+
+  # network-only leases: a port group each, no vCPUs or memory
+  local extras=${VSPHERE_EXTRA_LEASED_RESOURCE:-}
+  if [[ -n "${MULTI_NIC_IPI:-}" && -z "$extras" ]]; then extras=1; fi
+  i=1
+  for _ in $extras; do
+    "$vcm" acquire --vcpus 0 --memory 0 --networks 1 \
+      --label "VSPHERE_EXTRA_LEASED_RESOURCE=${i}" \
+      --request-id "${LEASED_RESOURCE}-extra-${i}" "${common[@]}" -o json > /dev/null
+    i=$((i + 1))
+  done
+  if [[ -n "${VSPHERE_BASTION_LEASED_RESOURCE:-}" ]]; then
+    "$vcm" acquire --vcpus 0 --memory 0 --networks 1 \
+      --label "VSPHERE_BASTION_LEASED_RESOURCE=${VSPHERE_BASTION_LEASED_RESOURCE}" \
+      --request-id "${LEASED_RESOURCE}-bastion" "${common[@]}" -o json > /dev/null
+  fi
+
+  local files=(-o lease-files "$SHARED_DIR")
+  if [[ -n "${VCENTER_CREDENTIALS:-}" ]]; then files+=(--credentials "$VCENTER_CREDENTIALS"); fi
+  if [[ -n "${MULTI_NIC_IPI:-}" ]]; then files+=(--multi-nic); fi
+  "$vcm" leases -l "$selector" --owner "$owner" "${files[@]}"
+  "$vcm" leases -l "$selector" --owner "$owner" -o table
+}
+
+case "$step" in
+  acquire) acquire ;;
+  release) "$vcm" release -l "$selector" --owner "$owner" -o json ;;
   *)
-    echo "usage: $0 acquire|release OUT_DIR" >&2
+    echo "usage: $0 acquire|release" >&2
     exit 2
     ;;
 esac

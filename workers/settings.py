@@ -11,13 +11,14 @@ Durations take seconds or Go-style durations ("24h", "90m"), parsed by
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .core.errors import InvalidRequest
 from .core.parsing import parse_duration
@@ -124,6 +125,28 @@ def _redis_url(value: Any, info: ValidationInfo) -> str:
     if database and not database.isdigit():
         raise SettingError(f"{name}: the database after the host must be a number (/0)")
     return raw
+
+
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _namespaces(value: Any, info: ValidationInfo) -> tuple[str, ...]:
+    """Comma-separated Kubernetes namespace names (DNS-1123 labels), at least one."""
+    name = variable(info)
+    if isinstance(value, tuple | list):
+        value = ",".join(map(str, value))
+    raw = str(value)
+    problem = text_problem(raw, MAX_SETTING)
+    if problem:
+        raise SettingError(f"{name}: {problem}")
+    names = tuple(dict.fromkeys(x.strip() for x in raw.split(",") if x.strip()))
+    if not names:
+        raise SettingError(f"{name}: name at least one namespace")
+    for ns in names:
+        if not _NAMESPACE.match(ns):
+            raise SettingError(f"{name}: {ns!r} is not a namespace name (lower-case letters, "
+                               "digits and '-', at most 63)")
+    return names
 
 
 def _none_if_empty(value: Any) -> Any:
@@ -243,6 +266,17 @@ class Settings(EnvSettings):
     vcenter_ca_certs: Annotated[str, _vcenter_text()] = ""
     vcenter_known_hosts: Annotated[str, _vcenter_text()] = ""
     vcenter_insecure: Annotated[str, _vcenter_text(listing=True, everyone=False)] = ""
+
+    # the Lease controller (workers/controller): the namespaces whose Leases it answers and
+    # where it publishes Pools and Networks; how often it renews the ledger leases of its
+    # Leases, and how often it compares them with the ledger and refreshes the Pools' status
+    controller_namespaces: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_namespaces)] = \
+        Field(default="vsphere-infra-helpers")
+    controller_renew_interval: Annotated[float, duration(minimum=1, maximum=7 * 86400)] = \
+        Field(default="1h")
+    controller_sync_interval: Annotated[float, duration(minimum=0.05, maximum=3600,
+                                                        short="at least")] = \
+        Field(default="10s")
 
     @property
     def mirror_enabled(self) -> bool:

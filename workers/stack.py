@@ -26,6 +26,23 @@ def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def kube_config_set() -> bool:
+    """Whether $KUBECONFIG names a usable kubeconfig: then `vcm run` starts the Lease
+    controller too (a kubeconfig merely lying in ~/.kube is not taken as a wish to serve
+    that cluster's Leases)."""
+    if not os.environ.get("KUBECONFIG"):
+        return False
+    from .adapters.kube_config import NoKubeConfig, kube_configuration
+
+    try:
+        kube_configuration()
+    except NoKubeConfig:
+        print("vcm run: KUBECONFIG is set but not usable: the Lease controller is not started",
+              file=sys.stderr, flush=True)
+        return False
+    return True
+
+
 class Stack:
     def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen]] = []
@@ -107,6 +124,8 @@ def run_stack(args: argparse.Namespace) -> int:
             print(f"vcm run: Flower development credentials: {auth}", flush=True)
         stack.start("flower", celery + ["flower", f"--port={args.flower_port}",
                                         "--address=127.0.0.1"], env)
+    if not getattr(args, "no_controller", False) and kube_config_set():
+        stack.start("controller", [sys.executable, "-m", "workers.cli", "controller"], env)
     print(f"vcm run: API on http://127.0.0.1:{args.api_port}, Flower on "
           f"http://127.0.0.1:{args.flower_port}; Ctrl-C stops everything", flush=True)
 

@@ -292,10 +292,61 @@ def beat_violations(docs) -> list[str]:
     return v
 
 
+CONTROLLER = "vcm-controller"
+CONTROLLER_GROUP = "vspherecapacitymanager.splat.io"
+# what the Lease controller may do in the namespace it serves, resource by resource
+CONTROLLER_MAY = {"leases": {"get", "list", "watch", "patch"}, "leases/status": {"patch"},
+                  "pools": {"get", "list", "create", "patch", "delete"},
+                  "pools/status": {"patch"},
+                  "networks": {"get", "list", "create", "patch", "delete"}}
+
+
+def controller_rbac_violations(docs) -> list[str]:
+    """The Lease controller's Role: our kinds only, no more verbs than it uses (it never
+    deletes a Lease), bound to its own ServiceAccount alone."""
+    v: list[str] = []
+    roles = [r for r in find(docs, "Role") if r["metadata"]["name"] == CONTROLLER]
+    if len(roles) != 1:
+        return [f"expected one Role {CONTROLLER}, found {len(roles)}"]
+    for i, rule in enumerate(roles[0].get("rules", [])):
+        where = f"Role/{CONTROLLER} rule {i}"
+        if set(rule.get("apiGroups", [])) != {CONTROLLER_GROUP}:
+            v.append(f"{where}: apiGroups must be [{CONTROLLER_GROUP}]")
+        if rule.get("resourceNames") or rule.get("nonResourceURLs"):
+            v.append(f"{where}: resourceNames or nonResourceURLs")
+        for resource in rule.get("resources", []):
+            extra = set(rule.get("verbs", [])) - CONTROLLER_MAY.get(resource, set())
+            if extra:
+                v.append(f"{where}: {resource} may not {sorted(extra)}")
+    bindings = [b for b in find(docs, "RoleBinding") if b["metadata"]["name"] == CONTROLLER]
+    if [(b["roleRef"].get("kind"), b["roleRef"].get("name")) for b in bindings] != \
+            [("Role", CONTROLLER)]:
+        v.append(f"expected one RoleBinding {CONTROLLER} of Role {CONTROLLER}")
+    for b in bindings:
+        if [(s.get("kind"), s.get("name")) for s in b.get("subjects", [])] != \
+                [("ServiceAccount", CONTROLLER)]:
+            v.append(f"RoleBinding/{CONTROLLER}: only ServiceAccount {CONTROLLER}")
+    return v
+
+
+LEASE_CLIENT_RULES = [
+    {"apiGroups": ["vspherecapacitymanager.splat.io"], "resources": ["leases"],
+     "verbs": ["create", "get", "list", "watch", "delete", "deletecollection"]},
+    {"apiGroups": ["vspherecapacitymanager.splat.io"], "resources": ["pools", "networks"],
+     "verbs": ["get", "list", "watch"]},
+]
+
+
 def rbac_violations(docs) -> list[str]:
     v: list[str] = []
-    # cluster-wide: only listing namespaces (namespace-bound leases)
+    # cluster-wide: only listing namespaces (namespace-bound leases), and the Lease clients'
+    # ClusterRole, which nothing in the base binds
     for role in find(docs, "ClusterRole"):
+        if role["metadata"]["name"] == "vcm-lease-client":
+            if role.get("rules") != LEASE_CLIENT_RULES:
+                v.append("ClusterRole/vcm-lease-client: Leases create/get/list/watch/delete/"
+                         "deletecollection, Pools and Networks get/list/watch, nothing else")
+            continue
         if role.get("rules") != [{"apiGroups": [""], "resources": ["namespaces"],
                                   "verbs": ["list"]}]:
             v.append(f"ClusterRole/{role['metadata']['name']} may only list namespaces")
@@ -303,7 +354,8 @@ def rbac_violations(docs) -> list[str]:
         if [s.get("name") for s in binding.get("subjects", [])] != ["vcm-queries"]:
             v.append(f"ClusterRoleBinding/{binding['metadata']['name']}: only the queries "
                      "worker's ServiceAccount")
-    roles = find(docs, "Role")
+    v += controller_rbac_violations(docs)
+    roles = [r for r in find(docs, "Role") if r["metadata"]["name"] != CONTROLLER]
     if len(roles) != 1:
         v.append(f"expected exactly one Role, found {len(roles)}")
     granted: dict[str, set[str]] = {}
@@ -338,7 +390,7 @@ def rbac_violations(docs) -> list[str]:
     for n in sorted(MIRROR_CONFIGMAPS):
         if not {"get", "update", "patch"} <= granted.get(n, set()):
             v.append(f"ConfigMap {n}: needs get/update/patch, has {sorted(granted.get(n, ()))}")
-    bindings = find(docs, "RoleBinding")
+    bindings = [b for b in find(docs, "RoleBinding") if b["metadata"]["name"] != CONTROLLER]
     if len(bindings) != 1:
         v.append(f"expected exactly one RoleBinding, found {len(bindings)}")
     for b in bindings:
@@ -410,7 +462,7 @@ def _probe_text(probe: dict[str, Any]) -> str:
 
 def redis_auth_violations(docs) -> list[str]:
     """Redis requires the password from Secret vcm-redis-auth, and every pod that talks to it
-    (the Redis probes and all five application pods) has that password, never optionally."""
+    (the Redis probes and all six application pods) has that password, never optionally."""
     v: list[str] = []
     talkers = [(w, c) for w, _s, c in all_containers(docs)
                if is_app_container(c) or is_redis_container(c)]
@@ -462,7 +514,7 @@ def redis_auth_violations(docs) -> list[str]:
 
 CLIENT_NAMESPACE_LABEL = "vsphere-capacity-manager.splat-team.io/client"
 API_NAMESPACE_LABEL = "vsphere-capacity-manager.splat-team.io/api"
-OUR_COMPONENTS = {"placement", "queries", "beat", "api", "flower"}
+OUR_COMPONENTS = {"placement", "queries", "beat", "api", "flower", "controller"}
 
 
 def selector_matches(sel: dict[str, Any] | None, labels: dict[str, str]) -> bool:
@@ -570,7 +622,7 @@ def our_pods(docs, components: set[str]) -> set[str]:
 
 
 def network_violations(docs) -> list[str]:
-    """Redis admits exactly our five application pods and pods in client namespaces; the API
+    """Redis admits exactly our six application pods and pods in client namespaces; the API
     admits client namespaces and API-only namespaces."""
     v: list[str] = []
     for p in find(docs, "NetworkPolicy"):
@@ -604,7 +656,8 @@ def test_kustomization_lists_exactly_the_base_manifests():
     missing = [r for r in resources if not (DEPLOY / r).is_file()]
     assert not missing, f"kustomization lists missing files: {missing}"
     on_disk = {
-        p.name for p in list(DEPLOY.glob("*.yaml")) + list(DEPLOY.glob("*.yml"))
+        str(p.relative_to(DEPLOY)) for p in list(DEPLOY.glob("*.yaml")) + list(DEPLOY.glob("*.yml"))
+        + list(DEPLOY.glob("crds/*.yaml"))
         if p.name not in ("kustomization.yaml", "kustomization.yml")
     }
     unlisted = on_disk - set(resources)
@@ -670,8 +723,11 @@ def test_manifest_is_valid_kubernetes(item):
     path, doc = item
     assert_schema_valid(doc, path)
     ns = doc["metadata"].get("namespace")
-    if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):  # cluster-scoped
+    if doc["kind"] in ("ClusterRole", "ClusterRoleBinding",
+                       "CustomResourceDefinition"):  # cluster-scoped
         assert ns is None, f"{path}: a cluster-scoped {doc['kind']} has no namespace"
+    elif path.endswith("controller-namespace-rbac.yaml"):  # for a further namespace served
+        assert ns == "vsphere-infra-helpers", f"{path}: namespace {ns!r}"
     elif doc["kind"] != "Namespace":
         assert ns == NAMESPACE, f"{path}: namespace {ns!r}"
 
@@ -679,7 +735,8 @@ def test_manifest_is_valid_kubernetes(item):
 def test_the_queries_worker_may_only_list_namespaces_cluster_wide():
     """Namespace-bound leases need a namespace list; nothing else is granted cluster-wide."""
     docs = [d for _, d in ALL_DOCS]
-    roles = [d for d in docs if d["kind"] == "ClusterRole"]
+    roles = [d for d in docs if d["kind"] == "ClusterRole"
+             and d["metadata"]["name"] != "vcm-lease-client"]
     assert [r["rules"] for r in roles] == [[{"apiGroups": [""], "resources": ["namespaces"],
                                               "verbs": ["list"]}]]
     (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
@@ -845,14 +902,14 @@ def test_rbac_is_scoped_to_the_mirror_configmaps():
     ns, name = mirror_configmap(base_docs()).split("/")
     assert ns == NAMESPACE and name == LEDGER_CONFIGMAP
     assert "VCM_CONFIGMAP" not in one(base_docs(), "ConfigMap", "vcm-settings")["data"]
-    role = find(base_docs(), "Role")[0]
+    (role,) = [r for r in find(base_docs(), "Role") if r["metadata"]["name"] != CONTROLLER]
     unrestricted = [r for r in role["rules"] if not r.get("resourceNames")]
     assert [r["verbs"] for r in unrestricted] == [["create"]]
 
 
 def _rbac_mutants():
     def rule(docs):
-        return find(docs, "Role")[0]["rules"]
+        return [r for r in find(docs, "Role") if r["metadata"]["name"] != CONTROLLER][0]["rules"]
 
     def wildcard_verb(docs):
         rule(docs)[0]["verbs"] = ["*"]
@@ -878,8 +935,36 @@ def _rbac_mutants():
     def cluster_role(docs):
         docs.append({"kind": "ClusterRole", "metadata": {"name": "x"}, "rules": []})
 
+    def controller_rules(docs):
+        return one(docs, "Role", CONTROLLER)["rules"]
+
+    def controller_deletes_leases(docs):
+        controller_rules(docs)[0]["verbs"].append("delete")
+
+    def controller_reads_secrets(docs):
+        controller_rules(docs).append({"apiGroups": [""], "resources": ["secrets"],
+                                       "verbs": ["get"]})
+
+    def controller_binding_to_another(docs):
+        one(docs, "RoleBinding", CONTROLLER)["subjects"][0]["name"] = "vcm"
+
+    def lease_client_writes_status(docs):
+        one(docs, "ClusterRole", "vcm-lease-client")["rules"][0]["resources"].append(
+            "leases/status")
+
+    def lease_client_changes_pools(docs):
+        one(docs, "ClusterRole", "vcm-lease-client")["rules"][1]["verbs"].append("update")
+
+    def lease_client_bound_cluster_wide(docs):
+        docs.append({"kind": "ClusterRoleBinding", "metadata": {"name": "x"},
+                     "roleRef": {"kind": "ClusterRole", "name": "vcm-lease-client"},
+                     "subjects": [{"kind": "Group", "name": "system:authenticated"}]})
+
     return [wildcard_verb, wildcard_resource, secrets, no_resource_names, delete_verb,
-            list_unrestricted, foreign_name, cluster_role]
+            list_unrestricted, foreign_name, cluster_role, lease_client_writes_status,
+            lease_client_changes_pools, lease_client_bound_cluster_wide,
+            controller_deletes_leases, controller_reads_secrets,
+            controller_binding_to_another]
 
 
 @pytest.mark.parametrize("mutate", _rbac_mutants(), ids=lambda f: f.__name__)
@@ -902,6 +987,8 @@ def test_only_placement_and_queries_get_an_api_token():
             assert sa == "vcm" and automount is True, "placement mirrors the ledger via the API"
         elif name == "vcm-queries":
             assert sa == "vcm-queries" and automount is True, "queries lists namespaces"
+        elif name == "vcm-controller":
+            assert sa == "vcm-controller" and automount is True, "the controller writes Leases"
         else:
             assert sa != "vcm", f"{name} must not use the privileged ServiceAccount"
             assert automount is False, f"{name} must not mount an API token"
@@ -944,7 +1031,8 @@ def test_app_containers_get_settings_and_pools_and_a_writable_tmp():
     assert pools_key in one(docs, "ConfigMap", "vcm-pools")["data"]
     app = [(w, s, c) for w, s, c in all_containers(docs) if is_app_container(c)]
     names = {w["metadata"]["name"] for w, _s, _c in app}
-    assert names == {"vcm-placement", "vcm-queries", "vcm-beat", "vcm-api", "vcm-flower"}
+    assert names == {"vcm-placement", "vcm-queries", "vcm-beat", "vcm-api", "vcm-flower",
+                     "vcm-controller"}
     for w, spec, c in app:
         where = w["metadata"]["name"]
         refs = [e.get("configMapRef", {}).get("name") for e in c.get("envFrom", [])]
@@ -1151,7 +1239,7 @@ def test_redis_requires_the_password_and_every_pod_that_talks_to_it_has_it():
     talkers = {w["metadata"]["name"] for w, _s, c in all_containers(docs)
                if is_app_container(c) or is_redis_container(c)}
     assert talkers == {"vcm-redis", "vcm-placement", "vcm-queries", "vcm-beat", "vcm-api",
-                       "vcm-flower"}
+                       "vcm-flower", "vcm-controller"}
     for w, _s, c in all_containers(docs):
         if w["metadata"]["name"] not in talkers:
             continue
@@ -1316,7 +1404,7 @@ def test_network_policy_admits_to_redis_only_our_pods_and_client_namespaces():
     assert network_violations(docs) == []
     redis_in = admitted(docs, one(docs, "StatefulSet", "vcm-redis"), "redis", 6379)
     assert redis_in == {"vcm-placement", "vcm-queries", "vcm-beat", "vcm-api", "vcm-flower",
-                        "client job step"}
+                        "vcm-controller", "client job step"}
     api_in = admitted(docs, one(docs, "Deployment", "vcm-api"), "http", 8080)
     assert api_in == {"client job step", "api-only namespace"}
     for p in find(docs, "NetworkPolicy"):
@@ -1430,7 +1518,8 @@ def test_kustomize_build_renders_valid_manifests_keeping_the_invariants():
     for d in docs:
         assert_schema_valid(d, "kustomize build")
         assert COMMON_LABELS.items() <= d["metadata"].get("labels", {}).items()
-        if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+        if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding",
+                             "CustomResourceDefinition"):
             assert d["metadata"]["namespace"] == NAMESPACE
     for w in workloads(docs):
         assert COMMON_LABELS.items() <= w["spec"]["selector"]["matchLabels"].items()
@@ -1459,12 +1548,13 @@ def test_an_overlay_that_only_changes_the_namespace_keeps_the_mirror_and_its_rba
     docs = [d for d in yaml.safe_load_all(out.stdout) if d is not None]
     ns, name = mirror_configmap(docs).split("/")
     assert ns == "ci-elsewhere" and name == LEDGER_CONFIGMAP
-    role = find(docs, "Role")[0]
-    assert role["metadata"]["namespace"] == ns
+    for role in find(docs, "Role"):  # the mirror's, and the controller's (its Leases too)
+        assert role["metadata"]["namespace"] == ns
+    (role,) = [r for r in find(docs, "Role") if r["metadata"]["name"] != CONTROLLER]
     assert any(name in r.get("resourceNames", []) for r in role["rules"])
-    binding = find(docs, "RoleBinding")[0]
-    assert binding["metadata"]["namespace"] == ns
-    assert {x["namespace"] for x in binding["subjects"]} == {ns}
+    for binding in find(docs, "RoleBinding"):
+        assert binding["metadata"]["namespace"] == ns
+        assert {x["namespace"] for x in binding["subjects"]} == {ns}
     assert rbac_violations(docs) == []
     assert redis_auth_violations(docs) == []
     assert {p["metadata"]["namespace"] for p in find(docs, "NetworkPolicy")} == {ns}

@@ -5,7 +5,13 @@ allow a request, evaluated as the apiserver's RBAC authorizer does.
 - A rule allows a request when its verbs, apiGroups and resources name the request's (or
   `*`), and its resourceNames are empty or name the object. A create or a list names no
   object (the name is not known to the authorizer then), so a rule with resourceNames never
-  allows them.
+  allows them. A subresource is named `<resource>/<subresource>` (`leases/status`), or
+  `*/<subresource>`; `*` names every resource and subresource.
+- A non-resource request (discovery: /api, /apis, /openapi/v2, /openapi/v3, /version) is
+  allowed by a rule's nonResourceURLs (exact, or a prefix ending in `*`); as in every
+  cluster, ClusterRole `system:discovery` (those paths, verb get) is bound to group
+  `system:authenticated`, and `system:public-info-viewer` (/healthz, /livez, /readyz,
+  /version) to `system:unauthenticated` too.
 - A RoleBinding grants its Role's (or ClusterRole's) rules in its own namespace only; a
   ClusterRoleBinding grants a ClusterRole's rules in every namespace and at the cluster scope.
 - A subject is a ServiceAccount (user `system:serviceaccount:<namespace>:<name>`), a User or
@@ -37,7 +43,13 @@ class User:
 
 ANONYMOUS = User(ANONYMOUS_NAME, ("system:unauthenticated",))
 ADMIN = User("kubernetes-admin", ("system:masters", "system:authenticated"))
-_CLUSTER_ADMIN = [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]
+_CLUSTER_ADMIN = [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
+                  {"nonResourceURLs": ["*"], "verbs": ["*"]}]
+_DISCOVERY = [{"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez",
+                                   "/openapi", "/openapi/*", "/readyz", "/version",
+                                   "/version/"], "verbs": ["get"]}]
+_PUBLIC_INFO = [{"nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version",
+                                     "/version/"], "verbs": ["get"]}]
 
 
 @dataclass(frozen=True)
@@ -49,18 +61,39 @@ class Request:
     namespace: str  # "" at the cluster scope
     name: str  # "" for create, list, watch and deletecollection
     api_group: str = ""
+    subresource: str = ""  # status, scale, ...
+
+
+@dataclass(frozen=True)
+class PathRequest:
+    """The authorizer's attributes of a non-resource request."""
+
+    verb: str  # get, post, put, patch, delete (the HTTP method, lower case)
+    path: str
 
 
 def _names(values: Any) -> list[str]:
     return [str(v) for v in values or []]
 
 
-def _rule_allows(rule: dict[str, Any], req: Request) -> bool:
-    verbs, groups = _names(rule.get("verbs")), _names(rule.get("apiGroups"))
-    resources, names = _names(rule.get("resources")), _names(rule.get("resourceNames"))
-    return ((req.verb in verbs or "*" in verbs)
-            and (req.api_group in groups or "*" in groups)
-            and (req.resource in resources or "*" in resources)
+def _resource_matches(resources: list[str], req: Request) -> bool:
+    combined = f"{req.resource}/{req.subresource}" if req.subresource else req.resource
+    return any(r in ("*", combined) or (req.subresource and r == f"*/{req.subresource}")
+               for r in resources)
+
+
+def _rule_allows(rule: dict[str, Any], req: Request | PathRequest) -> bool:
+    verbs = _names(rule.get("verbs"))
+    if not (req.verb in verbs or "*" in verbs):
+        return False
+    if isinstance(req, PathRequest):
+        return any(url == req.path or url == "*"
+                   or (url.endswith("*") and req.path.startswith(url[:-1]))
+                   for url in _names(rule.get("nonResourceURLs")))
+    groups = _names(rule.get("apiGroups"))
+    names = _names(rule.get("resourceNames"))
+    return ((req.api_group in groups or "*" in groups)
+            and _resource_matches(_names(rule.get("resources")), req)
             and (not names or req.name in names))
 
 
@@ -69,10 +102,17 @@ class RbacPolicy:
 
     def __init__(self, docs: Iterable[dict[str, Any]]) -> None:
         self.roles: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        self.cluster_roles: dict[str, list[dict[str, Any]]] = {"cluster-admin": _CLUSTER_ADMIN}
+        self.cluster_roles: dict[str, list[dict[str, Any]]] = {
+            "cluster-admin": _CLUSTER_ADMIN, "system:discovery": _DISCOVERY,
+            "system:public-info-viewer": _PUBLIC_INFO}
         self.bindings: list[tuple[str | None, dict[str, Any], list[dict[str, Any]]]] = [
             (None, {"kind": "ClusterRole", "name": "cluster-admin"},
-             [{"kind": "Group", "name": "system:masters"}])]
+             [{"kind": "Group", "name": "system:masters"}]),
+            (None, {"kind": "ClusterRole", "name": "system:discovery"},
+             [{"kind": "Group", "name": "system:authenticated"}]),
+            (None, {"kind": "ClusterRole", "name": "system:public-info-viewer"},
+             [{"kind": "Group", "name": "system:authenticated"},
+              {"kind": "Group", "name": "system:unauthenticated"}])]
         self.service_accounts: set[tuple[str, str]] = set()
         self._tokens: dict[str, User] = {}
         for doc in docs:
@@ -125,9 +165,10 @@ class RbacPolicy:
         return self._tokens.get(token)
 
     # -- authorization -------------------------------------------------------------------------
-    def allows(self, user: User, req: Request) -> bool:
+    def allows(self, user: User, req: Request | PathRequest) -> bool:
         for namespace, ref, subjects in self.bindings:
-            if namespace is not None and namespace != req.namespace:
+            if namespace is not None and (isinstance(req, PathRequest)
+                                          or namespace != req.namespace):
                 continue  # a RoleBinding grants in its own namespace only
             if not any(_subject_is(s, user, namespace) for s in subjects):
                 continue
@@ -154,7 +195,7 @@ def _subject_is(subject: dict[str, Any], user: User, binding_namespace: str | No
     return False
 
 
-def forbidden_status(user: User, req: Request) -> dict[str, Any]:
+def forbidden_status(user: User, req: Request | PathRequest) -> dict[str, Any]:
     """The apiserver's answer to a request RBAC does not allow: a v1 Status, 403 Forbidden.
 
     Its shape is the Status of the Kubernetes API reference
@@ -165,11 +206,18 @@ def forbidden_status(user: User, req: Request) -> dict[str, Any]:
     authorizer's reason from k8s.io/apiserver endpoints/handlers/responsewriters):
     `configmaps "x" is forbidden: User "u" cannot get resource "configmaps" in API group ""
     in the namespace "ns"`; without a name `configmaps is forbidden: ...`; a cluster-scoped
-    request says `at the cluster scope` instead of the namespace."""
+    request says `at the cluster scope` instead of the namespace; a subresource is named
+    `leases/status`; a non-resource request is `forbidden: User "u" cannot get path "/apis"`."""
+    if isinstance(req, PathRequest):
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": f"forbidden: User {_quoted(user.name)} cannot {req.verb} path "
+                           f"{_quoted(req.path)}", "reason": "Forbidden", "details": {},
+                "code": 403}
     qualified = req.resource + (f".{req.api_group}" if req.api_group else "")
     where = (f"in the namespace {_quoted(req.namespace)}" if req.namespace
              else "at the cluster scope")
-    why = (f"User {_quoted(user.name)} cannot {req.verb} resource {_quoted(req.resource)} "
+    resource = f"{req.resource}/{req.subresource}" if req.subresource else req.resource
+    why = (f"User {_quoted(user.name)} cannot {req.verb} resource {_quoted(resource)} "
            f"in API group {_quoted(req.api_group)} {where}")
     what = f"{qualified} {_quoted(req.name)}" if req.name else qualified
     details: dict[str, Any] = {}  # StatusDetails' fields in their order, empty ones left out
@@ -205,8 +253,10 @@ def deploy_docs() -> list[dict[str, Any]]:
     return docs
 
 
-def deploy_rbac() -> RbacPolicy:
-    return RbacPolicy.from_files(DEPLOY / "rbac.yaml")
+def deploy_rbac(*extra: dict[str, Any]) -> RbacPolicy:
+    """The RBAC objects of every manifest of deploy/ (and `extra` ones, e.g. a RoleBinding a
+    site would add)."""
+    return RbacPolicy([*deploy_docs(), *extra])
 
 
 def service_account_of(process: str) -> tuple[str, str] | None:

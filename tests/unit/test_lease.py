@@ -16,6 +16,7 @@ from workers.core.grants import make_lease, new_lease
 from workers.core.lease import Lease, lease_port_groups, port_group_key, rfc3339
 from workers.core.models import Network, Pool, Request
 from workers.core.topology import env_values, failure_domain, lease_env, platform_vsphere
+from workers.core.upstream import env_vars
 
 # wire (section, key) -> (attribute, value when the key is absent or null): written out here
 # again on purpose, so the test does not trust lease.py's own table
@@ -44,12 +45,19 @@ WIRE = {
     ("status", "job-link"): ("job_link", ""),
     ("status", "failure-domain"): ("failure_domain", None),
     ("status", "env"): ("env", ""),
+    ("status", "env-vars"): ("env_vars", ""),
+    ("status", "pool-info"): ("pool_info", []),
+    ("status", "pool-annotations"): ("pool_annotations", {}),
     ("status", "released-at"): ("released_at", ""),
     ("status", "release-reason"): ("release_reason", ""),
 }
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1,
                 max_size=12)
+# what a pool and its networks are named: no NUL, which the pools file refuses and no shell
+# variable (upstream's envVars) can hold
+pool_names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",),
+                                   exclude_characters="\x00"), min_size=1, max_size=12)
 keys = st.text("abcdefghijklmnopqrstuvwxyz-./", min_size=1, max_size=10)
 sizes = st.integers(0, 10**6)
 json_values = st.recursive(
@@ -61,8 +69,9 @@ json_values = st.recursive(
 @st.composite
 def networks(draw: st.DrawFn) -> Network:
     details = draw(st.dictionaries(st.sampled_from(["dns", "mtu", "ipv6-cidr", "machine-cidr"]),
-                                   st.lists(names, max_size=2) | names | sizes, max_size=2))
-    return Network(port_group=draw(names), vlan=draw(st.none() | st.integers(1, 4094)),
+                                   st.lists(pool_names, max_size=2) | pool_names | sizes,
+                                   max_size=2))
+    return Network(port_group=draw(pool_names), vlan=draw(st.none() | st.integers(1, 4094)),
                    cidr=draw(st.sampled_from(["", "10.0.0.0/24"])),
                    gateway=draw(st.sampled_from(["", "10.0.0.1"])),
                    type=draw(st.sampled_from(["single-tenant", "multi-tenant"])),
@@ -73,11 +82,14 @@ def networks(draw: st.DrawFn) -> Network:
 @st.composite
 def pools(draw: st.DrawFn) -> Pool:
     domain = draw(st.dictionaries(st.sampled_from(["short-name", "resource-pool", "folder"]),
-                                  names, max_size=3))
-    labels = draw(st.dictionaries(st.sampled_from(["region", "zone", "team"]), names,
+                                  pool_names, max_size=3))
+    labels = draw(st.dictionaries(st.sampled_from(["region", "zone", "team"]), pool_names,
                                   max_size=3))
-    return Pool(name=draw(names), vcenter=draw(names), datacenter=draw(names),
-                cluster=draw(names), datastore=draw(names), vcpus=draw(sizes),
+    annotations = draw(st.dictionaries(st.sampled_from(["ci-auth-path", "a.example/b"]),
+                                       pool_names, max_size=2))
+    return Pool(annotations=tuple(sorted(annotations.items())),
+                name=draw(pool_names), vcenter=draw(pool_names), datacenter=draw(pool_names),
+                cluster=draw(pool_names), datastore=draw(pool_names), vcpus=draw(sizes),
                 memory=draw(sizes), storage=draw(sizes),
                 labels=tuple(sorted(labels.items())),
                 networks=tuple(draw(st.lists(networks(), max_size=4))),
@@ -125,6 +137,9 @@ def wire_lease(lease_id: str, req: Request, pool: Pool, nets: list[Network], now
         "metadata": {"name": lease_id, "creationTimestamp": rfc3339(now)},
     }
     lease["status"]["env"] = lease_env(lease)
+    lease["status"]["env-vars"] = env_vars(lease)
+    if pool.annotations:
+        lease["status"]["pool-annotations"] = dict(pool.annotations)
     return lease
 
 

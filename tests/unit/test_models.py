@@ -374,17 +374,30 @@ def test_make_lease_has_the_contract_shape():
     assert list(lease["status"]) == [
         "leased-at", "expires-at", "boskos-lease-id", "pool", "vcenter", "datacenter",
         "cluster", "datastore", "networks", "owner", "request-id", "state", "labels",
-        "job-link", "failure-domain", "env",
+        "job-link", "failure-domain", "env", "env-vars", "pool-annotations",
     ]
     assert lease["status"]["failure-domain"] == {
         "name": "pool1", "region": "east", "zone": "east-1a", "server": "vcenter1.example.com",
         "topology": {"datacenter": "datacenter1",
                      "computeCluster": "/datacenter1/host/cluster1",
                      "datastore": "/datacenter1/datastore/datastore1",
-                     "networks": ["ci-vlan-1001"],
+                     "networks": ["/datacenter1/network/ci-vlan-1001"],
                      "resourcePool": "/datacenter1/host/cluster1/Resources/ci",
                      "folder": "/datacenter1/vm/ci"}}
     assert "export VCM_LEASE_ID=lease-abc\n" in lease["status"].pop("env")
+    assert lease["status"].pop("env-vars").splitlines() == [
+        'export vsphere_url="vcenter1.example.com"', 'export GOVC_URL="vcenter1.example.com"',
+        'export GOVC_DATACENTER="datacenter1"',
+        'export GOVC_DATASTORE="/datacenter1/datastore/datastore1"',
+        'export GOVC_NETWORK="ci-vlan-1001"', 'export vsphere_cluster="/datacenter1/host/cluster1"',
+        'export vsphere_resource_pool="/datacenter1/host/cluster1/Resources/ci"',
+        'export vsphere_datacenter="datacenter1"',
+        'export vsphere_datastore="/datacenter1/datastore/datastore1"',
+        'export vsphere_portgroup="ci-vlan-1001"', 'export gateway="192.168.1.1"',
+        'export dns_server="192.168.1.2"', 'export vlanid="1001"', 'export phydc=""',
+        'export primaryrouterhostname="r1.example.com"']
+    assert lease["status"].pop("pool-annotations") == {
+        "ci-auth-path": "/var/run/vault/vcenter1/auth.sh"}
     del lease["status"]["failure-domain"]
     assert lease["status"] == {
         "leased-at": "2026-11-22T15:32:06Z", "expires-at": "2026-11-23T15:32:06Z",

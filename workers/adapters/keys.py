@@ -37,7 +37,8 @@ arrivals               counter giving the waiting line its order
 outbox                 hash task id -> "<seq>|<answer JSON>": answers held for the mirror
 kick                   list: wakes the publisher (a change to mirror, an answer to release)
 mirror                 hash: the mirror publisher's status (see workers/publisher/thread.py)
-stats                  hash of counters (placements, releases, reaps, refusals, ...)
+stats                  hash of counters (placements, releases, reaps, refusals, ...; per
+                       network type: fulfilled:<type>, pending:<type>, delayed:<type>)
 latency                hash: acquire latency histogram
 reaped                 list of the last 1,000 reaped leases
 usage                  stream of usage rollups, trimmed to the retention
@@ -149,6 +150,9 @@ class Keys:
     @property
     def namespaces(self) -> str:
         return self.prefix + "namespaces"
+
+    def use(self, pool: str) -> str:
+        return f"{self.prefix}use:{pool}"
 
     def owner(self, owner: str) -> str:
         return f"{self.prefix}owner:{owner}"

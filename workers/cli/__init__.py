@@ -17,7 +17,7 @@ from .exits import EXIT_OK, CliError
 from .leases import cmd_acquire, cmd_estimate, cmd_leases, cmd_release, cmd_renew, cmd_reserve
 from .operate import add_commands as add_operator_commands
 from .pools import cmd_check_pools, cmd_pools, cmd_pools_discover, cmd_usage
-from .serve import cmd_api, cmd_run
+from .serve import cmd_api, cmd_controller, cmd_run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,8 +33,9 @@ def parser() -> argparse.ArgumentParser:
                          default="table")
     out_fd = argparse.ArgumentParser(add_help=False)
     out_fd.add_argument("-o", "--output",
-                        choices=["json", "table", "failure-domains", "subnets"],
-                        default="table")
+                        choices=["json", "table", "failure-domains", "subnets", "lease-files"],
+                        default="table", help="lease-files: write the files an OpenShift CI "
+                        "step leaves in its SHARED_DIR into DIR")
 
     def request_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--vcpus", type=int, required=True)
@@ -86,6 +87,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--owner")
     p.add_argument("--pool")
     p.add_argument("-l", "--selector", help="only leases whose labels match, e.g. k=v,k2=v2")
+    p.add_argument("dir", nargs="?", metavar="DIR",
+                   help="with -o lease-files: the directory to write into (created if missing)")
+    p.add_argument("--credentials", metavar="FILE", help="with -o lease-files: the vCenter "
+                   "accounts (vcenter_usernames=(...), vcenter_passwords=(...)); default: the "
+                   "file each pool's ci-auth-path annotation names")
+    p.add_argument("--ca-certs", metavar="FILE", help="with -o lease-files: govc.sh trusts "
+                   "these certificates (default: GOVC_INSECURE=1, as the CI step writes)")
+    p.add_argument("--multi-nic", action="store_true", help="with -o lease-files: the extra "
+                   "NICs' port groups join every failure domain's networks")
     p.set_defaults(func=cmd_leases)
     p = sub.add_parser("estimate", parents=[common, out], help="how many more would fit")
     request_flags(p)
@@ -106,11 +116,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=cmd_api)
+    p = sub.add_parser("controller", parents=[common],
+                       help="answer Lease custom resources (VCM_CONTROLLER_NAMESPACES)")
+    p.add_argument("--liveness", metavar="URL",
+                   help="serve a liveness probe, e.g. http://0.0.0.0:8081/healthz")
+    p.add_argument("-v", "--verbose", action="store_true", help="kopf's debug log")
+    p.set_defaults(func=cmd_controller)
     p = sub.add_parser("run", parents=[common], help="the whole local stack, in the foreground")
     p.add_argument("--api-port", type=int, default=8080)
     p.add_argument("--flower-port", type=int, default=5555)
     p.add_argument("--no-flower", action="store_true")
     p.add_argument("--no-api", action="store_true")
+    p.add_argument("--no-controller", action="store_true",
+                   help="not the Lease controller (started when $KUBECONFIG is set)")
     p.set_defaults(func=cmd_run)
     return top
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from ..contract import Task
 from ..core.errors import InvalidRequest
 from ..core.parsing import parse_duration
+from ..core.step_files import install_of
 from .client import call
 from .exits import EXIT_OK
+from .lease_files import check_options, target_dir, write_lease_files
 from .output import emit, estimate_table, leases_table, show_leases
 
 
@@ -63,8 +66,21 @@ def cmd_renew(args: argparse.Namespace) -> int:
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
-    show_leases(args, call(args, Task.LIST_LEASES, owner=args.owner, pool=args.pool,
-                           selector=args.selector))
+    if args.output == "lease-files" and not args.selector:
+        raise InvalidRequest.of("selector", "-o lease-files writes the files of one install: "
+                                "select its leases (-l boskos-lease-id=X)")
+    check_options(args)
+    leases = call(args, Task.LIST_LEASES, owner=args.owner, pool=args.pool,
+                  selector=args.selector)
+    if args.output != "lease-files":
+        show_leases(args, leases)
+        return EXIT_OK
+    if not leases:
+        raise InvalidRequest.of("selector", f"no active lease matches {args.selector!r}")
+    install = install_of(leases, call(args, Task.SHOW_POOLS))
+    directory = target_dir(args.dir)
+    for name in write_lease_files(args, install):
+        print(os.path.join(directory, name))
     return EXIT_OK
 
 

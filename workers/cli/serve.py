@@ -13,6 +13,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_stack(args)
 
 
+def cmd_controller(args: argparse.Namespace) -> int:
+    from ..adapters.kube_config import NoKubeConfig
+    from ..controller.operator import run
+    from ..settings import Settings
+    from .exits import CliError
+
+    settings = (Settings.from_env(redis_url=args.redis_url) if args.redis_url
+                else Settings.from_env())
+    try:
+        return run(settings, liveness=args.liveness, verbose=args.verbose)
+    except NoKubeConfig as exc:
+        raise CliError(f"the controller needs the Kubernetes API: {exc}") from None
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     from api_shim.app import serve
     from api_shim.settings import ApiSettings

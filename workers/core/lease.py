@@ -115,6 +115,19 @@ def install_group(labels: Mapping[str, Any] | None, boskos_lease_id: Any) -> str
     return boskos_lease_id if isinstance(boskos_lease_id, str) else ""
 
 
+def network_only(vcpus: Any, memory: Any) -> bool:
+    """Whether a lease (or request) asks for port groups alone: no vCPUs, no memory (an
+    install's extra NICs, its bastion). It takes no part in its install's common network:
+    it gets free port groups of its own, and the install's later leases never share them."""
+    return vcpus == 0 and memory == 0
+
+
+def sharing_install(owner: str, group: str, vcpus: Any, memory: Any) -> Install | None:
+    """The install whose networks a lease (or request) shares: (owner, group) when it has a
+    group and vCPUs or memory; None otherwise (its networks are its own request's)."""
+    return (owner, group) if group and not network_only(vcpus, memory) else None
+
+
 def entry_vlan(entry: Mapping[str, Any]) -> tuple[str, int] | None:
     """The VLAN of one of a lease's networks, as (pod, vlan); None when it has no vlan."""
     vlan, pod = entry.get("vlan"), entry.get("pod")
@@ -212,9 +225,23 @@ class Lease:
     failure_domain: dict[str, Any] | None = wire(
         "status", "failure-domain", None,
         {"type": ["object", "null"], "description": "the pool as an install-config "
-         "failure domain (platform.vsphere.failureDomains)"})
+         "failure domain (platform.vsphere.failureDomains); topology.networks as "
+         "/<datacenter>/network/<port group> paths"})
     env: str = wire("status", "env", "",  # the shell lines, as written when granted
                     {**_TEXT, "description": "`export VCM_...` lines for a job step"})
+    env_vars: str = wire("status", "env-vars", "",  # upstream's envVars, as written when granted
+                         {**_TEXT, "description": "upstream's envVars: `export vsphere_url=...`, "
+                          "GOVC_URL, ... lines for the lease's pool and first network"})
+    pool_info: list[dict[str, Any]] = wire(
+        "status", "pool-info", [],
+        {"type": "array", "items": {"type": "object"}, "description": "upstream's poolInfo: "
+         "the failure domain (name: the Pool object's name) of each pool of the request, in "
+         "the order of its leases; only when it asked for more than one pool"}, new=False)
+    pool_annotations: dict[str, str] = wire(
+        "status", "pool-annotations", {},
+        {"type": "object", "additionalProperties": {"type": "string"},
+         "description": "the pool's annotations, as configured (ci-auth-path: where the job "
+         "finds the vCenter's credentials)"}, new=False, pool="annotations")
     released_at: str = wire("status", "released-at", "", _TEXT, new=False)  # a released lease
     release_reason: str = wire("status", "release-reason", "", _TEXT, new=False)
     # the record this lease was read from: unknown keys and the key order (not copied: the
@@ -249,7 +276,7 @@ class Lease:
         """Lease(**fields) (a new lease, read from no record) at a fraction of the cost: a
         frozen __init__ sets each field through object.__setattr__. For the acquire path."""
         _known(fields)
-        return cls._of({**_SCALARS, "networks": [], "labels": {}, **fields,
+        return cls._of({**_SCALARS, **{attr: kind() for attr, kind in _CONTAINERS}, **fields,
                         "raw": None, "_verbatim": False})
 
     def evolve(self, **changes: Any) -> Lease:
@@ -322,9 +349,9 @@ class Lease:
 
     @property
     def install(self) -> Install | None:
-        """(owner, group) when it has a group, else None."""
-        group = self.group
-        return (self.owner, group) if group else None
+        """The install whose networks it shares (lease.sharing_install): (owner, group) when
+        it has a group and is not network-only, else None."""
+        return sharing_install(self.owner, self.group, self.vcpus, self.memory)
 
     @property
     def vlans(self) -> list[tuple[str, int]]:
@@ -363,6 +390,7 @@ _BY_SECTION = dict(_SECTIONS)
 _KEYS = {name: {f[0]: f for f in rows} for name, rows in _SECTIONS}
 _ATTRS = frozenset(f.attr for f in FIELDS)
 _SCALARS = {f.attr: f.default for f in FIELDS if not isinstance(f.default, list | dict)}
+_CONTAINERS = tuple((f.attr, type(f.default)) for f in FIELDS if isinstance(f.default, list | dict))
 # a new lease's layout: per section the keys always written, then those written when set
 _NEW = tuple((name, tuple((f[0], f[1]) for f in rows if f[3]),
               tuple((f[0], f[1], f[2]) for f in rows if not f[3]))

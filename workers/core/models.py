@@ -12,7 +12,7 @@ from fractions import Fraction
 from functools import cached_property
 from typing import Any
 
-from .lease import Install, install_group, port_group_key
+from .lease import Install, install_group, port_group_key, sharing_install
 from .taints import Taint, Toleration
 
 DEFAULT_NETWORK_TYPE = "single-tenant"
@@ -174,9 +174,12 @@ class Pool:
     # failure-domain fields (region and zone may also come from the labels)
     domain: tuple[tuple[str, str], ...] = ()
     pod: str = ""  # the network pod (upstream's ibmPoolSpec.pod): its networks' default pod
+    # Kubernetes-style annotations, passed through to its leases (`ci-auth-path`: where a job
+    # finds the vCenter's credentials)
+    annotations: tuple[tuple[str, str], ...] = ()
 
     def domain_map(self) -> dict[str, str]:
-        """region, zone, short-name, resource-pool and folder, as configured."""
+        """region, zone, short-name, resource-pool, folder and template, as configured."""
         labels = self.label_map()
         out = {k: labels[k] for k in ("region", "zone") if k in labels}
         return {**out, **dict(self.domain)}
@@ -231,6 +234,7 @@ class Pool:
             "labels": self.label_map(),
             **dict(self.domain),
             **({"pod": self.pod} if self.pod else {}),
+            **({"annotations": dict(self.annotations)} if self.annotations else {}),
             "taints": [t.to_dict() for t in self.taints],
             "networks": [n.to_dict() for n in self.networks],
         }
@@ -263,14 +267,17 @@ class Request:
 
     @cached_property
     def group(self) -> str:
-        """Its install's `boskos-lease-id` (the label, else the field; "" none): its leases
-        share networks with the live leases of the same group (lease.install_group)."""
+        """Its install's `boskos-lease-id` (the label, else the field; "" none): unless it
+        is network-only, its leases share networks with the live leases of the same group
+        (lease.install_group, `install`)."""
         return install_group(dict(self.labels), self.boskos_lease_id)
 
     @property
     def install(self) -> Install | None:
-        """(owner, group) when it has a group, else None (an install of its own)."""
-        return (self.owner, self.group) if self.group else None
+        """The install whose networks its leases share (lease.sharing_install): (owner,
+        group) when it has a group and is not network-only; None: its leases share theirs
+        with one another alone, and take only free ones."""
+        return sharing_install(self.owner, self.group, self.vcpus, self.memory)
 
     def spec(self) -> dict[str, Any]:
         out = {

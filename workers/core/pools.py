@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError
+from .labels import key_problem, value_problem
 from .models import DEFAULT_NETWORK_TYPE, DIMENSIONS, Network, Pool, derived_addresses
 from .taints import Taint, taint_problem
-from .text import MAX_TEXT, text_problem
+from .text import MAX_TEXT, escaped, text_problem
 
 MAX_BUDGET = 10**15  # more than any vCenter has, and exact in the ledger's Lua numbers
-DOMAIN_KEYS = ("region", "zone", "short-name", "resource-pool", "folder")
+DOMAIN_KEYS = ("region", "zone", "short-name", "resource-pool", "folder", "template")
 # optional subnet details, each shown in a lease's network as configured: netmask,
 # machine-network-cidr, ip-addresses (else derived from the cidr: models.derived_addresses),
 # ipv6-cidr, ipv6-start and ipv6-gateway (inside ipv6-cidr), dns or nameservers (addresses),
@@ -31,8 +33,14 @@ MAX_ADDRESSES = 4096
 POOL_KEYS = {
     "name", "vcenter", "datacenter", "cluster", "datastore", "vcpus", "memory", "storage",
     "vcpu-overcommit", "exclude", "no-schedule", "labels", "networks", "taints", "pod",
-    *DOMAIN_KEYS,
+    "annotations", *DOMAIN_KEYS,
 }
+# a pool's annotations ride along in every lease of the pool: bounded well below Kubernetes'
+# own limit (256 KiB for all of an object's annotations)
+SHORT_NAME = re.compile(r"[a-zA-Z0-9]([-_a-zA-Z0-9]{0,28}[a-zA-Z0-9])?")
+MAX_ANNOTATIONS = 64
+MAX_ANNOTATION_VALUE = 4096
+MAX_ANNOTATIONS_BYTES = 16384
 NETWORK_KEYS = {"port-group", "vlan", "cidr", "gateway", "type", "pod", "slices",
                 *NETWORK_DETAILS}
 SLICEABLE = ("multi-tenant", "nested-multi-tenant")  # network types that may be split
@@ -69,11 +77,21 @@ def parse_pools(data: Any, file: str = "pools.yaml") -> tuple[Pool, ...]:
     listings: list[list[_Listing]] = []
     names: set[str] = set()
     vcenters: dict[str, tuple[str, str]] = {}  # lower-cased host → (as written, first pool)
+    domains: dict[str, str] = {}  # failure-domain name → the pool it names
     for index, raw in enumerate(raw_pools):
         pool, listed = _parse_pool(raw, index, file)
         if pool.name in names:
             raise ConfigError.of(file, pool.name, "name", "duplicate pool name")
         names.add(pool.name)
+        # a lease's install-config failure domain is named by its pool's short-name, else the
+        # pool's name: one name per pool, or two pools make one failure domain
+        short = dict(pool.domain).get("short-name")
+        holder = domains.setdefault(short or pool.name, pool.name)
+        if holder != pool.name:
+            raise ConfigError.of(
+                file, pool.name, "short-name" if short else "name",
+                f"{short or pool.name!r} already names pool {holder!r}'s failure domain (a "
+                "pool's short-name, else its name): give each pool its own")
         spelled, first = vcenters.setdefault(pool.vcenter.lower(), (pool.vcenter, pool.name))
         if spelled != pool.vcenter:  # one vCenter counted as two would break spreading
             raise ConfigError.of(
@@ -176,6 +194,13 @@ def _parse_pool(raw: Any, index: int, file: str) -> tuple[Pool, list[_Listing]]:
     for k, v in labels.items():
         _text(k, file, label, "labels", max_len=317)
         _text(str(v), file, label, f"labels.{k}", max_len=63)
+        problem = key_problem(k)  # a pool is published as a Kubernetes object, with its labels
+        if problem:
+            raise ConfigError.of(file, label, "labels", f"label {k!r}: {problem}")
+        problem = value_problem(str(v))
+        if problem:
+            raise ConfigError.of(file, label, f"labels.{k}", problem)
+    annotations = _annotations(raw.get("annotations"), file, label)
     taints_raw = [] if raw.get("taints") is None else raw["taints"]
     if not isinstance(taints_raw, list):
         raise ConfigError.of(file, label, "taints", "must be a list")
@@ -202,6 +227,12 @@ def _parse_pool(raw: Any, index: int, file: str) -> tuple[Pool, list[_Listing]]:
                 file, label, "networks",
                 f"port group {x.values['port-group']!r} is listed twice")
         seen.add(x.identity)
+    domain = tuple((k, _text_field(raw, k, file, label)) for k in DOMAIN_KEYS if k in raw)
+    short = dict(domain).get("short-name")
+    if short is not None and not SHORT_NAME.fullmatch(short):
+        raise ConfigError.of(file, label, "short-name", "must be 1-30 letters, digits, '-' or "
+                             "'_', starting and ending with a letter or digit (upstream's "
+                             "shortName)")
     pool = Pool(
         name=raw["name"].strip(),
         vcenter=vcenter,
@@ -216,8 +247,9 @@ def _parse_pool(raw: Any, index: int, file: str) -> tuple[Pool, list[_Listing]]:
         no_schedule=flags["no-schedule"],
         labels=tuple(sorted((k, str(v)) for k, v in labels.items())),
         taints=tuple(taints),
-        domain=tuple((k, _text_field(raw, k, file, label)) for k in DOMAIN_KEYS if k in raw),
+        domain=domain,
         pod=pod,
+        annotations=annotations,
     )
     return pool, listed
 
@@ -286,6 +318,9 @@ def _parse_network(raw: Any, index: int, pool: str, file: str, pool_pod: str
         if not isinstance(net_type, str) or not net_type:
             raise ConfigError.of(file, pool, f"{where}.type", "must be a non-empty string")
         _text(net_type, file, pool, f"{where}.type", max_len=63)
+        problem = value_problem(net_type)  # the value of the Network's network-type label
+        if problem:
+            raise ConfigError.of(file, pool, f"{where}.type", problem)
         values["type"] = net_type
     for key in NETWORK_DETAILS:
         if raw.get(key) is not None:
@@ -354,6 +389,38 @@ def _network(v: dict[str, Any]) -> Network:
                    gateway=v.get("gateway", ""), type=v.get("type", DEFAULT_NETWORK_TYPE),
                    details=tuple((k, v[k]) for k in NETWORK_DETAILS if k in v),
                    pod=v.get("pod", ""), slices=v.get("slices", 0))
+
+
+def _annotations(raw: Any, file: str, pool: str) -> tuple[tuple[str, str], ...]:
+    """A pool's annotations, as Kubernetes takes them (keys like label keys, string values),
+    and text by our rules (no control characters: they are written into shell lines and
+    logs), bounded: (key, value) pairs sorted by key."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ConfigError.of(file, pool, "annotations", "must be a map of keys to strings")
+    if len(raw) > MAX_ANNOTATIONS:
+        raise ConfigError.of(file, pool, "annotations", f"at most {MAX_ANNOTATIONS} annotations")
+    out, size = [], 0
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ConfigError.of(file, pool, "annotations",
+                                 f"key {_shown(key)[:40]} must be a string")
+        problem = text_problem(key, 317) or key_problem(key)
+        if problem:
+            shown = escaped(key) if text_problem(key, 317) else key
+            raise ConfigError.of(file, pool, "annotations", f"key {shown!r}: {problem}")
+        field = f"annotations.{key}"
+        if not isinstance(value, str):
+            raise ConfigError.of(file, pool, field, "must be a string (quote it in YAML), got "
+                                 f"{type(value).__name__}")
+        _text(value, file, pool, field, max_len=MAX_ANNOTATION_VALUE)
+        size += len(key.encode()) + len(value.encode())
+        if size > MAX_ANNOTATIONS_BYTES:
+            raise ConfigError.of(file, pool, field, f"the annotations add up to more than "
+                                 f"{MAX_ANNOTATIONS_BYTES} bytes")
+        out.append((key, value))
+    return tuple(sorted(out))
 
 
 def _text(value: str, file: str, pool: str, field: str, max_len: int = MAX_TEXT) -> None:

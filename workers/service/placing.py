@@ -26,7 +26,7 @@ from ..core.errors import (
     WaitTimeout,
 )
 from ..core.fleet import Fleet
-from ..core.grants import make_lease
+from ..core.grants import make_leases
 from ..core.lease import Lease
 from ..core.models import Request
 from ..core.parsing import parse_request
@@ -76,11 +76,18 @@ class Placing:
         self._checked: dict[tuple, tuple] = {}  # request shape -> () or InvalidRequest args
 
     def parse(self, raw: Any, default_id: str, owner: str = "anonymous",
-              where: str = "") -> Request:
+              where: str = "", granted: bool = False) -> Request:
+        """The request, refused when the pools could never hold it. `granted`: a request-id
+        the ledger granted before is parsed whatever the pools say now (a pool removed since
+        while it still holds its leases), so that placing answers it with its leases."""
         s = self.settings
         req = parse_request(raw, default_owner=owner, default_request_id=default_id,
                             default_ttl=s.lease_ttl, max_ttl=s.max_lease_lifetime, where=where)
-        self._check_possible(req)
+        try:
+            self._check_possible(req)
+        except InvalidRequest:
+            if not granted or self.ledger.granted_at([req.key])[1][0] is None:
+                raise
         return req
 
     def _check_possible(self, req: Request) -> None:
@@ -133,7 +140,7 @@ class Placing:
         if len(raws) > 1000:
             raise InvalidRequest.of("requests", "at most 1000 requests in one batch")
         base = task_id or uuid.uuid4().hex
-        reqs = [self.parse(r, f"{base}-{i}", owner, where=f"requests[{i}]")
+        reqs = [self.parse(r, f"{base}-{i}", owner, where=f"requests[{i}]", granted=True)
                 for i, r in enumerate(raws)]
         keys = [r.key for r in reqs]
         dupes = sorted(r.request_id for r in reqs if keys.count(r.key) > 1)
@@ -179,10 +186,8 @@ class Placing:
                 raise
             now = time.time()
             groups = {
-                req.key: [
-                    make_lease(uuid.uuid4().hex[:20], req, p.pool, list(p.networks), now)
-                    for p in placements
-                ]
+                req.key: make_leases([uuid.uuid4().hex[:20] for _ in placements], req,
+                                     [(p.pool, list(p.networks)) for p in placements], now)
                 for req, placements in zip(reqs, plan, strict=True)
             }
             caps = {p.pool.name: (p.pool.vcpu_capacity, p.pool.memory, p.pool.storage)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ...core.phases import DELAYED, request_network_type, stat_field
 from .base import LedgerBase
 from .records import text
 from .scripts import InLine, Unparked
@@ -15,8 +16,12 @@ from .scripts import InLine, Unparked
 class LineStore(LedgerBase):
     def park(self, key: str, record: dict[str, Any]) -> InLine:
         """Join the line (once per request key; a later task with the same key becomes a
-        twin that gets the same answer). Position 0 if the request was granted meanwhile."""
-        reply = self.scripts.park(args=[self.p, key, json.dumps(record), record["task"]])
+        twin that gets the same answer). Position 0 if the request was granted meanwhile.
+        A request that joins is counted as pending for its network type, and as delayed when
+        older requests wait ahead of it."""
+        kind = request_network_type(record.get("request") or {})
+        reply = self.scripts.park(args=[self.p, key, json.dumps(record), record["task"],
+                                        stat_field("pending", kind), stat_field(DELAYED, kind)])
         return InLine.from_reply(reply, record)
 
     def is_waiting(self, key: str) -> bool:

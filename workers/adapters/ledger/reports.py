@@ -1,15 +1,18 @@
 """What the HTTP shim reads of the ledger, on its own Redis clients (short timeouts, no
 retries; an asyncio one for /readyz): the fleet for /metrics and the dashboard in one pipelined
-round trip (with Redis's own memory and eviction figures), and the status hashes /readyz shows
-(the mirror publisher's and the namespace pruning's). Values come back as Redis holds them,
-decoded only where the ledger's layout says how (the usage stream's entries, the health
-records); what cannot be decoded is left out, never raised."""
+round trip (with Redis's own memory and eviction figures; for /metrics also the pools' usage,
+the networks in use, the active leases and the waiting line), and the status hashes /readyz
+shows (the mirror publisher's and the namespace pruning's). Values come back as Redis holds
+them, decoded only where the ledger's layout says how (the usage stream's entries, the health
+records, waiter records, usage counters); what cannot be decoded is left out, never
+raised."""
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +21,20 @@ import redis.asyncio as aredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ...core.fleet import Usage
 from ...core.lease import rfc3339
 from ..keys import PREFIX, Keys
+from .records import decoded
+
+
+@dataclass(frozen=True)
+class LedgerDetail:
+    """The ledger's contents the metrics named as upstream's need, beyond its counters."""
+
+    usage: dict[str, Usage] = field(default_factory=dict)  # per pool asked for (use:<pool>)
+    holders: dict[str, int] = field(default_factory=dict)  # network key -> leases holding it
+    leases: list[Any] = field(default_factory=list)  # active lease records, as stored
+    waiters: list[dict[str, Any]] = field(default_factory=list)  # waiting-line records
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,7 @@ class FleetRead:
     set_aside_unreadable: int = 0  # of which nothing can be read (placement stops)
     memory: dict[str, Any] | None = None  # Redis's INFO memory (None: not allowed to read it)
     redis_stats: dict[str, Any] | None = None  # Redis's INFO stats (the same)
+    detail: LedgerDetail | None = None  # when asked for (read_fleet's `pools`)
 
 
 def report_client(url: str, timeout: float) -> redis.Redis:
@@ -49,10 +65,13 @@ def report_client(url: str, timeout: float) -> redis.Redis:
                                 max_connections=32)
 
 
-def read_fleet(client: redis.Redis, prefix: str = PREFIX) -> FleetRead:
-    """Everything the fleet metrics and the dashboard's counters show, in one round trip.
-    Raises the Redis error when Redis does not answer, or refuses a read of the ledger; Redis's
-    own figures are None when this client may not read them (an ACL without INFO)."""
+def read_fleet(client: redis.Redis, prefix: str = PREFIX,
+               pools: Sequence[str] | None = None) -> FleetRead:
+    """Everything the fleet metrics and the dashboard's counters show, in one round trip;
+    with `pools` (pool names), the LedgerDetail too: those pools' usage, the networks in use,
+    the active leases and the waiting line. Raises the Redis error when Redis does not answer,
+    or refuses a read of the ledger; Redis's own figures are None when this client may not
+    read them (an ACL without INFO)."""
     keys = Keys(prefix)
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.stats)
@@ -65,13 +84,22 @@ def read_fleet(client: redis.Redis, prefix: str = PREFIX) -> FleetRead:
     pipe.hgetall(keys.health)
     pipe.hlen(keys.quarantine)
     pipe.scard(keys.blocked)
+    names = list(pools) if pools is not None else []
+    for name in names:
+        pipe.hmget(keys.use(name), "vcpus", "memory", "storage", "leases")
+    if pools is not None:
+        pipe.hgetall(keys.nets)
+        pipe.hvals(keys.leases)
+        pipe.hvals(keys.waiters)
     pipe.info("memory")
     pipe.info("stats")
     *ledger, memory, redis_stats = pipe.execute(raise_on_error=False)
     for reply in ledger:
         if isinstance(reply, Exception):
             raise reply
+    ledger, more = ledger[:10], ledger[10:]
     stats, latency, leases, waiting, usage, mirror, seq, health, aside, blocked = ledger
+    detail = _detail(names, more) if pools is not None else None
     records = {}
     for vcenter, raw in (health or {}).items():
         try:
@@ -83,7 +111,20 @@ def read_fleet(client: redis.Redis, prefix: str = PREFIX) -> FleetRead:
                      seq=seq, health=records, set_aside=int(aside or 0),
                      set_aside_unreadable=int(blocked or 0),
                      memory=None if isinstance(memory, Exception) else memory or {},
-                     redis_stats=None if isinstance(redis_stats, Exception) else redis_stats or {})
+                     redis_stats=None if isinstance(redis_stats, Exception) else redis_stats or {},
+                     detail=detail)
+
+
+def _detail(names: list[str], replies: list[Any]) -> LedgerDetail:
+    """The LedgerDetail from its replies: a usage row per name, then the nets hash, the lease
+    records (left as stored: a scrape decodes only those it has not seen) and the waiter
+    records (decoded; those that cannot be read are left out)."""
+    rows, (nets, leases, waiters) = replies[:len(names)], replies[len(names):]
+    usage = {name: Usage(*(_whole(x) for x in row))
+             for name, row in zip(names, rows, strict=True)}
+    holders = {_text(k): len(_text(v).split()) for k, v in (nets or {}).items()}
+    line = [x for x in map(decoded, waiters or []) if isinstance(x, dict)]
+    return LedgerDetail(usage, holders, list(leases or []), line)
 
 
 def _rollup(entries: list[Any] | None) -> dict[str, Any] | None:
@@ -135,6 +176,12 @@ def describe_namespaces(raw: Mapping[Any, Any], now: float | None = None) -> dic
         if at is not None:
             out["last-error-at"] = rfc3339(at)
     return out
+
+
+def _whole(value: Any) -> int:
+    """A counter as Redis holds it; 0 when it is not there or not a finite number."""
+    number = _number(_text(value)) if value is not None else None
+    return int(number) if number is not None and math.isfinite(number) else 0
 
 
 def _text(value: Any) -> str:

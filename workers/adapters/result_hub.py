@@ -3,7 +3,8 @@
 The workers write a task's result into the result backend (`celery-task-meta-<id>`), and the
 backend publishes each write on a pub/sub channel of the same name. `ResultHub` keeps one
 subscriber connection for every waiting request and wakes the request's `Watch` when its record
-changes; a request that could not subscribe (Redis went away) falls back to polling.
+changes; a request that could not subscribe (Redis went away) falls back to polling. The HTTP
+shim (api_shim/bridge.py) and the Lease controller (workers/controller) each keep one.
 """
 
 from __future__ import annotations
@@ -18,18 +19,9 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from tasks import results
-from workers.adapters.keys import API_HUB_CHANNEL
-from workers.backoff import Backoff, doubling
+from ..backoff import Backoff, doubling
 
 log = logging.getLogger(__name__)
-
-HUB_CHANNEL = API_HUB_CHANNEL  # subscribed at once, so that the connection exists to read
-
-
-def meta_prefix() -> str:
-    """The result records' key prefix: the task id follows it."""
-    return results.key_prefix()
 
 
 @dataclass(eq=False)
@@ -56,9 +48,15 @@ class Watch:
 class ResultHub:
     """One pub/sub connection; subscribe to `celery-task-meta-<id>` while someone waits on it."""
 
-    def __init__(self, client: aredis.Redis) -> None:
+    def __init__(self, client: aredis.Redis, prefix: str, channel: str,
+                 name: str = "result-hub") -> None:
+        """`prefix`: what comes before the task id in a result key (tasks.results.key_prefix);
+        `channel`: a channel of the reader's own, subscribed at once so that the connection
+        exists to read; `name`: its asyncio task's."""
         self.client = client
-        self.prefix = meta_prefix()
+        self.prefix = prefix
+        self.channel = channel
+        self.name = name
         self.watches: dict[str, set[Watch]] = {}
         self.confirm: dict[bytes, asyncio.Future[bool]] = {}
         self.pubsub: Any = None
@@ -69,7 +67,7 @@ class ResultHub:
         self.flushed = time.monotonic()
 
     def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name="vcm-api-result-hub")
+        self.task = asyncio.create_task(self._run(), name=self.name)
 
     async def close(self) -> None:
         if self.task:
@@ -89,7 +87,7 @@ class ResultHub:
             self.stale.clear()  # a new connection has none of the old subscriptions
             try:
                 async with self.lock:
-                    await ps.subscribe(HUB_CHANNEL)  # so that the connection exists to read
+                    await ps.subscribe(self.channel)  # so that the connection exists to read
                     if self.watches:
                         await ps.subscribe(*[self.prefix + t for t in self.watches])
                         for watches in self.watches.values():

@@ -1,0 +1,388 @@
+"""One Lease's life, as the controller answers it.
+
+`serve` runs as the Lease's kopf daemon (an asyncio task of its own: waiting in line never
+holds one of kopf's workers, and kopf cancels it when the Lease is deleted or the process
+stops). It is the same whether the Lease is new or the controller restarted:
+
+1. wait until kopf has put the finalizer on the Lease (so nothing is granted to a Lease that
+   could vanish without its release); a Failed Lease is left as it is;
+2. turn the spec into a `vcm.acquire` request (a field it refuses: Failed, InvalidSpec);
+3. write phase Pending (a new Lease) while the request goes out under task id = uid and
+   request-id = uid: whatever number of times it is sent, it is granted once. Its answer is
+   awaited on the result hub; while it waits in line, condition Delayed shows its place;
+4. granted: ownerReferences to the Pool and Network objects held (and a network-only
+   Lease's zero vcpus/memory taken out of its spec, as upstream's controller writes it),
+   then phase Fulfilled with the failure domain inline, poolInfo, envVars, envVarsMap;
+   refused as something the inventory can never hold: Failed, Unschedulable, pool by pool;
+   answered with leases that are gone: Failed, Released;
+5. then it renews the ledger leases every `VCM_CONTROLLER_RENEW_INTERVAL` (sooner when the
+   sync loop sees one of them gone) until the Lease is deleted; a renewal that finds them
+   released elsewhere shows it on the Lease (Failed, Released; ownerReferences dropped).
+
+`release` is kopf's deletion handler: the Lease's attempt still in line is taken out of it,
+its ledger leases are released (owner and the uid label), then kopf removes the finalizer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..contract import Task
+from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
+from ..core.models import Pool
+from ..core.upstream import held_objects, lease_status
+from . import status as st
+from .kube import GROUP, TRANSIENT, VERSION, KubeApi, KubeError
+from .placement import READY, NoAnswer, Placement
+from .requests import (
+    FINALIZER,
+    UID_LABEL,
+    job_link,
+    lease_ref,
+    lease_request,
+    never_reasons,
+    owner_of,
+    task_id,
+)
+
+log = logging.getLogger(__name__)
+
+API_VERSION = f"{GROUP}/{VERSION}"
+FINALIZER_WAIT = 10.0  # seconds the daemon waits for kopf's finalizer before looking itself
+DELAYED_EVERY = 0.5  # seconds: the least time between two Delayed writes of one Lease
+RETRY = (1.0, 2.0, 5.0, 10.0, 30.0)  # waits between tries when the workers or API fail
+
+
+class Owners(Protocol):
+    """What the Leases need of the published Pools and Networks."""
+
+    pools: tuple[Pool, ...]  # the pools configuration, as the workers last showed it
+
+    async def refs(self, namespace: str, pools: list[str],
+                   networks: list[str]) -> list[dict[str, Any]]:
+        """ownerReferences to these Pool and Network objects of the namespace."""
+        ...
+
+    def usage_changed(self) -> None:
+        """A grant or release happened: refresh the Pools' status soon."""
+        ...
+
+
+@dataclass
+class Held:
+    """A granted Lease, as the renewals and the sync loop see it."""
+
+    namespace: str
+    name: str
+    owner: str
+    ids: list[str]
+    check: asyncio.Event = field(default_factory=asyncio.Event)  # look now: one may be gone
+
+
+class Leases:
+    def __init__(self, kube: KubeApi, placement: Placement, owners: Owners, *, ttl: float,
+                 renew_every: float) -> None:
+        self.kube = kube
+        self.placement = placement
+        self.owners = owners
+        self.ttl = ttl
+        self.renew_every = renew_every
+        self.held: dict[str, Held] = {}  # uid -> granted Lease being served
+        self.serving: set[str] = set()  # uids whose daemon runs
+        self.attempts: dict[str, int] = {}  # uid -> its current acquire attempt
+        self.sending: dict[str, asyncio.Future[None]] = {}  # uid -> acquire being published
+
+    # -- the daemon --------------------------------------------------------------------------
+    async def serve(self, body: Mapping[str, Any]) -> None:
+        """A Lease's daemon (see the module's docstring). `body` is kopf's live view of it."""
+        try:
+            namespace, name, uid = lease_ref(body)
+        except InvalidRequest as exc:
+            log.error("Lease %s is not served: %s", (body.get("metadata") or {}).get("name"),
+                      exc)
+            return
+        self.serving.add(uid)
+        run = LeaseRun(self, body, namespace, name, uid)
+        try:
+            await run.serve()
+        finally:
+            self.serving.discard(uid)
+            self.held.pop(uid, None)
+            if run.delayed_write is not None:
+                run.delayed_write.cancel()
+
+    # -- deletion ----------------------------------------------------------------------------
+    async def release(self, body: Mapping[str, Any]) -> list[str]:
+        """A deleted Lease's ledger leases released (its attempt in line cancelled first);
+        raises (kopf retries) while the workers do not answer."""
+        try:
+            _, _, uid = lease_ref(body)
+        except InvalidRequest:
+            return []  # it could never have been granted
+        owner = owner_of(body)
+        self.held.pop(uid, None)
+        sending = self.sending.get(uid)
+        if sending is not None:  # an acquire being published: it goes first, then its cancel
+            with contextlib.suppress(Exception):
+                await asyncio.shield(sending)
+        attempt = self.attempts.pop(uid, None)
+        if attempt is None:  # not served in this process: the first attempt not answered
+            attempt = 0
+            while (meta := await self.placement.meta(task_id(uid, attempt))) is not None \
+                    and meta.get("status") in READY and _waited_out(meta):
+                attempt += 1
+        meta = await self.placement.meta(task_id(uid, attempt))
+        if meta is None or meta.get("status") not in READY:
+            # in line (or still queued: the queue is one line, the cancel comes after it)
+            await self.placement.call(Task.CANCEL_WAIT, {"task_id": task_id(uid, attempt)},
+                                      timeout=30)
+        released = await self.placement.call(
+            Task.RELEASE, {"owner": owner, "selector": f"{UID_LABEL}={uid}"}, timeout=30)
+        if released:
+            log.info("Lease %s/%s deleted: released %s", body["metadata"].get("namespace"),
+                     body["metadata"].get("name"), ", ".join(released))
+            self.owners.usage_changed()
+        return list(released or [])
+
+
+def _waited_out(meta: Mapping[str, Any]) -> bool:
+    """Whether a finished acquire ended because its wait ran out (then a next attempt)."""
+    result = meta.get("result")
+    return (meta.get("status") == "FAILURE" and isinstance(result, dict)
+            and result.get("exc_type") == WaitTimeout.__name__)
+
+
+class LeaseRun:
+    """One daemon's state: the Lease's status as last written, and its writes in order."""
+
+    def __init__(self, leases: Leases, body: Mapping[str, Any], namespace: str, name: str,
+                 uid: str) -> None:
+        self.leases = leases
+        self.body = body
+        self.namespace, self.name, self.uid = namespace, name, uid
+        self.status: dict[str, Any] = dict(body.get("status") or {})
+        self.lock = asyncio.Lock()  # status writes, one at a time, in order
+        self.delayed_at = 0.0
+        self.delayed_write: asyncio.Task | None = None
+        self.delayed_info: dict[str, Any] | None = None
+        self.times: dict[str, float] = {}  # how long each step took, for the log
+
+    @property
+    def where(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    async def serve(self) -> None:
+        started = time.monotonic()
+        if not await self.finalized():
+            return
+        self.times["finalizer"] = time.monotonic() - started
+        if self.status.get("phase") == "Failed":
+            return  # terminal: nothing is held, nothing is asked
+        meta = self.body.get("metadata") or {}
+        try:
+            request = lease_request(self.body, ttl=self.leases.ttl,
+                                    job_link=job_link(meta.get("annotations") or {}))
+        except InvalidRequest as exc:
+            log.info("Lease %s refused: %s", self.where, exc.message)
+            await self.write(st.failed(self.status, "InvalidSpec", exc.message))
+            return
+        first = None
+        if not self.status.get("phase"):
+            patch = st.pending(self.status)
+            if request.get("job-link"):
+                patch["job-link"] = request["job-link"]
+            first = asyncio.create_task(self.write(patch))
+        asked = time.monotonic()
+        try:
+            leases = await self.acquire(request)
+            self.times["placement"] = time.monotonic() - asked
+        finally:
+            if first is not None:  # the grant's write comes after it
+                try:
+                    await first
+                except (KubeError, *TRANSIENT) as exc:
+                    log.warning("Lease %s: phase Pending not written: %s", self.where, exc)
+        if leases is None:
+            return
+        owner = request["owner"]
+        ids = [x["metadata"]["name"] for x in leases]
+        held = Held(self.namespace, self.name, owner, ids)
+        self.leases.held[self.uid] = held
+        written = time.monotonic()
+        await self.grant(leases)
+        self.times["written"] = time.monotonic() - written
+        log.info("Lease %s fulfilled: %s (%s)", self.where,
+                 ", ".join(f"{x['metadata']['name']} on {x['status'].get('pool')}"
+                           for x in leases),
+                 ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.times.items()))
+        await self.keep(held)
+
+    async def finalized(self) -> bool:
+        """Until kopf's finalizer is on the Lease (False: the Lease is gone)."""
+        deadline = time.monotonic() + FINALIZER_WAIT
+        pause = 0.002  # kopf's patch comes back in milliseconds; a burst of Leases, later
+        while FINALIZER not in ((self.body.get("metadata") or {}).get("finalizers") or []):
+            if time.monotonic() > deadline:
+                try:
+                    fresh = await self.leases.kube.get("Lease", self.namespace, self.name)
+                except KubeError as exc:
+                    if exc.not_found:
+                        return False
+                    raise
+                if (fresh.get("metadata") or {}).get("uid") != self.uid:
+                    return False
+                if FINALIZER in ((fresh.get("metadata") or {}).get("finalizers") or []):
+                    return True
+                deadline = time.monotonic() + FINALIZER_WAIT
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 0.1)
+        return True
+
+    async def acquire(self, request: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The leases granted (None: the Lease was answered Failed)."""
+        placement = self.leases.placement
+        attempt = self.leases.attempts.get(self.uid, 0)
+        failures = 0
+        while True:
+            self.leases.attempts[self.uid] = attempt
+            tid = task_id(self.uid, attempt)
+            try:
+                return await placement.wait(tid, send=lambda tid=tid: self.publish(tid, request),
+                                            progress=self.delayed)
+            except WaitTimeout:
+                attempt += 1  # a week in line, or cancelled: a new attempt, same request-id
+            except (InvalidRequest, NoCapacity) as exc:
+                message = exc.message
+                if isinstance(exc, NoCapacity) and exc.reasons:
+                    message = f"{exc.message.split(':', 1)[0]}: {st.reasons_text(exc.reasons)}"
+                else:
+                    reasons = never_reasons(request, self.leases.owners.pools)
+                    if reasons:
+                        message += f"; pool by pool: {st.reasons_text(reasons)}"
+                log.info("Lease %s cannot be met: %s", self.where, message)
+                await self.write(st.failed(self.status, "Unschedulable", message))
+                return None
+            except LeaseNotFound as exc:
+                await self.released(exc.message)
+                return None
+            except (VcmError, NoAnswer, KubeError, *TRANSIENT) as exc:
+                pause = RETRY[min(failures, len(RETRY) - 1)]
+                failures += 1
+                log.warning("Lease %s: %s; trying again in %gs", self.where, exc, pause)
+                await asyncio.sleep(pause)
+            except Exception as exc:  # noqa: BLE001 - redis-py and kombu raise many kinds
+                pause = RETRY[min(failures, len(RETRY) - 1)]
+                failures += 1
+                log.warning("Lease %s: %s: %s; trying again in %gs", self.where,
+                            type(exc).__name__, exc, pause)
+                await asyncio.sleep(pause)
+
+    async def publish(self, tid: str, request: dict[str, Any]) -> None:
+        """Send the acquire, remembered until it is out (a deletion waits for it)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.leases.sending[self.uid] = done
+        try:
+            await asyncio.shield(self.leases.placement.send(Task.ACQUIRE,
+                                                            {"request": request}, tid))
+        finally:
+            done.set_result(None)
+            if self.leases.sending.get(self.uid) is done:
+                del self.leases.sending[self.uid]
+
+    async def delayed(self, info: dict[str, Any]) -> None:
+        """Progress of the attempt in line: Delayed with its place, at most every
+        DELAYED_EVERY seconds (the latest place is written last)."""
+        self.delayed_info = info
+        if self.delayed_write is not None and not self.delayed_write.done():
+            return
+        wait = self.delayed_at + DELAYED_EVERY - time.monotonic()
+        self.delayed_write = asyncio.create_task(self._write_delayed(max(0.0, wait)))
+
+    async def _write_delayed(self, wait: float) -> None:
+        if wait:
+            await asyncio.sleep(wait)
+        info = self.delayed_info or {}
+        self.delayed_at = time.monotonic()
+        reasons = info.get("reasons") if isinstance(info.get("reasons"), dict) else {}
+        try:
+            await self.write(st.delayed(self.status, info.get("position", "?"), reasons))
+        except (KubeError, *TRANSIENT) as exc:
+            log.warning("Lease %s: its place in line not written: %s", self.where, exc)
+
+    async def grant(self, leases: list[dict[str, Any]]) -> None:
+        """ownerReferences (and the spec of a network-only Lease), then Fulfilled."""
+        if self.delayed_write is not None:
+            self.delayed_write.cancel()
+        pools, networks = held_objects(leases)
+        refs = await self.leases.owners.refs(self.namespace, pools, networks)
+        meta = self.body.get("metadata") or {}
+        others = [r for r in meta.get("ownerReferences") or []
+                  if not (isinstance(r, Mapping) and r.get("apiVersion") == API_VERSION
+                          and r.get("kind") in ("Pool", "Network"))]
+        patch: dict[str, Any] = {}
+        if (meta.get("ownerReferences") or []) != others + refs:
+            patch["metadata"] = {"ownerReferences": others + refs}
+        spec = self.body.get("spec") or {}
+        if (not spec.get("vcpus") and not spec.get("memory")
+                and ("vcpus" in spec or "memory" in spec)):
+            patch["spec"] = {"vcpus": None, "memory": None}  # network-only: none, as upstream
+        if patch:
+            await self.leases.kube.patch("Lease", self.namespace, self.name, patch)
+        await self.write(st.fulfilled(self.status, lease_status(leases)))
+        self.leases.owners.usage_changed()
+
+    async def keep(self, held: Held) -> None:
+        """Renew the ledger leases until the Lease goes (kopf cancels this daemon) or they
+        are released elsewhere."""
+        placement = self.leases.placement
+        failures = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(held.check.wait(), self.leases.renew_every)
+            held.check.clear()
+            try:
+                await asyncio.gather(*(
+                    placement.call(Task.RENEW, {"lease_id": i, "owner": held.owner,
+                                                "ttl": int(self.leases.ttl)}, timeout=60)
+                    for i in held.ids))
+                failures = 0
+            except LeaseNotFound as exc:
+                await self.released(exc.message)
+                return
+            except Exception as exc:  # noqa: BLE001 - try again at the next turn, sooner
+                failures += 1
+                log.warning("Lease %s: renewal failed: %s", self.where, exc)
+                await asyncio.sleep(RETRY[min(failures, len(RETRY) - 1)])
+                if failures < len(RETRY):
+                    held.check.set()  # again soon, not after a whole interval
+
+    async def released(self, why: str) -> None:
+        """Its ledger leases went elsewhere: Failed, Released; it holds no Pool or Network."""
+        log.info("Lease %s: its ledger leases were released elsewhere: %s", self.where, why)
+        self.leases.held.pop(self.uid, None)
+        meta = self.body.get("metadata") or {}
+        refs = meta.get("ownerReferences") or []
+        kept = [r for r in refs if not (isinstance(r, Mapping)
+                                        and r.get("apiVersion") == API_VERSION
+                                        and r.get("kind") in ("Pool", "Network"))]
+        if kept != refs:
+            await self.leases.kube.patch("Lease", self.namespace, self.name,
+                                         {"metadata": {"ownerReferences": kept}})
+        await self.write(st.failed(self.status, "Released",
+                                   f"its ledger leases were released elsewhere: {why}"))
+        self.leases.owners.usage_changed()
+
+    async def write(self, patch: dict[str, Any]) -> None:
+        """A status patch, in order, skipped when it changes nothing."""
+        async with self.lock:
+            if st.unchanged(self.status, patch):
+                return
+            answer = await self.leases.kube.patch("Lease", self.namespace, self.name,
+                                                  {"status": patch}, status=True)
+            got = answer.get("status")
+            self.status = dict(got) if isinstance(got, Mapping) else {**self.status, **patch}
