@@ -304,6 +304,8 @@ def test_unknown_fields_are_pruned_with_a_warning_by_default_refused_when_strict
 @pytest.mark.parametrize("spec, field, message", [
     ({"pools": 0}, "spec.pools",
      "Invalid value: 0: spec.pools in body should be greater than or equal to 1"),
+    ({"pools": 17}, "spec.pools",
+     "Invalid value: 17: spec.pools in body should be less than or equal to 16"),
     ({"vcpus": -1}, "spec.vcpus",
      "Invalid value: -1: spec.vcpus in body should be greater than or equal to 0"),
     ({"vcpus": "24"}, "spec.vcpus",
@@ -329,6 +331,15 @@ def test_schema_violations_are_422_with_a_cause_naming_the_field(custom, spec, f
     assert fields_of(err) == {field: message}
     assert body["message"] == f'Lease.{G} "l1" is invalid: {field}: {message}'
     assert body["details"]["kind"] == "Lease" and body["details"]["group"] == G
+
+
+def test_the_lease_crd_bounds_pools_as_a_request_does():
+    """The apiserver refuses what the worker would: spec.pools runs from 1 to MAX_POOLS."""
+    from workers.core.parsing import MAX_POOLS
+
+    (crd,) = [c for c in deploy_crds() if c.kind == "Lease"]
+    schema = crd.schema["properties"]["spec"]["properties"]["pools"]
+    assert (schema["minimum"], schema["maximum"]) == (1, MAX_POOLS)
 
 
 def test_required_fields_and_metadata_are_validated_together(custom):
