@@ -791,8 +791,15 @@ def test_the_published_pools_and_networks_fit_the_crds(kube, custom, pools_file)
     bare = parse_pools({"pools": [{"name": "bare", "vcenter": "vc9.example.com",
                                    "datacenter": "dc9", "cluster": "c9", "datastore": "ds9",
                                    "vcpus": 8, "memory": 16, "storage": 100}]})
+    # labels Kubernetes does not take, which the pools file accepts (selectable): left off
+    odd = parse_pools({"pools": [{"name": "odd", "vcenter": "vc8.example.com",
+                                  "datacenter": "dc8", "cluster": "c8", "datastore": "ds8",
+                                  "vcpus": 8, "memory": 16, "storage": 100,
+                                  "labels": {"zone": "us east", "a/b/c": "x", "-r": "y",
+                                             "Example.com/k": "v", "region": "us-east"}}]})
     published = [pool_object(p, {"vcpus-used": 4, "lease-count": 1}) for p in pools]
-    published += [pool_object(p) for p in bare]
+    published += [pool_object(p) for p in (*bare, *odd)]
+    assert published[-1]["metadata"]["labels"] == {"region": "us-east"}
     for obj in published:
         status = obj.pop("status")
         made = custom.create_namespaced_custom_object(G, V, NS, "pools", obj,
