@@ -151,6 +151,53 @@ def test_a_set_aside_record_keeps_its_capacity_and_port_group_after_a_restore(
         s.stop()
 
 
+def test_port_groups_a_network_only_lease_shares_from_the_mirror_stay_held_as_they_were(
+        tmp_path):
+    """A mirror written when network-only leases shared their install's port groups: c1 (the
+    install's compute lease) and x1 (network-only) on pg-1, x2 and x3 (network-only) on
+    pg-2, all of owner ci and boskos-lease-id job. Restored, each port group keeps its
+    holders and stays taken until the last ends; the install's new leases follow the rule:
+    a network-only one takes a free port group, a compute one shares pg-1 through c1 (never
+    pg-2, which only network-only leases hold), and once c1 is gone, pg-1 is x1's alone."""
+    job = {"owner": "ci", "labels": {"boskos-lease-id": "job"}}
+    records = [lease_record("c1", 1, "pg-1", **job), lease_record("x1", 0, "pg-1", **job),
+               lease_record("x2", 0, "pg-2", **job), lease_record("x3", 0, "pg-2", **job)]
+    s = stack_on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": records})
+    try:
+        ledger = Ledger(s.redis.client())
+        asked = {"owner": "ci", "labels": {"boskos-lease-id": "job"}}
+        # the worker restored the mirror before its first answer
+        (x4,) = call(s.app, "vcm.acquire", request={"vcpus": 0, "memory": 0, **asked})
+        assert port_groups_of([x4]) == ["pg-3"]
+        nets = {k: sorted(v.split()) for k, v in audit(ledger)["nets"].items()}
+        assert nets == {"vc1|pg-1": ["c1", "x1"], "vc1|pg-2": ["x2", "x3"],
+                        "vc1|pg-3": [x4["metadata"]["name"]]}
+        (c2,) = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "networks": 2,
+                                                    **asked})
+        assert port_groups_of([c2]) == ["pg-1", "pg-4"]
+        assert sorted(audit(ledger)["nets"]["vc1|pg-1"].split()) == sorted(
+            ["c1", "x1", c2["metadata"]["name"]])
+        # wiped and restored again (from the mirror the worker keeps): the same holders
+        before = audit(ledger)["nets"]
+        s.redis.wipe()
+        wait_for(lambda: Ledger(s.redis.client()).is_ready(), timeout=30, what="the restore")
+        ledger = Ledger(s.redis.client())
+        assert {k: sorted(v.split()) for k, v in audit(ledger)["nets"].items()} == {
+            k: sorted(v.split()) for k, v in before.items()}
+        call(s.app, "vcm.release", lease_ids=["c1", c2["metadata"]["name"]], owner="ci")
+        assert audit(ledger)["nets"]["vc1|pg-1"] == "x1"  # still taken, by x1 alone
+        (c3,) = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, **asked})
+        assert port_groups_of([c3]) == ["pg-4"]  # pg-1 is no longer the install's to share
+        call(s.app, "vcm.release", lease_ids=["x1", "x2"], owner="ci")
+        assert audit(ledger)["nets"]["vc1|pg-2"] == "x3" and "vc1|pg-1" not in \
+            audit(ledger)["nets"]
+        check_invariants(ledger, {p.name: p for p in load_pools(str(s.pools))})
+        call(s.app, "vcm.release", owner="ci")
+        assert audit(ledger)["nets"] == {}
+    finally:
+        s.stop()
+
+
 def test_a_record_whose_holdings_cannot_be_read_stops_placement_until_dropped(
         tmp_path, mirror_kind):
     """Nothing of the record says which pool or port group it holds: the worker restores the

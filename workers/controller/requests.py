@@ -7,7 +7,8 @@ names that tie the two together. Pure: no I/O.
   the next attempt is `<uid>.<n>`;
 - owner: `<namespace>/<boskos-lease-id>` when the Lease carries that label (or spec field),
   else `<namespace>/<name>`: the Leases of one CI job are one install, so they share a VLAN
-  where their pools share one, as upstream's common network does;
+  where their pools share one, as upstream's common network does (a network-only Lease
+  takes part in none: its port groups are its own);
 - labels: the Lease's own, and `vsphere-capacity-manager.splat-team.io/lease-uid` (the
   release on deletion selects by it).
 
