@@ -28,7 +28,7 @@ from ..core.fleet import Fleet
 from ..core.labels import MAX_LABELS
 from ..core.lease import GROUP_LABEL
 from ..core.models import Pool
-from ..core.parsing import parse_request
+from ..core.parsing import MAX_INT, MAX_POOLS, parse_request
 from ..core.reasons import eligibility, shortfall
 from ..core.text import MAX_TEXT, text_problem
 
@@ -81,10 +81,12 @@ def owner_of(body: Mapping[str, Any]) -> str:
     return owner if len(owner) <= MAX_TEXT else f"{namespace}/{meta.get('uid')}"
 
 
-def lease_request(body: Mapping[str, Any], *, ttl: float,
-                  job_link: str = "") -> dict[str, Any]:
+def lease_request(body: Mapping[str, Any], *, ttl: float, job_link: str = "",
+                  sent: bool = False) -> dict[str, Any]:
     """The `vcm.acquire` request of a Lease: checked as the worker checks it (InvalidRequest
-    naming the Lease's field: `spec.networks`, `metadata.labels`)."""
+    naming the Lease's field: `spec.networks`, `metadata.labels`). `sent`: the Lease was
+    asked for before (it has a phase): its `pools` is left to the worker, which answers the
+    request-id it granted whatever that says and refuses it otherwise."""
     namespace, _, uid = lease_ref(body)
     spec = body.get("spec")
     if spec is None:
@@ -118,7 +120,8 @@ def lease_request(body: Mapping[str, Any], *, ttl: float,
     if _LINK.match(job_link) and len(job_link) <= 2048 and not text_problem(job_link, 2048):
         request["job-link"] = job_link  # built from annotations: a bad one is left out
     try:
-        parse_request(request, max_ttl=max(ttl, 1), max_wait=LONGEST_WAIT)
+        parse_request(request, max_ttl=max(ttl, 1), max_wait=LONGEST_WAIT,
+                      max_pools=MAX_INT if sent else MAX_POOLS)
     except InvalidRequest as exc:
         raise lease_field_error(exc) from None
     if not namespace:
@@ -181,7 +184,7 @@ def never_reasons(request: Mapping[str, Any], pools: Iterable[Pool]) -> dict[str
     the inventory can never meet. {} when the request does not parse, or some pool could."""
     try:
         req = parse_request(dict(request), max_ttl=float(request.get("ttl") or 1) + 1,
-                            max_wait=LONGEST_WAIT)
+                            max_wait=LONGEST_WAIT, max_pools=MAX_INT)
     except InvalidRequest:
         return {}
     candidates = {p.name: replace(p, no_schedule=False, exclude=False) for p in pools}
