@@ -196,7 +196,7 @@ def test_unsatisfiable_and_hostile_leases_fail_naming_why_and_the_controller_ser
     failed = crd.wait_phase(never["metadata"]["name"], "Failed", "Fulfilled")
     assert failed["status"]["phase"] == "Failed"
     why = condition(failed, "Fulfilled")
-    assert why["reason"] == "Unschedulable" and why["message"].startswith("vcpus:")
+    assert why["reason"] == "Unschedulable" and why["message"].startswith("spec.vcpus:")
     for pool in ("pool1", "pool2", "pool3"):  # pool by pool
         assert f"{pool}: insufficient vcpus (need 500" in why["message"]
     assert "ownerReferences" not in failed["metadata"]

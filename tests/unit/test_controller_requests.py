@@ -17,8 +17,10 @@ from workers.controller.inventory import merge_patch
 from workers.controller.requests import (
     FINALIZER,
     UID_LABEL,
+    granted_owner,
     job_link,
     lease_request,
+    lease_worded,
     never_reasons,
     owner_of,
     task_id,
@@ -225,3 +227,27 @@ def test_merge_patch_makes_the_object_what_is_wanted(current, desired):
     patch = merge_patch(current, desired)
     assert (patch is None) == (current == desired)
     assert apply_merge_patch(current, patch or {}) == desired
+
+
+@pytest.mark.parametrize(("message", "worded"), [
+    ("pool-selector: no configured pool has all these labels",
+     "spec.poolSelector: no configured pool has all these labels"),
+    ("vcpus: pool1: insufficient vcpus", "spec.vcpus: pool1: insufficient vcpus"),
+    ("required-pool: unknown pool 'x'", "spec.required-pool: unknown pool 'x'"),
+    ("network-type: no pool has networks", "spec.network-type: no pool has networks"),
+    ("no pool fits: pool1: cordoned", "no pool fits: pool1: cordoned"),
+    ("owner: not a request field of the Lease", "owner: not a request field of the Lease"),
+    ("", ""),
+])
+def test_a_refusal_is_worded_with_the_leases_own_field(message, worded):
+    assert lease_worded(message) == worded
+
+
+def test_the_granted_owner_is_the_ledgers_within_the_leases_namespace():
+    ns = "vsphere-infra-helpers"
+    granted = [{"metadata": {"name": "l1"}, "status": {"owner": f"{ns}/job-1"}}]
+    assert granted_owner(granted, ns) == f"{ns}/job-1"
+    assert granted_owner(granted, "elsewhere") is None  # never another namespace's owner
+    assert granted_owner([{"status": {"owner": "vsphere-infra-helpersX/job"}}], ns) is None
+    for odd in (None, [], {}, [None], [{"status": None}], [{"status": {"owner": 7}}], "x"):
+        assert granted_owner(odd, ns) is None

@@ -7,7 +7,8 @@
   the placement workers' own view of the pools configuration, so a reload shows here as it
   shows there. Each round makes the objects what the configuration says (specs, labels,
   annotations, and the Pools' status: available vCPUs, memory, storage, networks, lease
-  count): they are read-only mirrors, a hand edit is undone. An object whose pool or network
+  count): they are read-only mirrors, a hand edit is undone; one deleted by hand is made
+  again, and the Leases holding it are told to name the new one. An object whose pool or network
   left the configuration is deleted once no Lease holds it (a Lease's ownerReferences name
   it: deleting it would let Kubernetes' garbage collector delete the Lease).
 - It compares the ledger's leases that carry a Lease uid with the Leases being served
@@ -191,13 +192,17 @@ class Inventory:
         for obj in wanted:
             kind, name = obj["kind"], obj["metadata"]["name"]
             current = have.pop((kind, name), None)
+            before = self.uids.get((namespace, kind, name))
             try:
                 current = await self._make(namespace, obj, current)
             except KubeError as exc:
                 log.warning("%s %s/%s not published: %s", kind, namespace, name, exc)
                 continue
-            self.uids[(namespace, kind, name)] = str(current["metadata"].get("uid") or "")
+            uid = str(current["metadata"].get("uid") or "")
+            self.uids[(namespace, kind, name)] = uid
             self.seen[(namespace, kind, name)] = current
+            if before is not None and before != uid:
+                self._made_again(namespace, kind, name)
         if have and full:
             await self._drop(namespace, have)
 
@@ -231,6 +236,16 @@ class Inventory:
                 current = await self.kube.patch(kind, namespace, name, {"status": change},
                                                 status=kind == "Pool")
         return current
+
+    def _made_again(self, namespace: str, kind: str, name: str) -> None:
+        """An object deleted by hand was published again: the Leases holding it name the
+        new one (the garbage collector dropped their references to the old)."""
+        log.info("%s %s/%s was deleted by hand: published again", kind, namespace, name)
+        for held in self.leases.held.values():
+            if held.namespace == namespace and name in (held.pools if kind == "Pool"
+                                                        else held.networks):
+                held.repoint = True
+                held.check.set()
 
     async def _drop(self, namespace: str, left: dict[tuple[str, str], dict[str, Any]]) -> None:
         """Delete the objects the configuration no longer has, but those a Lease holds."""

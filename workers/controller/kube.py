@@ -78,6 +78,12 @@ class KubeError(Exception):
     def conflict(self) -> bool:
         return self.status == 409
 
+    @property
+    def transient(self) -> bool:
+        """The apiserver (or what is in front of it) could not answer now: worth the same
+        request again later."""
+        return self.status >= 500 or self.status == 429
+
 
 def path(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
     """The API path of a kind's collection in a namespace, or of one object (and its

@@ -14,10 +14,15 @@ stops). It is the same whether the Lease is new or the controller restarted:
    Lease's zero vcpus/memory taken out of its spec, as upstream's controller writes it),
    then phase Fulfilled with the failure domain inline, poolInfo, envVars, envVarsMap;
    refused as something the inventory can never hold: Failed, Unschedulable, pool by pool;
-   answered with leases that are gone: Failed, Released;
+   answered with leases that are gone: Failed, Released; a grant whose status the API server
+   refuses for good: its leases released, Failed, InvalidStatus;
 5. then it renews the ledger leases every `VCM_CONTROLLER_RENEW_INTERVAL` (sooner when the
    sync loop sees one of them gone) until the Lease is deleted; a renewal that finds them
    released elsewhere shows it on the Lease (Failed, Released; ownerReferences dropped).
+
+Every write to the API server that is answered 5xx or 429, or whose connection fails, is
+sent again after RETRY's pauses (`retrying`): a moment of trouble never leaves a Lease without
+its status, nor restarts the daemon.
 
 `release` is kopf's deletion handler: the Lease's attempt still in line is taken out of it,
 its ledger leases are released (owner and the uid label), then kopf removes the finalizer."""
@@ -28,9 +33,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..contract import Task
 from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
@@ -42,15 +47,18 @@ from .placement import READY, NoAnswer, Placement
 from .requests import (
     FINALIZER,
     UID_LABEL,
+    granted_owner,
     job_link,
     lease_ref,
     lease_request,
+    lease_worded,
     never_reasons,
     owner_of,
     task_id,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 API_VERSION = f"{GROUP}/{VERSION}"
 FINALIZER_WAIT = 10.0  # seconds the daemon waits for kopf's finalizer before looking itself
@@ -81,7 +89,10 @@ class Held:
     name: str
     owner: str
     ids: list[str]
+    pools: list[str] = field(default_factory=list)  # the Pool and Network objects it holds
+    networks: list[str] = field(default_factory=list)
     check: asyncio.Event = field(default_factory=asyncio.Event)  # look now: one may be gone
+    repoint: bool = False  # one of its objects was made again: its ownerReferences too
 
 
 class Leases:
@@ -121,11 +132,11 @@ class Leases:
         """A deleted Lease's ledger leases released (its attempt in line cancelled first);
         raises (kopf retries) while the workers do not answer."""
         try:
-            _, _, uid = lease_ref(body)
+            namespace, _, uid = lease_ref(body)
         except InvalidRequest:
             return []  # it could never have been granted
-        owner = owner_of(body)
-        self.held.pop(uid, None)
+        held = self.held.pop(uid, None)
+        recorded = held.owner if held is not None else None
         sending = self.sending.get(uid)
         if sending is not None:  # an acquire being published: it goes first, then its cancel
             with contextlib.suppress(Exception):
@@ -137,17 +148,38 @@ class Leases:
                     and meta.get("status") in READY and _waited_out(meta):
                 attempt += 1
         meta = await self.placement.meta(task_id(uid, attempt))
-        if meta is None or meta.get("status") not in READY:
+        answered = meta is not None and meta.get("status") in READY
+        if not answered:
             # in line (or still queued: the queue is one line, the cancel comes after it)
             await self.placement.call(Task.CANCEL_WAIT, {"task_id": task_id(uid, attempt)},
                                       timeout=30)
-        released = await self.placement.call(
-            Task.RELEASE, {"owner": owner, "selector": f"{UID_LABEL}={uid}"}, timeout=30)
+        elif recorded is None and meta and meta.get("status") == "SUCCESS":
+            recorded = granted_owner(meta.get("result"), namespace)
+        owner = recorded or owner_of(body)
+        released = list(await self.release_granted(owner, uid))
+        if not released and recorded is None and not answered:
+            # no answer says who holds them, and the Lease may name another owner now (its
+            # boskos-lease-id label changed): the ledger says
+            for other in sorted(await self._ledger_owners(namespace, uid) - {owner}):
+                released += await self.release_granted(other, uid)
         if released:
             log.info("Lease %s/%s deleted: released %s", body["metadata"].get("namespace"),
                      body["metadata"].get("name"), ", ".join(released))
             self.owners.usage_changed()
+        return released
+
+    async def release_granted(self, owner: str, uid: str) -> list[str]:
+        """Release the ledger leases of Lease `uid` that `owner` holds."""
+        released = await self.placement.call(
+            Task.RELEASE, {"owner": owner, "selector": f"{UID_LABEL}={uid}"}, timeout=30)
         return list(released or [])
+
+    async def _ledger_owners(self, namespace: str, uid: str) -> set[str]:
+        """The owners (of this namespace) of the ledger leases granted to Lease `uid`."""
+        found = await self.placement.call(Task.LIST_LEASES,
+                                          {"selector": f"{UID_LABEL}={uid}"}, timeout=30)
+        owners = {granted_owner([x], namespace) for x in found or [] if isinstance(x, Mapping)}
+        return {o for o in owners if o}
 
 
 def _waited_out(meta: Mapping[str, Any]) -> bool:
@@ -177,6 +209,14 @@ class LeaseRun:
         return f"{self.namespace}/{self.name}"
 
     async def serve(self) -> None:
+        try:
+            await self._serve()
+        except KubeError as exc:
+            if not exc.not_found:
+                raise
+            log.info("Lease %s is gone: %s", self.where, exc)
+
+    async def _serve(self) -> None:
         started = time.monotonic()
         if not await self.finalized():
             return
@@ -202,20 +242,29 @@ class LeaseRun:
         try:
             leases = await self.acquire(request)
             self.times["placement"] = time.monotonic() - asked
-        finally:
-            if first is not None:  # the grant's write comes after it
-                try:
-                    await first
-                except (KubeError, *TRANSIENT) as exc:
-                    log.warning("Lease %s: phase Pending not written: %s", self.where, exc)
+        except BaseException:
+            if first is not None:
+                first.cancel()
+            raise
+        if first is not None:  # the grant's write comes after it
+            try:
+                await first
+            except (KubeError, *TRANSIENT) as exc:
+                log.warning("Lease %s: phase Pending not written: %s", self.where, exc)
         if leases is None:
             return
-        owner = request["owner"]
+        owner = granted_owner(leases, self.namespace) or request["owner"]
         ids = [x["metadata"]["name"] for x in leases]
-        held = Held(self.namespace, self.name, owner, ids)
+        held = Held(self.namespace, self.name, owner, ids, *held_objects(leases))
         self.leases.held[self.uid] = held
         written = time.monotonic()
-        await self.grant(leases)
+        try:
+            await self.grant(leases)
+        except KubeError as exc:
+            if exc.status not in (400, 422):
+                raise
+            await self.unshowable(held, exc)
+            return
         self.times["written"] = time.monotonic() - written
         log.info("Lease %s fulfilled: %s (%s)", self.where,
                  ", ".join(f"{x['metadata']['name']} on {x['status'].get('pool')}"
@@ -230,7 +279,8 @@ class LeaseRun:
         while FINALIZER not in ((self.body.get("metadata") or {}).get("finalizers") or []):
             if time.monotonic() > deadline:
                 try:
-                    fresh = await self.leases.kube.get("Lease", self.namespace, self.name)
+                    fresh = await self.retrying("not read", lambda: self.leases.kube.get(
+                        "Lease", self.namespace, self.name))
                 except KubeError as exc:
                     if exc.not_found:
                         return False
@@ -265,6 +315,7 @@ class LeaseRun:
                     reasons = never_reasons(request, self.leases.owners.pools)
                     if reasons:
                         message += f"; pool by pool: {st.reasons_text(reasons)}"
+                message = lease_worded(message)
                 log.info("Lease %s cannot be met: %s", self.where, message)
                 await self.write(st.failed(self.status, "Unschedulable", message))
                 return None
@@ -307,35 +358,64 @@ class LeaseRun:
     async def _write_delayed(self, wait: float) -> None:
         if wait:
             await asyncio.sleep(wait)
-        info = self.delayed_info or {}
-        self.delayed_at = time.monotonic()
-        reasons = info.get("reasons") if isinstance(info.get("reasons"), dict) else {}
-        try:
-            await self.write(st.delayed(self.status, info.get("position", "?"), reasons))
-        except (KubeError, *TRANSIENT) as exc:
-            log.warning("Lease %s: its place in line not written: %s", self.where, exc)
+        written = None
+        while self.delayed_info is not written:  # until the latest place is the one shown
+            if written is not None:
+                await asyncio.sleep(DELAYED_EVERY)
+            written = self.delayed_info
+            info = written or {}
+            self.delayed_at = time.monotonic()
+            reasons = info.get("reasons") if isinstance(info.get("reasons"), dict) else {}
+            try:
+                await self.write(st.delayed(self.status, info.get("position", "?"), reasons))
+            except (KubeError, *TRANSIENT) as exc:
+                log.warning("Lease %s: its place in line not written: %s", self.where, exc)
+                return
 
     async def grant(self, leases: list[dict[str, Any]]) -> None:
         """ownerReferences (and the spec of a network-only Lease), then Fulfilled."""
         if self.delayed_write is not None:
             self.delayed_write.cancel()
-        pools, networks = held_objects(leases)
-        refs = await self.leases.owners.refs(self.namespace, pools, networks)
-        meta = self.body.get("metadata") or {}
-        others = [r for r in meta.get("ownerReferences") or []
-                  if not (isinstance(r, Mapping) and r.get("apiVersion") == API_VERSION
-                          and r.get("kind") in ("Pool", "Network"))]
         patch: dict[str, Any] = {}
-        if (meta.get("ownerReferences") or []) != others + refs:
-            patch["metadata"] = {"ownerReferences": others + refs}
+        refs = await self.refs_patch(*held_objects(leases))
+        if refs is not None:
+            patch["metadata"] = refs
         spec = self.body.get("spec") or {}
         if (not spec.get("vcpus") and not spec.get("memory")
                 and ("vcpus" in spec or "memory" in spec)):
             patch["spec"] = {"vcpus": None, "memory": None}  # network-only: none, as upstream
         if patch:
-            await self.leases.kube.patch("Lease", self.namespace, self.name, patch)
+            await self.retrying("its ownerReferences not written", lambda: self.leases.kube.patch(
+                "Lease", self.namespace, self.name, patch))
         await self.write(st.fulfilled(self.status, lease_status(leases)))
         self.leases.owners.usage_changed()
+
+    async def refs_patch(self, pools: list[str], networks: list[str]) -> dict[str, Any] | None:
+        """The metadata patch that makes its ownerReferences name these Pool and Network
+        objects (as they are published now; other owners kept), or None."""
+        refs = await self.retrying("its Pools and Networks not looked up",
+                                   lambda: self.leases.owners.refs(self.namespace, pools,
+                                                                   networks))
+        meta = self.body.get("metadata") or {}
+        others = [r for r in meta.get("ownerReferences") or []
+                  if not (isinstance(r, Mapping) and r.get("apiVersion") == API_VERSION
+                          and r.get("kind") in ("Pool", "Network"))]
+        if (meta.get("ownerReferences") or []) == others + refs:
+            return None
+        return {"ownerReferences": others + refs}
+
+    async def repoint(self, held: Held) -> None:
+        """A Pool or Network it holds was deleted by hand and published again: the garbage
+        collector took the reference to the old one away, this names the new one."""
+        held.repoint = False
+        try:
+            patch = await self.refs_patch(held.pools, held.networks)
+            if patch is not None:
+                await self.retrying("its ownerReferences not written",
+                                    lambda: self.leases.kube.patch(
+                                        "Lease", self.namespace, self.name, {"metadata": patch}))
+        except KubeError as exc:
+            log.warning("Lease %s: its ownerReferences not written: %s", self.where, exc)
 
     async def keep(self, held: Held) -> None:
         """Renew the ledger leases until the Lease goes (kopf cancels this daemon) or they
@@ -346,6 +426,8 @@ class LeaseRun:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(held.check.wait(), self.leases.renew_every)
             held.check.clear()
+            if held.repoint:
+                await self.repoint(held)
             try:
                 await asyncio.gather(*(
                     placement.call(Task.RENEW, {"lease_id": i, "owner": held.owner,
@@ -366,24 +448,73 @@ class LeaseRun:
         """Its ledger leases went elsewhere: Failed, Released; it holds no Pool or Network."""
         log.info("Lease %s: its ledger leases were released elsewhere: %s", self.where, why)
         self.leases.held.pop(self.uid, None)
+        await self.drop_refs()
+        await self.write(st.failed(self.status, "Released",
+                                   f"its ledger leases were released elsewhere: {why}"))
+        self.leases.owners.usage_changed()
+
+    async def unshowable(self, held: Held, refused: KubeError) -> None:
+        """The API server refuses the grant's status for good (a value of the pools
+        configuration beyond what the CRD holds, such as a zone of 100 characters): what a
+        Lease cannot show, nobody can use; its ledger leases are released, and it is Failed,
+        InvalidStatus, with the API server's words (they name the field)."""
+        log.error("Lease %s: the API server refused its grant: %s; its ledger leases are "
+                  "released", self.where, refused.message)
+        self.leases.held.pop(self.uid, None)
+        failures = 0
+        while True:
+            try:
+                await self.leases.release_granted(held.owner, self.uid)
+                break
+            except Exception as exc:  # noqa: BLE001 - the workers do not answer now
+                pause = RETRY[min(failures, len(RETRY) - 1)]
+                failures += 1
+                log.warning("Lease %s: its ledger leases not released: %s: %s; trying again "
+                            "in %gs", self.where, type(exc).__name__, exc, pause)
+                await asyncio.sleep(pause)
+        await self.drop_refs()
+        await self.write(st.failed(self.status, "InvalidStatus",
+                                   "the API server refused the granted status, so its ledger "
+                                   f"leases were released: {refused.message}"))
+        self.leases.owners.usage_changed()
+
+    async def drop_refs(self) -> None:
+        """Its ownerReferences to Pools and Networks taken away (it holds none)."""
         meta = self.body.get("metadata") or {}
         refs = meta.get("ownerReferences") or []
         kept = [r for r in refs if not (isinstance(r, Mapping)
                                         and r.get("apiVersion") == API_VERSION
                                         and r.get("kind") in ("Pool", "Network"))]
         if kept != refs:
-            await self.leases.kube.patch("Lease", self.namespace, self.name,
-                                         {"metadata": {"ownerReferences": kept}})
-        await self.write(st.failed(self.status, "Released",
-                                   f"its ledger leases were released elsewhere: {why}"))
-        self.leases.owners.usage_changed()
+            await self.retrying("its ownerReferences not written", lambda: self.leases.kube.patch(
+                "Lease", self.namespace, self.name, {"metadata": {"ownerReferences": kept}}))
 
     async def write(self, patch: dict[str, Any]) -> None:
         """A status patch, in order, skipped when it changes nothing."""
         async with self.lock:
             if st.unchanged(self.status, patch):
                 return
-            answer = await self.leases.kube.patch("Lease", self.namespace, self.name,
-                                                  {"status": patch}, status=True)
+            answer = await self.retrying("its status not written", lambda: self.leases.kube.patch(
+                "Lease", self.namespace, self.name, {"status": patch}, status=True))
             got = answer.get("status")
             self.status = dict(got) if isinstance(got, Mapping) else {**self.status, **patch}
+
+    async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` until the apiserver answers it: an answer 5xx or 429, or a connection that
+        failed, is tried again after RETRY's pauses (a line in the log each, no traceback);
+        any other refusal is raised. kopf cancels it with the daemon."""
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except KubeError as exc:
+                if not exc.transient:
+                    raise
+                error: Exception = exc
+            except TRANSIENT as exc:
+                error = exc
+            pause = RETRY[min(failures, len(RETRY) - 1)]
+            failures += 1
+            log.warning("Lease %s: %s: %s; trying again in %gs", self.where, what,
+                        str(error) or type(error).__name__, pause)
+            await asyncio.sleep(pause)

@@ -38,7 +38,7 @@ import kopf
 
 from ..settings import Settings
 from .inventory import Inventory
-from .kube import GROUP, VERSION, Connection, KubeApi
+from .kube import GROUP, VERSION, Connection, KubeApi, KubeError
 from .leases import Leases
 from .placement import Placement
 from .requests import FINALIZER, PREFIX
@@ -143,12 +143,20 @@ def registry_for(controller: Controller) -> kopf.OperatorRegistry:
     @kopf.daemon(GROUP, VERSION, "leases", registry=registry, id="lease",
                  cancellation_timeout=10.0, backoff=5.0)
     async def lease(body: kopf.Body, **_: Any) -> None:
-        await controller.leases.serve(body)
+        try:
+            await controller.leases.serve(body)
+        except KubeError as exc:  # refused for good (a 4xx): said in a line, tried later
+            raise kopf.TemporaryError(f"the API server refused: {exc}", delay=60.0) from exc
 
     @kopf.on.delete(GROUP, VERSION, "leases", registry=registry, id="release",
                     backoff=2.0)
     async def release(body: kopf.Body, **_: Any) -> None:
-        await controller.leases.release(body)
+        try:
+            await controller.leases.release(body)
+        except Exception as exc:  # noqa: BLE001 - the workers, the broker, Redis or the API
+            # server do not answer now (their errors are many): a line, not a traceback
+            raise kopf.TemporaryError(f"its ledger leases are not released yet: "
+                                      f"{type(exc).__name__}: {exc}", delay=2.0) from exc
 
     return registry
 

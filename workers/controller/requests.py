@@ -8,7 +8,8 @@ names that tie the two together. Pure: no I/O.
 - owner: `<namespace>/<boskos-lease-id>` when the Lease carries that label (or spec field),
   else `<namespace>/<name>`: the Leases of one CI job are one install, so they share a VLAN
   where their pools share one, as upstream's common network does (a network-only Lease
-  takes part in none: its port groups are its own);
+  takes part in none: its port groups are its own). Once granted, the owner is the one
+  the ledger recorded (`granted_owner`): a label changed since does not move it;
 - labels: the Lease's own, and `vsphere-capacity-manager.splat-team.io/lease-uid` (the
   release on deletion selects by it).
 
@@ -81,6 +82,17 @@ def owner_of(body: Mapping[str, Any]) -> str:
     return owner if len(owner) <= MAX_TEXT else f"{namespace}/{meta.get('uid')}"
 
 
+def granted_owner(leases: Any, namespace: str) -> str | None:
+    """The owner the ledger holds a Lease's granted leases under (what its acquire answered),
+    when it is one of the Lease's namespace: the one its renewals and its release name, even
+    after the Lease's `boskos-lease-id` label was changed."""
+    if not isinstance(leases, list) or not leases or not isinstance(leases[0], Mapping):
+        return None
+    status = leases[0].get("status")
+    owner = status.get("owner") if isinstance(status, Mapping) else None
+    return owner if isinstance(owner, str) and owner.startswith(f"{namespace}/") else None
+
+
 def lease_request(body: Mapping[str, Any], *, ttl: float, job_link: str = "",
                   sent: bool = False) -> dict[str, Any]:
     """The `vcm.acquire` request of a Lease: checked as the worker checks it (InvalidRequest
@@ -145,6 +157,15 @@ def lease_field_error(exc: InvalidRequest) -> InvalidRequest:
     if field and message.startswith(field + ":"):
         message = message[len(field) + 1:].lstrip()
     return InvalidRequest.of(named, message)
+
+
+def lease_worded(message: str) -> str:
+    """A worker's refusal led by a request field (`pool-selector: no configured pool ...`)
+    worded with the Lease's own (`spec.poolSelector: ...`); any other message as it is."""
+    head, colon, rest = message.partition(":")
+    if colon and head in FIELD_OF:
+        return f"spec.{FIELD_OF[head]}:{rest}"
+    return message
 
 
 # the annotations a CI job puts on its Lease, from which its job-link is made (upstream's)

@@ -7,7 +7,8 @@ Delayed: each `{type, status, severity, lastTransitionTime, reason, message}`). 
 - Fulfilled: granted; the failure domain, poolInfo and envVars come from `core.upstream`.
 - Failed: terminal. `Unschedulable` (the inventory can never meet it, pool by pool),
   `InvalidSpec` (a field the request refuses, named), `Released` (its ledger leases were
-  released elsewhere: reaped, the namespace of its CI job is gone, `vcm release`).
+  released elsewhere: reaped, the namespace of its CI job is gone, `vcm release`),
+  `InvalidStatus` (the API server refused the granted status for good: released).
 
 A condition keeps its lastTransitionTime while its status stays the same."""
 
