@@ -19,11 +19,14 @@ and Redis's own INFO memory and stats: used_memory against maxmemory (a full Red
 writes: workers/adapters/redis_memory.py) and evicted_keys (0 under noeviction).
 
 The metrics named as upstream's (upstream_metrics.py) come from the same read, which then also
-takes the configured pools' usage, the networks in use, the active leases and the waiting line
-(LedgerDetail), and from the pools file as the workers read it (re-read when it changes).
+takes the configured pools' usage, the networks in use, the active lease ids and the waiting
+line (LedgerDetail), and from the pools file as the workers read it (re-read when it changes).
+Only the records of leases the last scrape did not see are read then, in chunks
+(LeaseFactsCache).
 
-All of it is read in one pipelined round trip with short socket timeouts. A scrape never fails
-because of Redis: when it does not answer, the scrape says `vcm_redis_up 0` and nothing else.
+All of it but those records is read in one pipelined round trip with short socket timeouts.
+A scrape never fails because of Redis: when it does not answer, the scrape says
+`vcm_redis_up 0` and nothing else.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,10 +185,13 @@ class FleetReader:
                 self._client = report_client(self.url, self.timeout)
             return self._client
 
-    def read(self, pools: Mapping[str, Pool] | None = None) -> FleetSnapshot:
+    def read(self, pools: Mapping[str, Pool] | None = None,
+             known: Container[Any] = ()) -> FleetSnapshot:
         """Raises the Redis error when Redis does not answer. With `pools` (as configured),
-        the LedgerDetail of those pools is read too."""
-        fleet = read_fleet(self.client, self.prefix, None if pools is None else list(pools))
+        the LedgerDetail of those pools is read too, without the records of the leases in
+        `known` (ids)."""
+        fleet = read_fleet(self.client, self.prefix, None if pools is None else list(pools),
+                           known)
         snap = FleetSnapshot(at=time.time(), leases=fleet.leases, waiting=fleet.waiting,
                              set_aside=fleet.set_aside,
                              set_aside_unreadable=fleet.set_aside_unreadable,
@@ -264,7 +270,7 @@ class FleetCollector:
             except Exception:  # noqa: BLE001 - the scrape goes on without pools
                 log.exception("fleet metrics: could not read the pools")
         try:
-            snap = self.reader.read(pools)
+            snap = self.reader.read(pools, self.leases.known)
         except Exception as exc:  # noqa: BLE001 - a scrape must never fail because of Redis
             log.warning("fleet metrics: Redis does not answer: %s", exc or type(exc).__name__)
             return iter([self._redis_up(0)])

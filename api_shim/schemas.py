@@ -10,6 +10,7 @@ from typing import Any
 
 from workers.contract import STATES
 from workers.core.lease import NETWORK_SCHEMA, lease_schema
+from workers.core.parsing import MAX_POOLS
 
 DURATION_TEXT = r"^(\d+d)?(\d+h)?(\d+m)?(\d+(\.\d+)?s)?$|^\d+(\.\d+)?$"
 DURATION = {
@@ -48,8 +49,9 @@ ACQUIRE_REQUEST: dict[str, Any] = {
         "pool-selector": {"type": "object", "additionalProperties": {"type": "string"}},
         "wait": {**DURATION, "description": "0: fail at once if nothing fits; > 0: wait in "
                  "line that long for capacity"},
-        "pools": {"type": "integer", "minimum": 1, "description": "P distinct pools, over at "
-                  "most `vcenters` distinct vCenters when that is given"},
+        "pools": {"type": "integer", "minimum": 1, "maximum": MAX_POOLS,
+                  "description": "P distinct pools, over at most `vcenters` distinct vCenters "
+                  "when that is given"},
         "labels": {"type": "object", "additionalProperties": {"type": "string"},
                    "maxProperties": 64, "description": "Kubernetes-style labels stored on "
                    "every lease of the request"},

@@ -136,19 +136,25 @@ def lease_facts(raw: Any) -> LeaseFacts | None:
 
 
 class LeaseFactsCache:
-    """The facts of the records seen at the last scrape, by record: a scrape decodes only the
-    records that are new or changed since (decoding thousands of records costs more than the
-    rest of a scrape). It keeps those of the current records only."""
+    """The facts of the leases seen at the last scrape, by lease id: a scrape reads and
+    decodes only the records of leases that are new since (reading thousands of records costs
+    Redis more than the rest of a scrape, decoding them the shim). A lease's facts never
+    change while it is active (a renewal changes its expiry alone). It keeps those of the
+    current leases only; a record that could not be read is read again at the next scrape."""
 
     def __init__(self) -> None:
-        self._known: dict[Any, LeaseFacts | None] = {}
+        self.known: dict[Any, LeaseFacts] = {}  # replaced whole by each read, never changed
 
-    def read(self, raws: Iterable[Any]) -> list[LeaseFacts]:
-        known, fresh = self._known, {}
-        for raw in raws:
-            fresh[raw] = known[raw] if raw in known else lease_facts(raw)
-        self._known = fresh  # concurrent scrapes: the last one's stays, either is right
-        return [f for f in fresh.values() if f is not None]
+    def read(self, leases: Mapping[Any, Any]) -> list[LeaseFacts]:
+        """The facts of `leases` (lease id -> its record as stored, None when it was not read
+        because its id is known)."""
+        known, fresh = self.known, {}
+        for lease_id, raw in leases.items():
+            facts = known.get(lease_id) if raw is None else lease_facts(raw)
+            if facts is not None:
+                fresh[lease_id] = facts
+        self.known = fresh  # concurrent scrapes: the last one's stays, either is right
+        return list(fresh.values())
 
 
 def families(pools: Mapping[str, Pool], detail: LedgerDetail, stats: Mapping[str, int],

@@ -12,6 +12,9 @@
 (g) bench/bench_controller.py  the Lease controller: create -> Fulfilled, and the delete of a
                                blocking Lease -> the waiting one Fulfilled, watched as a CI
                                step watches, against the task API's acquire
+(h) bench/bench_scrape.py      a /metrics scrape at 10,000 leases: what it reads of Redis
+                               (bytes, commands, time inside Redis) against reading every
+                               lease record whole
 
 Not run here (longer, for digging into (b)): bench/bench_celery_settings.py, what each Celery
 setting costs; bench/bench_worker_profile.py, the placement worker's time by section.
@@ -23,7 +26,7 @@ benchmark itself fails (crash, timeout).
 
 Usage, from the repository root (as `make bench` runs it):
     .venv/bin/python -m bench.run [--quick] \
-        [--only placement|celery|http|wait|mirror|inventory|controller]
+        [--only placement|celery|http|wait|mirror|inventory|controller|scrape]
 The machine is usually shared: read ratios against the baselines measured in the same run, not
 absolute numbers.
 """
@@ -55,6 +58,8 @@ BENCHES = [  # (key, title, script)
     ("inventory", "(f) live vCenter health sync", "bench_inventory.py"),
     ("controller", "(g) the Lease controller: create -> Fulfilled, unblocked -> Fulfilled "
      "(bench/bench_controller.py)", "bench_controller.py"),
+    ("scrape", "(h) a /metrics scrape at 10,000 leases: Redis reads against every record "
+     "(bench/bench_scrape.py)", "bench_scrape.py"),
 ]
 
 

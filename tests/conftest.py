@@ -9,6 +9,12 @@ from celery import Celery
 from tests.support.helpers import EXAMPLE_POOLS, reset_ledger
 from tests.support.procs import RedisServer, Worker, env_for
 
+# Celery's own fixtures (celery_app, celery_worker, celery_config, ...: an embedded worker in a
+# thread, workers/test_inprocess.py). pytest-celery's plugin, which would bring them, stays off
+# (pyproject.toml: -p no:celery -p no:docker_tools): from 1.0 on it replaces `celery_worker`
+# with a worker in a Docker container and loads the Docker client into every pytest process.
+pytest_plugins = ("celery.contrib.pytest",)
+
 
 @pytest.fixture(scope="session")
 def redis_server():
@@ -90,11 +96,16 @@ def s(s9):
 # (SLOWEST_FIRST), so that none of it starts last and runs on alone at the end; the list only
 # costs or saves time.
 SPREAD = frozenset({"outside/test_mirror_worker.py", "redis/test_restore.py",
-                    "workers/test_start_commands.py", "workers/test_concurrency.py",
-                    "http/test_api_failures.py"})
-SLOWEST_FIRST = ("workers/test_stateful.py", "outside/test_mirror_worker.py",
-                 "http/test_api_schema.py", "redis/test_restore.py", "outside/test_inventory.py",
-                 "outside/test_namespaces.py", "workers/test_waiting.py")
+                    "redis/test_restore_hostile.py", "workers/test_start_commands.py",
+                    "workers/test_concurrency.py", "http/test_api_failures.py"})
+# by the summed duration of their tests in a `make test` run, longest first
+SLOWEST_FIRST = ("outside/test_pools_commands.py", "http/test_api_schema.py",
+                 "outside/test_mirror_worker.py", "redis/test_restore.py",
+                 "redis/test_restore_hostile.py", "workers/test_start_commands.py",
+                 "workers/test_cli.py", "unit/test_lease.py", "outside/test_vcenter.py",
+                 "workers/test_concurrency.py", "outside/test_inventory.py",
+                 "outside/test_namespaces.py", "workers/test_pressure.py",
+                 "workers/test_labels.py", "outside/test_deploy.py", "workers/test_stateful.py")
 
 
 def _file_of(nodeid: str) -> str:

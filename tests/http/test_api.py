@@ -222,6 +222,20 @@ def test_bad_acquire_bodies_name_the_field(http, ledger, body, status, field):
     assert audit(ledger) == before, err
 
 
+def test_more_pools_than_one_request_may_ask_for_is_422_naming_pools_and_the_limit(http, ledger):
+    """Refused for the limit, not for this fleet's 4 pools (that message says how many are
+    configured); the OpenAPI document says the same."""
+    before = audit(ledger)
+    for pools in (17, 10**6):
+        body = assert_error(http.post("/acquire", json={**UPSTREAM, "pools": pools}), 422,
+                            "InvalidRequest", "pools")
+        assert "at most 16 in one request" in body["message"], body
+    assert audit(ledger) == before
+    doc = http.get("/openapi.json").json()
+    schema = doc["paths"]["/acquire"]["post"]["requestBody"]["content"]["application/json"]
+    assert schema["schema"]["properties"]["pools"]["maximum"] == 16
+
+
 @pytest.mark.parametrize("path, body, field", [
     ("/release", {}, "lease-ids"),
     ("/release", {"lease-ids": 42}, "lease-ids"),

@@ -285,6 +285,16 @@ def test_named_pools_with_extra_nics_and_a_bastion(stack, ledger, upstream, acco
     assert {x["status"]["labels"]["cluster-id"] for x in primary} == {"ci-op-x1-abc12"}
     # three pools of one pod: one VLAN for the install's failure domains
     assert len({(n["pod"], n["vlan"]) for x in primary for n in x["status"]["networks"]}) == 1
+    # the extra NICs and the bastion: each a network of its own, held by nobody else (never
+    # a port group of the primaries, nor of one another)
+    def network(x: dict[str, Any]) -> tuple[str, str, str]:
+        (n,) = x["status"]["networks"]
+        return (x["status"]["vcenter"], n["port-group"], n.get("pod") or "")
+
+    own = [network(x) for x in extra + bastion]
+    assert len(set(own)) == 3, own
+    assert not set(own) & {(x["status"]["vcenter"], n["port-group"], n.get("pod") or "")
+                           for x in primary for n in x["status"]["networks"]}
 
     read = check_shared_dir(shared, ledger)
     assert len(read["leases"]) == 6  # one per request: each lease asked on its own
@@ -294,6 +304,7 @@ def test_named_pools_with_extra_nics_and_a_bastion(stack, ledger, upstream, acco
     # the extra NICs and the bastion named in vsphere_context.sh, by their own port groups
     env_ = read["env"]
     port_groups = {x["status"]["networks"][0]["port-group"] for x in extra}
+    assert len(port_groups) == 2
     assert {env_["vsphere_extra_portgroup_1"], env_["vsphere_extra_portgroup_2"]} == port_groups
     assert env_["vsphere_bastion_portgroup"] \
         == bastion[0]["status"]["networks"][0]["port-group"]

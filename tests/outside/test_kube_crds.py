@@ -304,6 +304,8 @@ def test_unknown_fields_are_pruned_with_a_warning_by_default_refused_when_strict
 @pytest.mark.parametrize("spec, field, message", [
     ({"pools": 0}, "spec.pools",
      "Invalid value: 0: spec.pools in body should be greater than or equal to 1"),
+    ({"pools": 17}, "spec.pools",
+     "Invalid value: 17: spec.pools in body should be less than or equal to 16"),
     ({"vcpus": -1}, "spec.vcpus",
      "Invalid value: -1: spec.vcpus in body should be greater than or equal to 0"),
     ({"vcpus": "24"}, "spec.vcpus",
@@ -329,6 +331,15 @@ def test_schema_violations_are_422_with_a_cause_naming_the_field(custom, spec, f
     assert fields_of(err) == {field: message}
     assert body["message"] == f'Lease.{G} "l1" is invalid: {field}: {message}'
     assert body["details"]["kind"] == "Lease" and body["details"]["group"] == G
+
+
+def test_the_lease_crd_bounds_pools_as_a_request_does():
+    """The apiserver refuses what the worker would: spec.pools runs from 1 to MAX_POOLS."""
+    from workers.core.parsing import MAX_POOLS
+
+    (crd,) = [c for c in deploy_crds() if c.kind == "Lease"]
+    schema = crd.schema["properties"]["spec"]["properties"]["pools"]
+    assert (schema["minimum"], schema["maximum"]) == (1, MAX_POOLS)
 
 
 def test_required_fields_and_metadata_are_validated_together(custom):
@@ -780,8 +791,15 @@ def test_the_published_pools_and_networks_fit_the_crds(kube, custom, pools_file)
     bare = parse_pools({"pools": [{"name": "bare", "vcenter": "vc9.example.com",
                                    "datacenter": "dc9", "cluster": "c9", "datastore": "ds9",
                                    "vcpus": 8, "memory": 16, "storage": 100}]})
+    # labels Kubernetes does not take, which the pools file accepts (selectable): left off
+    odd = parse_pools({"pools": [{"name": "odd", "vcenter": "vc8.example.com",
+                                  "datacenter": "dc8", "cluster": "c8", "datastore": "ds8",
+                                  "vcpus": 8, "memory": 16, "storage": 100,
+                                  "labels": {"zone": "us east", "a/b/c": "x", "-r": "y",
+                                             "Example.com/k": "v", "region": "us-east"}}]})
     published = [pool_object(p, {"vcpus-used": 4, "lease-count": 1}) for p in pools]
-    published += [pool_object(p) for p in bare]
+    published += [pool_object(p) for p in (*bare, *odd)]
+    assert published[-1]["metadata"]["labels"] == {"region": "us-east"}
     for obj in published:
         status = obj.pop("status")
         made = custom.create_namespaced_custom_object(G, V, NS, "pools", obj,

@@ -62,9 +62,9 @@ def kube():
 
 
 def cm_stack(tmp_path, kube: KubeApiServer, pools: str, **env: str) -> Stack:
-    """Each worker talks to the apiserver with the token of the service account deploy/
-    gives it (none where deploy/ mounts none)."""
-    return Stack(tmp_path, pools, env_of=kube_env_as_deployed(kube, tmp_path),
+    """The placement worker talks to the apiserver with the token of the service account
+    deploy/ gives it. No queries worker: no test here sends a query task."""
+    return Stack(tmp_path, pools, env_of=kube_env_as_deployed(kube, tmp_path), queries=False,
                  VCM_CONFIGMAP=f"{NS}/{NAME}", **env)
 
 

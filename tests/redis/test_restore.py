@@ -34,7 +34,7 @@ POOLS = yaml.safe_dump({"pools": [
 
 
 def test_mirror_matches_ledger_and_redis_wipe_restores_everything(tmp_path):
-    s = Stack(tmp_path, POOLS)
+    s = Stack(tmp_path, POOLS, queries=False)  # no query task sent
     try:
         pools = {p.name: p for p in load_pools(str(s.pools))}
         ledger = Ledger(s.redis.client())
@@ -81,7 +81,7 @@ def test_redis_wins_at_start_when_it_has_leases_the_mirror_lacks(tmp_path, marke
     """The placement worker starts (the documented command) on a Redis that holds a lease
     and a mirror that does not (an old copy put back): Redis is kept, whether it is still
     marked ready or not, and the mirror is rewritten from it before any task arrives."""
-    s = Stack(tmp_path, POOLS)
+    s = Stack(tmp_path, POOLS, queries=False)  # no query task sent
     try:
         lease = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})[0]
         name = lease["metadata"]["name"]
@@ -151,6 +151,53 @@ def test_a_set_aside_record_keeps_its_capacity_and_port_group_after_a_restore(
         s.stop()
 
 
+def test_port_groups_a_network_only_lease_shares_from_the_mirror_stay_held_as_they_were(
+        tmp_path):
+    """A mirror written when network-only leases shared their install's port groups: c1 (the
+    install's compute lease) and x1 (network-only) on pg-1, x2 and x3 (network-only) on
+    pg-2, all of owner ci and boskos-lease-id job. Restored, each port group keeps its
+    holders and stays taken until the last ends; the install's new leases follow the rule:
+    a network-only one takes a free port group, a compute one shares pg-1 through c1 (never
+    pg-2, which only network-only leases hold), and once c1 is gone, pg-1 is x1's alone."""
+    job = {"owner": "ci", "labels": {"boskos-lease-id": "job"}}
+    records = [lease_record("c1", 1, "pg-1", **job), lease_record("x1", 0, "pg-1", **job),
+               lease_record("x2", 0, "pg-2", **job), lease_record("x3", 0, "pg-2", **job)]
+    s = stack_on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": records})
+    try:
+        ledger = Ledger(s.redis.client())
+        asked = {"owner": "ci", "labels": {"boskos-lease-id": "job"}}
+        # the worker restored the mirror before its first answer
+        (x4,) = call(s.app, "vcm.acquire", request={"vcpus": 0, "memory": 0, **asked})
+        assert port_groups_of([x4]) == ["pg-3"]
+        nets = {k: sorted(v.split()) for k, v in audit(ledger)["nets"].items()}
+        assert nets == {"vc1|pg-1": ["c1", "x1"], "vc1|pg-2": ["x2", "x3"],
+                        "vc1|pg-3": [x4["metadata"]["name"]]}
+        (c2,) = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "networks": 2,
+                                                    **asked})
+        assert port_groups_of([c2]) == ["pg-1", "pg-4"]
+        assert sorted(audit(ledger)["nets"]["vc1|pg-1"].split()) == sorted(
+            ["c1", "x1", c2["metadata"]["name"]])
+        # wiped and restored again (from the mirror the worker keeps): the same holders
+        before = audit(ledger)["nets"]
+        s.redis.wipe()
+        wait_for(lambda: Ledger(s.redis.client()).is_ready(), timeout=30, what="the restore")
+        ledger = Ledger(s.redis.client())
+        assert {k: sorted(v.split()) for k, v in audit(ledger)["nets"].items()} == {
+            k: sorted(v.split()) for k, v in before.items()}
+        call(s.app, "vcm.release", lease_ids=["c1", c2["metadata"]["name"]], owner="ci")
+        assert audit(ledger)["nets"]["vc1|pg-1"] == "x1"  # still taken, by x1 alone
+        (c3,) = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, **asked})
+        assert port_groups_of([c3]) == ["pg-4"]  # pg-1 is no longer the install's to share
+        call(s.app, "vcm.release", lease_ids=["x1", "x2"], owner="ci")
+        assert audit(ledger)["nets"]["vc1|pg-2"] == "x3" and "vc1|pg-1" not in \
+            audit(ledger)["nets"]
+        check_invariants(ledger, {p.name: p for p in load_pools(str(s.pools))})
+        call(s.app, "vcm.release", owner="ci")
+        assert audit(ledger)["nets"] == {}
+    finally:
+        s.stop()
+
+
 def test_a_record_whose_holdings_cannot_be_read_stops_placement_until_dropped(
         tmp_path, mirror_kind):
     """Nothing of the record says which pool or port group it holds: the worker restores the
@@ -197,7 +244,7 @@ def test_answered_leases_survive_a_worker_sigkill_and_a_redis_wipe(tmp_path):
     """With the file mirror each change is journaled before it is answered: kill -9 the
     worker right after the answers, wipe Redis, start a new worker: every answered lease is
     back, none that was released, and no whole save was needed in between."""
-    s = Stack(tmp_path, POOLS)
+    s = Stack(tmp_path, POOLS, queries=False)  # no query task sent
     try:
         mirror = FileMirror(s.env["VCM_MIRROR_FILE"])
         wait_for(lambda: mirror.path.exists(), what="the first whole save")
@@ -227,7 +274,7 @@ def test_answered_leases_survive_a_worker_sigkill_and_a_redis_wipe(tmp_path):
 def test_a_release_is_synced_by_the_publisher_within_its_round(tmp_path):
     """Releases are answered once written to the journal; the publisher fdatasyncs them in
     its next round, and only then does the mirror status show their seq."""
-    s = Stack(tmp_path, POOLS)
+    s = Stack(tmp_path, POOLS, queries=False)  # no query task sent
     try:
         mirror = FileMirror(s.env["VCM_MIRROR_FILE"])
         wait_for(lambda: mirror.path.exists(), what="the first whole save")
@@ -254,7 +301,7 @@ def _ids(leases: list[dict]) -> list[str]:
 def test_answered_changes_survive_redis_going_back_to_an_older_state(tmp_path):
     """Leases granted (and a release made) after the state Redis went back to were answered:
     the mirror holds them, so it wins over the older Redis, before any new write."""
-    s = Stack(tmp_path, POOLS)
+    s = Stack(tmp_path, POOLS, queries=False)  # no query task sent
     try:
         pools = {p.name: p for p in load_pools(str(s.pools))}
         client = s.redis.client()
@@ -286,7 +333,7 @@ def test_answered_changes_survive_redis_going_back_to_an_older_state(tmp_path):
 def test_a_worker_started_on_a_redis_that_went_back_takes_the_newer_mirror(tmp_path):
     """The worker went down with Redis (one node): the new worker compares the mirror with
     the same Redis ledger (its epoch) before it takes any task."""
-    s = Stack(tmp_path, POOLS)
+    s = Stack(tmp_path, POOLS, queries=False)  # no query task sent
     try:
         pools = {p.name: p for p in load_pools(str(s.pools))}
         client = s.redis.client()

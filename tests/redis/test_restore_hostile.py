@@ -25,6 +25,10 @@ from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
 
 
+def on_mirror(tmp_path, kube, snapshot: dict) -> Stack:
+    """stack_on_mirror without a queries worker: no test here sends a query task."""
+    return stack_on_mirror(tmp_path, kube, snapshot, queries=False)
+
 def _drop(s: Stack, record_id: str) -> subprocess.CompletedProcess:
     """`vcm release <id>`, as the operator drops a set-aside record."""
     return subprocess.run([sys.executable, "-m", "workers.cli", "release", record_id,
@@ -51,7 +55,7 @@ def test_a_record_holding_absurd_sizes_stops_placement_instead_of_counting_wrong
     records = [lease_record(f"big-{i}", 1, f"pg-{i + 1}", pool=pool) for i in range(len(vcpus))]
     for record, n in zip(records, vcpus, strict=True):
         record["spec"]["vcpus"] = n
-    s = stack_on_mirror(tmp_path, mirror_kind, {"format": 1, "seq": 5, "leases": records})
+    s = on_mirror(tmp_path, mirror_kind, {"format": 1, "seq": 5, "leases": records})
     try:
         granted, refused = fill_until_refused(s, request_)
         assert granted == [], f"{port_groups_of(granted)} granted past records that hold them"
@@ -80,7 +84,7 @@ def test_records_that_together_hold_more_than_the_ledger_counts_stop_placement(t
              for i in range(9300)]
     last = {**hold, "status": {**hold["status"], "networks": [{"port-group": "pg-2"}]}}
     aside[-1]["record"] = json.dumps(last)
-    s = stack_on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": [good], "aside": aside})
+    s = on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": [good], "aside": aside})
     try:
         exc = failure(s.app, "vcm.acquire", request={"vcpus": 0, "memory": 0, "networks": 1})
         assert type(exc).__name__ == "NoCapacity", exc
@@ -103,7 +107,7 @@ def test_a_record_whose_port_groups_cannot_all_be_read_stops_placement(
     record = lease_record("short-1", 2, "pg-1")
     record["spec"]["networks"] = asked
     record["status"]["networks"] = networks
-    s = stack_on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": [record]})
+    s = on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": [record]})
     try:
         exc = failure(s.app, "vcm.acquire", request={"vcpus": 0, "memory": 0, "networks": 1})
         assert type(exc).__name__ == "NoCapacity", exc
@@ -127,7 +131,7 @@ def test_two_records_under_one_name_both_stay_held_through_the_journal(tmp_path)
     later = lease_record("later-1", 1, "pg-3")
     (tmp_path / "ledger.json.journal").write_text(
         json.dumps({"seq": 6, "put": [later], "del": []}) + "\n")
-    s = stack_on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": [good, bad]})
+    s = on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": [good, bad]})
     try:
         cpu, refused = fill_until_refused(s, {"vcpus": 1, "memory": 1, "networks": 0})
         assert len(cpu) == 10 - 2 - 3 - 1, f"{len(cpu)} vCPUs granted"
@@ -146,7 +150,7 @@ def test_a_journal_record_without_a_readable_name_stays_held(tmp_path):
     unnamed["metadata"] = {"name": 7}
     (tmp_path / "ledger.json.journal").write_text(
         json.dumps({"seq": 6, "put": [unnamed], "del": []}) + "\n")
-    s = stack_on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": []})
+    s = on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": []})
     try:
         cpu, _ = fill_until_refused(s, {"vcpus": 1, "memory": 1, "networks": 0})
         assert len(cpu) == 10 - 3
@@ -165,7 +169,7 @@ def test_a_second_readable_record_under_a_lease_name_is_set_aside_and_can_be_dro
     holdings stayed counted for good with no id to drop them by."""
     first = lease_record("good-1", 2, "pg-1")
     second = lease_record("good-1", 3, "pg-2")
-    s = stack_on_mirror(tmp_path, mirror_kind, {"format": 1, "seq": 5, "leases": [first, second]})
+    s = on_mirror(tmp_path, mirror_kind, {"format": 1, "seq": 5, "leases": [first, second]})
     try:
         ledger = Ledger(s.redis.client())
         check_invariants(ledger, _pools(s))
@@ -193,7 +197,7 @@ def test_the_journal_drops_only_the_set_aside_record_kept_under_that_id(tmp_path
              {"id": "x-1", "record": json.dumps(two), "problem": "p"}]
     (tmp_path / "ledger.json.journal").write_text(
         json.dumps({"seq": 6, "put": [], "del": ["x-1"]}) + "\n")
-    s = stack_on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": [], "aside": aside})
+    s = on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": [], "aside": aside})
     try:
         nets, _ = fill_until_refused(s, {"vcpus": 0, "memory": 0, "networks": 1})
         assert port_groups_of(nets) == ["pg-1", "pg-3", "pg-4", "pg-5", "pg-6"]
@@ -207,7 +211,7 @@ def test_a_set_aside_item_nested_too_deep_to_read_stops_placement_until_dropped(
     read what it holds, so nothing is placed until `vcm release deep-1` drops it (it raised
     RecursionError to every client before)."""
     deep = "[" * 100000 + "]" * 100000
-    s = stack_on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": [],
+    s = on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": [],
                                    "aside": [{"id": "deep-1", "record": deep, "problem": "?"}]})
     try:
         exc = failure(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})
@@ -225,7 +229,7 @@ def test_a_mirror_without_a_leases_list_restores_what_it_sets_aside(tmp_path):
     an error in the worker's log: the item's port group stays held."""
     held = {"status": {"pool": "p1", "vcenter": "vc1", "networks": [{"port-group": "pg-1"}]},
             "spec": {"vcpus": 1, "memory": 1, "storage": 0}}
-    s = stack_on_mirror(tmp_path, None, {"format": 1, "seq": 5, "aside": [
+    s = on_mirror(tmp_path, None, {"format": 1, "seq": 5, "aside": [
         {"id": "held-1", "record": json.dumps(held), "problem": "no owner"}]})
     try:
         granted = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})
@@ -264,13 +268,13 @@ def test_a_mirror_whose_shape_cannot_be_read_is_refused_until_fixed(
     if journal is not None:
         (tmp_path / "ledger.json.journal").write_text(json.dumps(journal) + "\n")
     with pytest.raises(WorkerExited) as exited:
-        Stack(tmp_path, ASIDE_POOLS)
+        Stack(tmp_path, ASIDE_POOLS, queries=False)
     assert "cannot start: MirrorError" in str(exited.value), exited.value
     assert field in str(exited.value).split("cannot start: MirrorError", 1)[1], exited.value
     (tmp_path / "ledger.json").write_text(json.dumps(
         {"format": 1, "seq": 5, "leases": [lease_record("good-1", 2, "pg-1")]}))
     (tmp_path / "ledger.json.journal").unlink(missing_ok=True)
-    s = Stack(tmp_path, ASIDE_POOLS)
+    s = Stack(tmp_path, ASIDE_POOLS, queries=False)
     try:
         granted = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})
         assert port_groups_of(granted) == ["pg-2"]
@@ -286,7 +290,7 @@ def test_a_configmap_mirror_with_a_seq_past_the_counters_is_refused(tmp_path):
 
     with KubeApiServer() as kube:
         with pytest.raises(WorkerExited) as exited:
-            stack_on_mirror(tmp_path, kube, {**GOOD, "seq": 2**63 - 1,
+            on_mirror(tmp_path, kube, {**GOOD, "seq": 2**63 - 1,
                                        "leases": [lease_record("good-1", 2, "pg-1")]})
         assert "cannot start: MirrorError" in str(exited.value), exited.value
         assert "seq" in str(exited.value).split("cannot start: MirrorError", 1)[1]

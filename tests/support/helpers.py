@@ -50,8 +50,9 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool],
                      shared: frozenset[str] = frozenset()) -> dict[str, Any]:
     """used <= capacity, counters == sum of the leases and of what set-aside records hold,
     networks held by exactly their leases and set-aside records, each by the leases of one
-    install (an owner's boskos-lease-id label, else one request). A network is never in a lease
-    and a set-aside record (unless named in `shared`: the mirror already gave it to both)."""
+    install (an owner's boskos-lease-id label, else one request; a network-only lease's by
+    those of its request). A network is never in a lease and a set-aside record (unless
+    named in `shared`: the mirror already gave it to both)."""
     snap = audit(ledger)
     sums: dict[str, list[int]] = {}
     nets: dict[str, set[str]] = {}
@@ -64,6 +65,8 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool],
         s[2] += sp["storage"]
         s[3] += 1
         group = (st.get("labels") or {}).get("boskos-lease-id") or st.get("boskos-lease-id")
+        if not (sp["vcpus"] or sp["memory"]):
+            group = None  # network-only: its networks are its request's alone
         install = (st["owner"], group) if group else (st["owner"], None, st.get("request-id"))
         for n in st["networks"]:
             key = net_key(st["vcenter"], n)

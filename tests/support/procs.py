@@ -359,10 +359,12 @@ class Beat(Worker):
 
 
 class Stack:
-    """A private redis-server with a placement worker, a queries worker and optionally beat."""
+    """A private redis-server with a placement worker, a queries worker (unless the test sends
+    no query task) and optionally beat."""
 
     def __init__(self, tmp: Path, pools_yaml: str, beat: bool = False,
-                 env_of: dict[str, dict[str, str]] | None = None, **env: str) -> None:
+                 env_of: dict[str, dict[str, str]] | None = None, queries: bool = True,
+                 **env: str) -> None:
         """`env_of`: more variables for one process ("placement", "queries", "beat")."""
         self.tmp = Path(tmp)
         self.pools = self.tmp / "pools.yaml"
@@ -371,10 +373,10 @@ class Stack:
         env = {"VCM_MIRROR_FILE": str(self.tmp / "ledger.json"), **env}
         self.env = env_for(self.redis.url, self.pools, **env)
         own = env_of or {}
-        self.procs: list[Worker] = [
-            Worker({**self.env, **own.get("placement", {})}, "placement"),
-            Worker({**self.env, **own.get("queries", {})}, "queries", pool="threads",
-                   concurrency=4)]
+        self.procs: list[Worker] = [Worker({**self.env, **own.get("placement", {})}, "placement")]
+        if queries:
+            self.procs.append(Worker({**self.env, **own.get("queries", {})}, "queries",
+                                     pool="threads", concurrency=4))
         if beat:
             self.procs.append(Beat({**self.env, **own.get("beat", {})}))
         try:

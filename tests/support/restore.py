@@ -20,13 +20,14 @@ ASIDE_POOLS = yaml.safe_dump({"pools": [
      "networks": [{"port-group": f"pg-{j}", "vlan": j} for j in range(1, 7)]}]})
 
 
-def lease_record(name: str, vcpus: int, port_group: str, pool: str = "p1") -> dict:
-    """A lease as the worker grants it, on vCenter vc1."""
+def lease_record(name: str, vcpus: int, port_group: str, pool: str = "p1",
+                 owner: str | None = None, labels: dict[str, str] | None = None) -> dict:
+    """A lease as the worker grants it, on vCenter vc1 (vcpus 0: network-only)."""
     p = Pool(pool, "vc1", "dc", "c1", "ds", vcpus=10, memory=10, storage=100,
              networks=(Network(port_group, vlan=1),))
-    req = parse_request({"vcpus": vcpus, "memory": vcpus, "owner": f"job-{name}",
-                         "request-id": name}, default_owner="x", default_request_id=name,
-                        default_ttl=86400, max_ttl=86400)
+    req = parse_request({"vcpus": vcpus, "memory": vcpus, "owner": owner or f"job-{name}",
+                         "request-id": name, "labels": labels or {}}, default_owner="x",
+                        default_request_id=name, default_ttl=86400, max_ttl=86400)
     return make_lease(name, req, p, list(p.networks), time.time())
 
 
@@ -45,16 +46,16 @@ def port_groups_of(leases: list[dict]) -> list[str]:
     return sorted(n["port-group"] for x in leases for n in x["status"]["networks"])
 
 
-def stack_on_mirror(tmp_path, kube, snapshot: dict) -> Stack:
+def stack_on_mirror(tmp_path, kube, snapshot: dict, queries: bool = True) -> Stack:
     """A stack whose placement worker starts (the documented command) on an empty Redis and
-    a mirror holding `snapshot`."""
+    a mirror holding `snapshot` (without a queries worker for a test that sends no query)."""
     if kube is None:
         (tmp_path / "ledger.json").write_text(json.dumps(snapshot))
-        return Stack(tmp_path, ASIDE_POOLS)
+        return Stack(tmp_path, ASIDE_POOLS, queries=queries)
     from workers.adapters.mirror.configmap import ConfigMapMirror
 
     with ConfigMapMirror("vcm-test", "ledger", api_client=kube.api_client()) as cm:
         cm.save(snapshot)
     kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace="vcm-test")
-    return Stack(tmp_path, ASIDE_POOLS, VCM_CONFIGMAP="vcm-test/ledger",
+    return Stack(tmp_path, ASIDE_POOLS, queries=queries, VCM_CONFIGMAP="vcm-test/ledger",
                  KUBECONFIG=str(kubeconfig))

@@ -1,4 +1,4 @@
-"""Support for the property-based test of the public task API (tests/test_stateful.py): a
+"""Support for the property-based test of the public task API (tests/workers/test_stateful.py): a
 stack started with the documented placement-worker command, hypothesis strategies for
 requests with good and bad values, and small helpers to read task outcomes."""
 

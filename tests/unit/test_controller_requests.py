@@ -81,6 +81,7 @@ def test_network_only_and_upstream_spellings():
      "spec.tolerations"),
     ({"vcpus": 1, "memory": 1, "network-type": "x" * 100}, {}, "spec.network-type"),
     ({"vcpus": 1, "memory": 1, "required-pool": "\x00"}, {}, "spec.required-pool"),
+    ({"vcpus": 1, "memory": 1, "pools": 17}, {}, "spec.pools"),
     ({"vcpus": 1, "memory": 1}, {"k" * 70: "v"}, "metadata.labels"),
     ({"vcpus": 1, "memory": 1}, {f"l{i}": "v" for i in range(64)}, "metadata.labels"),
     ({"vcpus": 1, "memory": 1}, {"boskos-lease-id": "\ud800"}, "metadata.labels"),
@@ -91,6 +92,24 @@ def test_a_value_the_request_refuses_names_the_leases_field(spec, labels, field)
         lease_request(lease(spec, labels), ttl=60)
     assert info.value.field.startswith(field)
     assert info.value.message.startswith(info.value.field + ":")
+
+
+def test_more_pools_than_a_request_may_ask_for_names_spec_pools_and_the_limit():
+    with pytest.raises(InvalidRequest) as info:
+        lease_request(lease({"vcpus": 1, "memory": 1, "networks": 1, "pools": 17}), ttl=60)
+    assert info.value.field == "spec.pools" and "at most 16" in info.value.message
+    assert lease_request(lease({"vcpus": 1, "memory": 1, "networks": 1, "pools": 16}),
+                         ttl=60)["pools"] == 16
+
+
+def test_a_lease_asked_for_before_is_sent_again_as_it_is():
+    """A Lease with a phase went out before, perhaps before the limit on `pools`: the worker
+    answers its request-id with the leases it granted, or refuses it naming the field."""
+    body = lease({"vcpus": 1, "memory": 1, "networks": 1, "pools": 20})
+    assert lease_request(body, ttl=60, sent=True)["pools"] == 20
+    with pytest.raises(InvalidRequest) as info:
+        lease_request(lease({"vcpus": 1, "memory": 1, "networks": -1}), ttl=60, sent=True)
+    assert info.value.field == "spec.networks"  # every other check stays
 
 
 JSON = hs.recursive(hs.none() | hs.booleans() | hs.integers() | hs.floats(allow_nan=False)

@@ -17,7 +17,13 @@ from workers.core.errors import InvalidRequest
 from workers.core.grants import make_lease
 from workers.core.lease import parse_rfc3339, rfc3339
 from workers.core.models import DEFAULT_TTL, Network, Request
-from workers.core.parsing import MAX_INT, REQUEST_FIELDS, parse_duration, parse_request
+from workers.core.parsing import (
+    MAX_INT,
+    MAX_POOLS,
+    REQUEST_FIELDS,
+    parse_duration,
+    parse_request,
+)
 from workers.core.pools import parse_pools
 from workers.core.text import escaped
 
@@ -149,6 +155,28 @@ def test_network_only_leases_need_a_network():
     assert parse_request({"vcpus": 0, "memory": 8}).memory == 8
     err = bad({"vcpus": 0, "memory": 0, "networks": 0}, "networks")
     assert "network-only" in err.message
+
+
+def test_pools_up_to_the_limit_are_accepted():
+    assert MAX_POOLS == 16
+    assert parse_request({**BASE, "pools": MAX_POOLS}).pools == MAX_POOLS
+    assert parse_request({**BASE, "pools": float(MAX_POOLS)}).pools == MAX_POOLS
+
+
+@pytest.mark.parametrize("value", [MAX_POOLS + 1, 50, 200, MAX_INT, 17.0])
+def test_pools_above_the_limit_are_refused_naming_the_limit(value):
+    """Every lease of a multi-pool request carries every pool's pool-info: the answer and
+    its mirror record grow with the square of `pools`."""
+    err = bad({**BASE, "pools": value}, "pools")
+    assert f"at most {MAX_POOLS}" in err.message
+    assert err.to_dict()["details"]["field"] == "pools"
+    err = bad({**BASE, "pools": value}, "requests[1].pools", where="requests[1]")
+    assert f"at most {MAX_POOLS}" in err.message
+
+
+def test_the_pools_limit_can_be_lifted_for_a_request_granted_before_it():
+    assert parse_request({**BASE, "pools": 40}, max_pools=MAX_INT).pools == 40
+    bad({**BASE, "pools": 10**10}, "pools", max_pools=MAX_INT)  # absurd all the same
 
 
 @pytest.mark.parametrize("field", ["vcpus", "memory"])
@@ -316,7 +344,9 @@ def test_arbitrary_input_raises_only_invalid_request(raw):
     for name in ("vcpus", "memory", "storage", "vcenters", "networks"):
         value = getattr(req, name)
         assert type(value) is int and 0 <= value <= MAX_INT
-    assert req.vcpus >= 0 and req.memory >= 0 and req.vcenters >= 1
+    assert req.vcpus >= 0 and req.memory >= 0
+    assert 0 <= req.pools <= MAX_POOLS
+    assert req.vcenters >= 1 or (req.pools and req.vcenters == 0)  # with pools: no cap
     assert req.vcpus + req.memory > 0 or req.networks >= 1
     assert 1 <= req.ttl <= WEEK and 0 <= req.wait <= WEEK
     for text in (req.owner, req.network_type, req.boskos_lease_id, req.request_id,

@@ -68,6 +68,16 @@ def open_to(pool: Pool, net_type: str, holders: dict[str, str], install: str) ->
                         for k, who in holders.items())]
 
 
+def sharing(req, step: int) -> str:
+    """Who a request's leases share their networks with: the owner's install (its
+    boskos-lease-id), when it has one and asks for vCPUs or memory; otherwise nobody but
+    the request's own leases (a network-only request: its networks are its own, free when
+    it asks, and never a common network for the install's later leases)."""
+    if req.group and (req.vcpus or req.memory):
+        return f"{req.owner}/{req.group}"
+    return f"request {step}"
+
+
 def fits_sizes(req, pool: Pool, fleet: Fleet) -> bool:
     u = fleet.used(pool.name)
     return (u.vcpus + req.vcpus <= pool.vcpus and u.memory + req.memory <= pool.memory
@@ -124,6 +134,8 @@ def multi_requests(draw, fleet: Fleet):
     n_vc = len(fleet.vcenters())
     raw = {"vcpus": draw(st.integers(0, 6)), "memory": draw(st.integers(0, 6)),
            "networks": draw(st.integers(1, 2))}
+    if draw(st.integers(0, 3)) == 0:  # network-only (the extra NICs, the bastion)
+        raw["vcpus"] = raw["memory"] = 0
     if draw(st.booleans()):
         raw["pools"] = draw(st.integers(1, min(3, len(fleet.pools))))
         raw["vcenters"] = draw(st.integers(0, 4))  # a cap; above pools it caps nothing
@@ -167,7 +179,7 @@ def test_a_network_is_held_by_one_install_at_a_time(data):
                                                           if n.vlan_id is not None])
             continue
         req = data.draw(multi_requests(fleet))
-        install = req.group or f"request {step}"
+        install = sharing(req, step)
         try:
             placements = place(req, fleet)
         except NoCapacity:
@@ -203,11 +215,13 @@ def test_a_released_install_no_longer_holds_its_network():
                          networks=(Network("pg0"),)),
              "p10": Pool("p10", "vc1", "dc", "c0", "ds", 10, 10, 10)}
     fleet = Fleet(pools)
-    g1 = parse_request({"vcpus": 0, "memory": 0, "labels": {"boskos-lease-id": "g1"}})
+    g1 = parse_request({"vcpus": 1, "memory": 1, "labels": {"boskos-lease-id": "g1"},
+                        "required-pool": "p00"})
     (p,) = place(g1, fleet)
     fleet.apply(g1, [p])
+    assert fleet.holdings.of(g1.install) is not None
     keys = [p.pool.net_key(n) for n in p.networks]
-    fleet.remove(p.pool.name, 0, 0, 0, keys)
+    fleet.remove(p.pool.name, 1, 1, 0, keys)
     fleet.holdings.remove(g1.install, keys, [n.vlan_id for n in p.networks
                                              if n.vlan_id is not None])
     assert fleet.holdings.of(g1.install) is None
@@ -217,6 +231,146 @@ def test_a_released_install_no_longer_holds_its_network():
     fleet.apply(other, [q])
     with pytest.raises(NoCapacity):  # vc0|pg0 is the other install's now
         place(g1, fleet)
+
+
+# ---------------------------------------------------------------------------------------------
+# network-only leases: never the install's common network
+
+
+@st.composite
+def one_install_requests(draw, fleet: Fleet):
+    """A request of the install `job` (its boskos-lease-id) or, now and then, of nobody's:
+    compute leases (vCPUs or memory) and network-only ones (neither), mixed."""
+    n_vc = len(fleet.vcenters())
+    compute = draw(st.booleans())
+    raw = {"vcpus": draw(st.integers(1, 4)) if compute else 0,
+           "memory": draw(st.integers(0, 4)) if compute else 0,
+           "networks": draw(st.integers(1, 2))}
+    if draw(st.booleans()):
+        raw["pools"] = draw(st.integers(1, min(3, len(fleet.pools))))
+        raw["vcenters"] = draw(st.integers(0, 3))
+    else:
+        raw["vcenters"] = draw(st.integers(1, n_vc))
+    if draw(st.integers(0, 4)):
+        raw["labels"] = {"boskos-lease-id": "job"}
+    return parse_request(raw)
+
+
+@PROPS
+@given(st.data())
+def test_network_only_leases_of_an_install_share_no_port_group(data):
+    """An install's requests, compute and network-only mixed, placed and released one after
+    another on pools that share port groups: a network-only lease's port groups are held by
+    no lease of any other request (not the install's compute leases, not its other
+    network-only leases), so each extra NIC and the bastion is on a network of its own; the
+    install's compute leases still share theirs."""
+    fleet = data.draw(shared_fleets())
+    live: list[tuple[int, object, list]] = []  # (step, request, placements)
+
+    def keys_of(placements) -> set[str]:
+        return {p.pool.net_key(n) for p in placements for n in p.networks}
+
+    for step in range(data.draw(st.integers(1, 10))):
+        if live and data.draw(st.integers(0, 4)) == 0:
+            no, req, placements = live.pop(data.draw(st.integers(0, len(live) - 1)))
+            for p in placements:
+                keys = [p.pool.net_key(n) for n in p.networks]
+                still = {k for _, _, other in live for k in keys_of(other)}
+                fleet.remove(p.pool.name, req.vcpus, req.memory, req.storage,
+                             [k for k in keys if k not in still])
+                fleet.holdings.remove(req.install, keys, [n.vlan_id for n in p.networks
+                                                          if n.vlan_id is not None])
+            continue
+        req = data.draw(one_install_requests(fleet))
+        try:
+            placements = place(req, fleet)
+        except NoCapacity:
+            event("refused")
+            continue
+        fleet.apply(req, placements)
+        live.append((step, req, placements))
+        for no, r, ps in live:
+            mine = keys_of(ps)
+            for other_no, other, qs in live:
+                if other_no == no:
+                    continue
+                theirs = keys_of(qs)
+                if not (r.vcpus or r.memory) or not (other.vcpus or other.memory) \
+                        or r.install != other.install or r.install is None:
+                    clashing = {(a, b) for a in mine for b in theirs if clash(a, b)}
+                    assert not clashing, (no, other_no, clashing)
+        if not (req.vcpus or req.memory):
+            event("network-only placed")
+            if req.group and any(o is not req and o.group == req.group for _, o, _ in live):
+                event("network-only beside its install")
+
+
+def test_the_extra_nics_and_the_bastion_of_an_install_get_port_groups_of_their_own():
+    """The CI step with extra NICs and a bastion: the primary leases (three pools of one
+    pod) on one VLAN, then two extra-NIC leases and a bastion lease, network-only, with the
+    install's boskos-lease-id. They land on vcenter-3, where the install holds nothing yet:
+    each takes a free port group, never one another network-only lease of the install holds
+    (the install's VLAN 2200 there is no common network for them)."""
+    fleet = upstream_fleet()
+    label = {"boskos-lease-id": "vsphere-elastic-7"}
+    primary = parse_request({"vcpus": 8, "memory": 32, "pools": 3, "vcenters": 2,
+                             "labels": label, "owner": "e2e"})
+    got = place(primary, fleet)
+    fleet.apply(primary, got)
+    assert len({n.vlan_id for p in got for n in p.networks}) == 1  # one VLAN for the domains
+    taken: list[str] = []
+    for i in range(3):  # extra NIC 1, extra NIC 2, the bastion
+        net_only = parse_request({"vcpus": 0, "memory": 0, "networks": 1, "owner": "e2e",
+                                  "labels": {**label, "extra": str(i)}})
+        (p,) = place(net_only, fleet)
+        fleet.apply(net_only, [p])
+        taken.append(p.pool.net_key(p.networks[0]))
+    assert [k.split("|")[1] for k in taken] == ["ci-vlan-2200", "ci-vlan-2201",
+                                                "ci-vlan-2202"]
+    assert net_only.install is None  # it joins no install's networks
+    # and they are no common network for the install's later compute leases either
+    later = parse_request({"vcpus": 1, "memory": 1, "required-pool": "v3-c1", "owner": "e2e",
+                           "labels": label, "network-type": "multi-tenant"})
+    assert place(later, fleet)[0].networks[0].port_group == "ci-vlan-2210"
+    with pytest.raises(NoCapacity):  # vcenter-3's three single-tenant networks are theirs
+        place(parse_request({"vcpus": 1, "memory": 1, "required-pool": "v3-c1",
+                             "owner": "e2e", "labels": label}), fleet)
+
+
+def test_a_network_only_lease_takes_no_port_group_its_install_holds():
+    """The install's compute lease holds vcenter-3's first port group: a network-only
+    lease of the install takes the next free one, and with none free it is refused (it
+    never shares)."""
+    fleet = upstream_fleet()
+    label = {"boskos-lease-id": "job-2"}
+    compute = parse_request({"vcpus": 1, "memory": 1, "required-pool": "v3-c1",
+                             "labels": label})
+    (c,) = place(compute, fleet)
+    fleet.apply(compute, [c])
+    assert c.networks[0].port_group == "ci-vlan-2200"
+    net_only = parse_request({"vcpus": 0, "memory": 0, "required-pool": "v3-c2",
+                              "labels": label})
+    (n,) = place(net_only, fleet)
+    assert n.networks[0].port_group == "ci-vlan-2201"
+    fleet.apply(net_only, [n])
+    (n2,) = place(net_only, fleet)
+    assert n2.networks[0].port_group == "ci-vlan-2202"
+    fleet.apply(net_only, [n2])
+    with pytest.raises(NoCapacity) as info:
+        place(net_only, fleet)
+    assert "insufficient networks" in info.value.reasons["v3-c2"]
+    # the install's compute leases still share their own
+    again = parse_request({"vcpus": 1, "memory": 1, "required-pool": "v3-c2",
+                           "labels": label})
+    assert place(again, fleet)[0].networks == c.networks
+    # one network-only request over two pools of one vCenter: its leases still share a VLAN
+    # (one request), on a port group nobody holds
+    dal12 = Fleet({k: p for k, p in upstream_fleet().pools.items() if p.pod == "dal12.pod03"})
+    dal12.apply(compute, [c])
+    pair = parse_request({"vcpus": 0, "memory": 0, "pools": 2, "labels": label})
+    got = place(pair, dal12)
+    assert {p.pool.vcenter for p in got} == {"vcenter-3.example.com"}
+    assert [n.port_group for p in got for n in p.networks] == ["ci-vlan-2201"] * 2
 
 
 @PROPS

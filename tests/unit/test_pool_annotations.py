@@ -1,7 +1,9 @@
 """A pool's annotations (and the other pool fields published as Kubernetes object fields:
 labels, network types, short-name) in the pools file: what Kubernetes takes is accepted and
 passed through to leases untouched; anything else is refused naming the file, the pool and
-the field, from plain data and from a YAML file on disk."""
+the field, from plain data and from a YAML file on disk. Labels are the exception: any text is
+a pool label (pool-selector matches it), and one Kubernetes does not take is left off the
+Pool object and named in a warning."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from workers.adapters.pools_file import load_pools
 from workers.core.errors import ConfigError
 from workers.core.grants import make_lease
 from workers.core.models import Request
-from workers.core.pools import parse_pools
+from workers.core.pools import label_warnings, parse_pools
+from workers.core.reasons import eligibility
 from workers.core.upstream import pool_object
 
 FILE = "/etc/vcm/pools.yaml"
@@ -130,12 +133,47 @@ def test_a_hostile_annotation_in_a_yaml_file_is_refused_naming_it(tmp_path: Path
 
 
 # the other fields a Pool or Network object carries --------------------------------------------
+ODD_LABELS = {"a/b/c": "x", "-region": "x", "zone": "us east", "region": "-east",
+              "Example.com/x": "y", "rack": 7, "gpu": "true", "example.com/tier": "gold"}
+
+
+def test_pool_labels_kubernetes_does_not_take_are_kept_for_selectors_not_published():
+    """A pools file written before labels were published on Pool objects keeps working: such
+    a label is selectable as ever, left off the Pool object, and named in a warning."""
+    (p,) = parse_pools({"pools": [pool(labels=ODD_LABELS)]}, FILE)
+    assert p.label_map() == {k: str(v) for k, v in ODD_LABELS.items()}
+    assert p.spec()["labels"] == p.label_map()  # vcm.show_pools shows them all
+    assert pool_object(p)["metadata"]["labels"] == {
+        "rack": "7", "gpu": "true", "example.com/tier": "gold"}
+    warnings = label_warnings([p], FILE)
+    assert len(warnings) == 5
+    for key in ("a/b/c", "-region", "zone", "region", "Example.com/x"):
+        (line,) = [w for w in warnings if f"field 'labels.{key}'" in w]
+        assert line.startswith(f"{FILE}: pool 'pool1': field 'labels.{key}': ")
+        assert "left off the Pool object" in line
+    for selector in ({"zone": "us east"}, {"Example.com/x": "y", "region": "-east"}):
+        assert eligibility(Request(vcpus=1, memory=1,
+                                   pool_selector=tuple(selector.items())), p) is None
+    assert eligibility(Request(vcpus=1, memory=1, pool_selector=(("zone", "us-east"),)), p)
+
+
+def test_a_pool_of_kubernetes_labels_only_warns_of_nothing():
+    (p,) = parse_pools({"pools": [pool(labels={"region": "east", "zone": "us-east-1a"})]},
+                       FILE)
+    assert label_warnings([p], FILE) == []
+    assert pool_object(p)["metadata"]["labels"] == {"region": "east", "zone": "us-east-1a"}
+    (bare,) = parse_pools({"pools": [pool(labels={"zone": "us east"})]}, FILE)
+    assert "labels" not in pool_object(bare)["metadata"]
+
+
 @pytest.mark.parametrize(("labels", "field"), [
-    ({"a/b/c": "x"}, "labels"), ({"-region": "x"}, "labels"), ({"region": "east west"},
-                                                               "labels.region"),
-    ({"region": "-east"}, "labels.region"), ({"Example.com/x": "y"}, "labels"),
+    ({"zone": "us\x00east"}, "labels.zone"), ({"zone": "a\nb"}, "labels.zone"),
+    ({"zone": "x\ud800"}, "labels.zone"), ({"zone": "x" * 64}, "labels.zone"),
+    ({"zone": None}, "labels"), ({"zone": True}, "labels"), ({"zone": ["a"]}, "labels"),
+    ({"k\x1b": "v"}, "labels"), ({"k" * 318: "v"}, "labels"), ({1: "v"}, "labels"),
+    ({"zone": "alice\u202e"}, "labels.zone"),
 ])
-def test_pool_labels_must_be_kubernetes_labels(labels, field):
+def test_pool_labels_that_are_not_text_are_still_refused(labels, field):
     refused(pool(labels=labels), field)
 
 

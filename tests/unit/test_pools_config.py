@@ -666,3 +666,17 @@ def test_slices_are_disjoint_runs_that_cover_the_addresses(prefix, n, listed):
     whole = "vc1.example.com|mt"
     assert all(keys_clash(whole, k) for k in keys)
     assert not any(keys_clash(a, b) for a, b in itertools.combinations(keys, 2))
+
+
+@pytest.mark.parametrize(("first", "second", "field"), [
+    ({"short-name": "z1"}, {"short-name": "z1"}, "short-name"),
+    ({}, {"short-name": "pool1"}, "short-name"),
+    ({"short-name": "pool2"}, {}, "name"),
+])
+def test_two_pools_may_not_name_one_failure_domain(first, second, field):
+    """A lease's install-config failure domain is named by its pool's short-name, else the
+    pool's name. Two pools naming one made `vcm acquire --pools 3 -o failure-domains` print
+    2 failure domains for 3 pools (the second pool's cluster left out, its port group added
+    to the first's) and two of one name on two vCenters, which openshift-install refuses."""
+    rejected(config(pool("pool1", "vc1.example.com", **first),
+                    pool("pool2", "vc2.example.com", **second)), "pool2", field)

@@ -87,8 +87,16 @@ def dns_subdomain(name: str) -> bool:
 
 
 def escaped(name: str) -> str:
-    """A name as vSphere writes it in an inventory path."""
-    return name.replace("%", "%25").replace("/", "%2f").replace("\\", "%5c")
+    """A name as vSphere writes it in an inventory path: '/' as %2f, '\\' as %5c, and '%' as
+    %25 unless it starts one of these escapes (a name as vSphere's API gives it is escaped
+    already)."""
+    out = []
+    for i, c in enumerate(name):
+        if c == "%":
+            out.append(c if name[i + 1:i + 3].lower() in ("2f", "5c", "25") else "%25")
+        else:
+            out.append({"/": "%2f", "\\": "%5c"}.get(c, c))
+    return "".join(out)
 
 
 # text anyone may have put in a pools file or a record (no NUL, no lone surrogate: a pools file
@@ -160,7 +168,10 @@ def test_a_network_name_reads_as_its_port_group_and_pod():
 def test_every_network_path_ends_in_its_port_group(datacenter, port_group):
     path = network_path(datacenter, port_group)
     assert path == f"/{datacenter}/network/{escaped(port_group)}"
-    assert port_group_of(path) == port_group
+    last = path.rsplit("/", 1)[1]
+    assert network_path(datacenter, last) == path  # escaped once: as it is, it stays
+    if "%" not in port_group:
+        assert port_group_of(path) == port_group
     assert "/" not in path.rsplit("/", 1)[1]
 
 
@@ -226,8 +237,8 @@ def test_pool_and_network_objects_have_upstreams_shape(config):
         assert spec["overCommitRatio"] == str(float(pool.vcpu_overcommit))
         assert spec["ibmPoolSpec"]["pod"] == pool.pod
         # every port group it lists, once, as a path of its datacenter
-        assert [port_group_of(p) for p in spec["topology"]["networks"]] == \
-            list(dict.fromkeys(n.port_group for n in pool.networks))
+        assert [p.rsplit("/", 1)[1] for p in spec["topology"]["networks"]] == \
+            list(dict.fromkeys(escaped(n.port_group) for n in pool.networks))
         assert all(p.startswith(f"/{pool.datacenter}/network/")
                    for p in spec["topology"]["networks"])
         assert meta.get("annotations", {}) == dict(pool.annotations)
@@ -357,8 +368,8 @@ def test_a_multi_pool_lease_status_has_every_pool(config, data):
     for (pool, nets), fd, lease in zip(grants, status["poolInfo"], leases, strict=True):
         assert set(fd) <= FAILURE_DOMAIN_KEYS and set(fd["topology"]) <= TOPOLOGY_KEYS
         assert fd["server"] == pool.vcenter
-        assert [port_group_of(p) for p in fd["topology"]["networks"]] == \
-            [n.port_group for n in nets]
+        assert [p.rsplit("/", 1)[1] for p in fd["topology"]["networks"]] == \
+            [escaped(n.port_group) for n in nets]
         # what the lease carries itself: the same pool-info (several pools), its env-vars
         assert lease["status"].get("pool-info", status["poolInfo"]) == status["poolInfo"]
         assert lease["status"]["env-vars"] == status["envVarsMap"][fd["name"]]

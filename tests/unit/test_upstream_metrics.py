@@ -59,7 +59,8 @@ def ledgers(draw):
             "network-type": st.sampled_from(sorted(TYPES))}),
         "since": st.floats(NOW - 10**6, NOW)}), max_size=10))
     return leases, LedgerDetail({p: usage.get(p, Usage()) for p in POOLS}, holders,
-                                [json.dumps(x).encode() for x in leases], waiters)
+                                {x["metadata"]["name"]: json.dumps(x).encode() for x in leases},
+                                waiters)
 
 
 @settings(max_examples=100, deadline=None)
@@ -114,21 +115,26 @@ def test_the_namespace_setting_takes_namespace_names(value):
     assert ApiEnv.from_env({"VCM_API_METRICS_NAMESPACE": value}).api_metrics_namespace == value
 
 
-def test_the_lease_cache_reads_changed_records_again_and_forgets_gone_ones():
+def test_the_lease_cache_reads_new_records_and_forgets_gone_ones():
     def record(name: str, pool: str) -> bytes:
         return json.dumps({"metadata": {"name": name, "creationTimestamp": rfc3339(NOW - 60)},
                            "status": {"pool": pool, "owner": "o", "request-id": name}}).encode()
 
-    def in_use(detail: LedgerDetail, cache: LeaseFactsCache) -> dict[str, float]:
+    def in_use(leases: dict, cache: LeaseFactsCache) -> dict[str, float]:
+        detail = LedgerDetail(leases=leases)
         out = {m.name: m for m in families(POOLS, detail, {}, NOW, "ns", cache)}
         return {s.labels["pool"]: s.value for s in out["lease_age_seconds"].samples
                 if s.name == "lease_age_seconds_count"}
 
     cache = LeaseFactsCache()
-    one, two = record("a", "p1"), record("b", "p1")
-    assert in_use(LedgerDetail(leases=[one, two]), cache) == {"p1": 2}
-    assert in_use(LedgerDetail(leases=[one, two]), cache) == {"p1": 2}
-    moved = record("b", "p2")  # its record changed: read again
-    assert in_use(LedgerDetail(leases=[one, moved]), cache) == {"p1": 1, "p2": 1}
-    assert in_use(LedgerDetail(leases=[moved, b"not json"]), cache) == {"p2": 1}
-    assert list(cache._known) == [moved, b"not json"]  # only the records of the last read
+    assert in_use({"a": record("a", "p1"), "b": record("b", "p1")}, cache) == {"p1": 2}
+    # known ids are not read again: their facts come from the cache
+    assert in_use({"a": None, "b": None}, cache) == {"p1": 2}
+    assert in_use({"a": None, "c": record("c", "p2")}, cache) == {"p1": 1, "p2": 1}
+    assert list(cache.known) == ["a", "c"]  # only the leases of the last read
+    # a record that cannot be read is not kept: the next scrape reads it again
+    assert in_use({"c": None, "d": b"not json"}, cache) == {"p2": 1}
+    assert list(cache.known) == ["c"]
+    assert in_use({"c": None, "d": record("d", "p1")}, cache) == {"p1": 1, "p2": 1}
+    # an id the cache does not know, not read (a concurrent scrape forgot it): left out
+    assert in_use({"c": None, "x": None}, cache) == {"p2": 1}

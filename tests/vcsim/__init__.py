@@ -170,6 +170,22 @@ class Simulator:
         except urllib.error.HTTPError as exc:
             raise ValueError(f"vcsim: {exc.code}: {exc.read().decode().strip()}") from exc
 
+    def find(self, kind: str, path: str, under: str = "") -> str | None:
+        """The id of the `kind` object (datacenter, cluster, datastore, resourcepool, folder,
+        network) govmomi's Finder finds at inventory path `path`; with `under` (a cluster's
+        path), the network of that cluster named `path`, as openshift-install looks up a
+        failure domain's networks. None when there is none."""
+        query = {"kind": kind, "path": path, **({"under": under} if under else {})}
+        url = f"https://{self.address}/vcsim/find?{urllib.parse.urlencode(query)}"
+        context = ssl.create_default_context(cafile=self.ca_file)
+        try:
+            with urllib.request.urlopen(url, context=context, timeout=30) as answer:
+                return json.loads(answer.read())["ref"]
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise ValueError(f"vcsim: {exc.code}: {exc.read().decode().strip()}") from exc
+
     def kill(self) -> None:
         """SIGKILL: the vCenter is gone at once, with no orderly shutdown."""
         if self._proc is not None and self._proc.poll() is None:

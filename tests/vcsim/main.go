@@ -31,8 +31,10 @@ import (
 	"syscall"
 
 	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -123,7 +125,7 @@ func main() {
 	}
 	server := model.Service.NewServer()
 	// nothing has connected yet: the handler is swapped before the first request
-	server.Config.Handler = &controls{next: server.Config.Handler}
+	server.Config.Handler = &controls{next: server.Config.Handler, sdk: server.URL}
 
 	var dirs []string
 	cleanup := func() {
@@ -176,11 +178,13 @@ func build(u *url.URL, inv Inventory, dirs *[]string) error {
 		}
 
 		var hosts []*object.HostSystem
+		var clusters []types.ManagedObjectReference
 		for _, cl := range d.Clusters {
 			cluster, err := folders.HostFolder.CreateCluster(ctx, cl.Name, types.ClusterConfigSpecEx{})
 			if err != nil {
 				return fmt.Errorf("cluster %s: %w", cl.Name, err)
 			}
+			clusters = append(clusters, cluster.Reference())
 			for i, h := range cl.Hosts {
 				spec := types.HostConnectSpec{HostName: fmt.Sprintf("%s-esx%d", cl.Name, i)}
 				task, err := cluster.AddHost(ctx, spec, true, nil, nil)
@@ -260,9 +264,40 @@ func build(u *url.URL, inv Inventory, dirs *[]string) error {
 					return fmt.Errorf("port group %s: %w", pg, err)
 				}
 			}
+			attachPortgroups(dvs.Reference(), d.Portgroups, hosts, clusters)
 		}
 	}
 	return nil
+}
+
+// attachPortgroups lists the named port groups of a distributed switch among the networks of
+// its member hosts and of their clusters (and those hosts among each port group's), as
+// vCenter does: this simulator leaves them out, and openshift-install looks a failure
+// domain's network up among its cluster's networks.
+func attachPortgroups(dvs types.ManagedObjectReference, names []string, hosts []*object.HostSystem, clusters []types.ManagedObjectReference) {
+	wanted := map[string]bool{}
+	for _, name := range names {
+		wanted[name] = true
+	}
+	var pgs, members []types.ManagedObjectReference
+	for _, ref := range simulator.Map.Get(dvs).(*simulator.DistributedVirtualSwitch).Portgroup {
+		if pg := simulator.Map.Get(ref).(*simulator.DistributedVirtualPortgroup); wanted[pg.Name] {
+			pgs = append(pgs, ref)
+		}
+	}
+	for _, h := range hosts {
+		members = append(members, h.Reference())
+		host := simulator.Map.Get(h.Reference()).(*simulator.HostSystem)
+		simulator.Map.WithLock(host, func() { host.Network = append(host.Network, pgs...) })
+	}
+	for _, ref := range clusters {
+		cluster := simulator.Map.Get(ref).(*simulator.ClusterComputeResource)
+		simulator.Map.WithLock(cluster, func() { cluster.Network = append(cluster.Network, pgs...) })
+	}
+	for _, ref := range pgs {
+		pg := simulator.Map.Get(ref).(*simulator.DistributedVirtualPortgroup)
+		simulator.Map.WithLock(pg, func() { pg.Host = append(pg.Host, members...) })
+	}
 }
 
 func setHardware(ref types.ManagedObjectReference, h Host) {
@@ -337,8 +372,15 @@ func setSpace(ds *simulator.Datastore, d Datastore) {
 //   - POST /vcsim/datastore?name=N&free_gb=F[&capacity_gb=C]: a datastore's free space (and
 //     capacity), which no vSphere API sets (a real vCenter measures it; the simulator would
 //     report the free space of the file system its directory is on).
+//   - GET /vcsim/find?kind=K&path=P[&under=U]: the object of kind K (datacenter, cluster,
+//     datastore, resourcepool, folder, network) that govmomi's Finder, over the SOAP API,
+//     finds at the inventory path P; with U (a cluster's path; kind network), the network
+//     of that cluster named P, as openshift-install looks up an install-config failure
+//     domain's networks (the cluster's `network` property, each compared by name). 200 with
+//     the managed object's id, 404 with the reason.
 type controls struct {
 	next http.Handler
+	sdk  *url.URL // the simulator's SDK URL, with the credentials it accepts
 }
 
 var connectionCalls = map[string]types.HostSystemConnectionState{
@@ -349,6 +391,10 @@ var connectionCalls = map[string]types.HostSystemConnectionState{
 func (c *controls) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPost && r.URL.Path == "/vcsim/datastore" {
 		datastoreControl(w, r)
+		return
+	}
+	if r.Method == http.MethodGet && r.URL.Path == "/vcsim/find" {
+		c.findControl(w, r)
 		return
 	}
 	if r.Method == http.MethodPost && r.URL.Path == "/sdk" {
@@ -431,4 +477,106 @@ func datastoreControl(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_, _ = fmt.Fprintf(w, "%d\n", found)
+}
+
+// findControl looks an inventory path up with govmomi's Finder, through the simulator's own
+// SOAP API, as openshift-install does.
+func (c *controls) findControl(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	where, under := q.Get("path"), q.Get("under")
+	ctx := r.Context()
+	client, err := govmomi.NewClient(ctx, c.sdk, true)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer func() { _ = client.Logout(ctx) }()
+	finder := find.NewFinder(client.Client, true)
+	kind := q.Get("kind")
+	var ref types.ManagedObjectReference
+	switch {
+	case under != "" && kind != "network":
+		http.Error(w, "under: only with kind network", http.StatusBadRequest)
+		return
+	case under != "":
+		ref, err = clusterNetwork(ctx, finder, under, where)
+	default:
+		if ref, err = findObject(ctx, finder, kind, where); err == errKind {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if err != nil {
+		w.WriteHeader(http.StatusNotFound)
+		_ = json.NewEncoder(w).Encode(map[string]string{"path": where, "error": err.Error()})
+		return
+	}
+	_ = json.NewEncoder(w).Encode(map[string]string{"path": where, "ref": ref.Value})
+}
+
+var errKind = fmt.Errorf("kind: one of datacenter, cluster, datastore, resourcepool, folder, network")
+
+// clusterNetwork is the network of the cluster at clusterPath named name: openshift-install's
+// lookup of a failure domain's network (the cluster's networks, compared by name).
+func clusterNetwork(ctx context.Context, finder *find.Finder, clusterPath, name string) (types.ManagedObjectReference, error) {
+	cluster, err := finder.ClusterComputeResource(ctx, clusterPath)
+	if err != nil {
+		return types.ManagedObjectReference{}, err
+	}
+	var props mo.ClusterComputeResource
+	if err := cluster.Properties(ctx, cluster.Reference(), []string{"network"}, &props); err != nil {
+		return types.ManagedObjectReference{}, err
+	}
+	for _, net := range props.Network {
+		got, err := object.NewCommon(cluster.Client(), net).ObjectName(ctx)
+		if err != nil {
+			return types.ManagedObjectReference{}, err
+		}
+		if got == name {
+			return net, nil
+		}
+	}
+	return types.ManagedObjectReference{}, fmt.Errorf("cluster %s has no network named %q", clusterPath, name)
+}
+
+// findObject is the object of a kind at an inventory path, as govmomi's Finder finds it.
+func findObject(ctx context.Context, finder *find.Finder, kind, where string) (types.ManagedObjectReference, error) {
+	var ref types.ManagedObjectReference
+	var err error
+	switch kind {
+	case "datacenter":
+		var o *object.Datacenter
+		if o, err = finder.Datacenter(ctx, where); err == nil {
+			ref = o.Reference()
+		}
+	case "cluster":
+		var o *object.ClusterComputeResource
+		if o, err = finder.ClusterComputeResource(ctx, where); err == nil {
+			ref = o.Reference()
+		}
+	case "datastore":
+		var o *object.Datastore
+		if o, err = finder.Datastore(ctx, where); err == nil {
+			ref = o.Reference()
+		}
+	case "resourcepool":
+		var o *object.ResourcePool
+		if o, err = finder.ResourcePool(ctx, where); err == nil {
+			ref = o.Reference()
+		}
+	case "folder":
+		var o *object.Folder
+		if o, err = finder.Folder(ctx, where); err == nil {
+			ref = o.Reference()
+		}
+	case "network":
+		var o object.NetworkReference
+		if o, err = finder.Network(ctx, where); err == nil {
+			ref = o.Reference()
+		}
+	default:
+		err = errKind
+	}
+	return ref, err
 }

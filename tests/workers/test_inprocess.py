@@ -1,21 +1,22 @@
 """The query tasks, served by a Celery worker inside the test process.
 
-The worker is Celery's embedded test worker (`celery.contrib.testing.worker.start_worker`, what
-the `celery_worker` fixtures of `celery.contrib.pytest` run), started on our real `tasks` app
-with `-Q queries`, in a thread, against a redis-server this module starts. The plugin's own
-fixtures are not used (and the plugin stays off, `-p no:celery`): they build a fresh `TestApp`,
-and our tasks are bound to `tasks.app`, whose worker signals build the runtime
-(workers/bootstrap.py). Nothing is eager or faked: every task goes through the broker and the
-result backend of a real redis-server, and the leases are committed by the placement path
-(`bootstrap.build(..., PLACEMENT)`: parse, decide, the Lua commit) in this process, without a
-placement worker.
+The worker is the `celery_worker` fixture of `celery.contrib.pytest` (Celery's embedded test
+worker, `celery.contrib.testing.worker.start_worker`, in a thread), one per test. The plugin is
+loaded by tests/conftest.py; this module gives its fixtures what they build from:
+`celery_config` (this module's redis-server as broker and result backend),
+`celery_worker_pool` and `celery_worker_parameters` (`-Q queries -P threads -c 2`), and
+`celery_app`, which here is our real `tasks` app rather than the plugin's fresh `TestApp`: our
+tasks are bound to `tasks.app`, whose worker signals build the runtime (workers/bootstrap.py).
+Nothing is eager or faked: every task goes through the broker and the result backend of a real
+redis-server, and the leases are committed by the placement path (`bootstrap.build(...,
+PLACEMENT)`: parse, decide, the Lua commit) in this process, without a placement worker.
 
 Both send `worker_init`, where tasks takes its role from the queues the worker consumes and
 builds the runtime. `celery worker` (celery.apps.worker) sends two signals the embedded worker
 does not: `celeryd_after_setup` (the placement side restores the ledger) and `worker_ready`.
 `CommandLineSignals` sends them at the same points. That the command itself starts and serves
-as documented is test_start_commands.py's business; here it is what the tasks
-answer, fast (one worker start for the module, no subprocess).
+as documented is workers/test_start_commands.py's business; here it is what the tasks
+answer, fast (no subprocess).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 from celery import Celery, signals
-from celery.contrib.testing.worker import TestWorkController, start_worker
+from celery.contrib.testing.worker import TestWorkController
 
 import tasks
 from tasks import results
@@ -108,34 +109,47 @@ def pools_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def worker(server, pools_path) -> Iterator[TestWorkController]:
-    """`celery -A tasks worker -Q queries -P threads`, in this process. The environment, the
-    app's broker and backend, its queue selection and the process's runtime are put back
-    afterwards: the runtime is one per process (tasks.runtime), and this one is ours."""
+def celery_config(server) -> dict[str, Any]:
+    """What `celery_app` is configured with: this module's redis-server."""
+    return {"broker_url": server.url, "result_backend": server.url}
+
+
+@pytest.fixture(scope="module")
+def celery_worker_pool() -> str:
+    return "threads"
+
+
+@pytest.fixture(scope="module")
+def celery_worker_parameters() -> dict[str, Any]:
+    """`-Q queries -c 2`, and the signals of the command line (no ping: `tasks` has no
+    `celery.ping` task)."""
+    return {"concurrency": 2, "queues": ["queries"],
+            "hostname": f"inprocess-{uuid.uuid4().hex[:8]}@test",
+            "WorkController": CommandLineSignals, "perform_ping_check": False}
+
+
+@pytest.fixture(scope="module")
+def celery_app(celery_config, server, pools_path) -> Iterator[Celery]:
+    """`celery -A tasks`: our app, configured with `celery_config`, in the environment
+    `celery worker` would have here. Its broker and backend, its queue selection, the
+    process's runtime (one per process, tasks.runtime) and the logging the worker sets up are
+    put back afterwards."""
     env = env_for(server.url, pools_path, VCM_MIRROR_FILE="off")
     app = tasks.app
-    saved_conf = {k: app.conf[k] for k in ("broker_url", "result_backend")}
+    saved_conf = {k: app.conf[k] for k in celery_config}
     saved_queues = list(app.amqp.queues.consume_from)
     saved_runtime, saved_role = dict(tasks._runtime), dict(tasks._role)
-    root = logging.getLogger()  # the worker sets up logging (root level, maybe a handler)
+    root = logging.getLogger()
     saved_level, saved_handlers = root.level, list(root.handlers)
-    added: list[logging.Handler] = []
     tasks._runtime.clear()
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
-        app.conf.update(broker_url=server.url, result_backend=server.url)
+        app.conf.update(celery_config)
         try:
-            with start_worker(app, pool="threads", concurrency=2, queues=["queries"],
-                              hostname=f"inprocess-{uuid.uuid4().hex[:8]}@test",
-                              WorkController=CommandLineSignals,
-                              perform_ping_check=False) as w:
-                added += [h for h in root.handlers if h not in saved_handlers]
-                yield w
-                signals.worker_shutting_down.send(sender=w.hostname, sig="SIGTERM",
-                                                  how="Warm", exitcode=0)
+            yield app
         finally:
-            for handler in added:
+            for handler in [h for h in root.handlers if h not in saved_handlers]:
                 root.removeHandler(handler)
             root.setLevel(saved_level)
             app.conf.update(saved_conf)
@@ -144,6 +158,14 @@ def worker(server, pools_path) -> Iterator[TestWorkController]:
             tasks._runtime.clear()
             tasks._runtime.update(saved_runtime)
             tasks._role.update(saved_role)
+
+
+@pytest.fixture()
+def worker(celery_worker: TestWorkController) -> Iterator[TestWorkController]:
+    """The plugin's embedded worker, told of its warm shutdown as `celery worker` tells it."""
+    yield celery_worker
+    signals.worker_shutting_down.send(sender=celery_worker.hostname, sig="SIGTERM",
+                                      how="Warm", exitcode=0)
 
 
 @pytest.fixture()

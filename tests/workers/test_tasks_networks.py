@@ -3,6 +3,7 @@ a port group listed by several pools is leased once, whoever asks and however ma
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -17,6 +18,7 @@ from tests.support.procs import ROOT
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
 from workers.core.grants import make_lease
+from workers.core.lease import Lease
 from workers.core.models import Network, Pool
 from workers.core.parsing import parse_request
 
@@ -98,6 +100,117 @@ def test_the_leases_of_one_install_share_a_network_and_free_it_last(own_ledger, 
                           caps)
 
 
+def _lease_of(req, lease_id: str, pool: Pool, nets: list[Network]) -> dict:
+    return make_lease(lease_id, req, pool, nets, time.time())
+
+
+def test_the_commit_lets_no_network_only_lease_share_a_network(own_ledger):
+    """The commit is the last check: whatever `held` the caller passes, a network-only lease
+    (vcpus 0, memory 0) takes only networks nobody holds, and a network held only by
+    network-only leases, or by another install, is no network to share."""
+    nets = [Network(f"pg{i}", vlan=i, pod="p") for i in range(4)]
+    a = Pool("a", "vc", "dc", "c", "ds", vcpus=10, memory=10, storage=10, networks=tuple(nets))
+    caps = {"a": (10, 10, 10)}
+    job = {"labels": {"boskos-lease-id": "job"}}
+
+    def req(rid: str, vcpus: int, owner: str = "o"):
+        return parse_request({"vcpus": vcpus, "memory": vcpus, "request-id": rid, **job},
+                             default_owner=owner)
+
+    def commit(r, lease_id: str, net: Network, held: list[str] = ()):
+        before = audit(own_ledger)
+        out = own_ledger.commit(own_ledger.usage()[0], {r.key: [_lease_of(r, lease_id, a,
+                                                                          [net])]},
+                                caps, held=held)
+        if out.status != "ok":
+            assert audit(own_ledger) == before  # refused: nothing written
+        return out.status, out.detail
+
+    pg0, pg1 = "vc|pg0|p", "vc|pg1|p"
+    assert commit(req("c1", 1), "c1", nets[0])[0] == "ok"  # the install's compute lease
+    # a network-only lease of the install, told the install holds pg0: refused
+    assert commit(req("x1", 0), "x1", nets[0], held=[pg0]) == ("over", pg0)
+    assert commit(req("x1", 0), "x1", nets[1])[0] == "ok"
+    # pg1 is held by that network-only lease alone: no compute lease of the install joins it,
+    # nor another network-only one
+    assert commit(req("c2", 1), "c2", nets[1], held=[pg1]) == ("over", pg1)
+    assert commit(req("x2", 0), "x2", nets[1], held=[pg1]) == ("over", pg1)
+    # another owner naming the install's group is another install: refused too
+    assert commit(req("t1", 1, owner="them"), "t1", nets[0], held=[pg0]) == ("over", pg0)
+    # the install's compute leases share pg0 as before
+    assert commit(req("c3", 1), "c3", nets[0], held=[pg0])[0] == "ok"
+    assert audit(own_ledger)["nets"] == {pg0: "c1 c3", pg1: "x1"}
+    # the Python side refuses to send a network-only and a compute lease of one install on
+    # one network in one commit; the script refuses such a payload on its own
+    r_c, r_x = req("c4", 1), req("x4", 0)
+    pair = {r_c.key: [_lease_of(r_c, "c4", a, [nets[2]])],
+            r_x.key: [_lease_of(r_x, "x4", a, [nets[2]])]}
+    with pytest.raises(ValueError, match="two installs"):
+        own_ledger.commit(own_ledger.usage()[0], pair, caps)
+    raws = [json.dumps(pair[r_c.key][0]), json.dumps(pair[r_x.key][0])]
+    payload = {"rids": {r_c.key: json.dumps(["c4"]), r_x.key: json.dumps(["x4"])},
+               "pools": {"a": {"vcpus": 1, "memory": 1, "storage": 0, "leases": 2,
+                               "vcenter": "vc", "cap": [10, 10, 10]}},
+               "nets": {"vc|pg2|p": "c4 x4"},
+               "leases": [{"id": i, "owner": "o", "exp": time.time() + 60}
+                          for i in ("c4", "x4")], "counts": {}}
+    before = audit(own_ledger)
+    reply = own_ledger.scripts.commit(args=[own_ledger.p, own_ledger.usage()[0],
+                                            json.dumps(payload), *raws])
+    assert [x.decode() if isinstance(x, bytes) else x for x in reply] == ["over", "vc|pg2|p"]
+    assert audit(own_ledger) == before
+    # one network-only request over two pools of one vCenter: its own leases share a network
+    b = Pool("b", "vc", "dc", "c2", "ds", vcpus=10, memory=10, storage=10, networks=(nets[3],))
+    r_pair = parse_request({"vcpus": 0, "memory": 0, "pools": 2, "request-id": "x5", **job},
+                           default_owner="o")
+    pair_leases = [_lease_of(r_pair, f"x5-{p.name}", p, [nets[3]]) for p in (a, b)]
+    got = own_ledger.commit(own_ledger.usage()[0], {r_pair.key: pair_leases},
+                            {**caps, "b": (10, 10, 10)})
+    assert got.status == "ok"
+    assert audit(own_ledger)["nets"]["vc|pg3|p"] == "x5-a x5-b"
+    check_invariants(own_ledger, {"a": a, "b": b})
+
+
+GROUPS = st.sampled_from([None, "", "g", "h", 7, ["g"]])  # absent, empty, two groups, odd
+SIZES = st.sampled_from([(0, 0), (1, 0), (0, 1)])  # (vcpus, memory): network-only first
+SIDES = st.tuples(st.sampled_from(["o", "p"]), GROUPS, GROUPS, SIZES, st.booleans())
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(SIDES, SIDES)
+def test_the_commit_and_the_core_agree_on_who_shares_a_network(redis_server, first, second):
+    """A lease holds a network; another, from another request, claims it as its install's
+    (`held`). The script grants it exactly when the core's Lease.install says both are of
+    one install (one owner, one boskos-lease-id by label or else by field, both with vCPUs
+    or memory); whatever the labels hold."""
+    ledger = Ledger(redis_server.client(), prefix=f"t-{uuid.uuid4().hex[:8]}:")
+    assert ledger.restore({"seq": 0, "leases": []}).applied
+    net = Network("pg", vlan=1)
+    pool = Pool("a", "vc", "dc", "c", "ds", vcpus=10, memory=10, storage=10, networks=(net,))
+    caps = {"a": (10, 10, 10)}
+
+    def lease(rid: str, side):
+        owner, label, field, (vcpus, memory), listed = side
+        r = parse_request({"vcpus": vcpus, "memory": memory, "request-id": rid},
+                          default_owner=owner)
+        x = make_lease(rid, r, pool, [net], time.time())
+        labels = {} if label is None else {"boskos-lease-id": label}
+        x["status"]["labels"] = [labels] if listed else labels
+        if field is not None:
+            x["status"]["boskos-lease-id"] = field
+        return r, x
+
+    (ra, a), (rb, b) = lease("ra", first), lease("rb", second)
+    assert ledger.commit(ledger.usage()[0], {ra.key: [a]}, caps).status == "ok"
+    assert ledger.commit(ledger.usage()[0], {rb.key: [b]}, caps).status == "over"
+    shares = Lease.from_wire(a).install is not None \
+        and Lease.from_wire(a).install == Lease.from_wire(b).install
+    got = ledger.commit(ledger.usage()[0], {rb.key: [b]}, caps, held=["vc|pg"])
+    assert got.status == ("ok" if shares else "over"), (a["status"], b["status"])
+    event("shared" if shares else "refused")
+
+
 # ---------------------------------------------------------------------------------------------
 # the task API
 
@@ -112,6 +225,16 @@ REQUESTS = st.tuples(st.sampled_from([
     {"vcpus": 2, "memory": 8, "pools": 3},
 ]), st.sampled_from([None, None, "install-a", "install-b"])).map(
     lambda x: {**x[0], **({"labels": {"boskos-lease-id": x[1]}} if x[1] else {})})
+
+
+def sharing(lease: dict) -> tuple[str, ...]:
+    """Who may share a lease's networks: its owner's install (its boskos-lease-id) when it
+    has vCPUs or memory; a network-only lease's, only the leases of its own request."""
+    st_, sp = lease["status"], lease["spec"]
+    group = st_["labels"].get("boskos-lease-id")
+    if group and (sp["vcpus"] or sp["memory"]):
+        return (st_["owner"], group)
+    return (st_["owner"], "", st_["request-id"])
 
 
 @settings(max_examples=6, deadline=None,
@@ -139,9 +262,8 @@ def test_shared_port_groups_are_leased_once_under_concurrent_acquires(
     keys = {net_key(x["status"]["vcenter"], n) for x in granted for n in x["status"]["networks"]}
     assert keys == set(snap["nets"])
     for key, ids in snap["nets"].items():  # one install each: a group, or one request
-        holders = [snap["leases"][i]["status"] for i in ids.split()]
-        assert len({(h["owner"], h["labels"].get("boskos-lease-id") or h["request-id"])
-                    for h in holders}) == 1, (key, holders)
+        holders = [snap["leases"][i] for i in ids.split()]
+        assert len({sharing(h) for h in holders}) == 1, (key, holders)
     for lease in granted:
         vlans = [n["vlan"] for n in lease["status"]["networks"]]
         assert len(vlans) == len(set(vlans)) == lease["spec"]["networks"]
@@ -242,6 +364,50 @@ def test_an_install_lands_on_one_vlan(upstream, client_app, ledger, pools_file):
     assert sorted(released) == sorted(x["metadata"]["name"] for x in leases)
     assert "vcenter-1.example.com|ci-vlan-1201|dal10.pod01" not in audit(ledger)["nets"]
     check_invariants(ledger, upstream)
+
+
+def test_the_extra_nics_and_the_bastion_get_port_groups_of_their_own(upstream, client_app,
+                                                                     ledger):
+    """The CI step's install: its primary lease over three pools of one pod (one VLAN), then
+    two extra-NIC leases and a bastion lease, network-only, with the same boskos-lease-id,
+    sent at once. The primaries share their VLAN (and vcenter-1's port group); each
+    network-only lease gets a port group nobody else holds: not another's, not the
+    primaries'."""
+    label = {"boskos-lease-id": "vsphere-elastic-7"}
+    primary = call(client_app, "vcm.acquire", request={
+        "vcpus": 8, "memory": 32, "pools": 3, "vcenters": 2, "labels": label,
+        "owner": "e2e", "request-id": "vsphere-elastic-7-primary"})
+    assert len(primary) == 3
+    assert len({(n["pod"], n["vlan"]) for x in primary for n in x["status"]["networks"]}) == 1
+    on_vc1 = [net_key(x["status"]["vcenter"], x["status"]["networks"][0]) for x in primary
+              if x["status"]["vcenter"] == "vcenter-1.example.com"]
+    assert len(on_vc1) == 2 and len(set(on_vc1)) == 1  # two failure domains, one port group
+    extra = [{"VSPHERE_EXTRA_LEASED_RESOURCE": str(i)} for i in (1, 2)]
+    bastion = {"VSPHERE_BASTION_LEASED_RESOURCE": "bcr-1"}
+    sent = [client_app.send_task("vcm.acquire", queue="placement", kwargs={"request": {
+        "vcpus": 0, "memory": 0, "networks": 1, "owner": "e2e", "labels": {**label, **extra_},
+        "request-id": f"vsphere-elastic-7-{name}"}})
+        for name, extra_ in (("extra-1", extra[0]), ("extra-2", extra[1]),
+                             ("bastion", bastion))]
+    net_only = [r.get(timeout=30)[0] for r in sent]
+    keys = [net_key(x["status"]["vcenter"], x["status"]["networks"][0]) for x in net_only]
+    assert len(set(keys)) == 3, keys  # the extra NICs and the bastion: three networks
+    primary_keys = {net_key(x["status"]["vcenter"], n) for x in primary
+                    for n in x["status"]["networks"]}
+    assert not set(keys) & primary_keys
+    snap = check_invariants(ledger, upstream)
+    for key, x in zip(keys, net_only, strict=True):
+        assert snap["nets"][key] == x["metadata"]["name"]  # its holder alone
+    # vcenter-3's single-tenant networks are theirs now: one more network-only lease of the
+    # install takes a free port group elsewhere, never the VLAN 1200 the primaries hold
+    (more,) = call(client_app, "vcm.acquire", request={
+        "vcpus": 0, "memory": 0, "owner": "e2e", "labels": label, "request-id": "more"})
+    key = net_key(more["status"]["vcenter"], more["status"]["networks"][0])
+    assert key not in primary_keys | set(keys) and snap["nets"].get(key) is None
+    released = call(client_app, "vcm.release", selector="boskos-lease-id=vsphere-elastic-7",
+                    owner="e2e")
+    assert len(released) == 7
+    assert audit(ledger)["nets"] == {}
 
 
 def _own(lease: dict) -> set[str]:

@@ -1,8 +1,8 @@
 """What a job step gets through the task API (real `celery -A tasks worker` processes on a
 real redis-server) for upstream's CI step: each lease's env-vars, sourced by bash, name its
 own pool and network; a multi-pool lease carries every pool's failure domain (pool-info);
-pool annotations pass through; failure-domain networks are inventory paths, as `vcm leases
--o failure-domains` prints them for install-config; upstream's Lease status renders from the
+pool annotations pass through; failure-domain networks are inventory paths (`vcm leases -o
+failure-domains` gives install-config their port groups); upstream's Lease status renders from the
 leases as answered. A hostile pools file stops the worker naming the field."""
 
 from __future__ import annotations
@@ -145,7 +145,9 @@ def test_a_single_pool_lease_has_env_vars_and_no_pool_info(up, tmp_path):
     assert out.returncode == 0, out.stderr
     (domain,) = yaml.safe_load(out.stdout)["platform"]["vsphere"]["failureDomains"]
     assert domain["name"] == "z3"
-    assert domain["topology"]["networks"] == [f"/dc-3/network/{escaped(NASTY)}"]
+    # install-config names the port group alone (openshift-install looks it up below the
+    # computeCluster), as one inventory path element
+    assert domain["topology"]["networks"] == [escaped(NASTY)]
     assert domain["topology"]["datastore"] == "/dc-3/datastore/vsan%2f3"
     call(up.app, "vcm.release", lease_ids=[lease["metadata"]["name"]])
 

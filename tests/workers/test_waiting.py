@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.support.audit import audit
-from tests.support.helpers import call, check_invariants
+from tests.support.helpers import call, check_invariants, reset_ledger
 from tests.support.procs import Stack, wait_for
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
@@ -24,11 +24,19 @@ def pools_yaml(n: int = 1, vcpus: int = 10) -> str:
         for i in range(1, n + 1)]})
 
 
-@pytest.fixture()
-def stack2(tmp_path):
-    s = Stack(tmp_path, pools_yaml(2))
+@pytest.fixture(scope="module")
+def shared_stack2(tmp_path_factory):
+    """Two pools, started once for the tests that need nothing else."""
+    s = Stack(tmp_path_factory.mktemp("waiting"), pools_yaml(2))
     yield s
     s.stop()
+
+
+@pytest.fixture()
+def stack2(shared_stack2):
+    """That stack with an empty ledger, line and mirror."""
+    reset_ledger(shared_stack2.redis.client(), shared_stack2.env["VCM_MIRROR_FILE"])
+    return shared_stack2
 
 
 def send(app, name: str, **kw):

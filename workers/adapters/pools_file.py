@@ -11,7 +11,7 @@ import yaml
 
 from ..core.errors import ConfigError
 from ..core.models import Pool
-from ..core.pools import parse_pools
+from ..core.pools import label_warnings, parse_pools
 from .yaml_files import DuplicateKey, load_yaml
 
 log = logging.getLogger(__name__)
@@ -54,15 +54,22 @@ def pools_from_text(text: str, source: str) -> tuple[Pool, ...]:
 
 
 class PoolsFile:
-    """Current pools. A changed file is re-read; an invalid change is logged and ignored."""
+    """Current pools. A changed file is re-read; an invalid change is logged and ignored. The
+    pool labels that are not Kubernetes labels are logged as warnings at each load that
+    changes the pools (label_warnings)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._stamp = self._stat()
         self._pools = {p.name: p for p in load_pools(path)}  # invalid at start: raise
+        self._warn()
         self.generation = 1
         self.error: str | None = None
+
+    def _warn(self) -> None:
+        for line in label_warnings(self._pools.values(), self.path):
+            log.warning("%s", line)
 
     def _stat(self) -> tuple[int, int, int]:
         try:
@@ -89,6 +96,7 @@ class PoolsFile:
                         if pools != self._pools:
                             log.info("pools reloaded from %s: %s", self.path, ", ".join(pools))
                             self._pools = pools
+                            self._warn()
                             self.generation += 1
                         self.error = None
         return self._pools

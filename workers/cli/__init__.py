@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--memory", type=int, required=True, help="GB")
         p.add_argument("--storage", type=int, help="GB")
         p.add_argument("--vcenters", type=int)
-        p.add_argument("--pools", type=int, help="P pools (over at most --vcenters vCenters)")
+        p.add_argument("--pools", type=int, help="P pools, at most 16 (over at most --vcenters "
+                       "vCenters)")
         p.add_argument("--networks", type=int)
         p.add_argument("--network-type")
         p.add_argument("--owner")

@@ -7,7 +7,6 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..adapters.redis_memory import full_error, refused_for_memory
 from ..contract import PLACEMENT, QUEUE, WAITING, Task
 from ..core.errors import ERRORS, RedisFull, VcmError
 from .exits import CliError
@@ -48,6 +47,10 @@ def _resend_after() -> float:
 
 def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: Any) -> Any:
     """Send a task and poll its result; show progress while it waits in line."""
+    # here, not at the top: the commands that only edit the pools file never load Redis's
+    # client (a process each time an operator runs one)
+    from ..adapters.redis_memory import refused_for_memory
+
     app = celery_app(args.redis_url)
     queue = QUEUE.get(name, PLACEMENT)
     try:
@@ -145,6 +148,8 @@ def _wait_ran_out(info: Any, grace: float) -> bool:
 def _full(app: Celery, refused: str,
           then: str = "send it again once Redis has room") -> RedisFull:
     """RedisFull, with Redis's memory numbers when it tells them."""
+    from ..adapters.redis_memory import full_error
+
     try:
         client = app.backend.client
     except Exception:  # noqa: BLE001 - only the message's numbers are at stake

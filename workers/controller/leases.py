@@ -227,7 +227,8 @@ class LeaseRun:
         meta = self.body.get("metadata") or {}
         try:
             request = lease_request(self.body, ttl=self.leases.ttl,
-                                    job_link=job_link(meta.get("annotations") or {}))
+                                    job_link=job_link(meta.get("annotations") or {}),
+                                    sent=bool(self.status.get("phase")))
         except InvalidRequest as exc:
             log.info("Lease %s refused: %s", self.where, exc.message)
             message = exc.message

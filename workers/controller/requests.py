@@ -7,8 +7,9 @@ names that tie the two together. Pure: no I/O.
   the next attempt is `<uid>.<n>`;
 - owner: `<namespace>/<boskos-lease-id>` when the Lease carries that label (or spec field),
   else `<namespace>/<name>`: the Leases of one CI job are one install, so they share a VLAN
-  where their pools share one, as upstream's common network does. Once granted, the owner
-  is the one the ledger recorded (`granted_owner`): a label changed since does not move it;
+  where their pools share one, as upstream's common network does (a network-only Lease
+  takes part in none: its port groups are its own). Once granted, the owner is the one
+  the ledger recorded (`granted_owner`): a label changed since does not move it;
 - labels: the Lease's own, and `vsphere-capacity-manager.splat-team.io/lease-uid` (the
   release on deletion selects by it).
 
@@ -28,7 +29,7 @@ from ..core.fleet import Fleet
 from ..core.labels import MAX_LABELS
 from ..core.lease import GROUP_LABEL
 from ..core.models import Pool
-from ..core.parsing import parse_request
+from ..core.parsing import MAX_INT, MAX_POOLS, parse_request
 from ..core.reasons import eligibility, shortfall
 from ..core.text import MAX_TEXT, text_problem
 
@@ -92,10 +93,12 @@ def granted_owner(leases: Any, namespace: str) -> str | None:
     return owner if isinstance(owner, str) and owner.startswith(f"{namespace}/") else None
 
 
-def lease_request(body: Mapping[str, Any], *, ttl: float,
-                  job_link: str = "") -> dict[str, Any]:
+def lease_request(body: Mapping[str, Any], *, ttl: float, job_link: str = "",
+                  sent: bool = False) -> dict[str, Any]:
     """The `vcm.acquire` request of a Lease: checked as the worker checks it (InvalidRequest
-    naming the Lease's field: `spec.networks`, `metadata.labels`)."""
+    naming the Lease's field: `spec.networks`, `metadata.labels`). `sent`: the Lease was
+    asked for before (it has a phase): its `pools` is left to the worker, which answers the
+    request-id it granted whatever that says and refuses it otherwise."""
     namespace, _, uid = lease_ref(body)
     spec = body.get("spec")
     if spec is None:
@@ -129,7 +132,8 @@ def lease_request(body: Mapping[str, Any], *, ttl: float,
     if _LINK.match(job_link) and len(job_link) <= 2048 and not text_problem(job_link, 2048):
         request["job-link"] = job_link  # built from annotations: a bad one is left out
     try:
-        parse_request(request, max_ttl=max(ttl, 1), max_wait=LONGEST_WAIT)
+        parse_request(request, max_ttl=max(ttl, 1), max_wait=LONGEST_WAIT,
+                      max_pools=MAX_INT if sent else MAX_POOLS)
     except InvalidRequest as exc:
         raise lease_field_error(exc) from None
     if not namespace:
@@ -201,7 +205,7 @@ def never_reasons(request: Mapping[str, Any], pools: Iterable[Pool]) -> dict[str
     the inventory can never meet. {} when the request does not parse, or some pool could."""
     try:
         req = parse_request(dict(request), max_ttl=float(request.get("ttl") or 1) + 1,
-                            max_wait=LONGEST_WAIT)
+                            max_wait=LONGEST_WAIT, max_pools=MAX_INT)
     except InvalidRequest:
         return {}
     candidates = {p.name: replace(p, no_schedule=False, exclude=False) for p in pools}

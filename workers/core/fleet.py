@@ -204,9 +204,9 @@ class GroupHold:
 
 class Holdings:
     """What each install's live leases hold, by install ((owner, boskos-lease-id): a
-    lease.Install). `load`, when given, reads it from the ledger on first use: (install,
-    network keys, VLANs) per lease of a group; until then changes are not tracked (the load
-    will see them in the ledger)."""
+    lease.Install; a network-only lease holds for none, lease.sharing_install). `load`, when
+    given, reads it from the ledger on first use: (install, network keys, VLANs) per lease
+    of a group; until then changes are not tracked (the load will see them in the ledger)."""
 
     def __init__(self, load: Callable[[], Iterable[tuple[Install, list[str], list[VlanId]]]]
                  | None = None) -> None:

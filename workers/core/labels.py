@@ -37,6 +37,15 @@ def value_problem(value: str) -> str | None:
     return None
 
 
+def label_problem(key: str, value: str) -> str | None:
+    """Why (key, value) is not a Kubernetes label, or None."""
+    problem = key_problem(key)
+    if problem:
+        return f"{key!r} is not a Kubernetes label key ({problem})"
+    problem = value_problem(value)
+    return f"{value!r} is not a Kubernetes label value ({problem})" if problem else None
+
+
 def parse_labels(raw: Any, field: str = "labels") -> tuple[tuple[str, str], ...]:
     """A request's labels, checked: (key, value) pairs sorted by key."""
     if raw is None:

@@ -115,6 +115,19 @@ def install_group(labels: Mapping[str, Any] | None, boskos_lease_id: Any) -> str
     return boskos_lease_id if isinstance(boskos_lease_id, str) else ""
 
 
+def network_only(vcpus: Any, memory: Any) -> bool:
+    """Whether a lease (or request) asks for port groups alone: no vCPUs, no memory (an
+    install's extra NICs, its bastion). It takes no part in its install's common network:
+    it gets free port groups of its own, and the install's later leases never share them."""
+    return vcpus == 0 and memory == 0
+
+
+def sharing_install(owner: str, group: str, vcpus: Any, memory: Any) -> Install | None:
+    """The install whose networks a lease (or request) shares: (owner, group) when it has a
+    group and vCPUs or memory; None otherwise (its networks are its own request's)."""
+    return (owner, group) if group and not network_only(vcpus, memory) else None
+
+
 def entry_vlan(entry: Mapping[str, Any]) -> tuple[str, int] | None:
     """The VLAN of one of a lease's networks, as (pod, vlan); None when it has no vlan."""
     vlan, pod = entry.get("vlan"), entry.get("pod")
@@ -336,9 +349,9 @@ class Lease:
 
     @property
     def install(self) -> Install | None:
-        """(owner, group) when it has a group, else None."""
-        group = self.group
-        return (self.owner, group) if group else None
+        """The install whose networks it shares (lease.sharing_install): (owner, group) when
+        it has a group and is not network-only, else None."""
+        return sharing_install(self.owner, self.group, self.vcpus, self.memory)
 
     @property
     def vlans(self) -> list[tuple[str, int]]:

@@ -12,7 +12,7 @@ from fractions import Fraction
 from functools import cached_property
 from typing import Any
 
-from .lease import Install, install_group, port_group_key
+from .lease import Install, install_group, port_group_key, sharing_install
 from .taints import Taint, Toleration
 
 DEFAULT_NETWORK_TYPE = "single-tenant"
@@ -267,14 +267,17 @@ class Request:
 
     @cached_property
     def group(self) -> str:
-        """Its install's `boskos-lease-id` (the label, else the field; "" none): its leases
-        share networks with the live leases of the same group (lease.install_group)."""
+        """Its install's `boskos-lease-id` (the label, else the field; "" none): unless it
+        is network-only, its leases share networks with the live leases of the same group
+        (lease.install_group, `install`)."""
         return install_group(dict(self.labels), self.boskos_lease_id)
 
     @property
     def install(self) -> Install | None:
-        """(owner, group) when it has a group, else None (an install of its own)."""
-        return (self.owner, self.group) if self.group else None
+        """The install whose networks its leases share (lease.sharing_install): (owner,
+        group) when it has a group and is not network-only; None: its leases share theirs
+        with one another alone, and take only free ones."""
+        return sharing_install(self.owner, self.group, self.vcpus, self.memory)
 
     def spec(self) -> dict[str, Any]:
         out = {

@@ -18,6 +18,11 @@ common network:
 - on the VLAN chosen, a lease takes a network its install holds already, else the first open
   one in configuration order.
 
+A network-only request (no vCPUs, no memory: an install's extra NICs, its bastion) is an
+install of its own whatever its `boskos-lease-id` (lease.sharing_install): only free networks
+are open to it and nothing is `prefer`red, and its networks are no install's to share or
+prefer later. Its own leases (one request over several pools) still follow the rule above.
+
 It is all or nothing: the answer is None exactly when some lease has fewer open VLANs than
 `networks` (each slot uses up one VLAN of each lease, so any lease with enough can finish).
 """

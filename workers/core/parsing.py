@@ -14,6 +14,10 @@ from .taints import parse_tolerations
 from .text import MAX_TEXT, escaped, shown, text_problem
 
 MAX_INT = 10**9  # "absurd" guard for sizes before pool limits are applied
+# every lease of a multi-pool request carries the pool-info of all its pools, so its answer
+# and its mirror record grow with the square of `pools` (with 4 port groups a lease: 16
+# pools, about 230 KB; 50, about 1.9 MB; tests/unit/test_request_size.py)
+MAX_POOLS = 16
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$", re.ASCII)
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$", re.ASCII)
 _LINK = re.compile(r"^https?://[^\s]+$", re.ASCII)
@@ -130,9 +134,11 @@ def parse_request(
     default_ttl: float = DEFAULT_TTL,
     max_ttl: float = 7 * 86400,
     max_wait: float = 7 * 86400,
+    max_pools: int = MAX_POOLS,
     where: str = "",
 ) -> Request:
-    """Validate a raw acquire request. Errors name the field."""
+    """Validate a raw acquire request. Errors name the field. `max_pools`: the most `pools`
+    one request may ask for (a request-id granted already is read with a larger one)."""
     prefix = f"{where}." if where else ""
     if not isinstance(raw, dict):
         raise InvalidRequest.of(where or "request", f"must be an object, got {_tn(raw)}")
@@ -147,6 +153,10 @@ def parse_request(
         pools = 0
         if data.get("pools") is not None:
             pools = _int(data, "pools", None, 1)
+            if pools > max_pools:
+                raise InvalidRequest.of("pools", f"at most {max_pools} in one request, got "
+                                        f"{pools} (each lease carries the pool-info of every "
+                                        "pool of its request)")
         vcenters = _int(data, "vcenters", 1, 0) or 1
         if pools and data.get("vcenters") in (None, 0):
             vcenters = 0  # P pools on as many vCenters as spreading picks

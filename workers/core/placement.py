@@ -143,8 +143,9 @@ def place(req: Request, fleet: Fleet, strategy: str = "least-utilized",
 
 def assign(req: Request, chosen: list[Pool], fleet: Fleet) -> list[tuple[Network, ...]] | None:
     """The networks each chosen pool's lease gets (core.networks): open to the request's
-    install, on distinct VLANs, one common VLAN for all of them where there is one, the VLANs
-    the install's live leases hold first. None if a pool has too few open VLANs."""
+    install (a network-only request has none: free networks only), on distinct VLANs, one
+    common VLAN for all of them where there is one, the VLANs the install's live leases hold
+    first. None if a pool has too few open VLANs."""
     if not req.networks:
         return [() for _ in chosen]
     install = req.install

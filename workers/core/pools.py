@@ -11,11 +11,12 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError
-from .labels import key_problem, value_problem
+from .labels import key_problem, label_problem, value_problem
 from .models import DEFAULT_NETWORK_TYPE, DIMENSIONS, Network, Pool, derived_addresses
 from .taints import Taint, taint_problem
 from .text import MAX_TEXT, escaped, text_problem
@@ -77,11 +78,21 @@ def parse_pools(data: Any, file: str = "pools.yaml") -> tuple[Pool, ...]:
     listings: list[list[_Listing]] = []
     names: set[str] = set()
     vcenters: dict[str, tuple[str, str]] = {}  # lower-cased host → (as written, first pool)
+    domains: dict[str, str] = {}  # failure-domain name → the pool it names
     for index, raw in enumerate(raw_pools):
         pool, listed = _parse_pool(raw, index, file)
         if pool.name in names:
             raise ConfigError.of(file, pool.name, "name", "duplicate pool name")
         names.add(pool.name)
+        # a lease's install-config failure domain is named by its pool's short-name, else the
+        # pool's name: one name per pool, or two pools make one failure domain
+        short = dict(pool.domain).get("short-name")
+        holder = domains.setdefault(short or pool.name, pool.name)
+        if holder != pool.name:
+            raise ConfigError.of(
+                file, pool.name, "short-name" if short else "name",
+                f"{short or pool.name!r} already names pool {holder!r}'s failure domain (a "
+                "pool's short-name, else its name): give each pool its own")
         spelled, first = vcenters.setdefault(pool.vcenter.lower(), (pool.vcenter, pool.name))
         if spelled != pool.vcenter:  # one vCenter counted as two would break spreading
             raise ConfigError.of(
@@ -93,6 +104,21 @@ def parse_pools(data: Any, file: str = "pools.yaml") -> tuple[Pool, ...]:
     shared = _merge_listings([x for listed in listings for x in listed], file)
     return tuple(replace(pool, networks=tuple(shared[x.identity] for x in listed))
                  for pool, listed in zip(pools, listings, strict=True))
+
+
+def label_warnings(pools: Iterable[Pool], file: str = "pools.yaml") -> list[str]:
+    """One line per pool label that is not a Kubernetes label, naming file, pool and
+    `labels.<key>`: pool-selector matches it, and the pool's Kubernetes object is published
+    without it (upstream.pool_object)."""
+    out = []
+    for pool in pools:
+        for key, value in pool.labels:
+            problem = label_problem(key, value)
+            if problem:
+                where = ConfigError.of(file, pool.name, f"labels.{key}", "").message
+                out.append(f"{where}left off the Pool object, pool-selector still matches "
+                           f"it: {problem}")
+    return out
 
 
 def _merge_listings(listings: list[_Listing], file: str) -> dict[tuple[str, str, str], Network]:
@@ -182,14 +208,10 @@ def _parse_pool(raw: Any, index: int, file: str) -> tuple[Pool, list[_Listing]]:
     ):
         raise ConfigError.of(file, label, "labels", "must be a map of strings")
     for k, v in labels.items():
+        # any text: a label Kubernetes does not take is selectable all the same, and left off
+        # the pool's Kubernetes object (label_warnings)
         _text(k, file, label, "labels", max_len=317)
         _text(str(v), file, label, f"labels.{k}", max_len=63)
-        problem = key_problem(k)  # a pool is published as a Kubernetes object, with its labels
-        if problem:
-            raise ConfigError.of(file, label, "labels", f"label {k!r}: {problem}")
-        problem = value_problem(str(v))
-        if problem:
-            raise ConfigError.of(file, label, f"labels.{k}", problem)
     annotations = _annotations(raw.get("annotations"), file, label)
     taints_raw = [] if raw.get("taints") is None else raw["taints"]
     if not isinstance(taints_raw, list):

@@ -3,6 +3,7 @@ install-config (`platform.vsphere.failureDomains`, inventory paths), and shell `
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -18,13 +19,16 @@ def _under(base: str, path: str) -> str:
 
 # vSphere writes these characters of an object's name escaped in an inventory path
 _ESCAPES = (("%", "%25"), ("/", "%2f"), ("\\", "%5c"))
+# a '%' that starts none of those escapes
+_LONE_PERCENT = re.compile(r"%(?!2[fF]|5[cC]|25)")
 
 
 def path_element(name: str) -> str:
-    """An object's name as one element of an inventory path ('/' in a name is "%2f")."""
-    for char, code in _ESCAPES:
-        name = name.replace(char, code)
-    return name
+    """An object's name as one element of an inventory path, escaped as vSphere escapes it:
+    '/' is "%2f", '\\' "%5c", and '%' "%25" unless it starts one of these escapes. vSphere's
+    API gives names escaped so ("vsan%2f1" for a datastore shown as vsan/1), and such a name
+    (as `vcm pools discover` writes it) stays as it is."""
+    return _LONE_PERCENT.sub("%25", name).replace("/", "%2f").replace("\\", "%5c")
 
 
 def element_name(element: str) -> str:
@@ -110,9 +114,17 @@ def lease_env(lease: Lease | Mapping[str, Any]) -> str:
     return "\n".join(f"export VCM_{k}={shlex.quote(v)}" for k, v in env_values(lease).items())
 
 
+def install_network(network: str) -> str:
+    """A failure domain's network as install-config names it: the port group alone, as one
+    inventory path element (openshift-install looks it up below the computeCluster, joining
+    the two), from an inventory path (its last element) or a port group name."""
+    return network.rsplit("/", 1)[-1] if network.startswith("/") else path_element(network)
+
+
 def platform_vsphere(leases: Iterable[Lease | Mapping[str, Any]]) -> dict[str, Any]:
     """install-config's `platform.vsphere` for these leases: one vcenters entry per server
-    (with the datacenters used there) and one failure domain per lease."""
+    (with the datacenters used there) and one failure domain per lease, its networks named
+    by port group (install_network)."""
     vcenters: dict[str, list[str]] = {}
     domains: dict[tuple[str, str], dict[str, Any]] = {}
     for lease in leases:
@@ -123,12 +135,13 @@ def platform_vsphere(leases: Iterable[Lease | Mapping[str, Any]]) -> dict[str, A
         if fd["topology"]["datacenter"] not in dcs:
             dcs.append(fd["topology"]["datacenter"])
         key = (fd["server"], fd["name"])
+        networks = [install_network(n) for n in fd["topology"]["networks"]]
         if key not in domains:  # one domain per pool; more leases there add their networks
             domains[key] = {**fd, "topology": {**fd["topology"],
-                                               "networks": list(fd["topology"]["networks"])}}
+                                               "networks": list(dict.fromkeys(networks))}}
             continue
         nets = domains[key]["topology"]["networks"]
-        nets.extend(n for n in fd["topology"]["networks"] if n not in nets)
+        nets.extend(n for n in networks if n not in nets)
     # sorted, so that the same leases always print the same block; a field the pool does not
     # set (a folder, a region) is left out rather than given as "", as the installer expects
     return {"platform": {"vsphere": {

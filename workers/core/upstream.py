@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+from .labels import label_problem
 from .lease import Lease, network_key
 from .models import DEFAULT_NETWORK_TYPE, Network, Pool
 from .pools import parse_pools
@@ -232,11 +233,13 @@ def pool_status(pool: Pool, usage: Mapping[str, Any] | None = None) -> dict[str,
 
 
 def pool_object(pool: Pool, usage: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A pool as a `Pool` object: its labels and annotations (ci-auth-path) on the object,
-    spec and status (no namespace: the publisher's)."""
+    """A pool as a `Pool` object: its labels (those that are Kubernetes labels: the pools file
+    takes any text, pools.label_warnings names the others) and annotations (ci-auth-path) on
+    the object, spec and status (no namespace: the publisher's)."""
     meta: dict[str, Any] = {"name": pool_object_name(pool.name)}
-    if pool.labels:
-        meta["labels"] = dict(pool.labels)
+    labels = {k: v for k, v in pool.labels if not label_problem(k, v)}
+    if labels:
+        meta["labels"] = labels
     if pool.annotations:
         meta["annotations"] = dict(pool.annotations)
     return {"apiVersion": API_VERSION, "kind": "Pool", "metadata": meta,

@@ -29,7 +29,7 @@ from ..core.fleet import Fleet
 from ..core.grants import make_leases
 from ..core.lease import Lease
 from ..core.models import Request
-from ..core.parsing import parse_request
+from ..core.parsing import MAX_INT, MAX_POOLS, parse_request
 from ..core.placement import place_batch
 from ..core.possible import check_possible
 from ..ports import Ledger, Pools
@@ -76,11 +76,32 @@ class Placing:
         self._checked: dict[tuple, tuple] = {}  # request shape -> () or InvalidRequest args
 
     def parse(self, raw: Any, default_id: str, owner: str = "anonymous",
-              where: str = "") -> Request:
+              where: str = "", granted: bool = False) -> Request:
+        """The request, refused when the pools could never hold it. `granted`: a request-id
+        the ledger granted before is parsed whatever the pools say now (a pool removed since
+        while it still holds its leases) and whatever its `pools` (more than MAX_POOLS), so
+        that placing answers it with its leases."""
         s = self.settings
-        req = parse_request(raw, default_owner=owner, default_request_id=default_id,
-                            default_ttl=s.lease_ttl, max_ttl=s.max_lease_lifetime, where=where)
-        self._check_possible(req)
+
+        def parsed(max_pools: int = MAX_POOLS) -> Request:
+            return parse_request(raw, default_owner=owner, default_request_id=default_id,
+                                 default_ttl=s.lease_ttl, max_ttl=s.max_lease_lifetime,
+                                 max_pools=max_pools, where=where)
+
+        try:
+            req = parsed()
+        except InvalidRequest as exc:
+            if not granted or exc.field != (f"{where}.pools" if where else "pools"):
+                raise
+            req = parsed(MAX_INT)  # the rest of it checked as ever
+            if self.ledger.granted_at([req.key])[1][0] is None:
+                raise exc from None
+            return req
+        try:
+            self._check_possible(req)
+        except InvalidRequest:
+            if not granted or self.ledger.granted_at([req.key])[1][0] is None:
+                raise
         return req
 
     def _check_possible(self, req: Request) -> None:
@@ -133,7 +154,7 @@ class Placing:
         if len(raws) > 1000:
             raise InvalidRequest.of("requests", "at most 1000 requests in one batch")
         base = task_id or uuid.uuid4().hex
-        reqs = [self.parse(r, f"{base}-{i}", owner, where=f"requests[{i}]")
+        reqs = [self.parse(r, f"{base}-{i}", owner, where=f"requests[{i}]", granted=True)
                 for i, r in enumerate(raws)]
         keys = [r.key for r in reqs]
         dupes = sorted(r.request_id for r in reqs if keys.count(r.key) > 1)

@@ -56,7 +56,7 @@ class WaitingLine:
         """Leases, or the request's place in line (Parked) when it waits."""
         received = time.time()
         try:
-            req = self.placing.parse(raw, task_id or uuid.uuid4().hex, owner)
+            req = self.placing.parse(raw, task_id or uuid.uuid4().hex, owner, granted=True)
             try:
                 return self.placing.place([req], self, since=received, task=task_id)[0]
             except Queued:  # sent again while it waits: wait with it, whatever `wait` says

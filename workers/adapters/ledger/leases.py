@@ -7,7 +7,14 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from ...core.lease import Install, Lease, install_group, lease_port_groups, parse_rfc3339
+from ...core.lease import (
+    Install,
+    Lease,
+    install_group,
+    lease_port_groups,
+    parse_rfc3339,
+    sharing_install,
+)
 from ...core.phases import lease_network_type, stat_field
 from ...ports import Guard
 from .base import LedgerBase
@@ -80,8 +87,9 @@ class LeaseStore(LedgerBase):
                 if v is not None}
 
     def holdings(self) -> list[tuple[Install, list[str], list[tuple[str, int]]]]:
-        """(install, network keys, VLANs) of every live lease of a boskos-lease-id group:
-        what the placement core's Holdings starts from. O(leases)."""
+        """(install, network keys, VLANs) of every live lease that shares its install's
+        networks (a boskos-lease-id group's, not network-only: Lease.install): what the
+        placement core's Holdings starts from. O(leases)."""
         out = []
         for raw in self.leases():
             lease = Lease.from_wire(raw)
@@ -124,8 +132,10 @@ class LeaseStore(LedgerBase):
         `answer` is recorded as the answer of `tasks` and of the tasks waiting for `granted`;
         a task answered before is refused ('answered', with that answer).
         `held`: the networks the new leases' install holds already (they share them); every
-        other network must be free. The leases of one install may share a network. Every write
-        takes the writer's `guard` (its floor, and whether to wake the publisher)."""
+        other network must be free. The leases of one install may share a network; a
+        network-only lease shares only with the leases of its own request (the script checks
+        both against the holders' records, whatever `held` says). Every write takes the
+        writer's `guard` (its floor, and whether to wake the publisher)."""
         pools: dict[str, dict[str, Any]] = {}
         nets: dict[str, list[str]] = {}
         installs: dict[str, str] = {}  # network -> the install of its new holders
@@ -147,7 +157,10 @@ class LeaseStore(LedgerBase):
                 u["storage"] += sp["storage"]
                 u["leases"] += 1
                 group = install_group(st.get("labels"), st.get("boskos-lease-id"))
-                install = f"{st['owner']!r} group {group!r}" if group else f"request {rid}"
+                if sharing_install(st["owner"], group, sp["vcpus"], sp["memory"]):
+                    install = f"{st['owner']!r} group {group!r}"
+                else:  # no group, or network-only: the request's leases alone share
+                    install = f"request {rid}"
                 for key in lease_port_groups(lease):
                     if installs.setdefault(key, install) != install:
                         raise ValueError(f"network {key!r} in new leases of two installs "

@@ -1,9 +1,10 @@
 """What the HTTP shim reads of the ledger, on its own Redis clients (short timeouts, no
 retries; an asyncio one for /readyz): the fleet for /metrics and the dashboard in one pipelined
 round trip (with Redis's own memory and eviction figures; for /metrics also the pools' usage,
-the networks in use, the active leases and the waiting line), and the status hashes /readyz
-shows (the mirror publisher's and the namespace pruning's). Values come back as Redis holds
-them, decoded only where the ledger's layout says how (the usage stream's entries, the health
+the networks in use, the active lease ids and the waiting line; then the records of the
+leases the caller has not seen, LEASE_CHUNK at a time), and the status hashes /readyz shows
+(the mirror publisher's and the namespace pruning's). Values come back as Redis holds them,
+decoded only where the ledger's layout says how (the usage stream's entries, the health
 records, waiter records, usage counters); what cannot be decoded is left out, never
 raised."""
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,10 @@ from ...core.lease import rfc3339
 from ..keys import PREFIX, Keys
 from .records import decoded
 
+# lease records fetched per command by a scrape: a reply of about a megabyte (a record is a
+# few KB), so Redis is never held long by one command nor asked for one huge reply
+LEASE_CHUNK = 500
+
 
 @dataclass(frozen=True)
 class LedgerDetail:
@@ -33,7 +38,9 @@ class LedgerDetail:
 
     usage: dict[str, Usage] = field(default_factory=dict)  # per pool asked for (use:<pool>)
     holders: dict[str, int] = field(default_factory=dict)  # network key -> leases holding it
-    leases: list[Any] = field(default_factory=list)  # active lease records, as stored
+    # active lease id -> its record, both as stored; None for a lease the caller knew already
+    # (its record was not read)
+    leases: dict[Any, Any] = field(default_factory=dict)
     waiters: list[dict[str, Any]] = field(default_factory=list)  # waiting-line records
 
 
@@ -66,10 +73,12 @@ def report_client(url: str, timeout: float) -> redis.Redis:
 
 
 def read_fleet(client: redis.Redis, prefix: str = PREFIX,
-               pools: Sequence[str] | None = None) -> FleetRead:
+               pools: Sequence[str] | None = None, known: Container[Any] = ()) -> FleetRead:
     """Everything the fleet metrics and the dashboard's counters show, in one round trip;
     with `pools` (pool names), the LedgerDetail too: those pools' usage, the networks in use,
-    the active leases and the waiting line. Raises the Redis error when Redis does not answer,
+    the active leases and the waiting line. Of the active leases, only the records of those
+    not in `known` (lease ids as stored) are read: after that round trip, LEASE_CHUNK at a time (a
+    lease released meanwhile is left out). Raises the Redis error when Redis does not answer,
     or refuses a read of the ledger; Redis's own figures are None when this client may not
     read them (an ACL without INFO)."""
     keys = Keys(prefix)
@@ -89,7 +98,7 @@ def read_fleet(client: redis.Redis, prefix: str = PREFIX,
         pipe.hmget(keys.use(name), "vcpus", "memory", "storage", "leases")
     if pools is not None:
         pipe.hgetall(keys.nets)
-        pipe.hvals(keys.leases)
+        pipe.hkeys(keys.leases)
         pipe.hvals(keys.waiters)
     pipe.info("memory")
     pipe.info("stats")
@@ -100,6 +109,8 @@ def read_fleet(client: redis.Redis, prefix: str = PREFIX,
     ledger, more = ledger[:10], ledger[10:]
     stats, latency, leases, waiting, usage, mirror, seq, health, aside, blocked = ledger
     detail = _detail(names, more) if pools is not None else None
+    if detail is not None:
+        _read_records(client, keys, detail.leases, known)
     records = {}
     for vcenter, raw in (health or {}).items():
         try:
@@ -117,14 +128,28 @@ def read_fleet(client: redis.Redis, prefix: str = PREFIX,
 
 def _detail(names: list[str], replies: list[Any]) -> LedgerDetail:
     """The LedgerDetail from its replies: a usage row per name, then the nets hash, the lease
-    records (left as stored: a scrape decodes only those it has not seen) and the waiter
-    records (decoded; those that cannot be read are left out)."""
-    rows, (nets, leases, waiters) = replies[:len(names)], replies[len(names):]
+    ids (their records not read yet) and the waiter records (decoded; those that cannot be
+    read are left out)."""
+    rows, (nets, ids, waiters) = replies[:len(names)], replies[len(names):]
     usage = {name: Usage(*(_whole(x) for x in row))
              for name, row in zip(names, rows, strict=True)}
     holders = {_text(k): len(_text(v).split()) for k, v in (nets or {}).items()}
     line = [x for x in map(decoded, waiters or []) if isinstance(x, dict)]
-    return LedgerDetail(usage, holders, list(leases or []), line)
+    return LedgerDetail(usage, holders, dict.fromkeys(ids or []), line)
+
+
+def _read_records(client: redis.Redis, keys: Keys, leases: dict[Any, Any],
+                  known: Container[Any]) -> None:
+    """Fill in the records (left as stored: the caller decodes them) of the leases not
+    `known`, LEASE_CHUNK per HMGET; a lease released since its id was read is dropped."""
+    wanted = [i for i in leases if i not in known]
+    for at in range(0, len(wanted), LEASE_CHUNK):
+        chunk = wanted[at:at + LEASE_CHUNK]
+        for lease_id, raw in zip(chunk, client.hmget(keys.leases, chunk), strict=True):
+            if raw is None:
+                del leases[lease_id]
+            else:
+                leases[lease_id] = raw
 
 
 def _rollup(entries: list[Any] | None) -> dict[str, Any] | None:

@@ -1,6 +1,7 @@
 -- Record the leases of one decision, if it still holds: the task was never answered, the
 -- (owner, request-id)s are new, none waits in line (unless being served), the ledger is at
--- the version the decision read, and capacity and port groups still fit. All or nothing.
+-- the version the decision read, and capacity and port groups still fit (a port group shared
+-- only within one install, never by a network-only lease beyond its request). All or nothing.
 -- The answer is recorded for the task (answer.tasks) and, when serving waiters, for each
 -- task waiting for them (the first and its twins): a copy of any of them is answered so. A
 -- waiter whose every task was answered otherwise (a copy of the task that asked for another
@@ -13,7 +14,8 @@
 --       blocked, stats, latency, kick)
 -- ARGV: [1] prefix, [2] the usage version the decision read,
 --       [3] {rids: {key: ids JSON}, pools: {pool: usage + cap}, nets: {pg key: lease ids,
---            space-separated}, held?: {pg key: true, for those the install holds already},
+--            space-separated}, held?: {pg key: true, for those the install holds already:
+--            a lease of the new holders' install must hold each, checked in the records},
 --            leases: [{id, owner, exp}], granted?: [waiter keys], lone?, quiet?, floor?,
 --            latency?: {seconds, bucket?}, answer?: {tasks: [task id], json, ttl},
 --            counts: {stats field: n, the requests granted per network type}},
@@ -85,11 +87,49 @@ for pool, u in pairs(d.pools) do
     return {'over', pool}
   end
 end
+-- Each network is free, or (`held`) held by a lease of the new holders' install; its new
+-- holders are all of one install. Checked against the records whatever `held` says: only the
+-- compute leases of one owner's boskos-lease-id share with later requests, and a network-only
+-- lease shares with the leases of its own request alone (prelude's `sharer`).
 local held = d.held or {}
-for key, _ in pairs(d.nets) do
-  -- free, unless the install's other leases hold it (then they share it)
-  if (redis.call('HEXISTS', p .. 'nets', key) == 1) ~= (held[key] == true) then
-    return {'over', key}
+local new_at = {}  -- new lease id -> its place in `leases` (its JSON is ARGV[3 + place])
+for i, l in ipairs(d.leases) do new_at[l.id] = i end
+local rid_of  -- new lease id -> its request key, read from `rids` on first use
+local function new_sharer(id)
+  local i = new_at[id]
+  if not i then return nil end
+  local ok, l = pcall(cjson.decode, ARGV[3 + i] or '')
+  if not (ok and readable(l)) then return nil end
+  if not rid_of then
+    rid_of = {}
+    for rid, ids in pairs(d.rids) do
+      for _, x in ipairs(cjson.decode(ids)) do rid_of[x] = rid end
+    end
+  end
+  return sharer(l, rid_of[id])
+end
+for key, ids in pairs(d.nets) do
+  local holders = redis.call('HGET', p .. 'nets', key)
+  if (holders ~= false) ~= (held[key] == true) then return {'over', key} end
+  if holders or string.find(ids, ' ', 1, true) then  -- shared: only within one install
+    local who
+    for id in string.gmatch(ids, '%S+') do
+      local theirs = new_sharer(id)
+      if theirs == nil or (who ~= nil and theirs ~= who) then return {'over', key} end
+      who = theirs
+    end
+    if holders then
+      local joined = false
+      for id in string.gmatch(holders, '%S+') do
+        local raw = redis.call('HGET', p .. 'leases', id)
+        local ok, l = pcall(cjson.decode, raw or '')
+        if raw and ok and readable(l) and sharer(l, nil) == who then
+          joined = true
+          break
+        end
+      end
+      if not joined then return {'over', key} end
+    end
   end
 end
 for pool, u in pairs(d.pools) do

@@ -35,6 +35,22 @@ local function readable(l)
   return true
 end
 
+-- Who may share a (readable) lease's networks, as core/lease.py's sharing_install: the
+-- leases of its owner's install, its boskos-lease-id (the label, else the field), when it has
+-- one and vCPUs or memory; otherwise only the leases of its own request `rid` (nil when that
+-- is unknown: nobody). A network-only lease (vcpus 0, memory 0) never shares with its
+-- install. Returned as text, equal for the leases that may share.
+local function sharer(l, rid)
+  local st, sp = l.status, l.spec
+  local group = type(st.labels) == 'table' and st.labels['boskos-lease-id'] or nil
+  if type(group) ~= 'string' or group == '' then group = st['boskos-lease-id'] end
+  if type(group) == 'string' and group ~= '' and not (sp.vcpus == 0 and sp.memory == 0) then
+    return cjson.encode({'install', st.owner, group})
+  end
+  if rid == nil then return nil end
+  return cjson.encode({'request', rid})
+end
+
 -- The ledger key of one of a lease's networks, as core/lease.py's port_group_key builds it:
 -- "<vcenter>|<port group>[|<pod>[|<slice>]]", trailing empty parts left out; a pod or slice
 -- that is not a string reads as unset.

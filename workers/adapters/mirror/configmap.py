@@ -53,15 +53,13 @@ from .codec import (
 from .errors import MirrorError, MirrorSuperseded, MirrorTooLarge
 from .kube import (
     HEAD_PART_KEY,
-    MAX_NAME,
     SHARD_PART_KEY,
     ConfigMap,
     ConfigMaps,
     default_api_client,
     meta_of,
-    valid_name,
-    valid_namespace,
 )
+from .names import MAX_NAME, valid_name, valid_namespace
 
 CONFIGMAP_LIMIT = 1_048_576  # apiserver: data + binaryData (keys and decoded values)
 DEFAULT_SHARD_BYTES = CONFIGMAP_LIMIT - 32 * 1024  # room for keys and the head's metadata

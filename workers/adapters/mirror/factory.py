@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from kubernetes import client as k8s_client
+from typing import TYPE_CHECKING
 
 from ...settings import DEFAULT_MAX_SHARDS, Settings
-from .configmap import ConfigMapMirror
 from .file import FileMirror
-from .kube import valid_name, valid_namespace
+from .names import valid_name, valid_namespace
+
+if TYPE_CHECKING:  # the Kubernetes client is loaded only for a ConfigMap mirror
+    from kubernetes import client as k8s_client
+
+    from .configmap import ConfigMapMirror
 
 
 def parse_configmap(configmap: str | None) -> tuple[str, str] | None:
@@ -35,6 +39,8 @@ def mirror_from_env(
     where = parse_configmap(configmap)
     if where is None:
         return FileMirror(path)
+    from .configmap import ConfigMapMirror
+
     return ConfigMapMirror(*where, api_client=api_client, timeout=timeout, max_shards=max_shards)
 
 

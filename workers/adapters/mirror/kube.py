@@ -9,7 +9,6 @@ import base64
 import hashlib
 import http.client
 import json
-import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,23 +29,9 @@ MANAGED_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "vsphere-capacity-manager"
 MERGE_PATCH = "application/merge-patch+json"
 
-_DNS1123_SUBDOMAIN = re.compile(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-MAX_NAME = 253 - 4  # room for "-NNN"
 
 T = TypeVar("T")
 ConfigMap = k8s_client.V1ConfigMap
-
-
-def valid_namespace(namespace: str) -> bool:
-    return bool(_DNS1123_LABEL.match(namespace or "")) and len(namespace) <= 63
-
-
-def valid_name(name: str) -> bool:
-    """A ConfigMap name (DNS-1123 subdomain) that leaves room for the slots' suffix."""
-    return bool(_DNS1123_SUBDOMAIN.match(name or "")) and len(name) <= MAX_NAME
 
 
 def default_api_client() -> k8s_client.ApiClient:
