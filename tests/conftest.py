@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from tests.support.helpers import EXAMPLE_POOLS, reset_ledger
+from tests.support.helpers import EXAMPLE_POOLS, replace_file, reset_ledger
 from tests.support.procs import RedisServer, Worker, env_for
 
 # Celery's own fixtures (celery_app, celery_worker, celery_config, ...: an embedded worker in a
@@ -64,7 +64,7 @@ def ledger(redis_server, stack, pools_file):
     """A clean ledger before each test."""
     client = redis_server.client()
     reset_ledger(client, stack["env"].get("VCM_MIRROR_FILE"))
-    pools_file.write_text(EXAMPLE_POOLS.read_text())
+    replace_file(pools_file, EXAMPLE_POOLS.read_text())
     from workers.adapters.ledger import Ledger
 
     yield Ledger(client)

@@ -228,6 +228,10 @@ def test_api_down_30s_placement_goes_on_replies_wait_and_the_mirror_catches_up(t
         time.sleep(max(0.0, 12 - (time.monotonic() - down_at)))
         kube.clear_faults()
         kube.inject_fault(503, count=None)  # down, but answering fast now
+        # the publisher writes its status between save attempts: under load the count of
+        # held replies it last wrote may trail the 100 answers already waiting
+        wait_for(lambda: status(s).get("held-replies", 0) >= 100, timeout=20,
+                 what="vcm:mirror counting the 100 held replies")
         st = status(s)
         assert st["state"] == "failing" and st["error"] and st["failing-since"] > 0
         assert st["behind"] > 0 and st["held-replies"] >= 100 and st["failures"] >= 1

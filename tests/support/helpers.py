@@ -3,7 +3,9 @@ ledger, roll Redis back."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -15,6 +17,15 @@ from workers.contract import PLACEMENT, QUEUE
 from workers.core.models import DIMENSIONS, Pool
 
 EXAMPLE_POOLS = ROOT / "examples" / "pools.yaml"
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write `path` whole, as a new file renamed over the old one (what `vcm pools` and a
+    mounted ConfigMap do): a worker that re-reads it on change never reads half of it, and
+    sees a new inode however quickly the texts follow one another."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def call(app: Celery, name: str, timeout: float = 20, **kwargs: Any) -> Any:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.support.audit import audit
-from tests.support.helpers import call, check_invariants, net_key
+from tests.support.helpers import call, check_invariants, net_key, replace_file
 from tests.support.procs import ROOT
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
@@ -28,7 +28,7 @@ UPSTREAM = ROOT / "examples" / "pools-upstream.yaml"
 @pytest.fixture()
 def upstream(ledger, pools_file) -> dict[str, Pool]:
     """The upstream-shaped inventory as the workers' pools file (re-read on change)."""
-    pools_file.write_text(UPSTREAM.read_text())
+    replace_file(pools_file, UPSTREAM.read_text())
     return {p.name: p for p in load_pools(str(pools_file))}
 
 
