@@ -18,12 +18,6 @@ NS = "ns1"
 
 
 @pytest.fixture
-def kube():
-    with KubeApiServer() as server:
-        yield server
-
-
-@pytest.fixture
 def core(kube):
     api_client = kube.api_client()
     yield client.CoreV1Api(api_client)

@@ -27,19 +27,6 @@ API_VERSION = f"{G}/{V}"
 NS = "default"
 
 
-@pytest.fixture
-def kube():
-    with KubeApiServer() as server:
-        yield server
-
-
-@pytest.fixture
-def custom(kube):
-    api_client = kube.api_client()
-    yield client.CustomObjectsApi(api_client)
-    api_client.close()
-
-
 def lease(name: str | None = "l1", labels: dict[str, str] | None = None, **spec) -> dict:
     meta: dict = {"name": name} if name else {"generateName": "b1-"}
     if labels:

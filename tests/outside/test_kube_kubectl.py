@@ -18,16 +18,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.support.kube import KubeApiServer
 from tests.support.tools import missing
 
 G, V = "vspherecapacitymanager.splat.io", "v1"
-
-
-@pytest.fixture
-def kube():
-    with KubeApiServer() as server:
-        yield server
 
 
 @pytest.fixture

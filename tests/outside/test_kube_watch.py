@@ -20,19 +20,6 @@ G, V = "vspherecapacitymanager.splat.io", "v1"
 NS = "default"
 
 
-@pytest.fixture
-def kube():
-    with KubeApiServer() as server:
-        yield server
-
-
-@pytest.fixture
-def custom(kube):
-    api_client = kube.api_client()
-    yield client.CustomObjectsApi(api_client)
-    api_client.close()
-
-
 def lease(name: str, **labels: str) -> dict:
     return {"apiVersion": f"{G}/{V}", "kind": "Lease",
             "metadata": {"name": name, "labels": labels}, "spec": {"networks": 1}}
