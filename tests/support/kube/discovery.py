@@ -25,7 +25,13 @@ from typing import Any
 from tests.support.kube.builtin import OWN_STORE_KINDS
 from tests.support.kube.crd import CustomResourceDefinition
 from tests.support.kube.errors import not_found_path
-from tests.support.kube.openapi import openapi_v2, openapi_v3_group_version, openapi_v3_index
+from tests.support.kube.openapi import (
+    OPENAPI_V2_PROTOBUF,
+    openapi_v2,
+    openapi_v2_protobuf,
+    openapi_v3_group_version,
+    openapi_v3_index,
+)
 
 TABLE_CONTENT_TYPE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 _CRUD = ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"]
@@ -229,6 +235,8 @@ class Discovery:
         custom = [c for c in self.crds if c.group and not c.builtin]
         documented = [*custom, *(c for c in self.crds if c.builtin), *OWN_STORE_KINDS]
         if path == "/openapi/v2":
+            if "protobuf" in (headers.get("Accept") or ""):
+                return 200, openapi_v2_protobuf(), {"Content-Type": OPENAPI_V2_PROTOBUF}
             return 200, openapi_v2(custom), {}
         if path == "/openapi/v3":
             return 200, openapi_v3_index(documented), {}

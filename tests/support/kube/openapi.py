@@ -14,8 +14,8 @@ built-in kind's fields, and builds its strategic merge patches from its compiled
 (kubectl pkg/cmd/apply/patcher.go: no schema of the kind in OpenAPI v3, none in v2, then
 `scheme.Scheme`).
 
-- `/openapi/v2`: one Swagger 2.0 document (kubectl's older validation, explain
-  `--output=plaintext-openapiv2`, the patch type of apply).
+- `/openapi/v2`: one Swagger 2.0 document in JSON (kubectl explain
+  `--output=plaintext-openapiv2`); asked for in protobuf, an empty one (`openapi_v2_protobuf`).
 - `/openapi/v3`: the index of group-versions (`paths` → `serverRelativeURL` with a hash), and
   `/openapi/v3/apis/<group>/<version>`: an OpenAPI 3.0 document each (kubectl explain, and
   whether the server supports `fieldValidation`, which kubectl's `--validate` asks).
@@ -263,6 +263,21 @@ def openapi_v2(crds: list[CustomResourceDefinition]) -> dict[str, Any]:
             paths.setdefault(path, {})[method] = operation
     return {"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.32.0"},
             "paths": paths, "definitions": definitions}
+
+
+OPENAPI_V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+
+
+def openapi_v2_protobuf() -> bytes:
+    """OpenAPI v2 as client-go's discovery asks for it (protobuf, gnostic's openapi_v2.Document):
+    an empty document here (`swagger` "2.0" and its `info`, no definitions). What reads it is
+    kubectl's client-side validation, which it does only for a kind whose group-version has no
+    OpenAPI v3 document, that is a kind this server does not serve: finding no schema, kubectl
+    validates nothing and discovery answers `no matches for kind`, as with a real server."""
+    def field(number: int, payload: bytes) -> bytes:
+        return bytes([number << 3 | 2, len(payload)]) + payload
+    info = field(1, b"Kubernetes") + field(2, b"v1.32.0")
+    return field(1, b"2.0") + field(2, info)
 
 
 def _group_version_key(crd: CustomResourceDefinition) -> str:

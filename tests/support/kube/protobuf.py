@@ -22,7 +22,7 @@ MAGIC = b"k8s\x00"
 
 # field number -> (JSON name, type); a type is "string", "bytes", "bool", "int64", "time",
 # "strings" (repeated string), "map" (map<string, string>), "bytemap" (map<string, bytes>,
-# base64 in JSON) or a nested layout
+# base64 in JSON), a nested layout, or a list of one layout (a repeated message)
 Layout = dict[int, tuple[str, Any]]
 _TYPE_META: Layout = {1: ("apiVersion", "string"), 2: ("kind", "string")}
 _UNKNOWN: Layout = {1: ("typeMeta", _TYPE_META), 2: ("raw", "bytes"),
@@ -33,10 +33,20 @@ _OBJECT_META: Layout = {
     7: ("generation", "int64"), 8: ("creationTimestamp", "time"),
     9: ("deletionTimestamp", "time"), 10: ("deletionGracePeriodSeconds", "int64"),
     11: ("labels", "map"), 12: ("annotations", "map"), 14: ("finalizers", "strings")}
-LAYOUTS: dict[tuple[str, str], Layout] = {
+LAYOUTS: dict[tuple[str, str], Layout] = {  # what kubectl create secret/configmap/... sends
     ("v1", "Secret"): {1: ("metadata", _OBJECT_META), 2: ("data", "bytemap"),
                        3: ("type", "string"), 4: ("stringData", "map"),
                        5: ("immutable", "bool")},
+    ("v1", "ConfigMap"): {1: ("metadata", _OBJECT_META), 2: ("data", "map"),
+                          3: ("binaryData", "bytemap"), 4: ("immutable", "bool")},
+    ("v1", "Namespace"): {1: ("metadata", _OBJECT_META),
+                          2: ("spec", {1: ("finalizers", "strings")})},
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): {
+        1: ("metadata", _OBJECT_META),
+        2: ("subjects", [{1: ("kind", "string"), 2: ("apiGroup", "string"),
+                          3: ("name", "string"), 4: ("namespace", "string")}]),
+        3: ("roleRef", {1: ("apiGroup", "string"), 2: ("kind", "string"),
+                        3: ("name", "string")})},
 }
 _TIME: Layout = {1: ("seconds", "int64"), 2: ("nanos", "int64")}
 _ENTRY_STRING: Layout = {1: ("key", "string"), 2: ("value", "string")}
@@ -89,10 +99,13 @@ def _message(data: bytes, layout: Layout) -> dict[str, Any]:
         if number not in layout:
             continue  # a field this layout leaves out (ownerReferences, managedFields)
         name, kind = layout[number]
-        if isinstance(kind, dict):
+        if isinstance(kind, dict | list):
             if not isinstance(value, bytes):
                 raise bad_request("proto: cannot parse invalid wire-format data")
-            out[name] = _message(value, kind)
+            if isinstance(kind, list):
+                out.setdefault(name, []).append(_message(value, kind[0]))
+            else:
+                out[name] = _message(value, kind)
         elif kind == "string":
             out[name] = _text(value)
         elif kind == "bytes":
