@@ -294,3 +294,61 @@ def test_protobuf_bodies_of_the_kinds_kubectl_create_sends(kube):
     lease = field(1, field(1, f"{G}/{V}".encode()) + field(2, b"Lease")) + field(2, meta)
     code, refused = post(f"/apis/{G}/{V}/namespaces/{NS}/leases", b"k8s\x00" + lease)
     assert code == 415 and refused["reason"] == "UnsupportedMediaType"
+
+
+def _pb_field(number: int, payload: bytes | int, wire: int = 2) -> bytes:
+    """One protobuf field: a varint (wire 0), a length-delimited payload (wire 2) or raw
+    bytes after the tag (wire 1, 5: fixed 64 and 32 bits)."""
+    def varint(value: int) -> bytes:
+        out = b""
+        while True:
+            low, value = value & 0x7F, value >> 7
+            out += bytes([low | (0x80 if value else 0)])
+            if not value:
+                return out
+    tag = varint(number << 3 | wire)
+    if wire == 0:
+        assert isinstance(payload, int)
+        return tag + varint(payload)
+    assert isinstance(payload, bytes)
+    return tag + (varint(len(payload)) + payload if wire == 2 else payload)
+
+
+def test_hostile_protobuf_bodies_are_refused_or_decoded_never_a_server_error(kube):
+    """The protobuf wire format (https://protobuf.dev/programming-guides/encoding/) as
+    k8s.io/api's generated Unmarshal reads it: a field of the wrong wire type is an error
+    (`proto: wrong wireType = 2 for field Immutable`), so is a fixed 64-bit field cut short
+    (`unexpected EOF`): 400 BadRequest; a Time is `time.Unix(seconds, nanos)` whatever the
+    seconds (apimachinery meta/v1 time_proto.go), and a create sets creationTimestamp itself,
+    so a far-off one is no error."""
+    def post(body: bytes) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            f"{kube.url}/api/v1/namespaces/{NS}/secrets", data=b"k8s\x00" + body,
+            method="POST", headers={"Content-Type": "application/vnd.kubernetes.protobuf"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def secret(name: bytes, meta: bytes = b"", body: bytes = b"") -> bytes:
+        """A Secret in its runtime.Unknown: `meta` appended to its ObjectMeta, `body` to it."""
+        type_meta = _pb_field(1, b"v1") + _pb_field(2, b"Secret")
+        return _pb_field(1, type_meta) + _pb_field(2, _pb_field(1, _pb_field(1, name) + meta)
+                                                   + body)
+
+    for seconds in (2**63 - 1, 2**64 - 1, 2**62):  # the largest, -1 and far beyond year 9999
+        when = _pb_field(8, _pb_field(1, seconds, wire=0))  # ObjectMeta.creationTimestamp
+        code, made = post(secret(f"t{seconds % 997}".encode(), meta=when))
+        assert code == 201, made
+        assert made["metadata"]["creationTimestamp"].startswith("20")
+    code, refused = post(secret(b"b", body=_pb_field(5, b"\x01")))  # Secret.immutable
+    assert (code, refused["reason"]) == (400, "BadRequest")
+    assert "wrong wireType = 2" in refused["message"]
+    assert post(secret(b"g", meta=_pb_field(7, b"\x01")))[0] == 400  # generation: int64
+    assert post(secret(b"s", meta=_pb_field(3, 7, wire=0)))[0] == 400  # namespace: string
+    cut = _pb_field(9, b"\x01\x02", wire=1)  # 2 of a fixed 64 bits field's 8 bytes
+    code, refused = post(secret(b"c", body=cut))
+    assert (code, refused["reason"]) == (400, "BadRequest")
+    assert kube.custom_objects("secrets", NS) and all(
+        o["metadata"]["name"].startswith("t") for o in kube.custom_objects("secrets", NS))

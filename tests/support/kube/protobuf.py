@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.support.kube.errors import ApiError, bad_request
@@ -51,6 +51,7 @@ LAYOUTS: dict[tuple[str, str], Layout] = {  # what kubectl create secret/configm
 _TIME: Layout = {1: ("seconds", "int64"), 2: ("nanos", "int64")}
 _ENTRY_STRING: Layout = {1: ("key", "string"), 2: ("value", "string")}
 _ENTRY_BYTES: Layout = {1: ("key", "string"), 2: ("value", "bytes")}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _varint(data: bytes, at: int) -> tuple[int, int]:
@@ -66,23 +67,25 @@ def _varint(data: bytes, at: int) -> tuple[int, int]:
             return value, at
 
 
-def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) of each field: an int for a varint, bytes otherwise."""
+def _fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+    """(field number, wire type, value) of each field: an int for a varint, bytes otherwise
+    (a fixed 64 or 32 bits field, which no layout here uses, as its bytes)."""
     at = 0
     while at < len(data):
         tag, at = _varint(data, at)
         number, wire = tag >> 3, tag & 7
         if wire == 0:
             value, at = _varint(data, at)
-            yield number, value
-        elif wire == 2:
-            size, at = _varint(data, at)
+            yield number, wire, value
+        elif wire in (1, 2, 5):
+            if wire == 2:
+                size, at = _varint(data, at)
+            else:
+                size = 8 if wire == 1 else 4
             if at + size > len(data):
-                raise bad_request("proto: cannot parse invalid wire-format data")
-            yield number, data[at:at + size]
+                raise bad_request("proto: unexpected EOF")
+            yield number, wire, data[at:at + size]
             at += size
-        elif wire in (1, 5):  # fixed 64 / 32 bits: no field laid out here uses them
-            at += 8 if wire == 1 else 4
         else:
             raise bad_request("proto: cannot parse invalid wire-format data")
 
@@ -93,15 +96,30 @@ def _text(value: int | bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
+def _time(value: bytes) -> str | None:
+    """A Time (seconds and nanos since the epoch) in RFC 3339; None for one no RFC 3339
+    time can say (before year 1 or after 9999), which the server never keeps anyway: a
+    create sets creationTimestamp and clears deletionTimestamp, an update keeps the
+    stored ones."""
+    seconds = _message(value, _TIME).get("seconds", 0)
+    try:
+        return (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except OverflowError:
+        return None
+
+
 def _message(data: bytes, layout: Layout) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for number, value in _fields(data):
+    for number, wire, value in _fields(data):
         if number not in layout:
             continue  # a field this layout leaves out (ownerReferences, managedFields)
         name, kind = layout[number]
+        want = 0 if kind in ("bool", "int64") else 2
+        if wire != want:  # as the generated Unmarshal of k8s.io/api refuses it
+            raise bad_request(f"proto: wrong wireType = {wire} for field "
+                              f"{name[:1].upper()}{name[1:]}")
         if isinstance(kind, dict | list):
-            if not isinstance(value, bytes):
-                raise bad_request("proto: cannot parse invalid wire-format data")
+            assert isinstance(value, bytes)
             if isinstance(kind, list):
                 out.setdefault(name, []).append(_message(value, kind[0]))
             else:
@@ -109,21 +127,22 @@ def _message(data: bytes, layout: Layout) -> dict[str, Any]:
         elif kind == "string":
             out[name] = _text(value)
         elif kind == "bytes":
-            out[name] = value if isinstance(value, bytes) else b""
+            out[name] = value
         elif kind == "bool":
             out[name] = bool(value)
         elif kind == "int64":
-            number_value = value if isinstance(value, int) else 0
-            out[name] = number_value - (1 << 64) if number_value >= 1 << 63 else number_value
+            assert isinstance(value, int)
+            value &= (1 << 64) - 1  # a varint of more than 64 bits keeps its low 64
+            out[name] = value - (1 << 64) if value >= 1 << 63 else value
         elif kind == "time":
-            seconds = _message(value, _TIME).get("seconds", 0) if isinstance(value, bytes) \
-                else 0
-            out[name] = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            assert isinstance(value, bytes)
+            when = _time(value)
+            if when is not None:
+                out[name] = when
         elif kind == "strings":
             out.setdefault(name, []).append(_text(value))
         elif kind in ("map", "bytemap"):
-            if not isinstance(value, bytes):
-                raise bad_request("proto: cannot parse invalid wire-format data")
+            assert isinstance(value, bytes)
             entry = _message(value, _ENTRY_STRING if kind == "map" else _ENTRY_BYTES)
             item = entry.get("value", "" if kind == "map" else b"")
             out.setdefault(name, {})[entry.get("key", "")] = \
