@@ -296,6 +296,31 @@ def test_protobuf_bodies_of_the_kinds_kubectl_create_sends(kube):
     assert code == 415 and refused["reason"] == "UnsupportedMediaType"
 
 
+def test_a_deployment_counts_annotation_changes_in_its_generation(apps):
+    """deployment/strategy.go PrepareForUpdate: "annotation updates bump the generation
+    because annotations are copied from deployments to their replica sets" (a change of
+    metadata.annotations, like one of spec, is generation + 1; labels are not);
+    statefulset/strategy.go counts spec changes only."""
+    apps.create_namespaced_deployment(NS, deployment())
+    annotated = apps.patch_namespaced_deployment(
+        "web", NS, {"metadata": {"annotations": {"example.com/note": "x"}}})
+    assert annotated.metadata.generation == 2
+    same = apps.patch_namespaced_deployment(
+        "web", NS, {"metadata": {"annotations": {"example.com/note": "x"}}})
+    assert same.metadata.generation == 2
+    relabelled = apps.patch_namespaced_deployment("web", NS, {"metadata": {"labels": {"a": "b"}}})
+    assert relabelled.metadata.generation == 2
+    unannotated = apps.patch_namespaced_deployment(
+        "web", NS, {"metadata": {"annotations": {"example.com/note": None}}})
+    assert unannotated.metadata.generation == 3
+    sts = {"metadata": {"name": "db"},
+           "spec": {"serviceName": "db", "selector": {}, "template": {}}}
+    apps.create_namespaced_stateful_set(NS, sts)
+    annotated_sts = apps.patch_namespaced_stateful_set(
+        "db", NS, {"metadata": {"annotations": {"example.com/note": "x"}}})
+    assert annotated_sts.metadata.generation == 1
+
+
 def _pb_field(number: int, payload: bytes | int, wire: int = 2) -> bytes:
     """One protobuf field: a varint (wire 0), a length-delimited payload (wire 2) or raw
     bytes after the tag (wire 1, 5: fixed 64 and 32 bits)."""

@@ -7,9 +7,9 @@ ObjectMeta is validated. What each kind's registry strategy does that a client c
 - scope, plural, short names and the status subresource, as kube-apiserver's discovery lists
   them (`kubectl api-resources` on a real cluster);
 - `metadata.generation`, set to 1 on create and counted on spec changes only by the kinds
-  whose strategy does (pkg/registry/apps/deployment/strategy.go, apps/statefulset,
-  networking/networkpolicy; apiextensions' CRD strategy); the others (Service,
-  ServiceAccount, Secret, RBAC, Event) have none;
+  whose strategy does (pkg/registry/apps/deployment/strategy.go, which counts annotation
+  changes too, apps/statefulset, networking/networkpolicy; apiextensions' CRD strategy);
+  the others (Service, ServiceAccount, Secret, RBAC, Event) have none;
 - the name rule (pkg/apis/core/validation: a Service's name is a DNS-1035 label,
   ValidateServiceName; pkg/apis/rbac/validation: a Role's or binding's name is a path
   segment, ValidateRBACName; the rest are DNS-1123 subdomains);
@@ -128,6 +128,13 @@ def list_rule(kind: str) -> ListRule:
                 return _CONTAINER_LISTS.get(rest[1])
         return None
     return rule
+
+
+def annotations_count_in_generation(crd: CustomResourceDefinition) -> bool:
+    """Whether a change of the kind's metadata.annotations bumps its generation, as one of
+    its spec does: a Deployment's (apps/deployment/strategy.go PrepareForUpdate, "annotations
+    are copied from deployments to their replica sets")."""
+    return crd.builtin and (crd.group, crd.kind) == ("apps", "Deployment")
 
 
 def convert(crd: CustomResourceDefinition, obj: dict[str, Any]) -> None:

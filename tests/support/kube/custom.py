@@ -59,7 +59,12 @@ from tests.support.kube.apiextensions import (
     preloaded,
     terminating_status,
 )
-from tests.support.kube.builtin import CRD_KIND, convert, list_rule
+from tests.support.kube.builtin import (
+    CRD_KIND,
+    annotations_count_in_generation,
+    convert,
+    list_rule,
+)
 from tests.support.kube.configmaps import DNS1123_SUBDOMAIN, MAX_ANNOTATIONS_BYTES
 from tests.support.kube.core import WatchAnswer
 from tests.support.kube.crd import CustomResourceDefinition
@@ -573,7 +578,10 @@ class CustomResources(Namespaces):
             new_meta = new["metadata"]
             if crd.generation:
                 new_meta["generation"] = old_meta.get("generation", 1)
-                if _non_metadata(new) != _non_metadata(old):
+                if _non_metadata(new) != _non_metadata(old) or (
+                        annotations_count_in_generation(crd)
+                        and (new_meta.get("annotations") or {})
+                        != (old_meta.get("annotations") or {})):
                     new_meta["generation"] += 1
             else:
                 new_meta.pop("generation", None)
