@@ -321,6 +321,27 @@ def test_a_deployment_counts_annotation_changes_in_its_generation(apps):
     assert annotated_sts.metadata.generation == 1
 
 
+def test_strategic_merge_patch_replaces_a_list_without_a_patch_strategy(core, apps):
+    """k8s.io/api core/v1 types.go: a ServiceAccount's `secrets` merge by name
+    (`patchStrategy:"merge" patchMergeKey:"name"`) but its `imagePullSecrets` carry no patch
+    strategy (`+listType=atomic`), so a strategic merge patch replaces them; only the kinds
+    whose status conditions are tagged merge by `type` (DeploymentStatus, ...) merge them."""
+    core.create_namespaced_service_account(NS, {
+        "metadata": {"name": "sa"}, "secrets": [{"name": "a"}],
+        "imagePullSecrets": [{"name": "pull-a"}]})
+    got = core.patch_namespaced_service_account("sa", NS, {
+        "secrets": [{"name": "b"}], "imagePullSecrets": [{"name": "pull-b"}]},
+        _content_type=SMP)
+    assert [s.name for s in got.secrets] == ["b", "a"]
+    assert [s.name for s in got.image_pull_secrets] == ["pull-b"]
+    apps.create_namespaced_deployment(NS, deployment())
+    status = {"status": {"conditions": [{"type": "Available", "status": "True"}]}}
+    apps.patch_namespaced_deployment_status("web", NS, status, _content_type=SMP)
+    got_dep = apps.patch_namespaced_deployment_status("web", NS, {"status": {"conditions": [
+        {"type": "Progressing", "status": "True"}]}}, _content_type=SMP)
+    assert [c.type for c in got_dep.status.conditions] == ["Progressing", "Available"]
+
+
 def _pb_field(number: int, payload: bytes | int, wire: int = 2) -> bytes:
     """One protobuf field: a varint (wire 0), a length-delimited payload (wire 2) or raw
     bytes after the tag (wire 1, 5: fixed 64 and 32 bits)."""

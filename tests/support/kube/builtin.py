@@ -19,7 +19,8 @@ ObjectMeta is validated. What each kind's registry strategy does that a client c
 - strategic merge patches (what `kubectl apply` sends for these kinds), with the lists that
   merge and their merge keys from the kinds' Go struct tags (k8s.io/api core/v1, apps/v1
   types.go: `patchStrategy:"merge" patchMergeKey:"name"` on containers, env by name, ports by
-  containerPort, a Service's ports by port, ...); every other list is replaced.
+  containerPort, a Service's ports by port, status conditions by type where tagged, ...);
+  every other list is replaced (a ServiceAccount's imagePullSecrets, `+listType=atomic`).
 
 CustomResourceDefinitions themselves (apiextensions.k8s.io/v1) are here too: custom.py
 registers a created one (apiextensions-apiserver's naming and establishing controllers,
@@ -103,8 +104,10 @@ _CONTAINERS = frozenset({"containers", "initContainers", "ephemeralContainers"})
 _OBJECT_META_LISTS = {"finalizers": "", "ownerReferences": "uid"}
 _KIND_LISTS: dict[str, dict[tuple[str, ...], str]] = {
     "Service": {("spec", "ports"): "port"},
-    "ServiceAccount": {("secrets",): "name", ("imagePullSecrets",): "name"},
+    "ServiceAccount": {("secrets",): "name"},  # its imagePullSecrets are atomic: replaced
 }
+# the kinds whose status conditions are tagged merge by `type` (the CRD's are not)
+_CONDITIONS_MERGE = frozenset({"Deployment", "StatefulSet", "Service", "Namespace"})
 
 
 def list_rule(kind: str) -> ListRule:
@@ -118,7 +121,7 @@ def list_rule(kind: str) -> ListRule:
             return _OBJECT_META_LISTS[path[-1]]
         if path in per_kind:
             return per_kind[path]
-        if len(path) == 2 and path == ("status", "conditions"):
+        if path == ("status", "conditions") and kind in _CONDITIONS_MERGE:
             return "type"
         if pod is not None and path[:len(pod)] == pod:
             rest = path[len(pod):]
