@@ -342,6 +342,34 @@ def test_strategic_merge_patch_replaces_a_list_without_a_patch_strategy(core, ap
     assert [c.type for c in got_dep.status.conditions] == ["Progressing", "Available"]
 
 
+def test_a_create_in_a_terminating_namespace_is_forbidden_naming_the_object(core, apps):
+    """NamespaceLifecycle (apiserver admission/plugin/namespace/lifecycle): a create in a
+    terminating namespace is 403 `<resource> "<name>" is forbidden: unable to create new
+    content in namespace <ns> because it is being terminated`, with the cause
+    NamespaceTerminating; the name is admission's (admission/errors.go extractResourceName:
+    the object's name, else its generateName, as names are not generated yet), and the
+    details' group is left out for the core group (StatusDetails `omitempty`)."""
+    core.create_namespace({"metadata": {"name": "ending"}})
+    core.create_namespaced_secret("ending", {"metadata": {"name": "held",
+                                                          "finalizers": ["example.com/x"]}})
+    core.delete_namespace("ending")
+    assert core.read_namespace("ending").status.phase == "Terminating"
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_secret("ending", {"metadata": {"generateName": "gen-"}})
+    body = status_of(err)
+    assert body["code"] == 403 and body["reason"] == "Forbidden"
+    assert body["message"] == ('secrets "gen-" is forbidden: unable to create new content in '
+                               'namespace ending because it is being terminated')
+    assert body["details"] == {"name": "gen-", "kind": "secrets", "causes": [
+        {"reason": "NamespaceTerminating", "message": "namespace ending is being terminated",
+         "field": "metadata.namespace"}]}
+    with pytest.raises(ApiException) as err:
+        apps.create_namespaced_deployment("ending", deployment())
+    body = status_of(err)
+    assert body["message"].startswith('deployments.apps "web" is forbidden: ')
+    assert (body["details"]["group"], body["details"]["name"]) == ("apps", "web")
+
+
 def _pb_field(number: int, payload: bytes | int, wire: int = 2) -> bytes:
     """One protobuf field: a varint (wire 0), a length-delimited payload (wire 2) or raw
     bytes after the tag (wire 1, 5: fixed 64 and 32 bits)."""

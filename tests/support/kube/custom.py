@@ -492,13 +492,16 @@ class CustomResources(Namespaces):
                 if phase is None:
                     raise not_found(namespace, "namespaces")
                 if phase == "Terminating":
+                    # admission names the object by its name, else its generateName (names
+                    # are generated later), else "Unknown" (admission/errors.go)
+                    named = meta.get("name") or meta.get("generateName") or "Unknown"
                     raise ApiError(
                         403, "Forbidden",
-                        f"{qualified(crd.plural, crd.group)}"
-                        + (f' "{meta["name"]}"' if meta.get("name") else "")
-                        + f" is forbidden: unable to create new content in namespace "
-                          f"{namespace} because it is being terminated",
-                        {"name": meta.get("name", ""), "group": crd.group, "kind": crd.plural,
+                        f'{qualified(crd.plural, crd.group)} "{named}" is forbidden: unable '
+                        f"to create new content in namespace {namespace} because it is being "
+                        "terminated",
+                        {"name": named, **({"group": crd.group} if crd.group else {}),
+                         "kind": crd.plural,
                          "causes": [{"reason": "NamespaceTerminating",
                                      "message": f"namespace {namespace} is being terminated",
                                      "field": "metadata.namespace"}]})
