@@ -12,7 +12,9 @@ as instant, inside the request:
   resources are deleted (those with finalizers of their own keep it until they are gone),
   then it is removed and its kind is no longer served; meanwhile a create of its kind is 405
   ("create not allowed while custom resource definition is terminating",
-  pkg/apiserver/customresource_handler.go).
+  pkg/apiserver/customresource_handler.go as of 1.32, the version `/version` reports; 1.34
+  answers 403 Forbidden with that message, from an admission wrapper that also refuses a
+  server-side apply that would create).
 
 A definition is refused 422 when its name is not `<spec.names.plural>.<spec.group>`
 (pkg/apis/apiextensions/validation: `must be spec.names.plural+"."+spec.group`), and, a limit
