@@ -296,8 +296,11 @@ def test_vcm_run_serves_and_stops_everything_on_ctrl_c(tmp_path):
     api_port, flower_port = free_port(), free_port()
     run = LoggedProcess()
     run.log = str(tmp_path / "vcm-run.log")
+    # SIGINT as a terminal's Ctrl-C finds it (a shell's background job, pytest included, starts
+    # its children with SIGINT ignored, which Python keeps)
     proc = run.spawn([vcm, "run", "--api-port", str(api_port), "--flower-port",
-                      str(flower_port)], env)
+                      str(flower_port)], env,
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     tree: dict[int, str] = {}
     try:
         api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30)
