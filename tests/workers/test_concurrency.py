@@ -167,10 +167,10 @@ def test_a_refusal_whose_ack_was_lost_is_answered_the_same_when_the_broker_gives
     nothing is granted.
 
     The task's answer is kept a visibility timeout longer than its result (checked on the
-    keys' expiry), so with results kept as briefly as allowed (VCM_RESULT_TTL's minimum, not
-    longer than the visibility timeout) the result is gone when the copy comes: deleted here
-    as Redis's expiry would have, the copy finds only the answer. The visibility timeout
-    itself is short, so the broker gives the message again in seconds."""
+    keys' expiry). With results kept as briefly as allowed (VCM_RESULT_TTL=60, its minimum)
+    and a visibility timeout at least as long, the result has expired when the copy comes.
+    Here the visibility timeout is 5 s, so the copy comes in seconds, and the result is
+    deleted before it comes, as Redis's expiry would have: the copy finds only the answer."""
     app, ledger = private["app"], private["ledger"]
     visibility = 5
     env = dict(private["env"], VCM_RESULT_TTL="60", VCM_VISIBILITY_TIMEOUT=str(visibility))
