@@ -4,6 +4,7 @@ redis-server, and `vcm pools discover` checked by `vcm check-pools`."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -377,8 +378,12 @@ class BlackHole:
                 return
 
     def close(self) -> None:
+        # shutdown wakes the accept() of the other thread (close alone leaves it blocked)
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)
         self.server.close()
         self._thread.join(5)
+        assert not self._thread.is_alive()
         for conn in self.accepted:
             conn.close()
 
@@ -467,9 +472,10 @@ class WorkerStack:
         return [x["metadata"]["name"] for x in shown["status"]["leases"]]
 
     def stop(self) -> None:
+        """Thrown away: the workers are SIGKILLed (no test here looks at their shutdown)."""
         if self.placement is not None:
-            self.placement.stop()
-        self.worker.stop()
+            self.placement.kill()
+        self.worker.kill()
         self.app.close()
         self.redis.stop()
 
@@ -755,7 +761,7 @@ def test_beat_sends_the_sync_and_the_worker_stores_health(sim, tmp_path):
         wait_for(lambda: s.ledger.health()[sim.address]["at"] > first, timeout=30,
                  what="the next sync")
     finally:
-        beat.stop()
+        beat.kill()
         s.stop()
 
 
