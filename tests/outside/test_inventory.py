@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from pyVim.connect import Disconnect, SmartConnect
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 
+from tests.support.celery_conf import celeryconfig_under
 from tests.support.helpers import call
 from tests.support.procs import ROOT, Beat, RedisServer, Worker, env_for, wait_for
 from tests.support.tls import CertificateAuthority, TlsProxy, process_ca
@@ -281,17 +281,24 @@ def test_settings_defaults_and_off():
                                        "VCM_INVENTORY_STALE": "1h"}).stale == 3600
 
 
-@pytest.mark.parametrize(("value", "scheduled"), [(None, 300.0), ("2m", 120.0), ("0", None),
-                                                  ("off", None)])
-def test_beat_runs_the_sync_on_the_queries_queue_unless_off(value, scheduled):
-    env = {k: v for k, v in os.environ.items() if k != "VCM_INVENTORY_INTERVAL"}
-    if value is not None:
-        env["VCM_INVENTORY_INTERVAL"] = value
-    code = ("import celeryconfig, json; "
-            "print(json.dumps(celeryconfig.beat_schedule.get('sync-inventory')))")
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(ROOT)},
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    entry = json.loads(out)
+INTERVALS = [(None, 300.0), ("2m", 120.0), ("0", None), ("off", None)]
+
+
+@pytest.fixture(scope="module")
+def sync_entries() -> dict[str | None, Any]:
+    """celeryconfig's sync-inventory entry for each VCM_INVENTORY_INTERVAL of INTERVALS (None:
+    unset), read in one process (tests/support/celery_conf.py)."""
+    base = {k: v for k, v in os.environ.items() if k != "VCM_INVENTORY_INTERVAL"}
+    envs = [base if value is None else {**base, "VCM_INVENTORY_INTERVAL": value}
+            for value, _ in INTERVALS]
+    confs = celeryconfig_under(envs, names=("beat_schedule",))
+    return {value: conf["beat_schedule"].get("sync-inventory")
+            for (value, _), conf in zip(INTERVALS, confs, strict=True)}
+
+
+@pytest.mark.parametrize(("value", "scheduled"), INTERVALS)
+def test_beat_runs_the_sync_on_the_queries_queue_unless_off(value, scheduled, sync_entries):
+    entry = sync_entries[value]
     if scheduled is None:
         assert entry is None
     else:
