@@ -6,10 +6,7 @@ while the list is slow."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +18,7 @@ import pytest
 import yaml
 
 from tests.support.api import ApiServer
+from tests.support.celery_conf import celeryconfig_under
 from tests.support.helpers import call, failure
 from tests.support.kube_apiserver import KubeApiServer
 from tests.support.procs import ROOT, Beat, Stack, Worker, env_for, wait_for
@@ -380,19 +378,21 @@ def test_without_kubernetes_configuration_nothing_is_pruned_and_it_is_said_once(
         s.stop()
 
 
+@pytest.fixture(scope="module")
+def prune_confs() -> dict[str, dict]:
+    """celeryconfig under VCM_NAMESPACE_PRUNE_INTERVAL 0, off and 5m, read in one process
+    (tests/support/celery_conf.py)."""
+    values = ("0", "off", "5m")
+    envs = [env_for("redis://127.0.0.1:1/0", VCM_NAMESPACE_PRUNE_INTERVAL=v) for v in values]
+    return dict(zip(values, celeryconfig_under(envs), strict=True))
+
+
 @pytest.mark.parametrize("value", ["0", "off"])
-def test_an_interval_of_0_or_off_leaves_beat_without_the_entry(value):
-    env = env_for("redis://127.0.0.1:1/0", VCM_NAMESPACE_PRUNE_INTERVAL=value)
-    code = ("import celeryconfig, json; print(json.dumps([sorted(celeryconfig.beat_schedule), "
-            "celeryconfig.task_routes['vcm.prune_namespaces']]))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
-                         capture_output=True, text=True).stdout
-    entries, route = json.loads(out)
-    assert "prune-namespaces" not in entries and route == {"queue": "queries"}
-    env["VCM_NAMESPACE_PRUNE_INTERVAL"] = "5m"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
-                         capture_output=True, text=True).stdout
-    assert "prune-namespaces" in json.loads(out)[0]
+def test_an_interval_of_0_or_off_leaves_beat_without_the_entry(value, prune_confs):
+    conf = prune_confs[value]
+    assert "prune-namespaces" not in conf["beat_schedule"]
+    assert conf["task_routes"]["vcm.prune_namespaces"] == {"queue": "queries"}
+    assert "prune-namespaces" in prune_confs["5m"]["beat_schedule"]
 
 
 # ---- a slow list never holds up placement ----------------------------------------------------
