@@ -13,11 +13,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.support.cli_session import CliSession
 from tests.support.controller import CrdStack, condition, unique
 from tests.support.procs import ROOT, wait_for
 from tests.support.tools import missing
@@ -382,6 +384,14 @@ def test_pools_and_networks_follow_the_configuration(clean, tmp_path):
              ["spec"]["vcpus"] == 24, timeout=30, what="the Pool to follow the pools file")
 
 
+@pytest.fixture(scope="module")
+def cli() -> Iterator[CliSession]:
+    """One process that runs the refused `vcm controller` command lines one after another
+    (each with its own environment; tests/support/cli_session.py)."""
+    with CliSession(dict(os.environ)) as session:
+        yield session
+
+
 @pytest.mark.parametrize(("env", "says"), [
     ({"VCM_CONTROLLER_NAMESPACES": "Not_A_Namespace"}, "VCM_CONTROLLER_NAMESPACES"),
     ({"VCM_CONTROLLER_NAMESPACES": " , "}, "VCM_CONTROLLER_NAMESPACES"),
@@ -389,11 +399,16 @@ def test_pools_and_networks_follow_the_configuration(clean, tmp_path):
     ({"VCM_CONTROLLER_RENEW_INTERVAL": "soon"}, "VCM_CONTROLLER_RENEW_INTERVAL"),
     ({"KUBECONFIG": "/nonexistent/kubeconfig"}, "needs the Kubernetes API"),
 ])
-def test_vcm_controller_refuses_bad_settings_naming_them(env, says, tmp_path):
+def test_vcm_controller_refuses_bad_settings_naming_them(env, says, tmp_path, cli):
+    """The first case runs as a process of its own (`python -m workers.cli`, what `vcm` runs),
+    the others in the CLI session."""
     full = {**os.environ, "KUBECONFIG": str(tmp_path / "none"), "KUBERNETES_SERVICE_HOST": "",
             **env}
-    p = subprocess.run([sys.executable, "-m", "workers.cli", "controller"], env=full, cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+    if env == {"VCM_CONTROLLER_NAMESPACES": "Not_A_Namespace"}:
+        p = subprocess.run([sys.executable, "-m", "workers.cli", "controller"], env=full,
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+    else:
+        p = cli.run("controller", env=full)
     assert p.returncode == 1, p.stderr
     assert says in p.stderr and "Traceback" not in p.stderr
 

@@ -4,8 +4,8 @@ redis-server, and `vcm pools discover` checked by `vcm check-pools`."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import json
 import os
 import socket
 import subprocess
@@ -23,6 +23,7 @@ from pyVim.connect import Disconnect, SmartConnect
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 
+from tests.support.celery_conf import celeryconfig_under
 from tests.support.helpers import call
 from tests.support.procs import ROOT, Beat, RedisServer, Worker, env_for, wait_for
 from tests.support.tls import CertificateAuthority, TlsProxy, process_ca
@@ -280,17 +281,24 @@ def test_settings_defaults_and_off():
                                        "VCM_INVENTORY_STALE": "1h"}).stale == 3600
 
 
-@pytest.mark.parametrize(("value", "scheduled"), [(None, 300.0), ("2m", 120.0), ("0", None),
-                                                  ("off", None)])
-def test_beat_runs_the_sync_on_the_queries_queue_unless_off(value, scheduled):
-    env = {k: v for k, v in os.environ.items() if k != "VCM_INVENTORY_INTERVAL"}
-    if value is not None:
-        env["VCM_INVENTORY_INTERVAL"] = value
-    code = ("import celeryconfig, json; "
-            "print(json.dumps(celeryconfig.beat_schedule.get('sync-inventory')))")
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(ROOT)},
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    entry = json.loads(out)
+INTERVALS = [(None, 300.0), ("2m", 120.0), ("0", None), ("off", None)]
+
+
+@pytest.fixture(scope="module")
+def sync_entries() -> dict[str | None, Any]:
+    """celeryconfig's sync-inventory entry for each VCM_INVENTORY_INTERVAL of INTERVALS (None:
+    unset), read in one process (tests/support/celery_conf.py)."""
+    base = {k: v for k, v in os.environ.items() if k != "VCM_INVENTORY_INTERVAL"}
+    envs = [base if value is None else {**base, "VCM_INVENTORY_INTERVAL": value}
+            for value, _ in INTERVALS]
+    confs = celeryconfig_under(envs, names=("beat_schedule",))
+    return {value: conf["beat_schedule"].get("sync-inventory")
+            for (value, _), conf in zip(INTERVALS, confs, strict=True)}
+
+
+@pytest.mark.parametrize(("value", "scheduled"), INTERVALS)
+def test_beat_runs_the_sync_on_the_queries_queue_unless_off(value, scheduled, sync_entries):
+    entry = sync_entries[value]
     if scheduled is None:
         assert entry is None
     else:
@@ -377,8 +385,12 @@ class BlackHole:
                 return
 
     def close(self) -> None:
+        # shutdown wakes the accept() of the other thread (close alone leaves it blocked)
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)
         self.server.close()
         self._thread.join(5)
+        assert not self._thread.is_alive()
         for conn in self.accepted:
             conn.close()
 
@@ -467,9 +479,10 @@ class WorkerStack:
         return [x["metadata"]["name"] for x in shown["status"]["leases"]]
 
     def stop(self) -> None:
+        """Thrown away: the workers are SIGKILLed (no test here looks at their shutdown)."""
         if self.placement is not None:
-            self.placement.stop()
-        self.worker.stop()
+            self.placement.kill()
+        self.worker.kill()
         self.app.close()
         self.redis.stop()
 
@@ -755,7 +768,7 @@ def test_beat_sends_the_sync_and_the_worker_stores_health(sim, tmp_path):
         wait_for(lambda: s.ledger.health()[sim.address]["at"] > first, timeout=30,
                  what="the next sync")
     finally:
-        beat.stop()
+        beat.kill()
         s.stop()
 
 

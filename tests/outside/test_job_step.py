@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 from tests.support.audit import audit
+from tests.support.cli_session import CliSession
 from tests.support.procs import ROOT
 from tests.support.tools import missing
 from workers.core.models import entry_addresses
@@ -454,10 +456,19 @@ def _unwritable_dir(tmp_path: Path) -> str | None:
     return None
 
 
+@pytest.fixture()
+def cli(stack) -> Iterator[CliSession]:
+    """One process that runs many `vcm` command lines (tests/support/cli_session.py)."""
+    with CliSession(stack["env"]) as session:
+        yield session
+
+
 def test_lease_files_refuses_hostile_input_and_writes_nothing(stack, ledger, upstream, accounts,
-                                                              tmp_path):
+                                                              cli, tmp_path):
     """Bad directories, bad or missing accounts files and bad option combinations: exit 2 with
-    the option named, no password shown, and DIR as it was."""
+    the option named, no password shown, and DIR as it was. The refusals run in one CLI
+    session process, two of them (one before and one after asking the workers) through a
+    `vcm` process of their own."""
     sel = "boskos-lease-id=vsphere-elastic-40"
     acquire = ("acquire", "--vcpus", "4", "--memory", "16", "--owner", "job", "--label", sel,
                "--required-pool", "v1-c1", "-q", "-o", "json")
@@ -468,8 +479,10 @@ def test_lease_files_refuses_hostile_input_and_writes_nothing(stack, ledger, ups
     (shared / "unrelated.txt").write_text("x")
     before = {f.name: f.read_bytes() for f in shared.iterdir()}
 
-    def refused(*args: str, says: str) -> None:
-        p = vcm(stack, tmp_path, "leases", *args)
+    def refused(*args: str, says: str, process: bool = False) -> None:
+        """`process`: through a `vcm` process of its own; else the session's."""
+        p = (vcm(stack, tmp_path, "leases", *args) if process else
+             cli.run("leases", *args, "--redis-url", stack["redis"].url))
         assert p.returncode == 2, (args, p.returncode, p.stderr)
         assert says in p.stderr, (args, p.stderr)
         assert "Traceback" not in p.stderr and "p1'single" not in p.stderr
@@ -479,7 +492,7 @@ def test_lease_files_refuses_hostile_input_and_writes_nothing(stack, ledger, ups
     creds = ("--credentials", str(accounts))
     a_file = tmp_path / "a-file"
     a_file.write_text("not a directory")
-    refused(*files, str(a_file), *creds, says="DIR: ")
+    refused(*files, str(a_file), *creds, says="DIR: ", process=True)
     refused(*files, str(a_file / "below"), *creds, says="DIR: ")
     refused(*files, str(tmp_path / ("x" * 5000)), *creds, says="DIR: ")
     unwritable = _unwritable_dir(tmp_path)
@@ -491,7 +504,7 @@ def test_lease_files_refuses_hostile_input_and_writes_nothing(stack, ledger, ups
     refused("-l", sel, *creds, says="--credentials: only with -o lease-files")
     refused("-l", sel, "--multi-nic", says="--multi-nic: only with -o lease-files")
     refused("-l", "boskos-lease-id=nobody", "-o", "lease-files", str(shared), *creds,
-            says="no active lease matches")
+            says="no active lease matches", process=True)
     # the accounts file
     bad = tmp_path / "bad.sh"
     cases = {

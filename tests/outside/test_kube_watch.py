@@ -25,8 +25,10 @@ def lease(name: str, **labels: str) -> dict:
             "metadata": {"name": name, "labels": labels}, "spec": {"networks": 1}}
 
 
-def stream(custom, timeout: int = 2, **kw) -> list[tuple[str, str, str]]:
-    """(type, name, resourceVersion) of every event until the server ends the watch."""
+def stream(custom, timeout: int = 1, **kw) -> list[tuple[str, str, str]]:
+    """(type, name, resourceVersion) of every event until the server ends the watch (after
+    `timeout` seconds: events from the history are sent at once; 2 where the test makes a
+    change while the watch is open)."""
     out = []
     for event in watch.Watch().stream(custom.list_namespaced_custom_object, G, V, NS,
                                       "leases", timeout_seconds=timeout, **kw):
@@ -78,7 +80,7 @@ def test_a_watch_without_resource_version_starts_with_the_current_objects(kube, 
     got: list[tuple[str, str, str]] = []
 
     def run() -> None:
-        got.extend(stream(custom, timeout=2))
+        got.extend(stream(custom, timeout=2))  # open while "c" is created
 
     reader = threading.Thread(target=run)
     reader.start()
@@ -189,7 +191,9 @@ def test_close_watches_ends_the_streams(kube, custom):
 def test_a_resource_version_from_the_future_times_out(kube, custom):
     """A watch or list at a resourceVersion the server has not reached waits for it, then
     answers 504 Timeout with cause ResourceVersionTooLarge (storage.
-    NewTooLargeResourceVersionError); one reached meanwhile is served."""
+    NewTooLargeResourceVersionError); one reached meanwhile is served. The wait is
+    kube-apiserver's 3 s (TOO_LARGE_WAIT), shortened here: what ends it is the same."""
+    kube.too_large_wait = 0.5
     future = kube.resource_version + 100
     with pytest.raises(ApiException) as err:
         custom.list_namespaced_custom_object(G, V, NS, "leases", resource_version=str(future))
@@ -199,7 +203,7 @@ def test_a_resource_version_from_the_future_times_out(kube, custom):
     soon = kube.resource_version + 1
     threading.Timer(0.3, lambda: custom.create_namespaced_custom_object(
         G, V, NS, "leases", lease("a"))).start()
-    assert [n for _, n, _ in stream(custom, resource_version=str(soon - 1))] == ["a"]
+    assert [n for _, n, _ in stream(custom, timeout=2, resource_version=str(soon - 1))] == ["a"]
 
 
 def test_configmaps_and_namespaces_are_watched_too(kube):

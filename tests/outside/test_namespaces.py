@@ -6,23 +6,22 @@ while the list is slow."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import pytest
 import yaml
 
 from tests.support.api import ApiServer
+from tests.support.celery_conf import celeryconfig_under
 from tests.support.helpers import call, failure
-from tests.support.kube_apiserver import SYSTEM_NAMESPACES, KubeApiServer
-from tests.support.procs import ROOT, Stack, Worker, env_for, wait_for
+from tests.support.kube_apiserver import KubeApiServer
+from tests.support.procs import ROOT, Beat, Stack, Worker, env_for, wait_for
 from tests.support.rbac import deploy_rbac, kube_env_as_deployed
 from workers.adapters.ledger import Ledger
 from workers.core.lease import parse_rfc3339
@@ -90,72 +89,7 @@ def kube_stack(tmp_path: Path, kube: KubeApiServer, beat: bool = False, **env: s
                  KUBERNETES_SERVICE_HOST="", **env)
 
 
-# ---- beat prunes: live, gone, unlabelled, Terminating -----------------------------------------
-
-def test_beat_releases_the_leases_of_a_deleted_namespace_and_keeps_the_others(tmp_path):
-    with KubeApiServer(rbac=deploy_rbac()) as kube:
-        core_ns = ("ci-live", "ci-gone", "ci-ending")
-        for ns in core_ns:
-            kube.create_namespace(ns, finalizers=["example.com/hold"] if ns == "ci-ending"
-                                  else None)
-        s = kube_stack(tmp_path, kube, beat=True, VCM_NAMESPACE_PRUNE_INTERVAL="1s",
-                       VCM_REAP_INTERVAL="1h", VCM_ROLLUP_INTERVAL="1h")
-        api = None
-        try:
-            live = [acquire(s, "ci-live", "job-live") for _ in range(2)]
-            gone = [acquire(s, "ci-gone", "job-gone") for _ in range(2)]
-            ending = acquire(s, "ci-ending", "job-ending")
-            plain = acquire(s, None, "job-plain")
-            odd = acquire(s, "Not_A_Namespace", "job-odd")  # never named a namespace
-            kube.delete_namespace("ci-gone")
-            kube.delete_namespace("ci-ending")  # Terminating: finalizers hold it
-            assert kube.namespace("ci-ending")["status"]["phase"] == "Terminating"
-            assert "ci-gone" not in kube.namespace_names()
-
-            wait_for(lambda: stats(s).get("namespace-pruned") == 2, timeout=30,
-                     what="beat to prune the deleted namespace's leases")
-            for lease_id in gone:
-                record = released(s, lease_id)
-                assert record["status"]["state"] == "released"
-                assert record["status"]["release-reason"] == "namespace-gone"
-            reaped = {x["id"]: x for x in ledger(s).reaped()}
-            assert {reaped[i]["reason"] for i in gone} == {"namespace-gone"}
-            assert {reaped[i]["namespace"] for i in gone} == {"ci-gone"}
-            assert stats(s).get("reaps", 0) == 0 and stats(s).get("releases", 0) == 0
-
-            # more runs go by: live, Terminating, unlabelled and odd leases stay
-            api = ApiServer(s.env).start()
-            runs = readyz(api)[1]["namespaces"]["runs"]
-            wait_for(lambda: readyz(api)[1]["namespaces"]["runs"] >= runs + 2, timeout=30,
-                     what="two more prune runs")
-            assert active(s) == set(live) | {ending, plain, odd}
-            code, body = readyz(api)
-            assert code == 200 and body["status"] == "ready"
-            shown = body["namespaces"]
-            assert shown["state"] == "ok" and shown.get("errors", 0) == 0
-            assert "last-error" not in shown
-            assert shown["namespaces"] == len(SYSTEM_NAMESPACES) + 2  # ci-ending still listed
-            assert abs(parse_rfc3339(shown["last-prune-at"]) - time.time()) < 30
-
-            # the Terminating namespace goes at last: its lease follows
-            kube.finish_namespace("ci-ending")
-            wait_for(lambda: stats(s).get("namespace-pruned") == 3, timeout=30,
-                     what="the Terminating namespace's lease, once the namespace is gone")
-            assert released(s, ending)["status"]["release-reason"] == "namespace-gone"
-            assert active(s) == set(live) | {plain, odd}
-
-            # one list call per run
-            s.procs[-1].stop()  # beat
-            wait_for(lambda: readyz(api)[1]["namespaces"]["runs"] == len(namespace_lists(kube)),
-                     timeout=20, what="the last run to finish")
-            assert set(namespace_lists(kube)) == {200}
-        finally:
-            if api is not None:
-                api.stop()
-            s.stop()
-
-
-# ---- the list cannot be had: nothing is released ---------------------------------------------
+# ---- the module's stack: the apiserver, workers without beat, the HTTP shim ------------------
 
 @pytest.fixture(scope="module")
 def kube() -> Iterator[KubeApiServer]:
@@ -165,7 +99,8 @@ def kube() -> Iterator[KubeApiServer]:
 
 @pytest.fixture(scope="module")
 def ks(tmp_path_factory, kube) -> Iterator[Stack]:
-    """A stack without beat (runs are sent by the tests) whose list calls time out after 1 s."""
+    """A stack without beat (runs are sent by the tests, or by the beat the beat test starts)
+    whose list calls time out after 1 s."""
     s = kube_stack(tmp_path_factory.mktemp("namespaces"), kube,
                    VCM_NAMESPACE_PRUNE_INTERVAL="1h", VCM_NAMESPACE_TIMEOUT="1s")
     yield s
@@ -179,22 +114,128 @@ def ks_api(ks) -> Iterator[ApiServer]:
     api.stop()
 
 
+class Doomed(NamedTuple):
+    gone: str  # a lease of `namespace`, which the test's fixture deleted
+    live: str  # a lease of ci-live
+    namespace: str
+
+
+DOOMED_TESTS = 6  # the tests that use `doomed`
+
+
+@pytest.fixture(scope="module")
+def aged(ks, kube) -> list[Doomed]:
+    """A pair of leases per test that uses `doomed`, each in namespaces that still exist,
+    taken at once and then left to age past the grace: once, not once per test."""
+    pairs = []
+    for i in range(DOOMED_TESTS):
+        namespace = f"ci-doomed-{i}"
+        for ns in ("ci-live", namespace):
+            if ns not in kube.namespace_names():
+                kube.create_namespace(ns)
+        pairs.append(Doomed(acquire(ks, namespace, "job-doomed"),
+                            acquire(ks, "ci-live", "job-live"), namespace))
+    age_past_grace(ks, [lease for pair in pairs for lease in pair[:2]])
+    return pairs
+
+
 @pytest.fixture()
-def doomed(ks, kube) -> Iterator[tuple[str, str]]:
-    """(a lease whose namespace is gone, a lease whose namespace lives), old enough to prune;
-    the API answers normally again afterwards."""
-    for ns in ("ci-live", "ci-doomed"):
-        if ns not in kube.namespace_names():
-            kube.create_namespace(ns)
-    pair = (acquire(ks, "ci-doomed", "job-doomed"), acquire(ks, "ci-live", "job-live"))
-    kube.delete_namespace("ci-doomed")
-    age_past_grace(ks, list(pair))
+def doomed(kube, aged) -> Iterator[Doomed]:
+    """A lease whose namespace is gone (deleted now), a lease whose namespace lives, both old
+    enough to prune; the API answers normally again afterwards."""
+    assert aged, "more tests use `doomed` than DOOMED_TESTS says"
+    pair = aged.pop()
+    kube.delete_namespace(pair.namespace)
     yield pair
     kube.clear_faults()
 
 
+# ---- beat prunes: live, gone, unlabelled, Terminating -----------------------------------------
+
+def test_beat_releases_the_leases_of_a_deleted_namespace_and_keeps_the_others(ks, kube, ks_api,
+                                                                              tmp_path):
+    """Beat, started beside the module's workers, sends a run every second (its first run
+    counted from here: the other tests send theirs by hand)."""
+    core_ns = ("ci-live", "ci-gone", "ci-ending")
+    for ns in core_ns:
+        if ns not in kube.namespace_names():
+            kube.create_namespace(ns, finalizers=["example.com/hold"] if ns == "ci-ending"
+                                  else None)
+    before = stats(ks)
+    lists = len(namespace_lists(kube))
+    shown = readyz(ks_api)[1]["namespaces"]
+    runs, errors = shown.get("runs", 0), shown.get("errors", 0)
+    live = [acquire(ks, "ci-live", "job-live") for _ in range(2)]
+    gone = [acquire(ks, "ci-gone", "job-gone") for _ in range(2)]
+    ending = acquire(ks, "ci-ending", "job-ending")
+    plain = acquire(ks, None, "job-plain")
+    odd = acquire(ks, "Not_A_Namespace", "job-odd")  # never named a namespace
+    held = active(ks)
+    assert set(live) | set(gone) | {ending, plain, odd} <= held
+    kube.delete_namespace("ci-gone")
+    kube.delete_namespace("ci-ending")  # Terminating: finalizers hold it
+    assert kube.namespace("ci-ending")["status"]["phase"] == "Terminating"
+    assert "ci-gone" not in kube.namespace_names()
+    env = {**ks.env, **kube_env_as_deployed(kube, tmp_path)["beat"],
+           "VCM_NAMESPACE_PRUNE_INTERVAL": "1s", "VCM_REAP_INTERVAL": "1h",
+           "VCM_ROLLUP_INTERVAL": "1h"}
+    beat = Beat(env, log=str(tmp_path / "beat.log"))
+    try:
+        beat.start()
+
+        def pruned() -> int:
+            return stats(ks).get("namespace-pruned", 0) - before.get("namespace-pruned", 0)
+
+        wait_for(lambda: pruned() == 2, timeout=30,
+                 what="beat to prune the deleted namespace's leases")
+        for lease_id in gone:
+            record = released(ks, lease_id)
+            assert record["status"]["state"] == "released"
+            assert record["status"]["release-reason"] == "namespace-gone"
+        reaped = {x["id"]: x for x in ledger(ks).reaped()}
+        assert {reaped[i]["reason"] for i in gone} == {"namespace-gone"}
+        assert {reaped[i]["namespace"] for i in gone} == {"ci-gone"}
+        after = stats(ks)
+        for stat in ("reaps", "releases"):
+            assert after.get(stat, 0) == before.get(stat, 0), stat
+
+        # more runs go by: live, Terminating, unlabelled and odd leases stay
+        so_far = readyz(ks_api)[1]["namespaces"]["runs"]
+        wait_for(lambda: readyz(ks_api)[1]["namespaces"]["runs"] >= so_far + 2, timeout=30,
+                 what="two more prune runs")
+        assert active(ks) == held - set(gone)
+        code, body = readyz(ks_api)
+        assert code == 200 and body["status"] == "ready"
+        shown = body["namespaces"]
+        # no run failed (a last-error stays from the other tests' failed runs, if any)
+        assert shown["state"] == "ok" and "error" not in shown
+        assert shown.get("errors", 0) == errors
+        assert shown["namespaces"] == len(kube.namespace_names())  # ci-ending still listed
+        assert "ci-ending" in kube.namespace_names()
+        assert abs(parse_rfc3339(shown["last-prune-at"]) - time.time()) < 30
+
+        # the Terminating namespace goes at last: its lease follows
+        kube.finish_namespace("ci-ending")
+        wait_for(lambda: pruned() == 3, timeout=30,
+                 what="the Terminating namespace's lease, once the namespace is gone")
+        assert released(ks, ending)["status"]["release-reason"] == "namespace-gone"
+        assert active(ks) == held - set(gone) - {ending}
+
+        # one list call per run
+        beat.kill()
+        wait_for(lambda: readyz(ks_api)[1]["namespaces"]["runs"] - runs
+                 == len(namespace_lists(kube)) - lists, timeout=20,
+                 what="the last run to finish")
+        assert set(namespace_lists(kube)[lists:]) == {200}
+    finally:
+        beat.kill()
+    call(ks.app, "vcm.release", lease_ids=[*live, plain, odd])
+
+
+# ---- the list cannot be had: nothing is released ---------------------------------------------
+
 def failed_run_releases_nothing(ks: Stack, kube: KubeApiServer, api: ApiServer,
-                                doomed: tuple[str, str], cause: str) -> None:
+                                doomed: Doomed, cause: str) -> None:
     """A run now fails with `cause` in its error, releases nothing, is counted and shown on
     /readyz (still 200); once the API answers again the same run releases the doomed lease."""
     errors = stats(ks).get("namespace-errors", 0)
@@ -203,7 +244,7 @@ def failed_run_releases_nothing(ks: Stack, kube: KubeApiServer, api: ApiServer,
     result = prune(ks)
     assert result["state"] == "failing" and result["released"] == [], result
     assert cause in result["error"], result
-    assert set(doomed) <= active(ks)
+    assert {doomed.gone, doomed.live} <= active(ks)
     assert stats(ks).get("namespace-errors", 0) == errors + 1
     assert stats(ks).get("namespace-pruned", 0) == pruned
     code, body = readyz(api)
@@ -216,10 +257,10 @@ def failed_run_releases_nothing(ks: Stack, kube: KubeApiServer, api: ApiServer,
     # the API answers again: the very same lease goes, the live one stays
     kube.clear_faults()
     result = prune(ks)
-    assert result["state"] == "ok" and result["released"] == [doomed[0]], result
-    assert result["by-namespace"] == {"ci-doomed": [doomed[0]]}
-    assert released(ks, doomed[0])["status"]["release-reason"] == "namespace-gone"
-    assert doomed[1] in active(ks)
+    assert result["state"] == "ok" and result["released"] == [doomed.gone], result
+    assert result["by-namespace"] == {doomed.namespace: [doomed.gone]}
+    assert released(ks, doomed.gone)["status"]["release-reason"] == "namespace-gone"
+    assert doomed.live in active(ks)
     shown = readyz(api)[1]["namespaces"]
     assert shown["state"] == "ok" and cause in shown["last-error"] and "error" not in shown
 
@@ -235,9 +276,13 @@ def test_forbidden_releases_nothing(ks, kube, ks_api, doomed):
 
 
 def test_a_list_slower_than_the_timeout_releases_nothing(ks, kube, ks_api, doomed):
-    # answered correctly, but after 3 s: only the 1 s timeout stops the run from pruning
-    kube.inject_fault(hang=3.0, count=None, resource="namespaces")
+    # answered correctly, but after 2 s: only the 1 s timeout stops the run from pruning
+    lists = len(namespace_lists(kube))
+    kube.inject_fault(hang=2.0, count=None, resource="namespaces")
     failed_run_releases_nothing(ks, kube, ks_api, doomed, "timed out")
+    # the held list is answered (200) after all, once its run has given up on it
+    wait_for(lambda: namespace_lists(kube)[lists:] == [200, 200], timeout=10,
+             what="the held list to be answered")
 
 
 def test_a_list_trickling_in_past_the_timeout_is_cut_off_and_releases_nothing(
@@ -260,7 +305,7 @@ def test_an_empty_namespace_list_releases_nothing(ks, kube, ks_api, doomed):
     pruned = stats(ks).get("namespace-pruned", 0)
     result = prune(ks)
     assert result["state"] == "failing" and "no namespace at all" in result["error"]
-    assert set(doomed) <= active(ks)
+    assert {doomed.gone, doomed.live} <= active(ks)
     assert stats(ks).get("namespace-errors", 0) == errors + 1
     assert stats(ks).get("namespace-pruned", 0) == pruned
     shown = readyz(ks_api)[1]["namespaces"]
@@ -268,7 +313,7 @@ def test_an_empty_namespace_list_releases_nothing(ks, kube, ks_api, doomed):
     for name in kept:
         kube.create_namespace(name)
     result = prune(ks)
-    assert result["state"] == "ok" and result["released"] == [doomed[0]]
+    assert result["state"] == "ok" and result["released"] == [doomed.gone]
 
 
 def test_a_lease_taken_after_the_list_was_asked_for_stays(ks, kube, doomed):
@@ -277,7 +322,7 @@ def test_a_lease_taken_after_the_list_was_asked_for_stays(ks, kube, doomed):
     fresh = acquire(ks, "ci-new", "job-new")
     kube.remove_namespace("ci-new")  # as if the list had been taken before it was created
     result = prune(ks)
-    assert result["state"] == "ok" and result["released"] == [doomed[0]]
+    assert result["state"] == "ok" and result["released"] == [doomed.gone]
     assert fresh in active(ks)
     kube.create_namespace("ci-new")  # it exists after all
 
@@ -313,8 +358,9 @@ def test_the_release_a_run_sends_checks_its_arguments_and_runs_on_placement_only
 # ---- no Kubernetes configuration, pruning off ------------------------------------------------
 
 def test_without_kubernetes_configuration_nothing_is_pruned_and_it_is_said_once(tmp_path):
+    # no grace: the lease only has to be older than a run's list would be
     s = Stack(tmp_path, POOLS, KUBECONFIG=str(tmp_path / "no-kubeconfig"),
-              KUBERNETES_SERVICE_HOST="")
+              KUBERNETES_SERVICE_HOST="", VCM_NAMESPACE_GRACE="0")
     try:
         lease = acquire(s, "ci-anything", "job")
         age_past_grace(s, [lease])
@@ -332,84 +378,121 @@ def test_without_kubernetes_configuration_nothing_is_pruned_and_it_is_said_once(
         s.stop()
 
 
+@pytest.fixture(scope="module")
+def prune_confs() -> dict[str, dict]:
+    """celeryconfig under VCM_NAMESPACE_PRUNE_INTERVAL 0, off and 5m, read in one process
+    (tests/support/celery_conf.py)."""
+    values = ("0", "off", "5m")
+    envs = [env_for("redis://127.0.0.1:1/0", VCM_NAMESPACE_PRUNE_INTERVAL=v) for v in values]
+    return dict(zip(values, celeryconfig_under(envs), strict=True))
+
+
 @pytest.mark.parametrize("value", ["0", "off"])
-def test_an_interval_of_0_or_off_leaves_beat_without_the_entry(value):
-    env = env_for("redis://127.0.0.1:1/0", VCM_NAMESPACE_PRUNE_INTERVAL=value)
-    code = ("import celeryconfig, json; print(json.dumps([sorted(celeryconfig.beat_schedule), "
-            "celeryconfig.task_routes['vcm.prune_namespaces']]))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
-                         capture_output=True, text=True).stdout
-    entries, route = json.loads(out)
-    assert "prune-namespaces" not in entries and route == {"queue": "queries"}
-    env["VCM_NAMESPACE_PRUNE_INTERVAL"] = "5m"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
-                         capture_output=True, text=True).stdout
-    assert "prune-namespaces" in json.loads(out)[0]
+def test_an_interval_of_0_or_off_leaves_beat_without_the_entry(value, prune_confs):
+    conf = prune_confs[value]
+    assert "prune-namespaces" not in conf["beat_schedule"]
+    assert conf["task_routes"]["vcm.prune_namespaces"] == {"queue": "queries"}
+    assert "prune-namespaces" in prune_confs["5m"]["beat_schedule"]
 
 
 # ---- a slow list never holds up placement ----------------------------------------------------
 
-def test_placement_answers_while_a_run_waits_for_a_slow_namespace_list(tmp_path):
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory) -> Iterator[tuple[KubeApiServer, Stack]]:
+    """An apiserver and a stack whose list calls may take up to 60 s: a held list is never cut
+    off by the deadline. No grace: these tests' leases are either old or taken once the list
+    is under way (never compared, whatever the grace)."""
+    with KubeApiServer(rbac=deploy_rbac()) as kube:
+        s = kube_stack(tmp_path_factory.mktemp("slow-list"), kube,
+                       VCM_NAMESPACE_PRUNE_INTERVAL="1h", VCM_NAMESPACE_TIMEOUT="60s",
+                       VCM_NAMESPACE_GRACE="0")
+        try:
+            yield kube, s
+        finally:
+            s.stop()
+
+
+def replaced(old: Worker, new: Worker) -> Worker:
+    """`new` started in place of `old`: `old` is killed while `new` gets ready (nothing is sent
+    meanwhile)."""
+    new.start(wait=False)
+    old.kill()
+    try:
+        new.wait_ready()
+    except BaseException:
+        new.kill()
+        raise
+    return new
+
+
+# the held list's bytes come a millisecond apart: it is under way until its last byte, which
+# waits for the test; how fast the others come does not matter
+TRICKLE = 0.001
+
+
+def test_placement_answers_while_a_run_waits_for_a_slow_namespace_list(slow):
     """A run whose list trickles in (its last byte held back until the test lets it go) is
     under way while an acquire and a release are sent: both are answered before the list ends;
     then the list ends and the run releases the lease of the namespace that is gone."""
-    with KubeApiServer(rbac=deploy_rbac()) as kube:
-        kube.create_namespace("ci-gone")
-        s = kube_stack(tmp_path, kube, VCM_NAMESPACE_PRUNE_INTERVAL="1h",
-                       VCM_NAMESPACE_TIMEOUT="60s")
-        last_byte = threading.Event()
-        try:
-            gone = acquire(s, "ci-gone", "job-gone")
-            kube.delete_namespace("ci-gone")
-            age_past_grace(s, [gone])
-            kube.inject_fault(trickle=0.005, hold=last_byte, count=1, resource="namespaces")
-            run = s.app.send_task("vcm.prune_namespaces")  # where beat sends it
-            wait_for(lambda: kube.trickling == 1, what="the namespace list to be under way")
+    kube, s = slow
+    kube.create_namespace("ci-gone")
+    last_byte = threading.Event()
+    try:
+        pruned = stats(s).get("namespace-pruned", 0)
+        gone = acquire(s, "ci-gone", "job-gone")
+        kube.delete_namespace("ci-gone")
+        age_past_grace(s, [gone])
+        trickled = len(kube.trickled)
+        kube.inject_fault(trickle=TRICKLE, hold=last_byte, count=1, resource="namespaces")
+        run = s.app.send_task("vcm.prune_namespaces")  # where beat sends it
+        wait_for(lambda: kube.trickling == 1, what="the namespace list to be under way")
 
-            meanwhile = acquire(s, None, "job-meanwhile")
-            assert call(s.app, "vcm.release", lease_ids=[meanwhile],
-                        owner="job-meanwhile") == [meanwhile]
-            assert kube.trickling == 1 and kube.trickled == []  # the list has not ended
+        meanwhile = acquire(s, None, "job-meanwhile")
+        assert call(s.app, "vcm.release", lease_ids=[meanwhile],
+                    owner="job-meanwhile") == [meanwhile]
+        assert kube.trickling == 1 and kube.trickled[trickled:] == []  # not ended
 
-            last_byte.set()
-            result = run.get(timeout=60)
-            assert kube.trickled == ["sent"]
-            assert result["state"] == "ok" and result["released"] == [gone], result
-            assert result["by-namespace"] == {"ci-gone": [gone]}
-            assert released(s, gone)["status"]["release-reason"] == "namespace-gone"
-            assert stats(s).get("namespace-pruned") == 1
-        finally:
-            last_byte.set()
-            s.stop()
+        last_byte.set()
+        result = run.get(timeout=60)
+        assert kube.trickled[trickled:] == ["sent"]
+        assert result["state"] == "ok" and result["released"] == [gone], result
+        assert result["by-namespace"] == {"ci-gone": [gone]}
+        assert released(s, gone)["status"]["release-reason"] == "namespace-gone"
+        assert stats(s).get("namespace-pruned") == pruned + 1
+    finally:
+        last_byte.set()
+        kube.clear_faults()
 
 
 # ---- the queries worker's clock is not the placement worker's ---------------------------------
 
 def test_a_lease_granted_while_the_list_is_under_way_stays_whatever_the_queries_clock_says(
-        tmp_path):
+        slow):
     """The run is on a queries worker whose wall clock is a minute ahead of the placement
     worker's (which stamps leased-at). A namespace is created and a lease taken in it while the
-    run's list is under way, so the list does not name it: the lease stays."""
-    with KubeApiServer(rbac=deploy_rbac()) as kube:
-        s = kube_stack(tmp_path, kube, VCM_NAMESPACE_PRUNE_INTERVAL="1h",
-                       VCM_NAMESPACE_TIMEOUT="60s")
-        last_byte = threading.Event()
-        try:
-            ahead = dict(s.procs[1].env, VCM_TEST_CLOCK_OFFSET="60", PYTHONPATH=os.pathsep.join(
-                [str(ROOT / "tests" / "support" / "clock_ahead"), s.env["PYTHONPATH"]]))
-            s.procs[1].stop()
-            s.procs[1] = Worker(ahead, "queries", pool="threads", concurrency=4).start()
-            kube.inject_fault(trickle=0.005, hold=last_byte, count=1, resource="namespaces")
-            run = s.app.send_task("vcm.prune_namespaces")
-            wait_for(lambda: kube.trickling == 1, what="the namespace list to be under way")
+    run's list is under way, so the list does not name it: the lease stays. (The stack's own
+    queries worker is back afterwards.)"""
+    kube, s = slow
+    plain = s.procs[1]
+    ahead = dict(plain.env, VCM_TEST_CLOCK_OFFSET="60", PYTHONPATH=os.pathsep.join(
+        [str(ROOT / "tests" / "support" / "clock_ahead"), s.env["PYTHONPATH"]]))
+    s.procs[1] = replaced(plain, Worker(ahead, "queries", pool="threads", concurrency=4))
+    last_byte = threading.Event()
+    try:
+        trickled = len(kube.trickled)
+        kube.inject_fault(trickle=TRICKLE, hold=last_byte, count=1, resource="namespaces")
+        run = s.app.send_task("vcm.prune_namespaces")
+        wait_for(lambda: kube.trickling == 1, what="the namespace list to be under way")
 
-            kube.create_namespace("ci-new")
-            fresh = acquire(s, "ci-new", "job-new")
-            last_byte.set()
-            result = run.get(timeout=60)
-            assert kube.trickled == ["sent"]
-            assert result["state"] == "ok" and result["released"] == [], result
-            assert fresh in active(s)
-        finally:
-            last_byte.set()
-            s.stop()
+        kube.create_namespace("ci-new")
+        fresh = acquire(s, "ci-new", "job-new")
+        last_byte.set()
+        result = run.get(timeout=60)
+        assert kube.trickled[trickled:] == ["sent"]
+        assert result["state"] == "ok" and result["released"] == [], result
+        assert fresh in active(s)
+    finally:
+        last_byte.set()
+        kube.clear_faults()
+        s.procs[1] = replaced(s.procs[1], Worker(plain.env, "queries", pool="threads",
+                                                 concurrency=4))

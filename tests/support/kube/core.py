@@ -71,6 +71,7 @@ class StoreCore:
         self._stopping = threading.Event()
         self.bookmark_interval = DEFAULT_BOOKMARK_INTERVAL
         self.watch_timeout = DEFAULT_WATCH_TIMEOUT
+        self.too_large_wait = TOO_LARGE_WAIT  # a test may shorten it
 
     # ---- resourceVersions and changes --------------------------------------------------------
 
@@ -114,10 +115,11 @@ class StoreCore:
             return self._compacted
 
     def _wait_for_rv(self, rv: int) -> None:
-        """A read at a resourceVersion not reached yet waits for it (up to TOO_LARGE_WAIT),
-        then 504 Timeout with cause ResourceVersionTooLarge (storage.NewTooLargeResourceVersion
-        Error). The caller holds the lock."""
-        deadline = time.monotonic() + TOO_LARGE_WAIT
+        """A read at a resourceVersion not reached yet waits for it (up to `too_large_wait`,
+        TOO_LARGE_WAIT unless a test shortened it), then 504 Timeout with cause
+        ResourceVersionTooLarge (storage.NewTooLargeResourceVersionError). The caller holds the
+        lock."""
+        deadline = time.monotonic() + self.too_large_wait
         while self._rv < rv:
             left = deadline - time.monotonic()
             if left <= 0 or self._stopping.is_set():
