@@ -37,6 +37,9 @@ run: deps
 	$(VENV)/bin/vcm run
 
 test: deps system-deps
+	@# the project's own bytecode, written once: every worker, vcm and API process the tests
+	@# start reads it instead of compiling the sources again (also under PYTHONDONTWRITEBYTECODE)
+	@$(PY) -m compileall -q -j 0 workers tasks api_shim bench tests celeryconfig.py >/dev/null
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: deps system-deps
