@@ -14,8 +14,10 @@ import json
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
+from tasks.results import key_prefix
 from tests.support.controller import GROUP, VERSION, CrdStack, condition, unique
 from tests.support.procs import wait_for
 
@@ -322,3 +324,36 @@ def test_adopt_task_refuses_hostile_holdings_and_answers_a_replay_with_the_same_
     assert (held["status"]["pool"], held["spec"]["vcpus"]) == ("other-pool", 4)
     assert crd.release(owner=request["owner"], selector=f"{UID_LABEL}={rid}") == \
         [held["metadata"]["name"]]
+
+
+def test_a_lease_granted_here_relabelled_and_its_answer_expired_keeps_its_grant(crd):
+    """A Lease this controller granted, its `boskos-lease-id` label changed since and its
+    acquire's answer gone from the result backend (older than a day): a restart finds it
+    Fulfilled, and the ledger, not the Lease's new label, says whose leases it holds. It is
+    never refused as a conflict with its own grant (its renewals would stop and its port
+    group go to someone else while its job runs), nor recorded a second time."""
+    boskos = unique("vsphere-elastic")
+    name = crd.create_lease({"vcpus": 1, "memory": 1, "networks": 1,
+                             "required-pool": "other-pool"},
+                            labels={"boskos-lease-id": boskos})["metadata"]["name"]
+    granted = crd.wait_phase(name, "Fulfilled", timeout=60)
+    uid = granted["metadata"]["uid"]
+    crd.kubectl("label", f"leases.{GROUP}", name, "boskos-lease-id=someone-else", "--overwrite")
+    crd.kill_controller()
+    assert redis.Redis.from_url(crd.stack.redis.url).delete(key_prefix() + uid) == 1
+    (first,) = ledger_of(crd, granted)
+    crd.start_controller()
+    try:
+        wait_for(lambda: ledger_of(crd, granted)[0]["status"]["expires-at"]
+                 > first["status"]["expires-at"], timeout=30, what="a renewal")
+    finally:
+        after = crd.lease(name)
+        assert condition(after, "Adopted") == {}, condition(after, "Adopted")
+    assert after["status"]["phase"] == "Fulfilled"
+    assert [x["metadata"]["name"] for x in ledger_of(crd, granted)] == \
+        [first["metadata"]["name"]]
+    assert first["status"]["owner"] == f"{crd.namespace}/{boskos}"
+    assert "not adopted" not in crd.controller.output_of_this_run()
+    crd.delete_lease(name)
+    crd.wait_gone(name)
+    assert ledger_of(crd, granted) == []
