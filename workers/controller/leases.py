@@ -339,6 +339,11 @@ class LeaseRun:
         granted = await self.granted_here()
         if granted is not None:
             return granted
+        # the ledger's owner of its leases, not its label's now: a Lease granted here and
+        # relabelled since is answered its own leases, never refused as their conflict
+        owner = granted_owner(await self.ledger_leases(), self.namespace)
+        if owner is not None:
+            request = {**request, "owner": owner}
         failures = 0
         holdings = await self.holdings()
         while True:
@@ -425,12 +430,17 @@ class LeaseRun:
 
     async def in_ledger(self) -> bool:
         """Whether the ledger holds leases of this Lease (granted or adopted here)."""
+        return bool(await self.ledger_leases())
+
+    async def ledger_leases(self) -> list[dict[str, Any]]:
+        """The active ledger leases of this Lease (granted or adopted here), under whichever
+        owner; tried again while the workers do not answer."""
         failures = 0
         while True:
             try:
                 found = await self.leases.placement.call(
                     Task.LIST_LEASES, {"selector": f"{UID_LABEL}={self.uid}"}, timeout=60)
-                return bool(found)
+                return [x for x in found or [] if isinstance(x, Mapping)]
             except Exception as exc:  # noqa: BLE001 - the workers, the broker or Redis
                 pause = RETRY[min(failures, len(RETRY) - 1)]
                 failures += 1
