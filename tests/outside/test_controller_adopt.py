@@ -9,8 +9,12 @@ ledger (`vcm.adopt`) or, when it cannot, says so on the Lease and leaves it as i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -357,3 +361,142 @@ def test_a_lease_granted_here_relabelled_and_its_answer_expired_keeps_its_grant(
     crd.delete_lease(name)
     crd.wait_gone(name)
     assert ledger_of(crd, granted) == []
+
+
+def test_a_ci_client_cannot_forge_a_fulfilled_lease_to_take_a_port_group(crd):
+    """A CI job may create Leases (ClusterRole vcm-lease-client), never write their status. A
+    Lease it creates with a status saying Fulfilled, ownerReferences to a Pool and Network it
+    wants, and the adopted and lease-uid labels: the API server drops the status at create
+    (the status subresource is on: CRD docs, "PUT/POST/PATCH requests to the custom resource
+    ignore changes to the status stanza"), its status patch is 403, so the controller places
+    it as any new Lease: what its spec asks for, never what its ownerReferences name, not
+    adopted, its request-id its own uid."""
+    ci = ["--kubeconfig", str(crd.ci_kubeconfig)]
+    wanted = next(x for x in crd.objects("networks")
+                  if x["spec"].get("portGroupName") == "ci-vlan-1003")
+    pool = next(x for x in crd.objects("pools") if x["spec"]["name"] == POOL)
+    refs = [{"apiVersion": API_VERSION, "kind": x["kind"], "name": x["metadata"]["name"],
+             "uid": x["metadata"]["uid"]} for x in (pool, wanted)]
+    boskos = unique("vsphere-elastic")
+    body = {"apiVersion": API_VERSION, "kind": "Lease",
+            "metadata": {"generateName": "forged-", "ownerReferences": refs,
+                         "labels": {"boskos-lease-id": boskos, ADOPTED_LABEL: "true",
+                                    UID_LABEL: "someone-else"}},
+            "spec": {"vcpus": 1, "memory": 1, "networks": 1, "required-pool": "other-pool"},
+            "status": fulfilled_status(POOL, ["ci-vlan-1003"])}
+    made = json.loads(crd.kubectl(*ci, "create", "-o", "json", "-f", "-",
+                                  input=json.dumps(body)).stdout)
+    name, uid = made["metadata"]["name"], made["metadata"]["uid"]
+    assert "status" not in made
+    patched = crd.kubectl(*ci, "patch", f"leases.{GROUP}", name, "--subresource=status",
+                          "--type=merge", "-p", json.dumps({"status": {"phase": "Fulfilled"}}),
+                          check=False)
+    assert patched.returncode != 0 and "forbidden" in patched.stderr.lower(), patched.stderr
+    got = crd.wait_phase(name, "Fulfilled", "Failed", timeout=60)
+    assert got["status"]["phase"] == "Fulfilled", got["status"]
+    assert condition(got, "Adopted") == {}
+    (held,) = crd.ledger_leases(f"{UID_LABEL}={uid}")
+    assert held["status"]["pool"] == "other-pool"
+    assert [n["port-group"] for n in held["status"]["networks"]] == ["ci-vlan-2001"]
+    assert held["status"]["request-id"] == uid
+    assert ADOPTED_LABEL not in held["status"]["labels"]
+    assert crd.ledger_leases(f"{UID_LABEL}=someone-else") == []
+    assert wanted["metadata"]["name"] not in [
+        r["name"] for r in got["metadata"]["ownerReferences"]]
+    crd.delete_lease(name)
+    crd.wait_gone(name)
+    assert crd.ledger_leases(f"{UID_LABEL}={uid}") == []
+
+
+@contextlib.contextmanager
+def placement_stopped(crd: CrdStack) -> Iterator[None]:
+    """The placement worker (its main process and its pool) frozen with SIGSTOP: what is sent
+    to it waits in the queue until the block ends (SIGCONT)."""
+    (worker,) = [w for w in crd.stack.procs if w.queues == "placement"]
+    os.killpg(worker.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+
+
+def adopt_queued(crd: CrdStack, lease: dict[str, Any]) -> bool:
+    """Whether a `vcm.adopt` of this Lease waits in the placement queue (kombu's Redis
+    transport: a list of messages, each naming its task and arguments in its headers)."""
+    for raw in redis.Redis.from_url(crd.stack.redis.url).lrange("placement", 0, -1):
+        headers = json.loads(raw).get("headers") or {}
+        if headers.get("task") == "vcm.adopt" and \
+                lease["metadata"]["uid"] in str(headers.get("kwargsrepr")):
+            return True
+    return False
+
+
+def other_pool_lease(crd: CrdStack) -> dict[str, Any]:
+    """A Lease upstream fulfilled on other-pool, holding its one port group (free here)."""
+    net = upstream_network(crd, 2001, pod="dal12.pod01", port_group="ci-vlan-2001")
+    return foreign_lease(crd, upstream_pool(crd, "other-pool"), [net],
+                         spec={"vcpus": 2, "memory": 4, "storage": 0, "networks": 1})
+
+
+def test_a_controller_killed_while_its_adopt_is_queued_adopts_once_on_restart(crd):
+    """The controller sends `vcm.adopt` and is killed before the answer: the worker records
+    the holdings with nobody waiting; the restarted controller sends it again and is
+    answered the same ledger lease, never a second one."""
+    crd.kill_controller()
+    lease = other_pool_lease(crd)
+    with placement_stopped(crd):
+        crd.start_controller()
+        wait_for(lambda: adopt_queued(crd, lease), timeout=30, what="the adopt to be sent")
+        crd.kill_controller()
+    wait_for(lambda: ledger_of(crd, lease), timeout=30, what="the queued adopt to be recorded")
+    crd.start_controller()
+    after = adopted_state(crd, lease["metadata"]["name"])
+    assert condition(after, "Adopted")["status"] == "True", condition(after, "Adopted")
+    assert_untouched(lease, after)
+    (held,) = ledger_of(crd, lease)
+    assert [n["port-group"] for n in held["status"]["networks"]] == ["ci-vlan-2001"]
+    crd.delete_lease(lease["metadata"]["name"])
+    crd.wait_gone(lease["metadata"]["name"])
+    assert ledger_of(crd, lease) == []
+
+
+def test_a_lease_deleted_with_its_adopt_in_the_queue_or_while_retried_holds_nothing(crd):
+    """Deleted while its `vcm.adopt` waits in the queue: its release comes after it, so what
+    was recorded goes, and a copy of that adopt arriving later (a redelivery) is refused,
+    never recorded again. Deleted while refused and tried again every minute: it goes at
+    once, nothing recorded; an adopt for it that reaches a worker only after it is gone is
+    released by the controller's sweep (its Lease no longer exists)."""
+    crd.kill_controller()
+    lease = other_pool_lease(crd)
+    name = lease["metadata"]["name"]
+    refused = foreign_lease(crd, upstream_pool(crd, "vcenter-9.ci.example.com-dc9-c9"),
+                            [upstream_network(crd, 1003)])
+    with placement_stopped(crd):
+        crd.start_controller()
+        wait_for(lambda: adopt_queued(crd, lease), timeout=30, what="the adopt to be sent")
+        crd.delete_lease(name)
+    crd.wait_gone(name, timeout=60)
+    assert ledger_of(crd, lease) == []
+
+    def adopt(of: dict[str, Any]) -> Any:
+        """`vcm.adopt` of that Lease, as the controller sends it."""
+        uid, labels = of["metadata"]["uid"], of["metadata"]["labels"]
+        return crd.stack.app.send_task("vcm.adopt", queue="placement", kwargs={
+            "request": {"vcpus": 2, "memory": 4, "networks": 1, "request-id": uid,
+                        "owner": f"{crd.namespace}/{labels['boskos-lease-id']}",
+                        "labels": {**labels, UID_LABEL: uid}},
+            "holdings": {"pools": ["other-pool"],
+                         "networks": [{"port-group": "ci-vlan-2001"}]}})
+
+    with pytest.raises(Exception) as late:
+        adopt(lease).get(timeout=30)
+    assert type(late.value).__name__ == "LeaseNotFound", late.value
+    assert ledger_of(crd, lease) == []
+    after = adopted_state(crd, refused["metadata"]["name"])
+    assert condition(after, "Adopted")["status"] == "False"
+    crd.delete_lease(refused["metadata"]["name"])
+    crd.wait_gone(refused["metadata"]["name"], timeout=30)
+    assert ledger_of(crd, refused) == []
+    assert [x["status"]["pool"] for x in adopt(refused).get(timeout=30)] == ["other-pool"]
+    wait_for(lambda: ledger_of(crd, refused) == [], timeout=30, what="the sweep to release it")
+    assert "Traceback" not in crd.controller.output_of_this_run()
