@@ -24,6 +24,7 @@ import yaml
 from tasks.results import key_prefix
 from tests.support.controller import GROUP, VERSION, CrdStack, condition, unique
 from tests.support.procs import wait_for
+from workers.adapters.ledger import Ledger
 
 PREFIX = "vsphere-capacity-manager.splat-team.io/"
 UID_LABEL = PREFIX + "lease-uid"
@@ -335,17 +336,24 @@ def test_a_lease_granted_here_relabelled_and_its_answer_expired_keeps_its_grant(
     acquire's answer gone from the result backend (older than a day): a restart finds it
     Fulfilled, and the ledger, not the Lease's new label, says whose leases it holds. It is
     never refused as a conflict with its own grant (its renewals would stop and its port
-    group go to someone else while its job runs), nor recorded a second time."""
+    group go to someone else while its job runs), nor recorded a second time. While the
+    query workers (which read the ledger by label) are stopped, a Lease whose label did not
+    change is renewed all the same, and a relabelled one is not marked: it waits for them."""
     boskos = unique("vsphere-elastic")
     name = crd.create_lease({"vcpus": 1, "memory": 1, "networks": 1,
                              "required-pool": "other-pool"},
                             labels={"boskos-lease-id": boskos})["metadata"]["name"]
+    plain = crd.create_lease({"vcpus": 1, "memory": 1, "networks": 0,
+                              "required-pool": "other-pool"})["metadata"]["name"]
     granted = crd.wait_phase(name, "Fulfilled", timeout=60)
-    uid = granted["metadata"]["uid"]
+    plain_granted = crd.wait_phase(plain, "Fulfilled", timeout=60)
     crd.kubectl("label", f"leases.{GROUP}", name, "boskos-lease-id=someone-else", "--overwrite")
     crd.kill_controller()
-    assert redis.Redis.from_url(crd.stack.redis.url).delete(key_prefix() + uid) == 1
+    for lease in (granted, plain_granted):
+        assert redis.Redis.from_url(crd.stack.redis.url).delete(
+            key_prefix() + lease["metadata"]["uid"]) == 1
     (first,) = ledger_of(crd, granted)
+    assert first["status"]["owner"] == f"{crd.namespace}/{boskos}"
     crd.start_controller()
     try:
         wait_for(lambda: ledger_of(crd, granted)[0]["status"]["expires-at"]
@@ -356,11 +364,33 @@ def test_a_lease_granted_here_relabelled_and_its_answer_expired_keeps_its_grant(
     assert after["status"]["phase"] == "Fulfilled"
     assert [x["metadata"]["name"] for x in ledger_of(crd, granted)] == \
         [first["metadata"]["name"]]
-    assert first["status"]["owner"] == f"{crd.namespace}/{boskos}"
     assert "not adopted" not in crd.controller.output_of_this_run()
-    crd.delete_lease(name)
-    crd.wait_gone(name)
-    assert ledger_of(crd, granted) == []
+
+    crd.kill_controller()
+    ledger = Ledger(crd.stack.redis.client())  # read directly: the query workers are stopped
+
+    ids = {x["metadata"]["name"]: [y["metadata"]["name"] for y in ledger_of(crd, x)]
+           for x in (granted, plain_granted)}
+    assert all(len(x) == 1 for x in ids.values()), ids
+
+    def expires(lease: dict[str, Any]) -> str:
+        (held,) = ledger.get_many(ids[lease["metadata"]["name"]])
+        return held["status"]["expires-at"]
+
+    before = {x["metadata"]["name"]: expires(x) for x in (granted, plain_granted)}
+    with stopped(crd, "queries"):
+        crd.start_controller()
+        wait_for(lambda: expires(plain_granted) > before[plain], timeout=90,
+                 what="a renewal while the query workers are stopped")
+        assert condition(crd.lease(name), "Adopted") == {}
+    wait_for(lambda: expires(granted) > before[name], timeout=60,
+             what="a renewal once the query workers are back")
+    for lease in (name, plain):
+        assert condition(crd.lease(lease), "Adopted") == {}
+        crd.delete_lease(lease)
+    for lease, body in ((name, granted), (plain, plain_granted)):
+        crd.wait_gone(lease)
+        assert ledger_of(crd, body) == []
 
 
 def test_a_ci_client_cannot_forge_a_fulfilled_lease_to_take_a_port_group(crd):
@@ -409,10 +439,10 @@ def test_a_ci_client_cannot_forge_a_fulfilled_lease_to_take_a_port_group(crd):
 
 
 @contextlib.contextmanager
-def placement_stopped(crd: CrdStack) -> Iterator[None]:
-    """The placement worker (its main process and its pool) frozen with SIGSTOP: what is sent
-    to it waits in the queue until the block ends (SIGCONT)."""
-    (worker,) = [w for w in crd.stack.procs if w.queues == "placement"]
+def stopped(crd: CrdStack, queue: str = "placement") -> Iterator[None]:
+    """The worker of `queue` (its main process and its pool) frozen with SIGSTOP: what is
+    sent to it waits in the queue until the block ends (SIGCONT)."""
+    (worker,) = [w for w in crd.stack.procs if w.queues == queue]
     os.killpg(worker.proc.pid, signal.SIGSTOP)
     try:
         yield
@@ -444,7 +474,7 @@ def test_a_controller_killed_while_its_adopt_is_queued_adopts_once_on_restart(cr
     answered the same ledger lease, never a second one."""
     crd.kill_controller()
     lease = other_pool_lease(crd)
-    with placement_stopped(crd):
+    with stopped(crd):
         crd.start_controller()
         wait_for(lambda: adopt_queued(crd, lease), timeout=30, what="the adopt to be sent")
         crd.kill_controller()
@@ -471,7 +501,7 @@ def test_a_lease_deleted_with_its_adopt_in_the_queue_or_while_retried_holds_noth
     name = lease["metadata"]["name"]
     refused = foreign_lease(crd, upstream_pool(crd, "vcenter-9.ci.example.com-dc9-c9"),
                             [upstream_network(crd, 1003)])
-    with placement_stopped(crd):
+    with stopped(crd):
         crd.start_controller()
         wait_for(lambda: adopt_queued(crd, lease), timeout=30, what="the adopt to be sent")
         crd.delete_lease(name)

@@ -335,25 +335,32 @@ class LeaseRun:
         were released elsewhere (shown: Failed, Released). Refused (what it holds is leased
         to someone else, or is not in the pools configuration, or cannot be read): condition
         Adopted False on it, nothing else changed, and it is tried again every
-        ADOPT_RETRY seconds."""
+        ADOPT_RETRY seconds. It is sent for the owner the ledger holds the Lease's leases
+        for, not its label's now: a Lease granted here and relabelled since is answered its
+        own leases, never refused as their conflict (while the ledger cannot be read, it is
+        sent for the Lease's own, and a refusal is not shown: tried again soon)."""
         granted = await self.granted_here()
         if granted is not None:
             return granted
-        # the ledger's owner of its leases, not its label's now: a Lease granted here and
-        # relabelled since is answered its own leases, never refused as their conflict
-        owner = granted_owner(await self.ledger_leases(), self.namespace)
-        if owner is not None:
-            request = {**request, "owner": owner}
         failures = 0
         holdings = await self.holdings()
         while True:
+            read, owner = await self.ledger_owner()
+            asked = {**request, "owner": owner} if owner else request
             try:
                 return await self.leases.placement.call(
-                    Task.ADOPT, {"request": request, "holdings": holdings}, timeout=120)
+                    Task.ADOPT, {"request": asked, "holdings": holdings}, timeout=120)
             except LeaseNotFound as exc:
                 await self.released(exc.message)
                 return None
             except (InvalidRequest, NoCapacity) as exc:
+                if not read:  # perhaps its own leases, held for another owner: not shown
+                    pause = RETRY[min(failures, len(RETRY) - 1)]
+                    failures += 1
+                    log.warning("Lease %s: not adopted yet (the ledger not read): %s; trying "
+                                "again in %gs", self.where, exc.message, pause)
+                    await asyncio.sleep(pause)
+                    continue
                 await self.not_adopted(holdings, lease_worded(exc.message))
                 failures = 0
                 await asyncio.sleep(ADOPT_RETRY)
@@ -428,19 +435,27 @@ class LeaseRun:
             out["networks"].append(entry)
         return out
 
+    async def ledger_owner(self) -> tuple[bool, str | None]:
+        """(read, owner): the owner (of this namespace) the ledger holds this Lease's active
+        leases for, None when it holds none; not read when the query workers did not answer
+        at once (asked once: the answer of a Lease's adopt never waits on them)."""
+        try:
+            found = await self.leases.placement.call(
+                Task.LIST_LEASES, {"selector": f"{UID_LABEL}={self.uid}"}, timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the workers, the broker or Redis
+            log.warning("Lease %s: the ledger not read: %s: %s", self.where,
+                        type(exc).__name__, exc)
+            return False, None
+        return True, granted_owner(found, self.namespace)
+
     async def in_ledger(self) -> bool:
         """Whether the ledger holds leases of this Lease (granted or adopted here)."""
-        return bool(await self.ledger_leases())
-
-    async def ledger_leases(self) -> list[dict[str, Any]]:
-        """The active ledger leases of this Lease (granted or adopted here), under whichever
-        owner; tried again while the workers do not answer."""
         failures = 0
         while True:
             try:
                 found = await self.leases.placement.call(
                     Task.LIST_LEASES, {"selector": f"{UID_LABEL}={self.uid}"}, timeout=60)
-                return [x for x in found or [] if isinstance(x, Mapping)]
+                return bool(found)
             except Exception as exc:  # noqa: BLE001 - the workers, the broker or Redis
                 pause = RETRY[min(failures, len(RETRY) - 1)]
                 failures += 1
