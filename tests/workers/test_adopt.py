@@ -17,6 +17,7 @@ from tests.support.helpers import check_invariants
 from tests.support.procs import RedisServer, Worker, env_for
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
+from workers.core.text import text_problem
 
 ADOPTED = "vsphere-capacity-manager.splat-team.io/adopted"
 
@@ -135,6 +136,14 @@ def test_hostile_arguments_are_refused_naming_the_field_and_record_nothing(stack
         refused = refusal(app.send_task("vcm.adopt", args=args, kwargs=kwargs,
                                         queue="placement"))
         assert type(refused).__name__ == "InvalidRequest", refused
+    # what the sender says it cannot tell is echoed as text: escaped, never raw
+    for problem in ("\ud800 its Network n1 \x1b[31m cannot be read\u202e", {"a": "\x00"},
+                    "x" * 100000):
+        refused = refusal(adopt(app, request("r"), {"pools": ["p0"], "problem": problem}))
+        assert type(refused).__name__ == "InvalidRequest", refused
+        message = str(refused)
+        assert message.startswith("holdings: "), message
+        assert text_problem(message, 1000) is None, message
     assert audit(stack["ledger"])["leases"] == {}
 
 
