@@ -25,6 +25,7 @@ from tasks.results import key_prefix
 from tests.support.controller import GROUP, VERSION, CrdStack, condition, unique
 from tests.support.procs import wait_for
 from workers.adapters.ledger import Ledger
+from workers.core.text import text_problem
 
 PREFIX = "vsphere-capacity-manager.splat-team.io/"
 UID_LABEL = PREFIX + "lease-uid"
@@ -260,9 +261,12 @@ def test_upstream_leases_are_adopted_in_place_and_their_port_groups_held(crd):
         got = condition(after, "Adopted")
         assert (got["status"], got["reason"]) == ("False", "NotAdopted")
         assert words in got["message"], got
+        # what it holds is said as text: escaped, never a control or bidi character raw
+        assert text_problem(got["message"], 10**6) is None, got["message"]
         assert ledger_of(crd, lease) == []
         assert_untouched(lease, after)
     log = crd.controller.output()
+    assert "\x00" not in log and "\u202e" not in log
     assert f"Lease {crd.namespace}/{kept['metadata']['name']} adopted" in log
     assert f"Lease {crd.namespace}/{unknown['metadata']['name']}: fulfilled by another " \
         "controller and not adopted" in log
