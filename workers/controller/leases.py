@@ -46,6 +46,7 @@ from ..contract import Task
 from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
 from ..core.lease import ADOPTED_LABEL
 from ..core.models import Pool
+from ..core.text import said
 from ..core.upstream import held_objects, lease_status
 from . import status as st
 from .kube import GROUP, TRANSIENT, VERSION, KubeApi, KubeError
@@ -487,14 +488,16 @@ class LeaseRun:
     async def not_adopted(self, holdings: Mapping[str, Any], why: str) -> None:
         """Condition Adopted False, reason NotAdopted, naming what it holds and why; a log line
         when that changes. Nothing else of the Lease is touched."""
-        nets = ", ".join(f"{n.get('port-group')} (Network {n.get('name')})"
+        # what the Lease and its Networks say is shown escaped where it is not valid text
+        nets = ", ".join(f"{said(n.get('port-group'))} (Network {said(n.get('name'))})"
                          for n in holdings.get("networks") or []) or "no Network"
-        pools = ", ".join(str(p) for p in holdings.get("pools") or []) or "no Pool"
-        message = (f"fulfilled by another controller and not adopted: {why}; it holds pool(s) "
-                   f"{pools} ({(self.body.get('spec') or {}).get('vcpus', 0)} vCPUs, "
-                   f"{(self.body.get('spec') or {}).get('memory', 0)} GB memory, "
-                   f"{(self.body.get('spec') or {}).get('storage', 0)} GB storage each) and "
-                   f"{nets}; it is left as it is, and tried again every {ADOPT_RETRY:g}s")
+        pools = ", ".join(said(p) for p in holdings.get("pools") or []) or "no Pool"
+        spec = self.body.get("spec") if isinstance(self.body.get("spec"), Mapping) else {}
+        sizes = [said(spec.get(k, 0), 32) for k in ("vcpus", "memory", "storage")]
+        message = (f"fulfilled by another controller and not adopted: {said(why, 4096)}; it "
+                   f"holds pool(s) {pools} ({sizes[0]} vCPUs, {sizes[1]} GB memory, "
+                   f"{sizes[2]} GB storage each) and {nets}; it is left as it is, and tried "
+                   f"again every {ADOPT_RETRY:g}s")
         patch = st.adopted(self.status, False, message)
         if not st.unchanged(self.status, patch):
             log.warning("Lease %s: %s", self.where, message)
