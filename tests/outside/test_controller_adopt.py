@@ -23,8 +23,10 @@ import yaml
 
 from tasks.results import key_prefix
 from tests.support.controller import GROUP, VERSION, CrdStack, condition, unique
+from tests.support.helpers import check_invariants
 from tests.support.procs import wait_for
 from workers.adapters.ledger import Ledger
+from workers.adapters.pools_file import load_pools
 from workers.core.text import text_problem
 
 PREFIX = "vsphere-capacity-manager.splat-team.io/"
@@ -69,6 +71,14 @@ def crd(tmp_path_factory):
                      VCM_CONTROLLER_RENEW_INTERVAL="2")
     yield stack
     stack.stop()
+
+
+@pytest.fixture(autouse=True)
+def invariants(crd):
+    """After each test, the ledger's invariants (tests/support/helpers.check_invariants)."""
+    yield
+    check_invariants(Ledger(crd.stack.redis.client()),
+                     {p.name: p for p in load_pools(str(crd.stack.pools))})
 
 
 # -- upstream's objects, as its controller and its operator CLI write them --------------------
