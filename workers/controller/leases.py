@@ -93,6 +93,11 @@ class Owners(Protocol):
         """A Pool or Network object as this controller last published it, or None."""
         ...
 
+    async def ledger_owner(self, namespace: str, uid: str) -> tuple[bool, str | None]:
+        """(read, owner): the owner (of the namespace) the ledger holds Lease `uid`'s leases
+        for, None when it holds none; read False when the ledger could not be read."""
+        ...
+
 
 @dataclass
 class Held:
@@ -346,7 +351,7 @@ class LeaseRun:
         failures = 0
         holdings = await self.holdings()
         while True:
-            read, owner = await self.ledger_owner()
+            read, owner = await self.leases.owners.ledger_owner(self.namespace, self.uid)
             asked = {**request, "owner": owner} if owner else request
             try:
                 return await self.leases.placement.call(
@@ -435,19 +440,6 @@ class LeaseRun:
                 entry["pod"] = spec["podName"]
             out["networks"].append(entry)
         return out
-
-    async def ledger_owner(self) -> tuple[bool, str | None]:
-        """(read, owner): the owner (of this namespace) the ledger holds this Lease's active
-        leases for, None when it holds none; not read when the query workers did not answer
-        at once (asked once: the answer of a Lease's adopt never waits on them)."""
-        try:
-            found = await self.leases.placement.call(
-                Task.LIST_LEASES, {"selector": f"{UID_LABEL}={self.uid}"}, timeout=10)
-        except Exception as exc:  # noqa: BLE001 - the workers, the broker or Redis
-            log.warning("Lease %s: the ledger not read: %s: %s", self.where,
-                        type(exc).__name__, exc)
-            return False, None
-        return True, granted_owner(found, self.namespace)
 
     async def in_ledger(self) -> bool:
         """Whether the ledger holds leases of this Lease (granted or adopted here)."""
