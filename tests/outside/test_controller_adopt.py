@@ -9,15 +9,25 @@ ledger (`vcm.adopt`) or, when it cannot, says so on the Lease and leaves it as i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
+from tasks.results import key_prefix
 from tests.support.controller import GROUP, VERSION, CrdStack, condition, unique
+from tests.support.helpers import check_invariants
 from tests.support.procs import wait_for
+from workers.adapters.ledger import Ledger
+from workers.adapters.pools_file import load_pools
+from workers.core.text import text_problem
 
 PREFIX = "vsphere-capacity-manager.splat-team.io/"
 UID_LABEL = PREFIX + "lease-uid"
@@ -61,6 +71,14 @@ def crd(tmp_path_factory):
                      VCM_CONTROLLER_RENEW_INTERVAL="2")
     yield stack
     stack.stop()
+
+
+@pytest.fixture(autouse=True)
+def invariants(crd):
+    """After each test, the ledger's invariants (tests/support/helpers.check_invariants)."""
+    yield
+    check_invariants(Ledger(crd.stack.redis.client()),
+                     {p.name: p for p in load_pools(str(crd.stack.pools))})
 
 
 # -- upstream's objects, as its controller and its operator CLI write them --------------------
@@ -253,9 +271,12 @@ def test_upstream_leases_are_adopted_in_place_and_their_port_groups_held(crd):
         got = condition(after, "Adopted")
         assert (got["status"], got["reason"]) == ("False", "NotAdopted")
         assert words in got["message"], got
+        # what it holds is said as text: escaped, never a control or bidi character raw
+        assert text_problem(got["message"], 10**6) is None, got["message"]
         assert ledger_of(crd, lease) == []
         assert_untouched(lease, after)
     log = crd.controller.output()
+    assert "\x00" not in log and "\u202e" not in log
     assert f"Lease {crd.namespace}/{kept['metadata']['name']} adopted" in log
     assert f"Lease {crd.namespace}/{unknown['metadata']['name']}: fulfilled by another " \
         "controller and not adopted" in log
@@ -322,3 +343,204 @@ def test_adopt_task_refuses_hostile_holdings_and_answers_a_replay_with_the_same_
     assert (held["status"]["pool"], held["spec"]["vcpus"]) == ("other-pool", 4)
     assert crd.release(owner=request["owner"], selector=f"{UID_LABEL}={rid}") == \
         [held["metadata"]["name"]]
+
+
+def test_a_lease_granted_here_relabelled_and_its_answer_expired_keeps_its_grant(crd):
+    """A Lease this controller granted, its `boskos-lease-id` label changed since and its
+    acquire's answer gone from the result backend (older than a day): a restart finds it
+    Fulfilled, and the ledger, not the Lease's new label, says whose leases it holds. It is
+    never refused as a conflict with its own grant (its renewals would stop and its port
+    group go to someone else while its job runs), nor recorded a second time. While the
+    query workers (which read the ledger by label) are stopped, a Lease whose label did not
+    change is renewed all the same, and a relabelled one is not marked: it waits for them."""
+    boskos = unique("vsphere-elastic")
+    name = crd.create_lease({"vcpus": 1, "memory": 1, "networks": 1,
+                             "required-pool": "other-pool"},
+                            labels={"boskos-lease-id": boskos})["metadata"]["name"]
+    plain = crd.create_lease({"vcpus": 1, "memory": 1, "networks": 0,
+                              "required-pool": "other-pool"})["metadata"]["name"]
+    granted = crd.wait_phase(name, "Fulfilled", timeout=60)
+    plain_granted = crd.wait_phase(plain, "Fulfilled", timeout=60)
+    crd.kubectl("label", f"leases.{GROUP}", name, "boskos-lease-id=someone-else", "--overwrite")
+    crd.kill_controller()
+    for lease in (granted, plain_granted):
+        assert redis.Redis.from_url(crd.stack.redis.url).delete(
+            key_prefix() + lease["metadata"]["uid"]) == 1
+    (first,) = ledger_of(crd, granted)
+    assert first["status"]["owner"] == f"{crd.namespace}/{boskos}"
+    crd.start_controller()
+    try:
+        wait_for(lambda: ledger_of(crd, granted)[0]["status"]["expires-at"]
+                 > first["status"]["expires-at"], timeout=30, what="a renewal")
+    finally:
+        after = crd.lease(name)
+        assert condition(after, "Adopted") == {}, condition(after, "Adopted")
+    assert after["status"]["phase"] == "Fulfilled"
+    assert [x["metadata"]["name"] for x in ledger_of(crd, granted)] == \
+        [first["metadata"]["name"]]
+    assert "not adopted" not in crd.controller.output_of_this_run()
+
+    crd.kill_controller()
+    ledger = Ledger(crd.stack.redis.client())  # read directly: the query workers are stopped
+
+    ids = {x["metadata"]["name"]: [y["metadata"]["name"] for y in ledger_of(crd, x)]
+           for x in (granted, plain_granted)}
+    assert all(len(x) == 1 for x in ids.values()), ids
+
+    def expires(lease: dict[str, Any]) -> str:
+        (held,) = ledger.get_many(ids[lease["metadata"]["name"]])
+        return held["status"]["expires-at"]
+
+    before = {x["metadata"]["name"]: expires(x) for x in (granted, plain_granted)}
+    with stopped(crd, "queries"):
+        crd.start_controller()
+        wait_for(lambda: expires(plain_granted) > before[plain], timeout=90,
+                 what="a renewal while the query workers are stopped")
+        assert condition(crd.lease(name), "Adopted") == {}
+    wait_for(lambda: expires(granted) > before[name], timeout=60,
+             what="a renewal once the query workers are back")
+    for lease in (name, plain):
+        assert condition(crd.lease(lease), "Adopted") == {}
+        crd.delete_lease(lease)
+    for lease, body in ((name, granted), (plain, plain_granted)):
+        crd.wait_gone(lease)
+        assert ledger_of(crd, body) == []
+
+
+def test_a_ci_client_cannot_forge_a_fulfilled_lease_to_take_a_port_group(crd):
+    """A CI job may create Leases (ClusterRole vcm-lease-client), never write their status. A
+    Lease it creates with a status saying Fulfilled, ownerReferences to a Pool and Network it
+    wants, and the adopted and lease-uid labels: the API server drops the status at create
+    (the status subresource is on: CRD docs, "PUT/POST/PATCH requests to the custom resource
+    ignore changes to the status stanza"), its status patch is 403, so the controller places
+    it as any new Lease: what its spec asks for, never what its ownerReferences name, not
+    adopted, its request-id its own uid."""
+    ci = ["--kubeconfig", str(crd.ci_kubeconfig)]
+    wanted = next(x for x in crd.objects("networks")
+                  if x["spec"].get("portGroupName") == "ci-vlan-1003")
+    pool = next(x for x in crd.objects("pools") if x["spec"]["name"] == POOL)
+    refs = [{"apiVersion": API_VERSION, "kind": x["kind"], "name": x["metadata"]["name"],
+             "uid": x["metadata"]["uid"]} for x in (pool, wanted)]
+    boskos = unique("vsphere-elastic")
+    body = {"apiVersion": API_VERSION, "kind": "Lease",
+            "metadata": {"generateName": "forged-", "ownerReferences": refs,
+                         "labels": {"boskos-lease-id": boskos, ADOPTED_LABEL: "true",
+                                    UID_LABEL: "someone-else"}},
+            "spec": {"vcpus": 1, "memory": 1, "networks": 1, "required-pool": "other-pool"},
+            "status": fulfilled_status(POOL, ["ci-vlan-1003"])}
+    made = json.loads(crd.kubectl(*ci, "create", "-o", "json", "-f", "-",
+                                  input=json.dumps(body)).stdout)
+    name, uid = made["metadata"]["name"], made["metadata"]["uid"]
+    assert "status" not in made
+    patched = crd.kubectl(*ci, "patch", f"leases.{GROUP}", name, "--subresource=status",
+                          "--type=merge", "-p", json.dumps({"status": {"phase": "Fulfilled"}}),
+                          check=False)
+    assert patched.returncode != 0 and "forbidden" in patched.stderr.lower(), patched.stderr
+    got = crd.wait_phase(name, "Fulfilled", "Failed", timeout=60)
+    assert got["status"]["phase"] == "Fulfilled", got["status"]
+    assert condition(got, "Adopted") == {}
+    (held,) = crd.ledger_leases(f"{UID_LABEL}={uid}")
+    assert held["status"]["pool"] == "other-pool"
+    assert [n["port-group"] for n in held["status"]["networks"]] == ["ci-vlan-2001"]
+    assert held["status"]["request-id"] == uid
+    assert ADOPTED_LABEL not in held["status"]["labels"]
+    assert crd.ledger_leases(f"{UID_LABEL}=someone-else") == []
+    assert wanted["metadata"]["name"] not in [
+        r["name"] for r in got["metadata"]["ownerReferences"]]
+    crd.delete_lease(name)
+    crd.wait_gone(name)
+    assert crd.ledger_leases(f"{UID_LABEL}={uid}") == []
+
+
+@contextlib.contextmanager
+def stopped(crd: CrdStack, queue: str = "placement") -> Iterator[None]:
+    """The worker of `queue` (its main process and its pool) frozen with SIGSTOP: what is
+    sent to it waits in the queue until the block ends (SIGCONT)."""
+    (worker,) = [w for w in crd.stack.procs if w.queues == queue]
+    os.killpg(worker.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+
+
+def adopt_queued(crd: CrdStack, lease: dict[str, Any]) -> bool:
+    """Whether a `vcm.adopt` of this Lease waits in the placement queue (kombu's Redis
+    transport: a list of messages, each naming its task and arguments in its headers)."""
+    for raw in redis.Redis.from_url(crd.stack.redis.url).lrange("placement", 0, -1):
+        headers = json.loads(raw).get("headers") or {}
+        if headers.get("task") == "vcm.adopt" and \
+                lease["metadata"]["uid"] in str(headers.get("kwargsrepr")):
+            return True
+    return False
+
+
+def other_pool_lease(crd: CrdStack) -> dict[str, Any]:
+    """A Lease upstream fulfilled on other-pool, holding its one port group (free here)."""
+    net = upstream_network(crd, 2001, pod="dal12.pod01", port_group="ci-vlan-2001")
+    return foreign_lease(crd, upstream_pool(crd, "other-pool"), [net],
+                         spec={"vcpus": 2, "memory": 4, "storage": 0, "networks": 1})
+
+
+def test_a_controller_killed_while_its_adopt_is_queued_adopts_once_on_restart(crd):
+    """The controller sends `vcm.adopt` and is killed before the answer: the worker records
+    the holdings with nobody waiting; the restarted controller sends it again and is
+    answered the same ledger lease, never a second one."""
+    crd.kill_controller()
+    lease = other_pool_lease(crd)
+    with stopped(crd):
+        crd.start_controller()
+        wait_for(lambda: adopt_queued(crd, lease), timeout=30, what="the adopt to be sent")
+        crd.kill_controller()
+    wait_for(lambda: ledger_of(crd, lease), timeout=30, what="the queued adopt to be recorded")
+    crd.start_controller()
+    after = adopted_state(crd, lease["metadata"]["name"])
+    assert condition(after, "Adopted")["status"] == "True", condition(after, "Adopted")
+    assert_untouched(lease, after)
+    (held,) = ledger_of(crd, lease)
+    assert [n["port-group"] for n in held["status"]["networks"]] == ["ci-vlan-2001"]
+    crd.delete_lease(lease["metadata"]["name"])
+    crd.wait_gone(lease["metadata"]["name"])
+    assert ledger_of(crd, lease) == []
+
+
+def test_a_lease_deleted_with_its_adopt_in_the_queue_or_while_retried_holds_nothing(crd):
+    """Deleted while its `vcm.adopt` waits in the queue: its release comes after it, so what
+    was recorded goes, and a copy of that adopt arriving later (a redelivery) is refused,
+    never recorded again. Deleted while refused and tried again every minute: it goes at
+    once, nothing recorded; an adopt for it that reaches a worker only after it is gone is
+    released by the controller's sweep (its Lease no longer exists)."""
+    crd.kill_controller()
+    lease = other_pool_lease(crd)
+    name = lease["metadata"]["name"]
+    refused = foreign_lease(crd, upstream_pool(crd, "vcenter-9.ci.example.com-dc9-c9"),
+                            [upstream_network(crd, 1003)])
+    with stopped(crd):
+        crd.start_controller()
+        wait_for(lambda: adopt_queued(crd, lease), timeout=30, what="the adopt to be sent")
+        crd.delete_lease(name)
+    crd.wait_gone(name, timeout=60)
+    assert ledger_of(crd, lease) == []
+
+    def adopt(of: dict[str, Any]) -> Any:
+        """`vcm.adopt` of that Lease, as the controller sends it."""
+        uid, labels = of["metadata"]["uid"], of["metadata"]["labels"]
+        return crd.stack.app.send_task("vcm.adopt", queue="placement", kwargs={
+            "request": {"vcpus": 2, "memory": 4, "networks": 1, "request-id": uid,
+                        "owner": f"{crd.namespace}/{labels['boskos-lease-id']}",
+                        "labels": {**labels, UID_LABEL: uid}},
+            "holdings": {"pools": ["other-pool"],
+                         "networks": [{"port-group": "ci-vlan-2001"}]}})
+
+    with pytest.raises(Exception) as late:
+        adopt(lease).get(timeout=30)
+    assert type(late.value).__name__ == "LeaseNotFound", late.value
+    assert ledger_of(crd, lease) == []
+    after = adopted_state(crd, refused["metadata"]["name"])
+    assert condition(after, "Adopted")["status"] == "False"
+    crd.delete_lease(refused["metadata"]["name"])
+    crd.wait_gone(refused["metadata"]["name"], timeout=30)
+    assert ledger_of(crd, refused) == []
+    assert [x["status"]["pool"] for x in adopt(refused).get(timeout=30)] == ["other-pool"]
+    wait_for(lambda: ledger_of(crd, refused) == [], timeout=30, what="the sweep to release it")
+    assert "Traceback" not in crd.controller.output_of_this_run()

@@ -14,6 +14,7 @@ from tests.support.audit import audit
 from tests.support.procs import ROOT
 from workers.adapters.ledger import Ledger
 from workers.contract import PLACEMENT, QUEUE
+from workers.core.lease import ADOPTED_LABEL
 from workers.core.models import DIMENSIONS, Pool
 
 EXAMPLE_POOLS = ROOT / "examples" / "pools.yaml"
@@ -59,13 +60,15 @@ def net_key(vcenter: str, net: dict[str, Any]) -> str:
 
 def check_invariants(ledger: Ledger, pools: dict[str, Pool],
                      shared: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """used <= capacity, counters == sum of the leases and of what set-aside records hold,
-    networks held by exactly their leases and set-aside records, each by the leases of one
-    install (an owner's boskos-lease-id label, else one request; a network-only lease's by
-    those of its request). A network is never in a lease and a set-aside record (unless
-    named in `shared`: the mirror already gave it to both)."""
+    """used <= capacity (but for the leases `vcm.adopt` recorded: counted past a pool's
+    budget, so only what was granted is held to it), counters == sum of the leases and of
+    what set-aside records hold, networks held by exactly their leases and set-aside records,
+    each by the leases of one install (an owner's boskos-lease-id label, else one request; a
+    network-only lease's by those of its request). A network is never in a lease and a
+    set-aside record (unless named in `shared`: the mirror already gave it to both)."""
     snap = audit(ledger)
     sums: dict[str, list[int]] = {}
+    adopted: dict[str, list[int]] = {}  # pool -> what its adopted leases hold
     nets: dict[str, set[str]] = {}
     installs: dict[str, tuple] = {}
     for lease_id, lease in snap["leases"].items():
@@ -75,6 +78,10 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool],
         s[1] += sp["memory"]
         s[2] += sp["storage"]
         s[3] += 1
+        if (st.get("labels") or {}).get(ADOPTED_LABEL) == "true":
+            a = adopted.setdefault(st["pool"], [0, 0, 0])
+            for i, dim in enumerate(DIMENSIONS):
+                a[i] += sp[dim]
         group = (st.get("labels") or {}).get("boskos-lease-id") or st.get("boskos-lease-id")
         if not (sp["vcpus"] or sp["memory"]):
             group = None  # network-only: its networks are its request's alone
@@ -109,9 +116,11 @@ def check_invariants(ledger: Ledger, pools: dict[str, Pool],
         assert list(counters) == sums.get(name, [0, 0, 0, 0]), (name, counters, sums.get(name))
         pool = pools.get(name)
         if pool:
-            assert counters[0] <= pool.vcpu_capacity, (name, counters)
-            assert counters[1] <= pool.memory, (name, counters)
-            assert counters[2] <= pool.storage, (name, counters)
+            granted = [c - a for c, a in zip(counters, adopted.get(name, [0, 0, 0]),
+                                             strict=False)]
+            assert granted[0] <= pool.vcpu_capacity, (name, counters, adopted.get(name))
+            assert granted[1] <= pool.memory, (name, counters, adopted.get(name))
+            assert granted[2] <= pool.storage, (name, counters, adopted.get(name))
     assert set(sums) <= set(snap["counters"])
     # a record a release set aside keeps the port groups its grant took
     committed = {i for i, e in snap["aside"].items() if e["counted"] == "committed"}

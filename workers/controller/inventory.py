@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 KINDS = ("Pool", "Network")
 SETTLE = 1.0  # seconds a grant or release waits for others before the Pools' status is read
 READY_WAIT = 30.0  # seconds a grant waits for a namespace's first publishing
+SWEEP_WAIT = 10.0  # seconds a Fulfilled Lease's adopt waits for the first read of the ledger
 
 
 def merge_patch(current: Any, desired: Any) -> Any:
@@ -98,6 +99,9 @@ class Inventory:
         self.changed = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.rounds = 0
+        # Lease uid -> the owner the ledger holds its leases for, as the last sweep read it
+        self.recorded: dict[str, str] = {}
+        self.swept = asyncio.Event()  # the ledger was read once
 
     # -- what the Leases ask ---------------------------------------------------------------
     def published(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
@@ -106,6 +110,17 @@ class Inventory:
 
     def usage_changed(self) -> None:
         self.changed.set()
+
+    async def ledger_owner(self, namespace: str, uid: str) -> tuple[bool, str | None]:
+        """(read, owner): the owner (of `namespace`) the ledger held Lease `uid`'s leases
+        for at the last sweep, None when it held none; not read while no sweep has read the
+        ledger yet (waited for a moment: one read of the ledger for all the Leases)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.swept.wait(), SWEEP_WAIT)
+        if not self.swept.is_set():
+            return False, None
+        owner = self.recorded.get(uid)
+        return True, owner if owner and owner.startswith(f"{namespace}/") else None
 
     async def refs(self, namespace: str, pools: list[str],
                    networks: list[str]) -> list[dict[str, Any]]:
@@ -277,6 +292,9 @@ class Inventory:
             uid = labels.get(UID_LABEL)
             if isinstance(uid, str):
                 by_uid.setdefault(uid, []).append(lease)
+        self.recorded = {uid: str((xs[0].get("status") or {}).get("owner") or "")
+                         for uid, xs in by_uid.items()}
+        self.swept.set()
         for uid, held in list(self.leases.held.items()):
             active = {x["metadata"]["name"] for x in by_uid.get(uid, [])}
             if not set(held.ids) <= active:

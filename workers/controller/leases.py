@@ -46,6 +46,7 @@ from ..contract import Task
 from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
 from ..core.lease import ADOPTED_LABEL
 from ..core.models import Pool
+from ..core.text import said
 from ..core.upstream import held_objects, lease_status
 from . import status as st
 from .kube import GROUP, TRANSIENT, VERSION, KubeApi, KubeError
@@ -90,6 +91,11 @@ class Owners(Protocol):
 
     def published(self, namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
         """A Pool or Network object as this controller last published it, or None."""
+        ...
+
+    async def ledger_owner(self, namespace: str, uid: str) -> tuple[bool, str | None]:
+        """(read, owner): the owner (of the namespace) the ledger holds Lease `uid`'s leases
+        for, None when it holds none; read False when the ledger could not be read."""
         ...
 
 
@@ -335,20 +341,32 @@ class LeaseRun:
         were released elsewhere (shown: Failed, Released). Refused (what it holds is leased
         to someone else, or is not in the pools configuration, or cannot be read): condition
         Adopted False on it, nothing else changed, and it is tried again every
-        ADOPT_RETRY seconds."""
+        ADOPT_RETRY seconds. It is sent for the owner the ledger holds the Lease's leases
+        for, not its label's now: a Lease granted here and relabelled since is answered its
+        own leases, never refused as their conflict (while the ledger cannot be read, it is
+        sent for the Lease's own, and a refusal is not shown: tried again soon)."""
         granted = await self.granted_here()
         if granted is not None:
             return granted
         failures = 0
         holdings = await self.holdings()
         while True:
+            read, owner = await self.leases.owners.ledger_owner(self.namespace, self.uid)
+            asked = {**request, "owner": owner} if owner else request
             try:
                 return await self.leases.placement.call(
-                    Task.ADOPT, {"request": request, "holdings": holdings}, timeout=120)
+                    Task.ADOPT, {"request": asked, "holdings": holdings}, timeout=120)
             except LeaseNotFound as exc:
                 await self.released(exc.message)
                 return None
             except (InvalidRequest, NoCapacity) as exc:
+                if not read:  # perhaps its own leases, held for another owner: not shown
+                    pause = RETRY[min(failures, len(RETRY) - 1)]
+                    failures += 1
+                    log.warning("Lease %s: not adopted yet (the ledger not read): %s; trying "
+                                "again in %gs", self.where, exc.message, pause)
+                    await asyncio.sleep(pause)
+                    continue
                 await self.not_adopted(holdings, lease_worded(exc.message))
                 failures = 0
                 await asyncio.sleep(ADOPT_RETRY)
@@ -462,14 +480,16 @@ class LeaseRun:
     async def not_adopted(self, holdings: Mapping[str, Any], why: str) -> None:
         """Condition Adopted False, reason NotAdopted, naming what it holds and why; a log line
         when that changes. Nothing else of the Lease is touched."""
-        nets = ", ".join(f"{n.get('port-group')} (Network {n.get('name')})"
+        # what the Lease and its Networks say is shown escaped where it is not valid text
+        nets = ", ".join(f"{said(n.get('port-group'))} (Network {said(n.get('name'))})"
                          for n in holdings.get("networks") or []) or "no Network"
-        pools = ", ".join(str(p) for p in holdings.get("pools") or []) or "no Pool"
-        message = (f"fulfilled by another controller and not adopted: {why}; it holds pool(s) "
-                   f"{pools} ({(self.body.get('spec') or {}).get('vcpus', 0)} vCPUs, "
-                   f"{(self.body.get('spec') or {}).get('memory', 0)} GB memory, "
-                   f"{(self.body.get('spec') or {}).get('storage', 0)} GB storage each) and "
-                   f"{nets}; it is left as it is, and tried again every {ADOPT_RETRY:g}s")
+        pools = ", ".join(said(p) for p in holdings.get("pools") or []) or "no Pool"
+        spec = self.body.get("spec") if isinstance(self.body.get("spec"), Mapping) else {}
+        sizes = [said(spec.get(k, 0), 32) for k in ("vcpus", "memory", "storage")]
+        message = (f"fulfilled by another controller and not adopted: {said(why, 4096)}; it "
+                   f"holds pool(s) {pools} ({sizes[0]} vCPUs, {sizes[1]} GB memory, "
+                   f"{sizes[2]} GB storage each) and {nets}; it is left as it is, and tried "
+                   f"again every {ADOPT_RETRY:g}s")
         patch = st.adopted(self.status, False, message)
         if not st.unchanged(self.status, patch):
             log.warning("Lease %s: %s", self.where, message)

@@ -126,6 +126,9 @@ class _NoOwners:
     def published(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
         return None
 
+    async def ledger_owner(self, namespace: str, uid: str) -> tuple[bool, str | None]:
+        return False, None
+
 
 def registry_for(controller: Controller) -> kopf.OperatorRegistry:
     """kopf's handlers, bound to this controller."""

@@ -44,3 +44,10 @@ def shown(value: Any, limit: int = 80) -> str:
 def escaped(name: str, limit: int = 64) -> str:
     """A name that is not valid text, as text: escapes instead of the bad characters."""
     return ascii(name[:limit])[1:-1]
+
+
+def said(value: Any, limit: int = MAX_TEXT) -> str:
+    """A value as text in a message or a log line: cut to `limit` characters, and escaped
+    when that holds a lone surrogate, a control or a bidirectional character."""
+    text = (value if isinstance(value, str) else str(value))[:limit]
+    return escaped(text, limit) if text_problem(text, limit) else text

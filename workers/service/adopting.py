@@ -34,7 +34,7 @@ from ..core.grants import make_leases
 from ..core.lease import ADOPTED_LABEL, keys_clash
 from ..core.models import Network, Pool, Request
 from ..core.parsing import MAX_INT, parse_request
-from ..core.text import MAX_TEXT, text_problem
+from ..core.text import MAX_TEXT, said, text_problem
 from ..core.upstream import pool_object_name
 from ..ports import Ledger, Pools
 from ..settings import Settings
@@ -136,8 +136,9 @@ class Adopting:
         of what it lacks."""
         if not isinstance(holdings, Mapping):
             raise InvalidRequest.of("holdings", "must be an object with pools and networks")
-        if holdings.get("problem") is not None:  # the sender could not tell what it holds
-            raise InvalidRequest.of("holdings", str(holdings["problem"])[:MAX_TEXT])
+        problem = holdings.get("problem")
+        if problem is not None:  # the sender could not tell what it holds: said as text
+            raise InvalidRequest.of("holdings", said(problem))
         names, nets = holdings.get("pools"), holdings.get("networks", [])
         if not isinstance(names, list) or not names:
             raise InvalidRequest.of("holdings.pools", "must name at least one pool it holds")
