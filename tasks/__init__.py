@@ -175,6 +175,15 @@ def acquire_batch(self, requests: Any = None, *args: Any,
     return _answer(self, service().acquire_batch(requests, self.request.id))
 
 
+@app.task(name=Task.ADOPT, bind=True, throws=EXPECTED)
+def adopt(self, request: Any = None, holdings: Any = None, *args: Any,
+          **extra: Any) -> list[dict[str, Any]]:
+    """Record what a lease granted elsewhere holds (workers/service/adopting.py); sent by the
+    Lease controller for a Lease another controller fulfilled."""
+    _no_extra(args, extra)
+    return _answer(self, service().adopt(request, holdings))
+
+
 @app.task(name=Task.RELEASE, bind=True, throws=EXPECTED)
 def release(self, lease_ids: Any = None, owner: Any = None, selector: Any = None, *args: Any,
             **extra: Any) -> list[str]:

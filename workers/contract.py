@@ -16,6 +16,7 @@ class Task:
 
     ACQUIRE = "vcm.acquire"
     ACQUIRE_BATCH = "vcm.acquire_batch"
+    ADOPT = "vcm.adopt"
     RELEASE = "vcm.release"
     RENEW = "vcm.renew"
     CANCEL_WAIT = "vcm.cancel_wait"
@@ -32,7 +33,7 @@ class Task:
 
 
 # changes to the ledger, one at a time
-PLACEMENT_TASKS = (Task.ACQUIRE, Task.ACQUIRE_BATCH, Task.RELEASE, Task.RENEW,
+PLACEMENT_TASKS = (Task.ACQUIRE, Task.ACQUIRE_BATCH, Task.ADOPT, Task.RELEASE, Task.RENEW,
                    Task.REAP_EXPIRED, Task.CANCEL_WAIT, Task.RELEASE_NAMESPACE_GONE)
 # read-only (the inventory sync writes only the live health, never the ledger; the namespace
 # prune sends its releases to the placement queue)

@@ -38,9 +38,9 @@ def own(tmp_path):
     try:
         yield parts
     finally:
-        for name in ("api", "placement", "queries"):
-            if name in parts:
-                parts[name].stop()
+        for name in ("api", "placement", "queries"):  # thrown away: SIGKILL (a test that
+            if name in parts:                          # looks at a stop stops it itself)
+                parts[name].kill()
         redis.stop()
 
 
@@ -112,7 +112,7 @@ def test_503_promptly_without_a_placement_worker_and_back_when_it_returns(own):
 
         # (no query before the stop: its worker check would discover the placement worker
         # alive, and the shim counts a queue as served for 2 s after it last saw a worker)
-        worker.stop()
+        worker.kill()  # gone at once, as when its pod is killed (no drain looked at here)
         assert_error(c.post("/acquire", json=SMALL), 503, "Unavailable")
         # the shim remembers that nobody is there: a burst right after is refused without
         # sending a task, and without asking the workers again for every request

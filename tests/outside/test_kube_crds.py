@@ -663,7 +663,7 @@ def test_dependents_go_with_their_owners(kube, custom):
                                                  "ownerReferences": [ref1, ref2]}})
     create(custom, {**lease("held"), "metadata": {"name": "held", "ownerReferences": [ref1],
                                                   "finalizers": ["vcm.example.com/hold"]}})
-    foreign = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d", "uid": "u"}
+    foreign = {"apiVersion": "batch/v1", "kind": "Job", "name": "d", "uid": "u"}
     create(custom, {**lease("foreign"), "metadata": {"name": "foreign",
                                                      "ownerReferences": [foreign]}})
     custom.delete_namespaced_custom_object(G, V, NS, "pools", "pool1")

@@ -33,24 +33,41 @@ class DocumentedStack:
         self.redis = RedisServer().start()
         self.mirror = tmp / "ledger.json"
         self.env = env_for(self.redis.url, self.pools, VCM_MIRROR_FILE=str(self.mirror))
-        self.placement = self._worker("placement", ["--concurrency", "1"])
-        self.queries = self._worker("queries", ["-P", "threads", "-c", "2"])
+        # both start at once; each is waited for (a worker that did not start: neither runs)
+        self.placement = self._spawn("placement", ["--concurrency", "1"])
+        self.queries = self._spawn("queries", ["-P", "threads", "-c", "2"])
+        try:
+            for proc, queue in ((self.placement, "placement"), (self.queries, "queries")):
+                self._wait(proc, queue)
+        except BaseException:
+            self.placement.kill()
+            self.queries.kill()
+            self.redis.stop()
+            raise
         self.app = Celery("client", broker=self.redis.url, backend=self.redis.url)
         self.app.config_from_object("celeryconfig")
         self.app.conf.broker_url = self.app.conf.result_backend = self.redis.url
         self.ledger = Ledger(self.redis.client())
 
     def _worker(self, queue: str, extra: list[str]) -> LoggedProcess:
+        proc = self._spawn(queue, extra)
+        self._wait(proc, queue)
+        return proc
+
+    def _spawn(self, queue: str, extra: list[str]) -> LoggedProcess:
         proc = LoggedProcess()
         proc.group = True  # kill() ends whatever the worker started too
         proc.log = str(self.tmp / f"{queue}-{uuid.uuid4().hex[:6]}.log")
         proc.spawn([sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queue,
                     *extra, "-n", f"{queue}-{uuid.uuid4().hex[:6]}@test", "-l", "info"],
                    self.env)
+        return proc
+
+    @staticmethod
+    def _wait(proc: LoggedProcess, queue: str) -> None:
         wait_for(lambda: "ready." in proc.output() or proc.proc.poll() is not None, timeout=60,
                  what=f"{queue} worker")
         assert proc.proc.poll() is None, proc.output()[-2000:]
-        return proc
 
     def restart_placement(self) -> None:
         self.placement.stop()

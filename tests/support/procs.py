@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -212,11 +213,14 @@ class LoggedProcess:
     _offset: int = 0  # where this run's output starts in the log (a restart appends)
     _pgid: int | None = None  # our child's process group until stop() has emptied it
 
-    def spawn(self, args: list[str], env: dict, cwd: Path = ROOT) -> subprocess.Popen:
+    def spawn(self, args: list[str], env: dict, cwd: Path = ROOT,
+              **popen: Any) -> subprocess.Popen:
+        """`popen`: more arguments for subprocess.Popen."""
         self.out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self._offset = self.out.tell()
         self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=self.out,
-                                     stderr=subprocess.STDOUT, start_new_session=self.group)
+                                     stderr=subprocess.STDOUT, start_new_session=self.group,
+                                     **popen)
         self._pgid = self.proc.pid if self.group else None
         return self.proc
 

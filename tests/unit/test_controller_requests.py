@@ -26,6 +26,7 @@ from workers.controller.requests import (
     task_id,
 )
 from workers.core.errors import InvalidRequest
+from workers.core.lease import ADOPTED_LABEL
 from workers.core.parsing import parse_request
 
 UID = "0b6f3c1e-58a2-4f7e-9d55-1c1b8f0a2e11"
@@ -251,3 +252,32 @@ def test_the_granted_owner_is_the_ledgers_within_the_leases_namespace():
     assert granted_owner([{"status": {"owner": "vsphere-infra-helpersX/job"}}], ns) is None
     for odd in (None, [], {}, [None], [{"status": None}], [{"status": {"owner": 7}}], "x"):
         assert granted_owner(odd, ns) is None
+
+
+def test_a_lease_cannot_mark_its_own_ledger_leases_adopted():
+    """The adopted mark is the controller's (vcm.adopt's): a Lease labelled with it asks
+    without it, so a granted Lease is never mistaken for an adopted one."""
+    marked = lease({"networks": 1}, labels={ADOPTED_LABEL: "true", "job-name": "e2e"})
+    labels = lease_request(marked, ttl=3600)["labels"]
+    assert labels == {"job-name": "e2e", UID_LABEL: UID}
+
+
+def test_condition_adopted_keeps_the_other_controllers_conditions_as_they_are():
+    theirs = [{"type": "Fulfilled", "status": "True", "lastTransitionTime": "2026-08-01T10:00:00Z"},
+              {"type": "Pending", "status": "False", "lastTransitionTime": "2026-08-01T10:00:00Z",
+               "severity": "", "message": "\x07 odd"}]
+    refused = st.adopted({"conditions": copy.deepcopy(theirs)}, False, "why", at="T1")
+    assert refused["conditions"][:2] == theirs
+    assert refused["conditions"][2] == {
+        "type": "Adopted", "status": "False", "lastTransitionTime": "T1", "severity": "Warning",
+        "reason": "NotAdopted", "message": "why"}
+    again = st.adopted(refused, False, "another why", at="T2")
+    assert again["conditions"][2]["lastTransitionTime"] == "T1"  # the same status: kept
+    done = st.adopted(again, True, "x" * 10000, at="T3")
+    assert [c["type"] for c in done["conditions"]] == ["Fulfilled", "Pending", "Adopted"]
+    assert done["conditions"][2]["lastTransitionTime"] == "T3"
+    assert done["conditions"][2]["reason"] == "Adopted"
+    assert len(done["conditions"][2]["message"]) == st.MAX_MESSAGE
+    assert st.adopted({"conditions": "garbage"}, True, "m", at="T4")["conditions"] == [
+        {"type": "Adopted", "status": "True", "lastTransitionTime": "T4", "severity": "Info",
+         "reason": "Adopted", "message": "m"}]

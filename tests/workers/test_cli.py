@@ -127,7 +127,7 @@ def test_a_task_lost_in_flight_is_sent_again_as_the_same_request(pools_file, tmp
         assert len(audit(ledger)["leases"]) == 1
     finally:
         if worker is not None:
-            worker.stop()
+            worker.kill()  # thrown away: no test here looks at its shutdown
         server.stop()
 
 
@@ -168,7 +168,7 @@ def test_a_release_by_owner_or_selector_is_not_sent_again(pools_file, tmp_path):
                 for how, extra in (("owner", {"owner": "job-1"}),
                                    ("selector", {"owner": "job-2", "labels": {"k": "v"}}),
                                    ("id", {"owner": "job-3"}))}
-        worker.stop()  # the releases wait in the queue until a worker is back
+        worker.kill()  # the releases wait in the queue until a worker is back
         client = server.client()
         errs = {}
         for how, args in (("owner", ["--owner", "job-1"]), ("selector", ["-l", "k=v"]),
@@ -207,7 +207,7 @@ def test_a_release_by_owner_or_selector_is_not_sent_again(pools_file, tmp_path):
                 cli.kill()
                 cli.communicate()
         if worker is not None:
-            worker.stop()
+            worker.kill()  # thrown away: no test here looks at its shutdown
         server.stop()
 
 
@@ -219,15 +219,26 @@ def test_an_unreachable_redis_is_named_without_its_password(pools_file):
 
     secret = "s3cret-Pa55word"
     port = free_port()  # nothing listens there
-    for url, shown in ((f"redis://:{secret}@127.0.0.1:{port}/0",
-                        f"redis://:**@127.0.0.1:{port}/0"),
-                       (f"redis://vcm:{secret}@127.0.0.1:{port}/2?socket_timeout=3",
-                        f"redis://vcm:**@127.0.0.1:{port}/2?socket_timeout=3")):
-        for how in ("--redis-url", "VCM_REDIS_URL"):
-            args = ["pools", "--redis-url", url] if how == "--redis-url" else ["pools"]
-            p = subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=ROOT,
-                               env=env_for(url, pools_file), capture_output=True, text=True,
-                               timeout=120)
-            assert p.returncode == 1, (how, p.returncode, p.stderr)
-            assert f"vcm: cannot reach Redis at {shown}: " in p.stderr, (how, p.stderr)
-            assert secret not in p.stderr + p.stdout, (how, p.stderr)
+    runs: list[tuple[str, str, subprocess.Popen]] = []
+    try:
+        # all at once: each spends its seconds waiting for Redis, not computing
+        for url, shown in ((f"redis://:{secret}@127.0.0.1:{port}/0",
+                            f"redis://:**@127.0.0.1:{port}/0"),
+                           (f"redis://vcm:{secret}@127.0.0.1:{port}/2?socket_timeout=3",
+                            f"redis://vcm:**@127.0.0.1:{port}/2?socket_timeout=3")):
+            for how in ("--redis-url", "VCM_REDIS_URL"):
+                args = ["pools", "--redis-url", url] if how == "--redis-url" else ["pools"]
+                runs.append((how, shown, subprocess.Popen(
+                    [sys.executable, "-m", "workers.cli", *args], cwd=ROOT,
+                    env=env_for(url, pools_file), stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)))
+        for how, shown, p in runs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 1, (how, p.returncode, err)
+            assert f"vcm: cannot reach Redis at {shown}: " in err, (how, err)
+            assert secret not in err + out, (how, err)
+    finally:
+        for _, _, p in runs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()

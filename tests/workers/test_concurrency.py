@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import threading
+import uuid
 
 import pytest
 import yaml
@@ -43,7 +44,7 @@ def private(tmp_path):
     yield {"server": server, "env": env, "pools": pools, "app": app, "workers": workers,
            "ledger": Ledger(server.client())}
     for w in workers:
-        w.stop()
+        w.kill()  # thrown away: no test here looks at a worker's shutdown
     app.close()
     server.stop()
 
@@ -163,24 +164,59 @@ def test_a_refusal_whose_ack_was_lost_is_answered_the_same_when_the_broker_gives
     """Results kept as briefly as allowed next to the visibility timeout: the worker dies after
     storing a refusal (the client reads it), before its ack; the broker gives the message again
     a visibility timeout later, after room freed. That copy is refused like the first and
-    nothing is granted."""
+    nothing is granted.
+
+    The task's answer is kept a visibility timeout longer than its result (checked on the
+    keys' expiry). With results kept as briefly as allowed (VCM_RESULT_TTL=60, its minimum)
+    and a visibility timeout at least as long, the result has expired when the copy comes.
+    Here the visibility timeout is 5 s, so the copy comes in seconds, and the result is
+    deleted before it comes, as Redis's expiry would have: the copy finds only the answer."""
     app, ledger = private["app"], private["ledger"]
-    env = dict(private["env"], VCM_RESULT_TTL="60", VCM_VISIBILITY_TIMEOUT="60")
+    visibility = 5
+    env = dict(private["env"], VCM_RESULT_TTL="60", VCM_VISIBILITY_TIMEOUT=str(visibility))
     dying = DiesAfterRefusal(env, "placement", name="dying@t", pool="solo")
-    private["workers"].append(dying.start())
-    for i in range(4):
-        request = {"vcpus": 64, "memory": 8, "required-pool": f"p{i}", "owner": "hog"}
-        app.send_task("vcm.acquire", kwargs={"request": request}, queue="placement").get(30)
-    r = app.send_task("vcm.acquire", kwargs={"request": {"vcpus": 8, "memory": 8}},
-                      queue="placement")
-    with pytest.raises(Exception) as refused:
-        r.get(timeout=30)
-    assert type(refused.value).__name__ == "NoCapacity"
-    wait_for(lambda: dying.proc.poll() is not None, timeout=20, what="the crash")
-    private["workers"].append(Worker(env, "placement", name="healthy@t").start())
-    with Answers(app, r.id) as answers:
+    # the worker that takes the copy runs from the start but consumes nothing until the room
+    # is freed (Celery's cancel_consumer and add_consumer), so that the release is queued and
+    # taken before the broker can give the message again
+    healthy = Worker(env, "placement", name="healthy@t")
+    private["workers"] += [dying, healthy]
+    for w in (dying, healthy):
+        w.start(wait=False)
+    for w in (dying, healthy):
+        w.wait_ready()
+    assert app.control.cancel_consumer("placement", destination=[healthy.name], reply=True,
+                                       timeout=10) == [
+        {healthy.name: {"ok": "no longer consuming from placement"}}]
+    task_id = uuid.uuid4().hex
+    with Answers(app, task_id, hostname=healthy.name) as answers:
+        for i in range(4):
+            request = {"vcpus": 64, "memory": 8, "required-pool": f"p{i}", "owner": "hog"}
+            app.send_task("vcm.acquire", kwargs={"request": request},
+                          queue="placement").get(30)
+        r = app.send_task("vcm.acquire", kwargs={"request": {"vcpus": 8, "memory": 8}},
+                          queue="placement", task_id=task_id)
+        with pytest.raises(Exception) as refused:
+            r.get(timeout=30)
+        assert type(refused.value).__name__ == "NoCapacity"
+        wait_for(lambda: dying.proc.poll() is not None, timeout=20, what="the crash")
         released = app.send_task("vcm.release", kwargs={"owner": "hog"}, queue="placement")
+        assert app.control.add_consumer("placement", destination=[healthy.name], reply=True,
+                                        timeout=10) == [
+            {healthy.name: {"ok": "add consumer placement"}}]
+        client = private["server"].client()
+        result_key = app.backend.get_key_for_task(task_id)
+        answer_ttl = client.pttl(ledger.k.answered(task_id))
+        result_ttl = client.pttl(result_key)
+        assert 0 < result_ttl <= 60_000, result_ttl
+        # the answer outlives the result by a visibility timeout (less the moment between
+        # their writes): the broker gives the message again no sooner
+        assert answer_ttl - result_ttl > (visibility - 1) * 1000, (answer_ttl, result_ttl)
+        assert client.delete(result_key) == 1
         assert len(released.get(timeout=30)) == 4
         # the broker gives the message again once it is a visibility timeout old
-        assert answers.wait(1, timeout=120) == ["NoCapacity"]
+        assert answers.wait(1, timeout=60) == ["NoCapacity"]
+    log = healthy.output()
+    took = [log.index(f"Task {name}[{tid}] received")
+            for name, tid in (("vcm.release", released.id), ("vcm.acquire", task_id))]
+    assert took[0] < took[1], "the copy came before the room was freed"
     assert audit(ledger)["leases"] == {}

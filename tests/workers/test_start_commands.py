@@ -15,6 +15,13 @@ from celery import Celery
 
 from tests.support.helpers import call
 from tests.support.procs import ROOT, LoggedProcess, RedisServer, env_for, wait_for
+from tests.support.start_checks import (
+    GOOD_POOL,
+    INVALID_POOLS,
+    INVALID_SETTINGS,
+    pools_message,
+    setting_messages,
+)
 from workers.adapters.mirror.file import FileMirror
 
 
@@ -111,24 +118,17 @@ def test_placement_worker_journals_in_process_however_it_is_started(kind, tmp_pa
                  "solo pool instead"
         assert (warned in log) == (kind == "custom"), log[-3000:]
     finally:
-        worker.stop()
+        worker.kill()  # thrown away: this test does not look at its shutdown
         app.close()
         redis_server.stop()
 
 
-# ---- an invalid pools file stops every process at start ---------------------------------------
-
-GOOD_POOL = {"name": "p1", "vcenter": "vc1", "datacenter": "dc", "cluster": "c1",
-             "datastore": "ds", "vcpus": 16, "memory": 64, "storage": 1000,
-             "networks": [{"port-group": "pg1", "vlan": 1}]}
-# each: the pools, and the pool and field the message must name
-INVALID_POOLS = {
-    "unknown key": ([GOOD_POOL, {**GOOD_POOL, "name": "p2", "vcenter": "vc2", "colour": "red"}],
-                    "p2", "colour"),
-    "negative budget": ([GOOD_POOL, {**GOOD_POOL, "name": "p2", "vcenter": "vc2",
-                                     "memory": -64}], "p2", "memory"),
-    "duplicate pool names": ([GOOD_POOL, {**GOOD_POOL, "vcenter": "vc2"}], "p1", "name"),
-}
+# ---- an invalid configuration stops every process at start ------------------------------------
+# Each role stops at start by one of two checks, whatever the problem: the settings
+# (workers.settings.Settings.from_env) and the pools file (the workers' runtime reads it, the
+# other roles call workers.bootstrap.require_valid_pools). Each role is started once per check,
+# each problem of a check is run end to end by one role at least, and every problem goes
+# through both checks in tests/unit/test_start_checks.py.
 
 
 def _role_commands(api_port: int, flower_port: int) -> dict[str, list[str]]:
@@ -146,9 +146,25 @@ def _role_commands(api_port: int, flower_port: int) -> dict[str, list[str]]:
     }
 
 
+ROLES = list(_role_commands(0, 0))
+# the problem each role is started with: an invalid pools file, a setting none can use
+ROLE_PROBLEMS = {
+    "placement worker": ("unknown key", "a commit window of 1e20 s"),
+    "queries worker": ("negative budget", "a Redis URL whose port is out of range"),
+    "beat": ("duplicate pool names", "a visibility timeout of 0"),
+    "vcm api": ("top-level key that is not text", "a Redis URL whose database is not a number"),
+    "vcm run": ("negative budget", "a Redis URL of another scheme"),
+}
+
 # what each role says once it serves: a worker's "<name> ready.", uvicorn's start, beat's first
 # task sent
 SERVING = ("ready.", "Application startup complete", "Uvicorn running", "Sending due task")
+
+
+def test_each_problem_is_run_end_to_end_by_a_role():
+    assert sorted(ROLE_PROBLEMS) == sorted(ROLES)
+    assert {pools for pools, _ in ROLE_PROBLEMS.values()} == set(INVALID_POOLS)
+    assert {setting for _, setting in ROLE_PROBLEMS.values()} == set(INVALID_SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +174,8 @@ def start_up_redis():
     server.stop()
 
 
-def _stops_at_start(role: str, env: dict, tmp_path, message: str) -> None:
-    """Started with its documented command, the process exits non-zero with `message` in its
+def _stops_at_start(role: str, env: dict, tmp_path, *messages: str) -> None:
+    """Started with its documented command, the process exits non-zero with `messages` in its
     output, never serves and prints no traceback."""
     from tests.support.procs import free_port
 
@@ -175,69 +191,37 @@ def _stops_at_start(role: str, env: dict, tmp_path, message: str) -> None:
         out = proc.output()
         assert proc.proc.poll() is not None, f"{role} serves:\n{out[-3000:]}"
         assert proc.proc.returncode != 0, out[-3000:]
-        assert message in out, out[-3000:]
+        assert all(message in out for message in messages), out[-3000:]
         assert not any(mark in out for mark in SERVING), out[-3000:]
         assert "Traceback" not in out, out[-3000:]
     finally:
         proc.stop()  # vcm run stops what it started on SIGTERM
 
 
-@pytest.mark.parametrize("problem", list(INVALID_POOLS))
-@pytest.mark.parametrize("role", list(_role_commands(0, 0)))
-def test_an_invalid_pools_file_stops_every_process_at_start(role, problem, tmp_path,
-                                                            start_up_redis):
+@pytest.mark.parametrize("role", ROLES)
+def test_an_invalid_pools_file_stops_every_process_at_start(role, tmp_path, start_up_redis):
     """Started with its documented command against a reachable Redis, each process exits
     non-zero with a message naming the file, the pool and the field, and never serves."""
-    pools, pool, field = INVALID_POOLS[problem]
+    problem = ROLE_PROBLEMS[role][0]
     path = tmp_path / "pools.yaml"
-    path.write_text(yaml.safe_dump({"pools": pools}))
+    path.write_text(INVALID_POOLS[problem][0])
     env = env_for(start_up_redis.url, path, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"))
-    _stops_at_start(role, env, tmp_path,
-                    f"invalid configuration: {path}: pool '{pool}': field '{field}'")
+    _stops_at_start(role, env, tmp_path, pools_message(path, problem))
 
 
-@pytest.mark.parametrize("role", list(_role_commands(0, 0)))
-def test_a_pools_file_with_a_top_level_key_that_is_not_text_stops_every_process_at_start(
-        role, tmp_path, start_up_redis):
-    """YAML reads `1:` as a number: the message names it like any other unknown key."""
-    path = tmp_path / "pools.yaml"
-    path.write_text(yaml.safe_dump({"pools": [GOOD_POOL]}) + "1: 2\n")
-    env = env_for(start_up_redis.url, path, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"))
-    _stops_at_start(role, env, tmp_path, f"invalid configuration: {path}: field '1': the top "
-                    "level must be a map with only 'pools'")
-
-
-# every role reads the one setting: each role once, each problem once
-@pytest.mark.parametrize("role, url, problem", [
-    *[(role, "http://127.0.0.1:{port}/0", "redis:// or rediss://")
-      for role in _role_commands(0, 0)],
-    ("placement worker", "redis://127.0.0.1:{port}0000/0", "port"),
-    ("vcm api", "redis://127.0.0.1:{port}/zero", "database"),
-])
-def test_a_redis_url_that_is_not_one_stops_every_process_at_start(role, url, problem, tmp_path,
-                                                                  start_up_redis):
-    """VCM_REDIS_URL is read by Celery (broker, results), redis-py (the ledger) and vcm run:
-    a URL none of them can use stops each process with a message naming the variable."""
-    path = tmp_path / "pools.yaml"
-    path.write_text(yaml.safe_dump({"pools": [GOOD_POOL]}))
-    env = env_for(url.format(port=start_up_redis.port), path,
-                  VCM_MIRROR_FILE=str(tmp_path / "ledger.json"))
-    _stops_at_start(role, env, tmp_path, "invalid setting VCM_REDIS_URL: ")
-    assert problem in (tmp_path / "out.log").read_text()
-
-
-@pytest.mark.parametrize("role, variable, value", [
-    # every running task handed out again each second
-    *[(role, "VCM_VISIBILITY_TIMEOUT", "0") for role in _role_commands(0, 0)],
-    ("placement worker", "VCM_MIRROR_COMMIT_WINDOW", "1e20"),  # answers held for ever
-])
-def test_a_number_setting_out_of_range_stops_every_process_at_start(role, variable, value,
-                                                                    tmp_path, start_up_redis):
+@pytest.mark.parametrize("role", ROLES)
+def test_a_setting_no_process_can_use_stops_every_process_at_start(role, tmp_path,
+                                                                   start_up_redis):
+    """VCM_REDIS_URL is read by Celery (broker, results), redis-py (the ledger) and vcm run,
+    the numbers by Celery and the workers: a value none of them can use stops each process
+    with a message naming the variable (a Redis answers where the URL points)."""
+    problem = ROLE_PROBLEMS[role][1]
+    variable, value, _ = INVALID_SETTINGS[problem]
     path = tmp_path / "pools.yaml"
     path.write_text(yaml.safe_dump({"pools": [GOOD_POOL]}))
     env = env_for(start_up_redis.url, path, VCM_MIRROR_FILE=str(tmp_path / "ledger.json"),
-                  **{variable: value})
-    _stops_at_start(role, env, tmp_path, f"invalid setting {variable}={value!r}: a ")
+                  **{variable: value.format(port=start_up_redis.port)})
+    _stops_at_start(role, env, tmp_path, *setting_messages(problem))
 
 
 def test_a_placement_worker_that_cannot_restore_the_ledger_stops_at_start(tmp_path,
@@ -312,8 +296,11 @@ def test_vcm_run_serves_and_stops_everything_on_ctrl_c(tmp_path):
     api_port, flower_port = free_port(), free_port()
     run = LoggedProcess()
     run.log = str(tmp_path / "vcm-run.log")
+    # SIGINT as a terminal's Ctrl-C finds it (a shell's background job, pytest included, starts
+    # its children with SIGINT ignored, which Python keeps)
     proc = run.spawn([vcm, "run", "--api-port", str(api_port), "--flower-port",
-                      str(flower_port)], env)
+                      str(flower_port)], env,
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     tree: dict[int, str] = {}
     try:
         api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30)

@@ -56,19 +56,26 @@ def pools_from_text(text: str, source: str) -> tuple[Pool, ...]:
 class PoolsFile:
     """Current pools. A changed file is re-read; an invalid change is logged and ignored. The
     pool labels that are not Kubernetes labels are logged as warnings at each load that
-    changes the pools (label_warnings)."""
+    changes the pools (label_warnings).
+
+    The file's stamp and the pools read after taking it are kept as one pair, replaced
+    together once the new pools are parsed: a caller that finds the file's stamp unchanged
+    gets the pools read for that stamp, and a caller that finds it changed waits for the
+    thread reading the file (the publisher's check runs beside the tasks), never answering
+    with the pools of before a change it has seen."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._stamp = self._stat()
-        self._pools = {p.name: p for p in load_pools(path)}  # invalid at start: raise
-        self._warn()
+        stamp = self._stat()
+        pools = {p.name: p for p in load_pools(path)}  # invalid at start: raise
+        self._read: tuple[tuple[int, int, int], dict[str, Pool]] = (stamp, pools)
+        self._warn(pools)
         self.generation = 1
         self.error: str | None = None
 
-    def _warn(self) -> None:
-        for line in label_warnings(self._pools.values(), self.path):
+    def _warn(self, pools: dict[str, Pool]) -> None:
+        for line in label_warnings(pools.values(), self.path):
             log.warning("%s", line)
 
     def _stat(self) -> tuple[int, int, int]:
@@ -79,24 +86,31 @@ class PoolsFile:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def current(self) -> dict[str, Pool]:
-        stamp = self._stat()
-        if stamp != self._stamp:
-            with self._lock:
-                if stamp != self._stamp:
-                    self._stamp = stamp
-                    try:
-                        pools = {p.name: p for p in load_pools(self.path)}
-                    except ConfigError as exc:
-                        self.error = str(exc)
-                        log.error("pools file change ignored, keeping the previous pools: %s", exc)
-                    except Exception as exc:  # noqa: BLE001 - a running worker keeps its pools
-                        self.error = f"{self.path}: cannot be read: {type(exc).__name__}: {exc}"
-                        log.exception("pools file change ignored, keeping the previous pools")
-                    else:
-                        if pools != self._pools:
-                            log.info("pools reloaded from %s: %s", self.path, ", ".join(pools))
-                            self._pools = pools
-                            self._warn()
-                            self.generation += 1
-                        self.error = None
-        return self._pools
+        stamp, pools = self._read
+        if self._stat() == stamp:
+            return pools
+        with self._lock:
+            stamp, old = self._read
+            now = self._stat()  # taken before the read: a later change is seen next time
+            if now == stamp:  # read by another thread meanwhile
+                return old
+            try:
+                pools = {p.name: p for p in load_pools(self.path)}
+            except ConfigError as exc:
+                self.error = str(exc)
+                log.error("pools file change ignored, keeping the previous pools: %s", exc)
+                pools = old
+            except Exception as exc:  # noqa: BLE001 - a running worker keeps its pools
+                self.error = f"{self.path}: cannot be read: {type(exc).__name__}: {exc}"
+                log.exception("pools file change ignored, keeping the previous pools")
+                pools = old
+            else:
+                self.error = None
+                if pools == old:
+                    pools = old  # the same pools: what was derived from them stays valid
+                else:
+                    log.info("pools reloaded from %s: %s", self.path, ", ".join(pools))
+                    self._warn(pools)
+                    self.generation += 1
+            self._read = (now, pools)
+            return pools

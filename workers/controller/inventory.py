@@ -100,6 +100,10 @@ class Inventory:
         self.rounds = 0
 
     # -- what the Leases ask ---------------------------------------------------------------
+    def published(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+        """An object as last published (read or written) here, or None."""
+        return self.seen.get((namespace, kind, name))
+
     def usage_changed(self) -> None:
         self.changed.set()
 

@@ -16,6 +16,11 @@ stops). It is the same whether the Lease is new or the controller restarted:
    refused as something the inventory can never hold: Failed, Unschedulable, pool by pool;
    answered with leases that are gone: Failed, Released; a grant whose status the API server
    refuses for good: its leases released, Failed, InvalidStatus;
+   A Lease found Fulfilled (granted before, here or by another controller) is never placed
+   again: `vcm.adopt` answers the leases its request-id has, or records what it holds
+   (its Pools and Networks, as that controller counts them) under its uid; an adopted
+   Lease keeps its status as it is, with condition Adopted True; one that cannot be adopted
+   is left as it is, with condition Adopted False (NotAdopted) naming why, and tried again;
 5. then it renews the ledger leases every `VCM_CONTROLLER_RENEW_INTERVAL` (sooner when the
    sync loop sees one of them gone) until the Lease is deleted; a renewal that finds them
    released elsewhere shows it on the Lease (Failed, Released; ownerReferences dropped).
@@ -39,6 +44,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..contract import Task
 from ..core.errors import InvalidRequest, LeaseNotFound, NoCapacity, VcmError, WaitTimeout
+from ..core.lease import ADOPTED_LABEL
 from ..core.models import Pool
 from ..core.upstream import held_objects, lease_status
 from . import status as st
@@ -64,6 +70,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 FINALIZER_WAIT = 10.0  # seconds the daemon waits for kopf's finalizer before looking itself
 DELAYED_EVERY = 0.5  # seconds: the least time between two Delayed writes of one Lease
 RETRY = (1.0, 2.0, 5.0, 10.0, 30.0)  # waits between tries when the workers or API fail
+ADOPT_RETRY = 60.0  # seconds between two tries to adopt a Lease another controller fulfilled
+MAX_HELD_REFS = 256  # ownerReferences a Lease fulfilled elsewhere may name
 
 
 class Owners(Protocol):
@@ -78,6 +86,10 @@ class Owners(Protocol):
 
     def usage_changed(self) -> None:
         """A grant or release happened: refresh the Pools' status soon."""
+        ...
+
+    def published(self, namespace: str, kind: str, name: str) -> Mapping[str, Any] | None:
+        """A Pool or Network object as this controller last published it, or None."""
         ...
 
 
@@ -183,6 +195,23 @@ class Leases:
         return {o for o in owners if o}
 
 
+def is_adopted(leases: Any) -> bool:
+    """Whether ledger leases were adopted (`vcm.adopt` labels them), not granted here."""
+    return isinstance(leases, list) and bool(leases) and all(
+        isinstance(x, Mapping) and ((x.get("status") or {}).get("labels") or {}).get(
+            ADOPTED_LABEL) == "true" for x in leases)
+
+
+def held_text(lease: Mapping[str, Any]) -> str:
+    """What one ledger lease holds, for a condition or a log line."""
+    st_, sp = lease.get("status") or {}, lease.get("spec") or {}
+    nets = ", ".join(str(n.get("port-group")) for n in st_.get("networks") or []
+                     if isinstance(n, Mapping)) or "no port group"
+    return (f"{(lease.get('metadata') or {}).get('name')} on pool {st_.get('pool')} "
+            f"({sp.get('vcpus')} vCPUs, {sp.get('memory')} GB memory, {sp.get('storage')} GB "
+            f"storage; port groups {nets})")
+
+
 def _waited_out(meta: Mapping[str, Any]) -> bool:
     """Whether a finished acquire ended because its wait ran out (then a next attempt)."""
     result = meta.get("result")
@@ -230,6 +259,10 @@ class LeaseRun:
                                     job_link=job_link(meta.get("annotations") or {}),
                                     sent=bool(self.status.get("phase")))
         except InvalidRequest as exc:
+            if self.status.get("phase") == "Fulfilled" and not await self.in_ledger():
+                # fulfilled by another controller, with a spec ours refuses: left as it is
+                await self.not_adopted(await self.holdings(), exc.message)
+                return
             log.info("Lease %s refused: %s", self.where, exc.message)
             message = exc.message
             if self.status.get("phase") in ("Pending", "Fulfilled"):
@@ -239,6 +272,17 @@ class LeaseRun:
                     message += f"; its ledger leases were released: {', '.join(released)}"
                 await self.drop_refs()
             await self.write(st.failed(self.status, "InvalidSpec", message))
+            return
+        if self.status.get("phase") == "Fulfilled":
+            # granted here before (then its leases are answered as they are), or fulfilled by
+            # another controller: what it holds is recorded, never placed again
+            leases = await self.adopt(request)
+            if leases is None:
+                return
+            if is_adopted(leases):
+                await self.serve_adopted(leases, request)
+                return
+            await self.fulfilled(leases, request)
             return
         first = None
         if not self.status.get("phase"):
@@ -261,6 +305,10 @@ class LeaseRun:
                 log.warning("Lease %s: phase Pending not written: %s", self.where, exc)
         if leases is None:
             return
+        await self.fulfilled(leases, request)
+
+    async def fulfilled(self, leases: list[dict[str, Any]], request: dict[str, Any]) -> None:
+        """Its grant shown on the Lease, then its ledger leases renewed until it goes."""
         owner = granted_owner(leases, self.namespace) or request["owner"]
         ids = [x["metadata"]["name"] for x in leases]
         held = Held(self.namespace, self.name, owner, ids, *held_objects(leases))
@@ -279,6 +327,156 @@ class LeaseRun:
                            for x in leases),
                  ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.times.items()))
         await self.keep(held)
+
+    # -- a Lease another controller fulfilled ------------------------------------------------
+    async def adopt(self, request: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The ledger leases of a Fulfilled Lease: those its request-id has (granted here, or
+        adopted before), else what it holds recorded now (`vcm.adopt`). None: its leases
+        were released elsewhere (shown: Failed, Released). Refused (what it holds is leased
+        to someone else, or is not in the pools configuration, or cannot be read): condition
+        Adopted False on it, nothing else changed, and it is tried again every
+        ADOPT_RETRY seconds."""
+        granted = await self.granted_here()
+        if granted is not None:
+            return granted
+        failures = 0
+        holdings = await self.holdings()
+        while True:
+            try:
+                return await self.leases.placement.call(
+                    Task.ADOPT, {"request": request, "holdings": holdings}, timeout=120)
+            except LeaseNotFound as exc:
+                await self.released(exc.message)
+                return None
+            except (InvalidRequest, NoCapacity) as exc:
+                await self.not_adopted(holdings, lease_worded(exc.message))
+                failures = 0
+                await asyncio.sleep(ADOPT_RETRY)
+                holdings = await self.holdings()  # its Networks may be back
+            except Exception as exc:  # noqa: BLE001 - the workers, the broker or Redis
+                pause = RETRY[min(failures, len(RETRY) - 1)]
+                failures += 1
+                log.warning("Lease %s: not adopted yet: %s: %s; trying again in %gs",
+                            self.where, type(exc).__name__, exc, pause)
+                await asyncio.sleep(pause)
+
+    async def granted_here(self) -> list[dict[str, Any]] | None:
+        """The leases this Lease's acquire was answered with, while the result backend keeps
+        the answer (as an acquire sent again would be answered): those the ledger holds under
+        the owner it was granted to, even if its boskos-lease-id label changed since."""
+        placement, attempt = self.leases.placement, 0
+        while True:
+            try:
+                meta = await placement.meta(task_id(self.uid, attempt))
+            except Exception as exc:  # noqa: BLE001 - then the ledger answers (vcm.adopt)
+                log.warning("Lease %s: its acquire's answer not read: %s: %s", self.where,
+                            type(exc).__name__, exc)
+                return None
+            if meta is None or meta.get("status") not in READY or not _waited_out(meta):
+                break
+            attempt += 1
+        result = meta.get("result") if meta and meta.get("status") == "SUCCESS" else None
+        if isinstance(result, list) and result and all(isinstance(x, Mapping) for x in result):
+            self.leases.attempts[self.uid] = attempt
+            return result
+        return None
+
+    async def holdings(self) -> dict[str, Any]:
+        """What a Lease fulfilled by another controller holds, as that controller counts it
+        (upstream's reads its ownerReferences): the Pools it names, and the port group and
+        pod of each Network it names. `problem` says why it cannot be told, when it cannot."""
+        refs = [r for r in (self.body.get("metadata") or {}).get("ownerReferences") or []
+                if isinstance(r, Mapping) and r.get("apiVersion") == API_VERSION]
+        pools = [r.get("name") for r in refs if r.get("kind") == "Pool"]
+        nets = [r for r in refs if r.get("kind") == "Network"]
+        out: dict[str, Any] = {"pools": pools, "networks": []}
+        if len(refs) > MAX_HELD_REFS:
+            out["problem"] = f"it names {len(refs)} Pools and Networks, more than any lease holds"
+            return out
+        if not pools:
+            out["problem"] = "it names no Pool in its ownerReferences: what it holds cannot be told"
+            return out
+        for ref in nets:
+            name = ref.get("name")
+            if not isinstance(name, str) or not name:
+                out["problem"] = "an ownerReference of kind Network has no name"
+                return out
+            obj = self.leases.owners.published(self.namespace, "Network", name)
+            if obj is None or (obj.get("metadata") or {}).get("uid") != ref.get("uid"):
+                try:  # not one of ours (upstream's), or made again since
+                    obj = await self.retrying(
+                        f"its Network {name} not read",
+                        lambda name=name: self.leases.kube.get("Network", self.namespace, name))
+                except KubeError as exc:
+                    if exc.status not in (400, 403, 404, 422):
+                        raise
+                    out["problem"] = f"its Network {name} cannot be read: {exc}"
+                    return out
+            if ref.get("uid") and (obj.get("metadata") or {}).get("uid") != ref.get("uid"):
+                out["problem"] = (f"Network {name} is not the one it owns (uid "
+                                  f"{(obj.get('metadata') or {}).get('uid')}, not {ref['uid']})")
+                return out
+            spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
+            entry = {"name": name, "port-group": spec.get("portGroupName")}
+            if spec.get("podName"):
+                entry["pod"] = spec["podName"]
+            out["networks"].append(entry)
+        return out
+
+    async def in_ledger(self) -> bool:
+        """Whether the ledger holds leases of this Lease (granted or adopted here)."""
+        failures = 0
+        while True:
+            try:
+                found = await self.leases.placement.call(
+                    Task.LIST_LEASES, {"selector": f"{UID_LABEL}={self.uid}"}, timeout=60)
+                return bool(found)
+            except Exception as exc:  # noqa: BLE001 - the workers, the broker or Redis
+                pause = RETRY[min(failures, len(RETRY) - 1)]
+                failures += 1
+                log.warning("Lease %s: the ledger not read: %s: %s; trying again in %gs",
+                            self.where, type(exc).__name__, exc, pause)
+                await asyncio.sleep(pause)
+
+    async def serve_adopted(self, leases: list[dict[str, Any]],
+                            request: dict[str, Any]) -> None:
+        """An adopted Lease: condition Adopted True, nothing else of it changed (its status
+        and ownerReferences stay the other controller's), then its ledger leases renewed
+        until it goes."""
+        owner = granted_owner(leases, self.namespace) or request["owner"]
+        held = Held(self.namespace, self.name, owner, [x["metadata"]["name"] for x in leases])
+        self.leases.held[self.uid] = held
+        what = "; ".join(held_text(x) for x in leases)
+        log.info("Lease %s adopted: fulfilled by another controller, its holdings are "
+                 "recorded in the ledger: %s", self.where, what)
+        try:  # its renewals never wait on this write (a status the schema now refuses)
+            await self.write(st.adopted(self.status, True, "fulfilled by another controller; "
+                                        f"recorded in the ledger as it holds it: {what}"))
+        except KubeError as exc:
+            if exc.not_found:
+                raise
+            log.warning("Lease %s: its condition Adopted not written: %s", self.where, exc)
+        self.leases.owners.usage_changed()
+        await self.keep(held)
+
+    async def not_adopted(self, holdings: Mapping[str, Any], why: str) -> None:
+        """Condition Adopted False, reason NotAdopted, naming what it holds and why; a log line
+        when that changes. Nothing else of the Lease is touched."""
+        nets = ", ".join(f"{n.get('port-group')} (Network {n.get('name')})"
+                         for n in holdings.get("networks") or []) or "no Network"
+        pools = ", ".join(str(p) for p in holdings.get("pools") or []) or "no Pool"
+        message = (f"fulfilled by another controller and not adopted: {why}; it holds pool(s) "
+                   f"{pools} ({(self.body.get('spec') or {}).get('vcpus', 0)} vCPUs, "
+                   f"{(self.body.get('spec') or {}).get('memory', 0)} GB memory, "
+                   f"{(self.body.get('spec') or {}).get('storage', 0)} GB storage each) and "
+                   f"{nets}; it is left as it is, and tried again every {ADOPT_RETRY:g}s")
+        patch = st.adopted(self.status, False, message)
+        if not st.unchanged(self.status, patch):
+            log.warning("Lease %s: %s", self.where, message)
+        try:
+            await self.write(patch)
+        except KubeError as exc:
+            log.warning("Lease %s: its condition Adopted not written: %s", self.where, exc)
 
     async def finalized(self) -> bool:
         """Until kopf's finalizer is on the Lease (False: the Lease is gone)."""

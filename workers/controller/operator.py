@@ -123,6 +123,9 @@ class _NoOwners:
     def usage_changed(self) -> None:
         return None
 
+    def published(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+        return None
+
 
 def registry_for(controller: Controller) -> kopf.OperatorRegistry:
     """kopf's handlers, bound to this controller."""

@@ -27,7 +27,7 @@ from typing import Any
 from ..core.errors import InvalidRequest
 from ..core.fleet import Fleet
 from ..core.labels import MAX_LABELS
-from ..core.lease import GROUP_LABEL
+from ..core.lease import ADOPTED_LABEL, GROUP_LABEL
 from ..core.models import Pool
 from ..core.parsing import MAX_INT, MAX_POOLS, parse_request
 from ..core.reasons import eligibility, shortfall
@@ -127,7 +127,9 @@ def lease_request(body: Mapping[str, Any], *, ttl: float, job_link: str = "",
         request.setdefault("boskos-lease-id", group)
     request.update({
         "owner": owner_of(body), "request-id": uid, "ttl": int(ttl), "wait": LONGEST_WAIT,
-        "labels": {**{str(k): v for k, v in labels.items()}, UID_LABEL: uid},
+        # the controller's own labels: the uid, and never the mark of an adopted lease
+        "labels": {**{str(k): v for k, v in labels.items() if k != ADOPTED_LABEL},
+                   UID_LABEL: uid},
     })
     if _LINK.match(job_link) and len(job_link) <= 2048 and not text_problem(job_link, 2048):
         request["job-link"] = job_link  # built from annotations: a bad one is left out

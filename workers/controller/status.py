@@ -5,6 +5,9 @@ Delayed: each `{type, status, severity, lastTransitionTime, reason, message}`). 
 - Pending: seen, asked for; Pending True.
 - Delayed: waiting in line; Delayed True with its place and, pool by pool, why not now.
 - Fulfilled: granted; the failure domain, poolInfo and envVars come from `core.upstream`.
+- Adopted (a Lease another controller fulfilled, `adopted`): condition Adopted True (its
+  holdings recorded in the ledger) or False, reason NotAdopted, naming what it holds and why
+  not; nothing else of its status is touched.
 - Failed: terminal. `Unschedulable` (the inventory can never meet it, pool by pool),
   `InvalidSpec` (a field the request refuses, named), `Released` (its ledger leases were
   released elsewhere: reaped, the namespace of its CI job is gone, `vcm release`),
@@ -19,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 TYPES = ("Fulfilled", "Pending", "Partial", "Delayed")
+ADOPTED = "Adopted"  # the condition of a Lease another controller fulfilled
 MAX_MESSAGE = 4096
 # the failure-domain fields a grant writes inline, and what else it writes: a Lease that no
 # longer holds anything shows none of them
@@ -100,6 +104,24 @@ def failed(status: Mapping[str, Any], reason: str, message: str) -> dict[str, An
     out["conditions"] = conditions(status.get("conditions"), {
         "Fulfilled": ("False", reason, "Error", message)})
     return out
+
+
+def adopted(status: Mapping[str, Any], ok: bool, message: str,
+            at: str | None = None) -> dict[str, Any]:
+    """The conditions of a Lease another controller fulfilled, with condition Adopted set:
+    True (reason Adopted) or False (reason NotAdopted). Every other condition is kept as it
+    is (the other controller's), and so is the rest of the status."""
+    current = status.get("conditions")
+    items = [dict(c) for c in current if isinstance(c, Mapping)] \
+        if isinstance(current, list) else []
+    old = next((c for c in items if c.get("type") == ADOPTED), {})
+    state = "True" if ok else "False"
+    since = old.get("lastTransitionTime") if old.get("status") == state else None
+    item = {"type": ADOPTED, "status": state, "lastTransitionTime": since or at or now(),
+            "severity": "Info" if ok else "Warning",
+            "reason": "Adopted" if ok else "NotAdopted", "message": _short(message)}
+    kept = [c for c in items if c.get("type") != ADOPTED]
+    return {"conditions": [*kept, item]}
 
 
 def unchanged(status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:

@@ -98,6 +98,8 @@ def lease_port_groups(lease: Mapping[str, Any]) -> list[str]:
 
 
 GROUP_LABEL = "boskos-lease-id"
+# on the leases `vcm.adopt` recorded (a lease granted elsewhere, before a cut-over)
+ADOPTED_LABEL = "vsphere-capacity-manager.splat-team.io/adopted"
 
 
 Install = tuple[str, str]  # (owner, boskos-lease-id): the leases of one install

@@ -14,6 +14,7 @@ from ..core.lease import Lease
 from ..core.parsing import text_arg
 from ..ports import Ledger, Mirror, Pools, Replies
 from ..settings import Settings
+from .adopting import Adopting
 from .placing import REFUSALS, Placing
 from .queries import Queries
 from .recovery import Recovery
@@ -37,6 +38,8 @@ class Capacity:
                                 settings.inventory_stale, settings.health_refresh)
         self.recovery = Recovery(ledger, mirror, writer, self.lock, self.cache.forget)
         self.placing = Placing(ledger, pools, settings, self.cache, self.recovery)
+        self.adopting = Adopting(ledger, pools, settings, self.cache, self.recovery,
+                                 self.placing)
         self.line = WaitingLine(ledger, pools, settings, self.cache, self.placing, replies)
         self.releasing = Releasing(ledger, settings, self.cache, self.recovery)
         self.queries = Queries(ledger, pools, self.cache, self.placing)
@@ -70,6 +73,11 @@ class Capacity:
             return self.placing.refuse(task_id, exc)
         with self.lock:
             return self.placing.acquire_batch(reqs, task_id, self.line)
+
+    def adopt(self, raw: Any, holdings: Any) -> list[dict[str, Any]]:
+        """Record what a lease granted elsewhere holds, under its request-id (adopting.py)."""
+        with self.lock:
+            return self.adopting.adopt(raw, holdings)
 
     def refuse(self, task_id: str, exc: VcmError) -> list[list[dict[str, Any]]]:
         """Refuse an acquire's task with `exc`, or answer what a copy of it was answered

@@ -8,7 +8,8 @@ Modules: ``server`` (KubeApiServer: lifecycle, client helpers, faults, dispatch)
 (the handler: JSON answers, watch streams, trickled answers), ``core`` (the shared lock,
 resourceVersion counter, change history and watches), ``watch``, ``configmaps``,
 ``namespaces``, ``crd`` (CRD manifests), ``custom`` (the generic custom resource store),
-``schema`` (structural pruning, defaulting, validation), ``selectors``, ``patches``,
+``schema`` (structural pruning, defaulting, validation), ``selectors``, ``patches`` (merge,
+JSON and strategic merge patches), ``builtin``, ``apiextensions``, ``protobuf``,
 ``routing`` (what a path means, for dispatch and RBAC), ``discovery`` (discovery documents,
 Tables), ``openapi`` (OpenAPI v2 and v3), ``errors``, ``faults``. Each says which behaviour
 of the real apiserver it reproduces and where that behaviour is defined.
@@ -34,7 +35,15 @@ once, with its ConfigMaps; one with finalizers stays Terminating until they are 
 ``remove_namespace`` (gone without a trace, even a system one) and ``namespace_names`` act on
 the store directly.
 
-Custom resources (``crds=``, by default every CRD of deploy/crds/, loaded from the YAML): see
+Built-in kinds (``builtin``): Secrets, Services, ServiceAccounts, Deployments, StatefulSets,
+Roles, ClusterRoles, their bindings and NetworkPolicies, stored by the custom resource store
+without a schema, with strategic merge patches; CustomResourceDefinitions as objects
+(``apiextensions``: a created one is registered and served at once, a deleted one takes its
+objects and kind with it); protobuf request bodies of the kinds ``kubectl create`` sends
+(``protobuf``).
+
+Custom resources (``crds=``, by default every CRD of deploy/crds/, loaded from the YAML, each
+also a CustomResourceDefinition object; ``crds=[]`` starts with none): see
 ``custom`` (create with generateName, get, list with label/field selectors and paging,
 update with resourceVersion conflicts, merge/JSON/apply patches, the status subresource,
 generation, finalizers and deletionTimestamp, deletecollection, the garbage collector of

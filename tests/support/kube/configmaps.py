@@ -13,6 +13,7 @@ import re
 import uuid
 from typing import Any
 
+from tests.support.kube.builtin import list_rule
 from tests.support.kube.core import StoreCore
 from tests.support.kube.errors import (
     ApiError,
@@ -23,7 +24,12 @@ from tests.support.kube.errors import (
     not_found,
     now,
 )
-from tests.support.kube.patches import json_patch, merge_patch
+from tests.support.kube.patches import (
+    STRATEGIC,
+    json_patch,
+    merge_patch,
+    strategic_merge_patch,
+)
 from tests.support.kube.selectors import (
     labels_match,
     parse_field_selector,
@@ -343,7 +349,8 @@ class ConfigMaps(StoreCore):
                 if not isinstance(patch, dict):
                     raise bad_request("patch body must be a JSON object")
                 current["metadata"].pop("resourceVersion")  # only a patched rv is a precondition
-                merged = merge_patch(current, patch)
+                merged = strategic_merge_patch(current, patch, list_rule("ConfigMap")) \
+                    if ctype == STRATEGIC else merge_patch(current, patch)
             if merged.get("metadata", {}).get("name", name) != name:
                 raise bad_request("metadata.name cannot be changed by a patch")
             obj = self._decode(merged, namespace)

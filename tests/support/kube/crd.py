@@ -31,6 +31,8 @@ class CustomResourceDefinition:
     printer_columns: tuple[dict[str, Any], ...] = ()
     selectable_fields: tuple[str, ...] = ()
     builtin: bool = False  # a built-in kind: a body may leave out kind and apiVersion
+    generation: bool = True  # metadata.generation is set and counts spec changes
+    name_rule: str = "subdomain"  # metadata.name: "subdomain", "dns1035" (label) or "path"
     manifest: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -115,4 +117,5 @@ CORE_EVENTS = CustomResourceDefinition(
         "kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath"))
     + ("reason", "reportingComponent", "source", "type"),
     builtin=True,
+    generation=False,
 )

@@ -44,12 +44,27 @@ import contextlib
 import copy
 import json
 import random
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import yaml
 
+from tests.support.kube.apiextensions import (
+    CLEANUP_FINALIZER,
+    definition_of,
+    established,
+    key_of,
+    preloaded,
+    terminating_status,
+)
+from tests.support.kube.builtin import (
+    CRD_KIND,
+    annotations_count_in_generation,
+    convert,
+    list_rule,
+)
 from tests.support.kube.configmaps import DNS1123_SUBDOMAIN, MAX_ANNOTATIONS_BYTES
 from tests.support.kube.core import WatchAnswer
 from tests.support.kube.crd import CustomResourceDefinition
@@ -65,7 +80,12 @@ from tests.support.kube.errors import (
     qualified,
 )
 from tests.support.kube.namespaces import Namespaces
-from tests.support.kube.patches import json_patch, merge_patch
+from tests.support.kube.patches import (
+    STRATEGIC,
+    json_patch,
+    merge_patch,
+    strategic_merge_patch,
+)
 from tests.support.kube.routing import RequestInfo
 from tests.support.kube.schema import FieldError, default, prune, prune_nulls, validate
 from tests.support.kube.selectors import (
@@ -89,6 +109,7 @@ _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery utilrand alph
 MAX_GENERATE_NAME_ATTEMPTS = 8  # registry.maxNameGenerationCreateAttempts
 _PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json",
                 "application/apply-patch+yaml")
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 def _subdomain_problem(name: str) -> str | None:
@@ -98,6 +119,29 @@ def _subdomain_problem(name: str) -> str | None:
                 "(e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*"
                 "[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
     return None
+
+
+def _name_problem(name: str, rule: str) -> str | None:
+    """What is wrong with an object's name under its kind's rule (apimachinery
+    validation.IsDNS1123Subdomain, IsDNS1035Label, path.IsValidPathSegmentName)."""
+    if rule == "path":
+        for bad in (".", ".."):
+            if name == bad:
+                return f"may not be '{bad}'"
+        for bad in ("/", "%"):
+            if bad in name:
+                return f"may not contain '{bad}'"
+        return None
+    if rule == "dns1035":
+        if len(name) > 63:
+            return "must be no more than 63 characters"
+        if not _DNS1035_LABEL.match(name):
+            return ("a DNS-1035 label must consist of lower case alphanumeric characters or "
+                    "'-', start with an alphabetic character, and end with an alphanumeric "
+                    "character (e.g. 'my-name',  or 'abc-123', regex used for validation is "
+                    "'[a-z]([-a-z0-9]*[a-z0-9])?')")
+        return None
+    return _subdomain_problem(name)
 
 
 def _flag(query: dict[str, list[str]], key: str) -> bool:
@@ -152,6 +196,14 @@ class CustomResources(Namespaces):
                 raise ValueError(f"two CRDs serve {crd.name}")
             self._crds[key] = crd
             self._custom[key] = {}
+        definitions = self._custom.get((CRD_KIND.group, CRD_KIND.plural))
+        for crd in crds:
+            if definitions is not None and crd.manifest and not crd.builtin:
+                obj = preloaded(crd)  # the definitions it starts with, as objects too
+                self._stamp(obj, None, kind=CRD_KIND.kind, api_version=CRD_KIND.api_version)
+                definitions[("", crd.name)] = obj
+                with self._lock:
+                    self._emit(CRD_KIND.group, CRD_KIND.plural, obj, None)
 
     # ---- the definitions ---------------------------------------------------------------------
 
@@ -358,6 +410,7 @@ class CustomResources(Namespaces):
             raise bad_request(f"{handled_as}: the body must be a JSON object")
         if crd.builtin:
             body = {"kind": crd.kind, "apiVersion": crd.api_version, **body}
+            convert(crd, body)
         if not body.get("kind"):
             data = json.dumps(body, separators=(",", ":"))
             summary = data if len(data) <= 30 else data[:30] + " ..."
@@ -423,22 +476,32 @@ class CustomResources(Namespaces):
             meta.pop(key, None)
         if crd.status_subresource:
             obj.pop("status", None)
-        meta["generation"] = 1
+        if crd.generation:
+            meta["generation"] = 1
+        else:
+            meta.pop("generation", None)
         generated = not meta.get("name") and bool(meta.get("generateName"))
         attempts = MAX_GENERATE_NAME_ATTEMPTS if generated else 1
         with self._lock:
+            if self._definition_terminating(crd):
+                raise ApiError(405, "MethodNotAllowed", "create not allowed while custom "
+                               "resource definition is terminating",
+                               {"group": crd.group, "kind": crd.plural})
             if crd.namespaced:
                 phase = self._namespace_phase(namespace)
                 if phase is None:
                     raise not_found(namespace, "namespaces")
                 if phase == "Terminating":
+                    # admission names the object by its name, else its generateName (names
+                    # are generated later), else "Unknown" (admission/errors.go)
+                    named = meta.get("name") or meta.get("generateName") or "Unknown"
                     raise ApiError(
                         403, "Forbidden",
-                        f"{qualified(crd.plural, crd.group)}"
-                        + (f' "{meta["name"]}"' if meta.get("name") else "")
-                        + f" is forbidden: unable to create new content in namespace "
-                          f"{namespace} because it is being terminated",
-                        {"name": meta.get("name", ""), "group": crd.group, "kind": crd.plural,
+                        f'{qualified(crd.plural, crd.group)} "{named}" is forbidden: unable '
+                        f"to create new content in namespace {namespace} because it is being "
+                        "terminated",
+                        {"name": named, **({"group": crd.group} if crd.group else {}),
+                         "kind": crd.plural,
                          "causes": [{"reason": "NamespaceTerminating",
                                      "message": f"namespace {namespace} is being terminated",
                                      "field": "metadata.namespace"}]})
@@ -450,6 +513,7 @@ class CustomResources(Namespaces):
                 errors = self._validate_custom(crd, obj, None)
                 if errors:
                     raise invalid(meta.get("name", ""), errors, crd.kind, crd.group)
+                self._prepare_write(crd, obj, None)
                 key = (namespace, meta["name"])
                 if key not in store:
                     break
@@ -462,6 +526,7 @@ class CustomResources(Namespaces):
             self._stamp(obj, None, kind=crd.kind, api_version=crd.api_version)
             store[key] = obj
             self._emit(crd.group, crd.plural, obj, None)
+            self._written(crd, obj)
             out = self._public(obj)
             self._collect_garbage()
         return 201, out, _warning_headers(warnings)
@@ -514,9 +579,15 @@ class CustomResources(Namespaces):
                 else:
                     new.pop("status", None)
             new_meta = new["metadata"]
-            new_meta["generation"] = old_meta.get("generation", 1)
-            if _non_metadata(new) != _non_metadata(old):
-                new_meta["generation"] += 1
+            if crd.generation:
+                new_meta["generation"] = old_meta.get("generation", 1)
+                if _non_metadata(new) != _non_metadata(old) or (
+                        annotations_count_in_generation(crd)
+                        and (new_meta.get("annotations") or {})
+                        != (old_meta.get("annotations") or {})):
+                    new_meta["generation"] += 1
+            else:
+                new_meta.pop("generation", None)
             for key in ("uid", "creationTimestamp", "deletionTimestamp",
                         "deletionGracePeriodSeconds"):
                 if key in old_meta:
@@ -529,6 +600,8 @@ class CustomResources(Namespaces):
         errors = self._validate_custom(crd, new, old)
         if errors:
             raise invalid(name, errors, crd.kind, crd.group)
+        if not status:
+            self._prepare_write(crd, new, old)
         new["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
         if old_meta.get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             if dry_run:
@@ -542,6 +615,7 @@ class CustomResources(Namespaces):
         self._stamp(new, old, kind=crd.kind, api_version=crd.api_version)
         self._custom[(crd.group, crd.plural)][(namespace, name)] = new
         self._emit(crd.group, crd.plural, new, old)
+        self._written(crd, new)
         out = self._public(new)
         self._collect_garbage()
         return out
@@ -549,11 +623,13 @@ class CustomResources(Namespaces):
     def _custom_patch(self, crd: CustomResourceDefinition, namespace: str, name: str,
                       ctype: str, raw: bytes, query: dict[str, list[str]], dry_run: bool,
                       status: bool) -> Answer:
-        if ctype not in _PATCH_TYPES:
+        accepted = (*_PATCH_TYPES[:2], STRATEGIC, *_PATCH_TYPES[2:]) if crd.builtin \
+            else _PATCH_TYPES
+        if ctype not in accepted:
             raise ApiError(
                 415, "UnsupportedMediaType",
                 f"the body of the request was in an unknown format - accepted media types "
-                f"include: {', '.join(_PATCH_TYPES)}")
+                f"include: {', '.join(accepted)}")
         if ctype == "application/apply-patch+yaml":
             return self._apply_patch(crd, namespace, name, raw, query, dry_run, status)
         patch = _json_object(raw, [])
@@ -564,6 +640,8 @@ class CustomResources(Namespaces):
             current = self._public(old)
             if ctype == "application/json-patch+json":
                 merged = json_patch(current, patch)
+            elif ctype == STRATEGIC:
+                merged = strategic_merge_patch(current, patch, list_rule(crd.kind))
             else:
                 if not isinstance(patch, dict):
                     raise bad_request("the patch must be a JSON object")
@@ -659,6 +737,8 @@ class CustomResources(Namespaces):
                 finalizers.append(FINALIZER_ORPHAN)
             elif policy == "Foreground":
                 finalizers.append(FINALIZER_FOREGROUND)
+            if crd is CRD_KIND and not dry_run and self._delete_instances(key_of(old)):
+                finalizers.append(CLEANUP_FINALIZER)
         else:
             finalizers = list(meta.get("finalizers") or [])
         if finalizers:
@@ -666,7 +746,10 @@ class CustomResources(Namespaces):
             new_meta = new["metadata"]
             if not new_meta.get("deletionTimestamp"):
                 new_meta["deletionTimestamp"] = now()
-                new_meta["generation"] = new_meta.get("generation", 1) + 1
+                if crd.generation:
+                    new_meta["generation"] = new_meta.get("generation", 1) + 1
+                if CLEANUP_FINALIZER in finalizers:
+                    new["status"] = terminating_status(new.get("status"))
             new_meta["deletionGracePeriodSeconds"] = 0
             new_meta["finalizers"] = finalizers
             if dry_run or self._public(new) == self._public(old):
@@ -714,13 +797,56 @@ class CustomResources(Namespaces):
         old = store.pop((namespace, name))
         self._next_rv()
         self._emit(crd.group, crd.plural, None, last if last is not None else old)
+        if crd is CRD_KIND:  # the definition is gone: so is its kind
+            served = self._crds.get(key_of(old))
+            if served is not None and not served.builtin:
+                del self._crds[key_of(old)], self._custom[key_of(old)]
+        elif not store and self._definition_terminating(crd):
+            self._gc_update(CRD_KIND, ("", crd.name), lambda o: o["metadata"].__setitem__(
+                "finalizers", [f for f in o["metadata"]["finalizers"]
+                               if f != CLEANUP_FINALIZER]))
         if namespace and self._namespace_phase(namespace) == "Terminating":
             self._finalize(namespace)
+
+    # ---- CustomResourceDefinition objects (apiextensions.py) -----------------------------------
+
+    def _prepare_write(self, crd: CustomResourceDefinition, obj: dict[str, Any],
+                       old: dict[str, Any] | None) -> None:
+        """A definition about to be written is checked and gets its status."""
+        if crd is CRD_KIND:
+            obj["status"] = established(definition_of(obj), (old or {}).get("status"))
+
+    def _written(self, crd: CustomResourceDefinition, obj: dict[str, Any]) -> None:
+        """A definition written is served at once (a built-in kind is never replaced)."""
+        if crd is not CRD_KIND or obj["metadata"].get("deletionTimestamp"):
+            return
+        definition = definition_of(obj)
+        key = (definition.group, definition.plural)
+        if key not in self._crds or not self._crds[key].builtin:
+            self._crds[key] = definition
+            self._custom.setdefault(key, {})
+
+    def _definition_terminating(self, crd: CustomResourceDefinition) -> bool:
+        if crd.builtin:
+            return False
+        obj = self._custom[(CRD_KIND.group, CRD_KIND.plural)].get(("", crd.name))
+        return obj is not None and bool(obj["metadata"].get("deletionTimestamp"))
+
+    def _delete_instances(self, key: tuple[str, str]) -> bool:
+        """Delete every object of a definition being deleted; whether some remain (held by
+        their finalizers)."""
+        served = self._crds.get(key)
+        if served is None or served.builtin:
+            return False
+        for ns, name in sorted(self._custom[key]):
+            if (ns, name) in self._custom[key]:
+                self._delete_one(served, ns, name, "", False)
+        return bool(self._custom.get(key))
 
     # ---- namespaces ----------------------------------------------------------------------------
 
     def _delete_namespace_content(self, name: str) -> None:
-        for crd in self._crds.values():
+        for crd in list(self._crds.values()):
             if not crd.namespaced:
                 continue
             for ns, obj_name in sorted(self._custom[(crd.group, crd.plural)]):
@@ -735,7 +861,8 @@ class CustomResources(Namespaces):
 
     def _validate_custom(self, crd: CustomResourceDefinition, obj: dict[str, Any],
                          old: dict[str, Any] | None) -> list[FieldError]:
-        errors = _validate_meta(obj["metadata"], old["metadata"] if old else None)
+        errors = _validate_meta(obj["metadata"], old["metadata"] if old else None,
+                                crd.name_rule)
         errors += validate(obj, crd.schema)
         return errors
 
@@ -954,7 +1081,8 @@ def _check_meta_types(meta: dict[str, Any], handled_as: str) -> None:
         del meta[key]
 
 
-def _validate_meta(meta: dict[str, Any], old: dict[str, Any] | None) -> list[FieldError]:
+def _validate_meta(meta: dict[str, Any], old: dict[str, Any] | None,
+                   name_rule: str = "subdomain") -> list[FieldError]:
     """ObjectMeta validation (apimachinery api/validation/objectmeta.go) as far as clients
     can tell."""
     errors: list[FieldError] = []
@@ -963,7 +1091,7 @@ def _validate_meta(meta: dict[str, Any], old: dict[str, Any] | None) -> list[Fie
         errors.append(("FieldValueRequired", "metadata.name",
                        "Required value: name or generateName is required"))
     elif old is None:
-        problem = _subdomain_problem(name)
+        problem = _name_problem(name, name_rule)
         if problem:
             errors.append(("FieldValueInvalid", "metadata.name",
                            f"Invalid value: {json.dumps(name)}: {problem}"))

@@ -22,9 +22,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from tests.support.kube.builtin import OWN_STORE_KINDS
 from tests.support.kube.crd import CustomResourceDefinition
 from tests.support.kube.errors import not_found_path
-from tests.support.kube.openapi import openapi_v2, openapi_v3_group_version, openapi_v3_index
+from tests.support.kube.openapi import (
+    OPENAPI_V2_PROTOBUF,
+    openapi_v2,
+    openapi_v2_protobuf,
+    openapi_v3_group_version,
+    openapi_v3_index,
+)
 
 TABLE_CONTENT_TYPE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 _CRUD = ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"]
@@ -225,13 +232,16 @@ class Discovery:
             return 200, VERSION, {}
         if path in ("/healthz", "/livez", "/readyz"):
             return 200, b"ok", {"Content-Type": "text/plain; charset=utf-8"}
-        custom = [c for c in self.crds if c.group]
+        custom = [c for c in self.crds if c.group and not c.builtin]
+        documented = [*custom, *(c for c in self.crds if c.builtin), *OWN_STORE_KINDS]
         if path == "/openapi/v2":
+            if "protobuf" in (headers.get("Accept") or ""):
+                return 200, openapi_v2_protobuf(), {"Content-Type": OPENAPI_V2_PROTOBUF}
             return 200, openapi_v2(custom), {}
         if path == "/openapi/v3":
-            return 200, openapi_v3_index(custom), {}
-        if path.startswith("/openapi/v3/apis/"):
-            document = openapi_v3_group_version(custom, path[len("/openapi/v3/"):])
+            return 200, openapi_v3_index(documented), {}
+        if path.startswith(("/openapi/v3/apis/", "/openapi/v3/api/")):
+            document = openapi_v3_group_version(documented, path[len("/openapi/v3/"):])
             if document is not None:
                 return 200, document, {}
         raise not_found_path()

@@ -15,6 +15,7 @@ import copy
 import uuid
 from typing import Any
 
+from tests.support.kube.builtin import list_rule
 from tests.support.kube.configmaps import DNS1123_LABEL
 from tests.support.kube.core import StoreCore
 from tests.support.kube.errors import (
@@ -24,7 +25,12 @@ from tests.support.kube.errors import (
     not_found,
     now,
 )
-from tests.support.kube.patches import json_patch, merge_patch
+from tests.support.kube.patches import (
+    STRATEGIC,
+    json_patch,
+    merge_patch,
+    strategic_merge_patch,
+)
 from tests.support.kube.selectors import (
     fields_match,
     labels_match,
@@ -49,12 +55,15 @@ class Namespaces(StoreCore):
     _objects: dict[tuple[str, str], dict[str, Any]]
 
     def create_namespace(
-        self, name: str, labels: dict[str, str] | None = None, finalizers: list[str] | None = None
+        self, name: str, labels: dict[str, str] | None = None, finalizers: list[str] | None = None,
+        annotations: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Store an Active namespace directly (no validation); `finalizers` are
         metadata.finalizers, which keep it Terminating after a delete."""
         meta: dict[str, Any] = {"name": name, "labels": {**(labels or {}),
                                                          "kubernetes.io/metadata.name": name}}
+        if annotations:
+            meta["annotations"] = dict(annotations)
         if finalizers:
             meta["finalizers"] = list(finalizers)
         obj = {"metadata": meta, "spec": {"finalizers": ["kubernetes"]},
@@ -183,9 +192,12 @@ class Namespaces(StoreCore):
                 },
             )
         labels = meta.get("labels") or {}
+        annotations = meta.get("annotations") or {}
         finalizers = meta.get("finalizers") or []
-        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-            raise bad_request("metadata.labels must be a map of strings")
+        for mapping, field in ((labels, "labels"), (annotations, "annotations")):
+            if not isinstance(mapping, dict) or not all(isinstance(v, str)
+                                                        for v in mapping.values()):
+                raise bad_request(f"metadata.{field} must be a map of strings")
         with self._lock:
             old = self._namespaces.get(name)
             if old is not None:
@@ -201,7 +213,7 @@ class Namespaces(StoreCore):
                 return {"apiVersion": "v1", "kind": "Namespace",
                         "metadata": {"name": name, "labels": labels},
                         "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
-            return self.create_namespace(name, labels, list(finalizers))
+            return self.create_namespace(name, labels, list(finalizers), annotations)
 
     def _ns_patch(self, name: str, ctype: str, patch: Any, dry_run: bool) -> dict[str, Any]:
         """Labels, annotations and metadata.finalizers (the rest is the server's)."""
@@ -209,7 +221,9 @@ class Namespaces(StoreCore):
         current = self._public(old)
         if ctype == "application/json-patch+json":
             merged = json_patch(current, patch)
-        elif ctype in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+        elif ctype == STRATEGIC:
+            merged = strategic_merge_patch(current, patch, list_rule("Namespace"))
+        elif ctype == "application/merge-patch+json":
             if not isinstance(patch, dict):
                 raise bad_request("patch body must be a JSON object")
             merged = merge_patch(current, patch)

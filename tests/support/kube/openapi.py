@@ -6,8 +6,16 @@ path per operation (`x-kubernetes-action`, the group-version-kind, the query par
 and for PATCH the media types a custom resource accepts: JSON patch, merge patch, apply
 patch; never strategic merge, so kubectl apply sends a JSON merge patch).
 
-- `/openapi/v2`: one Swagger 2.0 document (kubectl's older validation, explain
-  `--output=plaintext-openapiv2`, the patch type of apply).
+The built-in kinds (builtin.py, and ConfigMaps and Namespaces) have their paths in OpenAPI v3
+(`/openapi/v3/api/v1`, `/openapi/v3/apis/apps/v1`, ...), whose PATCH operations take
+`fieldValidation` and list strategic merge patch, as kube-apiserver's do, but no schema: so
+kubectl (cli-runtime's QueryParamVerifierV3) leaves validation to the server, which checks no
+built-in kind's fields, and builds its strategic merge patches from its compiled-in types
+(kubectl pkg/cmd/apply/patcher.go: no schema of the kind in OpenAPI v3, none in v2, then
+`scheme.Scheme`).
+
+- `/openapi/v2`: one Swagger 2.0 document in JSON (kubectl explain
+  `--output=plaintext-openapiv2`); asked for in protobuf, an empty one (`openapi_v2_protobuf`).
 - `/openapi/v3`: the index of group-versions (`paths` → `serverRelativeURL` with a hash), and
   `/openapi/v3/apis/<group>/<version>`: an OpenAPI 3.0 document each (kubectl explain, and
   whether the server supports `fieldValidation`, which kubectl's `--validate` asks).
@@ -21,6 +29,7 @@ import json
 from typing import Any
 
 from tests.support.kube.crd import CustomResourceDefinition
+from tests.support.kube.patches import STRATEGIC
 
 META = "io.k8s.apimachinery.pkg.apis.meta.v1"
 _TIME = {"description": "Time is a wrapper around time.Time which supports correct marshaling "
@@ -190,11 +199,13 @@ _PATCH_MEDIA = ("application/json-patch+json", "application/merge-patch+json",
 def _operations(crd: CustomResourceDefinition) -> list[tuple[str, str, str, tuple[str, ...],
                                                             str, tuple[str, ...]]]:
     """(path, method, action, query parameters, response kind, body media types)."""
-    base = f"/apis/{crd.group}/{crd.version}"
+    base = f"/{_group_version_key(crd)}"
     collection = (f"{base}/namespaces/{{namespace}}/{crd.plural}" if crd.namespaced
                   else f"{base}/{crd.plural}")
     item = f"{collection}/{{name}}"
     json_body = ("application/json", "application/yaml")
+    patch_media = (*_PATCH_MEDIA[:2], STRATEGIC, *_PATCH_MEDIA[2:]) if crd.builtin \
+        else _PATCH_MEDIA
     ops = [
         (collection, "get", "list", _LIST_QUERY, crd.list_kind, ()),
         (collection, "post", "post", _COMMON_QUERY, crd.kind, json_body),
@@ -203,7 +214,7 @@ def _operations(crd: CustomResourceDefinition) -> list[tuple[str, str, str, tupl
          "Status", json_body),
         (item, "get", "get", ("resourceVersion",), crd.kind, ()),
         (item, "put", "put", _COMMON_QUERY, crd.kind, json_body),
-        (item, "patch", "patch", _COMMON_QUERY + ("force",), crd.kind, _PATCH_MEDIA),
+        (item, "patch", "patch", _COMMON_QUERY + ("force",), crd.kind, patch_media),
         (item, "delete", "delete", ("dryRun", "propagationPolicy"), "Status", json_body),
     ]
     if crd.namespaced:
@@ -213,7 +224,7 @@ def _operations(crd: CustomResourceDefinition) -> list[tuple[str, str, str, tupl
         ops += [(status, "get", "get", ("resourceVersion",), crd.kind, ()),
                 (status, "put", "put", _COMMON_QUERY, crd.kind, json_body),
                 (status, "patch", "patch", _COMMON_QUERY + ("force",), crd.kind,
-                 _PATCH_MEDIA)]
+                 patch_media)]
     return ops
 
 
@@ -254,8 +265,23 @@ def openapi_v2(crds: list[CustomResourceDefinition]) -> dict[str, Any]:
             "paths": paths, "definitions": definitions}
 
 
+OPENAPI_V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+
+
+def openapi_v2_protobuf() -> bytes:
+    """OpenAPI v2 as client-go's discovery asks for it (protobuf, gnostic's openapi_v2.Document):
+    an empty document here (`swagger` "2.0" and its `info`, no definitions). What reads it is
+    kubectl's client-side validation, which it does only for a kind whose group-version has no
+    OpenAPI v3 document, that is a kind this server does not serve: finding no schema, kubectl
+    validates nothing and discovery answers `no matches for kind`, as with a real server."""
+    def field(number: int, payload: bytes) -> bytes:
+        return bytes([number << 3 | 2, len(payload)]) + payload
+    info = field(1, b"Kubernetes") + field(2, b"v1.32.0")
+    return field(1, b"2.0") + field(2, info)
+
+
 def _group_version_key(crd: CustomResourceDefinition) -> str:
-    return f"apis/{crd.group}/{crd.version}"
+    return f"apis/{crd.group}/{crd.version}" if crd.group else f"api/{crd.version}"
 
 
 def openapi_v3_group_version(crds: list[CustomResourceDefinition],
@@ -267,7 +293,8 @@ def openapi_v3_group_version(crds: list[CustomResourceDefinition],
     schemas = _meta_schemas(ref)
     paths: dict[str, Any] = {}
     for crd in chosen:
-        schemas.update(_kind_schemas(crd, ref, v2=False))
+        if not crd.builtin:
+            schemas.update(_kind_schemas(crd, ref, v2=False))
         for path, method, action, query, kind, media in _operations(crd):
             target = META + ".Status" if kind == "Status" else schema_name(crd, kind)
             params = [{"name": p, "in": "path", "required": True,
@@ -282,14 +309,15 @@ def openapi_v3_group_version(crds: list[CustomResourceDefinition],
                 "parameters": params,
                 "responses": {"200": {"description": "OK", "content": {
                     "application/json": {"schema": {"$ref": ref + target}},
-                    "application/yaml": {"schema": {"$ref": ref + target}}}},
+                    "application/yaml": {"schema": {"$ref": ref + target}}}}
+                    if not crd.builtin or kind == "Status" else {"description": "OK"},
                     "401": {"description": "Unauthorized"}},
                 "x-kubernetes-action": action,
                 "x-kubernetes-group-version-kind": _gvk(crd)[0],
             }
             if media:
                 body = {"$ref": f"{ref}{META}.Patch"} if method == "patch" else \
-                    {"$ref": f"{ref}{schema_name(crd)}"}
+                    {"type": "object"} if crd.builtin else {"$ref": f"{ref}{schema_name(crd)}"}
                 operation["requestBody"] = {"content": {m: {"schema": body} for m in media},
                                             "required": True}
             paths.setdefault(path, {})[method] = operation

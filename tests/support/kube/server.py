@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from tests.support.kube import protobuf
+from tests.support.kube.builtin import BUILTIN_KINDS
 from tests.support.kube.configmaps import (
     CONFIGMAP_FIELDS,
     DNS1123_LABEL,
@@ -22,7 +24,7 @@ from tests.support.kube.configmaps import (
     configmap_fields,
 )
 from tests.support.kube.core import DEFAULT_HISTORY_LIMIT, Stats, StoreCore, WatchAnswer
-from tests.support.kube.crd import CORE_EVENTS, CustomResourceDefinition, deploy_crds
+from tests.support.kube.crd import CustomResourceDefinition, deploy_crds
 from tests.support.kube.custom import CustomResources
 from tests.support.kube.discovery import TABLE_CONTENT_TYPE, Discovery
 from tests.support.kube.errors import ApiError, method_not_allowed, not_found, not_found_path
@@ -96,7 +98,7 @@ class KubeApiServer(Discovery, CustomResources, ConfigMaps):
         self.ca_file: Path | None = None
         self._objects: dict[tuple[str, str], dict[str, Any]] = {}
         self._namespaces: dict[str, dict[str, Any]] = {}
-        self._init_custom([*(deploy_crds() if crds is None else crds), CORE_EVENTS])
+        self._init_custom([*(deploy_crds() if crds is None else crds), *BUILTIN_KINDS])
         self._faults: list[Fault] = []
         self._hooks: list[Callable[[str, str, str | None], None]] = []
         self._latency = 0.0
@@ -386,6 +388,9 @@ class KubeApiServer(Discovery, CustomResources, ConfigMaps):
                 raise ApiError(403, "Forbidden", status["message"], status["details"])
         if not info.is_resource:
             return self._non_resource(method, path, query, headers)
+        if (headers.get("Content-Type") or "").split(";")[0].strip() == protobuf.CONTENT_TYPE \
+                and method in ("POST", "PUT"):
+            raw = json.dumps(protobuf.decode(raw)).encode()
         render = self._renderer(headers)
         if info.api_prefix == "api" and info.version == "v1":
             if info.resource == "namespaces" and not info.subresource:

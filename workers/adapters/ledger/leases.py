@@ -86,6 +86,14 @@ class LeaseStore(LedgerBase):
         return {k for k, v in zip(keys, self.r.hmget(self.k.nets, keys), strict=True)
                 if v is not None}
 
+    def net_holders(self, keys: list[str]) -> dict[str, list[str]]:
+        """The lease ids (or set-aside record ids) holding each of these networks; a network
+        nobody holds is left out."""
+        if not keys:
+            return {}
+        return {k: text(v).split() for k, v in zip(keys, self.r.hmget(self.k.nets, keys),
+                                                   strict=True) if v is not None}
+
     def holdings(self) -> list[tuple[Install, list[str], list[tuple[str, int]]]]:
         """(install, network keys, VLANs) of every live lease that shares its install's
         networks (a boskos-lease-id group's, not network-only: Lease.install): what the
