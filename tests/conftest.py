@@ -72,20 +72,21 @@ def ledger(redis_server, stack, pools_file):
 
 
 @pytest.fixture(scope="module")
-def s9(tmp_path_factory):
-    """A stack started the documented way (see tests/support/section9.py), per module."""
-    from tests.support.section9 import Section9
+def documented_stack(tmp_path_factory):
+    """A stack started the documented way (see tests/support/documented_stack.py), per
+    module."""
+    from tests.support.documented_stack import DocumentedStack
 
-    stack = Section9(tmp_path_factory.mktemp("section9"))
+    stack = DocumentedStack(tmp_path_factory.mktemp("documented-stack"))
     yield stack
     stack.stop()
 
 
 @pytest.fixture()
-def s(s9):
+def s(documented_stack):
     """That stack with an empty ledger and mirror."""
-    s9.reset()
-    yield s9
+    documented_stack.reset()
+    yield documented_stack
 
 
 # -- pytest-xdist: which tests run together, and what is handed out first -----------------------

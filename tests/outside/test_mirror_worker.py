@@ -1,8 +1,8 @@
 """The placement worker with the ConfigMap mirror, end to end: real redis-server, real Celery
 workers, the unmodified kubernetes client talking HTTP to tests.support.kube_apiserver.
 
-Figures (API writes per 1,000 placements, outage catch-up, 5,000-lease size) are printed; run
-with -s to see them.
+Figures (API writes of a burst of placements, outage catch-up, the size of 4,000 leases) are
+printed; run with -s to see them (bench/bench_mirror.py measures the mirror's cost).
 """
 
 from __future__ import annotations
@@ -153,7 +153,15 @@ def test_mirror_equals_ledger_after_every_answer(tmp_path, kube):
         s.stop()
 
 
-def test_burst_of_1000_placements_is_group_committed(tmp_path, kube):
+BURST_CLIENTS, BURST_EACH = 10, 30
+
+
+def test_a_burst_of_placements_is_group_committed(tmp_path, kube):
+    """300 placements sent at once by 10 clients: a save covers every change made while the
+    one before was in flight, so they take far fewer ConfigMap writes than placements
+    (docs/durability.md). The queue stays full through dozens of saves, as in a longer burst:
+    the writes per placement are what is checked (bench/bench_mirror.py counts them for
+    1,000)."""
     s = cm_stack(tmp_path, kube, BIG_POOLS)
     try:
         call(s.app, "vcm.acquire", request=SMALL)  # warm up: first save, connections
@@ -164,13 +172,13 @@ def test_burst_of_1000_placements_is_group_committed(tmp_path, kube):
             try:  # a burst: every request is sent before any answer is read
                 sent = [s.app.send_task("vcm.acquire", queue="placement",
                                         kwargs={"request": dict(SMALL, owner=f"burst-{k}")})
-                        for _ in range(100)]
+                        for _ in range(BURST_EACH)]
                 results.extend(r.get(timeout=300) for r in sent)
             except Exception as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
         started = time.monotonic()
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(10)]
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(BURST_CLIENTS)]
         for t in threads:
             t.start()
         for t in threads:
@@ -178,12 +186,15 @@ def test_burst_of_1000_placements_is_group_committed(tmp_path, kube):
         took = time.monotonic() - started
         writes = kube.writes - before
         assert not errors, errors[:3]
-        assert len(results) == 1000 and all(len(x) == 1 for x in results)
-        print(f"\n1,000 placements (10 clients x 100, sent at once): {writes} ConfigMap writes "
-              f"in {took:.1f}s ({status(s)['saves']} saves in all)")
-        # one write per placement would be 1,000; grouped, a save covers every change made
+        placements = BURST_CLIENTS * BURST_EACH
+        assert len(results) == placements and all(len(x) == 1 for x in results)
+        print(f"\n{placements} placements ({BURST_CLIENTS} clients x {BURST_EACH}, sent at "
+              f"once): {writes} ConfigMap writes in {took:.1f}s ({status(s)['saves']} saves "
+              "in all)")
+        # one write per placement would be one each; grouped, a save covers every change made
         # since the one before (5-20 per save on an idle machine; 4 with both cores busy)
-        assert writes <= 500, f"{writes} API writes for 1,000 placements: not group-committed"
+        assert writes <= placements // 2, \
+            f"{writes} API writes for {placements} placements: not group-committed"
         got = mirrored(kube)
         assert {x[0]["metadata"]["name"] for x in results} <= set(got)
         assert got == audit(Ledger(s.redis.client()))["leases"]
@@ -191,13 +202,12 @@ def test_burst_of_1000_placements_is_group_committed(tmp_path, kube):
         s.stop()
 
 
-def test_api_down_30s_placement_goes_on_replies_wait_and_the_mirror_catches_up(tmp_path, kube):
+def test_api_down_placement_goes_on_replies_wait_and_the_mirror_catches_up(tmp_path, kube):
     s = cm_stack(tmp_path, kube, BIG_POOLS)
     try:
         first = call(s.app, "vcm.acquire", request=dict(SMALL, owner="before"))
         # the API goes down: first slow (requests hang past the client's 5 s timeout, then
-        # 503), then failing fast with 503, 30 s in all
-        down_at = time.monotonic()
+        # 503) until a save has failed so, then failing fast with 503
         kube.inject_fault(503, hang=7.0, count=None)
         results: list = []
         errors: list = []
@@ -224,8 +234,7 @@ def test_api_down_30s_placement_goes_on_replies_wait_and_the_mirror_catches_up(t
         ledger = Ledger(s.redis.client())
         wait_for(lambda: len(ledger.leases()) == 100, timeout=20, what="100 placements")
         wait_for(lambda: status(s).get("state") == "failing", timeout=20,
-                 what="vcm:mirror showing the failure")
-        time.sleep(max(0.0, 12 - (time.monotonic() - down_at)))
+                 what="vcm:mirror showing the failure (a save that timed out)")
         kube.clear_faults()
         kube.inject_fault(503, count=None)  # down, but answering fast now
         # the publisher writes its status between save attempts: under load the count of
@@ -266,7 +275,7 @@ def test_api_down_30s_placement_goes_on_replies_wait_and_the_mirror_catches_up(t
 def test_max_delay_releases_replies_unmirrored_loudly_and_counted(tmp_path, kube):
     """VCM_MIRROR_MAX_DELAY trades the promise for liveness: with the API down, an answer goes
     out after that long, with an ERROR in the log and the unmirrored-replies counter."""
-    s = cm_stack(tmp_path, kube, BIG_POOLS, VCM_MIRROR_MAX_DELAY="2s")
+    s = cm_stack(tmp_path, kube, BIG_POOLS, VCM_MIRROR_MAX_DELAY="1s")
     try:
         call(s.app, "vcm.acquire", request=SMALL)
         kube.inject_fault(503, count=None)
@@ -328,24 +337,27 @@ def test_redis_wiped_the_worker_restores_everything_from_the_configmap(tmp_path,
         s.stop()
 
 
-def test_5000_leases_are_mirrored_sharded_and_restored(tmp_path, kube):
+def test_leases_past_one_configmap_are_mirrored_sharded_and_restored(tmp_path, kube):
+    """4,000 badly compressible leases (about 1.3 MB compressed: more than one ConfigMap holds;
+    test_too_large_fails_loudly_and_drops_nothing shows the head alone cannot) are mirrored
+    in shards, each under the apiserver's limit, and restored from them."""
     s = cm_stack(tmp_path, kube, BIG_POOLS)
     try:
         rnd = random.Random(5000)
         granted: dict[str, str] = {}
-        for b in range(5):
+        for b in range(4):
             reqs = [big_request(rnd, f"owner-{b}", f"b{b}-{i}") for i in range(1000)]
             for req, leases in zip(reqs, batch(s, reqs, timeout=180), strict=True):
                 granted[req["request-id"]] = leases[0]["metadata"]["name"]
         ledger = Ledger(s.redis.client())
         before = audit(ledger)
-        assert len(before["leases"]) == 5000
+        assert len(before["leases"]) == 4000
         assert mirrored(kube) == before["leases"]
-        st = settled(s, lambda x: x.get("leases") == 5000)
-        print(f"\n5,000 leases (253-character random boskos-lease-ids): {st['raw-bytes']:,} "
+        st = settled(s, lambda x: x.get("leases") == 4000)
+        print(f"\n4,000 leases (253-character random boskos-lease-ids): {st['raw-bytes']:,} "
               f"bytes of JSON, {st['encoded-bytes']:,} compressed, in {st['configmaps']} "
               f"ConfigMaps; save {st['save-seconds'] * 1000:.0f} ms")
-        assert st["leases"] == 5000 and st["configmaps"] >= 2  # sharded: over 1 MiB
+        assert st["leases"] == 4000 and st["configmaps"] >= 2  # sharded: over 1 MiB
         for name in kube.names(NS):  # every ConfigMap stays under the apiserver's limit
             obj = kube.get(NS, name)
             size = sum(len(k) + len(v) for k, v in (obj.get("data") or {}).items())
@@ -354,7 +366,7 @@ def test_5000_leases_are_mirrored_sharded_and_restored(tmp_path, kube):
 
         s.redis.wipe()
         wait_for(lambda: Ledger(s.redis.client()).is_ready(), timeout=60,
-                 what="the worker restoring 5,000 leases")
+                 what="the worker restoring 4,000 leases")
         ledger = Ledger(s.redis.client())
         after = audit(ledger)
         assert after["leases"] == before["leases"]

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.support.audit import audit
 from tests.support.helpers import call, check_invariants, failure
-from tests.support.procs import ROOT, Stack, WorkerExited
+from tests.support.procs import ROOT, RedisServer, Stack, Worker, WorkerExited, env_for
 from tests.support.restore import (
     ASIDE_POOLS,
     fill_until_refused,
@@ -29,9 +30,9 @@ def on_mirror(tmp_path, kube, snapshot: dict) -> Stack:
     """stack_on_mirror without a queries worker: no test here sends a query task."""
     return stack_on_mirror(tmp_path, kube, snapshot, queries=False)
 
-def _drop(s: Stack, record_id: str) -> subprocess.CompletedProcess:
-    """`vcm release <id>`, as the operator drops a set-aside record."""
-    return subprocess.run([sys.executable, "-m", "workers.cli", "release", record_id,
+def _drop(s: Stack, *record_ids: str) -> subprocess.CompletedProcess:
+    """`vcm release <id>...`, as the operator drops set-aside records."""
+    return subprocess.run([sys.executable, "-m", "workers.cli", "release", *record_ids,
                            "--redis-url", s.redis.url], cwd=ROOT, env=s.env,
                           capture_output=True, text=True, timeout=60)
 
@@ -61,9 +62,9 @@ def test_a_record_holding_absurd_sizes_stops_placement_instead_of_counting_wrong
         assert granted == [], f"{port_groups_of(granted)} granted past records that hold them"
         assert type(refused).__name__ == "NoCapacity", refused
         assert "big-0" in str(refused) and "vcm release" in str(refused), refused
-        for record in records:
-            done = _drop(s, record["metadata"]["name"])
-            assert done.returncode == 0, done
+        ids = [record["metadata"]["name"] for record in records]
+        done = _drop(s, *ids)  # one `vcm release` naming them all
+        assert done.returncode == 0 and sorted(done.stdout.split()) == sorted(ids), done
         granted, _ = fill_until_refused(s, request_)
         assert len(granted) == full
         check_invariants(Ledger(s.redis.client()), _pools(s))
@@ -243,6 +244,33 @@ def test_a_mirror_without_a_leases_list_restores_what_it_sets_aside(tmp_path):
 GOOD = {"format": 1, "seq": 5, "leases": []}
 
 
+def _refused_at_start(tmp_path: Path) -> tuple[str, int]:
+    """The placement worker started as Stack starts it, on an empty Redis, the pools file and
+    the file mirror in tmp_path, which it must refuse: what it said as it exited, and how
+    many keys it left in Redis."""
+    server = RedisServer().start()
+    worker = Worker(env_for(server.url, tmp_path / "pools.yaml",
+                            VCM_MIRROR_FILE=str(tmp_path / "ledger.json")), "placement")
+    try:
+        with pytest.raises(WorkerExited) as exited:
+            worker.start()
+        return str(exited.value), server.client().dbsize()
+    finally:
+        worker.kill()
+        server.stop()
+
+
+def _write_mirror(tmp_path: Path, snapshot: dict | str, journal: dict | None) -> dict[str, bytes]:
+    """The pools file, and the file mirror (and its journal, if any) as the test crafts them:
+    the files in tmp_path by name, with their bytes."""
+    (tmp_path / "pools.yaml").write_text(ASIDE_POOLS)
+    (tmp_path / "ledger.json").write_text(
+        snapshot if isinstance(snapshot, str) else json.dumps(snapshot))
+    if journal is not None:
+        (tmp_path / "ledger.json.journal").write_text(json.dumps(journal) + "\n")
+    return {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+
 @pytest.mark.parametrize("field,snapshot,journal", [
     ("seq", {**GOOD, "seq": 2**63 - 1}, None),
     ("seq", {**GOOD, "seq": -5}, None),
@@ -256,24 +284,34 @@ GOOD = {"format": 1, "seq": 5, "leases": []}
     ("JSON", '{"seq": 5, "leases": [' + "[" * 100000 + "]" * 100000 + "]}", None),
 ], ids=["seq-huge", "seq-negative", "seq-text", "seq-nan", "journal-seq-huge", "leases-int",
         "leases-map", "aside-int", "aside-text", "nested-too-deep"])
-def test_a_mirror_whose_shape_cannot_be_read_is_refused_until_fixed(
+def test_a_mirror_whose_shape_cannot_be_read_is_refused_and_left_as_it_was(
         tmp_path, field, snapshot, journal):
     """The file mirror's seq, leases or set-aside section is not what a ledger writes, and
-    Redis holds no ledger: the placement worker stops at start with an error naming the field
-    (nothing is rebuilt from it); once the file is fixed, the worker starts, rebuilds the
-    ledger and serves. Otherwise a seq past Redis's counters would let grants commit and then
-    fail (leases kept, nobody told), and a negative one keep every write refused for good."""
-    (tmp_path / "ledger.json").write_text(
-        snapshot if isinstance(snapshot, str) else json.dumps(snapshot))
-    if journal is not None:
-        (tmp_path / "ledger.json.journal").write_text(json.dumps(journal) + "\n")
-    with pytest.raises(WorkerExited) as exited:
-        Stack(tmp_path, ASIDE_POOLS, queries=False)
-    assert "cannot start: MirrorError" in str(exited.value), exited.value
-    assert field in str(exited.value).split("cannot start: MirrorError", 1)[1], exited.value
+    Redis holds no ledger: the placement worker stops at start with an error naming the field,
+    and nothing is rebuilt from it: Redis holds no key, the mirror's files are as they were and
+    no other file was written beside them. Otherwise a seq past Redis's counters would let
+    grants commit and then fail (leases kept, nobody told), and a negative one keep every write
+    refused for good. (So a refused start leaves the same state whatever the mirror held: an
+    empty Redis and the files as written; the next test starts the worker from it once the file
+    is fixed.)"""
+    files = _write_mirror(tmp_path, snapshot, journal)
+    said, keys = _refused_at_start(tmp_path)
+    assert "cannot start: MirrorError" in said, said
+    assert field in said.split("cannot start: MirrorError", 1)[1], said
+    assert keys == 0, f"the refused start left {keys} keys in Redis"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+
+def test_a_worker_refused_on_a_damaged_mirror_starts_once_the_mirror_is_fixed(tmp_path):
+    """A placement worker refused its start on a mirror it cannot read (a snapshot whose aside
+    is not a list, with a journal after it); once the file is fixed (a good snapshot, no
+    journal), the worker starts, rebuilds the ledger and serves."""
+    _write_mirror(tmp_path, {**GOOD, "aside": 5}, {"seq": 6, "put": [], "del": []})
+    said, _ = _refused_at_start(tmp_path)
+    assert "cannot start: MirrorError" in said, said
     (tmp_path / "ledger.json").write_text(json.dumps(
         {"format": 1, "seq": 5, "leases": [lease_record("good-1", 2, "pg-1")]}))
-    (tmp_path / "ledger.json.journal").unlink(missing_ok=True)
+    (tmp_path / "ledger.json.journal").unlink()
     s = Stack(tmp_path, ASIDE_POOLS, queries=False)
     try:
         granted = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1})

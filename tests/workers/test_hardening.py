@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.audit import audit
+from tests.support.documented_stack import POOLS
 from tests.support.helpers import call, failure
 from tests.support.procs import ROOT, wait_for
-from tests.support.section9 import POOLS
 from workers.core.lease import parse_rfc3339
 
 BAD_TEXT = ["\udcff", "ok\x00", "tab\there", "x" * 5000, "\udc00\ud800"]  # last: a pair reversed

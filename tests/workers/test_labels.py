@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.audit import audit
+from tests.support.documented_stack import POOLS
 from tests.support.helpers import call, failure
 from tests.support.procs import ROOT
-from tests.support.section9 import POOLS
 from workers.core.labels import Requirement, matches, parse_selector
 
 BOSKOS = "boskos-lease-id"

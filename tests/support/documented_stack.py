@@ -22,7 +22,7 @@ pools:
 """
 
 
-class Section9:
+class DocumentedStack:
     """A redis-server, the placement worker started with the documented command, and a
     queries worker, with the file mirror."""
 
