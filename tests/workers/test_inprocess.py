@@ -34,7 +34,7 @@ from celery.contrib.testing.worker import TestWorkController
 import tasks
 from tasks import results
 from tests.support.helpers import call, failure, reset_ledger
-from tests.support.procs import RedisServer, env_for
+from tests.support.procs import RedisServer, env_for, wait_for
 from workers.bootstrap import build
 from workers.contract import PLACEMENT, QUERIES
 from workers.core.models import Pool
@@ -213,10 +213,14 @@ def test_the_worker_in_this_process_took_the_queries_role(client, placement):
 
 
 def test_a_query_result_is_kept_minutes_not_a_day(client, server, placement):
+    """The worker stores the result (the client is answered at once), then shortens its
+    lifetime in task_postrun: the client may read the TTL in between, so it waits for it."""
     res = client.send_task("vcm.waiting", queue="queries")
     assert res.get(timeout=10) == []
-    ttl = server.client().ttl(results.result_key(client.backend, res.id))
-    assert 0 < ttl <= results.QUERY_RESULT_TTL < results.RESULT_TTL
+    key = results.result_key(client.backend, res.id)
+    wait_for(lambda: 0 < server.client().ttl(key) <= results.QUERY_RESULT_TTL, timeout=10,
+             what="the query result's lifetime to be shortened")
+    assert results.QUERY_RESULT_TTL < results.RESULT_TTL
 
 
 # -- list_leases ------------------------------------------------------------------------------
