@@ -13,9 +13,11 @@ stderr meanwhile (file descriptor 2: logging handlers made before, C code) is ad
 run's stderr. stdin is empty. Arguments given as bytes are decoded as the interpreter decodes
 argv (os.fsdecode: undecodable bytes become lone surrogates).
 
-What one process per input would show and this does not: whatever a command changes in the
-process that outlives it (module state, caches). Tests keep at least one run through a real
-`vcm` process for the path from the command line to the exit status."""
+A command that leaves a non-daemon thread running is answered once that thread ends, as a
+process exits only then (one left running for ever: `run` times out, as a process would never
+exit). What one process per input would show and this does not: whatever a command changes in
+the process that outlives it (module state, caches), atexit handlers. Tests keep at least
+one run through a real `vcm` process for the path from the command line to the exit status."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -133,6 +136,7 @@ def _serve() -> None:
         sys.argv = ["vcm", *request["argv"]]
         sys.stdin, sys.stdout, sys.stderr = io.StringIO(""), out, err
         before = os.lseek(2, 0, os.SEEK_END) if _seekable(real_err) else None
+        running = set(threading.enumerate())
         try:
             code = main(request["argv"])
         except SystemExit as exc:
@@ -145,6 +149,12 @@ def _serve() -> None:
         except BaseException:  # noqa: BLE001 - what the interpreter would print
             traceback.print_exc(file=err)
             code = 1
+        # a process exits only once its non-daemon threads have ended: wait for those the
+        # command left running, as the interpreter would (a command that leaves one running
+        # for ever makes `run` time out, as a process would never exit)
+        for thread in set(threading.enumerate()) - running:
+            if not thread.daemon and thread is not threading.main_thread():
+                thread.join()
         out.flush()
         err.flush()
         stray = b""
