@@ -7,8 +7,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # `make test` runs the test files on this many pytest-xdist workers, each file on one worker
-# (its module-scoped stacks are started once); 0: in this process, one file after another
-TEST_WORKERS ?= 4
+# (its module-scoped stacks are started once); 0: in this process, one file after another.
+# Six on two cores: much of a test's time is spent waiting on the processes it started
+TEST_WORKERS ?= 6
 
 .PHONY: run test bench chaos lint deps system-deps clean
 

@@ -90,7 +90,7 @@ def s(documented_stack):
 
 
 # -- pytest-xdist: which tests run together, and what is handed out first -----------------------
-# `make test` runs `-n 4 --dist loadfile`: a file's tests run on one worker, in their order, and
+# `make test` runs `-n 6 --dist loadfile`: a file's tests run on one worker, in their order, and
 # its module-scoped stacks start once. The files of SPREAD share nothing between their tests
 # (each starts its own stack in its tmp_path; no module-scoped fixture, no order): their tests
 # are handed out one by one, to whichever worker is free. The slowest work is handed out first
@@ -100,13 +100,15 @@ SPREAD = frozenset({"outside/test_mirror_worker.py", "redis/test_restore.py",
                     "redis/test_restore_hostile.py", "workers/test_start_commands.py",
                     "workers/test_concurrency.py", "http/test_api_failures.py"})
 # by the summed duration of their tests in a `make test` run, longest first
-SLOWEST_FIRST = ("outside/test_pools_commands.py", "http/test_api_schema.py",
-                 "outside/test_mirror_worker.py", "redis/test_restore.py",
-                 "redis/test_restore_hostile.py", "workers/test_start_commands.py",
-                 "workers/test_cli.py", "unit/test_lease.py", "outside/test_vcenter.py",
-                 "workers/test_concurrency.py", "outside/test_inventory.py",
-                 "outside/test_namespaces.py", "workers/test_pressure.py",
-                 "workers/test_labels.py", "outside/test_deploy.py", "workers/test_stateful.py")
+SLOWEST_FIRST = ("outside/test_mirror_worker.py", "outside/test_pools_commands.py",
+                 "redis/test_restore_hostile.py", "outside/test_controller_adopt.py",
+                 "redis/test_restore.py", "http/test_api_schema.py", "workers/test_cli.py",
+                 "workers/test_start_commands.py", "outside/test_job_step.py",
+                 "outside/test_deploy.py", "outside/test_controller_faults.py",
+                 "outside/test_vcenter.py", "outside/test_inventory.py",
+                 "outside/test_namespaces.py", "workers/test_pools_reload.py",
+                 "workers/test_stateful.py", "outside/test_pressure_configmap.py",
+                 "workers/test_concurrency.py", "unit/test_lease.py")
 
 
 def _file_of(nodeid: str) -> str:
