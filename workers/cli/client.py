@@ -75,14 +75,17 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
                     raise full
                 raise CliError(f"no answer within {timeout:g}s (task {result.id}); "
                                f"is a {queue} worker running?")
-            state = result.state
+            # the task's record, read once: its state and what it says are of one moment (read
+            # apart, a grant stored in between pairs WAITING with the leases)
+            record = result.backend.get_task_meta(result.id)
+            state, info = record.get("status"), record.get("result")
             # Redis's transport pops a message, then records it as unacked: a worker killed in
             # between loses it. A waiter's answer, stored when it is granted or its wait runs
             # out, is lost with a worker stopped before it could store it (Redis full, say);
             # its task was acked when it joined the line. The same task id again is the same
             # request, answered once (a copy that finds it done answers the same).
             lost = state == "PENDING" or (state == WAITING
-                                          and _wait_ran_out(result.info, resend_after))
+                                          and _wait_ran_out(info, resend_after))
             if lost and now - last_sent > resend_after and _resendable(name, kwargs):
                 last_sent = now
                 try:
@@ -105,8 +108,7 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
                                f"task {result.id} still shows waiting after its wait ran out")
                         print(f"{why}: sent it again (same task id, so the same request)",
                               file=sys.stderr)
-            if state == WAITING and isinstance(result.info, dict):
-                info = result.info
+            if state == WAITING and isinstance(info, dict):
                 line = f"waiting in line: position {info.get('position')}"
                 if info.get("reasons"):
                     line += " (" + "; ".join(f"{k}: {v}" for k, v in
