@@ -15,6 +15,9 @@ import json
 import threading
 import time
 
+import pytest
+
+from tests.support.procs import RedisServer
 from workers.cli.client import call, celery_app
 from workers.contract import PLACEMENT, WAITING
 
@@ -22,6 +25,14 @@ LEASES = [{"metadata": {"name": "lease-1"}, "spec": {}, "status": {"pool": "pool
 
 
 ROUNDS = 60  # one round's chance of a poll between the two reads is a few percent
+
+
+@pytest.fixture()
+def redis_server():
+    """A redis-server of this test's own: no worker consumes its queue but the test."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
 
 
 def test_a_record_that_changes_between_reads_of_one_poll_is_read_as_one(redis_server):
