@@ -75,6 +75,24 @@ ADOPT_RETRY = 60.0  # seconds between two tries to adopt a Lease another control
 MAX_HELD_REFS = 256  # ownerReferences a Lease fulfilled elsewhere may name
 
 
+class Pauses:
+    """RETRY's pauses through one streak of failures, each announced in the log."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.failures = 0
+
+    async def after(self, what: str) -> None:
+        """`what` went wrong: a warning line, then the streak's next pause."""
+        pause = RETRY[min(self.failures, len(RETRY) - 1)]
+        self.failures += 1
+        log.warning("Lease %s: %s; trying again in %gs", self.where, what, pause)
+        await asyncio.sleep(pause)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
 class Owners(Protocol):
     """What the Leases need of the published Pools and Networks."""
 
@@ -348,7 +366,7 @@ class LeaseRun:
         granted = await self.granted_here()
         if granted is not None:
             return granted
-        failures = 0
+        pauses = Pauses(self.where)
         holdings = await self.holdings()
         while True:
             read, owner = await self.leases.owners.ledger_owner(self.namespace, self.uid)
@@ -361,22 +379,14 @@ class LeaseRun:
                 return None
             except (InvalidRequest, NoCapacity) as exc:
                 if not read:  # perhaps its own leases, held for another owner: not shown
-                    pause = RETRY[min(failures, len(RETRY) - 1)]
-                    failures += 1
-                    log.warning("Lease %s: not adopted yet (the ledger not read): %s; trying "
-                                "again in %gs", self.where, exc.message, pause)
-                    await asyncio.sleep(pause)
+                    await pauses.after(f"not adopted yet (the ledger not read): {exc.message}")
                     continue
                 await self.not_adopted(holdings, lease_worded(exc.message))
-                failures = 0
+                pauses.reset()
                 await asyncio.sleep(ADOPT_RETRY)
                 holdings = await self.holdings()  # its Networks may be back
             except Exception as exc:  # noqa: BLE001 - the workers, the broker or Redis
-                pause = RETRY[min(failures, len(RETRY) - 1)]
-                failures += 1
-                log.warning("Lease %s: not adopted yet: %s: %s; trying again in %gs",
-                            self.where, type(exc).__name__, exc, pause)
-                await asyncio.sleep(pause)
+                await pauses.after(f"not adopted yet: {type(exc).__name__}: {exc}")
 
     async def granted_here(self) -> list[dict[str, Any]] | None:
         """The leases this Lease's acquire was answered with, while the result backend keeps
@@ -443,18 +453,14 @@ class LeaseRun:
 
     async def in_ledger(self) -> bool:
         """Whether the ledger holds leases of this Lease (granted or adopted here)."""
-        failures = 0
+        pauses = Pauses(self.where)
         while True:
             try:
                 found = await self.leases.placement.call(
                     Task.LIST_LEASES, {"selector": f"{UID_LABEL}={self.uid}"}, timeout=60)
                 return bool(found)
             except Exception as exc:  # noqa: BLE001 - the workers, the broker or Redis
-                pause = RETRY[min(failures, len(RETRY) - 1)]
-                failures += 1
-                log.warning("Lease %s: the ledger not read: %s: %s; trying again in %gs",
-                            self.where, type(exc).__name__, exc, pause)
-                await asyncio.sleep(pause)
+                await pauses.after(f"the ledger not read: {type(exc).__name__}: {exc}")
 
     async def serve_adopted(self, leases: list[dict[str, Any]],
                             request: dict[str, Any]) -> None:
@@ -524,7 +530,7 @@ class LeaseRun:
         """The leases granted (None: the Lease was answered Failed)."""
         placement = self.leases.placement
         attempt = self.leases.attempts.get(self.uid, 0)
-        failures = 0
+        pauses = Pauses(self.where)
         while True:
             self.leases.attempts[self.uid] = attempt
             tid = task_id(self.uid, attempt)
@@ -549,16 +555,9 @@ class LeaseRun:
                 await self.released(exc.message)
                 return None
             except (VcmError, NoAnswer, KubeError, *TRANSIENT) as exc:
-                pause = RETRY[min(failures, len(RETRY) - 1)]
-                failures += 1
-                log.warning("Lease %s: %s; trying again in %gs", self.where, exc, pause)
-                await asyncio.sleep(pause)
+                await pauses.after(str(exc))
             except Exception as exc:  # noqa: BLE001 - redis-py and kombu raise many kinds
-                pause = RETRY[min(failures, len(RETRY) - 1)]
-                failures += 1
-                log.warning("Lease %s: %s: %s; trying again in %gs", self.where,
-                            type(exc).__name__, exc, pause)
-                await asyncio.sleep(pause)
+                await pauses.after(f"{type(exc).__name__}: {exc}")
 
     async def publish(self, tid: str, request: dict[str, Any]) -> None:
         """Send the acquire, remembered until it is out (a deletion waits for it)."""
@@ -696,16 +695,12 @@ class LeaseRun:
     async def release_all(self) -> list[str]:
         """Its attempt in line cancelled and its ledger leases released, as on deletion (tried
         again while the workers do not answer)."""
-        failures = 0
+        pauses = Pauses(self.where)
         while True:
             try:
                 return await self.leases.release(self.body)
             except Exception as exc:  # noqa: BLE001 - the workers do not answer now
-                pause = RETRY[min(failures, len(RETRY) - 1)]
-                failures += 1
-                log.warning("Lease %s: its ledger leases not released: %s: %s; trying again "
-                            "in %gs", self.where, type(exc).__name__, exc, pause)
-                await asyncio.sleep(pause)
+                await pauses.after(f"its ledger leases not released: {type(exc).__name__}: {exc}")
 
     async def drop_refs(self) -> None:
         """Its ownerReferences to Pools and Networks taken away (it holds none)."""
@@ -732,7 +727,7 @@ class LeaseRun:
         """`call()` until the apiserver answers it: an answer 5xx or 429, or a connection that
         failed, is tried again after RETRY's pauses (a line in the log each, no traceback);
         any other refusal is raised. kopf cancels it with the daemon."""
-        failures = 0
+        pauses = Pauses(self.where)
         while True:
             try:
                 return await call()
@@ -742,8 +737,4 @@ class LeaseRun:
                 error: Exception = exc
             except TRANSIENT as exc:
                 error = exc
-            pause = RETRY[min(failures, len(RETRY) - 1)]
-            failures += 1
-            log.warning("Lease %s: %s: %s; trying again in %gs", self.where, what,
-                        str(error) or type(error).__name__, pause)
-            await asyncio.sleep(pause)
+            await pauses.after(f"{what}: {str(error) or type(error).__name__}")
