@@ -51,11 +51,12 @@ bench: deps system-deps
 	$(PY) -m bench.run
 
 # The long property-based search over the task API (VCM_CHAOS_EXAMPLES, VCM_CHAOS_STEPS,
-# VCM_CHAOS_TIMEOUT), then
-# the soak (VCM_SOAK_SECONDS, default 600): both run, the target fails if either does.
+# VCM_CHAOS_TIMEOUT) and thousands of fresh schema-generated HTTP requests (VCM_CHAOS_REQUESTS),
+# then the soak (VCM_SOAK_SECONDS, default 600): all run, the target fails if any does.
 chaos: deps system-deps
 	@status=0; \
 	VCM_CHAOS=1 $(PY) -m pytest -q tests/workers/test_stateful.py $(PYTEST_ARGS) || status=1; \
+	VCM_CHAOS=1 $(PY) -m pytest -q tests/http/test_api_schema.py $(PYTEST_ARGS) || status=1; \
 	$(PY) -m bench.soak || status=1; \
 	exit $$status
 

@@ -1,11 +1,14 @@
-"""Schema-driven: over a thousand requests generated from /openapi.json by schemathesis (valid
-ones and deliberately invalid ones), sent to the real server. The stack is healthy throughout, so
-no 5xx at all, but for the one a client asks for: 504 WaitTimeout for an acquire whose `wait` ran
-out in line. Every error is the error JSON, and the ledger keeps its invariants."""
+"""Schema-driven: requests generated from /openapi.json by schemathesis (valid ones and
+deliberately invalid ones), sent to the real server: the same 400 in every `make test`, and
+thousands of fresh ones in `make chaos` (VCM_CHAOS=1, VCM_CHAOS_REQUESTS). The stack is healthy
+throughout, so no 5xx at all, but for the one a client asks for: 504 WaitTimeout for an acquire
+whose `wait` ran out in line. Every error is the error JSON, and the ledger keeps its
+invariants."""
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +24,9 @@ from tests.support.api import ApiServer
 from tests.support.helpers import check_invariants
 from workers.adapters.pools_file import load_pools
 
-EXAMPLES = 1050
+# generating a case costs the test far more CPU than the server spends answering it
+CHAOS = os.environ.get("VCM_CHAOS") == "1"
+EXAMPLES = int(os.environ.get("VCM_CHAOS_REQUESTS", "3000")) if CHAOS else 400
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +44,7 @@ def tame(case) -> None:
         case.body.pop("wait", None)
 
 
-def test_a_thousand_generated_requests(api, ledger, pools_file):
+def test_generated_requests(api, ledger, pools_file):
     schema = schemathesis.openapi.from_url(api.url + "/openapi.json")
     cases = st.one_of(schema.as_strategy(GenerationMode.POSITIVE),
                       schema.as_strategy(GenerationMode.NEGATIVE))
@@ -84,7 +89,7 @@ def test_a_thousand_generated_requests(api, ledger, pools_file):
 
     with ThreadPoolExecutor(8) as pool:
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=not CHAOS,
                   phases=[Phase.generate], suppress_health_check=list(HealthCheck))
         @given(case=cases)
         def run(case) -> None:
@@ -98,7 +103,7 @@ def test_a_thousand_generated_requests(api, ledger, pools_file):
         summary[f"{method} {path} {code}"] += n
     print(f"\n{total} generated requests:", dict(sorted(summary.items())))
     assert not problems, "\n".join(problems[:20])
-    assert total >= 1000, total
+    assert total >= EXAMPLES * 0.9, total
     # both kinds of answers were exercised, not only rejections
     assert seen_any(seen, "/acquire", 200) and seen_any(seen, "/estimate", 200)
     assert seen_any(seen, "/acquire", 422) and seen_any(seen, "/acquire", 400)
