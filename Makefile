@@ -45,6 +45,11 @@ test: deps system-deps
 	@# the project's own bytecode, written once: every worker, vcm and API process the tests
 	@# start reads it instead of compiling the sources again (also under PYTHONDONTWRITEBYTECODE)
 	@$(PY) -m compileall -q -j 0 workers tasks api_shim bench tests celeryconfig.py >/dev/null
+	@# pytest's assertion-rewritten copies of the test modules and of its plugins' packages
+	@# (hypothesis, schemathesis, ...), written once: where bytecode may not be written, every
+	@# xdist worker would otherwise rewrite them all again (about 8 CPU-s each)
+	@PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q --collect-only $(PYTEST_ARGS) >$(VENV)/collected \
+	  || { cat $(VENV)/collected; exit 1; }
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: deps system-deps
