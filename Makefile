@@ -14,11 +14,13 @@ TEST_WORKERS ?= 6
 .PHONY: run test bench chaos lint deps system-deps clean
 
 # uv installs the project and its test tools in seconds where pip takes most of a minute; pip
-# installs uv itself, and does the whole install when uv cannot (no PyPI, say)
+# installs uv itself, and does the whole install when uv cannot (no PyPI, say). The bytecode
+# is compiled at install, as pip does: where Python may not write it, every process started
+# would compile Celery, kombu and the Kubernetes client again (three times the import cost)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@test -x $(VENV)/bin/uv || $(PY) -m pip install -q --disable-pip-version-check uv || true
-	@if [ -x $(VENV)/bin/uv ] && $(VENV)/bin/uv pip install -q --python $(PY) -e '.[test]'; \
+	@if [ -x $(VENV)/bin/uv ] && $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -e '.[test]'; \
 	then :; else $(PY) -m pip install -q --disable-pip-version-check -e '.[test]'; fi
 	@touch $(STAMP)
 
