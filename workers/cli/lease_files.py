@@ -18,10 +18,13 @@ from collections.abc import Mapping
 from ..core.shell import ShellSyntax, vcenter_accounts
 from ..core.step_files import (
     AUTH_ANNOTATION,
+    CI_RESOURCE_POOL,
+    MAX_RESOURCE_POOL,
     Account,
     Install,
     StepFile,
     StepFilesError,
+    resource_pool_problem,
     stale,
     step_files,
 )
@@ -40,10 +43,15 @@ def check_options(args: argparse.Namespace) -> None:
                        EXIT_INPUT)
     if not wanted:
         for option, value in (("DIR", args.dir), ("--credentials", args.credentials),
-                              ("--ca-certs", args.ca_certs), ("--multi-nic", args.multi_nic)):
+                              ("--ca-certs", args.ca_certs), ("--multi-nic", args.multi_nic),
+                              ("--resource-pool", args.resource_pool),
+                              ("--pool-resource-pool", args.pool_resource_pool)):
             if value:
                 raise CliError(f"{option}: only with -o lease-files", EXIT_INPUT)
         return
+    if args.resource_pool is not None and resource_pool_problem(args.resource_pool):
+        raise CliError(f"--resource-pool: {args.resource_pool[:MAX_RESOURCE_POOL]!r} "
+                       f"{resource_pool_problem(args.resource_pool)}", EXIT_INPUT)
     probe(target_dir(args.dir))  # say so now, before asking the workers for anything
 
 
@@ -81,14 +89,22 @@ def write_lease_files(args: argparse.Namespace, install: Install) -> list[str]:
     try:
         accounts = _accounts(args, install)
         files = step_files(install, accounts, directory, multi_nic=bool(args.multi_nic),
-                           ca_certs=args.ca_certs or "")
+                           ca_certs=args.ca_certs or "", child=child_pool(args))
     except StepFilesError as exc:
-        option = {"selector": "-l", "credentials": "--credentials"}.get(exc.option, "")
+        option = {"selector": "-l", "credentials": "--credentials",
+                  "resource-pool": "--resource-pool"}.get(exc.option, "")
         if option:
             raise CliError(f"{option}: {exc}", EXIT_INPUT) from None
         raise CliError(f"-o lease-files: {exc}", EXIT_OTHER) from None
     _write_all(directory, files)
     return [f.name for f in files]
+
+
+def child_pool(args: argparse.Namespace) -> str | None:
+    """The resource pool below each cluster's root one; None: each pool's own."""
+    if args.pool_resource_pool:
+        return None
+    return CI_RESOURCE_POOL if args.resource_pool is None else args.resource_pool
 
 
 # accounts ------------------------------------------------------------------------------------
