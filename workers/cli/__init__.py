@@ -97,6 +97,10 @@ def parser() -> argparse.ArgumentParser:
                    "these certificates (default: GOVC_INSECURE=1, as the CI step writes)")
     p.add_argument("--multi-nic", action="store_true", help="with -o lease-files: the extra "
                    "NICs' port groups join every failure domain's networks")
+    p.add_argument("--dvs", action="store_true", help="with -o lease-files: also write "
+                   "dvs.json, each network's distributed switch per cluster, read from the "
+                   "vCenters with the accounts (certificates checked against --ca-certs, "
+                   "else not, as the CI step's govc)")
     rp = p.add_mutually_exclusive_group()
     rp.add_argument("--resource-pool", metavar="NAME", help="with -o lease-files: the "
                     "resource pool below each cluster's Resources (default: ipi-ci-clusters, "

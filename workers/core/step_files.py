@@ -14,13 +14,16 @@ under the same names and keys, so that the steps reading them work unchanged.
   account each, `failureDomains`), the YAML indented to sit under `platform:`/`  vsphere:`;
 - `govc.sh`, `vsphere_context.sh`: the single lease's envVars, then the file paths, the
   resource pool, `cloud_where_run` and the account; the context also names the extra NICs'
-  and the bastion's port groups.
+  and the bastion's port groups;
+- `dvs.json` (only when asked; built by the caller from the vCenters): `network_paths` says
+  which networks it describes.
 
 The resource pool is the CI step's: `<computeCluster>/Resources/ipi-ci-clusters` (a UPI job
 names its own child of `Resources`), in govc.sh and in every failure domain; or, when asked,
 each pool's configured `topology.resourcePool`.
 
-Pure Python, no I/O: the caller reads the accounts and writes the files."""
+Pure Python, no I/O: the caller reads the accounts (and the vCenters) and writes the
+files."""
 
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ SINGLE = "single"
 # the files written for one install (besides the per-object ones)
 FIXED = ("LEASE_single.json", "NETWORK_single.json", "POOL_single.json", "subnets.json",
          "platform.json", "platform.yaml", "govc.sh", "vsphere_context.sh")
+DVS = "dvs.json"  # written when asked: it is read from the vCenters (adapters/vcenter/dvs.py)
 PER_OBJECT = ("LEASE_", "NETWORK_", "POOL_")
 MAX_NAME = 200  # a name in a file name: well below any file system's 255 bytes
 # the resource pool the CI step puts IPI installs in, below each cluster's root pool
@@ -118,6 +122,26 @@ class Install:
             raise StepFilesError("none of these leases has vCPUs (all are network-only): "
                                  "LEASE_single.json would be missing", option="selector")
         return primary[0]
+
+    def network_paths(self) -> list[tuple[str, str]]:
+        """(vCenter, /<datacenter>/network/<port group>) of every network of every lease, in
+        order, each once: what dvs.json describes."""
+        out: dict[tuple[str, str], None] = {}
+        for lease in self.leases:
+            info = _status(lease).get("poolInfo")
+            domains = [e for e in info if isinstance(e, Mapping)] if isinstance(info, list) \
+                else []
+            for domain in domains or [_status(lease)]:
+                topo = domain.get("topology")
+                nets = topo.get("networks") if isinstance(topo, Mapping) else None
+                for path in nets if isinstance(nets, list) else []:
+                    out.setdefault((str(domain.get("server", "")), str(path)))
+        return list(out)
+
+    def all_pools(self) -> list[Mapping[str, Any]]:
+        """The pools of every lease, network-only ones too."""
+        return self.account_pools() + [pool for x in self.leases
+                                       for pool, _ in self.domains_of(x)]
 
     def account_pools(self) -> list[Mapping[str, Any]]:
         """The pools whose vCenters need an account: every pool of the primary leases (the
