@@ -525,6 +525,10 @@ def test_lease_files_refuses_hostile_input_and_writes_nothing(stack, ledger, ups
     refused("-l", sel, str(shared), says="DIR: only with -o lease-files")
     refused("-l", sel, *creds, says="--credentials: only with -o lease-files")
     refused("-l", sel, "--multi-nic", says="--multi-nic: only with -o lease-files")
+    refused("-l", sel, "--dvs", says="--dvs: only with -o lease-files")
+    refused("-l", sel, "--resource-pool", "x", says="--resource-pool: only with -o lease-files")
+    for pool in ("", "a/b", "x" * 81):
+        refused(*files, str(shared), *creds, "--resource-pool", pool, says="--resource-pool: ")
     refused("-l", "boskos-lease-id=nobody", "-o", "lease-files", str(shared), *creds,
             says="no active lease matches", process=True)
     # the accounts file

@@ -129,7 +129,8 @@ def _dvs(args: argparse.Namespace, install: Install,
             raise CliError(f"--ca-certs: {args.ca_certs}: "
                            f"{getattr(exc, 'strerror', None) or exc}", EXIT_INPUT) from None
     else:
-        trust = Trust(kind="insecure")
+        trust = Trust(kind="insecure", insecure_because="no --ca-certs: as the CI step's "
+                      "GOVC_INSECURE=1")
     try:
         return dvs_json(install.network_paths(), accounts, trust)
     except DvsError as exc:
