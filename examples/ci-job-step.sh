@@ -12,7 +12,11 @@
 #               one labelled VSPHERE_BASTION_LEASED_RESOURCE;
 #            3. SHARED_DIR's files for the steps after it: LEASE_*/NETWORK_*/POOL_*.json,
 #               the *_single.json, subnets.json, platform.json/.yaml, govc.sh and
-#               vsphere_context.sh (vcm leases -o lease-files).
+#               vsphere_context.sh (vcm leases -o lease-files), with the CI step's resource
+#               pool: <cluster>/Resources/ipi-ci-clusters, or .../$NAMESPACE-$UNIQUE_HASH
+#               for a job whose JOB_NAME_SAFE has "-upi" (POOL_RESOURCE_POOL set: each
+#               pool's configured one instead); with DVS_JSON set also dvs.json, read
+#               from the vCenters (VCENTER_CA_CERTS: the certificates to trust).
 #   release  every lease carrying the install's boskos-lease-id.
 #
 # Every lease carries the labels boskos-lease-id, job-name and the lease-namespace label; the
@@ -25,7 +29,8 @@
 # OPENSHIFT_REQUIRED_CORES (24), OPENSHIFT_REQUIRED_MEMORY (96), NETWORK_TYPE (single-tenant),
 # VSPHERE_MULTI_NETWORKS, MULTI_NIC_IPI, VSPHERE_EXTRA_LEASED_RESOURCE,
 # VSPHERE_BASTION_LEASED_RESOURCE; and VCENTER_CREDENTIALS (the vCenter accounts file; unset:
-# the file each pool's ci-auth-path annotation names), JOB_LINK, WAIT (2h), VCM (vcm).
+# the file each pool's ci-auth-path annotation names), VCENTER_CA_CERTS, DVS_JSON,
+# POOL_RESOURCE_POOL, JOB_LINK, WAIT (2h), VCM (vcm).
 set -euo pipefail
 
 step=${1:?usage: $0 acquire|release}
@@ -94,6 +99,13 @@ acquire() {
   local files=(-o lease-files "$SHARED_DIR")
   if [[ -n "${VCENTER_CREDENTIALS:-}" ]]; then files+=(--credentials "$VCENTER_CREDENTIALS"); fi
   if [[ -n "${MULTI_NIC_IPI:-}" ]]; then files+=(--multi-nic); fi
+  if [[ -n "${VCENTER_CA_CERTS:-}" ]]; then files+=(--ca-certs "$VCENTER_CA_CERTS"); fi
+  if [[ -n "${DVS_JSON:-}" ]]; then files+=(--dvs); fi
+  if [[ -n "${POOL_RESOURCE_POOL:-}" ]]; then
+    files+=(--pool-resource-pool)
+  elif [[ "$owner" =~ -upi ]]; then
+    files+=(--resource-pool "$cluster_id")
+  fi
   "$vcm" leases -l "$selector" --owner "$owner" "${files[@]}"
   "$vcm" leases -l "$selector" --owner "$owner" -o table
 }

@@ -9,7 +9,9 @@
 #     LEASE_single.json (the Lease with vCPUs), NETWORK_<name>.json, NETWORK_single.json,
 #     POOL_<name>.json, subnets.json (by router, then VLAN), platform.json and platform.yaml
 #     (install-config's vcenters and failureDomains), govc.sh and vsphere_context.sh (the
-#     envVars of LEASE_single; its GOVC_URL must not be empty).
+#     envVars of LEASE_single, whose GOVC_URL must not be empty; then the file paths,
+#     GOVC_INSECURE, the resource pool <computeCluster>/Resources/ipi-ci-clusters, or
+#     .../$NAMESPACE-$UNIQUE_HASH for a -upi job, cloud_where_run and the vCenter's account).
 #   release: delete the Leases of the boskos lease id (the controller releases them).
 #
 # Usage: crd-job-step.sh acquire|release SHARED_DIR
@@ -186,6 +188,7 @@ ${required}
 
   local platform='{"vcenters": [], "failureDomains": []}' file name server datacenter
   local user password auth resource_pool
+  local -A users=() passwords=()
   for file in "$shared"/LEASE_*.json; do
     [[ "$file" == */LEASE_single.json ]] && continue
     name=$(jq -r '.status.name' "$file")
@@ -206,6 +209,9 @@ ${required}
         user=${vcenter_usernames[$pick]} password=${vcenter_passwords[$pick]:-}
       fi
     fi
+    users[$server]=$user passwords[$server]=$password
+    # the resource pool below the cluster's root one: the job's own for UPI, else the IPI
+    # installs' (vcm leases -o lease-files: --resource-pool, default ipi-ci-clusters)
     if [[ "${job}" =~ -upi ]]; then
       resource_pool="$(jq -r '.spec.topology.computeCluster' "$shared/POOL_${name}.json")/Resources/${NAMESPACE:-ci}-${UNIQUE_HASH:-0}"
     else
@@ -233,6 +239,12 @@ ${required}
   network=$(jq -r '[.metadata.ownerReferences[]? | select(.kind == "Network")][0].name' \
     "$shared/LEASE_single.json")
   cp "$shared/NETWORK_${network}.json" "$shared/NETWORK_single.json"
+  name=$(jq -r '.status.name' "$shared/LEASE_single.json")
+  if [[ "${job}" =~ -upi ]]; then
+    resource_pool="$(jq -r '.spec.topology.computeCluster' "$shared/POOL_${name}.json")/Resources/${NAMESPACE:-ci}-${UNIQUE_HASH:-0}"
+  else
+    resource_pool="$(jq -r '.spec.topology.computeCluster' "$shared/POOL_${name}.json")/Resources/ipi-ci-clusters"
+  fi
   jq -r '.status.envVars' "$shared/LEASE_single.json" > "$shared/envvars"
   # shellcheck source=/dev/null
   source "$shared/envvars"
@@ -244,8 +256,14 @@ ${required}
     cat "$shared/envvars"
     echo "export LEASE_PATH=${shared}/LEASE_single.json"
     echo "export NETWORK_PATH=${shared}/NETWORK_single.json"
-    echo "export GOVC_RESOURCE_POOL=${resource_pool}"
+    echo "export GOVC_INSECURE=1"
+    printf 'export vsphere_resource_pool=%q\n' "$resource_pool"
+    printf 'export GOVC_RESOURCE_POOL=%q\n' "$resource_pool"
+    echo "export cloud_where_run=IBM"
+    printf 'export GOVC_USERNAME=%q\n' "${users[$GOVC_URL]:-}"
+    printf 'export GOVC_PASSWORD=%q\n' "${passwords[$GOVC_URL]:-}"
   } > "$shared/govc.sh"
+  chmod 600 "$shared/govc.sh"
   cp "$shared/govc.sh" "$shared/vsphere_context.sh"
   if [[ -f "$shared/vsphere_context.extra" ]]; then
     cat "$shared/vsphere_context.extra" >> "$shared/vsphere_context.sh"

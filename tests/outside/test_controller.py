@@ -135,11 +135,18 @@ def test_the_ci_step_leases_reads_and_releases_through_custom_resources(clean, t
     assert fd["topology"]["resourcePool"] == "/dc1/host/c1/Resources/ipi-ci-clusters"
     assert fd["topology"]["networks"][0].startswith("ci-vlan-1")
     govc = (shared / "govc.sh").read_text()
-    out = subprocess.run(["bash", "-c", f"source {shared / 'vsphere_context.sh'}; "
-                          "echo $GOVC_URL $vsphere_bastion_portgroup $vsphere_extra_portgroup_1"],
+    out = subprocess.run(["bash", "-c", f"set -u; source {shared / 'vsphere_context.sh'}; "
+                          "echo $GOVC_URL $vsphere_bastion_portgroup $vsphere_extra_portgroup_1 "
+                          "$GOVC_RESOURCE_POOL $vsphere_resource_pool $cloud_where_run "
+                          "$GOVC_INSECURE $GOVC_USERNAME"],
                          capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == single["status"]["server"] and "GOVC_URL" in govc
     assert out[1].startswith("ci-vlan-3") and out[2].startswith("ci-vlan-")
+    # as vcm leases -o lease-files writes them: the single lease's pool's IPI resource pool
+    single_fd = {d["name"]: d for d in platform["failureDomains"]}[single["status"]["name"]]
+    assert out[3:6] == [single_fd["topology"]["resourcePool"]] * 2 + ["IBM"]
+    assert out[6] == "1" and out[7] == {v["server"]: v for v in platform["vcenters"]}[
+        out[0]]["user"]
     # the ledger holds what the Leases show, one ledger lease per Lease (each one pool)
     ledger = crd.ledger_leases(f"boskos-lease-id={boskos}")
     assert len(ledger) == 4

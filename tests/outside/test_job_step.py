@@ -40,8 +40,10 @@ CONTEXT_VARS = ("GOVC_URL", "GOVC_USERNAME", "GOVC_PASSWORD", "GOVC_DATACENTER",
                 "GOVC_DATASTORE", "GOVC_NETWORK", "GOVC_RESOURCE_POOL", "GOVC_INSECURE",
                 "vsphere_url", "vsphere_datacenter", "vsphere_datastore", "vsphere_cluster",
                 "vsphere_portgroup", "vsphere_resource_pool", "vlanid", "primaryrouterhostname",
-                "dns_server", "LEASE_PATH", "NETWORK_PATH", "vsphere_bastion_portgroup",
-                "vsphere_extra_portgroup_1", "vsphere_extra_portgroup_2")
+                "dns_server", "LEASE_PATH", "NETWORK_PATH", "cloud_where_run",
+                "vsphere_bastion_portgroup", "vsphere_extra_portgroup_1",
+                "vsphere_extra_portgroup_2")
+IPI_RESOURCE_POOL = "ipi-ci-clusters"  # the CI step's, below each cluster's Resources
 
 
 @pytest.fixture()
@@ -121,9 +123,10 @@ def vips_of(shared: Path) -> tuple[list[str], str]:
     return [spec["ipAddresses"][2], spec["ipAddresses"][3]], spec["machineNetworkCidr"]
 
 
-def check_shared_dir(shared: Path, ledger) -> dict[str, Any]:
-    """Every file a later step reads, checked the way that step reads it. Returns what was
-    read, for the test's own checks."""
+def check_shared_dir(shared: Path, ledger, child: str = IPI_RESOURCE_POOL) -> dict[str, Any]:
+    """Every file a later step reads, checked the way that step reads it; the resource pool
+    is `child` below the cluster's Resources, as the CI step sets it. Returns what was read,
+    for the test's own checks."""
     names = sorted(p.name for p in shared.iterdir())
     assert not [n for n in names if n.startswith(".")], names  # no temporary files left
     leases = {n: load(shared, n) for n in names if n.startswith("LEASE_")}
@@ -156,11 +159,12 @@ def check_shared_dir(shared: Path, ledger) -> dict[str, Any]:
     assert env["LEASE_PATH"] == str(shared / "LEASE_single.json")
     assert env["NETWORK_PATH"] == str(shared / "NETWORK_single.json")
     assert env["GOVC_INSECURE"] == "1"
+    assert env["cloud_where_run"] == "IBM"  # the gather and deprovision steps read it
     pool = pools[f"POOL_{single['status']['name']}.json"]["spec"]
     assert env["vsphere_datacenter"] == env["GOVC_DATACENTER"] == pool["topology"]["datacenter"]
     assert env["vsphere_cluster"] == pool["topology"]["computeCluster"]
     assert env["GOVC_RESOURCE_POOL"] == env["vsphere_resource_pool"] \
-        == pool["topology"]["resourcePool"]
+        == f"{pool['topology']['computeCluster']}/Resources/{child}"
     net = load(shared, "NETWORK_single.json")["spec"]
     assert env["vsphere_portgroup"] == env["GOVC_NETWORK"] == net["portGroupName"]
     assert single["status"]["topology"]["networks"][0] \
@@ -173,7 +177,7 @@ def check_shared_dir(shared: Path, ledger) -> dict[str, Any]:
               str(subnets)) == "true"
     entry = json.loads(jq("--arg", "PRH", prh, "--arg", "VLANID", vlan, ".[$PRH][$VLANID]",
                           str(subnets)))
-    assert entry["dnsServer"] == env["dns_server"]
+    assert entry["dnsServer"] == net["gateway"]  # as the CI step writes it
     assert entry["gateway"] == net["gateway"] and entry["mask"] == net["netmask"]
     assert entry["cidr"] == ipaddress.ip_network(net["machineNetworkCidr"]).prefixlen
     assert entry["ipAddresses"] == net["ipAddresses"]
@@ -224,6 +228,8 @@ def check_shared_dir(shared: Path, ledger) -> dict[str, Any]:
         assert fd["topology"]["datacenter"] in servers[fd["server"]]["datacenters"]
         assert set(fd["topology"]) >= {"computeCluster", "datacenter", "datastore",
                                        "networks", "resourcePool"}
+        assert fd["topology"]["resourcePool"] \
+            == f"{fd['topology']['computeCluster']}/Resources/{child}"
         assert fd["topology"]["computeCluster"].startswith(f"/{fd['topology']['datacenter']}/")
         assert all("/" not in n for n in fd["topology"]["networks"])  # port group names
         assert f"POOL_{fd['name']}.json" in names
@@ -300,6 +306,13 @@ def test_named_pools_with_extra_nics_and_a_bastion(stack, ledger, upstream, acco
 
     read = check_shared_dir(shared, ledger)
     assert len(read["leases"]) == 6  # one per request: each lease asked on its own
+    # the pool each primary lease named, where the CI step reads it (.spec."required-pool")
+    files = read["leases"].values()
+    assert sorted(x["spec"]["required-pool"] for x in files if "vcpus" in x["spec"]) \
+        == ["v1-c1", "v1-c2", "v2-c1"]
+    assert all(x["spec"]["required-pool"] == x["status"]["name"] for x in files
+               if "vcpus" in x["spec"])
+    assert not [x for x in files if "vcpus" not in x["spec"] and "required-pool" in x["spec"]]
     assert len(read["platform"]["failureDomains"]) == 3  # the bastion's pool is no domain
     assert {vc["server"] for vc in read["platform"]["vcenters"]} \
         == {"vcenter-1.example.com", "vcenter-2.example.com"}
@@ -328,35 +341,44 @@ def test_named_pools_with_extra_nics_and_a_bastion(stack, ledger, upstream, acco
     assert held(ledger) == []
 
 
-def test_pool_count_with_a_selector_and_two_networks(stack, ledger, upstream, accounts,
-                                                     tmp_path):
+def test_pool_count_with_a_selector_two_networks_and_multi_nic_for_a_upi_job(
+        stack, ledger, upstream, accounts, tmp_path):
     """No POOLS: one lease of POOL_COUNT pools matching POOL_SELECTOR, the cores and memory
     divided, on at most 3 vCenters, two networks per pool (VSPHERE_MULTI_NETWORKS): one Lease
-    object listing both pools in poolInfo, a failure domain per pool."""
+    object listing both pools in poolInfo, a failure domain per pool. MULTI_NIC_IPI: one
+    extra NIC's network-only lease, its port group every failure domain's second network. A
+    -upi job: the resource pool is the job's own, $NAMESPACE-$UNIQUE_HASH."""
     shared = tmp_path / "shared"
     env = {"LEASED_RESOURCE": "vsphere-elastic-8", "POOL_COUNT": "2",
            "POOL_SELECTOR": "region=us-south", "VSPHERE_MULTI_NETWORKS": "true",
+           "MULTI_NIC_IPI": "true", "JOB_NAME_SAFE": "e2e-vsphere-upi",
            "VCENTER_CREDENTIALS": str(accounts)}
     p = run_step(stack, tmp_path, "acquire", shared, **env)
     assert p.returncode == 0, p.stderr
-    leases = held(ledger)
+    leases = [x for x in held(ledger) if x["spec"]["vcpus"]]
+    (extra,) = [x for x in held(ledger) if not x["spec"]["vcpus"]]
+    assert extra["status"]["labels"]["VSPHERE_EXTRA_LEASED_RESOURCE"] == "1"
     assert len(leases) == 2 and len({x["status"]["vcenter"] for x in leases}) == 2
     for x in leases:
         assert (x["spec"]["vcpus"], x["spec"]["memory"]) == (12, 48)
         assert (x["spec"]["pools"], x["spec"]["vcenters"]) == (2, 3)
         assert len(x["status"]["networks"]) == 2  # on two VLANs: never one VLAN twice
         assert len({n["vlan"] for n in x["status"]["networks"]}) == 2
-    read = check_shared_dir(shared, ledger)
-    assert len(read["leases"]) == 1  # the request's two leases: one Lease object
-    (lease,) = read["leases"].values()
+    read = check_shared_dir(shared, ledger, child="ci-op-x1-abc12")
+    assert len(read["leases"]) == 2  # the request's two leases: one Lease object; the NIC's
+    (lease,) = [x for x in read["leases"].values() if "vcpus" in x["spec"]]
     assert lease["spec"]["pools"] == 2 and lease["spec"]["networks"] == 2
+    assert "required-pool" not in lease["spec"]
     info = lease["status"]["poolInfo"]
     assert [d["name"] for d in info] == [x["status"]["pool"] for x in leases]
     domains = read["platform"]["failureDomains"]
     assert [d["name"] for d in domains] == [d["name"] for d in info]
+    nic = extra["status"]["networks"][0]["port-group"]
+    assert read["env"]["vsphere_extra_portgroup_1"] == nic
     for domain, x in zip(domains, leases, strict=True):
         assert domain["server"] == x["status"]["vcenter"]
-        assert domain["topology"]["networks"] == [x["status"]["networks"][0]["port-group"]]
+        assert domain["topology"]["networks"] \
+            == [x["status"]["networks"][0]["port-group"], nic]
     assert run_step(stack, tmp_path, "release", shared, **env).returncode == 0
     assert held(ledger) == []
 
@@ -503,6 +525,10 @@ def test_lease_files_refuses_hostile_input_and_writes_nothing(stack, ledger, ups
     refused("-l", sel, str(shared), says="DIR: only with -o lease-files")
     refused("-l", sel, *creds, says="--credentials: only with -o lease-files")
     refused("-l", sel, "--multi-nic", says="--multi-nic: only with -o lease-files")
+    refused("-l", sel, "--dvs", says="--dvs: only with -o lease-files")
+    refused("-l", sel, "--resource-pool", "x", says="--resource-pool: only with -o lease-files")
+    for pool in ("", "a/b", "x" * 81):
+        refused(*files, str(shared), *creds, "--resource-pool", pool, says="--resource-pool: ")
     refused("-l", "boskos-lease-id=nobody", "-o", "lease-files", str(shared), *creds,
             says="no active lease matches", process=True)
     # the accounts file

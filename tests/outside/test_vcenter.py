@@ -552,3 +552,71 @@ def test_cli_refuses_a_switch_for_every_vcenter_without_a_traceback(tmp_path):
     assert p.returncode != 0
     assert "invalid setting VCM_VCENTER_INSECURE='true'" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_lease_files_dvs_json_is_each_networks_switch_per_cluster_from_the_vcenter(
+        sim, tmp_path):
+    """`vcm leases -o lease-files DIR --dvs` (its writer, in process: no workers needed):
+    dvs.json as the CI step's govc builds it, for every network the install's leases hold
+    (a two-pool lease and an extra NIC's), read from the simulator with the install's
+    account; a port group the vCenter does not have is {}; a wrong password writes
+    nothing."""
+    import argparse
+
+    from pyVim.connect import Disconnect
+    from pyVmomi import vim
+
+    from workers.adapters.vcenter.client import login
+    from workers.cli.exits import CliError
+    from workers.cli.lease_files import write_lease_files
+    from workers.core.grants import make_lease, make_leases
+    from workers.core.parsing import parse_request
+    from workers.core.step_files import install_of
+
+    p1, p2 = pools(sim.address)
+    p1 = replace(p1, networks=(*p1.networks, Network("not-on-the-vcenter", 1009)))
+
+    def req(**fields: object):
+        return parse_request({"vcpus": 4, "memory": 8, "labels": {"boskos-lease-id": "b"},
+                              **fields}, default_owner="job")
+
+    leases = [*make_leases(["l1", "l2"], req(pools=2, **{"request-id": "r1"}),
+                           [(p1, [p1.networks[0]]), (p2, [p2.networks[0]])], 0),
+              make_lease("l3", req(vcpus=0, memory=0, **{"request-id": "r2"}), p1,
+                         [p1.networks[1], p1.networks[2]], 0)]
+    install = install_of(leases, [{"spec": p.spec(), "status": {}} for p in (p1, p2)])
+    accounts = tmp_path / "accounts.sh"
+    accounts.write_text(f"vcenter_usernames=({USER})\nvcenter_passwords=('{PASSWORD}')\n")
+    shared = tmp_path / "shared"
+    args = argparse.Namespace(dir=str(shared), credentials=str(accounts),
+                              ca_certs=str(process_ca().path), multi_nic=False,
+                              resource_pool=None, pool_resource_pool=False, dvs=True)
+    assert "dvs.json" in write_lease_files(args, install)
+    dvs = json.loads((shared / "dvs.json").read_text())
+
+    si = login(access(sim.address), 10)  # the switches' UUIDs, read another way
+    try:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(
+            content.rootFolder, [vim.DistributedVirtualSwitch], True)
+        uuids = {s.name: s.uuid for s in view.view}
+    finally:
+        Disconnect(si)
+    dc1 = {"datacenter": "datacenter1", "cluster": {"cluster1": uuids["datacenter1-dvs"]}}
+    assert uuids["datacenter1-dvs"] != uuids["datacenter2-dvs"]
+    assert dvs == {
+        "/datacenter1/network/ci-vlan-1001": dc1,
+        "/datacenter2/network/ci-vlan-2001": {
+            "datacenter": "datacenter2", "cluster": {"cluster2": uuids["datacenter2-dvs"]}},
+        "/datacenter1/network/ci-vlan-1002": dc1,
+        "/datacenter1/network/not-on-the-vcenter": {},
+    }
+
+    # a login refused: nothing written, the option and the vCenter named, no password shown
+    accounts.write_text(f"vcenter_usernames=({USER})\nvcenter_passwords=('wrong')\n")
+    again = tmp_path / "again"
+    with pytest.raises(CliError) as err:
+        write_lease_files(argparse.Namespace(**{**vars(args), "dir": str(again)}), install)
+    assert str(err.value).startswith(f"--dvs: vcenter {sim.address}: login as")
+    assert "wrong" not in str(err.value)
+    assert not any(again.iterdir())

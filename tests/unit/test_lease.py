@@ -15,6 +15,7 @@ from api_shim.schemas import LEASE
 from workers.core.grants import make_lease, new_lease
 from workers.core.lease import Lease, lease_port_groups, port_group_key, rfc3339
 from workers.core.models import Network, Pool, Request
+from workers.core.taints import Toleration
 from workers.core.topology import env_values, failure_domain, lease_env, platform_vsphere
 from workers.core.upstream import env_vars
 
@@ -29,6 +30,9 @@ WIRE = {
     ("spec", "vcenters"): ("vcenters", 0),
     ("spec", "networks"): ("network_count", 0),
     ("spec", "pools"): ("pools", 0),
+    ("spec", "required-pool"): ("required_pool", ""),
+    ("spec", "pool-selector"): ("pool_selector", {}),
+    ("spec", "tolerations"): ("tolerations", []),
     ("status", "leased-at"): ("leased_at", ""),
     ("status", "expires-at"): ("expires_at", ""),
     ("status", "boskos-lease-id"): ("boskos_lease_id", ""),
@@ -105,7 +109,13 @@ def requests(draw: st.DrawFn) -> Request:
                    request_id=draw(st.just("") | names), ttl=draw(st.integers(1, 7 * 86400)),
                    labels=tuple(sorted(labels.items())),
                    job_link=draw(st.sampled_from(["", "https://ci.example/job/1"])),
-                   pools=draw(st.integers(0, 4)))
+                   pools=draw(st.integers(0, 4)), required_pool=draw(st.none() | names),
+                   pool_selector=tuple(sorted(draw(st.dictionaries(keys, names,
+                                                                   max_size=2)).items())),
+                   tolerations=tuple(draw(st.lists(st.builds(
+                       Toleration, key=keys, operator=st.sampled_from(["Exists", "Equal"]),
+                       value=names, effect=st.sampled_from(["", "NoSchedule"])),
+                       max_size=2))))
 
 
 @st.composite
@@ -123,8 +133,15 @@ def granted(draw: st.DrawFn) -> tuple[dict[str, Any], Lease]:
 def wire_lease(lease_id: str, req: Request, pool: Pool, nets: list[Network], now: float
                ) -> dict[str, Any]:
     """A new lease as it was built by hand before Lease existed: the layout to keep."""
+    spec = req.spec()
+    if req.required_pool:
+        spec["required-pool"] = req.required_pool
+    if req.pool_selector:
+        spec["pool-selector"] = dict(req.pool_selector)
+    if req.tolerations:
+        spec["tolerations"] = [t.to_dict() for t in req.tolerations]
     lease = {
-        "spec": req.spec(),
+        "spec": spec,
         "status": {
             "leased-at": rfc3339(now), "expires-at": rfc3339(now + req.ttl),
             "boskos-lease-id": req.boskos_lease_id, "pool": pool.name,

@@ -94,6 +94,10 @@ def test_a_multi_pool_install_gives_every_file_the_ci_step_writes():
     entry = subnets["r1.dal10.pod01.example.com"]["1201"]
     assert (entry["dnsServer"], entry["mask"], entry["cidr"]) == ("10.12.1.1",
                                                                   "255.255.255.128", 25)
+    # dnsServer is the gateway, as the CI step writes it, also where nameservers are listed
+    # (they are in the spec)
+    entry = subnets["r1.dal10.pod01.example.com"]["1200"]
+    assert entry["nameservers"] and entry["dnsServer"] == entry["gateway"] == "10.12.0.1"
     assert {f.name for f in files.values() if f.secret} \
         == {"platform.json", "platform.yaml", "govc.sh", "vsphere_context.sh"}
     # without --multi-nic, the domains have the leases' own networks only
@@ -171,6 +175,32 @@ def test_a_pool_removed_from_the_configuration_is_described_by_its_lease():
     assert pool["kind"] == "Pool" and pool["spec"]["server"] == "vcenter-2.example.com"
     files = {f.name for f in step_files(install, ACCOUNTS, "/s")}
     assert "POOL_v2-c1.json" in files
+
+
+def test_the_resource_pool_is_the_ci_steps_unless_the_pools_own_is_asked_for():
+    """`<computeCluster>/Resources/ipi-ci-clusters` by default, a UPI job's own child of
+    Resources when named, each pool's configured one when asked: in govc.sh and in every
+    failure domain; cloud_where_run as the CI step exports it."""
+    for child, ends in (({}, "/Resources/ipi-ci-clusters"),
+                        ({"child": "ci-op-x1-abc12"}, "/Resources/ci-op-x1-abc12")):
+        files = built(**child)
+        domains = json.loads(files["platform.json"].text)["failureDomains"]
+        for d in domains:
+            assert d["topology"]["resourcePool"] == d["topology"]["computeCluster"] + ends
+        govc = files["govc.sh"].text
+        rp = f"{domains[0]['topology']['computeCluster']}{ends}"
+        assert f"export vsphere_resource_pool={rp}\n" in govc
+        assert f"export GOVC_RESOURCE_POOL={rp}\n" in govc
+        assert "export cloud_where_run=IBM\n" in govc
+    own = built(child=None)
+    for d in json.loads(own["platform.json"].text)["failureDomains"]:
+        pool = POOLS[d["name"]]
+        assert d["topology"]["resourcePool"] == \
+            f"/{pool.datacenter}/host/{pool.cluster}/Resources"
+    for bad in ("", "a/b", "x" * 81, "a\nb"):
+        with pytest.raises(StepFilesError) as err:
+            built(child=bad)
+        assert err.value.option == "resource-pool"
 
 
 def test_govc_trusts_the_certificates_given_else_checks_none_as_the_ci_step():

@@ -20,6 +20,7 @@ from workers.core.errors import ConfigError
 from workers.core.grants import make_lease, make_leases
 from workers.core.lease import network_key
 from workers.core.models import Network, Pool, Request
+from workers.core.parsing import parse_request
 from workers.core.pools import parse_pools
 from workers.core.topology import network_path, port_group_of
 from workers.core.upstream import (
@@ -346,6 +347,28 @@ def test_lease_spec_leaves_out_vcpus_and_memory_of_a_network_only_lease():
                                   "boskos-lease-id": "b-1"}
     with pytest.raises(ValueError):
         lease_spec([])
+
+
+def test_lease_spec_carries_the_pool_the_request_named_and_its_selector_and_tolerations():
+    """The CI step reads `.spec."required-pool"` of every lease (it picks the network index
+    by it); poolSelector and tolerations are upstream's keys for what the request gave."""
+    pools = example_pools()
+    req = parse_request({"vcpus": 8, "memory": 32, "required-pool": pools[0].name,
+                         "pool-selector": {"region": "us-south"},
+                         "tolerations": [{"key": "k", "operator": "Exists"}]},
+                        default_owner="job")
+    spec = lease_spec([make_lease("p", req, pools[0], [pools[0].networks[0]], 0)])
+    assert set(spec) <= LEASE_SPEC_KEYS
+    assert spec["required-pool"] == pools[0].name
+    assert spec["poolSelector"] == {"region": "us-south"}
+    assert spec["tolerations"] == [{"key": "k", "operator": "Exists", "value": "",
+                                    "effect": ""}]
+    # a record written before leases kept them, or holding something else there: left out
+    old = make_lease("o", Request(vcpus=8, memory=32), pools[0], [], 0)
+    odd = {**old, "spec": {**old["spec"], "required-pool": 7, "pool-selector": "x",
+                           "tolerations": {"a": 1}}}
+    for record in (old, odd):
+        assert not {"required-pool", "poolSelector", "tolerations"} & set(lease_spec([record]))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

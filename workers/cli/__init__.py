@@ -97,6 +97,17 @@ def parser() -> argparse.ArgumentParser:
                    "these certificates (default: GOVC_INSECURE=1, as the CI step writes)")
     p.add_argument("--multi-nic", action="store_true", help="with -o lease-files: the extra "
                    "NICs' port groups join every failure domain's networks")
+    p.add_argument("--dvs", action="store_true", help="with -o lease-files: also write "
+                   "dvs.json, each network's distributed switch per cluster, read from the "
+                   "vCenters with the accounts (certificates checked against --ca-certs, "
+                   "else not, as the CI step's govc)")
+    rp = p.add_mutually_exclusive_group()
+    rp.add_argument("--resource-pool", metavar="NAME", help="with -o lease-files: the "
+                    "resource pool below each cluster's Resources (default: ipi-ci-clusters, "
+                    "as the CI step sets it for IPI jobs; a UPI job gives its "
+                    "$NAMESPACE-$UNIQUE_HASH)")
+    rp.add_argument("--pool-resource-pool", action="store_true", help="with -o lease-files: "
+                    "each pool's own configured resource pool instead")
     p.set_defaults(func=cmd_leases)
     p = sub.add_parser("estimate", parents=[common, out], help="how many more would fit")
     request_flags(p)

@@ -9,8 +9,10 @@ import argparse
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import secrets
+import ssl
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -18,10 +20,14 @@ from collections.abc import Mapping
 from ..core.shell import ShellSyntax, vcenter_accounts
 from ..core.step_files import (
     AUTH_ANNOTATION,
+    CI_RESOURCE_POOL,
+    DVS,
+    MAX_RESOURCE_POOL,
     Account,
     Install,
     StepFile,
     StepFilesError,
+    resource_pool_problem,
     stale,
     step_files,
 )
@@ -40,10 +46,16 @@ def check_options(args: argparse.Namespace) -> None:
                        EXIT_INPUT)
     if not wanted:
         for option, value in (("DIR", args.dir), ("--credentials", args.credentials),
-                              ("--ca-certs", args.ca_certs), ("--multi-nic", args.multi_nic)):
+                              ("--ca-certs", args.ca_certs), ("--multi-nic", args.multi_nic),
+                              ("--dvs", args.dvs),
+                              ("--resource-pool", args.resource_pool),
+                              ("--pool-resource-pool", args.pool_resource_pool)):
             if value:
                 raise CliError(f"{option}: only with -o lease-files", EXIT_INPUT)
         return
+    if args.resource_pool is not None and resource_pool_problem(args.resource_pool):
+        raise CliError(f"--resource-pool: {args.resource_pool[:MAX_RESOURCE_POOL]!r} "
+                       f"{resource_pool_problem(args.resource_pool)}", EXIT_INPUT)
     probe(target_dir(args.dir))  # say so now, before asking the workers for anything
 
 
@@ -79,11 +91,14 @@ def write_lease_files(args: argparse.Namespace, install: Install) -> list[str]:
     """Write the install's files into DIR; the names written, in order."""
     directory = target_dir(args.dir)
     try:
-        accounts = _accounts(args, install)
+        accounts = _accounts(args, install, install.all_pools() if args.dvs else None)
         files = step_files(install, accounts, directory, multi_nic=bool(args.multi_nic),
-                           ca_certs=args.ca_certs or "")
+                           ca_certs=args.ca_certs or "", child=child_pool(args))
+        if args.dvs:
+            files.append(StepFile(DVS, _json(_dvs(args, install, accounts))))
     except StepFilesError as exc:
-        option = {"selector": "-l", "credentials": "--credentials"}.get(exc.option, "")
+        option = {"selector": "-l", "credentials": "--credentials",
+                  "resource-pool": "--resource-pool"}.get(exc.option, "")
         if option:
             raise CliError(f"{option}: {exc}", EXIT_INPUT) from None
         raise CliError(f"-o lease-files: {exc}", EXIT_OTHER) from None
@@ -91,18 +106,56 @@ def write_lease_files(args: argparse.Namespace, install: Install) -> list[str]:
     return [f.name for f in files]
 
 
+def child_pool(args: argparse.Namespace) -> str | None:
+    """The resource pool below each cluster's root one; None: each pool's own."""
+    if args.pool_resource_pool:
+        return None
+    return CI_RESOURCE_POOL if args.resource_pool is None else args.resource_pool
+
+
 # accounts ------------------------------------------------------------------------------------
-def _accounts(args: argparse.Namespace, install: Install) -> dict[str, Account]:
-    """One account per vCenter of the primary leases: from --credentials, else from the file
-    the pool's ci-auth-path annotation names. The account is chosen among the file's by the
-    install and the vCenter, so that installs spread over the accounts and a step run again
-    writes the same one."""
+def _dvs(args: argparse.Namespace, install: Install,
+         accounts: Mapping[str, Account]) -> dict[str, object]:
+    """dvs.json, read from the vCenters: each certificate checked against --ca-certs, else
+    not checked (GOVC_INSECURE=1, as the CI step's govc)."""
+    from ..adapters.vcenter.access import Trust
+    from ..adapters.vcenter.dvs import DvsError, dvs_json
+
+    if args.ca_certs:
+        try:
+            with open(args.ca_certs, encoding="utf-8") as fh:
+                trust = Trust(ca_pem=fh.read(MAX_ACCOUNTS_FILE))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise CliError(f"--ca-certs: {args.ca_certs}: "
+                           f"{getattr(exc, 'strerror', None) or exc}", EXIT_INPUT) from None
+    else:
+        trust = Trust(kind="insecure", insecure_because="no --ca-certs: as the CI step's "
+                      "GOVC_INSECURE=1")
+    try:
+        return dvs_json(install.network_paths(), accounts, trust)
+    except DvsError as exc:
+        raise CliError(f"--dvs: {exc}", EXIT_OTHER) from None
+    except ssl.SSLError as exc:  # a CA file that is no certificate bundle
+        raise CliError(f"--ca-certs: {args.ca_certs}: {exc.reason or exc}", EXIT_INPUT) \
+            from None
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, indent=2) + "\n"
+
+
+def _accounts(args: argparse.Namespace, install: Install,
+              pools: list[Mapping[str, object]] | None = None) -> dict[str, Account]:
+    """One account per vCenter of `pools` (default: the primary leases' pools): from
+    --credentials, else from the file the pool's ci-auth-path annotation names. The account
+    is chosen among the file's by the install and the vCenter, so that installs spread over
+    the accounts and a step run again writes the same one."""
     single = install.single
     labels = (single.get("metadata") or {}).get("labels") or {}
     key = str(labels.get("boskos-lease-id") or (single.get("metadata") or {}).get("name"))
     read: dict[str, list[Account]] = {}
     out: dict[str, Account] = {}
-    for pool in install.account_pools():
+    for pool in install.account_pools() if pools is None else pools:
         server = str((pool.get("spec") or {}).get("server", ""))
         if server in out:
             continue

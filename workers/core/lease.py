@@ -202,6 +202,19 @@ class Lease:
     pools: int = wire("spec", "pools", 0,  # only when the request asked for P pools
                       {**_COUNT, "description": "P distinct pools were asked for"},
                       new=False, request="pools")
+    required_pool: str = wire("spec", "required-pool", "",  # the pool the request named
+                              {**_TEXT, "description": "the one pool the request named"},
+                              new=False, request="required_pool")
+    pool_selector: dict[str, str] = wire(
+        "spec", "pool-selector", {},
+        {"type": "object", "additionalProperties": {"type": "string"},
+         "description": "the labels the request's pools had to carry"},
+        new=False, request="pool_selector")
+    tolerations: list[dict[str, str]] = wire(
+        "spec", "tolerations", [],
+        {"type": "array", "items": {"type": "object", "additionalProperties": {
+            "type": "string"}}, "description": "the request's tolerations (key, operator, "
+         "value, effect)"}, new=False, request="toleration_dicts")
     # status
     leased_at: str = wire("status", "leased-at", "", _TIME)  # RFC 3339, whole seconds
     expires_at: str = wire("status", "expires-at", "", _TIME)
@@ -415,6 +428,8 @@ def granted(req: Any, pool: Any) -> dict[str, Any]:
     for f in FIELDS:
         if f.request or f.pool:
             value = getattr(req, f.request) if f.request else getattr(pool, f.pool)
+            if value is None:  # not asked for (a request's required_pool)
+                value = _absent(f.default)
             out[f.attr] = dict(value) if isinstance(f.default, dict) else value
     return out
 

@@ -262,6 +262,11 @@ class Request:
     tolerations: tuple[Toleration, ...] = ()
 
     @property
+    def toleration_dicts(self) -> list[dict[str, str]]:
+        """Its tolerations as a lease records them."""
+        return [t.to_dict() for t in self.tolerations]
+
+    @property
     def pool_count(self) -> int:
         return self.pools or self.vcenters
 

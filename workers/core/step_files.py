@@ -8,13 +8,22 @@ under the same names and keys, so that the steps reading them work unchanged.
   network: the VIPs are `spec.ipAddresses[2]` and `[3]`, within `spec.machineNetworkCidr`),
   `POOL_single.json` (its pool);
 - `subnets.json`: the single network's object, plus every network's spec keyed by router,
-  then VLAN, with `dnsServer`, `mask`, `StartIPv6Address` and `CidrIPv6`;
+  then VLAN, with `dnsServer` (the gateway, as the CI step writes it), `mask`,
+  `StartIPv6Address` and `CidrIPv6`;
 - `platform.json`, `platform.yaml`: install-config's `platform.vsphere` (`vcenters` with an
   account each, `failureDomains`), the YAML indented to sit under `platform:`/`  vsphere:`;
-- `govc.sh`, `vsphere_context.sh`: the single lease's envVars, then the account, resource
-  pool and file paths; the context also names the extra NICs' and the bastion's port groups.
+- `govc.sh`, `vsphere_context.sh`: the single lease's envVars, then the file paths, the
+  resource pool, `cloud_where_run` and the account; the context also names the extra NICs'
+  and the bastion's port groups;
+- `dvs.json` (only when asked; built by the caller from the vCenters): `network_paths` says
+  which networks it describes.
 
-Pure Python, no I/O: the caller reads the accounts and writes the files."""
+The resource pool is the CI step's: `<computeCluster>/Resources/ipi-ci-clusters` (a UPI job
+names its own child of `Resources`), in govc.sh and in every failure domain; or, when asked,
+each pool's configured `topology.resourcePool`.
+
+Pure Python, no I/O: the caller reads the accounts (and the vCenters) and writes the
+files."""
 
 from __future__ import annotations
 
@@ -33,8 +42,14 @@ SINGLE = "single"
 # the files written for one install (besides the per-object ones)
 FIXED = ("LEASE_single.json", "NETWORK_single.json", "POOL_single.json", "subnets.json",
          "platform.json", "platform.yaml", "govc.sh", "vsphere_context.sh")
+DVS = "dvs.json"  # written when asked: it is read from the vCenters (adapters/vcenter/dvs.py)
 PER_OBJECT = ("LEASE_", "NETWORK_", "POOL_")
 MAX_NAME = 200  # a name in a file name: well below any file system's 255 bytes
+# the resource pool the CI step puts IPI installs in, below each cluster's root pool
+CI_RESOURCE_POOL = "ipi-ci-clusters"
+MAX_RESOURCE_POOL = 80  # vSphere's longest object name
+# what the CI step exports as cloud_where_run (the gather and deprovision steps branch on it)
+CLOUD_WHERE_RUN = "IBM"
 
 
 class StepFilesError(ValueError):
@@ -108,6 +123,26 @@ class Install:
                                  "LEASE_single.json would be missing", option="selector")
         return primary[0]
 
+    def network_paths(self) -> list[tuple[str, str]]:
+        """(vCenter, /<datacenter>/network/<port group>) of every network of every lease, in
+        order, each once: what dvs.json describes."""
+        out: dict[tuple[str, str], None] = {}
+        for lease in self.leases:
+            info = _status(lease).get("poolInfo")
+            domains = [e for e in info if isinstance(e, Mapping)] if isinstance(info, list) \
+                else []
+            for domain in domains or [_status(lease)]:
+                topo = domain.get("topology")
+                nets = topo.get("networks") if isinstance(topo, Mapping) else None
+                for path in nets if isinstance(nets, list) else []:
+                    out.setdefault((str(domain.get("server", "")), str(path)))
+        return list(out)
+
+    def all_pools(self) -> list[Mapping[str, Any]]:
+        """The pools of every lease, network-only ones too."""
+        return self.account_pools() + [pool for x in self.leases
+                                       for pool, _ in self.domains_of(x)]
+
     def account_pools(self) -> list[Mapping[str, Any]]:
         """The pools whose vCenters need an account: every pool of the primary leases (the
         single lease's first)."""
@@ -168,14 +203,35 @@ def file_name(prefix: str, name: str) -> str:
     return f"{prefix}{name}.json"
 
 
+def resource_pool_problem(name: str) -> str:
+    """Why `name` cannot be a resource pool below a cluster's `Resources` ("" when it can)."""
+    if not name:
+        return "is empty"
+    if len(name) > MAX_RESOURCE_POOL:
+        return f"is longer than {MAX_RESOURCE_POOL} characters"
+    if "/" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "must be one name: no '/' and no control characters"
+    return ""
+
+
+def resource_pool(topo: Mapping[str, Any], child: str | None) -> str:
+    """A failure domain's resource pool: `child` below its cluster's root resource pool
+    (`<computeCluster>/Resources/<child>`, as the CI step sets it), or with `child` None
+    the pool's configured one."""
+    if child is None:
+        return str(topo.get("resourcePool", ""))
+    return f"{topo.get('computeCluster', '')}/Resources/{child}"
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, indent=2) + "\n"
 
 
 def subnets(install: Install) -> dict[str, Any]:
     """subnets.json: the single lease's first network as its object, with every network of
-    every lease under [router][VLAN]: its spec plus `dnsServer` (the first nameserver, else
-    the gateway), `mask` (the netmask), `StartIPv6Address` and `CidrIPv6`."""
+    every lease under [router][VLAN]: its spec plus `dnsServer` (the gateway, as the CI step
+    writes it; the nameservers are in the spec), `mask` (the netmask), `StartIPv6Address`
+    and `CidrIPv6`."""
     single_nets = install.networks_of(install.single)
     out: dict[str, Any] = json.loads(json.dumps(single_nets[0])) if single_nets else {}
     reserved = set(out)
@@ -191,9 +247,8 @@ def subnets(install: Install) -> dict[str, Any]:
             if router in reserved:
                 raise StepFilesError(f"network {_name(net)!r}: router {router!r} is also a key "
                                      "of the network object in subnets.json")
-            nameservers = spec.get("nameservers") or []
             entry = {**spec,
-                     "dnsServer": nameservers[0] if nameservers else spec.get("gateway", ""),
+                     "dnsServer": spec.get("gateway", ""),
                      "mask": spec.get("netmask", ""),
                      "StartIPv6Address": spec.get("startIPv6Address", ""),
                      "CidrIPv6": spec.get("cidrIPv6", 0)}
@@ -201,12 +256,13 @@ def subnets(install: Install) -> dict[str, Any]:
     return out
 
 
-def platform(install: Install, accounts: Mapping[str, Account],
-             multi_nic: bool = False) -> dict[str, Any]:
+def platform(install: Install, accounts: Mapping[str, Account], multi_nic: bool = False,
+             child: str | None = CI_RESOURCE_POOL) -> dict[str, Any]:
     """install-config's platform.vsphere for the install: a vcenters entry per vCenter of
     its primary leases' pools (with its account and datacenters) and a failure domain per
     pool, from the Pool object, with the port group of the lease's first network there
-    (with `multi_nic`, then the extra NICs' port groups)."""
+    (with `multi_nic`, then the extra NICs' port groups) and the resource pool (`child` of
+    its cluster's, or None: the pool's own)."""
     extras = [port_group(x) for x in sorted(
         (x for x in install.leases if EXTRA_LABEL in _labels(x)), key=_extra_index)]
     vcenters: dict[str, dict[str, Any]] = {}
@@ -221,7 +277,7 @@ def platform(install: Install, accounts: Mapping[str, Account],
             name = str(pool.get("name", ""))
             if name not in domains:
                 networks = [first] + (extras if multi_nic else [])
-                topology = {"resourcePool": topo.get("resourcePool", ""),
+                topology = {"resourcePool": resource_pool(topo, child),
                             "computeCluster": topo.get("computeCluster", ""),
                             "datacenter": datacenter, "datastore": topo.get("datastore", ""),
                             "networks": [n for n in dict.fromkeys(networks) if n]}
@@ -259,10 +315,11 @@ def _export(name: str, value: str) -> str:
 
 
 def govc_env(install: Install, accounts: Mapping[str, Account], shared_dir: str,
-             ca_certs: str = "") -> str:
-    """govc.sh: the single lease's envVars, then where its files are, how govc connects
-    (trusting `ca_certs`, else not checking certificates, as the CI step does), its pool's
-    resource pool and the account for its vCenter."""
+             ca_certs: str = "", child: str | None = CI_RESOURCE_POOL) -> str:
+    """govc.sh, as the CI step writes it: the single lease's envVars, then where its files
+    are, how govc connects (trusting `ca_certs`, else not checking certificates, as the CI
+    step does), the resource pool (`child` of its pool's cluster, or None: the pool's own),
+    `cloud_where_run` and the account for its vCenter."""
     single = install.single
     env_vars = str(_status(single).get("envVars") or "")
     try:
@@ -275,19 +332,19 @@ def govc_env(install: Install, accounts: Mapping[str, Account], shared_dir: str,
                              "capacity manager gave no environment for it)")
     pool = _spec(install.pool_of(single))
     topo = pool.get("topology") if isinstance(pool.get("topology"), Mapping) else {}
-    resource_pool = str(topo.get("resourcePool", ""))
+    rp = resource_pool(topo, child)
     server = str(pool.get("server", ""))
     user, password = accounts[server]
     lines = [env_vars.rstrip("\n"),
              _export("LEASE_PATH", f"{shared_dir}/LEASE_single.json"),
              _export("NETWORK_PATH", f"{shared_dir}/NETWORK_single.json")]
+    if not ca_certs:
+        lines.append(_export("GOVC_INSECURE", "1"))
+    lines += [_export("vsphere_resource_pool", rp), _export("GOVC_RESOURCE_POOL", rp),
+              _export("cloud_where_run", CLOUD_WHERE_RUN),
+              _export("GOVC_USERNAME", user), _export("GOVC_PASSWORD", password)]
     if ca_certs:
         lines += [_export("GOVC_TLS_CA_CERTS", ca_certs), _export("SSL_CERT_FILE", ca_certs)]
-    else:
-        lines.append(_export("GOVC_INSECURE", "1"))
-    lines += [_export("vsphere_resource_pool", resource_pool),
-              _export("GOVC_RESOURCE_POOL", resource_pool),
-              _export("GOVC_USERNAME", user), _export("GOVC_PASSWORD", password)]
     return "\n".join(line for line in lines if line) + "\n"
 
 
@@ -309,8 +366,13 @@ def context_env(install: Install, govc: str) -> str:
 
 
 def step_files(install: Install, accounts: Mapping[str, Account], shared_dir: str, *,
-               multi_nic: bool = False, ca_certs: str = "") -> list[StepFile]:
-    """Every file of the install, by name: nothing is written unless all of them can be."""
+               multi_nic: bool = False, ca_certs: str = "",
+               child: str | None = CI_RESOURCE_POOL) -> list[StepFile]:
+    """Every file of the install, by name: nothing is written unless all of them can be.
+    `child`: the resource pool below each cluster's root one (None: each pool's own)."""
+    if child is not None and resource_pool_problem(child):
+        raise StepFilesError(f"resource pool {child[:MAX_RESOURCE_POOL]!r} "
+                             f"{resource_pool_problem(child)}", option="resource-pool")
     if not install.leases:
         raise StepFilesError("no leases", option="selector")
     servers = [str(_spec(p).get("server", "")) for p in install.account_pools()]
@@ -337,10 +399,10 @@ def step_files(install: Install, accounts: Mapping[str, Account], shared_dir: st
     put("NETWORK_single.json", single_nets[0])
     put("POOL_single.json", install.pool_of(single))
     put("subnets.json", subnets(install))
-    spec = platform(install, accounts, multi_nic)
+    spec = platform(install, accounts, multi_nic, child)
     put("platform.json", spec, secret=True)
     put("platform.yaml", None, platform_yaml(spec), secret=True)
-    govc = govc_env(install, accounts, shared_dir, ca_certs)
+    govc = govc_env(install, accounts, shared_dir, ca_certs, child)
     put("govc.sh", None, govc, secret=True)
     put("vsphere_context.sh", None, context_env(install, govc), secret=True)
     return list(files.values())

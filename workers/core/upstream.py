@@ -380,7 +380,8 @@ def lease_spec(leases: Sequence[Lease | Mapping[str, Any]]) -> dict[str, Any]:
     """upstream's `Lease` spec for the leases of one request: vcpus, memory and storage
     only when not 0 (a network-only lease carries neither), `pools` (how many it got when
     it asked by vcenters), `vcenters` only when set, networks, network-type (of its first
-    network), boskos-lease-id when set."""
+    network); required-pool, poolSelector, tolerations and boskos-lease-id when the request
+    set them."""
     xs = [_typed(x) for x in leases]
     if not xs:
         raise ValueError("a Lease spec needs at least one lease")
@@ -395,6 +396,13 @@ def lease_spec(leases: Sequence[Lease | Mapping[str, Any]]) -> dict[str, Any]:
     out["networks"] = x.network_count
     first = next((n for n in x.networks if isinstance(n, Mapping)), {})
     out["network-type"] = _text(first.get("type")) or DEFAULT_NETWORK_TYPE
+    # as recorded; a record holding something else there reads as unset
+    if x.required_pool and isinstance(x.required_pool, str):
+        out["required-pool"] = x.required_pool
+    if x.pool_selector and isinstance(x.pool_selector, Mapping):
+        out["poolSelector"] = dict(x.pool_selector)
+    if x.tolerations and isinstance(x.tolerations, list):
+        out["tolerations"] = [t for t in x.tolerations if isinstance(t, Mapping)]
     if x.boskos_lease_id:
         out["boskos-lease-id"] = x.boskos_lease_id
     return out

@@ -101,6 +101,8 @@ class Trust:
     kind: Literal["ca", "pinned", "insecure"] = "ca"
     ca_pem: str | None = None  # "ca": the PEM bundle; None: the system's trust store
     thumbprints: frozenset[str] = frozenset()  # "pinned": lower-case hex digests
+    # "insecure": why, as each login's warning says it
+    insecure_because: str = field(default="VCM_VCENTER_INSECURE lists it", compare=False)
 
     def context(self) -> ssl.SSLContext:
         """A new client context that checks the certificate this way."""

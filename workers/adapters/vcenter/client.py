@@ -158,9 +158,9 @@ def login(access: Access, timeout: float, **options: Any) -> Any:
     VCenterUnavailable when unreachable, untrusted, no vCenter, or the login is refused."""
     host, port = address(access.vcenter)
     if access.trust.kind == "insecure":
-        log.warning("vcenter %s: TLS certificate NOT verified (VCM_VCENTER_INSECURE lists it): "
-                    "whoever sits on the way can read the login and answer for the vCenter",
-                    access.vcenter)
+        log.warning("vcenter %s: TLS certificate NOT verified (%s): whoever sits on the way "
+                    "can read the login and answer for the vCenter", access.vcenter,
+                    access.trust.insecure_because)
     try:
         return SmartConnect(
             host=host, port=port, user=access.user, pwd=access.password,
