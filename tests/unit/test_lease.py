@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from api_shim.schemas import LEASE
+from tests.support.strategies import permutation, subset
 from workers.core.grants import make_lease, new_lease
 from workers.core.lease import Lease, lease_port_groups, port_group_key, rfc3339
 from workers.core.models import Network, Pool, Request
@@ -70,61 +71,90 @@ json_values = st.recursive(
     max_leaves=6)
 
 
+# Strategies are built once, here, rather than in the composites' bodies (see
+# tests/support/strategies.py).
+NETWORK_DETAILS = st.dictionaries(
+    st.sampled_from(["dns", "mtu", "ipv6-cidr", "machine-cidr"]),
+    st.lists(pool_names, max_size=2) | pool_names | sizes, max_size=2)
+VLANS = st.none() | st.integers(1, 4094)
+CIDRS = st.sampled_from(["", "10.0.0.0/24"])
+GATEWAYS = st.sampled_from(["", "10.0.0.1"])
+NETWORK_TYPES = st.sampled_from(["single-tenant", "multi-tenant"])
+DOMAINS = st.dictionaries(st.sampled_from(["short-name", "resource-pool", "folder"]), pool_names,
+                          max_size=3)
+POOL_LABELS = st.dictionaries(st.sampled_from(["region", "zone", "team"]), pool_names,
+                              max_size=3)
+ANNOTATIONS = st.dictionaries(st.sampled_from(["ci-auth-path", "a.example/b"]), pool_names,
+                              max_size=2)
+REQUEST_LABELS = st.dictionaries(keys, names, max_size=3)
+COUNTS = st.integers(0, 4)
+OPTIONAL_NAMES = st.just("") | names
+TTLS = st.integers(1, 7 * 86400)
+JOB_LINKS = st.sampled_from(["", "https://ci.example/job/1"])
+TIMES = st.integers(0, 4 * 10**9)
+EXTRA_KEYS = {n: st.dictionaries(keys, json_values, max_size=n) for n in (2, 3)}
+
+
+OPTIONAL_POOLS = st.none() | names
+POOL_SELECTORS = st.dictionaries(keys, names, max_size=2)
+TOLERATIONS = st.lists(st.builds(
+    Toleration, key=keys, operator=st.sampled_from(["Exists", "Equal"]),
+    value=names, effect=st.sampled_from(["", "NoSchedule"])), max_size=2)
+
+
 @st.composite
 def networks(draw: st.DrawFn) -> Network:
-    details = draw(st.dictionaries(st.sampled_from(["dns", "mtu", "ipv6-cidr", "machine-cidr"]),
-                                   st.lists(pool_names, max_size=2) | pool_names | sizes,
-                                   max_size=2))
-    return Network(port_group=draw(pool_names), vlan=draw(st.none() | st.integers(1, 4094)),
-                   cidr=draw(st.sampled_from(["", "10.0.0.0/24"])),
-                   gateway=draw(st.sampled_from(["", "10.0.0.1"])),
-                   type=draw(st.sampled_from(["single-tenant", "multi-tenant"])),
+    details = draw(NETWORK_DETAILS)
+    return Network(port_group=draw(pool_names), vlan=draw(VLANS),
+                   cidr=draw(CIDRS),
+                   gateway=draw(GATEWAYS),
+                   type=draw(NETWORK_TYPES),
                    details=tuple((k, tuple(v) if isinstance(v, list) else v)
                                  for k, v in details.items()))
 
 
+NETWORK_LISTS = st.lists(networks(), max_size=4)
+
+
 @st.composite
 def pools(draw: st.DrawFn) -> Pool:
-    domain = draw(st.dictionaries(st.sampled_from(["short-name", "resource-pool", "folder"]),
-                                  pool_names, max_size=3))
-    labels = draw(st.dictionaries(st.sampled_from(["region", "zone", "team"]), pool_names,
-                                  max_size=3))
-    annotations = draw(st.dictionaries(st.sampled_from(["ci-auth-path", "a.example/b"]),
-                                       pool_names, max_size=2))
+    domain = draw(DOMAINS)
+    labels = draw(POOL_LABELS)
+    annotations = draw(ANNOTATIONS)
     return Pool(annotations=tuple(sorted(annotations.items())),
                 name=draw(pool_names), vcenter=draw(pool_names), datacenter=draw(pool_names),
                 cluster=draw(pool_names), datastore=draw(pool_names), vcpus=draw(sizes),
                 memory=draw(sizes), storage=draw(sizes),
                 labels=tuple(sorted(labels.items())),
-                networks=tuple(draw(st.lists(networks(), max_size=4))),
+                networks=tuple(draw(NETWORK_LISTS)),
                 domain=tuple(domain.items()))
 
 
 @st.composite
 def requests(draw: st.DrawFn) -> Request:
-    labels = draw(st.dictionaries(keys, names, max_size=3))
+    labels = draw(REQUEST_LABELS)
     return Request(vcpus=draw(sizes), memory=draw(sizes), storage=draw(sizes),
-                   vcenters=draw(st.integers(0, 4)), networks=draw(st.integers(0, 4)),
-                   owner=draw(names), boskos_lease_id=draw(st.just("") | names),
-                   request_id=draw(st.just("") | names), ttl=draw(st.integers(1, 7 * 86400)),
+                   vcenters=draw(COUNTS), networks=draw(COUNTS),
+                   owner=draw(names), boskos_lease_id=draw(OPTIONAL_NAMES),
+                   request_id=draw(OPTIONAL_NAMES), ttl=draw(TTLS),
                    labels=tuple(sorted(labels.items())),
-                   job_link=draw(st.sampled_from(["", "https://ci.example/job/1"])),
-                   pools=draw(st.integers(0, 4)), required_pool=draw(st.none() | names),
-                   pool_selector=tuple(sorted(draw(st.dictionaries(keys, names,
-                                                                   max_size=2)).items())),
-                   tolerations=tuple(draw(st.lists(st.builds(
-                       Toleration, key=keys, operator=st.sampled_from(["Exists", "Equal"]),
-                       value=names, effect=st.sampled_from(["", "NoSchedule"])),
-                       max_size=2))))
+                   job_link=draw(JOB_LINKS),
+                   pools=draw(COUNTS), required_pool=draw(OPTIONAL_POOLS),
+                   pool_selector=tuple(sorted(draw(POOL_SELECTORS).items())),
+                   tolerations=tuple(draw(TOLERATIONS)))
+
+
+POOLS, REQUESTS = pools(), requests()
 
 
 @st.composite
 def granted(draw: st.DrawFn) -> tuple[dict[str, Any], Lease]:
     """A lease as make_lease makes it (checked against the hand-built layout), and as
     new_lease makes it."""
-    pool, req = draw(pools()), draw(requests())
-    nets = draw(st.lists(st.sampled_from(pool.networks), unique=True)) if pool.networks else []
-    args = (draw(names), req, pool, nets, draw(st.integers(0, 4 * 10**9)))
+    pool, req = draw(POOLS), draw(REQUESTS)
+    # the pool's distinct networks, any of them (equal networks are one network)
+    nets = subset(draw, list(dict.fromkeys(pool.networks))) if pool.networks else []
+    args = (draw(names), req, pool, nets, draw(TIMES))
     wire = make_lease(*args)
     assert same(wire, wire_lease(*args))
     return wire, new_lease(*args)
@@ -167,36 +197,44 @@ def released(wire: dict[str, Any], at: str, reason: str) -> dict[str, Any]:
     return out
 
 
+GRANTED = granted()
+
+
 @st.composite
 def records(draw: st.DrawFn) -> dict[str, Any]:
     """Records as stored or answered: granted, released, renewed, older ones lacking keys,
     newer ones with keys not modelled, nulls; sections possibly in another order."""
-    wire = copy.deepcopy(draw(granted())[0])
+    wire = copy.deepcopy(draw(GRANTED)[0])
     if draw(st.booleans()):
-        wire = released(wire, rfc3339(draw(st.integers(0, 4 * 10**9))), draw(names))
+        wire = released(wire, rfc3339(draw(TIMES)), draw(names))
     for name in ("spec", "status", "metadata"):
         sec = wire[name]
-        for key in draw(some(sec, 3)):
+        for key in some(draw, sec, 3):
             del sec[key]  # an older record
-        for key in draw(some(sec, 2)):
+        for key in some(draw, sec, 2):
             sec[key] = None
-        for key, value in draw(st.dictionaries(keys, json_values, max_size=3)).items():
+        for key, value in draw(EXTRA_KEYS[3]).items():
             sec.setdefault(key, value)  # a later version's keys, at the end
         if draw(st.booleans()):  # and in another order
             items = list(sec.items())
-            wire[name] = dict(draw(st.permutations(items)))
-    for key, value in draw(st.dictionaries(keys, json_values, max_size=2)).items():
+            wire[name] = dict(permutation(draw, items))
+    for key, value in draw(EXTRA_KEYS[2]).items():
         wire.setdefault(key, value)
-    order = draw(st.permutations(list(wire)))
+    order = permutation(draw, list(wire))
     wire = {k: wire[k] for k in order}
-    for key in draw(some(wire, 1)):
+    for key in some(draw, wire, 1):
         del wire[key]
     return wire
 
 
-def some(d: dict[str, Any], n: int) -> st.SearchStrategy[list[str]]:
+def some(draw: st.DrawFn, d: dict[str, Any], n: int) -> list[str]:
     """Up to n of d's keys."""
-    return st.lists(st.sampled_from(sorted(d)), unique=True, max_size=n) if d else st.just([])
+    if not d:
+        return []
+    return subset(draw, sorted(d), max_size=n)
+
+
+RECORDS = records()
 
 
 def same(a: Any, b: Any) -> bool:
@@ -212,7 +250,7 @@ def assert_attributes(lease: Lease, wire: dict[str, Any]) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(granted())
+@given(GRANTED)
 def test_a_new_lease_round_trips_byte_for_byte(made: tuple[dict[str, Any], Lease]) -> None:
     wire, lease = made
     assert same(lease.to_wire(), wire)
@@ -227,7 +265,7 @@ def test_a_new_lease_round_trips_byte_for_byte(made: tuple[dict[str, Any], Lease
 
 
 @settings(max_examples=150, deadline=None)
-@given(records())
+@given(RECORDS)
 def test_any_record_round_trips_with_the_keys_it_was_not_built_for(wire: dict[str, Any]
                                                                    ) -> None:
     before = copy.deepcopy(wire)
@@ -240,7 +278,7 @@ def test_any_record_round_trips_with_the_keys_it_was_not_built_for(wire: dict[st
 
 
 @settings(max_examples=100, deadline=None)
-@given(records(), st.integers(0, 4 * 10**9))
+@given(RECORDS, TIMES)
 def test_a_renewal_changes_expires_at_only_in_place(wire: dict[str, Any], ts: int) -> None:
     """What renew did to the dict by hand: the key keeps its place, or is added at the end."""
     lease = Lease.from_wire(wire)
@@ -255,7 +293,7 @@ def test_a_renewal_changes_expires_at_only_in_place(wire: dict[str, Any], ts: in
 
 
 @settings(max_examples=100, deadline=None)
-@given(granted(), st.integers(0, 4 * 10**9), names)
+@given(GRANTED, TIMES, names)
 def test_released_records_read_as_released(made: tuple[dict[str, Any], Lease], ts: int,
                                            reason: str) -> None:
     wire = released(made[0], rfc3339(ts), reason)
@@ -267,7 +305,7 @@ def test_released_records_read_as_released(made: tuple[dict[str, Any], Lease], t
 
 
 @settings(max_examples=100, deadline=None)
-@given(granted())
+@given(GRANTED)
 def test_derived_values_match_the_wire(made: tuple[dict[str, Any], Lease]) -> None:
     wire, lease = made
     st_ = wire["status"]
@@ -283,7 +321,7 @@ def test_derived_values_match_the_wire(made: tuple[dict[str, Any], Lease]) -> No
 
 
 @settings(max_examples=50, deadline=None)
-@given(granted(), st.integers(0, 2**31), names)
+@given(GRANTED, st.integers(0, 2**31), names)
 def test_the_openapi_lease_schema_names_every_key_a_lease_carries(
         made: tuple[dict[str, Any], Lease], ts: int, reason: str) -> None:
     schema = LEASE["properties"]

@@ -7,6 +7,7 @@ bookkeeping), not against the functions under test.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import defaultdict
@@ -20,6 +21,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
+from tests.support.strategies import ints, permutation, pick
 from workers.core.errors import InvalidRequest, NoCapacity
 from workers.core.estimates import estimate, fits_alone, max_groups
 from workers.core.fleet import Fleet, FreeNets, Usage
@@ -154,8 +156,15 @@ SELECTORS = st.sampled_from(
 )
 
 
+# strategies built once rather than on every draw (see tests/support/strategies.py)
+NET_TYPES = {n: st.sampled_from(TYPES[:n]) for n in (1, 2)}
+ONE_IN_SIX = st.sampled_from([False] * 5 + [True])
+FOUR_IN_FIVE = st.sampled_from([True] * 4 + [False])
+ONE_IN_FOUR = st.sampled_from([False, False, False, True])
+
+
 @st.composite
-def fleets(
+def _fleets(
     draw,
     max_pools: int = 12,
     max_vcenters: int = 5,
@@ -163,16 +172,16 @@ def fleets(
     flags: bool = True,
     busy: bool = False,
 ) -> Fleet:
-    n_vc = draw(st.integers(1, max_vcenters))
-    n_pools = draw(st.integers(1, max_pools))
-    names = draw(st.permutations([f"pool{i:02d}" for i in range(n_pools)]))
-    types = TYPES[: draw(st.integers(1, 2))]
+    n_vc = draw(ints(1, max_vcenters))
+    n_pools = draw(ints(1, max_pools))
+    names = permutation(draw, [f"pool{i:02d}" for i in range(n_pools)])
+    net_type = NET_TYPES[draw(ints(1, 2))]
     counter: dict[str, int] = defaultdict(int)
     pools: dict[str, Pool] = {}
     for name in names:
-        vc = f"vc{draw(st.integers(0, n_vc - 1))}.example.com"
+        vc = f"vc{draw(ints(0, n_vc - 1))}.example.com"
         nets = []
-        for _ in range(draw(st.integers(0, 6))):
+        for _ in range(draw(ints(0, 6))):
             k = counter[vc]  # unique per vCenter; the same names recur on other vCenters
             counter[vc] += 1
             nets.append(
@@ -181,7 +190,7 @@ def fleets(
                     vlan=100 + k,
                     cidr=f"10.0.{k}.0/24",
                     gateway=f"10.0.{k}.1",
-                    type=draw(st.sampled_from(types)),
+                    type=draw(net_type),
                 )
             )
         pools[name] = Pool(
@@ -190,29 +199,49 @@ def fleets(
             datacenter="dc",
             cluster=f"cl-{name}",
             datastore=f"ds-{name}",
-            vcpus=draw(st.integers(1, 64)),
-            memory=draw(st.integers(1, 256)),
-            storage=draw(st.integers(1, 2000)),
+            vcpus=draw(ints(1, 64)),
+            memory=draw(ints(1, 256)),
+            storage=draw(ints(1, 2000)),
             vcpu_overcommit=draw(OVERCOMMIT),
-            exclude=flags and draw(st.sampled_from([False] * 5 + [True])),
-            no_schedule=flags and draw(st.sampled_from([False] * 5 + [True])),
+            exclude=flags and draw(ONE_IN_SIX),
+            no_schedule=flags and draw(ONE_IN_SIX),
             labels=tuple(sorted(draw(LABELS).items())),
             networks=tuple(nets),
         )
     fleet = Fleet(pools)
     if with_usage:
         for pool in pools.values():
-            if busy or draw(st.sampled_from([True] * 4 + [False])):
+            if busy or draw(FOUR_IN_FIVE):
                 fleet.usage[pool.name] = Usage(
-                    draw(st.integers(0, vcpu_cap(pool))),
-                    draw(st.integers(0, pool.memory)),
-                    draw(st.integers(0, pool.storage)),
-                    draw(st.integers(0, 5)),
+                    draw(ints(0, vcpu_cap(pool))),
+                    draw(ints(0, pool.memory)),
+                    draw(ints(0, pool.storage)),
+                    draw(ints(0, 5)),
                 )
             for net in pool.networks:
-                if draw(st.sampled_from([False, False, False, True])):
+                if draw(ONE_IN_FOUR):
                     fleet.used_nets.add(pool.net_key(net))
     return fleet
+
+
+@functools.cache
+def fleets(**kwargs) -> st.SearchStrategy[Fleet]:
+    return _fleets(**kwargs)
+
+
+@functools.cache
+def small_or_larger(lo: int, small: int, large: int) -> st.SearchStrategy[int]:
+    return st.integers(lo, small) | st.integers(lo, large)
+
+
+@functools.cache
+def vcenter_counts(top: int) -> st.SearchStrategy[int]:
+    return st.sampled_from([1, 1, 1, *range(1, top + 1)])
+
+
+STORAGE = st.just(0) | st.integers(0, 100) | st.integers(0, 800)
+REQUEST_NET_TYPES = st.sampled_from(TYPES[:1] * 3 + TYPES)
+REQUEST_IDS = st.text("abcxyz0123", min_size=1, max_size=8)
 
 
 @st.composite
@@ -230,14 +259,14 @@ def requests(
     if allow_required:
         required += names[:3] + ["no-such-pool"]
     return Request(  # mostly small, so that a good share of requests fit
-        vcpus=draw(st.integers(min_size, 8) | st.integers(min_size, 40)),
-        memory=draw(st.integers(min_size, 32) | st.integers(min_size, 160)),
-        storage=draw(st.just(0) | st.integers(0, 100) | st.integers(0, 800)),
-        vcenters=draw(st.sampled_from([1, 1, 1, *range(1, top + 1)])),
-        networks=draw(st.integers(0, 3)),
-        network_type=draw(st.sampled_from(TYPES[:1] * 3 + TYPES)),
-        request_id=draw(st.text("abcxyz0123", min_size=1, max_size=8)),
-        required_pool=draw(st.sampled_from(required)),
+        vcpus=draw(small_or_larger(min_size, 8, 40)),
+        memory=draw(small_or_larger(min_size, 32, 160)),
+        storage=draw(STORAGE),
+        vcenters=draw(vcenter_counts(top)),
+        networks=draw(ints(0, 3)),
+        network_type=draw(REQUEST_NET_TYPES),
+        request_id=draw(REQUEST_IDS),
+        required_pool=pick(draw, required),
         pool_selector=draw(SELECTORS),
     )
 
@@ -651,7 +680,11 @@ def relaxed(pools: dict[str, Pool]) -> Fleet:
 
 
 def big_requests(fleet: Fleet):
-    n_vc = len(fleet.vcenters())
+    return _big_requests(len(fleet.vcenters()), tuple(sorted(fleet.pools)[:2]))
+
+
+@functools.cache
+def _big_requests(n_vc: int, first_pools: tuple[str, ...]):
     return st.builds(
         Request,
         vcpus=st.integers(1, 300),
@@ -660,7 +693,7 @@ def big_requests(fleet: Fleet):
         vcenters=st.integers(1, n_vc + 1),
         networks=st.integers(0, 7),
         network_type=st.sampled_from(TYPES + ("other",)),
-        required_pool=st.sampled_from([None, None, None, *sorted(fleet.pools)[:2], "nope"]),
+        required_pool=st.sampled_from([None, None, None, *first_pools, "nope"]),
         pool_selector=SELECTORS,
     )
 

@@ -14,6 +14,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.support.strategies import index_lists, index_of, index_subsets, ints, pick, subset
 from workers.adapters.pools_file import load_pools
 from workers.core.errors import NoCapacity
 from workers.core.fleet import FreeNets
@@ -107,24 +108,31 @@ def solvable(req, fleet: Fleet, holders: dict[str, str], install: str) -> bool:
 # strategies
 
 
+# strategies built once rather than on every draw (see tests/support/strategies.py)
+PODS = st.sampled_from([[""], ["pa"], ["pa", "pb"]])
+VLANS = st.sampled_from([None, 10, 11, 12, 13])
+GROUPS = st.sampled_from([None, None, "g1", "g2"])
+PREFERRED = st.lists(st.sampled_from([1, 2, 3, 4, 5]), max_size=3)
+
+
 @st.composite
 def shared_fleets(draw) -> Fleet:
     """Pools of a few vCenters (and pods) whose networks come from their vCenter's and pod's
     set of port groups: pools of one vCenter and pod list overlapping subsets of it."""
     pools: dict[str, Pool] = {}
-    for v in range(draw(st.integers(1, 3))):
-        pods = draw(st.sampled_from([[""], ["pa"], ["pa", "pb"]]))
+    for v in range(draw(ints(1, 3))):
+        pods = draw(PODS)
         for pod in pods:
-            catalogue = [Network(f"pg{j}", vlan=draw(st.sampled_from([None, 10, 11, 12, 13])),
-                                 pod=pod) for j in range(draw(st.integers(1, 4)))]
-            for i in range(draw(st.integers(1, 3))):
+            catalogue = [Network(f"pg{j}", vlan=draw(VLANS), pod=pod)
+                         for j in range(draw(ints(1, 4)))]
+            for i in range(draw(ints(1, 3))):
                 name = f"p{v}{pod}{i}"
-                nets = draw(st.lists(st.sampled_from(catalogue), unique=True, max_size=4))
+                nets = subset(draw, catalogue, max_size=4)
                 pools[name] = Pool(name, f"vc{v}", "dc", f"c{i}", "ds", vcpus=10, memory=10,
                                    storage=10, networks=tuple(nets), pod=pod)
     fleet = Fleet(pools)
     keys = sorted({p.net_key(n) for p in pools.values() for n in p.networks})
-    for key in draw(st.lists(st.sampled_from(keys), unique=True, max_size=3)) if keys else []:
+    for key in subset(draw, keys, max_size=3) if keys else []:
         fleet.used_nets.add(key)
     return fleet
 
@@ -132,16 +140,16 @@ def shared_fleets(draw) -> Fleet:
 @st.composite
 def multi_requests(draw, fleet: Fleet):
     n_vc = len(fleet.vcenters())
-    raw = {"vcpus": draw(st.integers(0, 6)), "memory": draw(st.integers(0, 6)),
-           "networks": draw(st.integers(1, 2))}
-    if draw(st.integers(0, 3)) == 0:  # network-only (the extra NICs, the bastion)
+    raw = {"vcpus": draw(ints(0, 6)), "memory": draw(ints(0, 6)),
+           "networks": draw(ints(1, 2))}
+    if draw(ints(0, 3)) == 0:  # network-only (the extra NICs, the bastion)
         raw["vcpus"] = raw["memory"] = 0
     if draw(st.booleans()):
-        raw["pools"] = draw(st.integers(1, min(3, len(fleet.pools))))
-        raw["vcenters"] = draw(st.integers(0, 4))  # a cap; above pools it caps nothing
+        raw["pools"] = draw(ints(1, min(3, len(fleet.pools))))
+        raw["vcenters"] = draw(ints(0, 4))  # a cap; above pools it caps nothing
     else:
-        raw["vcenters"] = draw(st.integers(1, n_vc))
-    group = draw(st.sampled_from([None, None, "g1", "g2"]))
+        raw["vcenters"] = draw(ints(1, n_vc))
+    group = draw(GROUPS)
     if group:
         raw["labels"] = {"boskos-lease-id": group}
     return parse_request(raw)
@@ -243,15 +251,15 @@ def one_install_requests(draw, fleet: Fleet):
     compute leases (vCPUs or memory) and network-only ones (neither), mixed."""
     n_vc = len(fleet.vcenters())
     compute = draw(st.booleans())
-    raw = {"vcpus": draw(st.integers(1, 4)) if compute else 0,
-           "memory": draw(st.integers(0, 4)) if compute else 0,
-           "networks": draw(st.integers(1, 2))}
+    raw = {"vcpus": draw(ints(1, 4)) if compute else 0,
+           "memory": draw(ints(0, 4)) if compute else 0,
+           "networks": draw(ints(1, 2))}
     if draw(st.booleans()):
-        raw["pools"] = draw(st.integers(1, min(3, len(fleet.pools))))
-        raw["vcenters"] = draw(st.integers(0, 3))
+        raw["pools"] = draw(ints(1, min(3, len(fleet.pools))))
+        raw["vcenters"] = draw(ints(0, 3))
     else:
-        raw["vcenters"] = draw(st.integers(1, n_vc))
-    if draw(st.integers(0, 4)):
+        raw["vcenters"] = draw(ints(1, n_vc))
+    if draw(ints(0, 4)):
         raw["labels"] = {"boskos-lease-id": "job"}
     return parse_request(raw)
 
@@ -379,15 +387,15 @@ def test_the_free_network_aggregate_agrees_with_a_scan_through_takes_and_gives(f
     """FreeNets (what the worker keeps) against the oracle's scan, with shared networks and
     keys of no pod (written before pods were configured) in use."""
     used = set(fleet.used_nets)
-    legacy = data.draw(st.lists(st.sampled_from(
-        sorted({f"{p.vcenter}|{n.port_group}" for p in fleet.pools.values()
-                for n in p.networks}) or ["vc0|none"]), max_size=2))
+    pgs = sorted({f"{p.vcenter}|{n.port_group}" for p in fleet.pools.values()
+                  for n in p.networks}) or ["vc0|none"]
+    legacy = [pgs[i] for i in data.draw(index_lists(len(pgs), 0, 2))]
     used |= set(legacy)
     agg = FreeNets(fleet.pools, used)
     for step in range(data.draw(st.integers(0, 6))):
         keys = sorted({p.net_key(n) for p in fleet.pools.values() for n in p.networks} | used
                       | {"vc0|none"})
-        key = data.draw(st.sampled_from(keys))
+        key = keys[data.draw(index_of(len(keys)))]
         if key in used:
             used.discard(key)
             agg.give(key)
@@ -501,16 +509,15 @@ def _opt(key: str, vlan, held: bool = False):
 def network_choices(draw):
     """The networks open to each lease of a request (each lease's in configuration order),
     some held by the install already, and the VLANs it prefers."""
-    universe = [(f"n{i}", draw(st.sampled_from([1, 2, 3, 4, ("key", f"n{i}")])))
-                for i in range(draw(st.integers(1, 8)))]
+    universe = [(f"n{i}", pick(draw, [1, 2, 3, 4, ("key", f"n{i}")]))
+                for i in range(draw(ints(1, 8)))]
     leases = []
-    for _ in range(draw(st.integers(1, 4))):
-        picked = draw(st.lists(st.sampled_from(range(len(universe))), unique=True,
-                               max_size=len(universe)))
+    for _ in range(draw(ints(1, 4))):
+        picked = draw(index_subsets(len(universe), 0, len(universe)))
         leases.append([_opt(universe[j][0], universe[j][1], draw(st.booleans()) and j % 3 == 0)
                        for j in sorted(picked)])
-    prefer = draw(st.lists(st.sampled_from([1, 2, 3, 4, 5]), max_size=3))
-    return leases, draw(st.integers(1, 3)), prefer
+    prefer = draw(PREFERRED)
+    return leases, draw(ints(1, 3)), prefer
 
 
 def _spec(options, need, prefer):

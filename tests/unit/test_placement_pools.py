@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.strategies import ints
 from workers.core.errors import InvalidRequest, NoCapacity
 from workers.core.fleet import Fleet, Usage
 from workers.core.models import Network, Pool, Request
@@ -21,23 +22,26 @@ from workers.core.taints import Taint, Toleration, parse_tolerations
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+# strategies built once rather than on every draw (see tests/support/strategies.py)
+TAINTS = st.lists(st.builds(
+    Taint, st.sampled_from(["a", "b"]), st.sampled_from(["", "x"]),
+    st.sampled_from(["NoSchedule", "PreferNoSchedule"])), max_size=2)
+
+
 @st.composite
 def fleets(draw, taints: bool = False) -> Fleet:
     pools, usage = {}, {}
-    n_vc = draw(st.integers(1, 4))
+    n_vc = draw(ints(1, 4))
     for v in range(n_vc):
-        for i in range(draw(st.integers(1, 3))):
+        for i in range(draw(ints(1, 3))):
             name = f"p{v}{i}"
             pool_taints = ()
             if taints:
-                pool_taints = tuple(draw(st.lists(st.builds(
-                    Taint, st.sampled_from(["a", "b"]), st.sampled_from(["", "x"]),
-                    st.sampled_from(["NoSchedule", "PreferNoSchedule"])), max_size=2)))
+                pool_taints = tuple(draw(TAINTS))
             pools[name] = Pool(name, f"vc{v}", "dc", f"c{v}{i}", "ds", vcpus=10, memory=10,
                                storage=10, taints=pool_taints,
                                networks=tuple(Network(f"pg{v}{i}{k}") for k in range(2)))
-            usage[name] = Usage(draw(st.integers(0, 10)), draw(st.integers(0, 10)), 0,
-                                0)
+            usage[name] = Usage(draw(ints(0, 10)), draw(ints(0, 10)), 0, 0)
     return Fleet(pools, usage)
 
 

@@ -12,6 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.strategies import ints
 from workers.core.errors import ConfigError
 from workers.core.models import Network
 from workers.core.pools import parse_pools
@@ -338,20 +339,25 @@ MUTATIONS = [(f, v) for f, v in BAD_POOL_FIELDS] + [
 ]
 
 
+# strategies built once rather than on every draw (see tests/support/strategies.py)
+NET_TYPES = st.sampled_from(["single-tenant", "multi-tenant"])
+OVERCOMMITS = st.floats(1.0, 100.0)
+
+
 @st.composite
 def valid_configs(draw):
-    n = draw(st.integers(1, 6))
+    n = draw(ints(1, 6))
     pools = []
     for i in range(n):
-        vc = f"vc{draw(st.integers(0, 2))}"
-        nets = [{"port-group": f"pg-{i}-{j}", "vlan": draw(st.integers(0, 4094)),
+        vc = f"vc{draw(ints(0, 2))}"
+        nets = [{"port-group": f"pg-{i}-{j}", "vlan": draw(ints(0, 4094)),
                  "cidr": f"10.{i}.{j}.0/24", "gateway": f"10.{i}.{j}.1",
-                 "type": draw(st.sampled_from(["single-tenant", "multi-tenant"]))}
-                for j in range(draw(st.integers(1, 4)))]
+                 "type": draw(NET_TYPES)}
+                for j in range(draw(ints(1, 4)))]
         pools.append(pool(f"pool-{i}", vc, networks=nets,
-                          vcpus=draw(st.integers(1, 10**6)), memory=draw(st.integers(1, 10**6)),
-                          storage=draw(st.integers(1, 10**7)),
-                          **{"vcpu-overcommit": draw(st.floats(1.0, 100.0))}))
+                          vcpus=draw(ints(1, 10**6)), memory=draw(ints(1, 10**6)),
+                          storage=draw(ints(1, 10**7)),
+                          **{"vcpu-overcommit": draw(OVERCOMMITS)}))
     return {"pools": pools}
 
 

@@ -4,6 +4,7 @@ bash sourcing the same text sets the same values; whatever it refuses names the 
 
 from __future__ import annotations
 
+import functools
 import shutil
 import string
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.strategies import sample
 from workers.core.shell import ShellSyntax, assignments, exported_value, vcenter_accounts
 
 BASH = shutil.which("bash")
@@ -51,22 +53,32 @@ def escaped(value: str) -> str:
 STYLES = (single_quoted, double_quoted, escaped)
 
 
+# strategies built once rather than on every draw (see tests/support/strategies.py)
+CHUNKS = st.lists(VALUE, min_size=1, max_size=3)
+SEPARATORS = st.sampled_from([" ", "\n  ", " \\\n ", "\t"])
+LEADS = st.sampled_from(["", "declare -a vcenter_usernames\n", "# accounts\n",
+                         "export FOO=bar # a comment\n"])
+
+
 @st.composite
 def words(draw: st.DrawFn) -> tuple[str, str]:
     """(value, one shell word for it): the value in chunks, each quoted its own way."""
-    chunks = draw(st.lists(VALUE, min_size=1, max_size=3))
-    styles = draw(st.lists(st.sampled_from(STYLES), min_size=len(chunks),
-                           max_size=len(chunks)))
+    chunks = draw(CHUNKS)
+    styles = sample(draw, STYLES, len(chunks), len(chunks))
     return "".join(chunks), "".join(f(c) for f, c in zip(styles, chunks, strict=True))
+
+
+@functools.cache
+def word_lists(min_size: int, max_size: int) -> st.SearchStrategy[list[tuple[str, str]]]:
+    return st.lists(words(), min_size=min_size, max_size=max_size)
 
 
 @st.composite
 def accounts_files(draw: st.DrawFn) -> tuple[list[str], list[str], str]:
-    users = draw(st.lists(words(), min_size=1, max_size=5))
-    passwords = draw(st.lists(words(), min_size=len(users), max_size=len(users)))
-    sep = draw(st.sampled_from([" ", "\n  ", " \\\n ", "\t"]))
-    lead = draw(st.sampled_from(["", "declare -a vcenter_usernames\n", "# accounts\n",
-                                 "export FOO=bar # a comment\n"]))
+    users = draw(word_lists(1, 5))
+    passwords = draw(word_lists(len(users), len(users)))
+    sep = draw(SEPARATORS)
+    lead = draw(LEADS)
     text = (f"{lead}vcenter_usernames=({sep.join(w for _, w in users)})\n"
             f"declare -a vcenter_passwords=({sep.join(w for _, w in passwords)}) ;\n")
     return [v for v, _ in users], [v for v, _ in passwords], text

@@ -16,6 +16,7 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from tests.support.strategies import ints, pick
 from workers.core.errors import ConfigError
 from workers.core.grants import make_lease, make_leases
 from workers.core.lease import network_key
@@ -177,6 +178,13 @@ def test_every_network_path_ends_in_its_port_group(datacenter, port_group):
 
 
 # pools and networks from a pools file ----------------------------------------------------------
+# strategies built once rather than on every draw (see tests/support/strategies.py)
+VCENTERS = st.sampled_from(["vc1.example.com", "vc2.example.com"])
+PODS = st.sampled_from(["", "dal10.pod03", "dal12.pod01"])
+DATACENTERS = st.sampled_from(["dc1", "IBM Cloud", "dc/2"])
+OVERCOMMITS = st.sampled_from([1.0, 2.5])
+
+
 @st.composite
 def pools_configs(draw: st.DrawFn) -> dict[str, Any]:
     """A valid pools file: pools over a few vCenters and pods sharing port groups, some
@@ -184,9 +192,9 @@ def pools_configs(draw: st.DrawFn) -> dict[str, Any]:
     so listings never disagree."""
     pgs = ["ci-vlan-1", "ci-vlan-2", "ci/vlan%3", "ci-mt-4"]
     pools = []
-    for i in range(draw(st.integers(1, 4))):
-        vc = draw(st.sampled_from(["vc1.example.com", "vc2.example.com"]))
-        pod = draw(st.sampled_from(["", "dal10.pod03", "dal12.pod01"]))
+    for i in range(draw(ints(1, 4))):
+        vc = draw(VCENTERS)
+        pod = draw(PODS)
         nets = []
         for j, pg in enumerate(pgs):
             if not draw(st.booleans()):
@@ -199,10 +207,10 @@ def pools_configs(draw: st.DrawFn) -> dict[str, Any]:
                 net.update(type="multi-tenant", slices=4)
             nets.append(net)
         pool: dict[str, Any] = {
-            "name": draw(st.sampled_from([f"pool-{i}", f"Pool {i}", f"p{i}.example"])),
-            "vcenter": vc, "datacenter": draw(st.sampled_from(["dc1", "IBM Cloud", "dc/2"])),
+            "name": pick(draw, [f"pool-{i}", f"Pool {i}", f"p{i}.example"]),
+            "vcenter": vc, "datacenter": draw(DATACENTERS),
             "cluster": f"cluster {i}", "datastore": f"ds/{i}", "vcpus": 10 + i, "memory": 64,
-            "storage": 100, "vcpu-overcommit": draw(st.sampled_from([1.0, 2.5])),
+            "storage": 100, "vcpu-overcommit": draw(OVERCOMMITS),
             "networks": nets}
         if pod:
             pool["pod"] = pod

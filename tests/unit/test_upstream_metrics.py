@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from api_shim.settings import ApiEnv
 from api_shim.upstream_metrics import LeaseFactsCache, families
+from tests.support.strategies import ints, subset
 from workers.adapters.ledger.reports import LedgerDetail
 from workers.core.fleet import Usage
 from workers.core.lease import port_group_key, rfc3339
@@ -35,29 +36,37 @@ PIECES = {name: [(n, port_group_key(p.vcenter, n.port_group, n.pod, n.slice))
           for name, p in POOLS.items()}
 
 
+# strategies built once rather than on every draw (see tests/support/strategies.py)
+LEASE_POOLS = st.sampled_from([*POOLS, "removed"])
+AGES = st.integers(0, 10**7)
+OWNERS = st.sampled_from(["o1", "o2", "\n\"x"])
+REQUEST_IDS = st.sampled_from(["", "r1", "r2", "r3"])
+WAITERS = st.lists(st.fixed_dictionaries({
+    "request": st.fixed_dictionaries({
+        "networks": st.integers(0, 2),
+        "network-type": st.sampled_from(sorted(TYPES))}),
+    "since": st.floats(NOW - 10**6, NOW)}), max_size=10)
+
+
 @st.composite
 def ledgers(draw):
     leases, usage, holders = [], {}, {}
-    for i in range(draw(st.integers(0, 40))):
-        pool = draw(st.sampled_from([*POOLS, "removed"]))
+    for i in range(draw(ints(0, 40))):
+        pool = draw(LEASE_POOLS)
         pieces = PIECES.get(pool, [])
-        held = draw(st.lists(st.sampled_from(pieces), max_size=1, unique=True)) if pieces else []
+        held = subset(draw, pieces, max_size=1) if pieces else []
         leases.append({
             "metadata": {"name": f"lease-{i}", "creationTimestamp": rfc3339(
-                NOW - draw(st.integers(0, 10**7)))},
+                NOW - draw(AGES))},
             "spec": {"vcpus": 1, "memory": 1, "storage": 1},
-            "status": {"pool": pool, "owner": draw(st.sampled_from(["o1", "o2", "\n\"x"])),
-                       "request-id": draw(st.sampled_from(["", "r1", "r2", "r3"])),
+            "status": {"pool": pool, "owner": draw(OWNERS),
+                       "request-id": draw(REQUEST_IDS),
                        "networks": [{**n.to_dict(), "type": n.type} for n, _ in held]}})
         u = usage.get(pool, Usage())
         usage[pool] = u.plus(1, 1, 1)
         for _, key in held:
             holders[key] = holders.get(key, 0) + 1
-    waiters = draw(st.lists(st.fixed_dictionaries({
-        "request": st.fixed_dictionaries({
-            "networks": st.integers(0, 2),
-            "network-type": st.sampled_from(sorted(TYPES))}),
-        "since": st.floats(NOW - 10**6, NOW)}), max_size=10))
+    waiters = draw(WAITERS)
     return leases, LedgerDetail({p: usage.get(p, Usage()) for p in POOLS}, holders,
                                 {x["metadata"]["name"]: json.dumps(x).encode() for x in leases},
                                 waiters)

@@ -4,6 +4,7 @@ makes is built in grants.py, the lease itself is lease.py's."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections.abc import Hashable, Mapping
@@ -24,6 +25,9 @@ DIMENSIONS = ("vcpus", "memory", "storage")
 MAX_DERIVED = 4096  # a larger cidr has no derived list (give ip-addresses)
 
 
+# pure, and asked for again and again for the same few cidrs (checking a pools file, cutting
+# slices, every listing of a network, every lease's addresses): worked out once each
+@functools.lru_cache(maxsize=128)
 def derived_addresses(cidr: str, limit: int = MAX_DERIVED) -> tuple[str, ...]:
     """A cidr's addresses in the order upstream's inventories list them: the network address,
     then each host address (IPv4's broadcast address left out), so [1] is the usual gateway
@@ -129,6 +133,12 @@ class Network:
 MIN_SLICE = 2  # a slice's own addresses: at least the two VIPs
 
 
+def _address_order(address: str) -> tuple[int, int]:
+    """IPv4 before IPv6, each in numeric order."""
+    ip = ipaddress.ip_address(address)
+    return ip.version, int(ip)
+
+
 def split_slices(net: Network) -> tuple[Network, ...]:
     """The `slices` slices of a network: its addresses after [0] and [1] (the network address
     and the gateway by convention; the gateway left out wherever it is), in ascending order,
@@ -139,8 +149,9 @@ def split_slices(net: Network) -> tuple[Network, ...]:
     addresses = net.addresses()
     if len(addresses) < 2:
         raise ValueError("has no addresses to split (give a cidr or ip-addresses)")
-    own = sorted((a for a in addresses[2:] if a != net.gateway),
-                 key=lambda a: (ipaddress.ip_address(a).version, int(ipaddress.ip_address(a))))
+    own = [a for a in addresses[2:] if a != net.gateway]
+    if net.detail("ip-addresses"):  # listed in any order (derived ones ascend already)
+        own.sort(key=_address_order)
     if len(own) < MIN_SLICE * net.slices:
         raise ValueError(f"{net.slices} slices of {len(own)} addresses (after [0] and [1]) "
                          f"leave fewer than {MIN_SLICE} per slice")
