@@ -149,6 +149,31 @@ def _namespaces(value: Any, info: ValidationInfo) -> tuple[str, ...]:
     return names
 
 
+def _pauses(value: Any, info: ValidationInfo) -> tuple[float, ...]:
+    """Comma-separated durations (seconds or "2s"), each more than 0 and at most an hour, at
+    least one."""
+    name = variable(info)
+    if isinstance(value, tuple | list):
+        value = ",".join(map(str, value))
+    raw = str(value)
+    problem = text_problem(raw, MAX_SETTING)
+    if problem:
+        raise SettingError(f"{name}: {problem}")
+    items = [x.strip() for x in raw.split(",") if x.strip()]
+    if not items:
+        raise SettingError(f"{name}: name at least one pause")
+    pauses = []
+    for item in items:
+        try:
+            seconds = parse_duration(item, name, maximum=3600)
+        except InvalidRequest as exc:  # its message names the variable
+            raise SettingError(str(exc)) from None
+        if seconds <= 0:
+            raise SettingError(f"{name}: {item!r}: a pause must be longer than 0s")
+        pauses.append(seconds)
+    return tuple(pauses)
+
+
 def _none_if_empty(value: Any) -> Any:
     return value or None
 
@@ -277,6 +302,16 @@ class Settings(EnvSettings):
     controller_sync_interval: Annotated[float, duration(minimum=0.05, maximum=3600,
                                                         short="at least")] = \
         Field(default="10s")
+    # how long it waits for a namespace's first publishing of the Pools and Networks: at start
+    # (then it serves the Leases all the same), and before a grant names them (then it looks
+    # each up); and how long the adopt of a Fulfilled Lease waits for the first read of the
+    # ledger (then it is sent for the Lease's own owner)
+    controller_publish_wait: Annotated[float, duration(maximum=3600)] = Field(default="30s")
+    controller_ledger_wait: Annotated[float, duration(maximum=3600)] = Field(default="10s")
+    # the pauses between the tries of a Lease's call that failed (the API server answered
+    # 5xx or 429, the workers did not answer), the last one repeated
+    controller_retry_pauses: Annotated[tuple[float, ...], NoDecode, BeforeValidator(_pauses)] = \
+        Field(default="1s,2s,5s,10s,30s")
 
     @property
     def mirror_enabled(self) -> bool:

@@ -404,6 +404,9 @@ def cli() -> Iterator[CliSession]:
     ({"VCM_CONTROLLER_NAMESPACES": " , "}, "VCM_CONTROLLER_NAMESPACES"),
     ({"VCM_CONTROLLER_SYNC_INTERVAL": "0.001"}, "VCM_CONTROLLER_SYNC_INTERVAL"),
     ({"VCM_CONTROLLER_RENEW_INTERVAL": "soon"}, "VCM_CONTROLLER_RENEW_INTERVAL"),
+    ({"VCM_CONTROLLER_PUBLISH_WAIT": "-1"}, "VCM_CONTROLLER_PUBLISH_WAIT"),
+    ({"VCM_CONTROLLER_LEDGER_WAIT": "2h"}, "VCM_CONTROLLER_LEDGER_WAIT"),
+    ({"VCM_CONTROLLER_RETRY_PAUSES": "1,0"}, "VCM_CONTROLLER_RETRY_PAUSES"),
     ({"KUBECONFIG": "/nonexistent/kubeconfig"}, "needs the Kubernetes API"),
 ])
 def test_vcm_controller_refuses_bad_settings_naming_them(env, says, tmp_path, cli):

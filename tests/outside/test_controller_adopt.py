@@ -13,7 +13,9 @@ import contextlib
 import copy
 import json
 import os
+import re
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,12 +24,13 @@ import redis
 import yaml
 
 from tasks.results import key_prefix
-from tests.support.controller import GROUP, VERSION, CrdStack, condition, unique
+from tests.support.controller import GROUP, VERSION, CrdStack, age, condition, unique
 from tests.support.helpers import check_invariants
 from tests.support.procs import wait_for
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import load_pools
 from workers.core.text import text_problem
+from workers.settings import Settings
 
 PREFIX = "vsphere-capacity-manager.splat-team.io/"
 UID_LABEL = PREFIX + "lease-uid"
@@ -392,10 +395,14 @@ def test_a_lease_granted_here_relabelled_and_its_answer_expired_keeps_its_grant(
         return held["status"]["expires-at"]
 
     before = {x["metadata"]["name"]: expires(x) for x in (granted, plain_granted)}
+    refused = f"Lease {crd.namespace}/{name}: not adopted yet (the ledger not read)"
     with stopped(crd, "queries"):
         crd.start_controller()
         wait_for(lambda: expires(plain_granted) > before[plain], timeout=90,
                  what="a renewal while the query workers are stopped")
+        # the relabelled Lease's adopt, sent for its label's owner, was refused: not shown
+        wait_for(lambda: refused in crd.controller.output_of_this_run(), timeout=30,
+                 what="the relabelled Lease's adopt to be refused")
         assert condition(crd.lease(name), "Adopted") == {}
     wait_for(lambda: expires(granted) > before[name], timeout=60,
              what="a renewal once the query workers are back")
@@ -405,6 +412,50 @@ def test_a_lease_granted_here_relabelled_and_its_answer_expired_keeps_its_grant(
     for lease, body in ((name, granted), (plain, plain_granted)):
         crd.wait_gone(lease)
         assert ledger_of(crd, body) == []
+
+
+def test_while_nothing_is_published_the_controller_waits_as_long_as_its_settings_say(crd):
+    """While the query workers are stopped (the Pools and Networks are not published, the
+    ledger not read), the controller's start waits VCM_CONTROLLER_PUBLISH_WAIT for them, then
+    serves the Leases all the same; the adopt of a Lease upstream fulfilled waits
+    VCM_CONTROLLER_LEDGER_WAIT for the ledger's first read, then is sent for the Lease's own
+    owner; a new Lease's grant waits VCM_CONTROLLER_PUBLISH_WAIT, then names the Pool it finds.
+    Each as long as its setting says (3 s and 2 s here, tests/support/controller.py): at
+    least that long, and less than the default (30 s and 10 s). The start's wait is read from
+    the controller's log (it says how long it waited): the process's own start, before it,
+    takes many seconds on a busy machine."""
+    publish_wait = float(crd.env["VCM_CONTROLLER_PUBLISH_WAIT"])
+    ledger_wait = float(crd.env["VCM_CONTROLLER_LEDGER_WAIT"])
+    defaults = Settings.from_env({})
+    assert publish_wait < defaults.controller_publish_wait - 20
+    assert ledger_wait < defaults.controller_ledger_wait - 5
+    crd.kill_controller()
+    foreign = other_pool_lease(crd)
+    with stopped(crd, "queries"):
+        started = time.monotonic()
+        crd.start_controller()
+        assert age(started) >= publish_wait
+        (waited,) = re.findall(r"the Pools and Networks are not published after ([\d.]+)s",
+                               crd.controller.output_of_this_run())
+        assert publish_wait <= float(waited) < defaults.controller_publish_wait - 20, waited
+        served = time.monotonic()
+        after = adopted_state(crd, foreign["metadata"]["name"],
+                              timeout=defaults.controller_ledger_wait - 1)
+        assert ledger_wait - 0.5 <= age(served), age(served)
+        assert condition(after, "Adopted")["status"] == "True", condition(after, "Adopted")
+        assert_untouched(foreign, after)
+        asked = time.monotonic()
+        name = crd.create_lease({"vcpus": 1, "memory": 1, "networks": 0,
+                                 "required-pool": "other-pool"})["metadata"]["name"]
+        granted = crd.wait_phase(name, "Fulfilled",
+                                 timeout=defaults.controller_publish_wait - 1)
+        assert age(asked) >= publish_wait, age(asked)
+        assert [(r["kind"], r["name"]) for r in granted["metadata"]["ownerReferences"]] == \
+            [("Pool", "other-pool")]
+    for lease in (name, foreign["metadata"]["name"]):
+        crd.delete_lease(lease)
+        crd.wait_gone(lease)
+    assert ledger_of(crd, foreign) == [] and ledger_of(crd, granted) == []
 
 
 def test_a_ci_client_cannot_forge_a_fulfilled_lease_to_take_a_port_group(crd):

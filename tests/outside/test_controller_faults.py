@@ -123,6 +123,9 @@ def test_a_grant_is_written_through_apiserver_faults_without_a_traceback(clean):
     assert len(crd.ledger_leases(f"{UID_LABEL}={lease['metadata']['uid']}")) == 1
     log = crd.controller.output()[before:]
     assert "ServiceUnavailable" in log  # the faults were met, and said in a line each
+    # tried again after the pauses VCM_CONTROLLER_RETRY_PAUSES says (tests/support/controller.py)
+    for pause in crd.env["VCM_CONTROLLER_RETRY_PAUSES"].split(",")[:3]:
+        assert f"trying again in {pause}s" in log, log[-3000:]
     assert "Traceback" not in log and "failed with an exception" not in log, log[-3000:]
 
 

@@ -45,8 +45,13 @@ CI_BINDING = [
      "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                  "name": "vcm-lease-client"},
      "subjects": [{"kind": "ServiceAccount", "name": CI_JOB[1], "namespace": CI_JOB[0]}]}]
-# fast loops for tests: the ledger is compared and the Pools refreshed twice a second
-TEST_CONTROLLER_ENV = {"VCM_CONTROLLER_SYNC_INTERVAL": "0.5", "VCM_RESEND_AFTER": "2"}
+# fast loops for tests: the ledger is compared and the Pools refreshed twice a second; while
+# the query workers are stopped, the start and a grant wait 3 s for the first publishing of
+# the Pools and Networks, an adopt 2 s for the first read of the ledger (not 30 s and 10 s);
+# a call that failed is tried again after a tenth of the deployed pauses
+TEST_CONTROLLER_ENV = {"VCM_CONTROLLER_SYNC_INTERVAL": "0.5", "VCM_RESEND_AFTER": "2",
+                       "VCM_CONTROLLER_PUBLISH_WAIT": "3", "VCM_CONTROLLER_LEDGER_WAIT": "2",
+                       "VCM_CONTROLLER_RETRY_PAUSES": "0.1,0.2,0.5,1,3"}
 
 
 class ControllerExited(RuntimeError):

@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 
 KINDS = ("Pool", "Network")
 SETTLE = 1.0  # seconds a grant or release waits for others before the Pools' status is read
-READY_WAIT = 30.0  # seconds a grant waits for a namespace's first publishing
-SWEEP_WAIT = 10.0  # seconds a Fulfilled Lease's adopt waits for the first read of the ledger
 
 
 def merge_patch(current: Any, desired: Any) -> Any:
@@ -81,12 +79,18 @@ def _meta_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[
 
 class Inventory:
     def __init__(self, kube: KubeApi, placement: Placement, leases: Leases,
-                 namespaces: tuple[str, ...], every: float) -> None:
+                 namespaces: tuple[str, ...], every: float, *, publish_wait: float,
+                 ledger_wait: float) -> None:
         self.kube = kube
         self.placement = placement
         self.leases = leases
         self.namespaces = namespaces
         self.every = every
+        # seconds a grant waits for its namespace's first publishing
+        # (VCM_CONTROLLER_PUBLISH_WAIT), and a Fulfilled Lease's adopt for the first read of
+        # the ledger (VCM_CONTROLLER_LEDGER_WAIT)
+        self.publish_wait = publish_wait
+        self.ledger_wait = ledger_wait
         self.uids: dict[tuple[str, str, str], str] = {}  # (namespace, kind, name) -> uid
         # (namespace, kind, name) -> the object as last read or written
         self.seen: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -114,9 +118,10 @@ class Inventory:
     async def ledger_owner(self, namespace: str, uid: str) -> tuple[bool, str | None]:
         """(read, owner): the owner (of `namespace`) the ledger held Lease `uid`'s leases
         for at the last sweep, None when it held none; not read while no sweep has read the
-        ledger yet (waited for a moment: one read of the ledger for all the Leases)."""
+        ledger yet (waited for at most `ledger_wait`: one read of the ledger for all the
+        Leases)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.swept.wait(), SWEEP_WAIT)
+            await asyncio.wait_for(self.swept.wait(), self.ledger_wait)
         if not self.swept.is_set():
             return False, None
         owner = self.recorded.get(uid)
@@ -124,10 +129,11 @@ class Inventory:
 
     async def refs(self, namespace: str, pools: list[str],
                    networks: list[str]) -> list[dict[str, Any]]:
-        """ownerReferences to these objects of the namespace (one not published yet is
-        looked up; one that does not exist is left out)."""
+        """ownerReferences to these objects of the namespace, once it was published (waited
+        for at most `publish_wait`; one not published yet is looked up; one that does not
+        exist is left out)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.ready[namespace].wait(), READY_WAIT)
+            await asyncio.wait_for(self.ready[namespace].wait(), self.publish_wait)
         out = []
         for kind, names in (("Pool", pools), ("Network", networks)):
             for name in names:

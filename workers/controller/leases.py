@@ -26,8 +26,8 @@ stops). It is the same whether the Lease is new or the controller restarted:
    released elsewhere shows it on the Lease (Failed, Released; ownerReferences dropped).
 
 Every write to the API server that is answered 5xx or 429, or whose connection fails, is
-sent again after RETRY's pauses (`retrying`): a moment of trouble never leaves a Lease without
-its status, nor restarts the daemon.
+sent again after the pauses of `VCM_CONTROLLER_RETRY_PAUSES` (`retrying`): a moment of
+trouble never leaves a Lease without its status, nor restarts the daemon.
 
 `release` is kopf's deletion handler: the Lease's attempt still in line is taken out of it,
 its ledger leases are released (owner and the uid label), then kopf removes the finalizer."""
@@ -70,21 +70,22 @@ T = TypeVar("T")
 API_VERSION = f"{GROUP}/{VERSION}"
 FINALIZER_WAIT = 10.0  # seconds the daemon waits for kopf's finalizer before looking itself
 DELAYED_EVERY = 0.5  # seconds: the least time between two Delayed writes of one Lease
-RETRY = (1.0, 2.0, 5.0, 10.0, 30.0)  # waits between tries when the workers or API fail
 ADOPT_RETRY = 60.0  # seconds between two tries to adopt a Lease another controller fulfilled
 MAX_HELD_REFS = 256  # ownerReferences a Lease fulfilled elsewhere may name
 
 
 class Pauses:
-    """RETRY's pauses through one streak of failures, each announced in the log."""
+    """The pauses between tries (`VCM_CONTROLLER_RETRY_PAUSES`, the last one repeated)
+    through one streak of failures, each announced in the log."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, pauses: tuple[float, ...]) -> None:
         self.where = where
+        self.pauses = pauses
         self.failures = 0
 
     async def after(self, what: str) -> None:
         """`what` went wrong: a warning line, then the streak's next pause."""
-        pause = RETRY[min(self.failures, len(RETRY) - 1)]
+        pause = self.pauses[min(self.failures, len(self.pauses) - 1)]
         self.failures += 1
         log.warning("Lease %s: %s; trying again in %gs", self.where, what, pause)
         await asyncio.sleep(pause)
@@ -133,12 +134,13 @@ class Held:
 
 class Leases:
     def __init__(self, kube: KubeApi, placement: Placement, owners: Owners, *, ttl: float,
-                 renew_every: float) -> None:
+                 renew_every: float, retry_pauses: tuple[float, ...]) -> None:
         self.kube = kube
         self.placement = placement
         self.owners = owners
         self.ttl = ttl
         self.renew_every = renew_every
+        self.retry_pauses = retry_pauses  # between the tries of a call that failed
         self.held: dict[str, Held] = {}  # uid -> granted Lease being served
         self.serving: set[str] = set()  # uids whose daemon runs
         self.attempts: dict[str, int] = {}  # uid -> its current acquire attempt
@@ -366,7 +368,7 @@ class LeaseRun:
         granted = await self.granted_here()
         if granted is not None:
             return granted
-        pauses = Pauses(self.where)
+        pauses = Pauses(self.where, self.leases.retry_pauses)
         holdings = await self.holdings()
         while True:
             read, owner = await self.leases.owners.ledger_owner(self.namespace, self.uid)
@@ -453,7 +455,7 @@ class LeaseRun:
 
     async def in_ledger(self) -> bool:
         """Whether the ledger holds leases of this Lease (granted or adopted here)."""
-        pauses = Pauses(self.where)
+        pauses = Pauses(self.where, self.leases.retry_pauses)
         while True:
             try:
                 found = await self.leases.placement.call(
@@ -530,7 +532,7 @@ class LeaseRun:
         """The leases granted (None: the Lease was answered Failed)."""
         placement = self.leases.placement
         attempt = self.leases.attempts.get(self.uid, 0)
-        pauses = Pauses(self.where)
+        pauses = Pauses(self.where, self.leases.retry_pauses)
         while True:
             self.leases.attempts[self.uid] = attempt
             tid = task_id(self.uid, attempt)
@@ -665,8 +667,9 @@ class LeaseRun:
             except Exception as exc:  # noqa: BLE001 - try again at the next turn, sooner
                 failures += 1
                 log.warning("Lease %s: renewal failed: %s", self.where, exc)
-                await asyncio.sleep(RETRY[min(failures, len(RETRY) - 1)])
-                if failures < len(RETRY):
+                pauses = self.leases.retry_pauses
+                await asyncio.sleep(pauses[min(failures, len(pauses) - 1)])
+                if failures < len(pauses):
                     held.check.set()  # again soon, not after a whole interval
 
     async def released(self, why: str) -> None:
@@ -695,7 +698,7 @@ class LeaseRun:
     async def release_all(self) -> list[str]:
         """Its attempt in line cancelled and its ledger leases released, as on deletion (tried
         again while the workers do not answer)."""
-        pauses = Pauses(self.where)
+        pauses = Pauses(self.where, self.leases.retry_pauses)
         while True:
             try:
                 return await self.leases.release(self.body)
@@ -725,9 +728,9 @@ class LeaseRun:
 
     async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """`call()` until the apiserver answers it: an answer 5xx or 429, or a connection that
-        failed, is tried again after RETRY's pauses (a line in the log each, no traceback);
+        failed, is tried again after the retry pauses (a line in the log each, no traceback);
         any other refusal is raised. kopf cancels it with the daemon."""
-        pauses = Pauses(self.where)
+        pauses = Pauses(self.where, self.leases.retry_pauses)
         while True:
             try:
                 return await call()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import kopf
@@ -44,8 +45,6 @@ from .placement import Placement
 from .requests import FINALIZER, PREFIX
 
 log = logging.getLogger(__name__)
-
-STARTUP_PUBLISH_WAIT = 30.0  # seconds the start waits for the Pools and Networks
 
 
 class Unchanged(kopf.DiffBaseStorage):
@@ -82,10 +81,13 @@ class Controller:
         self.placement = Placement(settings.redis_url, settings.resend_after)
         self.leases = Leases(self.kube, self.placement, owners=_NoOwners(),
                              ttl=settings.lease_ttl,
-                             renew_every=settings.controller_renew_interval)
+                             renew_every=settings.controller_renew_interval,
+                             retry_pauses=settings.controller_retry_pauses)
         self.inventory = Inventory(self.kube, self.placement, self.leases,
                                    settings.controller_namespaces,
-                                   settings.controller_sync_interval)
+                                   settings.controller_sync_interval,
+                                   publish_wait=settings.controller_publish_wait,
+                                   ledger_wait=settings.controller_ledger_wait)
         self.leases.owners = self.inventory
 
     async def start(self) -> None:
@@ -93,11 +95,13 @@ class Controller:
         await self.placement.start()
         self.inventory.start()
         waits = [e.wait() for e in self.inventory.ready.values()]
-        try:
-            await asyncio.wait_for(asyncio.gather(*waits), STARTUP_PUBLISH_WAIT)
+        started = time.monotonic()
+        try:  # at most VCM_CONTROLLER_PUBLISH_WAIT
+            await asyncio.wait_for(asyncio.gather(*waits), self.settings.controller_publish_wait)
         except TimeoutError:
-            log.warning("the Pools and Networks are not published yet (is a queries worker "
-                        "running?); Leases are served meanwhile")
+            log.warning("the Pools and Networks are not published after %.1fs (is a queries "
+                        "worker running?); Leases are served meanwhile",
+                        time.monotonic() - started)
 
     async def close(self) -> None:
         await self.inventory.close()
