@@ -30,6 +30,13 @@ DEFAULT_POOLS = ROOT / "examples" / "pools.yaml"
 PREFIX = "VCM_"
 YEAR = 365 * 86400.0
 DEFAULT_MAX_SHARDS = 16  # VCM_MIRROR_MAX_SHARDS: slot ConfigMaps name-0 .. name-15
+# The ConfigMap mirror's chunk size (VCM_MIRROR_SHARD_BYTES): the apiserver refuses a ConfigMap
+# whose data and binaryData (keys and decoded values) exceed CONFIGMAP_LIMIT; a chunk leaves
+# room for the keys and the head's metadata
+CONFIGMAP_LIMIT = 1_048_576
+MIN_SHARD_BYTES = 1024
+MAX_SHARD_BYTES = CONFIGMAP_LIMIT - 16 * 1024
+DEFAULT_SHARD_BYTES = CONFIGMAP_LIMIT - 32 * 1024
 OFF = ("off", "none", "")  # an interval that may be switched off: these, or 0 seconds
 MAX_SETTING = 64 * 1024  # the longest text setting (lists of vCenters, of files)
 
@@ -98,8 +105,9 @@ def _number(kind: type[int] | type[float], minimum: float, maximum: float) -> Be
         except (TypeError, ValueError):
             raise SettingError(f"{variable(info)}={value!r}: not {what}") from None
         if not minimum <= number <= maximum:  # NaN too
-            raise SettingError(f"{variable(info)}={value!r}: {what} from {minimum:g} to "
-                               f"{maximum:g}")
+            low, high = (f"{int(minimum)}", f"{int(maximum)}") if kind is int else \
+                (f"{minimum:g}", f"{maximum:g}")
+            raise SettingError(f"{variable(info)}={value!r}: {what} from {low} to {high}")
         return number
 
     return BeforeValidator(parse)
@@ -253,6 +261,12 @@ class Settings(EnvSettings):
 
     # ConfigMap slots `name-0`… the RBAC Role must list (0: the head only)
     mirror_max_shards: Annotated[int, BeforeValidator(_max_shards)] = DEFAULT_MAX_SHARDS
+    # bytes of compressed snapshot per ConfigMap (the head's first chunk, each shard's)
+    mirror_shard_bytes: Annotated[int, _number(int, MIN_SHARD_BYTES, MAX_SHARD_BYTES)] = \
+        DEFAULT_SHARD_BYTES
+    # the longest each Kubernetes API request of the ConfigMap mirror may take
+    mirror_timeout: Annotated[float, duration(minimum=0.1, maximum=600,
+                                              short="at least")] = Field(default="5s")
     # the longest pause between mirror saves under load (seconds; see workers/publisher/thread.py)
     mirror_commit_window: Annotated[float, _number(float, 0, 60)] = 0.1
 

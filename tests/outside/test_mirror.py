@@ -24,12 +24,14 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tests.support.configmap_mirror import chunk_sizes
 from tests.support.kube_apiserver import KubeApiServer
 from tests.support.rbac import deploy_rbac, mirror_configmap, service_account_of
-from workers.adapters.mirror.configmap import CONFIGMAP_LIMIT, ConfigMapMirror
+from workers.adapters.mirror.configmap import ConfigMapMirror
 from workers.adapters.mirror.errors import MirrorError, MirrorTooLarge, retry_backoff
-from workers.adapters.mirror.factory import mirror_from_env
+from workers.adapters.mirror.factory import build_mirror, mirror_from_env
 from workers.adapters.mirror.file import FileMirror
+from workers.settings import CONFIGMAP_LIMIT, DEFAULT_SHARD_BYTES, Settings
 
 NS, NAME = mirror_configmap()  # as deploy/ names it: its RBAC Role grants exactly these
 ROOT = Path(__file__).resolve().parents[2]
@@ -662,6 +664,38 @@ def test_mirror_from_env(kube, api, tmp_path):
     for bad in ("vcm-ledger", "a/b/c", "/x", "x/", "Vcm/ledger", "vcm/Ledger", "vcm/a_b"):
         with pytest.raises(ValueError, match="VCM_CONFIGMAP"):
             mirror_from_env(bad, path)
+
+
+def test_the_settings_give_the_configmap_mirror_its_shard_size_and_request_timeout(
+        kube, tmp_path, monkeypatch):
+    """build_mirror (the placement worker's) cuts the payload in ConfigMaps of
+    VCM_MIRROR_SHARD_BYTES, and gives up a request after VCM_MIRROR_TIMEOUT; unset, just under
+    the apiserver's 1 MiB and 5 s."""
+    account = service_account_of("placement")
+    assert account is not None
+    path = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS,
+                                 token=kube.token_for(*account))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    env = {"VCM_CONFIGMAP": f"{NS}/{NAME}"}
+    with build_mirror(Settings.from_env(env)) as default:
+        assert isinstance(default, ConfigMapMirror)
+        assert default.shard_bytes == DEFAULT_SHARD_BYTES < CONFIGMAP_LIMIT
+        assert default.timeout == 5.0
+    small = Settings.from_env({**env, "VCM_MIRROR_SHARD_BYTES": "4096",
+                               "VCM_MIRROR_TIMEOUT": "0.5"})
+    with build_mirror(small) as mirror:
+        snap = random_snapshot(10_000, seed=40)  # about 10 KB compressed
+        mirror.save(snap)
+        assert chunk_sizes(kube, NS, NAME) == [4096, 4096, mirror.last_stats.encoded_bytes - 8192]
+        assert mirror.load() == snap
+        kube.inject_fault(hang=1.5, count=None)  # answers, but only after 1.5 s
+        started = time.monotonic()
+        with pytest.raises(MirrorError, match="timed out"):
+            mirror.save(random_snapshot(10_000, seed=41))
+        assert time.monotonic() - started < 1.5
+        kube.clear_faults()
+        assert mirror.load() == snap
 
 
 # ---- FileMirror ------------------------------------------------------------------------------

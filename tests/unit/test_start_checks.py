@@ -53,3 +53,27 @@ def test_a_setting_no_process_can_use_stops_start_up_naming_the_variable(problem
     first, *rest = setting_messages(problem)
     assert message.startswith(first), message
     assert all(part in message for part in rest), message
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    # a ConfigMap holds at most 1 MiB: a shard of more would be refused by every apiserver
+    ("VCM_MIRROR_SHARD_BYTES", "1048576",
+     "VCM_MIRROR_SHARD_BYTES='1048576': a whole number from 1024 to 1032192"),
+    ("VCM_MIRROR_SHARD_BYTES", "512", "VCM_MIRROR_SHARD_BYTES='512': a whole number from 1024"),
+    ("VCM_MIRROR_SHARD_BYTES", "64Ki", "VCM_MIRROR_SHARD_BYTES='64Ki': not a whole number"),
+    ("VCM_MIRROR_TIMEOUT", "0", "VCM_MIRROR_TIMEOUT: must be at least 0.1s"),
+    ("VCM_MIRROR_TIMEOUT", "soon", "VCM_MIRROR_TIMEOUT: 'soon' is not seconds"),
+    ("VCM_MIRROR_TIMEOUT", "1h", "VCM_MIRROR_TIMEOUT: 3600s is more than the maximum 600s"),
+])
+def test_the_configmap_mirror_s_shard_size_and_timeout_are_checked_naming_the_variable(
+        variable, value, message):
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({variable: value})
+    assert str(stopped.value.code).startswith(f"invalid setting {message}"), stopped.value.code
+
+
+def test_the_configmap_mirror_s_shard_size_and_timeout_have_their_defaults():
+    settings = Settings.from_env({})
+    assert (settings.mirror_shard_bytes, settings.mirror_timeout) == (1_048_576 - 32 * 1024, 5.0)
+    settings = Settings.from_env({"VCM_MIRROR_SHARD_BYTES": "16384", "VCM_MIRROR_TIMEOUT": "2m"})
+    assert (settings.mirror_shard_bytes, settings.mirror_timeout) == (16384, 120.0)

@@ -39,7 +39,12 @@ from kubernetes.client.exceptions import ApiException
 
 from ... import backoff
 from ...ports import Mirror
-from ...settings import DEFAULT_MAX_SHARDS  # slot ConfigMaps name-0 .. name-15 (deploy/rbac.yaml)
+from ...settings import (  # slot ConfigMaps name-0 .. (deploy/rbac.yaml), bytes of each
+    DEFAULT_MAX_SHARDS,
+    DEFAULT_SHARD_BYTES,
+    MAX_SHARD_BYTES,
+    MIN_SHARD_BYTES,
+)
 from .codec import (
     ENCODING,
     FORMAT,
@@ -60,9 +65,6 @@ from .kube import (
     meta_of,
 )
 from .names import MAX_NAME, valid_name, valid_namespace
-
-CONFIGMAP_LIMIT = 1_048_576  # apiserver: data + binaryData (keys and decoded values)
-DEFAULT_SHARD_BYTES = CONFIGMAP_LIMIT - 32 * 1024  # room for keys and the head's metadata
 
 
 def _empty_meta() -> dict[str, Any]:
@@ -105,8 +107,8 @@ class ConfigMapMirror(Mirror):
             )
         if not 0 <= max_shards <= 999:
             raise ValueError("max_shards must be within 0..999")
-        if not 1024 <= shard_bytes <= CONFIGMAP_LIMIT - 16 * 1024:
-            raise ValueError(f"shard_bytes must be within 1024..{CONFIGMAP_LIMIT - 16 * 1024}")
+        if not MIN_SHARD_BYTES <= shard_bytes <= MAX_SHARD_BYTES:
+            raise ValueError(f"shard_bytes must be within {MIN_SHARD_BYTES}..{MAX_SHARD_BYTES}")
         self.namespace = namespace
         self.name = name
         self.timeout = timeout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...settings import DEFAULT_MAX_SHARDS, Settings
+from ...settings import DEFAULT_MAX_SHARDS, DEFAULT_SHARD_BYTES, Settings
 from .file import FileMirror
 from .names import valid_name, valid_namespace
 
@@ -34,6 +34,7 @@ def mirror_from_env(
     api_client: k8s_client.ApiClient | None = None,
     timeout: float = 5.0,
     max_shards: int = DEFAULT_MAX_SHARDS,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> ConfigMapMirror | FileMirror:
     """VCM_CONFIGMAP ("namespace/name") → ConfigMapMirror; unset or empty → FileMirror(path)."""
     where = parse_configmap(configmap)
@@ -41,11 +42,15 @@ def mirror_from_env(
         return FileMirror(path)
     from .configmap import ConfigMapMirror
 
-    return ConfigMapMirror(*where, api_client=api_client, timeout=timeout, max_shards=max_shards)
+    return ConfigMapMirror(*where, api_client=api_client, timeout=timeout, max_shards=max_shards,
+                           shard_bytes=shard_bytes)
 
 
 def build_mirror(settings: Settings) -> ConfigMapMirror | FileMirror:
     """The mirror the placement worker writes, from its settings (VCM_CONFIGMAP, else
-    VCM_MIRROR_FILE; VCM_MIRROR_MAX_SHARDS for a ConfigMap mirror)."""
+    VCM_MIRROR_FILE; VCM_MIRROR_MAX_SHARDS, VCM_MIRROR_SHARD_BYTES and VCM_MIRROR_TIMEOUT for
+    a ConfigMap mirror)."""
     return mirror_from_env(settings.configmap, settings.mirror_file,
-                           max_shards=settings.mirror_max_shards)
+                           timeout=settings.mirror_timeout,
+                           max_shards=settings.mirror_max_shards,
+                           shard_bytes=settings.mirror_shard_bytes)
