@@ -582,3 +582,51 @@ def test_the_publisher_survives_any_exception_and_releases_the_answers_later(
             pub.join(10)
         api.close()
         server.stop()
+
+
+# a head-only ConfigMap mirror of this many bytes, and how many of big_request's leases fit in
+# it (about 50), then do not
+SHARD = 16 * 1024
+EARLY, LATE = 3 * 10, 30
+
+
+def test_an_answer_held_after_a_too_large_attempt_is_shown_in_the_status(
+        tmp_path, kube, monkeypatch):
+    """The publisher wakes at a change's commit, so it may try the save before the change's
+    answer is held: the status of a snapshot too large to mirror still comes to show that
+    answer, though the same snapshot is not tried again until the ledger changes. The
+    publisher's rounds are run here one at a time, in that order."""
+    server = RedisServer().start()
+    api = kube.api_client()
+    try:
+        pools = tmp_path / "pools.yaml"
+        pools.write_text(BIG_POOLS)
+        monkeypatch.setenv("VCM_REDIS_URL", server.url)
+        monkeypatch.setenv("VCM_POOLS_FILE", str(pools))
+        monkeypatch.setenv("VCM_MIRROR_FILE", "off")
+        ledger = Ledger.from_url(server.url)
+        mirror = ConfigMapMirror(NS, NAME, api_client=api, timeout=2.0, max_shards=0,
+                                 shard_bytes=SHARD)
+        app = Celery("t", broker=server.url, backend=server.url)
+        direct = CeleryReplies(app)
+        replies = OutboxReplies(ledger, direct)
+        svc = Capacity(ledger, PoolsFile(str(pools)), Settings.from_env(), replies, mirror)
+        replies.covered = svc.covered
+        svc.ensure_ready()
+        pub = Publisher(svc, mirror, direct)  # not started: its rounds are run here
+        rnd = random.Random(7)
+        leases = svc.acquire_batch(
+            [big_request(rnd, "o", f"r-{i}") for i in range(EARLY + LATE)], "task-1")
+        pub.step()  # the save, tried before the answer is held
+        st = read_status(ledger)
+        assert st["state"] == "too-large" and st["too-large"] == 1
+        assert st["held-replies"] == 0 and not ledger.outbox()
+        svc.replies.deliver("task-1", leases)
+        pub.step()
+        st = read_status(ledger)
+        assert st["state"] == "too-large" and st["too-large"] == 1  # not tried again
+        assert st["held-replies"] == 1 and [x[0] for x in ledger.outbox()] == ["task-1"]
+        assert app.AsyncResult("task-1").state == "PENDING"  # held
+    finally:
+        api.close()
+        server.stop()

@@ -29,6 +29,7 @@ class PublisherStatus:
         self.streak = 0  # consecutive rounds that met an unexpected exception
         self.round_failed = False  # this round did
         self._last_error = ""  # the last one logged with its traceback
+        self._held = -1  # held-replies as last written
 
     def write(self, status: dict[str, Any]) -> None:
         """A save's or a failure's status: its fields, counters and fields to clear."""
@@ -38,6 +39,17 @@ class PublisherStatus:
         self.ledger.mirror_status_write(
             {**status["fields"], "updated-at": time.time(), "held-replies": held},
             incr=counters, clear=status.get("clear", ()))
+        self._held = held
+
+    def held_replies(self) -> None:
+        """Show the replies held now, when they changed since the last write: while the mirror
+        fails or the snapshot is too large, a status is written only when a save is tried (a
+        too-large one again only when the ledger changes), and an answer held just after the
+        attempt would go unshown."""
+        held = self.ledger.outbox_size()
+        if held != self._held:
+            self.ledger.mirror_status_write({"held-replies": held, "updated-at": time.time()})
+            self._held = held
 
     def error(self, exc: Exception, delay: float, failing_since: float | None,
               seq: int | None = None) -> None:

@@ -143,6 +143,8 @@ class Publisher(threading.Thread):
             self.status.write(status)
         elif saves.journal is not None:
             saves.report_journal(seq)
+        elif saves.failing_since is not None:
+            self.status.held_replies()
         now = time.monotonic()
         if now - self._last_housekeeping >= HOUSEKEEPING:
             self._last_housekeeping = now
