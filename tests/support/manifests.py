@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from tests.support.procs import ROOT
+from tests.support.yaml_files import yaml_documents
 
 DEPLOY = ROOT / "deploy"
 EXAMPLES = DEPLOY / "examples"
@@ -21,8 +22,7 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job",
 
 
 def load_yaml_docs(path: Path) -> list[dict[str, Any]]:
-    with path.open() as fh:
-        return [d for d in yaml.safe_load_all(fh) if d is not None]
+    return [d for d in yaml_documents(path) if d is not None]
 
 
 def kustomization() -> dict[str, Any]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from tests.support.yaml_files import yaml_documents
 
 ANONYMOUS_NAME = "system:anonymous"
 
@@ -135,7 +135,7 @@ class RbacPolicy:
     def from_files(cls, *paths: str | Path) -> RbacPolicy:
         docs: list[dict[str, Any]] = []
         for path in paths:
-            docs.extend(d for d in yaml.safe_load_all(Path(path).read_text()) if d)
+            docs.extend(d for d in yaml_documents(path) if d)
         return cls(docs)
 
     # -- authentication ------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def deploy_docs() -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for path in sorted(DEPLOY.glob("*.yaml")):
         if path.name != "kustomization.yaml":
-            docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+            docs.extend(d for d in yaml_documents(path) if d)
     return docs
 
 

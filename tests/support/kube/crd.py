@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from tests.support.yaml_files import yaml_documents
 
 DEPLOY_CRDS = Path(__file__).resolve().parents[3] / "deploy" / "crds"
 
@@ -85,7 +85,7 @@ def load_crds(paths: Iterable[str | Path]) -> list[CustomResourceDefinition]:
     """Every CustomResourceDefinition in these files (other documents are skipped)."""
     out = []
     for path in paths:
-        for doc in yaml.safe_load_all(Path(path).read_text()):
+        for doc in yaml_documents(path):
             if doc and doc.get("kind") == "CustomResourceDefinition":
                 out.append(CustomResourceDefinition.from_manifest(doc))
     return out
