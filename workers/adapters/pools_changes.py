@@ -12,13 +12,6 @@ from ..core.text import shown
 from .pools_edit import AppendItem, Edit, EditRefused, RemoveItem, SetKey, apply_edits
 from .pools_file import read_pools_yaml
 
-# the pool flags the commands set: command -> (key, value, what the pool is then)
-FLAGS = {
-    "cordon": ("no-schedule", True, "cordoned"),
-    "uncordon": ("no-schedule", False, "uncordoned"),
-    "exclude": ("exclude", True, "excluded"),
-    "include": ("exclude", False, "included"),
-}
 CAPACITY = ("vcpus", "memory", "storage", "vcpu-overcommit")
 
 
@@ -123,9 +116,9 @@ def _name(pool: Any) -> str:
     return name.strip() if isinstance(name, str) else ""
 
 
-def set_flag(config: PoolsConfig, command: str, names: list[str]) -> Change:
-    """cordon, uncordon, exclude or include the pools named."""
-    key, value, done = FLAGS[command]
+def set_flag(config: PoolsConfig, key: str, value: bool, done: str, names: list[str]) -> Change:
+    """Set the flag `key` to `value` in the pools named (cordon: no-schedule true); `done` is
+    what a pool so set is ("cordoned")."""
     change = Change()
     for name in dict.fromkeys(names):
         i = config.index(name)

@@ -23,7 +23,6 @@ from typing import Any
 
 import redis
 
-from .. import backoff
 from ..core.errors import RedisFull, VcmError
 
 log = logging.getLogger(__name__)
@@ -132,6 +131,9 @@ def hold(write: Callable[[], Any], client: redis.Redis | None, what: str,
     """`write()`, again after each refusal for memory (0.2 s doubling to 2 s) until Redis
     takes it, or until `stop()` says the process is shutting down (then the refusal is
     raised). Logged once when it starts holding `what`, and once when Redis took it."""
+    # here, not at the top: `vcm` only recognises the refusal, and tenacity loads tornado
+    from .. import backoff
+
     delays = backoff.Backoff(backoff.doubling(cap=HOLD_CAP))
     started = time.monotonic()
     held = False
