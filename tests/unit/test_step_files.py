@@ -197,10 +197,14 @@ def test_the_resource_pool_is_the_ci_steps_unless_the_pools_own_is_asked_for():
         pool = POOLS[d["name"]]
         assert d["topology"]["resourcePool"] == \
             f"/{pool.datacenter}/host/{pool.cluster}/Resources"
-    for bad in ("", "a/b", "x" * 81, "a\nb"):
+    # a lone surrogate is a byte of argv that is not UTF-8: govc.sh could not hold it; "."
+    # and ".." would make `<cluster>/Resources/..` the cluster itself
+    for bad in ("", " ", "a/b", "x" * 81, "a\nb", "a\x85b", "a\u202eb", "a\udcffb", ".",
+                ".."):
         with pytest.raises(StepFilesError) as err:
             built(child=bad)
         assert err.value.option == "resource-pool"
+    assert built(child="a.b c-d_(1)")["govc.sh"].text.count("/Resources/a.b c-d_(1)'") == 2
 
 
 def test_govc_trusts_the_certificates_given_else_checks_none_as_the_ci_step():

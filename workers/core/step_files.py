@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .shell import ShellSyntax, exported_value
+from .text import text_problem
 
 EXTRA_LABEL = "VSPHERE_EXTRA_LEASED_RESOURCE"
 BASTION_LABEL = "VSPHERE_BASTION_LEASED_RESOURCE"
@@ -205,12 +206,16 @@ def file_name(prefix: str, name: str) -> str:
 
 def resource_pool_problem(name: str) -> str:
     """Why `name` cannot be a resource pool below a cluster's `Resources` ("" when it can)."""
-    if not name:
+    if not name.strip():
         return "is empty"
     if len(name) > MAX_RESOURCE_POOL:
         return f"is longer than {MAX_RESOURCE_POOL} characters"
-    if "/" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return "must be one name: no '/' and no control characters"
+    problem = text_problem(name)  # lone surrogates (bytes argv could not decode), controls
+    if problem:
+        return problem
+    # "." and ".." would name the cluster's Resources, or the cluster, in an inventory path
+    if "/" in name or name in (".", ".."):
+        return "must be one name: no '/', not '.' or '..'"
     return ""
 
 
