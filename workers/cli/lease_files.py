@@ -53,6 +53,13 @@ def check_options(args: argparse.Namespace) -> None:
             if value:
                 raise CliError(f"{option}: only with -o lease-files", EXIT_INPUT)
         return
+    # govc.sh names both (UTF-8 text): a path of other bytes cannot be written there
+    for option, path in (("DIR", args.dir), ("--ca-certs", args.ca_certs)):
+        try:
+            (path or "").encode("utf-8")
+        except UnicodeEncodeError:
+            raise CliError(f"{option}: {ascii(path)[:200]} is not UTF-8: govc.sh could not "
+                           "name it", EXIT_INPUT) from None
     if args.resource_pool is not None and resource_pool_problem(args.resource_pool):
         raise CliError(f"--resource-pool: {args.resource_pool[:MAX_RESOURCE_POOL]!r} "
                        f"{resource_pool_problem(args.resource_pool)}", EXIT_INPUT)
