@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -9,7 +10,7 @@ import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -620,3 +621,67 @@ def test_lease_files_dvs_json_is_each_networks_switch_per_cluster_from_the_vcent
     assert str(err.value).startswith(f"--dvs: vcenter {sim.address}: login as")
     assert "wrong" not in str(err.value)
     assert not any(again.iterdir())
+
+
+@pytest.mark.parametrize("answers", ["nothing", "the handshake only"])
+def test_a_vcenter_that_never_answers_is_given_up_after_the_timeout(mitm_ca, tmp_path,
+                                                                    answers):
+    """A vCenter that takes the connection and then answers nothing (not even the TLS
+    handshake), or completes the handshake and answers no request: the login, and
+    lease-files --dvs reading through it, give up after their timeout instead of waiting for
+    ever (pyvmomi opens its first connection, which asks for the API versions, without
+    one)."""
+    from workers.adapters.vcenter.client import VCenterUnavailable, login
+    from workers.adapters.vcenter.dvs import DvsError, dvs_json
+
+    issued = mitm_ca.issue()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(issued.cert_file, issued.key_file)
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            if answers == "the handshake only":
+                conn.settimeout(10)
+                with contextlib.suppress(OSError):
+                    conn = server_context.wrap_socket(conn, server_side=True)
+            held.append(conn)  # read nothing, answer nothing, keep it open
+
+    threading.Thread(target=accept, daemon=True).start()
+    vcenter = f"127.0.0.1:{listener.getsockname()[1]}"
+    trusts = [Trust(ca_pem=mitm_ca.path.read_text()), Trust(kind="insecure"),
+              Trust(kind="pinned", thumbprints=frozenset(
+                  {issued.thumbprint(colons=False).lower()}))]
+    def given_up(call: Callable[[], object]) -> BaseException:
+        """What `call` raised, in a thread of its own: one waiting for ever fails the test."""
+        raised: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                raised.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), "still waiting after 10 s (the timeout is 1 s)"
+        return raised[0]
+
+    try:
+        for trust in trusts:
+            exc = given_up(lambda t=trust: login(Access(vcenter, USER, PASSWORD, t), 1))
+            assert isinstance(exc, VCenterUnavailable) and "timed out" in str(exc), exc
+        exc = given_up(lambda: dvs_json([(vcenter, "/dc/network/pg")],
+                                        {vcenter: (USER, PASSWORD)}, trusts[0], timeout=1))
+        assert isinstance(exc, DvsError), exc
+        assert str(exc).startswith(f"vcenter {vcenter}: ") and "timed out" in str(exc)
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()

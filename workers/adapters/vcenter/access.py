@@ -61,7 +61,20 @@ class ThumbprintMismatch(ssl.SSLCertVerificationError):
         self.verify_message = message
 
 
-class _PinnedSocket(ssl.SSLSocket):
+class _TimedSocket(ssl.SSLSocket):
+    """Gives up a handshake, a read or a write that waits longer than its context's
+    `io_timeout`: pyvmomi's first request (the API versions, before the login) opens its
+    connection without a timeout, and would wait for ever on a vCenter that accepts the
+    connection and never answers."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        timeout = getattr(self.context, "io_timeout", None)
+        if timeout is not None and self.gettimeout() is None:
+            self.settimeout(timeout)
+        super().do_handshake(block)
+
+
+class _PinnedSocket(_TimedSocket):
     """Checks the peer's certificate against the context's pins as soon as the handshake is
     done, before the connection is handed to the HTTP client: nothing is sent to a server
     whose certificate is not pinned."""
@@ -104,21 +117,28 @@ class Trust:
     # "insecure": why, as each login's warning says it
     insecure_because: str = field(default="VCM_VCENTER_INSECURE lists it", compare=False)
 
-    def context(self) -> ssl.SSLContext:
-        """A new client context that checks the certificate this way."""
+    def context(self, timeout: float | None = None) -> ssl.SSLContext:
+        """A new client context that checks the certificate this way; with `timeout`, each
+        connection it secures gives up a handshake, read or write that waits longer (seconds),
+        whether or not its opener set a timeout."""
         if self.kind == "pinned":
             pinned = PinnedContext(ssl.PROTOCOL_TLS_CLIENT)
             pinned.check_hostname = False
             pinned.verify_mode = ssl.CERT_NONE  # the pin is checked instead (_PinnedSocket)
             pinned.thumbprints = self.thumbprints
             pinned.sslsocket_class = _PinnedSocket
-            return pinned
-        if self.kind == "insecure":
+            context: ssl.SSLContext = pinned
+        elif self.kind == "insecure":
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-            return context
-        return ssl.create_default_context(cadata=self.ca_pem)
+        else:
+            context = ssl.create_default_context(cadata=self.ca_pem)
+        if timeout is not None:
+            context.io_timeout = timeout  # type: ignore[attr-defined]  # read by _TimedSocket
+            if self.kind != "pinned":
+                context.sslsocket_class = _TimedSocket
+        return context
 
     def describe(self) -> str:
         if self.kind == "pinned":

@@ -164,7 +164,7 @@ def login(access: Access, timeout: float, **options: Any) -> Any:
     try:
         return SmartConnect(
             host=host, port=port, user=access.user, pwd=access.password,
-            sslContext=access.trust.context(), httpConnectionTimeout=timeout, **options,
+            sslContext=access.trust.context(timeout), httpConnectionTimeout=timeout, **options,
         )
     except vim.fault.InvalidLogin:
         raise VCenterUnavailable(f"login as {access.user!r} failed (bad credentials)") from None
