@@ -159,7 +159,7 @@ def _namespaces(value: Any, info: ValidationInfo) -> tuple[str, ...]:
 
 def _pauses(value: Any, info: ValidationInfo) -> tuple[float, ...]:
     """Comma-separated durations (seconds or "2s"), each more than 0 and at most an hour, at
-    least one."""
+    least one, none empty."""
     name = variable(info)
     if isinstance(value, tuple | list):
         value = ",".join(map(str, value))
@@ -167,9 +167,11 @@ def _pauses(value: Any, info: ValidationInfo) -> tuple[float, ...]:
     problem = text_problem(raw, MAX_SETTING)
     if problem:
         raise SettingError(f"{name}: {problem}")
-    items = [x.strip() for x in raw.split(",") if x.strip()]
-    if not items:
+    items = [x.strip() for x in raw.split(",")]
+    if not any(items):
         raise SettingError(f"{name}: name at least one pause")
+    if not all(items):  # each later pause would be that of another try
+        raise SettingError(f"{name}: {raw!r}: an empty pause between commas")
     pauses = []
     for item in items:
         try:

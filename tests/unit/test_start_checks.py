@@ -77,3 +77,22 @@ def test_the_configmap_mirror_s_shard_size_and_timeout_have_their_defaults():
     assert (settings.mirror_shard_bytes, settings.mirror_timeout) == (1_048_576 - 32 * 1024, 5.0)
     settings = Settings.from_env({"VCM_MIRROR_SHARD_BYTES": "16384", "VCM_MIRROR_TIMEOUT": "2m"})
     assert (settings.mirror_shard_bytes, settings.mirror_timeout) == (16384, 120.0)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    # an empty item shifts every later pause to another try: a typo, not a shorter list
+    ("1s,,2s", "VCM_CONTROLLER_RETRY_PAUSES: '1s,,2s': an empty pause between commas"),
+    ("1s,2s,", "VCM_CONTROLLER_RETRY_PAUSES: '1s,2s,': an empty pause between commas"),
+    (",1s", "VCM_CONTROLLER_RETRY_PAUSES: ',1s': an empty pause between commas"),
+    (" , ", "VCM_CONTROLLER_RETRY_PAUSES: name at least one pause"),
+    ("1s,0", "VCM_CONTROLLER_RETRY_PAUSES: '0': a pause must be longer than 0s"),
+    ("1s,nan", "VCM_CONTROLLER_RETRY_PAUSES: 'nan' is not seconds"),
+    ("1s,1e400", "VCM_CONTROLLER_RETRY_PAUSES: '1e400' is not seconds"),
+    ("2h", "VCM_CONTROLLER_RETRY_PAUSES: 7200s is more than the maximum 3600s"),
+])
+def test_the_controller_s_retry_pauses_are_checked_naming_the_variable(value, message):
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({"VCM_CONTROLLER_RETRY_PAUSES": value})
+    assert str(stopped.value.code).startswith(f"invalid setting {message}"), stopped.value.code
+    pauses = Settings.from_env({"VCM_CONTROLLER_RETRY_PAUSES": " 1s, 2.5 ,1m "})
+    assert pauses.controller_retry_pauses == (1.0, 2.5, 60.0)
