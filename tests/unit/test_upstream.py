@@ -377,6 +377,17 @@ def test_lease_spec_carries_the_pool_the_request_named_and_its_selector_and_tole
                            "tolerations": {"a": 1}}}
     for record in (old, odd):
         assert not {"required-pool", "poolSelector", "tolerations"} & set(lease_spec([record]))
+    # only the text pairs of a selector, only the tolerations that are one (the CRD's schema
+    # takes text there)
+    mixed = {**old, "spec": {**old["spec"], "pool-selector": {"a": "b", "n": 1, "m": {"x": []}},
+                             "tolerations": [{"key": "k", "operator": "Exists"}, {"key": 5},
+                                             {"key": "k", "operator": ["Equal"]},
+                                             {"key": "k", "extra": "x"}, {}, "k", None]}}
+    spec = lease_spec([mixed])
+    assert spec["poolSelector"] == {"a": "b"}
+    assert spec["tolerations"] == [{"key": "k", "operator": "Exists"}]
+    junk = {**old, "spec": {**old["spec"], "pool-selector": {"n": 1}, "tolerations": [{"k": 1}]}}
+    assert not {"poolSelector", "tolerations"} & set(lease_spec([junk]))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -376,6 +376,22 @@ def pool_info(leases: Sequence[Lease | Mapping[str, Any]]) -> list[dict[str, Any
     return list(out.values())
 
 
+def _text_map(value: Any) -> dict[str, str]:
+    """The text-to-text pairs of a recorded map ({} for anything else)."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+TOLERATION_KEYS = frozenset({"key", "operator", "value", "effect"})
+
+
+def _toleration(value: Any) -> bool:
+    """Whether a recorded toleration is one: a map of text under its four keys only."""
+    return isinstance(value, Mapping) and bool(value) and set(value) <= TOLERATION_KEYS \
+        and all(isinstance(v, str) for v in value.values())
+
+
 def lease_spec(leases: Sequence[Lease | Mapping[str, Any]]) -> dict[str, Any]:
     """upstream's `Lease` spec for the leases of one request: vcpus, memory and storage
     only when not 0 (a network-only lease carries neither), `pools` (how many it got when
@@ -396,13 +412,17 @@ def lease_spec(leases: Sequence[Lease | Mapping[str, Any]]) -> dict[str, Any]:
     out["networks"] = x.network_count
     first = next((n for n in x.networks if isinstance(n, Mapping)), {})
     out["network-type"] = _text(first.get("type")) or DEFAULT_NETWORK_TYPE
-    # as recorded; a record holding something else there reads as unset
+    # as recorded; a record holding something else there (or in a pair, or a toleration)
+    # reads as unset: the Lease CRD's schema takes only text there
     if x.required_pool and isinstance(x.required_pool, str):
         out["required-pool"] = x.required_pool
-    if x.pool_selector and isinstance(x.pool_selector, Mapping):
-        out["poolSelector"] = dict(x.pool_selector)
-    if x.tolerations and isinstance(x.tolerations, list):
-        out["tolerations"] = [t for t in x.tolerations if isinstance(t, Mapping)]
+    selector = _text_map(x.pool_selector)
+    if selector:
+        out["poolSelector"] = selector
+    tolerations = [t for t in x.tolerations if _toleration(t)] \
+        if isinstance(x.tolerations, list) else []
+    if tolerations:
+        out["tolerations"] = [dict(t) for t in tolerations]
     if x.boskos_lease_id:
         out["boskos-lease-id"] = x.boskos_lease_id
     return out
