@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import socket
@@ -685,3 +686,69 @@ def test_a_vcenter_that_never_answers_is_given_up_after_the_timeout(mitm_ca, tmp
         listener.close()
         for conn in held:
             conn.close()
+
+
+class SickAfterLogin(BaseHTTPRequestHandler):
+    """Relays to the simulator (`server.sim`) until a request names `server.sick_at`, which
+    it answers with `server.answer` (status, content type, body)."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _relay(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.server.sick_at.encode() in body:  # type: ignore[attr-defined]
+            status, kind, text = self.server.answer  # type: ignore[attr-defined]
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+            return
+        sim = self.server.sim  # type: ignore[attr-defined]
+        conn = http.client.HTTPSConnection(sim.host, sim.port, timeout=30, context=(
+            ssl.create_default_context(cafile=process_ca().path)))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host",)}
+        conn.request(self.command, self.path, body=body or None, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        conn.close()
+
+    do_GET = do_POST = _relay
+
+
+@pytest.mark.parametrize(("answer", "says"), [
+    ((503, "text/html", b"<html>maintenance</html>"), "503"),
+    ((200, "text/xml", b"<not-soap"), "cannot be read"),
+    ((500, "text/xml", b"<soapenv:Envelope/>"), "cannot be read"),
+])
+def test_lease_files_dvs_a_vcenter_answering_no_soap_after_login_is_an_error(sim, answer, says):
+    """A vCenter (or what sits before it) that lets the login through and then answers a
+    read with something that is no SOAP answer: DvsError naming the vCenter, which the CLI
+    shows without a traceback, not whatever pyvmomi raised."""
+    from workers.adapters.vcenter.dvs import DvsError, dvs_json
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SickAfterLogin)
+    cert = process_ca().issue()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert.cert_file, cert.key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.sim, server.sick_at, server.answer = sim, "FindByInventoryPath", answer  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    vc = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(DvsError) as err:
+            dvs_json([(vc, "/datacenter1/network/ci-vlan-1001")], {vc: (USER, PASSWORD)},
+                     Trust(ca_pem=process_ca().path.read_text()), timeout=10)
+        assert str(err.value).startswith(f"vcenter {vc}: "), err.value
+        assert says in str(err.value), err.value
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -14,11 +14,14 @@ per vCenter (client.login: the certificate checked before the login is sent)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from http.client import HTTPException
 from typing import Any
+from xml.parsers.expat import ExpatError
 
 from pyVim.connect import Disconnect
 from pyVmomi import vim, vmodl
 
+from ...core.text import shown
 from .access import Access, Trust
 from .client import VCenterUnavailable, login
 
@@ -85,9 +88,11 @@ def dvs_json(networks: Iterable[tuple[str, str]], accounts: Mapping[str, tuple[s
                     seen["cluster"] = clusters
         except ValueError as exc:
             raise DvsError(vcenter, str(exc)) from None
-        except (vmodl.MethodFault, OSError) as exc:
-            raise DvsError(vcenter, f"cannot be read: {getattr(exc, 'msg', '') or exc}") \
-                from None
+        except (vmodl.MethodFault, OSError, HTTPException, ExpatError) as exc:
+            # a fault, a connection lost, or an answer that is no SOAP (an error page, a
+            # truncated or malformed body)
+            raise DvsError(vcenter, f"cannot be read: "
+                           f"{shown(getattr(exc, 'msg', '') or exc, 200)}") from None
         finally:
             Disconnect(si)
     return out
