@@ -752,3 +752,40 @@ def test_lease_files_dvs_a_vcenter_answering_no_soap_after_login_is_an_error(sim
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("content", ["", "  \n", "# a comment and no certificate\n"])
+def test_lease_files_dvs_an_empty_ca_bundle_trusts_nothing_not_the_system_store(
+        sim, mitm_ca, tmp_path, monkeypatch, content):
+    """--ca-certs naming a file with no certificate (a secret's key left blank) must not widen
+    the trust to the system's store: here that store (OpenSSL's SSL_CERT_FILE) holds the CA
+    that issued the man in the middle's certificate, as a public CA may. Refused naming the
+    option; the vCenter is not contacted and nothing is written."""
+    import argparse
+
+    from workers.cli.exits import CliError
+    from workers.cli.lease_files import write_lease_files
+    from workers.core.grants import make_leases
+    from workers.core.parsing import parse_request
+    from workers.core.step_files import install_of
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(mitm_ca.path))
+    empty = tmp_path / "ca.pem"
+    empty.write_text(content)
+    accounts = tmp_path / "accounts.sh"
+    accounts.write_text(f"vcenter_usernames=({USER})\nvcenter_passwords=('{PASSWORD}')\n")
+    with TlsProxy((sim.host, sim.port), mitm_ca.issue()) as proxy:
+        p1, _ = pools(proxy.address)
+        req = parse_request({"vcpus": 4, "memory": 8, "request-id": "r1",
+                             "labels": {"boskos-lease-id": "b"}}, default_owner="job")
+        install = install_of(make_leases(["l1"], req, [(p1, [p1.networks[0]])], 0),
+                             [{"spec": p1.spec(), "status": {}}])
+        shared = tmp_path / "shared"
+        args = argparse.Namespace(dir=str(shared), credentials=str(accounts),
+                                  ca_certs=str(empty), multi_nic=False, resource_pool=None,
+                                  pool_resource_pool=False, dvs=True)
+        with pytest.raises(CliError) as err:
+            write_lease_files(args, install)
+        assert str(err.value) == f"--ca-certs: {empty}: holds no usable PEM certificate"
+        assert proxy.connections == 0 and proxy.received == b""
+        assert not shared.exists() or not any(shared.iterdir())

@@ -131,10 +131,18 @@ def _dvs(args: argparse.Namespace, install: Install,
     if args.ca_certs:
         try:
             with open(args.ca_certs, encoding="utf-8") as fh:
-                trust = Trust(ca_pem=fh.read(MAX_ACCOUNTS_FILE))
+                pem = fh.read(MAX_ACCOUNTS_FILE)
+            # an empty bundle would load the system's trust store instead
+            if not pem.strip():
+                raise ssl.SSLError("empty")
+            ssl.create_default_context(cadata=pem)
+        except ssl.SSLError:
+            raise CliError(f"--ca-certs: {args.ca_certs}: holds no usable PEM certificate",
+                           EXIT_INPUT) from None
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise CliError(f"--ca-certs: {args.ca_certs}: "
                            f"{getattr(exc, 'strerror', None) or exc}", EXIT_INPUT) from None
+        trust = Trust(ca_pem=pem)
     else:
         trust = Trust(kind="insecure", insecure_because="no --ca-certs: as the CI step's "
                       "GOVC_INSECURE=1")
