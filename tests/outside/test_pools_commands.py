@@ -1,8 +1,10 @@
 """`vcm pools cordon|uncordon|exclude|include|set-capacity`, `vcm networks add|drop|split|list`,
-`vcm status` and `vcm jobs`, run as real processes: against a real pools file with comments
-(only the edited lines change, byte for byte), against its ConfigMap on the test apiserver
-(compare-and-swap under deploy/'s RBAC and the operator example's), and with running workers
-that follow each change without a restart (the ConfigMap through a kubelet-style volume)."""
+`vcm status` and `vcm jobs`: against a real pools file with comments (only the edited lines
+change, byte for byte), against its ConfigMap on the test apiserver (compare-and-swap under
+deploy/'s RBAC and the operator example's), and with running workers that follow each change
+without a restart (the ConfigMap through a kubelet-style volume). Each command family runs as a
+real `vcm` process; where a test checks what a command writes and says, its command lines run
+one after another in one process (the `cli` fixture)."""
 
 from __future__ import annotations
 
@@ -90,6 +92,19 @@ def file_env(path: Path, **extra: str) -> dict[str, str]:
     return env_for("redis://127.0.0.1:1/0", path, **extra)
 
 
+@pytest.fixture(scope="module")
+def cli() -> Iterator[CliSession]:
+    """One process that runs command lines one after another, each with its own environment
+    (tests/support/cli_session.py): a change, a refusal or a listing checked for what it
+    writes and says costs no interpreter start of its own. Each command family still runs
+    as a real `vcm` process here: the concurrent changes (pools cordon, exclude and
+    set-capacity; networks drop and add; the ConfigMap's cordon and exclude), refusals
+    (exit 2: a split of a single-tenant network; exit 1: the read-back and RBAC tests),
+    networks split, status, jobs and networks list."""
+    with CliSession(file_env(ROOT / "no-such-pools.yaml")) as session:
+        yield session
+
+
 @pytest.fixture()
 def pools_path(tmp_path) -> Path:
     path = tmp_path / "conf" / "pools.yaml"
@@ -103,10 +118,10 @@ def pools_path(tmp_path) -> Path:
 # the pools file
 
 
-def test_each_change_touches_only_its_own_lines(pools_path):
+def test_each_change_touches_only_its_own_lines(cli, pools_path):
     env = file_env(pools_path)
     text = POOLS
-    p = vcm("pools", "cordon", "east", env=env)
+    p = cli.run("pools", "cordon", "east", env=env)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == [
         "east: cordoned",
@@ -115,8 +130,8 @@ def test_each_change_touches_only_its_own_lines(pools_path):
                     "    storage: 1000\n    no-schedule: true\n    labels: {region: east}\n")
     assert pools_path.read_text() == text
 
-    p = vcm("pools", "set-capacity", "west", "--vcpus", "64", "--vcpu-overcommit", "1.5",
-            env=env)
+    p = cli.run("pools", "set-capacity", "west", "--vcpus", "64", "--vcpu-overcommit", "1.5",
+                env=env)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[:2] == ["west: vcpus 48 -> 64",
                                          "west: vcpu-overcommit 1.0 -> 1.5"]
@@ -126,14 +141,14 @@ def test_each_change_touches_only_its_own_lines(pools_path):
                     "vcpu-overcommit: 1.5   # no overcommit")
     assert pools_path.read_text() == text
 
-    p = vcm("networks", "drop", "east-1", env=env)  # a flow map written over two lines
+    p = cli.run("networks", "drop", "east-1", env=env)  # a flow map written over two lines
     assert p.returncode == 0, p.stderr
     text = replaced(text, "      - {port-group: east-1, vlan: 101, cidr: 10.1.1.0/24, "
                     "gateway: 10.1.1.1,\n         netmask: 255.255.255.0}\n", "")
     assert pools_path.read_text() == text
 
-    p = vcm("networks", "add", "west-3", "--pool", "west", "--gateway", "10.2.3.1",
-            "--cidr", "10.2.3.0/24", "--vlan", "203", env=env)
+    p = cli.run("networks", "add", "west-3", "--pool", "west", "--gateway", "10.2.3.1",
+                "--cidr", "10.2.3.0/24", "--vlan", "203", env=env)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[0] == "west: added west-3"
     text = replaced(text, "        gateway: 10.2.2.1\n",  # block style, as the items above
@@ -141,21 +156,21 @@ def test_each_change_touches_only_its_own_lines(pools_path):
                     "        cidr: 10.2.3.0/24\n        gateway: 10.2.3.1\n")
     assert pools_path.read_text() == text
 
-    p = vcm("networks", "drop", "west-1", "--pool", "west", env=env)  # a block map item
+    p = cli.run("networks", "drop", "west-1", "--pool", "west", env=env)  # a block map item
     assert p.returncode == 0, p.stderr
     text = replaced(text, "      - port-group: west-1\n        vlan: 201\n        cidr: "
                     "10.2.1.0/24\n        gateway: 10.2.1.1\n", "")
     assert pools_path.read_text() == text
 
-    p = vcm("networks", "add", "east-4", "--pool", "east", "--vlan", "104", "--dns",
-            "10.1.4.2,10.1.4.3", env=env)
+    p = cli.run("networks", "add", "east-4", "--pool", "east", "--vlan", "104", "--dns",
+                "10.1.4.2,10.1.4.3", env=env)
     assert p.returncode == 0, p.stderr
     text = replaced(text, "type: multi-tenant}\n", "type: multi-tenant}\n"
                     "      - {port-group: east-4, vlan: 104, dns: [10.1.4.2, 10.1.4.3]}\n")
     assert pools_path.read_text() == text
 
     for command in ("uncordon", "exclude"):
-        p = vcm("pools", command, "east", env=env)
+        p = cli.run("pools", command, "east", env=env)
         assert p.returncode == 0, p.stderr
     text = replaced(text, "    no-schedule: true\n",
                     "    exclude: true\n    no-schedule: false\n")
@@ -165,14 +180,14 @@ def test_each_change_touches_only_its_own_lines(pools_path):
     assert sorted(os.listdir(pools_path.parent)) == ["pools.yaml"]  # no temporary file left
 
 
-def test_nothing_to_change_and_dry_run_write_nothing(pools_path):
+def test_nothing_to_change_and_dry_run_write_nothing(cli, pools_path):
     env = file_env(pools_path)
     before = pools_path.stat()
-    p = vcm("pools", "uncordon", "east", "west", env=env)
+    p = cli.run("pools", "uncordon", "east", "west", env=env)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["east: already uncordoned", "west: already uncordoned",
                                      f"{pools_path}: nothing to change"]
-    p = vcm("pools", "exclude", "west", "--dry-run", env=env)
+    p = cli.run("pools", "exclude", "west", "--dry-run", env=env)
     assert p.returncode == 0, p.stderr
     assert "+    exclude: true\n" in p.stdout
     assert p.stdout.rstrip().endswith("dry run, nothing written")
@@ -215,15 +230,6 @@ HOSTILE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cli() -> Iterator[CliSession]:
-    """One process that runs the hostile command lines one after another (each with its own
-    environment): a bad argument costs no interpreter start of its own. The real `vcm`
-    process's exit status for a refusal is the other tests' (e.g. the anchor test's)."""
-    with CliSession(file_env(ROOT / "no-such-pools.yaml")) as session:
-        yield session
-
-
 @pytest.mark.parametrize(("args", "says"), HOSTILE, ids=[str(i) for i in range(len(HOSTILE))])
 def test_a_bad_change_is_refused_with_its_reason_and_nothing_is_written(cli, pools_path, args,
                                                                           says):
@@ -238,7 +244,7 @@ def test_a_bad_change_is_refused_with_its_reason_and_nothing_is_written(cli, poo
     assert pools_path.read_text() == POOLS
 
 
-def test_a_list_shared_through_an_anchor_is_changed_once_for_all_its_pools(tmp_path):
+def test_a_list_shared_through_an_anchor_is_changed_once_for_all_its_pools(cli, tmp_path):
     """west's networks are written once (&west-nets) and are south's too (*west-nets): a
     network is added to or dropped from that list when both pools are meant, never behind
     the other's back."""
@@ -251,24 +257,24 @@ def test_a_list_shared_through_an_anchor_is_changed_once_for_all_its_pools(tmp_p
              "    storage: 8\n    labels: *east\n    networks: *west-nets\n")
     path.write_text(text)
     env = file_env(path)
-    p = vcm("pools", "cordon", "south", env=env)  # after an alias: found where it ends
+    p = cli.run("pools", "cordon", "south", env=env)  # after an alias: found where it ends
     assert p.returncode == 0, p.stderr
     text = replaced(text, "    storage: 8\n", "    storage: 8\n    no-schedule: true\n")
     assert path.read_text() == text
     for args in (("networks", "drop", "west-2", "--pool", "south"),
                  ("networks", "add", "west-3", "--pool", "south")):
-        p = vcm(*args, env=env)
+        p = cli.run(*args, env=env)
         assert p.returncode == 2, p.stderr
         assert ("pool: the networks of pool 'south' are one list with those of pools 'west' "
                 "(a YAML anchor and its aliases)") in p.stderr
         assert path.read_text() == text
-    p = vcm("networks", "add", "west-3", "--pool", "south", "--pool", "west", env=env)
+    p = cli.run("networks", "add", "west-3", "--pool", "south", "--pool", "west", env=env)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[:2] == ["west: added west-3", "south: added west-3"]
     text = replaced(text, "        gateway: 10.2.2.1\n",
                     "        gateway: 10.2.2.1\n      - port-group: west-3\n")
     assert path.read_text() == text
-    p = vcm("networks", "drop", "west-1", env=env)  # every pool that lists it: both
+    p = cli.run("networks", "drop", "west-1", env=env)  # every pool that lists it: both
     assert p.returncode == 0, p.stderr
     text = replaced(text, "      - port-group: west-1\n        vlan: 201\n        cidr: "
                     "10.2.1.0/24\n        gateway: 10.2.1.1\n", "")
@@ -312,15 +318,15 @@ def test_concurrent_changes_to_the_file_lose_nothing(pools_path):
     assert "# a multi-tenant VLAN\n" in pools_path.read_text()
 
 
-def test_split_writes_the_slices_of_a_multi_tenant_network(pools_path):
+def test_split_writes_the_slices_of_a_multi_tenant_network(cli, pools_path):
     env = file_env(pools_path)
-    p = vcm("networks", "split", "east-mt", "--slices", "2", env=env)
+    p = cli.run("networks", "split", "east-mt", "--slices", "2", env=env)
     assert p.returncode == 0, p.stderr
     assert pools_path.read_text() == replaced(POOLS, "type: multi-tenant}",
                                               "type: multi-tenant, slices: 2}")
     p = vcm("networks", "split", "east-2", "--slices", "2", env=env)  # single-tenant
     assert p.returncode == 2 and "slices" in p.stderr, p.stderr
-    p = vcm("networks", "split", "east-mt", "--slices", "100", env=env)  # 13 addresses
+    p = cli.run("networks", "split", "east-mt", "--slices", "100", env=env)  # 13 addresses
     assert p.returncode == 2 and "networks[2].slices" in p.stderr, p.stderr
     assert "slices: 2}" in pools_path.read_text()
 
@@ -369,27 +375,27 @@ def release_all(stack: Stack) -> None:
                         queue="placement").get(timeout=60)
 
 
-def test_running_workers_follow_the_pools_file(file_stack):
+def test_running_workers_follow_the_pools_file(cli, file_stack):
     stack = file_stack
     env = {**stack.env, "VCM_POOLS_FILE": str(stack.pools)}
     try:
-        p = vcm("pools", "cordon", "east", env=env)
+        p = cli.run("pools", "cordon", "east", env=env)
         assert p.returncode == 0, p.stderr
         placed = [acquire(stack)[0]["status"]["pool"] for _ in range(2)]
         assert placed == ["west", "west"]  # the spread would have taken east
         assert show_pools(stack)["east"]["spec"]["no-schedule"] is True
 
-        p = vcm("pools", "set-capacity", "west", "--vcpus", "96", env=env)
+        p = cli.run("pools", "set-capacity", "west", "--vcpus", "96", env=env)
         assert p.returncode == 0, p.stderr
         west = show_pools(stack)["west"]
         assert west["spec"]["vcpus"] == 96 and west["status"]["vcpus-capacity"] == 96
         assert west["status"]["vcpus-used"] == 16
 
-        p = vcm("pools", "uncordon", "east", env=env)
+        p = cli.run("pools", "uncordon", "east", env=env)
         assert p.returncode == 0, p.stderr
         assert acquire(stack)[0]["status"]["pool"] == "east"
 
-        p = vcm("networks", "add", "east-9", "--pool", "east", "--vlan", "109", env=env)
+        p = cli.run("networks", "add", "east-9", "--pool", "east", "--vlan", "109", env=env)
         assert p.returncode == 0, p.stderr
         east = show_pools(stack)["east"]["spec"]
         assert [n["port-group"] for n in east["networks"]][-1] == "east-9"
@@ -401,7 +407,7 @@ def test_running_workers_follow_the_pools_file(file_stack):
         stack.pools.write_text(POOLS)
 
 
-def test_status_jobs_and_networks_list(file_stack):
+def test_status_jobs_and_networks_list(cli, file_stack):
     stack = file_stack
     env = {**stack.env, "VCM_POOLS_FILE": str(stack.pools)}
     try:
@@ -409,9 +415,9 @@ def test_status_jobs_and_networks_list(file_stack):
         acquire(stack, labels={"boskos-lease-id": "job-a"}, **{"job-link": "https://ci/a"})
         acquire(stack, labels={"boskos-lease-id": "job-b"})
         acquire(stack)
-        p = vcm("pools", "exclude", "west", env=env)
+        p = cli.run("pools", "exclude", "west", env=env)
         assert p.returncode == 0, p.stderr
-        p = vcm("status", "-o", "json", "--redis-url", stack.redis.url, env=env)
+        p = cli.run("status", "-o", "json", "--redis-url", stack.redis.url, env=env)
         assert p.returncode == 0, p.stderr
         view = json.loads(p.stdout)
         assert (view["leases"], view["jobs"]) == (4, 3)
@@ -436,7 +442,7 @@ def test_status_jobs_and_networks_list(file_stack):
             ("", 1, ""), ("job-a", 2, "https://ci/a"), ("job-b", 1, "")]
         assert jobs[1]["vcpus"] == 16 and jobs[0]["owners"] == ["ops-test"]
         assert all(0 <= j["age-seconds"] < 600 for j in jobs)
-        p = vcm("jobs", "--redis-url", stack.redis.url, env=env)
+        p = cli.run("jobs", "--redis-url", stack.redis.url, env=env)
         assert p.returncode == 0 and "job-a" in p.stdout and "https://ci/a" in p.stdout
 
         p = vcm("networks", "list", "--pool", "east", "-o", "json", "--redis-url",
@@ -494,11 +500,11 @@ def operator_env(kube, tmp: Path, stack: Stack, user: str = "alice",
     return {**stack.env, "KUBECONFIG": str(config)}
 
 
-def test_a_configmap_change_reaches_the_running_workers(kube, cm_stack, tmp_path):
+def test_a_configmap_change_reaches_the_running_workers(cli, kube, cm_stack, tmp_path):
     stack, volume = cm_stack
     env = operator_env(kube, tmp_path, stack)
     try:
-        p = vcm("pools", "cordon", "east", "--configmap", f"{NAMESPACE}/{POOLS_CM}", env=env)
+        p = cli.run("pools", "cordon", "east", "--configmap", f"{NAMESPACE}/{POOLS_CM}", env=env)
         assert p.returncode == 0, p.stderr
         version = kube.get(NAMESPACE, POOLS_CM)["metadata"]["resourceVersion"]
         assert (f"configmap {NAMESPACE}/{POOLS_CM} key pools.yaml: written (resourceVersion "
@@ -512,22 +518,22 @@ def test_a_configmap_change_reaches_the_running_workers(kube, cm_stack, tmp_path
         assert show_pools(stack)["east"]["spec"]["no-schedule"] is True
 
         env_setting = {**env, "VCM_POOLS_CONFIGMAP": f"{NAMESPACE}/{POOLS_CM}"}
-        p = vcm("pools", "set-capacity", "west", "--vcpus", "96", env=env_setting)
+        p = cli.run("pools", "set-capacity", "west", "--vcpus", "96", env=env_setting)
         assert p.returncode == 0, p.stderr
         assert volume.sync()
         assert show_pools(stack)["west"]["spec"]["vcpus"] == 96
 
         writes = kube.writes
-        p = vcm("pools", "set-capacity", "west", "--vcpus", "-96", env=env_setting)
+        p = cli.run("pools", "set-capacity", "west", "--vcpus", "-96", env=env_setting)
         assert p.returncode == 2 and "field 'vcpus'" in p.stderr, p.stderr
         assert kube.writes == writes  # refused before anything was written
         # the operators' Role names vcm-pools alone: another ConfigMap is forbidden to them,
         # and to an admin it does not exist
         admin = {**env, "KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig"))}
-        p = vcm("pools", "cordon", "east", "--configmap", f"{NAMESPACE}/nowhere", env=admin)
+        p = cli.run("pools", "cordon", "east", "--configmap", f"{NAMESPACE}/nowhere", env=admin)
         assert p.returncode == 2 and "get: apiserver answered 404 NotFound" in p.stderr
-        p = vcm("pools", "cordon", "east", "--configmap", f"{NAMESPACE}/{POOLS_CM}", "--key",
-                "other.yaml", env=env)
+        p = cli.run("pools", "cordon", "east", "--configmap", f"{NAMESPACE}/{POOLS_CM}", "--key",
+                    "other.yaml", env=env)
         assert p.returncode == 2 and "has no key 'other.yaml' (keys: pools.yaml)" in p.stderr
     finally:
         release_all(stack)
