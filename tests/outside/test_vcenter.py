@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
+from tests.support.cli_session import CliSession
 from tests.support.procs import ROOT
 from tests.support.tls import CertificateAuthority, TlsProxy, process_ca
 from tests.vcsim import Simulator, Unavailable
@@ -229,6 +230,17 @@ def vcm_env(**settings: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def cli() -> Iterator[CliSession]:
+    """`vcm` command lines run one after another in one process (tests/support/cli_session.py),
+    each with its own environment, for the tests of an input's refusal or answer: no
+    interpreter start and no import of pyVmomi each. check-pools and pools discover each run
+    as a real process in the tests of trust (an untrusted certificate, a pinned one, an empty
+    CA bundle beside the system store) and of the shared credential."""
+    with CliSession(vcm_env()) as session:
+        yield session
+
+
+@pytest.fixture(scope="module")
 def mitm_ca(tmp_path_factory) -> CertificateAuthority:
     return CertificateAuthority(tmp_path_factory.mktemp("mitm-ca"), "a man in the middle")
 
@@ -291,8 +303,8 @@ def test_cli_discover_refuses_an_untrusted_certificate_and_the_shared_credential
 
 
 @pytest.mark.parametrize("form", ["shared", "own"])
-def test_cli_check_pools_reads_a_ca_bundle_that_names_its_cas_outside_ascii(sim, tmp_path,
-                                                                             form):
+def test_cli_check_pools_reads_a_ca_bundle_that_names_its_cas_outside_ascii(
+        cli, sim, tmp_path, form):
     """Distribution bundles name each CA in a comment, some not in ASCII."""
     bundle = tmp_path / "ca-bundle.pem"
     bundle.write_text("# NetLock Arany (Class Gold) F\u0151tan\u00fas\u00edtv\u00e1ny\n"
@@ -300,8 +312,9 @@ def test_cli_check_pools_reads_a_ca_bundle_that_names_its_cas_outside_ascii(sim,
     path = tmp_path / "pools.yaml"
     path.write_text(yaml.safe_dump({"pools": [pool_yaml(p) for p in pools(sim.address)]}))
     ca_certs = str(bundle) if form == "shared" else f"{sim.address}={bundle}"
-    p = vcm(vcm_env(VCM_VCENTER_CREDENTIALS=f"{sim.address}={USER}:{PASSWORD}",
-                    VCM_VCENTER_CA_CERTS=ca_certs), "check-pools", "-f", str(path))
+    p = cli.run("check-pools", "-f", str(path), env=vcm_env(
+        VCM_VCENTER_CREDENTIALS=f"{sim.address}={USER}:{PASSWORD}",
+        VCM_VCENTER_CA_CERTS=ca_certs))
     assert p.returncode == 0, p.stdout + p.stderr
     assert "every pool matches" in p.stdout
 
@@ -330,7 +343,7 @@ def test_cli_an_empty_ca_bundle_trusts_nothing_not_the_system_store(sim, mitm_ca
 
 
 @pytest.mark.parametrize("form", ["own", "shared"])
-def test_cli_an_empty_password_is_not_sent_and_no_local_file_is_asked_for(sim, form):
+def test_cli_an_empty_password_is_not_sent_and_no_local_file_is_asked_for(cli, sim, form):
     """pyvmomi logs in to "localhost" without a password by asking the server for a local
     ticket: the server names a file, whose contents go back as the password."""
     with TlsProxy((sim.host, sim.port), process_ca().issue()) as proxy:
@@ -338,7 +351,7 @@ def test_cli_an_empty_password_is_not_sent_and_no_local_file_is_asked_for(sim, f
         credential = (dict(VCM_VCENTER_CREDENTIALS=f"{vc}={USER}:") if form == "own" else
                       dict(VCM_VCENTER_USERNAME=USER, VCM_VCENTER_SHARED_CREDENTIAL_FOR=vc))
         env = vcm_env(**credential, VCM_VCENTER_CA_CERTS=str(sim.ca_file))
-        p = vcm(env, "pools", "discover", "--vcenter", vc)
+        p = cli.run("pools", "discover", "--vcenter", vc, env=env)
         assert p.returncode == 2, p.stdout + p.stderr
         variable = "VCM_VCENTER_CREDENTIALS" if form == "own" else "VCM_VCENTER_PASSWORD"
         assert f"vcenter {vc}: not contacted: the password for it is empty ({variable})" \
@@ -352,18 +365,18 @@ def test_cli_an_empty_password_is_not_sent_and_no_local_file_is_asked_for(sim, f
     ("vc1:99999", "Port out of range 0-65535"),
     ("[zz]", "'zz' does not appear to be an IPv4 or IPv6 address"),
 ])
-def test_cli_a_vcenter_name_that_is_no_address_is_an_error_not_a_traceback(tmp_path, vcenter,
-                                                                            why):
+def test_cli_a_vcenter_name_that_is_no_address_is_an_error_not_a_traceback(cli, tmp_path,
+                                                                            vcenter, why):
     env = vcm_env(VCM_VCENTER_USERNAME=USER, VCM_VCENTER_PASSWORD=PASSWORD,
                   VCM_VCENTER_SHARED_CREDENTIAL_FOR="*")
     reason = (f"not contacted: {vcenter!r} is not a vCenter address ({why}): write host, "
               "host:port, [IPv6 address]:port or https://host/sdk")
-    p = vcm(env, "pools", "discover", "--vcenter", vcenter)
+    p = cli.run("pools", "discover", "--vcenter", vcenter, env=env)
     assert p.returncode == 2, p.stdout + p.stderr
     assert p.stderr == f"vcm: vcenter {vcenter}: {reason}\n"
     path = tmp_path / "pools.yaml"
     path.write_text(yaml.safe_dump({"pools": [pool_yaml(p) for p in pools(vcenter)]}))
-    p = vcm(env, "check-pools", "-f", str(path), "-o", "json")
+    p = cli.run("check-pools", "-f", str(path), "-o", "json", env=env)
     assert p.returncode == 2, p.stdout + p.stderr
     (finding,) = json.loads(p.stdout)
     assert finding["message"] == f"pool1, pool2: vcenter {vcenter}: {reason}"
@@ -394,8 +407,8 @@ class NotAVCenter(BaseHTTPRequestHandler):
     (503, "{vc} is down or is not a VIM server"),
     (0, "BadStatusLine: 'NOT HTTP\\r\\n'"),
 ])
-def test_cli_discover_a_trusted_host_that_is_no_vcenter_is_an_error_not_a_traceback(status,
-                                                                                     why):
+def test_cli_discover_a_trusted_host_that_is_no_vcenter_is_an_error_not_a_traceback(
+        cli, status, why):
     server = ThreadingHTTPServer(("127.0.0.1", 0), NotAVCenter)
     cert = process_ca().issue()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -407,7 +420,7 @@ def test_cli_discover_a_trusted_host_that_is_no_vcenter_is_an_error_not_a_traceb
         vc = f"127.0.0.1:{server.server_address[1]}"
         env = vcm_env(VCM_VCENTER_CREDENTIALS=f"{vc}={USER}:{PASSWORD}",
                       VCM_VCENTER_CA_CERTS=str(process_ca().path))
-        p = vcm(env, "pools", "discover", "--vcenter", vc)
+        p = cli.run("pools", "discover", "--vcenter", vc, env=env)
         assert p.returncode == 1, p.stdout + p.stderr
         assert p.stderr == f"vcm: vcenter {vc}: no vSphere API there: {why.format(vc=vc)}\n"
         # the redirect is not followed, and the login never sent
@@ -547,10 +560,10 @@ def test_thumbprints_are_hex_sha1_sha256_or_sha512(text, expected):
     assert thumbprint(text) == expected
 
 
-def test_cli_refuses_a_switch_for_every_vcenter_without_a_traceback(tmp_path):
+def test_cli_refuses_a_switch_for_every_vcenter_without_a_traceback(cli, tmp_path):
     path = tmp_path / "pools.yaml"
     path.write_text(yaml.safe_dump({"pools": [pool_yaml(p) for p in pools("vc1")]}))
-    p = vcm(vcm_env(VCM_VCENTER_INSECURE="true"), "check-pools", "-f", str(path))
+    p = cli.run("check-pools", "-f", str(path), env=vcm_env(VCM_VCENTER_INSECURE="true"))
     assert p.returncode != 0
     assert "invalid setting VCM_VCENTER_INSECURE='true'" in p.stderr
     assert "Traceback" not in p.stderr
