@@ -1,14 +1,18 @@
-"""`vcm` run as a real process against the real workers."""
+"""`vcm` against the real workers: run as a real process, and where a test checks refusals
+and their exit codes, many command lines in one process (the `cli` fixture)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 
+import pytest
 from celery import Celery
 
 from tests.support.audit import audit
+from tests.support.cli_session import CliSession
 from tests.support.helpers import placement_barrier
 from tests.support.procs import ROOT
 
@@ -18,6 +22,21 @@ def vcm(stack, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                            "--redis-url", stack["redis"].url],
                           cwd=ROOT, env=stack["env"], capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cli(stack) -> Iterator[CliSession]:
+    """`vcm` command lines run one after another in one process, each with the stack's
+    environment (tests/support/cli_session.py): a refusal checked for its message and exit
+    code costs no interpreter start of its own. Each command and each exit code (0, 1, 2 and
+    3) is also seen from a real `vcm` process here."""
+    with CliSession(stack["env"]) as session:
+        yield session
+
+
+def vcm_in(cli: CliSession, stack, *args: str) -> subprocess.CompletedProcess:
+    """vcm(), run in the CLI session."""
+    return cli.run(*args, "--redis-url", stack["redis"].url, env=stack["env"])
 
 
 def test_acquire_env_eval_and_release(stack, ledger, tmp_path):
@@ -36,15 +55,16 @@ def test_acquire_env_eval_and_release(stack, ledger, tmp_path):
     assert audit(ledger)["leases"] == {}
 
 
-def test_exit_codes(stack, ledger):
-    p = vcm(stack, "acquire", "--vcpus", "24", "--memory", "5000")
+def test_exit_codes(stack, ledger, cli):
+    p = vcm_in(cli, stack, "acquire", "--vcpus", "24", "--memory", "5000")
     assert p.returncode == 2 and "memory" in p.stderr  # more than any pool could hold
-    p = vcm(stack, "acquire", "--vcpus", "24", "--memory", "-1")
+    p = vcm_in(cli, stack, "acquire", "--vcpus", "24", "--memory", "-1")
     assert p.returncode == 2 and "memory" in p.stderr
-    p = vcm(stack, "acquire", "--vcpus", "100", "--memory", "100", "--required-pool", "pool3")
+    p = vcm_in(cli, stack, "acquire", "--vcpus", "100", "--memory", "100", "--required-pool",
+               "pool3")
     assert p.returncode == 2 and "vcpus: 100 is more than any pool can hold" in p.stderr
-    assert vcm(stack, "acquire", "--vcpus", "30", "--memory", "1", "--required-pool",
-               "pool3").returncode == 0
+    assert vcm_in(cli, stack, "acquire", "--vcpus", "30", "--memory", "1", "--required-pool",
+                  "pool3").returncode == 0
     p = vcm(stack, "acquire", "--vcpus", "20", "--memory", "1", "--required-pool", "pool3")
     assert p.returncode == 3 and "pool3: insufficient vcpus (need 20, free 10)" in p.stderr
     p = vcm(stack, "release", "no-such-lease")
@@ -54,8 +74,9 @@ def test_exit_codes(stack, ledger):
     assert "Traceback" not in p.stderr
 
 
-def test_pools_table_leases_estimate_reserve(stack, ledger, tmp_path):
-    assert vcm(stack, "acquire", "--vcpus", "60", "--memory", "160", "--owner", "t").returncode == 0
+def test_pools_table_leases_estimate_reserve(stack, ledger, cli, tmp_path):
+    assert vcm_in(cli, stack, "acquire", "--vcpus", "60", "--memory", "160", "--owner",
+                  "t").returncode == 0
     p = vcm(stack, "pools")
     assert p.returncode == 0
     assert "pool1" in p.stdout and "[#####.....]  50.0%" in p.stdout  # 60 of 120 vcpus
@@ -73,14 +94,14 @@ def test_pools_table_leases_estimate_reserve(stack, ledger, tmp_path):
     before = audit(ledger)
     batch.write_text("- {vcpus: 24, memory: 8, required-pool: pool3}\n"
                      "- {vcpus: 24, memory: 8, required-pool: pool3}\n")
-    p = vcm(stack, "reserve", "-f", str(batch))
+    p = vcm_in(cli, stack, "reserve", "-f", str(batch))
     assert p.returncode == 3 and "request #2" in p.stderr
     assert audit(ledger) == before  # holding nothing
     batch.write_text("- {vcpus: 8, memory: 8, vcpus: 80}\n")  # which vcpus was meant?
-    p = vcm(stack, "reserve", "-f", str(batch))
+    p = vcm_in(cli, stack, "reserve", "-f", str(batch))
     assert p.returncode == 2 and "'vcpus' is given twice" in p.stderr, p.stderr
     batch.write_bytes(b"- {vcpus: 8, memory: 8, owner: \xff}\n")
-    p = vcm(stack, "reserve", "-f", str(batch))
+    p = vcm_in(cli, stack, "reserve", "-f", str(batch))
     assert p.returncode == 2 and "not UTF-8" in p.stderr and "Traceback" not in p.stderr
     assert audit(ledger) == before
 
