@@ -105,7 +105,7 @@ def test_redis_wins_at_start_when_it_has_leases_the_mirror_lacks(tmp_path, marke
 
 
 def test_a_set_aside_record_keeps_its_capacity_and_port_group_after_a_restore(
-        tmp_path, mirror_kind):
+        tmp_path, mirror_kind, cli):
     """The mirror holds a good lease (2 vCPUs, pg-1), a record whose owner cannot be read
     (3 vCPUs, pg-2) and a record of a pool since removed whose expires-at cannot be read
     (pg-3, on the same vCenter).
@@ -140,9 +140,7 @@ def test_a_set_aside_record_keeps_its_capacity_and_port_group_after_a_restore(
         assert type(exc).__name__ == "NoCapacity"
         # the operator drops the record once nothing runs on it: its room and port group
         # are free again, the other record's port group stays taken
-        drop = subprocess.run([sys.executable, "-m", "workers.cli", "release", "bad-2",
-                               "--redis-url", s.redis.url], cwd=ROOT, env=s.env,
-                              capture_output=True, text=True, timeout=60)
+        drop = cli.run("release", "bad-2", "--redis-url", s.redis.url, env=s.env)
         assert drop.returncode == 0 and drop.stdout.split() == ["bad-2"], drop
         again = call(s.app, "vcm.acquire", request={"vcpus": 3, "memory": 3, "networks": 1})
         assert port_groups_of(again) == ["pg-2"]
@@ -203,8 +201,8 @@ def test_a_record_whose_holdings_cannot_be_read_stops_placement_until_dropped(
         tmp_path, mirror_kind):
     """Nothing of the record says which pool or port group it holds: the worker restores the
     rest and places nothing (NoCapacity naming the record and how to drop it; a request that
-    may wait waits in line) while renews and releases go on; `vcm release ID` drops it and
-    the waiting request is served."""
+    may wait waits in line) while renews and releases go on; `vcm release ID` (a real
+    process) drops it and the waiting request is served."""
     good = lease_record("good-1", 2, "pg-1")
     lost = {"metadata": {"name": "lost-1"}, "status": {"pool": ["p1"]}, "spec": "?"}
     s = stack_on_mirror(tmp_path, mirror_kind, {"format": 1, "seq": 5, "leases": [good, lost]},

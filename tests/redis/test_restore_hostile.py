@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.audit import audit
+from tests.support.cli_session import CliSession
 from tests.support.helpers import call, check_invariants, failure
 from tests.support.procs import ROOT, RedisServer, Stack, Worker, WorkerExited, env_for
 from tests.support.restore import (
@@ -30,10 +31,14 @@ def on_mirror(tmp_path, kube, snapshot: dict) -> Stack:
     """stack_on_mirror without a queries worker: no test here sends a query task."""
     return stack_on_mirror(tmp_path, kube, snapshot, queries=False)
 
-def _drop(s: Stack, *record_ids: str) -> subprocess.CompletedProcess:
-    """`vcm release <id>...`, as the operator drops set-aside records."""
-    return subprocess.run([sys.executable, "-m", "workers.cli", "release", *record_ids,
-                           "--redis-url", s.redis.url], cwd=ROOT, env=s.env,
+def _drop(s: Stack, *record_ids: str, cli: CliSession | None = None
+          ) -> subprocess.CompletedProcess:
+    """`vcm release <id>...`, as the operator drops set-aside records: a real process, or a
+    command line of the CLI session `cli`."""
+    args = ["release", *record_ids, "--redis-url", s.redis.url]
+    if cli is not None:
+        return cli.run(*args, env=s.env)
+    return subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=ROOT, env=s.env,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -46,7 +51,7 @@ def _pools(s: Stack) -> dict:
     ("removed", [2**62, 2**62], {"vcpus": 0, "memory": 0, "networks": 1}, 6),
 ], ids=["beyond-int64", "overflowing"])
 def test_a_record_holding_absurd_sizes_stops_placement_instead_of_counting_wrong(
-        tmp_path, mirror_kind, pool, vcpus, request_, full):
+        tmp_path, mirror_kind, cli, pool, vcpus, request_, full):
     """Records that otherwise read fine but say they hold more vCPUs than any pool has (beyond
     what the ledger's counters hold, or two that together overflow them) cannot be counted:
     they are set aside and nothing is placed until they are dropped. Counted, the first left
@@ -63,7 +68,7 @@ def test_a_record_holding_absurd_sizes_stops_placement_instead_of_counting_wrong
         assert type(refused).__name__ == "NoCapacity", refused
         assert "big-0" in str(refused) and "vcm release" in str(refused), refused
         ids = [record["metadata"]["name"] for record in records]
-        done = _drop(s, *ids)  # one `vcm release` naming them all
+        done = _drop(s, *ids, cli=cli)  # one `vcm release` naming them all
         assert done.returncode == 0 and sorted(done.stdout.split()) == sorted(ids), done
         granted, _ = fill_until_refused(s, request_)
         assert len(granted) == full
@@ -100,7 +105,7 @@ def test_records_that_together_hold_more_than_the_ledger_counts_stop_placement(t
                                             ([{"port-group": "pg-1"}] * 2, 2)],
                          ids=["cut-short", "zero", "null", "duplicated"])
 def test_a_record_whose_port_groups_cannot_all_be_read_stops_placement(
-        tmp_path, networks, asked):
+        tmp_path, cli, networks, asked):
     """A record that asked for port groups (spec.networks) but whose status.networks names
     fewer of them (empty, not a list, the same one twice) holds a port group nobody can name:
     it is set aside and nothing is placed until it is dropped. Restored as a lease without
@@ -113,7 +118,7 @@ def test_a_record_whose_port_groups_cannot_all_be_read_stops_placement(
         exc = failure(s.app, "vcm.acquire", request={"vcpus": 0, "memory": 0, "networks": 1})
         assert type(exc).__name__ == "NoCapacity", exc
         assert "short-1" in str(exc), exc
-        done = _drop(s, "short-1")
+        done = _drop(s, "short-1", cli=cli)
         assert done.returncode == 0 and done.stdout.split() == ["short-1"], done
         nets, _ = fill_until_refused(s, {"vcpus": 0, "memory": 0, "networks": 1})
         assert port_groups_of(nets) == [f"pg-{j}" for j in range(1, 7)]
@@ -163,7 +168,7 @@ def test_a_journal_record_without_a_readable_name_stays_held(tmp_path):
 
 
 def test_a_second_readable_record_under_a_lease_name_is_set_aside_and_can_be_dropped(
-        tmp_path, mirror_kind):
+        tmp_path, mirror_kind, cli):
     """Two readable records named good-1 (2 vCPUs on pg-1, 3 vCPUs on pg-2): one is the
     lease, the other is set aside holding what it holds, so that releasing the lease and
     dropping the other gives all of pool p1 back. Restored as one lease, one record's
@@ -177,7 +182,7 @@ def test_a_second_readable_record_under_a_lease_name_is_set_aside_and_can_be_dro
         assert call(s.app, "vcm.release", lease_ids=["good-1"]) == ["good-1"]
         aside = list(audit(ledger)["aside"])
         assert len(aside) == 1, aside
-        done = _drop(s, aside[0])
+        done = _drop(s, aside[0], cli=cli)
         assert done.returncode == 0, done
         cpu, _ = fill_until_refused(s, {"vcpus": 1, "memory": 1, "networks": 1})
         assert len(cpu) == 6 and port_groups_of(cpu) == [f"pg-{j}" for j in range(1, 7)]
@@ -210,7 +215,7 @@ def test_the_journal_drops_only_the_set_aside_record_kept_under_that_id(tmp_path
 def test_a_set_aside_item_nested_too_deep_to_read_stops_placement_until_dropped(tmp_path):
     """A set-aside item whose record is JSON nested deeper than a parser goes: nobody can
     read what it holds, so nothing is placed until `vcm release deep-1` drops it (it raised
-    RecursionError to every client before)."""
+    RecursionError to every client before). The drop runs as a real `vcm` process."""
     deep = "[" * 100000 + "]" * 100000
     s = on_mirror(tmp_path, None, {"format": 1, "seq": 5, "leases": [],
                                    "aside": [{"id": "deep-1", "record": deep, "problem": "?"}]})
