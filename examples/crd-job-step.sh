@@ -198,18 +198,22 @@ ${required}
     kc get pools "$name" -o json > "$shared/POOL_${name}.json"
     server=$(jq -r '.spec.server' "$shared/POOL_${name}.json")
     datacenter=$(jq -r '.spec.topology.datacenter' "$shared/POOL_${name}.json")
-    user="" password=""
-    auth=$(jq -r '.metadata.annotations["ci-auth-path"] // ""' "$shared/POOL_${name}.json")
-    if [[ -n "$auth" && -r "$auth" ]]; then
-      local -a vcenter_usernames=() vcenter_passwords=()
-      # shellcheck source=/dev/null
-      source "$auth"
-      if [[ ${#vcenter_usernames[@]} -gt 0 ]]; then
-        local pick=$((RANDOM % ${#vcenter_usernames[@]}))
-        user=${vcenter_usernames[$pick]} password=${vcenter_passwords[$pick]:-}
+    # one account per vCenter, picked at its first lease: platform.json and govc.sh name it
+    if [[ -z "${users[$server]+picked}" ]]; then
+      user="" password=""
+      auth=$(jq -r '.metadata.annotations["ci-auth-path"] // ""' "$shared/POOL_${name}.json")
+      if [[ -n "$auth" && -r "$auth" ]]; then
+        local -a vcenter_usernames=() vcenter_passwords=()
+        # shellcheck source=/dev/null
+        source "$auth"
+        if [[ ${#vcenter_usernames[@]} -gt 0 ]]; then
+          local pick=$((RANDOM % ${#vcenter_usernames[@]}))
+          user=${vcenter_usernames[$pick]} password=${vcenter_passwords[$pick]:-}
+        fi
       fi
+      users[$server]=$user passwords[$server]=$password
     fi
-    users[$server]=$user passwords[$server]=$password
+    user=${users[$server]} password=${passwords[$server]}
     # the resource pool below the cluster's root one: the job's own for UPI, else the IPI
     # installs' (vcm leases -o lease-files: --resource-pool, default ipi-ci-clusters)
     if [[ "${job}" =~ -upi ]]; then
