@@ -28,23 +28,30 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+_GIVEN: set[int] = set()  # the ports free_port handed out in this process
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now.
 
     Chosen at random outside the kernel's ephemeral range, so that no outgoing connection of
     any process can be given it between this check and the child's bind; another process that
     binds explicitly still can, so a child's owner must check who answers (RedisServer does).
+    A port is handed out once per process: two asked for in a row are never the same.
     """
     low, high = _ephemeral_range()
     spans = [(lo, hi) for lo, hi in ((20000, low - 1), (high + 1, 65535)) if hi - lo >= 1000]
     for _ in range(200 if spans else 0):
         lo, hi = random.choice(spans)
         port = random.randint(lo, hi)
+        if port in _GIVEN:  # handed out before, maybe not bound yet by whoever took it
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _GIVEN.add(port)
             return port
     with socket.socket() as s:  # nothing free outside the ephemeral range: the kernel picks
         s.bind(("127.0.0.1", 0))
