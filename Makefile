@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # `make test` runs the test files on this many pytest-xdist workers, each file on one worker
 # (its module-scoped stacks are started once); 0: in this process, one file after another.
-# Six on two cores: much of a test's time is spent waiting on the processes it started
-TEST_WORKERS ?= 6
+# Eight on two cores: much of a test's time is spent waiting on the processes it started
+TEST_WORKERS ?= 8
 
 .PHONY: run test bench chaos lint deps system-deps clean
 
@@ -17,7 +17,7 @@ TEST_WORKERS ?= 6
 # installs uv itself, and does the whole install when uv cannot (no PyPI, say). The bytecode
 # is compiled at install, as pip does: where Python may not write it, every process started
 # would compile Celery, kombu and the Kubernetes client again (three times the import cost)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@test -x $(VENV)/bin/uv || $(PY) -m pip install -q --disable-pip-version-check uv || true
 	@if [ -x $(VENV)/bin/uv ] && $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -e '.[test]'; \
