@@ -70,7 +70,7 @@ def clean(crd):
     """No Lease and no ledger lease left from an earlier test."""
     yield crd
     for lease in crd.objects("leases"):
-        crd.delete_lease(lease["metadata"]["name"])
+        crd.delete_lease(lease["metadata"]["name"], missing_ok=True)
     wait_for(lambda: not crd.objects("leases"), timeout=60, what="the Leases to be deleted")
     assert crd.ledger_leases(UID_LABEL) == []
 

@@ -59,7 +59,7 @@ def clean(crd):
     HOOKS.clear()
     crd.kube.clear_faults()
     for lease in crd.objects("leases"):
-        crd.delete_lease(lease["metadata"]["name"])
+        crd.delete_lease(lease["metadata"]["name"], missing_ok=True)
     wait_for(lambda: not crd.objects("leases"), timeout=60, what="the Leases to be deleted")
 
 

@@ -164,8 +164,15 @@ class CrdStack:
         return self.api.list_namespaced_custom_object(GROUP, VERSION, self.namespace, plural,
                                                       **kwargs)["items"]
 
-    def delete_lease(self, name: str) -> None:
-        self.api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, "leases", name)
+    def delete_lease(self, name: str, missing_ok: bool = False) -> None:
+        """`missing_ok`: a Lease gone already (one being deleted ends once its finalizer is
+        removed, between a list and this delete) is no error."""
+        try:
+            self.api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, "leases",
+                                                     name)
+        except k8s.ApiException as exc:
+            if not (missing_ok and exc.status == 404):
+                raise
 
     def wait_phase(self, name: str, *phases: str, timeout: float = 30.0) -> dict[str, Any]:
         """The Lease once its phase is one of `phases` (fails naming the phase it had)."""
