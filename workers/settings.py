@@ -138,8 +138,9 @@ def _redis_url(value: Any, info: ValidationInfo) -> str:
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
-def _namespaces(value: Any, info: ValidationInfo) -> tuple[str, ...]:
-    """Comma-separated Kubernetes namespace names (DNS-1123 labels), at least one."""
+def _comma_text(value: Any, info: ValidationInfo) -> tuple[str, str]:
+    """(the variable's name, its comma-separated text), a list given as one; text that is no
+    setting's (too long, control characters) refused naming the variable."""
     name = variable(info)
     if isinstance(value, tuple | list):
         value = ",".join(map(str, value))
@@ -147,6 +148,12 @@ def _namespaces(value: Any, info: ValidationInfo) -> tuple[str, ...]:
     problem = text_problem(raw, MAX_SETTING)
     if problem:
         raise SettingError(f"{name}: {problem}")
+    return name, raw
+
+
+def _namespaces(value: Any, info: ValidationInfo) -> tuple[str, ...]:
+    """Comma-separated Kubernetes namespace names (DNS-1123 labels), at least one."""
+    name, raw = _comma_text(value, info)
     names = tuple(dict.fromkeys(x.strip() for x in raw.split(",") if x.strip()))
     if not names:
         raise SettingError(f"{name}: name at least one namespace")
@@ -160,13 +167,7 @@ def _namespaces(value: Any, info: ValidationInfo) -> tuple[str, ...]:
 def _pauses(value: Any, info: ValidationInfo) -> tuple[float, ...]:
     """Comma-separated durations (seconds or "2s"), each more than 0 and at most an hour, at
     least one, none empty."""
-    name = variable(info)
-    if isinstance(value, tuple | list):
-        value = ",".join(map(str, value))
-    raw = str(value)
-    problem = text_problem(raw, MAX_SETTING)
-    if problem:
-        raise SettingError(f"{name}: {problem}")
+    name, raw = _comma_text(value, info)
     items = [x.strip() for x in raw.split(",")]
     if not any(items):
         raise SettingError(f"{name}: name at least one pause")
