@@ -556,25 +556,33 @@ class SaveFailsFirst(ConfigMapMirror):
         return super().save(snapshot, mark)
 
 
+def mirrored_service(tmp_path, monkeypatch, server, pools_text: str, mirror):
+    """The placement service in this process, as a worker assembles it, on `server` with
+    `mirror`, answering through the outbox: (ledger, Celery app, direct replies, service)."""
+    pools = tmp_path / "pools.yaml"
+    pools.write_text(pools_text)
+    monkeypatch.setenv("VCM_REDIS_URL", server.url)
+    monkeypatch.setenv("VCM_POOLS_FILE", str(pools))
+    monkeypatch.setenv("VCM_MIRROR_FILE", "off")
+    ledger = Ledger.from_url(server.url)
+    app = Celery("t", broker=server.url, backend=server.url)
+    direct = CeleryReplies(app)
+    replies = OutboxReplies(ledger, direct)
+    svc = Capacity(ledger, PoolsFile(str(pools)), Settings.from_env(), replies, mirror)
+    replies.covered = svc.covered
+    svc.ensure_ready()
+    return ledger, app, direct, svc
+
+
 def test_the_publisher_survives_any_exception_and_releases_the_answers_later(
         tmp_path, kube, monkeypatch, caplog):
     server = RedisServer().start()
     api = kube.api_client()
     pub = None
     try:
-        pools = tmp_path / "pools.yaml"
-        pools.write_text(NET_POOLS)
-        monkeypatch.setenv("VCM_REDIS_URL", server.url)
-        monkeypatch.setenv("VCM_POOLS_FILE", str(pools))
-        monkeypatch.setenv("VCM_MIRROR_FILE", "off")
-        ledger = Ledger.from_url(server.url)
         mirror = SaveFailsFirst(NS, NAME, api_client=api, timeout=2.0)
-        app = Celery("t", broker=server.url, backend=server.url)
-        direct = CeleryReplies(app)
-        replies = OutboxReplies(ledger, direct)
-        svc = Capacity(ledger, PoolsFile(str(pools)), Settings.from_env(), replies, mirror)
-        replies.covered = svc.covered
-        svc.ensure_ready()
+        ledger, app, direct, svc = mirrored_service(tmp_path, monkeypatch, server, NET_POOLS,
+                                                    mirror)
         caplog.set_level(logging.INFO, logger="workers.publisher")
         pub = Publisher(svc, mirror, direct)
         pub.start()
@@ -611,20 +619,10 @@ def test_an_answer_held_after_a_too_large_attempt_is_shown_in_the_status(
     server = RedisServer().start()
     api = kube.api_client()
     try:
-        pools = tmp_path / "pools.yaml"
-        pools.write_text(BIG_POOLS)
-        monkeypatch.setenv("VCM_REDIS_URL", server.url)
-        monkeypatch.setenv("VCM_POOLS_FILE", str(pools))
-        monkeypatch.setenv("VCM_MIRROR_FILE", "off")
-        ledger = Ledger.from_url(server.url)
         mirror = ConfigMapMirror(NS, NAME, api_client=api, timeout=2.0, max_shards=0,
                                  shard_bytes=SHARD)
-        app = Celery("t", broker=server.url, backend=server.url)
-        direct = CeleryReplies(app)
-        replies = OutboxReplies(ledger, direct)
-        svc = Capacity(ledger, PoolsFile(str(pools)), Settings.from_env(), replies, mirror)
-        replies.covered = svc.covered
-        svc.ensure_ready()
+        ledger, app, direct, svc = mirrored_service(tmp_path, monkeypatch, server, BIG_POOLS,
+                                                    mirror)
         pub = Publisher(svc, mirror, direct)  # not started: its rounds are run here
         rnd = random.Random(7)
         leases = svc.acquire_batch(
