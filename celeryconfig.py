@@ -36,8 +36,15 @@ event_serializer = "json"
 
 # each task to its queue (workers/contract.py): changes to the ledger to the placement worker,
 # one at a time; queries elsewhere (their results are kept only minutes: query_result_expires,
-# see tasks/results.py)
-task_routes = {name: {"queue": queue} for name, queue in contract.QUEUE.items()}
+# see tasks/results.py). Sent without declaring the queue (`declare`: none, where Celery would
+# declare it): Celery puts a task straight on its queue's list (kombu's anonymous exchange), so
+# a declare only writes kombu's binding set, which a worker writes itself for the queues it
+# consumes. kombu runs that declare under a retry of its own inside the publish's retry: when
+# Redis refuses the declare (full) and takes its retry, the publish goes on with the channel
+# that retry closed: AttributeError ('NoneType' object has no attribute 'client'), nothing
+# queued (tests/redis/test_send_retry.py). Without it a refused publish is retried whole, on a
+# fresh channel.
+task_routes = {name: {"queue": queue, "declare": ()} for name, queue in contract.QUEUE.items()}
 task_default_queue = contract.QUERIES
 task_create_missing_queues = True
 

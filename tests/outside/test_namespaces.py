@@ -398,7 +398,7 @@ def prune_confs() -> dict[str, dict]:
 def test_an_interval_of_0_or_off_leaves_beat_without_the_entry(value, prune_confs):
     conf = prune_confs[value]
     assert "prune-namespaces" not in conf["beat_schedule"]
-    assert conf["task_routes"]["vcm.prune_namespaces"] == {"queue": "queries"}
+    assert conf["task_routes"]["vcm.prune_namespaces"]["queue"] == "queries"
     assert "prune-namespaces" in prune_confs["5m"]["beat_schedule"]
 
 

@@ -91,8 +91,10 @@ def memory(client: redis.Redis) -> MemoryUse:
 
 
 def send_backlog(app: Celery, pad: int = PAD, queue: str = BACKLOG) -> None:
-    """One task message on `queue`, as any client of the broker sends it."""
-    app.send_task("backlog.never_consumed", queue=queue, kwargs={"pad": "x" * pad})
+    """One task message on `queue`, sent as our clients send tasks: without declaring the queue
+    (celeryconfig's task_routes say why; with it, a refusal Redis takes on kombu's retry ends in
+    an AttributeError instead of the message or the refusal)."""
+    app.send_task("backlog.never_consumed", queue=queue, kwargs={"pad": "x" * pad}, declare=())
 
 
 def fill_to(app: Celery, client: redis.Redis, ratio: float, queue: str = BACKLOG) -> MemoryUse:
