@@ -4,13 +4,11 @@ The VCM_* values come from `workers.settings.Settings`, read once here (a bad on
 with a message naming it)."""
 
 from workers import contract
+from workers.redis_url import celery_settings
 from workers.settings import Settings
 
 _settings = Settings.from_env()
-_redis = _settings.redis_url
 
-broker_url = _redis
-result_backend = _redis
 broker_connection_retry_on_startup = True
 # a full Redis (noeviction, deploy/redis.yaml) refuses even the reads kombu sends in MULTI: the
 # worker's consumer retries, as after a lost connection, instead of the worker exiting
@@ -24,9 +22,13 @@ broker_transport_options = {
     "unacked_restore_throttle": 1,
 }
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
-redis_socket_connect_timeout = 5
-redis_socket_timeout = 30
-redis_backend_health_check_interval = 30
+# broker_url and result_backend: VCM_REDIS_URL without its query; the query's options
+# (`?socket_timeout=3`, docs/settings.md) as the settings kombu and Celery read them from
+# instead: the broker's transport options above, broker_use_ssl, and the result backend's
+# redis_socket_timeout, redis_socket_connect_timeout, redis_backend_health_check_interval,
+# redis_socket_keepalive, redis_retry_on_timeout and redis_backend_use_ssl, over vcm's own
+# (workers/redis_url.py: 5 s to connect, 30 s per reply, a health check after 30 s idle)
+globals().update(celery_settings(_settings.redis_url, broker_transport_options))
 
 task_serializer = "json"
 result_serializer = "json"

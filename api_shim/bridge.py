@@ -44,6 +44,7 @@ from workers.adapters.result_hub import ResultHub, Watch
 from workers.contract import PLACEMENT, QUEUES, WAITING, Task
 from workers.core.errors import RedisFull
 from workers.publisher.mirror_status import parse_status
+from workers.redis_url import celery_settings
 
 from .errors import ApiError
 from .liveness import Liveness
@@ -65,14 +66,15 @@ def make_celery(redis_url: str, pool_limit: int = 64) -> Celery:
     """A sending-only Celery client: the contract's settings, no result consumer."""
     app = Celery("vcm-api", set_as_current=False)
     app.config_from_object("celeryconfig")
-    transport = dict(app.conf.broker_transport_options or {})
-    transport.update(socket_connect_timeout=1.0, socket_timeout=5.0)
+    # the broker's socket timeouts short (a Redis that is down is a prompt 503), unless the
+    # URL's query sets them (workers/redis_url.py)
+    app.conf.update(celery_settings(redis_url, app.conf.broker_transport_options or {},
+                                    results=False, broker_defaults={
+                                        "socket_connect_timeout": 1.0, "socket_timeout": 5.0}))
     app.conf.update(
-        broker_url=redis_url,
         result_backend="disabled",  # results are read by the shim itself, see the module doc
         broker_pool_limit=pool_limit,
         broker_connection_timeout=2.0,
-        broker_transport_options=transport,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0,
                                    "interval_step": 0.2, "interval_max": 0.5},
     )

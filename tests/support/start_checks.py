@@ -40,6 +40,10 @@ INVALID_SETTINGS = {
     "a Redis URL whose database is not a number": ("VCM_REDIS_URL",
                                                    "redis://127.0.0.1:{port}/zero",
                                                    ["VCM_REDIS_URL: ", "database"]),
+    # redis-py would hand the ledger's replies back as text, Celery's broker refuse it
+    "a Redis URL with a query option no client takes": (
+        "VCM_REDIS_URL", "redis://127.0.0.1:{port}/0?decode_responses=true",
+        ["VCM_REDIS_URL: query option 'decode_responses' is not one vcm takes"]),
     # every running task handed out again each second
     "a visibility timeout of 0": ("VCM_VISIBILITY_TIMEOUT", "0",
                                   ["VCM_VISIBILITY_TIMEOUT='0': a "]),

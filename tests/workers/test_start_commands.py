@@ -155,6 +155,9 @@ ROLE_PROBLEMS = {
     "vcm api": ("top-level key that is not text", "a Redis URL whose database is not a number"),
     "vcm run": ("negative budget", "a Redis URL of another scheme"),
 }
+# a setting problem more than the roles: run by the placement worker too
+SETTING_RUNS = [(role, problems[1]) for role, problems in ROLE_PROBLEMS.items()] + [
+    ("placement worker", "a Redis URL with a query option no client takes")]
 
 # what each role says once it serves: a worker's "<name> ready.", uvicorn's start, beat's first
 # task sent
@@ -164,7 +167,8 @@ SERVING = ("ready.", "Application startup complete", "Uvicorn running", "Sending
 def test_each_problem_is_run_end_to_end_by_a_role():
     assert sorted(ROLE_PROBLEMS) == sorted(ROLES)
     assert {pools for pools, _ in ROLE_PROBLEMS.values()} == set(INVALID_POOLS)
-    assert {setting for _, setting in ROLE_PROBLEMS.values()} == set(INVALID_SETTINGS)
+    assert {setting for _, setting in SETTING_RUNS} == set(INVALID_SETTINGS)
+    assert {role for role, _ in SETTING_RUNS} == set(ROLES)
 
 
 @pytest.fixture(scope="module")
@@ -209,13 +213,12 @@ def test_an_invalid_pools_file_stops_every_process_at_start(role, tmp_path, star
     _stops_at_start(role, env, tmp_path, pools_message(path, problem))
 
 
-@pytest.mark.parametrize("role", ROLES)
-def test_a_setting_no_process_can_use_stops_every_process_at_start(role, tmp_path,
+@pytest.mark.parametrize(("role", "problem"), SETTING_RUNS)
+def test_a_setting_no_process_can_use_stops_every_process_at_start(role, problem, tmp_path,
                                                                    start_up_redis):
     """VCM_REDIS_URL is read by Celery (broker, results), redis-py (the ledger) and vcm run,
     the numbers by Celery and the workers: a value none of them can use stops each process
     with a message naming the variable (a Redis answers where the URL points)."""
-    problem = ROLE_PROBLEMS[role][1]
     variable, value, _ = INVALID_SETTINGS[problem]
     path = tmp_path / "pools.yaml"
     path.write_text(yaml.safe_dump({"pools": [GOOD_POOL]}))

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from importlib import import_module
 
 from ..core.errors import VcmError
-from .exits import EXIT_OK, CliError
+from .exits import EXIT_INPUT, EXIT_OK, CliError
 from .operate import add_commands as add_operator_commands
 
 
@@ -165,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"vcm: {exc}", file=sys.stderr)
         return exc.code
+    except SystemExit as exc:
+        from ..settings import InvalidSetting  # here: most commands never load pydantic
+
+        if not isinstance(exc, InvalidSetting):
+            raise
+        print(f"vcm: {exc.code}", file=sys.stderr)  # a VCM_* variable: bad input, as a flag
+        return EXIT_INPUT
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `vcm ... | head`

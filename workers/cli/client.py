@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..contract import PLACEMENT, QUEUE, WAITING, Task
 from ..core.errors import ERRORS, RedisFull, VcmError
-from .exits import CliError
+from .exits import EXIT_INPUT, CliError
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -19,16 +19,24 @@ _clients: dict[str, Any] = {}
 
 def celery_app(redis_url: str | None) -> Celery:
     """A client-only Celery app (send and read results): the workers' settings, none of
-    their code."""
+    their code. `redis_url` (--redis-url) is checked as VCM_REDIS_URL is: a URL no client of
+    Redis could use is bad input (exit 2)."""
     from celery import Celery
 
+    from ..redis_url import celery_settings, check
     from ..settings import Settings
 
+    if redis_url:
+        try:
+            check(redis_url, "--redis-url")
+        except ValueError as exc:
+            raise CliError(str(exc), EXIT_INPUT) from None
     url = redis_url or Settings.from_env().redis_url
     if url not in _clients:
         app = Celery("vcm-cli", set_as_current=False)
         app.config_from_object("celeryconfig")
-        app.conf.broker_url = app.conf.result_backend = url
+        app.conf.update(celery_settings(url, app.conf.broker_transport_options))
+        app.conf.vcm_redis_url = url  # as given, for messages (Celery's has no query)
         _clients[url] = app
     return _clients[url]
 
@@ -61,7 +69,8 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
             raise _full(app, f"{name} was not sent and nothing changed") from None
         from ..settings import shown_url
 
-        raise CliError(f"cannot reach Redis at {shown_url(app.conf.broker_url)}: {exc}") from None
+        raise CliError(f"cannot reach Redis at {shown_url(app.conf.vcm_redis_url)}: {exc}") \
+            from None
     deadline = time.monotonic() + timeout
     hinted, last_line = False, ""
     full: RedisFull | None = None  # Redis refused to take the task again: it is full

@@ -26,6 +26,7 @@ from redis.backoff import ExponentialBackoff
 from ..adapters.result_hub import ResultHub
 from ..contract import QUEUE, WAITING
 from ..core.errors import ERRORS, VcmError
+from ..redis_url import celery_settings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ def make_celery(redis_url: str) -> Celery:
     """A sending-only Celery client with the contract's settings."""
     app = Celery("vcm-controller", set_as_current=False)
     app.config_from_object("celeryconfig")
-    app.conf.update(broker_url=redis_url, result_backend="disabled", broker_pool_limit=16,
+    app.conf.update(celery_settings(redis_url, app.conf.broker_transport_options or {},
+                                    results=False))
+    app.conf.update(result_backend="disabled", broker_pool_limit=16,
                     broker_connection_timeout=2.0,
                     task_publish_retry_policy={"max_retries": 2, "interval_start": 0,
                                                "interval_step": 0.2, "interval_max": 0.5})
