@@ -5,7 +5,9 @@ Three libraries connect with the URL, and each reads a query (`?socket_timeout=3
 - redis-py (`Redis.from_url`: the ledger, the HTTP shim's and the controller's clients, the
   reports) types the options it knows and hands any other to its connection class, which
   refuses a name it does not know at the first command. The URL's options win over the
-  arguments the code passes. A repeated option: the first counts.
+  arguments the code passes. A repeated option: the first counts. `retry_on_timeout` adds
+  timeouts to what a client's retry policy retries: the ledger's and the reports' allow no
+  retry (ledger/__init__.py says why).
 - kombu (Celery's broker, and Flower's) makes each query item an argument of
   `kombu.Connection`, which takes only its own (`connect_timeout`, `heartbeat`, `ssl_*`…):
   `socket_timeout` there is "unexpected keyword argument 'socket_timeout'". The Redis

@@ -20,6 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .leases import LeaseStore
 from .line import LineStore
@@ -32,6 +34,14 @@ class Ledger(LeaseStore, LineStore, MirrorStore, StatusStore):
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> Ledger:
-        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5), **kw)
+        """The ledger on its own client, which never sends a command twice: a command whose
+        reply is lost (the connection broke, or the reply timed out, after Redis ran it) is
+        the caller's Redis error, its outcome unknown. Sent again, a release by owner would
+        answer that it released nothing, a release of a set-aside record LeaseNotFound, a
+        waiter taken out of the line that it had left already. redis-py's from_url client
+        does not retry, but the URL's `retry_on_timeout` would give it one retry, on lost
+        connections too; with no retries allowed, that option changes nothing here."""
+        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
+                                        retry=Retry(NoBackoff(), 0)), **kw)
 
 
