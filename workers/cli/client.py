@@ -54,12 +54,21 @@ def _resend_after() -> float:
 
 
 def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: Any) -> Any:
-    """Send a task and poll its result; show progress while it waits in line."""
+    """Send a task and poll its result; show progress while it waits in line.
+
+    Redis not answering while it polls (a restart, a failover) does not end the wait: it is
+    said once, the polls back off until Redis answers again, then the wait goes on. Only at
+    the deadline does it fail, naming Redis. A first send Redis does not take fails at once
+    (nothing was queued: the command can be run again)."""
     # here, not at the top: the commands that only edit the pools file never load Redis's
     # client (a process each time an operator runs one)
+    from celery import states
+
     from ..adapters.redis_memory import refused_for_memory
+    from ..settings import shown_url
 
     app = celery_app(args.redis_url)
+    where = shown_url(app.conf.vcm_redis_url)  # as given (Celery's URL has no query)
     queue = QUEUE.get(name, PLACEMENT)
     try:
         result = app.send_task(name, kwargs=kwargs, queue=queue, retry=True, retry_policy={
@@ -67,27 +76,35 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
     except Exception as exc:  # kombu raises several kinds when Redis is unreachable
         if refused_for_memory(exc):
             raise _full(app, f"{name} was not sent and nothing changed") from None
-        from ..settings import shown_url
-
-        raise CliError(f"cannot reach Redis at {shown_url(app.conf.vcm_redis_url)}: {exc}") \
-            from None
+        raise CliError(f"cannot reach Redis at {where}: {exc}") from None
     deadline = time.monotonic() + timeout
+    outage = _Outage(where, result.id, time.time() + timeout, args.quiet)
     hinted, last_line = False, ""
     full: RedisFull | None = None  # Redis refused to take the task again: it is full
     started = last_sent = time.monotonic()
     resend_after = _resend_after()
     try:
-        while not result.ready():
+        while True:
             now = time.monotonic()
             if now > deadline:
+                if outage.since is not None:
+                    raise outage.gave_up(name, timeout)
                 if full is not None:
                     raise full
                 raise CliError(f"no answer within {timeout:g}s (task {result.id}); "
                                f"is a {queue} worker running?")
             # the task's record, read once: its state and what it says are of one moment (read
             # apart, a grant stored in between pairs WAITING with the leases)
-            record = result.backend.get_task_meta(result.id)
+            try:
+                record = result.backend.get_task_meta(result.id)
+            except Exception as exc:
+                if not _unreachable(exc):
+                    raise
+                time.sleep(min(outage.down(exc), max(0.0, deadline - time.monotonic())))
+                continue
             state, info = record.get("status"), record.get("result")
+            if state in states.READY_STATES:
+                break
             # Redis's transport pops a message, then records it as unacked: a worker killed in
             # between loses it. A waiter's answer, stored when it is granted or its wait runs
             # out, is lost with a worker stopped before it could store it (Redis full, say);
@@ -95,11 +112,19 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
             # request, answered once (a copy that finds it done answers the same).
             lost = state == "PENDING" or (state == WAITING
                                           and _wait_ran_out(info, resend_after))
+            resent = ""
             if lost and now - last_sent > resend_after and _resendable(name, kwargs):
-                last_sent = now
+                sent_before, last_sent = last_sent, now
                 try:
                     app.send_task(name, kwargs=kwargs, queue=queue, task_id=result.id)
                 except Exception as exc:
+                    if _unreachable(exc):
+                        # Redis went between the read and the send: sent again at the first
+                        # turn it answers
+                        last_sent = sent_before
+                        time.sleep(min(outage.down(exc),
+                                       max(0.0, deadline - time.monotonic())))
+                        continue
                     if not refused_for_memory(exc):
                         raise
                     # the task is still queued, or held by a worker until Redis has room:
@@ -111,12 +136,13 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
                                  f"{timeout:g}s", then="its answer comes once Redis has room "
                                  "(vcm sends the same task id again: it is answered once)")
                 else:
-                    if not args.quiet:
-                        why = (f"no worker took task {result.id} in {now - started:.0f}s"
-                               if state == "PENDING" else
-                               f"task {result.id} still shows waiting after its wait ran out")
-                        print(f"{why}: sent it again (same task id, so the same request)",
-                              file=sys.stderr)
+                    why = (f"no worker took task {result.id} in {now - started:.0f}s"
+                           if state == "PENDING" else
+                           f"task {result.id} still shows waiting after its wait ran out")
+                    resent = f"{why}: sent it again (same task id, so the same request)"
+            outage.up()  # a whole turn went through: said before what the turn did
+            if resent and not args.quiet:
+                print(resent, file=sys.stderr)
             if state == WAITING and isinstance(info, dict):
                 line = f"waiting in line: position {info.get('position')}"
                 if info.get("reasons"):
@@ -130,7 +156,13 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
                       f"(celery -A tasks worker -Q {queue})", file=sys.stderr)
                 hinted = True
             time.sleep(0.05 if now - started < 2 else 0.25)
-        return result.get(timeout=5, propagate=True)
+        # the answer is in the record just read (a failure decoded to its exception, as
+        # result.get would raise it): no other read that Redis could fail
+        if state == states.SUCCESS:
+            return info
+        if isinstance(info, BaseException):
+            raise info
+        raise CliError(f"{name} (task {result.id}) ended {state}: {info}")
     except VcmError:
         raise
     except CliError:
@@ -142,6 +174,83 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
         if refused_for_memory(exc):
             raise _full(app, f"{name} (task {result.id}) could not be completed") from None
         raise CliError(f"{name_}: {exc}") from None
+
+
+def _unreachable(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an exception it was raised from, is Redis not answering now: no
+    connection (refused, reset, timed out), a restarted Redis still loading its data (redis-py's
+    BusyLoadingError is one of its ConnectionErrors), a write sent to a replica during a
+    failover (ReadOnlyError). kombu re-raises these as its OperationalError, Celery's result
+    consumer as a RuntimeError, both raised from them; kombu's OperationalError also wraps
+    Redis's other refusals, which are not (nor is a refusal for memory: RedisFull). A refused
+    password is not either: waiting does not change it."""
+    import redis
+    from kombu.exceptions import OperationalError
+
+    from ..adapters.redis_memory import refused_for_memory
+
+    if refused_for_memory(exc):
+        return False
+    chain: list[BaseException] = []
+    while exc is not None and all(exc is not e for e in chain):
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    if any(isinstance(e, (redis.AuthenticationError, VcmError)) for e in chain):
+        return False
+    if any(isinstance(e, (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError,
+                          ConnectionError, TimeoutError)) for e in chain):
+        return True
+    return bool(chain) and isinstance(chain[-1], OperationalError)  # raised from nothing known
+
+
+class _Outage:
+    """Redis not answering while `call` polls: said once when it starts and once when it ends,
+    and the polls between it back off (0.2 s doubling to 10 s)."""
+
+    def __init__(self, where: str, task_id: str, until: float, quiet: bool) -> None:
+        from ..core.lease import rfc3339
+
+        self.where, self.task_id, self.quiet = where, task_id, quiet
+        self.until = rfc3339(until)
+        self.since: float | None = None  # when this outage began (monotonic), None: no outage
+        self.error: BaseException | None = None  # its last error
+        self._backoff: Any = None
+
+    def down(self, exc: BaseException) -> float:
+        """A poll or send Redis did not answer: the pause before the next."""
+        if self.since is None:
+            from ..backoff import Backoff  # tenacity: loaded only when Redis goes
+
+            self.since = time.monotonic()
+            self._backoff = self._backoff or Backoff()
+            if not self.quiet:
+                print(f"Redis at {self.where} is not answering ({_first_line(exc)}): still "
+                      f"waiting for task {self.task_id} (until {self.until})", file=sys.stderr)
+        self.error = exc
+        return float(self._backoff.next())
+
+    def up(self) -> None:
+        """Redis answered a whole turn."""
+        if self.since is None:
+            return
+        if not self.quiet:
+            print(f"Redis at {self.where} answers again after "
+                  f"{time.monotonic() - self.since:.0f}s: still waiting for task "
+                  f"{self.task_id}", file=sys.stderr)
+        self.since, self.error = None, None
+        self._backoff.reset()
+
+    def gave_up(self, name: str, timeout: float) -> CliError:
+        """The deadline passed while Redis did not answer."""
+        assert self.since is not None
+        return CliError(f"no answer within {timeout:g}s ({name}, task {self.task_id}): Redis at "
+                        f"{self.where} did not answer for the last "
+                        f"{time.monotonic() - self.since:.0f}s ({_first_line(self.error)})")
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
 
 
 def _wait_ran_out(info: Any, grace: float) -> bool:
