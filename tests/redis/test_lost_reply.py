@@ -10,6 +10,7 @@ support/lost_reply.py stands between the ledger and a real redis-server and lose
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,16 +18,19 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
 from tests.support.audit import audit
 from tests.support.lost_reply import LostReplyProxy
 from tests.support.procs import RedisServer
 from workers.adapters.ledger import Ledger
 from workers.adapters.pools_file import PoolsFile
+from workers.adapters.replies import CeleryReplies
 from workers.core.errors import NoCapacity, WaitTimeout
 from workers.core.grants import make_lease
 from workers.core.models import Pool
 from workers.core.parsing import parse_request
+from workers.publisher.thread import Publisher
 from workers.service.capacity import Capacity
 from workers.service.waiting import Parked
 from workers.settings import Settings
@@ -207,6 +211,8 @@ pools:
     vcpus: 2
     memory: 64
     storage: 100
+    networks:
+      - {port-group: pg1, vlan: 1}
 """
 
 
@@ -250,3 +256,124 @@ def test_a_cancelled_wait_whose_reply_was_lost_keeps_its_answer_for_copies(capac
         capacity.acquire(late, "t2")
     with pytest.raises(NoCapacity):  # a new task is a request of its own: nothing freed
         capacity.acquire({**late, "wait": 0}, "t3")
+
+
+# a release whose own change is made, and whose serving of the waiting line then fails --------
+LATE = {**ONE, "owner": "b", "wait": 600, "request-id": "late-1"}
+
+
+@pytest.fixture()
+def answered(server, capacity) -> Iterator[Celery]:
+    """The service answering parked tasks through the real result backend (on the server, not
+    through the proxy): the app whose AsyncResult shows what each task was answered."""
+    app = Celery("t", broker=server.url, backend=server.url)
+    capacity.replies = capacity.line.replies = CeleryReplies(app)
+    yield app
+    app.backend.client.close()
+
+
+def parked(capacity: Capacity) -> list[str]:
+    """The owner `a` takes the whole fleet; `b` waits (task w1), and sends its request again
+    as task w2 (a twin, answered with it). The ids of a's leases."""
+    ids = [x["metadata"]["name"] for x in capacity.acquire(ALL, "t1")]
+    assert isinstance(capacity.acquire(LATE, "w1"), Parked)
+    assert isinstance(capacity.acquire(LATE, "w2"), Parked)
+    return ids
+
+
+def leases_of(capacity: Capacity, owner: str) -> list[str]:
+    return sorted(lid for lid, lease in audit(capacity.ledger)["leases"].items()
+                  if lease["status"]["owner"] == owner)
+
+
+def housekeeping(capacity: Capacity) -> None:
+    """One round of the placement worker's publisher (no mirror): its housekeeping runs."""
+    Publisher(capacity, None, capacity.replies).step()
+
+
+@pytest.mark.parametrize("script", ["commit", "unpark"])
+def test_a_release_whose_waiter_was_granted_but_not_answered_answers_released(
+        capacity, proxy, answered, script, caplog):
+    """The release commits; serving the line grants the waiter (commit), then the reply of
+    the commit, or of the unpark that follows it, is lost: the release is still answered
+    with what it released, and the waiter's tasks get that grant at the worker's next
+    housekeeping round, not after their deadline."""
+    ids = parked(capacity)
+    with caplog.at_level(logging.ERROR, logger="workers.service.waiting"):
+        released = lose_after(proxy, getattr(capacity.ledger.scripts, script),
+                              lambda: capacity.release(owner="a"))
+    assert sorted(released) == sorted(ids)
+    granted = leases_of(capacity, "b")
+    assert len(granted) == 1 and capacity.ledger.waiters() == []
+    assert "w1, w2" in caplog.text  # the tasks left unanswered, named
+    for task in ("w1", "w2"):  # not answered yet: the serve stopped at the failure
+        assert answered.AsyncResult(task).state == "PENDING"
+    housekeeping(capacity)
+    assert not capacity.serving_owed()
+    for task in ("w1", "w2"):
+        result = answered.AsyncResult(task)
+        assert result.state == "SUCCESS"
+        assert [x["metadata"]["name"] for x in result.result] == granted
+    again = capacity.acquire(LATE, "w1")  # a copy of the task: that grant, never a second
+    assert [x["metadata"]["name"] for x in again] == granted == leases_of(capacity, "b")
+    assert capacity.ledger.stats()["placements"] == 2
+
+
+def test_a_release_whose_serving_failed_before_any_grant_serves_the_line_later(
+        capacity, proxy, answered):
+    """The read of the line is lost: nothing was granted, the waiter is still in line and is
+    served at the next housekeeping round."""
+    ids = parked(capacity)
+    lost = proxy.lost
+    proxy.arm(b"ZRANGE")
+    assert sorted(capacity.release(owner="a")) == sorted(ids)
+    assert proxy.lost == lost + 1
+    assert leases_of(capacity, "b") == [] and len(capacity.ledger.waiters()) == 1
+    assert capacity.serving_owed()
+    housekeeping(capacity)
+    granted = leases_of(capacity, "b")
+    assert len(granted) == 1 and capacity.ledger.waiters() == []
+    for task in ("w1", "w2"):
+        result = answered.AsyncResult(task)
+        assert result.state == "SUCCESS"
+        assert [x["metadata"]["name"] for x in result.result] == granted
+
+
+def test_an_expiry_whose_reply_was_lost_answers_the_waiter_at_the_next_round(
+        capacity, proxy, answered):
+    """The wait runs out; the unpark that refuses it (WaitTimeout) loses its reply: its
+    tasks are told at the next round."""
+    parked(capacity)
+    [(key, record)] = capacity.ledger.waiters()  # its deadline: now
+    capacity.ledger.rewait(key, {**record, "deadline": time.time()})
+    proxy.arm(capacity.ledger.scripts.unpark.sha)
+    with pytest.raises(LOST):
+        capacity.expire_waiters()
+    assert capacity.ledger.waiters() == []
+    assert {answered.AsyncResult(t).state for t in ("w1", "w2")} == {"PENDING"}
+    housekeeping(capacity)
+    for task in ("w1", "w2"):
+        result = answered.AsyncResult(task)
+        assert result.state == "FAILURE" and isinstance(result.result, WaitTimeout)
+
+
+def test_a_release_whose_cache_update_failed_answers_released(capacity, proxy):
+    """After the release script, the usage cache reads which of the freed networks others
+    of their install still hold; that read is lost: the release is answered all the same,
+    and the cache reads the ledger again for the next decision."""
+    ids = [x["metadata"]["name"] for x in capacity.acquire({**ALL, "networks": 1}, "t1")]
+    lost = proxy.lost
+    proxy.arm(b"HMGET")
+    assert capacity.release(owner="a") == ids
+    assert proxy.lost == lost + 1 and audit(capacity.ledger)["leases"] == {}
+    assert capacity.acquire({**ALL, "networks": 1, "owner": "b"}, "t2")  # the room is seen
+
+
+def lose_after(proxy: LostReplyProxy, script: Any, call: Callable[[], Any]) -> Any:
+    """`call()`'s answer when the reply of `script`, run as part of it, is lost."""
+    lost = proxy.lost
+    proxy.arm(script.sha)
+    try:
+        return call()
+    finally:
+        assert proxy.lost == lost + 1, "no reply was lost"

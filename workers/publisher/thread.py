@@ -1,5 +1,6 @@
 """The placement worker's background loop: write the mirror (group commit), then release the
-replies it covers; expire waiters whose wait ran out; serve the line when pools change.
+replies it covers; expire waiters whose wait ran out; serve the line when pools change, or
+when a serve failed part-way (workers/service/waiting.py).
 
 Group commit, pacing and the save's failures are saves.py's; held answers are
 released by held_replies.py; the status hash is written by status.py.
@@ -149,7 +150,8 @@ class Publisher(threading.Thread):
         if now - self._last_housekeeping >= HOUSEKEEPING:
             self._last_housekeeping = now
             self.service.expire_waiters()
-            if self.service.pools_changed():
+            # pools_changed first: it takes note of the change whatever is owed
+            if self.service.pools_changed() or self.service.serving_owed():
                 self.service.serve_waiters()
         if self.status.streak and not self.status.round_failed:
             self.status.recovered(saves.failing_since)

@@ -107,7 +107,7 @@ class Capacity:
                     return []
             res = self.releasing.release(ids, owner, reason)
             if (res.leases or res.dropped) and res.waiting:
-                self.line.serve()
+                self.line.serve()  # never raises: a failure there is the line's, not ours
         released = [x.id for x in res.leases] + res.already + res.dropped
         return [i for i in ids if i in released] if ids else released
 
@@ -125,6 +125,11 @@ class Capacity:
     def serve_waiters(self) -> int:
         with self.lock:
             return self.line.serve()
+
+    def serving_owed(self) -> bool:
+        """A serve or an expiry failed part-way: the worker's housekeeping serves the line
+        again (waiting.py)."""
+        return self.line.owed
 
     def cancel_wait(self, task_id: Any) -> bool:
         with self.lock:

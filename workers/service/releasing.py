@@ -71,7 +71,12 @@ class Releasing:
             if res.dropped:  # usage changed in ways the cache cannot follow: read it again
                 self.cache.forget()
             else:
-                self.cache.released(res.old_version, leases)
+                try:
+                    self.cache.released(res.old_version, leases)
+                except Exception as exc:  # noqa: BLE001 - the release is made: answered so
+                    log.warning("the usage cache could not follow a release (%s: %s); it "
+                                "reads the ledger again", type(exc).__name__, exc)
+                    self.cache.forget()
             self.recovery.record(res.seq, [], [x.id for x in leases] + res.already
                                  + res.dropped, sync=False)
             return Freed(leases, res.already, res.waiting, res.set_aside, res.dropped)

@@ -2,7 +2,14 @@
 
 The head of the line holds the pools it is closest to fitting, so a stream of small requests
 cannot overtake a large one forever. A request sent again while it waits (same owner and
-request-id) does not queue twice: its task becomes a twin that gets the same answer."""
+request-id) does not queue twice: its task becomes a twin that gets the same answer.
+
+A waiter leaves the line in the Redis step that records its answer for every task waiting
+for it (the grant's commit, or the refusal's unpark); its tasks are answered after that
+step. When Redis fails in between (a lost reply: the step ran, or not), the waiter is kept
+as unsettled, and the next serve (the worker's housekeeping serves the line again about once
+a second while one is owed) answers its tasks with what Redis recorded for them, or finds it
+still in line and serves it as ever."""
 
 from __future__ import annotations
 
@@ -28,6 +35,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Unsettled:
+    """A waiter a serve (or an expiry) left part-way when Redis failed: the tasks known to wait
+    for it, and the refusal it was being given (None: it was being placed, or its grant
+    answered)."""
+
+    request_id: str
+    tasks: list[str]
+    refusal: VcmError | None = None
+
+
+@dataclass
 class Parked:
     """The request waits in line; its task completes later through Replies."""
 
@@ -50,6 +68,13 @@ class WaitingLine:
         self.replies = replies
         self.empty = False  # nobody waited at the last look (the commit re-checks)
         self._shown: dict[str, tuple[int, str]] = {}  # task id -> last (position, reasons)
+        self._unsettled: dict[str, Unsettled] = {}  # waiter key -> what a failure left
+        self._unserved = False  # the last serve failed part-way
+
+    @property
+    def owed(self) -> bool:
+        """A serve or an expiry failed part-way: the line is to be served again."""
+        return self._unserved or bool(self._unsettled)
 
     def acquire(self, raw: Any, task_id: str, owner: str = "anonymous"
                 ) -> list[dict[str, Any]] | Parked:
@@ -108,46 +133,113 @@ class WaitingLine:
 
     def serve(self) -> int:
         """Place waiting requests in arrival order; the head keeps its pools (no starvation).
-        The caller holds the service lock."""
+        The caller holds the service lock.
+
+        It never raises: the change that called it (a release, a reap) is made and answered
+        whatever happens here. A failure part-way (Redis did not answer) is logged with the
+        tasks it leaves unanswered, and the line stays owed: served again at the worker's
+        next housekeeping round, which first settles the waiters left part-way."""
+        again, self._unserved = self._unserved, True
         granted = 0
-        position = 0
-        held: dict[str, str] = {}  # nobody ahead of the first waiter
-        for key, record in self.ledger.waiters():
-            if record["deadline"] <= time.time():
-                self.expire(key, record)
-                continue
-            try:
-                req = self.placing.parse(record["request"], key)
-                leases = self.placing.place([req], self, granted=key, held=held,
-                                            since=record["since"])[0]
-            except Settled:  # its tasks have their answers: it leaves, nobody is answered
-                for task_id in [record["task"], *self.ledger.unpark(key).twins]:
-                    self._shown.pop(task_id, None)
-                continue
-            except NoCapacity as exc:
-                position += 1
-                if position == 1:
-                    held = reserve_for(req, self.cache.fleet()[1], 1)
-                self._show(key, record, position, exc.reasons)
-                continue
-            except (InvalidRequest, WaitTimeout, LeaseNotFound) as exc:
-                unparked = self.ledger.unpark(key, refusal=exc.to_dict())
-                if unparked.left:
-                    self._answer([record["task"], *unparked.twins], fail=exc)
-                continue
-            granted += 1
-            self._answer([record["task"], *self.ledger.unpark(key).twins], leases=leases)
-            # counted after the answer: a count a full Redis refuses must not cost one
-            self.ledger.count("granted-after-wait")
+        try:
+            self._settle()
+            position = 0
+            held: dict[str, str] = {}  # nobody ahead of the first waiter
+            for key, record in self.ledger.waiters():
+                if record["deadline"] <= time.time():
+                    self.expire(key, record)
+                    continue
+                left = self._unsettled[key] = Unsettled(_request_id(record, key),
+                                                        [record["task"]])
+                try:
+                    req = self.placing.parse(record["request"], key)
+                    leases = self.placing.place([req], self, granted=key, held=held,
+                                                since=record["since"])[0]
+                except Settled:  # its tasks have their answers: it leaves, nobody is answered
+                    for task_id in [record["task"], *self.ledger.unpark(key).twins]:
+                        self._shown.pop(task_id, None)
+                    del self._unsettled[key]
+                    continue
+                except NoCapacity as exc:
+                    del self._unsettled[key]  # it stays in line
+                    position += 1
+                    if position == 1:
+                        held = reserve_for(req, self.cache.fleet()[1], 1)
+                    self._show(key, record, position, exc.reasons)
+                    continue
+                except (InvalidRequest, WaitTimeout, LeaseNotFound) as exc:
+                    self._leave(key, left, fail=exc)
+                    continue
+                granted += 1
+                self._leave(key, left, leases=leases)
+                # counted after the answer: a count a full Redis refuses must not cost one
+                self.ledger.count("granted-after-wait")
+        except Exception as exc:  # noqa: BLE001 - the caller's change is made: see above
+            self._failed(exc, traceback=not again)
+            return granted
+        self._unserved = False
         return granted
 
+    def _leave(self, key: str, left: Unsettled, leases: list[dict[str, Any]] | None = None,
+               fail: VcmError | None = None) -> None:
+        """Take a served waiter out of the line and answer its tasks: granted (its commit took
+        it out, and recorded the answer of its tasks), or refused with `fail` (recorded for
+        its tasks by the unpark)."""
+        left.refusal = fail
+        left.tasks += self.ledger.twins(key)  # read first: the unpark drops them
+        unparked = self.ledger.unpark(key, refusal=fail.to_dict() if fail else None)
+        if fail is None or unparked.left:
+            self._answer([*left.tasks, *unparked.twins], leases=leases, fail=fail)
+        del self._unsettled[key]
+
+    def _settle(self) -> None:
+        """Answer the tasks of the waiters a failure left part-way with what Redis recorded
+        for them (what a copy of each task gets); a waiter still in line never left it: it
+        is served as ever."""
+        for key, left in list(self._unsettled.items()):
+            if self.ledger.is_waiting(key):
+                del self._unsettled[key]
+                continue
+            left.tasks += self.ledger.twins(key)  # still there if its unpark did not run
+            self.ledger.unpark(key)  # it left the line already: this drops its twins
+            if left.refusal is not None:
+                self._answer(left.tasks, fail=left.refusal)
+            elif (found := self.ledger.granted_at([key])[1][0]) is not None:
+                try:
+                    leases = self.placing.answer_with([left.request_id], [found])[0]
+                except LeaseNotFound as exc:  # released meanwhile: what a copy is answered
+                    self._answer(left.tasks, fail=exc, recorded=[found])
+                else:
+                    self._answer(left.tasks, leases=leases)
+            del self._unsettled[key]
+            log.info("answered tasks %s of waiter %s, left unanswered by a failure",
+                     ", ".join(dict.fromkeys(left.tasks)), key)
+
+    def _failed(self, exc: Exception, traceback: bool) -> None:
+        """Log a serve that failed part-way, naming the tasks it left unanswered (with the
+        traceback when it is the first failure in a row)."""
+        for key, left in self._unsettled.items():
+            try:  # the twins of a waiter whose commit was sent (they are answered with it)
+                left.tasks += self.ledger.twins(key)
+            except Exception:  # noqa: BLE001 - named when it is settled
+                pass
+        unsettled = "; ".join(f"waiter {key} (tasks {', '.join(dict.fromkeys(left.tasks))})"
+                              for key, left in self._unsettled.items())
+        log.error("serving the waiting line failed (%s: %s); %s; the line is served again at "
+                  "the next housekeeping round", type(exc).__name__, exc,
+                  f"not answered yet, the outcome unknown here: {unsettled}" if unsettled
+                  else "no waiter was taken out of it", exc_info=exc if traceback else None)
+
     def _answer(self, tasks: list[str], leases: list[dict[str, Any]] | None = None,
-                fail: VcmError | None = None) -> None:
+                fail: VcmError | None = None, recorded: Any = None) -> None:
         """Answer every task that waited for one request (the first and its twins), except a
         task answered otherwise (a copy of it that asked for another request was granted or
-        refused first): its result keeps the answer its copies get."""
-        given = (json.loads(json.dumps(fail.to_dict())) if fail is not None
-                 else [[x["metadata"]["name"] for x in leases or []]])
+        refused first): its result keeps the answer its copies get. `recorded`: the answer
+        recorded for them, when it is not the one given (the lease ids of a grant whose
+        leases are gone since)."""
+        given = recorded if recorded is not None else (
+            json.loads(json.dumps(fail.to_dict())) if fail is not None
+            else [[x["metadata"]["name"] for x in leases or []]])
         for task_id in dict.fromkeys(tasks):
             self._shown.pop(task_id, None)
             if self.replies is None:
@@ -175,10 +267,15 @@ class WaitingLine:
         left already)."""
         waited = round(time.time() - record["since"], 1)
         timeout = WaitTimeout.of(waited, why=why)
+        left = self._unsettled[key] = Unsettled(_request_id(record, key), [record["task"]],
+                                                timeout)
+        left.tasks += self.ledger.twins(key)  # read first: the unpark drops them
         unparked = self.ledger.unpark(key, refusal=timeout.to_dict())
         if not unparked.left:
+            del self._unsettled[key]
             return False
-        self._answer([record["task"], *unparked.twins], fail=timeout)
+        self._answer([*left.tasks, *unparked.twins], fail=timeout)
+        del self._unsettled[key]
         # counted after the answer: a count a full Redis refuses must not cost one
         self.ledger.count("refused:WaitTimeout")
         return True
@@ -230,6 +327,10 @@ class WaitingLine:
                         "request": record["request"], "since": rfc3339(record["since"]),
                         "deadline": rfc3339(record["deadline"])})
         return out
+
+
+def _request_id(record: dict[str, Any], key: str) -> str:
+    return str(record.get("request", {}).get("request-id") or key)
 
 
 def _shown_key(position: int, reasons: dict[str, str]) -> tuple[int, str]:
