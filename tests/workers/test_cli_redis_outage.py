@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -86,6 +89,16 @@ def restart(server: RedisServer, err: Path) -> None:
     wait_for(lambda: DOWN in err.read_text(), timeout=30, what="vcm to say Redis is gone")
     time.sleep(1)  # a few polls more while it is down
     server.start()
+
+
+def stop(server: RedisServer) -> None:
+    """SIGSTOP Redis, and return once it is stopped: connections are still taken (the
+    kernel's backlog), nothing is answered."""
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    stat = Path(f"/proc/{server.proc.pid}/stat")
+    wait_for(lambda: stat.read_text().rsplit(")", 1)[1].split()[0] == "T", timeout=10,
+             what="Redis stopped")
 
 
 def ended(p: subprocess.Popen) -> None:
@@ -286,3 +299,74 @@ def test_a_copy_that_meets_redis_gone_is_sent_again_later(server, env, tmp_path,
         if worker is not None:
             worker.kill()
         thread.join(timeout=10)
+
+
+def test_a_redis_that_takes_connections_but_never_answers_fails_at_the_deadline(
+        server, env, tmp_path):
+    """Redis stopped (SIGSTOP: the kernel still takes connections, nothing answers: a node
+    that hangs, a network that drops replies) while vcm polls: each poll's read waits for
+    its socket timeout, so that timeout bounds how far past its deadline vcm gives up. It
+    says for how long Redis did not answer, counted from the poll that got no answer."""
+    err = tmp_path / "acquire.err"
+    p = vcm({**env, "VCM_RESEND_AFTER": "5m"}, err, "acquire", "--vcpus", "1", "--memory", "1",
+            "--owner", "job-1", "--timeout", "8")
+    started = time.monotonic()
+    client = server.client()
+    try:
+        wait_for(lambda: client.llen("placement") == 1, timeout=30, what="the task queued")
+        time.sleep(0.5)  # a few polls that Redis answers
+        stop(server)
+        stopped = time.monotonic()
+        out, _ = p.communicate(timeout=120)
+        took = time.monotonic() - started
+        stderr = err.read_text()
+        assert p.returncode == 1, stderr
+        last = stderr.strip().splitlines()[-1]
+        assert "did not answer" in last, stderr
+        assert took < 8 + 8, (took, stderr)  # its deadline, and at most one socket timeout
+        quiet = float(re.search(r"did not answer for the last (\d+)s", last).group(1))
+        assert quiet >= started + 8 - stopped - 1, (quiet, stderr)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        ended(p)
+
+
+def test_a_copy_sent_to_a_redis_that_never_answers_gives_up_at_the_deadline(
+        server, env, tmp_path, capsys, monkeypatch):
+    """The copy's publish meets Redis stopped (SIGSTOP, from before_task_publish): the
+    publish waits for its socket timeout, not forever, and vcm fails at its deadline naming
+    Redis."""
+    from workers.cli.client import call as vcm_call
+    from workers.cli.exits import CliError
+
+    monkeypatch.setenv("VCM_RESEND_AFTER", "1s")
+    publishes: list[str] = []
+
+    def on_publish(sender=None, headers=None, **_kw) -> None:
+        publishes.append(headers["id"])
+        if len(publishes) == 2:  # the first copy
+            stop(server)
+
+    before_task_publish.connect(on_publish)
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            vcm_call(argparse.Namespace(redis_url=server.url, quiet=False), "vcm.acquire",
+                     timeout=6, request={"vcpus": 1, "memory": 1, "owner": "job-1"})
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    try:
+        started = time.monotonic()
+        thread.start()
+        thread.join(timeout=6 + 15)
+        assert not thread.is_alive(), f"still waiting {time.monotonic() - started:.0f}s on"
+        [exc] = failed
+        assert isinstance(exc, CliError) and "did not answer" in str(exc), exc
+        assert len(publishes) >= 2
+    finally:
+        before_task_publish.disconnect(on_publish)
+        os.kill(server.proc.pid, signal.SIGCONT)
+        thread.join(timeout=60)
