@@ -192,12 +192,13 @@ def check(raw: str, name: str) -> RedisUrl:
 
 
 def celery_settings(raw: str, transport: Mapping[str, Any], *, results: bool = True,
-                    broker_defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    broker_defaults: Mapping[str, Any] | None = None,
+                    backend_defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Celery's settings for the Redis URL `raw` (checked): the broker (and, with `results`,
     the result backend) at the URL without its query, and the query's options as the broker's
     transport options, over `transport` and `broker_defaults`, and as the result backend's
-    settings, over RESULT_BACKEND_DEFAULTS. An option `transport` holds from another URL is
-    not kept."""
+    settings, over `backend_defaults` and RESULT_BACKEND_DEFAULTS. An option `transport`
+    holds from another URL is not kept."""
     url = check(raw, "the Redis URL")
     sockets = url.socket_options()
     broker = {k: v for k, v in transport.items() if k not in OPTIONS}
@@ -206,7 +207,7 @@ def celery_settings(raw: str, transport: Mapping[str, Any], *, results: bool = T
     out: dict[str, Any] = {"broker_url": url.plain, "broker_transport_options": broker,
                            "broker_use_ssl": url.ssl_options() or False}
     if results:
-        backend = {**RESULT_BACKEND_DEFAULTS, **sockets}
+        backend = {**RESULT_BACKEND_DEFAULTS, **(backend_defaults or {}), **sockets}
         out.update(
             result_backend=url.plain,
             redis_backend_use_ssl=url.ssl_options(),

@@ -68,9 +68,9 @@ def test_every_client_of_redis_takes_the_url_s_options():
     try:
         given = {"socket_timeout": 3.0, "health_check_interval": 7, "socket_keepalive": True,
                  "retry_on_timeout": True}
-        # the broker of each (kombu refused the query: "unexpected keyword argument"); the
-        # shim's own short connect timeout stays, as the URL does not set one
-        assert _broker(apps["vcm"]) == {**given, "socket_connect_timeout": None}
+        # the broker of each (kombu refused the query: "unexpected keyword argument"); vcm's
+        # and the shim's own short connect timeouts stay, as the URL does not set one
+        assert _broker(apps["vcm"]) == {**given, "socket_connect_timeout": 5.0}
         assert _broker(apps["api"]) == {**given, "socket_connect_timeout": 1.0}
         assert _broker(apps["controller"]) == {**given, "socket_connect_timeout": None}
         # vcm's result backend: the URL's options over vcm's defaults (5 s to connect)

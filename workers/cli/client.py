@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from celery import Celery
 
 _clients: dict[str, Any] = {}
+# the CLI's sockets to Redis, unless the URL's query sets them: a Redis that takes connections
+# but never answers (a hung node, a network that drops its replies) holds a send or a poll this
+# long, not forever (kombu's broker has no timeout of its own) nor 30 s (the workers' result
+# backend): how far past its deadline a wait can end
+SOCKETS: dict[str, float] = {"socket_connect_timeout": 5.0, "socket_timeout": 5.0}
 
 
 def celery_app(redis_url: str | None) -> Celery:
@@ -35,7 +40,8 @@ def celery_app(redis_url: str | None) -> Celery:
     if url not in _clients:
         app = Celery("vcm-cli", set_as_current=False)
         app.config_from_object("celeryconfig")
-        app.conf.update(celery_settings(url, app.conf.broker_transport_options))
+        app.conf.update(celery_settings(url, app.conf.broker_transport_options,
+                                        broker_defaults=SOCKETS, backend_defaults=SOCKETS))
         app.conf.vcm_redis_url = url  # as given, for messages (Celery's has no query)
         _clients[url] = app
     return _clients[url]
@@ -86,7 +92,7 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
     try:
         while True:
             now = time.monotonic()
-            if now > deadline:
+            if now >= deadline:
                 if outage.since is not None:
                     raise outage.gave_up(name, timeout)
                 if full is not None:
@@ -100,7 +106,7 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
             except Exception as exc:
                 if not _unreachable(exc):
                     raise
-                time.sleep(min(outage.down(exc), max(0.0, deadline - time.monotonic())))
+                time.sleep(min(outage.down(exc, now), max(0.0, deadline - time.monotonic())))
                 continue
             state, info = record.get("status"), record.get("result")
             if state in states.READY_STATES:
@@ -115,14 +121,15 @@ def call(args: argparse.Namespace, name: str, timeout: float = 60.0, **kwargs: A
             resent = ""
             if lost and now - last_sent > resend_after and _resendable(name, kwargs):
                 sent_before, last_sent = last_sent, now
-                try:
-                    app.send_task(name, kwargs=kwargs, queue=queue, task_id=result.id)
+                try:  # not retried in place: this loop sends it again, within the deadline
+                    app.send_task(name, kwargs=kwargs, queue=queue, task_id=result.id,
+                                  retry=False)
                 except Exception as exc:
                     if _unreachable(exc):
                         # Redis went between the read and the send: sent again at the first
                         # turn it answers
                         last_sent = sent_before
-                        time.sleep(min(outage.down(exc),
+                        time.sleep(min(outage.down(exc, now),
                                        max(0.0, deadline - time.monotonic())))
                         continue
                     if not refused_for_memory(exc):
@@ -216,12 +223,13 @@ class _Outage:
         self.error: BaseException | None = None  # its last error
         self._backoff: Any = None
 
-    def down(self, exc: BaseException) -> float:
-        """A poll or send Redis did not answer: the pause before the next."""
+    def down(self, exc: BaseException, began: float) -> float:
+        """A poll or send Redis did not answer (sent at `began`, monotonic: it may have waited
+        for its socket timeout): the pause before the next."""
         if self.since is None:
             from ..backoff import Backoff  # tenacity: loaded only when Redis goes
 
-            self.since = time.monotonic()
+            self.since = began
             self._backoff = self._backoff or Backoff()
             if not self.quiet:
                 print(f"Redis at {self.where} is not answering ({_first_line(exc)}): still "
