@@ -175,6 +175,23 @@ class RedisServer:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP the server, and return once it is stopped: connections are still taken (the
+        kernel's backlog), nothing is answered (a node that hangs, a network dropping
+        replies). `resume` undoes it."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        stat = Path(f"/proc/{self.proc.pid}/stat")
+        deadline = time.monotonic() + 10
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "T":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis-server {self.proc.pid} did not stop")
+            time.sleep(0.01)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def wipe(self) -> None:
         """Kill and restart with nothing in memory or on disk."""
         self.kill()

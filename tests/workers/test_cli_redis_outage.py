@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -89,16 +87,6 @@ def restart(server: RedisServer, err: Path) -> None:
     wait_for(lambda: DOWN in err.read_text(), timeout=30, what="vcm to say Redis is gone")
     time.sleep(1)  # a few polls more while it is down
     server.start()
-
-
-def stop(server: RedisServer) -> None:
-    """SIGSTOP Redis, and return once it is stopped: connections are still taken (the
-    kernel's backlog), nothing is answered."""
-    assert server.proc is not None
-    os.kill(server.proc.pid, signal.SIGSTOP)
-    stat = Path(f"/proc/{server.proc.pid}/stat")
-    wait_for(lambda: stat.read_text().rsplit(")", 1)[1].split()[0] == "T", timeout=10,
-             what="Redis stopped")
 
 
 def ended(p: subprocess.Popen) -> None:
@@ -315,7 +303,7 @@ def test_a_redis_that_takes_connections_but_never_answers_fails_at_the_deadline(
     try:
         wait_for(lambda: client.llen("placement") == 1, timeout=30, what="the task queued")
         time.sleep(0.5)  # a few polls that Redis answers
-        stop(server)
+        server.pause()
         stopped = time.monotonic()
         out, _ = p.communicate(timeout=120)
         took = time.monotonic() - started
@@ -327,7 +315,7 @@ def test_a_redis_that_takes_connections_but_never_answers_fails_at_the_deadline(
         quiet = float(re.search(r"did not answer for the last (\d+)s", last).group(1))
         assert quiet >= started + 8 - stopped - 1, (quiet, stderr)
     finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
+        server.resume()
         ended(p)
 
 
@@ -345,7 +333,7 @@ def test_a_copy_sent_to_a_redis_that_never_answers_gives_up_at_the_deadline(
     def on_publish(sender=None, headers=None, **_kw) -> None:
         publishes.append(headers["id"])
         if len(publishes) == 2:  # the first copy
-            stop(server)
+            server.pause()
 
     before_task_publish.connect(on_publish)
     failed: list[BaseException] = []
@@ -368,5 +356,5 @@ def test_a_copy_sent_to_a_redis_that_never_answers_gives_up_at_the_deadline(
         assert len(publishes) >= 2
     finally:
         before_task_publish.disconnect(on_publish)
-        os.kill(server.proc.pid, signal.SIGCONT)
+        server.resume()
         thread.join(timeout=60)

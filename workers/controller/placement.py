@@ -56,8 +56,12 @@ def make_celery(redis_url: str) -> Celery:
     """A sending-only Celery client with the contract's settings."""
     app = Celery("vcm-controller", set_as_current=False)
     app.config_from_object("celeryconfig")
+    # the broker's socket timeouts bounded (kombu's default waits for ever): a send to a Redis
+    # that takes connections and never answers fails, and the Lease is tried again, instead
+    # of holding a reconcile; unless the URL's query sets them (workers/redis_url.py)
     app.conf.update(celery_settings(redis_url, app.conf.broker_transport_options or {},
-                                    results=False))
+                                    results=False, broker_defaults={
+                                        "socket_connect_timeout": 2.0, "socket_timeout": 5.0}))
     app.conf.update(result_backend="disabled", broker_pool_limit=16,
                     broker_connection_timeout=2.0,
                     task_publish_retry_policy={"max_retries": 2, "interval_start": 0,
