@@ -4,11 +4,11 @@ starts it; threads, as `vcm run` does).
 
 The probe is the shell command of deploy/placement.yaml and deploy/queries.yaml, read from the
 manifests, with only the liveness file's path replaced by the test worker's: it passes while
-the worker's file is ahead of now (workers/liveness.py). VCM_WORKER_STUCK_AFTER is 4 s here.
+the worker's file is ahead of now (workers/liveness.py). VCM_WORKER_STUCK_AFTER is 5 s here.
 
 - Redis stopped (the worker's consumer retries to connect, its event loop stopped), Redis full
   (idle; a task delivered, the consumer restarting again and again; an answer held in a task;
-  a worker started while full, waiting for room): the probe passes throughout, three times
+  a worker started while full, waiting for room): the probe passes throughout, 2.5 times
   the bound, and the worker serves again once Redis is back or has room.
 - A task that hangs (placement: solo, the loop stopped; queries: prefork or threads, the loop
   turning), or the worker SIGSTOPped: the probe fails within the bound, and passes again once
@@ -33,8 +33,8 @@ from tests.support.manifests import base_docs, worker_liveness
 from tests.support.pressure import ManifestRedis, PausingWorker, fill, free, logged, small
 from tests.support.procs import RedisServer, Worker, env_for, wait_for
 
-STUCK_AFTER = 4.0  # VCM_WORKER_STUCK_AFTER of the test workers
-WINDOW = 3 * STUCK_AFTER  # how long the probe must keep passing while Redis is down or full
+STUCK_AFTER = 5.0  # VCM_WORKER_STUCK_AFTER of the test workers
+WINDOW = 2.5 * STUCK_AFTER  # how long the probe must keep passing while Redis is down or full
 ANSWER = 60.0
 
 
@@ -54,8 +54,11 @@ class Probe:
         return subprocess.run(self.command, capture_output=True, timeout=10).returncode == 0
 
     def ahead(self) -> float:
-        """How far ahead of now the file's deadline is (negative: passed)."""
-        return os.stat(self.path).st_mtime - time.time()
+        """How far ahead of now the file's deadline is (negative: passed; no file: -inf)."""
+        try:
+            return os.stat(self.path).st_mtime - time.time()
+        except FileNotFoundError:
+            return float("-inf")
 
 
 def keep_passing(probes: list[Probe], seconds: float = WINDOW) -> None:
