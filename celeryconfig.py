@@ -80,6 +80,9 @@ task_send_sent_event = False
 worker_hijack_root_logger = False
 worker_redirect_stdouts = False
 worker_cancel_long_running_tasks_on_connection_loss = False
+# Celery's consumer, whose retries to connect to Redis keep the worker's liveness file ahead
+# (tasks/liveness.py): the liveness probe must not fail while Redis is down
+worker_consumer = "tasks.liveness:Consumer"
 
 
 # exactly one beat may run: two would reap and roll up twice (harmless, but wasteful and noisy)

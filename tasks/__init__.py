@@ -13,6 +13,7 @@ from celery.exceptions import Ignore
 
 from tasks import results as _results  # noqa: F401 - query results expire in minutes
 from tasks.holding import wait_for_room
+from tasks.liveness import LivenessStep
 from workers.adapters.redis_memory import hold
 from workers.adapters.replies import shutting_down
 from workers.bootstrap import Runtime, build, cannot_start, require_valid_pools
@@ -22,6 +23,9 @@ from workers.service.capacity import Capacity
 
 app = Celery("vcm", task_cls="tasks.messages:CheckedTask")
 app.config_from_object("celeryconfig")
+# the liveness file's beats on the worker's event loop and its consumer's restarts (the
+# consumer's retries to connect beat it too: worker_consumer in celeryconfig.py)
+app.steps["consumer"].add(LivenessStep)
 log = logging.getLogger(__name__)
 # domain failures are answers, not crashes: Celery logs them without a traceback
 EXPECTED = tuple(ERRORS.values())

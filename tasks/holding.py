@@ -31,6 +31,7 @@ from typing import Any
 from workers import backoff
 from workers.adapters.redis_memory import HOLD_CAP, MemoryUse, hold
 from workers.adapters.replies import shutting_down
+from workers.liveness import waiting
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def wait_for_room(memory_now: Callable[[], MemoryUse | None]) -> None:
         memory = memory_now()
         if memory is None or not memory.full:
             break
+        waiting()  # the worker waits as it should: its liveness file says so
         if not waited:
             waited = True
             log.warning("Redis is full (%d of maxmemory %d bytes, policy %s): waiting for "

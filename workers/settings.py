@@ -181,6 +181,27 @@ def _pauses(value: Any, info: ValidationInfo) -> tuple[float, ...]:
     return tuple(pauses)
 
 
+# what a worker expands in VCM_WORKER_LIVENESS_FILE with Celery's node_format: %n, the node
+# name before its @; %h, the host after it; %d, that host's domain
+NODE_NAME_KEYS = ("n", "h", "d")
+
+
+def _liveness_file(value: Any, info: ValidationInfo) -> str | None:
+    """A path, or None for off/none/empty; text no path holds (control characters, too long)
+    refused naming the variable."""
+    raw = str(value).strip()
+    if raw.lower() in OFF:
+        return None
+    problem = text_problem(raw, 4096)
+    if problem:
+        raise SettingError(f"{variable(info)}: {problem}")
+    unknown = sorted(set(re.findall(r"%(\w)", raw)) - set(NODE_NAME_KEYS))
+    if unknown:  # what Celery's node_format, which expands it, would refuse
+        raise SettingError(f"{variable(info)}={raw!r}: %{unknown[0]} is not one of "
+                           + ", ".join(f"%{k}" for k in NODE_NAME_KEYS))
+    return raw
+
+
 def _none_if_empty(value: Any) -> Any:
     return value or None
 
@@ -276,6 +297,14 @@ class Settings(EnvSettings):
     query_result_ttl: Annotated[float, duration(minimum=1)] = Field(default="5m")
     # clients (vcm) send a task again, same task id, when no worker took it this long
     resend_after: Annotated[float, duration(minimum=1)] = Field(default="15s")
+
+    # a worker's liveness file (workers/liveness.py, tasks/liveness.py): its modification time
+    # is kept VCM_WORKER_STUCK_AFTER ahead while the worker shows progress; Celery's %n (the
+    # node name before its @), %h and %d are expanded; off: none
+    worker_liveness_file: Annotated[str | None, BeforeValidator(_liveness_file)] = \
+        "/tmp/vcm-%n.alive"
+    worker_stuck_after: Annotated[float, duration(minimum=1, maximum=86400,
+                                                  short="at least")] = Field(default="5m")
 
     # namespace-bound leases (workers/service/namespaces.py): None when pruning is off
     namespace_prune_interval: Annotated[float | None, duration(minimum=1, off=("0", *OFF))] = \

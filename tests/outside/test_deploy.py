@@ -26,6 +26,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -58,6 +59,7 @@ from tests.support.manifests import (
     pod_spec,
     redis_container,
     resolve_env,
+    worker_liveness,
 )
 from tests.support.procs import free_port, wait_for
 
@@ -78,6 +80,7 @@ EXPECTED_SETTINGS = {
     "VCM_REAP_INTERVAL": "5m",
     "VCM_ROLLUP_INTERVAL": "60s",
     "VCM_STRATEGY": "least-utilized",
+    "VCM_WORKER_STUCK_AFTER": "5m",
 }
 
 POOL_KEYS = {
@@ -777,18 +780,6 @@ def test_placement_single_consumer_recreate_concurrency_one():
                        "1", "-n", "placement@%h", "-E"]
 
 
-def test_placement_liveness_pings_its_own_node():
-    dep = one(base_docs(), "Deployment", "vcm-placement")
-    (c,) = dep["spec"]["template"]["spec"]["containers"]
-    probe = c["livenessProbe"]
-    words = argv({"command": probe["exec"]["command"]})
-    (sub, opts), = celery_invocations(words)
-    assert sub == "inspect" and opts[0] == "ping"
-    assert option(opts, "-d", "--destination") == "placement@$HOSTNAME"
-    assert words[:2] == ["sh", "-c"], "$HOSTNAME is expanded only by a shell"
-    assert probe["timeoutSeconds"] >= 30 and probe["failureThreshold"] >= 3
-
-
 def _placement_mutants():
     def scaled(docs):
         one(docs, "Deployment", "vcm-placement")["spec"]["replicas"] = 2
@@ -827,6 +818,94 @@ def test_placement_checker_catches(mutate):
     docs = copy.deepcopy(base_docs())
     mutate(docs)
     assert placement_violations(docs), f"{mutate.__name__} was not detected"
+
+
+# --------------------------------------------------------------------------- worker liveness
+
+WORKERS = ("vcm-placement", "vcm-queries")
+NOT_IN_A_PROBE = {"celery", "python", "python3", "redis-cli", "vcm"}
+
+
+def liveness_violations(docs) -> list[str]:
+    """Each worker's liveness probe is `sh -c` testing that the modification time of the
+    liveness file its worker writes is ahead of now: no Python (it runs every period) and
+    nothing that talks to Redis (Redis down or full must not restart healthy workers)."""
+    v: list[str] = []
+    for name in WORKERS:
+        try:
+            command, path = worker_liveness(docs, name)
+        except (AssertionError, KeyError, ValueError, SystemExit) as exc:
+            v.append(f"{name}: no liveness probe on a liveness file: {exc}")
+            continue
+        words = argv({"command": command})
+        used = {posixpath.basename(w) for w in words} & NOT_IN_A_PROBE
+        if used or celery_invocations(words):
+            v.append(f"{name}: the liveness probe runs {sorted(used)}: {command}")
+        if command[:2] != ["sh", "-c"] or len(command) != 3 or path not in command[2]:
+            v.append(f"{name}: the liveness probe does not read {path}, the file its worker "
+                     f"writes: {command}")
+    return v
+
+
+def test_worker_liveness_probes_read_their_workers_liveness_file():
+    assert liveness_violations(base_docs()) == []
+    for name in WORKERS:
+        probe = one(base_docs(), "Deployment", name)["spec"]["template"]["spec"][
+            "containers"][0]["livenessProbe"]
+        # the bound is the worker's (VCM_WORKER_STUCK_AFTER); the kubelet adds at most this
+        assert probe["periodSeconds"] * probe["failureThreshold"] <= 120, probe
+
+
+def test_worker_liveness_probe_passes_only_while_the_file_is_ahead_of_now(tmp_path):
+    """The probe's own shell command, run on a file ahead of now, behind it, and missing."""
+    for name in WORKERS:
+        command, path = worker_liveness(base_docs(), name)
+        local = tmp_path / posixpath.basename(path)
+        run = [*command[:2], command[2].replace(path, str(local))]
+
+        def probe(run=run) -> int:
+            return subprocess.run(run, capture_output=True, timeout=10).returncode
+
+        assert probe() != 0, f"{name}: passes without its file"
+        local.touch()
+        now = time.time()
+        os.utime(local, (now + 30, now + 30))
+        assert probe() == 0, f"{name}: fails with its file 30 s ahead of now"
+        os.utime(local, (now - 1, now - 1))
+        assert probe() != 0, f"{name}: passes with its file behind now"
+
+
+def _liveness_mutants():
+    def container(docs, name):
+        return one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+
+    def pings(docs):
+        container(docs, "vcm-placement")["livenessProbe"]["exec"]["command"] = [
+            "sh", "-c", 'exec celery -A tasks inspect ping -d "placement@$HOSTNAME" -t 30']
+
+    def reads_the_other_workers_file(docs):
+        probe = container(docs, "vcm-queries")["livenessProbe"]["exec"]
+        probe["command"] = [w.replace("queries", "placement") for w in probe["command"]]
+
+    def file_moved(docs):
+        one(docs, "ConfigMap", "vcm-settings")["data"]["VCM_WORKER_LIVENESS_FILE"] = \
+            "/var/run/vcm-%n.alive"
+
+    def file_off(docs):
+        container(docs, "vcm-queries")["env"].append(
+            {"name": "VCM_WORKER_LIVENESS_FILE", "value": "off"})
+
+    def no_probe(docs):
+        del container(docs, "vcm-placement")["livenessProbe"]
+
+    return [pings, reads_the_other_workers_file, file_moved, file_off, no_probe]
+
+
+@pytest.mark.parametrize("mutate", _liveness_mutants(), ids=lambda f: f.__name__)
+def test_liveness_checker_catches(mutate):
+    docs = copy.deepcopy(base_docs())
+    mutate(docs)
+    assert liveness_violations(docs), f"{mutate.__name__} was not detected"
 
 
 # --------------------------------------------------------------------------- beat

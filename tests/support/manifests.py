@@ -132,3 +132,24 @@ def redis_container(docs) -> tuple[dict[str, Any], dict[str, Any]]:
     sts = one(docs, "StatefulSet", "vcm-redis")
     (c,) = [c for c in containers(pod_spec(sts)) if is_redis_container(c)]
     return sts, c
+
+
+# The workers' liveness probes ----------------------------------------------------------------
+POD_NAME = "vcm-placement-5d8f7c9b6-x2k4q"  # a pod's name: its hostname, Celery's %h
+
+
+def worker_liveness(docs, deployment: str) -> tuple[list[str], str]:
+    """The exec command of a worker Deployment's liveness probe, and the liveness file its
+    worker writes: VCM_WORKER_LIVENESS_FILE (the container's environment, else the default)
+    with the node name of its `-n` expanded as Celery does, for a pod named POD_NAME."""
+    from celery.utils.nodenames import host_format, node_format
+
+    from workers.settings import Settings
+
+    (c,) = containers(pod_spec(one(docs, "Deployment", deployment)))
+    words = [str(w) for w in list(c.get("command", [])) + list(c.get("args", []))]
+    node = host_format(words[words.index("-n") + 1], POD_NAME)
+    settings = Settings.from_env(resolve_env(docs, c))
+    assert settings.worker_liveness_file, f"{deployment}: VCM_WORKER_LIVENESS_FILE is off"
+    return list(c["livenessProbe"]["exec"]["command"]), node_format(
+        settings.worker_liveness_file, node)

@@ -217,7 +217,10 @@ def env_for(redis_url: str, pools_file: str | os.PathLike | None = None, **extra
                # the tests that want them give their own (the test apiserver, the simulator)
                KUBECONFIG=str(ROOT / ".no-kubeconfig"), KUBERNETES_SERVICE_HOST="",
                VCM_INVENTORY_INTERVAL="off", VCM_VCENTER_USERNAME="",
-               VCM_VCENTER_PASSWORD="", VCM_VCENTER_CREDENTIALS="", **TEST_TIMINGS)
+               VCM_VCENTER_PASSWORD="", VCM_VCENTER_CREDENTIALS="",
+               # no liveness file in /tmp for each worker a test starts: the liveness tests
+               # (workers/test_liveness.py) give theirs
+               VCM_WORKER_LIVENESS_FILE="off", **TEST_TIMINGS)
     if pools_file:
         env["VCM_POOLS_FILE"] = str(pools_file)
     env.update({k: str(v) for k, v in extra.items()})

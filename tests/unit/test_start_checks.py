@@ -96,3 +96,27 @@ def test_the_controller_s_retry_pauses_are_checked_naming_the_variable(value, me
     assert str(stopped.value.code).startswith(f"invalid setting {message}"), stopped.value.code
     pauses = Settings.from_env({"VCM_CONTROLLER_RETRY_PAUSES": " 1s, 2.5 ,1m "})
     assert pauses.controller_retry_pauses == (1.0, 2.5, 60.0)
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("VCM_WORKER_STUCK_AFTER", "0.5", "VCM_WORKER_STUCK_AFTER: must be at least 1s"),
+    ("VCM_WORKER_STUCK_AFTER", "soon", "VCM_WORKER_STUCK_AFTER: 'soon' is not seconds"),
+    ("VCM_WORKER_STUCK_AFTER", "2d", "VCM_WORKER_STUCK_AFTER: 172800s is more than the maximum"),
+    # Celery's node_format, which the worker expands it with, raises on any other %x
+    ("VCM_WORKER_LIVENESS_FILE", "/tmp/vcm-%i.alive",
+     "VCM_WORKER_LIVENESS_FILE='/tmp/vcm-%i.alive': %i is not one of %n, %h, %d"),
+    ("VCM_WORKER_LIVENESS_FILE", "/tmp/a\nb",
+     "VCM_WORKER_LIVENESS_FILE: must not contain control characters"),
+])
+def test_the_worker_liveness_settings_are_checked_naming_the_variable(variable, value, message):
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({variable: value})
+    assert str(stopped.value.code).startswith(f"invalid setting {message}"), stopped.value.code
+
+
+def test_the_worker_liveness_settings_have_their_defaults_and_off():
+    settings = Settings.from_env({})
+    assert (settings.worker_liveness_file, settings.worker_stuck_after) == \
+        ("/tmp/vcm-%n.alive", 300.0)
+    for off in ("off", "none", " OFF ", ""):
+        assert Settings.from_env({"VCM_WORKER_LIVENESS_FILE": off}).worker_liveness_file is None

@@ -133,6 +133,7 @@ def hold(write: Callable[[], Any], client: redis.Redis | None, what: str,
     raised). Logged once when it starts holding `what`, and once when Redis took it."""
     # here, not at the top: `vcm` only recognises the refusal, and tenacity loads tornado
     from .. import backoff
+    from ..liveness import waiting
 
     delays = backoff.Backoff(backoff.doubling(cap=HOLD_CAP))
     started = time.monotonic()
@@ -143,6 +144,7 @@ def hold(write: Callable[[], Any], client: redis.Redis | None, what: str,
         except Exception as exc:
             if not refused_for_memory(exc) or stop():
                 raise
+            waiting()  # the worker waits as it should: its liveness file says so
             if not held:
                 held = True
                 memory = memory_use(client) if client is not None else None
