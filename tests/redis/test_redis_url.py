@@ -72,7 +72,7 @@ def test_every_client_of_redis_takes_the_url_s_options():
         # and the shim's own short connect timeouts stay, as the URL does not set one
         assert _broker(apps["vcm"]) == {**given, "socket_connect_timeout": 5.0}
         assert _broker(apps["api"]) == {**given, "socket_connect_timeout": 1.0}
-        assert _broker(apps["controller"]) == {**given, "socket_connect_timeout": None}
+        assert _broker(apps["controller"]) == {**given, "socket_connect_timeout": 2.0}
         # vcm's result backend: the URL's options over vcm's defaults (5 s to connect)
         backend = apps["vcm"].backend
         assert backend.get_task_meta("no-such-task")["status"] == "PENDING"
