@@ -17,6 +17,7 @@ import string
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -639,4 +640,62 @@ def test_an_answer_held_after_a_too_large_attempt_is_shown_in_the_status(
         assert app.AsyncResult("task-1").state == "PENDING"  # held
     finally:
         api.close()
+        server.stop()
+
+
+def test_after_redis_went_back_past_the_file_mirror_a_new_answer_waits_for_its_save(
+        tmp_path, monkeypatch):
+    """Redis went back (same epoch) past what the publisher last saved whole, and the file
+    mirror holds nothing newer: the placement thread notices first and writes the next change
+    at a seq the publisher's last whole save already had (in the history that was lost). That
+    save does not cover the new change: its answer waits until the mirror holds it.
+
+    The publisher's rounds are run by hand (Publisher.step), so the interleaving is exact:
+    the one a loaded worker meets when its first round after a reset saves before the reset's
+    empty mirror lands (the first answer then waits for a whole save)."""
+    from workers.adapters.mirror.file import FileMirror
+
+    server = RedisServer().start()
+    try:
+        path = tmp_path / "ledger.json"
+        mirror = FileMirror(path)
+        ledger, _, direct, svc = mirrored_service(tmp_path, monkeypatch, server, NET_POOLS,
+                                                  mirror)
+        pub = Publisher(svc, mirror, direct)
+        client = server.client()
+
+        def answered(task_id: str) -> bool:
+            return task_id not in {t for t, _, _ in ledger.outbox()}
+
+        def acquire(task_id: str) -> str:
+            leases = svc.acquire(dict(SMALL, owner=task_id), task_id)
+            svc.replies.deliver(task_id, leases)  # what the task's _answer does
+            return leases[0]["metadata"]["name"]
+
+        def in_mirror() -> set[str]:
+            return {x["metadata"]["name"] for x in FileMirror(path).load()["leases"]}
+
+        pub.step()  # the first round: the ledger's epoch, a whole save at seq 0
+        FileMirror(path).save({"format": 1, "seq": 0, "leases": []})  # another writer's
+        start = keep_ledger(client)
+        acquire("l0")  # the journal extends only this worker's snapshot: held
+        assert not answered("l0")
+        pub.step()  # a whole save at seq 1 answers it
+        assert answered("l0")
+        acquire("l1")
+        acquire("l2")  # journaled: answered at once
+        assert answered("l2") and ledger.seq() == 3
+        # Redis goes back to seq 0 (same epoch); the mirror is reset and holds none of it
+        go_back(client, start)
+        FileMirror(path).save({"format": 1, "seq": 0, "leases": []})
+        Path(str(path) + ".journal").unlink()
+        name = acquire("n0")  # at seq 1 again
+        assert ledger.seq() == 1 and not answered("n0")
+        for _ in range(3):
+            pub.step()
+            if answered("n0"):
+                break
+        assert answered("n0"), "the publisher never answered"
+        assert name in in_mirror(), "answered before the mirror held it"
+    finally:
         server.stop()

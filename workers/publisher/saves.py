@@ -44,6 +44,7 @@ class MirrorSaves:
         # release held replies, and to compact the journal
         self.journal = mirror if isinstance(mirror, JournaledMirror) else None
         self.mirrored = -1  # ledger seq the mirror holds (-1: unknown, write it)
+        self._restarts = service.restarts  # the ledger's rebuilds `mirrored` comes after
         self.epoch: str | None = None  # the Redis ledger `mirrored` refers to
         self.failing_since: float | None = None  # epoch seconds
         self.retry_at = 0.0  # monotonic: no save before this (backoff, commit window)
@@ -62,12 +63,22 @@ class MirrorSaves:
         self._aside: frozenset[str] = frozenset()  # leases set aside, last logged
 
     # what the mirror covers ------------------------------------------------------------
+    def _held(self) -> int:
+        """`mirrored`, forgotten (-1: write it) when the placement thread rebuilt the ledger
+        or found it gone back since that save read it: the seqs the save covered may now be
+        taken by new changes it does not hold (same epoch, so check_epoch cannot tell)."""
+        restarts = self.service.restarts
+        if restarts != self._restarts:
+            self._restarts = restarts
+            self.mirrored = -1
+        return self.mirrored
+
     def check_epoch(self) -> tuple[int, bool]:
         """(the ledger's seq, whether it is ready). Forgets what the mirror covers when Redis
         is not the ledger that was mirrored (wiped, restarted from an older state, replaced):
         replies are then held until the next save. The epoch is a token in ``vcm:mirror``, made
         by the first publisher that sees the hash missing."""
-        known = max(self.mirrored, self.service.last_seq)  # before Redis's seq is read
+        known = max(self._held(), self.service.last_seq)  # before Redis's seq is read
         seq, ready, epoch = self.ledger.seq_and_ready(secrets.token_hex(8))
         if epoch != self.epoch:
             if self.epoch is not None:
@@ -98,7 +109,7 @@ class MirrorSaves:
         j = self.journal
         if j is None:
             return True  # write returns at once when the mirror holds the seq
-        return (self.mirrored < 0 or j.failed is not None
+        return (self._held() < 0 or j.failed is not None
                 or j.records >= max(COMPACT_RECORDS, self._leases)
                 or self.ledger.outbox_size() > 0)
 
@@ -106,13 +117,13 @@ class MirrorSaves:
         """The ledger seq up to which the mirror holds every change (None: no mirror)."""
         if self.mirror is None:
             return None
-        return max(self.mirrored, self.journal.holds) if self.journal else self.mirrored
+        return max(self._held(), self.journal.holds) if self.journal else self._held()
 
     def durable(self) -> int | None:
         """Like covered, counting only journal records that are fdatasync'd."""
         if self.journal is None:
             return self.covered()
-        return max(self.mirrored, min(self.journal.holds, self.journal.durable))
+        return max(self._held(), min(self.journal.holds, self.journal.durable))
 
     def take_status(self) -> dict[str, Any] | None:
         """The last save's status, once: written after the replies it covers went out."""
@@ -121,7 +132,7 @@ class MirrorSaves:
 
     # the save --------------------------------------------------------------------------
     def write(self, seq: int) -> None:
-        if seq == self.mirrored:
+        if seq == self._held():
             return
         if (seq == self._too_large_seq
                 and time.monotonic() - self._too_large_at < TOO_LARGE_SAME_SEQ_RETRY):
@@ -130,6 +141,7 @@ class MirrorSaves:
         self._attempt_at = time.time()  # an outage starts with the first save that fails
         mark = self.journal.mark() if self.journal is not None else None
         known = max(self.mirrored, self.service.last_seq)  # before the snapshot is read
+        restarts = self.service.restarts  # ... and so is this: see _saved
         try:
             snapshot = self.ledger.snapshot(self._parsed)
         except Exception as exc:  # noqa: BLE001 - Redis down or odd data: retried with backoff
@@ -179,9 +191,10 @@ class MirrorSaves:
         else:
             self.window = 0.0
             self.retry_at = 0.0
-        self._saved(snapshot, writes, took)
+        self._saved(snapshot, writes, took, restarts)
 
-    def _saved(self, snapshot: dict[str, Any], writes: int | None, took: float) -> None:
+    def _saved(self, snapshot: dict[str, Any], writes: int | None, took: float,
+               restarts: int) -> None:
         stats = self.mirror.last_stats
         outage = None
         if self.failing_since is not None:
@@ -192,6 +205,7 @@ class MirrorSaves:
         self._too_large_seq = None
         self._save_backoff.reset()
         self.mirrored = self._reported = snapshot["seq"]
+        self._restarts = restarts  # a rebuild since the snapshot was read: _held forgets it
         self._leases = len(snapshot["leases"])
         fields: dict[str, Any] = {
             "state": "ok", "error": "", "failing-since": 0,

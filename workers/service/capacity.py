@@ -50,6 +50,10 @@ class Capacity:
     def last_seq(self) -> int:
         return self.recovery.last_seq
 
+    @property
+    def restarts(self) -> int:
+        return self.recovery.restarts
+
     def covered(self) -> bool:
         return self.recovery.covered()
 

@@ -32,6 +32,9 @@ class Recovery:
         self.journal = mirror if writer and isinstance(mirror, JournaledMirror) else None
         self.last_seq = -1  # ledger seq of the last change made here
         self.floor = 0  # every write refuses while Redis's seq is below it
+        # how many times the ledger was rebuilt or went back (_restart_at): a seq the mirror
+        # held before that may belong to the history that was lost (the publisher checks it)
+        self.restarts = 0
         self._journal_warned = False
 
     @property
@@ -133,6 +136,7 @@ class Recovery:
 
     def _restart_at(self, seq: int) -> None:
         """The ledger was rebuilt: writes go on from its seq, decisions from a fresh read."""
+        self.restarts += 1  # first: a change at a seq below the old ones comes after it
         self.last_seq = min(self.last_seq, seq)
         self.floor = max(self.last_seq, 0)
         self.on_rebuilt()
