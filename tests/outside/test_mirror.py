@@ -489,11 +489,13 @@ def test_abandoned_reservation_is_taken_over_after_lock_ttl(kube, api):
         impatient.save(random_snapshot(11_000, seed=42))
     assert crashed.load() == random_snapshot(10_000, seed=40)
 
-    other = ConfigMapMirror(NS, NAME, api_client=api, shard_bytes=4096, lock_ttl=1.0, timeout=0.4)
+    # its own save must end within lock_ttl / 2 (3 s here: it writes a few hundred shards,
+    # on a machine the other test files load too)
+    other = ConfigMapMirror(NS, NAME, api_client=api, shard_bytes=4096, lock_ttl=6.0, timeout=2.0)
     reserved_at = head_meta(kube)["pending"]["at"]
     snap = random_snapshot(11_000, seed=43)
     other.save(snap)
-    assert other.lock_waits > 0 and time.time() - reserved_at >= 1.0  # waited out lock_ttl
+    assert other.lock_waits > 0 and time.time() - reserved_at >= 6.0  # waited out lock_ttl
     assert other.load() == snap
     assert check_slots(kube)["pending"] is None
 

@@ -4,6 +4,8 @@ started exactly as documented (`celery -A tasks worker -Q placement --concurrenc
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -275,10 +277,17 @@ def test_after_redis_went_back_past_the_mirror_new_answers_still_wait_for_it(s):
     for i in range(3):
         call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "owner": "lost",
                                             "request-id": f"l{i}"})
-    # the same worker goes on; the mirror as it was before those three (never got there)
-    go_back(client, start)
-    FileMirror(str(s.mirror)).save({"format": 1, "seq": 0, "leases": []})
-    Path(str(s.mirror) + ".journal").unlink(missing_ok=True)
+    # the same worker goes on; the mirror as it was before those three (never got there).
+    # Both at one moment for the worker, stopped meanwhile: between the two it would find
+    # Redis behind a mirror that still holds them, and rightly restore them from it
+    pid = s.placement.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        go_back(client, start)
+        FileMirror(str(s.mirror)).save({"format": 1, "seq": 0, "leases": []})
+        Path(str(s.mirror) + ".journal").unlink(missing_ok=True)
+    finally:
+        os.kill(pid, signal.SIGCONT)
     for i in range(3):
         lease = call(s.app, "vcm.acquire", request={"vcpus": 1, "memory": 1, "owner": "new",
                                                     "request-id": f"n{i}"})[0]
