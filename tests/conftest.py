@@ -92,19 +92,24 @@ def s(documented_stack):
 # -- pytest-xdist: which tests run together, and what is handed out first -----------------------
 # `make test` runs `-n 6 --dist loadfile`: a file's tests run on one worker, in their order, and
 # its module-scoped stacks start once. The files of SPREAD share nothing between their tests
-# (each starts its own stack in its tmp_path; no module-scoped fixture, no order): their tests
+# (each starts its own stack in its tmp_path, no order; a module-scoped fixture is at most a
+# bare redis-server, then started once per worker that runs one of them): their tests
 # are handed out one by one, to whichever worker is free. The slowest work is handed out first
 # (SLOWEST_FIRST), so that none of it starts last and runs on alone at the end; the list only
 # costs or saves time.
 SPREAD = frozenset({"outside/test_mirror_worker.py", "redis/test_restore.py",
                     "redis/test_restore_hostile.py", "workers/test_start_commands.py",
-                    "workers/test_concurrency.py", "http/test_api_failures.py"})
+                    "workers/test_concurrency.py", "http/test_api_failures.py",
+                    "workers/test_liveness.py", "workers/test_cli_redis_outage.py",
+                    "redis/test_send_stalled.py", "outside/test_job_step.py"})
 # by the summed duration of their tests in a `make test` run, longest first
-SLOWEST_FIRST = ("outside/test_mirror_worker.py", "outside/test_pools_commands.py",
+SLOWEST_FIRST = ("outside/test_job_step.py", "workers/test_liveness.py",
+                 "outside/test_mirror_worker.py", "outside/test_pools_commands.py",
                  "redis/test_restore_hostile.py", "outside/test_controller_adopt.py",
                  "redis/test_restore.py", "http/test_api_schema.py", "workers/test_cli.py",
-                 "workers/test_start_commands.py", "outside/test_job_step.py",
-                 "outside/test_deploy.py", "outside/test_controller_faults.py",
+                 "workers/test_start_commands.py", "workers/test_cli_redis_outage.py",
+                 "redis/test_send_stalled.py", "outside/test_deploy.py",
+                 "outside/test_controller_faults.py",
                  "outside/test_vcenter.py", "outside/test_inventory.py",
                  "outside/test_namespaces.py", "workers/test_pools_reload.py",
                  "workers/test_stateful.py", "outside/test_pressure_configmap.py",
