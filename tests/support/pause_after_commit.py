@@ -6,27 +6,18 @@ code carries no such hook."""
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-
 from tasks import app
+from tests.support.gate import pause_if_armed
 from workers.adapters.ledger import Ledger
 
 __all__ = ["app"]
 _commit = Ledger.commit
-GATE = Path(os.environ.get("VCM_TEST_GATE", "/nonexistent"))
 
 
 def _commit_then_pause(self: Ledger, *args, **kwargs):
     result = _commit(self, *args, **kwargs)
-    if result.status == "ok" and (GATE / "armed").exists():
-        (GATE / "armed").unlink()
-        (GATE / "waiting").touch()
-        deadline = time.monotonic() + 120
-        while not (GATE / "open").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        (GATE / "open").unlink(missing_ok=True)
+    if result.status == "ok":
+        pause_if_armed()
     return result
 
 

@@ -6,26 +6,16 @@ liveness tests only; production code carries no such hook."""
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-
 from tasks import app
+from tests.support.gate import pause_if_armed
 from workers.service.capacity import Capacity
 
 __all__ = ["app"]
 _show_pools = Capacity.show_pools
-GATE = Path(os.environ.get("VCM_TEST_GATE", "/nonexistent"))
 
 
 def _hang_then_show_pools(self: Capacity, *args, **kwargs):
-    if (GATE / "armed").exists():
-        (GATE / "armed").unlink()
-        (GATE / "waiting").touch()
-        deadline = time.monotonic() + 120
-        while not (GATE / "open").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        (GATE / "open").unlink(missing_ok=True)
+    pause_if_armed()
     return _show_pools(self, *args, **kwargs)
 
 
